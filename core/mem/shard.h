@@ -1,0 +1,51 @@
+/*
+ * shard.h: one shard of the in-memory store, and lock sets.
+ *
+ * A session lives in the shard chosen by its id; its connection-id entry in
+ * the shard chosen by the connection id; its user's index entry in the
+ * shard chosen by the user id. A change that touches several takes their
+ * locks together, always in ascending shard order, so it cannot deadlock
+ * and every index changes at once as seen by writers. Readers take no lock.
+ *
+ * Everything a shard writes often sits on its own cache lines.
+ */
+#ifndef AFSM_MEM_SHARD_H
+#define AFSM_MEM_SHARD_H
+
+#include <ck_epoch.h>
+#include <ck_md.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "afsm.h"
+#include "mem/session.h"
+#include "mem/table.h"
+#include "mem/wheel.h"
+#include "util/sync.h"
+
+typedef struct shard {
+    sync_lock lock;
+    ck_epoch_record_t *defer; /* frees deferred by this shard's writers */
+    table sessions;           /* session id -> session */
+    table connections;        /* connection id -> session */
+    table users;              /* user id -> user_entry (mem/index.h) */
+    wheel timers;             /* deadlines of the sessions in `sessions` */
+    _Atomic(session *) all_head; /* every session of `sessions`, newest first */
+    /* Written under the lock, read lock-free by counts. */
+    _Atomic uint64_t by_state[AFSM_STATE_COUNT];
+} __attribute__((aligned(CK_MD_CACHELINE))) shard;
+
+/* Up to five shards locked together (session, connection, user, and an
+ * evicted session's two). */
+#define LOCKSET_MAX 5
+typedef struct lockset {
+    unsigned count;
+    unsigned index[LOCKSET_MAX];
+} lockset;
+
+void lockset_init(lockset *set);
+void lockset_add(lockset *set, unsigned shard_index);
+void lockset_acquire(shard *shards, lockset *set);
+void lockset_release(shard *shards, const lockset *set);
+
+#endif

@@ -1,0 +1,62 @@
+/*
+ * wheel.h: a hierarchical timing wheel (Varghese & Lauck), one per shard.
+ *
+ * WHEEL_LEVELS levels of 64 slots over a tick of tick_ns. Level l holds
+ * timers due within 64^(l+1) ticks; when the current tick crosses a
+ * multiple of 64^l, the matching level-l slot is cascaded into the levels
+ * below, so each timer moves at most once per level. Timers beyond the top
+ * level wait in an overflow list that is re-examined once per top-level
+ * turn. Expiring costs O(timers due + slots crossed), never a scan.
+ *
+ * A timer is due at the first tick boundary at or after its deadline, so it
+ * fires within one tick of the deadline and never early.
+ *
+ * Not thread-safe: the owning shard's lock protects the wheel and every
+ * link in it.
+ */
+#ifndef AFSM_MEM_WHEEL_H
+#define AFSM_MEM_WHEEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define WHEEL_LEVELS 4
+#define WHEEL_SLOTS 64
+
+typedef struct wheel_link {
+    struct wheel_link *next;
+    struct wheel_link *prev;
+    uint64_t due_tick;
+} wheel_link;
+
+typedef struct wheel {
+    uint64_t tick_ns;
+    uint64_t now_tick; /* every tick <= now_tick has been processed */
+    size_t count;
+    uint64_t occupied[WHEEL_LEVELS]; /* bit s: slot s of that level is non-empty */
+    wheel_link slots[WHEEL_LEVELS][WHEEL_SLOTS];
+    wheel_link overflow;
+} wheel;
+
+void wheel_init(wheel *w, uint64_t tick_ns, uint64_t now_ns);
+
+/* Links timer to fire at deadline_ns (a deadline already past fires at the
+ * next tick). */
+void wheel_add(wheel *w, wheel_link *timer, uint64_t deadline_ns);
+
+/* Unlinks a linked timer. */
+void wheel_remove(wheel *w, wheel_link *timer);
+
+/* Called for each timer whose tick has come, already unlinked. It returns
+ * 0 to let the timer go, or a later deadline to relink it there (lazy
+ * rescheduling: heartbeats only move a number forward; the wheel catches
+ * up here). */
+typedef uint64_t wheel_due_fn(void *ctx, wheel_link *timer, uint64_t now_tick_ns);
+
+/* Processes every tick up to now_ns. */
+void wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx);
+
+/* The tick boundary (ns) a deadline fires at. */
+uint64_t wheel_fire_ns(const wheel *w, uint64_t deadline_ns);
+
+#endif

@@ -1,0 +1,79 @@
+/*
+ * store.h: the seam between the manager (core/manager.c: input checks,
+ * defaults, the public ABI) and a store (core/mem/: the in-memory engine;
+ * later an etcd-backed one). Every call reaching a store has passed the
+ * manager's checks: pointers are valid, strings within bounds, UUIDs and
+ * IPs parsed, metadata validated, struct versions known.
+ *
+ * A store fires events itself, through the sink it was opened with, outside
+ * its locks, because only it knows when a session expires.
+ */
+#ifndef AFSM_STORE_H
+#define AFSM_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "afsm.h"
+
+typedef struct store store;
+typedef struct store_handle store_handle;
+
+/* What the manager resolved from afsm_config. Times in nanoseconds. */
+typedef struct store_config {
+    uint32_t shard_count; /* a power of two */
+    uint64_t capacity_hint;
+    uint64_t tick_ns;
+    uint64_t idle_timeout_ns;  /* 0: off */
+    uint64_t max_lifetime_ns;  /* 0: none */
+    const char *server_addr;   /* NUL-terminated, <= AFSM_SERVER_ADDR_MAX */
+    afsm_clock_fn clock;
+    void *clock_ctx;
+    void (*emit)(void *ctx, const afsm_event *event); /* may be NULL */
+    void *emit_ctx;
+} store_config;
+
+typedef struct session_spec {
+    const char *user_id;
+    uint16_t user_id_len;
+    uint16_t client_port;
+    afsm_ip client_ip;
+    afsm_uuid connection_id;
+    const afsm_kv *metadata; /* validated */
+    size_t metadata_count;
+    uint64_t timeout_ns;
+} session_spec;
+
+typedef struct store_ops {
+    void (*close)(store *s);
+    afsm_status (*create)(store *s, const session_spec *spec, afsm_session_info *out);
+    afsm_status (*get)(store *s, const afsm_uuid *id, afsm_session_info *out);
+    afsm_status (*get_by_connection)(store *s, const afsm_uuid *connection_id, afsm_session_info *out);
+    afsm_status (*get_metadata)(store *s, const afsm_uuid *id, char *buf, size_t buf_size, size_t *needed,
+                                size_t *count);
+    afsm_status (*update)(store *s, const afsm_uuid *id, const afsm_update *update, afsm_session_info *out);
+    afsm_status (*add_stats)(store *s, const afsm_uuid *id, const afsm_stats *delta);
+    afsm_status (*heartbeat)(store *s, const afsm_uuid *id, uint64_t *remaining_ns);
+    afsm_status (*remove)(store *s, const afsm_uuid *id, const char *reason, size_t reason_len);
+    afsm_status (*remove_by_user)(store *s, const char *user_id, size_t user_id_len, const char *reason,
+                                  size_t reason_len, size_t *removed);
+    afsm_status (*list)(store *s, const afsm_list_filter *filter, afsm_session_info *out, size_t *count,
+                        uint64_t *total, afsm_uuid *next_cursor);
+    afsm_status (*advance)(store *s, uint64_t now_ns, size_t *expired);
+    afsm_status (*counts)(store *s, afsm_counts *out);
+    afsm_status (*pin)(store *s, const afsm_uuid *id, int by_connection, store_handle **out);
+    afsm_status (*handle_heartbeat)(store_handle *h, uint64_t *remaining_ns);
+    afsm_status (*handle_add_stats)(store_handle *h, const afsm_stats *delta);
+    void (*handle_session_id)(const store_handle *h, afsm_uuid *out);
+    void (*handle_release)(store_handle *h);
+    size_t (*pinned)(store *s);
+} store_ops;
+
+struct store {
+    const store_ops *ops;
+};
+
+/* The in-memory store (core/mem/). */
+afsm_status mem_store_open(const store_config *config, store **out);
+
+#endif

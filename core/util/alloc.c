@@ -1,0 +1,63 @@
+/*
+ * alloc.c: malloc/free with a process-wide failure-injection countdown for
+ * tests. The countdown is one relaxed atomic: a production build pays one
+ * load per allocation, which is noise next to malloc itself.
+ */
+#include "util/alloc.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+
+/* Allocations left before failures start; negative means never fail. */
+static _Atomic long allocations_left = -1;
+
+static int should_fail(void)
+{
+    long left = atomic_load_explicit(&allocations_left, memory_order_relaxed);
+    if (left < 0)
+        return 0;
+    while (left > 0) {
+        if (atomic_compare_exchange_weak_explicit(&allocations_left, &left, left - 1, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            return 0;
+        if (left < 0)
+            return 0;
+    }
+    return 1;
+}
+
+void *mem_alloc(size_t size_bytes)
+{
+    if (should_fail())
+        return NULL;
+    return malloc(size_bytes);
+}
+
+void *mem_calloc(size_t count, size_t size_bytes)
+{
+    if (should_fail())
+        return NULL;
+    return calloc(count, size_bytes);
+}
+
+void *mem_aligned_alloc(size_t alignment, size_t size_bytes)
+{
+    if (should_fail())
+        return NULL;
+    return aligned_alloc(alignment, size_bytes);
+}
+
+void mem_free(void *ptr)
+{
+    free(ptr);
+}
+
+void alloc_fail_after(long n)
+{
+    atomic_store_explicit(&allocations_left, n, memory_order_relaxed);
+}
+
+void alloc_fail_reset(void)
+{
+    atomic_store_explicit(&allocations_left, -1, memory_order_relaxed);
+}

@@ -1,0 +1,24 @@
+/*
+ * alloc.h: the engine's only allocator entry points.
+ *
+ * Plain malloc/free underneath (libafsm.so must not depend on jemalloc; see
+ * DESIGN.md). Every allocation goes through here so that a test can make the
+ * Nth one fail (alloc_fail_after) and check that the engine is unchanged.
+ */
+#ifndef AFSM_UTIL_ALLOC_H
+#define AFSM_UTIL_ALLOC_H
+
+#include <stddef.h>
+
+void *mem_alloc(size_t size_bytes);
+void *mem_calloc(size_t count, size_t size_bytes);
+/* alignment a power of two; size_bytes a multiple of it. Freed by mem_free. */
+void *mem_aligned_alloc(size_t alignment, size_t size_bytes);
+void mem_free(void *ptr);
+
+/* Test hook: the next n allocations succeed, then every one fails until
+ * alloc_fail_reset(). n < 0 (the default) never fails. Process-wide. */
+void alloc_fail_after(long n);
+void alloc_fail_reset(void);
+
+#endif

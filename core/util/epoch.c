@@ -1,0 +1,106 @@
+/*
+ * epoch.c: the process-wide ck_epoch, per-thread reader records and
+ * per-shard writer records.
+ *
+ * Reader records live until the process ends (ck_epoch cannot destroy a
+ * record); a thread's record is unregistered when the thread exits and
+ * recycled by the next thread that needs one, so their number tracks the
+ * peak count of concurrent threads, not the total ever seen.
+ */
+#include "util/epoch.h"
+
+#include <pthread.h>
+
+#include "util/alloc.h"
+#include "util/sync.h"
+
+static ck_epoch_t global_epoch;
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static pthread_key_t thread_key;
+
+/* The calling thread's reader record (NULL until its first read). */
+static _Thread_local ck_epoch_record_t *thread_record;
+
+/* One object stands for "some reader section ended" in TSan's eyes. */
+static char quiescence_token;
+
+static void thread_exit(void *record)
+{
+    ck_epoch_unregister(record);
+}
+
+static void global_init(void)
+{
+    ck_epoch_init(&global_epoch);
+    (void)pthread_key_create(&thread_key, thread_exit);
+}
+
+static ck_epoch_record_t *record_acquire(void)
+{
+    pthread_once(&global_once, global_init);
+    ck_epoch_record_t *record = ck_epoch_recycle(&global_epoch, NULL);
+    if (record != NULL)
+        return record;
+    record = mem_alloc(sizeof(*record));
+    if (record == NULL)
+        return NULL;
+    ck_epoch_register(&global_epoch, record, NULL);
+    return record;
+}
+
+ck_epoch_record_t *epoch_enter(void)
+{
+    ck_epoch_record_t *record = thread_record;
+    if (record == NULL) {
+        record = record_acquire();
+        if (record == NULL)
+            return NULL;
+        if (pthread_setspecific(thread_key, record) != 0) {
+            ck_epoch_unregister(record);
+            return NULL;
+        }
+        thread_record = record;
+    }
+    ck_epoch_begin(record, NULL);
+    return record;
+}
+
+void epoch_leave(ck_epoch_record_t *record)
+{
+    sync_publish(&quiescence_token);
+    ck_epoch_end(record, NULL);
+}
+
+ck_epoch_record_t *epoch_writer_record(void)
+{
+    return record_acquire();
+}
+
+void epoch_writer_retire(ck_epoch_record_t *record)
+{
+    epoch_drain(record);
+    ck_epoch_unregister(record);
+}
+
+void epoch_defer(ck_epoch_record_t *record, ck_epoch_entry_t *entry, ck_epoch_cb_t *destroy)
+{
+    ck_epoch_call(record, entry, destroy);
+    /* Bound the backlog: poll never blocks, it only frees what is safe. */
+    if (record->n_pending >= 1024 && record->n_pending % 256 == 0)
+        ck_epoch_poll(record);
+}
+
+void epoch_poll(ck_epoch_record_t *record)
+{
+    ck_epoch_poll(record);
+}
+
+void epoch_drain(ck_epoch_record_t *record)
+{
+    ck_epoch_barrier(record);
+}
+
+void epoch_observe_quiescence(void)
+{
+    sync_observe(&quiescence_token);
+}

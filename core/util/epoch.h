@@ -1,0 +1,44 @@
+/*
+ * epoch.h: safe memory reclamation for everything readers reach without a
+ * lock (session records, metadata blobs, user lists, ck_ht maps).
+ *
+ * One process-wide ck_epoch. Readers: every OS thread gets its own record
+ * on first use (thread-local; cgo and ctypes calls arrive on arbitrary
+ * threads), released for reuse when the thread exits. Writers defer frees
+ * on a record owned by a shard, used only under that shard's lock (so
+ * ck_epoch_call's single-producer rule holds), and polled as work piles up.
+ * A deferred free runs only after every reader section that began before
+ * the deferral has ended.
+ */
+#ifndef AFSM_UTIL_EPOCH_H
+#define AFSM_UTIL_EPOCH_H
+
+#include <ck_epoch.h>
+#include <stdbool.h>
+
+/* Enters / leaves a read section on the calling thread's record. Sections
+ * nest. epoch_enter returns NULL only when no record could be allocated
+ * (the caller then reports AFSM_ENOMEM). */
+ck_epoch_record_t *epoch_enter(void);
+void epoch_leave(ck_epoch_record_t *record);
+
+/* A record for deferring frees; owned by one shard. NULL on ENOMEM. */
+ck_epoch_record_t *epoch_writer_record(void);
+/* Runs every pending deferral (waits for readers), then returns the record
+ * to the pool. Only with the owner's lock held or the owner quiescent. */
+void epoch_writer_retire(ck_epoch_record_t *record);
+
+/* Frees ptr (allocated by mem_alloc, with entry inside it) once no reader
+ * can hold it. record is the caller's shard record, its lock held. */
+void epoch_defer(ck_epoch_record_t *record, ck_epoch_entry_t *entry, ck_epoch_cb_t *destroy);
+/* Dispatches what is safe to free now without waiting. */
+void epoch_poll(ck_epoch_record_t *record);
+/* Waits for every reader section that is open now, then frees everything
+ * deferred on record. */
+void epoch_drain(ck_epoch_record_t *record);
+
+/* Called by a deferred destroy callback before it frees: tells TSan that
+ * the free happens after the readers' sections. */
+void epoch_observe_quiescence(void);
+
+#endif

@@ -1,0 +1,231 @@
+/*
+ * uuid.c: UUID text parsing and formatting, and the process-wide UUIDv7
+ * generator (RFC 9562 §5.7).
+ *
+ * Layout of a v7 id, most significant byte first:
+ *   48 bits unix_ms | 4 bits version (7) | 12 bits rand_a | 2 bits variant (10) | 62 bits rand_b
+ *
+ * Invariant: every id this process generates is strictly greater (memcmp
+ * order) than every id it generated before, on any thread. The first eight
+ * bytes hold the 60-bit "stamp" (unix_ms << 12 | counter) with the constant
+ * version nibble in between, so ids order exactly as their stamps do,
+ * whatever rand_b holds. The stamp comes from one CAS on a process-wide
+ * atomic: max(now_ms << 12, last + 1). When many ids share a millisecond, or
+ * the wall clock steps back, the 12-bit counter (rand_a) counts up and
+ * carries into the timestamp, which may then run slightly ahead of the wall
+ * clock (RFC 9562 §6.2, methods 1 and 3). rand_a thus holds a counter, not
+ * random bits; rand_b's 62 random bits keep ids of different processes apart.
+ *
+ * Shared state: last_stamp, written by every generating thread through CAS.
+ * Relaxed ordering is enough: the CAS alone makes the stamps a total order,
+ * and no other memory is published with them. The random bytes come from a
+ * thread-local buffer refilled by getrandom() 256 bytes at a time, so the
+ * syscall is paid once per 32 ids; a fork handler empties the forking
+ * thread's buffer in the child, so parent and child never share rand_b.
+ *
+ * The stamp has room for 60 bits; unix_ms is clamped to 48 bits, so the
+ * carry can only overflow after the year 10889 plus 2^12 ids per ms beyond.
+ */
+#include "util/uuid.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#define UUID_TEXT_LEN 36
+#define UNIX_MS_MAX ((UINT64_C(1) << 48) - 1)
+#define COUNTER_BITS 12
+#define RAND_BUFFER_BYTES 256
+
+/* (unix_ms << 12 | counter) of the last id handed out; 0 before the first. */
+static _Atomic uint64_t last_stamp = 0;
+
+/* Per-thread random bytes; rand_left counts the unused ones at the end. */
+static _Thread_local uint8_t rand_buffer[RAND_BUFFER_BYTES];
+static _Thread_local size_t rand_left = 0;
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* In the child only the forking thread survives: dropping its buffer is
+ * enough to keep the child from repeating the parent's rand_b. */
+static void rand_after_fork_child(void)
+{
+    rand_left = 0;
+}
+
+static void rand_register_atfork(void)
+{
+    /* Failure (ENOMEM) only loses the fork protection; never worth aborting. */
+    (void)pthread_atfork(NULL, NULL, rand_after_fork_child);
+}
+
+/* splitmix64: only used when getrandom() is unavailable (old kernel,
+ * seccomp). Uniqueness within the process never depends on it (the stamp
+ * guarantees that); it only keeps rand_b from being constant. */
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += UINT64_C(0x9e3779b97f4a7c15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return z ^ (z >> 31);
+}
+
+static void rand_refill(void)
+{
+    size_t filled = 0;
+    while (filled < sizeof rand_buffer) {
+        ssize_t got = getrandom(rand_buffer + filled, sizeof rand_buffer - filled, 0);
+        if (got > 0) {
+            filled += (size_t)got;
+        } else if (got < 0 && errno == EINTR) {
+            continue;
+        } else {
+            break;
+        }
+    }
+    if (filled < sizeof rand_buffer) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t state = (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
+        state ^= (uint64_t)(uintptr_t)&rand_left; /* differs per thread */
+        state ^= atomic_load_explicit(&last_stamp, memory_order_relaxed);
+        for (size_t i = filled; i < sizeof rand_buffer; i++)
+            rand_buffer[i] = (uint8_t)splitmix64(&state);
+    }
+    rand_left = sizeof rand_buffer;
+}
+
+static void rand_bytes(uint8_t *out, size_t n)
+{
+    pthread_once(&atfork_once, rand_register_atfork);
+    if (rand_left < n)
+        rand_refill();
+    memcpy(out, rand_buffer + (sizeof rand_buffer - rand_left), n);
+    rand_left -= n;
+}
+
+/* The next stamp: strictly greater than every one handed out before. */
+static uint64_t next_stamp(uint64_t unix_ms)
+{
+    uint64_t floor = unix_ms << COUNTER_BITS;
+    uint64_t last = atomic_load_explicit(&last_stamp, memory_order_relaxed);
+    uint64_t next;
+    do {
+        next = floor > last ? floor : last + 1;
+    } while (!atomic_compare_exchange_weak_explicit(&last_stamp, &last, next, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    return next;
+}
+
+void uuid_v7_at(afsm_uuid *out, uint64_t unix_ms)
+{
+    if (unix_ms > UNIX_MS_MAX)
+        unix_ms = UNIX_MS_MAX;
+    uint64_t stamp = next_stamp(unix_ms);
+    uint64_t ms = stamp >> COUNTER_BITS;
+    unsigned counter = (unsigned)(stamp & ((1u << COUNTER_BITS) - 1));
+
+    for (int i = 0; i < 6; i++)
+        out->bytes[i] = (uint8_t)(ms >> (40 - 8 * i));
+    out->bytes[6] = (uint8_t)(0x70 | (counter >> 8));
+    out->bytes[7] = (uint8_t)(counter & 0xff);
+    rand_bytes(out->bytes + 8, 8);
+    out->bytes[8] = (uint8_t)(0x80 | (out->bytes[8] & 0x3f));
+}
+
+bool uuid_is_nil(const afsm_uuid *uuid)
+{
+    static const afsm_uuid nil;
+    return memcmp(uuid->bytes, nil.bytes, sizeof nil.bytes) == 0;
+}
+
+int uuid_compare(const afsm_uuid *a, const afsm_uuid *b)
+{
+    return memcmp(a->bytes, b->bytes, sizeof a->bytes);
+}
+
+uint64_t uuid_v7_unix_ms(const afsm_uuid *uuid)
+{
+    uint64_t ms = 0;
+    for (int i = 0; i < 6; i++)
+        ms = ms << 8 | uuid->bytes[i];
+    return ms;
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static bool is_dash_position(size_t i)
+{
+    return i == 8 || i == 13 || i == 18 || i == 23;
+}
+
+AFSM_API afsm_status afsm_uuid_parse(const char *text, size_t text_len, afsm_uuid *out)
+{
+    if (text == NULL || out == NULL)
+        return AFSM_ENULL;
+    /* Only the canonical form: accepting braces, urn: or 32 digits would give
+     * one id several spellings, and ids are compared as text by callers. */
+    if (text_len != UUID_TEXT_LEN)
+        return AFSM_EUUID;
+
+    afsm_uuid parsed;
+    size_t byte = 0;
+    for (size_t i = 0; i < UUID_TEXT_LEN;) {
+        if (is_dash_position(i)) {
+            if (text[i] != '-')
+                return AFSM_EUUID;
+            i++;
+            continue;
+        }
+        int hi = hex_value(text[i]);
+        int lo = hex_value(text[i + 1]); /* groups have even lengths: a pair never straddles a dash */
+        if (hi < 0 || lo < 0)
+            return AFSM_EUUID;
+        parsed.bytes[byte++] = (uint8_t)(hi << 4 | lo);
+        i += 2;
+    }
+    *out = parsed; /* untouched on failure */
+    return AFSM_OK;
+}
+
+AFSM_API afsm_status afsm_uuid_format(const afsm_uuid *uuid, char out[AFSM_UUID_STRING_SIZE])
+{
+    static const char digits[] = "0123456789abcdef";
+    if (uuid == NULL || out == NULL)
+        return AFSM_ENULL;
+    size_t pos = 0;
+    for (size_t byte = 0; byte < sizeof uuid->bytes; byte++) {
+        if (byte == 4 || byte == 6 || byte == 8 || byte == 10)
+            out[pos++] = '-';
+        out[pos++] = digits[uuid->bytes[byte] >> 4];
+        out[pos++] = digits[uuid->bytes[byte] & 0x0f];
+    }
+    out[pos] = '\0';
+    return AFSM_OK;
+}
+
+AFSM_API afsm_status afsm_uuid_v7(afsm_uuid *out)
+{
+    if (out == NULL)
+        return AFSM_ENULL;
+    struct timespec now;
+    uint64_t unix_ms = 0;
+    /* A clock before 1970 (or a failing clock) reads as 0: the stamp's
+     * max() keeps the ids increasing anyway. */
+    if (clock_gettime(CLOCK_REALTIME, &now) == 0 && now.tv_sec >= 0)
+        unix_ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+    uuid_v7_at(out, unix_ms);
+    return AFSM_OK;
+}
