@@ -241,7 +241,7 @@ typedef struct afsm_config {
     void *log_ctx;
 } afsm_config;
 
-#define AFSM_CONFIG_INIT {AFSM_CONFIG_VERSION}
+#define AFSM_CONFIG_INIT {.version = AFSM_CONFIG_VERSION}
 /* Sets every field to its default for the given version (AFSM_EVERSION if unknown). */
 AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version);
 
@@ -306,7 +306,7 @@ typedef struct afsm_session_info {
     afsm_stats stats;
 } afsm_session_info;
 
-#define AFSM_SESSION_INFO_INIT {AFSM_SESSION_INFO_VERSION}
+#define AFSM_SESSION_INFO_INIT {.version = AFSM_SESSION_INFO_VERSION}
 AFSM_API afsm_status afsm_session_info_init(afsm_session_info *info, unsigned int version);
 
 #define AFSM_CREATE_OPTIONS_VERSION 1
@@ -323,7 +323,7 @@ typedef struct afsm_create_options {
     uint64_t timeout_ms; /* 0: the engine's default timeout */
 } afsm_create_options;
 
-#define AFSM_CREATE_OPTIONS_INIT {AFSM_CREATE_OPTIONS_VERSION}
+#define AFSM_CREATE_OPTIONS_INIT {.version = AFSM_CREATE_OPTIONS_VERSION}
 AFSM_API afsm_status afsm_create_options_init(afsm_create_options *options, unsigned int version);
 
 /* Creates a session in state CONNECTING with a new UUIDv7 id, zero stats and
@@ -366,7 +366,7 @@ typedef struct afsm_update {
     afsm_stats stats; /* with AFSM_UPDATE_STATS */
 } afsm_update;
 
-#define AFSM_UPDATE_INIT {AFSM_UPDATE_VERSION}
+#define AFSM_UPDATE_INIT {.version = AFSM_UPDATE_VERSION}
 AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version);
 
 /* Applies every requested part or none. Allowed state changes:
@@ -420,7 +420,7 @@ typedef struct afsm_list_filter {
     uint32_t limit;   /* 1..AFSM_LIST_LIMIT_MAX */
 } afsm_list_filter;
 
-#define AFSM_LIST_FILTER_INIT {AFSM_LIST_FILTER_VERSION}
+#define AFSM_LIST_FILTER_INIT {.version = AFSM_LIST_FILTER_VERSION}
 AFSM_API afsm_status afsm_list_filter_init(afsm_list_filter *filter, unsigned int version);
 
 /* Lists matching sessions in session-id order (= creation order), skipping

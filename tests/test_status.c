@@ -23,14 +23,16 @@ struct code {
     const char *name;
 };
 
+/* Kept on one line: clang-format would split the braces of the macro. */
+/* clang-format off */
 #define CODE(c) {c, #c}
+/* clang-format on */
 static const struct code codes[] = {
-    CODE(AFSM_OK),           CODE(AFSM_ENULL),       CODE(AFSM_EVERSION),    CODE(AFSM_EINVAL),
-    CODE(AFSM_ETOOLONG),     CODE(AFSM_EUUID),       CODE(AFSM_EIP),         CODE(AFSM_ENOMEM),
-    CODE(AFSM_ENOTFOUND),    CODE(AFSM_EEXPIRED),    CODE(AFSM_EEXISTS),     CODE(AFSM_ETRANSITION),
-    CODE(AFSM_ECLOSED),      CODE(AFSM_ELIMIT),      CODE(AFSM_EBUFFER),     CODE(AFSM_EBUSY),
-    CODE(AFSM_ETOKEN),       CODE(AFSM_ETOKENKEY),   CODE(AFSM_EREVOKED),    CODE(AFSM_EIPMISMATCH),
-    CODE(AFSM_EKEYFILE),     CODE(AFSM_EUNAVAILABLE), CODE(AFSM_EINTERNAL),
+    CODE(AFSM_OK),       CODE(AFSM_ENULL),        CODE(AFSM_EVERSION),  CODE(AFSM_EINVAL),    CODE(AFSM_ETOOLONG),
+    CODE(AFSM_EUUID),    CODE(AFSM_EIP),          CODE(AFSM_ENOMEM),    CODE(AFSM_ENOTFOUND), CODE(AFSM_EEXPIRED),
+    CODE(AFSM_EEXISTS),  CODE(AFSM_ETRANSITION),  CODE(AFSM_ECLOSED),   CODE(AFSM_ELIMIT),    CODE(AFSM_EBUFFER),
+    CODE(AFSM_EBUSY),    CODE(AFSM_ETOKEN),       CODE(AFSM_ETOKENKEY), CODE(AFSM_EREVOKED),  CODE(AFSM_EIPMISMATCH),
+    CODE(AFSM_EKEYFILE), CODE(AFSM_EUNAVAILABLE), CODE(AFSM_EINTERNAL),
 };
 #define CODE_COUNT (sizeof codes / sizeof codes[0])
 
@@ -115,12 +117,9 @@ static void test_state_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_names_match_macros),
-        cmocka_unit_test(test_codes_are_contiguous),
-        cmocka_unit_test(test_descriptions),
-        cmocka_unit_test(test_all_distinct),
-        cmocka_unit_test(test_unknown_codes),
-        cmocka_unit_test(test_version),
+        cmocka_unit_test(test_names_match_macros), cmocka_unit_test(test_codes_are_contiguous),
+        cmocka_unit_test(test_descriptions),       cmocka_unit_test(test_all_distinct),
+        cmocka_unit_test(test_unknown_codes),      cmocka_unit_test(test_version),
         cmocka_unit_test(test_state_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

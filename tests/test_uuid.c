@@ -19,8 +19,8 @@
 #include "util/uuid.h"
 
 static const char sample_text[] = "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6";
-static const afsm_uuid sample = {{0x01, 0x92, 0xf3, 0xa4, 0x5b, 0x6c, 0x7d, 0x8e, 0x9f, 0xa0, 0xb1, 0xc2, 0xd3, 0xe4,
-                                  0xf5, 0xa6}};
+static const afsm_uuid sample = {
+    {0x01, 0x92, 0xf3, 0xa4, 0x5b, 0x6c, 0x7d, 0x8e, 0x9f, 0xa0, 0xb1, 0xc2, 0xd3, 0xe4, 0xf5, 0xa6}};
 
 /* A millisecond later than any the generator has reached so far. */
 static uint64_t fresh_ms(void)
@@ -106,21 +106,21 @@ static void test_parse_rejects(void **state)
     (void)state;
     static const char *const bad[] = {
         "",
-        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a",                /* 35 */
-        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6a",              /* 37 */
-        "{0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6}",             /* braces */
-        "urn:uuid:0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6",      /* urn */
-        "0192f3a45b6c7d8e9fa0b1c2d3e4f5a6",                   /* 32 hex digits */
-        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5ag",               /* non-hex */
-        "0192f3a4 5b6c-7d8e-9fa0-b1c2d3e4f5a6",               /* space for a dash */
-        "0192f3a4-5b6c-7d8e-9fa0b-1c2d3e4f5a6",               /* dash moved */
-        "0192f3a45-b6c-7d8e-9fa0-b1c2d3e4f5a6",               /* dash moved */
-        "-0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a",               /* leading dash */
-        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a ",               /* trailing space */
-        " 0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a",               /* leading space */
-        "0192f3a4-+b6c-7d8e-9fa0-b1c2d3e4f5a6",               /* sign */
-        "0x92f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6",               /* 0x prefix */
-        "------------------------------------",               /* all dashes */
+        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a",           /* 35 */
+        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6a",         /* 37 */
+        "{0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6}",        /* braces */
+        "urn:uuid:0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6", /* urn */
+        "0192f3a45b6c7d8e9fa0b1c2d3e4f5a6",              /* 32 hex digits */
+        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5ag",          /* non-hex */
+        "0192f3a4 5b6c-7d8e-9fa0-b1c2d3e4f5a6",          /* space for a dash */
+        "0192f3a4-5b6c-7d8e-9fa0b-1c2d3e4f5a6",          /* dash moved */
+        "0192f3a45-b6c-7d8e-9fa0-b1c2d3e4f5a6",          /* dash moved */
+        "-0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a",          /* leading dash */
+        "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a ",          /* trailing space */
+        " 0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a",          /* leading space */
+        "0192f3a4-+b6c-7d8e-9fa0-b1c2d3e4f5a6",          /* sign */
+        "0x92f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6",          /* 0x prefix */
+        "------------------------------------",          /* all dashes */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         afsm_uuid uuid;
@@ -167,8 +167,8 @@ static void test_compare(void **state)
 
 static void assert_v7_layout(const afsm_uuid *uuid)
 {
-    assert_int_equal(uuid->bytes[6] >> 4, 7);       /* version */
-    assert_int_equal(uuid->bytes[8] >> 6, 2);       /* variant 10 */
+    assert_int_equal(uuid->bytes[6] >> 4, 7); /* version */
+    assert_int_equal(uuid->bytes[8] >> 6, 2); /* variant 10 */
 }
 
 static void test_v7_layout(void **state)

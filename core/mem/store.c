@@ -773,7 +773,8 @@ static afsm_status mem_list(store *st, const afsm_list_filter *f, afsm_session_i
         }
     }
     if (status == AFSM_OK) {
-        qsort(scan.page.items, scan.page.count, sizeof(session *), compare_sessions);
+        if (scan.page.count > 1)
+            qsort(scan.page.items, scan.page.count, sizeof(session *), compare_sessions);
         size_t n = 0;
         for (size_t i = (size_t)f->offset; i < scan.page.count; i++)
             fill_info(ms, scan.page.items[i], &out[n++]);

@@ -73,12 +73,8 @@ AFSM_API const char *afsm_version(void)
 AFSM_API const char *afsm_state_name(int state)
 {
     static const char *const names[AFSM_STATE_COUNT] = {
-        [AFSM_STATE_ANY] = "any",
-        [AFSM_STATE_CONNECTING] = "connecting",
-        [AFSM_STATE_ACTIVE] = "active",
-        [AFSM_STATE_IDLE] = "idle",
-        [AFSM_STATE_DISCONNECTING] = "disconnecting",
-        [AFSM_STATE_CLOSED] = "closed",
+        [AFSM_STATE_ANY] = "any",   [AFSM_STATE_CONNECTING] = "connecting",       [AFSM_STATE_ACTIVE] = "active",
+        [AFSM_STATE_IDLE] = "idle", [AFSM_STATE_DISCONNECTING] = "disconnecting", [AFSM_STATE_CLOSED] = "closed",
     };
     if (state < 0 || state >= AFSM_STATE_COUNT)
         return "unknown";

@@ -110,14 +110,14 @@ static void rand_bytes(uint8_t *out, size_t n)
 /* The next stamp: strictly greater than every one handed out before. */
 static uint64_t next_stamp(uint64_t unix_ms)
 {
-    uint64_t floor = unix_ms << COUNTER_BITS;
+    uint64_t floor_stamp = unix_ms << COUNTER_BITS;
     uint64_t last = atomic_load_explicit(&last_stamp, memory_order_relaxed);
-    uint64_t next;
-    do {
-        next = floor > last ? floor : last + 1;
-    } while (!atomic_compare_exchange_weak_explicit(&last_stamp, &last, next, memory_order_relaxed,
-                                                    memory_order_relaxed));
-    return next;
+    for (;;) {
+        uint64_t next = floor_stamp > last ? floor_stamp : last + 1;
+        /* On failure the CAS reloads last; the loop retries with it. */
+        if (atomic_compare_exchange_weak_explicit(&last_stamp, &last, next, memory_order_relaxed, memory_order_relaxed))
+            return next;
+    }
 }
 
 void uuid_v7_at(afsm_uuid *out, uint64_t unix_ms)

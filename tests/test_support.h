@@ -1,0 +1,87 @@
+/*
+ * test_support.h: what the cmocka tests share: a virtual clock, an engine
+ * opened on it with no reaper thread, and a create helper.
+ */
+#ifndef AFSM_TEST_SUPPORT_H
+#define AFSM_TEST_SUPPORT_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "afsm.h"
+
+#define MS UINT64_C(1000000)
+#define SEC (1000 * MS)
+
+typedef struct virtual_clock {
+    _Atomic uint64_t now_ns;
+} virtual_clock;
+
+static inline uint64_t virtual_clock_read(void *ctx)
+{
+    return atomic_load_explicit(&((virtual_clock *)ctx)->now_ns, memory_order_relaxed);
+}
+
+static inline void virtual_clock_set(virtual_clock *clock, uint64_t now_ns)
+{
+    atomic_store_explicit(&clock->now_ns, now_ns, memory_order_relaxed);
+}
+
+/* An engine in virtual time starting at 1000 s, manual reaper, 100 ms tick. */
+static inline afsm_engine *open_virtual_engine(virtual_clock *clock, afsm_config *cfg_out)
+{
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.server_addr = "10.0.0.1:7000";
+    cfg.server_addr_len = strlen(cfg.server_addr);
+    cfg.shard_count = 8;
+    if (cfg_out != NULL) {
+        cfg.on_event = cfg_out->on_event;
+        cfg.event_ctx = cfg_out->event_ctx;
+        if (cfg_out->default_timeout_ms)
+            cfg.default_timeout_ms = cfg_out->default_timeout_ms;
+        if (cfg_out->max_lifetime_ms)
+            cfg.max_lifetime_ms = cfg_out->max_lifetime_ms;
+        if (cfg_out->shard_count)
+            cfg.shard_count = cfg_out->shard_count;
+    }
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    return engine;
+}
+
+static inline afsm_create_options make_options(const char *user, const char *ip, afsm_uuid *conn)
+{
+    afsm_create_options o;
+    afsm_create_options_init(&o, AFSM_CREATE_OPTIONS_VERSION);
+    o.user_id = user;
+    o.user_id_len = strlen(user);
+    o.client_ip = ip;
+    o.client_ip_len = strlen(ip);
+    o.client_port = 54321;
+    afsm_uuid_v7(conn);
+    o.connection_id = *conn;
+    return o;
+}
+
+static inline afsm_session_info create_session(afsm_engine *engine, const char *user)
+{
+    afsm_uuid conn;
+    afsm_create_options o = make_options(user, "192.168.1.100", &conn);
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_create(engine, &o, &info), AFSM_OK);
+    return info;
+}
+
+#endif
