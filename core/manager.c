@@ -25,12 +25,12 @@
 #include "util/clock.h"
 #include "util/uuid.h"
 
-#define NS_PER_MS UINT64_C(1000000)
+#define NS_PER_MS          UINT64_C(1000000)
 #define DEFAULT_TIMEOUT_MS (30u * 60u * 1000u)
 #define DEFAULT_CLEANUP_MS 1000u
-#define DEFAULT_TICK_MS 100u
-#define DEFAULT_CAPACITY 1024u
-#define SHARDS_MAX 4096u
+#define DEFAULT_TICK_MS    100u
+#define DEFAULT_CAPACITY   1024u
+#define SHARDS_MAX         4096u
 /* Timeouts beyond ten years are surely a unit mistake, and keep every
  * deadline far from overflowing 63 bits of nanoseconds. */
 #define TIMEOUT_MS_MAX (UINT64_C(10) * 365 * 24 * 3600 * 1000)
@@ -412,15 +412,15 @@ AFSM_API afsm_status afsm_session_get_metadata(afsm_engine *engine, const afsm_u
     return engine->st->ops->get_metadata(engine->st, session_id, buf, buf_size, needed, count);
 }
 
-AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *session_id,
-                                         const afsm_update *update, afsm_session_info *out)
+AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *session_id, const afsm_update *update,
+                                         afsm_session_info *out)
 {
     if (engine == NULL || session_id == NULL || update == NULL)
         return AFSM_ENULL;
     if (update->version != AFSM_UPDATE_VERSION || (out != NULL && check_info(out) != AFSM_OK))
         return AFSM_EVERSION;
-    const uint32_t known = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_MERGE | AFSM_UPDATE_METADATA_REPLACE |
-                           AFSM_UPDATE_STATS;
+    const uint32_t known =
+        AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_MERGE | AFSM_UPDATE_METADATA_REPLACE | AFSM_UPDATE_STATS;
     if ((update->fields & ~known) != 0)
         return AFSM_EINVAL;
     if ((update->fields & AFSM_UPDATE_METADATA_MERGE) && (update->fields & AFSM_UPDATE_METADATA_REPLACE))
@@ -436,16 +436,14 @@ AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *s
     return engine->st->ops->update(engine->st, session_id, update, out);
 }
 
-AFSM_API afsm_status afsm_session_add_stats(afsm_engine *engine, const afsm_uuid *session_id,
-                                            const afsm_stats *delta)
+AFSM_API afsm_status afsm_session_add_stats(afsm_engine *engine, const afsm_uuid *session_id, const afsm_stats *delta)
 {
     if (engine == NULL || session_id == NULL || delta == NULL)
         return AFSM_ENULL;
     return engine->st->ops->add_stats(engine->st, session_id, delta);
 }
 
-AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid *session_id,
-                                            uint64_t *remaining_ms)
+AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid *session_id, uint64_t *remaining_ms)
 {
     if (engine == NULL || session_id == NULL)
         return AFSM_ENULL;
@@ -515,8 +513,8 @@ static afsm_status check_batch(afsm_engine *engine, const void *ids, size_t n, c
     return n > AFSM_BATCH_MAX ? AFSM_EINVAL : AFSM_OK;
 }
 
-AFSM_API afsm_status afsm_session_get_batch(afsm_engine *engine, const afsm_uuid *ids, size_t n,
-                                            afsm_session_info *out, afsm_status *statuses)
+AFSM_API afsm_status afsm_session_get_batch(afsm_engine *engine, const afsm_uuid *ids, size_t n, afsm_session_info *out,
+                                            afsm_status *statuses)
 {
     afsm_status status = check_batch(engine, ids, n, statuses);
     if (status != AFSM_OK)
@@ -546,8 +544,8 @@ AFSM_API afsm_status afsm_session_heartbeat_batch(afsm_engine *engine, const afs
     return AFSM_OK;
 }
 
-AFSM_API afsm_status afsm_session_add_stats_batch(afsm_engine *engine, const afsm_uuid *ids,
-                                                  const afsm_stats *deltas, size_t n, afsm_status *statuses)
+AFSM_API afsm_status afsm_session_add_stats_batch(afsm_engine *engine, const afsm_uuid *ids, const afsm_stats *deltas,
+                                                  size_t n, afsm_status *statuses)
 {
     afsm_status status = check_batch(engine, ids, n, statuses);
     if (status != AFSM_OK)

@@ -24,9 +24,9 @@ typedef struct store_config {
     uint32_t shard_count; /* a power of two */
     uint64_t capacity_hint;
     uint64_t tick_ns;
-    uint64_t idle_timeout_ns;  /* 0: off */
-    uint64_t max_lifetime_ns;  /* 0: none */
-    const char *server_addr;   /* NUL-terminated, <= AFSM_SERVER_ADDR_MAX */
+    uint64_t idle_timeout_ns; /* 0: off */
+    uint64_t max_lifetime_ns; /* 0: none */
+    const char *server_addr;  /* NUL-terminated, <= AFSM_SERVER_ADDR_MAX */
     afsm_clock_fn clock;
     void *clock_ctx;
     void (*emit)(void *ctx, const afsm_event *event); /* may be NULL */

@@ -39,7 +39,7 @@ extern "C" {
 #define AFSM_VERSION_MAJOR 0
 #define AFSM_VERSION_MINOR 1
 #define AFSM_VERSION_PATCH 0
-#define AFSM_VERSION "0.1.0"
+#define AFSM_VERSION       "0.1.0"
 
 /* ------------------------------------------------------------------------
  * Status codes
@@ -47,29 +47,29 @@ extern "C" {
 
 typedef int afsm_status;
 
-#define AFSM_OK 0
-#define AFSM_ENULL (-1)         /* a required pointer argument was NULL */
-#define AFSM_EVERSION (-2)      /* a struct's version field is unknown */
-#define AFSM_EINVAL (-3)        /* a value is out of range (state, limit, flags, port, ...) */
-#define AFSM_ETOOLONG (-4)      /* a string or the metadata exceeds its bound */
-#define AFSM_EUUID (-5)         /* a UUID string is malformed, or a required UUID is nil */
-#define AFSM_EIP (-6)           /* an IP address string is malformed */
-#define AFSM_ENOMEM (-7)        /* an allocation failed; nothing was changed */
-#define AFSM_ENOTFOUND (-8)     /* no such session */
-#define AFSM_EEXPIRED (-9)      /* the session's deadline has passed */
-#define AFSM_EEXISTS (-10)      /* the connection id already has a session */
-#define AFSM_ETRANSITION (-11)  /* the state change is not allowed from the current state */
-#define AFSM_ECLOSED (-12)      /* the session is closed; it cannot be revived */
-#define AFSM_ELIMIT (-13)       /* the user is at max_sessions_per_user (reject policy) */
-#define AFSM_EBUFFER (-14)      /* the caller's buffer is too small; the needed size is reported */
-#define AFSM_EBUSY (-15)        /* the engine still has pinned handles */
-#define AFSM_ETOKEN (-16)       /* a token is garbled, truncated or forged */
-#define AFSM_ETOKENKEY (-17)    /* a token's key id is not (or no longer) in the key ring */
-#define AFSM_EREVOKED (-18)     /* a token was superseded by afsm_token_rotate */
-#define AFSM_EIPMISMATCH (-19)  /* a token bound to one IP was presented from another */
-#define AFSM_EKEYFILE (-20)     /* a key file is unreadable, has the wrong size, or is readable by others */
+#define AFSM_OK           0
+#define AFSM_ENULL        (-1)  /* a required pointer argument was NULL */
+#define AFSM_EVERSION     (-2)  /* a struct's version field is unknown */
+#define AFSM_EINVAL       (-3)  /* a value is out of range (state, limit, flags, port, ...) */
+#define AFSM_ETOOLONG     (-4)  /* a string or the metadata exceeds its bound */
+#define AFSM_EUUID        (-5)  /* a UUID string is malformed, or a required UUID is nil */
+#define AFSM_EIP          (-6)  /* an IP address string is malformed */
+#define AFSM_ENOMEM       (-7)  /* an allocation failed; nothing was changed */
+#define AFSM_ENOTFOUND    (-8)  /* no such session */
+#define AFSM_EEXPIRED     (-9)  /* the session's deadline has passed */
+#define AFSM_EEXISTS      (-10) /* the connection id already has a session */
+#define AFSM_ETRANSITION  (-11) /* the state change is not allowed from the current state */
+#define AFSM_ECLOSED      (-12) /* the session is closed; it cannot be revived */
+#define AFSM_ELIMIT       (-13) /* the user is at max_sessions_per_user (reject policy) */
+#define AFSM_EBUFFER      (-14) /* the caller's buffer is too small; the needed size is reported */
+#define AFSM_EBUSY        (-15) /* the engine still has pinned handles */
+#define AFSM_ETOKEN       (-16) /* a token is garbled, truncated or forged */
+#define AFSM_ETOKENKEY    (-17) /* a token's key id is not (or no longer) in the key ring */
+#define AFSM_EREVOKED     (-18) /* a token was superseded by afsm_token_rotate */
+#define AFSM_EIPMISMATCH  (-19) /* a token bound to one IP was presented from another */
+#define AFSM_EKEYFILE     (-20) /* a key file is unreadable, has the wrong size, or is readable by others */
 #define AFSM_EUNAVAILABLE (-21) /* the store cannot be reached */
-#define AFSM_EINTERNAL (-22)    /* a bug: please report it */
+#define AFSM_EINTERNAL    (-22) /* a bug: please report it */
 
 /* A short English description of the status ("session not found"). Never NULL. */
 AFSM_API const char *afsm_strerror(afsm_status status);
@@ -82,15 +82,15 @@ AFSM_API const char *afsm_version(void);
  * Limits (bad input beyond these gets AFSM_ETOOLONG or AFSM_EINVAL)
  * ---------------------------------------------------------------------- */
 
-#define AFSM_USER_ID_MAX 256        /* bytes */
-#define AFSM_SERVER_ADDR_MAX 255    /* bytes */
-#define AFSM_REASON_MAX 256         /* bytes of a delete reason */
-#define AFSM_METADATA_KEYS_MAX 64   /* keys per session */
-#define AFSM_METADATA_BYTES_MAX 4096 /* sum of key and value lengths per session */
-#define AFSM_LIST_LIMIT_MAX 10000   /* sessions per list page */
-#define AFSM_BATCH_MAX 65536        /* items per batch call */
-#define AFSM_UUID_STRING_SIZE 37    /* 36 characters and a NUL */
-#define AFSM_IP_STRING_SIZE 46      /* INET6_ADDRSTRLEN */
+#define AFSM_USER_ID_MAX        256   /* bytes */
+#define AFSM_SERVER_ADDR_MAX    255   /* bytes */
+#define AFSM_REASON_MAX         256   /* bytes of a delete reason */
+#define AFSM_METADATA_KEYS_MAX  64    /* keys per session */
+#define AFSM_METADATA_BYTES_MAX 4096  /* sum of key and value lengths per session */
+#define AFSM_LIST_LIMIT_MAX     10000 /* sessions per list page */
+#define AFSM_BATCH_MAX          65536 /* items per batch call */
+#define AFSM_UUID_STRING_SIZE   37    /* 36 characters and a NUL */
+#define AFSM_IP_STRING_SIZE     46    /* INET6_ADDRSTRLEN */
 
 /* ------------------------------------------------------------------------
  * Plain value types
@@ -196,8 +196,8 @@ typedef struct afsm_event {
 typedef void (*afsm_event_fn)(void *ctx, const afsm_event *event);
 
 #define AFSM_LOG_DEBUG 10
-#define AFSM_LOG_INFO 20
-#define AFSM_LOG_WARN 30
+#define AFSM_LOG_INFO  20
+#define AFSM_LOG_WARN  30
 #define AFSM_LOG_ERROR 40
 
 typedef struct afsm_log_field {
@@ -241,7 +241,10 @@ typedef struct afsm_config {
     void *log_ctx;
 } afsm_config;
 
-#define AFSM_CONFIG_INIT {.version = AFSM_CONFIG_VERSION}
+#define AFSM_CONFIG_INIT                                                                                               \
+    {                                                                                                                  \
+        .version = AFSM_CONFIG_VERSION                                                                                 \
+    }
 /* Sets every field to its default for the given version (AFSM_EVERSION if unknown). */
 AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version);
 
@@ -300,18 +303,21 @@ typedef struct afsm_session_info {
     int64_t created_at_ns;
     int64_t last_active_at_ns;
     int64_t expires_at_ns;
-    uint64_t timeout_ms;      /* this session's rolling timeout */
-    uint32_t metadata_count;  /* fetch the entries with afsm_session_get_metadata */
-    uint32_t metadata_bytes;  /* the buffer size afsm_session_get_metadata needs */
+    uint64_t timeout_ms;     /* this session's rolling timeout */
+    uint32_t metadata_count; /* fetch the entries with afsm_session_get_metadata */
+    uint32_t metadata_bytes; /* the buffer size afsm_session_get_metadata needs */
     afsm_stats stats;
 } afsm_session_info;
 
-#define AFSM_SESSION_INFO_INIT {.version = AFSM_SESSION_INFO_VERSION}
+#define AFSM_SESSION_INFO_INIT                                                                                         \
+    {                                                                                                                  \
+        .version = AFSM_SESSION_INFO_VERSION                                                                           \
+    }
 AFSM_API afsm_status afsm_session_info_init(afsm_session_info *info, unsigned int version);
 
 #define AFSM_CREATE_OPTIONS_VERSION 1
 typedef struct afsm_create_options {
-    uint32_t version; /* AFSM_CREATE_OPTIONS_VERSION */
+    uint32_t version;     /* AFSM_CREATE_OPTIONS_VERSION */
     uint32_t client_port; /* 0..65535 */
     const char *user_id;  /* 1..AFSM_USER_ID_MAX bytes */
     size_t user_id_len;
@@ -323,7 +329,10 @@ typedef struct afsm_create_options {
     uint64_t timeout_ms; /* 0: the engine's default timeout */
 } afsm_create_options;
 
-#define AFSM_CREATE_OPTIONS_INIT {.version = AFSM_CREATE_OPTIONS_VERSION}
+#define AFSM_CREATE_OPTIONS_INIT                                                                                       \
+    {                                                                                                                  \
+        .version = AFSM_CREATE_OPTIONS_VERSION                                                                         \
+    }
 AFSM_API afsm_status afsm_create_options_init(afsm_create_options *options, unsigned int version);
 
 /* Creates a session in state CONNECTING with a new UUIDv7 id, zero stats and
@@ -337,8 +346,7 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
 /* Copies one session. Lock-free. AFSM_ENULL, AFSM_EVERSION, AFSM_ENOTFOUND,
  * AFSM_EEXPIRED (deadline passed, even before the reaper removes it; out is
  * still filled). */
-AFSM_API afsm_status afsm_session_get(afsm_engine *engine, const afsm_uuid *session_id,
-                                      afsm_session_info *out);
+AFSM_API afsm_status afsm_session_get(afsm_engine *engine, const afsm_uuid *session_id, afsm_session_info *out);
 /* Same, looked up by the transport's connection id. */
 AFSM_API afsm_status afsm_session_get_by_connection(afsm_engine *engine, const afsm_uuid *connection_id,
                                                     afsm_session_info *out);
@@ -351,10 +359,10 @@ AFSM_API afsm_status afsm_session_get_metadata(afsm_engine *engine, const afsm_u
                                                size_t buf_size, size_t *needed, size_t *count);
 
 /* Which parts of afsm_update to apply. */
-#define AFSM_UPDATE_STATE 0x1u
-#define AFSM_UPDATE_METADATA_MERGE 0x2u   /* set the given keys, keep the others */
+#define AFSM_UPDATE_STATE            0x1u
+#define AFSM_UPDATE_METADATA_MERGE   0x2u /* set the given keys, keep the others */
 #define AFSM_UPDATE_METADATA_REPLACE 0x4u /* the given keys become the whole map */
-#define AFSM_UPDATE_STATS 0x8u            /* set absolute values */
+#define AFSM_UPDATE_STATS            0x8u /* set absolute values */
 
 #define AFSM_UPDATE_VERSION 1
 typedef struct afsm_update {
@@ -366,7 +374,10 @@ typedef struct afsm_update {
     afsm_stats stats; /* with AFSM_UPDATE_STATS */
 } afsm_update;
 
-#define AFSM_UPDATE_INIT {.version = AFSM_UPDATE_VERSION}
+#define AFSM_UPDATE_INIT                                                                                               \
+    {                                                                                                                  \
+        .version = AFSM_UPDATE_VERSION                                                                                 \
+    }
 AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version);
 
 /* Applies every requested part or none. Allowed state changes:
@@ -376,20 +387,18 @@ AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version)
  * once both land. out (may be NULL) receives the result.
  * AFSM_ENULL, AFSM_EVERSION, AFSM_EINVAL (fields, state), AFSM_ETOOLONG,
  * AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ETRANSITION, AFSM_ENOMEM. */
-AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *session_id,
-                                         const afsm_update *update, afsm_session_info *out);
+AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *session_id, const afsm_update *update,
+                                         afsm_session_info *out);
 
 /* Adds delta's counters atomically; a non-zero delta->current_rtt_ms
  * replaces the RTT. Lock-free. AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED. */
-AFSM_API afsm_status afsm_session_add_stats(afsm_engine *engine, const afsm_uuid *session_id,
-                                            const afsm_stats *delta);
+AFSM_API afsm_status afsm_session_add_stats(afsm_engine *engine, const afsm_uuid *session_id, const afsm_stats *delta);
 
 /* Moves the deadline to now + the session's timeout (capped by
  * max_lifetime) and last-active to now. remaining_ms (may be NULL) receives
  * the time left. Lock-free; a late heartbeat never moves the deadline
  * back. AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED. */
-AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid *session_id,
-                                            uint64_t *remaining_ms);
+AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid *session_id, uint64_t *remaining_ms);
 
 /* Removes the session from every index at once and fires DELETED with the
  * reason (NULL or empty: "deleted"). AFSM_ENULL, AFSM_ETOOLONG (reason),
@@ -409,18 +418,21 @@ AFSM_API afsm_status afsm_session_delete_by_user(afsm_engine *engine, const char
 
 #define AFSM_LIST_FILTER_VERSION 1
 typedef struct afsm_list_filter {
-    uint32_t version;   /* AFSM_LIST_FILTER_VERSION */
-    uint32_t state;     /* AFSM_STATE_ANY or one state */
+    uint32_t version;    /* AFSM_LIST_FILTER_VERSION */
+    uint32_t state;      /* AFSM_STATE_ANY or one state */
     const char *user_id; /* NULL: every user */
     size_t user_id_len;
     int64_t created_after_ns;  /* wall clock, exclusive; 0: no bound */
     int64_t created_before_ns; /* wall clock, exclusive; 0: no bound */
-    afsm_uuid cursor; /* nil: from the start; else only sessions after this id */
-    uint64_t offset;  /* skip this many matches (after the cursor) */
-    uint32_t limit;   /* 1..AFSM_LIST_LIMIT_MAX */
+    afsm_uuid cursor;          /* nil: from the start; else only sessions after this id */
+    uint64_t offset;           /* skip this many matches (after the cursor) */
+    uint32_t limit;            /* 1..AFSM_LIST_LIMIT_MAX */
 } afsm_list_filter;
 
-#define AFSM_LIST_FILTER_INIT {.version = AFSM_LIST_FILTER_VERSION}
+#define AFSM_LIST_FILTER_INIT                                                                                          \
+    {                                                                                                                  \
+        .version = AFSM_LIST_FILTER_VERSION                                                                            \
+    }
 AFSM_API afsm_status afsm_list_filter_init(afsm_list_filter *filter, unsigned int version);
 
 /* Lists matching sessions in session-id order (= creation order), skipping
@@ -443,13 +455,13 @@ AFSM_API afsm_status afsm_session_list(afsm_engine *engine, const afsm_list_filt
 /* Each call handles ids[0..n) (n <= AFSM_BATCH_MAX) and writes each item's
  * own status into statuses[i]; the call itself returns AFSM_OK unless its
  * arguments are bad (AFSM_ENULL, AFSM_EINVAL for n, AFSM_EVERSION). */
-AFSM_API afsm_status afsm_session_get_batch(afsm_engine *engine, const afsm_uuid *ids, size_t n,
-                                            afsm_session_info *out, afsm_status *statuses);
+AFSM_API afsm_status afsm_session_get_batch(afsm_engine *engine, const afsm_uuid *ids, size_t n, afsm_session_info *out,
+                                            afsm_status *statuses);
 /* remaining_ms may be NULL. */
 AFSM_API afsm_status afsm_session_heartbeat_batch(afsm_engine *engine, const afsm_uuid *ids, size_t n,
                                                   uint64_t *remaining_ms, afsm_status *statuses);
-AFSM_API afsm_status afsm_session_add_stats_batch(afsm_engine *engine, const afsm_uuid *ids,
-                                                  const afsm_stats *deltas, size_t n, afsm_status *statuses);
+AFSM_API afsm_status afsm_session_add_stats_batch(afsm_engine *engine, const afsm_uuid *ids, const afsm_stats *deltas,
+                                                  size_t n, afsm_status *statuses);
 
 /* ------------------------------------------------------------------------
  * Pinned handles: per-packet work without a lookup

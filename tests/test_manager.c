@@ -53,11 +53,15 @@ static void test_create_and_get(void **state)
     char buf[64];
     size_t needed = 0, count = 0;
     assert_int_equal(afsm_session_get_metadata(engine, &created.session_id, buf, 4, &needed, &count), AFSM_EBUFFER);
-    assert_int_equal(needed, sizeof("device\0mobile\0version\0" "1.0.0") );
+    assert_int_equal(needed, sizeof("device\0mobile\0version\0"
+                                    "1.0.0"));
     assert_int_equal(afsm_session_get_metadata(engine, &created.session_id, buf, sizeof(buf), &needed, &count),
                      AFSM_OK);
     assert_int_equal(count, 2);
-    assert_memory_equal(buf, "device\0mobile\0version\0" "1.0.0\0", needed);
+    assert_memory_equal(buf,
+                        "device\0mobile\0version\0"
+                        "1.0.0\0",
+                        needed);
 
     assert_counts(engine, 1);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
@@ -195,11 +199,16 @@ static void test_state_transitions(void **state)
         uint32_t to;
         afsm_status want;
     } steps[] = {
-        {AFSM_STATE_IDLE, AFSM_ETRANSITION},          {AFSM_STATE_DISCONNECTING, AFSM_ETRANSITION},
-        {AFSM_STATE_ACTIVE, AFSM_OK},                 {AFSM_STATE_CONNECTING, AFSM_ETRANSITION},
-        {AFSM_STATE_IDLE, AFSM_OK},                   {AFSM_STATE_ACTIVE, AFSM_OK},
-        {AFSM_STATE_ACTIVE, AFSM_OK}, /* no-op */     {AFSM_STATE_DISCONNECTING, AFSM_OK},
-        {AFSM_STATE_ACTIVE, AFSM_ETRANSITION},        {AFSM_STATE_CLOSED, AFSM_OK},
+        {AFSM_STATE_IDLE, AFSM_ETRANSITION},
+        {AFSM_STATE_DISCONNECTING, AFSM_ETRANSITION},
+        {AFSM_STATE_ACTIVE, AFSM_OK},
+        {AFSM_STATE_CONNECTING, AFSM_ETRANSITION},
+        {AFSM_STATE_IDLE, AFSM_OK},
+        {AFSM_STATE_ACTIVE, AFSM_OK},
+        {AFSM_STATE_ACTIVE, AFSM_OK},
+        /* no-op */ {AFSM_STATE_DISCONNECTING, AFSM_OK},
+        {AFSM_STATE_ACTIVE, AFSM_ETRANSITION},
+        {AFSM_STATE_CLOSED, AFSM_OK},
     };
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
         u.state = steps[i].to;
@@ -235,7 +244,11 @@ static void test_metadata_merge_and_replace(void **state)
     size_t needed, count;
     assert_int_equal(afsm_session_get_metadata(engine, &s.session_id, buf, sizeof(buf), &needed, &count), AFSM_OK);
     assert_int_equal(count, 3);
-    assert_memory_equal(buf, "a\0one\0b\0" "2\0c\0" "3\0", needed);
+    assert_memory_equal(buf,
+                        "a\0one\0b\0"
+                        "2\0c\0"
+                        "3\0",
+                        needed);
 
     u.fields = AFSM_UPDATE_METADATA_REPLACE;
     u.metadata = second;
@@ -243,7 +256,10 @@ static void test_metadata_merge_and_replace(void **state)
     assert_int_equal(afsm_session_update(engine, &s.session_id, &u, NULL), AFSM_OK);
     assert_int_equal(afsm_session_get_metadata(engine, &s.session_id, buf, sizeof(buf), &needed, &count), AFSM_OK);
     assert_int_equal(count, 1);
-    assert_memory_equal(buf, "c\0" "3\0", needed);
+    assert_memory_equal(buf,
+                        "c\0"
+                        "3\0",
+                        needed);
 
     /* A merge that would exceed the bound is refused whole. */
     static char half[AFSM_METADATA_BYTES_MAX / 2 + 1];

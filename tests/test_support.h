@@ -17,7 +17,7 @@
 
 #include "afsm.h"
 
-#define MS UINT64_C(1000000)
+#define MS  UINT64_C(1000000)
 #define SEC (1000 * MS)
 
 typedef struct virtual_clock {

@@ -39,9 +39,9 @@ typedef struct session {
     uint16_t client_port;
     uint16_t user_id_len;
     int64_t created_wall_ns;
-    uint64_t created_ns;       /* engine clock */
-    uint64_t timeout_ns;       /* rolling timeout */
-    uint64_t lifetime_end_ns;  /* UINT64_MAX without max_lifetime */
+    uint64_t created_ns;      /* engine clock */
+    uint64_t timeout_ns;      /* rolling timeout */
+    uint64_t lifetime_end_ns; /* UINT64_MAX without max_lifetime */
 
     /* Lock-free. */
     _Atomic uint64_t last_active_ns; /* engine clock; SESSION_EXPIRED_BIT once expired */

@@ -25,11 +25,11 @@
 
 typedef struct shard {
     sync_lock lock;
-    ck_epoch_record_t *defer; /* frees deferred by this shard's writers */
-    table sessions;           /* session id -> session */
-    table connections;        /* connection id -> session */
-    table users;              /* user id -> user_entry (mem/index.h) */
-    wheel timers;             /* deadlines of the sessions in `sessions` */
+    ck_epoch_record_t *defer;    /* frees deferred by this shard's writers */
+    table sessions;              /* session id -> session */
+    table connections;           /* connection id -> session */
+    table users;                 /* user id -> user_entry (mem/index.h) */
+    wheel timers;                /* deadlines of the sessions in `sessions` */
     _Atomic(session *) all_head; /* every session of `sessions`, newest first */
     /* Written under the lock, read lock-free by counts. */
     _Atomic uint64_t by_state[AFSM_STATE_COUNT];

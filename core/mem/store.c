@@ -149,8 +149,8 @@ static void fill_info(const mem_store *ms, const session *s, afsm_session_info *
     out->server_addr_len = ms->server_addr_len;
     memcpy(out->server_addr, ms->server_addr, ms->server_addr_len + 1u);
     int64_t offset = atomic_load_explicit((_Atomic int64_t *)&ms->wall_offset_ns, memory_order_relaxed);
-    uint64_t last = atomic_load_explicit((_Atomic uint64_t *)&s->last_active_ns, memory_order_relaxed) &
-                    ~SESSION_EXPIRED_BIT;
+    uint64_t last =
+        atomic_load_explicit((_Atomic uint64_t *)&s->last_active_ns, memory_order_relaxed) & ~SESSION_EXPIRED_BIT;
     out->created_at_ns = s->created_wall_ns;
     out->last_active_at_ns = (int64_t)last + offset;
     out->expires_at_ns = (int64_t)session_deadline(s, last) + offset;
@@ -158,12 +158,10 @@ static void fill_info(const mem_store *ms, const session *s, afsm_session_info *
     out->metadata_count = meta != NULL ? meta->count : 0;
     out->metadata_bytes = meta != NULL ? meta->data_bytes : 0;
     out->stats.packets_sent = atomic_load_explicit((_Atomic uint64_t *)&s->packets_sent, memory_order_relaxed);
-    out->stats.packets_received =
-        atomic_load_explicit((_Atomic uint64_t *)&s->packets_received, memory_order_relaxed);
+    out->stats.packets_received = atomic_load_explicit((_Atomic uint64_t *)&s->packets_received, memory_order_relaxed);
     out->stats.bytes_sent = atomic_load_explicit((_Atomic uint64_t *)&s->bytes_sent, memory_order_relaxed);
     out->stats.bytes_received = atomic_load_explicit((_Atomic uint64_t *)&s->bytes_received, memory_order_relaxed);
-    out->stats.retransmissions =
-        atomic_load_explicit((_Atomic uint64_t *)&s->retransmissions, memory_order_relaxed);
+    out->stats.retransmissions = atomic_load_explicit((_Atomic uint64_t *)&s->retransmissions, memory_order_relaxed);
     out->stats.current_rtt_ms = atomic_load_explicit((_Atomic uint32_t *)&s->rtt_ms, memory_order_relaxed);
     out->stats.reserved = 0;
 }
@@ -526,8 +524,8 @@ static afsm_status mem_remove_by_user(store *st, const char *user_id, size_t use
         return AFSM_ENOMEM;
     /* The list is an immutable snapshot: every session the user had when
      * the call began is removed (one lock set at a time). */
-    const user_list *list = index_lookup(&ms->shards[shard_of_user(ms, user_id, user_id_len)], user_id,
-                                         (uint16_t)user_id_len);
+    const user_list *list =
+        index_lookup(&ms->shards[shard_of_user(ms, user_id, user_id_len)], user_id, (uint16_t)user_id_len);
     afsm_status status = AFSM_OK;
     for (uint32_t i = 0; list != NULL && i < list->count; i++) {
         afsm_status one = remove_session(ms, list->items[i], AFSM_EVENT_DELETED, reason, reason_len);
@@ -738,8 +736,7 @@ static afsm_status scan_one(list_scan *scan, session *s)
         return AFSM_OK;
     if (f->created_before_ns != 0 && s->created_wall_ns >= f->created_before_ns)
         return AFSM_OK;
-    if (f->user_id != NULL &&
-        (s->user_id_len != f->user_id_len || memcmp(s->user_id, f->user_id, f->user_id_len) != 0))
+    if (f->user_id != NULL && (s->user_id_len != f->user_id_len || memcmp(s->user_id, f->user_id, f->user_id_len) != 0))
         return AFSM_OK;
     scan->total++;
     if (scan->has_cursor && uuid_compare(&s->id, &f->cursor) <= 0)
@@ -903,7 +900,7 @@ static afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, st
          * count reached zero is already on its way to being freed. */
         uint32_t refs = atomic_load_explicit(&s->refs, memory_order_relaxed);
         while (refs != 0 && !atomic_compare_exchange_weak_explicit(&s->refs, &refs, refs + 1, memory_order_acq_rel,
-                                                                    memory_order_relaxed)) {
+                                                                   memory_order_relaxed)) {
         }
         if (refs != 0)
             status = AFSM_OK;

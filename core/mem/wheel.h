@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define WHEEL_LEVELS 4
-#define WHEEL_SLOTS 64
+#define WHEEL_SLOTS  64
 
 typedef struct wheel_link {
     struct wheel_link *next;

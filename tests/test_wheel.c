@@ -1,0 +1,160 @@
+/*
+ * test_wheel.c: the timing wheel fires every timer exactly once, at the
+ * first tick boundary at or after its deadline, never early and never more
+ * than one tick late, across every level, the overflow list, cascades,
+ * relinks and removals.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "mem/wheel.h"
+
+#define TICK_NS UINT64_C(1000000) /* 1 ms: the levels span 64^4 ms ~ 4.7 h */
+
+typedef struct timer {
+    wheel_link link;
+    uint64_t deadline_ns;
+    uint64_t relink_to_ns; /* non-zero: when it fires the first time, move it here (a heartbeat) */
+    uint64_t fired_at_ns;
+    int fired;
+    int removed;
+} timer;
+
+typedef struct fire_log {
+    uint64_t step_now_ns;
+    size_t fired;
+} fire_log;
+
+static uint64_t on_fire(void *ctx, wheel_link *link, uint64_t fire_ns)
+{
+    fire_log *log = ctx;
+    timer *t = (timer *)link;
+    assert_false(t->removed);
+    assert_true(fire_ns <= log->step_now_ns);
+    assert_true(fire_ns >= t->deadline_ns);          /* never early */
+    assert_true(fire_ns - t->deadline_ns < TICK_NS); /* within one tick */
+    if (t->relink_to_ns != 0) {
+        t->deadline_ns = t->relink_to_ns;
+        t->relink_to_ns = 0;
+        return t->deadline_ns;
+    }
+    assert_false(t->fired);
+    t->fired = 1;
+    t->fired_at_ns = fire_ns;
+    log->fired++;
+    return 0;
+}
+
+static uint64_t rand64(uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return *state;
+}
+
+static void test_every_timer_fires_once_on_time(void **state)
+{
+    (void)state;
+    enum { N = 100000 };
+    static wheel w;
+    timer *timers = calloc(N, sizeof(timer));
+    assert_non_null(timers);
+    uint64_t start = 5 * TICK_NS + 123; /* not on a boundary */
+    wheel_init(&w, TICK_NS, start);
+    uint64_t seed = 88172645463325252ull;
+    const uint64_t horizon = UINT64_C(64) * 64 * 64 * 64 * TICK_NS;
+    for (int i = 0; i < N; i++) {
+        uint64_t r = rand64(&seed);
+        uint64_t delay;
+        switch (i % 6) { /* spread over every level and the overflow list */
+        case 0:
+            delay = r % (64 * TICK_NS);
+            break;
+        case 1:
+            delay = r % (4096 * TICK_NS);
+            break;
+        case 2:
+            delay = r % (262144 * TICK_NS);
+            break;
+        case 3:
+            delay = r % horizon;
+            break;
+        case 4:
+            delay = horizon + r % (2 * horizon);
+            break;
+        default:
+            delay = r % 100;
+            break; /* sub-tick */
+        }
+        timers[i].deadline_ns = start + delay;
+        if (i % 7 == 0)
+            timers[i].relink_to_ns = timers[i].deadline_ns + r % (8192 * TICK_NS);
+        wheel_add(&w, &timers[i].link, timers[i].deadline_ns);
+    }
+    /* Remove some before they fire. */
+    for (int i = 3; i < N; i += 11) {
+        wheel_remove(&w, &timers[i].link);
+        timers[i].removed = 1;
+    }
+
+    fire_log log = {0};
+    uint64_t now = start;
+    uint64_t end = start + 3 * horizon + 10 * TICK_NS;
+    while (now < end) {
+        uint64_t r = rand64(&seed);
+        /* Mostly small steps, sometimes huge jumps. */
+        uint64_t step = (r % 10 == 0) ? r % (horizon / 8) : (r % 10 == 1) ? r % (5000 * TICK_NS) : r % (70 * TICK_NS);
+        now += step + 1;
+        log.step_now_ns = now;
+        wheel_advance(&w, now, on_fire, &log);
+        /* Exactly the due ones have fired: a sample check each step, a full
+         * one every so often (a full check per step would be O(N^2)). */
+        for (int k = 0; k < 64; k++) {
+            timer *t = &timers[rand64(&seed) % N];
+            if (t->removed)
+                continue;
+            uint64_t fire_tick_ns = (t->deadline_ns + TICK_NS - 1) / TICK_NS * TICK_NS;
+            assert_int_equal(t->fired, t->relink_to_ns == 0 && fire_tick_ns <= now);
+        }
+    }
+    size_t expected = 0;
+    for (int i = 0; i < N; i++) {
+        if (timers[i].removed)
+            continue;
+        expected++;
+        assert_true(timers[i].fired);
+    }
+    assert_int_equal(log.fired, expected);
+    assert_int_equal(w.count, 0);
+    free(timers);
+}
+
+static void test_late_add_fires_next_tick(void **state)
+{
+    (void)state;
+    static wheel w;
+    wheel_init(&w, TICK_NS, 100 * TICK_NS);
+    timer t = {.deadline_ns = 50 * TICK_NS};
+    wheel_add(&w, &t.link, t.deadline_ns);
+    fire_log log = {.step_now_ns = 101 * TICK_NS};
+    t.deadline_ns = 101 * TICK_NS; /* it cannot fire before the next tick */
+    wheel_advance(&w, 101 * TICK_NS, on_fire, &log);
+    assert_true(t.fired);
+    assert_int_equal(t.fired_at_ns, 101 * TICK_NS);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_timer_fires_once_on_time),
+        cmocka_unit_test(test_late_add_fires_next_tick),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

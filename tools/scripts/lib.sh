@@ -1,0 +1,36 @@
+# Sourced by the scripts beside it: package installation and the build.
+# Debian bookworm, run as root (or with sudo available).
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+JOBS=$(nproc)
+
+# Packages the build and the main job need.
+BUILD_PACKAGES=(build-essential cmake pkg-config libck-dev libjemalloc-dev)
+# And what every test needs on top (sanitizer runtimes come with gcc;
+# clang-14 and its runtime are for the libFuzzer targets).
+TEST_PACKAGES=(libcmocka-dev clang-14 libclang-rt-14-dev clang-format-14 golang-go python3 python3-pytest
+  python3-hypothesis libbenchmark-dev libhiredis-dev redis-server python3-matplotlib)
+
+# Installs whichever of the given Debian packages are missing.
+ensure_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# build_tree DIR [cmake args...]: configures and builds one tree.
+build_tree() {
+  local dir=$1
+  shift
+  cmake -S "$ROOT" -B "$ROOT/$dir" "$@" >/dev/null
+  cmake --build "$ROOT/$dir" -j "$JOBS"
+}
