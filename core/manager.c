@@ -221,7 +221,7 @@ static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
         return AFSM_EINVAL;
     if (cfg->default_timeout_ms > TIMEOUT_MS_MAX || cfg->max_lifetime_ms > TIMEOUT_MS_MAX ||
         cfg->idle_timeout_ms > TIMEOUT_MS_MAX || cfg->cleanup_interval_ms > TIMEOUT_MS_MAX ||
-        cfg->tick_ms > TIMEOUT_MS_MAX)
+        cfg->tick_ms > TIMEOUT_MS_MAX || cfg->close_linger_ms > TIMEOUT_MS_MAX)
         return AFSM_EINVAL;
     if (cfg->log_level != 0 && cfg->log_level != AFSM_LOG_DEBUG && cfg->log_level != AFSM_LOG_INFO &&
         cfg->log_level != AFSM_LOG_WARN && cfg->log_level != AFSM_LOG_ERROR)
@@ -266,6 +266,7 @@ AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **o
         .tick_ns = cfg.tick_ms * NS_PER_MS,
         .idle_timeout_ns = cfg.idle_timeout_ms * NS_PER_MS,
         .max_lifetime_ns = cfg.max_lifetime_ms * NS_PER_MS,
+        .close_linger_ns = cfg.close_linger_ms * NS_PER_MS,
         .server_addr = engine->server_addr,
         .clock = cfg.clock,
         .clock_ctx = cfg.clock_ctx,

@@ -26,6 +26,7 @@ typedef struct store_config {
     uint64_t tick_ns;
     uint64_t idle_timeout_ns; /* 0: off */
     uint64_t max_lifetime_ns; /* 0: none */
+    uint64_t close_linger_ns; /* 0: a closed session is removed at once */
     const char *server_addr;  /* NUL-terminated, <= AFSM_SERVER_ADDR_MAX */
     afsm_clock_fn clock;
     void *clock_ctx;

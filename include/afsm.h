@@ -239,6 +239,7 @@ typedef struct afsm_config {
     void *event_ctx;
     afsm_log_fn on_log; /* may be NULL */
     void *log_ctx;
+    uint64_t close_linger_ms; /* how long a closed session stays readable (0: removed at once) */
 } afsm_config;
 
 #define AFSM_CONFIG_INIT                                                                                               \

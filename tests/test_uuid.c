@@ -14,7 +14,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "util/uuid.h"
 
@@ -284,6 +286,37 @@ static void test_v7_monotonic_clock_steps_back(void **state)
     assert_true(uuid_compare(&prev, &next) < 0);
 }
 
+static void test_v7_fork_does_not_repeat(void **state)
+{
+    (void)state;
+    /* The child inherits the generator's stamp and this thread's random
+     * buffer; without the fork handler both would emit the same next id. */
+    uint64_t ms = fresh_ms();
+    afsm_uuid warm;
+    uuid_v7_at(&warm, ms); /* leaves unused random bytes in this thread's buffer */
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        afsm_uuid child_id;
+        uuid_v7_at(&child_id, ms);
+        ssize_t n = write(fds[1], child_id.bytes, sizeof child_id.bytes);
+        _exit(n == (ssize_t)sizeof child_id.bytes ? 0 : 1);
+    }
+    afsm_uuid parent_id, child_id;
+    uuid_v7_at(&parent_id, ms);
+    assert_int_equal(read(fds[0], child_id.bytes, sizeof child_id.bytes), (ssize_t)sizeof child_id.bytes);
+    int wstatus;
+    assert_int_equal(waitpid(pid, &wstatus, 0), pid);
+    assert_true(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+    close(fds[0]);
+    close(fds[1]);
+    /* Same stamp (both continue from the inherited one), different rand_b. */
+    assert_memory_equal(parent_id.bytes, child_id.bytes, 8);
+    assert_memory_not_equal(parent_id.bytes + 8, child_id.bytes + 8, 8);
+}
+
 static void test_v7_huge_ms_clamped(void **state)
 {
     (void)state;
@@ -389,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_v7_monotonic_clock_steps_back),
         cmocka_unit_test(test_v7_threads_fixed_ms),
         cmocka_unit_test(test_v7_threads_wall_clock),
+        cmocka_unit_test(test_v7_fork_does_not_repeat),
         /* Last: it leaves the generator at the end of the 48-bit range. */
         cmocka_unit_test(test_v7_huge_ms_clamped),
     };

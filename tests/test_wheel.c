@@ -51,6 +51,18 @@ static uint64_t on_fire(void *ctx, wheel_link *link, uint64_t fire_ns)
     return 0;
 }
 
+/* Advances to now in calls of at most budget_per_call timers each. */
+static void advance(wheel *w, uint64_t now, fire_log *log, size_t budget_per_call)
+{
+    for (;;) {
+        size_t budget = budget_per_call;
+        int done = wheel_advance(w, now, on_fire, log, &budget);
+        if (done)
+            return;
+        assert_int_equal(budget, 0); /* stopped only for want of budget */
+    }
+}
+
 static uint64_t rand64(uint64_t *state)
 {
     *state ^= *state << 13;
@@ -59,9 +71,8 @@ static uint64_t rand64(uint64_t *state)
     return *state;
 }
 
-static void test_every_timer_fires_once_on_time(void **state)
+static void every_timer_fires_once_on_time(size_t budget_per_call)
 {
-    (void)state;
     enum { N = 100000 };
     static wheel w;
     timer *timers = calloc(N, sizeof(timer));
@@ -113,7 +124,7 @@ static void test_every_timer_fires_once_on_time(void **state)
         uint64_t step = (r % 10 == 0) ? r % (horizon / 8) : (r % 10 == 1) ? r % (5000 * TICK_NS) : r % (70 * TICK_NS);
         now += step + 1;
         log.step_now_ns = now;
-        wheel_advance(&w, now, on_fire, &log);
+        advance(&w, now, &log, budget_per_call);
         /* Exactly the due ones have fired: a sample check each step, a full
          * one every so often (a full check per step would be O(N^2)). */
         for (int k = 0; k < 64; k++) {
@@ -136,6 +147,20 @@ static void test_every_timer_fires_once_on_time(void **state)
     free(timers);
 }
 
+static void test_every_timer_fires_once_on_time(void **state)
+{
+    (void)state;
+    every_timer_fires_once_on_time(SIZE_MAX);
+}
+
+/* The same with the work cut into calls of 7 timers: the wheel must resume
+ * mid-cascade and mid-fire without losing or misplacing anything. */
+static void test_budgeted_advance_resumes(void **state)
+{
+    (void)state;
+    every_timer_fires_once_on_time(7);
+}
+
 static void test_late_add_fires_next_tick(void **state)
 {
     (void)state;
@@ -145,7 +170,7 @@ static void test_late_add_fires_next_tick(void **state)
     wheel_add(&w, &t.link, t.deadline_ns);
     fire_log log = {.step_now_ns = 101 * TICK_NS};
     t.deadline_ns = 101 * TICK_NS; /* it cannot fire before the next tick */
-    wheel_advance(&w, 101 * TICK_NS, on_fire, &log);
+    advance(&w, 101 * TICK_NS, &log, SIZE_MAX);
     assert_true(t.fired);
     assert_int_equal(t.fired_at_ns, 101 * TICK_NS);
 }
@@ -154,6 +179,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_timer_fires_once_on_time),
+        cmocka_unit_test(test_budgeted_advance_resumes),
         cmocka_unit_test(test_late_add_fires_next_tick),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

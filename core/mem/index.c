@@ -1,5 +1,5 @@
 /*
- * index.c: the by-user index (see index.h).
+ * index.c: the by-user index (see index.h for the list's rules).
  */
 #include "mem/index.h"
 
@@ -9,101 +9,84 @@
 #include "util/epoch.h"
 #include "util/uuid.h"
 
-static void list_destroy(ck_epoch_entry_t *entry)
-{
-    epoch_observe_quiescence();
-    mem_free(entry);
-}
-
 static void entry_destroy(ck_epoch_entry_t *e)
 {
     epoch_observe_quiescence();
-    user_entry *entry = (user_entry *)e;
-    mem_free(atomic_load_explicit(&entry->list, memory_order_relaxed));
-    mem_free(entry);
+    mem_free(e); /* epoch_entry is the first member */
 }
 
-static user_list *list_alloc(uint32_t count)
+static user_entry *entry_create(shard *us, const session *s)
 {
-    user_list *list = mem_alloc(sizeof(*list) + (size_t)count * sizeof(session *));
-    if (list != NULL)
-        list->count = count;
-    return list;
+    user_entry *entry = mem_calloc(1, sizeof(*entry) + s->user_id_len + 1u);
+    if (entry == NULL)
+        return NULL;
+    entry->id_len = s->user_id_len;
+    memcpy(entry->id, s->user_id, s->user_id_len + 1u);
+    if (table_insert(&us->users, entry->id, entry->id_len, entry) != TABLE_OK) {
+        mem_free(entry);
+        return NULL;
+    }
+    return entry;
 }
 
 afsm_status index_add(shard *us, session *s)
 {
     user_entry *entry = table_get(&us->users, s->user_id, s->user_id_len);
-    if (entry == NULL) {
-        entry = mem_alloc(sizeof(*entry) + s->user_id_len + 1);
-        user_list *list = list_alloc(1);
-        if (entry == NULL || list == NULL)
-            goto fail_new;
-        list->items[0] = s;
-        entry->id_len = s->user_id_len;
-        memcpy(entry->id, s->user_id, s->user_id_len + 1u);
-        atomic_store_explicit(&entry->list, list, memory_order_relaxed);
-        if (table_insert(&us->users, entry->id, entry->id_len, entry) != TABLE_OK)
-            goto fail_new;
-        return AFSM_OK;
-    fail_new:
-        mem_free(list);
-        mem_free(entry);
+    if (entry == NULL && (entry = entry_create(us, s)) == NULL)
         return AFSM_ENOMEM;
-    }
 
-    user_list *old = atomic_load_explicit(&entry->list, memory_order_relaxed);
-    user_list *fresh = list_alloc(old->count + 1);
-    if (fresh == NULL)
-        return AFSM_ENOMEM;
-    /* Sorted insert; new ids are usually the largest, so scan from the end. */
-    uint32_t at = old->count;
-    while (at > 0 && uuid_compare(&old->items[at - 1]->id, &s->id) > 0)
-        at--;
-    memcpy(fresh->items, old->items, at * sizeof(session *));
-    fresh->items[at] = s;
-    memcpy(fresh->items + at + 1, old->items + at, (old->count - at) * sizeof(session *));
-    atomic_store_explicit(&entry->list, fresh, memory_order_release);
-    epoch_defer(us->defer, &old->epoch_entry, list_destroy);
+    /* Find the first older session: new ids are nearly always the newest,
+     * so this stops at once. */
+    session *prev = NULL;
+    session *next = atomic_load_explicit(&entry->newest, memory_order_relaxed);
+    while (next != NULL && uuid_compare(&next->id, &s->id) > 0) {
+        prev = next;
+        next = atomic_load_explicit(&next->user_next, memory_order_relaxed);
+    }
+    atomic_store_explicit(&s->user_next, next, memory_order_relaxed);
+    s->user_prev = prev;
+    if (next != NULL)
+        next->user_prev = s;
+    else
+        atomic_store_explicit(&entry->oldest, s, memory_order_relaxed);
+    /* Publish last: a reader that reaches s sees it whole. */
+    if (prev != NULL)
+        atomic_store_explicit(&prev->user_next, s, memory_order_release);
+    else
+        atomic_store_explicit(&entry->newest, s, memory_order_release);
+    atomic_store_explicit(&entry->count, atomic_load_explicit(&entry->count, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     return AFSM_OK;
 }
 
-afsm_status index_remove(shard *us, session *s)
+void index_remove(shard *us, session *s)
 {
     user_entry *entry = table_get(&us->users, s->user_id, s->user_id_len);
     if (entry == NULL)
-        return AFSM_OK;
-    user_list *old = atomic_load_explicit(&entry->list, memory_order_relaxed);
-    uint32_t at = 0;
-    while (at < old->count && old->items[at] != s)
-        at++;
-    if (at == old->count)
-        return AFSM_OK;
-    if (old->count == 1) {
+        return;
+    session *next = atomic_load_explicit(&s->user_next, memory_order_relaxed);
+    if (s->user_prev != NULL)
+        atomic_store_explicit(&s->user_prev->user_next, next, memory_order_release);
+    else
+        atomic_store_explicit(&entry->newest, next, memory_order_release);
+    if (next != NULL)
+        next->user_prev = s->user_prev;
+    else
+        atomic_store_explicit(&entry->oldest, s->user_prev, memory_order_relaxed);
+    uint32_t count = atomic_load_explicit(&entry->count, memory_order_relaxed) - 1;
+    atomic_store_explicit(&entry->count, count, memory_order_relaxed);
+    if (count == 0) {
         table_remove(&us->users, entry->id, entry->id_len);
         epoch_defer(us->defer, &entry->epoch_entry, entry_destroy);
-        return AFSM_OK;
     }
-    user_list *fresh = list_alloc(old->count - 1);
-    if (fresh == NULL)
-        return AFSM_ENOMEM;
-    memcpy(fresh->items, old->items, at * sizeof(session *));
-    memcpy(fresh->items + at, old->items + at + 1, (old->count - at - 1) * sizeof(session *));
-    atomic_store_explicit(&entry->list, fresh, memory_order_release);
-    epoch_defer(us->defer, &old->epoch_entry, list_destroy);
-    return AFSM_OK;
 }
 
-const user_list *index_lookup(shard *us, const char *user_id, uint16_t user_id_len)
+user_entry *index_lookup(shard *us, const char *user_id, uint16_t user_id_len)
 {
-    user_entry *entry = table_get(&us->users, user_id, user_id_len);
-    if (entry == NULL)
-        return NULL;
-    return atomic_load_explicit(&entry->list, memory_order_acquire);
+    return table_get(&us->users, user_id, user_id_len);
 }
 
 void index_destroy_entry(user_entry *entry)
 {
-    mem_free(atomic_load_explicit(&entry->list, memory_order_relaxed));
     mem_free(entry);
 }

@@ -2,15 +2,14 @@
  * index.h: the by-user index of the in-memory store.
  *
  * Each user with sessions has a user_entry in the users table of the shard
- * chosen by the user id. Its sessions are an immutable array sorted by
- * session id (creation order), replaced whole on every change and freed
- * through the epoch: a lock-free reader sees the list before or after a
- * change, never half of one, so a per-user count is never observed above
- * the cap. Users typically have a handful of sessions, so copying the array
- * costs less than any linked structure would on reads.
- *
- * index_add and index_remove run under the user shard's lock; both allocate
- * before they change anything, so AFSM_ENOMEM leaves the index unchanged.
+ * chosen by the user id. Its sessions form a list threaded through the
+ * session records (user_next / user_prev), newest id first, so the oldest
+ * is the last. Writers change it under the user shard's lock; readers walk
+ * it lock-free inside an epoch section. A removed session keeps its
+ * user_next, so a reader standing on it walks on (the usual RCU list
+ * argument: every session present for the whole walk is visited once).
+ * Adding and removing cost O(1) whatever the user's session count, and
+ * removing never allocates.
  */
 #ifndef AFSM_MEM_INDEX_H
 #define AFSM_MEM_INDEX_H
@@ -23,27 +22,35 @@
 #include "mem/session.h"
 #include "mem/shard.h"
 
-typedef struct user_list {
-    ck_epoch_entry_t epoch_entry;
-    uint32_t count;
-    session *items[];
-} user_list;
-
 typedef struct user_entry {
     ck_epoch_entry_t epoch_entry;
-    _Atomic(user_list *) list; /* never NULL while the entry is in the table */
+    _Atomic(session *) newest;
+    _Atomic(session *) oldest; /* written under the lock; read by eviction */
+    _Atomic uint32_t count;    /* written under the lock, read lock-free */
     uint16_t id_len;
     char id[];
 } user_entry;
 
+/* User shard lock held. AFSM_ENOMEM (nothing changed) only when the user
+ * had no entry yet and none could be made. */
 afsm_status index_add(shard *user_shard, session *s);
-afsm_status index_remove(shard *user_shard, session *s);
+/* User shard lock held. */
+void index_remove(shard *user_shard, session *s);
 
-/* The user's sessions, or NULL. Lock-free; the caller is inside an epoch
- * section and must not keep the pointer past it. */
-const user_list *index_lookup(shard *user_shard, const char *user_id, uint16_t user_id_len);
+/* The user's entry, or NULL. Lock-free; inside an epoch section. */
+user_entry *index_lookup(shard *user_shard, const char *user_id, uint16_t user_id_len);
 
-/* Frees an entry and its list at once (store close: no readers remain). */
+static inline session *index_first(const user_entry *entry)
+{
+    return atomic_load_explicit((_Atomic(session *) *)&entry->newest, memory_order_acquire);
+}
+
+static inline session *index_next(const session *s)
+{
+    return atomic_load_explicit((_Atomic(session *) *)&s->user_next, memory_order_acquire);
+}
+
+/* Frees an entry at once (store close: no readers remain). */
 void index_destroy_entry(user_entry *entry);
 
 #endif

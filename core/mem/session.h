@@ -9,7 +9,8 @@
  * - state and meta change together, only under the lock of the session's
  *   shard, inside the seqlock `seq`, so a reader copies them consistently;
  * - timer, all_prev and removed belong to the shard lock; all_next is
- *   written under it and read lock-free (the shard's RCU list for scans).
+ *   written under it and read lock-free (the shard's RCU list for scans);
+ *   user_next / user_prev likewise under the user's shard lock.
  * The record is freed through the epoch when it has left the tables and
  * the last pinned handle is released (refs reaches 0).
  */
@@ -44,7 +45,8 @@ typedef struct session {
     uint64_t lifetime_end_ns; /* UINT64_MAX without max_lifetime */
 
     /* Lock-free. */
-    _Atomic uint64_t last_active_ns; /* engine clock; SESSION_EXPIRED_BIT once expired */
+    _Atomic uint64_t last_active_ns;  /* engine clock; SESSION_EXPIRED_BIT once expired */
+    _Atomic uint64_t last_traffic_ns; /* stats additions; only kept under idle detection */
     _Atomic uint64_t packets_sent;
     _Atomic uint64_t packets_received;
     _Atomic uint64_t bytes_sent;
@@ -61,8 +63,11 @@ typedef struct session {
 
     /* Shard lock. */
     wheel_link timer;
+    uint64_t closed_at_ns; /* engine clock; set when the state becomes closed */
     _Atomic(struct session *) all_next;
     struct session *all_prev;
+    _Atomic(struct session *) user_next; /* the user's list, see mem/index.h */
+    struct session *user_prev;
 
     ck_epoch_entry_t epoch_entry;
     char user_id[]; /* user_id_len bytes and a NUL */

@@ -48,6 +48,8 @@ static const char REASON_EXPIRED[] = "expired";
 static const char REASON_CLOSED[] = "closed";
 static const char REASON_DELETED[] = "deleted";
 
+static void reactivate(mem_store *ms, session *s);
+
 /* ---- hashing and placement ------------------------------------------- */
 
 static uint64_t mix64(uint64_t x)
@@ -293,6 +295,8 @@ static afsm_status heartbeat_session(mem_store *ms, session *s, uint64_t *remain
     }
     if (remaining_ns != NULL)
         *remaining_ns = session_deadline(s, seen) - now;
+    if (ms->config.idle_timeout_ns != 0 && atomic_load_explicit(&s->state, memory_order_relaxed) == AFSM_STATE_IDLE)
+        reactivate(ms, s);
     return AFSM_OK;
 }
 
@@ -314,6 +318,14 @@ static afsm_status add_stats_session(mem_store *ms, session *s, const afsm_stats
         atomic_fetch_add_explicit(&s->retransmissions, d->retransmissions, memory_order_relaxed);
     if (d->current_rtt_ms)
         atomic_store_explicit(&s->rtt_ms, d->current_rtt_ms, memory_order_relaxed);
+    if (ms->config.idle_timeout_ns != 0) {
+        /* Traffic is activity: it keeps an active session from going idle
+         * and wakes an idle one, but (unlike a heartbeat) does not move the
+         * expiry deadline. */
+        atomic_store_explicit(&s->last_traffic_ns, now_ns(ms), memory_order_relaxed);
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) == AFSM_STATE_IDLE)
+            reactivate(ms, s);
+    }
     return AFSM_OK;
 }
 
@@ -458,16 +470,31 @@ fail:
     return status;
 }
 
+/* The next time the wheel must look at s: its expiry, or for an active
+ * session under idle detection its idle deadline if sooner, or for a closed
+ * one the end of its linger. Shard lock held. */
+static uint64_t timer_deadline(const mem_store *ms, const session *s, uint32_t state, uint64_t last_active)
+{
+    if (state == AFSM_STATE_CLOSED)
+        return s->closed_at_ns + ms->config.close_linger_ns;
+    uint64_t deadline = session_deadline(s, last_active);
+    if (ms->config.idle_timeout_ns != 0 && state == AFSM_STATE_ACTIVE) {
+        uint64_t traffic = atomic_load_explicit((_Atomic uint64_t *)&s->last_traffic_ns, memory_order_relaxed);
+        uint64_t idle_at = (traffic > last_active ? traffic : last_active) + ms->config.idle_timeout_ns;
+        if (idle_at < deadline)
+            deadline = idle_at;
+    }
+    return deadline;
+}
+
 /* ---- removal ---------------------------------------------------------- */
 
 /* Removes s from every index. The caller holds s's full lock set and has
- * checked that s is not yet removed. AFSM_ENOMEM leaves s in place. */
-static afsm_status remove_locked(mem_store *ms, session *s)
+ * checked that s is not yet removed. Never allocates, so never fails. */
+static void remove_locked(mem_store *ms, session *s)
 {
     shard *sh = &ms->shards[shard_of_id(ms, &s->id)];
-    afsm_status status = index_remove(&ms->shards[shard_of_user(ms, s->user_id, s->user_id_len)], s);
-    if (status != AFSM_OK)
-        return status;
+    index_remove(&ms->shards[shard_of_user(ms, s->user_id, s->user_id_len)], s);
     table_remove(&sh->sessions, s->id.bytes, 16);
     table_remove(&ms->shards[shard_of_connection(ms, &s->connection_id)].connections, s->connection_id.bytes, 16);
     if (s->timer.next != NULL)
@@ -476,7 +503,6 @@ static afsm_status remove_locked(mem_store *ms, session *s)
     count_state(sh, atomic_load_explicit(&s->state, memory_order_relaxed), -1);
     atomic_store_explicit(&s->removed, 1, memory_order_release);
     session_unref_locked(ms, s);
-    return AFSM_OK;
 }
 
 static afsm_status remove_session(mem_store *ms, session *s, uint32_t event, const char *reason, size_t reason_len)
@@ -486,8 +512,10 @@ static afsm_status remove_session(mem_store *ms, session *s, uint32_t event, con
     lockset_acquire(ms->shards, &set);
     afsm_status status = AFSM_ENOTFOUND;
     uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
-    if (!atomic_load_explicit(&s->removed, memory_order_relaxed))
-        status = remove_locked(ms, s);
+    if (!atomic_load_explicit(&s->removed, memory_order_relaxed)) {
+        remove_locked(ms, s);
+        status = AFSM_OK;
+    }
     lockset_release(ms->shards, &set);
     if (status == AFSM_OK)
         emit(ms, event, s, state, state, reason, reason_len);
@@ -510,6 +538,9 @@ static afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason
     return status;
 }
 
+/* Sessions removed per epoch section by remove_by_user. */
+#define REMOVE_CHUNK 64
+
 static afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_len, const char *reason,
                                       size_t reason_len, size_t *removed)
 {
@@ -519,23 +550,29 @@ static afsm_status mem_remove_by_user(store *st, const char *user_id, size_t use
         reason = REASON_DELETED;
         reason_len = sizeof(REASON_DELETED) - 1;
     }
-    ck_epoch_record_t *e = epoch_enter();
-    if (e == NULL)
-        return AFSM_ENOMEM;
-    /* The list is an immutable snapshot: every session the user had when
-     * the call began is removed (one lock set at a time). */
-    const user_list *list =
-        index_lookup(&ms->shards[shard_of_user(ms, user_id, user_id_len)], user_id, (uint16_t)user_id_len);
-    afsm_status status = AFSM_OK;
-    for (uint32_t i = 0; list != NULL && i < list->count; i++) {
-        afsm_status one = remove_session(ms, list->items[i], AFSM_EVENT_DELETED, reason, reason_len);
-        if (one == AFSM_OK)
-            (*removed)++;
-        else if (one != AFSM_ENOTFOUND)
-            status = one;
+    shard *us = &ms->shards[shard_of_user(ms, user_id, user_id_len)];
+    /* Every id drawn after this one is larger (the generator is monotonic),
+     * so "id <= bound" is "existed when the call began": the loop ends even
+     * while the user keeps creating sessions. */
+    afsm_uuid bound;
+    uuid_v7_at(&bound, (uint64_t)clock_wall_ns() / 1000000u);
+    for (;;) {
+        ck_epoch_record_t *e = epoch_enter();
+        if (e == NULL)
+            return AFSM_ENOMEM;
+        session *chunk[REMOVE_CHUNK];
+        size_t n = 0;
+        user_entry *entry = index_lookup(us, user_id, (uint16_t)user_id_len);
+        for (session *s = entry != NULL ? index_first(entry) : NULL; s != NULL && n < REMOVE_CHUNK; s = index_next(s)) {
+            if (uuid_compare(&s->id, &bound) < 0 && !atomic_load_explicit(&s->removed, memory_order_acquire))
+                chunk[n++] = s;
+        }
+        for (size_t i = 0; i < n; i++)
+            *removed += remove_session(ms, chunk[i], AFSM_EVENT_DELETED, reason, reason_len) == AFSM_OK;
+        epoch_leave(e);
+        if (n == 0)
+            return AFSM_OK;
     }
-    epoch_leave(e);
-    return status;
 }
 
 /* ---- update ----------------------------------------------------------- */
@@ -604,25 +641,32 @@ static afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update 
         status = metadata_merge(NULL, u->metadata, u->metadata_count, &new_meta);
     if (status != AFSM_OK)
         goto unlock;
-    if (closing && old_state != AFSM_STATE_CLOSED) {
-        status = remove_locked(ms, s);
-        if (status != AFSM_OK) {
-            if (new_meta != old_meta)
-                metadata_free(new_meta);
-            goto unlock;
-        }
-    }
+    int remove_now = closing && old_state != AFSM_STATE_CLOSED && ms->config.close_linger_ns == 0;
+    if (remove_now)
+        remove_locked(ms, s);
     if (new_meta != old_meta || new_state != old_state) {
         sync_seq_write_begin(&s->seq);
         atomic_store_explicit(&s->state, new_state, memory_order_relaxed);
         atomic_store_explicit(&s->meta, new_meta, memory_order_relaxed);
         sync_seq_write_end(&s->seq);
-        if (!closing) {
-            count_state(sh, old_state, -1);
-            count_state(sh, new_state, +1);
-        }
         if (new_meta != old_meta && old_meta != NULL)
             epoch_defer(sh->defer, &old_meta->epoch_entry, metadata_destroy);
+    }
+    if (new_state != old_state && !remove_now) {
+        count_state(sh, old_state, -1);
+        count_state(sh, new_state, +1);
+        /* Becoming active is activity; closing starts the linger. Either can
+         * bring the timer's next look forward, so relink it. */
+        uint64_t now = now_ns(ms);
+        if (new_state == AFSM_STATE_ACTIVE)
+            sync_store_max_u64(&s->last_active_ns, now);
+        if (new_state == AFSM_STATE_CLOSED)
+            s->closed_at_ns = now;
+        if (s->timer.next != NULL) {
+            uint64_t last = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed) & ~SESSION_EXPIRED_BIT;
+            wheel_remove(&sh->timers, &s->timer);
+            wheel_add(&sh->timers, &s->timer, timer_deadline(ms, s, new_state, last));
+        }
     }
     if (u->fields & AFSM_UPDATE_STATS) {
         atomic_store_explicit(&s->packets_sent, u->stats.packets_sent, memory_order_relaxed);
@@ -639,7 +683,7 @@ unlock:
             fill_info(ms, s, out);
         if (new_state != old_state)
             emit(ms, AFSM_EVENT_STATE_CHANGED, s, old_state, new_state, NULL, 0);
-        if (closing && old_state != AFSM_STATE_CLOSED)
+        if (closing && old_state != AFSM_STATE_CLOSED && ms->config.close_linger_ns == 0)
             emit(ms, AFSM_EVENT_DELETED, s, new_state, new_state, REASON_CLOSED, sizeof(REASON_CLOSED) - 1);
     }
     epoch_leave(e);
@@ -758,10 +802,10 @@ static afsm_status mem_list(store *st, const afsm_list_filter *f, afsm_session_i
         return AFSM_ENOMEM;
     afsm_status status = AFSM_OK;
     if (f->user_id != NULL) {
-        const user_list *list = index_lookup(&ms->shards[shard_of_user(ms, f->user_id, f->user_id_len)], f->user_id,
-                                             (uint16_t)f->user_id_len);
-        for (uint32_t i = 0; list != NULL && i < list->count && status == AFSM_OK; i++)
-            status = scan_one(&scan, list->items[i]);
+        user_entry *entry = index_lookup(&ms->shards[shard_of_user(ms, f->user_id, f->user_id_len)], f->user_id,
+                                         (uint16_t)f->user_id_len);
+        for (session *s = entry != NULL ? index_first(entry) : NULL; s != NULL && status == AFSM_OK; s = index_next(s))
+            status = scan_one(&scan, s);
     } else {
         for (unsigned i = 0; i <= ms->shard_mask && status == AFSM_OK; i++) {
             session *s = atomic_load_explicit(&ms->shards[i].all_head, memory_order_acquire);
@@ -788,44 +832,111 @@ static afsm_status mem_list(store *st, const afsm_list_filter *f, afsm_session_i
     return status;
 }
 
-/* ---- expiry ----------------------------------------------------------- */
+/* ---- expiry, idle detection, closed linger ---------------------------- */
 
-typedef struct expiry_batch {
-    session **items;
+/* Changes state under the shard lock (the seqlock writer side). */
+static void set_state_locked(shard *sh, session *s, uint32_t from, uint32_t to)
+{
+    sync_seq_write_begin(&s->seq);
+    atomic_store_explicit(&s->state, to, memory_order_relaxed);
+    sync_seq_write_end(&s->seq);
+    count_state(sh, from, -1);
+    count_state(sh, to, +1);
+}
+
+typedef enum timer_outcome { OUTCOME_EXPIRED, OUTCOME_CLOSED, OUTCOME_IDLE } timer_outcome;
+
+typedef struct timer_result {
+    session *s;
+    timer_outcome outcome;
+} timer_result;
+
+typedef struct timer_batch {
+    shard *sh;
+    timer_result *items;
     size_t count;
     size_t capacity;
-} expiry_batch;
+    const mem_store *ms;
+} timer_batch;
 
-/* The wheel's verdict on one fired timer (shard lock held). */
-static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
+static int batch_push(timer_batch *batch, session *s, timer_outcome outcome)
 {
-    expiry_batch *batch = ctx;
-    session *s = (session *)((char *)timer - offsetof(session, timer));
-    uint64_t seen = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed);
-    for (;;) {
-        if (!(seen & SESSION_EXPIRED_BIT)) {
-            uint64_t deadline = session_deadline(s, seen);
-            if (deadline > fire_ns)
-                return deadline; /* heartbeated since it was linked */
-            if (!atomic_compare_exchange_weak_explicit(&s->last_active_ns, &seen, seen | SESSION_EXPIRED_BIT,
-                                                       memory_order_relaxed, memory_order_relaxed))
-                continue;
-        }
-        break;
-    }
     if (batch->count == batch->capacity) {
         size_t grown = batch->capacity ? batch->capacity * 2 : 256;
-        session **items = mem_alloc(grown * sizeof(session *));
+        timer_result *items = mem_alloc(grown * sizeof(*items));
         if (items == NULL)
-            return fire_ns + 1; /* decided, not yet removable: retry next tick */
+            return 0;
         if (batch->count)
-            memcpy(items, batch->items, batch->count * sizeof(session *));
+            memcpy(items, batch->items, batch->count * sizeof(*items));
         mem_free(batch->items);
         batch->items = items;
         batch->capacity = grown;
     }
-    batch->items[batch->count++] = s;
-    return 0;
+    batch->items[batch->count++] = (timer_result){s, outcome};
+    return 1;
+}
+
+/* The wheel's verdict on one fired timer (shard lock held): 0 to let it
+ * go (the session is in the batch for removal), or when to look again. */
+static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
+{
+    timer_batch *batch = ctx;
+    const mem_store *ms = batch->ms;
+    session *s = (session *)((char *)timer - offsetof(session, timer));
+    uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
+    if (state == AFSM_STATE_CLOSED) {
+        uint64_t end = timer_deadline(ms, s, state, 0);
+        if (end > fire_ns)
+            return end;
+        return batch_push(batch, s, OUTCOME_CLOSED) ? 0 : fire_ns + 1;
+    }
+    uint64_t seen = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed);
+    while (!(seen & SESSION_EXPIRED_BIT)) {
+        uint64_t deadline = session_deadline(s, seen);
+        if (deadline > fire_ns) {
+            /* Alive: maybe idle, then look again at the next deadline. */
+            if (state == AFSM_STATE_ACTIVE && ms->config.idle_timeout_ns != 0 &&
+                timer_deadline(ms, s, state, seen) <= fire_ns && batch_push(batch, s, OUTCOME_IDLE)) {
+                set_state_locked(batch->sh, s, AFSM_STATE_ACTIVE, AFSM_STATE_IDLE);
+                state = AFSM_STATE_IDLE;
+            }
+            return timer_deadline(ms, s, state, seen);
+        }
+        /* The CAS decides expiry against any racing heartbeat. */
+        if (atomic_compare_exchange_weak_explicit(&s->last_active_ns, &seen, seen | SESSION_EXPIRED_BIT,
+                                                  memory_order_relaxed, memory_order_relaxed))
+            break;
+    }
+    /* Decided; if the batch cannot grow, removal waits for the next tick. */
+    return batch_push(batch, s, OUTCOME_EXPIRED) ? 0 : fire_ns + 1;
+}
+
+/* Timer work per lock hold: bounds how long one advance blocks the shard's
+ * writers, however many sessions share a slot. */
+#define ADVANCE_BUDGET 4096
+/* Hash-table entries compacted per table per advance (ck_ht_gc). */
+#define GC_BUDGET 4096
+
+/* Runs one batch of fired timers' outcomes, outside the shard lock. */
+static size_t settle_batch(mem_store *ms, const timer_batch *batch)
+{
+    size_t expired = 0;
+    for (size_t j = 0; j < batch->count; j++) {
+        session *s = batch->items[j].s;
+        switch (batch->items[j].outcome) {
+        case OUTCOME_IDLE:
+            emit(ms, AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_ACTIVE, AFSM_STATE_IDLE, NULL, 0);
+            break;
+        case OUTCOME_CLOSED:
+            remove_session(ms, s, AFSM_EVENT_DELETED, REASON_CLOSED, sizeof(REASON_CLOSED) - 1);
+            break;
+        case OUTCOME_EXPIRED:
+            /* ENOTFOUND: a delete got there first and fired its own event. */
+            expired += remove_session(ms, s, AFSM_EVENT_EXPIRED, REASON_EXPIRED, sizeof(REASON_EXPIRED) - 1) == AFSM_OK;
+            break;
+        }
+    }
+    return expired;
 }
 
 static afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
@@ -833,35 +944,63 @@ static afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
     mem_store *ms = (mem_store *)st;
     atomic_store_explicit(&ms->wall_offset_ns, clock_wall_ns() - (int64_t)now_ns(ms), memory_order_relaxed);
     *expired = 0;
-    ck_epoch_record_t *e = epoch_enter();
-    if (e == NULL)
-        return AFSM_ENOMEM;
-    expiry_batch batch = {0};
-    for (unsigned i = 0; i <= ms->shard_mask; i++) {
+    timer_batch batch = {.ms = ms};
+    afsm_status status = AFSM_OK;
+    for (unsigned i = 0; i <= ms->shard_mask && status == AFSM_OK; i++) {
         shard *sh = &ms->shards[i];
-        batch.count = 0;
-        sync_lock_acquire(&sh->lock);
-        wheel_advance(&sh->timers, now, on_timer, &batch);
-        epoch_poll(sh->defer);
-        sync_lock_release(&sh->lock);
-        /* Removal needs each session's whole lock set, so it happens after
-         * the shard lock is dropped; the epoch section keeps them alive. */
-        for (size_t j = 0; j < batch.count; j++) {
-            session *s = batch.items[j];
-            afsm_status st2 = remove_session(ms, s, AFSM_EVENT_EXPIRED, REASON_EXPIRED, sizeof(REASON_EXPIRED) - 1);
-            if (st2 == AFSM_OK) {
-                (*expired)++;
-            } else if (st2 == AFSM_ENOMEM) {
-                sync_lock_acquire(&sh->lock);
-                if (!atomic_load_explicit(&s->removed, memory_order_relaxed) && s->timer.next == NULL)
-                    wheel_add(&sh->timers, &s->timer, now + 1);
-                sync_lock_release(&sh->lock);
+        batch.sh = sh;
+        int done = 0;
+        while (!done) {
+            /* One epoch section per batch: it keeps the batch's sessions
+             * alive until they are settled, and ending it lets the frees
+             * of the previous batches go ahead. */
+            ck_epoch_record_t *e = epoch_enter();
+            if (e == NULL) {
+                status = AFSM_ENOMEM;
+                break;
             }
+            batch.count = 0;
+            size_t budget = ADVANCE_BUDGET;
+            sync_lock_acquire(&sh->lock);
+            done = wheel_advance(&sh->timers, now, on_timer, &batch, &budget);
+            if (done) {
+                table_gc(&sh->sessions, GC_BUDGET);
+                table_gc(&sh->connections, GC_BUDGET);
+                table_gc(&sh->users, GC_BUDGET);
+            }
+            epoch_poll(sh->defer);
+            sync_lock_release(&sh->lock);
+            /* Removal takes each session's whole lock set, so it waits
+             * until the shard lock is dropped. */
+            *expired += settle_batch(ms, &batch);
+            epoch_leave(e);
         }
     }
-    epoch_leave(e);
     mem_free(batch.items);
-    return AFSM_OK;
+    return status;
+}
+
+/* Activity on an idle session makes it active again (idle detection on).
+ * Rare: only the first activity after the idle transition takes the lock. */
+static void reactivate(mem_store *ms, session *s)
+{
+    shard *sh = &ms->shards[shard_of_id(ms, &s->id)];
+    int changed = 0;
+    sync_lock_acquire(&sh->lock);
+    uint64_t seen = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed);
+    if (!atomic_load_explicit(&s->removed, memory_order_relaxed) && !(seen & SESSION_EXPIRED_BIT) &&
+        atomic_load_explicit(&s->state, memory_order_relaxed) == AFSM_STATE_IDLE) {
+        set_state_locked(sh, s, AFSM_STATE_IDLE, AFSM_STATE_ACTIVE);
+        /* The idle deadline is sooner than the expiry it was linked at. */
+        if (s->timer.next != NULL) {
+            wheel_remove(&sh->timers, &s->timer);
+            wheel_add(&sh->timers, &s->timer, timer_deadline(ms, s, AFSM_STATE_ACTIVE, seen));
+        }
+        changed = 1;
+    }
+    sync_lock_release(&sh->lock);
+    if (changed)
+        emit(ms, AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_IDLE, AFSM_STATE_ACTIVE, NULL, 0);
 }
 
 static afsm_status mem_counts(store *st, afsm_counts *out)
@@ -1032,7 +1171,8 @@ afsm_status mem_store_open(const store_config *config, store **out)
     memset(ms->shards, 0, bytes);
     uint64_t now = config->clock(config->clock_ctx);
     atomic_init(&ms->wall_offset_ns, clock_wall_ns() - (int64_t)now);
-    uint64_t per_shard = config->capacity_hint / config->shard_count + 1;
+    /* ck_ht keeps its load factor at or below 1/2. */
+    uint64_t per_shard = 2 * (config->capacity_hint / config->shard_count + 1);
     for (unsigned i = 0; i < config->shard_count; i++) {
         shard *sh = &ms->shards[i];
         sync_lock_init(&sh->lock);

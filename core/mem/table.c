@@ -79,6 +79,8 @@ static void hash_override_adapter(ck_ht_hash_t *out, const void *key, size_t key
 bool table_init(table *t, uint64_t capacity, uint64_t seed, ck_epoch_record_t *defer)
 {
     t->defer = defer;
+    t->gc_cursor = 0;
+    t->removed_since_gc = 0;
     if (capacity < 16)
         capacity = 16;
     ck_ht_hash_cb_t *hash = table_hash_override != NULL ? hash_override_adapter : NULL;
@@ -134,14 +136,24 @@ bool table_remove(table *t, const void *key, uint16_t key_len)
     writer_defer = t->defer;
     bool removed = ck_ht_remove_spmc(&t->ht, h, &entry);
     writer_defer = NULL;
+    t->removed_since_gc += removed;
     return removed;
 }
 
-void table_gc(table *t)
+void table_gc(table *t, unsigned long budget)
 {
+    if (t->removed_since_gc == 0)
+        return;
+    /* A few entries per tombstone left is enough to keep pace with churn. */
+    if (budget > 4 * t->removed_since_gc)
+        budget = (unsigned long)(4 * t->removed_since_gc);
+    t->removed_since_gc = 0;
     writer_defer = t->defer;
-    /* cycles 0: a full pass; ck_ht_gc bounds itself by the probe maximum. */
-    (void)ck_ht_gc(&t->ht, 0, 0);
+    /* ck_ht_gc visits slots from the seed on and stops after `budget`
+     * entries; at the table's load factor (<= 1/2) that is about twice as
+     * many slots. (A budget of 0 would mean a full pass with an allocation.) */
+    (void)ck_ht_gc(&t->ht, budget, (unsigned long)t->gc_cursor);
+    t->gc_cursor += 2 * (uint64_t)budget;
     writer_defer = NULL;
 }
 

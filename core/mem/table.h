@@ -27,6 +27,8 @@ typedef struct table {
     ck_ht_t ht;
     /* The owning shard's deferral record: freed maps go there. */
     ck_epoch_record_t *defer;
+    uint64_t gc_cursor;        /* where the next incremental table_gc starts */
+    uint64_t removed_since_gc; /* tombstones left since then: the GC's work */
 } table;
 
 typedef enum table_result { TABLE_OK = 0, TABLE_EXISTS = 1, TABLE_NOMEM = 2 } table_result;
@@ -47,8 +49,11 @@ table_result table_insert(table *t, const void *key, uint16_t key_len, void *val
 /* Writer lock held. True if the key was present. */
 bool table_remove(table *t, const void *key, uint16_t key_len);
 
-/* Writer lock held: compacts probe sequences after deletes (tombstones). */
-void table_gc(table *t);
+/* Writer lock held: moves up to `budget` entries into earlier tombstones
+ * of their probe sequences, continuing where the last call stopped, so
+ * probes stay short under churn without a stop-the-world pass. Work scales
+ * with the removals since the last call: none, no work. */
+void table_gc(table *t, unsigned long budget);
 
 size_t table_count(table *t);
 

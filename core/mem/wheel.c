@@ -9,6 +9,9 @@
 
 #include <assert.h>
 
+#define STAGE_IDLE (-1) /* no tick in progress */
+#define STAGE_FIRE 0    /* cascades done: fire level 0 */
+
 static void list_init(wheel_link *head)
 {
     head->next = head;
@@ -60,6 +63,9 @@ void wheel_init(wheel *w, uint64_t tick_ns, uint64_t now_ns)
             list_init(&w->slots[l][s]);
     }
     list_init(&w->overflow);
+    list_init(&w->pending);
+    w->working_stage = STAGE_IDLE;
+    w->pending_fire = 0;
 }
 
 uint64_t wheel_fire_ns(const wheel *w, uint64_t deadline_ns)
@@ -117,80 +123,97 @@ void wheel_remove(wheel *w, wheel_link *timer)
     }
 }
 
-/* Re-places every timer of one slot of level l (l >= 1) into lower levels. */
-static void cascade(wheel *w, int level, unsigned slot)
+/* Moves a slot's timers to pending (which must be empty). */
+static void take(wheel *w, wheel_link *slot_head, int fire)
 {
-    wheel_link pending;
-    list_take(&w->slots[level][slot], &pending);
+    list_take(slot_head, &w->pending);
+    w->pending_fire = fire;
+}
+
+static void take_slot(wheel *w, int level, unsigned slot, int fire)
+{
+    take(w, &w->slots[level][slot], fire);
     w->occupied[level] &= ~(UINT64_C(1) << slot);
-    while (!list_empty(&pending)) {
-        wheel_link *timer = pending.next;
-        list_unlink(timer);
-        place(w, timer);
-    }
 }
 
-static void cascade_overflow(wheel *w)
+/* Starts tick t = now_tick + 1: which levels cascade at it. */
+static void begin_tick(wheel *w)
 {
-    wheel_link pending;
-    list_take(&w->overflow, &pending);
-    while (!list_empty(&pending)) {
-        wheel_link *timer = pending.next;
-        list_unlink(timer);
-        place(w, timer);
+    uint64_t t = w->now_tick + 1;
+    w->working_tick = t;
+    w->working_stage = STAGE_FIRE;
+    if ((t & (WHEEL_SLOTS - 1)) == 0) {
+        w->working_stage = WHEEL_LEVELS - 1;
+        if ((t & (span(WHEEL_LEVELS) - 1)) == 0)
+            take(w, &w->overflow, 0);
     }
 }
 
-/* Fires level-0 slot of tick t; timers relinked from here land after t. */
-static void fire(wheel *w, uint64_t tick, wheel_due_fn *due, void *ctx)
+/* Moves the tick in progress one stage on. Cascades go highest level first
+ * so a timer can fall through several levels within one tick. */
+static void next_stage(wheel *w)
 {
-    unsigned slot = (unsigned)tick & (WHEEL_SLOTS - 1);
-    wheel_link pending;
-    list_take(&w->slots[0][slot], &pending);
-    w->occupied[0] &= ~(UINT64_C(1) << slot);
-    w->now_tick = tick;
-    uint64_t tick_ns = tick * w->tick_ns;
-    while (!list_empty(&pending)) {
-        wheel_link *timer = pending.next;
-        list_unlink(timer);
-        assert(timer->due_tick == tick);
-        w->count--;
-        uint64_t later = due(ctx, timer, tick_ns);
-        if (later != 0)
-            wheel_add(w, timer, later);
+    uint64_t t = w->working_tick;
+    if (w->working_stage >= 1) {
+        int l = w->working_stage--;
+        if ((t & (span(l) - 1)) == 0)
+            take_slot(w, l, (unsigned)(t >> (6 * l)) & (WHEEL_SLOTS - 1), 0);
+        return;
+    }
+    if (w->working_stage == STAGE_FIRE) {
+        unsigned slot = (unsigned)t & (WHEEL_SLOTS - 1);
+        /* From here on the tick counts as reached: a timer relinked while
+         * firing lands after it. */
+        w->now_tick = t;
+        if (w->occupied[0] & (UINT64_C(1) << slot))
+            take_slot(w, 0, slot, 1);
+        w->working_stage = STAGE_IDLE;
+        return;
     }
 }
 
-void wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx)
+int wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx, size_t *budget)
 {
     uint64_t target = now_ns / w->tick_ns;
-    while (w->now_tick < target) {
+    for (;;) {
+        while (!list_empty(&w->pending)) {
+            if (*budget == 0)
+                return 0;
+            (*budget)--;
+            wheel_link *timer = w->pending.next;
+            list_unlink(timer);
+            if (!w->pending_fire) {
+                place(w, timer);
+                continue;
+            }
+            assert(timer->due_tick == w->now_tick);
+            w->count--;
+            uint64_t later = due(ctx, timer, w->now_tick * w->tick_ns);
+            if (later != 0)
+                wheel_add(w, timer, later);
+        }
+        if (w->working_stage != STAGE_IDLE) {
+            next_stage(w);
+            continue;
+        }
+        if (w->now_tick >= target)
+            return 1;
         if (w->count == 0) {
             w->now_tick = target;
-            return;
+            return 1;
         }
-        /* Processing tick t; until it fires, place() files timers from t on. */
-        uint64_t t = w->now_tick + 1;
-        if ((t & (WHEEL_SLOTS - 1)) == 0) {
-            /* Highest level first, so a timer can fall through several
-             * levels within this one tick. */
-            if ((t & (span(WHEEL_LEVELS) - 1)) == 0)
-                cascade_overflow(w);
-            for (int l = WHEEL_LEVELS - 1; l >= 1; l--) {
-                if ((t & (span(l) - 1)) == 0)
-                    cascade(w, l, (unsigned)(t >> (6 * l)) & (WHEEL_SLOTS - 1));
+        /* Nothing happens before the next occupied level-0 slot or the next
+         * 64-tick boundary: skip to just before it. */
+        unsigned pos = (unsigned)w->now_tick & (WHEEL_SLOTS - 1);
+        if (pos != WHEEL_SLOTS - 1) {
+            uint64_t ahead = w->occupied[0] & (~UINT64_C(0) << (pos + 1));
+            uint64_t next =
+                ahead ? (w->now_tick - pos) + (uint64_t)__builtin_ctzll(ahead) : (w->now_tick | (WHEEL_SLOTS - 1)) + 1;
+            if (next - 1 > w->now_tick) {
+                w->now_tick = next - 1 < target ? next - 1 : target;
+                continue;
             }
         }
-        unsigned pos = (unsigned)t & (WHEEL_SLOTS - 1);
-        if (w->occupied[0] & (UINT64_C(1) << pos))
-            fire(w, t, due, ctx);
-        w->now_tick = t;
-        if (pos == WHEEL_SLOTS - 1)
-            continue;
-        /* Nothing can happen before the next occupied level-0 slot or the
-         * next 64-tick boundary: jump to just before it. */
-        uint64_t ahead = w->occupied[0] & (~UINT64_C(0) << (pos + 1));
-        uint64_t next = ahead ? (t - pos) + (uint64_t)__builtin_ctzll(ahead) : (t | (WHEEL_SLOTS - 1)) + 1;
-        w->now_tick = next - 1 < target ? next - 1 : target;
+        begin_tick(w);
     }
 }

@@ -11,6 +11,14 @@
  * A timer is due at the first tick boundary at or after its deadline, so it
  * fires within one tick of the deadline and never early.
  *
+ * Work is budgeted: wheel_advance moves or fires at most `budget` timers
+ * per call and says whether it finished. A slot being cascaded or fired
+ * waits in `pending`, and the tick in progress is remembered, so the caller
+ * can drop its lock between calls (a slot holding a million 30-minute
+ * sessions never holds the lock for long) and the next call carries on
+ * where this one stopped. Timers added or removed in between are fine: a
+ * tick fires only once every cascade before it has completed.
+ *
  * Not thread-safe: the owning shard's lock protects the wheel and every
  * link in it.
  */
@@ -31,11 +39,18 @@ typedef struct wheel_link {
 
 typedef struct wheel {
     uint64_t tick_ns;
-    uint64_t now_tick; /* every tick <= now_tick has been processed */
-    size_t count;
+    uint64_t now_tick;               /* every tick <= now_tick has been processed */
+    size_t count;                    /* linked timers, including pending ones */
     uint64_t occupied[WHEEL_LEVELS]; /* bit s: slot s of that level is non-empty */
     wheel_link slots[WHEEL_LEVELS][WHEEL_SLOTS];
     wheel_link overflow;
+    /* The tick in progress: its stage (the level to cascade next, down to
+     * 1, then 0 = fire, -1 = none) and the timers taken from a slot but not
+     * yet re-placed or fired. */
+    uint64_t working_tick;
+    int working_stage;
+    int pending_fire; /* pending holds a level-0 slot to fire, not a cascade */
+    wheel_link pending;
 } wheel;
 
 void wheel_init(wheel *w, uint64_t tick_ns, uint64_t now_ns);
@@ -53,8 +68,10 @@ void wheel_remove(wheel *w, wheel_link *timer);
  * up here). */
 typedef uint64_t wheel_due_fn(void *ctx, wheel_link *timer, uint64_t now_tick_ns);
 
-/* Processes every tick up to now_ns. */
-void wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx);
+/* Processes ticks up to now_ns, spending at most *budget timer moves and
+ * fires (decremented as spent). True when it reached now_ns; false when
+ * the budget ran out first: call again (the lock may be dropped between). */
+int wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx, size_t *budget);
 
 /* The tick boundary (ns) a deadline fires at. */
 uint64_t wheel_fire_ns(const wheel *w, uint64_t deadline_ns);

@@ -23,8 +23,9 @@
  * syscall is paid once per 32 ids; a fork handler empties the forking
  * thread's buffer in the child, so parent and child never share rand_b.
  *
- * The stamp has room for 60 bits; unix_ms is clamped to 48 bits, so the
- * carry can only overflow after the year 10889 plus 2^12 ids per ms beyond.
+ * unix_ms is clamped to 48 bits (the year 10889). Only a clock pinned at
+ * that clamp could carry the timestamp past it, and the field would wrap:
+ * not a concern for a real clock.
  */
 #include "util/uuid.h"
 

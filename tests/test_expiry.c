@@ -1,0 +1,464 @@
+/*
+ * test_expiry.c: expiry on the timing wheels, idle detection, closed
+ * linger and events, in virtual time; and the races that matter
+ * (heartbeat vs expiry, delete vs expiry), which CI also runs under TSan.
+ */
+#include "test_support.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+static virtual_clock vclock;
+
+/* ---- exactly the due sessions expire, at every level ------------------ */
+
+#define MANY 100000
+
+typedef struct expiry_record {
+    afsm_uuid *ids; /* creation order = sorted */
+    size_t n;
+    int *expired;
+    size_t events;
+} expiry_record;
+
+static int compare_uuid(const void *a, const void *b)
+{
+    return memcmp(a, b, sizeof(afsm_uuid));
+}
+
+static void record_expiry(void *ctx, const afsm_event *ev)
+{
+    expiry_record *rec = ctx;
+    if (ev->type != AFSM_EVENT_EXPIRED)
+        return;
+    afsm_uuid *hit = bsearch(&ev->session_id, rec->ids, rec->n, sizeof(afsm_uuid), compare_uuid);
+    assert_non_null(hit);
+    rec->expired[hit - rec->ids]++;
+    rec->events++;
+}
+
+static uint64_t fire_time(uint64_t deadline_ns)
+{
+    const uint64_t tick = 100 * MS;
+    return (deadline_ns + tick - 1) / tick * tick;
+}
+
+static void test_exactly_the_due_sessions_expire(void **state)
+{
+    (void)state;
+    static expiry_record rec;
+    rec.ids = calloc(MANY, sizeof(afsm_uuid));
+    rec.expired = calloc(MANY, sizeof(int));
+    uint64_t *deadline = calloc(MANY, sizeof(uint64_t));
+    assert_non_null(rec.ids);
+    assert_non_null(rec.expired);
+    assert_non_null(deadline);
+    afsm_config cfg = {0};
+    cfg.on_event = record_expiry;
+    cfg.event_ctx = &rec;
+    cfg.shard_count = 4;
+    afsm_engine *engine = open_virtual_engine(&vclock, &cfg);
+    uint64_t start = virtual_clock_read(&vclock);
+
+    /* Timeouts from a second to forty days: every level of the 100 ms
+     * wheel (6.4 s, 6.8 min, 7.3 h, 19.4 days) and the overflow list. */
+    static const uint64_t spans_ms[] = {1000, 6000, 400000, 26000000, 1600000000, 3456000000};
+    uint64_t seed = 12345;
+    for (size_t i = 0; i < MANY; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t span = spans_ms[i % 6];
+        uint64_t timeout_ms = 1000 + (seed >> 11) % span;
+        afsm_uuid conn;
+        afsm_create_options o = make_options("u", "10.0.0.1", &conn);
+        o.timeout_ms = timeout_ms;
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        assert_int_equal(afsm_session_create(engine, &o, &info), AFSM_OK);
+        rec.ids[i] = info.session_id;
+        deadline[i] = start + timeout_ms * MS;
+    }
+    rec.n = MANY;
+
+    /* Step through time: small steps, medium jumps and huge ones. */
+    uint64_t now = start;
+    size_t expired_total = 0;
+    int step = 0;
+    while (expired_total < MANY) {
+        uint64_t jump = step % 5 == 0 ? 3 * 3600 * SEC : step % 3 == 0 ? 97 * SEC : 700 * MS + (uint64_t)step * MS;
+        now += jump;
+        step++;
+        virtual_clock_set(&vclock, now);
+        size_t expired = 0;
+        assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+        expired_total += expired;
+        /* Exactly the sessions whose fire time has come, each once. */
+        size_t due = 0;
+        for (size_t i = 0; i < MANY; i++) {
+            int should = fire_time(deadline[i]) <= now;
+            due += should;
+            assert_int_equal(rec.expired[i], should);
+        }
+        assert_int_equal(expired_total, due);
+        assert_int_equal(rec.events, due);
+    }
+    afsm_counts counts;
+    afsm_engine_counts(engine, &counts);
+    assert_int_equal(counts.total, 0);
+    afsm_engine_close(engine);
+    free(rec.ids);
+    free(rec.expired);
+    free(deadline);
+}
+
+/* ---- idle detection ---------------------------------------------------- */
+
+typedef struct state_log {
+    int to_idle;
+    int to_active;
+    int deleted_closed;
+} state_log;
+
+static void record_states(void *ctx, const afsm_event *ev)
+{
+    state_log *log = ctx;
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE)
+        log->to_idle++;
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_ACTIVE)
+        log->to_active++;
+    if (ev->type == AFSM_EVENT_DELETED && ev->reason_len == 6 && memcmp(ev->reason, "closed", 6) == 0)
+        log->deleted_closed++;
+}
+
+static afsm_engine *open_with(state_log *log, uint64_t idle_ms, uint64_t linger_ms)
+{
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    virtual_clock_set(&vclock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &vclock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.idle_timeout_ms = idle_ms;
+    cfg.close_linger_ms = linger_ms;
+    cfg.on_event = record_states;
+    cfg.event_ctx = log;
+    afsm_engine *engine;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    return engine;
+}
+
+static void set_time(afsm_engine *engine, uint64_t now)
+{
+    virtual_clock_set(&vclock, now);
+    assert_int_equal(afsm_engine_advance(engine, now, NULL), AFSM_OK);
+}
+
+static uint32_t state_of(afsm_engine *engine, const afsm_uuid *id)
+{
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, id, &info), AFSM_OK);
+    return info.state;
+}
+
+static void test_idle_detection(void **state)
+{
+    (void)state;
+    state_log log = {0};
+    afsm_engine *engine = open_with(&log, 5000, 0);
+    afsm_session_info s = create_session(engine, "u");
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_ACTIVE;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &u, NULL), AFSM_OK);
+
+    set_time(engine, 1004 * SEC);
+    assert_int_equal(state_of(engine, &s.session_id), AFSM_STATE_ACTIVE);
+    set_time(engine, 1005 * SEC + 100 * MS);
+    assert_int_equal(state_of(engine, &s.session_id), AFSM_STATE_IDLE);
+    assert_int_equal(log.to_idle, 1);
+
+    /* A heartbeat wakes it; then traffic alone keeps it active. */
+    assert_int_equal(afsm_session_heartbeat(engine, &s.session_id, NULL), AFSM_OK);
+    assert_int_equal(state_of(engine, &s.session_id), AFSM_STATE_ACTIVE);
+    assert_int_equal(log.to_active, 2); /* the update, then the wake-up */
+    afsm_stats delta = {1, 0, 0, 0, 0, 0, 0};
+    for (uint64_t t = 1008; t <= 1020; t += 3) {
+        virtual_clock_set(&vclock, t * SEC);
+        assert_int_equal(afsm_session_add_stats(engine, &s.session_id, &delta), AFSM_OK);
+        set_time(engine, t * SEC);
+        assert_int_equal(state_of(engine, &s.session_id), AFSM_STATE_ACTIVE);
+    }
+    set_time(engine, 1026 * SEC);
+    assert_int_equal(state_of(engine, &s.session_id), AFSM_STATE_IDLE);
+    assert_int_equal(afsm_session_add_stats(engine, &s.session_id, &delta), AFSM_OK);
+    assert_int_equal(state_of(engine, &s.session_id), AFSM_STATE_ACTIVE);
+    assert_int_equal(log.to_idle, 2);
+    assert_int_equal(log.to_active, 3);
+    afsm_counts counts;
+    afsm_engine_counts(engine, &counts);
+    assert_int_equal(counts.by_state[AFSM_STATE_ACTIVE], 1);
+    assert_int_equal(counts.by_state[AFSM_STATE_IDLE], 0);
+    afsm_engine_close(engine);
+}
+
+static void test_closed_lingers_then_goes(void **state)
+{
+    (void)state;
+    state_log log = {0};
+    afsm_engine *engine = open_with(&log, 0, 3000);
+    afsm_session_info s = create_session(engine, "u");
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_CLOSED;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &u, NULL), AFSM_OK);
+    assert_int_equal(state_of(engine, &s.session_id), AFSM_STATE_CLOSED);
+    /* Closed cannot be revived: the old service's heartbeat did. */
+    assert_int_equal(afsm_session_heartbeat(engine, &s.session_id, NULL), AFSM_ECLOSED);
+    u.state = AFSM_STATE_ACTIVE;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &u, NULL), AFSM_ETRANSITION);
+    set_time(engine, 1002 * SEC);
+    assert_int_equal(state_of(engine, &s.session_id), AFSM_STATE_CLOSED);
+    assert_int_equal(log.deleted_closed, 0);
+    set_time(engine, 1003 * SEC);
+    afsm_session_info gone = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &s.session_id, &gone), AFSM_ENOTFOUND);
+    assert_int_equal(log.deleted_closed, 1);
+    afsm_engine_close(engine);
+}
+
+/* ---- events may call back into the engine ------------------------------ */
+
+typedef struct reentry {
+    afsm_engine *engine;
+    afsm_uuid victim;
+    int got_ok;
+    int deleted;
+} reentry;
+
+static void reenter(void *ctx, const afsm_event *ev)
+{
+    reentry *r = ctx;
+    if (ev->type != AFSM_EVENT_CREATED || r->engine == NULL)
+        return;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    r->got_ok += afsm_session_get(r->engine, &ev->session_id, &info) == AFSM_OK;
+    r->deleted += afsm_session_delete(r->engine, &r->victim, "from callback", 13) == AFSM_OK;
+}
+
+static void test_event_callback_may_call_engine(void **state)
+{
+    (void)state;
+    reentry r = {0};
+    afsm_config cfg = {0};
+    cfg.on_event = reenter;
+    cfg.event_ctx = &r;
+    afsm_engine *engine = open_virtual_engine(&vclock, &cfg);
+    r.victim = create_session(engine, "victim").session_id; /* engine not yet set: no reentry */
+    r.engine = engine;
+    create_session(engine, "trigger");
+    assert_int_equal(r.got_ok, 1);
+    assert_int_equal(r.deleted, 1);
+    afsm_counts counts;
+    afsm_engine_counts(engine, &counts);
+    assert_int_equal(counts.total, 1);
+    afsm_engine_close(engine);
+}
+
+/* ---- races --------------------------------------------------------------- */
+
+typedef struct race {
+    afsm_engine *engine;
+    afsm_uuid kept;      /* heartbeated at every step: must never expire */
+    afsm_uuid abandoned; /* never heartbeated: must expire within one tick */
+    _Atomic uint64_t step;
+    _Atomic uint64_t acked;
+    _Atomic int stop;
+    _Atomic int kept_failed;
+    _Atomic uint64_t abandoned_expired_at;
+} race;
+
+static void race_events(void *ctx, const afsm_event *ev)
+{
+    race *r = ctx;
+    if (ev->type != AFSM_EVENT_EXPIRED)
+        return;
+    if (memcmp(&ev->session_id, &r->kept, 16) == 0)
+        atomic_store(&r->kept_failed, 1);
+    if (memcmp(&ev->session_id, &r->abandoned, 16) == 0)
+        atomic_store(&r->abandoned_expired_at, virtual_clock_read(&vclock));
+}
+
+/* Heartbeats at each new clock step (acknowledging it), and keeps
+ * heartbeating while the driver advances the wheel: the race. */
+static void *heartbeater(void *arg)
+{
+    race *r = arg;
+    uint64_t seen = 0;
+    while (!atomic_load(&r->stop)) {
+        uint64_t step = atomic_load(&r->step);
+        afsm_status st = afsm_session_heartbeat(r->engine, &r->kept, NULL);
+        if (st != AFSM_OK)
+            atomic_store(&r->kept_failed, 2);
+        if (step != seen) {
+            seen = step;
+            atomic_store(&r->acked, step);
+        }
+    }
+    return NULL;
+}
+
+static void test_heartbeat_racing_expiry(void **state)
+{
+    (void)state;
+    static race r;
+    memset(&r, 0, sizeof(r));
+    afsm_config cfg = {0};
+    cfg.on_event = race_events;
+    cfg.event_ctx = &r;
+    cfg.default_timeout_ms = 1000;
+    r.engine = open_virtual_engine(&vclock, &cfg);
+    r.kept = create_session(r.engine, "kept").session_id;
+    r.abandoned = create_session(r.engine, "gone").session_id;
+    uint64_t start = virtual_clock_read(&vclock);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, heartbeater, &r), 0);
+    /* 30 virtual seconds in 50 ms steps; each step waits for a heartbeat at
+     * the new time (so the kept session is never really overdue), then
+     * advances the wheel while heartbeats continue. */
+    for (uint64_t step = 1; step <= 600; step++) {
+        virtual_clock_set(&vclock, start + step * 50 * MS);
+        atomic_store(&r.step, step);
+        while (atomic_load(&r.acked) != step && !atomic_load(&r.kept_failed))
+            sched_yield();
+        assert_int_equal(afsm_engine_advance(r.engine, start + step * 50 * MS, NULL), AFSM_OK);
+    }
+    atomic_store(&r.stop, 1);
+    pthread_join(t, NULL);
+    assert_int_equal(atomic_load(&r.kept_failed), 0);
+    uint64_t expired_at = atomic_load(&r.abandoned_expired_at);
+    assert_true(expired_at >= start + 1000 * MS);
+    assert_true(expired_at <= start + 1100 * MS); /* within one 100 ms tick */
+    afsm_engine_close(r.engine);
+}
+
+#define RACED 2000
+
+typedef struct delete_race {
+    afsm_engine *engine;
+    afsm_uuid ids[RACED];
+    _Atomic int events[RACED];
+    uint64_t now;
+} delete_race;
+
+static void count_removals(void *ctx, const afsm_event *ev)
+{
+    delete_race *d = ctx;
+    if (ev->type != AFSM_EVENT_EXPIRED && ev->type != AFSM_EVENT_DELETED)
+        return;
+    afsm_uuid *hit = bsearch(&ev->session_id, d->ids, RACED, sizeof(afsm_uuid), compare_uuid);
+    assert_non_null(hit);
+    atomic_fetch_add(&d->events[hit - d->ids], 1);
+}
+
+static void *deleter(void *arg)
+{
+    delete_race *d = arg;
+    for (int i = RACED - 1; i >= 0; i--) {
+        afsm_status st = afsm_session_delete(d->engine, &d->ids[i], "racing", 6);
+        assert_true(st == AFSM_OK || st == AFSM_ENOTFOUND);
+    }
+    return NULL;
+}
+
+static void test_delete_racing_expiry_one_event_each(void **state)
+{
+    (void)state;
+    static delete_race d;
+    memset(&d, 0, sizeof(d));
+    afsm_config cfg = {0};
+    cfg.on_event = count_removals;
+    cfg.event_ctx = &d;
+    cfg.default_timeout_ms = 1000;
+    d.engine = open_virtual_engine(&vclock, &cfg);
+    for (int i = 0; i < RACED; i++)
+        d.ids[i] = create_session(d.engine, i % 2 ? "a" : "b").session_id;
+    virtual_clock_set(&vclock, virtual_clock_read(&vclock) + 2 * SEC);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, deleter, &d), 0);
+    assert_int_equal(afsm_engine_advance(d.engine, virtual_clock_read(&vclock), NULL), AFSM_OK);
+    pthread_join(t, NULL);
+    for (int i = 0; i < RACED; i++)
+        assert_int_equal(atomic_load(&d.events[i]), 1);
+    afsm_counts counts;
+    afsm_engine_counts(d.engine, &counts);
+    assert_int_equal(counts.total, 0);
+    afsm_engine_close(d.engine);
+}
+
+/* ---- the reaper thread -------------------------------------------------- */
+
+typedef struct reaper_watch {
+    pthread_mutex_t lock;
+    pthread_cond_t expired;
+    int count;
+    _Atomic int closed;
+    _Atomic int after_close;
+} reaper_watch;
+
+static void watch_events(void *ctx, const afsm_event *ev)
+{
+    reaper_watch *w = ctx;
+    if (atomic_load(&w->closed))
+        atomic_store(&w->after_close, 1);
+    if (ev->type != AFSM_EVENT_EXPIRED)
+        return;
+    pthread_mutex_lock(&w->lock);
+    w->count++;
+    pthread_cond_signal(&w->expired);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void test_reaper_thread_expires_and_stops(void **state)
+{
+    (void)state;
+    static reaper_watch w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    cfg.cleanup_interval_ms = 10;
+    cfg.tick_ms = 10;
+    cfg.default_timeout_ms = 30;
+    cfg.on_event = watch_events;
+    cfg.event_ctx = &w;
+    afsm_engine *engine;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK); /* real clock, reaper thread */
+    for (int i = 0; i < 10; i++)
+        create_session(engine, "u");
+    /* Wait for the reaper's events (bounded: 10 s would mean it is stuck). */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&w.lock);
+    while (w.count < 10) {
+        if (pthread_cond_timedwait(&w.expired, &w.lock, &until) != 0)
+            break;
+    }
+    int count = w.count;
+    pthread_mutex_unlock(&w.lock);
+    assert_int_equal(count, 10);
+    for (int i = 0; i < 5; i++)
+        create_session(engine, "u");
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    atomic_store(&w.closed, 1);
+    assert_int_equal(atomic_load(&w.after_close), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exactly_the_due_sessions_expire),
+        cmocka_unit_test(test_idle_detection),
+        cmocka_unit_test(test_closed_lingers_then_goes),
+        cmocka_unit_test(test_event_callback_may_call_engine),
+        cmocka_unit_test(test_heartbeat_racing_expiry),
+        cmocka_unit_test(test_delete_racing_expiry_one_event_each),
+        cmocka_unit_test(test_reaper_thread_expires_and_stops),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
