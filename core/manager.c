@@ -1,68 +1,23 @@
 /*
- * manager.c: the public session and engine functions of afsm.h.
+ * manager.c: the public session functions of afsm.h.
  *
  * Every argument from outside is checked here, once, and turned into the
  * store's internal form (parsed IP, resolved timeout, validated metadata);
- * the store below never sees bad input. Policy that is not about storage
- * also lives here: defaults, the reaper thread, and forwarding events and
- * logs to the caller's hooks.
- *
- * Shared state: default_timeout_ns is a relaxed atomic (any thread may set
- * it); the reaper's stop flag and wakeup are under reaper_mutex. Nothing
- * else in the engine struct changes after open.
+ * the store below never sees bad input.
  */
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "afsm.h"
+#include "engine.h"
 #include "metadata.h"
-#include "store.h"
 #include "util/alloc.h"
 #include "util/clock.h"
 #include "util/uuid.h"
-
-#define NS_PER_MS          UINT64_C(1000000)
-#define DEFAULT_TIMEOUT_MS (30u * 60u * 1000u)
-#define DEFAULT_CLEANUP_MS 1000u
-#define DEFAULT_TICK_MS    100u
-#define DEFAULT_CAPACITY   1024u
-#define SHARDS_MAX         4096u
-/* Timeouts beyond ten years are surely a unit mistake, and keep every
- * deadline far from overflowing 63 bits of nanoseconds. */
-#define TIMEOUT_MS_MAX (UINT64_C(10) * 365 * 24 * 3600 * 1000)
-
-struct afsm_engine {
-    store *st;
-    afsm_config config;
-    char server_addr[AFSM_SERVER_ADDR_MAX + 1];
-    _Atomic uint64_t default_timeout_ns;
-
-    int reaper_running;
-    pthread_t reaper;
-    pthread_mutex_t reaper_mutex;
-    pthread_cond_t reaper_wakeup;
-    int reaper_stop; /* under reaper_mutex */
-};
 
 struct afsm_handle {
     afsm_engine *engine;
     store_handle *h;
 };
-
-/* ---- small checks ------------------------------------------------------ */
-
-static afsm_status check_user_id(const char *user_id, size_t len)
-{
-    if (user_id == NULL)
-        return AFSM_ENULL;
-    if (len == 0 || memchr(user_id, '\0', len) != NULL)
-        return AFSM_EINVAL;
-    return len > AFSM_USER_ID_MAX ? AFSM_ETOOLONG : AFSM_OK;
-}
 
 static afsm_status check_reason(const char *reason, size_t len)
 {
@@ -71,282 +26,46 @@ static afsm_status check_reason(const char *reason, size_t len)
     return len > AFSM_REASON_MAX ? AFSM_ETOOLONG : AFSM_OK;
 }
 
-static afsm_status check_info(const afsm_session_info *info)
+/* ---- sessions ---------------------------------------------------------- */
+
+/* What create and restore both check and resolve. */
+static afsm_status make_spec(afsm_engine *engine, const char *user_id, size_t user_id_len, uint32_t port,
+                             const afsm_uuid *connection_id, const afsm_kv *metadata, size_t metadata_count,
+                             uint64_t timeout_ms, session_spec *spec)
 {
-    return info->version == AFSM_SESSION_INFO_VERSION ? AFSM_OK : AFSM_EVERSION;
-}
-
-static uint64_t ns_to_ms_ceil(uint64_t ns)
-{
-    return ns / NS_PER_MS + (ns % NS_PER_MS != 0);
-}
-
-/* ---- init functions ---------------------------------------------------- */
-
-AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version)
-{
-    if (config == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_CONFIG_VERSION)
-        return AFSM_EVERSION;
-    memset(config, 0, sizeof(*config));
-    config->version = version;
-    return AFSM_OK;
-}
-
-AFSM_API afsm_status afsm_session_info_init(afsm_session_info *info, unsigned int version)
-{
-    if (info == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_SESSION_INFO_VERSION)
-        return AFSM_EVERSION;
-    memset(info, 0, sizeof(*info));
-    info->version = version;
-    return AFSM_OK;
-}
-
-AFSM_API afsm_status afsm_create_options_init(afsm_create_options *options, unsigned int version)
-{
-    if (options == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_CREATE_OPTIONS_VERSION)
-        return AFSM_EVERSION;
-    memset(options, 0, sizeof(*options));
-    options->version = version;
-    return AFSM_OK;
-}
-
-AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version)
-{
-    if (update == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_UPDATE_VERSION)
-        return AFSM_EVERSION;
-    memset(update, 0, sizeof(*update));
-    update->version = version;
-    return AFSM_OK;
-}
-
-AFSM_API afsm_status afsm_list_filter_init(afsm_list_filter *filter, unsigned int version)
-{
-    if (filter == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_LIST_FILTER_VERSION)
-        return AFSM_EVERSION;
-    memset(filter, 0, sizeof(*filter));
-    filter->version = version;
-    return AFSM_OK;
-}
-
-/* ---- engine ------------------------------------------------------------ */
-
-static void forward_event(void *ctx, const afsm_event *event)
-{
-    afsm_engine *engine = ctx;
-    engine->config.on_event(engine->config.event_ctx, event);
-}
-
-static void *reaper_main(void *arg)
-{
-    afsm_engine *engine = arg;
-    uint64_t period_ns = engine->config.cleanup_interval_ms * NS_PER_MS;
-    pthread_mutex_lock(&engine->reaper_mutex);
-    while (!engine->reaper_stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        uint64_t ns = (uint64_t)until.tv_nsec + period_ns;
-        until.tv_sec += (time_t)(ns / 1000000000u);
-        until.tv_nsec = (long)(ns % 1000000000u);
-        pthread_cond_timedwait(&engine->reaper_wakeup, &engine->reaper_mutex, &until);
-        if (engine->reaper_stop)
-            break;
-        pthread_mutex_unlock(&engine->reaper_mutex);
-        size_t expired;
-        engine->st->ops->advance(engine->st, engine->config.clock(engine->config.clock_ctx), &expired);
-        pthread_mutex_lock(&engine->reaper_mutex);
-    }
-    pthread_mutex_unlock(&engine->reaper_mutex);
-    return NULL;
-}
-
-static afsm_status start_reaper(afsm_engine *engine)
-{
-    pthread_condattr_t attr;
-    if (pthread_condattr_init(&attr) != 0)
-        return AFSM_ENOMEM;
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int failed = pthread_cond_init(&engine->reaper_wakeup, &attr);
-    pthread_condattr_destroy(&attr);
-    if (failed)
-        return AFSM_ENOMEM;
-    pthread_mutex_init(&engine->reaper_mutex, NULL);
-    if (pthread_create(&engine->reaper, NULL, reaper_main, engine) != 0) {
-        pthread_cond_destroy(&engine->reaper_wakeup);
-        pthread_mutex_destroy(&engine->reaper_mutex);
-        return AFSM_ENOMEM;
-    }
-    engine->reaper_running = 1;
-    return AFSM_OK;
-}
-
-static unsigned default_shard_count(void)
-{
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned want = cpus > 0 ? (unsigned)cpus * 4u : 4u;
-    unsigned n = 1;
-    while (n < want && n < SHARDS_MAX)
-        n <<= 1;
-    return n;
-}
-
-static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
-{
-    if (in == NULL)
-        afsm_config_init(cfg, AFSM_CONFIG_VERSION);
-    else if (in->version != AFSM_CONFIG_VERSION)
-        return AFSM_EVERSION;
-    else
-        *cfg = *in;
-    if (cfg->shard_count == 0)
-        cfg->shard_count = default_shard_count();
-    if (cfg->shard_count > SHARDS_MAX || (cfg->shard_count & (cfg->shard_count - 1)) != 0)
-        return AFSM_EINVAL;
-    if (cfg->reaper != AFSM_REAPER_THREAD && cfg->reaper != AFSM_REAPER_MANUAL)
-        return AFSM_EINVAL;
-    if (cfg->server_addr == NULL && cfg->server_addr_len != 0)
-        return AFSM_ENULL;
-    if (cfg->server_addr_len > AFSM_SERVER_ADDR_MAX)
-        return AFSM_ETOOLONG;
-    if (cfg->server_addr != NULL && memchr(cfg->server_addr, '\0', cfg->server_addr_len) != NULL)
-        return AFSM_EINVAL;
-    if (cfg->default_timeout_ms > TIMEOUT_MS_MAX || cfg->max_lifetime_ms > TIMEOUT_MS_MAX ||
-        cfg->idle_timeout_ms > TIMEOUT_MS_MAX || cfg->cleanup_interval_ms > TIMEOUT_MS_MAX ||
-        cfg->tick_ms > TIMEOUT_MS_MAX || cfg->close_linger_ms > TIMEOUT_MS_MAX)
-        return AFSM_EINVAL;
-    if (cfg->log_level != 0 && cfg->log_level != AFSM_LOG_DEBUG && cfg->log_level != AFSM_LOG_INFO &&
-        cfg->log_level != AFSM_LOG_WARN && cfg->log_level != AFSM_LOG_ERROR)
-        return AFSM_EINVAL;
-    if (cfg->default_timeout_ms == 0)
-        cfg->default_timeout_ms = DEFAULT_TIMEOUT_MS;
-    if (cfg->cleanup_interval_ms == 0)
-        cfg->cleanup_interval_ms = DEFAULT_CLEANUP_MS;
-    if (cfg->tick_ms == 0)
-        cfg->tick_ms = DEFAULT_TICK_MS;
-    if (cfg->capacity_hint == 0)
-        cfg->capacity_hint = DEFAULT_CAPACITY;
-    if (cfg->log_level == 0)
-        cfg->log_level = AFSM_LOG_INFO;
-    if (cfg->clock == NULL)
-        cfg->clock = clock_monotonic_coarse_ns;
-    return AFSM_OK;
-}
-
-AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **out)
-{
-    if (out == NULL)
-        return AFSM_ENULL;
-    *out = NULL;
-    afsm_config cfg;
-    afsm_status status = resolve_config(config, &cfg);
+    afsm_status status = check_user_id(user_id, user_id_len);
     if (status != AFSM_OK)
         return status;
-
-    afsm_engine *engine = mem_calloc(1, sizeof(*engine));
-    if (engine == NULL)
-        return AFSM_ENOMEM;
-    engine->config = cfg;
-    if (cfg.server_addr != NULL)
-        memcpy(engine->server_addr, cfg.server_addr, cfg.server_addr_len);
-    engine->config.server_addr = engine->server_addr;
-    atomic_init(&engine->default_timeout_ns, cfg.default_timeout_ms * NS_PER_MS);
-
-    store_config sc = {
-        .shard_count = cfg.shard_count,
-        .capacity_hint = cfg.capacity_hint,
-        .tick_ns = cfg.tick_ms * NS_PER_MS,
-        .idle_timeout_ns = cfg.idle_timeout_ms * NS_PER_MS,
-        .max_lifetime_ns = cfg.max_lifetime_ms * NS_PER_MS,
-        .close_linger_ns = cfg.close_linger_ms * NS_PER_MS,
-        .server_addr = engine->server_addr,
-        .clock = cfg.clock,
-        .clock_ctx = cfg.clock_ctx,
-        .emit = cfg.on_event != NULL ? forward_event : NULL,
-        .emit_ctx = engine,
-    };
-    status = mem_store_open(&sc, &engine->st);
-    if (status != AFSM_OK) {
-        mem_free(engine);
-        return status;
-    }
-    if (cfg.reaper == AFSM_REAPER_THREAD) {
-        status = start_reaper(engine);
-        if (status != AFSM_OK) {
-            engine->st->ops->close(engine->st);
-            mem_free(engine);
-            return status;
-        }
-    }
-    *out = engine;
-    return AFSM_OK;
-}
-
-AFSM_API afsm_status afsm_engine_close(afsm_engine *engine)
-{
-    if (engine == NULL)
-        return AFSM_OK;
-    if (engine->st->ops->pinned(engine->st) != 0)
-        return AFSM_EBUSY;
-    if (engine->reaper_running) {
-        pthread_mutex_lock(&engine->reaper_mutex);
-        engine->reaper_stop = 1;
-        pthread_cond_signal(&engine->reaper_wakeup);
-        pthread_mutex_unlock(&engine->reaper_mutex);
-        pthread_join(engine->reaper, NULL);
-        pthread_cond_destroy(&engine->reaper_wakeup);
-        pthread_mutex_destroy(&engine->reaper_mutex);
-    }
-    engine->st->ops->close(engine->st);
-    mem_free(engine);
-    return AFSM_OK;
-}
-
-AFSM_API afsm_status afsm_engine_advance(afsm_engine *engine, uint64_t now_ns, size_t *expired_count)
-{
-    if (engine == NULL)
-        return AFSM_ENULL;
-    size_t expired = 0;
-    afsm_status status = engine->st->ops->advance(engine->st, now_ns, &expired);
-    if (expired_count != NULL)
-        *expired_count = expired;
-    return status;
-}
-
-AFSM_API afsm_status afsm_engine_now(afsm_engine *engine, uint64_t *now_ns)
-{
-    if (engine == NULL || now_ns == NULL)
-        return AFSM_ENULL;
-    *now_ns = engine->config.clock(engine->config.clock_ctx);
-    return AFSM_OK;
-}
-
-AFSM_API afsm_status afsm_engine_set_default_timeout(afsm_engine *engine, uint64_t timeout_ms)
-{
-    if (engine == NULL)
-        return AFSM_ENULL;
-    if (timeout_ms == 0 || timeout_ms > TIMEOUT_MS_MAX)
+    if (port > 65535 || timeout_ms > TIMEOUT_MS_MAX)
         return AFSM_EINVAL;
-    atomic_store_explicit(&engine->default_timeout_ns, timeout_ms * NS_PER_MS, memory_order_relaxed);
+    if (uuid_is_nil(connection_id))
+        return AFSM_EUUID;
+    status = metadata_validate(metadata, metadata_count);
+    if (status != AFSM_OK)
+        return status;
+    memset(spec, 0, sizeof(*spec));
+    spec->user_id = user_id;
+    spec->user_id_len = (uint16_t)user_id_len;
+    spec->client_port = (uint16_t)port;
+    spec->connection_id = *connection_id;
+    spec->metadata = metadata;
+    spec->metadata_count = metadata_count;
+    spec->timeout_ns = timeout_ms != 0 ? timeout_ms * NS_PER_MS
+                                       : atomic_load_explicit(&engine->default_timeout_ns, memory_order_relaxed);
     return AFSM_OK;
 }
 
-AFSM_API afsm_status afsm_engine_counts(afsm_engine *engine, afsm_counts *out)
+static void log_created(const afsm_engine *engine, const afsm_session_info *s)
 {
-    if (engine == NULL || out == NULL)
-        return AFSM_ENULL;
-    return engine->st->ops->counts(engine->st, out);
+    if (!engine_logs(engine, AFSM_LOG_INFO))
+        return;
+    char id[AFSM_UUID_STRING_SIZE], conn[AFSM_UUID_STRING_SIZE], ip[AFSM_IP_STRING_SIZE];
+    afsm_uuid_format(&s->session_id, id);
+    afsm_uuid_format(&s->connection_id, conn);
+    afsm_ip_format(&s->client_ip, ip);
+    afsm_log_field fields[] = {{"session_id", id}, {"user_id", s->user_id}, {"connection_id", conn}, {"client_ip", ip}};
+    engine_log(engine, AFSM_LOG_INFO, "session created", fields, 4);
 }
-
-/* ---- sessions ---------------------------------------------------------- */
 
 AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_options *options,
                                          afsm_session_info *out)
@@ -357,33 +76,59 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
         return AFSM_EVERSION;
     if (out != NULL && check_info(out) != AFSM_OK)
         return AFSM_EVERSION;
-    afsm_status status = check_user_id(options->user_id, options->user_id_len);
+    session_spec spec;
+    afsm_status status =
+        make_spec(engine, options->user_id, options->user_id_len, options->client_port, &options->connection_id,
+                  options->metadata, options->metadata_count, options->timeout_ms, &spec);
     if (status != AFSM_OK)
         return status;
-    if (options->client_port > 65535 || options->timeout_ms > TIMEOUT_MS_MAX)
-        return AFSM_EINVAL;
-    session_spec spec = {
-        .user_id = options->user_id,
-        .user_id_len = (uint16_t)options->user_id_len,
-        .client_port = (uint16_t)options->client_port,
-        .connection_id = options->connection_id,
-        .metadata = options->metadata,
-        .metadata_count = options->metadata_count,
-    };
     if (options->client_ip == NULL)
         return AFSM_ENULL;
     status = afsm_ip_parse(options->client_ip, options->client_ip_len, &spec.client_ip);
     if (status != AFSM_OK)
         return status;
-    if (uuid_is_nil(&options->connection_id))
+    /* The log line wants the copy even when the caller does not. */
+    afsm_session_info local;
+    afsm_session_info *copy = out;
+    if (copy == NULL && engine_logs(engine, AFSM_LOG_INFO)) {
+        afsm_session_info_init(&local, AFSM_SESSION_INFO_VERSION);
+        copy = &local;
+    }
+    status = engine->st->ops->create(engine->st, &spec, copy);
+    if (status == AFSM_OK && copy != NULL)
+        log_created(engine, copy);
+    return status;
+}
+
+AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_session_info *info, const afsm_kv *metadata,
+                                          size_t metadata_count)
+{
+    if (engine == NULL || info == NULL)
+        return AFSM_ENULL;
+    if (check_info(info) != AFSM_OK)
+        return AFSM_EVERSION;
+    if (info->state < AFSM_STATE_CONNECTING || info->state > AFSM_STATE_CLOSED || info->timeout_ms == 0 ||
+        info->user_id_len > AFSM_USER_ID_MAX || (info->client_ip.family != 4 && info->client_ip.family != 6) ||
+        info->token_generation == 0)
+        return AFSM_EINVAL;
+    if (uuid_is_nil(&info->session_id))
         return AFSM_EUUID;
-    status = metadata_validate(options->metadata, options->metadata_count);
+    session_spec spec;
+    afsm_status status = make_spec(engine, info->user_id, info->user_id_len, info->client_port, &info->connection_id,
+                                   metadata, metadata_count, info->timeout_ms, &spec);
     if (status != AFSM_OK)
         return status;
-    spec.timeout_ns = options->timeout_ms != 0
-                          ? options->timeout_ms * NS_PER_MS
-                          : atomic_load_explicit(&engine->default_timeout_ns, memory_order_relaxed);
-    return engine->st->ops->create(engine->st, &spec, out);
+    spec.client_ip = info->client_ip;
+    /* Wall-clock times become engine-clock times through the same offset
+     * the copies are made with. */
+    uint64_t now = engine->config.clock(engine->config.clock_ctx);
+    int64_t offset = clock_wall_ns() - (int64_t)now;
+    int64_t last = info->last_active_at_ns - offset;
+    int64_t created = info->created_at_ns - offset;
+    spec.restore = info;
+    spec.restore_last_active_ns = last > 0 ? (uint64_t)last : 0;
+    spec.restore_created_ns = created > 0 ? (uint64_t)created : 0;
+    return engine->st->ops->create(engine->st, &spec, NULL);
 }
 
 AFSM_API afsm_status afsm_session_get(afsm_engine *engine, const afsm_uuid *session_id, afsm_session_info *out)
@@ -450,9 +195,13 @@ AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid
         return AFSM_ENULL;
     uint64_t remaining_ns = 0;
     afsm_status status = engine->st->ops->heartbeat(engine->st, session_id, &remaining_ns);
-    if (status == AFSM_OK && remaining_ms != NULL)
+    if (status != AFSM_OK)
+        return status;
+    if (remaining_ms != NULL)
         *remaining_ms = ns_to_ms_ceil(remaining_ns);
-    return status;
+    if (engine_logs(engine, AFSM_LOG_DEBUG))
+        engine_log_remaining(engine, session_id, ns_to_ms_ceil(remaining_ns));
+    return AFSM_OK;
 }
 
 AFSM_API afsm_status afsm_session_delete(afsm_engine *engine, const afsm_uuid *session_id, const char *reason,

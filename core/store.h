@@ -24,10 +24,13 @@ typedef struct store_config {
     uint32_t shard_count; /* a power of two */
     uint64_t capacity_hint;
     uint64_t tick_ns;
-    uint64_t idle_timeout_ns; /* 0: off */
-    uint64_t max_lifetime_ns; /* 0: none */
-    uint64_t close_linger_ns; /* 0: a closed session is removed at once */
-    const char *server_addr;  /* NUL-terminated, <= AFSM_SERVER_ADDR_MAX */
+    uint64_t idle_timeout_ns;       /* 0: off */
+    uint64_t max_lifetime_ns;       /* 0: none */
+    uint64_t close_linger_ns;       /* 0: a closed session is removed at once */
+    uint32_t max_sessions_per_user; /* 0: no cap */
+    uint32_t limit_policy;          /* AFSM_LIMIT_* */
+    int metrics;                    /* keep the metrics counters */
+    const char *server_addr;        /* NUL-terminated, <= AFSM_SERVER_ADDR_MAX */
     afsm_clock_fn clock;
     void *clock_ctx;
     void (*emit)(void *ctx, const afsm_event *event); /* may be NULL */
@@ -43,6 +46,11 @@ typedef struct session_spec {
     const afsm_kv *metadata; /* validated */
     size_t metadata_count;
     uint64_t timeout_ns;
+    /* Restoring (afsm_session_restore), else NULL: the copy to re-create,
+     * with its times already on the engine clock. */
+    const afsm_session_info *restore;
+    uint64_t restore_last_active_ns;
+    uint64_t restore_created_ns;
 } session_spec;
 
 typedef struct store_ops {
@@ -58,10 +66,14 @@ typedef struct store_ops {
     afsm_status (*remove)(store *s, const afsm_uuid *id, const char *reason, size_t reason_len);
     afsm_status (*remove_by_user)(store *s, const char *user_id, size_t user_id_len, const char *reason,
                                   size_t reason_len, size_t *removed);
+    /* Moves the session to a new token generation; out gets the result. */
+    afsm_status (*rotate_generation)(store *s, const afsm_uuid *id, afsm_session_info *out);
     afsm_status (*list)(store *s, const afsm_list_filter *filter, afsm_session_info *out, size_t *count,
                         uint64_t *total, afsm_uuid *next_cursor);
     afsm_status (*advance)(store *s, uint64_t now_ns, size_t *expired);
     afsm_status (*counts)(store *s, afsm_counts *out);
+    /* Fills every field but version and token_validations. */
+    afsm_status (*metrics)(store *s, afsm_metrics *out);
     afsm_status (*pin)(store *s, const afsm_uuid *id, int by_connection, store_handle **out);
     afsm_status (*handle_heartbeat)(store_handle *h, uint64_t *remaining_ns);
     afsm_status (*handle_add_stats)(store_handle *h, const afsm_stats *delta);

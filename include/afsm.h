@@ -63,13 +63,15 @@ typedef int afsm_status;
 #define AFSM_ELIMIT       (-13) /* the user is at max_sessions_per_user (reject policy) */
 #define AFSM_EBUFFER      (-14) /* the caller's buffer is too small; the needed size is reported */
 #define AFSM_EBUSY        (-15) /* the engine still has pinned handles */
-#define AFSM_ETOKEN       (-16) /* a token is garbled, truncated or forged */
-#define AFSM_ETOKENKEY    (-17) /* a token's key id is not (or no longer) in the key ring */
+#define AFSM_ETOKEN       (-16) /* a token fails authentication: forged, altered, or sealed by another key */
+#define AFSM_ETOKENKEY    (-17) /* a token's key id was never in the key ring */
 #define AFSM_EREVOKED     (-18) /* a token was superseded by afsm_token_rotate */
 #define AFSM_EIPMISMATCH  (-19) /* a token bound to one IP was presented from another */
 #define AFSM_EKEYFILE     (-20) /* a key file is unreadable, has the wrong size, or is readable by others */
 #define AFSM_EUNAVAILABLE (-21) /* the store cannot be reached */
 #define AFSM_EINTERNAL    (-22) /* a bug: please report it */
+#define AFSM_ETOKENFORMAT (-23) /* a token is truncated or not a token at all (bad prefix, length, encoding) */
+#define AFSM_EKEYREMOVED  (-24) /* a token's key was in the key ring and has been removed */
 
 /* A short English description of the status ("session not found"). Never NULL. */
 AFSM_API const char *afsm_strerror(afsm_status status);
@@ -216,6 +218,9 @@ typedef void (*afsm_log_fn)(void *ctx, int level, const char *message, const afs
 
 typedef struct afsm_engine afsm_engine;
 
+#define AFSM_LIMIT_REJECT       0 /* a create over the cap fails with AFSM_ELIMIT */
+#define AFSM_LIMIT_EVICT_OLDEST 1 /* the user's oldest session is deleted ("evicted") */
+
 #define AFSM_REAPER_THREAD 0 /* an internal thread advances time every cleanup_interval */
 #define AFSM_REAPER_MANUAL 1 /* no thread: the caller calls afsm_engine_advance */
 
@@ -239,7 +244,18 @@ typedef struct afsm_config {
     void *event_ctx;
     afsm_log_fn on_log; /* may be NULL */
     void *log_ctx;
-    uint64_t close_linger_ms; /* how long a closed session stays readable (0: removed at once) */
+    uint64_t close_linger_ms;       /* how long a closed session stays readable (0: removed at once) */
+    uint32_t max_sessions_per_user; /* 0: no cap */
+    uint32_t limit_policy;          /* AFSM_LIMIT_REJECT or AFSM_LIMIT_EVICT_OLDEST */
+    /* The first token key (afsm_key_add): key_len AFSM_KEY_BYTES bytes, or
+     * a key file of exactly that size, private to its owner. Neither: a
+     * random key for this engine's life (tokens die with the process). */
+    const uint8_t *key;
+    size_t key_len;
+    const char *key_file; /* path, need not be NUL-terminated */
+    size_t key_file_len;
+    uint32_t key_id;          /* 1..AFSM_KEY_ID_MAX for key or key_file */
+    uint32_t disable_metrics; /* non-zero: skip counters (measures their cost) */
 } afsm_config;
 
 #define AFSM_CONFIG_INIT                                                                                               \
@@ -252,7 +268,8 @@ AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version)
 /* Creates an engine. config may be NULL for all defaults. The config is
  * copied; the hooks' ctx pointers must stay valid until close.
  * AFSM_ENULL, AFSM_EVERSION, AFSM_EINVAL (shard_count not a power of two,
- * unknown reaper mode), AFSM_ETOOLONG (server_addr), AFSM_ENOMEM. */
+ * unknown reaper mode or limit policy, key_len, key_id), AFSM_ETOOLONG
+ * (server_addr), AFSM_EKEYFILE, AFSM_ENOMEM. */
 AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **out);
 
 /* Stops and joins the reaper thread, frees every session and the engine.
@@ -308,6 +325,8 @@ typedef struct afsm_session_info {
     uint32_t metadata_count; /* fetch the entries with afsm_session_get_metadata */
     uint32_t metadata_bytes; /* the buffer size afsm_session_get_metadata needs */
     afsm_stats stats;
+    uint32_t token_generation; /* tokens of older generations are revoked */
+    uint32_t reserved;         /* zero */
 } afsm_session_info;
 
 #define AFSM_SESSION_INFO_INIT                                                                                         \
@@ -340,9 +359,23 @@ AFSM_API afsm_status afsm_create_options_init(afsm_create_options *options, unsi
  * expires = now + timeout. out (may be NULL) receives a copy.
  * AFSM_ENULL, AFSM_EVERSION, AFSM_ETOOLONG (user id, metadata), AFSM_EINVAL
  * (empty user id, port, NUL in metadata), AFSM_EIP, AFSM_EUUID (nil
- * connection id), AFSM_EEXISTS (connection id taken), AFSM_ENOMEM. */
+ * connection id), AFSM_EEXISTS (connection id taken), AFSM_ELIMIT (user at
+ * max_sessions_per_user under the reject policy; under evict-oldest the
+ * oldest is deleted with reason "evicted" instead), AFSM_ENOMEM. A reader
+ * never sees a user above the cap, not even for an instant. */
 AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_options *options,
                                          afsm_session_info *out);
+
+/* Re-creates a session exactly as a copy describes it (id, connection,
+ * user, client, state, timestamps, timeout, stats, token generation) with
+ * the given metadata: how a daemon reloads a snapshot so that sessions and
+ * their tokens survive a restart. The deadline is taken from
+ * info->last_active_at_ns (wall clock) and the timeout. AFSM_EEXPIRED (it
+ * expired meanwhile: nothing done), AFSM_EEXISTS (its id or connection id
+ * is taken), AFSM_EVERSION, AFSM_EINVAL (state, port, zero timeout),
+ * AFSM_EUUID, AFSM_ETOOLONG, AFSM_ELIMIT, AFSM_ENOMEM; checks as create. */
+AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_session_info *info, const afsm_kv *metadata,
+                                          size_t metadata_count);
 
 /* Copies one session. Lock-free. AFSM_ENULL, AFSM_EVERSION, AFSM_ENOTFOUND,
  * AFSM_EEXPIRED (deadline passed, even before the reaper removes it; out is
@@ -485,6 +518,127 @@ AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats
 AFSM_API afsm_status afsm_handle_session_id(const afsm_handle *handle, afsm_uuid *out);
 /* Releases the handle. NULL is accepted and ignored. */
 AFSM_API afsm_status afsm_handle_release(afsm_handle *handle);
+
+/* ------------------------------------------------------------------------
+ * Tokens: what a client presents to prove it owns a session
+ * ---------------------------------------------------------------------- */
+
+/* Token text is "v1." and URL-safe base64 of the key id, a random nonce and
+ * the sealed (XChaCha20-Poly1305) session id, generation, issue time and
+ * optional client IP: at most 120 characters. */
+#define AFSM_TOKEN_SIZE    121 /* the longest token and its NUL */
+#define AFSM_KEY_BYTES     32
+#define AFSM_KEY_ID_MAX    65535
+#define AFSM_TOKEN_BIND_IP 0x1u /* the token is valid only from the session's client IP */
+
+/* Seals a token for the session's current generation into token (NUL-
+ * terminated; token_len, may be NULL, gets its length). Earlier tokens of
+ * the same generation stay valid. AFSM_ENULL, AFSM_EINVAL (flags),
+ * AFSM_EBUFFER (token_size < AFSM_TOKEN_SIZE), AFSM_ENOTFOUND, AFSM_EEXPIRED,
+ * AFSM_ECLOSED. Lock-free. */
+AFSM_API afsm_status afsm_token_issue(afsm_engine *engine, const afsm_uuid *session_id, uint32_t flags, char *token,
+                                      size_t token_size, size_t *token_len);
+
+/* Moves the session to a new generation, which revokes every token issued
+ * before (they now validate as AFSM_EREVOKED), and issues one for it.
+ * Statuses as afsm_token_issue. */
+AFSM_API afsm_status afsm_token_rotate(afsm_engine *engine, const afsm_uuid *session_id, uint32_t flags, char *token,
+                                       size_t token_size, size_t *token_len);
+
+/* Checks a token and copies its session into out (may be NULL). client_ip
+ * (may be NULL) is the address the token was presented from; a token bound
+ * to an IP needs it. Each failure has its own status: AFSM_ETOKENFORMAT
+ * (truncated, garbled), AFSM_ETOKEN (forged or altered), AFSM_ETOKENKEY
+ * (unknown key), AFSM_EKEYREMOVED, AFSM_ENOTFOUND, AFSM_EEXPIRED,
+ * AFSM_ECLOSED, AFSM_EREVOKED (rotated), AFSM_EIPMISMATCH; and AFSM_ENULL,
+ * AFSM_EIP (client_ip malformed), AFSM_EVERSION. The cryptographic check is
+ * constant-time: timing does not reveal which byte was wrong. Lock-free. */
+AFSM_API afsm_status afsm_token_validate(afsm_engine *engine, const char *token, size_t token_len,
+                                         const char *client_ip, size_t client_ip_len, afsm_session_info *out);
+
+/* The key ring: every key has an id; the current key seals, every key in
+ * the ring opens. Rotation: add a key, make it current, remove the old one
+ * once its tokens may go. Writers serialise on a mutex; validation reads
+ * the ring lock-free. */
+/* AFSM_ENULL, AFSM_EINVAL (key_id 0 or over AFSM_KEY_ID_MAX, key_len not
+ * AFSM_KEY_BYTES), AFSM_EEXISTS (id in the ring), AFSM_ENOMEM. */
+AFSM_API afsm_status afsm_key_add(afsm_engine *engine, uint32_t key_id, const uint8_t *key, size_t key_len);
+/* As afsm_key_add, reading the key from a file of exactly AFSM_KEY_BYTES
+ * bytes that no one but its owner may read or write (AFSM_EKEYFILE). */
+AFSM_API afsm_status afsm_key_add_file(afsm_engine *engine, uint32_t key_id, const char *path, size_t path_len);
+/* Makes a key in the ring the one that seals. AFSM_ENOTFOUND. */
+AFSM_API afsm_status afsm_key_use(afsm_engine *engine, uint32_t key_id);
+/* Removes a key: its tokens then fail with AFSM_EKEYREMOVED. AFSM_ENOTFOUND,
+ * AFSM_EBUSY (it is the current key: make another current first). */
+AFSM_API afsm_status afsm_key_remove(afsm_engine *engine, uint32_t key_id);
+
+/* ------------------------------------------------------------------------
+ * Metrics
+ * ---------------------------------------------------------------------- */
+
+/* Why sessions left, for session_deleted_total{reason}. Caller-supplied
+ * reason texts go to events and logs; metrics keep a fixed set of labels. */
+typedef enum afsm_delete_reason {
+    AFSM_DELETE_REQUESTED = 0, /* afsm_session_delete */
+    AFSM_DELETE_USER = 1,      /* afsm_session_delete_by_user */
+    AFSM_DELETE_CLOSED = 2,    /* state set to closed */
+    AFSM_DELETE_EVICTED = 3,   /* over max_sessions_per_user */
+    AFSM_DELETE_EXPIRED = 4    /* also counted in expired_total */
+} afsm_delete_reason;
+#define AFSM_DELETE_REASON_COUNT 5
+
+/* Token validation outcomes, for session_token_validations_total{result}. */
+typedef enum afsm_token_result {
+    AFSM_TOKEN_OK = 0,
+    AFSM_TOKEN_MALFORMED = 1,
+    AFSM_TOKEN_FORGED = 2,
+    AFSM_TOKEN_UNKNOWN_KEY = 3,
+    AFSM_TOKEN_REMOVED_KEY = 4,
+    AFSM_TOKEN_NOT_FOUND = 5,
+    AFSM_TOKEN_EXPIRED = 6,
+    AFSM_TOKEN_CLOSED = 7,
+    AFSM_TOKEN_REVOKED = 8,
+    AFSM_TOKEN_IP_MISMATCH = 9
+} afsm_token_result;
+#define AFSM_TOKEN_RESULT_COUNT 10
+
+/* session_duration_seconds upper bounds: 1, 5, 15, 30, 60, 300, 900, 1800,
+ * 3600, 7200, 14400, 43200, 86400 seconds, then +Inf. */
+#define AFSM_DURATION_BUCKETS 14
+
+#define AFSM_METRICS_VERSION 1
+typedef struct afsm_metrics {
+    uint32_t version; /* AFSM_METRICS_VERSION, set by the caller */
+    uint32_t shard_count;
+    uint64_t sessions;                            /* session_total (gauge) */
+    uint64_t sessions_by_state[AFSM_STATE_COUNT]; /* session_active, session_idle, ... */
+    uint64_t created_total;
+    uint64_t deleted_total[AFSM_DELETE_REASON_COUNT];
+    uint64_t expired_total;
+    uint64_t idle_transitions_total;                  /* active -> idle by idle detection */
+    uint64_t wake_transitions_total;                  /* idle -> active by activity */
+    uint64_t duration_buckets[AFSM_DURATION_BUCKETS]; /* per bucket, not cumulative */
+    uint64_t duration_count;
+    double duration_sum_seconds;
+    uint64_t token_validations[AFSM_TOKEN_RESULT_COUNT];
+    uint64_t reaper_lag_ns;  /* engine clock minus the time the wheels last reached */
+    uint64_t deferred_frees; /* memory waiting for readers to leave their epoch sections */
+} afsm_metrics;
+
+#define AFSM_METRICS_INIT                                                                                              \
+    {                                                                                                                  \
+        .version = AFSM_METRICS_VERSION                                                                                \
+    }
+
+/* Sums the per-shard counters. Each counter is exact; the set is not one
+ * atomic snapshot while other threads write. AFSM_ENULL, AFSM_EVERSION. */
+AFSM_API afsm_status afsm_metrics_snapshot(afsm_engine *engine, afsm_metrics *out);
+
+/* Writes the metrics in the Prometheus text exposition format (HELP and
+ * TYPE lines, names from the service it replaces) into buf, NUL-terminated.
+ * needed (may be NULL) gets the size required including the NUL;
+ * AFSM_EBUFFER when buf_size is smaller (buf may be NULL then). */
+AFSM_API afsm_status afsm_metrics_write_prometheus(afsm_engine *engine, char *buf, size_t buf_size, size_t *needed);
 
 #ifdef __cplusplus
 }

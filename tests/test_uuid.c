@@ -330,7 +330,7 @@ static void test_v7_huge_ms_clamped(void **state)
     assert_true(uuid_compare(&a, &b) < 0);
 }
 
-#define THREADS 4
+#define THREADS        4
 #define IDS_PER_THREAD 50000
 
 struct thread_ids {

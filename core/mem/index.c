@@ -3,6 +3,7 @@
  */
 #include "mem/index.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #include "util/alloc.h"
@@ -20,9 +21,9 @@ static user_entry *entry_create(shard *us, const session *s)
     user_entry *entry = mem_calloc(1, sizeof(*entry) + s->user_id_len + 1u);
     if (entry == NULL)
         return NULL;
-    entry->id_len = s->user_id_len;
-    memcpy(entry->id, s->user_id, s->user_id_len + 1u);
-    if (table_insert(&us->users, entry->id, entry->id_len, entry) != TABLE_OK) {
+    entry->key.len = s->user_id_len;
+    memcpy(entry->key.bytes, s->user_id, s->user_id_len + 1u);
+    if (table_insert(&us->users, &entry->key) != TABLE_OK) {
         mem_free(entry);
         return NULL;
     }
@@ -31,7 +32,7 @@ static user_entry *entry_create(shard *us, const session *s)
 
 afsm_status index_add(shard *us, session *s)
 {
-    user_entry *entry = table_get(&us->users, s->user_id, s->user_id_len);
+    user_entry *entry = index_lookup(us, s->user_id, s->user_id_len);
     if (entry == NULL && (entry = entry_create(us, s)) == NULL)
         return AFSM_ENOMEM;
 
@@ -48,7 +49,7 @@ afsm_status index_add(shard *us, session *s)
     if (next != NULL)
         next->user_prev = s;
     else
-        atomic_store_explicit(&entry->oldest, s, memory_order_relaxed);
+        atomic_store_explicit(&entry->oldest, s, memory_order_release);
     /* Publish last: a reader that reaches s sees it whole. */
     if (prev != NULL)
         atomic_store_explicit(&prev->user_next, s, memory_order_release);
@@ -59,9 +60,9 @@ afsm_status index_add(shard *us, session *s)
     return AFSM_OK;
 }
 
-void index_remove(shard *us, session *s)
+void index_remove(shard *us, session *s, bool keep_entry)
 {
-    user_entry *entry = table_get(&us->users, s->user_id, s->user_id_len);
+    user_entry *entry = index_lookup(us, s->user_id, s->user_id_len);
     if (entry == NULL)
         return;
     session *next = atomic_load_explicit(&s->user_next, memory_order_relaxed);
@@ -72,21 +73,28 @@ void index_remove(shard *us, session *s)
     if (next != NULL)
         next->user_prev = s->user_prev;
     else
-        atomic_store_explicit(&entry->oldest, s->user_prev, memory_order_relaxed);
+        atomic_store_explicit(&entry->oldest, s->user_prev, memory_order_release);
     uint32_t count = atomic_load_explicit(&entry->count, memory_order_relaxed) - 1;
     atomic_store_explicit(&entry->count, count, memory_order_relaxed);
-    if (count == 0) {
-        table_remove(&us->users, entry->id, entry->id_len);
+    if (count == 0 && !keep_entry) {
+        table_remove(&us->users, &entry->key);
         epoch_defer(us->defer, &entry->epoch_entry, entry_destroy);
     }
 }
 
 user_entry *index_lookup(shard *us, const char *user_id, uint16_t user_id_len)
 {
-    return table_get(&us->users, user_id, user_id_len);
+    struct {
+        table_string_key key;
+        char bytes[AFSM_USER_ID_MAX];
+    } probe;
+    probe.key.len = user_id_len;
+    memcpy(probe.key.bytes, user_id, user_id_len);
+    const void *found = table_get(&us->users, &probe.key);
+    return found != NULL ? (user_entry *)((const char *)found - offsetof(user_entry, key)) : NULL;
 }
 
-void index_destroy_entry(user_entry *entry)
+void index_destroy_entry(const void *key)
 {
-    mem_free(entry);
+    mem_free((char *)key - offsetof(user_entry, key));
 }

@@ -16,6 +16,7 @@
 
 #include <ck_epoch.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "afsm.h"
@@ -25,20 +26,26 @@
 typedef struct user_entry {
     ck_epoch_entry_t epoch_entry;
     _Atomic(session *) newest;
-    _Atomic(session *) oldest; /* written under the lock; read by eviction */
+    _Atomic(session *) oldest; /* written under the lock (release); peeked lock-free by eviction */
     _Atomic uint32_t count;    /* written under the lock, read lock-free */
-    uint16_t id_len;
-    char id[];
+    table_string_key key;      /* the user id; last: its bytes follow */
 } user_entry;
 
 /* User shard lock held. AFSM_ENOMEM (nothing changed) only when the user
  * had no entry yet and none could be made. */
 afsm_status index_add(shard *user_shard, session *s);
-/* User shard lock held. */
-void index_remove(shard *user_shard, session *s);
+/* User shard lock held. keep_entry: leave the user's entry even when this
+ * was its last session, because the caller adds one next (eviction), so
+ * that add cannot fail. */
+void index_remove(shard *user_shard, session *s, bool keep_entry);
 
 /* The user's entry, or NULL. Lock-free; inside an epoch section. */
 user_entry *index_lookup(shard *user_shard, const char *user_id, uint16_t user_id_len);
+
+static inline uint32_t index_count(const user_entry *entry)
+{
+    return entry != NULL ? atomic_load_explicit((_Atomic uint32_t *)&entry->count, memory_order_relaxed) : 0;
+}
 
 static inline session *index_first(const user_entry *entry)
 {
@@ -50,7 +57,7 @@ static inline session *index_next(const session *s)
     return atomic_load_explicit((_Atomic(session *) *)&s->user_next, memory_order_acquire);
 }
 
-/* Frees an entry at once (store close: no readers remain). */
-void index_destroy_entry(user_entry *entry);
+/* Frees an entry at once, given its table key (store close: no readers). */
+void index_destroy_entry(const void *key);
 
 #endif

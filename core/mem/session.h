@@ -4,15 +4,18 @@
  * Who writes what:
  * - immutable fields are written once, before the record is published into
  *   the tables (table_insert publishes, table_get observes);
- * - last_active_ns and the stats are C11 atomics, written lock-free by
- *   heartbeats and stats additions from any thread;
+ * - last_active_ns, last_traffic_ns, token_generation and the stats are C11
+ *   atomics written lock-free from any thread;
  * - state and meta change together, only under the lock of the session's
- *   shard, inside the seqlock `seq`, so a reader copies them consistently;
- * - timer, all_prev and removed belong to the shard lock; all_next is
- *   written under it and read lock-free (the shard's RCU list for scans);
- *   user_next / user_prev likewise under the user's shard lock.
- * The record is freed through the epoch when it has left the tables and
- * the last pinned handle is released (refs reaches 0).
+ *   home shard, inside the seqlock `seq`, so a reader copies them
+ *   consistently;
+ * - timer and removed belong to the home shard's lock; user_next is written
+ *   under the user shard's lock and read lock-free (mem/index.h).
+ * The record is freed through the epoch once it has left the tables and the
+ * last pinned handle is released (refs reaches 0).
+ *
+ * Field order packs the record into jemalloc's 224-byte class for user ids
+ * up to 15 bytes (bench/: bytes per session).
  */
 #ifndef AFSM_MEM_SESSION_H
 #define AFSM_MEM_SESSION_H
@@ -33,20 +36,21 @@
 #define SESSION_EXPIRED_BIT (UINT64_C(1) << 63)
 
 typedef struct session {
-    /* Immutable after publication. */
+    /* Immutable after publication. id and connection_id are table keys. */
     afsm_uuid id;
     afsm_uuid connection_id;
     afsm_ip client_ip;
     uint16_t client_port;
     uint16_t user_id_len;
+    _Atomic uint8_t removed; /* set under the lock set when unlinked */
     int64_t created_wall_ns;
-    uint64_t created_ns;      /* engine clock */
     uint64_t timeout_ns;      /* rolling timeout */
-    uint64_t lifetime_end_ns; /* UINT64_MAX without max_lifetime */
+    uint64_t lifetime_end_ns; /* engine clock; UINT64_MAX without max_lifetime */
 
     /* Lock-free. */
-    _Atomic uint64_t last_active_ns;  /* engine clock; SESSION_EXPIRED_BIT once expired */
-    _Atomic uint64_t last_traffic_ns; /* stats additions; only kept under idle detection */
+    _Atomic uint64_t last_active_ns; /* engine clock; SESSION_EXPIRED_BIT once expired */
+    /* Stats additions under idle detection; once closed, when it closed. */
+    _Atomic uint64_t last_traffic_ns;
     _Atomic uint64_t packets_sent;
     _Atomic uint64_t packets_received;
     _Atomic uint64_t bytes_sent;
@@ -54,22 +58,22 @@ typedef struct session {
     _Atomic uint64_t retransmissions;
     _Atomic uint32_t rtt_ms;
     _Atomic uint32_t refs; /* 1 while in the tables, plus one per pinned handle */
-    _Atomic uint32_t removed;
+    _Atomic uint32_t token_generation;
 
-    /* Seqlock-protected; written under the shard lock. */
+    /* Seqlock-protected; written under the home shard lock. */
     sync_seq seq;
     _Atomic uint32_t state;
     _Atomic(metadata *) meta;
 
-    /* Shard lock. */
-    wheel_link timer;
-    uint64_t closed_at_ns; /* engine clock; set when the state becomes closed */
-    _Atomic(struct session *) all_next;
-    struct session *all_prev;
+    /* A linked timer (home shard lock) until removal; after it, the entry
+     * that frees the record through the epoch. */
+    union {
+        wheel_link timer;
+        ck_epoch_entry_t epoch_entry;
+    };
     _Atomic(struct session *) user_next; /* the user's list, see mem/index.h */
     struct session *user_prev;
 
-    ck_epoch_entry_t epoch_entry;
     char user_id[]; /* user_id_len bytes and a NUL */
 } session;
 
@@ -85,6 +89,11 @@ static inline bool session_expired(const session *s, uint64_t now_ns)
 {
     uint64_t seen = atomic_load_explicit((_Atomic uint64_t *)&s->last_active_ns, memory_order_relaxed);
     return (seen & SESSION_EXPIRED_BIT) != 0 || session_deadline(s, seen) <= now_ns;
+}
+
+static inline bool session_removed(const session *s)
+{
+    return atomic_load_explicit((_Atomic uint8_t *)&s->removed, memory_order_acquire) != 0;
 }
 
 #endif

@@ -25,14 +25,20 @@
 
 typedef struct shard {
     sync_lock lock;
-    ck_epoch_record_t *defer;    /* frees deferred by this shard's writers */
-    table sessions;              /* session id -> session */
-    table connections;           /* connection id -> session */
-    table users;                 /* user id -> user_entry (mem/index.h) */
-    wheel timers;                /* deadlines of the sessions in `sessions` */
-    _Atomic(session *) all_head; /* every session of `sessions`, newest first */
-    /* Written under the lock, read lock-free by counts. */
+    ck_epoch_record_t *defer; /* frees deferred by this shard's writers */
+    table sessions;           /* &session->id */
+    table connections;        /* &session->connection_id */
+    table users;              /* &user_entry->key (mem/index.h) */
+    wheel timers;             /* deadlines of the sessions in `sessions` */
+    /* Counters of this shard's sessions: written under the lock, read
+     * lock-free and summed over the shards. */
     _Atomic uint64_t by_state[AFSM_STATE_COUNT];
+    _Atomic uint64_t created;
+    _Atomic uint64_t deleted[AFSM_DELETE_REASON_COUNT];
+    _Atomic uint64_t idle_transitions;
+    _Atomic uint64_t wake_transitions;
+    _Atomic uint64_t duration_buckets[AFSM_DURATION_BUCKETS];
+    _Atomic uint64_t duration_sum_ms;
 } __attribute__((aligned(CK_MD_CACHELINE))) shard;
 
 /* Up to five shards locked together (session, connection, user, and an

@@ -1,5 +1,5 @@
 /*
- * table.c: ck_ht behind table.h, with the allocator hooks that route maps
+ * table.c: ck_hs behind table.h, with the allocator hooks that route maps
  * readers may still hold through the epoch.
  *
  * ck_malloc's hooks carry no context pointer, so the record to defer on is
@@ -71,93 +71,132 @@ static struct ck_malloc map_allocator = {
     .free = map_free,
 };
 
-static void hash_override_adapter(ck_ht_hash_t *out, const void *key, size_t key_len, uint64_t seed)
+static unsigned long mix(uint64_t x)
 {
-    table_hash_override(out, key, key_len, seed);
+    x ^= x >> 33;
+    x *= UINT64_C(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    x *= UINT64_C(0xc4ceb9fe1a85ec53);
+    x ^= x >> 33;
+    return (unsigned long)x;
 }
 
-bool table_init(table *t, uint64_t capacity, uint64_t seed, ck_epoch_record_t *defer)
+static unsigned long hash_uuid(const void *key, unsigned long seed)
+{
+    if (table_hash_override != NULL)
+        return table_hash_override(key, 16, seed);
+    uint64_t lo, hi;
+    memcpy(&hi, key, 8);
+    memcpy(&lo, (const char *)key + 8, 8);
+    return mix(lo ^ mix(hi ^ seed));
+}
+
+static unsigned long hash_string(const void *key, unsigned long seed)
+{
+    const table_string_key *k = key;
+    if (table_hash_override != NULL)
+        return table_hash_override(k->bytes, k->len, seed);
+    uint64_t h = UINT64_C(0xcbf29ce484222325) ^ seed;
+    for (uint16_t i = 0; i < k->len; i++)
+        h = (h ^ (unsigned char)k->bytes[i]) * UINT64_C(0x100000001b3);
+    return mix(h);
+}
+
+/* ck_hs calls these with a stored key first: a reader comparing it sees
+ * what the writer published (the observe is for TSan, see sync.h). */
+static bool equal_uuid(const void *a, const void *b)
+{
+    sync_observe(a);
+    return memcmp(a, b, 16) == 0;
+}
+
+static bool equal_string(const void *a, const void *b)
+{
+    sync_observe(a);
+    const table_string_key *x = a, *y = b;
+    return x->len == y->len && memcmp(x->bytes, y->bytes, x->len) == 0;
+}
+
+bool table_init(table *t, table_key_kind kind, uint64_t capacity, uint64_t seed, ck_epoch_record_t *defer)
 {
     t->defer = defer;
-    t->gc_cursor = 0;
-    t->removed_since_gc = 0;
+    t->removed = 0;
     if (capacity < 16)
         capacity = 16;
-    ck_ht_hash_cb_t *hash = table_hash_override != NULL ? hash_override_adapter : NULL;
-    return ck_ht_init(&t->ht, CK_HT_MODE_BYTESTRING | CK_HT_WORKLOAD_DELETE, hash, &map_allocator, capacity, seed);
+    int uuid = kind == TABLE_KEY_UUID;
+    return ck_hs_init(&t->hs, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT | CK_HS_MODE_DELETE, uuid ? hash_uuid : hash_string,
+                      uuid ? equal_uuid : equal_string, &map_allocator, (unsigned long)capacity, (unsigned long)seed);
 }
 
 void table_destroy(table *t)
 {
     writer_defer = NULL;
-    ck_ht_destroy(&t->ht);
+    ck_hs_destroy(&t->hs);
 }
 
-void *table_get(table *t, const void *key, uint16_t key_len)
+const void *table_get(table *t, const void *key)
 {
-    ck_ht_hash_t h;
-    ck_ht_entry_t entry;
-    ck_ht_hash(&h, &t->ht, key, key_len);
-    ck_ht_entry_key_set(&entry, key, key_len);
-    if (!ck_ht_get_spmc(&t->ht, h, &entry))
-        return NULL;
-    void *value = ck_ht_entry_value(&entry);
-    /* Pairs with the publish in table_insert: the record's fields written
-     * before the insert are visible to this reader. */
-    sync_observe(value);
-    return value;
+    const void *found = ck_hs_get(&t->hs, CK_HS_HASH(&t->hs, t->hs.hf, key), key);
+    /* Pairs with the publish in table_insert: what the writer stored in the
+     * record before inserting is visible here. */
+    if (found != NULL)
+        sync_observe(found);
+    return found;
 }
 
-table_result table_insert(table *t, const void *key, uint16_t key_len, void *value)
+table_result table_insert(table *t, const void *key)
 {
-    ck_ht_hash_t h;
-    ck_ht_entry_t entry;
-    ck_ht_hash(&h, &t->ht, key, key_len);
-    /* The fence: ck_ht 0.7.1's put can duplicate a key when it reuses a
-     * tombstone, so never let put decide whether the key exists. */
-    ck_ht_entry_key_set(&entry, key, key_len);
-    if (ck_ht_get_spmc(&t->ht, h, &entry))
+    unsigned long h = CK_HS_HASH(&t->hs, t->hs.hf, key);
+    if (ck_hs_get(&t->hs, h, key) != NULL)
         return TABLE_EXISTS;
-    ck_ht_entry_set(&entry, h, key, key_len, value);
-    sync_publish(value);
+    sync_publish(key);
     writer_defer = t->defer;
-    bool ok = ck_ht_put_spmc(&t->ht, h, &entry);
+    /* Absent (checked above under the writer lock), so the unique put may
+     * skip its own search; it fails only when growing cannot allocate. */
+    bool ok = ck_hs_put_unique(&t->hs, h, key);
     writer_defer = NULL;
-    /* The key is absent (checked above), so a failed put is a failed grow. */
     return ok ? TABLE_OK : TABLE_NOMEM;
 }
 
-bool table_remove(table *t, const void *key, uint16_t key_len)
+bool table_remove(table *t, const void *key)
 {
-    ck_ht_hash_t h;
-    ck_ht_entry_t entry;
-    ck_ht_hash(&h, &t->ht, key, key_len);
-    ck_ht_entry_key_set(&entry, key, key_len);
     writer_defer = t->defer;
-    bool removed = ck_ht_remove_spmc(&t->ht, h, &entry);
+    void *removed = ck_hs_remove(&t->hs, CK_HS_HASH(&t->hs, t->hs.hf, key), key);
     writer_defer = NULL;
-    t->removed_since_gc += removed;
-    return removed;
+    t->removed += removed != NULL;
+    return removed != NULL;
 }
 
-void table_gc(table *t, unsigned long budget)
+bool table_maintain(table *t)
 {
-    if (t->removed_since_gc == 0)
-        return;
-    /* A few entries per tombstone left is enough to keep pace with churn. */
-    if (budget > 4 * t->removed_since_gc)
-        budget = (unsigned long)(4 * t->removed_since_gc);
-    t->removed_since_gc = 0;
+    if (t->removed < 64 || t->removed < ck_hs_count(&t->hs))
+        return true;
     writer_defer = t->defer;
-    /* ck_ht_gc visits slots from the seed on and stops after `budget`
-     * entries; at the table's load factor (<= 1/2) that is about twice as
-     * many slots. (A budget of 0 would mean a full pass with an allocation.) */
-    (void)ck_ht_gc(&t->ht, budget, (unsigned long)t->gc_cursor);
-    t->gc_cursor += 2 * (uint64_t)budget;
+    bool ok = ck_hs_rebuild(&t->hs);
     writer_defer = NULL;
+    if (ok)
+        t->removed = 0;
+    return ok;
 }
 
 size_t table_count(table *t)
 {
-    return (size_t)ck_ht_count(&t->ht);
+    return (size_t)ck_hs_count(&t->hs);
+}
+
+const void *table_next(table *t, table_iterator *it)
+{
+    void *key;
+    if (!ck_hs_next_spmc(&t->hs, it, &key))
+        return NULL;
+    sync_observe(key); /* as in table_get */
+    return key;
+}
+
+void table_each(table *t, void (*fn)(const void *key))
+{
+    ck_hs_iterator_t it = CK_HS_ITERATOR_INITIALIZER;
+    void *key;
+    while (ck_hs_next(&t->hs, &it, &key))
+        fn(key);
 }

@@ -1,60 +1,81 @@
 /*
  * table.h: the one interface the engine uses for hash tables, in front of
- * Concurrency Kit's ck_ht (bytestring mode: keys are compared in full, so a
- * 64-bit hash collision is harmless).
+ * Concurrency Kit's ck_hs (SPMC: one writer at a time, lock-free readers).
  *
- * Readers (table_get) are lock-free and must be inside an epoch section;
- * writers (insert, remove, gc) must hold the owning shard's lock.
+ * A table stores pointers to keys that live inside engine records: a
+ * session's id or connection id (afsm_uuid), a user entry's id
+ * (table_string_key). Finding the key finds the record (container_of).
+ * Keys are compared in full, so hash collisions are harmless.
  *
- * Fences around Debian's ck_ht 0.7.1 (DESIGN.md): its put can insert a
- * duplicate key when it reuses a tombstone, so table_insert always looks the
- * key up first, and ck_ht_set_spmc is never used. Maps that readers may
- * still hold (after growth or gc) are freed through the epoch.
+ * Why ck_hs: the benchmark (bench/, issue 9) measured ck_hs at ~2.3x the
+ * lookup rate of ck_ht at 1M entries and a quarter of its memory (8-byte
+ * slots against ck_ht's 32 when, as in Debian's build, pointer packing is
+ * off). ck_ht 0.7.1 also has a duplicate-key bug on tombstone reuse.
  *
- * Keys and values are pointers into engine records that outlive their
- * table entries; the table never copies them.
+ * Readers (table_get) must be inside an epoch section; writers hold the
+ * owning shard's lock. Insertion looks the key up first and only then adds
+ * it, so a duplicate can never enter whatever the library's put does with
+ * tombstones. Maps replaced by growth or rebuild are freed through the
+ * epoch, never while a reader may hold them.
  */
 #ifndef AFSM_MEM_TABLE_H
 #define AFSM_MEM_TABLE_H
 
 #include <ck_epoch.h>
-#include <ck_ht.h>
+#include <ck_hs.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+typedef enum table_key_kind { TABLE_KEY_UUID, TABLE_KEY_STRING } table_key_kind;
+
+/* A string key as records embed it. */
+typedef struct table_string_key {
+    uint16_t len;
+    char bytes[];
+} table_string_key;
+
 typedef struct table {
-    ck_ht_t ht;
-    /* The owning shard's deferral record: freed maps go there. */
-    ck_epoch_record_t *defer;
-    uint64_t gc_cursor;        /* where the next incremental table_gc starts */
-    uint64_t removed_since_gc; /* tombstones left since then: the GC's work */
+    ck_hs_t hs;
+    ck_epoch_record_t *defer; /* the owning shard's deferral record */
+    unsigned long removed;    /* removals since the last rebuild */
 } table;
 
 typedef enum table_result { TABLE_OK = 0, TABLE_EXISTS = 1, TABLE_NOMEM = 2 } table_result;
 
-/* Tests may force every key onto one hash to exercise collisions. */
-typedef void table_hash_fn(ck_ht_hash_t *out, const void *key, size_t key_len, uint64_t seed);
+/* Tests force every key onto one hash to exercise collisions. */
+typedef unsigned long table_hash_fn(const void *bytes, size_t len, unsigned long seed);
 extern table_hash_fn *table_hash_override;
 
-bool table_init(table *t, uint64_t capacity, uint64_t seed, ck_epoch_record_t *defer);
+bool table_init(table *t, table_key_kind kind, uint64_t capacity, uint64_t seed, ck_epoch_record_t *defer);
 /* Frees the map at once: no reader may remain. */
 void table_destroy(table *t);
 
-/* The value stored under key, or NULL. Lock-free; epoch section required. */
-void *table_get(table *t, const void *key, uint16_t key_len);
+/* The stored key equal to key, or NULL. Lock-free; epoch section required. */
+const void *table_get(table *t, const void *key);
 
-/* Writer lock held. TABLE_EXISTS leaves the table unchanged. */
-table_result table_insert(table *t, const void *key, uint16_t key_len, void *value);
+/* Writer lock held. key points into the record it stands for. */
+table_result table_insert(table *t, const void *key);
 /* Writer lock held. True if the key was present. */
-bool table_remove(table *t, const void *key, uint16_t key_len);
+bool table_remove(table *t, const void *key);
 
-/* Writer lock held: moves up to `budget` entries into earlier tombstones
- * of their probe sequences, continuing where the last call stopped, so
- * probes stay short under churn without a stop-the-world pass. Work scales
- * with the removals since the last call: none, no work. */
-void table_gc(table *t, unsigned long budget);
+/* Writer lock held: when removals have left as many tombstones as live
+ * entries, rebuilds the map without them (amortised O(1) per removal), so
+ * probes stay short under churn. False only when the rebuild could not
+ * allocate (the table stays as it was, still correct). */
+bool table_maintain(table *t);
 
 size_t table_count(table *t);
+
+/* Lock-free walk (epoch section required) over one version of the map:
+ * the keys present for the whole walk are each returned once; others may
+ * or may not be. The store never moves a key within a map (no ck_hs_set,
+ * ck_hs_gc or ck_hs_apply), which is what makes that hold. */
+typedef ck_hs_iterator_t table_iterator;
+#define TABLE_ITERATOR_INIT CK_HS_ITERATOR_INITIALIZER
+const void *table_next(table *t, table_iterator *it);
+
+/* Calls fn on every stored key. No concurrent writer allowed (close). */
+void table_each(table *t, void (*fn)(const void *key));
 
 #endif

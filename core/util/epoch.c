@@ -10,6 +10,7 @@
 #include "util/epoch.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "util/alloc.h"
 #include "util/sync.h"
@@ -23,6 +24,10 @@ static _Thread_local ck_epoch_record_t *thread_record;
 
 /* One object stands for "some reader section ended" in TSan's eyes. */
 static char quiescence_token;
+
+/* Deferred frees waiting. Writers already serialise per shard, and this
+ * counts frees, not reads, so one process-wide counter costs little. */
+static _Atomic uint64_t pending_frees;
 
 static void thread_exit(void *record)
 {
@@ -84,6 +89,7 @@ void epoch_writer_retire(ck_epoch_record_t *record)
 
 void epoch_defer(ck_epoch_record_t *record, ck_epoch_entry_t *entry, ck_epoch_cb_t *destroy)
 {
+    atomic_fetch_add_explicit(&pending_frees, 1, memory_order_relaxed);
     ck_epoch_call(record, entry, destroy);
     /* Bound the backlog: poll never blocks, it only frees what is safe. */
     if (record->n_pending >= 1024 && record->n_pending % 256 == 0)
@@ -103,4 +109,10 @@ void epoch_drain(ck_epoch_record_t *record)
 void epoch_observe_quiescence(void)
 {
     sync_observe(&quiescence_token);
+    atomic_fetch_sub_explicit(&pending_frees, 1, memory_order_relaxed);
+}
+
+uint64_t epoch_pending(void)
+{
+    return atomic_load_explicit(&pending_frees, memory_order_relaxed);
 }

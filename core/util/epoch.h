@@ -37,8 +37,11 @@ void epoch_poll(ck_epoch_record_t *record);
  * deferred on record. */
 void epoch_drain(ck_epoch_record_t *record);
 
-/* Called by a deferred destroy callback before it frees: tells TSan that
- * the free happens after the readers' sections. */
+/* Called by every deferred destroy callback before it frees: tells TSan
+ * that the free happens after the readers' sections, and counts it done. */
 void epoch_observe_quiescence(void);
+
+/* Deferred frees not yet run, process-wide (a health metric). */
+uint64_t epoch_pending(void);
 
 #endif

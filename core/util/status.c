@@ -2,7 +2,7 @@
  * status.c: names and descriptions of the AFSM_E* status codes, state names
  * and the library version.
  *
- * Invariant: every code from AFSM_OK down to AFSM_EINTERNAL has one entry,
+ * Invariant: every code from AFSM_OK down to AFSM_EKEYREMOVED has one entry,
  * indexed by -status; the table is const, so every function here is
  * thread-safe and returns static strings that are never NULL. A code added
  * to afsm.h needs its entry here (test_status checks each name's spelling).
@@ -33,13 +33,15 @@ static const struct status_text status_texts[] = {
     [-AFSM_ELIMIT] = {"AFSM_ELIMIT", "user session limit reached"},
     [-AFSM_EBUFFER] = {"AFSM_EBUFFER", "buffer too small"},
     [-AFSM_EBUSY] = {"AFSM_EBUSY", "engine has pinned handles"},
-    [-AFSM_ETOKEN] = {"AFSM_ETOKEN", "invalid token"},
-    [-AFSM_ETOKENKEY] = {"AFSM_ETOKENKEY", "unknown token key id"},
+    [-AFSM_ETOKEN] = {"AFSM_ETOKEN", "token failed authentication (forged or altered)"},
+    [-AFSM_ETOKENKEY] = {"AFSM_ETOKENKEY", "token sealed by an unknown key"},
     [-AFSM_EREVOKED] = {"AFSM_EREVOKED", "token revoked"},
     [-AFSM_EIPMISMATCH] = {"AFSM_EIPMISMATCH", "token bound to another ip address"},
     [-AFSM_EKEYFILE] = {"AFSM_EKEYFILE", "bad key file"},
     [-AFSM_EUNAVAILABLE] = {"AFSM_EUNAVAILABLE", "store unavailable"},
     [-AFSM_EINTERNAL] = {"AFSM_EINTERNAL", "internal error"},
+    [-AFSM_ETOKENFORMAT] = {"AFSM_ETOKENFORMAT", "malformed or truncated token"},
+    [-AFSM_EKEYREMOVED] = {"AFSM_EKEYREMOVED", "token sealed by a removed key"},
 };
 
 #define STATUS_COUNT (sizeof status_texts / sizeof status_texts[0])

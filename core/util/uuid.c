@@ -36,9 +36,9 @@
 #include <sys/random.h>
 #include <time.h>
 
-#define UUID_TEXT_LEN 36
-#define UNIX_MS_MAX ((UINT64_C(1) << 48) - 1)
-#define COUNTER_BITS 12
+#define UUID_TEXT_LEN     36
+#define UNIX_MS_MAX       ((UINT64_C(1) << 48) - 1)
+#define COUNTER_BITS      12
 #define RAND_BUFFER_BYTES 256
 
 /* (unix_ms << 12 | counter) of the last id handed out; 0 before the first. */

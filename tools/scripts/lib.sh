@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 JOBS=$(nproc)
 
 # Packages the build and the main job need.
-BUILD_PACKAGES=(build-essential cmake pkg-config libck-dev libjemalloc-dev)
+BUILD_PACKAGES=(build-essential cmake pkg-config libck-dev libjemalloc-dev libsodium-dev)
 # And what every test needs on top (sanitizer runtimes come with gcc;
 # clang-14 and its runtime are for the libFuzzer targets).
 TEST_PACKAGES=(libcmocka-dev clang-14 libclang-rt-14-dev clang-format-14 golang-go python3 python3-pytest

@@ -1,0 +1,407 @@
+/*
+ * engine.c: opening and closing an engine, its configuration, the reaper
+ * thread, time and logging. See engine.h for what the files of the
+ * engine share.
+ */
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "util/alloc.h"
+#include "util/clock.h"
+#include "util/token.h"
+
+#define DEFAULT_TIMEOUT_MS (30u * 60u * 1000u)
+#define DEFAULT_CLEANUP_MS 1000u
+#define DEFAULT_TICK_MS    100u
+#define DEFAULT_CAPACITY   1024u
+#define SHARDS_MAX         4096u
+
+/* ---- boundary checks ------------------------------------------------------ */
+
+afsm_status check_user_id(const char *user_id, size_t len)
+{
+    if (user_id == NULL)
+        return AFSM_ENULL;
+    if (len == 0 || memchr(user_id, '\0', len) != NULL)
+        return AFSM_EINVAL;
+    return len > AFSM_USER_ID_MAX ? AFSM_ETOOLONG : AFSM_OK;
+}
+
+afsm_status check_info(const afsm_session_info *info)
+{
+    return info->version == AFSM_SESSION_INFO_VERSION ? AFSM_OK : AFSM_EVERSION;
+}
+
+/* ---- init functions ---------------------------------------------------- */
+
+AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version)
+{
+    if (config == NULL)
+        return AFSM_ENULL;
+    if (version != AFSM_CONFIG_VERSION)
+        return AFSM_EVERSION;
+    memset(config, 0, sizeof(*config));
+    config->version = version;
+    return AFSM_OK;
+}
+
+AFSM_API afsm_status afsm_session_info_init(afsm_session_info *info, unsigned int version)
+{
+    if (info == NULL)
+        return AFSM_ENULL;
+    if (version != AFSM_SESSION_INFO_VERSION)
+        return AFSM_EVERSION;
+    memset(info, 0, sizeof(*info));
+    info->version = version;
+    return AFSM_OK;
+}
+
+AFSM_API afsm_status afsm_create_options_init(afsm_create_options *options, unsigned int version)
+{
+    if (options == NULL)
+        return AFSM_ENULL;
+    if (version != AFSM_CREATE_OPTIONS_VERSION)
+        return AFSM_EVERSION;
+    memset(options, 0, sizeof(*options));
+    options->version = version;
+    return AFSM_OK;
+}
+
+AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version)
+{
+    if (update == NULL)
+        return AFSM_ENULL;
+    if (version != AFSM_UPDATE_VERSION)
+        return AFSM_EVERSION;
+    memset(update, 0, sizeof(*update));
+    update->version = version;
+    return AFSM_OK;
+}
+
+AFSM_API afsm_status afsm_list_filter_init(afsm_list_filter *filter, unsigned int version)
+{
+    if (filter == NULL)
+        return AFSM_ENULL;
+    if (version != AFSM_LIST_FILTER_VERSION)
+        return AFSM_EVERSION;
+    memset(filter, 0, sizeof(*filter));
+    filter->version = version;
+    return AFSM_OK;
+}
+
+/* ---- engine ------------------------------------------------------------ */
+
+static void forward_event(void *ctx, const afsm_event *event)
+{
+    afsm_engine *engine = ctx;
+    engine->config.on_event(engine->config.event_ctx, event);
+}
+
+static void *reaper_main(void *arg)
+{
+    afsm_engine *engine = arg;
+    uint64_t period_ns = engine->config.cleanup_interval_ms * NS_PER_MS;
+    pthread_mutex_lock(&engine->reaper_mutex);
+    while (!engine->reaper_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        uint64_t ns = (uint64_t)until.tv_nsec + period_ns;
+        until.tv_sec += (time_t)(ns / 1000000000u);
+        until.tv_nsec = (long)(ns % 1000000000u);
+        pthread_cond_timedwait(&engine->reaper_wakeup, &engine->reaper_mutex, &until);
+        if (engine->reaper_stop)
+            break;
+        pthread_mutex_unlock(&engine->reaper_mutex);
+        size_t expired;
+        engine_advance(engine, engine->config.clock(engine->config.clock_ctx), &expired);
+        pthread_mutex_lock(&engine->reaper_mutex);
+    }
+    pthread_mutex_unlock(&engine->reaper_mutex);
+    return NULL;
+}
+
+static afsm_status start_reaper(afsm_engine *engine)
+{
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
+        return AFSM_ENOMEM;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int failed = pthread_cond_init(&engine->reaper_wakeup, &attr);
+    pthread_condattr_destroy(&attr);
+    if (failed)
+        return AFSM_ENOMEM;
+    pthread_mutex_init(&engine->reaper_mutex, NULL);
+    if (pthread_create(&engine->reaper, NULL, reaper_main, engine) != 0) {
+        pthread_cond_destroy(&engine->reaper_wakeup);
+        pthread_mutex_destroy(&engine->reaper_mutex);
+        return AFSM_ENOMEM;
+    }
+    engine->reaper_running = 1;
+    return AFSM_OK;
+}
+
+static unsigned default_shard_count(void)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned want = cpus > 0 ? (unsigned)cpus * 4u : 4u;
+    unsigned n = 1;
+    while (n < want && n < SHARDS_MAX)
+        n <<= 1;
+    return n;
+}
+
+static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
+{
+    if (in == NULL)
+        afsm_config_init(cfg, AFSM_CONFIG_VERSION);
+    else if (in->version != AFSM_CONFIG_VERSION)
+        return AFSM_EVERSION;
+    else
+        *cfg = *in;
+    if (cfg->shard_count == 0)
+        cfg->shard_count = default_shard_count();
+    if (cfg->shard_count > SHARDS_MAX || (cfg->shard_count & (cfg->shard_count - 1)) != 0)
+        return AFSM_EINVAL;
+    if (cfg->reaper != AFSM_REAPER_THREAD && cfg->reaper != AFSM_REAPER_MANUAL)
+        return AFSM_EINVAL;
+    if (cfg->limit_policy != AFSM_LIMIT_REJECT && cfg->limit_policy != AFSM_LIMIT_EVICT_OLDEST)
+        return AFSM_EINVAL;
+    if ((cfg->key == NULL && cfg->key_len != 0) || (cfg->key_file == NULL && cfg->key_file_len != 0))
+        return AFSM_ENULL;
+    if (cfg->key != NULL && cfg->key_file != NULL)
+        return AFSM_EINVAL; /* one first key, not two */
+    if (cfg->key != NULL && cfg->key_len != AFSM_KEY_BYTES)
+        return AFSM_EINVAL;
+    if ((cfg->key != NULL || cfg->key_file != NULL) && (cfg->key_id == 0 || cfg->key_id > AFSM_KEY_ID_MAX))
+        return AFSM_EINVAL;
+    if (cfg->server_addr == NULL && cfg->server_addr_len != 0)
+        return AFSM_ENULL;
+    if (cfg->server_addr_len > AFSM_SERVER_ADDR_MAX)
+        return AFSM_ETOOLONG;
+    if (cfg->server_addr != NULL && memchr(cfg->server_addr, '\0', cfg->server_addr_len) != NULL)
+        return AFSM_EINVAL;
+    if (cfg->default_timeout_ms > TIMEOUT_MS_MAX || cfg->max_lifetime_ms > TIMEOUT_MS_MAX ||
+        cfg->idle_timeout_ms > TIMEOUT_MS_MAX || cfg->cleanup_interval_ms > TIMEOUT_MS_MAX ||
+        cfg->tick_ms > TIMEOUT_MS_MAX || cfg->close_linger_ms > TIMEOUT_MS_MAX)
+        return AFSM_EINVAL;
+    if (cfg->log_level != 0 && cfg->log_level != AFSM_LOG_DEBUG && cfg->log_level != AFSM_LOG_INFO &&
+        cfg->log_level != AFSM_LOG_WARN && cfg->log_level != AFSM_LOG_ERROR)
+        return AFSM_EINVAL;
+    if (cfg->default_timeout_ms == 0)
+        cfg->default_timeout_ms = DEFAULT_TIMEOUT_MS;
+    if (cfg->cleanup_interval_ms == 0)
+        cfg->cleanup_interval_ms = DEFAULT_CLEANUP_MS;
+    if (cfg->tick_ms == 0)
+        cfg->tick_ms = DEFAULT_TICK_MS;
+    if (cfg->capacity_hint == 0)
+        cfg->capacity_hint = DEFAULT_CAPACITY;
+    if (cfg->log_level == 0)
+        cfg->log_level = AFSM_LOG_INFO;
+    if (cfg->clock == NULL)
+        cfg->clock = clock_monotonic_coarse_ns;
+    return AFSM_OK;
+}
+
+/* The first token key: the configured one, or a random one for this
+ * engine's life (tokens then die with the process). */
+static afsm_status first_key(afsm_engine *engine, const afsm_config *cfg)
+{
+    uint8_t key[AFSM_KEY_BYTES];
+    uint32_t key_id = cfg->key_id;
+    afsm_status status = AFSM_OK;
+    if (cfg->key != NULL) {
+        memcpy(key, cfg->key, AFSM_KEY_BYTES);
+    } else if (cfg->key_file != NULL) {
+        status = keyring_read_file(cfg->key_file, cfg->key_file_len, key);
+    } else {
+        randombytes_buf(key, sizeof(key));
+        key_id = 0;
+    }
+    if (status == AFSM_OK)
+        status = keyring_add(engine->keys, key_id, key);
+    sodium_memzero(key, sizeof(key));
+    return status;
+}
+
+AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **out)
+{
+    if (out == NULL)
+        return AFSM_ENULL;
+    *out = NULL;
+    afsm_config cfg;
+    afsm_status status = resolve_config(config, &cfg);
+    if (status != AFSM_OK)
+        return status;
+    if (token_init() != AFSM_OK)
+        return AFSM_EINTERNAL;
+
+    afsm_engine *engine = mem_aligned_alloc(CK_MD_CACHELINE, sizeof(*engine));
+    if (engine == NULL)
+        return AFSM_ENOMEM;
+    memset(engine, 0, sizeof(*engine));
+    engine->config = cfg;
+    if (cfg.server_addr != NULL)
+        memcpy(engine->server_addr, cfg.server_addr, cfg.server_addr_len);
+    engine->config.server_addr = engine->server_addr;
+    /* Copied in already; the pointers must not outlive the caller's data. */
+    engine->config.key = NULL;
+    engine->config.key_file = NULL;
+    atomic_init(&engine->default_timeout_ns, cfg.default_timeout_ms * NS_PER_MS);
+
+    status = keyring_open(&engine->keys);
+    if (status != AFSM_OK)
+        goto fail_engine;
+    status = first_key(engine, &cfg);
+    if (status != AFSM_OK)
+        goto fail_keys;
+
+    store_config sc = {
+        .shard_count = cfg.shard_count,
+        .capacity_hint = cfg.capacity_hint,
+        .tick_ns = cfg.tick_ms * NS_PER_MS,
+        .idle_timeout_ns = cfg.idle_timeout_ms * NS_PER_MS,
+        .max_lifetime_ns = cfg.max_lifetime_ms * NS_PER_MS,
+        .close_linger_ns = cfg.close_linger_ms * NS_PER_MS,
+        .max_sessions_per_user = cfg.max_sessions_per_user,
+        .limit_policy = cfg.limit_policy,
+        .metrics = !cfg.disable_metrics,
+        .server_addr = engine->server_addr,
+        .clock = cfg.clock,
+        .clock_ctx = cfg.clock_ctx,
+        .emit = cfg.on_event != NULL ? forward_event : NULL,
+        .emit_ctx = engine,
+    };
+    status = mem_store_open(&sc, &engine->st);
+    if (status != AFSM_OK)
+        goto fail_keys;
+    if (cfg.reaper == AFSM_REAPER_THREAD) {
+        status = start_reaper(engine);
+        if (status != AFSM_OK)
+            goto fail_store;
+    }
+    *out = engine;
+    return AFSM_OK;
+fail_store:
+    engine->st->ops->close(engine->st);
+fail_keys:
+    keyring_close(engine->keys);
+fail_engine:
+    mem_free(engine);
+    return status;
+}
+
+AFSM_API afsm_status afsm_engine_close(afsm_engine *engine)
+{
+    if (engine == NULL)
+        return AFSM_OK;
+    if (engine->st->ops->pinned(engine->st) != 0)
+        return AFSM_EBUSY;
+    if (engine->reaper_running) {
+        pthread_mutex_lock(&engine->reaper_mutex);
+        engine->reaper_stop = 1;
+        pthread_cond_signal(&engine->reaper_wakeup);
+        pthread_mutex_unlock(&engine->reaper_mutex);
+        pthread_join(engine->reaper, NULL);
+        pthread_cond_destroy(&engine->reaper_wakeup);
+        pthread_mutex_destroy(&engine->reaper_mutex);
+    }
+    engine->st->ops->close(engine->st);
+    keyring_close(engine->keys);
+    mem_free(engine);
+    return AFSM_OK;
+}
+
+/* Go-style duration text ("1m0s", "250ms") for log fields, as the service
+ * this replaces logged them. */
+static void format_duration(uint64_t ms, char *out, size_t size)
+{
+    if (ms < 1000) {
+        snprintf(out, size, "%llums", (unsigned long long)ms);
+        return;
+    }
+    unsigned long long s = ms / 1000, h = s / 3600, m = s / 60 % 60, sec = s % 60, frac = ms % 1000;
+    char seconds[24];
+    if (frac != 0)
+        snprintf(seconds, sizeof(seconds), "%llu.%03llus", sec, frac);
+    else
+        snprintf(seconds, sizeof(seconds), "%llus", sec);
+    if (h > 0)
+        snprintf(out, size, "%lluh%llum%s", h, m, seconds);
+    else if (m > 0)
+        snprintf(out, size, "%llum%s", m, seconds);
+    else
+        snprintf(out, size, "%s", seconds);
+}
+
+void engine_log_remaining(const afsm_engine *engine, const afsm_uuid *id, uint64_t remaining_ms)
+{
+    char id_text[AFSM_UUID_STRING_SIZE], remaining[48];
+    afsm_uuid_format(id, id_text);
+    format_duration(remaining_ms, remaining, sizeof(remaining));
+    afsm_log_field fields[] = {{"session_id", id_text}, {"remaining", remaining}};
+    engine_log(engine, AFSM_LOG_DEBUG, "session heartbeat", fields, 2);
+}
+
+afsm_status engine_advance(afsm_engine *engine, uint64_t now_ns, size_t *expired)
+{
+    *expired = 0;
+    afsm_status status = engine->st->ops->advance(engine->st, now_ns, expired);
+    if (*expired > 0 && engine_logs(engine, AFSM_LOG_INFO)) {
+        char count[24];
+        snprintf(count, sizeof(count), "%zu", *expired);
+        afsm_log_field field = {"count", count};
+        engine_log(engine, AFSM_LOG_INFO, "expired sessions cleaned up", &field, 1);
+    }
+    if (status != AFSM_OK && engine_logs(engine, AFSM_LOG_WARN)) {
+        afsm_log_field field = {"status", afsm_status_name(status)};
+        engine_log(engine, AFSM_LOG_WARN, "expiry pass incomplete; the next one resumes", &field, 1);
+    }
+    return status;
+}
+
+void engine_log(const afsm_engine *engine, int level, const char *message, const afsm_log_field *fields,
+                size_t field_count)
+{
+    if (engine_logs(engine, level))
+        engine->config.on_log(engine->config.log_ctx, level, message, fields, field_count);
+}
+
+AFSM_API afsm_status afsm_engine_advance(afsm_engine *engine, uint64_t now_ns, size_t *expired_count)
+{
+    if (engine == NULL)
+        return AFSM_ENULL;
+    size_t expired = 0;
+    afsm_status status = engine_advance(engine, now_ns, &expired);
+    if (expired_count != NULL)
+        *expired_count = expired;
+    return status;
+}
+
+AFSM_API afsm_status afsm_engine_now(afsm_engine *engine, uint64_t *now_ns)
+{
+    if (engine == NULL || now_ns == NULL)
+        return AFSM_ENULL;
+    *now_ns = engine->config.clock(engine->config.clock_ctx);
+    return AFSM_OK;
+}
+
+AFSM_API afsm_status afsm_engine_set_default_timeout(afsm_engine *engine, uint64_t timeout_ms)
+{
+    if (engine == NULL)
+        return AFSM_ENULL;
+    if (timeout_ms == 0 || timeout_ms > TIMEOUT_MS_MAX)
+        return AFSM_EINVAL;
+    atomic_store_explicit(&engine->default_timeout_ns, timeout_ms * NS_PER_MS, memory_order_relaxed);
+    return AFSM_OK;
+}
+
+AFSM_API afsm_status afsm_engine_counts(afsm_engine *engine, afsm_counts *out)
+{
+    if (engine == NULL || out == NULL)
+        return AFSM_ENULL;
+    return engine->st->ops->counts(engine->st, out);
+}

@@ -1,0 +1,222 @@
+/*
+ * keyring.c: see keyring.h. Snapshots are small (a handful of keys), so a
+ * copy per change is the simplest way to give readers a consistent ring.
+ */
+#include "keyring.h"
+
+#include <ck_epoch.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/alloc.h"
+#include "util/epoch.h"
+
+typedef struct key_slot {
+    uint32_t id;
+    uint8_t key[AFSM_KEY_BYTES];
+} key_slot;
+
+typedef struct snapshot {
+    ck_epoch_entry_t epoch_entry;
+    int current; /* index into slots, -1 when empty */
+    uint32_t count;
+    key_slot slots[];
+} snapshot;
+
+struct keyring {
+    pthread_mutex_t lock;                                 /* writers */
+    ck_epoch_record_t *defer;                             /* used under lock only */
+    _Atomic(snapshot *) keys;                             /* never NULL */
+    _Atomic uint64_t removed[(AFSM_KEY_ID_MAX + 1) / 64]; /* bit per removed id */
+};
+
+static void snapshot_destroy(ck_epoch_entry_t *entry)
+{
+    epoch_observe_quiescence();
+    snapshot *snap = (snapshot *)entry;
+    sodium_memzero(snap->slots, snap->count * sizeof(key_slot));
+    mem_free(snap);
+}
+
+static snapshot *snapshot_alloc(uint32_t count)
+{
+    snapshot *snap = mem_calloc(1, sizeof(*snap) + count * sizeof(key_slot));
+    if (snap != NULL) {
+        snap->count = count;
+        snap->current = -1;
+    }
+    return snap;
+}
+
+afsm_status keyring_open(keyring **out)
+{
+    keyring *ring = mem_calloc(1, sizeof(*ring));
+    snapshot *empty = snapshot_alloc(0);
+    ck_epoch_record_t *defer = epoch_writer_record();
+    if (ring == NULL || empty == NULL || defer == NULL) {
+        mem_free(ring);
+        mem_free(empty);
+        if (defer != NULL)
+            epoch_writer_retire(defer);
+        return AFSM_ENOMEM;
+    }
+    pthread_mutex_init(&ring->lock, NULL);
+    ring->defer = defer;
+    atomic_init(&ring->keys, empty);
+    *out = ring;
+    return AFSM_OK;
+}
+
+void keyring_close(keyring *ring)
+{
+    epoch_writer_retire(ring->defer);
+    snapshot *snap = atomic_load_explicit(&ring->keys, memory_order_relaxed);
+    sodium_memzero(snap->slots, snap->count * sizeof(key_slot));
+    mem_free(snap);
+    pthread_mutex_destroy(&ring->lock);
+    mem_free(ring);
+}
+
+static int find_slot(const snapshot *snap, uint32_t key_id)
+{
+    for (uint32_t i = 0; i < snap->count; i++)
+        if (snap->slots[i].id == key_id)
+            return (int)i;
+    return -1;
+}
+
+static void publish(keyring *ring, snapshot *old, snapshot *fresh)
+{
+    atomic_store_explicit(&ring->keys, fresh, memory_order_release);
+    epoch_defer(ring->defer, &old->epoch_entry, snapshot_destroy);
+    epoch_poll(ring->defer);
+}
+
+static void set_removed(keyring *ring, uint32_t key_id, int removed)
+{
+    uint64_t bit = UINT64_C(1) << (key_id % 64);
+    if (removed)
+        atomic_fetch_or_explicit(&ring->removed[key_id / 64], bit, memory_order_relaxed);
+    else
+        atomic_fetch_and_explicit(&ring->removed[key_id / 64], ~bit, memory_order_relaxed);
+}
+
+afsm_status keyring_add(keyring *ring, uint32_t key_id, const uint8_t key[AFSM_KEY_BYTES])
+{
+    afsm_status status = AFSM_OK;
+    pthread_mutex_lock(&ring->lock);
+    snapshot *old = atomic_load_explicit(&ring->keys, memory_order_relaxed);
+    snapshot *fresh = NULL;
+    if (find_slot(old, key_id) >= 0) {
+        status = AFSM_EEXISTS;
+    } else if ((fresh = snapshot_alloc(old->count + 1)) == NULL) {
+        status = AFSM_ENOMEM;
+    } else {
+        memcpy(fresh->slots, old->slots, old->count * sizeof(key_slot));
+        fresh->slots[old->count].id = key_id;
+        memcpy(fresh->slots[old->count].key, key, AFSM_KEY_BYTES);
+        /* The first key seals until told otherwise. */
+        fresh->current = old->current >= 0 ? old->current : 0;
+        set_removed(ring, key_id, 0);
+        publish(ring, old, fresh);
+    }
+    pthread_mutex_unlock(&ring->lock);
+    return status;
+}
+
+afsm_status keyring_use(keyring *ring, uint32_t key_id)
+{
+    afsm_status status = AFSM_OK;
+    pthread_mutex_lock(&ring->lock);
+    snapshot *old = atomic_load_explicit(&ring->keys, memory_order_relaxed);
+    int at = find_slot(old, key_id);
+    snapshot *fresh = NULL;
+    if (at < 0) {
+        status = AFSM_ENOTFOUND;
+    } else if ((fresh = snapshot_alloc(old->count)) == NULL) {
+        status = AFSM_ENOMEM;
+    } else {
+        memcpy(fresh->slots, old->slots, old->count * sizeof(key_slot));
+        fresh->current = at;
+        publish(ring, old, fresh);
+    }
+    pthread_mutex_unlock(&ring->lock);
+    return status;
+}
+
+afsm_status keyring_remove(keyring *ring, uint32_t key_id)
+{
+    afsm_status status = AFSM_OK;
+    pthread_mutex_lock(&ring->lock);
+    snapshot *old = atomic_load_explicit(&ring->keys, memory_order_relaxed);
+    int at = find_slot(old, key_id);
+    snapshot *fresh = NULL;
+    if (at < 0) {
+        status = AFSM_ENOTFOUND;
+    } else if (at == old->current) {
+        status = AFSM_EBUSY;
+    } else if ((fresh = snapshot_alloc(old->count - 1)) == NULL) {
+        status = AFSM_ENOMEM;
+    } else {
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < old->count; i++) {
+            if ((int)i == at)
+                continue;
+            if ((int)i == old->current)
+                fresh->current = (int)n;
+            fresh->slots[n++] = old->slots[i];
+        }
+        set_removed(ring, key_id, 1);
+        publish(ring, old, fresh);
+    }
+    pthread_mutex_unlock(&ring->lock);
+    return status;
+}
+
+afsm_status keyring_current(keyring *ring, uint16_t *key_id, const uint8_t **key)
+{
+    snapshot *snap = atomic_load_explicit(&ring->keys, memory_order_acquire);
+    if (snap->current < 0)
+        return AFSM_ENOTFOUND;
+    *key_id = (uint16_t)snap->slots[snap->current].id;
+    *key = snap->slots[snap->current].key;
+    return AFSM_OK;
+}
+
+afsm_status keyring_find(keyring *ring, uint16_t key_id, const uint8_t **key)
+{
+    snapshot *snap = atomic_load_explicit(&ring->keys, memory_order_acquire);
+    int at = find_slot(snap, key_id);
+    if (at >= 0) {
+        *key = snap->slots[at].key;
+        return AFSM_OK;
+    }
+    uint64_t word = atomic_load_explicit(&ring->removed[key_id / 64], memory_order_relaxed);
+    return (word >> (key_id % 64)) & 1 ? AFSM_EKEYREMOVED : AFSM_ETOKENKEY;
+}
+
+afsm_status keyring_read_file(const char *path, size_t path_len, uint8_t key[AFSM_KEY_BYTES])
+{
+    char name[PATH_MAX];
+    if (path_len == 0 || path_len >= sizeof(name) || memchr(path, '\0', path_len) != NULL)
+        return AFSM_EKEYFILE;
+    memcpy(name, path, path_len);
+    name[path_len] = '\0';
+    int fd = open(name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return AFSM_EKEYFILE;
+    struct stat st;
+    afsm_status status = AFSM_EKEYFILE;
+    /* A key others can read is a key others have: refuse it outright. */
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & (S_IRWXG | S_IRWXO)) == 0 &&
+        st.st_size == AFSM_KEY_BYTES && read(fd, key, AFSM_KEY_BYTES) == AFSM_KEY_BYTES)
+        status = AFSM_OK;
+    close(fd);
+    return status;
+}

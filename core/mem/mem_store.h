@@ -1,0 +1,121 @@
+/*
+ * mem_store.h: what the files of the in-memory store share.
+ *
+ *   store.c      open, close, the ops table, placement, copies, lookups, metrics
+ *   write.c      create, restore, update, remove, token generations
+ *   dataplane.c  heartbeat, stats and pinned handles: atomics only
+ *   list.c       filtered, ordered, paginated listing
+ *   expiry.c     the wheels' verdicts: expiry, idle, closed linger
+ *
+ * The rules every file keeps (see store.c's head for the why):
+ * - reads run inside an epoch section and take no lock;
+ * - writes take the lock set of every shard they touch, in ascending order;
+ * - events fire after the locks are released, before the epoch section ends.
+ */
+#ifndef AFSM_MEM_STORE_H
+#define AFSM_MEM_STORE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "afsm.h"
+#include "mem/session.h"
+#include "mem/shard.h"
+#include "store.h"
+
+typedef struct mem_store {
+    store base;
+    store_config config;
+    char server_addr[AFSM_SERVER_ADDR_MAX + 1];
+    uint32_t server_addr_len;
+    unsigned shard_mask;
+    uint64_t seed;
+    shard *shards;
+    _Atomic int64_t wall_offset_ns;     /* wall clock minus engine clock, refreshed per advance */
+    _Atomic uint64_t wheels_reached_ns; /* the `now` of the last completed advance */
+    _Atomic size_t pinned;
+} mem_store;
+
+struct store_handle {
+    mem_store *ms;
+    session *s;
+};
+
+/* Reasons the store gives in DELETED and EXPIRED events. */
+#define MEM_REASON_EXPIRED "expired"
+#define MEM_REASON_CLOSED  "closed"
+#define MEM_REASON_EVICTED "evicted"
+#define MEM_REASON_DELETED "deleted"
+
+/* Placement (store.c). */
+unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id);
+unsigned mem_shard_of_connection(const mem_store *ms, const afsm_uuid *id);
+unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len);
+void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set);
+
+static inline uint64_t mem_now(const mem_store *ms)
+{
+    return ms->config.clock(ms->config.clock_ctx);
+}
+
+static inline shard *mem_home(const mem_store *ms, const session *s)
+{
+    return &ms->shards[mem_shard_of_id(ms, &s->id)];
+}
+
+/* Records and copies (store.c). */
+void mem_session_destroy(ck_epoch_entry_t *entry);
+void mem_metadata_destroy(ck_epoch_entry_t *entry);
+void mem_unref_locked(mem_store *ms, session *s);
+void mem_read_state(const session *s, uint32_t *state, metadata **meta);
+void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out);
+void mem_emit(const mem_store *ms, uint32_t type, const session *s, uint32_t old_state, uint32_t new_state,
+              const char *reason, size_t reason_len);
+/* Inside an epoch section; NULL when absent or already removed. */
+session *mem_lookup(mem_store *ms, const afsm_uuid *id);
+session *mem_lookup_connection(mem_store *ms, const afsm_uuid *connection_id);
+
+/* Counters, all written under the home shard's lock (store.c). */
+void mem_count_state(shard *sh, uint32_t state, int delta);
+void mem_count_removal(const mem_store *ms, shard *sh, const session *s, afsm_delete_reason why);
+void mem_count(const mem_store *ms, _Atomic uint64_t *counter);
+
+/* Writes (write.c). */
+afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *out);
+afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *update, afsm_session_info *out);
+afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason, size_t reason_len);
+afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_len, const char *reason,
+                               size_t reason_len, size_t *removed);
+afsm_status mem_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out);
+/* Removes s whole; caller holds its lock set and checked it is not removed.
+ * keep_user_entry: see index_remove (an eviction adds right after). */
+void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry);
+/* Takes s's lock set, removes it unless already removed (AFSM_ENOTFOUND),
+ * fires the event. Inside an epoch section. */
+afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_delete_reason why, const char *reason,
+                               size_t reason_len);
+
+/* Lock-free data plane (dataplane.c). */
+afsm_status mem_heartbeat(store *st, const afsm_uuid *id, uint64_t *remaining_ns);
+afsm_status mem_add_stats(store *st, const afsm_uuid *id, const afsm_stats *delta);
+afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_handle **out);
+afsm_status mem_handle_heartbeat(store_handle *h, uint64_t *remaining_ns);
+afsm_status mem_handle_add_stats(store_handle *h, const afsm_stats *delta);
+void mem_handle_session_id(const store_handle *h, afsm_uuid *out);
+void mem_handle_release(store_handle *h);
+
+/* Listing (list.c). */
+afsm_status mem_list(store *st, const afsm_list_filter *filter, afsm_session_info *out, size_t *count, uint64_t *total,
+                     afsm_uuid *next_cursor);
+
+/* Time (expiry.c). */
+afsm_status mem_advance(store *st, uint64_t now, size_t *expired);
+/* When the wheel must next look at s. Home shard lock held. */
+uint64_t mem_timer_deadline(const mem_store *ms, const session *s, uint32_t state, uint64_t last_active);
+/* State change under the home shard lock (the seqlock's writer side). */
+void mem_set_state_locked(shard *sh, session *s, uint32_t from, uint32_t to);
+/* Activity on an idle session under idle detection: make it active. */
+void mem_reactivate(mem_store *ms, session *s);
+
+#endif

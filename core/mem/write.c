@@ -1,0 +1,436 @@
+/*
+ * write.c: the in-memory store's writes: create (and restore), update,
+ * remove, remove by user, token generations.
+ *
+ * Each takes the lock set of every shard it touches (home, connection,
+ * user; for an eviction also the victim's home and connection shards),
+ * changes every index, and fires its events after unlocking but inside
+ * its epoch section. Allocation happens before anything visible changes,
+ * or is undone without allocating, so AFSM_ENOMEM leaves the store as it
+ * was.
+ */
+#include <string.h>
+
+#include "mem/index.h"
+#include "mem/mem_store.h"
+#include "util/alloc.h"
+#include "util/clock.h"
+#include "util/epoch.h"
+#include "util/uuid.h"
+
+/* ---- create and restore -------------------------------------------------- */
+
+/* Builds the record (not yet visible to anyone). */
+static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
+{
+    session *s = mem_calloc(1, sizeof(*s) + spec->user_id_len + 1u);
+    if (s == NULL)
+        return AFSM_ENOMEM;
+    metadata *meta = NULL;
+    afsm_status status = metadata_merge(NULL, spec->metadata, spec->metadata_count, &meta);
+    if (status != AFSM_OK) {
+        mem_free(s);
+        return status;
+    }
+    const afsm_session_info *old = spec->restore;
+    uint64_t now = mem_now(ms);
+    uint64_t created = old != NULL ? spec->restore_created_ns : now;
+    if (old != NULL) {
+        s->id = old->session_id;
+        s->created_wall_ns = old->created_at_ns;
+    } else {
+        /* Reported times are engine clock + the wall offset, all of them, so
+         * created <= last active <= expires hold in every copy. */
+        s->created_wall_ns = (int64_t)now + atomic_load_explicit(&ms->wall_offset_ns, memory_order_relaxed);
+        uuid_v7_at(&s->id, (uint64_t)clock_wall_ns() / 1000000u);
+    }
+    s->connection_id = spec->connection_id;
+    s->client_ip = spec->client_ip;
+    s->client_port = spec->client_port;
+    s->user_id_len = spec->user_id_len;
+    memcpy(s->user_id, spec->user_id, spec->user_id_len);
+    s->user_id[spec->user_id_len] = '\0';
+    s->timeout_ns = spec->timeout_ns;
+    s->lifetime_end_ns = ms->config.max_lifetime_ns ? created + ms->config.max_lifetime_ns : UINT64_MAX;
+    atomic_init(&s->last_active_ns, old != NULL ? spec->restore_last_active_ns : now);
+    atomic_init(&s->refs, 1);
+    atomic_init(&s->state, old != NULL ? old->state : AFSM_STATE_CONNECTING);
+    atomic_init(&s->meta, meta);
+    atomic_init(&s->token_generation, old != NULL ? old->token_generation : 1);
+    if (old != NULL) {
+        atomic_init(&s->packets_sent, old->stats.packets_sent);
+        atomic_init(&s->packets_received, old->stats.packets_received);
+        atomic_init(&s->bytes_sent, old->stats.bytes_sent);
+        atomic_init(&s->bytes_received, old->stats.bytes_received);
+        atomic_init(&s->retransmissions, old->stats.retransmissions);
+        atomic_init(&s->rtt_ms, old->stats.current_rtt_ms);
+        if (old->state == AFSM_STATE_CLOSED)
+            atomic_init(&s->last_traffic_ns, now); /* the linger starts again */
+    }
+    *out = s;
+    return AFSM_OK;
+}
+
+static void free_unpublished(session *s)
+{
+    metadata_free(atomic_load_explicit(&s->meta, memory_order_relaxed));
+    mem_free(s);
+}
+
+/* The cap's victim as seen before locking, so its shards can join the lock
+ * set; NULL when no eviction looks needed. Inside an epoch section. */
+static session *peek_victim(mem_store *ms, const session *s)
+{
+    if (ms->config.max_sessions_per_user == 0 || ms->config.limit_policy != AFSM_LIMIT_EVICT_OLDEST)
+        return NULL;
+    shard *uh = &ms->shards[mem_shard_of_user(ms, s->user_id, s->user_id_len)];
+    user_entry *entry = index_lookup(uh, s->user_id, s->user_id_len);
+    if (index_count(entry) < ms->config.max_sessions_per_user)
+        return NULL;
+    return atomic_load_explicit(&entry->oldest, memory_order_acquire);
+}
+
+afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *out)
+{
+    mem_store *ms = (mem_store *)st;
+    session *s;
+    afsm_status status = build(ms, spec, &s);
+    if (status != AFSM_OK)
+        return status;
+    if (spec->restore != NULL && session_expired(s, mem_now(ms))) {
+        free_unpublished(s);
+        return AFSM_EEXPIRED;
+    }
+    ck_epoch_record_t *e = epoch_enter();
+    if (e == NULL) {
+        free_unpublished(s);
+        return AFSM_ENOMEM;
+    }
+    shard *sh = mem_home(ms, s);
+    shard *ch = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
+    shard *uh = &ms->shards[mem_shard_of_user(ms, s->user_id, s->user_id_len)];
+    lockset set;
+    session *victim;
+    user_entry *entry;
+    uint32_t victim_state = 0;
+    int published = 0;
+    for (;;) {
+        victim = peek_victim(ms, s);
+        mem_lockset_for_session(ms, s, &set);
+        if (victim != NULL) {
+            lockset_add(&set, mem_shard_of_id(ms, &victim->id));
+            lockset_add(&set, mem_shard_of_connection(ms, &victim->connection_id));
+        }
+        lockset_acquire(ms->shards, &set);
+        entry = index_lookup(uh, s->user_id, s->user_id_len);
+        if (index_count(entry) < ms->config.max_sessions_per_user || ms->config.max_sessions_per_user == 0 ||
+            ms->config.limit_policy == AFSM_LIMIT_REJECT)
+            break;
+        /* The oldest we locked for must still be the oldest. */
+        session *oldest = atomic_load_explicit(&entry->oldest, memory_order_relaxed);
+        if (oldest == victim && oldest != NULL)
+            break;
+        lockset_release(ms->shards, &set);
+    }
+
+    int over_cap = ms->config.max_sessions_per_user != 0 && index_count(entry) >= ms->config.max_sessions_per_user;
+    if (table_get(&ch->connections, &s->connection_id) != NULL) {
+        status = AFSM_EEXISTS;
+        goto unlock;
+    }
+    if (spec->restore != NULL && table_get(&sh->sessions, &s->id) != NULL) {
+        status = AFSM_EEXISTS;
+        goto unlock;
+    }
+    if (over_cap && ms->config.limit_policy == AFSM_LIMIT_REJECT) {
+        status = AFSM_ELIMIT;
+        goto unlock;
+    }
+    /* Table inserts first: undoing one never allocates. */
+    table_result r = table_insert(&sh->sessions, &s->id);
+    if (r != TABLE_OK) {
+        status = r == TABLE_NOMEM ? AFSM_ENOMEM : AFSM_EEXISTS;
+        goto unlock;
+    }
+    published = 1;
+    if (table_insert(&ch->connections, &s->connection_id) != TABLE_OK) {
+        table_remove(&sh->sessions, &s->id);
+        status = AFSM_ENOMEM;
+        goto unlock;
+    }
+    /* Evict before adding, so the user's count never exceeds the cap; the
+     * entry stays, so the add below cannot fail. */
+    if (over_cap) {
+        victim_state = atomic_load_explicit(&victim->state, memory_order_relaxed);
+        mem_remove_locked(ms, victim, AFSM_DELETE_EVICTED, 1);
+    }
+    status = index_add(uh, s);
+    if (status != AFSM_OK) {
+        table_remove(&ch->connections, &s->connection_id);
+        table_remove(&sh->sessions, &s->id);
+        goto unlock;
+    }
+    uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
+    uint64_t last = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed);
+    wheel_add(&sh->timers, &s->timer, mem_timer_deadline(ms, s, state, last));
+    mem_count_state(sh, state, +1);
+    if (spec->restore == NULL)
+        mem_count(ms, &sh->created);
+unlock:
+    /* A reader may have found a record that was rolled back: only the
+     * epoch may free it then. */
+    if (status != AFSM_OK && published)
+        epoch_defer(sh->defer, &s->epoch_entry, mem_session_destroy);
+    lockset_release(ms->shards, &set);
+    if (status == AFSM_OK) {
+        if (out != NULL)
+            mem_fill_info(ms, s, out);
+        if (over_cap)
+            mem_emit(ms, AFSM_EVENT_DELETED, victim, victim_state, victim_state, MEM_REASON_EVICTED,
+                     sizeof(MEM_REASON_EVICTED) - 1);
+        if (spec->restore == NULL)
+            mem_emit(ms, AFSM_EVENT_CREATED, s, 0, AFSM_STATE_CONNECTING, NULL, 0);
+    }
+    epoch_leave(e);
+    if (status != AFSM_OK && !published)
+        free_unpublished(s);
+    return status;
+}
+
+/* ---- removal -------------------------------------------------------------- */
+
+void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry)
+{
+    shard *sh = mem_home(ms, s);
+    index_remove(&ms->shards[mem_shard_of_user(ms, s->user_id, s->user_id_len)], s, keep_user_entry);
+    table_remove(&sh->sessions, &s->id);
+    table_remove(&ms->shards[mem_shard_of_connection(ms, &s->connection_id)].connections, &s->connection_id);
+    if (s->timer.next != NULL)
+        wheel_remove(&sh->timers, &s->timer);
+    mem_count_state(sh, atomic_load_explicit(&s->state, memory_order_relaxed), -1);
+    mem_count_removal(ms, sh, s, why);
+    atomic_store_explicit(&s->removed, 1, memory_order_release);
+    mem_unref_locked(ms, s);
+    /* Churn leaves tombstones; rebuilding when they match the live entries
+     * costs O(1) per removal, amortised. */
+    table_maintain(&sh->sessions);
+    table_maintain(&ms->shards[mem_shard_of_connection(ms, &s->connection_id)].connections);
+}
+
+afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_delete_reason why, const char *reason,
+                               size_t reason_len)
+{
+    lockset set;
+    mem_lockset_for_session(ms, s, &set);
+    lockset_acquire(ms->shards, &set);
+    afsm_status status = AFSM_ENOTFOUND;
+    uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
+    if (!atomic_load_explicit(&s->removed, memory_order_relaxed)) {
+        mem_remove_locked(ms, s, why, 0);
+        status = AFSM_OK;
+    }
+    lockset_release(ms->shards, &set);
+    if (status == AFSM_OK)
+        mem_emit(ms, event, s, state, state, reason, reason_len);
+    return status;
+}
+
+afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason, size_t reason_len)
+{
+    mem_store *ms = (mem_store *)st;
+    ck_epoch_record_t *e = epoch_enter();
+    if (e == NULL)
+        return AFSM_ENOMEM;
+    session *s = mem_lookup(ms, id);
+    if (reason == NULL || reason_len == 0) {
+        reason = MEM_REASON_DELETED;
+        reason_len = sizeof(MEM_REASON_DELETED) - 1;
+    }
+    afsm_status status = s != NULL
+                             ? mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_REQUESTED, reason, reason_len)
+                             : AFSM_ENOTFOUND;
+    epoch_leave(e);
+    return status;
+}
+
+/* Sessions removed per epoch section by remove_by_user. */
+#define REMOVE_CHUNK 64
+
+afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_len, const char *reason,
+                               size_t reason_len, size_t *removed)
+{
+    mem_store *ms = (mem_store *)st;
+    *removed = 0;
+    if (reason == NULL || reason_len == 0) {
+        reason = MEM_REASON_DELETED;
+        reason_len = sizeof(MEM_REASON_DELETED) - 1;
+    }
+    shard *us = &ms->shards[mem_shard_of_user(ms, user_id, user_id_len)];
+    /* Every id drawn after this one is larger (the generator is monotonic),
+     * so "id < bound" means "existed when the call began": the loop ends
+     * even while the user keeps creating sessions. */
+    afsm_uuid bound;
+    uuid_v7_at(&bound, (uint64_t)clock_wall_ns() / 1000000u);
+    for (;;) {
+        ck_epoch_record_t *e = epoch_enter();
+        if (e == NULL)
+            return AFSM_ENOMEM;
+        session *chunk[REMOVE_CHUNK];
+        size_t n = 0;
+        user_entry *entry = index_lookup(us, user_id, (uint16_t)user_id_len);
+        for (session *s = entry != NULL ? index_first(entry) : NULL; s != NULL && n < REMOVE_CHUNK; s = index_next(s)) {
+            if (uuid_compare(&s->id, &bound) < 0 && !session_removed(s))
+                chunk[n++] = s;
+        }
+        for (size_t i = 0; i < n; i++)
+            *removed +=
+                mem_remove_session(ms, chunk[i], AFSM_EVENT_DELETED, AFSM_DELETE_USER, reason, reason_len) == AFSM_OK;
+        epoch_leave(e);
+        if (n == 0)
+            return AFSM_OK;
+    }
+}
+
+/* ---- update --------------------------------------------------------------- */
+
+static int transition_allowed(uint32_t from, uint32_t to)
+{
+    if (from == to || to == AFSM_STATE_CLOSED)
+        return 1;
+    switch (from) {
+    case AFSM_STATE_CONNECTING:
+        return to == AFSM_STATE_ACTIVE;
+    case AFSM_STATE_ACTIVE:
+        return to == AFSM_STATE_IDLE || to == AFSM_STATE_DISCONNECTING;
+    case AFSM_STATE_IDLE:
+        return to == AFSM_STATE_ACTIVE || to == AFSM_STATE_DISCONNECTING;
+    default:
+        return 0;
+    }
+}
+
+static void set_stats(session *s, const afsm_stats *v)
+{
+    atomic_store_explicit(&s->packets_sent, v->packets_sent, memory_order_relaxed);
+    atomic_store_explicit(&s->packets_received, v->packets_received, memory_order_relaxed);
+    atomic_store_explicit(&s->bytes_sent, v->bytes_sent, memory_order_relaxed);
+    atomic_store_explicit(&s->bytes_received, v->bytes_received, memory_order_relaxed);
+    atomic_store_explicit(&s->retransmissions, v->retransmissions, memory_order_relaxed);
+    atomic_store_explicit(&s->rtt_ms, v->current_rtt_ms, memory_order_relaxed);
+}
+
+afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afsm_session_info *out)
+{
+    mem_store *ms = (mem_store *)st;
+    ck_epoch_record_t *e = epoch_enter();
+    if (e == NULL)
+        return AFSM_ENOMEM;
+    session *s = mem_lookup(ms, id);
+    if (s == NULL) {
+        epoch_leave(e);
+        return AFSM_ENOTFOUND;
+    }
+    int closing = (u->fields & AFSM_UPDATE_STATE) && u->state == AFSM_STATE_CLOSED;
+    shard *sh = mem_home(ms, s);
+    lockset set;
+    if (closing) {
+        mem_lockset_for_session(ms, s, &set);
+    } else {
+        lockset_init(&set);
+        lockset_add(&set, mem_shard_of_id(ms, &s->id));
+    }
+    lockset_acquire(ms->shards, &set);
+
+    afsm_status status = AFSM_OK;
+    metadata *old_meta = atomic_load_explicit(&s->meta, memory_order_relaxed);
+    metadata *new_meta = old_meta;
+    uint32_t old_state = atomic_load_explicit(&s->state, memory_order_relaxed);
+    uint32_t new_state = (u->fields & AFSM_UPDATE_STATE) ? u->state : old_state;
+    int remove_now = closing && old_state != AFSM_STATE_CLOSED && ms->config.close_linger_ns == 0;
+    uint64_t now = mem_now(ms);
+    if (atomic_load_explicit(&s->removed, memory_order_relaxed)) {
+        status = AFSM_ENOTFOUND;
+        goto unlock;
+    }
+    if (session_expired(s, now)) {
+        status = AFSM_EEXPIRED;
+        goto unlock;
+    }
+    if (!transition_allowed(old_state, new_state)) {
+        status = AFSM_ETRANSITION;
+        goto unlock;
+    }
+    /* Merging under the lock is what makes concurrent merges of different
+     * keys both land. */
+    if (u->fields & AFSM_UPDATE_METADATA_MERGE)
+        status = metadata_merge(old_meta, u->metadata, u->metadata_count, &new_meta);
+    else if (u->fields & AFSM_UPDATE_METADATA_REPLACE)
+        status = metadata_merge(NULL, u->metadata, u->metadata_count, &new_meta);
+    if (status != AFSM_OK)
+        goto unlock;
+    if (remove_now)
+        mem_remove_locked(ms, s, AFSM_DELETE_CLOSED, 0);
+    if (new_meta != old_meta || new_state != old_state) {
+        sync_seq_write_begin(&s->seq);
+        atomic_store_explicit(&s->state, new_state, memory_order_relaxed);
+        atomic_store_explicit(&s->meta, new_meta, memory_order_relaxed);
+        sync_seq_write_end(&s->seq);
+        if (new_meta != old_meta && old_meta != NULL)
+            epoch_defer(sh->defer, &old_meta->epoch_entry, mem_metadata_destroy);
+    }
+    if (new_state != old_state && !remove_now) {
+        mem_count_state(sh, old_state, -1);
+        mem_count_state(sh, new_state, +1);
+        /* Becoming active is activity; closing starts the linger. Either can
+         * bring the timer's next look forward, so relink it. */
+        if (new_state == AFSM_STATE_ACTIVE)
+            sync_store_max_u64(&s->last_active_ns, now);
+        if (new_state == AFSM_STATE_CLOSED)
+            atomic_store_explicit(&s->last_traffic_ns, now, memory_order_relaxed);
+        uint64_t last = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed) & ~SESSION_EXPIRED_BIT;
+        if (s->timer.next != NULL) {
+            wheel_remove(&sh->timers, &s->timer);
+            wheel_add(&sh->timers, &s->timer, mem_timer_deadline(ms, s, new_state, last));
+        }
+    }
+    if (u->fields & AFSM_UPDATE_STATS)
+        set_stats(s, &u->stats);
+unlock:
+    lockset_release(ms->shards, &set);
+    if (status == AFSM_OK) {
+        if (out != NULL)
+            mem_fill_info(ms, s, out);
+        if (new_state != old_state)
+            mem_emit(ms, AFSM_EVENT_STATE_CHANGED, s, old_state, new_state, NULL, 0);
+        if (remove_now)
+            mem_emit(ms, AFSM_EVENT_DELETED, s, new_state, new_state, MEM_REASON_CLOSED, sizeof(MEM_REASON_CLOSED) - 1);
+    }
+    epoch_leave(e);
+    return status;
+}
+
+/* ---- token generations ---------------------------------------------------- */
+
+afsm_status mem_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out)
+{
+    mem_store *ms = (mem_store *)st;
+    ck_epoch_record_t *e = epoch_enter();
+    if (e == NULL)
+        return AFSM_ENOMEM;
+    afsm_status status = AFSM_ENOTFOUND;
+    session *s = mem_lookup(ms, id);
+    if (s != NULL && session_expired(s, mem_now(ms))) {
+        status = AFSM_EEXPIRED;
+    } else if (s != NULL && atomic_load_explicit(&s->state, memory_order_relaxed) == AFSM_STATE_CLOSED) {
+        status = AFSM_ECLOSED;
+    } else if (s != NULL) {
+        /* One atomic step: two rotations racing get two generations, and
+         * each reports its own, so only the later one's token survives. */
+        uint32_t generation = atomic_fetch_add_explicit(&s->token_generation, 1, memory_order_relaxed) + 1;
+        mem_fill_info(ms, s, out);
+        out->token_generation = generation;
+        status = AFSM_OK;
+    }
+    epoch_leave(e);
+    return status;
+}
