@@ -59,6 +59,8 @@ AFSM_EIPMISMATCH = -19
 AFSM_EKEYFILE = -20
 AFSM_EUNAVAILABLE = -21
 AFSM_EINTERNAL = -22
+AFSM_ETOKENFORMAT = -23
+AFSM_EKEYREMOVED = -24
 
 AFSM_USER_ID_MAX = 256
 AFSM_SERVER_ADDR_MAX = 255
@@ -76,6 +78,9 @@ AFSM_LOG_DEBUG = 10
 AFSM_LOG_INFO = 20
 AFSM_LOG_WARN = 30
 AFSM_LOG_ERROR = 40
+
+AFSM_LIMIT_REJECT = 0
+AFSM_LIMIT_EVICT_OLDEST = 1
 
 AFSM_REAPER_THREAD = 0
 AFSM_REAPER_MANUAL = 1
@@ -174,6 +179,15 @@ class afsm_config(Structure):
         ("event_ctx", c_void_p),
         ("on_log", afsm_log_fn),
         ("log_ctx", c_void_p),
+        ("close_linger_ms", c_uint64),
+        ("max_sessions_per_user", c_uint32),
+        ("limit_policy", c_uint32),
+        ("key", POINTER(c_uint8)),
+        ("key_len", c_size_t),
+        ("key_file", c_char_p),
+        ("key_file_len", c_size_t),
+        ("key_id", c_uint32),
+        ("disable_metrics", c_uint32),
     ]
 
 
@@ -200,6 +214,8 @@ class afsm_session_info(Structure):
         ("metadata_count", c_uint32),
         ("metadata_bytes", c_uint32),
         ("stats", afsm_stats),
+        ("token_generation", c_uint32),
+        ("reserved", c_uint32),
     ]
 
 
@@ -342,7 +358,8 @@ _PROTOTYPES: dict[str, tuple[Any, Sequence[Any]]] = {
     "afsm_handle_add_stats": (_status, [_handle_p, _stats_p]),
     "afsm_handle_session_id": (_status, [_handle_p, _uuid_p]),
     "afsm_handle_release": (_status, [_handle_p]),
-    # Pending in afsm.h: afsm_token_* and afsm_metrics_* go here.
+    # Pending (in afsm.h, not bound yet): afsm_session_restore, afsm_token_*,
+    # afsm_key_*, afsm_metrics_* (and the afsm_metrics struct) go here.
 }
 
 PROTOTYPE_NAMES: tuple[str, ...] = tuple(_PROTOTYPES)
@@ -371,7 +388,7 @@ def find_library_candidates(start: Path | None = None) -> list[tuple[str, str]]:
     env = os.environ.get(ENV_VAR)
     if env:
         candidates.append((f"${ENV_VAR}", env))
-    here = (start or Path(__file__)).resolve()
+    here = (start or Path(__file__).parent).resolve()
     for parent in [here, *here.parents]:
         candidates.append(("build tree", str(parent / "build" / "lib" / SONAME)))
     candidates.append(("installed SONAME", SONAME))
@@ -386,13 +403,12 @@ def _load(start: Path | None = None) -> tuple[ctypes.CDLL, str]:
             tried.append((where, "no such file"))
             continue
         try:
-            return ctypes.CDLL(where), where
+            return ctypes.CDLL(where), (os.path.abspath(where) if os.sep in where else where)
         except OSError as exc:
             tried.append((f"{where} ({label})", str(exc)))
             if label == f"${ENV_VAR}" and env_set:
                 # An explicit choice that fails is an error, not a hint to look elsewhere.
                 raise LibraryNotFound(tried) from exc
-    # Collapse the long list of build-tree misses into one line per directory.
     raise LibraryNotFound(tried)
 
 

@@ -1,0 +1,131 @@
+/*
+ * ck_floor.c: bare ck_ht / ck_hs tables for the floor benchmark
+ * (ck_floor.h). Allocation hooks count bytes, so the table's own footprint
+ * per entry is exact rather than read from RSS.
+ */
+#include "ck_floor.h"
+
+#include <ck_hs.h>
+#include <ck_ht.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct floor_table {
+    int is_hs;
+    ck_ht_t ht;
+    ck_hs_t hs;
+};
+
+/* Only one table is alive at a time in the harness; a plain counter is
+ * enough (writes happen single-threaded, during the build). */
+static size_t allocated_bytes;
+
+static void *count_malloc(size_t size)
+{
+    allocated_bytes += size;
+    return malloc(size);
+}
+
+static void count_free(void *p, size_t size, bool defer)
+{
+    (void)defer; /* no concurrent readers while a table is built or freed */
+    allocated_bytes -= size;
+    free(p);
+}
+
+static void *count_realloc(void *p, size_t old_size, size_t new_size, bool defer)
+{
+    (void)defer;
+    allocated_bytes += new_size - old_size;
+    return realloc(p, new_size);
+}
+
+static struct ck_malloc counting = {.malloc = count_malloc, .realloc = count_realloc, .free = count_free};
+
+/* The engine's own mixer (core/mem/store.c) over both halves of the key:
+ * ck_hs wants a hash callback, and murmur would only make it slower. */
+static unsigned long hs_hash(const void *object, unsigned long seed)
+{
+    uint64_t a, b;
+    memcpy(&a, object, 8);
+    memcpy(&b, (const char *)object + 8, 8);
+    uint64_t x = a ^ (b * UINT64_C(0x9e3779b97f4a7c15)) ^ seed;
+    x ^= x >> 33;
+    x *= UINT64_C(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    x *= UINT64_C(0xc4ceb9fe1a85ec53);
+    x ^= x >> 33;
+    return (unsigned long)x;
+}
+
+static bool hs_compare(const void *a, const void *b)
+{
+    return memcmp(a, b, 16) == 0;
+}
+
+floor_table *floor_build(const char *kind, const uint8_t (*keys)[16], size_t n)
+{
+    floor_table *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->is_hs = strcmp(kind, "ck_hs") == 0;
+    allocated_bytes = 0;
+    bool ok;
+    if (t->is_hs)
+        ok = ck_hs_init(&t->hs, CK_HS_MODE_OBJECT | CK_HS_MODE_SPMC | CK_HS_MODE_DELETE, hs_hash, hs_compare,
+                        &counting, n, 0x5eed);
+    else
+        ok = ck_ht_init(&t->ht, CK_HT_MODE_BYTESTRING | CK_HT_WORKLOAD_DELETE, NULL, &counting, n, 0x5eed);
+    if (!ok) {
+        free(t);
+        return NULL;
+    }
+    for (size_t i = 0; i < n && ok; i++) {
+        if (t->is_hs) {
+            unsigned long h = CK_HS_HASH(&t->hs, hs_hash, keys[i]);
+            ok = ck_hs_put(&t->hs, h, keys[i]);
+        } else {
+            ck_ht_hash_t h;
+            ck_ht_entry_t e;
+            ck_ht_hash(&h, &t->ht, keys[i], 16);
+            ck_ht_entry_set(&e, h, keys[i], 16, (void *)keys[i]);
+            ok = ck_ht_put_spmc(&t->ht, h, &e);
+        }
+    }
+    if (!ok) {
+        floor_destroy(t);
+        return NULL;
+    }
+    return t;
+}
+
+const void *floor_get(floor_table *t, const uint8_t *key)
+{
+    if (t->is_hs)
+        return ck_hs_get(&t->hs, CK_HS_HASH(&t->hs, hs_hash, key), key);
+    ck_ht_hash_t h;
+    ck_ht_entry_t e;
+    ck_ht_hash(&h, &t->ht, key, 16);
+    ck_ht_entry_key_set(&e, key, 16);
+    if (!ck_ht_get_spmc(&t->ht, h, &e))
+        return NULL;
+    return ck_ht_entry_value(&e);
+}
+
+size_t floor_table_bytes(const floor_table *t)
+{
+    (void)t;
+    return allocated_bytes;
+}
+
+void floor_destroy(floor_table *t)
+{
+    if (t == NULL)
+        return;
+    if (t->is_hs)
+        ck_hs_destroy(&t->hs);
+    else
+        ck_ht_destroy(&t->ht);
+    free(t);
+}

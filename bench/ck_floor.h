@@ -1,0 +1,39 @@
+/*
+ * ck_floor.h: the floor under the engine's lookups: bare Concurrency Kit
+ * tables holding N 16-byte keys, nothing around them (no epoch section, no
+ * record copy, no expiry check). C, because CK's inline headers are not
+ * valid C++.
+ *
+ * ck_ht runs in the engine's exact mode (bytestring, delete workload, the
+ * key stored by pointer). ck_hs stores one pointer per slot to an object
+ * whose first 16 bytes are the key, which is how the engine could hold its
+ * session records (the id is the record's first field): the candidate
+ * replacement DESIGN.md mentions.
+ */
+#ifndef AFSM_BENCH_CK_FLOOR_H
+#define AFSM_BENCH_CK_FLOOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct floor_table floor_table;
+
+/* keys: n records of 16 bytes that outlive the table. kind: "ck_ht" or
+ * "ck_hs". NULL on failure. */
+floor_table *floor_build(const char *kind, const uint8_t (*keys)[16], size_t n);
+/* The stored record for key, or NULL. Safe from many threads at once
+ * (SPMC reads; nobody writes while the benchmark runs). */
+const void *floor_get(floor_table *t, const uint8_t *key);
+/* Bytes the table itself allocated (maps and slots, not the keys). */
+size_t floor_table_bytes(const floor_table *t);
+void floor_destroy(floor_table *t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,296 @@
+/*
+ * workloads.cc: the single-session operations and the mixed workload, run
+ * identically against the engine and the rwlock baseline (store.h).
+ *
+ * Every benchmark reports items_per_second over wall time (UseRealTime), so
+ * with N threads it is the aggregate rate, the number a server sees. Keys
+ * are drawn uniformly at random from the whole population: at 1M sessions
+ * most lookups miss the cache, as in a real data plane.
+ *
+ * Create and Delete keep the population's size: each thread creates (or
+ * deletes) a batch of its own sessions and, with the timer paused, undoes
+ * (or prepares) the next batch. Batches are large so the pause's own cost
+ * (a few hundred ns) is spread thin.
+ */
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "world.h"
+
+namespace bench {
+namespace {
+
+constexpr size_t BATCH = 4096;
+constexpr size_t PINNED = 1024;
+constexpr size_t LIST_CAP = 64;
+
+uint64_t thread_seed(const benchmark::State &state, size_t size)
+{
+    return (uint64_t)state.thread_index() * 7919 + size + (uint64_t)state.threads() * 104729;
+}
+
+World *setup(benchmark::State &state, const std::string &impl, size_t size)
+{
+    World *w = world_get(impl, size);
+    if (w == nullptr)
+        state.SkipWithError("could not build the population");
+    return w;
+}
+
+void fill_specs(World *w, Rng &rng, std::vector<Spec> &specs)
+{
+    for (Spec &s : specs)
+        make_spec(w->next_seq.fetch_add(1, std::memory_order_relaxed), rng, &s);
+}
+
+void op_create(benchmark::State &state, const std::string &impl, size_t size)
+{
+    World *w = setup(state, impl, size);
+    if (w == nullptr)
+        return;
+    Rng rng(thread_seed(state, size));
+    std::vector<Spec> specs(BATCH);
+    std::vector<afsm_uuid> made;
+    made.reserve(BATCH);
+    fill_specs(w, rng, specs);
+    size_t failed = 0;
+    for (auto _ : state) {
+        if (made.size() == BATCH) {
+            state.PauseTiming();
+            for (const afsm_uuid &id : made)
+                w->store->remove(id);
+            made.clear();
+            fill_specs(w, rng, specs);
+            state.ResumeTiming();
+        }
+        afsm_uuid id;
+        if (w->store->create(specs[made.size()], nullptr, 0, &id))
+            made.push_back(id);
+        else
+            failed++, made.push_back(afsm_uuid{});
+    }
+    for (const afsm_uuid &id : made)
+        w->store->remove(id);
+    if (failed)
+        state.SkipWithError("create failed");
+    state.SetItemsProcessed(state.iterations());
+}
+
+void op_delete(benchmark::State &state, const std::string &impl, size_t size)
+{
+    World *w = setup(state, impl, size);
+    if (w == nullptr)
+        return;
+    Rng rng(thread_seed(state, size));
+    std::vector<Spec> specs(BATCH);
+    std::vector<afsm_uuid> pool;
+    auto refill = [&] {
+        fill_specs(w, rng, specs);
+        pool.clear();
+        for (const Spec &s : specs) {
+            afsm_uuid id;
+            if (w->store->create(s, nullptr, 0, &id))
+                pool.push_back(id);
+        }
+        /* Delete in random order, not creation order, so the records are
+         * not walked in allocation order. */
+        for (size_t i = pool.size(); i > 1; i--)
+            std::swap(pool[i - 1], pool[rng.below(i)]);
+    };
+    refill();
+    size_t missing = 0;
+    for (auto _ : state) {
+        if (pool.empty()) {
+            state.PauseTiming();
+            refill();
+            state.ResumeTiming();
+        }
+        if (!w->store->remove(pool.back()))
+            missing++;
+        pool.pop_back();
+    }
+    for (const afsm_uuid &id : pool)
+        w->store->remove(id);
+    if (missing)
+        state.SkipWithError("delete did not find a session");
+    state.SetItemsProcessed(state.iterations());
+}
+
+template <typename Fn> void lookup_loop(benchmark::State &state, const std::string &impl, size_t size, Fn fn)
+{
+    World *w = setup(state, impl, size);
+    if (w == nullptr)
+        return;
+    Rng rng(thread_seed(state, size));
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    size_t misses = 0;
+    for (auto _ : state) {
+        if (!fn(w, rng.below(size), &info))
+            misses++;
+        benchmark::DoNotOptimize(info.state);
+    }
+    if (misses)
+        state.SkipWithError("a lookup missed");
+    state.SetItemsProcessed(state.iterations());
+}
+
+void op_get(benchmark::State &state, const std::string &impl, size_t size)
+{
+    lookup_loop(state, impl, size,
+                [](World *w, size_t i, afsm_session_info *info) { return w->store->get(w->ids[i], info); });
+}
+
+void op_get_connection(benchmark::State &state, const std::string &impl, size_t size)
+{
+    lookup_loop(state, impl, size, [](World *w, size_t i, afsm_session_info *info) {
+        return w->store->get_by_connection(w->connections[i], info);
+    });
+}
+
+void op_heartbeat(benchmark::State &state, const std::string &impl, size_t size)
+{
+    lookup_loop(state, impl, size,
+                [](World *w, size_t i, afsm_session_info *) { return w->store->heartbeat(w->ids[i]); });
+}
+
+void op_stats_pinned(benchmark::State &state, const std::string &impl, size_t size)
+{
+    World *w = setup(state, impl, size);
+    if (w == nullptr)
+        return;
+    Rng rng(thread_seed(state, size));
+    /* A packet loop pins the sessions it serves once, then updates them
+     * per packet: spread over many sessions, as many flows would be. */
+    std::vector<void *> pinned;
+    for (size_t i = 0; i < std::min(PINNED, size); i++) {
+        void *p = w->store->pin(w->ids[rng.below(size)]);
+        if (p != nullptr)
+            pinned.push_back(p);
+    }
+    if (pinned.empty()) {
+        state.SkipWithError("pin failed");
+        return;
+    }
+    afsm_stats delta{};
+    delta.packets_sent = 1;
+    delta.bytes_sent = 1400;
+    size_t i = 0, failed = 0;
+    for (auto _ : state) {
+        if (!w->store->add_stats_pinned(pinned[i], delta))
+            failed++;
+        if (++i == pinned.size())
+            i = 0;
+    }
+    for (void *p : pinned)
+        w->store->unpin(p);
+    if (failed)
+        state.SkipWithError("stats add failed");
+    state.SetItemsProcessed(state.iterations());
+}
+
+void op_list_user(benchmark::State &state, const std::string &impl, size_t size)
+{
+    World *w = setup(state, impl, size);
+    if (w == nullptr)
+        return;
+    Rng rng(thread_seed(state, size));
+    std::vector<afsm_session_info> out(LIST_CAP);
+    for (auto &o : out)
+        afsm_session_info_init(&o, AFSM_SESSION_INFO_VERSION);
+    size_t users = (size + SESSIONS_PER_USER - 1) / SESSIONS_PER_USER;
+    char name[16];
+    uint64_t listed = 0;
+    for (auto _ : state) {
+        size_t len = user_name_fast(rng.below(users), name);
+        listed += w->store->list_user(name, len, out.data(), LIST_CAP);
+    }
+    if (state.iterations() > 0 && listed == 0)
+        state.SkipWithError("lists came back empty");
+    state.SetItemsProcessed(state.iterations());
+    state.counters["sessions_per_list"] =
+        benchmark::Counter((double)listed, benchmark::Counter::kAvgIterations);
+}
+
+/* 90% get / heartbeat (half each), 8% stats add by id, 2% create + delete
+ * (each thread deletes the oldest of its own recent creations). */
+void op_mixed(benchmark::State &state, const std::string &impl, size_t size)
+{
+    World *w = setup(state, impl, size);
+    if (w == nullptr)
+        return;
+    Rng rng(thread_seed(state, size));
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    afsm_stats delta{};
+    delta.packets_received = 1;
+    delta.bytes_received = 1200;
+    std::deque<afsm_uuid> mine;
+    Spec spec;
+    for (auto _ : state) {
+        size_t r = rng.below(100);
+        const afsm_uuid &id = w->ids[rng.below(size)];
+        if (r < 45) {
+            w->store->get(id, &info);
+        } else if (r < 90) {
+            w->store->heartbeat(id);
+        } else if (r < 98) {
+            w->store->add_stats(id, delta);
+        } else {
+            make_spec(w->next_seq.fetch_add(1, std::memory_order_relaxed), rng, &spec);
+            afsm_uuid made;
+            if (w->store->create(spec, nullptr, 0, &made))
+                mine.push_back(made);
+            if (mine.size() > 64) {
+                w->store->remove(mine.front());
+                mine.pop_front();
+            }
+        }
+    }
+    for (const afsm_uuid &id : mine)
+        w->store->remove(id);
+    state.SetItemsProcessed(state.iterations());
+}
+
+} // namespace
+
+void register_latency(const std::string &impl, size_t n);
+
+void register_workloads()
+{
+    struct Op {
+        const char *name;
+        void (*fn)(benchmark::State &, const std::string &, size_t);
+    };
+    static const Op ops[] = {
+        {"Get", op_get},           {"GetByConnection", op_get_connection}, {"Heartbeat", op_heartbeat},
+        {"StatsPinned", op_stats_pinned}, {"ListByUser", op_list_user},   {"Create", op_create},
+        {"Delete", op_delete},     {"Mixed", op_mixed},
+    };
+    std::vector<size_t> sizes = mode().sizes;
+    if (mode().with_10m)
+        sizes.push_back(10000000);
+    for (size_t size : sizes) {
+        for (const char *impl : {"engine", "rwlock"}) {
+            for (const Op &op : ops) {
+                for (int t : mode().threads) {
+                    std::string name = std::string(op.name) + "/" + impl + "/n:" + std::to_string(size);
+                    std::string impl_s = impl;
+                    auto fn = op.fn;
+                    benchmark::RegisterBenchmark(name.c_str(),
+                                                 [fn, impl_s, size](benchmark::State &st) { fn(st, impl_s, size); })
+                        ->Threads(t)
+                        ->UseRealTime()
+                        ->MinTime(mode().min_time);
+                }
+            }
+            /* Right after the group, while this population is built. */
+            if (size == mode().latency_sessions)
+                register_latency(impl, size);
+        }
+    }
+}
+
+} // namespace bench

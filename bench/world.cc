@@ -1,0 +1,62 @@
+/*
+ * world.cc: building and caching the benchmark population (world.h).
+ */
+#include "world.h"
+
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+
+namespace bench {
+
+static std::mutex world_mutex;
+static std::unique_ptr<World> current;
+
+void world_drop()
+{
+    std::lock_guard<std::mutex> guard(world_mutex);
+    current.reset();
+}
+
+World *world_get(const std::string &impl, size_t size)
+{
+    std::lock_guard<std::mutex> guard(world_mutex);
+    if (current && current->impl == impl && current->size == size)
+        return current.get();
+    current.reset(); /* free the old population before building the next */
+    auto w = std::make_unique<World>();
+    w->impl = impl;
+    w->size = size;
+    w->store = impl == "engine" ? make_engine_store(size) : make_rwlock_store(size);
+    w->ids.resize(size);
+    w->connections.resize(size);
+    Rng rng(size * 31 + impl.size());
+    Spec spec;
+    uint64_t t0 = mono_ns();
+    for (size_t i = 0; i < size; i++) {
+        make_spec(i, rng, &spec);
+        if (!w->store->create(spec, nullptr, 0, &w->ids[i])) {
+            fprintf(stderr, "world %s/%zu: create %zu failed\n", impl.c_str(), size, i);
+            return nullptr;
+        }
+        w->connections[i] = spec.connection_id;
+    }
+    w->next_seq = size;
+    fprintf(stderr, "[world] %s with %zu sessions built in %.2f s\n", impl.c_str(), size,
+            (double)(mono_ns() - t0) / 1e9);
+    current = std::move(w);
+    return current.get();
+}
+
+size_t user_name_fast(uint64_t user_index, char *buf)
+{
+    memcpy(buf, "user-", 5);
+    for (int i = 12; i >= 5; i--) {
+        buf[i] = (char)('0' + user_index % 10);
+        user_index /= 10;
+    }
+    buf[13] = '\0';
+    return 13;
+}
+
+} // namespace bench

@@ -1,0 +1,173 @@
+package afsm
+
+/*
+#include "afsm.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors, for errors.Is. Every error that comes from the engine is
+// an *Error, which matches the sentinel of its status and, for the
+// specific statuses below, the general one too (ErrTooLong is also
+// ErrInvalidArgument; ErrTokenRevoked is also ErrInvalidToken).
+var (
+	// ErrInvalidArgument: an argument is missing, out of range or malformed.
+	ErrInvalidArgument = errors.New("afsm: invalid argument")
+	// ErrTooLong: a string or the metadata exceeds its bound (also ErrInvalidArgument).
+	ErrTooLong = errors.New("afsm: argument too long")
+	// ErrInvalidUUID: a UUID is malformed, or a required UUID is nil (also ErrInvalidArgument).
+	ErrInvalidUUID = errors.New("afsm: invalid UUID")
+	// ErrInvalidIP: an IP address is malformed (also ErrInvalidArgument).
+	ErrInvalidIP = errors.New("afsm: invalid IP address")
+	// ErrVersion: a struct version the library does not know; a binding
+	// and library mismatch (also ErrInvalidArgument).
+	ErrVersion = errors.New("afsm: struct version not supported by the library")
+	// ErrOutOfMemory: an allocation failed; nothing was changed.
+	ErrOutOfMemory = errors.New("afsm: out of memory")
+	// ErrSessionNotFound: no such session.
+	ErrSessionNotFound = errors.New("afsm: session not found")
+	// ErrSessionExpired: the session's deadline has passed.
+	ErrSessionExpired = errors.New("afsm: session expired")
+	// ErrAlreadyExists: the connection id already has a session.
+	ErrAlreadyExists = errors.New("afsm: connection already has a session")
+	// ErrInvalidTransition: the state change is not allowed from the current state.
+	ErrInvalidTransition = errors.New("afsm: invalid state transition")
+	// ErrSessionClosed: the session is closed and cannot be revived.
+	ErrSessionClosed = errors.New("afsm: session closed")
+	// ErrLimitExceeded: the user is at the per-user session limit.
+	ErrLimitExceeded = errors.New("afsm: session limit exceeded")
+	// ErrBusy: the engine still has pinned handles.
+	ErrBusy = errors.New("afsm: engine busy")
+	// ErrInvalidToken: a token is garbled, truncated, forged, revoked, signed
+	// by an unknown key or presented from the wrong IP.
+	ErrInvalidToken = errors.New("afsm: invalid token")
+	// ErrTokenFormat: the token is truncated or not a token at all (also ErrInvalidToken).
+	ErrTokenFormat = errors.New("afsm: malformed token")
+	// ErrTokenKey: the token's key id is not, or no longer, in the key ring
+	// (also ErrInvalidToken).
+	ErrTokenKey = errors.New("afsm: token key unknown")
+	// ErrTokenRevoked: the token was superseded by a rotation (also ErrInvalidToken).
+	ErrTokenRevoked = errors.New("afsm: token revoked")
+	// ErrIPMismatch: the token is bound to another IP (also ErrInvalidToken).
+	ErrIPMismatch = errors.New("afsm: token IP mismatch")
+	// ErrKeyFile: a key file is unreadable, has the wrong size or loose permissions.
+	ErrKeyFile = errors.New("afsm: bad key file")
+	// ErrUnavailable: the store cannot be reached.
+	ErrUnavailable = errors.New("afsm: store unavailable")
+	// ErrInternal: a bug in the engine or the binding.
+	ErrInternal = errors.New("afsm: internal error")
+	// ErrClosed: the Manager (or the Handle) has been closed.
+	ErrClosed = errors.New("afsm: manager closed")
+)
+
+// Error is an error reported by the engine: its C status code, the code's
+// name (afsm_status_name) and the operation that failed.
+type Error struct {
+	Op     string // the Manager method, e.g. "GetSession"
+	Status int    // the afsm_status, a negative AFSM_E* code
+	Name   string // e.g. "AFSM_ENOTFOUND"
+	Msg    string // afsm_strerror, e.g. "session not found"
+}
+
+// Error formats the error as "afsm: Op: message (NAME)".
+func (e *Error) Error() string {
+	return fmt.Sprintf("afsm: %s: %s (%s)", e.Op, e.Msg, e.Name)
+}
+
+// Is reports whether target is the sentinel of e's status, or of a more
+// general class it belongs to (ErrInvalidArgument, ErrInvalidToken).
+func (e *Error) Is(target error) bool {
+	for _, s := range sentinelsOf(e.Status) {
+		if s == target {
+			return true
+		}
+	}
+	return false
+}
+
+func sentinelsOf(status int) []error {
+	switch status {
+	case C.AFSM_ENULL, C.AFSM_EINVAL:
+		return []error{ErrInvalidArgument}
+	case C.AFSM_EVERSION:
+		return []error{ErrVersion, ErrInvalidArgument}
+	case C.AFSM_ETOOLONG:
+		return []error{ErrTooLong, ErrInvalidArgument}
+	case C.AFSM_EUUID:
+		return []error{ErrInvalidUUID, ErrInvalidArgument}
+	case C.AFSM_EIP:
+		return []error{ErrInvalidIP, ErrInvalidArgument}
+	case C.AFSM_ENOMEM:
+		return []error{ErrOutOfMemory}
+	case C.AFSM_ENOTFOUND:
+		return []error{ErrSessionNotFound}
+	case C.AFSM_EEXPIRED:
+		return []error{ErrSessionExpired}
+	case C.AFSM_EEXISTS:
+		return []error{ErrAlreadyExists}
+	case C.AFSM_ETRANSITION:
+		return []error{ErrInvalidTransition}
+	case C.AFSM_ECLOSED:
+		return []error{ErrSessionClosed}
+	case C.AFSM_ELIMIT:
+		return []error{ErrLimitExceeded}
+	case C.AFSM_EBUSY:
+		return []error{ErrBusy}
+	case C.AFSM_ETOKEN:
+		return []error{ErrInvalidToken}
+	case C.AFSM_ETOKENKEY, C.AFSM_EKEYREMOVED:
+		return []error{ErrTokenKey, ErrInvalidToken}
+	case C.AFSM_ETOKENFORMAT:
+		return []error{ErrTokenFormat, ErrInvalidToken}
+	case C.AFSM_EREVOKED:
+		return []error{ErrTokenRevoked, ErrInvalidToken}
+	case C.AFSM_EIPMISMATCH:
+		return []error{ErrIPMismatch, ErrInvalidToken}
+	case C.AFSM_EKEYFILE:
+		return []error{ErrKeyFile}
+	case C.AFSM_EUNAVAILABLE:
+		return []error{ErrUnavailable}
+	default: // AFSM_EINTERNAL, AFSM_EBUFFER (never surfaces) and unknown codes
+		return []error{ErrInternal}
+	}
+}
+
+// statusError turns a non-zero status into an *Error; AFSM_OK gives nil.
+func statusError(op string, status C.afsm_status) error {
+	if status == C.AFSM_OK {
+		return nil
+	}
+	e := &Error{Op: op, Status: int(status)}
+	if i := -int(status); i > 0 && i < len(statusNames) {
+		e.Name, e.Msg = statusNames[i], statusMsgs[i]
+	} else {
+		e.Name = C.GoString(C.afsm_status_name(status))
+		e.Msg = C.GoString(C.afsm_strerror(status))
+	}
+	return e
+}
+
+// Names and messages of the codes this binding knows, fetched once so an
+// error costs no extra crossings.
+var statusNames, statusMsgs [-C.AFSM_EKEYREMOVED + 1]string
+
+func init() {
+	for i := range statusNames {
+		st := C.afsm_status(-i)
+		statusNames[i] = C.GoString(C.afsm_status_name(st))
+		statusMsgs[i] = C.GoString(C.afsm_strerror(st))
+	}
+}
+
+// argError reports bad input the binding rejects itself, with the status
+// the engine would give, so callers see one kind of error.
+func argError(op string, status C.afsm_status) error {
+	return statusError(op, status)
+}
+
+// errorFromCode is statusError for an int code (the tests cannot use cgo).
+func errorFromCode(op string, code int) error { return statusError(op, C.afsm_status(code)) }

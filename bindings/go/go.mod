@@ -1,0 +1,3 @@
+module afsm.dev/afsm
+
+go 1.19

@@ -1,0 +1,690 @@
+"""The Engine: one libafsm engine, and pinned Handles to its sessions.
+
+Every method may be called from many threads at once (ctypes releases the
+GIL during each C call), except :meth:`Engine.close`, which must not race
+with other calls on the same engine. Hooks run on the thread that caused the
+event (for expiry: the reaper thread, or the caller of :meth:`advance`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import ctypes
+import datetime
+import logging
+import uuid
+import weakref
+from ctypes import byref, c_size_t, c_uint64
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from . import _lib
+from ._convert import (
+    KVArray,
+    UUIDLike,
+    F_METADATA_BYTES,
+    F_METADATA_COUNT,
+    F_SESSION_ID,
+    datetime_to_ns,
+    encode,
+    ip_text,
+    metadata_from_buffer,
+    ms_to_timedelta,
+    new_info,
+    new_info_array,
+    info_array_fields,
+    info_fields,
+    session_from_c,
+    session_from_fields,
+    state_to_c,
+    stats_to_bytes,
+    stats_to_c,
+    timedelta_to_ms,
+    uint,
+    uuid7,
+    uuid_from_c,
+    uuid_to_c,
+    uuids_to_array,
+)
+from ._hooks import inside_callback, make_clock, make_event_hook, make_log_hook
+from .errors import AfsmError, check, error_for
+from .types import Counts, Event, LogRecord, Page, Session, State, Stats
+
+__all__ = ["Engine", "Handle"]
+
+log = logging.getLogger("afsm")
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_OK = _lib.AFSM_OK
+_EXPIRED = _lib.AFSM_EEXPIRED
+_BUFFER = _lib.AFSM_EBUFFER
+_NOTFOUND = _lib.AFSM_ENOTFOUND
+
+# Callbacks of engines that could not be closed in __del__: C may still call
+# them, so they must outlive the Python object.
+_leaked_hooks: list[Any] = []
+
+# Engines still open at interpreter exit are closed first, so that no reaper
+# thread calls into a finalising interpreter.
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_open_engines):
+        try:
+            engine.close()
+        except Exception:  # noqa: BLE001 - Busy: pinned handles; keep its hooks
+            _leaked_hooks.extend(engine._hooks)
+
+
+def _optional_ms(value: datetime.timedelta | None, what: str) -> int:
+    return 0 if value is None else timedelta_to_ms(value, what)
+
+
+def _reason(reason: str) -> tuple[bytes | None, int]:
+    raw = encode(reason, "reason")
+    return (raw or None), len(raw)
+
+
+class Engine:
+    """An in-process session engine (``afsm_engine``).
+
+    Use it as a context manager, or call :meth:`close`. Keyword arguments set
+    the fields of ``afsm_config``; ``None`` or 0 keeps the library default.
+
+    Args:
+        shard_count: a power of two up to 4096 (default: from the CPU count).
+        capacity_hint: sessions expected, to presize the tables.
+        default_timeout: rolling timeout of sessions created without one
+            (default 30 minutes).
+        cleanup_interval: period of the internal reaper thread (default 1 s).
+        tick: timing-wheel resolution (default 100 ms).
+        idle_timeout: idle detection (default: none).
+        max_lifetime: sessions expire this long after creation (default: none).
+        close_linger: how long a closed session stays readable (default:
+            removed at once).
+        max_sessions_per_user: cap per user id (default 0: none). A create
+            over the cap raises LimitExceeded, or with ``evict_oldest=True``
+            deletes the user's oldest session (reason "evicted") instead.
+        manual_reaper: no reaper thread; time advances only through
+            :meth:`advance`.
+        log_level: minimum level passed to ``on_log`` (:class:`LogLevel`).
+        server_addr: reported in every session.
+        clock: ``() -> int`` monotonic nanoseconds, replacing the engine's
+            clock (tests use it to run in virtual time). Called often, from
+            any thread.
+        on_event: called with an :class:`Event` for every change.
+        on_log: called with a :class:`LogRecord` for every log line.
+
+    Exceptions raised by ``clock``, ``on_event`` or ``on_log`` never reach
+    the library: they are logged on the ``afsm`` logger and kept in
+    :attr:`callback_errors` (the last 100).
+    """
+
+    def __init__(
+        self,
+        *,
+        shard_count: int = 0,
+        capacity_hint: int = 0,
+        default_timeout: datetime.timedelta | None = None,
+        cleanup_interval: datetime.timedelta | None = None,
+        tick: datetime.timedelta | None = None,
+        idle_timeout: datetime.timedelta | None = None,
+        max_lifetime: datetime.timedelta | None = None,
+        close_linger: datetime.timedelta | None = None,
+        max_sessions_per_user: int = 0,
+        evict_oldest: bool = False,
+        manual_reaper: bool = False,
+        log_level: int = 0,
+        server_addr: str | None = None,
+        clock: Callable[[], int] | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        on_log: Callable[[LogRecord], None] | None = None,
+    ) -> None:
+        self._ptr: Any = None
+        self._hooks: list[Any] = []
+        self.callback_errors: collections.deque[BaseException] = collections.deque(maxlen=100)
+
+        cfg = _lib.afsm_config()
+        check(_lib.lib.afsm_config_init(byref(cfg), _lib.AFSM_CONFIG_VERSION))
+        cfg.shard_count = uint(shard_count, 32, "shard_count")
+        cfg.capacity_hint = uint(capacity_hint, 64, "capacity_hint")
+        cfg.default_timeout_ms = _optional_ms(default_timeout, "default_timeout")
+        cfg.cleanup_interval_ms = _optional_ms(cleanup_interval, "cleanup_interval")
+        cfg.tick_ms = _optional_ms(tick, "tick")
+        cfg.idle_timeout_ms = _optional_ms(idle_timeout, "idle_timeout")
+        cfg.max_lifetime_ms = _optional_ms(max_lifetime, "max_lifetime")
+        cfg.close_linger_ms = _optional_ms(close_linger, "close_linger")
+        cfg.max_sessions_per_user = uint(max_sessions_per_user, 32, "max_sessions_per_user")
+        cfg.limit_policy = _lib.AFSM_LIMIT_EVICT_OLDEST if evict_oldest else _lib.AFSM_LIMIT_REJECT
+        # Pending: key, key_file, key_id (tokens) and disable_metrics stay 0.
+        cfg.reaper = _lib.AFSM_REAPER_MANUAL if manual_reaper else _lib.AFSM_REAPER_THREAD
+        cfg.log_level = uint(int(log_level), 32, "log_level")
+        server = encode(server_addr, "server_addr") if server_addr is not None else None
+        if server is not None:
+            cfg.server_addr = server
+            cfg.server_addr_len = len(server)
+        if clock is not None:
+            cfg.clock = make_clock(clock, self._callback_failed)
+            self._hooks.append(cfg.clock)
+        if on_event is not None:
+            cfg.on_event = make_event_hook(on_event, self._callback_failed)
+            self._hooks.append(cfg.on_event)
+        if on_log is not None:
+            cfg.on_log = make_log_hook(on_log, self._callback_failed)
+            self._hooks.append(cfg.on_log)
+
+        ptr = ctypes.POINTER(_lib.afsm_engine)()
+        check(_lib.lib.afsm_engine_open(byref(cfg), byref(ptr)))
+        self._ptr = ptr
+        _open_engines.add(self)
+
+    # ---- lifetime -------------------------------------------------------------
+
+    def _callback_failed(self, exc: BaseException) -> None:
+        self.callback_errors.append(exc)
+        log.error("exception in an afsm callback", exc_info=exc)
+
+    @property
+    def _engine(self) -> Any:
+        ptr = self._ptr
+        if ptr is None:
+            raise ValueError("operation on a closed afsm Engine")
+        return ptr
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has succeeded."""
+        return self._ptr is None
+
+    def close(self) -> None:
+        """Stops the reaper and frees every session. Idempotent.
+
+        Raises :class:`~afsm.errors.Busy` (and leaves the engine open) while
+        handles are pinned, and RuntimeError when called from a hook.
+        """
+        if self._ptr is None:
+            return
+        if inside_callback():
+            raise RuntimeError("Engine.close() cannot be called from an engine callback")
+        check(_lib.lib.afsm_engine_close(self._ptr))
+        self._ptr = None
+        self._hooks = []
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_ptr", None) is None:
+            return
+        try:
+            if _lib.lib.afsm_engine_close(self._ptr) == _OK:
+                self._ptr = None
+                return
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+        _leaked_hooks.extend(self._hooks)
+
+    # ---- engine-wide ------------------------------------------------------------
+
+    def now(self) -> int:
+        """The engine clock's reading in nanoseconds (``afsm_engine_now``)."""
+        out = c_uint64()
+        check(_lib.lib.afsm_engine_now(self._engine, byref(out)))
+        return out.value
+
+    def advance(self, now_ns: int) -> int:
+        """Advances time to ``now_ns`` (engine clock), expiring due sessions.
+
+        For ``manual_reaper=True`` engines. Returns how many expired; their
+        EXPIRED events run on this thread before it returns.
+        """
+        expired = c_size_t()
+        check(_lib.lib.afsm_engine_advance(self._engine, uint(now_ns, 64, "now_ns"), byref(expired)))
+        return expired.value
+
+    def set_default_timeout(self, timeout: datetime.timedelta) -> None:
+        """Timeout of sessions created from now on without their own."""
+        ms = timedelta_to_ms(timeout, "timeout")
+        check(_lib.lib.afsm_engine_set_default_timeout(self._engine, ms))
+
+    def counts(self) -> Counts:
+        """Number of sessions, in total and per state."""
+        out = _lib.afsm_counts()
+        check(_lib.lib.afsm_engine_counts(self._engine, byref(out)))
+        return Counts(
+            total=out.total,
+            by_state=MappingProxyType({s: out.by_state[s.value] for s in State}),
+        )
+
+    # ---- single sessions ---------------------------------------------------------
+
+    def _metadata(self, sid: Any, count: int, size: int) -> Mapping[str, str]:
+        """The session's metadata, fetched after its info was taken.
+
+        ``sid`` is an afsm_uuid or its 16 bytes; ``count`` and ``size`` come
+        from the info. Empty when the session has no metadata, or is gone by
+        now (the ABI has no call returning both at once).
+        """
+        if count == 0:
+            return _EMPTY
+        if isinstance(sid, bytes):
+            sid = _lib.afsm_uuid.from_buffer_copy(sid)
+        size = max(size, 1)
+        needed = c_size_t()
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            status = _lib.lib.afsm_session_get_metadata(
+                self._engine, byref(sid), buf, size, byref(needed), None
+            )
+            if status == _BUFFER:
+                size = max(needed.value, 1)
+                continue
+            if status in (_OK, _EXPIRED):
+                return metadata_from_buffer(buf.raw[: needed.value])
+            if status == _NOTFOUND:
+                return _EMPTY
+            check(status)
+
+    def _session(self, fields: tuple[Any, ...]) -> Session:
+        meta = self._metadata(
+            fields[F_SESSION_ID], fields[F_METADATA_COUNT], fields[F_METADATA_BYTES]
+        )
+        return session_from_fields(fields, meta)
+
+    def _result(self, status: int, fields: tuple[Any, ...]) -> Session:
+        """The Session for a filled info, or raises for status."""
+        if status != _OK and status != _EXPIRED:
+            check(status)
+        session = self._session(fields)
+        if status == _EXPIRED:
+            exc = error_for(status)
+            exc.session = session  # type: ignore[attr-defined]
+            raise exc
+        return session
+
+    def create_session(
+        self,
+        user_id: str,
+        client_ip: str | Any,
+        client_port: int,
+        connection_id: UUIDLike | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: datetime.timedelta | None = None,
+    ) -> tuple[Session, str | None]:
+        """Creates a session in state CONNECTING.
+
+        Args:
+            user_id: 1..256 bytes of UTF-8.
+            client_ip: v4 or v6 text, or an ``ipaddress`` address.
+            client_port: 0..65535.
+            connection_id: the transport's id; a new UUIDv7 when None.
+            metadata: up to 64 keys, 4 KiB of keys and values in total.
+            timeout: rolling timeout; the engine default when None.
+
+        Returns:
+            The new session and its token. The token is always ``None`` until
+            the library's token support lands.
+
+        Raises:
+            TooLong, InvalidArgument, InvalidIP, InvalidUUID, AlreadyExists,
+            OutOfMemory.
+        """
+        opts = _lib.afsm_create_options()
+        opts.version = _lib.AFSM_CREATE_OPTIONS_VERSION
+        user = encode(user_id, "user_id")
+        ip = ip_text(client_ip)
+        opts.user_id = user
+        opts.user_id_len = len(user)
+        opts.client_ip = ip
+        opts.client_ip_len = len(ip)
+        opts.client_port = uint(client_port, 32, "client_port")
+        opts.connection_id = uuid_to_c(
+            uuid7() if connection_id is None else connection_id, "connection_id"
+        )
+        kvs = KVArray(metadata)
+        opts.metadata = kvs.array
+        opts.metadata_count = kvs.count
+        opts.timeout_ms = _optional_ms(timeout, "timeout")
+        info = new_info()
+        check(_lib.lib.afsm_session_create(self._engine, byref(opts), byref(info)))
+        # The stored map is exactly the (duplicate-free) input, in key order.
+        meta: Mapping[str, str] = _EMPTY
+        if kvs.count:
+            meta = MappingProxyType(dict(sorted(metadata.items(), key=lambda kv: kv[0].encode())))  # type: ignore[union-attr]
+        token: str | None = None  # pending: afsm_token_issue
+        return session_from_c(info, meta), token
+
+    def get(self, session_id: UUIDLike) -> Session:
+        """The session with this id.
+
+        Raises NotFound; Expired (with ``.session`` set) when its deadline has
+        passed; InvalidUUID for malformed id text.
+        """
+        sid = uuid_to_c(session_id, "session_id")
+        info = new_info()
+        status = _lib.lib.afsm_session_get(self._engine, byref(sid), byref(info))
+        if status != _OK and status != _EXPIRED:
+            check(status)
+        return self._result(status, info_fields(info))
+
+    def get_by_connection(self, connection_id: UUIDLike) -> Session:
+        """The session of this transport connection id (as :meth:`get`)."""
+        cid = uuid_to_c(connection_id, "connection_id")
+        info = new_info()
+        status = _lib.lib.afsm_session_get_by_connection(self._engine, byref(cid), byref(info))
+        if status != _OK and status != _EXPIRED:
+            check(status)
+        return self._result(status, info_fields(info))
+
+    def heartbeat(self, session_id: UUIDLike) -> datetime.timedelta:
+        """Extends the session's deadline; returns the time left.
+
+        Raises NotFound, Expired, Closed.
+        """
+        sid = uuid_to_c(session_id, "session_id")
+        remaining = c_uint64()
+        check(_lib.lib.afsm_session_heartbeat(self._engine, byref(sid), byref(remaining)))
+        return ms_to_timedelta(remaining.value)
+
+    def update(
+        self,
+        session_id: UUIDLike,
+        state: State | int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        replace_metadata: bool = False,
+        stats: Stats | None = None,
+    ) -> Session:
+        """Applies every given part, or none, and returns the result.
+
+        ``metadata`` is merged into the session's map, or becomes the whole
+        map with ``replace_metadata=True`` (then ``None`` clears it).
+        ``stats`` sets absolute values. Setting ``State.CLOSED`` removes the
+        session (the returned copy has empty metadata).
+
+        Raises InvalidTransition, InvalidArgument (unknown state), TooLong,
+        NotFound, Expired.
+        """
+        upd = _lib.afsm_update()
+        upd.version = _lib.AFSM_UPDATE_VERSION
+        fields = 0
+        if state is not None:
+            fields |= _lib.AFSM_UPDATE_STATE
+            upd.state = state_to_c(state)
+        kvs = KVArray(metadata)
+        if replace_metadata:
+            fields |= _lib.AFSM_UPDATE_METADATA_REPLACE
+        elif metadata is not None:
+            fields |= _lib.AFSM_UPDATE_METADATA_MERGE
+        upd.metadata = kvs.array
+        upd.metadata_count = kvs.count
+        if stats is not None:
+            fields |= _lib.AFSM_UPDATE_STATS
+            upd.stats = stats_to_c(stats)
+        upd.fields = fields
+        sid = uuid_to_c(session_id, "session_id")
+        info = new_info()
+        check(_lib.lib.afsm_session_update(self._engine, byref(sid), byref(upd), byref(info)))
+        return self._session(info_fields(info))
+
+    def add_stats(self, session_id: UUIDLike, delta: Stats) -> None:
+        """Adds ``delta``'s counters (a non-zero RTT replaces the RTT)."""
+        sid = uuid_to_c(session_id, "session_id")
+        d = stats_to_c(delta)
+        check(_lib.lib.afsm_session_add_stats(self._engine, byref(sid), byref(d)))
+
+    def delete(self, session_id: UUIDLike, reason: str = "") -> None:
+        """Removes the session (DELETED event with ``reason``, default "deleted").
+
+        Raises NotFound, TooLong (reason over 256 bytes).
+        """
+        sid = uuid_to_c(session_id, "session_id")
+        raw, n = _reason(reason)
+        check(_lib.lib.afsm_session_delete(self._engine, byref(sid), raw, n))
+
+    def delete_user_sessions(self, user_id: str, reason: str = "") -> int:
+        """Deletes every session of a user; returns how many."""
+        user = encode(user_id, "user_id")
+        raw, n = _reason(reason)
+        deleted = c_size_t()
+        check(
+            _lib.lib.afsm_session_delete_by_user(
+                self._engine, user, len(user), raw, n, byref(deleted)
+            )
+        )
+        return deleted.value
+
+    # ---- listing ------------------------------------------------------------------
+
+    def list_sessions(
+        self,
+        user_id: str | None = None,
+        state: State | int | None = None,
+        created_after: datetime.datetime | None = None,
+        created_before: datetime.datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        cursor: UUIDLike | None = None,
+    ) -> Page:
+        """One page of matching sessions, in creation order, with the total.
+
+        Expired sessions are skipped. Pass ``page.next_cursor`` as ``cursor``
+        to get the next page: following cursors visits every session that
+        exists for the whole listing exactly once, even while other threads
+        create and delete. ``offset`` skips matches after the cursor.
+        ``created_after`` / ``created_before`` are exclusive bounds.
+
+        Raises InvalidArgument (limit outside 1..10000, unknown state).
+        """
+        flt = _lib.afsm_list_filter()
+        flt.version = _lib.AFSM_LIST_FILTER_VERSION
+        flt.state = 0 if state is None else state_to_c(state)
+        user = None
+        if user_id is not None:
+            user = encode(user_id, "user_id")
+            flt.user_id = user
+            flt.user_id_len = len(user)
+        if created_after is not None:
+            flt.created_after_ns = datetime_to_ns(created_after, "created_after")
+        if created_before is not None:
+            flt.created_before_ns = datetime_to_ns(created_before, "created_before")
+        if cursor is not None:
+            flt.cursor = uuid_to_c(cursor, "cursor")
+        flt.offset = uint(offset, 64, "offset")
+        flt.limit = uint(limit, 32, "limit")
+        # Never allocate more than a legal page: a bigger limit gets the
+        # library's own EINVAL (out_capacity < limit).
+        capacity = max(1, min(flt.limit, _lib.AFSM_LIST_LIMIT_MAX))
+        out = new_info_array(capacity)
+        count = c_size_t()
+        total = c_uint64()
+        next_cursor = _lib.afsm_uuid()
+        check(
+            _lib.lib.afsm_session_list(
+                self._engine, byref(flt), out, capacity, byref(count), byref(total), byref(next_cursor)
+            )
+        )
+        sessions = tuple(self._session(f) for f in info_array_fields(out, count.value))
+        nxt = uuid_from_c(next_cursor)
+        return Page(sessions=sessions, total=total.value, next_cursor=None if nxt.int == 0 else nxt)
+
+    def iter_sessions(
+        self,
+        user_id: str | None = None,
+        state: State | int | None = None,
+        created_after: datetime.datetime | None = None,
+        created_before: datetime.datetime | None = None,
+        page_size: int = _lib.AFSM_LIST_LIMIT_MAX,
+    ) -> Iterator[Session]:
+        """Every matching session, following cursors page after page.
+
+        Each page costs the library a scan of the engine (or of the user's
+        sessions), so the default page is the largest allowed.
+        """
+        cursor: uuid.UUID | None = None
+        while True:
+            page = self.list_sessions(
+                user_id=user_id,
+                state=state,
+                created_after=created_after,
+                created_before=created_before,
+                limit=page_size,
+                cursor=cursor,
+            )
+            yield from page.sessions
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    # ---- batches ----------------------------------------------------------------------
+
+    @staticmethod
+    def _chunks(items: Sequence[Any]) -> Iterator[tuple[int, Sequence[Any]]]:
+        step = _lib.AFSM_BATCH_MAX
+        for start in range(0, len(items), step):
+            yield start, items[start : start + step]
+
+    def get_many(self, session_ids: Iterable[UUIDLike]) -> list[Session | AfsmError]:
+        """Gets many sessions with one C call per 65536.
+
+        Returns, per id in order, the Session or the exception that
+        :meth:`get` would have raised (not raised).
+        """
+        ids = list(session_ids)
+        results: list[Session | AfsmError] = []
+        for _, chunk in self._chunks(ids):
+            n = len(chunk)
+            arr = uuids_to_array(chunk, "session_id")
+            out = new_info_array(n)
+            statuses = (ctypes.c_int * n)()
+            check(_lib.lib.afsm_session_get_batch(self._engine, arr, n, out, statuses))
+            for status, fields in zip(statuses, info_array_fields(out, n)):
+                if status != _OK and status != _EXPIRED:
+                    results.append(error_for(status))
+                    continue
+                try:
+                    results.append(self._result(status, fields))
+                except AfsmError as exc:
+                    results.append(exc)
+        return results
+
+    def heartbeat_many(self, session_ids: Iterable[UUIDLike]) -> list[datetime.timedelta | AfsmError]:
+        """Heartbeats many sessions; per id, the time left or the exception."""
+        ids = list(session_ids)
+        results: list[datetime.timedelta | AfsmError] = []
+        for _, chunk in self._chunks(ids):
+            n = len(chunk)
+            arr = uuids_to_array(chunk, "session_id")
+            remaining = (c_uint64 * n)()
+            statuses = (ctypes.c_int * n)()
+            check(_lib.lib.afsm_session_heartbeat_batch(self._engine, arr, n, remaining, statuses))
+            results.extend(
+                ms_to_timedelta(remaining[i]) if statuses[i] == _OK else error_for(statuses[i])
+                for i in range(n)
+            )
+        return results
+
+    def add_stats_many(
+        self, session_ids: Iterable[UUIDLike], deltas: Stats | Iterable[Stats]
+    ) -> list[AfsmError | None]:
+        """Adds a delta per session (or one delta to all).
+
+        Returns, per id, ``None`` or the exception.
+        """
+        ids = list(session_ids)
+        if isinstance(deltas, Stats):
+            packed = [stats_to_bytes(deltas)] * len(ids)
+        else:
+            packed = [stats_to_bytes(d) for d in deltas]
+            if len(packed) != len(ids):
+                raise ValueError(f"{len(ids)} ids but {len(packed)} deltas")
+        results: list[AfsmError | None] = []
+        for start, chunk in self._chunks(ids):
+            n = len(chunk)
+            arr = uuids_to_array(chunk, "session_id")
+            d = (_lib.afsm_stats * n).from_buffer_copy(b"".join(packed[start : start + n]))
+            statuses = (ctypes.c_int * n)()
+            check(_lib.lib.afsm_session_add_stats_batch(self._engine, arr, d, n, statuses))
+            results.extend(None if s == _OK else error_for(s) for s in statuses)
+        return results
+
+    # ---- handles -----------------------------------------------------------------------
+
+    def pin(self, session_id: UUIDLike) -> Handle:
+        """A pinned :class:`Handle` to the session (NotFound, Expired)."""
+        sid = uuid_to_c(session_id, "session_id")
+        ptr = ctypes.POINTER(_lib.afsm_handle)()
+        check(_lib.lib.afsm_handle_pin(self._engine, byref(sid), byref(ptr)))
+        return Handle(self, ptr)
+
+    def pin_by_connection(self, connection_id: UUIDLike) -> Handle:
+        """A pinned :class:`Handle`, looked up by connection id."""
+        cid = uuid_to_c(connection_id, "connection_id")
+        ptr = ctypes.POINTER(_lib.afsm_handle)()
+        check(_lib.lib.afsm_handle_pin_by_connection(self._engine, byref(cid), byref(ptr)))
+        return Handle(self, ptr)
+
+
+class Handle:
+    """A pinned session: heartbeats and stats without a lookup.
+
+    Stays safe after the session is deleted or expires (its calls then raise
+    NotFound or Expired). Release it (or use ``with``) before closing the
+    engine: :meth:`Engine.close` raises Busy while handles are pinned.
+    """
+
+    def __init__(self, engine: Engine, ptr: Any) -> None:
+        self._engine = engine  # keeps the engine (and its hooks) alive
+        self._ptr = ptr
+        out = _lib.afsm_uuid()
+        check(_lib.lib.afsm_handle_session_id(ptr, byref(out)))
+        self.session_id: uuid.UUID = uuid_from_c(out)
+
+    @property
+    def _handle(self) -> Any:
+        ptr = self._ptr
+        if ptr is None:
+            raise ValueError("operation on a released afsm Handle")
+        return ptr
+
+    @property
+    def released(self) -> bool:
+        return self._ptr is None
+
+    def heartbeat(self) -> datetime.timedelta:
+        """As :meth:`Engine.heartbeat`, returning the time left."""
+        remaining = c_uint64()
+        check(_lib.lib.afsm_handle_heartbeat(self._handle, byref(remaining)))
+        return ms_to_timedelta(remaining.value)
+
+    def add_stats(self, delta: Stats) -> None:
+        """As :meth:`Engine.add_stats`."""
+        d = stats_to_c(delta)
+        check(_lib.lib.afsm_handle_add_stats(self._handle, byref(d)))
+
+    def release(self) -> None:
+        """Unpins. Idempotent."""
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            check(_lib.lib.afsm_handle_release(ptr))
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if getattr(self, "_ptr", None) is not None:
+            try:
+                self.release()
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+
+    def __repr__(self) -> str:
+        return f"<afsm.Handle {self.session_id}{' released' if self._ptr is None else ''}>"

@@ -1,0 +1,223 @@
+"""The exception hierarchy, and the one place that maps a status to it.
+
+Every exception raised for a status from libafsm is an :class:`AfsmError`
+carrying ``.status`` (the negative ``AFSM_E*`` code) and ``.name`` (its name,
+from ``afsm_status_name``). Argument errors also derive from ``ValueError``,
+lookups that miss from ``LookupError`` and allocation failure from
+``MemoryError`` so that generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _lib
+
+__all__ = [
+    "AfsmError",
+    "InvalidArgument",
+    "NullArgument",
+    "VersionMismatch",
+    "TooLong",
+    "InvalidUUID",
+    "InvalidIP",
+    "OutOfMemory",
+    "NotFound",
+    "Expired",
+    "AlreadyExists",
+    "InvalidTransition",
+    "Closed",
+    "LimitExceeded",
+    "BufferTooSmall",
+    "Busy",
+    "InvalidToken",
+    "MalformedToken",
+    "UnknownTokenKey",
+    "TokenKeyRemoved",
+    "TokenRevoked",
+    "IPMismatch",
+    "KeyFileError",
+    "Unavailable",
+    "InternalError",
+    "error_for",
+    "check",
+    "status_name",
+    "strerror",
+]
+
+
+def status_name(status: int) -> str:
+    """The status's C name, e.g. ``"AFSM_ENOTFOUND"``."""
+    return _lib.lib.afsm_status_name(status).decode()
+
+
+def strerror(status: int) -> str:
+    """The status's English description, e.g. ``"session not found"``."""
+    return _lib.lib.afsm_strerror(status).decode()
+
+
+class AfsmError(Exception):
+    """Base of every error reported by libafsm.
+
+    Attributes:
+        status: the negative ``AFSM_E*`` status code.
+        name: the status's C name (``afsm_status_name``).
+        detail: extra context added by the binding, or ``None``.
+    """
+
+    status: int
+    name: str
+    detail: str | None
+
+    def __init__(self, status: int, detail: str | None = None) -> None:
+        self.status = status
+        self.name = status_name(status)
+        self.detail = detail
+        message = f"{self.name}: {strerror(status)}"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.status, self.detail))
+
+
+class InvalidArgument(AfsmError, ValueError):
+    """A value is out of range or malformed (``AFSM_EINVAL`` and the subclasses)."""
+
+
+class NullArgument(InvalidArgument):
+    """A required argument was missing (``AFSM_ENULL``)."""
+
+
+class VersionMismatch(InvalidArgument):
+    """A struct version is unknown to the library (``AFSM_EVERSION``)."""
+
+
+class TooLong(InvalidArgument):
+    """A string or the metadata exceeds its bound (``AFSM_ETOOLONG``)."""
+
+
+class InvalidUUID(InvalidArgument):
+    """A UUID string is malformed, or a required UUID is nil (``AFSM_EUUID``)."""
+
+
+class InvalidIP(InvalidArgument):
+    """An IP address string is malformed (``AFSM_EIP``)."""
+
+
+class OutOfMemory(AfsmError, MemoryError):
+    """An allocation failed; nothing was changed (``AFSM_ENOMEM``)."""
+
+
+class NotFound(AfsmError, LookupError):
+    """No such session (``AFSM_ENOTFOUND``)."""
+
+
+class Expired(AfsmError):
+    """The session's deadline has passed (``AFSM_EEXPIRED``).
+
+    ``session`` holds the session's last copy when the library returned one
+    (``get`` does), else ``None``.
+    """
+
+    session: Any = None
+
+
+class AlreadyExists(AfsmError):
+    """The connection id already has a session (``AFSM_EEXISTS``)."""
+
+
+class InvalidTransition(AfsmError):
+    """The state change is not allowed from the current state (``AFSM_ETRANSITION``)."""
+
+
+class Closed(AfsmError):
+    """The session is closed and cannot be revived (``AFSM_ECLOSED``)."""
+
+
+class LimitExceeded(AfsmError):
+    """The user is at its session limit (``AFSM_ELIMIT``)."""
+
+
+class BufferTooSmall(AfsmError):
+    """A buffer was too small (``AFSM_EBUFFER``); the binding normally retries."""
+
+
+class Busy(AfsmError):
+    """The engine still has pinned handles (``AFSM_EBUSY``)."""
+
+
+class InvalidToken(AfsmError):
+    """A token fails authentication: forged or altered (``AFSM_ETOKEN``); base of the token errors."""
+
+
+class MalformedToken(InvalidToken):
+    """A token is truncated or not a token at all (``AFSM_ETOKENFORMAT``)."""
+
+
+class UnknownTokenKey(InvalidToken):
+    """A token's key id was never in the key ring (``AFSM_ETOKENKEY``)."""
+
+
+class TokenKeyRemoved(InvalidToken):
+    """A token's key has been removed from the key ring (``AFSM_EKEYREMOVED``)."""
+
+
+class TokenRevoked(InvalidToken):
+    """A token was superseded by a rotation (``AFSM_EREVOKED``)."""
+
+
+class IPMismatch(InvalidToken):
+    """A token bound to one IP was presented from another (``AFSM_EIPMISMATCH``)."""
+
+
+class KeyFileError(AfsmError):
+    """A key file is unreadable, the wrong size or too open (``AFSM_EKEYFILE``)."""
+
+
+class Unavailable(AfsmError):
+    """The store cannot be reached (``AFSM_EUNAVAILABLE``)."""
+
+
+class InternalError(AfsmError):
+    """A bug in libafsm (``AFSM_EINTERNAL``)."""
+
+
+_BY_STATUS: dict[int, type[AfsmError]] = {
+    _lib.AFSM_ENULL: NullArgument,
+    _lib.AFSM_EVERSION: VersionMismatch,
+    _lib.AFSM_EINVAL: InvalidArgument,
+    _lib.AFSM_ETOOLONG: TooLong,
+    _lib.AFSM_EUUID: InvalidUUID,
+    _lib.AFSM_EIP: InvalidIP,
+    _lib.AFSM_ENOMEM: OutOfMemory,
+    _lib.AFSM_ENOTFOUND: NotFound,
+    _lib.AFSM_EEXPIRED: Expired,
+    _lib.AFSM_EEXISTS: AlreadyExists,
+    _lib.AFSM_ETRANSITION: InvalidTransition,
+    _lib.AFSM_ECLOSED: Closed,
+    _lib.AFSM_ELIMIT: LimitExceeded,
+    _lib.AFSM_EBUFFER: BufferTooSmall,
+    _lib.AFSM_EBUSY: Busy,
+    _lib.AFSM_ETOKEN: InvalidToken,
+    _lib.AFSM_ETOKENKEY: UnknownTokenKey,
+    _lib.AFSM_EREVOKED: TokenRevoked,
+    _lib.AFSM_EIPMISMATCH: IPMismatch,
+    _lib.AFSM_EKEYFILE: KeyFileError,
+    _lib.AFSM_EUNAVAILABLE: Unavailable,
+    _lib.AFSM_EINTERNAL: InternalError,
+    _lib.AFSM_ETOKENFORMAT: MalformedToken,
+    _lib.AFSM_EKEYREMOVED: TokenKeyRemoved,
+}
+
+
+def error_for(status: int, detail: str | None = None) -> AfsmError:
+    """The exception for a non-zero status (an unknown code gives a plain AfsmError)."""
+    return _BY_STATUS.get(status, AfsmError)(status, detail)
+
+
+def check(status: int, detail: str | None = None) -> None:
+    """Raises the exception for ``status`` unless it is ``AFSM_OK``."""
+    if status != _lib.AFSM_OK:
+        raise error_for(status, detail)

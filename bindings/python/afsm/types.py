@@ -1,0 +1,160 @@
+"""Plain Python value types of the afsm API: no ctypes in here."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import ipaddress
+import uuid
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+__all__ = [
+    "State",
+    "EventType",
+    "LogLevel",
+    "Stats",
+    "Session",
+    "Counts",
+    "Event",
+    "LogRecord",
+    "Page",
+    "IPAddress",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class State(enum.Enum):
+    """A session's state; the numbers match afsm_state and the gRPC enum."""
+
+    CONNECTING = 1
+    ACTIVE = 2
+    IDLE = 3
+    DISCONNECTING = 4
+    CLOSED = 5
+
+
+class EventType(enum.Enum):
+    """What happened to a session (afsm_event_type)."""
+
+    CREATED = 1
+    STATE_CHANGED = 2
+    EXPIRED = 3
+    DELETED = 4
+
+
+class LogLevel(enum.IntEnum):
+    """Log levels of the engine's log hook (AFSM_LOG_*)."""
+
+    DEBUG = 10
+    INFO = 20
+    WARN = 30
+    ERROR = 40
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Traffic counters of one session, or a delta to add to them.
+
+    As a delta, a non-zero ``current_rtt_ms`` replaces the session's RTT and
+    the other counters are added.
+    """
+
+    packets_sent: int = 0
+    packets_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    retransmissions: int = 0
+    current_rtt_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Session:
+    """A copy of one session, taken when the call returned.
+
+    Timestamps are timezone-aware UTC datetimes (microsecond precision);
+    ``metadata`` is a read-only mapping. ``token_generation`` counts token
+    rotations (tokens of older generations are revoked).
+    """
+
+    id: uuid.UUID
+    user_id: str
+    connection_id: uuid.UUID
+    client_ip: IPAddress
+    client_port: int
+    server_addr: str
+    state: State
+    created_at: datetime.datetime
+    last_active_at: datetime.datetime
+    expires_at: datetime.datetime
+    timeout: datetime.timedelta
+    metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    stats: Stats = field(default_factory=Stats)
+    token_generation: int = 0
+
+
+def _fast(cls: type, values: dict) -> object:
+    """An instance of a frozen dataclass without its __init__.
+
+    Used by the binding for objects it builds from C results (the values are
+    already checked); about three times faster than the generated __init__,
+    which pays an object.__setattr__ per field to honour ``frozen``.
+    """
+    obj = object.__new__(cls)
+    obj.__dict__.update(values)
+    return obj
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Number of sessions, in total and per state."""
+
+    total: int
+    by_state: Mapping[State, int]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change to a session, as delivered to ``Engine(on_event=...)``.
+
+    ``old_state`` is ``None`` for CREATED; for EXPIRED and DELETED,
+    ``new_state`` is the session's last state. ``reason`` is set for DELETED
+    (``"expired"``, ``"evicted"``, ``"closed"`` or the caller's reason) and
+    for EXPIRED when the engine gives one.
+    """
+
+    type: EventType
+    old_state: State | None
+    new_state: State | None
+    session_id: uuid.UUID
+    connection_id: uuid.UUID
+    user_id: str
+    reason: str | None
+    created_at: datetime.datetime
+    event_at: datetime.datetime
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """A log line from the engine, as delivered to ``Engine(on_log=...)``."""
+
+    level: int
+    message: str
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of :meth:`Engine.list_sessions`.
+
+    ``total`` counts every match ignoring cursor, offset and limit;
+    ``next_cursor`` is ``None`` on the last page.
+    """
+
+    sessions: tuple[Session, ...]
+    total: int
+    next_cursor: uuid.UUID | None

@@ -1,0 +1,100 @@
+#!/usr/bin/python3
+"""A small benchmark of the afsm Python binding: ops/s per call kind.
+
+Run from the source tree (``/usr/bin/python3 bindings/python/bench.py``);
+``-n`` sets the number of sessions (default 100000). Single calls cross the
+ctypes boundary once per operation; batches once per 65536 ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import afsm  # noqa: E402
+from afsm import Stats  # noqa: E402
+
+
+def timed(label: str, n: int, fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - start
+    rate = n / elapsed
+    print(f"{label:<34} {n:>8} ops {elapsed:8.3f} s {rate:>12,.0f} ops/s {1e9 / rate:>8.0f} ns/op")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=100_000, help="sessions (default 100000)")
+    args = parser.parse_args()
+    n = args.n
+    print(f"afsm {afsm.library_version()} from {afsm.library_path()}, python {sys.version.split()[0]}")
+    delta = Stats(packets_sent=1, bytes_sent=1200)
+    with afsm.Engine(capacity_hint=n) as engine:
+        ids = []
+
+        def create() -> None:
+            for i in range(n):
+                s, _ = engine.create_session("bench-user-%d" % (i % 1000), "10.0.0.1", 40000)
+                ids.append(s.id)
+
+        def get() -> None:
+            for sid in ids:
+                engine.get(sid)
+
+        def heartbeat() -> None:
+            for sid in ids:
+                engine.heartbeat(sid)
+
+        def add_stats() -> None:
+            for sid in ids:
+                engine.add_stats(sid, delta)
+
+        print("-- single calls")
+        timed("create_session", n, create)
+        timed("get", n, get)
+        timed("heartbeat", n, heartbeat)
+        timed("add_stats", n, add_stats)
+
+        handles = [engine.pin(sid) for sid in ids[: min(n, 10_000)]]
+        m = len(handles) * 10
+
+        def handle_heartbeat() -> None:
+            for _ in range(10):
+                for h in handles:
+                    h.heartbeat()
+
+        def handle_add_stats() -> None:
+            for _ in range(10):
+                for h in handles:
+                    h.add_stats(delta)
+
+        timed("Handle.heartbeat", m, handle_heartbeat)
+        timed("Handle.add_stats", m, handle_add_stats)
+        for h in handles:
+            h.release()
+
+        print("-- batches (one C call per 65536 ids)")
+        timed("get_many", n, lambda: engine.get_many(ids))
+        timed("heartbeat_many", n, lambda: engine.heartbeat_many(ids))
+        timed("add_stats_many", n, lambda: engine.add_stats_many(ids, delta))
+
+        print("-- listing")
+        timed("iter_sessions (pages of 10000)", n, lambda: sum(1 for _ in engine.iter_sessions()))
+
+        def delete() -> None:
+            for sid in ids:
+                engine.delete(sid)
+
+        timed("delete", n, delete)
+        assert engine.counts().total == 0
+
+
+if __name__ == "__main__":
+    main()

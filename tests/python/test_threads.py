@@ -1,0 +1,118 @@
+"""Many threads on one engine (ctypes releases the GIL during each C call)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import afsm
+from afsm import State, Stats
+
+from conftest import make
+
+THREADS = 8
+ROUNDS = 400
+
+
+def test_threads_hammer_one_engine(real_engine: afsm.Engine) -> None:
+    engine = real_engine
+    barrier = threading.Barrier(THREADS)
+    kept: dict[int, list[uuid.UUID]] = {}
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            barrier.wait()
+            mine = []
+            for i in range(ROUNDS):
+                s = make(engine, f"user{n}", metadata={"t": str(n), "i": str(i)})
+                got = engine.get(s.id)
+                assert got.user_id == f"user{n}" and got.metadata["i"] == str(i)
+                engine.heartbeat(s.id)
+                engine.add_stats(s.id, Stats(packets_sent=1, bytes_sent=i))
+                if i % 3 == 0:
+                    engine.update(s.id, state=State.ACTIVE)
+                if i % 2 == 0:
+                    engine.delete(s.id)
+                else:
+                    mine.append(s.id)
+            with engine.pin(mine[0]) as h:
+                for _ in range(100):
+                    h.heartbeat()
+                    h.add_stats(Stats(packets_received=1))
+            results = engine.get_many(mine)
+            assert all(isinstance(r, afsm.Session) for r in results)
+            kept[n] = mine
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    expected = THREADS * (ROUNDS // 2)
+    counts = engine.counts()
+    assert counts.total == expected == sum(len(v) for v in kept.values())
+    assert sum(counts.by_state.values()) == expected
+    # i odd and i % 3 == 0 → ACTIVE
+    active_per_thread = len([i for i in range(ROUNDS) if i % 2 and i % 3 == 0])
+    assert counts.by_state[State.ACTIVE] == THREADS * active_per_thread
+    listed = list(engine.iter_sessions(page_size=500))
+    assert len(listed) == expected
+    assert {s.id for s in listed} == {i for ids in kept.values() for i in ids}
+    for n, ids in kept.items():
+        assert engine.list_sessions(user_id=f"user{n}").total == len(ids)
+        first = engine.get(ids[0])
+        assert first.stats.packets_received == 100 and first.stats.packets_sent == 1
+    for n in range(THREADS):
+        assert engine.delete_user_sessions(f"user{n}") == ROUNDS // 2
+    assert engine.counts().total == 0
+
+
+def test_concurrent_metadata_merges_all_land(real_engine: afsm.Engine) -> None:
+    """Threads merging different keys into one session: every key lands."""
+    s = make(real_engine)
+    barrier = threading.Barrier(THREADS)
+
+    def work(n: int) -> None:
+        barrier.wait()
+        for i in range(6):
+            real_engine.update(s.id, metadata={f"t{n}k{i}": "x"})
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(real_engine.get(s.id).metadata) == THREADS * 6
+
+
+def test_events_from_many_threads(clock: object) -> None:
+    seen: list[afsm.Event] = []
+    lock = threading.Lock()
+
+    def hook(event: afsm.Event) -> None:
+        with lock:
+            seen.append(event)
+
+    with afsm.Engine(manual_reaper=True, on_event=hook) as engine:
+        barrier = threading.Barrier(THREADS)
+
+        def work(n: int) -> None:
+            barrier.wait()
+            for _ in range(50):
+                s = make(engine, f"u{n}")
+                engine.delete(s.id)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not engine.callback_errors
+    kinds = [e.type for e in seen]
+    assert kinds.count(afsm.EventType.CREATED) == THREADS * 50
+    assert kinds.count(afsm.EventType.DELETED) == THREADS * 50
