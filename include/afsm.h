@@ -208,7 +208,12 @@ typedef struct afsm_log_field {
 } afsm_log_field;
 
 /* Receives every log line at or above the configured level. Strings are
- * NUL-terminated and valid only during the call. Same threading as events. */
+ * NUL-terminated and valid only during the call. Same threading as events.
+ * The lines (those of the service this replaces):
+ *   info  "session created"  session_id, user_id, connection_id, client_ip
+ *   debug "session heartbeat"  session_id, remaining (Go-style: "1m0s")
+ *   info  "expired sessions cleaned up"  count (once per advance, never per session)
+ *   warn  "expiry pass incomplete; the next one resumes"  status */
 typedef void (*afsm_log_fn)(void *ctx, int level, const char *message, const afsm_log_field *fields,
                             size_t field_count);
 

@@ -6,6 +6,8 @@
  */
 #include "test_support.h"
 
+#include <stdlib.h>
+
 #include "mem/table.h"
 #include "util/epoch.h"
 
@@ -84,21 +86,32 @@ static void test_colliding_keys_stay_apart_through_growth_and_rebuild(void **sta
     table_destroy(&t);
 }
 
+static table_string_key *make_key(const char *text)
+{
+    table_string_key *key = malloc(sizeof(*key) + strlen(text));
+    assert_non_null(key);
+    key->len = (uint16_t)strlen(text);
+    memcpy(key->bytes, text, key->len);
+    return key;
+}
+
 static void test_string_keys(void **state)
 {
     (void)state;
     table t;
     assert_true(table_init(&t, TABLE_KEY_STRING, 16, 7, record));
-    static struct {
-        table_string_key key;
-        char bytes[8];
-    } alice = {{5}, "alice"}, alicia = {{6}, "alicia"}, probe = {{5}, "alice"}, prefix = {{4}, "alic"};
-    assert_int_equal(table_insert(&t, &alice.key), TABLE_OK);
-    assert_int_equal(table_insert(&t, &alicia.key), TABLE_OK);
-    assert_ptr_equal(table_get(&t, &probe.key), &alice.key);
-    assert_null(table_get(&t, &prefix.key));
-    assert_int_equal(table_insert(&t, &probe.key), TABLE_EXISTS);
+    table_string_key *alice = make_key("alice"), *alicia = make_key("alicia"), *probe = make_key("alice"),
+                     *prefix = make_key("alic");
+    assert_int_equal(table_insert(&t, alice), TABLE_OK);
+    assert_int_equal(table_insert(&t, alicia), TABLE_OK);
+    assert_ptr_equal(table_get(&t, probe), alice);
+    assert_null(table_get(&t, prefix));
+    assert_int_equal(table_insert(&t, probe), TABLE_EXISTS);
     table_destroy(&t);
+    free(alice);
+    free(alicia);
+    free(probe);
+    free(prefix);
 }
 
 /* The whole engine on one hash: sessions and connection ids that collide

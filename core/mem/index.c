@@ -84,13 +84,11 @@ void index_remove(shard *us, session *s, bool keep_entry)
 
 user_entry *index_lookup(shard *us, const char *user_id, uint16_t user_id_len)
 {
-    struct {
-        table_string_key key;
-        char bytes[AFSM_USER_ID_MAX];
-    } probe;
-    probe.key.len = user_id_len;
-    memcpy(probe.key.bytes, user_id, user_id_len);
-    const void *found = table_get(&us->users, &probe.key);
+    _Alignas(table_string_key) char probe_bytes[sizeof(table_string_key) + AFSM_USER_ID_MAX];
+    table_string_key *probe = (table_string_key *)probe_bytes;
+    probe->len = user_id_len;
+    memcpy(probe->bytes, user_id, user_id_len);
+    const void *found = table_get(&us->users, probe);
     return found != NULL ? (user_entry *)((const char *)found - offsetof(user_entry, key)) : NULL;
 }
 

@@ -59,6 +59,14 @@ static inline uint64_t mem_now(const mem_store *ms)
     return ms->config.clock(ms->config.clock_ctx);
 }
 
+/* "Now" as reported to callers: the engine clock plus the wall offset, the
+ * same basis as every timestamp in a copy (so durations and event times
+ * follow an injected clock too). */
+static inline int64_t mem_wall_now(const mem_store *ms)
+{
+    return (int64_t)mem_now(ms) + atomic_load_explicit((_Atomic int64_t *)&ms->wall_offset_ns, memory_order_relaxed);
+}
+
 static inline shard *mem_home(const mem_store *ms, const session *s)
 {
     return &ms->shards[mem_shard_of_id(ms, &s->id)];

@@ -42,8 +42,8 @@ typedef struct session {
     afsm_ip client_ip;
     uint16_t client_port;
     uint16_t user_id_len;
-    _Atomic uint8_t removed; /* set under the lock set when unlinked */
-    int64_t created_wall_ns;
+    _Atomic uint8_t removed;  /* set under the lock set when unlinked */
+    uint64_t created_ns;      /* engine clock; reported as wall time through the offset */
     uint64_t timeout_ns;      /* rolling timeout */
     uint64_t lifetime_end_ns; /* engine clock; UINT64_MAX without max_lifetime */
 

@@ -126,7 +126,7 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
     memcpy(out->server_addr, ms->server_addr, ms->server_addr_len + 1u);
     int64_t offset = atomic_load_explicit((_Atomic int64_t *)&ms->wall_offset_ns, memory_order_relaxed);
     uint64_t last = load(&s->last_active_ns) & ~SESSION_EXPIRED_BIT;
-    out->created_at_ns = s->created_wall_ns;
+    out->created_at_ns = (int64_t)s->created_ns + offset;
     out->last_active_at_ns = (int64_t)last + offset;
     out->expires_at_ns = (int64_t)session_deadline(s, last) + offset;
     out->timeout_ms = s->timeout_ns / 1000000u;
@@ -158,8 +158,8 @@ void mem_emit(const mem_store *ms, uint32_t type, const session *s, uint32_t old
         .user_id_len = s->user_id_len,
         .reason = reason,
         .reason_len = reason_len,
-        .created_at_ns = s->created_wall_ns,
-        .event_at_ns = clock_wall_ns(),
+        .created_at_ns = (int64_t)s->created_ns + mem_wall_now(ms) - (int64_t)mem_now(ms),
+        .event_at_ns = mem_wall_now(ms),
     };
     ms->config.emit(ms->config.emit_ctx, &ev);
 }
@@ -272,8 +272,11 @@ void mem_count_removal(const mem_store *ms, shard *sh, const session *s, afsm_de
     if (!ms->config.metrics)
         return;
     bump(&sh->deleted[why], 1);
-    int64_t lived_ns = clock_wall_ns() - s->created_wall_ns;
-    uint64_t lived_ms = lived_ns > 0 ? (uint64_t)lived_ns / 1000000u : 0;
+    /* An expired session ended at its deadline, not when the reaper saw it. */
+    uint64_t end = mem_now(ms);
+    if (why == AFSM_DELETE_EXPIRED)
+        end = session_deadline(s, load(&s->last_active_ns) & ~SESSION_EXPIRED_BIT);
+    uint64_t lived_ms = end > s->created_ns ? (end - s->created_ns) / 1000000u : 0;
     unsigned bucket = 0;
     while (bucket < AFSM_DURATION_BUCKETS - 1 && lived_ms > (uint64_t)duration_bounds_s[bucket] * 1000u)
         bucket++;

@@ -35,15 +35,14 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
     const afsm_session_info *old = spec->restore;
     uint64_t now = mem_now(ms);
     uint64_t created = old != NULL ? spec->restore_created_ns : now;
-    if (old != NULL) {
+    /* Every time in the record is on the engine clock; copies report them
+     * through one wall offset, so created <= last active <= expires always
+     * hold and durations ignore wall-clock steps. */
+    s->created_ns = created;
+    if (old != NULL)
         s->id = old->session_id;
-        s->created_wall_ns = old->created_at_ns;
-    } else {
-        /* Reported times are engine clock + the wall offset, all of them, so
-         * created <= last active <= expires hold in every copy. */
-        s->created_wall_ns = (int64_t)now + atomic_load_explicit(&ms->wall_offset_ns, memory_order_relaxed);
+    else
         uuid_v7_at(&s->id, (uint64_t)clock_wall_ns() / 1000000u);
-    }
     s->connection_id = spec->connection_id;
     s->client_ip = spec->client_ip;
     s->client_port = spec->client_port;
