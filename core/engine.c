@@ -184,7 +184,7 @@ static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
         return AFSM_ETOOLONG;
     if (cfg->server_addr != NULL && memchr(cfg->server_addr, '\0', cfg->server_addr_len) != NULL)
         return AFSM_EINVAL;
-    if (cfg->default_timeout_ms > TIMEOUT_MS_MAX || cfg->max_lifetime_ms > TIMEOUT_MS_MAX ||
+    if (cfg->default_timeout_ms > SESSION_TIMEOUT_MS_MAX || cfg->max_lifetime_ms > TIMEOUT_MS_MAX ||
         cfg->idle_timeout_ms > TIMEOUT_MS_MAX || cfg->cleanup_interval_ms > TIMEOUT_MS_MAX ||
         cfg->tick_ms > TIMEOUT_MS_MAX || cfg->close_linger_ms > TIMEOUT_MS_MAX)
         return AFSM_EINVAL;
@@ -393,7 +393,7 @@ AFSM_API afsm_status afsm_engine_set_default_timeout(afsm_engine *engine, uint64
 {
     if (engine == NULL)
         return AFSM_ENULL;
-    if (timeout_ms == 0 || timeout_ms > TIMEOUT_MS_MAX)
+    if (timeout_ms == 0 || timeout_ms > SESSION_TIMEOUT_MS_MAX)
         return AFSM_EINVAL;
     atomic_store_explicit(&engine->default_timeout_ns, timeout_ms * NS_PER_MS, memory_order_relaxed);
     return AFSM_OK;

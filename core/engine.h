@@ -26,6 +26,9 @@
 /* Timeouts beyond ten years are surely a unit mistake, and keep every
  * deadline far from overflowing 63 bits of nanoseconds. */
 #define TIMEOUT_MS_MAX (UINT64_C(10) * 365 * 24 * 3600 * 1000)
+/* A session's rolling timeout is kept in 32 bits of milliseconds (the
+ * record's size class): at most ~49.7 days. */
+#define SESSION_TIMEOUT_MS_MAX UINT64_C(0xffffffff)
 
 /* Token validations are counted from any thread without a lock: one
  * counter per stripe, each stripe on its own cache line, a thread always

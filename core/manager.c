@@ -36,7 +36,7 @@ static afsm_status make_spec(afsm_engine *engine, const char *user_id, size_t us
     afsm_status status = check_user_id(user_id, user_id_len);
     if (status != AFSM_OK)
         return status;
-    if (port > 65535 || timeout_ms > TIMEOUT_MS_MAX)
+    if (port > 65535 || timeout_ms > SESSION_TIMEOUT_MS_MAX)
         return AFSM_EINVAL;
     if (uuid_is_nil(connection_id))
         return AFSM_EUUID;
@@ -119,15 +119,7 @@ AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_sessio
     if (status != AFSM_OK)
         return status;
     spec.client_ip = info->client_ip;
-    /* Wall-clock times become engine-clock times through the same offset
-     * the copies are made with. */
-    uint64_t now = engine->config.clock(engine->config.clock_ctx);
-    int64_t offset = clock_wall_ns() - (int64_t)now;
-    int64_t last = info->last_active_at_ns - offset;
-    int64_t created = info->created_at_ns - offset;
     spec.restore = info;
-    spec.restore_last_active_ns = last > 0 ? (uint64_t)last : 0;
-    spec.restore_created_ns = created > 0 ? (uint64_t)created : 0;
     return engine->st->ops->create(engine->st, &spec, NULL);
 }
 

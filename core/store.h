@@ -46,11 +46,10 @@ typedef struct session_spec {
     const afsm_kv *metadata; /* validated */
     size_t metadata_count;
     uint64_t timeout_ns;
-    /* Restoring (afsm_session_restore), else NULL: the copy to re-create,
-     * with its times already on the engine clock. */
+    /* Restoring (afsm_session_restore), else NULL: the copy to re-create.
+     * The store turns its wall-clock times back into engine-clock ones
+     * through the same offset its copies are made with. */
     const afsm_session_info *restore;
-    uint64_t restore_last_active_ns;
-    uint64_t restore_created_ns;
 } session_spec;
 
 typedef struct store_ops {

@@ -234,7 +234,7 @@ typedef struct afsm_config {
     uint32_t version;             /* AFSM_CONFIG_VERSION */
     uint32_t shard_count;         /* 0: next power of two >= 4 x CPUs; else a power of two <= 4096 */
     uint64_t capacity_hint;       /* sessions expected; presizes the tables (0: 1024) */
-    uint64_t default_timeout_ms;  /* 0: 30 minutes */
+    uint64_t default_timeout_ms;  /* 0: 30 minutes; at most 2^32-1 (~49.7 days) */
     uint64_t cleanup_interval_ms; /* reaper period (0: 1000) */
     uint64_t tick_ms;             /* timing wheel resolution (0: 100) */
     uint64_t idle_timeout_ms;     /* 0: no idle detection */
@@ -330,7 +330,7 @@ typedef struct afsm_session_info {
     uint32_t metadata_count; /* fetch the entries with afsm_session_get_metadata */
     uint32_t metadata_bytes; /* the buffer size afsm_session_get_metadata needs */
     afsm_stats stats;
-    uint32_t token_generation; /* tokens of older generations are revoked */
+    uint32_t token_generation; /* starts at 1; tokens of older generations are revoked */
     uint32_t reserved;         /* zero */
 } afsm_session_info;
 
@@ -351,7 +351,7 @@ typedef struct afsm_create_options {
     afsm_uuid connection_id; /* from the transport; not nil */
     const afsm_kv *metadata; /* may be NULL when metadata_count is 0 */
     size_t metadata_count;
-    uint64_t timeout_ms; /* 0: the engine's default timeout */
+    uint64_t timeout_ms; /* 0: the engine's default timeout; at most 2^32-1 (~49.7 days) */
 } afsm_create_options;
 
 #define AFSM_CREATE_OPTIONS_INIT                                                                                       \
@@ -375,7 +375,9 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
  * user, client, state, timestamps, timeout, stats, token generation) with
  * the given metadata: how a daemon reloads a snapshot so that sessions and
  * their tokens survive a restart. The deadline is taken from
- * info->last_active_at_ns (wall clock) and the timeout. AFSM_EEXPIRED (it
+ * info->last_active_at_ns (wall clock) and the timeout; times before the
+ * engine clock's zero (a clock younger than the session) are clamped to
+ * it. No CREATED event fires: the session is not new. AFSM_EEXPIRED (it
  * expired meanwhile: nothing done), AFSM_EEXISTS (its id or connection id
  * is taken), AFSM_EVERSION, AFSM_EINVAL (state, port, zero timeout),
  * AFSM_EUUID, AFSM_ETOOLONG, AFSM_ELIMIT, AFSM_ENOMEM; checks as create. */
@@ -564,7 +566,11 @@ AFSM_API afsm_status afsm_token_validate(afsm_engine *engine, const char *token,
 /* The key ring: every key has an id; the current key seals, every key in
  * the ring opens. Rotation: add a key, make it current, remove the old one
  * once its tokens may go. Writers serialise on a mutex; validation reads
- * the ring lock-free. */
+ * the ring lock-free. Key id 0 belongs to the random key an engine makes
+ * when it is given none: afsm_key_use and afsm_key_remove accept it,
+ * afsm_key_add does not. The key calls reuse session statuses:
+ * AFSM_ENOTFOUND is "no such key", AFSM_EEXISTS "id taken", AFSM_EBUSY
+ * "that is the current key". */
 /* AFSM_ENULL, AFSM_EINVAL (key_id 0 or over AFSM_KEY_ID_MAX, key_len not
  * AFSM_KEY_BYTES), AFSM_EEXISTS (id in the ring), AFSM_ENOMEM. */
 AFSM_API afsm_status afsm_key_add(afsm_engine *engine, uint32_t key_id, const uint8_t *key, size_t key_len);
@@ -608,7 +614,9 @@ typedef enum afsm_token_result {
 #define AFSM_TOKEN_RESULT_COUNT 10
 
 /* session_duration_seconds upper bounds: 1, 5, 15, 30, 60, 300, 900, 1800,
- * 3600, 7200, 14400, 43200, 86400 seconds, then +Inf. */
+ * 3600, 7200, 14400, 43200, 86400 seconds, then +Inf. A session's duration
+ * runs from its creation to its removal, or to its deadline if it expired
+ * (not to when the reaper noticed). */
 #define AFSM_DURATION_BUCKETS 14
 
 #define AFSM_METRICS_VERSION 1
@@ -641,6 +649,8 @@ AFSM_API afsm_status afsm_metrics_snapshot(afsm_engine *engine, afsm_metrics *ou
 
 /* Writes the metrics in the Prometheus text exposition format (HELP and
  * TYPE lines, names from the service it replaces) into buf, NUL-terminated.
+ * session_total is typed untyped: it is a gauge, but promtool's lint
+ * reserves the _total suffix for counters and the name is the old one.
  * needed (may be NULL) gets the size required including the NUL;
  * AFSM_EBUFFER when buf_size is smaller (buf may be NULL then). */
 AFSM_API afsm_status afsm_metrics_write_prometheus(afsm_engine *engine, char *buf, size_t buf_size, size_t *needed);

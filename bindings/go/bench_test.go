@@ -1,6 +1,7 @@
 package afsm
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -393,6 +394,65 @@ func BenchmarkDataPlane(b *testing.B) {
 			}
 			if _, _, err := m.HeartbeatMany(context.Background(), batch); err != nil {
 				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkValidateToken: one token check (decode, XChaCha20-Poly1305
+// open, session lookup, copy with metadata) per op, 100k sessions.
+func BenchmarkValidateToken(b *testing.B) {
+	const n = 100_000
+	m, err := NewManager(&ManagerConfig{CapacityHint: n * 2, DefaultTimeout: time.Hour,
+		Key: bytes.Repeat([]byte{7}, KeySize), KeyID: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	toks := make([]string, n)
+	r := newRNG()
+	for i := range toks {
+		_, tok, err := m.CreateSessionWithOptions(context.Background(), &CreateOptions{UserID: fmt.Sprint("user", i%1000),
+			ClientIP: "192.168.1.100", ClientPort: 54321, ConnectionID: r.uuid(), Metadata: benchMetadata,
+			BindToken: i%2 == 0})
+		if err != nil {
+			b.Fatal(err)
+		}
+		toks[i] = tok
+	}
+	b.Run("serial", func(b *testing.B) {
+		r := newRNG()
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := m.ValidateToken(context.Background(), toks[r.next()%n], "192.168.1.100"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			r := newRNG()
+			for pb.Next() {
+				if _, err := m.ValidateToken(context.Background(), toks[r.next()%n], "192.168.1.100"); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	b.Run("forged-serial", func(b *testing.B) { // the cost of a rejection (no session lookup)
+		bad := []byte(toks[0])
+		if bad[len(bad)/2] == 'A' {
+			bad[len(bad)/2] = 'B'
+		} else {
+			bad[len(bad)/2] = 'A'
+		}
+		forged := string(bad)
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := m.ValidateToken(context.Background(), forged, ""); err == nil {
+				b.Fatal("accepted")
 			}
 		}
 	})

@@ -42,18 +42,30 @@ var (
 	ErrLimitExceeded = errors.New("afsm: session limit exceeded")
 	// ErrBusy: the engine still has pinned handles.
 	ErrBusy = errors.New("afsm: engine busy")
-	// ErrInvalidToken: a token is garbled, truncated, forged, revoked, signed
-	// by an unknown key or presented from the wrong IP.
+	// ErrInvalidToken: ValidateToken refused the token. Every token failure
+	// matches it, besides its specific sentinel: ErrTokenMalformed,
+	// ErrTokenForged, ErrUnknownKey, ErrKeyRemoved, ErrTokenRevoked,
+	// ErrIPMismatch, and, from ValidateToken only, ErrSessionNotFound,
+	// ErrSessionExpired and ErrSessionClosed (the token was good, its session
+	// is not).
 	ErrInvalidToken = errors.New("afsm: invalid token")
-	// ErrTokenFormat: the token is truncated or not a token at all (also ErrInvalidToken).
-	ErrTokenFormat = errors.New("afsm: malformed token")
-	// ErrTokenKey: the token's key id is not, or no longer, in the key ring
-	// (also ErrInvalidToken).
-	ErrTokenKey = errors.New("afsm: token key unknown")
+	// ErrTokenMalformed: the token is truncated or not a token at all
+	// (prefix, length, encoding) (also ErrInvalidToken).
+	ErrTokenMalformed = errors.New("afsm: malformed token")
+	// ErrTokenForged: the token fails authentication: forged, altered, or
+	// sealed by another key under a known key id (also ErrInvalidToken).
+	ErrTokenForged = errors.New("afsm: forged token")
+	// ErrUnknownKey: the token's key id was never in the key ring (also ErrInvalidToken).
+	ErrUnknownKey = errors.New("afsm: token key unknown")
+	// ErrKeyRemoved: the token's key was removed from the key ring (also ErrInvalidToken).
+	ErrKeyRemoved = errors.New("afsm: token key removed")
 	// ErrTokenRevoked: the token was superseded by a rotation (also ErrInvalidToken).
 	ErrTokenRevoked = errors.New("afsm: token revoked")
-	// ErrIPMismatch: the token is bound to another IP (also ErrInvalidToken).
+	// ErrIPMismatch: the token is bound to another client IP, or to one and
+	// presented without (also ErrInvalidToken).
 	ErrIPMismatch = errors.New("afsm: token IP mismatch")
+	// ErrKeyNotFound: UseKey or RemoveKey named a key id not in the ring.
+	ErrKeyNotFound = errors.New("afsm: key not in the key ring")
 	// ErrKeyFile: a key file is unreadable, has the wrong size or loose permissions.
 	ErrKeyFile = errors.New("afsm: bad key file")
 	// ErrUnavailable: the store cannot be reached.
@@ -71,6 +83,13 @@ type Error struct {
 	Status int    // the afsm_status, a negative AFSM_E* code
 	Name   string // e.g. "AFSM_ENOTFOUND"
 	Msg    string // afsm_strerror, e.g. "session not found"
+
+	// token: a ValidateToken failure; it matches ErrInvalidToken whatever
+	// the status (session not found, expired or closed included).
+	token bool
+	// key: a key ring call; AFSM_ENOTFOUND is ErrKeyNotFound, not
+	// ErrSessionNotFound.
+	key bool
 }
 
 // Error formats the error as "afsm: Op: message (NAME)".
@@ -81,6 +100,12 @@ func (e *Error) Error() string {
 // Is reports whether target is the sentinel of e's status, or of a more
 // general class it belongs to (ErrInvalidArgument, ErrInvalidToken).
 func (e *Error) Is(target error) bool {
+	if target == ErrInvalidToken && e.token {
+		return true
+	}
+	if e.key && e.Status == C.AFSM_ENOTFOUND {
+		return target == ErrKeyNotFound
+	}
 	for _, s := range sentinelsOf(e.Status) {
 		if s == target {
 			return true
@@ -118,11 +143,13 @@ func sentinelsOf(status int) []error {
 	case C.AFSM_EBUSY:
 		return []error{ErrBusy}
 	case C.AFSM_ETOKEN:
-		return []error{ErrInvalidToken}
-	case C.AFSM_ETOKENKEY, C.AFSM_EKEYREMOVED:
-		return []error{ErrTokenKey, ErrInvalidToken}
+		return []error{ErrTokenForged, ErrInvalidToken}
+	case C.AFSM_ETOKENKEY:
+		return []error{ErrUnknownKey, ErrInvalidToken}
+	case C.AFSM_EKEYREMOVED:
+		return []error{ErrKeyRemoved, ErrInvalidToken}
 	case C.AFSM_ETOKENFORMAT:
-		return []error{ErrTokenFormat, ErrInvalidToken}
+		return []error{ErrTokenMalformed, ErrInvalidToken}
 	case C.AFSM_EREVOKED:
 		return []error{ErrTokenRevoked, ErrInvalidToken}
 	case C.AFSM_EIPMISMATCH:
@@ -169,5 +196,40 @@ func argError(op string, status C.afsm_status) error {
 	return statusError(op, status)
 }
 
+// tokenError is statusError for ValidateToken: every failure but a bad
+// argument (the client IP) or an allocation failure also matches
+// ErrInvalidToken.
+func tokenError(op string, status C.afsm_status) error {
+	err := statusError(op, status)
+	if e, ok := err.(*Error); ok {
+		switch status {
+		case C.AFSM_ENOTFOUND, C.AFSM_EEXPIRED, C.AFSM_ECLOSED:
+			e.token = true
+		}
+	}
+	return err
+}
+
+// keyError is statusError for the key ring calls, where AFSM_ENOTFOUND
+// means no such key.
+func keyError(op string, status C.afsm_status) error {
+	err := statusError(op, status)
+	if e, ok := err.(*Error); ok {
+		e.key = true
+		switch status { // the engine's messages speak of sessions and handles
+		case C.AFSM_ENOTFOUND:
+			e.Msg = "key id not in the key ring"
+		case C.AFSM_EEXISTS:
+			e.Msg = "key id already in the key ring"
+		case C.AFSM_EBUSY:
+			e.Msg = "the key is the current key; make another current first"
+		}
+	}
+	return err
+}
+
 // errorFromCode is statusError for an int code (the tests cannot use cgo).
 func errorFromCode(op string, code int) error { return statusError(op, C.afsm_status(code)) }
+
+// tokenErrorFromCode is tokenError for an int code (for the tests).
+func tokenErrorFromCode(op string, code int) error { return tokenError(op, C.afsm_status(code)) }

@@ -83,3 +83,46 @@ func ExampleHandle() {
 	fmt.Println(got.ClientIP, got.Stats.PacketsSent, got.Stats.BytesSent, got.Stats.CurrentRTTMs)
 	// Output: 2001:db8::1 3 3600 12
 }
+
+// Tokens: CreateSession returns one; the client presents it later. A
+// rotation revokes the old ones, and a key rotation keeps the ring's
+// older tokens valid until their key is removed.
+func ExampleManager_ValidateToken() {
+	key := make([]byte, afsm.KeySize) // in production: from a secret store, or KeyFile
+	m, err := afsm.NewManager(&afsm.ManagerConfig{ManualReaper: true, Key: key, KeyID: 1})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	ctx := context.Background()
+
+	sess, token, _ := m.CreateSessionWithOptions(ctx, &afsm.CreateOptions{UserID: "user123",
+		ClientIP: "192.168.1.100", ClientPort: 54321, ConnectionID: afsm.MustParse(
+			"019a5eba-1c84-7651-958a-8a6c86b4c79f"), BindToken: true})
+
+	got, err := m.ValidateToken(ctx, token, "192.168.1.100")
+	fmt.Println("valid:", err == nil, got.UserID)
+	_, err = m.ValidateToken(ctx, token, "10.0.0.9")
+	fmt.Println("other IP:", errors.Is(err, afsm.ErrIPMismatch), errors.Is(err, afsm.ErrInvalidToken))
+
+	fresh, _ := m.RotateToken(ctx, sess.SessionID)
+	_, err = m.ValidateToken(ctx, token, "192.168.1.100")
+	fmt.Println("old token revoked:", errors.Is(err, afsm.ErrTokenRevoked))
+
+	newKey := make([]byte, afsm.KeySize)
+	newKey[0] = 1
+	_ = m.AddKey(2, newKey)
+	_ = m.UseKey(2) // seals from now on; key 1 still opens
+	_, err = m.ValidateToken(ctx, fresh, "")
+	fmt.Println("key 1 token still valid:", err == nil)
+	_ = m.RemoveKey(1)
+	_, err = m.ValidateToken(ctx, fresh, "")
+	fmt.Println("after removing key 1:", errors.Is(err, afsm.ErrKeyRemoved))
+
+	// Output:
+	// valid: true user123
+	// other IP: true true
+	// old token revoked: true
+	// key 1 token still valid: true
+	// after removing key 1: true
+}

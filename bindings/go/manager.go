@@ -53,6 +53,28 @@ type ManagerConfig struct {
 	Logger Logger
 	// LogLevel is the least severe level passed to Logger (0: LogInfo).
 	LogLevel LogLevel
+	// MaxSessionsPerUser caps the sessions one user may hold (0: no cap);
+	// LimitPolicy says what a create over the cap does.
+	MaxSessionsPerUser int
+	// LimitPolicy: LimitReject (the default: ErrLimitExceeded) or
+	// LimitEvictOldest (the user's oldest session is deleted, reason
+	// "evicted").
+	LimitPolicy LimitPolicy
+	// Key is the first token key (KeySize bytes), with id KeyID. KeyFile
+	// instead names a file holding it (exactly KeySize bytes, readable and
+	// writable by its owner only: mode 0600 or 0400, else ErrKeyFile).
+	// Neither: a random key for this Manager's life, so tokens die with the
+	// process. Give the same key to every process that must accept the
+	// same tokens, and more keys with AddKey / AddKeyFile.
+	Key     []byte
+	KeyFile string
+	// KeyID is Key's or KeyFile's id, 1..MaxKeyID; it travels in every
+	// token.
+	KeyID uint32
+	// DisableMetrics skips the engine's counters (created, deleted,
+	// durations, token results), to measure their cost; the session gauges
+	// remain.
+	DisableMetrics bool
 	// OnEvent, if set, is called once per session change (created, state
 	// changed, expired, deleted), synchronously, on the goroutine that made
 	// the change (for expiry: the reaper thread or Advance's caller),
@@ -112,8 +134,15 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 		}
 		*d.dst = C.uint64_t(ms)
 	}
-	if cfg.ShardCount < 0 || cfg.ShardCount > 1<<30 || cfg.CapacityHint < 0 || cfg.LogLevel < 0 {
+	if cfg.ShardCount < 0 || cfg.ShardCount > 1<<30 || cfg.CapacityHint < 0 || cfg.LogLevel < 0 ||
+		cfg.MaxSessionsPerUser < 0 || cfg.MaxSessionsPerUser > 1<<32-1 {
 		return nil, argError(op, C.AFSM_EINVAL)
+	}
+	c.max_sessions_per_user = C.uint32_t(cfg.MaxSessionsPerUser)
+	c.limit_policy = C.uint32_t(cfg.LimitPolicy)
+	c.key_id = C.uint32_t(cfg.KeyID)
+	if cfg.DisableMetrics {
+		c.disable_metrics = 1
 	}
 	c.shard_count = C.uint32_t(cfg.ShardCount)
 	c.capacity_hint = C.uint64_t(cfg.CapacityHint)
@@ -153,8 +182,23 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 	if len(addr) > 0 {
 		addrPtr = (*C.char)(unsafe.Pointer(&addr[0]))
 	}
+	// The key and the path are Go byte slices without Go pointers inside;
+	// the engine copies both while opening.
+	var keyPtr *C.uint8_t
+	if cfg.Key != nil {
+		key := make([]byte, len(cfg.Key)+1) // never empty: an empty Key gets the engine's EINVAL, not ENULL
+		copy(key, cfg.Key)
+		keyPtr = (*C.uint8_t)(unsafe.Pointer(&key[0]))
+		defer zero(key)
+	}
+	var pathPtr *C.char
+	if cfg.KeyFile != "" {
+		path := []byte(cfg.KeyFile)
+		pathPtr = (*C.char)(unsafe.Pointer(&path[0]))
+	}
 	var eng *C.afsm_engine
-	st := C.afsmgo_open(&c, addrPtr, C.size_t(len(addr)), C.uintptr_t(m.hooks), want, &eng)
+	st := C.afsmgo_open(&c, addrPtr, C.size_t(len(addr)), keyPtr, C.size_t(len(cfg.Key)), pathPtr,
+		C.size_t(len(cfg.KeyFile)), C.uintptr_t(m.hooks), want, &eng)
 	m.eng = eng
 	m.engp = C.uintptr_t(uintptr(unsafe.Pointer(eng)))
 	if st != C.AFSM_OK {
@@ -293,26 +337,130 @@ func (m *Manager) Counts() (Counts, error) {
 	return out, nil
 }
 
-// GetStats reports the session counts in the old service's shape. The
-// lifetime counters (created, deleted, expired totals, durations) come
-// with the engine's metrics, which this binding does not expose yet.
-func (m *Manager) GetStats(ctx context.Context) (*ManagerStats, error) {
-	if ctx != nil {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-	}
-	c, err := m.Counts()
+// GetStats returns the engine's metrics (afsm_metrics_snapshot): session
+// gauges by state, created and deleted totals by reason, expiries,
+// idle/wake transitions, the session duration histogram and token
+// validations by result. Errors: ErrClosed or ctx.Err().
+func (m *Manager) GetStats(ctx context.Context) (*Metrics, error) {
+	s, err := m.enter(ctx, 0)
 	if err != nil {
 		return nil, err
 	}
-	return &ManagerStats{
-		TotalSessions:         c.Total,
-		ConnectingSessions:    c.ByState[StateConnecting],
-		ActiveSessions:        c.ByState[StateActive],
-		IdleSessions:          c.ByState[StateIdle],
-		DisconnectingSessions: c.ByState[StateDisconnecting],
-	}, nil
+	defer s.leave()
+	var c C.afsm_metrics
+	c.version = C.AFSM_METRICS_VERSION
+	if st := C.afsm_metrics_snapshot(m.eng, &c); st != C.AFSM_OK {
+		return nil, statusError("GetStats", st)
+	}
+	out := &Metrics{
+		ShardCount:      uint32(c.shard_count),
+		Sessions:        uint64(c.sessions),
+		Created:         uint64(c.created_total),
+		Expired:         uint64(c.expired_total),
+		IdleTransitions: uint64(c.idle_transitions_total),
+		WakeTransitions: uint64(c.wake_transitions_total),
+		ReaperLag:       time.Duration(c.reaper_lag_ns),
+		DeferredFrees:   uint64(c.deferred_frees),
+	}
+	for i := range out.SessionsByState {
+		out.SessionsByState[i] = uint64(c.sessions_by_state[i])
+	}
+	for i := range out.Deleted {
+		out.Deleted[i] = uint64(c.deleted_total[i])
+	}
+	for i := range out.Duration.Buckets {
+		out.Duration.Buckets[i] = uint64(c.duration_buckets[i])
+	}
+	out.Duration.Count = uint64(c.duration_count)
+	out.Duration.Sum = float64(c.duration_sum_seconds)
+	for i := range out.TokenValidations {
+		out.TokenValidations[i] = uint64(c.token_validations[i])
+	}
+	return out, nil
+}
+
+// MetricsText returns the metrics in the Prometheus text exposition
+// format (afsm_metrics_write_prometheus), ready to serve on /metrics.
+func (m *Manager) MetricsText() (string, error) {
+	s, err := m.enter(nil, 0)
+	if err != nil {
+		return "", err
+	}
+	defer s.leave()
+	buf := make([]byte, 4096)
+	for {
+		var needed C.size_t
+		st := C.afsm_metrics_write_prometheus(m.eng, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &needed)
+		switch st {
+		case C.AFSM_OK:
+			return string(buf[:needed-1]), nil // needed counts the NUL
+		case C.AFSM_EBUFFER: // the counters may grow between calls: loop
+			buf = make([]byte, int(needed)+256)
+		default:
+			return "", statusError("MetricsText", st)
+		}
+	}
+}
+
+// AddKey adds a token key (KeySize bytes) under id (1..MaxKeyID) to the
+// key ring. Every key in the ring opens tokens; only the current one (see
+// UseKey) seals. The key is copied. Errors match ErrInvalidArgument (id,
+// key size), ErrAlreadyExists (id in the ring), ErrClosed.
+func (m *Manager) AddKey(id uint32, key []byte) error {
+	s, err := m.enter(nil, 0)
+	if err != nil {
+		return err
+	}
+	defer s.leave()
+	if len(key) == 0 {
+		return argError("AddKey", C.AFSM_EINVAL)
+	}
+	return keyError("AddKey", C.afsm_key_add(m.eng, C.uint32_t(id), (*C.uint8_t)(unsafe.Pointer(&key[0])),
+		C.size_t(len(key))))
+}
+
+// AddKeyFile is AddKey with the key read from a file of exactly KeySize
+// bytes that only its owner may read or write (ErrKeyFile otherwise, or
+// when it cannot be read).
+func (m *Manager) AddKeyFile(id uint32, path string) error {
+	s, err := m.enter(nil, 0)
+	if err != nil {
+		return err
+	}
+	defer s.leave()
+	p := append([]byte(path), 0) // never empty, so never a NULL pointer
+	return keyError("AddKeyFile", C.afsm_key_add_file(m.eng, C.uint32_t(id), (*C.char)(unsafe.Pointer(&p[0])),
+		C.size_t(len(path))))
+}
+
+// UseKey makes key id (already in the ring) the one that seals new
+// tokens. Errors match ErrKeyNotFound, ErrInvalidArgument, ErrClosed.
+func (m *Manager) UseKey(id uint32) error {
+	s, err := m.enter(nil, 0)
+	if err != nil {
+		return err
+	}
+	defer s.leave()
+	return keyError("UseKey", C.afsm_key_use(m.eng, C.uint32_t(id)))
+}
+
+// RemoveKey removes key id from the ring: its tokens then fail with
+// ErrKeyRemoved. The current key cannot be removed (ErrBusy: UseKey
+// another first). Errors also match ErrKeyNotFound, ErrInvalidArgument,
+// ErrClosed.
+func (m *Manager) RemoveKey(id uint32) error {
+	s, err := m.enter(nil, 0)
+	if err != nil {
+		return err
+	}
+	defer s.leave()
+	return keyError("RemoveKey", C.afsm_key_remove(m.eng, C.uint32_t(id)))
+}
+
+func zero(b []byte) {
+	for i := range b {
+		b[i] = 0
+	}
 }
 
 // Version returns the linked libafsm's version, e.g. "0.1.0".

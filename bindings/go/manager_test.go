@@ -87,8 +87,8 @@ func mustCreate(t testing.TB, m *Manager, user string, md map[string]string) *Se
 	if err != nil {
 		t.Fatalf("CreateSession: %v", err)
 	}
-	if tok != "" {
-		t.Fatalf("token %q before tokens exist", tok)
+	if !strings.HasPrefix(tok, "v1.") || len(tok) > 120 {
+		t.Fatalf("token %q", tok)
 	}
 	return s
 }
@@ -184,7 +184,8 @@ func TestStateAndNames(t *testing.T) {
 func TestErrorMapping(t *testing.T) {
 	all := []error{ErrInvalidArgument, ErrTooLong, ErrInvalidUUID, ErrInvalidIP, ErrVersion, ErrOutOfMemory,
 		ErrSessionNotFound, ErrSessionExpired, ErrAlreadyExists, ErrInvalidTransition, ErrSessionClosed,
-		ErrLimitExceeded, ErrBusy, ErrInvalidToken, ErrTokenFormat, ErrTokenKey, ErrTokenRevoked, ErrIPMismatch, ErrKeyFile,
+		ErrLimitExceeded, ErrBusy, ErrInvalidToken, ErrTokenMalformed, ErrTokenForged, ErrUnknownKey, ErrKeyRemoved, ErrTokenRevoked,
+		ErrIPMismatch, ErrKeyFile, ErrKeyNotFound,
 		ErrUnavailable, ErrInternal, ErrClosed}
 	cases := []struct {
 		status int
@@ -206,15 +207,15 @@ func TestErrorMapping(t *testing.T) {
 		{-13, "AFSM_ELIMIT", []error{ErrLimitExceeded}},
 		{-14, "AFSM_EBUFFER", []error{ErrInternal}},
 		{-15, "AFSM_EBUSY", []error{ErrBusy}},
-		{-16, "AFSM_ETOKEN", []error{ErrInvalidToken}},
-		{-17, "AFSM_ETOKENKEY", []error{ErrTokenKey, ErrInvalidToken}},
+		{-16, "AFSM_ETOKEN", []error{ErrTokenForged, ErrInvalidToken}},
+		{-17, "AFSM_ETOKENKEY", []error{ErrUnknownKey, ErrInvalidToken}},
 		{-18, "AFSM_EREVOKED", []error{ErrTokenRevoked, ErrInvalidToken}},
 		{-19, "AFSM_EIPMISMATCH", []error{ErrIPMismatch, ErrInvalidToken}},
 		{-20, "AFSM_EKEYFILE", []error{ErrKeyFile}},
 		{-21, "AFSM_EUNAVAILABLE", []error{ErrUnavailable}},
 		{-22, "AFSM_EINTERNAL", []error{ErrInternal}},
-		{-23, "AFSM_ETOKENFORMAT", []error{ErrTokenFormat, ErrInvalidToken}},
-		{-24, "AFSM_EKEYREMOVED", []error{ErrTokenKey, ErrInvalidToken}},
+		{-23, "AFSM_ETOKENFORMAT", []error{ErrTokenMalformed, ErrInvalidToken}},
+		{-24, "AFSM_EKEYREMOVED", []error{ErrKeyRemoved, ErrInvalidToken}},
 		{-99, "AFSM_UNKNOWN", []error{ErrInternal}},
 	}
 	for _, c := range cases {
@@ -236,8 +237,22 @@ func TestErrorMapping(t *testing.T) {
 			}
 		}
 	}
-	if errorFromCode("Op", 0) != nil {
+	if errorFromCode("Op", 0) != nil || tokenErrorFromCode("Op", 0) != nil {
 		t.Fatal("AFSM_OK is an error")
+	}
+	// From ValidateToken, a session failure is a token failure too; from
+	// elsewhere it is not.
+	for _, c := range []struct {
+		status int
+		want   error
+	}{{-8, ErrSessionNotFound}, {-9, ErrSessionExpired}, {-12, ErrSessionClosed}} {
+		wantErr(t, tokenErrorFromCode("ValidateToken", c.status), c.want, ErrInvalidToken)
+		if errors.Is(errorFromCode("GetSession", c.status), ErrInvalidToken) {
+			t.Fatalf("%d from GetSession matches ErrInvalidToken", c.status)
+		}
+	}
+	if err := tokenErrorFromCode("ValidateToken", -6); errors.Is(err, ErrInvalidToken) || !errors.Is(err, ErrInvalidIP) {
+		t.Fatalf("a malformed client IP: %v", err)
 	}
 }
 
@@ -831,7 +846,7 @@ func TestDelete(t *testing.T) {
 		t.Fatalf("reasons %v", reasons)
 	}
 	st, err := m.GetStats(ctx)
-	if err != nil || st.TotalSessions != 0 {
+	if err != nil || st.Sessions != 0 || st.Deleted[DeleteRequested] != 1 || st.Deleted[DeleteUser] != 2 {
 		t.Fatal(st, err)
 	}
 }

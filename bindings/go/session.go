@@ -33,6 +33,8 @@ type scratch struct {
 	lens     [2 * C.AFSM_METADATA_KEYS_MAX]C.size_t
 	md       [mdBufSize]byte
 	args     [argBufSize]byte
+	tok      [C.AFSM_TOKEN_SIZE]byte
+	tokLen   C.size_t
 }
 
 var scratchPool = sync.Pool{New: func() interface{} {
@@ -148,6 +150,8 @@ func (m *Manager) sessionFromC(info *C.afsm_session_info, md []byte) *Session {
 		ExpiresAt:    time.Unix(0, int64(info.expires_at_ns)),
 		Timeout:      time.Duration(info.timeout_ms) * time.Millisecond,
 		Stats:        statsFromC(&info.stats),
+
+		TokenGeneration: uint32(info.token_generation),
 	}
 	ip := &info.client_ip
 	switch ip.family {
@@ -205,16 +209,22 @@ type CreateOptions struct {
 	ConnectionID UUID              // the transport's connection id; not nil
 	Metadata     map[string]string // copied; at most 64 keys, 4096 bytes
 	Timeout      time.Duration     // this session's timeout; 0: the default
+	// BindToken binds the returned token to ClientIP (TokenBindIP).
+	BindToken bool
 }
 
 // CreateSession creates a session in state StateConnecting with a new
-// UUIDv7 id. The metadata map is copied, not kept. The token is "" until
-// the engine's tokens land in this binding.
+// UUIDv7 id, and a token for it (as IssueToken, unbound) in the same
+// crossing into C: what the client presents to ValidateToken later. The
+// metadata map is copied, not kept.
 //
 // Errors match ErrInvalidArgument (empty user id, port over 65535, NUL in
 // metadata), ErrTooLong (user id, metadata), ErrInvalidIP, ErrInvalidUUID
 // (nil connection id), ErrAlreadyExists (connection id taken),
-// ErrOutOfMemory, ErrClosed or ctx.Err().
+// ErrLimitExceeded (the user is at MaxSessionsPerUser under LimitReject),
+// ErrOutOfMemory, ErrClosed or ctx.Err(). Should the token not be issued
+// (the session was deleted meanwhile), the session is deleted again
+// (reason "token issue failed") and the error returned.
 func (m *Manager) CreateSession(ctx context.Context, userID, clientIP string, clientPort uint32, connID UUID,
 	metadata map[string]string) (*Session, string, error) {
 	return m.CreateSessionWithOptions(ctx, &CreateOptions{
@@ -222,7 +232,8 @@ func (m *Manager) CreateSession(ctx context.Context, userID, clientIP string, cl
 	})
 }
 
-// CreateSessionWithOptions is CreateSession with a per-session timeout.
+// CreateSessionWithOptions is CreateSession with a per-session timeout
+// and, with BindToken, a token bound to the client IP.
 func (m *Manager) CreateSessionWithOptions(ctx context.Context, o *CreateOptions) (*Session, string, error) {
 	const op = "CreateSession"
 	if o == nil {
@@ -246,15 +257,173 @@ func (m *Manager) CreateSessionWithOptions(ctx context.Context, o *CreateOptions
 	if !a.addMetadata(sc, o.Metadata) {
 		return nil, "", argError(op, C.AFSM_ETOOLONG)
 	}
+	var flags C.uint32_t
+	if o.BindToken {
+		flags = C.AFSM_TOKEN_BIND_IP
+	}
 	hi, lo := o.ConnectionID.halves()
 	st := C.afsmgo_create(m.eng, a.ptr(), C.size_t(len(o.UserID)), C.size_t(len(o.ClientIP)), &sc.lens[0],
-		C.size_t(len(o.Metadata)), C.uint32_t(o.ClientPort), hi, lo, C.uint64_t(timeoutMs), &sc.info)
+		C.size_t(len(o.Metadata)), C.uint32_t(o.ClientPort), hi, lo, C.uint64_t(timeoutMs), flags, &sc.info,
+		(*C.char)(unsafe.Pointer(&sc.tok[0])), &sc.tokLen)
 	if st != C.AFSM_OK {
 		return nil, "", statusError(op, st)
 	}
 	sess := m.sessionFromC(&sc.info, nil)
 	sess.Metadata = cloneMetadata(o.Metadata)
-	return sess, "", nil
+	return sess, string(sc.tok[:sc.tokLen]), nil
+}
+
+// IssueToken seals another token for the session's current generation;
+// earlier tokens stay valid. With TokenBindIP the token is valid only from
+// the session's client IP. Lock-free. Errors match ErrSessionNotFound,
+// ErrSessionExpired, ErrSessionClosed, ErrInvalidArgument (options),
+// ErrClosed or ctx.Err().
+func (m *Manager) IssueToken(ctx context.Context, sessionID UUID, opts ...TokenOption) (string, error) {
+	return m.token(ctx, "IssueToken", sessionID, 0, opts)
+}
+
+// RotateToken moves the session to a new token generation, which revokes
+// every token issued before (they fail with ErrTokenRevoked), and returns
+// a token of the new one. Options and errors as for IssueToken.
+func (m *Manager) RotateToken(ctx context.Context, sessionID UUID, opts ...TokenOption) (string, error) {
+	return m.token(ctx, "RotateToken", sessionID, 1, opts)
+}
+
+func (m *Manager) token(ctx context.Context, op string, id UUID, rotate C.int, opts []TokenOption) (string, error) {
+	var flags C.uint32_t
+	for _, o := range opts {
+		flags |= C.uint32_t(o)
+	}
+	s, err := m.enter(ctx, id[15])
+	if err != nil {
+		return "", err
+	}
+	defer s.leave()
+	sc := getScratch()
+	defer putScratch(sc)
+	hi, lo := id.halves()
+	st := C.afsmgo_token(m.engp, hi, lo, flags, rotate, (*C.char)(unsafe.Pointer(&sc.tok[0])), &sc.tokLen)
+	if st != C.AFSM_OK {
+		return "", statusError(op, st)
+	}
+	return string(sc.tok[:sc.tokLen]), nil
+}
+
+// ValidateToken checks a token a client presented from clientIP and
+// returns a copy of its session (metadata included, fetched in the same
+// crossing into C). clientIP may be "" when unknown, but a token bound to
+// an IP then fails with ErrIPMismatch. Lock-free; the cryptographic check
+// is constant-time.
+//
+// Every token failure matches ErrInvalidToken and one of
+// ErrTokenMalformed (truncated, garbled), ErrTokenForged (altered, or
+// sealed by another key under a known id), ErrUnknownKey, ErrKeyRemoved,
+// ErrTokenRevoked (rotated), ErrIPMismatch, ErrSessionNotFound,
+// ErrSessionExpired, ErrSessionClosed. Other errors: ErrInvalidIP
+// (clientIP malformed), ErrOutOfMemory, ErrClosed, ctx.Err().
+func (m *Manager) ValidateToken(ctx context.Context, token, clientIP string) (*Session, error) {
+	const op = "ValidateToken"
+	var hint byte
+	if len(token) > 0 {
+		hint = token[len(token)-1] // random: spreads the gate's stripes
+	}
+	s, err := m.enter(ctx, hint)
+	if err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	sc := getScratch()
+	defer putScratch(sc)
+	var a argBuf
+	a.init(sc, len(token)+len(clientIP))
+	a.add(token)
+	a.add(clientIP)
+	var hasIP C.int
+	if clientIP != "" {
+		hasIP = 1
+	}
+	st := C.afsmgo_validate(m.engp, a.ptr(), C.size_t(len(token)), C.size_t(len(clientIP)), hasIP, &sc.info,
+		(*C.char)(unsafe.Pointer(&sc.md[0])), C.size_t(len(sc.md)), &sc.mdLen, &sc.mdStatus)
+	if st != C.AFSM_OK {
+		return nil, tokenError(op, st)
+	}
+	var md []byte
+	if sc.info.metadata_count != 0 {
+		if md, err = m.metadataOf(op, sc); err != nil {
+			if e, ok := err.(*Error); ok {
+				return nil, tokenError(op, C.afsm_status(e.Status))
+			}
+			return nil, err
+		}
+	}
+	return m.sessionFromC(&sc.info, md), nil
+}
+
+// Restore re-creates a session exactly as a copy describes it (ids, user,
+// client, state, timestamps, timeout, stats, token generation and
+// metadata): how a service reloads a snapshot of GetSession / ListSessions
+// copies after a restart so that sessions and their tokens survive it
+// (give the new Manager the same keys). The deadline is LastActiveAt plus
+// Timeout, by the wall clock. ServerAddr and ExpiresAt are not read.
+//
+// Errors match ErrSessionExpired (it expired meanwhile: nothing done),
+// ErrAlreadyExists (its id or connection id is taken), ErrInvalidArgument
+// (state, port, zero timeout or token generation), ErrInvalidUUID,
+// ErrInvalidIP, ErrTooLong, ErrLimitExceeded, ErrOutOfMemory, ErrClosed or
+// ctx.Err().
+func (m *Manager) Restore(ctx context.Context, sess *Session) error {
+	const op = "Restore"
+	if sess == nil {
+		return argError(op, C.AFSM_ENULL)
+	}
+	if len(sess.UserID) > C.AFSM_USER_ID_MAX {
+		return argError(op, C.AFSM_ETOOLONG)
+	}
+	ip, err := netip.ParseAddr(sess.ClientIP)
+	if err != nil || ip.Zone() != "" {
+		return argError(op, C.AFSM_EIP)
+	}
+	ip = ip.Unmap()
+	if sess.Timeout <= 0 || sess.ClientPort > 65535 {
+		return argError(op, C.AFSM_EINVAL)
+	}
+	timeoutMs, _ := durationMs(sess.Timeout)
+	s, err := m.enter(ctx, sess.SessionID[15])
+	if err != nil {
+		return err
+	}
+	defer s.leave()
+	sc := getScratch()
+	defer putScratch(sc)
+	info := &sc.info
+	*info = C.afsm_session_info{version: C.AFSM_SESSION_INFO_VERSION}
+	defer func() { sc.info = C.afsm_session_info{version: C.AFSM_SESSION_INFO_VERSION} }()
+	info.state = C.uint32_t(sess.State)
+	*(*UUID)(unsafe.Pointer(&info.session_id)) = sess.SessionID
+	*(*UUID)(unsafe.Pointer(&info.connection_id)) = sess.ConnectionID
+	if ip.Is4() {
+		info.client_ip.family = 4
+		b := ip.As4()
+		copy((*[16]byte)(unsafe.Pointer(&info.client_ip.bytes[0]))[:], b[:])
+	} else {
+		info.client_ip.family = 6
+		*(*[16]byte)(unsafe.Pointer(&info.client_ip.bytes[0])) = ip.As16()
+	}
+	info.client_port = C.uint16_t(sess.ClientPort)
+	info.user_id_len = C.uint32_t(len(sess.UserID))
+	copy((*[C.AFSM_USER_ID_MAX + 1]byte)(unsafe.Pointer(&info.user_id[0]))[:], sess.UserID)
+	info.created_at_ns = C.int64_t(sess.CreatedAt.UnixNano())
+	info.last_active_at_ns = C.int64_t(sess.LastActiveAt.UnixNano())
+	info.expires_at_ns = C.int64_t(sess.ExpiresAt.UnixNano())
+	info.timeout_ms = C.uint64_t(timeoutMs)
+	info.stats = sess.Stats.toC()
+	info.token_generation = C.uint32_t(sess.TokenGeneration)
+	var a argBuf
+	a.init(sc, metadataSize(sess.Metadata))
+	if !a.addMetadata(sc, sess.Metadata) {
+		return argError(op, C.AFSM_ETOOLONG)
+	}
+	return statusError(op, C.afsmgo_restore(m.eng, info, a.ptr(), &sc.lens[0], C.size_t(len(sess.Metadata))))
 }
 
 // GetSession returns a copy of a session. Errors match ErrSessionNotFound,

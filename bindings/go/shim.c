@@ -23,12 +23,17 @@ static uint64_t tramp_clock(void *ctx)
     return afsmgoClock((uintptr_t)ctx);
 }
 
-afsm_status afsmgo_open(const afsm_config *cfg, const char *server_addr, size_t server_addr_len, uintptr_t cb,
-                        int want, afsm_engine **out)
+afsm_status afsmgo_open(const afsm_config *cfg, const char *server_addr, size_t server_addr_len, const uint8_t *key,
+                        size_t key_len, const char *key_file, size_t key_file_len, uintptr_t cb, int want,
+                        afsm_engine **out)
 {
     afsm_config c = *cfg;
     c.server_addr = server_addr_len != 0 ? server_addr : NULL;
     c.server_addr_len = server_addr_len;
+    c.key = key;
+    c.key_len = key_len;
+    c.key_file = key_file;
+    c.key_file_len = key_file_len;
     if (want & AFSMGO_WANT_EVENT) {
         c.on_event = tramp_event;
         c.event_ctx = (void *)cb;
@@ -68,7 +73,7 @@ static void fill_kv(afsm_kv *kv, const char *buf, const size_t *lens, size_t nkv
 
 afsm_status afsmgo_create(afsm_engine *e, const char *buf, size_t user_len, size_t ip_len, const size_t *lens,
                           size_t nkv, uint32_t port, uint64_t conn_hi, uint64_t conn_lo, uint64_t timeout_ms,
-                          afsm_session_info *out)
+                          uint32_t token_flags, afsm_session_info *out, char *tok, size_t *tok_len)
 {
     if (nkv > AFSM_METADATA_KEYS_MAX)
         return AFSM_ETOOLONG;
@@ -84,7 +89,34 @@ afsm_status afsmgo_create(afsm_engine *e, const char *buf, size_t user_len, size
     fill_kv(kv, buf + user_len + ip_len, lens, nkv);
     o.metadata = nkv != 0 ? kv : NULL;
     o.metadata_count = nkv;
-    return afsm_session_create(e, &o, out);
+    afsm_status s = afsm_session_create(e, &o, out);
+    if (s != AFSM_OK)
+        return s;
+    s = afsm_token_issue(e, &out->session_id, token_flags, tok, AFSM_TOKEN_SIZE, tok_len);
+    if (s != AFSM_OK) {
+        static const char reason[] = "token issue failed";
+        afsm_session_delete(e, &out->session_id, reason, sizeof(reason) - 1);
+    }
+    return s;
+}
+
+afsm_status afsmgo_token(uintptr_t ep, uint64_t id_hi, uint64_t id_lo, uint32_t flags, int rotate, char *tok,
+                         size_t *tok_len)
+{
+    afsm_engine *e = (afsm_engine *)ep;
+    afsm_uuid id = make_uuid(id_hi, id_lo);
+    return rotate ? afsm_token_rotate(e, &id, flags, tok, AFSM_TOKEN_SIZE, tok_len)
+                  : afsm_token_issue(e, &id, flags, tok, AFSM_TOKEN_SIZE, tok_len);
+}
+
+afsm_status afsmgo_restore(afsm_engine *e, const afsm_session_info *info, const char *buf, const size_t *lens,
+                           size_t nkv)
+{
+    if (nkv > AFSM_METADATA_KEYS_MAX)
+        return AFSM_ETOOLONG;
+    afsm_kv kv[AFSM_METADATA_KEYS_MAX];
+    fill_kv(kv, buf, lens, nkv);
+    return afsm_session_restore(e, info, nkv != 0 ? kv : NULL, nkv);
 }
 
 static afsm_status fetch_metadata(afsm_engine *e, const afsm_uuid *id, char *md, size_t md_cap, size_t *md_len)
@@ -101,6 +133,19 @@ afsm_status afsmgo_get(uintptr_t ep, uint64_t id_hi, uint64_t id_lo, int by_conn
     afsm_engine *e = (afsm_engine *)ep;
     afsm_uuid id = make_uuid(id_hi, id_lo);
     afsm_status s = by_connection ? afsm_session_get_by_connection(e, &id, out) : afsm_session_get(e, &id, out);
+    *md_len = 0;
+    *md_status = AFSM_OK;
+    if (s != AFSM_OK || out->metadata_count == 0)
+        return s;
+    *md_status = fetch_metadata(e, &out->session_id, md, md_cap, md_len);
+    return s;
+}
+
+afsm_status afsmgo_validate(uintptr_t ep, const char *buf, size_t tok_len, size_t ip_len, int has_ip,
+                            afsm_session_info *out, char *md, size_t md_cap, size_t *md_len, afsm_status *md_status)
+{
+    afsm_engine *e = (afsm_engine *)ep;
+    afsm_status s = afsm_token_validate(e, buf, tok_len, has_ip ? buf + tok_len : NULL, ip_len, out);
     *md_len = 0;
     *md_status = AFSM_OK;
     if (s != AFSM_OK || out->metadata_count == 0)

@@ -20,15 +20,33 @@
 #define AFSMGO_WANT_LOG 0x2
 #define AFSMGO_WANT_CLOCK 0x4
 
-/* Opens an engine; cb (a runtime/cgo.Handle) becomes the hooks' ctx. */
-afsm_status afsmgo_open(const afsm_config *cfg, const char *server_addr, size_t server_addr_len, uintptr_t cb,
-                        int want, afsm_engine **out);
+/* Opens an engine; cb (a runtime/cgo.Handle) becomes the hooks' ctx.
+ * key (key_len bytes) and key_file (key_file_len bytes) may be NULL. */
+afsm_status afsmgo_open(const afsm_config *cfg, const char *server_addr, size_t server_addr_len, const uint8_t *key,
+                        size_t key_len, const char *key_file, size_t key_file_len, uintptr_t cb, int want,
+                        afsm_engine **out);
 
 /* buf holds user_id | client_ip | key0 | value0 | key1 | ...; lens holds
  * 2*nkv lengths (key0, value0, ...). */
+/* After a successful create, issues a token (token_flags) into
+ * tok[AFSM_TOKEN_SIZE]; if that fails, the session is deleted again and
+ * the token's status returned, so a create is all or nothing. */
 afsm_status afsmgo_create(afsm_engine *e, const char *buf, size_t user_len, size_t ip_len, const size_t *lens,
                           size_t nkv, uint32_t port, uint64_t conn_hi, uint64_t conn_lo, uint64_t timeout_ms,
-                          afsm_session_info *out);
+                          uint32_t token_flags, afsm_session_info *out, char *tok, size_t *tok_len);
+
+/* afsm_token_issue (rotate == 0) or afsm_token_rotate into tok[AFSM_TOKEN_SIZE]. */
+afsm_status afsmgo_token(uintptr_t e, uint64_t id_hi, uint64_t id_lo, uint32_t flags, int rotate, char *tok,
+                         size_t *tok_len);
+
+/* afsm_token_validate of buf[0..tok_len) from buf[tok_len..tok_len+ip_len)
+ * (no client IP when has_ip is 0), then the metadata as for afsmgo_get. */
+afsm_status afsmgo_validate(uintptr_t e, const char *buf, size_t tok_len, size_t ip_len, int has_ip,
+                            afsm_session_info *out, char *md, size_t md_cap, size_t *md_len, afsm_status *md_status);
+
+/* afsm_session_restore; buf and lens hold the metadata as for afsmgo_update. */
+afsm_status afsmgo_restore(afsm_engine *e, const afsm_session_info *info, const char *buf, const size_t *lens,
+                           size_t nkv);
 
 /* Get (by session id or, with by_connection, by connection id) and, when
  * the session has metadata and md_cap suffices, its metadata in the same

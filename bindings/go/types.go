@@ -6,6 +6,7 @@ package afsm
 import "C"
 
 import (
+	"math"
 	"strconv"
 	"time"
 )
@@ -83,6 +84,9 @@ type Session struct {
 	Timeout      time.Duration     // the session's rolling timeout
 	Metadata     map[string]string // never nil
 	Stats        Stats
+	// TokenGeneration counts the session's token rotations (1 at
+	// creation); tokens of older generations are revoked. Restore needs it.
+	TokenGeneration uint32
 }
 
 // Counts are session numbers summed over the engine's shards; each shard's
@@ -92,13 +96,138 @@ type Counts struct {
 	ByState [C.AFSM_STATE_COUNT]uint64 // indexed by State
 }
 
-// ManagerStats are what GetStats reports.
-type ManagerStats struct {
-	TotalSessions         uint64
-	ConnectingSessions    uint64
-	ActiveSessions        uint64
-	IdleSessions          uint64
-	DisconnectingSessions uint64
+// LimitPolicy says what a create does when the user already has
+// ManagerConfig.MaxSessionsPerUser sessions.
+type LimitPolicy uint32
+
+// The limit policies, as the C AFSM_LIMIT_*.
+const (
+	// LimitReject fails the create with ErrLimitExceeded.
+	LimitReject LimitPolicy = C.AFSM_LIMIT_REJECT
+	// LimitEvictOldest deletes the user's oldest session (EventDeleted,
+	// reason "evicted") to make room.
+	LimitEvictOldest LimitPolicy = C.AFSM_LIMIT_EVICT_OLDEST
+)
+
+// TokenOption changes how a token is sealed (IssueToken, RotateToken).
+type TokenOption uint32
+
+// TokenBindIP makes the token valid only when presented from the
+// session's client IP (ValidateToken's clientIP).
+const TokenBindIP TokenOption = C.AFSM_TOKEN_BIND_IP
+
+// KeySize is the size of a token key in bytes (AddKey, ManagerConfig.Key,
+// and of a key file).
+const KeySize = C.AFSM_KEY_BYTES
+
+// MaxKeyID is the largest key id; key ids start at 1.
+const MaxKeyID = C.AFSM_KEY_ID_MAX
+
+// DeleteReason is why sessions left, the label of session_deleted_total.
+type DeleteReason int
+
+// The delete reasons, as the C afsm_delete_reason.
+const (
+	DeleteRequested DeleteReason = C.AFSM_DELETE_REQUESTED // DeleteSession
+	DeleteUser      DeleteReason = C.AFSM_DELETE_USER      // DeleteUserSessions
+	DeleteClosed    DeleteReason = C.AFSM_DELETE_CLOSED    // state set to StateClosed
+	DeleteEvicted   DeleteReason = C.AFSM_DELETE_EVICTED   // over MaxSessionsPerUser
+	DeleteExpired   DeleteReason = C.AFSM_DELETE_EXPIRED   // also counted in Metrics.Expired
+
+	// DeleteReasonCount is the number of delete reasons.
+	DeleteReasonCount = C.AFSM_DELETE_REASON_COUNT
+)
+
+var deleteReasonNames = [DeleteReasonCount]string{"requested", "user", "closed", "evicted", "expired"}
+
+// String returns the Prometheus label: "requested", "user", "closed",
+// "evicted", "expired", or "DeleteReason(n)".
+func (r DeleteReason) String() string {
+	if r >= 0 && int(r) < len(deleteReasonNames) {
+		return deleteReasonNames[r]
+	}
+	return "DeleteReason(" + strconv.Itoa(int(r)) + ")"
+}
+
+// TokenResult is a token validation's outcome, the label of
+// session_token_validations_total.
+type TokenResult int
+
+// The token results, as the C afsm_token_result.
+const (
+	TokenOK         TokenResult = C.AFSM_TOKEN_OK
+	TokenMalformed  TokenResult = C.AFSM_TOKEN_MALFORMED   // ErrTokenMalformed
+	TokenForged     TokenResult = C.AFSM_TOKEN_FORGED      // ErrTokenForged
+	TokenUnknownKey TokenResult = C.AFSM_TOKEN_UNKNOWN_KEY // ErrUnknownKey
+	TokenRemovedKey TokenResult = C.AFSM_TOKEN_REMOVED_KEY // ErrKeyRemoved
+	TokenNotFound   TokenResult = C.AFSM_TOKEN_NOT_FOUND   // ErrSessionNotFound
+	TokenExpired    TokenResult = C.AFSM_TOKEN_EXPIRED     // ErrSessionExpired
+	TokenClosed     TokenResult = C.AFSM_TOKEN_CLOSED      // ErrSessionClosed
+	TokenRevoked    TokenResult = C.AFSM_TOKEN_REVOKED     // ErrTokenRevoked
+	TokenIPMismatch TokenResult = C.AFSM_TOKEN_IP_MISMATCH // ErrIPMismatch
+
+	// TokenResultCount is the number of token results.
+	TokenResultCount = C.AFSM_TOKEN_RESULT_COUNT
+)
+
+var tokenResultNames = [TokenResultCount]string{"ok", "malformed", "forged", "unknown_key", "removed_key",
+	"not_found", "expired", "closed", "revoked", "ip_mismatch"}
+
+// String returns the Prometheus label: "ok", "malformed", "forged", ...,
+// or "TokenResult(n)".
+func (r TokenResult) String() string {
+	if r >= 0 && int(r) < len(tokenResultNames) {
+		return tokenResultNames[r]
+	}
+	return "TokenResult(" + strconv.Itoa(int(r)) + ")"
+}
+
+// DurationBuckets is the number of buckets of Metrics.Duration.
+const DurationBuckets = C.AFSM_DURATION_BUCKETS
+
+// DurationBucketBounds are the upper bounds, in seconds (inclusive, as
+// Prometheus's le), of the session_duration_seconds buckets; the last is
+// +Inf.
+var DurationBucketBounds = [DurationBuckets]float64{1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200,
+	86400, math.Inf(1)}
+
+// Histogram is session_duration_seconds: how long sessions lived,
+// observed when they ended (any reason).
+type Histogram struct {
+	// Buckets[i] counts the sessions that lived more than
+	// DurationBucketBounds[i-1] and at most DurationBucketBounds[i] seconds:
+	// per bucket, not cumulative as in the exposition format.
+	Buckets [DurationBuckets]uint64
+	Count   uint64  // the sum of Buckets
+	Sum     float64 // seconds, at millisecond resolution
+}
+
+// Metrics are the engine's counters (afsm_metrics_snapshot), summed over
+// its shards: each is exact, the set is not one atomic snapshot while
+// other goroutines write. With ManagerConfig.DisableMetrics only the
+// session gauges (Sessions, SessionsByState) and ShardCount move.
+type Metrics struct {
+	ShardCount       uint32
+	Sessions         uint64                     // session_total (gauge)
+	SessionsByState  [C.AFSM_STATE_COUNT]uint64 // indexed by State; StateAny's is 0
+	Created          uint64                     // session_created_total
+	Deleted          [DeleteReasonCount]uint64  // indexed by DeleteReason; expired ones included
+	Expired          uint64                     // session_expired_total (= Deleted[DeleteExpired])
+	IdleTransitions  uint64                     // active -> idle by idle detection
+	WakeTransitions  uint64                     // idle -> active by activity
+	Duration         Histogram                  // session_duration_seconds
+	TokenValidations [TokenResultCount]uint64   // indexed by TokenResult
+	ReaperLag        time.Duration              // engine clock minus where the wheels last got to
+	DeferredFrees    uint64                     // memory waiting for readers (process-wide)
+}
+
+// DeletedTotal is the sum of Deleted over every reason.
+func (m *Metrics) DeletedTotal() uint64 {
+	var n uint64
+	for _, d := range m.Deleted {
+		n += d
+	}
+	return n
 }
 
 // EventType says what happened to a session.

@@ -20,7 +20,7 @@ static afsm_status heartbeat_session(mem_store *ms, session *s, uint64_t *remain
     for (;;) {
         /* Checked inside the loop: the reaper's CAS and ours exclude each
          * other, so success here means the deadline had not passed. */
-        if ((seen & SESSION_EXPIRED_BIT) || session_deadline(s, seen) <= now)
+        if ((seen & SESSION_EXPIRED_BIT) || mem_deadline(ms, s, seen) <= now)
             return AFSM_EEXPIRED;
         if (seen >= now)
             break; /* a newer heartbeat already landed: never move back */
@@ -31,7 +31,7 @@ static afsm_status heartbeat_session(mem_store *ms, session *s, uint64_t *remain
         }
     }
     if (remaining_ns != NULL)
-        *remaining_ns = session_deadline(s, seen) - now;
+        *remaining_ns = mem_deadline(ms, s, seen) - now;
     if (ms->config.idle_timeout_ns != 0 && atomic_load_explicit(&s->state, memory_order_relaxed) == AFSM_STATE_IDLE)
         mem_reactivate(ms, s);
     return AFSM_OK;
@@ -41,7 +41,7 @@ static afsm_status add_stats_session(mem_store *ms, session *s, const afsm_stats
 {
     if (session_removed(s))
         return AFSM_ENOTFOUND;
-    if (session_expired(s, mem_now(ms)))
+    if (mem_expired(ms, s, mem_now(ms)))
         return AFSM_EEXPIRED;
     if (d->packets_sent)
         atomic_fetch_add_explicit(&s->packets_sent, d->packets_sent, memory_order_relaxed);
@@ -105,7 +105,7 @@ afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_han
     }
     session *s = by_connection ? mem_lookup_connection(ms, id) : mem_lookup(ms, id);
     afsm_status status = AFSM_ENOTFOUND;
-    if (s != NULL && session_expired(s, mem_now(ms))) {
+    if (s != NULL && mem_expired(ms, s, mem_now(ms))) {
         status = AFSM_EEXPIRED;
     } else if (s != NULL) {
         /* Take a reference only while one still exists: a record whose

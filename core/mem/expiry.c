@@ -26,7 +26,7 @@ uint64_t mem_timer_deadline(const mem_store *ms, const session *s, uint32_t stat
     if (state == AFSM_STATE_CLOSED)
         return atomic_load_explicit((_Atomic uint64_t *)&s->last_traffic_ns, memory_order_relaxed) +
                ms->config.close_linger_ns;
-    uint64_t deadline = session_deadline(s, last_active);
+    uint64_t deadline = mem_deadline(ms, s, last_active);
     if (ms->config.idle_timeout_ns != 0 && state == AFSM_STATE_ACTIVE) {
         uint64_t traffic = atomic_load_explicit((_Atomic uint64_t *)&s->last_traffic_ns, memory_order_relaxed);
         uint64_t idle_at = (traffic > last_active ? traffic : last_active) + ms->config.idle_timeout_ns;
@@ -94,7 +94,7 @@ static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
     }
     uint64_t seen = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed);
     while (!(seen & SESSION_EXPIRED_BIT)) {
-        uint64_t deadline = session_deadline(s, seen);
+        uint64_t deadline = mem_deadline(ms, s, seen);
         if (deadline > fire_ns) {
             /* Alive: maybe idle, then look again at the next deadline. */
             if (state == AFSM_STATE_ACTIVE && ms->config.idle_timeout_ns != 0 &&

@@ -16,13 +16,23 @@ static void entry_destroy(ck_epoch_entry_t *e)
     mem_free(e); /* epoch_entry is the first member */
 }
 
-static user_entry *entry_create(shard *us, const session *s)
+static void retire_entry(shard *us, user_entry *entry)
 {
-    user_entry *entry = mem_calloc(1, sizeof(*entry) + s->user_id_len + 1u);
+    table_remove(&us->users, &entry->key);
+    epoch_defer(us->defer, &entry->epoch_entry, entry_destroy);
+}
+
+user_entry *index_entry(shard *us, const char *user_id, uint16_t user_id_len)
+{
+    user_entry *entry = index_lookup(us, user_id, user_id_len);
+    if (entry != NULL)
+        return entry;
+    entry = mem_calloc(1, sizeof(*entry) + user_id_len + 1u);
     if (entry == NULL)
         return NULL;
-    entry->key.len = s->user_id_len;
-    memcpy(entry->key.bytes, s->user_id, s->user_id_len + 1u);
+    entry->key.len = user_id_len;
+    memcpy(entry->key.bytes, user_id, user_id_len);
+    entry->key.bytes[user_id_len] = '\0';
     if (table_insert(&us->users, &entry->key) != TABLE_OK) {
         mem_free(entry);
         return NULL;
@@ -30,12 +40,9 @@ static user_entry *entry_create(shard *us, const session *s)
     return entry;
 }
 
-afsm_status index_add(shard *us, session *s)
+void index_link(session *s)
 {
-    user_entry *entry = index_lookup(us, s->user_id, s->user_id_len);
-    if (entry == NULL && (entry = entry_create(us, s)) == NULL)
-        return AFSM_ENOMEM;
-
+    user_entry *entry = s->user;
     /* Find the first older session: new ids are nearly always the newest,
      * so this stops at once. */
     session *prev = NULL;
@@ -57,14 +64,11 @@ afsm_status index_add(shard *us, session *s)
         atomic_store_explicit(&entry->newest, s, memory_order_release);
     atomic_store_explicit(&entry->count, atomic_load_explicit(&entry->count, memory_order_relaxed) + 1,
                           memory_order_relaxed);
-    return AFSM_OK;
 }
 
-void index_remove(shard *us, session *s, bool keep_entry)
+void index_unlink(shard *us, session *s, bool keep_entry)
 {
-    user_entry *entry = index_lookup(us, s->user_id, s->user_id_len);
-    if (entry == NULL)
-        return;
+    user_entry *entry = s->user;
     session *next = atomic_load_explicit(&s->user_next, memory_order_relaxed);
     if (s->user_prev != NULL)
         atomic_store_explicit(&s->user_prev->user_next, next, memory_order_release);
@@ -76,10 +80,14 @@ void index_remove(shard *us, session *s, bool keep_entry)
         atomic_store_explicit(&entry->oldest, s->user_prev, memory_order_release);
     uint32_t count = atomic_load_explicit(&entry->count, memory_order_relaxed) - 1;
     atomic_store_explicit(&entry->count, count, memory_order_relaxed);
-    if (count == 0 && !keep_entry) {
-        table_remove(&us->users, &entry->key);
-        epoch_defer(us->defer, &entry->epoch_entry, entry_destroy);
-    }
+    if (count == 0 && !keep_entry)
+        retire_entry(us, entry);
+}
+
+void index_drop_if_empty(shard *us, user_entry *entry)
+{
+    if (atomic_load_explicit(&entry->count, memory_order_relaxed) == 0)
+        retire_entry(us, entry);
 }
 
 user_entry *index_lookup(shard *us, const char *user_id, uint16_t user_id_len)

@@ -31,16 +31,32 @@ typedef struct user_entry {
     table_string_key key;      /* the user id; last: its bytes follow */
 } user_entry;
 
-/* User shard lock held. AFSM_ENOMEM (nothing changed) only when the user
- * had no entry yet and none could be made. */
-afsm_status index_add(shard *user_shard, session *s);
-/* User shard lock held. keep_entry: leave the user's entry even when this
- * was its last session, because the caller adds one next (eviction), so
- * that add cannot fail. */
-void index_remove(shard *user_shard, session *s, bool keep_entry);
+/* User shard lock held. The user's entry, made if it has none (count 0
+ * then); NULL only when it could not be allocated. */
+user_entry *index_entry(shard *user_shard, const char *user_id, uint16_t user_id_len);
+/* User shard lock held: adds s (s->user already set) to its user's list.
+ * Never fails. */
+void index_link(session *s);
+/* User shard lock held: takes s off its user's list. The entry goes when
+ * its last session does, unless keep_entry (an eviction adds right after,
+ * and must not find the entry gone). */
+void index_unlink(shard *user_shard, session *s, bool keep_entry);
+/* User shard lock held: drops an entry index_entry made for a create that
+ * then failed. */
+void index_drop_if_empty(shard *user_shard, user_entry *entry);
 
 /* The user's entry, or NULL. Lock-free; inside an epoch section. */
 user_entry *index_lookup(shard *user_shard, const char *user_id, uint16_t user_id_len);
+
+static inline const char *index_user_id(const session *s)
+{
+    return s->user->key.bytes;
+}
+
+static inline uint16_t index_user_id_len(const session *s)
+{
+    return s->user->key.len;
+}
 
 static inline uint32_t index_count(const user_entry *entry)
 {

@@ -87,6 +87,7 @@ static int compare_sessions(const void *a, const void *b)
 
 typedef struct list_scan {
     const afsm_list_filter *filter;
+    const mem_store *ms;
     int has_cursor;
     uint64_t now;
     int64_t wall_offset; /* creation times are compared as copies report them */
@@ -98,15 +99,13 @@ typedef struct list_scan {
 static afsm_status scan_one(list_scan *scan, session *s)
 {
     const afsm_list_filter *f = scan->filter;
-    if (session_removed(s) || session_expired(s, scan->now))
+    if (session_removed(s) || mem_expired(scan->ms, s, scan->now))
         return AFSM_OK;
     if (f->state != AFSM_STATE_ANY && atomic_load_explicit(&s->state, memory_order_relaxed) != f->state)
         return AFSM_OK;
     if (f->created_after_ns != 0 && (int64_t)s->created_ns + scan->wall_offset <= f->created_after_ns)
         return AFSM_OK;
     if (f->created_before_ns != 0 && (int64_t)s->created_ns + scan->wall_offset >= f->created_before_ns)
-        return AFSM_OK;
-    if (f->user_id != NULL && (s->user_id_len != f->user_id_len || memcmp(s->user_id, f->user_id, f->user_id_len) != 0))
         return AFSM_OK;
     scan->total++;
     if (scan->has_cursor && uuid_compare(&s->id, &f->cursor) <= 0)
@@ -119,7 +118,7 @@ afsm_status mem_list(store *st, const afsm_list_filter *f, afsm_session_info *ou
                      afsm_uuid *next_cursor)
 {
     mem_store *ms = (mem_store *)st;
-    list_scan scan = {.filter = f, .has_cursor = !uuid_is_nil(&f->cursor), .now = mem_now(ms)};
+    list_scan scan = {.filter = f, .ms = ms, .has_cursor = !uuid_is_nil(&f->cursor), .now = mem_now(ms)};
     scan.wall_offset = atomic_load_explicit(&ms->wall_offset_ns, memory_order_relaxed);
     uint64_t keep = f->offset + f->limit;
     scan.page.limit = keep < f->offset ? SIZE_MAX : (size_t)keep; /* saturate on overflow */

@@ -16,6 +16,7 @@
 #define AFSM_MEM_STORE_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,6 +54,8 @@ unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id);
 unsigned mem_shard_of_connection(const mem_store *ms, const afsm_uuid *id);
 unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len);
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set);
+/* The same before s->user is set (create): from the spec's user id. */
+void mem_lockset_for(const mem_store *ms, const session *s, const char *user_id, size_t user_id_len, lockset *set);
 
 static inline uint64_t mem_now(const mem_store *ms)
 {
@@ -65,6 +68,16 @@ static inline uint64_t mem_now(const mem_store *ms)
 static inline int64_t mem_wall_now(const mem_store *ms)
 {
     return (int64_t)mem_now(ms) + atomic_load_explicit((_Atomic int64_t *)&ms->wall_offset_ns, memory_order_relaxed);
+}
+
+static inline uint64_t mem_deadline(const mem_store *ms, const session *s, uint64_t last_active_ns)
+{
+    return session_deadline(s, last_active_ns, ms->config.max_lifetime_ns);
+}
+
+static inline bool mem_expired(const mem_store *ms, const session *s, uint64_t now_ns)
+{
+    return session_expired(s, now_ns, ms->config.max_lifetime_ns);
 }
 
 static inline shard *mem_home(const mem_store *ms, const session *s)

@@ -14,8 +14,9 @@
  * The record is freed through the epoch once it has left the tables and the
  * last pinned handle is released (refs reaches 0).
  *
- * Field order packs the record into jemalloc's 224-byte class for user ids
- * up to 15 bytes (bench/: bytes per session).
+ * Field order and the user id kept in the user's entry (not here) pack the
+ * record into 192 bytes: jemalloc's 192-byte class (bench/: bytes per
+ * session).
  */
 #ifndef AFSM_MEM_SESSION_H
 #define AFSM_MEM_SESSION_H
@@ -24,6 +25,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "afsm.h"
 #include "mem/wheel.h"
@@ -35,17 +37,18 @@
  * overwrite it, which makes "expire" and "heartbeat" mutually exclusive. */
 #define SESSION_EXPIRED_BIT (UINT64_C(1) << 63)
 
+struct user_entry;
+
 typedef struct session {
     /* Immutable after publication. id and connection_id are table keys. */
     afsm_uuid id;
     afsm_uuid connection_id;
-    afsm_ip client_ip;
+    uint8_t client_ip[16];   /* v6, or v4 as ::ffff:a.b.c.d (session_ip) */
+    _Atomic uint8_t removed; /* set under the lock set when unlinked */
+    _Atomic uint8_t state;   /* seqlock-protected, with meta */
     uint16_t client_port;
-    uint16_t user_id_len;
-    _Atomic uint8_t removed;  /* set under the lock set when unlinked */
-    uint64_t created_ns;      /* engine clock; reported as wall time through the offset */
-    uint64_t timeout_ns;      /* rolling timeout */
-    uint64_t lifetime_end_ns; /* engine clock; UINT64_MAX without max_lifetime */
+    uint32_t timeout_ms; /* rolling timeout */
+    uint64_t created_ns; /* engine clock; reported through the wall offset */
 
     /* Lock-free. */
     _Atomic uint64_t last_active_ns; /* engine clock; SESSION_EXPIRED_BIT once expired */
@@ -60,9 +63,8 @@ typedef struct session {
     _Atomic uint32_t refs; /* 1 while in the tables, plus one per pinned handle */
     _Atomic uint32_t token_generation;
 
-    /* Seqlock-protected; written under the home shard lock. */
+    /* Seqlock for state and meta; written under the home shard lock. */
     sync_seq seq;
-    _Atomic uint32_t state;
     _Atomic(metadata *) meta;
 
     /* A linked timer (home shard lock) until removal; after it, the entry
@@ -73,27 +75,61 @@ typedef struct session {
     };
     _Atomic(struct session *) user_next; /* the user's list, see mem/index.h */
     struct session *user_prev;
-
-    char user_id[]; /* user_id_len bytes and a NUL */
+    /* The user's index entry, which holds the user id: it outlives every
+     * session that points to it (freed through the epoch after the last). */
+    struct user_entry *user;
 } session;
 
-/* The deadline implied by a last-active time. */
-static inline uint64_t session_deadline(const session *s, uint64_t last_active_ns)
+/* One jemalloc size class per session (bench/: bytes per session). */
+_Static_assert(sizeof(session) == 192, "session record outgrew its 192-byte size class");
+
+/* The deadline implied by a last-active time: the rolling timeout, capped
+ * by the engine's max_lifetime (0: none). */
+static inline uint64_t session_deadline(const session *s, uint64_t last_active_ns, uint64_t max_lifetime_ns)
 {
-    uint64_t rolling = last_active_ns + s->timeout_ns;
-    return rolling < s->lifetime_end_ns ? rolling : s->lifetime_end_ns;
+    uint64_t rolling = last_active_ns + (uint64_t)s->timeout_ms * 1000000u;
+    if (max_lifetime_ns == 0)
+        return rolling;
+    uint64_t end = s->created_ns + max_lifetime_ns;
+    return rolling < end ? rolling : end;
 }
 
 /* True when the session is expired at now_ns (decided or merely due). */
-static inline bool session_expired(const session *s, uint64_t now_ns)
+static inline bool session_expired(const session *s, uint64_t now_ns, uint64_t max_lifetime_ns)
 {
     uint64_t seen = atomic_load_explicit((_Atomic uint64_t *)&s->last_active_ns, memory_order_relaxed);
-    return (seen & SESSION_EXPIRED_BIT) != 0 || session_deadline(s, seen) <= now_ns;
+    return (seen & SESSION_EXPIRED_BIT) != 0 || session_deadline(s, seen, max_lifetime_ns) <= now_ns;
 }
 
 static inline bool session_removed(const session *s)
 {
     return atomic_load_explicit((_Atomic uint8_t *)&s->removed, memory_order_acquire) != 0;
+}
+
+/* The client address in the record's 16-byte form and back. */
+static inline void session_set_ip(session *s, const afsm_ip *ip)
+{
+    static const uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (ip->family == 4) {
+        memcpy(s->client_ip, v4_mapped, 12);
+        memcpy(s->client_ip + 12, ip->bytes, 4);
+    } else {
+        memcpy(s->client_ip, ip->bytes, 16);
+    }
+}
+
+static inline void session_ip(const session *s, afsm_ip *out)
+{
+    static const uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    memset(out, 0, sizeof(*out));
+    if (memcmp(s->client_ip, v4_mapped, 12) == 0) {
+        /* afsm_ip_parse normalises v4-mapped v6 to v4, so this is lossless. */
+        out->family = 4;
+        memcpy(out->bytes, s->client_ip + 12, 4);
+    } else {
+        out->family = 6;
+        memcpy(out->bytes, s->client_ip, 16);
+    }
 }
 
 #endif

@@ -65,12 +65,17 @@ unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len)
     return (unsigned)hash_bytes(user_id, len, ms->seed ^ UINT64_C(0x9e3779b97f4a7c15)) & ms->shard_mask;
 }
 
-void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set)
+void mem_lockset_for(const mem_store *ms, const session *s, const char *user_id, size_t user_id_len, lockset *set)
 {
     lockset_init(set);
     lockset_add(set, mem_shard_of_id(ms, &s->id));
     lockset_add(set, mem_shard_of_connection(ms, &s->connection_id));
-    lockset_add(set, mem_shard_of_user(ms, s->user_id, s->user_id_len));
+    lockset_add(set, mem_shard_of_user(ms, user_id, user_id_len));
+}
+
+void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set)
+{
+    mem_lockset_for(ms, s, index_user_id(s), index_user_id_len(s), set);
 }
 
 /* ---- records and copies ------------------------------------------------- */
@@ -100,7 +105,7 @@ void mem_read_state(const session *s, uint32_t *state, metadata **meta)
     uint32_t begin;
     do {
         begin = sync_seq_read_begin(&s->seq);
-        *state = atomic_load_explicit((_Atomic uint32_t *)&s->state, memory_order_relaxed);
+        *state = atomic_load_explicit((_Atomic uint8_t *)&s->state, memory_order_relaxed);
         *meta = atomic_load_explicit((_Atomic(metadata *) *)&s->meta, memory_order_relaxed);
     } while (sync_seq_read_retry(&s->seq, begin));
 }
@@ -118,18 +123,18 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
     out->state = state;
     out->session_id = s->id;
     out->connection_id = s->connection_id;
-    out->client_ip = s->client_ip;
+    session_ip(s, &out->client_ip);
     out->client_port = s->client_port;
-    out->user_id_len = s->user_id_len;
-    memcpy(out->user_id, s->user_id, s->user_id_len + 1u);
+    out->user_id_len = index_user_id_len(s);
+    memcpy(out->user_id, index_user_id(s), out->user_id_len + 1u);
     out->server_addr_len = ms->server_addr_len;
     memcpy(out->server_addr, ms->server_addr, ms->server_addr_len + 1u);
     int64_t offset = atomic_load_explicit((_Atomic int64_t *)&ms->wall_offset_ns, memory_order_relaxed);
     uint64_t last = load(&s->last_active_ns) & ~SESSION_EXPIRED_BIT;
     out->created_at_ns = (int64_t)s->created_ns + offset;
     out->last_active_at_ns = (int64_t)last + offset;
-    out->expires_at_ns = (int64_t)session_deadline(s, last) + offset;
-    out->timeout_ms = s->timeout_ns / 1000000u;
+    out->expires_at_ns = (int64_t)mem_deadline(ms, s, last) + offset;
+    out->timeout_ms = s->timeout_ms;
     out->metadata_count = meta != NULL ? meta->count : 0;
     out->metadata_bytes = meta != NULL ? meta->data_bytes : 0;
     out->stats.packets_sent = load(&s->packets_sent);
@@ -154,8 +159,8 @@ void mem_emit(const mem_store *ms, uint32_t type, const session *s, uint32_t old
         .new_state = new_state,
         .session_id = s->id,
         .connection_id = s->connection_id,
-        .user_id = s->user_id,
-        .user_id_len = s->user_id_len,
+        .user_id = index_user_id(s),
+        .user_id_len = index_user_id_len(s),
         .reason = reason,
         .reason_len = reason_len,
         .created_at_ns = (int64_t)s->created_ns + mem_wall_now(ms) - (int64_t)mem_now(ms),
@@ -188,7 +193,7 @@ static afsm_status copy_out(mem_store *ms, session *s, afsm_session_info *out)
         return AFSM_ENOTFOUND;
     if (out != NULL)
         mem_fill_info(ms, s, out);
-    return session_expired(s, mem_now(ms)) ? AFSM_EEXPIRED : AFSM_OK;
+    return mem_expired(ms, s, mem_now(ms)) ? AFSM_EEXPIRED : AFSM_OK;
 }
 
 static afsm_status mem_get(store *st, const afsm_uuid *id, afsm_session_info *out)
@@ -236,7 +241,7 @@ static afsm_status mem_get_metadata(store *st, const afsm_uuid *id, char *buf, s
         } else {
             if (size > 0)
                 memcpy(buf, meta->data, size);
-            status = session_expired(s, mem_now(ms)) ? AFSM_EEXPIRED : AFSM_OK;
+            status = mem_expired(ms, s, mem_now(ms)) ? AFSM_EEXPIRED : AFSM_OK;
         }
     }
     epoch_leave(e);
@@ -275,7 +280,7 @@ void mem_count_removal(const mem_store *ms, shard *sh, const session *s, afsm_de
     /* An expired session ended at its deadline, not when the reaper saw it. */
     uint64_t end = mem_now(ms);
     if (why == AFSM_DELETE_EXPIRED)
-        end = session_deadline(s, load(&s->last_active_ns) & ~SESSION_EXPIRED_BIT);
+        end = mem_deadline(ms, s, load(&s->last_active_ns) & ~SESSION_EXPIRED_BIT);
     uint64_t lived_ms = end > s->created_ns ? (end - s->created_ns) / 1000000u : 0;
     unsigned bucket = 0;
     while (bucket < AFSM_DURATION_BUCKETS - 1 && lived_ms > (uint64_t)duration_bounds_s[bucket] * 1000u)

@@ -23,7 +23,7 @@
 /* Builds the record (not yet visible to anyone). */
 static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
 {
-    session *s = mem_calloc(1, sizeof(*s) + spec->user_id_len + 1u);
+    session *s = mem_calloc(1, sizeof(*s));
     if (s == NULL)
         return AFSM_ENOMEM;
     metadata *meta = NULL;
@@ -34,7 +34,17 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
     }
     const afsm_session_info *old = spec->restore;
     uint64_t now = mem_now(ms);
-    uint64_t created = old != NULL ? spec->restore_created_ns : now;
+    uint64_t created = now, last_active = now;
+    if (old != NULL) {
+        /* Back from wall time through the offset copies are made with, so a
+         * copy restored reads back as it was. A time before the engine
+         * clock's zero (a clock younger than the session) is clamped to it:
+         * the caller has already refused what expired. */
+        int64_t offset = atomic_load_explicit(&ms->wall_offset_ns, memory_order_relaxed);
+        int64_t c = old->created_at_ns - offset, l = old->last_active_at_ns - offset;
+        created = c > 0 ? (uint64_t)c : 0;
+        last_active = l > 0 ? (uint64_t)l : 0;
+    }
     /* Every time in the record is on the engine clock; copies report them
      * through one wall offset, so created <= last active <= expires always
      * hold and durations ignore wall-clock steps. */
@@ -44,14 +54,10 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
     else
         uuid_v7_at(&s->id, (uint64_t)clock_wall_ns() / 1000000u);
     s->connection_id = spec->connection_id;
-    s->client_ip = spec->client_ip;
+    session_set_ip(s, &spec->client_ip);
     s->client_port = spec->client_port;
-    s->user_id_len = spec->user_id_len;
-    memcpy(s->user_id, spec->user_id, spec->user_id_len);
-    s->user_id[spec->user_id_len] = '\0';
-    s->timeout_ns = spec->timeout_ns;
-    s->lifetime_end_ns = ms->config.max_lifetime_ns ? created + ms->config.max_lifetime_ns : UINT64_MAX;
-    atomic_init(&s->last_active_ns, old != NULL ? spec->restore_last_active_ns : now);
+    s->timeout_ms = (uint32_t)(spec->timeout_ns / 1000000u);
+    atomic_init(&s->last_active_ns, last_active);
     atomic_init(&s->refs, 1);
     atomic_init(&s->state, old != NULL ? old->state : AFSM_STATE_CONNECTING);
     atomic_init(&s->meta, meta);
@@ -70,6 +76,19 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
     return AFSM_OK;
 }
 
+/* Whether a copy being restored was past its deadline, judged in wall
+ * time as the copy states it (exact even when its times predate the
+ * engine clock). */
+static int restored_expired(mem_store *ms, const session_spec *spec)
+{
+    const afsm_session_info *old = spec->restore;
+    int64_t now_wall = mem_wall_now(ms);
+    int64_t deadline = old->last_active_at_ns + (int64_t)(old->timeout_ms * 1000000u);
+    if (ms->config.max_lifetime_ns != 0 && old->created_at_ns + (int64_t)ms->config.max_lifetime_ns < deadline)
+        deadline = old->created_at_ns + (int64_t)ms->config.max_lifetime_ns;
+    return deadline <= now_wall;
+}
+
 static void free_unpublished(session *s)
 {
     metadata_free(atomic_load_explicit(&s->meta, memory_order_relaxed));
@@ -78,12 +97,12 @@ static void free_unpublished(session *s)
 
 /* The cap's victim as seen before locking, so its shards can join the lock
  * set; NULL when no eviction looks needed. Inside an epoch section. */
-static session *peek_victim(mem_store *ms, const session *s)
+static session *peek_victim(mem_store *ms, const session_spec *spec)
 {
     if (ms->config.max_sessions_per_user == 0 || ms->config.limit_policy != AFSM_LIMIT_EVICT_OLDEST)
         return NULL;
-    shard *uh = &ms->shards[mem_shard_of_user(ms, s->user_id, s->user_id_len)];
-    user_entry *entry = index_lookup(uh, s->user_id, s->user_id_len);
+    shard *uh = &ms->shards[mem_shard_of_user(ms, spec->user_id, spec->user_id_len)];
+    user_entry *entry = index_lookup(uh, spec->user_id, spec->user_id_len);
     if (index_count(entry) < ms->config.max_sessions_per_user)
         return NULL;
     return atomic_load_explicit(&entry->oldest, memory_order_acquire);
@@ -96,7 +115,7 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     afsm_status status = build(ms, spec, &s);
     if (status != AFSM_OK)
         return status;
-    if (spec->restore != NULL && session_expired(s, mem_now(ms))) {
+    if (spec->restore != NULL && (restored_expired(ms, spec) || mem_expired(ms, s, mem_now(ms)))) {
         free_unpublished(s);
         return AFSM_EEXPIRED;
     }
@@ -107,21 +126,21 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     }
     shard *sh = mem_home(ms, s);
     shard *ch = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
-    shard *uh = &ms->shards[mem_shard_of_user(ms, s->user_id, s->user_id_len)];
+    shard *uh = &ms->shards[mem_shard_of_user(ms, spec->user_id, spec->user_id_len)];
     lockset set;
     session *victim;
     user_entry *entry;
     uint32_t victim_state = 0;
     int published = 0;
     for (;;) {
-        victim = peek_victim(ms, s);
-        mem_lockset_for_session(ms, s, &set);
+        victim = peek_victim(ms, spec);
+        mem_lockset_for(ms, s, spec->user_id, spec->user_id_len, &set);
         if (victim != NULL) {
             lockset_add(&set, mem_shard_of_id(ms, &victim->id));
             lockset_add(&set, mem_shard_of_connection(ms, &victim->connection_id));
         }
         lockset_acquire(ms->shards, &set);
-        entry = index_lookup(uh, s->user_id, s->user_id_len);
+        entry = index_lookup(uh, spec->user_id, spec->user_id_len);
         if (index_count(entry) < ms->config.max_sessions_per_user || ms->config.max_sessions_per_user == 0 ||
             ms->config.limit_policy == AFSM_LIMIT_REJECT)
             break;
@@ -145,30 +164,35 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
         status = AFSM_ELIMIT;
         goto unlock;
     }
-    /* Table inserts first: undoing one never allocates. */
+    /* The user's entry (holding the user id) before anything is visible:
+     * a reader that finds the record finds its user too. */
+    s->user = entry != NULL ? entry : index_entry(uh, spec->user_id, spec->user_id_len);
+    if (s->user == NULL) {
+        status = AFSM_ENOMEM;
+        goto unlock;
+    }
+    /* Table inserts, then nothing that can fail: undoing an insert never
+     * allocates. */
     table_result r = table_insert(&sh->sessions, &s->id);
     if (r != TABLE_OK) {
         status = r == TABLE_NOMEM ? AFSM_ENOMEM : AFSM_EEXISTS;
+        index_drop_if_empty(uh, s->user);
         goto unlock;
     }
     published = 1;
     if (table_insert(&ch->connections, &s->connection_id) != TABLE_OK) {
         table_remove(&sh->sessions, &s->id);
+        index_drop_if_empty(uh, s->user);
         status = AFSM_ENOMEM;
         goto unlock;
     }
     /* Evict before adding, so the user's count never exceeds the cap; the
-     * entry stays, so the add below cannot fail. */
+     * entry stays for the add. */
     if (over_cap) {
         victim_state = atomic_load_explicit(&victim->state, memory_order_relaxed);
         mem_remove_locked(ms, victim, AFSM_DELETE_EVICTED, 1);
     }
-    status = index_add(uh, s);
-    if (status != AFSM_OK) {
-        table_remove(&ch->connections, &s->connection_id);
-        table_remove(&sh->sessions, &s->id);
-        goto unlock;
-    }
+    index_link(s);
     uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
     uint64_t last = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed);
     wheel_add(&sh->timers, &s->timer, mem_timer_deadline(ms, s, state, last));
@@ -201,7 +225,7 @@ unlock:
 void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry)
 {
     shard *sh = mem_home(ms, s);
-    index_remove(&ms->shards[mem_shard_of_user(ms, s->user_id, s->user_id_len)], s, keep_user_entry);
+    index_unlink(&ms->shards[mem_shard_of_user(ms, index_user_id(s), index_user_id_len(s))], s, keep_user_entry);
     table_remove(&sh->sessions, &s->id);
     table_remove(&ms->shards[mem_shard_of_connection(ms, &s->connection_id)].connections, &s->connection_id);
     if (s->timer.next != NULL)
@@ -351,7 +375,7 @@ afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afs
         status = AFSM_ENOTFOUND;
         goto unlock;
     }
-    if (session_expired(s, now)) {
+    if (mem_expired(ms, s, now)) {
         status = AFSM_EEXPIRED;
         goto unlock;
     }
@@ -418,7 +442,7 @@ afsm_status mem_rotate_generation(store *st, const afsm_uuid *id, afsm_session_i
         return AFSM_ENOMEM;
     afsm_status status = AFSM_ENOTFOUND;
     session *s = mem_lookup(ms, id);
-    if (s != NULL && session_expired(s, mem_now(ms))) {
+    if (s != NULL && mem_expired(ms, s, mem_now(ms))) {
         status = AFSM_EEXPIRED;
     } else if (s != NULL && atomic_load_explicit(&s->state, memory_order_relaxed) == AFSM_STATE_CLOSED) {
         status = AFSM_ECLOSED;

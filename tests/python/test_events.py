@@ -206,32 +206,44 @@ def test_close_linger_keeps_closed_session_readable(clock: VirtualClock, events:
         assert events.of(s.id)[-1].reason == "closed"
 
 
-def _enforces_limits() -> bool:
-    with afsm.Engine(manual_reaper=True, max_sessions_per_user=1) as e:
-        make(e)
-        try:
-            make(e)
-        except afsm.LimitExceeded:
-            return True
-        return False
-
-
-def test_max_sessions_per_user(events: EventLog) -> None:
-    if not _enforces_limits():
-        pytest.skip("this libafsm build does not enforce max_sessions_per_user yet")
-    with afsm.Engine(manual_reaper=True, max_sessions_per_user=2) as e:
-        make(e, "gina"), make(e, "gina")
+def test_max_sessions_per_user_reject(events: EventLog) -> None:
+    with afsm.Engine(manual_reaper=True, max_sessions_per_user=2, on_event=events) as e:
+        a, b = make(e, "gina"), make(e, "gina")
         with pytest.raises(afsm.LimitExceeded) as info:
             make(e, "gina")
         assert info.value.name == "AFSM_ELIMIT"
         make(e, "hank")
+        assert [x.id for x in e.list_sessions(user_id="gina").sessions] == [a.id, b.id]
+        assert [ev.type for ev in events.events] == [EventType.CREATED] * 3  # none for the refused one
+        e.delete(a.id)
+        make(e, "gina")  # room again
         assert e.list_sessions(user_id="gina").total == 2
-    with afsm.Engine(manual_reaper=True, max_sessions_per_user=2, evict_oldest=True,
+        assert e.metrics().deleted_total[afsm.DeleteReason.EVICTED] == 0
+
+
+@pytest.mark.parametrize("policy", ["evict_oldest", afsm.LimitPolicy.EVICT_OLDEST])
+def test_max_sessions_per_user_evict_oldest(events: EventLog, policy: object) -> None:
+    with afsm.Engine(manual_reaper=True, max_sessions_per_user=2, limit_policy=policy,  # type: ignore[arg-type]
                      on_event=events) as e:
-        first, second = make(e, "gina"), make(e, "gina")
+        first, token = e.create_session("gina", "192.0.2.1", 1)
+        second = make(e, "gina")
         third = make(e, "gina")
         assert [x.id for x in e.list_sessions(user_id="gina").sessions] == [second.id, third.id]
+        assert events.types(first.id) == [EventType.CREATED, EventType.DELETED]
         assert events.of(first.id)[-1].reason == "evicted"
+        # The DELETED of the evicted one comes before the CREATED of its replacement.
+        order = [(ev.type, ev.session_id) for ev in events.events]
+        assert order.index((EventType.DELETED, first.id)) < order.index((EventType.CREATED, third.id))
+        with pytest.raises(afsm.NotFound):
+            e.validate_token(token)
+        assert e.metrics().deleted_total[afsm.DeleteReason.EVICTED] == 1
+
+
+def test_limit_policy_argument_checks() -> None:
+    with pytest.raises(ValueError):
+        afsm.Engine(limit_policy="drop_newest")  # type: ignore[arg-type]
+    with pytest.raises(afsm.InvalidArgument):
+        afsm.Engine(limit_policy=7)  # type: ignore[arg-type]
 
 
 def test_idle_detection_and_wake(clock: VirtualClock, events: EventLog) -> None:
@@ -272,7 +284,10 @@ def test_exit_with_open_engine_and_busy_reaper(tmp_path: object) -> None:
         "seen = []\n"
         "e = afsm.Engine(cleanup_interval=ms, tick=ms, default_timeout=ms, on_event=seen.append)\n"
         "for i in range(2000):\n"
-        "    e.create_session('u', '192.0.2.1', 1)\n"
+        "    try:\n"
+        "        e.create_session('u', '192.0.2.1', 1)\n"
+        "    except (afsm.Expired, afsm.NotFound):\n"
+        "        pass  # 1 ms: gone before its token was sealed\n"
         "print('ok')\n"
     )
     env = dict(os.environ, PYTHONPATH=str(BINDING),

@@ -26,35 +26,42 @@ def header_functions() -> set[str]:
     return set(re.findall(r"AFSM_API\s+[^;(]*?\b(afsm_\w+)\s*\(", HEADER))
 
 
-# In afsm.h but not bound yet (the brief: tokens and metrics land later; restore
-# is new in the library). Binding one makes test_pending_functions fail (strict
-# xfail) until it is removed from here.
-PENDING = {
-    "afsm_session_restore",
-    "afsm_token_issue",
-    "afsm_token_rotate",
-    "afsm_token_validate",
-    "afsm_key_add",
-    "afsm_key_add_file",
-    "afsm_key_use",
-    "afsm_key_remove",
-    "afsm_metrics_snapshot",
-    "afsm_metrics_write_prometheus",
-}
-
-
 def test_every_header_function_is_declared() -> None:
+    """Every function of afsm.h is in the prototypes table, and nothing else is."""
     declared = set(_lib.PROTOTYPE_NAMES)
-    assert header_functions() - declared - PENDING == set(), "add these to _lib._PROTOTYPES"
+    assert len(header_functions()) >= 49
+    assert header_functions() - declared == set(), "add these to _lib._PROTOTYPES"
     assert declared - header_functions() == set(), "declared but not in afsm.h"
     for name in declared:
         fn = getattr(_lib.lib, name)
         assert fn.argtypes is not None and fn.restype is not None or name == "afsm_version", name
 
 
-@pytest.mark.xfail(strict=True, reason="pending: tokens, keys, metrics, restore")
-def test_pending_functions_are_bound() -> None:
-    assert header_functions() & PENDING <= set(_lib.PROTOTYPE_NAMES)
+@pytest.mark.skipif(shutil.which("nm") is None, reason="no nm (binutils)")
+def test_library_exports_exactly_the_header_functions() -> None:
+    out = subprocess.run(["nm", "-D", "--defined-only", os.path.realpath(_lib.library_path)],
+                         check=True, capture_output=True, text=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if " T afsm_" in line}
+    assert exported == set(_lib.PROTOTYPE_NAMES)
+
+
+def test_prototypes_follow_header_order() -> None:
+    order = re.findall(r"AFSM_API\s+[^;(]*?\b(afsm_\w+)\s*\(", HEADER)
+    assert list(_lib.PROTOTYPE_NAMES) == order
+
+
+def test_every_header_struct_is_mirrored() -> None:
+    structs = set(re.findall(r"typedef struct (afsm_\w+) \{", HEADER))
+    assert structs == set(_lib.STRUCTS), "mirror these in _lib.STRUCTS"
+
+
+def test_duration_bucket_bounds_match_header_comment() -> None:
+    comment = re.search(r"session_duration_seconds upper bounds: ([^*]*?)\s*\*\s*([^*]*?)seconds, then \+Inf",
+                        HEADER)
+    assert comment
+    numbers = re.findall(r"\d+", comment.group(1) + comment.group(2))
+    assert tuple(float(n) for n in numbers) + (float("inf"),) == afsm.DURATION_BUCKET_BOUNDS
+    assert len(afsm.DURATION_BUCKET_BOUNDS) == _lib.AFSM_DURATION_BUCKETS
 
 
 def test_integer_constants_match_header() -> None:
@@ -89,6 +96,22 @@ def test_every_status_maps_to_its_exception() -> None:
     assert isinstance(errors.error_for(_lib.AFSM_EUUID), ValueError)
     assert isinstance(errors.error_for(_lib.AFSM_ENOTFOUND), LookupError)
     assert isinstance(errors.error_for(_lib.AFSM_EREVOKED), errors.InvalidToken)
+
+
+def test_python_enums_match_header() -> None:
+    def c_enum(prefix: str) -> dict[str, int]:
+        return {k[len(prefix):]: int(v) for k, v in re.findall(r"\b(" + prefix + r"\w+)\s*=\s*(\d+)", HEADER)}
+
+    def c_defines(prefix: str) -> dict[str, int]:
+        return {k[len(prefix):]: int(v) for k, v in re.findall(r"#define\s+(" + prefix + r"\w+)\s+(\d+)", HEADER)}
+
+    assert {r.name: r.value for r in afsm.DeleteReason} == c_enum("AFSM_DELETE_")
+    assert {r.name: r.value for r in afsm.TokenResult} == c_enum("AFSM_TOKEN_")
+    assert {p.name: p.value for p in afsm.LimitPolicy} == c_defines("AFSM_LIMIT_")
+    assert {lv.name: lv.value for lv in afsm.LogLevel} == c_defines("AFSM_LOG_")
+    assert {t.name: t.value for t in afsm.EventType} == c_enum("AFSM_EVENT_")
+    assert len(afsm.TokenResult) == _lib.AFSM_TOKEN_RESULT_COUNT
+    assert len(afsm.DeleteReason) == _lib.AFSM_DELETE_REASON_COUNT
 
 
 def test_library_version_matches_header() -> None:

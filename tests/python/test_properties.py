@@ -184,3 +184,48 @@ def test_user_id_round_trip_or_error(shared: afsm.Engine, user: str) -> None:
         assert s.user_id == user
         assert [x.id for x in shared.list_sessions(user_id=user).sessions] == [s.id]
         assert shared.delete_user_sessions(user) == 1
+
+
+# ---- tokens ---------------------------------------------------------------------
+
+TOKEN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+token_like = st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=200),
+    st.text(TOKEN_ALPHABET, max_size=130).map(lambda s: "v1." + s),
+    st.binary(max_size=120).map(lambda b: b"v1." + b),
+)
+
+
+@SETTINGS
+@given(token=token_like)
+def test_any_bytes_or_text_as_token_is_a_token_error(shared: afsm.Engine, token: str | bytes) -> None:
+    """Random input never crashes the library and never passes: always an InvalidToken."""
+    with pytest.raises(afsm.InvalidToken) as info:
+        shared.validate_token(token)
+    assert type(info.value) in (afsm.MalformedToken, afsm.ForgedToken, afsm.UnknownTokenKey)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_any_single_change_to_a_real_token_fails(shared: afsm.Engine, data: st.DataObject) -> None:
+    """Replacing, dropping or inserting one character of a genuine token never validates."""
+    session = make(shared, "token-props")
+    token = shared.issue_token(session.id)
+    i = data.draw(st.integers(0, len(token) - 1))
+    op = data.draw(st.sampled_from(["replace", "drop", "insert"]))
+    c = data.draw(st.sampled_from(TOKEN_ALPHABET + ".=+/ \0"))
+    if op == "replace":
+        if token[i] == c:
+            return
+        bad = token[:i] + c + token[i + 1:]
+    elif op == "drop":
+        bad = token[:i] + token[i + 1:]
+    else:
+        bad = token[:i] + c + token[i:]
+    try:
+        with pytest.raises(afsm.InvalidToken):
+            shared.validate_token(bad)
+    finally:
+        shared.delete(session.id)

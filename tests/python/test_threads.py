@@ -116,3 +116,51 @@ def test_events_from_many_threads(clock: object) -> None:
     kinds = [e.type for e in seen]
     assert kinds.count(afsm.EventType.CREATED) == THREADS * 50
     assert kinds.count(afsm.EventType.DELETED) == THREADS * 50
+
+
+def test_validate_while_keys_and_generations_rotate(real_engine: afsm.Engine) -> None:
+    """Validators on several threads see only OK, TokenRevoked or TokenKeyRemoved
+    while another thread rotates tokens and keys."""
+    import threading
+
+    sessions = [real_engine.create_session("rot-%d" % i, "192.0.2.1", 1) for i in range(50)]
+    tokens = [t for _, t in sessions]
+    stop = threading.Event()
+    seen: dict[str, int] = {}
+    bad: list[BaseException] = []
+    lock = threading.Lock()
+
+    def validate() -> None:
+        local: dict[str, int] = {}
+        while not stop.is_set():
+            for token in list(tokens):
+                try:
+                    real_engine.validate_token(token)
+                    name = "ok"
+                except (afsm.TokenRevoked, afsm.TokenKeyRemoved) as exc:
+                    name = type(exc).__name__
+                except BaseException as exc:  # noqa: BLE001
+                    bad.append(exc)
+                    return
+                local[name] = local.get(name, 0) + 1
+        with lock:
+            for k, v in local.items():
+                seen[k] = seen.get(k, 0) + v
+
+    threads = [threading.Thread(target=validate) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for key_id in range(1, 21):
+            real_engine.add_key(key_id, bytes([key_id]) * 32)
+            real_engine.use_key(key_id)
+            if key_id > 1:
+                real_engine.remove_key(key_id - 1)
+            for s, _ in sessions[key_id % 5::5]:
+                real_engine.rotate_token(s.id)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not bad, bad[:3]
+    assert seen.get("ok", 0) > 0

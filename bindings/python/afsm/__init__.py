@@ -2,8 +2,8 @@
 
 >>> import afsm
 >>> with afsm.Engine() as engine:
-...     session, _token = engine.create_session("alice", "192.0.2.1", 443)
-...     engine.get(session.id).state
+...     session, token = engine.create_session("alice", "192.0.2.1", 443)
+...     engine.validate_token(token).state
 <State.CONNECTING: 1>
 
 The library is found through ``$AFSM_LIBRARY``, then a ``build/lib``
@@ -22,6 +22,7 @@ from .errors import (
     Busy,
     Closed,
     Expired,
+    ForgedToken,
     InternalError,
     InvalidArgument,
     InvalidIP,
@@ -30,6 +31,7 @@ from .errors import (
     InvalidUUID,
     IPMismatch,
     KeyFileError,
+    KeyRemoved,
     LimitExceeded,
     MalformedToken,
     NotFound,
@@ -39,10 +41,25 @@ from .errors import (
     TokenRevoked,
     TooLong,
     Unavailable,
+    UnknownKey,
     UnknownTokenKey,
     VersionMismatch,
 )
-from .types import Counts, Event, EventType, LogLevel, LogRecord, Page, Session, State, Stats
+from .types import (
+    Counts,
+    DeleteReason,
+    Event,
+    EventType,
+    LimitPolicy,
+    LogLevel,
+    LogRecord,
+    Metrics,
+    Page,
+    Session,
+    State,
+    Stats,
+    TokenResult,
+)
 
 __version__ = "0.1.0"
 
@@ -54,6 +71,11 @@ METADATA_KEYS_MAX = _lib.AFSM_METADATA_KEYS_MAX
 METADATA_BYTES_MAX = _lib.AFSM_METADATA_BYTES_MAX
 LIST_LIMIT_MAX = _lib.AFSM_LIST_LIMIT_MAX
 BATCH_MAX = _lib.AFSM_BATCH_MAX
+KEY_BYTES = _lib.AFSM_KEY_BYTES
+KEY_ID_MAX = _lib.AFSM_KEY_ID_MAX
+TOKEN_MAX = _lib.AFSM_TOKEN_SIZE - 1
+#: Upper bounds (seconds) of the session_duration_seconds buckets; the last is inf.
+DURATION_BUCKET_BOUNDS = _lib.DURATION_BUCKET_BOUNDS
 
 
 def library_version() -> str:
@@ -77,6 +99,10 @@ __all__ = [
     "EventType",
     "LogLevel",
     "LogRecord",
+    "LimitPolicy",
+    "DeleteReason",
+    "TokenResult",
+    "Metrics",
     "Page",
     "uuid7",
     "parse_uuid",
@@ -89,6 +115,7 @@ __all__ = [
     "Busy",
     "Closed",
     "Expired",
+    "ForgedToken",
     "InternalError",
     "InvalidArgument",
     "InvalidIP",
@@ -97,6 +124,7 @@ __all__ = [
     "InvalidUUID",
     "IPMismatch",
     "KeyFileError",
+    "KeyRemoved",
     "LimitExceeded",
     "MalformedToken",
     "NotFound",
@@ -106,6 +134,7 @@ __all__ = [
     "TokenRevoked",
     "TooLong",
     "Unavailable",
+    "UnknownKey",
     "UnknownTokenKey",
     "VersionMismatch",
     "USER_ID_MAX",
@@ -115,4 +144,8 @@ __all__ = [
     "METADATA_BYTES_MAX",
     "LIST_LIMIT_MAX",
     "BATCH_MAX",
+    "KEY_BYTES",
+    "KEY_ID_MAX",
+    "TOKEN_MAX",
+    "DURATION_BUCKET_BOUNDS",
 ]

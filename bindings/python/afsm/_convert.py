@@ -19,7 +19,16 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from . import _lib
 from .errors import InvalidArgument, check, error_for
-from .types import IPAddress, Session, State, Stats, _fast
+from .types import (
+    DeleteReason,
+    IPAddress,
+    Metrics,
+    Session,
+    State,
+    Stats,
+    TokenResult,
+    _fast,
+)
 
 UTC = datetime.timezone.utc
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
@@ -319,3 +328,77 @@ def session_from_fields(fields: tuple[Any, ...], metadata: Mapping[str, str]) ->
         "stats": _fast(Stats, dict(zip(_STATS_FIELDS, stats))),
         "token_generation": token_generation,
     })
+
+
+def session_to_info(session: Session) -> _lib.afsm_session_info:
+    """An afsm_session_info describing ``session`` (for afsm_session_restore).
+
+    Timestamps keep the Session's microsecond precision; metadata goes
+    separately (a :class:`KVArray`).
+    """
+    if not isinstance(session, Session):
+        raise TypeError(f"session must be a Session, not {type(session).__name__}")
+    info = new_info()
+    info.state = state_to_c(session.state)
+    info.session_id = uuid_to_c(session.id, "session.id")
+    info.connection_id = uuid_to_c(session.connection_id, "session.connection_id")
+    ip = session.client_ip
+    if isinstance(ip, str):
+        ip = parse_ip(ip)
+    if isinstance(ip, ipaddress.IPv4Address):
+        info.client_ip.family = 4
+        info.client_ip.bytes[:4] = list(ip.packed)
+    elif isinstance(ip, ipaddress.IPv6Address):
+        info.client_ip.family = 6
+        info.client_ip.bytes[:] = list(ip.packed)
+    else:
+        raise TypeError(f"session.client_ip must be an IP address, not {type(ip).__name__}")
+    info.client_port = uint(session.client_port, 16, "session.client_port")
+    user = encode(session.user_id, "session.user_id")
+    if len(user) > _lib.AFSM_USER_ID_MAX:
+        raise error_for(_lib.AFSM_ETOOLONG, "session.user_id")
+    info.user_id_len = len(user)
+    info.user_id = user
+    server = encode(session.server_addr, "session.server_addr")[: _lib.AFSM_SERVER_ADDR_MAX]
+    info.server_addr_len = len(server)
+    info.server_addr = server
+    info.created_at_ns = datetime_to_ns(session.created_at, "session.created_at")
+    info.last_active_at_ns = datetime_to_ns(session.last_active_at, "session.last_active_at")
+    info.expires_at_ns = datetime_to_ns(session.expires_at, "session.expires_at")
+    info.timeout_ms = timedelta_to_ms(session.timeout, "session.timeout")
+    info.stats = stats_to_c(session.stats)
+    info.token_generation = uint(session.token_generation, 32, "session.token_generation")
+    return info
+
+
+def metrics_from_c(m: _lib.afsm_metrics) -> Metrics:
+    """A Metrics from an afsm_metrics."""
+    return Metrics(
+        shard_count=m.shard_count,
+        sessions=m.sessions,
+        sessions_by_state=MappingProxyType({s: m.sessions_by_state[s.value] for s in State}),
+        created_total=m.created_total,
+        deleted_total=MappingProxyType({r: m.deleted_total[r.value] for r in DeleteReason}),
+        expired_total=m.expired_total,
+        idle_transitions_total=m.idle_transitions_total,
+        wake_transitions_total=m.wake_transitions_total,
+        duration_buckets=MappingProxyType(dict(zip(_lib.DURATION_BUCKET_BOUNDS, m.duration_buckets))),
+        duration_count=m.duration_count,
+        duration_sum_seconds=m.duration_sum_seconds,
+        token_validations=MappingProxyType({r: m.token_validations[r.value] for r in TokenResult}),
+        reaper_lag_ns=m.reaper_lag_ns,
+        deferred_frees=m.deferred_frees,
+    )
+
+
+def token_bytes(token: Any) -> bytes:
+    """A token as bytes: a str (any text; the library judges it) or bytes.
+
+    Text is encoded as UTF-8 with lone surrogates passed through, so any str
+    reaches the library, which rejects what is not a token (MalformedToken).
+    """
+    if isinstance(token, str):
+        return token.encode("utf-8", "surrogatepass")
+    if isinstance(token, (bytes, bytearray, memoryview)):
+        return bytes(token)
+    raise TypeError(f"token must be a str or bytes, not {type(token).__name__}")

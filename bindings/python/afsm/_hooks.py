@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from . import _lib
 from ._convert import decode, ns_to_datetime, state_from_c, uuid_from_c
-from .types import Event, EventType, LogRecord
+from .types import Event, EventType, LogLevel, LogRecord
 
 ErrorSink = Callable[[BaseException], None]
 
@@ -91,6 +91,9 @@ def make_event_hook(fn: Callable[[Event], None], on_error: ErrorSink) -> Any:
     return _lib.afsm_event_fn(c_event)
 
 
+_LEVELS = {level.value: level for level in LogLevel}
+
+
 def make_log_hook(fn: Callable[[LogRecord], None], on_error: ErrorSink) -> Any:
     def c_log(_ctx: int | None, level: int, message: bytes | None, fields: Any, count: int) -> None:
         _enter()
@@ -99,7 +102,7 @@ def make_log_hook(fn: Callable[[LogRecord], None], on_error: ErrorSink) -> Any:
             for i in range(count):
                 f = fields[i]
                 pairs[decode(f.key or b"")] = decode(f.value or b"")
-            fn(LogRecord(level=level, message=decode(message or b""), fields=pairs))
+            fn(LogRecord(level=_LEVELS.get(level, level), message=decode(message or b""), fields=pairs))
         except BaseException as exc:  # noqa: BLE001 - must not reach C
             on_error(exc)
         finally:

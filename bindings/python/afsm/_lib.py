@@ -3,8 +3,9 @@
 Everything that knows the C ABI lives here: the constants, one
 ``ctypes.Structure`` per C struct (field by field in header order), the hook
 function types, and one table of prototypes that declares ``argtypes`` and
-``restype`` for every exported function. New C functions (tokens, metrics)
-are added to ``_PROTOTYPES`` and, where they have structs, next to the others.
+``restype`` for every exported function. New C functions are added to
+``_PROTOTYPES`` and their structs next to the others; the tests compare both
+with the header.
 """
 
 from __future__ import annotations
@@ -90,6 +91,22 @@ AFSM_SESSION_INFO_VERSION = 1
 AFSM_CREATE_OPTIONS_VERSION = 1
 AFSM_UPDATE_VERSION = 1
 AFSM_LIST_FILTER_VERSION = 1
+
+AFSM_METRICS_VERSION = 1
+
+AFSM_TOKEN_SIZE = 121
+AFSM_KEY_BYTES = 32
+AFSM_KEY_ID_MAX = 65535
+AFSM_TOKEN_BIND_IP = 0x1
+
+AFSM_DELETE_REASON_COUNT = 5
+AFSM_TOKEN_RESULT_COUNT = 10
+AFSM_DURATION_BUCKETS = 14
+# session_duration_seconds upper bounds (afsm.h comment above AFSM_DURATION_BUCKETS).
+DURATION_BUCKET_BOUNDS: tuple[float, ...] = (
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
+    float("inf"),
+)
 
 AFSM_UPDATE_STATE = 0x1
 AFSM_UPDATE_METADATA_MERGE = 0x2
@@ -259,6 +276,26 @@ class afsm_list_filter(Structure):
     ]
 
 
+class afsm_metrics(Structure):
+    _fields_ = [
+        ("version", c_uint32),
+        ("shard_count", c_uint32),
+        ("sessions", c_uint64),
+        ("sessions_by_state", c_uint64 * AFSM_STATE_COUNT),
+        ("created_total", c_uint64),
+        ("deleted_total", c_uint64 * AFSM_DELETE_REASON_COUNT),
+        ("expired_total", c_uint64),
+        ("idle_transitions_total", c_uint64),
+        ("wake_transitions_total", c_uint64),
+        ("duration_buckets", c_uint64 * AFSM_DURATION_BUCKETS),
+        ("duration_count", c_uint64),
+        ("duration_sum_seconds", ctypes.c_double),
+        ("token_validations", c_uint64 * AFSM_TOKEN_RESULT_COUNT),
+        ("reaper_lag_ns", c_uint64),
+        ("deferred_frees", c_uint64),
+    ]
+
+
 class afsm_engine(Structure):
     """Opaque."""
 
@@ -282,6 +319,7 @@ STRUCTS: dict[str, type[Structure]] = {
         afsm_create_options,
         afsm_update,
         afsm_list_filter,
+        afsm_metrics,
     )
 }
 
@@ -315,6 +353,7 @@ _PROTOTYPES: dict[str, tuple[Any, Sequence[Any]]] = {
     "afsm_session_info_init": (_status, [_info_p, ctypes.c_uint]),
     "afsm_create_options_init": (_status, [POINTER(afsm_create_options), ctypes.c_uint]),
     "afsm_session_create": (_status, [_engine_p, POINTER(afsm_create_options), _info_p]),
+    "afsm_session_restore": (_status, [_engine_p, _info_p, POINTER(afsm_kv), c_size_t]),
     "afsm_session_get": (_status, [_engine_p, _uuid_p, _info_p]),
     "afsm_session_get_by_connection": (_status, [_engine_p, _uuid_p, _info_p]),
     "afsm_session_get_metadata": (
@@ -358,8 +397,25 @@ _PROTOTYPES: dict[str, tuple[Any, Sequence[Any]]] = {
     "afsm_handle_add_stats": (_status, [_handle_p, _stats_p]),
     "afsm_handle_session_id": (_status, [_handle_p, _uuid_p]),
     "afsm_handle_release": (_status, [_handle_p]),
-    # Pending (in afsm.h, not bound yet): afsm_session_restore, afsm_token_*,
-    # afsm_key_*, afsm_metrics_* (and the afsm_metrics struct) go here.
+    "afsm_token_issue": (
+        _status,
+        [_engine_p, _uuid_p, c_uint32, POINTER(c_char), c_size_t, POINTER(c_size_t)],
+    ),
+    "afsm_token_rotate": (
+        _status,
+        [_engine_p, _uuid_p, c_uint32, POINTER(c_char), c_size_t, POINTER(c_size_t)],
+    ),
+    # token: c_char_p (bytes may hold NULs: the length is passed).
+    "afsm_token_validate": (_status, [_engine_p, c_char_p, c_size_t, c_char_p, c_size_t, _info_p]),
+    "afsm_key_add": (_status, [_engine_p, c_uint32, POINTER(c_uint8), c_size_t]),
+    "afsm_key_add_file": (_status, [_engine_p, c_uint32, c_char_p, c_size_t]),
+    "afsm_key_use": (_status, [_engine_p, c_uint32]),
+    "afsm_key_remove": (_status, [_engine_p, c_uint32]),
+    "afsm_metrics_snapshot": (_status, [_engine_p, POINTER(afsm_metrics)]),
+    "afsm_metrics_write_prometheus": (
+        _status,
+        [_engine_p, POINTER(c_char), c_size_t, POINTER(c_size_t)],
+    ),
 }
 
 PROTOTYPE_NAMES: tuple[str, ...] = tuple(_PROTOTYPES)

@@ -13,6 +13,7 @@ import collections
 import ctypes
 import datetime
 import logging
+import os
 import uuid
 import weakref
 from ctypes import byref, c_size_t, c_uint64
@@ -30,6 +31,7 @@ from ._convert import (
     encode,
     ip_text,
     metadata_from_buffer,
+    metrics_from_c,
     ms_to_timedelta,
     new_info,
     new_info_array,
@@ -37,10 +39,12 @@ from ._convert import (
     info_fields,
     session_from_c,
     session_from_fields,
+    session_to_info,
     state_to_c,
     stats_to_bytes,
     stats_to_c,
     timedelta_to_ms,
+    token_bytes,
     uint,
     uuid7,
     uuid_from_c,
@@ -49,7 +53,7 @@ from ._convert import (
 )
 from ._hooks import inside_callback, make_clock, make_event_hook, make_log_hook
 from .errors import AfsmError, check, error_for
-from .types import Counts, Event, LogRecord, Page, Session, State, Stats
+from .types import Counts, Event, LimitPolicy, LogRecord, Metrics, Page, Session, State, Stats
 
 __all__ = ["Engine", "Handle"]
 
@@ -83,6 +87,34 @@ def _optional_ms(value: datetime.timedelta | None, what: str) -> int:
     return 0 if value is None else timedelta_to_ms(value, what)
 
 
+def _limit_policy(value: LimitPolicy | str | int) -> int:
+    if isinstance(value, LimitPolicy):
+        return value.value
+    if isinstance(value, str):
+        try:
+            return LimitPolicy[value.upper()].value
+        except KeyError:
+            raise ValueError(
+                f"limit_policy must be 'reject' or 'evict_oldest', not {value!r}"
+            ) from None
+    return uint(value, 32, "limit_policy")  # the library rejects unknown numbers
+
+
+def _key_array(key: bytes | bytearray | memoryview, what: str) -> Any:
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, not {type(key).__name__}")
+    raw = bytes(key)
+    return (ctypes.c_uint8 * max(len(raw), 1)).from_buffer_copy(raw or b"\0"), len(raw)
+
+
+def _key_id(value: int) -> int:
+    return uint(value, 32, "key_id")
+
+
+def _path(value: str | os.PathLike[str] | bytes) -> bytes:
+    return os.fsencode(value)
+
+
 def _reason(reason: str) -> tuple[bytes | None, int]:
     raw = encode(reason, "reason")
     return (raw or None), len(raw)
@@ -104,10 +136,20 @@ class Engine:
         idle_timeout: idle detection (default: none).
         max_lifetime: sessions expire this long after creation (default: none).
         close_linger: how long a closed session stays readable (default:
-            removed at once).
-        max_sessions_per_user: cap per user id (default 0: none). A create
-            over the cap raises LimitExceeded, or with ``evict_oldest=True``
-            deletes the user's oldest session (reason "evicted") instead.
+            removed at once); its tokens then raise Closed.
+        max_sessions_per_user: cap per user id (default 0: none).
+        limit_policy: what a create over the cap does: ``"reject"`` (the
+            default: LimitExceeded) or ``"evict_oldest"`` (the user's oldest
+            session is deleted with reason "evicted"), or a
+            :class:`LimitPolicy`.
+        key: the first token key, 32 bytes (``key_id`` names it).
+        key_file: or a file holding exactly those 32 bytes, readable by its
+            owner only (else KeyFileError).
+        key_id: the first key's id, 1..65535 (default 1 when ``key`` or
+            ``key_file`` is given). With neither, the engine seals tokens
+            with a random key (id 0) that dies with it.
+        metrics: False skips the engine's counters (to measure their cost);
+            :meth:`metrics` then reports zeros.
         manual_reaper: no reaper thread; time advances only through
             :meth:`advance`.
         log_level: minimum level passed to ``on_log`` (:class:`LogLevel`).
@@ -135,7 +177,11 @@ class Engine:
         max_lifetime: datetime.timedelta | None = None,
         close_linger: datetime.timedelta | None = None,
         max_sessions_per_user: int = 0,
-        evict_oldest: bool = False,
+        limit_policy: LimitPolicy | str = LimitPolicy.REJECT,
+        key: bytes | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        key_id: int | None = None,
+        metrics: bool = True,
         manual_reaper: bool = False,
         log_level: int = 0,
         server_addr: str | None = None,
@@ -158,8 +204,21 @@ class Engine:
         cfg.max_lifetime_ms = _optional_ms(max_lifetime, "max_lifetime")
         cfg.close_linger_ms = _optional_ms(close_linger, "close_linger")
         cfg.max_sessions_per_user = uint(max_sessions_per_user, 32, "max_sessions_per_user")
-        cfg.limit_policy = _lib.AFSM_LIMIT_EVICT_OLDEST if evict_oldest else _lib.AFSM_LIMIT_REJECT
-        # Pending: key, key_file, key_id (tokens) and disable_metrics stay 0.
+        cfg.limit_policy = _limit_policy(limit_policy)
+        # The config is copied by afsm_engine_open: these need only outlive it.
+        key_buf: Any = None
+        path: bytes | None = None
+        if key is not None:
+            key_buf, cfg.key_len = _key_array(key, "key")
+            cfg.key = ctypes.cast(key_buf, ctypes.POINTER(ctypes.c_uint8))
+        if key_file is not None:
+            path = _path(key_file)
+            cfg.key_file = path
+            cfg.key_file_len = len(path)
+        if key_id is None:
+            key_id = 1 if key is not None or key_file is not None else 0
+        cfg.key_id = _key_id(key_id)
+        cfg.disable_metrics = 0 if metrics else 1
         cfg.reaper = _lib.AFSM_REAPER_MANUAL if manual_reaper else _lib.AFSM_REAPER_THREAD
         cfg.log_level = uint(int(log_level), 32, "log_level")
         server = encode(server_addr, "server_addr") if server_addr is not None else None
@@ -316,7 +375,8 @@ class Engine:
         connection_id: UUIDLike | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout: datetime.timedelta | None = None,
-    ) -> tuple[Session, str | None]:
+        bind_ip: bool = False,
+    ) -> tuple[Session, str]:
         """Creates a session in state CONNECTING.
 
         Args:
@@ -326,14 +386,19 @@ class Engine:
             connection_id: the transport's id; a new UUIDv7 when None.
             metadata: up to 64 keys, 4 KiB of keys and values in total.
             timeout: rolling timeout; the engine default when None.
+            bind_ip: the token is valid only when presented from
+                ``client_ip``.
 
         Returns:
-            The new session and its token. The token is always ``None`` until
-            the library's token support lands.
+            The new session and its token (:meth:`issue_token` right after
+            the create: two C calls).
 
         Raises:
             TooLong, InvalidArgument, InvalidIP, InvalidUUID, AlreadyExists,
-            OutOfMemory.
+            LimitExceeded, OutOfMemory. The token is sealed by a second C
+            call: should the session expire or be deleted in between,
+            Expired / NotFound / Closed is raised with the created session
+            in ``.session``.
         """
         opts = _lib.afsm_create_options()
         opts.version = _lib.AFSM_CREATE_OPTIONS_VERSION
@@ -357,8 +422,133 @@ class Engine:
         meta: Mapping[str, str] = _EMPTY
         if kvs.count:
             meta = MappingProxyType(dict(sorted(metadata.items(), key=lambda kv: kv[0].encode())))  # type: ignore[union-attr]
-        token: str | None = None  # pending: afsm_token_issue
-        return session_from_c(info, meta), token
+        session = session_from_c(info, meta)
+        try:
+            token = self._seal(_lib.lib.afsm_token_issue, info.session_id, bind_ip)
+        except AfsmError as exc:
+            # Created, then gone before the second call (a tiny timeout, an
+            # eviction or delete by another thread): say which session.
+            exc.session = session  # type: ignore[attr-defined]
+            raise
+        return session, token
+
+    def restore(self, session: Session) -> None:
+        """Re-creates a session exactly as ``session`` describes it.
+
+        Id, connection, user, client, state, timestamps, timeout, stats,
+        token generation and metadata are kept, so tokens issued before
+        (by an engine with the same key) stay valid: how a snapshot is
+        reloaded after a restart. The deadline is ``last_active_at`` plus
+        the timeout; ``expires_at`` and ``server_addr`` are not used.
+
+        Raises Expired (it expired meanwhile: nothing done), AlreadyExists
+        (its id or connection id is taken), InvalidArgument (e.g. a
+        token_generation of 0), LimitExceeded and the checks of
+        :meth:`create_session`.
+        """
+        info = session_to_info(session)
+        kvs = KVArray(session.metadata)
+        check(_lib.lib.afsm_session_restore(self._engine, byref(info), kvs.array, kvs.count))
+
+    # ---- tokens -------------------------------------------------------------------
+
+    def _seal(self, fn: Any, sid: Any, bind_ip: bool) -> str:
+        buf = ctypes.create_string_buffer(_lib.AFSM_TOKEN_SIZE)
+        n = c_size_t()
+        flags = _lib.AFSM_TOKEN_BIND_IP if bind_ip else 0
+        check(fn(self._engine, byref(sid), flags, buf, _lib.AFSM_TOKEN_SIZE, byref(n)))
+        return buf.raw[: n.value].decode("ascii")
+
+    def issue_token(self, session_id: UUIDLike, bind_ip: bool = False) -> str:
+        """Another token for the session's current generation.
+
+        Earlier tokens of the same generation stay valid. ``bind_ip``: the
+        token is valid only from the session's client IP. Raises NotFound,
+        Expired, Closed.
+        """
+        return self._seal(_lib.lib.afsm_token_issue, uuid_to_c(session_id, "session_id"), bind_ip)
+
+    def rotate_token(self, session_id: UUIDLike, bind_ip: bool = False) -> str:
+        """Moves the session to a new token generation and returns its token.
+
+        Every token issued before is revoked (TokenRevoked). Raises NotFound,
+        Expired, Closed.
+        """
+        return self._seal(_lib.lib.afsm_token_rotate, uuid_to_c(session_id, "session_id"), bind_ip)
+
+    def validate_token(
+        self, token: str | bytes, client_ip: str | Any | None = None
+    ) -> Session:
+        """The session a token proves, or the reason it proves nothing.
+
+        ``client_ip`` is the address the token was presented from (text or
+        an ``ipaddress`` address); a token bound to an IP needs it.
+
+        Raises (each failure its own class): MalformedToken (truncated,
+        garbled), ForgedToken (forged, altered, or another key with the
+        same id), UnknownTokenKey, TokenKeyRemoved, TokenRevoked (rotated),
+        IPMismatch (all InvalidToken); NotFound, Expired, Closed for a
+        genuine token whose session is gone, past its deadline or closed;
+        InvalidIP for a malformed ``client_ip``.
+        """
+        raw = token_bytes(token)
+        ip = None if client_ip is None else ip_text(client_ip)
+        info = new_info()
+        check(
+            _lib.lib.afsm_token_validate(
+                self._engine, raw, len(raw), ip, 0 if ip is None else len(ip), byref(info)
+            )
+        )
+        return self._session(info_fields(info))
+
+    # ---- key ring -------------------------------------------------------------------
+
+    def add_key(self, key_id: int, key: bytes) -> None:
+        """Adds a 32-byte token key to the key ring (it opens tokens at once;
+        :meth:`use_key` makes it seal). Raises InvalidArgument (id 0 or over
+        65535, length), AlreadyExists."""
+        arr, n = _key_array(key, "key")
+        check(_lib.lib.afsm_key_add(self._engine, _key_id(key_id), arr, n))
+
+    def add_key_file(self, key_id: int, path: str | os.PathLike[str] | bytes) -> None:
+        """As :meth:`add_key`, reading the key from a file of exactly 32
+        bytes that only its owner may read or write (else KeyFileError)."""
+        raw = _path(path)
+        check(_lib.lib.afsm_key_add_file(self._engine, _key_id(key_id), raw, len(raw)))
+
+    def use_key(self, key_id: int) -> None:
+        """Makes a key of the ring the one that seals new tokens (NotFound)."""
+        check(_lib.lib.afsm_key_use(self._engine, _key_id(key_id)))
+
+    def remove_key(self, key_id: int) -> None:
+        """Removes a key: its tokens then raise TokenKeyRemoved. Raises
+        NotFound, Busy (it is the current key: :meth:`use_key` another first)."""
+        check(_lib.lib.afsm_key_remove(self._engine, _key_id(key_id)))
+
+    # ---- metrics ----------------------------------------------------------------------
+
+    def metrics(self) -> Metrics:
+        """The engine's counters (``afsm_metrics_snapshot``)."""
+        out = _lib.afsm_metrics()
+        out.version = _lib.AFSM_METRICS_VERSION
+        check(_lib.lib.afsm_metrics_snapshot(self._engine, byref(out)))
+        return metrics_from_c(out)
+
+    def metrics_text(self) -> str:
+        """The metrics in the Prometheus text exposition format."""
+        needed = c_size_t()
+        buf: Any = None
+        size = 0
+        while True:
+            status = _lib.lib.afsm_metrics_write_prometheus(self._engine, buf, size, byref(needed))
+            if status != _BUFFER:
+                break
+            # The first call only asks for the size. Counters may grow by a
+            # digit or two before the next one: some slack, and a retry.
+            size = needed.value + 256
+            buf = ctypes.create_string_buffer(size)
+        check(status)
+        return buf.value.decode("utf-8") if buf is not None else ""
 
     def get(self, session_id: UUIDLike) -> Session:
         """The session with this id.

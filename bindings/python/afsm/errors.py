@@ -32,8 +32,11 @@ __all__ = [
     "Busy",
     "InvalidToken",
     "MalformedToken",
+    "ForgedToken",
     "UnknownTokenKey",
+    "UnknownKey",
     "TokenKeyRemoved",
+    "KeyRemoved",
     "TokenRevoked",
     "IPMismatch",
     "KeyFileError",
@@ -111,7 +114,7 @@ class OutOfMemory(AfsmError, MemoryError):
 
 
 class NotFound(AfsmError, LookupError):
-    """No such session (``AFSM_ENOTFOUND``)."""
+    """No such session, or no such key in the key ring (``AFSM_ENOTFOUND``)."""
 
 
 class Expired(AfsmError):
@@ -125,7 +128,8 @@ class Expired(AfsmError):
 
 
 class AlreadyExists(AfsmError):
-    """The connection id already has a session (``AFSM_EEXISTS``)."""
+    """The connection id (or session id) already has a session, or the key
+    id is in the key ring (``AFSM_EEXISTS``)."""
 
 
 class InvalidTransition(AfsmError):
@@ -145,15 +149,26 @@ class BufferTooSmall(AfsmError):
 
 
 class Busy(AfsmError):
-    """The engine still has pinned handles (``AFSM_EBUSY``)."""
+    """The engine still has pinned handles, or the key to remove is the
+    current one (``AFSM_EBUSY``)."""
 
 
 class InvalidToken(AfsmError):
-    """A token fails authentication: forged or altered (``AFSM_ETOKEN``); base of the token errors."""
+    """Base of the errors of a token that proves nothing by itself.
+
+    Raised only as one of its subclasses. ``validate_token`` also raises
+    :class:`NotFound`, :class:`Expired` and :class:`Closed` for a genuine
+    token whose session is gone, past its deadline or closed.
+    """
 
 
 class MalformedToken(InvalidToken):
     """A token is truncated or not a token at all (``AFSM_ETOKENFORMAT``)."""
+
+
+class ForgedToken(InvalidToken):
+    """A token fails authentication: forged, altered, or sealed by another key
+    with the same id (``AFSM_ETOKEN``)."""
 
 
 class UnknownTokenKey(InvalidToken):
@@ -162,6 +177,11 @@ class UnknownTokenKey(InvalidToken):
 
 class TokenKeyRemoved(InvalidToken):
     """A token's key has been removed from the key ring (``AFSM_EKEYREMOVED``)."""
+
+
+#: Shorter names of the key errors.
+UnknownKey = UnknownTokenKey
+KeyRemoved = TokenKeyRemoved
 
 
 class TokenRevoked(InvalidToken):
@@ -200,7 +220,7 @@ _BY_STATUS: dict[int, type[AfsmError]] = {
     _lib.AFSM_ELIMIT: LimitExceeded,
     _lib.AFSM_EBUFFER: BufferTooSmall,
     _lib.AFSM_EBUSY: Busy,
-    _lib.AFSM_ETOKEN: InvalidToken,
+    _lib.AFSM_ETOKEN: ForgedToken,
     _lib.AFSM_ETOKENKEY: UnknownTokenKey,
     _lib.AFSM_EREVOKED: TokenRevoked,
     _lib.AFSM_EIPMISMATCH: IPMismatch,

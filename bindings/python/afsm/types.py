@@ -14,6 +14,10 @@ __all__ = [
     "State",
     "EventType",
     "LogLevel",
+    "LimitPolicy",
+    "DeleteReason",
+    "TokenResult",
+    "Metrics",
     "Stats",
     "Session",
     "Counts",
@@ -54,6 +58,40 @@ class LogLevel(enum.IntEnum):
     INFO = 20
     WARN = 30
     ERROR = 40
+
+
+class LimitPolicy(enum.Enum):
+    """What a create over ``max_sessions_per_user`` does (AFSM_LIMIT_*)."""
+
+    REJECT = 0  #: the create raises LimitExceeded
+    EVICT_OLDEST = 1  #: the user's oldest session is deleted (reason "evicted")
+
+
+class DeleteReason(enum.Enum):
+    """Why sessions left, as counted in :attr:`Metrics.deleted_total`
+    (afsm_delete_reason; the ``reason`` label of session_deleted_total)."""
+
+    REQUESTED = 0  #: Engine.delete
+    USER = 1  #: Engine.delete_user_sessions
+    CLOSED = 2  #: state set to CLOSED
+    EVICTED = 3  #: over max_sessions_per_user
+    EXPIRED = 4  #: also counted in expired_total
+
+
+class TokenResult(enum.Enum):
+    """Token validation outcomes, as counted in :attr:`Metrics.token_validations`
+    (afsm_token_result; the ``result`` label of session_token_validations_total)."""
+
+    OK = 0
+    MALFORMED = 1
+    FORGED = 2
+    UNKNOWN_KEY = 3
+    REMOVED_KEY = 4
+    NOT_FOUND = 5
+    EXPIRED = 6
+    CLOSED = 7
+    REVOKED = 8
+    IP_MISMATCH = 9
 
 
 @dataclass(frozen=True)
@@ -139,8 +177,56 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """The engine's counters (``afsm_metrics``), from :meth:`Engine.metrics`.
+
+    Each counter is exact; the set is not one atomic snapshot while other
+    threads write. ``duration_buckets`` maps each upper bound in seconds (the
+    last is ``math.inf``) to the sessions that ended with a lifetime in that
+    bucket, per bucket and not cumulative (Prometheus' ``le`` buckets are the
+    running sums: :attr:`duration_buckets_cumulative`).
+    """
+
+    shard_count: int
+    sessions: int
+    sessions_by_state: Mapping[State, int]
+    created_total: int
+    deleted_total: Mapping[DeleteReason, int]
+    expired_total: int
+    idle_transitions_total: int
+    wake_transitions_total: int
+    duration_buckets: Mapping[float, int]
+    duration_count: int
+    duration_sum_seconds: float
+    token_validations: Mapping[TokenResult, int]
+    reaper_lag_ns: int
+    deferred_frees: int
+
+    @property
+    def duration_buckets_cumulative(self) -> Mapping[float, int]:
+        """The ``le`` buckets of session_duration_seconds (running sums)."""
+        out: dict[float, int] = {}
+        total = 0
+        for bound, n in self.duration_buckets.items():
+            total += n
+            out[bound] = total
+        return MappingProxyType(out)
+
+    @property
+    def reaper_lag(self) -> datetime.timedelta:
+        """:attr:`reaper_lag_ns` as a timedelta (microsecond precision)."""
+        return datetime.timedelta(microseconds=self.reaper_lag_ns // 1000)
+
+
+@dataclass(frozen=True)
 class LogRecord:
-    """A log line from the engine, as delivered to ``Engine(on_log=...)``."""
+    """A log line from the engine, as delivered to ``Engine(on_log=...)``.
+
+    ``level`` is a :class:`LogLevel` (a plain int for a level it does not
+    know); ``fields`` holds the line's key/value pairs in their order, e.g.
+    ``session_id``, ``user_id``, ``connection_id``, ``client_ip`` for
+    "session created".
+    """
 
     level: int
     message: str
