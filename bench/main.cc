@@ -28,6 +28,7 @@ void register_ck_floor();
 void register_redis();
 void register_expiry();
 void register_memory();
+void register_engine_extras();
 
 static Mode the_mode;
 const Mode &mode() { return the_mode; }
@@ -97,6 +98,7 @@ int main(int argc, char **argv)
         bench::register_ck_floor();
         bench::register_redis();
         bench::register_expiry();
+        bench::register_engine_extras();
     }
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();

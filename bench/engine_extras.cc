@@ -1,0 +1,175 @@
+/*
+ * engine_extras.cc: costs that only the engine has, measured side by side
+ * in one run:
+ *
+ *   MetricsCost/<op>/metrics:<on|off>  create and heartbeat with the metrics
+ *                                      counters kept or disabled (issue 6:
+ *                                      the cost must stay under 5%)
+ *   TokenValidate/engine               afsm_token_validate on issued tokens,
+ *                                      1 and 2 threads (issue 5)
+ *
+ * Each benchmark owns its engine (100K sessions; 1K in smoke mode), built
+ * on its first thread and closed by the last.
+ */
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "util.h"
+
+extern "C" {
+#include "afsm.h"
+}
+
+namespace bench {
+namespace {
+
+struct Population {
+    afsm_engine *engine = nullptr;
+    std::vector<afsm_uuid> ids;
+    std::vector<std::string> tokens;
+};
+
+afsm_engine *open_engine(bool metrics, size_t capacity)
+{
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.capacity_hint = capacity;
+    cfg.disable_metrics = metrics ? 0 : 1;
+    afsm_engine *engine = nullptr;
+    if (afsm_engine_open(&cfg, &engine) != AFSM_OK)
+        abort();
+    return engine;
+}
+
+bool create_one(afsm_engine *engine, size_t i, afsm_uuid *id)
+{
+    char user[32];
+    int user_len = snprintf(user, sizeof(user), "user%zu", i % 10000);
+    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
+    afsm_create_options_init(&o, AFSM_CREATE_OPTIONS_VERSION);
+    o.user_id = user;
+    o.user_id_len = (size_t)user_len;
+    o.client_ip = "10.1.2.3";
+    o.client_ip_len = 8;
+    o.client_port = 443;
+    afsm_uuid_v7(&o.connection_id);
+    afsm_session_info info;
+    afsm_session_info_init(&info, AFSM_SESSION_INFO_VERSION);
+    if (afsm_session_create(engine, &o, &info) != AFSM_OK)
+        return false;
+    *id = info.session_id;
+    return true;
+}
+
+size_t population_size() { return mode().smoke ? 1000 : 100000; }
+
+Population *populate(bool metrics, bool with_tokens)
+{
+    auto *p = new Population;
+    size_t n = population_size();
+    p->engine = open_engine(metrics, n);
+    p->ids.resize(n);
+    for (size_t i = 0; i < n; i++)
+        if (!create_one(p->engine, i, &p->ids[i]))
+            abort();
+    if (with_tokens) {
+        p->tokens.resize(n);
+        char token[AFSM_TOKEN_SIZE];
+        for (size_t i = 0; i < n; i++) {
+            if (afsm_token_issue(p->engine, &p->ids[i], 0, token, sizeof(token), nullptr) != AFSM_OK)
+                abort();
+            p->tokens[i] = token;
+        }
+    }
+    return p;
+}
+
+/* One population per benchmark instance, shared by its threads. */
+struct Shared {
+    std::mutex lock;
+    Population *population = nullptr;
+    int users = 0;
+};
+
+Population *acquire(Shared &shared, bool metrics, bool tokens)
+{
+    std::lock_guard<std::mutex> guard(shared.lock);
+    if (shared.users++ == 0)
+        shared.population = populate(metrics, tokens);
+    return shared.population;
+}
+
+void release(Shared &shared)
+{
+    std::lock_guard<std::mutex> guard(shared.lock);
+    if (--shared.users == 0) {
+        afsm_engine_close(shared.population->engine);
+        delete shared.population;
+        shared.population = nullptr;
+    }
+}
+
+void metrics_cost(benchmark::State &state, bool create, bool metrics)
+{
+    static Shared shared[2][2];
+    Shared &mine = shared[create][metrics];
+    Population *p = acquire(mine, metrics, false);
+    Rng rng(0x5eed + (uint64_t)state.thread_index());
+    size_t made = 0;
+    for (auto _ : state) {
+        if (create) {
+            afsm_uuid id;
+            benchmark::DoNotOptimize(create_one(p->engine, made++, &id));
+        } else {
+            uint64_t remaining;
+            benchmark::DoNotOptimize(
+                afsm_session_heartbeat(p->engine, &p->ids[rng.below(p->ids.size())], &remaining));
+        }
+    }
+    state.SetItemsProcessed(state.iterations());
+    release(mine);
+}
+
+void token_validate(benchmark::State &state)
+{
+    static Shared shared;
+    Population *p = acquire(shared, true, true);
+    Rng rng(0x70c + (uint64_t)state.thread_index());
+    afsm_session_info out;
+    afsm_session_info_init(&out, AFSM_SESSION_INFO_VERSION);
+    for (auto _ : state) {
+        const std::string &t = p->tokens[rng.below(p->tokens.size())];
+        if (afsm_token_validate(p->engine, t.data(), t.size(), nullptr, 0, &out) != AFSM_OK)
+            state.SkipWithError("a valid token was refused");
+    }
+    state.SetItemsProcessed(state.iterations());
+    release(shared);
+}
+
+} // namespace
+
+void register_engine_extras()
+{
+    for (bool create : {true, false}) {
+        for (bool metrics : {true, false}) {
+            std::string name = std::string("MetricsCost/") + (create ? "create" : "heartbeat") +
+                               "/metrics:" + (metrics ? "on" : "off");
+            benchmark::RegisterBenchmark(name.c_str(), [create, metrics](benchmark::State &s) {
+                metrics_cost(s, create, metrics);
+            })->MinTime(mode().min_time)->UseRealTime();
+        }
+    }
+    benchmark::RegisterBenchmark("TokenValidate/engine", token_validate)
+        ->MinTime(mode().min_time)
+        ->UseRealTime()
+        ->Threads(1)
+        ->Threads(2);
+}
+
+} // namespace bench
