@@ -207,6 +207,29 @@ def main(argv: List[str]) -> int:
             w(f"p99.9 rwlock / engine: {fmt(ratio(resultlib.value(b, 'get_p999_ns'), resultlib.value(e, 'get_p999_ns')))}")
         w("")
 
+    # ---- engine-only costs (bench/engine_extras.cc) -----------------------
+    cost = [r for r in recs if r["op"] == "MetricsCost" and not r["error"]]
+    if cost:
+        w("## Metrics cost (issue 6): ops/s with the counters kept and disabled, same run")
+        w("")
+        w("| op | metrics on | metrics off | on / off |")
+        w("| --- | --- | --- | --- |")
+        for op in ("create", "heartbeat"):
+            on = resultlib.find(recs, op="MetricsCost", impl=op, metrics="on")
+            off = resultlib.find(recs, op="MetricsCost", impl=op, metrics="off")
+            w(f"| {op} | {fmt(resultlib.value(on))} | {fmt(resultlib.value(off))} | "
+              f"{fmt(ratio(resultlib.value(on), resultlib.value(off)))} |")
+        w("")
+    tokens = [r for r in recs if r["op"] == "TokenValidate" and not r["error"]]
+    if tokens:
+        w("## Token validation (issue 5): afsm_token_validate, ops/s")
+        w("")
+        w("| threads | ops/s |")
+        w("| --- | --- |")
+        for r in sorted(tokens, key=lambda r: r["threads"]):
+            w(f"| {r['threads']} | {fmt(resultlib.value(r))} |")
+        w("")
+
     # ---- absolute --------------------------------------------------------
     w("## Absolute throughput (ops/s)")
     w("")
