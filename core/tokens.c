@@ -93,7 +93,7 @@ static afsm_status seal(afsm_engine *engine, const afsm_session_info *s, uint32_
     afsm_status status = keyring_current(engine->keys, &key_id, &key);
     size_t len = 0;
     if (status == AFSM_OK)
-        token_seal(key, key_id, &claims, token, &len);
+        status = token_seal(key, key_id, &claims, token, &len);
     epoch_leave(e);
     if (status == AFSM_ENOTFOUND)
         return AFSM_ETOKENKEY; /* impossible: the current key cannot be removed */

@@ -7,6 +7,8 @@
 #include <sodium.h>
 #include <string.h>
 
+#include "util/random.h"
+
 #define PREFIX     "v1."
 #define PREFIX_LEN 3
 #define PLAIN_BASE (16 + 4 + 4 + 1)
@@ -42,8 +44,8 @@ static void make_ad(unsigned char ad[4], uint16_t key_id)
     ad[3] = (unsigned char)key_id;
 }
 
-void token_seal(const uint8_t key[AFSM_KEY_BYTES], uint16_t key_id, const token_claims *claims,
-                char out[AFSM_TOKEN_SIZE], size_t *len)
+afsm_status token_seal(const uint8_t key[AFSM_KEY_BYTES], uint16_t key_id, const token_claims *claims,
+                       char out[AFSM_TOKEN_SIZE], size_t *len)
 {
     unsigned char plain[PLAIN_BASE + 16];
     memcpy(plain, claims->session_id.bytes, 16);
@@ -56,7 +58,10 @@ void token_seal(const uint8_t key[AFSM_KEY_BYTES], uint16_t key_id, const token_
     unsigned char bin[TOKEN_BIN_MAX];
     bin[0] = (unsigned char)(key_id >> 8);
     bin[1] = (unsigned char)key_id;
-    randombytes_buf(bin + 2, TOKEN_NONCE_BYTES);
+    if (!random_fill(bin + 2, TOKEN_NONCE_BYTES)) {
+        sodium_memzero(plain, sizeof(plain));
+        return AFSM_EINTERNAL; /* a nonce must never be guessable or repeated */
+    }
     unsigned char ad[4];
     make_ad(ad, key_id);
     unsigned long long sealed_len = 0;
@@ -68,6 +73,7 @@ void token_seal(const uint8_t key[AFSM_KEY_BYTES], uint16_t key_id, const token_
                       sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     *len = strlen(out);
     sodium_memzero(plain, sizeof(plain));
+    return AFSM_OK;
 }
 
 afsm_status token_parse(const char *text, size_t len, token_sealed *out)

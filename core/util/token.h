@@ -41,9 +41,10 @@ typedef struct token_sealed {
 /* Makes libsodium ready (idempotent, thread-safe). AFSM_EINTERNAL if not. */
 afsm_status token_init(void);
 
-/* Writes the token and a NUL into out[AFSM_TOKEN_SIZE]; *len its length. */
-void token_seal(const uint8_t key[AFSM_KEY_BYTES], uint16_t key_id, const token_claims *claims,
-                char out[AFSM_TOKEN_SIZE], size_t *len);
+/* Writes the token and a NUL into out[AFSM_TOKEN_SIZE]; *len its length.
+ * AFSM_EINTERNAL only if the OS gives no randomness for the nonce. */
+afsm_status token_seal(const uint8_t key[AFSM_KEY_BYTES], uint16_t key_id, const token_claims *claims,
+                       char out[AFSM_TOKEN_SIZE], size_t *len);
 
 /* Checks prefix, length and alphabet. AFSM_ETOKENFORMAT otherwise. */
 afsm_status token_parse(const char *text, size_t len, token_sealed *out);

@@ -18,10 +18,8 @@
  *
  * Shared state: last_stamp, written by every generating thread through CAS.
  * Relaxed ordering is enough: the CAS alone makes the stamps a total order,
- * and no other memory is published with them. The random bytes come from a
- * thread-local buffer refilled by getrandom() 256 bytes at a time, so the
- * syscall is paid once per 32 ids; a fork handler empties the forking
- * thread's buffer in the child, so parent and child never share rand_b.
+ * and no other memory is published with them. The random bytes come from
+ * util/random.h (buffered getrandom, fork-safe).
  *
  * unix_ms is clamped to 48 bits (the year 10889). Only a clock pinned at
  * that clamp could carry the timestamp past it, and the field would wrap:
@@ -29,43 +27,23 @@
  */
 #include "util/uuid.h"
 
-#include <errno.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
-#define UUID_TEXT_LEN     36
-#define UNIX_MS_MAX       ((UINT64_C(1) << 48) - 1)
-#define COUNTER_BITS      12
-#define RAND_BUFFER_BYTES 256
+#include "util/random.h"
+
+#define UUID_TEXT_LEN 36
+#define UNIX_MS_MAX   ((UINT64_C(1) << 48) - 1)
+#define COUNTER_BITS  12
 
 /* (unix_ms << 12 | counter) of the last id handed out; 0 before the first. */
 static _Atomic uint64_t last_stamp = 0;
 
-/* Per-thread random bytes; rand_left counts the unused ones at the end. */
-static _Thread_local uint8_t rand_buffer[RAND_BUFFER_BYTES];
-static _Thread_local size_t rand_left = 0;
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-/* In the child only the forking thread survives: dropping its buffer is
- * enough to keep the child from repeating the parent's rand_b. */
-static void rand_after_fork_child(void)
-{
-    rand_left = 0;
-}
-
-static void rand_register_atfork(void)
-{
-    /* Failure (ENOMEM) only loses the fork protection; never worth aborting. */
-    (void)pthread_atfork(NULL, NULL, rand_after_fork_child);
-}
-
-/* splitmix64: only used when getrandom() is unavailable (old kernel,
- * seccomp). Uniqueness within the process never depends on it (the stamp
- * guarantees that); it only keeps rand_b from being constant. */
+/* rand_b: from the process's buffered OS randomness (util/random.h). If
+ * the OS has none to give (old kernel, seccomp), a splitmix64 stream keeps
+ * rand_b from being constant; uniqueness within the process never depends
+ * on it (the stamp guarantees that). */
 static uint64_t splitmix64(uint64_t *state)
 {
     uint64_t z = (*state += UINT64_C(0x9e3779b97f4a7c15));
@@ -74,38 +52,17 @@ static uint64_t splitmix64(uint64_t *state)
     return z ^ (z >> 31);
 }
 
-static void rand_refill(void)
-{
-    size_t filled = 0;
-    while (filled < sizeof rand_buffer) {
-        ssize_t got = getrandom(rand_buffer + filled, sizeof rand_buffer - filled, 0);
-        if (got > 0) {
-            filled += (size_t)got;
-        } else if (got < 0 && errno == EINTR) {
-            continue;
-        } else {
-            break;
-        }
-    }
-    if (filled < sizeof rand_buffer) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t state = (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
-        state ^= (uint64_t)(uintptr_t)&rand_left; /* differs per thread */
-        state ^= atomic_load_explicit(&last_stamp, memory_order_relaxed);
-        for (size_t i = filled; i < sizeof rand_buffer; i++)
-            rand_buffer[i] = (uint8_t)splitmix64(&state);
-    }
-    rand_left = sizeof rand_buffer;
-}
-
 static void rand_bytes(uint8_t *out, size_t n)
 {
-    pthread_once(&atfork_once, rand_register_atfork);
-    if (rand_left < n)
-        rand_refill();
-    memcpy(out, rand_buffer + (sizeof rand_buffer - rand_left), n);
-    rand_left -= n;
+    if (random_fill(out, n))
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t state = (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
+    state ^= (uint64_t)(uintptr_t)out;
+    state ^= atomic_load_explicit(&last_stamp, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (uint8_t)splitmix64(&state);
 }
 
 /* The next stamp: strictly greater than every one handed out before. */
