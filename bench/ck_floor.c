@@ -73,8 +73,8 @@ floor_table *floor_build(const char *kind, const uint8_t (*keys)[16], size_t n)
     allocated_bytes = 0;
     bool ok;
     if (t->is_hs)
-        ok = ck_hs_init(&t->hs, CK_HS_MODE_OBJECT | CK_HS_MODE_SPMC | CK_HS_MODE_DELETE, hs_hash, hs_compare,
-                        &counting, n, 0x5eed);
+        ok = ck_hs_init(&t->hs, CK_HS_MODE_OBJECT | CK_HS_MODE_SPMC | CK_HS_MODE_DELETE, hs_hash, hs_compare, &counting,
+                        n, 0x5eed);
     else
         ok = ck_ht_init(&t->ht, CK_HT_MODE_BYTESTRING | CK_HT_WORKLOAD_DELETE, NULL, &counting, n, 0x5eed);
     if (!ok) {
