@@ -25,7 +25,8 @@
 
 #include "store.h"
 
-namespace bench {
+namespace bench
+{
 
 struct UuidHash {
     size_t operator()(const afsm_uuid &u) const
@@ -41,11 +42,15 @@ struct UuidHash {
     }
 };
 struct UuidEq {
-    bool operator()(const afsm_uuid &a, const afsm_uuid &b) const { return memcmp(a.bytes, b.bytes, 16) == 0; }
+    bool operator()(const afsm_uuid &a, const afsm_uuid &b) const
+    {
+        return memcmp(a.bytes, b.bytes, 16) == 0;
+    }
 };
 
-class RwlockStore final : public Store {
-public:
+class RwlockStore final : public Store
+{
+  public:
     typedef uint64_t (*clock_fn)(void *ctx);
     /* clock NULL: CLOCK_MONOTONIC_COARSE, as the engine's default. */
     explicit RwlockStore(size_t capacity, clock_fn clock = nullptr, void *clock_ctx = nullptr);
@@ -72,7 +77,7 @@ public:
     size_t expire_scan(uint64_t now_ns);
     size_t size();
 
-private:
+  private:
     struct Record {
         afsm_uuid id;
         afsm_uuid connection_id;
@@ -87,7 +92,10 @@ private:
         std::map<std::string, std::string> metadata;
         afsm_stats stats;
     };
-    uint64_t now() const { return clock_(clock_ctx_); }
+    uint64_t now() const
+    {
+        return clock_(clock_ctx_);
+    }
     void fill(const Record &r, afsm_session_info *out) const;
     void erase_locked(std::unordered_map<afsm_uuid, std::unique_ptr<Record>, UuidHash, UuidEq>::iterator it);
 

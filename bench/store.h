@@ -14,10 +14,12 @@
 
 #include "util.h"
 
-namespace bench {
+namespace bench
+{
 
-class Store {
-public:
+class Store
+{
+  public:
     virtual ~Store() = default;
     virtual bool create(const Spec &spec, const afsm_kv *meta, size_t meta_count, afsm_uuid *id) = 0;
     virtual bool get(const afsm_uuid &id, afsm_session_info *out) = 0;

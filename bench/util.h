@@ -14,13 +14,14 @@
 #include <string>
 #include <vector>
 
-namespace bench {
+namespace bench
+{
 
 /* smoke: CI, tiny sizes, seconds. full: issue 9's sizes, ~10 minutes. */
 struct Mode {
     bool smoke = false;
-    bool with_10m = false;   /* AFSM_BENCH_10M=1: 10M sessions too (slow; off by default) */
-    double min_time = 0.2;   /* seconds per benchmark */
+    bool with_10m = false; /* AFSM_BENCH_10M=1: 10M sessions too (slow; off by default) */
+    double min_time = 0.2; /* seconds per benchmark */
     std::vector<size_t> sizes;
     std::vector<int> threads;
     size_t expiry_sessions = 1000000;
@@ -35,7 +36,9 @@ void mode_init(); /* from the environment; see main.cc */
 /* xorshift64*: a few cycles per draw, no shared state between threads. */
 struct Rng {
     uint64_t s;
-    explicit Rng(uint64_t seed) : s(seed * 0x9e3779b97f4a7c15ull + 0x2545f4914f6cdd1dull) {}
+    explicit Rng(uint64_t seed) : s(seed * 0x9e3779b97f4a7c15ull + 0x2545f4914f6cdd1dull)
+    {
+    }
     uint64_t next()
     {
         s ^= s >> 12;
@@ -43,7 +46,10 @@ struct Rng {
         s ^= s >> 27;
         return s * 0x2545f4914f6cdd1dull;
     }
-    size_t below(size_t n) { return (size_t)(((unsigned __int128)next() * n) >> 64); }
+    size_t below(size_t n)
+    {
+        return (size_t)(((unsigned __int128)next() * n) >> 64);
+    }
 };
 
 /* One synthetic session. The user owns 8 sessions (seq / 8), like a user on

@@ -16,7 +16,8 @@
 
 #include "store.h"
 
-namespace bench {
+namespace bench
+{
 
 struct World {
     std::string impl;

@@ -166,8 +166,8 @@ void afsmgo_metadata_many(afsm_engine *e, const afsm_session_info *infos, size_t
             continue;
         size_t needed = 0;
         size_t room = md_cap - used;
-        afsm_status s = afsm_session_get_metadata(e, &infos[i].session_id, room != 0 ? md + used : NULL, room,
-                                                  &needed, NULL);
+        afsm_status s =
+            afsm_session_get_metadata(e, &infos[i].session_id, room != 0 ? md + used : NULL, room, &needed, NULL);
         statuses[i] = s;
         lens[i] = needed;
         if (s == AFSM_OK || s == AFSM_EEXPIRED)
@@ -226,9 +226,8 @@ int64_t afsmgo_handle_heartbeat(uintptr_t h)
     return s != AFSM_OK ? (int64_t)s : (int64_t)(remaining_ms & INT64_MAX);
 }
 
-afsm_status afsmgo_handle_add_stats(uintptr_t h, uint64_t packets_sent, uint64_t packets_received,
-                                    uint64_t bytes_sent, uint64_t bytes_received, uint64_t retransmissions,
-                                    uint32_t rtt_ms)
+afsm_status afsmgo_handle_add_stats(uintptr_t h, uint64_t packets_sent, uint64_t packets_received, uint64_t bytes_sent,
+                                    uint64_t bytes_received, uint64_t retransmissions, uint32_t rtt_ms)
 {
     afsm_stats d = {packets_sent, packets_received, bytes_sent, bytes_received, retransmissions, rtt_ms, 0};
     return afsm_handle_add_stats((afsm_handle *)h, &d);
@@ -247,9 +246,8 @@ afsm_status afsmgo_pin(afsm_engine *e, uint64_t id_hi, uint64_t id_lo, int by_co
 }
 
 afsm_status afsmgo_list(afsm_engine *e, uint32_t state, const char *user_id, size_t user_id_len, int has_user,
-                        int64_t created_after_ns, int64_t created_before_ns, const afsm_uuid *cursor,
-                        uint64_t offset, uint32_t limit, afsm_session_info *out, size_t *count, uint64_t *total,
-                        afsm_uuid *next_cursor)
+                        int64_t created_after_ns, int64_t created_before_ns, const afsm_uuid *cursor, uint64_t offset,
+                        uint32_t limit, afsm_session_info *out, size_t *count, uint64_t *total, afsm_uuid *next_cursor)
 {
     afsm_list_filter f = AFSM_LIST_FILTER_INIT;
     f.state = state;

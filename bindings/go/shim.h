@@ -17,7 +17,7 @@
 #include "afsm.h"
 
 #define AFSMGO_WANT_EVENT 0x1
-#define AFSMGO_WANT_LOG 0x2
+#define AFSMGO_WANT_LOG   0x2
 #define AFSMGO_WANT_CLOCK 0x4
 
 /* Opens an engine; cb (a runtime/cgo.Handle) becomes the hooks' ctx.
@@ -52,8 +52,8 @@ afsm_status afsmgo_restore(afsm_engine *e, const afsm_session_info *info, const 
  * the session has metadata and md_cap suffices, its metadata in the same
  * crossing. *md_status is AFSM_OK with *md_len bytes, or the status of the
  * metadata call (AFSM_EBUFFER: *md_len is the size needed). */
-afsm_status afsmgo_get(uintptr_t e, uint64_t id_hi, uint64_t id_lo, int by_connection, afsm_session_info *out,
-                       char *md, size_t md_cap, size_t *md_len, afsm_status *md_status);
+afsm_status afsmgo_get(uintptr_t e, uint64_t id_hi, uint64_t id_lo, int by_connection, afsm_session_info *out, char *md,
+                       size_t md_cap, size_t *md_len, afsm_status *md_status);
 
 /* Fetches the metadata of infos[0..n) whose metadata_count is non-zero into
  * md (consecutively); offs[i]/lens[i] locate item i, statuses[i] is its
@@ -78,16 +78,14 @@ afsm_status afsmgo_add_stats(uintptr_t e, uint64_t id_hi, uint64_t id_lo, uint64
                              uint64_t packets_received, uint64_t bytes_sent, uint64_t bytes_received,
                              uint64_t retransmissions, uint32_t rtt_ms);
 int64_t afsmgo_handle_heartbeat(uintptr_t h);
-afsm_status afsmgo_handle_add_stats(uintptr_t h, uint64_t packets_sent, uint64_t packets_received,
-                                    uint64_t bytes_sent, uint64_t bytes_received, uint64_t retransmissions,
-                                    uint32_t rtt_ms);
+afsm_status afsmgo_handle_add_stats(uintptr_t h, uint64_t packets_sent, uint64_t packets_received, uint64_t bytes_sent,
+                                    uint64_t bytes_received, uint64_t retransmissions, uint32_t rtt_ms);
 afsm_status afsmgo_delete(afsm_engine *e, uint64_t id_hi, uint64_t id_lo, const char *reason, size_t reason_len);
 afsm_status afsmgo_pin(afsm_engine *e, uint64_t id_hi, uint64_t id_lo, int by_connection, afsm_handle **out);
 
 afsm_status afsmgo_list(afsm_engine *e, uint32_t state, const char *user_id, size_t user_id_len, int has_user,
-                        int64_t created_after_ns, int64_t created_before_ns, const afsm_uuid *cursor,
-                        uint64_t offset, uint32_t limit, afsm_session_info *out, size_t *count, uint64_t *total,
-                        afsm_uuid *next_cursor);
+                        int64_t created_after_ns, int64_t created_before_ns, const afsm_uuid *cursor, uint64_t offset,
+                        uint32_t limit, afsm_session_info *out, size_t *count, uint64_t *total, afsm_uuid *next_cursor);
 
 /* Sets version in n session infos. */
 void afsmgo_info_init_many(afsm_session_info *infos, size_t n);
