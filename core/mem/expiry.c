@@ -142,10 +142,23 @@ static size_t settle_batch(mem_store *ms, const timer_batch *batch)
     return expired;
 }
 
+/* Follows wall-clock steps (NTP, a resumed VM) but not the jitter between
+ * a coarse monotonic clock and a fine wall clock: re-sampled on every
+ * advance, the offset would move each session's reported times by a few
+ * milliseconds from one copy to the next. */
+static void refresh_wall_offset(mem_store *ms)
+{
+    const int64_t step_ns = 1000000000;
+    int64_t fresh = clock_wall_ns() - (int64_t)mem_now(ms);
+    int64_t old = atomic_load_explicit(&ms->wall_offset_ns, memory_order_relaxed);
+    if (fresh - old > step_ns || old - fresh > step_ns)
+        atomic_store_explicit(&ms->wall_offset_ns, fresh, memory_order_relaxed);
+}
+
 afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
 {
     mem_store *ms = (mem_store *)st;
-    atomic_store_explicit(&ms->wall_offset_ns, clock_wall_ns() - (int64_t)mem_now(ms), memory_order_relaxed);
+    refresh_wall_offset(ms);
     *expired = 0;
     timer_batch batch = {.ms = ms};
     afsm_status status = AFSM_OK;

@@ -1,0 +1,42 @@
+// config.h: sessiond's options, from flags and an optional key=value file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace sessiond
+{
+
+struct Options {
+    std::string listen = "127.0.0.1:50051";
+    std::string metrics_listen = "127.0.0.1:9464"; // empty or "off": no HTTP endpoint
+    std::string store = "memory";
+    std::string server_addr; // reported in sessions; empty: the listen address
+    uint64_t default_timeout_ms = 30ull * 60 * 1000;
+    uint64_t cleanup_interval_ms = 1000;
+    uint64_t idle_timeout_ms = 0;
+    uint64_t close_linger_ms = 30ull * 1000;
+    uint64_t max_lifetime_ms = 0;
+    uint32_t max_sessions_per_user = 0;
+    std::string limit_policy = "reject";
+    std::string key_file;
+    uint32_t key_id = 1;
+    std::string snapshot;
+    uint64_t snapshot_interval_ms = 60ull * 1000;
+    bool start_empty_on_corrupt_snapshot = false;
+    std::string log_level = "info";
+    uint32_t watch_buffer = 1024;
+    uint64_t shutdown_grace_ms = 10ull * 1000;
+    uint32_t shards = 0;
+};
+
+// Parses argv (and the file named by --config, whose keys are the flag
+// names without "--"; flags given on the command line win). Returns 0 to
+// run, 1 after printing --help or --version (exit 0), -1 after printing an
+// error to stderr (exit 2).
+int parse_options(int argc, char **argv, Options *out);
+
+// "1500ms", "30s", "5m", "2h", "1d"; a bare number is seconds.
+bool parse_duration_ms(const std::string &text, uint64_t *out_ms);
+
+} // namespace sessiond

@@ -1,0 +1,28 @@
+// jsonlog.h: one JSON object per line on stderr, for the daemon's own lines
+// and the engine's (through its log callback).
+#pragma once
+
+#include <initializer_list>
+#include <string>
+#include <utility>
+
+#include <afsm.h>
+
+namespace sessiond
+{
+
+// Levels are afsm's: AFSM_LOG_DEBUG .. AFSM_LOG_ERROR.
+void log_set_level(int level);
+int log_level_from_name(const std::string &name);
+bool log_enabled(int level);
+
+using LogFields = std::initializer_list<std::pair<const char *, std::string>>;
+// {"time":"2025-01-02T03:04:05.678Z","level":"info","msg":"...","key":"value",...}
+void log_line(int level, const std::string &msg, LogFields fields = {});
+
+// The engine's afsm_log_fn: same format, "source":"engine".
+void log_engine(void *ctx, int level, const char *message, const afsm_log_field *fields, size_t field_count);
+
+std::string json_escape(const std::string &s);
+
+} // namespace sessiond

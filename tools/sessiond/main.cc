@@ -1,0 +1,400 @@
+// main.cc: sessiond's life: options, engine, snapshot load, gRPC server,
+// metrics endpoint, periodic snapshots, and an orderly stop on SIGTERM or
+// SIGINT (stop accepting, finish in-flight calls, end watch streams, write
+// the snapshot, exit 0).
+//
+// Threads: main waits for a stop signal (a handler writes it to a pipe);
+// gRPC runs its own pool; the engine its reaper; libmicrohttpd its poller;
+// one snapshot thread.
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <afsm.h>
+
+#include "config.h"
+#include "jsonlog.h"
+#include "metrics_http.h"
+#include "service.h"
+#include "snapshot.h"
+
+namespace sessiond
+{
+namespace
+{
+
+const char *const kServiceName = "session.SessionService";
+
+const char *grpc_code_name(int code)
+{
+    static const char *const names[] = {
+        "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+        "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+        "DATA_LOSS", "UNAUTHENTICATED"};
+    return (code >= 0 && code < 17) ? names[code] : "UNKNOWN";
+}
+
+int g_signal_pipe[2] = {-1, -1};
+
+void on_stop_signal(int sig)
+{
+    unsigned char b = static_cast<unsigned char>(sig);
+    ssize_t n = ::write(g_signal_pipe[1], &b, 1); // async-signal-safe; a full pipe means a stop is already pending
+    (void)n;
+}
+
+double wall_seconds()
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) / 1e9;
+}
+
+// What /metrics shows about the daemon itself, next to the engine's series.
+struct DaemonStats {
+    std::atomic<double> snapshot_last_success{0};
+    std::atomic<double> snapshot_duration{0};
+    std::atomic<uint64_t> snapshot_sessions{0};
+    std::atomic<uint64_t> snapshot_failures{0};
+    double start_time = wall_seconds();
+};
+
+std::string fmt(const char *format, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char *format, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, format);
+    int n = std::vsnprintf(buf, sizeof buf, format, ap);
+    va_end(ap);
+    return std::string(buf,
+                       n < 0 ? 0 : (static_cast<size_t>(n) < sizeof buf ? static_cast<size_t>(n) : sizeof buf - 1));
+}
+
+std::string render_metrics(afsm_engine *engine, const RpcCounters &rpc, const WatchHub &hub, const DaemonStats &ds)
+{
+    std::string out;
+    size_t needed = 0;
+    afsm_status s = afsm_metrics_write_prometheus(engine, nullptr, 0, &needed);
+    if (s == AFSM_EBUFFER || s == AFSM_OK) {
+        std::string buf(needed + 4096, '\0'); // room for series that appear meanwhile
+        for (int attempt = 0; attempt < 4; ++attempt) {
+            s = afsm_metrics_write_prometheus(engine, &buf[0], buf.size(), &needed);
+            if (s != AFSM_EBUFFER)
+                break;
+            buf.resize(needed + 4096);
+        }
+        if (s == AFSM_OK)
+            out.assign(buf.c_str());
+    }
+    if (s != AFSM_OK) {
+        // The engine's exporter failed: keep at least the session gauges.
+        afsm_counts c;
+        if (afsm_engine_counts(engine, &c) == AFSM_OK) {
+            out += "# HELP session_total Sessions in the engine.\n# TYPE session_total gauge\n";
+            out += fmt("session_total %llu\n", static_cast<unsigned long long>(c.total));
+        }
+    }
+    out += "# HELP sessiond_grpc_requests_total gRPC calls handled by sessiond, by method and status code.\n"
+           "# TYPE sessiond_grpc_requests_total counter\n";
+    for (int m = 0; m < RpcCounters::kMethods; ++m) {
+        for (int c = 0; c < RpcCounters::kCodes; ++c) {
+            uint64_t v = rpc.get(m, c);
+            if (v == 0 && c != 0)
+                continue;
+            out += fmt("sessiond_grpc_requests_total{method=\"%s\",code=\"%s\"} %llu\n", RpcCounters::method_name(m),
+                       grpc_code_name(c), static_cast<unsigned long long>(v));
+        }
+    }
+    out += "# HELP sessiond_watch_streams Open WatchSessions streams.\n# TYPE sessiond_watch_streams gauge\n";
+    out += fmt("sessiond_watch_streams %zu\n", hub.count());
+    out += "# HELP sessiond_watch_dropped_total WatchSessions streams ended because the client fell behind.\n"
+           "# TYPE sessiond_watch_dropped_total counter\n";
+    out += fmt("sessiond_watch_dropped_total %llu\n", static_cast<unsigned long long>(hub.dropped()));
+    out += "# HELP sessiond_snapshot_last_success_timestamp_seconds When the last snapshot was written (0: never).\n"
+           "# TYPE sessiond_snapshot_last_success_timestamp_seconds gauge\n";
+    out += fmt("sessiond_snapshot_last_success_timestamp_seconds %.3f\n", ds.snapshot_last_success.load());
+    out += "# HELP sessiond_snapshot_duration_seconds How long the last snapshot took to write.\n"
+           "# TYPE sessiond_snapshot_duration_seconds gauge\n";
+    out += fmt("sessiond_snapshot_duration_seconds %.6f\n", ds.snapshot_duration.load());
+    out += "# HELP sessiond_snapshot_sessions Sessions in the last snapshot written.\n"
+           "# TYPE sessiond_snapshot_sessions gauge\n";
+    out += fmt("sessiond_snapshot_sessions %llu\n", static_cast<unsigned long long>(ds.snapshot_sessions.load()));
+    out += "# HELP sessiond_snapshot_failures_total Snapshot writes that failed.\n"
+           "# TYPE sessiond_snapshot_failures_total counter\n";
+    out += fmt("sessiond_snapshot_failures_total %llu\n", static_cast<unsigned long long>(ds.snapshot_failures.load()));
+    out += "# HELP process_start_time_seconds Start time of the process since the Unix epoch in seconds.\n"
+           "# TYPE process_start_time_seconds gauge\n";
+    out += fmt("process_start_time_seconds %.3f\n", ds.start_time);
+    return out;
+}
+
+bool write_snapshot(afsm_engine *engine, const std::string &path, DaemonStats *ds, const char *why)
+{
+    SnapshotStats st;
+    std::string error;
+    if (!snapshot_write(engine, path, &st, &error)) {
+        ds->snapshot_failures.fetch_add(1);
+        log_line(AFSM_LOG_ERROR, "snapshot failed", {{"path", path}, {"why", why}, {"error", error}});
+        return false;
+    }
+    ds->snapshot_last_success.store(wall_seconds());
+    ds->snapshot_duration.store(st.seconds);
+    ds->snapshot_sessions.store(st.sessions);
+    log_line(why[0] == 'p' ? AFSM_LOG_DEBUG : AFSM_LOG_INFO, "snapshot written",
+             {{"path", path},
+              {"why", why},
+              {"sessions", std::to_string(st.sessions)},
+              {"bytes", std::to_string(st.bytes)},
+              {"seconds", fmt("%.3f", st.seconds)}});
+    return true;
+}
+
+// Loads the snapshot at start. False: refuse to start (the error is logged).
+bool load_snapshot(afsm_engine *engine, const Options &o)
+{
+    SnapshotStats st;
+    std::string error;
+    switch (snapshot_load(engine, o.snapshot, &st, &error)) {
+    case LoadResult::Missing:
+        log_line(AFSM_LOG_INFO, "no snapshot yet; starting empty", {{"path", o.snapshot}});
+        return true;
+    case LoadResult::Loaded:
+        log_line(AFSM_LOG_INFO, "snapshot loaded",
+                 {{"path", o.snapshot},
+                  {"sessions", std::to_string(st.sessions)},
+                  {"restored", std::to_string(st.restored)},
+                  {"expired", std::to_string(st.expired)},
+                  {"skipped", std::to_string(st.skipped)},
+                  {"seconds", fmt("%.3f", st.seconds)}});
+        return true;
+    case LoadResult::Corrupt:
+        if (o.start_empty_on_corrupt_snapshot) {
+            // Keep the bad file for a post-mortem instead of overwriting it.
+            std::string aside = o.snapshot + ".corrupt." + std::to_string(static_cast<long long>(wall_seconds()));
+            bool moved = ::rename(o.snapshot.c_str(), aside.c_str()) == 0;
+            log_line(
+                AFSM_LOG_WARN, "snapshot is corrupt; starting empty (--start-empty-on-corrupt-snapshot)",
+                {{"path", o.snapshot}, {"error", error}, {"moved_to", moved ? aside : std::string("(not moved)")}});
+            return true;
+        }
+        log_line(AFSM_LOG_ERROR,
+                 "snapshot is corrupt; refusing to start (fix or remove it, or pass "
+                 "--start-empty-on-corrupt-snapshot to start with no sessions)",
+                 {{"path", o.snapshot}, {"error", error}});
+        return false;
+    case LoadResult::Failed:
+        log_line(AFSM_LOG_ERROR, "cannot load the snapshot; refusing to start",
+                 {{"path", o.snapshot}, {"error", error}});
+        return false;
+    }
+    return false;
+}
+
+int run(const Options &o)
+{
+    log_set_level(log_level_from_name(o.log_level));
+    if (o.store == "etcd") {
+        log_line(AFSM_LOG_ERROR, "the etcd store is not built into this sessiond yet; use --store memory");
+        return 2;
+    }
+    if (o.store != "memory") {
+        log_line(AFSM_LOG_ERROR, "unknown --store (expected memory)", {{"store", o.store}});
+        return 2;
+    }
+
+    // Libraries start threads before main (gRPC's static initialisers), so
+    // a blocked mask plus sigwait() would not see every delivery: a handler
+    // on whichever thread gets the signal writes its number to a pipe that
+    // main reads.
+    if (::pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
+        log_line(AFSM_LOG_ERROR, "pipe2 failed", {{"error", std::strerror(errno)}});
+        return 1;
+    }
+    struct sigaction sa {
+    };
+    sa.sa_handler = &on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);
+
+    WatchHub hub(o.watch_buffer);
+    RpcCounters rpc;
+    DaemonStats ds;
+
+    std::string server_addr = o.server_addr.empty() ? o.listen : o.server_addr;
+    afsm_config cfg{};
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = o.shards;
+    cfg.default_timeout_ms = o.default_timeout_ms;
+    cfg.cleanup_interval_ms = o.cleanup_interval_ms;
+    cfg.tick_ms = o.cleanup_interval_ms < 100 ? o.cleanup_interval_ms : 0; // finer wheels for fast reaping
+    cfg.idle_timeout_ms = o.idle_timeout_ms;
+    cfg.max_lifetime_ms = o.max_lifetime_ms;
+    cfg.close_linger_ms = o.close_linger_ms;
+    cfg.reaper = AFSM_REAPER_THREAD;
+    cfg.log_level = static_cast<uint32_t>(log_level_from_name(o.log_level));
+    cfg.server_addr = server_addr.data();
+    cfg.server_addr_len = server_addr.size();
+    cfg.on_event = &WatchHub::on_engine_event;
+    cfg.event_ctx = &hub;
+    cfg.on_log = &log_engine;
+    cfg.max_sessions_per_user = o.max_sessions_per_user;
+    cfg.limit_policy = o.limit_policy == "evict-oldest" ? AFSM_LIMIT_EVICT_OLDEST : AFSM_LIMIT_REJECT;
+    if (!o.key_file.empty()) {
+        cfg.key_file = o.key_file.data();
+        cfg.key_file_len = o.key_file.size();
+        cfg.key_id = o.key_id;
+    }
+    afsm_engine *engine = nullptr;
+    afsm_status s = afsm_engine_open(&cfg, &engine);
+    if (s != AFSM_OK) {
+        std::string hint = s == AFSM_EKEYFILE ? " (the key file must hold exactly 32 bytes and be mode 0600, e.g. "
+                                                "head -c 32 /dev/urandom > key && chmod 600 key)"
+                                              : "";
+        log_line(AFSM_LOG_ERROR, "cannot open the engine" + hint,
+                 {{"error", afsm_strerror(s)}, {"status", afsm_status_name(s)}});
+        return 1;
+    }
+    if (o.key_file.empty())
+        log_line(AFSM_LOG_WARN, "no --key-file: tokens use a random key and will not survive a restart");
+
+    if (!o.snapshot.empty() && !load_snapshot(engine, o)) {
+        afsm_engine_close(engine);
+        return 1;
+    }
+
+    SessionServiceImpl service(engine, &hub, &rpc);
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder builder;
+    int grpc_port = 0;
+    builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(), &grpc_port);
+    builder.RegisterService(&service);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    if (server == nullptr || grpc_port == 0) {
+        log_line(AFSM_LOG_ERROR, "cannot listen for gRPC (address in use, or not HOST:PORT?)", {{"listen", o.listen}});
+        afsm_engine_close(engine);
+        return 1;
+    }
+    grpc::HealthCheckServiceInterface *health = server->GetHealthCheckService();
+    health->SetServingStatus(kServiceName, true);
+    health->SetServingStatus(true);
+
+    std::atomic<bool> serving{true};
+    std::unique_ptr<MetricsServer> metrics;
+    std::string metrics_addr = "off";
+    if (!o.metrics_listen.empty() && o.metrics_listen != "off") {
+        metrics = std::make_unique<MetricsServer>([&] { return render_metrics(engine, rpc, hub, ds); },
+                                                  [&] { return serving.load(); });
+        std::string error;
+        if (!metrics->start(o.metrics_listen, &error)) {
+            log_line(AFSM_LOG_ERROR, "cannot start the metrics endpoint", {{"error", error}});
+            server->Shutdown();
+            server->Wait();
+            afsm_engine_close(engine);
+            return 1;
+        }
+        std::string host;
+        uint16_t unused;
+        split_host_port(o.metrics_listen, &host, &unused);
+        metrics_addr =
+            (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(metrics->port());
+    }
+    std::string grpc_host;
+    uint16_t unused_port;
+    if (!split_host_port(o.listen, &grpc_host, &unused_port))
+        grpc_host = o.listen.substr(0, o.listen.rfind(':'));
+    std::string grpc_addr = (grpc_host.find(':') != std::string::npos ? "[" + grpc_host + "]" : grpc_host) + ":" +
+                            std::to_string(grpc_port);
+    log_line(AFSM_LOG_INFO, "sessiond listening",
+             {{"grpc", grpc_addr},
+              {"metrics", metrics_addr},
+              {"store", o.store},
+              {"snapshot", o.snapshot.empty() ? "off" : o.snapshot},
+              {"version", afsm_version()}});
+
+    // Periodic snapshots.
+    std::mutex stop_mu;
+    std::condition_variable stop_cv;
+    bool stopping = false;
+    std::thread snapshotter;
+    if (!o.snapshot.empty() && o.snapshot_interval_ms > 0) {
+        snapshotter = std::thread([&] {
+            std::unique_lock<std::mutex> lock(stop_mu);
+            while (
+                !stop_cv.wait_for(lock, std::chrono::milliseconds(o.snapshot_interval_ms), [&] { return stopping; })) {
+                lock.unlock();
+                write_snapshot(engine, o.snapshot, &ds, "periodic");
+                lock.lock();
+            }
+        });
+    }
+
+    unsigned char sig = 0;
+    while (::read(g_signal_pipe[0], &sig, 1) != 1) {
+        if (errno != EINTR)
+            break;
+    }
+    log_line(AFSM_LOG_INFO, "shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+
+    // 1. Report not serving; 2. end watch streams (after what they have
+    // queued); 3. stop accepting and let in-flight calls finish, up to the
+    // grace period (then they are cancelled).
+    serving.store(false);
+    health->SetServingStatus(false);
+    hub.close_all();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(o.shutdown_grace_ms));
+    server->Wait();
+    if (snapshotter.joinable()) {
+        {
+            std::lock_guard<std::mutex> lock(stop_mu);
+            stopping = true;
+        }
+        stop_cv.notify_all();
+        snapshotter.join();
+    }
+    // Nothing changes sessions any more but the reaper: this snapshot is exact.
+    int rc = 0;
+    if (!o.snapshot.empty() && !write_snapshot(engine, o.snapshot, &ds, "shutdown"))
+        rc = 1;
+    if (metrics)
+        metrics->stop();
+    server.reset();
+    s = afsm_engine_close(engine);
+    if (s != AFSM_OK)
+        log_line(AFSM_LOG_WARN, "engine close", {{"error", afsm_strerror(s)}});
+    log_line(AFSM_LOG_INFO, "sessiond stopped", {{"exit_code", std::to_string(rc)}});
+    return rc;
+}
+
+} // namespace
+} // namespace sessiond
+
+int main(int argc, char **argv)
+{
+    sessiond::Options options;
+    int r = sessiond::parse_options(argc, argv, &options);
+    if (r > 0)
+        return 0;
+    if (r < 0)
+        return 2;
+    return sessiond::run(options);
+}

@@ -1,0 +1,819 @@
+// service.cc: the RPC handlers. Each unary handler calls the engine inline
+// (its calls are lock-free or take one shard lock for microseconds) and
+// finishes through the default reactor, so no thread of ours ever waits.
+// WatchSessions is the one stream: a Watcher per call, fed by WatchHub.
+//
+// Watcher locking: a watcher's mutex guards its queue and its flags; it is
+// never held across a call into gRPC (StartWrite, Finish), because gRPC may
+// run a reaction (OnWriteDone, OnDone) inline on the calling thread.
+// Exactly one write is in flight at a time (writing_); Finish is called once,
+// only when no write is in flight, and nothing is written after it.
+#include "service.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <map>
+
+#include <google/protobuf/timestamp.pb.h>
+
+#include "jsonlog.h"
+
+namespace sessiond
+{
+
+namespace
+{
+
+enum Method {
+    kCreate,
+    kGet,
+    kUpdate,
+    kDelete,
+    kList,
+    kHeartbeat,
+    kGetByConnection,
+    kDeleteUser,
+    kValidate,
+    kRotate,
+    kWatch,
+    kStats
+};
+
+std::string afsm_message(afsm_status s, const std::string &what)
+{
+    std::string msg = what.empty() ? std::string() : what + ": ";
+    msg += afsm_strerror(s);
+    msg += " (";
+    msg += afsm_status_name(s);
+    msg += ")";
+    return msg;
+}
+
+void set_timestamp(int64_t ns, google::protobuf::Timestamp *ts)
+{
+    int64_t sec = ns / 1000000000;
+    int64_t nanos = ns % 1000000000;
+    if (nanos < 0) {
+        nanos += 1000000000;
+        sec -= 1;
+    }
+    ts->set_seconds(sec);
+    ts->set_nanos(static_cast<int32_t>(nanos));
+}
+
+int64_t timestamp_ns(const google::protobuf::Timestamp &ts)
+{
+    return ts.seconds() * 1000000000 + ts.nanos();
+}
+
+int64_t wall_now_ns()
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return static_cast<int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
+
+std::string format_uuid(const afsm_uuid &u)
+{
+    char buf[AFSM_UUID_STRING_SIZE];
+    afsm_uuid_format(&u, buf);
+    return buf;
+}
+
+// The AFSM_*_INIT macros use C designated initialisers, which C++ with
+// -Wextra flags; value-initialise and set the version instead.
+afsm_session_info new_info()
+{
+    afsm_session_info i{};
+    i.version = AFSM_SESSION_INFO_VERSION;
+    return i;
+}
+
+bool uuid_is_nil(const afsm_uuid &u)
+{
+    for (uint8_t b : u.bytes)
+        if (b != 0)
+            return false;
+    return true;
+}
+
+// Parses a UUID argument; on failure fills *status with INVALID_ARGUMENT.
+bool parse_uuid_arg(const std::string &text, const char *field, afsm_uuid *out, grpc::Status *status)
+{
+    afsm_status s = afsm_uuid_parse(text.data(), text.size(), out);
+    if (s != AFSM_OK) {
+        *status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               afsm_message(s, std::string(field) + " \"" + text.substr(0, 64) + "\""));
+        return false;
+    }
+    return true;
+}
+
+session::SessionState wire_state(uint32_t state)
+{
+    if (state > AFSM_STATE_CLOSED)
+        return session::SESSION_STATE_UNSPECIFIED;
+    return static_cast<session::SessionState>(state);
+}
+
+// Metadata arrives as a protobuf map; the engine takes (pointer, length)
+// pairs that borrow from it.
+std::vector<afsm_kv> kv_list(const google::protobuf::Map<std::string, std::string> &map)
+{
+    std::vector<afsm_kv> kvs;
+    kvs.reserve(map.size());
+    for (const auto &e : map)
+        kvs.push_back(afsm_kv{e.first.data(), e.first.size(), e.second.data(), e.second.size()});
+    return kvs;
+}
+
+} // namespace
+
+grpc::Status status_from_afsm(afsm_status s, const std::string &what)
+{
+    using grpc::StatusCode;
+    StatusCode code;
+    switch (s) {
+    case AFSM_OK:
+        return grpc::Status::OK;
+    case AFSM_ENOTFOUND:
+        code = StatusCode::NOT_FOUND;
+        break;
+    case AFSM_EINVAL:
+    case AFSM_ENULL:
+    case AFSM_EUUID:
+    case AFSM_EIP:
+    case AFSM_ETOOLONG:
+    case AFSM_EVERSION:
+        code = StatusCode::INVALID_ARGUMENT;
+        break;
+    case AFSM_ELIMIT:
+    case AFSM_ENOMEM:
+        code = StatusCode::RESOURCE_EXHAUSTED;
+        break;
+    case AFSM_ETOKEN:
+    case AFSM_ETOKENKEY:
+    case AFSM_EREVOKED:
+    case AFSM_EIPMISMATCH:
+    case AFSM_ETOKENFORMAT:
+    case AFSM_EKEYREMOVED:
+        code = StatusCode::UNAUTHENTICATED;
+        break;
+    case AFSM_EEXPIRED:
+    case AFSM_ECLOSED:
+    case AFSM_ETRANSITION:
+        code = StatusCode::FAILED_PRECONDITION;
+        break;
+    case AFSM_EEXISTS:
+        code = StatusCode::ALREADY_EXISTS;
+        break;
+    case AFSM_EUNAVAILABLE:
+        code = StatusCode::UNAVAILABLE;
+        break;
+    default:
+        code = StatusCode::INTERNAL;
+        break;
+    }
+    return grpc::Status(code, afsm_message(s, what));
+}
+
+grpc::Status token_status_from_afsm(afsm_status s)
+{
+    switch (s) {
+    case AFSM_ENOTFOUND:
+    case AFSM_EEXPIRED:
+    case AFSM_ECLOSED:
+        // The token may be genuine, but it no longer proves a live session.
+        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, afsm_message(s, "token"));
+    default:
+        return status_from_afsm(s, "token");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Watch streams
+
+class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
+{
+  public:
+    Watcher(WatchHub *hub, std::string user_filter, size_t capacity)
+        : hub_(hub), user_filter_(std::move(user_filter)), capacity_(capacity)
+    {
+    }
+
+    // Registers with the hub; a hub already closed ends the stream at once.
+    void start(const std::shared_ptr<Watcher> &self)
+    {
+        self_ = self;
+        if (!hub_->add(self))
+            end(grpc::Status::OK, false);
+    }
+
+    const std::string &user_filter() const
+    {
+        return user_filter_;
+    }
+
+    void push(const session::SessionEvent &ev)
+    {
+        if (!user_filter_.empty() && ev.user_id() != user_filter_)
+            return;
+        bool write = false, fin = false;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (closing_)
+                return;
+            if (queue_.size() >= capacity_) {
+                // A slow reader must not hold up the engine (or grow without
+                // bound): drop it and tell it why.
+                queue_.clear();
+                closing_ = true;
+                final_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "watcher fell behind: more than " +
+                                                                                std::to_string(capacity_) +
+                                                                                " events queued (--watch-buffer)");
+                hub_->count_drop();
+                fin = take_finish_locked();
+            } else {
+                queue_.push_back(ev);
+                write = take_write_locked();
+            }
+        }
+        act(write, fin);
+    }
+
+    // Ends the stream with status; flush: after the events already queued.
+    void end(const grpc::Status &status, bool flush)
+    {
+        bool fin;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (closing_)
+                return;
+            closing_ = true;
+            final_ = status;
+            if (!flush)
+                queue_.clear();
+            fin = take_finish_locked();
+        }
+        act(false, fin);
+    }
+
+    void OnWriteDone(bool ok) override
+    {
+        bool write = false, fin = false;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            writing_ = false;
+            if (!ok) { // the client went away
+                queue_.clear();
+                if (!closing_) {
+                    closing_ = true;
+                    final_ = grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+                }
+            }
+            write = take_write_locked();
+            if (!write)
+                fin = take_finish_locked();
+        }
+        act(write, fin);
+    }
+
+    void OnCancel() override
+    {
+        end(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"), false);
+    }
+
+    void OnDone() override
+    {
+        hub_->remove(this);
+        log_line(AFSM_LOG_DEBUG, "watch stream ended", {{"user_filter", user_filter_}});
+        std::shared_ptr<Watcher> last = std::move(self_); // may delete this on return
+    }
+
+  private:
+    // Both return true when the caller (after unlocking) must act.
+    bool take_write_locked()
+    {
+        if (writing_ || finished_ || queue_.empty())
+            return false;
+        current_ = std::move(queue_.front());
+        queue_.pop_front();
+        writing_ = true;
+        return true;
+    }
+    bool take_finish_locked()
+    {
+        if (!closing_ || writing_ || finished_ || !queue_.empty())
+            return false;
+        finished_ = true;
+        return true;
+    }
+    void act(bool write, bool fin)
+    {
+        if (write)
+            StartWrite(&current_);
+        if (fin)
+            Finish(final_); // final_ no longer changes once finished_
+    }
+
+    WatchHub *hub_;
+    const std::string user_filter_;
+    const size_t capacity_;
+    std::mutex mu_;
+    std::deque<session::SessionEvent> queue_;
+    session::SessionEvent current_; // the event being written; owned by the write in flight
+    bool writing_ = false;
+    bool closing_ = false;  // no more events accepted
+    bool finished_ = false; // Finish called
+    grpc::Status final_;
+    std::shared_ptr<Watcher> self_; // keeps this alive until OnDone
+};
+
+void WatchHub::on_engine_event(void *ctx, const afsm_event *event)
+{
+    static_cast<WatchHub *>(ctx)->publish(event);
+}
+
+void WatchHub::publish(const afsm_event *e)
+{
+    if (count_.load(std::memory_order_acquire) == 0)
+        return; // the common case: nobody watches
+    std::vector<std::shared_ptr<Watcher>> targets;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        targets = watchers_;
+    }
+    if (targets.empty())
+        return;
+    session::SessionEvent ev;
+    switch (e->type) {
+    case AFSM_EVENT_CREATED:
+        ev.set_type(session::SESSION_EVENT_TYPE_CREATED);
+        break;
+    case AFSM_EVENT_STATE_CHANGED:
+        ev.set_type(session::SESSION_EVENT_TYPE_UPDATED);
+        break;
+    case AFSM_EVENT_EXPIRED:
+        ev.set_type(session::SESSION_EVENT_TYPE_EXPIRED);
+        break;
+    case AFSM_EVENT_DELETED:
+        ev.set_type(session::SESSION_EVENT_TYPE_DELETED);
+        break;
+    default:
+        ev.set_type(session::SESSION_EVENT_TYPE_UNSPECIFIED);
+        break;
+    }
+    ev.set_session_id(format_uuid(e->session_id));
+    if (e->user_id != nullptr)
+        ev.set_user_id(std::string(e->user_id, e->user_id_len));
+    ev.set_connection_id(format_uuid(e->connection_id));
+    ev.set_old_state(wire_state(e->old_state));
+    ev.set_new_state(wire_state(e->new_state));
+    if (e->reason != nullptr)
+        ev.set_reason(std::string(e->reason, e->reason_len));
+    set_timestamp(e->created_at_ns, ev.mutable_created_at());
+    set_timestamp(e->event_at_ns, ev.mutable_event_at());
+    for (const auto &w : targets)
+        w->push(ev);
+}
+
+bool WatchHub::add(const std::shared_ptr<Watcher> &w)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_)
+        return false;
+    watchers_.push_back(w);
+    count_.store(watchers_.size(), std::memory_order_release);
+    return true;
+}
+
+void WatchHub::remove(const Watcher *w)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = watchers_.begin(); it != watchers_.end(); ++it) {
+        if (it->get() == w) {
+            watchers_.erase(it);
+            break;
+        }
+    }
+    count_.store(watchers_.size(), std::memory_order_release);
+}
+
+void WatchHub::close_all()
+{
+    std::vector<std::shared_ptr<Watcher>> all;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        closed_ = true;
+        all = watchers_;
+    }
+    for (const auto &w : all)
+        w->end(grpc::Status::OK, true);
+}
+
+// ---------------------------------------------------------------------------
+// RPC counters
+
+const char *RpcCounters::method_name(int m)
+{
+    static const char *const names[kMethods] = {
+        "CreateSession",          "GetSession",         "UpdateSession", "DeleteSession", "ListSessions",  "Heartbeat",
+        "GetSessionByConnection", "DeleteUserSessions", "ValidateToken", "RotateToken",   "WatchSessions", "GetStats"};
+    return (m >= 0 && m < kMethods) ? names[m] : "unknown";
+}
+
+// ---------------------------------------------------------------------------
+// The service
+
+SessionServiceImpl::SessionServiceImpl(afsm_engine *engine, WatchHub *hub, RpcCounters *counters)
+    : engine_(engine), hub_(hub), counters_(counters), started_(std::chrono::steady_clock::now())
+{
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::finish(grpc::CallbackServerContext *ctx, int method,
+                                                     const grpc::Status &status)
+{
+    counters_->count(method, status.error_code());
+    if (!status.ok() && log_enabled(AFSM_LOG_DEBUG))
+        log_line(AFSM_LOG_DEBUG, "rpc failed",
+                 {{"method", RpcCounters::method_name(method)},
+                  {"code", std::to_string(static_cast<int>(status.error_code()))},
+                  {"error", status.error_message()}});
+    grpc::ServerUnaryReactor *reactor = ctx->DefaultReactor();
+    reactor->Finish(status);
+    return reactor;
+}
+
+void SessionServiceImpl::fill_session(const afsm_session_info &info, session::Session *out)
+{
+    out->set_session_id(format_uuid(info.session_id));
+    out->set_user_id(std::string(info.user_id, info.user_id_len));
+    out->set_connection_id(format_uuid(info.connection_id));
+    char ip[AFSM_IP_STRING_SIZE];
+    if (afsm_ip_format(&info.client_ip, ip) == AFSM_OK)
+        out->set_client_ip(ip);
+    out->set_client_port(info.client_port);
+    out->set_server_addr(std::string(info.server_addr, info.server_addr_len));
+    out->set_state(wire_state(info.state));
+    set_timestamp(info.created_at_ns, out->mutable_created_at());
+    set_timestamp(info.last_active_at_ns, out->mutable_last_active_at());
+    set_timestamp(info.expires_at_ns, out->mutable_expires_at());
+    session::SessionStats *st = out->mutable_stats();
+    st->set_packets_sent(info.stats.packets_sent);
+    st->set_packets_received(info.stats.packets_received);
+    st->set_bytes_sent(info.stats.bytes_sent);
+    st->set_bytes_received(info.stats.bytes_received);
+    st->set_retransmissions(info.stats.retransmissions);
+    st->set_current_rtt_ms(info.stats.current_rtt_ms);
+    out->set_token_generation(info.token_generation);
+    uint64_t timeout_s = info.timeout_ms / 1000;
+    out->set_timeout_seconds(timeout_s > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(timeout_s));
+
+    if (info.metadata_count == 0)
+        return;
+    // A second lookup: the session may have changed or gone in between.
+    // Gone: report it without metadata. Grown: retry with the size needed.
+    std::vector<char> buf(info.metadata_bytes + 64);
+    size_t needed = 0, count = 0;
+    afsm_status s;
+    for (int attempt = 0; attempt < 4; ++attempt) {
+        s = afsm_session_get_metadata(engine_, &info.session_id, buf.data(), buf.size(), &needed, &count);
+        if (s != AFSM_EBUFFER)
+            break;
+        buf.resize(needed);
+    }
+    if (s != AFSM_OK)
+        return;
+    auto *md = out->mutable_metadata();
+    const char *p = buf.data();
+    const char *end = buf.data() + needed;
+    for (size_t i = 0; i < count && p < end; ++i) {
+        size_t klen = strnlen(p, static_cast<size_t>(end - p));
+        const char *v = p + klen + 1;
+        if (v > end)
+            break;
+        size_t vlen = strnlen(v, static_cast<size_t>(end - v));
+        (*md)[std::string(p, klen)] = std::string(v, vlen);
+        p = v + vlen + 1;
+    }
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::CreateSession(grpc::CallbackServerContext *ctx,
+                                                            const session::CreateSessionRequest *req,
+                                                            session::CreateSessionResponse *resp)
+{
+    grpc::Status status;
+    afsm_create_options opt{};
+    afsm_create_options_init(&opt, AFSM_CREATE_OPTIONS_VERSION);
+    if (req->connection_id().empty()) {
+        afsm_uuid_v7(&opt.connection_id); // what the old service always did
+    } else if (!parse_uuid_arg(req->connection_id(), "connection_id", &opt.connection_id, &status)) {
+        return finish(ctx, kCreate, status);
+    }
+    opt.user_id = req->user_id().data();
+    opt.user_id_len = req->user_id().size();
+    opt.client_ip = req->client_ip().data();
+    opt.client_ip_len = req->client_ip().size();
+    opt.client_port = req->client_port();
+    std::vector<afsm_kv> kvs = kv_list(req->metadata());
+    opt.metadata = kvs.data();
+    opt.metadata_count = kvs.size();
+    opt.timeout_ms = static_cast<uint64_t>(req->timeout_seconds()) * 1000;
+
+    afsm_session_info info = new_info();
+    afsm_status s = afsm_session_create(engine_, &opt, &info);
+    if (s != AFSM_OK)
+        return finish(ctx, kCreate, status_from_afsm(s, "create"));
+
+    char token[AFSM_TOKEN_SIZE];
+    size_t token_len = 0;
+    uint32_t flags = req->bind_token_to_ip() ? AFSM_TOKEN_BIND_IP : 0;
+    s = afsm_token_issue(engine_, &info.session_id, flags, token, sizeof token, &token_len);
+    if (s != AFSM_OK) {
+        // A session nobody can prove they own is of no use: undo the create.
+        afsm_session_delete(engine_, &info.session_id, "token issue failed", 18);
+        return finish(ctx, kCreate, status_from_afsm(s, "token issue"));
+    }
+    fill_session(info, resp->mutable_session());
+    resp->set_token(std::string(token, token_len));
+    if (log_enabled(AFSM_LOG_DEBUG))
+        log_line(AFSM_LOG_DEBUG, "session created",
+                 {{"session_id", resp->session().session_id()},
+                  {"user_id", req->user_id()},
+                  {"connection_id", resp->session().connection_id()},
+                  {"client_ip", req->client_ip()}});
+    return finish(ctx, kCreate, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::GetSession(grpc::CallbackServerContext *ctx,
+                                                         const session::GetSessionRequest *req,
+                                                         session::GetSessionResponse *resp)
+{
+    grpc::Status status;
+    afsm_uuid id;
+    if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
+        return finish(ctx, kGet, status);
+    afsm_session_info info = new_info();
+    afsm_status s = afsm_session_get(engine_, &id, &info);
+    if (s != AFSM_OK)
+        return finish(ctx, kGet, status_from_afsm(s, "session " + req->session_id()));
+    fill_session(info, resp->mutable_session());
+    return finish(ctx, kGet, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::GetSessionByConnection(grpc::CallbackServerContext *ctx,
+                                                                     const session::GetSessionByConnectionRequest *req,
+                                                                     session::GetSessionResponse *resp)
+{
+    grpc::Status status;
+    afsm_uuid id;
+    if (!parse_uuid_arg(req->connection_id(), "connection_id", &id, &status))
+        return finish(ctx, kGetByConnection, status);
+    afsm_session_info info = new_info();
+    afsm_status s = afsm_session_get_by_connection(engine_, &id, &info);
+    if (s != AFSM_OK)
+        return finish(ctx, kGetByConnection, status_from_afsm(s, "connection " + req->connection_id()));
+    fill_session(info, resp->mutable_session());
+    return finish(ctx, kGetByConnection, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::UpdateSession(grpc::CallbackServerContext *ctx,
+                                                            const session::UpdateSessionRequest *req,
+                                                            session::UpdateSessionResponse *resp)
+{
+    grpc::Status status;
+    afsm_uuid id;
+    if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
+        return finish(ctx, kUpdate, status);
+    afsm_update up{};
+    afsm_update_init(&up, AFSM_UPDATE_VERSION);
+    if (req->state() != session::SESSION_STATE_UNSPECIFIED) {
+        up.fields |= AFSM_UPDATE_STATE;
+        up.state = static_cast<uint32_t>(req->state());
+    }
+    std::vector<afsm_kv> kvs = kv_list(req->metadata());
+    if (req->replace_metadata()) {
+        up.fields |= AFSM_UPDATE_METADATA_REPLACE;
+    } else if (!kvs.empty()) {
+        up.fields |= AFSM_UPDATE_METADATA_MERGE;
+    }
+    up.metadata = kvs.data();
+    up.metadata_count = kvs.size();
+    if (req->has_stats()) {
+        up.fields |= AFSM_UPDATE_STATS;
+        const session::SessionStats &st = req->stats();
+        up.stats.packets_sent = st.packets_sent();
+        up.stats.packets_received = st.packets_received();
+        up.stats.bytes_sent = st.bytes_sent();
+        up.stats.bytes_received = st.bytes_received();
+        up.stats.retransmissions = st.retransmissions();
+        up.stats.current_rtt_ms = st.current_rtt_ms();
+    }
+    afsm_session_info info = new_info();
+    afsm_status s =
+        up.fields != 0 ? afsm_session_update(engine_, &id, &up, &info) : afsm_session_get(engine_, &id, &info);
+    if (s != AFSM_OK)
+        return finish(ctx, kUpdate, status_from_afsm(s, "update " + req->session_id()));
+    fill_session(info, resp->mutable_session());
+    return finish(ctx, kUpdate, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::DeleteSession(grpc::CallbackServerContext *ctx,
+                                                            const session::DeleteSessionRequest *req,
+                                                            session::DeleteSessionResponse *resp)
+{
+    grpc::Status status;
+    afsm_uuid id;
+    if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
+        return finish(ctx, kDelete, status);
+    afsm_status s = afsm_session_delete(engine_, &id, req->reason().data(), req->reason().size());
+    if (s != AFSM_OK)
+        return finish(ctx, kDelete, status_from_afsm(s, "delete " + req->session_id()));
+    resp->set_success(true);
+    return finish(ctx, kDelete, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::DeleteUserSessions(grpc::CallbackServerContext *ctx,
+                                                                 const session::DeleteUserSessionsRequest *req,
+                                                                 session::DeleteUserSessionsResponse *resp)
+{
+    size_t deleted = 0;
+    afsm_status s = afsm_session_delete_by_user(engine_, req->user_id().data(), req->user_id().size(),
+                                                req->reason().data(), req->reason().size(), &deleted);
+    if (s != AFSM_OK)
+        return finish(ctx, kDeleteUser, status_from_afsm(s, "delete user sessions"));
+    resp->set_deleted(deleted > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(deleted));
+    log_line(AFSM_LOG_INFO, "user sessions deleted", {{"user_id", req->user_id()}, {"count", std::to_string(deleted)}});
+    return finish(ctx, kDeleteUser, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::ListSessions(grpc::CallbackServerContext *ctx,
+                                                           const session::ListSessionsRequest *req,
+                                                           session::ListSessionsResponse *resp)
+{
+    grpc::Status status;
+    afsm_list_filter f{};
+    afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+    f.state = static_cast<uint32_t>(req->state());
+    if (!req->user_id().empty()) {
+        f.user_id = req->user_id().data();
+        f.user_id_len = req->user_id().size();
+    }
+    if (req->has_created_after())
+        f.created_after_ns = timestamp_ns(req->created_after());
+    if (req->has_created_before())
+        f.created_before_ns = timestamp_ns(req->created_before());
+    if (!req->cursor().empty() && !parse_uuid_arg(req->cursor(), "cursor", &f.cursor, &status))
+        return finish(ctx, kList, status);
+
+    // page_size 0 means every match. The engine caps one call at
+    // AFSM_LIST_LIMIT_MAX, so larger pages are walked with its cursor.
+    const uint64_t want = req->page_size() == 0 ? std::numeric_limits<uint64_t>::max() : req->page_size();
+    f.offset = req->page_size() == 0 ? 0 : static_cast<uint64_t>(req->page()) * req->page_size();
+    std::vector<afsm_session_info> chunk;
+    uint64_t total = 0, got = 0;
+    bool first = true, more = false;
+    afsm_uuid next = {};
+    // Chunks start small (most lists are one user's few sessions) and grow
+    // to the engine's cap, so a short list does not allocate 10,000 copies.
+    uint64_t chunk_size = 256;
+    for (;;) {
+        uint64_t limit = std::min<uint64_t>(want - got, chunk_size);
+        chunk_size = std::min<uint64_t>(chunk_size * 4, AFSM_LIST_LIMIT_MAX);
+        f.limit = static_cast<uint32_t>(limit);
+        chunk.assign(limit, afsm_session_info{});
+        for (auto &c : chunk)
+            c.version = AFSM_SESSION_INFO_VERSION;
+        size_t count = 0;
+        uint64_t t = 0;
+        afsm_status s = afsm_session_list(engine_, &f, chunk.data(), chunk.size(), &count, &t, &next);
+        if (s != AFSM_OK)
+            return finish(ctx, kList, status_from_afsm(s, "list"));
+        if (first)
+            total = t;
+        first = false;
+        for (size_t i = 0; i < count; ++i)
+            fill_session(chunk[i], resp->add_sessions());
+        got += count;
+        more = !uuid_is_nil(next);
+        if (!more || got >= want || count == 0)
+            break;
+        f.cursor = next;
+        f.offset = 0;
+    }
+    resp->set_total(total > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(total));
+    resp->set_page(req->page());
+    resp->set_page_size(req->page_size());
+    if (more)
+        resp->set_next_cursor(format_uuid(next));
+    return finish(ctx, kList, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::Heartbeat(grpc::CallbackServerContext *ctx,
+                                                        const session::HeartbeatRequest *req,
+                                                        session::HeartbeatResponse *resp)
+{
+    grpc::Status status;
+    afsm_uuid id;
+    if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
+        return finish(ctx, kHeartbeat, status);
+    uint64_t remaining_ms = 0;
+    afsm_status s = afsm_session_heartbeat(engine_, &id, &remaining_ms);
+    if (s != AFSM_OK)
+        return finish(ctx, kHeartbeat, status_from_afsm(s, "heartbeat " + req->session_id()));
+    resp->set_success(true);
+    set_timestamp(wall_now_ns(), resp->mutable_server_timestamp());
+    uint64_t secs = (remaining_ms + 500) / 1000;
+    resp->set_remaining_seconds(secs > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(secs));
+    return finish(ctx, kHeartbeat, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::ValidateToken(grpc::CallbackServerContext *ctx,
+                                                            const session::ValidateTokenRequest *req,
+                                                            session::ValidateTokenResponse *resp)
+{
+    afsm_session_info info = new_info();
+    const char *ip = req->client_ip().empty() ? nullptr : req->client_ip().data();
+    afsm_status s =
+        afsm_token_validate(engine_, req->token().data(), req->token().size(), ip, req->client_ip().size(), &info);
+    if (s != AFSM_OK)
+        return finish(ctx, kValidate, token_status_from_afsm(s));
+    fill_session(info, resp->mutable_session());
+    return finish(ctx, kValidate, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::RotateToken(grpc::CallbackServerContext *ctx,
+                                                          const session::RotateTokenRequest *req,
+                                                          session::RotateTokenResponse *resp)
+{
+    grpc::Status status;
+    afsm_uuid id;
+    if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
+        return finish(ctx, kRotate, status);
+    char token[AFSM_TOKEN_SIZE];
+    size_t token_len = 0;
+    afsm_status s = afsm_token_rotate(engine_, &id, req->bind_token_to_ip() ? AFSM_TOKEN_BIND_IP : 0, token,
+                                      sizeof token, &token_len);
+    if (s != AFSM_OK)
+        return finish(ctx, kRotate, status_from_afsm(s, "rotate " + req->session_id()));
+    resp->set_token(std::string(token, token_len));
+    afsm_session_info info = new_info();
+    if (afsm_session_get(engine_, &id, &info) == AFSM_OK)
+        fill_session(info, resp->mutable_session());
+    log_line(AFSM_LOG_INFO, "token rotated",
+             {{"session_id", req->session_id()}, {"generation", std::to_string(info.token_generation)}});
+    return finish(ctx, kRotate, grpc::Status::OK);
+}
+
+grpc::ServerWriteReactor<session::SessionEvent> *
+SessionServiceImpl::WatchSessions(grpc::CallbackServerContext *, const session::WatchSessionsRequest *req)
+{
+    counters_->count(kWatch, grpc::StatusCode::OK);
+    auto w = std::make_shared<Watcher>(hub_, req->user_id(), hub_->buffer());
+    log_line(AFSM_LOG_DEBUG, "watch stream started", {{"user_filter", req->user_id()}});
+    w->start(w);
+    return w.get();
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::GetStats(grpc::CallbackServerContext *ctx,
+                                                       const session::GetStatsRequest *,
+                                                       session::GetStatsResponse *resp)
+{
+    static const char *const delete_reasons[AFSM_DELETE_REASON_COUNT] = {"requested", "user", "closed", "evicted",
+                                                                         "expired"};
+    static const char *const token_results[AFSM_TOKEN_RESULT_COUNT] = {
+        "ok",        "malformed", "forged", "unknown_key", "removed_key",
+        "not_found", "expired",   "closed", "revoked",     "ip_mismatch"};
+    afsm_metrics m{};
+    m.version = AFSM_METRICS_VERSION;
+    afsm_status s = afsm_metrics_snapshot(engine_, &m);
+    if (s == AFSM_OK) {
+        resp->set_sessions(m.sessions);
+        for (int st = 1; st < AFSM_STATE_COUNT; ++st)
+            (*resp->mutable_sessions_by_state())[afsm_state_name(st)] = m.sessions_by_state[st];
+        resp->set_created_total(m.created_total);
+        for (int r = 0; r < AFSM_DELETE_REASON_COUNT; ++r)
+            (*resp->mutable_deleted_total())[delete_reasons[r]] = m.deleted_total[r];
+        resp->set_expired_total(m.expired_total);
+        for (int r = 0; r < AFSM_TOKEN_RESULT_COUNT; ++r)
+            (*resp->mutable_token_validations())[token_results[r]] = m.token_validations[r];
+    } else {
+        // Counts alone, when the metrics are unavailable.
+        afsm_counts c;
+        s = afsm_engine_counts(engine_, &c);
+        if (s != AFSM_OK)
+            return finish(ctx, kStats, status_from_afsm(s, "stats"));
+        resp->set_sessions(c.total);
+        for (int st = 1; st < AFSM_STATE_COUNT; ++st)
+            (*resp->mutable_sessions_by_state())[afsm_state_name(st)] = c.by_state[st];
+    }
+    resp->set_watchers(static_cast<uint32_t>(hub_->count()));
+    resp->set_uptime_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+    resp->set_version(afsm_version());
+    return finish(ctx, kStats, grpc::Status::OK);
+}
+
+} // namespace sessiond

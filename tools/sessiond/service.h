@@ -1,0 +1,138 @@
+// service.h: session.SessionService on top of one afsm engine, and the hub
+// that fans engine events out to WatchSessions streams.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include <afsm.h>
+
+#include "session.grpc.pb.h"
+
+namespace sessiond
+{
+
+// Engine status -> gRPC status; the message is "<what>: <strerror> (<name>)".
+grpc::Status status_from_afsm(afsm_status status, const std::string &what);
+// As above, for token checks: every failure that means "this token does not
+// prove a live session" is UNAUTHENTICATED.
+grpc::Status token_status_from_afsm(afsm_status status);
+
+class Watcher;
+
+// Owns the set of open watch streams. The engine's event callback calls
+// publish() on whatever thread made the change; it copies the watcher list
+// under a short lock and then queues into each watcher without holding it,
+// so no engine thread ever waits on a client.
+class WatchHub
+{
+  public:
+    explicit WatchHub(uint32_t per_stream_buffer) : buffer_(per_stream_buffer)
+    {
+    }
+    static void on_engine_event(void *ctx, const afsm_event *event);
+    void publish(const afsm_event *event);
+    bool add(const std::shared_ptr<Watcher> &w); // false once closed
+    void remove(const Watcher *w);
+    // Ends every stream with OK after its queued events, and refuses new ones.
+    void close_all();
+    size_t count() const
+    {
+        return count_.load(std::memory_order_relaxed);
+    }
+    uint32_t buffer() const
+    {
+        return buffer_;
+    }
+    uint64_t dropped() const
+    {
+        return dropped_.load(std::memory_order_relaxed);
+    }
+    void count_drop()
+    {
+        dropped_.fetch_add(1, std::memory_order_relaxed);
+    }
+
+  private:
+    const uint32_t buffer_;
+    std::mutex mu_; // guards watchers_ and closed_
+    std::vector<std::shared_ptr<Watcher>> watchers_;
+    bool closed_ = false;
+    std::atomic<size_t> count_{0};
+    std::atomic<uint64_t> dropped_{0};
+};
+
+// Per-method, per-code call counters for /metrics (sessiond_grpc_requests_total).
+class RpcCounters
+{
+  public:
+    static constexpr int kMethods = 12;
+    static constexpr int kCodes = 17;
+    static const char *method_name(int m);
+    void count(int method, grpc::StatusCode code)
+    {
+        int c = static_cast<int>(code);
+        if (c < 0 || c >= kCodes)
+            c = static_cast<int>(grpc::StatusCode::UNKNOWN);
+        counts_[method][c].fetch_add(1, std::memory_order_relaxed);
+    }
+    uint64_t get(int method, int code) const
+    {
+        return counts_[method][code].load(std::memory_order_relaxed);
+    }
+
+  private:
+    std::atomic<uint64_t> counts_[kMethods][kCodes] = {};
+};
+
+class SessionServiceImpl final : public session::SessionService::CallbackService
+{
+  public:
+    SessionServiceImpl(afsm_engine *engine, WatchHub *hub, RpcCounters *counters);
+
+    grpc::ServerUnaryReactor *CreateSession(grpc::CallbackServerContext *ctx, const session::CreateSessionRequest *req,
+                                            session::CreateSessionResponse *resp) override;
+    grpc::ServerUnaryReactor *GetSession(grpc::CallbackServerContext *ctx, const session::GetSessionRequest *req,
+                                         session::GetSessionResponse *resp) override;
+    grpc::ServerUnaryReactor *UpdateSession(grpc::CallbackServerContext *ctx, const session::UpdateSessionRequest *req,
+                                            session::UpdateSessionResponse *resp) override;
+    grpc::ServerUnaryReactor *DeleteSession(grpc::CallbackServerContext *ctx, const session::DeleteSessionRequest *req,
+                                            session::DeleteSessionResponse *resp) override;
+    grpc::ServerUnaryReactor *ListSessions(grpc::CallbackServerContext *ctx, const session::ListSessionsRequest *req,
+                                           session::ListSessionsResponse *resp) override;
+    grpc::ServerUnaryReactor *Heartbeat(grpc::CallbackServerContext *ctx, const session::HeartbeatRequest *req,
+                                        session::HeartbeatResponse *resp) override;
+    grpc::ServerUnaryReactor *GetSessionByConnection(grpc::CallbackServerContext *ctx,
+                                                     const session::GetSessionByConnectionRequest *req,
+                                                     session::GetSessionResponse *resp) override;
+    grpc::ServerUnaryReactor *DeleteUserSessions(grpc::CallbackServerContext *ctx,
+                                                 const session::DeleteUserSessionsRequest *req,
+                                                 session::DeleteUserSessionsResponse *resp) override;
+    grpc::ServerUnaryReactor *ValidateToken(grpc::CallbackServerContext *ctx, const session::ValidateTokenRequest *req,
+                                            session::ValidateTokenResponse *resp) override;
+    grpc::ServerUnaryReactor *RotateToken(grpc::CallbackServerContext *ctx, const session::RotateTokenRequest *req,
+                                          session::RotateTokenResponse *resp) override;
+    grpc::ServerWriteReactor<session::SessionEvent> *WatchSessions(grpc::CallbackServerContext *ctx,
+                                                                   const session::WatchSessionsRequest *req) override;
+    grpc::ServerUnaryReactor *GetStats(grpc::CallbackServerContext *ctx, const session::GetStatsRequest *req,
+                                       session::GetStatsResponse *resp) override;
+
+  private:
+    grpc::ServerUnaryReactor *finish(grpc::CallbackServerContext *ctx, int method, const grpc::Status &status);
+    // Copies a session (and its metadata) into the wire message.
+    void fill_session(const afsm_session_info &info, session::Session *out);
+
+    afsm_engine *engine_;
+    WatchHub *hub_;
+    RpcCounters *counters_;
+    std::chrono::steady_clock::time_point started_;
+};
+
+} // namespace sessiond
