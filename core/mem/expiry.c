@@ -40,7 +40,7 @@ uint64_t mem_timer_deadline(const mem_store *ms, const session *s, uint32_t stat
 void mem_set_state_locked(shard *sh, session *s, uint32_t from, uint32_t to)
 {
     sync_seq_write_begin(&s->seq);
-    atomic_store_explicit(&s->state, to, memory_order_relaxed);
+    atomic_store_explicit(&s->state, to, memory_order_release);
     sync_seq_write_end(&s->seq);
     mem_count_state(sh, from, -1);
     mem_count_state(sh, to, +1);

@@ -105,8 +105,8 @@ void mem_read_state(const session *s, uint32_t *state, metadata **meta)
     uint32_t begin;
     do {
         begin = sync_seq_read_begin(&s->seq);
-        *state = atomic_load_explicit((_Atomic uint8_t *)&s->state, memory_order_relaxed);
-        *meta = atomic_load_explicit((_Atomic(metadata *) *)&s->meta, memory_order_relaxed);
+        *state = atomic_load_explicit((_Atomic uint8_t *)&s->state, memory_order_acquire);
+        *meta = atomic_load_explicit((_Atomic(metadata *) *)&s->meta, memory_order_acquire);
     } while (sync_seq_read_retry(&s->seq, begin));
 }
 

@@ -395,8 +395,8 @@ afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afs
         mem_remove_locked(ms, s, AFSM_DELETE_CLOSED, 0);
     if (new_meta != old_meta || new_state != old_state) {
         sync_seq_write_begin(&s->seq);
-        atomic_store_explicit(&s->state, new_state, memory_order_relaxed);
-        atomic_store_explicit(&s->meta, new_meta, memory_order_relaxed);
+        atomic_store_explicit(&s->state, new_state, memory_order_release);
+        atomic_store_explicit(&s->meta, new_meta, memory_order_release); /* publishes the blob too */
         sync_seq_write_end(&s->seq);
         if (new_meta != old_meta && old_meta != NULL)
             epoch_defer(sh->defer, &old_meta->epoch_entry, mem_metadata_destroy);

@@ -14,7 +14,7 @@
  *   lock holder is descheduled.
  * - seqlock: written only under a shard lock, read lock-free. Built on C11
  *   atomics rather than ck_sequence so that TSan understands the protected
- *   fields (they are relaxed atomics; the fences order them).
+ *   fields (release stores and acquire loads order them; no fences).
  */
 #ifndef AFSM_UTIL_SYNC_H
 #define AFSM_UTIL_SYNC_H
@@ -62,7 +62,14 @@ static inline void sync_lock_release(sync_lock *lock)
     ck_spinlock_fas_unlock(&lock->fas);
 }
 
-/* Sequence counter: odd while a writer is inside. */
+/* Sequence counter: odd while a writer is inside.
+ *
+ * The protocol needs no fence (which gcc's ThreadSanitizer cannot model,
+ * and rejects at -O2): writers store every protected field with release,
+ * so the odd count stored before them is visible to whoever sees a new
+ * field; readers load every protected field with acquire, so the count's
+ * second load cannot move before them. On x86-64 all of these are plain
+ * moves. */
 typedef struct sync_seq {
     _Atomic uint32_t value;
 } sync_seq;
@@ -71,8 +78,6 @@ static inline void sync_seq_write_begin(sync_seq *seq)
 {
     uint32_t v = atomic_load_explicit(&seq->value, memory_order_relaxed);
     atomic_store_explicit(&seq->value, v + 1, memory_order_relaxed);
-    /* The odd value must be visible before any protected field changes. */
-    atomic_thread_fence(memory_order_release);
 }
 
 static inline void sync_seq_write_end(sync_seq *seq)
@@ -91,11 +96,9 @@ static inline uint32_t sync_seq_read_begin(const sync_seq *seq)
     }
 }
 
-/* True when the fields read since read_begin may be torn: read again. */
+/* True when the fields read (with acquire) since read_begin may be torn. */
 static inline int sync_seq_read_retry(const sync_seq *seq, uint32_t begin)
 {
-    /* Protected loads must complete before the counter is re-read. */
-    atomic_thread_fence(memory_order_acquire);
     return atomic_load_explicit((_Atomic uint32_t *)&seq->value, memory_order_relaxed) != begin;
 }
 
