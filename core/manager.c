@@ -14,11 +14,6 @@
 #include "util/clock.h"
 #include "util/uuid.h"
 
-struct afsm_handle {
-    afsm_engine *engine;
-    store_handle *h;
-};
-
 static afsm_status check_reason(const char *reason, size_t len)
 {
     if (reason == NULL && len != 0)
@@ -301,22 +296,23 @@ AFSM_API afsm_status afsm_session_add_stats_batch(afsm_engine *engine, const afs
 
 /* ---- handles ----------------------------------------------------------- */
 
+/* An afsm_handle is the store's handle (store.h): no wrapper to allocate
+ * or chase on the data plane. */
+static store_handle *handle_of(afsm_handle *handle)
+{
+    return (store_handle *)handle;
+}
+
 static afsm_status pin(afsm_engine *engine, const afsm_uuid *id, int by_connection, afsm_handle **out)
 {
     if (engine == NULL || id == NULL || out == NULL)
         return AFSM_ENULL;
     *out = NULL;
-    afsm_handle *handle = mem_alloc(sizeof(*handle));
-    if (handle == NULL)
-        return AFSM_ENOMEM;
-    afsm_status status = engine->st->ops->pin(engine->st, id, by_connection, &handle->h);
-    if (status != AFSM_OK) {
-        mem_free(handle);
-        return status;
-    }
-    handle->engine = engine;
-    *out = handle;
-    return AFSM_OK;
+    store_handle *h = NULL;
+    afsm_status status = engine->st->ops->pin(engine->st, id, by_connection, &h);
+    if (status == AFSM_OK)
+        *out = (afsm_handle *)h;
+    return status;
 }
 
 AFSM_API afsm_status afsm_handle_pin(afsm_engine *engine, const afsm_uuid *session_id, afsm_handle **out)
@@ -334,8 +330,9 @@ AFSM_API afsm_status afsm_handle_heartbeat(afsm_handle *handle, uint64_t *remain
 {
     if (handle == NULL)
         return AFSM_ENULL;
+    store_handle *h = handle_of(handle);
     uint64_t remaining_ns = 0;
-    afsm_status status = handle->engine->st->ops->handle_heartbeat(handle->h, &remaining_ns);
+    afsm_status status = h->ops->handle_heartbeat(h, &remaining_ns);
     if (status == AFSM_OK && remaining_ms != NULL)
         *remaining_ms = ns_to_ms_ceil(remaining_ns);
     return status;
@@ -345,14 +342,16 @@ AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats
 {
     if (handle == NULL || delta == NULL)
         return AFSM_ENULL;
-    return handle->engine->st->ops->handle_add_stats(handle->h, delta);
+    store_handle *h = handle_of(handle);
+    return h->ops->handle_add_stats(h, delta);
 }
 
 AFSM_API afsm_status afsm_handle_session_id(const afsm_handle *handle, afsm_uuid *out)
 {
     if (handle == NULL || out == NULL)
         return AFSM_ENULL;
-    handle->engine->st->ops->handle_session_id(handle->h, out);
+    const store_handle *h = (const store_handle *)handle;
+    h->ops->handle_session_id(h, out);
     return AFSM_OK;
 }
 
@@ -360,7 +359,7 @@ AFSM_API afsm_status afsm_handle_release(afsm_handle *handle)
 {
     if (handle == NULL)
         return AFSM_OK;
-    handle->engine->st->ops->handle_release(handle->h);
-    mem_free(handle);
+    store_handle *h = handle_of(handle);
+    h->ops->handle_release(h);
     return AFSM_OK;
 }

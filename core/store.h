@@ -85,6 +85,13 @@ struct store {
     const store_ops *ops;
 };
 
+/* Every store's pinned handle begins with this, so the public afsm_handle
+ * is the store's handle itself: one allocation, one indirection on the
+ * data plane's hottest calls. */
+struct store_handle {
+    const store_ops *ops;
+};
+
 /* The in-memory store (core/mem/). */
 afsm_status mem_store_open(const store_config *config, store **out);
 

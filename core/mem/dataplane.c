@@ -95,7 +95,7 @@ afsm_status mem_add_stats(store *st, const afsm_uuid *id, const afsm_stats *delt
 afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_handle **out)
 {
     mem_store *ms = (mem_store *)st;
-    store_handle *h = mem_alloc(sizeof(*h));
+    mem_handle *h = mem_alloc(sizeof(*h));
     if (h == NULL)
         return AFSM_ENOMEM;
     ck_epoch_record_t *e = epoch_enter();
@@ -122,30 +122,35 @@ afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_han
         mem_free(h);
         return status;
     }
+    h->base.ops = ms->base.ops;
     h->ms = ms;
     h->s = s;
     atomic_fetch_add_explicit(&ms->pinned, 1, memory_order_relaxed);
-    *out = h;
+    *out = &h->base;
     return AFSM_OK;
 }
 
-afsm_status mem_handle_heartbeat(store_handle *h, uint64_t *remaining_ns)
+afsm_status mem_handle_heartbeat(store_handle *base, uint64_t *remaining_ns)
 {
+    mem_handle *h = (mem_handle *)base;
     return heartbeat_session(h->ms, h->s, remaining_ns);
 }
 
-afsm_status mem_handle_add_stats(store_handle *h, const afsm_stats *delta)
+afsm_status mem_handle_add_stats(store_handle *base, const afsm_stats *delta)
 {
+    mem_handle *h = (mem_handle *)base;
     return add_stats_session(h->ms, h->s, delta);
 }
 
-void mem_handle_session_id(const store_handle *h, afsm_uuid *out)
+void mem_handle_session_id(const store_handle *base, afsm_uuid *out)
 {
+    const mem_handle *h = (const mem_handle *)base;
     *out = h->s->id;
 }
 
-void mem_handle_release(store_handle *h)
+void mem_handle_release(store_handle *base)
 {
+    mem_handle *h = (mem_handle *)base;
     mem_store *ms = h->ms;
     shard *sh = mem_home(ms, h->s);
     sync_lock_acquire(&sh->lock);

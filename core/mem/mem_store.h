@@ -38,10 +38,11 @@ typedef struct mem_store {
     _Atomic size_t pinned;
 } mem_store;
 
-struct store_handle {
+typedef struct mem_handle {
+    store_handle base;
     mem_store *ms;
     session *s;
-};
+} mem_handle;
 
 /* Reasons the store gives in DELETED and EXPIRED events. */
 #define MEM_REASON_EXPIRED "expired"
