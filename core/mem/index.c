@@ -20,6 +20,8 @@ static void retire_entry(shard *us, user_entry *entry)
 {
     table_remove(&us->users, &entry->key);
     epoch_defer(us->defer, &entry->epoch_entry, entry_destroy);
+    /* Users come and go like sessions: clear their tombstones the same way. */
+    table_maintain(&us->users);
 }
 
 user_entry *index_entry(shard *us, const char *user_id, uint16_t user_id_len)
