@@ -102,6 +102,12 @@ AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_sessio
         return AFSM_ENULL;
     if (check_info(info) != AFSM_OK)
         return AFSM_EVERSION;
+    /* Times far outside any real clock (negative, or near INT64_MAX where
+     * adding a timeout would overflow) are not a copy of a session. */
+    const int64_t time_max = INT64_MAX / 2;
+    if (info->created_at_ns < 0 || info->created_at_ns > time_max || info->last_active_at_ns < 0 ||
+        info->last_active_at_ns > time_max)
+        return AFSM_EINVAL;
     if (info->state < AFSM_STATE_CONNECTING || info->state > AFSM_STATE_CLOSED || info->timeout_ms == 0 ||
         info->user_id_len > AFSM_USER_ID_MAX || (info->client_ip.family != 4 && info->client_ip.family != 6) ||
         info->token_generation == 0)

@@ -192,6 +192,9 @@ typedef struct afsm_event {
 
 /* Called once per change, outside every engine lock, on the thread that made
  * the change (the reaper thread or afsm_engine_advance's caller for expiry).
+ * Changes of one session made on different threads (the reaper marking it
+ * idle, a heartbeat waking it) may arrive in either order: read the state
+ * from afsm_session_get when the order matters.
  * It may call any afsm_session_* function of the same engine, but not
  * afsm_engine_close. It must not block for long: writers on other threads
  * do not wait for it, but the reaper does. */
@@ -367,7 +370,8 @@ AFSM_API afsm_status afsm_create_options_init(afsm_create_options *options, unsi
  * connection id), AFSM_EEXISTS (connection id taken), AFSM_ELIMIT (user at
  * max_sessions_per_user under the reject policy; under evict-oldest the
  * oldest is deleted with reason "evicted" instead), AFSM_ENOMEM. A reader
- * never sees a user above the cap, not even for an instant. */
+ * never sees a user above the cap, not even for an instant. Sessions that
+ * expired but are not yet reaped (at most a tick) still count. */
 AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_options *options,
                                          afsm_session_info *out);
 
@@ -378,7 +382,8 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
  * info->last_active_at_ns (wall clock) and the timeout; times before the
  * engine clock's zero (a clock younger than the session) are clamped to
  * it. No CREATED event fires: the session is not new. AFSM_EEXPIRED (it
- * expired meanwhile: nothing done), AFSM_EEXISTS (its id or connection id
+ * expired meanwhile: nothing done), AFSM_EINVAL also for times before the
+ * Unix epoch or past the year 2116, AFSM_EEXISTS (its id or connection id
  * is taken), AFSM_EVERSION, AFSM_EINVAL (state, port, zero timeout),
  * AFSM_EUUID, AFSM_ETOOLONG, AFSM_ELIMIT, AFSM_ENOMEM; checks as create. */
 AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_session_info *info, const afsm_kv *metadata,

@@ -55,12 +55,14 @@ static afsm_status add_stats_session(mem_store *ms, session *s, const afsm_stats
         atomic_fetch_add_explicit(&s->retransmissions, d->retransmissions, memory_order_relaxed);
     if (d->current_rtt_ms)
         atomic_store_explicit(&s->rtt_ms, d->current_rtt_ms, memory_order_relaxed);
-    if (ms->config.idle_timeout_ns != 0) {
+    uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
+    if (ms->config.idle_timeout_ns != 0 && state != AFSM_STATE_CLOSED) {
         /* Traffic is activity: it keeps an active session from going idle
          * and wakes an idle one, but (unlike a heartbeat) does not move the
-         * expiry deadline. */
+         * expiry deadline. Not for a closed session: there last_traffic_ns
+         * holds when it closed, and traffic must not prolong its linger. */
         atomic_store_explicit(&s->last_traffic_ns, mem_now(ms), memory_order_relaxed);
-        if (atomic_load_explicit(&s->state, memory_order_relaxed) == AFSM_STATE_IDLE)
+        if (state == AFSM_STATE_IDLE)
             mem_reactivate(ms, s);
     }
     return AFSM_OK;

@@ -155,6 +155,20 @@ static void refresh_wall_offset(mem_store *ms)
         atomic_store_explicit(&ms->wall_offset_ns, fresh, memory_order_relaxed);
 }
 
+/* Runs the shard's deferred frees that are safe now. Outside every epoch
+ * section of this thread, so that with no reader anywhere ck_epoch_poll
+ * frees everything at once. With readers about, one poll frees only the
+ * epoch bucket it advances to, and the shards poll in turn, so one poll
+ * each per advance would keep landing on the same bucket of a shard's
+ * record and strand the rest: poll once per bucket. */
+static void reclaim(shard *sh)
+{
+    sync_lock_acquire(&sh->lock);
+    for (int bucket = 0; bucket < CK_EPOCH_LENGTH; bucket++)
+        epoch_poll(sh->defer);
+    sync_lock_release(&sh->lock);
+}
+
 afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
 {
     mem_store *ms = (mem_store *)st;
@@ -179,13 +193,13 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
             size_t budget = ADVANCE_BUDGET;
             sync_lock_acquire(&sh->lock);
             done = wheel_advance(&sh->timers, now, on_timer, &batch, &budget);
-            epoch_poll(sh->defer);
             sync_lock_release(&sh->lock);
             /* Removal takes each session's whole lock set, so it waits
              * until the shard lock is dropped. */
             *expired += settle_batch(ms, &batch);
             epoch_leave(e);
         }
+        reclaim(sh);
     }
     mem_free(batch.items);
     if (status == AFSM_OK)
@@ -197,6 +211,12 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
  * Rare: only the first activity after the idle transition takes the lock. */
 void mem_reactivate(mem_store *ms, session *s)
 {
+    /* Handle calls run without an epoch section (the data plane's fast
+     * path); the event below reads the user's entry, which a concurrent
+     * delete may free: hold the epoch for the lock and the event. */
+    ck_epoch_record_t *e = epoch_enter();
+    if (e == NULL)
+        return;
     shard *sh = &ms->shards[mem_shard_of_id(ms, &s->id)];
     int changed = 0;
     sync_lock_acquire(&sh->lock);
@@ -215,4 +235,5 @@ void mem_reactivate(mem_store *ms, session *s)
     sync_lock_release(&sh->lock);
     if (changed)
         mem_emit(ms, AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_IDLE, AFSM_STATE_ACTIVE, NULL, 0);
+    epoch_leave(e);
 }

@@ -171,6 +171,10 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
         status = AFSM_ENOMEM;
         goto unlock;
     }
+    /* The victim disappears for readers before the new session appears,
+     * so no reader ever sees both (the cap, "not even for an instant"). */
+    if (over_cap)
+        atomic_store_explicit(&victim->removed, 1, memory_order_release);
     /* Table inserts, then nothing that can fail: undoing an insert never
      * allocates. */
     table_result r = table_insert(&sh->sessions, &s->id);
@@ -200,10 +204,15 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     if (spec->restore == NULL)
         mem_count(ms, &sh->created);
 unlock:
-    /* A reader may have found a record that was rolled back: only the
-     * epoch may free it then. */
-    if (status != AFSM_OK && published)
+    if (status != AFSM_OK && over_cap && victim != NULL)
+        atomic_store_explicit(&victim->removed, 0, memory_order_release); /* not evicted after all */
+    /* A reader (or a delete waiting for our locks) may have found a record
+     * that was rolled back: it must see it removed, and only the epoch may
+     * free it. */
+    if (status != AFSM_OK && published) {
+        atomic_store_explicit(&s->removed, 1, memory_order_release);
         epoch_defer(sh->defer, &s->epoch_entry, mem_session_destroy);
+    }
     lockset_release(ms->shards, &set);
     if (status == AFSM_OK) {
         if (out != NULL)
