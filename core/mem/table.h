@@ -13,10 +13,11 @@
  * off). ck_ht 0.7.1 also has a duplicate-key bug on tombstone reuse.
  *
  * Readers (table_get) must be inside an epoch section; writers hold the
- * owning shard's lock. Insertion looks the key up first and only then adds
- * it, so a duplicate can never enter whatever the library's put does with
- * tombstones. Maps replaced by growth or rebuild are freed through the
- * epoch, never while a reader may hold them.
+ * owning shard's lock. Insertion is ck_hs_put, which searches the key's
+ * whole probe sequence before reusing a tombstone, so a duplicate cannot
+ * enter (test_table replays the sequence that duplicates keys in ck_ht).
+ * Maps replaced by growth or rebuild are freed through the epoch, never
+ * while a reader may hold them.
  */
 #ifndef AFSM_MEM_TABLE_H
 #define AFSM_MEM_TABLE_H
