@@ -124,7 +124,9 @@ def test_restart_with_snapshot_keeps_sessions_and_tokens(daemons, tmp_path, key_
                                                            timeout=5).sessions}
     assert d.stop() == 0
     assert os.path.exists(snap)
-    time.sleep(1.2)  # `short` expires while the daemon is down
+    # `short` expires while the daemon is down.
+    wait_until(lambda: time.time_ns() > short.session.expires_at.ToNanoseconds(), timeout=10, interval=0.05,
+               what="the short session's deadline to pass")
 
     d2 = daemons.start(*snapshot_args(snap, key_file), name="snap2")
     loaded = [r for r in d2.log_records() if r.get("msg") == "snapshot loaded"]
@@ -173,9 +175,10 @@ def test_periodic_snapshot_survives_a_crash(daemons, tmp_path, key_file):
     pb = d.stubs.pb
     r = create(d)
     # Wait for a periodic snapshot that has the session, then crash.
+    # Snapshots are renamed into place whole: once one holds the session
+    # (more than the empty header), a crash cannot take it back.
     wait_until(lambda: os.path.exists(snap) and os.path.getsize(snap) > 48, timeout=10,
                what="a periodic snapshot with the session")
-    time.sleep(0.5)
     d.proc.kill()
     d.proc.wait()
     d2 = daemons.start("--snapshot", snap, "--key-file", key_file, name="crash2")

@@ -8,7 +8,7 @@ import uuid
 import grpc
 import pytest
 
-from helpers import create, expect_code, unique_user
+from helpers import create, expect_code, unique_user, wait_until
 
 C = grpc.StatusCode
 
@@ -199,7 +199,9 @@ def test_list_created_window(shared):
     pb = shared.stubs.pb
     user = unique_user("win")
     a = create(shared, user=user).session
-    time.sleep(0.01)
+    # The engine clock is coarse (a few ms): let it move past a's creation.
+    wait_until(lambda: time.time_ns() > a.created_at.ToNanoseconds() + 10_000_000, timeout=5, interval=0.002,
+               what="the clock to move on")
     b = create(shared, user=user).session
     r = shared.stub.ListSessions(pb.ListSessionsRequest(user_id=user, created_after=a.created_at), timeout=5)
     assert [s.session_id for s in r.sessions] == [b.session_id]
@@ -323,7 +325,15 @@ def test_expired_not_yet_reaped_is_failed_precondition(daemons):
     d = daemons.start("--cleanup-interval", "1h", name="noreap")
     pb = d.stubs.pb
     s = create(d, timeout_seconds=1).session
-    time.sleep(1.3)
+
+    def expired() -> bool:
+        try:
+            d.stub.GetSession(pb.GetSessionRequest(session_id=s.session_id), timeout=5)
+            return False
+        except grpc.RpcError as e:
+            return e.code() == C.FAILED_PRECONDITION
+
+    wait_until(expired, timeout=10, what="the 1 s session to pass its deadline")
     err = expect_code(C.FAILED_PRECONDITION, d.stub.GetSession, pb.GetSessionRequest(session_id=s.session_id))
     assert "AFSM_EEXPIRED" in err.details()
     expect_code(C.FAILED_PRECONDITION, d.stub.Heartbeat, pb.HeartbeatRequest(session_id=s.session_id))
