@@ -38,59 +38,44 @@ afsm_status check_info(const afsm_session_info *info)
 
 /* ---- init functions ---------------------------------------------------- */
 
+/* Every option and result struct begins with its uint32_t version: zero
+ * the struct (every field's default) and stamp the version the caller was
+ * compiled against, which must be the one this library knows. */
+static afsm_status versioned_init(void *ptr, size_t size_bytes, unsigned int version, unsigned int known)
+{
+    if (ptr == NULL)
+        return AFSM_ENULL;
+    if (version != known)
+        return AFSM_EVERSION;
+    memset(ptr, 0, size_bytes);
+    uint32_t stamp = version;
+    memcpy(ptr, &stamp, sizeof(stamp));
+    return AFSM_OK;
+}
+
 AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version)
 {
-    if (config == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_CONFIG_VERSION)
-        return AFSM_EVERSION;
-    memset(config, 0, sizeof(*config));
-    config->version = version;
-    return AFSM_OK;
+    return versioned_init(config, sizeof(*config), version, AFSM_CONFIG_VERSION);
 }
 
 AFSM_API afsm_status afsm_session_info_init(afsm_session_info *info, unsigned int version)
 {
-    if (info == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_SESSION_INFO_VERSION)
-        return AFSM_EVERSION;
-    memset(info, 0, sizeof(*info));
-    info->version = version;
-    return AFSM_OK;
+    return versioned_init(info, sizeof(*info), version, AFSM_SESSION_INFO_VERSION);
 }
 
 AFSM_API afsm_status afsm_create_options_init(afsm_create_options *options, unsigned int version)
 {
-    if (options == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_CREATE_OPTIONS_VERSION)
-        return AFSM_EVERSION;
-    memset(options, 0, sizeof(*options));
-    options->version = version;
-    return AFSM_OK;
+    return versioned_init(options, sizeof(*options), version, AFSM_CREATE_OPTIONS_VERSION);
 }
 
 AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version)
 {
-    if (update == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_UPDATE_VERSION)
-        return AFSM_EVERSION;
-    memset(update, 0, sizeof(*update));
-    update->version = version;
-    return AFSM_OK;
+    return versioned_init(update, sizeof(*update), version, AFSM_UPDATE_VERSION);
 }
 
 AFSM_API afsm_status afsm_list_filter_init(afsm_list_filter *filter, unsigned int version)
 {
-    if (filter == NULL)
-        return AFSM_ENULL;
-    if (version != AFSM_LIST_FILTER_VERSION)
-        return AFSM_EVERSION;
-    memset(filter, 0, sizeof(*filter));
-    filter->version = version;
-    return AFSM_OK;
+    return versioned_init(filter, sizeof(*filter), version, AFSM_LIST_FILTER_VERSION);
 }
 
 /* ---- engine ------------------------------------------------------------ */
