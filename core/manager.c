@@ -14,11 +14,15 @@
 #include "util/clock.h"
 #include "util/uuid.h"
 
+/* A reason reaches events and logs as text: bounded, and no NUL inside,
+ * as for user ids and metadata. */
 static afsm_status check_reason(const char *reason, size_t len)
 {
     if (reason == NULL && len != 0)
         return AFSM_ENULL;
-    return len > AFSM_REASON_MAX ? AFSM_ETOOLONG : AFSM_OK;
+    if (len > AFSM_REASON_MAX)
+        return AFSM_ETOOLONG;
+    return len != 0 && memchr(reason, '\0', len) != NULL ? AFSM_EINVAL : AFSM_OK;
 }
 
 /* ---- sessions ---------------------------------------------------------- */

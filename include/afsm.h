@@ -15,6 +15,13 @@
  * Strings from the caller come as (pointer, length) pairs and need no NUL
  * terminator; strings returned in fixed arrays are NUL-terminated.
  *
+ * fork(): a child process must not use an engine its parent opened, nor
+ * close it, nor open a new one: the parent's other threads (the reaper, any
+ * thread inside a call) do not exist in the child, so a lock or an epoch
+ * section they held at the fork is never released there. The child may
+ * exec or _exit; the parent is unaffected. Open engines after the fork, in
+ * the process that uses them.
+ *
  * ABI: option and result structs begin with a version field. Initialise
  * them with their AFSM_*_INIT macro or afsm_*_init() so that fields added
  * in later versions keep their defaults. Until 1.0 the ABI may still change
@@ -190,14 +197,17 @@ typedef struct afsm_event {
     int64_t event_at_ns;   /* wall clock, Unix epoch */
 } afsm_event;
 
-/* Called once per change, outside every engine lock, on the thread that made
- * the change (the reaper thread or afsm_engine_advance's caller for expiry).
+/* Called once per change, outside every engine lock and every epoch section
+ * (the event carries copies), on the thread that made the change (the reaper
+ * thread or afsm_engine_advance's caller for expiry). So a callback that
+ * blocks delays only its own caller: never reads or writes on other threads,
+ * never the freeing of removed sessions, never another engine's close.
  * Changes of one session made on different threads (the reaper marking it
  * idle, a heartbeat waking it) may arrive in either order: read the state
  * from afsm_session_get when the order matters.
  * It may call any afsm_session_* function of the same engine, but not
- * afsm_engine_close. It must not block for long: writers on other threads
- * do not wait for it, but the reaper does. */
+ * afsm_engine_close. It should not block for long: expiry on the thread
+ * that runs it waits for it. */
 typedef void (*afsm_event_fn)(void *ctx, const afsm_event *event);
 
 #define AFSM_LOG_DEBUG 10
@@ -289,7 +299,10 @@ AFSM_API afsm_status afsm_engine_close(afsm_engine *engine);
 /* Advances the engine's timing wheels to now_ns (engine clock; see
  * afsm_engine_now), expiring every session whose deadline has passed and
  * firing their events. Used with AFSM_REAPER_MANUAL; harmless otherwise.
- * expired_count (may be NULL) receives how many sessions expired. */
+ * expired_count (may be NULL) receives how many sessions expired.
+ * AFSM_ENOMEM when the pass could not allocate its work list: what it had
+ * settled stays settled (and counted), the rest stays due (reads report it
+ * expired) for the next call, and the reaper lag metric keeps growing. */
 AFSM_API afsm_status afsm_engine_advance(afsm_engine *engine, uint64_t now_ns, size_t *expired_count);
 
 /* The engine clock's current reading, in nanoseconds. */
@@ -426,7 +439,11 @@ typedef struct afsm_update {
     }
 AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version);
 
-/* Applies every requested part or none. Allowed state changes:
+/* Applies every requested part or none, and a concurrent copy (get, list,
+ * events) sees all of them or none: state, metadata and the six stats change
+ * together. Additions by afsm_session_add_stats are not part of that: one
+ * racing an update lands before or after it, counter by counter.
+ * Allowed state changes:
  * connecting->active, active<->idle, active/idle->disconnecting, any->closed
  * (a change to the current state is a no-op). Setting closed fires the
  * event and removes the session. Two threads merging different keys at
@@ -436,24 +453,33 @@ AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version)
 AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *session_id, const afsm_update *update,
                                          afsm_session_info *out);
 
-/* Adds delta's counters atomically; a non-zero delta->current_rtt_ms
- * replaces the RTT. Lock-free. AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED. */
+/* Adds delta's counters atomically, each saturating at 2^64-1 (a counter
+ * never wraps to a small number); a non-zero delta->current_rtt_ms replaces
+ * the RTT. Lock-free. Under idle detection it is activity: it wakes an IDLE
+ * session (as a heartbeat does) without moving the deadline.
+ * AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED. */
 AFSM_API afsm_status afsm_session_add_stats(afsm_engine *engine, const afsm_uuid *session_id, const afsm_stats *delta);
 
 /* Moves the deadline to now + the session's timeout (capped by
  * max_lifetime) and last-active to now. remaining_ms (may be NULL) receives
  * the time left. Lock-free; a late heartbeat never moves the deadline
- * back. AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED. */
+ * back. A heartbeat means the client is there, as in the service this
+ * replaces: a CONNECTING or IDLE session becomes ACTIVE (one STATE_CHANGED
+ * event; only that first transition takes the shard's lock), a
+ * DISCONNECTING one stays as it is. The same holds for the batch and
+ * handle forms. AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED. */
 AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid *session_id, uint64_t *remaining_ms);
 
 /* Removes the session from every index at once and fires DELETED with the
  * reason (NULL or empty: "deleted"). AFSM_ENULL, AFSM_ETOOLONG (reason),
- * AFSM_ENOTFOUND. An expired session not yet reaped is deleted too. */
+ * AFSM_EINVAL (a NUL byte in reason), AFSM_ENOTFOUND. An expired session
+ * not yet reaped is deleted too. */
 AFSM_API afsm_status afsm_session_delete(afsm_engine *engine, const afsm_uuid *session_id, const char *reason,
                                          size_t reason_len);
 
 /* Deletes every session of a user ("log out everywhere"). deleted (may be
- * NULL) receives how many. AFSM_ENULL, AFSM_EINVAL, AFSM_ETOOLONG. No
+ * NULL) receives how many. AFSM_ENULL, AFSM_EINVAL (user id, or a NUL byte
+ * in reason), AFSM_ETOOLONG. No
  * session of the user is an AFSM_OK with deleted = 0. */
 AFSM_API afsm_status afsm_session_delete_by_user(afsm_engine *engine, const char *user_id, size_t user_id_len,
                                                  const char *reason, size_t reason_len, size_t *deleted);
@@ -522,8 +548,12 @@ typedef struct afsm_handle afsm_handle;
 AFSM_API afsm_status afsm_handle_pin(afsm_engine *engine, const afsm_uuid *session_id, afsm_handle **out);
 AFSM_API afsm_status afsm_handle_pin_by_connection(afsm_engine *engine, const afsm_uuid *connection_id,
                                                    afsm_handle **out);
-/* As afsm_session_heartbeat / afsm_session_add_stats, with atomics only.
- * A handle may be used from several threads at once, but not after release. */
+/* As afsm_session_heartbeat / afsm_session_add_stats, with atomics only
+ * (a session's first heartbeat, or the first activity after it went idle,
+ * takes its shard's lock once to make it ACTIVE). A handle may be used from
+ * several threads at once, but not after release. AFSM_ENOMEM only when a
+ * state change is due on a thread whose first call this is and its
+ * per-thread record cannot be allocated (the heartbeat itself has landed). */
 AFSM_API afsm_status afsm_handle_heartbeat(afsm_handle *handle, uint64_t *remaining_ms);
 AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats *delta);
 /* The pinned session's id. */

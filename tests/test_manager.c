@@ -632,6 +632,154 @@ static void test_close_null_and_open_defaults(void **state)
     assert_int_equal(afsm_engine_open(NULL, NULL), AFSM_ENULL);
 }
 
+/* ---- heartbeat means active (the old service's Heartbeat) -------------------- */
+
+typedef struct activation_log {
+    int state_changes;
+    uint32_t last_old, last_new;
+} activation_log;
+
+static void count_state_changes(void *ctx, const afsm_event *ev)
+{
+    activation_log *log = ctx;
+    if (ev->type != AFSM_EVENT_STATE_CHANGED)
+        return;
+    log->state_changes++;
+    log->last_old = ev->old_state;
+    log->last_new = ev->new_state;
+}
+
+static uint32_t state_of(afsm_engine *engine, const afsm_uuid *id)
+{
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, id, &info), AFSM_OK);
+    return info.state;
+}
+
+static void to_state(afsm_engine *engine, const afsm_uuid *id, uint32_t state)
+{
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = state;
+    assert_int_equal(afsm_session_update(engine, id, &u, NULL), AFSM_OK);
+}
+
+/* The old service marks a CONNECTING or IDLE session ACTIVE on a heartbeat
+ * ("Mark as active if not already") and its test asserts it. Every kind of
+ * heartbeat does the same here, with one event per transition; DISCONNECTING
+ * and CLOSED are never revived. */
+static void test_heartbeat_marks_active(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    activation_log log = {0};
+    afsm_config cfg = {.on_event = count_state_changes, .event_ctx = &log};
+    afsm_engine *engine = open_virtual_engine(&clock, &cfg);
+
+    /* By id: CONNECTING -> ACTIVE once. */
+    afsm_session_info a = create_session(engine, "hb-active");
+    assert_int_equal(state_of(engine, &a.session_id), AFSM_STATE_CONNECTING);
+    assert_int_equal(afsm_session_heartbeat(engine, &a.session_id, NULL), AFSM_OK);
+    assert_int_equal(state_of(engine, &a.session_id), AFSM_STATE_ACTIVE);
+    assert_int_equal(log.state_changes, 1);
+    assert_int_equal(log.last_old, AFSM_STATE_CONNECTING);
+    assert_int_equal(log.last_new, AFSM_STATE_ACTIVE);
+    assert_int_equal(afsm_session_heartbeat(engine, &a.session_id, NULL), AFSM_OK);
+    assert_int_equal(log.state_changes, 1);
+
+    /* IDLE set by hand (idle detection off) -> ACTIVE. */
+    to_state(engine, &a.session_id, AFSM_STATE_IDLE);
+    log.state_changes = 0;
+    assert_int_equal(afsm_session_heartbeat(engine, &a.session_id, NULL), AFSM_OK);
+    assert_int_equal(state_of(engine, &a.session_id), AFSM_STATE_ACTIVE);
+    assert_int_equal(log.state_changes, 1);
+    assert_int_equal(log.last_old, AFSM_STATE_IDLE);
+
+    /* Through a pinned handle. */
+    afsm_session_info b = create_session(engine, "hb-handle");
+    afsm_handle *h = NULL;
+    assert_int_equal(afsm_handle_pin(engine, &b.session_id, &h), AFSM_OK);
+    log.state_changes = 0;
+    assert_int_equal(afsm_handle_heartbeat(h, NULL), AFSM_OK);
+    assert_int_equal(state_of(engine, &b.session_id), AFSM_STATE_ACTIVE);
+    assert_int_equal(log.state_changes, 1);
+    afsm_handle_release(h);
+
+    /* In a batch. */
+    afsm_session_info c = create_session(engine, "hb-batch");
+    afsm_session_info d = create_session(engine, "hb-batch");
+    afsm_uuid ids[2] = {c.session_id, d.session_id};
+    uint64_t remaining[2];
+    afsm_status statuses[2];
+    log.state_changes = 0;
+    assert_int_equal(afsm_session_heartbeat_batch(engine, ids, 2, remaining, statuses), AFSM_OK);
+    assert_int_equal(statuses[0], AFSM_OK);
+    assert_int_equal(statuses[1], AFSM_OK);
+    assert_int_equal(state_of(engine, &c.session_id), AFSM_STATE_ACTIVE);
+    assert_int_equal(state_of(engine, &d.session_id), AFSM_STATE_ACTIVE);
+    assert_int_equal(log.state_changes, 2);
+
+    /* DISCONNECTING stays DISCONNECTING; the heartbeat still counts. */
+    to_state(engine, &c.session_id, AFSM_STATE_DISCONNECTING);
+    log.state_changes = 0;
+    assert_int_equal(afsm_session_heartbeat(engine, &c.session_id, NULL), AFSM_OK);
+    assert_int_equal(state_of(engine, &c.session_id), AFSM_STATE_DISCONNECTING);
+    assert_int_equal(log.state_changes, 0);
+
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.by_state[AFSM_STATE_ACTIVE], 3);
+    assert_int_equal(counts.by_state[AFSM_STATE_DISCONNECTING], 1);
+    assert_int_equal(counts.by_state[AFSM_STATE_CONNECTING], 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* A reason is text that reaches events and logs: a NUL inside it is refused
+ * like one in a user id, and nothing is deleted. */
+static void test_delete_reason_with_nul_refused(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    afsm_session_info s = create_session(engine, "nul-reason");
+    static const char reason[] = "bye\0hidden";
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, reason, sizeof(reason) - 1), AFSM_EINVAL);
+    size_t deleted = 99;
+    assert_int_equal(afsm_session_delete_by_user(engine, "nul-reason", 10, reason, sizeof(reason) - 1, &deleted),
+                     AFSM_EINVAL);
+    assert_int_equal(deleted, 99);
+    afsm_session_info still = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &s.session_id, &still), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, "bye", 3), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* Counters saturate at 2^64-1 instead of wrapping to small numbers. */
+static void test_add_stats_saturates(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    afsm_session_info s = create_session(engine, "saturate");
+    afsm_stats big = {.packets_sent = UINT64_MAX - 1,
+                      .packets_received = UINT64_MAX,
+                      .bytes_sent = UINT64_MAX - 10,
+                      .bytes_received = 1,
+                      .retransmissions = UINT64_MAX};
+    assert_int_equal(afsm_session_add_stats(engine, &s.session_id, &big), AFSM_OK);
+    afsm_stats more = {
+        .packets_sent = 5, .packets_received = 1, .bytes_sent = 10, .bytes_received = 2, .retransmissions = UINT64_MAX};
+    assert_int_equal(afsm_session_add_stats(engine, &s.session_id, &more), AFSM_OK);
+    afsm_session_info out = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &s.session_id, &out), AFSM_OK);
+    assert_true(out.stats.packets_sent == UINT64_MAX);
+    assert_true(out.stats.packets_received == UINT64_MAX);
+    assert_true(out.stats.bytes_sent == UINT64_MAX);
+    assert_int_equal(out.stats.bytes_received, 3);
+    assert_true(out.stats.retransmissions == UINT64_MAX);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -650,6 +798,9 @@ int main(void)
         cmocka_unit_test(test_events),
         cmocka_unit_test(test_allocation_failures_leave_engine_unchanged),
         cmocka_unit_test(test_close_null_and_open_defaults),
+        cmocka_unit_test(test_heartbeat_marks_active),
+        cmocka_unit_test(test_delete_reason_with_nul_refused),
+        cmocka_unit_test(test_add_stats_saturates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,10 +11,12 @@
 #include "test_support.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "util/alloc.h"
+#include "util/epoch.h"
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -372,12 +374,515 @@ static void test_evict_oldest_never_above_cap(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ---- 5: a rolled-back create can be pinned, and its handle outlives it ----- */
+
+typedef struct pin_ctx {
+    afsm_engine *engine;
+    afsm_uuid id;
+    _Atomic long ready;
+    _Atomic long stop;
+    _Atomic long pinned;
+    _Atomic long heartbeats_ok;
+} pin_ctx;
+
+static void *rollback_pinner(void *arg)
+{
+    pin_ctx *c = arg;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    (void)afsm_session_get(c->engine, &c->id, &info); /* allocates this thread's epoch record */
+    atomic_store_explicit(&c->ready, 1, memory_order_release);
+    while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
+        afsm_handle *h = NULL;
+        if (afsm_handle_pin(c->engine, &c->id, &h) != AFSM_OK)
+            continue;
+        atomic_fetch_add_explicit(&c->pinned, 1, memory_order_relaxed);
+        /* Let the creator's rollback and its epoch run; then use the handle
+         * as a data plane would, long after. */
+        for (int i = 0; i < 2000; i++) {
+            if (afsm_handle_heartbeat(h, NULL) == AFSM_OK)
+                atomic_fetch_add_explicit(&c->heartbeats_ok, 1, memory_order_relaxed);
+        }
+        afsm_handle_release(h);
+    }
+    return NULL;
+}
+
+/* Fills the single shard of a one-shard engine so that the connections
+ * table is full and cannot grow while the sessions table has room: the next
+ * create publishes its record, then its connection insert fails (ENOMEM)
+ * and it rolls back. Returns a copy to restore (same user, new ids). */
+static afsm_session_info fill_for_rollback(afsm_engine *engine, const char *user)
+{
+    afsm_session_info template = AFSM_SESSION_INFO_INIT;
+    for (int i = 0; i < 16; i++) {
+        afsm_uuid conn;
+        afsm_create_options opt = make_options(user, "10.1.2.3", &conn);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        if (i >= 8)
+            alloc_fail_after(i == 8 ? 2 : 1);
+        afsm_status st = afsm_session_create(engine, &opt, &info);
+        alloc_fail_reset();
+        assert_int_equal(st, AFSM_OK);
+        template = info;
+    }
+    afsm_uuid_v7(&template.session_id);
+    afsm_uuid_v7(&template.connection_id);
+    return template;
+}
+
+/* The rollback of a create whose connection insert failed deferred the
+ * record's free without looking at its reference count: a handle pinned in
+ * the window between the two inserts kept pointing at it after the epoch
+ * freed it (ASan: heap-use-after-free in afsm_handle_heartbeat). A session
+ * that was never created must not be pinnable at all. */
+static void test_rolled_back_create_never_pinned(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    review_opts o = {.shard_count = 1, .capacity_hint = 1};
+    afsm_engine *engine = open_review_engine(&clock, &o);
+    afsm_session_info restore = fill_for_rollback(engine, "pin-rollback-user");
+    pin_ctx c = {.engine = engine, .id = restore.session_id};
+
+    alloc_fail_after(1);
+    afsm_status first = afsm_session_restore(engine, &restore, NULL, 0);
+    alloc_fail_reset();
+    assert_int_equal(first, AFSM_ENOMEM);
+
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, rollback_pinner, &c), 0);
+    assert_true(spin_until(&c.ready, 1, 20));
+    uint64_t deadline = real_ns() + 3 * 1000000000ull;
+    for (int i = 0; i < 300000 && real_ns() < deadline; i++) {
+        alloc_fail_after(1);
+        afsm_status st = afsm_session_restore(engine, &restore, NULL, 0);
+        alloc_fail_reset();
+        assert_int_equal(st, AFSM_ENOMEM);
+        /* Run the deferred frees now, while a stale handle may be in use. */
+        if (atomic_load_explicit(&c.pinned, memory_order_relaxed) != 0 && i % 64 == 0)
+            assert_int_equal(afsm_engine_advance(engine, 1000 * SEC, NULL), AFSM_OK);
+    }
+    atomic_store_explicit(&c.stop, 1, memory_order_release);
+    pthread_join(t, NULL);
+    print_message("pinned %ld, heartbeats through them %ld\n", atomic_load(&c.pinned), atomic_load(&c.heartbeats_ok));
+    assert_int_equal(atomic_load(&c.pinned), 0);
+    assert_int_equal(atomic_load(&c.heartbeats_ok), 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK); /* AFSM_EBUSY while a handle is pinned */
+}
+
+/* ---- 6: a failed evict-oldest create hides the live victim ----------------- */
+
+typedef struct hidden_ctx {
+    afsm_engine *engine;
+    afsm_uuid victim;
+    _Atomic long ready;
+    _Atomic long stop;
+    _Atomic long reads;
+    _Atomic long not_found;
+} hidden_ctx;
+
+static void *victim_reader(void *arg)
+{
+    hidden_ctx *c = arg;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    (void)afsm_session_get(c->engine, &c->victim, &info);
+    atomic_store_explicit(&c->ready, 1, memory_order_release);
+    while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
+        if (afsm_session_get(c->engine, &c->victim, &info) == AFSM_ENOTFOUND)
+            atomic_fetch_add_explicit(&c->not_found, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->reads, 1, memory_order_relaxed);
+    }
+    return NULL;
+}
+
+/* Under evict-oldest at the cap, mem_create marked the victim removed
+ * before the new record's table inserts, and un-marked it when an insert
+ * failed: meanwhile every lock-free read (and a delete, or "log out
+ * everywhere") found the live victim missing. A create that fails must
+ * leave every other session visible throughout. */
+static void test_failed_eviction_never_hides_victim(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    review_opts o = {
+        .shard_count = 1, .capacity_hint = 1, .max_sessions_per_user = 1, .limit_policy = AFSM_LIMIT_EVICT_OLDEST};
+    afsm_engine *engine = open_review_engine(&clock, &o);
+    afsm_session_info victim = create_session(engine, "evict-fail-user");
+
+    /* Add other users' sessions while the tables cannot grow (ck_hs keeps
+     * inserting past a failed growth until the map is full), until the
+     * user's next create fails for want of a slot. Two allocations succeed
+     * for a filler: its record and its user's entry. */
+    afsm_create_options opt;
+    afsm_uuid conn;
+    afsm_status st = AFSM_OK;
+    char user[32];
+    for (int i = 0; i < 64 && st != AFSM_ENOMEM; i++) {
+        snprintf(user, sizeof(user), "filler-%d", i);
+        opt = make_options(user, "10.4.4.5", &conn);
+        alloc_fail_after(2);
+        (void)afsm_session_create(engine, &opt, NULL);
+        alloc_fail_reset();
+        opt = make_options("evict-fail-user", "10.4.4.4", &conn);
+        alloc_fail_after(1);
+        st = afsm_session_create(engine, &opt, NULL);
+        alloc_fail_reset();
+        if (st == AFSM_OK) { /* it evicted: the new one is the victim now */
+            afsm_session_info now = AFSM_SESSION_INFO_INIT;
+            assert_int_equal(afsm_session_get_by_connection(engine, &conn, &now), AFSM_OK);
+            victim = now;
+        }
+    }
+    assert_int_equal(st, AFSM_ENOMEM);
+
+    hidden_ctx c = {.engine = engine, .victim = victim.session_id};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, victim_reader, &c), 0);
+    assert_true(spin_until(&c.ready, 1, 20));
+    uint64_t deadline = real_ns() + 2 * 1000000000ull;
+    for (int i = 0; i < 200000 && real_ns() < deadline && atomic_load(&c.not_found) == 0; i++) {
+        opt = make_options("evict-fail-user", "10.4.4.4", &conn);
+        alloc_fail_after(1);
+        st = afsm_session_create(engine, &opt, NULL);
+        alloc_fail_reset();
+        assert_int_equal(st, AFSM_ENOMEM);
+    }
+    atomic_store_explicit(&c.stop, 1, memory_order_release);
+    pthread_join(t, NULL);
+    print_message("reads %ld, victim missing %ld\n", atomic_load(&c.reads), atomic_load(&c.not_found));
+    assert_int_equal(atomic_load(&c.not_found), 0);
+    afsm_session_info still = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &victim.session_id, &still), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* ---- 7: an epoch record used after its thread's TSD destructor freed it ---- */
+
+/* ck_epoch.c's EPOCH_RECORD_IN_USE, private to libck. */
+#define EPOCH_RECORD_IN_USE 0u
+
+static pthread_key_t late_key;
+
+typedef struct late_ctx {
+    afsm_engine *engine;
+    afsm_uuid id;
+    afsm_status status;
+    unsigned record_state;
+} late_ctx;
+
+static late_ctx late;
+
+/* Runs after the engine's own TSD destructor (its key is older, and glibc
+ * runs destructors in key order), as a thread-exit hook of some library
+ * that calls the engine would. */
+static void late_destructor(void *value)
+{
+    (void)value;
+    ck_epoch_record_t *record = epoch_enter();
+    assert_non_null(record);
+    late.record_state = record->state;
+    epoch_leave(record);
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    late.status = afsm_session_get(late.engine, &late.id, &info);
+}
+
+static void *late_thread(void *arg)
+{
+    (void)arg;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    (void)afsm_session_get(late.engine, &late.id, &info); /* the engine's record and key */
+    pthread_setspecific(late_key, &late);
+    return NULL;
+}
+
+/* thread_exit unregistered the thread's epoch record but left the thread's
+ * pointer to it, so a later destructor on that thread ran its read section
+ * on a record ck_epoch no longer scans (and another thread may recycle):
+ * nothing kept a deferred free from running under it. */
+static void test_epoch_record_valid_in_later_destructor(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    review_opts o = {0};
+    late.engine = open_review_engine(&clock, &o);
+    late.id = create_session(late.engine, "late-user").session_id;
+    assert_int_equal(pthread_key_create(&late_key, late_destructor), 0);
+    late.record_state = 99;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, late_thread, NULL), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(late.record_state, EPOCH_RECORD_IN_USE);
+    assert_int_equal(late.status, AFSM_OK);
+    pthread_key_delete(late_key);
+    assert_int_equal(afsm_engine_close(late.engine), AFSM_OK);
+}
+
+/* ---- 8: idle detection loses a wake-up ---------------------------------------- */
+
+#define IDLE_SESSIONS 4000
+#define IDLE_STOP     (1L << 40) /* a round past every real one: the thread's signal to end */
+
+typedef struct idle_race_ctx {
+    afsm_engine *engine;
+    afsm_uuid ids[IDLE_SESSIONS];
+    _Atomic long round;
+    _Atomic long done;
+    _Atomic long failed;
+} idle_race_ctx;
+
+static void *idle_heartbeater(void *arg)
+{
+    idle_race_ctx *c = arg;
+    for (long k = 1;; k++) {
+        if (!spin_until(&c->round, k, 20)) {
+            atomic_store(&c->failed, 1);
+            return NULL;
+        }
+        if (atomic_load(&c->round) == IDLE_STOP)
+            return NULL;
+        /* From the end: the reaper walks shards from the start. */
+        for (int i = IDLE_SESSIONS - 1; i >= 0; i--) {
+            if (afsm_session_heartbeat(c->engine, &c->ids[i], NULL) != AFSM_OK)
+                atomic_store(&c->failed, 1);
+        }
+        atomic_store_explicit(&c->done, k, memory_order_release);
+    }
+}
+
+/* The reaper decided "idle" from last_active and stored IDLE; a heartbeat
+ * landing in between raised last_active, still read ACTIVE and did not wake
+ * it: the session stayed IDLE although its last activity was a successful
+ * heartbeat after the idle deadline. Each round here: every session went
+ * quiet past its idle deadline; one thread heartbeats all of them at that
+ * same moment while the reaper runs. Every session must end ACTIVE. */
+static void test_idle_never_loses_wakeup(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    review_opts o = {.idle_timeout_ms = 1000, .shard_count = 4};
+    afsm_engine *engine = open_review_engine(&clock, &o);
+    idle_race_ctx *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->engine = engine;
+    char user[32];
+    for (int i = 0; i < IDLE_SESSIONS; i++) {
+        snprintf(user, sizeof(user), "idle-race-%d", i % 97);
+        c->ids[i] = create_session(engine, user).session_id;
+        set_state(engine, &c->ids[i], AFSM_STATE_ACTIVE);
+    }
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, idle_heartbeater, c), 0);
+    uint64_t now = 1000 * SEC;
+    long lost = 0, rounds = 0;
+    uint64_t deadline = real_ns() + 4 * 1000000000ull;
+    for (long k = 1; k <= 400 && real_ns() < deadline && lost == 0 && !atomic_load(&c->failed); k++) {
+        now += 1500 * MS; /* past the idle deadline, well before expiry */
+        virtual_clock_set(&clock, now);
+        atomic_store_explicit(&c->round, k, memory_order_release);
+        assert_int_equal(afsm_engine_advance(engine, now, NULL), AFSM_OK);
+        assert_true(spin_until(&c->done, k, 20));
+        for (int i = 0; i < IDLE_SESSIONS; i++) {
+            afsm_session_info info = AFSM_SESSION_INFO_INIT;
+            assert_int_equal(afsm_session_get(engine, &c->ids[i], &info), AFSM_OK);
+            lost += info.state != AFSM_STATE_ACTIVE;
+        }
+        rounds = k;
+    }
+    atomic_store(&c->round, IDLE_STOP);
+    pthread_join(t, NULL);
+    print_message("rounds %ld, sessions left idle after a heartbeat %ld\n", rounds, lost);
+    assert_int_equal(atomic_load(&c->failed), 0);
+    assert_int_equal(lost, 0);
+    free(c);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* ---- 9: a blocked callback in one engine stalls another's close ------------ */
+
+typedef struct blocker_ctx {
+    _Atomic long blocked;
+    _Atomic long release;
+} blocker_ctx;
+
+static void blocking_event(void *ctx, const afsm_event *ev)
+{
+    blocker_ctx *b = ctx;
+    if (ev->type != AFSM_EVENT_CREATED)
+        return;
+    atomic_store_explicit(&b->blocked, 1, memory_order_release);
+    spin_until(&b->release, 1, 60);
+}
+
+static void *blocked_creator(void *arg)
+{
+    afsm_engine *engine = arg;
+    (void)create_session(engine, "blocked-user");
+    return NULL;
+}
+
+typedef struct churn_ctx {
+    _Atomic long finished;
+    uint64_t max_pending;
+    afsm_status close_status;
+} churn_ctx;
+
+static void *churn_and_close(void *arg)
+{
+    churn_ctx *c = arg;
+    virtual_clock clock;
+    review_opts o = {0};
+    afsm_engine *b = open_review_engine(&clock, &o);
+    afsm_metrics m = AFSM_METRICS_INIT;
+    for (int i = 0; i < 50000; i++) {
+        afsm_session_info s = create_session(b, "churn-user");
+        assert_int_equal(afsm_session_delete(b, &s.session_id, NULL, 0), AFSM_OK);
+        if (i % 1000 == 999) {
+            assert_int_equal(afsm_engine_advance(b, 1000 * SEC, NULL), AFSM_OK);
+            assert_int_equal(afsm_metrics_snapshot(b, &m), AFSM_OK);
+            if (m.deferred_frees > c->max_pending)
+                c->max_pending = m.deferred_frees;
+        }
+    }
+    c->close_status = afsm_engine_close(b);
+    atomic_store_explicit(&c->finished, 1, memory_order_release);
+    return NULL;
+}
+
+/* Event callbacks ran inside the process-wide epoch section: a callback
+ * blocked in engine A held back every engine's deferred frees (B's backlog
+ * grew without bound) and B's close, which waits for the epoch, never
+ * returned while A's callback blocked. */
+static void test_blocked_callback_does_not_stall_other_engine(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    blocker_ctx blocker = {0};
+    review_opts o = {.on_event = blocking_event, .event_ctx = &blocker};
+    afsm_engine *a = open_review_engine(&clock, &o);
+    pthread_t creator, churner;
+    assert_int_equal(pthread_create(&creator, NULL, blocked_creator, a), 0);
+    assert_true(spin_until(&blocker.blocked, 1, 20));
+
+    churn_ctx churn = {0};
+    assert_int_equal(pthread_create(&churner, NULL, churn_and_close, &churn), 0);
+    int finished = spin_until(&churn.finished, 1, 60);
+    print_message("engine B finished while A's callback blocked: %d, max deferred frees %llu\n", finished,
+                  (unsigned long long)churn.max_pending);
+    atomic_store_explicit(&blocker.release, 1, memory_order_release);
+    pthread_join(creator, NULL);
+    pthread_join(churner, NULL);
+    assert_true(finished);
+    assert_int_equal(churn.close_status, AFSM_OK);
+    assert_true(churn.max_pending < 20000);
+    assert_int_equal(afsm_engine_close(a), AFSM_OK);
+}
+
+/* ---- 10: advance reports an allocation failure --------------------------------- */
+
+/* When the expiry batch could not be allocated, advance returned OK and
+ * counted the wheels as caught up. It must say ENOMEM, remove nothing it
+ * could not settle, and the next call must expire what was due. */
+static void test_advance_enomem_reported_and_resumed(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    review_opts o = {0};
+    afsm_engine *engine = open_review_engine(&clock, &o);
+    char user[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(user, sizeof(user), "enomem-%d", i);
+        (void)create_session(engine, user);
+    }
+    uint64_t later = 1000 * SEC + 61 * SEC;
+    virtual_clock_set(&clock, later);
+    size_t expired = 12345;
+    alloc_fail_after(0);
+    afsm_status st = afsm_engine_advance(engine, later, &expired);
+    alloc_fail_reset();
+    assert_int_equal(st, AFSM_ENOMEM);
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    assert_int_equal(m.sessions + expired, 100);
+    assert_true(m.reaper_lag_ns > 0); /* not caught up */
+    size_t rest = 0;
+    assert_int_equal(afsm_engine_advance(engine, later, &rest), AFSM_OK);
+    assert_int_equal(expired + rest, 100);
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    assert_int_equal(m.sessions, 0);
+    assert_int_equal(m.expired_total, 100);
+    assert_int_equal(m.reaper_lag_ns, 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* ---- 11: the stats an update sets are read torn --------------------------------- */
+
+typedef struct torn_ctx {
+    afsm_engine *engine;
+    afsm_uuid id;
+    _Atomic long stop;
+    _Atomic long torn;
+    _Atomic long reads;
+} torn_ctx;
+
+static void *stats_reader(void *arg)
+{
+    torn_ctx *c = arg;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
+        assert_int_equal(afsm_session_get(c->engine, &c->id, &info), AFSM_OK);
+        const afsm_stats *s = &info.stats;
+        if (s->packets_received != s->packets_sent || s->bytes_sent != s->packets_sent ||
+            s->bytes_received != s->packets_sent || s->retransmissions != s->packets_sent ||
+            s->current_rtt_ms != (uint32_t)s->packets_sent)
+            atomic_fetch_add_explicit(&c->torn, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->reads, 1, memory_order_relaxed);
+    }
+    return NULL;
+}
+
+/* afsm_session_update "applies every requested part or none": a copy made
+ * during an update that sets all six stats must see all of them or none. */
+static void test_update_stats_never_torn(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    review_opts o = {0};
+    afsm_engine *engine = open_review_engine(&clock, &o);
+    torn_ctx c = {.engine = engine, .id = create_session(engine, "torn-user").session_id};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, stats_reader, &c), 0);
+    uint64_t deadline = real_ns() + 2 * 1000000000ull;
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATS;
+    for (uint64_t k = 1; k < 2000000 && real_ns() < deadline && atomic_load(&c.torn) == 0; k++) {
+        u.stats = (afsm_stats){.packets_sent = k,
+                               .packets_received = k,
+                               .bytes_sent = k,
+                               .bytes_received = k,
+                               .retransmissions = k,
+                               .current_rtt_ms = (uint32_t)k};
+        assert_int_equal(afsm_session_update(engine, &c.id, &u, NULL), AFSM_OK);
+    }
+    atomic_store_explicit(&c.stop, 1, memory_order_release);
+    pthread_join(t, NULL);
+    print_message("reads %ld, torn %ld\n", atomic_load(&c.reads), atomic_load(&c.torn));
+    assert_int_equal(atomic_load(&c.torn), 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_closed_linger_not_extended_by_stats),
         cmocka_unit_test(test_handle_wake_event_user_id_valid),
         cmocka_unit_test(test_evict_oldest_never_above_cap),
+        cmocka_unit_test(test_failed_eviction_never_hides_victim),
+        cmocka_unit_test(test_epoch_record_valid_in_later_destructor),
+        cmocka_unit_test(test_idle_never_loses_wakeup),
+        cmocka_unit_test(test_blocked_callback_does_not_stall_other_engine),
+        cmocka_unit_test(test_advance_enomem_reported_and_resumed),
+        cmocka_unit_test(test_update_stats_never_torn),
+        cmocka_unit_test(test_rolled_back_create_never_pinned),
         /* Last: on the reviewed code it crashes the process (SIGSEGV). */
         cmocka_unit_test(test_create_rollback_invisible_to_delete),
     };

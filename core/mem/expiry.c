@@ -7,10 +7,13 @@
  * is due (expiry, the idle deadline of an active session, the end of a
  * closed session's linger) and either acts or relinks the timer there.
  * Expiry is decided by a CAS on last_active_ns (SESSION_EXPIRED_BIT), which
- * excludes a racing heartbeat. Removals need each session's whole lock set,
- * so the wheel's verdicts are collected under the shard lock and carried
- * out after it, in bounded batches.
+ * excludes a racing heartbeat; going idle by a seq_cst store and re-check
+ * that pairs with the heartbeat's (go_idle). Removals need each session's
+ * whole lock set, so the wheel's verdicts are collected under the shard
+ * lock, each with a reference to its record, and carried out after it, in
+ * bounded batches, one session per epoch section, events after each.
  */
+#include <assert.h>
 #include <string.h>
 
 #include "mem/mem_store.h"
@@ -59,23 +62,58 @@ typedef struct timer_batch {
     size_t count;
     size_t capacity;
     const mem_store *ms;
+    size_t *budget; /* wheel_advance's: zeroed to stop the pass */
+    bool failed;    /* the batch could not grow: report AFSM_ENOMEM */
 } timer_batch;
 
+/* Adds s to the batch with a reference of its own (home shard lock held,
+ * s still linked, so refs >= 1): the batch is settled outside every lock
+ * and epoch section, one session at a time, and the reference keeps the
+ * record until then. On failure nothing is added and the pass stops. */
 static int batch_push(timer_batch *batch, session *s, timer_outcome outcome)
 {
     if (batch->count == batch->capacity) {
         size_t grown = batch->capacity ? batch->capacity * 2 : 256;
         timer_result *items = mem_alloc(grown * sizeof(*items));
-        if (items == NULL)
+        if (items == NULL) {
+            batch->failed = true;
+            *batch->budget = 0;
             return 0;
+        }
         if (batch->count)
             memcpy(items, batch->items, batch->count * sizeof(*items));
         mem_free(batch->items);
         batch->items = items;
         batch->capacity = grown;
     }
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
     batch->items[batch->count++] = (timer_result){s, outcome};
     return 1;
+}
+
+/* ACTIVE -> IDLE, then the other half of the heartbeat's pairing
+ * (dataplane.c): the IDLE store and the re-read of the activity stamps are
+ * seq_cst, so either the heartbeat saw IDLE (and wakes the session) or this
+ * sees the heartbeat, and takes the transition back before anyone was told.
+ * True when the session stays idle. Shard lock held. */
+static bool go_idle(timer_batch *batch, session *s, uint64_t fire_ns)
+{
+    shard *sh = batch->sh;
+    sync_seq_write_begin(&s->seq);
+    atomic_store_explicit(&s->state, AFSM_STATE_IDLE, memory_order_seq_cst);
+    sync_seq_write_end(&s->seq);
+    uint64_t last = atomic_load_explicit(&s->last_active_ns, memory_order_seq_cst);
+    uint64_t traffic = atomic_load_explicit(&s->last_traffic_ns, memory_order_seq_cst);
+    uint64_t latest = traffic > last ? traffic : last;
+    if ((last & SESSION_EXPIRED_BIT) == 0 && latest + batch->ms->config.idle_timeout_ns > fire_ns) {
+        sync_seq_write_begin(&s->seq);
+        atomic_store_explicit(&s->state, AFSM_STATE_ACTIVE, memory_order_release);
+        sync_seq_write_end(&s->seq);
+        return false;
+    }
+    mem_count_state(sh, AFSM_STATE_ACTIVE, -1);
+    mem_count_state(sh, AFSM_STATE_IDLE, +1);
+    return true;
 }
 
 /* The wheel's verdict on one fired timer (shard lock held): 0 to let it
@@ -98,11 +136,15 @@ static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
         if (deadline > fire_ns) {
             /* Alive: maybe idle, then look again at the next deadline. */
             if (state == AFSM_STATE_ACTIVE && ms->config.idle_timeout_ns != 0 &&
-                mem_timer_deadline(ms, s, state, seen) <= fire_ns && batch_push(batch, s, OUTCOME_IDLE)) {
-                mem_set_state_locked(batch->sh, s, AFSM_STATE_ACTIVE, AFSM_STATE_IDLE);
+                mem_timer_deadline(ms, s, state, seen) <= fire_ns && go_idle(batch, s, fire_ns)) {
+                if (!batch_push(batch, s, OUTCOME_IDLE)) {
+                    mem_set_state_locked(batch->sh, s, AFSM_STATE_IDLE, AFSM_STATE_ACTIVE);
+                    return fire_ns + 1; /* decide again next time */
+                }
                 mem_count(ms, &batch->sh->idle_transitions);
                 state = AFSM_STATE_IDLE;
             }
+            seen = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed) & ~SESSION_EXPIRED_BIT;
             return mem_timer_deadline(ms, s, state, seen);
         }
         /* The CAS decides expiry against any racing heartbeat. */
@@ -118,27 +160,41 @@ static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
  * writers, however many sessions share a slot. */
 #define ADVANCE_BUDGET 4096
 
-/* Runs one batch of fired timers' outcomes, outside the shard lock. */
-static size_t settle_batch(mem_store *ms, const timer_batch *batch)
+/* Drops the reference batch_push took, for a session already removed or
+ * only gone idle. */
+static void batch_unref(mem_store *ms, session *s)
 {
+    shard *sh = mem_home(ms, s);
+    sync_lock_acquire(&sh->lock);
+    mem_unref_locked(ms, s);
+    sync_lock_release(&sh->lock);
+}
+
+/* Carries out one fired timer's outcome, then delivers its event with no
+ * epoch section held. Returns 1 when it expired the session. The batch's
+ * reference keeps the record; the section keeps the user's entry, and only
+ * once the record is seen not removed inside it. */
+static size_t settle_one(mem_store *ms, const timer_result *item)
+{
+    session *s = item->s;
+    mem_event ev = {.pending = false};
     size_t expired = 0;
-    for (size_t j = 0; j < batch->count; j++) {
-        session *s = batch->items[j].s;
-        switch (batch->items[j].outcome) {
-        case OUTCOME_IDLE:
-            mem_emit(ms, AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_ACTIVE, AFSM_STATE_IDLE, NULL, 0);
-            break;
-        case OUTCOME_CLOSED:
-            mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_CLOSED, MEM_REASON_CLOSED,
-                               sizeof(MEM_REASON_CLOSED) - 1);
-            break;
-        case OUTCOME_EXPIRED:
-            /* ENOTFOUND: a delete got there first and fired its own event. */
-            expired += mem_remove_session(ms, s, AFSM_EVENT_EXPIRED, AFSM_DELETE_EXPIRED, MEM_REASON_EXPIRED,
-                                          sizeof(MEM_REASON_EXPIRED) - 1) == AFSM_OK;
-            break;
-        }
+    ck_epoch_record_t *e = epoch_enter(); /* cannot fail: mem_advance entered once */
+    assert(e != NULL);
+    if (session_removed(s)) {
+        batch_unref(ms, s); /* a delete got there first and fired its own event */
+    } else if (item->outcome == OUTCOME_IDLE) {
+        mem_event_capture(ms, &ev, AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_ACTIVE, AFSM_STATE_IDLE, NULL, 0);
+        batch_unref(ms, s);
+    } else if (item->outcome == OUTCOME_CLOSED) {
+        mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_CLOSED, MEM_REASON_CLOSED,
+                           sizeof(MEM_REASON_CLOSED) - 1, 1, &ev);
+    } else {
+        expired = mem_remove_session(ms, s, AFSM_EVENT_EXPIRED, AFSM_DELETE_EXPIRED, MEM_REASON_EXPIRED,
+                                     sizeof(MEM_REASON_EXPIRED) - 1, 1, &ev) == AFSM_OK;
     }
+    epoch_leave(e);
+    mem_event_fire(ms, &ev);
     return expired;
 }
 
@@ -174,66 +230,73 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
     mem_store *ms = (mem_store *)st;
     refresh_wall_offset(ms);
     *expired = 0;
+    /* The thread's epoch record, allocated now if this is its first call:
+     * every section below then enters without failing. */
+    ck_epoch_record_t *first = epoch_enter();
+    if (first == NULL)
+        return AFSM_ENOMEM;
+    epoch_leave(first);
     timer_batch batch = {.ms = ms};
-    afsm_status status = AFSM_OK;
-    for (unsigned i = 0; i <= ms->shard_mask && status == AFSM_OK; i++) {
+    for (unsigned i = 0; i <= ms->shard_mask && !batch.failed; i++) {
         shard *sh = &ms->shards[i];
         batch.sh = sh;
         int done = 0;
-        while (!done) {
-            /* One epoch section per batch: it keeps the batch's sessions
-             * alive until they are settled, and ending it lets the frees
-             * of the previous batches go ahead. */
-            ck_epoch_record_t *e = epoch_enter();
-            if (e == NULL) {
-                status = AFSM_ENOMEM;
-                break;
-            }
+        while (!done && !batch.failed) {
             batch.count = 0;
             size_t budget = ADVANCE_BUDGET;
+            batch.budget = &budget;
             sync_lock_acquire(&sh->lock);
             done = wheel_advance(&sh->timers, now, on_timer, &batch, &budget);
             sync_lock_release(&sh->lock);
             /* Removal takes each session's whole lock set, so it waits
              * until the shard lock is dropped. */
-            *expired += settle_batch(ms, &batch);
-            epoch_leave(e);
+            for (size_t j = 0; j < batch.count; j++)
+                *expired += settle_one(ms, &batch.items[j]);
         }
         reclaim(sh);
     }
     mem_free(batch.items);
-    if (status == AFSM_OK)
-        atomic_store_explicit(&ms->wheels_reached_ns, now, memory_order_relaxed);
-    return status;
+    /* A pass cut short by ENOMEM left the rest due: the wheels are not
+     * caught up (reaper lag keeps growing) and the next call resumes. */
+    if (batch.failed)
+        return AFSM_ENOMEM;
+    atomic_store_explicit(&ms->wheels_reached_ns, now, memory_order_relaxed);
+    return AFSM_OK;
 }
 
-/* Activity on an idle session makes it active again (idle detection on).
- * Rare: only the first activity after the idle transition takes the lock. */
-void mem_reactivate(mem_store *ms, session *s)
+/* CONNECTING or IDLE -> ACTIVE on activity (mem_store.h). Rare: only the
+ * first heartbeat of a session, or the first activity after it went idle,
+ * gets here; every later one sees ACTIVE and stays lock-free. */
+afsm_status mem_activate(mem_store *ms, session *s, mem_event *ev)
 {
-    /* Handle calls run without an epoch section (the data plane's fast
-     * path); the event below reads the user's entry, which a concurrent
-     * delete may free: hold the epoch for the lock and the event. */
+    ev->pending = false;
+    /* Handle calls run without an epoch section; the event reads the
+     * user's entry, which a concurrent delete may retire: hold a section
+     * for the lock and the capture, and check `removed` inside it. */
     ck_epoch_record_t *e = epoch_enter();
     if (e == NULL)
-        return;
-    shard *sh = &ms->shards[mem_shard_of_id(ms, &s->id)];
-    int changed = 0;
+        return AFSM_ENOMEM; /* this thread's first record: nothing changed */
+    shard *sh = mem_home(ms, s);
+    uint32_t from = 0;
     sync_lock_acquire(&sh->lock);
     uint64_t seen = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed);
+    uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
     if (!atomic_load_explicit(&s->removed, memory_order_relaxed) && !(seen & SESSION_EXPIRED_BIT) &&
-        atomic_load_explicit(&s->state, memory_order_relaxed) == AFSM_STATE_IDLE) {
-        mem_set_state_locked(sh, s, AFSM_STATE_IDLE, AFSM_STATE_ACTIVE);
-        mem_count(ms, &sh->wake_transitions);
-        /* The idle deadline is sooner than the expiry it was linked at. */
-        if (s->timer.next != NULL) {
+        (state == AFSM_STATE_CONNECTING || state == AFSM_STATE_IDLE)) {
+        from = state;
+        mem_set_state_locked(sh, s, from, AFSM_STATE_ACTIVE);
+        if (from == AFSM_STATE_IDLE)
+            mem_count(ms, &sh->wake_transitions);
+        /* Under idle detection an active session's next look (its idle
+         * deadline) is sooner than the expiry it was linked at. */
+        if (s->timer.next != NULL && ms->config.idle_timeout_ns != 0) {
             wheel_remove(&sh->timers, &s->timer);
             wheel_add(&sh->timers, &s->timer, mem_timer_deadline(ms, s, AFSM_STATE_ACTIVE, seen));
         }
-        changed = 1;
     }
     sync_lock_release(&sh->lock);
-    if (changed)
-        mem_emit(ms, AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_IDLE, AFSM_STATE_ACTIVE, NULL, 0);
+    if (from != 0)
+        mem_event_capture(ms, ev, AFSM_EVENT_STATE_CHANGED, s, from, AFSM_STATE_ACTIVE, NULL, 0);
     epoch_leave(e);
+    return AFSM_OK;
 }

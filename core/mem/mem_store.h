@@ -10,7 +10,10 @@
  * The rules every file keeps (see store.c's head for the why):
  * - reads run inside an epoch section and take no lock;
  * - writes take the lock set of every shard they touch, in ascending order;
- * - events fire after the locks are released, before the epoch section ends.
+ * - events are captured inside the epoch section (copies of what they need)
+ *   and delivered after the caller's outermost section has ended, so a
+ *   callback that blocks holds no lock and no epoch: it delays only its own
+ *   caller, never another thread's reclamation or another engine's close.
  */
 #ifndef AFSM_MEM_STORE_H
 #define AFSM_MEM_STORE_H
@@ -92,8 +95,19 @@ void mem_metadata_destroy(ck_epoch_entry_t *entry);
 void mem_unref_locked(mem_store *ms, session *s);
 void mem_read_state(const session *s, uint32_t *state, metadata **meta);
 void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out);
-void mem_emit(const mem_store *ms, uint32_t type, const session *s, uint32_t old_state, uint32_t new_state,
-              const char *reason, size_t reason_len);
+/* An event copied out inside an epoch section (with the user id, which
+ * lives in the user's entry), delivered by mem_event_fire once the caller
+ * holds no section. reason must outlive the delivery (the caller's argument
+ * or a static string). */
+typedef struct mem_event {
+    afsm_event ev;
+    bool pending; /* false: nothing to deliver (no callback, or no event) */
+    char user_id[AFSM_USER_ID_MAX + 1];
+} mem_event;
+void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const session *s, uint32_t old_state,
+                       uint32_t new_state, const char *reason, size_t reason_len);
+/* Delivers a captured event (if any). Outside every epoch section. */
+void mem_event_fire(const mem_store *ms, mem_event *event);
 /* Inside an epoch section; NULL when absent or already removed. */
 session *mem_lookup(mem_store *ms, const afsm_uuid *id);
 session *mem_lookup_connection(mem_store *ms, const afsm_uuid *connection_id);
@@ -114,9 +128,11 @@ afsm_status mem_rotate_generation(store *st, const afsm_uuid *id, afsm_session_i
  * keep_user_entry: see index_remove (an eviction adds right after). */
 void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry);
 /* Takes s's lock set, removes it unless already removed (AFSM_ENOTFOUND),
- * fires the event. Inside an epoch section. */
+ * captures its event into *ev for the caller to fire after its section.
+ * drop_ref: also release one reference the caller holds (in the same lock
+ * hold). Inside an epoch section, with s seen not removed in it. */
 afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_delete_reason why, const char *reason,
-                               size_t reason_len);
+                               size_t reason_len, int drop_ref, mem_event *ev);
 
 /* Lock-free data plane (dataplane.c). */
 afsm_status mem_heartbeat(store *st, const afsm_uuid *id, uint64_t *remaining_ns);
@@ -137,7 +153,12 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired);
 uint64_t mem_timer_deadline(const mem_store *ms, const session *s, uint32_t state, uint64_t last_active);
 /* State change under the home shard lock (the seqlock's writer side). */
 void mem_set_state_locked(shard *sh, session *s, uint32_t from, uint32_t to);
-/* Activity on an idle session under idle detection: make it active. */
-void mem_reactivate(mem_store *ms, session *s);
+/* A heartbeat on a CONNECTING or IDLE session (or traffic on an IDLE one
+ * under idle detection) makes it ACTIVE: takes the home shard lock, re-checks,
+ * changes the state and relinks the timer, and captures the event into *ev
+ * for the caller to fire after its own epoch section. Enters a section of
+ * its own, so it may be called with or without one: AFSM_ENOMEM when that
+ * is the thread's first and its record cannot be allocated. */
+afsm_status mem_activate(mem_store *ms, session *s, mem_event *ev);
 
 #endif

@@ -115,11 +115,37 @@ static uint64_t load(const _Atomic uint64_t *counter)
     return atomic_load_explicit((_Atomic uint64_t *)counter, memory_order_relaxed);
 }
 
+static uint64_t load_acquire(const _Atomic uint64_t *counter)
+{
+    return atomic_load_explicit((_Atomic uint64_t *)counter, memory_order_acquire);
+}
+
+/* State, metadata and stats in one seqlock read: an update that sets all
+ * the stats (and a state) is seen whole or not at all. Additions from the
+ * data plane do not take the seqlock; each counter is then simply as
+ * fresh as its load. Acquire loads keep the re-check after them (sync.h). */
+static void read_consistent(const session *s, uint32_t *state, metadata **meta, afsm_stats *stats)
+{
+    uint32_t begin;
+    do {
+        begin = sync_seq_read_begin(&s->seq);
+        *state = atomic_load_explicit((_Atomic uint8_t *)&s->state, memory_order_acquire);
+        *meta = atomic_load_explicit((_Atomic(metadata *) *)&s->meta, memory_order_acquire);
+        stats->packets_sent = load_acquire(&s->packets_sent);
+        stats->packets_received = load_acquire(&s->packets_received);
+        stats->bytes_sent = load_acquire(&s->bytes_sent);
+        stats->bytes_received = load_acquire(&s->bytes_received);
+        stats->retransmissions = load_acquire(&s->retransmissions);
+        stats->current_rtt_ms = atomic_load_explicit((_Atomic uint32_t *)&s->rtt_ms, memory_order_acquire);
+        stats->reserved = 0;
+    } while (sync_seq_read_retry(&s->seq, begin));
+}
+
 void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out)
 {
     uint32_t state;
     metadata *meta;
-    mem_read_state(s, &state, &meta);
+    read_consistent(s, &state, &meta, &out->stats);
     out->state = state;
     out->session_id = s->id;
     out->connection_id = s->connection_id;
@@ -137,36 +163,42 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
     out->timeout_ms = s->timeout_ms;
     out->metadata_count = meta != NULL ? meta->count : 0;
     out->metadata_bytes = meta != NULL ? meta->data_bytes : 0;
-    out->stats.packets_sent = load(&s->packets_sent);
-    out->stats.packets_received = load(&s->packets_received);
-    out->stats.bytes_sent = load(&s->bytes_sent);
-    out->stats.bytes_received = load(&s->bytes_received);
-    out->stats.retransmissions = load(&s->retransmissions);
-    out->stats.current_rtt_ms = atomic_load_explicit((_Atomic uint32_t *)&s->rtt_ms, memory_order_relaxed);
-    out->stats.reserved = 0;
     out->token_generation = atomic_load_explicit((_Atomic uint32_t *)&s->token_generation, memory_order_relaxed);
     out->reserved = 0;
 }
 
-void mem_emit(const mem_store *ms, uint32_t type, const session *s, uint32_t old_state, uint32_t new_state,
-              const char *reason, size_t reason_len)
+void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const session *s, uint32_t old_state,
+                       uint32_t new_state, const char *reason, size_t reason_len)
 {
+    out->pending = false;
     if (ms->config.emit == NULL)
         return;
-    afsm_event ev = {
+    /* The user's entry may be freed once the caller's section ends: copy. */
+    uint16_t user_len = index_user_id_len(s);
+    memcpy(out->user_id, index_user_id(s), user_len);
+    out->user_id[user_len] = '\0';
+    out->ev = (afsm_event){
         .type = type,
         .old_state = old_state,
         .new_state = new_state,
         .session_id = s->id,
         .connection_id = s->connection_id,
-        .user_id = index_user_id(s),
-        .user_id_len = index_user_id_len(s),
+        .user_id = out->user_id,
+        .user_id_len = user_len,
         .reason = reason,
         .reason_len = reason_len,
         .created_at_ns = (int64_t)s->created_ns + mem_wall_now(ms) - (int64_t)mem_now(ms),
         .event_at_ns = mem_wall_now(ms),
     };
-    ms->config.emit(ms->config.emit_ctx, &ev);
+    out->pending = true;
+}
+
+void mem_event_fire(const mem_store *ms, mem_event *event)
+{
+    if (!event->pending)
+        return;
+    event->pending = false;
+    ms->config.emit(ms->config.emit_ctx, &event->ev);
 }
 
 /* ---- lookups ------------------------------------------------------------ */

@@ -147,6 +147,12 @@ const void *table_get(table *t, const void *key)
 table_result table_insert(table *t, const void *key)
 {
     unsigned long h = CK_HS_HASH(&t->hs, t->hs.hf, key);
+    /* The record's fields before the slot's pointer: CK 0.7.1's put has no
+     * store fence of its own, and a lock-free reader compares the key (the
+     * record's first field) as soon as it loads the pointer. Readers rely on
+     * the address dependency from that load, which every CPU but Alpha
+     * orders. */
+    sync_fence_release();
     sync_publish(key);
     writer_defer = t->defer;
     /* ck_hs_put searches the key's whole probe sequence (its bound), past

@@ -4,10 +4,11 @@
  *
  * Each takes the lock set of every shard it touches (home, connection,
  * user; for an eviction also the victim's home and connection shards),
- * changes every index, and fires its events after unlocking but inside
- * its epoch section. Allocation happens before anything visible changes,
- * or is undone without allocating, so AFSM_ENOMEM leaves the store as it
- * was.
+ * changes every index, captures its events after unlocking, and fires them
+ * after leaving its epoch section. Allocation happens before anything
+ * visible changes, or is undone without allocating, so AFSM_ENOMEM leaves
+ * the store as it was; a new record stays hidden (`removed`) until nothing
+ * can fail.
  */
 #include <string.h>
 
@@ -59,6 +60,9 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
     s->timeout_ms = (uint32_t)(spec->timeout_ns / 1000000u);
     atomic_init(&s->last_active_ns, last_active);
     atomic_init(&s->refs, 1);
+    /* Hidden until mem_create has done everything that can fail: a reader
+     * (or a pin) may find it in a table before then, and must skip it. */
+    atomic_init(&s->removed, 1);
     atomic_init(&s->state, old != NULL ? old->state : AFSM_STATE_CONNECTING);
     atomic_init(&s->meta, meta);
     atomic_init(&s->token_generation, old != NULL ? old->token_generation : 1);
@@ -171,12 +175,9 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
         status = AFSM_ENOMEM;
         goto unlock;
     }
-    /* The victim disappears for readers before the new session appears,
-     * so no reader ever sees both (the cap, "not even for an instant"). */
-    if (over_cap)
-        atomic_store_explicit(&victim->removed, 1, memory_order_release);
-    /* Table inserts, then nothing that can fail: undoing an insert never
-     * allocates. */
+    /* Table inserts, the only steps that can fail, while the record is
+     * still hidden (`removed`): a reader that finds it skips it, a pin
+     * cannot take it, and the victim of an eviction stays visible. */
     table_result r = table_insert(&sh->sessions, &s->id);
     if (r != TABLE_OK) {
         status = r == TABLE_NOMEM ? AFSM_ENOMEM : AFSM_EEXISTS;
@@ -190,8 +191,10 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
         status = AFSM_ENOMEM;
         goto unlock;
     }
-    /* Evict before adding, so the user's count never exceeds the cap; the
-     * entry stays for the add. */
+    /* Nothing can fail from here on. Evict before adding, so the user's
+     * count never exceeds the cap (the entry stays for the add); the victim
+     * disappears for readers before the new session appears, so no reader
+     * sees both (the cap, "not even for an instant"). */
     if (over_cap) {
         victim_state = atomic_load_explicit(&victim->state, memory_order_relaxed);
         mem_remove_locked(ms, victim, AFSM_DELETE_EVICTED, 1);
@@ -203,29 +206,31 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     mem_count_state(sh, state, +1);
     if (spec->restore == NULL)
         mem_count(ms, &sh->created);
+    /* Revealed last: the release pairs with session_removed's acquire, so
+     * whoever sees it present sees everything above. */
+    atomic_store_explicit(&s->removed, 0, memory_order_release);
 unlock:
-    if (status != AFSM_OK && over_cap && victim != NULL)
-        atomic_store_explicit(&victim->removed, 0, memory_order_release); /* not evicted after all */
-    /* A reader (or a delete waiting for our locks) may have found a record
-     * that was rolled back: it must see it removed, and only the epoch may
-     * free it. */
-    if (status != AFSM_OK && published) {
-        atomic_store_explicit(&s->removed, 1, memory_order_release);
-        epoch_defer(sh->defer, &s->epoch_entry, mem_session_destroy);
-    }
+    /* A rolled-back record may have been found (hidden) in a table: it goes
+     * the way of every removed record, through its last reference and the
+     * epoch, never freed at once. */
+    if (status != AFSM_OK && published)
+        mem_unref_locked(ms, s);
     lockset_release(ms->shards, &set);
+    mem_event events[2] = {{.pending = false}, {.pending = false}};
     if (status == AFSM_OK) {
         if (out != NULL)
             mem_fill_info(ms, s, out);
         if (over_cap)
-            mem_emit(ms, AFSM_EVENT_DELETED, victim, victim_state, victim_state, MEM_REASON_EVICTED,
-                     sizeof(MEM_REASON_EVICTED) - 1);
+            mem_event_capture(ms, &events[0], AFSM_EVENT_DELETED, victim, victim_state, victim_state,
+                              MEM_REASON_EVICTED, sizeof(MEM_REASON_EVICTED) - 1);
         if (spec->restore == NULL)
-            mem_emit(ms, AFSM_EVENT_CREATED, s, 0, AFSM_STATE_CONNECTING, NULL, 0);
+            mem_event_capture(ms, &events[1], AFSM_EVENT_CREATED, s, 0, AFSM_STATE_CONNECTING, NULL, 0);
     }
     epoch_leave(e);
     if (status != AFSM_OK && !published)
         free_unpublished(s);
+    mem_event_fire(ms, &events[0]);
+    mem_event_fire(ms, &events[1]);
     return status;
 }
 
@@ -250,7 +255,7 @@ void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int ke
 }
 
 afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_delete_reason why, const char *reason,
-                               size_t reason_len)
+                               size_t reason_len, int drop_ref, mem_event *ev)
 {
     lockset set;
     mem_lockset_for_session(ms, s, &set);
@@ -261,9 +266,12 @@ afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_d
         mem_remove_locked(ms, s, why, 0);
         status = AFSM_OK;
     }
+    if (drop_ref)
+        mem_unref_locked(ms, s);
     lockset_release(ms->shards, &set);
+    ev->pending = false;
     if (status == AFSM_OK)
-        mem_emit(ms, event, s, state, state, reason, reason_len);
+        mem_event_capture(ms, ev, event, s, state, state, reason, reason_len);
     return status;
 }
 
@@ -278,15 +286,18 @@ afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason, size_
         reason = MEM_REASON_DELETED;
         reason_len = sizeof(MEM_REASON_DELETED) - 1;
     }
-    afsm_status status = s != NULL
-                             ? mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_REQUESTED, reason, reason_len)
-                             : AFSM_ENOTFOUND;
+    mem_event ev = {.pending = false};
+    afsm_status status =
+        s != NULL ? mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_REQUESTED, reason, reason_len, 0, &ev)
+                  : AFSM_ENOTFOUND;
     epoch_leave(e);
+    mem_event_fire(ms, &ev);
     return status;
 }
 
-/* Sessions removed per epoch section by remove_by_user. */
-#define REMOVE_CHUNK 64
+/* Sessions removed per epoch section by remove_by_user (their events wait
+ * on the stack until the section ends). */
+#define REMOVE_CHUNK 16
 
 afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_len, const char *reason,
                                size_t reason_len, size_t *removed)
@@ -314,10 +325,13 @@ afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_le
             if (uuid_compare(&s->id, &bound) < 0 && !session_removed(s))
                 chunk[n++] = s;
         }
+        mem_event events[REMOVE_CHUNK];
         for (size_t i = 0; i < n; i++)
-            *removed +=
-                mem_remove_session(ms, chunk[i], AFSM_EVENT_DELETED, AFSM_DELETE_USER, reason, reason_len) == AFSM_OK;
+            *removed += mem_remove_session(ms, chunk[i], AFSM_EVENT_DELETED, AFSM_DELETE_USER, reason, reason_len, 0,
+                                           &events[i]) == AFSM_OK;
         epoch_leave(e);
+        for (size_t i = 0; i < n; i++)
+            mem_event_fire(ms, &events[i]);
         if (n == 0)
             return AFSM_OK;
     }
@@ -341,14 +355,16 @@ static int transition_allowed(uint32_t from, uint32_t to)
     }
 }
 
+/* Inside the seqlock's write side: release stores, so a copy sees all six
+ * or none (store.c, read_consistent). */
 static void set_stats(session *s, const afsm_stats *v)
 {
-    atomic_store_explicit(&s->packets_sent, v->packets_sent, memory_order_relaxed);
-    atomic_store_explicit(&s->packets_received, v->packets_received, memory_order_relaxed);
-    atomic_store_explicit(&s->bytes_sent, v->bytes_sent, memory_order_relaxed);
-    atomic_store_explicit(&s->bytes_received, v->bytes_received, memory_order_relaxed);
-    atomic_store_explicit(&s->retransmissions, v->retransmissions, memory_order_relaxed);
-    atomic_store_explicit(&s->rtt_ms, v->current_rtt_ms, memory_order_relaxed);
+    atomic_store_explicit(&s->packets_sent, v->packets_sent, memory_order_release);
+    atomic_store_explicit(&s->packets_received, v->packets_received, memory_order_release);
+    atomic_store_explicit(&s->bytes_sent, v->bytes_sent, memory_order_release);
+    atomic_store_explicit(&s->bytes_received, v->bytes_received, memory_order_release);
+    atomic_store_explicit(&s->retransmissions, v->retransmissions, memory_order_release);
+    atomic_store_explicit(&s->rtt_ms, v->current_rtt_ms, memory_order_release);
 }
 
 afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afsm_session_info *out)
@@ -402,10 +418,13 @@ afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afs
         goto unlock;
     if (remove_now)
         mem_remove_locked(ms, s, AFSM_DELETE_CLOSED, 0);
-    if (new_meta != old_meta || new_state != old_state) {
+    int set_stats_now = (u->fields & AFSM_UPDATE_STATS) != 0;
+    if (new_meta != old_meta || new_state != old_state || set_stats_now) {
         sync_seq_write_begin(&s->seq);
         atomic_store_explicit(&s->state, new_state, memory_order_release);
         atomic_store_explicit(&s->meta, new_meta, memory_order_release); /* publishes the blob too */
+        if (set_stats_now)
+            set_stats(s, &u->stats);
         sync_seq_write_end(&s->seq);
         if (new_meta != old_meta && old_meta != NULL)
             epoch_defer(sh->defer, &old_meta->epoch_entry, mem_metadata_destroy);
@@ -425,19 +444,21 @@ afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afs
             wheel_add(&sh->timers, &s->timer, mem_timer_deadline(ms, s, new_state, last));
         }
     }
-    if (u->fields & AFSM_UPDATE_STATS)
-        set_stats(s, &u->stats);
 unlock:
     lockset_release(ms->shards, &set);
+    mem_event events[2] = {{.pending = false}, {.pending = false}};
     if (status == AFSM_OK) {
         if (out != NULL)
             mem_fill_info(ms, s, out);
         if (new_state != old_state)
-            mem_emit(ms, AFSM_EVENT_STATE_CHANGED, s, old_state, new_state, NULL, 0);
+            mem_event_capture(ms, &events[0], AFSM_EVENT_STATE_CHANGED, s, old_state, new_state, NULL, 0);
         if (remove_now)
-            mem_emit(ms, AFSM_EVENT_DELETED, s, new_state, new_state, MEM_REASON_CLOSED, sizeof(MEM_REASON_CLOSED) - 1);
+            mem_event_capture(ms, &events[1], AFSM_EVENT_DELETED, s, new_state, new_state, MEM_REASON_CLOSED,
+                              sizeof(MEM_REASON_CLOSED) - 1);
     }
     epoch_leave(e);
+    mem_event_fire(ms, &events[0]);
+    mem_event_fire(ms, &events[1]);
     return status;
 }
 

@@ -32,8 +32,15 @@ static char quiescence_token;
  * counts frees, not reads, so one process-wide counter costs little. */
 static _Atomic uint64_t pending_frees;
 
+/* The thread's TSD destructor. Other destructors may run after it on the
+ * same thread and call the engine: forgetting the record here makes such a
+ * call take a fresh one (re-registering the key, which glibc then destroys
+ * in a later round), instead of reading under a record that ck_epoch no
+ * longer scans and another thread may already have recycled. */
 static void thread_exit(void *record)
 {
+    thread_record = NULL;
+    sync_publish(record); /* the record's hand-over to the thread that recycles it */
     ck_epoch_unregister(record);
 }
 
@@ -47,8 +54,10 @@ static ck_epoch_record_t *record_acquire(void)
 {
     pthread_once(&global_once, global_init);
     ck_epoch_record_t *record = ck_epoch_recycle(&global_epoch, NULL);
-    if (record != NULL)
+    if (record != NULL) {
+        sync_observe(record); /* pairs with thread_exit's publish (CK's CAS is invisible to TSan) */
         return record;
+    }
     record = mem_alloc(sizeof(*record));
     if (record == NULL)
         return NULL;
@@ -87,12 +96,20 @@ ck_epoch_record_t *epoch_writer_record(void)
 void epoch_writer_retire(ck_epoch_record_t *record)
 {
     epoch_drain(record);
+    sync_publish(record);
     ck_epoch_unregister(record);
 }
 
 void epoch_defer(ck_epoch_record_t *record, ck_epoch_entry_t *entry, ck_epoch_cb_t *destroy)
 {
     atomic_fetch_add_explicit(&pending_frees, 1, memory_order_relaxed);
+    /* ck_epoch_call tags the entry with the global epoch it loads. The
+     * unlink that made the object unreachable is a store; without a full
+     * fence that load may be satisfied before the store is visible (x86's
+     * store buffer allows it too), tagging the entry with an epoch a reader
+     * who still sees the object has already announced: it would be freed
+     * under that reader. Pairs with the fence in ck_epoch_begin. */
+    sync_fence_seq_cst();
     ck_epoch_call(record, entry, destroy);
     /* Bound the backlog: poll never blocks, it only frees what is safe. */
     if (record->n_pending >= 1024 && record->n_pending % 256 == 0)
