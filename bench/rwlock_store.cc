@@ -131,6 +131,9 @@ bool RwlockStore::heartbeat(const afsm_uuid &id)
             r.last_active_ns = t;
             r.expires_ns = t + r.timeout_ns;
         }
+        /* The old service's heartbeat marks the session active. */
+        if (r.state == AFSM_STATE_CONNECTING || r.state == AFSM_STATE_IDLE)
+            r.state = AFSM_STATE_ACTIVE;
     }
     pthread_rwlock_unlock(&lock_);
     return ok;

@@ -113,7 +113,8 @@ afsm_status mem_heartbeat(store *st, const afsm_uuid *id, uint64_t *remaining_ns
     ck_epoch_record_t *e = epoch_enter();
     if (e == NULL)
         return AFSM_ENOMEM;
-    mem_event ev = {.pending = false};
+    mem_event ev;
+    ev.pending = false; /* not the whole struct: its user id buffer is 257 bytes */
     bool activate = false;
     session *s = mem_lookup(ms, id);
     afsm_status status = s != NULL ? heartbeat_session(ms, s, remaining_ns, &activate) : AFSM_ENOTFOUND;
@@ -130,7 +131,8 @@ afsm_status mem_add_stats(store *st, const afsm_uuid *id, const afsm_stats *delt
     ck_epoch_record_t *e = epoch_enter();
     if (e == NULL)
         return AFSM_ENOMEM;
-    mem_event ev = {.pending = false};
+    mem_event ev;
+    ev.pending = false; /* not the whole struct: its user id buffer is 257 bytes */
     bool activate = false;
     session *s = mem_lookup(ms, id);
     afsm_status status = s != NULL ? add_stats_session(ms, s, delta, &activate) : AFSM_ENOTFOUND;

@@ -177,7 +177,8 @@ static void batch_unref(mem_store *ms, session *s)
 static size_t settle_one(mem_store *ms, const timer_result *item)
 {
     session *s = item->s;
-    mem_event ev = {.pending = false};
+    mem_event ev;
+    ev.pending = false; /* not the whole struct: its user id buffer is 257 bytes */
     size_t expired = 0;
     ck_epoch_record_t *e = epoch_enter(); /* cannot fail: mem_advance entered once */
     assert(e != NULL);

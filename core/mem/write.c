@@ -216,7 +216,8 @@ unlock:
     if (status != AFSM_OK && published)
         mem_unref_locked(ms, s);
     lockset_release(ms->shards, &set);
-    mem_event events[2] = {{.pending = false}, {.pending = false}};
+    mem_event events[2];
+    events[0].pending = events[1].pending = false;
     if (status == AFSM_OK) {
         if (out != NULL)
             mem_fill_info(ms, s, out);
@@ -286,7 +287,8 @@ afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason, size_
         reason = MEM_REASON_DELETED;
         reason_len = sizeof(MEM_REASON_DELETED) - 1;
     }
-    mem_event ev = {.pending = false};
+    mem_event ev;
+    ev.pending = false; /* not the whole struct: its user id buffer is 257 bytes */
     afsm_status status =
         s != NULL ? mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_REQUESTED, reason, reason_len, 0, &ev)
                   : AFSM_ENOTFOUND;
@@ -446,7 +448,8 @@ afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afs
     }
 unlock:
     lockset_release(ms->shards, &set);
-    mem_event events[2] = {{.pending = false}, {.pending = false}};
+    mem_event events[2];
+    events[0].pending = events[1].pending = false;
     if (status == AFSM_OK) {
         if (out != NULL)
             mem_fill_info(ms, s, out);
