@@ -74,6 +74,9 @@ var (
 	ErrInternal = errors.New("afsm: internal error")
 	// ErrClosed: the Manager (or the Handle) has been closed.
 	ErrClosed = errors.New("afsm: manager closed")
+	// ErrCloseInCallback: Close was called from inside OnEvent, Logger or
+	// Clock; the Manager stays open.
+	ErrCloseInCallback = errors.New("afsm: Close called from an OnEvent, Logger or Clock callback")
 )
 
 // Error is an error reported by the engine: its C status code, the code's

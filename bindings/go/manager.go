@@ -237,8 +237,13 @@ func (m *Manager) enter(ctx context.Context, hint byte) (*stripe, error) {
 // engine and all its sessions. It waits for calls in progress on other
 // goroutines; calls made afterwards return ErrClosed. No event or log
 // callback runs after it returns. A second Close is a no-op that returns
-// nil. Close must not be called from OnEvent, Logger or Clock.
+// nil. Called from OnEvent, Logger or Clock (on the callback's goroutine)
+// it returns ErrCloseInCallback and closes nothing: the call that fired the
+// callback is still in progress, so waiting for it would never end.
 func (m *Manager) Close() error {
+	if C.afsmgo_in_callback() != 0 {
+		return ErrCloseInCallback
+	}
 	first := false
 	m.closeOnce.Do(func() {
 		first = true

@@ -1,9 +1,12 @@
 """The Engine: one libafsm engine, and pinned Handles to its sessions.
 
 Every method may be called from many threads at once (ctypes releases the
-GIL during each C call), except :meth:`Engine.close`, which must not race
-with other calls on the same engine. Hooks run on the thread that caused the
-event (for expiry: the reaper thread, or the caller of :meth:`advance`).
+GIL during each C call), :meth:`Engine.close` included: a gate counts the
+calls in flight, and close shuts it, waits for them to finish and only then
+frees the engine, so a call racing a close either completes or raises
+:class:`~afsm.errors.EngineClosed`; it never touches freed memory. Hooks run
+on the thread that caused the event (for expiry: the reaper thread, or the
+caller of :meth:`advance`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import collections
 import ctypes
 import datetime
 import logging
+import functools
 import os
+import threading
 import uuid
 import weakref
 from ctypes import byref, c_size_t, c_uint64
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from . import _lib
 from ._convert import (
@@ -52,7 +57,7 @@ from ._convert import (
     uuids_to_array,
 )
 from ._hooks import inside_callback, make_clock, make_event_hook, make_log_hook
-from .errors import AfsmError, check, error_for
+from .errors import AfsmError, EngineClosed, check, error_for
 from .types import Counts, Event, LimitPolicy, LogRecord, Metrics, Page, Session, State, Stats
 
 __all__ = ["Engine", "Handle"]
@@ -81,6 +86,65 @@ def _close_open_engines() -> None:
             engine.close()
         except Exception:  # noqa: BLE001 - Busy: pinned handles; keep its hooks
             _leaked_hooks.extend(engine._hooks)
+
+
+class _Gate:
+    """Counts the calls in flight on one engine, so close can wait for them.
+
+    A plain count under a lock: a ctypes call costs far more than the two
+    uncontended lock round trips. Invariant: once ``closed`` is set no new
+    call enters, and ``shut`` returns only when ``inflight`` is 0, so the C
+    engine is freed with no call inside it.
+    """
+
+    __slots__ = ("_cond", "_inflight", "_closed")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inflight = 0
+        self._closed = False
+
+    def enter(self, what: str) -> None:
+        with self._cond:
+            if self._closed:
+                raise EngineClosed(detail=f"{what}: the Engine is closed")
+            self._inflight += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._inflight -= 1
+            if self._inflight == 0 and self._closed:
+                self._cond.notify_all()
+
+    def shut(self) -> None:
+        """Keeps new calls out and waits until the running ones have left."""
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: self._inflight == 0)
+
+    def reopen(self) -> None:
+        """Undoes :meth:`shut` (the close failed: the engine stays usable)."""
+        with self._cond:
+            self._closed = False
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _gated(fn: _F) -> _F:
+    """Runs an Engine method inside the engine's gate."""
+    what = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        gate = self._gate
+        gate.enter(what)
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            gate.leave()
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _optional_ms(value: datetime.timedelta | None, what: str) -> int:
@@ -190,6 +254,8 @@ class Engine:
         on_log: Callable[[LogRecord], None] | None = None,
     ) -> None:
         self._ptr: Any = None
+        self._gate = _Gate()
+        self._close_lock = threading.Lock()
         self._hooks: list[Any] = []
         self.callback_errors: collections.deque[BaseException] = collections.deque(maxlen=100)
 
@@ -248,9 +314,10 @@ class Engine:
 
     @property
     def _engine(self) -> Any:
+        # Only read inside the gate (see _gated), where close cannot free it.
         ptr = self._ptr
         if ptr is None:
-            raise ValueError("operation on a closed afsm Engine")
+            raise EngineClosed(detail="the Engine is closed")
         return ptr
 
     @property
@@ -261,16 +328,29 @@ class Engine:
     def close(self) -> None:
         """Stops the reaper and frees every session. Idempotent.
 
+        Safe to call while other threads use the engine: it keeps new calls
+        out (they raise :class:`~afsm.errors.EngineClosed`), waits for the
+        calls in progress to return, then frees the engine. Every call made
+        afterwards raises EngineClosed.
+
         Raises :class:`~afsm.errors.Busy` (and leaves the engine open) while
-        handles are pinned, and RuntimeError when called from a hook.
+        handles are pinned; calls racing such a failed close may raise
+        EngineClosed. Raises RuntimeError when called from a hook (on_event,
+        on_log, clock): the call that fired the hook is still in flight, so
+        waiting for it would never end.
         """
-        if self._ptr is None:
-            return
         if inside_callback():
             raise RuntimeError("Engine.close() cannot be called from an engine callback")
-        check(_lib.lib.afsm_engine_close(self._ptr))
-        self._ptr = None
-        self._hooks = []
+        with self._close_lock:
+            if self._ptr is None:
+                return
+            self._gate.shut()
+            status = _lib.lib.afsm_engine_close(self._ptr)
+            if status != _OK:
+                self._gate.reopen()
+                check(status)
+            self._ptr = None
+            self._hooks = []
 
     def __enter__(self) -> Engine:
         return self
@@ -291,12 +371,14 @@ class Engine:
 
     # ---- engine-wide ------------------------------------------------------------
 
+    @_gated
     def now(self) -> int:
         """The engine clock's reading in nanoseconds (``afsm_engine_now``)."""
         out = c_uint64()
         check(_lib.lib.afsm_engine_now(self._engine, byref(out)))
         return out.value
 
+    @_gated
     def advance(self, now_ns: int) -> int:
         """Advances time to ``now_ns`` (engine clock), expiring due sessions.
 
@@ -307,11 +389,13 @@ class Engine:
         check(_lib.lib.afsm_engine_advance(self._engine, uint(now_ns, 64, "now_ns"), byref(expired)))
         return expired.value
 
+    @_gated
     def set_default_timeout(self, timeout: datetime.timedelta) -> None:
         """Timeout of sessions created from now on without their own."""
         ms = timedelta_to_ms(timeout, "timeout")
         check(_lib.lib.afsm_engine_set_default_timeout(self._engine, ms))
 
+    @_gated
     def counts(self) -> Counts:
         """Number of sessions, in total and per state."""
         out = _lib.afsm_counts()
@@ -367,6 +451,7 @@ class Engine:
             raise exc
         return session
 
+    @_gated
     def create_session(
         self,
         user_id: str,
@@ -432,6 +517,7 @@ class Engine:
             raise
         return session, token
 
+    @_gated
     def restore(self, session: Session) -> None:
         """Re-creates a session exactly as ``session`` describes it.
 
@@ -459,6 +545,7 @@ class Engine:
         check(fn(self._engine, byref(sid), flags, buf, _lib.AFSM_TOKEN_SIZE, byref(n)))
         return buf.raw[: n.value].decode("ascii")
 
+    @_gated
     def issue_token(self, session_id: UUIDLike, bind_ip: bool = False) -> str:
         """Another token for the session's current generation.
 
@@ -468,6 +555,7 @@ class Engine:
         """
         return self._seal(_lib.lib.afsm_token_issue, uuid_to_c(session_id, "session_id"), bind_ip)
 
+    @_gated
     def rotate_token(self, session_id: UUIDLike, bind_ip: bool = False) -> str:
         """Moves the session to a new token generation and returns its token.
 
@@ -476,6 +564,7 @@ class Engine:
         """
         return self._seal(_lib.lib.afsm_token_rotate, uuid_to_c(session_id, "session_id"), bind_ip)
 
+    @_gated
     def validate_token(
         self, token: str | bytes, client_ip: str | Any | None = None
     ) -> Session:
@@ -503,6 +592,7 @@ class Engine:
 
     # ---- key ring -------------------------------------------------------------------
 
+    @_gated
     def add_key(self, key_id: int, key: bytes) -> None:
         """Adds a 32-byte token key to the key ring (it opens tokens at once;
         :meth:`use_key` makes it seal). Raises InvalidArgument (id 0 or over
@@ -510,16 +600,19 @@ class Engine:
         arr, n = _key_array(key, "key")
         check(_lib.lib.afsm_key_add(self._engine, _key_id(key_id), arr, n))
 
+    @_gated
     def add_key_file(self, key_id: int, path: str | os.PathLike[str] | bytes) -> None:
         """As :meth:`add_key`, reading the key from a file of exactly 32
         bytes that only its owner may read or write (else KeyFileError)."""
         raw = _path(path)
         check(_lib.lib.afsm_key_add_file(self._engine, _key_id(key_id), raw, len(raw)))
 
+    @_gated
     def use_key(self, key_id: int) -> None:
         """Makes a key of the ring the one that seals new tokens (NotFound)."""
         check(_lib.lib.afsm_key_use(self._engine, _key_id(key_id)))
 
+    @_gated
     def remove_key(self, key_id: int) -> None:
         """Removes a key: its tokens then raise TokenKeyRemoved. Raises
         NotFound, Busy (it is the current key: :meth:`use_key` another first)."""
@@ -527,6 +620,7 @@ class Engine:
 
     # ---- metrics ----------------------------------------------------------------------
 
+    @_gated
     def metrics(self) -> Metrics:
         """The engine's counters (``afsm_metrics_snapshot``)."""
         out = _lib.afsm_metrics()
@@ -534,6 +628,7 @@ class Engine:
         check(_lib.lib.afsm_metrics_snapshot(self._engine, byref(out)))
         return metrics_from_c(out)
 
+    @_gated
     def metrics_text(self) -> str:
         """The metrics in the Prometheus text exposition format."""
         needed = c_size_t()
@@ -550,6 +645,7 @@ class Engine:
         check(status)
         return buf.value.decode("utf-8") if buf is not None else ""
 
+    @_gated
     def get(self, session_id: UUIDLike) -> Session:
         """The session with this id.
 
@@ -563,6 +659,7 @@ class Engine:
             check(status)
         return self._result(status, info_fields(info))
 
+    @_gated
     def get_by_connection(self, connection_id: UUIDLike) -> Session:
         """The session of this transport connection id (as :meth:`get`)."""
         cid = uuid_to_c(connection_id, "connection_id")
@@ -572,6 +669,7 @@ class Engine:
             check(status)
         return self._result(status, info_fields(info))
 
+    @_gated
     def heartbeat(self, session_id: UUIDLike) -> datetime.timedelta:
         """Extends the session's deadline; returns the time left.
 
@@ -582,6 +680,7 @@ class Engine:
         check(_lib.lib.afsm_session_heartbeat(self._engine, byref(sid), byref(remaining)))
         return ms_to_timedelta(remaining.value)
 
+    @_gated
     def update(
         self,
         session_id: UUIDLike,
@@ -622,12 +721,14 @@ class Engine:
         check(_lib.lib.afsm_session_update(self._engine, byref(sid), byref(upd), byref(info)))
         return self._session(info_fields(info))
 
+    @_gated
     def add_stats(self, session_id: UUIDLike, delta: Stats) -> None:
         """Adds ``delta``'s counters (a non-zero RTT replaces the RTT)."""
         sid = uuid_to_c(session_id, "session_id")
         d = stats_to_c(delta)
         check(_lib.lib.afsm_session_add_stats(self._engine, byref(sid), byref(d)))
 
+    @_gated
     def delete(self, session_id: UUIDLike, reason: str = "") -> None:
         """Removes the session (DELETED event with ``reason``, default "deleted").
 
@@ -637,6 +738,7 @@ class Engine:
         raw, n = _reason(reason)
         check(_lib.lib.afsm_session_delete(self._engine, byref(sid), raw, n))
 
+    @_gated
     def delete_user_sessions(self, user_id: str, reason: str = "") -> int:
         """Deletes every session of a user; returns how many."""
         user = encode(user_id, "user_id")
@@ -651,6 +753,7 @@ class Engine:
 
     # ---- listing ------------------------------------------------------------------
 
+    @_gated
     def list_sessions(
         self,
         user_id: str | None = None,
@@ -739,6 +842,7 @@ class Engine:
         for start in range(0, len(items), step):
             yield start, items[start : start + step]
 
+    @_gated
     def get_many(self, session_ids: Iterable[UUIDLike]) -> list[Session | AfsmError]:
         """Gets many sessions with one C call per 65536.
 
@@ -763,6 +867,7 @@ class Engine:
                     results.append(exc)
         return results
 
+    @_gated
     def heartbeat_many(self, session_ids: Iterable[UUIDLike]) -> list[datetime.timedelta | AfsmError]:
         """Heartbeats many sessions; per id, the time left or the exception."""
         ids = list(session_ids)
@@ -779,6 +884,7 @@ class Engine:
             )
         return results
 
+    @_gated
     def add_stats_many(
         self, session_ids: Iterable[UUIDLike], deltas: Stats | Iterable[Stats]
     ) -> list[AfsmError | None]:
@@ -805,6 +911,7 @@ class Engine:
 
     # ---- handles -----------------------------------------------------------------------
 
+    @_gated
     def pin(self, session_id: UUIDLike) -> Handle:
         """A pinned :class:`Handle` to the session (NotFound, Expired)."""
         sid = uuid_to_c(session_id, "session_id")
@@ -812,6 +919,7 @@ class Engine:
         check(_lib.lib.afsm_handle_pin(self._engine, byref(sid), byref(ptr)))
         return Handle(self, ptr)
 
+    @_gated
     def pin_by_connection(self, connection_id: UUIDLike) -> Handle:
         """A pinned :class:`Handle`, looked up by connection id."""
         cid = uuid_to_c(connection_id, "connection_id")
@@ -849,16 +957,28 @@ class Handle:
     def heartbeat(self) -> datetime.timedelta:
         """As :meth:`Engine.heartbeat`, returning the time left."""
         remaining = c_uint64()
-        check(_lib.lib.afsm_handle_heartbeat(self._handle, byref(remaining)))
+        gate = self._engine._gate
+        gate.enter("Handle.heartbeat")
+        try:
+            check(_lib.lib.afsm_handle_heartbeat(self._handle, byref(remaining)))
+        finally:
+            gate.leave()
         return ms_to_timedelta(remaining.value)
 
     def add_stats(self, delta: Stats) -> None:
         """As :meth:`Engine.add_stats`."""
         d = stats_to_c(delta)
-        check(_lib.lib.afsm_handle_add_stats(self._handle, byref(d)))
+        gate = self._engine._gate
+        gate.enter("Handle.add_stats")
+        try:
+            check(_lib.lib.afsm_handle_add_stats(self._handle, byref(d)))
+        finally:
+            gate.leave()
 
     def release(self) -> None:
         """Unpins. Idempotent."""
+        # A pinned handle keeps the engine open (close raises Busy), so the
+        # engine outlives this call without the gate.
         ptr, self._ptr = self._ptr, None
         if ptr is not None:
             check(_lib.lib.afsm_handle_release(ptr))

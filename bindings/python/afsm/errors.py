@@ -15,6 +15,7 @@ from . import _lib
 
 __all__ = [
     "AfsmError",
+    "EngineClosed",
     "InvalidArgument",
     "NullArgument",
     "VersionMismatch",
@@ -83,6 +84,21 @@ class AfsmError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.status, self.detail))
+
+
+class EngineClosed(AfsmError):
+    """The :class:`~afsm.Engine` is closed (or closing): raised by every call
+    made after :meth:`~afsm.Engine.close`, and by calls that race it.
+
+    Not :class:`Closed`, which is about a session. ``status`` is
+    ``AFSM_ECLOSED`` for want of a C code: the library never sees the call.
+    """
+
+    def __init__(self, status: int = _lib.AFSM_ECLOSED, detail: str | None = None) -> None:
+        self.status = status
+        self.name = "EngineClosed"
+        self.detail = detail
+        Exception.__init__(self, f"EngineClosed: {detail or 'the Engine is closed'}")
 
 
 class InvalidArgument(AfsmError, ValueError):
