@@ -91,11 +91,14 @@ func (h *Handle) Touch() (time.Duration, error) {
 		return 0, ErrClosed
 	}
 	r := C.afsmgo_handle_heartbeat(h.c.hp)
+	if r < 0 {
+		err := statusError("Handle.Touch", C.afsm_status(r))
+		s.leave()
+		runtime.KeepAlive(h)
+		return 0, err
+	}
 	s.leave()
 	runtime.KeepAlive(h)
-	if r < 0 {
-		return 0, statusError("Handle.Touch", C.afsm_status(r))
-	}
 	return time.Duration(r) * time.Millisecond, nil
 }
 
@@ -111,9 +114,10 @@ func (h *Handle) AddStats(delta Stats) error {
 	st := C.afsmgo_handle_add_stats(h.c.hp, C.uint64_t(delta.PacketsSent), C.uint64_t(delta.PacketsReceived),
 		C.uint64_t(delta.BytesSent), C.uint64_t(delta.BytesReceived), C.uint64_t(delta.Retransmissions),
 		C.uint32_t(delta.CurrentRTTMs))
+	err := statusError("Handle.AddStats", st)
 	s.leave()
 	runtime.KeepAlive(h)
-	return statusError("Handle.AddStats", st)
+	return err
 }
 
 // Release unpins the session, waiting for calls in progress on the handle.

@@ -65,7 +65,7 @@ func (m *Manager) ListSessionsPage(ctx context.Context, filter *SessionFilter) (
 		f = *filter
 	}
 	if f.Limit < 0 || f.Offset < 0 {
-		return nil, argError(op, C.AFSM_EINVAL)
+		return nil, argError(op, C.AFSM_EINVAL, "Limit %d, Offset %d: must not be negative", f.Limit, f.Offset)
 	}
 	var after, before int64
 	if !f.CreatedAfter.IsZero() {
@@ -110,8 +110,9 @@ func (m *Manager) ListSessionsPage(ctx context.Context, filter *SessionFilter) (
 			C.int64_t(before), cursor.c(), C.uint64_t(offset), C.uint32_t(want), &infos[0], &count, &total,
 			next.c())
 		if st != C.AFSM_OK {
+			err := statusError(op, st)
 			s.leave()
-			return nil, statusError(op, st)
+			return nil, err
 		}
 		got := infos[:count]
 		mdBytes := 0

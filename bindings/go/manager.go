@@ -8,6 +8,7 @@ import "C"
 
 import (
 	"context"
+	"runtime"
 	"runtime/cgo"
 	"sync"
 	"time"
@@ -117,26 +118,37 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 		return nil, statusError(op, st)
 	}
 	durs := []struct {
-		d   time.Duration
-		dst *C.uint64_t
+		name string
+		d    time.Duration
+		dst  *C.uint64_t
 	}{
-		{cfg.DefaultTimeout, &c.default_timeout_ms},
-		{cfg.CleanupInterval, &c.cleanup_interval_ms},
-		{cfg.TickInterval, &c.tick_ms},
-		{cfg.IdleTimeout, &c.idle_timeout_ms},
-		{cfg.MaxLifetime, &c.max_lifetime_ms},
-		{cfg.CloseLinger, &c.close_linger_ms},
+		{"DefaultTimeout", cfg.DefaultTimeout, &c.default_timeout_ms},
+		{"CleanupInterval", cfg.CleanupInterval, &c.cleanup_interval_ms},
+		{"TickInterval", cfg.TickInterval, &c.tick_ms},
+		{"IdleTimeout", cfg.IdleTimeout, &c.idle_timeout_ms},
+		{"MaxLifetime", cfg.MaxLifetime, &c.max_lifetime_ms},
+		{"CloseLinger", cfg.CloseLinger, &c.close_linger_ms},
 	}
 	for _, d := range durs {
 		ms, ok := durationMs(d.d)
 		if !ok {
-			return nil, argError(op, C.AFSM_EINVAL)
+			return nil, argError(op, C.AFSM_EINVAL, "%s: %v, must not be negative (0: the default)", d.name, d.d)
 		}
 		*d.dst = C.uint64_t(ms)
 	}
-	if cfg.ShardCount < 0 || cfg.ShardCount > 1<<30 || cfg.CapacityHint < 0 || cfg.LogLevel < 0 ||
-		cfg.MaxSessionsPerUser < 0 || cfg.MaxSessionsPerUser > 1<<32-1 {
-		return nil, argError(op, C.AFSM_EINVAL)
+	ints := []struct {
+		name     string
+		v, limit int64
+	}{
+		{"ShardCount", int64(cfg.ShardCount), 1 << 30},
+		{"CapacityHint", int64(cfg.CapacityHint), 1<<63 - 1},
+		{"LogLevel", int64(cfg.LogLevel), 1 << 31},
+		{"MaxSessionsPerUser", int64(cfg.MaxSessionsPerUser), 1<<32 - 1},
+	}
+	for _, n := range ints {
+		if n.v < 0 || n.v > n.limit {
+			return nil, argError(op, C.AFSM_EINVAL, "%s: %d, must be 0..%d", n.name, n.v, n.limit)
+		}
 	}
 	c.max_sessions_per_user = C.uint32_t(cfg.MaxSessionsPerUser)
 	c.limit_policy = C.uint32_t(cfg.LimitPolicy)
@@ -153,7 +165,8 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 		c.reaper = C.AFSM_REAPER_THREAD
 	}
 	if len(cfg.ServerAddr) > C.AFSM_SERVER_ADDR_MAX {
-		return nil, argError(op, C.AFSM_ETOOLONG)
+		return nil, argError(op, C.AFSM_ETOOLONG, "ServerAddr: %d bytes, must be at most %d", len(cfg.ServerAddr),
+			C.AFSM_SERVER_ADDR_MAX)
 	}
 
 	m := &Manager{
@@ -197,6 +210,9 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 		pathPtr = (*C.char)(unsafe.Pointer(&path[0]))
 	}
 	var eng *C.afsm_engine
+	// The error's detail is the thread's: stay on it (see gate.enter).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	st := C.afsmgo_open(&c, addrPtr, C.size_t(len(addr)), keyPtr, C.size_t(len(cfg.Key)), pathPtr,
 		C.size_t(len(cfg.KeyFile)), C.uintptr_t(m.hooks), want, &eng)
 	m.eng = eng
@@ -255,7 +271,7 @@ func (m *Manager) Close() error {
 		m.handles = nil
 		m.handlesMu.Unlock()
 		if st := C.afsm_engine_close(m.eng); st != C.AFSM_OK {
-			m.closeErr = statusError("Close", st)
+			m.closeErr = codeError("Close", st)
 			return
 		}
 		m.eng = nil
@@ -280,7 +296,7 @@ func (m *Manager) Advance(now int64) (int, error) {
 	}
 	defer s.leave()
 	if now < 0 {
-		return 0, argError("Advance", C.AFSM_EINVAL)
+		return 0, argError("Advance", C.AFSM_EINVAL, "now: %d, must not be negative", now)
 	}
 	var n C.size_t
 	st := C.afsm_engine_advance(m.eng, C.uint64_t(now), &n)
@@ -318,7 +334,7 @@ func (m *Manager) SetDefaultTimeout(d time.Duration) error {
 	defer s.leave()
 	ms, ok := durationMs(d)
 	if !ok {
-		return argError("SetDefaultTimeout", C.AFSM_EINVAL)
+		return argError("SetDefaultTimeout", C.AFSM_EINVAL, "d: %v, must be positive", d)
 	}
 	return statusError("SetDefaultTimeout", C.afsm_engine_set_default_timeout(m.eng, C.uint64_t(ms)))
 }
@@ -418,9 +434,9 @@ func (m *Manager) AddKey(id uint32, key []byte) error {
 	}
 	defer s.leave()
 	if len(key) == 0 {
-		return argError("AddKey", C.AFSM_EINVAL)
+		return argError("AddKey", C.AFSM_EINVAL, "key: 0 bytes, must be %d", C.AFSM_KEY_BYTES)
 	}
-	return keyError("AddKey", C.afsm_key_add(m.eng, C.uint32_t(id), (*C.uint8_t)(unsafe.Pointer(&key[0])),
+	return statusError("AddKey", C.afsm_key_add(m.eng, C.uint32_t(id), (*C.uint8_t)(unsafe.Pointer(&key[0])),
 		C.size_t(len(key))))
 }
 
@@ -434,7 +450,7 @@ func (m *Manager) AddKeyFile(id uint32, path string) error {
 	}
 	defer s.leave()
 	p := append([]byte(path), 0) // never empty, so never a NULL pointer
-	return keyError("AddKeyFile", C.afsm_key_add_file(m.eng, C.uint32_t(id), (*C.char)(unsafe.Pointer(&p[0])),
+	return statusError("AddKeyFile", C.afsm_key_add_file(m.eng, C.uint32_t(id), (*C.char)(unsafe.Pointer(&p[0])),
 		C.size_t(len(path))))
 }
 
@@ -446,7 +462,7 @@ func (m *Manager) UseKey(id uint32) error {
 		return err
 	}
 	defer s.leave()
-	return keyError("UseKey", C.afsm_key_use(m.eng, C.uint32_t(id)))
+	return statusError("UseKey", C.afsm_key_use(m.eng, C.uint32_t(id)))
 }
 
 // RemoveKey removes key id from the ring: its tokens then fail with
@@ -459,7 +475,7 @@ func (m *Manager) RemoveKey(id uint32) error {
 		return err
 	}
 	defer s.leave()
-	return keyError("RemoveKey", C.afsm_key_remove(m.eng, C.uint32_t(id)))
+	return statusError("RemoveKey", C.afsm_key_remove(m.eng, C.uint32_t(id)))
 }
 
 func zero(b []byte) {

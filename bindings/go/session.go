@@ -91,6 +91,12 @@ func (a *argBuf) addMetadata(sc *scratch, md map[string]string) bool {
 	return true
 }
 
+// metadataKeysError is the engine's error for a map over
+// AFSM_METADATA_KEYS_MAX keys, which the shim cannot pass.
+func metadataKeysError(op string, keys int) error {
+	return argError(op, C.AFSM_ETOOLONG, "metadata: %d keys, must be at most %d", keys, C.AFSM_METADATA_KEYS_MAX)
+}
+
 func metadataSize(md map[string]string) int {
 	n := 0
 	for k, v := range md {
@@ -237,11 +243,11 @@ func (m *Manager) CreateSession(ctx context.Context, userID, clientIP string, cl
 func (m *Manager) CreateSessionWithOptions(ctx context.Context, o *CreateOptions) (*Session, string, error) {
 	const op = "CreateSession"
 	if o == nil {
-		return nil, "", argError(op, C.AFSM_ENULL)
+		return nil, "", argError(op, C.AFSM_ENULL, "options: nil")
 	}
 	timeoutMs, ok := durationMs(o.Timeout)
 	if !ok {
-		return nil, "", argError(op, C.AFSM_EINVAL)
+		return nil, "", argError(op, C.AFSM_EINVAL, "Timeout: %v, must not be negative (0: the default)", o.Timeout)
 	}
 	s, err := m.enter(ctx, o.ConnectionID[15])
 	if err != nil {
@@ -255,7 +261,7 @@ func (m *Manager) CreateSessionWithOptions(ctx context.Context, o *CreateOptions
 	a.add(o.UserID)
 	a.add(o.ClientIP)
 	if !a.addMetadata(sc, o.Metadata) {
-		return nil, "", argError(op, C.AFSM_ETOOLONG)
+		return nil, "", metadataKeysError(op, len(o.Metadata))
 	}
 	var flags C.uint32_t
 	if o.BindToken {
@@ -351,7 +357,11 @@ func (m *Manager) ValidateToken(ctx context.Context, token, clientIP string) (*S
 	if sc.info.metadata_count != 0 {
 		if md, err = m.metadataOf(op, sc); err != nil {
 			if e, ok := err.(*Error); ok {
-				return nil, tokenError(op, C.afsm_status(e.Status))
+				if st := C.afsm_status(e.Status); st == C.AFSM_ENOTFOUND || st == C.AFSM_EEXPIRED ||
+					st == C.AFSM_ECLOSED {
+					e.token = true
+				}
+				return nil, e
 			}
 			return nil, err
 		}
@@ -374,18 +384,21 @@ func (m *Manager) ValidateToken(ctx context.Context, token, clientIP string) (*S
 func (m *Manager) Restore(ctx context.Context, sess *Session) error {
 	const op = "Restore"
 	if sess == nil {
-		return argError(op, C.AFSM_ENULL)
+		return argError(op, C.AFSM_ENULL, "session: nil")
 	}
 	if len(sess.UserID) > C.AFSM_USER_ID_MAX {
-		return argError(op, C.AFSM_ETOOLONG)
+		return argError(op, C.AFSM_ETOOLONG, "UserID: %d bytes, must be 1..%d", len(sess.UserID), C.AFSM_USER_ID_MAX)
 	}
 	ip, err := netip.ParseAddr(sess.ClientIP)
 	if err != nil || ip.Zone() != "" {
-		return argError(op, C.AFSM_EIP)
+		return argError(op, C.AFSM_EIP, "ClientIP: %q, must be an IPv4 or IPv6 address", sess.ClientIP)
 	}
 	ip = ip.Unmap()
-	if sess.Timeout <= 0 || sess.ClientPort > 65535 {
-		return argError(op, C.AFSM_EINVAL)
+	if sess.Timeout <= 0 {
+		return argError(op, C.AFSM_EINVAL, "Timeout: %v, must be positive", sess.Timeout)
+	}
+	if sess.ClientPort > 65535 {
+		return argError(op, C.AFSM_EINVAL, "ClientPort: %d, must be 0..65535", sess.ClientPort)
 	}
 	timeoutMs, _ := durationMs(sess.Timeout)
 	s, err := m.enter(ctx, sess.SessionID[15])
@@ -421,7 +434,7 @@ func (m *Manager) Restore(ctx context.Context, sess *Session) error {
 	var a argBuf
 	a.init(sc, metadataSize(sess.Metadata))
 	if !a.addMetadata(sc, sess.Metadata) {
-		return argError(op, C.AFSM_ETOOLONG)
+		return metadataKeysError(op, len(sess.Metadata))
 	}
 	return statusError(op, C.afsmgo_restore(m.eng, info, a.ptr(), &sc.lens[0], C.size_t(len(sess.Metadata))))
 }
@@ -514,7 +527,7 @@ func (m *Manager) update(ctx context.Context, op string, id UUID, fields C.uint3
 	var a argBuf
 	a.init(sc, metadataSize(metadata))
 	if !a.addMetadata(sc, metadata) {
-		return nil, argError(op, C.AFSM_ETOOLONG)
+		return nil, metadataKeysError(op, len(metadata))
 	}
 	hi, lo := id.halves()
 	st := C.afsmgo_update(m.eng, hi, lo, fields, cstate, a.ptr(), &sc.lens[0], C.size_t(len(metadata)), cstats,
@@ -544,10 +557,12 @@ func (m *Manager) Heartbeat(ctx context.Context, sessionID UUID) (time.Duration,
 	}
 	hi, lo := sessionID.halves()
 	r := C.afsmgo_heartbeat(m.engp, hi, lo)
-	s.leave()
 	if r < 0 {
-		return 0, statusError("Heartbeat", C.afsm_status(r))
+		err := statusError("Heartbeat", C.afsm_status(r))
+		s.leave()
+		return 0, err
 	}
+	s.leave()
 	return time.Duration(r) * time.Millisecond, nil
 }
 
@@ -563,8 +578,9 @@ func (m *Manager) AddStats(ctx context.Context, sessionID UUID, delta Stats) err
 	st := C.afsmgo_add_stats(m.engp, hi, lo, C.uint64_t(delta.PacketsSent), C.uint64_t(delta.PacketsReceived),
 		C.uint64_t(delta.BytesSent), C.uint64_t(delta.BytesReceived), C.uint64_t(delta.Retransmissions),
 		C.uint32_t(delta.CurrentRTTMs))
+	err = statusError("AddStats", st)
 	s.leave()
-	return statusError("AddStats", st)
+	return err
 }
 
 // DeleteSession removes a session from every index and fires EventDeleted

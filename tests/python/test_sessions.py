@@ -392,7 +392,7 @@ def test_engine_lifecycle() -> None:
     e.close()
     assert e.closed
     e.close()  # idempotent
-    with pytest.raises(ValueError):
+    with pytest.raises(afsm.EngineClosed):
         e.get(uuid.uuid4())
     with afsm.Engine() as e2:
         make(e2)

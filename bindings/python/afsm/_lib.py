@@ -62,6 +62,9 @@ AFSM_EUNAVAILABLE = -21
 AFSM_EINTERNAL = -22
 AFSM_ETOKENFORMAT = -23
 AFSM_EKEYREMOVED = -24
+AFSM_EKEYEXISTS = -25
+AFSM_EKEYNOTFOUND = -26
+AFSM_EKEYINUSE = -27
 
 AFSM_USER_ID_MAX = 256
 AFSM_SERVER_ADDR_MAX = 255
@@ -72,6 +75,7 @@ AFSM_LIST_LIMIT_MAX = 10000
 AFSM_BATCH_MAX = 65536
 AFSM_UUID_STRING_SIZE = 37
 AFSM_IP_STRING_SIZE = 46
+AFSM_ERROR_DETAIL_MAX = 256
 
 AFSM_STATE_COUNT = 6
 
@@ -337,6 +341,7 @@ _PROTOTYPES: dict[str, tuple[Any, Sequence[Any]]] = {
     "afsm_strerror": (c_char_p, [_status]),
     "afsm_status_name": (c_char_p, [_status]),
     "afsm_version": (c_char_p, []),
+    "afsm_error_detail": (c_char_p, []),
     "afsm_uuid_parse": (_status, [c_char_p, c_size_t, _uuid_p]),
     "afsm_uuid_format": (_status, [_uuid_p, POINTER(c_char)]),
     "afsm_uuid_v7": (_status, [_uuid_p]),

@@ -596,7 +596,7 @@ class Engine:
     def add_key(self, key_id: int, key: bytes) -> None:
         """Adds a 32-byte token key to the key ring (it opens tokens at once;
         :meth:`use_key` makes it seal). Raises InvalidArgument (id 0 or over
-        65535, length), AlreadyExists."""
+        65535, length), KeyExists (an AlreadyExists)."""
         arr, n = _key_array(key, "key")
         check(_lib.lib.afsm_key_add(self._engine, _key_id(key_id), arr, n))
 
@@ -609,13 +609,14 @@ class Engine:
 
     @_gated
     def use_key(self, key_id: int) -> None:
-        """Makes a key of the ring the one that seals new tokens (NotFound)."""
+        """Makes a key of the ring the one that seals new tokens (KeyNotFound)."""
         check(_lib.lib.afsm_key_use(self._engine, _key_id(key_id)))
 
     @_gated
     def remove_key(self, key_id: int) -> None:
         """Removes a key: its tokens then raise TokenKeyRemoved. Raises
-        NotFound, Busy (it is the current key: :meth:`use_key` another first)."""
+        KeyNotFound, KeyInUse (it is the current key: :meth:`use_key` another
+        first). KeyNotFound is a NotFound, KeyInUse a Busy."""
         check(_lib.lib.afsm_key_remove(self._engine, _key_id(key_id)))
 
     # ---- metrics ----------------------------------------------------------------------
