@@ -64,8 +64,14 @@ func (m *Manager) ListSessionsPage(ctx context.Context, filter *SessionFilter) (
 	if filter != nil {
 		f = *filter
 	}
-	if f.Limit < 0 || f.Offset < 0 {
-		return nil, argError(op, C.AFSM_EINVAL, "Limit %d, Offset %d: must not be negative", f.Limit, f.Offset)
+	if f.Limit < 0 {
+		return nil, argError(op, C.AFSM_EINVAL, "limit: %d, must not be negative (0: every match)", f.Limit)
+	}
+	if f.Offset < 0 {
+		return nil, argError(op, C.AFSM_EINVAL, "offset: %d, must not be negative", f.Offset)
+	}
+	if err := textError(op, "user_id", f.UserID); err != nil {
+		return nil, err
 	}
 	var after, before int64
 	if !f.CreatedAfter.IsZero() {

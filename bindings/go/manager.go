@@ -69,8 +69,8 @@ type ManagerConfig struct {
 	// same tokens, and more keys with AddKey / AddKeyFile.
 	Key     []byte
 	KeyFile string
-	// KeyID is Key's or KeyFile's id, 1..MaxKeyID; it travels in every
-	// token.
+	// KeyID is Key's or KeyFile's id, 1..MaxKeyID (0: 1); it travels in
+	// every token.
 	KeyID uint32
 	// DisableMetrics skips the engine's counters (created, deleted,
 	// durations, token results), to measure their cost; the session gauges
@@ -153,6 +153,9 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 	c.max_sessions_per_user = C.uint32_t(cfg.MaxSessionsPerUser)
 	c.limit_policy = C.uint32_t(cfg.LimitPolicy)
 	c.key_id = C.uint32_t(cfg.KeyID)
+	if cfg.KeyID == 0 && (cfg.Key != nil || cfg.KeyFile != "") {
+		c.key_id = 1 // as in the Python binding: a first key without an id is key 1
+	}
 	if cfg.DisableMetrics {
 		c.disable_metrics = 1
 	}

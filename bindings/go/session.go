@@ -249,6 +249,12 @@ func (m *Manager) CreateSessionWithOptions(ctx context.Context, o *CreateOptions
 	if !ok {
 		return nil, "", argError(op, C.AFSM_EINVAL, "Timeout: %v, must not be negative (0: the default)", o.Timeout)
 	}
+	if err := textError(op, "user_id", o.UserID); err != nil {
+		return nil, "", err
+	}
+	if err := metadataTextError(op, o.Metadata); err != nil {
+		return nil, "", err
+	}
 	s, err := m.enter(ctx, o.ConnectionID[15])
 	if err != nil {
 		return nil, "", err
@@ -386,6 +392,12 @@ func (m *Manager) Restore(ctx context.Context, sess *Session) error {
 	if sess == nil {
 		return argError(op, C.AFSM_ENULL, "session: nil")
 	}
+	if err := textError(op, "user_id", sess.UserID); err != nil {
+		return err
+	}
+	if err := metadataTextError(op, sess.Metadata); err != nil {
+		return err
+	}
 	if len(sess.UserID) > C.AFSM_USER_ID_MAX {
 		return argError(op, C.AFSM_ETOOLONG, "UserID: %d bytes, must be 1..%d", len(sess.UserID), C.AFSM_USER_ID_MAX)
 	}
@@ -506,6 +518,9 @@ func (m *Manager) ReplaceMetadata(ctx context.Context, sessionID UUID, metadata 
 
 func (m *Manager) update(ctx context.Context, op string, id UUID, fields C.uint32_t, state *State,
 	metadata map[string]string, stats *Stats) (*Session, error) {
+	if err := metadataTextError(op, metadata); err != nil {
+		return nil, err
+	}
 	s, err := m.enter(ctx, id[15])
 	if err != nil {
 		return nil, err
@@ -588,6 +603,9 @@ func (m *Manager) AddStats(ctx context.Context, sessionID UUID, delta Stats) err
 // deleted too. Errors match ErrSessionNotFound, ErrTooLong (reason over 256
 // bytes), ErrClosed or ctx.Err().
 func (m *Manager) DeleteSession(ctx context.Context, sessionID UUID, reason string) error {
+	if err := textError("DeleteSession", "reason", reason); err != nil {
+		return err
+	}
 	s, err := m.enter(ctx, sessionID[15])
 	if err != nil {
 		return err
@@ -607,6 +625,12 @@ func (m *Manager) DeleteSession(ctx context.Context, sessionID UUID, reason stri
 // Errors match ErrInvalidArgument (empty user id), ErrTooLong, ErrClosed
 // or ctx.Err().
 func (m *Manager) DeleteUserSessions(ctx context.Context, userID, reason string) (int, error) {
+	if err := textError("DeleteUserSessions", "user_id", userID); err != nil {
+		return 0, err
+	}
+	if err := textError("DeleteUserSessions", "reason", reason); err != nil {
+		return 0, err
+	}
 	s, err := m.enter(ctx, 0)
 	if err != nil {
 		return 0, err

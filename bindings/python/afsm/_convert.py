@@ -43,18 +43,38 @@ def uint(value: Any, bits: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if value < 0 or value >> bits:
-        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what} out of range: {value}")
+        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what}: {value}, must be 0..{(1 << bits) - 1}")
     return value
 
 
-def encode(text: Any, what: str) -> bytes:
-    """UTF-8 bytes of a str (lone surrogates are an InvalidArgument)."""
+def _not_utf8(text: str, prefix: str) -> str:
+    """The detail for text holding lone surrogates, worded as the Go binding
+    words it for bytes that are not UTF-8: surrogate-escaped bytes (as
+    os.fsdecode makes them) are named by value and byte offset."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        return f"{prefix} not valid UTF-8 (lone surrogate U+{ord(text[exc.start]):04X} at index {exc.start})"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{prefix} not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+    return f"{prefix} not valid UTF-8"  # pragma: no cover - encode failed, so decode must
+
+
+def encode(text: Any, what: str, prefix: str | None = None) -> bytes:
+    """UTF-8 bytes of a str (lone surrogates are an InvalidArgument).
+
+    Text must be UTF-8 in both bindings (the Go one rejects other bytes the
+    same way): ``prefix`` starts the detail, ``"{what}:"`` by default.
+    """
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a str, not {type(text).__name__}")
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what} is not valid UTF-8 text") from exc
+        detail = _not_utf8(text, prefix if prefix is not None else f"{what}:")
+        raise InvalidArgument(_lib.AFSM_EINVAL, detail) from exc
 
 
 def decode(raw: bytes) -> str:
@@ -145,7 +165,7 @@ def timedelta_to_ms(value: datetime.timedelta, what: str) -> int:
         raise TypeError(f"{what} must be a timedelta, not {type(value).__name__}")
     us = value // _US
     if us <= 0:
-        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what} must be positive")
+        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what}: {value}, must be positive")
     return uint(-(-us // 1000), 64, what)
 
 
@@ -219,7 +239,7 @@ class KVArray:
         self.array = (_lib.afsm_kv * len(items))()
         for i, (key, value) in enumerate(items):
             k = encode(key, "metadata key")
-            v = encode(value, "metadata value")
+            v = encode(value, "metadata value", f'metadata "{key}": value')
             self._keep += (k, v)
             entry = self.array[i]
             entry.key = k

@@ -57,7 +57,7 @@ from ._convert import (
     uuids_to_array,
 )
 from ._hooks import inside_callback, make_clock, make_event_hook, make_log_hook
-from .errors import AfsmError, EngineClosed, check, error_for
+from .errors import AfsmError, EngineClosed, InvalidArgument, check, error_for
 from .types import Counts, Event, LimitPolicy, LogRecord, Metrics, Page, Session, State, Stats
 
 __all__ = ["Engine", "Handle"]
@@ -148,7 +148,11 @@ def _gated(fn: _F) -> _F:
 
 
 def _optional_ms(value: datetime.timedelta | None, what: str) -> int:
-    return 0 if value is None else timedelta_to_ms(value, what)
+    """Milliseconds for C, where 0 means the default: None and a zero
+    timedelta both give it (as a zero time.Duration does in Go)."""
+    if value is None or (isinstance(value, datetime.timedelta) and not value):
+        return 0
+    return timedelta_to_ms(value, what)
 
 
 def _limit_policy(value: LimitPolicy | str | int) -> int:
@@ -581,7 +585,9 @@ class Engine:
         InvalidIP for a malformed ``client_ip``.
         """
         raw = token_bytes(token)
-        ip = None if client_ip is None else ip_text(client_ip)
+        # "" is no address, as None (and as in Go): a bound token then fails
+        # with IPMismatch, an unbound one passes.
+        ip = None if client_ip is None or client_ip == "" else ip_text(client_ip)
         info = new_info()
         check(
             _lib.lib.afsm_token_validate(
@@ -772,14 +778,23 @@ class Engine:
         exists for the whole listing exactly once, even while other threads
         create and delete. ``offset`` skips matches after the cursor.
         ``created_after`` / ``created_before`` are exclusive bounds.
+        ``user_id`` None or ``""``: every user. ``limit``: at most this many
+        (default 100); 0 returns every match, and a limit over the engine's
+        page maximum (10000) is walked page by page, as in Go.
 
-        Raises InvalidArgument (limit outside 1..10000, unknown state).
+        Raises InvalidArgument (negative limit or offset, unknown state).
         """
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+        if limit < 0:
+            raise InvalidArgument(_lib.AFSM_EINVAL, f"limit: {limit}, must not be negative (0: every match)")
+        if isinstance(offset, int) and not isinstance(offset, bool) and offset < 0:
+            raise InvalidArgument(_lib.AFSM_EINVAL, f"offset: {offset}, must not be negative")
         flt = _lib.afsm_list_filter()
         flt.version = _lib.AFSM_LIST_FILTER_VERSION
         flt.state = 0 if state is None else state_to_c(state)
         user = None
-        if user_id is not None:
+        if user_id is not None and user_id != "":
             user = encode(user_id, "user_id")
             flt.user_id = user
             flt.user_id_len = len(user)
@@ -790,22 +805,32 @@ class Engine:
         if cursor is not None:
             flt.cursor = uuid_to_c(cursor, "cursor")
         flt.offset = uint(offset, 64, "offset")
-        flt.limit = uint(limit, 32, "limit")
-        # Never allocate more than a legal page: a bigger limit gets the
-        # library's own EINVAL (out_capacity < limit).
-        capacity = max(1, min(flt.limit, _lib.AFSM_LIST_LIMIT_MAX))
-        out = new_info_array(capacity)
+        sessions: list[Session] = []
+        total: int | None = None
         count = c_size_t()
-        total = c_uint64()
+        total_c = c_uint64()
         next_cursor = _lib.afsm_uuid()
-        check(
-            _lib.lib.afsm_session_list(
-                self._engine, byref(flt), out, capacity, byref(count), byref(total), byref(next_cursor)
+        while True:
+            chunk = _lib.AFSM_LIST_LIMIT_MAX
+            if limit:
+                chunk = min(limit - len(sessions), chunk)
+            flt.limit = chunk
+            out = new_info_array(chunk)
+            check(
+                _lib.lib.afsm_session_list(
+                    self._engine, byref(flt), out, chunk, byref(count), byref(total_c), byref(next_cursor)
+                )
             )
-        )
-        sessions = tuple(self._session(f) for f in info_array_fields(out, count.value))
-        nxt = uuid_from_c(next_cursor)
-        return Page(sessions=sessions, total=total.value, next_cursor=None if nxt.int == 0 else nxt)
+            if total is None:
+                total = total_c.value
+            sessions.extend(self._session(f) for f in info_array_fields(out, count.value))
+            nxt = uuid_from_c(next_cursor)
+            if nxt.int == 0 or (limit and len(sessions) >= limit):
+                break
+            # The next page starts after the last one; the offset is spent.
+            flt.cursor = next_cursor
+            flt.offset = 0
+        return Page(sessions=tuple(sessions), total=total, next_cursor=None if nxt.int == 0 else nxt)
 
     def iter_sessions(
         self,
