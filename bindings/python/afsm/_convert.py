@@ -18,10 +18,11 @@ from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping
 
 from . import _lib
-from .errors import InvalidArgument, check, error_for
+from .errors import InvalidArgument, InvalidUUID, check, error_for
 from .types import (
     DeleteReason,
     IPAddress,
+    Metadata,
     Metrics,
     Session,
     State,
@@ -33,7 +34,7 @@ from .types import (
 UTC = datetime.timezone.utc
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 _US = datetime.timedelta(microseconds=1)
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+_EMPTY: Mapping[str, str] = Metadata()
 
 UUIDLike = uuid.UUID | str
 
@@ -84,14 +85,21 @@ def decode(raw: bytes) -> str:
 # ---- UUIDs ------------------------------------------------------------------
 
 
+_UUID_FORMS = "a uuid.UUID, or text uuid.UUID() accepts (canonical, {braced}, urn:uuid:..., 32 hex digits)"
+
+
 def uuid_to_c(value: UUIDLike, what: str = "id") -> _lib.afsm_uuid:
-    """A UUID, or its canonical 36-character text (parsed by the library)."""
+    """A uuid.UUID, or any text ``uuid.UUID()`` accepts, as an afsm_uuid."""
     if isinstance(value, uuid.UUID):
         return _lib.afsm_uuid.from_buffer_copy(value.bytes)
-    raw = encode(value, what)
-    out = _lib.afsm_uuid()
-    check(_lib.lib.afsm_uuid_parse(raw, len(raw), ctypes.byref(out)), what)
-    return out
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be {_UUID_FORMS}, not {type(value).__name__}")
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        shown = value if len(value) <= 48 else value[:45] + "..."
+        raise InvalidUUID(_lib.AFSM_EUUID, f"{what}: {shown!r}, must be {_UUID_FORMS}") from None
+    return _lib.afsm_uuid.from_buffer_copy(parsed.bytes)
 
 
 def uuid_from_c(value: _lib.afsm_uuid) -> uuid.UUID:
@@ -109,8 +117,12 @@ def uuids_to_array(values: Iterable[UUIDLike], what: str = "id") -> Any:
 
 
 def parse_uuid(text: str) -> uuid.UUID:
-    """Parses a UUID with the library's parser (the engine's own rules)."""
-    return uuid_from_c(uuid_to_c(text))
+    """Parses a UUID with the library's parser (the engine's own rules: the
+    canonical 36-character form only; Engine methods take more forms)."""
+    raw = encode(text, "text")
+    out = _lib.afsm_uuid()
+    check(_lib.lib.afsm_uuid_parse(raw, len(raw), ctypes.byref(out)), f"text: {text!r}, must be a canonical UUID")
+    return uuid_from_c(out)
 
 
 def uuid7() -> uuid.UUID:
@@ -255,7 +267,7 @@ def metadata_from_buffer(raw: bytes) -> Mapping[str, str]:
         return _EMPTY
     parts = raw.split(b"\0")
     it = iter(parts[:-1])
-    return MappingProxyType({decode(k): decode(v) for k, v in zip(it, it)})
+    return Metadata({decode(k): decode(v) for k, v in zip(it, it)})
 
 
 # ---- sessions -------------------------------------------------------------------------

@@ -58,13 +58,13 @@ from ._convert import (
 )
 from ._hooks import inside_callback, make_clock, make_event_hook, make_log_hook
 from .errors import AfsmError, EngineClosed, InvalidArgument, check, error_for
-from .types import Counts, Event, LimitPolicy, LogRecord, Metrics, Page, Session, State, Stats
+from .types import Counts, Event, LimitPolicy, LogRecord, Metadata, Metrics, Page, Session, State, Stats
 
 __all__ = ["Engine", "Handle"]
 
 log = logging.getLogger("afsm")
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+_EMPTY: Mapping[str, str] = Metadata()
 _OK = _lib.AFSM_OK
 _EXPIRED = _lib.AFSM_EEXPIRED
 _BUFFER = _lib.AFSM_EBUFFER
@@ -510,7 +510,7 @@ class Engine:
         # The stored map is exactly the (duplicate-free) input, in key order.
         meta: Mapping[str, str] = _EMPTY
         if kvs.count:
-            meta = MappingProxyType(dict(sorted(metadata.items(), key=lambda kv: kv[0].encode())))  # type: ignore[union-attr]
+            meta = Metadata(sorted(metadata.items(), key=lambda kv: kv[0].encode()))  # type: ignore[union-attr]
         session = session_from_c(info, meta)
         try:
             token = self._seal(_lib.lib.afsm_token_issue, info.session_id, bind_ip)
