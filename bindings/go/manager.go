@@ -252,6 +252,21 @@ func (m *Manager) enter(ctx context.Context, hint byte) (*stripe, error) {
 	return s, nil
 }
 
+// enterHot is enter for the data-plane calls (see gate.enterHot); the
+// caller must call leaveHot.
+func (m *Manager) enterHot(ctx context.Context, hint byte) (*stripe, error) {
+	if ctx != nil {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	s := m.gate.enterHot(hint)
+	if s == nil {
+		return nil, ErrClosed
+	}
+	return s, nil
+}
+
 // Close stops the reaper, releases every Handle still pinned and frees the
 // engine and all its sessions. It waits for calls in progress on other
 // goroutines; calls made afterwards return ErrClosed. No event or log

@@ -566,18 +566,16 @@ func (m *Manager) update(ctx context.Context, op string, id UUID, fields C.uint3
 // Errors match ErrSessionNotFound, ErrSessionExpired, ErrSessionClosed,
 // ErrClosed or ctx.Err().
 func (m *Manager) Heartbeat(ctx context.Context, sessionID UUID) (time.Duration, error) {
-	s, err := m.enter(ctx, sessionID[15])
+	s, err := m.enterHot(ctx, sessionID[15])
 	if err != nil {
 		return 0, err
 	}
 	hi, lo := sessionID.halves()
 	r := C.afsmgo_heartbeat(m.engp, hi, lo)
+	s.leaveHot()
 	if r < 0 {
-		err := statusError("Heartbeat", C.afsm_status(r))
-		s.leave()
-		return 0, err
+		return 0, codeError("Heartbeat", C.afsm_status(r))
 	}
-	s.leave()
 	return time.Duration(r) * time.Millisecond, nil
 }
 
@@ -585,7 +583,7 @@ func (m *Manager) Heartbeat(ctx context.Context, sessionID UUID) (time.Duration,
 // CurrentRTTMs replaces the RTT. Lock-free and allocation-free. Errors
 // match ErrSessionNotFound, ErrSessionExpired, ErrClosed or ctx.Err().
 func (m *Manager) AddStats(ctx context.Context, sessionID UUID, delta Stats) error {
-	s, err := m.enter(ctx, sessionID[15])
+	s, err := m.enterHot(ctx, sessionID[15])
 	if err != nil {
 		return err
 	}
@@ -593,9 +591,11 @@ func (m *Manager) AddStats(ctx context.Context, sessionID UUID, delta Stats) err
 	st := C.afsmgo_add_stats(m.engp, hi, lo, C.uint64_t(delta.PacketsSent), C.uint64_t(delta.PacketsReceived),
 		C.uint64_t(delta.BytesSent), C.uint64_t(delta.BytesReceived), C.uint64_t(delta.Retransmissions),
 		C.uint32_t(delta.CurrentRTTMs))
-	err = statusError("AddStats", st)
-	s.leave()
-	return err
+	s.leaveHot()
+	if st != C.AFSM_OK {
+		return codeError("AddStats", st)
+	}
+	return nil
 }
 
 // DeleteSession removes a session from every index and fires EventDeleted
