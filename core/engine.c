@@ -13,6 +13,7 @@
 #include "util/alloc.h"
 #include "util/clock.h"
 #include "util/token.h"
+#include "util/errdetail.h"
 
 #define DEFAULT_TIMEOUT_MS (30u * 60u * 1000u)
 #define DEFAULT_CLEANUP_MS 1000u
@@ -25,15 +26,24 @@
 afsm_status check_user_id(const char *user_id, size_t len)
 {
     if (user_id == NULL)
-        return AFSM_ENULL;
-    if (len == 0 || memchr(user_id, '\0', len) != NULL)
-        return AFSM_EINVAL;
-    return len > AFSM_USER_ID_MAX ? AFSM_ETOOLONG : AFSM_OK;
+        return errdetail_set(AFSM_ENULL, "user_id: NULL");
+    if (len == 0)
+        return errdetail_set(AFSM_EINVAL, "user_id: 0 bytes, must be 1..%d", AFSM_USER_ID_MAX);
+    const char *nul = memchr(user_id, '\0', len);
+    if (nul != NULL)
+        return errdetail_set(AFSM_EINVAL, "user_id: NUL byte at offset %zu, must contain none",
+                             (size_t)(nul - user_id));
+    if (len > AFSM_USER_ID_MAX)
+        return errdetail_set(AFSM_ETOOLONG, "user_id: %zu bytes, must be 1..%d", len, AFSM_USER_ID_MAX);
+    return AFSM_OK;
 }
 
 afsm_status check_info(const afsm_session_info *info)
 {
-    return info->version == AFSM_SESSION_INFO_VERSION ? AFSM_OK : AFSM_EVERSION;
+    if (info->version == AFSM_SESSION_INFO_VERSION)
+        return AFSM_OK;
+    return errdetail_set(AFSM_EVERSION, "afsm_session_info.version: %u, this library knows %d (AFSM_SESSION_INFO_INIT)",
+                         info->version, AFSM_SESSION_INFO_VERSION);
 }
 
 /* ---- init functions ---------------------------------------------------- */
@@ -44,9 +54,9 @@ afsm_status check_info(const afsm_session_info *info)
 static afsm_status versioned_init(void *ptr, size_t size_bytes, unsigned int version, unsigned int known)
 {
     if (ptr == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "the struct to initialise: NULL");
     if (version != known)
-        return AFSM_EVERSION;
+        return errdetail_set(AFSM_EVERSION, "version: %u, this library knows %u", version, known);
     memset(ptr, 0, size_bytes);
     uint32_t stamp = version;
     memcpy(ptr, &stamp, sizeof(stamp));
@@ -55,26 +65,31 @@ static afsm_status versioned_init(void *ptr, size_t size_bytes, unsigned int ver
 
 AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version)
 {
+    errdetail_clear();
     return versioned_init(config, sizeof(*config), version, AFSM_CONFIG_VERSION);
 }
 
 AFSM_API afsm_status afsm_session_info_init(afsm_session_info *info, unsigned int version)
 {
+    errdetail_clear();
     return versioned_init(info, sizeof(*info), version, AFSM_SESSION_INFO_VERSION);
 }
 
 AFSM_API afsm_status afsm_create_options_init(afsm_create_options *options, unsigned int version)
 {
+    errdetail_clear();
     return versioned_init(options, sizeof(*options), version, AFSM_CREATE_OPTIONS_VERSION);
 }
 
 AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version)
 {
+    errdetail_clear();
     return versioned_init(update, sizeof(*update), version, AFSM_UPDATE_VERSION);
 }
 
 AFSM_API afsm_status afsm_list_filter_init(afsm_list_filter *filter, unsigned int version)
 {
+    errdetail_clear();
     return versioned_init(filter, sizeof(*filter), version, AFSM_LIST_FILTER_VERSION);
 }
 
@@ -144,38 +159,59 @@ static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
     if (in == NULL)
         afsm_config_init(cfg, AFSM_CONFIG_VERSION);
     else if (in->version != AFSM_CONFIG_VERSION)
-        return AFSM_EVERSION;
+        return errdetail_set(AFSM_EVERSION, "config.version: %u, this library knows %d (AFSM_CONFIG_INIT)", in->version,
+                             AFSM_CONFIG_VERSION);
     else
         *cfg = *in;
     if (cfg->shard_count == 0)
         cfg->shard_count = default_shard_count();
     if (cfg->shard_count > SHARDS_MAX || (cfg->shard_count & (cfg->shard_count - 1)) != 0)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "config.shard_count: %u, must be a power of two up to %u (0: the default)",
+                             cfg->shard_count, SHARDS_MAX);
     if (cfg->reaper != AFSM_REAPER_THREAD && cfg->reaper != AFSM_REAPER_MANUAL)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "config.reaper: %u, must be AFSM_REAPER_THREAD (0) or AFSM_REAPER_MANUAL (1)",
+                             cfg->reaper);
     if (cfg->limit_policy != AFSM_LIMIT_REJECT && cfg->limit_policy != AFSM_LIMIT_EVICT_OLDEST)
-        return AFSM_EINVAL;
-    if ((cfg->key == NULL && cfg->key_len != 0) || (cfg->key_file == NULL && cfg->key_file_len != 0))
-        return AFSM_ENULL;
-    if (cfg->key != NULL && cfg->key_file != NULL)
-        return AFSM_EINVAL; /* one first key, not two */
+        return errdetail_set(AFSM_EINVAL,
+                             "config.limit_policy: %u, must be AFSM_LIMIT_REJECT (0) or AFSM_LIMIT_EVICT_OLDEST (1)",
+                             cfg->limit_policy);
+    if (cfg->key == NULL && cfg->key_len != 0)
+        return errdetail_set(AFSM_ENULL, "config.key: NULL with key_len %zu", cfg->key_len);
+    if (cfg->key_file == NULL && cfg->key_file_len != 0)
+        return errdetail_set(AFSM_ENULL, "config.key_file: NULL with key_file_len %zu", cfg->key_file_len);
+    if (cfg->key != NULL && cfg->key_file != NULL) /* one first key, not two */
+        return errdetail_set(AFSM_EINVAL, "config.key and config.key_file: both set, give one first key");
     if (cfg->key != NULL && cfg->key_len != AFSM_KEY_BYTES)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "config.key: %zu bytes, must be %d", cfg->key_len, AFSM_KEY_BYTES);
     if ((cfg->key != NULL || cfg->key_file != NULL) && (cfg->key_id == 0 || cfg->key_id > AFSM_KEY_ID_MAX))
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "config.key_id: %u, must be 1..%d with a key or key_file", cfg->key_id,
+                             AFSM_KEY_ID_MAX);
     if (cfg->server_addr == NULL && cfg->server_addr_len != 0)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "config.server_addr: NULL with server_addr_len %zu", cfg->server_addr_len);
     if (cfg->server_addr_len > AFSM_SERVER_ADDR_MAX)
-        return AFSM_ETOOLONG;
+        return errdetail_set(AFSM_ETOOLONG, "config.server_addr: %zu bytes, must be at most %d", cfg->server_addr_len,
+                             AFSM_SERVER_ADDR_MAX);
     if (cfg->server_addr != NULL && memchr(cfg->server_addr, '\0', cfg->server_addr_len) != NULL)
-        return AFSM_EINVAL;
-    if (cfg->default_timeout_ms > SESSION_TIMEOUT_MS_MAX || cfg->max_lifetime_ms > TIMEOUT_MS_MAX ||
-        cfg->idle_timeout_ms > TIMEOUT_MS_MAX || cfg->cleanup_interval_ms > TIMEOUT_MS_MAX ||
-        cfg->tick_ms > TIMEOUT_MS_MAX || cfg->close_linger_ms > TIMEOUT_MS_MAX)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "config.server_addr: contains a NUL byte");
+    if (cfg->default_timeout_ms > SESSION_TIMEOUT_MS_MAX)
+        return errdetail_set(AFSM_EINVAL, "config.default_timeout_ms: %llu, must be at most %llu (~49.7 days)",
+                             (unsigned long long)cfg->default_timeout_ms, (unsigned long long)SESSION_TIMEOUT_MS_MAX);
+    const struct {
+        const char *name;
+        uint64_t value;
+    } spans[] = {{"max_lifetime_ms", cfg->max_lifetime_ms},
+                 {"idle_timeout_ms", cfg->idle_timeout_ms},
+                 {"cleanup_interval_ms", cfg->cleanup_interval_ms},
+                 {"tick_ms", cfg->tick_ms},
+                 {"close_linger_ms", cfg->close_linger_ms}};
+    for (size_t i = 0; i < sizeof(spans) / sizeof(spans[0]); i++)
+        if (spans[i].value > TIMEOUT_MS_MAX)
+            return errdetail_set(AFSM_EINVAL, "config.%s: %llu, must be at most %llu (10 years)", spans[i].name,
+                                 (unsigned long long)spans[i].value, (unsigned long long)TIMEOUT_MS_MAX);
     if (cfg->log_level != 0 && cfg->log_level != AFSM_LOG_DEBUG && cfg->log_level != AFSM_LOG_INFO &&
         cfg->log_level != AFSM_LOG_WARN && cfg->log_level != AFSM_LOG_ERROR)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "config.log_level: %u, must be 0, 10, 20, 30 or 40 (AFSM_LOG_*)",
+                             cfg->log_level);
     if (cfg->default_timeout_ms == 0)
         cfg->default_timeout_ms = DEFAULT_TIMEOUT_MS;
     if (cfg->cleanup_interval_ms == 0)
@@ -214,8 +250,9 @@ static afsm_status first_key(afsm_engine *engine, const afsm_config *cfg)
 
 AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **out)
 {
+    errdetail_clear();
     if (out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "out: NULL");
     *out = NULL;
     afsm_config cfg;
     afsm_status status = resolve_config(config, &cfg);
@@ -281,6 +318,7 @@ fail_engine:
 
 AFSM_API afsm_status afsm_engine_close(afsm_engine *engine)
 {
+    errdetail_clear();
     if (engine == NULL)
         return AFSM_OK;
     if (engine->st->ops->pinned(engine->st) != 0)
@@ -357,6 +395,7 @@ void engine_log(const afsm_engine *engine, int level, const char *message, const
 
 AFSM_API afsm_status afsm_engine_advance(afsm_engine *engine, uint64_t now_ns, size_t *expired_count)
 {
+    errdetail_clear();
     if (engine == NULL)
         return AFSM_ENULL;
     size_t expired = 0;
@@ -368,6 +407,7 @@ AFSM_API afsm_status afsm_engine_advance(afsm_engine *engine, uint64_t now_ns, s
 
 AFSM_API afsm_status afsm_engine_now(afsm_engine *engine, uint64_t *now_ns)
 {
+    errdetail_clear();
     if (engine == NULL || now_ns == NULL)
         return AFSM_ENULL;
     *now_ns = engine->config.clock(engine->config.clock_ctx);
@@ -376,16 +416,19 @@ AFSM_API afsm_status afsm_engine_now(afsm_engine *engine, uint64_t *now_ns)
 
 AFSM_API afsm_status afsm_engine_set_default_timeout(afsm_engine *engine, uint64_t timeout_ms)
 {
+    errdetail_clear();
     if (engine == NULL)
         return AFSM_ENULL;
     if (timeout_ms == 0 || timeout_ms > SESSION_TIMEOUT_MS_MAX)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "timeout_ms: %llu, must be 1..%llu (~49.7 days)",
+                             (unsigned long long)timeout_ms, (unsigned long long)SESSION_TIMEOUT_MS_MAX);
     atomic_store_explicit(&engine->default_timeout_ns, timeout_ms * NS_PER_MS, memory_order_relaxed);
     return AFSM_OK;
 }
 
 AFSM_API afsm_status afsm_engine_counts(afsm_engine *engine, afsm_counts *out)
 {
+    errdetail_clear();
     if (engine == NULL || out == NULL)
         return AFSM_ENULL;
     return engine->st->ops->counts(engine->st, out);

@@ -5,6 +5,7 @@
 #include "keyring.h"
 
 #include <ck_epoch.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -16,6 +17,7 @@
 
 #include "util/alloc.h"
 #include "util/epoch.h"
+#include "util/errdetail.h"
 
 typedef struct key_slot {
     uint32_t id;
@@ -114,7 +116,7 @@ afsm_status keyring_add(keyring *ring, uint32_t key_id, const uint8_t key[AFSM_K
     snapshot *old = atomic_load_explicit(&ring->keys, memory_order_relaxed);
     snapshot *fresh = NULL;
     if (find_slot(old, key_id) >= 0) {
-        status = AFSM_EEXISTS;
+        status = errdetail_set(AFSM_EKEYEXISTS, "key_id: %u is already in the key ring", key_id);
     } else if ((fresh = snapshot_alloc(old->count + 1)) == NULL) {
         status = AFSM_ENOMEM;
     } else {
@@ -138,7 +140,7 @@ afsm_status keyring_use(keyring *ring, uint32_t key_id)
     int at = find_slot(old, key_id);
     snapshot *fresh = NULL;
     if (at < 0) {
-        status = AFSM_ENOTFOUND;
+        status = errdetail_set(AFSM_EKEYNOTFOUND, "key_id: %u is not in the key ring", key_id);
     } else if ((fresh = snapshot_alloc(old->count)) == NULL) {
         status = AFSM_ENOMEM;
     } else {
@@ -158,9 +160,10 @@ afsm_status keyring_remove(keyring *ring, uint32_t key_id)
     int at = find_slot(old, key_id);
     snapshot *fresh = NULL;
     if (at < 0) {
-        status = AFSM_ENOTFOUND;
+        status = errdetail_set(AFSM_EKEYNOTFOUND, "key_id: %u is not in the key ring", key_id);
     } else if (at == old->current) {
-        status = AFSM_EBUSY;
+        status = errdetail_set(AFSM_EKEYINUSE,
+                               "key_id: %u is the current key; make another current first (afsm_key_use)", key_id);
     } else if ((fresh = snapshot_alloc(old->count - 1)) == NULL) {
         status = AFSM_ENOMEM;
     } else {
@@ -204,19 +207,39 @@ afsm_status keyring_find(keyring *ring, uint16_t key_id, const uint8_t **key)
 afsm_status keyring_read_file(const char *path, size_t path_len, uint8_t key[AFSM_KEY_BYTES])
 {
     char name[PATH_MAX];
-    if (path_len == 0 || path_len >= sizeof(name) || memchr(path, '\0', path_len) != NULL)
-        return AFSM_EKEYFILE;
+    if (path_len == 0)
+        return errdetail_set(AFSM_EKEYFILE, "key file: empty path");
+    if (path_len >= sizeof(name))
+        return errdetail_set(AFSM_EKEYFILE, "key file: path of %zu bytes, must be shorter than %zu", path_len,
+                             sizeof(name));
+    if (memchr(path, '\0', path_len) != NULL)
+        return errdetail_set(AFSM_EKEYFILE, "key file: path contains a NUL byte");
     memcpy(name, path, path_len);
     name[path_len] = '\0';
     int fd = open(name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
-        return AFSM_EKEYFILE;
+    if (fd < 0) {
+        int err = errno;
+        return errdetail_set(AFSM_EKEYFILE, "key file %.160s: %s", name,
+                             err == ENOENT    ? "does not exist"
+                             : err == EACCES  ? "permission denied"
+                             : err == ENOTDIR ? "a path component is not a directory"
+                                              : "cannot be opened");
+    }
     struct stat st;
-    afsm_status status = AFSM_EKEYFILE;
+    afsm_status status = AFSM_OK;
     /* A key others can read is a key others have: refuse it outright. */
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & (S_IRWXG | S_IRWXO)) == 0 &&
-        st.st_size == AFSM_KEY_BYTES && read(fd, key, AFSM_KEY_BYTES) == AFSM_KEY_BYTES)
-        status = AFSM_OK;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        status = errdetail_set(AFSM_EKEYFILE, "key file %.160s: not a regular file", name);
+    else if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+        status = errdetail_set(AFSM_EKEYFILE,
+                               "key file %.160s: mode %04o, must not be readable or writable by group or others "
+                               "(chmod 600)",
+                               name, (unsigned)(st.st_mode & 07777));
+    else if (st.st_size != AFSM_KEY_BYTES)
+        status = errdetail_set(AFSM_EKEYFILE, "key file %.160s: %lld bytes, must be exactly %d", name,
+                               (long long)st.st_size, AFSM_KEY_BYTES);
+    else if (read(fd, key, AFSM_KEY_BYTES) != AFSM_KEY_BYTES)
+        status = errdetail_set(AFSM_EKEYFILE, "key file %.160s: short read, must hold %d bytes", name, AFSM_KEY_BYTES);
     close(fd);
     return status;
 }

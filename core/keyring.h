@@ -19,6 +19,8 @@ typedef struct keyring keyring;
 afsm_status keyring_open(keyring **out);
 void keyring_close(keyring *ring);
 
+/* AFSM_EKEYEXISTS, AFSM_EKEYNOTFOUND, AFSM_EKEYINUSE (remove: the current
+ * key) and AFSM_ENOMEM, each with its afsm_error_detail text. */
 afsm_status keyring_add(keyring *ring, uint32_t key_id, const uint8_t key[AFSM_KEY_BYTES]);
 afsm_status keyring_use(keyring *ring, uint32_t key_id);
 afsm_status keyring_remove(keyring *ring, uint32_t key_id);
@@ -30,7 +32,8 @@ afsm_status keyring_current(keyring *ring, uint16_t *key_id, const uint8_t **key
 afsm_status keyring_find(keyring *ring, uint16_t key_id, const uint8_t **key);
 
 /* Reads a key file: exactly AFSM_KEY_BYTES bytes, a regular file that
- * neither group nor others may read or write. AFSM_EKEYFILE otherwise. */
+ * neither group nor others may read or write. AFSM_EKEYFILE otherwise, with
+ * a detail that tells missing, too open and wrong size apart. */
 afsm_status keyring_read_file(const char *path, size_t path_len, uint8_t key[AFSM_KEY_BYTES]);
 
 #endif

@@ -13,16 +13,21 @@
 #include "util/alloc.h"
 #include "util/clock.h"
 #include "util/uuid.h"
+#include "util/errdetail.h"
 
 /* A reason reaches events and logs as text: bounded, and no NUL inside,
  * as for user ids and metadata. */
 static afsm_status check_reason(const char *reason, size_t len)
 {
     if (reason == NULL && len != 0)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "reason: NULL with reason_len %zu", len);
     if (len > AFSM_REASON_MAX)
-        return AFSM_ETOOLONG;
-    return len != 0 && memchr(reason, '\0', len) != NULL ? AFSM_EINVAL : AFSM_OK;
+        return errdetail_set(AFSM_ETOOLONG, "reason: %zu bytes, must be at most %d", len, AFSM_REASON_MAX);
+    const char *nul = len != 0 ? memchr(reason, '\0', len) : NULL;
+    if (nul != NULL)
+        return errdetail_set(AFSM_EINVAL, "reason: NUL byte at offset %zu, must be text without NUL",
+                             (size_t)(nul - reason));
+    return AFSM_OK;
 }
 
 /* ---- sessions ---------------------------------------------------------- */
@@ -35,10 +40,13 @@ static afsm_status make_spec(afsm_engine *engine, const char *user_id, size_t us
     afsm_status status = check_user_id(user_id, user_id_len);
     if (status != AFSM_OK)
         return status;
-    if (port > 65535 || timeout_ms > SESSION_TIMEOUT_MS_MAX)
-        return AFSM_EINVAL;
+    if (port > 65535)
+        return errdetail_set(AFSM_EINVAL, "client_port: %u, must be 0..65535", port);
+    if (timeout_ms > SESSION_TIMEOUT_MS_MAX)
+        return errdetail_set(AFSM_EINVAL, "timeout_ms: %llu, must be at most %llu (~49.7 days; 0: the default)",
+                             (unsigned long long)timeout_ms, (unsigned long long)SESSION_TIMEOUT_MS_MAX);
     if (uuid_is_nil(connection_id))
-        return AFSM_EUUID;
+        return errdetail_set(AFSM_EUUID, "connection_id: the nil UUID, must be non-nil");
     status = metadata_validate(metadata, metadata_count);
     if (status != AFSM_OK)
         return status;
@@ -69,10 +77,12 @@ static void log_created(const afsm_engine *engine, const afsm_session_info *s)
 AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_options *options,
                                          afsm_session_info *out)
 {
+    errdetail_clear();
     if (engine == NULL || options == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "options");
     if (options->version != AFSM_CREATE_OPTIONS_VERSION)
-        return AFSM_EVERSION;
+        return errdetail_set(AFSM_EVERSION, "options.version: %u, this library knows %d (AFSM_CREATE_OPTIONS_INIT)",
+                             options->version, AFSM_CREATE_OPTIONS_VERSION);
     if (out != NULL && check_info(out) != AFSM_OK)
         return AFSM_EVERSION;
     session_spec spec;
@@ -82,10 +92,13 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
     if (status != AFSM_OK)
         return status;
     if (options->client_ip == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "client_ip: NULL");
     status = afsm_ip_parse(options->client_ip, options->client_ip_len, &spec.client_ip);
-    if (status != AFSM_OK)
-        return status;
+    if (status != AFSM_OK) {
+        char quoted[ERRDETAIL_QUOTE_SIZE];
+        return errdetail_set(status, "client_ip: \"%s\", must be an IPv4 or IPv6 address",
+                             errdetail_quote(options->client_ip, options->client_ip_len, quoted));
+    }
     /* The log line wants the copy even when the caller does not. */
     afsm_session_info local;
     afsm_session_info *copy = out;
@@ -102,8 +115,9 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
 AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_session_info *info, const afsm_kv *metadata,
                                           size_t metadata_count)
 {
+    errdetail_clear();
     if (engine == NULL || info == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "info");
     if (check_info(info) != AFSM_OK)
         return AFSM_EVERSION;
     /* Times far outside any real clock (negative, or near INT64_MAX where
@@ -111,13 +125,22 @@ AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_sessio
     const int64_t time_max = INT64_MAX / 2;
     if (info->created_at_ns < 0 || info->created_at_ns > time_max || info->last_active_at_ns < 0 ||
         info->last_active_at_ns > time_max)
-        return AFSM_EINVAL;
-    if (info->state < AFSM_STATE_CONNECTING || info->state > AFSM_STATE_CLOSED || info->timeout_ms == 0 ||
-        info->user_id_len > AFSM_USER_ID_MAX || (info->client_ip.family != 4 && info->client_ip.family != 6) ||
-        info->token_generation == 0)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "info.created_at_ns / last_active_at_ns: must be 0..%lld",
+                             (long long)time_max);
+    if (info->state < AFSM_STATE_CONNECTING || info->state > AFSM_STATE_CLOSED)
+        return errdetail_set(AFSM_EINVAL, "info.state: %u, must be %d..%d (connecting..closed)", info->state,
+                             AFSM_STATE_CONNECTING, AFSM_STATE_CLOSED);
+    if (info->timeout_ms == 0)
+        return errdetail_set(AFSM_EINVAL, "info.timeout_ms: 0, must be 1..%llu",
+                             (unsigned long long)SESSION_TIMEOUT_MS_MAX);
+    if (info->user_id_len > AFSM_USER_ID_MAX)
+        return errdetail_set(AFSM_EINVAL, "info.user_id_len: %u, must be 1..%d", info->user_id_len, AFSM_USER_ID_MAX);
+    if (info->client_ip.family != 4 && info->client_ip.family != 6)
+        return errdetail_set(AFSM_EINVAL, "info.client_ip.family: %u, must be 4 or 6", info->client_ip.family);
+    if (info->token_generation == 0)
+        return errdetail_set(AFSM_EINVAL, "info.token_generation: 0, must be at least 1");
     if (uuid_is_nil(&info->session_id))
-        return AFSM_EUUID;
+        return errdetail_set(AFSM_EUUID, "info.session_id: the nil UUID, must be non-nil");
     session_spec spec;
     afsm_status status = make_spec(engine, info->user_id, info->user_id_len, info->client_port, &info->connection_id,
                                    metadata, metadata_count, info->timeout_ms, &spec);
@@ -130,8 +153,12 @@ AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_sessio
 
 AFSM_API afsm_status afsm_session_get(afsm_engine *engine, const afsm_uuid *session_id, afsm_session_info *out)
 {
+    errdetail_clear();
     if (engine == NULL || session_id == NULL || out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL",
+                             engine == NULL       ? "engine"
+                             : session_id == NULL ? "session_id"
+                                                  : "out");
     if (check_info(out) != AFSM_OK)
         return AFSM_EVERSION;
     return engine->st->ops->get(engine->st, session_id, out);
@@ -140,8 +167,12 @@ AFSM_API afsm_status afsm_session_get(afsm_engine *engine, const afsm_uuid *sess
 AFSM_API afsm_status afsm_session_get_by_connection(afsm_engine *engine, const afsm_uuid *connection_id,
                                                     afsm_session_info *out)
 {
+    errdetail_clear();
     if (engine == NULL || connection_id == NULL || out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL",
+                             engine == NULL          ? "engine"
+                             : connection_id == NULL ? "connection_id"
+                                                     : "out");
     if (check_info(out) != AFSM_OK)
         return AFSM_EVERSION;
     return engine->st->ops->get_by_connection(engine->st, connection_id, out);
@@ -150,27 +181,40 @@ AFSM_API afsm_status afsm_session_get_by_connection(afsm_engine *engine, const a
 AFSM_API afsm_status afsm_session_get_metadata(afsm_engine *engine, const afsm_uuid *session_id, char *buf,
                                                size_t buf_size, size_t *needed, size_t *count)
 {
+    errdetail_clear();
     if (engine == NULL || session_id == NULL || (buf == NULL && buf_size != 0))
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL",
+                             engine == NULL       ? "engine"
+                             : session_id == NULL ? "session_id"
+                                                  : "buf (buf_size > 0)");
     return engine->st->ops->get_metadata(engine->st, session_id, buf, buf_size, needed, count);
 }
 
 AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *session_id, const afsm_update *update,
                                          afsm_session_info *out)
 {
+    errdetail_clear();
     if (engine == NULL || session_id == NULL || update == NULL)
-        return AFSM_ENULL;
-    if (update->version != AFSM_UPDATE_VERSION || (out != NULL && check_info(out) != AFSM_OK))
+        return errdetail_set(AFSM_ENULL, "%s: NULL",
+                             engine == NULL       ? "engine"
+                             : session_id == NULL ? "session_id"
+                                                  : "update");
+    if (update->version != AFSM_UPDATE_VERSION)
+        return errdetail_set(AFSM_EVERSION, "update.version: %u, this library knows %d (AFSM_UPDATE_INIT)",
+                             update->version, AFSM_UPDATE_VERSION);
+    if (out != NULL && check_info(out) != AFSM_OK)
         return AFSM_EVERSION;
     const uint32_t known =
         AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_MERGE | AFSM_UPDATE_METADATA_REPLACE | AFSM_UPDATE_STATS;
     if ((update->fields & ~known) != 0)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "update.fields: 0x%x, only the bits 0x%x (AFSM_UPDATE_*) are defined",
+                             update->fields, known);
     if ((update->fields & AFSM_UPDATE_METADATA_MERGE) && (update->fields & AFSM_UPDATE_METADATA_REPLACE))
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "update.fields: METADATA_MERGE and METADATA_REPLACE together, give one");
     if ((update->fields & AFSM_UPDATE_STATE) &&
         (update->state < AFSM_STATE_CONNECTING || update->state > AFSM_STATE_CLOSED))
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "update.state: %u, must be %d..%d (connecting..closed)", update->state,
+                             AFSM_STATE_CONNECTING, AFSM_STATE_CLOSED);
     if (update->fields & (AFSM_UPDATE_METADATA_MERGE | AFSM_UPDATE_METADATA_REPLACE)) {
         afsm_status status = metadata_validate(update->metadata, update->metadata_count);
         if (status != AFSM_OK)
@@ -181,15 +225,20 @@ AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *s
 
 AFSM_API afsm_status afsm_session_add_stats(afsm_engine *engine, const afsm_uuid *session_id, const afsm_stats *delta)
 {
+    errdetail_clear();
     if (engine == NULL || session_id == NULL || delta == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL",
+                             engine == NULL       ? "engine"
+                             : session_id == NULL ? "session_id"
+                                                  : "delta");
     return engine->st->ops->add_stats(engine->st, session_id, delta);
 }
 
 AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid *session_id, uint64_t *remaining_ms)
 {
+    errdetail_clear();
     if (engine == NULL || session_id == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "session_id");
     uint64_t remaining_ns = 0;
     afsm_status status = engine->st->ops->heartbeat(engine->st, session_id, &remaining_ns);
     if (status != AFSM_OK)
@@ -204,8 +253,9 @@ AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid
 AFSM_API afsm_status afsm_session_delete(afsm_engine *engine, const afsm_uuid *session_id, const char *reason,
                                          size_t reason_len)
 {
+    errdetail_clear();
     if (engine == NULL || session_id == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "session_id");
     afsm_status status = check_reason(reason, reason_len);
     if (status != AFSM_OK)
         return status;
@@ -215,8 +265,9 @@ AFSM_API afsm_status afsm_session_delete(afsm_engine *engine, const afsm_uuid *s
 AFSM_API afsm_status afsm_session_delete_by_user(afsm_engine *engine, const char *user_id, size_t user_id_len,
                                                  const char *reason, size_t reason_len, size_t *deleted)
 {
+    errdetail_clear();
     if (engine == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "engine: NULL");
     afsm_status status = check_user_id(user_id, user_id_len);
     if (status == AFSM_OK)
         status = check_reason(reason, reason_len);
@@ -232,17 +283,30 @@ AFSM_API afsm_status afsm_session_delete_by_user(afsm_engine *engine, const char
 AFSM_API afsm_status afsm_session_list(afsm_engine *engine, const afsm_list_filter *filter, afsm_session_info *out,
                                        size_t out_capacity, size_t *count, uint64_t *total, afsm_uuid *next_cursor)
 {
+    errdetail_clear();
     if (engine == NULL || filter == NULL || out == NULL || count == NULL || total == NULL)
-        return AFSM_ENULL;
-    if (filter->version != AFSM_LIST_FILTER_VERSION || check_info(out) != AFSM_OK)
+        return errdetail_set(AFSM_ENULL, "%s: NULL",
+                             engine == NULL   ? "engine"
+                             : filter == NULL ? "filter"
+                             : out == NULL    ? "out"
+                             : count == NULL  ? "count"
+                                              : "total");
+    if (filter->version != AFSM_LIST_FILTER_VERSION)
+        return errdetail_set(AFSM_EVERSION, "filter.version: %u, this library knows %d (AFSM_LIST_FILTER_INIT)",
+                             filter->version, AFSM_LIST_FILTER_VERSION);
+    if (check_info(out) != AFSM_OK)
         return AFSM_EVERSION;
     for (size_t i = 1; i < out_capacity && i < filter->limit; i++)
         if (out[i].version != out[0].version)
-            return AFSM_EVERSION;
-    if (filter->limit == 0 || filter->limit > AFSM_LIST_LIMIT_MAX || out_capacity < filter->limit)
-        return AFSM_EINVAL;
+            return errdetail_set(AFSM_EVERSION, "out[%zu].version: %u, out[0].version is %u", i, out[i].version,
+                                 out[0].version);
+    if (filter->limit == 0 || filter->limit > AFSM_LIST_LIMIT_MAX)
+        return errdetail_set(AFSM_EINVAL, "filter.limit: %u, must be 1..%d", filter->limit, AFSM_LIST_LIMIT_MAX);
+    if (out_capacity < filter->limit)
+        return errdetail_set(AFSM_EINVAL, "out_capacity: %zu, must be at least filter.limit (%u)", out_capacity,
+                             filter->limit);
     if (filter->state > AFSM_STATE_CLOSED)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "filter.state: %u, must be 0..%d (0: any)", filter->state, AFSM_STATE_CLOSED);
     if (filter->user_id != NULL) {
         afsm_status status = check_user_id(filter->user_id, filter->user_id_len);
         if (status != AFSM_OK)
@@ -256,18 +320,21 @@ AFSM_API afsm_status afsm_session_list(afsm_engine *engine, const afsm_list_filt
 static afsm_status check_batch(afsm_engine *engine, const void *ids, size_t n, const void *statuses)
 {
     if (engine == NULL || (n != 0 && (ids == NULL || statuses == NULL)))
-        return AFSM_ENULL;
-    return n > AFSM_BATCH_MAX ? AFSM_EINVAL : AFSM_OK;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : ids == NULL ? "ids" : "statuses");
+    if (n > AFSM_BATCH_MAX)
+        return errdetail_set(AFSM_EINVAL, "n: %zu, must be at most %d", n, AFSM_BATCH_MAX);
+    return AFSM_OK;
 }
 
 AFSM_API afsm_status afsm_session_get_batch(afsm_engine *engine, const afsm_uuid *ids, size_t n, afsm_session_info *out,
                                             afsm_status *statuses)
 {
+    errdetail_clear();
     afsm_status status = check_batch(engine, ids, n, statuses);
     if (status != AFSM_OK)
         return status;
     if (n != 0 && out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "out: NULL");
     for (size_t i = 0; i < n; i++)
         if (check_info(&out[i]) != AFSM_OK)
             return AFSM_EVERSION;
@@ -279,6 +346,7 @@ AFSM_API afsm_status afsm_session_get_batch(afsm_engine *engine, const afsm_uuid
 AFSM_API afsm_status afsm_session_heartbeat_batch(afsm_engine *engine, const afsm_uuid *ids, size_t n,
                                                   uint64_t *remaining_ms, afsm_status *statuses)
 {
+    errdetail_clear();
     afsm_status status = check_batch(engine, ids, n, statuses);
     if (status != AFSM_OK)
         return status;
@@ -294,11 +362,12 @@ AFSM_API afsm_status afsm_session_heartbeat_batch(afsm_engine *engine, const afs
 AFSM_API afsm_status afsm_session_add_stats_batch(afsm_engine *engine, const afsm_uuid *ids, const afsm_stats *deltas,
                                                   size_t n, afsm_status *statuses)
 {
+    errdetail_clear();
     afsm_status status = check_batch(engine, ids, n, statuses);
     if (status != AFSM_OK)
         return status;
     if (n != 0 && deltas == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "deltas: NULL");
     for (size_t i = 0; i < n; i++)
         statuses[i] = engine->st->ops->add_stats(engine->st, &ids[i], &deltas[i]);
     return AFSM_OK;
@@ -316,7 +385,7 @@ static store_handle *handle_of(afsm_handle *handle)
 static afsm_status pin(afsm_engine *engine, const afsm_uuid *id, int by_connection, afsm_handle **out)
 {
     if (engine == NULL || id == NULL || out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : id == NULL ? "id" : "out");
     *out = NULL;
     store_handle *h = NULL;
     afsm_status status = engine->st->ops->pin(engine->st, id, by_connection, &h);
@@ -327,17 +396,20 @@ static afsm_status pin(afsm_engine *engine, const afsm_uuid *id, int by_connecti
 
 AFSM_API afsm_status afsm_handle_pin(afsm_engine *engine, const afsm_uuid *session_id, afsm_handle **out)
 {
+    errdetail_clear();
     return pin(engine, session_id, 0, out);
 }
 
 AFSM_API afsm_status afsm_handle_pin_by_connection(afsm_engine *engine, const afsm_uuid *connection_id,
                                                    afsm_handle **out)
 {
+    errdetail_clear();
     return pin(engine, connection_id, 1, out);
 }
 
 AFSM_API afsm_status afsm_handle_heartbeat(afsm_handle *handle, uint64_t *remaining_ms)
 {
+    errdetail_clear();
     if (handle == NULL)
         return AFSM_ENULL;
     store_handle *h = handle_of(handle);
@@ -350,6 +422,7 @@ AFSM_API afsm_status afsm_handle_heartbeat(afsm_handle *handle, uint64_t *remain
 
 AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats *delta)
 {
+    errdetail_clear();
     if (handle == NULL || delta == NULL)
         return AFSM_ENULL;
     store_handle *h = handle_of(handle);
@@ -358,6 +431,7 @@ AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats
 
 AFSM_API afsm_status afsm_handle_session_id(const afsm_handle *handle, afsm_uuid *out)
 {
+    errdetail_clear();
     if (handle == NULL || out == NULL)
         return AFSM_ENULL;
     const store_handle *h = (const store_handle *)handle;
@@ -367,6 +441,7 @@ AFSM_API afsm_status afsm_handle_session_id(const afsm_handle *handle, afsm_uuid
 
 AFSM_API afsm_status afsm_handle_release(afsm_handle *handle)
 {
+    errdetail_clear();
     if (handle == NULL)
         return AFSM_OK;
     store_handle *h = handle_of(handle);

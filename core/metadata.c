@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "util/alloc.h"
+#include "util/errdetail.h"
 
 #define KEY_MAX 255
 
@@ -24,24 +25,36 @@ afsm_status metadata_validate(const afsm_kv *kvs, size_t count)
     if (count == 0)
         return AFSM_OK;
     if (kvs == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "metadata: NULL with metadata_count %zu", count);
     if (count > AFSM_METADATA_KEYS_MAX)
-        return AFSM_ETOOLONG;
+        return errdetail_set(AFSM_ETOOLONG, "metadata: %zu keys, must be at most %d", count, AFSM_METADATA_KEYS_MAX);
     size_t payload = 0;
+    char quoted[ERRDETAIL_QUOTE_SIZE];
     for (size_t i = 0; i < count; i++) {
         const afsm_kv *kv = &kvs[i];
-        if (kv->key == NULL || (kv->value == NULL && kv->value_len != 0))
-            return AFSM_ENULL;
+        if (kv->key == NULL)
+            return errdetail_set(AFSM_ENULL, "metadata[%zu].key: NULL", i);
+        if (kv->value == NULL && kv->value_len != 0)
+            return errdetail_set(AFSM_ENULL, "metadata[%zu].value: NULL with value_len %zu", i, kv->value_len);
         if (kv->key_len == 0)
-            return AFSM_EINVAL;
-        if (kv->key_len > KEY_MAX || kv->value_len > AFSM_METADATA_BYTES_MAX)
-            return AFSM_ETOOLONG;
-        if (memchr(kv->key, '\0', kv->key_len) != NULL ||
-            (kv->value_len != 0 && memchr(kv->value, '\0', kv->value_len) != NULL))
-            return AFSM_EINVAL;
+            return errdetail_set(AFSM_EINVAL, "metadata[%zu].key: empty, must be 1..%d bytes", i, KEY_MAX);
+        if (kv->key_len > KEY_MAX)
+            return errdetail_set(AFSM_ETOOLONG, "metadata[%zu].key: %zu bytes, must be 1..%d", i, kv->key_len, KEY_MAX);
+        if (kv->value_len > AFSM_METADATA_BYTES_MAX)
+            return errdetail_set(AFSM_ETOOLONG, "metadata \"%s\": value of %zu bytes, must be at most %d",
+                                 errdetail_quote(kv->key, kv->key_len, quoted), kv->value_len, AFSM_METADATA_BYTES_MAX);
+        if (memchr(kv->key, '\0', kv->key_len) != NULL)
+            return errdetail_set(AFSM_EINVAL, "metadata key \"%s\": contains a NUL byte, must contain none",
+                                 errdetail_quote(kv->key, kv->key_len, quoted));
+        if (kv->value_len != 0 && memchr(kv->value, '\0', kv->value_len) != NULL)
+            return errdetail_set(AFSM_EINVAL, "metadata \"%s\": value contains a NUL byte, must contain none",
+                                 errdetail_quote(kv->key, kv->key_len, quoted));
         payload += kv->key_len + kv->value_len;
     }
-    return payload > AFSM_METADATA_BYTES_MAX ? AFSM_ETOOLONG : AFSM_OK;
+    if (payload > AFSM_METADATA_BYTES_MAX)
+        return errdetail_set(AFSM_ETOOLONG, "metadata: %zu bytes of keys and values, must be at most %d", payload,
+                             AFSM_METADATA_BYTES_MAX);
+    return AFSM_OK;
 }
 
 static int compare_keys(const char *a, size_t a_len, const char *b, size_t b_len)

@@ -13,9 +13,11 @@
 #include <string.h>
 
 #include "engine.h"
+#include "util/errdetail.h"
 
 AFSM_API afsm_status afsm_metrics_snapshot(afsm_engine *engine, afsm_metrics *out)
 {
+    errdetail_clear();
     if (engine == NULL || out == NULL)
         return AFSM_ENULL;
     if (out->version != AFSM_METRICS_VERSION)
@@ -114,6 +116,7 @@ static void render(text *t, const afsm_metrics *m)
 
 AFSM_API afsm_status afsm_metrics_write_prometheus(afsm_engine *engine, char *buf, size_t buf_size, size_t *needed)
 {
+    errdetail_clear();
     if (engine == NULL || (buf == NULL && buf_size != 0))
         return AFSM_ENULL;
     afsm_metrics m = AFSM_METRICS_INIT;

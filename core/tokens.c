@@ -16,6 +16,7 @@
 #include "util/epoch.h"
 #include "util/ip.h"
 #include "util/token.h"
+#include "util/errdetail.h"
 
 /* ---- counting ------------------------------------------------------------ */
 
@@ -69,10 +70,14 @@ static afsm_status check_token_args(afsm_engine *engine, const afsm_uuid *id, ui
                                     size_t token_size)
 {
     if (engine == NULL || id == NULL || token == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : id == NULL ? "session_id" : "token");
     if ((flags & ~AFSM_TOKEN_BIND_IP) != 0)
-        return AFSM_EINVAL;
-    return token_size < AFSM_TOKEN_SIZE ? AFSM_EBUFFER : AFSM_OK;
+        return errdetail_set(AFSM_EINVAL, "flags: 0x%x, only AFSM_TOKEN_BIND_IP (0x%x) is defined", flags,
+                             AFSM_TOKEN_BIND_IP);
+    if (token_size < AFSM_TOKEN_SIZE)
+        return errdetail_set(AFSM_EBUFFER, "token_size: %zu, must be at least %d (AFSM_TOKEN_SIZE)", token_size,
+                             AFSM_TOKEN_SIZE);
+    return AFSM_OK;
 }
 
 /* Seals a token for the session copy under the current key. */
@@ -105,6 +110,7 @@ static afsm_status seal(afsm_engine *engine, const afsm_session_info *s, uint32_
 AFSM_API afsm_status afsm_token_issue(afsm_engine *engine, const afsm_uuid *session_id, uint32_t flags, char *token,
                                       size_t token_size, size_t *token_len)
 {
+    errdetail_clear();
     afsm_status status = check_token_args(engine, session_id, flags, token, token_size);
     if (status != AFSM_OK)
         return status;
@@ -120,6 +126,7 @@ AFSM_API afsm_status afsm_token_issue(afsm_engine *engine, const afsm_uuid *sess
 AFSM_API afsm_status afsm_token_rotate(afsm_engine *engine, const afsm_uuid *session_id, uint32_t flags, char *token,
                                        size_t token_size, size_t *token_len)
 {
+    errdetail_clear();
     afsm_status status = check_token_args(engine, session_id, flags, token, token_size);
     if (status != AFSM_OK)
         return status;
@@ -151,15 +158,19 @@ static afsm_status open_token(afsm_engine *engine, const char *text, size_t len,
 AFSM_API afsm_status afsm_token_validate(afsm_engine *engine, const char *token, size_t token_len,
                                          const char *client_ip, size_t client_ip_len, afsm_session_info *out)
 {
+    errdetail_clear();
     if (engine == NULL || token == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "token");
     if (out != NULL && check_info(out) != AFSM_OK)
         return AFSM_EVERSION;
     afsm_ip presented = {0};
     if (client_ip != NULL) {
         afsm_status parsed = afsm_ip_parse(client_ip, client_ip_len, &presented);
-        if (parsed != AFSM_OK)
-            return parsed;
+        if (parsed != AFSM_OK) {
+            char quoted[ERRDETAIL_QUOTE_SIZE];
+            return errdetail_set(parsed, "client_ip: \"%s\", must be an IPv4 or IPv6 address (or NULL: none)",
+                                 errdetail_quote(client_ip, client_ip_len, quoted));
+        }
     }
     token_claims claims;
     afsm_status status = open_token(engine, token, token_len, &claims);
@@ -184,29 +195,33 @@ AFSM_API afsm_status afsm_token_validate(afsm_engine *engine, const char *token,
 static afsm_status check_key_id(afsm_engine *engine, uint32_t key_id)
 {
     if (engine == NULL)
-        return AFSM_ENULL;
-    return key_id == 0 || key_id > AFSM_KEY_ID_MAX ? AFSM_EINVAL : AFSM_OK;
+        return errdetail_set(AFSM_ENULL, "engine: NULL");
+    if (key_id == 0 || key_id > AFSM_KEY_ID_MAX)
+        return errdetail_set(AFSM_EINVAL, "key_id: %u, must be 1..%d", key_id, AFSM_KEY_ID_MAX);
+    return AFSM_OK;
 }
 
 AFSM_API afsm_status afsm_key_add(afsm_engine *engine, uint32_t key_id, const uint8_t *key, size_t key_len)
 {
+    errdetail_clear();
     afsm_status status = check_key_id(engine, key_id);
     if (status != AFSM_OK)
         return status;
     if (key == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "key: NULL");
     if (key_len != AFSM_KEY_BYTES)
-        return AFSM_EINVAL;
+        return errdetail_set(AFSM_EINVAL, "key: %zu bytes, must be %d", key_len, AFSM_KEY_BYTES);
     return keyring_add(engine->keys, key_id, key);
 }
 
 AFSM_API afsm_status afsm_key_add_file(afsm_engine *engine, uint32_t key_id, const char *path, size_t path_len)
 {
+    errdetail_clear();
     afsm_status status = check_key_id(engine, key_id);
     if (status != AFSM_OK)
         return status;
     if (path == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "path: NULL");
     uint8_t key[AFSM_KEY_BYTES];
     status = keyring_read_file(path, path_len, key);
     if (status == AFSM_OK)
@@ -217,14 +232,20 @@ AFSM_API afsm_status afsm_key_add_file(afsm_engine *engine, uint32_t key_id, con
 
 AFSM_API afsm_status afsm_key_use(afsm_engine *engine, uint32_t key_id)
 {
+    errdetail_clear();
     if (engine == NULL)
-        return AFSM_ENULL;
-    return key_id > AFSM_KEY_ID_MAX ? AFSM_EINVAL : keyring_use(engine->keys, key_id);
+        return errdetail_set(AFSM_ENULL, "engine: NULL");
+    if (key_id > AFSM_KEY_ID_MAX)
+        return errdetail_set(AFSM_EINVAL, "key_id: %u, must be 0..%d", key_id, AFSM_KEY_ID_MAX);
+    return keyring_use(engine->keys, key_id);
 }
 
 AFSM_API afsm_status afsm_key_remove(afsm_engine *engine, uint32_t key_id)
 {
+    errdetail_clear();
     if (engine == NULL)
-        return AFSM_ENULL;
-    return key_id > AFSM_KEY_ID_MAX ? AFSM_EINVAL : keyring_remove(engine->keys, key_id);
+        return errdetail_set(AFSM_ENULL, "engine: NULL");
+    if (key_id > AFSM_KEY_ID_MAX)
+        return errdetail_set(AFSM_EINVAL, "key_id: %u, must be 0..%d", key_id, AFSM_KEY_ID_MAX);
+    return keyring_remove(engine->keys, key_id);
 }

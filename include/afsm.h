@@ -79,6 +79,9 @@ typedef int afsm_status;
 #define AFSM_EINTERNAL    (-22) /* a bug: please report it */
 #define AFSM_ETOKENFORMAT (-23) /* a token is truncated or not a token at all (bad prefix, length, encoding) */
 #define AFSM_EKEYREMOVED  (-24) /* a token's key was in the key ring and has been removed */
+#define AFSM_EKEYEXISTS   (-25) /* afsm_key_add*: the key id is already in the key ring */
+#define AFSM_EKEYNOTFOUND (-26) /* afsm_key_use/remove: the key id is not in the key ring */
+#define AFSM_EKEYINUSE    (-27) /* afsm_key_remove: the key is the current (sealing) key */
 
 /* A short English description of the status ("session not found"). Never NULL. */
 AFSM_API const char *afsm_strerror(afsm_status status);
@@ -86,6 +89,24 @@ AFSM_API const char *afsm_strerror(afsm_status status);
 AFSM_API const char *afsm_status_name(afsm_status status);
 /* The library's version string, e.g. "0.1.0"; compare with AFSM_VERSION. */
 AFSM_API const char *afsm_version(void);
+
+/* The size of the buffer behind afsm_error_detail(), NUL included. */
+#define AFSM_ERROR_DETAIL_MAX 256
+
+/* Why the calling thread's last afsm call failed, in a short English text
+ * that names the argument, its problem and the limit, e.g.
+ * "user_id: 0 bytes, must be 1..256" or
+ * "key file /etc/afsm/k: mode 0644, must not be readable or writable by group or others".
+ * Set where a call rejects its input (every AFSM_ENULL, AFSM_EVERSION,
+ * AFSM_EINVAL, AFSM_ETOOLONG, AFSM_EUUID, AFSM_EIP, AFSM_EKEYFILE,
+ * AFSM_EKEY* and AFSM_EBUFFER of argument checks); "" after a success and
+ * after failures that need no more than their status (AFSM_ENOTFOUND, ...).
+ * Like SQLite's sqlite3_errmsg and libgit2's git_error_last: per thread,
+ * never NULL, valid until this thread's next afsm call. Every function of
+ * this header clears or replaces it except afsm_error_detail, afsm_strerror,
+ * afsm_status_name, afsm_version and afsm_state_name, so a caller may format
+ * its message with those after the failing call. Thread-safe. */
+AFSM_API const char *afsm_error_detail(void);
 
 /* ------------------------------------------------------------------------
  * Limits (bad input beyond these gets AFSM_ETOOLONG or AFSM_EINVAL)
@@ -603,19 +624,21 @@ AFSM_API afsm_status afsm_token_validate(afsm_engine *engine, const char *token,
  * once its tokens may go. Writers serialise on a mutex; validation reads
  * the ring lock-free. Key id 0 belongs to the random key an engine makes
  * when it is given none: afsm_key_use and afsm_key_remove accept it,
- * afsm_key_add does not. The key calls reuse session statuses:
- * AFSM_ENOTFOUND is "no such key", AFSM_EEXISTS "id taken", AFSM_EBUSY
- * "that is the current key". */
+ * afsm_key_add does not. The key calls have their own statuses:
+ * AFSM_EKEYNOTFOUND "no such key", AFSM_EKEYEXISTS "id taken",
+ * AFSM_EKEYINUSE "that is the current key" (earlier builds reused
+ * AFSM_ENOTFOUND, AFSM_EEXISTS and AFSM_EBUSY). */
 /* AFSM_ENULL, AFSM_EINVAL (key_id 0 or over AFSM_KEY_ID_MAX, key_len not
- * AFSM_KEY_BYTES), AFSM_EEXISTS (id in the ring), AFSM_ENOMEM. */
+ * AFSM_KEY_BYTES), AFSM_EKEYEXISTS (id in the ring), AFSM_ENOMEM. */
 AFSM_API afsm_status afsm_key_add(afsm_engine *engine, uint32_t key_id, const uint8_t *key, size_t key_len);
 /* As afsm_key_add, reading the key from a file of exactly AFSM_KEY_BYTES
- * bytes that no one but its owner may read or write (AFSM_EKEYFILE). */
+ * bytes that no one but its owner may read or write (AFSM_EKEYFILE; the
+ * detail says which: missing, unreadable, mode, size). */
 AFSM_API afsm_status afsm_key_add_file(afsm_engine *engine, uint32_t key_id, const char *path, size_t path_len);
-/* Makes a key in the ring the one that seals. AFSM_ENOTFOUND. */
+/* Makes a key in the ring the one that seals. AFSM_EKEYNOTFOUND. */
 AFSM_API afsm_status afsm_key_use(afsm_engine *engine, uint32_t key_id);
-/* Removes a key: its tokens then fail with AFSM_EKEYREMOVED. AFSM_ENOTFOUND,
- * AFSM_EBUSY (it is the current key: make another current first). */
+/* Removes a key: its tokens then fail with AFSM_EKEYREMOVED. AFSM_EKEYNOTFOUND,
+ * AFSM_EKEYINUSE (it is the current key: make another current first). */
 AFSM_API afsm_status afsm_key_remove(afsm_engine *engine, uint32_t key_id);
 
 /* ------------------------------------------------------------------------

@@ -166,20 +166,20 @@ static void test_key_rotation(void **state)
     char old_token[AFSM_TOKEN_SIZE], new_token[AFSM_TOKEN_SIZE];
     issue(engine, &s.session_id, 0, old_token);
     assert_int_equal(afsm_key_add(engine, 2, key_two, AFSM_KEY_BYTES), AFSM_OK);
-    assert_int_equal(afsm_key_add(engine, 2, key_two, AFSM_KEY_BYTES), AFSM_EEXISTS);
+    assert_int_equal(afsm_key_add(engine, 2, key_two, AFSM_KEY_BYTES), AFSM_EKEYEXISTS);
     assert_int_equal(afsm_key_add(engine, 0, key_two, AFSM_KEY_BYTES), AFSM_EINVAL);
     assert_int_equal(afsm_key_add(engine, 3, key_two, 16), AFSM_EINVAL);
     assert_int_equal(afsm_key_use(engine, 2), AFSM_OK);
-    assert_int_equal(afsm_key_use(engine, 5), AFSM_ENOTFOUND);
+    assert_int_equal(afsm_key_use(engine, 5), AFSM_EKEYNOTFOUND);
     issue(engine, &s.session_id, 0, new_token);
     /* Both keys open while both are in the ring. */
     assert_int_equal(validate(engine, old_token, NULL), AFSM_OK);
     assert_int_equal(validate(engine, new_token, NULL), AFSM_OK);
-    assert_int_equal(afsm_key_remove(engine, 2), AFSM_EBUSY); /* the current key */
+    assert_int_equal(afsm_key_remove(engine, 2), AFSM_EKEYINUSE); /* the current key */
     assert_int_equal(afsm_key_remove(engine, 1), AFSM_OK);
     assert_int_equal(validate(engine, old_token, NULL), AFSM_EKEYREMOVED);
     assert_int_equal(validate(engine, new_token, NULL), AFSM_OK);
-    assert_int_equal(afsm_key_remove(engine, 1), AFSM_ENOTFOUND);
+    assert_int_equal(afsm_key_remove(engine, 1), AFSM_EKEYNOTFOUND);
     afsm_engine_close(engine);
 }
 

@@ -62,7 +62,7 @@ func (m *Manager) getChunk(ctx context.Context, op string, ids []UUID, out []*Se
 	for i := range ids {
 		switch {
 		case statuses[i] != C.AFSM_OK:
-			errs[i] = statusError(op, statuses[i])
+			errs[i] = itemError(op, statuses[i])
 		case mdErrs[i] != nil:
 			errs[i] = mdErrs[i]
 		default:
@@ -102,7 +102,7 @@ func (m *Manager) metadataMany(op string, infos []C.afsm_session_info, sizeHint 
 			mds[i], errs[i] = m.metadataOf(op, sc)
 			putScratch(sc)
 		default:
-			errs[i] = statusError(op, sts[i])
+			errs[i] = itemError(op, sts[i])
 		}
 	}
 	return mds, errs
@@ -127,14 +127,15 @@ func (m *Manager) HeartbeatMany(ctx context.Context, ids []UUID) ([]time.Duratio
 		}
 		st := C.afsm_session_heartbeat_batch(m.eng, (*C.afsm_uuid)(unsafe.Pointer(&ids[start])),
 			C.size_t(end-start), &ms[start], &statuses[start])
+		err = statusError(op, st)
 		s.leave()
-		if st != C.AFSM_OK {
-			return nil, nil, statusError(op, st)
+		if err != nil {
+			return nil, nil, err
 		}
 	}
 	for i := range ids {
 		if statuses[i] != C.AFSM_OK {
-			errs[i] = statusError(op, statuses[i])
+			errs[i] = itemError(op, statuses[i])
 		} else {
 			remaining[i] = time.Duration(ms[i]) * time.Millisecond
 		}
@@ -147,7 +148,7 @@ func (m *Manager) HeartbeatMany(ctx context.Context, ids []UUID) ([]time.Duratio
 func (m *Manager) AddStatsMany(ctx context.Context, ids []UUID, deltas []Stats) ([]error, error) {
 	const op = "AddStatsMany"
 	if len(deltas) != len(ids) {
-		return nil, argError(op, C.AFSM_EINVAL)
+		return nil, argError(op, C.AFSM_EINVAL, "deltas: %d items, must be as many as ids (%d)", len(deltas), len(ids))
 	}
 	errs := make([]error, len(ids))
 	cd := make([]C.afsm_stats, len(ids))
@@ -166,14 +167,15 @@ func (m *Manager) AddStatsMany(ctx context.Context, ids []UUID, deltas []Stats) 
 		}
 		st := C.afsm_session_add_stats_batch(m.eng, (*C.afsm_uuid)(unsafe.Pointer(&ids[start])),
 			&cd[start], C.size_t(end-start), &statuses[start])
+		err = statusError(op, st)
 		s.leave()
-		if st != C.AFSM_OK {
-			return nil, statusError(op, st)
+		if err != nil {
+			return nil, err
 		}
 	}
 	for i := range ids {
 		if statuses[i] != C.AFSM_OK {
-			errs[i] = statusError(op, statuses[i])
+			errs[i] = itemError(op, statuses[i])
 		}
 	}
 	return errs, nil

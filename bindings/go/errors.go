@@ -64,8 +64,15 @@ var (
 	// ErrIPMismatch: the token is bound to another client IP, or to one and
 	// presented without (also ErrInvalidToken).
 	ErrIPMismatch = errors.New("afsm: token IP mismatch")
-	// ErrKeyNotFound: UseKey or RemoveKey named a key id not in the ring.
+	// ErrKeyNotFound: UseKey or RemoveKey named a key id not in the ring
+	// (AFSM_EKEYNOTFOUND).
 	ErrKeyNotFound = errors.New("afsm: key not in the key ring")
+	// ErrKeyExists: AddKey or AddKeyFile named a key id already in the
+	// ring (AFSM_EKEYEXISTS; also ErrAlreadyExists).
+	ErrKeyExists = errors.New("afsm: key id already in the key ring")
+	// ErrKeyInUse: RemoveKey named the current key; UseKey another first
+	// (AFSM_EKEYINUSE; also ErrBusy).
+	ErrKeyInUse = errors.New("afsm: key is the current key")
 	// ErrKeyFile: a key file is unreadable, has the wrong size or loose permissions.
 	ErrKeyFile = errors.New("afsm: bad key file")
 	// ErrUnavailable: the store cannot be reached.
@@ -74,26 +81,35 @@ var (
 	ErrInternal = errors.New("afsm: internal error")
 	// ErrClosed: the Manager (or the Handle) has been closed.
 	ErrClosed = errors.New("afsm: manager closed")
+	// ErrCloseInCallback: Close was called from inside OnEvent, Logger or
+	// Clock; the Manager stays open.
+	ErrCloseInCallback = errors.New("afsm: Close called from an OnEvent, Logger or Clock callback")
 )
 
 // Error is an error reported by the engine: its C status code, the code's
-// name (afsm_status_name) and the operation that failed.
+// name (afsm_status_name), the operation that failed and, for bad input,
+// which argument was wrong and why.
 type Error struct {
 	Op     string // the Manager method, e.g. "GetSession"
 	Status int    // the afsm_status, a negative AFSM_E* code
 	Name   string // e.g. "AFSM_ENOTFOUND"
 	Msg    string // afsm_strerror, e.g. "session not found"
+	// Detail names the argument, its problem and the limit, e.g.
+	// "user_id: 0 bytes, must be 1..256" (afsm_error_detail, or the
+	// binding's own check); empty when the status says it all.
+	Detail string
 
 	// token: a ValidateToken failure; it matches ErrInvalidToken whatever
 	// the status (session not found, expired or closed included).
 	token bool
-	// key: a key ring call; AFSM_ENOTFOUND is ErrKeyNotFound, not
-	// ErrSessionNotFound.
-	key bool
 }
 
-// Error formats the error as "afsm: Op: message (NAME)".
+// Error formats the error as "afsm: Op: message: detail (NAME)", or
+// "afsm: Op: message (NAME)" without a detail.
 func (e *Error) Error() string {
+	if e.Detail != "" {
+		return fmt.Sprintf("afsm: %s: %s: %s (%s)", e.Op, e.Msg, e.Detail, e.Name)
+	}
 	return fmt.Sprintf("afsm: %s: %s (%s)", e.Op, e.Msg, e.Name)
 }
 
@@ -102,9 +118,6 @@ func (e *Error) Error() string {
 func (e *Error) Is(target error) bool {
 	if target == ErrInvalidToken && e.token {
 		return true
-	}
-	if e.key && e.Status == C.AFSM_ENOTFOUND {
-		return target == ErrKeyNotFound
 	}
 	for _, s := range sentinelsOf(e.Status) {
 		if s == target {
@@ -156,6 +169,12 @@ func sentinelsOf(status int) []error {
 		return []error{ErrIPMismatch, ErrInvalidToken}
 	case C.AFSM_EKEYFILE:
 		return []error{ErrKeyFile}
+	case C.AFSM_EKEYEXISTS:
+		return []error{ErrKeyExists, ErrAlreadyExists}
+	case C.AFSM_EKEYNOTFOUND:
+		return []error{ErrKeyNotFound}
+	case C.AFSM_EKEYINUSE:
+		return []error{ErrKeyInUse, ErrBusy}
 	case C.AFSM_EUNAVAILABLE:
 		return []error{ErrUnavailable}
 	default: // AFSM_EINTERNAL, AFSM_EBUFFER (never surfaces) and unknown codes
@@ -163,11 +182,22 @@ func sentinelsOf(status int) []error {
 	}
 }
 
-// statusError turns a non-zero status into an *Error; AFSM_OK gives nil.
+// statusError turns the status of the C call just made into an *Error with
+// the library's detail (afsm_error_detail); AFSM_OK gives nil. Call it
+// inside the gate (see gate.enter), before the goroutine makes another
+// afsm call: the detail belongs to the thread and its last call.
 func statusError(op string, status C.afsm_status) error {
 	if status == C.AFSM_OK {
 		return nil
 	}
+	e := codeError(op, status)
+	e.Detail = C.GoString(C.afsm_error_detail())
+	return e
+}
+
+// codeError is statusError without the detail: for a status that is not
+// the thread's last call's (one item of a batch, a status carried along).
+func codeError(op string, status C.afsm_status) *Error {
 	e := &Error{Op: op, Status: int(status)}
 	if i := -int(status); i > 0 && i < len(statusNames) {
 		e.Name, e.Msg = statusNames[i], statusMsgs[i]
@@ -178,9 +208,17 @@ func statusError(op string, status C.afsm_status) error {
 	return e
 }
 
+// itemError is codeError for one item of a batch call; nil for AFSM_OK.
+func itemError(op string, status C.afsm_status) error {
+	if status == C.AFSM_OK {
+		return nil
+	}
+	return codeError(op, status)
+}
+
 // Names and messages of the codes this binding knows, fetched once so an
 // error costs no extra crossings.
-var statusNames, statusMsgs [-C.AFSM_EKEYREMOVED + 1]string
+var statusNames, statusMsgs [-C.AFSM_EKEYINUSE + 1]string
 
 func init() {
 	for i := range statusNames {
@@ -191,9 +229,12 @@ func init() {
 }
 
 // argError reports bad input the binding rejects itself, with the status
-// the engine would give, so callers see one kind of error.
-func argError(op string, status C.afsm_status) error {
-	return statusError(op, status)
+// the engine would give and a detail in the engine's style ("what: value,
+// must be ..."), so callers see one kind of error.
+func argError(op string, status C.afsm_status, format string, args ...interface{}) error {
+	e := codeError(op, status)
+	e.Detail = fmt.Sprintf(format, args...)
+	return e
 }
 
 // tokenError is statusError for ValidateToken: every failure but a bad
@@ -210,26 +251,13 @@ func tokenError(op string, status C.afsm_status) error {
 	return err
 }
 
-// keyError is statusError for the key ring calls, where AFSM_ENOTFOUND
-// means no such key.
-func keyError(op string, status C.afsm_status) error {
-	err := statusError(op, status)
-	if e, ok := err.(*Error); ok {
-		e.key = true
-		switch status { // the engine's messages speak of sessions and handles
-		case C.AFSM_ENOTFOUND:
-			e.Msg = "key id not in the key ring"
-		case C.AFSM_EEXISTS:
-			e.Msg = "key id already in the key ring"
-		case C.AFSM_EBUSY:
-			e.Msg = "the key is the current key; make another current first"
-		}
+// errorFromCode is codeError for an int code (the tests cannot use cgo).
+func errorFromCode(op string, code int) error {
+	if code == 0 {
+		return nil
 	}
-	return err
+	return codeError(op, C.afsm_status(code))
 }
-
-// errorFromCode is statusError for an int code (the tests cannot use cgo).
-func errorFromCode(op string, code int) error { return statusError(op, C.afsm_status(code)) }
 
 // tokenErrorFromCode is tokenError for an int code (for the tests).
 func tokenErrorFromCode(op string, code int) error { return tokenError(op, C.afsm_status(code)) }

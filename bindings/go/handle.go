@@ -86,15 +86,15 @@ func (h *Handle) SessionID() UUID { return h.c.id }
 // Touch is Heartbeat through the handle: the deadline moves to now + the
 // session's timeout; it returns the time left. Atomics only, no lookup.
 func (h *Handle) Touch() (time.Duration, error) {
-	s := h.c.gate.enter(0)
+	s := h.c.gate.enterHot(0)
 	if s == nil {
 		return 0, ErrClosed
 	}
 	r := C.afsmgo_handle_heartbeat(h.c.hp)
-	s.leave()
+	s.leaveHot()
 	runtime.KeepAlive(h)
 	if r < 0 {
-		return 0, statusError("Handle.Touch", C.afsm_status(r))
+		return 0, codeError("Handle.Touch", C.afsm_status(r))
 	}
 	return time.Duration(r) * time.Millisecond, nil
 }
@@ -104,16 +104,19 @@ func (h *Handle) Heartbeat() (time.Duration, error) { return h.Touch() }
 
 // AddStats is Manager.AddStats through the handle.
 func (h *Handle) AddStats(delta Stats) error {
-	s := h.c.gate.enter(0)
+	s := h.c.gate.enterHot(0)
 	if s == nil {
 		return ErrClosed
 	}
 	st := C.afsmgo_handle_add_stats(h.c.hp, C.uint64_t(delta.PacketsSent), C.uint64_t(delta.PacketsReceived),
 		C.uint64_t(delta.BytesSent), C.uint64_t(delta.BytesReceived), C.uint64_t(delta.Retransmissions),
 		C.uint32_t(delta.CurrentRTTMs))
-	s.leave()
+	s.leaveHot()
 	runtime.KeepAlive(h)
-	return statusError("Handle.AddStats", st)
+	if st != C.AFSM_OK {
+		return codeError("Handle.AddStats", st)
+	}
+	return nil
 }
 
 // Release unpins the session, waiting for calls in progress on the handle.

@@ -64,8 +64,14 @@ func (m *Manager) ListSessionsPage(ctx context.Context, filter *SessionFilter) (
 	if filter != nil {
 		f = *filter
 	}
-	if f.Limit < 0 || f.Offset < 0 {
-		return nil, argError(op, C.AFSM_EINVAL)
+	if f.Limit < 0 {
+		return nil, argError(op, C.AFSM_EINVAL, "limit: %d, must not be negative (0: every match)", f.Limit)
+	}
+	if f.Offset < 0 {
+		return nil, argError(op, C.AFSM_EINVAL, "offset: %d, must not be negative", f.Offset)
+	}
+	if err := textError(op, "user_id", f.UserID); err != nil {
+		return nil, err
 	}
 	var after, before int64
 	if !f.CreatedAfter.IsZero() {
@@ -110,8 +116,9 @@ func (m *Manager) ListSessionsPage(ctx context.Context, filter *SessionFilter) (
 			C.int64_t(before), cursor.c(), C.uint64_t(offset), C.uint32_t(want), &infos[0], &count, &total,
 			next.c())
 		if st != C.AFSM_OK {
+			err := statusError(op, st)
 			s.leave()
-			return nil, statusError(op, st)
+			return nil, err
 		}
 		got := infos[:count]
 		mdBytes := 0

@@ -8,6 +8,7 @@ import "C"
 
 import (
 	"context"
+	"runtime"
 	"runtime/cgo"
 	"sync"
 	"time"
@@ -68,8 +69,8 @@ type ManagerConfig struct {
 	// same tokens, and more keys with AddKey / AddKeyFile.
 	Key     []byte
 	KeyFile string
-	// KeyID is Key's or KeyFile's id, 1..MaxKeyID; it travels in every
-	// token.
+	// KeyID is Key's or KeyFile's id, 1..MaxKeyID (0: 1); it travels in
+	// every token.
 	KeyID uint32
 	// DisableMetrics skips the engine's counters (created, deleted,
 	// durations, token results), to measure their cost; the session gauges
@@ -117,30 +118,44 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 		return nil, statusError(op, st)
 	}
 	durs := []struct {
-		d   time.Duration
-		dst *C.uint64_t
+		name string
+		d    time.Duration
+		dst  *C.uint64_t
 	}{
-		{cfg.DefaultTimeout, &c.default_timeout_ms},
-		{cfg.CleanupInterval, &c.cleanup_interval_ms},
-		{cfg.TickInterval, &c.tick_ms},
-		{cfg.IdleTimeout, &c.idle_timeout_ms},
-		{cfg.MaxLifetime, &c.max_lifetime_ms},
-		{cfg.CloseLinger, &c.close_linger_ms},
+		{"DefaultTimeout", cfg.DefaultTimeout, &c.default_timeout_ms},
+		{"CleanupInterval", cfg.CleanupInterval, &c.cleanup_interval_ms},
+		{"TickInterval", cfg.TickInterval, &c.tick_ms},
+		{"IdleTimeout", cfg.IdleTimeout, &c.idle_timeout_ms},
+		{"MaxLifetime", cfg.MaxLifetime, &c.max_lifetime_ms},
+		{"CloseLinger", cfg.CloseLinger, &c.close_linger_ms},
 	}
 	for _, d := range durs {
 		ms, ok := durationMs(d.d)
 		if !ok {
-			return nil, argError(op, C.AFSM_EINVAL)
+			return nil, argError(op, C.AFSM_EINVAL, "%s: %v, must not be negative (0: the default)", d.name, d.d)
 		}
 		*d.dst = C.uint64_t(ms)
 	}
-	if cfg.ShardCount < 0 || cfg.ShardCount > 1<<30 || cfg.CapacityHint < 0 || cfg.LogLevel < 0 ||
-		cfg.MaxSessionsPerUser < 0 || cfg.MaxSessionsPerUser > 1<<32-1 {
-		return nil, argError(op, C.AFSM_EINVAL)
+	ints := []struct {
+		name     string
+		v, limit int64
+	}{
+		{"ShardCount", int64(cfg.ShardCount), 1 << 30},
+		{"CapacityHint", int64(cfg.CapacityHint), 1<<63 - 1},
+		{"LogLevel", int64(cfg.LogLevel), 1 << 31},
+		{"MaxSessionsPerUser", int64(cfg.MaxSessionsPerUser), 1<<32 - 1},
+	}
+	for _, n := range ints {
+		if n.v < 0 || n.v > n.limit {
+			return nil, argError(op, C.AFSM_EINVAL, "%s: %d, must be 0..%d", n.name, n.v, n.limit)
+		}
 	}
 	c.max_sessions_per_user = C.uint32_t(cfg.MaxSessionsPerUser)
 	c.limit_policy = C.uint32_t(cfg.LimitPolicy)
 	c.key_id = C.uint32_t(cfg.KeyID)
+	if cfg.KeyID == 0 && (cfg.Key != nil || cfg.KeyFile != "") {
+		c.key_id = 1 // as in the Python binding: a first key without an id is key 1
+	}
 	if cfg.DisableMetrics {
 		c.disable_metrics = 1
 	}
@@ -153,7 +168,8 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 		c.reaper = C.AFSM_REAPER_THREAD
 	}
 	if len(cfg.ServerAddr) > C.AFSM_SERVER_ADDR_MAX {
-		return nil, argError(op, C.AFSM_ETOOLONG)
+		return nil, argError(op, C.AFSM_ETOOLONG, "ServerAddr: %d bytes, must be at most %d", len(cfg.ServerAddr),
+			C.AFSM_SERVER_ADDR_MAX)
 	}
 
 	m := &Manager{
@@ -197,6 +213,9 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 		pathPtr = (*C.char)(unsafe.Pointer(&path[0]))
 	}
 	var eng *C.afsm_engine
+	// The error's detail is the thread's: stay on it (see gate.enter).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	st := C.afsmgo_open(&c, addrPtr, C.size_t(len(addr)), keyPtr, C.size_t(len(cfg.Key)), pathPtr,
 		C.size_t(len(cfg.KeyFile)), C.uintptr_t(m.hooks), want, &eng)
 	m.eng = eng
@@ -233,12 +252,32 @@ func (m *Manager) enter(ctx context.Context, hint byte) (*stripe, error) {
 	return s, nil
 }
 
+// enterHot is enter for the data-plane calls (see gate.enterHot); the
+// caller must call leaveHot.
+func (m *Manager) enterHot(ctx context.Context, hint byte) (*stripe, error) {
+	if ctx != nil {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	s := m.gate.enterHot(hint)
+	if s == nil {
+		return nil, ErrClosed
+	}
+	return s, nil
+}
+
 // Close stops the reaper, releases every Handle still pinned and frees the
 // engine and all its sessions. It waits for calls in progress on other
 // goroutines; calls made afterwards return ErrClosed. No event or log
 // callback runs after it returns. A second Close is a no-op that returns
-// nil. Close must not be called from OnEvent, Logger or Clock.
+// nil. Called from OnEvent, Logger or Clock (on the callback's goroutine)
+// it returns ErrCloseInCallback and closes nothing: the call that fired the
+// callback is still in progress, so waiting for it would never end.
 func (m *Manager) Close() error {
+	if C.afsmgo_in_callback() != 0 {
+		return ErrCloseInCallback
+	}
 	first := false
 	m.closeOnce.Do(func() {
 		first = true
@@ -250,7 +289,7 @@ func (m *Manager) Close() error {
 		m.handles = nil
 		m.handlesMu.Unlock()
 		if st := C.afsm_engine_close(m.eng); st != C.AFSM_OK {
-			m.closeErr = statusError("Close", st)
+			m.closeErr = codeError("Close", st)
 			return
 		}
 		m.eng = nil
@@ -275,7 +314,7 @@ func (m *Manager) Advance(now int64) (int, error) {
 	}
 	defer s.leave()
 	if now < 0 {
-		return 0, argError("Advance", C.AFSM_EINVAL)
+		return 0, argError("Advance", C.AFSM_EINVAL, "now: %d, must not be negative", now)
 	}
 	var n C.size_t
 	st := C.afsm_engine_advance(m.eng, C.uint64_t(now), &n)
@@ -313,7 +352,7 @@ func (m *Manager) SetDefaultTimeout(d time.Duration) error {
 	defer s.leave()
 	ms, ok := durationMs(d)
 	if !ok {
-		return argError("SetDefaultTimeout", C.AFSM_EINVAL)
+		return argError("SetDefaultTimeout", C.AFSM_EINVAL, "d: %v, must be positive", d)
 	}
 	return statusError("SetDefaultTimeout", C.afsm_engine_set_default_timeout(m.eng, C.uint64_t(ms)))
 }
@@ -413,9 +452,9 @@ func (m *Manager) AddKey(id uint32, key []byte) error {
 	}
 	defer s.leave()
 	if len(key) == 0 {
-		return argError("AddKey", C.AFSM_EINVAL)
+		return argError("AddKey", C.AFSM_EINVAL, "key: 0 bytes, must be %d", C.AFSM_KEY_BYTES)
 	}
-	return keyError("AddKey", C.afsm_key_add(m.eng, C.uint32_t(id), (*C.uint8_t)(unsafe.Pointer(&key[0])),
+	return statusError("AddKey", C.afsm_key_add(m.eng, C.uint32_t(id), (*C.uint8_t)(unsafe.Pointer(&key[0])),
 		C.size_t(len(key))))
 }
 
@@ -429,7 +468,7 @@ func (m *Manager) AddKeyFile(id uint32, path string) error {
 	}
 	defer s.leave()
 	p := append([]byte(path), 0) // never empty, so never a NULL pointer
-	return keyError("AddKeyFile", C.afsm_key_add_file(m.eng, C.uint32_t(id), (*C.char)(unsafe.Pointer(&p[0])),
+	return statusError("AddKeyFile", C.afsm_key_add_file(m.eng, C.uint32_t(id), (*C.char)(unsafe.Pointer(&p[0])),
 		C.size_t(len(path))))
 }
 
@@ -441,7 +480,7 @@ func (m *Manager) UseKey(id uint32) error {
 		return err
 	}
 	defer s.leave()
-	return keyError("UseKey", C.afsm_key_use(m.eng, C.uint32_t(id)))
+	return statusError("UseKey", C.afsm_key_use(m.eng, C.uint32_t(id)))
 }
 
 // RemoveKey removes key id from the ring: its tokens then fail with
@@ -454,7 +493,7 @@ func (m *Manager) RemoveKey(id uint32) error {
 		return err
 	}
 	defer s.leave()
-	return keyError("RemoveKey", C.afsm_key_remove(m.eng, C.uint32_t(id)))
+	return statusError("RemoveKey", C.afsm_key_remove(m.eng, C.uint32_t(id)))
 }
 
 func zero(b []byte) {

@@ -91,6 +91,12 @@ func (a *argBuf) addMetadata(sc *scratch, md map[string]string) bool {
 	return true
 }
 
+// metadataKeysError is the engine's error for a map over
+// AFSM_METADATA_KEYS_MAX keys, which the shim cannot pass.
+func metadataKeysError(op string, keys int) error {
+	return argError(op, C.AFSM_ETOOLONG, "metadata: %d keys, must be at most %d", keys, C.AFSM_METADATA_KEYS_MAX)
+}
+
 func metadataSize(md map[string]string) int {
 	n := 0
 	for k, v := range md {
@@ -237,11 +243,17 @@ func (m *Manager) CreateSession(ctx context.Context, userID, clientIP string, cl
 func (m *Manager) CreateSessionWithOptions(ctx context.Context, o *CreateOptions) (*Session, string, error) {
 	const op = "CreateSession"
 	if o == nil {
-		return nil, "", argError(op, C.AFSM_ENULL)
+		return nil, "", argError(op, C.AFSM_ENULL, "options: nil")
 	}
 	timeoutMs, ok := durationMs(o.Timeout)
 	if !ok {
-		return nil, "", argError(op, C.AFSM_EINVAL)
+		return nil, "", argError(op, C.AFSM_EINVAL, "Timeout: %v, must not be negative (0: the default)", o.Timeout)
+	}
+	if err := textError(op, "user_id", o.UserID); err != nil {
+		return nil, "", err
+	}
+	if err := metadataTextError(op, o.Metadata); err != nil {
+		return nil, "", err
 	}
 	s, err := m.enter(ctx, o.ConnectionID[15])
 	if err != nil {
@@ -255,7 +267,7 @@ func (m *Manager) CreateSessionWithOptions(ctx context.Context, o *CreateOptions
 	a.add(o.UserID)
 	a.add(o.ClientIP)
 	if !a.addMetadata(sc, o.Metadata) {
-		return nil, "", argError(op, C.AFSM_ETOOLONG)
+		return nil, "", metadataKeysError(op, len(o.Metadata))
 	}
 	var flags C.uint32_t
 	if o.BindToken {
@@ -351,7 +363,11 @@ func (m *Manager) ValidateToken(ctx context.Context, token, clientIP string) (*S
 	if sc.info.metadata_count != 0 {
 		if md, err = m.metadataOf(op, sc); err != nil {
 			if e, ok := err.(*Error); ok {
-				return nil, tokenError(op, C.afsm_status(e.Status))
+				if st := C.afsm_status(e.Status); st == C.AFSM_ENOTFOUND || st == C.AFSM_EEXPIRED ||
+					st == C.AFSM_ECLOSED {
+					e.token = true
+				}
+				return nil, e
 			}
 			return nil, err
 		}
@@ -374,18 +390,27 @@ func (m *Manager) ValidateToken(ctx context.Context, token, clientIP string) (*S
 func (m *Manager) Restore(ctx context.Context, sess *Session) error {
 	const op = "Restore"
 	if sess == nil {
-		return argError(op, C.AFSM_ENULL)
+		return argError(op, C.AFSM_ENULL, "session: nil")
+	}
+	if err := textError(op, "user_id", sess.UserID); err != nil {
+		return err
+	}
+	if err := metadataTextError(op, sess.Metadata); err != nil {
+		return err
 	}
 	if len(sess.UserID) > C.AFSM_USER_ID_MAX {
-		return argError(op, C.AFSM_ETOOLONG)
+		return argError(op, C.AFSM_ETOOLONG, "UserID: %d bytes, must be 1..%d", len(sess.UserID), C.AFSM_USER_ID_MAX)
 	}
 	ip, err := netip.ParseAddr(sess.ClientIP)
 	if err != nil || ip.Zone() != "" {
-		return argError(op, C.AFSM_EIP)
+		return argError(op, C.AFSM_EIP, "ClientIP: %q, must be an IPv4 or IPv6 address", sess.ClientIP)
 	}
 	ip = ip.Unmap()
-	if sess.Timeout <= 0 || sess.ClientPort > 65535 {
-		return argError(op, C.AFSM_EINVAL)
+	if sess.Timeout <= 0 {
+		return argError(op, C.AFSM_EINVAL, "Timeout: %v, must be positive", sess.Timeout)
+	}
+	if sess.ClientPort > 65535 {
+		return argError(op, C.AFSM_EINVAL, "ClientPort: %d, must be 0..65535", sess.ClientPort)
 	}
 	timeoutMs, _ := durationMs(sess.Timeout)
 	s, err := m.enter(ctx, sess.SessionID[15])
@@ -421,7 +446,7 @@ func (m *Manager) Restore(ctx context.Context, sess *Session) error {
 	var a argBuf
 	a.init(sc, metadataSize(sess.Metadata))
 	if !a.addMetadata(sc, sess.Metadata) {
-		return argError(op, C.AFSM_ETOOLONG)
+		return metadataKeysError(op, len(sess.Metadata))
 	}
 	return statusError(op, C.afsmgo_restore(m.eng, info, a.ptr(), &sc.lens[0], C.size_t(len(sess.Metadata))))
 }
@@ -493,6 +518,9 @@ func (m *Manager) ReplaceMetadata(ctx context.Context, sessionID UUID, metadata 
 
 func (m *Manager) update(ctx context.Context, op string, id UUID, fields C.uint32_t, state *State,
 	metadata map[string]string, stats *Stats) (*Session, error) {
+	if err := metadataTextError(op, metadata); err != nil {
+		return nil, err
+	}
 	s, err := m.enter(ctx, id[15])
 	if err != nil {
 		return nil, err
@@ -514,7 +542,7 @@ func (m *Manager) update(ctx context.Context, op string, id UUID, fields C.uint3
 	var a argBuf
 	a.init(sc, metadataSize(metadata))
 	if !a.addMetadata(sc, metadata) {
-		return nil, argError(op, C.AFSM_ETOOLONG)
+		return nil, metadataKeysError(op, len(metadata))
 	}
 	hi, lo := id.halves()
 	st := C.afsmgo_update(m.eng, hi, lo, fields, cstate, a.ptr(), &sc.lens[0], C.size_t(len(metadata)), cstats,
@@ -538,15 +566,15 @@ func (m *Manager) update(ctx context.Context, op string, id UUID, fields C.uint3
 // Errors match ErrSessionNotFound, ErrSessionExpired, ErrSessionClosed,
 // ErrClosed or ctx.Err().
 func (m *Manager) Heartbeat(ctx context.Context, sessionID UUID) (time.Duration, error) {
-	s, err := m.enter(ctx, sessionID[15])
+	s, err := m.enterHot(ctx, sessionID[15])
 	if err != nil {
 		return 0, err
 	}
 	hi, lo := sessionID.halves()
 	r := C.afsmgo_heartbeat(m.engp, hi, lo)
-	s.leave()
+	s.leaveHot()
 	if r < 0 {
-		return 0, statusError("Heartbeat", C.afsm_status(r))
+		return 0, codeError("Heartbeat", C.afsm_status(r))
 	}
 	return time.Duration(r) * time.Millisecond, nil
 }
@@ -555,7 +583,7 @@ func (m *Manager) Heartbeat(ctx context.Context, sessionID UUID) (time.Duration,
 // CurrentRTTMs replaces the RTT. Lock-free and allocation-free. Errors
 // match ErrSessionNotFound, ErrSessionExpired, ErrClosed or ctx.Err().
 func (m *Manager) AddStats(ctx context.Context, sessionID UUID, delta Stats) error {
-	s, err := m.enter(ctx, sessionID[15])
+	s, err := m.enterHot(ctx, sessionID[15])
 	if err != nil {
 		return err
 	}
@@ -563,8 +591,11 @@ func (m *Manager) AddStats(ctx context.Context, sessionID UUID, delta Stats) err
 	st := C.afsmgo_add_stats(m.engp, hi, lo, C.uint64_t(delta.PacketsSent), C.uint64_t(delta.PacketsReceived),
 		C.uint64_t(delta.BytesSent), C.uint64_t(delta.BytesReceived), C.uint64_t(delta.Retransmissions),
 		C.uint32_t(delta.CurrentRTTMs))
-	s.leave()
-	return statusError("AddStats", st)
+	s.leaveHot()
+	if st != C.AFSM_OK {
+		return codeError("AddStats", st)
+	}
+	return nil
 }
 
 // DeleteSession removes a session from every index and fires EventDeleted
@@ -572,6 +603,9 @@ func (m *Manager) AddStats(ctx context.Context, sessionID UUID, delta Stats) err
 // deleted too. Errors match ErrSessionNotFound, ErrTooLong (reason over 256
 // bytes), ErrClosed or ctx.Err().
 func (m *Manager) DeleteSession(ctx context.Context, sessionID UUID, reason string) error {
+	if err := textError("DeleteSession", "reason", reason); err != nil {
+		return err
+	}
 	s, err := m.enter(ctx, sessionID[15])
 	if err != nil {
 		return err
@@ -591,6 +625,12 @@ func (m *Manager) DeleteSession(ctx context.Context, sessionID UUID, reason stri
 // Errors match ErrInvalidArgument (empty user id), ErrTooLong, ErrClosed
 // or ctx.Err().
 func (m *Manager) DeleteUserSessions(ctx context.Context, userID, reason string) (int, error) {
+	if err := textError("DeleteUserSessions", "user_id", userID); err != nil {
+		return 0, err
+	}
+	if err := textError("DeleteUserSessions", "reason", reason); err != nil {
+		return 0, err
+	}
 	s, err := m.enter(ctx, 0)
 	if err != nil {
 		return 0, err

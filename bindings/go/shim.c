@@ -8,19 +8,37 @@
 #include "shim.h"
 #include "_cgo_export.h"
 
+/* How many hook calls are running on this thread. A C-to-Go callback runs
+ * on the thread of the C call that fired it, and the goroutine stays locked
+ * to that thread until the callback returns, so a Close made from inside a
+ * hook sees its own thread's count. */
+static _Thread_local int callback_depth;
+
+int afsmgo_in_callback(void)
+{
+    return callback_depth;
+}
+
 static void tramp_event(void *ctx, const afsm_event *event)
 {
+    callback_depth++;
     afsmgoEvent((uintptr_t)ctx, (afsm_event *)event);
+    callback_depth--;
 }
 
 static void tramp_log(void *ctx, int level, const char *message, const afsm_log_field *fields, size_t n)
 {
+    callback_depth++;
     afsmgoLog((uintptr_t)ctx, level, (char *)message, (afsm_log_field *)fields, n);
+    callback_depth--;
 }
 
 static uint64_t tramp_clock(void *ctx)
 {
-    return afsmgoClock((uintptr_t)ctx);
+    callback_depth++;
+    uint64_t now = afsmgoClock((uintptr_t)ctx);
+    callback_depth--;
+    return now;
 }
 
 afsm_status afsmgo_open(const afsm_config *cfg, const char *server_addr, size_t server_addr_len, const uint8_t *key,

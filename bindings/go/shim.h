@@ -20,6 +20,11 @@
 #define AFSMGO_WANT_LOG   0x2
 #define AFSMGO_WANT_CLOCK 0x4
 
+/* Non-zero while this thread runs one of the hooks (OnEvent, Logger,
+ * Clock): Close refuses to run there, since the call that fired the hook
+ * holds the gate Close would wait for. */
+int afsmgo_in_callback(void);
+
 /* Opens an engine; cb (a runtime/cgo.Handle) becomes the hooks' ctx.
  * key (key_len bytes) and key_file (key_file_len bytes) may be NULL. */
 afsm_status afsmgo_open(const afsm_config *cfg, const char *server_addr, size_t server_addr_len, const uint8_t *key,

@@ -229,7 +229,7 @@ func TestKeyRotation(t *testing.T) {
 	wantErr(t, m.AddKey(3, nil), ErrInvalidArgument)
 
 	for _, cfg := range []*ManagerConfig{
-		{Key: testKey(1)[:31], KeyID: 1}, {Key: testKey(1), KeyID: 0}, {Key: []byte{}, KeyID: 1},
+		{Key: testKey(1)[:31], KeyID: 1}, {Key: []byte{}, KeyID: 1}, // KeyID 0 is 1: bindings_cases.json
 		{Key: testKey(1), KeyID: MaxKeyID + 1}, {Key: testKey(1), KeyFile: "/nonexistent", KeyID: 1},
 		{LimitPolicy: 7}, {MaxSessionsPerUser: -1},
 	} {

@@ -23,7 +23,10 @@ var Nil UUID
 func NewV7() (UUID, error) {
 	var u UUID
 	status := C.afsm_uuid_v7((*C.afsm_uuid)(unsafe.Pointer(&u)))
-	return u, statusError("NewV7", status)
+	if status != C.AFSM_OK {
+		return u, codeError("NewV7", status)
+	}
+	return u, nil
 }
 
 // Parse parses the canonical 36-character form (hex digits in either case).
@@ -31,7 +34,7 @@ func NewV7() (UUID, error) {
 func Parse(s string) (UUID, error) {
 	var u UUID
 	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return u, argError("Parse", C.AFSM_EUUID)
+		return u, argError("Parse", C.AFSM_EUUID, "%q: must be 36 characters, 8-4-4-4-12 hex digits", s)
 	}
 	j := 0
 	for i := 0; i < 36; {
@@ -42,7 +45,7 @@ func Parse(s string) (UUID, error) {
 		hi, ok1 := unhex(s[i])
 		lo, ok2 := unhex(s[i+1])
 		if !ok1 || !ok2 {
-			return Nil, argError("Parse", C.AFSM_EUUID)
+			return Nil, argError("Parse", C.AFSM_EUUID, "%q: must be 36 characters, 8-4-4-4-12 hex digits", s)
 		}
 		u[j] = hi<<4 | lo
 		j++

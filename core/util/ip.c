@@ -18,6 +18,7 @@
  * No shared state; every function is thread-safe.
  */
 #include "util/ip.h"
+#include "util/errdetail.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -153,6 +154,7 @@ static bool is_v4_mapped(const uint8_t bytes[16])
 
 AFSM_API afsm_status afsm_ip_parse(const char *text, size_t text_len, afsm_ip *out)
 {
+    errdetail_clear();
     if (text == NULL || out == NULL)
         return AFSM_ENULL;
     if (text_len == 0 || text_len > IP_TEXT_MAX)
@@ -244,6 +246,7 @@ static void format_v6(const uint8_t bytes[16], char *out)
 
 AFSM_API afsm_status afsm_ip_format(const afsm_ip *ip, char out[AFSM_IP_STRING_SIZE])
 {
+    errdetail_clear();
     if (ip == NULL || out == NULL)
         return AFSM_ENULL;
     if (ip->family == 4) {

@@ -2,7 +2,7 @@
  * status.c: names and descriptions of the AFSM_E* status codes, state names
  * and the library version.
  *
- * Invariant: every code from AFSM_OK down to AFSM_EKEYREMOVED has one entry,
+ * Invariant: every code from AFSM_OK down to AFSM_EKEYINUSE has one entry,
  * indexed by -status; the table is const, so every function here is
  * thread-safe and returns static strings that are never NULL. A code added
  * to afsm.h needs its entry here (test_status checks each name's spelling).
@@ -42,6 +42,9 @@ static const struct status_text status_texts[] = {
     [-AFSM_EINTERNAL] = {"AFSM_EINTERNAL", "internal error"},
     [-AFSM_ETOKENFORMAT] = {"AFSM_ETOKENFORMAT", "malformed or truncated token"},
     [-AFSM_EKEYREMOVED] = {"AFSM_EKEYREMOVED", "token sealed by a removed key"},
+    [-AFSM_EKEYEXISTS] = {"AFSM_EKEYEXISTS", "key id already in the key ring"},
+    [-AFSM_EKEYNOTFOUND] = {"AFSM_EKEYNOTFOUND", "key id not in the key ring"},
+    [-AFSM_EKEYINUSE] = {"AFSM_EKEYINUSE", "key is the current key; make another current first"},
 };
 
 #define STATUS_COUNT (sizeof status_texts / sizeof status_texts[0])

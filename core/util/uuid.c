@@ -32,6 +32,7 @@
 #include <time.h>
 
 #include "util/random.h"
+#include "util/errdetail.h"
 
 #define UUID_TEXT_LEN 36
 #define UNIX_MS_MAX   ((UINT64_C(1) << 48) - 1)
@@ -131,6 +132,7 @@ static bool is_dash_position(size_t i)
 
 AFSM_API afsm_status afsm_uuid_parse(const char *text, size_t text_len, afsm_uuid *out)
 {
+    errdetail_clear();
     if (text == NULL || out == NULL)
         return AFSM_ENULL;
     /* Only the canonical form: accepting braces, urn: or 32 digits would give
@@ -160,6 +162,7 @@ AFSM_API afsm_status afsm_uuid_parse(const char *text, size_t text_len, afsm_uui
 
 AFSM_API afsm_status afsm_uuid_format(const afsm_uuid *uuid, char out[AFSM_UUID_STRING_SIZE])
 {
+    errdetail_clear();
     static const char digits[] = "0123456789abcdef";
     if (uuid == NULL || out == NULL)
         return AFSM_ENULL;
@@ -176,6 +179,7 @@ AFSM_API afsm_status afsm_uuid_format(const afsm_uuid *uuid, char out[AFSM_UUID_
 
 AFSM_API afsm_status afsm_uuid_v7(afsm_uuid *out)
 {
+    errdetail_clear();
     if (out == NULL)
         return AFSM_ENULL;
     struct timespec now;

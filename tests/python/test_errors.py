@@ -41,7 +41,6 @@ S = datetime.timedelta(seconds=1)
         ({"metadata": {"": "v"}}, afsm.InvalidArgument, "AFSM_EINVAL"),
         ({"metadata": {"k\0": "v"}}, afsm.InvalidArgument, "AFSM_EINVAL"),
         ({"metadata": {"k": "v\0"}}, afsm.InvalidArgument, "AFSM_EINVAL"),
-        ({"timeout": datetime.timedelta(0)}, afsm.InvalidArgument, "AFSM_EINVAL"),
         ({"timeout": -S}, afsm.InvalidArgument, "AFSM_EINVAL"),
         ({"timeout": datetime.timedelta(days=3651 * 2)}, afsm.InvalidArgument, "AFSM_EINVAL"),
     ],
@@ -84,7 +83,7 @@ def test_duplicate_connection_id(engine: afsm.Engine) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "x", "01234567-89ab-cdef-0123-456789abcdeg",
-                                  "01234567-89ab-cdef-0123-456789abcdef0", "{01234567-89ab-cdef-0123-456789abcdef}",
+                                  "01234567-89ab-cdef-0123-456789abcdef0", "{01234567-89ab-cdef-0123-456789abcdef}x",
                                   "01234567_89ab_cdef_0123_456789abcdef", "\0" * 36, "é" * 36])
 def test_bad_uuid_text_everywhere(engine: afsm.Engine, text: str) -> None:
     for call in (engine.get, engine.get_by_connection, engine.heartbeat, engine.delete, engine.pin,
@@ -134,19 +133,16 @@ def test_update_expired(engine: afsm.Engine, clock: object) -> None:
 @pytest.mark.parametrize(
     "kwargs, exc",
     [
-        ({"limit": 0}, afsm.InvalidArgument),
-        ({"limit": 10001}, afsm.InvalidArgument),
-        ({"limit": 2**31}, afsm.InvalidArgument),
-        ({"limit": 2**40}, afsm.InvalidArgument),
         ({"limit": -1}, afsm.InvalidArgument),
         ({"offset": -1}, afsm.InvalidArgument),
         ({"state": 6}, afsm.InvalidArgument),
-        ({"user_id": ""}, afsm.InvalidArgument),
         ({"user_id": "u" * 257}, afsm.TooLong),
         ({"created_after": datetime.datetime(2020, 1, 1)}, afsm.InvalidArgument),  # naive
         ({"created_before": "2020-01-01"}, TypeError),
     ],
 )
+# Timeout 0, limit 0 or over 10000, "" user filter: not errors; their
+# meaning is in tests/bindings_cases.json, shared with the Go suite.
 def test_list_errors(engine: afsm.Engine, kwargs: dict, exc: type) -> None:
     make(engine)
     with pytest.raises(exc):
@@ -183,7 +179,6 @@ def test_delete_errors(engine: afsm.Engine) -> None:
         ({"server_addr": "a\0b"}, afsm.InvalidArgument),
         ({"log_level": 5}, afsm.InvalidArgument),
         ({"default_timeout": -S}, afsm.InvalidArgument),
-        ({"tick": datetime.timedelta(0)}, afsm.InvalidArgument),
         ({"max_lifetime": datetime.timedelta(days=3651 * 2)}, afsm.InvalidArgument),
     ],
 )

@@ -392,7 +392,7 @@ def test_engine_lifecycle() -> None:
     e.close()
     assert e.closed
     e.close()  # idempotent
-    with pytest.raises(ValueError):
+    with pytest.raises(afsm.EngineClosed):
         e.get(uuid.uuid4())
     with afsm.Engine() as e2:
         make(e2)
@@ -409,3 +409,63 @@ def test_new_session_is_not_active_before_it_was_created(real_engine: afsm.Engin
     for _ in range(200):
         s = make(real_engine)
         assert s.last_active_at >= s.created_at
+
+
+# ---- Session values (issue 14): pickle, copy, asdict, hash, id forms -------------
+
+
+def test_session_pickles_and_copies(engine: afsm.Engine) -> None:
+    import copy
+    import pickle
+
+    s = make(engine, metadata={"device": "mobile", "v": "1"})
+    for clone in (pickle.loads(pickle.dumps(s)), copy.copy(s), copy.deepcopy(s)):
+        assert clone == s
+        assert hash(clone) == hash(s)
+        assert clone.metadata == {"device": "mobile", "v": "1"}
+    # The README's snapshot/restore recipe, through pickle.
+    snapshot = pickle.dumps([*engine.iter_sessions()])
+    with afsm.Engine(manual_reaper=True) as other:
+        for copy_of in pickle.loads(snapshot):
+            other.restore(copy_of)
+        assert other.get(s.id).metadata == s.metadata
+
+
+def test_session_asdict_and_json(engine: afsm.Engine) -> None:
+    import dataclasses
+    import json
+
+    s = make(engine, metadata={"device": "mobile"})
+    d = dataclasses.asdict(s)
+    assert d["id"] == s.id and d["metadata"] == {"device": "mobile"}
+    assert d["stats"] == dataclasses.asdict(s.stats)
+    assert json.loads(json.dumps(d["metadata"])) == {"device": "mobile"}
+
+
+def test_session_is_hashable_and_its_metadata_read_only(engine: afsm.Engine) -> None:
+    s = make(engine, metadata={"device": "mobile"})
+    t = engine.get(s.id)
+    assert {s, t} == {s} and {s: 1}[t] == 1  # equal values, one set entry
+    with pytest.raises(TypeError):
+        s.metadata["device"] = "x"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        s.metadata.update(device="x")  # type: ignore[attr-defined]
+    # Built by hand or by dataclasses.replace: the same hashable map.
+    import dataclasses
+
+    r = dataclasses.replace(s, metadata={"a": "b"})
+    assert isinstance(r.metadata, afsm.Metadata) and hash(r) != hash(s)
+
+
+def test_session_ids_in_every_uuid_form(engine: afsm.Engine) -> None:
+    s = make(engine)
+    for form in (s.id, str(s.id), str(s.id).upper(), "{" + str(s.id) + "}", s.id.urn, s.id.hex):
+        assert engine.get(form).id == s.id
+        engine.heartbeat(form)
+    assert [r.id for r in engine.get_many([s.id.hex, s.id.urn])] == [s.id, s.id]  # type: ignore[union-attr]
+    with pytest.raises(TypeError) as info:
+        engine.get(s.id.bytes)  # type: ignore[arg-type]
+    assert "uuid.UUID" in str(info.value) and "bytes" in str(info.value)
+    with pytest.raises(afsm.InvalidUUID) as bad:
+        engine.get("not-a-uuid")
+    assert bad.value.detail is not None and "session_id: 'not-a-uuid'" in bad.value.detail

@@ -164,3 +164,107 @@ def test_validate_while_keys_and_generations_rotate(real_engine: afsm.Engine) ->
             t.join()
     assert not bad, bad[:3]
     assert seen.get("ok", 0) > 0
+
+
+CLOSE_ROUNDS = 150
+CLOSE_THREADS = 4
+
+
+def test_close_racing_calls_never_touches_freed_memory() -> None:
+    """Calls racing Engine.close either finish or raise EngineClosed.
+
+    Before the gate this crashed the interpreter (rc 139) in most runs: the
+    engine was freed under a thread still inside afsm_session_heartbeat.
+    """
+    for _ in range(CLOSE_ROUNDS):
+        engine = afsm.Engine(shard_count=4)
+        s, _ = engine.create_session("u", "10.0.0.1", 1)
+        started = threading.Barrier(CLOSE_THREADS + 1, timeout=60)
+        outcomes: list[BaseException | None] = [None] * CLOSE_THREADS
+
+        def work(n: int) -> None:
+            calls = 0
+            try:
+                while True:
+                    engine.heartbeat(s.id)
+                    engine.get(s.id)
+                    if n % 2:
+                        engine.list_sessions(limit=10)
+                    else:
+                        t = make(engine, f"w{n}")
+                        engine.delete(t.id)
+                    calls += 1
+                    if calls == 1:
+                        started.wait()
+            except BaseException as exc:  # noqa: BLE001 - inspected below
+                outcomes[n] = exc
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(CLOSE_THREADS)]
+        for t in threads:
+            t.start()
+        started.wait()  # every thread is in its loop, calling
+        engine.close()
+        for t in threads:
+            t.join()
+        assert engine.closed
+        for exc in outcomes:
+            assert isinstance(exc, afsm.EngineClosed), repr(exc)
+            assert isinstance(exc, afsm.AfsmError)
+
+
+def test_use_after_close_raises_engine_closed() -> None:
+    engine = afsm.Engine()
+    s, token = engine.create_session("u", "10.0.0.1", 1)
+    engine.close()
+    engine.close()  # idempotent
+    for call in (
+        lambda: engine.get(s.id),
+        lambda: engine.heartbeat(s.id),
+        lambda: engine.validate_token(token),
+        lambda: engine.create_session("u", "10.0.0.1", 1),
+        lambda: engine.list_sessions(),
+        lambda: list(engine.iter_sessions()),
+        lambda: engine.counts(),
+        lambda: engine.add_key(2, b"k" * 32),
+    ):
+        try:
+            call()
+        except afsm.EngineClosed as exc:
+            assert "closed" in str(exc)
+        else:
+            raise AssertionError("no EngineClosed")
+
+
+def test_close_from_a_callback_raises_and_close_from_outside_still_works() -> None:
+    seen: list[BaseException] = []
+    holder: list[afsm.Engine] = []
+
+    def on_event(ev: afsm.Event) -> None:
+        try:
+            holder[0].close()
+        except RuntimeError as exc:
+            seen.append(exc)
+
+    engine = afsm.Engine(on_event=on_event)
+    holder.append(engine)
+    make(engine, "u")
+    assert len(seen) == 1 and "callback" in str(seen[0])
+    assert not engine.closed
+    engine.close()
+    assert engine.closed
+
+
+def test_pinned_handle_keeps_engine_open_then_close_succeeds() -> None:
+    engine = afsm.Engine()
+    s = make(engine, "u")
+    h = engine.pin(s.id)
+    try:
+        engine.close()
+    except afsm.Busy:
+        pass
+    else:
+        raise AssertionError("close with a pinned handle must raise Busy")
+    h.heartbeat()  # the failed close reopened the gate
+    h.release()
+    engine.close()
+    assert engine.closed

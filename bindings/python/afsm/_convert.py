@@ -18,10 +18,11 @@ from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping
 
 from . import _lib
-from .errors import InvalidArgument, check, error_for
+from .errors import InvalidArgument, InvalidUUID, check, error_for
 from .types import (
     DeleteReason,
     IPAddress,
+    Metadata,
     Metrics,
     Session,
     State,
@@ -33,7 +34,7 @@ from .types import (
 UTC = datetime.timezone.utc
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 _US = datetime.timedelta(microseconds=1)
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+_EMPTY: Mapping[str, str] = Metadata()
 
 UUIDLike = uuid.UUID | str
 
@@ -43,18 +44,38 @@ def uint(value: Any, bits: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if value < 0 or value >> bits:
-        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what} out of range: {value}")
+        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what}: {value}, must be 0..{(1 << bits) - 1}")
     return value
 
 
-def encode(text: Any, what: str) -> bytes:
-    """UTF-8 bytes of a str (lone surrogates are an InvalidArgument)."""
+def _not_utf8(text: str, prefix: str) -> str:
+    """The detail for text holding lone surrogates, worded as the Go binding
+    words it for bytes that are not UTF-8: surrogate-escaped bytes (as
+    os.fsdecode makes them) are named by value and byte offset."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        return f"{prefix} not valid UTF-8 (lone surrogate U+{ord(text[exc.start]):04X} at index {exc.start})"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{prefix} not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+    return f"{prefix} not valid UTF-8"  # pragma: no cover - encode failed, so decode must
+
+
+def encode(text: Any, what: str, prefix: str | None = None) -> bytes:
+    """UTF-8 bytes of a str (lone surrogates are an InvalidArgument).
+
+    Text must be UTF-8 in both bindings (the Go one rejects other bytes the
+    same way): ``prefix`` starts the detail, ``"{what}:"`` by default.
+    """
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a str, not {type(text).__name__}")
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what} is not valid UTF-8 text") from exc
+        detail = _not_utf8(text, prefix if prefix is not None else f"{what}:")
+        raise InvalidArgument(_lib.AFSM_EINVAL, detail) from exc
 
 
 def decode(raw: bytes) -> str:
@@ -64,14 +85,21 @@ def decode(raw: bytes) -> str:
 # ---- UUIDs ------------------------------------------------------------------
 
 
+_UUID_FORMS = "a uuid.UUID, or text uuid.UUID() accepts (canonical, {braced}, urn:uuid:..., 32 hex digits)"
+
+
 def uuid_to_c(value: UUIDLike, what: str = "id") -> _lib.afsm_uuid:
-    """A UUID, or its canonical 36-character text (parsed by the library)."""
+    """A uuid.UUID, or any text ``uuid.UUID()`` accepts, as an afsm_uuid."""
     if isinstance(value, uuid.UUID):
         return _lib.afsm_uuid.from_buffer_copy(value.bytes)
-    raw = encode(value, what)
-    out = _lib.afsm_uuid()
-    check(_lib.lib.afsm_uuid_parse(raw, len(raw), ctypes.byref(out)), what)
-    return out
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be {_UUID_FORMS}, not {type(value).__name__}")
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        shown = value if len(value) <= 48 else value[:45] + "..."
+        raise InvalidUUID(_lib.AFSM_EUUID, f"{what}: {shown!r}, must be {_UUID_FORMS}") from None
+    return _lib.afsm_uuid.from_buffer_copy(parsed.bytes)
 
 
 def uuid_from_c(value: _lib.afsm_uuid) -> uuid.UUID:
@@ -89,8 +117,12 @@ def uuids_to_array(values: Iterable[UUIDLike], what: str = "id") -> Any:
 
 
 def parse_uuid(text: str) -> uuid.UUID:
-    """Parses a UUID with the library's parser (the engine's own rules)."""
-    return uuid_from_c(uuid_to_c(text))
+    """Parses a UUID with the library's parser (the engine's own rules: the
+    canonical 36-character form only; Engine methods take more forms)."""
+    raw = encode(text, "text")
+    out = _lib.afsm_uuid()
+    check(_lib.lib.afsm_uuid_parse(raw, len(raw), ctypes.byref(out)), f"text: {text!r}, must be a canonical UUID")
+    return uuid_from_c(out)
 
 
 def uuid7() -> uuid.UUID:
@@ -145,7 +177,7 @@ def timedelta_to_ms(value: datetime.timedelta, what: str) -> int:
         raise TypeError(f"{what} must be a timedelta, not {type(value).__name__}")
     us = value // _US
     if us <= 0:
-        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what} must be positive")
+        raise InvalidArgument(_lib.AFSM_EINVAL, f"{what}: {value}, must be positive")
     return uint(-(-us // 1000), 64, what)
 
 
@@ -219,7 +251,7 @@ class KVArray:
         self.array = (_lib.afsm_kv * len(items))()
         for i, (key, value) in enumerate(items):
             k = encode(key, "metadata key")
-            v = encode(value, "metadata value")
+            v = encode(value, "metadata value", f'metadata "{key}": value')
             self._keep += (k, v)
             entry = self.array[i]
             entry.key = k
@@ -235,7 +267,7 @@ def metadata_from_buffer(raw: bytes) -> Mapping[str, str]:
         return _EMPTY
     parts = raw.split(b"\0")
     it = iter(parts[:-1])
-    return MappingProxyType({decode(k): decode(v) for k, v in zip(it, it)})
+    return Metadata({decode(k): decode(v) for k, v in zip(it, it)})
 
 
 # ---- sessions -------------------------------------------------------------------------

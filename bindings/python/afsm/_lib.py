@@ -11,6 +11,7 @@ with the header.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import os
 from ctypes import (
     CFUNCTYPE,
@@ -62,6 +63,9 @@ AFSM_EUNAVAILABLE = -21
 AFSM_EINTERNAL = -22
 AFSM_ETOKENFORMAT = -23
 AFSM_EKEYREMOVED = -24
+AFSM_EKEYEXISTS = -25
+AFSM_EKEYNOTFOUND = -26
+AFSM_EKEYINUSE = -27
 
 AFSM_USER_ID_MAX = 256
 AFSM_SERVER_ADDR_MAX = 255
@@ -72,6 +76,7 @@ AFSM_LIST_LIMIT_MAX = 10000
 AFSM_BATCH_MAX = 65536
 AFSM_UUID_STRING_SIZE = 37
 AFSM_IP_STRING_SIZE = 46
+AFSM_ERROR_DETAIL_MAX = 256
 
 AFSM_STATE_COUNT = 6
 
@@ -337,6 +342,7 @@ _PROTOTYPES: dict[str, tuple[Any, Sequence[Any]]] = {
     "afsm_strerror": (c_char_p, [_status]),
     "afsm_status_name": (c_char_p, [_status]),
     "afsm_version": (c_char_p, []),
+    "afsm_error_detail": (c_char_p, []),
     "afsm_uuid_parse": (_status, [c_char_p, c_size_t, _uuid_p]),
     "afsm_uuid_format": (_status, [_uuid_p, POINTER(c_char)]),
     "afsm_uuid_v7": (_status, [_uuid_p]),
@@ -436,18 +442,33 @@ def find_library_candidates(start: Path | None = None) -> list[tuple[str, str]]:
     """The places searched, in order, as (label, path-or-name) pairs.
 
     1. the ``AFSM_LIBRARY`` environment variable;
-    2. ``build/lib/libafsm.so.0`` in this package's directory and each parent
+    2. the library installed with this package: ``cmake --install`` writes
+       ``_install.py`` recording its path relative to the package;
+    3. ``build/lib/libafsm.so.0`` in this package's directory and each parent
        (a source checkout built with CMake);
-    3. the installed SONAME ``libafsm.so.0`` through the dynamic linker.
+    4. the installed SONAME ``libafsm.so.0`` through the dynamic linker
+       (``ldconfig`` paths, ``LD_LIBRARY_PATH``), then what
+       ``ctypes.util.find_library("afsm")`` finds.
     """
     candidates: list[tuple[str, str]] = []
     env = os.environ.get(ENV_VAR)
     if env:
         candidates.append((f"${ENV_VAR}", env))
-    here = (start or Path(__file__).parent).resolve()
+    package = Path(__file__).parent
+    if start is None:
+        try:
+            from ._install import LIBRARY as installed  # written by cmake --install
+        except ImportError:
+            installed = None
+        if installed:
+            candidates.append(("installed with the package", os.path.normpath(package / installed)))
+    here = (start or package).resolve()
     for parent in [here, *here.parents]:
         candidates.append(("build tree", str(parent / "build" / "lib" / SONAME)))
     candidates.append(("installed SONAME", SONAME))
+    found = ctypes.util.find_library("afsm")
+    if found and found != SONAME:
+        candidates.append(("ctypes.util.find_library", found))
     return candidates
 
 
@@ -455,7 +476,7 @@ def _load(start: Path | None = None) -> tuple[ctypes.CDLL, str]:
     tried: list[tuple[str, str]] = []
     env_set = bool(os.environ.get(ENV_VAR))
     for label, where in find_library_candidates(start):
-        if label == "build tree" and not os.path.exists(where):
+        if label in ("build tree", "installed with the package") and not os.path.exists(where):
             tried.append((where, "no such file"))
             continue
         try:

@@ -1,9 +1,12 @@
 """The Engine: one libafsm engine, and pinned Handles to its sessions.
 
 Every method may be called from many threads at once (ctypes releases the
-GIL during each C call), except :meth:`Engine.close`, which must not race
-with other calls on the same engine. Hooks run on the thread that caused the
-event (for expiry: the reaper thread, or the caller of :meth:`advance`).
+GIL during each C call), :meth:`Engine.close` included: a gate counts the
+calls in flight, and close shuts it, waits for them to finish and only then
+frees the engine, so a call racing a close either completes or raises
+:class:`~afsm.errors.EngineClosed`; it never touches freed memory. Hooks run
+on the thread that caused the event (for expiry: the reaper thread, or the
+caller of :meth:`advance`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import collections
 import ctypes
 import datetime
 import logging
+import functools
 import os
+import threading
 import uuid
 import weakref
 from ctypes import byref, c_size_t, c_uint64
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from . import _lib
 from ._convert import (
@@ -52,14 +57,14 @@ from ._convert import (
     uuids_to_array,
 )
 from ._hooks import inside_callback, make_clock, make_event_hook, make_log_hook
-from .errors import AfsmError, check, error_for
-from .types import Counts, Event, LimitPolicy, LogRecord, Metrics, Page, Session, State, Stats
+from .errors import AfsmError, EngineClosed, InvalidArgument, check, error_for
+from .types import Counts, Event, LimitPolicy, LogRecord, Metadata, Metrics, Page, Session, State, Stats
 
 __all__ = ["Engine", "Handle"]
 
 log = logging.getLogger("afsm")
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+_EMPTY: Mapping[str, str] = Metadata()
 _OK = _lib.AFSM_OK
 _EXPIRED = _lib.AFSM_EEXPIRED
 _BUFFER = _lib.AFSM_EBUFFER
@@ -83,8 +88,83 @@ def _close_open_engines() -> None:
             _leaked_hooks.extend(engine._hooks)
 
 
+class _Gate:
+    """Counts the calls in flight on one engine, so close can wait for them.
+
+    A plain count under a lock, uncontended in the common case. Invariant:
+    once ``closed`` is set no new call enters, and ``shut`` returns only
+    when ``inflight`` is 0, so the C engine is freed with no call inside it.
+    It does not lean on the GIL, so it stays right on a free-threaded build.
+    ``_gated`` inlines enter and leave (it wraps every call).
+    """
+
+    __slots__ = ("lock", "inflight", "closed", "drained")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inflight = 0
+        self.closed = False
+        self.drained = threading.Event()
+
+    def enter(self, what: str) -> None:
+        with self.lock:
+            if self.closed:
+                raise EngineClosed(detail=f"{what}: the Engine is closed")
+            self.inflight += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.inflight -= 1
+            if self.inflight == 0 and self.closed:
+                self.drained.set()
+
+    def shut(self) -> None:
+        """Keeps new calls out and waits until the running ones have left."""
+        with self.lock:
+            self.closed = True
+            if self.inflight == 0:
+                return
+            self.drained.clear()
+        self.drained.wait()
+
+    def reopen(self) -> None:
+        """Undoes :meth:`shut` (the close failed: the engine stays usable)."""
+        with self.lock:
+            self.closed = False
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _gated(fn: _F) -> _F:
+    """Runs an Engine method inside the engine's gate (enter and leave
+    inlined: this wraps every call)."""
+    what = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        gate = self._gate
+        with gate.lock:
+            if gate.closed:
+                raise EngineClosed(detail=f"{what}: the Engine is closed")
+            gate.inflight += 1
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            with gate.lock:
+                gate.inflight -= 1
+                if gate.closed and gate.inflight == 0:
+                    gate.drained.set()
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _optional_ms(value: datetime.timedelta | None, what: str) -> int:
-    return 0 if value is None else timedelta_to_ms(value, what)
+    """Milliseconds for C, where 0 means the default: None and a zero
+    timedelta both give it (as a zero time.Duration does in Go)."""
+    if value is None or (isinstance(value, datetime.timedelta) and not value):
+        return 0
+    return timedelta_to_ms(value, what)
 
 
 def _limit_policy(value: LimitPolicy | str | int) -> int:
@@ -190,6 +270,8 @@ class Engine:
         on_log: Callable[[LogRecord], None] | None = None,
     ) -> None:
         self._ptr: Any = None
+        self._gate = _Gate()
+        self._close_lock = threading.Lock()
         self._hooks: list[Any] = []
         self.callback_errors: collections.deque[BaseException] = collections.deque(maxlen=100)
 
@@ -248,9 +330,10 @@ class Engine:
 
     @property
     def _engine(self) -> Any:
+        # Only read inside the gate (see _gated), where close cannot free it.
         ptr = self._ptr
         if ptr is None:
-            raise ValueError("operation on a closed afsm Engine")
+            raise EngineClosed(detail="the Engine is closed")
         return ptr
 
     @property
@@ -261,16 +344,29 @@ class Engine:
     def close(self) -> None:
         """Stops the reaper and frees every session. Idempotent.
 
+        Safe to call while other threads use the engine: it keeps new calls
+        out (they raise :class:`~afsm.errors.EngineClosed`), waits for the
+        calls in progress to return, then frees the engine. Every call made
+        afterwards raises EngineClosed.
+
         Raises :class:`~afsm.errors.Busy` (and leaves the engine open) while
-        handles are pinned, and RuntimeError when called from a hook.
+        handles are pinned; calls racing such a failed close may raise
+        EngineClosed. Raises RuntimeError when called from a hook (on_event,
+        on_log, clock): the call that fired the hook is still in flight, so
+        waiting for it would never end.
         """
-        if self._ptr is None:
-            return
         if inside_callback():
             raise RuntimeError("Engine.close() cannot be called from an engine callback")
-        check(_lib.lib.afsm_engine_close(self._ptr))
-        self._ptr = None
-        self._hooks = []
+        with self._close_lock:
+            if self._ptr is None:
+                return
+            self._gate.shut()
+            status = _lib.lib.afsm_engine_close(self._ptr)
+            if status != _OK:
+                self._gate.reopen()
+                check(status)
+            self._ptr = None
+            self._hooks = []
 
     def __enter__(self) -> Engine:
         return self
@@ -291,12 +387,14 @@ class Engine:
 
     # ---- engine-wide ------------------------------------------------------------
 
+    @_gated
     def now(self) -> int:
         """The engine clock's reading in nanoseconds (``afsm_engine_now``)."""
         out = c_uint64()
         check(_lib.lib.afsm_engine_now(self._engine, byref(out)))
         return out.value
 
+    @_gated
     def advance(self, now_ns: int) -> int:
         """Advances time to ``now_ns`` (engine clock), expiring due sessions.
 
@@ -307,11 +405,13 @@ class Engine:
         check(_lib.lib.afsm_engine_advance(self._engine, uint(now_ns, 64, "now_ns"), byref(expired)))
         return expired.value
 
+    @_gated
     def set_default_timeout(self, timeout: datetime.timedelta) -> None:
         """Timeout of sessions created from now on without their own."""
         ms = timedelta_to_ms(timeout, "timeout")
         check(_lib.lib.afsm_engine_set_default_timeout(self._engine, ms))
 
+    @_gated
     def counts(self) -> Counts:
         """Number of sessions, in total and per state."""
         out = _lib.afsm_counts()
@@ -367,6 +467,7 @@ class Engine:
             raise exc
         return session
 
+    @_gated
     def create_session(
         self,
         user_id: str,
@@ -421,7 +522,7 @@ class Engine:
         # The stored map is exactly the (duplicate-free) input, in key order.
         meta: Mapping[str, str] = _EMPTY
         if kvs.count:
-            meta = MappingProxyType(dict(sorted(metadata.items(), key=lambda kv: kv[0].encode())))  # type: ignore[union-attr]
+            meta = Metadata(sorted(metadata.items(), key=lambda kv: kv[0].encode()))  # type: ignore[union-attr]
         session = session_from_c(info, meta)
         try:
             token = self._seal(_lib.lib.afsm_token_issue, info.session_id, bind_ip)
@@ -432,6 +533,7 @@ class Engine:
             raise
         return session, token
 
+    @_gated
     def restore(self, session: Session) -> None:
         """Re-creates a session exactly as ``session`` describes it.
 
@@ -459,6 +561,7 @@ class Engine:
         check(fn(self._engine, byref(sid), flags, buf, _lib.AFSM_TOKEN_SIZE, byref(n)))
         return buf.raw[: n.value].decode("ascii")
 
+    @_gated
     def issue_token(self, session_id: UUIDLike, bind_ip: bool = False) -> str:
         """Another token for the session's current generation.
 
@@ -468,6 +571,7 @@ class Engine:
         """
         return self._seal(_lib.lib.afsm_token_issue, uuid_to_c(session_id, "session_id"), bind_ip)
 
+    @_gated
     def rotate_token(self, session_id: UUIDLike, bind_ip: bool = False) -> str:
         """Moves the session to a new token generation and returns its token.
 
@@ -476,6 +580,7 @@ class Engine:
         """
         return self._seal(_lib.lib.afsm_token_rotate, uuid_to_c(session_id, "session_id"), bind_ip)
 
+    @_gated
     def validate_token(
         self, token: str | bytes, client_ip: str | Any | None = None
     ) -> Session:
@@ -492,7 +597,9 @@ class Engine:
         InvalidIP for a malformed ``client_ip``.
         """
         raw = token_bytes(token)
-        ip = None if client_ip is None else ip_text(client_ip)
+        # "" is no address, as None (and as in Go): a bound token then fails
+        # with IPMismatch, an unbound one passes.
+        ip = None if client_ip is None or client_ip == "" else ip_text(client_ip)
         info = new_info()
         check(
             _lib.lib.afsm_token_validate(
@@ -503,30 +610,36 @@ class Engine:
 
     # ---- key ring -------------------------------------------------------------------
 
+    @_gated
     def add_key(self, key_id: int, key: bytes) -> None:
         """Adds a 32-byte token key to the key ring (it opens tokens at once;
         :meth:`use_key` makes it seal). Raises InvalidArgument (id 0 or over
-        65535, length), AlreadyExists."""
+        65535, length), KeyExists (an AlreadyExists)."""
         arr, n = _key_array(key, "key")
         check(_lib.lib.afsm_key_add(self._engine, _key_id(key_id), arr, n))
 
+    @_gated
     def add_key_file(self, key_id: int, path: str | os.PathLike[str] | bytes) -> None:
         """As :meth:`add_key`, reading the key from a file of exactly 32
         bytes that only its owner may read or write (else KeyFileError)."""
         raw = _path(path)
         check(_lib.lib.afsm_key_add_file(self._engine, _key_id(key_id), raw, len(raw)))
 
+    @_gated
     def use_key(self, key_id: int) -> None:
-        """Makes a key of the ring the one that seals new tokens (NotFound)."""
+        """Makes a key of the ring the one that seals new tokens (KeyNotFound)."""
         check(_lib.lib.afsm_key_use(self._engine, _key_id(key_id)))
 
+    @_gated
     def remove_key(self, key_id: int) -> None:
         """Removes a key: its tokens then raise TokenKeyRemoved. Raises
-        NotFound, Busy (it is the current key: :meth:`use_key` another first)."""
+        KeyNotFound, KeyInUse (it is the current key: :meth:`use_key` another
+        first). KeyNotFound is a NotFound, KeyInUse a Busy."""
         check(_lib.lib.afsm_key_remove(self._engine, _key_id(key_id)))
 
     # ---- metrics ----------------------------------------------------------------------
 
+    @_gated
     def metrics(self) -> Metrics:
         """The engine's counters (``afsm_metrics_snapshot``)."""
         out = _lib.afsm_metrics()
@@ -534,6 +647,7 @@ class Engine:
         check(_lib.lib.afsm_metrics_snapshot(self._engine, byref(out)))
         return metrics_from_c(out)
 
+    @_gated
     def metrics_text(self) -> str:
         """The metrics in the Prometheus text exposition format."""
         needed = c_size_t()
@@ -550,6 +664,7 @@ class Engine:
         check(status)
         return buf.value.decode("utf-8") if buf is not None else ""
 
+    @_gated
     def get(self, session_id: UUIDLike) -> Session:
         """The session with this id.
 
@@ -563,6 +678,7 @@ class Engine:
             check(status)
         return self._result(status, info_fields(info))
 
+    @_gated
     def get_by_connection(self, connection_id: UUIDLike) -> Session:
         """The session of this transport connection id (as :meth:`get`)."""
         cid = uuid_to_c(connection_id, "connection_id")
@@ -572,6 +688,7 @@ class Engine:
             check(status)
         return self._result(status, info_fields(info))
 
+    @_gated
     def heartbeat(self, session_id: UUIDLike) -> datetime.timedelta:
         """Extends the session's deadline; returns the time left.
 
@@ -582,6 +699,7 @@ class Engine:
         check(_lib.lib.afsm_session_heartbeat(self._engine, byref(sid), byref(remaining)))
         return ms_to_timedelta(remaining.value)
 
+    @_gated
     def update(
         self,
         session_id: UUIDLike,
@@ -622,12 +740,14 @@ class Engine:
         check(_lib.lib.afsm_session_update(self._engine, byref(sid), byref(upd), byref(info)))
         return self._session(info_fields(info))
 
+    @_gated
     def add_stats(self, session_id: UUIDLike, delta: Stats) -> None:
         """Adds ``delta``'s counters (a non-zero RTT replaces the RTT)."""
         sid = uuid_to_c(session_id, "session_id")
         d = stats_to_c(delta)
         check(_lib.lib.afsm_session_add_stats(self._engine, byref(sid), byref(d)))
 
+    @_gated
     def delete(self, session_id: UUIDLike, reason: str = "") -> None:
         """Removes the session (DELETED event with ``reason``, default "deleted").
 
@@ -637,6 +757,7 @@ class Engine:
         raw, n = _reason(reason)
         check(_lib.lib.afsm_session_delete(self._engine, byref(sid), raw, n))
 
+    @_gated
     def delete_user_sessions(self, user_id: str, reason: str = "") -> int:
         """Deletes every session of a user; returns how many."""
         user = encode(user_id, "user_id")
@@ -651,6 +772,7 @@ class Engine:
 
     # ---- listing ------------------------------------------------------------------
 
+    @_gated
     def list_sessions(
         self,
         user_id: str | None = None,
@@ -668,14 +790,23 @@ class Engine:
         exists for the whole listing exactly once, even while other threads
         create and delete. ``offset`` skips matches after the cursor.
         ``created_after`` / ``created_before`` are exclusive bounds.
+        ``user_id`` None or ``""``: every user. ``limit``: at most this many
+        (default 100); 0 returns every match, and a limit over the engine's
+        page maximum (10000) is walked page by page, as in Go.
 
-        Raises InvalidArgument (limit outside 1..10000, unknown state).
+        Raises InvalidArgument (negative limit or offset, unknown state).
         """
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+        if limit < 0:
+            raise InvalidArgument(_lib.AFSM_EINVAL, f"limit: {limit}, must not be negative (0: every match)")
+        if isinstance(offset, int) and not isinstance(offset, bool) and offset < 0:
+            raise InvalidArgument(_lib.AFSM_EINVAL, f"offset: {offset}, must not be negative")
         flt = _lib.afsm_list_filter()
         flt.version = _lib.AFSM_LIST_FILTER_VERSION
         flt.state = 0 if state is None else state_to_c(state)
         user = None
-        if user_id is not None:
+        if user_id is not None and user_id != "":
             user = encode(user_id, "user_id")
             flt.user_id = user
             flt.user_id_len = len(user)
@@ -686,22 +817,32 @@ class Engine:
         if cursor is not None:
             flt.cursor = uuid_to_c(cursor, "cursor")
         flt.offset = uint(offset, 64, "offset")
-        flt.limit = uint(limit, 32, "limit")
-        # Never allocate more than a legal page: a bigger limit gets the
-        # library's own EINVAL (out_capacity < limit).
-        capacity = max(1, min(flt.limit, _lib.AFSM_LIST_LIMIT_MAX))
-        out = new_info_array(capacity)
+        sessions: list[Session] = []
+        total: int | None = None
         count = c_size_t()
-        total = c_uint64()
+        total_c = c_uint64()
         next_cursor = _lib.afsm_uuid()
-        check(
-            _lib.lib.afsm_session_list(
-                self._engine, byref(flt), out, capacity, byref(count), byref(total), byref(next_cursor)
+        while True:
+            chunk = _lib.AFSM_LIST_LIMIT_MAX
+            if limit:
+                chunk = min(limit - len(sessions), chunk)
+            flt.limit = chunk
+            out = new_info_array(chunk)
+            check(
+                _lib.lib.afsm_session_list(
+                    self._engine, byref(flt), out, chunk, byref(count), byref(total_c), byref(next_cursor)
+                )
             )
-        )
-        sessions = tuple(self._session(f) for f in info_array_fields(out, count.value))
-        nxt = uuid_from_c(next_cursor)
-        return Page(sessions=sessions, total=total.value, next_cursor=None if nxt.int == 0 else nxt)
+            if total is None:
+                total = total_c.value
+            sessions.extend(self._session(f) for f in info_array_fields(out, count.value))
+            nxt = uuid_from_c(next_cursor)
+            if nxt.int == 0 or (limit and len(sessions) >= limit):
+                break
+            # The next page starts after the last one; the offset is spent.
+            flt.cursor = next_cursor
+            flt.offset = 0
+        return Page(sessions=tuple(sessions), total=total, next_cursor=None if nxt.int == 0 else nxt)
 
     def iter_sessions(
         self,
@@ -739,6 +880,7 @@ class Engine:
         for start in range(0, len(items), step):
             yield start, items[start : start + step]
 
+    @_gated
     def get_many(self, session_ids: Iterable[UUIDLike]) -> list[Session | AfsmError]:
         """Gets many sessions with one C call per 65536.
 
@@ -763,6 +905,7 @@ class Engine:
                     results.append(exc)
         return results
 
+    @_gated
     def heartbeat_many(self, session_ids: Iterable[UUIDLike]) -> list[datetime.timedelta | AfsmError]:
         """Heartbeats many sessions; per id, the time left or the exception."""
         ids = list(session_ids)
@@ -779,6 +922,7 @@ class Engine:
             )
         return results
 
+    @_gated
     def add_stats_many(
         self, session_ids: Iterable[UUIDLike], deltas: Stats | Iterable[Stats]
     ) -> list[AfsmError | None]:
@@ -805,6 +949,7 @@ class Engine:
 
     # ---- handles -----------------------------------------------------------------------
 
+    @_gated
     def pin(self, session_id: UUIDLike) -> Handle:
         """A pinned :class:`Handle` to the session (NotFound, Expired)."""
         sid = uuid_to_c(session_id, "session_id")
@@ -812,6 +957,7 @@ class Engine:
         check(_lib.lib.afsm_handle_pin(self._engine, byref(sid), byref(ptr)))
         return Handle(self, ptr)
 
+    @_gated
     def pin_by_connection(self, connection_id: UUIDLike) -> Handle:
         """A pinned :class:`Handle`, looked up by connection id."""
         cid = uuid_to_c(connection_id, "connection_id")
@@ -849,16 +995,28 @@ class Handle:
     def heartbeat(self) -> datetime.timedelta:
         """As :meth:`Engine.heartbeat`, returning the time left."""
         remaining = c_uint64()
-        check(_lib.lib.afsm_handle_heartbeat(self._handle, byref(remaining)))
+        gate = self._engine._gate
+        gate.enter("Handle.heartbeat")
+        try:
+            check(_lib.lib.afsm_handle_heartbeat(self._handle, byref(remaining)))
+        finally:
+            gate.leave()
         return ms_to_timedelta(remaining.value)
 
     def add_stats(self, delta: Stats) -> None:
         """As :meth:`Engine.add_stats`."""
         d = stats_to_c(delta)
-        check(_lib.lib.afsm_handle_add_stats(self._handle, byref(d)))
+        gate = self._engine._gate
+        gate.enter("Handle.add_stats")
+        try:
+            check(_lib.lib.afsm_handle_add_stats(self._handle, byref(d)))
+        finally:
+            gate.leave()
 
     def release(self) -> None:
         """Unpins. Idempotent."""
+        # A pinned handle keeps the engine open (close raises Busy), so the
+        # engine outlives this call without the gate.
         ptr, self._ptr = self._ptr, None
         if ptr is not None:
             check(_lib.lib.afsm_handle_release(ptr))

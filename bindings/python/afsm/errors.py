@@ -15,6 +15,7 @@ from . import _lib
 
 __all__ = [
     "AfsmError",
+    "EngineClosed",
     "InvalidArgument",
     "NullArgument",
     "VersionMismatch",
@@ -40,6 +41,9 @@ __all__ = [
     "TokenRevoked",
     "IPMismatch",
     "KeyFileError",
+    "KeyExists",
+    "KeyNotFound",
+    "KeyInUse",
     "Unavailable",
     "InternalError",
     "error_for",
@@ -65,7 +69,10 @@ class AfsmError(Exception):
     Attributes:
         status: the negative ``AFSM_E*`` status code.
         name: the status's C name (``afsm_status_name``).
-        detail: extra context added by the binding, or ``None``.
+        detail: what exactly was wrong (``afsm_error_detail``, e.g.
+            ``"user_id: 0 bytes, must be 1..256"``), or ``None``.
+
+    ``str(exc)`` is ``"NAME: description (detail)"``.
     """
 
     status: int
@@ -83,6 +90,21 @@ class AfsmError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.status, self.detail))
+
+
+class EngineClosed(AfsmError):
+    """The :class:`~afsm.Engine` is closed (or closing): raised by every call
+    made after :meth:`~afsm.Engine.close`, and by calls that race it.
+
+    Not :class:`Closed`, which is about a session. ``status`` is
+    ``AFSM_ECLOSED`` for want of a C code: the library never sees the call.
+    """
+
+    def __init__(self, status: int = _lib.AFSM_ECLOSED, detail: str | None = None) -> None:
+        self.status = status
+        self.name = "EngineClosed"
+        self.detail = detail
+        Exception.__init__(self, f"EngineClosed: {detail or 'the Engine is closed'}")
 
 
 class InvalidArgument(AfsmError, ValueError):
@@ -196,6 +218,21 @@ class KeyFileError(AfsmError):
     """A key file is unreadable, the wrong size or too open (``AFSM_EKEYFILE``)."""
 
 
+class KeyExists(AlreadyExists):
+    """:meth:`~afsm.Engine.add_key`: the key id is already in the key ring
+    (``AFSM_EKEYEXISTS``)."""
+
+
+class KeyNotFound(NotFound):
+    """:meth:`~afsm.Engine.use_key` / :meth:`~afsm.Engine.remove_key`: no
+    such key id in the key ring (``AFSM_EKEYNOTFOUND``)."""
+
+
+class KeyInUse(Busy):
+    """:meth:`~afsm.Engine.remove_key`: the key is the current one;
+    :meth:`~afsm.Engine.use_key` another first (``AFSM_EKEYINUSE``)."""
+
+
 class Unavailable(AfsmError):
     """The store cannot be reached (``AFSM_EUNAVAILABLE``)."""
 
@@ -229,6 +266,9 @@ _BY_STATUS: dict[int, type[AfsmError]] = {
     _lib.AFSM_EINTERNAL: InternalError,
     _lib.AFSM_ETOKENFORMAT: MalformedToken,
     _lib.AFSM_EKEYREMOVED: TokenKeyRemoved,
+    _lib.AFSM_EKEYEXISTS: KeyExists,
+    _lib.AFSM_EKEYNOTFOUND: KeyNotFound,
+    _lib.AFSM_EKEYINUSE: KeyInUse,
 }
 
 
@@ -237,7 +277,21 @@ def error_for(status: int, detail: str | None = None) -> AfsmError:
     return _BY_STATUS.get(status, AfsmError)(status, detail)
 
 
+def last_detail() -> str | None:
+    """The calling thread's ``afsm_error_detail()``, or None when empty.
+
+    Valid right after the failing call and before the thread's next one.
+    """
+    raw = _lib.lib.afsm_error_detail()
+    return raw.decode("utf-8", "backslashreplace") if raw else None
+
+
 def check(status: int, detail: str | None = None) -> None:
-    """Raises the exception for ``status`` unless it is ``AFSM_OK``."""
+    """Raises the exception for ``status`` unless it is ``AFSM_OK``.
+
+    Call it right after the C call whose status it is, on the same thread:
+    without ``detail`` it takes the library's own (``afsm_error_detail``),
+    which names the argument, its problem and the limit.
+    """
     if status != _lib.AFSM_OK:
-        raise error_for(status, detail)
+        raise error_for(status, detail if detail is not None else last_detail())

@@ -25,11 +25,48 @@ __all__ = [
     "LogRecord",
     "Page",
     "IPAddress",
+    "Metadata",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class Metadata(dict):  # type: ignore[type-arg]
+    """A session's metadata: a read-only ``dict`` of str to str.
+
+    A dict, so ``json.dumps``, ``dataclasses.asdict`` and ``dict(...)`` take it
+    as they are; read-only and hashable, so a frozen :class:`Session` is a
+    value (hashable, usable in sets and as a key); picklable and copyable
+    (a copy of an immutable value is the value itself).
+    """
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("session metadata is read-only; pass a new map to Engine.update")
+
+    __setitem__ = __delitem__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+    __ior__ = _read_only  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, str]]]:
+        return (Metadata, (dict(self),))
+
+    def __copy__(self) -> Metadata:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Metadata:
+        return self
+
+    def __repr__(self) -> str:
+        return f"Metadata({dict.__repr__(self)})"
+
+
+_EMPTY: Mapping[str, str] = Metadata()
 
 
 class State(enum.Enum):
@@ -115,8 +152,12 @@ class Session:
     """A copy of one session, taken when the call returned.
 
     Timestamps are timezone-aware UTC datetimes (microsecond precision);
-    ``metadata`` is a read-only mapping. ``token_generation`` counts token
-    rotations (tokens of older generations are revoked).
+    ``metadata`` is a read-only :class:`Metadata` dict. ``token_generation``
+    counts token rotations (tokens of older generations are revoked).
+
+    A value: frozen, hashable, equal by fields, picklable, copyable and
+    ``dataclasses.asdict``-able, so snapshots can be stored and restored
+    (:meth:`Engine.restore`).
     """
 
     id: uuid.UUID
@@ -133,6 +174,12 @@ class Session:
     metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     stats: Stats = field(default_factory=Stats)
     token_generation: int = 0
+
+    def __post_init__(self) -> None:
+        # A Session built by hand (or by dataclasses.replace) gets the same
+        # read-only, hashable map as one from the engine.
+        if not isinstance(self.metadata, Metadata):
+            object.__setattr__(self, "metadata", Metadata(self.metadata))
 
 
 def _fast(cls: type, values: dict) -> object:

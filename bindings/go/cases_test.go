@@ -1,0 +1,255 @@
+package afsm
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The table both bindings are held to: ../../tests/bindings_cases.json
+// (read by tests/python/test_cases.py too). See its "about".
+
+type caseFile struct {
+	Cases []bindingCase `json:"cases"`
+}
+
+type keyFileSpec struct {
+	Missing bool   `json:"missing"`
+	Mode    string `json:"mode"`
+	Size    int    `json:"size"`
+}
+
+type bindingCase struct {
+	Name   string `json:"name"`
+	Config struct {
+		ShardCount       int          `json:"shard_count"`
+		DefaultTimeoutMs int64        `json:"default_timeout_ms"`
+		KeyHex           *string      `json:"key_hex"`
+		KeyFile          *keyFileSpec `json:"key_file"`
+	} `json:"config"`
+	Setup []struct {
+		UserID string `json:"user_id"`
+		Count  int    `json:"count"`
+	} `json:"setup"`
+	Op   string `json:"op"`
+	Args struct {
+		UserID       *string           `json:"user_id"`
+		UserIDHex    string            `json:"user_id_hex"`
+		UserIDRepeat []interface{}     `json:"user_id_repeat"`
+		Port         uint32            `json:"port"`
+		TimeoutMs    int64             `json:"timeout_ms"`
+		TimeoutUs    int64             `json:"timeout_us"`
+		Metadata     map[string]string `json:"metadata"`
+		MetadataHex  [][2]string       `json:"metadata_hex"`
+		BindIP       bool              `json:"bind_ip"`
+		ClientIP     string            `json:"client_ip"`
+		Limit        int               `json:"limit"`
+		State        int               `json:"state"`
+		KeyID        uint32            `json:"key_id"`
+		KeyHex       string            `json:"key_hex"`
+		Twice        bool              `json:"twice"`
+		File         *keyFileSpec      `json:"file"`
+	} `json:"args"`
+	Expect struct {
+		OK        bool    `json:"ok"`
+		Error     string  `json:"error"`
+		Detail    *string `json:"detail"`
+		TimeoutMs int64   `json:"timeout_ms"`
+		Count     *int    `json:"count"`
+		Total     *int    `json:"total"`
+	} `json:"expect"`
+}
+
+var caseErrors = map[string]error{
+	"invalid_argument": ErrInvalidArgument,
+	"too_long":         ErrTooLong,
+	"invalid_ip":       ErrInvalidIP,
+	"ip_mismatch":      ErrIPMismatch,
+	"key_exists":       ErrKeyExists,
+	"key_in_use":       ErrKeyInUse,
+	"key_file":         ErrKeyFile,
+}
+
+func mustHex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// makeKeyFile writes (or, for missing, only names) a key file in dir.
+func makeKeyFile(t *testing.T, dir string, spec *keyFileSpec) string {
+	t.Helper()
+	path := filepath.Join(dir, "k")
+	if spec.Missing {
+		return path
+	}
+	if err := os.WriteFile(path, make([]byte, spec.Size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var mode uint32
+	for _, c := range spec.Mode {
+		mode = mode*8 + uint32(c-'0')
+	}
+	if err := os.Chmod(path, os.FileMode(mode)); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestSharedBindingCases(t *testing.T) {
+	raw, err := os.ReadFile("../../tests/bindings_cases.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file caseFile
+	if err := json.Unmarshal(raw, &file); err != nil {
+		t.Fatal(err)
+	}
+	if len(file.Cases) < 20 {
+		t.Fatalf("only %d cases read", len(file.Cases))
+	}
+	for _, c := range file.Cases {
+		c := c
+		t.Run(c.Name, func(t *testing.T) { runCase(t, &c) })
+	}
+}
+
+func runCase(t *testing.T, c *bindingCase) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := ""
+	cfg := &ManagerConfig{ManualReaper: true, ShardCount: c.Config.ShardCount,
+		DefaultTimeout: time.Duration(c.Config.DefaultTimeoutMs) * time.Millisecond}
+	if c.Config.KeyHex != nil {
+		cfg.Key = mustHex(t, *c.Config.KeyHex)
+	}
+	if c.Config.KeyFile != nil {
+		path = makeKeyFile(t, dir, c.Config.KeyFile)
+		cfg.KeyFile = path
+	}
+	m, err := NewManager(cfg)
+	if c.Op == "open" {
+		checkOutcome(t, c, err, path)
+		if m != nil {
+			m.Close()
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("NewManager: %v", err)
+	}
+	defer m.Close()
+	for _, s := range c.Setup {
+		for i := 0; i < s.Count; i++ {
+			if _, _, err := m.CreateSession(ctx, s.UserID, "10.0.0.1", 1, mustV7(t), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a := &c.Args
+	userID := ""
+	switch {
+	case a.UserID != nil:
+		userID = *a.UserID
+	case a.UserIDHex != "":
+		userID = string(mustHex(t, a.UserIDHex))
+	case a.UserIDRepeat != nil:
+		userID = strings.Repeat(a.UserIDRepeat[0].(string), int(a.UserIDRepeat[1].(float64)))
+	}
+	var sess *Session
+	switch c.Op {
+	case "create":
+		md := a.Metadata
+		for _, kv := range a.MetadataHex {
+			if md == nil {
+				md = map[string]string{}
+			}
+			md[string(mustHex(t, kv[0]))] = string(mustHex(t, kv[1]))
+		}
+		timeout := time.Duration(a.TimeoutMs)*time.Millisecond + time.Duration(a.TimeoutUs)*time.Microsecond
+		sess, _, err = m.CreateSessionWithOptions(ctx, &CreateOptions{UserID: userID, ClientIP: "10.0.0.1",
+			ClientPort: a.Port, ConnectionID: mustV7(t), Metadata: md, Timeout: timeout})
+		if err == nil && c.Expect.TimeoutMs != 0 && sess.Timeout != time.Duration(c.Expect.TimeoutMs)*time.Millisecond {
+			t.Fatalf("timeout %v, want %d ms", sess.Timeout, c.Expect.TimeoutMs)
+		}
+	case "validate_token":
+		var token string
+		sess, token, err = m.CreateSessionWithOptions(ctx, &CreateOptions{UserID: "u", ClientIP: "10.0.0.1",
+			ClientPort: 1, ConnectionID: mustV7(t), BindToken: a.BindIP})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = m.ValidateToken(ctx, token, a.ClientIP)
+	case "list":
+		var p *Page
+		p, err = m.ListSessionsPage(ctx, &SessionFilter{UserID: userID, Limit: a.Limit})
+		if err == nil {
+			if c.Expect.Count != nil && len(p.Sessions) != *c.Expect.Count {
+				t.Fatalf("%d sessions, want %d", len(p.Sessions), *c.Expect.Count)
+			}
+			if c.Expect.Total != nil && p.Total != *c.Expect.Total {
+				t.Fatalf("total %d, want %d", p.Total, *c.Expect.Total)
+			}
+		}
+	case "update_state":
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := State(a.State)
+		_, err = m.UpdateSession(ctx, sess.SessionID, &st, nil, nil)
+	case "add_key":
+		key := mustHex(t, a.KeyHex)
+		err = m.AddKey(a.KeyID, key)
+		if err == nil && a.Twice {
+			err = m.AddKey(a.KeyID, key)
+		}
+	case "add_key_file":
+		path = makeKeyFile(t, dir, a.File)
+		err = m.AddKeyFile(a.KeyID, path)
+	case "remove_key":
+		err = m.RemoveKey(a.KeyID)
+	default:
+		t.Fatalf("unknown op %q", c.Op)
+	}
+	checkOutcome(t, c, err, path)
+}
+
+func checkOutcome(t *testing.T, c *bindingCase, err error, path string) {
+	t.Helper()
+	if c.Expect.OK {
+		if err != nil {
+			t.Fatalf("want success, got %v", err)
+		}
+		return
+	}
+	want, known := caseErrors[c.Expect.Error]
+	if !known {
+		t.Fatalf("unknown error name %q", c.Expect.Error)
+	}
+	if !errors.Is(err, want) {
+		t.Fatalf("got %v, want %v", err, want)
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("%v is not an *Error", err)
+	}
+	if c.Expect.Detail != nil {
+		detail := strings.ReplaceAll(*c.Expect.Detail, "{path}", path)
+		if e.Detail != detail {
+			t.Fatalf("detail %q, want %q", e.Detail, detail)
+		}
+		if !strings.Contains(err.Error(), detail) {
+			t.Fatalf("message %q lacks the detail", err.Error())
+		}
+	}
+}

@@ -1,0 +1,134 @@
+"""The table both bindings are held to: tests/bindings_cases.json (read by
+bindings/go/cases_test.go too). See its "about"."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import afsm
+from conftest import make
+
+CASES = json.loads((Path(__file__).resolve().parents[1] / "bindings_cases.json").read_text())["cases"]
+
+ERRORS: dict[str, type[afsm.AfsmError]] = {
+    "invalid_argument": afsm.InvalidArgument,
+    "too_long": afsm.TooLong,
+    "invalid_ip": afsm.InvalidIP,
+    "ip_mismatch": afsm.IPMismatch,
+    "key_exists": afsm.KeyExists,
+    "key_in_use": afsm.KeyInUse,
+    "key_file": afsm.KeyFileError,
+}
+
+
+def _text(raw_hex: str) -> str:
+    """Bytes that may not be UTF-8, as Python carries them in a str."""
+    return bytes.fromhex(raw_hex).decode("utf-8", "surrogateescape")
+
+
+def _key_file(directory: Path, spec: dict[str, Any]) -> str:
+    path = directory / "k"
+    if not spec.get("missing"):
+        path.write_bytes(bytes(spec["size"]))
+        os.chmod(path, int(spec["mode"], 8))
+    return str(path)
+
+
+def _user_id(args: dict[str, Any]) -> str:
+    if "user_id" in args:
+        return args["user_id"]
+    if "user_id_hex" in args:
+        return _text(args["user_id_hex"])
+    if "user_id_repeat" in args:
+        text, n = args["user_id_repeat"]
+        return text * n
+    return ""
+
+
+def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
+    """Runs the case's op; returns (result, key file path or "")."""
+    config = case.get("config", {})
+    kw: dict[str, Any] = {"manual_reaper": True, "shard_count": config.get("shard_count", 0)}
+    if "default_timeout_ms" in config:
+        kw["default_timeout"] = datetime.timedelta(milliseconds=config["default_timeout_ms"])
+    if "key_hex" in config:
+        kw["key"] = bytes.fromhex(config["key_hex"])
+    path = ""
+    if "key_file" in config:
+        path = kw["key_file"] = _key_file(tmp, config["key_file"])
+    op, args = case["op"], case.get("args", {})
+    if op == "open":
+        afsm.Engine(**kw).close()
+        return None, path
+    with afsm.Engine(**kw) as engine:
+        for group in case.get("setup", []):
+            for _ in range(group["count"]):
+                make(engine, group["user_id"])
+        if op == "create":
+            metadata = dict(args.get("metadata", {}))
+            for k, v in args.get("metadata_hex", []):
+                metadata[_text(k)] = _text(v)
+            timeout = datetime.timedelta(
+                milliseconds=args.get("timeout_ms", 0), microseconds=args.get("timeout_us", 0)
+            )
+            session, _ = engine.create_session(
+                _user_id(args), "10.0.0.1", args.get("port", 0), metadata=metadata or None, timeout=timeout
+            )
+            return session, path
+        if op == "validate_token":
+            _, token = engine.create_session("u", "10.0.0.1", 1, bind_ip=args["bind_ip"])
+            return engine.validate_token(token, args["client_ip"]), path
+        if op == "list":
+            return engine.list_sessions(user_id=_user_id(args), limit=args.get("limit", 0)), path
+        if op == "update_state":
+            s = make(engine, "u")
+            return engine.update(s.id, state=args["state"]), path
+        if op == "add_key":
+            key = bytes.fromhex(args["key_hex"])
+            engine.add_key(args["key_id"], key)
+            if args.get("twice"):
+                engine.add_key(args["key_id"], key)
+            return None, path
+        if op == "add_key_file":
+            path = _key_file(tmp, args["file"])
+            engine.add_key_file(args["key_id"], path)
+            return None, path
+        if op == "remove_key":
+            engine.remove_key(args["key_id"])
+            return None, path
+    raise AssertionError(f"unknown op {op!r}")
+
+
+def _key_file_path(case: dict[str, Any], tmp: Path) -> str:
+    spec = case.get("config", {}).get("key_file") or case.get("args", {}).get("file")
+    return str(tmp / "k") if spec else ""
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_shared_binding_case(case: dict[str, Any], tmp_path: Path) -> None:
+    expect = case["expect"]
+    if expect.get("ok"):
+        result, _ = _run(case, tmp_path)
+        if "timeout_ms" in expect:
+            assert result.timeout == datetime.timedelta(milliseconds=expect["timeout_ms"])
+        if "count" in expect:
+            assert len(result.sessions) == expect["count"]
+        if "total" in expect:
+            assert result.total == expect["total"]
+        return
+    with pytest.raises(ERRORS[expect["error"]]) as info:
+        _run(case, tmp_path)
+    if "detail" in expect:
+        detail = expect["detail"].replace("{path}", _key_file_path(case, tmp_path))
+        assert (info.value.detail or "") == detail
+        assert detail in str(info.value)
+
+
+def test_the_table_is_read() -> None:
+    assert len(CASES) >= 20
