@@ -522,9 +522,11 @@ func TestHeartbeatExpiryEvents(t *testing.T) {
 	if _, err := m.GetSession(ctx, a.SessionID); err != nil {
 		t.Fatal(err)
 	}
+	// a's heartbeat made it active (the old service's semantics), then b expired.
 	events := ev.take()
-	if len(events) != 1 || events[0].Type != EventExpired || events[0].SessionID != b.SessionID ||
-		events[0].UserID != "bob" {
+	if len(events) != 2 || events[0].Type != EventStateChanged || events[0].SessionID != a.SessionID ||
+		events[0].OldState != StateConnecting || events[0].NewState != StateActive ||
+		events[1].Type != EventExpired || events[1].SessionID != b.SessionID || events[1].UserID != "bob" {
 		t.Fatalf("events %+v", events)
 	}
 	// Tick reads the (virtual) engine clock itself.

@@ -66,10 +66,11 @@ def test_expired_events_in_virtual_time(engine: afsm.Engine, clock: VirtualClock
         assert ev.new_state is State.CONNECTING
         assert ev.reason in (None, "expired")
     assert events.types(long.id) == [EventType.CREATED]
-    assert events.types(beat.id) == [EventType.CREATED]
+    # a heartbeat makes a connecting session active (one event)
+    assert events.types(beat.id) == [EventType.CREATED, EventType.STATE_CHANGED]
     clock.advance(4 * S)
     assert engine.advance(clock()) == 1
-    assert events.types(beat.id) == [EventType.CREATED, EventType.EXPIRED]
+    assert events.types(beat.id) == [EventType.CREATED, EventType.STATE_CHANGED, EventType.EXPIRED]
     assert engine.counts().total == 1
     clock.advance(60 * S)
     assert engine.advance(clock()) == 1

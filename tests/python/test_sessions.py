@@ -98,7 +98,7 @@ def test_heartbeat_extends_deadline(engine: afsm.Engine, clock: VirtualClock) ->
     assert after.expires_at - s.expires_at == 10 * S
     clock.advance(25 * S)  # 35 s after creation, 25 s after the heartbeat
     assert engine.advance(clock()) == 0
-    assert engine.get(s.id).state is State.CONNECTING
+    assert engine.get(s.id).state is State.ACTIVE  # a heartbeat marks it active
     with pytest.raises(afsm.NotFound):
         engine.heartbeat(uuid.uuid4())
 
