@@ -958,6 +958,72 @@ static void test_idle_transition_event_not_lost_when_deleted_before_settle(void 
     assert_int_equal(afsm_engine_close(c.engine), AFSM_OK);
 }
 
+/* ---- 8: no event of a session after its terminal event, on one thread ----- */
+
+typedef struct after_end_ctx {
+    afsm_engine *engine;
+    ledger *log;
+    int created_from_callback;
+    int after_terminal;
+} after_end_ctx;
+
+static void recreate_on_eviction(void *ctx, const afsm_event *ev)
+{
+    after_end_ctx *c = ctx;
+    pthread_mutex_lock(&c->log->mutex);
+    ledger_entry *e = ledger_find(c->log, &ev->session_id);
+    assert_non_null(e);
+    if (e->terminal > 0)
+        c->after_terminal++;
+    if (ev->type == AFSM_EVENT_CREATED)
+        e->created++;
+    else if (ev->type == AFSM_EVENT_EXPIRED || ev->type == AFSM_EVENT_DELETED)
+        e->terminal++;
+    pthread_mutex_unlock(&c->log->mutex);
+    /* The evicted client reconnects at once (cap 1: this evicts in turn). */
+    if (ev->type == AFSM_EVENT_DELETED && ev->reason_len == 7 && memcmp(ev->reason, "evicted", 7) == 0 &&
+        !c->created_from_callback) {
+        c->created_from_callback = 1;
+        (void)create_session(c->engine, "after-end");
+    }
+}
+
+/* An application that keeps the set of live sessions from the events (as
+ * sessiond's watch streams do) must never see a session's CREATED after
+ * its DELETED on the same thread: mem_create delivers the victim's DELETED
+ * before the new session's CREATED, and a callback that creates for the
+ * same user evicts the new session in between. */
+static void test_no_event_after_terminal_on_one_thread(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    after_end_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.log = calloc(1, sizeof(*c.log));
+    assert_non_null(c.log);
+    pthread_mutex_init(&c.log->mutex, NULL);
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(&clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 2;
+    cfg.max_sessions_per_user = 1;
+    cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    cfg.on_event = recreate_on_eviction;
+    cfg.event_ctx = &c;
+    assert_int_equal(afsm_engine_open(&cfg, &c.engine), AFSM_OK);
+    (void)create_session(c.engine, "after-end");
+    (void)create_session(c.engine, "after-end"); /* evicts the first; its handler creates a third */
+    assert_true(c.created_from_callback);
+    print_message("events after a terminal event: %d\n", c.after_terminal);
+    assert_int_equal(c.after_terminal, 0);
+    assert_int_equal(afsm_engine_close(c.engine), AFSM_OK);
+    pthread_mutex_destroy(&c.log->mutex);
+    free(c.log);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -967,6 +1033,7 @@ int main(void)
         cmocka_unit_test(test_exiting_threads_with_handles_and_destructors),
         cmocka_unit_test(test_idle_transition_event_not_lost_when_deleted_before_settle),
         cmocka_unit_test(test_same_thread_events_in_change_order),
+        cmocka_unit_test(test_no_event_after_terminal_on_one_thread),
         cmocka_unit_test(test_close_never_frees_under_a_handle_pinned_by_reaper_callback),
     };
     if (getenv("AFSM_TEST_FILTER") != NULL)
