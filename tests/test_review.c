@@ -1024,6 +1024,86 @@ static void test_no_event_after_terminal_on_one_thread(void **state)
     free(c.log);
 }
 
+/* The same from another thread: while the advancing thread delivers the
+ * first idle event, the API thread logs the user out everywhere; the other
+ * sessions had gone IDLE in that pass and their events never arrive. */
+typedef struct idle_cross_ctx {
+    afsm_engine *engine;
+    uint64_t now;
+    _Atomic long blocked;
+    _Atomic long release;
+    _Atomic long idle_events;
+    afsm_status advance_status;
+} idle_cross_ctx;
+
+static void block_on_first_idle(void *ctx, const afsm_event *ev)
+{
+    idle_cross_ctx *c = ctx;
+    if (ev->type != AFSM_EVENT_STATE_CHANGED || ev->new_state != AFSM_STATE_IDLE)
+        return;
+    if (atomic_fetch_add(&c->idle_events, 1) == 0) {
+        atomic_store(&c->blocked, 1);
+        uint64_t deadline = real_ns() + 20 * 1000000000ull;
+        while (!atomic_load(&c->release) && real_ns() < deadline) {
+        }
+    }
+}
+
+static void *advance_thread(void *arg)
+{
+    idle_cross_ctx *c = arg;
+    c->advance_status = afsm_engine_advance(c->engine, c->now, NULL);
+    return NULL;
+}
+
+static void test_idle_event_not_lost_when_user_logged_out_during_advance(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    idle_cross_ctx c;
+    memset(&c, 0, sizeof(c));
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(&clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 1;
+    cfg.default_timeout_ms = 60000;
+    cfg.idle_timeout_ms = 1000;
+    cfg.on_event = block_on_first_idle;
+    cfg.event_ctx = &c;
+    assert_int_equal(afsm_engine_open(&cfg, &c.engine), AFSM_OK);
+    for (int i = 0; i < IDLE_LOST_SESSIONS; i++) {
+        afsm_uuid id = create_session(c.engine, "idle-cross").session_id;
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_ACTIVE;
+        assert_int_equal(afsm_session_update(c.engine, &id, &u, NULL), AFSM_OK);
+    }
+    c.now = 1000 * SEC + 2 * SEC;
+    virtual_clock_set(&clock, c.now);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, advance_thread, &c), 0);
+    uint64_t deadline = real_ns() + 20 * 1000000000ull;
+    while (!atomic_load(&c.blocked) && real_ns() < deadline) {
+    }
+    assert_true(atomic_load(&c.blocked));
+    size_t deleted = 0;
+    assert_int_equal(afsm_session_delete_by_user(c.engine, "idle-cross", 10, NULL, 0, &deleted), AFSM_OK);
+    atomic_store(&c.release, 1);
+    pthread_join(t, NULL);
+    assert_int_equal(c.advance_status, AFSM_OK);
+    assert_int_equal(deleted, IDLE_LOST_SESSIONS);
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(c.engine, &m), AFSM_OK);
+    print_message("idle transitions counted %llu, idle events %ld\n", (unsigned long long)m.idle_transitions_total,
+                  atomic_load(&c.idle_events));
+    assert_int_equal(m.idle_transitions_total, IDLE_LOST_SESSIONS);
+    assert_int_equal(atomic_load(&c.idle_events), IDLE_LOST_SESSIONS);
+    assert_int_equal(afsm_engine_close(c.engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1032,6 +1112,7 @@ int main(void)
         cmocka_unit_test(test_advance_allocation_failures_settle_exactly_once),
         cmocka_unit_test(test_exiting_threads_with_handles_and_destructors),
         cmocka_unit_test(test_idle_transition_event_not_lost_when_deleted_before_settle),
+        cmocka_unit_test(test_idle_event_not_lost_when_user_logged_out_during_advance),
         cmocka_unit_test(test_same_thread_events_in_change_order),
         cmocka_unit_test(test_no_event_after_terminal_on_one_thread),
         cmocka_unit_test(test_close_never_frees_under_a_handle_pinned_by_reaper_callback),
