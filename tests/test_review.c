@@ -1104,6 +1104,70 @@ static void test_idle_event_not_lost_when_user_logged_out_during_advance(void **
     assert_int_equal(afsm_engine_close(c.engine), AFSM_OK);
 }
 
+/* ---- 9: an ENOMEM from the data plane applied the stats anyway ------------ */
+
+typedef struct first_call_ctx {
+    afsm_handle *handle;
+    afsm_status status;
+} first_call_ctx;
+
+static void *first_call_add_stats(void *arg)
+{
+    first_call_ctx *c = arg;
+    afsm_stats d = {.packets_sent = 5, .bytes_sent = 500};
+    alloc_fail_after(0); /* this thread's epoch record cannot be allocated */
+    c->status = afsm_handle_add_stats(c->handle, &d);
+    alloc_fail_reset();
+    return NULL;
+}
+
+/* The engine's rule (write.c): "AFSM_ENOMEM leaves the store as it was", so
+ * a caller may retry. A handle's add_stats on an IDLE session (idle
+ * detection on), as the first call of a fresh thread whose epoch record
+ * cannot be allocated, adds the counters and then reports AFSM_ENOMEM from
+ * mem_activate: a retry counts the packets twice. */
+static void test_handle_add_stats_enomem_adds_nothing(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(&clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 1;
+    cfg.default_timeout_ms = 60000;
+    cfg.idle_timeout_ms = 1000;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    afsm_uuid id = create_session(engine, "first-call").session_id;
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_IDLE;
+    assert_int_equal(afsm_session_update(engine, &id, &u, NULL), AFSM_ETRANSITION); /* connecting -> idle */
+    u.state = AFSM_STATE_ACTIVE;
+    assert_int_equal(afsm_session_update(engine, &id, &u, NULL), AFSM_OK);
+    u.state = AFSM_STATE_IDLE;
+    assert_int_equal(afsm_session_update(engine, &id, &u, NULL), AFSM_OK);
+    first_call_ctx c = {0};
+    assert_int_equal(afsm_handle_pin(engine, &id, &c.handle), AFSM_OK);
+    virtual_clock_set(&clock, 1000 * SEC + 10 * MS); /* traffic at a later instant */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, first_call_add_stats, &c), 0);
+    pthread_join(t, NULL);
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &id, &info), AFSM_OK);
+    print_message("add_stats %s, packets_sent now %llu\n", afsm_status_name(c.status),
+                  (unsigned long long)info.stats.packets_sent);
+    if (c.status == AFSM_OK)
+        assert_int_equal(info.stats.packets_sent, 5);
+    else
+        assert_int_equal(info.stats.packets_sent, 0);
+    afsm_handle_release(c.handle);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1113,6 +1177,7 @@ int main(void)
         cmocka_unit_test(test_exiting_threads_with_handles_and_destructors),
         cmocka_unit_test(test_idle_transition_event_not_lost_when_deleted_before_settle),
         cmocka_unit_test(test_idle_event_not_lost_when_user_logged_out_during_advance),
+        cmocka_unit_test(test_handle_add_stats_enomem_adds_nothing),
         cmocka_unit_test(test_same_thread_events_in_change_order),
         cmocka_unit_test(test_no_event_after_terminal_on_one_thread),
         cmocka_unit_test(test_close_never_frees_under_a_handle_pinned_by_reaper_callback),
