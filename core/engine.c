@@ -316,21 +316,40 @@ fail_engine:
     return status;
 }
 
+static void stop_reaper(afsm_engine *engine)
+{
+    pthread_mutex_lock(&engine->reaper_mutex);
+    engine->reaper_stop = 1;
+    pthread_cond_signal(&engine->reaper_wakeup);
+    pthread_mutex_unlock(&engine->reaper_mutex);
+    pthread_join(engine->reaper, NULL);
+    pthread_cond_destroy(&engine->reaper_wakeup);
+    pthread_mutex_destroy(&engine->reaper_mutex);
+    engine->reaper_running = 0;
+    engine->reaper_stop = 0;
+}
+
 AFSM_API afsm_status afsm_engine_close(afsm_engine *engine)
 {
     errdetail_clear();
     if (engine == NULL)
         return AFSM_OK;
-    if (engine->st->ops->pinned(engine->st) != 0)
-        return AFSM_EBUSY;
-    if (engine->reaper_running) {
-        pthread_mutex_lock(&engine->reaper_mutex);
-        engine->reaper_stop = 1;
-        pthread_cond_signal(&engine->reaper_wakeup);
-        pthread_mutex_unlock(&engine->reaper_mutex);
-        pthread_join(engine->reaper, NULL);
-        pthread_cond_destroy(&engine->reaper_wakeup);
-        pthread_mutex_destroy(&engine->reaper_mutex);
+    size_t pinned = engine->st->ops->pinned(engine->st);
+    if (pinned != 0)
+        return errdetail_set(AFSM_EBUSY, "engine: %zu pinned handle(s), release them before closing", pinned);
+    /* The reaper's callbacks may still pin a handle until it has stopped:
+     * count again once it has, and if one did, keep the engine running. */
+    int had_reaper = engine->reaper_running;
+    if (had_reaper)
+        stop_reaper(engine);
+    pinned = engine->st->ops->pinned(engine->st);
+    if (pinned != 0) {
+        if (had_reaper && start_reaper(engine) != AFSM_OK)
+            engine_log(engine, AFSM_LOG_ERROR,
+                       "reaper thread could not restart after a refused close; "
+                       "call afsm_engine_advance to expire sessions",
+                       NULL, 0);
+        return errdetail_set(AFSM_EBUSY, "engine: %zu pinned handle(s), one pinned by a callback during close", pinned);
     }
     engine->st->ops->close(engine->st);
     keyring_close(engine->keys);

@@ -572,9 +572,9 @@ AFSM_API afsm_status afsm_handle_pin_by_connection(afsm_engine *engine, const af
 /* As afsm_session_heartbeat / afsm_session_add_stats, with atomics only
  * (a session's first heartbeat, or the first activity after it went idle,
  * takes its shard's lock once to make it ACTIVE). A handle may be used from
- * several threads at once, but not after release. AFSM_ENOMEM only when a
- * state change is due on a thread whose first call this is and its
- * per-thread record cannot be allocated (the heartbeat itself has landed). */
+ * several threads at once, but not after release. AFSM_ENOMEM (and nothing
+ * done) only on a thread's first call into the engine, when its per-thread
+ * record cannot be allocated. */
 AFSM_API afsm_status afsm_handle_heartbeat(afsm_handle *handle, uint64_t *remaining_ms);
 AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats *delta);
 /* The pinned session's id. */

@@ -188,14 +188,16 @@ afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_han
 afsm_status mem_handle_heartbeat(store_handle *base, uint64_t *remaining_ns)
 {
     mem_handle *h = (mem_handle *)base;
+    /* A state change may need a section: make sure this thread has its
+     * record before anything lands, so ENOMEM means nothing was done. */
+    if (!epoch_thread_ready())
+        return AFSM_ENOMEM;
     bool activate;
     afsm_status status = heartbeat_session(h->ms, h->s, remaining_ns, &activate);
     if (activate) {
         mem_event ev;
-        afsm_status woke = mem_activate(h->ms, h->s, &ev);
+        (void)mem_activate(h->ms, h->s, &ev); /* cannot fail: the record exists */
         mem_event_fire(h->ms, &ev);
-        if (woke != AFSM_OK)
-            return woke;
     }
     return status;
 }
@@ -203,14 +205,16 @@ afsm_status mem_handle_heartbeat(store_handle *base, uint64_t *remaining_ns)
 afsm_status mem_handle_add_stats(store_handle *base, const afsm_stats *delta)
 {
     mem_handle *h = (mem_handle *)base;
+    /* A state change may need a section: make sure this thread has its
+     * record before anything lands, so ENOMEM means nothing was done. */
+    if (!epoch_thread_ready())
+        return AFSM_ENOMEM;
     bool activate;
     afsm_status status = add_stats_session(h->ms, h->s, delta, &activate);
     if (activate) {
         mem_event ev;
-        afsm_status woke = mem_activate(h->ms, h->s, &ev);
+        (void)mem_activate(h->ms, h->s, &ev); /* cannot fail: the record exists */
         mem_event_fire(h->ms, &ev);
-        if (woke != AFSM_OK)
-            return woke;
     }
     return status;
 }

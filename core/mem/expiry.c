@@ -51,9 +51,12 @@ void mem_set_state_locked(shard *sh, session *s, uint32_t from, uint32_t to)
 
 typedef enum timer_outcome { OUTCOME_EXPIRED, OUTCOME_CLOSED, OUTCOME_IDLE } timer_outcome;
 
+#define NO_EVENT UINT32_MAX
+
 typedef struct timer_result {
     session *s;
     timer_outcome outcome;
+    uint32_t idle_event; /* OUTCOME_IDLE: its event in idle_events, or NO_EVENT */
 } timer_result;
 
 typedef struct timer_batch {
@@ -61,10 +64,37 @@ typedef struct timer_batch {
     timer_result *items;
     size_t count;
     size_t capacity;
+    /* The IDLE events, captured under the shard lock where the session (and
+     * so its user's entry) is still present: the change has happened, and
+     * its event goes out even if the session is deleted before settling. */
+    mem_event *idle_events;
+    size_t idle_count;
+    size_t idle_capacity;
     const mem_store *ms;
     size_t *budget; /* wheel_advance's: zeroed to stop the pass */
     bool failed;    /* the batch could not grow: report AFSM_ENOMEM */
 } timer_batch;
+
+/* The batch whose events this thread is delivering, so that an event a
+ * callback causes for a session still waiting in it goes out after that
+ * session's IDLE event (mem_event_prelude). Initial-exec, as epoch.c's. */
+static _Thread_local timer_batch *delivering __attribute__((tls_model("initial-exec")));
+
+static bool grow(void **array, size_t *capacity, size_t count, size_t item_size)
+{
+    if (count < *capacity)
+        return true;
+    size_t grown = *capacity ? *capacity * 2 : 256;
+    void *bigger = mem_alloc(grown * item_size);
+    if (bigger == NULL)
+        return false;
+    if (count)
+        memcpy(bigger, *array, count * item_size);
+    mem_free(*array);
+    *array = bigger;
+    *capacity = grown;
+    return true;
+}
 
 /* Adds s to the batch with a reference of its own (home shard lock held,
  * s still linked, so refs >= 1): the batch is settled outside every lock
@@ -72,23 +102,36 @@ typedef struct timer_batch {
  * record until then. On failure nothing is added and the pass stops. */
 static int batch_push(timer_batch *batch, session *s, timer_outcome outcome)
 {
-    if (batch->count == batch->capacity) {
-        size_t grown = batch->capacity ? batch->capacity * 2 : 256;
-        timer_result *items = mem_alloc(grown * sizeof(*items));
-        if (items == NULL) {
-            batch->failed = true;
-            *batch->budget = 0;
-            return 0;
-        }
-        if (batch->count)
-            memcpy(items, batch->items, batch->count * sizeof(*items));
-        mem_free(batch->items);
-        batch->items = items;
-        batch->capacity = grown;
+    bool wants_event = outcome == OUTCOME_IDLE && batch->ms->config.emit != NULL;
+    if (!grow((void **)&batch->items, &batch->capacity, batch->count, sizeof(*batch->items)) ||
+        (wants_event &&
+         !grow((void **)&batch->idle_events, &batch->idle_capacity, batch->idle_count, sizeof(*batch->idle_events)))) {
+        batch->failed = true;
+        *batch->budget = 0;
+        return 0;
+    }
+    uint32_t event = NO_EVENT;
+    if (wants_event) {
+        event = (uint32_t)batch->idle_count++;
+        mem_event_capture(batch->ms, &batch->idle_events[event], AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_ACTIVE,
+                          AFSM_STATE_IDLE, NULL, 0);
     }
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
-    batch->items[batch->count++] = (timer_result){s, outcome};
+    batch->items[batch->count++] = (timer_result){s, outcome, event};
     return 1;
+}
+
+mem_event *mem_event_prelude(const mem_store *ms, const session *s)
+{
+    timer_batch *batch = delivering;
+    if (batch == NULL || batch->ms != ms)
+        return NULL;
+    for (size_t i = 0; i < batch->idle_count; i++) {
+        mem_event *ev = &batch->idle_events[i];
+        if (ev->pending && memcmp(&ev->ev.session_id, &s->id, sizeof(s->id)) == 0)
+            return ev;
+    }
+    return NULL;
 }
 
 /* ACTIVE -> IDLE, then the other half of the heartbeat's pairing
@@ -99,18 +142,19 @@ static int batch_push(timer_batch *batch, session *s, timer_outcome outcome)
 static bool go_idle(timer_batch *batch, session *s, uint64_t fire_ns)
 {
     shard *sh = batch->sh;
+    /* One write section for the store and a possible take-back, so a copy
+     * never shows an IDLE that no event or counter reports. */
     sync_seq_write_begin(&s->seq);
     atomic_store_explicit(&s->state, AFSM_STATE_IDLE, memory_order_seq_cst);
-    sync_seq_write_end(&s->seq);
     uint64_t last = atomic_load_explicit(&s->last_active_ns, memory_order_seq_cst);
     uint64_t traffic = atomic_load_explicit(&s->last_traffic_ns, memory_order_seq_cst);
     uint64_t latest = traffic > last ? traffic : last;
-    if ((last & SESSION_EXPIRED_BIT) == 0 && latest + batch->ms->config.idle_timeout_ns > fire_ns) {
-        sync_seq_write_begin(&s->seq);
+    bool woke = (last & SESSION_EXPIRED_BIT) == 0 && latest + batch->ms->config.idle_timeout_ns > fire_ns;
+    if (woke)
         atomic_store_explicit(&s->state, AFSM_STATE_ACTIVE, memory_order_release);
-        sync_seq_write_end(&s->seq);
+    sync_seq_write_end(&s->seq);
+    if (woke)
         return false;
-    }
     mem_count_state(sh, AFSM_STATE_ACTIVE, -1);
     mem_count_state(sh, AFSM_STATE_IDLE, +1);
     return true;
@@ -174,9 +218,16 @@ static void batch_unref(mem_store *ms, session *s)
  * epoch section held. Returns 1 when it expired the session. The batch's
  * reference keeps the record; the section keeps the user's entry, and only
  * once the record is seen not removed inside it. */
-static size_t settle_one(mem_store *ms, const timer_result *item)
+static size_t settle_one(mem_store *ms, timer_batch *batch, const timer_result *item)
 {
     session *s = item->s;
+    if (item->outcome == OUTCOME_IDLE) {
+        batch_unref(ms, s);
+        /* Unless a callback's event for this session already sent it. */
+        if (item->idle_event != NO_EVENT)
+            mem_event_fire(ms, &batch->idle_events[item->idle_event]);
+        return 0;
+    }
     mem_event ev;
     ev.pending = false; /* not the whole struct: its user id buffer is 257 bytes */
     size_t expired = 0;
@@ -184,9 +235,6 @@ static size_t settle_one(mem_store *ms, const timer_result *item)
     assert(e != NULL);
     if (session_removed(s)) {
         batch_unref(ms, s); /* a delete got there first and fired its own event */
-    } else if (item->outcome == OUTCOME_IDLE) {
-        mem_event_capture(ms, &ev, AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_ACTIVE, AFSM_STATE_IDLE, NULL, 0);
-        batch_unref(ms, s);
     } else if (item->outcome == OUTCOME_CLOSED) {
         mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_CLOSED, MEM_REASON_CLOSED,
                            sizeof(MEM_REASON_CLOSED) - 1, 1, &ev);
@@ -244,6 +292,7 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
         int done = 0;
         while (!done && !batch.failed) {
             batch.count = 0;
+            batch.idle_count = 0;
             size_t budget = ADVANCE_BUDGET;
             batch.budget = &budget;
             sync_lock_acquire(&sh->lock);
@@ -251,12 +300,16 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
             sync_lock_release(&sh->lock);
             /* Removal takes each session's whole lock set, so it waits
              * until the shard lock is dropped. */
+            timer_batch *outer = delivering; /* a callback may advance too */
+            delivering = &batch;
             for (size_t j = 0; j < batch.count; j++)
-                *expired += settle_one(ms, &batch.items[j]);
+                *expired += settle_one(ms, &batch, &batch.items[j]);
+            delivering = outer;
         }
         reclaim(sh);
     }
     mem_free(batch.items);
+    mem_free(batch.idle_events);
     /* A pass cut short by ENOMEM left the rest due: the wheels are not
      * caught up (reaper lag keeps growing) and the next call resumes. */
     if (batch.failed)

@@ -102,12 +102,19 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
 typedef struct mem_event {
     afsm_event ev;
     bool pending; /* false: nothing to deliver (no callback, or no event) */
+    /* An earlier change of the same session whose event this thread has
+     * not delivered yet (an expiry pass's IDLE): delivered first. */
+    struct mem_event *prelude;
     char user_id[AFSM_USER_ID_MAX + 1];
 } mem_event;
 void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const session *s, uint32_t old_state,
                        uint32_t new_state, const char *reason, size_t reason_len);
 /* Delivers a captured event (if any). Outside every epoch section. */
 void mem_event_fire(const mem_store *ms, mem_event *event);
+/* The undelivered IDLE event of s in the expiry batch this thread is
+ * delivering, if any (expiry.c): a callback's change to s must not be
+ * reported before it. */
+mem_event *mem_event_prelude(const mem_store *ms, const session *s);
 /* Inside an epoch section; NULL when absent or already removed. */
 session *mem_lookup(mem_store *ms, const afsm_uuid *id);
 session *mem_lookup_connection(mem_store *ms, const afsm_uuid *connection_id);

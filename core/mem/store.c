@@ -183,13 +183,13 @@ void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const
         .new_state = new_state,
         .session_id = s->id,
         .connection_id = s->connection_id,
-        .user_id = out->user_id,
         .user_id_len = user_len,
         .reason = reason,
         .reason_len = reason_len,
         .created_at_ns = (int64_t)s->created_ns + mem_wall_now(ms) - (int64_t)mem_now(ms),
         .event_at_ns = mem_wall_now(ms),
     };
+    out->prelude = mem_event_prelude(ms, s);
     out->pending = true;
 }
 
@@ -198,6 +198,11 @@ void mem_event_fire(const mem_store *ms, mem_event *event)
     if (!event->pending)
         return;
     event->pending = false;
+    if (event->prelude != NULL)
+        mem_event_fire(ms, event->prelude);
+    /* Set here, not at capture: a captured event may have moved since (an
+     * expiry batch's array grows by copying). */
+    event->ev.user_id = event->user_id;
     ms->config.emit(ms->config.emit_ctx, &event->ev);
 }
 

@@ -230,8 +230,11 @@ unlock:
     epoch_leave(e);
     if (status != AFSM_OK && !published)
         free_unpublished(s);
-    mem_event_fire(ms, &events[0]);
+    /* The new session's CREATED first: a callback on the victim's DELETED
+     * may create again for this user and evict the new session, whose own
+     * DELETED must then follow its CREATED. */
     mem_event_fire(ms, &events[1]);
+    mem_event_fire(ms, &events[0]);
     return status;
 }
 
@@ -240,6 +243,11 @@ unlock:
 void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry)
 {
     shard *sh = mem_home(ms, s);
+    /* Marked removed before anything it reaches is retired: a reader that
+     * finds the record and sees it present may follow it to the user's
+     * entry, which index_unlink may hand to the epoch. The seq_cst fence in
+     * epoch_defer orders this store before the deferral's epoch read. */
+    atomic_store_explicit(&s->removed, 1, memory_order_release);
     index_unlink(&ms->shards[mem_shard_of_user(ms, index_user_id(s), index_user_id_len(s))], s, keep_user_entry);
     table_remove(&sh->sessions, &s->id);
     table_remove(&ms->shards[mem_shard_of_connection(ms, &s->connection_id)].connections, &s->connection_id);
@@ -247,7 +255,6 @@ void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int ke
         wheel_remove(&sh->timers, &s->timer);
     mem_count_state(sh, atomic_load_explicit(&s->state, memory_order_relaxed), -1);
     mem_count_removal(ms, sh, s, why);
-    atomic_store_explicit(&s->removed, 1, memory_order_release);
     mem_unref_locked(ms, s);
     /* Churn leaves tombstones; rebuilding when they match the live entries
      * costs O(1) per removal, amortised. */

@@ -82,6 +82,17 @@ ck_epoch_record_t *epoch_enter(void)
     return record;
 }
 
+bool epoch_thread_ready(void)
+{
+    if (thread_record != NULL)
+        return true;
+    ck_epoch_record_t *record = epoch_enter();
+    if (record == NULL)
+        return false;
+    epoch_leave(record);
+    return true;
+}
+
 void epoch_leave(ck_epoch_record_t *record)
 {
     sync_publish(&quiescence_token);

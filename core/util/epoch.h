@@ -22,6 +22,11 @@
 ck_epoch_record_t *epoch_enter(void);
 void epoch_leave(ck_epoch_record_t *record);
 
+/* True once the calling thread has its reader record (allocating it on the
+ * thread's first use; false only on ENOMEM). Lets a lock-free path that
+ * may need a section later fail before it has changed anything. */
+bool epoch_thread_ready(void);
+
 /* A record for deferring frees; owned by one shard. NULL on ENOMEM. */
 ck_epoch_record_t *epoch_writer_record(void);
 /* Runs every pending deferral (waits for readers), then returns the record
