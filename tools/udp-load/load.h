@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "afsm.h"
+#include "wire.h"
 
 typedef struct load_options {
     uint16_t port;
@@ -37,6 +38,7 @@ typedef struct load_options {
     uint64_t bye;
     int check;
     int close_all;
+    int warmup;       /* one datagram per connection before the timed phase */
     uint64_t wait_ms; /* how long the check waits for expiries and handle drops */
 } load_options;
 
@@ -51,7 +53,11 @@ typedef struct conn_state {
 typedef struct load_run {
     load_options opt;
     conn_state *conns;
-    uint64_t elapsed_ns; /* of the traffic phase */
+    uint64_t elapsed_ns; /* of the timed traffic phase */
+    /* The gateway's summary when the timed phase starts and ends ("" if it
+     * did not answer): its CPU time and datagrams between them. */
+    char summary_before[WIRE_ANSWER_MAX + 1];
+    char summary_after[WIRE_ANSWER_MAX + 1];
 } load_run;
 
 /* traffic.c: runs the traffic phase (threads started and joined). 0 or -1. */
@@ -60,6 +66,12 @@ int traffic_run(load_run *run);
 /* check.c: checks the gateway against what was sent; the number of failed
  * checks (0: all passed), each printed on stderr. */
 int check_run(const load_run *run);
+
+/* check.c: the gateway's summary line (wire.h), asked from a new socket;
+ * 0, or -1 without an answer. summary_value reads one key of it
+ * (UINT64_MAX when absent). */
+int load_summary(uint16_t port, char *text, size_t size);
+uint64_t summary_value(const char *text, const char *key);
 
 uint64_t load_now_ns(void);
 

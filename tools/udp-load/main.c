@@ -22,6 +22,7 @@ static void usage(FILE *to)
             "usage: udp-load --port N [--connections N] [--duration-ms N] [--rate N] [--threads N]\n"
             "                [--sockets N] [--batch N] [--min-size N] [--max-size N] [--silent N]\n"
             "                [--silent-after-ms N] [--bye N] [--check] [--close-all] [--wait-ms N]\n"
+            "                [--warmup]\n"
             "Sends data datagrams to udp-gateway on 127.0.0.1 and reports echoes per second.\n"
             "  --port N            the gateway's UDP port (1..65535; required)\n"
             "  --connections N     connection ids (1..10000000; default 1000)\n"
@@ -38,7 +39,9 @@ static void usage(FILE *to)
             "  --check             verify the gateway's per-session counters (see check.c)\n"
             "  --close-all         then say bye from every active connection and require\n"
             "                      sessions=0 pinned=0 at the gateway\n"
-            "  --wait-ms N         how long the check waits for expiries and releases (default 5000)\n",
+            "  --wait-ms N         how long the check waits for expiries and releases (default 5000)\n"
+            "  --warmup            one datagram per connection before the timed phase (sessions\n"
+            "                      created first: the rate is then steady state)\n",
             WIRE_HEADER_BYTES + 4, WIRE_MAX_BYTES, WIRE_MAX_BYTES);
 }
 
@@ -74,6 +77,9 @@ static int parse_flags(int argc, char **argv, load_options *opt)
         int bad = 0;
         if (strcmp(flag, "--check") == 0) {
             opt->check = 1;
+            continue;
+        } else if (strcmp(flag, "--warmup") == 0) {
+            opt->warmup = 1;
             continue;
         } else if (strcmp(flag, "--close-all") == 0) {
             opt->close_all = 1;
@@ -137,6 +143,27 @@ static int parse_flags(int argc, char **argv, load_options *opt)
     return 0;
 }
 
+/* The gateway's CPU time per datagram over the timed phase: the figure
+ * that shows what tracking adds when the kernel's share dominates the rate
+ * (both summaries come from the gateway's getrusage; see wire.h). */
+static void report_gateway_cost(const load_run *run)
+{
+    const char *before = run->summary_before, *after = run->summary_after;
+    uint64_t d0 = summary_value(before, "datagrams"), d1 = summary_value(after, "datagrams");
+    uint64_t u0 = summary_value(before, "cpu_user_us"), u1 = summary_value(after, "cpu_user_us");
+    uint64_t s0 = summary_value(before, "cpu_sys_us"), s1 = summary_value(after, "cpu_sys_us");
+    if (d0 == UINT64_MAX || d1 == UINT64_MAX || u0 == UINT64_MAX || u1 == UINT64_MAX || s0 == UINT64_MAX ||
+        s1 == UINT64_MAX || d1 <= d0) {
+        printf("udp-load: gateway cost: no summary from the gateway\n");
+        return;
+    }
+    double datagrams = (double)(d1 - d0);
+    printf("udp-load: gateway datagrams=%" PRIu64 " cpu_ns_per_datagram=%.0f user_ns_per_datagram=%.0f"
+           " sys_ns_per_datagram=%.0f\n",
+           d1 - d0, (double)(u1 - u0 + s1 - s0) * 1000 / datagrams, (double)(u1 - u0) * 1000 / datagrams,
+           (double)(s1 - s0) * 1000 / datagrams);
+}
+
 int main(int argc, char **argv)
 {
     load_run run = {0};
@@ -162,6 +189,7 @@ int main(int argc, char **argv)
            " echoes_per_second=%.0f megabits_per_second=%.1f\n",
            run.opt.connections, run.opt.threads, seconds, sent, echoed, sent - echoed,
            seconds > 0 ? (double)echoed / seconds : 0.0, seconds > 0 ? (double)bytes * 8 / seconds / 1e6 : 0.0);
+    report_gateway_cost(&run);
     fflush(stdout);
     if (failed) {
         fprintf(stderr, "udp-load: the traffic phase failed\n");

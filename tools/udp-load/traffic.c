@@ -37,8 +37,18 @@ typedef struct sender_socket {
     size_t next;
 } sender_socket;
 
+/* The start gate: every sender finishes its warm-up, the main thread
+ * reads the gateway's summary, then the timed phase starts everywhere. */
+typedef struct gate {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    unsigned warmed;
+    int open;
+} gate;
+
 typedef struct sender {
     load_run *run;
+    gate *start_gate;
     unsigned index;
     pthread_t thread;
     sender_socket *sockets;
@@ -145,10 +155,48 @@ static unsigned collect(sender *s, int fd, unsigned want, uint64_t wait_ns)
     return got;
 }
 
+/* One datagram for every connection, so that the timed phase measures
+ * steady state, not session creation. */
+static int warm_up(sender *s)
+{
+    const load_options *opt = &s->run->opt;
+    for (unsigned k = 0; k < opt->sockets; k++) {
+        sender_socket *sock = &s->sockets[k];
+        for (size_t done = 0; done < sock->count;) {
+            unsigned n = fill_batch(s, sock, 0, 0);
+            for (unsigned m = 0; m < n; m++)
+                s->msgs[m].msg_hdr = (struct msghdr){.msg_iov = &s->iov[m], .msg_iovlen = 1};
+            if (send_all(sock->fd, s->msgs, n) != 0)
+                return -1;
+            collect(s, sock->fd, n, ECHO_WAIT_NS);
+            done += n;
+        }
+    }
+    return 0;
+}
+
+static void pass_gate(sender *s)
+{
+    gate *g = s->start_gate;
+    pthread_mutex_lock(&g->lock);
+    g->warmed++;
+    pthread_cond_broadcast(&g->changed);
+    while (!g->open)
+        pthread_cond_wait(&g->changed, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
 static void *sender_main(void *arg)
 {
     sender *s = arg;
     const load_options *opt = &s->run->opt;
+    if (opt->warmup && warm_up(s) != 0) {
+        perror("udp-load: warm-up");
+        s->failed = 1;
+    }
+    pass_gate(s);
+    if (s->failed)
+        return NULL;
     for (unsigned k = 0; k < opt->batch; k++)
         s->msgs[k].msg_hdr = (struct msghdr){.msg_iov = &s->iov[k], .msg_iovlen = 1};
     uint64_t start = load_now_ns(), end = start + opt->duration_ms * 1000000u;
@@ -240,21 +288,35 @@ int traffic_run(load_run *run)
         return -1;
     int failed = 0;
     unsigned started = 0;
+    gate start_gate = {.lock = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER};
     for (unsigned t = 0; t < opt->threads && !failed; t++)
         if (setup_sender(run, &senders[t], t) != 0) {
             fprintf(stderr, "udp-load: cannot open the sockets of thread %u: %s\n", t, strerror(errno));
             failed = 1;
         }
     for (unsigned t = 0; t < opt->threads && !failed; t++) {
+        senders[t].start_gate = &start_gate;
         if (pthread_create(&senders[t].thread, NULL, sender_main, &senders[t]) != 0)
             failed = 1;
         else
             started++;
     }
+    pthread_mutex_lock(&start_gate.lock);
+    while (start_gate.warmed < started)
+        pthread_cond_wait(&start_gate.changed, &start_gate.lock);
+    pthread_mutex_unlock(&start_gate.lock);
+    if (load_summary(opt->port, run->summary_before, sizeof(run->summary_before)) != 0)
+        run->summary_before[0] = '\0';
+    pthread_mutex_lock(&start_gate.lock);
+    start_gate.open = 1;
+    pthread_cond_broadcast(&start_gate.changed);
+    pthread_mutex_unlock(&start_gate.lock);
     for (unsigned t = 0; t < started; t++) {
         pthread_join(senders[t].thread, NULL);
         failed |= senders[t].failed;
     }
+    if (load_summary(opt->port, run->summary_after, sizeof(run->summary_after)) != 0)
+        run->summary_after[0] = '\0';
     run->elapsed_ns = 0;
     for (unsigned t = 0; t < started; t++)
         if (senders[t].traffic_ns > run->elapsed_ns)
