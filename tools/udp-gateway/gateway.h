@@ -62,6 +62,7 @@ typedef struct gw_counters {
     _Atomic uint64_t send_errors;   /* answers the kernel refused */
     _Atomic uint64_t bad_datagrams; /* too short, too long, nil id, unknown op */
     _Atomic uint64_t track_errors;  /* datagrams echoed but not tracked (engine said no) */
+    _Atomic uint64_t process_ns;    /* time between recvmmsg and sendmmsg, all batches */
 } gw_counters;
 
 typedef struct gateway gateway;

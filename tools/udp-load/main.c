@@ -153,15 +153,16 @@ static void report_gateway_cost(const load_run *run)
     uint64_t u0 = summary_value(before, "cpu_user_us"), u1 = summary_value(after, "cpu_user_us");
     uint64_t s0 = summary_value(before, "cpu_sys_us"), s1 = summary_value(after, "cpu_sys_us");
     if (d0 == UINT64_MAX || d1 == UINT64_MAX || u0 == UINT64_MAX || u1 == UINT64_MAX || s0 == UINT64_MAX ||
-        s1 == UINT64_MAX || d1 <= d0) {
+        s1 == UINT64_MAX || summary_value(after, "process_ns") == UINT64_MAX || d1 <= d0) {
         printf("udp-load: gateway cost: no summary from the gateway\n");
         return;
     }
+    uint64_t p0 = summary_value(before, "process_ns"), p1 = summary_value(after, "process_ns");
     double datagrams = (double)(d1 - d0);
     printf("udp-load: gateway datagrams=%" PRIu64 " cpu_ns_per_datagram=%.0f user_ns_per_datagram=%.0f"
-           " sys_ns_per_datagram=%.0f\n",
+           " sys_ns_per_datagram=%.0f process_ns_per_datagram=%.1f\n",
            d1 - d0, (double)(u1 - u0 + s1 - s0) * 1000 / datagrams, (double)(u1 - u0) * 1000 / datagrams,
-           (double)(s1 - s0) * 1000 / datagrams);
+           (double)(s1 - s0) * 1000 / datagrams, (double)(p1 - p0) / datagrams);
 }
 
 int main(int argc, char **argv)
