@@ -10,7 +10,8 @@ ones are gone; after every active connection says bye the engine has no
 session and no pinned handle; SIGUSR1 writes Prometheus text that promtool
 accepts and that counts the 100 expiries; SIGTERM stops the gateway with
 exit status 0 (it refuses to close an engine with pinned handles).
-lookup mode: the same counters, without handles. off mode: echoes only.
+A mailbox too small for the expiries falls back to sweeping, leaking
+nothing. lookup mode: the same counters, without handles. off mode: echoes.
 Bad flags: a specific message naming the flag and its limits.
 
 Usage: test_udp_gateway.py UDP_GATEWAY UDP_LOAD. Every wait has a deadline;
@@ -125,6 +126,24 @@ def test_handles(gateway_bin: str, load: str, workdir: str) -> None:
         gw.kill()
 
 
+def test_mailbox_overflow(gateway_bin: str, load: str, workdir: str) -> None:
+    """A mailbox of 8 cannot hold 100 expiries at once: the owner sweeps its
+    flows instead, and still leaks no handle."""
+    gw = Gateway(gateway_bin, workdir, "--threads", "2", "--timeout-ms", "1500", "--tick-ms", "20",
+                 "--mailbox-capacity", "8")
+    try:
+        out = run_load(load, gw.port, "--connections", "300", "--threads", "2", "--rate", RATE, "--duration-ms",
+                       "2500", "--silent", "100", "--silent-after-ms", "500", "--bye", "50", "--check",
+                       "--close-all", "--wait-ms", "15000")
+        assert "udp-load: check passed" in out, out
+        assert gw.stop() == 0, gw.stderr()
+        summary = fields([line for line in gw.stdout().splitlines() if "udp-gateway: exit" in line][0])
+        assert int(summary["sweeps"]) > 0 and int(summary["sweep_drops"]) > 0, summary
+        assert summary["pinned"] == "0" and summary["sessions"] == "0" and summary["expired_events"] == "100", summary
+    finally:
+        gw.kill()
+
+
 def test_lookup(gateway_bin: str, load: str, workdir: str) -> None:
     gw = Gateway(gateway_bin, workdir, "--mode", "lookup", "--threads", "2", "--timeout-ms", "1500", "--tick-ms",
                  "20")
@@ -168,7 +187,7 @@ def main() -> int:
     gateway_bin, load = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory(prefix="udp-gateway-test-") as workdir:
         test_bad_flags(gateway_bin, load)
-        for test in (test_handles, test_lookup, test_off):
+        for test in (test_handles, test_mailbox_overflow, test_lookup, test_off):
             start = time.monotonic()
             test(gateway_bin, load, workdir)
             print("ok: %s (%.1fs)" % (test.__name__, time.monotonic() - start))

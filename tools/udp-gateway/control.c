@@ -77,17 +77,18 @@ void control_summary(gateway *gw, char *out, size_t size)
     getrusage(RUSAGE_SELF, &usage);
     uint64_t user_us = (uint64_t)usage.ru_utime.tv_sec * 1000000u + (uint64_t)usage.ru_utime.tv_usec;
     uint64_t sys_us = (uint64_t)usage.ru_stime.tv_sec * 1000000u + (uint64_t)usage.ru_stime.tv_usec;
-    snprintf(
-        out, size,
-        "mode=%s sessions=%" PRIu64 " pinned=%" PRIu64 " datagrams=%" PRIu64 " created=%" PRIu64 " reopened=%" PRIu64
-        " bye_closes=%" PRIu64 " expired_events=%" PRIu64 " deleted_events=%" PRIu64 " expiry_drops=%" PRIu64
-        " deleted_drops=%" PRIu64 " sweeps=%" PRIu64 " send_errors=%" PRIu64 " bad_datagrams=%" PRIu64
-        " track_errors=%" PRIu64 " cpu_user_us=%" PRIu64 " cpu_sys_us=%" PRIu64 " process_ns=%" PRIu64,
-        mode_names[gw->opt.mode], counts.total, pinned, GW_SUM(gw, datagrams), GW_SUM(gw, created),
-        GW_SUM(gw, reopened), GW_SUM(gw, bye_closes), atomic_load_explicit(&gw->expired_events, memory_order_relaxed),
-        atomic_load_explicit(&gw->deleted_events, memory_order_relaxed), GW_SUM(gw, expiry_drops),
-        GW_SUM(gw, deleted_drops), GW_SUM(gw, sweeps), GW_SUM(gw, send_errors), GW_SUM(gw, bad_datagrams),
-        GW_SUM(gw, track_errors), user_us, sys_us, GW_SUM(gw, process_ns));
+    snprintf(out, size,
+             "mode=%s sessions=%" PRIu64 " pinned=%" PRIu64 " datagrams=%" PRIu64 " created=%" PRIu64
+             " reopened=%" PRIu64 " bye_closes=%" PRIu64 " expired_events=%" PRIu64 " deleted_events=%" PRIu64
+             " expiry_drops=%" PRIu64 " deleted_drops=%" PRIu64 " sweeps=%" PRIu64 " sweep_drops=%" PRIu64
+             " send_errors=%" PRIu64 " bad_datagrams=%" PRIu64 " track_errors=%" PRIu64 " cpu_user_us=%" PRIu64
+             " cpu_sys_us=%" PRIu64 " process_ns=%" PRIu64,
+             mode_names[gw->opt.mode], counts.total, pinned, GW_SUM(gw, datagrams), GW_SUM(gw, created),
+             GW_SUM(gw, reopened), GW_SUM(gw, bye_closes),
+             atomic_load_explicit(&gw->expired_events, memory_order_relaxed),
+             atomic_load_explicit(&gw->deleted_events, memory_order_relaxed), GW_SUM(gw, expiry_drops),
+             GW_SUM(gw, deleted_drops), GW_SUM(gw, sweeps), GW_SUM(gw, sweep_drops), GW_SUM(gw, send_errors),
+             GW_SUM(gw, bad_datagrams), GW_SUM(gw, track_errors), user_us, sys_us, GW_SUM(gw, process_ns));
 }
 
 size_t control_answer(worker *w, const afsm_uuid *connection_id, uint8_t op, uint8_t *out)

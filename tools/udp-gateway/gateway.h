@@ -59,10 +59,11 @@ typedef struct gw_counters {
     _Atomic uint64_t expiry_drops;  /* handles dropped on an EXPIRED event */
     _Atomic uint64_t deleted_drops; /* handles dropped on a DELETED event */
     _Atomic uint64_t sweeps;        /* full flow-map sweeps after a mailbox overflow */
+    _Atomic uint64_t sweep_drops;   /* handles those sweeps dropped */
     _Atomic uint64_t send_errors;   /* answers the kernel refused */
     _Atomic uint64_t bad_datagrams; /* too short, too long, nil id, unknown op */
     _Atomic uint64_t track_errors;  /* datagrams echoed but not tracked (engine said no) */
-    _Atomic uint64_t process_ns;    /* time between recvmmsg and sendmmsg, all batches */
+    _Atomic uint64_t process_ns;    /* CPU time between recvmmsg and sendmmsg, all batches */
 } gw_counters;
 
 typedef struct gateway gateway;

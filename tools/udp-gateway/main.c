@@ -28,7 +28,7 @@ static void usage(FILE *to)
     fprintf(to,
             "usage: udp-gateway [--port N] [--threads N] [--mode off|handles|lookup] [--batch N]\n"
             "                   [--timeout-ms N] [--tick-ms N] [--capacity N] [--run-seconds N]\n"
-            "                   [--metrics-on-exit]\n"
+            "                   [--metrics-on-exit] [--mailbox-capacity N]\n"
             "Echoes UDP datagrams on 127.0.0.1 and tracks each connection's session in afsm.\n"
             "  --port N          UDP port (0..65535; default 0: a free one, printed at start)\n"
             "  --threads N       worker threads sharing the port with SO_REUSEPORT (1..256;\n"
@@ -40,6 +40,8 @@ static void usage(FILE *to)
             "  --capacity N      sessions expected, to presize (default 1024)\n"
             "  --run-seconds N   stop after N seconds (default 0: on SIGTERM/SIGINT only)\n"
             "  --metrics-on-exit write the engine's Prometheus text to stderr at exit\n"
+            "  --mailbox-capacity N  ended sessions a worker's mailbox holds before it falls\n"
+            "                    back to sweeping its flows (1..16777216; default 65536)\n"
             "SIGUSR1 writes the Prometheus text to stderr while it runs.\n",
             GW_BATCH_MAX);
 }
@@ -88,6 +90,9 @@ static int parse_flags(int argc, char **argv, gw_options *opt)
             bad = parse_number(flag, value, 1, 10000, &opt->tick_ms);
         } else if (strcmp(flag, "--capacity") == 0) {
             bad = parse_number(flag, value, 1, UINT64_C(1) << 32, &opt->capacity);
+        } else if (strcmp(flag, "--mailbox-capacity") == 0) {
+            bad = parse_number(flag, value, 1, 1u << 24, &v);
+            opt->mailbox_capacity = (size_t)v;
         } else if (strcmp(flag, "--run-seconds") == 0) {
             bad = parse_number(flag, value, 0, 86400 * 365, &v);
             opt->run_ms = v * 1000;

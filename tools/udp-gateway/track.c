@@ -205,7 +205,7 @@ static void sweep(worker *w)
             status = afsm_session_get(w->gw->engine, &f->session_id, &info);
         if (status == AFSM_ENOTFOUND || status == AFSM_EEXPIRED) {
             drop_flow(w, f);
-            gw_count(&w->counters.deleted_drops, 1);
+            gw_count(&w->counters.sweep_drops, 1);
         } else {
             i++;
         }

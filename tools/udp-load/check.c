@@ -157,11 +157,20 @@ static int wait_summary(checker *c, answer *a, int (*done)(const answer *, uint6
     return -1;
 }
 
+/* Handles dropped for expired sessions: one per EXPIRED event, unless a
+ * mailbox overflowed and a sweep dropped some instead (a sweep cannot tell
+ * an expiry from a delete: then at most that many). */
+static int expiry_drops_match(const answer *a, uint64_t expected)
+{
+    uint64_t drops = summary_value(a->text, "expiry_drops");
+    if (strstr(a->text, "mode=handles") == NULL)
+        return 1;
+    return summary_value(a->text, "sweeps") == 0 ? drops == expected : drops <= expected;
+}
+
 static int expiries_seen(const answer *a, uint64_t expected)
 {
-    int handles = strstr(a->text, "mode=handles") != NULL;
-    return summary_value(a->text, "expired_events") >= expected &&
-           (!handles || summary_value(a->text, "expiry_drops") >= expected);
+    return summary_value(a->text, "expired_events") >= expected && expiry_drops_match(a, expected);
 }
 
 static int all_released(const answer *a, uint64_t unused)
@@ -174,8 +183,7 @@ static void check_gateway_counters(checker *c, const answer *a, uint64_t expired
 {
     int handles = strstr(a->text, "mode=handles") != NULL;
     char what[WIRE_ANSWER_MAX + 128];
-    if (summary_value(a->text, "expired_events") != expired ||
-        (handles && summary_value(a->text, "expiry_drops") != expired)) {
+    if (summary_value(a->text, "expired_events") != expired || !expiry_drops_match(a, expired)) {
         snprintf(what, sizeof(what), "want expired_events=%" PRIu64 "%s, gateway says: %s", expired,
                  handles ? " and as many expiry_drops" : "", a->text);
         fail(c, what);
