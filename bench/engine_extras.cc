@@ -13,7 +13,8 @@
  *                                      afsm_handle_heartbeat and one
  *                                      afsm_handle_add_stats, over n pinned
  *                                      flows in a random order (issue 17's
- *                                      goal: <= 10 ns; tools/udp-gateway)
+ *                                      goal: <= 10 ns; tools/udp-gateway),
+ *                                      and each half alone at 1,000 flows
  *
  * Each benchmark owns its engine (100K sessions; 1K in smoke mode), built
  * on its first thread and closed by the last.
@@ -191,7 +192,9 @@ void token_validate(benchmark::State &state)
  * sockets and the flow map. Flows are visited in a shuffled order fixed
  * up front (no RNG in the loop), so a large n pays the cache misses a
  * gateway with that many active flows would. */
-void packet_pinned(benchmark::State &state, size_t flows)
+enum class PacketWork { both, heartbeat, stats };
+
+void packet_pinned(benchmark::State &state, size_t flows, PacketWork work)
 {
     static Shared shared;
     Population *p = acquire(shared, true, false);
@@ -212,8 +215,10 @@ void packet_pinned(benchmark::State &state, size_t flows)
     size_t i = 0, failed = 0;
     for (auto _ : state) {
         afsm_handle *h = handles[order[i++ & (order.size() - 1)]];
-        failed += afsm_handle_heartbeat(h, nullptr) != AFSM_OK;
-        failed += afsm_handle_add_stats(h, &delta) != AFSM_OK;
+        if (work != PacketWork::stats)
+            failed += afsm_handle_heartbeat(h, nullptr) != AFSM_OK;
+        if (work != PacketWork::heartbeat)
+            failed += afsm_handle_add_stats(h, &delta) != AFSM_OK;
     }
     for (afsm_handle *h : handles)
         afsm_handle_release(h);
@@ -227,11 +232,19 @@ void packet_pinned(benchmark::State &state, size_t flows)
 
 void register_engine_extras()
 {
-    for (size_t flows : {size_t(1000), size_t(100000)}) {
-        if (mode().smoke && flows > population_size())
+    /* The pair, and at 1,000 flows each half alone: where the time goes. */
+    struct PacketCase {
+        size_t flows;
+        PacketWork work;
+        const char *suffix;
+    };
+    for (PacketCase c : {PacketCase{1000, PacketWork::both, ""}, PacketCase{100000, PacketWork::both, ""},
+                         PacketCase{1000, PacketWork::heartbeat, "/heartbeat_only"},
+                         PacketCase{1000, PacketWork::stats, "/stats_only"}}) {
+        if (mode().smoke && c.flows > population_size())
             continue;
-        std::string name = "PacketPinned/flows:" + std::to_string(flows);
-        benchmark::RegisterBenchmark(name.c_str(), [flows](benchmark::State &s) { packet_pinned(s, flows); })
+        std::string name = "PacketPinned/flows:" + std::to_string(c.flows) + c.suffix;
+        benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State &s) { packet_pinned(s, c.flows, c.work); })
             ->MinTime(mode().min_time)
             ->UseRealTime();
     }

@@ -108,7 +108,7 @@ def micro(build: str) -> Dict[str, float]:
 def main() -> int:
     build = os.path.abspath(sys.argv[1])
     quick = "--quick" in sys.argv[2:]
-    reps, duration_ms = (1, 1000) if quick else (3, 4000)
+    reps, duration_ms = (1, 1000) if quick else (5, 3000)
     started = time.time()
     load_before = os.getloadavg()
     runs: Dict[Tuple[int, str], List[Dict[str, float]]] = {}
@@ -154,37 +154,42 @@ def main() -> int:
         "Datagrams lost: %d." % (duration_ms, reps, lost),
         "",
         "| connections | mode | echoes/s | rate vs off | process ns/datagram | process vs off | CPU ns/datagram "
-        "| counters check |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "| rate cost implied by CPU | counters check |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for n in SIZES:
         off = med[(n, "off")]
         for mode in MODES:
             m = med[(n, mode)]
-            lines.append("| %s | %s | %.0f | %+.1f%% | %.1f | %+.1f ns | %.0f | %s |" %
+            lines.append("| %s | %s | %.0f | %+.1f%% | %.1f | %+.1f ns | %.0f | %.1f%% | %s |" %
                          (format(n, ","), mode, m["echoes_per_second"],
                           100.0 * (m["echoes_per_second"] / off["echoes_per_second"] - 1),
-                          m["process_ns"], m["process_ns"] - off["process_ns"], m["cpu_ns"], checks[(n, mode)]))
-    lines += ["", "## Against the goals", ""]
+                          m["process_ns"], m["process_ns"] - off["process_ns"], m["cpu_ns"],
+                          100.0 * (1 - off["cpu_ns"] / m["cpu_ns"]), checks[(n, mode)]))
+    lines += ["", "*rate cost implied by CPU* is 1 - (off's CPU per datagram / this mode's): what a gateway "
+              "whose core is saturated would lose in rate, read from CPU time, which a shared machine disturbs "
+              "far less than the measured rate.", "", "## Against the goals", ""]
     for n in SIZES:
         off, handles, lookup = med[(n, "off")], med[(n, "handles")], med[(n, "lookup")]
         cost = 100.0 * (1 - handles["echoes_per_second"] / off["echoes_per_second"])
+        implied = 100.0 * (1 - off["cpu_ns"] / handles["cpu_ns"])
         lines.append(
-            "- %s connections: handles cost %.1f%% of the bare loop's rate (goal <= 10%%: %s); by process time "
-            "tracking adds %.1f ns a datagram with handles and %.1f ns with a lookup per packet (handles save "
-            "%.1f ns a datagram)." %
-            (format(n, ","), cost, "met" if cost <= 10 else "NOT met", handles["process_ns"] - off["process_ns"],
-             lookup["process_ns"] - off["process_ns"], lookup["process_ns"] - handles["process_ns"]))
+            "- %s connections: handles cost %.1f%% of the bare loop's measured rate and %.1f%% by CPU per "
+            "datagram (goal <= 10%%: %s by rate, %s by CPU); by process time tracking adds %.1f ns a datagram "
+            "with handles and %.1f ns with a lookup per packet (handles save %.1f ns a datagram)." %
+            (format(n, ","), cost, implied, "met" if cost <= 10 else "NOT met", "met" if implied <= 10 else "NOT met",
+             handles["process_ns"] - off["process_ns"], lookup["process_ns"] - off["process_ns"],
+             lookup["process_ns"] - handles["process_ns"]))
     if micro_ns:
         lines.append("")
         lines.append("Micro-benchmark (`afsm_bench`, CPU time, median of 3, one thread; PacketPinned is one pinned "
                      "heartbeat + one pinned stats add of 4 counters per item over n flows in a shuffled order, "
-                     "goal <= 10 ns; StatsPinned, for reference, one stats add of 2 counters over 1,024 "
-                     "pinned sessions):")
+                     "goal <= 10 ns; `_only`: each half alone; StatsPinned, for reference, one stats add of 2 "
+                     "counters over 1,024 pinned sessions):")
         lines.append("")
         for name in sorted(micro_ns):
             verdict = ""
-            if name.startswith("PacketPinned"):
+            if name.startswith("PacketPinned") and "_only" not in name:
                 verdict = " (goal <= 10 ns: %s)" % ("met" if micro_ns[name] <= 10 else "NOT met")
             lines.append("- `%s`: %.1f ns%s" % (name, micro_ns[name], verdict))
     else:

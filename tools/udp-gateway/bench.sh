@@ -2,7 +2,7 @@
 # tools/udp-gateway/bench.sh [--quick]: builds Release into build-bench (the
 # tree bench/run uses) and runs udp-gateway's three modes side by side at
 # 1,000 and 100,000 connections, plus the PacketPinned micro-benchmark;
-# writes tools/udp-gateway/RESULTS.md (bench.py says how). About 3 minutes
+# writes tools/udp-gateway/RESULTS.md (bench.py says how). About 4 minutes
 # on 2 cores; --quick: one short run per cell, for trying it out.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
