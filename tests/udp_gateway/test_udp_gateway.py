@@ -56,9 +56,14 @@ class Gateway:
         self.out = open(self.out_path, "w")
         self.err = open(self.err_path, "w")
         self.proc = subprocess.Popen([binary, "--run-seconds", "120", *flags], stdout=self.out, stderr=self.err)
-        wait_for("the gateway's listening line", lambda: "listening on" in self.stdout() or self.proc.poll() is not None)
-        match = re.search(r"127\.0\.0\.1:(\d+)", self.stdout())
-        assert match, "gateway did not start: %s %s" % (self.stdout(), self.stderr())
+        try:
+            wait_for("the gateway's listening line",
+                     lambda: "listening on" in self.stdout() or self.proc.poll() is not None)
+            match = re.search(r"127\.0\.0\.1:(\d+)", self.stdout())
+            assert match, "gateway did not start: %s %s" % (self.stdout(), self.stderr())
+        except BaseException:
+            self.kill()
+            raise
         self.port = match.group(1)
 
     def stdout(self) -> str:
