@@ -101,7 +101,8 @@ def micro(build: str) -> Dict[str, float]:
         if b.get("aggregate_name") == "median":
             # CPU time: on a shared machine real time also counts the
             # moments another process ran instead.
-            out[b["run_name"]] = b["cpu_time"] if b["time_unit"] == "ns" else float("nan")
+            name = b["run_name"].replace("/min_time:0.200", "").replace("/real_time", "")
+            out[name] = b["cpu_time"] if b["time_unit"] == "ns" else float("nan")
     return out
 
 
@@ -174,10 +175,12 @@ def main() -> int:
         cost = 100.0 * (1 - handles["echoes_per_second"] / off["echoes_per_second"])
         implied = 100.0 * (1 - off["cpu_ns"] / handles["cpu_ns"])
         lines.append(
-            "- %s connections: handles cost %.1f%% of the bare loop's measured rate and %.1f%% by CPU per "
-            "datagram (goal <= 10%%: %s by rate, %s by CPU); by process time tracking adds %.1f ns a datagram "
-            "with handles and %.1f ns with a lookup per packet (handles save %.1f ns a datagram)." %
-            (format(n, ","), cost, implied, "met" if cost <= 10 else "NOT met", "met" if implied <= 10 else "NOT met",
+            "- %s connections, goal: tracking with handles costs <= 10%% of the bare loop's rate. By CPU per "
+            "datagram it costs %.1f%% (%s). The measured rate with handles was %.1f%% of off's (%s), a figure "
+            "this machine swings by tens of percent between runs. By process time, tracking adds %.1f ns a "
+            "datagram with handles and %.1f ns with a lookup per packet: handles save %.1f ns a datagram." %
+            (format(n, ","), implied, "met" if implied <= 10 else "NOT met",
+             100.0 * handles["echoes_per_second"] / off["echoes_per_second"], "met" if cost <= 10 else "NOT met",
              handles["process_ns"] - off["process_ns"], lookup["process_ns"] - off["process_ns"],
              lookup["process_ns"] - handles["process_ns"]))
     if micro_ns:
