@@ -34,7 +34,7 @@
 #define WIRE_ID_BYTES     16
 #define WIRE_HEADER_BYTES 17   /* id + operation */
 #define WIRE_MAX_BYTES    2048 /* longer datagrams are dropped and counted */
-#define WIRE_ANSWER_MAX   512  /* the longest answer ('s' included) */
+#define WIRE_ANSWER_MAX   1024 /* the longest answer ('s' included) */
 
 #define WIRE_OP_DATA    'D'
 #define WIRE_OP_BYE     'B'
