@@ -7,8 +7,8 @@
  * connection-id table, a 5-tuple flow table) to forward it, and a data
  * plane keeps the afsm handle in that entry. Its cost per packet is one
  * multiply to hash the id and a linear probe over 40-byte entries: about
- * one cache miss once the table outgrows the caches (100K flows: 4 MB at
- * half load), paid by the bare loop too (the gateway's "off" mode keeps
+ * one cache miss once the table outgrows the caches (100K flows in one
+ * worker: 262,144 slots, 10 MB), paid by the bare loop too (the gateway's "off" mode keeps
  * the map), so the side-by-side figure isolates what afsm adds.
  *
  * Owned by one thread: no locks, no atomics. Open addressing, linear

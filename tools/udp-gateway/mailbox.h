@@ -11,7 +11,7 @@
  * worker's mailbox and the owner drops its own flow on its next turn of the
  * loop; workers without that flow find nothing and move on. Events are rare
  * next to packets, so a mutex per mailbox is cheap; the owner checks a flag
- * per loop turn (a relaxed-cost acquire load), not per packet.
+ * per loop turn (one acquire load, a plain load on x86), not per packet.
  *
  * The mailbox has a fixed capacity so that posting never allocates inside
  * the callback. When it is full the post sets `overflowed` instead, and the
