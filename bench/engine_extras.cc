@@ -8,12 +8,20 @@
  *                                      stay under 5%)
  *   TokenValidate/engine               afsm_token_validate on issued tokens,
  *                                      1 and 2 threads (issue 5)
+ *   PacketPinned/flows:<n>             what a packet loop pays per packet
+ *                                      through a pinned handle: one
+ *                                      afsm_handle_heartbeat and one
+ *                                      afsm_handle_add_stats, over n pinned
+ *                                      flows in a random order (issue 17's
+ *                                      goal: <= 10 ns; tools/udp-gateway),
+ *                                      and each half alone at 1,000 flows
  *
  * Each benchmark owns its engine (100K sessions; 1K in smoke mode), built
  * on its first thread and closed by the last.
  */
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -180,10 +188,66 @@ void token_validate(benchmark::State &state)
     release(shared);
 }
 
+/* The per-packet work of tools/udp-gateway's handles mode, without the
+ * sockets and the flow map. Flows are visited in a shuffled order fixed
+ * up front (no RNG in the loop), so a large n pays the cache misses a
+ * gateway with that many active flows would. */
+enum class PacketWork { both, heartbeat, stats };
+
+void packet_pinned(benchmark::State &state, size_t flows, PacketWork work)
+{
+    static Shared shared;
+    Population *p = acquire(shared, true, false);
+    flows = std::min(flows, p->ids.size());
+    std::vector<afsm_handle *> handles(flows, nullptr);
+    for (size_t i = 0; i < flows; i++)
+        if (afsm_handle_pin(p->engine, &p->ids[i], &handles[i]) != AFSM_OK)
+            abort();
+    Rng rng(0xf10 + (uint64_t)state.thread_index());
+    std::vector<uint32_t> order(1u << 20);
+    for (auto &o : order)
+        o = (uint32_t)rng.below(flows);
+    afsm_stats delta{};
+    delta.packets_received = 1;
+    delta.bytes_received = 1200;
+    delta.packets_sent = 1;
+    delta.bytes_sent = 1200;
+    size_t i = 0, failed = 0;
+    for (auto _ : state) {
+        afsm_handle *h = handles[order[i++ & (order.size() - 1)]];
+        if (work != PacketWork::stats)
+            failed += afsm_handle_heartbeat(h, nullptr) != AFSM_OK;
+        if (work != PacketWork::heartbeat)
+            failed += afsm_handle_add_stats(h, &delta) != AFSM_OK;
+    }
+    for (afsm_handle *h : handles)
+        afsm_handle_release(h);
+    if (failed)
+        state.SkipWithError("a pinned heartbeat or stats add failed");
+    state.SetItemsProcessed(state.iterations());
+    release(shared);
+}
+
 } // namespace
 
 void register_engine_extras()
 {
+    /* The pair, and at 1,000 flows each half alone: where the time goes. */
+    struct PacketCase {
+        size_t flows;
+        PacketWork work;
+        const char *suffix;
+    };
+    for (PacketCase c : {PacketCase{1000, PacketWork::both, ""}, PacketCase{100000, PacketWork::both, ""},
+                         PacketCase{1000, PacketWork::heartbeat, "/heartbeat_only"},
+                         PacketCase{1000, PacketWork::stats, "/stats_only"}}) {
+        if (mode().smoke && c.flows > population_size())
+            continue;
+        std::string name = "PacketPinned/flows:" + std::to_string(c.flows) + c.suffix;
+        benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State &s) { packet_pinned(s, c.flows, c.work); })
+            ->MinTime(mode().min_time)
+            ->UseRealTime();
+    }
     for (bool create : {true, false}) {
         std::string name = std::string("MetricsCost/") + (create ? "create" : "heartbeat");
         benchmark::RegisterBenchmark(name.c_str(), [create](benchmark::State &s) { metrics_cost(s, create); })

@@ -228,6 +228,19 @@ def main(argv: List[str]) -> int:
             w(f"| {r['threads']} | {fmt(resultlib.value(r))} |")
         w("")
 
+    packet = [r for r in recs if r["op"] == "PacketPinned" and not r["error"]]
+    if packet:
+        w("## Packet path (issue 17): one pinned heartbeat + one pinned stats add, ns (goal <= 10 ns)")
+        w("")
+        w("| case | ns (real) | ns (CPU) |")
+        w("| --- | --- | --- |")
+        for r in packet:
+            name = r["raw"]["name"].split("/min_time")[0]
+            w(f"| {name} | {fmt(r['raw']['real_time'], 1)} | {fmt(r['raw']['cpu_time'], 1)} |")
+        w("")
+        w("tools/udp-gateway/RESULTS.md puts these next to a real packet loop's figures.")
+        w("")
+
     # ---- absolute --------------------------------------------------------
     w("## Absolute throughput (ops/s)")
     w("")

@@ -452,3 +452,11 @@ AFSM_API afsm_status afsm_engine_counts(afsm_engine *engine, afsm_counts *out)
         return AFSM_ENULL;
     return engine->st->ops->counts(engine->st, out);
 }
+
+AFSM_API afsm_status afsm_engine_pinned(afsm_engine *engine, uint64_t *count)
+{
+    if (engine == NULL || count == NULL)
+        return AFSM_ENULL;
+    *count = engine->st->ops->pinned(engine->st);
+    return AFSM_OK;
+}

@@ -342,6 +342,13 @@ typedef struct afsm_counts {
 } afsm_counts;
 AFSM_API afsm_status afsm_engine_counts(afsm_engine *engine, afsm_counts *out);
 
+/* How many handles are pinned right now (afsm_handle_pin and
+ * afsm_handle_pin_by_connection minus afsm_handle_release), so a caller
+ * can prove it leaks none before afsm_engine_close (which refuses with
+ * AFSM_EBUSY while this is not 0). Lock-free; exact when no other thread
+ * pins or releases at the same time. AFSM_ENULL. */
+AFSM_API afsm_status afsm_engine_pinned(afsm_engine *engine, uint64_t *count);
+
 /* ------------------------------------------------------------------------
  * Sessions
  * ---------------------------------------------------------------------- */

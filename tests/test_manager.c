@@ -478,6 +478,11 @@ static void test_handles_outlive_sessions(void **state)
     afsm_handle *h = NULL, *h2 = NULL;
     assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_OK);
     assert_int_equal(afsm_handle_pin_by_connection(engine, &s.connection_id, &h2), AFSM_OK);
+    uint64_t pinned = 0;
+    assert_int_equal(afsm_engine_pinned(engine, &pinned), AFSM_OK);
+    assert_int_equal(pinned, 2);
+    assert_int_equal(afsm_engine_pinned(engine, NULL), AFSM_ENULL);
+    assert_int_equal(afsm_engine_pinned(NULL, &pinned), AFSM_ENULL);
     afsm_uuid id;
     assert_int_equal(afsm_handle_session_id(h2, &id), AFSM_OK);
     assert_memory_equal(&id, &s.session_id, 16);
@@ -496,6 +501,8 @@ static void test_handles_outlive_sessions(void **state)
     assert_int_equal(afsm_handle_heartbeat(h2, &remaining), AFSM_ENOTFOUND);
     assert_int_equal(afsm_handle_release(h), AFSM_OK);
     assert_int_equal(afsm_handle_release(h2), AFSM_OK);
+    assert_int_equal(afsm_engine_pinned(engine, &pinned), AFSM_OK);
+    assert_int_equal(pinned, 0);
     assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_ENOTFOUND);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
