@@ -455,8 +455,9 @@ AFSM_API afsm_status afsm_engine_counts(afsm_engine *engine, afsm_counts *out)
 
 AFSM_API afsm_status afsm_engine_pinned(afsm_engine *engine, uint64_t *count)
 {
+    errdetail_clear();
     if (engine == NULL || count == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "count");
     *count = engine->st->ops->pinned(engine->st);
     return AFSM_OK;
 }
