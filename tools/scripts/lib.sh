@@ -9,7 +9,7 @@ JOBS=$(nproc)
 # Packages the build and the main job need (the daemon: grpc++, protoc and its
 # plugins, libmicrohttpd, zlib; sessionctl: python3-grpcio, python3-protobuf).
 BUILD_PACKAGES=(build-essential cmake pkg-config libck-dev libjemalloc-dev libsodium-dev
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libmicrohttpd-dev zlib1g-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libmicrohttpd-dev zlib1g-dev libssl-dev
   python3 python3-grpcio python3-protobuf)
 # And what every test needs on top (sanitizer runtimes come with gcc;
 # clang-14 and its runtime are for the libFuzzer targets).
