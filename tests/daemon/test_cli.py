@@ -80,7 +80,8 @@ def test_loadgen_smoke(shared, tmp_path):
     """Every call kind of the mix runs without errors and is reported with sane numbers."""
     out = str(tmp_path / "loadgen.json")
     p = subprocess.run([LOADGEN, "--addr", shared.addr, "--duration", "1", "--warmup", "0.2", "--connections", "2",
-                        "--in-flight", "5", "--sessions", "200", "--batch-size", "100",
+                        "--in-flight", "5", "--threads", "2", "--sessions", "200", "--batch-size", "100",
+                        "--server-pid", str(shared.proc.pid),
                         "--mix", "create=1,get=1,heartbeat=1,batch=1,stream=1", "--json", "--json-out", out],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -88,6 +89,7 @@ def test_loadgen_smoke(shared, tmp_path):
     with open(out) as f:
         assert json.load(f) == res
     assert res["config"]["connections"] == 2 and res["config"]["in_flight_per_connection"] == 5
+    assert res["cpu"]["client_s"] > 0 and res["cpu"]["server_s"] > 0  # --server-pid
     for rpc in ("CreateSession", "GetSession", "Heartbeat", "HeartbeatBatch", "HeartbeatStream"):
         r = res["rpcs"][rpc]
         assert r["calls"] > 0 and r["ok"] == r["calls"] and r["errors"] == {}, (rpc, r)

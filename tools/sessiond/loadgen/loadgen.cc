@@ -4,16 +4,18 @@
 // throughput, latency percentiles (histogram.h) and errors by status code,
 // as a table or JSON.
 //
-// Shape: grpc++'s callback API. Every in-flight slot is one object that
-// starts its next call from the completion of the previous one, on gRPC's
-// callback threads; nothing of ours blocks while load runs. A call counts
-// when it started after the warm-up and finished before the end (so the
-// window holds only steady-state calls); throughput is that count over the
-// window's length.
+// Shape: grpc++'s async (completion queue) API. Every in-flight slot is one
+// object that starts its next call from the completion of the previous one.
+// --threads driver threads each poll their own completion queue and run
+// their slots' completions inline: no hand-off between threads per call.
+// (The callback API, tried first, hands every completion to an executor
+// thread and cost 25 us of client CPU per GetSession here; h2load costs 5.)
+// A call counts when it started after the warm-up and finished before the
+// end (so the window holds only steady-state calls); throughput is that
+// count over the window's length.
 //
-// Threads: main sets up, starts the slots and waits on a condition variable
-// for every slot to stop; the slots' state is touched only by the thread
-// running their current completion; the statistics are relaxed atomics.
+// Threads: main sets up, then joins the drivers; a slot is touched only by
+// its driver; the statistics are relaxed atomics.
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -23,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,6 +36,7 @@
 
 #include <absl/synchronization/mutex.h>
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include "histogram.h"
 #include "session.grpc.pb.h"
@@ -64,6 +68,7 @@ struct Config {
     std::string tls_ca, tls_cert, tls_key, tls_server_name;
     int connections = 1;
     int in_flight = 16;
+    int threads = 1; // driver threads (completion queues)
     double duration_s = 10;
     double warmup_s = 1;
     double deadline_s = 10;
@@ -74,6 +79,7 @@ struct Config {
     bool json = false;
     std::string json_out;
     std::string h2load_frames; // directory: write gRPC-framed bodies for h2load, then exit
+    int server_pid = 0;        // report this process's CPU time over the window
 };
 
 struct RpcStats {
@@ -90,16 +96,6 @@ struct Shared {
     Clock::time_point measure_from, stop_at;
     RpcStats stats[kKinds];
     std::atomic<uint64_t> create_seq{0};
-    std::mutex mu;
-    std::condition_variable cv;
-    int active = 0;
-
-    void slot_done()
-    {
-        std::lock_guard<std::mutex> lock(mu);
-        if (--active == 0)
-            cv.notify_all();
-    }
     // Counts a finished call if it lies wholly inside the measured window.
     bool record(Kind k, Clock::time_point started, int code)
     {
@@ -144,37 +140,50 @@ void count_items(Shared *sh, Kind k, const session::HeartbeatBatchResponse &resp
     sh->stats[k].items_failed.fetch_add(resp.failed(), std::memory_order_relaxed);
 }
 
-// One unary call in flight at a time; each completion starts the next.
-class UnarySlot
+// A slot keeps one call in flight: each completion, taken off its thread's
+// completion queue, records the call and starts the next. proceed() gets
+// the completion's ok flag and returns false once the slot has stopped.
+class Slot
 {
   public:
-    UnarySlot(Shared *sh, session::SessionService::Stub *stub, uint64_t seed) : sh_(sh), stub_(stub), rng_(seed)
+    virtual ~Slot() = default;
+    virtual void start() = 0;
+    virtual bool proceed(bool ok) = 0;
+};
+
+std::chrono::system_clock::time_point deadline_after(double seconds)
+{
+    return std::chrono::system_clock::now() + std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
+}
+
+class UnarySlot final : public Slot
+{
+  public:
+    UnarySlot(Shared *sh, session::SessionService::Stub *stub, grpc::CompletionQueue *cq, uint64_t seed)
+        : sh_(sh), stub_(stub), cq_(cq), rng_(seed)
     {
         for (int k = 0; k < kKinds; ++k)
             if (k != kStream)
                 total_weight_ += sh->cfg.weights[k];
     }
 
-    void next()
+    void start() override
     {
-        if (Clock::now() >= sh_->stop_at) {
-            sh_->slot_done();
-            return;
-        }
-        Kind k = pick();
+        kind_ = pick();
         ctx_ = std::make_unique<grpc::ClientContext>();
-        ctx_->set_deadline(std::chrono::system_clock::now() +
-                           std::chrono::microseconds(static_cast<int64_t>(sh_->cfg.deadline_s * 1e6)));
-        started_ = Clock::now();
+        ctx_->set_deadline(deadline_after(sh_->cfg.deadline_s));
         const std::string &id = sh_->ids[splitmix(&rng_) % sh_->ids.size()];
-        switch (k) {
+        started_ = Clock::now();
+        switch (kind_) {
         case kGet:
             get_req_.set_session_id(id);
-            stub_->async()->GetSession(ctx_.get(), &get_req_, &get_resp_, [this](grpc::Status s) { done(kGet, s); });
+            get_ = stub_->AsyncGetSession(ctx_.get(), get_req_, cq_);
+            get_->Finish(&get_resp_, &status_, this);
             break;
         case kHeartbeat:
             hb_req_.set_session_id(id);
-            stub_->async()->Heartbeat(ctx_.get(), &hb_req_, &hb_resp_, [this](grpc::Status s) { done(kHeartbeat, s); });
+            hb_ = stub_->AsyncHeartbeat(ctx_.get(), hb_req_, cq_);
+            hb_->Finish(&hb_resp_, &status_, this);
             break;
         case kCreate: {
             uint64_t n = sh_->create_seq.fetch_add(1, std::memory_order_relaxed);
@@ -182,21 +191,27 @@ class UnarySlot
             create_req_.set_client_ip("10.0." + std::to_string((n >> 8) & 255) + "." + std::to_string(n & 255));
             create_req_.set_client_port(static_cast<uint32_t>(n & 0xffff));
             create_req_.set_timeout_seconds(60);
-            stub_->async()->CreateSession(ctx_.get(), &create_req_, &create_resp_,
-                                          [this](grpc::Status s) { done(kCreate, s); });
+            create_ = stub_->AsyncCreateSession(ctx_.get(), create_req_, cq_);
+            create_->Finish(&create_resp_, &status_, this);
             break;
         }
         default:
             fill_batch(sh_, &rng_, &batch_req_);
-            stub_->async()->HeartbeatBatch(ctx_.get(), &batch_req_, &batch_resp_, [this](grpc::Status s) {
-                if (s.ok() && sh_->record(kBatch, started_, 0))
-                    count_items(sh_, kBatch, batch_resp_);
-                else if (!s.ok())
-                    sh_->record(kBatch, started_, s.error_code());
-                next();
-            });
+            batch_ = stub_->AsyncHeartbeatBatch(ctx_.get(), batch_req_, cq_);
+            batch_->Finish(&batch_resp_, &status_, this);
             break;
         }
+    }
+
+    bool proceed(bool) override
+    {
+        // A unary Finish always completes with ok; the outcome is status_.
+        if (sh_->record(kind_, started_, status_.error_code()) && kind_ == kBatch && status_.ok())
+            count_items(sh_, kBatch, batch_resp_);
+        if (Clock::now() >= sh_->stop_at)
+            return false;
+        start();
+        return true;
     }
 
   private:
@@ -212,101 +227,124 @@ class UnarySlot
         }
         return kGet;
     }
-    void done(Kind k, const grpc::Status &s)
+
+    Shared *sh_;
+    session::SessionService::Stub *stub_;
+    grpc::CompletionQueue *cq_;
+    uint64_t rng_;
+    uint64_t total_weight_ = 0;
+    Kind kind_ = kGet;
+    std::unique_ptr<grpc::ClientContext> ctx_;
+    grpc::Status status_;
+    Clock::time_point started_;
+    session::GetSessionRequest get_req_;
+    session::GetSessionResponse get_resp_;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<session::GetSessionResponse>> get_;
+    session::HeartbeatRequest hb_req_;
+    session::HeartbeatResponse hb_resp_;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<session::HeartbeatResponse>> hb_;
+    session::CreateSessionRequest create_req_;
+    session::CreateSessionResponse create_resp_;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<session::CreateSessionResponse>> create_;
+    session::HeartbeatBatchRequest batch_req_;
+    session::HeartbeatBatchResponse batch_resp_;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<session::HeartbeatBatchResponse>> batch_;
+};
+
+// One HeartbeatStream with one batch in flight: write a request, read its
+// response, record, repeat; at the end, half-close and take the status.
+// One operation is outstanding at a time, so the state says which.
+class StreamSlot final : public Slot
+{
+  public:
+    StreamSlot(Shared *sh, session::SessionService::Stub *stub, grpc::CompletionQueue *cq, uint64_t seed)
+        : sh_(sh), stub_(stub), cq_(cq), rng_(seed)
     {
-        sh_->record(k, started_, s.error_code());
-        next();
+    }
+
+    void start() override
+    {
+        ctx_.set_deadline(deadline_after(sh_->cfg.warmup_s + sh_->cfg.duration_s + sh_->cfg.deadline_s));
+        state_ = State::Starting;
+        stream_ = stub_->AsyncHeartbeatStream(&ctx_, cq_, this);
+    }
+
+    bool proceed(bool ok) override
+    {
+        switch (state_) {
+        case State::Starting:
+        case State::Reading:
+            if (!ok)
+                return finish();
+            if (state_ == State::Reading && sh_->record(kStream, started_, 0))
+                count_items(sh_, kStream, resp_);
+            if (Clock::now() >= sh_->stop_at) {
+                state_ = State::Closing;
+                stream_->WritesDone(this);
+                return true;
+            }
+            fill_batch(sh_, &rng_, &req_);
+            started_ = Clock::now();
+            state_ = State::Writing;
+            stream_->Write(req_, this);
+            return true;
+        case State::Writing:
+            if (!ok)
+                return finish();
+            state_ = State::Reading;
+            stream_->Read(&resp_, this);
+            return true;
+        case State::Closing:
+            return finish();
+        case State::Finished:
+            if (!status_.ok())
+                sh_->record(kStream, started_, status_.error_code());
+            return false;
+        }
+        return false;
+    }
+
+  private:
+    enum class State { Starting, Writing, Reading, Closing, Finished };
+    bool finish()
+    {
+        state_ = State::Finished;
+        stream_->Finish(&status_, this);
+        return true;
     }
 
     Shared *sh_;
     session::SessionService::Stub *stub_;
+    grpc::CompletionQueue *cq_;
     uint64_t rng_;
-    uint64_t total_weight_ = 0;
-    std::unique_ptr<grpc::ClientContext> ctx_;
-    Clock::time_point started_;
-    session::GetSessionRequest get_req_;
-    session::GetSessionResponse get_resp_;
-    session::HeartbeatRequest hb_req_;
-    session::HeartbeatResponse hb_resp_;
-    session::CreateSessionRequest create_req_;
-    session::CreateSessionResponse create_resp_;
-    session::HeartbeatBatchRequest batch_req_;
-    session::HeartbeatBatchResponse batch_resp_;
-};
-
-// One HeartbeatStream with one batch in flight: each response sends the
-// next request. Two request buffers, because the next write may be asked
-// for before gRPC has reported the previous one done.
-class StreamSlot final : public grpc::ClientBidiReactor<session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>
-{
-  public:
-    StreamSlot(Shared *sh, session::SessionService::Stub *stub, uint64_t seed) : sh_(sh), rng_(seed)
-    {
-        ctx_.set_deadline(std::chrono::system_clock::now() +
-                          std::chrono::microseconds(static_cast<int64_t>(
-                              (sh->cfg.warmup_s + sh->cfg.duration_s + sh->cfg.deadline_s) * 1e6)));
-        stub->async()->HeartbeatStream(&ctx_, this);
-        fill_batch(sh_, &rng_, &req_[0]);
-        started_ = Clock::now();
-        writing_ = true;
-        StartWrite(&req_[0]);
-        StartRead(&resp_);
-        StartCall();
-    }
-
-    void OnWriteDone(bool ok) override
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        writing_ = false;
-        if (ok && pending_write_) {
-            pending_write_ = false;
-            writing_ = true;
-            StartWrite(&req_[cur_]);
-        }
-    }
-    void OnReadDone(bool ok) override
-    {
-        if (!ok)
-            return; // the status arrives in OnDone
-        if (sh_->record(kStream, started_, 0))
-            count_items(sh_, kStream, resp_);
-        if (Clock::now() >= sh_->stop_at) {
-            StartWritesDone();
-            return;
-        }
-        std::lock_guard<std::mutex> lock(mu_);
-        cur_ ^= 1;
-        fill_batch(sh_, &rng_, &req_[cur_]);
-        started_ = Clock::now();
-        if (writing_) {
-            pending_write_ = true;
-        } else {
-            writing_ = true;
-            StartWrite(&req_[cur_]);
-        }
-        StartRead(&resp_);
-    }
-    void OnDone(const grpc::Status &s) override
-    {
-        if (!s.ok())
-            sh_->record(kStream, started_, s.error_code());
-        Shared *sh = sh_;
-        delete this;
-        sh->slot_done();
-    }
-
-  private:
-    Shared *sh_;
-    uint64_t rng_;
+    State state_ = State::Starting;
     grpc::ClientContext ctx_;
-    std::mutex mu_; // writing_, pending_write_, cur_
-    session::HeartbeatBatchRequest req_[2];
-    int cur_ = 0;
-    bool writing_ = false;
-    bool pending_write_ = false;
+    std::unique_ptr<grpc::ClientAsyncReaderWriter<session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>>
+        stream_;
+    session::HeartbeatBatchRequest req_;
     session::HeartbeatBatchResponse resp_;
+    grpc::Status status_;
     Clock::time_point started_;
 };
+
+// One driver thread: its completion queue, its slots. The thread polls the
+// queue itself, so a completion and the next call's start run on it without
+// a hand-off to another thread.
+void drive(std::vector<std::unique_ptr<Slot>> *slots, grpc::CompletionQueue *cq)
+{
+    size_t active = slots->size();
+    for (auto &s : *slots)
+        s->start();
+    void *tag;
+    bool ok;
+    while (active > 0 && cq->Next(&tag, &ok)) {
+        if (!static_cast<Slot *>(tag)->proceed(ok))
+            --active;
+    }
+    cq->Shutdown();
+    while (cq->Next(&tag, &ok))
+        ;
+}
 
 std::shared_ptr<grpc::ChannelCredentials> credentials(const Config &c)
 {
@@ -412,18 +450,56 @@ std::string us(uint64_t ns)
     return buf;
 }
 
-void report(const Shared &sh, double window_s, FILE *text, std::string *json)
+// CPU seconds (user + system) of a process so far; -1 if unreadable.
+double cpu_seconds(int pid)
+{
+    std::ifstream in(pid == 0 ? std::string("/proc/self/stat") : "/proc/" + std::to_string(pid) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t p = text.rfind(')'); // the command name may hold spaces
+    if (p == std::string::npos)
+        return -1;
+    std::istringstream rest(text.substr(p + 2));
+    std::string field;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+        if (i == 14)
+            utime = std::stoull(field);
+        if (i == 15)
+            stime = std::stoull(field);
+    }
+    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// CPU used by loadgen and (with --server-pid) the server inside the window.
+struct CpuUse {
+    double client_s = -1, server_s = -1;
+};
+
+void report(const Shared &sh, double window_s, const CpuUse &cpu, FILE *text, std::string *json)
 {
     const Config &c = sh.cfg;
     std::ostringstream j;
     j << "{\n  \"config\": {\"addr\": \"" << c.addr << "\", \"tls\": " << (c.tls_ca.empty() ? "false" : "true")
       << ", \"connections\": " << c.connections << ", \"in_flight_per_connection\": " << c.in_flight
-      << ", \"duration_s\": " << c.duration_s << ", \"warmup_s\": " << c.warmup_s
+      << ", \"threads\": " << c.threads << ", \"duration_s\": " << c.duration_s << ", \"warmup_s\": " << c.warmup_s
       << ", \"batch_size\": " << c.batch_size << ", \"batch_ids\": \"" << (c.batch_text ? "text" : "raw")
       << "\", \"sessions\": " << c.sessions << ", \"mix\": {";
     for (int k = 0; k < kKinds; ++k)
         j << (k ? ", " : "") << "\"" << kMixNames[k] << "\": " << c.weights[k];
-    j << "}},\n  \"window_s\": " << window_s << ",\n  \"rpcs\": {";
+    uint64_t calls = 0;
+    for (int k = 0; k < kKinds; ++k)
+        calls += sh.stats[k].latency_ns.count();
+    auto per_call_us = [&](double s) { return calls == 0 || s < 0 ? -1.0 : s * 1e6 / static_cast<double>(calls); };
+    j << "}},\n  \"window_s\": " << window_s << ",\n  \"cpu\": {\"client_s\": " << cpu.client_s
+      << ", \"client_us_per_call\": " << per_call_us(cpu.client_s) << ", \"server_s\": " << cpu.server_s
+      << ", \"server_us_per_call\": " << per_call_us(cpu.server_s) << "},\n  \"rpcs\": {";
+    if (text) {
+        std::fprintf(text, "cpu in the window: loadgen %.2f s (%.1f us/call)", cpu.client_s, per_call_us(cpu.client_s));
+        if (cpu.server_s >= 0)
+            std::fprintf(text, ", server %.2f s (%.1f us/call, %.2f cores)", cpu.server_s, per_call_us(cpu.server_s),
+                         cpu.server_s / window_s);
+        std::fprintf(text, "\n");
+    }
     if (text)
         std::fprintf(text, "%-16s %10s %10s %9s %9s %9s %9s %9s  %s\n", "rpc", "calls", "calls/s", "p50 us", "p99 us",
                      "p99.9 us", "max us", "mean us", "errors");
@@ -486,6 +562,7 @@ void usage()
                 "  --addr HOST:PORT          sessiond (default 127.0.0.1:50051)\n"
                 "  --connections N           TCP connections (default 1)\n"
                 "  --in-flight M             calls in flight per connection (default 16)\n"
+                "  --threads T               client threads driving the calls (default 1)\n"
                 "  --duration SECONDS        measured time (default 10)\n"
                 "  --warmup SECONDS          unmeasured time before it (default 1)\n"
                 "  --mix create=W,get=W,heartbeat=W,batch=W,stream=W\n"
@@ -497,6 +574,7 @@ void usage()
                 "  --deadline SECONDS        per call (default 10)\n"
                 "  --tls-ca PATH             TLS, trusting this CA; --tls-cert/--tls-key for mutual TLS\n"
                 "  --tls-server-name NAME    name expected in the server's certificate\n"
+                "  --server-pid PID          also report that process's CPU use in the window (sessiond's)\n"
                 "  --json                    print JSON (with histograms) instead of the table\n"
                 "  --json-out PATH           also write the JSON there\n"
                 "  --h2load-frames DIR       create the sessions, write gRPC-framed GetSession and Heartbeat\n"
@@ -545,6 +623,8 @@ int parse_args(int argc, char **argv, Config *c)
             c->addr = value();
         } else if (a == "--connections") {
             c->connections = std::atoi(value().c_str());
+        } else if (a == "--threads") {
+            c->threads = std::atoi(value().c_str());
         } else if (a == "--in-flight") {
             c->in_flight = std::atoi(value().c_str());
         } else if (a == "--duration") {
@@ -580,6 +660,8 @@ int parse_args(int argc, char **argv, Config *c)
             c->json = true;
         } else if (a == "--json-out") {
             c->json_out = value();
+        } else if (a == "--server-pid") {
+            c->server_pid = std::atoi(value().c_str());
         } else if (a == "--h2load-frames") {
             c->h2load_frames = value();
         } else {
@@ -587,8 +669,9 @@ int parse_args(int argc, char **argv, Config *c)
             return -1;
         }
     }
-    if (c->connections < 1 || c->connections > 1024 || c->in_flight < 1 || c->in_flight > 100000) {
-        std::fprintf(stderr, "loadgen: --connections must be 1..1024 and --in-flight 1..100000\n");
+    if (c->connections < 1 || c->connections > 1024 || c->in_flight < 1 || c->in_flight > 100000 || c->threads < 1 ||
+        c->threads > 256) {
+        std::fprintf(stderr, "loadgen: --connections must be 1..1024, --in-flight 1..100000, --threads 1..256\n");
         return -1;
     }
     if (c->duration_s <= 0 || c->warmup_s < 0 || c->deadline_s <= 0) {
@@ -653,31 +736,46 @@ int run(const Config &cfg)
         stream_slots = 1;
     if (stream_slots == cfg.in_flight && cfg.weights[kStream] != total)
         stream_slots = cfg.in_flight - 1;
-    int unary_slots = cfg.in_flight - stream_slots;
 
     Clock::time_point t0 = Clock::now();
     sh->measure_from = t0 + std::chrono::microseconds(static_cast<int64_t>(cfg.warmup_s * 1e6));
     sh->stop_at = sh->measure_from + std::chrono::microseconds(static_cast<int64_t>(cfg.duration_s * 1e6));
-    sh->active = cfg.connections * cfg.in_flight;
-    std::vector<std::unique_ptr<UnarySlot>> unary;
+    const int threads = std::min(cfg.threads, cfg.connections * cfg.in_flight);
+    std::vector<std::unique_ptr<grpc::CompletionQueue>> cqs;
+    std::vector<std::vector<std::unique_ptr<Slot>>> slots(static_cast<size_t>(threads));
+    for (int t = 0; t < threads; ++t)
+        cqs.push_back(std::make_unique<grpc::CompletionQueue>());
     uint64_t seed = static_cast<uint64_t>(t0.time_since_epoch().count());
+    size_t next_thread = 0;
     for (int c = 0; c < cfg.connections; ++c) {
-        for (int s = 0; s < unary_slots; ++s)
-            unary.push_back(
-                std::make_unique<UnarySlot>(sh.get(), stubs[static_cast<size_t>(c)].get(), splitmix(&seed)));
+        for (int s = 0; s < cfg.in_flight; ++s) {
+            size_t t = next_thread++ % static_cast<size_t>(threads);
+            auto *stub = stubs[static_cast<size_t>(c)].get();
+            if (s < stream_slots)
+                slots[t].push_back(std::make_unique<StreamSlot>(sh.get(), stub, cqs[t].get(), splitmix(&seed)));
+            else
+                slots[t].push_back(std::make_unique<UnarySlot>(sh.get(), stub, cqs[t].get(), splitmix(&seed)));
+        }
     }
-    for (auto &u : unary)
-        u->next();
-    for (int c = 0; c < cfg.connections; ++c)
-        for (int s = 0; s < stream_slots; ++s)
-            new StreamSlot(sh.get(), stubs[static_cast<size_t>(c)].get(), splitmix(&seed)); // deletes itself
-    {
-        std::unique_lock<std::mutex> lock(sh->mu);
-        sh->cv.wait(lock, [&] { return sh->active == 0; });
-    }
+    std::vector<std::thread> drivers;
+    for (int t = 0; t < threads; ++t)
+        drivers.emplace_back(drive, &slots[static_cast<size_t>(t)], cqs[static_cast<size_t>(t)].get());
+    // CPU use over the measured window, sampled at its edges.
+    CpuUse cpu;
+    std::thread sampler([&] {
+        std::this_thread::sleep_until(sh->measure_from);
+        double c0 = cpu_seconds(0), s0 = cfg.server_pid ? cpu_seconds(cfg.server_pid) : -1;
+        std::this_thread::sleep_until(sh->stop_at);
+        cpu.client_s = cpu_seconds(0) - c0;
+        if (cfg.server_pid && s0 >= 0)
+            cpu.server_s = cpu_seconds(cfg.server_pid) - s0;
+    });
+    for (auto &d : drivers)
+        d.join();
+    sampler.join();
     double window_s = cfg.duration_s;
     std::string json;
-    report(*sh, window_s, cfg.json ? nullptr : stdout, &json);
+    report(*sh, window_s, cpu, cfg.json ? nullptr : stdout, &json);
     if (cfg.json)
         std::fputs(json.c_str(), stdout);
     if (!cfg.json_out.empty()) {
