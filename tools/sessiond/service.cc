@@ -1,7 +1,16 @@
 // service.cc: the RPC handlers. Each unary handler calls the engine inline
 // (its calls are lock-free or take one shard lock for microseconds) and
 // finishes through the default reactor, so no thread of ours ever waits.
-// WatchSessions is the one stream: a Watcher per call, fed by WatchHub.
+// Batches (HeartbeatBatch, AddStatsBatch) go to the engine's batch calls in
+// one crossing, with per-thread scratch arrays; HeartbeatStream is the same
+// batch, one request at a time per stream (HeartbeatStreamReactor).
+// WatchSessions: a Watcher per call, fed by WatchHub.
+//
+// Watcher memory: at most capacity_ (--watch-buffer) events queued, plus one
+// LAGGED marker for a report_lag watcher, plus the one event being written;
+// gRPC holds nothing more, since the next write starts only after the last
+// completed. A watcher that cannot keep up is ended (default) or skips
+// events and is told how many (report_lag); the engine never waits.
 //
 // Watcher locking: a watcher's mutex guards its queue and its flags; it is
 // never held across a call into gRPC (StartWrite, Finish), because gRPC may
