@@ -96,6 +96,12 @@ def test_loadgen_smoke(shared, tmp_path):
         lat = r["latency_us"]
         assert 0 < lat["p50"] <= lat["p99"] <= lat["p999"] <= lat["max"], (rpc, lat)
         assert sum(c for _, c in r["histogram_us"]) == r["calls"]
+    png = str(tmp_path / "latency.png")
+    plot = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "sessiond", "loadgen", "plot.py"), png, out],
+                          capture_output=True, text=True, timeout=120)
+    assert plot.returncode == 0, plot.stderr
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     for rpc in ("HeartbeatBatch", "HeartbeatStream"):
         r = res["rpcs"][rpc]
         assert r["session_heartbeats_failed"] == 0
