@@ -56,7 +56,8 @@ def test_sessionctl_every_subcommand(shared, tmp_path_factory):
     result = {}
 
     def watch():
-        result["p"] = ctl(shared, cache, "watch", "--user", "cli-user", "--count", "1", "--for", "30")
+        result["p"] = ctl(shared, cache, "watch", "--user", "cli-user", "--count", "1", "--for", "30",
+                          "--report-lag")
 
     t = threading.Thread(target=watch)
     t.start()
