@@ -62,9 +62,11 @@ def stubs() -> Stubs:
 class Daemon:
     """One sessiond process and a channel to it."""
 
-    def __init__(self, stubs: Stubs, workdir: str, args: List[str], name: str) -> None:
+    def __init__(self, stubs: Stubs, workdir: str, args: List[str], name: str,
+                 credentials: Optional[grpc.ChannelCredentials] = None) -> None:
         self.stubs = stubs
         self.args = args
+        self.credentials = credentials
         self.log_path = os.path.join(workdir, "sessiond-%s.log" % name)
         self.proc: Optional[subprocess.Popen] = None
         self.channel: Optional[grpc.Channel] = None
@@ -90,7 +92,7 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise RuntimeError("sessiond did not listen within %ss:\n%s" % (START_DEADLINE_S, self.log_text()))
             time.sleep(0.02)
-        self.channel = grpc.insecure_channel(self.addr)
+        self.channel = self.open_channel(self.credentials)
         health = self.stubs.health_rpc.HealthStub(self.channel)
         while True:
             try:
@@ -104,6 +106,17 @@ class Daemon:
                 raise RuntimeError("sessiond not healthy within %ss:\n%s" % (START_DEADLINE_S, self.log_text()))
             time.sleep(0.02)
         self.stub = self.stubs.rpc.SessionServiceStub(self.channel)
+
+    def open_channel(self, credentials: Optional[grpc.ChannelCredentials] = None) -> grpc.Channel:
+        """A channel of its own (its own connection); TLS when credentials are given.
+
+        TLS channels expect the test certificates' name, "localhost".
+        """
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        if credentials is None:
+            return grpc.insecure_channel(self.addr, options=options)
+        return grpc.secure_channel(self.addr, credentials,
+                                   options=options + [("grpc.ssl_target_name_override", "localhost")])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Signals the daemon and returns its exit code (killing it after timeout)."""
@@ -144,10 +157,11 @@ class DaemonFactory:
         self.workdir = workdir
         self.daemons: List[Daemon] = []
 
-    def start(self, *extra: str, name: str = "d", ready: bool = True, metrics: bool = True) -> Daemon:
+    def start(self, *extra: str, name: str = "d", ready: bool = True, metrics: bool = True,
+              credentials: Optional[grpc.ChannelCredentials] = None) -> Daemon:
         args = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0" if metrics else "off"]
         args += list(extra)
-        d = Daemon(self.stubs, self.workdir, args, "%s-%d" % (name, len(self.daemons)))
+        d = Daemon(self.stubs, self.workdir, args, "%s-%d" % (name, len(self.daemons)), credentials)
         self.daemons.append(d)
         d.spawn()
         if ready:

@@ -1,4 +1,4 @@
-"""sessionctl against a real daemon, and the load test's smoke run."""
+"""sessionctl against a real daemon, and the load generator's smoke run."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import threading
 
 from conftest import ROOT, SESSIONCTL
 
-LOADTEST = os.path.join(ROOT, "tools", "sessiond", "loadtest.py")
+LOADGEN = os.environ.get("LOADGEN_BIN", os.path.join(ROOT, "build", "tools", "sessiond", "loadgen", "loadgen"))
 
 
 def ctl(d, tmp_cache, *args, ok=True):
@@ -56,7 +56,8 @@ def test_sessionctl_every_subcommand(shared, tmp_path_factory):
     result = {}
 
     def watch():
-        result["p"] = ctl(shared, cache, "watch", "--user", "cli-user", "--count", "1", "--for", "30")
+        result["p"] = ctl(shared, cache, "watch", "--user", "cli-user", "--count", "1", "--for", "30",
+                          "--report-lag")
 
     t = threading.Thread(target=watch)
     t.start()
@@ -76,11 +77,46 @@ def test_sessionctl_every_subcommand(shared, tmp_path_factory):
     assert "session(s) of cli-user" in out
 
 
-def test_loadtest_smoke(shared):
-    p = subprocess.run(["/usr/bin/python3", LOADTEST, "--addr", shared.addr, "--duration", "2", "--concurrency",
-                        "16", "--seed-sessions", "50", "--json"], capture_output=True, text=True, timeout=120)
+def test_loadgen_smoke(shared, tmp_path):
+    """Every call kind of the mix runs without errors and is reported with sane numbers."""
+    out = str(tmp_path / "loadgen.json")
+    p = subprocess.run([LOADGEN, "--addr", shared.addr, "--duration", "1", "--warmup", "0.2", "--connections", "2",
+                        "--in-flight", "5", "--threads", "2", "--sessions", "200", "--batch-size", "100",
+                        "--server-pid", str(shared.proc.pid),
+                        "--mix", "create=1,get=1,heartbeat=1,batch=1,stream=1", "--json", "--json-out", out],
+                       capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
-    res = json.loads(p.stdout.strip().splitlines()[-1])
-    for op in ("Create", "Get", "Heartbeat"):
-        assert res["ops"][op]["calls"] > 0 and res["ops"][op]["errors"] == 0
-        assert res["ops"][op]["p99_ms"] >= res["ops"][op]["p50_ms"] > 0
+    res = json.loads(p.stdout)
+    with open(out) as f:
+        assert json.load(f) == res
+    assert res["config"]["connections"] == 2 and res["config"]["in_flight_per_connection"] == 5
+    assert res["cpu"]["client_s"] > 0 and res["cpu"]["server_s"] > 0  # --server-pid
+    for rpc in ("CreateSession", "GetSession", "Heartbeat", "HeartbeatBatch", "HeartbeatStream"):
+        r = res["rpcs"][rpc]
+        assert r["calls"] > 0 and r["ok"] == r["calls"] and r["errors"] == {}, (rpc, r)
+        lat = r["latency_us"]
+        assert 0 < lat["p50"] <= lat["p99"] <= lat["p999"] <= lat["max"], (rpc, lat)
+        assert sum(c for _, c in r["histogram_us"]) == r["calls"]
+    png = str(tmp_path / "latency.png")
+    plot = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "sessiond", "loadgen", "plot.py"), png, out],
+                          capture_output=True, text=True, timeout=120)
+    assert plot.returncode == 0, plot.stderr
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for rpc in ("HeartbeatBatch", "HeartbeatStream"):
+        r = res["rpcs"][rpc]
+        assert r["session_heartbeats_failed"] == 0
+        # 100 sessions per call, all of them heartbeated.
+        assert abs(r["session_heartbeats_per_s"] - 100 * r["calls_per_s"]) < 1e-6 * r["session_heartbeats_per_s"] + 1
+
+
+def test_loadgen_counts_errors_by_code(daemons):
+    """A server that refuses the calls shows up as errors by code, not as throughput."""
+    d = daemons.start("--max-batch", "10")
+    p = subprocess.run([LOADGEN, "--addr", d.addr, "--duration", "0.5", "--warmup", "0", "--in-flight", "2",
+                        "--sessions", "50", "--batch-size", "20", "--mix", "batch=1", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(p.stdout)["rpcs"]["HeartbeatBatch"]
+    assert r["calls"] > 0 and r["ok"] == 0 and r["errors"] == {"INVALID_ARGUMENT": r["calls"]}
+    assert r["session_heartbeats_per_s"] == 0

@@ -228,8 +228,14 @@ def test_help_lists_every_flag():
     assert out.returncode == 0
     for flag in ["--listen", "--metrics-listen", "--store", "--default-timeout", "--cleanup-interval",
                  "--idle-timeout", "--max-sessions-per-user", "--limit-policy", "--key-file", "--snapshot",
-                 "--snapshot-interval", "--start-empty-on-corrupt-snapshot", "--log-level", "--config"]:
+                 "--snapshot-interval", "--start-empty-on-corrupt-snapshot", "--log-level", "--config",
+                 "--tls-cert", "--tls-key", "--client-ca", "--max-batch", "--max-message-bytes",
+                 "--max-concurrent-streams", "--max-watchers"]:
         assert flag in out.stdout, flag
+    # The metrics endpoint has no authentication: --help says it stays on loopback by default.
+    metrics_line = next(ln for ln in out.stdout.splitlines() if "--metrics-listen" in ln)
+    assert "default 127.0.0.1:9464" in metrics_line and "loopback" in metrics_line
+    assert "SIGHUP" in out.stdout
 
 
 def test_bad_flags_and_stores(daemons, tmp_path):

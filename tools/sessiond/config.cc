@@ -89,7 +89,8 @@ const std::vector<OptionSpec> &specs()
         {"listen", Kind::String, "HOST:PORT", "gRPC address (default 127.0.0.1:50051; port 0 picks a free port)",
          str(&Options::listen)},
         {"metrics-listen", Kind::String, "HOST:PORT",
-         "HTTP address of /metrics and /healthz (default 127.0.0.1:9464; \"off\" disables)",
+         "HTTP address of /metrics and /healthz (default 127.0.0.1:9464: loopback only, plaintext, no "
+         "authentication; bind another address only on a trusted network; \"off\" disables)",
          str(&Options::metrics_listen)},
         {"store", Kind::String, "NAME", "session store: memory (default); etcd is not built yet", str(&Options::store)},
         {"server-addr", Kind::String, "TEXT", "server address reported in every session (default: --listen)",
@@ -125,6 +126,24 @@ const std::vector<OptionSpec> &specs()
         {"shutdown-grace", Kind::Duration, "DURATION", "how long in-flight calls may finish on shutdown (default 10s)",
          dur(&Options::shutdown_grace_ms)},
         {"shards", Kind::Uint, "N", "engine shards, a power of two (default 0: 4 x CPUs)", u32(&Options::shards, 4096)},
+        {"tls-cert", Kind::String, "PATH",
+         "PEM certificate (chain) of the gRPC port; with --tls-key, the port speaks TLS only. Re-read on SIGHUP",
+         str(&Options::tls_cert)},
+        {"tls-key", Kind::String, "PATH", "PEM private key of --tls-cert. Re-read on SIGHUP", str(&Options::tls_key)},
+        {"client-ca", Kind::String, "PATH",
+         "PEM CA bundle: mutual TLS, only clients with a certificate from it get in. Re-read on SIGHUP",
+         str(&Options::client_ca)},
+        {"max-batch", Kind::Uint, "N", "ids in one batch heartbeat / add-stats request (default 10000, at most 65536)",
+         u32(&Options::max_batch, AFSM_BATCH_MAX)},
+        {"max-message-bytes", Kind::Uint, "N",
+         "largest request message accepted; larger is RESOURCE_EXHAUSTED (default 4194304)",
+         u32(&Options::max_message_bytes, 1u << 30)},
+        {"max-concurrent-streams", Kind::Uint, "N",
+         "calls in flight on one client connection; more wait in the client (default 1024)",
+         u32(&Options::max_concurrent_streams, UINT32_MAX >> 1)},
+        {"max-watchers", Kind::Uint, "N",
+         "WatchSessions streams open at once; more are RESOURCE_EXHAUSTED (default 1024)",
+         u32(&Options::max_watchers, 1u << 20)},
         {"help", Kind::Flag, "", "print this help and exit", nullptr},
         {"version", Kind::Flag, "", "print the version and exit", nullptr},
     };
@@ -151,7 +170,8 @@ void print_help()
     }
     std::printf("\nDurations: 500ms, 30s, 5m, 2h, 1d; a bare number is seconds.\n"
                 "Signals: SIGTERM or SIGINT stop accepting, finish in-flight calls, end watch streams,\n"
-                "write the snapshot and exit 0.\n");
+                "write the snapshot and exit 0. SIGHUP re-reads --tls-cert, --tls-key and --client-ca\n"
+                "(new handshakes use them within a second; established connections stay).\n");
 }
 
 bool apply(Options &o, const OptionSpec &s, const std::string &value, const std::string &origin)
@@ -307,6 +327,19 @@ int parse_options(int argc, char **argv, Options *out)
     }
     if (o.key_id == 0) {
         std::fprintf(stderr, "sessiond: --key-id must be 1..%d\n", AFSM_KEY_ID_MAX);
+        return -1;
+    }
+    if (o.tls_cert.empty() != o.tls_key.empty()) {
+        std::fprintf(stderr, "sessiond: --tls-cert and --tls-key go together (one is missing)\n");
+        return -1;
+    }
+    if (!o.client_ca.empty() && o.tls_cert.empty()) {
+        std::fprintf(stderr, "sessiond: --client-ca needs --tls-cert and --tls-key\n");
+        return -1;
+    }
+    if (o.max_batch == 0 || o.max_message_bytes < 1024 || o.max_concurrent_streams == 0 || o.max_watchers == 0) {
+        std::fprintf(stderr, "sessiond: --max-batch, --max-concurrent-streams and --max-watchers must be positive, "
+                             "--max-message-bytes at least 1024\n");
         return -1;
     }
     if (o.watch_buffer == 0) {

@@ -28,6 +28,15 @@ struct Options {
     uint32_t watch_buffer = 1024;
     uint64_t shutdown_grace_ms = 10ull * 1000;
     uint32_t shards = 0;
+    // TLS on the gRPC port: both or neither; client_ca makes it mutual.
+    std::string tls_cert;
+    std::string tls_key;
+    std::string client_ca;
+    // Limits on what one client may ask for.
+    uint32_t max_batch = 10000;             // ids in one batch request
+    uint32_t max_message_bytes = 4u << 20;  // one request message
+    uint32_t max_concurrent_streams = 1024; // calls in flight on one connection
+    uint32_t max_watchers = 1024;           // WatchSessions streams in all
 };
 
 // Parses argv (and the file named by --config, whose keys are the flag

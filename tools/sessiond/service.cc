@@ -1,7 +1,16 @@
 // service.cc: the RPC handlers. Each unary handler calls the engine inline
 // (its calls are lock-free or take one shard lock for microseconds) and
 // finishes through the default reactor, so no thread of ours ever waits.
-// WatchSessions is the one stream: a Watcher per call, fed by WatchHub.
+// Batches (HeartbeatBatch, AddStatsBatch) go to the engine's batch calls in
+// one crossing, with per-thread scratch arrays; HeartbeatStream is the same
+// batch, one request at a time per stream (HeartbeatStreamReactor).
+// WatchSessions: a Watcher per call, fed by WatchHub.
+//
+// Watcher memory: at most capacity_ (--watch-buffer) events queued, plus one
+// LAGGED marker for a report_lag watcher, plus the one event being written;
+// gRPC holds nothing more, since the next write starts only after the last
+// completed. A watcher that cannot keep up is ended (default) or skips
+// events and is told how many (report_lag); the engine never waits.
 //
 // Watcher locking: a watcher's mutex guards its queue and its flags; it is
 // never held across a call into gRPC (StartWrite, Finish), because gRPC may
@@ -39,7 +48,10 @@ enum Method {
     kValidate,
     kRotate,
     kWatch,
-    kStats
+    kStats,
+    kHeartbeatBatch,
+    kAddStatsBatch,
+    kHeartbeatStream
 };
 
 std::string afsm_message(afsm_status s, const std::string &what)
@@ -199,17 +211,29 @@ grpc::Status token_status_from_afsm(afsm_status s)
 class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
 {
   public:
-    Watcher(WatchHub *hub, std::string user_filter, size_t capacity)
-        : hub_(hub), user_filter_(std::move(user_filter)), capacity_(capacity)
+    Watcher(WatchHub *hub, std::string user_filter, size_t capacity, bool report_lag)
+        : hub_(hub), user_filter_(std::move(user_filter)), capacity_(capacity), report_lag_(report_lag)
     {
     }
 
-    // Registers with the hub; a hub already closed ends the stream at once.
-    void start(const std::shared_ptr<Watcher> &self)
+    // Registers with the hub; a hub already closed ends the stream at once
+    // (OK: the server is stopping), a full one with RESOURCE_EXHAUSTED.
+    void start(const std::shared_ptr<Watcher> &self, size_t max_watchers)
     {
         self_ = self;
-        if (!hub_->add(self))
+        switch (hub_->add(self, max_watchers)) {
+        case WatchHub::Added::Yes:
+            break;
+        case WatchHub::Added::Closed:
             end(grpc::Status::OK, false);
+            break;
+        case WatchHub::Added::Full:
+            end(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "too many watch streams: the limit is " +
+                                                                       std::to_string(max_watchers) +
+                                                                       " (--max-watchers)"),
+                false);
+            break;
+        }
     }
 
     const std::string &user_filter() const
@@ -226,20 +250,34 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
             std::lock_guard<std::mutex> lock(mu_);
             if (closing_)
                 return;
-            if (queue_.size() >= capacity_) {
+            if (queue_.size() >= capacity_ && report_lag_) {
+                // Keep the watcher; count what it misses in a LAGGED marker at
+                // the back of the queue. A new marker needs a real event in
+                // front of it, so the queue never exceeds capacity_ + 1.
+                if (queue_.empty() || queue_.back().type() != session::SESSION_EVENT_TYPE_LAGGED) {
+                    session::SessionEvent marker;
+                    marker.set_type(session::SESSION_EVENT_TYPE_LAGGED);
+                    queue_.push_back(std::move(marker));
+                }
+                queue_.back().set_missed(queue_.back().missed() + 1);
+                hub_->count_missed();
+            } else if (queue_.size() >= capacity_) {
                 // A slow reader must not hold up the engine (or grow without
                 // bound): drop it and tell it why.
+                size_t queued = queue_.size();
                 queue_.clear();
                 closing_ = true;
-                final_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "watcher fell behind: more than " +
-                                                                                std::to_string(capacity_) +
-                                                                                " events queued (--watch-buffer)");
+                final_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                      "watcher fell behind: " + std::to_string(queued) +
+                                          " events queued, the limit is " + std::to_string(capacity_) +
+                                          " (--watch-buffer); ask with report_lag to stay and be told what was missed");
                 hub_->count_drop();
                 fin = take_finish_locked();
             } else {
                 queue_.push_back(ev);
                 write = take_write_locked();
             }
+            sync_queued_locked();
         }
         act(write, fin);
     }
@@ -256,6 +294,7 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
             final_ = status;
             if (!flush)
                 queue_.clear();
+            sync_queued_locked();
             fin = take_finish_locked();
         }
         act(false, fin);
@@ -277,6 +316,7 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
             write = take_write_locked();
             if (!write)
                 fin = take_finish_locked();
+            sync_queued_locked();
         }
         act(write, fin);
     }
@@ -288,6 +328,11 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
 
     void OnDone() override
     {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            queue_.clear();
+            sync_queued_locked();
+        }
         hub_->remove(this);
         log_line(AFSM_LOG_DEBUG, "watch stream ended", {{"user_filter", user_filter_}});
         std::shared_ptr<Watcher> last = std::move(self_); // may delete this on return
@@ -303,6 +348,12 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
         queue_.pop_front();
         writing_ = true;
         return true;
+    }
+    // Keeps the hub's total of queued events (a gauge in /metrics) in step.
+    void sync_queued_locked()
+    {
+        hub_->add_queued(static_cast<int64_t>(queue_.size()) - static_cast<int64_t>(reported_));
+        reported_ = queue_.size();
     }
     bool take_finish_locked()
     {
@@ -322,7 +373,9 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
     WatchHub *hub_;
     const std::string user_filter_;
     const size_t capacity_;
+    const bool report_lag_;
     std::mutex mu_;
+    size_t reported_ = 0; // queue_.size() as last added to the hub's gauge
     std::deque<session::SessionEvent> queue_;
     session::SessionEvent current_; // the event being written; owned by the write in flight
     bool writing_ = false;
@@ -380,14 +433,16 @@ void WatchHub::publish(const afsm_event *e)
         w->push(ev);
 }
 
-bool WatchHub::add(const std::shared_ptr<Watcher> &w)
+WatchHub::Added WatchHub::add(const std::shared_ptr<Watcher> &w, size_t max_watchers)
 {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_)
-        return false;
+        return Added::Closed;
+    if (watchers_.size() >= max_watchers)
+        return Added::Full;
     watchers_.push_back(w);
     count_.store(watchers_.size(), std::memory_order_release);
-    return true;
+    return Added::Yes;
 }
 
 void WatchHub::remove(const Watcher *w)
@@ -420,16 +475,17 @@ void WatchHub::close_all()
 const char *RpcCounters::method_name(int m)
 {
     static const char *const names[kMethods] = {
-        "CreateSession",          "GetSession",         "UpdateSession", "DeleteSession", "ListSessions",  "Heartbeat",
-        "GetSessionByConnection", "DeleteUserSessions", "ValidateToken", "RotateToken",   "WatchSessions", "GetStats"};
+        "CreateSession",          "GetSession",         "UpdateSession",  "DeleteSession", "ListSessions",  "Heartbeat",
+        "GetSessionByConnection", "DeleteUserSessions", "ValidateToken",  "RotateToken",   "WatchSessions", "GetStats",
+        "HeartbeatBatch",         "AddStatsBatch",      "HeartbeatStream"};
     return (m >= 0 && m < kMethods) ? names[m] : "unknown";
 }
 
 // ---------------------------------------------------------------------------
 // The service
 
-SessionServiceImpl::SessionServiceImpl(afsm_engine *engine, WatchHub *hub, RpcCounters *counters)
-    : engine_(engine), hub_(hub), counters_(counters), started_(std::chrono::steady_clock::now())
+SessionServiceImpl::SessionServiceImpl(afsm_engine *engine, WatchHub *hub, RpcCounters *counters, ServiceLimits limits)
+    : engine_(engine), hub_(hub), counters_(counters), limits_(limits), started_(std::chrono::steady_clock::now())
 {
 }
 
@@ -772,9 +828,9 @@ grpc::ServerWriteReactor<session::SessionEvent> *
 SessionServiceImpl::WatchSessions(grpc::CallbackServerContext *, const session::WatchSessionsRequest *req)
 {
     counters_->count(kWatch, grpc::StatusCode::OK);
-    auto w = std::make_shared<Watcher>(hub_, req->user_id(), hub_->buffer());
+    auto w = std::make_shared<Watcher>(hub_, req->user_id(), hub_->buffer(), req->report_lag());
     log_line(AFSM_LOG_DEBUG, "watch stream started", {{"user_filter", req->user_id()}});
-    w->start(w);
+    w->start(w, limits_.max_watchers);
     return w.get();
 }
 
@@ -814,6 +870,234 @@ grpc::ServerUnaryReactor *SessionServiceImpl::GetStats(grpc::CallbackServerConte
     resp->set_uptime_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
     resp->set_version(afsm_version());
     return finish(ctx, kStats, grpc::Status::OK);
+}
+
+// ---------------------------------------------------------------------------
+// Batches
+
+namespace
+{
+
+// A call whose deadline has passed before it starts is not worth the work:
+// its client has already given up.
+bool deadline_passed(grpc::CallbackServerContext *ctx)
+{
+    return ctx->deadline() < std::chrono::system_clock::now();
+}
+
+grpc::Status too_many(const char *what, size_t n, size_t limit)
+{
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(what) + ": " + std::to_string(n) +
+                                                                " items, the limit is " + std::to_string(limit) +
+                                                                " (--max-batch)");
+}
+
+// Scratch arrays reused by every batch on a thread: a batch allocates
+// nothing but its response.
+struct BatchScratch {
+    std::vector<afsm_uuid> ids;
+    std::vector<afsm_status> statuses;
+    std::vector<uint64_t> remaining_ms;
+    std::vector<afsm_stats> deltas;
+    std::vector<uint32_t> bad; // indexes of malformed ids
+};
+
+BatchScratch &scratch()
+{
+    static thread_local BatchScratch s;
+    return s;
+}
+
+void add_item_error(google::protobuf::RepeatedPtrField<session::BatchItemError> *errors, size_t index,
+                    const grpc::Status &st)
+{
+    session::BatchItemError *e = errors->Add();
+    e->set_index(static_cast<uint32_t>(index));
+    e->set_code(static_cast<int32_t>(st.error_code()));
+    e->set_message(st.error_message());
+}
+
+} // namespace
+
+grpc::Status SessionServiceImpl::heartbeat_batch(const session::HeartbeatBatchRequest &req,
+                                                 session::HeartbeatBatchResponse *resp)
+{
+    const std::string &raw = req.session_ids_raw();
+    if (raw.size() % sizeof(afsm_uuid) != 0)
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "session_ids_raw: " + std::to_string(raw.size()) + " bytes, not a multiple of 16");
+    const size_t text_n = static_cast<size_t>(req.session_ids_size());
+    const size_t n = text_n + raw.size() / sizeof(afsm_uuid);
+    if (n > limits_.max_batch)
+        return too_many("HeartbeatBatch session_ids", n, limits_.max_batch);
+    resp->set_sequence(req.sequence());
+    if (n == 0)
+        return grpc::Status::OK;
+
+    BatchScratch &b = scratch();
+    b.ids.resize(n);
+    b.statuses.resize(n);
+    b.remaining_ms.resize(n);
+    b.bad.clear();
+    for (size_t i = 0; i < text_n; ++i) {
+        const std::string &t = req.session_ids(static_cast<int>(i));
+        if (afsm_uuid_parse(t.data(), t.size(), &b.ids[i]) != AFSM_OK) {
+            b.ids[i] = afsm_uuid{}; // looked up as nil (never a session); its result is replaced below
+            b.bad.push_back(static_cast<uint32_t>(i));
+        }
+    }
+    if (!raw.empty())
+        std::memcpy(&b.ids[text_n], raw.data(), raw.size());
+
+    afsm_status s = afsm_session_heartbeat_batch(engine_, b.ids.data(), n, b.remaining_ms.data(), b.statuses.data());
+    if (s != AFSM_OK)
+        return status_from_afsm(s, "heartbeat batch");
+    for (uint32_t i : b.bad)
+        b.statuses[i] = AFSM_EUUID;
+
+    auto *codes = resp->mutable_codes();
+    auto *remaining = resp->mutable_remaining_seconds();
+    codes->Resize(static_cast<int>(n), 0);
+    remaining->Resize(static_cast<int>(n), 0);
+    uint32_t failed = 0;
+    for (size_t i = 0; i < n; ++i) {
+        if (b.statuses[i] == AFSM_OK) {
+            uint64_t secs = (b.remaining_ms[i] + 500) / 1000;
+            remaining->Set(static_cast<int>(i), secs > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(secs));
+            continue;
+        }
+        ++failed;
+        std::string what = i < text_n ? "session " + req.session_ids(static_cast<int>(i)).substr(0, 64)
+                                      : "session " + format_uuid(b.ids[i]);
+        grpc::Status st = status_from_afsm(b.statuses[i], what);
+        codes->Set(static_cast<int>(i), static_cast<int32_t>(st.error_code()));
+        add_item_error(resp->mutable_errors(), i, st);
+    }
+    resp->set_failed(failed);
+    return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::HeartbeatBatch(grpc::CallbackServerContext *ctx,
+                                                             const session::HeartbeatBatchRequest *req,
+                                                             session::HeartbeatBatchResponse *resp)
+{
+    if (deadline_passed(ctx))
+        return finish(ctx, kHeartbeatBatch,
+                      grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed before the batch ran"));
+    return finish(ctx, kHeartbeatBatch, heartbeat_batch(*req, resp));
+}
+
+grpc::ServerUnaryReactor *SessionServiceImpl::AddStatsBatch(grpc::CallbackServerContext *ctx,
+                                                            const session::AddStatsBatchRequest *req,
+                                                            session::AddStatsBatchResponse *resp)
+{
+    if (deadline_passed(ctx))
+        return finish(ctx, kAddStatsBatch,
+                      grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed before the batch ran"));
+    const size_t n = static_cast<size_t>(req->deltas_size());
+    if (n > limits_.max_batch)
+        return finish(ctx, kAddStatsBatch, too_many("AddStatsBatch deltas", n, limits_.max_batch));
+    if (n == 0)
+        return finish(ctx, kAddStatsBatch, grpc::Status::OK);
+    BatchScratch &b = scratch();
+    b.ids.resize(n);
+    b.statuses.resize(n);
+    b.deltas.resize(n);
+    b.bad.clear();
+    for (size_t i = 0; i < n; ++i) {
+        const session::StatsDelta &d = req->deltas(static_cast<int>(i));
+        if (afsm_uuid_parse(d.session_id().data(), d.session_id().size(), &b.ids[i]) != AFSM_OK) {
+            b.ids[i] = afsm_uuid{};
+            b.bad.push_back(static_cast<uint32_t>(i));
+        }
+        afsm_stats &st = b.deltas[i];
+        st = afsm_stats{};
+        st.packets_sent = d.packets_sent();
+        st.packets_received = d.packets_received();
+        st.bytes_sent = d.bytes_sent();
+        st.bytes_received = d.bytes_received();
+        st.retransmissions = d.retransmissions();
+        st.current_rtt_ms = d.current_rtt_ms();
+    }
+    afsm_status s = afsm_session_add_stats_batch(engine_, b.ids.data(), b.deltas.data(), n, b.statuses.data());
+    if (s != AFSM_OK)
+        return finish(ctx, kAddStatsBatch, status_from_afsm(s, "add-stats batch"));
+    for (uint32_t i : b.bad)
+        b.statuses[i] = AFSM_EUUID;
+    auto *codes = resp->mutable_codes();
+    codes->Resize(static_cast<int>(n), 0);
+    uint32_t failed = 0;
+    for (size_t i = 0; i < n; ++i) {
+        if (b.statuses[i] == AFSM_OK)
+            continue;
+        ++failed;
+        grpc::Status st =
+            status_from_afsm(b.statuses[i], "session " + req->deltas(static_cast<int>(i)).session_id().substr(0, 64));
+        codes->Set(static_cast<int>(i), static_cast<int32_t>(st.error_code()));
+        add_item_error(resp->mutable_errors(), i, st);
+    }
+    resp->set_failed(failed);
+    return finish(ctx, kAddStatsBatch, grpc::Status::OK);
+}
+
+namespace
+{
+
+// HeartbeatStream: one request read, answered, and only then the next read,
+// so responses keep the requests' order and the server holds one request
+// per stream (the client's further messages wait in HTTP/2 flow control).
+class HeartbeatStreamReactor final
+    : public grpc::ServerBidiReactor<session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>
+{
+  public:
+    explicit HeartbeatStreamReactor(SessionServiceImpl *service) : service_(service)
+    {
+        StartRead(&req_);
+    }
+    void OnReadDone(bool ok) override
+    {
+        if (!ok) { // the client half-closed (or went away): done
+            end(grpc::Status::OK);
+            return;
+        }
+        resp_.Clear();
+        grpc::Status st = service_->heartbeat_batch(req_, &resp_);
+        if (!st.ok()) {
+            end(st);
+            return;
+        }
+        StartWrite(&resp_);
+    }
+    void OnWriteDone(bool ok) override
+    {
+        if (!ok) {
+            end(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+            return;
+        }
+        StartRead(&req_);
+    }
+    void OnDone() override
+    {
+        delete this;
+    }
+
+  private:
+    void end(const grpc::Status &st)
+    {
+        service_->count(kHeartbeatStream, st.error_code());
+        Finish(st);
+    }
+    SessionServiceImpl *service_;
+    session::HeartbeatBatchRequest req_;
+    session::HeartbeatBatchResponse resp_;
+};
+
+} // namespace
+
+grpc::ServerBidiReactor<session::HeartbeatBatchRequest, session::HeartbeatBatchResponse> *
+SessionServiceImpl::HeartbeatStream(grpc::CallbackServerContext *)
+{
+    return new HeartbeatStreamReactor(this);
 }
 
 } // namespace sessiond

@@ -39,7 +39,8 @@ class WatchHub
     }
     static void on_engine_event(void *ctx, const afsm_event *event);
     void publish(const afsm_event *event);
-    bool add(const std::shared_ptr<Watcher> &w); // false once closed
+    enum class Added { Yes, Closed, Full };
+    Added add(const std::shared_ptr<Watcher> &w, size_t max_watchers);
     void remove(const Watcher *w);
     // Ends every stream with OK after its queued events, and refuses new ones.
     void close_all();
@@ -59,6 +60,25 @@ class WatchHub
     {
         dropped_.fetch_add(1, std::memory_order_relaxed);
     }
+    // Events not delivered to report_lag watchers (each told in a LAGGED event).
+    uint64_t missed() const
+    {
+        return missed_.load(std::memory_order_relaxed);
+    }
+    void count_missed()
+    {
+        missed_.fetch_add(1, std::memory_order_relaxed);
+    }
+    // Events queued in all watchers: bounded by watchers x (buffer + 1).
+    int64_t queued() const
+    {
+        return queued_.load(std::memory_order_relaxed);
+    }
+    void add_queued(int64_t delta)
+    {
+        if (delta != 0)
+            queued_.fetch_add(delta, std::memory_order_relaxed);
+    }
 
   private:
     const uint32_t buffer_;
@@ -67,13 +87,15 @@ class WatchHub
     bool closed_ = false;
     std::atomic<size_t> count_{0};
     std::atomic<uint64_t> dropped_{0};
+    std::atomic<uint64_t> missed_{0};
+    std::atomic<int64_t> queued_{0};
 };
 
 // Per-method, per-code call counters for /metrics (sessiond_grpc_requests_total).
 class RpcCounters
 {
   public:
-    static constexpr int kMethods = 12;
+    static constexpr int kMethods = 15;
     static constexpr int kCodes = 17;
     static const char *method_name(int m);
     void count(int method, grpc::StatusCode code)
@@ -92,10 +114,16 @@ class RpcCounters
     std::atomic<uint64_t> counts_[kMethods][kCodes] = {};
 };
 
+// What one client may ask of the service (the --max-* flags).
+struct ServiceLimits {
+    size_t max_batch = 10000;
+    size_t max_watchers = 1024;
+};
+
 class SessionServiceImpl final : public session::SessionService::CallbackService
 {
   public:
-    SessionServiceImpl(afsm_engine *engine, WatchHub *hub, RpcCounters *counters);
+    SessionServiceImpl(afsm_engine *engine, WatchHub *hub, RpcCounters *counters, ServiceLimits limits);
 
     grpc::ServerUnaryReactor *CreateSession(grpc::CallbackServerContext *ctx, const session::CreateSessionRequest *req,
                                             session::CreateSessionResponse *resp) override;
@@ -123,6 +151,21 @@ class SessionServiceImpl final : public session::SessionService::CallbackService
                                                                    const session::WatchSessionsRequest *req) override;
     grpc::ServerUnaryReactor *GetStats(grpc::CallbackServerContext *ctx, const session::GetStatsRequest *req,
                                        session::GetStatsResponse *resp) override;
+    grpc::ServerUnaryReactor *HeartbeatBatch(grpc::CallbackServerContext *ctx,
+                                             const session::HeartbeatBatchRequest *req,
+                                             session::HeartbeatBatchResponse *resp) override;
+    grpc::ServerUnaryReactor *AddStatsBatch(grpc::CallbackServerContext *ctx, const session::AddStatsBatchRequest *req,
+                                            session::AddStatsBatchResponse *resp) override;
+    grpc::ServerBidiReactor<session::HeartbeatBatchRequest, session::HeartbeatBatchResponse> *
+    HeartbeatStream(grpc::CallbackServerContext *ctx) override;
+
+    // One batch of heartbeats into resp (shared by the unary and the stream
+    // form). Not OK only for a request that is bad as a whole.
+    grpc::Status heartbeat_batch(const session::HeartbeatBatchRequest &req, session::HeartbeatBatchResponse *resp);
+    void count(int method, grpc::StatusCode code)
+    {
+        counters_->count(method, code);
+    }
 
   private:
     grpc::ServerUnaryReactor *finish(grpc::CallbackServerContext *ctx, int method, const grpc::Status &status);
@@ -132,6 +175,7 @@ class SessionServiceImpl final : public session::SessionService::CallbackService
     afsm_engine *engine_;
     WatchHub *hub_;
     RpcCounters *counters_;
+    const ServiceLimits limits_;
     std::chrono::steady_clock::time_point started_;
 };
 
