@@ -274,18 +274,21 @@ def test_token_bound_to_ip(shared):
                 pb.ValidateTokenRequest(token=rot.token, client_ip="10.20.30.41"))
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(ip="999.1.1.1"),
-    dict(ip=""),
-    dict(user=""),
-    dict(user="x" * 300),
-    dict(port=70000),
-    dict(metadata={"k%d" % i: "v" for i in range(65)}),
-    dict(metadata={"big": "v" * 5000}),
+# Each bad input, and what the status message must say: the engine's
+# per-thread detail names the argument, the problem and the limit.
+@pytest.mark.parametrize("kwargs,detail", [
+    (dict(ip="999.1.1.1"), 'client_ip: "999.1.1.1", must be an IPv4 or IPv6 address'),
+    (dict(ip=""), 'client_ip: "", must be an IPv4 or IPv6 address'),
+    (dict(user=""), "user_id: 0 bytes, must be 1..256"),
+    (dict(user="x" * 300), "user_id: 300 bytes, must be 1..256"),
+    (dict(port=70000), "client_port: 70000, must be 0..65535"),
+    (dict(metadata={"k%d" % i: "v" for i in range(65)}), "metadata: 65 keys, must be at most 64"),
+    (dict(metadata={"big": "v" * 5000}), 'metadata "big": value of 5000 bytes, must be at most 4096'),
 ])
-def test_create_invalid_argument(shared, kwargs):
+def test_create_invalid_argument(shared, kwargs, detail):
     user = kwargs.pop("user", unique_user())
-    expect_code(C.INVALID_ARGUMENT, create, shared, user=user, **kwargs)
+    err = expect_code(C.INVALID_ARGUMENT, create, shared, user=user, **kwargs)
+    assert err.details().endswith(": " + detail), err.details()
 
 
 def test_get_invalid_and_missing(shared):

@@ -54,6 +54,9 @@ enum Method {
     kHeartbeatStream
 };
 
+// Called right after the failing engine call, on its thread: the engine's
+// per-thread detail (which argument, what was wrong, the limit) is still
+// that call's.
 std::string afsm_message(afsm_status s, const std::string &what)
 {
     std::string msg = what.empty() ? std::string() : what + ": ";
@@ -61,6 +64,11 @@ std::string afsm_message(afsm_status s, const std::string &what)
     msg += " (";
     msg += afsm_status_name(s);
     msg += ")";
+    const char *detail = afsm_error_detail();
+    if (detail != nullptr && detail[0] != '\0') {
+        msg += ": ";
+        msg += detail;
+    }
     return msg;
 }
 
