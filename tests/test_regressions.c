@@ -67,24 +67,6 @@ static void advance_to(afsm_engine *engine, virtual_clock *clock, uint64_t now)
     assert_int_equal(afsm_engine_advance(engine, now, NULL), AFSM_OK);
 }
 
-static uint64_t real_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Spins until *flag >= want or the deadline (seconds) passes; true if reached. */
-static int spin_until(_Atomic long *flag, long want, unsigned seconds)
-{
-    uint64_t deadline = real_ns() + (uint64_t)seconds * 1000000000u;
-    while (atomic_load_explicit(flag, memory_order_acquire) < want) {
-        if (real_ns() > deadline)
-            return 0;
-    }
-    return 1;
-}
-
 /* Fills the single shard of a one-shard engine so that its connections
  * table is full and cannot grow while its sessions table has room: a
  * restore of the returned copy (same user, fixed new ids) then publishes

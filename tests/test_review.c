@@ -17,13 +17,6 @@
 #include "engine.h"
 #include "util/alloc.h"
 
-static uint64_t real_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- an event ledger: per session, how many of each event ---------------- */
 
 #define LEDGER_SLOTS 65536
@@ -680,6 +673,37 @@ static void pin_while_closing(void *ctx, const afsm_event *ev)
     atomic_store(&c->pinned_status, (long)st + 1000);
 }
 
+/* An engine in virtual time with idle detection (1 s), one shard and a
+ * manual reaper, holding n ACTIVE sessions of one user (ids may be NULL):
+ * the setup of the tests on expiry passes that make sessions idle. */
+static afsm_engine *open_idle_engine(virtual_clock *clock, afsm_event_fn on_event, void *ctx, const char *user,
+                                     afsm_uuid *ids, int n)
+{
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 1;
+    cfg.default_timeout_ms = 60000;
+    cfg.idle_timeout_ms = 1000;
+    cfg.on_event = on_event;
+    cfg.event_ctx = ctx;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    for (int i = 0; i < n; i++) {
+        afsm_uuid id = create_session(engine, user).session_id;
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_ACTIVE;
+        assert_int_equal(afsm_session_update(engine, &id, &u, NULL), AFSM_OK);
+        if (ids != NULL)
+            ids[i] = id;
+    }
+    return engine;
+}
+
 /* afsm_engine_close: "AFSM_EBUSY (and nothing done) while handles are
  * pinned". It checks the pin count before it stops the reaper; an expiry
  * callback on the reaper thread pins a session after that check and before
@@ -773,25 +797,7 @@ static void test_same_thread_events_in_change_order(void **state)
     virtual_clock clock;
     order_ctx c;
     memset(&c, 0, sizeof(c));
-    afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
-    cfg.shard_count = 1;
-    cfg.default_timeout_ms = 60000;
-    cfg.idle_timeout_ms = 1000;
-    cfg.on_event = mirror_states;
-    cfg.event_ctx = &c;
-    assert_int_equal(afsm_engine_open(&cfg, &c.engine), AFSM_OK);
-    for (int i = 0; i < ORDER_SESSIONS; i++) {
-        c.ids[i] = create_session(c.engine, "order-user").session_id;
-        afsm_update u = AFSM_UPDATE_INIT;
-        u.fields = AFSM_UPDATE_STATE;
-        u.state = AFSM_STATE_ACTIVE;
-        assert_int_equal(afsm_session_update(c.engine, &c.ids[i], &u, NULL), AFSM_OK);
-    }
+    c.engine = open_idle_engine(&clock, mirror_states, &c, "order-user", c.ids, ORDER_SESSIONS);
     virtual_clock_set(&clock, 1000 * SEC + 2 * SEC);
     assert_int_equal(afsm_engine_advance(c.engine, 1000 * SEC + 2 * SEC, NULL), AFSM_OK);
     assert_true(c.woke_others);
@@ -927,25 +933,7 @@ static void test_idle_transition_event_not_lost_when_deleted_before_settle(void 
     virtual_clock clock;
     idle_event_ctx c;
     memset(&c, 0, sizeof(c));
-    afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
-    cfg.shard_count = 1;
-    cfg.default_timeout_ms = 60000;
-    cfg.idle_timeout_ms = 1000;
-    cfg.on_event = delete_the_others_on_idle;
-    cfg.event_ctx = &c;
-    assert_int_equal(afsm_engine_open(&cfg, &c.engine), AFSM_OK);
-    for (int i = 0; i < IDLE_LOST_SESSIONS; i++) {
-        c.ids[i] = create_session(c.engine, "idle-lost").session_id;
-        afsm_update u = AFSM_UPDATE_INIT;
-        u.fields = AFSM_UPDATE_STATE;
-        u.state = AFSM_STATE_ACTIVE;
-        assert_int_equal(afsm_session_update(c.engine, &c.ids[i], &u, NULL), AFSM_OK);
-    }
+    c.engine = open_idle_engine(&clock, delete_the_others_on_idle, &c, "idle-lost", c.ids, IDLE_LOST_SESSIONS);
     virtual_clock_set(&clock, 1000 * SEC + 2 * SEC);
     assert_int_equal(afsm_engine_advance(c.engine, 1000 * SEC + 2 * SEC, NULL), AFSM_OK);
     afsm_metrics m = AFSM_METRICS_INIT;
@@ -1062,25 +1050,7 @@ static void test_idle_event_not_lost_when_user_logged_out_during_advance(void **
     virtual_clock clock;
     idle_cross_ctx c;
     memset(&c, 0, sizeof(c));
-    afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
-    cfg.shard_count = 1;
-    cfg.default_timeout_ms = 60000;
-    cfg.idle_timeout_ms = 1000;
-    cfg.on_event = block_on_first_idle;
-    cfg.event_ctx = &c;
-    assert_int_equal(afsm_engine_open(&cfg, &c.engine), AFSM_OK);
-    for (int i = 0; i < IDLE_LOST_SESSIONS; i++) {
-        afsm_uuid id = create_session(c.engine, "idle-cross").session_id;
-        afsm_update u = AFSM_UPDATE_INIT;
-        u.fields = AFSM_UPDATE_STATE;
-        u.state = AFSM_STATE_ACTIVE;
-        assert_int_equal(afsm_session_update(c.engine, &id, &u, NULL), AFSM_OK);
-    }
+    c.engine = open_idle_engine(&clock, block_on_first_idle, &c, "idle-cross", NULL, IDLE_LOST_SESSIONS);
     c.now = 1000 * SEC + 2 * SEC;
     virtual_clock_set(&clock, c.now);
     pthread_t t;

@@ -1,6 +1,7 @@
 /*
  * test_support.h: what the cmocka tests share: a virtual clock, an engine
- * opened on it with no reaper thread, and a create helper.
+ * opened on it with no reaper thread, a create helper, and the real clock
+ * that bounds the threaded tests' waits (deadlines, never sleeps).
  */
 #ifndef AFSM_TEST_SUPPORT_H
 #define AFSM_TEST_SUPPORT_H
@@ -14,8 +15,28 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "afsm.h"
+
+/* The monotonic clock, for deadlines on waits between threads. */
+static inline uint64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Spins until *flag >= want or the deadline (seconds) passes; true if reached. */
+static inline int spin_until(_Atomic long *flag, long want, unsigned seconds)
+{
+    uint64_t deadline = real_ns() + (uint64_t)seconds * 1000000000u;
+    while (atomic_load_explicit(flag, memory_order_acquire) < want) {
+        if (real_ns() > deadline)
+            return 0;
+    }
+    return 1;
+}
 
 #define MS  UINT64_C(1000000)
 #define SEC (1000 * MS)
