@@ -412,7 +412,10 @@ AFSM_API afsm_status afsm_create_options_init(afsm_create_options *options, unsi
  * max_sessions_per_user under the reject policy; under evict-oldest the
  * oldest is deleted with reason "evicted" instead), AFSM_ENOMEM. A reader
  * never sees a user above the cap, not even for an instant. Sessions that
- * expired but are not yet reaped (at most a tick) still count. */
+ * expired but are not yet reaped (at most a tick) still count. An eviction
+ * reports the new session's CREATED before the victim's DELETED, so that
+ * each session's own events stay in order even when a callback creates
+ * (and evicts) again. */
 AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_options *options,
                                          afsm_session_info *out);
 

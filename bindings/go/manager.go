@@ -376,6 +376,21 @@ func (m *Manager) Counts() (Counts, error) {
 	return out, nil
 }
 
+// Pinned returns the number of pinned handles not yet released: 0 before
+// a Close that is to succeed.
+func (m *Manager) Pinned() (uint64, error) {
+	s, err := m.enter(nil, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer s.leave()
+	var n C.uint64_t
+	if st := C.afsm_engine_pinned(m.eng, &n); st != C.AFSM_OK {
+		return 0, statusError("Pinned", st)
+	}
+	return uint64(n), nil
+}
+
 // GetStats returns the engine's metrics (afsm_metrics_snapshot): session
 // gauges by state, created and deleted totals by reason, expiries,
 // idle/wake transitions, the session duration histogram and token

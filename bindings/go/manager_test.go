@@ -588,6 +588,9 @@ func TestStatsAndHandles(t *testing.T) {
 	if h.SessionID() != s.SessionID || hc.SessionID() != s.SessionID {
 		t.Fatal("handle ids")
 	}
+	if n, err := m.Pinned(); err != nil || n != 2 {
+		t.Fatalf("Pinned = %d, %v; want 2", n, err)
+	}
 	if err := h.AddStats(Stats{PacketsSent: 10, CurrentRTTMs: 0}); err != nil {
 		t.Fatal(err)
 	}
@@ -625,6 +628,9 @@ func TestStatsAndHandles(t *testing.T) {
 	wantErr(t, err, ErrSessionNotFound)
 	wantErr(t, h.AddStats(Stats{PacketsSent: 1}), ErrSessionNotFound)
 	h.Release()
+	if n, err := m.Pinned(); err != nil || n != 0 {
+		t.Fatalf("Pinned after release = %d, %v; want 0", n, err)
+	}
 
 	_, err = m.Pin(ctx, s.SessionID)
 	wantErr(t, err, ErrSessionNotFound)

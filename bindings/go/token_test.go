@@ -298,8 +298,10 @@ func TestLimit(t *testing.T) {
 	for _, x := range ev.take() {
 		got = append(got, fmt.Sprintf("%s %s %s", x.Type, x.SessionID, x.Reason))
 	}
+	// The replacement's CREATED comes before the DELETED of the one it
+	// evicts (afsm.h, afsm_session_create).
 	want := []string{"created " + first.SessionID.String() + " ", "created " + second.SessionID.String() + " ",
-		"deleted " + first.SessionID.String() + " evicted", "created " + third.SessionID.String() + " "}
+		"created " + third.SessionID.String() + " ", "deleted " + first.SessionID.String() + " evicted"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("events\n%q\nwant\n%q", got, want)
 	}

@@ -336,8 +336,10 @@ def test_batches_over_batch_max(engine: afsm.Engine) -> None:
 
 def test_handles(engine: afsm.Engine, clock: VirtualClock) -> None:
     s = make(engine)
+    assert engine.pinned() == 0
     with engine.pin(s.id) as h:
         assert h.session_id == s.id
+        assert engine.pinned() == 1
         clock.advance(5 * S)
         assert h.heartbeat() == 30 * S
         h.add_stats(Stats(packets_sent=3, current_rtt_ms=9))
@@ -352,6 +354,7 @@ def test_handles(engine: afsm.Engine, clock: VirtualClock) -> None:
         with pytest.raises(afsm.NotFound):
             h.add_stats(Stats(packets_sent=1))
     assert h.released
+    assert engine.pinned() == 0
     h.release()  # idempotent
     with pytest.raises(ValueError):
         h.heartbeat()

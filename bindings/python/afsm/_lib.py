@@ -356,6 +356,7 @@ _PROTOTYPES: dict[str, tuple[Any, Sequence[Any]]] = {
     "afsm_engine_now": (_status, [_engine_p, POINTER(c_uint64)]),
     "afsm_engine_set_default_timeout": (_status, [_engine_p, c_uint64]),
     "afsm_engine_counts": (_status, [_engine_p, POINTER(afsm_counts)]),
+    "afsm_engine_pinned": (_status, [_engine_p, POINTER(c_uint64)]),
     "afsm_session_info_init": (_status, [_info_p, ctypes.c_uint]),
     "afsm_create_options_init": (_status, [POINTER(afsm_create_options), ctypes.c_uint]),
     "afsm_session_create": (_status, [_engine_p, POINTER(afsm_create_options), _info_p]),

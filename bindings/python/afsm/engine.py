@@ -421,6 +421,13 @@ class Engine:
             by_state=MappingProxyType({s: out.by_state[s.value] for s in State}),
         )
 
+    @_gated
+    def pinned(self) -> int:
+        """Number of pinned handles not yet released (0 before a clean close)."""
+        out = c_uint64()
+        check(_lib.lib.afsm_engine_pinned(self._engine, byref(out)))
+        return out.value
+
     # ---- single sessions ---------------------------------------------------------
 
     def _metadata(self, sid: Any, count: int, size: int) -> Mapping[str, str]:
