@@ -129,6 +129,12 @@ def test_heartbeat(shared):
     assert abs(r.server_timestamp.seconds - time.time()) < 5
     g = shared.stub.GetSession(pb.GetSessionRequest(session_id=s.session_id), timeout=5).session
     assert (g.last_active_at.seconds, g.last_active_at.nanos) >= (s.last_active_at.seconds, s.last_active_at.nanos)
+    # As in the service this replaces: a heartbeat marks the session active.
+    assert s.state == pb.SESSION_STATE_CONNECTING and g.state == pb.SESSION_STATE_ACTIVE
+    shared.stub.UpdateSession(pb.UpdateSessionRequest(session_id=s.session_id, state=pb.SESSION_STATE_IDLE), timeout=5)
+    shared.stub.Heartbeat(pb.HeartbeatRequest(session_id=s.session_id), timeout=5)
+    g = shared.stub.GetSession(pb.GetSessionRequest(session_id=s.session_id), timeout=5).session
+    assert g.state == pb.SESSION_STATE_ACTIVE
     expect_code(C.NOT_FOUND, shared.stub.Heartbeat, pb.HeartbeatRequest(session_id=str(uuid.uuid4())))
     expect_code(C.INVALID_ARGUMENT, shared.stub.Heartbeat, pb.HeartbeatRequest(session_id=""))
 
