@@ -497,28 +497,38 @@ static void test_failed_eviction_never_hides_victim(void **state)
     /* Add other users' sessions while the tables cannot grow (ck_hs keeps
      * inserting past a failed growth until the map is full), until the
      * user's next create fails for want of a slot. Two allocations succeed
-     * for a filler: its record and its user's entry. */
+     * for a filler: its record and its user's entry. Then find a connection
+     * id whose own insert is refused: one that fails 20 creates in a row,
+     * each with a fresh (random) session id, is refused by the connections
+     * table, and every create with it fails the same way, since failures
+     * change no table. (A create that succeeds evicts for real: its session
+     * is the victim then.) */
     afsm_create_options opt;
     afsm_uuid conn;
-    afsm_status st = AFSM_OK;
     char user[32];
-    for (int i = 0; i < 64 && st != AFSM_ENOMEM; i++) {
+    int qualified = 0;
+    for (int i = 0; i < 256 && !qualified; i++) {
         snprintf(user, sizeof(user), "filler-%d", i);
         opt = make_options(user, "10.4.4.5", &conn);
         alloc_fail_after(2);
         (void)afsm_session_create(engine, &opt, NULL);
         alloc_fail_reset();
         opt = make_options("evict-fail-user", "10.4.4.4", &conn);
-        alloc_fail_after(1);
-        st = afsm_session_create(engine, &opt, NULL);
-        alloc_fail_reset();
-        if (st == AFSM_OK) { /* it evicted: the new one is the victim now */
-            afsm_session_info now = AFSM_SESSION_INFO_INIT;
-            assert_int_equal(afsm_session_get_by_connection(engine, &conn, &now), AFSM_OK);
-            victim = now;
+        int refused = 0;
+        for (; refused < 20; refused++) {
+            afsm_session_info made = AFSM_SESSION_INFO_INIT;
+            alloc_fail_after(1);
+            afsm_status st = afsm_session_create(engine, &opt, &made);
+            alloc_fail_reset();
+            if (st == AFSM_ENOMEM)
+                continue;
+            assert_int_equal(st, AFSM_OK);
+            victim = made;
+            break;
         }
+        qualified = refused == 20;
     }
-    assert_int_equal(st, AFSM_ENOMEM);
+    assert_true(qualified);
 
     hidden_ctx c = {.engine = engine};
     c.victims[0] = victim.session_id;
@@ -527,11 +537,9 @@ static void test_failed_eviction_never_hides_victim(void **state)
     assert_true(spin_until(&c.ready, 1, 20));
     uint64_t deadline = real_ns() + 2 * 1000000000ull;
     long failed_creates = 0;
-    /* The same connection id each time: its probe meets the same full
-     * slots, so each attempt fails the same way (a random seed may still
-     * leave a slot for some new session id: then it evicts for real, and
-     * the reader, which watches the first victim, sees it gone for good). */
-    opt = make_options("evict-fail-user", "10.4.4.4", &conn);
+    /* The qualified connection id each time. Should a create still find
+     * room, it evicts for real: the reader then watches the new victim. */
+    afsm_status st;
     for (int i = 0; i < 200000 && real_ns() < deadline && atomic_load(&c.reappeared) == 0; i++) {
         afsm_session_info made = AFSM_SESSION_INFO_INIT;
         alloc_fail_after(1);
