@@ -27,6 +27,9 @@ namespace {
 constexpr size_t BATCH = 4096;
 constexpr size_t PINNED = 1024;
 constexpr size_t LIST_CAP = 64;
+/* Items per batch call (issue 15): what a packet loop gathers per poll, as
+ * DPDK's bulk lookups take; the floor's batch has the same size. */
+constexpr size_t BATCH_ITEMS = 16;
 
 uint64_t thread_seed(const benchmark::State &state, size_t size)
 {
@@ -157,6 +160,62 @@ void op_heartbeat(benchmark::State &state, const std::string &impl, size_t size)
                 [](World *w, size_t i, afsm_session_info *) { return w->store->heartbeat(w->ids[i]); });
 }
 
+/* One call per BATCH_ITEMS random ids; items_per_second counts ids. */
+template <typename Fn> void batch_loop(benchmark::State &state, const std::string &impl, size_t size, Fn fn)
+{
+    World *w = setup(state, impl, size);
+    if (w == nullptr)
+        return;
+    Rng rng(thread_seed(state, size));
+    std::vector<afsm_session_info> info(BATCH_ITEMS);
+    for (auto &o : info)
+        afsm_session_info_init(&o, AFSM_SESSION_INFO_VERSION);
+    afsm_uuid ids[BATCH_ITEMS];
+    size_t misses = 0;
+    for (auto _ : state) {
+        for (size_t i = 0; i < BATCH_ITEMS; i++)
+            ids[i] = w->ids[rng.below(size)];
+        misses += BATCH_ITEMS - fn(w, ids, info.data());
+        benchmark::DoNotOptimize(info.data());
+    }
+    if (misses)
+        state.SkipWithError("a batch item missed");
+    state.SetItemsProcessed(state.iterations() * BATCH_ITEMS);
+}
+
+void op_get_batch(benchmark::State &state, const std::string &impl, size_t size)
+{
+    batch_loop(state, impl, size, [](World *w, const afsm_uuid *ids, afsm_session_info *out) {
+        return w->store->get_batch(ids, BATCH_ITEMS, out);
+    });
+}
+
+void op_heartbeat_batch(benchmark::State &state, const std::string &impl, size_t size)
+{
+    batch_loop(state, impl, size, [](World *w, const afsm_uuid *ids, afsm_session_info *) {
+        return w->store->heartbeat_batch(ids, BATCH_ITEMS);
+    });
+}
+
+void op_stats_batch(benchmark::State &state, const std::string &impl, size_t size)
+{
+    batch_loop(state, impl, size, [](World *w, const afsm_uuid *ids, afsm_session_info *) {
+        afsm_stats deltas[BATCH_ITEMS] = {};
+        for (afsm_stats &d : deltas)
+            d.packets_received = 1, d.bytes_received = 1200;
+        return w->store->add_stats_batch(ids, deltas, BATCH_ITEMS);
+    });
+}
+
+void op_add_stats(benchmark::State &state, const std::string &impl, size_t size)
+{
+    afsm_stats delta{};
+    delta.packets_received = 1;
+    delta.bytes_received = 1200;
+    lookup_loop(state, impl, size,
+                [&delta](World *w, size_t i, afsm_session_info *) { return w->store->add_stats(w->ids[i], delta); });
+}
+
 void op_stats_pinned(benchmark::State &state, const std::string &impl, size_t size)
 {
     World *w = setup(state, impl, size);
@@ -268,6 +327,8 @@ void register_workloads()
         {"Get", op_get},           {"GetByConnection", op_get_connection}, {"Heartbeat", op_heartbeat},
         {"StatsPinned", op_stats_pinned}, {"ListByUser", op_list_user},   {"Create", op_create},
         {"Delete", op_delete},     {"Mixed", op_mixed},
+        {"AddStats", op_add_stats}, {"GetBatch", op_get_batch}, {"HeartbeatBatch", op_heartbeat_batch},
+        {"AddStatsBatch", op_stats_batch},
     };
     std::vector<size_t> sizes = mode().sizes;
     if (mode().with_10m)
