@@ -134,7 +134,13 @@ def main(argv: List[str]) -> int:
     target(f"4. Expire 10% of {exp_n}: scan CPU / wheel CPU", ratio(exp[("rwlock_scan", "10")], exp[("engine", "10")]),
            5)
     target("5. Create, engine: 2 threads / 1 thread", ratio(e("Create", t=2), e("Create")), 1.6)
-    target("6. Huge pages: Get with / without (not in this harness yet)", None, 1.0)
+    def thp(op: str, alloc: str, on: str) -> Optional[float]:
+        return resultlib.value(resultlib.find(recs, op=op, impl=f"engine_thp_{on}", alloc=alloc))
+
+    for alloc, how in (("jemalloc", "MALLOC_CONF=thp:always"), ("glibc", "glibc.malloc.hugetlb=1")):
+        for op in ("Get", "Heartbeat"):
+            target(f"6. Huge pages ({alloc}, {how}): {op} on / off", ratio(thp(op, alloc, "on"), thp(op, alloc, "off")),
+                   1.0)
     for op, rop in REDIS_BATCH_OP.items():
         target(f"7. {op}, 1 thread: engine / Redis pipelined {rop} (64 deep)",
                ratio(e(op), e(rop, "redis_pipelined")), 20)
@@ -239,6 +245,24 @@ def main(argv: List[str]) -> int:
         hsb = resultlib.value(resultlib.find(recs, op="Get", impl="ck_hs", n=n), "table_bytes_per_entry")
         w(f"| {fmt(n, 0)} | {fmt(htb, 1)} | {fmt(hsb, 1)} |")
     w("")
+
+    # ---- huge pages --------------------------------------------------------
+    thp_recs = [r for r in recs if r["impl"].startswith("engine_thp_") and not r["error"]]
+    if thp_recs:
+        w(f"## Huge pages (n = {thp_recs[0]['n']}, 1 thread; off and on run back to back, one process each)")
+        w("")
+        w("| allocator | op | off ops/s | on ops/s | on / off | AnonHugePages off MB | on MB |")
+        w("| --- | --- | --- | --- | --- | --- | --- |")
+        for alloc in ("jemalloc", "glibc"):
+            for op in ("Get", "Heartbeat", "GetBatch"):
+                off_r = resultlib.find(recs, op=op, impl="engine_thp_off", alloc=alloc)
+                on_r = resultlib.find(recs, op=op, impl="engine_thp_on", alloc=alloc)
+                if off_r is None and on_r is None:
+                    continue
+                a, b = resultlib.value(off_r), resultlib.value(on_r)
+                w(f"| {alloc} | {op} | {fmt(a)} | {fmt(b)} | {fmt(ratio(b, a))} | "
+                  f"{fmt(resultlib.value(off_r, 'anon_huge_mb'), 0)} | {fmt(resultlib.value(on_r, 'anon_huge_mb'), 0)} |")
+        w("")
 
     # ---- expiry ----------------------------------------------------------
     w(f"## Expiry CPU at n = {exp_n} (engine: timing wheel via afsm_engine_advance; baseline: full scan)")

@@ -317,6 +317,35 @@ void op_mixed(benchmark::State &state, const std::string &impl, size_t size)
 
 void register_latency(const std::string &impl, size_t n);
 
+/* Issue 15, goal 6: the engine's Get, Heartbeat and GetBatch at the
+ * largest size, in a process whose allocator was told to use transparent
+ * huge pages (label "on") or not ("off"); bench/run sets the allocator's
+ * switch (MALLOC_CONF for jemalloc, GLIBC_TUNABLES for glibc) and runs both
+ * back to back. anon_huge_mb says whether the switch took effect. */
+void register_hugepages(const std::string &label)
+{
+    struct Op {
+        const char *name;
+        void (*fn)(benchmark::State &, const std::string &, size_t);
+    };
+    static const Op ops[] = {{"Get", op_get}, {"Heartbeat", op_heartbeat}, {"GetBatch", op_get_batch}};
+    size_t size = mode().sizes.back();
+    std::string impl = "engine_thp_" + label;
+    for (const Op &op : ops) {
+        std::string name = std::string(op.name) + "/" + impl + "/alloc:" + AFSM_BENCH_ALLOCATOR + "/n:" +
+                           std::to_string(size);
+        auto fn = op.fn;
+        benchmark::RegisterBenchmark(name.c_str(),
+                                     [fn, impl, size](benchmark::State &st) {
+                                         fn(st, impl, size);
+                                         st.counters["anon_huge_mb"] = (double)anon_huge_bytes() / 1e6;
+                                     })
+            ->Threads(1)
+            ->UseRealTime()
+            ->MinTime(mode().min_time);
+    }
+}
+
 void register_workloads()
 {
     struct Op {
