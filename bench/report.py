@@ -53,6 +53,19 @@ def ops_per_s(recs: List[Dict[str, Any]], op: str, impl: str, n: int, threads: i
     return resultlib.value(resultlib.find(recs, op=op, impl=impl, n=n, threads=threads))
 
 
+def ops_per_cpu_s(recs: List[Dict[str, Any]], op: str, impl: str, n: int, threads: int = 1) -> Optional[float]:
+    """Items per second of the benchmark thread's own CPU time. On a shared
+    machine a descheduled thread inflates wall time but not CPU time (a
+    stall on memory still counts as CPU time), so for one thread this is
+    the steadier number. Not for several threads (google-benchmark reports
+    one thread's CPU time there)."""
+    r = resultlib.find(recs, op=op, impl=impl, n=n, threads=threads)
+    ips, real, cpu = (resultlib.value(r), resultlib.value(r, "real_time"), resultlib.value(r, "cpu_time"))
+    if ips is None or not real or not cpu:
+        return None
+    return ips * real / cpu
+
+
 def main(argv: List[str]) -> int:
     data = resultlib.load(argv[1])
     out_path = argv[2]
@@ -122,25 +135,54 @@ def main(argv: List[str]) -> int:
       "creation order, copied into an `afsm_session_info`-sized output; the batched floor (`GetBatch/floor`): "
       "16 keys a call, probe all, prefetch the records, then copy (bench/ck_floor.c). Batches are 16 ids a call.")
     w("")
+    w("One-thread goals show two ratios: over wall time (what google-benchmark reports) and over the thread's "
+      "own CPU time, which a shared machine disturbs less; a goal is met when both meet it.")
+    w("")
+    w("| goal | measured (wall) | measured (CPU time) | needed | status |")
+    w("| --- | --- | --- | --- | --- |")
+
+    def c(op: str, impl: str = "engine", n: int = big) -> Optional[float]:
+        return ops_per_cpu_s(recs, op, impl, n)
+
+    def goal2(name: str, wall: Optional[float], cpu: Optional[float], need: float) -> None:
+        if wall is None or cpu is None:
+            w(f"| {name} | {fmt(wall)}x | {fmt(cpu)}x | >= {fmt(need)}x | not measured |")
+            return
+        status = ("met" if wall >= need and cpu >= need else
+                  "**not met**" if wall < need and cpu < need else
+                  "met on CPU time only" if cpu >= need else "met on wall time only")
+        w(f"| {name} | {fmt(wall)}x | {fmt(cpu)}x | >= {fmt(need)}x | {status} |")
+
+    goal2("1. Get, 1 thread: engine / get + copy floor", ratio(e("Get"), e("Get", "floor")),
+          ratio(c("Get"), c("Get", "floor")), 0.8)
+    for op, single, need in (("GetBatch", "Get", 2.0), ("HeartbeatBatch", "Heartbeat", 1.5),
+                             ("AddStatsBatch", "AddStats", 1.5)):
+        goal2(f"2. {op} / single {single} (engine, 1 thread)", ratio(e(op), e(single)), ratio(c(op), c(single)),
+              need)
+    goal2("3. Delete, 1 thread: engine / rwlock design", ratio(e("Delete"), e("Delete", "rwlock")),
+          ratio(c("Delete"), c("Delete", "rwlock")), 1.0)
+
+    def thp(op: str, alloc: str, on: str, counter: str = "items_per_second") -> Optional[float]:
+        r = resultlib.find(recs, op=op, impl=f"engine_thp_{on}", alloc=alloc)
+        v = resultlib.value(r)
+        if counter == "cpu" and v is not None:
+            real, cpu = resultlib.value(r, "real_time"), resultlib.value(r, "cpu_time")
+            return v * real / cpu if real and cpu else None
+        return v
+
+    for alloc, how in (("jemalloc", "MALLOC_CONF=thp:always"), ("glibc", "glibc.malloc.hugetlb=1")):
+        for op in ("Get", "Heartbeat"):
+            goal2(f"6. Huge pages ({alloc}, {how}): {op} on / off", ratio(thp(op, alloc, "on"), thp(op, alloc, "off")),
+                  ratio(thp(op, alloc, "on", "cpu"), thp(op, alloc, "off", "cpu")), 1.0)
+    w("")
     w("| goal | measured | needed | status |")
     w("| --- | --- | --- | --- |")
-    target("1. Get, 1 thread: engine / get + copy floor", ratio(e("Get"), e("Get", "floor")), 0.8)
-    target("2. GetBatch / single Get (engine, 1 thread)", ratio(e("GetBatch"), e("Get")), 2)
-    target("2. HeartbeatBatch / single Heartbeat (engine, 1 thread)", ratio(e("HeartbeatBatch"), e("Heartbeat")), 1.5)
-    target("2. AddStatsBatch / single AddStats (engine, 1 thread)", ratio(e("AddStatsBatch"), e("AddStats")), 1.5)
-    target("3. Delete, 1 thread: engine / rwlock design", ratio(e("Delete"), e("Delete", "rwlock")), 1.0)
     target("3. Delete, 2 threads: engine / rwlock design", ratio(e("Delete", t=2), e("Delete", "rwlock", t=2)), 1.5)
     target(f"4. Expire 1% of {exp_n}: scan CPU / wheel CPU", ratio(exp[("rwlock_scan", "1")], exp[("engine", "1")]), 50)
     target(f"4. Expire 10% of {exp_n}: scan CPU / wheel CPU", ratio(exp[("rwlock_scan", "10")], exp[("engine", "10")]),
            5)
     target("5. Create, engine: 2 threads / 1 thread", ratio(e("Create", t=2), e("Create")), 1.6)
-    def thp(op: str, alloc: str, on: str) -> Optional[float]:
-        return resultlib.value(resultlib.find(recs, op=op, impl=f"engine_thp_{on}", alloc=alloc))
 
-    for alloc, how in (("jemalloc", "MALLOC_CONF=thp:always"), ("glibc", "glibc.malloc.hugetlb=1")):
-        for op in ("Get", "Heartbeat"):
-            target(f"6. Huge pages ({alloc}, {how}): {op} on / off", ratio(thp(op, alloc, "on"), thp(op, alloc, "off")),
-                   1.0)
     for op, rop in REDIS_BATCH_OP.items():
         target(f"7. {op}, 1 thread: engine / Redis pipelined {rop} (64 deep)",
                ratio(e(op), e(rop, "redis_pipelined")), 20)
