@@ -121,32 +121,29 @@ void floor_copy_bench(benchmark::State &state, size_t size, bool batched)
 
 } // namespace
 
-void register_ck_floor()
+/* The floors of one size, registered by register_workloads right after
+ * the engine's benchmarks of that size: both run back to back on the same
+ * machine state (not after larger populations came and went). */
+void register_ck_floor(size_t size)
 {
-    std::vector<size_t> sizes = mode().sizes;
-    if (mode().with_10m)
-        sizes.push_back(10000000);
-    for (size_t size : sizes) {
-        for (const char *kind : {"ck_ht", "ck_hs"}) {
-            for (int t : mode().threads) {
-                std::string k = kind;
-                std::string name = std::string("Get/") + kind + "/n:" + std::to_string(size);
-                benchmark::RegisterBenchmark(name.c_str(),
-                                             [k, size](benchmark::State &st) { floor_get_bench(st, k, size); })
-                    ->Threads(t)
-                    ->UseRealTime()
-                    ->MinTime(mode().min_time);
-            }
+    for (const char *kind : {"ck_ht", "ck_hs"}) {
+        for (int t : mode().threads) {
+            std::string k = kind;
+            std::string name = std::string("Get/") + kind + "/n:" + std::to_string(size);
+            benchmark::RegisterBenchmark(name.c_str(), [k, size](benchmark::State &st) { floor_get_bench(st, k, size); })
+                ->Threads(t)
+                ->UseRealTime()
+                ->MinTime(mode().min_time);
         }
-        for (bool batched : {false, true}) {
-            for (int t : mode().threads) {
-                std::string name = std::string(batched ? "GetBatch" : "Get") + "/floor/n:" + std::to_string(size);
-                benchmark::RegisterBenchmark(
-                    name.c_str(), [size, batched](benchmark::State &st) { floor_copy_bench(st, size, batched); })
-                    ->Threads(t)
-                    ->UseRealTime()
-                    ->MinTime(mode().min_time);
-            }
+    }
+    for (bool batched : {false, true}) {
+        for (int t : mode().threads) {
+            std::string name = std::string(batched ? "GetBatch" : "Get") + "/floor/n:" + std::to_string(size);
+            benchmark::RegisterBenchmark(name.c_str(),
+                                         [size, batched](benchmark::State &st) { floor_copy_bench(st, size, batched); })
+                ->Threads(t)
+                ->UseRealTime()
+                ->MinTime(mode().min_time);
         }
     }
 }

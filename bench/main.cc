@@ -38,7 +38,6 @@ const char *malloc_conf = "thp:always,metadata_thp:always";
 namespace bench {
 
 void register_workloads();
-void register_ck_floor();
 void register_redis();
 void register_expiry();
 void register_memory();
@@ -112,7 +111,6 @@ int main(int argc, char **argv)
         bench::register_hugepages(bench::env("AFSM_BENCH_HUGEPAGES", "off"));
     } else {
         bench::register_workloads();
-        bench::register_ck_floor();
         bench::register_redis();
         bench::register_expiry();
         bench::register_engine_extras();

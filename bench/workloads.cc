@@ -15,6 +15,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cstring>
 #include <deque>
 #include <string>
 #include <vector>
@@ -316,6 +317,7 @@ void op_mixed(benchmark::State &state, const std::string &impl, size_t size)
 } // namespace
 
 void register_latency(const std::string &impl, size_t n);
+void register_ck_floor(size_t size);
 
 /* Issue 15, goal 6: the engine's Get, Heartbeat and GetBatch at the
  * largest size, in a process whose allocator was told to use transparent
@@ -379,6 +381,9 @@ void register_workloads()
             /* Right after the group, while this population is built. */
             if (size == mode().latency_sessions)
                 register_latency(impl, size);
+            /* The floors right after the engine of the same size. */
+            if (strcmp(impl, "engine") == 0)
+                register_ck_floor(size);
         }
     }
 }
