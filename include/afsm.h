@@ -115,20 +115,9 @@ typedef struct afsm_uuid {
 AFSM_API afsm_status afsm_uuid_parse(const char *text, size_t text_len, afsm_uuid *out);
 /* Writes the lowercase canonical form and a NUL into out[AFSM_UUID_STRING_SIZE]. */
 AFSM_API afsm_status afsm_uuid_format(const afsm_uuid *uuid, char out[AFSM_UUID_STRING_SIZE]);
-/* A new UUIDv7 (RFC 9562): millisecond wall time in the top 48 bits, then
- * a 12-bit counter, then 62 random bits. Session ids are drawn from the same
- * generator. Its ordering guarantee:
- * - unique within the process;
- * - the ids one thread draws strictly increase, even when many fall in one
- *   millisecond or the wall clock steps back;
- * - across threads, ordered by millisecond: an id drawn in a later
- *   millisecond than another id's timestamp is greater. Ids that threads
- *   draw within the same millisecond interleave in no set order (each
- *   thread takes its counter values 64 at a time, so that threads do not
- *   share one cache line per id).
- * The timestamp is never older than the wall clock when the id was drawn;
- * past 4096 ids in one millisecond, or when the clock steps back, it runs
- * ahead of the clock until the clock catches up. Thread-safe, lock-free. */
+/* A new UUIDv7 (RFC 9562): millisecond wall time in the top 48 bits, and
+ * strictly increasing across the process, even when many ids fall in one
+ * millisecond or the wall clock steps back. Thread-safe, lock-free. */
 AFSM_API afsm_status afsm_uuid_v7(afsm_uuid *out);
 
 /* An IP address in binary form. family is 4 or 6; a v4 address uses
@@ -518,8 +507,7 @@ typedef struct afsm_list_filter {
     }
 AFSM_API afsm_status afsm_list_filter_init(afsm_list_filter *filter, unsigned int version);
 
-/* Lists matching sessions in session-id order (creation order, to the
- * millisecond across threads: see afsm_uuid_v7), skipping
+/* Lists matching sessions in session-id order (= creation order), skipping
  * expired ones. Fills out[0..*count) (each element's version set by the
  * caller, all the same), *total with the number of matches ignoring cursor,
  * offset and limit, and next_cursor (may be NULL) with the last returned id

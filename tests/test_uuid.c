@@ -1,8 +1,7 @@
 /*
  * test_uuid.c: UUID parse / format and the UUIDv7 generator.
  *
- * The generator's state (a process-wide counter that threads reserve stamp
- * blocks from) only moves forward, so the tests
+ * The generator's state is process-wide and only moves forward, so the tests
  * never assume a fresh generator: each one that needs an exact timestamp
  * first reads where the generator stands and picks a later millisecond.
  */
@@ -25,13 +24,12 @@ static const char sample_text[] = "0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6";
 static const afsm_uuid sample = {
     {0x01, 0x92, 0xf3, 0xa4, 0x5b, 0x6c, 0x7d, 0x8e, 0x9f, 0xa0, 0xb1, 0xc2, 0xd3, 0xe4, 0xf5, 0xa6}};
 
-/* A millisecond later than any the generator has reached so far, on any
- * thread (this thread's own stamp block may lag behind other threads'). */
+/* A millisecond later than any the generator has reached so far. */
 static uint64_t fresh_ms(void)
 {
-    afsm_uuid bound;
-    uuid_v7_upper_bound(&bound);
-    return uuid_v7_unix_ms(&bound) + 1000;
+    afsm_uuid probe;
+    uuid_v7_at(&probe, 0);
+    return uuid_v7_unix_ms(&probe) + 1000;
 }
 
 /* Parses from a heap copy with no NUL, so ASan catches a read past text_len. */
@@ -408,71 +406,6 @@ static void test_v7_threads_wall_clock(void **state)
     run_threads(1);
 }
 
-/* The guarantee afsm.h states across threads: two threads' ids within one
- * millisecond interleave freely (each holds its own stamp block), but an id
- * drawn in a later millisecond is greater than every id of earlier ones,
- * and uuid_v7_upper_bound is above every id drawn before it. Thread A and
- * this thread take turns at barriers. */
-struct turns {
-    pthread_barrier_t step;
-    uint64_t ms;
-    afsm_uuid a[3];
-};
-
-static void *turn_taker(void *arg)
-{
-    struct turns *t = arg;
-    uuid_v7_at(&t->a[0], t->ms); /* reserves A's block in ms */
-    pthread_barrier_wait(&t->step);
-    pthread_barrier_wait(&t->step); /* main drew its ids in ms */
-    uuid_v7_at(&t->a[1], t->ms);    /* from A's block: below main's, above a[0] */
-    pthread_barrier_wait(&t->step);
-    pthread_barrier_wait(&t->step); /* main drew in ms + 1 */
-    uuid_v7_at(&t->a[2], t->ms + 1);
-    return NULL;
-}
-
-static void test_v7_threads_order_by_ms(void **state)
-{
-    (void)state;
-    struct turns t;
-    t.ms = fresh_ms();
-    assert_int_equal(pthread_barrier_init(&t.step, NULL, 2), 0);
-    pthread_t a;
-    assert_int_equal(pthread_create(&a, NULL, turn_taker, &t), 0);
-    pthread_barrier_wait(&t.step);
-    afsm_uuid mine[100];
-    for (int i = 0; i < 100; i++)
-        uuid_v7_at(&mine[i], t.ms);
-    pthread_barrier_wait(&t.step);
-    pthread_barrier_wait(&t.step);
-    afsm_uuid bound;
-    uuid_v7_upper_bound(&bound);
-    afsm_uuid later;
-    uuid_v7_at(&later, t.ms + 1);
-    pthread_barrier_wait(&t.step);
-    assert_int_equal(pthread_join(a, NULL), 0);
-    pthread_barrier_destroy(&t.step);
-
-    /* Each thread's own ids increase. */
-    assert_true(uuid_compare(&t.a[0], &t.a[1]) < 0);
-    assert_true(uuid_compare(&t.a[1], &t.a[2]) < 0);
-    for (int i = 1; i < 100; i++)
-        assert_true(uuid_compare(&mine[i - 1], &mine[i]) < 0);
-    /* Within the millisecond the threads interleave: A's second id came
-     * after main's 100 but from the block A reserved first. */
-    assert_true(uuid_compare(&t.a[1], &mine[0]) < 0);
-    assert_int_equal(uuid_v7_unix_ms(&t.a[1]), t.ms);
-    /* The bound is above everything drawn before it, on both threads. */
-    assert_true(uuid_compare(&t.a[1], &bound) < 0);
-    assert_true(uuid_compare(&mine[99], &bound) < 0);
-    /* The next millisecond's ids are above every id of this one. */
-    assert_int_equal(uuid_v7_unix_ms(&later), t.ms + 1);
-    assert_true(uuid_compare(&mine[99], &later) < 0);
-    assert_true(uuid_compare(&t.a[1], &t.a[2]) < 0 && uuid_compare(&mine[99], &t.a[2]) < 0);
-    assert_true(uuid_compare(&bound, &later) < 0);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -489,7 +422,6 @@ int main(void)
         cmocka_unit_test(test_v7_monotonic_clock_steps_back),
         cmocka_unit_test(test_v7_threads_fixed_ms),
         cmocka_unit_test(test_v7_threads_wall_clock),
-        cmocka_unit_test(test_v7_threads_order_by_ms),
         cmocka_unit_test(test_v7_fork_does_not_repeat),
         /* Last: it leaves the generator at the end of the 48-bit range. */
         cmocka_unit_test(test_v7_huge_ms_clamped),

@@ -330,15 +330,11 @@ afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_le
         reason_len = sizeof(MEM_REASON_DELETED) - 1;
     }
     shard *us = &ms->shards[mem_shard_of_user(ms, user_id, user_id_len)];
-    /* Every session that existed when the call began has an id below the
-     * bound (its stamp was reserved before). An id drawn later is below it
-     * only if it comes from a stamp block another thread reserved before
-     * (util/uuid.c), and such a block serves only until the wall clock
-     * leaves its millisecond: the loop ends, even while the user keeps
-     * creating sessions, at most a millisecond (or a clock step back)
-     * later; those few late sessions go with the rest. */
+    /* Every id drawn after this one is larger (the generator is monotonic),
+     * so "id < bound" means "existed when the call began": the loop ends
+     * even while the user keeps creating sessions. */
     afsm_uuid bound;
-    uuid_v7_upper_bound(&bound);
+    uuid_v7_at(&bound, (uint64_t)clock_wall_ns() / 1000000u);
     for (;;) {
         ck_epoch_record_t *e = epoch_enter();
         if (e == NULL)

@@ -5,40 +5,21 @@
  * Layout of a v7 id, most significant byte first:
  *   48 bits unix_ms | 4 bits version (7) | 12 bits rand_a | 2 bits variant (10) | 62 bits rand_b
  *
- * The first eight bytes hold the 60-bit "stamp" (unix_ms << 12 | counter)
- * with the constant version nibble in between, so ids order exactly as
- * their stamps do, whatever rand_b holds. rand_a thus holds a counter, not
- * random bits (RFC 9562 §6.2, method 1); rand_b's 62 random bits keep ids
- * of different processes apart.
+ * Invariant: every id this process generates is strictly greater (memcmp
+ * order) than every id it generated before, on any thread. The first eight
+ * bytes hold the 60-bit "stamp" (unix_ms << 12 | counter) with the constant
+ * version nibble in between, so ids order exactly as their stamps do,
+ * whatever rand_b holds. The stamp comes from one CAS on a process-wide
+ * atomic: max(now_ms << 12, last + 1). When many ids share a millisecond, or
+ * the wall clock steps back, the 12-bit counter (rand_a) counts up and
+ * carries into the timestamp, which may then run slightly ahead of the wall
+ * clock (RFC 9562 §6.2, methods 1 and 3). rand_a thus holds a counter, not
+ * random bits; rand_b's 62 random bits keep ids of different processes apart.
  *
- * Stamps come from one process-wide counter, last_stamp, but a thread does
- * not touch it per id: it reserves a block of STAMP_BLOCK consecutive
- * stamps with one CAS (max(now_ms << 12, last + 1) onwards) and hands them
- * out itself. One shared cache line per id made creates on two threads no
- * faster than on one (issue 15); per block, the line is written ~1/64 as
- * often. A block serves only while its stamps' millisecond is not behind
- * the caller's clock; the rest of it is dropped once the clock moves on, so
- * an id's timestamp is never older than the millisecond it was drawn in.
- *
- * What that guarantees (stated in afsm.h):
- * - every stamp is handed out once: ids are unique in the process, and the
- *   first eight bytes alone tell any two apart;
- * - the ids of one thread strictly increase, whatever the clock does;
- * - across threads, order follows the millisecond: an id drawn in a later
- *   millisecond than another id's timestamp is greater than it (while the
- *   clock does not step back, and fewer than 4096 stamps a millisecond are
- *   reserved; beyond that the counter carries into the timestamp, which
- *   then runs ahead of the clock, as it always did). Within one
- *   millisecond, two threads' ids interleave in no set order.
- * "Every id drawn from now on is larger" no longer holds across threads;
- * uuid_v7_upper_bound gives what a caller needing "existed before now"
- * wants instead (mem_remove_by_user, mem/write.c).
- *
- * Shared state: last_stamp, written through CAS by the thread reserving a
- * block. Relaxed ordering is enough: the CAS alone hands out disjoint
- * blocks, and no other memory is published with them. Each thread's block
- * is thread-local. The random bytes come from util/random.h (buffered
- * getrandom, fork-safe).
+ * Shared state: last_stamp, written by every generating thread through CAS.
+ * Relaxed ordering is enough: the CAS alone makes the stamps a total order,
+ * and no other memory is published with them. The random bytes come from
+ * util/random.h (buffered getrandom, fork-safe).
  *
  * unix_ms is clamped to 48 bits (the year 10889). Only a clock pinned at
  * that clamp could carry the timestamp past it, and the field would wrap:
@@ -56,18 +37,8 @@
 #define UNIX_MS_MAX   ((UINT64_C(1) << 48) - 1)
 #define COUNTER_BITS  12
 
-/* (unix_ms << 12 | counter): the last stamp of the last block reserved; 0
- * before the first. */
+/* (unix_ms << 12 | counter) of the last id handed out; 0 before the first. */
 static _Atomic uint64_t last_stamp = 0;
-
-/* Stamps per reservation. 64 keeps the shared line's traffic ~1/64 of one
- * write per id, and the stamps dropped when a block outlives its
- * millisecond (at most 63 per thread and millisecond) far below the 4096 a
- * millisecond holds. */
-#define STAMP_BLOCK 64
-
-/* This thread's block: stamps next..end-1 are its own to hand out. */
-static _Thread_local uint64_t block_next, block_end;
 
 /* rand_b: from the process's buffered OS randomness (util/random.h). If
  * the OS has none to give (old kernel, seccomp), a splitmix64 stream keeps
@@ -94,28 +65,17 @@ static void rand_bytes(uint8_t *out, size_t n)
         out[i] = (uint8_t)splitmix64(&state);
 }
 
-/* The next stamp: unique in the process, greater than every stamp this
- * thread had before, and of a millisecond not behind unix_ms. */
+/* The next stamp: strictly greater than every one handed out before. */
 static uint64_t next_stamp(uint64_t unix_ms)
 {
     uint64_t floor_stamp = unix_ms << COUNTER_BITS;
-    /* The block serves while its millisecond is not behind the clock: a
-     * stamp of an older millisecond would make an id look older than it
-     * is. A block the counter carried ahead still serves. */
-    if (block_next < block_end && block_next >> COUNTER_BITS >= unix_ms)
-        return block_next++;
     uint64_t last = atomic_load_explicit(&last_stamp, memory_order_relaxed);
-    uint64_t first;
     for (;;) {
-        first = floor_stamp > last ? floor_stamp : last + 1;
+        uint64_t next = floor_stamp > last ? floor_stamp : last + 1;
         /* On failure the CAS reloads last; the loop retries with it. */
-        if (atomic_compare_exchange_weak_explicit(&last_stamp, &last, first + STAMP_BLOCK - 1, memory_order_relaxed,
-                                                  memory_order_relaxed))
-            break;
+        if (atomic_compare_exchange_weak_explicit(&last_stamp, &last, next, memory_order_relaxed, memory_order_relaxed))
+            return next;
     }
-    block_next = first + 1;
-    block_end = first + STAMP_BLOCK;
-    return first;
 }
 
 void uuid_v7_at(afsm_uuid *out, uint64_t unix_ms)
@@ -132,21 +92,6 @@ void uuid_v7_at(afsm_uuid *out, uint64_t unix_ms)
     out->bytes[7] = (uint8_t)(counter & 0xff);
     rand_bytes(out->bytes + 8, 8);
     out->bytes[8] = (uint8_t)(0x80 | (out->bytes[8] & 0x3f));
-}
-
-void uuid_v7_upper_bound(afsm_uuid *out)
-{
-    /* Every stamp handed out so far is <= last_stamp, so its id is below
-     * stamp last + 1. Byte 8 stays 0 (no variant bits): any real id of a
-     * stamp >= last + 1 has the variant's 0x80 there, so compares above. */
-    uint64_t stamp = atomic_load_explicit(&last_stamp, memory_order_relaxed) + 1;
-    uint64_t ms = stamp >> COUNTER_BITS;
-    unsigned counter = (unsigned)(stamp & ((1u << COUNTER_BITS) - 1));
-    memset(out, 0, sizeof(*out));
-    for (int i = 0; i < 6; i++)
-        out->bytes[i] = (uint8_t)(ms >> (40 - 8 * i));
-    out->bytes[6] = (uint8_t)(0x70 | (counter >> 8));
-    out->bytes[7] = (uint8_t)(counter & 0xff);
 }
 
 bool uuid_is_nil(const afsm_uuid *uuid)

@@ -12,21 +12,12 @@
 
 #include "afsm.h"
 
-/* A new UUIDv7 for the given wall time (Unix milliseconds). Unique in the
- * process (by its first eight bytes alone); strictly increasing (memcmp
- * order) on each thread whatever unix_ms does; across threads ordered by
- * millisecond (uuid.c says exactly how). When unix_ms steps back or many
- * ids share one millisecond, the 12-bit rand_a counter counts up and
- * carries into the timestamp. The 62 bits of rand_b are random. Lock-free:
- * one CAS per 64 ids a thread draws. */
+/* A new UUIDv7 for the given wall time (Unix milliseconds). Ids are
+ * strictly increasing (memcmp order) across every thread of the process,
+ * whatever unix_ms does: when it steps back or many ids share one
+ * millisecond, the 12-bit rand_a field counts up and carries into the
+ * timestamp. The 62 bits of rand_b are random. Lock-free (one CAS loop). */
 void uuid_v7_at(afsm_uuid *out, uint64_t unix_ms);
-
-/* An exclusive upper bound on every v7 id this process has generated so far
- * (on any thread whose generation happened before this call): each of them
- * compares below it. Ids generated later may too, but only those from a
- * stamp block reserved before this call, which serves until the clock
- * leaves its millisecond (uuid.c). Not itself an id to hand out. */
-void uuid_v7_upper_bound(afsm_uuid *out);
 
 /* True for the all-zero UUID. */
 bool uuid_is_nil(const afsm_uuid *uuid);
