@@ -129,3 +129,90 @@ void floor_destroy(floor_table *t)
         ck_ht_destroy(&t->ht);
     free(t);
 }
+
+/* ---- the get + copy floor --------------------------------------------- */
+
+struct floor_records {
+    ck_hs_t hs;
+    uint8_t **records; /* n records of FLOOR_RECORD_BYTES, one malloc each */
+    size_t n;
+};
+
+floor_records *floor_records_build(const uint8_t (*keys)[16], size_t n)
+{
+    floor_records *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return NULL;
+    f->records = calloc(n, sizeof(*f->records));
+    if (f->records == NULL || !ck_hs_init(&f->hs, CK_HS_MODE_OBJECT | CK_HS_MODE_SPMC | CK_HS_MODE_DELETE, hs_hash,
+                                          hs_compare, &counting, n, 0x5eed)) {
+        free(f->records);
+        free(f);
+        return NULL;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        /* One malloc per record, in creation order, as the engine makes
+         * them: the allocator decides where they land. */
+        uint8_t *r = malloc(FLOOR_RECORD_BYTES);
+        if (r == NULL) {
+            ok = false;
+            break;
+        }
+        memset(r, (int)(i & 0xff), FLOOR_RECORD_BYTES);
+        memcpy(r, keys[i], 16); /* the key is the record's first field, as the engine's id is */
+        f->records[f->n++] = r;
+        ok = ck_hs_put(&f->hs, CK_HS_HASH(&f->hs, hs_hash, r), r);
+    }
+    if (!ok) {
+        floor_records_destroy(f);
+        return NULL;
+    }
+    return f;
+}
+
+int floor_get_copy(floor_records *f, const uint8_t *key, void *out)
+{
+    const uint8_t *r = ck_hs_get(&f->hs, CK_HS_HASH(&f->hs, hs_hash, key), key);
+    if (r == NULL)
+        return 0;
+    memcpy(out, r, FLOOR_RECORD_BYTES);
+    return 1;
+}
+
+size_t floor_get_copy_batch(floor_records *f, const uint8_t *const *keys, size_t n, void *const *outs)
+{
+    const uint8_t *r[FLOOR_BATCH];
+    unsigned long h[FLOOR_BATCH];
+    size_t found = 0;
+    if (n > FLOOR_BATCH)
+        n = FLOOR_BATCH;
+    for (size_t i = 0; i < n; i++)
+        h[i] = CK_HS_HASH(&f->hs, hs_hash, keys[i]);
+    for (size_t i = 0; i < n; i++)
+        r[i] = ck_hs_get(&f->hs, h[i], keys[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (r[i] == NULL)
+            continue;
+        for (size_t line = 0; line < FLOOR_RECORD_BYTES; line += 64)
+            __builtin_prefetch(r[i] + line);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (r[i] == NULL)
+            continue;
+        memcpy(outs[i], r[i], FLOOR_RECORD_BYTES);
+        found++;
+    }
+    return found;
+}
+
+void floor_records_destroy(floor_records *f)
+{
+    if (f == NULL)
+        return;
+    ck_hs_destroy(&f->hs);
+    for (size_t i = 0; i < f->n; i++)
+        free(f->records[i]);
+    free(f->records);
+    free(f);
+}

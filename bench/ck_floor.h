@@ -32,6 +32,25 @@ const void *floor_get(floor_table *t, const uint8_t *key);
 size_t floor_table_bytes(const floor_table *t);
 void floor_destroy(floor_table *t);
 
+/* The get + copy floor (issue 15): the least an engine Get must do. A
+ * ck_hs (object mode, the engine's table) of pointers to n records of
+ * FLOOR_RECORD_BYTES (the engine's session record size), each its own
+ * malloc in creation order, the 16-byte key as the record's first field.
+ * A get hashes the key, probes, and copies the record into an output of
+ * the caller's (afsm_session_info-sized) buffer: no epoch, no clock, no
+ * user entry, no field-by-field conversion. */
+#define FLOOR_RECORD_BYTES 192
+#define FLOOR_BATCH        16
+typedef struct floor_records floor_records;
+floor_records *floor_records_build(const uint8_t (*keys)[16], size_t n);
+/* 1 when found (out holds the record's bytes), 0 when not. */
+int floor_get_copy(floor_records *f, const uint8_t *key, void *out);
+/* The batched floor: up to FLOOR_BATCH keys; hashes all, probes all,
+ * prefetches every found record's lines, then copies each into outs[i].
+ * Returns how many were found. */
+size_t floor_get_copy_batch(floor_records *f, const uint8_t *const *keys, size_t n, void *const *outs);
+void floor_records_destroy(floor_records *f);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,7 +1,13 @@
 /*
  * ck_floor_bench.cc: Get at the floor (ck_floor.h), same sizes, threads and
- * key distribution as the engine's Get, plus each table's bytes per entry:
- * the two numbers that decide between ck_ht and ck_hs.
+ * key distribution as the engine's Get:
+ *
+ *   Get/ck_ht, Get/ck_hs      the bare probe, plus each table's bytes per
+ *                             entry (the numbers that chose ck_hs)
+ *   Get/floor                 probe + copy of a scattered 192-byte record
+ *                             (issue 15's get + copy floor)
+ *   GetBatch/floor            16 keys a call: probe all, prefetch, copy
+ *                             (the batched floor); items are keys
  */
 #include <benchmark/benchmark.h>
 
@@ -22,7 +28,12 @@ struct Floor {
     size_t size = 0;
     std::vector<uint8_t> keys; /* size x 16 bytes */
     floor_table *table = nullptr;
-    ~Floor() { floor_destroy(table); }
+    floor_records *records = nullptr; /* kind "floor" */
+    ~Floor()
+    {
+        floor_destroy(table);
+        floor_records_destroy(records);
+    }
 };
 
 std::mutex floor_mutex;
@@ -44,8 +55,12 @@ Floor *floor_for(const std::string &kind, size_t size)
         uint64_t v = rng.next();
         memcpy(&f->keys[i * 8], &v, 8);
     }
-    f->table = floor_build(kind.c_str(), reinterpret_cast<const uint8_t(*)[16]>(f->keys.data()), size);
-    if (f->table == nullptr)
+    auto *keys = reinterpret_cast<const uint8_t(*)[16]>(f->keys.data());
+    if (kind == "floor")
+        f->records = floor_records_build(keys, size);
+    else
+        f->table = floor_build(kind.c_str(), keys, size);
+    if (f->table == nullptr && f->records == nullptr)
         return nullptr;
     current_floor = std::move(f);
     return current_floor.get();
@@ -73,24 +88,62 @@ void floor_get_bench(benchmark::State &state, const std::string &kind, size_t si
         (double)floor_table_bytes(f->table) / (double)size, benchmark::Counter::kAvgThreads);
 }
 
+void floor_copy_bench(benchmark::State &state, size_t size, bool batched)
+{
+    Floor *f = floor_for("floor", size);
+    if (f == nullptr) {
+        state.SkipWithError("floor records build failed");
+        return;
+    }
+    Rng rng((uint64_t)state.thread_index() * 7919 + size);
+    /* Outputs of the engine's afsm_session_info size, as its Get fills. */
+    std::vector<afsm_session_info> out(FLOOR_BATCH);
+    void *outs[FLOOR_BATCH];
+    for (size_t i = 0; i < FLOOR_BATCH; i++)
+        outs[i] = &out[i];
+    const uint8_t *keys[FLOOR_BATCH];
+    size_t misses = 0;
+    for (auto _ : state) {
+        if (batched) {
+            for (size_t i = 0; i < FLOOR_BATCH; i++)
+                keys[i] = &f->keys[rng.below(size) * 16];
+            misses += FLOOR_BATCH - floor_get_copy_batch(f->records, keys, FLOOR_BATCH, outs);
+        } else {
+            misses += !floor_get_copy(f->records, &f->keys[rng.below(size) * 16], outs[0]);
+        }
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+    }
+    if (misses)
+        state.SkipWithError("a floor lookup missed");
+    state.SetItemsProcessed(state.iterations() * (batched ? FLOOR_BATCH : 1));
+}
+
 } // namespace
 
-void register_ck_floor()
+/* The floors of one size, registered by register_workloads right after
+ * the engine's benchmarks of that size: both run back to back on the same
+ * machine state (not after larger populations came and went). */
+void register_ck_floor(size_t size)
 {
-    std::vector<size_t> sizes = mode().sizes;
-    if (mode().with_10m)
-        sizes.push_back(10000000);
-    for (size_t size : sizes) {
-        for (const char *kind : {"ck_ht", "ck_hs"}) {
-            for (int t : mode().threads) {
-                std::string k = kind;
-                std::string name = std::string("Get/") + kind + "/n:" + std::to_string(size);
-                benchmark::RegisterBenchmark(name.c_str(),
-                                             [k, size](benchmark::State &st) { floor_get_bench(st, k, size); })
-                    ->Threads(t)
-                    ->UseRealTime()
-                    ->MinTime(mode().min_time);
-            }
+    for (const char *kind : {"ck_ht", "ck_hs"}) {
+        for (int t : mode().threads) {
+            std::string k = kind;
+            std::string name = std::string("Get/") + kind + "/n:" + std::to_string(size);
+            benchmark::RegisterBenchmark(name.c_str(), [k, size](benchmark::State &st) { floor_get_bench(st, k, size); })
+                ->Threads(t)
+                ->UseRealTime()
+                ->MinTime(mode().min_time);
+        }
+    }
+    for (bool batched : {false, true}) {
+        for (int t : mode().threads) {
+            std::string name = std::string(batched ? "GetBatch" : "Get") + "/floor/n:" + std::to_string(size);
+            benchmark::RegisterBenchmark(name.c_str(),
+                                         [size, batched](benchmark::State &st) { floor_copy_bench(st, size, batched); })
+                ->Threads(t)
+                ->UseRealTime()
+                ->MinTime(mode().min_time);
         }
     }
 }

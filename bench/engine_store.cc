@@ -83,8 +83,37 @@ public:
         return count;
     }
     bool remove(const afsm_uuid &id) override { return afsm_session_delete(engine_, &id, nullptr, 0) == AFSM_OK; }
+    size_t get_batch(const afsm_uuid *ids, size_t n, afsm_session_info *out) override
+    {
+        afsm_status st[MAX_BATCH];
+        if (n > MAX_BATCH || afsm_session_get_batch(engine_, ids, n, out, st) != AFSM_OK)
+            return 0;
+        return ok_count(st, n);
+    }
+    size_t heartbeat_batch(const afsm_uuid *ids, size_t n) override
+    {
+        afsm_status st[MAX_BATCH];
+        if (n > MAX_BATCH || afsm_session_heartbeat_batch(engine_, ids, n, nullptr, st) != AFSM_OK)
+            return 0;
+        return ok_count(st, n);
+    }
+    size_t add_stats_batch(const afsm_uuid *ids, const afsm_stats *deltas, size_t n) override
+    {
+        afsm_status st[MAX_BATCH];
+        if (n > MAX_BATCH || afsm_session_add_stats_batch(engine_, ids, deltas, n, st) != AFSM_OK)
+            return 0;
+        return ok_count(st, n);
+    }
 
 private:
+    static constexpr size_t MAX_BATCH = 256;
+    static size_t ok_count(const afsm_status *st, size_t n)
+    {
+        size_t ok = 0;
+        for (size_t i = 0; i < n; i++)
+            ok += st[i] == AFSM_OK;
+        return ok;
+    }
     afsm_engine *engine_ = nullptr;
 };
 

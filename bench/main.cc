@@ -7,6 +7,9 @@
  *   AFSM_BENCH_MODE=smoke|full   smoke: 1K sessions, short runs (CI)
  *   AFSM_BENCH_SUITE=main|memory memory: only the RSS benchmarks, which
  *                                need a fresh process each (memory.cc)
+ *   AFSM_BENCH_SUITE=hugepages   only the huge-pages comparison, labelled
+ *                                with AFSM_BENCH_HUGEPAGES=on|off (the
+ *                                allocator's switch is set by bench/run)
  *   AFSM_BENCH_10M=1             add 10M sessions (full mode; minutes more)
  *   AFSM_BENCH_REDIS_PORT=N      Redis on 127.0.0.1:N; unset skips Redis
  */
@@ -21,14 +24,25 @@
 
 #include "util.h"
 
+// Transparent huge pages for jemalloc's extents and metadata, on by default
+// (issue 15, goal 6: at 1M sessions a lookup's page walk is a large share of
+// its cost; bench/RESULTS.md, "Huge pages", has the measurement; sessiond does the same). jemalloc
+// reads this string at start-up and MALLOC_CONF after it, so
+// MALLOC_CONF=thp:default turns the switch off. Ignored where jemalloc is not
+// the allocator (sanitizer builds; glibc has GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
+extern "C" {
+extern const char *malloc_conf;
+const char *malloc_conf = "thp:always,metadata_thp:always";
+}
+
 namespace bench {
 
 void register_workloads();
-void register_ck_floor();
 void register_redis();
 void register_expiry();
 void register_memory();
 void register_engine_extras();
+void register_hugepages(const std::string &label);
 
 static Mode the_mode;
 const Mode &mode() { return the_mode; }
@@ -93,9 +107,10 @@ int main(int argc, char **argv)
 
     if (strcmp(bench::env("AFSM_BENCH_SUITE", "main"), "memory") == 0) {
         bench::register_memory();
+    } else if (strcmp(bench::env("AFSM_BENCH_SUITE", "main"), "hugepages") == 0) {
+        bench::register_hugepages(bench::env("AFSM_BENCH_HUGEPAGES", "off"));
     } else {
         bench::register_workloads();
-        bench::register_ck_floor();
         bench::register_redis();
         bench::register_expiry();
         bench::register_engine_extras();

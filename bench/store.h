@@ -34,6 +34,30 @@ class Store
     /* Copies up to cap of the user's sessions in id order; returns how many. */
     virtual size_t list_user(const char *user_id, size_t len, afsm_session_info *out, size_t cap) = 0;
     virtual bool remove(const afsm_uuid &id) = 0;
+    /* Batches of n ids; each returns how many items succeeded. The engine
+     * has batch calls (afsm_session_*_batch); the baseline has none, so
+     * its batch is the loop a caller would write. */
+    virtual size_t get_batch(const afsm_uuid *ids, size_t n, afsm_session_info *out)
+    {
+        size_t ok = 0;
+        for (size_t i = 0; i < n; i++)
+            ok += get(ids[i], &out[i]);
+        return ok;
+    }
+    virtual size_t heartbeat_batch(const afsm_uuid *ids, size_t n)
+    {
+        size_t ok = 0;
+        for (size_t i = 0; i < n; i++)
+            ok += heartbeat(ids[i]);
+        return ok;
+    }
+    virtual size_t add_stats_batch(const afsm_uuid *ids, const afsm_stats *deltas, size_t n)
+    {
+        size_t ok = 0;
+        for (size_t i = 0; i < n; i++)
+            ok += add_stats(ids[i], deltas[i]);
+        return ok;
+    }
 };
 
 /* The engine as shipped: default shards, reaper thread, capacity hint. */

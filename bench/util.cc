@@ -49,6 +49,20 @@ size_t rss_bytes()
     return got == 2 ? (size_t)resident * (size_t)sysconf(_SC_PAGESIZE) : 0;
 }
 
+size_t anon_huge_bytes()
+{
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    if (f == nullptr)
+        return 0;
+    char line[256];
+    unsigned long kb = 0;
+    while (fgets(line, sizeof(line), f) != nullptr)
+        if (sscanf(line, "AnonHugePages: %lu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return (size_t)kb * 1024;
+}
+
 static uint64_t clock_ns(clockid_t id)
 {
     struct timespec ts;

@@ -71,6 +71,9 @@ extern const afsm_kv METADATA4[4];
 
 /* Resident set size of the process, from /proc/self/statm. */
 size_t rss_bytes();
+/* Anonymous memory backed by transparent huge pages (AnonHugePages of
+ * /proc/self/smaps_rollup): whether a huge-pages switch took effect. */
+size_t anon_huge_bytes();
 uint64_t thread_cpu_ns();
 uint64_t mono_ns();
 /* p in [0,1]; sorts v. */

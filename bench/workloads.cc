@@ -15,6 +15,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cstring>
 #include <deque>
 #include <string>
 #include <vector>
@@ -27,6 +28,9 @@ namespace {
 constexpr size_t BATCH = 4096;
 constexpr size_t PINNED = 1024;
 constexpr size_t LIST_CAP = 64;
+/* Items per batch call (issue 15): what a packet loop gathers per poll, as
+ * DPDK's bulk lookups take; the floor's batch has the same size. */
+constexpr size_t BATCH_ITEMS = 16;
 
 uint64_t thread_seed(const benchmark::State &state, size_t size)
 {
@@ -157,6 +161,62 @@ void op_heartbeat(benchmark::State &state, const std::string &impl, size_t size)
                 [](World *w, size_t i, afsm_session_info *) { return w->store->heartbeat(w->ids[i]); });
 }
 
+/* One call per BATCH_ITEMS random ids; items_per_second counts ids. */
+template <typename Fn> void batch_loop(benchmark::State &state, const std::string &impl, size_t size, Fn fn)
+{
+    World *w = setup(state, impl, size);
+    if (w == nullptr)
+        return;
+    Rng rng(thread_seed(state, size));
+    std::vector<afsm_session_info> info(BATCH_ITEMS);
+    for (auto &o : info)
+        afsm_session_info_init(&o, AFSM_SESSION_INFO_VERSION);
+    afsm_uuid ids[BATCH_ITEMS];
+    size_t misses = 0;
+    for (auto _ : state) {
+        for (size_t i = 0; i < BATCH_ITEMS; i++)
+            ids[i] = w->ids[rng.below(size)];
+        misses += BATCH_ITEMS - fn(w, ids, info.data());
+        benchmark::DoNotOptimize(info.data());
+    }
+    if (misses)
+        state.SkipWithError("a batch item missed");
+    state.SetItemsProcessed(state.iterations() * BATCH_ITEMS);
+}
+
+void op_get_batch(benchmark::State &state, const std::string &impl, size_t size)
+{
+    batch_loop(state, impl, size, [](World *w, const afsm_uuid *ids, afsm_session_info *out) {
+        return w->store->get_batch(ids, BATCH_ITEMS, out);
+    });
+}
+
+void op_heartbeat_batch(benchmark::State &state, const std::string &impl, size_t size)
+{
+    batch_loop(state, impl, size, [](World *w, const afsm_uuid *ids, afsm_session_info *) {
+        return w->store->heartbeat_batch(ids, BATCH_ITEMS);
+    });
+}
+
+void op_stats_batch(benchmark::State &state, const std::string &impl, size_t size)
+{
+    batch_loop(state, impl, size, [](World *w, const afsm_uuid *ids, afsm_session_info *) {
+        afsm_stats deltas[BATCH_ITEMS] = {};
+        for (afsm_stats &d : deltas)
+            d.packets_received = 1, d.bytes_received = 1200;
+        return w->store->add_stats_batch(ids, deltas, BATCH_ITEMS);
+    });
+}
+
+void op_add_stats(benchmark::State &state, const std::string &impl, size_t size)
+{
+    afsm_stats delta{};
+    delta.packets_received = 1;
+    delta.bytes_received = 1200;
+    lookup_loop(state, impl, size,
+                [&delta](World *w, size_t i, afsm_session_info *) { return w->store->add_stats(w->ids[i], delta); });
+}
+
 void op_stats_pinned(benchmark::State &state, const std::string &impl, size_t size)
 {
     World *w = setup(state, impl, size);
@@ -257,6 +317,36 @@ void op_mixed(benchmark::State &state, const std::string &impl, size_t size)
 } // namespace
 
 void register_latency(const std::string &impl, size_t n);
+void register_ck_floor(size_t size);
+
+/* Issue 15, goal 6: the engine's Get, Heartbeat and GetBatch at the
+ * largest size, in a process whose allocator was told to use transparent
+ * huge pages (label "on") or not ("off"); bench/run sets the allocator's
+ * switch (MALLOC_CONF for jemalloc, GLIBC_TUNABLES for glibc) and runs both
+ * back to back. anon_huge_mb says whether the switch took effect. */
+void register_hugepages(const std::string &label)
+{
+    struct Op {
+        const char *name;
+        void (*fn)(benchmark::State &, const std::string &, size_t);
+    };
+    static const Op ops[] = {{"Get", op_get}, {"Heartbeat", op_heartbeat}, {"GetBatch", op_get_batch}};
+    size_t size = mode().sizes.back();
+    std::string impl = "engine_thp_" + label;
+    for (const Op &op : ops) {
+        std::string name = std::string(op.name) + "/" + impl + "/alloc:" + AFSM_BENCH_ALLOCATOR + "/n:" +
+                           std::to_string(size);
+        auto fn = op.fn;
+        benchmark::RegisterBenchmark(name.c_str(),
+                                     [fn, impl, size](benchmark::State &st) {
+                                         fn(st, impl, size);
+                                         st.counters["anon_huge_mb"] = (double)anon_huge_bytes() / 1e6;
+                                     })
+            ->Threads(1)
+            ->UseRealTime()
+            ->MinTime(mode().min_time);
+    }
+}
 
 void register_workloads()
 {
@@ -268,6 +358,8 @@ void register_workloads()
         {"Get", op_get},           {"GetByConnection", op_get_connection}, {"Heartbeat", op_heartbeat},
         {"StatsPinned", op_stats_pinned}, {"ListByUser", op_list_user},   {"Create", op_create},
         {"Delete", op_delete},     {"Mixed", op_mixed},
+        {"AddStats", op_add_stats}, {"GetBatch", op_get_batch}, {"HeartbeatBatch", op_heartbeat_batch},
+        {"AddStatsBatch", op_stats_batch},
     };
     std::vector<size_t> sizes = mode().sizes;
     if (mode().with_10m)
@@ -289,6 +381,9 @@ void register_workloads()
             /* Right after the group, while this population is built. */
             if (size == mode().latency_sessions)
                 register_latency(impl, size);
+            /* The floors right after the engine of the same size. */
+            if (strcmp(impl, "engine") == 0)
+                register_ck_floor(size);
         }
     }
 }

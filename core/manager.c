@@ -338,8 +338,13 @@ AFSM_API afsm_status afsm_session_get_batch(afsm_engine *engine, const afsm_uuid
     for (size_t i = 0; i < n; i++)
         if (check_info(&out[i]) != AFSM_OK)
             return AFSM_EVERSION;
+    const store_ops *ops = engine->st->ops;
+    if (ops->get_batch != NULL) {
+        ops->get_batch(engine->st, ids, n, out, statuses);
+        return AFSM_OK;
+    }
     for (size_t i = 0; i < n; i++)
-        statuses[i] = engine->st->ops->get(engine->st, &ids[i], &out[i]);
+        statuses[i] = ops->get(engine->st, &ids[i], &out[i]);
     return AFSM_OK;
 }
 
@@ -350,9 +355,19 @@ AFSM_API afsm_status afsm_session_heartbeat_batch(afsm_engine *engine, const afs
     afsm_status status = check_batch(engine, ids, n, statuses);
     if (status != AFSM_OK)
         return status;
+    const store_ops *ops = engine->st->ops;
+    if (ops->heartbeat_batch != NULL) {
+        /* The store writes nanoseconds into the caller's array; converted
+         * in place, so no second array of n. */
+        ops->heartbeat_batch(engine->st, ids, n, remaining_ms, statuses);
+        if (remaining_ms != NULL)
+            for (size_t i = 0; i < n; i++)
+                remaining_ms[i] = statuses[i] == AFSM_OK ? ns_to_ms_ceil(remaining_ms[i]) : 0;
+        return AFSM_OK;
+    }
     for (size_t i = 0; i < n; i++) {
         uint64_t remaining_ns = 0;
-        statuses[i] = engine->st->ops->heartbeat(engine->st, &ids[i], &remaining_ns);
+        statuses[i] = ops->heartbeat(engine->st, &ids[i], &remaining_ns);
         if (remaining_ms != NULL)
             remaining_ms[i] = statuses[i] == AFSM_OK ? ns_to_ms_ceil(remaining_ns) : 0;
     }
@@ -368,8 +383,13 @@ AFSM_API afsm_status afsm_session_add_stats_batch(afsm_engine *engine, const afs
         return status;
     if (n != 0 && deltas == NULL)
         return errdetail_set(AFSM_ENULL, "deltas: NULL");
+    const store_ops *ops = engine->st->ops;
+    if (ops->add_stats_batch != NULL) {
+        ops->add_stats_batch(engine->st, ids, deltas, n, statuses);
+        return AFSM_OK;
+    }
     for (size_t i = 0; i < n; i++)
-        statuses[i] = engine->st->ops->add_stats(engine->st, &ids[i], &deltas[i]);
+        statuses[i] = ops->add_stats(engine->st, &ids[i], &deltas[i]);
     return AFSM_OK;
 }
 

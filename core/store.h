@@ -79,6 +79,14 @@ typedef struct store_ops {
     void (*handle_session_id)(const store_handle *h, afsm_uuid *out);
     void (*handle_release)(store_handle *h);
     size_t (*pinned)(store *s);
+    /* Batches: statuses[i] is what the single call would return for ids[i]
+     * (AFSM_ENOMEM for every item when no epoch section could be had).
+     * May be NULL: the manager then loops over the single calls. A store
+     * that has them stages the work (core/mem/batch.c). remaining_ns may be
+     * NULL; written for the items that succeed. */
+    void (*get_batch)(store *s, const afsm_uuid *ids, size_t n, afsm_session_info *out, afsm_status *statuses);
+    void (*heartbeat_batch)(store *s, const afsm_uuid *ids, size_t n, uint64_t *remaining_ns, afsm_status *statuses);
+    void (*add_stats_batch)(store *s, const afsm_uuid *ids, const afsm_stats *deltas, size_t n, afsm_status *statuses);
 } store_ops;
 
 struct store {

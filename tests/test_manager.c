@@ -787,6 +787,106 @@ static void test_add_stats_saturates(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* The staged batches (core/mem/batch.c) give every item what the single
+ * call gives it: 40 ids (three groups of the store's staging, the last
+ * partial) mixing live, unknown, deleted, expired-but-not-reaped and IDLE
+ * sessions; a batch heartbeat activates the idle ones with one event each,
+ * fired once the batch's epoch section has ended. */
+enum { MIXED_N = 40 };
+enum { KIND_LIVE, KIND_UNKNOWN, KIND_DELETED, KIND_EXPIRED, KIND_IDLE, KIND_COUNT };
+
+static void test_batches_mixed_items(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    activation_log log = {0};
+    afsm_config cfg = {.on_event = count_state_changes, .event_ctx = &log};
+    afsm_engine *engine = open_virtual_engine(&clock, &cfg);
+    afsm_uuid ids[MIXED_N];
+    for (int i = 0; i < MIXED_N; i++) {
+        int kind = i % KIND_COUNT;
+        if (kind == KIND_UNKNOWN) {
+            afsm_uuid_v7(&ids[i]);
+            continue;
+        }
+        afsm_uuid conn;
+        afsm_create_options o = make_options(i % 2 ? "mixed-odd" : "mixed-even", "10.9.8.7", &conn);
+        o.timeout_ms = kind == KIND_EXPIRED ? 1000 : 0;
+        afsm_session_info made = AFSM_SESSION_INFO_INIT;
+        assert_int_equal(afsm_session_create(engine, &o, &made), AFSM_OK);
+        ids[i] = made.session_id;
+        if (kind == KIND_DELETED)
+            assert_int_equal(afsm_session_delete(engine, &ids[i], NULL, 0), AFSM_OK);
+        if (kind == KIND_IDLE) {
+            to_state(engine, &ids[i], AFSM_STATE_ACTIVE);
+            to_state(engine, &ids[i], AFSM_STATE_IDLE);
+        }
+    }
+    virtual_clock_set(&clock, 1002 * SEC); /* the 1 s sessions are due; no advance ran */
+
+    /* Get: status and copy equal to the single call's, item by item. */
+    afsm_session_info batch[MIXED_N], single;
+    afsm_status st[MIXED_N];
+    for (int i = 0; i < MIXED_N; i++) {
+        memset(&batch[i], 0, sizeof(batch[i]));
+        afsm_session_info_init(&batch[i], AFSM_SESSION_INFO_VERSION);
+    }
+    assert_int_equal(afsm_session_get_batch(engine, ids, MIXED_N, batch, st), AFSM_OK);
+    for (int i = 0; i < MIXED_N; i++) {
+        int kind = i % KIND_COUNT;
+        memset(&single, 0, sizeof(single));
+        afsm_session_info_init(&single, AFSM_SESSION_INFO_VERSION);
+        afsm_status want = afsm_session_get(engine, &ids[i], &single);
+        assert_int_equal(st[i], want);
+        assert_int_equal(want, kind == KIND_UNKNOWN || kind == KIND_DELETED ? AFSM_ENOTFOUND
+                               : kind == KIND_EXPIRED                       ? AFSM_EEXPIRED
+                                                                            : AFSM_OK);
+        if (want != AFSM_ENOTFOUND)
+            assert_memory_equal(&batch[i], &single, sizeof(single));
+    }
+
+    /* Heartbeat: the idle ones and the (CONNECTING) live ones become
+     * ACTIVE, with one event each. */
+    uint64_t remaining[MIXED_N];
+    log.state_changes = 0;
+    assert_int_equal(afsm_session_heartbeat_batch(engine, ids, MIXED_N, remaining, st), AFSM_OK);
+    assert_int_equal(log.state_changes, 2 * MIXED_N / KIND_COUNT);
+    for (int i = 0; i < MIXED_N; i++) {
+        int kind = i % KIND_COUNT;
+        afsm_status want = kind == KIND_UNKNOWN || kind == KIND_DELETED ? AFSM_ENOTFOUND
+                           : kind == KIND_EXPIRED                       ? AFSM_EEXPIRED
+                                                                        : AFSM_OK;
+        assert_int_equal(st[i], want);
+        assert_int_equal(remaining[i], want == AFSM_OK ? 30 * 60 * 1000 : 0);
+        if (kind == KIND_IDLE || kind == KIND_LIVE)
+            assert_int_equal(state_of(engine, &ids[i]), AFSM_STATE_ACTIVE);
+    }
+
+    /* Stats: added to exactly the items that say AFSM_OK. */
+    afsm_stats deltas[MIXED_N];
+    memset(deltas, 0, sizeof(deltas));
+    for (int i = 0; i < MIXED_N; i++)
+        deltas[i].packets_sent = (uint64_t)i + 1;
+    assert_int_equal(afsm_session_add_stats_batch(engine, ids, deltas, MIXED_N, st), AFSM_OK);
+    for (int i = 0; i < MIXED_N; i++) {
+        int kind = i % KIND_COUNT;
+        afsm_status want = kind == KIND_UNKNOWN || kind == KIND_DELETED ? AFSM_ENOTFOUND
+                           : kind == KIND_EXPIRED                       ? AFSM_EEXPIRED
+                                                                        : AFSM_OK;
+        assert_int_equal(st[i], want);
+        memset(&single, 0, sizeof(single));
+        afsm_session_info_init(&single, AFSM_SESSION_INFO_VERSION);
+        if (want != AFSM_ENOTFOUND) {
+            afsm_session_get(engine, &ids[i], &single);
+            assert_int_equal(single.stats.packets_sent, want == AFSM_OK ? (uint64_t)i + 1 : 0);
+        }
+    }
+
+    /* An empty batch touches nothing. */
+    assert_int_equal(afsm_session_get_batch(engine, ids, 0, batch, st), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -808,6 +908,7 @@ int main(void)
         cmocka_unit_test(test_heartbeat_marks_active),
         cmocka_unit_test(test_delete_reason_with_nul_refused),
         cmocka_unit_test(test_add_stats_saturates),
+        cmocka_unit_test(test_batches_mixed_items),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -242,3 +242,14 @@ void mem_handle_release(store_handle *base)
     atomic_fetch_sub_explicit(&ms->pinned, 1, memory_order_relaxed);
     mem_free(h);
 }
+
+/* The per-item work, for the staged batches (batch.c). */
+afsm_status mem_heartbeat_session(mem_store *ms, session *s, uint64_t *remaining_ns, bool *activate)
+{
+    return heartbeat_session(ms, s, remaining_ns, activate);
+}
+
+afsm_status mem_add_stats_session(mem_store *ms, session *s, const afsm_stats *delta, bool *activate)
+{
+    return add_stats_session(ms, s, delta, activate);
+}

@@ -6,6 +6,7 @@
  *   dataplane.c  heartbeat, stats and pinned handles: atomics only
  *   list.c       filtered, ordered, paginated listing
  *   expiry.c     the wheels' verdicts: expiry, idle, closed linger
+ *   batch.c      the batch calls, staged: look up all, prefetch, then act
  *
  * The rules every file keeps (see store.c's head for the why):
  * - reads run inside an epoch section and take no lock;
@@ -149,6 +150,17 @@ afsm_status mem_handle_heartbeat(store_handle *h, uint64_t *remaining_ns);
 afsm_status mem_handle_add_stats(store_handle *h, const afsm_stats *delta);
 void mem_handle_session_id(const store_handle *h, afsm_uuid *out);
 void mem_handle_release(store_handle *h);
+/* One item of a heartbeat or stats addition, for the staged batches: s
+ * found inside the caller's epoch section; *activate tells the caller to
+ * call mem_activate (inside the section) and fire its event after it. */
+afsm_status mem_heartbeat_session(mem_store *ms, session *s, uint64_t *remaining_ns, bool *activate);
+afsm_status mem_add_stats_session(mem_store *ms, session *s, const afsm_stats *delta, bool *activate);
+
+/* Staged batches (batch.c): store.h's get_batch, heartbeat_batch and
+ * add_stats_batch. */
+void mem_get_batch(store *st, const afsm_uuid *ids, size_t n, afsm_session_info *out, afsm_status *statuses);
+void mem_heartbeat_batch(store *st, const afsm_uuid *ids, size_t n, uint64_t *remaining_ns, afsm_status *statuses);
+void mem_add_stats_batch(store *st, const afsm_uuid *ids, const afsm_stats *deltas, size_t n, afsm_status *statuses);
 
 /* Listing (list.c). */
 afsm_status mem_list(store *st, const afsm_list_filter *filter, afsm_session_info *out, size_t *count, uint64_t *total,

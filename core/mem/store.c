@@ -443,6 +443,9 @@ static const store_ops mem_ops = {
     .handle_session_id = mem_handle_session_id,
     .handle_release = mem_handle_release,
     .pinned = mem_pinned,
+    .get_batch = mem_get_batch,
+    .heartbeat_batch = mem_heartbeat_batch,
+    .add_stats_batch = mem_add_stats_batch,
 };
 
 afsm_status mem_store_open(const store_config *config, store **out)

@@ -191,6 +191,49 @@ static void do_update(worker *w, const afsm_uuid *id)
         check_consistent(w, &out);
 }
 
+/* The staged batch calls (core/mem/batch.c) racing the same creates,
+ * deletes and updates: each item's status and copy must be what a single
+ * call could have returned. */
+#define STRESS_BATCH 24
+
+static void do_batches(worker *w, uint64_t which)
+{
+    afsm_uuid ids[STRESS_BATCH];
+    afsm_status st[STRESS_BATCH];
+    size_t n = 0;
+    for (; n < STRESS_BATCH; n++) {
+        const afsm_uuid *id = pick(w);
+        if (id == NULL)
+            break;
+        ids[n] = *id;
+    }
+    if (which == 0) {
+        afsm_session_info out[STRESS_BATCH];
+        for (size_t i = 0; i < n; i++)
+            afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+        CHECK(w, afsm_session_get_batch(engine, ids, n, out, st) == AFSM_OK, "get_batch refused");
+        for (size_t i = 0; i < n; i++) {
+            CHECK(w, st[i] == AFSM_OK || st[i] == AFSM_ENOTFOUND, "get_batch: %s", afsm_status_name(st[i]));
+            if (st[i] == AFSM_OK) {
+                check_consistent(w, &out[i]);
+                CHECK(w, memcmp(&out[i].session_id, &ids[i], 16) == 0, "get_batch returned another session");
+            }
+        }
+    } else if (which == 1) {
+        uint64_t remaining[STRESS_BATCH];
+        CHECK(w, afsm_session_heartbeat_batch(engine, ids, n, remaining, st) == AFSM_OK, "heartbeat_batch refused");
+        for (size_t i = 0; i < n; i++)
+            CHECK(w, st[i] == AFSM_OK || st[i] == AFSM_ENOTFOUND, "heartbeat_batch: %s", afsm_status_name(st[i]));
+    } else {
+        afsm_stats d[STRESS_BATCH];
+        for (size_t i = 0; i < n; i++)
+            d[i] = (afsm_stats){1, 1, 100, 100, 0, 5, 0};
+        CHECK(w, afsm_session_add_stats_batch(engine, ids, d, n, st) == AFSM_OK, "add_stats_batch refused");
+        for (size_t i = 0; i < n; i++)
+            CHECK(w, st[i] == AFSM_OK || st[i] == AFSM_ENOTFOUND, "add_stats_batch: %s", afsm_status_name(st[i]));
+    }
+}
+
 static void *work(void *arg)
 {
     worker *w = arg;
@@ -201,6 +244,8 @@ static void *work(void *arg)
             do_create(w);
         } else if (r < 25) {
             do_delete(w);
+        } else if (r < 29) {
+            do_batches(w, r % 3);
         } else if (r < 55) {
             afsm_session_info info = AFSM_SESSION_INFO_INIT;
             afsm_status st = afsm_session_get(engine, id, &info);

@@ -36,6 +36,17 @@
 #include "snapshot.h"
 #include "tls.h"
 
+// Transparent huge pages for jemalloc's extents and metadata, on by default
+// (issue 15, goal 6: at 1M sessions a lookup's page walk is a large share of
+// its cost; bench/RESULTS.md, "Huge pages", has the measurement). jemalloc
+// reads this string at start-up and MALLOC_CONF after it, so
+// MALLOC_CONF=thp:default turns the switch off. Ignored where jemalloc is not
+// the allocator (sanitizer builds; glibc has GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
+extern "C" {
+extern const char *malloc_conf;
+const char *malloc_conf = "thp:always,metadata_thp:always";
+}
+
 namespace sessiond
 {
 namespace
