@@ -20,7 +20,7 @@ static afsm_status heartbeat_session(mem_store *ms, session *s, uint64_t *remain
     for (;;) {
         /* Checked inside the loop: the reaper's CAS and ours exclude each
          * other, so success here means the deadline had not passed. */
-        if ((seen & SESSION_EXPIRED_BIT) || mem_deadline(ms, s, seen) <= now)
+        if ((seen & SESSION_EXPIRED_BIT) || (mem_deadline(ms, s, seen) <= now && !ms->config.external_expiry))
             return AFSM_EEXPIRED;
         if (seen >= now)
             break; /* a newer heartbeat already landed: never move back */
