@@ -4,12 +4,14 @@
  * engine share.
  */
 #include <sodium.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
+#include "etcd/etcd_store.h"
 #include "util/alloc.h"
 #include "util/clock.h"
 #include "util/token.h"
@@ -53,8 +55,13 @@ static afsm_status versioned_init(void *ptr, size_t size_bytes, unsigned int ver
     return AFSM_OK;
 }
 
+/* Where version 2's fields begin: a version 1 config is that long. */
+#define CONFIG_V1_SIZE offsetof(afsm_config, store)
+
 AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version)
 {
+    if (version == 1)
+        return versioned_init(config, CONFIG_V1_SIZE, version, 1);
     return versioned_init(config, sizeof(*config), version, AFSM_CONFIG_VERSION);
 }
 
@@ -84,6 +91,29 @@ static void forward_event(void *ctx, const afsm_event *event)
 {
     afsm_engine *engine = ctx;
     engine->config.on_event(engine->config.event_ctx, event);
+}
+
+static void forward_log(void *ctx, int level, const char *message, const afsm_log_field *fields, size_t field_count)
+{
+    engine_log(ctx, level, message, fields, field_count);
+}
+
+static afsm_status open_store(afsm_engine *engine, const afsm_config *cfg, const store_config *sc)
+{
+    if (cfg->store == AFSM_STORE_MEMORY)
+        return mem_store_open(sc, &engine->st);
+    etcd_store_config ec = {
+        .endpoints = cfg->etcd_endpoints,
+        .prefix = cfg->etcd_prefix,
+        .dial_timeout_ms = cfg->etcd_dial_timeout_ms,
+        .request_timeout_ms = cfg->etcd_request_timeout_ms,
+        .ca_file = cfg->etcd_ca_file,
+        .cert_file = cfg->etcd_cert_file,
+        .key_file = cfg->etcd_key_file,
+        .user = cfg->etcd_user,
+        .password = cfg->etcd_password,
+    };
+    return etcd_store_open(sc, &ec, &engine->st);
 }
 
 static void *reaper_main(void *arg)
@@ -141,12 +171,18 @@ static unsigned default_shard_count(void)
 
 static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
 {
-    if (in == NULL)
+    if (in == NULL) {
         afsm_config_init(cfg, AFSM_CONFIG_VERSION);
-    else if (in->version != AFSM_CONFIG_VERSION)
+    } else if (in->version == 1) {
+        /* Only the first part exists in the caller's memory. */
+        afsm_config_init(cfg, AFSM_CONFIG_VERSION);
+        memcpy(cfg, in, CONFIG_V1_SIZE);
+        cfg->version = AFSM_CONFIG_VERSION;
+    } else if (in->version != AFSM_CONFIG_VERSION) {
         return AFSM_EVERSION;
-    else
+    } else {
         *cfg = *in;
+    }
     if (cfg->shard_count == 0)
         cfg->shard_count = default_shard_count();
     if (cfg->shard_count > SHARDS_MAX || (cfg->shard_count & (cfg->shard_count - 1)) != 0)
@@ -176,6 +212,21 @@ static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
     if (cfg->log_level != 0 && cfg->log_level != AFSM_LOG_DEBUG && cfg->log_level != AFSM_LOG_INFO &&
         cfg->log_level != AFSM_LOG_WARN && cfg->log_level != AFSM_LOG_ERROR)
         return AFSM_EINVAL;
+    if ((cfg->store != AFSM_STORE_MEMORY && cfg->store != AFSM_STORE_ETCD) || cfg->reserved2 != 0)
+        return AFSM_EINVAL;
+    if (cfg->store == AFSM_STORE_ETCD) {
+        if (cfg->etcd_endpoints == NULL)
+            return AFSM_ENULL;
+        /* What the etcd store does not do (yet): see afsm.h. */
+        if (cfg->idle_timeout_ms != 0 || cfg->max_lifetime_ms != 0 || cfg->close_linger_ms != 0 ||
+            (cfg->max_sessions_per_user != 0 && cfg->limit_policy == AFSM_LIMIT_EVICT_OLDEST))
+            return AFSM_EINVAL;
+        if ((cfg->etcd_cert_file == NULL) != (cfg->etcd_key_file == NULL) ||
+            (cfg->etcd_user == NULL && cfg->etcd_password != NULL))
+            return AFSM_EINVAL;
+        if (cfg->etcd_request_timeout_ms > TIMEOUT_MS_MAX || cfg->etcd_dial_timeout_ms > TIMEOUT_MS_MAX)
+            return AFSM_EINVAL;
+    }
     if (cfg->default_timeout_ms == 0)
         cfg->default_timeout_ms = DEFAULT_TIMEOUT_MS;
     if (cfg->cleanup_interval_ms == 0)
@@ -235,6 +286,13 @@ AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **o
     /* Copied in already; the pointers must not outlive the caller's data. */
     engine->config.key = NULL;
     engine->config.key_file = NULL;
+    engine->config.etcd_endpoints = NULL;
+    engine->config.etcd_prefix = NULL;
+    engine->config.etcd_ca_file = NULL;
+    engine->config.etcd_cert_file = NULL;
+    engine->config.etcd_key_file = NULL;
+    engine->config.etcd_user = NULL;
+    engine->config.etcd_password = NULL;
     atomic_init(&engine->default_timeout_ns, cfg.default_timeout_ms * NS_PER_MS);
 
     status = keyring_open(&engine->keys);
@@ -259,8 +317,10 @@ AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **o
         .clock_ctx = cfg.clock_ctx,
         .emit = cfg.on_event != NULL ? forward_event : NULL,
         .emit_ctx = engine,
+        .log = forward_log,
+        .log_ctx = engine,
     };
-    status = mem_store_open(&sc, &engine->st);
+    status = open_store(engine, &cfg, &sc);
     if (status != AFSM_OK)
         goto fail_keys;
     if (cfg.reaper == AFSM_REAPER_THREAD) {

@@ -232,9 +232,14 @@ typedef struct afsm_engine afsm_engine;
 #define AFSM_REAPER_THREAD 0 /* an internal thread advances time every cleanup_interval */
 #define AFSM_REAPER_MANUAL 1 /* no thread: the caller calls afsm_engine_advance */
 
-#define AFSM_CONFIG_VERSION 1
+#define AFSM_STORE_MEMORY 0 /* this process only */
+#define AFSM_STORE_ETCD   1 /* shared through etcd; every node reads from a local replica */
+
+/* Version 2 appended the store fields; a version 1 config (without them)
+ * is still accepted and means the memory store. */
+#define AFSM_CONFIG_VERSION 2
 typedef struct afsm_config {
-    uint32_t version;             /* AFSM_CONFIG_VERSION */
+    uint32_t version;             /* AFSM_CONFIG_VERSION (or 1) */
     uint32_t shard_count;         /* 0: next power of two >= 4 x CPUs; else a power of two <= 4096 */
     uint64_t capacity_hint;       /* sessions expected; presizes the tables (0: 1024) */
     uint64_t default_timeout_ms;  /* 0: 30 minutes; at most 2^32-1 (~49.7 days) */
@@ -264,23 +269,52 @@ typedef struct afsm_config {
     size_t key_file_len;
     uint32_t key_id;          /* 1..AFSM_KEY_ID_MAX for key or key_file */
     uint32_t disable_metrics; /* non-zero: skip counters (measures their cost) */
+
+    /* Version 2: the store. With AFSM_STORE_ETCD, sessions live in etcd
+     * (v3 API through its JSON gateway, etcd >= 3.4) under etcd_prefix, each
+     * attached to a lease; every engine on the same etcd and prefix sees
+     * every session, and reads, heartbeats and stats additions are served
+     * from this engine's local replica. Writes (create, update, delete,
+     * token rotation) are etcd transactions and fail with AFSM_EUNAVAILABLE
+     * when no endpoint answers within etcd_request_timeout_ms. Expiry is
+     * etcd's: a session ends between its timeout and 4/3 of it after its
+     * last heartbeat (leases are renewed at most once per timeout / 3), and
+     * arrives on every engine as an EXPIRED event. Not supported with etcd
+     * (AFSM_EINVAL): idle_timeout_ms, max_lifetime_ms, close_linger_ms and
+     * AFSM_LIMIT_EVICT_OLDEST. Strings are NUL-terminated and copied. */
+    uint32_t store;                   /* AFSM_STORE_MEMORY or AFSM_STORE_ETCD */
+    uint32_t reserved2;               /* zero */
+    const char *etcd_endpoints;       /* "http://127.0.0.1:2379,http://..."; https:// for TLS */
+    const char *etcd_prefix;          /* NULL: "/afsm/" */
+    uint64_t etcd_dial_timeout_ms;    /* 0: 2000 */
+    uint64_t etcd_request_timeout_ms; /* 0: 5000; the bound of every etcd call */
+    const char *etcd_ca_file;         /* PEM; NULL: the system's CAs */
+    const char *etcd_cert_file;       /* client certificate (PEM), or NULL */
+    const char *etcd_key_file;        /* its key (PEM), or NULL */
+    const char *etcd_user;            /* etcd auth, or NULL */
+    const char *etcd_password;
 } afsm_config;
 
 #define AFSM_CONFIG_INIT                                                                                               \
     {                                                                                                                  \
         .version = AFSM_CONFIG_VERSION                                                                                 \
     }
-/* Sets every field to its default for the given version (AFSM_EVERSION if unknown). */
+/* Sets every field to its default for the given version (1 or 2; AFSM_EVERSION otherwise). */
 AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version);
 
 /* Creates an engine. config may be NULL for all defaults. The config is
  * copied; the hooks' ctx pointers must stay valid until close.
  * AFSM_ENULL, AFSM_EVERSION, AFSM_EINVAL (shard_count not a power of two,
- * unknown reaper mode or limit policy, key_len, key_id), AFSM_ETOOLONG
- * (server_addr), AFSM_EKEYFILE, AFSM_ENOMEM. */
+ * unknown reaper mode or limit policy, key_len, key_id; an etcd store
+ * without endpoints, with a malformed endpoint or prefix, or with an option
+ * it does not support), AFSM_ETOOLONG (server_addr), AFSM_EKEYFILE,
+ * AFSM_ENOMEM, AFSM_EUNAVAILABLE (etcd: no endpoint answered the initial
+ * load within the request timeout). */
 AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **out);
 
 /* Stops and joins the reaper thread, frees every session and the engine.
+ * With the etcd store, the sessions stay in etcd (other engines keep
+ * serving them) and end through their leases unless someone heartbeats.
  * No callback runs after it returns. Not to be called concurrently with any
  * other call on the same engine, nor from a callback. AFSM_EBUSY (and
  * nothing done) while handles are pinned. NULL is accepted and ignored. */

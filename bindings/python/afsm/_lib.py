@@ -86,7 +86,9 @@ AFSM_LIMIT_EVICT_OLDEST = 1
 AFSM_REAPER_THREAD = 0
 AFSM_REAPER_MANUAL = 1
 
-AFSM_CONFIG_VERSION = 1
+AFSM_CONFIG_VERSION = 2
+AFSM_STORE_MEMORY = 0
+AFSM_STORE_ETCD = 1
 AFSM_SESSION_INFO_VERSION = 1
 AFSM_CREATE_OPTIONS_VERSION = 1
 AFSM_UPDATE_VERSION = 1
@@ -205,6 +207,18 @@ class afsm_config(Structure):
         ("key_file_len", c_size_t),
         ("key_id", c_uint32),
         ("disable_metrics", c_uint32),
+        # Version 2: the store.
+        ("store", c_uint32),
+        ("reserved2", c_uint32),
+        ("etcd_endpoints", c_char_p),
+        ("etcd_prefix", c_char_p),
+        ("etcd_dial_timeout_ms", c_uint64),
+        ("etcd_request_timeout_ms", c_uint64),
+        ("etcd_ca_file", c_char_p),
+        ("etcd_cert_file", c_char_p),
+        ("etcd_key_file", c_char_p),
+        ("etcd_user", c_char_p),
+        ("etcd_password", c_char_p),
     ]
 
 

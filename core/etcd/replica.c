@@ -1,0 +1,505 @@
+/*
+ * replica.c: this node's replica of the sessions in etcd: the load (one
+ * range read of the prefix), the watch thread that follows it from the
+ * loaded revision, and the two ways a change reaches the replica (a
+ * record put, a session's deletion), shared with the writers of store.c.
+ *
+ * Invariants:
+ * - applied_revision only grows; the watch resumes at applied_revision + 1,
+ *   so after a disconnect no event is lost and none applied twice;
+ * - a record is applied only when its mod revision is newer than the one
+ *   tracks holds for it, which drops the watch's echo of this node's own
+ *   writes and makes applying idempotent;
+ * - a deletion fires DELETED with the reason written beside it (the g/ key
+ *   of the same txn), or EXPIRED when etcd removed it with its lease;
+ * - a compacted watch reloads the prefix and fires the differences.
+ * Locking: etcd_store.h (apply_lock around every change; events after).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "etcd/etcd_store.h"
+#include "util/clock.h"
+
+/* ---- events and logs ---------------------------------------------------------- */
+
+void etcd_log(etcd_store *es, int level, const char *message, const char *key, const char *value)
+{
+    if (es->config.log == NULL)
+        return;
+    afsm_log_field field = {key, value};
+    es->config.log(es->config.log_ctx, level, message, key != NULL ? &field : NULL, key != NULL ? 1 : 0);
+}
+
+static void event_from(etcd_event *ev, uint32_t type, const afsm_session_info *s, uint32_t old_state,
+                       uint32_t new_state, const char *reason, size_t reason_len)
+{
+    memset(&ev->ev, 0, sizeof(ev->ev));
+    ev->pending = 1;
+    memcpy(ev->user, s->user_id, s->user_id_len + 1u);
+    if (reason_len > AFSM_REASON_MAX)
+        reason_len = AFSM_REASON_MAX;
+    if (reason != NULL)
+        memcpy(ev->reason, reason, reason_len);
+    ev->reason[reason_len] = '\0';
+    ev->ev.type = type;
+    ev->ev.old_state = old_state;
+    ev->ev.new_state = new_state;
+    ev->ev.session_id = s->session_id;
+    ev->ev.connection_id = s->connection_id;
+    ev->ev.user_id = ev->user;
+    ev->ev.user_id_len = s->user_id_len;
+    ev->ev.reason = reason != NULL ? ev->reason : NULL;
+    ev->ev.reason_len = reason != NULL ? reason_len : 0;
+    ev->ev.created_at_ns = s->created_at_ns;
+    ev->ev.event_at_ns = clock_wall_ns();
+}
+
+void etcd_fire(etcd_store *es, etcd_event *ev)
+{
+    if (ev->pending && es->config.emit != NULL)
+        es->config.emit(es->config.emit_ctx, &ev->ev);
+    ev->pending = 0;
+}
+
+/* ---- applying changes ------------------------------------------------------------ */
+
+static int transition_allowed(uint32_t from, uint32_t to)
+{
+    /* The memory store's rules (core/mem/write.c), checked here before a
+     * write goes to etcd and when a record is applied. */
+    if (from == to || to == AFSM_STATE_CLOSED)
+        return 1;
+    switch (from) {
+    case AFSM_STATE_CONNECTING:
+        return to == AFSM_STATE_ACTIVE;
+    case AFSM_STATE_ACTIVE:
+        return to == AFSM_STATE_IDLE || to == AFSM_STATE_DISCONNECTING;
+    case AFSM_STATE_IDLE:
+        return to == AFSM_STATE_ACTIVE || to == AFSM_STATE_DISCONNECTING;
+    default:
+        return 0;
+    }
+}
+
+int etcd_transition_allowed(uint32_t from, uint32_t to)
+{
+    return transition_allowed(from, to);
+}
+
+static afsm_status restore_into_replica(etcd_store *es, const keys_record *rec)
+{
+    session_spec spec = {
+        .user_id = rec->info.user_id,
+        .user_id_len = (uint16_t)rec->info.user_id_len,
+        .client_port = rec->info.client_port,
+        .client_ip = rec->info.client_ip,
+        .connection_id = rec->info.connection_id,
+        .metadata = rec->meta,
+        .metadata_count = rec->meta_count,
+        .timeout_ns = rec->info.timeout_ms * NS_PER_MS,
+        .restore = &rec->info,
+    };
+    return es->replica->ops->create(es->replica, &spec, NULL);
+}
+
+/* Brings an existing replica copy to the record's state, metadata, stats
+ * and token generation. */
+static afsm_status update_replica(etcd_store *es, const keys_record *rec, const afsm_session_info *old)
+{
+    store *r = es->replica;
+    if (!transition_allowed(old->state, rec->info.state)) {
+        /* A step this node never saw (a reload): start the copy afresh. */
+        r->ops->remove(r, &rec->info.session_id, NULL, 0);
+        return restore_into_replica(es, rec);
+    }
+    afsm_update u = {.version = AFSM_UPDATE_VERSION,
+                     .fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_REPLACE | AFSM_UPDATE_STATS,
+                     .state = rec->info.state,
+                     .metadata = rec->meta,
+                     .metadata_count = rec->meta_count,
+                     .stats = rec->info.stats};
+    afsm_status st = r->ops->update(r, &rec->info.session_id, &u, NULL);
+    if (st != AFSM_OK)
+        return st;
+    /* Generations only grow, one step per rotation. */
+    for (uint32_t gen = old->token_generation; gen < rec->info.token_generation; gen++) {
+        afsm_session_info copy = {.version = AFSM_SESSION_INFO_VERSION};
+        if (r->ops->rotate_generation(r, &rec->info.session_id, &copy) != AFSM_OK)
+            break;
+    }
+    /* A write elsewhere is activity there. */
+    if (rec->info.last_active_at_ns > old->last_active_at_ns)
+        r->ops->heartbeat(r, &rec->info.session_id, NULL);
+    return AFSM_OK;
+}
+
+afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int is_restore, etcd_event *ev)
+{
+    ev->pending = 0;
+    track_info known;
+    int tracked = track_get(&es->tracks, &rec->info.session_id, &known);
+    if (tracked && known.mod_revision >= mod_revision)
+        return AFSM_OK; /* the echo of a write already applied */
+    afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
+    afsm_status st;
+    int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;
+    if (present)
+        st = update_replica(es, rec, &old);
+    else
+        st = restore_into_replica(es, rec);
+    if (st != AFSM_OK)
+        return st;
+    track_info info = {
+        .lease = rec->lease,
+        .mod_revision = mod_revision,
+        .slot = rec->slot,
+        .renewed_ns = es->config.clock(es->config.clock_ctx),
+        .renew_period_ns = etcd_renew_period_ns(rec->info.timeout_ms),
+    };
+    if (tracked)
+        info.renewed_ns = known.renewed_ns;
+    st = track_put(&es->tracks, &rec->info.session_id, &info);
+    if (st != AFSM_OK) {
+        es->replica->ops->remove(es->replica, &rec->info.session_id, NULL, 0);
+        return st;
+    }
+    if (!present) {
+        if (!is_restore) {
+            event_from(ev, AFSM_EVENT_CREATED, &rec->info, 0, rec->info.state, NULL, 0);
+            atomic_fetch_add_explicit(&es->created_total, 1, memory_order_relaxed);
+        }
+    } else if (old.state != rec->info.state) {
+        event_from(ev, AFSM_EVENT_STATE_CHANGED, &rec->info, old.state, rec->info.state, NULL, 0);
+    }
+    return AFSM_OK;
+}
+
+void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev)
+{
+    ev->pending = 0;
+    track_info info;
+    if (!track_remove(&es->tracks, id, &info))
+        return; /* unknown here, or this node's own delete already applied */
+    afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
+    if (es->replica->ops->get(es->replica, id, &old) != AFSM_OK)
+        return;
+    es->replica->ops->remove(es->replica, id, NULL, 0);
+    if (info.has_reason) {
+        event_from(ev, AFSM_EVENT_DELETED, &old, old.state, old.state, info.reason, info.reason_len);
+        atomic_fetch_add_explicit(&es->deleted_total[info.why], 1, memory_order_relaxed);
+    } else {
+        event_from(ev, AFSM_EVENT_EXPIRED, &old, old.state, old.state, "expired", 7);
+        atomic_fetch_add_explicit(&es->deleted_total[AFSM_DELETE_EXPIRED], 1, memory_order_relaxed);
+    }
+}
+
+static void raise_revision(etcd_store *es, int64_t revision)
+{
+    if (revision > atomic_load_explicit(&es->applied_revision, memory_order_relaxed))
+        atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
+}
+
+/* One key-value from etcd (a range or a watch event). apply_lock held. */
+static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etcd_event *ev)
+{
+    ev->pending = 0;
+    long key_len, value_len;
+    char *key = etcd_get_bytes(kv, "key", &key_len);
+    char *value = deleted ? NULL : etcd_get_bytes(kv, "value", &value_len);
+    int64_t mod_revision = etcd_get_int64(kv, "mod_revision");
+    afsm_uuid id;
+    keys_kind kind = key != NULL ? keys_parse(es->prefix, es->prefix_len, key, (size_t)key_len, &id) : KEYS_FOREIGN;
+    if (kind == KEYS_FOREIGN) {
+        etcd_log(es, AFSM_LOG_WARN, "etcd: foreign key under the prefix skipped", "key", key != NULL ? key : "?");
+    } else if (kind == KEYS_SESSION && deleted) {
+        etcd_apply_delete(es, &id, ev);
+    } else if (kind == KEYS_SESSION) {
+        keys_record rec;
+        json_object *holder = NULL;
+        if (value == NULL || keys_record_decode(value, (size_t)value_len, &rec, &holder) != AFSM_OK ||
+            memcmp(&rec.info.session_id, &id, sizeof(id)) != 0) {
+            etcd_log(es, AFSM_LOG_WARN, "etcd: bad session record skipped", "key", key);
+        } else if (etcd_apply_put(es, &rec, mod_revision, !emit, ev) != AFSM_OK) {
+            etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
+        }
+        json_object_put(holder);
+    } else if (kind == KEYS_GONE && !deleted && value != NULL) {
+        json_object *gone = json_tokener_parse(value);
+        json_object *reason;
+        int64_t why = etcd_get_int64(gone, "why");
+        if (gone != NULL && json_object_object_get_ex(gone, "reason", &reason) &&
+            json_object_is_type(reason, json_type_string) && why >= 0 && why < AFSM_DELETE_REASON_COUNT)
+            track_set_reason(&es->tracks, &id, (afsm_delete_reason)why, json_object_get_string(reason),
+                             (size_t)json_object_get_string_len(reason));
+        else
+            etcd_log(es, AFSM_LOG_WARN, "etcd: bad delete reason skipped", "key", key);
+        json_object_put(gone);
+    }
+    if (!emit)
+        ev->pending = 0;
+    free(key);
+    free(value);
+}
+
+/* ---- the load ------------------------------------------------------------------- */
+
+static int uuid_order(const void *a, const void *b)
+{
+    return memcmp(a, b, sizeof(afsm_uuid));
+}
+
+typedef struct id_list {
+    afsm_uuid *ids;
+    size_t count, cap;
+} id_list;
+
+static int id_list_add(id_list *l, const afsm_uuid *id)
+{
+    if (l->count == l->cap) {
+        size_t cap = l->cap != 0 ? l->cap * 2 : 64;
+        afsm_uuid *grown = realloc(l->ids, cap * sizeof(*grown));
+        if (grown == NULL)
+            return 0;
+        l->ids = grown;
+        l->cap = cap;
+    }
+    l->ids[l->count++] = *id;
+    return 1;
+}
+
+static void collect_known(void *ctx, const afsm_uuid *id, const track_info *info)
+{
+    (void)info;
+    id_list_add(ctx, id);
+}
+
+afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
+{
+    char end[KEYS_PREFIX_MAX + 1];
+    keys_range_end(es->prefix, es->prefix_len, end);
+    json_object *body = json_object_new_object();
+    if (body == NULL)
+        return AFSM_ENOMEM;
+    json_object_object_add(body, "key", etcd_json_bytes(es->prefix, es->prefix_len));
+    json_object_object_add(body, "range_end", etcd_json_bytes(end, es->prefix_len));
+    json_object *reply = NULL;
+    afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+    json_object_put(body);
+    if (st != AFSM_OK) {
+        json_object_put(reply);
+        return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
+    }
+    json_object *header, *kvs = NULL;
+    json_object_object_get_ex(reply, "header", &header);
+    int64_t revision = etcd_get_int64(header, "revision");
+    json_object_object_get_ex(reply, "kvs", &kvs);
+    size_t n = kvs != NULL && json_object_is_type(kvs, json_type_array) ? json_object_array_length(kvs) : 0;
+    id_list present = {0}, known = {0};
+    etcd_event *events = calloc(n + 1, sizeof(*events));
+    if (events == NULL) {
+        json_object_put(reply);
+        return AFSM_ENOMEM;
+    }
+    pthread_mutex_lock(&es->apply_lock);
+    /* Reasons first: a g/ key explains a deletion this reload finds. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < n; i++) {
+            json_object *kv = json_object_array_get_idx(kvs, i);
+            long key_len;
+            char *key = etcd_get_bytes(kv, "key", &key_len);
+            afsm_uuid id;
+            keys_kind kind =
+                key != NULL ? keys_parse(es->prefix, es->prefix_len, key, (size_t)key_len, &id) : KEYS_FOREIGN;
+            free(key);
+            if ((pass == 0) != (kind == KEYS_GONE) || kind == KEYS_CONNECTION || kind == KEYS_USER || kind == KEYS_SLOT)
+                continue;
+            if (kind == KEYS_SESSION && !id_list_add(&present, &id)) {
+                st = AFSM_ENOMEM;
+                break;
+            }
+            apply_kv(es, kv, 0, emit_differences, &events[i]);
+        }
+    }
+    /* What the replica has and etcd no longer does went while nobody
+     * watched: deleted (with its g/ key's reason) or expired. */
+    track_each(&es->tracks, collect_known, &known);
+    qsort(present.ids, present.count, sizeof(afsm_uuid), uuid_order);
+    etcd_event gone = {0};
+    for (size_t i = 0; i < known.count; i++) {
+        if (present.count > 0 && bsearch(&known.ids[i], present.ids, present.count, sizeof(afsm_uuid), uuid_order))
+            continue;
+        etcd_apply_delete(es, &known.ids[i], &gone);
+        if (emit_differences) {
+            pthread_mutex_unlock(&es->apply_lock);
+            etcd_fire(es, &gone);
+            pthread_mutex_lock(&es->apply_lock);
+        }
+    }
+    atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
+    pthread_mutex_unlock(&es->apply_lock);
+    for (size_t i = 0; i < n; i++)
+        etcd_fire(es, &events[i]);
+    free(events);
+    free(present.ids);
+    free(known.ids);
+    json_object_put(reply);
+    return st;
+}
+
+/* ---- the watch ------------------------------------------------------------------ */
+
+typedef struct watch_state {
+    etcd_store *es;
+    int compacted;
+} watch_state;
+
+static int watch_should_stop(void *ctx)
+{
+    return atomic_load_explicit(&((watch_state *)ctx)->es->stop, memory_order_acquire);
+}
+
+static int watch_message(void *ctx, json_object *message)
+{
+    watch_state *w = ctx;
+    etcd_store *es = w->es;
+    json_object *result, *events, *canceled;
+    if (!json_object_object_get_ex(message, "result", &result))
+        return 1; /* an error answer ends this stream */
+    if (json_object_object_get_ex(result, "canceled", &canceled) && json_object_get_boolean(canceled)) {
+        w->compacted = etcd_get_int64(result, "compact_revision") > 0;
+        return 1;
+    }
+    atomic_store_explicit(&es->watch_connected, 1, memory_order_relaxed);
+    if (!json_object_object_get_ex(result, "events", &events)) {
+        json_object *header, *created;
+        /* A progress notification: everything up to its revision was sent. */
+        if (!json_object_object_get_ex(result, "created", &created) &&
+            json_object_object_get_ex(result, "header", &header)) {
+            pthread_mutex_lock(&es->apply_lock);
+            raise_revision(es, etcd_get_int64(header, "revision"));
+            pthread_mutex_unlock(&es->apply_lock);
+        }
+        return 0;
+    }
+    size_t n = json_object_array_length(events);
+    for (size_t i = 0; i < n; i++) {
+        json_object *event = json_object_array_get_idx(events, i);
+        json_object *type, *kv;
+        if (!json_object_object_get_ex(event, "kv", &kv))
+            continue;
+        int deleted =
+            json_object_object_get_ex(event, "type", &type) && strcmp(json_object_get_string(type), "DELETE") == 0;
+        etcd_event ev;
+        pthread_mutex_lock(&es->apply_lock);
+        apply_kv(es, kv, deleted, 1, &ev);
+        raise_revision(es, etcd_get_int64(kv, "mod_revision"));
+        pthread_mutex_unlock(&es->apply_lock);
+        etcd_fire(es, &ev);
+    }
+    return 0;
+}
+
+/* Waits up to ms unless the store is stopping; 1 when it is. */
+static int pause_ms(etcd_store *es, uint64_t ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec + ms * NS_PER_MS;
+    until.tv_sec += (time_t)(ns / 1000000000u);
+    until.tv_nsec = (long)(ns % 1000000000u);
+    pthread_mutex_lock(&es->wait_lock);
+    if (!atomic_load_explicit(&es->stop, memory_order_acquire))
+        pthread_cond_timedwait(&es->wait_cond, &es->wait_lock, &until);
+    pthread_mutex_unlock(&es->wait_lock);
+    return atomic_load_explicit(&es->stop, memory_order_acquire);
+}
+
+static void *watch_main(void *arg)
+{
+    etcd_store *es = arg;
+    uint64_t backoff_ms = 50;
+    int reload = 0;
+    while (!atomic_load_explicit(&es->stop, memory_order_acquire)) {
+        if (reload) {
+            if (etcd_replica_load(es, 1) != AFSM_OK) {
+                if (pause_ms(es, backoff_ms))
+                    break;
+                backoff_ms = backoff_ms < 1000 ? backoff_ms * 2 : 1000;
+                continue;
+            }
+            etcd_log(es, AFSM_LOG_WARN, "etcd: watch compacted; replica reloaded", NULL, NULL);
+            reload = 0;
+        }
+        char end[KEYS_PREFIX_MAX + 1];
+        keys_range_end(es->prefix, es->prefix_len, end);
+        json_object *body = json_object_new_object();
+        json_object *create = json_object_new_object();
+        if (body == NULL || create == NULL) {
+            json_object_put(body);
+            json_object_put(create);
+            pause_ms(es, backoff_ms);
+            continue;
+        }
+        int64_t from = atomic_load_explicit(&es->applied_revision, memory_order_acquire) + 1;
+        json_object_object_add(create, "key", etcd_json_bytes(es->prefix, es->prefix_len));
+        json_object_object_add(create, "range_end", etcd_json_bytes(end, es->prefix_len));
+        json_object_object_add(create, "start_revision", etcd_json_int64(from));
+        json_object_object_add(create, "progress_notify", json_object_new_boolean(1));
+        json_object_object_add(body, "create_request", create);
+        watch_state w = {.es = es};
+        afsm_status st = etcd_stream(es->client, "/v3/watch", body, watch_message, watch_should_stop, &w);
+        json_object_put(body);
+        int was_connected = atomic_exchange_explicit(&es->watch_connected, 0, memory_order_relaxed);
+        if (atomic_load_explicit(&es->stop, memory_order_acquire))
+            break;
+        if (w.compacted) {
+            reload = 1;
+            continue;
+        }
+        if (was_connected)
+            backoff_ms = 50;
+        if (st != AFSM_OK || !was_connected) {
+            if (pause_ms(es, backoff_ms))
+                break;
+            backoff_ms = backoff_ms < 1000 ? backoff_ms * 2 : 1000;
+        }
+    }
+    return NULL;
+}
+
+afsm_status etcd_replica_start(etcd_store *es)
+{
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
+        return AFSM_ENOMEM;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int failed = pthread_cond_init(&es->wait_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    if (failed)
+        return AFSM_ENOMEM;
+    pthread_mutex_init(&es->wait_lock, NULL);
+    if (pthread_create(&es->watcher, NULL, watch_main, es) != 0) {
+        pthread_cond_destroy(&es->wait_cond);
+        pthread_mutex_destroy(&es->wait_lock);
+        return AFSM_ENOMEM;
+    }
+    es->watcher_running = 1;
+    return AFSM_OK;
+}
+
+void etcd_replica_stop(etcd_store *es)
+{
+    if (!es->watcher_running)
+        return;
+    pthread_mutex_lock(&es->wait_lock);
+    atomic_store_explicit(&es->stop, 1, memory_order_release);
+    pthread_cond_signal(&es->wait_cond);
+    pthread_mutex_unlock(&es->wait_lock);
+    pthread_join(es->watcher, NULL);
+    pthread_cond_destroy(&es->wait_cond);
+    pthread_mutex_destroy(&es->wait_lock);
+    es->watcher_running = 0;
+}
