@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "afsm.h"
 #include "etcd_harness.h"
@@ -115,9 +116,10 @@ static void recorder_free(recorder *r)
 typedef struct log_lines {
     pthread_mutex_t lock;
     int warnings;
+    int reloads;
 } log_lines;
 
-static log_lines logs = {PTHREAD_MUTEX_INITIALIZER, 0};
+static log_lines logs = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
 
 static void count_log(void *ctx, int level, const char *message, const afsm_log_field *fields, size_t n)
 {
@@ -125,8 +127,17 @@ static void count_log(void *ctx, int level, const char *message, const afsm_log_
     if (level >= AFSM_LOG_WARN && strncmp(message, "etcd:", 5) == 0) {
         pthread_mutex_lock(&logs.lock);
         logs.warnings++;
+        logs.reloads += strstr(message, "replica reloaded") != NULL;
         pthread_mutex_unlock(&logs.lock);
     }
+}
+
+static int reloads(void)
+{
+    pthread_mutex_lock(&logs.lock);
+    int n = logs.reloads;
+    pthread_mutex_unlock(&logs.lock);
+    return n;
 }
 
 static int warnings(void)
@@ -542,6 +553,161 @@ static void test_config_checks(void **state)
     afsm_engine_close(e);
 }
 
+/* ---- a 3-member cluster ---------------------------------------------------------- */
+
+static char member_endpoint[HARNESS_MEMBERS_MAX][48];
+
+static const char *endpoint_of(int i)
+{
+    snprintf(member_endpoint[i], sizeof(member_endpoint[i]), "http://127.0.0.1:%d", cluster.members[i].client_port);
+    return member_endpoint[i];
+}
+
+/* Whether etcd (through member i only) has the session's record. */
+static int member_has_key(int i, const char *key)
+{
+    etcd_client_config cc = {.endpoints = endpoint_of(i), .dial_timeout_ms = 300, .request_timeout_ms = 3000};
+    etcd_client *c;
+    if (etcd_client_open(&cc, &c) != AFSM_OK)
+        return 0;
+    json_object *body = json_object_new_object(), *reply = NULL;
+    json_object_object_add(body, "key", etcd_json_bytes(key, strlen(key)));
+    json_object_object_add(body, "count_only", json_object_new_boolean(1));
+    int found = etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL) == AFSM_OK && etcd_get_int64(reply, "count") == 1;
+    json_object_put(body);
+    json_object_put(reply);
+    etcd_client_close(c);
+    return found;
+}
+
+#define LOAD_MAX 4000
+
+typedef struct load {
+    afsm_engine *engine;
+    _Atomic int stop;
+    _Atomic int acked;
+    afsm_uuid ids[LOAD_MAX];
+    int unavailable, other;
+} load;
+
+static void *create_load(void *arg)
+{
+    load *l = arg;
+    while (!atomic_load(&l->stop) && atomic_load(&l->acked) < LOAD_MAX) {
+        afsm_session_info s;
+        afsm_status st = create(l->engine, "gina", NULL, &s);
+        if (st == AFSM_OK) {
+            l->ids[atomic_load(&l->acked)] = s.session_id;
+            atomic_fetch_add(&l->acked, 1);
+        } else if (st == AFSM_EUNAVAILABLE) {
+            l->unavailable++; /* in flight when the member died: outcome unknown, not acknowledged */
+        } else {
+            l->other++;
+        }
+    }
+    return NULL;
+}
+
+/* One member SIGKILLed mid-load: the load goes on through the others, every
+ * acknowledged create is in etcd, and the member catches up on restart. */
+static void test_member_killed_mid_load(void **state)
+{
+    (void)state;
+    afsm_engine *a;
+    engine_options o = {.prefix = "/c1/"};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK); /* all three endpoints, member 0 first */
+    load *l = calloc(1, sizeof(*l));
+    assert_non_null(l);
+    l->engine = a;
+    pthread_t t;
+    pthread_create(&t, NULL, create_load, l);
+    WAIT_FOR(atomic_load(&l->acked) >= 30, 10000);
+    harness_kill_member(&cluster, 0, SIGKILL);
+    int at_kill = atomic_load(&l->acked);
+    WAIT_FOR(atomic_load(&l->acked) >= at_kill + 100, 20000); /* the load goes on */
+    atomic_store(&l->stop, 1);
+    pthread_join(t, NULL);
+    assert_int_equal(l->other, 0);
+    int acked = atomic_load(&l->acked);
+    char key[96], id[AFSM_UUID_STRING_SIZE];
+    for (int i = 0; i < acked; i++) {
+        afsm_uuid_format(&l->ids[i], id);
+        snprintf(key, sizeof(key), "/c1/s/%s", id);
+        assert_true(member_has_key(1, key));
+    }
+    /* Restarted, member 0 catches up: it serves the last acknowledged create. */
+    assert_int_equal(harness_start_member(&cluster, 0, "existing"), 0);
+    assert_true(harness_wait_ready(&cluster, 0, harness_now_ms() + 20000));
+    afsm_uuid_format(&l->ids[acked - 1], id);
+    snprintf(key, sizeof(key), "/c1/s/%s", id);
+    WAIT_FOR(member_has_key(0, key), 10000);
+    assert_int_equal(keys_under("/c1/"), 3 * acked);
+    free(l);
+    afsm_engine_close(a);
+}
+
+/* A watcher that missed a compacted range reloads and fires the
+ * differences: B follows member 2 only, which is down while A creates,
+ * deletes and compacts. */
+static void test_compaction_reloads_the_replica(void **state)
+{
+    (void)state;
+    recorder *rb = recorder_new();
+    afsm_engine *a, *b;
+    char a_endpoints[100];
+    snprintf(a_endpoints, sizeof(a_endpoints), "%s,%s", endpoint_of(0), endpoint_of(1));
+    engine_options o = {.prefix = "/c2/", .endpoints = a_endpoints};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    o.endpoints = endpoint_of(2);
+    o.events = rb;
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+    afsm_session_info old, fresh, copy;
+    assert_int_equal(create(a, "hank", NULL, &old), AFSM_OK);
+    WAIT_FOR(get(b, &old.session_id, &copy) == AFSM_OK, 5000);
+    int before = reloads();
+
+    harness_kill_member(&cluster, 2, SIGKILL);
+    /* If member 2 led, writes fail (AFSM_EUNAVAILABLE) until a new leader. */
+    assert_true(harness_wait_ready(&cluster, -1, harness_now_ms() + 10000));
+    assert_int_equal(create(a, "hank", NULL, &fresh), AFSM_OK);
+    assert_int_equal(afsm_session_delete(a, &old.session_id, "bye", 3), AFSM_OK);
+    /* Compact everything so far (through A's members). */
+    etcd_client_config cc = {.endpoints = a_endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
+    etcd_client *c;
+    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    json_object *body = json_tokener_parse("{\"key\":\"AA==\"}"), *reply = NULL, *header;
+    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
+    assert_true(json_object_object_get_ex(reply, "header", &header));
+    int64_t revision = etcd_get_int64(header, "revision");
+    json_object_put(body);
+    json_object_put(reply);
+    body = json_object_new_object();
+    json_object_object_add(body, "revision", etcd_json_int64(revision));
+    json_object_object_add(body, "physical", json_object_new_boolean(1));
+    assert_int_equal(etcd_call(c, "/v3/kv/compaction", body, 0, &reply, NULL), AFSM_OK);
+    json_object_put(body);
+    json_object_put(reply);
+    etcd_client_close(c);
+    /* B still answers from its replica while its only member is down. */
+    assert_int_equal(get(b, &old.session_id, &copy), AFSM_OK);
+
+    assert_int_equal(harness_start_member(&cluster, 2, "existing"), 0);
+    WAIT_FOR(get(b, &fresh.session_id, &copy) == AFSM_OK, 20000);
+    WAIT_FOR(get(b, &old.session_id, &copy) == AFSM_ENOTFOUND, 5000);
+    WAIT_FOR(events_of(rb, AFSM_EVENT_CREATED, &fresh.session_id, NULL) == 1, 5000);
+    WAIT_FOR(events_of(rb, AFSM_EVENT_DELETED, &old.session_id, "bye") == 1, 5000);
+    assert_int_equal(reloads(), before + 1);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+    recorder_free(rb);
+}
+
+static int start_three(void **state)
+{
+    (void)state;
+    return harness_start(&cluster, 3);
+}
+
 static int start_cluster(void **state)
 {
     (void)state;
@@ -569,5 +735,10 @@ int main(void)
     /* AFSM_ETCD_TEST_FILTER="test_leases*" runs a subset (cmocka's glob). */
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
-    return cmocka_run_group_tests(tests, start_cluster, stop_cluster);
+    const struct CMUnitTest three[] = {
+        cmocka_unit_test(test_member_killed_mid_load),
+        cmocka_unit_test(test_compaction_reloads_the_replica),
+    };
+    int failed = cmocka_run_group_tests_name("one member", tests, start_cluster, stop_cluster);
+    return failed + cmocka_run_group_tests_name("three members", three, start_three, stop_cluster);
 }
