@@ -326,7 +326,8 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
     /* What the replica has and etcd no longer does went while nobody
      * watched: deleted (with its g/ key's reason) or expired. */
     track_each(&es->tracks, collect_known, &known);
-    qsort(present.ids, present.count, sizeof(afsm_uuid), uuid_order);
+    if (present.count > 0)
+        qsort(present.ids, present.count, sizeof(afsm_uuid), uuid_order);
     etcd_event gone = {0};
     for (size_t i = 0; i < known.count; i++) {
         if (present.count > 0 && bsearch(&known.ids[i], present.ids, present.count, sizeof(afsm_uuid), uuid_order))
