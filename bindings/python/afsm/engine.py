@@ -115,6 +115,50 @@ def _path(value: str | os.PathLike[str] | bytes) -> bytes:
     return os.fsencode(value)
 
 
+def _etcd_config(
+    cfg: Any,
+    store: str,
+    endpoints: str | Sequence[str] | None,
+    prefix: str | None,
+    dial_timeout: datetime.timedelta | None,
+    request_timeout: datetime.timedelta | None,
+    files: Mapping[str, str | os.PathLike[str] | None],
+    user: str | None,
+    password: str | None,
+) -> list[bytes]:
+    """Fills the store fields of cfg; returns the buffers it points to."""
+    kinds = {"memory": _lib.AFSM_STORE_MEMORY, "etcd": _lib.AFSM_STORE_ETCD}
+    if store not in kinds:
+        raise ValueError(f"store must be 'memory' or 'etcd', not {store!r}")
+    cfg.store = kinds[store]
+    keep: list[bytes] = []
+
+    def text(value: str, what: str) -> bytes:
+        raw = encode(value, what)
+        if b"\0" in raw:
+            raise ValueError(f"{what} must not contain NUL")
+        keep.append(raw)
+        return raw
+
+    if endpoints is not None:
+        listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        cfg.etcd_endpoints = text(",".join(listed), "etcd_endpoints")
+    if prefix is not None:
+        cfg.etcd_prefix = text(prefix, "etcd_prefix")
+    cfg.etcd_dial_timeout_ms = _optional_ms(dial_timeout, "etcd_dial_timeout")
+    cfg.etcd_request_timeout_ms = _optional_ms(request_timeout, "etcd_request_timeout")
+    for name, value in files.items():
+        if value is not None:
+            raw = _path(value)
+            keep.append(raw)
+            setattr(cfg, f"etcd_{name}_file", raw)
+    if user is not None:
+        cfg.etcd_user = text(user, "etcd_user")
+    if password is not None:
+        cfg.etcd_password = text(password, "etcd_password")
+    return keep
+
+
 def _reason(reason: str) -> tuple[bytes | None, int]:
     raw = encode(reason, "reason")
     return (raw or None), len(raw)
@@ -159,6 +203,17 @@ class Engine:
             any thread.
         on_event: called with an :class:`Event` for every change.
         on_log: called with a :class:`LogRecord` for every log line.
+        store: ``"memory"`` (the default: this process only) or ``"etcd"``:
+            sessions shared by every engine on the same etcd and prefix,
+            reads served from a local replica (see core/etcd/README.md).
+        etcd_endpoints: ``"http://127.0.0.1:2379"`` or a sequence of such
+            URLs (``https://`` for TLS); required with ``store="etcd"``.
+        etcd_prefix: key prefix (default ``"/afsm/"``).
+        etcd_dial_timeout: connection timeout (default 2 s).
+        etcd_request_timeout: bound of every etcd call (default 5 s);
+            past it a write raises Unavailable.
+        etcd_ca_file, etcd_cert_file, etcd_key_file: TLS files (PEM).
+        etcd_user, etcd_password: etcd authentication.
 
     Exceptions raised by ``clock``, ``on_event`` or ``on_log`` never reach
     the library: they are logged on the ``afsm`` logger and kept in
@@ -188,6 +243,16 @@ class Engine:
         clock: Callable[[], int] | None = None,
         on_event: Callable[[Event], None] | None = None,
         on_log: Callable[[LogRecord], None] | None = None,
+        store: str = "memory",
+        etcd_endpoints: str | Sequence[str] | None = None,
+        etcd_prefix: str | None = None,
+        etcd_dial_timeout: datetime.timedelta | None = None,
+        etcd_request_timeout: datetime.timedelta | None = None,
+        etcd_ca_file: str | os.PathLike[str] | None = None,
+        etcd_cert_file: str | os.PathLike[str] | None = None,
+        etcd_key_file: str | os.PathLike[str] | None = None,
+        etcd_user: str | None = None,
+        etcd_password: str | None = None,
     ) -> None:
         self._ptr: Any = None
         self._hooks: list[Any] = []
@@ -235,8 +300,22 @@ class Engine:
             cfg.on_log = make_log_hook(on_log, self._callback_failed)
             self._hooks.append(cfg.on_log)
 
+        # The strings only need to outlive afsm_engine_open (it copies them).
+        etcd_strings = _etcd_config(
+            cfg,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+            etcd_dial_timeout,
+            etcd_request_timeout,
+            {"ca": etcd_ca_file, "cert": etcd_cert_file, "key": etcd_key_file},
+            etcd_user,
+            etcd_password,
+        )
+
         ptr = ctypes.POINTER(_lib.afsm_engine)()
         check(_lib.lib.afsm_engine_open(byref(cfg), byref(ptr)))
+        del etcd_strings
         self._ptr = ptr
         _open_engines.add(self)
 
