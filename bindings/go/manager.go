@@ -9,6 +9,7 @@ import "C"
 import (
 	"context"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -82,6 +83,87 @@ type ManagerConfig struct {
 	// Close, and must not block for long. Events of one session arrive in
 	// order; events of different sessions may arrive concurrently.
 	OnEvent func(Event)
+	// Store selects where sessions live: StoreMemory (the default: this
+	// process only) or StoreEtcd (shared by every Manager on the same etcd
+	// and Etcd.Prefix; reads, heartbeats and stats additions are served
+	// from a local replica, writes are etcd transactions).
+	Store Store
+	// Etcd configures StoreEtcd.
+	Etcd EtcdConfig
+}
+
+// Store is where a Manager keeps its sessions.
+type Store uint32
+
+// The stores, as the C AFSM_STORE_*.
+const (
+	// StoreMemory keeps sessions in this process.
+	StoreMemory Store = C.AFSM_STORE_MEMORY
+	// StoreEtcd keeps them in etcd (core/etcd/README.md).
+	StoreEtcd Store = C.AFSM_STORE_ETCD
+)
+
+// EtcdConfig says how to reach etcd (etcd >= 3.4, through its v3 JSON
+// gateway). Expiry is etcd's: a session ends between its timeout and 4/3
+// of it after its last heartbeat. IdleTimeout, MaxLifetime, CloseLinger
+// and LimitEvictOldest are not supported with StoreEtcd.
+type EtcdConfig struct {
+	// Endpoints are URLs, "http://127.0.0.1:2379" (https for TLS).
+	Endpoints []string
+	// Prefix is the key prefix (empty: "/afsm/").
+	Prefix string
+	// DialTimeout bounds a connection attempt (0: 2 s); RequestTimeout
+	// every etcd call (0: 5 s), past which writes fail with ErrUnavailable.
+	DialTimeout    time.Duration
+	RequestTimeout time.Duration
+	// CAFile, CertFile and KeyFile are PEM files for TLS (empty: none).
+	CAFile, CertFile, KeyFile string
+	// User and Password enable etcd authentication (empty: none).
+	User, Password string
+}
+
+// setEtcd fills the store fields of c with C strings; the returned func
+// frees them (after open, which copies them).
+func setEtcd(c *C.afsm_config, cfg *ManagerConfig) (func(), error) {
+	var owned []*C.char
+	free := func() {
+		for _, p := range owned {
+			C.free(unsafe.Pointer(p))
+		}
+	}
+	str := func(s string) *C.char {
+		if s == "" {
+			return nil
+		}
+		p := C.CString(s)
+		owned = append(owned, p)
+		return p
+	}
+	c.store = C.uint32_t(cfg.Store)
+	e := &cfg.Etcd
+	for _, s := range append([]string{e.Prefix, e.CAFile, e.CertFile, e.KeyFile, e.User, e.Password}, e.Endpoints...) {
+		if strings.IndexByte(s, 0) >= 0 {
+			return free, argError("NewManager", C.AFSM_EINVAL)
+		}
+	}
+	for _, d := range []struct {
+		d   time.Duration
+		dst *C.uint64_t
+	}{{e.DialTimeout, &c.etcd_dial_timeout_ms}, {e.RequestTimeout, &c.etcd_request_timeout_ms}} {
+		ms, ok := durationMs(d.d)
+		if !ok {
+			return free, argError("NewManager", C.AFSM_EINVAL)
+		}
+		*d.dst = C.uint64_t(ms)
+	}
+	c.etcd_endpoints = str(strings.Join(e.Endpoints, ","))
+	c.etcd_prefix = str(e.Prefix)
+	c.etcd_ca_file = str(e.CAFile)
+	c.etcd_cert_file = str(e.CertFile)
+	c.etcd_key_file = str(e.KeyFile)
+	c.etcd_user = str(e.User)
+	c.etcd_password = str(e.Password)
+	return free, nil
 }
 
 // Manager is a session engine. All its methods are safe for concurrent
@@ -106,7 +188,10 @@ const gateStripes = 64
 
 // NewManager opens an engine. cfg may be nil for all defaults. Errors match
 // ErrInvalidArgument (a negative duration or count, a shard count that is
-// not a power of two), ErrTooLong (ServerAddr) or ErrOutOfMemory.
+// not a power of two; with StoreEtcd: no or a malformed endpoint, or an
+// option that store does not support), ErrTooLong (ServerAddr),
+// ErrOutOfMemory, or ErrUnavailable (StoreEtcd: etcd did not answer the
+// initial load within Etcd.RequestTimeout).
 func NewManager(cfg *ManagerConfig) (*Manager, error) {
 	if cfg == nil {
 		cfg = &ManagerConfig{}
@@ -154,6 +239,11 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 	}
 	if len(cfg.ServerAddr) > C.AFSM_SERVER_ADDR_MAX {
 		return nil, argError(op, C.AFSM_ETOOLONG)
+	}
+	freeEtcd, err := setEtcd(&c, cfg)
+	defer freeEtcd()
+	if err != nil {
+		return nil, err
 	}
 
 	m := &Manager{
