@@ -332,6 +332,11 @@ static afsm_status authenticate(etcd_client *c, uint64_t deadline_ms)
     return st;
 }
 
+afsm_status etcd_client_reauthenticate(etcd_client *c)
+{
+    return c->user != NULL ? authenticate(c, now_ms() + c->request_timeout_ms) : AFSM_OK;
+}
+
 afsm_status etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
                       int *code)
 {

@@ -59,6 +59,10 @@ void etcd_client_close(etcd_client *c);
 afsm_status etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
                       int *code);
 
+/* Fetches a fresh auth token (no-op without a user): for a stream that
+ * was refused, since a token expires (etcd's --auth-token-ttl). */
+afsm_status etcd_client_reauthenticate(etcd_client *c);
+
 /* A streaming request (the watch): calls on_message for every JSON object
  * the endpoint sends, until the stream ends or fails (AFSM_EUNAVAILABLE),
  * on_message returns non-zero (AFSM_OK), or should_stop returns non-zero

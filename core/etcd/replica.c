@@ -355,6 +355,7 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
 typedef struct watch_state {
     etcd_store *es;
     int compacted;
+    int refused; /* an error answer (e.g. an expired auth token) */
 } watch_state;
 
 static int watch_should_stop(void *ctx)
@@ -367,8 +368,10 @@ static int watch_message(void *ctx, json_object *message)
     watch_state *w = ctx;
     etcd_store *es = w->es;
     json_object *result, *events, *canceled;
-    if (!json_object_object_get_ex(message, "result", &result))
-        return 1; /* an error answer ends this stream */
+    if (!json_object_object_get_ex(message, "result", &result)) {
+        w->refused = 1; /* an error answer ends this stream */
+        return 1;
+    }
     if (json_object_object_get_ex(result, "canceled", &canceled) && json_object_get_boolean(canceled)) {
         w->compacted = etcd_get_int64(result, "compact_revision") > 0;
         return 1;
@@ -459,6 +462,10 @@ static void *watch_main(void *arg)
         if (w.compacted) {
             reload = 1;
             continue;
+        }
+        if (w.refused) {
+            etcd_log(es, AFSM_LOG_WARN, "etcd: watch refused; authenticating again", NULL, NULL);
+            etcd_client_reauthenticate(es->client);
         }
         if (was_connected)
             backoff_ms = 50;

@@ -41,6 +41,9 @@ typedef struct harness {
     int count;
     char root[128]; /* the temp directory holding every member's data */
     char endpoints[HARNESS_MEMBERS_MAX * 40];
+    /* TLS (harness_make_certs): clients must present a certificate. */
+    int tls;
+    char ca[200], server_cert[200], server_key[200], client_cert[200], client_key[200];
 } harness;
 
 static harness *harness_current;
@@ -86,7 +89,7 @@ static inline int harness_start_member(harness *h, int i, const char *state)
 {
     harness_member *m = &h->members[i];
     char client[64], peer[64], cluster[256], log_path[300];
-    snprintf(client, sizeof(client), "http://127.0.0.1:%d", m->client_port);
+    snprintf(client, sizeof(client), "%s://127.0.0.1:%d", h->tls ? "https" : "http", m->client_port);
     snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", m->peer_port);
     harness_cluster_arg(h, cluster, sizeof(cluster));
     snprintf(log_path, sizeof(log_path), "%s.log", m->data_dir);
@@ -100,10 +103,17 @@ static inline int harness_start_member(harness *h, int i, const char *state)
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        execl("/usr/bin/etcd", "etcd", "--name", m->name, "--data-dir", m->data_dir, "--listen-client-urls", client,
-              "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-              "--initial-cluster", cluster, "--initial-cluster-state", state, "--initial-cluster-token", h->root,
-              "--heartbeat-interval", "50", "--election-timeout", "500", (char *)NULL);
+        if (h->tls)
+            execl("/usr/bin/etcd", "etcd", "--name", m->name, "--data-dir", m->data_dir, "--listen-client-urls", client,
+                  "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                  "--initial-cluster", cluster, "--initial-cluster-state", state, "--initial-cluster-token", h->root,
+                  "--heartbeat-interval", "50", "--election-timeout", "500", "--cert-file", h->server_cert,
+                  "--key-file", h->server_key, "--trusted-ca-file", h->ca, "--client-cert-auth", (char *)NULL);
+        else
+            execl("/usr/bin/etcd", "etcd", "--name", m->name, "--data-dir", m->data_dir, "--listen-client-urls", client,
+                  "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                  "--initial-cluster", cluster, "--initial-cluster-state", state, "--initial-cluster-token", h->root,
+                  "--heartbeat-interval", "50", "--election-timeout", "500", (char *)NULL);
         _exit(127);
     }
     m->pid = pid;
@@ -126,9 +136,15 @@ static inline void harness_kill_member(harness *h, int i, int sig)
 static inline int harness_answers(harness *h, int i, uint64_t timeout_ms)
 {
     char endpoint[64];
-    snprintf(endpoint, sizeof(endpoint), "http://127.0.0.1:%d", h->members[i < 0 ? 0 : i].client_port);
+    snprintf(endpoint, sizeof(endpoint), "%s://127.0.0.1:%d", h->tls ? "https" : "http",
+             h->members[i < 0 ? 0 : i].client_port);
     etcd_client_config cc = {
         .endpoints = i < 0 ? h->endpoints : endpoint, .dial_timeout_ms = 200, .request_timeout_ms = timeout_ms};
+    if (h->tls) {
+        cc.ca_file = h->ca;
+        cc.cert_file = h->client_cert;
+        cc.key_file = h->client_key;
+    }
     etcd_client *c;
     if (etcd_client_open(&cc, &c) != AFSM_OK)
         return 0;
@@ -169,12 +185,41 @@ static inline void harness_stop_all(void)
     harness_current = NULL;
 }
 
-/* Starts an n-member cluster and waits until it serves (20 s at most). */
-static inline int harness_start(harness *h, int n)
+/* A CA, a server certificate for 127.0.0.1 and a client certificate, made
+ * with openssl in dir. 0 on success. */
+static inline int harness_make_certs(harness *h, const char *dir)
+{
+    snprintf(h->ca, sizeof(h->ca), "%s/ca.pem", dir);
+    snprintf(h->server_cert, sizeof(h->server_cert), "%s/server.pem", dir);
+    snprintf(h->server_key, sizeof(h->server_key), "%s/server-key.pem", dir);
+    snprintf(h->client_cert, sizeof(h->client_cert), "%s/client.pem", dir);
+    snprintf(h->client_key, sizeof(h->client_key), "%s/client-key.pem", dir);
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd),
+             "(set -e; cd '%s';"
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=afsm-test-ca -keyout ca-key.pem -out ca.pem;"
+             "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server-key.pem -out server.csr;"
+             "printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > server.ext;"
+             "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 1 "
+             "-extfile server.ext -out server.pem;"
+             "openssl req -newkey rsa:2048 -nodes -subj /CN=afsm-client -keyout client-key.pem -out client.csr;"
+             "printf 'extendedKeyUsage=clientAuth\\n' > client.ext;"
+             "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 1 "
+             "-extfile client.ext -out client.pem) >/dev/null 2>&1",
+             dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Starts an n-member cluster (tls: https, client certificates required)
+ * and waits until it serves (20 s at most). */
+static inline int harness_start_tls(harness *h, int n, int tls)
 {
     memset(h, 0, sizeof(*h));
     snprintf(h->root, sizeof(h->root), "/tmp/afsm-etcd-XXXXXX");
     if (mkdtemp(h->root) == NULL)
+        return -1;
+    h->tls = tls;
+    if (tls && harness_make_certs(h, h->root) != 0)
         return -1;
     harness_current = h;
     static int registered;
@@ -192,13 +237,18 @@ static inline int harness_start(harness *h, int n)
         if (m->client_port <= 0 || m->peer_port <= 0 || m->client_port == m->peer_port)
             return -1;
         char one[48];
-        snprintf(one, sizeof(one), "%shttp://127.0.0.1:%d", i ? "," : "", m->client_port);
+        snprintf(one, sizeof(one), "%s%s://127.0.0.1:%d", i ? "," : "", tls ? "https" : "http", m->client_port);
         strcat(h->endpoints, one);
     }
     for (int i = 0; i < n; i++)
         if (harness_start_member(h, i, "new") != 0)
             return -1;
     return harness_wait_ready(h, -1, harness_now_ms() + 20000) ? 0 : -1;
+}
+
+static inline int harness_start(harness *h, int n)
+{
+    return harness_start_tls(h, n, 0);
 }
 
 #endif

@@ -702,6 +702,97 @@ static void test_compaction_reloads_the_replica(void **state)
     recorder_free(rb);
 }
 
+/* ---- TLS and auth ------------------------------------------------------------------ */
+
+/* An etcd that wants client certificates (made by the test with openssl):
+ * engines with the CA, certificate and key share sessions; one without a
+ * client certificate cannot even load. */
+static void test_tls_with_client_certificates(void **state)
+{
+    (void)state;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = "/tls/";
+    cfg.etcd_request_timeout_ms = 3000;
+    cfg.etcd_ca_file = cluster.ca;
+    cfg.etcd_cert_file = cluster.client_cert;
+    cfg.etcd_key_file = cluster.client_key;
+    afsm_engine *a, *b, *none = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &a), AFSM_OK);
+    assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
+    afsm_session_info s, copy;
+    assert_int_equal(create(a, "ivan", NULL, &s), AFSM_OK);
+    WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+    cfg.etcd_cert_file = NULL;
+    cfg.etcd_key_file = NULL;
+    cfg.etcd_request_timeout_ms = 500;
+    assert_int_equal(afsm_engine_open(&cfg, &none), AFSM_EUNAVAILABLE);
+    assert_null(none);
+}
+
+static int auth_call(const char *path, const char *json, const char *user, const char *password)
+{
+    etcd_client_config cc = {.endpoints = cluster.endpoints,
+                             .dial_timeout_ms = 300,
+                             .request_timeout_ms = 3000,
+                             .user = user,
+                             .password = password};
+    etcd_client *c;
+    if (etcd_client_open(&cc, &c) != AFSM_OK)
+        return -1;
+    json_object *body = json_tokener_parse(json), *reply = NULL;
+    afsm_status st = etcd_call(c, path, body, 0, &reply, NULL);
+    json_object_put(body);
+    json_object_put(reply);
+    etcd_client_close(c);
+    return st;
+}
+
+/* etcd auth: with the user and password the engine works (its token is
+ * fetched by the client and sent on every call); without, it cannot. */
+static void test_etcd_auth(void **state)
+{
+    (void)state;
+    assert_int_equal(auth_call("/v3/auth/role/add", "{\"name\":\"root\"}", NULL, NULL), AFSM_OK);
+    assert_int_equal(auth_call("/v3/auth/user/add", "{\"name\":\"root\",\"password\":\"s3cret\"}", NULL, NULL),
+                     AFSM_OK);
+    assert_int_equal(auth_call("/v3/auth/user/grant", "{\"user\":\"root\",\"role\":\"root\"}", NULL, NULL), AFSM_OK);
+    assert_int_equal(auth_call("/v3/auth/enable", "{}", NULL, NULL), AFSM_OK);
+
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = "/auth/";
+    cfg.etcd_request_timeout_ms = 3000;
+    afsm_engine *anonymous = NULL, *a, *b;
+    assert_int_not_equal(afsm_engine_open(&cfg, &anonymous), AFSM_OK);
+    assert_null(anonymous);
+    cfg.etcd_user = "root";
+    cfg.etcd_password = "wrong";
+    assert_int_not_equal(afsm_engine_open(&cfg, &anonymous), AFSM_OK);
+    cfg.etcd_password = "s3cret";
+    assert_int_equal(afsm_engine_open(&cfg, &a), AFSM_OK);
+    assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
+    afsm_session_info s, copy;
+    assert_int_equal(create(a, "judy", NULL, &s), AFSM_OK);
+    WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000); /* the watch is authenticated too */
+    assert_int_equal(afsm_session_delete(b, &s.session_id, NULL, 0), AFSM_OK);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+    assert_int_equal(auth_call("/v3/auth/disable", "{}", "root", "s3cret"), AFSM_OK);
+}
+
+static int start_tls(void **state)
+{
+    (void)state;
+    return harness_start_tls(&cluster, 1, 1);
+}
+
 static int start_three(void **state)
 {
     (void)state;
@@ -731,6 +822,7 @@ int main(void)
         cmocka_unit_test(test_cap_holds_across_racing_nodes),
         cmocka_unit_test(test_bad_data_is_skipped),
         cmocka_unit_test(test_unavailable_then_recovery),
+        cmocka_unit_test(test_etcd_auth), /* last: it turns auth on and off */
     };
     /* AFSM_ETCD_TEST_FILTER="test_leases*" runs a subset (cmocka's glob). */
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
@@ -739,6 +831,10 @@ int main(void)
         cmocka_unit_test(test_member_killed_mid_load),
         cmocka_unit_test(test_compaction_reloads_the_replica),
     };
+    const struct CMUnitTest tls[] = {
+        cmocka_unit_test(test_tls_with_client_certificates),
+    };
     int failed = cmocka_run_group_tests_name("one member", tests, start_cluster, stop_cluster);
+    failed += cmocka_run_group_tests_name("TLS", tls, start_tls, stop_cluster);
     return failed + cmocka_run_group_tests_name("three members", three, start_three, stop_cluster);
 }

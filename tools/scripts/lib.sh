@@ -13,10 +13,10 @@ BUILD_PACKAGES=(build-essential cmake pkg-config libck-dev libjemalloc-dev libso
   libcurl4-openssl-dev libjson-c-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libmicrohttpd-dev zlib1g-dev
   python3 python3-grpcio python3-protobuf)
 # And what every test needs on top (sanitizer runtimes come with gcc;
-# clang-14 and its runtime are for the libFuzzer targets; etcd for the etcd
-# store's tests).
+# clang-14 and its runtime are for the libFuzzer targets; etcd and openssl
+# (test certificates) for the etcd store's tests).
 TEST_PACKAGES=(git binutils abigail-tools libcmocka-dev clang-14 libclang-rt-14-dev clang-format-14 golang-go python3 python3-pytest
-  python3-hypothesis libbenchmark-dev libhiredis-dev redis-server python3-matplotlib prometheus etcd-server etcd-client)
+  python3-hypothesis libbenchmark-dev libhiredis-dev redis-server python3-matplotlib prometheus etcd-server etcd-client openssl)
 
 # Installs whichever of the given Debian packages are missing.
 ensure_packages() {
