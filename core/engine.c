@@ -107,6 +107,7 @@ static afsm_status open_store(afsm_engine *engine, const afsm_config *cfg, const
         .prefix = cfg->etcd_prefix,
         .dial_timeout_ms = cfg->etcd_dial_timeout_ms,
         .request_timeout_ms = cfg->etcd_request_timeout_ms,
+        .read_mode = cfg->etcd_read_mode,
         .ca_file = cfg->etcd_ca_file,
         .cert_file = cfg->etcd_cert_file,
         .key_file = cfg->etcd_key_file,
@@ -212,7 +213,8 @@ static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
     if (cfg->log_level != 0 && cfg->log_level != AFSM_LOG_DEBUG && cfg->log_level != AFSM_LOG_INFO &&
         cfg->log_level != AFSM_LOG_WARN && cfg->log_level != AFSM_LOG_ERROR)
         return AFSM_EINVAL;
-    if ((cfg->store != AFSM_STORE_MEMORY && cfg->store != AFSM_STORE_ETCD) || cfg->reserved2 != 0)
+    if ((cfg->store != AFSM_STORE_MEMORY && cfg->store != AFSM_STORE_ETCD) ||
+        cfg->etcd_read_mode > AFSM_READ_CONSISTENT)
         return AFSM_EINVAL;
     if (cfg->store == AFSM_STORE_ETCD) {
         if (cfg->etcd_endpoints == NULL)

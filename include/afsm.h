@@ -235,6 +235,14 @@ typedef struct afsm_engine afsm_engine;
 #define AFSM_STORE_MEMORY 0 /* this process only */
 #define AFSM_STORE_ETCD   1 /* shared through etcd; every node reads from a local replica */
 
+/* How the etcd store answers gets (by id, by connection, metadata, token
+ * validation). Lists and counts always come from the replica. */
+#define AFSM_READ_REPLICA      0 /* the local replica, lock-free; stale by the watch's delay */
+#define AFSM_READ_LINEARIZABLE 1 /* the record is read from etcd */
+#define AFSM_READ_CONSISTENT                                                                                           \
+    2 /* etcd gives the record's revision (no payload); the answer is                                                  \
+         the replica's once it has applied that revision */
+
 /* Version 2 appended the store fields; a version 1 config (without them)
  * is still accepted and means the memory store. */
 #define AFSM_CONFIG_VERSION 2
@@ -283,7 +291,7 @@ typedef struct afsm_config {
      * (AFSM_EINVAL): idle_timeout_ms, max_lifetime_ms, close_linger_ms and
      * AFSM_LIMIT_EVICT_OLDEST. Strings are NUL-terminated and copied. */
     uint32_t store;                   /* AFSM_STORE_MEMORY or AFSM_STORE_ETCD */
-    uint32_t reserved2;               /* zero */
+    uint32_t etcd_read_mode;          /* AFSM_READ_* (0: replica) */
     const char *etcd_endpoints;       /* "http://127.0.0.1:2379,http://..."; https:// for TLS */
     const char *etcd_prefix;          /* NULL: "/afsm/" */
     uint64_t etcd_dial_timeout_ms;    /* 0: 2000 */

@@ -120,7 +120,26 @@ type EtcdConfig struct {
 	CAFile, CertFile, KeyFile string
 	// User and Password enable etcd authentication (empty: none).
 	User, Password string
+	// ReadMode says how gets are answered (ReadReplica: the default).
+	ReadMode ReadMode
 }
+
+// ReadMode is how the etcd store answers gets (by id, by connection,
+// metadata, token validation); lists and counts always come from the
+// replica.
+type ReadMode uint32
+
+// The read modes, as the C AFSM_READ_*.
+const (
+	// ReadReplica answers from the local replica, lock-free; it lags etcd
+	// by the watch's delay.
+	ReadReplica ReadMode = C.AFSM_READ_REPLICA
+	// ReadLinearizable reads the record from etcd.
+	ReadLinearizable ReadMode = C.AFSM_READ_LINEARIZABLE
+	// ReadConsistent asks etcd for the record's revision (no payload) and
+	// answers from the replica once it has applied it.
+	ReadConsistent ReadMode = C.AFSM_READ_CONSISTENT
+)
 
 // setEtcd fills the store fields of c with C strings; the returned func
 // frees them (after open, which copies them).
@@ -140,6 +159,7 @@ func setEtcd(c *C.afsm_config, cfg *ManagerConfig) (func(), error) {
 		return p
 	}
 	c.store = C.uint32_t(cfg.Store)
+	c.etcd_read_mode = C.uint32_t(cfg.Etcd.ReadMode)
 	e := &cfg.Etcd
 	for _, s := range append([]string{e.Prefix, e.CAFile, e.CertFile, e.KeyFile, e.User, e.Password}, e.Endpoints...) {
 		if strings.IndexByte(s, 0) >= 0 {

@@ -41,7 +41,10 @@ typedef struct etcd_store {
     track tracks;
 
     pthread_mutex_t apply_lock;
+    pthread_cond_t applied;           /* broadcast under apply_lock after every change */
     _Atomic int64_t applied_revision; /* written under apply_lock */
+    uint32_t read_mode;               /* AFSM_READ_* */
+    uint64_t request_timeout_ns;
 
     /* The watch thread. */
     pthread_t watcher;
@@ -99,6 +102,7 @@ typedef struct etcd_store_config {
     const char *prefix; /* NULL: KEYS_PREFIX_DEFAULT */
     uint64_t dial_timeout_ms;
     uint64_t request_timeout_ms;
+    uint32_t read_mode; /* AFSM_READ_* */
     const char *ca_file, *cert_file, *key_file, *user, *password;
 } etcd_store_config;
 

@@ -166,6 +166,7 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
         es->replica->ops->remove(es->replica, &rec->info.session_id, NULL, 0);
         return st;
     }
+    pthread_cond_broadcast(&es->applied);
     if (!present) {
         if (!is_restore) {
             event_from(ev, AFSM_EVENT_CREATED, &rec->info, 0, rec->info.state, NULL, 0);
@@ -187,6 +188,7 @@ void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev)
     if (es->replica->ops->get(es->replica, id, &old) != AFSM_OK)
         return;
     es->replica->ops->remove(es->replica, id, NULL, 0);
+    pthread_cond_broadcast(&es->applied);
     if (info.has_reason) {
         event_from(ev, AFSM_EVENT_DELETED, &old, old.state, old.state, info.reason, info.reason_len);
         atomic_fetch_add_explicit(&es->deleted_total[info.why], 1, memory_order_relaxed);

@@ -23,6 +23,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine.h"
 #include "etcd/etcd_store.h"
@@ -405,10 +406,17 @@ static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry
     st = txn_send(es, &t, &succeeded, revision, &reply);
     *retry = 0;
     if (st == AFSM_OK && !succeeded) {
-        if (txn_range_kvs(reply, 0) != NULL || txn_range_kvs(reply, 1) != NULL)
+        json_object *mine = txn_range_kvs(reply, 0);
+        if (mine != NULL && etcd_get_int64(json_object_array_get_idx(mine, 0), "lease") == rec->lease) {
+            /* Our own create, committed by an earlier send whose answer was
+             * lost (curl resends on a fresh connection when a kept-alive
+             * one dies): the session id and the lease are ours alone. */
+            *revision = etcd_get_int64(json_object_array_get_idx(mine, 0), "mod_revision");
+        } else if (mine != NULL || txn_range_kvs(reply, 1) != NULL) {
             st = AFSM_EEXISTS;
-        else
+        } else {
             *retry = 1; /* only the slot was taken */
+        }
     }
     json_object_put(reply);
     return st;
@@ -766,23 +774,182 @@ static afsm_status etcd_remove_by_user(store *st, const char *user_id, size_t us
 
 /* ---- reads, heartbeats, stats: the replica --------------------------------------- */
 
+/* Reads key from etcd: whether it exists, its mod revision, and (unless
+ * keys_only) its value (free it). */
+static afsm_status read_key(etcd_store *es, const char *key, size_t len, int keys_only, int *found,
+                            int64_t *mod_revision, char **value, long *value_len)
+{
+    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    if (body == NULL)
+        return AFSM_ENOMEM;
+    json_object_object_add(body, "key", etcd_json_bytes(key, len));
+    if (keys_only)
+        json_object_object_add(body, "keys_only", json_object_new_boolean(1));
+    afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+    json_object_put(body);
+    *found = 0;
+    if (value != NULL)
+        *value = NULL;
+    if (st == AFSM_OK && json_object_object_get_ex(reply, "kvs", &kvs) && json_object_array_length(kvs) > 0) {
+        json_object *kv = json_object_array_get_idx(kvs, 0);
+        *found = 1;
+        *mod_revision = etcd_get_int64(kv, "mod_revision");
+        if (value != NULL) {
+            *value = etcd_get_bytes(kv, "value", value_len);
+            if (*value == NULL && *value_len < 0)
+                st = AFSM_ENOMEM;
+        }
+    }
+    json_object_put(reply);
+    return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
+}
+
+/* Consistent mode: waits (within the request timeout) until the replica
+ * has applied id's record at mod_revision or later. */
+static afsm_status wait_applied(etcd_store *es, const afsm_uuid *id, int64_t mod_revision)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec + es->request_timeout_ns;
+    until.tv_sec += (time_t)(ns / 1000000000u);
+    until.tv_nsec = (long)(ns % 1000000000u);
+    afsm_status st = AFSM_OK;
+    pthread_mutex_lock(&es->apply_lock);
+    for (;;) {
+        track_info ti;
+        if (track_get(&es->tracks, id, &ti) && ti.mod_revision >= mod_revision)
+            break;
+        if (pthread_cond_timedwait(&es->applied, &es->apply_lock, &until) != 0) {
+            st = AFSM_EUNAVAILABLE; /* the watch did not deliver it in time */
+            break;
+        }
+    }
+    pthread_mutex_unlock(&es->apply_lock);
+    return st;
+}
+
+/* Linearizable mode: the record itself, from etcd. */
+static afsm_status read_from_etcd(etcd_store *es, const afsm_uuid *id, afsm_session_info *out, char *meta,
+                                  size_t meta_size, size_t *needed, size_t *count)
+{
+    char skey[KEYS_MAX];
+    size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
+    int found;
+    int64_t mod_revision;
+    char *value;
+    long len = 0;
+    afsm_status st = read_key(es, skey, slen, 0, &found, &mod_revision, &value, &len);
+    if (st != AFSM_OK || !found)
+        return st != AFSM_OK ? st : AFSM_ENOTFOUND;
+    keys_record rec;
+    json_object *holder = NULL;
+    st = value != NULL ? keys_record_decode(value, (size_t)len, &rec, &holder) : AFSM_EINTERNAL;
+    free(value);
+    if (st != AFSM_OK)
+        return st == AFSM_EINVAL ? AFSM_EINTERNAL : st;
+    if (out != NULL) {
+        uint32_t version = out->version;
+        *out = rec.info;
+        out->version = version;
+        const char *addr = es->config.server_addr != NULL ? es->config.server_addr : "";
+        out->server_addr_len = (uint32_t)strlen(addr);
+        memcpy(out->server_addr, addr, out->server_addr_len + 1u);
+        out->expires_at_ns = out->last_active_at_ns + (int64_t)out->timeout_ms * 1000000;
+        out->metadata_count = (uint32_t)rec.meta_count;
+        size_t bytes = 0;
+        for (size_t i = 0; i < rec.meta_count; i++)
+            bytes += rec.meta[i].key_len + rec.meta[i].value_len + 2;
+        out->metadata_bytes = (uint32_t)bytes;
+    }
+    if (needed != NULL || meta != NULL) {
+        /* The memory store's form: sorted "key\0value\0" pairs. */
+        metadata *blob = NULL;
+        st = metadata_merge(NULL, rec.meta, rec.meta_count, &blob);
+        size_t size = blob != NULL ? blob->data_bytes : 0;
+        if (st == AFSM_OK) {
+            if (needed != NULL)
+                *needed = size;
+            if (count != NULL)
+                *count = blob != NULL ? blob->count : 0;
+            if (size > meta_size)
+                st = AFSM_EBUFFER;
+            else if (size > 0)
+                memcpy(meta, blob->data, size);
+        }
+        metadata_free(blob);
+    }
+    json_object_put(holder);
+    return st;
+}
+
+/* Consistent mode: etcd's revision of the record (no payload), then the
+ * replica once it has caught up. AFSM_OK: the replica answers now. */
+static afsm_status catch_up(etcd_store *es, const afsm_uuid *id)
+{
+    char skey[KEYS_MAX];
+    size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
+    int found;
+    int64_t mod_revision = 0;
+    afsm_status st = read_key(es, skey, slen, 1, &found, &mod_revision, NULL, NULL);
+    if (st != AFSM_OK)
+        return st;
+    /* Gone in etcd: gone, even if this replica has not heard yet. */
+    return found ? wait_applied(es, id, mod_revision) : AFSM_ENOTFOUND;
+}
+
+/* The session id a connection id names, from etcd's c/ key. */
+static afsm_status connection_owner(etcd_store *es, const afsm_uuid *connection_id, afsm_uuid *id)
+{
+    char ckey[KEYS_MAX];
+    size_t clen = keys_connection(es->prefix, es->prefix_len, connection_id, ckey);
+    int found;
+    int64_t mod_revision;
+    char *value = NULL;
+    long len = 0;
+    afsm_status st = read_key(es, ckey, clen, 0, &found, &mod_revision, &value, &len);
+    if (st == AFSM_OK && !found)
+        st = AFSM_ENOTFOUND;
+    if (st == AFSM_OK && (value == NULL || afsm_uuid_parse(value, (size_t)len, id) != AFSM_OK))
+        st = AFSM_EINTERNAL;
+    free(value);
+    return st;
+}
+
 static afsm_status etcd_get(store *st, const afsm_uuid *id, afsm_session_info *out)
 {
-    store *r = ((etcd_store *)st)->replica;
-    return r->ops->get(r, id, out);
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode == AFSM_READ_LINEARIZABLE)
+        return read_from_etcd(es, id, out, NULL, 0, NULL, NULL);
+    if (es->read_mode == AFSM_READ_CONSISTENT) {
+        afsm_status status = catch_up(es, id);
+        if (status != AFSM_OK)
+            return status;
+    }
+    return es->replica->ops->get(es->replica, id, out);
 }
 
 static afsm_status etcd_get_by_connection(store *st, const afsm_uuid *connection_id, afsm_session_info *out)
 {
-    store *r = ((etcd_store *)st)->replica;
-    return r->ops->get_by_connection(r, connection_id, out);
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode == AFSM_READ_REPLICA)
+        return es->replica->ops->get_by_connection(es->replica, connection_id, out);
+    afsm_uuid id;
+    afsm_status status = connection_owner(es, connection_id, &id);
+    return status == AFSM_OK ? etcd_get(st, &id, out) : status;
 }
 
 static afsm_status etcd_get_metadata(store *st, const afsm_uuid *id, char *buf, size_t buf_size, size_t *needed,
                                      size_t *count)
 {
-    store *r = ((etcd_store *)st)->replica;
-    return r->ops->get_metadata(r, id, buf, buf_size, needed, count);
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode == AFSM_READ_LINEARIZABLE)
+        return read_from_etcd(es, id, NULL, buf, buf_size, needed, count);
+    if (es->read_mode == AFSM_READ_CONSISTENT) {
+        afsm_status status = catch_up(es, id);
+        if (status != AFSM_OK)
+            return status;
+    }
+    return es->replica->ops->get_metadata(es->replica, id, buf, buf_size, needed, count);
 }
 
 static afsm_status etcd_add_stats(store *st, const afsm_uuid *id, const afsm_stats *delta)
@@ -899,6 +1066,7 @@ static void etcd_close(store *st)
     es->replica->ops->close(es->replica);
     etcd_client_close(es->client);
     track_destroy(&es->tracks);
+    pthread_cond_destroy(&es->applied);
     pthread_mutex_destroy(&es->apply_lock);
     free(es);
 }
@@ -940,13 +1108,22 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     es->config = *config;
     memcpy(es->prefix, prefix, prefix_len + 1);
     es->prefix_len = prefix_len;
+    es->read_mode = etcd->read_mode;
     pthread_mutex_init(&es->apply_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&es->applied, &attr);
+    pthread_condattr_destroy(&attr);
     afsm_status status = track_init(&es->tracks);
     if (status != AFSM_OK) {
+        pthread_cond_destroy(&es->applied);
         pthread_mutex_destroy(&es->apply_lock);
         free(es);
         return status;
     }
+    es->request_timeout_ns =
+        (etcd->request_timeout_ms != 0 ? etcd->request_timeout_ms : REQUEST_TIMEOUT_MS_DEFAULT) * NS_PER_MS;
     etcd_client_config cc = {
         .endpoints = etcd->endpoints,
         .dial_timeout_ms = etcd->dial_timeout_ms != 0 ? etcd->dial_timeout_ms : DIAL_TIMEOUT_MS_DEFAULT,
@@ -983,6 +1160,7 @@ fail_client:
     etcd_client_close(es->client);
 fail_tracks:
     track_destroy(&es->tracks);
+    pthread_cond_destroy(&es->applied);
     pthread_mutex_destroy(&es->apply_lock);
     free(es);
     return status;

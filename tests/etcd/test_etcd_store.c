@@ -520,6 +520,76 @@ static void test_unavailable_then_recovery(void **state)
     afsm_engine_close(b);
 }
 
+static afsm_status open_mode(const char *prefix, uint32_t mode, afsm_engine **out)
+{
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = prefix;
+    cfg.etcd_request_timeout_ms = 1000;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.etcd_read_mode = mode;
+    return afsm_engine_open(&cfg, out);
+}
+
+/* Consistent and linearizable gets see another node's write as soon as it
+ * is acknowledged (no waiting for the watch on the caller's side); the
+ * replica mode keeps answering while etcd is down, the others say
+ * AFSM_EUNAVAILABLE. */
+static void test_read_modes(void **state)
+{
+    (void)state;
+    afsm_engine *writer, *consistent, *linear, *replica;
+    assert_int_equal(open_mode("/t7/", AFSM_READ_REPLICA, &writer), AFSM_OK);
+    assert_int_equal(open_mode("/t7/", AFSM_READ_CONSISTENT, &consistent), AFSM_OK);
+    assert_int_equal(open_mode("/t7/", AFSM_READ_LINEARIZABLE, &linear), AFSM_OK);
+    assert_int_equal(open_mode("/t7/", AFSM_READ_REPLICA, &replica), AFSM_OK);
+    for (int round = 0; round < 20; round++) {
+        afsm_session_info s, copy;
+        assert_int_equal(create(writer, "kim", NULL, &s), AFSM_OK);
+        assert_int_equal(get(consistent, &s.session_id, &copy), AFSM_OK);
+        assert_int_equal(copy.state, AFSM_STATE_CONNECTING);
+        assert_int_equal(get(linear, &s.session_id, &copy), AFSM_OK);
+        assert_string_equal(copy.user_id, "kim");
+        assert_int_equal(copy.created_at_ns, s.created_at_ns);
+        afsm_session_info_init(&copy, AFSM_SESSION_INFO_VERSION);
+        assert_int_equal(afsm_session_get_by_connection(consistent, &s.connection_id, &copy), AFSM_OK);
+        assert_memory_equal(&copy.session_id, &s.session_id, sizeof(afsm_uuid));
+        char meta[64];
+        size_t needed, count;
+        assert_int_equal(afsm_session_get_metadata(linear, &s.session_id, meta, sizeof(meta), &needed, &count),
+                         AFSM_OK);
+        assert_int_equal(count, 1);
+        assert_memory_equal(meta, "device\0phone\0", 13);
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_ACTIVE;
+        assert_int_equal(afsm_session_update(writer, &s.session_id, &u, NULL), AFSM_OK);
+        assert_int_equal(get(consistent, &s.session_id, &copy), AFSM_OK);
+        assert_int_equal(copy.state, AFSM_STATE_ACTIVE);
+        assert_int_equal(get(linear, &s.session_id, &copy), AFSM_OK);
+        assert_int_equal(copy.state, AFSM_STATE_ACTIVE);
+        assert_int_equal(afsm_session_delete(writer, &s.session_id, NULL, 0), AFSM_OK);
+        assert_int_equal(get(consistent, &s.session_id, &copy), AFSM_ENOTFOUND);
+        assert_int_equal(get(linear, &s.session_id, &copy), AFSM_ENOTFOUND);
+    }
+    afsm_session_info kept, copy;
+    assert_int_equal(create(writer, "kim", NULL, &kept), AFSM_OK);
+    WAIT_FOR(get(replica, &kept.session_id, &copy) == AFSM_OK, 5000);
+    harness_kill_member(&cluster, 0, SIGSTOP);
+    assert_int_equal(get(consistent, &kept.session_id, &copy), AFSM_EUNAVAILABLE);
+    assert_int_equal(get(linear, &kept.session_id, &copy), AFSM_EUNAVAILABLE);
+    assert_int_equal(get(replica, &kept.session_id, &copy), AFSM_OK);
+    harness_kill_member(&cluster, 0, SIGCONT);
+    afsm_engine *refused = NULL;
+    assert_int_equal(open_mode("/t7/", 3, &refused), AFSM_EINVAL);
+    afsm_engine_close(writer);
+    afsm_engine_close(consistent);
+    afsm_engine_close(linear);
+    afsm_engine_close(replica);
+}
+
 /* Configuration the etcd store refuses, each with its own status. */
 static void test_config_checks(void **state)
 {
@@ -603,6 +673,7 @@ static void *create_load(void *arg)
             l->unavailable++; /* in flight when the member died: outcome unknown, not acknowledged */
         } else {
             l->other++;
+            fprintf(stderr, "create under load: %s\n", afsm_status_name(st));
         }
     }
     return NULL;
@@ -641,7 +712,9 @@ static void test_member_killed_mid_load(void **state)
     afsm_uuid_format(&l->ids[acked - 1], id);
     snprintf(key, sizeof(key), "/c1/s/%s", id);
     WAIT_FOR(member_has_key(0, key), 10000);
-    assert_int_equal(keys_under("/c1/"), 3 * acked);
+    /* Nothing else: at most the creates whose outcome was unknown. */
+    long keys = keys_under("/c1/");
+    assert_true(keys >= 3L * acked && keys <= 3L * (acked + l->unavailable));
     free(l);
     afsm_engine_close(a);
 }
@@ -822,6 +895,7 @@ int main(void)
         cmocka_unit_test(test_cap_holds_across_racing_nodes),
         cmocka_unit_test(test_bad_data_is_skipped),
         cmocka_unit_test(test_unavailable_then_recovery),
+        cmocka_unit_test(test_read_modes),
         cmocka_unit_test(test_etcd_auth), /* last: it turns auth on and off */
     };
     /* AFSM_ETCD_TEST_FILTER="test_leases*" runs a subset (cmocka's glob). */

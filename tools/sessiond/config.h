@@ -18,6 +18,7 @@ struct Options {
     uint64_t etcd_request_timeout_ms = 0;
     std::string etcd_ca_file, etcd_cert_file, etcd_key_file;
     std::string etcd_user, etcd_password_file;
+    std::string etcd_read_mode = "replica";
     std::string server_addr; // reported in sessions; empty: the listen address
     uint64_t default_timeout_ms = 30ull * 60 * 1000;
     uint64_t cleanup_interval_ms = 1000;

@@ -236,6 +236,9 @@ int run(const Options &o)
                               : o.idle_timeout_ms != 0    ? "--idle-timeout is not supported with --store etcd"
                               : o.max_lifetime_ms != 0    ? "--max-lifetime is not supported with --store etcd"
                               : o.limit_policy != "reject" ? "--limit-policy evict-oldest is not supported with --store etcd"
+                              : o.etcd_read_mode != "replica" && o.etcd_read_mode != "linearizable" &&
+                                      o.etcd_read_mode != "consistent"
+                                  ? "--etcd-read-mode must be replica, linearizable or consistent"
                                                           : nullptr;
         if (refused != nullptr) {
             log_line(AFSM_LOG_ERROR, refused);
@@ -304,6 +307,9 @@ int run(const Options &o)
         cfg.etcd_key_file = text(o.etcd_key_file);
         cfg.etcd_user = text(o.etcd_user);
         cfg.etcd_password = o.etcd_user.empty() ? nullptr : etcd_password.c_str();
+        cfg.etcd_read_mode = o.etcd_read_mode == "linearizable" ? AFSM_READ_LINEARIZABLE
+                             : o.etcd_read_mode == "consistent" ? AFSM_READ_CONSISTENT
+                                                                : AFSM_READ_REPLICA;
     }
     afsm_engine *engine = nullptr;
     afsm_status s = afsm_engine_open(&cfg, &engine);

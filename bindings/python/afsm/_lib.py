@@ -89,6 +89,9 @@ AFSM_REAPER_MANUAL = 1
 AFSM_CONFIG_VERSION = 2
 AFSM_STORE_MEMORY = 0
 AFSM_STORE_ETCD = 1
+AFSM_READ_REPLICA = 0
+AFSM_READ_LINEARIZABLE = 1
+AFSM_READ_CONSISTENT = 2
 AFSM_SESSION_INFO_VERSION = 1
 AFSM_CREATE_OPTIONS_VERSION = 1
 AFSM_UPDATE_VERSION = 1
@@ -209,7 +212,7 @@ class afsm_config(Structure):
         ("disable_metrics", c_uint32),
         # Version 2: the store.
         ("store", c_uint32),
-        ("reserved2", c_uint32),
+        ("etcd_read_mode", c_uint32),
         ("etcd_endpoints", c_char_p),
         ("etcd_prefix", c_char_p),
         ("etcd_dial_timeout_ms", c_uint64),

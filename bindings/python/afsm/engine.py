@@ -125,12 +125,21 @@ def _etcd_config(
     files: Mapping[str, str | os.PathLike[str] | None],
     user: str | None,
     password: str | None,
+    read_mode: str,
 ) -> list[bytes]:
     """Fills the store fields of cfg; returns the buffers it points to."""
     kinds = {"memory": _lib.AFSM_STORE_MEMORY, "etcd": _lib.AFSM_STORE_ETCD}
     if store not in kinds:
         raise ValueError(f"store must be 'memory' or 'etcd', not {store!r}")
     cfg.store = kinds[store]
+    modes = {
+        "replica": _lib.AFSM_READ_REPLICA,
+        "linearizable": _lib.AFSM_READ_LINEARIZABLE,
+        "consistent": _lib.AFSM_READ_CONSISTENT,
+    }
+    if read_mode not in modes:
+        raise ValueError(f"etcd_read_mode must be 'replica', 'linearizable' or 'consistent', not {read_mode!r}")
+    cfg.etcd_read_mode = modes[read_mode]
     keep: list[bytes] = []
 
     def text(value: str, what: str) -> bytes:
@@ -214,6 +223,10 @@ class Engine:
             past it a write raises Unavailable.
         etcd_ca_file, etcd_cert_file, etcd_key_file: TLS files (PEM).
         etcd_user, etcd_password: etcd authentication.
+        etcd_read_mode: how gets are answered: ``"replica"`` (the default:
+            the local replica), ``"linearizable"`` (the record is read from
+            etcd) or ``"consistent"`` (etcd gives the record's revision, the
+            replica answers once it has applied it).
 
     Exceptions raised by ``clock``, ``on_event`` or ``on_log`` never reach
     the library: they are logged on the ``afsm`` logger and kept in
@@ -253,6 +266,7 @@ class Engine:
         etcd_key_file: str | os.PathLike[str] | None = None,
         etcd_user: str | None = None,
         etcd_password: str | None = None,
+        etcd_read_mode: str = "replica",
     ) -> None:
         self._ptr: Any = None
         self._hooks: list[Any] = []
@@ -311,6 +325,7 @@ class Engine:
             {"ca": etcd_ca_file, "cert": etcd_cert_file, "key": etcd_key_file},
             etcd_user,
             etcd_password,
+            etcd_read_mode,
         )
 
         ptr = ctypes.POINTER(_lib.afsm_engine)()
