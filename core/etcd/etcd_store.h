@@ -31,6 +31,8 @@
 #include "etcd/track.h"
 #include "store.h"
 
+typedef struct etcd_lease_pool etcd_lease_pool;
+
 typedef struct etcd_store {
     store base;
     store *replica;
@@ -54,6 +56,7 @@ typedef struct etcd_store {
     _Atomic int stop;
     _Atomic int watch_connected; /* 1 while a watch stream is open */
 
+    etcd_lease_pool *leases; /* leases.c; NULL until started */
     _Atomic size_t pinned;
     /* What the replica cannot count (it only sees restores and removals). */
     _Atomic uint64_t created_total;
@@ -86,6 +89,18 @@ void etcd_fire(etcd_store *es, etcd_event *ev);
 /* The memory store's state machine, checked before a write leaves. */
 int etcd_transition_allowed(uint32_t from, uint32_t to);
 void etcd_log(etcd_store *es, int level, const char *message, const char *key, const char *value);
+
+/* ---- leases.c ---- */
+
+/* Grants a lease for a session of timeout_ms; granted_wall_ns: when its
+ * clock started (no later than etcd's). */
+afsm_status etcd_lease_grant(etcd_store *es, uint64_t timeout_ms, int64_t *lease, int64_t *granted_wall_ns);
+/* A lease for a new session: a pooled one when the pool has a fresh one
+ * for this timeout, else a grant. */
+afsm_status etcd_lease_take(etcd_store *es, uint64_t timeout_ms, int64_t *lease, int64_t *granted_wall_ns);
+void etcd_lease_revoke(etcd_store *es, int64_t lease);
+afsm_status etcd_leases_start(etcd_store *es);
+void etcd_leases_stop(etcd_store *es);
 
 /* The lease TTL in seconds for a session's timeout: the timeout plus the
  * renewal period (timeout / 3), rounded up, so that a lease renewed at most

@@ -155,6 +155,8 @@ json_object *keys_record_encode(const keys_record *rec)
     json_object_object_add(o, "active_ns", json_object_new_int64(s->last_active_at_ns));
     json_object_object_add(o, "gen", json_object_new_int64(s->token_generation));
     json_object_object_add(o, "lease", json_object_new_int64(rec->lease));
+    if (rec->leased_ns != 0)
+        json_object_object_add(o, "leased_ns", json_object_new_int64(rec->leased_ns));
     json_object_object_add(o, "slot", json_object_new_int(rec->slot));
     json_object_object_add(stats, "packets_sent", json_object_new_uint64(s->stats.packets_sent));
     json_object_object_add(stats, "packets_received", json_object_new_uint64(s->stats.packets_received));
@@ -251,6 +253,10 @@ afsm_status keys_record_decode(const char *text, size_t len, keys_record *rec, j
     if (!get_int64(o, "lease", 0, INT64_MAX, &rec->lease) || !get_int64(o, "slot", -1, INT32_MAX, &n))
         goto bad;
     rec->slot = (int32_t)n;
+    json_object *leased;
+    if (json_object_object_get_ex(o, "leased_ns", &leased) &&
+        !get_int64(o, "leased_ns", 0, INT64_MAX / 2, &rec->leased_ns))
+        goto bad; /* optional (older writers), but a number when present */
     if (!json_object_object_get_ex(o, "stats", &stats) || !json_object_is_type(stats, json_type_object))
         goto bad;
     afsm_stats *st = &s->stats;

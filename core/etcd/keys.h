@@ -73,7 +73,8 @@ typedef struct keys_record {
     afsm_kv meta[AFSM_METADATA_KEYS_MAX];
     size_t meta_count;
     int64_t lease;
-    int32_t slot; /* -1: none */
+    int64_t leased_ns; /* wall clock: when the lease's TTL started (0: unknown) */
+    int32_t slot;      /* -1: none */
 } keys_record;
 
 /* The record's JSON text (caller frees with json_object_put on the object

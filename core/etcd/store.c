@@ -2,7 +2,8 @@
  * store.c: the etcd store (etcd_store.h): open and close, the ops table,
  * and every write as one guarded txn.
  *
- * - create: a lease of its own (TTL: etcd_lease_ttl_s), then one txn that
+ * - create: a lease of its own (TTL: etcd_lease_ttl_s; granted ahead by
+ *   leases.c's pool for timeouts of a minute or more), then one txn that
  *   puts s/, c/, u/ (and n/<slot> under a cap) only if s/ and c/ (and the
  *   slot) do not exist: a taken connection id fails with AFSM_EEXISTS on
  *   every node, and two nodes racing for a user's last slot cannot both
@@ -240,33 +241,6 @@ static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t rev
 
 /* ---- leases --------------------------------------------------------------------- */
 
-static afsm_status lease_grant(etcd_store *es, uint64_t timeout_ms, int64_t *lease)
-{
-    json_object *body = json_object_new_object(), *reply = NULL;
-    if (body == NULL)
-        return AFSM_ENOMEM;
-    json_object_object_add(body, "TTL", etcd_json_int64(etcd_lease_ttl_s(timeout_ms)));
-    /* A grant sent twice leaves an unused lease, which etcd expires. */
-    afsm_status st = etcd_call(es->client, "/v3/lease/grant", body, 1, &reply, NULL);
-    json_object_put(body);
-    *lease = st == AFSM_OK ? etcd_get_int64(reply, "ID") : 0;
-    json_object_put(reply);
-    if (st == AFSM_OK && *lease == 0)
-        st = AFSM_EINTERNAL;
-    return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
-}
-
-static void lease_revoke(etcd_store *es, int64_t lease)
-{
-    json_object *body = json_object_new_object(), *reply = NULL;
-    if (body == NULL)
-        return;
-    json_object_object_add(body, "ID", etcd_json_int64(lease));
-    etcd_call(es->client, "/v3/lease/revoke", body, 1, &reply, NULL);
-    json_object_put(body);
-    json_object_put(reply);
-}
-
 /* AFSM_OK: renewed; AFSM_EEXPIRED: etcd no longer has the lease. */
 static afsm_status lease_keepalive(etcd_store *es, int64_t lease)
 {
@@ -436,7 +410,7 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     afsm_status status = new_record(spec, o);
     if (status != AFSM_OK)
         goto out;
-    status = lease_grant(es, o->rec.info.timeout_ms, &o->rec.lease);
+    status = etcd_lease_take(es, o->rec.info.timeout_ms, &o->rec.lease, &o->rec.leased_ns);
     if (status != AFSM_OK)
         goto out;
     uint32_t cap = es->config.max_sessions_per_user;
@@ -466,7 +440,7 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     free(taken);
     if (status != AFSM_OK) {
         if (status != AFSM_EUNAVAILABLE) /* else the outcome is unknown: let the lease expire */
-            lease_revoke(es, o->rec.lease);
+            etcd_lease_revoke(es, o->rec.lease);
         goto out;
     }
     status = apply_own(es, &o->rec, revision, spec->restore != NULL);
@@ -1063,6 +1037,7 @@ static void etcd_close(store *st)
     /* Sessions stay in etcd: their leases end them unless another node
      * keeps them alive. */
     etcd_replica_stop(es);
+    etcd_leases_stop(es);
     es->replica->ops->close(es->replica);
     etcd_client_close(es->client);
     track_destroy(&es->tracks);
@@ -1152,6 +1127,11 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
         status = etcd_replica_start(es);
     if (status != AFSM_OK)
         goto fail_replica;
+    status = etcd_leases_start(es);
+    if (status != AFSM_OK) {
+        etcd_replica_stop(es);
+        goto fail_replica;
+    }
     *out = &es->base;
     return AFSM_OK;
 fail_replica:
