@@ -108,6 +108,7 @@ static afsm_status open_store(afsm_engine *engine, const afsm_config *cfg, const
         .dial_timeout_ms = cfg->etcd_dial_timeout_ms,
         .request_timeout_ms = cfg->etcd_request_timeout_ms,
         .read_mode = cfg->etcd_read_mode,
+        .stats_flush_ms = cfg->etcd_stats_flush_ms,
         .ca_file = cfg->etcd_ca_file,
         .cert_file = cfg->etcd_cert_file,
         .key_file = cfg->etcd_key_file,
@@ -226,7 +227,8 @@ static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
         if ((cfg->etcd_cert_file == NULL) != (cfg->etcd_key_file == NULL) ||
             (cfg->etcd_user == NULL && cfg->etcd_password != NULL))
             return AFSM_EINVAL;
-        if (cfg->etcd_request_timeout_ms > TIMEOUT_MS_MAX || cfg->etcd_dial_timeout_ms > TIMEOUT_MS_MAX)
+        if (cfg->etcd_request_timeout_ms > TIMEOUT_MS_MAX || cfg->etcd_dial_timeout_ms > TIMEOUT_MS_MAX ||
+            cfg->etcd_stats_flush_ms > TIMEOUT_MS_MAX)
             return AFSM_EINVAL;
     }
     if (cfg->default_timeout_ms == 0)

@@ -301,6 +301,12 @@ typedef struct afsm_config {
     const char *etcd_key_file;        /* its key (PEM), or NULL */
     const char *etcd_user;            /* etcd auth, or NULL */
     const char *etcd_password;
+    /* Stats additions (afsm_session_add_stats, handles) stay on the engine
+     * that made them and are written to etcd every etcd_stats_flush_ms (0:
+     * 10 s), one txn per session whose stats changed, and once more at
+     * afsm_engine_close: a crash loses at most one period of stats, never
+     * a session. Other engines see them after the flush. */
+    uint64_t etcd_stats_flush_ms;
 } afsm_config;
 
 #define AFSM_CONFIG_INIT                                                                                               \

@@ -122,6 +122,9 @@ type EtcdConfig struct {
 	User, Password string
 	// ReadMode says how gets are answered (ReadReplica: the default).
 	ReadMode ReadMode
+	// StatsFlush is how often stats additions are written to etcd (0:
+	// 10 s); a crash loses at most one period of stats, never a session.
+	StatsFlush time.Duration
 }
 
 // ReadMode is how the etcd store answers gets (by id, by connection,
@@ -169,7 +172,8 @@ func setEtcd(c *C.afsm_config, cfg *ManagerConfig) (func(), error) {
 	for _, d := range []struct {
 		d   time.Duration
 		dst *C.uint64_t
-	}{{e.DialTimeout, &c.etcd_dial_timeout_ms}, {e.RequestTimeout, &c.etcd_request_timeout_ms}} {
+	}{{e.DialTimeout, &c.etcd_dial_timeout_ms}, {e.RequestTimeout, &c.etcd_request_timeout_ms},
+		{e.StatsFlush, &c.etcd_stats_flush_ms}} {
 		ms, ok := durationMs(d.d)
 		if !ok {
 			return free, argError("NewManager", C.AFSM_EINVAL)

@@ -57,6 +57,9 @@ typedef struct etcd_store {
     _Atomic int watch_connected; /* 1 while a watch stream is open */
 
     etcd_lease_pool *leases; /* leases.c; NULL until started */
+    uint64_t stats_flush_ns;
+    pthread_t flusher; /* stats.c */
+    int flusher_running;
     _Atomic size_t pinned;
     /* What the replica cannot count (it only sees restores and removals). */
     _Atomic uint64_t created_total;
@@ -81,14 +84,28 @@ void etcd_replica_stop(etcd_store *es);
 
 /* Applies a record at mod_revision (a no-op when tracks already has it at
  * that revision or later). apply_lock held. ev gets the event to fire. */
-afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int is_restore,
-                           etcd_event *ev);
+#define ETCD_APPLY_QUIET 1 /* no CREATED event (the load, a restore) */
+#define ETCD_APPLY_OWN   2 /* this node's write: its stats already hold this node's additions until then */
+#define ETCD_APPLY_RESET 4 /* with OWN: the stats were set (AFSM_UPDATE_STATS), not added to */
+afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int flags, etcd_event *ev);
 /* Applies a session's deletion (a no-op when unknown). apply_lock held. */
 void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev);
 void etcd_fire(etcd_store *es, etcd_event *ev);
 /* The memory store's state machine, checked before a write leaves. */
 int etcd_transition_allowed(uint32_t from, uint32_t to);
 void etcd_log(etcd_store *es, int level, const char *message, const char *key, const char *value);
+
+/* ---- stats.c ---- */
+
+/* Writes this node's unflushed stats additions to etcd every
+ * stats_flush_ns, and once more at stop. */
+afsm_status etcd_stats_start(etcd_store *es);
+void etcd_stats_stop(etcd_store *es);
+/* One pass: every session whose stats changed here. */
+void etcd_stats_flush(etcd_store *es);
+/* The write behind a flush or an update (store.c): the record rebuilt from
+ * this node's replica, guarded by the revision this node has. */
+afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id);
 
 /* ---- leases.c ---- */
 
@@ -117,7 +134,8 @@ typedef struct etcd_store_config {
     const char *prefix; /* NULL: KEYS_PREFIX_DEFAULT */
     uint64_t dial_timeout_ms;
     uint64_t request_timeout_ms;
-    uint32_t read_mode; /* AFSM_READ_* */
+    uint64_t stats_flush_ms; /* 0: default */
+    uint32_t read_mode;      /* AFSM_READ_* */
     const char *ca_file, *cert_file, *key_file, *user, *password;
 } etcd_store_config;
 

@@ -107,7 +107,31 @@ static afsm_status restore_into_replica(etcd_store *es, const keys_record *rec)
 
 /* Brings an existing replica copy to the record's state, metadata, stats
  * and token generation. */
-static afsm_status update_replica(etcd_store *es, const keys_record *rec, const afsm_session_info *old)
+static uint64_t minus(uint64_t a, uint64_t b)
+{
+    return a > b ? a - b : 0;
+}
+
+/* The record's stats plus what this node added and has not flushed. */
+static afsm_stats merged_stats(const afsm_stats *record, const afsm_stats *local, const afsm_stats *flushed)
+{
+    afsm_stats s = *record;
+    s.packets_sent += minus(local->packets_sent, flushed->packets_sent);
+    s.packets_received += minus(local->packets_received, flushed->packets_received);
+    s.bytes_sent += minus(local->bytes_sent, flushed->bytes_sent);
+    s.bytes_received += minus(local->bytes_received, flushed->bytes_received);
+    s.retransmissions += minus(local->retransmissions, flushed->retransmissions);
+    if (local->current_rtt_ms != flushed->current_rtt_ms)
+        s.current_rtt_ms = local->current_rtt_ms; /* a gauge: the newest here wins */
+    return s;
+}
+
+/* base: what of the replica's stats the record already holds (the stats
+ * etcd had when this node last applied it; for this node's own write, the
+ * stats it wrote); the rest was added here since and is kept on top. NULL:
+ * the record's stats replace the replica's (a set). */
+static afsm_status update_replica(etcd_store *es, const keys_record *rec, const afsm_session_info *old,
+                                  const afsm_stats *base)
 {
     store *r = es->replica;
     if (!transition_allowed(old->state, rec->info.state)) {
@@ -120,7 +144,7 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
                      .state = rec->info.state,
                      .metadata = rec->meta,
                      .metadata_count = rec->meta_count,
-                     .stats = rec->info.stats};
+                     .stats = base != NULL ? merged_stats(&rec->info.stats, &old->stats, base) : rec->info.stats};
     afsm_status st = r->ops->update(r, &rec->info.session_id, &u, NULL);
     if (st != AFSM_OK)
         return st;
@@ -146,7 +170,7 @@ static uint64_t renewed_at(etcd_store *es, const keys_record *rec)
     return age > 0 && (uint64_t)age < now ? now - (uint64_t)age : now;
 }
 
-afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int is_restore, etcd_event *ev)
+afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int flags, etcd_event *ev)
 {
     ev->pending = 0;
     track_info known;
@@ -156,8 +180,12 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
     afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
     afsm_status st;
     int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;
+    const afsm_stats *base = !tracked                     ? NULL
+                             : (flags & ETCD_APPLY_RESET) ? NULL
+                             : (flags & ETCD_APPLY_OWN)   ? &rec->info.stats
+                                                          : &known.flushed;
     if (present)
-        st = update_replica(es, rec, &old);
+        st = update_replica(es, rec, &old, base);
     else
         st = restore_into_replica(es, rec);
     if (st != AFSM_OK)
@@ -168,6 +196,8 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
         .slot = rec->slot,
         .renewed_ns = renewed_at(es, rec),
         .renew_period_ns = etcd_renew_period_ns(rec->info.timeout_ms),
+        .flushed = rec->info.stats,
+        .leased_ns = rec->leased_ns,
     };
     if (tracked)
         info.renewed_ns = known.renewed_ns;
@@ -178,7 +208,7 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
     }
     pthread_cond_broadcast(&es->applied);
     if (!present) {
-        if (!is_restore) {
+        if (!(flags & ETCD_APPLY_QUIET)) {
             event_from(ev, AFSM_EVENT_CREATED, &rec->info, 0, rec->info.state, NULL, 0);
             atomic_fetch_add_explicit(&es->created_total, 1, memory_order_relaxed);
         }
@@ -214,6 +244,18 @@ static void raise_revision(etcd_store *es, int64_t revision)
         atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
 }
 
+/* While this node's own guarded write of id is under way, its echo (or a
+ * newer record) waits: the writer applies its result first, so the stats
+ * it wrote are never counted twice. Bounded by the writer's request
+ * timeout. apply_lock held. Always 1 (for use in a condition). */
+static int wait_own_writes(etcd_store *es, const afsm_uuid *id)
+{
+    track_info ti;
+    while (track_get(&es->tracks, id, &ti) && ti.inflight > 0)
+        pthread_cond_wait(&es->applied, &es->apply_lock);
+    return 1;
+}
+
 /* One key-value from etcd (a range or a watch event). apply_lock held. */
 static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etcd_event *ev)
 {
@@ -226,7 +268,7 @@ static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etc
     keys_kind kind = key != NULL ? keys_parse(es->prefix, es->prefix_len, key, (size_t)key_len, &id) : KEYS_FOREIGN;
     if (kind == KEYS_FOREIGN) {
         etcd_log(es, AFSM_LOG_WARN, "etcd: foreign key under the prefix skipped", "key", key != NULL ? key : "?");
-    } else if (kind == KEYS_SESSION && deleted) {
+    } else if (kind == KEYS_SESSION && wait_own_writes(es, &id) && deleted) {
         etcd_apply_delete(es, &id, ev);
     } else if (kind == KEYS_SESSION) {
         keys_record rec;
@@ -234,7 +276,7 @@ static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etc
         if (value == NULL || keys_record_decode(value, (size_t)value_len, &rec, &holder) != AFSM_OK ||
             memcmp(&rec.info.session_id, &id, sizeof(id)) != 0) {
             etcd_log(es, AFSM_LOG_WARN, "etcd: bad session record skipped", "key", key);
-        } else if (etcd_apply_put(es, &rec, mod_revision, !emit, ev) != AFSM_OK) {
+        } else if (etcd_apply_put(es, &rec, mod_revision, emit ? 0 : ETCD_APPLY_QUIET, ev) != AFSM_OK) {
             etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
         }
         json_object_put(holder);

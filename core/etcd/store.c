@@ -34,6 +34,7 @@
 
 #define DIAL_TIMEOUT_MS_DEFAULT    2000u
 #define REQUEST_TIMEOUT_MS_DEFAULT 5000u
+#define STATS_FLUSH_MS_DEFAULT     10000u
 /* Attempts of a guarded write against a stale replica or a racing node. */
 #define WRITE_ATTEMPTS 8
 
@@ -185,6 +186,7 @@ static afsm_status current_record(etcd_store *es, const afsm_uuid *id, owned_rec
     entries_of(o->buf, (uint32_t)count, o->rec.meta);
     o->rec.meta_count = count;
     o->rec.lease = ti->lease;
+    o->rec.leased_ns = ti->leased_ns;
     o->rec.slot = ti->slot;
     return AFSM_OK;
 }
@@ -229,11 +231,11 @@ static afsm_status encode(const keys_record *rec, json_object **json, const char
 }
 
 /* Applies this node's own write at revision, then fires its event. */
-static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t revision, int is_restore)
+static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t revision, int flags)
 {
     etcd_event ev;
     pthread_mutex_lock(&es->apply_lock);
-    afsm_status st = etcd_apply_put(es, rec, revision, is_restore, &ev);
+    afsm_status st = etcd_apply_put(es, rec, revision, flags, &ev);
     pthread_mutex_unlock(&es->apply_lock);
     etcd_fire(es, &ev);
     return st;
@@ -443,7 +445,7 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
             etcd_lease_revoke(es, o->rec.lease);
         goto out;
     }
-    status = apply_own(es, &o->rec, revision, spec->restore != NULL);
+    status = apply_own(es, &o->rec, revision, ETCD_APPLY_OWN | (spec->restore != NULL ? ETCD_APPLY_QUIET : 0));
     if (status == AFSM_OK && out != NULL)
         status = es->replica->ops->get(es->replica, &o->rec.info.session_id, out);
 out:
@@ -456,7 +458,7 @@ out:
 
 /* Writes o's record if etcd still has it at ti's revision. On a stale
  * replica, applies what etcd has and sets *retry. */
-static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info *ti, int *retry)
+static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info *ti, int flags, int *retry)
 {
     char skey[KEYS_MAX];
     size_t slen = keys_session(es->prefix, es->prefix_len, &o->rec.info.session_id, skey);
@@ -478,10 +480,12 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     int succeeded = 0;
     int64_t revision = 0;
     json_object *reply;
+    /* The watch holds this record's events until the result is applied. */
+    track_inflight(&es->tracks, &o->rec.info.session_id, +1);
     st = txn_send(es, &t, &succeeded, &revision, &reply);
     *retry = 0;
     if (st == AFSM_OK && succeeded) {
-        st = apply_own(es, &o->rec, revision, 0);
+        st = apply_own(es, &o->rec, revision, flags);
     } else if (st == AFSM_OK) {
         json_object *kvs = txn_range_kvs(reply, 0);
         if (kvs == NULL) {
@@ -493,7 +497,7 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
             keys_record fresh;
             json_object *holder = NULL;
             if (value != NULL && keys_record_decode(value, (size_t)len, &fresh, &holder) == AFSM_OK) {
-                apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0);
+                apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0); /* etcd's, not ours */
                 *retry = 1;
             } else {
                 st = AFSM_EINTERNAL;
@@ -502,12 +506,34 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
             free(value);
         }
     }
+    pthread_mutex_lock(&es->apply_lock);
+    track_inflight(&es->tracks, &o->rec.info.session_id, -1);
+    pthread_cond_broadcast(&es->applied);
+    pthread_mutex_unlock(&es->apply_lock);
     json_object_put(reply);
     return st;
 }
 
 static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
                                      size_t reason_len);
+
+afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
+{
+    owned_record *o = malloc(sizeof(*o));
+    if (o == NULL)
+        return AFSM_ENOMEM;
+    track_info ti;
+    afsm_status st = current_record(es, id, o, &ti);
+    if (st == AFSM_OK && memcmp(&o->rec.info.stats, &ti.flushed, sizeof(afsm_stats)) != 0) {
+        /* A race lost to another writer merges etcd's record into the
+         * replica (keeping this node's additions): the next pass writes. */
+        int retry = 0;
+        st = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
+    }
+    owned_release(o);
+    free(o);
+    return st;
+}
 
 static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update *u, afsm_session_info *out)
 {
@@ -550,7 +576,8 @@ static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update
         if (u->fields & AFSM_UPDATE_STATS)
             s->stats = u->stats;
         int retry = 0;
-        status = guarded_put(es, o, &ti, &retry);
+        status =
+            guarded_put(es, o, &ti, ETCD_APPLY_OWN | ((u->fields & AFSM_UPDATE_STATS) ? ETCD_APPLY_RESET : 0), &retry);
         owned_release(o);
         if (status != AFSM_OK || !retry)
             break;
@@ -580,7 +607,7 @@ static afsm_status etcd_rotate_generation(store *st, const afsm_uuid *id, afsm_s
         }
         o->rec.info.token_generation++;
         int retry = 0;
-        status = guarded_put(es, o, &ti, &retry);
+        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
         if (status == AFSM_OK && !retry) {
             *out = o->rec.info;
             break;
@@ -1036,6 +1063,7 @@ static void etcd_close(store *st)
     etcd_store *es = (etcd_store *)st;
     /* Sessions stay in etcd: their leases end them unless another node
      * keeps them alive. */
+    etcd_stats_stop(es); /* a last flush (it also tells the watch to stop) */
     etcd_replica_stop(es);
     etcd_leases_stop(es);
     es->replica->ops->close(es->replica);
@@ -1084,6 +1112,7 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     memcpy(es->prefix, prefix, prefix_len + 1);
     es->prefix_len = prefix_len;
     es->read_mode = etcd->read_mode;
+    es->stats_flush_ns = (etcd->stats_flush_ms != 0 ? etcd->stats_flush_ms : STATS_FLUSH_MS_DEFAULT) * NS_PER_MS;
     pthread_mutex_init(&es->apply_lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -1128,6 +1157,11 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     if (status != AFSM_OK)
         goto fail_replica;
     status = etcd_leases_start(es);
+    if (status == AFSM_OK) {
+        status = etcd_stats_start(es);
+        if (status != AFSM_OK)
+            etcd_leases_stop(es);
+    }
     if (status != AFSM_OK) {
         etcd_replica_stop(es);
         goto fail_replica;

@@ -105,6 +105,7 @@ afsm_status track_put(track *t, const afsm_uuid *id, const track_info *info)
         int has_reason = old->has_reason;
         track_info keep = *old;
         *old = *info;
+        old->inflight = keep.inflight; /* the writers' own count, not the record's */
         if (has_reason && !info->has_reason) {
             old->has_reason = 1;
             old->why = keep.why;
@@ -187,6 +188,17 @@ int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lea
     }
     pthread_mutex_unlock(&s->lock);
     return due;
+}
+
+void track_inflight(track *t, const afsm_uuid *id, int delta)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL)
+        e->info.inflight += delta;
+    pthread_mutex_unlock(&s->lock);
 }
 
 void track_renew_failed(track *t, const afsm_uuid *id)

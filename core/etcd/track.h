@@ -26,7 +26,11 @@ typedef struct track_info {
     int32_t slot;             /* -1: none */
     uint64_t renewed_ns;      /* engine clock: this node's last renewal (or the write it applied) */
     uint64_t renew_period_ns; /* the session's timeout / 3 */
-    afsm_delete_reason why;   /* of a pending delete */
+    int64_t leased_ns;        /* the record's: when its lease's TTL started */
+    afsm_stats flushed;
+    int inflight; /* this node's guarded writes of the record under way */ /* the stats etcd's record holds (the rest is
+                                                                              this node's, not yet flushed) */
+    afsm_delete_reason why;                                                /* of a pending delete */
     int has_reason;
     char reason[AFSM_REASON_MAX + 1];
     size_t reason_len;
@@ -60,6 +64,8 @@ void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, con
  * renewal at least its renew period ago)? If so, marks it renewed now and
  * gives its lease: the caller renews (one caller per period wins). */
 int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease);
+/* Counts a guarded write of id starting (+1) or done (-1). */
+void track_inflight(track *t, const afsm_uuid *id, int delta);
 /* After a failed renewal: due again at the next heartbeat. */
 void track_renew_failed(track *t, const afsm_uuid *id);
 /* Every id known (for a reload's differences): calls fn for each. */

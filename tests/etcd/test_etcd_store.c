@@ -590,6 +590,49 @@ static void test_read_modes(void **state)
     afsm_engine_close(replica);
 }
 
+static uint64_t packets(afsm_engine *e, const afsm_uuid *id)
+{
+    afsm_session_info info;
+    return get(e, id, &info) == AFSM_OK ? info.stats.packets_sent : UINT64_MAX;
+}
+
+/* Stats additions stay local and are flushed on a period: each node's
+ * additions reach the other, and neither overwrites the other's, even
+ * across another node's update of the same session. */
+static void test_stats_flushed_and_merged(void **state)
+{
+    (void)state;
+    afsm_engine *a, *b;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = "/t8/";
+    cfg.etcd_stats_flush_ms = 200;
+    assert_int_equal(afsm_engine_open(&cfg, &a), AFSM_OK);
+    assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
+    afsm_session_info s;
+    assert_int_equal(create(a, "leo", NULL, &s), AFSM_OK);
+    WAIT_FOR(packets(b, &s.session_id) == 0, 5000);
+    afsm_stats ten = {.packets_sent = 10, .bytes_sent = 1000}, five = {.packets_sent = 5, .bytes_sent = 500};
+    assert_int_equal(afsm_session_add_stats(a, &s.session_id, &ten), AFSM_OK);
+    assert_int_equal(afsm_session_add_stats(b, &s.session_id, &five), AFSM_OK);
+    assert_int_equal(packets(a, &s.session_id), 10); /* local at once */
+    WAIT_FOR(packets(a, &s.session_id) == 15 && packets(b, &s.session_id) == 15, 5000);
+    /* B adds again, A changes the state before B's next flush: both land. */
+    assert_int_equal(afsm_session_add_stats(b, &s.session_id, &five), AFSM_OK);
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_ACTIVE;
+    assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_OK);
+    WAIT_FOR(packets(a, &s.session_id) == 20 && packets(b, &s.session_id) == 20, 5000);
+    /* Close flushes what is left. */
+    assert_int_equal(afsm_session_add_stats(b, &s.session_id, &five), AFSM_OK);
+    afsm_engine_close(b);
+    WAIT_FOR(packets(a, &s.session_id) == 25, 5000);
+    afsm_engine_close(a);
+}
+
 /* Configuration the etcd store refuses, each with its own status. */
 static void test_config_checks(void **state)
 {
@@ -896,6 +939,7 @@ int main(void)
         cmocka_unit_test(test_bad_data_is_skipped),
         cmocka_unit_test(test_unavailable_then_recovery),
         cmocka_unit_test(test_read_modes),
+        cmocka_unit_test(test_stats_flushed_and_merged),
         cmocka_unit_test(test_etcd_auth), /* last: it turns auth on and off */
     };
     /* AFSM_ETCD_TEST_FILTER="test_leases*" runs a subset (cmocka's glob). */

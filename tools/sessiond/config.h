@@ -19,6 +19,7 @@ struct Options {
     std::string etcd_ca_file, etcd_cert_file, etcd_key_file;
     std::string etcd_user, etcd_password_file;
     std::string etcd_read_mode = "replica";
+    uint64_t etcd_stats_flush_ms = 0;
     std::string server_addr; // reported in sessions; empty: the listen address
     uint64_t default_timeout_ms = 30ull * 60 * 1000;
     uint64_t cleanup_interval_ms = 1000;

@@ -307,6 +307,7 @@ int run(const Options &o)
         cfg.etcd_key_file = text(o.etcd_key_file);
         cfg.etcd_user = text(o.etcd_user);
         cfg.etcd_password = o.etcd_user.empty() ? nullptr : etcd_password.c_str();
+        cfg.etcd_stats_flush_ms = o.etcd_stats_flush_ms;
         cfg.etcd_read_mode = o.etcd_read_mode == "linearizable" ? AFSM_READ_LINEARIZABLE
                              : o.etcd_read_mode == "consistent" ? AFSM_READ_CONSISTENT
                                                                 : AFSM_READ_REPLICA;

@@ -222,6 +222,7 @@ class afsm_config(Structure):
         ("etcd_key_file", c_char_p),
         ("etcd_user", c_char_p),
         ("etcd_password", c_char_p),
+        ("etcd_stats_flush_ms", c_uint64),
     ]
 
 

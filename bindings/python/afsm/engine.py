@@ -223,6 +223,8 @@ class Engine:
             past it a write raises Unavailable.
         etcd_ca_file, etcd_cert_file, etcd_key_file: TLS files (PEM).
         etcd_user, etcd_password: etcd authentication.
+        etcd_stats_flush: how often stats additions are written to etcd
+            (default 10 s; a crash loses at most one period of stats).
         etcd_read_mode: how gets are answered: ``"replica"`` (the default:
             the local replica), ``"linearizable"`` (the record is read from
             etcd) or ``"consistent"`` (etcd gives the record's revision, the
@@ -267,6 +269,7 @@ class Engine:
         etcd_user: str | None = None,
         etcd_password: str | None = None,
         etcd_read_mode: str = "replica",
+        etcd_stats_flush: datetime.timedelta | None = None,
     ) -> None:
         self._ptr: Any = None
         self._hooks: list[Any] = []
@@ -327,6 +330,8 @@ class Engine:
             etcd_password,
             etcd_read_mode,
         )
+
+        cfg.etcd_stats_flush_ms = _optional_ms(etcd_stats_flush, "etcd_stats_flush")
 
         ptr = ctypes.POINTER(_lib.afsm_engine)()
         check(_lib.lib.afsm_engine_open(byref(cfg), byref(ptr)))
