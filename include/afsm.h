@@ -672,9 +672,10 @@ typedef enum afsm_token_result {
  * (not to when the reaper noticed). */
 #define AFSM_DURATION_BUCKETS 14
 
-#define AFSM_METRICS_VERSION 1
+/* Version 2 appended the etcd store's fields; version 1 is still filled. */
+#define AFSM_METRICS_VERSION 2
 typedef struct afsm_metrics {
-    uint32_t version; /* AFSM_METRICS_VERSION, set by the caller */
+    uint32_t version; /* AFSM_METRICS_VERSION (or 1), set by the caller */
     uint32_t shard_count;
     uint64_t sessions;                            /* session_total (gauge) */
     uint64_t sessions_by_state[AFSM_STATE_COUNT]; /* session_active, session_idle, ... */
@@ -689,6 +690,11 @@ typedef struct afsm_metrics {
     uint64_t token_validations[AFSM_TOKEN_RESULT_COUNT];
     uint64_t reaper_lag_ns;  /* engine clock minus the time the wheels last reached */
     uint64_t deferred_frees; /* memory waiting for readers to leave their epoch sections */
+    /* Version 2: the etcd store's (zero with the memory store). */
+    uint64_t etcd_lease_grants_total;     /* session leases granted (one per create) */
+    uint64_t etcd_lease_keepalives_total; /* lease renewals sent (at most one per session per timeout / 3) */
+    uint64_t etcd_stats_writes_total;     /* sessions' stats written by the periodic flush */
+    double etcd_replica_lag_seconds;      /* 0 while the watch is connected; else how long it has been down */
 } afsm_metrics;
 
 #define AFSM_METRICS_INIT                                                                                              \

@@ -63,6 +63,8 @@ typedef struct etcd_store {
     _Atomic size_t pinned;
     /* What the replica cannot count (it only sees restores and removals). */
     _Atomic uint64_t created_total;
+    _Atomic uint64_t lease_grants, lease_keepalives, stats_writes;
+    _Atomic uint64_t watch_down_since_ns; /* engine clock; 0 while connected */
     _Atomic uint64_t deleted_total[AFSM_DELETE_REASON_COUNT];
 } etcd_store;
 

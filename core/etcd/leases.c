@@ -56,6 +56,8 @@ afsm_status etcd_lease_grant(etcd_store *es, uint64_t timeout_ms, int64_t *lease
     json_object_put(body);
     *lease = st == AFSM_OK ? etcd_get_int64(reply, "ID") : 0;
     json_object_put(reply);
+    if (*lease != 0)
+        atomic_fetch_add_explicit(&es->lease_grants, 1, memory_order_relaxed);
     if (st == AFSM_OK && *lease == 0)
         st = AFSM_EINTERNAL;
     return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;

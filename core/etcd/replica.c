@@ -431,6 +431,7 @@ static int watch_message(void *ctx, json_object *message)
         return 1;
     }
     atomic_store_explicit(&es->watch_connected, 1, memory_order_relaxed);
+    atomic_store_explicit(&es->watch_down_since_ns, 0, memory_order_relaxed);
     if (!json_object_object_get_ex(result, "events", &events)) {
         json_object *header, *created;
         /* A progress notification: everything up to its revision was sent. */
@@ -511,6 +512,11 @@ static void *watch_main(void *arg)
         afsm_status st = etcd_stream(es->client, "/v3/watch", body, watch_message, watch_should_stop, &w);
         json_object_put(body);
         int was_connected = atomic_exchange_explicit(&es->watch_connected, 0, memory_order_relaxed);
+        /* From now the replica may fall behind: the lag metric counts. */
+        uint64_t down = es->config.clock(es->config.clock_ctx);
+        uint64_t unset = 0;
+        atomic_compare_exchange_strong_explicit(&es->watch_down_since_ns, &unset, down != 0 ? down : 1,
+                                                memory_order_relaxed, memory_order_relaxed);
         if (atomic_load_explicit(&es->stop, memory_order_acquire))
             break;
         if (w.compacted) {

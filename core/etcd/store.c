@@ -265,6 +265,7 @@ static afsm_status renew_if_due(etcd_store *es, const afsm_uuid *id)
     int64_t lease;
     if (!track_renew_due(&es->tracks, id, es->config.clock(es->config.clock_ctx), &lease))
         return AFSM_OK;
+    atomic_fetch_add_explicit(&es->lease_keepalives, 1, memory_order_relaxed);
     afsm_status st = lease_keepalive(es, lease);
     if (st == AFSM_EUNAVAILABLE || st == AFSM_ENOMEM)
         track_renew_failed(&es->tracks, id);
@@ -529,6 +530,8 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
          * replica (keeping this node's additions): the next pass writes. */
         int retry = 0;
         st = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
+        if (st == AFSM_OK && !retry)
+            atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
     }
     owned_release(o);
     free(o);
@@ -999,6 +1002,12 @@ static afsm_status etcd_metrics(store *st, afsm_metrics *out)
         out->deleted_total[r] = atomic_load_explicit(&es->deleted_total[r], memory_order_relaxed);
     out->expired_total = out->deleted_total[AFSM_DELETE_EXPIRED];
     out->reaper_lag_ns = 0;
+    out->etcd_lease_grants_total = atomic_load_explicit(&es->lease_grants, memory_order_relaxed);
+    out->etcd_lease_keepalives_total = atomic_load_explicit(&es->lease_keepalives, memory_order_relaxed);
+    out->etcd_stats_writes_total = atomic_load_explicit(&es->stats_writes, memory_order_relaxed);
+    uint64_t down = atomic_load_explicit(&es->watch_down_since_ns, memory_order_relaxed);
+    uint64_t now = es->config.clock(es->config.clock_ctx);
+    out->etcd_replica_lag_seconds = down != 0 && now > down ? (double)(now - down) / 1e9 : 0.0;
     return AFSM_OK;
 }
 

@@ -249,6 +249,33 @@ static void put_raw(const char *key, const char *value)
     etcd_client_close(c);
 }
 
+static afsm_metrics metrics_of(afsm_engine *e)
+{
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
+    return m;
+}
+
+/* The engine's Prometheus text passes promtool and has the etcd series. */
+static void check_prometheus(afsm_engine *e)
+{
+    static char text[1 << 16];
+    size_t needed = 0;
+    assert_int_equal(afsm_metrics_write_prometheus(e, text, sizeof(text), &needed), AFSM_OK);
+    assert_non_null(strstr(text, "session_etcd_lease_keepalives_total "));
+    assert_non_null(strstr(text, "session_etcd_replica_lag_seconds "));
+    char path[] = "/tmp/afsm-etcd-metrics-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, needed - 1), (ssize_t)(needed - 1));
+    close(fd);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "promtool check metrics < %s >/dev/null 2>&1", path);
+    int rc = system(cmd);
+    unlink(path);
+    assert_int_equal(rc, 0);
+}
+
 /* ---- tests ---------------------------------------------------------------------- */
 
 /* Created on A; read, heartbeated, updated, rotated and deleted on B; every
@@ -362,12 +389,21 @@ static void test_leases_expire_everywhere(void **state)
     assert_int_equal(create(a, "carol", NULL, &idle), AFSM_OK);
     assert_int_equal(create(a, "carol", NULL, &kept), AFSM_OK);
     WAIT_FOR(get(b, &kept.session_id, &copy) == AFSM_OK, 5000);
-    /* Heartbeat `kept` on B for longer than its lease's TTL (2 s). */
+    /* Heartbeat `kept` on B for longer than its lease's TTL (2 s): 35
+     * heartbeats, but at most one renewal per timeout / 3 (0.5 s). */
     uint64_t until = harness_now_ms() + 3500;
+    int heartbeats = 0;
     while (harness_now_ms() < until) {
         assert_int_equal(afsm_session_heartbeat(b, &kept.session_id, NULL), AFSM_OK);
+        heartbeats++;
         harness_nap_ms(100);
     }
+    afsm_metrics mb = metrics_of(b);
+    assert_true(mb.etcd_lease_keepalives_total >= 3 && mb.etcd_lease_keepalives_total <= 8);
+    assert_true(heartbeats > 2 * (int)mb.etcd_lease_keepalives_total);
+    assert_int_equal(metrics_of(a).etcd_lease_grants_total, 2);
+    assert_int_equal(mb.etcd_lease_grants_total, 0);
+    check_prometheus(b);
     WAIT_FOR(events_of(ra, AFSM_EVENT_EXPIRED, &idle.session_id, "expired") == 1, 10000);
     WAIT_FOR(events_of(rb, AFSM_EVENT_EXPIRED, &idle.session_id, "expired") == 1, 10000);
     assert_int_equal(get(a, &idle.session_id, &copy), AFSM_ENOTFOUND);
@@ -492,6 +528,7 @@ static void test_unavailable_then_recovery(void **state)
     assert_int_equal(create(a, "frank", NULL, &s), AFSM_OK);
     WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000);
 
+    assert_true(metrics_of(b).etcd_replica_lag_seconds == 0.0);
     harness_kill_member(&cluster, 0, SIGKILL);
     uint64_t t0 = harness_now_ms();
     assert_int_equal(create(a, "frank", NULL, &copy), AFSM_EUNAVAILABLE);
@@ -500,6 +537,7 @@ static void test_unavailable_then_recovery(void **state)
     assert_int_equal(afsm_session_delete(b, &s.session_id, NULL, 0), AFSM_EUNAVAILABLE);
     assert_int_equal(get(b, &s.session_id, &copy), AFSM_OK); /* the replica answers */
     assert_int_equal(afsm_session_heartbeat(a, &s.session_id, NULL), AFSM_OK);
+    WAIT_FOR(metrics_of(b).etcd_replica_lag_seconds > 0.2, 5000); /* the replica says how stale it may be */
 
     /* A hung etcd (accepts, never answers) is bounded the same way. */
     assert_int_equal(harness_start_member(&cluster, 0, "existing"), 0);
@@ -516,6 +554,7 @@ static void test_unavailable_then_recovery(void **state)
     WAIT_FOR(get(b, &later.session_id, &copy) == AFSM_OK, 10000);
     assert_int_equal(afsm_session_delete(b, &s.session_id, NULL, 0), AFSM_OK);
     WAIT_FOR(get(a, &s.session_id, &copy) == AFSM_ENOTFOUND, 10000);
+    WAIT_FOR(metrics_of(b).etcd_replica_lag_seconds == 0.0, 10000);
     afsm_engine_close(a);
     afsm_engine_close(b);
 }

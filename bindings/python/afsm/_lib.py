@@ -97,7 +97,7 @@ AFSM_CREATE_OPTIONS_VERSION = 1
 AFSM_UPDATE_VERSION = 1
 AFSM_LIST_FILTER_VERSION = 1
 
-AFSM_METRICS_VERSION = 1
+AFSM_METRICS_VERSION = 2
 
 AFSM_TOKEN_SIZE = 121
 AFSM_KEY_BYTES = 32
@@ -311,6 +311,11 @@ class afsm_metrics(Structure):
         ("token_validations", c_uint64 * AFSM_TOKEN_RESULT_COUNT),
         ("reaper_lag_ns", c_uint64),
         ("deferred_frees", c_uint64),
+        # Version 2: the etcd store's.
+        ("etcd_lease_grants_total", c_uint64),
+        ("etcd_lease_keepalives_total", c_uint64),
+        ("etcd_stats_writes_total", c_uint64),
+        ("etcd_replica_lag_seconds", ctypes.c_double),
     ]
 
 
