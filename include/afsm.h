@@ -439,7 +439,9 @@ AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_sessio
 
 /* Copies one session. Lock-free. AFSM_ENULL, AFSM_EVERSION, AFSM_ENOTFOUND,
  * AFSM_EEXPIRED (deadline passed, even before the reaper removes it; out is
- * still filled). */
+ * still filled). With the etcd store in the linearizable or consistent
+ * read mode it asks etcd first: AFSM_EUNAVAILABLE when etcd does not answer
+ * (or the replica does not catch up) within the request timeout. */
 AFSM_API afsm_status afsm_session_get(afsm_engine *engine, const afsm_uuid *session_id, afsm_session_info *out);
 /* Same, looked up by the transport's connection id. */
 AFSM_API afsm_status afsm_session_get_by_connection(afsm_engine *engine, const afsm_uuid *connection_id,

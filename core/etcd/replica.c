@@ -260,12 +260,23 @@ static int wait_own_writes(etcd_store *es, const afsm_uuid *id)
 static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etcd_event *ev)
 {
     ev->pending = 0;
-    long key_len, value_len;
+    long key_len, value_len = 0;
     char *key = etcd_get_bytes(kv, "key", &key_len);
-    char *value = deleted ? NULL : etcd_get_bytes(kv, "value", &value_len);
     int64_t mod_revision = etcd_get_int64(kv, "mod_revision");
     afsm_uuid id;
     keys_kind kind = key != NULL ? keys_parse(es->prefix, es->prefix_len, key, (size_t)key_len, &id) : KEYS_FOREIGN;
+    track_info known;
+    /* Most puts a writer sees are its own writes' echoes: drop them before
+     * decoding anything (the revision check of etcd_apply_put, early). */
+    if (kind == KEYS_SESSION && !deleted && wait_own_writes(es, &id) && track_get(&es->tracks, &id, &known) &&
+        known.mod_revision >= mod_revision) {
+        free(key);
+        return;
+    }
+    /* The connection, user and slot keys mirror the record: nothing to decode. */
+    char *value = deleted || kind == KEYS_CONNECTION || kind == KEYS_USER || kind == KEYS_SLOT
+                      ? NULL
+                      : etcd_get_bytes(kv, "value", &value_len);
     if (kind == KEYS_FOREIGN) {
         etcd_log(es, AFSM_LOG_WARN, "etcd: foreign key under the prefix skipped", "key", key != NULL ? key : "?");
     } else if (kind == KEYS_SESSION && wait_own_writes(es, &id) && deleted) {
@@ -330,26 +341,71 @@ static void collect_known(void *ctx, const afsm_uuid *id, const track_info *info
     id_list_add(ctx, id);
 }
 
+/* Keys per range page: bounded answers however many sessions there are. */
+#define LOAD_PAGE 1000
+
+/* The whole prefix at one revision, page by page: *kvs (an array the
+ * caller puts) and the revision it was read at. */
+static afsm_status range_prefix(etcd_store *es, json_object **kvs, int64_t *revision)
+{
+    char cursor[KEYS_MAX + 2], end[KEYS_PREFIX_MAX + 1];
+    size_t cursor_len = es->prefix_len;
+    memcpy(cursor, es->prefix, es->prefix_len);
+    keys_range_end(es->prefix, es->prefix_len, end);
+    *revision = 0;
+    *kvs = json_object_new_array();
+    if (*kvs == NULL)
+        return AFSM_ENOMEM;
+    for (;;) {
+        json_object *body = json_object_new_object(), *reply = NULL, *page, *more;
+        if (body == NULL)
+            return AFSM_ENOMEM;
+        json_object_object_add(body, "key", etcd_json_bytes(cursor, cursor_len));
+        json_object_object_add(body, "range_end", etcd_json_bytes(end, es->prefix_len));
+        json_object_object_add(body, "limit", etcd_json_int64(LOAD_PAGE));
+        if (*revision != 0) /* every page from the first page's revision */
+            json_object_object_add(body, "revision", etcd_json_int64(*revision));
+        afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+        json_object_put(body);
+        if (st != AFSM_OK) {
+            json_object_put(reply);
+            return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st; /* compacted meanwhile: the caller retries */
+        }
+        json_object *header;
+        if (*revision == 0 && json_object_object_get_ex(reply, "header", &header))
+            *revision = etcd_get_int64(header, "revision");
+        size_t n = 0;
+        if (json_object_object_get_ex(reply, "kvs", &page) && json_object_is_type(page, json_type_array)) {
+            n = json_object_array_length(page);
+            for (size_t i = 0; i < n; i++)
+                json_object_array_add(*kvs, json_object_get(json_object_array_get_idx(page, i)));
+        }
+        int has_more = json_object_object_get_ex(reply, "more", &more) && json_object_get_boolean(more);
+        long last_len = 0;
+        char *last = n > 0 ? etcd_get_bytes(json_object_array_get_idx(page, n - 1), "key", &last_len) : NULL;
+        json_object_put(reply);
+        if (!has_more || last == NULL || (size_t)last_len > KEYS_MAX) {
+            free(last);
+            return AFSM_OK;
+        }
+        /* The next page starts just after the last key. */
+        memcpy(cursor, last, (size_t)last_len);
+        cursor[last_len] = '\0';
+        cursor_len = (size_t)last_len + 1;
+        free(last);
+    }
+}
+
 afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
 {
-    char end[KEYS_PREFIX_MAX + 1];
-    keys_range_end(es->prefix, es->prefix_len, end);
-    json_object *body = json_object_new_object();
-    if (body == NULL)
-        return AFSM_ENOMEM;
-    json_object_object_add(body, "key", etcd_json_bytes(es->prefix, es->prefix_len));
-    json_object_object_add(body, "range_end", etcd_json_bytes(end, es->prefix_len));
     json_object *reply = NULL;
-    afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
-    json_object_put(body);
+    int64_t revision;
+    afsm_status st = range_prefix(es, &reply, &revision);
     if (st != AFSM_OK) {
         json_object_put(reply);
-        return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
+        return st;
     }
-    json_object *header, *kvs = NULL;
-    json_object_object_get_ex(reply, "header", &header);
-    int64_t revision = etcd_get_int64(header, "revision");
-    json_object_object_get_ex(reply, "kvs", &kvs);
+    json_object *kvs = reply;
     size_t n = kvs != NULL && json_object_is_type(kvs, json_type_array) ? json_object_array_length(kvs) : 0;
     id_list present = {0}, known = {0};
     etcd_event *events = calloc(n + 1, sizeof(*events));

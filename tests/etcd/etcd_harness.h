@@ -12,6 +12,7 @@
 #define AFSM_ETCD_HARNESS_H
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -120,12 +121,47 @@ static inline int harness_start_member(harness *h, int i, const char *state)
     return 0;
 }
 
+/* Whether every thread of pid is stopped (SIGSTOP is delivered to each
+ * thread on its way through the kernel: a running one may serve one more
+ * request after kill() returned). */
+static inline int harness_all_stopped(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return 0;
+    int stopped = 1;
+    struct dirent *e;
+    while (stopped && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char stat_path[400], buf[512];
+        snprintf(stat_path, sizeof(stat_path), "%s/%s/stat", path, e->d_name);
+        FILE *f = fopen(stat_path, "r");
+        if (f == NULL)
+            continue; /* the thread just exited */
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *close_paren = strrchr(buf, ')');
+        stopped = close_paren != NULL && close_paren[1] == ' ' && (close_paren[2] == 'T' || close_paren[2] == 't');
+    }
+    closedir(d);
+    return stopped;
+}
+
 static inline void harness_kill_member(harness *h, int i, int sig)
 {
     harness_member *m = &h->members[i];
     if (m->pid <= 0)
         return;
     kill(m->pid, sig);
+    if (sig == SIGSTOP) {
+        uint64_t until = harness_now_ms() + 5000;
+        while (!harness_all_stopped(m->pid) && harness_now_ms() < until)
+            harness_nap_ms(1);
+    }
     if (sig == SIGKILL || sig == SIGTERM) {
         waitpid(m->pid, NULL, 0);
         m->pid = 0;
