@@ -672,6 +672,50 @@ static void test_stats_flushed_and_merged(void **state)
     afsm_engine_close(a);
 }
 
+typedef struct filler {
+    afsm_engine *engine;
+    int count, ok;
+} filler;
+
+static void *fill(void *arg)
+{
+    filler *f = arg;
+    for (int i = 0; i < f->count; i++) {
+        afsm_session_info s;
+        f->ok += create(f->engine, "mia", NULL, &s) == AFSM_OK;
+    }
+    return NULL;
+}
+
+/* More keys than one range page (1000), and records past the first page
+ * (keys sort c/ < s/ < u/: 600 sessions put 200 s/ keys on the second
+ * page): an engine opened afterwards loads every session at open, before
+ * its watch could deliver any. */
+static void test_load_reads_every_page(void **state)
+{
+    (void)state;
+    afsm_engine *a, *b;
+    engine_options o = {.prefix = "/t9/"};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    filler fillers[4];
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++) {
+        fillers[i] = (filler){a, 150, 0};
+        pthread_create(&threads[i], NULL, fill, &fillers[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(fillers[i].ok, 150);
+    }
+    assert_int_equal(keys_under("/t9/"), 1800);
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(b, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 600);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+}
+
 /* Configuration the etcd store refuses, each with its own status. */
 static void test_config_checks(void **state)
 {
@@ -979,6 +1023,7 @@ int main(void)
         cmocka_unit_test(test_unavailable_then_recovery),
         cmocka_unit_test(test_read_modes),
         cmocka_unit_test(test_stats_flushed_and_merged),
+        cmocka_unit_test(test_load_reads_every_page),
         cmocka_unit_test(test_etcd_auth), /* last: it turns auth on and off */
     };
     /* AFSM_ETCD_TEST_FILTER="test_leases*" runs a subset (cmocka's glob). */
