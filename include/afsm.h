@@ -328,7 +328,10 @@ AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **o
 
 /* Stops and joins the reaper thread, frees every session and the engine.
  * With the etcd store, the sessions stay in etcd (other engines keep
- * serving them) and end through their leases unless someone heartbeats.
+ * serving them) and end through their leases unless someone heartbeats;
+ * unflushed stats are written once more first (an unreachable etcd delays
+ * close by at most the request timeout, plus about a second for the watch
+ * thread to notice).
  * No callback runs after it returns. Not to be called concurrently with any
  * other call on the same engine, nor from a callback. AFSM_EBUSY (and
  * nothing done) while handles are pinned. NULL is accepted and ignored. */
