@@ -393,6 +393,189 @@ static void test_generation_jump_does_not_stall_the_replica(void **state)
     afsm_engine_close(c);
 }
 
+/* ---- crafted replies -------------------------------------------------------------- */
+
+/* A loopback HTTP/1.1 server standing in for etcd's gateway, answering
+ * each request with a canned body (Connection: close), to feed the client
+ * replies a real etcd would not send: what a truncated, corrupted or
+ * hostile answer does to the parsers. One connection at a time. */
+typedef struct fake_gateway {
+    int listener, port;
+    int variant;
+    _Atomic int watches, txns, stop;
+    pthread_t thread;
+} fake_gateway;
+
+#define VARIANT_WATCH_EVENTS_NOT_ARRAY  1
+#define VARIANT_TXN_RESPONSES_NOT_ARRAY 2
+
+static const char *fake_answer(fake_gateway *g, const char *path)
+{
+    if (strcmp(path, "/v3/kv/range") == 0)
+        return "{\"header\":{\"revision\":\"5\"},\"kvs\":[]}";
+    if (strcmp(path, "/v3/watch") == 0) {
+        atomic_fetch_add(&g->watches, 1);
+        if (g->variant == VARIANT_WATCH_EVENTS_NOT_ARRAY)
+            return "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}\n"
+                   "{\"result\":{\"header\":{\"revision\":\"6\"},\"events\":5}}\n";
+        return "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}\n";
+    }
+    if (strcmp(path, "/v3/lease/grant") == 0)
+        return "{\"header\":{\"revision\":\"5\"},\"ID\":\"7\",\"TTL\":\"80\"}";
+    if (strcmp(path, "/v3/kv/txn") == 0) {
+        atomic_fetch_add(&g->txns, 1);
+        return "{\"header\":{\"revision\":\"6\"},\"responses\":5}";
+    }
+    return "{}";
+}
+
+static void *fake_main(void *arg)
+{
+    fake_gateway *g = arg;
+    while (!atomic_load(&g->stop)) {
+        int fd = accept(g->listener, NULL, NULL);
+        if (fd < 0)
+            continue;
+        char request[8192];
+        size_t got = 0;
+        char *end = NULL;
+        while (got < sizeof(request) - 1 && end == NULL) {
+            ssize_t n = read(fd, request + got, sizeof(request) - 1 - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            request[got] = '\0';
+            end = strstr(request, "\r\n\r\n");
+        }
+        char path[128] = "";
+        if (end != NULL && sscanf(request, "POST %127s", path) == 1) {
+            /* The body (Content-Length) is read and ignored. */
+            const char *cl = strstr(request, "Content-Length:");
+            size_t body_len = cl != NULL ? (size_t)strtoul(cl + 15, NULL, 10) : 0;
+            size_t have = got - (size_t)(end + 4 - request);
+            while (have < body_len) {
+                ssize_t n = read(fd, request, sizeof(request));
+                if (n <= 0)
+                    break;
+                have += (size_t)n;
+            }
+            const char *answer = fake_answer(g, path);
+            char head[256];
+            int head_len = snprintf(head, sizeof(head),
+                                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                                    "Connection: close\r\n\r\n",
+                                    strlen(answer));
+            if (write(fd, head, (size_t)head_len) < 0 || write(fd, answer, strlen(answer)) < 0)
+                fprintf(stderr, "fake gateway: write failed\n");
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+static int fake_start(fake_gateway *g, int variant)
+{
+    memset(g, 0, sizeof(*g));
+    g->variant = variant;
+    g->listener = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = 0};
+    socklen_t len = sizeof(a);
+    struct timeval tv = {0, 100000}; /* accept wakes up to see stop */
+    if (g->listener < 0 || bind(g->listener, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(g->listener, 16) != 0 ||
+        getsockname(g->listener, (struct sockaddr *)&a, &len) != 0 ||
+        setsockopt(g->listener, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0)
+        return -1;
+    g->port = ntohs(a.sin_port);
+    return pthread_create(&g->thread, NULL, fake_main, g) == 0 ? 0 : -1;
+}
+
+static void fake_stop(fake_gateway *g)
+{
+    atomic_store(&g->stop, 1);
+    pthread_join(g->thread, NULL);
+    close(g->listener);
+}
+
+/* In a child process (a crash must not take the test binary with it): an
+ * engine on the fake gateway, until the crafted reply has been consumed.
+ * Exit 0: the engine survived it; 2: the reply was never consumed. */
+static int crafted_child(int variant)
+{
+    fake_gateway g;
+    if (fake_start(&g, variant) != 0)
+        return 3;
+    char endpoint[64];
+    snprintf(endpoint, sizeof(endpoint), "http://127.0.0.1:%d", g.port);
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = endpoint;
+    cfg.etcd_prefix = "/fake/";
+    cfg.etcd_request_timeout_ms = 1000;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.default_timeout_ms = 60000;
+    cfg.log_level = AFSM_LOG_ERROR;
+    cfg.shard_count = 4;
+    afsm_engine *e;
+    if (afsm_engine_open(&cfg, &e) != AFSM_OK)
+        return 4;
+    int consumed = 0;
+    uint64_t until = harness_now_ms() + 10000;
+    if (variant == VARIANT_WATCH_EVENTS_NOT_ARRAY) {
+        /* A second watch request: the first stream, crafted message and
+         * all, has been handled. */
+        while (atomic_load(&g.watches) < 2 && harness_now_ms() < until)
+            harness_nap_ms(10);
+        consumed = atomic_load(&g.watches) >= 2;
+    } else {
+        afsm_session_info s;
+        create(e, "crafted", &s); /* any status but a crash */
+        consumed = atomic_load(&g.txns) >= 1;
+    }
+    afsm_engine_close(e);
+    fake_stop(&g);
+    return consumed ? 0 : 2;
+}
+
+static void expect_child_survives(int variant)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(crafted_child(variant));
+    int status = 0;
+    uint64_t until = harness_now_ms() + 30000;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (harness_now_ms() > until) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            break;
+        }
+        harness_nap_ms(20);
+    }
+    if (WIFSIGNALED(status))
+        print_message("variant %d: the engine died of signal %d\n", variant, WTERMSIG(status));
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* The watch parser trusts "events" to be an array: json-c's
+ * json_object_array_length asserts (abort) on anything else. */
+static void test_crafted_watch_reply_is_not_a_crash(void **state)
+{
+    (void)state;
+    expect_child_survives(VARIANT_WATCH_EVENTS_NOT_ARRAY);
+}
+
+/* Likewise a txn answer's "responses" (txn_range_kvs; and "kvs" in
+ * read_key, read_record, taken_slots, remove_by_user). */
+static void test_crafted_txn_reply_is_not_a_crash(void **state)
+{
+    (void)state;
+    expect_child_survives(VARIANT_TXN_RESPONSES_NOT_ARRAY);
+}
+
 /* ---- three members ----------------------------------------------------------- */
 
 /* Member 0 hung (SIGSTOP: the kernel still accepts connections, nothing
@@ -496,6 +679,8 @@ int main(void)
         cmocka_unit_test(test_stats_flush_waits_for_its_period),
         cmocka_unit_test(test_own_create_then_delete_fires_once),
         cmocka_unit_test(test_consistent_get_from_a_watch_callback),
+        cmocka_unit_test(test_crafted_watch_reply_is_not_a_crash),
+        cmocka_unit_test(test_crafted_txn_reply_is_not_a_crash),
         cmocka_unit_test(test_generation_jump_does_not_stall_the_replica), /* last: see above */
     };
     const struct CMUnitTest three[] = {
