@@ -393,6 +393,127 @@ static void test_generation_jump_does_not_stall_the_replica(void **state)
     afsm_engine_close(c);
 }
 
+/* Stats additions are lock-free on the replica (afsm_session_add_stats),
+ * while applying another node's record (replica.c, update_replica) reads
+ * the copy's stats, merges, and then SETS them (AFSM_UPDATE_STATS): an
+ * addition landing between that read and that set is lost for good. B
+ * counts packets on one thread while A updates the session's metadata (each
+ * update reaches B's watch as a record to apply); every packet B counted
+ * must end up in the session, on both nodes. */
+typedef struct adder {
+    afsm_engine *engine;
+    afsm_uuid id;
+    _Atomic int stop;
+    uint64_t added;
+} adder;
+
+static void *add_packets(void *arg)
+{
+    adder *d = arg;
+    afsm_stats one = {.packets_sent = 1};
+    while (!atomic_load(&d->stop))
+        if (afsm_session_add_stats(d->engine, &d->id, &one) == AFSM_OK)
+            d->added++;
+    return NULL;
+}
+
+static uint64_t packets(afsm_engine *e, const afsm_uuid *id)
+{
+    afsm_session_info info;
+    return get(e, id, &info) == AFSM_OK ? info.stats.packets_sent : UINT64_MAX;
+}
+
+static void test_stats_additions_survive_concurrent_applies(void **state)
+{
+    (void)state;
+    afsm_engine *a, *b;
+    engine_options o = {.prefix = "/r5/", .stats_flush_ms = 200};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+    afsm_session_info s, copy;
+    assert_int_equal(create(a, "stats", &s), AFSM_OK);
+    WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000);
+    adder d = {.engine = b, .id = s.session_id};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, add_packets, &d), 0);
+    for (int i = 0; i < 40; i++) {
+        char value[16];
+        int n = snprintf(value, sizeof(value), "v%d", i);
+        afsm_kv kv = {"round", 5, value, (size_t)n};
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_METADATA_MERGE;
+        u.metadata = &kv;
+        u.metadata_count = 1;
+        assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_OK);
+    }
+    atomic_store(&d.stop, 1);
+    pthread_join(t, NULL);
+    print_message("B added %llu packets; B has %llu\n", (unsigned long long)d.added,
+                  (unsigned long long)packets(b, &s.session_id));
+    WAIT_FOR(packets(b, &s.session_id) == d.added && packets(a, &s.session_id) == d.added, 10000);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+}
+
+/* A write that loses its guard WRITE_ATTEMPTS (8) times in a row leaves
+ * etcd_update's and etcd_rotate_generation's loops with status AFSM_OK and
+ * nothing written: the update reports success without having happened, and
+ * afsm_token_rotate seals a token for an all-zero session info (the
+ * rotation never filled `out`). Contention: B counts packets and flushes
+ * its stats every millisecond, each flush a guarded write of the record. */
+static void test_write_reported_ok_was_written(void **state)
+{
+    (void)state;
+    afsm_engine *a, *b;
+    engine_options o = {.prefix = "/r6/", .stats_flush_ms = 1};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+    afsm_session_info s, copy;
+    assert_int_equal(create(a, "busy", &s), AFSM_OK);
+    WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000);
+    adder d = {.engine = b, .id = s.session_id};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, add_packets, &d), 0);
+    int updates_lost = 0, rotations_lost = 0, rounds = 0;
+    uint64_t until = harness_now_ms() + 20000;
+    for (; rounds < 300 && harness_now_ms() < until; rounds++) {
+        char value[16];
+        int n = snprintf(value, sizeof(value), "v%d", rounds);
+        afsm_kv kv = {"round", 5, value, (size_t)n};
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_METADATA_MERGE;
+        u.metadata = &kv;
+        u.metadata_count = 1;
+        if (afsm_session_update(a, &s.session_id, &u, NULL) == AFSM_OK) {
+            /* The writer reads its own writes. */
+            char meta[256];
+            size_t needed = 0, count = 0;
+            assert_int_equal(afsm_session_get_metadata(a, &s.session_id, meta, sizeof(meta), &needed, &count), AFSM_OK);
+            char expected[32];
+            int len = snprintf(expected, sizeof(expected), "round%c%s", '\0', value);
+            int found = 0;
+            for (size_t at = 0; at + (size_t)len < needed + 1 && !found; at++)
+                found = memcmp(meta + at, expected, (size_t)len + 1) == 0;
+            updates_lost += !found;
+        }
+        assert_int_equal(get(a, &s.session_id, &copy), AFSM_OK);
+        uint32_t generation = copy.token_generation;
+        char token[AFSM_TOKEN_SIZE];
+        if (afsm_token_rotate(a, &s.session_id, 0, token, sizeof(token), NULL) == AFSM_OK) {
+            assert_int_equal(get(a, &s.session_id, &copy), AFSM_OK);
+            rotations_lost += copy.token_generation <= generation;
+        }
+    }
+    atomic_store(&d.stop, 1);
+    pthread_join(t, NULL);
+    print_message("%d rounds: %d updates and %d rotations reported AFSM_OK but not written\n", rounds, updates_lost,
+                  rotations_lost);
+    assert_int_equal(updates_lost, 0);
+    assert_int_equal(rotations_lost, 0);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+}
+
 /* ---- crafted replies -------------------------------------------------------------- */
 
 /* A loopback HTTP/1.1 server standing in for etcd's gateway, answering
@@ -679,6 +800,8 @@ int main(void)
         cmocka_unit_test(test_stats_flush_waits_for_its_period),
         cmocka_unit_test(test_own_create_then_delete_fires_once),
         cmocka_unit_test(test_consistent_get_from_a_watch_callback),
+        cmocka_unit_test(test_stats_additions_survive_concurrent_applies),
+        cmocka_unit_test(test_write_reported_ok_was_written),
         cmocka_unit_test(test_crafted_watch_reply_is_not_a_crash),
         cmocka_unit_test(test_crafted_txn_reply_is_not_a_crash),
         cmocka_unit_test(test_generation_jump_does_not_stall_the_replica), /* last: see above */
