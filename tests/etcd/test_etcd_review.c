@@ -514,6 +514,72 @@ static void test_write_reported_ok_was_written(void **state)
     afsm_engine_close(b);
 }
 
+/* Under a per-user cap, every create reads the user's taken slots and
+ * guards the LOWEST free one, so concurrent creators for one user all race
+ * for the same slot; a creator that loses WRITE_ATTEMPTS (8) rounds gets
+ * AFSM_ELIMIT although most of the cap is free. 12 creators on two engines,
+ * 36 sessions for a cap of 50: every create must succeed. */
+typedef struct capped {
+    afsm_engine *engine;
+    pthread_barrier_t *start;
+    int ok, limited, other;
+} capped;
+
+static void *capped_creates(void *arg)
+{
+    capped *c = arg;
+    pthread_barrier_wait(c->start);
+    for (int i = 0; i < 3; i++) {
+        afsm_session_info s;
+        afsm_status st = create(c->engine, "crowd", &s);
+        c->ok += st == AFSM_OK;
+        c->limited += st == AFSM_ELIMIT;
+        c->other += st != AFSM_OK && st != AFSM_ELIMIT;
+    }
+    return NULL;
+}
+
+static void test_cap_not_reached_is_not_a_limit(void **state)
+{
+    (void)state;
+    afsm_config cfg;
+    afsm_engine *e[2];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+        cfg.store = AFSM_STORE_ETCD;
+        cfg.etcd_endpoints = cluster.endpoints;
+        cfg.etcd_prefix = "/r7/";
+        cfg.etcd_request_timeout_ms = 3000;
+        cfg.max_sessions_per_user = 50;
+        cfg.log_level = AFSM_LOG_ERROR;
+        cfg.shard_count = 4;
+        assert_int_equal(afsm_engine_open(&cfg, &e[i]), AFSM_OK);
+    }
+    enum { CREATORS = 12 };
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, CREATORS);
+    capped c[CREATORS];
+    pthread_t t[CREATORS];
+    for (int i = 0; i < CREATORS; i++) {
+        c[i] = (capped){e[i % 2], &start, 0, 0, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, capped_creates, &c[i]), 0);
+    }
+    int ok = 0, limited = 0, other = 0;
+    for (int i = 0; i < CREATORS; i++) {
+        pthread_join(t[i], NULL);
+        ok += c[i].ok;
+        limited += c[i].limited;
+        other += c[i].other;
+    }
+    pthread_barrier_destroy(&start);
+    print_message("36 creates under a cap of 50: %d ok, %d AFSM_ELIMIT, %d other\n", ok, limited, other);
+    assert_int_equal(other, 0);
+    assert_int_equal(limited, 0);
+    assert_int_equal(ok, 36);
+    afsm_engine_close(e[0]);
+    afsm_engine_close(e[1]);
+}
+
 /* ---- crafted replies -------------------------------------------------------------- */
 
 /* A loopback HTTP/1.1 server standing in for etcd's gateway, answering
@@ -802,6 +868,7 @@ int main(void)
         cmocka_unit_test(test_consistent_get_from_a_watch_callback),
         cmocka_unit_test(test_stats_additions_survive_concurrent_applies),
         cmocka_unit_test(test_write_reported_ok_was_written),
+        cmocka_unit_test(test_cap_not_reached_is_not_a_limit),
         cmocka_unit_test(test_crafted_watch_reply_is_not_a_crash),
         cmocka_unit_test(test_crafted_txn_reply_is_not_a_crash),
         cmocka_unit_test(test_generation_jump_does_not_stall_the_replica), /* last: see above */
