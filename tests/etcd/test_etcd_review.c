@@ -580,6 +580,54 @@ static void test_cap_not_reached_is_not_a_limit(void **state)
     afsm_engine_close(e[1]);
 }
 
+/* "The node renews the session's lease at most once per TTL/3": with etcd
+ * down, a failed renewal (track_renew_failed) makes the lease due again at
+ * the very next heartbeat, so EVERY heartbeat sends a keepalive and blocks
+ * for the whole request timeout before failing with AFSM_EUNAVAILABLE: the
+ * data plane stalls on a control-plane outage. Timeout 6 s (renewal period
+ * 2 s), request timeout 500 ms: after the first failed renewal, three more
+ * heartbeats within the same period may not go to etcd again. */
+static void test_heartbeats_with_etcd_down_renew_once_per_period(void **state)
+{
+    (void)state;
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = "/r9/";
+    cfg.etcd_request_timeout_ms = 500;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.default_timeout_ms = 6000;
+    cfg.log_level = AFSM_LOG_ERROR;
+    cfg.shard_count = 4;
+    afsm_engine *a;
+    assert_int_equal(afsm_engine_open(&cfg, &a), AFSM_OK);
+    afsm_session_info s;
+    assert_int_equal(create(a, "hb", &s), AFSM_OK);
+    /* The first renewal, etcd up: the period starts again from here. */
+    WAIT_FOR(afsm_session_heartbeat(a, &s.session_id, NULL) == AFSM_OK &&
+                 metrics_of(a).etcd_lease_keepalives_total == 1,
+             5000);
+    harness_kill_member(&cluster, 0, SIGKILL);
+    /* Heartbeats until the next renewal is due and fails. */
+    WAIT_FOR(afsm_session_heartbeat(a, &s.session_id, NULL) != AFSM_OK || metrics_of(a).etcd_lease_keepalives_total > 1,
+             5000);
+    uint64_t attempts = metrics_of(a).etcd_lease_keepalives_total;
+    uint64_t t0 = harness_now_ms();
+    int failed = 0;
+    for (int i = 0; i < 3; i++)
+        failed += afsm_session_heartbeat(a, &s.session_id, NULL) != AFSM_OK;
+    uint64_t elapsed = harness_now_ms() - t0;
+    uint64_t more = metrics_of(a).etcd_lease_keepalives_total - attempts;
+    print_message("3 heartbeats with etcd down: %llu more keepalives, %d failed, %llu ms\n", (unsigned long long)more,
+                  failed, (unsigned long long)elapsed);
+    assert_int_equal(harness_start_member(&cluster, 0, "existing"), 0);
+    assert_true(harness_wait_ready(&cluster, 0, harness_now_ms() + 20000));
+    assert_true(elapsed < 2000); /* still inside the period: nothing is due */
+    assert_int_equal(more, 0);
+    afsm_engine_close(a);
+}
+
 /* ---- crafted replies -------------------------------------------------------------- */
 
 /* A loopback HTTP/1.1 server standing in for etcd's gateway, answering
@@ -869,6 +917,7 @@ int main(void)
         cmocka_unit_test(test_stats_additions_survive_concurrent_applies),
         cmocka_unit_test(test_write_reported_ok_was_written),
         cmocka_unit_test(test_cap_not_reached_is_not_a_limit),
+        cmocka_unit_test(test_heartbeats_with_etcd_down_renew_once_per_period),
         cmocka_unit_test(test_crafted_watch_reply_is_not_a_crash),
         cmocka_unit_test(test_crafted_txn_reply_is_not_a_crash),
         cmocka_unit_test(test_generation_jump_does_not_stall_the_replica), /* last: see above */
