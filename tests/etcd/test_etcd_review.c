@@ -643,6 +643,7 @@ typedef struct fake_gateway {
 
 #define VARIANT_WATCH_EVENTS_NOT_ARRAY  1
 #define VARIANT_TXN_RESPONSES_NOT_ARRAY 2
+#define VARIANT_WATCH_EVENT_TYPE_NULL   3
 
 static const char *fake_answer(fake_gateway *g, const char *path)
 {
@@ -653,6 +654,9 @@ static const char *fake_answer(fake_gateway *g, const char *path)
         if (g->variant == VARIANT_WATCH_EVENTS_NOT_ARRAY)
             return "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}\n"
                    "{\"result\":{\"header\":{\"revision\":\"6\"},\"events\":5}}\n";
+        if (g->variant == VARIANT_WATCH_EVENT_TYPE_NULL)
+            return "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}\n"
+                   "{\"result\":{\"header\":{\"revision\":\"6\"},\"events\":[{\"type\":null,\"kv\":{}}]}}\n";
         return "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}\n";
     }
     if (strcmp(path, "/v3/lease/grant") == 0)
@@ -756,7 +760,7 @@ static int crafted_child(int variant)
         return 4;
     int consumed = 0;
     uint64_t until = harness_now_ms() + 10000;
-    if (variant == VARIANT_WATCH_EVENTS_NOT_ARRAY) {
+    if (variant != VARIANT_TXN_RESPONSES_NOT_ARRAY) {
         /* A second watch request: the first stream, crafted message and
          * all, has been handled. */
         while (atomic_load(&g.watches) < 2 && harness_now_ms() < until)
@@ -801,6 +805,14 @@ static void test_crafted_watch_reply_is_not_a_crash(void **state)
 {
     (void)state;
     expect_child_survives(VARIANT_WATCH_EVENTS_NOT_ARRAY);
+}
+
+/* An event whose "type" is JSON null: json_object_get_string(NULL) is
+ * NULL, and watch_message hands it to strcmp. */
+static void test_crafted_event_type_is_not_a_crash(void **state)
+{
+    (void)state;
+    expect_child_survives(VARIANT_WATCH_EVENT_TYPE_NULL);
 }
 
 /* Likewise a txn answer's "responses" (txn_range_kvs; and "kvs" in
@@ -919,6 +931,7 @@ int main(void)
         cmocka_unit_test(test_cap_not_reached_is_not_a_limit),
         cmocka_unit_test(test_heartbeats_with_etcd_down_renew_once_per_period),
         cmocka_unit_test(test_crafted_watch_reply_is_not_a_crash),
+        cmocka_unit_test(test_crafted_event_type_is_not_a_crash),
         cmocka_unit_test(test_crafted_txn_reply_is_not_a_crash),
         cmocka_unit_test(test_generation_jump_does_not_stall_the_replica), /* last: see above */
     };
