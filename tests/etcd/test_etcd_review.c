@@ -433,10 +433,11 @@ static void test_stats_additions_survive_concurrent_applies(void **state)
     afsm_session_info s, copy;
     assert_int_equal(create(a, "stats", &s), AFSM_OK);
     WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000);
-    adder d = {.engine = b, .id = s.session_id};
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, add_packets, &d), 0);
-    for (int i = 0; i < 40; i++) {
+    adder d[2] = {{.engine = b, .id = s.session_id}, {.engine = b, .id = s.session_id}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, add_packets, &d[i]), 0);
+    for (int i = 0; i < 150; i++) {
         char value[16];
         int n = snprintf(value, sizeof(value), "v%d", i);
         afsm_kv kv = {"round", 5, value, (size_t)n};
@@ -446,11 +447,15 @@ static void test_stats_additions_survive_concurrent_applies(void **state)
         u.metadata_count = 1;
         assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_OK);
     }
-    atomic_store(&d.stop, 1);
-    pthread_join(t, NULL);
-    print_message("B added %llu packets; B has %llu\n", (unsigned long long)d.added,
+    uint64_t added = 0;
+    for (int i = 0; i < 2; i++) {
+        atomic_store(&d[i].stop, 1);
+        pthread_join(t[i], NULL);
+        added += d[i].added;
+    }
+    print_message("B added %llu packets; B has %llu\n", (unsigned long long)added,
                   (unsigned long long)packets(b, &s.session_id));
-    WAIT_FOR(packets(b, &s.session_id) == d.added && packets(a, &s.session_id) == d.added, 10000);
+    WAIT_FOR(packets(b, &s.session_id) == added && packets(a, &s.session_id) == added, 10000);
     afsm_engine_close(a);
     afsm_engine_close(b);
 }
