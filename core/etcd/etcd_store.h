@@ -60,6 +60,10 @@ typedef struct etcd_store {
     uint64_t stats_flush_ns;
     pthread_t flusher; /* stats.c */
     int flusher_running;
+    /* The flusher's pauses: per store (a shared condvar would wake every
+     * store's flusher) and on CLOCK_MONOTONIC, the clock of its deadlines. */
+    pthread_mutex_t flush_lock;
+    pthread_cond_t flush_wake;
     _Atomic size_t pinned;
     /* What the replica cannot count (it only sees restores and removals). */
     _Atomic uint64_t created_total;

@@ -12,7 +12,7 @@
  * another's. A crash loses at most one period of the crashed node's
  * stats, never a session; close flushes once more.
  *
- * Locking: the thread's pauses use the flush_lock / flush_wake pair below;
+ * Locking: the thread's pauses use the store's flush_lock / flush_wake;
  * the writes take the store's apply_lock through apply_own.
  */
 #include <stdlib.h>
@@ -21,9 +21,6 @@
 
 #include "engine.h"
 #include "etcd/etcd_store.h"
-
-static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t flush_wake = PTHREAD_COND_INITIALIZER;
 
 typedef struct ids {
     afsm_uuid *items;
@@ -75,10 +72,10 @@ static void *flusher_main(void *arg)
         uint64_t ns = (uint64_t)until.tv_nsec + es->stats_flush_ns;
         until.tv_sec += (time_t)(ns / 1000000000u);
         until.tv_nsec = (long)(ns % 1000000000u);
-        pthread_mutex_lock(&flush_lock);
-        while (!stopping(es) && pthread_cond_timedwait(&flush_wake, &flush_lock, &until) == 0)
-            ; /* woken for another store, or spuriously: wait out the period */
-        pthread_mutex_unlock(&flush_lock);
+        pthread_mutex_lock(&es->flush_lock);
+        while (!stopping(es) && pthread_cond_timedwait(&es->flush_wake, &es->flush_lock, &until) == 0)
+            ; /* woken spuriously: wait out the period */
+        pthread_mutex_unlock(&es->flush_lock);
         etcd_stats_flush(es); /* at stop too: the last one */
         if (stopping(es))
             return NULL;
@@ -87,8 +84,22 @@ static void *flusher_main(void *arg)
 
 afsm_status etcd_stats_start(etcd_store *es)
 {
-    if (pthread_create(&es->flusher, NULL, flusher_main, es) != 0)
+    /* The deadlines are CLOCK_MONOTONIC: a condvar on the default
+     * (realtime) clock would see them decades past and never wait. */
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
         return AFSM_ENOMEM;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int failed = pthread_cond_init(&es->flush_wake, &attr);
+    pthread_condattr_destroy(&attr);
+    if (failed)
+        return AFSM_ENOMEM;
+    pthread_mutex_init(&es->flush_lock, NULL);
+    if (pthread_create(&es->flusher, NULL, flusher_main, es) != 0) {
+        pthread_cond_destroy(&es->flush_wake);
+        pthread_mutex_destroy(&es->flush_lock);
+        return AFSM_ENOMEM;
+    }
     es->flusher_running = 1;
     return AFSM_OK;
 }
@@ -97,10 +108,12 @@ void etcd_stats_stop(etcd_store *es)
 {
     if (!es->flusher_running)
         return;
-    pthread_mutex_lock(&flush_lock);
+    pthread_mutex_lock(&es->flush_lock);
     atomic_store_explicit(&es->stop, 1, memory_order_release);
-    pthread_cond_broadcast(&flush_wake);
-    pthread_mutex_unlock(&flush_lock);
+    pthread_cond_broadcast(&es->flush_wake);
+    pthread_mutex_unlock(&es->flush_lock);
     pthread_join(es->flusher, NULL);
+    pthread_cond_destroy(&es->flush_wake);
+    pthread_mutex_destroy(&es->flush_lock);
     es->flusher_running = 0;
 }
