@@ -108,6 +108,14 @@ char *etcd_get_bytes(json_object *o, const char *name, long *len)
     return out;
 }
 
+json_object *etcd_get_array(json_object *o, const char *name)
+{
+    json_object *v;
+    if (o == NULL || !json_object_object_get_ex(o, name, &v) || !json_object_is_type(v, json_type_array))
+        return NULL;
+    return v;
+}
+
 /* ---- handles ---------------------------------------------------------------- */
 
 static CURL *borrow(etcd_client *c)
@@ -321,7 +329,7 @@ static afsm_status authenticate(etcd_client *c, uint64_t deadline_ms)
     json_object_put(body);
     json_object *token;
     if (st == AFSM_OK && json_object_object_get_ex(reply, "token", &token) &&
-        (size_t)json_object_get_string_len(token) < TOKEN_MAX) {
+        json_object_is_type(token, json_type_string) && (size_t)json_object_get_string_len(token) < TOKEN_MAX) {
         pthread_mutex_lock(&c->lock);
         memcpy(c->token, json_object_get_string(token), (size_t)json_object_get_string_len(token) + 1);
         pthread_mutex_unlock(&c->lock);

@@ -80,5 +80,10 @@ int64_t etcd_get_int64(json_object *o, const char *name);
  * receives its length. NULL with *len 0 when omitted; NULL and -1 for bad
  * base64 or no memory. */
 char *etcd_get_bytes(json_object *o, const char *name, long *len);
+/* An array field ("kvs", "events", "responses"): NULL when omitted or of
+ * another type. Replies are checked through it because json-c's array
+ * functions assert their type: a malformed reply must be refused, not
+ * abort the process. */
+json_object *etcd_get_array(json_object *o, const char *name);
 
 #endif

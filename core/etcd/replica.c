@@ -375,7 +375,7 @@ static afsm_status range_prefix(etcd_store *es, json_object **kvs, int64_t *revi
         if (*revision == 0 && json_object_object_get_ex(reply, "header", &header))
             *revision = etcd_get_int64(header, "revision");
         size_t n = 0;
-        if (json_object_object_get_ex(reply, "kvs", &page) && json_object_is_type(page, json_type_array)) {
+        if ((page = etcd_get_array(reply, "kvs")) != NULL) {
             n = json_object_array_length(page);
             for (size_t i = 0; i < n; i++)
                 json_object_array_add(*kvs, json_object_get(json_object_array_get_idx(page, i)));
@@ -499,14 +499,23 @@ static int watch_message(void *ctx, json_object *message)
         }
         return 0;
     }
+    if (!json_object_is_type(events, json_type_array)) {
+        /* json-c asserts an array's type: a crafted reply must not abort
+         * the process. Following on would skip its revisions: end this
+         * stream; the next one resumes after applied_revision. */
+        etcd_log(es, AFSM_LOG_WARN, "etcd: watch reply with bad events; watching again", NULL, NULL);
+        return 1;
+    }
     size_t n = json_object_array_length(events);
     for (size_t i = 0; i < n; i++) {
         json_object *event = json_object_array_get_idx(events, i);
         json_object *type, *kv;
         if (!json_object_object_get_ex(event, "kv", &kv))
             continue;
-        int deleted =
-            json_object_object_get_ex(event, "type", &type) && strcmp(json_object_get_string(type), "DELETE") == 0;
+        /* "type" may be absent (PUT, the default) or anything in a crafted
+         * reply: only the string "DELETE" is a deletion. */
+        int deleted = json_object_object_get_ex(event, "type", &type) && json_object_is_type(type, json_type_string) &&
+                      strcmp(json_object_get_string(type), "DELETE") == 0;
         etcd_event ev;
         pthread_mutex_lock(&es->apply_lock);
         apply_kv(es, kv, deleted, 1, &ev);

@@ -137,10 +137,11 @@ static afsm_status txn_send(etcd_store *es, txn *t, int *succeeded, int64_t *rev
 /* The kvs of the failure branch's index-th response (a request_range). */
 static json_object *txn_range_kvs(json_object *reply, size_t index)
 {
-    json_object *responses, *range, *kvs;
-    if (!json_object_object_get_ex(reply, "responses", &responses) || index >= json_object_array_length(responses) ||
+    /* Every level type-checked: a crafted reply is "no record", not an abort. */
+    json_object *responses = etcd_get_array(reply, "responses"), *range, *kvs;
+    if (responses == NULL || index >= json_object_array_length(responses) ||
         !json_object_object_get_ex(json_object_array_get_idx(responses, index), "response_range", &range) ||
-        !json_object_object_get_ex(range, "kvs", &kvs))
+        (kvs = etcd_get_array(range, "kvs")) == NULL)
         return NULL;
     return json_object_array_length(kvs) > 0 ? kvs : NULL;
 }
@@ -290,7 +291,7 @@ static afsm_status taken_slots(etcd_store *es, const char *user, size_t user_len
     afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
     json_object_put(body);
     memset(taken, 0, (cap + 7) / 8);
-    if (st == AFSM_OK && json_object_object_get_ex(reply, "kvs", &kvs)) {
+    if (st == AFSM_OK && (kvs = etcd_get_array(reply, "kvs")) != NULL) {
         for (size_t i = 0; i < json_object_array_length(kvs); i++) {
             long len;
             char *k = etcd_get_bytes(json_object_array_get_idx(kvs, i), "key", &len);
@@ -391,8 +392,10 @@ static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry
             *revision = etcd_get_int64(json_object_array_get_idx(mine, 0), "mod_revision");
         } else if (mine != NULL || txn_range_kvs(reply, 1) != NULL) {
             st = AFSM_EEXISTS;
-        } else {
+        } else if (rec->slot >= 0) {
             *retry = 1; /* only the slot was taken */
+        } else {
+            st = AFSM_EINTERNAL; /* failed, yet no key it guards exists: not etcd's answer */
         }
     }
     json_object_put(reply);
@@ -714,7 +717,7 @@ static afsm_status read_record(etcd_store *es, const afsm_uuid *id, keys_record 
     json_object_object_add(body, "key", etcd_json_bytes(skey, slen));
     afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
     json_object_put(body);
-    if (st == AFSM_OK && (!json_object_object_get_ex(reply, "kvs", &kvs) || json_object_array_length(kvs) == 0))
+    if (st == AFSM_OK && ((kvs = etcd_get_array(reply, "kvs")) == NULL || json_object_array_length(kvs) == 0))
         st = AFSM_ENOTFOUND;
     if (st == AFSM_OK) {
         long len;
@@ -747,7 +750,7 @@ static afsm_status etcd_remove_by_user(store *st, const char *user_id, size_t us
     json_object_object_add(body, "keys_only", json_object_new_boolean(1));
     afsm_status status = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
     json_object_put(body);
-    if (status == AFSM_OK && json_object_object_get_ex(reply, "kvs", &kvs)) {
+    if (status == AFSM_OK && (kvs = etcd_get_array(reply, "kvs")) != NULL) {
         for (size_t i = 0; i < json_object_array_length(kvs) && status == AFSM_OK; i++) {
             long len;
             char *k = etcd_get_bytes(json_object_array_get_idx(kvs, i), "key", &len);
@@ -794,7 +797,7 @@ static afsm_status read_key(etcd_store *es, const char *key, size_t len, int key
     *found = 0;
     if (value != NULL)
         *value = NULL;
-    if (st == AFSM_OK && json_object_object_get_ex(reply, "kvs", &kvs) && json_object_array_length(kvs) > 0) {
+    if (st == AFSM_OK && (kvs = etcd_get_array(reply, "kvs")) != NULL && json_object_array_length(kvs) > 0) {
         json_object *kv = json_object_array_get_idx(kvs, 0);
         *found = 1;
         *mod_revision = etcd_get_int64(kv, "mod_revision");
