@@ -30,6 +30,7 @@
 #include "etcd/etcd_store.h"
 #include "metadata.h"
 #include "util/clock.h"
+#include "util/errdetail.h"
 #include "util/uuid.h"
 
 #define DIAL_TIMEOUT_MS_DEFAULT    2000u
@@ -521,6 +522,14 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
 static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
                                      size_t reason_len);
 
+/* A guarded write that lost every one of its WRITE_ATTEMPTS races: it was
+ * not made (etcd took other writers' records each time). */
+static afsm_status lost_every_guard(void)
+{
+    return errdetail_set(AFSM_EUNAVAILABLE, "etcd: the record changed under each of %d attempts; not written",
+                         WRITE_ATTEMPTS);
+}
+
 afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
 {
     owned_record *o = malloc(sizeof(*o));
@@ -587,6 +596,9 @@ static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update
         owned_release(o);
         if (status != AFSM_OK || !retry)
             break;
+        /* Every guard lost: nothing was written, so never AFSM_OK. */
+        if (attempt + 1 == WRITE_ATTEMPTS)
+            status = lost_every_guard();
     }
     owned_release(o);
     free(o);
@@ -620,6 +632,10 @@ static afsm_status etcd_rotate_generation(store *st, const afsm_uuid *id, afsm_s
         }
         if (status != AFSM_OK)
             break;
+        /* Every guard lost: `out` is unfilled, and a token sealed for it
+         * would name no session. */
+        if (attempt + 1 == WRITE_ATTEMPTS)
+            status = lost_every_guard();
     }
     owned_release(o);
     free(o);
