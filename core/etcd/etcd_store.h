@@ -45,7 +45,13 @@ typedef struct etcd_store {
     pthread_mutex_t apply_lock;
     pthread_cond_t applied;           /* broadcast under apply_lock after every change */
     _Atomic int64_t applied_revision; /* written under apply_lock */
-    uint32_t read_mode;               /* AFSM_READ_* */
+    /* This node's own deletions the watch has not passed yet (under
+     * apply_lock): a put of the session at an older revision still in the
+     * watch (its create's echo, another node's earlier update) must not
+     * bring it back. Dropped once applied_revision reaches them. */
+    struct etcd_tombstone *tombstones;
+    size_t tombstone_count, tombstone_cap;
+    uint32_t read_mode; /* AFSM_READ_* */
     uint64_t request_timeout_ns;
 
     /* The watch thread. */
@@ -96,6 +102,11 @@ void etcd_replica_stop(etcd_store *es);
 afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int flags, etcd_event *ev);
 /* Applies a session's deletion (a no-op when unknown). apply_lock held. */
 void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev);
+/* This node deleted id at revision: older puts of it are stale (0: no
+ * memory left; the echo may then bring it back until the watch's delete).
+ * apply_lock held. */
+void etcd_tombstone_add(etcd_store *es, const afsm_uuid *id, int64_t revision);
+void etcd_tombstones_free(etcd_store *es);
 void etcd_fire(etcd_store *es, etcd_event *ev);
 /* The memory store's state machine, checked before a write leaves. */
 int etcd_transition_allowed(uint32_t from, uint32_t to);

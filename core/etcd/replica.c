@@ -170,6 +170,56 @@ static uint64_t renewed_at(etcd_store *es, const keys_record *rec)
     return age > 0 && (uint64_t)age < now ? now - (uint64_t)age : now;
 }
 
+/* ---- tombstones ------------------------------------------------------------------ */
+
+struct etcd_tombstone {
+    afsm_uuid id;
+    int64_t revision;
+};
+
+void etcd_tombstone_add(etcd_store *es, const afsm_uuid *id, int64_t revision)
+{
+    if (revision <= atomic_load_explicit(&es->applied_revision, memory_order_relaxed))
+        return; /* the watch is already past it */
+    if (es->tombstone_count == es->tombstone_cap) {
+        size_t cap = es->tombstone_cap != 0 ? es->tombstone_cap * 2 : 16;
+        struct etcd_tombstone *grown = realloc(es->tombstones, cap * sizeof(*grown));
+        if (grown == NULL)
+            return;
+        es->tombstones = grown;
+        es->tombstone_cap = cap;
+    }
+    es->tombstones[es->tombstone_count++] = (struct etcd_tombstone){*id, revision};
+}
+
+/* Whether this node deleted id at a revision after mod_revision. Only the
+ * watch's lag keeps entries here, so the scan is short. */
+static int tombstoned(etcd_store *es, const afsm_uuid *id, int64_t mod_revision)
+{
+    for (size_t i = 0; i < es->tombstone_count; i++)
+        if (es->tombstones[i].revision > mod_revision && memcmp(&es->tombstones[i].id, id, sizeof(*id)) == 0)
+            return 1;
+    return 0;
+}
+
+/* The watch (or a reload) has applied everything up to revision: older
+ * deletions have had their echoes. */
+static void tombstones_prune(etcd_store *es, int64_t revision)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < es->tombstone_count; i++)
+        if (es->tombstones[i].revision > revision)
+            es->tombstones[kept++] = es->tombstones[i];
+    es->tombstone_count = kept;
+}
+
+void etcd_tombstones_free(etcd_store *es)
+{
+    free(es->tombstones);
+    es->tombstones = NULL;
+    es->tombstone_count = es->tombstone_cap = 0;
+}
+
 afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int flags, etcd_event *ev)
 {
     ev->pending = 0;
@@ -177,6 +227,8 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
     int tracked = track_get(&es->tracks, &rec->info.session_id, &known);
     if (tracked && known.mod_revision >= mod_revision)
         return AFSM_OK; /* the echo of a write already applied */
+    if (!tracked && es->tombstone_count > 0 && tombstoned(es, &rec->info.session_id, mod_revision))
+        return AFSM_OK; /* deleted here since: an echo must not resurrect it */
     afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
     afsm_status st;
     int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;
@@ -240,8 +292,11 @@ void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev)
 
 static void raise_revision(etcd_store *es, int64_t revision)
 {
-    if (revision > atomic_load_explicit(&es->applied_revision, memory_order_relaxed))
+    if (revision > atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
         atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
+        if (es->tombstone_count > 0)
+            tombstones_prune(es, revision);
+    }
 }
 
 /* While this node's own guarded write of id is under way, its echo (or a
@@ -450,6 +505,7 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
         }
     }
     atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
+    tombstones_prune(es, revision);
     pthread_mutex_unlock(&es->apply_lock);
     for (size_t i = 0; i < n; i++)
         etcd_fire(es, &events[i]);

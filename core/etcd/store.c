@@ -682,13 +682,14 @@ static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delet
     return st == AFSM_OK && !succeeded ? AFSM_ENOTFOUND : st;
 }
 
-static void apply_own_delete(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
-                             size_t reason_len)
+static void apply_own_delete(etcd_store *es, const afsm_uuid *id, int64_t revision, afsm_delete_reason why,
+                             const char *reason, size_t reason_len)
 {
     etcd_event ev;
     pthread_mutex_lock(&es->apply_lock);
     track_set_reason(&es->tracks, id, why, reason, reason_len);
     etcd_apply_delete(es, id, &ev);
+    etcd_tombstone_add(es, id, revision);
     pthread_mutex_unlock(&es->apply_lock);
     etcd_fire(es, &ev);
 }
@@ -706,7 +707,7 @@ static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_d
     if (st == AFSM_OK)
         st = delete_txn(es, &o->rec, why, reason, reason_len, &revision);
     if (st == AFSM_OK)
-        apply_own_delete(es, id, why, reason, reason_len);
+        apply_own_delete(es, id, revision, why, reason, reason_len);
     owned_release(o);
     free(o);
     return st;
@@ -781,7 +782,7 @@ static afsm_status etcd_remove_by_user(store *st, const char *user_id, size_t us
                 if (one == AFSM_OK)
                     one = delete_txn(es, &rec, AFSM_DELETE_USER, reason, reason_len, &revision);
                 if (one == AFSM_OK) {
-                    apply_own_delete(es, &id, AFSM_DELETE_USER, reason, reason_len);
+                    apply_own_delete(es, &id, revision, AFSM_DELETE_USER, reason, reason_len);
                     (*removed)++;
                 } else if (one != AFSM_ENOTFOUND) {
                     status = one; /* gone meanwhile is fine; etcd down is not */
@@ -1097,6 +1098,7 @@ static void etcd_close(store *st)
     es->replica->ops->close(es->replica);
     etcd_client_close(es->client);
     track_destroy(&es->tracks);
+    etcd_tombstones_free(es);
     pthread_cond_destroy(&es->applied);
     pthread_mutex_destroy(&es->apply_lock);
     free(es);
