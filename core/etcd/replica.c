@@ -9,7 +9,9 @@
  *   so after a disconnect no event is lost and none applied twice;
  * - a record is applied only when its mod revision is newer than the one
  *   tracks holds for it, which drops the watch's echo of this node's own
- *   writes and makes applying idempotent;
+ *   writes and makes applying idempotent; a session this node deleted is
+ *   not brought back by an older put still in the watch (tombstones, kept
+ *   until the watch passes the deletion's revision);
  * - a deletion fires DELETED with the reason written beside it (the g/ key
  *   of the same txn), or EXPIRED when etcd removed it with its lease;
  * - a compacted watch reloads the prefix and fires the differences.
