@@ -207,8 +207,12 @@ void track_renew_failed(track *t, const afsm_uuid *id)
     track_stripe *s = stripe_of(t, id, &hash);
     pthread_mutex_lock(&s->lock);
     track_entry *e = *slot_of(s, hash, id);
+    /* Due again a quarter period after the failure, not at the next
+     * heartbeat: with etcd away every heartbeat would block for the
+     * request timeout. The lease (TTL: timeout + one period) outlives
+     * several such retries. */
     if (e != NULL)
-        e->info.renewed_ns -= e->info.renew_period_ns;
+        e->info.renewed_ns -= e->info.renew_period_ns - e->info.renew_period_ns / 4;
     pthread_mutex_unlock(&s->lock);
 }
 

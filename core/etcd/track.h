@@ -66,7 +66,7 @@ void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, con
 int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
-/* After a failed renewal: due again at the next heartbeat. */
+/* After a failed renewal: due again a quarter of its period later. */
 void track_renew_failed(track *t, const afsm_uuid *id);
 /* Every id known (for a reload's differences): calls fn for each. */
 void track_each(track *t, void (*fn)(void *ctx, const afsm_uuid *id, const track_info *info), void *ctx);
