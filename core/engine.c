@@ -4,12 +4,14 @@
  * engine share.
  */
 #include <sodium.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
+#include "etcd/etcd_store.h"
 #include "util/alloc.h"
 #include "util/clock.h"
 #include "util/token.h"
@@ -63,9 +65,14 @@ static afsm_status versioned_init(void *ptr, size_t size_bytes, unsigned int ver
     return AFSM_OK;
 }
 
+/* Where version 2's fields begin: a version 1 config is that long. */
+#define CONFIG_V1_SIZE offsetof(afsm_config, store)
+
 AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version)
 {
     errdetail_clear();
+    if (version == 1)
+        return versioned_init(config, CONFIG_V1_SIZE, version, 1);
     return versioned_init(config, sizeof(*config), version, AFSM_CONFIG_VERSION);
 }
 
@@ -99,6 +106,31 @@ static void forward_event(void *ctx, const afsm_event *event)
 {
     afsm_engine *engine = ctx;
     engine->config.on_event(engine->config.event_ctx, event);
+}
+
+static void forward_log(void *ctx, int level, const char *message, const afsm_log_field *fields, size_t field_count)
+{
+    engine_log(ctx, level, message, fields, field_count);
+}
+
+static afsm_status open_store(afsm_engine *engine, const afsm_config *cfg, const store_config *sc)
+{
+    if (cfg->store == AFSM_STORE_MEMORY)
+        return mem_store_open(sc, &engine->st);
+    etcd_store_config ec = {
+        .endpoints = cfg->etcd_endpoints,
+        .prefix = cfg->etcd_prefix,
+        .dial_timeout_ms = cfg->etcd_dial_timeout_ms,
+        .request_timeout_ms = cfg->etcd_request_timeout_ms,
+        .read_mode = cfg->etcd_read_mode,
+        .stats_flush_ms = cfg->etcd_stats_flush_ms,
+        .ca_file = cfg->etcd_ca_file,
+        .cert_file = cfg->etcd_cert_file,
+        .key_file = cfg->etcd_key_file,
+        .user = cfg->etcd_user,
+        .password = cfg->etcd_password,
+    };
+    return etcd_store_open(sc, &ec, &engine->st);
 }
 
 static void *reaper_main(void *arg)
@@ -156,13 +188,19 @@ static unsigned default_shard_count(void)
 
 static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
 {
-    if (in == NULL)
+    if (in == NULL) {
         afsm_config_init(cfg, AFSM_CONFIG_VERSION);
-    else if (in->version != AFSM_CONFIG_VERSION)
-        return errdetail_set(AFSM_EVERSION, "config.version: %u, this library knows %d (AFSM_CONFIG_INIT)", in->version,
-                             AFSM_CONFIG_VERSION);
-    else
+    } else if (in->version == 1) {
+        /* Only the first part exists in the caller's memory. */
+        afsm_config_init(cfg, AFSM_CONFIG_VERSION);
+        memcpy(cfg, in, CONFIG_V1_SIZE);
+        cfg->version = AFSM_CONFIG_VERSION;
+    } else if (in->version != AFSM_CONFIG_VERSION) {
+        return errdetail_set(AFSM_EVERSION, "config.version: %u, this library knows 1..%d (AFSM_CONFIG_INIT)",
+                             in->version, AFSM_CONFIG_VERSION);
+    } else {
         *cfg = *in;
+    }
     if (cfg->shard_count == 0)
         cfg->shard_count = default_shard_count();
     if (cfg->shard_count > SHARDS_MAX || (cfg->shard_count & (cfg->shard_count - 1)) != 0)
@@ -212,6 +250,40 @@ static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
         cfg->log_level != AFSM_LOG_WARN && cfg->log_level != AFSM_LOG_ERROR)
         return errdetail_set(AFSM_EINVAL, "config.log_level: %u, must be 0, 10, 20, 30 or 40 (AFSM_LOG_*)",
                              cfg->log_level);
+    if (cfg->store != AFSM_STORE_MEMORY && cfg->store != AFSM_STORE_ETCD)
+        return errdetail_set(AFSM_EINVAL, "config.store: %u, must be AFSM_STORE_MEMORY (0) or AFSM_STORE_ETCD (1)",
+                             cfg->store);
+    if (cfg->etcd_read_mode > AFSM_READ_CONSISTENT)
+        return errdetail_set(AFSM_EINVAL,
+                             "config.etcd_read_mode: %u, must be AFSM_READ_REPLICA, _LINEARIZABLE or "
+                             "_CONSISTENT (0..2)",
+                             cfg->etcd_read_mode);
+    if (cfg->store == AFSM_STORE_ETCD) {
+        if (cfg->etcd_endpoints == NULL)
+            return errdetail_set(AFSM_ENULL, "config.etcd_endpoints: NULL, the etcd store needs at least one");
+        /* What the etcd store does not do (yet): see afsm.h. */
+        if (cfg->idle_timeout_ms != 0 || cfg->max_lifetime_ms != 0 || cfg->close_linger_ms != 0)
+            return errdetail_set(AFSM_EINVAL, "config.idle_timeout_ms, max_lifetime_ms, close_linger_ms: must be 0 "
+                                              "with the etcd store (not supported there yet)");
+        if (cfg->max_sessions_per_user != 0 && cfg->limit_policy == AFSM_LIMIT_EVICT_OLDEST)
+            return errdetail_set(AFSM_EINVAL, "config.limit_policy: AFSM_LIMIT_EVICT_OLDEST is not supported by the "
+                                              "etcd store yet, use AFSM_LIMIT_REJECT");
+        if ((cfg->etcd_cert_file == NULL) != (cfg->etcd_key_file == NULL))
+            return errdetail_set(AFSM_EINVAL, "config.etcd_cert_file and etcd_key_file: give both or neither");
+        if (cfg->etcd_user == NULL && cfg->etcd_password != NULL)
+            return errdetail_set(AFSM_EINVAL, "config.etcd_password: set without etcd_user");
+        const struct {
+            const char *name;
+            uint64_t value;
+        } etcd_spans[] = {{"etcd_request_timeout_ms", cfg->etcd_request_timeout_ms},
+                          {"etcd_dial_timeout_ms", cfg->etcd_dial_timeout_ms},
+                          {"etcd_stats_flush_ms", cfg->etcd_stats_flush_ms}};
+        for (size_t i = 0; i < sizeof(etcd_spans) / sizeof(etcd_spans[0]); i++)
+            if (etcd_spans[i].value > TIMEOUT_MS_MAX)
+                return errdetail_set(AFSM_EINVAL, "config.%s: %llu, must be at most %llu (10 years)",
+                                     etcd_spans[i].name, (unsigned long long)etcd_spans[i].value,
+                                     (unsigned long long)TIMEOUT_MS_MAX);
+    }
     if (cfg->default_timeout_ms == 0)
         cfg->default_timeout_ms = DEFAULT_TIMEOUT_MS;
     if (cfg->cleanup_interval_ms == 0)
@@ -272,6 +344,13 @@ AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **o
     /* Copied in already; the pointers must not outlive the caller's data. */
     engine->config.key = NULL;
     engine->config.key_file = NULL;
+    engine->config.etcd_endpoints = NULL;
+    engine->config.etcd_prefix = NULL;
+    engine->config.etcd_ca_file = NULL;
+    engine->config.etcd_cert_file = NULL;
+    engine->config.etcd_key_file = NULL;
+    engine->config.etcd_user = NULL;
+    engine->config.etcd_password = NULL;
     atomic_init(&engine->default_timeout_ns, cfg.default_timeout_ms * NS_PER_MS);
 
     status = keyring_open(&engine->keys);
@@ -296,8 +375,10 @@ AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **o
         .clock_ctx = cfg.clock_ctx,
         .emit = cfg.on_event != NULL ? forward_event : NULL,
         .emit_ctx = engine,
+        .log = forward_log,
+        .log_ctx = engine,
     };
-    status = mem_store_open(&sc, &engine->st);
+    status = open_store(engine, &cfg, &sc);
     if (status != AFSM_OK)
         goto fail_keys;
     if (cfg.reaper == AFSM_REAPER_THREAD) {

@@ -9,6 +9,7 @@
  * here, on read.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -20,17 +21,20 @@ AFSM_API afsm_status afsm_metrics_snapshot(afsm_engine *engine, afsm_metrics *ou
     errdetail_clear();
     if (engine == NULL || out == NULL)
         return AFSM_ENULL;
-    if (out->version != AFSM_METRICS_VERSION)
+    if (out->version != AFSM_METRICS_VERSION && out->version != 1)
         return AFSM_EVERSION;
-    memset(out, 0, sizeof(*out));
-    out->version = AFSM_METRICS_VERSION;
-    afsm_status status = engine->st->ops->metrics(engine->st, out);
+    /* A version 1 struct ends where version 2's fields begin. */
+    size_t size = out->version == 1 ? offsetof(afsm_metrics, etcd_lease_grants_total) : sizeof(*out);
+    afsm_metrics all;
+    memset(&all, 0, sizeof(all));
+    all.version = out->version;
+    afsm_status status = engine->st->ops->metrics(engine->st, &all);
     if (status != AFSM_OK)
         return status;
     for (unsigned s = 0; s < TOKEN_STRIPES; s++)
         for (unsigned r = 0; r < AFSM_TOKEN_RESULT_COUNT; r++)
-            out->token_validations[r] +=
-                atomic_load_explicit(&engine->token_counts[s].results[r], memory_order_relaxed);
+            all.token_validations[r] += atomic_load_explicit(&engine->token_counts[s].results[r], memory_order_relaxed);
+    memcpy(out, &all, size);
     return AFSM_OK;
 }
 
@@ -114,6 +118,20 @@ static void render(text *t, const afsm_metrics *m)
            m->deferred_frees);
 }
 
+/* The etcd store's series, only for an engine on it. */
+static void render_etcd(text *t, const afsm_metrics *m)
+{
+    single(t, "session_etcd_lease_grants_total", "counter", "Session leases granted in etcd.",
+           m->etcd_lease_grants_total);
+    single(t, "session_etcd_lease_keepalives_total", "counter",
+           "Lease renewals sent to etcd (at most one per session per timeout/3).", m->etcd_lease_keepalives_total);
+    single(t, "session_etcd_stats_writes_total", "counter", "Sessions' stats written to etcd by the periodic flush.",
+           m->etcd_stats_writes_total);
+    header(t, "session_etcd_replica_lag_seconds", "gauge",
+           "0 while the replica's watch is connected; else how long it has been down.");
+    put(t, "session_etcd_replica_lag_seconds %.3f\n", m->etcd_replica_lag_seconds);
+}
+
 AFSM_API afsm_status afsm_metrics_write_prometheus(afsm_engine *engine, char *buf, size_t buf_size, size_t *needed)
 {
     errdetail_clear();
@@ -125,6 +143,8 @@ AFSM_API afsm_status afsm_metrics_write_prometheus(afsm_engine *engine, char *bu
         return status;
     text t = {buf, buf_size, 0};
     render(&t, &m);
+    if (engine->config.store == AFSM_STORE_ETCD)
+        render_etcd(&t, &m);
     if (needed != NULL)
         *needed = t.used + 1;
     if (t.used + 1 > buf_size)

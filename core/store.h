@@ -30,11 +30,19 @@ typedef struct store_config {
     uint32_t max_sessions_per_user; /* 0: no cap */
     uint32_t limit_policy;          /* AFSM_LIMIT_* */
     int metrics;                    /* keep the metrics counters */
-    const char *server_addr;        /* NUL-terminated, <= AFSM_SERVER_ADDR_MAX */
+    /* Non-zero: the store never judges a session expired by its own clock
+     * (no EEXPIRED, no expiry on advance); only a removal ends a session.
+     * The etcd store's replica: there the lease in etcd is the truth, and a
+     * heartbeat on another node never reaches this node's copy. */
+    int external_expiry;
+    const char *server_addr; /* NUL-terminated, <= AFSM_SERVER_ADDR_MAX */
     afsm_clock_fn clock;
     void *clock_ctx;
     void (*emit)(void *ctx, const afsm_event *event); /* may be NULL */
     void *emit_ctx;
+    /* The engine's log (afsm_log_fn's shape); may be NULL. */
+    void (*log)(void *ctx, int level, const char *message, const afsm_log_field *fields, size_t field_count);
+    void *log_ctx;
 } store_config;
 
 typedef struct session_spec {

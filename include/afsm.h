@@ -263,9 +263,22 @@ typedef struct afsm_engine afsm_engine;
 #define AFSM_REAPER_THREAD 0 /* an internal thread advances time every cleanup_interval */
 #define AFSM_REAPER_MANUAL 1 /* no thread: the caller calls afsm_engine_advance */
 
-#define AFSM_CONFIG_VERSION 1
+#define AFSM_STORE_MEMORY 0 /* this process only */
+#define AFSM_STORE_ETCD   1 /* shared through etcd; every node reads from a local replica */
+
+/* How the etcd store answers gets (by id, by connection, metadata, token
+ * validation). Lists and counts always come from the replica. */
+#define AFSM_READ_REPLICA      0 /* the local replica, lock-free; stale by the watch's delay */
+#define AFSM_READ_LINEARIZABLE 1 /* the record is read from etcd */
+#define AFSM_READ_CONSISTENT                                                                                           \
+    2 /* etcd gives the record's revision (no payload); the answer is                                                  \
+         the replica's once it has applied that revision */
+
+/* Version 2 appended the store fields; a version 1 config (without them)
+ * is still accepted and means the memory store. */
+#define AFSM_CONFIG_VERSION 2
 typedef struct afsm_config {
-    uint32_t version;             /* AFSM_CONFIG_VERSION */
+    uint32_t version;             /* AFSM_CONFIG_VERSION (or 1) */
     uint32_t shard_count;         /* 0: next power of two >= 4 x CPUs; else a power of two <= 4096 */
     uint64_t capacity_hint;       /* sessions expected; presizes the tables (0: 1024) */
     uint64_t default_timeout_ms;  /* 0: 30 minutes; at most 2^32-1 (~49.7 days) */
@@ -295,23 +308,61 @@ typedef struct afsm_config {
     size_t key_file_len;
     uint32_t key_id;          /* 1..AFSM_KEY_ID_MAX for key or key_file */
     uint32_t disable_metrics; /* non-zero: skip counters (measures their cost) */
+
+    /* Version 2: the store. With AFSM_STORE_ETCD, sessions live in etcd
+     * (v3 API through its JSON gateway, etcd >= 3.4) under etcd_prefix, each
+     * attached to a lease; every engine on the same etcd and prefix sees
+     * every session, and reads, heartbeats and stats additions are served
+     * from this engine's local replica. Writes (create, update, delete,
+     * token rotation) are etcd transactions and fail with AFSM_EUNAVAILABLE
+     * when no endpoint answers within etcd_request_timeout_ms. Expiry is
+     * etcd's: a session ends between its timeout and 4/3 of it after its
+     * last heartbeat (leases are renewed at most once per timeout / 3), and
+     * arrives on every engine as an EXPIRED event. Not supported with etcd
+     * (AFSM_EINVAL): idle_timeout_ms, max_lifetime_ms, close_linger_ms and
+     * AFSM_LIMIT_EVICT_OLDEST. Strings are NUL-terminated and copied. */
+    uint32_t store;                   /* AFSM_STORE_MEMORY or AFSM_STORE_ETCD */
+    uint32_t etcd_read_mode;          /* AFSM_READ_* (0: replica) */
+    const char *etcd_endpoints;       /* "http://127.0.0.1:2379,http://..."; https:// for TLS */
+    const char *etcd_prefix;          /* NULL: "/afsm/" */
+    uint64_t etcd_dial_timeout_ms;    /* 0: 2000 */
+    uint64_t etcd_request_timeout_ms; /* 0: 5000; the bound of every etcd call */
+    const char *etcd_ca_file;         /* PEM; NULL: the system's CAs */
+    const char *etcd_cert_file;       /* client certificate (PEM), or NULL */
+    const char *etcd_key_file;        /* its key (PEM), or NULL */
+    const char *etcd_user;            /* etcd auth, or NULL */
+    const char *etcd_password;
+    /* Stats additions (afsm_session_add_stats, handles) stay on the engine
+     * that made them and are written to etcd every etcd_stats_flush_ms (0:
+     * 10 s), one txn per session whose stats changed, and once more at
+     * afsm_engine_close: a crash loses at most one period of stats, never
+     * a session. Other engines see them after the flush. */
+    uint64_t etcd_stats_flush_ms;
 } afsm_config;
 
 #define AFSM_CONFIG_INIT                                                                                               \
     {                                                                                                                  \
         .version = AFSM_CONFIG_VERSION                                                                                 \
     }
-/* Sets every field to its default for the given version (AFSM_EVERSION if unknown). */
+/* Sets every field to its default for the given version (1 or 2; AFSM_EVERSION otherwise). */
 AFSM_API afsm_status afsm_config_init(afsm_config *config, unsigned int version);
 
 /* Creates an engine. config may be NULL for all defaults. The config is
  * copied; the hooks' ctx pointers must stay valid until close.
  * AFSM_ENULL, AFSM_EVERSION, AFSM_EINVAL (shard_count not a power of two,
- * unknown reaper mode or limit policy, key_len, key_id), AFSM_ETOOLONG
- * (server_addr), AFSM_EKEYFILE, AFSM_ENOMEM. */
+ * unknown reaper mode or limit policy, key_len, key_id; an etcd store
+ * without endpoints, with a malformed endpoint or prefix, or with an option
+ * it does not support), AFSM_ETOOLONG (server_addr), AFSM_EKEYFILE,
+ * AFSM_ENOMEM, AFSM_EUNAVAILABLE (etcd: no endpoint answered the initial
+ * load within the request timeout). */
 AFSM_API afsm_status afsm_engine_open(const afsm_config *config, afsm_engine **out);
 
 /* Stops and joins the reaper thread, frees every session and the engine.
+ * With the etcd store, the sessions stay in etcd (other engines keep
+ * serving them) and end through their leases unless someone heartbeats;
+ * unflushed stats are written once more first (an unreachable etcd delays
+ * close by at most the request timeout, plus about a second for the watch
+ * thread to notice).
  * No callback runs after it returns. Not to be called concurrently with any
  * other call on the same engine, nor from a callback. AFSM_EBUSY (and
  * nothing done) while handles are pinned. NULL is accepted and ignored. */
@@ -435,7 +486,9 @@ AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_sessio
 
 /* Copies one session. Lock-free. AFSM_ENULL, AFSM_EVERSION, AFSM_ENOTFOUND,
  * AFSM_EEXPIRED (deadline passed, even before the reaper removes it; out is
- * still filled). */
+ * still filled). With the etcd store in the linearizable or consistent
+ * read mode it asks etcd first: AFSM_EUNAVAILABLE when etcd does not answer
+ * (or the replica does not catch up) within the request timeout. */
 AFSM_API afsm_status afsm_session_get(afsm_engine *engine, const afsm_uuid *session_id, afsm_session_info *out);
 /* Same, looked up by the transport's connection id. */
 AFSM_API afsm_status afsm_session_get_by_connection(afsm_engine *engine, const afsm_uuid *connection_id,
@@ -687,9 +740,10 @@ typedef enum afsm_token_result {
  * (not to when the reaper noticed). */
 #define AFSM_DURATION_BUCKETS 14
 
-#define AFSM_METRICS_VERSION 1
+/* Version 2 appended the etcd store's fields; version 1 is still filled. */
+#define AFSM_METRICS_VERSION 2
 typedef struct afsm_metrics {
-    uint32_t version; /* AFSM_METRICS_VERSION, set by the caller */
+    uint32_t version; /* AFSM_METRICS_VERSION (or 1), set by the caller */
     uint32_t shard_count;
     uint64_t sessions;                            /* session_total (gauge) */
     uint64_t sessions_by_state[AFSM_STATE_COUNT]; /* session_active, session_idle, ... */
@@ -704,6 +758,11 @@ typedef struct afsm_metrics {
     uint64_t token_validations[AFSM_TOKEN_RESULT_COUNT];
     uint64_t reaper_lag_ns;  /* engine clock minus the time the wheels last reached */
     uint64_t deferred_frees; /* memory waiting for readers to leave their epoch sections */
+    /* Version 2: the etcd store's (zero with the memory store). */
+    uint64_t etcd_lease_grants_total;     /* session leases granted (one per create) */
+    uint64_t etcd_lease_keepalives_total; /* lease renewals sent (at most one per session per timeout / 3) */
+    uint64_t etcd_stats_writes_total;     /* sessions' stats written by the periodic flush */
+    double etcd_replica_lag_seconds;      /* 0 while the watch is connected; else how long it has been down */
 } afsm_metrics;
 
 #define AFSM_METRICS_INIT                                                                                              \

@@ -182,7 +182,7 @@ static void test_bad_input_gets_its_own_status(void **state)
     cfg.shard_count = 3;
     assert_int_equal(afsm_engine_open(&cfg, &other), AFSM_EINVAL);
     cfg.shard_count = 0;
-    cfg.version = 2;
+    cfg.version = AFSM_CONFIG_VERSION + 1;
     assert_int_equal(afsm_engine_open(&cfg, &other), AFSM_EVERSION);
     assert_null(other);
     afsm_engine_close(engine);

@@ -10,6 +10,7 @@ import (
 	"context"
 	"runtime"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -83,6 +84,111 @@ type ManagerConfig struct {
 	// Close, and must not block for long. Events of one session arrive in
 	// order; events of different sessions may arrive concurrently.
 	OnEvent func(Event)
+	// Store selects where sessions live: StoreMemory (the default: this
+	// process only) or StoreEtcd (shared by every Manager on the same etcd
+	// and Etcd.Prefix; reads, heartbeats and stats additions are served
+	// from a local replica, writes are etcd transactions).
+	Store Store
+	// Etcd configures StoreEtcd.
+	Etcd EtcdConfig
+}
+
+// Store is where a Manager keeps its sessions.
+type Store uint32
+
+// The stores, as the C AFSM_STORE_*.
+const (
+	// StoreMemory keeps sessions in this process.
+	StoreMemory Store = C.AFSM_STORE_MEMORY
+	// StoreEtcd keeps them in etcd (core/etcd/README.md).
+	StoreEtcd Store = C.AFSM_STORE_ETCD
+)
+
+// EtcdConfig says how to reach etcd (etcd >= 3.4, through its v3 JSON
+// gateway). Expiry is etcd's: a session ends between its timeout and 4/3
+// of it after its last heartbeat. IdleTimeout, MaxLifetime, CloseLinger
+// and LimitEvictOldest are not supported with StoreEtcd.
+type EtcdConfig struct {
+	// Endpoints are URLs, "http://127.0.0.1:2379" (https for TLS).
+	Endpoints []string
+	// Prefix is the key prefix (empty: "/afsm/").
+	Prefix string
+	// DialTimeout bounds a connection attempt (0: 2 s); RequestTimeout
+	// every etcd call (0: 5 s), past which writes fail with ErrUnavailable.
+	DialTimeout    time.Duration
+	RequestTimeout time.Duration
+	// CAFile, CertFile and KeyFile are PEM files for TLS (empty: none).
+	CAFile, CertFile, KeyFile string
+	// User and Password enable etcd authentication (empty: none).
+	User, Password string
+	// ReadMode says how gets are answered (ReadReplica: the default).
+	ReadMode ReadMode
+	// StatsFlush is how often stats additions are written to etcd (0:
+	// 10 s); a crash loses at most one period of stats, never a session.
+	StatsFlush time.Duration
+}
+
+// ReadMode is how the etcd store answers gets (by id, by connection,
+// metadata, token validation); lists and counts always come from the
+// replica.
+type ReadMode uint32
+
+// The read modes, as the C AFSM_READ_*.
+const (
+	// ReadReplica answers from the local replica, lock-free; it lags etcd
+	// by the watch's delay.
+	ReadReplica ReadMode = C.AFSM_READ_REPLICA
+	// ReadLinearizable reads the record from etcd.
+	ReadLinearizable ReadMode = C.AFSM_READ_LINEARIZABLE
+	// ReadConsistent asks etcd for the record's revision (no payload) and
+	// answers from the replica once it has applied it.
+	ReadConsistent ReadMode = C.AFSM_READ_CONSISTENT
+)
+
+// setEtcd fills the store fields of c with C strings; the returned func
+// frees them (after open, which copies them).
+func setEtcd(c *C.afsm_config, cfg *ManagerConfig) (func(), error) {
+	var owned []*C.char
+	free := func() {
+		for _, p := range owned {
+			C.free(unsafe.Pointer(p))
+		}
+	}
+	str := func(s string) *C.char {
+		if s == "" {
+			return nil
+		}
+		p := C.CString(s)
+		owned = append(owned, p)
+		return p
+	}
+	c.store = C.uint32_t(cfg.Store)
+	c.etcd_read_mode = C.uint32_t(cfg.Etcd.ReadMode)
+	e := &cfg.Etcd
+	for _, s := range append([]string{e.Prefix, e.CAFile, e.CertFile, e.KeyFile, e.User, e.Password}, e.Endpoints...) {
+		if strings.IndexByte(s, 0) >= 0 {
+			return free, argError("NewManager", C.AFSM_EINVAL, "Etcd: %q contains a NUL byte", s)
+		}
+	}
+	for _, d := range []struct {
+		d   time.Duration
+		dst *C.uint64_t
+	}{{e.DialTimeout, &c.etcd_dial_timeout_ms}, {e.RequestTimeout, &c.etcd_request_timeout_ms},
+		{e.StatsFlush, &c.etcd_stats_flush_ms}} {
+		ms, ok := durationMs(d.d)
+		if !ok {
+			return free, argError("NewManager", C.AFSM_EINVAL, "Etcd: duration %v, must be 0 or a positive number of milliseconds", d.d)
+		}
+		*d.dst = C.uint64_t(ms)
+	}
+	c.etcd_endpoints = str(strings.Join(e.Endpoints, ","))
+	c.etcd_prefix = str(e.Prefix)
+	c.etcd_ca_file = str(e.CAFile)
+	c.etcd_cert_file = str(e.CertFile)
+	c.etcd_key_file = str(e.KeyFile)
+	c.etcd_user = str(e.User)
+	c.etcd_password = str(e.Password)
+	return free, nil
 }
 
 // Manager is a session engine. All its methods are safe for concurrent
@@ -107,7 +213,10 @@ const gateStripes = 64
 
 // NewManager opens an engine. cfg may be nil for all defaults. Errors match
 // ErrInvalidArgument (a negative duration or count, a shard count that is
-// not a power of two), ErrTooLong (ServerAddr) or ErrOutOfMemory.
+// not a power of two; with StoreEtcd: no or a malformed endpoint, or an
+// option that store does not support), ErrTooLong (ServerAddr),
+// ErrOutOfMemory, or ErrUnavailable (StoreEtcd: etcd did not answer the
+// initial load within Etcd.RequestTimeout).
 func NewManager(cfg *ManagerConfig) (*Manager, error) {
 	if cfg == nil {
 		cfg = &ManagerConfig{}
@@ -170,6 +279,11 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 	if len(cfg.ServerAddr) > C.AFSM_SERVER_ADDR_MAX {
 		return nil, argError(op, C.AFSM_ETOOLONG, "ServerAddr: %d bytes, must be at most %d", len(cfg.ServerAddr),
 			C.AFSM_SERVER_ADDR_MAX)
+	}
+	freeEtcd, err := setEtcd(&c, cfg)
+	defer freeEtcd()
+	if err != nil {
+		return nil, err
 	}
 
 	m := &Manager{

@@ -43,7 +43,7 @@ static inline __attribute__((always_inline)) afsm_status heartbeat_session(mem_s
     for (;;) {
         /* Checked inside the loop: the reaper's CAS and ours exclude each
          * other, so success here means the deadline had not passed. */
-        if ((seen & SESSION_EXPIRED_BIT) || mem_deadline(ms, s, seen) <= now)
+        if ((seen & SESSION_EXPIRED_BIT) || (mem_deadline(ms, s, seen) <= now && !ms->config.external_expiry))
             return AFSM_EEXPIRED;
         if (seen >= now)
             break; /* a newer heartbeat already landed (and looked at the state) */

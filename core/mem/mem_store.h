@@ -82,6 +82,8 @@ static inline uint64_t mem_deadline(const mem_store *ms, const session *s, uint6
 
 static inline bool mem_expired(const mem_store *ms, const session *s, uint64_t now_ns)
 {
+    if (ms->config.external_expiry)
+        return false;
     return session_expired(s, now_ns, ms->config.max_lifetime_ns);
 }
 

@@ -119,7 +119,8 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     afsm_status status = build(ms, spec, &s);
     if (status != AFSM_OK)
         return status;
-    if (spec->restore != NULL && (restored_expired(ms, spec) || mem_expired(ms, s, mem_now(ms)))) {
+    if (spec->restore != NULL && !ms->config.external_expiry &&
+        (restored_expired(ms, spec) || mem_expired(ms, s, mem_now(ms)))) {
         free_unpublished(s);
         return AFSM_EEXPIRED;
     }

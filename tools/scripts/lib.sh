@@ -6,19 +6,20 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 JOBS=$(nproc)
 
-# Packages the build and the main job need (the daemon: grpc++, protoc and its
-# plugins, libmicrohttpd, zlib, OpenSSL to check TLS files; sessionctl:
-# python3-grpcio, python3-protobuf).
+# Packages the build and the main job need (the etcd store: libcurl, json-c;
+# the daemon: grpc++, protoc and its plugins, libmicrohttpd, zlib, OpenSSL to
+# check TLS files; sessionctl: python3-grpcio, python3-protobuf).
 BUILD_PACKAGES=(build-essential cmake pkg-config libck-dev libjemalloc-dev libsodium-dev
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libmicrohttpd-dev zlib1g-dev libssl-dev
-  python3 python3-grpcio python3-protobuf)
+  libcurl4-openssl-dev libjson-c-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libmicrohttpd-dev zlib1g-dev libssl-dev python3 python3-grpcio python3-protobuf)
 # And what every test needs on top (sanitizer runtimes come with gcc;
-# clang-14 and its runtime are for the libFuzzer targets; openssl makes the
-# daemon tests' certificates; systemd brings systemd-analyze for the unit, ssl-cert
-# the group the unit reads TLS keys through).
+# clang-14 and its runtime are for the libFuzzer targets; etcd for the etcd
+# store's tests; openssl makes the test certificates; systemd brings
+# systemd-analyze for the unit, ssl-cert the group the unit reads TLS keys
+# through).
 TEST_PACKAGES=(git binutils abigail-tools libcmocka-dev clang-14 libclang-rt-14-dev clang-format-14 golang-go python3 python3-pytest
   python3-hypothesis libbenchmark-dev libhiredis-dev redis-server python3-matplotlib prometheus
-  openssl systemd ssl-cert)
+  etcd-server etcd-client openssl systemd ssl-cert)
 
 # Installs whichever of the given Debian packages are missing.
 ensure_packages() {

@@ -11,6 +11,15 @@ struct Options {
     std::string listen = "127.0.0.1:50051";
     std::string metrics_listen = "127.0.0.1:9464"; // empty or "off": no HTTP endpoint
     std::string store = "memory";
+    // --store etcd (core/etcd/README.md).
+    std::string etcd_endpoints; // comma-separated URLs
+    std::string etcd_prefix;    // empty: "/afsm/"
+    uint64_t etcd_dial_timeout_ms = 0;
+    uint64_t etcd_request_timeout_ms = 0;
+    std::string etcd_ca_file, etcd_cert_file, etcd_key_file;
+    std::string etcd_user, etcd_password_file;
+    std::string etcd_read_mode = "replica";
+    uint64_t etcd_stats_flush_ms = 0;
     std::string server_addr; // reported in sessions; empty: the listen address
     uint64_t default_timeout_ms = 30ull * 60 * 1000;
     uint64_t cleanup_interval_ms = 1000;

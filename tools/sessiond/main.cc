@@ -228,16 +228,46 @@ bool load_snapshot(afsm_engine *engine, const Options &o)
     return false;
 }
 
+// The etcd password: the file's first line.
+bool read_password(const std::string &path, std::string *out)
+{
+    FILE *f = std::fopen(path.c_str(), "r");
+    if (f == nullptr) {
+        log_line(AFSM_LOG_ERROR, "cannot read --etcd-password-file", {{"path", path}, {"error", std::strerror(errno)}});
+        return false;
+    }
+    char buf[1024];
+    if (std::fgets(buf, sizeof buf, f) == nullptr)
+        buf[0] = '\0';
+    std::fclose(f);
+    out->assign(buf, std::strcspn(buf, "\r\n"));
+    return true;
+}
+
 int run(const Options &o)
 {
     log_set_level(log_level_from_name(o.log_level));
-    if (o.store == "etcd") {
-        log_line(AFSM_LOG_ERROR, "the etcd store is not built into this sessiond yet; use --store memory");
+    if (o.store != "memory" && o.store != "etcd") {
+        log_line(AFSM_LOG_ERROR, "unknown --store (expected memory or etcd)", {{"store", o.store}});
         return 2;
     }
-    if (o.store != "memory") {
-        log_line(AFSM_LOG_ERROR, "unknown --store (expected memory)", {{"store", o.store}});
-        return 2;
+    std::string etcd_password;
+    if (o.store == "etcd") {
+        const char *refused = o.etcd_endpoints.empty()    ? "--store etcd needs --etcd-endpoints"
+                              : !o.snapshot.empty()       ? "--snapshot is for the memory store (etcd keeps the sessions)"
+                              : o.idle_timeout_ms != 0    ? "--idle-timeout is not supported with --store etcd"
+                              : o.max_lifetime_ms != 0    ? "--max-lifetime is not supported with --store etcd"
+                              : o.limit_policy != "reject" ? "--limit-policy evict-oldest is not supported with --store etcd"
+                              : o.etcd_read_mode != "replica" && o.etcd_read_mode != "linearizable" &&
+                                      o.etcd_read_mode != "consistent"
+                                  ? "--etcd-read-mode must be replica, linearizable or consistent"
+                                                          : nullptr;
+        if (refused != nullptr) {
+            log_line(AFSM_LOG_ERROR, refused);
+            return 2;
+        }
+        if (!o.etcd_password_file.empty() && !read_password(o.etcd_password_file, &etcd_password))
+            return 2;
     }
 
     // Libraries start threads before main (gRPC's static initialisers), so
@@ -271,7 +301,9 @@ int run(const Options &o)
     cfg.tick_ms = o.cleanup_interval_ms < 100 ? o.cleanup_interval_ms : 0; // finer wheels for fast reaping
     cfg.idle_timeout_ms = o.idle_timeout_ms;
     cfg.max_lifetime_ms = o.max_lifetime_ms;
-    cfg.close_linger_ms = o.close_linger_ms;
+    // With etcd a closed session is removed at once (close_linger is a
+    // memory-store feature; see core/etcd/README.md).
+    cfg.close_linger_ms = o.store == "etcd" ? 0 : o.close_linger_ms;
     cfg.reaper = AFSM_REAPER_THREAD;
     cfg.log_level = static_cast<uint32_t>(log_level_from_name(o.log_level));
     cfg.server_addr = server_addr.data();
@@ -285,6 +317,23 @@ int run(const Options &o)
         cfg.key_file = o.key_file.data();
         cfg.key_file_len = o.key_file.size();
         cfg.key_id = o.key_id;
+    }
+    if (o.store == "etcd") {
+        auto text = [](const std::string &v) { return v.empty() ? nullptr : v.c_str(); };
+        cfg.store = AFSM_STORE_ETCD;
+        cfg.etcd_endpoints = o.etcd_endpoints.c_str();
+        cfg.etcd_prefix = text(o.etcd_prefix);
+        cfg.etcd_dial_timeout_ms = o.etcd_dial_timeout_ms;
+        cfg.etcd_request_timeout_ms = o.etcd_request_timeout_ms;
+        cfg.etcd_ca_file = text(o.etcd_ca_file);
+        cfg.etcd_cert_file = text(o.etcd_cert_file);
+        cfg.etcd_key_file = text(o.etcd_key_file);
+        cfg.etcd_user = text(o.etcd_user);
+        cfg.etcd_password = o.etcd_user.empty() ? nullptr : etcd_password.c_str();
+        cfg.etcd_stats_flush_ms = o.etcd_stats_flush_ms;
+        cfg.etcd_read_mode = o.etcd_read_mode == "linearizable" ? AFSM_READ_LINEARIZABLE
+                             : o.etcd_read_mode == "consistent" ? AFSM_READ_CONSISTENT
+                                                                : AFSM_READ_REPLICA;
     }
     afsm_engine *engine = nullptr;
     afsm_status s = afsm_engine_open(&cfg, &engine);

@@ -91,13 +91,18 @@ AFSM_LIMIT_EVICT_OLDEST = 1
 AFSM_REAPER_THREAD = 0
 AFSM_REAPER_MANUAL = 1
 
-AFSM_CONFIG_VERSION = 1
+AFSM_CONFIG_VERSION = 2
+AFSM_STORE_MEMORY = 0
+AFSM_STORE_ETCD = 1
+AFSM_READ_REPLICA = 0
+AFSM_READ_LINEARIZABLE = 1
+AFSM_READ_CONSISTENT = 2
 AFSM_SESSION_INFO_VERSION = 1
 AFSM_CREATE_OPTIONS_VERSION = 1
 AFSM_UPDATE_VERSION = 1
 AFSM_LIST_FILTER_VERSION = 1
 
-AFSM_METRICS_VERSION = 1
+AFSM_METRICS_VERSION = 2
 
 AFSM_TOKEN_SIZE = 121
 AFSM_KEY_BYTES = 32
@@ -210,6 +215,19 @@ class afsm_config(Structure):
         ("key_file_len", c_size_t),
         ("key_id", c_uint32),
         ("disable_metrics", c_uint32),
+        # Version 2: the store.
+        ("store", c_uint32),
+        ("etcd_read_mode", c_uint32),
+        ("etcd_endpoints", c_char_p),
+        ("etcd_prefix", c_char_p),
+        ("etcd_dial_timeout_ms", c_uint64),
+        ("etcd_request_timeout_ms", c_uint64),
+        ("etcd_ca_file", c_char_p),
+        ("etcd_cert_file", c_char_p),
+        ("etcd_key_file", c_char_p),
+        ("etcd_user", c_char_p),
+        ("etcd_password", c_char_p),
+        ("etcd_stats_flush_ms", c_uint64),
     ]
 
 
@@ -298,6 +316,11 @@ class afsm_metrics(Structure):
         ("token_validations", c_uint64 * AFSM_TOKEN_RESULT_COUNT),
         ("reaper_lag_ns", c_uint64),
         ("deferred_frees", c_uint64),
+        # Version 2: the etcd store's.
+        ("etcd_lease_grants_total", c_uint64),
+        ("etcd_lease_keepalives_total", c_uint64),
+        ("etcd_stats_writes_total", c_uint64),
+        ("etcd_replica_lag_seconds", ctypes.c_double),
     ]
 
 

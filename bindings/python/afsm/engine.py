@@ -195,6 +195,59 @@ def _path(value: str | os.PathLike[str] | bytes) -> bytes:
     return os.fsencode(value)
 
 
+def _etcd_config(
+    cfg: Any,
+    store: str,
+    endpoints: str | Sequence[str] | None,
+    prefix: str | None,
+    dial_timeout: datetime.timedelta | None,
+    request_timeout: datetime.timedelta | None,
+    files: Mapping[str, str | os.PathLike[str] | None],
+    user: str | None,
+    password: str | None,
+    read_mode: str,
+) -> list[bytes]:
+    """Fills the store fields of cfg; returns the buffers it points to."""
+    kinds = {"memory": _lib.AFSM_STORE_MEMORY, "etcd": _lib.AFSM_STORE_ETCD}
+    if store not in kinds:
+        raise ValueError(f"store must be 'memory' or 'etcd', not {store!r}")
+    cfg.store = kinds[store]
+    modes = {
+        "replica": _lib.AFSM_READ_REPLICA,
+        "linearizable": _lib.AFSM_READ_LINEARIZABLE,
+        "consistent": _lib.AFSM_READ_CONSISTENT,
+    }
+    if read_mode not in modes:
+        raise ValueError(f"etcd_read_mode must be 'replica', 'linearizable' or 'consistent', not {read_mode!r}")
+    cfg.etcd_read_mode = modes[read_mode]
+    keep: list[bytes] = []
+
+    def text(value: str, what: str) -> bytes:
+        raw = encode(value, what)
+        if b"\0" in raw:
+            raise ValueError(f"{what} must not contain NUL")
+        keep.append(raw)
+        return raw
+
+    if endpoints is not None:
+        listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        cfg.etcd_endpoints = text(",".join(listed), "etcd_endpoints")
+    if prefix is not None:
+        cfg.etcd_prefix = text(prefix, "etcd_prefix")
+    cfg.etcd_dial_timeout_ms = _optional_ms(dial_timeout, "etcd_dial_timeout")
+    cfg.etcd_request_timeout_ms = _optional_ms(request_timeout, "etcd_request_timeout")
+    for name, value in files.items():
+        if value is not None:
+            raw = _path(value)
+            keep.append(raw)
+            setattr(cfg, f"etcd_{name}_file", raw)
+    if user is not None:
+        cfg.etcd_user = text(user, "etcd_user")
+    if password is not None:
+        cfg.etcd_password = text(password, "etcd_password")
+    return keep
+
+
 def _reason(reason: str) -> tuple[bytes | None, int]:
     raw = encode(reason, "reason")
     return (raw or None), len(raw)
@@ -239,6 +292,23 @@ class Engine:
             any thread.
         on_event: called with an :class:`Event` for every change.
         on_log: called with a :class:`LogRecord` for every log line.
+        store: ``"memory"`` (the default: this process only) or ``"etcd"``:
+            sessions shared by every engine on the same etcd and prefix,
+            reads served from a local replica (see core/etcd/README.md).
+        etcd_endpoints: ``"http://127.0.0.1:2379"`` or a sequence of such
+            URLs (``https://`` for TLS); required with ``store="etcd"``.
+        etcd_prefix: key prefix (default ``"/afsm/"``).
+        etcd_dial_timeout: connection timeout (default 2 s).
+        etcd_request_timeout: bound of every etcd call (default 5 s);
+            past it a write raises Unavailable.
+        etcd_ca_file, etcd_cert_file, etcd_key_file: TLS files (PEM).
+        etcd_user, etcd_password: etcd authentication.
+        etcd_stats_flush: how often stats additions are written to etcd
+            (default 10 s; a crash loses at most one period of stats).
+        etcd_read_mode: how gets are answered: ``"replica"`` (the default:
+            the local replica), ``"linearizable"`` (the record is read from
+            etcd) or ``"consistent"`` (etcd gives the record's revision, the
+            replica answers once it has applied it).
 
     Exceptions raised by ``clock``, ``on_event`` or ``on_log`` never reach
     the library: they are logged on the ``afsm`` logger and kept in
@@ -268,6 +338,18 @@ class Engine:
         clock: Callable[[], int] | None = None,
         on_event: Callable[[Event], None] | None = None,
         on_log: Callable[[LogRecord], None] | None = None,
+        store: str = "memory",
+        etcd_endpoints: str | Sequence[str] | None = None,
+        etcd_prefix: str | None = None,
+        etcd_dial_timeout: datetime.timedelta | None = None,
+        etcd_request_timeout: datetime.timedelta | None = None,
+        etcd_ca_file: str | os.PathLike[str] | None = None,
+        etcd_cert_file: str | os.PathLike[str] | None = None,
+        etcd_key_file: str | os.PathLike[str] | None = None,
+        etcd_user: str | None = None,
+        etcd_password: str | None = None,
+        etcd_read_mode: str = "replica",
+        etcd_stats_flush: datetime.timedelta | None = None,
     ) -> None:
         self._ptr: Any = None
         self._gate = _Gate()
@@ -317,8 +399,25 @@ class Engine:
             cfg.on_log = make_log_hook(on_log, self._callback_failed)
             self._hooks.append(cfg.on_log)
 
+        # The strings only need to outlive afsm_engine_open (it copies them).
+        etcd_strings = _etcd_config(
+            cfg,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+            etcd_dial_timeout,
+            etcd_request_timeout,
+            {"ca": etcd_ca_file, "cert": etcd_cert_file, "key": etcd_key_file},
+            etcd_user,
+            etcd_password,
+            etcd_read_mode,
+        )
+
+        cfg.etcd_stats_flush_ms = _optional_ms(etcd_stats_flush, "etcd_stats_flush")
+
         ptr = ctypes.POINTER(_lib.afsm_engine)()
         check(_lib.lib.afsm_engine_open(byref(cfg), byref(ptr)))
+        del etcd_strings
         self._ptr = ptr
         _open_engines.add(self)
 

@@ -1,0 +1,360 @@
+/*
+ * etcd_bench.c: the etcd store's numbers against its floors, in one run
+ * (bench/etcd/run starts the etcd clusters):
+ *
+ *   txn_floor        bare put-if-absent txns of a record-sized value through
+ *                    the same JSON-gateway client, at the same concurrency
+ *   create           afsm_session_create on the etcd store (lease grant + txn)
+ *   get_memory       afsm_session_get on a memory-store engine
+ *   get_replica / get_consistent / get_linearizable
+ *                    afsm_session_get on the etcd store in each read mode
+ *   heartbeat        afsm_session_heartbeat on the etcd store (local, with a
+ *                    lease keepalive at most once per timeout / 3)
+ *   lease traffic    keepalives the engine sent (and etcd's own count,
+ *                    etcd_debugging_lease_renewed_total, as a cross-check)
+ *                    while every session heartbeats once a second, against
+ *                    the bound sessions / (timeout / 3) per second
+ *
+ * Output: one JSON object on stdout. Threads share nothing but the engine;
+ * each counts its own operations.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "afsm.h"
+#include "etcd/client.h"
+
+typedef struct options {
+    const char *endpoints;
+    int threads;
+    double seconds;
+    int sessions;
+    int lease_seconds; /* how long sessions heartbeat once a second */
+    uint64_t lease_timeout_ms;
+} options;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what, afsm_status st)
+{
+    fprintf(stderr, "etcd_bench: %s: %s\n", what, afsm_strerror(st));
+    exit(1);
+}
+
+static afsm_engine *open_engine(const options *o, uint32_t store, uint32_t read_mode, const char *prefix,
+                                uint64_t timeout_ms)
+{
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.store = store;
+    cfg.etcd_endpoints = o->endpoints;
+    cfg.etcd_prefix = prefix;
+    cfg.etcd_read_mode = read_mode;
+    cfg.default_timeout_ms = timeout_ms;
+    cfg.capacity_hint = (uint64_t)o->sessions * 2;
+    afsm_engine *e;
+    afsm_status st = afsm_engine_open(&cfg, &e);
+    if (st != AFSM_OK)
+        die("afsm_engine_open", st);
+    return e;
+}
+
+/* ---- a timed loop over threads ---------------------------------------------------- */
+
+typedef struct worker {
+    const options *o;
+    int index;
+    afsm_engine *engine;
+    etcd_client *client;
+    afsm_uuid *ids;
+    int id_count;
+    double until;
+    uint64_t ops, failures;
+    int kind;
+} worker;
+
+enum { W_FLOOR, W_CREATE, W_GET, W_HEARTBEAT };
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+    uint64_t rng = 0x9e3779b97f4a7c15ull * (uint64_t)(w->index + 1);
+    char value[320];
+    memset(value, 'x', sizeof(value));
+    uint64_t n = 0;
+    for (;;) {
+        afsm_status st = AFSM_OK;
+        if (w->kind == W_FLOOR) {
+            char key[64];
+            int len = snprintf(key, sizeof(key), "/bench-floor/%d/%llu", w->index, (unsigned long long)n);
+            json_object *body = json_object_new_object(), *cmp = json_object_new_array(), *ok = json_object_new_array(),
+                        *c = json_object_new_object(), *put = json_object_new_object(), *req = json_object_new_object(),
+                        *reply = NULL;
+            json_object_object_add(c, "key", etcd_json_bytes(key, (size_t)len));
+            json_object_object_add(c, "target", json_object_new_string("CREATE"));
+            json_object_object_add(c, "result", json_object_new_string("EQUAL"));
+            json_object_object_add(c, "create_revision", etcd_json_int64(0));
+            json_object_array_add(cmp, c);
+            json_object_object_add(req, "key", etcd_json_bytes(key, (size_t)len));
+            json_object_object_add(req, "value", etcd_json_bytes(value, sizeof(value)));
+            json_object_object_add(put, "request_put", req);
+            json_object_array_add(ok, put);
+            json_object_object_add(body, "compare", cmp);
+            json_object_object_add(body, "success", ok);
+            st = etcd_call(w->client, "/v3/kv/txn", body, 0, &reply, NULL);
+            json_object_put(body);
+            json_object_put(reply);
+        } else if (w->kind == W_CREATE) {
+            afsm_create_options co = AFSM_CREATE_OPTIONS_INIT;
+            char user[32];
+            co.user_id = user;
+            co.user_id_len = (size_t)snprintf(user, sizeof(user), "user-%d-%llu", w->index, (unsigned long long)n);
+            co.client_ip = "10.0.0.1";
+            co.client_ip_len = 8;
+            co.client_port = 443;
+            afsm_uuid_v7(&co.connection_id);
+            afsm_kv meta[] = {{"device", 6, "phone", 5}, {"region", 6, "eu-west", 7}};
+            co.metadata = meta;
+            co.metadata_count = 2;
+            afsm_session_info info = AFSM_SESSION_INFO_INIT;
+            st = afsm_session_create(w->engine, &co, &info);
+            if (st == AFSM_OK && w->id_count < w->o->sessions)
+                w->ids[w->id_count++] = info.session_id;
+        } else if (w->kind == W_GET) {
+            afsm_session_info info = AFSM_SESSION_INFO_INIT;
+            st = afsm_session_get(w->engine, &w->ids[rng_next(&rng) % (uint64_t)w->id_count], &info);
+        } else {
+            st = afsm_session_heartbeat(w->engine, &w->ids[rng_next(&rng) % (uint64_t)w->id_count], NULL);
+        }
+        n++;
+        w->failures += st != AFSM_OK;
+        /* The clock every op for network calls, every 64 for local ones. */
+        int local = w->kind == W_GET || w->kind == W_HEARTBEAT;
+        if ((!local || (n & 63) == 0) && now_s() >= w->until)
+            break;
+    }
+    w->ops = n;
+    return NULL;
+}
+
+/* Runs kind on o->threads threads for seconds; returns ops/s. */
+static double run(const options *o, int kind, afsm_engine *engine, afsm_uuid *ids, int id_count, double seconds,
+                  afsm_uuid **collected, int *collected_count, uint64_t *failures)
+{
+    worker *ws = calloc((size_t)o->threads, sizeof(*ws));
+    pthread_t *ts = calloc((size_t)o->threads, sizeof(*ts));
+    etcd_client *client = NULL;
+    if (kind == W_FLOOR) {
+        etcd_client_config cc = {.endpoints = o->endpoints, .dial_timeout_ms = 2000, .request_timeout_ms = 5000};
+        afsm_status st = etcd_client_open(&cc, &client);
+        if (st != AFSM_OK)
+            die("etcd_client_open", st);
+    }
+    double start = now_s();
+    for (int i = 0; i < o->threads; i++) {
+        ws[i] = (worker){.o = o,
+                         .index = i,
+                         .engine = engine,
+                         .client = client,
+                         .ids = ids,
+                         .id_count = id_count,
+                         .until = start + seconds,
+                         .kind = kind};
+        if (kind == W_CREATE) {
+            ws[i].ids = calloc((size_t)o->sessions, sizeof(afsm_uuid));
+            ws[i].id_count = 0;
+        }
+        pthread_create(&ts[i], NULL, work, &ws[i]);
+    }
+    uint64_t ops = 0, failed = 0;
+    for (int i = 0; i < o->threads; i++) {
+        pthread_join(ts[i], NULL);
+        ops += ws[i].ops;
+        failed += ws[i].failures;
+    }
+    double elapsed = now_s() - start;
+    if (kind == W_CREATE) {
+        int total = 0;
+        afsm_uuid *all = calloc((size_t)o->sessions * (size_t)o->threads, sizeof(afsm_uuid));
+        for (int i = 0; i < o->threads; i++) {
+            memcpy(all + total, ws[i].ids, (size_t)ws[i].id_count * sizeof(afsm_uuid));
+            total += ws[i].id_count;
+            free(ws[i].ids);
+        }
+        *collected = all;
+        *collected_count = total;
+    }
+    if (failures != NULL)
+        *failures = failed;
+    etcd_client_close(client);
+    free(ws);
+    free(ts);
+    return (double)ops / elapsed;
+}
+
+/* ---- lease traffic ------------------------------------------------------------------ */
+
+static uint64_t keepalives_sent(afsm_engine *e)
+{
+    afsm_metrics m = AFSM_METRICS_INIT;
+    afsm_metrics_snapshot(e, &m);
+    return m.etcd_lease_keepalives_total;
+}
+
+/* etcd's own count, summed over members (a follower forwards renewals to
+ * the leader, which counts them): a cross-check of ours. -1 if unknown. */
+static double renewed_total(const options *o)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "for u in $(echo '%s' | tr ',' ' '); do curl -s $u/metrics; done | "
+             "awk '/^etcd_debugging_lease_renewed_total/ {s += $2; n++} END {if (n) print s; else print -1}'",
+             o->endpoints);
+    FILE *p = popen(cmd, "r");
+    double v = -1;
+    if (p != NULL) {
+        if (fscanf(p, "%lf", &v) != 1)
+            v = -1;
+        pclose(p);
+    }
+    return v;
+}
+
+/* Every session heartbeats once a second for lease_seconds; returns the
+ * keepalives per second the engine sent (*etcd_counted: etcd's count). */
+static double lease_traffic(const options *o, int sessions, uint64_t timeout_ms, double *etcd_counted)
+{
+    afsm_engine *e = open_engine(o, AFSM_STORE_ETCD, AFSM_READ_REPLICA, "/bench-lease/", timeout_ms);
+    afsm_uuid *ids = calloc((size_t)sessions, sizeof(afsm_uuid));
+    for (int i = 0; i < sessions; i++) {
+        afsm_create_options co = AFSM_CREATE_OPTIONS_INIT;
+        char user[32];
+        co.user_id = user;
+        co.user_id_len = (size_t)snprintf(user, sizeof(user), "lease-%d", i);
+        co.client_ip = "10.0.0.2";
+        co.client_ip_len = 8;
+        afsm_uuid_v7(&co.connection_id);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        afsm_status st = afsm_session_create(e, &co, &info);
+        if (st != AFSM_OK)
+            die("create (lease traffic)", st);
+        ids[i] = info.session_id;
+    }
+    uint64_t sent_before = keepalives_sent(e);
+    double before = renewed_total(o), start = now_s();
+    uint64_t failed = 0;
+    for (int second = 0; second < o->lease_seconds; second++) {
+        for (int i = 0; i < sessions; i++)
+            failed += afsm_session_heartbeat(e, &ids[i], NULL) != AFSM_OK;
+        double next = start + second + 1;
+        while (now_s() < next) {
+            struct timespec ts = {0, 5000000};
+            nanosleep(&ts, NULL); /* pacing: once a second per session */
+        }
+    }
+    double elapsed = now_s() - start, after = renewed_total(o);
+    double sent = (double)(keepalives_sent(e) - sent_before) / elapsed;
+    if (failed != 0) /* a session lost: the measurement would flatter */
+        die("heartbeat during the lease-traffic run", AFSM_EEXPIRED);
+    *etcd_counted = before < 0 || after < 0 ? -1 : (after - before) / elapsed;
+    for (int i = 0; i < sessions; i++)
+        afsm_session_delete(e, &ids[i], NULL, 0);
+    afsm_engine_close(e);
+    free(ids);
+    return sent;
+}
+
+int main(int argc, char **argv)
+{
+    /* Lease traffic: 500 sessions with a 6 s timeout (a lease TTL of 8 s),
+     * so that creating them all (a few per millisecond) takes well under a
+     * TTL, and a heartbeat round with its renewals well under a second. */
+    options o = {.threads = 4, .seconds = 3, .sessions = 2000, .lease_seconds = 9, .lease_timeout_ms = 6000};
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--endpoints"))
+            o.endpoints = argv[i + 1];
+        else if (!strcmp(argv[i], "--threads"))
+            o.threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--seconds"))
+            o.seconds = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--sessions"))
+            o.sessions = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--lease-seconds"))
+            o.lease_seconds = atoi(argv[i + 1]);
+    }
+    if (o.endpoints == NULL || o.threads < 1 || o.sessions < 1) {
+        fprintf(stderr, "usage: etcd_bench --endpoints URLS [--threads N] [--seconds S] "
+                        "[--sessions M] [--lease-seconds S]\n");
+        return 2;
+    }
+    uint64_t failures;
+    double floor = run(&o, W_FLOOR, NULL, NULL, 0, o.seconds, NULL, NULL, &failures);
+
+    afsm_engine *etcd = open_engine(&o, AFSM_STORE_ETCD, AFSM_READ_REPLICA, "/bench/", 30 * 60 * 1000);
+    afsm_uuid *ids = NULL;
+    int id_count = 0;
+    uint64_t create_failures;
+    double create = run(&o, W_CREATE, etcd, NULL, 0, o.seconds, &ids, &id_count, &create_failures);
+    if (id_count == 0)
+        die("create", AFSM_EUNAVAILABLE);
+
+    afsm_engine *memory = open_engine(&o, AFSM_STORE_MEMORY, 0, NULL, 30 * 60 * 1000);
+    afsm_uuid *mem_ids = NULL;
+    int mem_count = 0;
+    run(&o, W_CREATE, memory, NULL, 0, 0.5, &mem_ids, &mem_count, NULL);
+    /* Same number of sessions in both engines for the get comparison. */
+    int n = id_count < mem_count ? id_count : mem_count;
+    /* Alternated, best of two each: the machine is shared, and a burst of
+     * someone else's work should not decide the ratio. */
+    double get_memory = 0, get_replica = 0;
+    for (int round = 0; round < 2; round++) {
+        double m = run(&o, W_GET, memory, mem_ids, n, o.seconds / 2, NULL, NULL, NULL);
+        double r = run(&o, W_GET, etcd, ids, n, o.seconds / 2, NULL, NULL, NULL);
+        get_memory = m > get_memory ? m : get_memory;
+        get_replica = r > get_replica ? r : get_replica;
+    }
+    afsm_engine *consistent = open_engine(&o, AFSM_STORE_ETCD, AFSM_READ_CONSISTENT, "/bench/", 30 * 60 * 1000);
+    afsm_engine *linear = open_engine(&o, AFSM_STORE_ETCD, AFSM_READ_LINEARIZABLE, "/bench/", 30 * 60 * 1000);
+    double get_consistent = run(&o, W_GET, consistent, ids, n, o.seconds, NULL, NULL, NULL);
+    double get_linear = run(&o, W_GET, linear, ids, n, o.seconds, NULL, NULL, NULL);
+    double heartbeat = run(&o, W_HEARTBEAT, etcd, ids, n, o.seconds, NULL, NULL, NULL);
+    afsm_engine_close(consistent);
+    afsm_engine_close(linear);
+    afsm_engine_close(memory);
+    afsm_engine_close(etcd);
+
+    int lease_sessions = o.sessions < 500 ? o.sessions : 500;
+    double etcd_counted;
+    double keepalives = lease_traffic(&o, lease_sessions, o.lease_timeout_ms, &etcd_counted);
+    double bound = lease_sessions / (o.lease_timeout_ms / 1000.0 / 3.0);
+
+    printf("{\n  \"threads\": %d,\n  \"sessions\": %d,\n  \"txn_floor_per_s\": %.0f,\n  \"create_per_s\": %.0f,\n"
+           "  \"create_failures\": %llu,\n  \"create_vs_floor\": %.3f,\n  \"get_memory_per_s\": %.0f,\n"
+           "  \"get_replica_per_s\": %.0f,\n  \"get_replica_vs_memory\": %.3f,\n  \"get_consistent_per_s\": %.0f,\n"
+           "  \"get_linearizable_per_s\": %.0f,\n  \"heartbeat_per_s\": %.0f,\n  \"lease_sessions\": %d,\n"
+           "  \"lease_timeout_s\": %.1f,\n  \"keepalives_per_s\": %.1f,\n  \"keepalives_etcd_counted_per_s\": %.1f,\n"
+           "  \"keepalive_bound_per_s\": %.1f\n}\n",
+           o.threads, n, floor, create, (unsigned long long)create_failures, create / floor, get_memory, get_replica,
+           get_replica / get_memory, get_consistent, get_linear, heartbeat, lease_sessions, o.lease_timeout_ms / 1000.0,
+           keepalives, etcd_counted, bound);
+    free(ids);
+    free(mem_ids);
+    return 0;
+}

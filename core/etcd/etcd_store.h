@@ -1,0 +1,161 @@
+/*
+ * etcd_store.h: what the files of the etcd store share.
+ *
+ *   store.c     open, close, the ops table; writes as guarded etcd txns
+ *   replica.c   the local replica: the load, the watch thread, applying
+ *               records and deletions, the events
+ *   client.c    the JSON-gateway client     keys.c  key layout, record JSON
+ *   track.c     per-session lease, revision, slot (beside the replica)
+ *
+ * etcd is the truth. Every node keeps a replica: a memory store opened
+ * with external_expiry (etcd's leases decide expiry) and no event sink
+ * (this store fires the events, once per change, on every node). Reads go
+ * to the replica, lock-free. A write is a txn; the writing node applies its
+ * result at once under `apply_lock`, and the watch thread applies the same
+ * revision only if the record's mod revision in `tracks` is older (the echo
+ * is dropped by revision).
+ *
+ * Locking: `apply_lock` serialises every change to the replica and to
+ * `tracks` membership, and `applied_revision`'s writes. Events are fired
+ * after it is released. Readers take no lock (the replica) or a stripe
+ * lock (tracks, on heartbeats).
+ */
+#ifndef AFSM_ETCD_STORE_H
+#define AFSM_ETCD_STORE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "etcd/client.h"
+#include "etcd/keys.h"
+#include "etcd/track.h"
+#include "store.h"
+
+typedef struct etcd_lease_pool etcd_lease_pool;
+
+typedef struct etcd_store {
+    store base;
+    store *replica;
+    etcd_client *client;
+    store_config config; /* the manager's: clock, cap, event sink, log */
+    char prefix[KEYS_PREFIX_MAX + 1];
+    size_t prefix_len;
+    track tracks;
+
+    pthread_mutex_t apply_lock;
+    pthread_cond_t applied;           /* broadcast under apply_lock after every change */
+    _Atomic int64_t applied_revision; /* written under apply_lock */
+    /* This node's own deletions the watch has not passed yet (under
+     * apply_lock): a put of the session at an older revision still in the
+     * watch (its create's echo, another node's earlier update) must not
+     * bring it back. Dropped once applied_revision reaches them. */
+    struct etcd_tombstone *tombstones;
+    size_t tombstone_count, tombstone_cap;
+    uint32_t read_mode; /* AFSM_READ_* */
+    uint64_t request_timeout_ns;
+
+    /* The watch thread. */
+    pthread_t watcher;
+    int watcher_running;
+    pthread_mutex_t wait_lock; /* with wait_cond: the thread's pauses */
+    pthread_cond_t wait_cond;
+    _Atomic int stop;
+    _Atomic int watch_connected; /* 1 while a watch stream is open */
+
+    etcd_lease_pool *leases; /* leases.c; NULL until started */
+    uint64_t stats_flush_ns;
+    pthread_t flusher; /* stats.c */
+    int flusher_running;
+    /* The flusher's pauses: per store (a shared condvar would wake every
+     * store's flusher) and on CLOCK_MONOTONIC, the clock of its deadlines. */
+    pthread_mutex_t flush_lock;
+    pthread_cond_t flush_wake;
+    _Atomic size_t pinned;
+    /* What the replica cannot count (it only sees restores and removals). */
+    _Atomic uint64_t created_total;
+    _Atomic uint64_t lease_grants, lease_keepalives, stats_writes;
+    _Atomic uint64_t watch_down_since_ns; /* engine clock; 0 while connected */
+    _Atomic uint64_t deleted_total[AFSM_DELETE_REASON_COUNT];
+} etcd_store;
+
+/* An event to fire once apply_lock is released: afsm_event points into it. */
+typedef struct etcd_event {
+    int pending;
+    afsm_event ev;
+    char user[AFSM_USER_ID_MAX + 1];
+    char reason[AFSM_REASON_MAX + 1];
+} etcd_event;
+
+/* ---- replica.c ---- */
+
+/* Loads the whole prefix into the replica (open: no events; a reload after
+ * compaction: the differences as events) and sets applied_revision. */
+afsm_status etcd_replica_load(etcd_store *es, int emit_differences);
+afsm_status etcd_replica_start(etcd_store *es);
+void etcd_replica_stop(etcd_store *es);
+
+/* Applies a record at mod_revision (a no-op when tracks already has it at
+ * that revision or later). apply_lock held. ev gets the event to fire. */
+#define ETCD_APPLY_QUIET 1 /* no CREATED event (the load, a restore) */
+#define ETCD_APPLY_OWN   2 /* this node's write: its stats already hold this node's additions until then */
+#define ETCD_APPLY_RESET 4 /* with OWN: the stats were set (AFSM_UPDATE_STATS), not added to */
+afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int flags, etcd_event *ev);
+/* Applies a session's deletion (a no-op when unknown). apply_lock held. */
+void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev);
+/* This node deleted id at revision: older puts of it are stale (0: no
+ * memory left; the echo may then bring it back until the watch's delete).
+ * apply_lock held. */
+void etcd_tombstone_add(etcd_store *es, const afsm_uuid *id, int64_t revision);
+void etcd_tombstones_free(etcd_store *es);
+void etcd_fire(etcd_store *es, etcd_event *ev);
+/* The memory store's state machine, checked before a write leaves. */
+int etcd_transition_allowed(uint32_t from, uint32_t to);
+void etcd_log(etcd_store *es, int level, const char *message, const char *key, const char *value);
+
+/* ---- stats.c ---- */
+
+/* Writes this node's unflushed stats additions to etcd every
+ * stats_flush_ns, and once more at stop. */
+afsm_status etcd_stats_start(etcd_store *es);
+void etcd_stats_stop(etcd_store *es);
+/* One pass: every session whose stats changed here. */
+void etcd_stats_flush(etcd_store *es);
+/* The write behind a flush or an update (store.c): the record rebuilt from
+ * this node's replica, guarded by the revision this node has. */
+afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id);
+
+/* ---- leases.c ---- */
+
+/* Grants a lease for a session of timeout_ms; granted_wall_ns: when its
+ * clock started (no later than etcd's). */
+afsm_status etcd_lease_grant(etcd_store *es, uint64_t timeout_ms, int64_t *lease, int64_t *granted_wall_ns);
+/* A lease for a new session: a pooled one when the pool has a fresh one
+ * for this timeout, else a grant. */
+afsm_status etcd_lease_take(etcd_store *es, uint64_t timeout_ms, int64_t *lease, int64_t *granted_wall_ns);
+void etcd_lease_revoke(etcd_store *es, int64_t lease);
+afsm_status etcd_leases_start(etcd_store *es);
+void etcd_leases_stop(etcd_store *es);
+
+/* The lease TTL in seconds for a session's timeout: the timeout plus the
+ * renewal period (timeout / 3), rounded up, so that a lease renewed at most
+ * once per period never expires before the session's own deadline. */
+int64_t etcd_lease_ttl_s(uint64_t timeout_ms);
+static inline uint64_t etcd_renew_period_ns(uint64_t timeout_ms)
+{
+    return timeout_ms * 1000000u / 3u;
+}
+
+/* The store (store.c). */
+typedef struct etcd_store_config {
+    const char *endpoints;
+    const char *prefix; /* NULL: KEYS_PREFIX_DEFAULT */
+    uint64_t dial_timeout_ms;
+    uint64_t request_timeout_ms;
+    uint64_t stats_flush_ms; /* 0: default */
+    uint32_t read_mode;      /* AFSM_READ_* */
+    const char *ca_file, *cert_file, *key_file, *user, *password;
+} etcd_store_config;
+
+afsm_status etcd_store_open(const store_config *config, const etcd_store_config *etcd, store **out);
+
+#endif

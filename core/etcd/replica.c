@@ -1,0 +1,696 @@
+/*
+ * replica.c: this node's replica of the sessions in etcd: the load (one
+ * range read of the prefix), the watch thread that follows it from the
+ * loaded revision, and the two ways a change reaches the replica (a
+ * record put, a session's deletion), shared with the writers of store.c.
+ *
+ * Invariants:
+ * - applied_revision only grows; the watch resumes at applied_revision + 1,
+ *   so after a disconnect no event is lost and none applied twice;
+ * - a record is applied only when its mod revision is newer than the one
+ *   tracks holds for it, which drops the watch's echo of this node's own
+ *   writes and makes applying idempotent; a session this node deleted is
+ *   not brought back by an older put still in the watch (tombstones, kept
+ *   until the watch passes the deletion's revision);
+ * - a deletion fires DELETED with the reason written beside it (the g/ key
+ *   of the same txn), or EXPIRED when etcd removed it with its lease;
+ * - a compacted watch reloads the prefix and fires the differences.
+ * Locking: etcd_store.h (apply_lock around every change; events after).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "etcd/etcd_store.h"
+#include "util/clock.h"
+
+/* ---- events and logs ---------------------------------------------------------- */
+
+void etcd_log(etcd_store *es, int level, const char *message, const char *key, const char *value)
+{
+    if (es->config.log == NULL)
+        return;
+    afsm_log_field field = {key, value};
+    es->config.log(es->config.log_ctx, level, message, key != NULL ? &field : NULL, key != NULL ? 1 : 0);
+}
+
+static void event_from(etcd_event *ev, uint32_t type, const afsm_session_info *s, uint32_t old_state,
+                       uint32_t new_state, const char *reason, size_t reason_len)
+{
+    memset(&ev->ev, 0, sizeof(ev->ev));
+    ev->pending = 1;
+    memcpy(ev->user, s->user_id, s->user_id_len + 1u);
+    if (reason_len > AFSM_REASON_MAX)
+        reason_len = AFSM_REASON_MAX;
+    if (reason != NULL)
+        memcpy(ev->reason, reason, reason_len);
+    ev->reason[reason_len] = '\0';
+    ev->ev.type = type;
+    ev->ev.old_state = old_state;
+    ev->ev.new_state = new_state;
+    ev->ev.session_id = s->session_id;
+    ev->ev.connection_id = s->connection_id;
+    ev->ev.user_id = ev->user;
+    ev->ev.user_id_len = s->user_id_len;
+    ev->ev.reason = reason != NULL ? ev->reason : NULL;
+    ev->ev.reason_len = reason != NULL ? reason_len : 0;
+    ev->ev.created_at_ns = s->created_at_ns;
+    ev->ev.event_at_ns = clock_wall_ns();
+}
+
+void etcd_fire(etcd_store *es, etcd_event *ev)
+{
+    if (ev->pending && es->config.emit != NULL)
+        es->config.emit(es->config.emit_ctx, &ev->ev);
+    ev->pending = 0;
+}
+
+/* ---- applying changes ------------------------------------------------------------ */
+
+static int transition_allowed(uint32_t from, uint32_t to)
+{
+    /* The memory store's rules (core/mem/write.c), checked here before a
+     * write goes to etcd and when a record is applied. */
+    if (from == to || to == AFSM_STATE_CLOSED)
+        return 1;
+    switch (from) {
+    case AFSM_STATE_CONNECTING:
+        return to == AFSM_STATE_ACTIVE;
+    case AFSM_STATE_ACTIVE:
+        return to == AFSM_STATE_IDLE || to == AFSM_STATE_DISCONNECTING;
+    case AFSM_STATE_IDLE:
+        return to == AFSM_STATE_ACTIVE || to == AFSM_STATE_DISCONNECTING;
+    default:
+        return 0;
+    }
+}
+
+int etcd_transition_allowed(uint32_t from, uint32_t to)
+{
+    return transition_allowed(from, to);
+}
+
+static afsm_status restore_into_replica(etcd_store *es, const keys_record *rec)
+{
+    session_spec spec = {
+        .user_id = rec->info.user_id,
+        .user_id_len = (uint16_t)rec->info.user_id_len,
+        .client_port = rec->info.client_port,
+        .client_ip = rec->info.client_ip,
+        .connection_id = rec->info.connection_id,
+        .metadata = rec->meta,
+        .metadata_count = rec->meta_count,
+        .timeout_ns = rec->info.timeout_ms * NS_PER_MS,
+        .restore = &rec->info,
+    };
+    return es->replica->ops->create(es->replica, &spec, NULL);
+}
+
+/* Brings an existing replica copy to the record's state, metadata, stats
+ * and token generation. */
+static uint64_t minus(uint64_t a, uint64_t b)
+{
+    return a > b ? a - b : 0;
+}
+
+/* The record's stats plus what this node added and has not flushed. */
+static afsm_stats merged_stats(const afsm_stats *record, const afsm_stats *local, const afsm_stats *flushed)
+{
+    afsm_stats s = *record;
+    s.packets_sent += minus(local->packets_sent, flushed->packets_sent);
+    s.packets_received += minus(local->packets_received, flushed->packets_received);
+    s.bytes_sent += minus(local->bytes_sent, flushed->bytes_sent);
+    s.bytes_received += minus(local->bytes_received, flushed->bytes_received);
+    s.retransmissions += minus(local->retransmissions, flushed->retransmissions);
+    if (local->current_rtt_ms != flushed->current_rtt_ms)
+        s.current_rtt_ms = local->current_rtt_ms; /* a gauge: the newest here wins */
+    return s;
+}
+
+/* base: what of the replica's stats the record already holds (the stats
+ * etcd had when this node last applied it; for this node's own write, the
+ * stats it wrote); the rest was added here since and is kept on top. NULL:
+ * the record's stats replace the replica's (a set). */
+static afsm_status update_replica(etcd_store *es, const keys_record *rec, const afsm_session_info *old,
+                                  const afsm_stats *base)
+{
+    store *r = es->replica;
+    if (!transition_allowed(old->state, rec->info.state)) {
+        /* A step this node never saw (a reload): start the copy afresh. */
+        r->ops->remove(r, &rec->info.session_id, NULL, 0);
+        return restore_into_replica(es, rec);
+    }
+    afsm_update u = {.version = AFSM_UPDATE_VERSION,
+                     .fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_REPLACE | AFSM_UPDATE_STATS,
+                     .state = rec->info.state,
+                     .metadata = rec->meta,
+                     .metadata_count = rec->meta_count,
+                     .stats = base != NULL ? merged_stats(&rec->info.stats, &old->stats, base) : rec->info.stats};
+    afsm_status st = r->ops->update(r, &rec->info.session_id, &u, NULL);
+    if (st != AFSM_OK)
+        return st;
+    /* Generations only grow, one step per rotation. */
+    for (uint32_t gen = old->token_generation; gen < rec->info.token_generation; gen++) {
+        afsm_session_info copy = {.version = AFSM_SESSION_INFO_VERSION};
+        if (r->ops->rotate_generation(r, &rec->info.session_id, &copy) != AFSM_OK)
+            break;
+    }
+    /* A write elsewhere is activity there. */
+    if (rec->info.last_active_at_ns > old->last_active_at_ns)
+        r->ops->heartbeat(r, &rec->info.session_id, NULL);
+    return AFSM_OK;
+}
+
+/* When the lease was last renewed, on this node's engine clock: counted
+ * from the grant (the record's leased_ns), so a pooled lease's age is not
+ * forgotten; the apply time when the record does not say. */
+static uint64_t renewed_at(etcd_store *es, const keys_record *rec)
+{
+    uint64_t now = es->config.clock(es->config.clock_ctx);
+    int64_t age = rec->leased_ns != 0 ? clock_wall_ns() - rec->leased_ns : 0;
+    return age > 0 && (uint64_t)age < now ? now - (uint64_t)age : now;
+}
+
+/* ---- tombstones ------------------------------------------------------------------ */
+
+struct etcd_tombstone {
+    afsm_uuid id;
+    int64_t revision;
+};
+
+void etcd_tombstone_add(etcd_store *es, const afsm_uuid *id, int64_t revision)
+{
+    if (revision <= atomic_load_explicit(&es->applied_revision, memory_order_relaxed))
+        return; /* the watch is already past it */
+    if (es->tombstone_count == es->tombstone_cap) {
+        size_t cap = es->tombstone_cap != 0 ? es->tombstone_cap * 2 : 16;
+        struct etcd_tombstone *grown = realloc(es->tombstones, cap * sizeof(*grown));
+        if (grown == NULL)
+            return;
+        es->tombstones = grown;
+        es->tombstone_cap = cap;
+    }
+    es->tombstones[es->tombstone_count++] = (struct etcd_tombstone){*id, revision};
+}
+
+/* Whether this node deleted id at a revision after mod_revision. Only the
+ * watch's lag keeps entries here, so the scan is short. */
+static int tombstoned(etcd_store *es, const afsm_uuid *id, int64_t mod_revision)
+{
+    for (size_t i = 0; i < es->tombstone_count; i++)
+        if (es->tombstones[i].revision > mod_revision && memcmp(&es->tombstones[i].id, id, sizeof(*id)) == 0)
+            return 1;
+    return 0;
+}
+
+/* The watch (or a reload) has applied everything up to revision: older
+ * deletions have had their echoes. */
+static void tombstones_prune(etcd_store *es, int64_t revision)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < es->tombstone_count; i++)
+        if (es->tombstones[i].revision > revision)
+            es->tombstones[kept++] = es->tombstones[i];
+    es->tombstone_count = kept;
+}
+
+void etcd_tombstones_free(etcd_store *es)
+{
+    free(es->tombstones);
+    es->tombstones = NULL;
+    es->tombstone_count = es->tombstone_cap = 0;
+}
+
+afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int flags, etcd_event *ev)
+{
+    ev->pending = 0;
+    track_info known;
+    int tracked = track_get(&es->tracks, &rec->info.session_id, &known);
+    if (tracked && known.mod_revision >= mod_revision)
+        return AFSM_OK; /* the echo of a write already applied */
+    if (!tracked && es->tombstone_count > 0 && tombstoned(es, &rec->info.session_id, mod_revision))
+        return AFSM_OK; /* deleted here since: an echo must not resurrect it */
+    afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
+    afsm_status st;
+    int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;
+    const afsm_stats *base = !tracked                     ? NULL
+                             : (flags & ETCD_APPLY_RESET) ? NULL
+                             : (flags & ETCD_APPLY_OWN)   ? &rec->info.stats
+                                                          : &known.flushed;
+    if (present)
+        st = update_replica(es, rec, &old, base);
+    else
+        st = restore_into_replica(es, rec);
+    if (st != AFSM_OK)
+        return st;
+    track_info info = {
+        .lease = rec->lease,
+        .mod_revision = mod_revision,
+        .slot = rec->slot,
+        .renewed_ns = renewed_at(es, rec),
+        .renew_period_ns = etcd_renew_period_ns(rec->info.timeout_ms),
+        .flushed = rec->info.stats,
+        .leased_ns = rec->leased_ns,
+    };
+    if (tracked)
+        info.renewed_ns = known.renewed_ns;
+    st = track_put(&es->tracks, &rec->info.session_id, &info);
+    if (st != AFSM_OK) {
+        es->replica->ops->remove(es->replica, &rec->info.session_id, NULL, 0);
+        return st;
+    }
+    pthread_cond_broadcast(&es->applied);
+    if (!present) {
+        if (!(flags & ETCD_APPLY_QUIET)) {
+            event_from(ev, AFSM_EVENT_CREATED, &rec->info, 0, rec->info.state, NULL, 0);
+            atomic_fetch_add_explicit(&es->created_total, 1, memory_order_relaxed);
+        }
+    } else if (old.state != rec->info.state) {
+        event_from(ev, AFSM_EVENT_STATE_CHANGED, &rec->info, old.state, rec->info.state, NULL, 0);
+    }
+    return AFSM_OK;
+}
+
+void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev)
+{
+    ev->pending = 0;
+    track_info info;
+    if (!track_remove(&es->tracks, id, &info))
+        return; /* unknown here, or this node's own delete already applied */
+    afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
+    if (es->replica->ops->get(es->replica, id, &old) != AFSM_OK)
+        return;
+    es->replica->ops->remove(es->replica, id, NULL, 0);
+    pthread_cond_broadcast(&es->applied);
+    if (info.has_reason) {
+        event_from(ev, AFSM_EVENT_DELETED, &old, old.state, old.state, info.reason, info.reason_len);
+        atomic_fetch_add_explicit(&es->deleted_total[info.why], 1, memory_order_relaxed);
+    } else {
+        event_from(ev, AFSM_EVENT_EXPIRED, &old, old.state, old.state, "expired", 7);
+        atomic_fetch_add_explicit(&es->deleted_total[AFSM_DELETE_EXPIRED], 1, memory_order_relaxed);
+    }
+}
+
+static void raise_revision(etcd_store *es, int64_t revision)
+{
+    if (revision > atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
+        atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
+        if (es->tombstone_count > 0)
+            tombstones_prune(es, revision);
+    }
+}
+
+/* While this node's own guarded write of id is under way, its echo (or a
+ * newer record) waits: the writer applies its result first, so the stats
+ * it wrote are never counted twice. Bounded by the writer's request
+ * timeout. apply_lock held. Always 1 (for use in a condition). */
+static int wait_own_writes(etcd_store *es, const afsm_uuid *id)
+{
+    track_info ti;
+    while (track_get(&es->tracks, id, &ti) && ti.inflight > 0)
+        pthread_cond_wait(&es->applied, &es->apply_lock);
+    return 1;
+}
+
+/* One key-value from etcd (a range or a watch event). apply_lock held. */
+static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etcd_event *ev)
+{
+    ev->pending = 0;
+    long key_len, value_len = 0;
+    char *key = etcd_get_bytes(kv, "key", &key_len);
+    int64_t mod_revision = etcd_get_int64(kv, "mod_revision");
+    afsm_uuid id;
+    keys_kind kind = key != NULL ? keys_parse(es->prefix, es->prefix_len, key, (size_t)key_len, &id) : KEYS_FOREIGN;
+    track_info known;
+    /* Most puts a writer sees are its own writes' echoes: drop them before
+     * decoding anything (the revision check of etcd_apply_put, early). */
+    if (kind == KEYS_SESSION && !deleted && wait_own_writes(es, &id) && track_get(&es->tracks, &id, &known) &&
+        known.mod_revision >= mod_revision) {
+        free(key);
+        return;
+    }
+    /* The connection, user and slot keys mirror the record: nothing to decode. */
+    char *value = deleted || kind == KEYS_CONNECTION || kind == KEYS_USER || kind == KEYS_SLOT
+                      ? NULL
+                      : etcd_get_bytes(kv, "value", &value_len);
+    if (kind == KEYS_FOREIGN) {
+        etcd_log(es, AFSM_LOG_WARN, "etcd: foreign key under the prefix skipped", "key", key != NULL ? key : "?");
+    } else if (kind == KEYS_SESSION && wait_own_writes(es, &id) && deleted) {
+        etcd_apply_delete(es, &id, ev);
+    } else if (kind == KEYS_SESSION) {
+        keys_record rec;
+        json_object *holder = NULL;
+        if (value == NULL || keys_record_decode(value, (size_t)value_len, &rec, &holder) != AFSM_OK ||
+            memcmp(&rec.info.session_id, &id, sizeof(id)) != 0) {
+            etcd_log(es, AFSM_LOG_WARN, "etcd: bad session record skipped", "key", key);
+        } else if (etcd_apply_put(es, &rec, mod_revision, emit ? 0 : ETCD_APPLY_QUIET, ev) != AFSM_OK) {
+            etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
+        }
+        json_object_put(holder);
+    } else if (kind == KEYS_GONE && !deleted && value != NULL) {
+        json_object *gone = json_tokener_parse(value);
+        json_object *reason;
+        int64_t why = etcd_get_int64(gone, "why");
+        if (gone != NULL && json_object_object_get_ex(gone, "reason", &reason) &&
+            json_object_is_type(reason, json_type_string) && why >= 0 && why < AFSM_DELETE_REASON_COUNT)
+            track_set_reason(&es->tracks, &id, (afsm_delete_reason)why, json_object_get_string(reason),
+                             (size_t)json_object_get_string_len(reason));
+        else
+            etcd_log(es, AFSM_LOG_WARN, "etcd: bad delete reason skipped", "key", key);
+        json_object_put(gone);
+    }
+    if (!emit)
+        ev->pending = 0;
+    free(key);
+    free(value);
+}
+
+/* ---- the load ------------------------------------------------------------------- */
+
+static int uuid_order(const void *a, const void *b)
+{
+    return memcmp(a, b, sizeof(afsm_uuid));
+}
+
+typedef struct id_list {
+    afsm_uuid *ids;
+    size_t count, cap;
+} id_list;
+
+static int id_list_add(id_list *l, const afsm_uuid *id)
+{
+    if (l->count == l->cap) {
+        size_t cap = l->cap != 0 ? l->cap * 2 : 64;
+        afsm_uuid *grown = realloc(l->ids, cap * sizeof(*grown));
+        if (grown == NULL)
+            return 0;
+        l->ids = grown;
+        l->cap = cap;
+    }
+    l->ids[l->count++] = *id;
+    return 1;
+}
+
+static void collect_known(void *ctx, const afsm_uuid *id, const track_info *info)
+{
+    (void)info;
+    id_list_add(ctx, id);
+}
+
+/* Keys per range page: bounded answers however many sessions there are. */
+#define LOAD_PAGE 1000
+
+/* The whole prefix at one revision, page by page: *kvs (an array the
+ * caller puts) and the revision it was read at. */
+static afsm_status range_prefix(etcd_store *es, json_object **kvs, int64_t *revision)
+{
+    char cursor[KEYS_MAX + 2], end[KEYS_PREFIX_MAX + 1];
+    size_t cursor_len = es->prefix_len;
+    memcpy(cursor, es->prefix, es->prefix_len);
+    keys_range_end(es->prefix, es->prefix_len, end);
+    *revision = 0;
+    *kvs = json_object_new_array();
+    if (*kvs == NULL)
+        return AFSM_ENOMEM;
+    for (;;) {
+        json_object *body = json_object_new_object(), *reply = NULL, *page, *more;
+        if (body == NULL)
+            return AFSM_ENOMEM;
+        json_object_object_add(body, "key", etcd_json_bytes(cursor, cursor_len));
+        json_object_object_add(body, "range_end", etcd_json_bytes(end, es->prefix_len));
+        json_object_object_add(body, "limit", etcd_json_int64(LOAD_PAGE));
+        if (*revision != 0) /* every page from the first page's revision */
+            json_object_object_add(body, "revision", etcd_json_int64(*revision));
+        afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+        json_object_put(body);
+        if (st != AFSM_OK) {
+            json_object_put(reply);
+            return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st; /* compacted meanwhile: the caller retries */
+        }
+        json_object *header;
+        if (*revision == 0 && json_object_object_get_ex(reply, "header", &header))
+            *revision = etcd_get_int64(header, "revision");
+        size_t n = 0;
+        if ((page = etcd_get_array(reply, "kvs")) != NULL) {
+            n = json_object_array_length(page);
+            for (size_t i = 0; i < n; i++)
+                json_object_array_add(*kvs, json_object_get(json_object_array_get_idx(page, i)));
+        }
+        int has_more = json_object_object_get_ex(reply, "more", &more) && json_object_get_boolean(more);
+        long last_len = 0;
+        char *last = n > 0 ? etcd_get_bytes(json_object_array_get_idx(page, n - 1), "key", &last_len) : NULL;
+        json_object_put(reply);
+        if (!has_more || last == NULL || (size_t)last_len > KEYS_MAX) {
+            free(last);
+            return AFSM_OK;
+        }
+        /* The next page starts just after the last key. */
+        memcpy(cursor, last, (size_t)last_len);
+        cursor[last_len] = '\0';
+        cursor_len = (size_t)last_len + 1;
+        free(last);
+    }
+}
+
+afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
+{
+    json_object *reply = NULL;
+    int64_t revision;
+    afsm_status st = range_prefix(es, &reply, &revision);
+    if (st != AFSM_OK) {
+        json_object_put(reply);
+        return st;
+    }
+    json_object *kvs = reply;
+    size_t n = kvs != NULL && json_object_is_type(kvs, json_type_array) ? json_object_array_length(kvs) : 0;
+    id_list present = {0}, known = {0};
+    etcd_event *events = calloc(n + 1, sizeof(*events));
+    if (events == NULL) {
+        json_object_put(reply);
+        return AFSM_ENOMEM;
+    }
+    pthread_mutex_lock(&es->apply_lock);
+    /* Reasons first: a g/ key explains a deletion this reload finds. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < n; i++) {
+            json_object *kv = json_object_array_get_idx(kvs, i);
+            long key_len;
+            char *key = etcd_get_bytes(kv, "key", &key_len);
+            afsm_uuid id;
+            keys_kind kind =
+                key != NULL ? keys_parse(es->prefix, es->prefix_len, key, (size_t)key_len, &id) : KEYS_FOREIGN;
+            free(key);
+            if ((pass == 0) != (kind == KEYS_GONE) || kind == KEYS_CONNECTION || kind == KEYS_USER || kind == KEYS_SLOT)
+                continue;
+            if (kind == KEYS_SESSION && !id_list_add(&present, &id)) {
+                st = AFSM_ENOMEM;
+                break;
+            }
+            apply_kv(es, kv, 0, emit_differences, &events[i]);
+        }
+    }
+    /* What the replica has and etcd no longer does went while nobody
+     * watched: deleted (with its g/ key's reason) or expired. */
+    track_each(&es->tracks, collect_known, &known);
+    if (present.count > 0)
+        qsort(present.ids, present.count, sizeof(afsm_uuid), uuid_order);
+    etcd_event gone = {0};
+    for (size_t i = 0; i < known.count; i++) {
+        if (present.count > 0 && bsearch(&known.ids[i], present.ids, present.count, sizeof(afsm_uuid), uuid_order))
+            continue;
+        etcd_apply_delete(es, &known.ids[i], &gone);
+        if (emit_differences) {
+            pthread_mutex_unlock(&es->apply_lock);
+            etcd_fire(es, &gone);
+            pthread_mutex_lock(&es->apply_lock);
+        }
+    }
+    atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
+    tombstones_prune(es, revision);
+    pthread_mutex_unlock(&es->apply_lock);
+    for (size_t i = 0; i < n; i++)
+        etcd_fire(es, &events[i]);
+    free(events);
+    free(present.ids);
+    free(known.ids);
+    json_object_put(reply);
+    return st;
+}
+
+/* ---- the watch ------------------------------------------------------------------ */
+
+typedef struct watch_state {
+    etcd_store *es;
+    int compacted;
+    int refused; /* an error answer (e.g. an expired auth token) */
+} watch_state;
+
+static int watch_should_stop(void *ctx)
+{
+    return atomic_load_explicit(&((watch_state *)ctx)->es->stop, memory_order_acquire);
+}
+
+static int watch_message(void *ctx, json_object *message)
+{
+    watch_state *w = ctx;
+    etcd_store *es = w->es;
+    json_object *result, *events, *canceled;
+    if (!json_object_object_get_ex(message, "result", &result)) {
+        w->refused = 1; /* an error answer ends this stream */
+        return 1;
+    }
+    if (json_object_object_get_ex(result, "canceled", &canceled) && json_object_get_boolean(canceled)) {
+        w->compacted = etcd_get_int64(result, "compact_revision") > 0;
+        return 1;
+    }
+    atomic_store_explicit(&es->watch_connected, 1, memory_order_relaxed);
+    atomic_store_explicit(&es->watch_down_since_ns, 0, memory_order_relaxed);
+    if (!json_object_object_get_ex(result, "events", &events)) {
+        json_object *header, *created;
+        /* A progress notification: everything up to its revision was sent. */
+        if (!json_object_object_get_ex(result, "created", &created) &&
+            json_object_object_get_ex(result, "header", &header)) {
+            pthread_mutex_lock(&es->apply_lock);
+            raise_revision(es, etcd_get_int64(header, "revision"));
+            pthread_mutex_unlock(&es->apply_lock);
+        }
+        return 0;
+    }
+    if (!json_object_is_type(events, json_type_array)) {
+        /* json-c asserts an array's type: a crafted reply must not abort
+         * the process. Following on would skip its revisions: end this
+         * stream; the next one resumes after applied_revision. */
+        etcd_log(es, AFSM_LOG_WARN, "etcd: watch reply with bad events; watching again", NULL, NULL);
+        return 1;
+    }
+    size_t n = json_object_array_length(events);
+    for (size_t i = 0; i < n; i++) {
+        json_object *event = json_object_array_get_idx(events, i);
+        json_object *type, *kv;
+        if (!json_object_object_get_ex(event, "kv", &kv))
+            continue;
+        /* "type" may be absent (PUT, the default) or anything in a crafted
+         * reply: only the string "DELETE" is a deletion. */
+        int deleted = json_object_object_get_ex(event, "type", &type) && json_object_is_type(type, json_type_string) &&
+                      strcmp(json_object_get_string(type), "DELETE") == 0;
+        etcd_event ev;
+        pthread_mutex_lock(&es->apply_lock);
+        apply_kv(es, kv, deleted, 1, &ev);
+        raise_revision(es, etcd_get_int64(kv, "mod_revision"));
+        pthread_mutex_unlock(&es->apply_lock);
+        etcd_fire(es, &ev);
+    }
+    return 0;
+}
+
+/* Waits up to ms unless the store is stopping; 1 when it is. */
+static int pause_ms(etcd_store *es, uint64_t ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec + ms * NS_PER_MS;
+    until.tv_sec += (time_t)(ns / 1000000000u);
+    until.tv_nsec = (long)(ns % 1000000000u);
+    pthread_mutex_lock(&es->wait_lock);
+    if (!atomic_load_explicit(&es->stop, memory_order_acquire))
+        pthread_cond_timedwait(&es->wait_cond, &es->wait_lock, &until);
+    pthread_mutex_unlock(&es->wait_lock);
+    return atomic_load_explicit(&es->stop, memory_order_acquire);
+}
+
+static void *watch_main(void *arg)
+{
+    etcd_store *es = arg;
+    uint64_t backoff_ms = 50;
+    int reload = 0;
+    while (!atomic_load_explicit(&es->stop, memory_order_acquire)) {
+        if (reload) {
+            if (etcd_replica_load(es, 1) != AFSM_OK) {
+                if (pause_ms(es, backoff_ms))
+                    break;
+                backoff_ms = backoff_ms < 1000 ? backoff_ms * 2 : 1000;
+                continue;
+            }
+            etcd_log(es, AFSM_LOG_WARN, "etcd: watch compacted; replica reloaded", NULL, NULL);
+            reload = 0;
+        }
+        char end[KEYS_PREFIX_MAX + 1];
+        keys_range_end(es->prefix, es->prefix_len, end);
+        json_object *body = json_object_new_object();
+        json_object *create = json_object_new_object();
+        if (body == NULL || create == NULL) {
+            json_object_put(body);
+            json_object_put(create);
+            pause_ms(es, backoff_ms);
+            continue;
+        }
+        int64_t from = atomic_load_explicit(&es->applied_revision, memory_order_acquire) + 1;
+        json_object_object_add(create, "key", etcd_json_bytes(es->prefix, es->prefix_len));
+        json_object_object_add(create, "range_end", etcd_json_bytes(end, es->prefix_len));
+        json_object_object_add(create, "start_revision", etcd_json_int64(from));
+        json_object_object_add(create, "progress_notify", json_object_new_boolean(1));
+        json_object_object_add(body, "create_request", create);
+        watch_state w = {.es = es};
+        afsm_status st = etcd_stream(es->client, "/v3/watch", body, watch_message, watch_should_stop, &w);
+        json_object_put(body);
+        int was_connected = atomic_exchange_explicit(&es->watch_connected, 0, memory_order_relaxed);
+        /* From now the replica may fall behind: the lag metric counts. */
+        uint64_t down = es->config.clock(es->config.clock_ctx);
+        uint64_t unset = 0;
+        atomic_compare_exchange_strong_explicit(&es->watch_down_since_ns, &unset, down != 0 ? down : 1,
+                                                memory_order_relaxed, memory_order_relaxed);
+        if (atomic_load_explicit(&es->stop, memory_order_acquire))
+            break;
+        if (w.compacted) {
+            reload = 1;
+            continue;
+        }
+        if (w.refused) {
+            etcd_log(es, AFSM_LOG_WARN, "etcd: watch refused; authenticating again", NULL, NULL);
+            etcd_client_reauthenticate(es->client);
+        }
+        if (was_connected)
+            backoff_ms = 50;
+        if (st != AFSM_OK || !was_connected) {
+            if (pause_ms(es, backoff_ms))
+                break;
+            backoff_ms = backoff_ms < 1000 ? backoff_ms * 2 : 1000;
+        }
+    }
+    return NULL;
+}
+
+afsm_status etcd_replica_start(etcd_store *es)
+{
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
+        return AFSM_ENOMEM;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int failed = pthread_cond_init(&es->wait_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    if (failed)
+        return AFSM_ENOMEM;
+    pthread_mutex_init(&es->wait_lock, NULL);
+    if (pthread_create(&es->watcher, NULL, watch_main, es) != 0) {
+        pthread_cond_destroy(&es->wait_cond);
+        pthread_mutex_destroy(&es->wait_lock);
+        return AFSM_ENOMEM;
+    }
+    es->watcher_running = 1;
+    return AFSM_OK;
+}
+
+void etcd_replica_stop(etcd_store *es)
+{
+    if (!es->watcher_running)
+        return;
+    pthread_mutex_lock(&es->wait_lock);
+    atomic_store_explicit(&es->stop, 1, memory_order_release);
+    pthread_cond_signal(&es->wait_cond);
+    pthread_mutex_unlock(&es->wait_lock);
+    pthread_join(es->watcher, NULL);
+    pthread_cond_destroy(&es->wait_cond);
+    pthread_mutex_destroy(&es->wait_lock);
+    es->watcher_running = 0;
+}

@@ -1,0 +1,119 @@
+/*
+ * stats.c: data-plane stats, buffered on the node that counted them and
+ * written to etcd on a period, never once per packet.
+ *
+ * A stats addition only touches the replica (atomics). tracks keeps, per
+ * session, the stats etcd's record holds (`flushed`); the difference is
+ * this node's own unflushed additions. Every stats_flush_ns the flusher
+ * thread writes each session whose stats differ: the record rebuilt from
+ * the replica, guarded by its mod revision (etcd_flush_one). When another
+ * node's record arrives first, applying it keeps this node's difference on
+ * top (replica.c, merged_stats), so no node's additions overwrite
+ * another's. A crash loses at most one period of the crashed node's
+ * stats, never a session; close flushes once more.
+ *
+ * Locking: the thread's pauses use the store's flush_lock / flush_wake;
+ * the writes take the store's apply_lock through apply_own.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "etcd/etcd_store.h"
+
+typedef struct ids {
+    afsm_uuid *items;
+    size_t count, cap;
+} ids;
+
+static void collect(void *ctx, const afsm_uuid *id, const track_info *info)
+{
+    (void)info;
+    ids *l = ctx;
+    if (l->count == l->cap) {
+        size_t cap = l->cap != 0 ? l->cap * 2 : 256;
+        afsm_uuid *grown = realloc(l->items, cap * sizeof(*grown));
+        if (grown == NULL)
+            return; /* the rest waits for the next pass */
+        l->items = grown;
+        l->cap = cap;
+    }
+    l->items[l->count++] = *id;
+}
+
+void etcd_stats_flush(etcd_store *es)
+{
+    ids all = {0};
+    track_each(&es->tracks, collect, &all);
+    for (size_t i = 0; i < all.count; i++) {
+        afsm_session_info now = {.version = AFSM_SESSION_INFO_VERSION};
+        track_info ti;
+        if (es->replica->ops->get(es->replica, &all.items[i], &now) != AFSM_OK ||
+            !track_get(&es->tracks, &all.items[i], &ti) || memcmp(&now.stats, &ti.flushed, sizeof(afsm_stats)) == 0)
+            continue;
+        if (etcd_flush_one(es, &all.items[i]) == AFSM_EUNAVAILABLE)
+            break; /* etcd is away: the whole pass waits for the next period */
+    }
+    free(all.items);
+}
+
+static int stopping(etcd_store *es)
+{
+    return atomic_load_explicit(&es->stop, memory_order_acquire);
+}
+
+static void *flusher_main(void *arg)
+{
+    etcd_store *es = arg;
+    for (;;) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        uint64_t ns = (uint64_t)until.tv_nsec + es->stats_flush_ns;
+        until.tv_sec += (time_t)(ns / 1000000000u);
+        until.tv_nsec = (long)(ns % 1000000000u);
+        pthread_mutex_lock(&es->flush_lock);
+        while (!stopping(es) && pthread_cond_timedwait(&es->flush_wake, &es->flush_lock, &until) == 0)
+            ; /* woken spuriously: wait out the period */
+        pthread_mutex_unlock(&es->flush_lock);
+        etcd_stats_flush(es); /* at stop too: the last one */
+        if (stopping(es))
+            return NULL;
+    }
+}
+
+afsm_status etcd_stats_start(etcd_store *es)
+{
+    /* The deadlines are CLOCK_MONOTONIC: a condvar on the default
+     * (realtime) clock would see them decades past and never wait. */
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
+        return AFSM_ENOMEM;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int failed = pthread_cond_init(&es->flush_wake, &attr);
+    pthread_condattr_destroy(&attr);
+    if (failed)
+        return AFSM_ENOMEM;
+    pthread_mutex_init(&es->flush_lock, NULL);
+    if (pthread_create(&es->flusher, NULL, flusher_main, es) != 0) {
+        pthread_cond_destroy(&es->flush_wake);
+        pthread_mutex_destroy(&es->flush_lock);
+        return AFSM_ENOMEM;
+    }
+    es->flusher_running = 1;
+    return AFSM_OK;
+}
+
+void etcd_stats_stop(etcd_store *es)
+{
+    if (!es->flusher_running)
+        return;
+    pthread_mutex_lock(&es->flush_lock);
+    atomic_store_explicit(&es->stop, 1, memory_order_release);
+    pthread_cond_broadcast(&es->flush_wake);
+    pthread_mutex_unlock(&es->flush_lock);
+    pthread_join(es->flusher, NULL);
+    pthread_cond_destroy(&es->flush_wake);
+    pthread_mutex_destroy(&es->flush_lock);
+    es->flusher_running = 0;
+}

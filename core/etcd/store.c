@@ -1,0 +1,1211 @@
+/*
+ * store.c: the etcd store (etcd_store.h): open and close, the ops table,
+ * and every write as one guarded txn.
+ *
+ * - create: a lease of its own (TTL: etcd_lease_ttl_s; granted ahead by
+ *   leases.c's pool for timeouts of a minute or more), then one txn that
+ *   puts s/, c/, u/ (and n/<slot> under a cap) only if s/ and c/ (and the
+ *   slot) do not exist: a taken connection id fails with AFSM_EEXISTS on
+ *   every node, and two nodes racing for a user's last slot cannot both
+ *   win. Slots are keys, not a counter, because a counter would not go down
+ *   when etcd expires a lease; a slot key goes with its session's lease.
+ * - update, token rotation: read-modify-write of the record, guarded by its
+ *   mod revision; a stale replica learns the current record from the
+ *   failure branch and tries again.
+ * - delete: the g/ key with the reason (same lease) and the deletion of all
+ *   of the session's keys, in one txn guarded by the record's existence.
+ * The writing node applies the txn's result to its replica before it
+ * returns (it reads its own writes); the watch drops the echo by revision.
+ *
+ * Heartbeats and stats stay local. A heartbeat renews the session's lease
+ * at most once per timeout / 3 (track_renew_due), so lease traffic is at
+ * most 3 / timeout keepalives per second per active session, and no
+ * keepalive is a raft write.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "etcd/etcd_store.h"
+#include "metadata.h"
+#include "util/clock.h"
+#include "util/errdetail.h"
+#include "util/uuid.h"
+
+#define DIAL_TIMEOUT_MS_DEFAULT    2000u
+#define REQUEST_TIMEOUT_MS_DEFAULT 5000u
+#define STATS_FLUSH_MS_DEFAULT     10000u
+/* Attempts of a guarded write against a stale replica or a racing node. */
+#define WRITE_ATTEMPTS 8
+
+typedef struct etcd_handle {
+    store_handle base;
+    etcd_store *es;
+    store_handle *inner; /* the replica's */
+    afsm_uuid id;
+} etcd_handle;
+
+int64_t etcd_lease_ttl_s(uint64_t timeout_ms)
+{
+    uint64_t ms = timeout_ms + timeout_ms / 3u;
+    return (int64_t)((ms + 999u) / 1000u);
+}
+
+/* ---- txn building ---------------------------------------------------------------- */
+
+static json_object *op(const char *kind, json_object *request)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, kind, request);
+    return o;
+}
+
+static json_object *op_put(const char *key, size_t key_len, const char *value, size_t value_len, int64_t lease)
+{
+    json_object *r = json_object_new_object();
+    json_object_object_add(r, "key", etcd_json_bytes(key, key_len));
+    json_object_object_add(r, "value", etcd_json_bytes(value, value_len));
+    if (lease != 0)
+        json_object_object_add(r, "lease", etcd_json_int64(lease));
+    return op("request_put", r);
+}
+
+static json_object *op_delete(const char *key, size_t key_len)
+{
+    json_object *r = json_object_new_object();
+    json_object_object_add(r, "key", etcd_json_bytes(key, key_len));
+    return op("request_delete_range", r);
+}
+
+static json_object *op_range(const char *key, size_t key_len)
+{
+    json_object *r = json_object_new_object();
+    json_object_object_add(r, "key", etcd_json_bytes(key, key_len));
+    return op("request_range", r);
+}
+
+/* target: "CREATE" or "MOD"; the field compared is target's revision. */
+static json_object *compare(const char *key, size_t key_len, const char *target, const char *result, int64_t revision)
+{
+    json_object *c = json_object_new_object();
+    json_object_object_add(c, "key", etcd_json_bytes(key, key_len));
+    json_object_object_add(c, "target", json_object_new_string(target));
+    json_object_object_add(c, "result", json_object_new_string(result));
+    json_object_object_add(c, strcmp(target, "CREATE") == 0 ? "create_revision" : "mod_revision",
+                           etcd_json_int64(revision));
+    return c;
+}
+
+typedef struct txn {
+    json_object *body, *compare, *success, *failure;
+} txn;
+
+static int txn_init(txn *t)
+{
+    t->body = json_object_new_object();
+    t->compare = json_object_new_array();
+    t->success = json_object_new_array();
+    t->failure = json_object_new_array();
+    if (t->body == NULL || t->compare == NULL || t->success == NULL || t->failure == NULL) {
+        json_object_put(t->body);
+        json_object_put(t->compare);
+        json_object_put(t->success);
+        json_object_put(t->failure);
+        return 0;
+    }
+    json_object_object_add(t->body, "compare", t->compare);
+    json_object_object_add(t->body, "success", t->success);
+    json_object_object_add(t->body, "failure", t->failure);
+    return 1;
+}
+
+/* Sends the txn (never retried once sent: it is a write). *succeeded and
+ * *revision from the answer; *reply kept for the failure branch's ranges. */
+static afsm_status txn_send(etcd_store *es, txn *t, int *succeeded, int64_t *revision, json_object **reply)
+{
+    *reply = NULL;
+    afsm_status st = etcd_call(es->client, "/v3/kv/txn", t->body, 0, reply, NULL);
+    json_object_put(t->body);
+    if (st != AFSM_OK)
+        return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
+    json_object *ok, *header;
+    *succeeded = json_object_object_get_ex(*reply, "succeeded", &ok) && json_object_get_boolean(ok);
+    *revision = json_object_object_get_ex(*reply, "header", &header) ? etcd_get_int64(header, "revision") : 0;
+    return AFSM_OK;
+}
+
+/* The kvs of the failure branch's index-th response (a request_range). */
+static json_object *txn_range_kvs(json_object *reply, size_t index)
+{
+    /* Every level type-checked: a crafted reply is "no record", not an abort. */
+    json_object *responses = etcd_get_array(reply, "responses"), *range, *kvs;
+    if (responses == NULL || index >= json_object_array_length(responses) ||
+        !json_object_object_get_ex(json_object_array_get_idx(responses, index), "response_range", &range) ||
+        (kvs = etcd_get_array(range, "kvs")) == NULL)
+        return NULL;
+    return json_object_array_length(kvs) > 0 ? kvs : NULL;
+}
+
+/* ---- records -------------------------------------------------------------------- */
+
+/* A record with its own metadata bytes (the replica's "k\0v\0" blob or a
+ * merged one): meta[] points into it. */
+typedef struct owned_record {
+    keys_record rec;
+    metadata *meta_blob; /* may be NULL */
+    char buf[AFSM_METADATA_BYTES_MAX + 2 * AFSM_METADATA_KEYS_MAX];
+} owned_record;
+
+static void entries_of(const char *data, uint32_t count, afsm_kv *out)
+{
+    const char *p = data;
+    for (uint32_t i = 0; i < count; i++) {
+        out[i].key = p;
+        out[i].key_len = strlen(p);
+        p += out[i].key_len + 1;
+        out[i].value = p;
+        out[i].value_len = strlen(p);
+        p += out[i].value_len + 1;
+    }
+}
+
+/* The session as this node's replica and tracks know it. */
+static afsm_status current_record(etcd_store *es, const afsm_uuid *id, owned_record *o, track_info *ti)
+{
+    memset(&o->rec, 0, sizeof(o->rec));
+    o->meta_blob = NULL;
+    o->rec.info.version = AFSM_SESSION_INFO_VERSION;
+    afsm_status st = es->replica->ops->get(es->replica, id, &o->rec.info);
+    if (st != AFSM_OK)
+        return st;
+    size_t needed = 0, count = 0;
+    st = es->replica->ops->get_metadata(es->replica, id, o->buf, sizeof(o->buf), &needed, &count);
+    if (st != AFSM_OK)
+        return st;
+    if (!track_get(&es->tracks, id, ti))
+        return AFSM_ENOTFOUND;
+    entries_of(o->buf, (uint32_t)count, o->rec.meta);
+    o->rec.meta_count = count;
+    o->rec.lease = ti->lease;
+    o->rec.leased_ns = ti->leased_ns;
+    o->rec.slot = ti->slot;
+    return AFSM_OK;
+}
+
+/* Replaces the record's metadata with base (may be NULL) merged with kvs. */
+static afsm_status set_metadata(owned_record *o, const afsm_kv *base, size_t base_count, const afsm_kv *kvs,
+                                size_t count)
+{
+    metadata *first = NULL, *merged = NULL;
+    afsm_status st = metadata_merge(NULL, base, base_count, &first);
+    if (st == AFSM_OK)
+        st = metadata_merge(first, kvs, count, &merged);
+    metadata_free(first);
+    if (st != AFSM_OK)
+        return st;
+    metadata_free(o->meta_blob);
+    o->meta_blob = merged;
+    o->rec.meta_count = merged != NULL ? merged->count : 0;
+    if (merged != NULL)
+        entries_of(merged->data, merged->count, o->rec.meta);
+    return AFSM_OK;
+}
+
+static void owned_release(owned_record *o)
+{
+    metadata_free(o->meta_blob);
+    o->meta_blob = NULL;
+}
+
+static afsm_status encode(const keys_record *rec, json_object **json, const char **text, size_t *len)
+{
+    *json = keys_record_encode(rec);
+    if (*json == NULL)
+        return AFSM_ENOMEM;
+    *text = json_object_to_json_string_ext(*json, JSON_C_TO_STRING_PLAIN);
+    if (*text == NULL) {
+        json_object_put(*json);
+        return AFSM_ENOMEM;
+    }
+    *len = strlen(*text);
+    return AFSM_OK;
+}
+
+/* Applies this node's own write at revision, then fires its event. */
+static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t revision, int flags)
+{
+    etcd_event ev;
+    pthread_mutex_lock(&es->apply_lock);
+    afsm_status st = etcd_apply_put(es, rec, revision, flags, &ev);
+    pthread_mutex_unlock(&es->apply_lock);
+    etcd_fire(es, &ev);
+    return st;
+}
+
+/* ---- leases --------------------------------------------------------------------- */
+
+/* AFSM_OK: renewed; AFSM_EEXPIRED: etcd no longer has the lease. */
+static afsm_status lease_keepalive(etcd_store *es, int64_t lease)
+{
+    json_object *body = json_object_new_object(), *reply = NULL, *result;
+    if (body == NULL)
+        return AFSM_ENOMEM;
+    json_object_object_add(body, "ID", etcd_json_int64(lease));
+    afsm_status st = etcd_call(es->client, "/v3/lease/keepalive", body, 1, &reply, NULL);
+    json_object_put(body);
+    if (st == AFSM_OK)
+        st = json_object_object_get_ex(reply, "result", &result) && etcd_get_int64(result, "TTL") > 0 ? AFSM_OK
+                                                                                                      : AFSM_EEXPIRED;
+    json_object_put(reply);
+    return st == AFSM_ENOTFOUND ? AFSM_EEXPIRED : st;
+}
+
+/* After a local heartbeat: renew the lease if its period has passed. */
+static afsm_status renew_if_due(etcd_store *es, const afsm_uuid *id)
+{
+    int64_t lease;
+    if (!track_renew_due(&es->tracks, id, es->config.clock(es->config.clock_ctx), &lease))
+        return AFSM_OK;
+    atomic_fetch_add_explicit(&es->lease_keepalives, 1, memory_order_relaxed);
+    afsm_status st = lease_keepalive(es, lease);
+    if (st == AFSM_EUNAVAILABLE || st == AFSM_ENOMEM)
+        track_renew_failed(&es->tracks, id);
+    return st;
+}
+
+/* ---- create ---------------------------------------------------------------------- */
+
+/* The user's taken cap slots, read from etcd (bit i: slot i). */
+static afsm_status taken_slots(etcd_store *es, const char *user, size_t user_len, uint8_t *taken, uint32_t cap)
+{
+    char key[KEYS_MAX], end[KEYS_MAX];
+    size_t n = keys_slot(es->prefix, es->prefix_len, user, user_len, 0, key) - 1; /* "n/<user>/" */
+    key[n] = '\0';
+    keys_range_end(key, n, end);
+    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    if (body == NULL)
+        return AFSM_ENOMEM;
+    json_object_object_add(body, "key", etcd_json_bytes(key, n));
+    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
+    json_object_object_add(body, "keys_only", json_object_new_boolean(1));
+    afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+    json_object_put(body);
+    memset(taken, 0, (cap + 7) / 8);
+    if (st == AFSM_OK && (kvs = etcd_get_array(reply, "kvs")) != NULL) {
+        for (size_t i = 0; i < json_object_array_length(kvs); i++) {
+            long len;
+            char *k = etcd_get_bytes(json_object_array_get_idx(kvs, i), "key", &len);
+            /* Only "<prefix>n/<user>/<digits>": a longer user id shares the prefix. */
+            if (k != NULL && (size_t)len > n && strspn(k + n, "0123456789") == (size_t)len - n) {
+                unsigned long slot = strtoul(k + n, NULL, 10);
+                if (slot < cap)
+                    taken[slot / 8] |= (uint8_t)(1u << (slot % 8));
+            }
+            free(k);
+        }
+    }
+    json_object_put(reply);
+    return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
+}
+
+static int32_t free_slot(const uint8_t *taken, uint32_t cap)
+{
+    for (uint32_t i = 0; i < cap; i++)
+        if (!(taken[i / 8] & (1u << (i % 8))))
+            return (int32_t)i;
+    return -1;
+}
+
+/* The new session's record, from the spec (or the copy being restored). */
+static afsm_status new_record(const session_spec *spec, owned_record *o)
+{
+    memset(&o->rec, 0, sizeof(o->rec));
+    o->meta_blob = NULL;
+    afsm_session_info *s = &o->rec.info;
+    if (spec->restore != NULL) {
+        *s = *spec->restore;
+    } else {
+        int64_t now = clock_wall_ns();
+        s->version = AFSM_SESSION_INFO_VERSION;
+        uuid_v7_at(&s->session_id, (uint64_t)now / 1000000u);
+        s->state = AFSM_STATE_CONNECTING;
+        s->created_at_ns = now;
+        s->last_active_at_ns = now;
+        s->token_generation = 1;
+    }
+    s->connection_id = spec->connection_id;
+    s->client_ip = spec->client_ip;
+    s->client_port = spec->client_port;
+    memcpy(s->user_id, spec->user_id, spec->user_id_len);
+    s->user_id[spec->user_id_len] = '\0';
+    s->user_id_len = spec->user_id_len;
+    s->timeout_ms = spec->timeout_ns / NS_PER_MS;
+    o->rec.slot = -1;
+    return set_metadata(o, NULL, 0, spec->metadata, spec->metadata_count);
+}
+
+/* One attempt at the create txn. *retry: a slot was lost to a race. */
+static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry, int64_t *revision)
+{
+    const afsm_session_info *s = &rec->info;
+    char skey[KEYS_MAX], ckey[KEYS_MAX], ukey[KEYS_MAX], nkey[KEYS_MAX], id_text[AFSM_UUID_STRING_SIZE];
+    size_t slen = keys_session(es->prefix, es->prefix_len, &s->session_id, skey);
+    size_t clen = keys_connection(es->prefix, es->prefix_len, &s->connection_id, ckey);
+    size_t ulen = keys_user(es->prefix, es->prefix_len, s->user_id, s->user_id_len, &s->session_id, ukey);
+    size_t nlen = rec->slot >= 0
+                      ? keys_slot(es->prefix, es->prefix_len, s->user_id, s->user_id_len, (uint32_t)rec->slot, nkey)
+                      : 0;
+    afsm_uuid_format(&s->session_id, id_text);
+    json_object *record;
+    const char *text;
+    size_t text_len;
+    afsm_status st = encode(rec, &record, &text, &text_len);
+    if (st != AFSM_OK)
+        return st;
+    txn t;
+    if (!txn_init(&t)) {
+        json_object_put(record);
+        return AFSM_ENOMEM;
+    }
+    json_object_array_add(t.compare, compare(skey, slen, "CREATE", "EQUAL", 0));
+    json_object_array_add(t.compare, compare(ckey, clen, "CREATE", "EQUAL", 0));
+    if (nlen > 0)
+        json_object_array_add(t.compare, compare(nkey, nlen, "CREATE", "EQUAL", 0));
+    json_object_array_add(t.success, op_put(skey, slen, text, text_len, rec->lease));
+    json_object_array_add(t.success, op_put(ckey, clen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
+    json_object_array_add(t.success, op_put(ukey, ulen, "", 0, rec->lease));
+    if (nlen > 0)
+        json_object_array_add(t.success, op_put(nkey, nlen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
+    json_object_array_add(t.failure, op_range(skey, slen));
+    json_object_array_add(t.failure, op_range(ckey, clen));
+    json_object_put(record);
+    int succeeded = 0;
+    json_object *reply;
+    st = txn_send(es, &t, &succeeded, revision, &reply);
+    *retry = 0;
+    if (st == AFSM_OK && !succeeded) {
+        json_object *mine = txn_range_kvs(reply, 0);
+        if (mine != NULL && etcd_get_int64(json_object_array_get_idx(mine, 0), "lease") == rec->lease) {
+            /* Our own create, committed by an earlier send whose answer was
+             * lost (curl resends on a fresh connection when a kept-alive
+             * one dies): the session id and the lease are ours alone. */
+            *revision = etcd_get_int64(json_object_array_get_idx(mine, 0), "mod_revision");
+        } else if (mine != NULL || txn_range_kvs(reply, 1) != NULL) {
+            st = AFSM_EEXISTS;
+        } else if (rec->slot >= 0) {
+            *retry = 1; /* only the slot was taken */
+        } else {
+            st = AFSM_EINTERNAL; /* failed, yet no key it guards exists: not etcd's answer */
+        }
+    }
+    json_object_put(reply);
+    return st;
+}
+
+static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session_info *out)
+{
+    etcd_store *es = (etcd_store *)st;
+    afsm_session_info probe = {.version = AFSM_SESSION_INFO_VERSION};
+    /* The replica answers the common refusal without a round trip; the txn
+     * is what guarantees it. */
+    if (es->replica->ops->get_by_connection(es->replica, &spec->connection_id, &probe) == AFSM_OK)
+        return AFSM_EEXISTS;
+    owned_record *o = malloc(sizeof(*o));
+    if (o == NULL)
+        return AFSM_ENOMEM;
+    afsm_status status = new_record(spec, o);
+    if (status != AFSM_OK)
+        goto out;
+    status = etcd_lease_take(es, o->rec.info.timeout_ms, &o->rec.lease, &o->rec.leased_ns);
+    if (status != AFSM_OK)
+        goto out;
+    uint32_t cap = es->config.max_sessions_per_user;
+    uint8_t *taken = cap != 0 ? malloc((cap + 7) / 8) : NULL;
+    int64_t revision = 0;
+    for (int attempt = 0;; attempt++) {
+        if (cap != 0) {
+            status =
+                taken != NULL ? taken_slots(es, o->rec.info.user_id, o->rec.info.user_id_len, taken, cap) : AFSM_ENOMEM;
+            if (status != AFSM_OK)
+                break;
+            o->rec.slot = free_slot(taken, cap);
+            if (o->rec.slot < 0) {
+                status = AFSM_ELIMIT;
+                break;
+            }
+        }
+        int retry = 0;
+        status = create_txn(es, &o->rec, &retry, &revision);
+        if (status != AFSM_OK || !retry)
+            break;
+        if (attempt + 1 == WRITE_ATTEMPTS) {
+            status = AFSM_ELIMIT; /* every free slot we saw was taken first */
+            break;
+        }
+    }
+    free(taken);
+    if (status != AFSM_OK) {
+        if (status != AFSM_EUNAVAILABLE) /* else the outcome is unknown: let the lease expire */
+            etcd_lease_revoke(es, o->rec.lease);
+        goto out;
+    }
+    status = apply_own(es, &o->rec, revision, ETCD_APPLY_OWN | (spec->restore != NULL ? ETCD_APPLY_QUIET : 0));
+    if (status == AFSM_OK && out != NULL)
+        status = es->replica->ops->get(es->replica, &o->rec.info.session_id, out);
+out:
+    owned_release(o);
+    free(o);
+    return status;
+}
+
+/* ---- update and rotation --------------------------------------------------------- */
+
+/* Writes o's record if etcd still has it at ti's revision. On a stale
+ * replica, applies what etcd has and sets *retry. */
+static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info *ti, int flags, int *retry)
+{
+    char skey[KEYS_MAX];
+    size_t slen = keys_session(es->prefix, es->prefix_len, &o->rec.info.session_id, skey);
+    json_object *record;
+    const char *text;
+    size_t text_len;
+    afsm_status st = encode(&o->rec, &record, &text, &text_len);
+    if (st != AFSM_OK)
+        return st;
+    txn t;
+    if (!txn_init(&t)) {
+        json_object_put(record);
+        return AFSM_ENOMEM;
+    }
+    json_object_array_add(t.compare, compare(skey, slen, "MOD", "EQUAL", ti->mod_revision));
+    json_object_array_add(t.success, op_put(skey, slen, text, text_len, ti->lease));
+    json_object_array_add(t.failure, op_range(skey, slen));
+    json_object_put(record);
+    int succeeded = 0;
+    int64_t revision = 0;
+    json_object *reply;
+    /* The watch holds this record's events until the result is applied. */
+    track_inflight(&es->tracks, &o->rec.info.session_id, +1);
+    st = txn_send(es, &t, &succeeded, &revision, &reply);
+    *retry = 0;
+    if (st == AFSM_OK && succeeded) {
+        st = apply_own(es, &o->rec, revision, flags);
+    } else if (st == AFSM_OK) {
+        json_object *kvs = txn_range_kvs(reply, 0);
+        if (kvs == NULL) {
+            st = AFSM_ENOTFOUND; /* gone in etcd; the watch removes it here */
+        } else {
+            json_object *kv = json_object_array_get_idx(kvs, 0);
+            long len;
+            char *value = etcd_get_bytes(kv, "value", &len);
+            keys_record fresh;
+            json_object *holder = NULL;
+            if (value != NULL && keys_record_decode(value, (size_t)len, &fresh, &holder) == AFSM_OK) {
+                apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0); /* etcd's, not ours */
+                *retry = 1;
+            } else {
+                st = AFSM_EINTERNAL;
+            }
+            json_object_put(holder);
+            free(value);
+        }
+    }
+    pthread_mutex_lock(&es->apply_lock);
+    track_inflight(&es->tracks, &o->rec.info.session_id, -1);
+    pthread_cond_broadcast(&es->applied);
+    pthread_mutex_unlock(&es->apply_lock);
+    json_object_put(reply);
+    return st;
+}
+
+static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
+                                     size_t reason_len);
+
+/* A guarded write that lost every one of its WRITE_ATTEMPTS races: it was
+ * not made (etcd took other writers' records each time). */
+static afsm_status lost_every_guard(void)
+{
+    return errdetail_set(AFSM_EUNAVAILABLE, "etcd: the record changed under each of %d attempts; not written",
+                         WRITE_ATTEMPTS);
+}
+
+afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
+{
+    owned_record *o = malloc(sizeof(*o));
+    if (o == NULL)
+        return AFSM_ENOMEM;
+    track_info ti;
+    afsm_status st = current_record(es, id, o, &ti);
+    if (st == AFSM_OK && memcmp(&o->rec.info.stats, &ti.flushed, sizeof(afsm_stats)) != 0) {
+        /* A race lost to another writer merges etcd's record into the
+         * replica (keeping this node's additions): the next pass writes. */
+        int retry = 0;
+        st = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
+        if (st == AFSM_OK && !retry)
+            atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
+    }
+    owned_release(o);
+    free(o);
+    return st;
+}
+
+static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update *u, afsm_session_info *out)
+{
+    etcd_store *es = (etcd_store *)st;
+    owned_record *o = malloc(sizeof(*o));
+    if (o == NULL)
+        return AFSM_ENOMEM;
+    afsm_status status = AFSM_OK;
+    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
+        track_info ti;
+        status = current_record(es, id, o, &ti);
+        if (status != AFSM_OK)
+            break;
+        afsm_session_info *s = &o->rec.info;
+        uint32_t new_state = (u->fields & AFSM_UPDATE_STATE) ? u->state : s->state;
+        if (!etcd_transition_allowed(s->state, new_state)) {
+            status = AFSM_ETRANSITION;
+            break;
+        }
+        if (u->fields & AFSM_UPDATE_METADATA_MERGE)
+            status = set_metadata(o, o->rec.meta, o->rec.meta_count, u->metadata, u->metadata_count);
+        else if (u->fields & AFSM_UPDATE_METADATA_REPLACE)
+            status = set_metadata(o, NULL, 0, u->metadata, u->metadata_count);
+        if (status != AFSM_OK)
+            break;
+        if (new_state == AFSM_STATE_CLOSED && s->state != AFSM_STATE_CLOSED) {
+            /* close_linger is 0 for this store (checked at open): closing
+             * removes, as the memory store does without a linger. */
+            afsm_session_info last = *s;
+            status = etcd_remove_known(es, id, AFSM_DELETE_CLOSED, "closed", 6);
+            if (status == AFSM_OK && out != NULL) {
+                *out = last;
+                out->state = AFSM_STATE_CLOSED;
+            }
+            break;
+        }
+        if (new_state == AFSM_STATE_ACTIVE && s->state != AFSM_STATE_ACTIVE)
+            s->last_active_at_ns = clock_wall_ns();
+        s->state = new_state;
+        if (u->fields & AFSM_UPDATE_STATS)
+            s->stats = u->stats;
+        int retry = 0;
+        status =
+            guarded_put(es, o, &ti, ETCD_APPLY_OWN | ((u->fields & AFSM_UPDATE_STATS) ? ETCD_APPLY_RESET : 0), &retry);
+        owned_release(o);
+        if (status != AFSM_OK || !retry)
+            break;
+        /* Every guard lost: nothing was written, so never AFSM_OK. */
+        if (attempt + 1 == WRITE_ATTEMPTS)
+            status = lost_every_guard();
+    }
+    owned_release(o);
+    free(o);
+    if (status == AFSM_OK && out != NULL && !(u->fields & AFSM_UPDATE_STATE && u->state == AFSM_STATE_CLOSED))
+        status = es->replica->ops->get(es->replica, id, out);
+    return status;
+}
+
+static afsm_status etcd_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out)
+{
+    etcd_store *es = (etcd_store *)st;
+    owned_record *o = malloc(sizeof(*o));
+    if (o == NULL)
+        return AFSM_ENOMEM;
+    afsm_status status = AFSM_OK;
+    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
+        track_info ti;
+        status = current_record(es, id, o, &ti);
+        if (status != AFSM_OK)
+            break;
+        if (o->rec.info.state == AFSM_STATE_CLOSED) {
+            status = AFSM_ECLOSED;
+            break;
+        }
+        o->rec.info.token_generation++;
+        int retry = 0;
+        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
+        if (status == AFSM_OK && !retry) {
+            *out = o->rec.info;
+            break;
+        }
+        if (status != AFSM_OK)
+            break;
+        /* Every guard lost: `out` is unfilled, and a token sealed for it
+         * would name no session. */
+        if (attempt + 1 == WRITE_ATTEMPTS)
+            status = lost_every_guard();
+    }
+    owned_release(o);
+    free(o);
+    return status;
+}
+
+/* ---- delete ---------------------------------------------------------------------- */
+
+/* Deletes every key of the session rec describes, with the reason beside
+ * it, if its record still exists. */
+static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delete_reason why, const char *reason,
+                              size_t reason_len, int64_t *revision)
+{
+    const afsm_session_info *s = &rec->info;
+    char skey[KEYS_MAX], ckey[KEYS_MAX], ukey[KEYS_MAX], nkey[KEYS_MAX], gkey[KEYS_MAX];
+    size_t slen = keys_session(es->prefix, es->prefix_len, &s->session_id, skey);
+    size_t clen = keys_connection(es->prefix, es->prefix_len, &s->connection_id, ckey);
+    size_t ulen = keys_user(es->prefix, es->prefix_len, s->user_id, s->user_id_len, &s->session_id, ukey);
+    size_t glen = keys_gone(es->prefix, es->prefix_len, &s->session_id, gkey);
+    json_object *gone = json_object_new_object();
+    txn t;
+    if (gone == NULL || !txn_init(&t)) {
+        json_object_put(gone);
+        return AFSM_ENOMEM;
+    }
+    json_object_object_add(gone, "reason", json_object_new_string_len(reason, (int)reason_len));
+    json_object_object_add(gone, "why", json_object_new_int((int)why));
+    const char *gone_text = json_object_to_json_string_ext(gone, JSON_C_TO_STRING_PLAIN);
+    json_object_array_add(t.compare, compare(skey, slen, "CREATE", "GREATER", 0));
+    /* The reason first: a watcher learns it before the deletion it explains. */
+    json_object_array_add(t.success, op_put(gkey, glen, gone_text, strlen(gone_text), rec->lease));
+    json_object_array_add(t.success, op_delete(skey, slen));
+    json_object_array_add(t.success, op_delete(ckey, clen));
+    json_object_array_add(t.success, op_delete(ukey, ulen));
+    if (rec->slot >= 0) {
+        size_t nlen = keys_slot(es->prefix, es->prefix_len, s->user_id, s->user_id_len, (uint32_t)rec->slot, nkey);
+        json_object_array_add(t.success, op_delete(nkey, nlen));
+    }
+    json_object_put(gone);
+    int succeeded = 0;
+    json_object *reply;
+    afsm_status st = txn_send(es, &t, &succeeded, revision, &reply);
+    json_object_put(reply);
+    return st == AFSM_OK && !succeeded ? AFSM_ENOTFOUND : st;
+}
+
+static void apply_own_delete(etcd_store *es, const afsm_uuid *id, int64_t revision, afsm_delete_reason why,
+                             const char *reason, size_t reason_len)
+{
+    etcd_event ev;
+    pthread_mutex_lock(&es->apply_lock);
+    track_set_reason(&es->tracks, id, why, reason, reason_len);
+    etcd_apply_delete(es, id, &ev);
+    etcd_tombstone_add(es, id, revision);
+    pthread_mutex_unlock(&es->apply_lock);
+    etcd_fire(es, &ev);
+}
+
+/* A session this node's replica knows. */
+static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
+                                     size_t reason_len)
+{
+    owned_record *o = malloc(sizeof(*o));
+    if (o == NULL)
+        return AFSM_ENOMEM;
+    track_info ti;
+    afsm_status st = current_record(es, id, o, &ti);
+    int64_t revision;
+    if (st == AFSM_OK)
+        st = delete_txn(es, &o->rec, why, reason, reason_len, &revision);
+    if (st == AFSM_OK)
+        apply_own_delete(es, id, revision, why, reason, reason_len);
+    owned_release(o);
+    free(o);
+    return st;
+}
+
+static afsm_status etcd_remove(store *st, const afsm_uuid *id, const char *reason, size_t reason_len)
+{
+    if (reason == NULL || reason_len == 0) {
+        reason = "deleted";
+        reason_len = 7;
+    }
+    return etcd_remove_known((etcd_store *)st, id, AFSM_DELETE_REQUESTED, reason, reason_len);
+}
+
+/* Reads one record from etcd (remove_by_user: sessions this node's
+ * replica may not have yet). */
+static afsm_status read_record(etcd_store *es, const afsm_uuid *id, keys_record *rec, json_object **holder)
+{
+    char skey[KEYS_MAX];
+    size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
+    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    if (body == NULL)
+        return AFSM_ENOMEM;
+    json_object_object_add(body, "key", etcd_json_bytes(skey, slen));
+    afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+    json_object_put(body);
+    if (st == AFSM_OK && ((kvs = etcd_get_array(reply, "kvs")) == NULL || json_object_array_length(kvs) == 0))
+        st = AFSM_ENOTFOUND;
+    if (st == AFSM_OK) {
+        long len;
+        char *value = etcd_get_bytes(json_object_array_get_idx(kvs, 0), "value", &len);
+        st = value != NULL ? keys_record_decode(value, (size_t)len, rec, holder) : AFSM_EINTERNAL;
+        free(value);
+    }
+    json_object_put(reply);
+    return st;
+}
+
+static afsm_status etcd_remove_by_user(store *st, const char *user_id, size_t user_id_len, const char *reason,
+                                       size_t reason_len, size_t *removed)
+{
+    etcd_store *es = (etcd_store *)st;
+    *removed = 0;
+    if (reason == NULL || reason_len == 0) {
+        reason = "deleted";
+        reason_len = 7;
+    }
+    /* The user's sessions on every node: etcd's u/ keys, not this replica. */
+    char key[KEYS_MAX], end[KEYS_MAX];
+    size_t n = keys_user_prefix(es->prefix, es->prefix_len, user_id, user_id_len, key);
+    keys_range_end(key, n, end);
+    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    if (body == NULL)
+        return AFSM_ENOMEM;
+    json_object_object_add(body, "key", etcd_json_bytes(key, n));
+    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
+    json_object_object_add(body, "keys_only", json_object_new_boolean(1));
+    afsm_status status = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+    json_object_put(body);
+    if (status == AFSM_OK && (kvs = etcd_get_array(reply, "kvs")) != NULL) {
+        for (size_t i = 0; i < json_object_array_length(kvs) && status == AFSM_OK; i++) {
+            long len;
+            char *k = etcd_get_bytes(json_object_array_get_idx(kvs, i), "key", &len);
+            afsm_uuid id;
+            /* Exactly "<prefix>u/<user>/<id>": not a longer user id's key. */
+            if (k != NULL && (size_t)len == n + AFSM_UUID_STRING_SIZE - 1 &&
+                keys_parse(es->prefix, es->prefix_len, k, (size_t)len, &id) == KEYS_USER) {
+                keys_record rec;
+                json_object *holder = NULL;
+                int64_t revision;
+                afsm_status one = read_record(es, &id, &rec, &holder);
+                if (one == AFSM_OK)
+                    one = delete_txn(es, &rec, AFSM_DELETE_USER, reason, reason_len, &revision);
+                if (one == AFSM_OK) {
+                    apply_own_delete(es, &id, revision, AFSM_DELETE_USER, reason, reason_len);
+                    (*removed)++;
+                } else if (one != AFSM_ENOTFOUND) {
+                    status = one; /* gone meanwhile is fine; etcd down is not */
+                }
+                json_object_put(holder);
+            }
+            free(k);
+        }
+    }
+    json_object_put(reply);
+    return status == AFSM_ENOTFOUND ? AFSM_EINTERNAL : status;
+}
+
+/* ---- reads, heartbeats, stats: the replica --------------------------------------- */
+
+/* Reads key from etcd: whether it exists, its mod revision, and (unless
+ * keys_only) its value (free it). */
+static afsm_status read_key(etcd_store *es, const char *key, size_t len, int keys_only, int *found,
+                            int64_t *mod_revision, char **value, long *value_len)
+{
+    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    if (body == NULL)
+        return AFSM_ENOMEM;
+    json_object_object_add(body, "key", etcd_json_bytes(key, len));
+    if (keys_only)
+        json_object_object_add(body, "keys_only", json_object_new_boolean(1));
+    afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+    json_object_put(body);
+    *found = 0;
+    if (value != NULL)
+        *value = NULL;
+    if (st == AFSM_OK && (kvs = etcd_get_array(reply, "kvs")) != NULL && json_object_array_length(kvs) > 0) {
+        json_object *kv = json_object_array_get_idx(kvs, 0);
+        *found = 1;
+        *mod_revision = etcd_get_int64(kv, "mod_revision");
+        if (value != NULL) {
+            *value = etcd_get_bytes(kv, "value", value_len);
+            if (*value == NULL && *value_len < 0)
+                st = AFSM_ENOMEM;
+        }
+    }
+    json_object_put(reply);
+    return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
+}
+
+/* Consistent mode: waits (within the request timeout) until the replica
+ * has applied id's record at mod_revision or later. */
+static afsm_status wait_applied(etcd_store *es, const afsm_uuid *id, int64_t mod_revision)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec + es->request_timeout_ns;
+    until.tv_sec += (time_t)(ns / 1000000000u);
+    until.tv_nsec = (long)(ns % 1000000000u);
+    afsm_status st = AFSM_OK;
+    pthread_mutex_lock(&es->apply_lock);
+    for (;;) {
+        track_info ti;
+        if (track_get(&es->tracks, id, &ti) && ti.mod_revision >= mod_revision)
+            break;
+        if (pthread_cond_timedwait(&es->applied, &es->apply_lock, &until) != 0) {
+            st = AFSM_EUNAVAILABLE; /* the watch did not deliver it in time */
+            break;
+        }
+    }
+    pthread_mutex_unlock(&es->apply_lock);
+    return st;
+}
+
+/* Linearizable mode: the record itself, from etcd. */
+static afsm_status read_from_etcd(etcd_store *es, const afsm_uuid *id, afsm_session_info *out, char *meta,
+                                  size_t meta_size, size_t *needed, size_t *count)
+{
+    char skey[KEYS_MAX];
+    size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
+    int found;
+    int64_t mod_revision;
+    char *value;
+    long len = 0;
+    afsm_status st = read_key(es, skey, slen, 0, &found, &mod_revision, &value, &len);
+    if (st != AFSM_OK || !found)
+        return st != AFSM_OK ? st : AFSM_ENOTFOUND;
+    keys_record rec;
+    json_object *holder = NULL;
+    st = value != NULL ? keys_record_decode(value, (size_t)len, &rec, &holder) : AFSM_EINTERNAL;
+    free(value);
+    if (st != AFSM_OK)
+        return st == AFSM_EINVAL ? AFSM_EINTERNAL : st;
+    if (out != NULL) {
+        uint32_t version = out->version;
+        *out = rec.info;
+        out->version = version;
+        const char *addr = es->config.server_addr != NULL ? es->config.server_addr : "";
+        out->server_addr_len = (uint32_t)strlen(addr);
+        memcpy(out->server_addr, addr, out->server_addr_len + 1u);
+        out->expires_at_ns = out->last_active_at_ns + (int64_t)out->timeout_ms * 1000000;
+        out->metadata_count = (uint32_t)rec.meta_count;
+        size_t bytes = 0;
+        for (size_t i = 0; i < rec.meta_count; i++)
+            bytes += rec.meta[i].key_len + rec.meta[i].value_len + 2;
+        out->metadata_bytes = (uint32_t)bytes;
+    }
+    if (needed != NULL || meta != NULL) {
+        /* The memory store's form: sorted "key\0value\0" pairs. */
+        metadata *blob = NULL;
+        st = metadata_merge(NULL, rec.meta, rec.meta_count, &blob);
+        size_t size = blob != NULL ? blob->data_bytes : 0;
+        if (st == AFSM_OK) {
+            if (needed != NULL)
+                *needed = size;
+            if (count != NULL)
+                *count = blob != NULL ? blob->count : 0;
+            if (size > meta_size)
+                st = AFSM_EBUFFER;
+            else if (size > 0)
+                memcpy(meta, blob->data, size);
+        }
+        metadata_free(blob);
+    }
+    json_object_put(holder);
+    return st;
+}
+
+/* Consistent mode: etcd's revision of the record (no payload), then the
+ * replica once it has caught up. AFSM_OK: the replica answers now. */
+static afsm_status catch_up(etcd_store *es, const afsm_uuid *id)
+{
+    char skey[KEYS_MAX];
+    size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
+    int found;
+    int64_t mod_revision = 0;
+    afsm_status st = read_key(es, skey, slen, 1, &found, &mod_revision, NULL, NULL);
+    if (st != AFSM_OK)
+        return st;
+    /* Gone in etcd: gone, even if this replica has not heard yet. */
+    return found ? wait_applied(es, id, mod_revision) : AFSM_ENOTFOUND;
+}
+
+/* The session id a connection id names, from etcd's c/ key. */
+static afsm_status connection_owner(etcd_store *es, const afsm_uuid *connection_id, afsm_uuid *id)
+{
+    char ckey[KEYS_MAX];
+    size_t clen = keys_connection(es->prefix, es->prefix_len, connection_id, ckey);
+    int found;
+    int64_t mod_revision;
+    char *value = NULL;
+    long len = 0;
+    afsm_status st = read_key(es, ckey, clen, 0, &found, &mod_revision, &value, &len);
+    if (st == AFSM_OK && !found)
+        st = AFSM_ENOTFOUND;
+    if (st == AFSM_OK && (value == NULL || afsm_uuid_parse(value, (size_t)len, id) != AFSM_OK))
+        st = AFSM_EINTERNAL;
+    free(value);
+    return st;
+}
+
+static afsm_status etcd_get(store *st, const afsm_uuid *id, afsm_session_info *out)
+{
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode == AFSM_READ_LINEARIZABLE)
+        return read_from_etcd(es, id, out, NULL, 0, NULL, NULL);
+    if (es->read_mode == AFSM_READ_CONSISTENT) {
+        afsm_status status = catch_up(es, id);
+        if (status != AFSM_OK)
+            return status;
+    }
+    return es->replica->ops->get(es->replica, id, out);
+}
+
+static afsm_status etcd_get_by_connection(store *st, const afsm_uuid *connection_id, afsm_session_info *out)
+{
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode == AFSM_READ_REPLICA)
+        return es->replica->ops->get_by_connection(es->replica, connection_id, out);
+    afsm_uuid id;
+    afsm_status status = connection_owner(es, connection_id, &id);
+    return status == AFSM_OK ? etcd_get(st, &id, out) : status;
+}
+
+static afsm_status etcd_get_metadata(store *st, const afsm_uuid *id, char *buf, size_t buf_size, size_t *needed,
+                                     size_t *count)
+{
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode == AFSM_READ_LINEARIZABLE)
+        return read_from_etcd(es, id, NULL, buf, buf_size, needed, count);
+    if (es->read_mode == AFSM_READ_CONSISTENT) {
+        afsm_status status = catch_up(es, id);
+        if (status != AFSM_OK)
+            return status;
+    }
+    return es->replica->ops->get_metadata(es->replica, id, buf, buf_size, needed, count);
+}
+
+static afsm_status etcd_add_stats(store *st, const afsm_uuid *id, const afsm_stats *delta)
+{
+    store *r = ((etcd_store *)st)->replica;
+    return r->ops->add_stats(r, id, delta);
+}
+
+static afsm_status etcd_heartbeat(store *st, const afsm_uuid *id, uint64_t *remaining_ns)
+{
+    etcd_store *es = (etcd_store *)st;
+    afsm_status status = es->replica->ops->heartbeat(es->replica, id, remaining_ns);
+    return status == AFSM_OK ? renew_if_due(es, id) : status;
+}
+
+static afsm_status etcd_list(store *st, const afsm_list_filter *filter, afsm_session_info *out, size_t *count,
+                             uint64_t *total, afsm_uuid *next_cursor)
+{
+    store *r = ((etcd_store *)st)->replica;
+    return r->ops->list(r, filter, out, count, total, next_cursor);
+}
+
+static afsm_status etcd_advance(store *st, uint64_t now_ns, size_t *expired)
+{
+    /* Expiry is etcd's (leases); it reaches this node through the watch. */
+    (void)st;
+    (void)now_ns;
+    *expired = 0;
+    return AFSM_OK;
+}
+
+static afsm_status etcd_counts(store *st, afsm_counts *out)
+{
+    store *r = ((etcd_store *)st)->replica;
+    return r->ops->counts(r, out);
+}
+
+static afsm_status etcd_metrics(store *st, afsm_metrics *out)
+{
+    etcd_store *es = (etcd_store *)st;
+    afsm_status status = es->replica->ops->metrics(es->replica, out);
+    if (status != AFSM_OK)
+        return status;
+    out->created_total = atomic_load_explicit(&es->created_total, memory_order_relaxed);
+    for (unsigned r = 0; r < AFSM_DELETE_REASON_COUNT; r++)
+        out->deleted_total[r] = atomic_load_explicit(&es->deleted_total[r], memory_order_relaxed);
+    out->expired_total = out->deleted_total[AFSM_DELETE_EXPIRED];
+    out->reaper_lag_ns = 0;
+    out->etcd_lease_grants_total = atomic_load_explicit(&es->lease_grants, memory_order_relaxed);
+    out->etcd_lease_keepalives_total = atomic_load_explicit(&es->lease_keepalives, memory_order_relaxed);
+    out->etcd_stats_writes_total = atomic_load_explicit(&es->stats_writes, memory_order_relaxed);
+    uint64_t down = atomic_load_explicit(&es->watch_down_since_ns, memory_order_relaxed);
+    uint64_t now = es->config.clock(es->config.clock_ctx);
+    out->etcd_replica_lag_seconds = down != 0 && now > down ? (double)(now - down) / 1e9 : 0.0;
+    return AFSM_OK;
+}
+
+/* ---- handles ----------------------------------------------------------------------- */
+
+static const store_ops etcd_ops;
+
+static afsm_status etcd_pin(store *st, const afsm_uuid *id, int by_connection, store_handle **out)
+{
+    etcd_store *es = (etcd_store *)st;
+    etcd_handle *h = malloc(sizeof(*h));
+    if (h == NULL)
+        return AFSM_ENOMEM;
+    afsm_status status = es->replica->ops->pin(es->replica, id, by_connection, &h->inner);
+    if (status != AFSM_OK) {
+        free(h);
+        return status;
+    }
+    h->base.ops = &etcd_ops;
+    h->es = es;
+    h->inner->ops->handle_session_id(h->inner, &h->id);
+    atomic_fetch_add_explicit(&es->pinned, 1, memory_order_relaxed);
+    *out = &h->base;
+    return AFSM_OK;
+}
+
+static afsm_status etcd_handle_heartbeat(store_handle *handle, uint64_t *remaining_ns)
+{
+    etcd_handle *h = (etcd_handle *)handle;
+    afsm_status status = h->inner->ops->handle_heartbeat(h->inner, remaining_ns);
+    return status == AFSM_OK ? renew_if_due(h->es, &h->id) : status;
+}
+
+static afsm_status etcd_handle_add_stats(store_handle *handle, const afsm_stats *delta)
+{
+    etcd_handle *h = (etcd_handle *)handle;
+    return h->inner->ops->handle_add_stats(h->inner, delta);
+}
+
+static void etcd_handle_session_id(const store_handle *handle, afsm_uuid *out)
+{
+    *out = ((const etcd_handle *)handle)->id;
+}
+
+static void etcd_handle_release(store_handle *handle)
+{
+    etcd_handle *h = (etcd_handle *)handle;
+    h->inner->ops->handle_release(h->inner);
+    atomic_fetch_sub_explicit(&h->es->pinned, 1, memory_order_relaxed);
+    free(h);
+}
+
+static size_t etcd_pinned(store *st)
+{
+    return atomic_load_explicit(&((etcd_store *)st)->pinned, memory_order_relaxed);
+}
+
+/* ---- open and close ----------------------------------------------------------------- */
+
+static void etcd_close(store *st)
+{
+    etcd_store *es = (etcd_store *)st;
+    /* Sessions stay in etcd: their leases end them unless another node
+     * keeps them alive. */
+    etcd_stats_stop(es); /* a last flush (it also tells the watch to stop) */
+    etcd_replica_stop(es);
+    etcd_leases_stop(es);
+    es->replica->ops->close(es->replica);
+    etcd_client_close(es->client);
+    track_destroy(&es->tracks);
+    etcd_tombstones_free(es);
+    pthread_cond_destroy(&es->applied);
+    pthread_mutex_destroy(&es->apply_lock);
+    free(es);
+}
+
+static const store_ops etcd_ops = {
+    .close = etcd_close,
+    .create = etcd_create,
+    .get = etcd_get,
+    .get_by_connection = etcd_get_by_connection,
+    .get_metadata = etcd_get_metadata,
+    .update = etcd_update,
+    .add_stats = etcd_add_stats,
+    .heartbeat = etcd_heartbeat,
+    .remove = etcd_remove,
+    .remove_by_user = etcd_remove_by_user,
+    .rotate_generation = etcd_rotate_generation,
+    .list = etcd_list,
+    .advance = etcd_advance,
+    .counts = etcd_counts,
+    .metrics = etcd_metrics,
+    .pin = etcd_pin,
+    .handle_heartbeat = etcd_handle_heartbeat,
+    .handle_add_stats = etcd_handle_add_stats,
+    .handle_session_id = etcd_handle_session_id,
+    .handle_release = etcd_handle_release,
+    .pinned = etcd_pinned,
+};
+
+afsm_status etcd_store_open(const store_config *config, const etcd_store_config *etcd, store **out)
+{
+    const char *prefix = etcd->prefix != NULL ? etcd->prefix : KEYS_PREFIX_DEFAULT;
+    size_t prefix_len = strlen(prefix);
+    if (prefix_len == 0 || prefix_len > KEYS_PREFIX_MAX || (unsigned char)prefix[prefix_len - 1] == 0xff)
+        return AFSM_EINVAL;
+    etcd_store *es = calloc(1, sizeof(*es));
+    if (es == NULL)
+        return AFSM_ENOMEM;
+    es->base.ops = &etcd_ops;
+    es->config = *config;
+    memcpy(es->prefix, prefix, prefix_len + 1);
+    es->prefix_len = prefix_len;
+    es->read_mode = etcd->read_mode;
+    es->stats_flush_ns = (etcd->stats_flush_ms != 0 ? etcd->stats_flush_ms : STATS_FLUSH_MS_DEFAULT) * NS_PER_MS;
+    pthread_mutex_init(&es->apply_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&es->applied, &attr);
+    pthread_condattr_destroy(&attr);
+    afsm_status status = track_init(&es->tracks);
+    if (status != AFSM_OK) {
+        pthread_cond_destroy(&es->applied);
+        pthread_mutex_destroy(&es->apply_lock);
+        free(es);
+        return status;
+    }
+    es->request_timeout_ns =
+        (etcd->request_timeout_ms != 0 ? etcd->request_timeout_ms : REQUEST_TIMEOUT_MS_DEFAULT) * NS_PER_MS;
+    etcd_client_config cc = {
+        .endpoints = etcd->endpoints,
+        .dial_timeout_ms = etcd->dial_timeout_ms != 0 ? etcd->dial_timeout_ms : DIAL_TIMEOUT_MS_DEFAULT,
+        .request_timeout_ms = etcd->request_timeout_ms != 0 ? etcd->request_timeout_ms : REQUEST_TIMEOUT_MS_DEFAULT,
+        .ca_file = etcd->ca_file,
+        .cert_file = etcd->cert_file,
+        .key_file = etcd->key_file,
+        .user = etcd->user,
+        .password = etcd->password,
+    };
+    /* The replica: no events (this store fires them), no expiry of its own
+     * (leases decide), no cap (the txns enforce it across nodes). */
+    store_config rc = *config;
+    rc.emit = NULL;
+    rc.emit_ctx = NULL;
+    rc.external_expiry = 1;
+    rc.max_sessions_per_user = 0;
+    status = etcd_client_open(&cc, &es->client);
+    if (status != AFSM_OK)
+        goto fail_tracks;
+    status = mem_store_open(&rc, &es->replica);
+    if (status != AFSM_OK)
+        goto fail_client;
+    status = etcd_replica_load(es, 0);
+    if (status == AFSM_OK)
+        status = etcd_replica_start(es);
+    if (status != AFSM_OK)
+        goto fail_replica;
+    status = etcd_leases_start(es);
+    if (status == AFSM_OK) {
+        status = etcd_stats_start(es);
+        if (status != AFSM_OK)
+            etcd_leases_stop(es);
+    }
+    if (status != AFSM_OK) {
+        etcd_replica_stop(es);
+        goto fail_replica;
+    }
+    *out = &es->base;
+    return AFSM_OK;
+fail_replica:
+    es->replica->ops->close(es->replica);
+fail_client:
+    etcd_client_close(es->client);
+fail_tracks:
+    track_destroy(&es->tracks);
+    pthread_cond_destroy(&es->applied);
+    pthread_mutex_destroy(&es->apply_lock);
+    free(es);
+    return status;
+}

@@ -1,0 +1,229 @@
+/*
+ * track.c: the striped table of track.h: per stripe, chained buckets that
+ * double when the stripe holds more entries than buckets. See track.h for
+ * the locking.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "etcd/track.h"
+
+struct track_entry {
+    track_entry *next;
+    afsm_uuid id;
+    track_info info;
+};
+
+static uint64_t id_hash(const afsm_uuid *id)
+{
+    /* A v7 id's tail is random. */
+    uint64_t x;
+    memcpy(&x, id->bytes + 8, sizeof(x));
+    x ^= x >> 33;
+    x *= UINT64_C(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    return x;
+}
+
+static track_stripe *stripe_of(track *t, const afsm_uuid *id, uint64_t *hash)
+{
+    *hash = id_hash(id);
+    return &t->stripes[*hash % TRACK_STRIPES];
+}
+
+static track_entry **slot_of(track_stripe *s, uint64_t hash, const afsm_uuid *id)
+{
+    track_entry **p = &s->buckets[(hash / TRACK_STRIPES) & (s->bucket_count - 1)];
+    while (*p != NULL && memcmp(&(*p)->id, id, sizeof(*id)) != 0)
+        p = &(*p)->next;
+    return p;
+}
+
+afsm_status track_init(track *t)
+{
+    memset(t, 0, sizeof(*t));
+    for (unsigned i = 0; i < TRACK_STRIPES; i++) {
+        track_stripe *s = &t->stripes[i];
+        pthread_mutex_init(&s->lock, NULL);
+        s->bucket_count = 16;
+        s->buckets = calloc(s->bucket_count, sizeof(*s->buckets));
+        if (s->buckets == NULL) {
+            track_destroy(t);
+            return AFSM_ENOMEM;
+        }
+    }
+    return AFSM_OK;
+}
+
+void track_destroy(track *t)
+{
+    for (unsigned i = 0; i < TRACK_STRIPES; i++) {
+        track_stripe *s = &t->stripes[i];
+        for (size_t b = 0; s->buckets != NULL && b < s->bucket_count; b++) {
+            for (track_entry *e = s->buckets[b], *next; e != NULL; e = next) {
+                next = e->next;
+                free(e);
+            }
+        }
+        free(s->buckets);
+        s->buckets = NULL;
+        pthread_mutex_destroy(&s->lock);
+    }
+}
+
+/* Doubles the stripe's buckets; on no memory it keeps the longer chains. */
+static void grow(track_stripe *s)
+{
+    size_t count = s->bucket_count * 2;
+    track_entry **buckets = calloc(count, sizeof(*buckets));
+    if (buckets == NULL)
+        return;
+    for (size_t b = 0; b < s->bucket_count; b++) {
+        for (track_entry *e = s->buckets[b], *next; e != NULL; e = next) {
+            next = e->next;
+            track_entry **head = &buckets[(id_hash(&e->id) / TRACK_STRIPES) & (count - 1)];
+            e->next = *head;
+            *head = e;
+        }
+    }
+    free(s->buckets);
+    s->buckets = buckets;
+    s->bucket_count = count;
+}
+
+afsm_status track_put(track *t, const afsm_uuid *id, const track_info *info)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    track_entry *fresh = malloc(sizeof(*fresh));
+    if (fresh == NULL)
+        return AFSM_ENOMEM;
+    pthread_mutex_lock(&s->lock);
+    track_entry **p = slot_of(s, hash, id);
+    if (*p != NULL) {
+        track_info *old = &(*p)->info;
+        int has_reason = old->has_reason;
+        track_info keep = *old;
+        *old = *info;
+        old->inflight = keep.inflight; /* the writers' own count, not the record's */
+        if (has_reason && !info->has_reason) {
+            old->has_reason = 1;
+            old->why = keep.why;
+            memcpy(old->reason, keep.reason, keep.reason_len + 1);
+            old->reason_len = keep.reason_len;
+        }
+        pthread_mutex_unlock(&s->lock);
+        free(fresh);
+        return AFSM_OK;
+    }
+    fresh->id = *id;
+    fresh->info = *info;
+    fresh->next = NULL;
+    *p = fresh;
+    if (++s->count > s->bucket_count)
+        grow(s);
+    pthread_mutex_unlock(&s->lock);
+    return AFSM_OK;
+}
+
+int track_get(track *t, const afsm_uuid *id, track_info *out)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL && out != NULL)
+        *out = e->info;
+    pthread_mutex_unlock(&s->lock);
+    return e != NULL;
+}
+
+int track_remove(track *t, const afsm_uuid *id, track_info *out)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry **p = slot_of(s, hash, id);
+    track_entry *e = *p;
+    if (e != NULL) {
+        *p = e->next;
+        s->count--;
+        if (out != NULL)
+            *out = e->info;
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(e);
+    return e != NULL;
+}
+
+void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, const char *reason, size_t reason_len)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    if (reason_len > AFSM_REASON_MAX)
+        reason_len = AFSM_REASON_MAX;
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL) {
+        e->info.has_reason = 1;
+        e->info.why = why;
+        memcpy(e->info.reason, reason, reason_len);
+        e->info.reason[reason_len] = '\0';
+        e->info.reason_len = reason_len;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    int due = 0;
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL && now_ns - e->info.renewed_ns >= e->info.renew_period_ns && e->info.lease != 0) {
+        e->info.renewed_ns = now_ns;
+        *lease = e->info.lease;
+        due = 1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return due;
+}
+
+void track_inflight(track *t, const afsm_uuid *id, int delta)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL)
+        e->info.inflight += delta;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void track_renew_failed(track *t, const afsm_uuid *id)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    /* Due again a quarter period after the failure, not at the next
+     * heartbeat: with etcd away every heartbeat would block for the
+     * request timeout. The lease (TTL: timeout + one period) outlives
+     * several such retries. */
+    if (e != NULL)
+        e->info.renewed_ns -= e->info.renew_period_ns - e->info.renew_period_ns / 4;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void track_each(track *t, void (*fn)(void *ctx, const afsm_uuid *id, const track_info *info), void *ctx)
+{
+    for (unsigned i = 0; i < TRACK_STRIPES; i++) {
+        track_stripe *s = &t->stripes[i];
+        pthread_mutex_lock(&s->lock);
+        for (size_t b = 0; b < s->bucket_count; b++)
+            for (track_entry *e = s->buckets[b]; e != NULL; e = e->next)
+                fn(ctx, &e->id, &e->info);
+        pthread_mutex_unlock(&s->lock);
+    }
+}

@@ -1,0 +1,74 @@
+/*
+ * track.h: what one node knows of each session's keys in etcd, beside the
+ * replica (which holds the session itself): its lease, the mod revision of
+ * its record as last applied here, its cap slot, when this node last
+ * renewed its lease, and the reason of a pending delete (a g/ key seen in
+ * the watch before the deletion it explains).
+ *
+ * Locking: the table is striped; each stripe's mutex guards its chains and
+ * entries. A heartbeat touches one stripe for a few instructions; writers
+ * and the watch additionally hold the store's apply lock (etcd_store.h), so
+ * put/remove never race one another on the same id.
+ */
+#ifndef AFSM_ETCD_TRACK_H
+#define AFSM_ETCD_TRACK_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "afsm.h"
+
+#define TRACK_STRIPES 256
+
+typedef struct track_info {
+    int64_t lease;
+    int64_t mod_revision;
+    int32_t slot;             /* -1: none */
+    uint64_t renewed_ns;      /* engine clock: this node's last renewal (or the write it applied) */
+    uint64_t renew_period_ns; /* the session's timeout / 3 */
+    int64_t leased_ns;        /* the record's: when its lease's TTL started */
+    afsm_stats flushed;
+    int inflight; /* this node's guarded writes of the record under way */ /* the stats etcd's record holds (the rest is
+                                                                              this node's, not yet flushed) */
+    afsm_delete_reason why;                                                /* of a pending delete */
+    int has_reason;
+    char reason[AFSM_REASON_MAX + 1];
+    size_t reason_len;
+} track_info;
+
+typedef struct track_entry track_entry;
+
+typedef struct track_stripe {
+    pthread_mutex_t lock;
+    track_entry **buckets;
+    size_t bucket_count; /* a power of two */
+    size_t count;
+} track_stripe;
+
+typedef struct track {
+    track_stripe stripes[TRACK_STRIPES];
+} track;
+
+afsm_status track_init(track *t);
+void track_destroy(track *t);
+
+/* Inserts or replaces the entry for id (keeping a pending reason). AFSM_ENOMEM. */
+afsm_status track_put(track *t, const afsm_uuid *id, const track_info *info);
+/* Copies id's entry out: 1 if present. */
+int track_get(track *t, const afsm_uuid *id, track_info *out);
+/* Removes id's entry, copying it out first: 1 if it was present. */
+int track_remove(track *t, const afsm_uuid *id, track_info *out);
+/* Remembers why id is about to be deleted (a no-op if id is unknown). */
+void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, const char *reason, size_t reason_len);
+/* A heartbeat's question: is id's lease due for renewal at now_ns (last
+ * renewal at least its renew period ago)? If so, marks it renewed now and
+ * gives its lease: the caller renews (one caller per period wins). */
+int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease);
+/* Counts a guarded write of id starting (+1) or done (-1). */
+void track_inflight(track *t, const afsm_uuid *id, int delta);
+/* After a failed renewal: due again a quarter of its period later. */
+void track_renew_failed(track *t, const afsm_uuid *id);
+/* Every id known (for a reload's differences): calls fn for each. */
+void track_each(track *t, void (*fn)(void *ctx, const afsm_uuid *id, const track_info *info), void *ctx);
+
+#endif
