@@ -10,6 +10,11 @@
  *   below a bound taken from this process's generator, so a restored
  *   session whose id lies above it survives.
  *
+ * - delete_by_user walks the user's list from its newest end on every
+ *   round of 16 removals, past every session created since the call began,
+ *   so while the user's clients reconnect its cost grows with the square of
+ *   the user's sessions (and, with creates on another thread, without bound).
+ *
  * Each test failed on the code it was written against (review of issue 15).
  * Synchronisation is barriers only; the wall clock decides whether an
  * attempt reproduces the interleaving (all its steps in one millisecond),
@@ -19,6 +24,7 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "util/uuid.h"
 
@@ -200,11 +206,92 @@ static void test_delete_by_user_deletes_restored_sessions(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ---- delete_by_user while the user reconnects --------------------------------- */
+
+#define STORM_SESSIONS 32000
+
+typedef struct storm {
+    afsm_engine *engine;
+    const char *user;
+    int reconnect; /* while set, each DELETED event creates one session */
+    long reconnects;
+} storm;
+
+static void reconnect_on_delete(void *ctx, const afsm_event *ev)
+{
+    storm *st = ctx;
+    if (!st->reconnect || ev->type != AFSM_EVENT_DELETED)
+        return;
+    afsm_uuid conn;
+    afsm_create_options o = make_options(st->user, "10.1.2.3", &conn);
+    if (afsm_session_create(st->engine, &o, NULL) == AFSM_OK)
+        st->reconnects++;
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Seconds one delete_by_user of `user`, holding STORM_SESSIONS sessions,
+ * takes, with (or without) every deleted client reconnecting at once. */
+static double timed_delete_by_user(afsm_engine *engine, storm *st, const char *user, int reconnect)
+{
+    for (int i = 0; i < STORM_SESSIONS; i++)
+        (void)create_session(engine, user);
+    st->user = user;
+    st->reconnect = reconnect;
+    size_t deleted = 0;
+    double start = seconds_now();
+    assert_int_equal(afsm_session_delete_by_user(engine, user, strlen(user), NULL, 0, &deleted), AFSM_OK);
+    double took = seconds_now() - start;
+    st->reconnect = 0;
+    assert_true(deleted >= STORM_SESSIONS);
+    return took;
+}
+
+/* "Log out everywhere" while the user's clients reconnect as soon as they
+ * are kicked (the event callback creates one session per DELETED event, as
+ * a client would through the daemon): the call removes the same number of
+ * sessions and creates the same number as without the reconnects, so it
+ * should cost about the same. mem_remove_by_user restarts from the newest
+ * end of the user's list for every 16 removals and walks past every
+ * session above its bound, each round 16 more: quadratic (here 2.5 s
+ * against 0.1 s at 32000 sessions). With creates on another thread instead
+ * the list above the bound grows with time, not with rounds, and the call
+ * did not return within a minute at 32000 sessions (500K creates a second). */
+static void test_delete_by_user_linear_while_user_reconnects(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    storm st = {0};
+    afsm_config cfg = {.on_event = reconnect_on_delete, .event_ctx = &st};
+    afsm_engine *engine = open_virtual_engine(&clock, &cfg);
+    st.engine = engine;
+    /* The same creates and removals without the storm, for scale: the
+     * user's sessions, then as many created afresh for another user. */
+    double calm = timed_delete_by_user(engine, &st, "calm-user", 0);
+    double start = seconds_now();
+    for (int i = 0; i < STORM_SESSIONS; i++)
+        (void)create_session(engine, "calm-reconnects");
+    calm += seconds_now() - start;
+    double stormy = timed_delete_by_user(engine, &st, "storm-user", 1);
+    print_message("delete_by_user of %d sessions: %.3f s calm (with as many creates after), %.3f s while each "
+                  "deleted client reconnects (%ld reconnects)\n",
+                  STORM_SESSIONS, calm, stormy, st.reconnects);
+    assert_true(st.reconnects >= STORM_SESSIONS); /* and the few late ones the call also took */
+    assert_true(stormy < 5 * calm + 0.05);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_evict_oldest_evicts_first_created),
         cmocka_unit_test(test_delete_by_user_deletes_restored_sessions),
+        cmocka_unit_test(test_delete_by_user_linear_while_user_reconnects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
