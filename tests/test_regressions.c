@@ -881,6 +881,33 @@ static void test_update_stats_never_torn(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ---- 12: delete_by_user under allocation failure ---------------------------- */
+
+/* delete_by_user snapshots the user's sessions into an array first: when
+ * that cannot be allocated it must say so and delete nothing (the caller
+ * may retry), not delete part of them. */
+static void test_delete_by_user_enomem_deletes_nothing(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    review_opts o = {0};
+    afsm_engine *engine = open_review_engine(&clock, &o);
+    for (int i = 0; i < 40; i++)
+        (void)create_session(engine, "enomem-user");
+    size_t deleted = 99;
+    alloc_fail_after(0);
+    afsm_status st = afsm_session_delete_by_user(engine, "enomem-user", 11, NULL, 0, &deleted);
+    alloc_fail_reset();
+    assert_int_equal(st, AFSM_ENOMEM);
+    assert_int_equal(deleted, 0);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 40);
+    assert_int_equal(afsm_session_delete_by_user(engine, "enomem-user", 11, NULL, 0, &deleted), AFSM_OK);
+    assert_int_equal(deleted, 40);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK); /* no reference left behind */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -894,6 +921,7 @@ int main(void)
         cmocka_unit_test(test_advance_enomem_reported_and_resumed),
         cmocka_unit_test(test_update_stats_never_torn),
         cmocka_unit_test(test_rolled_back_create_never_pinned),
+        cmocka_unit_test(test_delete_by_user_enomem_deletes_nothing),
         /* Last: on the reviewed code it crashes the process (SIGSEGV). */
         cmocka_unit_test(test_create_rollback_invisible_to_delete),
     };

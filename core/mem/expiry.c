@@ -204,16 +204,6 @@ static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
  * writers, however many sessions share a slot. */
 #define ADVANCE_BUDGET 4096
 
-/* Drops the reference batch_push took, for a session already removed or
- * only gone idle. */
-static void batch_unref(mem_store *ms, session *s)
-{
-    shard *sh = mem_home(ms, s);
-    sync_lock_acquire(&sh->lock);
-    mem_unref_locked(ms, s);
-    sync_lock_release(&sh->lock);
-}
-
 /* Carries out one fired timer's outcome, then delivers its event with no
  * epoch section held. Returns 1 when it expired the session. The batch's
  * reference keeps the record; the section keeps the user's entry, and only
@@ -222,7 +212,7 @@ static size_t settle_one(mem_store *ms, timer_batch *batch, const timer_result *
 {
     session *s = item->s;
     if (item->outcome == OUTCOME_IDLE) {
-        batch_unref(ms, s);
+        mem_unref(ms, s);
         /* Unless a callback's event for this session already sent it. */
         if (item->idle_event != NO_EVENT)
             mem_event_fire(ms, &batch->idle_events[item->idle_event]);
@@ -234,7 +224,7 @@ static size_t settle_one(mem_store *ms, timer_batch *batch, const timer_result *
     ck_epoch_record_t *e = epoch_enter(); /* cannot fail: mem_advance entered once */
     assert(e != NULL);
     if (session_removed(s)) {
-        batch_unref(ms, s); /* a delete got there first and fired its own event */
+        mem_unref(ms, s); /* a delete got there first and fired its own event */
     } else if (item->outcome == OUTCOME_CLOSED) {
         mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_CLOSED, MEM_REASON_CLOSED,
                            sizeof(MEM_REASON_CLOSED) - 1, 1, &ev);

@@ -96,6 +96,9 @@ static inline shard *mem_home(const mem_store *ms, const session *s)
 void mem_session_destroy(ck_epoch_entry_t *entry);
 void mem_metadata_destroy(ck_epoch_entry_t *entry);
 void mem_unref_locked(mem_store *ms, session *s);
+/* The same, taking the home shard's lock (for a reference held outside any
+ * lock: an expiry batch's, a delete_by_user snapshot's). */
+void mem_unref(mem_store *ms, session *s);
 void mem_read_state(const session *s, uint32_t *state, metadata **meta);
 void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out);
 /* An event copied out inside an epoch section (with the user id, which

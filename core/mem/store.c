@@ -100,6 +100,14 @@ void mem_unref_locked(mem_store *ms, session *s)
         epoch_defer(mem_home(ms, s)->defer, &s->epoch_entry, mem_session_destroy);
 }
 
+void mem_unref(mem_store *ms, session *s)
+{
+    shard *sh = mem_home(ms, s);
+    sync_lock_acquire(&sh->lock);
+    mem_unref_locked(ms, s);
+    sync_lock_release(&sh->lock);
+}
+
 void mem_read_state(const session *s, uint32_t *state, metadata **meta)
 {
     uint32_t begin;

@@ -326,9 +326,50 @@ afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason, size_
     return status;
 }
 
-/* Sessions removed per epoch section by remove_by_user (their events wait
- * on the stack until the section ends). */
-#define REMOVE_CHUNK 16
+/* The user's sessions present now, each with a reference of its own so
+ * that it stays valid once the section ends: a snapshot, not a bound on
+ * ids, so a restored session whose id is above every id drawn here is
+ * included, and sessions the user creates meanwhile are not (the call
+ * ends). NULL (and *n = 0) for a user without sessions; *failed on ENOMEM,
+ * with no reference left taken. */
+static session **snapshot_user(mem_store *ms, shard *us, const char *user_id, size_t user_id_len, size_t *n,
+                               bool *failed)
+{
+    *n = 0;
+    *failed = false;
+    session **taken = NULL;
+    size_t capacity = 0;
+    user_entry *entry = index_lookup(us, user_id, (uint16_t)user_id_len);
+    for (session *s = entry != NULL ? index_first(entry) : NULL; s != NULL; s = index_next(s)) {
+        if (session_removed(s))
+            continue;
+        if (*n == capacity) {
+            size_t grown = capacity != 0 ? 2 * capacity : index_count(entry) + 16;
+            session **bigger = mem_alloc(grown * sizeof(*bigger));
+            if (bigger == NULL) {
+                for (size_t i = 0; i < *n; i++)
+                    mem_unref(ms, taken[i]);
+                mem_free(taken);
+                *n = 0;
+                *failed = true;
+                return NULL;
+            }
+            if (*n != 0)
+                memcpy(bigger, taken, *n * sizeof(*bigger));
+            mem_free(taken);
+            taken = bigger;
+            capacity = grown;
+        }
+        /* Only while a reference exists: zero means it is being freed. */
+        uint32_t refs = atomic_load_explicit(&s->refs, memory_order_relaxed);
+        while (refs != 0 && !atomic_compare_exchange_weak_explicit(&s->refs, &refs, refs + 1, memory_order_acq_rel,
+                                                                   memory_order_relaxed)) {
+        }
+        if (refs != 0)
+            taken[(*n)++] = s;
+    }
+    return taken;
+}
 
 afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_len, const char *reason,
                                size_t reason_len, size_t *removed)
@@ -340,32 +381,34 @@ afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_le
         reason_len = sizeof(MEM_REASON_DELETED) - 1;
     }
     shard *us = &ms->shards[mem_shard_of_user(ms, user_id, user_id_len)];
-    /* Every id drawn after this one is larger (the generator is monotonic),
-     * so "id < bound" means "existed when the call began": the loop ends
-     * even while the user keeps creating sessions. */
-    afsm_uuid bound;
-    uuid_v7_at(&bound, (uint64_t)clock_wall_ns() / 1000000u);
-    for (;;) {
-        ck_epoch_record_t *e = epoch_enter();
-        if (e == NULL)
-            return AFSM_ENOMEM;
-        session *chunk[REMOVE_CHUNK];
-        size_t n = 0;
-        user_entry *entry = index_lookup(us, user_id, (uint16_t)user_id_len);
-        for (session *s = entry != NULL ? index_first(entry) : NULL; s != NULL && n < REMOVE_CHUNK; s = index_next(s)) {
-            if (uuid_compare(&s->id, &bound) < 0 && !session_removed(s))
-                chunk[n++] = s;
-        }
-        mem_event events[REMOVE_CHUNK];
-        for (size_t i = 0; i < n; i++)
-            *removed += mem_remove_session(ms, chunk[i], AFSM_EVENT_DELETED, AFSM_DELETE_USER, reason, reason_len, 0,
-                                           &events[i]) == AFSM_OK;
+    ck_epoch_record_t *e = epoch_enter();
+    if (e == NULL)
+        return AFSM_ENOMEM;
+    size_t n;
+    bool failed;
+    session **taken = snapshot_user(ms, us, user_id, user_id_len, &n, &failed);
+    epoch_leave(e);
+    if (failed)
+        return AFSM_ENOMEM;
+    /* One section per session, its event delivered after it: a callback
+     * that blocks or calls back in holds up nothing else. Each walk of the
+     * user's list happened once, above: linear however many sessions the
+     * user creates meanwhile. */
+    for (size_t i = 0; i < n; i++) {
+        session *s = taken[i];
+        mem_event ev;
+        ev.pending = false;
+        e = epoch_enter(); /* cannot fail: this thread has its record */
+        if (session_removed(s))
+            mem_unref(ms, s); /* gone meanwhile; its remover fired the event */
+        else
+            *removed +=
+                mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_USER, reason, reason_len, 1, &ev) == AFSM_OK;
         epoch_leave(e);
-        for (size_t i = 0; i < n; i++)
-            mem_event_fire(ms, &events[i]);
-        if (n == 0)
-            return AFSM_OK;
+        mem_event_fire(ms, &ev);
     }
+    mem_free(taken);
+    return AFSM_OK;
 }
 
 /* ---- update --------------------------------------------------------------- */
