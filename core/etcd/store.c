@@ -607,6 +607,48 @@ static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update
     return status;
 }
 
+/* A heartbeat moves a CONNECTING or IDLE session to ACTIVE (the memory
+ * store's rule). The replica leaves that to this store (external_
+ * activation): it is a guarded write like an explicit update, so every
+ * node sees it and fires its STATE_CHANGED. Once: a racing heartbeat that
+ * loses the guard finds ACTIVE in etcd's record and writes nothing. */
+static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
+{
+    afsm_session_info now = {.version = AFSM_SESSION_INFO_VERSION};
+    if (es->replica->ops->get(es->replica, id, &now) != AFSM_OK ||
+        (now.state != AFSM_STATE_CONNECTING && now.state != AFSM_STATE_IDLE))
+        return AFSM_OK; /* the common case: already active (or gone) */
+    owned_record *o = malloc(sizeof(*o));
+    if (o == NULL)
+        return AFSM_ENOMEM;
+    afsm_status status = AFSM_OK;
+    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
+        track_info ti;
+        status = current_record(es, id, o, &ti);
+        if (status != AFSM_OK || (o->rec.info.state != AFSM_STATE_CONNECTING && o->rec.info.state != AFSM_STATE_IDLE))
+            break;
+        o->rec.info.state = AFSM_STATE_ACTIVE;
+        o->rec.info.last_active_at_ns = clock_wall_ns();
+        int retry = 0;
+        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
+        if (status != AFSM_OK || !retry)
+            break;
+        if (attempt + 1 == WRITE_ATTEMPTS)
+            status = lost_every_guard();
+    }
+    owned_release(o);
+    free(o);
+    if (status == AFSM_EUNAVAILABLE) {
+        /* The heartbeat itself was taken (the replica answers while etcd
+         * is away); the session stays as it is, and the next heartbeat
+         * tries the activation again. */
+        etcd_log(es, AFSM_LOG_WARN, "etcd: activation by heartbeat not written; next heartbeat retries", NULL, NULL);
+        return AFSM_OK;
+    }
+    /* Deleted meanwhile: the heartbeat itself was taken. */
+    return status == AFSM_ENOTFOUND ? AFSM_OK : status;
+}
+
 static afsm_status etcd_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out)
 {
     etcd_store *es = (etcd_store *)st;
@@ -982,11 +1024,22 @@ static afsm_status etcd_add_stats(store *st, const afsm_uuid *id, const afsm_sta
     return r->ops->add_stats(r, id, delta);
 }
 
+static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id);
+
+/* After the replica took a heartbeat: the activation it may call for (an
+ * etcd write), then the lease renewal. */
+static afsm_status after_heartbeat(etcd_store *es, const afsm_uuid *id)
+{
+    afsm_status status = heartbeat_activate(es, id);
+    afsm_status renewed = renew_if_due(es, id);
+    return status != AFSM_OK ? status : renewed;
+}
+
 static afsm_status etcd_heartbeat(store *st, const afsm_uuid *id, uint64_t *remaining_ns)
 {
     etcd_store *es = (etcd_store *)st;
     afsm_status status = es->replica->ops->heartbeat(es->replica, id, remaining_ns);
-    return status == AFSM_OK ? renew_if_due(es, id) : status;
+    return status == AFSM_OK ? after_heartbeat(es, id) : status;
 }
 
 static afsm_status etcd_list(store *st, const afsm_list_filter *filter, afsm_session_info *out, size_t *count,
@@ -1058,7 +1111,7 @@ static afsm_status etcd_handle_heartbeat(store_handle *handle, uint64_t *remaini
 {
     etcd_handle *h = (etcd_handle *)handle;
     afsm_status status = h->inner->ops->handle_heartbeat(h->inner, remaining_ns);
-    return status == AFSM_OK ? renew_if_due(h->es, &h->id) : status;
+    return status == AFSM_OK ? after_heartbeat(h->es, &h->id) : status;
 }
 
 static afsm_status etcd_handle_add_stats(store_handle *handle, const afsm_stats *delta)
@@ -1174,6 +1227,7 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     rc.emit = NULL;
     rc.emit_ctx = NULL;
     rc.external_expiry = 1;
+    rc.external_activation = 1; /* heartbeat_activate writes it to etcd */
     rc.max_sessions_per_user = 0;
     status = etcd_client_open(&cc, &es->client);
     if (status != AFSM_OK)
