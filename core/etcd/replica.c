@@ -136,10 +136,17 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
                                   const afsm_stats *base)
 {
     store *r = es->replica;
-    if (!transition_allowed(old->state, rec->info.state)) {
-        /* A step this node never saw (a reload): start the copy afresh. */
+    /* Generations grow one step per rotation, and the replica follows one
+     * rotate_generation per step: a jump (missed rotations, or a record
+     * written by hand up to UINT32_MAX) would loop billions of times under
+     * apply_lock. Like a state step never seen, it starts the copy afresh,
+     * keeping this node's unflushed stats. */
+    if (!transition_allowed(old->state, rec->info.state) || rec->info.token_generation > old->token_generation + 1u) {
+        keys_record fresh = *rec;
+        if (base != NULL)
+            fresh.info.stats = merged_stats(&rec->info.stats, &old->stats, base);
         r->ops->remove(r, &rec->info.session_id, NULL, 0);
-        return restore_into_replica(es, rec);
+        return restore_into_replica(es, &fresh);
     }
     afsm_update u = {.version = AFSM_UPDATE_VERSION,
                      .fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_REPLACE | AFSM_UPDATE_STATS,
@@ -150,11 +157,10 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
     afsm_status st = r->ops->update(r, &rec->info.session_id, &u, NULL);
     if (st != AFSM_OK)
         return st;
-    /* Generations only grow, one step per rotation. */
-    for (uint32_t gen = old->token_generation; gen < rec->info.token_generation; gen++) {
+    /* At most one step here (a jump was restored above). */
+    if (rec->info.token_generation == old->token_generation + 1u) {
         afsm_session_info copy = {.version = AFSM_SESSION_INFO_VERSION};
-        if (r->ops->rotate_generation(r, &rec->info.session_id, &copy) != AFSM_OK)
-            break;
+        r->ops->rotate_generation(r, &rec->info.session_id, &copy);
     }
     /* A write elsewhere is activity there. */
     if (rec->info.last_active_at_ns > old->last_active_at_ns)
