@@ -605,9 +605,18 @@ static int pause_ms(etcd_store *es, uint64_t ms)
     return atomic_load_explicit(&es->stop, memory_order_acquire);
 }
 
+/* The store whose watch runs on this thread (event callbacks run there). */
+static _Thread_local const etcd_store *watching;
+
+int etcd_on_watch_thread(const etcd_store *es)
+{
+    return watching == es;
+}
+
 static void *watch_main(void *arg)
 {
     etcd_store *es = arg;
+    watching = es;
     uint64_t backoff_ms = 50;
     int reload = 0;
     while (!atomic_load_explicit(&es->stop, memory_order_acquire)) {

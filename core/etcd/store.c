@@ -981,10 +981,19 @@ static afsm_status connection_owner(etcd_store *es, const afsm_uuid *connection_
     return st;
 }
 
+/* Whether a read goes to etcd itself: linearizable mode, or consistent
+ * mode on the watch thread (an event callback), which would wait in
+ * wait_applied for its own progress; etcd's answer is at least as new. */
+static int read_etcd_itself(etcd_store *es)
+{
+    return es->read_mode == AFSM_READ_LINEARIZABLE ||
+           (es->read_mode == AFSM_READ_CONSISTENT && etcd_on_watch_thread(es));
+}
+
 static afsm_status etcd_get(store *st, const afsm_uuid *id, afsm_session_info *out)
 {
     etcd_store *es = (etcd_store *)st;
-    if (es->read_mode == AFSM_READ_LINEARIZABLE)
+    if (read_etcd_itself(es))
         return read_from_etcd(es, id, out, NULL, 0, NULL, NULL);
     if (es->read_mode == AFSM_READ_CONSISTENT) {
         afsm_status status = catch_up(es, id);
@@ -1008,7 +1017,7 @@ static afsm_status etcd_get_metadata(store *st, const afsm_uuid *id, char *buf, 
                                      size_t *count)
 {
     etcd_store *es = (etcd_store *)st;
-    if (es->read_mode == AFSM_READ_LINEARIZABLE)
+    if (read_etcd_itself(es))
         return read_from_etcd(es, id, NULL, buf, buf_size, needed, count);
     if (es->read_mode == AFSM_READ_CONSISTENT) {
         afsm_status status = catch_up(es, id);
