@@ -128,6 +128,31 @@ static afsm_stats merged_stats(const afsm_stats *record, const afsm_stats *local
     return s;
 }
 
+/* Whether every counter of `to` is at least `from`'s. */
+static int stats_grew(const afsm_stats *to, const afsm_stats *from)
+{
+    return to->packets_sent >= from->packets_sent && to->packets_received >= from->packets_received &&
+           to->bytes_sent >= from->bytes_sent && to->bytes_received >= from->bytes_received &&
+           to->retransmissions >= from->retransmissions;
+}
+
+/* What the record added past base (stats_grew holds), as an addition: the
+ * counters' growth, and the record's rtt gauge if it changed and this node
+ * has no newer one of its own. */
+static afsm_stats stats_growth(const afsm_stats *record, const afsm_stats *base, const afsm_stats *local)
+{
+    afsm_stats d = {
+        .packets_sent = record->packets_sent - base->packets_sent,
+        .packets_received = record->packets_received - base->packets_received,
+        .bytes_sent = record->bytes_sent - base->bytes_sent,
+        .bytes_received = record->bytes_received - base->bytes_received,
+        .retransmissions = record->retransmissions - base->retransmissions,
+    };
+    if (record->current_rtt_ms != base->current_rtt_ms && local->current_rtt_ms == base->current_rtt_ms)
+        d.current_rtt_ms = record->current_rtt_ms;
+    return d;
+}
+
 /* base: what of the replica's stats the record already holds (the stats
  * etcd had when this node last applied it; for this node's own write, the
  * stats it wrote); the rest was added here since and is kept on top. NULL:
@@ -148,8 +173,13 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
         r->ops->remove(r, &rec->info.session_id, NULL, 0);
         return restore_into_replica(es, &fresh);
     }
+    /* Stats additions land on the copy lock-free at any time: setting the
+     * merged stats would drop one made after `old` was read. Other nodes'
+     * additions (the record's growth past base) are added instead; a set
+     * only when there is no base, or the record went below it (a reset). */
+    int add = base != NULL && stats_grew(&rec->info.stats, base);
     afsm_update u = {.version = AFSM_UPDATE_VERSION,
-                     .fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_REPLACE | AFSM_UPDATE_STATS,
+                     .fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_REPLACE | (add ? 0 : AFSM_UPDATE_STATS),
                      .state = rec->info.state,
                      .metadata = rec->meta,
                      .metadata_count = rec->meta_count,
@@ -157,6 +187,11 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
     afsm_status st = r->ops->update(r, &rec->info.session_id, &u, NULL);
     if (st != AFSM_OK)
         return st;
+    if (add) {
+        afsm_stats d = stats_growth(&rec->info.stats, base, &old->stats);
+        if (memcmp(&d, &(afsm_stats){0}, sizeof(d)) != 0)
+            r->ops->add_stats(r, &rec->info.session_id, &d);
+    }
     /* At most one step here (a jump was restored above). */
     if (rec->info.token_generation == old->token_generation + 1u) {
         afsm_session_info copy = {.version = AFSM_SESSION_INFO_VERSION};
