@@ -309,12 +309,25 @@ static afsm_status taken_slots(etcd_store *es, const char *user, size_t user_len
     return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
 }
 
-static int32_t free_slot(const uint8_t *taken, uint32_t cap)
+/* The first free slot at or after `from` (wrapping), -1 if none. Creators
+ * start at different places (from: their session id's random bits), so
+ * concurrent creates for one user do not all race for the lowest slot. */
+static int32_t free_slot(const uint8_t *taken, uint32_t cap, uint32_t from)
 {
-    for (uint32_t i = 0; i < cap; i++)
+    for (uint32_t n = 0; n < cap; n++) {
+        uint32_t i = (from + n) % cap;
         if (!(taken[i / 8] & (1u << (i % 8))))
             return (int32_t)i;
+    }
     return -1;
+}
+
+/* A guarded write that lost every one of its WRITE_ATTEMPTS races: it was
+ * not made (etcd took other writers' records each time). */
+static afsm_status lost_every_guard(void)
+{
+    return errdetail_set(AFSM_EUNAVAILABLE, "etcd: the record changed under each of %d attempts; not written",
+                         WRITE_ATTEMPTS);
 }
 
 /* The new session's record, from the spec (or the copy being restored). */
@@ -423,15 +436,17 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     uint32_t cap = es->config.max_sessions_per_user;
     uint8_t *taken = cap != 0 ? malloc((cap + 7) / 8) : NULL;
     int64_t revision = 0;
+    uint32_t from;
+    memcpy(&from, &o->rec.info.session_id.bytes[12], sizeof(from)); /* random bits of the v7 id */
     for (int attempt = 0;; attempt++) {
         if (cap != 0) {
             status =
                 taken != NULL ? taken_slots(es, o->rec.info.user_id, o->rec.info.user_id_len, taken, cap) : AFSM_ENOMEM;
             if (status != AFSM_OK)
                 break;
-            o->rec.slot = free_slot(taken, cap);
+            o->rec.slot = free_slot(taken, cap, from);
             if (o->rec.slot < 0) {
-                status = AFSM_ELIMIT;
+                status = AFSM_ELIMIT; /* only a full cap is a limit */
                 break;
             }
         }
@@ -439,8 +454,11 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
         status = create_txn(es, &o->rec, &retry, &revision);
         if (status != AFSM_OK || !retry)
             break;
-        if (attempt + 1 == WRITE_ATTEMPTS) {
-            status = AFSM_ELIMIT; /* every free slot we saw was taken first */
+        /* Each lost slot was taken by another create, so the cap fills in
+         * at most cap rounds; past that, slots churn faster than we win. */
+        if ((uint32_t)attempt + 1 >= cap + WRITE_ATTEMPTS) {
+            etcd_lease_revoke(es, o->rec.lease); /* known unwritten (below, EUNAVAILABLE is not) */
+            status = lost_every_guard();
             break;
         }
     }
@@ -521,14 +539,6 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
 
 static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
                                      size_t reason_len);
-
-/* A guarded write that lost every one of its WRITE_ATTEMPTS races: it was
- * not made (etcd took other writers' records each time). */
-static afsm_status lost_every_guard(void)
-{
-    return errdetail_set(AFSM_EUNAVAILABLE, "etcd: the record changed under each of %d attempts; not written",
-                         WRITE_ATTEMPTS);
-}
 
 afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
 {
