@@ -3,7 +3,7 @@
  *
  * Shared state: `pool` (idle curl handles, each with its own kept-alive
  * connection) and `token` are under `lock`; `current` (the endpoint that
- * last answered) is a relaxed atomic: a stale read only costs one failed
+ * last answered, moved on when one fails to) is a relaxed atomic: a stale read only costs one failed
  * attempt. Everything else is fixed at open.
  */
 #include <curl/curl.h>
@@ -273,9 +273,22 @@ static afsm_status call(etcd_client *c, const char *path, const char *body, int 
             return AFSM_EUNAVAILABLE;
         unsigned endpoint = (start + tries) % c->endpoint_count;
         json_object *answer = NULL;
-        attempt a = attempt_once(c, endpoint, path, body, deadline_ms - now, &answer);
+        /* A hung member (accepts, never answers) would take the whole
+         * timeout: a request that may be resent gets half of what is left
+         * per attempt, so another endpoint still has its turn. */
+        uint64_t budget = deadline_ms - now;
+        if (idempotent && c->endpoint_count > 1 && budget > 1)
+            budget /= 2;
+        attempt a = attempt_once(c, endpoint, path, body, budget, &answer);
         if (a == ATTEMPT_OUT_OF_MEMORY)
             return AFSM_ENOMEM;
+        if (a != ATTEMPT_ANSWERED) {
+            /* Not only success moves `current`: the next call (a write
+             * cannot be resent) starts on another endpoint, not this one. */
+            unsigned expected = endpoint;
+            atomic_compare_exchange_strong_explicit(&c->current, &expected, (endpoint + 1) % c->endpoint_count,
+                                                    memory_order_relaxed, memory_order_relaxed);
+        }
         if (a == ATTEMPT_ANSWERED) {
             json_object *err;
             int grpc = json_object_object_get_ex(answer, "error", &err) ? (int)etcd_get_int64(answer, "code") : 0;
