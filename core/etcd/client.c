@@ -369,6 +369,15 @@ afsm_status etcd_call(etcd_client *c, const char *path, json_object *body, int i
 
 /* ---- streams -------------------------------------------------------------------- */
 
+/* A stream's liveness: a hung member (stopped, or stalled) keeps its
+ * kernel answering TCP keep-alives and sends nothing, which looks like an
+ * idle watch. While the stream has been quiet for STREAM_PROBE_IDLE_MS, a
+ * probe thread asks the same member a quorum read (a count of one key)
+ * every STREAM_PROBE_IDLE_MS; no answer within the request timeout marks
+ * the stream stale, and it ends as failed (the caller moves on). */
+#define STREAM_PROBE_IDLE_MS 1000u
+#define STREAM_PROBE_BODY    "{\"key\":\"AA==\",\"count_only\":true}"
+
 typedef struct stream {
     json_tokener *tok;
     int (*on_message)(void *ctx, json_object *message);
@@ -376,13 +385,49 @@ typedef struct stream {
     void *ctx;
     int done;      /* on_message asked to end */
     int got_bytes; /* the endpoint answered */
+    /* The probe (stream_probe): its thread reads these; `lock` and `wake`
+     * are its pauses, `ended` (under lock) tells it to finish. */
+    etcd_client *c;
+    unsigned endpoint;
+    _Atomic uint64_t last_bytes_ms;
+    _Atomic int stale;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int ended;
 } stream;
+
+static void *stream_probe(void *arg)
+{
+    stream *s = arg;
+    pthread_mutex_lock(&s->lock);
+    while (!s->ended) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += STREAM_PROBE_IDLE_MS / 1000u;
+        pthread_cond_timedwait(&s->wake, &s->lock, &until);
+        if (s->ended || now_ms() - atomic_load_explicit(&s->last_bytes_ms, memory_order_relaxed) < STREAM_PROBE_IDLE_MS)
+            continue;
+        pthread_mutex_unlock(&s->lock);
+        json_object *answer = NULL;
+        attempt a =
+            attempt_once(s->c, s->endpoint, "/v3/kv/range", STREAM_PROBE_BODY, s->c->request_timeout_ms, &answer);
+        json_object_put(answer);
+        pthread_mutex_lock(&s->lock);
+        if (a == ATTEMPT_NOT_SENT || a == ATTEMPT_FAILED) {
+            atomic_store_explicit(&s->stale, 1, memory_order_relaxed);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
 
 static size_t stream_data(char *data, size_t size, size_t n, void *ctx)
 {
     stream *s = ctx;
     size_t len = size * n, at = 0;
     s->got_bytes = 1;
+    atomic_store_explicit(&s->last_bytes_ms, now_ms(), memory_order_relaxed);
     while (at < len && !s->done) {
         json_object *o = json_tokener_parse_ex(s->tok, data + at, (int)(len - at));
         enum json_tokener_error err = json_tokener_get_error(s->tok);
@@ -404,7 +449,7 @@ static int stream_progress(void *ctx, curl_off_t a, curl_off_t b, curl_off_t c, 
 {
     (void)a, (void)b, (void)c, (void)d;
     stream *s = ctx;
-    return s->should_stop(s->ctx) != 0;
+    return s->should_stop(s->ctx) != 0 || atomic_load_explicit(&s->stale, memory_order_relaxed);
 }
 
 afsm_status etcd_stream(etcd_client *c, const char *path, json_object *body,
@@ -414,12 +459,33 @@ afsm_status etcd_stream(etcd_client *c, const char *path, json_object *body,
     unsigned endpoint = atomic_load_explicit(&c->current, memory_order_relaxed);
     char url[ENDPOINT_MAX + 64];
     snprintf(url, sizeof(url), "%s%s", c->endpoints[endpoint], path);
-    stream s = {.tok = json_tokener_new(), .on_message = on_message, .should_stop = should_stop, .ctx = ctx};
+    stream s = {.tok = json_tokener_new(),
+                .on_message = on_message,
+                .should_stop = should_stop,
+                .ctx = ctx,
+                .c = c,
+                .endpoint = endpoint,
+                .last_bytes_ms = now_ms()};
     CURL *h = curl_easy_init();
     struct curl_slist *headers = make_headers(c);
     afsm_status st = AFSM_ENOMEM;
+    pthread_t probe;
+    int probing = 0;
     if (text == NULL || s.tok == NULL || h == NULL || headers == NULL)
         goto out;
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) == 0) {
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        if (pthread_cond_init(&s.wake, &attr) == 0) {
+            pthread_mutex_init(&s.lock, NULL);
+            probing = pthread_create(&probe, NULL, stream_probe, &s) == 0;
+            if (!probing) { /* then without a probe, as before */
+                pthread_cond_destroy(&s.wake);
+                pthread_mutex_destroy(&s.lock);
+            }
+        }
+        pthread_condattr_destroy(&attr);
+    }
     common_options(c, h, url, text, headers);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, stream_data);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &s);
@@ -431,6 +497,15 @@ afsm_status etcd_stream(etcd_client *c, const char *path, json_object *body,
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 2L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 1L);
     CURLcode rc = curl_easy_perform(h);
+    if (probing) {
+        pthread_mutex_lock(&s.lock);
+        s.ended = 1;
+        pthread_cond_signal(&s.wake);
+        pthread_mutex_unlock(&s.lock);
+        pthread_join(probe, NULL);
+        pthread_cond_destroy(&s.wake);
+        pthread_mutex_destroy(&s.lock);
+    }
     if (s.done || (rc == CURLE_ABORTED_BY_CALLBACK && should_stop(ctx))) {
         st = AFSM_OK;
     } else {
