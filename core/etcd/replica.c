@@ -540,6 +540,11 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
     for (size_t i = 0; i < known.count; i++) {
         if (present.count > 0 && bsearch(&known.ids[i], present.ids, present.count, sizeof(afsm_uuid), uuid_order))
             continue;
+        /* The range was read before apply_lock was taken: a session this
+         * node wrote after the range's revision is new, not vanished. */
+        track_info ti;
+        if (track_get(&es->tracks, &known.ids[i], &ti) && ti.mod_revision > revision)
+            continue;
         etcd_apply_delete(es, &known.ids[i], &gone);
         if (emit_differences) {
             pthread_mutex_unlock(&es->apply_lock);
@@ -547,8 +552,7 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
             pthread_mutex_lock(&es->apply_lock);
         }
     }
-    atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
-    tombstones_prune(es, revision);
+    raise_revision(es, revision); /* only ever raised (etcd_store.h) */
     pthread_mutex_unlock(&es->apply_lock);
     for (size_t i = 0; i < n; i++)
         etcd_fire(es, &events[i]);
