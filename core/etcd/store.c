@@ -628,6 +628,10 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
     if (es->replica->ops->get(es->replica, id, &now) != AFSM_OK ||
         (now.state != AFSM_STATE_CONNECTING && now.state != AFSM_STATE_IDLE))
         return AFSM_OK; /* the common case: already active (or gone) */
+    /* With etcd away, not every heartbeat may block for the request
+     * timeout (as renewals: review finding 11). */
+    if (!track_activation_due(&es->tracks, id, es->config.clock(es->config.clock_ctx)))
+        return AFSM_OK;
     owned_record *o = malloc(sizeof(*o));
     if (o == NULL)
         return AFSM_ENOMEM;
@@ -650,9 +654,11 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
     free(o);
     if (status == AFSM_EUNAVAILABLE) {
         /* The heartbeat itself was taken (the replica answers while etcd
-         * is away); the session stays as it is, and the next heartbeat
-         * tries the activation again. */
-        etcd_log(es, AFSM_LOG_WARN, "etcd: activation by heartbeat not written; next heartbeat retries", NULL, NULL);
+         * is away); the session stays as it is, and a heartbeat a quarter
+         * period later tries the activation again. */
+        track_activation_failed(&es->tracks, id, es->config.clock(es->config.clock_ctx));
+        etcd_log(es, AFSM_LOG_WARN, "etcd: activation by heartbeat not written; retried a quarter period later", NULL,
+                 NULL);
         return AFSM_OK;
     }
     /* Deleted meanwhile: the heartbeat itself was taken. */
