@@ -16,9 +16,10 @@
 #include "etcd/client.h"
 #include "etcd/keys.h"
 
-#define POOL_MAX     32
-#define TOKEN_MAX    512
-#define ENDPOINT_MAX 512
+#define POOL_MAX          32
+#define TOKEN_MAX         512
+#define ENDPOINT_MAX      512
+#define AUTHENTICATE_PATH "/v3/auth/authenticate"
 
 struct etcd_client {
     char *endpoints[ETCD_ENDPOINTS_MAX];
@@ -185,13 +186,15 @@ static void common_options(etcd_client *c, CURL *h, const char *url, const char 
         curl_easy_setopt(h, CURLOPT_SSLKEY, c->key_file);
 }
 
-static struct curl_slist *make_headers(etcd_client *c)
+/* with_token 0: the authentication request itself, which goes without
+ * one (the shared token stays for every other request meanwhile). */
+static struct curl_slist *make_headers(etcd_client *c, int with_token)
 {
     struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
     char auth[TOKEN_MAX + 32];
     auth[0] = '\0';
     pthread_mutex_lock(&c->lock);
-    if (c->token[0] != '\0')
+    if (with_token && c->token[0] != '\0')
         snprintf(auth, sizeof(auth), "Authorization: %s", c->token);
     pthread_mutex_unlock(&c->lock);
     if (headers != NULL && auth[0] != '\0') {
@@ -221,7 +224,7 @@ static attempt attempt_once(etcd_client *c, unsigned endpoint, const char *path,
     char url[ENDPOINT_MAX + 64];
     snprintf(url, sizeof(url), "%s%s", c->endpoints[endpoint], path);
     CURL *h = borrow(c);
-    struct curl_slist *headers = make_headers(c);
+    struct curl_slist *headers = make_headers(c, strcmp(path, AUTHENTICATE_PATH) != 0);
     if (h == NULL || headers == NULL) {
         if (h != NULL)
             give_back(c, h);
@@ -334,11 +337,11 @@ static afsm_status authenticate(etcd_client *c, uint64_t deadline_ms)
     json_object_object_add(body, "name", json_object_new_string(c->user));
     json_object_object_add(body, "password", json_object_new_string(c->password != NULL ? c->password : ""));
     json_object *reply = NULL;
-    pthread_mutex_lock(&c->lock);
-    c->token[0] = '\0'; /* authenticate itself goes without a token */
-    pthread_mutex_unlock(&c->lock);
-    afsm_status st = call(c, "/v3/auth/authenticate", json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), 1,
-                          &reply, NULL, deadline_ms, 0);
+    /* The old token is not cleared first: concurrent requests keep sending
+     * it (an expired one earns them their own re-authentication) instead
+     * of going out with none. This request goes without (make_headers). */
+    afsm_status st = call(c, AUTHENTICATE_PATH, json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), 1, &reply,
+                          NULL, deadline_ms, 0);
     json_object_put(body);
     json_object *token;
     if (st == AFSM_OK && json_object_object_get_ex(reply, "token", &token) &&
@@ -467,7 +470,7 @@ afsm_status etcd_stream(etcd_client *c, const char *path, json_object *body,
                 .endpoint = endpoint,
                 .last_bytes_ms = now_ms()};
     CURL *h = curl_easy_init();
-    struct curl_slist *headers = make_headers(c);
+    struct curl_slist *headers = make_headers(c, 1);
     afsm_status st = AFSM_ENOMEM;
     pthread_t probe;
     int probing = 0;
