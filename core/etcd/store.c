@@ -170,21 +170,24 @@ static void entries_of(const char *data, uint32_t count, afsm_kv *out)
     }
 }
 
-/* The session as this node's replica and tracks know it. */
+/* The session as this node's replica and tracks know it. Under apply_lock:
+ * an apply between the three reads would give a record of one revision
+ * guarded by another's (a write that undoes the newer one's changes). */
 static afsm_status current_record(etcd_store *es, const afsm_uuid *id, owned_record *o, track_info *ti)
 {
     memset(&o->rec, 0, sizeof(o->rec));
     o->meta_blob = NULL;
     o->rec.info.version = AFSM_SESSION_INFO_VERSION;
-    afsm_status st = es->replica->ops->get(es->replica, id, &o->rec.info);
-    if (st != AFSM_OK)
-        return st;
     size_t needed = 0, count = 0;
-    st = es->replica->ops->get_metadata(es->replica, id, o->buf, sizeof(o->buf), &needed, &count);
+    pthread_mutex_lock(&es->apply_lock);
+    afsm_status st = es->replica->ops->get(es->replica, id, &o->rec.info);
+    if (st == AFSM_OK)
+        st = es->replica->ops->get_metadata(es->replica, id, o->buf, sizeof(o->buf), &needed, &count);
+    if (st == AFSM_OK && !track_get(&es->tracks, id, ti))
+        st = AFSM_ENOTFOUND;
+    pthread_mutex_unlock(&es->apply_lock);
     if (st != AFSM_OK)
         return st;
-    if (!track_get(&es->tracks, id, ti))
-        return AFSM_ENOTFOUND;
     entries_of(o->buf, (uint32_t)count, o->rec.meta);
     o->rec.meta_count = count;
     o->rec.lease = ti->lease;
