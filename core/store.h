@@ -35,6 +35,11 @@ typedef struct store_config {
      * The etcd store's replica: there the lease in etcd is the truth, and a
      * heartbeat on another node never reaches this node's copy. */
     int external_expiry;
+    /* Non-zero: activity never moves a session to ACTIVE here (mem_activate
+     * does nothing); the owner writes that change itself. The etcd store's
+     * replica: an activation only this node's copy saw would never reach
+     * the other nodes, so the store makes it an etcd write. */
+    int external_activation;
     const char *server_addr; /* NUL-terminated, <= AFSM_SERVER_ADDR_MAX */
     afsm_clock_fn clock;
     void *clock_ctx;

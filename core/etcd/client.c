@@ -3,7 +3,7 @@
  *
  * Shared state: `pool` (idle curl handles, each with its own kept-alive
  * connection) and `token` are under `lock`; `current` (the endpoint that
- * last answered) is a relaxed atomic: a stale read only costs one failed
+ * last answered, moved on when one fails to) is a relaxed atomic: a stale read only costs one failed
  * attempt. Everything else is fixed at open.
  */
 #include <curl/curl.h>
@@ -16,9 +16,10 @@
 #include "etcd/client.h"
 #include "etcd/keys.h"
 
-#define POOL_MAX     32
-#define TOKEN_MAX    512
-#define ENDPOINT_MAX 512
+#define POOL_MAX          32
+#define TOKEN_MAX         512
+#define ENDPOINT_MAX      512
+#define AUTHENTICATE_PATH "/v3/auth/authenticate"
 
 struct etcd_client {
     char *endpoints[ETCD_ENDPOINTS_MAX];
@@ -185,13 +186,15 @@ static void common_options(etcd_client *c, CURL *h, const char *url, const char 
         curl_easy_setopt(h, CURLOPT_SSLKEY, c->key_file);
 }
 
-static struct curl_slist *make_headers(etcd_client *c)
+/* with_token 0: the authentication request itself, which goes without
+ * one (the shared token stays for every other request meanwhile). */
+static struct curl_slist *make_headers(etcd_client *c, int with_token)
 {
     struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
     char auth[TOKEN_MAX + 32];
     auth[0] = '\0';
     pthread_mutex_lock(&c->lock);
-    if (c->token[0] != '\0')
+    if (with_token && c->token[0] != '\0')
         snprintf(auth, sizeof(auth), "Authorization: %s", c->token);
     pthread_mutex_unlock(&c->lock);
     if (headers != NULL && auth[0] != '\0') {
@@ -221,7 +224,7 @@ static attempt attempt_once(etcd_client *c, unsigned endpoint, const char *path,
     char url[ENDPOINT_MAX + 64];
     snprintf(url, sizeof(url), "%s%s", c->endpoints[endpoint], path);
     CURL *h = borrow(c);
-    struct curl_slist *headers = make_headers(c);
+    struct curl_slist *headers = make_headers(c, strcmp(path, AUTHENTICATE_PATH) != 0);
     if (h == NULL || headers == NULL) {
         if (h != NULL)
             give_back(c, h);
@@ -273,9 +276,22 @@ static afsm_status call(etcd_client *c, const char *path, const char *body, int 
             return AFSM_EUNAVAILABLE;
         unsigned endpoint = (start + tries) % c->endpoint_count;
         json_object *answer = NULL;
-        attempt a = attempt_once(c, endpoint, path, body, deadline_ms - now, &answer);
+        /* A hung member (accepts, never answers) would take the whole
+         * timeout: a request that may be resent gets half of what is left
+         * per attempt, so another endpoint still has its turn. */
+        uint64_t budget = deadline_ms - now;
+        if (idempotent && c->endpoint_count > 1 && budget > 1)
+            budget /= 2;
+        attempt a = attempt_once(c, endpoint, path, body, budget, &answer);
         if (a == ATTEMPT_OUT_OF_MEMORY)
             return AFSM_ENOMEM;
+        if (a != ATTEMPT_ANSWERED) {
+            /* Not only success moves `current`: the next call (a write
+             * cannot be resent) starts on another endpoint, not this one. */
+            unsigned expected = endpoint;
+            atomic_compare_exchange_strong_explicit(&c->current, &expected, (endpoint + 1) % c->endpoint_count,
+                                                    memory_order_relaxed, memory_order_relaxed);
+        }
         if (a == ATTEMPT_ANSWERED) {
             json_object *err;
             int grpc = json_object_object_get_ex(answer, "error", &err) ? (int)etcd_get_int64(answer, "code") : 0;
@@ -321,11 +337,11 @@ static afsm_status authenticate(etcd_client *c, uint64_t deadline_ms)
     json_object_object_add(body, "name", json_object_new_string(c->user));
     json_object_object_add(body, "password", json_object_new_string(c->password != NULL ? c->password : ""));
     json_object *reply = NULL;
-    pthread_mutex_lock(&c->lock);
-    c->token[0] = '\0'; /* authenticate itself goes without a token */
-    pthread_mutex_unlock(&c->lock);
-    afsm_status st = call(c, "/v3/auth/authenticate", json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), 1,
-                          &reply, NULL, deadline_ms, 0);
+    /* The old token is not cleared first: concurrent requests keep sending
+     * it (an expired one earns them their own re-authentication) instead
+     * of going out with none. This request goes without (make_headers). */
+    afsm_status st = call(c, AUTHENTICATE_PATH, json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), 1, &reply,
+                          NULL, deadline_ms, 0);
     json_object_put(body);
     json_object *token;
     if (st == AFSM_OK && json_object_object_get_ex(reply, "token", &token) &&
@@ -356,6 +372,15 @@ afsm_status etcd_call(etcd_client *c, const char *path, json_object *body, int i
 
 /* ---- streams -------------------------------------------------------------------- */
 
+/* A stream's liveness: a hung member (stopped, or stalled) keeps its
+ * kernel answering TCP keep-alives and sends nothing, which looks like an
+ * idle watch. While the stream has been quiet for STREAM_PROBE_IDLE_MS, a
+ * probe thread asks the same member a quorum read (a count of one key)
+ * every STREAM_PROBE_IDLE_MS; no answer within the request timeout marks
+ * the stream stale, and it ends as failed (the caller moves on). */
+#define STREAM_PROBE_IDLE_MS 1000u
+#define STREAM_PROBE_BODY    "{\"key\":\"AA==\",\"count_only\":true}"
+
 typedef struct stream {
     json_tokener *tok;
     int (*on_message)(void *ctx, json_object *message);
@@ -363,13 +388,49 @@ typedef struct stream {
     void *ctx;
     int done;      /* on_message asked to end */
     int got_bytes; /* the endpoint answered */
+    /* The probe (stream_probe): its thread reads these; `lock` and `wake`
+     * are its pauses, `ended` (under lock) tells it to finish. */
+    etcd_client *c;
+    unsigned endpoint;
+    _Atomic uint64_t last_bytes_ms;
+    _Atomic int stale;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int ended;
 } stream;
+
+static void *stream_probe(void *arg)
+{
+    stream *s = arg;
+    pthread_mutex_lock(&s->lock);
+    while (!s->ended) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += STREAM_PROBE_IDLE_MS / 1000u;
+        pthread_cond_timedwait(&s->wake, &s->lock, &until);
+        if (s->ended || now_ms() - atomic_load_explicit(&s->last_bytes_ms, memory_order_relaxed) < STREAM_PROBE_IDLE_MS)
+            continue;
+        pthread_mutex_unlock(&s->lock);
+        json_object *answer = NULL;
+        attempt a =
+            attempt_once(s->c, s->endpoint, "/v3/kv/range", STREAM_PROBE_BODY, s->c->request_timeout_ms, &answer);
+        json_object_put(answer);
+        pthread_mutex_lock(&s->lock);
+        if (a == ATTEMPT_NOT_SENT || a == ATTEMPT_FAILED) {
+            atomic_store_explicit(&s->stale, 1, memory_order_relaxed);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
 
 static size_t stream_data(char *data, size_t size, size_t n, void *ctx)
 {
     stream *s = ctx;
     size_t len = size * n, at = 0;
     s->got_bytes = 1;
+    atomic_store_explicit(&s->last_bytes_ms, now_ms(), memory_order_relaxed);
     while (at < len && !s->done) {
         json_object *o = json_tokener_parse_ex(s->tok, data + at, (int)(len - at));
         enum json_tokener_error err = json_tokener_get_error(s->tok);
@@ -391,7 +452,7 @@ static int stream_progress(void *ctx, curl_off_t a, curl_off_t b, curl_off_t c, 
 {
     (void)a, (void)b, (void)c, (void)d;
     stream *s = ctx;
-    return s->should_stop(s->ctx) != 0;
+    return s->should_stop(s->ctx) != 0 || atomic_load_explicit(&s->stale, memory_order_relaxed);
 }
 
 afsm_status etcd_stream(etcd_client *c, const char *path, json_object *body,
@@ -401,12 +462,33 @@ afsm_status etcd_stream(etcd_client *c, const char *path, json_object *body,
     unsigned endpoint = atomic_load_explicit(&c->current, memory_order_relaxed);
     char url[ENDPOINT_MAX + 64];
     snprintf(url, sizeof(url), "%s%s", c->endpoints[endpoint], path);
-    stream s = {.tok = json_tokener_new(), .on_message = on_message, .should_stop = should_stop, .ctx = ctx};
+    stream s = {.tok = json_tokener_new(),
+                .on_message = on_message,
+                .should_stop = should_stop,
+                .ctx = ctx,
+                .c = c,
+                .endpoint = endpoint,
+                .last_bytes_ms = now_ms()};
     CURL *h = curl_easy_init();
-    struct curl_slist *headers = make_headers(c);
+    struct curl_slist *headers = make_headers(c, 1);
     afsm_status st = AFSM_ENOMEM;
+    pthread_t probe;
+    int probing = 0;
     if (text == NULL || s.tok == NULL || h == NULL || headers == NULL)
         goto out;
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) == 0) {
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        if (pthread_cond_init(&s.wake, &attr) == 0) {
+            pthread_mutex_init(&s.lock, NULL);
+            probing = pthread_create(&probe, NULL, stream_probe, &s) == 0;
+            if (!probing) { /* then without a probe, as before */
+                pthread_cond_destroy(&s.wake);
+                pthread_mutex_destroy(&s.lock);
+            }
+        }
+        pthread_condattr_destroy(&attr);
+    }
     common_options(c, h, url, text, headers);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, stream_data);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &s);
@@ -418,6 +500,15 @@ afsm_status etcd_stream(etcd_client *c, const char *path, json_object *body,
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 2L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 1L);
     CURLcode rc = curl_easy_perform(h);
+    if (probing) {
+        pthread_mutex_lock(&s.lock);
+        s.ended = 1;
+        pthread_cond_signal(&s.wake);
+        pthread_mutex_unlock(&s.lock);
+        pthread_join(probe, NULL);
+        pthread_cond_destroy(&s.wake);
+        pthread_mutex_destroy(&s.lock);
+    }
     if (s.done || (rc == CURLE_ABORTED_BY_CALLBACK && should_stop(ctx))) {
         st = AFSM_OK;
     } else {

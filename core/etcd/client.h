@@ -67,7 +67,10 @@ afsm_status etcd_client_reauthenticate(etcd_client *c);
  * the endpoint sends, until the stream ends or fails (AFSM_EUNAVAILABLE),
  * on_message returns non-zero (AFSM_OK), or should_stop returns non-zero
  * (checked at least every 100 ms; AFSM_OK). One endpoint per call, the
- * current one; a failure moves the current endpoint on. */
+ * current one; a failure moves the current endpoint on. A stream quiet
+ * for a second has its endpoint probed (a quorum read, once a second while
+ * quiet): no answer within the request timeout ends it as failed, since a
+ * hung member sends nothing, like an idle watch. */
 afsm_status etcd_stream(etcd_client *c, const char *path, json_object *body,
                         int (*on_message)(void *ctx, json_object *message), int (*should_stop)(void *ctx), void *ctx);
 

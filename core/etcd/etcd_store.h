@@ -93,6 +93,9 @@ typedef struct etcd_event {
 afsm_status etcd_replica_load(etcd_store *es, int emit_differences);
 afsm_status etcd_replica_start(etcd_store *es);
 void etcd_replica_stop(etcd_store *es);
+/* Whether the caller is es's watch thread (an event callback): it cannot
+ * wait for the watch to apply anything. */
+int etcd_on_watch_thread(const etcd_store *es);
 
 /* Applies a record at mod_revision (a no-op when tracks already has it at
  * that revision or later). apply_lock held. ev gets the event to fire. */

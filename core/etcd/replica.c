@@ -128,6 +128,31 @@ static afsm_stats merged_stats(const afsm_stats *record, const afsm_stats *local
     return s;
 }
 
+/* Whether every counter of `to` is at least `from`'s. */
+static int stats_grew(const afsm_stats *to, const afsm_stats *from)
+{
+    return to->packets_sent >= from->packets_sent && to->packets_received >= from->packets_received &&
+           to->bytes_sent >= from->bytes_sent && to->bytes_received >= from->bytes_received &&
+           to->retransmissions >= from->retransmissions;
+}
+
+/* What the record added past base (stats_grew holds), as an addition: the
+ * counters' growth, and the record's rtt gauge if it changed and this node
+ * has no newer one of its own. */
+static afsm_stats stats_growth(const afsm_stats *record, const afsm_stats *base, const afsm_stats *local)
+{
+    afsm_stats d = {
+        .packets_sent = record->packets_sent - base->packets_sent,
+        .packets_received = record->packets_received - base->packets_received,
+        .bytes_sent = record->bytes_sent - base->bytes_sent,
+        .bytes_received = record->bytes_received - base->bytes_received,
+        .retransmissions = record->retransmissions - base->retransmissions,
+    };
+    if (record->current_rtt_ms != base->current_rtt_ms && local->current_rtt_ms == base->current_rtt_ms)
+        d.current_rtt_ms = record->current_rtt_ms;
+    return d;
+}
+
 /* base: what of the replica's stats the record already holds (the stats
  * etcd had when this node last applied it; for this node's own write, the
  * stats it wrote); the rest was added here since and is kept on top. NULL:
@@ -136,13 +161,25 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
                                   const afsm_stats *base)
 {
     store *r = es->replica;
-    if (!transition_allowed(old->state, rec->info.state)) {
-        /* A step this node never saw (a reload): start the copy afresh. */
+    /* Generations grow one step per rotation, and the replica follows one
+     * rotate_generation per step: a jump (missed rotations, or a record
+     * written by hand up to UINT32_MAX) would loop billions of times under
+     * apply_lock. Like a state step never seen, it starts the copy afresh,
+     * keeping this node's unflushed stats. */
+    if (!transition_allowed(old->state, rec->info.state) || rec->info.token_generation > old->token_generation + 1u) {
+        keys_record fresh = *rec;
+        if (base != NULL)
+            fresh.info.stats = merged_stats(&rec->info.stats, &old->stats, base);
         r->ops->remove(r, &rec->info.session_id, NULL, 0);
-        return restore_into_replica(es, rec);
+        return restore_into_replica(es, &fresh);
     }
+    /* Stats additions land on the copy lock-free at any time: setting the
+     * merged stats would drop one made after `old` was read. Other nodes'
+     * additions (the record's growth past base) are added instead; a set
+     * only when there is no base, or the record went below it (a reset). */
+    int add = base != NULL && stats_grew(&rec->info.stats, base);
     afsm_update u = {.version = AFSM_UPDATE_VERSION,
-                     .fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_REPLACE | AFSM_UPDATE_STATS,
+                     .fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_REPLACE | (add ? 0 : AFSM_UPDATE_STATS),
                      .state = rec->info.state,
                      .metadata = rec->meta,
                      .metadata_count = rec->meta_count,
@@ -150,11 +187,15 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
     afsm_status st = r->ops->update(r, &rec->info.session_id, &u, NULL);
     if (st != AFSM_OK)
         return st;
-    /* Generations only grow, one step per rotation. */
-    for (uint32_t gen = old->token_generation; gen < rec->info.token_generation; gen++) {
+    if (add) {
+        afsm_stats d = stats_growth(&rec->info.stats, base, &old->stats);
+        if (memcmp(&d, &(afsm_stats){0}, sizeof(d)) != 0)
+            r->ops->add_stats(r, &rec->info.session_id, &d);
+    }
+    /* At most one step here (a jump was restored above). */
+    if (rec->info.token_generation == old->token_generation + 1u) {
         afsm_session_info copy = {.version = AFSM_SESSION_INFO_VERSION};
-        if (r->ops->rotate_generation(r, &rec->info.session_id, &copy) != AFSM_OK)
-            break;
+        r->ops->rotate_generation(r, &rec->info.session_id, &copy);
     }
     /* A write elsewhere is activity there. */
     if (rec->info.last_active_at_ns > old->last_active_at_ns)
@@ -499,6 +540,11 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
     for (size_t i = 0; i < known.count; i++) {
         if (present.count > 0 && bsearch(&known.ids[i], present.ids, present.count, sizeof(afsm_uuid), uuid_order))
             continue;
+        /* The range was read before apply_lock was taken: a session this
+         * node wrote after the range's revision is new, not vanished. */
+        track_info ti;
+        if (track_get(&es->tracks, &known.ids[i], &ti) && ti.mod_revision > revision)
+            continue;
         etcd_apply_delete(es, &known.ids[i], &gone);
         if (emit_differences) {
             pthread_mutex_unlock(&es->apply_lock);
@@ -506,8 +552,7 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
             pthread_mutex_lock(&es->apply_lock);
         }
     }
-    atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
-    tombstones_prune(es, revision);
+    raise_revision(es, revision); /* only ever raised (etcd_store.h) */
     pthread_mutex_unlock(&es->apply_lock);
     for (size_t i = 0; i < n; i++)
         etcd_fire(es, &events[i]);
@@ -599,9 +644,18 @@ static int pause_ms(etcd_store *es, uint64_t ms)
     return atomic_load_explicit(&es->stop, memory_order_acquire);
 }
 
+/* The store whose watch runs on this thread (event callbacks run there). */
+static _Thread_local const etcd_store *watching;
+
+int etcd_on_watch_thread(const etcd_store *es)
+{
+    return watching == es;
+}
+
 static void *watch_main(void *arg)
 {
     etcd_store *es = arg;
+    watching = es;
     uint64_t backoff_ms = 50;
     int reload = 0;
     while (!atomic_load_explicit(&es->stop, memory_order_acquire)) {

@@ -170,21 +170,24 @@ static void entries_of(const char *data, uint32_t count, afsm_kv *out)
     }
 }
 
-/* The session as this node's replica and tracks know it. */
+/* The session as this node's replica and tracks know it. Under apply_lock:
+ * an apply between the three reads would give a record of one revision
+ * guarded by another's (a write that undoes the newer one's changes). */
 static afsm_status current_record(etcd_store *es, const afsm_uuid *id, owned_record *o, track_info *ti)
 {
     memset(&o->rec, 0, sizeof(o->rec));
     o->meta_blob = NULL;
     o->rec.info.version = AFSM_SESSION_INFO_VERSION;
-    afsm_status st = es->replica->ops->get(es->replica, id, &o->rec.info);
-    if (st != AFSM_OK)
-        return st;
     size_t needed = 0, count = 0;
-    st = es->replica->ops->get_metadata(es->replica, id, o->buf, sizeof(o->buf), &needed, &count);
+    pthread_mutex_lock(&es->apply_lock);
+    afsm_status st = es->replica->ops->get(es->replica, id, &o->rec.info);
+    if (st == AFSM_OK)
+        st = es->replica->ops->get_metadata(es->replica, id, o->buf, sizeof(o->buf), &needed, &count);
+    if (st == AFSM_OK && !track_get(&es->tracks, id, ti))
+        st = AFSM_ENOTFOUND;
+    pthread_mutex_unlock(&es->apply_lock);
     if (st != AFSM_OK)
         return st;
-    if (!track_get(&es->tracks, id, ti))
-        return AFSM_ENOTFOUND;
     entries_of(o->buf, (uint32_t)count, o->rec.meta);
     o->rec.meta_count = count;
     o->rec.lease = ti->lease;
@@ -309,12 +312,25 @@ static afsm_status taken_slots(etcd_store *es, const char *user, size_t user_len
     return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
 }
 
-static int32_t free_slot(const uint8_t *taken, uint32_t cap)
+/* The first free slot at or after `from` (wrapping), -1 if none. Creators
+ * start at different places (from: their session id's random bits), so
+ * concurrent creates for one user do not all race for the lowest slot. */
+static int32_t free_slot(const uint8_t *taken, uint32_t cap, uint32_t from)
 {
-    for (uint32_t i = 0; i < cap; i++)
+    for (uint32_t n = 0; n < cap; n++) {
+        uint32_t i = (from + n) % cap;
         if (!(taken[i / 8] & (1u << (i % 8))))
             return (int32_t)i;
+    }
     return -1;
+}
+
+/* A guarded write that lost every one of its WRITE_ATTEMPTS races: it was
+ * not made (etcd took other writers' records each time). */
+static afsm_status lost_every_guard(void)
+{
+    return errdetail_set(AFSM_EUNAVAILABLE, "etcd: the record changed under each of %d attempts; not written",
+                         WRITE_ATTEMPTS);
 }
 
 /* The new session's record, from the spec (or the copy being restored). */
@@ -423,15 +439,17 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     uint32_t cap = es->config.max_sessions_per_user;
     uint8_t *taken = cap != 0 ? malloc((cap + 7) / 8) : NULL;
     int64_t revision = 0;
+    uint32_t from;
+    memcpy(&from, &o->rec.info.session_id.bytes[12], sizeof(from)); /* random bits of the v7 id */
     for (int attempt = 0;; attempt++) {
         if (cap != 0) {
             status =
                 taken != NULL ? taken_slots(es, o->rec.info.user_id, o->rec.info.user_id_len, taken, cap) : AFSM_ENOMEM;
             if (status != AFSM_OK)
                 break;
-            o->rec.slot = free_slot(taken, cap);
+            o->rec.slot = free_slot(taken, cap, from);
             if (o->rec.slot < 0) {
-                status = AFSM_ELIMIT;
+                status = AFSM_ELIMIT; /* only a full cap is a limit */
                 break;
             }
         }
@@ -439,8 +457,11 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
         status = create_txn(es, &o->rec, &retry, &revision);
         if (status != AFSM_OK || !retry)
             break;
-        if (attempt + 1 == WRITE_ATTEMPTS) {
-            status = AFSM_ELIMIT; /* every free slot we saw was taken first */
+        /* Each lost slot was taken by another create, so the cap fills in
+         * at most cap rounds; past that, slots churn faster than we win. */
+        if ((uint32_t)attempt + 1 >= cap + WRITE_ATTEMPTS) {
+            etcd_lease_revoke(es, o->rec.lease); /* known unwritten (below, EUNAVAILABLE is not) */
+            status = lost_every_guard();
             break;
         }
     }
@@ -522,14 +543,6 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
 static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
                                      size_t reason_len);
 
-/* A guarded write that lost every one of its WRITE_ATTEMPTS races: it was
- * not made (etcd took other writers' records each time). */
-static afsm_status lost_every_guard(void)
-{
-    return errdetail_set(AFSM_EUNAVAILABLE, "etcd: the record changed under each of %d attempts; not written",
-                         WRITE_ATTEMPTS);
-}
-
 afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
 {
     owned_record *o = malloc(sizeof(*o));
@@ -605,6 +618,54 @@ static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update
     if (status == AFSM_OK && out != NULL && !(u->fields & AFSM_UPDATE_STATE && u->state == AFSM_STATE_CLOSED))
         status = es->replica->ops->get(es->replica, id, out);
     return status;
+}
+
+/* A heartbeat moves a CONNECTING or IDLE session to ACTIVE (the memory
+ * store's rule). The replica leaves that to this store (external_
+ * activation): it is a guarded write like an explicit update, so every
+ * node sees it and fires its STATE_CHANGED. Once: a racing heartbeat that
+ * loses the guard finds ACTIVE in etcd's record and writes nothing. */
+static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
+{
+    afsm_session_info now = {.version = AFSM_SESSION_INFO_VERSION};
+    if (es->replica->ops->get(es->replica, id, &now) != AFSM_OK ||
+        (now.state != AFSM_STATE_CONNECTING && now.state != AFSM_STATE_IDLE))
+        return AFSM_OK; /* the common case: already active (or gone) */
+    /* With etcd away, not every heartbeat may block for the request
+     * timeout (as renewals: review finding 11). */
+    if (!track_activation_due(&es->tracks, id, es->config.clock(es->config.clock_ctx)))
+        return AFSM_OK;
+    owned_record *o = malloc(sizeof(*o));
+    if (o == NULL)
+        return AFSM_ENOMEM;
+    afsm_status status = AFSM_OK;
+    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
+        track_info ti;
+        status = current_record(es, id, o, &ti);
+        if (status != AFSM_OK || (o->rec.info.state != AFSM_STATE_CONNECTING && o->rec.info.state != AFSM_STATE_IDLE))
+            break;
+        o->rec.info.state = AFSM_STATE_ACTIVE;
+        o->rec.info.last_active_at_ns = clock_wall_ns();
+        int retry = 0;
+        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
+        if (status != AFSM_OK || !retry)
+            break;
+        if (attempt + 1 == WRITE_ATTEMPTS)
+            status = lost_every_guard();
+    }
+    owned_release(o);
+    free(o);
+    if (status == AFSM_EUNAVAILABLE) {
+        /* The heartbeat itself was taken (the replica answers while etcd
+         * is away); the session stays as it is, and a heartbeat a quarter
+         * period later tries the activation again. */
+        track_activation_failed(&es->tracks, id, es->config.clock(es->config.clock_ctx));
+        etcd_log(es, AFSM_LOG_WARN, "etcd: activation by heartbeat not written; retried a quarter period later", NULL,
+                 NULL);
+        return AFSM_OK;
+    }
+    /* Deleted meanwhile: the heartbeat itself was taken. */
+    return status == AFSM_ENOTFOUND ? AFSM_OK : status;
 }
 
 static afsm_status etcd_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out)
@@ -939,10 +1000,19 @@ static afsm_status connection_owner(etcd_store *es, const afsm_uuid *connection_
     return st;
 }
 
+/* Whether a read goes to etcd itself: linearizable mode, or consistent
+ * mode on the watch thread (an event callback), which would wait in
+ * wait_applied for its own progress; etcd's answer is at least as new. */
+static int read_etcd_itself(etcd_store *es)
+{
+    return es->read_mode == AFSM_READ_LINEARIZABLE ||
+           (es->read_mode == AFSM_READ_CONSISTENT && etcd_on_watch_thread(es));
+}
+
 static afsm_status etcd_get(store *st, const afsm_uuid *id, afsm_session_info *out)
 {
     etcd_store *es = (etcd_store *)st;
-    if (es->read_mode == AFSM_READ_LINEARIZABLE)
+    if (read_etcd_itself(es))
         return read_from_etcd(es, id, out, NULL, 0, NULL, NULL);
     if (es->read_mode == AFSM_READ_CONSISTENT) {
         afsm_status status = catch_up(es, id);
@@ -966,7 +1036,7 @@ static afsm_status etcd_get_metadata(store *st, const afsm_uuid *id, char *buf, 
                                      size_t *count)
 {
     etcd_store *es = (etcd_store *)st;
-    if (es->read_mode == AFSM_READ_LINEARIZABLE)
+    if (read_etcd_itself(es))
         return read_from_etcd(es, id, NULL, buf, buf_size, needed, count);
     if (es->read_mode == AFSM_READ_CONSISTENT) {
         afsm_status status = catch_up(es, id);
@@ -982,11 +1052,22 @@ static afsm_status etcd_add_stats(store *st, const afsm_uuid *id, const afsm_sta
     return r->ops->add_stats(r, id, delta);
 }
 
+static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id);
+
+/* After the replica took a heartbeat: the activation it may call for (an
+ * etcd write), then the lease renewal. */
+static afsm_status after_heartbeat(etcd_store *es, const afsm_uuid *id)
+{
+    afsm_status status = heartbeat_activate(es, id);
+    afsm_status renewed = renew_if_due(es, id);
+    return status != AFSM_OK ? status : renewed;
+}
+
 static afsm_status etcd_heartbeat(store *st, const afsm_uuid *id, uint64_t *remaining_ns)
 {
     etcd_store *es = (etcd_store *)st;
     afsm_status status = es->replica->ops->heartbeat(es->replica, id, remaining_ns);
-    return status == AFSM_OK ? renew_if_due(es, id) : status;
+    return status == AFSM_OK ? after_heartbeat(es, id) : status;
 }
 
 static afsm_status etcd_list(store *st, const afsm_list_filter *filter, afsm_session_info *out, size_t *count,
@@ -1058,7 +1139,7 @@ static afsm_status etcd_handle_heartbeat(store_handle *handle, uint64_t *remaini
 {
     etcd_handle *h = (etcd_handle *)handle;
     afsm_status status = h->inner->ops->handle_heartbeat(h->inner, remaining_ns);
-    return status == AFSM_OK ? renew_if_due(h->es, &h->id) : status;
+    return status == AFSM_OK ? after_heartbeat(h->es, &h->id) : status;
 }
 
 static afsm_status etcd_handle_add_stats(store_handle *handle, const afsm_stats *delta)
@@ -1174,6 +1255,7 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     rc.emit = NULL;
     rc.emit_ctx = NULL;
     rc.external_expiry = 1;
+    rc.external_activation = 1; /* heartbeat_activate writes it to etcd */
     rc.max_sessions_per_user = 0;
     status = etcd_client_open(&cc, &es->client);
     if (status != AFSM_OK)

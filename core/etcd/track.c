@@ -190,6 +190,28 @@ int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lea
     return due;
 }
 
+int track_activation_due(track *t, const afsm_uuid *id, uint64_t now_ns)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    int due = e != NULL && now_ns >= e->info.activate_after_ns;
+    pthread_mutex_unlock(&s->lock);
+    return due;
+}
+
+void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL)
+        e->info.activate_after_ns = now_ns + e->info.renew_period_ns / 4;
+    pthread_mutex_unlock(&s->lock);
+}
+
 void track_inflight(track *t, const afsm_uuid *id, int delta)
 {
     uint64_t hash;

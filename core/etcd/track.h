@@ -23,10 +23,11 @@
 typedef struct track_info {
     int64_t lease;
     int64_t mod_revision;
-    int32_t slot;             /* -1: none */
-    uint64_t renewed_ns;      /* engine clock: this node's last renewal (or the write it applied) */
-    uint64_t renew_period_ns; /* the session's timeout / 3 */
-    int64_t leased_ns;        /* the record's: when its lease's TTL started */
+    int32_t slot;               /* -1: none */
+    uint64_t renewed_ns;        /* engine clock: this node's last renewal (or the write it applied) */
+    uint64_t renew_period_ns;   /* the session's timeout / 3 */
+    int64_t leased_ns;          /* the record's: when its lease's TTL started */
+    uint64_t activate_after_ns; /* engine clock: a failed activation by heartbeat is not retried before */
     afsm_stats flushed;
     int inflight; /* this node's guarded writes of the record under way */ /* the stats etcd's record holds (the rest is
                                                                               this node's, not yet flushed) */
@@ -64,6 +65,11 @@ void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, con
  * renewal at least its renew period ago)? If so, marks it renewed now and
  * gives its lease: the caller renews (one caller per period wins). */
 int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease);
+/* Whether a heartbeat may try to activate id at now_ns (no failed try
+ * within the last quarter of its renew period). */
+int track_activation_due(track *t, const afsm_uuid *id, uint64_t now_ns);
+/* After a failed activation: not tried again for a quarter period. */
+void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
 /* After a failed renewal: due again a quarter of its period later. */

@@ -314,6 +314,9 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
 afsm_status mem_activate(mem_store *ms, session *s, mem_event *ev)
 {
     ev->pending = false;
+    /* Checked here, on the rare path, so the heartbeat's stays as it is. */
+    if (ms->config.external_activation)
+        return AFSM_OK;
     /* Handle calls run without an epoch section; the event reads the
      * user's entry, which a concurrent delete may retire: hold a section
      * for the lock and the capture, and check `removed` inside it. */
