@@ -23,7 +23,7 @@ static pthread_key_t thread_key;
  * lookup reads it, so it uses the initial-exec TLS model: a plain
  * %fs-relative load instead of a __tls_get_addr call. Its 8 bytes fit the
  * static TLS surplus glibc keeps for libraries loaded late (ctypes). */
-static _Thread_local ck_epoch_record_t *thread_record __attribute__((tls_model("initial-exec")));
+_Thread_local ck_epoch_record_t *epoch_thread_record __attribute__((tls_model("initial-exec")));
 
 /* One object stands for "some reader section ended" in TSan's eyes. */
 static char quiescence_token;
@@ -39,7 +39,7 @@ static _Atomic uint64_t pending_frees;
  * longer scans and another thread may already have recycled. */
 static void thread_exit(void *record)
 {
-    thread_record = NULL;
+    epoch_thread_record = NULL;
     sync_publish(record); /* the record's hand-over to the thread that recycles it */
     ck_epoch_unregister(record);
 }
@@ -67,7 +67,7 @@ static ck_epoch_record_t *record_acquire(void)
 
 ck_epoch_record_t *epoch_enter(void)
 {
-    ck_epoch_record_t *record = thread_record;
+    ck_epoch_record_t *record = epoch_thread_record;
     if (record == NULL) {
         record = record_acquire();
         if (record == NULL)
@@ -76,16 +76,14 @@ ck_epoch_record_t *epoch_enter(void)
             ck_epoch_unregister(record);
             return NULL;
         }
-        thread_record = record;
+        epoch_thread_record = record;
     }
     ck_epoch_begin(record, NULL);
     return record;
 }
 
-bool epoch_thread_ready(void)
+bool epoch_thread_prepare(void)
 {
-    if (thread_record != NULL)
-        return true;
     ck_epoch_record_t *record = epoch_enter();
     if (record == NULL)
         return false;

@@ -22,10 +22,20 @@
 ck_epoch_record_t *epoch_enter(void);
 void epoch_leave(ck_epoch_record_t *record);
 
+/* The calling thread's reader record (NULL until its first section). */
+extern _Thread_local ck_epoch_record_t *epoch_thread_record __attribute__((tls_model("initial-exec")));
+
+/* Allocates the calling thread's record; false only on ENOMEM. */
+bool epoch_thread_prepare(void);
+
 /* True once the calling thread has its reader record (allocating it on the
  * thread's first use; false only on ENOMEM). Lets a lock-free path that
- * may need a section later fail before it has changed anything. */
-bool epoch_thread_ready(void);
+ * may need a section later fail before it has changed anything. Inline:
+ * the data plane's handle calls check it per packet. */
+static inline bool epoch_thread_ready(void)
+{
+    return epoch_thread_record != NULL || epoch_thread_prepare();
+}
 
 /* A record for deferring frees; owned by one shard. NULL on ENOMEM. */
 ck_epoch_record_t *epoch_writer_record(void);
