@@ -113,6 +113,25 @@ struct store_handle {
     const store_ops *ops;
 };
 
+/* The state changes every store allows (afsm.h, afsm_session_update):
+ * connecting->active, active<->idle, active/idle->disconnecting,
+ * any->closed; a change to the current state is a no-op. */
+static inline int store_transition_allowed(uint32_t from, uint32_t to)
+{
+    if (from == to || to == AFSM_STATE_CLOSED)
+        return 1;
+    switch (from) {
+    case AFSM_STATE_CONNECTING:
+        return to == AFSM_STATE_ACTIVE;
+    case AFSM_STATE_ACTIVE:
+        return to == AFSM_STATE_IDLE || to == AFSM_STATE_DISCONNECTING;
+    case AFSM_STATE_IDLE:
+        return to == AFSM_STATE_ACTIVE || to == AFSM_STATE_DISCONNECTING;
+    default:
+        return 0;
+    }
+}
+
 /* The in-memory store (core/mem/). */
 afsm_status mem_store_open(const store_config *config, store **out);
 

@@ -111,8 +111,6 @@ void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev);
 void etcd_tombstone_add(etcd_store *es, const afsm_uuid *id, int64_t revision);
 void etcd_tombstones_free(etcd_store *es);
 void etcd_fire(etcd_store *es, etcd_event *ev);
-/* The memory store's state machine, checked before a write leaves. */
-int etcd_transition_allowed(uint32_t from, uint32_t to);
 void etcd_log(etcd_store *es, int level, const char *message, const char *key, const char *value);
 
 /* ---- stats.c ---- */

@@ -68,29 +68,6 @@ void etcd_fire(etcd_store *es, etcd_event *ev)
 
 /* ---- applying changes ------------------------------------------------------------ */
 
-static int transition_allowed(uint32_t from, uint32_t to)
-{
-    /* The memory store's rules (core/mem/write.c), checked here before a
-     * write goes to etcd and when a record is applied. */
-    if (from == to || to == AFSM_STATE_CLOSED)
-        return 1;
-    switch (from) {
-    case AFSM_STATE_CONNECTING:
-        return to == AFSM_STATE_ACTIVE;
-    case AFSM_STATE_ACTIVE:
-        return to == AFSM_STATE_IDLE || to == AFSM_STATE_DISCONNECTING;
-    case AFSM_STATE_IDLE:
-        return to == AFSM_STATE_ACTIVE || to == AFSM_STATE_DISCONNECTING;
-    default:
-        return 0;
-    }
-}
-
-int etcd_transition_allowed(uint32_t from, uint32_t to)
-{
-    return transition_allowed(from, to);
-}
-
 static afsm_status restore_into_replica(etcd_store *es, const keys_record *rec)
 {
     session_spec spec = {
@@ -166,7 +143,8 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
      * written by hand up to UINT32_MAX) would loop billions of times under
      * apply_lock. Like a state step never seen, it starts the copy afresh,
      * keeping this node's unflushed stats. */
-    if (!transition_allowed(old->state, rec->info.state) || rec->info.token_generation > old->token_generation + 1u) {
+    if (!store_transition_allowed(old->state, rec->info.state) ||
+        rec->info.token_generation > old->token_generation + 1u) {
         keys_record fresh = *rec;
         if (base != NULL)
             fresh.info.stats = merged_stats(&rec->info.stats, &old->stats, base);

@@ -577,7 +577,7 @@ static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update
             break;
         afsm_session_info *s = &o->rec.info;
         uint32_t new_state = (u->fields & AFSM_UPDATE_STATE) ? u->state : s->state;
-        if (!etcd_transition_allowed(s->state, new_state)) {
+        if (!store_transition_allowed(s->state, new_state)) {
             status = AFSM_ETRANSITION;
             break;
         }

@@ -413,22 +413,6 @@ afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_le
 
 /* ---- update --------------------------------------------------------------- */
 
-static int transition_allowed(uint32_t from, uint32_t to)
-{
-    if (from == to || to == AFSM_STATE_CLOSED)
-        return 1;
-    switch (from) {
-    case AFSM_STATE_CONNECTING:
-        return to == AFSM_STATE_ACTIVE;
-    case AFSM_STATE_ACTIVE:
-        return to == AFSM_STATE_IDLE || to == AFSM_STATE_DISCONNECTING;
-    case AFSM_STATE_IDLE:
-        return to == AFSM_STATE_ACTIVE || to == AFSM_STATE_DISCONNECTING;
-    default:
-        return 0;
-    }
-}
-
 /* Inside the seqlock's write side: release stores, so a copy sees all six
  * or none (store.c, read_consistent). */
 static void set_stats(session *s, const afsm_stats *v)
@@ -478,7 +462,7 @@ afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afs
         status = AFSM_EEXPIRED;
         goto unlock;
     }
-    if (!transition_allowed(old_state, new_state)) {
+    if (!store_transition_allowed(old_state, new_state)) {
         status = AFSM_ETRANSITION;
         goto unlock;
     }
