@@ -2,6 +2,7 @@ package afsm
 
 import (
 	"context"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -69,5 +70,84 @@ func TestReleaseHandleFromOnEventFiredByItsTouch(t *testing.T) {
 	}
 	if n, err := m.Pinned(); err != nil || n != 0 {
 		t.Fatalf("Pinned = %d, %v; want 0", n, err)
+	}
+}
+
+// Review 14. Close holds handlesMu while it waits, handle by handle, for the
+// Touch calls in flight. If such a Touch fired OnEvent and the callback
+// releases some other handle (Release takes handlesMu), Close waits for the
+// Touch, the Touch for its callback, the callback for Close's lock: forever.
+func TestCloseWhileOnEventFromTouchReleasesAnotherHandle(t *testing.T) {
+	var first, second atomic.Pointer[Handle]
+	var m *Manager
+	inCallback := make(chan struct{})
+	released := make(chan error, 1)
+	clk := newVClock()
+	m, err := NewManager(&ManagerConfig{
+		ManualReaper:   true,
+		Clock:          clk.now,
+		DefaultTimeout: time.Minute,
+		OnEvent: func(e Event) {
+			h2 := second.Load()
+			if first.Load() == nil || h2 == nil || e.NewState != StateActive {
+				return
+			}
+			close(inCallback)
+			// Wait (bounded) until Close has shut the gate and holds the
+			// handle table lock, so the order below is the one that matters.
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				if m.gate.isShut() && !m.handlesMu.TryLock() {
+					break
+				} else if m.gate.isShut() {
+					m.handlesMu.Unlock()
+				}
+				runtime.Gosched()
+			}
+			released <- h2.Release()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a, _, err := m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := m.CreateSession(ctx, "u", "10.0.0.1", 2, mustV7(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1, err := m.Pin(ctx, a.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2, err := m.Pin(ctx, b.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second.Store(h2)
+	first.Store(h1)
+	touched := make(chan error, 1)
+	go func() {
+		_, err := h1.Touch()
+		touched <- err
+	}()
+	select {
+	case <-inCallback:
+	case <-time.After(20 * time.Second):
+		t.Fatal("OnEvent did not fire for the CONNECTING -> ACTIVE change")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- m.Close() }()
+	deadline := time.After(30 * time.Second)
+	for _, ch := range []chan error{touched, released, closed} {
+		select {
+		case err := <-ch:
+			_ = err // ErrClosed or nil are both fine; returning is what counts
+		case <-deadline:
+			t.Fatal("Close, the Touch and its OnEvent's Release deadlocked (30s)")
+		}
 	}
 }
