@@ -65,3 +65,82 @@ def test_close_from_the_clock_hook_raises_runtime_error() -> None:
     assert done.returncode == 0, done.stderr
     assert "RESULT RuntimeError False" in done.stdout, done.stdout
     assert "CLOSED True" in done.stdout, done.stdout
+
+
+# A Handle may be released from anywhere (release() takes no gate), and a
+# heartbeat through a handle fires on_event on the calling thread (CONNECTING
+# -> ACTIVE). On the etcd store the heartbeat then reads the handle again
+# (etcd_handle_heartbeat: after_heartbeat(h->es, &h->id)), so releasing the
+# handle from that event reads freed memory. glibc rarely crashes on it, so
+# the child runs under valgrind, which reports the invalid read.
+RELEASE_IN_EVENT_ETCD = r"""
+import socket, subprocess, tempfile, time, urllib.request
+import afsm
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+client, peer = free_port(), free_port()
+data = tempfile.TemporaryDirectory(prefix="afsm-review14-")
+etcd = subprocess.Popen(
+    ["/usr/bin/etcd", "--data-dir", data.name,
+     "--listen-client-urls", f"http://127.0.0.1:{client}",
+     "--advertise-client-urls", f"http://127.0.0.1:{client}",
+     "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+     "--initial-cluster", f"default=http://127.0.0.1:{peer}"],
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+endpoint = f"http://127.0.0.1:{client}"
+try:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(endpoint + "/health", timeout=0.5) as r:
+                if b'"true"' in r.read():
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "etcd not healthy within 60s"
+        time.sleep(0.05)  # polling etcd's health, not synchronising threads
+    box = {}
+
+    def on_event(ev):
+        h = box.get("h")
+        if h is not None and ev.new_state == afsm.State.ACTIVE and ev.session_id == h.session_id:
+            h.release()
+            box["released"] = True
+
+    engine = afsm.Engine(store="etcd", etcd_endpoints=endpoint, etcd_prefix="/review14/", on_event=on_event)
+    s, _ = engine.create_session("u", "10.0.0.1", 1)
+    box["h"] = engine.pin(s.id)
+    box["h"].heartbeat()
+    assert box.get("released"), "the heartbeat fired no CONNECTING -> ACTIVE event"
+    engine.close()
+    print("DONE", flush=True)
+finally:
+    etcd.kill()
+    etcd.wait(timeout=10)
+"""
+
+
+def test_release_handle_from_event_fired_by_its_heartbeat_etcd() -> None:
+    if not (Path("/usr/bin/valgrind").exists() and Path("/usr/bin/etcd").exists()):
+        raise AssertionError("needs valgrind and etcd-server (tools/scripts/lib.sh TEST_PACKAGES)")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(BINDING) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONMALLOC"] = "malloc"  # pymalloc confuses valgrind
+    try:
+        done = subprocess.run(
+            ["/usr/bin/valgrind", "-q", "--error-exitcode=97", sys.executable, "-c", RELEASE_IN_EVENT_ETCD],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"child hung; output so far: {exc.stdout!r}") from None
+    first = done.stderr.find("Invalid read")
+    assert first < 0, done.stderr[first : first + 2500]
+    assert done.returncode == 0 and "DONE" in done.stdout, (done.returncode, done.stdout, done.stderr[-4000:])

@@ -19,7 +19,7 @@ BUILD_PACKAGES=(build-essential cmake pkg-config libck-dev libjemalloc-dev libso
 # through).
 TEST_PACKAGES=(git binutils abigail-tools libcmocka-dev clang-14 libclang-rt-14-dev clang-format-14 golang-go python3 python3-pytest
   python3-hypothesis libbenchmark-dev libhiredis-dev redis-server python3-matplotlib prometheus
-  etcd-server etcd-client openssl systemd ssl-cert)
+  etcd-server etcd-client openssl systemd ssl-cert valgrind)
 
 # Installs whichever of the given Debian packages are missing.
 ensure_packages() {
