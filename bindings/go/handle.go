@@ -121,7 +121,10 @@ func (h *Handle) AddStats(delta Stats) error {
 
 // Release unpins the session, waiting for calls in progress on the handle.
 // Calls made afterwards return ErrClosed. A second Release, or one after
-// Manager.Close, is a no-op. It always returns nil.
+// Manager.Close, is a no-op. It always returns nil. Called from a callback
+// (OnEvent, Logger, Clock) it does not wait: the call that fired the
+// callback may be this handle's own, so the handle closes at once and the
+// session is unpinned when that call has returned.
 func (h *Handle) Release() error {
 	runtime.SetFinalizer(h, nil)
 	h.c.release()
@@ -129,17 +132,35 @@ func (h *Handle) Release() error {
 }
 
 func (c *handleCore) release() {
-	c.m.handlesMu.Lock()
-	defer c.m.handlesMu.Unlock()
-	if c.m.handles == nil { // the Manager closed and released it
+	m := c.m
+	m.handlesMu.Lock()
+	if m.handles == nil { // the Manager closed and released it
+		m.handlesMu.Unlock()
 		return
 	}
-	delete(c.m.handles, c)
-	c.releaseLocked()
+	if _, pinned := m.handles[c]; !pinned {
+		m.handlesMu.Unlock()
+		return
+	}
+	delete(m.handles, c)
+	m.releasing.Add(1)
+	m.handlesMu.Unlock()
+	if C.afsmgo_in_callback() != 0 {
+		c.gate.closed.Store(true) // no new calls from here on
+		go func() {
+			defer m.releasing.Done()
+			c.finish()
+		}()
+		return
+	}
+	defer m.releasing.Done()
+	c.finish()
 }
 
-// releaseLocked runs with m.handlesMu held, from release or Manager.Close.
-func (c *handleCore) releaseLocked() {
+// finish waits for the handle's calls in progress and unpins the session,
+// once, whoever asks first (release or Manager.Close). Never with
+// handlesMu held: see Manager.Close.
+func (c *handleCore) finish() {
 	c.once.Do(func() {
 		c.gate.shut()
 		C.afsm_handle_release(c.h)

@@ -207,6 +207,10 @@ type Manager struct {
 
 	handlesMu sync.Mutex
 	handles   map[*handleCore]struct{} // pinned, unreleased
+	// Releases taken out of handles but not finished yet (one may wait for
+	// the call that fired the callback it was made in): Close waits for
+	// them before it closes the engine.
+	releasing sync.WaitGroup
 }
 
 const gateStripes = 64
@@ -396,12 +400,20 @@ func (m *Manager) Close() error {
 	m.closeOnce.Do(func() {
 		first = true
 		m.gate.shut()
+		// Released outside handlesMu: a release waits for the handle's
+		// calls in progress, and one of them may be running an OnEvent that
+		// releases another handle (and needs handlesMu to do it).
 		m.handlesMu.Lock()
+		pinned := make([]*handleCore, 0, len(m.handles))
 		for hc := range m.handles {
-			hc.releaseLocked()
+			pinned = append(pinned, hc)
 		}
 		m.handles = nil
 		m.handlesMu.Unlock()
+		for _, hc := range pinned {
+			hc.finish()
+		}
+		m.releasing.Wait()
 		if st := C.afsm_engine_close(m.eng); st != C.AFSM_OK {
 			m.closeErr = codeError("Close", st)
 			return

@@ -1138,8 +1138,12 @@ static afsm_status etcd_pin(store *st, const afsm_uuid *id, int by_connection, s
 static afsm_status etcd_handle_heartbeat(store_handle *handle, uint64_t *remaining_ns)
 {
     etcd_handle *h = (etcd_handle *)handle;
+    /* Copied first: the inner heartbeat may fire an event on this thread
+     * whose callback releases (frees) this very handle. */
+    etcd_store *es = h->es;
+    afsm_uuid id = h->id;
     afsm_status status = h->inner->ops->handle_heartbeat(h->inner, remaining_ns);
-    return status == AFSM_OK ? after_heartbeat(h->es, &h->id) : status;
+    return status == AFSM_OK ? after_heartbeat(es, &id) : status;
 }
 
 static afsm_status etcd_handle_add_stats(store_handle *handle, const afsm_stats *delta)

@@ -65,6 +65,9 @@ def make_clock(fn: Callable[[], int], on_error: ErrorSink) -> Any:
     last = [0]
 
     def c_clock(_ctx: int | None) -> int:
+        # A callback like the others: close() from inside it must raise, not
+        # wait for the engine call that is reading the clock.
+        _enter()
         try:
             value = fn()
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
@@ -74,6 +77,8 @@ def make_clock(fn: Callable[[], int], on_error: ErrorSink) -> Any:
         except BaseException as exc:  # noqa: BLE001 - must not reach C
             on_error(exc)
             return last[0]
+        finally:
+            _leave()
 
     return _lib.afsm_clock_fn(c_clock)
 
