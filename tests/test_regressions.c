@@ -170,7 +170,7 @@ static void *wake_thread(void *arg)
 }
 
 /* The handle data plane runs outside any epoch section; when a heartbeat
- * through a handle wakes an idle session, mem_reactivate fires the event
+ * through a handle wakes an idle session, mem_activate (then mem_reactivate) fired the event
  * after dropping the lock, reading s->user (the user's index entry). A
  * delete of the user's last session retires that entry through the epoch,
  * which nothing on the handle's thread holds back: the event's user_id
