@@ -80,11 +80,7 @@ func (s *stripe) leaveHot() { s.n.Add(-1) }
 func (g *gate) shut() {
 	g.closed.Store(true)
 	for spins := 0; ; spins++ {
-		var n int64
-		for i := range g.stripes {
-			n += g.stripes[i].n.Load()
-		}
-		if n == 0 {
+		if g.inProgress() == 0 {
 			return
 		}
 		if spins < 100 {
@@ -93,6 +89,16 @@ func (g *gate) shut() {
 			time.Sleep(100 * time.Microsecond)
 		}
 	}
+}
+
+// inProgress counts the calls between enter and leave (and, for a moment,
+// those backing out of a shut gate).
+func (g *gate) inProgress() int64 {
+	var n int64
+	for i := range g.stripes {
+		n += g.stripes[i].n.Load()
+	}
+	return n
 }
 
 func (g *gate) isShut() bool { return g.closed.Load() }

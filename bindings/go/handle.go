@@ -9,6 +9,7 @@ import (
 	"context"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -34,6 +35,10 @@ type handleCore struct {
 	id   UUID
 	gate gate
 	once sync.Once
+	// releasePending: Release ran inside a callback while calls on the
+	// handle may be in progress (one of them may be the call that fired
+	// the callback); the last of them to leave unpins the session.
+	releasePending atomic.Bool
 }
 
 // Pin pins a session by id. Errors match ErrSessionNotFound,
@@ -86,12 +91,12 @@ func (h *Handle) SessionID() UUID { return h.c.id }
 // Touch is Heartbeat through the handle: the deadline moves to now + the
 // session's timeout; it returns the time left. Atomics only, no lookup.
 func (h *Handle) Touch() (time.Duration, error) {
-	s := h.c.gate.enterHot(0)
+	s := h.c.enter()
 	if s == nil {
 		return 0, ErrClosed
 	}
 	r := C.afsmgo_handle_heartbeat(h.c.hp)
-	s.leaveHot()
+	h.c.leave(s)
 	runtime.KeepAlive(h)
 	if r < 0 {
 		return 0, codeError("Handle.Touch", C.afsm_status(r))
@@ -104,14 +109,14 @@ func (h *Handle) Heartbeat() (time.Duration, error) { return h.Touch() }
 
 // AddStats is Manager.AddStats through the handle.
 func (h *Handle) AddStats(delta Stats) error {
-	s := h.c.gate.enterHot(0)
+	s := h.c.enter()
 	if s == nil {
 		return ErrClosed
 	}
 	st := C.afsmgo_handle_add_stats(h.c.hp, C.uint64_t(delta.PacketsSent), C.uint64_t(delta.PacketsReceived),
 		C.uint64_t(delta.BytesSent), C.uint64_t(delta.BytesReceived), C.uint64_t(delta.Retransmissions),
 		C.uint32_t(delta.CurrentRTTMs))
-	s.leaveHot()
+	h.c.leave(s)
 	runtime.KeepAlive(h)
 	if st != C.AFSM_OK {
 		return codeError("Handle.AddStats", st)
@@ -124,7 +129,9 @@ func (h *Handle) AddStats(delta Stats) error {
 // Manager.Close, is a no-op. It always returns nil. Called from a callback
 // (OnEvent, Logger, Clock) it does not wait: the call that fired the
 // callback may be this handle's own, so the handle closes at once and the
-// session is unpinned when that call has returned.
+// session is unpinned as the last call in progress on the handle returns
+// (at once if there is none). When that Touch or AddStats has returned,
+// Manager.Pinned no longer counts the handle.
 func (h *Handle) Release() error {
 	runtime.SetFinalizer(h, nil)
 	h.c.release()
@@ -142,19 +149,54 @@ func (c *handleCore) release() {
 		m.handlesMu.Unlock()
 		return
 	}
-	delete(m.handles, c)
-	m.releasing.Add(1)
-	m.handlesMu.Unlock()
 	if C.afsmgo_in_callback() != 0 {
+		// Stays in m.handles until finished, so that Close still waits
+		// for it.
+		m.handlesMu.Unlock()
+		c.releasePending.Store(true)
 		c.gate.closed.Store(true) // no new calls from here on
-		go func() {
-			defer m.releasing.Done()
-			c.finish()
-		}()
+		c.finishIfIdle()
 		return
 	}
-	defer m.releasing.Done()
+	delete(m.handles, c)
+	m.handlesMu.Unlock()
 	c.finish()
+}
+
+// enter and leave bracket a data-plane call on the handle (gate.enterHot).
+// A call that leaves a closed gate, or backs out of one, checks whether a
+// Release made in a callback waits for it: the last one out unpins.
+func (c *handleCore) enter() *stripe {
+	s := c.gate.enterHot(0)
+	if s == nil {
+		c.finishIfIdle()
+	}
+	return s
+}
+
+func (c *handleCore) leave(s *stripe) {
+	s.leaveHot()
+	if c.gate.closed.Load() { // the line enterHot just read: no extra miss
+		c.finishIfIdle()
+	}
+}
+
+// finishIfIdle finishes a pending Release once no call is in progress.
+// Ordering (Go atomics are sequentially consistent): Release stores closed
+// and then reads the count; a call decrements the count and then reads
+// closed. So either Release sees the count at zero, or the last call out
+// sees closed; whichever does (or both: the Once) unpins.
+func (c *handleCore) finishIfIdle() {
+	if !c.releasePending.Load() || c.gate.inProgress() != 0 {
+		return
+	}
+	c.finish()
+	m := c.m
+	m.handlesMu.Lock()
+	if m.handles != nil {
+		delete(m.handles, c)
+	}
+	m.handlesMu.Unlock()
 }
 
 // finish waits for the handle's calls in progress and unpins the session,

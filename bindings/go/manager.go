@@ -207,10 +207,6 @@ type Manager struct {
 
 	handlesMu sync.Mutex
 	handles   map[*handleCore]struct{} // pinned, unreleased
-	// Releases taken out of handles but not finished yet (one may wait for
-	// the call that fired the callback it was made in): Close waits for
-	// them before it closes the engine.
-	releasing sync.WaitGroup
 }
 
 const gateStripes = 64
@@ -413,7 +409,6 @@ func (m *Manager) Close() error {
 		for _, hc := range pinned {
 			hc.finish()
 		}
-		m.releasing.Wait()
 		if st := C.afsm_engine_close(m.eng); st != C.AFSM_OK {
 			m.closeErr = codeError("Close", st)
 			return

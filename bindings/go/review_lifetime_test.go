@@ -151,3 +151,44 @@ func TestCloseWhileOnEventFromTouchReleasesAnotherHandle(t *testing.T) {
 		}
 	}
 }
+
+// A Release made in a callback that no call on the handle is running (here
+// OnEvent fired by Manager.Heartbeat) has nothing to wait for: the session
+// is unpinned before Heartbeat returns, and the handle answers ErrClosed.
+func TestReleaseInCallbackWithNoCallOnTheHandleUnpinsAtOnce(t *testing.T) {
+	var pinned atomic.Pointer[Handle]
+	clk := newVClock()
+	m, err := NewManager(&ManagerConfig{
+		ManualReaper:   true,
+		Clock:          clk.now,
+		DefaultTimeout: time.Minute,
+		OnEvent: func(e Event) {
+			if h := pinned.Load(); h != nil && e.NewState == StateActive {
+				_ = h.Release()
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	ctx := context.Background()
+	s, _, err := m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := m.Pin(ctx, s.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned.Store(h)
+	if _, err := m.Heartbeat(ctx, s.SessionID); err != nil {
+		t.Fatalf("Heartbeat: %v", err)
+	}
+	if n, err := m.Pinned(); err != nil || n != 0 {
+		t.Fatalf("Pinned = %d, %v; want 0", n, err)
+	}
+	if _, err := h.Touch(); err != ErrClosed {
+		t.Fatalf("Touch after Release = %v; want ErrClosed", err)
+	}
+}
