@@ -144,3 +144,87 @@ def test_release_handle_from_event_fired_by_its_heartbeat_etcd() -> None:
     first = done.stderr.find("Invalid read")
     assert first < 0, done.stderr[first : first + 2500]
     assert done.returncode == 0 and "DONE" in done.stdout, (done.returncode, done.stdout, done.stderr[-4000:])
+
+
+# Handle.release() racing a call on the same handle from another thread:
+# the C handle is freed by afsm_handle_release, so a heartbeat that has read
+# the pointer must finish before the release frees it. release() therefore
+# waits for the handle's calls in progress. Thread A's heartbeat fires
+# on_event (CONNECTING -> ACTIVE) and, from inside it, lets thread B call
+# release(): B must still be waiting when A's callback ends (the wait below
+# only gives a release that does not wait the time to show it).
+RELEASE_WAITS_FOR_A_CALL_IN_PROGRESS = """
+import threading
+import afsm
+
+box = {"order": []}
+b_returned = threading.Event()
+
+def release_on_b():
+    box["h"].release()
+    box["order"].append("release returned")
+    b_returned.set()
+
+def on_event(ev):
+    h = box.get("h")
+    if h is not None and ev.new_state == afsm.State.ACTIVE and "b" not in box:
+        box["b"] = threading.Thread(target=release_on_b)
+        box["b"].start()
+        b_returned.wait(0.5)
+        box["order"].append("callback ended")
+
+engine = afsm.Engine(manual_reaper=True, on_event=on_event)
+s, _ = engine.create_session("u", "10.0.0.1", 1)
+box["h"] = engine.pin(s.id)
+box["h"].heartbeat()
+box["order"].append("heartbeat returned")
+box["b"].join(20)
+print("ORDER", box["order"], flush=True)
+print("PINNED", engine.pinned(), box["h"].released, flush=True)
+engine.close()
+"""
+
+
+def test_release_waits_for_a_heartbeat_in_progress_on_another_thread() -> None:
+    done = run_child(RELEASE_WAITS_FOR_A_CALL_IN_PROGRESS)
+    assert done.returncode == 0, done.stderr
+    assert "ORDER ['callback ended', 'heartbeat returned', 'release returned']" in done.stdout or (
+        "ORDER ['callback ended', 'release returned', 'heartbeat returned']" in done.stdout
+    ), done.stdout
+    assert "PINNED 0 True" in done.stdout, done.stdout
+
+
+# Releasing a handle from the event its own heartbeat fired cannot wait for
+# that heartbeat (it is the caller): the release is recorded and done as the
+# heartbeat returns, so pinned() is 0 right after it.
+RELEASE_OWN_HANDLE_FROM_ITS_EVENT = """
+import afsm
+
+box = {}
+
+def on_event(ev):
+    h = box.get("h")
+    if h is not None and ev.new_state == afsm.State.ACTIVE:
+        h.release()
+        box["released in callback"] = h.released
+
+engine = afsm.Engine(manual_reaper=True, on_event=on_event)
+s, _ = engine.create_session("u", "10.0.0.1", 1)
+box["h"] = engine.pin(s.id)
+box["h"].heartbeat()
+print("STATE", box.get("released in callback"), engine.pinned(), flush=True)
+try:
+    box["h"].heartbeat()
+except ValueError as exc:
+    print("AFTER", type(exc).__name__, flush=True)
+engine.close()
+print("CLOSED", engine.closed, flush=True)
+"""
+
+
+def test_release_own_handle_from_the_event_its_heartbeat_fired() -> None:
+    done = run_child(RELEASE_OWN_HANDLE_FROM_ITS_EVENT)
+    assert done.returncode == 0, done.stderr
+    assert "STATE True 0" in done.stdout, done.stdout
+    assert "AFTER ValueError" in done.stdout, done.stdout
+    assert "CLOSED True" in done.stdout, done.stdout
