@@ -1083,20 +1083,42 @@ class Handle:
     def __init__(self, engine: Engine, ptr: Any) -> None:
         self._engine = engine  # keeps the engine (and its hooks) alive
         self._ptr = ptr
+        # release() frees the C handle, so it must not run while a call on
+        # the handle is inside C: calls count themselves under _lock, and
+        # the last one out does a release that was asked for meanwhile.
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._releasing = False
+        self._unpinned = threading.Event()
         out = _lib.afsm_uuid()
         check(_lib.lib.afsm_handle_session_id(ptr, byref(out)))
         self.session_id: uuid.UUID = uuid_from_c(out)
 
-    @property
-    def _handle(self) -> Any:
-        ptr = self._ptr
-        if ptr is None:
-            raise ValueError("operation on a released afsm Handle")
-        return ptr
+    def _enter(self) -> Any:
+        with self._lock:
+            if self._releasing:
+                raise ValueError("operation on a released afsm Handle")
+            self._inflight += 1
+            return self._ptr
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            last = self._inflight == 0 and self._releasing
+        if last:
+            self._unpin()
+
+    def _unpin(self) -> None:
+        ptr, self._ptr = self._ptr, None
+        try:
+            check(_lib.lib.afsm_handle_release(ptr))
+        finally:
+            self._unpinned.set()
 
     @property
     def released(self) -> bool:
-        return self._ptr is None
+        """True once :meth:`release` was called."""
+        return self._releasing
 
     def heartbeat(self) -> datetime.timedelta:
         """As :meth:`Engine.heartbeat`, returning the time left."""
@@ -1104,7 +1126,11 @@ class Handle:
         gate = self._engine._gate
         gate.enter("Handle.heartbeat")
         try:
-            check(_lib.lib.afsm_handle_heartbeat(self._handle, byref(remaining)))
+            ptr = self._enter()
+            try:
+                check(_lib.lib.afsm_handle_heartbeat(ptr, byref(remaining)))
+            finally:
+                self._leave()
         finally:
             gate.leave()
         return ms_to_timedelta(remaining.value)
@@ -1115,17 +1141,34 @@ class Handle:
         gate = self._engine._gate
         gate.enter("Handle.add_stats")
         try:
-            check(_lib.lib.afsm_handle_add_stats(self._handle, byref(d)))
+            ptr = self._enter()
+            try:
+                check(_lib.lib.afsm_handle_add_stats(ptr, byref(d)))
+            finally:
+                self._leave()
         finally:
             gate.leave()
 
     def release(self) -> None:
-        """Unpins. Idempotent."""
+        """Unpins. Idempotent. Calls on the handle afterwards raise ValueError.
+
+        Waits for the handle's calls in progress on other threads, so that
+        none runs on the freed handle. From an engine hook (``on_event``
+        fired by this handle's own heartbeat, say) it does not wait: the
+        session is unpinned as the last call in progress returns.
+        """
         # A pinned handle keeps the engine open (close raises Busy), so the
-        # engine outlives this call without the gate.
-        ptr, self._ptr = self._ptr, None
-        if ptr is not None:
-            check(_lib.lib.afsm_handle_release(ptr))
+        # engine outlives this call without the engine's gate.
+        with self._lock:
+            if self._releasing:
+                first = False
+            else:
+                first = self._releasing = True
+            now = first and self._inflight == 0
+        if now:
+            self._unpin()
+        elif not inside_callback():
+            self._unpinned.wait()
 
     def __enter__(self) -> Handle:
         return self
@@ -1141,4 +1184,4 @@ class Handle:
                 pass
 
     def __repr__(self) -> str:
-        return f"<afsm.Handle {self.session_id}{' released' if self._ptr is None else ''}>"
+        return f"<afsm.Handle {self.session_id}{' released' if self._releasing else ''}>"
