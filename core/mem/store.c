@@ -57,7 +57,12 @@ unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id)
 
 unsigned mem_shard_of_connection(const mem_store *ms, const afsm_uuid *id)
 {
-    return (unsigned)hash_bytes(id->bytes, sizeof(id->bytes), ms->seed) & ms->shard_mask;
+    /* Caller-chosen, so seeded and over both halves; two word mixes, not a
+     * byte loop: every write computes it (issue 15, goal 3). */
+    uint64_t hi, lo;
+    memcpy(&hi, id->bytes, sizeof(hi));
+    memcpy(&lo, id->bytes + 8, sizeof(lo));
+    return (unsigned)mix64(lo ^ mix64(hi ^ ms->seed)) & ms->shard_mask;
 }
 
 unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len)
@@ -75,7 +80,10 @@ void mem_lockset_for(const mem_store *ms, const session *s, const char *user_id,
 
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set)
 {
-    mem_lockset_for(ms, s, index_user_id(s), index_user_id_len(s), set);
+    lockset_init(set);
+    lockset_add(set, mem_shard_of_id(ms, &s->id));
+    lockset_add(set, mem_shard_of_connection(ms, &s->connection_id));
+    lockset_add(set, s->user->shard_index);
 }
 
 /* ---- records and copies ------------------------------------------------- */
