@@ -72,18 +72,14 @@ unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len)
 
 void mem_lockset_for(const mem_store *ms, const session *s, const char *user_id, size_t user_id_len, lockset *set)
 {
-    lockset_init(set);
-    lockset_add(set, mem_shard_of_id(ms, &s->id));
-    lockset_add(set, mem_shard_of_connection(ms, &s->connection_id));
-    lockset_add(set, mem_shard_of_user(ms, user_id, user_id_len));
+    lockset_init3(set, mem_shard_of_id(ms, &s->id), mem_shard_of_connection(ms, &s->connection_id),
+                  mem_shard_of_user(ms, user_id, user_id_len));
 }
 
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set)
 {
-    lockset_init(set);
-    lockset_add(set, mem_shard_of_id(ms, &s->id));
-    lockset_add(set, mem_shard_of_connection(ms, &s->connection_id));
-    lockset_add(set, s->user->shard_index);
+    lockset_init3(set, mem_shard_of_id(ms, &s->id), mem_shard_of_connection(ms, &s->connection_id),
+                  s->user->shard_index);
 }
 
 /* ---- records and copies ------------------------------------------------- */
