@@ -58,11 +58,15 @@ unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id)
 unsigned mem_shard_of_connection(const mem_store *ms, const afsm_uuid *id)
 {
     /* Caller-chosen, so seeded and over both halves; two word mixes, not a
-     * byte loop: every write computes it (issue 15, goal 3). */
+     * byte loop: every write computes it (issue 15, goal 3). The tables
+     * hash uuids with the same mixes, seeded seed + i (^ 1 for
+     * connections): a constant with the top bit set keeps this seed off
+     * every one of theirs, else a table would reuse the placement's hash
+     * and all its keys would start in 1/shards of its slots. */
     uint64_t hi, lo;
     memcpy(&hi, id->bytes, sizeof(hi));
     memcpy(&lo, id->bytes + 8, sizeof(lo));
-    return (unsigned)mix64(lo ^ mix64(hi ^ ms->seed)) & ms->shard_mask;
+    return (unsigned)mix64(lo ^ mix64(hi ^ ms->seed ^ UINT64_C(0xc2b2ae3d27d4eb4f))) & ms->shard_mask;
 }
 
 unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len)
