@@ -30,10 +30,10 @@ typedef struct user_entry {
     _Atomic uint32_t count;    /* written under the lock, read lock-free */
     /* The shard whose users table holds the entry, i.e. mem_shard_of_user
      * of its id: a write's lock set and unlink take it from here instead
-     * of hashing the id again (immutable). The entry grows from 40 to 48
-     * bytes plus the id: a 13-byte id (bench/) stays in jemalloc's 64-byte
-     * class. */
-    uint32_t shard_index;
+     * of hashing the id again (immutable). 16 bits (shards are at most
+     * 4096) fit the padding before the key: the entry stays 40 bytes plus
+     * the id, so its allocator size class does not change. */
+    uint16_t shard_index;
     table_string_key key; /* the user id; last: its bytes follow */
 } user_entry;
 
