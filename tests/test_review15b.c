@@ -16,6 +16,10 @@
 #include "engine.h"
 #include "mem/index.h"
 #include "mem/mem_store.h"
+#include "mem/shard.h"
+#include "mem/table.h"
+#include "util/alloc.h"
+#include "util/epoch.h"
 
 /* ---- 1: a shard's connection table must not hash like the placement ------ */
 
@@ -108,11 +112,102 @@ static void test_user_entry_stays_in_its_glibc_size_class(void **state)
                  bench_user_id_len, request, sizeof(user_entry), offsetof(user_entry, key));
 }
 
+/* ---- 3: table_remove never replaces a map (guard; passes) ----------------- */
+
+/* table_remove no longer sets the thread-local that tells the allocator
+ * hook which epoch record defers a replaced map's free: with it unset, a
+ * deferred free would hand epoch_defer a NULL record (the assert is off in
+ * release builds). That is safe only while ck_hs_remove never replaces the
+ * map, which holds for CK 0.7.1 (it writes a tombstone and counts) but is
+ * the library's choice: this checks it on the CK the build links, through
+ * growth, removal of every key with allocation failing throughout, and
+ * shows that the rebuild after it does replace the map (so the check can
+ * see a replacement). */
+static void test_table_remove_never_replaces_the_map(void **state)
+{
+    (void)state;
+    ck_epoch_record_t *record = epoch_writer_record();
+    assert_non_null(record);
+    enum { KEYS = 2000 };
+    afsm_uuid *keys = calloc(KEYS, sizeof(*keys));
+    assert_non_null(keys);
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_UUID, 16, 7, record));
+    for (int i = 0; i < KEYS; i++) {
+        afsm_uuid_v7(&keys[i]);
+        assert_int_equal(table_insert(&t, &keys[i]), TABLE_OK);
+    }
+    const void *map = t.hs.map;
+    alloc_fail_after(0);
+    for (int i = 0; i < KEYS; i++) {
+        assert_true(table_remove(&t, &keys[i]));
+        if (t.hs.map != map) {
+            alloc_fail_reset();
+            fail_msg("removal %d replaced the map", i);
+        }
+        assert_null(table_get(&t, &keys[i]));
+        if (i + 1 < KEYS)
+            assert_ptr_equal(table_get(&t, &keys[i + 1]), &keys[i + 1]);
+    }
+    /* The rebuild cannot allocate: the table stays as it was, still usable. */
+    assert_false(table_maintain(&t));
+    assert_ptr_equal(t.hs.map, map);
+    alloc_fail_reset();
+    assert_int_equal(table_count(&t), 0);
+    assert_true(table_maintain(&t));
+    assert_true(t.hs.map != map);
+    table_destroy(&t);
+    free(keys);
+    epoch_writer_retire(record);
+}
+
+/* ---- 4: three-shard lock sets, every collision (guard; passes) ------------ */
+
+/* Deadlock freedom rests on every lock set being strictly ascending: every
+ * order and collision of the session, connection and user shards (all
+ * equal, two equal either way, all distinct), then an evicted session's two
+ * shards added, must give the sorted distinct shards. */
+static void test_lock_sets_ascend_for_every_collision(void **state)
+{
+    (void)state;
+    enum { N = 5 };
+    for (unsigned a = 0; a < N; a++)
+        for (unsigned b = 0; b < N; b++)
+            for (unsigned c = 0; c < N; c++)
+                for (unsigned v = 0; v <= N; v++)
+                    for (unsigned w = 0; w <= N; w++) {
+                        lockset set;
+                        lockset_init3(&set, a, b, c);
+                        int want[N] = {0};
+                        want[a] = want[b] = want[c] = 1;
+                        /* v or w == N: no eviction (or one shard of it) */
+                        if (v < N) {
+                            lockset_add(&set, v);
+                            want[v] = 1;
+                        }
+                        if (w < N) {
+                            lockset_add(&set, w);
+                            want[w] = 1;
+                        }
+                        unsigned expect = 0;
+                        for (unsigned k = 0; k < N; k++) {
+                            if (!want[k])
+                                continue;
+                            if (expect >= set.count || set.index[expect] != k)
+                                fail_msg("init3(%u, %u, %u) + (%u, %u): not the ascending set", a, b, c, v, w);
+                            expect++;
+                        }
+                        assert_int_equal(set.count, expect);
+                    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_connection_tables_do_not_hash_like_the_placement),
         cmocka_unit_test(test_user_entry_stays_in_its_glibc_size_class),
+        cmocka_unit_test(test_table_remove_never_replaces_the_map),
+        cmocka_unit_test(test_lock_sets_ascend_for_every_collision),
     };
     if (getenv("AFSM_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_TEST_FILTER"));
