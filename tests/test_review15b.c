@@ -11,6 +11,7 @@
  */
 #include "test_support.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 
 #include "engine.h"
@@ -201,6 +202,285 @@ static void test_lock_sets_ascend_for_every_collision(void **state)
                     }
 }
 
+/* ---- 5: every index agrees after a storm on colliding shards (guard) ----- */
+
+/* Creates (capped, evicting), deletes, deletes by user, closes, restores,
+ * lookups and pins by connection and expiry on four threads, with callbacks
+ * that delete, create and log out from inside events, on 1, 2 and 4 shards
+ * (so a write's three shards collide in every way) and, on 2 shards, with
+ * allocation failing now and then. Afterwards every session is where its
+ * placement says in all three indexes, its user's entry keeps the shard
+ * whose table holds it, no empty entry is left, and the counts agree: what
+ * the delete path now takes from the entry instead of hashing. Passes. */
+
+#define STORM_USERS   24
+#define STORM_POOL    1024
+#define STORM_THREADS 4
+#define STORM_OPS     10000
+
+typedef struct storm15 {
+    afsm_engine *engine;
+    virtual_clock clock;
+    pthread_mutex_t lock;
+    afsm_uuid ids[STORM_POOL], conns[STORM_POOL];
+    long n;
+    int inject;
+    _Atomic long violations;
+} storm15;
+
+typedef struct storm15_worker {
+    storm15 *s;
+    int index;
+    uint64_t rng;
+} storm15_worker;
+
+static _Thread_local uint64_t storm_rng;
+static _Thread_local int storm_depth;
+
+static uint64_t storm_rnd(void)
+{
+    if (storm_rng == 0)
+        storm_rng = real_ns() | 1;
+    storm_rng ^= storm_rng << 13;
+    storm_rng ^= storm_rng >> 7;
+    storm_rng ^= storm_rng << 17;
+    return storm_rng;
+}
+
+static void storm_bad(storm15 *s, const char *what, afsm_status st)
+{
+    if (atomic_fetch_add(&s->violations, 1) < 5)
+        print_message("violation: %s (%s)\n", what, afsm_status_name(st));
+}
+
+static size_t storm_user(char *buf, unsigned u)
+{
+    /* lengths 7..25: entries in several size classes */
+    return (size_t)snprintf(buf, 64, "st-%02u-%.*s", u, (int)(u % 7) * 3, "xxxxxxxxxxxxxxxxxxxxx");
+}
+
+static void storm_remember(storm15 *s, const afsm_uuid *id, const afsm_uuid *conn)
+{
+    pthread_mutex_lock(&s->lock);
+    long k = s->n++ % STORM_POOL;
+    s->ids[k] = *id;
+    s->conns[k] = *conn;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static int storm_pick(storm15 *s, afsm_uuid *id, afsm_uuid *conn)
+{
+    pthread_mutex_lock(&s->lock);
+    long n = s->n < STORM_POOL ? s->n : STORM_POOL;
+    if (n != 0) {
+        long k = (long)(storm_rnd() % (uint64_t)n);
+        *id = s->ids[k];
+        *conn = s->conns[k];
+    }
+    pthread_mutex_unlock(&s->lock);
+    return n != 0;
+}
+
+static void storm_create(storm15 *s, const afsm_uuid *conn)
+{
+    char user[64];
+    afsm_create_options o;
+    afsm_create_options_init(&o, AFSM_CREATE_OPTIONS_VERSION);
+    o.user_id = user;
+    o.user_id_len = storm_user(user, (unsigned)(storm_rnd() % STORM_USERS));
+    o.client_ip = "10.1.2.3";
+    o.client_ip_len = strlen(o.client_ip);
+    if (conn != NULL)
+        o.connection_id = *conn;
+    else
+        afsm_uuid_v7(&o.connection_id);
+    o.timeout_ms = 1000 + storm_rnd() % 4000;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    afsm_status st = afsm_session_create(s->engine, &o, &info);
+    if (st == AFSM_OK)
+        storm_remember(s, &info.session_id, &info.connection_id);
+    else if (st != AFSM_EEXISTS && st != AFSM_ENOMEM)
+        storm_bad(s, "create", st);
+}
+
+static void storm_event(void *ctx, const afsm_event *ev)
+{
+    storm15 *s = ctx;
+    if (storm_depth > 2)
+        return;
+    storm_depth++;
+    uint64_t r = storm_rnd() % 16;
+    if (ev->type == AFSM_EVENT_CREATED && r == 0) {
+        afsm_status st = afsm_session_delete(s->engine, &ev->session_id, "cb", 2);
+        if (st != AFSM_OK && st != AFSM_ENOTFOUND)
+            storm_bad(s, "delete from CREATED", st);
+    } else if (ev->type == AFSM_EVENT_DELETED && r == 1) {
+        storm_create(s, NULL);
+    } else if (ev->type == AFSM_EVENT_DELETED && r == 2) {
+        afsm_status st = afsm_session_delete_by_user(s->engine, ev->user_id, ev->user_id_len, NULL, 0, NULL);
+        if (st != AFSM_OK && st != AFSM_ENOMEM)
+            storm_bad(s, "delete_by_user from DELETED", st);
+    }
+    storm_depth--;
+}
+
+static void *storm_worker(void *arg)
+{
+    storm15_worker *w = arg;
+    storm15 *s = w->s;
+    for (long i = 0; i < STORM_OPS; i++) {
+        uint64_t r = storm_rnd() % 100;
+        afsm_uuid id, conn;
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        afsm_status st;
+        if (r < 30) {
+            storm_create(s, NULL);
+        } else if (r < 45 && storm_pick(s, &id, &conn)) {
+            st = afsm_session_delete(s->engine, &id, NULL, 0);
+            if (st != AFSM_OK && st != AFSM_ENOTFOUND && st != AFSM_ENOMEM)
+                storm_bad(s, "delete", st);
+        } else if (r < 50) {
+            char user[64];
+            size_t len = storm_user(user, (unsigned)(storm_rnd() % STORM_USERS));
+            st = afsm_session_delete_by_user(s->engine, user, len, NULL, 0, NULL);
+            if (st != AFSM_OK && st != AFSM_ENOMEM)
+                storm_bad(s, "delete_by_user", st);
+        } else if (r < 70 && storm_pick(s, &id, &conn)) {
+            st = afsm_session_get_by_connection(s->engine, &conn, &info);
+            if ((st == AFSM_OK || st == AFSM_EEXPIRED) && memcmp(info.connection_id.bytes, conn.bytes, 16) != 0)
+                storm_bad(s, "get_by_connection: another connection's session", st);
+            if (st == AFSM_OK && storm_rnd() % 4 == 0)
+                storm_create(s, &conn); /* taken: EEXISTS, unless deleted meanwhile */
+        } else if (r < 78 && storm_pick(s, &id, &conn)) {
+            afsm_update u = AFSM_UPDATE_INIT;
+            u.fields = AFSM_UPDATE_STATE;
+            u.state = AFSM_STATE_CLOSED;
+            st = afsm_session_update(s->engine, &id, &u, NULL);
+            if (st != AFSM_OK && st != AFSM_ENOTFOUND && st != AFSM_EEXPIRED && st != AFSM_ENOMEM)
+                storm_bad(s, "close", st);
+        } else if (r < 86 && storm_pick(s, &id, &conn)) {
+            /* taken out and put back, as a daemon's snapshot reload does */
+            if (afsm_session_get(s->engine, &id, &info) == AFSM_OK &&
+                afsm_session_delete(s->engine, &id, "restore", 7) == AFSM_OK) {
+                st = afsm_session_restore(s->engine, &info, NULL, 0);
+                if (st == AFSM_OK)
+                    storm_remember(s, &info.session_id, &info.connection_id);
+                else if (st != AFSM_EEXISTS && st != AFSM_EEXPIRED && st != AFSM_ENOMEM)
+                    storm_bad(s, "restore", st);
+            }
+        } else if (r < 94 && w->index == 0) {
+            uint64_t now = atomic_fetch_add(&s->clock.now_ns, 50 * MS) + 50 * MS;
+            size_t expired;
+            (void)afsm_engine_advance(s->engine, now, &expired);
+        } else if (storm_pick(s, &id, &conn)) {
+            afsm_handle *h;
+            if (afsm_handle_pin_by_connection(s->engine, &conn, &h) == AFSM_OK) {
+                (void)afsm_handle_heartbeat(h, NULL);
+                (void)afsm_session_delete(s->engine, &id, NULL, 0);
+                (void)afsm_handle_heartbeat(h, NULL);
+                if (afsm_handle_release(h) != AFSM_OK)
+                    storm_bad(s, "release", AFSM_OK);
+            }
+        }
+        if (s->inject && w->index == 1 && i % 64 == 0)
+            alloc_fail_after((long)(storm_rnd() % 8));
+        else if (s->inject && w->index == 1 && i % 64 == 3)
+            alloc_fail_reset();
+    }
+    if (w->index == 1)
+        alloc_fail_reset();
+    return NULL;
+}
+
+/* Quiescent: walks every shard's three tables and the users' lists. */
+static void storm_check(storm15 *s)
+{
+    mem_store *ms = (mem_store *)s->engine->st;
+    long sessions = 0, conns = 0, listed = 0;
+    ck_epoch_record_t *e = epoch_enter();
+    assert_non_null(e);
+    for (unsigned i = 0; i <= ms->shard_mask; i++) {
+        shard *sh = &ms->shards[i];
+        conns += (long)table_count(&sh->connections);
+        table_iterator it = TABLE_ITERATOR_INIT;
+        const void *key;
+        while ((key = table_next(&sh->sessions, &it)) != NULL) {
+            session *x = (session *)((char *)key - offsetof(session, id));
+            sessions++;
+            assert_false(session_removed(x));
+            assert_int_equal(mem_shard_of_id(ms, &x->id), i);
+            unsigned c = mem_shard_of_connection(ms, &x->connection_id);
+            assert_ptr_equal(table_get(&ms->shards[c].connections, &x->connection_id), &x->connection_id);
+            unsigned u = mem_shard_of_user(ms, index_user_id(x), index_user_id_len(x));
+            assert_int_equal(x->user->shard_index, u);
+            assert_ptr_equal(index_lookup(&ms->shards[u], index_user_id(x), index_user_id_len(x)), x->user);
+            int on_list = 0;
+            for (session *y = index_first(x->user); y != NULL; y = index_next(y))
+                on_list += y == x;
+            assert_int_equal(on_list, 1);
+        }
+        it = (table_iterator)TABLE_ITERATOR_INIT;
+        while ((key = table_next(&sh->users, &it)) != NULL) {
+            user_entry *ue = (user_entry *)((char *)key - offsetof(user_entry, key));
+            uint32_t walked = 0;
+            for (session *y = index_first(ue); y != NULL; y = index_next(y))
+                walked++;
+            assert_int_equal(ue->shard_index, i);
+            assert_true(index_count(ue) > 0 && index_count(ue) <= ms->config.max_sessions_per_user);
+            assert_int_equal(walked, index_count(ue));
+            listed += walked;
+        }
+    }
+    epoch_leave(e);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(s->engine, &counts), AFSM_OK);
+    assert_int_equal(conns, sessions);
+    assert_int_equal(listed, sessions);
+    assert_int_equal(counts.total, (uint64_t)sessions);
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(s->engine, &m), AFSM_OK);
+    print_message("%u shards: %ld sessions left, %llu created, %llu evicted, %llu expired\n", ms->shard_mask + 1,
+                  sessions, (unsigned long long)m.created_total,
+                  (unsigned long long)m.deleted_total[AFSM_DELETE_EVICTED], (unsigned long long)m.expired_total);
+}
+
+static void test_indexes_agree_after_a_storm_on_colliding_shards(void **state)
+{
+    (void)state;
+    static storm15 s; /* 32 KiB of ids: not on the stack */
+    for (uint32_t shards = 1; shards <= 4; shards *= 2) {
+        memset(&s, 0, sizeof(s));
+        pthread_mutex_init(&s.lock, NULL);
+        s.inject = shards == 2;
+        afsm_config cfg;
+        assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+        virtual_clock_set(&s.clock, 1000 * SEC);
+        cfg.clock = virtual_clock_read;
+        cfg.clock_ctx = &s.clock;
+        cfg.reaper = AFSM_REAPER_MANUAL;
+        cfg.shard_count = shards;
+        cfg.capacity_hint = 1;
+        cfg.on_event = storm_event;
+        cfg.event_ctx = &s;
+        cfg.max_sessions_per_user = 3;
+        cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+        assert_int_equal(afsm_engine_open(&cfg, &s.engine), AFSM_OK);
+        pthread_t threads[STORM_THREADS];
+        storm15_worker workers[STORM_THREADS];
+        for (int i = 0; i < STORM_THREADS; i++) {
+            workers[i] = (storm15_worker){.s = &s, .index = i};
+            assert_int_equal(pthread_create(&threads[i], NULL, storm_worker, &workers[i]), 0);
+        }
+        for (int i = 0; i < STORM_THREADS; i++)
+            pthread_join(threads[i], NULL);
+        alloc_fail_reset();
+        assert_int_equal(atomic_load(&s.violations), 0);
+        storm_check(&s);
+        assert_int_equal(afsm_engine_close(s.engine), AFSM_OK);
+        pthread_mutex_destroy(&s.lock);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -208,6 +488,7 @@ int main(void)
         cmocka_unit_test(test_user_entry_stays_in_its_glibc_size_class),
         cmocka_unit_test(test_table_remove_never_replaces_the_map),
         cmocka_unit_test(test_lock_sets_ascend_for_every_collision),
+        cmocka_unit_test(test_indexes_agree_after_a_storm_on_colliding_shards),
     };
     if (getenv("AFSM_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_TEST_FILTER"));
