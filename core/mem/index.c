@@ -24,7 +24,7 @@ static void retire_entry(shard *us, user_entry *entry)
     table_maintain(&us->users);
 }
 
-user_entry *index_entry(shard *us, const char *user_id, uint16_t user_id_len)
+user_entry *index_entry(shard *us, unsigned us_index, const char *user_id, uint16_t user_id_len)
 {
     user_entry *entry = index_lookup(us, user_id, user_id_len);
     if (entry != NULL)
@@ -32,6 +32,7 @@ user_entry *index_entry(shard *us, const char *user_id, uint16_t user_id_len)
     entry = mem_calloc(1, sizeof(*entry) + user_id_len + 1u);
     if (entry == NULL)
         return NULL;
+    entry->shard_index = us_index;
     entry->key.len = user_id_len;
     memcpy(entry->key.bytes, user_id, user_id_len);
     entry->key.bytes[user_id_len] = '\0';

@@ -28,12 +28,19 @@ typedef struct user_entry {
     _Atomic(session *) newest;
     _Atomic(session *) oldest; /* written under the lock (release); peeked lock-free by eviction */
     _Atomic uint32_t count;    /* written under the lock, read lock-free */
-    table_string_key key;      /* the user id; last: its bytes follow */
+    /* The shard whose users table holds the entry, i.e. mem_shard_of_user
+     * of its id: a write's lock set and unlink take it from here instead
+     * of hashing the id again (immutable). 16 bits (shards are at most
+     * 4096) fit the padding before the key: the entry stays 40 bytes plus
+     * the id, so its allocator size class does not change. */
+    uint16_t shard_index;
+    table_string_key key; /* the user id; last: its bytes follow */
 } user_entry;
 
 /* User shard lock held. The user's entry, made if it has none (count 0
- * then); NULL only when it could not be allocated. */
-user_entry *index_entry(shard *user_shard, const char *user_id, uint16_t user_id_len);
+ * then); NULL only when it could not be allocated. user_shard_index:
+ * user_shard's index, kept in the entry. */
+user_entry *index_entry(shard *user_shard, unsigned user_shard_index, const char *user_id, uint16_t user_id_len);
 /* User shard lock held: adds s (s->user already set) to its user's list.
  * Never fails. */
 void index_link(session *s);

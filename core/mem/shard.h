@@ -50,6 +50,25 @@ typedef struct lockset {
 } lockset;
 
 void lockset_init(lockset *set);
+/* A set of the three shards every write touches (session, connection,
+ * user), sorted and deduplicated with three compares: a delete builds one
+ * per call (issue 15, goal 3). */
+static inline void lockset_init3(lockset *set, unsigned a, unsigned b, unsigned c)
+{
+    unsigned t;
+    if (a > b)
+        t = a, a = b, b = t;
+    if (b > c)
+        t = b, b = c, c = t;
+    if (a > b)
+        t = a, a = b, b = t;
+    set->index[0] = a;
+    set->count = 1;
+    if (b != a)
+        set->index[set->count++] = b;
+    if (c != b)
+        set->index[set->count++] = c;
+}
 void lockset_add(lockset *set, unsigned shard_index);
 void lockset_acquire(shard *shards, lockset *set);
 void lockset_release(shard *shards, const lockset *set);

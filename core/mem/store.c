@@ -57,7 +57,16 @@ unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id)
 
 unsigned mem_shard_of_connection(const mem_store *ms, const afsm_uuid *id)
 {
-    return (unsigned)hash_bytes(id->bytes, sizeof(id->bytes), ms->seed) & ms->shard_mask;
+    /* Caller-chosen, so seeded and over both halves; two word mixes, not a
+     * byte loop: every write computes it (issue 15, goal 3). The tables
+     * hash uuids with the same mixes, seeded seed + i (^ 1 for
+     * connections): a constant with the top bit set keeps this seed off
+     * every one of theirs, else a table would reuse the placement's hash
+     * and all its keys would start in 1/shards of its slots. */
+    uint64_t hi, lo;
+    memcpy(&hi, id->bytes, sizeof(hi));
+    memcpy(&lo, id->bytes + 8, sizeof(lo));
+    return (unsigned)mix64(lo ^ mix64(hi ^ ms->seed ^ UINT64_C(0xc2b2ae3d27d4eb4f))) & ms->shard_mask;
 }
 
 unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len)
@@ -67,15 +76,14 @@ unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len)
 
 void mem_lockset_for(const mem_store *ms, const session *s, const char *user_id, size_t user_id_len, lockset *set)
 {
-    lockset_init(set);
-    lockset_add(set, mem_shard_of_id(ms, &s->id));
-    lockset_add(set, mem_shard_of_connection(ms, &s->connection_id));
-    lockset_add(set, mem_shard_of_user(ms, user_id, user_id_len));
+    lockset_init3(set, mem_shard_of_id(ms, &s->id), mem_shard_of_connection(ms, &s->connection_id),
+                  mem_shard_of_user(ms, user_id, user_id_len));
 }
 
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set)
 {
-    mem_lockset_for(ms, s, index_user_id(s), index_user_id_len(s), set);
+    lockset_init3(set, mem_shard_of_id(ms, &s->id), mem_shard_of_connection(ms, &s->connection_id),
+                  s->user->shard_index);
 }
 
 /* ---- records and copies ------------------------------------------------- */

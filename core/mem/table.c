@@ -169,9 +169,10 @@ table_result table_insert(table *t, const void *key)
 
 bool table_remove(table *t, const void *key)
 {
-    writer_defer = t->defer;
+    /* No writer_defer: ck_hs_remove only writes a tombstone, it never
+     * resizes (so never frees a map), and the thread-local costs a
+     * __tls_get_addr call per access in a shared library. */
     void *removed = ck_hs_remove(&t->hs, CK_HS_HASH(&t->hs, t->hs.hf, key), key);
-    writer_defer = NULL;
     t->removed += removed != NULL;
     return removed != NULL;
 }

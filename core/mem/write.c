@@ -131,7 +131,8 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     }
     shard *sh = mem_home(ms, s);
     shard *ch = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
-    shard *uh = &ms->shards[mem_shard_of_user(ms, spec->user_id, spec->user_id_len)];
+    unsigned uh_index = mem_shard_of_user(ms, spec->user_id, spec->user_id_len);
+    shard *uh = &ms->shards[uh_index];
     lockset set;
     session *victim;
     user_entry *entry;
@@ -171,7 +172,7 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     }
     /* The user's entry (holding the user id) before anything is visible:
      * a reader that finds the record finds its user too. */
-    s->user = entry != NULL ? entry : index_entry(uh, spec->user_id, spec->user_id_len);
+    s->user = entry != NULL ? entry : index_entry(uh, uh_index, spec->user_id, spec->user_id_len);
     if (s->user == NULL) {
         status = AFSM_ENOMEM;
         goto unlock;
@@ -258,14 +259,15 @@ void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int ke
         __builtin_prefetch(s->timer.prev, 1);
     }
     shard *sh = mem_home(ms, s);
+    shard *ch = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
     /* Marked removed before anything it reaches is retired: a reader that
      * finds the record and sees it present may follow it to the user's
      * entry, which index_unlink may hand to the epoch. The seq_cst fence in
      * epoch_defer orders this store before the deferral's epoch read. */
     atomic_store_explicit(&s->removed, 1, memory_order_release);
-    index_unlink(&ms->shards[mem_shard_of_user(ms, index_user_id(s), index_user_id_len(s))], s, keep_user_entry);
+    index_unlink(&ms->shards[s->user->shard_index], s, keep_user_entry);
     table_remove(&sh->sessions, &s->id);
-    table_remove(&ms->shards[mem_shard_of_connection(ms, &s->connection_id)].connections, &s->connection_id);
+    table_remove(&ch->connections, &s->connection_id);
     if (s->timer.next != NULL)
         wheel_remove(&sh->timers, &s->timer);
     mem_count_state(sh, atomic_load_explicit(&s->state, memory_order_relaxed), -1);
@@ -274,7 +276,7 @@ void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int ke
     /* Churn leaves tombstones; rebuilding when they match the live entries
      * costs O(1) per removal, amortised. */
     table_maintain(&sh->sessions);
-    table_maintain(&ms->shards[mem_shard_of_connection(ms, &s->connection_id)].connections);
+    table_maintain(&ch->connections);
 }
 
 afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_delete_reason why, const char *reason,
