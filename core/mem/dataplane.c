@@ -3,13 +3,25 @@
  * additions, by id or through a pinned handle. Atomics only, no lock: a
  * heartbeat is one CAS that raises last_active_ns (so a late heartbeat
  * never moves a deadline back), stats are independent atomic adds that
- * saturate at 2^64-1. The only lock taken here is the rare change to
+ * saturate at 2^64-1. The only lock taken per packet is the rare change to
  * ACTIVE: a session's first heartbeat (CONNECTING), or the first activity
  * after it went IDLE.
+ *
+ * afsm_handle_packet (mem_handle_packet) does both in one pass at the
+ * caller's clock reading and defers the stats of the handle's owner thread
+ * in the handle (plain loads and stores: no read-modify-write per packet);
+ * folds move them into the session with the same saturating atomic adds,
+ * at every advance and at release, under the home shard's handles_lock (a
+ * leaf lock that also guards the shard's list of pinned handles: pin,
+ * release and the fold pass take it, nothing else is taken inside it).
+ * Invariant: session counter = what was added directly + the sum over its
+ * handles of folded; folded <= added (the owner's running totals), and
+ * added - folded is what readers do not see yet.
  */
 #include "mem/mem_store.h"
 #include "util/alloc.h"
 #include "util/epoch.h"
+#include "util/errdetail.h"
 
 /* Whether activity in this state makes the session ACTIVE: a heartbeat
  * moves CONNECTING and IDLE there (the old service's "mark as active");
@@ -30,16 +42,23 @@ static bool heartbeat_activates(uint32_t state)
  * last_active", at least one side sees the other, so a session never stays
  * idle after a heartbeat. On x86-64 both cost what relaxed ones do (the CAS
  * is a locked instruction either way; loads are plain moves). */
-static inline __attribute__((always_inline)) afsm_status heartbeat_session(mem_store *ms, session *s,
-                                                                           uint64_t *remaining_ns, bool *activate)
+static inline __attribute__((always_inline)) afsm_status
+heartbeat_at(mem_store *ms, session *s, uint64_t now, bool caller_now, uint64_t *remaining_ns, bool *activate)
 {
     *activate = false;
     if (session_removed(s))
         return AFSM_ENOTFOUND;
     if (atomic_load_explicit(&s->state, memory_order_relaxed) == AFSM_STATE_CLOSED)
         return AFSM_ECLOSED;
-    uint64_t now = mem_now(ms);
     uint64_t seen = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed);
+    /* A caller's reading (afsm_handle_packet) is checked against the clock
+     * only when it would raise the stamp: once per clock tick per session,
+     * and before anything is judged by it, so a reading from the future is
+     * refused instead of stretching the deadline. */
+    if (caller_now && (seen & ~SESSION_EXPIRED_BIT) < now && now > mem_now(ms))
+        return errdetail_set(AFSM_EINVAL,
+                             "now_ns: %llu is ahead of the engine clock (pass a reading of afsm_engine_now)",
+                             (unsigned long long)now);
     for (;;) {
         /* Checked inside the loop: the reaper's CAS and ours exclude each
          * other, so success here means the deadline had not passed. */
@@ -57,6 +76,12 @@ static inline __attribute__((always_inline)) afsm_status heartbeat_session(mem_s
         *remaining_ns = mem_deadline(ms, s, seen) - now;
     *activate = heartbeat_activates(atomic_load_explicit(&s->state, memory_order_seq_cst));
     return AFSM_OK;
+}
+
+static inline __attribute__((always_inline)) afsm_status heartbeat_session(mem_store *ms, session *s,
+                                                                           uint64_t *remaining_ns, bool *activate)
+{
+    return heartbeat_at(ms, s, mem_now(ms), false, remaining_ns, activate);
 }
 
 /* Adds delta to a counter, stopping at 2^64-1 instead of wrapping. */
@@ -151,6 +176,8 @@ afsm_status mem_add_stats(store *st, const afsm_uuid *id, const afsm_stats *delt
 
 /* ---- pinned handles ------------------------------------------------------ */
 
+static void fold_handle(mem_handle *h);
+
 afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_handle **out)
 {
     mem_store *ms = (mem_store *)st;
@@ -184,6 +211,19 @@ afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_han
     h->base.ops = ms->base.ops;
     h->ms = ms;
     h->s = s;
+    atomic_init(&h->owner, NULL);
+    for (int i = 0; i < HANDLE_COUNTERS; i++) {
+        atomic_init(&h->added[i], 0);
+        atomic_init(&h->folded[i], 0);
+    }
+    shard *home = mem_home(ms, s);
+    sync_lock_acquire(&home->handles_lock);
+    h->prev = NULL;
+    h->next = home->handles;
+    if (home->handles != NULL)
+        home->handles->prev = h;
+    home->handles = h;
+    sync_lock_release(&home->handles_lock);
     atomic_fetch_add_explicit(&ms->pinned, 1, memory_order_relaxed);
     *out = &h->base;
     return AFSM_OK;
@@ -225,6 +265,150 @@ afsm_status mem_handle_add_stats(store_handle *base, const afsm_stats *delta)
     return status;
 }
 
+/* ---- packets: deferred counters ------------------------------------------ */
+
+/* The session counter that handle counter i folds into (afsm_stats order). */
+static _Atomic uint64_t *session_counter(session *s, int i)
+{
+    switch (i) {
+    case 0:
+        return &s->packets_sent;
+    case 1:
+        return &s->packets_received;
+    case 2:
+        return &s->bytes_sent;
+    case 3:
+        return &s->bytes_received;
+    default:
+        return &s->retransmissions;
+    }
+}
+
+static uint64_t delta_counter(const afsm_stats *d, int i)
+{
+    switch (i) {
+    case 0:
+        return d->packets_sent;
+    case 1:
+        return d->packets_received;
+    case 2:
+        return d->bytes_sent;
+    case 3:
+        return d->bytes_received;
+    default:
+        return d->retransmissions;
+    }
+}
+
+/* Moves what the handle's owner added since the last fold into the
+ * session. Home shard's handles_lock held (the only writer of folded). The
+ * owner's stores are read as they are: one it makes meanwhile stays in
+ * added and is moved by the next fold. Each difference is below
+ * 2^62 + 2^32 (the owner's bounds, defer_stats), so the modular
+ * subtraction is exact. */
+static void fold_handle(mem_handle *h)
+{
+    for (int i = 0; i < HANDLE_COUNTERS; i++) {
+        uint64_t added = atomic_load_explicit(&h->added[i], memory_order_relaxed);
+        uint64_t folded = atomic_load_explicit(&h->folded[i], memory_order_relaxed);
+        if (added != folded) {
+            add_saturating(session_counter(h->s, i), added - folded);
+            atomic_store_explicit(&h->folded[i], added, memory_order_relaxed);
+        }
+    }
+}
+
+void mem_fold_handles(shard *sh)
+{
+    sync_lock_acquire(&sh->handles_lock);
+    for (mem_handle *h = sh->handles; h != NULL; h = h->next)
+        fold_handle(h);
+    sync_lock_release(&sh->handles_lock);
+}
+
+/* An owner's unfolded amount per counter stays below 2^62 (and each
+ * deferred delta below 2^32), so a fold's difference never wraps even if
+ * nothing folds for a long time: past the bound the owner adds directly. */
+#define DEFER_DELTA_MAX   (UINT64_C(1) << 32)
+#define DEFER_PENDING_MAX (UINT64_C(1) << 62)
+
+/* The owner's half: plain loads and stores of its own running totals, no
+ * read-modify-write. False (nothing added) when a bound says add directly.
+ * Straight-line on purpose: one branch for all ten bounds (as a loop, gcc
+ * spent ~55 instructions a packet here). */
+static inline __attribute__((always_inline)) uint64_t pending(mem_handle *h, int i, uint64_t *added)
+{
+    *added = atomic_load_explicit(&h->added[i], memory_order_relaxed);
+    /* A stale folded only makes the pending amount look larger. */
+    return *added - atomic_load_explicit(&h->folded[i], memory_order_relaxed);
+}
+
+static inline __attribute__((always_inline)) bool defer_stats(mem_handle *h, const afsm_stats *d)
+{
+    uint64_t a0, a1, a2, a3, a4;
+    uint64_t pend =
+        pending(h, 0, &a0) | pending(h, 1, &a1) | pending(h, 2, &a2) | pending(h, 3, &a3) | pending(h, 4, &a4);
+    uint64_t deltas = d->packets_sent | d->packets_received | d->bytes_sent | d->bytes_received | d->retransmissions;
+    /* Powers of two: x >= bound for some x iff the OR is. */
+    if (deltas >= DEFER_DELTA_MAX || pend >= DEFER_PENDING_MAX)
+        return false;
+    atomic_store_explicit(&h->added[0], a0 + d->packets_sent, memory_order_relaxed);
+    atomic_store_explicit(&h->added[1], a1 + d->packets_received, memory_order_relaxed);
+    atomic_store_explicit(&h->added[2], a2 + d->bytes_sent, memory_order_relaxed);
+    atomic_store_explicit(&h->added[3], a3 + d->bytes_received, memory_order_relaxed);
+    atomic_store_explicit(&h->added[4], a4 + d->retransmissions, memory_order_relaxed);
+    return true;
+}
+
+/* Whether the calling thread owns h's deferred counters: the first thread
+ * to send a packet through h claims it (once, by CAS). Identified by its
+ * epoch record, unique among live threads; a record is reused only after
+ * its thread has exited, when no other writer of the counters exists. */
+static inline __attribute__((always_inline)) bool owns(mem_handle *h)
+{
+    void *me = epoch_thread_record;
+    void *owner = atomic_load_explicit(&h->owner, memory_order_relaxed);
+    if (owner == NULL &&
+        atomic_compare_exchange_strong_explicit(&h->owner, &owner, me, memory_order_relaxed, memory_order_relaxed))
+        return true;
+    return owner == me;
+}
+
+/* Heartbeat at the caller's now, then (when it was taken) the stats: by
+ * the owner into the handle, by any other thread straight into the
+ * session as afsm_handle_add_stats does. No traffic stamp: the heartbeat
+ * just raised last_active_ns to now, and the idle deadline is the later of
+ * the two stamps, so a traffic stamp would change nothing. */
+afsm_status mem_handle_packet(store_handle *base, uint64_t now, const afsm_stats *d, uint64_t *remaining_ns)
+{
+    mem_handle *h = (mem_handle *)base;
+    /* A state change may need a section, and the record identifies the
+     * owner: make sure this thread has it before anything lands. */
+    if (!epoch_thread_ready())
+        return AFSM_ENOMEM;
+    mem_store *ms = h->ms;
+    session *s = h->s;
+    bool activate;
+    afsm_status status = heartbeat_at(ms, s, now, true, remaining_ns, &activate);
+    if (status == AFSM_OK) {
+        if (!owns(h) || !defer_stats(h, d)) {
+            for (int i = 0; i < HANDLE_COUNTERS; i++) {
+                uint64_t delta = delta_counter(d, i);
+                if (delta != 0)
+                    add_saturating(session_counter(s, i), delta);
+            }
+        }
+        if (d->current_rtt_ms)
+            atomic_store_explicit(&s->rtt_ms, d->current_rtt_ms, memory_order_relaxed);
+    }
+    if (activate) {
+        mem_event ev;
+        (void)mem_activate(ms, s, &ev); /* cannot fail: the record exists */
+        mem_event_fire(ms, &ev);
+    }
+    return status;
+}
+
 void mem_handle_session_id(const store_handle *base, afsm_uuid *out)
 {
     const mem_handle *h = (const mem_handle *)base;
@@ -236,6 +420,18 @@ void mem_handle_release(store_handle *base)
     mem_handle *h = (mem_handle *)base;
     mem_store *ms = h->ms;
     shard *sh = mem_home(ms, h->s);
+    /* The last fold: release comes after the handle's last use (afsm.h),
+     * so it sees every packet's counters; the reference we still hold keeps
+     * the record for it. */
+    sync_lock_acquire(&sh->handles_lock);
+    fold_handle(h);
+    if (h->prev != NULL)
+        h->prev->next = h->next;
+    else
+        sh->handles = h->next;
+    if (h->next != NULL)
+        h->next->prev = h->prev;
+    sync_lock_release(&sh->handles_lock);
     sync_lock_acquire(&sh->lock);
     mem_unref_locked(ms, h->s);
     sync_lock_release(&sh->lock);

@@ -42,10 +42,27 @@ typedef struct mem_store {
     _Atomic size_t pinned;
 } mem_store;
 
+/* A handle's deferred counters, in afsm_stats order: packets sent and
+ * received, bytes sent and received, retransmissions. */
+#define HANDLE_COUNTERS 5
+
 typedef struct mem_handle {
     store_handle base;
     mem_store *ms;
     session *s;
+    /* afsm_handle_packet's stats, kept here by one thread (the owner, the
+     * first to send a packet through the handle) with plain loads and
+     * stores, and moved into the session by mem_fold_handles (every
+     * advance) and at release. added: the owner's running totals, written
+     * only by it. folded: how much of added the session already has,
+     * written only under the home shard's handles_lock. Other threads'
+     * packets go straight to the session. */
+    _Atomic(void *) owner;
+    _Atomic uint64_t added[HANDLE_COUNTERS];
+    _Atomic uint64_t folded[HANDLE_COUNTERS];
+    /* The home shard's list of pinned handles (handles_lock). */
+    struct mem_handle *next;
+    struct mem_handle *prev;
 } mem_handle;
 
 /* Reasons the store gives in DELETED and EXPIRED events. */
@@ -153,6 +170,12 @@ afsm_status mem_add_stats(store *st, const afsm_uuid *id, const afsm_stats *delt
 afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_handle **out);
 afsm_status mem_handle_heartbeat(store_handle *h, uint64_t *remaining_ns);
 afsm_status mem_handle_add_stats(store_handle *h, const afsm_stats *delta);
+/* Heartbeat and stats in one pass at the caller's engine-clock reading;
+ * the owner's stats are deferred (mem_handle above). */
+afsm_status mem_handle_packet(store_handle *h, uint64_t now_ns, const afsm_stats *delta, uint64_t *remaining_ns);
+/* Moves every deferred count of the shard's pinned handles into their
+ * sessions. Takes the shard's handles_lock (a leaf lock). */
+void mem_fold_handles(shard *sh);
 void mem_handle_session_id(const store_handle *h, afsm_uuid *out);
 void mem_handle_release(store_handle *h);
 /* One item of a heartbeat or stats addition, for the staged batches: s

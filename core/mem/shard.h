@@ -30,6 +30,11 @@ typedef struct shard {
     table connections;        /* &session->connection_id */
     table users;              /* &user_entry->key (mem/index.h) */
     wheel timers;             /* deadlines of the sessions in `sessions` */
+    /* The pinned handles of this shard's sessions, for folding their
+     * deferred counters (mem/dataplane.c). Own lock, taken alone: pin,
+     * release and the fold pass of each advance. */
+    sync_lock handles_lock;
+    struct mem_handle *handles;
     /* Counters of this shard's sessions: written under the lock, read
      * lock-free and summed over the shards. */
     _Atomic uint64_t by_state[AFSM_STATE_COUNT];
