@@ -462,7 +462,8 @@ AFSM_API afsm_status afsm_handle_packet(afsm_handle *handle, uint64_t now_ns, co
     uint64_t remaining_ns = 0;
     afsm_status status;
     if (h->ops->handle_packet != NULL) {
-        status = h->ops->handle_packet(h, now_ns, delta, &remaining_ns);
+        /* NULL when not wanted: the store then skips computing it. */
+        status = h->ops->handle_packet(h, now_ns, delta, remaining_ms != NULL ? &remaining_ns : NULL);
     } else {
         /* A store without the one-pass form reads its own clock. */
         status = h->ops->handle_heartbeat(h, &remaining_ns);

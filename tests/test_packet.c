@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "mem/mem_store.h"
+
 static virtual_clock vclock;
 
 static afsm_stats get_stats(afsm_engine *engine, const afsm_uuid *id)
@@ -216,6 +218,38 @@ static void test_packet_large_deltas_saturate(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* White box: a running total about to reach 2^61 (the bound that keeps a
+ * fold's difference exact) sends the add straight to the session, and the
+ * fold at release moves nothing twice. Setting the totals as a fold would
+ * have left them stands in for 2 EiB of packets. */
+static void test_packet_total_bound(void **state)
+{
+    (void)state;
+    afsm_engine *engine = open_virtual_engine(&vclock, NULL);
+    afsm_session_info s = create_session(engine, "bound");
+    afsm_handle *h = NULL;
+    assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_OK);
+    uint64_t now = engine_now(engine);
+    afsm_stats one = {.packets_received = 1};
+    assert_int_equal(afsm_handle_packet(h, now, &one, NULL), AFSM_OK); /* claims the handle */
+    mem_handle *mh = (mem_handle *)h;
+    const uint64_t near = (UINT64_C(1) << 61) - 10;
+    atomic_store(&mh->added[1], near);
+    atomic_store(&mh->folded[1], near);
+    afsm_stats twenty = {.packets_received = 20};
+    assert_int_equal(afsm_handle_packet(h, now, &twenty, NULL), AFSM_OK);
+    /* At once, without an advance: 20, plus nothing of the 1 (it is in the
+     * handle, and its fold was overwritten above). */
+    assert_int_equal(get_stats(engine, &s.session_id).packets_received, 20);
+    assert_int_equal(atomic_load(&mh->added[1]), near);
+    afsm_stats five = {.packets_received = 5};
+    assert_int_equal(afsm_handle_packet(h, now, &five, NULL), AFSM_OK); /* still below: deferred */
+    assert_int_equal(get_stats(engine, &s.session_id).packets_received, 20);
+    assert_int_equal(afsm_handle_release(h), AFSM_OK);
+    assert_int_equal(get_stats(engine, &s.session_id).packets_received, 25);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* Threads at once: two share one handle (one owns it, the other adds
  * directly), one has its own handle on the same session, one adds by id,
  * and one advances (folding) all the while. Every count lands exactly. */
@@ -307,7 +341,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_packet_heartbeats_and_counts), cmocka_unit_test(test_packet_wakes_idle),
         cmocka_unit_test(test_packet_checks_its_arguments),  cmocka_unit_test(test_packet_after_delete_and_expiry),
-        cmocka_unit_test(test_packet_large_deltas_saturate), cmocka_unit_test(test_packet_threads_exact),
+        cmocka_unit_test(test_packet_large_deltas_saturate), cmocka_unit_test(test_packet_total_bound),
+        cmocka_unit_test(test_packet_threads_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

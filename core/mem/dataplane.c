@@ -303,9 +303,8 @@ static uint64_t delta_counter(const afsm_stats *d, int i)
 /* Moves what the handle's owner added since the last fold into the
  * session. Home shard's handles_lock held (the only writer of folded). The
  * owner's stores are read as they are: one it makes meanwhile stays in
- * added and is moved by the next fold. Each difference is below
- * 2^62 + 2^32 (the owner's bounds, defer_stats), so the modular
- * subtraction is exact. */
+ * added and is moved by the next fold. Each difference is below 2^61
+ * (the owner's bounds, defer_stats). */
 static void fold_handle(mem_handle *h)
 {
     for (int i = 0; i < HANDLE_COUNTERS; i++) {
@@ -326,37 +325,35 @@ void mem_fold_handles(shard *sh)
     sync_lock_release(&sh->handles_lock);
 }
 
-/* An owner's unfolded amount per counter stays below 2^62 (and each
- * deferred delta below 2^32), so a fold's difference never wraps even if
- * nothing folds for a long time: past the bound the owner adds directly. */
-#define DEFER_DELTA_MAX   (UINT64_C(1) << 32)
-#define DEFER_PENDING_MAX (UINT64_C(1) << 62)
+/* Bounds that keep a fold's difference exact without reading folded per
+ * packet: a deferred delta is below 2^32, and an owner's running total
+ * never reaches 2^61 (an add that would take it there goes straight to the
+ * session instead: after 2 EiB through one handle, that handle's counters
+ * cost what afsm_handle_add_stats does). So 0 <= added - folded < 2^61. */
+#define DEFER_DELTA_SHIFT 32
+#define DEFER_TOTAL_SHIFT 61
 
 /* The owner's half: plain loads and stores of its own running totals, no
- * read-modify-write. False (nothing added) when a bound says add directly.
- * Straight-line on purpose: one branch for all ten bounds (as a loop, gcc
- * spent ~55 instructions a packet here). */
-static inline __attribute__((always_inline)) uint64_t pending(mem_handle *h, int i, uint64_t *added)
-{
-    *added = atomic_load_explicit(&h->added[i], memory_order_relaxed);
-    /* A stale folded only makes the pending amount look larger. */
-    return *added - atomic_load_explicit(&h->folded[i], memory_order_relaxed);
-}
-
+ * read-modify-write, and only the handle's first cache line unless
+ * retransmissions are counted. False (nothing added) when a bound says add
+ * directly. Straight-line on purpose: one branch for all the bounds. */
 static inline __attribute__((always_inline)) bool defer_stats(mem_handle *h, const afsm_stats *d)
 {
-    uint64_t a0, a1, a2, a3, a4;
-    uint64_t pend =
-        pending(h, 0, &a0) | pending(h, 1, &a1) | pending(h, 2, &a2) | pending(h, 3, &a3) | pending(h, 4, &a4);
-    uint64_t deltas = d->packets_sent | d->packets_received | d->bytes_sent | d->bytes_received | d->retransmissions;
-    /* Powers of two: x >= bound for some x iff the OR is. */
-    if (deltas >= DEFER_DELTA_MAX || pend >= DEFER_PENDING_MAX)
+    uint64_t r = d->retransmissions;
+    uint64_t n0 = atomic_load_explicit(&h->added[0], memory_order_relaxed) + d->packets_sent;
+    uint64_t n1 = atomic_load_explicit(&h->added[1], memory_order_relaxed) + d->packets_received;
+    uint64_t n2 = atomic_load_explicit(&h->added[2], memory_order_relaxed) + d->bytes_sent;
+    uint64_t n3 = atomic_load_explicit(&h->added[3], memory_order_relaxed) + d->bytes_received;
+    uint64_t n4 = r != 0 ? atomic_load_explicit(&h->added[4], memory_order_relaxed) + r : 0;
+    uint64_t deltas = d->packets_sent | d->packets_received | d->bytes_sent | d->bytes_received | r;
+    if ((deltas >> DEFER_DELTA_SHIFT) | ((n0 | n1 | n2 | n3 | n4) >> DEFER_TOTAL_SHIFT))
         return false;
-    atomic_store_explicit(&h->added[0], a0 + d->packets_sent, memory_order_relaxed);
-    atomic_store_explicit(&h->added[1], a1 + d->packets_received, memory_order_relaxed);
-    atomic_store_explicit(&h->added[2], a2 + d->bytes_sent, memory_order_relaxed);
-    atomic_store_explicit(&h->added[3], a3 + d->bytes_received, memory_order_relaxed);
-    atomic_store_explicit(&h->added[4], a4 + d->retransmissions, memory_order_relaxed);
+    atomic_store_explicit(&h->added[0], n0, memory_order_relaxed);
+    atomic_store_explicit(&h->added[1], n1, memory_order_relaxed);
+    atomic_store_explicit(&h->added[2], n2, memory_order_relaxed);
+    atomic_store_explicit(&h->added[3], n3, memory_order_relaxed);
+    if (r != 0)
+        atomic_store_explicit(&h->added[4], n4, memory_order_relaxed);
     return true;
 }
 
@@ -372,6 +369,15 @@ static inline __attribute__((always_inline)) bool owns(mem_handle *h)
         atomic_compare_exchange_strong_explicit(&h->owner, &owner, me, memory_order_relaxed, memory_order_relaxed))
         return true;
     return owner == me;
+}
+
+/* The rare change to ACTIVE, out of line: its event's 400-byte frame and
+ * the registers it needs stay off the per-packet path. */
+static __attribute__((noinline)) void activate_and_fire(mem_store *ms, session *s)
+{
+    mem_event ev;
+    (void)mem_activate(ms, s, &ev); /* cannot fail: the record exists */
+    mem_event_fire(ms, &ev);
 }
 
 /* Heartbeat at the caller's now, then (when it was taken) the stats: by
@@ -401,11 +407,8 @@ afsm_status mem_handle_packet(store_handle *base, uint64_t now, const afsm_stats
         if (d->current_rtt_ms)
             atomic_store_explicit(&s->rtt_ms, d->current_rtt_ms, memory_order_relaxed);
     }
-    if (activate) {
-        mem_event ev;
-        (void)mem_activate(ms, s, &ev); /* cannot fail: the record exists */
-        mem_event_fire(ms, &ev);
-    }
+    if (activate)
+        activate_and_fire(ms, s);
     return status;
 }
 

@@ -58,6 +58,8 @@ typedef struct mem_handle {
      * written only under the home shard's handles_lock. Other threads'
      * packets go straight to the session. */
     _Atomic(void *) owner;
+    /* With base, ms, s and owner, added[0..3] fill the first cache line:
+     * a packet without retransmissions touches no other. */
     _Atomic uint64_t added[HANDLE_COUNTERS];
     _Atomic uint64_t folded[HANDLE_COUNTERS];
     /* The home shard's list of pinned handles (handles_lock). */
