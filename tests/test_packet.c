@@ -336,13 +336,110 @@ static void test_packet_threads_exact(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* The lost wake-up (test_regressions.c, test_idle_never_loses_wakeup)
+ * through afsm_handle_packet: every session went quiet past its idle
+ * deadline; one thread sends a packet through each handle, at a reading
+ * taken after the clock moved, while the reaper decides "idle". The
+ * packet's heartbeat and the reaper's go-idle pair (seq_cst), so every
+ * session must end ACTIVE. */
+#define WAKE_SESSIONS 2000
+#define WAKE_STOP     (1L << 40)
+
+typedef struct wake_ctx {
+    afsm_engine *engine;
+    afsm_handle *handles[WAKE_SESSIONS];
+    _Atomic long round;
+    _Atomic long done;
+    _Atomic int failed;
+} wake_ctx;
+
+static void *wake_sender(void *p)
+{
+    wake_ctx *c = p;
+    afsm_stats delta = {.packets_received = 1, .bytes_received = 64};
+    for (long k = 1;; k++) {
+        if (!spin_until(&c->round, k, 20)) {
+            atomic_store(&c->failed, 1);
+            return NULL;
+        }
+        if (atomic_load(&c->round) == WAKE_STOP)
+            return NULL;
+        uint64_t now = engine_now(c->engine);
+        for (int i = WAKE_SESSIONS - 1; i >= 0; i--) {
+            if (afsm_handle_packet(c->handles[i], now, &delta, NULL) != AFSM_OK)
+                atomic_store(&c->failed, 1);
+        }
+        atomic_store_explicit(&c->done, k, memory_order_release);
+    }
+}
+
+static void test_packet_never_loses_wakeup(void **state)
+{
+    (void)state;
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(&vclock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &vclock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.default_timeout_ms = 3600 * 1000;
+    cfg.idle_timeout_ms = 1000;
+    cfg.shard_count = 4;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    wake_ctx *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->engine = engine;
+    uint64_t now = 1000 * SEC;
+    afsm_stats none = {0};
+    char user[32];
+    for (int i = 0; i < WAKE_SESSIONS; i++) {
+        snprintf(user, sizeof(user), "wake-%d", i % 97);
+        afsm_session_info s = create_session(engine, user);
+        assert_int_equal(afsm_handle_pin(engine, &s.session_id, &c->handles[i]), AFSM_OK);
+        assert_int_equal(afsm_handle_packet(c->handles[i], now, &none, NULL), AFSM_OK); /* -> ACTIVE */
+    }
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, wake_sender, c), 0);
+    long lost = 0, rounds = 0;
+    uint64_t deadline = real_ns() + 4 * 1000000000ull;
+    for (long k = 1; k <= 200 && real_ns() < deadline && lost == 0 && !atomic_load(&c->failed); k++) {
+        now += 1500 * MS; /* past the idle deadline, well before expiry */
+        virtual_clock_set(&vclock, now);
+        atomic_store_explicit(&c->round, k, memory_order_release);
+        assert_int_equal(afsm_engine_advance(engine, now, NULL), AFSM_OK);
+        assert_true(spin_until(&c->done, k, 20));
+        afsm_uuid id;
+        for (int i = 0; i < WAKE_SESSIONS; i++) {
+            afsm_session_info info = AFSM_SESSION_INFO_INIT;
+            assert_int_equal(afsm_handle_session_id(c->handles[i], &id), AFSM_OK);
+            assert_int_equal(afsm_session_get(engine, &id, &info), AFSM_OK);
+            lost += info.state != AFSM_STATE_ACTIVE;
+        }
+        rounds = k;
+    }
+    atomic_store(&c->round, WAKE_STOP);
+    pthread_join(t, NULL);
+    print_message("rounds %ld, sessions left idle after a packet %ld\n", rounds, lost);
+    assert_int_equal(atomic_load(&c->failed), 0);
+    assert_int_equal(lost, 0);
+    /* Every packet counted once: rounds x 64 bytes each, after release. */
+    afsm_uuid id;
+    assert_int_equal(afsm_handle_session_id(c->handles[0], &id), AFSM_OK);
+    for (int i = 0; i < WAKE_SESSIONS; i++)
+        assert_int_equal(afsm_handle_release(c->handles[i]), AFSM_OK);
+    assert_int_equal(get_stats(engine, &id).bytes_received, 64 * (uint64_t)rounds);
+    free(c);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_packet_heartbeats_and_counts), cmocka_unit_test(test_packet_wakes_idle),
         cmocka_unit_test(test_packet_checks_its_arguments),  cmocka_unit_test(test_packet_after_delete_and_expiry),
         cmocka_unit_test(test_packet_large_deltas_saturate), cmocka_unit_test(test_packet_total_bound),
-        cmocka_unit_test(test_packet_threads_exact),
+        cmocka_unit_test(test_packet_threads_exact),         cmocka_unit_test(test_packet_never_loses_wakeup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
