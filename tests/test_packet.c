@@ -17,6 +17,7 @@
 #include <stdlib.h>
 
 #include "mem/mem_store.h"
+#include "util/alloc.h"
 
 static virtual_clock vclock;
 
@@ -250,6 +251,30 @@ static void test_packet_total_bound(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* A handle that cannot be listed for the folds (no memory at its first
+ * packet) still works: nobody defers through it, its packets add at once,
+ * and release has nothing to move. */
+static void test_packet_unlisted_handle_adds_at_once(void **state)
+{
+    (void)state;
+    afsm_engine *engine = open_virtual_engine(&vclock, NULL);
+    afsm_session_info s = create_session(engine, "nomem");
+    afsm_handle *h = NULL;
+    assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_OK);
+    uint64_t now = engine_now(engine);
+    afsm_stats one = {.packets_sent = 1, .bytes_sent = 10};
+    alloc_fail_after(0); /* the deferring array's first allocation fails */
+    afsm_status st = afsm_handle_packet(h, now, &one, NULL);
+    alloc_fail_reset();
+    assert_int_equal(st, AFSM_OK);
+    assert_int_equal(get_stats(engine, &s.session_id).bytes_sent, 10);
+    assert_int_equal(afsm_handle_packet(h, now, &one, NULL), AFSM_OK);
+    assert_int_equal(get_stats(engine, &s.session_id).bytes_sent, 20);
+    assert_int_equal(afsm_handle_release(h), AFSM_OK);
+    assert_int_equal(get_stats(engine, &s.session_id).bytes_sent, 20);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* Threads at once: two share one handle (one owns it, the other adds
  * directly), one has its own handle on the same session, one adds by id,
  * and one advances (folding) all the while. Every count lands exactly. */
@@ -436,10 +461,15 @@ static void test_packet_never_loses_wakeup(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_packet_heartbeats_and_counts), cmocka_unit_test(test_packet_wakes_idle),
-        cmocka_unit_test(test_packet_checks_its_arguments),  cmocka_unit_test(test_packet_after_delete_and_expiry),
-        cmocka_unit_test(test_packet_large_deltas_saturate), cmocka_unit_test(test_packet_total_bound),
-        cmocka_unit_test(test_packet_threads_exact),         cmocka_unit_test(test_packet_never_loses_wakeup),
+        cmocka_unit_test(test_packet_heartbeats_and_counts),
+        cmocka_unit_test(test_packet_wakes_idle),
+        cmocka_unit_test(test_packet_checks_its_arguments),
+        cmocka_unit_test(test_packet_after_delete_and_expiry),
+        cmocka_unit_test(test_packet_large_deltas_saturate),
+        cmocka_unit_test(test_packet_total_bound),
+        cmocka_unit_test(test_packet_unlisted_handle_adds_at_once),
+        cmocka_unit_test(test_packet_threads_exact),
+        cmocka_unit_test(test_packet_never_loses_wakeup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,12 +12,15 @@
  * in the handle (plain loads and stores: no read-modify-write per packet);
  * folds move them into the session with the same saturating atomic adds,
  * at every advance and at release, under the home shard's handles_lock (a
- * leaf lock that also guards the shard's list of pinned handles: pin,
- * release and the fold pass take it, nothing else is taken inside it).
+ * leaf lock that also guards the shard's array of deferring handles: a
+ * handle's first packet (the claim), release and the fold pass take it,
+ * nothing else is taken inside it; never taken per packet).
  * Invariant: session counter = what was added directly + the sum over its
  * handles of folded; folded <= added (the owner's running totals), and
  * added - folded is what readers do not see yet.
  */
+#include <string.h>
+
 #include "mem/mem_store.h"
 #include "util/alloc.h"
 #include "util/epoch.h"
@@ -216,14 +219,7 @@ afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_han
         atomic_init(&h->added[i], 0);
         atomic_init(&h->folded[i], 0);
     }
-    shard *home = mem_home(ms, s);
-    sync_lock_acquire(&home->handles_lock);
-    h->prev = NULL;
-    h->next = home->handles;
-    if (home->handles != NULL)
-        home->handles->prev = h;
-    home->handles = h;
-    sync_lock_release(&home->handles_lock);
+    h->slot = 0; /* listed by its first packet (claim) */
     atomic_fetch_add_explicit(&ms->pinned, 1, memory_order_relaxed);
     *out = &h->base;
     return AFSM_OK;
@@ -317,13 +313,50 @@ static void fold_handle(mem_handle *h)
     }
 }
 
+/* Prefetch distances of the pass: the handle's two lines, then (once its
+ * first line is in) the session line with the counters. */
+#define FOLD_AHEAD_HANDLE  16
+#define FOLD_AHEAD_SESSION 8
+
 void mem_fold_handles(shard *sh)
 {
     sync_lock_acquire(&sh->handles_lock);
-    for (mem_handle *h = sh->handles; h != NULL; h = h->next)
-        fold_handle(h);
+    mem_handle **v = sh->deferring;
+    size_t n = sh->deferring_count;
+    for (size_t i = 0; i < n; i++) {
+        if (i + FOLD_AHEAD_HANDLE < n) {
+            __builtin_prefetch(v[i + FOLD_AHEAD_HANDLE]);
+            __builtin_prefetch(&v[i + FOLD_AHEAD_HANDLE]->folded[0]);
+        }
+        if (i + FOLD_AHEAD_SESSION < n)
+            __builtin_prefetch(&v[i + FOLD_AHEAD_SESSION]->s->packets_sent, 1);
+        fold_handle(v[i]);
+    }
     sync_lock_release(&sh->handles_lock);
 }
+
+/* Lists h in its home shard's deferring array. handles_lock held. */
+static bool list_deferring(shard *home, mem_handle *h)
+{
+    if (home->deferring_count == home->deferring_capacity) {
+        size_t capacity = home->deferring_capacity ? 2 * home->deferring_capacity : 16;
+        mem_handle **grown = mem_alloc(capacity * sizeof(*grown));
+        if (grown == NULL)
+            return false;
+        if (home->deferring_count)
+            memcpy(grown, home->deferring, home->deferring_count * sizeof(*grown));
+        mem_free(home->deferring);
+        home->deferring = grown;
+        home->deferring_capacity = capacity;
+    }
+    home->deferring[home->deferring_count++] = h;
+    h->slot = home->deferring_count;
+    return true;
+}
+
+/* The owner of a handle that could not be listed (no memory): nobody
+ * defers through it, every packet adds straight to the session. */
+static char no_owner;
 
 /* Bounds that keep a fold's difference exact without reading folded per
  * packet: a deferred delta is below 2^32, and an owner's running total
@@ -358,16 +391,30 @@ static inline __attribute__((always_inline)) bool defer_stats(mem_handle *h, con
 }
 
 /* Whether the calling thread owns h's deferred counters: the first thread
- * to send a packet through h claims it (once, by CAS). Identified by its
- * epoch record, unique among live threads; a record is reused only after
- * its thread has exited, when no other writer of the counters exists. */
+ * to send a packet through h claims it (once, under handles_lock, which
+ * also lists h for the folds). Identified by its epoch record, unique
+ * among live threads; a record is reused only after its thread has
+ * exited, when no other writer of the counters exists. A reader of a
+ * stale NULL takes the lock and sees the owner set. */
+static __attribute__((noinline)) bool claim(mem_handle *h, void *me)
+{
+    shard *home = mem_home(h->ms, h->s);
+    sync_lock_acquire(&home->handles_lock);
+    void *owner = atomic_load_explicit(&h->owner, memory_order_relaxed);
+    if (owner == NULL) {
+        owner = list_deferring(home, h) ? me : (void *)&no_owner;
+        atomic_store_explicit(&h->owner, owner, memory_order_relaxed);
+    }
+    sync_lock_release(&home->handles_lock);
+    return owner == me;
+}
+
 static inline __attribute__((always_inline)) bool owns(mem_handle *h)
 {
     void *me = epoch_thread_record;
     void *owner = atomic_load_explicit(&h->owner, memory_order_relaxed);
-    if (owner == NULL &&
-        atomic_compare_exchange_strong_explicit(&h->owner, &owner, me, memory_order_relaxed, memory_order_relaxed))
-        return true;
+    if (owner == NULL)
+        return claim(h, me);
     return owner == me;
 }
 
@@ -427,13 +474,13 @@ void mem_handle_release(store_handle *base)
      * so it sees every packet's counters; the reference we still hold keeps
      * the record for it. */
     sync_lock_acquire(&sh->handles_lock);
-    fold_handle(h);
-    if (h->prev != NULL)
-        h->prev->next = h->next;
-    else
-        sh->handles = h->next;
-    if (h->next != NULL)
-        h->next->prev = h->prev;
+    if (h->slot != 0) {
+        fold_handle(h);
+        mem_handle *last = sh->deferring[--sh->deferring_count];
+        sh->deferring[h->slot - 1] = last;
+        last->slot = h->slot;
+        h->slot = 0;
+    }
     sync_lock_release(&sh->handles_lock);
     sync_lock_acquire(&sh->lock);
     mem_unref_locked(ms, h->s);

@@ -53,18 +53,20 @@ typedef struct mem_handle {
     /* afsm_handle_packet's stats, kept here by one thread (the owner, the
      * first to send a packet through the handle) with plain loads and
      * stores, and moved into the session by mem_fold_handles (every
-     * advance) and at release. added: the owner's running totals, written
-     * only by it. folded: how much of added the session already has,
-     * written only under the home shard's handles_lock. Other threads'
-     * packets go straight to the session. */
+     * advance) and at release. owner: NULL until the first packet, then
+     * set once under the home shard's handles_lock (to a sentinel when the
+     * handle could not be listed: nobody defers). added: the owner's
+     * running totals, written only by it. folded: how much of added the
+     * session already has, written only under handles_lock. Other
+     * threads' packets go straight to the session. */
     _Atomic(void *) owner;
     /* With base, ms, s and owner, added[0..3] fill the first cache line:
      * a packet without retransmissions touches no other. */
     _Atomic uint64_t added[HANDLE_COUNTERS];
     _Atomic uint64_t folded[HANDLE_COUNTERS];
-    /* The home shard's list of pinned handles (handles_lock). */
-    struct mem_handle *next;
-    struct mem_handle *prev;
+    /* 1 + this handle's index in the home shard's deferring array, 0 when
+     * not there (handles_lock). */
+    size_t slot;
 } mem_handle;
 
 /* Reasons the store gives in DELETED and EXPIRED events. */
@@ -175,8 +177,9 @@ afsm_status mem_handle_add_stats(store_handle *h, const afsm_stats *delta);
 /* Heartbeat and stats in one pass at the caller's engine-clock reading;
  * the owner's stats are deferred (mem_handle above). */
 afsm_status mem_handle_packet(store_handle *h, uint64_t now_ns, const afsm_stats *delta, uint64_t *remaining_ns);
-/* Moves every deferred count of the shard's pinned handles into their
- * sessions. Takes the shard's handles_lock (a leaf lock). */
+/* Moves every deferred count of the shard's handles into their sessions:
+ * O(handles used with afsm_handle_packet). Takes the shard's
+ * handles_lock (a leaf lock). */
 void mem_fold_handles(shard *sh);
 void mem_handle_session_id(const store_handle *h, afsm_uuid *out);
 void mem_handle_release(store_handle *h);

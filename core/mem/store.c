@@ -400,6 +400,7 @@ static void shard_teardown(shard *sh, int tables_ready)
      * table. Then what is still live, with no reader left. */
     if (sh->defer != NULL)
         epoch_writer_retire(sh->defer);
+    mem_free(sh->deferring); /* empty: close needs every handle released */
     if (tables_ready < 3)
         goto partial;
     table_each(&sh->sessions, free_session_at_close);
