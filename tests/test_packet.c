@@ -275,11 +275,50 @@ static void test_packet_unlisted_handle_adds_at_once(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* Only the owner defers: another thread's packet through the same handle
+ * is in the session at once (so two threads never share the owner's plain
+ * stores). */
+typedef struct other_ctx {
+    afsm_handle *h;
+    afsm_engine *engine;
+    afsm_status status;
+} other_ctx;
+
+static void *other_thread_packet(void *p)
+{
+    other_ctx *o = p;
+    afsm_stats d = {.bytes_received = 7};
+    o->status = afsm_handle_packet(o->h, engine_now(o->engine), &d, NULL);
+    return NULL;
+}
+
+static void test_packet_only_owner_defers(void **state)
+{
+    (void)state;
+    afsm_engine *engine = open_virtual_engine(&vclock, NULL);
+    afsm_session_info s = create_session(engine, "owner");
+    afsm_handle *h = NULL;
+    assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_OK);
+    afsm_stats mine = {.bytes_received = 100};
+    assert_int_equal(afsm_handle_packet(h, engine_now(engine), &mine, NULL), AFSM_OK); /* this thread owns h */
+    other_ctx o = {.h = h, .engine = engine, .status = AFSM_ENOMEM};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, other_thread_packet, &o), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(o.status, AFSM_OK);
+    assert_int_equal(get_stats(engine, &s.session_id).bytes_received, 7); /* the owner's 100 still deferred */
+    assert_int_equal(afsm_engine_advance(engine, engine_now(engine), NULL), AFSM_OK);
+    assert_int_equal(get_stats(engine, &s.session_id).bytes_received, 107);
+    assert_int_equal(afsm_handle_release(h), AFSM_OK);
+    assert_int_equal(get_stats(engine, &s.session_id).bytes_received, 107);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* Threads at once: two share one handle (one owns it, the other adds
  * directly), one has its own handle on the same session, one adds by id,
  * and one advances (folding) all the while. Every count lands exactly. */
 #define PACKET_THREADS 4
-#define PACKET_ROUNDS  20000
+#define PACKET_ROUNDS  50000
 
 typedef struct packet_ctx {
     afsm_engine *engine;
@@ -287,6 +326,7 @@ typedef struct packet_ctx {
     afsm_handle *shared;
     afsm_handle *own;
     _Atomic int workers_left;
+    _Atomic long started;
     _Atomic int failed;
 } packet_ctx;
 
@@ -301,6 +341,10 @@ static void *packet_worker(void *p)
     packet_ctx *c = a->c;
     afsm_stats delta = {
         .packets_sent = 1, .packets_received = 1, .bytes_sent = 3, .bytes_received = 5, .retransmissions = 1};
+    /* All at once, so that the two on the shared handle overlap. */
+    atomic_fetch_add(&c->started, 1);
+    if (!spin_until(&c->started, PACKET_THREADS, 20))
+        atomic_store(&c->failed, 1);
     for (int i = 0; i < PACKET_ROUNDS; i++) {
         afsm_status st;
         if (a->kind == 3)
@@ -468,6 +512,7 @@ int main(void)
         cmocka_unit_test(test_packet_large_deltas_saturate),
         cmocka_unit_test(test_packet_total_bound),
         cmocka_unit_test(test_packet_unlisted_handle_adds_at_once),
+        cmocka_unit_test(test_packet_only_owner_defers),
         cmocka_unit_test(test_packet_threads_exact),
         cmocka_unit_test(test_packet_never_loses_wakeup),
     };
