@@ -61,10 +61,43 @@ static void test_close_copy_has_deferred_counts(void **state)
     assert_int_equal(out.stats.bytes_received, 300);
 }
 
+/* Expiry is final once readers see it (DESIGN.md: "a read of an expired
+ * session reports it as expired even between ticks"); afsm_handle_heartbeat
+ * past the deadline is AFSM_EEXPIRED. afsm_handle_packet takes a stale
+ * reading (one per receive batch), and judges the deadline only against
+ * that reading: a reading taken before the deadline, used after it, brings
+ * back a session that afsm_session_get has already reported expired (and
+ * that a caller may have acted on: dropped its flow, billed it). */
+static void test_stale_reading_does_not_revive_expired(void **state)
+{
+    (void)state;
+    afsm_engine *engine = open_virtual_engine(&vclock, NULL);
+    afsm_session_info s = create_session(engine, "stale-revive");
+    afsm_handle *h = NULL;
+    assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_OK);
+    uint64_t created = engine_now(engine);
+    uint64_t deadline = created + (uint64_t)s.timeout_ms * MS;
+    uint64_t reading = deadline - 1 * MS; /* the batch's reading, just before the deadline */
+    virtual_clock_set(&vclock, deadline + 1 * MS);
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &s.session_id, &info), AFSM_EEXPIRED);
+    assert_int_equal(afsm_handle_heartbeat(h, NULL), AFSM_EEXPIRED);
+
+    afsm_stats delta = {.packets_received = 1};
+    afsm_status st = afsm_handle_packet(h, reading, &delta, NULL);
+    afsm_status after = afsm_session_get(engine, &s.session_id, &info);
+    assert_int_equal(afsm_handle_release(h), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    /* Seen expired, stays expired: the packet is refused as the heartbeat was. */
+    assert_int_equal(after, AFSM_EEXPIRED);
+    assert_int_equal(st, AFSM_EEXPIRED);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_close_copy_has_deferred_counts),
+        cmocka_unit_test(test_stale_reading_does_not_revive_expired),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
