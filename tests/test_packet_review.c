@@ -31,6 +31,13 @@ static uint64_t engine_now(afsm_engine *engine)
     return now;
 }
 
+static afsm_stats get_stats(afsm_engine *engine, const afsm_uuid *id)
+{
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, id, &info), AFSM_OK);
+    return info.stats;
+}
+
 /* A flow ends: the application closes its session with an update and
  * reads the final counters from the update's copy (the copy a billing or
  * accounting record is made from). With afsm_handle_add_stats they are all
@@ -93,11 +100,243 @@ static void test_stale_reading_does_not_revive_expired(void **state)
     assert_int_equal(st, AFSM_EEXPIRED);
 }
 
+/* ---- guards (pass today) --------------------------------------------------- */
+
+/* The owner is identified by its epoch record, and an exited thread's
+ * record is recycled by the next thread that needs one: that thread then
+ * owns the handle and continues the exited owner's running totals with
+ * plain loads and stores. It must see the exited owner's last stores (the
+ * record's hand-over orders them, epoch.c thread_exit), else it would
+ * overwrite them (lost counts) or, after a fold, make added < folded (a
+ * difference that wraps). Under TSan this is the hand-over's check. */
+#define EXIT_ROUNDS 1000
+
+typedef struct exit_ctx {
+    afsm_handle *h;
+    afsm_engine *engine;
+    int owns; /* whether this thread's record is the handle's owner (after its packets) */
+    afsm_status status;
+} exit_ctx;
+
+static void *exiting_sender(void *p)
+{
+    exit_ctx *c = p;
+    afsm_stats d = {.packets_sent = 1, .bytes_sent = 10};
+    c->status = AFSM_OK;
+    for (int i = 0; i < EXIT_ROUNDS && c->status == AFSM_OK; i++)
+        c->status = afsm_handle_packet(c->h, engine_now(c->engine), &d, NULL);
+    c->owns = atomic_load(&((mem_handle *)c->h)->owner) == (void *)epoch_thread_record;
+    return NULL;
+}
+
+static void test_guard_owner_exits_record_recycled(void **state)
+{
+    (void)state;
+    afsm_engine *engine = open_virtual_engine(&vclock, NULL);
+    afsm_session_info s = create_session(engine, "exit-owner");
+    afsm_handle *h = NULL;
+    assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_OK);
+    int inherited = 0;
+    for (int t = 0; t < 8; t++) {
+        exit_ctx c = {.h = h, .engine = engine};
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, exiting_sender, &c), 0);
+        pthread_join(th, NULL);
+        assert_int_equal(c.status, AFSM_OK);
+        inherited += t > 0 && c.owns;
+        if (t == 3) /* a fold between owners: folded catches up with added */
+            assert_int_equal(afsm_engine_advance(engine, engine_now(engine), NULL), AFSM_OK);
+    }
+    print_message("threads that inherited the owner's record: %d of 7\n", inherited);
+    assert_int_equal(afsm_engine_advance(engine, engine_now(engine), NULL), AFSM_OK);
+    afsm_stats got = get_stats(engine, &s.session_id);
+    assert_int_equal(got.packets_sent, 8 * EXIT_ROUNDS);
+    assert_int_equal(got.bytes_sent, 80 * EXIT_ROUNDS);
+    assert_int_equal(afsm_handle_release(h), AFSM_OK);
+    assert_int_equal(get_stats(engine, &s.session_id).packets_sent, 8 * EXIT_ROUNDS);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* The automatic reaper folds every millisecond while two threads send
+ * packets through their own handles and a third pins, sends through and
+ * releases handles of other sessions (claims growing the deferring
+ * arrays, releases swap-removing from them, both racing the fold pass).
+ * Real clock. Every count lands exactly; ASan/TSan watch the array. */
+#define CHURN_SESSIONS 64
+#define REAPER_ROUNDS  2048 /* a multiple of CHURN_SESSIONS */
+
+typedef struct reaper_ctx {
+    afsm_engine *engine;
+    afsm_uuid ids[3][CHURN_SESSIONS];
+    afsm_handle *handles[2][CHURN_SESSIONS];
+    _Atomic long started;
+    _Atomic int failed;
+} reaper_ctx;
+
+typedef struct reaper_arg {
+    reaper_ctx *c;
+    int kind; /* 0, 1: own handles; 2: pin / packet / release churn */
+} reaper_arg;
+
+static void *reaper_sender(void *p)
+{
+    reaper_arg *a = p;
+    reaper_ctx *c = a->c;
+    afsm_stats d = {.packets_received = 1, .bytes_received = 7, .retransmissions = 1};
+    atomic_fetch_add(&c->started, 1);
+    if (!spin_until(&c->started, 3, 20))
+        atomic_store(&c->failed, 1);
+    for (int r = 0; r < REAPER_ROUNDS; r++) {
+        int i = r % CHURN_SESSIONS;
+        uint64_t now = engine_now(c->engine);
+        if (a->kind < 2) {
+            if (afsm_handle_packet(c->handles[a->kind][i], now, &d, NULL) != AFSM_OK)
+                atomic_store(&c->failed, 1);
+            continue;
+        }
+        afsm_handle *h = NULL;
+        if (afsm_handle_pin(c->engine, &c->ids[2][i], &h) != AFSM_OK || afsm_handle_packet(h, now, &d, NULL) != AFSM_OK)
+            atomic_store(&c->failed, 1);
+        afsm_handle_release(h);
+    }
+    return NULL;
+}
+
+static void test_guard_reaper_thread_folds_during_churn(void **state)
+{
+    (void)state;
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.reaper = AFSM_REAPER_THREAD;
+    cfg.cleanup_interval_ms = 1;
+    cfg.shard_count = 2;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    reaper_ctx *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->engine = engine;
+    for (int k = 0; k < 3; k++) {
+        for (int i = 0; i < CHURN_SESSIONS; i++) {
+            c->ids[k][i] = create_session(engine, "reaper").session_id;
+            if (k < 2)
+                assert_int_equal(afsm_handle_pin(engine, &c->ids[k][i], &c->handles[k][i]), AFSM_OK);
+        }
+    }
+    pthread_t t[3];
+    reaper_arg args[3];
+    for (int k = 0; k < 3; k++) {
+        args[k] = (reaper_arg){c, k};
+        assert_int_equal(pthread_create(&t[k], NULL, reaper_sender, &args[k]), 0);
+    }
+    for (int k = 0; k < 3; k++)
+        pthread_join(t[k], NULL);
+    assert_int_equal(atomic_load(&c->failed), 0);
+    const uint64_t per = REAPER_ROUNDS / CHURN_SESSIONS;
+    for (int i = 0; i < CHURN_SESSIONS; i++) /* the churn released: all in */
+        assert_int_equal(get_stats(engine, &c->ids[2][i]).bytes_received, 7 * per);
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < CHURN_SESSIONS; i++) {
+            assert_int_equal(afsm_handle_release(c->handles[k][i]), AFSM_OK);
+            afsm_stats got = get_stats(engine, &c->ids[k][i]);
+            assert_int_equal(got.packets_received, per);
+            assert_int_equal(got.retransmissions, per);
+        }
+    }
+    free(c);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* A packet's CONNECTING -> ACTIVE event, delivered on the packet's
+ * thread before afsm_handle_packet returns; the callback releases the
+ * handle, or deletes the session, or advances (a fold) and then releases.
+ * The packet's counts were deferred before the event: release and the
+ * advance move them; nothing reads the handle after the callback (ASan). */
+typedef struct cb_ctx {
+    afsm_engine *engine;
+    afsm_handle *h;
+    afsm_uuid id;
+    int action; /* 0: release; 1: delete then release; 2: advance, check, release */
+    uint64_t seen_in_callback;
+    int fired;
+} cb_ctx;
+
+static void cb_on_event(void *ctx, const afsm_event *ev)
+{
+    cb_ctx *c = ctx;
+    if (ev->type != AFSM_EVENT_STATE_CHANGED || ev->new_state != AFSM_STATE_ACTIVE || c->h == NULL)
+        return;
+    c->fired++;
+    if (c->action == 1)
+        (void)afsm_session_delete(c->engine, &c->id, NULL, 0);
+    if (c->action == 2) {
+        (void)afsm_engine_advance(c->engine, engine_now(c->engine), NULL);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        if (afsm_session_get(c->engine, &c->id, &info) == AFSM_OK)
+            c->seen_in_callback = info.stats.bytes_sent;
+    }
+    afsm_handle *h = c->h;
+    c->h = NULL;
+    (void)afsm_handle_release(h);
+}
+
+static void test_guard_callback_releases_during_packet(void **state)
+{
+    (void)state;
+    for (int action = 0; action < 3; action++) {
+        cb_ctx c = {.action = action};
+        afsm_config cfg = {.on_event = cb_on_event, .event_ctx = &c};
+        afsm_engine *engine = open_virtual_engine(&vclock, &cfg);
+        c.engine = engine;
+        c.id = create_session(engine, "callback").session_id;
+        assert_int_equal(afsm_handle_pin(engine, &c.id, &c.h), AFSM_OK);
+        afsm_stats d = {.packets_sent = 1, .bytes_sent = 5};
+        assert_int_equal(afsm_handle_packet(c.h, engine_now(engine), &d, NULL), AFSM_OK);
+        assert_int_equal(c.fired, 1);
+        assert_null(c.h);
+        uint64_t pinned = 1;
+        assert_int_equal(afsm_engine_pinned(engine, &pinned), AFSM_OK);
+        assert_int_equal(pinned, 0);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        afsm_status st = afsm_session_get(engine, &c.id, &info);
+        if (action == 1) {
+            assert_int_equal(st, AFSM_ENOTFOUND);
+        } else {
+            assert_int_equal(st, AFSM_OK);
+            assert_int_equal(info.stats.bytes_sent, 5);
+            assert_int_equal(info.state, AFSM_STATE_ACTIVE);
+        }
+        if (action == 2)
+            assert_int_equal(c.seen_in_callback, 5);
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    }
+}
+
+/* Close with a handle whose counts are deferred: refused (EBUSY), nothing
+ * lost; after release the counts are in and close succeeds. */
+static void test_guard_close_with_deferred_handle(void **state)
+{
+    (void)state;
+    afsm_engine *engine = open_virtual_engine(&vclock, NULL);
+    afsm_session_info s = create_session(engine, "close-busy");
+    afsm_handle *h = NULL;
+    assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_OK);
+    afsm_stats d = {.bytes_received = 9};
+    assert_int_equal(afsm_handle_packet(h, engine_now(engine), &d, NULL), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_EBUSY);
+    assert_int_equal(afsm_handle_release(h), AFSM_OK);
+    assert_int_equal(get_stats(engine, &s.session_id).bytes_received, 9);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_close_copy_has_deferred_counts),
         cmocka_unit_test(test_stale_reading_does_not_revive_expired),
+        cmocka_unit_test(test_guard_owner_exits_record_recycled),
+        cmocka_unit_test(test_guard_reaper_thread_folds_during_churn),
+        cmocka_unit_test(test_guard_callback_releases_during_packet),
+        cmocka_unit_test(test_guard_close_with_deferred_handle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
