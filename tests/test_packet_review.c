@@ -328,6 +328,137 @@ static void test_guard_close_with_deferred_handle(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* Chaos under the sanitizers: two threads pin, send packets through and
+ * release handles of sessions that a third thread keeps deleting and
+ * re-creating, while they also send through long-lived handles of stable
+ * sessions, and a fourth advances (folds) and reads the stable sessions'
+ * counters, which must never go backwards. Folds into deleted records,
+ * releases after delete, claims racing folds: ASan/TSan watch; the stable
+ * sessions' counts must be exact at the end. */
+#define CHAOS_STABLE   8
+#define CHAOS_VOLATILE 8
+#define CHAOS_ROUNDS   3000
+
+typedef struct chaos_ctx {
+    afsm_engine *engine;
+    afsm_uuid stable[CHAOS_STABLE];
+    afsm_handle *stable_handles[2][CHAOS_STABLE];
+    pthread_mutex_t lock; /* guards volatile_ids */
+    afsm_uuid volatile_ids[CHAOS_VOLATILE];
+    _Atomic long started;
+    _Atomic int senders_left;
+    _Atomic int failed;
+    _Atomic long sent[CHAOS_STABLE];
+} chaos_ctx;
+
+typedef struct chaos_arg {
+    chaos_ctx *c;
+    int kind; /* 0, 1: senders; 2: deleter; 3: advancer and reader */
+} chaos_arg;
+
+static void *chaos_thread(void *p)
+{
+    chaos_arg *a = p;
+    chaos_ctx *c = a->c;
+    afsm_stats d = {.packets_sent = 1, .bytes_sent = 3};
+    atomic_fetch_add(&c->started, 1);
+    if (!spin_until(&c->started, 4, 20))
+        atomic_store(&c->failed, 1);
+    if (a->kind == 3) {
+        uint64_t last[CHAOS_STABLE] = {0};
+        while (atomic_load(&c->senders_left) > 0) {
+            if (afsm_engine_advance(c->engine, engine_now(c->engine), NULL) != AFSM_OK)
+                atomic_store(&c->failed, 1);
+            for (int i = 0; i < CHAOS_STABLE; i++) {
+                afsm_session_info info = AFSM_SESSION_INFO_INIT;
+                if (afsm_session_get(c->engine, &c->stable[i], &info) != AFSM_OK || info.stats.packets_sent < last[i])
+                    atomic_store(&c->failed, 2);
+                last[i] = info.stats.packets_sent;
+            }
+        }
+        return NULL;
+    }
+    for (int r = 0; r < CHAOS_ROUNDS; r++) {
+        int i = (r * 7 + a->kind) % CHAOS_VOLATILE;
+        if (a->kind == 2) {
+            pthread_mutex_lock(&c->lock);
+            afsm_uuid id = c->volatile_ids[i];
+            pthread_mutex_unlock(&c->lock);
+            (void)afsm_session_delete(c->engine, &id, NULL, 0);
+            afsm_uuid conn;
+            afsm_create_options o = make_options("chaos", "10.1.1.1", &conn);
+            afsm_session_info info = AFSM_SESSION_INFO_INIT;
+            if (afsm_session_create(c->engine, &o, &info) != AFSM_OK)
+                atomic_store(&c->failed, 3);
+            pthread_mutex_lock(&c->lock);
+            c->volatile_ids[i] = info.session_id;
+            pthread_mutex_unlock(&c->lock);
+            continue;
+        }
+        int k = r % CHAOS_STABLE;
+        if (afsm_handle_packet(c->stable_handles[a->kind][k], engine_now(c->engine), &d, NULL) != AFSM_OK)
+            atomic_store(&c->failed, 4);
+        atomic_fetch_add(&c->sent[k], 1);
+        pthread_mutex_lock(&c->lock);
+        afsm_uuid id = c->volatile_ids[i];
+        pthread_mutex_unlock(&c->lock);
+        afsm_handle *h = NULL;
+        if (afsm_handle_pin(c->engine, &id, &h) != AFSM_OK)
+            continue; /* deleted meanwhile */
+        for (int n = 0; n < 4; n++) {
+            afsm_status st = afsm_handle_packet(h, engine_now(c->engine), &d, NULL);
+            if (st != AFSM_OK && st != AFSM_ENOTFOUND)
+                atomic_store(&c->failed, 5);
+        }
+        afsm_handle_release(h);
+    }
+    if (a->kind < 2)
+        atomic_fetch_sub(&c->senders_left, 1);
+    return NULL;
+}
+
+static void test_guard_chaos_deletes_pins_folds(void **state)
+{
+    (void)state;
+    afsm_config cfg = {.shard_count = 2};
+    afsm_engine *engine = open_virtual_engine(&vclock, &cfg);
+    chaos_ctx *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->engine = engine;
+    pthread_mutex_init(&c->lock, NULL);
+    for (int i = 0; i < CHAOS_STABLE; i++) {
+        c->stable[i] = create_session(engine, "stable").session_id;
+        for (int k = 0; k < 2; k++)
+            assert_int_equal(afsm_handle_pin(engine, &c->stable[i], &c->stable_handles[k][i]), AFSM_OK);
+    }
+    for (int i = 0; i < CHAOS_VOLATILE; i++)
+        c->volatile_ids[i] = create_session(engine, "chaos").session_id;
+    atomic_store(&c->senders_left, 2);
+    pthread_t t[4];
+    chaos_arg args[4];
+    for (int k = 0; k < 4; k++) {
+        args[k] = (chaos_arg){c, k};
+        assert_int_equal(pthread_create(&t[k], NULL, chaos_thread, &args[k]), 0);
+    }
+    for (int k = 0; k < 4; k++)
+        pthread_join(t[k], NULL);
+    assert_int_equal(atomic_load(&c->failed), 0);
+    assert_int_equal(afsm_engine_advance(engine, engine_now(engine), NULL), AFSM_OK);
+    for (int i = 0; i < CHAOS_STABLE; i++) {
+        afsm_stats got = get_stats(engine, &c->stable[i]);
+        assert_int_equal(got.packets_sent, (uint64_t)atomic_load(&c->sent[i]));
+        assert_int_equal(got.bytes_sent, 3 * (uint64_t)atomic_load(&c->sent[i]));
+        for (int k = 0; k < 2; k++)
+            assert_int_equal(afsm_handle_release(c->stable_handles[k][i]), AFSM_OK);
+    }
+    uint64_t pinned = 1;
+    assert_int_equal(afsm_engine_pinned(engine, &pinned), AFSM_OK);
+    assert_int_equal(pinned, 0);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -337,6 +468,7 @@ int main(void)
         cmocka_unit_test(test_guard_reaper_thread_folds_during_churn),
         cmocka_unit_test(test_guard_callback_releases_during_packet),
         cmocka_unit_test(test_guard_close_with_deferred_handle),
+        cmocka_unit_test(test_guard_chaos_deletes_pins_folds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
