@@ -459,6 +459,50 @@ static void test_guard_chaos_deletes_pins_folds(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ENOMEM when a claim must grow a full deferring array (the 17th handle of
+ * a shard): that handle adds at once, the 16 listed ones keep deferring and
+ * folding, and the releases' swap-removals leave every count exact. */
+static void test_guard_claim_grow_fails(void **state)
+{
+    (void)state;
+    afsm_config cfg = {.shard_count = 1};
+    afsm_engine *engine = open_virtual_engine(&vclock, &cfg);
+    enum { N = 17 };
+    afsm_uuid ids[N];
+    afsm_handle *h[N];
+    afsm_stats d = {.packets_received = 1, .bytes_received = 11};
+    uint64_t now = engine_now(engine);
+    for (int i = 0; i < N; i++) {
+        ids[i] = create_session(engine, "grow").session_id;
+        assert_int_equal(afsm_handle_pin(engine, &ids[i], &h[i]), AFSM_OK);
+        if (i == N - 1)
+            alloc_fail_after(0); /* the array (capacity 16) cannot grow */
+        afsm_status st = afsm_handle_packet(h[i], now, &d, NULL);
+        alloc_fail_reset();
+        assert_int_equal(st, AFSM_OK);
+    }
+    assert_int_equal(get_stats(engine, &ids[N - 1]).bytes_received, 11); /* at once */
+    assert_int_equal(get_stats(engine, &ids[0]).bytes_received, 0);      /* deferred */
+    for (int i = 0; i < N; i++)
+        assert_int_equal(afsm_handle_packet(h[i], now, &d, NULL), AFSM_OK);
+    assert_int_equal(afsm_engine_advance(engine, now, NULL), AFSM_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(get_stats(engine, &ids[i]).bytes_received, 22);
+    /* Release in an order that moves the array's last entry around. */
+    for (int i = 0; i < N; i += 2)
+        assert_int_equal(afsm_handle_packet(h[i], now, &d, NULL), AFSM_OK);
+    for (int i = 0; i < N; i += 2)
+        assert_int_equal(afsm_handle_release(h[i]), AFSM_OK);
+    for (int i = 1; i < N; i += 2)
+        assert_int_equal(afsm_handle_packet(h[i], now, &d, NULL), AFSM_OK);
+    assert_int_equal(afsm_engine_advance(engine, now, NULL), AFSM_OK);
+    for (int i = 1; i < N; i += 2)
+        assert_int_equal(afsm_handle_release(h[i]), AFSM_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(get_stats(engine, &ids[i]).bytes_received, 33);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -469,6 +513,7 @@ int main(void)
         cmocka_unit_test(test_guard_callback_releases_during_packet),
         cmocka_unit_test(test_guard_close_with_deferred_handle),
         cmocka_unit_test(test_guard_chaos_deletes_pins_folds),
+        cmocka_unit_test(test_guard_claim_grow_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
