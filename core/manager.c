@@ -460,16 +460,8 @@ AFSM_API afsm_status afsm_handle_packet(afsm_handle *handle, uint64_t now_ns, co
                              (unsigned long long)now_ns);
     store_handle *h = handle_of(handle);
     uint64_t remaining_ns = 0;
-    afsm_status status;
-    if (h->ops->handle_packet != NULL) {
-        /* NULL when not wanted: the store then skips computing it. */
-        status = h->ops->handle_packet(h, now_ns, delta, remaining_ms != NULL ? &remaining_ns : NULL);
-    } else {
-        /* A store without the one-pass form reads its own clock. */
-        status = h->ops->handle_heartbeat(h, &remaining_ns);
-        if (status == AFSM_OK)
-            status = h->ops->handle_add_stats(h, delta);
-    }
+    /* NULL when not wanted: the store then skips computing it. */
+    afsm_status status = h->ops->handle_packet(h, now_ns, delta, remaining_ms != NULL ? &remaining_ns : NULL);
     if (status == AFSM_OK && remaining_ms != NULL)
         *remaining_ms = ns_to_ms_ceil(remaining_ns);
     return status;

@@ -658,12 +658,16 @@ AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats
  * them into the session. Readers (afsm_session_get, lists) see them up to
  * one tick late, never lost and never twice (each advance moves them
  * before it expires anything). Other threads' calls on the same handle,
- * and afsm_handle_add_stats, add at once. An afsm_session_update that sets
- * the stats replaces what has been moved so far; counts still deferred are
- * added after it. With the etcd store this is a heartbeat and an add that
- * read the store's own clock. AFSM_ENULL, AFSM_EINVAL (now_ns),
- * AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED, AFSM_ENOMEM as
- * afsm_handle_heartbeat. */
+ * and afsm_handle_add_stats, add at once. An afsm_session_update that
+ * closes the session moves them first, so the copy it returns has every
+ * count (release the handle first and it has nothing to move; closing a
+ * session that a handle still defers for scans its shard's deferring
+ * handles). An afsm_session_update that sets the stats replaces what has
+ * been moved so far; counts still deferred are added after it. Expiry is
+ * judged at the engine clock whenever a reading would extend the session,
+ * so a stale reading never revives a session readers saw expired. With the etcd store this is a heartbeat and an add
+ * that read the store's own clock. AFSM_ENULL, AFSM_EINVAL (now_ns), AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED,
+ * AFSM_ENOMEM as afsm_handle_heartbeat. */
 AFSM_API afsm_status afsm_handle_packet(afsm_handle *handle, uint64_t now_ns, const afsm_stats *delta,
                                         uint64_t *remaining_ms);
 /* The pinned session's id. */

@@ -58,14 +58,21 @@ heartbeat_at(mem_store *ms, session *s, uint64_t now, bool caller_now, uint64_t 
      * only when it would raise the stamp: once per clock tick per session,
      * and before anything is judged by it, so a reading from the future is
      * refused instead of stretching the deadline. */
-    if (caller_now && (seen & ~SESSION_EXPIRED_BIT) < now && now > mem_now(ms))
-        return errdetail_set(AFSM_EINVAL,
-                             "now_ns: %llu is ahead of the engine clock (pass a reading of afsm_engine_now)",
-                             (unsigned long long)now);
+    /* The deadline is judged at the clock then, not at the caller's
+     * reading: a stale reading must not revive a session that readers
+     * have already seen expired (afsm_session_get judges at the clock). */
+    uint64_t judge_at = now;
+    if (caller_now && (seen & ~SESSION_EXPIRED_BIT) < now) {
+        judge_at = mem_now(ms);
+        if (now > judge_at)
+            return errdetail_set(AFSM_EINVAL,
+                                 "now_ns: %llu is ahead of the engine clock (pass a reading of afsm_engine_now)",
+                                 (unsigned long long)now);
+    }
     for (;;) {
         /* Checked inside the loop: the reaper's CAS and ours exclude each
          * other, so success here means the deadline had not passed. */
-        if ((seen & SESSION_EXPIRED_BIT) || (mem_deadline(ms, s, seen) <= now && !ms->config.external_expiry))
+        if ((seen & SESSION_EXPIRED_BIT) || (mem_deadline(ms, s, seen) <= judge_at && !ms->config.external_expiry))
             return AFSM_EEXPIRED;
         if (seen >= now)
             break; /* a newer heartbeat already landed (and looked at the state) */
@@ -184,7 +191,7 @@ static void fold_handle(mem_handle *h);
 afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_handle **out)
 {
     mem_store *ms = (mem_store *)st;
-    mem_handle *h = mem_alloc(sizeof(*h));
+    mem_handle *h = mem_aligned_alloc(MEM_HANDLE_ALIGN, MEM_HANDLE_SIZE);
     if (h == NULL)
         return AFSM_ENOMEM;
     ck_epoch_record_t *e = epoch_enter();
@@ -333,6 +340,22 @@ void mem_fold_handles(shard *sh)
         fold_handle(v[i]);
     }
     sync_lock_release(&sh->handles_lock);
+}
+
+/* Home shard lock held (handles_lock nests inside it: nothing takes a
+ * shard lock while holding handles_lock). Folds the handles of s that
+ * defer, found by a scan of the home shard's array: only a close of a
+ * session that still has a pinned handle pays it, and the recipe
+ * (release, then close) does not. */
+void mem_fold_session(mem_store *ms, session *s)
+{
+    shard *home = mem_home(ms, s);
+    sync_lock_acquire(&home->handles_lock);
+    for (size_t i = 0; i < home->deferring_count; i++) {
+        if (home->deferring[i]->s == s)
+            fold_handle(home->deferring[i]);
+    }
+    sync_lock_release(&home->handles_lock);
 }
 
 /* Lists h in its home shard's deferring array. handles_lock held. */

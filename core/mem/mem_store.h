@@ -69,6 +69,13 @@ typedef struct mem_handle {
     size_t slot;
 } mem_handle;
 
+/* Handles are allocated cache-line aligned (mem_pin), so "the first line"
+ * above is one line whatever malloc the application links. */
+#define MEM_HANDLE_ALIGN 64
+#define MEM_HANDLE_SIZE  ((sizeof(mem_handle) + MEM_HANDLE_ALIGN - 1) & ~(size_t)(MEM_HANDLE_ALIGN - 1))
+_Static_assert(offsetof(mem_handle, added) + 4 * sizeof(uint64_t) <= MEM_HANDLE_ALIGN,
+               "a packet's fields of a handle must fit its first cache line");
+
 /* Reasons the store gives in DELETED and EXPIRED events. */
 #define MEM_REASON_EXPIRED "expired"
 #define MEM_REASON_CLOSED  "closed"
@@ -181,6 +188,10 @@ afsm_status mem_handle_packet(store_handle *h, uint64_t now_ns, const afsm_stats
  * O(handles used with afsm_handle_packet). Takes the shard's
  * handles_lock (a leaf lock). */
 void mem_fold_handles(shard *sh);
+/* The same for the handles of one session, under its home shard's lock (a
+ * close's final copy): O(handles used with afsm_handle_packet in that
+ * shard). */
+void mem_fold_session(mem_store *ms, session *s);
 void mem_handle_session_id(const store_handle *h, afsm_uuid *out);
 void mem_handle_release(store_handle *h);
 /* One item of a heartbeat or stats addition, for the staged batches: s
