@@ -14,7 +14,10 @@
  *                                      afsm_handle_add_stats, over n pinned
  *                                      flows in a random order (issue 17's
  *                                      goal: <= 10 ns; tools/udp-gateway),
- *                                      and each half alone at 1,000 flows
+ *                                      and each half alone at 1,000 flows;
+ *   PacketPinned/flows:<n>/packet      the same work as one afsm_handle_packet
+ *                                      (one afsm_engine_now per 32 packets,
+ *                                      counters deferred in the handle)
  *
  * Each benchmark owns its engine (100K sessions; 1K in smoke mode), built
  * on its first thread and closed by the last.
@@ -192,7 +195,11 @@ void token_validate(benchmark::State &state)
  * sockets and the flow map. Flows are visited in a shuffled order fixed
  * up front (no RNG in the loop), so a large n pays the cache misses a
  * gateway with that many active flows would. */
-enum class PacketWork { both, heartbeat, stats };
+enum class PacketWork { both, heartbeat, stats, packet };
+
+/* How many packets share one afsm_engine_now reading in the packet form
+ * (a receive batch: the gateway's recvmmsg takes up to 32). */
+constexpr size_t kPacketBatch = 32;
 
 void packet_pinned(benchmark::State &state, size_t flows, PacketWork work)
 {
@@ -213,8 +220,15 @@ void packet_pinned(benchmark::State &state, size_t flows, PacketWork work)
     delta.packets_sent = 1;
     delta.bytes_sent = 1200;
     size_t i = 0, failed = 0;
+    uint64_t now = 0;
     for (auto _ : state) {
         afsm_handle *h = handles[order[i++ & (order.size() - 1)]];
+        if (work == PacketWork::packet) {
+            if (i % kPacketBatch == 1)
+                afsm_engine_now(p->engine, &now);
+            failed += afsm_handle_packet(h, now, &delta, nullptr) != AFSM_OK;
+            continue;
+        }
         if (work != PacketWork::stats)
             failed += afsm_handle_heartbeat(h, nullptr) != AFSM_OK;
         if (work != PacketWork::heartbeat)
@@ -239,6 +253,8 @@ void register_engine_extras()
         const char *suffix;
     };
     for (PacketCase c : {PacketCase{1000, PacketWork::both, ""}, PacketCase{100000, PacketWork::both, ""},
+                         PacketCase{1000, PacketWork::packet, "/packet"},
+                         PacketCase{100000, PacketWork::packet, "/packet"},
                          PacketCase{1000, PacketWork::heartbeat, "/heartbeat_only"},
                          PacketCase{1000, PacketWork::stats, "/stats_only"}}) {
         if (mode().smoke && c.flows > population_size())

@@ -371,7 +371,8 @@ def main(argv: List[str]) -> int:
 
     packet = [r for r in recs if r["op"] == "PacketPinned" and not r["error"]]
     if packet:
-        w("## Packet path (issue 17): one pinned heartbeat + one pinned stats add, ns (goal <= 10 ns)")
+        w("## Packet path (issue 17): one pinned heartbeat + one pinned stats add, ns (goal <= 10 ns); "
+          "`/packet`: the same as one afsm_handle_packet (counters deferred to the next advance)")
         w("")
         w("| case | ns (real) | ns (CPU) |")
         w("| --- | --- | --- |")

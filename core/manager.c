@@ -449,6 +449,24 @@ AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats
     return h->ops->handle_add_stats(h, delta);
 }
 
+AFSM_API afsm_status afsm_handle_packet(afsm_handle *handle, uint64_t now_ns, const afsm_stats *delta,
+                                        uint64_t *remaining_ms)
+{
+    errdetail_clear();
+    if (handle == NULL || delta == NULL)
+        return errdetail_set(AFSM_ENULL, "%s: NULL", handle == NULL ? "handle" : "delta");
+    if (now_ns > INT64_MAX)
+        return errdetail_set(AFSM_EINVAL, "now_ns: %llu, an engine clock reading is at most 2^63-1",
+                             (unsigned long long)now_ns);
+    store_handle *h = handle_of(handle);
+    uint64_t remaining_ns = 0;
+    /* NULL when not wanted: the store then skips computing it. */
+    afsm_status status = h->ops->handle_packet(h, now_ns, delta, remaining_ms != NULL ? &remaining_ns : NULL);
+    if (status == AFSM_OK && remaining_ms != NULL)
+        *remaining_ms = ns_to_ms_ceil(remaining_ns);
+    return status;
+}
+
 AFSM_API afsm_status afsm_handle_session_id(const afsm_handle *handle, afsm_uuid *out)
 {
     errdetail_clear();

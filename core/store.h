@@ -89,6 +89,9 @@ typedef struct store_ops {
     afsm_status (*pin)(store *s, const afsm_uuid *id, int by_connection, store_handle **out);
     afsm_status (*handle_heartbeat)(store_handle *h, uint64_t *remaining_ns);
     afsm_status (*handle_add_stats)(store_handle *h, const afsm_stats *delta);
+    /* afsm_handle_packet at the caller's engine-clock reading (every store
+     * refuses one ahead of its clock: AFSM_EINVAL, nothing done). */
+    afsm_status (*handle_packet)(store_handle *h, uint64_t now_ns, const afsm_stats *delta, uint64_t *remaining_ns);
     void (*handle_session_id)(const store_handle *h, afsm_uuid *out);
     void (*handle_release)(store_handle *h);
     size_t (*pinned)(store *s);

@@ -640,6 +640,36 @@ AFSM_API afsm_status afsm_handle_pin_by_connection(afsm_engine *engine, const af
  * record cannot be allocated. */
 AFSM_API afsm_status afsm_handle_heartbeat(afsm_handle *handle, uint64_t *remaining_ms);
 AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats *delta);
+/* One packet through a handle: afsm_handle_heartbeat at now_ns, then, when
+ * that succeeded, afsm_handle_add_stats (the same statuses; on an error
+ * nothing is added). remaining_ms (may be NULL) is counted from now_ns.
+ * For a packet loop: no clock read and, for the handle's owner, no locked
+ * instruction per packet (the heartbeat's CAS runs only when now_ns has
+ * moved past the session's last-active time, once per clock tick).
+ *
+ * now_ns is a reading of afsm_engine_now, taken by the caller (once per
+ * receive batch, say); a stale one is allowed and only moves the deadline
+ * less, one ahead of the engine clock is AFSM_EINVAL (nothing done).
+ *
+ * Counters are deferred: the first thread to call afsm_handle_packet on a
+ * handle owns it, and its counts (packets, bytes, retransmissions; not the
+ * RTT, which is set at once) stay in the handle until the next
+ * afsm_engine_advance (every reaper tick) or afsm_handle_release moves
+ * them into the session. Readers (afsm_session_get, lists) see them up to
+ * one tick late, never lost and never twice (each advance moves them
+ * before it expires anything). Other threads' calls on the same handle,
+ * and afsm_handle_add_stats, add at once. An afsm_session_update that
+ * closes the session moves them first, so the copy it returns has every
+ * count (release the handle first and it has nothing to move; closing a
+ * session that a handle still defers for scans its shard's deferring
+ * handles). An afsm_session_update that sets the stats replaces what has
+ * been moved so far; counts still deferred are added after it. Expiry is
+ * judged at the engine clock whenever a reading would extend the session,
+ * so a stale reading never revives a session readers saw expired. With the etcd store this is a heartbeat and an add
+ * that read the store's own clock. AFSM_ENULL, AFSM_EINVAL (now_ns), AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED,
+ * AFSM_ENOMEM as afsm_handle_heartbeat. */
+AFSM_API afsm_status afsm_handle_packet(afsm_handle *handle, uint64_t now_ns, const afsm_stats *delta,
+                                        uint64_t *remaining_ms);
 /* The pinned session's id. */
 AFSM_API afsm_status afsm_handle_session_id(const afsm_handle *handle, afsm_uuid *out);
 /* Releases the handle. NULL is accepted and ignored. */

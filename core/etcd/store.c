@@ -1152,6 +1152,31 @@ static afsm_status etcd_handle_add_stats(store_handle *handle, const afsm_stats 
     return h->inner->ops->handle_add_stats(h->inner, delta);
 }
 
+/* A heartbeat, then the stats added by id: nothing is deferred (the
+ * replica is never advanced, so its handles' counts would wait for their
+ * release), and the handle is not touched after the heartbeat, whose event
+ * callback may release it. The heartbeat reads the store's clock; the
+ * caller's reading is only checked, as the memory store checks it. If the
+ * stats add then fails (the session went meanwhile), the heartbeat stays. */
+static afsm_status etcd_handle_packet(store_handle *handle, uint64_t now_ns, const afsm_stats *delta,
+                                      uint64_t *remaining_ns)
+{
+    etcd_handle *h = (etcd_handle *)handle;
+    etcd_store *es = h->es;
+    afsm_uuid id = h->id;
+    if (now_ns > es->config.clock(es->config.clock_ctx))
+        return errdetail_set(AFSM_EINVAL,
+                             "now_ns: %llu is ahead of the engine clock (pass a reading of afsm_engine_now)",
+                             (unsigned long long)now_ns);
+    uint64_t remaining = 0;
+    afsm_status status = etcd_handle_heartbeat(handle, &remaining);
+    if (status == AFSM_OK)
+        status = etcd_add_stats(&es->base, &id, delta);
+    if (status == AFSM_OK && remaining_ns != NULL)
+        *remaining_ns = remaining;
+    return status;
+}
+
 static void etcd_handle_session_id(const store_handle *handle, afsm_uuid *out)
 {
     *out = ((const etcd_handle *)handle)->id;
@@ -1208,6 +1233,7 @@ static const store_ops etcd_ops = {
     .pin = etcd_pin,
     .handle_heartbeat = etcd_handle_heartbeat,
     .handle_add_stats = etcd_handle_add_stats,
+    .handle_packet = etcd_handle_packet,
     .handle_session_id = etcd_handle_session_id,
     .handle_release = etcd_handle_release,
     .pinned = etcd_pinned,

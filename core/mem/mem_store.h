@@ -42,11 +42,39 @@ typedef struct mem_store {
     _Atomic size_t pinned;
 } mem_store;
 
+/* A handle's deferred counters, in afsm_stats order: packets sent and
+ * received, bytes sent and received, retransmissions. */
+#define HANDLE_COUNTERS 5
+
 typedef struct mem_handle {
     store_handle base;
     mem_store *ms;
     session *s;
+    /* afsm_handle_packet's stats, kept here by one thread (the owner, the
+     * first to send a packet through the handle) with plain loads and
+     * stores, and moved into the session by mem_fold_handles (every
+     * advance) and at release. owner: NULL until the first packet, then
+     * set once under the home shard's handles_lock (to a sentinel when the
+     * handle could not be listed: nobody defers). added: the owner's
+     * running totals, written only by it. folded: how much of added the
+     * session already has, written only under handles_lock. Other
+     * threads' packets go straight to the session. */
+    _Atomic(void *) owner;
+    /* With base, ms, s and owner, added[0..3] fill the first cache line:
+     * a packet without retransmissions touches no other. */
+    _Atomic uint64_t added[HANDLE_COUNTERS];
+    _Atomic uint64_t folded[HANDLE_COUNTERS];
+    /* 1 + this handle's index in the home shard's deferring array, 0 when
+     * not there (handles_lock). */
+    size_t slot;
 } mem_handle;
+
+/* Handles are allocated cache-line aligned (mem_pin), so "the first line"
+ * above is one line whatever malloc the application links. */
+#define MEM_HANDLE_ALIGN 64
+#define MEM_HANDLE_SIZE  ((sizeof(mem_handle) + MEM_HANDLE_ALIGN - 1) & ~(size_t)(MEM_HANDLE_ALIGN - 1))
+_Static_assert(offsetof(mem_handle, added) + 4 * sizeof(uint64_t) <= MEM_HANDLE_ALIGN,
+               "a packet's fields of a handle must fit its first cache line");
 
 /* Reasons the store gives in DELETED and EXPIRED events. */
 #define MEM_REASON_EXPIRED "expired"
@@ -153,6 +181,17 @@ afsm_status mem_add_stats(store *st, const afsm_uuid *id, const afsm_stats *delt
 afsm_status mem_pin(store *st, const afsm_uuid *id, int by_connection, store_handle **out);
 afsm_status mem_handle_heartbeat(store_handle *h, uint64_t *remaining_ns);
 afsm_status mem_handle_add_stats(store_handle *h, const afsm_stats *delta);
+/* Heartbeat and stats in one pass at the caller's engine-clock reading;
+ * the owner's stats are deferred (mem_handle above). */
+afsm_status mem_handle_packet(store_handle *h, uint64_t now_ns, const afsm_stats *delta, uint64_t *remaining_ns);
+/* Moves every deferred count of the shard's handles into their sessions:
+ * O(handles used with afsm_handle_packet). Takes the shard's
+ * handles_lock (a leaf lock). */
+void mem_fold_handles(shard *sh);
+/* The same for the handles of one session, under its home shard's lock (a
+ * close's final copy): O(handles used with afsm_handle_packet in that
+ * shard). */
+void mem_fold_session(mem_store *ms, session *s);
 void mem_handle_session_id(const store_handle *h, afsm_uuid *out);
 void mem_handle_release(store_handle *h);
 /* One item of a heartbeat or stats addition, for the staged batches: s

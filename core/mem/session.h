@@ -5,7 +5,8 @@
  * - immutable fields are written once, before the record is published into
  *   the tables (table_insert publishes, table_get observes);
  * - last_active_ns, last_traffic_ns, token_generation and the stats are C11
- *   atomics written lock-free from any thread;
+ *   atomics written lock-free from any thread (the stats also by the folds
+ *   of handles' deferred counters, mem/dataplane.c);
  * - state and meta change together, only under the lock of the session's
  *   home shard, inside the seqlock `seq`, so a reader copies them
  *   consistently;

@@ -30,6 +30,15 @@ typedef struct shard {
     table connections;        /* &session->connection_id */
     table users;              /* &user_entry->key (mem/index.h) */
     wheel timers;             /* deadlines of the sessions in `sessions` */
+    /* The pinned handles of this shard's sessions whose counters are
+     * deferred (claimed by afsm_handle_packet's owner), for the fold pass
+     * of each advance (mem/dataplane.c): an array, so the pass prefetches
+     * instead of chasing pointers. Own lock, taken alone: the claim,
+     * release and the fold pass; never per packet. */
+    sync_lock handles_lock;
+    struct mem_handle **deferring;
+    size_t deferring_count;
+    size_t deferring_capacity;
     /* Counters of this shard's sessions: written under the lock, read
      * lock-free and summed over the shards. */
     _Atomic uint64_t by_state[AFSM_STATE_COUNT];

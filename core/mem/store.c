@@ -408,6 +408,7 @@ static void shard_teardown(shard *sh, int tables_ready)
      * table. Then what is still live, with no reader left. */
     if (sh->defer != NULL)
         epoch_writer_retire(sh->defer);
+    mem_free(sh->deferring); /* empty: close needs every handle released */
     if (tables_ready < 3)
         goto partial;
     table_each(&sh->sessions, free_session_at_close);
@@ -456,6 +457,7 @@ static const store_ops mem_ops = {
     .pin = mem_pin,
     .handle_heartbeat = mem_handle_heartbeat,
     .handle_add_stats = mem_handle_add_stats,
+    .handle_packet = mem_handle_packet,
     .handle_session_id = mem_handle_session_id,
     .handle_release = mem_handle_release,
     .pinned = mem_pinned,
@@ -497,6 +499,7 @@ afsm_status mem_store_open(const store_config *config, store **out)
     for (unsigned i = 0; i < config->shard_count; i++) {
         shard *sh = &ms->shards[i];
         sync_lock_init(&sh->lock);
+        sync_lock_init(&sh->handles_lock);
         wheel_init(&sh->timers, config->tick_ns, now);
         sh->defer = epoch_writer_record();
         uint64_t seed = ms->seed + i;

@@ -476,6 +476,10 @@ afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afs
         status = metadata_merge(NULL, u->metadata, u->metadata_count, &new_meta);
     if (status != AFSM_OK)
         goto unlock;
+    /* The copy a close returns is the session's last word: counts still
+     * deferred in a pinned handle (afsm_handle_packet) go in first. */
+    if (closing && atomic_load_explicit(&s->refs, memory_order_relaxed) > 1)
+        mem_fold_session(ms, s);
     if (remove_now)
         mem_remove_locked(ms, s, AFSM_DELETE_CLOSED, 0);
     int set_stats_now = (u->fields & AFSM_UPDATE_STATS) != 0;

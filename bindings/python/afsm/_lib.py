@@ -425,6 +425,7 @@ _PROTOTYPES: dict[str, tuple[Any, Sequence[Any]]] = {
     "afsm_handle_pin_by_connection": (_status, [_engine_p, _uuid_p, POINTER(_handle_p)]),
     "afsm_handle_heartbeat": (_status, [_handle_p, POINTER(c_uint64)]),
     "afsm_handle_add_stats": (_status, [_handle_p, _stats_p]),
+    "afsm_handle_packet": (_status, [_handle_p, c_uint64, _stats_p, POINTER(c_uint64)]),
     "afsm_handle_session_id": (_status, [_handle_p, _uuid_p]),
     "afsm_handle_release": (_status, [_handle_p]),
     "afsm_token_issue": (
