@@ -38,6 +38,7 @@ static unsigned prefix_seq;
 typedef struct recorded {
     uint32_t type, old_state, new_state;
     afsm_uuid id;
+    int64_t created_at_ns, event_at_ns;
     char reason[AFSM_REASON_MAX + 1];
 } recorded;
 
@@ -57,6 +58,8 @@ static void record_event(void *ctx, const afsm_event *ev)
         e->old_state = ev->old_state;
         e->new_state = ev->new_state;
         e->id = ev->session_id;
+        e->created_at_ns = ev->created_at_ns;
+        e->event_at_ns = ev->event_at_ns;
         memcpy(e->reason, ev->reason != NULL ? ev->reason : "", ev->reason_len);
         e->reason[ev->reason_len] = '\0';
     }
@@ -260,6 +263,16 @@ static uint64_t clock_forward(uint64_t ns)
     return now;
 }
 
+/* The recorded event at index i. */
+static recorded event_at(size_t i)
+{
+    pthread_mutex_lock(&rec.lock);
+    assert_true(i < rec.count);
+    recorded e = rec.events[i];
+    pthread_mutex_unlock(&rec.lock);
+    return e;
+}
+
 /* ---- create, get, list, count -------------------------------------------------- */
 
 static void test_create_get_list_count(void **state)
@@ -335,6 +348,9 @@ static void test_create_get_list_count(void **state)
     assert_int_equal(events_total(), 3);
     assert_int_equal(events_of(AFSM_EVENT_CREATED, &a1.session_id, AFSM_STATE_CONNECTING, NULL), 1);
     assert_int_equal(events_of(AFSM_EVENT_CREATED, &b1.session_id, AFSM_STATE_CONNECTING, NULL), 1);
+    /* An event's times are on the engine's clock too (it has not moved). */
+    assert_int_equal(event_at(0).created_at_ns, a1.created_at_ns);
+    assert_int_equal(event_at(0).event_at_ns, a1.created_at_ns);
 
     afsm_uuid unknown;
     afsm_uuid_v7(&unknown);
