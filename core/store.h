@@ -134,5 +134,9 @@ static inline int store_transition_allowed(uint32_t from, uint32_t to)
 
 /* The in-memory store (core/mem/). */
 afsm_status mem_store_open(const store_config *config, store **out);
+/* "Now" as that store's copies report it: its engine clock plus its wall
+ * offset. The etcd store stamps the records it writes with it, so that a
+ * replica reads them back on the engine's clock, as its own stamps are. */
+int64_t mem_store_wall_now(const store *s);
 
 #endif

@@ -35,7 +35,7 @@ void etcd_log(etcd_store *es, int level, const char *message, const char *key, c
     es->config.log(es->config.log_ctx, level, message, key != NULL ? &field : NULL, key != NULL ? 1 : 0);
 }
 
-static void event_from(etcd_event *ev, uint32_t type, const afsm_session_info *s, uint32_t old_state,
+static void event_from(etcd_store *es, etcd_event *ev, uint32_t type, const afsm_session_info *s, uint32_t old_state,
                        uint32_t new_state, const char *reason, size_t reason_len)
 {
     memset(&ev->ev, 0, sizeof(ev->ev));
@@ -56,7 +56,9 @@ static void event_from(etcd_event *ev, uint32_t type, const afsm_session_info *s
     ev->ev.reason = reason != NULL ? ev->reason : NULL;
     ev->ev.reason_len = reason != NULL ? reason_len : 0;
     ev->ev.created_at_ns = s->created_at_ns;
-    ev->ev.event_at_ns = clock_wall_ns();
+    /* The engine's clock, as the memory store reports it (and as this
+     * node's records are stamped). */
+    ev->ev.event_at_ns = mem_store_wall_now(es->replica);
 }
 
 void etcd_fire(etcd_store *es, etcd_event *ev)
@@ -282,11 +284,11 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
     pthread_cond_broadcast(&es->applied);
     if (!present) {
         if (!(flags & ETCD_APPLY_QUIET)) {
-            event_from(ev, AFSM_EVENT_CREATED, &rec->info, 0, rec->info.state, NULL, 0);
+            event_from(es, ev, AFSM_EVENT_CREATED, &rec->info, 0, rec->info.state, NULL, 0);
             atomic_fetch_add_explicit(&es->created_total, 1, memory_order_relaxed);
         }
     } else if (old.state != rec->info.state) {
-        event_from(ev, AFSM_EVENT_STATE_CHANGED, &rec->info, old.state, rec->info.state, NULL, 0);
+        event_from(es, ev, AFSM_EVENT_STATE_CHANGED, &rec->info, old.state, rec->info.state, NULL, 0);
     }
     return AFSM_OK;
 }
@@ -303,10 +305,10 @@ void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev)
     es->replica->ops->remove(es->replica, id, NULL, 0);
     pthread_cond_broadcast(&es->applied);
     if (info.has_reason) {
-        event_from(ev, AFSM_EVENT_DELETED, &old, old.state, old.state, info.reason, info.reason_len);
+        event_from(es, ev, AFSM_EVENT_DELETED, &old, old.state, old.state, info.reason, info.reason_len);
         atomic_fetch_add_explicit(&es->deleted_total[info.why], 1, memory_order_relaxed);
     } else {
-        event_from(ev, AFSM_EVENT_EXPIRED, &old, old.state, old.state, "expired", 7);
+        event_from(es, ev, AFSM_EVENT_EXPIRED, &old, old.state, old.state, "expired", 7);
         atomic_fetch_add_explicit(&es->deleted_total[AFSM_DELETE_EXPIRED], 1, memory_order_relaxed);
     }
 }

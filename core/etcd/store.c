@@ -334,7 +334,7 @@ static afsm_status lost_every_guard(void)
 }
 
 /* The new session's record, from the spec (or the copy being restored). */
-static afsm_status new_record(const session_spec *spec, owned_record *o)
+static afsm_status new_record(etcd_store *es, const session_spec *spec, owned_record *o)
 {
     memset(&o->rec, 0, sizeof(o->rec));
     o->meta_blob = NULL;
@@ -342,9 +342,9 @@ static afsm_status new_record(const session_spec *spec, owned_record *o)
     if (spec->restore != NULL) {
         *s = *spec->restore;
     } else {
-        int64_t now = clock_wall_ns();
+        int64_t now = mem_store_wall_now(es->replica);
         s->version = AFSM_SESSION_INFO_VERSION;
-        uuid_v7_at(&s->session_id, (uint64_t)now / 1000000u);
+        uuid_v7_at(&s->session_id, (uint64_t)clock_wall_ns() / 1000000u);
         s->state = AFSM_STATE_CONNECTING;
         s->created_at_ns = now;
         s->last_active_at_ns = now;
@@ -430,7 +430,7 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     owned_record *o = malloc(sizeof(*o));
     if (o == NULL)
         return AFSM_ENOMEM;
-    afsm_status status = new_record(spec, o);
+    afsm_status status = new_record(es, spec, o);
     if (status != AFSM_OK)
         goto out;
     status = etcd_lease_take(es, o->rec.info.timeout_ms, &o->rec.lease, &o->rec.leased_ns);
@@ -599,7 +599,7 @@ static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update
             break;
         }
         if (new_state == AFSM_STATE_ACTIVE && s->state != AFSM_STATE_ACTIVE)
-            s->last_active_at_ns = clock_wall_ns();
+            s->last_active_at_ns = mem_store_wall_now(es->replica);
         s->state = new_state;
         if (u->fields & AFSM_UPDATE_STATS)
             s->stats = u->stats;
@@ -645,7 +645,7 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
         if (status != AFSM_OK || (o->rec.info.state != AFSM_STATE_CONNECTING && o->rec.info.state != AFSM_STATE_IDLE))
             break;
         o->rec.info.state = AFSM_STATE_ACTIVE;
-        o->rec.info.last_active_at_ns = clock_wall_ns();
+        o->rec.info.last_active_at_ns = mem_store_wall_now(es->replica);
         int retry = 0;
         status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
         if (status != AFSM_OK || !retry)
