@@ -599,6 +599,116 @@ static void test_tokens(void **state)
     assert_int_equal(m.token_validations[AFSM_TOKEN_NOT_FOUND], 1);
 }
 
+/* ---- batches and restore ---------------------------------------------------------- */
+
+static void test_batches(void **state)
+{
+    (void)state;
+    open_engine(NULL);
+    afsm_session_info a = created("alice"), b = created("bob");
+    afsm_uuid unknown;
+    afsm_uuid_v7(&unknown);
+    afsm_uuid ids[3] = {a.session_id, unknown, b.session_id};
+    afsm_session_info out[3];
+    afsm_status statuses[3];
+    for (int i = 0; i < 3; i++)
+        afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_get_batch(engine, ids, 3, out, statuses), AFSM_OK);
+    assert_int_equal(statuses[0], AFSM_OK);
+    assert_int_equal(statuses[1], AFSM_ENOTFOUND);
+    assert_int_equal(statuses[2], AFSM_OK);
+    assert_same_id(&out[2].session_id, &b.session_id);
+    afsm_stats deltas[3] = {{.packets_received = 1}, {.packets_received = 2}, {.packets_received = 3}};
+    assert_int_equal(afsm_session_add_stats_batch(engine, ids, deltas, 3, statuses), AFSM_OK);
+    assert_int_equal(statuses[0], AFSM_OK);
+    assert_int_equal(statuses[1], AFSM_ENOTFOUND);
+    assert_int_equal(statuses[2], AFSM_OK);
+    afsm_session_info copy;
+    assert_int_equal(get(&b.session_id, &copy), AFSM_OK);
+    assert_int_equal(copy.stats.packets_received, 3);
+    /* A bad item leaves the others done and changes nothing else. */
+    assert_int_equal(counts().total, 2);
+    assert_int_equal(events_total(), 2);
+}
+
+/* For a while (etcd's watch delivers a write's echo within it on loopback),
+ * the session stays readable and no event arrives beyond the first
+ * `events`: a late echo of earlier writes undoes nothing. */
+static void assert_settled(const afsm_uuid *id, size_t events)
+{
+    uint64_t until = harness_now_ms() + 300;
+    afsm_session_info copy;
+    do {
+        assert_int_equal(get(id, &copy), AFSM_OK);
+        assert_int_equal(events_total(), events);
+        harness_nap_ms(5);
+    } while (harness_now_ms() < until);
+}
+
+/* A copy (a daemon's snapshot) comes back as it was, tokens included,
+ * without a CREATED event; a taken id or connection is AFSM_EEXISTS. */
+static void test_restore(void **state)
+{
+    (void)state;
+    open_engine(NULL);
+    afsm_session_info s = created("alice"), copy, back;
+    assert_int_equal(afsm_session_heartbeat(engine, &s.session_id, NULL), AFSM_OK);
+    char token[AFSM_TOKEN_SIZE];
+    assert_int_equal(afsm_token_rotate(engine, &s.session_id, 0, token, sizeof(token), NULL), AFSM_OK);
+    assert_int_equal(get(&s.session_id, &copy), AFSM_OK);
+    assert_int_equal(afsm_session_restore(engine, &copy, device_meta, 1), AFSM_EEXISTS);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    size_t events = events_total();
+
+    assert_int_equal(afsm_session_restore(engine, &copy, device_meta, 1), AFSM_OK);
+    assert_settled(&s.session_id, events);
+    assert_int_equal(get(&s.session_id, &back), AFSM_OK);
+    assert_int_equal(back.state, AFSM_STATE_ACTIVE);
+    assert_int_equal(back.token_generation, 2);
+    assert_int_equal(back.created_at_ns, copy.created_at_ns);
+    assert_int_equal(back.last_active_at_ns, copy.last_active_at_ns);
+    assert_int_equal(back.expires_at_ns, copy.expires_at_ns);
+    assert_int_equal(back.metadata_count, 1);
+    assert_same_id(&back.connection_id, &copy.connection_id);
+    assert_int_equal(validate(token, NULL, &back), AFSM_OK);
+    assert_int_equal(counts().total, 1);
+
+    /* Its connection id is taken now: a restore under another id fails. */
+    afsm_session_info twin = copy;
+    afsm_uuid_v7(&twin.session_id);
+    assert_int_equal(afsm_session_restore(engine, &twin, NULL, 0), AFSM_EEXISTS);
+    /* A copy whose deadline has passed is not brought back. */
+    afsm_session_info stale = copy;
+    afsm_uuid_v7(&stale.session_id);
+    afsm_uuid_v7(&stale.connection_id);
+    stale.last_active_at_ns -= 120 * (int64_t)SEC;
+    stale.created_at_ns -= 120 * (int64_t)SEC;
+    assert_int_equal(afsm_session_restore(engine, &stale, NULL, 0), AFSM_EEXPIRED);
+    assert_int_equal(get(&stale.session_id, &back), AFSM_ENOTFOUND);
+    assert_int_equal(counts().total, 1);
+    assert_int_equal(events_total(), events);
+}
+
+/* A session deleted and restored under its id, then left alone, ends as an
+ * expiry (not with the old delete's reason), once. */
+static void test_restored_session_expires(void **state)
+{
+    (void)state;
+    suite_options o = {.timeout_ms = 1000, .real_clock = 1};
+    open_engine(&o);
+    afsm_session_info s = created("alice"), copy;
+    assert_int_equal(get(&s.session_id, &copy), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, "moved", 5), AFSM_OK);
+    size_t events = events_total();
+    assert_int_equal(afsm_session_restore(engine, &copy, NULL, 0), AFSM_OK);
+    WAIT_FOR(events_total() > events, 10000);
+    harness_nap_ms(300); /* room for a wrong second event to show */
+    assert_int_equal(events_total(), events + 1);
+    assert_int_equal(events_of(AFSM_EVENT_EXPIRED, &s.session_id, 0, "expired"), 1);
+    assert_int_equal(events_of(AFSM_EVENT_DELETED, &s.session_id, 0, "moved"), 1);
+    assert_int_equal(get(&s.session_id, &copy), AFSM_ENOTFOUND);
+}
+
 /* ---- per-user caps and connection ids ------------------------------------------- */
 
 static void test_per_user_cap(void **state)
@@ -1011,6 +1121,9 @@ int main(void)
         CASE(test_delete_with_reason),
         CASE(test_delete_by_user),
         CASE(test_tokens),
+        CASE(test_batches),
+        CASE(test_restore),
+        CASE(test_restored_session_expires),
         CASE(test_per_user_cap),
         CASE(test_connection_id_unique),
         CASE(test_expiry_by_engine_clock),
