@@ -248,6 +248,8 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
     ev->pending = 0;
     track_info known;
     int tracked = track_get(&es->tracks, &rec->info.session_id, &known);
+    if (tracked && known.mod_revision == 0)
+        tracked = 0; /* a create's placeholder (store.c, create_begin): nothing applied yet */
     if (tracked && known.mod_revision >= mod_revision)
         return AFSM_OK; /* the echo of a write already applied */
     if (!tracked && es->tombstone_count > 0 && tombstoned(es, &rec->info.session_id, mod_revision))
@@ -358,7 +360,12 @@ static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etc
     if (kind == KEYS_FOREIGN) {
         etcd_log(es, AFSM_LOG_WARN, "etcd: foreign key under the prefix skipped", "key", key != NULL ? key : "?");
     } else if (kind == KEYS_SESSION && wait_own_writes(es, &id) && deleted) {
-        etcd_apply_delete(es, &id, ev);
+        /* A deletion older than the record this node holds (or than the
+         * restore of its id under way here: a placeholder) is the echo of
+         * this node's own delete of an id written again since: the session
+         * it removed is already gone here. */
+        if (!track_get(&es->tracks, &id, &known) || (known.mod_revision != 0 && known.mod_revision < mod_revision))
+            etcd_apply_delete(es, &id, ev);
     } else if (kind == KEYS_SESSION) {
         keys_record rec;
         json_object *holder = NULL;
@@ -369,7 +376,12 @@ static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etc
             etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
         }
         json_object_put(holder);
-    } else if (kind == KEYS_GONE && !deleted && value != NULL) {
+    } else if (kind == KEYS_GONE && !deleted && value != NULL &&
+               !(track_get(&es->tracks, &id, &known) &&
+                 (known.mod_revision == 0 || known.mod_revision > mod_revision))) {
+        /* (A reason older than the record held, or seen while the id is
+         * being restored here, belongs to a deletion already applied, not
+         * to this incarnation of the id.) */
         json_object *gone = json_tokener_parse(value);
         json_object *reason;
         int64_t why = etcd_get_int64(gone, "why");

@@ -419,9 +419,48 @@ static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry
     return st;
 }
 
+/* A create's txn is under way for id. Its echo may reach the watch before
+ * the creator applies the txn's result: the watch holds it until then
+ * (wait_own_writes), so the CREATED fires once, on the creating thread, and
+ * a restore stays quiet. A new id gets a placeholder entry (mod_revision
+ * 0: nothing applied yet) that carries the count. */
+static afsm_status create_begin(etcd_store *es, const afsm_uuid *id)
+{
+    afsm_status st = AFSM_OK;
+    track_info ti;
+    pthread_mutex_lock(&es->apply_lock);
+    if (track_get(&es->tracks, id, &ti)) {
+        track_inflight(&es->tracks, id, +1);
+    } else {
+        track_info pending = {.slot = -1, .inflight = 1};
+        st = track_put(&es->tracks, id, &pending);
+    }
+    pthread_mutex_unlock(&es->apply_lock);
+    return st;
+}
+
+static void create_end(etcd_store *es, const afsm_uuid *id)
+{
+    track_info ti;
+    pthread_mutex_lock(&es->apply_lock);
+    if (track_get(&es->tracks, id, &ti)) {
+        if (ti.mod_revision == 0)
+            track_remove(&es->tracks, id, &ti); /* the create failed: no such session */
+        else if (ti.inflight > 0)
+            track_inflight(&es->tracks, id, -1);
+    }
+    pthread_cond_broadcast(&es->applied);
+    pthread_mutex_unlock(&es->apply_lock);
+}
+
 static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session_info *out)
 {
     etcd_store *es = (etcd_store *)st;
+    /* A copy past its deadline is not brought back (the memory store's
+     * rule; the replica, which never judges expiry, would keep it). */
+    if (spec->restore != NULL && spec->restore->last_active_at_ns + (int64_t)(spec->restore->timeout_ms * NS_PER_MS) <=
+                                     mem_store_wall_now(es->replica))
+        return AFSM_EEXPIRED;
     afsm_session_info probe = {.version = AFSM_SESSION_INFO_VERSION};
     /* The replica answers the common refusal without a round trip; the txn
      * is what guarantees it. */
@@ -436,6 +475,11 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     status = etcd_lease_take(es, o->rec.info.timeout_ms, &o->rec.lease, &o->rec.leased_ns);
     if (status != AFSM_OK)
         goto out;
+    status = create_begin(es, &o->rec.info.session_id);
+    if (status != AFSM_OK) {
+        etcd_lease_revoke(es, o->rec.lease);
+        goto out;
+    }
     uint32_t cap = es->config.max_sessions_per_user;
     uint8_t *taken = cap != 0 ? malloc((cap + 7) / 8) : NULL;
     int64_t revision = 0;
@@ -467,11 +511,13 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     }
     free(taken);
     if (status != AFSM_OK) {
+        create_end(es, &o->rec.info.session_id);
         if (status != AFSM_EUNAVAILABLE) /* else the outcome is unknown: let the lease expire */
             etcd_lease_revoke(es, o->rec.lease);
         goto out;
     }
     status = apply_own(es, &o->rec, revision, ETCD_APPLY_OWN | (spec->restore != NULL ? ETCD_APPLY_QUIET : 0));
+    create_end(es, &o->rec.info.session_id);
     if (status == AFSM_OK && out != NULL)
         status = es->replica->ops->get(es->replica, &o->rec.info.session_id, out);
 out:
