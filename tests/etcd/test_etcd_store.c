@@ -726,35 +726,40 @@ static void test_load_reads_every_page(void **state)
 }
 
 /* Configuration the etcd store refuses, each with its own status. */
-/* The ids of every lease etcd holds, into ids[] (at most max); the count. */
-static size_t leases_in_etcd(int64_t *ids, size_t max)
+/* The ids of every lease etcd holds (malloc'd; *n gets the count). */
+static int64_t *leases_in_etcd(size_t *n)
 {
     etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
     etcd_client *c;
     assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
     json_object *body = json_object_new_object(), *reply = NULL, *list;
     assert_int_equal(etcd_call(c, "/v3/lease/leases", body, 1, &reply, NULL), AFSM_OK);
-    size_t n = 0;
-    if (json_object_object_get_ex(reply, "leases", &list) && json_object_is_type(list, json_type_array))
-        for (size_t i = 0; i < json_object_array_length(list) && n < max; i++)
-            ids[n++] = etcd_get_int64(json_object_array_get_idx(list, i), "ID");
+    *n = 0;
+    int64_t *ids = NULL;
+    if (json_object_object_get_ex(reply, "leases", &list) && json_object_is_type(list, json_type_array)) {
+        ids = calloc(json_object_array_length(list) + 1, sizeof(*ids));
+        assert_non_null(ids);
+        for (size_t i = 0; i < json_object_array_length(list); i++)
+            ids[(*n)++] = etcd_get_int64(json_object_array_get_idx(list, i), "ID");
+    }
     json_object_put(body);
     json_object_put(reply);
     etcd_client_close(c);
-    return n;
+    return ids;
 }
 
 /* Leases in etcd now that were not in before[0..n_before). */
 static size_t new_leases(const int64_t *before, size_t n_before)
 {
-    int64_t now[512];
-    size_t n = leases_in_etcd(now, 512), fresh = 0;
+    size_t n, fresh = 0;
+    int64_t *now = leases_in_etcd(&n);
     for (size_t i = 0; i < n; i++) {
         int seen = 0;
         for (size_t j = 0; j < n_before && !seen; j++)
             seen = now[i] == before[j];
         fresh += !seen;
     }
+    free(now);
     return fresh;
 }
 
@@ -766,8 +771,8 @@ static size_t new_leases(const int64_t *before, size_t n_before)
 static void test_idle_engine_makes_no_lease_writes(void **state)
 {
     (void)state;
-    int64_t before[512];
-    size_t n_before = leases_in_etcd(before, 512);
+    size_t n_before;
+    int64_t *before = leases_in_etcd(&n_before);
     afsm_engine *e;
     engine_options o = {.prefix = "/idle/", .timeout_ms = 60000};
     assert_int_equal(open_engine(&o, &e), AFSM_OK);
@@ -786,10 +791,12 @@ static void test_idle_engine_makes_no_lease_writes(void **state)
         harness_nap_ms(100);
     }
     assert_int_equal(metrics_of(e).etcd_lease_grants_total, grants);
-    assert_int_equal(get(e, &s.session_id, &s), AFSM_OK);
+    afsm_session_info copy;
+    assert_int_equal(get(e, &s.session_id, &copy), AFSM_OK);
     fprintf(stderr, "idle lease pool: spare leases gone %llu ms after the last create, %llu grants in all\n",
             (unsigned long long)idle_after_ms, (unsigned long long)grants);
     afsm_engine_close(e);
+    free(before);
 }
 
 static void test_config_checks(void **state)
