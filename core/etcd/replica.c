@@ -535,8 +535,8 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
         /* The range was read before apply_lock was taken: a session this
          * node wrote after the range's revision is new, not vanished. */
         track_info ti;
-        if (track_get(&es->tracks, &known.ids[i], &ti) && ti.mod_revision > revision)
-            continue;
+        if (track_get(&es->tracks, &known.ids[i], &ti) && (ti.mod_revision > revision || ti.mod_revision == 0))
+            continue; /* (0: a create under way here, not applied yet) */
         etcd_apply_delete(es, &known.ids[i], &gone);
         if (emit_differences) {
             pthread_mutex_unlock(&es->apply_lock);
