@@ -801,6 +801,25 @@ static void apply_own_delete(etcd_store *es, const afsm_uuid *id, int64_t revisi
     etcd_fire(es, &ev);
 }
 
+/* delete_txn, then its result applied here. While the txn is under way
+ * the watch holds the session's deletion (wait_own_writes), so the DELETED
+ * fires once, on this thread, before the call returns, as on the memory
+ * store; the watch's copy then finds the session gone. */
+static afsm_status delete_and_apply(etcd_store *es, const afsm_uuid *id, const keys_record *rec, afsm_delete_reason why,
+                                    const char *reason, size_t reason_len)
+{
+    int64_t revision;
+    track_inflight(&es->tracks, id, +1);
+    afsm_status st = delete_txn(es, rec, why, reason, reason_len, &revision);
+    if (st == AFSM_OK)
+        apply_own_delete(es, id, revision, why, reason, reason_len);
+    pthread_mutex_lock(&es->apply_lock);
+    track_inflight(&es->tracks, id, -1); /* a no-op once the delete removed the entry */
+    pthread_cond_broadcast(&es->applied);
+    pthread_mutex_unlock(&es->apply_lock);
+    return st;
+}
+
 /* A session this node's replica knows. */
 static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
                                      size_t reason_len)
@@ -810,11 +829,8 @@ static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_d
         return AFSM_ENOMEM;
     track_info ti;
     afsm_status st = current_record(es, id, o, &ti);
-    int64_t revision;
     if (st == AFSM_OK)
-        st = delete_txn(es, &o->rec, why, reason, reason_len, &revision);
-    if (st == AFSM_OK)
-        apply_own_delete(es, id, revision, why, reason, reason_len);
+        st = delete_and_apply(es, id, &o->rec, why, reason, reason_len);
     owned_release(o);
     free(o);
     return st;
@@ -884,12 +900,10 @@ static afsm_status etcd_remove_by_user(store *st, const char *user_id, size_t us
                 keys_parse(es->prefix, es->prefix_len, k, (size_t)len, &id) == KEYS_USER) {
                 keys_record rec;
                 json_object *holder = NULL;
-                int64_t revision;
                 afsm_status one = read_record(es, &id, &rec, &holder);
                 if (one == AFSM_OK)
-                    one = delete_txn(es, &rec, AFSM_DELETE_USER, reason, reason_len, &revision);
+                    one = delete_and_apply(es, &id, &rec, AFSM_DELETE_USER, reason, reason_len);
                 if (one == AFSM_OK) {
-                    apply_own_delete(es, &id, revision, AFSM_DELETE_USER, reason, reason_len);
                     (*removed)++;
                 } else if (one != AFSM_ENOTFOUND) {
                     status = one; /* gone meanwhile is fine; etcd down is not */
