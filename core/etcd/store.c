@@ -594,15 +594,24 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
     owned_record *o = malloc(sizeof(*o));
     if (o == NULL)
         return AFSM_ENOMEM;
-    track_info ti;
-    afsm_status st = current_record(es, id, o, &ti);
-    if (st == AFSM_OK && memcmp(&o->rec.info.stats, &ti.flushed, sizeof(afsm_stats)) != 0) {
-        /* A race lost to another writer merges etcd's record into the
-         * replica (keeping this node's additions): the next pass writes. */
+    afsm_status st = AFSM_OK;
+    /* A race lost to another writer merges etcd's record into the replica
+     * (keeping this node's additions), and the write is tried again at
+     * once: the flush at close has no next pass to leave it to. */
+    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
+        track_info ti;
+        st = current_record(es, id, o, &ti);
+        if (st != AFSM_OK || memcmp(&o->rec.info.stats, &ti.flushed, sizeof(afsm_stats)) == 0)
+            break;
         int retry = 0;
         st = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
-        if (st == AFSM_OK && !retry)
+        owned_release(o);
+        if (st != AFSM_OK)
+            break;
+        if (!retry) {
             atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
+            break;
+        }
     }
     owned_release(o);
     free(o);
