@@ -798,6 +798,28 @@ static void test_expiry_by_engine_clock(void **state)
     assert_int_equal(counts().total, 1);
 }
 
+/* Reported times are the engine clock plus a wall offset that follows a
+ * step of more than a second between the two at the next advance (NTP, a
+ * resumed VM): here the engine clock jumps 10 s ahead of the wall clock. */
+static void test_wall_clock_followed_on_advance(void **state)
+{
+    (void)state;
+    open_engine(NULL);
+    afsm_session_info s = created("alice"), copy;
+    assert_int_equal(afsm_engine_advance(engine, clock_forward(10 * SEC), NULL), AFSM_OK);
+    assert_int_equal(get(&s.session_id, &copy), AFSM_OK);
+    int64_t shift = copy.created_at_ns - s.created_at_ns;
+    if (shift > -9 * (int64_t)SEC || shift < -11 * (int64_t)SEC)
+        fail_msg("created_at moved by %lld ns, want about -10 s", (long long)shift);
+    /* Now, as reported, is the wall clock again: a session created now. */
+    afsm_session_info later = created("alice");
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    int64_t off = later.created_at_ns - ((int64_t)wall.tv_sec * (int64_t)SEC + wall.tv_nsec);
+    if (off > (int64_t)SEC || off < -(int64_t)SEC)
+        fail_msg("a new session's created_at is %lld ns off the wall clock", (long long)off);
+}
+
 /* Real time on both stores: a session nobody heartbeats expires (EXPIRED,
  * reason "expired", never DELETED); one heartbeated meanwhile stays. */
 static void test_expiry_in_real_time(void **state)
@@ -1127,6 +1149,7 @@ int main(void)
         CASE(test_per_user_cap),
         CASE(test_connection_id_unique),
         CASE(test_expiry_by_engine_clock),
+        CASE(test_wall_clock_followed_on_advance),
         CASE(test_expiry_in_real_time),
         CASE(test_bad_input),
         CASE(test_idle_detection),
