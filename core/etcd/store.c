@@ -1148,8 +1148,10 @@ static afsm_status etcd_list(store *st, const afsm_list_filter *filter, afsm_ses
 
 static afsm_status etcd_advance(store *st, uint64_t now_ns, size_t *expired)
 {
-    /* Expiry is etcd's (leases); it reaches this node through the watch. */
-    (void)st;
+    /* Expiry is etcd's (leases); it reaches this node through the watch.
+     * Reported (and written) times follow wall-clock steps as on the
+     * memory store. */
+    mem_store_follow_wall_clock(((etcd_store *)st)->replica);
     (void)now_ns;
     *expired = 0;
     return AFSM_OK;
