@@ -137,5 +137,13 @@ static inline int store_transition_allowed(uint32_t from, uint32_t to)
 
 /* The in-memory store (core/mem/). */
 afsm_status mem_store_open(const store_config *config, store **out);
+/* "Now" as that store's copies report it: its engine clock plus its wall
+ * offset. The etcd store stamps the records it writes with it, so that a
+ * replica reads them back on the engine's clock, as its own stamps are. */
+int64_t mem_store_wall_now(const store *s);
+/* Re-anchors that offset after a step of the wall clock against the engine
+ * clock of more than a second, as every advance of the memory store does;
+ * for the etcd store's replica, whose own advance (expiry) never runs. */
+void mem_store_follow_wall_clock(store *s);
 
 #endif

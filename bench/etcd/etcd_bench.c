@@ -14,6 +14,10 @@
  *                    etcd_debugging_lease_renewed_total, as a cross-check)
  *                    while every session heartbeats once a second, against
  *                    the bound sessions / (timeout / 3) per second
+ *   --lease-only N   only the lease traffic, of N sessions (100K: issue 16's
+ *                    figure) created by --threads creators while 16 threads
+ *                    heartbeat every created session once a second; the
+ *                    window (--lease-seconds) starts once all exist
  *
  * Output: one JSON object on stdout. Threads share nothing but the engine;
  * each counts its own operations.
@@ -281,12 +285,171 @@ static double lease_traffic(const options *o, int sessions, uint64_t timeout_ms,
     return sent;
 }
 
+/* ---- lease traffic at scale (--lease-only) ---------------------------------------------- */
+
+/* Sessions are created by o->threads creators, each into its own region of
+ * ids; heartbeaters go over the regions' created sessions once a second
+ * from the start, so every session heartbeats every second from its
+ * creation on (as a client does) and none expires while the rest are
+ * created. The window is measured once every session exists. */
+typedef struct scale {
+    const options *o;
+    afsm_engine *engine;
+    afsm_uuid *ids;
+    int per_region;
+    _Atomic int *created; /* per region */
+    _Atomic int stop;
+    int heartbeaters;
+} scale;
+
+typedef struct scale_worker {
+    scale *sc;
+    int index;
+    uint64_t failures, heartbeats;
+    double longest_round_s; /* after every session exists */
+    _Atomic int all_created;
+} scale_worker;
+
+static void *scale_create(void *arg)
+{
+    scale_worker *w = arg;
+    scale *sc = w->sc;
+    for (int i = 0; i < sc->per_region; i++) {
+        afsm_create_options co = AFSM_CREATE_OPTIONS_INIT;
+        char user[32];
+        co.user_id = user;
+        co.user_id_len = (size_t)snprintf(user, sizeof(user), "scale-%d-%d", w->index, i);
+        co.client_ip = "10.0.0.3";
+        co.client_ip_len = 8;
+        afsm_uuid_v7(&co.connection_id);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        afsm_status st = afsm_session_create(sc->engine, &co, &info);
+        if (st != AFSM_OK) {
+            w->failures++;
+            continue;
+        }
+        int at = atomic_load_explicit(&sc->created[w->index], memory_order_relaxed);
+        sc->ids[(size_t)w->index * (size_t)sc->per_region + (size_t)at] = info.session_id;
+        atomic_store_explicit(&sc->created[w->index], at + 1, memory_order_release);
+    }
+    return NULL;
+}
+
+static void *scale_heartbeat(void *arg)
+{
+    scale_worker *w = arg;
+    scale *sc = w->sc;
+    double next = now_s();
+    while (!atomic_load_explicit(&sc->stop, memory_order_relaxed)) {
+        int counted = atomic_load_explicit(&w->all_created, memory_order_acquire);
+        double round_start = now_s();
+        /* Every region's sessions, dealt out among the heartbeaters. */
+        for (int r = 0; r < sc->o->threads; r++) {
+            int n = atomic_load_explicit(&sc->created[r], memory_order_acquire);
+            for (int i = w->index; i < n; i += sc->heartbeaters) {
+                afsm_status st =
+                    afsm_session_heartbeat(sc->engine, &sc->ids[(size_t)r * (size_t)sc->per_region + i], NULL);
+                w->failures += st != AFSM_OK;
+                w->heartbeats++;
+            }
+        }
+        double took = now_s() - round_start;
+        if (counted && took > w->longest_round_s)
+            w->longest_round_s = took;
+        next += 1.0;
+        while (now_s() < next && !atomic_load_explicit(&sc->stop, memory_order_relaxed)) {
+            struct timespec ts = {0, 5000000};
+            nanosleep(&ts, NULL); /* pacing: once a second per session */
+        }
+        if (now_s() > next + 1.0)
+            next = now_s(); /* a round overran by a second: do not try to catch up */
+    }
+    return NULL;
+}
+
+static int lease_scale(const options *o, int sessions, uint64_t timeout_ms)
+{
+    afsm_engine *e = open_engine(o, AFSM_STORE_ETCD, AFSM_READ_REPLICA, "/bench-scale/", timeout_ms);
+    /* A heartbeat that finds its lease due waits for the keepalive's round
+     * trip: with ~1,000 renewals a second due, a few threads would spend
+     * whole seconds waiting and the rounds would stretch past a second. */
+    enum { HEARTBEATERS = 16 };
+    scale sc = {
+        .o = o, .engine = e, .per_region = (sessions + o->threads - 1) / o->threads, .heartbeaters = HEARTBEATERS};
+    sc.ids = calloc((size_t)sc.per_region * (size_t)o->threads, sizeof(afsm_uuid));
+    sc.created = calloc((size_t)o->threads, sizeof(*sc.created));
+    scale_worker *creators = calloc((size_t)o->threads, sizeof(*creators));
+    scale_worker beaters[HEARTBEATERS] = {0};
+    pthread_t *ct = calloc((size_t)o->threads, sizeof(*ct)), bt[HEARTBEATERS];
+    double start = now_s();
+    for (int i = 0; i < HEARTBEATERS; i++) {
+        beaters[i].sc = &sc;
+        beaters[i].index = i;
+        pthread_create(&bt[i], NULL, scale_heartbeat, &beaters[i]);
+    }
+    for (int i = 0; i < o->threads; i++) {
+        creators[i].sc = &sc;
+        creators[i].index = i;
+        pthread_create(&ct[i], NULL, scale_create, &creators[i]);
+    }
+    uint64_t create_failures = 0;
+    int total = 0;
+    for (int i = 0; i < o->threads; i++) {
+        pthread_join(ct[i], NULL);
+        create_failures += creators[i].failures;
+        total += atomic_load(&sc.created[i]);
+    }
+    double created_s = now_s() - start;
+    for (int i = 0; i < HEARTBEATERS; i++)
+        atomic_store_explicit(&beaters[i].all_created, 1, memory_order_release);
+    uint64_t hb_before = 0;
+    for (int i = 0; i < HEARTBEATERS; i++)
+        hb_before += beaters[i].heartbeats; /* racy read: only a rough rate */
+    uint64_t sent_before = keepalives_sent(e);
+    double etcd_before = renewed_total(o), window_start = now_s();
+    while (now_s() < window_start + o->lease_seconds) {
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+    }
+    double window = now_s() - window_start;
+    uint64_t sent = keepalives_sent(e) - sent_before;
+    double etcd_after = renewed_total(o);
+    atomic_store(&sc.stop, 1);
+    uint64_t hb_failures = 0, heartbeats = 0;
+    double longest = 0;
+    for (int i = 0; i < HEARTBEATERS; i++) {
+        pthread_join(bt[i], NULL);
+        hb_failures += beaters[i].failures;
+        heartbeats += beaters[i].heartbeats;
+        longest = beaters[i].longest_round_s > longest ? beaters[i].longest_round_s : longest;
+    }
+    afsm_metrics m = AFSM_METRICS_INIT;
+    afsm_metrics_snapshot(e, &m);
+    printf("{\n  \"lease_sessions\": %d,\n  \"create_failures\": %llu,\n  \"create_seconds\": %.1f,\n"
+           "  \"lease_timeout_s\": %.1f,\n  \"window_s\": %.1f,\n  \"keepalives_per_s\": %.1f,\n"
+           "  \"keepalives_etcd_counted_per_s\": %.1f,\n  \"keepalive_bound_per_s\": %.1f,\n"
+           "  \"heartbeats_per_s_in_window\": %.0f,\n  \"heartbeat_failures\": %llu,\n"
+           "  \"longest_heartbeat_round_s\": %.2f,\n  \"sessions_at_end\": %llu\n}\n",
+           total, (unsigned long long)create_failures, created_s, timeout_ms / 1000.0, window, (double)sent / window,
+           etcd_before < 0 || etcd_after < 0 ? -1.0 : (etcd_after - etcd_before) / window,
+           total / (timeout_ms / 1000.0 / 3.0), (double)(heartbeats - hb_before) / (now_s() - window_start),
+           (unsigned long long)hb_failures, longest, (unsigned long long)m.sessions);
+    /* Sessions are left to their leases: deleting 100K would take minutes. */
+    afsm_engine_close(e);
+    free(sc.ids);
+    free((void *)sc.created);
+    free(creators);
+    free(ct);
+    return hb_failures == 0 && create_failures == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     /* Lease traffic: 500 sessions with a 6 s timeout (a lease TTL of 8 s),
      * so that creating them all (a few per millisecond) takes well under a
      * TTL, and a heartbeat round with its renewals well under a second. */
     options o = {.threads = 4, .seconds = 3, .sessions = 2000, .lease_seconds = 9, .lease_timeout_ms = 6000};
+    int lease_only = 0; /* --lease-only N: only the lease traffic of N sessions */
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--endpoints"))
             o.endpoints = argv[i + 1];
@@ -298,12 +461,18 @@ int main(int argc, char **argv)
             o.sessions = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--lease-seconds"))
             o.lease_seconds = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--lease-only"))
+            lease_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--lease-timeout-ms"))
+            o.lease_timeout_ms = (uint64_t)atoll(argv[i + 1]);
     }
     if (o.endpoints == NULL || o.threads < 1 || o.sessions < 1) {
         fprintf(stderr, "usage: etcd_bench --endpoints URLS [--threads N] [--seconds S] "
-                        "[--sessions M] [--lease-seconds S]\n");
+                        "[--sessions M] [--lease-seconds S] [--lease-only N [--lease-timeout-ms T]]\n");
         return 2;
     }
+    if (lease_only > 0)
+        return lease_scale(&o, lease_only, o.lease_timeout_ms);
     uint64_t failures;
     double floor = run(&o, W_FLOOR, NULL, NULL, 0, o.seconds, NULL, NULL, &failures);
 

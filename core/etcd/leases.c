@@ -13,6 +13,16 @@
  * most of its first period left. Only timeouts of a minute or more are
  * pooled: shorter ones would churn the pool faster than it saves.
  *
+ * The pool follows demand, so that an engine that creates nothing writes
+ * nothing: it holds up to twice the leases taken in the current period of
+ * timeout / 6 (at most 32), and none once a period passes without a take.
+ * A kept target of 32 cost 32 grants and 32 revokes per period for ever
+ * (~6.4 raft writes/s per idle node at a 60 s timeout); now an idle node's
+ * spare leases go within one period of its last create and are not
+ * replaced, and creates at one per period cost at most two spare leases
+ * each. The first create of a period after a quiet one grants its own
+ * lease (two round trips) while the pool refills.
+ *
  * Locking: the pool's mutex guards its fields; the granting itself runs
  * outside it. The thread sleeps on the pool's condition variable until a
  * create takes a lease (or asks for another TTL) or close stops it.
@@ -38,7 +48,9 @@ struct etcd_lease_pool {
     pthread_cond_t wake;
     pooled items[POOL_TARGET]; /* oldest first */
     int count;
-    uint64_t timeout_ms; /* what the pool grants for; 0: nothing asked yet */
+    uint64_t timeout_ms;          /* what the pool grants for; 0: nothing asked yet */
+    int64_t period_start_wall_ns; /* the current period of demand (timeout / 6 long) */
+    unsigned takes;               /* leases asked for in it */
     int stop;
     pthread_t thread;
 };
@@ -90,6 +102,19 @@ static int drop_stale(etcd_lease_pool *p, int64_t now_wall, pooled *stale)
     return n;
 }
 
+/* How many leases the pool should hold now: twice the current period's
+ * takes, at most POOL_TARGET; a new period starts with none. Pool lock held. */
+static int pool_target(etcd_lease_pool *p, int64_t now_wall)
+{
+    if (p->timeout_ms == 0)
+        return 0;
+    if (now_wall - p->period_start_wall_ns >= max_age_ns(p->timeout_ms)) {
+        p->period_start_wall_ns = now_wall;
+        p->takes = 0;
+    }
+    return p->takes >= POOL_TARGET / 2 ? POOL_TARGET : (int)(2 * p->takes);
+}
+
 static void *granter_main(void *arg)
 {
     etcd_store *es = arg;
@@ -97,15 +122,17 @@ static void *granter_main(void *arg)
     pthread_mutex_lock(&p->lock);
     while (!p->stop) {
         pooled stale[POOL_TARGET];
-        int n = drop_stale(p, clock_wall_ns(), stale);
+        int64_t now_wall = clock_wall_ns();
+        int n = drop_stale(p, now_wall, stale);
         uint64_t timeout_ms = p->timeout_ms;
-        if (n > 0 || (timeout_ms != 0 && p->count < POOL_TARGET)) {
+        int grant = p->count < pool_target(p, now_wall);
+        if (n > 0 || grant) {
             pthread_mutex_unlock(&p->lock);
             for (int i = 0; i < n; i++)
                 etcd_lease_revoke(es, stale[i].id);
             pooled fresh = {0, 0};
             afsm_status st = AFSM_OK;
-            if (timeout_ms != 0)
+            if (grant)
                 st = etcd_lease_grant(es, timeout_ms, &fresh.id, &fresh.granted_wall_ns);
             pthread_mutex_lock(&p->lock);
             if (fresh.id != 0 && p->timeout_ms == timeout_ms && p->count < POOL_TARGET) {
@@ -140,7 +167,13 @@ afsm_status etcd_lease_take(etcd_store *es, uint64_t timeout_ms, int64_t *lease,
         pthread_mutex_lock(&p->lock);
         int64_t now_wall = clock_wall_ns();
         int found = 0;
-        if (p->timeout_ms == timeout_ms) {
+        if (p->timeout_ms != timeout_ms) {
+            /* Another timeout now: the old leases expire on their own. */
+            p->timeout_ms = timeout_ms;
+            p->count = 0;
+            p->period_start_wall_ns = now_wall;
+            p->takes = 0;
+        } else {
             /* The newest: the most of its first period left. */
             while (p->count > 0 && !found) {
                 pooled last = p->items[--p->count];
@@ -150,11 +183,9 @@ afsm_status etcd_lease_take(etcd_store *es, uint64_t timeout_ms, int64_t *lease,
                     found = 1;
                 }
             }
-        } else {
-            /* Another timeout now: the old leases expire on their own. */
-            p->timeout_ms = timeout_ms;
-            p->count = 0;
         }
+        pool_target(p, now_wall); /* rolls the period */
+        p->takes++;
         pthread_cond_signal(&p->wake);
         pthread_mutex_unlock(&p->lock);
         if (found)

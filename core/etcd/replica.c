@@ -35,7 +35,7 @@ void etcd_log(etcd_store *es, int level, const char *message, const char *key, c
     es->config.log(es->config.log_ctx, level, message, key != NULL ? &field : NULL, key != NULL ? 1 : 0);
 }
 
-static void event_from(etcd_event *ev, uint32_t type, const afsm_session_info *s, uint32_t old_state,
+static void event_from(etcd_store *es, etcd_event *ev, uint32_t type, const afsm_session_info *s, uint32_t old_state,
                        uint32_t new_state, const char *reason, size_t reason_len)
 {
     memset(&ev->ev, 0, sizeof(ev->ev));
@@ -56,7 +56,9 @@ static void event_from(etcd_event *ev, uint32_t type, const afsm_session_info *s
     ev->ev.reason = reason != NULL ? ev->reason : NULL;
     ev->ev.reason_len = reason != NULL ? reason_len : 0;
     ev->ev.created_at_ns = s->created_at_ns;
-    ev->ev.event_at_ns = clock_wall_ns();
+    /* The engine's clock, as the memory store reports it (and as this
+     * node's records are stamped). */
+    ev->ev.event_at_ns = mem_store_wall_now(es->replica);
 }
 
 void etcd_fire(etcd_store *es, etcd_event *ev)
@@ -246,6 +248,8 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
     ev->pending = 0;
     track_info known;
     int tracked = track_get(&es->tracks, &rec->info.session_id, &known);
+    if (tracked && known.mod_revision == 0)
+        tracked = 0; /* a create's placeholder (store.c, create_begin): nothing applied yet */
     if (tracked && known.mod_revision >= mod_revision)
         return AFSM_OK; /* the echo of a write already applied */
     if (!tracked && es->tombstone_count > 0 && tombstoned(es, &rec->info.session_id, mod_revision))
@@ -282,11 +286,11 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
     pthread_cond_broadcast(&es->applied);
     if (!present) {
         if (!(flags & ETCD_APPLY_QUIET)) {
-            event_from(ev, AFSM_EVENT_CREATED, &rec->info, 0, rec->info.state, NULL, 0);
+            event_from(es, ev, AFSM_EVENT_CREATED, &rec->info, 0, rec->info.state, NULL, 0);
             atomic_fetch_add_explicit(&es->created_total, 1, memory_order_relaxed);
         }
     } else if (old.state != rec->info.state) {
-        event_from(ev, AFSM_EVENT_STATE_CHANGED, &rec->info, old.state, rec->info.state, NULL, 0);
+        event_from(es, ev, AFSM_EVENT_STATE_CHANGED, &rec->info, old.state, rec->info.state, NULL, 0);
     }
     return AFSM_OK;
 }
@@ -303,10 +307,10 @@ void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev)
     es->replica->ops->remove(es->replica, id, NULL, 0);
     pthread_cond_broadcast(&es->applied);
     if (info.has_reason) {
-        event_from(ev, AFSM_EVENT_DELETED, &old, old.state, old.state, info.reason, info.reason_len);
+        event_from(es, ev, AFSM_EVENT_DELETED, &old, old.state, old.state, info.reason, info.reason_len);
         atomic_fetch_add_explicit(&es->deleted_total[info.why], 1, memory_order_relaxed);
     } else {
-        event_from(ev, AFSM_EVENT_EXPIRED, &old, old.state, old.state, "expired", 7);
+        event_from(es, ev, AFSM_EVENT_EXPIRED, &old, old.state, old.state, "expired", 7);
         atomic_fetch_add_explicit(&es->deleted_total[AFSM_DELETE_EXPIRED], 1, memory_order_relaxed);
     }
 }
@@ -356,7 +360,12 @@ static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etc
     if (kind == KEYS_FOREIGN) {
         etcd_log(es, AFSM_LOG_WARN, "etcd: foreign key under the prefix skipped", "key", key != NULL ? key : "?");
     } else if (kind == KEYS_SESSION && wait_own_writes(es, &id) && deleted) {
-        etcd_apply_delete(es, &id, ev);
+        /* A deletion older than the record this node holds (or than the
+         * restore of its id under way here: a placeholder) is the echo of
+         * this node's own delete of an id written again since: the session
+         * it removed is already gone here. */
+        if (!track_get(&es->tracks, &id, &known) || (known.mod_revision != 0 && known.mod_revision < mod_revision))
+            etcd_apply_delete(es, &id, ev);
     } else if (kind == KEYS_SESSION) {
         keys_record rec;
         json_object *holder = NULL;
@@ -367,7 +376,12 @@ static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etc
             etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
         }
         json_object_put(holder);
-    } else if (kind == KEYS_GONE && !deleted && value != NULL) {
+    } else if (kind == KEYS_GONE && !deleted && value != NULL &&
+               !(track_get(&es->tracks, &id, &known) &&
+                 (known.mod_revision == 0 || known.mod_revision > mod_revision))) {
+        /* (A reason older than the record held, or seen while the id is
+         * being restored here, belongs to a deletion already applied, not
+         * to this incarnation of the id.) */
         json_object *gone = json_tokener_parse(value);
         json_object *reason;
         int64_t why = etcd_get_int64(gone, "why");
@@ -521,8 +535,8 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
         /* The range was read before apply_lock was taken: a session this
          * node wrote after the range's revision is new, not vanished. */
         track_info ti;
-        if (track_get(&es->tracks, &known.ids[i], &ti) && ti.mod_revision > revision)
-            continue;
+        if (track_get(&es->tracks, &known.ids[i], &ti) && (ti.mod_revision > revision || ti.mod_revision == 0))
+            continue; /* (0: a create under way here, not applied yet) */
         etcd_apply_delete(es, &known.ids[i], &gone);
         if (emit_differences) {
             pthread_mutex_unlock(&es->apply_lock);

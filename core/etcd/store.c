@@ -334,7 +334,7 @@ static afsm_status lost_every_guard(void)
 }
 
 /* The new session's record, from the spec (or the copy being restored). */
-static afsm_status new_record(const session_spec *spec, owned_record *o)
+static afsm_status new_record(etcd_store *es, const session_spec *spec, owned_record *o)
 {
     memset(&o->rec, 0, sizeof(o->rec));
     o->meta_blob = NULL;
@@ -342,9 +342,9 @@ static afsm_status new_record(const session_spec *spec, owned_record *o)
     if (spec->restore != NULL) {
         *s = *spec->restore;
     } else {
-        int64_t now = clock_wall_ns();
+        int64_t now = mem_store_wall_now(es->replica);
         s->version = AFSM_SESSION_INFO_VERSION;
-        uuid_v7_at(&s->session_id, (uint64_t)now / 1000000u);
+        uuid_v7_at(&s->session_id, (uint64_t)clock_wall_ns() / 1000000u);
         s->state = AFSM_STATE_CONNECTING;
         s->created_at_ns = now;
         s->last_active_at_ns = now;
@@ -419,9 +419,48 @@ static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry
     return st;
 }
 
+/* A create's txn is under way for id. Its echo may reach the watch before
+ * the creator applies the txn's result: the watch holds it until then
+ * (wait_own_writes), so the CREATED fires once, on the creating thread, and
+ * a restore stays quiet. A new id gets a placeholder entry (mod_revision
+ * 0: nothing applied yet) that carries the count. */
+static afsm_status create_begin(etcd_store *es, const afsm_uuid *id)
+{
+    afsm_status st = AFSM_OK;
+    track_info ti;
+    pthread_mutex_lock(&es->apply_lock);
+    if (track_get(&es->tracks, id, &ti)) {
+        track_inflight(&es->tracks, id, +1);
+    } else {
+        track_info pending = {.slot = -1, .inflight = 1};
+        st = track_put(&es->tracks, id, &pending);
+    }
+    pthread_mutex_unlock(&es->apply_lock);
+    return st;
+}
+
+static void create_end(etcd_store *es, const afsm_uuid *id)
+{
+    track_info ti;
+    pthread_mutex_lock(&es->apply_lock);
+    if (track_get(&es->tracks, id, &ti)) {
+        if (ti.mod_revision == 0)
+            track_remove(&es->tracks, id, &ti); /* the create failed: no such session */
+        else if (ti.inflight > 0)
+            track_inflight(&es->tracks, id, -1);
+    }
+    pthread_cond_broadcast(&es->applied);
+    pthread_mutex_unlock(&es->apply_lock);
+}
+
 static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session_info *out)
 {
     etcd_store *es = (etcd_store *)st;
+    /* A copy past its deadline is not brought back (the memory store's
+     * rule; the replica, which never judges expiry, would keep it). */
+    if (spec->restore != NULL && spec->restore->last_active_at_ns + (int64_t)(spec->restore->timeout_ms * NS_PER_MS) <=
+                                     mem_store_wall_now(es->replica))
+        return AFSM_EEXPIRED;
     afsm_session_info probe = {.version = AFSM_SESSION_INFO_VERSION};
     /* The replica answers the common refusal without a round trip; the txn
      * is what guarantees it. */
@@ -430,12 +469,17 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     owned_record *o = malloc(sizeof(*o));
     if (o == NULL)
         return AFSM_ENOMEM;
-    afsm_status status = new_record(spec, o);
+    afsm_status status = new_record(es, spec, o);
     if (status != AFSM_OK)
         goto out;
     status = etcd_lease_take(es, o->rec.info.timeout_ms, &o->rec.lease, &o->rec.leased_ns);
     if (status != AFSM_OK)
         goto out;
+    status = create_begin(es, &o->rec.info.session_id);
+    if (status != AFSM_OK) {
+        etcd_lease_revoke(es, o->rec.lease);
+        goto out;
+    }
     uint32_t cap = es->config.max_sessions_per_user;
     uint8_t *taken = cap != 0 ? malloc((cap + 7) / 8) : NULL;
     int64_t revision = 0;
@@ -467,11 +511,13 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     }
     free(taken);
     if (status != AFSM_OK) {
+        create_end(es, &o->rec.info.session_id);
         if (status != AFSM_EUNAVAILABLE) /* else the outcome is unknown: let the lease expire */
             etcd_lease_revoke(es, o->rec.lease);
         goto out;
     }
     status = apply_own(es, &o->rec, revision, ETCD_APPLY_OWN | (spec->restore != NULL ? ETCD_APPLY_QUIET : 0));
+    create_end(es, &o->rec.info.session_id);
     if (status == AFSM_OK && out != NULL)
         status = es->replica->ops->get(es->replica, &o->rec.info.session_id, out);
 out:
@@ -548,15 +594,24 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
     owned_record *o = malloc(sizeof(*o));
     if (o == NULL)
         return AFSM_ENOMEM;
-    track_info ti;
-    afsm_status st = current_record(es, id, o, &ti);
-    if (st == AFSM_OK && memcmp(&o->rec.info.stats, &ti.flushed, sizeof(afsm_stats)) != 0) {
-        /* A race lost to another writer merges etcd's record into the
-         * replica (keeping this node's additions): the next pass writes. */
+    afsm_status st = AFSM_OK;
+    /* A race lost to another writer merges etcd's record into the replica
+     * (keeping this node's additions), and the write is tried again at
+     * once: the flush at close has no next pass to leave it to. */
+    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
+        track_info ti;
+        st = current_record(es, id, o, &ti);
+        if (st != AFSM_OK || memcmp(&o->rec.info.stats, &ti.flushed, sizeof(afsm_stats)) == 0)
+            break;
         int retry = 0;
         st = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
-        if (st == AFSM_OK && !retry)
+        owned_release(o);
+        if (st != AFSM_OK)
+            break;
+        if (!retry) {
             atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
+            break;
+        }
     }
     owned_release(o);
     free(o);
@@ -599,7 +654,7 @@ static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update
             break;
         }
         if (new_state == AFSM_STATE_ACTIVE && s->state != AFSM_STATE_ACTIVE)
-            s->last_active_at_ns = clock_wall_ns();
+            s->last_active_at_ns = mem_store_wall_now(es->replica);
         s->state = new_state;
         if (u->fields & AFSM_UPDATE_STATS)
             s->stats = u->stats;
@@ -645,7 +700,7 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
         if (status != AFSM_OK || (o->rec.info.state != AFSM_STATE_CONNECTING && o->rec.info.state != AFSM_STATE_IDLE))
             break;
         o->rec.info.state = AFSM_STATE_ACTIVE;
-        o->rec.info.last_active_at_ns = clock_wall_ns();
+        o->rec.info.last_active_at_ns = mem_store_wall_now(es->replica);
         int retry = 0;
         status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
         if (status != AFSM_OK || !retry)
@@ -755,6 +810,25 @@ static void apply_own_delete(etcd_store *es, const afsm_uuid *id, int64_t revisi
     etcd_fire(es, &ev);
 }
 
+/* delete_txn, then its result applied here. While the txn is under way
+ * the watch holds the session's deletion (wait_own_writes), so the DELETED
+ * fires once, on this thread, before the call returns, as on the memory
+ * store; the watch's copy then finds the session gone. */
+static afsm_status delete_and_apply(etcd_store *es, const afsm_uuid *id, const keys_record *rec, afsm_delete_reason why,
+                                    const char *reason, size_t reason_len)
+{
+    int64_t revision;
+    track_inflight(&es->tracks, id, +1);
+    afsm_status st = delete_txn(es, rec, why, reason, reason_len, &revision);
+    if (st == AFSM_OK)
+        apply_own_delete(es, id, revision, why, reason, reason_len);
+    pthread_mutex_lock(&es->apply_lock);
+    track_inflight(&es->tracks, id, -1); /* a no-op once the delete removed the entry */
+    pthread_cond_broadcast(&es->applied);
+    pthread_mutex_unlock(&es->apply_lock);
+    return st;
+}
+
 /* A session this node's replica knows. */
 static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
                                      size_t reason_len)
@@ -764,11 +838,8 @@ static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_d
         return AFSM_ENOMEM;
     track_info ti;
     afsm_status st = current_record(es, id, o, &ti);
-    int64_t revision;
     if (st == AFSM_OK)
-        st = delete_txn(es, &o->rec, why, reason, reason_len, &revision);
-    if (st == AFSM_OK)
-        apply_own_delete(es, id, revision, why, reason, reason_len);
+        st = delete_and_apply(es, id, &o->rec, why, reason, reason_len);
     owned_release(o);
     free(o);
     return st;
@@ -838,12 +909,10 @@ static afsm_status etcd_remove_by_user(store *st, const char *user_id, size_t us
                 keys_parse(es->prefix, es->prefix_len, k, (size_t)len, &id) == KEYS_USER) {
                 keys_record rec;
                 json_object *holder = NULL;
-                int64_t revision;
                 afsm_status one = read_record(es, &id, &rec, &holder);
                 if (one == AFSM_OK)
-                    one = delete_txn(es, &rec, AFSM_DELETE_USER, reason, reason_len, &revision);
+                    one = delete_and_apply(es, &id, &rec, AFSM_DELETE_USER, reason, reason_len);
                 if (one == AFSM_OK) {
-                    apply_own_delete(es, &id, revision, AFSM_DELETE_USER, reason, reason_len);
                     (*removed)++;
                 } else if (one != AFSM_ENOTFOUND) {
                     status = one; /* gone meanwhile is fine; etcd down is not */
@@ -1079,8 +1148,10 @@ static afsm_status etcd_list(store *st, const afsm_list_filter *filter, afsm_ses
 
 static afsm_status etcd_advance(store *st, uint64_t now_ns, size_t *expired)
 {
-    /* Expiry is etcd's (leases); it reaches this node through the watch. */
-    (void)st;
+    /* Expiry is etcd's (leases); it reaches this node through the watch.
+     * Reported (and written) times follow wall-clock steps as on the
+     * memory store. */
+    mem_store_follow_wall_clock(((etcd_store *)st)->replica);
     (void)now_ns;
     *expired = 0;
     return AFSM_OK;

@@ -250,6 +250,11 @@ static void refresh_wall_offset(mem_store *ms)
         atomic_store_explicit(&ms->wall_offset_ns, fresh, memory_order_relaxed);
 }
 
+void mem_store_follow_wall_clock(store *st)
+{
+    refresh_wall_offset((mem_store *)st);
+}
+
 /* Runs the shard's deferred frees that are safe now. Outside every epoch
  * section of this thread, so that with no reader anywhere ck_epoch_poll
  * frees everything at once. With readers about, one poll frees only the

@@ -466,6 +466,11 @@ static const store_ops mem_ops = {
     .add_stats_batch = mem_add_stats_batch,
 };
 
+int64_t mem_store_wall_now(const store *s)
+{
+    return mem_wall_now((const mem_store *)s);
+}
+
 afsm_status mem_store_open(const store_config *config, store **out)
 {
     mem_store *ms = mem_calloc(1, sizeof(*ms));

@@ -726,6 +726,84 @@ static void test_load_reads_every_page(void **state)
 }
 
 /* Configuration the etcd store refuses, each with its own status. */
+/* The ids of every lease etcd holds (malloc'd; *n gets the count). */
+static int64_t *leases_in_etcd(size_t *n)
+{
+    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
+    etcd_client *c;
+    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    json_object *body = json_object_new_object(), *reply = NULL, *list;
+    assert_int_equal(etcd_call(c, "/v3/lease/leases", body, 1, &reply, NULL), AFSM_OK);
+    *n = 0;
+    int64_t *ids = NULL;
+    if (json_object_object_get_ex(reply, "leases", &list) && json_object_is_type(list, json_type_array)) {
+        ids = calloc(json_object_array_length(list) + 1, sizeof(*ids));
+        assert_non_null(ids);
+        for (size_t i = 0; i < json_object_array_length(list); i++)
+            ids[(*n)++] = etcd_get_int64(json_object_array_get_idx(list, i), "ID");
+    }
+    json_object_put(body);
+    json_object_put(reply);
+    etcd_client_close(c);
+    return ids;
+}
+
+/* Leases in etcd now that were not in before[0..n_before). */
+static size_t new_leases(const int64_t *before, size_t n_before)
+{
+    size_t n, fresh = 0;
+    int64_t *now = leases_in_etcd(&n);
+    for (size_t i = 0; i < n; i++) {
+        int seen = 0;
+        for (size_t j = 0; j < n_before && !seen; j++)
+            seen = now[i] == before[j];
+        fresh += !seen;
+    }
+    free(now);
+    return fresh;
+}
+
+/* An engine whose creates have stopped keeps no spare leases and grants
+ * none: its lease pool (leases.c) costs etcd writes only while sessions are
+ * being created. Before, it kept 32 leases, revoking and regranting them
+ * every timeout / 6 for ever (~6.4 raft writes/s per idle node at a 60 s
+ * timeout). The pool's period at a 60 s timeout is 10 s. */
+static void test_idle_engine_makes_no_lease_writes(void **state)
+{
+    (void)state;
+    size_t n_before;
+    int64_t *before = leases_in_etcd(&n_before);
+    afsm_engine *e;
+    engine_options o = {.prefix = "/idle/", .timeout_ms = 60000};
+    assert_int_equal(open_engine(&o, &e), AFSM_OK);
+    afsm_session_info s;
+    assert_int_equal(create(e, "ivan", NULL, &s), AFSM_OK);
+    uint64_t created_ms = harness_now_ms();
+    /* The pool still grants spares on demand (a create took one)... */
+    WAIT_FOR(new_leases(before, n_before) > 1, 5000);
+    /* ...and within its period and a bit (its granter looks once a
+     * second) only the session's own lease is left. */
+    WAIT_FOR(new_leases(before, n_before) == 1, 15000);
+    uint64_t idle_after_ms = harness_now_ms() - created_ms;
+    uint64_t grants = metrics_of(e).etcd_lease_grants_total;
+    /* And it stays so for two more looks of the granter. */
+    uint64_t until = harness_now_ms() + 2500;
+    while (harness_now_ms() < until) {
+        size_t fresh = new_leases(before, n_before);
+        if (fresh != 1)
+            fail_msg("%zu leases in etcd besides those from before the test, want the session's 1 (grants %llu)", fresh,
+                     (unsigned long long)metrics_of(e).etcd_lease_grants_total);
+        harness_nap_ms(100);
+    }
+    assert_int_equal(metrics_of(e).etcd_lease_grants_total, grants);
+    afsm_session_info copy;
+    assert_int_equal(get(e, &s.session_id, &copy), AFSM_OK);
+    fprintf(stderr, "idle lease pool: spare leases gone %llu ms after the last create, %llu grants in all\n",
+            (unsigned long long)idle_after_ms, (unsigned long long)grants);
+    afsm_engine_close(e);
+    free(before);
+}
+
 static void test_config_checks(void **state)
 {
     (void)state;
@@ -1033,6 +1111,7 @@ int main(void)
         cmocka_unit_test(test_read_modes),
         cmocka_unit_test(test_stats_flushed_and_merged),
         cmocka_unit_test(test_load_reads_every_page),
+        cmocka_unit_test(test_idle_engine_makes_no_lease_writes),
         cmocka_unit_test(test_etcd_auth), /* last: it turns auth on and off */
     };
     /* AFSM_ETCD_TEST_FILTER="test_leases*" runs a subset (cmocka's glob). */
