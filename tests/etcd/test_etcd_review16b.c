@@ -239,6 +239,63 @@ static void test_state_changed_callback_does_not_stall_the_watch(void **state)
     stalls_watch(1);
 }
 
+/* ---- the replica frees what it removed
+ * ------------------------------------------- */
+
+static afsm_metrics metrics_of(afsm_engine *e)
+{
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
+    return m;
+}
+
+/* The replica is a memory store whose advance never runs (etcd_advance
+ * only re-anchors the wall offset). The memory store frees removed
+ * sessions (their records, user entries, table growth) through epoch
+ * deferrals that advance's reclaim() dispatches at every reaper tick;
+ * without it, only epoch_defer's own poll frees them, once a shard's
+ * record holds 1024 pending. So a deleted session stays allocated on every
+ * node until ~1024 more have gone through its shard: per shard up to
+ * ~1280 dead sessions with their metadata, for as long as the engine
+ * lives. On the memory store the same churn is freed at the next tick.
+ * (Process-wide metric: this test runs the only engine.) */
+static void test_replica_frees_removed_sessions(void **state)
+{
+    (void)state;
+    afsm_engine *a;
+    engine_options o = {.prefix = "/q3/"};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    uint64_t before = metrics_of(a).deferred_frees;
+    afsm_create_options c = AFSM_CREATE_OPTIONS_INIT;
+    afsm_kv meta = {.key = "k", .key_len = 1, .value = "a value that takes room", .value_len = 23};
+    c.user_id = "churn";
+    c.user_id_len = 5;
+    c.client_ip = "10.1.2.3";
+    c.client_ip_len = 8;
+    c.client_port = 4433;
+    c.metadata = &meta;
+    c.metadata_count = 1;
+    for (int i = 0; i < 300; i++) {
+        afsm_session_info s;
+        afsm_uuid_v7(&c.connection_id);
+        afsm_session_info_init(&s, AFSM_SESSION_INFO_VERSION);
+        assert_int_equal(afsm_session_create(a, &c, &s), AFSM_OK);
+        assert_int_equal(afsm_session_delete(a, &s.session_id, "churn", 5), AFSM_OK);
+    }
+    uint64_t after = metrics_of(a).deferred_frees;
+    print_message("deferred frees: %llu before, %llu after 300 creates and deletes\n", (unsigned long long)before,
+                  (unsigned long long)after);
+    /* The reaper thread ticks all along (etcd_advance); the memory store
+     * frees at its first tick. 3 s is many ticks. */
+    uint64_t until = harness_now_ms() + 3000;
+    while (metrics_of(a).deferred_frees > before + 16 && harness_now_ms() < until)
+        harness_nap_ms(20);
+    uint64_t later = metrics_of(a).deferred_frees;
+    print_message("deferred frees 3 s later: %llu\n", (unsigned long long)later);
+    assert_true(later <= before + 16);
+    afsm_engine_close(a);
+}
+
 /* ---- the cluster
  * ----------------------------------------------------------------- */
 
@@ -260,6 +317,7 @@ int main(void)
     const struct CMUnitTest one[] = {
         cmocka_unit_test(test_created_callback_does_not_stall_the_watch),
         cmocka_unit_test(test_state_changed_callback_does_not_stall_the_watch),
+        cmocka_unit_test(test_replica_frees_removed_sessions),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
