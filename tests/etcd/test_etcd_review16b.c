@@ -296,6 +296,51 @@ static void test_replica_frees_removed_sessions(void **state)
     afsm_engine_close(a);
 }
 
+/* ---- the lease pool
+ * ------------------------------------------------------------ */
+
+static uint64_t grants(afsm_engine *e)
+{
+    return metrics_of(e).etcd_lease_grants_total;
+}
+
+/* The pool holds leases for one timeout; a create with another timeout
+ * empties it (the leases are not revoked: etcd keeps them until their TTL)
+ * and restarts the demand count. With two session timeouts in use (say
+ * two client kinds), each create takes none of the pool's leases, grants
+ * its own, and makes the granter grant spares for its timeout that the
+ * next create throws away: three lease grants (raft writes) per create
+ * instead of the one a pool-less create costs, and the thrown-away leases
+ * stay in etcd. The pool must never cost more lease grants than it saves. */
+static void test_two_timeouts_do_not_multiply_lease_grants(void **state)
+{
+    (void)state;
+    afsm_engine *a;
+    engine_options o = {.prefix = "/q4/"};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    uint64_t start = grants(a);
+    const int creates = 20;
+    for (int i = 0; i < creates; i++) {
+        afsm_session_info s;
+        assert_int_equal(create_timeout(a, "two", i % 2 ? 120000 : 60000, &s), AFSM_OK);
+        /* Let the granter answer this create's demand (it grants at once). */
+        uint64_t seen = grants(a), until = harness_now_ms() + 300;
+        while (harness_now_ms() < until) {
+            harness_nap_ms(20);
+            uint64_t now = grants(a);
+            if (now != seen) {
+                seen = now;
+                until = harness_now_ms() + 300;
+            }
+        }
+    }
+    uint64_t used = grants(a) - start;
+    print_message("%d creates alternating two timeouts: %llu lease grants\n", creates, (unsigned long long)used);
+    /* One lease per session, plus a pool's worth of spares at most. */
+    assert_true(used <= (uint64_t)creates + 4);
+    afsm_engine_close(a);
+}
+
 /* ---- the cluster
  * ----------------------------------------------------------------- */
 
@@ -318,6 +363,7 @@ int main(void)
         cmocka_unit_test(test_created_callback_does_not_stall_the_watch),
         cmocka_unit_test(test_state_changed_callback_does_not_stall_the_watch),
         cmocka_unit_test(test_replica_frees_removed_sessions),
+        cmocka_unit_test(test_two_timeouts_do_not_multiply_lease_grants),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
