@@ -27,8 +27,7 @@
 
 static harness cluster;
 
-/* ---- a gate: an event callback that holds its thread
- * ------------------------------ */
+/* ---- a gate: an event callback that holds its thread ----------------------------- */
 
 /* While armed, the CREATED or STATE_CHANGED event of a session of the user
  * "hold" holds the thread that fires it until the test opens the gate (at
@@ -38,6 +37,11 @@ typedef struct gate {
     pthread_cond_t changed;
     uint32_t type; /* the event type that holds */
     int held, open;
+    struct {
+        uint32_t type;
+        afsm_uuid id;
+    } log[64]; /* every event, in order (the first 64) */
+    size_t logged;
 } gate;
 
 static void gate_init(gate *g, uint32_t type)
@@ -57,9 +61,16 @@ static void gate_destroy(gate *g)
 static void gate_event(void *ctx, const afsm_event *ev)
 {
     gate *g = ctx;
-    if (ev->type != g->type || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
-        return;
     pthread_mutex_lock(&g->lock);
+    if (g->logged < sizeof(g->log) / sizeof(g->log[0])) {
+        g->log[g->logged].type = ev->type;
+        g->log[g->logged].id = ev->session_id;
+        g->logged++;
+    }
+    if (ev->type != g->type || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0) {
+        pthread_mutex_unlock(&g->lock);
+        return;
+    }
     g->held = 1;
     pthread_cond_broadcast(&g->changed);
     struct timespec until;
@@ -86,8 +97,7 @@ static void gate_open(gate *g)
     pthread_mutex_unlock(&g->lock);
 }
 
-/* ---- engines
- * ------------------------------------------------------------------- */
+/* ---- engines --------------------------------------------------------------------- */
 
 typedef struct engine_options {
     const char *prefix;
@@ -148,8 +158,7 @@ static afsm_status get(afsm_engine *e, const afsm_uuid *id, afsm_session_info *o
         assert_true(cond);                                                                                             \
     } while (0)
 
-/* ---- a callback on a writing thread must not stall the watch
- * ----------------------- */
+/* ---- a callback on a writing thread must not stall the watch --------------------- */
 
 typedef struct writer {
     afsm_engine *e;
@@ -239,8 +248,7 @@ static void test_state_changed_callback_does_not_stall_the_watch(void **state)
     stalls_watch(1);
 }
 
-/* ---- the replica frees what it removed
- * ------------------------------------------- */
+/* ---- the replica frees what it removed ------------------------------------------- */
 
 static afsm_metrics metrics_of(afsm_engine *e)
 {
@@ -296,8 +304,7 @@ static void test_replica_frees_removed_sessions(void **state)
     afsm_engine_close(a);
 }
 
-/* ---- the lease pool
- * ------------------------------------------------------------ */
+/* ---- the lease pool -------------------------------------------------------------- */
 
 static uint64_t grants(afsm_engine *e)
 {
@@ -341,8 +348,64 @@ static void test_two_timeouts_do_not_multiply_lease_grants(void **state)
     afsm_engine_close(a);
 }
 
-/* ---- the cluster
- * ----------------------------------------------------------------- */
+/* ---- two nodes: a restore on a node whose watch lags ------------------------------ */
+
+/* A deletes session X; B, whose watch has not delivered that yet, restores
+ * X from a copy with a new connection id (a daemon moving the session to
+ * another transport). etcd takes it (s/X and c/new are free). B applies
+ * the restore's result with etcd_apply_put, which finds X still in the
+ * replica (the old incarnation, tracked) and updates it in place:
+ * update_replica carries state, metadata, stats and generation only, so
+ * the replica keeps X's old connection id (and client address). The
+ * watch's copy of A's delete is then older than the record held (D):
+ * ignored, and the echo is not newer: nothing ever repairs it. B answers
+ * the old connection id, which etcd no longer has, and not the new one. */
+static void test_restore_on_a_lagging_node_takes_the_copys_connection(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g, AFSM_EVENT_CREATED);
+    afsm_engine *a, *b;
+    engine_options o = {.prefix = "/q5/"};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    o.on_event = gate_event;
+    o.event_ctx = &g;
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+
+    afsm_session_info x, copy, hold;
+    assert_int_equal(create(a, "mover", &x), AFSM_OK);
+    WAIT_FOR(get(b, &x.session_id, &copy) == AFSM_OK, 5000);
+    assert_int_equal(create(a, "hold", &hold), AFSM_OK);
+    WAIT_FOR(gate_held(&g), 5000); /* B's watch thread is in the callback */
+
+    assert_int_equal(afsm_session_delete(a, &x.session_id, "moved", 5), AFSM_OK);
+    afsm_session_info moved = copy;
+    afsm_uuid_v7(&moved.connection_id);
+    moved.client_port = 5544;
+    afsm_status restored = afsm_session_restore(b, &moved, NULL, 0);
+    gate_open(&g);
+    assert_int_equal(restored, AFSM_OK);
+
+    /* Once B has seen a later create, its watch has passed both writes. */
+    afsm_session_info marker, by_new, by_old;
+    assert_int_equal(create(a, "marker", &marker), AFSM_OK);
+    WAIT_FOR(get(b, &marker.session_id, &copy) == AFSM_OK, 5000);
+    afsm_session_info_init(&by_new, AFSM_SESSION_INFO_VERSION);
+    afsm_session_info_init(&by_old, AFSM_SESSION_INFO_VERSION);
+    afsm_status new_status = afsm_session_get_by_connection(b, &moved.connection_id, &by_new);
+    afsm_status old_status = afsm_session_get_by_connection(b, &x.connection_id, &by_old);
+    assert_int_equal(get(b, &x.session_id, &copy), AFSM_OK);
+    print_message("B: by new connection %s, by old connection %s, port %u\n", afsm_status_name(new_status),
+                  afsm_status_name(old_status), copy.client_port);
+    assert_int_equal(new_status, AFSM_OK);
+    assert_int_equal(old_status, AFSM_ENOTFOUND);
+    assert_int_equal(copy.client_port, 5544);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+    gate_destroy(&g);
+}
+
+/* ---- the cluster ----------------------------------------------------------------- */
 
 static int start_one(void **state)
 {
@@ -364,6 +427,8 @@ int main(void)
         cmocka_unit_test(test_state_changed_callback_does_not_stall_the_watch),
         cmocka_unit_test(test_replica_frees_removed_sessions),
         cmocka_unit_test(test_two_timeouts_do_not_multiply_lease_grants),
+        cmocka_unit_test(test_restore_on_a_lagging_node_takes_the_copys_connection),
+        cmocka_unit_test(test_restore_on_a_lagging_node_takes_the_copys_connection),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
