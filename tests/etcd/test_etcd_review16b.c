@@ -89,6 +89,17 @@ static int gate_held(gate *g)
     return held;
 }
 
+static size_t gate_events(gate *g, uint32_t type, const afsm_uuid *id)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&g->lock);
+    for (size_t i = 0; i < g->logged; i++)
+        if (g->log[i].type == type && memcmp(&g->log[i].id, id, sizeof(*id)) == 0)
+            n++;
+    pthread_mutex_unlock(&g->lock);
+    return n;
+}
+
 static void gate_open(gate *g)
 {
     pthread_mutex_lock(&g->lock);
@@ -348,7 +359,7 @@ static void test_two_timeouts_do_not_multiply_lease_grants(void **state)
     afsm_engine_close(a);
 }
 
-/* ---- two nodes: a restore on a node whose watch lags ------------------------------ */
+/* ---- two nodes: a restore, a delete by user on a node whose watch lags ---- */
 
 /* A deletes session X; B, whose watch has not delivered that yet, restores
  * X from a copy with a new connection id (a daemon moving the session to
@@ -405,6 +416,46 @@ static void test_restore_on_a_lagging_node_takes_the_copys_connection(void **sta
     gate_destroy(&g);
 }
 
+/* A session created on A, removed by afsm_session_delete_by_user on B
+ * before B's watch delivered its create: B counts it removed, but its
+ * replica never had it, so apply_own_delete fires nothing, and the
+ * tombstone then hides the create's echo: B never fires a CREATED nor a
+ * DELETED for it. The memory store fires DELETED for every session a
+ * delete by user removes, on the calling thread, before it returns. */
+static void test_delete_by_user_fires_deleted_for_each_removed(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g, AFSM_EVENT_CREATED);
+    afsm_engine *a, *b;
+    engine_options o = {.prefix = "/q6/"};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    o.on_event = gate_event;
+    o.event_ctx = &g;
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+
+    afsm_session_info x, hold, copy, marker;
+    assert_int_equal(create(a, "hold", &hold), AFSM_OK);
+    WAIT_FOR(gate_held(&g), 5000); /* B's watch thread is in the callback */
+    assert_int_equal(create(a, "leaver", &x), AFSM_OK);
+    size_t removed = 0;
+    afsm_status st = afsm_session_delete_by_user(b, "leaver", 6, "bye", 3, &removed);
+    size_t deleted_on_return = gate_events(&g, AFSM_EVENT_DELETED, &x.session_id);
+    gate_open(&g);
+    assert_int_equal(st, AFSM_OK);
+    assert_int_equal(removed, 1);
+    assert_int_equal(create(a, "marker", &marker), AFSM_OK);
+    WAIT_FOR(get(b, &marker.session_id, &copy) == AFSM_OK, 5000);
+    size_t deleted = gate_events(&g, AFSM_EVENT_DELETED, &x.session_id);
+    print_message("B: %zu removed; DELETED events for it: %zu on return, %zu once caught up; CREATED: %zu\n", removed,
+                  deleted_on_return, deleted, gate_events(&g, AFSM_EVENT_CREATED, &x.session_id));
+    assert_int_equal(deleted_on_return, 1);
+    assert_int_equal(deleted, 1);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+    gate_destroy(&g);
+}
+
 /* ---- the cluster ----------------------------------------------------------------- */
 
 static int start_one(void **state)
@@ -428,7 +479,9 @@ int main(void)
         cmocka_unit_test(test_replica_frees_removed_sessions),
         cmocka_unit_test(test_two_timeouts_do_not_multiply_lease_grants),
         cmocka_unit_test(test_restore_on_a_lagging_node_takes_the_copys_connection),
+        cmocka_unit_test(test_delete_by_user_fires_deleted_for_each_removed),
         cmocka_unit_test(test_restore_on_a_lagging_node_takes_the_copys_connection),
+        cmocka_unit_test(test_delete_by_user_fires_deleted_for_each_removed),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
