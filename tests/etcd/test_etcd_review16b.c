@@ -456,6 +456,68 @@ static void test_delete_by_user_fires_deleted_for_each_removed(void **state)
     gate_destroy(&g);
 }
 
+/* ---- a callback that deletes the session it is told of ----------------------------- */
+
+typedef struct deleter {
+    afsm_engine *e;
+    uint32_t type; /* the event whose callback deletes */
+    _Atomic int deleted;
+} deleter;
+
+static void delete_on_event(void *ctx, const afsm_event *ev)
+{
+    deleter *d = ctx;
+    if (ev->type == d->type && ev->user_id_len == 7 && memcmp(ev->user_id, "selfdel", 7) == 0 &&
+        afsm_session_delete(d->e, &ev->session_id, "from a callback", 15) == AFSM_OK)
+        atomic_fetch_add(&d->deleted, 1);
+}
+
+/* afsm.h lets a callback call any afsm_session_* function. The memory
+ * store fills the caller's copy before it fires the event, so a create
+ * (or an update) whose callback deletes the session still returns
+ * AFSM_OK with the session as made. The etcd store fires from apply_own,
+ * then reads the copy back from the replica (etcd_create's and
+ * etcd_update's last get): the session is gone, and the call reports
+ * AFSM_ENOTFOUND for a write that was made, whose CREATED (or
+ * STATE_CHANGED) and DELETED both fired. */
+static void test_create_whose_callback_deletes_reports_ok(void **state)
+{
+    (void)state;
+    deleter d = {.type = AFSM_EVENT_CREATED};
+    afsm_engine *a;
+    engine_options o = {.prefix = "/q7/", .on_event = delete_on_event, .event_ctx = &d};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    d.e = a;
+    afsm_session_info s;
+    afsm_status st = create(a, "selfdel", &s);
+    print_message("create: %s, deleted by its callback: %d\n", afsm_status_name(st), atomic_load(&d.deleted));
+    assert_int_equal(atomic_load(&d.deleted), 1);
+    assert_int_equal(st, AFSM_OK);
+    afsm_engine_close(a);
+}
+
+static void test_update_whose_callback_deletes_reports_ok(void **state)
+{
+    (void)state;
+    deleter d = {.type = AFSM_EVENT_STATE_CHANGED};
+    afsm_engine *a;
+    engine_options o = {.prefix = "/q8/", .on_event = delete_on_event, .event_ctx = &d};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    d.e = a;
+    afsm_session_info s, after;
+    assert_int_equal(create(a, "selfdel", &s), AFSM_OK);
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_ACTIVE;
+    afsm_session_info_init(&after, AFSM_SESSION_INFO_VERSION);
+    afsm_status st = afsm_session_update(a, &s.session_id, &u, &after);
+    print_message("update: %s, deleted by its callback: %d\n", afsm_status_name(st), atomic_load(&d.deleted));
+    assert_int_equal(atomic_load(&d.deleted), 1);
+    assert_int_equal(st, AFSM_OK);
+    assert_int_equal(after.state, AFSM_STATE_ACTIVE);
+    afsm_engine_close(a);
+}
+
 /* ---- the cluster ----------------------------------------------------------------- */
 
 static int start_one(void **state)
@@ -480,8 +542,12 @@ int main(void)
         cmocka_unit_test(test_two_timeouts_do_not_multiply_lease_grants),
         cmocka_unit_test(test_restore_on_a_lagging_node_takes_the_copys_connection),
         cmocka_unit_test(test_delete_by_user_fires_deleted_for_each_removed),
+        cmocka_unit_test(test_create_whose_callback_deletes_reports_ok),
+        cmocka_unit_test(test_update_whose_callback_deletes_reports_ok),
         cmocka_unit_test(test_restore_on_a_lagging_node_takes_the_copys_connection),
         cmocka_unit_test(test_delete_by_user_fires_deleted_for_each_removed),
+        cmocka_unit_test(test_create_whose_callback_deletes_reports_ok),
+        cmocka_unit_test(test_update_whose_callback_deletes_reports_ok),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
