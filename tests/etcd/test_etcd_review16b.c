@@ -23,7 +23,9 @@
 #include <stdatomic.h>
 
 #include "afsm.h"
+#include "etcd/keys.h"
 #include "etcd_harness.h"
+#include "util/alloc.h"
 
 static harness cluster;
 
@@ -518,6 +520,66 @@ static void test_update_whose_callback_deletes_reports_ok(void **state)
     afsm_engine_close(a);
 }
 
+/* ---- allocation failure after the txn -------------------------------------------- */
+
+/* Sessions under prefix in etcd (s/ keys), read with the test's own client. */
+static int64_t sessions_in_etcd(const char *prefix)
+{
+    char key[64], end[64];
+    size_t n = (size_t)snprintf(key, sizeof(key), "%ss/", prefix);
+    keys_range_end(key, n, end);
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "key", etcd_json_bytes(key, n));
+    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
+    json_object_object_add(body, "count_only", json_object_new_boolean(1));
+    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
+    etcd_client *c;
+    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    json_object *reply = NULL;
+    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
+    json_object_put(body);
+    int64_t count = etcd_get_int64(reply, "count");
+    json_object_put(reply);
+    etcd_client_close(c);
+    return count;
+}
+
+/* alloc.h: a test makes the Nth allocation fail "and check[s] that the
+ * engine is unchanged". etcd_create allocates from the engine's allocator
+ * after its txn has committed (the replica's copy, in apply_own): that
+ * failure returns AFSM_ENOMEM, but nothing undoes the txn (the lease is
+ * revoked only on failures before it), so the session exists in etcd, on
+ * every other node, and (once the watch applies the echo) here too, after
+ * the caller was told it was not created. Each step here fails the Nth
+ * allocation of one create; every create reported failed must have left
+ * etcd without its session. */
+static void test_create_failing_for_memory_leaves_no_session(void **state)
+{
+    (void)state;
+    afsm_engine *a;
+    engine_options o = {.prefix = "/q9/"};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    int64_t made = 0, failed = 0, before = sessions_in_etcd("/q9/");
+    for (long n = 0; n < 40; n++) {
+        afsm_session_info s;
+        alloc_fail_after(n);
+        afsm_status st = create(a, "scarce", &s);
+        alloc_fail_reset();
+        if (st == AFSM_OK)
+            made++;
+        else if (st == AFSM_ENOMEM)
+            failed++;
+        else
+            fail_msg("create with allocation %ld failing: %s", n, afsm_status_name(st));
+    }
+    int64_t in_etcd = sessions_in_etcd("/q9/") - before;
+    print_message("40 creates: %lld AFSM_OK, %lld AFSM_ENOMEM; sessions in etcd: %lld\n", (long long)made,
+                  (long long)failed, (long long)in_etcd);
+    assert_true(failed > 0); /* the sweep reached the create's allocations */
+    assert_int_equal(in_etcd, made);
+    afsm_engine_close(a);
+}
+
 /* ---- the cluster ----------------------------------------------------------------- */
 
 static int start_one(void **state)
@@ -544,10 +606,12 @@ int main(void)
         cmocka_unit_test(test_delete_by_user_fires_deleted_for_each_removed),
         cmocka_unit_test(test_create_whose_callback_deletes_reports_ok),
         cmocka_unit_test(test_update_whose_callback_deletes_reports_ok),
+        cmocka_unit_test(test_create_failing_for_memory_leaves_no_session),
         cmocka_unit_test(test_restore_on_a_lagging_node_takes_the_copys_connection),
         cmocka_unit_test(test_delete_by_user_fires_deleted_for_each_removed),
         cmocka_unit_test(test_create_whose_callback_deletes_reports_ok),
         cmocka_unit_test(test_update_whose_callback_deletes_reports_ok),
+        cmocka_unit_test(test_create_failing_for_memory_leaves_no_session),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
