@@ -235,14 +235,21 @@ static afsm_status encode(const keys_record *rec, json_object **json, const char
     return AFSM_OK;
 }
 
-/* Applies this node's own write at revision, then fires its event. */
-static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t revision, int flags)
+/* Applies this node's own write at revision and fills out (may be NULL)
+ * from the replica as applied, under apply_lock: the caller's copy is the
+ * write it made, whatever a callback or another thread changes next (the
+ * memory store fills it before its event, too). ev gets the event, which
+ * the caller fires once its write no longer counts as in flight: the watch
+ * waits for in-flight writes (wait_own_writes), so a callback that blocks
+ * while its write still counted would hold every node's changes here. */
+static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t revision, int flags,
+                             afsm_session_info *out, etcd_event *ev)
 {
-    etcd_event ev;
     pthread_mutex_lock(&es->apply_lock);
-    afsm_status st = etcd_apply_put(es, rec, revision, flags, &ev);
+    afsm_status st = etcd_apply_put(es, rec, revision, flags, ev);
+    if (st == AFSM_OK && out != NULL)
+        st = es->replica->ops->get(es->replica, &rec->info.session_id, out);
     pthread_mutex_unlock(&es->apply_lock);
-    etcd_fire(es, &ev);
     return st;
 }
 
@@ -516,10 +523,14 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
             etcd_lease_revoke(es, o->rec.lease);
         goto out;
     }
-    status = apply_own(es, &o->rec, revision, ETCD_APPLY_OWN | (spec->restore != NULL ? ETCD_APPLY_QUIET : 0));
+    etcd_event ev;
+    status =
+        apply_own(es, &o->rec, revision, ETCD_APPLY_OWN | (spec->restore != NULL ? ETCD_APPLY_QUIET : 0), out, &ev);
+    /* Applied: the watch, which drops the echo by revision, need not wait
+     * any longer, and the CREATED (still on this thread, before the call
+     * returns) holds nothing but this caller. */
     create_end(es, &o->rec.info.session_id);
-    if (status == AFSM_OK && out != NULL)
-        status = es->replica->ops->get(es->replica, &o->rec.info.session_id, out);
+    etcd_fire(es, &ev);
 out:
     owned_release(o);
     free(o);
@@ -528,9 +539,11 @@ out:
 
 /* ---- update and rotation --------------------------------------------------------- */
 
-/* Writes o's record if etcd still has it at ti's revision. On a stale
- * replica, applies what etcd has and sets *retry. */
-static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info *ti, int flags, int *retry)
+/* Writes o's record if etcd still has it at ti's revision, and fills out
+ * (may be NULL) as written. On a stale replica, applies what etcd has and
+ * sets *retry. */
+static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info *ti, int flags, afsm_session_info *out,
+                               int *retry)
 {
     char skey[KEYS_MAX];
     size_t slen = keys_session(es->prefix, es->prefix_len, &o->rec.info.session_id, skey);
@@ -552,12 +565,13 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     int succeeded = 0;
     int64_t revision = 0;
     json_object *reply;
+    etcd_event ev = {.pending = 0};
     /* The watch holds this record's events until the result is applied. */
     track_inflight(&es->tracks, &o->rec.info.session_id, +1);
     st = txn_send(es, &t, &succeeded, &revision, &reply);
     *retry = 0;
     if (st == AFSM_OK && succeeded) {
-        st = apply_own(es, &o->rec, revision, flags);
+        st = apply_own(es, &o->rec, revision, flags, out, &ev);
     } else if (st == AFSM_OK) {
         json_object *kvs = txn_range_kvs(reply, 0);
         if (kvs == NULL) {
@@ -569,7 +583,7 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
             keys_record fresh;
             json_object *holder = NULL;
             if (value != NULL && keys_record_decode(value, (size_t)len, &fresh, &holder) == AFSM_OK) {
-                apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0); /* etcd's, not ours */
+                apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0, NULL, &ev); /* etcd's, not ours */
                 *retry = 1;
             } else {
                 st = AFSM_EINTERNAL;
@@ -582,6 +596,7 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     track_inflight(&es->tracks, &o->rec.info.session_id, -1);
     pthread_cond_broadcast(&es->applied);
     pthread_mutex_unlock(&es->apply_lock);
+    etcd_fire(es, &ev); /* applied and no longer in flight: see apply_own */
     json_object_put(reply);
     return st;
 }
@@ -604,7 +619,7 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
         if (st != AFSM_OK || memcmp(&o->rec.info.stats, &ti.flushed, sizeof(afsm_stats)) == 0)
             break;
         int retry = 0;
-        st = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
+        st = guarded_put(es, o, &ti, ETCD_APPLY_OWN, NULL, &retry);
         owned_release(o);
         if (st != AFSM_OK)
             break;
@@ -659,8 +674,8 @@ static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update
         if (u->fields & AFSM_UPDATE_STATS)
             s->stats = u->stats;
         int retry = 0;
-        status =
-            guarded_put(es, o, &ti, ETCD_APPLY_OWN | ((u->fields & AFSM_UPDATE_STATS) ? ETCD_APPLY_RESET : 0), &retry);
+        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN | ((u->fields & AFSM_UPDATE_STATS) ? ETCD_APPLY_RESET : 0), out,
+                             &retry);
         owned_release(o);
         if (status != AFSM_OK || !retry)
             break;
@@ -670,8 +685,6 @@ static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update
     }
     owned_release(o);
     free(o);
-    if (status == AFSM_OK && out != NULL && !(u->fields & AFSM_UPDATE_STATE && u->state == AFSM_STATE_CLOSED))
-        status = es->replica->ops->get(es->replica, id, out);
     return status;
 }
 
@@ -702,7 +715,7 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
         o->rec.info.state = AFSM_STATE_ACTIVE;
         o->rec.info.last_active_at_ns = mem_store_wall_now(es->replica);
         int retry = 0;
-        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
+        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, NULL, &retry);
         if (status != AFSM_OK || !retry)
             break;
         if (attempt + 1 == WRITE_ATTEMPTS)
@@ -741,7 +754,7 @@ static afsm_status etcd_rotate_generation(store *st, const afsm_uuid *id, afsm_s
         }
         o->rec.info.token_generation++;
         int retry = 0;
-        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, &retry);
+        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, NULL, &retry);
         if (status == AFSM_OK && !retry) {
             *out = o->rec.info;
             break;
