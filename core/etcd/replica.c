@@ -315,6 +315,13 @@ void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev)
     }
 }
 
+void etcd_deleted_unseen(etcd_store *es, const afsm_session_info *s, afsm_delete_reason why, const char *reason,
+                         size_t reason_len, etcd_event *ev)
+{
+    event_from(es, ev, AFSM_EVENT_DELETED, s, s->state, s->state, reason, reason_len);
+    atomic_fetch_add_explicit(&es->deleted_total[why], 1, memory_order_relaxed);
+}
+
 static void raise_revision(etcd_store *es, int64_t revision)
 {
     if (revision > atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
