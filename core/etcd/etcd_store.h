@@ -105,6 +105,10 @@ int etcd_on_watch_thread(const etcd_store *es);
 afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int flags, etcd_event *ev);
 /* Applies a session's deletion (a no-op when unknown). apply_lock held. */
 void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev);
+/* The DELETED of a session this node deleted before its replica held it
+ * (s: the record the delete read from etcd). apply_lock held. */
+void etcd_deleted_unseen(etcd_store *es, const afsm_session_info *s, afsm_delete_reason why, const char *reason,
+                         size_t reason_len, etcd_event *ev);
 /* This node deleted id at revision: older puts of it are stale (0: no
  * memory left; the echo may then bring it back until the watch's delete).
  * apply_lock held. */

@@ -13,19 +13,27 @@
  * most of its first period left. Only timeouts of a minute or more are
  * pooled: shorter ones would churn the pool faster than it saves.
  *
- * The pool follows demand, so that an engine that creates nothing writes
- * nothing: it holds up to twice the leases taken in the current period of
- * timeout / 6 (at most 32), and none once a period passes without a take.
- * A kept target of 32 cost 32 grants and 32 revokes per period for ever
- * (~6.4 raft writes/s per idle node at a 60 s timeout); now an idle node's
- * spare leases go within one period of its last create and are not
- * replaced, and creates at one per period cost at most two spare leases
- * each. The first create of a period after a quiet one grants its own
- * lease (two round trips) while the pool refills.
+ * The pool keeps leases per timeout (up to POOL_CLASSES timeouts; a take
+ * with another one grants its own lease), so that creates alternating two
+ * timeouts take pooled leases instead of each dropping the other's (which
+ * cost three grants per create, the dropped leases left in etcd).
+ *
+ * Each timeout's pool follows demand, so that an engine that creates
+ * nothing writes nothing: while a period of timeout / 6 has takes it holds
+ * `level` spares, none once a period passes without a take. The level
+ * starts at 1 and doubles (to at most 32) when a take finds the pool empty
+ * in a period that already had one (the creates outran the spares); at a
+ * period's end it falls to that period's takes. So creates that come one
+ * at a time leave one spare behind, not a multiple of their number, and
+ * bursts still find leases waiting. An idle node's spares go (revoked)
+ * within one period of its last create and are not replaced. The first
+ * create of a period after a quiet one grants its own lease (two round
+ * trips) while the pool refills.
  *
  * Locking: the pool's mutex guards its fields; the granting itself runs
  * outside it. The thread sleeps on the pool's condition variable until a
- * create takes a lease (or asks for another TTL) or close stops it.
+ * create takes a lease or close stops it (and looks once a second to drop
+ * stale leases).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +44,7 @@
 #include "util/clock.h"
 
 #define POOL_TARGET         32
+#define POOL_CLASSES        4
 #define POOL_MIN_TIMEOUT_MS (60u * 1000u)
 
 typedef struct pooled {
@@ -43,14 +52,21 @@ typedef struct pooled {
     int64_t granted_wall_ns;
 } pooled;
 
+/* The leases of one timeout (one TTL). */
+typedef struct lease_class {
+    pooled items[POOL_TARGET]; /* oldest first */
+    int count;
+    uint64_t timeout_ms;          /* 0: unused */
+    int64_t period_start_wall_ns; /* the current period of demand (timeout / 6 long) */
+    int64_t last_take_wall_ns;
+    unsigned takes; /* leases asked for in the current period */
+    unsigned level; /* spares to hold while in demand: 1..POOL_TARGET */
+} lease_class;
+
 struct etcd_lease_pool {
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    pooled items[POOL_TARGET]; /* oldest first */
-    int count;
-    uint64_t timeout_ms;          /* what the pool grants for; 0: nothing asked yet */
-    int64_t period_start_wall_ns; /* the current period of demand (timeout / 6 long) */
-    unsigned takes;               /* leases asked for in it */
+    lease_class classes[POOL_CLASSES];
     int stop;
     pthread_t thread;
 };
@@ -91,28 +107,50 @@ static int64_t max_age_ns(uint64_t timeout_ms)
     return (int64_t)(timeout_ms * NS_PER_MS / 6u);
 }
 
-/* Removes the leases too old to hand out into stale[]; pool lock held. */
-static int drop_stale(etcd_lease_pool *p, int64_t now_wall, pooled *stale)
+/* The class pooling timeout_ms, or NULL. Pool lock held. */
+static lease_class *find_class(etcd_lease_pool *p, uint64_t timeout_ms)
+{
+    for (int i = 0; i < POOL_CLASSES; i++)
+        if (p->classes[i].timeout_ms == timeout_ms)
+            return &p->classes[i];
+    return NULL;
+}
+
+/* Removes the class's leases too old to hand out into stale[]; pool lock
+ * held. */
+static int drop_stale(lease_class *c, int64_t now_wall, pooled *stale)
 {
     int n = 0;
-    while (p->count > 0 && now_wall - p->items[0].granted_wall_ns > max_age_ns(p->timeout_ms)) {
-        stale[n++] = p->items[0];
-        memmove(&p->items[0], &p->items[1], (size_t)(--p->count) * sizeof(pooled));
+    while (c->count > 0 && now_wall - c->items[0].granted_wall_ns > max_age_ns(c->timeout_ms)) {
+        stale[n++] = c->items[0];
+        memmove(&c->items[0], &c->items[1], (size_t)(--c->count) * sizeof(pooled));
     }
     return n;
 }
 
-/* How many leases the pool should hold now: twice the current period's
- * takes, at most POOL_TARGET; a new period starts with none. Pool lock held. */
-static int pool_target(etcd_lease_pool *p, int64_t now_wall)
+/* Starts a new period once the current one is over. The level a period
+ * ends with is at most its takes (and at least 1): demand that fell lets
+ * the spares fall with it. Pool lock held. */
+static void roll_period(lease_class *c, int64_t now_wall)
 {
-    if (p->timeout_ms == 0)
+    if (now_wall - c->period_start_wall_ns < max_age_ns(c->timeout_ms))
+        return;
+    if (c->level > c->takes)
+        c->level = c->takes;
+    if (c->level == 0)
+        c->level = 1;
+    c->period_start_wall_ns = now_wall;
+    c->takes = 0;
+}
+
+/* How many leases the class should hold now: its level while the current
+ * period has takes, none otherwise. Pool lock held. */
+static int class_target(lease_class *c, int64_t now_wall)
+{
+    if (c->timeout_ms == 0)
         return 0;
-    if (now_wall - p->period_start_wall_ns >= max_age_ns(p->timeout_ms)) {
-        p->period_start_wall_ns = now_wall;
-        p->takes = 0;
-    }
-    return p->takes >= POOL_TARGET / 2 ? POOL_TARGET : (int)(2 * p->takes);
+    roll_period(c, now_wall);
+    return c->takes == 0 ? 0 : (int)c->level;
 }
 
 static void *granter_main(void *arg)
@@ -121,22 +159,31 @@ static void *granter_main(void *arg)
     etcd_lease_pool *p = es->leases;
     pthread_mutex_lock(&p->lock);
     while (!p->stop) {
-        pooled stale[POOL_TARGET];
+        pooled stale[POOL_CLASSES * POOL_TARGET];
         int64_t now_wall = clock_wall_ns();
-        int n = drop_stale(p, now_wall, stale);
-        uint64_t timeout_ms = p->timeout_ms;
-        int grant = p->count < pool_target(p, now_wall);
-        if (n > 0 || grant) {
+        int n = 0;
+        uint64_t timeout_ms = 0; /* the class to grant one lease for */
+        for (int i = 0; i < POOL_CLASSES; i++) {
+            lease_class *c = &p->classes[i];
+            if (c->timeout_ms == 0)
+                continue;
+            n += drop_stale(c, now_wall, stale + n);
+            if (timeout_ms == 0 && c->count < class_target(c, now_wall))
+                timeout_ms = c->timeout_ms;
+        }
+        if (n > 0 || timeout_ms != 0) {
             pthread_mutex_unlock(&p->lock);
             for (int i = 0; i < n; i++)
                 etcd_lease_revoke(es, stale[i].id);
             pooled fresh = {0, 0};
             afsm_status st = AFSM_OK;
-            if (grant)
+            if (timeout_ms != 0)
                 st = etcd_lease_grant(es, timeout_ms, &fresh.id, &fresh.granted_wall_ns);
             pthread_mutex_lock(&p->lock);
-            if (fresh.id != 0 && p->timeout_ms == timeout_ms && p->count < POOL_TARGET) {
-                p->items[p->count++] = fresh;
+            /* The class may have gone to another timeout meanwhile. */
+            lease_class *c = fresh.id != 0 ? find_class(p, timeout_ms) : NULL;
+            if (c != NULL && c->count < POOL_TARGET) {
+                c->items[c->count++] = fresh;
                 fresh.id = 0;
             }
             if (fresh.id != 0) {
@@ -155,9 +202,30 @@ static void *granter_main(void *arg)
     }
     /* What is left was never used and holds no key: etcd expires it. Not
      * revoked here, so that closing never waits on an unreachable etcd. */
-    p->count = 0;
+    for (int i = 0; i < POOL_CLASSES; i++)
+        p->classes[i].count = 0;
     pthread_mutex_unlock(&p->lock);
     return NULL;
+}
+
+/* The class for timeout_ms: its own, else one that holds nothing and has
+ * had no take for a period (its leases, if any, went stale and were
+ * revoked), else NULL: that timeout goes unpooled. Pool lock held. */
+static lease_class *class_for(etcd_lease_pool *p, uint64_t timeout_ms, int64_t now_wall)
+{
+    lease_class *c = find_class(p, timeout_ms);
+    for (int i = 0; i < POOL_CLASSES && c == NULL; i++) {
+        lease_class *free_one = &p->classes[i];
+        if (free_one->timeout_ms == 0 ||
+            (free_one->count == 0 && now_wall - free_one->last_take_wall_ns >= max_age_ns(free_one->timeout_ms))) {
+            memset(free_one, 0, sizeof(*free_one));
+            free_one->timeout_ms = timeout_ms;
+            free_one->period_start_wall_ns = now_wall;
+            free_one->level = 1;
+            c = free_one;
+        }
+    }
+    return c;
 }
 
 afsm_status etcd_lease_take(etcd_store *es, uint64_t timeout_ms, int64_t *lease, int64_t *granted_wall_ns)
@@ -167,26 +235,24 @@ afsm_status etcd_lease_take(etcd_store *es, uint64_t timeout_ms, int64_t *lease,
         pthread_mutex_lock(&p->lock);
         int64_t now_wall = clock_wall_ns();
         int found = 0;
-        if (p->timeout_ms != timeout_ms) {
-            /* Another timeout now: the old leases expire on their own. */
-            p->timeout_ms = timeout_ms;
-            p->count = 0;
-            p->period_start_wall_ns = now_wall;
-            p->takes = 0;
-        } else {
-            /* The newest: the most of its first period left. */
-            while (p->count > 0 && !found) {
-                pooled last = p->items[--p->count];
-                if (now_wall - last.granted_wall_ns <= max_age_ns(timeout_ms)) {
-                    *lease = last.id;
-                    *granted_wall_ns = last.granted_wall_ns;
-                    found = 1;
-                }
+        lease_class *c = class_for(p, timeout_ms, now_wall);
+        if (c != NULL) {
+            roll_period(c, now_wall);
+            /* The newest: the most of its first period left. If even it is
+             * too old, they all are: the granter revokes them. */
+            if (c->count > 0 && now_wall - c->items[c->count - 1].granted_wall_ns <= max_age_ns(timeout_ms)) {
+                pooled last = c->items[--c->count];
+                *lease = last.id;
+                *granted_wall_ns = last.granted_wall_ns;
+                found = 1;
+            } else if (c->takes > 0 && c->level < POOL_TARGET) {
+                /* Emptied within a period: more creates than spares. */
+                c->level *= 2;
             }
+            c->takes++;
+            c->last_take_wall_ns = now_wall;
+            pthread_cond_signal(&p->wake);
         }
-        pool_target(p, now_wall); /* rolls the period */
-        p->takes++;
-        pthread_cond_signal(&p->wake);
         pthread_mutex_unlock(&p->lock);
         if (found)
             return AFSM_OK;

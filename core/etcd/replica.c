@@ -132,6 +132,21 @@ static afsm_stats stats_growth(const afsm_stats *record, const afsm_stats *base,
     return d;
 }
 
+/* Whether two copies of a session are of the same incarnation: what only a
+ * create or a restore sets is equal. Not the creation time: the replica
+ * reports it through its engine clock's wall offset (clamped at that
+ * clock's zero, moved by wall-clock steps), not bit for bit as recorded,
+ * and taking every update for a new incarnation would drop this node's
+ * unflushed stats. */
+static int same_incarnation(const afsm_session_info *a, const afsm_session_info *b)
+{
+    size_t ip_len = a->client_ip.family == 4 ? 4 : sizeof(a->client_ip.bytes);
+    return memcmp(&a->connection_id, &b->connection_id, sizeof(a->connection_id)) == 0 &&
+           a->client_ip.family == b->client_ip.family && memcmp(a->client_ip.bytes, b->client_ip.bytes, ip_len) == 0 &&
+           a->client_port == b->client_port && a->user_id_len == b->user_id_len &&
+           memcmp(a->user_id, b->user_id, a->user_id_len) == 0 && a->timeout_ms == b->timeout_ms;
+}
+
 /* base: what of the replica's stats the record already holds (the stats
  * etcd had when this node last applied it; for this node's own write, the
  * stats it wrote); the rest was added here since and is kept on top. NULL:
@@ -145,10 +160,16 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
      * written by hand up to UINT32_MAX) would loop billions of times under
      * apply_lock. Like a state step never seen, it starts the copy afresh,
      * keeping this node's unflushed stats. */
-    if (!store_transition_allowed(old->state, rec->info.state) ||
+    /* A record of another incarnation (a restore with a new connection or
+     * client address, applied here before the old one's deletion) replaces
+     * the copy whole: an update carries none of those fields, and the
+     * deletion, older than the record, is then ignored. This node's
+     * unflushed stats were the old incarnation's. */
+    int other = !same_incarnation(old, &rec->info);
+    if (other || !store_transition_allowed(old->state, rec->info.state) ||
         rec->info.token_generation > old->token_generation + 1u) {
         keys_record fresh = *rec;
-        if (base != NULL)
+        if (base != NULL && !other)
             fresh.info.stats = merged_stats(&rec->info.stats, &old->stats, base);
         r->ops->remove(r, &rec->info.session_id, NULL, 0);
         return restore_into_replica(es, &fresh);
@@ -313,6 +334,13 @@ void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev)
         event_from(es, ev, AFSM_EVENT_EXPIRED, &old, old.state, old.state, "expired", 7);
         atomic_fetch_add_explicit(&es->deleted_total[AFSM_DELETE_EXPIRED], 1, memory_order_relaxed);
     }
+}
+
+void etcd_deleted_unseen(etcd_store *es, const afsm_session_info *s, afsm_delete_reason why, const char *reason,
+                         size_t reason_len, etcd_event *ev)
+{
+    event_from(es, ev, AFSM_EVENT_DELETED, s, s->state, s->state, reason, reason_len);
+    atomic_fetch_add_explicit(&es->deleted_total[why], 1, memory_order_relaxed);
 }
 
 static void raise_revision(etcd_store *es, int64_t revision)

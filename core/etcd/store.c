@@ -811,13 +811,24 @@ static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delet
     return st == AFSM_OK && !succeeded ? AFSM_ENOTFOUND : st;
 }
 
-static void apply_own_delete(etcd_store *es, const afsm_uuid *id, int64_t revision, afsm_delete_reason why,
+/* Applies this node's delete of rec (made at revision), then fires its
+ * DELETED. A session the replica does not hold yet (delete by user reads
+ * etcd, not the replica) still gets its DELETED here, as every session the
+ * call reports removed does on the memory store, unless the watch is
+ * already past the delete: it then applied the session and fired its
+ * DELETED itself. Otherwise the tombstone makes the watch skip the
+ * session's older puts, so nothing else would ever tell of it. */
+static void apply_own_delete(etcd_store *es, const keys_record *rec, int64_t revision, afsm_delete_reason why,
                              const char *reason, size_t reason_len)
 {
+    const afsm_uuid *id = &rec->info.session_id;
     etcd_event ev;
     pthread_mutex_lock(&es->apply_lock);
+    int watch_past = atomic_load_explicit(&es->applied_revision, memory_order_relaxed) >= revision;
     track_set_reason(&es->tracks, id, why, reason, reason_len);
     etcd_apply_delete(es, id, &ev);
+    if (!ev.pending && !watch_past)
+        etcd_deleted_unseen(es, &rec->info, why, reason, reason_len, &ev);
     etcd_tombstone_add(es, id, revision);
     pthread_mutex_unlock(&es->apply_lock);
     etcd_fire(es, &ev);
@@ -834,7 +845,7 @@ static afsm_status delete_and_apply(etcd_store *es, const afsm_uuid *id, const k
     track_inflight(&es->tracks, id, +1);
     afsm_status st = delete_txn(es, rec, why, reason, reason_len, &revision);
     if (st == AFSM_OK)
-        apply_own_delete(es, id, revision, why, reason, reason_len);
+        apply_own_delete(es, rec, revision, why, reason, reason_len);
     pthread_mutex_lock(&es->apply_lock);
     track_inflight(&es->tracks, id, -1); /* a no-op once the delete removed the entry */
     pthread_cond_broadcast(&es->applied);
