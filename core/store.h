@@ -141,9 +141,12 @@ afsm_status mem_store_open(const store_config *config, store **out);
  * offset. The etcd store stamps the records it writes with it, so that a
  * replica reads them back on the engine's clock, as its own stamps are. */
 int64_t mem_store_wall_now(const store *s);
-/* Re-anchors that offset after a step of the wall clock against the engine
- * clock of more than a second, as every advance of the memory store does;
- * for the etcd store's replica, whose own advance (expiry) never runs. */
-void mem_store_follow_wall_clock(store *s);
+/* What every advance of the memory store does besides expiring: re-anchors
+ * that offset after a step of the wall clock against the engine clock of
+ * more than a second, and runs the deferred frees (removed records, user
+ * entries, metadata) that no reader can reach any more. For the etcd
+ * store's replica, whose own advance (expiry) never runs: without it the
+ * replica freed nothing until 1,024 frees piled up on a shard. */
+void mem_store_tend(store *s);
 
 #endif

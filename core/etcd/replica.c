@@ -364,9 +364,13 @@ static int wait_own_writes(etcd_store *es, const afsm_uuid *id)
     return 1;
 }
 
-/* One key-value from etcd (a range or a watch event). apply_lock held. */
-static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etcd_event *ev)
+/* One key-value from etcd (a range or a watch event). apply_lock held.
+ * AFSM_ENOMEM when a session record could not be applied for memory: the
+ * caller must not count its revision as applied (the replica reloads);
+ * anything else (bad data included, logged and skipped) is AFSM_OK. */
+static afsm_status apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etcd_event *ev)
 {
+    afsm_status status = AFSM_OK;
     ev->pending = 0;
     long key_len, value_len = 0;
     char *key = etcd_get_bytes(kv, "key", &key_len);
@@ -379,7 +383,7 @@ static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etc
     if (kind == KEYS_SESSION && !deleted && wait_own_writes(es, &id) && track_get(&es->tracks, &id, &known) &&
         known.mod_revision >= mod_revision) {
         free(key);
-        return;
+        return AFSM_OK;
     }
     /* The connection, user and slot keys mirror the record: nothing to decode. */
     char *value = deleted || kind == KEYS_CONNECTION || kind == KEYS_USER || kind == KEYS_SLOT
@@ -400,8 +404,10 @@ static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etc
         if (value == NULL || keys_record_decode(value, (size_t)value_len, &rec, &holder) != AFSM_OK ||
             memcmp(&rec.info.session_id, &id, sizeof(id)) != 0) {
             etcd_log(es, AFSM_LOG_WARN, "etcd: bad session record skipped", "key", key);
-        } else if (etcd_apply_put(es, &rec, mod_revision, emit ? 0 : ETCD_APPLY_QUIET, ev) != AFSM_OK) {
+        } else if ((status = etcd_apply_put(es, &rec, mod_revision, emit ? 0 : ETCD_APPLY_QUIET, ev)) != AFSM_OK) {
             etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
+            if (status != AFSM_ENOMEM)
+                status = AFSM_OK;
         }
         json_object_put(holder);
     } else if (kind == KEYS_GONE && !deleted && value != NULL &&
@@ -425,6 +431,7 @@ static void apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etc
         ev->pending = 0;
     free(key);
     free(value);
+    return status;
 }
 
 /* ---- the load ------------------------------------------------------------------- */
@@ -548,7 +555,8 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
                 st = AFSM_ENOMEM;
                 break;
             }
-            apply_kv(es, kv, 0, emit_differences, &events[i]);
+            if (apply_kv(es, kv, 0, emit_differences, &events[i]) != AFSM_OK)
+                st = AFSM_ENOMEM; /* the caller loads again */
         }
     }
     /* What the replica has and etcd no longer does went while nobody
@@ -588,7 +596,8 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
 typedef struct watch_state {
     etcd_store *es;
     int compacted;
-    int refused; /* an error answer (e.g. an expired auth token) */
+    int refused;      /* an error answer (e.g. an expired auth token) */
+    int apply_failed; /* a record not applied for memory: reload */
 } watch_state;
 
 static int watch_should_stop(void *ctx)
@@ -641,10 +650,18 @@ static int watch_message(void *ctx, json_object *message)
                       strcmp(json_object_get_string(type), "DELETE") == 0;
         etcd_event ev;
         pthread_mutex_lock(&es->apply_lock);
-        apply_kv(es, kv, deleted, 1, &ev);
-        raise_revision(es, etcd_get_int64(kv, "mod_revision"));
+        afsm_status applied = apply_kv(es, kv, deleted, 1, &ev);
+        if (applied == AFSM_OK)
+            raise_revision(es, etcd_get_int64(kv, "mod_revision"));
         pthread_mutex_unlock(&es->apply_lock);
         etcd_fire(es, &ev);
+        if (applied != AFSM_OK) {
+            /* Not skipped for good: the keys of one txn share its revision,
+             * so resuming after it could pass the record by; a reload reads
+             * every record again and emits what changed. */
+            w->apply_failed = 1;
+            return 1;
+        }
     }
     return 0;
 }
@@ -686,7 +703,8 @@ static void *watch_main(void *arg)
                 backoff_ms = backoff_ms < 1000 ? backoff_ms * 2 : 1000;
                 continue;
             }
-            etcd_log(es, AFSM_LOG_WARN, "etcd: watch compacted; replica reloaded", NULL, NULL);
+            etcd_log(es, AFSM_LOG_WARN, "etcd: replica reloaded (watch compacted, or a record not applied for memory)",
+                     NULL, NULL);
             reload = 0;
         }
         char end[KEYS_PREFIX_MAX + 1];
@@ -716,8 +734,10 @@ static void *watch_main(void *arg)
                                                 memory_order_relaxed, memory_order_relaxed);
         if (atomic_load_explicit(&es->stop, memory_order_acquire))
             break;
-        if (w.compacted) {
+        if (w.compacted || w.apply_failed) {
             reload = 1;
+            if (w.apply_failed && pause_ms(es, backoff_ms))
+                break;
             continue;
         }
         if (w.refused) {

@@ -1173,9 +1173,9 @@ static afsm_status etcd_list(store *st, const afsm_list_filter *filter, afsm_ses
 static afsm_status etcd_advance(store *st, uint64_t now_ns, size_t *expired)
 {
     /* Expiry is etcd's (leases); it reaches this node through the watch.
-     * Reported (and written) times follow wall-clock steps as on the
-     * memory store. */
-    mem_store_follow_wall_clock(((etcd_store *)st)->replica);
+     * The rest of an advance the replica still needs: reported (and
+     * written) times follow wall-clock steps, and what it removed is freed. */
+    mem_store_tend(((etcd_store *)st)->replica);
     (void)now_ns;
     *expired = 0;
     return AFSM_OK;

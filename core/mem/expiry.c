@@ -250,11 +250,6 @@ static void refresh_wall_offset(mem_store *ms)
         atomic_store_explicit(&ms->wall_offset_ns, fresh, memory_order_relaxed);
 }
 
-void mem_store_follow_wall_clock(store *st)
-{
-    refresh_wall_offset((mem_store *)st);
-}
-
 /* Runs the shard's deferred frees that are safe now. Outside every epoch
  * section of this thread, so that with no reader anywhere ck_epoch_poll
  * frees everything at once. With readers about, one poll frees only the
@@ -267,6 +262,14 @@ static void reclaim(shard *sh)
     for (int bucket = 0; bucket < CK_EPOCH_LENGTH; bucket++)
         epoch_poll(sh->defer);
     sync_lock_release(&sh->lock);
+}
+
+void mem_store_tend(store *st)
+{
+    mem_store *ms = (mem_store *)st;
+    refresh_wall_offset(ms);
+    for (unsigned i = 0; i <= ms->shard_mask; i++)
+        reclaim(&ms->shards[i]);
 }
 
 afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
