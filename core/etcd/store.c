@@ -526,6 +526,12 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     etcd_event ev;
     status =
         apply_own(es, &o->rec, revision, ETCD_APPLY_OWN | (spec->restore != NULL ? ETCD_APPLY_QUIET : 0), out, &ev);
+    /* Committed, but this replica could not take its copy (no memory):
+     * the caller hears AFSM_ENOMEM, so the session must not stay. Its
+     * lease carries every key the txn wrote, and revoking it removes them
+     * all at once; nodes whose watch saw the create see it expire. */
+    if (status != AFSM_OK)
+        etcd_lease_revoke(es, o->rec.lease);
     /* Applied: the watch, which drops the echo by revision, need not wait
      * any longer, and the CREATED (still on this thread, before the call
      * returns) holds nothing but this caller. */
