@@ -817,27 +817,26 @@ static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delet
     return st == AFSM_OK && !succeeded ? AFSM_ENOTFOUND : st;
 }
 
-/* Applies this node's delete of rec (made at revision), then fires its
- * DELETED. A session the replica does not hold yet (delete by user reads
+/* Applies this node's delete of rec (made at revision) and captures its
+ * DELETED in *ev, for the caller to fire in place (an event points into
+ * its etcd_event). A session the replica does not hold yet (delete by user reads
  * etcd, not the replica) still gets its DELETED here, as every session the
  * call reports removed does on the memory store, unless the watch is
  * already past the delete: it then applied the session and fired its
  * DELETED itself. Otherwise the tombstone makes the watch skip the
  * session's older puts, so nothing else would ever tell of it. */
 static void apply_own_delete(etcd_store *es, const keys_record *rec, int64_t revision, afsm_delete_reason why,
-                             const char *reason, size_t reason_len)
+                             const char *reason, size_t reason_len, etcd_event *ev)
 {
     const afsm_uuid *id = &rec->info.session_id;
-    etcd_event ev;
     pthread_mutex_lock(&es->apply_lock);
     int watch_past = atomic_load_explicit(&es->applied_revision, memory_order_relaxed) >= revision;
     track_set_reason(&es->tracks, id, why, reason, reason_len);
-    etcd_apply_delete(es, id, &ev);
-    if (!ev.pending && !watch_past)
-        etcd_deleted_unseen(es, &rec->info, why, reason, reason_len, &ev);
+    etcd_apply_delete(es, id, ev);
+    if (!ev->pending && !watch_past)
+        etcd_deleted_unseen(es, &rec->info, why, reason, reason_len, ev);
     etcd_tombstone_add(es, id, revision);
     pthread_mutex_unlock(&es->apply_lock);
-    etcd_fire(es, &ev);
 }
 
 /* delete_txn, then its result applied here. While the txn is under way
@@ -848,14 +847,18 @@ static afsm_status delete_and_apply(etcd_store *es, const afsm_uuid *id, const k
                                     const char *reason, size_t reason_len)
 {
     int64_t revision;
+    etcd_event ev = {0};
     track_inflight(&es->tracks, id, +1);
     afsm_status st = delete_txn(es, rec, why, reason, reason_len, &revision);
     if (st == AFSM_OK)
-        apply_own_delete(es, rec, revision, why, reason, reason_len);
+        apply_own_delete(es, rec, revision, why, reason, reason_len, &ev);
     pthread_mutex_lock(&es->apply_lock);
     track_inflight(&es->tracks, id, -1); /* a no-op once the delete removed the entry */
     pthread_cond_broadcast(&es->applied);
     pthread_mutex_unlock(&es->apply_lock);
+    /* Fired once the count is down: a DELETED callback that restores the
+     * same id makes a new placeholder, whose count must stay its own. */
+    etcd_fire(es, &ev);
     return st;
 }
 
