@@ -287,8 +287,9 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
     for (unsigned i = 0; i <= ms->shard_mask && !batch.failed; i++) {
         shard *sh = &ms->shards[i];
         batch.sh = sh;
-        /* Before the wheel: a session that expires now reports (in its
-         * event) what its handles' owners added until this pass. */
+        /* Before the wheel, so that no deferred count waits past this
+         * tick: a session the wheel removes below has had them moved in
+         * while it could still be read (events carry no stats). */
         mem_fold_handles(sh);
         int done = 0;
         while (!done && !batch.failed) {
