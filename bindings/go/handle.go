@@ -141,26 +141,32 @@ func (h *Handle) Release() error {
 func (c *handleCore) release() {
 	m := c.m
 	m.handlesMu.Lock()
-	if m.handles == nil { // the Manager closed and released it
-		m.handlesMu.Unlock()
+	_, pinned := m.handles[c] // nil map (closed): not pinned
+	m.handlesMu.Unlock()
+	if !pinned {
 		return
 	}
-	if _, pinned := m.handles[c]; !pinned {
-		m.handlesMu.Unlock()
-		return
-	}
+	// The handle stays in m.handles until it is unpinned, so that a Close
+	// meanwhile finishes it too (waiting for the unpin) before it closes
+	// the engine.
 	if C.afsmgo_in_callback() != 0 {
-		// Stays in m.handles until finished, so that Close still waits
-		// for it.
-		m.handlesMu.Unlock()
 		c.releasePending.Store(true)
 		c.gate.closed.Store(true) // no new calls from here on
 		c.finishIfIdle()
 		return
 	}
-	delete(m.handles, c)
-	m.handlesMu.Unlock()
 	c.finish()
+	c.forget()
+}
+
+// forget takes a finished handle out of the Manager's table.
+func (c *handleCore) forget() {
+	m := c.m
+	m.handlesMu.Lock()
+	if m.handles != nil {
+		delete(m.handles, c)
+	}
+	m.handlesMu.Unlock()
 }
 
 // enter and leave bracket a data-plane call on the handle (gate.enterHot).
@@ -191,12 +197,7 @@ func (c *handleCore) finishIfIdle() {
 		return
 	}
 	c.finish()
-	m := c.m
-	m.handlesMu.Lock()
-	if m.handles != nil {
-		delete(m.handles, c)
-	}
-	m.handlesMu.Unlock()
+	c.forget()
 }
 
 // finish waits for the handle's calls in progress and unpins the session,
