@@ -63,10 +63,8 @@ typedef struct etcd_store {
     _Atomic int watch_connected; /* 1 while a watch stream is open */
 
     /* Group commit of creates (store.c, "create groups"): creates waiting
-     * to be sent (oldest first) and the groups in flight, under group_lock;
-     * group_done is broadcast when a group's results are in. */
+     * to be sent (oldest first) and the groups in flight, under group_lock. */
     pthread_mutex_t group_lock;
-    pthread_cond_t group_done;
     struct create_op *group_queue, *group_queue_tail;
     unsigned groups_sending;
 

@@ -9,6 +9,8 @@
  *   every node, and two nodes racing for a user's last slot cannot both
  *   win. Slots are keys, not a counter, because a counter would not go down
  *   when etcd expires a lease; a slot key goes with its session's lease.
+ *   Concurrent creates are sent together, as nested txns of one txn
+ *   ("create groups" below), each with the result it would get alone.
  * - update, token rotation: read-modify-write of the record, guarded by its
  *   mod revision; a stale replica learns the current record from the
  *   failure branch and tries again.
@@ -400,15 +402,23 @@ static afsm_status new_record(etcd_store *es, const session_spec *spec, owned_re
  * flight and the next leader takes them all. Several groups in flight keep
  * etcd's pipeline busy (raft batches them) while requests stay few.
  *
+ * Each owner sleeps on its op's own condition variable and is woken only
+ * when its result is in or it is asked to lead (a shared broadcast woke
+ * every waiting creator at each group's end: measured as most of the
+ * bench's CPU in futex and scheduler calls).
+ *
  * Invariants, all under group_lock:
  * - an op is in exactly one place: the queue (queued), a group being sent
  *   (neither queued nor done) or done;
  * - between taking an op and setting its done flag only the group's leader
- *   touches the op's txn and result fields; the owner waits on group_done
- *   and reads them once it sees done (the lock orders the two threads);
- * - groups_sending <= GROUP_INFLIGHT; it is lowered, and group_done
- *   broadcast, when a group's results are in, so a queued op always has a
- *   leader to come (itself, once a slot frees).
+ *   touches the op's txn and result fields; the owner reads them once it
+ *   sees done (the lock orders the two threads);
+ * - groups_sending <= GROUP_INFLIGHT;
+ * - no op waits in the queue without a leader to come: whenever ops stay
+ *   queued while fewer than GROUP_INFLIGHT groups are in flight (a group
+ *   taken that left conflicting ops behind, a group's end), the queue's
+ *   head is asked to lead (lead_next); if another leader takes that op
+ *   first, that leader's own end asks again.
  * The leader sends without group_lock or apply_lock held; the owners then
  * apply their own results (apply_own) each on its own thread, so CREATED
  * fires on the calling thread before create returns, as before.
@@ -427,7 +437,8 @@ typedef struct create_op {
     char skey[KEYS_MAX], ckey[KEYS_MAX], nkey[KEYS_MAX];
     size_t slen, clen, nlen; /* nlen 0: no cap slot */
     struct create_op *next;  /* in the queue */
-    int queued, done;
+    int queued, done, lead;  /* lead: asked to lead a group (see lead_next) */
+    pthread_cond_t wake;     /* its owner waits here, under group_lock */
     /* The result, written by the group's leader before done. */
     afsm_status status;
     int succeeded;
@@ -548,13 +559,27 @@ static void send_group(etcd_store *es, create_op **group, size_t n)
     json_object_put(reply);
 }
 
-/* Sends op's txn, alone or in a group (see above); its result is in op. */
-static void create_submit(etcd_store *es, create_op *op)
+/* While a group could start and ops wait, asks the oldest to lead one.
+ * group_lock held. */
+static void lead_next(etcd_store *es)
 {
+    create_op *head = es->group_queue;
+    if (head != NULL && !head->lead && es->groups_sending < GROUP_INFLIGHT) {
+        head->lead = 1;
+        pthread_cond_signal(&head->wake);
+    }
+}
+
+/* Sends op's txn, alone or in a group (see above); its result is in op. */
+static afsm_status create_submit(etcd_store *es, create_op *op)
+{
+    if (pthread_cond_init(&op->wake, NULL) != 0)
+        return AFSM_ENOMEM; /* nothing sent */
     pthread_mutex_lock(&es->group_lock);
     op->next = NULL;
     op->queued = 1;
     op->done = 0;
+    op->lead = 0;
     if (es->group_queue_tail != NULL)
         es->group_queue_tail->next = op;
     else
@@ -567,20 +592,27 @@ static void create_submit(etcd_store *es, create_op *op)
             es->groups_sending++;
             /* Ops left behind (they share a key with this group) may lead
              * the next group now rather than wait for this one's answer. */
-            if (es->group_queue != NULL && es->groups_sending < GROUP_INFLIGHT)
-                pthread_cond_broadcast(&es->group_done);
+            lead_next(es);
             pthread_mutex_unlock(&es->group_lock);
             send_group(es, group, n);
             pthread_mutex_lock(&es->group_lock);
             es->groups_sending--;
-            for (size_t i = 0; i < n; i++)
+            for (size_t i = 1; i < n; i++) {
                 group[i]->done = 1;
-            pthread_cond_broadcast(&es->group_done);
-            continue;
+                pthread_cond_signal(&group[i]->wake);
+            }
+            op->done = 1;
+            lead_next(es);
+            break;
         }
-        pthread_cond_wait(&es->group_done, &es->group_lock);
+        /* Asked to lead, but the op was taken into another group or no
+         * group can start: wait again (the next group's end asks anew). */
+        op->lead = 0;
+        pthread_cond_wait(&op->wake, &es->group_lock);
     }
     pthread_mutex_unlock(&es->group_lock);
+    pthread_cond_destroy(&op->wake);
+    return op->status;
 }
 
 /* One attempt at the create txn (sent alone or in a group: create_submit).
@@ -620,9 +652,8 @@ static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry
     json_object_array_add(t->failure, op_range(op.skey, op.slen));
     json_object_array_add(t->failure, op_range(op.ckey, op.clen));
     json_object_put(record);
-    create_submit(es, &op);
+    st = create_submit(es, &op);
     json_object_put(t->body);
-    st = op.status;
     *retry = 0;
     if (st == AFSM_OK && op.succeeded) {
         *revision = op.revision;
@@ -1532,7 +1563,6 @@ static void etcd_close(store *st)
     etcd_tombstones_free(es);
     pthread_cond_destroy(&es->applied);
     pthread_mutex_destroy(&es->apply_lock);
-    pthread_cond_destroy(&es->group_done);
     pthread_mutex_destroy(&es->group_lock);
     free(es);
 }
@@ -1579,7 +1609,6 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     es->stats_flush_ns = (etcd->stats_flush_ms != 0 ? etcd->stats_flush_ms : STATS_FLUSH_MS_DEFAULT) * NS_PER_MS;
     pthread_mutex_init(&es->apply_lock, NULL);
     pthread_mutex_init(&es->group_lock, NULL);
-    pthread_cond_init(&es->group_done, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -1589,7 +1618,6 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     if (status != AFSM_OK) {
         pthread_cond_destroy(&es->applied);
         pthread_mutex_destroy(&es->apply_lock);
-        pthread_cond_destroy(&es->group_done);
         pthread_mutex_destroy(&es->group_lock);
         free(es);
         return status;
@@ -1645,7 +1673,6 @@ fail_tracks:
     track_destroy(&es->tracks);
     pthread_cond_destroy(&es->applied);
     pthread_mutex_destroy(&es->apply_lock);
-    pthread_cond_destroy(&es->group_done);
     pthread_mutex_destroy(&es->group_lock);
     free(es);
     return status;
