@@ -23,6 +23,7 @@
  *                    etcd_debugging_lease_renewed_total, as a cross-check)
  *                    while every session heartbeats once a second, against
  *                    the bound sessions / (timeout / 3) per second
+ *   --create-only 1  only the floor and create phases (quick comparisons)
  *   --lease-only N   only the lease traffic, of N sessions (100K: issue 16's
  *                    figure) created by --threads creators while 16 threads
  *                    heartbeat every created session once a second; the
@@ -537,7 +538,8 @@ int main(int argc, char **argv)
     }
     if (o.endpoints == NULL || o.threads < 1 || o.sessions < 1) {
         fprintf(stderr, "usage: etcd_bench --endpoints URLS [--threads N] [--seconds S] "
-                        "[--sessions M] [--lease-seconds S] [--lease-only N [--lease-timeout-ms T]]\n");
+                        "[--sessions M] [--lease-seconds S] [--lease-only N [--lease-timeout-ms T]] "
+                        "[--create-only 1]\n");
         return 2;
     }
     if (lease_only > 0)
