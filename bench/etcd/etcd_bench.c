@@ -4,16 +4,26 @@
  *
  *   txn_floor        bare put-if-absent txns of a record-sized value through
  *                    the same JSON-gateway client, at the same concurrency
- *   create           afsm_session_create on the etcd store (lease grant + txn)
+ *   create           afsm_session_create on the etcd store: a lease (granted
+ *                    ahead by the store's pool) and the guarded txn, the
+ *                    txns of concurrent creates sent together as nested txns
+ *                    of one (core/etcd/README.md, "Writes")
+ *                    The two alternate, best of two rounds each; each also
+ *                    reports its costs per op: raft proposals committed,
+ *                    etcd's CPU, this process's CPU (etcd and the client
+ *                    share the machine's cores)
  *   get_memory       afsm_session_get on a memory-store engine
  *   get_replica / get_consistent / get_linearizable
  *                    afsm_session_get on the etcd store in each read mode
  *   heartbeat        afsm_session_heartbeat on the etcd store (local, with a
- *                    lease keepalive at most once per timeout / 3)
+ *                    lease keepalive at most once per timeout / 3), once
+ *                    every session has had its first heartbeat (the one
+ *                    that activates it, a write) untimed
  *   lease traffic    keepalives the engine sent (and etcd's own count,
  *                    etcd_debugging_lease_renewed_total, as a cross-check)
  *                    while every session heartbeats once a second, against
  *                    the bound sessions / (timeout / 3) per second
+ *   --create-only 1  only the floor and create phases (quick comparisons)
  *   --lease-only N   only the lease traffic, of N sessions (100K: issue 16's
  *                    figure) created by --threads creators while 16 threads
  *                    heartbeat every created session once a second; the
@@ -27,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "afsm.h"
@@ -86,7 +97,7 @@ typedef struct worker {
     int kind;
 } worker;
 
-enum { W_FLOOR, W_CREATE, W_GET, W_HEARTBEAT };
+enum { W_FLOOR, W_CREATE, W_GET, W_HEARTBEAT, W_ACTIVATE };
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -99,6 +110,15 @@ static uint64_t rng_next(uint64_t *s)
 static void *work(void *arg)
 {
     worker *w = arg;
+    if (w->kind == W_ACTIVATE) {
+        /* Each session's first heartbeat, once: it moves CONNECTING to
+         * ACTIVE, a guarded etcd write (README, "Reads, heartbeats,
+         * leases"); this thread's share of the sessions. */
+        for (int i = w->index; i < w->id_count; i += w->o->threads)
+            w->failures += afsm_session_heartbeat(w->engine, &w->ids[i], NULL) != AFSM_OK;
+        w->ops = (uint64_t)((w->id_count - w->index + w->o->threads - 1) / w->o->threads);
+        return NULL;
+    }
     uint64_t rng = 0x9e3779b97f4a7c15ull * (uint64_t)(w->index + 1);
     char value[320];
     memset(value, 'x', sizeof(value));
@@ -222,15 +242,15 @@ static uint64_t keepalives_sent(afsm_engine *e)
     return m.etcd_lease_keepalives_total;
 }
 
-/* etcd's own count, summed over members (a follower forwards renewals to
- * the leader, which counts them): a cross-check of ours. -1 if unknown. */
-static double renewed_total(const options *o)
+/* A metric of etcd's /metrics, summed over members (max: the largest
+ * member's value instead). -1 if unknown. */
+static double etcd_metric(const options *o, const char *name, int max)
 {
     char cmd[1024];
     snprintf(cmd, sizeof(cmd),
              "for u in $(echo '%s' | tr ',' ' '); do curl -s $u/metrics; done | "
-             "awk '/^etcd_debugging_lease_renewed_total/ {s += $2; n++} END {if (n) print s; else print -1}'",
-             o->endpoints);
+             "awk '$1 == \"%s\" {s += $2; if ($2 > m) m = $2; n++} END {if (n) print %s; else print -1}'",
+             o->endpoints, name, max ? "m" : "s");
     FILE *p = popen(cmd, "r");
     double v = -1;
     if (p != NULL) {
@@ -239,6 +259,13 @@ static double renewed_total(const options *o)
         pclose(p);
     }
     return v;
+}
+
+/* etcd's own count, summed over members (a follower forwards renewals to
+ * the leader, which counts them): a cross-check of ours. -1 if unknown. */
+static double renewed_total(const options *o)
+{
+    return etcd_metric(o, "etcd_debugging_lease_renewed_total", 0);
 }
 
 /* Every session heartbeats once a second for lease_seconds; returns the
@@ -283,6 +310,46 @@ static double lease_traffic(const options *o, int sessions, uint64_t timeout_ms,
     afsm_engine_close(e);
     free(ids);
     return sent;
+}
+
+/* ---- what a phase costs ---------------------------------------------------------------- */
+
+/* Per operation of a timed phase: raft proposals etcd committed (the
+ * largest member's count: every member commits the same entries), etcd's
+ * CPU (summed over members) and this process's CPU. The client and etcd
+ * share the machine's cores, so the two CPU figures say who is the bound. */
+typedef struct phase_cost {
+    double proposals, etcd_cpu_s, bench_cpu_s, wall_s;
+} phase_cost;
+
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
+}
+
+static void phase_mark(const options *o, phase_cost *c)
+{
+    c->proposals = etcd_metric(o, "etcd_server_proposals_committed_total", 1);
+    c->etcd_cpu_s = etcd_metric(o, "process_cpu_seconds_total", 0);
+    c->bench_cpu_s = self_cpu_s();
+    c->wall_s = now_s();
+}
+
+/* Prints the phase's costs per op as JSON members (name_...). */
+static void phase_print(const char *name, const phase_cost *before, const phase_cost *after, double per_s)
+{
+    double ops = per_s * (after->wall_s - before->wall_s);
+    if (ops <= 0)
+        ops = 1;
+    printf("  \"%s_proposals_per_op\": %.2f,\n  \"%s_etcd_cpu_us_per_op\": %.0f,\n"
+           "  \"%s_bench_cpu_us_per_op\": %.0f,\n  \"%s_etcd_cpu_share\": %.2f,\n",
+           name, (after->proposals - before->proposals) / ops, name,
+           (after->etcd_cpu_s - before->etcd_cpu_s) * 1e6 / ops, name,
+           (after->bench_cpu_s - before->bench_cpu_s) * 1e6 / ops, name,
+           (after->etcd_cpu_s - before->etcd_cpu_s) / (after->wall_s - before->wall_s));
 }
 
 /* ---- lease traffic at scale (--lease-only) ---------------------------------------------- */
@@ -449,7 +516,8 @@ int main(int argc, char **argv)
      * so that creating them all (a few per millisecond) takes well under a
      * TTL, and a heartbeat round with its renewals well under a second. */
     options o = {.threads = 4, .seconds = 3, .sessions = 2000, .lease_seconds = 9, .lease_timeout_ms = 6000};
-    int lease_only = 0; /* --lease-only N: only the lease traffic of N sessions */
+    int lease_only = 0;  /* --lease-only N: only the lease traffic of N sessions */
+    int create_only = 0; /* --create-only 1: only the floor and create phases */
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--endpoints"))
             o.endpoints = argv[i + 1];
@@ -463,26 +531,69 @@ int main(int argc, char **argv)
             o.lease_seconds = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--lease-only"))
             lease_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--create-only"))
+            create_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--lease-timeout-ms"))
             o.lease_timeout_ms = (uint64_t)atoll(argv[i + 1]);
     }
     if (o.endpoints == NULL || o.threads < 1 || o.sessions < 1) {
         fprintf(stderr, "usage: etcd_bench --endpoints URLS [--threads N] [--seconds S] "
-                        "[--sessions M] [--lease-seconds S] [--lease-only N [--lease-timeout-ms T]]\n");
+                        "[--sessions M] [--lease-seconds S] [--lease-only N [--lease-timeout-ms T]] "
+                        "[--create-only 1]\n");
         return 2;
     }
     if (lease_only > 0)
         return lease_scale(&o, lease_only, o.lease_timeout_ms);
-    uint64_t failures;
-    double floor = run(&o, W_FLOOR, NULL, NULL, 0, o.seconds, NULL, NULL, &failures);
-
+    /* The floor and create alternated, best of two each (the get
+     * comparison below does the same): the machine is shared, and a burst
+     * of someone else's work in one phase should not decide the ratio.
+     * Each phase's costs are those of its best round. */
     afsm_engine *etcd = open_engine(&o, AFSM_STORE_ETCD, AFSM_READ_REPLICA, "/bench/", 30 * 60 * 1000);
     afsm_uuid *ids = NULL;
     int id_count = 0;
-    uint64_t create_failures;
-    double create = run(&o, W_CREATE, etcd, NULL, 0, o.seconds, &ids, &id_count, &create_failures);
+    uint64_t create_failures = 0;
+    double floor = 0, create = 0;
+    phase_cost floor_cost[2], create_cost[2];
+    for (int round = 0; round < 2; round++) {
+        phase_cost f[2], c[2];
+        uint64_t failures;
+        phase_mark(&o, &f[0]);
+        double fl = run(&o, W_FLOOR, NULL, NULL, 0, o.seconds, NULL, NULL, &failures);
+        phase_mark(&o, &f[1]);
+        afsm_uuid *made = NULL;
+        int made_count = 0;
+        phase_mark(&o, &c[0]);
+        double cr = run(&o, W_CREATE, etcd, NULL, 0, o.seconds, &made, &made_count, &failures);
+        phase_mark(&o, &c[1]);
+        create_failures += failures;
+        if (ids == NULL) { /* the first round's sessions serve the reads below */
+            ids = made;
+            id_count = made_count;
+        } else {
+            free(made);
+        }
+        if (fl > floor) {
+            floor = fl;
+            memcpy(floor_cost, f, sizeof(f));
+        }
+        if (cr > create) {
+            create = cr;
+            memcpy(create_cost, c, sizeof(c));
+        }
+    }
     if (id_count == 0)
         die("create", AFSM_EUNAVAILABLE);
+    if (create_only) {
+        printf("{\n");
+        phase_print("txn_floor", &floor_cost[0], &floor_cost[1], floor);
+        phase_print("create", &create_cost[0], &create_cost[1], create);
+        printf("  \"txn_floor_per_s\": %.0f,\n  \"create_per_s\": %.0f,\n  \"create_failures\": %llu,\n"
+               "  \"create_vs_floor\": %.3f\n}\n",
+               floor, create, (unsigned long long)create_failures, create / floor);
+        afsm_engine_close(etcd);
+        free(ids);
+        return 0;
+    }
 
     afsm_engine *memory = open_engine(&o, AFSM_STORE_MEMORY, 0, NULL, 30 * 60 * 1000);
     afsm_uuid *mem_ids = NULL;
@@ -503,6 +614,11 @@ int main(int argc, char **argv)
     afsm_engine *linear = open_engine(&o, AFSM_STORE_ETCD, AFSM_READ_LINEARIZABLE, "/bench/", 30 * 60 * 1000);
     double get_consistent = run(&o, W_GET, consistent, ids, n, o.seconds, NULL, NULL, NULL);
     double get_linear = run(&o, W_GET, linear, ids, n, o.seconds, NULL, NULL, NULL);
+    /* Activated first, untimed: the timed heartbeats then measure what a
+     * heartbeat costs from the second on (local, a keepalive at most once
+     * per timeout / 3), not n activation writes (which, with thousands of
+     * sessions, filled the whole timed window). */
+    run(&o, W_ACTIVATE, etcd, ids, n, 0, NULL, NULL, NULL);
     double heartbeat = run(&o, W_HEARTBEAT, etcd, ids, n, o.seconds, NULL, NULL, NULL);
     afsm_engine_close(consistent);
     afsm_engine_close(linear);
@@ -514,7 +630,10 @@ int main(int argc, char **argv)
     double keepalives = lease_traffic(&o, lease_sessions, o.lease_timeout_ms, &etcd_counted);
     double bound = lease_sessions / (o.lease_timeout_ms / 1000.0 / 3.0);
 
-    printf("{\n  \"threads\": %d,\n  \"sessions\": %d,\n  \"txn_floor_per_s\": %.0f,\n  \"create_per_s\": %.0f,\n"
+    printf("{\n");
+    phase_print("txn_floor", &floor_cost[0], &floor_cost[1], floor);
+    phase_print("create", &create_cost[0], &create_cost[1], create);
+    printf("  \"threads\": %d,\n  \"sessions\": %d,\n  \"txn_floor_per_s\": %.0f,\n  \"create_per_s\": %.0f,\n"
            "  \"create_failures\": %llu,\n  \"create_vs_floor\": %.3f,\n  \"get_memory_per_s\": %.0f,\n"
            "  \"get_replica_per_s\": %.0f,\n  \"get_replica_vs_memory\": %.3f,\n  \"get_consistent_per_s\": %.0f,\n"
            "  \"get_linearizable_per_s\": %.0f,\n  \"heartbeat_per_s\": %.0f,\n  \"lease_sessions\": %d,\n"

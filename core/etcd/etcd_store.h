@@ -62,6 +62,12 @@ typedef struct etcd_store {
     _Atomic int stop;
     _Atomic int watch_connected; /* 1 while a watch stream is open */
 
+    /* Group commit of creates (store.c, "create groups"): creates waiting
+     * to be sent (oldest first) and the groups in flight, under group_lock. */
+    pthread_mutex_t group_lock;
+    struct create_op *group_queue, *group_queue_tail;
+    unsigned groups_sending;
+
     etcd_lease_pool *leases; /* leases.c; NULL until started */
     uint64_t stats_flush_ns;
     pthread_t flusher; /* stats.c */

@@ -1,7 +1,8 @@
 /*
  * alloc.c: malloc/free with a process-wide failure-injection countdown for
- * tests. The countdown is one relaxed atomic: a production build pays one
- * load per allocation, which is noise next to malloc itself.
+ * tests. The countdown is one relaxed atomic (and one thread-local for a
+ * single thread's failures): a production build pays two loads per
+ * allocation, which is noise next to malloc itself.
  */
 #include "util/alloc.h"
 
@@ -10,9 +11,15 @@
 
 /* Allocations left before failures start; negative means never fail. */
 static _Atomic long allocations_left = -1;
+/* The same, for this thread only (alloc_fail_after_on_this_thread). */
+static _Thread_local long thread_allocations_left = -1;
 
 static int should_fail(void)
 {
+    if (thread_allocations_left == 0)
+        return 1;
+    if (thread_allocations_left > 0)
+        thread_allocations_left--;
     long left = atomic_load_explicit(&allocations_left, memory_order_relaxed);
     if (left < 0)
         return 0;
@@ -60,4 +67,9 @@ void alloc_fail_after(long n)
 void alloc_fail_reset(void)
 {
     atomic_store_explicit(&allocations_left, -1, memory_order_relaxed);
+}
+
+void alloc_fail_after_on_this_thread(long n)
+{
+    thread_allocations_left = n;
 }

@@ -20,5 +20,8 @@ void mem_free(void *ptr);
  * alloc_fail_reset(). n < 0 (the default) never fails. Process-wide. */
 void alloc_fail_after(long n);
 void alloc_fail_reset(void);
+/* The same for the calling thread's allocations only (n < 0: off), so
+ * that a test can fail one thread's allocation while others run. */
+void alloc_fail_after_on_this_thread(long n);
 
 #endif
