@@ -339,7 +339,8 @@ typedef struct afsm_config {
      * token rotation) are etcd transactions and fail with AFSM_EUNAVAILABLE
      * when no endpoint answers within etcd_request_timeout_ms. Expiry is
      * etcd's: a session ends between its timeout and 4/3 of it after its
-     * last heartbeat (leases are renewed at most once per timeout / 3), and
+     * last heartbeat (leases are renewed at most once per timeout / 3, by a
+     * thread of the engine, never on the heartbeat's thread), and
      * arrives on every engine as an EXPIRED event. Not supported with etcd
      * (AFSM_EINVAL): idle_timeout_ms, max_lifetime_ms, close_linger_ms and
      * AFSM_LIMIT_EVICT_OLDEST. Strings are NUL-terminated and copied. */
@@ -573,7 +574,12 @@ AFSM_API afsm_status afsm_session_add_stats(afsm_engine *engine, const afsm_uuid
  * replaces: a CONNECTING or IDLE session becomes ACTIVE (one STATE_CHANGED
  * event; only that first transition takes the shard's lock), a
  * DISCONNECTING one stays as it is. The same holds for the batch and
- * handle forms. AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED. */
+ * handle forms. With the etcd store a heartbeat never waits for the
+ * session's lease renewal: it queues it (at most once per timeout / 3) for
+ * a thread of the engine; AFSM_EEXPIRED once a renewal found the lease gone
+ * from etcd (the EXPIRED event follows through the watch). Only the
+ * activation above is an etcd write, once per session, on the caller's
+ * thread. AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED. */
 AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid *session_id, uint64_t *remaining_ms);
 
 /* Removes the session from every index at once and fires DELETED with the

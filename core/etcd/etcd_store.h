@@ -6,6 +6,8 @@
  *               records and deletions, the events
  *   client.c    the JSON-gateway client     keys.c  key layout, record JSON
  *   track.c     per-session lease, revision, slot (beside the replica)
+ *   leases.c    grants, the pool      renew.c  the lease renewer thread
+ *   stats.c     the stats flusher
  *
  * etcd is the truth. Every node keeps a replica: a memory store opened
  * with external_expiry (etcd's leases decide expiry) and no event sink
@@ -32,6 +34,7 @@
 #include "store.h"
 
 typedef struct etcd_lease_pool etcd_lease_pool;
+typedef struct etcd_renewer etcd_renewer;
 
 typedef struct etcd_store {
     store base;
@@ -71,6 +74,7 @@ typedef struct etcd_store {
     _Atomic int watch_connected; /* 1 while a watch stream is open */
 
     etcd_lease_pool *leases; /* leases.c; NULL until started */
+    etcd_renewer *renewer;   /* renew.c; from before the watch starts until after it stops */
     uint64_t stats_flush_ns;
     pthread_t flusher; /* stats.c */
     int flusher_running;
@@ -155,6 +159,16 @@ afsm_status etcd_lease_take(etcd_store *es, uint64_t timeout_ms, int64_t *lease,
 void etcd_lease_revoke(etcd_store *es, int64_t lease);
 afsm_status etcd_leases_start(etcd_store *es);
 void etcd_leases_stop(etcd_store *es);
+
+/* ---- renew.c ---- */
+
+/* After a heartbeat taken by the replica: queues the session's lease for
+ * the renewer if its period is over (never waits on etcd). AFSM_EEXPIRED:
+ * a keepalive already found the lease gone from etcd; else AFSM_OK. */
+afsm_status etcd_renew_if_due(etcd_store *es, const afsm_uuid *id);
+afsm_status etcd_renewer_start(etcd_store *es);
+/* Joins the renewer: no keepalive is sent after it returns. */
+void etcd_renewer_stop(etcd_store *es);
 
 /* The lease TTL in seconds for a session's timeout: the timeout plus the
  * renewal period (timeout / 3), rounded up, so that a lease renewed at most

@@ -17,10 +17,11 @@
  * The writing node applies the txn's result to its replica before it
  * returns (it reads its own writes); the watch drops the echo by revision.
  *
- * Heartbeats and stats stay local. A heartbeat renews the session's lease
- * at most once per timeout / 3 (track_renew_due), so lease traffic is at
- * most 3 / timeout keepalives per second per active session, and no
- * keepalive is a raft write.
+ * Heartbeats and stats stay local. A heartbeat queues the session's lease
+ * for the renewer (renew.c) at most once per timeout / 3 (track_renew_due)
+ * and never waits on etcd, so lease traffic is at most 3 / timeout
+ * keepalives per second per active session, and no keepalive is a raft
+ * write.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -250,37 +251,6 @@ static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t rev
     if (st == AFSM_OK && out != NULL)
         st = es->replica->ops->get(es->replica, &rec->info.session_id, out);
     pthread_mutex_unlock(&es->apply_lock);
-    return st;
-}
-
-/* ---- leases --------------------------------------------------------------------- */
-
-/* AFSM_OK: renewed; AFSM_EEXPIRED: etcd no longer has the lease. */
-static afsm_status lease_keepalive(etcd_store *es, int64_t lease)
-{
-    json_object *body = json_object_new_object(), *reply = NULL, *result;
-    if (body == NULL)
-        return AFSM_ENOMEM;
-    json_object_object_add(body, "ID", etcd_json_int64(lease));
-    afsm_status st = etcd_call(es->client, "/v3/lease/keepalive", body, 1, &reply, NULL);
-    json_object_put(body);
-    if (st == AFSM_OK)
-        st = json_object_object_get_ex(reply, "result", &result) && etcd_get_int64(result, "TTL") > 0 ? AFSM_OK
-                                                                                                      : AFSM_EEXPIRED;
-    json_object_put(reply);
-    return st == AFSM_ENOTFOUND ? AFSM_EEXPIRED : st;
-}
-
-/* After a local heartbeat: renew the lease if its period has passed. */
-static afsm_status renew_if_due(etcd_store *es, const afsm_uuid *id)
-{
-    int64_t lease;
-    if (!track_renew_due(&es->tracks, id, es->config.clock(es->config.clock_ctx), &lease))
-        return AFSM_OK;
-    atomic_fetch_add_explicit(&es->lease_keepalives, 1, memory_order_relaxed);
-    afsm_status st = lease_keepalive(es, lease);
-    if (st == AFSM_EUNAVAILABLE || st == AFSM_ENOMEM)
-        track_renew_failed(&es->tracks, id);
     return st;
 }
 
@@ -1161,7 +1131,7 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id);
 static afsm_status after_heartbeat(etcd_store *es, const afsm_uuid *id)
 {
     afsm_status status = heartbeat_activate(es, id);
-    afsm_status renewed = renew_if_due(es, id);
+    afsm_status renewed = etcd_renew_if_due(es, id); /* queued for the renewer: no wait */
     return status != AFSM_OK ? status : renewed;
 }
 
@@ -1322,6 +1292,8 @@ static void etcd_close(store *st)
      * keeps them alive. */
     etcd_stats_stop(es); /* a last flush (it also tells the watch to stop) */
     etcd_replica_stop(es);
+    /* After the watch: its event callbacks may heartbeat until it stops. */
+    etcd_renewer_stop(es);
     etcd_leases_stop(es);
     es->replica->ops->close(es->replica);
     etcd_client_close(es->client);
@@ -1411,11 +1383,17 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     status = mem_store_open(&rc, &es->replica);
     if (status != AFSM_OK)
         goto fail_client;
+    /* The renewer first: a callback fired by the watch may heartbeat. */
+    status = etcd_renewer_start(es);
+    if (status != AFSM_OK)
+        goto fail_replica;
     status = etcd_replica_load(es, 0);
     if (status == AFSM_OK)
         status = etcd_replica_start(es);
-    if (status != AFSM_OK)
+    if (status != AFSM_OK) {
+        etcd_renewer_stop(es);
         goto fail_replica;
+    }
     status = etcd_leases_start(es);
     if (status == AFSM_OK) {
         status = etcd_stats_start(es);
@@ -1424,6 +1402,7 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     }
     if (status != AFSM_OK) {
         etcd_replica_stop(es);
+        etcd_renewer_stop(es);
         goto fail_replica;
     }
     *out = &es->base;

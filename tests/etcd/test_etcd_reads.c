@@ -31,6 +31,7 @@
 #include "afsm.h"
 #include "engine.h"
 #include "etcd/etcd_store.h"
+#include "etcd/keys.h"
 #include "etcd_harness.h"
 
 static harness cluster;
@@ -54,6 +55,7 @@ typedef struct gate {
     pthread_cond_t changed;
     int held, open;
     int waits_logged; /* "etcd: ... waits for the replica" messages */
+    int expired;      /* EXPIRED events of "hold" sessions */
 } gate;
 
 static void gate_init(gate *g)
@@ -72,7 +74,15 @@ static void gate_destroy(gate *g)
 static void gate_event(void *ctx, const afsm_event *ev)
 {
     gate *g = ctx;
-    if (ev->type != AFSM_EVENT_CREATED || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
+    if (ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
+        return;
+    if (ev->type == AFSM_EVENT_EXPIRED) {
+        pthread_mutex_lock(&g->lock);
+        g->expired++;
+        pthread_mutex_unlock(&g->lock);
+        return;
+    }
+    if (ev->type != AFSM_EVENT_CREATED)
         return;
     pthread_mutex_lock(&g->lock);
     if (g->held) { /* once */
@@ -109,6 +119,14 @@ static int gate_waits(gate *g)
 {
     pthread_mutex_lock(&g->lock);
     int n = g->waits_logged;
+    pthread_mutex_unlock(&g->lock);
+    return n;
+}
+
+static int gate_expired(gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    int n = g->expired;
     pthread_mutex_unlock(&g->lock);
     return n;
 }
@@ -177,7 +195,7 @@ static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *o
     return afsm_session_create(e, &o, out);
 }
 
-static __attribute__((unused)) afsm_metrics metrics_of(afsm_engine *e)
+static afsm_metrics metrics_of(afsm_engine *e)
 {
     afsm_metrics m;
     memset(&m, 0, sizeof(m));
@@ -314,6 +332,139 @@ static void test_linearizable_count_waits_for_the_replica(void **state)
     lists_and_counts_wait(AFSM_READ_LINEARIZABLE, "/rd4/", 1);
 }
 
+/* ---- 2. a heartbeat never waits on etcd ---------------------------------------------- */
+
+/* A raw client on the cluster (what the test reads or changes behind the
+ * engines' backs). */
+static etcd_client *raw_client(void)
+{
+    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
+    etcd_client *c;
+    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    return c;
+}
+
+/* The session's record in etcd: whether it exists, and its lease. */
+static int record_in_etcd(const char *prefix, const afsm_uuid *id, int64_t *lease)
+{
+    char key[KEYS_MAX];
+    size_t len = keys_session(prefix, strlen(prefix), id, key);
+    etcd_client *c = raw_client();
+    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    json_object_object_add(body, "key", etcd_json_bytes(key, len));
+    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
+    json_object_put(body);
+    int found = (kvs = etcd_get_array(reply, "kvs")) != NULL && json_object_array_length(kvs) > 0;
+    if (found && lease != NULL)
+        *lease = etcd_get_int64(json_object_array_get_idx(kvs, 0), "lease");
+    json_object_put(reply);
+    etcd_client_close(c);
+    return found;
+}
+
+static _Atomic int etcd_stopped; /* the member is SIGSTOPped: the teardown resumes it */
+
+static int resume_etcd(void **state)
+{
+    (void)state;
+    if (atomic_exchange(&etcd_stopped, 0))
+        harness_kill_member(&cluster, 0, SIGCONT);
+    return 0;
+}
+
+/* Timeout 3 s: the lease (TTL 4 s) is due for renewal 1 s after the
+ * create. etcd is stopped (SIGSTOP: it accepts connections and answers
+ * nothing) before that; heartbeats go on every few milliseconds until the
+ * renewal has been sent and well after. Before the fix the heartbeat that
+ * found the lease due sent the keepalive itself and waited the whole
+ * request timeout (2 s). Then etcd resumes; without further heartbeats the
+ * session must outlive its first lease (4 s from the create): the renewal
+ * queued while etcd was stalled reached it. */
+static void test_heartbeat_does_not_wait_for_a_stalled_etcd(void **state)
+{
+    (void)state;
+    const char *prefix = "/rn1/";
+    afsm_engine *e =
+        open_engine(&(engine_options){.prefix = prefix, .default_timeout_ms = 3000, .request_timeout_ms = 2000});
+    afsm_session_info s;
+    uint64_t t0 = harness_now_ms();
+    assert_int_equal(create(e, "beat", &s), AFSM_OK);
+    /* The activation (a write, once per session) while etcd answers. */
+    assert_int_equal(afsm_session_heartbeat(e, &s.session_id, NULL), AFSM_OK);
+    assert_int_equal(metrics_of(e).etcd_lease_keepalives_total, 0);
+
+    atomic_store(&etcd_stopped, 1);
+    harness_kill_member(&cluster, 0, SIGSTOP);
+    uint64_t longest_us = 0, until = harness_now_ms() + 4000;
+    int heartbeats = 0, after_renewal = 0;
+    while (after_renewal < 20 && harness_now_ms() < until) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        assert_int_equal(afsm_session_heartbeat(e, &s.session_id, NULL), AFSM_OK);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        uint64_t us = (uint64_t)(b.tv_sec - a.tv_sec) * 1000000u + (uint64_t)(b.tv_nsec - a.tv_nsec) / 1000u;
+        if (us > longest_us)
+            longest_us = us;
+        heartbeats++;
+        if (metrics_of(e).etcd_lease_keepalives_total >= 1)
+            after_renewal++;
+        harness_nap_ms(5); /* pacing, not synchronisation */
+    }
+    uint64_t keepalives = metrics_of(e).etcd_lease_keepalives_total;
+    harness_kill_member(&cluster, 0, SIGCONT);
+    atomic_store(&etcd_stopped, 0);
+    print_message("etcd stalled: %d heartbeats, longest %llu us, %llu keepalives sent\n", heartbeats,
+                  (unsigned long long)longest_us, (unsigned long long)keepalives);
+    assert_int_equal(after_renewal, 20);
+    assert_int_equal(keepalives, 1); /* queued once, however many heartbeats */
+    assert_true(longest_us < 100000);
+
+    /* The first lease ends 4 s after the create unless the renewal reached
+     * etcd once it answered again. */
+    while (harness_now_ms() < t0 + 4600)
+        harness_nap_ms(20);
+    assert_true(record_in_etcd(prefix, &s.session_id, NULL));
+    afsm_engine_close(e);
+}
+
+/* A keepalive that finds the lease gone (TTL <= 0) ends the session as the
+ * synchronous renewal did: the heartbeats return AFSM_EEXPIRED, and the
+ * watch removes the session with an EXPIRED event. B's watch is held (the
+ * gate) so that its replica still has the session when its lease is
+ * revoked behind its back. */
+static void test_lease_gone_makes_heartbeats_expired(void **state)
+{
+    (void)state;
+    const char *prefix = "/rn2/";
+    gate g;
+    gate_init(&g);
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix, .default_timeout_ms = 3000});
+    afsm_engine *b = open_engine(&(engine_options){.prefix = prefix, .default_timeout_ms = 3000, .gate = &g});
+    afsm_session_info s;
+    assert_int_equal(create(a, "hold", &s), AFSM_OK);
+    WAIT_FOR(gate_held(&g), 10000);
+    int64_t lease = 0;
+    assert_true(record_in_etcd(prefix, &s.session_id, &lease));
+    etcd_client *c = raw_client();
+    json_object *body = json_object_new_object(), *reply = NULL;
+    json_object_object_add(body, "ID", etcd_json_int64(lease));
+    assert_int_equal(etcd_call(c, "/v3/lease/revoke", body, 1, &reply, NULL), AFSM_OK);
+    json_object_put(body);
+    json_object_put(reply);
+    etcd_client_close(c);
+    /* B still has it; once its renewal is due and answered: EEXPIRED. */
+    WAIT_FOR(afsm_session_heartbeat(b, &s.session_id, NULL) == AFSM_EEXPIRED, 6000);
+    assert_int_equal(afsm_session_heartbeat(b, &s.session_id, NULL), AFSM_EEXPIRED);
+    assert_int_equal(gate_expired(&g), 0);
+    gate_open(&g);
+    WAIT_FOR(gate_expired(&g) == 1, 5000);
+    assert_int_equal(afsm_session_heartbeat(b, &s.session_id, NULL), AFSM_ENOTFOUND);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+    assert_int_equal(gate_expired(&g), 1);
+    gate_destroy(&g);
+}
+
 /* ---- setup ----------------------------------------------------------------------------- */
 
 static int start_one(void **state)
@@ -336,6 +487,8 @@ int main(void)
         cmocka_unit_test(test_consistent_count_waits_for_the_replica),
         cmocka_unit_test(test_linearizable_list_waits_for_the_replica),
         cmocka_unit_test(test_linearizable_count_waits_for_the_replica),
+        cmocka_unit_test(test_lease_gone_makes_heartbeats_expired),
+        cmocka_unit_test_teardown(test_heartbeat_does_not_wait_for_a_stalled_etcd, resume_etcd),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
