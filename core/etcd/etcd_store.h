@@ -144,9 +144,12 @@ afsm_status etcd_stats_start(etcd_store *es);
 void etcd_stats_stop(etcd_store *es);
 /* One pass: every session whose stats changed here. */
 void etcd_stats_flush(etcd_store *es);
-/* The write behind a flush or an update (store.c): the record rebuilt from
- * this node's replica, guarded by the revision this node has. */
-afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id);
+/* One session's flush (store.c): the record rebuilt from this node's
+ * replica, guarded by the revision this node has. AFSM_OK: written, or
+ * nothing to write. AFSM_EUNAVAILABLE with *raced (may be NULL) set: the
+ * record changed under every attempt (other writers), nothing written,
+ * the stats kept for the next flush; without *raced: etcd unreachable. */
+afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced);
 
 /* ---- leases.c ---- */
 

@@ -580,8 +580,10 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
 static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
                                      size_t reason_len);
 
-afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
+afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced)
 {
+    if (raced != NULL)
+        *raced = 0;
     owned_record *o = malloc(sizeof(*o));
     if (o == NULL)
         return AFSM_ENOMEM;
@@ -602,6 +604,14 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
         if (!retry) {
             atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
             break;
+        }
+        /* Every guard lost: nothing was written. The stats stay buffered
+         * (tracks' `flushed` is still what etcd's record holds, the rest
+         * this node's), for the next pass; the caller hears it. */
+        if (attempt + 1 == WRITE_ATTEMPTS) {
+            st = lost_every_guard();
+            if (raced != NULL)
+                *raced = 1;
         }
     }
     owned_release(o);

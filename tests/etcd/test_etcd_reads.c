@@ -465,6 +465,62 @@ static void test_lease_gone_makes_heartbeats_expired(void **state)
     gate_destroy(&g);
 }
 
+/* ---- 3. a flush that loses every guard says so and keeps the stats ------------------ */
+
+/* This engine's view of the record's revision is made newer than etcd's
+ * (white box: tracks), so every guarded write of the flush fails and
+ * applying etcd's record (older than the one held) changes nothing: the
+ * flush loses all its attempts. Before the fix etcd_flush_one returned
+ * AFSM_OK with nothing written. The stats must stay buffered: once the
+ * revision is right again, the next flush pass writes them. */
+static void set_mod_revision(etcd_store *es, const afsm_uuid *id, int64_t delta)
+{
+    pthread_mutex_lock(&es->apply_lock);
+    track_info ti;
+    assert_true(track_get(&es->tracks, id, &ti));
+    ti.mod_revision += delta;
+    assert_int_equal(track_put(&es->tracks, id, &ti), AFSM_OK);
+    pthread_mutex_unlock(&es->apply_lock);
+}
+
+static void test_flush_losing_every_guard_reports_it_and_keeps_the_stats(void **state)
+{
+    (void)state;
+    const char *prefix = "/fl1/";
+    /* No periodic flush during the test: only the calls below. */
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix, .stats_flush_ms = 600000});
+    afsm_engine *b = open_engine(&(engine_options){.prefix = prefix, .read_mode = AFSM_READ_LINEARIZABLE});
+    etcd_store *es = (etcd_store *)a->st;
+    afsm_session_info s, in_etcd;
+    assert_int_equal(create(a, "flush", &s), AFSM_OK);
+    afsm_stats delta = {.packets_sent = 5, .bytes_sent = 500};
+    assert_int_equal(afsm_session_add_stats(a, &s.session_id, &delta), AFSM_OK);
+
+    set_mod_revision(es, &s.session_id, 1000000);
+    uint64_t writes = metrics_of(a).etcd_stats_writes_total;
+    int raced = 0;
+    afsm_status st = etcd_flush_one(es, &s.session_id, &raced);
+    print_message("flush with every guard lost: %s (%s)\n", afsm_status_name(st), afsm_error_detail());
+    assert_int_equal(st, AFSM_EUNAVAILABLE);
+    assert_int_equal(raced, 1);
+    assert_non_null(strstr(afsm_error_detail(), "not written"));
+    assert_int_equal(metrics_of(a).etcd_stats_writes_total, writes);
+    afsm_session_info_init(&in_etcd, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_get(b, &s.session_id, &in_etcd), AFSM_OK);
+    assert_int_equal(in_etcd.stats.packets_sent, 0); /* nothing was written */
+
+    /* Still buffered: the next pass writes them. */
+    set_mod_revision(es, &s.session_id, -1000000);
+    etcd_stats_flush(es);
+    assert_int_equal(metrics_of(a).etcd_stats_writes_total, writes + 1);
+    afsm_session_info_init(&in_etcd, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_get(b, &s.session_id, &in_etcd), AFSM_OK);
+    assert_int_equal(in_etcd.stats.packets_sent, 5);
+    assert_int_equal(in_etcd.stats.bytes_sent, 500);
+    afsm_engine_close(b);
+    afsm_engine_close(a);
+}
+
 /* ---- setup ----------------------------------------------------------------------------- */
 
 static int start_one(void **state)
@@ -488,6 +544,7 @@ int main(void)
         cmocka_unit_test(test_linearizable_list_waits_for_the_replica),
         cmocka_unit_test(test_linearizable_count_waits_for_the_replica),
         cmocka_unit_test(test_lease_gone_makes_heartbeats_expired),
+        cmocka_unit_test(test_flush_losing_every_guard_reports_it_and_keeps_the_stats),
         cmocka_unit_test_teardown(test_heartbeat_does_not_wait_for_a_stalled_etcd, resume_etcd),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
