@@ -577,37 +577,50 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     return st;
 }
 
-static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
-                                     size_t reason_len);
+/* ---- guarded read-modify-write ------------------------------------------------- */
 
-afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced)
+/* What an edit tells guarded_rmw: write the record as edited, or stop with
+ * *status as the call's answer (nothing to write, a refusal, or done in
+ * another way). */
+enum { GUARD_WRITE, GUARD_STOP };
+typedef int (*guard_edit)(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status);
+
+/* The one loop behind update, rotation, activation by heartbeat and a stats
+ * flush: edit the record this node holds (current_record: one revision's,
+ * under apply_lock) and write it if etcd still has that revision
+ * (guarded_put). A race lost to another writer applies etcd's record here
+ * (keeping this node's stats additions) and edits again at once, so the
+ * edit always sees the record it replaces. After WRITE_ATTEMPTS lost
+ * guards nothing was written: AFSM_EUNAVAILABLE (lost_every_guard), never
+ * AFSM_OK, with *raced (may be NULL) set. *wrote (may be NULL): whether a
+ * write was made. out (may be NULL): the session as written, from the
+ * replica (guarded_put). */
+static afsm_status guarded_rmw(etcd_store *es, const afsm_uuid *id, int flags, guard_edit edit, void *ctx,
+                               afsm_session_info *out, int *wrote, int *raced)
 {
+    if (wrote != NULL)
+        *wrote = 0;
     if (raced != NULL)
         *raced = 0;
     owned_record *o = malloc(sizeof(*o));
     if (o == NULL)
         return AFSM_ENOMEM;
     afsm_status st = AFSM_OK;
-    /* A race lost to another writer merges etcd's record into the replica
-     * (keeping this node's additions), and the write is tried again at
-     * once: the flush at close has no next pass to leave it to. */
     for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
         track_info ti;
         st = current_record(es, id, o, &ti);
-        if (st != AFSM_OK || memcmp(&o->rec.info.stats, &ti.flushed, sizeof(afsm_stats)) == 0)
+        if (st != AFSM_OK || edit(es, o, &ti, ctx, &st) == GUARD_STOP)
             break;
         int retry = 0;
-        st = guarded_put(es, o, &ti, ETCD_APPLY_OWN, NULL, &retry);
+        st = guarded_put(es, o, &ti, flags, out, &retry);
         owned_release(o);
         if (st != AFSM_OK)
             break;
         if (!retry) {
-            atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
+            if (wrote != NULL)
+                *wrote = 1;
             break;
         }
-        /* Every guard lost: nothing was written. The stats stay buffered
-         * (tracks' `flushed` is still what etcd's record holds, the rest
-         * this node's), for the next pass; the caller hears it. */
         if (attempt + 1 == WRITE_ATTEMPTS) {
             st = lost_every_guard();
             if (raced != NULL)
@@ -619,59 +632,92 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced)
     return st;
 }
 
+/* ---- stats flush, update, activation, rotation ----------------------------------- */
+
+static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
+                                     size_t reason_len);
+
+static int flush_edit(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status)
+{
+    (void)es;
+    (void)ctx;
+    *status = AFSM_OK;
+    /* The replica's stats are the record's plus this node's additions. */
+    return memcmp(&o->rec.info.stats, &ti->flushed, sizeof(afsm_stats)) == 0 ? GUARD_STOP : GUARD_WRITE;
+}
+
+afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced)
+{
+    /* Retried at once after a lost race: the flush at close has no next
+     * pass to leave it to. Every guard lost: nothing written, the stats
+     * stay buffered (tracks' `flushed` is still what etcd's record holds,
+     * the rest this node's) for the next pass, and the caller hears it. */
+    int wrote = 0;
+    afsm_status st = guarded_rmw(es, id, ETCD_APPLY_OWN, flush_edit, NULL, NULL, &wrote, raced);
+    if (wrote)
+        atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
+    return st;
+}
+
+typedef struct update_ctx {
+    const afsm_update *u;
+    afsm_session_info *out;
+} update_ctx;
+
+static int update_edit(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status)
+{
+    (void)ti;
+    const afsm_update *u = ((update_ctx *)ctx)->u;
+    afsm_session_info *out = ((update_ctx *)ctx)->out;
+    afsm_session_info *s = &o->rec.info;
+    uint32_t new_state = (u->fields & AFSM_UPDATE_STATE) ? u->state : s->state;
+    if (!store_transition_allowed(s->state, new_state)) {
+        *status = AFSM_ETRANSITION;
+        return GUARD_STOP;
+    }
+    *status = AFSM_OK;
+    if (u->fields & AFSM_UPDATE_METADATA_MERGE)
+        *status = set_metadata(o, o->rec.meta, o->rec.meta_count, u->metadata, u->metadata_count);
+    else if (u->fields & AFSM_UPDATE_METADATA_REPLACE)
+        *status = set_metadata(o, NULL, 0, u->metadata, u->metadata_count);
+    if (*status != AFSM_OK)
+        return GUARD_STOP;
+    if (new_state == AFSM_STATE_CLOSED && s->state != AFSM_STATE_CLOSED) {
+        /* close_linger is 0 for this store (checked at open): closing
+         * removes, as the memory store does without a linger. */
+        afsm_session_info last = *s;
+        *status = etcd_remove_known(es, &s->session_id, AFSM_DELETE_CLOSED, "closed", 6);
+        if (*status == AFSM_OK && out != NULL) {
+            *out = last;
+            out->state = AFSM_STATE_CLOSED;
+        }
+        return GUARD_STOP;
+    }
+    if (new_state == AFSM_STATE_ACTIVE && s->state != AFSM_STATE_ACTIVE)
+        s->last_active_at_ns = mem_store_wall_now(es->replica);
+    s->state = new_state;
+    if (u->fields & AFSM_UPDATE_STATS)
+        s->stats = u->stats;
+    return GUARD_WRITE;
+}
+
 static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update *u, afsm_session_info *out)
 {
-    etcd_store *es = (etcd_store *)st;
-    owned_record *o = malloc(sizeof(*o));
-    if (o == NULL)
-        return AFSM_ENOMEM;
-    afsm_status status = AFSM_OK;
-    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
-        track_info ti;
-        status = current_record(es, id, o, &ti);
-        if (status != AFSM_OK)
-            break;
-        afsm_session_info *s = &o->rec.info;
-        uint32_t new_state = (u->fields & AFSM_UPDATE_STATE) ? u->state : s->state;
-        if (!store_transition_allowed(s->state, new_state)) {
-            status = AFSM_ETRANSITION;
-            break;
-        }
-        if (u->fields & AFSM_UPDATE_METADATA_MERGE)
-            status = set_metadata(o, o->rec.meta, o->rec.meta_count, u->metadata, u->metadata_count);
-        else if (u->fields & AFSM_UPDATE_METADATA_REPLACE)
-            status = set_metadata(o, NULL, 0, u->metadata, u->metadata_count);
-        if (status != AFSM_OK)
-            break;
-        if (new_state == AFSM_STATE_CLOSED && s->state != AFSM_STATE_CLOSED) {
-            /* close_linger is 0 for this store (checked at open): closing
-             * removes, as the memory store does without a linger. */
-            afsm_session_info last = *s;
-            status = etcd_remove_known(es, id, AFSM_DELETE_CLOSED, "closed", 6);
-            if (status == AFSM_OK && out != NULL) {
-                *out = last;
-                out->state = AFSM_STATE_CLOSED;
-            }
-            break;
-        }
-        if (new_state == AFSM_STATE_ACTIVE && s->state != AFSM_STATE_ACTIVE)
-            s->last_active_at_ns = mem_store_wall_now(es->replica);
-        s->state = new_state;
-        if (u->fields & AFSM_UPDATE_STATS)
-            s->stats = u->stats;
-        int retry = 0;
-        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN | ((u->fields & AFSM_UPDATE_STATS) ? ETCD_APPLY_RESET : 0), out,
-                             &retry);
-        owned_release(o);
-        if (status != AFSM_OK || !retry)
-            break;
-        /* Every guard lost: nothing was written, so never AFSM_OK. */
-        if (attempt + 1 == WRITE_ATTEMPTS)
-            status = lost_every_guard();
-    }
-    owned_release(o);
-    free(o);
-    return status;
+    update_ctx ctx = {u, out};
+    int flags = ETCD_APPLY_OWN | ((u->fields & AFSM_UPDATE_STATS) ? ETCD_APPLY_RESET : 0);
+    return guarded_rmw((etcd_store *)st, id, flags, update_edit, &ctx, out, NULL, NULL);
+}
+
+static int activate_edit(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status)
+{
+    (void)ti;
+    (void)ctx;
+    *status = AFSM_OK;
+    if (o->rec.info.state != AFSM_STATE_CONNECTING && o->rec.info.state != AFSM_STATE_IDLE)
+        return GUARD_STOP; /* activated meanwhile (a racing heartbeat, another node) */
+    o->rec.info.state = AFSM_STATE_ACTIVE;
+    o->rec.info.last_active_at_ns = mem_store_wall_now(es->replica);
+    return GUARD_WRITE;
 }
 
 /* A heartbeat moves a CONNECTING or IDLE session to ACTIVE (the memory
@@ -689,26 +735,7 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
      * timeout (as renewals: review finding 11). */
     if (!track_activation_due(&es->tracks, id, es->config.clock(es->config.clock_ctx)))
         return AFSM_OK;
-    owned_record *o = malloc(sizeof(*o));
-    if (o == NULL)
-        return AFSM_ENOMEM;
-    afsm_status status = AFSM_OK;
-    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
-        track_info ti;
-        status = current_record(es, id, o, &ti);
-        if (status != AFSM_OK || (o->rec.info.state != AFSM_STATE_CONNECTING && o->rec.info.state != AFSM_STATE_IDLE))
-            break;
-        o->rec.info.state = AFSM_STATE_ACTIVE;
-        o->rec.info.last_active_at_ns = mem_store_wall_now(es->replica);
-        int retry = 0;
-        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, NULL, &retry);
-        if (status != AFSM_OK || !retry)
-            break;
-        if (attempt + 1 == WRITE_ATTEMPTS)
-            status = lost_every_guard();
-    }
-    owned_release(o);
-    free(o);
+    afsm_status status = guarded_rmw(es, id, ETCD_APPLY_OWN, activate_edit, NULL, NULL, NULL, NULL);
     if (status == AFSM_EUNAVAILABLE) {
         /* The heartbeat itself was taken (the replica answers while etcd
          * is away); the session stays as it is, and a heartbeat a quarter
@@ -722,38 +749,28 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
     return status == AFSM_ENOTFOUND ? AFSM_OK : status;
 }
 
+static int rotate_edit(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status)
+{
+    (void)es;
+    (void)ti;
+    if (o->rec.info.state == AFSM_STATE_CLOSED) {
+        *status = AFSM_ECLOSED;
+        return GUARD_STOP;
+    }
+    o->rec.info.token_generation++;
+    *(afsm_session_info *)ctx = o->rec.info; /* the record as it will be written */
+    return GUARD_WRITE;
+}
+
 static afsm_status etcd_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out)
 {
-    etcd_store *es = (etcd_store *)st;
-    owned_record *o = malloc(sizeof(*o));
-    if (o == NULL)
-        return AFSM_ENOMEM;
-    afsm_status status = AFSM_OK;
-    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
-        track_info ti;
-        status = current_record(es, id, o, &ti);
-        if (status != AFSM_OK)
-            break;
-        if (o->rec.info.state == AFSM_STATE_CLOSED) {
-            status = AFSM_ECLOSED;
-            break;
-        }
-        o->rec.info.token_generation++;
-        int retry = 0;
-        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, NULL, &retry);
-        if (status == AFSM_OK && !retry) {
-            *out = o->rec.info;
-            break;
-        }
-        if (status != AFSM_OK)
-            break;
-        /* Every guard lost: `out` is unfilled, and a token sealed for it
-         * would name no session. */
-        if (attempt + 1 == WRITE_ATTEMPTS)
-            status = lost_every_guard();
-    }
-    owned_release(o);
-    free(o);
+    afsm_session_info pending;
+    int wrote = 0;
+    afsm_status status = guarded_rmw((etcd_store *)st, id, ETCD_APPLY_OWN, rotate_edit, &pending, NULL, &wrote, NULL);
+    /* Only a write made fills `out`: after lost guards a token sealed for
+     * it would name no session. */
+    if (status == AFSM_OK && wrote)
+        *out = pending;
     return status;
 }
 
