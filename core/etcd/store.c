@@ -9,9 +9,10 @@
  *   every node, and two nodes racing for a user's last slot cannot both
  *   win. Slots are keys, not a counter, because a counter would not go down
  *   when etcd expires a lease; a slot key goes with its session's lease.
- * - update, token rotation: read-modify-write of the record, guarded by its
- *   mod revision; a stale replica learns the current record from the
- *   failure branch and tries again.
+ * - update, token rotation (and activation by heartbeat, a stats flush):
+ *   read-modify-write of the record, guarded by its mod revision, in one
+ *   loop (guarded_rmw) with each operation's edit; a stale replica learns
+ *   the current record from the failure branch and tries again.
  * - delete: the g/ key with the reason (same lease) and the deletion of all
  *   of the session's keys, in one txn guarded by the record's existence.
  * The writing node applies the txn's result to its replica before it
