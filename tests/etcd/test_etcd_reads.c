@@ -427,6 +427,67 @@ static void test_heartbeat_does_not_wait_for_a_stalled_etcd(void **state)
     afsm_engine_close(e);
 }
 
+/* The remaining TTL etcd gives the lease (seconds, truncated). */
+static int64_t lease_ttl(etcd_client *c, int64_t lease)
+{
+    json_object *body = json_object_new_object(), *reply = NULL;
+    json_object_object_add(body, "ID", etcd_json_int64(lease));
+    assert_int_equal(etcd_call(c, "/v3/kv/lease/timetolive", body, 1, &reply, NULL), AFSM_OK);
+    json_object_put(body);
+    int64_t ttl = etcd_get_int64(reply, "TTL");
+    json_object_put(reply);
+    return ttl;
+}
+
+/* Every lease's TTL is at least min_s. */
+static int all_ttls_at_least(etcd_client *c, const int64_t *leases, int n, int64_t min_s)
+{
+    for (int i = 0; i < n; i++)
+        if (lease_ttl(c, leases[i]) < min_s)
+            return 0;
+    return 1;
+}
+
+/* 150 sessions come due together (timeout 6 s: TTL 8 s, renewed every
+ * 2 s) and one heartbeat round queues them all: the renewer sends them in
+ * batches, and the gateway answers only a prefix of a batch's requests
+ * (it cannot read the rest of an HTTP/1.1 body once it has answered):
+ * the rest must be sent again, not left to fail. Every lease must be
+ * renewed (TTL back above 6 s while an unrenewed one, granted at least
+ * 2 s ago, shows at most 5), each counted once. */
+static void test_renewals_due_together_all_reach_etcd(void **state)
+{
+    (void)state;
+    enum { N = 150 };
+    const char *prefix = "/rn3/";
+    afsm_engine *e = open_engine(&(engine_options){.prefix = prefix, .default_timeout_ms = 6000});
+    static afsm_session_info s[N];
+    int64_t leases[N];
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(create(e, "many", &s[i]), AFSM_OK);
+        assert_true(record_in_etcd(prefix, &s[i].session_id, &leases[i]));
+    }
+    /* Activated now (a write each), not in the round below. */
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_ACTIVE;
+    for (int i = 0; i < N; i++)
+        assert_int_equal(afsm_session_update(e, &s[i].session_id, &u, NULL), AFSM_OK);
+    uint64_t due_at = harness_now_ms() + 2100; /* the youngest lease's period is over */
+    while (harness_now_ms() < due_at)
+        harness_nap_ms(20);
+    uint64_t before = metrics_of(e).etcd_lease_keepalives_total;
+    for (int i = 0; i < N; i++)
+        assert_int_equal(afsm_session_heartbeat(e, &s[i].session_id, NULL), AFSM_OK);
+    etcd_client *c = raw_client();
+    WAIT_FOR(all_ttls_at_least(c, leases, N, 6), 1500);
+    etcd_client_close(c);
+    uint64_t sent = metrics_of(e).etcd_lease_keepalives_total - before;
+    print_message("%d sessions due together: %llu keepalives\n", N, (unsigned long long)sent);
+    assert_int_equal(sent, N);
+    afsm_engine_close(e);
+}
+
 /* A keepalive that finds the lease gone (TTL <= 0) ends the session as the
  * synchronous renewal did: the heartbeats return AFSM_EEXPIRED, and the
  * watch removes the session with an EXPIRED event. B's watch is held (the
@@ -544,6 +605,7 @@ int main(void)
         cmocka_unit_test(test_linearizable_list_waits_for_the_replica),
         cmocka_unit_test(test_linearizable_count_waits_for_the_replica),
         cmocka_unit_test(test_lease_gone_makes_heartbeats_expired),
+        cmocka_unit_test(test_renewals_due_together_all_reach_etcd),
         cmocka_unit_test(test_flush_losing_every_guard_reports_it_and_keeps_the_stats),
         cmocka_unit_test_teardown(test_heartbeat_does_not_wait_for_a_stalled_etcd, resume_etcd),
     };
