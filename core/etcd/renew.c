@@ -33,10 +33,10 @@
  *
  * Locking: the renewer's mutex guards the ring and `stop`; requests run
  * outside it. Close (etcd_renewer_stop) sets `stop`, wakes the thread and
- * joins it: a batch under way finishes (bounded by the request timeout),
- * what is still queued is dropped (those sessions are left to their
- * leases, as close leaves every session), and no request is made after
- * the join.
+ * joins it: the request under way finishes (bounded by the request
+ * timeout), what is still queued or unanswered is dropped (those sessions
+ * are left to their leases, as close leaves every session), and no request
+ * is made after the join.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,13 +103,22 @@ static size_t renew_request(etcd_store *es, const renewal *batch, size_t n, int 
  * sent, at random). The rest never reached etcd: sent again at once, as
  * long as each request gets an answer; a request with none (etcd away, an
  * error answer) fails what is left, due again a quarter period later. */
+static int renewer_stopping(etcd_renewer *r)
+{
+    pthread_mutex_lock(&r->lock);
+    int stop = r->stop;
+    pthread_mutex_unlock(&r->lock);
+    return stop;
+}
+
 static void renew_batch(etcd_store *es, const renewal *batch, size_t n)
 {
     /* Counted once per lease and attempt, not per request. */
     atomic_fetch_add_explicit(&es->lease_keepalives, n, memory_order_relaxed);
     int reauthenticate = 0;
     size_t done = 0;
-    while (done < n) {
+    /* Close waits for one request at most, not for the batch's resends. */
+    while (done < n && (done == 0 || !renewer_stopping(es->renewer))) {
         size_t answered = renew_request(es, batch + done, n - done, &reauthenticate);
         if (answered == 0)
             break;
