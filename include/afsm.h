@@ -266,13 +266,35 @@ typedef struct afsm_engine afsm_engine;
 #define AFSM_STORE_MEMORY 0 /* this process only */
 #define AFSM_STORE_ETCD   1 /* shared through etcd; every node reads from a local replica */
 
-/* How the etcd store answers gets (by id, by connection, metadata, token
- * validation). Lists and counts always come from the replica. */
+/* How the etcd store answers reads. Gets are afsm_session_get (and
+ * _get_batch, _get_by_connection, _get_metadata), afsm_token_issue and
+ * afsm_token_validate (which read the session by id); lists and counts are
+ * afsm_session_list and afsm_engine_counts.
+ * - REPLICA: everything from the local replica, lock-free, no etcd request;
+ *   stale by the watch's delay (session_etcd_replica_lag_seconds).
+ * - LINEARIZABLE: a get reads the record from etcd (a quorum read; by
+ *   connection, two). A list or count waits for the replica to reach etcd's
+ *   current revision, as in CONSISTENT mode, then answers from it.
+ * - CONSISTENT: a get asks etcd for the record's revision only (no payload)
+ *   and answers from the replica once it has applied it (a record etcd no
+ *   longer has is AFSM_ENOTFOUND at once). A list or count asks etcd for its
+ *   current revision (one range request that returns at most one key) and
+ *   answers from the replica once it holds etcd's sessions as of that
+ *   revision.
+ * In both non-replica modes every write acknowledged (on any engine) before
+ * the read began is seen by it; a list is still a scan, not a snapshot:
+ * writes made while it runs may or may not appear, as on the memory store.
+ * Those reads fail with AFSM_EUNAVAILABLE when etcd does not answer, or the
+ * replica does not catch up, within etcd_request_timeout_ms. From an event
+ * callback (it runs on the thread that applies etcd's changes, which cannot
+ * wait for itself), gets read from etcd, and lists and counts answer from
+ * the replica as of the event being delivered. Heartbeats, stats additions
+ * and metrics always use the replica. */
 #define AFSM_READ_REPLICA      0 /* the local replica, lock-free; stale by the watch's delay */
-#define AFSM_READ_LINEARIZABLE 1 /* the record is read from etcd */
+#define AFSM_READ_LINEARIZABLE 1 /* gets read etcd; lists and counts wait for etcd's revision */
 #define AFSM_READ_CONSISTENT                                                                                           \
-    2 /* etcd gives the record's revision (no payload); the answer is                                                  \
-         the replica's once it has applied that revision */
+    2 /* gets wait for the record's revision, lists and counts for etcd's;                                             \
+         then the replica answers */
 
 /* Version 2 appended the store fields; a version 1 config (without them)
  * is still accepted and means the memory store. */
@@ -317,7 +339,8 @@ typedef struct afsm_config {
      * token rotation) are etcd transactions and fail with AFSM_EUNAVAILABLE
      * when no endpoint answers within etcd_request_timeout_ms. Expiry is
      * etcd's: a session ends between its timeout and 4/3 of it after its
-     * last heartbeat (leases are renewed at most once per timeout / 3), and
+     * last heartbeat (leases are renewed at most once per timeout / 3, by a
+     * thread of the engine, never on the heartbeat's thread), and
      * arrives on every engine as an EXPIRED event. Not supported with etcd
      * (AFSM_EINVAL): idle_timeout_ms, max_lifetime_ms, close_linger_ms and
      * AFSM_LIMIT_EVICT_OLDEST. Strings are NUL-terminated and copied. */
@@ -551,7 +574,12 @@ AFSM_API afsm_status afsm_session_add_stats(afsm_engine *engine, const afsm_uuid
  * replaces: a CONNECTING or IDLE session becomes ACTIVE (one STATE_CHANGED
  * event; only that first transition takes the shard's lock), a
  * DISCONNECTING one stays as it is. The same holds for the batch and
- * handle forms. AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED. */
+ * handle forms. With the etcd store a heartbeat never waits for the
+ * session's lease renewal: it queues it (at most once per timeout / 3) for
+ * a thread of the engine; AFSM_EEXPIRED once a renewal found the lease gone
+ * from etcd (the EXPIRED event follows through the watch). Only the
+ * activation above is an etcd write, once per session, on the caller's
+ * thread. AFSM_ENULL, AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ECLOSED. */
 AFSM_API afsm_status afsm_session_heartbeat(afsm_engine *engine, const afsm_uuid *session_id, uint64_t *remaining_ms);
 
 /* Removes the session from every index at once and fires DELETED with the

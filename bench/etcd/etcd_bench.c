@@ -25,9 +25,10 @@
  *                    the bound sessions / (timeout / 3) per second
  *   --create-only 1  only the floor and create phases (quick comparisons)
  *   --lease-only N   only the lease traffic, of N sessions (100K: issue 16's
- *                    figure) created by --threads creators while 16 threads
- *                    heartbeat every created session once a second; the
- *                    window (--lease-seconds) starts once all exist
+ *                    figure) created by --threads creators while
+ *                    --heartbeaters threads (default 16) heartbeat every
+ *                    created session once a second; the window
+ *                    (--lease-seconds) starts once all exist
  *
  * Output: one JSON object on stdout. Threads share nothing but the engine;
  * each counts its own operations.
@@ -49,6 +50,7 @@ typedef struct options {
     double seconds;
     int sessions;
     int lease_seconds; /* how long sessions heartbeat once a second */
+    int heartbeaters;  /* --lease-only: heartbeating threads */
     uint64_t lease_timeout_ms;
 } options;
 
@@ -374,6 +376,7 @@ typedef struct scale_worker {
     int index;
     uint64_t failures, heartbeats;
     double longest_round_s; /* after every session exists */
+    double longest_call_s;  /* the slowest single heartbeat call, after every session exists */
     _Atomic int all_created;
 } scale_worker;
 
@@ -414,8 +417,14 @@ static void *scale_heartbeat(void *arg)
         for (int r = 0; r < sc->o->threads; r++) {
             int n = atomic_load_explicit(&sc->created[r], memory_order_acquire);
             for (int i = w->index; i < n; i += sc->heartbeaters) {
+                double call_start = counted ? now_s() : 0;
                 afsm_status st =
                     afsm_session_heartbeat(sc->engine, &sc->ids[(size_t)r * (size_t)sc->per_region + i], NULL);
+                /* A call that waits (on etcd, a lock) shows here; a round
+                 * stretched by CPU contention does not. */
+                double call = counted ? now_s() - call_start : 0;
+                if (call > w->longest_call_s)
+                    w->longest_call_s = call;
                 w->failures += st != AFSM_OK;
                 w->heartbeats++;
             }
@@ -437,19 +446,20 @@ static void *scale_heartbeat(void *arg)
 static int lease_scale(const options *o, int sessions, uint64_t timeout_ms)
 {
     afsm_engine *e = open_engine(o, AFSM_STORE_ETCD, AFSM_READ_REPLICA, "/bench-scale/", timeout_ms);
-    /* A heartbeat that finds its lease due waits for the keepalive's round
-     * trip: with ~1,000 renewals a second due, a few threads would spend
-     * whole seconds waiting and the rounds would stretch past a second. */
-    enum { HEARTBEATERS = 16 };
+    /* Before the store's renewer, a heartbeat that found its lease due
+     * waited for the keepalive's round trip, and 4 threads' rounds
+     * stretched to 25 s: --heartbeaters 4 measures that case. */
+    enum { HEARTBEATERS_MAX = 64 };
+    int heartbeaters = o->heartbeaters;
     scale sc = {
-        .o = o, .engine = e, .per_region = (sessions + o->threads - 1) / o->threads, .heartbeaters = HEARTBEATERS};
+        .o = o, .engine = e, .per_region = (sessions + o->threads - 1) / o->threads, .heartbeaters = heartbeaters};
     sc.ids = calloc((size_t)sc.per_region * (size_t)o->threads, sizeof(afsm_uuid));
     sc.created = calloc((size_t)o->threads, sizeof(*sc.created));
     scale_worker *creators = calloc((size_t)o->threads, sizeof(*creators));
-    scale_worker beaters[HEARTBEATERS] = {0};
-    pthread_t *ct = calloc((size_t)o->threads, sizeof(*ct)), bt[HEARTBEATERS];
+    scale_worker beaters[HEARTBEATERS_MAX] = {0};
+    pthread_t *ct = calloc((size_t)o->threads, sizeof(*ct)), bt[HEARTBEATERS_MAX];
     double start = now_s();
-    for (int i = 0; i < HEARTBEATERS; i++) {
+    for (int i = 0; i < heartbeaters; i++) {
         beaters[i].sc = &sc;
         beaters[i].index = i;
         pthread_create(&bt[i], NULL, scale_heartbeat, &beaters[i]);
@@ -467,10 +477,10 @@ static int lease_scale(const options *o, int sessions, uint64_t timeout_ms)
         total += atomic_load(&sc.created[i]);
     }
     double created_s = now_s() - start;
-    for (int i = 0; i < HEARTBEATERS; i++)
+    for (int i = 0; i < heartbeaters; i++)
         atomic_store_explicit(&beaters[i].all_created, 1, memory_order_release);
     uint64_t hb_before = 0;
-    for (int i = 0; i < HEARTBEATERS; i++)
+    for (int i = 0; i < heartbeaters; i++)
         hb_before += beaters[i].heartbeats; /* racy read: only a rough rate */
     uint64_t sent_before = keepalives_sent(e);
     double etcd_before = renewed_total(o), window_start = now_s();
@@ -483,24 +493,27 @@ static int lease_scale(const options *o, int sessions, uint64_t timeout_ms)
     double etcd_after = renewed_total(o);
     atomic_store(&sc.stop, 1);
     uint64_t hb_failures = 0, heartbeats = 0;
-    double longest = 0;
-    for (int i = 0; i < HEARTBEATERS; i++) {
+    double longest = 0, longest_call = 0;
+    for (int i = 0; i < heartbeaters; i++) {
         pthread_join(bt[i], NULL);
         hb_failures += beaters[i].failures;
         heartbeats += beaters[i].heartbeats;
         longest = beaters[i].longest_round_s > longest ? beaters[i].longest_round_s : longest;
+        longest_call = beaters[i].longest_call_s > longest_call ? beaters[i].longest_call_s : longest_call;
     }
     afsm_metrics m = AFSM_METRICS_INIT;
     afsm_metrics_snapshot(e, &m);
-    printf("{\n  \"lease_sessions\": %d,\n  \"create_failures\": %llu,\n  \"create_seconds\": %.1f,\n"
-           "  \"lease_timeout_s\": %.1f,\n  \"window_s\": %.1f,\n  \"keepalives_per_s\": %.1f,\n"
-           "  \"keepalives_etcd_counted_per_s\": %.1f,\n  \"keepalive_bound_per_s\": %.1f,\n"
-           "  \"heartbeats_per_s_in_window\": %.0f,\n  \"heartbeat_failures\": %llu,\n"
-           "  \"longest_heartbeat_round_s\": %.2f,\n  \"sessions_at_end\": %llu\n}\n",
-           total, (unsigned long long)create_failures, created_s, timeout_ms / 1000.0, window, (double)sent / window,
-           etcd_before < 0 || etcd_after < 0 ? -1.0 : (etcd_after - etcd_before) / window,
-           total / (timeout_ms / 1000.0 / 3.0), (double)(heartbeats - hb_before) / (now_s() - window_start),
-           (unsigned long long)hb_failures, longest, (unsigned long long)m.sessions);
+    printf(
+        "{\n  \"lease_sessions\": %d,\n  \"create_failures\": %llu,\n  \"create_seconds\": %.1f,\n"
+        "  \"heartbeaters\": %d,\n  \"lease_timeout_s\": %.1f,\n  \"window_s\": %.1f,\n  \"keepalives_per_s\": %.1f,\n"
+        "  \"keepalives_etcd_counted_per_s\": %.1f,\n  \"keepalive_bound_per_s\": %.1f,\n"
+        "  \"heartbeats_per_s_in_window\": %.0f,\n  \"heartbeat_failures\": %llu,\n"
+        "  \"longest_heartbeat_round_s\": %.2f,\n  \"longest_heartbeat_call_ms\": %.3f,\n  \"sessions_at_end\": "
+        "%llu\n}\n",
+        total, (unsigned long long)create_failures, created_s, heartbeaters, timeout_ms / 1000.0, window,
+        (double)sent / window, etcd_before < 0 || etcd_after < 0 ? -1.0 : (etcd_after - etcd_before) / window,
+        total / (timeout_ms / 1000.0 / 3.0), (double)(heartbeats - hb_before) / (now_s() - window_start),
+        (unsigned long long)hb_failures, longest, longest_call * 1000.0, (unsigned long long)m.sessions);
     /* Sessions are left to their leases: deleting 100K would take minutes. */
     afsm_engine_close(e);
     free(sc.ids);
@@ -515,7 +528,8 @@ int main(int argc, char **argv)
     /* Lease traffic: 500 sessions with a 6 s timeout (a lease TTL of 8 s),
      * so that creating them all (a few per millisecond) takes well under a
      * TTL, and a heartbeat round with its renewals well under a second. */
-    options o = {.threads = 4, .seconds = 3, .sessions = 2000, .lease_seconds = 9, .lease_timeout_ms = 6000};
+    options o = {
+        .threads = 4, .seconds = 3, .sessions = 2000, .lease_seconds = 9, .lease_timeout_ms = 6000, .heartbeaters = 16};
     int lease_only = 0;  /* --lease-only N: only the lease traffic of N sessions */
     int create_only = 0; /* --create-only 1: only the floor and create phases */
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -533,12 +547,14 @@ int main(int argc, char **argv)
             lease_only = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--create-only"))
             create_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--heartbeaters"))
+            o.heartbeaters = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--lease-timeout-ms"))
             o.lease_timeout_ms = (uint64_t)atoll(argv[i + 1]);
     }
-    if (o.endpoints == NULL || o.threads < 1 || o.sessions < 1) {
+    if (o.endpoints == NULL || o.threads < 1 || o.sessions < 1 || o.heartbeaters < 1 || o.heartbeaters > 64) {
         fprintf(stderr, "usage: etcd_bench --endpoints URLS [--threads N] [--seconds S] "
-                        "[--sessions M] [--lease-seconds S] [--lease-only N [--lease-timeout-ms T]] "
+                        "[--sessions M] [--lease-seconds S] [--lease-only N [--lease-timeout-ms T] [--heartbeaters H]] "
                         "[--create-only 1]\n");
         return 2;
     }

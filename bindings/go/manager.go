@@ -121,7 +121,8 @@ type EtcdConfig struct {
 	CAFile, CertFile, KeyFile string
 	// User and Password enable etcd authentication (empty: none).
 	User, Password string
-	// ReadMode says how gets are answered (ReadReplica: the default).
+	// ReadMode says how gets, lists and counts are answered (ReadReplica:
+	// the default).
 	ReadMode ReadMode
 	// StatsFlush is how often stats additions are written to etcd (0:
 	// 10 s); a crash loses at most one period of stats, never a session.
@@ -129,8 +130,9 @@ type EtcdConfig struct {
 }
 
 // ReadMode is how the etcd store answers gets (by id, by connection,
-// metadata, token validation); lists and counts always come from the
-// replica.
+// metadata, token validation), lists and counts (afsm.h, above
+// AFSM_READ_REPLICA, says exactly what each guarantees). Heartbeats, stats
+// and metrics always use the replica.
 type ReadMode uint32
 
 // The read modes, as the C AFSM_READ_*.
@@ -138,10 +140,13 @@ const (
 	// ReadReplica answers from the local replica, lock-free; it lags etcd
 	// by the watch's delay.
 	ReadReplica ReadMode = C.AFSM_READ_REPLICA
-	// ReadLinearizable reads the record from etcd.
+	// ReadLinearizable reads the record from etcd; a list or count waits
+	// until the replica has reached etcd's current revision, then answers
+	// from it.
 	ReadLinearizable ReadMode = C.AFSM_READ_LINEARIZABLE
 	// ReadConsistent asks etcd for the record's revision (no payload) and
-	// answers from the replica once it has applied it.
+	// answers from the replica once it has applied it; a list or count
+	// waits for etcd's current revision, as with ReadLinearizable.
 	ReadConsistent ReadMode = C.AFSM_READ_CONSISTENT
 )
 

@@ -218,8 +218,44 @@ typedef enum attempt {
     ATTEMPT_OUT_OF_MEMORY
 } attempt;
 
+/* Every JSON object of a reply, in order, as one array (a streaming
+ * method answering several requests of one body). NULL: none, or no memory. */
+static json_object *parse_each(const char *text, size_t len)
+{
+    json_tokener *tok = json_tokener_new();
+    json_object *all = json_object_new_array();
+    if (tok == NULL || all == NULL) {
+        json_tokener_free(tok);
+        json_object_put(all);
+        return NULL;
+    }
+    size_t at = 0;
+    while (at < len) {
+        while (at < len && (text[at] == '\n' || text[at] == '\r' || text[at] == ' '))
+            at++;
+        if (at == len)
+            break;
+        json_object *one = json_tokener_parse_ex(tok, text + at, (int)(len - at));
+        if (one == NULL || json_tokener_get_error(tok) != json_tokener_success) {
+            json_object_put(one);
+            break; /* a truncated tail: what came before stands */
+        }
+        at += json_tokener_get_parse_end(tok);
+        json_tokener_reset(tok);
+        json_object_array_add(all, one);
+    }
+    json_tokener_free(tok);
+    if (json_object_array_length(all) == 0) {
+        json_object_put(all);
+        return NULL;
+    }
+    return all;
+}
+
+/* multi: the reply is every object the endpoint sent, as an array
+ * (parse_each); otherwise the one object it sent. */
 static attempt attempt_once(etcd_client *c, unsigned endpoint, const char *path, const char *body, uint64_t timeout_ms,
-                            json_object **reply)
+                            int multi, json_object **reply)
 {
     char url[ENDPOINT_MAX + 64];
     snprintf(url, sizeof(url), "%s%s", c->endpoints[endpoint], path);
@@ -242,7 +278,7 @@ static attempt attempt_once(etcd_client *c, unsigned endpoint, const char *path,
     curl_slist_free_all(headers);
     attempt result = ATTEMPT_FAILED;
     if (rc == CURLE_OK && b.data != NULL) {
-        *reply = json_tokener_parse(b.data);
+        *reply = multi ? parse_each(b.data, b.len) : json_tokener_parse(b.data);
         result = *reply != NULL ? ATTEMPT_ANSWERED : ATTEMPT_FAILED;
     } else if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST) {
         result = ATTEMPT_NOT_SENT;
@@ -261,8 +297,8 @@ static attempt attempt_once(etcd_client *c, unsigned endpoint, const char *path,
 
 static afsm_status authenticate(etcd_client *c, uint64_t deadline_ms);
 
-static afsm_status call(etcd_client *c, const char *path, const char *body, int idempotent, json_object **reply,
-                        int *code, uint64_t deadline_ms, int may_authenticate)
+static afsm_status call(etcd_client *c, const char *path, const char *body, int idempotent, int multi,
+                        json_object **reply, int *code, uint64_t deadline_ms, int may_authenticate)
 {
     *reply = NULL;
     if (code != NULL)
@@ -282,7 +318,7 @@ static afsm_status call(etcd_client *c, const char *path, const char *body, int 
         uint64_t budget = deadline_ms - now;
         if (idempotent && c->endpoint_count > 1 && budget > 1)
             budget /= 2;
-        attempt a = attempt_once(c, endpoint, path, body, budget, &answer);
+        attempt a = attempt_once(c, endpoint, path, body, budget, multi, &answer);
         if (a == ATTEMPT_OUT_OF_MEMORY)
             return AFSM_ENOMEM;
         if (a != ATTEMPT_ANSWERED) {
@@ -293,8 +329,9 @@ static afsm_status call(etcd_client *c, const char *path, const char *body, int 
                                                     memory_order_relaxed, memory_order_relaxed);
         }
         if (a == ATTEMPT_ANSWERED) {
-            json_object *err;
-            int grpc = json_object_object_get_ex(answer, "error", &err) ? (int)etcd_get_int64(answer, "code") : 0;
+            /* An error answer is one object (of a streaming method too). */
+            json_object *err, *first = multi ? json_object_array_get_idx(answer, 0) : answer;
+            int grpc = json_object_object_get_ex(first, "error", &err) ? (int)etcd_get_int64(first, "code") : 0;
             if (grpc == 0) {
                 atomic_store_explicit(&c->current, endpoint, memory_order_relaxed);
                 *reply = answer;
@@ -307,7 +344,7 @@ static afsm_status call(etcd_client *c, const char *path, const char *body, int 
                 afsm_status st = authenticate(c, deadline_ms);
                 if (st != AFSM_OK)
                     return st;
-                return call(c, path, body, idempotent, reply, code, deadline_ms, 0);
+                return call(c, path, body, idempotent, multi, reply, code, deadline_ms, 0);
             }
             if (grpc != ETCD_CODE_UNAVAILABLE) {
                 *reply = answer;
@@ -340,8 +377,8 @@ static afsm_status authenticate(etcd_client *c, uint64_t deadline_ms)
     /* The old token is not cleared first: concurrent requests keep sending
      * it (an expired one earns them their own re-authentication) instead
      * of going out with none. This request goes without (make_headers). */
-    afsm_status st = call(c, AUTHENTICATE_PATH, json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), 1, &reply,
-                          NULL, deadline_ms, 0);
+    afsm_status st = call(c, AUTHENTICATE_PATH, json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), 1, 0,
+                          &reply, NULL, deadline_ms, 0);
     json_object_put(body);
     json_object *token;
     if (st == AFSM_OK && json_object_object_get_ex(reply, "token", &token) &&
@@ -367,7 +404,12 @@ afsm_status etcd_call(etcd_client *c, const char *path, json_object *body, int i
     const char *text = json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN);
     if (text == NULL)
         return AFSM_ENOMEM;
-    return call(c, path, text, idempotent, reply, code, now_ms() + c->request_timeout_ms, 1);
+    return call(c, path, text, idempotent, 0, reply, code, now_ms() + c->request_timeout_ms, 1);
+}
+
+afsm_status etcd_call_each(etcd_client *c, const char *path, const char *body, json_object **replies)
+{
+    return call(c, path, body, 1, 1, replies, NULL, now_ms() + c->request_timeout_ms, 1);
 }
 
 /* ---- streams -------------------------------------------------------------------- */
@@ -413,7 +455,7 @@ static void *stream_probe(void *arg)
         pthread_mutex_unlock(&s->lock);
         json_object *answer = NULL;
         attempt a =
-            attempt_once(s->c, s->endpoint, "/v3/kv/range", STREAM_PROBE_BODY, s->c->request_timeout_ms, &answer);
+            attempt_once(s->c, s->endpoint, "/v3/kv/range", STREAM_PROBE_BODY, s->c->request_timeout_ms, 0, &answer);
         json_object_put(answer);
         pthread_mutex_lock(&s->lock);
         if (a == ATTEMPT_NOT_SENT || a == ATTEMPT_FAILED) {

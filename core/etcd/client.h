@@ -59,6 +59,12 @@ void etcd_client_close(etcd_client *c);
 afsm_status etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
                       int *code);
 
+/* An idempotent request to a streaming method (lease/keepalive) whose body
+ * (text) holds several requests, one JSON object each: the method answers
+ * each in turn, and *replies receives every answer, in order, as a JSON
+ * array (json_object_put it). Statuses as etcd_call. */
+afsm_status etcd_call_each(etcd_client *c, const char *path, const char *body, json_object **replies);
+
 /* Fetches a fresh auth token (no-op without a user): for a stream that
  * was refused, since a token expires (etcd's --auth-token-ttl). */
 afsm_status etcd_client_reauthenticate(etcd_client *c);

@@ -6,6 +6,8 @@
  *               records and deletions, the events
  *   client.c    the JSON-gateway client     keys.c  key layout, record JSON
  *   track.c     per-session lease, revision, slot (beside the replica)
+ *   leases.c    grants, the pool      renew.c  the lease renewer thread
+ *   stats.c     the stats flusher
  *
  * etcd is the truth. Every node keeps a replica: a memory store opened
  * with external_expiry (etcd's leases decide expiry) and no event sink
@@ -32,6 +34,7 @@
 #include "store.h"
 
 typedef struct etcd_lease_pool etcd_lease_pool;
+typedef struct etcd_renewer etcd_renewer;
 
 typedef struct etcd_store {
     store base;
@@ -43,8 +46,16 @@ typedef struct etcd_store {
     track tracks;
 
     pthread_mutex_t apply_lock;
-    pthread_cond_t applied;           /* broadcast under apply_lock after every change */
-    _Atomic int64_t applied_revision; /* written under apply_lock */
+    pthread_cond_t applied; /* broadcast under apply_lock after every change */
+    /* Everything under the prefix up to it is applied here; raised only at
+     * a revision's end (a txn's keys share one), under apply_lock, by the
+     * load, the watch and its progress notifications. */
+    _Atomic int64_t applied_revision;
+    /* How many keys under "<prefix>s/" etcd held at applied_revision, as the
+     * load and the watch counted them (under apply_lock, set together with
+     * applied_revision): with it a list proves the replica current without
+     * waiting for a watch event that will not come (etcd_replica_sync). */
+    int64_t session_keys;
     /* This node's own deletions the watch has not passed yet (under
      * apply_lock): a put of the session at an older revision still in the
      * watch (its create's echo, another node's earlier update) must not
@@ -69,6 +80,7 @@ typedef struct etcd_store {
     unsigned groups_sending;
 
     etcd_lease_pool *leases; /* leases.c; NULL until started */
+    etcd_renewer *renewer;   /* renew.c; from before the watch starts until after it stops */
     uint64_t stats_flush_ns;
     pthread_t flusher; /* stats.c */
     int flusher_running;
@@ -99,6 +111,13 @@ typedef struct etcd_event {
 afsm_status etcd_replica_load(etcd_store *es, int emit_differences);
 afsm_status etcd_replica_start(etcd_store *es);
 void etcd_replica_stop(etcd_store *es);
+/* Consistent and linearizable lists and counts: asks etcd for its
+ * revision (one range, at most one key back) and waits, within the request
+ * timeout, until the replica holds etcd's sessions as of it. AFSM_OK: the
+ * replica answers now; AFSM_EUNAVAILABLE: etcd unreachable, or the watch
+ * did not get there in time. On the watch thread (an event callback):
+ * AFSM_OK at once. */
+afsm_status etcd_replica_sync(etcd_store *es);
 /* Whether the caller is es's watch thread (an event callback): it cannot
  * wait for the watch to apply anything. */
 int etcd_on_watch_thread(const etcd_store *es);
@@ -131,9 +150,12 @@ afsm_status etcd_stats_start(etcd_store *es);
 void etcd_stats_stop(etcd_store *es);
 /* One pass: every session whose stats changed here. */
 void etcd_stats_flush(etcd_store *es);
-/* The write behind a flush or an update (store.c): the record rebuilt from
- * this node's replica, guarded by the revision this node has. */
-afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id);
+/* One session's flush (store.c): the record rebuilt from this node's
+ * replica, guarded by the revision this node has. AFSM_OK: written, or
+ * nothing to write. AFSM_EUNAVAILABLE with *raced (may be NULL) set: the
+ * record changed under every attempt (other writers), nothing written,
+ * the stats kept for the next flush; without *raced: etcd unreachable. */
+afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced);
 
 /* ---- leases.c ---- */
 
@@ -146,6 +168,16 @@ afsm_status etcd_lease_take(etcd_store *es, uint64_t timeout_ms, int64_t *lease,
 void etcd_lease_revoke(etcd_store *es, int64_t lease);
 afsm_status etcd_leases_start(etcd_store *es);
 void etcd_leases_stop(etcd_store *es);
+
+/* ---- renew.c ---- */
+
+/* After a heartbeat taken by the replica: queues the session's lease for
+ * the renewer if its period is over (never waits on etcd). AFSM_EEXPIRED:
+ * a keepalive already found the lease gone from etcd; else AFSM_OK. */
+afsm_status etcd_renew_if_due(etcd_store *es, const afsm_uuid *id);
+afsm_status etcd_renewer_start(etcd_store *es);
+/* Joins the renewer: no keepalive is sent after it returns. */
+void etcd_renewer_stop(etcd_store *es);
 
 /* The lease TTL in seconds for a session's timeout: the timeout plus the
  * renewal period (timeout / 3), rounded up, so that a lease renewed at most

@@ -17,6 +17,7 @@
  * - a compacted watch reloads the prefix and fires the differences.
  * Locking: etcd_store.h (apply_lock around every change; events after).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,6 +25,7 @@
 #include "engine.h"
 #include "etcd/etcd_store.h"
 #include "util/clock.h"
+#include "util/errdetail.h"
 
 /* ---- events and logs ---------------------------------------------------------- */
 
@@ -343,13 +345,39 @@ void etcd_deleted_unseen(etcd_store *es, const afsm_session_info *s, afsm_delete
     atomic_fetch_add_explicit(&es->deleted_total[why], 1, memory_order_relaxed);
 }
 
+/* Everything under the prefix up to revision is applied (apply_lock held).
+ * Called only at a revision's end: the keys one txn wrote share its
+ * revision, and a reader that sees applied_revision (with session_keys)
+ * must see all of them. Wakes the readers waiting in etcd_replica_sync. */
 static void raise_revision(etcd_store *es, int64_t revision)
 {
     if (revision > atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
         atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
         if (es->tombstone_count > 0)
             tombstones_prune(es, revision);
+        pthread_cond_broadcast(&es->applied);
     }
+}
+
+/* Whether key is under "<prefix>s/" (what etcd counts in the range
+ * etcd_replica_sync asks about, malformed records included). */
+static int session_key(const etcd_store *es, const char *key, size_t len)
+{
+    return key != NULL && len >= es->prefix_len + 2 && memcmp(key, es->prefix, es->prefix_len) == 0 &&
+           key[es->prefix_len] == 's' && key[es->prefix_len + 1] == '/';
+}
+
+/* How a watch event changes the number of session keys: +1 for a key's
+ * first version, -1 for a deletion. */
+static int session_keys_delta(const etcd_store *es, json_object *kv, int deleted)
+{
+    long len;
+    char *key = etcd_get_bytes(kv, "key", &len);
+    int delta = 0;
+    if (session_key(es, key, key != NULL ? (size_t)len : 0))
+        delta = deleted ? -1 : etcd_get_int64(kv, "version") == 1 ? 1 : 0;
+    free(key);
+    return delta;
 }
 
 /* While this node's own guarded write of id is under way, its echo (or a
@@ -580,7 +608,17 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
             pthread_mutex_lock(&es->apply_lock);
         }
     }
-    raise_revision(es, revision); /* only ever raised (etcd_store.h) */
+    if (revision >= atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
+        int64_t sessions = 0;
+        for (size_t i = 0; i < n; i++) {
+            long len;
+            char *key = etcd_get_bytes(json_object_array_get_idx(kvs, i), "key", &len);
+            sessions += session_key(es, key, key != NULL ? (size_t)len : 0);
+            free(key);
+        }
+        es->session_keys = sessions;  /* etcd's count at `revision`, set with it */
+        raise_revision(es, revision); /* only ever raised (etcd_store.h) */
+    }
     pthread_mutex_unlock(&es->apply_lock);
     for (size_t i = 0; i < n; i++)
         etcd_fire(es, &events[i]);
@@ -588,6 +626,103 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
     free(present.ids);
     free(known.ids);
     json_object_put(reply);
+    return st;
+}
+
+/* ---- consistent lists and counts ------------------------------------------------- */
+
+/* What a list or count must wait for: etcd's revision now, how many session
+ * keys it holds at that revision, and the newest mod revision among them
+ * after `after` (0: none changed since). One range request returning at
+ * most one key (keys only); etcd reads the session keys to sort them. */
+static afsm_status probe_sessions(etcd_store *es, int64_t after, int64_t *revision, int64_t *count, int64_t *newest)
+{
+    char key[KEYS_PREFIX_MAX + 3], end[KEYS_PREFIX_MAX + 3];
+    memcpy(key, es->prefix, es->prefix_len);
+    memcpy(key + es->prefix_len, "s/", 2);
+    size_t n = es->prefix_len + 2;
+    keys_range_end(key, n, end);
+    json_object *body = json_object_new_object(), *reply = NULL, *header, *kvs;
+    if (body == NULL)
+        return AFSM_ENOMEM;
+    json_object_object_add(body, "key", etcd_json_bytes(key, n));
+    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
+    json_object_object_add(body, "keys_only", json_object_new_boolean(1));
+    json_object_object_add(body, "limit", etcd_json_int64(1));
+    json_object_object_add(body, "min_mod_revision", etcd_json_int64(after + 1));
+    json_object_object_add(body, "sort_order", json_object_new_string("DESCEND"));
+    json_object_object_add(body, "sort_target", json_object_new_string("MOD"));
+    afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+    json_object_put(body);
+    if (st == AFSM_OK) {
+        /* "count" is the range's, not the filtered answer's (etcd 3.4). */
+        *revision = json_object_object_get_ex(reply, "header", &header) ? etcd_get_int64(header, "revision") : 0;
+        *count = etcd_get_int64(reply, "count");
+        kvs = etcd_get_array(reply, "kvs");
+        *newest = kvs != NULL && json_object_array_length(kvs) > 0
+                      ? etcd_get_int64(json_object_array_get_idx(kvs, 0), "mod_revision")
+                      : 0;
+        if (*revision <= 0)
+            st = AFSM_EINTERNAL;
+    }
+    json_object_put(reply);
+    return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
+}
+
+/* Whether the replica holds etcd's sessions as of `revision` (apply_lock
+ * held). Either the watch has applied that far, or nothing under s/
+ * changed between what it applied and `revision`: every session key etcd
+ * holds then was last written at or before applied_revision (newest <=
+ * applied) and there are as many as the watch counted (session_keys at
+ * applied_revision), so no key was deleted either. The second form is what
+ * a quiet prefix needs: etcd's revision moves with every write anywhere
+ * (other prefixes, other applications), and the watch sees none of those;
+ * the gateway's watch cannot be asked for a progress notification. */
+static int replica_reached(etcd_store *es, int64_t revision, int64_t count, int64_t newest)
+{
+    int64_t at = atomic_load_explicit(&es->applied_revision, memory_order_relaxed);
+    return at >= revision || (at >= newest && es->session_keys == count);
+}
+
+afsm_status etcd_replica_sync(etcd_store *es)
+{
+    /* An event callback runs on the watch thread, which cannot wait for
+     * itself: it sees the replica as of its event (afsm.h says so). */
+    if (etcd_on_watch_thread(es))
+        return AFSM_OK;
+    int64_t from = atomic_load_explicit(&es->applied_revision, memory_order_acquire);
+    int64_t revision = 0, count = 0, newest = 0;
+    afsm_status st = probe_sessions(es, from, &revision, &count, &newest);
+    if (st != AFSM_OK)
+        return st;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec + es->request_timeout_ns;
+    until.tv_sec += (time_t)(ns / 1000000000u);
+    until.tv_nsec = (long)(ns % 1000000000u);
+    pthread_mutex_lock(&es->apply_lock);
+    int reached = replica_reached(es, revision, count, newest);
+    pthread_mutex_unlock(&es->apply_lock);
+    if (reached)
+        return AFSM_OK;
+    if (es->config.log != NULL) {
+        char text[24];
+        snprintf(text, sizeof(text), "%lld", (long long)revision);
+        etcd_log(es, AFSM_LOG_DEBUG, "etcd: consistent read waits for the replica", "revision", text);
+    }
+    pthread_mutex_lock(&es->apply_lock);
+    /* The appliers broadcast `applied` on every change and revision raise. */
+    while (!replica_reached(es, revision, count, newest)) {
+        if (pthread_cond_timedwait(&es->applied, &es->apply_lock, &until) != 0) {
+            st = replica_reached(es, revision, count, newest)
+                     ? AFSM_OK
+                     : errdetail_set(AFSM_EUNAVAILABLE,
+                                     "etcd: the replica did not reach revision %lld within the request timeout",
+                                     (long long)revision);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&es->apply_lock);
     return st;
 }
 
@@ -639,11 +774,19 @@ static int watch_message(void *ctx, json_object *message)
         return 1;
     }
     size_t n = json_object_array_length(events);
+    /* A message holds whole revisions (etcd batches a watcher's events by
+     * revision); the revision and the session key count are raised at each
+     * revision's last event, never between the keys of one txn. */
+    int64_t sessions_delta = 0;
     for (size_t i = 0; i < n; i++) {
         json_object *event = json_object_array_get_idx(events, i);
-        json_object *type, *kv;
+        json_object *type, *kv, *next_kv;
         if (!json_object_object_get_ex(event, "kv", &kv))
             continue;
+        int64_t revision = etcd_get_int64(kv, "mod_revision");
+        int last_of_revision = i + 1 == n ||
+                               !json_object_object_get_ex(json_object_array_get_idx(events, i + 1), "kv", &next_kv) ||
+                               etcd_get_int64(next_kv, "mod_revision") != revision;
         /* "type" may be absent (PUT, the default) or anything in a crafted
          * reply: only the string "DELETE" is a deletion. */
         int deleted = json_object_object_get_ex(event, "type", &type) && json_object_is_type(type, json_type_string) &&
@@ -651,8 +794,14 @@ static int watch_message(void *ctx, json_object *message)
         etcd_event ev;
         pthread_mutex_lock(&es->apply_lock);
         afsm_status applied = apply_kv(es, kv, deleted, 1, &ev);
-        if (applied == AFSM_OK)
-            raise_revision(es, etcd_get_int64(kv, "mod_revision"));
+        if (applied == AFSM_OK) {
+            sessions_delta += session_keys_delta(es, kv, deleted);
+            if (last_of_revision) {
+                es->session_keys += sessions_delta;
+                sessions_delta = 0;
+                raise_revision(es, revision);
+            }
+        }
         pthread_mutex_unlock(&es->apply_lock);
         etcd_fire(es, &ev);
         if (applied != AFSM_OK) {

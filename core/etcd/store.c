@@ -11,18 +11,20 @@
  *   when etcd expires a lease; a slot key goes with its session's lease.
  *   Concurrent creates are sent together, as nested txns of one txn
  *   ("create groups" below), each with the result it would get alone.
- * - update, token rotation: read-modify-write of the record, guarded by its
- *   mod revision; a stale replica learns the current record from the
- *   failure branch and tries again.
+ * - update, token rotation (and activation by heartbeat, a stats flush):
+ *   read-modify-write of the record, guarded by its mod revision, in one
+ *   loop (guarded_rmw) with each operation's edit; a stale replica learns
+ *   the current record from the failure branch and tries again.
  * - delete: the g/ key with the reason (same lease) and the deletion of all
  *   of the session's keys, in one txn guarded by the record's existence.
  * The writing node applies the txn's result to its replica before it
  * returns (it reads its own writes); the watch drops the echo by revision.
  *
- * Heartbeats and stats stay local. A heartbeat renews the session's lease
- * at most once per timeout / 3 (track_renew_due), so lease traffic is at
- * most 3 / timeout keepalives per second per active session, and no
- * keepalive is a raft write.
+ * Heartbeats and stats stay local. A heartbeat queues the session's lease
+ * for the renewer (renew.c) at most once per timeout / 3 (track_renew_due)
+ * and never waits on etcd, so lease traffic is at most 3 / timeout
+ * keepalives per second per active session, and no keepalive is a raft
+ * write.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -252,37 +254,6 @@ static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t rev
     if (st == AFSM_OK && out != NULL)
         st = es->replica->ops->get(es->replica, &rec->info.session_id, out);
     pthread_mutex_unlock(&es->apply_lock);
-    return st;
-}
-
-/* ---- leases --------------------------------------------------------------------- */
-
-/* AFSM_OK: renewed; AFSM_EEXPIRED: etcd no longer has the lease. */
-static afsm_status lease_keepalive(etcd_store *es, int64_t lease)
-{
-    json_object *body = json_object_new_object(), *reply = NULL, *result;
-    if (body == NULL)
-        return AFSM_ENOMEM;
-    json_object_object_add(body, "ID", etcd_json_int64(lease));
-    afsm_status st = etcd_call(es->client, "/v3/lease/keepalive", body, 1, &reply, NULL);
-    json_object_put(body);
-    if (st == AFSM_OK)
-        st = json_object_object_get_ex(reply, "result", &result) && etcd_get_int64(result, "TTL") > 0 ? AFSM_OK
-                                                                                                      : AFSM_EEXPIRED;
-    json_object_put(reply);
-    return st == AFSM_ENOTFOUND ? AFSM_EEXPIRED : st;
-}
-
-/* After a local heartbeat: renew the lease if its period has passed. */
-static afsm_status renew_if_due(etcd_store *es, const afsm_uuid *id)
-{
-    int64_t lease;
-    if (!track_renew_due(&es->tracks, id, es->config.clock(es->config.clock_ctx), &lease))
-        return AFSM_OK;
-    atomic_fetch_add_explicit(&es->lease_keepalives, 1, memory_order_relaxed);
-    afsm_status st = lease_keepalive(es, lease);
-    if (st == AFSM_EUNAVAILABLE || st == AFSM_ENOMEM)
-        track_renew_failed(&es->tracks, id);
     return st;
 }
 
@@ -857,31 +828,54 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     return st;
 }
 
-static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
-                                     size_t reason_len);
+/* ---- guarded read-modify-write ------------------------------------------------- */
 
-afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
+/* What an edit tells guarded_rmw: write the record as edited, or stop with
+ * *status as the call's answer (nothing to write, a refusal, or done in
+ * another way). */
+enum { GUARD_WRITE, GUARD_STOP };
+typedef int (*guard_edit)(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status);
+
+/* The one loop behind update, rotation, activation by heartbeat and a stats
+ * flush: edit the record this node holds (current_record: one revision's,
+ * under apply_lock) and write it if etcd still has that revision
+ * (guarded_put). A race lost to another writer applies etcd's record here
+ * (keeping this node's stats additions) and edits again at once, so the
+ * edit always sees the record it replaces. After WRITE_ATTEMPTS lost
+ * guards nothing was written: AFSM_EUNAVAILABLE (lost_every_guard), never
+ * AFSM_OK, with *raced (may be NULL) set. *wrote (may be NULL): whether a
+ * write was made. out (may be NULL): the session as written, from the
+ * replica (guarded_put). */
+static afsm_status guarded_rmw(etcd_store *es, const afsm_uuid *id, int flags, guard_edit edit, void *ctx,
+                               afsm_session_info *out, int *wrote, int *raced)
 {
+    if (wrote != NULL)
+        *wrote = 0;
+    if (raced != NULL)
+        *raced = 0;
     owned_record *o = malloc(sizeof(*o));
     if (o == NULL)
         return AFSM_ENOMEM;
     afsm_status st = AFSM_OK;
-    /* A race lost to another writer merges etcd's record into the replica
-     * (keeping this node's additions), and the write is tried again at
-     * once: the flush at close has no next pass to leave it to. */
     for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
         track_info ti;
         st = current_record(es, id, o, &ti);
-        if (st != AFSM_OK || memcmp(&o->rec.info.stats, &ti.flushed, sizeof(afsm_stats)) == 0)
+        if (st != AFSM_OK || edit(es, o, &ti, ctx, &st) == GUARD_STOP)
             break;
         int retry = 0;
-        st = guarded_put(es, o, &ti, ETCD_APPLY_OWN, NULL, &retry);
+        st = guarded_put(es, o, &ti, flags, out, &retry);
         owned_release(o);
         if (st != AFSM_OK)
             break;
         if (!retry) {
-            atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
+            if (wrote != NULL)
+                *wrote = 1;
             break;
+        }
+        if (attempt + 1 == WRITE_ATTEMPTS) {
+            st = lost_every_guard();
+            if (raced != NULL)
+                *raced = 1;
         }
     }
     owned_release(o);
@@ -889,59 +883,92 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id)
     return st;
 }
 
+/* ---- stats flush, update, activation, rotation ----------------------------------- */
+
+static afsm_status etcd_remove_known(etcd_store *es, const afsm_uuid *id, afsm_delete_reason why, const char *reason,
+                                     size_t reason_len);
+
+static int flush_edit(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status)
+{
+    (void)es;
+    (void)ctx;
+    *status = AFSM_OK;
+    /* The replica's stats are the record's plus this node's additions. */
+    return memcmp(&o->rec.info.stats, &ti->flushed, sizeof(afsm_stats)) == 0 ? GUARD_STOP : GUARD_WRITE;
+}
+
+afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced)
+{
+    /* Retried at once after a lost race: the flush at close has no next
+     * pass to leave it to. Every guard lost: nothing written, the stats
+     * stay buffered (tracks' `flushed` is still what etcd's record holds,
+     * the rest this node's) for the next pass, and the caller hears it. */
+    int wrote = 0;
+    afsm_status st = guarded_rmw(es, id, ETCD_APPLY_OWN, flush_edit, NULL, NULL, &wrote, raced);
+    if (wrote)
+        atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
+    return st;
+}
+
+typedef struct update_ctx {
+    const afsm_update *u;
+    afsm_session_info *out;
+} update_ctx;
+
+static int update_edit(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status)
+{
+    (void)ti;
+    const afsm_update *u = ((update_ctx *)ctx)->u;
+    afsm_session_info *out = ((update_ctx *)ctx)->out;
+    afsm_session_info *s = &o->rec.info;
+    uint32_t new_state = (u->fields & AFSM_UPDATE_STATE) ? u->state : s->state;
+    if (!store_transition_allowed(s->state, new_state)) {
+        *status = AFSM_ETRANSITION;
+        return GUARD_STOP;
+    }
+    *status = AFSM_OK;
+    if (u->fields & AFSM_UPDATE_METADATA_MERGE)
+        *status = set_metadata(o, o->rec.meta, o->rec.meta_count, u->metadata, u->metadata_count);
+    else if (u->fields & AFSM_UPDATE_METADATA_REPLACE)
+        *status = set_metadata(o, NULL, 0, u->metadata, u->metadata_count);
+    if (*status != AFSM_OK)
+        return GUARD_STOP;
+    if (new_state == AFSM_STATE_CLOSED && s->state != AFSM_STATE_CLOSED) {
+        /* close_linger is 0 for this store (checked at open): closing
+         * removes, as the memory store does without a linger. */
+        afsm_session_info last = *s;
+        *status = etcd_remove_known(es, &s->session_id, AFSM_DELETE_CLOSED, "closed", 6);
+        if (*status == AFSM_OK && out != NULL) {
+            *out = last;
+            out->state = AFSM_STATE_CLOSED;
+        }
+        return GUARD_STOP;
+    }
+    if (new_state == AFSM_STATE_ACTIVE && s->state != AFSM_STATE_ACTIVE)
+        s->last_active_at_ns = mem_store_wall_now(es->replica);
+    s->state = new_state;
+    if (u->fields & AFSM_UPDATE_STATS)
+        s->stats = u->stats;
+    return GUARD_WRITE;
+}
+
 static afsm_status etcd_update(store *st, const afsm_uuid *id, const afsm_update *u, afsm_session_info *out)
 {
-    etcd_store *es = (etcd_store *)st;
-    owned_record *o = malloc(sizeof(*o));
-    if (o == NULL)
-        return AFSM_ENOMEM;
-    afsm_status status = AFSM_OK;
-    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
-        track_info ti;
-        status = current_record(es, id, o, &ti);
-        if (status != AFSM_OK)
-            break;
-        afsm_session_info *s = &o->rec.info;
-        uint32_t new_state = (u->fields & AFSM_UPDATE_STATE) ? u->state : s->state;
-        if (!store_transition_allowed(s->state, new_state)) {
-            status = AFSM_ETRANSITION;
-            break;
-        }
-        if (u->fields & AFSM_UPDATE_METADATA_MERGE)
-            status = set_metadata(o, o->rec.meta, o->rec.meta_count, u->metadata, u->metadata_count);
-        else if (u->fields & AFSM_UPDATE_METADATA_REPLACE)
-            status = set_metadata(o, NULL, 0, u->metadata, u->metadata_count);
-        if (status != AFSM_OK)
-            break;
-        if (new_state == AFSM_STATE_CLOSED && s->state != AFSM_STATE_CLOSED) {
-            /* close_linger is 0 for this store (checked at open): closing
-             * removes, as the memory store does without a linger. */
-            afsm_session_info last = *s;
-            status = etcd_remove_known(es, id, AFSM_DELETE_CLOSED, "closed", 6);
-            if (status == AFSM_OK && out != NULL) {
-                *out = last;
-                out->state = AFSM_STATE_CLOSED;
-            }
-            break;
-        }
-        if (new_state == AFSM_STATE_ACTIVE && s->state != AFSM_STATE_ACTIVE)
-            s->last_active_at_ns = mem_store_wall_now(es->replica);
-        s->state = new_state;
-        if (u->fields & AFSM_UPDATE_STATS)
-            s->stats = u->stats;
-        int retry = 0;
-        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN | ((u->fields & AFSM_UPDATE_STATS) ? ETCD_APPLY_RESET : 0), out,
-                             &retry);
-        owned_release(o);
-        if (status != AFSM_OK || !retry)
-            break;
-        /* Every guard lost: nothing was written, so never AFSM_OK. */
-        if (attempt + 1 == WRITE_ATTEMPTS)
-            status = lost_every_guard();
-    }
-    owned_release(o);
-    free(o);
-    return status;
+    update_ctx ctx = {u, out};
+    int flags = ETCD_APPLY_OWN | ((u->fields & AFSM_UPDATE_STATS) ? ETCD_APPLY_RESET : 0);
+    return guarded_rmw((etcd_store *)st, id, flags, update_edit, &ctx, out, NULL, NULL);
+}
+
+static int activate_edit(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status)
+{
+    (void)ti;
+    (void)ctx;
+    *status = AFSM_OK;
+    if (o->rec.info.state != AFSM_STATE_CONNECTING && o->rec.info.state != AFSM_STATE_IDLE)
+        return GUARD_STOP; /* activated meanwhile (a racing heartbeat, another node) */
+    o->rec.info.state = AFSM_STATE_ACTIVE;
+    o->rec.info.last_active_at_ns = mem_store_wall_now(es->replica);
+    return GUARD_WRITE;
 }
 
 /* A heartbeat moves a CONNECTING or IDLE session to ACTIVE (the memory
@@ -959,26 +986,7 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
      * timeout (as renewals: review finding 11). */
     if (!track_activation_due(&es->tracks, id, es->config.clock(es->config.clock_ctx)))
         return AFSM_OK;
-    owned_record *o = malloc(sizeof(*o));
-    if (o == NULL)
-        return AFSM_ENOMEM;
-    afsm_status status = AFSM_OK;
-    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
-        track_info ti;
-        status = current_record(es, id, o, &ti);
-        if (status != AFSM_OK || (o->rec.info.state != AFSM_STATE_CONNECTING && o->rec.info.state != AFSM_STATE_IDLE))
-            break;
-        o->rec.info.state = AFSM_STATE_ACTIVE;
-        o->rec.info.last_active_at_ns = mem_store_wall_now(es->replica);
-        int retry = 0;
-        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, NULL, &retry);
-        if (status != AFSM_OK || !retry)
-            break;
-        if (attempt + 1 == WRITE_ATTEMPTS)
-            status = lost_every_guard();
-    }
-    owned_release(o);
-    free(o);
+    afsm_status status = guarded_rmw(es, id, ETCD_APPLY_OWN, activate_edit, NULL, NULL, NULL, NULL);
     if (status == AFSM_EUNAVAILABLE) {
         /* The heartbeat itself was taken (the replica answers while etcd
          * is away); the session stays as it is, and a heartbeat a quarter
@@ -992,38 +1000,28 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
     return status == AFSM_ENOTFOUND ? AFSM_OK : status;
 }
 
+static int rotate_edit(etcd_store *es, owned_record *o, const track_info *ti, void *ctx, afsm_status *status)
+{
+    (void)es;
+    (void)ti;
+    if (o->rec.info.state == AFSM_STATE_CLOSED) {
+        *status = AFSM_ECLOSED;
+        return GUARD_STOP;
+    }
+    o->rec.info.token_generation++;
+    *(afsm_session_info *)ctx = o->rec.info; /* the record as it will be written */
+    return GUARD_WRITE;
+}
+
 static afsm_status etcd_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out)
 {
-    etcd_store *es = (etcd_store *)st;
-    owned_record *o = malloc(sizeof(*o));
-    if (o == NULL)
-        return AFSM_ENOMEM;
-    afsm_status status = AFSM_OK;
-    for (int attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
-        track_info ti;
-        status = current_record(es, id, o, &ti);
-        if (status != AFSM_OK)
-            break;
-        if (o->rec.info.state == AFSM_STATE_CLOSED) {
-            status = AFSM_ECLOSED;
-            break;
-        }
-        o->rec.info.token_generation++;
-        int retry = 0;
-        status = guarded_put(es, o, &ti, ETCD_APPLY_OWN, NULL, &retry);
-        if (status == AFSM_OK && !retry) {
-            *out = o->rec.info;
-            break;
-        }
-        if (status != AFSM_OK)
-            break;
-        /* Every guard lost: `out` is unfilled, and a token sealed for it
-         * would name no session. */
-        if (attempt + 1 == WRITE_ATTEMPTS)
-            status = lost_every_guard();
-    }
-    owned_release(o);
-    free(o);
+    afsm_session_info pending;
+    int wrote = 0;
+    afsm_status status = guarded_rmw((etcd_store *)st, id, ETCD_APPLY_OWN, rotate_edit, &pending, NULL, &wrote, NULL);
+    /* Only a write made fills `out`: after lost guards a token sealed for
+     * it would name no session. */
+    if (status == AFSM_OK && wrote)
+        *out = pending;
     return status;
 }
 
@@ -1411,7 +1409,7 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id);
 static afsm_status after_heartbeat(etcd_store *es, const afsm_uuid *id)
 {
     afsm_status status = heartbeat_activate(es, id);
-    afsm_status renewed = renew_if_due(es, id);
+    afsm_status renewed = etcd_renew_if_due(es, id); /* queued for the renewer: no wait */
     return status != AFSM_OK ? status : renewed;
 }
 
@@ -1422,11 +1420,20 @@ static afsm_status etcd_heartbeat(store *st, const afsm_uuid *id, uint64_t *rema
     return status == AFSM_OK ? after_heartbeat(es, id) : status;
 }
 
+/* Lists and counts: in consistent and linearizable mode the replica first
+ * catches up with etcd's revision (etcd_replica_sync), then answers. Read
+ * from etcd instead, a list would move every record's payload per call
+ * and be no more of a snapshot: the replica's scan is not atomic either. */
 static afsm_status etcd_list(store *st, const afsm_list_filter *filter, afsm_session_info *out, size_t *count,
                              uint64_t *total, afsm_uuid *next_cursor)
 {
-    store *r = ((etcd_store *)st)->replica;
-    return r->ops->list(r, filter, out, count, total, next_cursor);
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode != AFSM_READ_REPLICA) {
+        afsm_status status = etcd_replica_sync(es);
+        if (status != AFSM_OK)
+            return status;
+    }
+    return es->replica->ops->list(es->replica, filter, out, count, total, next_cursor);
 }
 
 static afsm_status etcd_advance(store *st, uint64_t now_ns, size_t *expired)
@@ -1442,8 +1449,13 @@ static afsm_status etcd_advance(store *st, uint64_t now_ns, size_t *expired)
 
 static afsm_status etcd_counts(store *st, afsm_counts *out)
 {
-    store *r = ((etcd_store *)st)->replica;
-    return r->ops->counts(r, out);
+    etcd_store *es = (etcd_store *)st;
+    if (es->read_mode != AFSM_READ_REPLICA) {
+        afsm_status status = etcd_replica_sync(es);
+        if (status != AFSM_OK)
+            return status;
+    }
+    return es->replica->ops->counts(es->replica, out);
 }
 
 static afsm_status etcd_metrics(store *st, afsm_metrics *out)
@@ -1558,6 +1570,8 @@ static void etcd_close(store *st)
      * keeps them alive. */
     etcd_stats_stop(es); /* a last flush (it also tells the watch to stop) */
     etcd_replica_stop(es);
+    /* After the watch: its event callbacks may heartbeat until it stops. */
+    etcd_renewer_stop(es);
     etcd_leases_stop(es);
     es->replica->ops->close(es->replica);
     etcd_client_close(es->client);
@@ -1650,11 +1664,17 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     status = mem_store_open(&rc, &es->replica);
     if (status != AFSM_OK)
         goto fail_client;
+    /* The renewer first: a callback fired by the watch may heartbeat. */
+    status = etcd_renewer_start(es);
+    if (status != AFSM_OK)
+        goto fail_replica;
     status = etcd_replica_load(es, 0);
     if (status == AFSM_OK)
         status = etcd_replica_start(es);
-    if (status != AFSM_OK)
+    if (status != AFSM_OK) {
+        etcd_renewer_stop(es);
         goto fail_replica;
+    }
     status = etcd_leases_start(es);
     if (status == AFSM_OK) {
         status = etcd_stats_start(es);
@@ -1663,6 +1683,7 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     }
     if (status != AFSM_OK) {
         etcd_replica_stop(es);
+        etcd_renewer_stop(es);
         goto fail_replica;
     }
     *out = &es->base;

@@ -106,6 +106,10 @@ afsm_status track_put(track *t, const afsm_uuid *id, const track_info *info)
         track_info keep = *old;
         *old = *info;
         old->inflight = keep.inflight; /* the writers' own count, not the record's */
+        /* The renewer's mark stays until it is done (renew.c); a lease
+         * found gone stays gone while the record keeps that lease. */
+        old->renew_queued = keep.renew_queued;
+        old->lease_gone = keep.lease_gone && keep.lease == info->lease;
         if (has_reason && !info->has_reason) {
             old->has_reason = 1;
             old->why = keep.why;
@@ -178,16 +182,42 @@ int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lea
 {
     uint64_t hash;
     track_stripe *s = stripe_of(t, id, &hash);
-    int due = 0;
+    int due = TRACK_RENEW_NOT_DUE;
     pthread_mutex_lock(&s->lock);
     track_entry *e = *slot_of(s, hash, id);
-    if (e != NULL && now_ns - e->info.renewed_ns >= e->info.renew_period_ns && e->info.lease != 0) {
+    if (e != NULL && e->info.lease_gone) {
+        due = TRACK_RENEW_GONE;
+    } else if (e != NULL && !e->info.renew_queued && now_ns - e->info.renewed_ns >= e->info.renew_period_ns &&
+               e->info.lease != 0) {
+        /* Counted from now, not from when the renewer sends: the send is
+         * later, so the lease lives at least TTL past this heartbeat. */
         e->info.renewed_ns = now_ns;
+        e->info.renew_queued = 1;
         *lease = e->info.lease;
-        due = 1;
+        due = TRACK_RENEW_DUE;
     }
     pthread_mutex_unlock(&s->lock);
     return due;
+}
+
+void track_renew_done(track *t, const afsm_uuid *id, int64_t lease, int outcome)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL) {
+        e->info.renew_queued = 0;
+        /* A failure is due again a quarter period later, not at the next
+         * heartbeat: with etcd away the renewer would spin on every
+         * heartbeat's renewal. The lease (TTL: timeout + one period)
+         * outlives several such retries. */
+        if (outcome == TRACK_RENEW_FAILED)
+            e->info.renewed_ns -= e->info.renew_period_ns - e->info.renew_period_ns / 4;
+        else if (outcome == TRACK_LEASE_GONE && e->info.lease == lease)
+            e->info.lease_gone = 1;
+    }
+    pthread_mutex_unlock(&s->lock);
 }
 
 int track_activation_due(track *t, const afsm_uuid *id, uint64_t now_ns)
@@ -220,21 +250,6 @@ void track_inflight(track *t, const afsm_uuid *id, int delta)
     track_entry *e = *slot_of(s, hash, id);
     if (e != NULL)
         e->info.inflight += delta;
-    pthread_mutex_unlock(&s->lock);
-}
-
-void track_renew_failed(track *t, const afsm_uuid *id)
-{
-    uint64_t hash;
-    track_stripe *s = stripe_of(t, id, &hash);
-    pthread_mutex_lock(&s->lock);
-    track_entry *e = *slot_of(s, hash, id);
-    /* Due again a quarter period after the failure, not at the next
-     * heartbeat: with etcd away every heartbeat would block for the
-     * request timeout. The lease (TTL: timeout + one period) outlives
-     * several such retries. */
-    if (e != NULL)
-        e->info.renewed_ns -= e->info.renew_period_ns - e->info.renew_period_ns / 4;
     pthread_mutex_unlock(&s->lock);
 }
 

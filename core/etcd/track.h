@@ -29,9 +29,10 @@ typedef struct track_info {
     int64_t leased_ns;          /* the record's: when its lease's TTL started */
     uint64_t activate_after_ns; /* engine clock: a failed activation by heartbeat is not retried before */
     afsm_stats flushed;
-    int inflight; /* this node's guarded writes of the record under way */ /* the stats etcd's record holds (the rest is
-                                                                              this node's, not yet flushed) */
-    afsm_delete_reason why;                                                /* of a pending delete */
+    int inflight;           /* this node's guarded writes of the record under way */
+    int renew_queued;       /* its lease waits in (or is being sent by) the renewer (renew.c) */
+    int lease_gone;         /* a keepalive found its lease gone from etcd (TTL <= 0) */
+    afsm_delete_reason why; /* of a pending delete */
     int has_reason;
     char reason[AFSM_REASON_MAX + 1];
     size_t reason_len;
@@ -61,10 +62,22 @@ int track_get(track *t, const afsm_uuid *id, track_info *out);
 int track_remove(track *t, const afsm_uuid *id, track_info *out);
 /* Remembers why id is about to be deleted (a no-op if id is unknown). */
 void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, const char *reason, size_t reason_len);
-/* A heartbeat's question: is id's lease due for renewal at now_ns (last
- * renewal at least its renew period ago)? If so, marks it renewed now and
- * gives its lease: the caller renews (one caller per period wins). */
+/* A heartbeat's question about id's lease at now_ns. TRACK_RENEW_DUE: its
+ * last renewal was at least its renew period ago and none is queued; it is
+ * marked renewed now and queued (renew_queued), and *lease given: the
+ * caller hands it to the renewer (one caller per period wins).
+ * TRACK_RENEW_GONE: a keepalive found the lease gone from etcd. */
+#define TRACK_RENEW_NOT_DUE 0
+#define TRACK_RENEW_DUE     1
+#define TRACK_RENEW_GONE    2
 int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease);
+/* The renewer is done with id's lease: ok (renewed), failed (due again a
+ * quarter period later), or gone (TTL <= 0: noted,
+ * if id still has that lease). Clears renew_queued. */
+#define TRACK_RENEWED      0
+#define TRACK_RENEW_FAILED 1
+#define TRACK_LEASE_GONE   2
+void track_renew_done(track *t, const afsm_uuid *id, int64_t lease, int outcome);
 /* Whether a heartbeat may try to activate id at now_ns (no failed try
  * within the last quarter of its renew period). */
 int track_activation_due(track *t, const afsm_uuid *id, uint64_t now_ns);
@@ -72,8 +85,6 @@ int track_activation_due(track *t, const afsm_uuid *id, uint64_t now_ns);
 void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
-/* After a failed renewal: due again a quarter of its period later. */
-void track_renew_failed(track *t, const afsm_uuid *id);
 /* Every id known (for a reload's differences): calls fn for each. */
 void track_each(track *t, void (*fn)(void *ctx, const afsm_uuid *id, const track_info *info), void *ctx);
 

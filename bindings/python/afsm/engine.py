@@ -308,7 +308,9 @@ class Engine:
         etcd_read_mode: how gets are answered: ``"replica"`` (the default:
             the local replica), ``"linearizable"`` (the record is read from
             etcd) or ``"consistent"`` (etcd gives the record's revision, the
-            replica answers once it has applied it).
+            replica answers once it has applied it). In both of the latter
+            modes lists and counts wait until the replica has reached etcd's
+            current revision, then answer from it.
 
     Exceptions raised by ``clock``, ``on_event`` or ``on_log`` never reach
     the library: they are logged on the ``afsm`` logger and kept in
