@@ -1147,29 +1147,38 @@ void SessionServiceImpl::make_methods()
     });
 }
 
+// gRPC hands an arriving call to the first queue, starting at the one its
+// connection was given, that has a request of its method posted; with one
+// request per method a burst of calls on one connection spills over to the
+// other queues, whose threads then take turns on the same connection. So
+// every method has kRequestsPerMethod requests posted on each queue (as
+// many as a client usually keeps in flight): a connection's calls stay on
+// one thread, and connections spread over the threads.
 void SessionServiceImpl::listen(grpc::ServerCompletionQueue *cq)
 {
     const Methods &m = *methods_;
-    UnaryCall<Methods::Svc, session::CreateSessionRequest, session::CreateSessionResponse>::listen(&m.create, cq);
-    UnaryCall<Methods::Svc, session::GetSessionRequest, session::GetSessionResponse>::listen(&m.get, cq);
-    UnaryCall<Methods::Svc, session::UpdateSessionRequest, session::UpdateSessionResponse>::listen(&m.update, cq);
-    UnaryCall<Methods::Svc, session::DeleteSessionRequest, session::DeleteSessionResponse>::listen(&m.del, cq);
-    UnaryCall<Methods::Svc, session::ListSessionsRequest, session::ListSessionsResponse>::listen(&m.list, cq);
-    UnaryCall<Methods::Svc, session::HeartbeatRequest, session::HeartbeatResponse>::listen(&m.heartbeat, cq);
-    UnaryCall<Methods::Svc, session::GetSessionByConnectionRequest, session::GetSessionResponse>::listen(
-        &m.get_by_connection, cq);
-    UnaryCall<Methods::Svc, session::DeleteUserSessionsRequest, session::DeleteUserSessionsResponse>::listen(
-        &m.delete_user, cq);
-    UnaryCall<Methods::Svc, session::ValidateTokenRequest, session::ValidateTokenResponse>::listen(&m.validate, cq);
-    UnaryCall<Methods::Svc, session::RotateTokenRequest, session::RotateTokenResponse>::listen(&m.rotate, cq);
-    UnaryCall<Methods::Svc, session::GetStatsRequest, session::GetStatsResponse>::listen(&m.stats, cq);
-    UnaryCall<Methods::Svc, session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>::listen(&m.heartbeat_batch,
-                                                                                                     cq);
-    UnaryCall<Methods::Svc, session::AddStatsBatchRequest, session::AddStatsBatchResponse>::listen(&m.add_stats_batch,
-                                                                                                   cq);
-    BidiCall<Methods::Svc, session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>::listen(&m.heartbeat_stream,
-                                                                                                    cq);
-    Watcher::listen(this, cq);
+    for (int i = 0; i < kRequestsPerMethod; ++i) {
+        UnaryCall<Methods::Svc, session::CreateSessionRequest, session::CreateSessionResponse>::listen(&m.create, cq);
+        UnaryCall<Methods::Svc, session::GetSessionRequest, session::GetSessionResponse>::listen(&m.get, cq);
+        UnaryCall<Methods::Svc, session::UpdateSessionRequest, session::UpdateSessionResponse>::listen(&m.update, cq);
+        UnaryCall<Methods::Svc, session::DeleteSessionRequest, session::DeleteSessionResponse>::listen(&m.del, cq);
+        UnaryCall<Methods::Svc, session::ListSessionsRequest, session::ListSessionsResponse>::listen(&m.list, cq);
+        UnaryCall<Methods::Svc, session::HeartbeatRequest, session::HeartbeatResponse>::listen(&m.heartbeat, cq);
+        UnaryCall<Methods::Svc, session::GetSessionByConnectionRequest, session::GetSessionResponse>::listen(
+            &m.get_by_connection, cq);
+        UnaryCall<Methods::Svc, session::DeleteUserSessionsRequest, session::DeleteUserSessionsResponse>::listen(
+            &m.delete_user, cq);
+        UnaryCall<Methods::Svc, session::ValidateTokenRequest, session::ValidateTokenResponse>::listen(&m.validate, cq);
+        UnaryCall<Methods::Svc, session::RotateTokenRequest, session::RotateTokenResponse>::listen(&m.rotate, cq);
+        UnaryCall<Methods::Svc, session::GetStatsRequest, session::GetStatsResponse>::listen(&m.stats, cq);
+        UnaryCall<Methods::Svc, session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>::listen(
+            &m.heartbeat_batch, cq);
+        UnaryCall<Methods::Svc, session::AddStatsBatchRequest, session::AddStatsBatchResponse>::listen(
+            &m.add_stats_batch, cq);
+        BidiCall<Methods::Svc, session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>::listen(
+            &m.heartbeat_stream, cq);
+        Watcher::listen(this, cq);
+    }
 }
 
 } // namespace sessiond

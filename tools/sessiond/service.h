@@ -133,8 +133,9 @@ class SessionServiceImpl final
     {
         return &async_;
     }
-    // Posts one request for every method on cq (each call state posts its
-    // successor when its call arrives).
+    // Posts kRequestsPerMethod requests for every method on cq (each call
+    // state posts its successor when its call arrives).
+    static constexpr int kRequestsPerMethod = 16;
     void listen(grpc::ServerCompletionQueue *cq);
 
     // The unary handlers: the status is the call's answer, resp its message
