@@ -66,6 +66,42 @@ template <class Owner> class OpTag final : public CallOp
     void (Owner::*fn_)(bool);
 };
 
+// A queue thread's turn: the tags it takes from its queue without waiting
+// (those of one network read, usually). Unary answers are held back until
+// the turn ends and then sent back to back, so the client finds several in
+// one read instead of waking for each (gRPC writes each answer at once).
+class Turn
+{
+  public:
+    class Answer
+    {
+      public:
+        virtual void send() = 0;
+
+      protected:
+        ~Answer() = default;
+    };
+    // The turn of the calling thread, or null outside one.
+    static Turn *&current()
+    {
+        static thread_local Turn *turn = nullptr;
+        return turn;
+    }
+    void hold(Answer *a)
+    {
+        held_.push_back(a);
+    }
+    void send_all()
+    {
+        for (Answer *a : held_)
+            a->send();
+        held_.clear();
+    }
+
+  private:
+    std::vector<Answer *> held_;
+};
+
 // A unary method: the generated RequestX of the async service and the handler.
 template <class Service, class Req, class Resp> struct UnaryMethod {
     using RequestFn = void (Service::*)(grpc::ServerContext *, Req *, grpc::ServerAsyncResponseWriter<Resp> *,
@@ -75,7 +111,7 @@ template <class Service, class Req, class Resp> struct UnaryMethod {
     std::function<grpc::Status(grpc::ServerContext &, const Req &, Resp *)> handle;
 };
 
-template <class Service, class Req, class Resp> class UnaryCall final : public CallOp
+template <class Service, class Req, class Resp> class UnaryCall final : public CallOp, public Turn::Answer
 {
   public:
     using Method = UnaryMethod<Service, Req, Resp>;
@@ -92,12 +128,20 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
             return;
         }
         listen(method_, cq_); // the next call of this method, before this one's work
-        grpc::Status st = method_->handle(ctx_, req_, &resp_);
+        status_ = method_->handle(ctx_, req_, &resp_);
         answered_ = true;
-        if (st.ok())
-            writer_.Finish(resp_, st, this);
+        if (Turn *turn = Turn::current())
+            turn->hold(this);
         else
-            writer_.FinishWithError(st, this);
+            send();
+    }
+
+    void send() override
+    {
+        if (status_.ok())
+            writer_.Finish(resp_, status_, this);
+        else
+            writer_.FinishWithError(status_, this);
     }
 
   private:
@@ -113,6 +157,7 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
     Req req_;
     Resp resp_;
     grpc::ServerAsyncResponseWriter<Resp> writer_;
+    grpc::Status status_;
     bool answered_ = false;
 };
 
@@ -252,12 +297,26 @@ class QueueThreads
     }
 
   private:
+    // A turn: one tag waited for, then those already there (at most
+    // kTurnTags, to bound how long the first answer is held).
+    static constexpr int kTurnTags = 64;
     static void drain(grpc::ServerCompletionQueue *q)
     {
         void *tag;
         bool ok;
-        while (q->Next(&tag, &ok))
+        Turn turn;
+        while (q->Next(&tag, &ok)) {
+            Turn::current() = &turn;
             static_cast<CallOp *>(tag)->run(ok);
+            bool more = true;
+            for (int n = 1; more && n < kTurnTags; ++n) {
+                more = q->AsyncNext(&tag, &ok, gpr_time_0(GPR_CLOCK_MONOTONIC)) == grpc::CompletionQueue::GOT_EVENT;
+                if (more)
+                    static_cast<CallOp *>(tag)->run(ok);
+            }
+            Turn::current() = nullptr;
+            turn.send_all();
+        }
     }
     std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
     std::vector<std::thread> threads_;
