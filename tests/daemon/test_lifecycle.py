@@ -41,6 +41,26 @@ def test_reflection_lists_the_service(shared):
     assert responses[0].file_descriptor_response.file_descriptor_proto
 
 
+def test_health_watch_streams_changes_and_ends_on_shutdown(daemons):
+    # sessiond serves grpc.health.v1 itself (health.cc): Watch sends the
+    # status now, then each change; shutdown turns it NOT_SERVING and ends
+    # the stream with OK instead of holding up the stop for the grace period.
+    d = daemons.start(name="hwatch")
+    h = d.stubs.health_pb
+    stub = d.stubs.health_rpc.HealthStub(d.channel)
+    unknown = stub.Watch(h.HealthCheckRequest(service="no.such.Service"), timeout=30)
+    assert next(unknown).status == h.HealthCheckResponse.SERVICE_UNKNOWN
+    unknown.cancel()
+    stream = stub.Watch(h.HealthCheckRequest(service="session.SessionService"), timeout=30)
+    assert next(stream).status == h.HealthCheckResponse.SERVING
+    started = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    rest = [r.status for r in stream]  # ends with OK, or this raises
+    assert rest == [h.HealthCheckResponse.NOT_SERVING]
+    assert time.monotonic() - started < 8, "the stream held up the shutdown"
+    assert d.proc.wait(timeout=20) == 0
+
+
 def fetch(url: str):
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:

@@ -165,6 +165,9 @@ const std::vector<OptionSpec> &specs()
         {"max-watchers", Kind::Uint, "N",
          "WatchSessions streams open at once; more are RESOURCE_EXHAUSTED (default 1024)",
          u32(&Options::max_watchers, 1u << 20)},
+        {"grpc-threads", Kind::Uint, "N",
+         "threads serving gRPC calls, one completion queue each (default 0: one per two CPUs, at least one)",
+         u32(&Options::grpc_threads, 256)},
         {"help", Kind::Flag, "", "print this help and exit", nullptr},
         {"version", Kind::Flag, "", "print the version and exit", nullptr},
     };

@@ -46,6 +46,7 @@ struct Options {
     uint32_t max_message_bytes = 4u << 20;  // one request message
     uint32_t max_concurrent_streams = 1024; // calls in flight on one connection
     uint32_t max_watchers = 1024;           // WatchSessions streams in all
+    uint32_t grpc_threads = 0;              // completion-queue threads; 0: one per two CPUs
 };
 
 // Parses argv (and the file named by --config, whose keys are the flag

@@ -6,8 +6,10 @@
 // SIGHUP re-reads the TLS certificate, key and client CA (tls.h).
 //
 // Threads: main waits for a signal (a handler writes it to a pipe);
-// gRPC runs its own pool; the engine its reaper; libmicrohttpd its poller;
-// one snapshot thread.
+// --grpc-threads threads serve gRPC's completion queues (calls.h), and gRPC
+// keeps a few of its own (timers, its executor); the engine runs its reaper;
+// libmicrohttpd its poller; one snapshot thread.
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -21,17 +23,18 @@
 #include <thread>
 
 #include <absl/synchronization/mutex.h>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <afsm.h>
 
+#include "calls.h"
 #include "config.h"
+#include "health.h"
 #include "jsonlog.h"
 #include "metrics_http.h"
+#include "reflection.h"
 #include "service.h"
 #include "snapshot.h"
 #include "tls.h"
@@ -373,23 +376,45 @@ int run(const Options &o)
     limits.max_batch = o.max_batch;
     limits.max_watchers = o.max_watchers;
     SessionServiceImpl service(engine, &hub, &rpc, limits);
-    grpc::EnableDefaultHealthCheckService(true);
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    // Every service on the completion-queue API: no callback or sync method
+    // anywhere (calls.h says why), so health and reflection are ours too.
+    HealthService health({kServiceName});
+    ReflectionService reflection({kServiceName, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"});
+    // Default: one queue thread per two CPUs. Every queue thread also polls
+    // the sockets, and epoll has no affinity: a second thread takes reads of
+    // a connection whose calls the first serves, and the hand-off costs
+    // ~2 us a call (README, "Threads"); one thread serves ~60K calls/s.
+    size_t threads = o.grpc_threads;
+    if (threads == 0)
+        threads = std::max(1u, std::thread::hardware_concurrency() / 2);
+    QueueThreads queues;
     grpc::ServerBuilder builder;
     int grpc_port = 0;
     builder.AddListeningPort(o.listen, creds, &grpc_port);
     builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, static_cast<int>(o.max_concurrent_streams));
-    builder.RegisterService(&service);
+    builder.RegisterService(service.async());
+    builder.RegisterService(health.async());
+    builder.RegisterService(reflection.async());
+    queues.add_queues(&builder, threads);
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
     if (server == nullptr || grpc_port == 0) {
         log_line(AFSM_LOG_ERROR, "cannot listen for gRPC (address in use, or not HOST:PORT?)", {{"listen", o.listen}});
+        if (server != nullptr) {
+            server->Shutdown();
+            queues.stop();
+            server->Wait();
+        } else {
+            queues.stop();
+        }
         afsm_engine_close(engine);
         return 1;
     }
-    grpc::HealthCheckServiceInterface *health = server->GetHealthCheckService();
-    health->SetServingStatus(kServiceName, true);
-    health->SetServingStatus(true);
+    queues.start([&](grpc::ServerCompletionQueue *cq) {
+        service.listen(cq);
+        health.listen(cq);
+        reflection.listen(cq);
+    });
 
     std::atomic<bool> serving{true};
     std::unique_ptr<MetricsServer> metrics;
@@ -401,6 +426,7 @@ int run(const Options &o)
         if (!metrics->start(o.metrics_listen, &error)) {
             log_line(AFSM_LOG_ERROR, "cannot start the metrics endpoint", {{"error", error}});
             server->Shutdown();
+            queues.stop();
             server->Wait();
             afsm_engine_close(engine);
             return 1;
@@ -423,6 +449,7 @@ int run(const Options &o)
               {"store", o.store},
               {"tls", o.tls_cert.empty() ? "off" : (o.client_ca.empty() ? "on" : "mutual")},
               {"snapshot", o.snapshot.empty() ? "off" : o.snapshot},
+              {"grpc_threads", std::to_string(threads)},
               {"version", afsm_version()}});
 
     // Periodic snapshots.
@@ -465,13 +492,16 @@ int run(const Options &o)
     }
     log_line(AFSM_LOG_INFO, "shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
 
-    // 1. Report not serving; 2. end watch streams (after what they have
-    // queued); 3. stop accepting and let in-flight calls finish, up to the
-    // grace period (then they are cancelled).
+    // 1. Report not serving (and end health Watch streams); 2. end watch
+    // streams (after what they have queued); 3. stop accepting and let
+    // in-flight calls finish, up to the grace period (then they are
+    // cancelled), the queue threads serving them meanwhile; 4. stop the
+    // queue threads once nothing is in flight (they delete what is left).
     serving.store(false);
-    health->SetServingStatus(false);
+    health.close();
     hub.close_all();
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(o.shutdown_grace_ms));
+    queues.stop();
     server->Wait();
     if (snapshotter.joinable()) {
         {

@@ -1,9 +1,10 @@
-// service.cc: the RPC handlers. Each unary handler calls the engine inline
-// (its calls are lock-free or take one shard lock for microseconds) and
-// finishes through the default reactor, so no thread of ours ever waits.
+// service.cc: the RPC handlers and their wiring to the completion-queue
+// server (calls.h). Each unary handler runs on the queue thread that took
+// the call, calls the engine inline (its calls are lock-free or take one
+// shard lock for microseconds) and returns the status to answer with.
 // Batches (HeartbeatBatch, AddStatsBatch) go to the engine's batch calls in
 // one crossing, with per-thread scratch arrays; HeartbeatStream is the same
-// batch, one request at a time per stream (HeartbeatStreamReactor).
+// batch, one request at a time per stream (a BidiCall).
 // WatchSessions: a Watcher per call, fed by WatchHub.
 //
 // Watcher memory: at most capacity_ (--watch-buffer) events queued, plus one
@@ -13,8 +14,8 @@
 // events and is told how many (report_lag); the engine never waits.
 //
 // Watcher locking: a watcher's mutex guards its queue and its flags; it is
-// never held across a call into gRPC (StartWrite, Finish), because gRPC may
-// run a reaction (OnWriteDone, OnDone) inline on the calling thread.
+// not held across a call into gRPC (Write, Finish). Writes start on engine
+// threads (push) or on the queue thread (the previous write's completion).
 // Exactly one write is in flight at a time (writing_); Finish is called once,
 // only when no write is in flight, and nothing is written after it.
 #include "service.h"
@@ -28,6 +29,7 @@
 
 #include <google/protobuf/timestamp.pb.h>
 
+#include "calls.h"
 #include "jsonlog.h"
 
 namespace sessiond
@@ -216,49 +218,38 @@ grpc::Status token_status_from_afsm(afsm_status s)
 // ---------------------------------------------------------------------------
 // Watch streams
 
-class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
+class Watcher final
 {
   public:
-    Watcher(WatchHub *hub, std::string user_filter, size_t capacity, bool report_lag)
-        : hub_(hub), user_filter_(std::move(user_filter)), capacity_(capacity), report_lag_(report_lag)
+    // Asks for one WatchSessions call on cq. The watcher owns itself (self_)
+    // from here until the call is over: its finish came back and gRPC said
+    // the call is done (done_tag_), or no call came (shutdown). The hub, and
+    // a publish() in progress, hold further references, so a watcher being
+    // retired stays valid for them; once closing_ it ignores their events.
+    static void listen(SessionServiceImpl *service, grpc::ServerCompletionQueue *cq)
     {
+        std::shared_ptr<Watcher> w(new Watcher(service, cq));
+        w->self_ = w;
+        w->ctx_.AsyncNotifyWhenDone(&w->done_tag_);
+        service->async()->RequestWatchSessions(&w->ctx_, &w->req_, &w->writer_, cq, cq, &w->request_tag_);
     }
 
-    // Registers with the hub; a hub already closed ends the stream at once
-    // (OK: the server is stopping), a full one with RESOURCE_EXHAUSTED.
-    void start(const std::shared_ptr<Watcher> &self, size_t max_watchers)
-    {
-        self_ = self;
-        switch (hub_->add(self, max_watchers)) {
-        case WatchHub::Added::Yes:
-            break;
-        case WatchHub::Added::Closed:
-            end(grpc::Status::OK, false);
-            break;
-        case WatchHub::Added::Full:
-            end(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "too many watch streams: the limit is " +
-                                                                       std::to_string(max_watchers) +
-                                                                       " (--max-watchers)"),
-                false);
-            break;
-        }
-    }
-
+    // Set before the watcher is added to the hub, constant after.
     const std::string &user_filter() const
     {
-        return user_filter_;
+        return req_.user_id();
     }
 
     void push(const session::SessionEvent &ev)
     {
-        if (!user_filter_.empty() && ev.user_id() != user_filter_)
+        if (!user_filter().empty() && ev.user_id() != user_filter())
             return;
         bool write = false, fin = false;
         {
             std::lock_guard<std::mutex> lock(mu_);
             if (closing_)
                 return;
-            if (queue_.size() >= capacity_ && report_lag_) {
+            if (queue_.size() >= capacity_ && req_.report_lag()) {
                 // Keep the watcher; count what it misses in a LAGGED marker at
                 // the back of the queue. A new marker needs a real event in
                 // front of it, so the queue never exceeds capacity_ + 1.
@@ -308,7 +299,41 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
         act(false, fin);
     }
 
-    void OnWriteDone(bool ok) override
+  private:
+    Watcher(SessionServiceImpl *service, grpc::ServerCompletionQueue *cq)
+        : service_(service), hub_(service->hub()), cq_(cq), capacity_(hub_->buffer()), writer_(&ctx_)
+    {
+    }
+
+    // A WatchSessions call arrived: register with the hub; a hub already
+    // closed ends the stream at once (OK: the server is stopping), a full one
+    // with RESOURCE_EXHAUSTED.
+    void on_request(bool ok)
+    {
+        if (!ok) {
+            self_.reset(); // no call came (shutdown); deletes this
+            return;
+        }
+        listen(service_, cq_);
+        service_->count(kWatch, grpc::StatusCode::OK);
+        log_line(AFSM_LOG_DEBUG, "watch stream started", {{"user_filter", user_filter()}});
+        const size_t max_watchers = service_->max_watchers();
+        switch (hub_->add(self_, max_watchers)) {
+        case WatchHub::Added::Yes:
+            break;
+        case WatchHub::Added::Closed:
+            end(grpc::Status::OK, false);
+            break;
+        case WatchHub::Added::Full:
+            end(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "too many watch streams: the limit is " +
+                                                                       std::to_string(max_watchers) +
+                                                                       " (--max-watchers)"),
+                false);
+            break;
+        }
+    }
+
+    void on_write(bool ok)
     {
         bool write = false, fin = false;
         {
@@ -329,12 +354,38 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
         act(write, fin);
     }
 
-    void OnCancel() override
+    void on_finish(bool)
     {
-        end(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"), false);
+        bool over;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            finish_back_ = true;
+            over = done_;
+        }
+        if (over)
+            retire();
     }
 
-    void OnDone() override
+    // gRPC's word that the call is over: after the finish, or earlier when
+    // the client cancelled (or the deadline passed); then a write in flight
+    // fails, and the finish follows it.
+    void on_done(bool)
+    {
+        if (ctx_.IsCancelled())
+            end(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"), false);
+        bool over;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            done_ = true;
+            over = finish_back_;
+        }
+        if (over)
+            retire();
+    }
+
+    // Both the finish and the done notification are back: nothing of gRPC's
+    // refers to this any more.
+    void retire()
     {
         {
             std::lock_guard<std::mutex> lock(mu_);
@@ -342,11 +393,10 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
             sync_queued_locked();
         }
         hub_->remove(this);
-        log_line(AFSM_LOG_DEBUG, "watch stream ended", {{"user_filter", user_filter_}});
+        log_line(AFSM_LOG_DEBUG, "watch stream ended", {{"user_filter", user_filter()}});
         std::shared_ptr<Watcher> last = std::move(self_); // may delete this on return
     }
 
-  private:
     // Both return true when the caller (after unlocking) must act.
     bool take_write_locked()
     {
@@ -373,24 +423,33 @@ class Watcher final : public grpc::ServerWriteReactor<session::SessionEvent>
     void act(bool write, bool fin)
     {
         if (write)
-            StartWrite(&current_);
+            writer_.Write(current_, &write_tag_);
         if (fin)
-            Finish(final_); // final_ no longer changes once finished_
+            writer_.Finish(final_, &finish_tag_); // final_ no longer changes once finished_
     }
 
-    WatchHub *hub_;
-    const std::string user_filter_;
+    SessionServiceImpl *const service_;
+    WatchHub *const hub_;
+    grpc::ServerCompletionQueue *const cq_;
     const size_t capacity_;
-    const bool report_lag_;
+    grpc::ServerContext ctx_;
+    session::WatchSessionsRequest req_;
+    grpc::ServerAsyncWriter<session::SessionEvent> writer_;
+    OpTag<Watcher> request_tag_{this, &Watcher::on_request};
+    OpTag<Watcher> write_tag_{this, &Watcher::on_write};
+    OpTag<Watcher> finish_tag_{this, &Watcher::on_finish};
+    OpTag<Watcher> done_tag_{this, &Watcher::on_done};
     std::mutex mu_;
     size_t reported_ = 0; // queue_.size() as last added to the hub's gauge
     std::deque<session::SessionEvent> queue_;
     session::SessionEvent current_; // the event being written; owned by the write in flight
     bool writing_ = false;
-    bool closing_ = false;  // no more events accepted
-    bool finished_ = false; // Finish called
+    bool closing_ = false;     // no more events accepted
+    bool finished_ = false;    // Finish called
+    bool finish_back_ = false; // the finish came back from the queue
+    bool done_ = false;        // the done notification came back
     grpc::Status final_;
-    std::shared_ptr<Watcher> self_; // keeps this alive until OnDone
+    std::shared_ptr<Watcher> self_; // keeps this alive until retire()
 };
 
 void WatchHub::on_engine_event(void *ctx, const afsm_event *event)
@@ -495,10 +554,12 @@ const char *RpcCounters::method_name(int m)
 SessionServiceImpl::SessionServiceImpl(afsm_engine *engine, WatchHub *hub, RpcCounters *counters, ServiceLimits limits)
     : engine_(engine), hub_(hub), counters_(counters), limits_(limits), started_(std::chrono::steady_clock::now())
 {
+    make_methods();
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::finish(grpc::CallbackServerContext *ctx, int method,
-                                                     const grpc::Status &status)
+SessionServiceImpl::~SessionServiceImpl() = default;
+
+grpc::Status SessionServiceImpl::finish(int method, const grpc::Status &status)
 {
     counters_->count(method, status.error_code());
     if (!status.ok() && log_enabled(AFSM_LOG_DEBUG))
@@ -506,9 +567,7 @@ grpc::ServerUnaryReactor *SessionServiceImpl::finish(grpc::CallbackServerContext
                  {{"method", RpcCounters::method_name(method)},
                   {"code", std::to_string(static_cast<int>(status.error_code()))},
                   {"error", status.error_message()}});
-    grpc::ServerUnaryReactor *reactor = ctx->DefaultReactor();
-    reactor->Finish(status);
-    return reactor;
+    return status;
 }
 
 void SessionServiceImpl::fill_session(const afsm_session_info &info, session::Session *out)
@@ -565,9 +624,8 @@ void SessionServiceImpl::fill_session(const afsm_session_info &info, session::Se
     }
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::CreateSession(grpc::CallbackServerContext *ctx,
-                                                            const session::CreateSessionRequest *req,
-                                                            session::CreateSessionResponse *resp)
+grpc::Status SessionServiceImpl::CreateSession(grpc::ServerContext *, const session::CreateSessionRequest *req,
+                                               session::CreateSessionResponse *resp)
 {
     grpc::Status status;
     afsm_create_options opt{};
@@ -575,7 +633,7 @@ grpc::ServerUnaryReactor *SessionServiceImpl::CreateSession(grpc::CallbackServer
     if (req->connection_id().empty()) {
         afsm_uuid_v7(&opt.connection_id); // what the old service always did
     } else if (!parse_uuid_arg(req->connection_id(), "connection_id", &opt.connection_id, &status)) {
-        return finish(ctx, kCreate, status);
+        return finish(kCreate, status);
     }
     opt.user_id = req->user_id().data();
     opt.user_id_len = req->user_id().size();
@@ -590,7 +648,7 @@ grpc::ServerUnaryReactor *SessionServiceImpl::CreateSession(grpc::CallbackServer
     afsm_session_info info = new_info();
     afsm_status s = afsm_session_create(engine_, &opt, &info);
     if (s != AFSM_OK)
-        return finish(ctx, kCreate, status_from_afsm(s, "create"));
+        return finish(kCreate, status_from_afsm(s, "create"));
 
     char token[AFSM_TOKEN_SIZE];
     size_t token_len = 0;
@@ -599,7 +657,7 @@ grpc::ServerUnaryReactor *SessionServiceImpl::CreateSession(grpc::CallbackServer
     if (s != AFSM_OK) {
         // A session nobody can prove they own is of no use: undo the create.
         afsm_session_delete(engine_, &info.session_id, "token issue failed", 18);
-        return finish(ctx, kCreate, status_from_afsm(s, "token issue"));
+        return finish(kCreate, status_from_afsm(s, "token issue"));
     }
     fill_session(info, resp->mutable_session());
     resp->set_token(std::string(token, token_len));
@@ -609,49 +667,47 @@ grpc::ServerUnaryReactor *SessionServiceImpl::CreateSession(grpc::CallbackServer
                   {"user_id", req->user_id()},
                   {"connection_id", resp->session().connection_id()},
                   {"client_ip", req->client_ip()}});
-    return finish(ctx, kCreate, grpc::Status::OK);
+    return finish(kCreate, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::GetSession(grpc::CallbackServerContext *ctx,
-                                                         const session::GetSessionRequest *req,
-                                                         session::GetSessionResponse *resp)
+grpc::Status SessionServiceImpl::GetSession(grpc::ServerContext *, const session::GetSessionRequest *req,
+                                            session::GetSessionResponse *resp)
 {
     grpc::Status status;
     afsm_uuid id;
     if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
-        return finish(ctx, kGet, status);
+        return finish(kGet, status);
     afsm_session_info info = new_info();
     afsm_status s = afsm_session_get(engine_, &id, &info);
     if (s != AFSM_OK)
-        return finish(ctx, kGet, status_from_afsm(s, "session " + req->session_id()));
+        return finish(kGet, status_from_afsm(s, "session " + req->session_id()));
     fill_session(info, resp->mutable_session());
-    return finish(ctx, kGet, grpc::Status::OK);
+    return finish(kGet, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::GetSessionByConnection(grpc::CallbackServerContext *ctx,
-                                                                     const session::GetSessionByConnectionRequest *req,
-                                                                     session::GetSessionResponse *resp)
+grpc::Status SessionServiceImpl::GetSessionByConnection(grpc::ServerContext *,
+                                                        const session::GetSessionByConnectionRequest *req,
+                                                        session::GetSessionResponse *resp)
 {
     grpc::Status status;
     afsm_uuid id;
     if (!parse_uuid_arg(req->connection_id(), "connection_id", &id, &status))
-        return finish(ctx, kGetByConnection, status);
+        return finish(kGetByConnection, status);
     afsm_session_info info = new_info();
     afsm_status s = afsm_session_get_by_connection(engine_, &id, &info);
     if (s != AFSM_OK)
-        return finish(ctx, kGetByConnection, status_from_afsm(s, "connection " + req->connection_id()));
+        return finish(kGetByConnection, status_from_afsm(s, "connection " + req->connection_id()));
     fill_session(info, resp->mutable_session());
-    return finish(ctx, kGetByConnection, grpc::Status::OK);
+    return finish(kGetByConnection, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::UpdateSession(grpc::CallbackServerContext *ctx,
-                                                            const session::UpdateSessionRequest *req,
-                                                            session::UpdateSessionResponse *resp)
+grpc::Status SessionServiceImpl::UpdateSession(grpc::ServerContext *, const session::UpdateSessionRequest *req,
+                                               session::UpdateSessionResponse *resp)
 {
     grpc::Status status;
     afsm_uuid id;
     if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
-        return finish(ctx, kUpdate, status);
+        return finish(kUpdate, status);
     afsm_update up{};
     afsm_update_init(&up, AFSM_UPDATE_VERSION);
     if (req->state() != session::SESSION_STATE_UNSPECIFIED) {
@@ -680,43 +736,41 @@ grpc::ServerUnaryReactor *SessionServiceImpl::UpdateSession(grpc::CallbackServer
     afsm_status s =
         up.fields != 0 ? afsm_session_update(engine_, &id, &up, &info) : afsm_session_get(engine_, &id, &info);
     if (s != AFSM_OK)
-        return finish(ctx, kUpdate, status_from_afsm(s, "update " + req->session_id()));
+        return finish(kUpdate, status_from_afsm(s, "update " + req->session_id()));
     fill_session(info, resp->mutable_session());
-    return finish(ctx, kUpdate, grpc::Status::OK);
+    return finish(kUpdate, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::DeleteSession(grpc::CallbackServerContext *ctx,
-                                                            const session::DeleteSessionRequest *req,
-                                                            session::DeleteSessionResponse *resp)
+grpc::Status SessionServiceImpl::DeleteSession(grpc::ServerContext *, const session::DeleteSessionRequest *req,
+                                               session::DeleteSessionResponse *resp)
 {
     grpc::Status status;
     afsm_uuid id;
     if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
-        return finish(ctx, kDelete, status);
+        return finish(kDelete, status);
     afsm_status s = afsm_session_delete(engine_, &id, req->reason().data(), req->reason().size());
     if (s != AFSM_OK)
-        return finish(ctx, kDelete, status_from_afsm(s, "delete " + req->session_id()));
+        return finish(kDelete, status_from_afsm(s, "delete " + req->session_id()));
     resp->set_success(true);
-    return finish(ctx, kDelete, grpc::Status::OK);
+    return finish(kDelete, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::DeleteUserSessions(grpc::CallbackServerContext *ctx,
-                                                                 const session::DeleteUserSessionsRequest *req,
-                                                                 session::DeleteUserSessionsResponse *resp)
+grpc::Status SessionServiceImpl::DeleteUserSessions(grpc::ServerContext *,
+                                                    const session::DeleteUserSessionsRequest *req,
+                                                    session::DeleteUserSessionsResponse *resp)
 {
     size_t deleted = 0;
     afsm_status s = afsm_session_delete_by_user(engine_, req->user_id().data(), req->user_id().size(),
                                                 req->reason().data(), req->reason().size(), &deleted);
     if (s != AFSM_OK)
-        return finish(ctx, kDeleteUser, status_from_afsm(s, "delete user sessions"));
+        return finish(kDeleteUser, status_from_afsm(s, "delete user sessions"));
     resp->set_deleted(deleted > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(deleted));
     log_line(AFSM_LOG_INFO, "user sessions deleted", {{"user_id", req->user_id()}, {"count", std::to_string(deleted)}});
-    return finish(ctx, kDeleteUser, grpc::Status::OK);
+    return finish(kDeleteUser, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::ListSessions(grpc::CallbackServerContext *ctx,
-                                                           const session::ListSessionsRequest *req,
-                                                           session::ListSessionsResponse *resp)
+grpc::Status SessionServiceImpl::ListSessions(grpc::ServerContext *, const session::ListSessionsRequest *req,
+                                              session::ListSessionsResponse *resp)
 {
     grpc::Status status;
     afsm_list_filter f{};
@@ -731,7 +785,7 @@ grpc::ServerUnaryReactor *SessionServiceImpl::ListSessions(grpc::CallbackServerC
     if (req->has_created_before())
         f.created_before_ns = timestamp_ns(req->created_before());
     if (!req->cursor().empty() && !parse_uuid_arg(req->cursor(), "cursor", &f.cursor, &status))
-        return finish(ctx, kList, status);
+        return finish(kList, status);
 
     // page_size 0 means every match. The engine caps one call at
     // AFSM_LIST_LIMIT_MAX, so larger pages are walked with its cursor.
@@ -755,7 +809,7 @@ grpc::ServerUnaryReactor *SessionServiceImpl::ListSessions(grpc::CallbackServerC
         uint64_t t = 0;
         afsm_status s = afsm_session_list(engine_, &f, chunk.data(), chunk.size(), &count, &t, &next);
         if (s != AFSM_OK)
-            return finish(ctx, kList, status_from_afsm(s, "list"));
+            return finish(kList, status_from_afsm(s, "list"));
         if (first)
             total = t;
         first = false;
@@ -773,78 +827,64 @@ grpc::ServerUnaryReactor *SessionServiceImpl::ListSessions(grpc::CallbackServerC
     resp->set_page_size(req->page_size());
     if (more)
         resp->set_next_cursor(format_uuid(next));
-    return finish(ctx, kList, grpc::Status::OK);
+    return finish(kList, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::Heartbeat(grpc::CallbackServerContext *ctx,
-                                                        const session::HeartbeatRequest *req,
-                                                        session::HeartbeatResponse *resp)
+grpc::Status SessionServiceImpl::Heartbeat(grpc::ServerContext *, const session::HeartbeatRequest *req,
+                                           session::HeartbeatResponse *resp)
 {
     grpc::Status status;
     afsm_uuid id;
     if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
-        return finish(ctx, kHeartbeat, status);
+        return finish(kHeartbeat, status);
     uint64_t remaining_ms = 0;
     afsm_status s = afsm_session_heartbeat(engine_, &id, &remaining_ms);
     if (s != AFSM_OK)
-        return finish(ctx, kHeartbeat, status_from_afsm(s, "heartbeat " + req->session_id()));
+        return finish(kHeartbeat, status_from_afsm(s, "heartbeat " + req->session_id()));
     resp->set_success(true);
     set_timestamp(wall_now_ns(), resp->mutable_server_timestamp());
     uint64_t secs = (remaining_ms + 500) / 1000;
     resp->set_remaining_seconds(secs > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(secs));
-    return finish(ctx, kHeartbeat, grpc::Status::OK);
+    return finish(kHeartbeat, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::ValidateToken(grpc::CallbackServerContext *ctx,
-                                                            const session::ValidateTokenRequest *req,
-                                                            session::ValidateTokenResponse *resp)
+grpc::Status SessionServiceImpl::ValidateToken(grpc::ServerContext *, const session::ValidateTokenRequest *req,
+                                               session::ValidateTokenResponse *resp)
 {
     afsm_session_info info = new_info();
     const char *ip = req->client_ip().empty() ? nullptr : req->client_ip().data();
     afsm_status s =
         afsm_token_validate(engine_, req->token().data(), req->token().size(), ip, req->client_ip().size(), &info);
     if (s != AFSM_OK)
-        return finish(ctx, kValidate, token_status_from_afsm(s));
+        return finish(kValidate, token_status_from_afsm(s));
     fill_session(info, resp->mutable_session());
-    return finish(ctx, kValidate, grpc::Status::OK);
+    return finish(kValidate, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::RotateToken(grpc::CallbackServerContext *ctx,
-                                                          const session::RotateTokenRequest *req,
-                                                          session::RotateTokenResponse *resp)
+grpc::Status SessionServiceImpl::RotateToken(grpc::ServerContext *, const session::RotateTokenRequest *req,
+                                             session::RotateTokenResponse *resp)
 {
     grpc::Status status;
     afsm_uuid id;
     if (!parse_uuid_arg(req->session_id(), "session_id", &id, &status))
-        return finish(ctx, kRotate, status);
+        return finish(kRotate, status);
     char token[AFSM_TOKEN_SIZE];
     size_t token_len = 0;
     afsm_status s = afsm_token_rotate(engine_, &id, req->bind_token_to_ip() ? AFSM_TOKEN_BIND_IP : 0, token,
                                       sizeof token, &token_len);
     if (s != AFSM_OK)
-        return finish(ctx, kRotate, status_from_afsm(s, "rotate " + req->session_id()));
+        return finish(kRotate, status_from_afsm(s, "rotate " + req->session_id()));
     resp->set_token(std::string(token, token_len));
     afsm_session_info info = new_info();
     if (afsm_session_get(engine_, &id, &info) == AFSM_OK)
         fill_session(info, resp->mutable_session());
     log_line(AFSM_LOG_INFO, "token rotated",
              {{"session_id", req->session_id()}, {"generation", std::to_string(info.token_generation)}});
-    return finish(ctx, kRotate, grpc::Status::OK);
+    return finish(kRotate, grpc::Status::OK);
 }
 
-grpc::ServerWriteReactor<session::SessionEvent> *
-SessionServiceImpl::WatchSessions(grpc::CallbackServerContext *, const session::WatchSessionsRequest *req)
-{
-    counters_->count(kWatch, grpc::StatusCode::OK);
-    auto w = std::make_shared<Watcher>(hub_, req->user_id(), hub_->buffer(), req->report_lag());
-    log_line(AFSM_LOG_DEBUG, "watch stream started", {{"user_filter", req->user_id()}});
-    w->start(w, limits_.max_watchers);
-    return w.get();
-}
-
-grpc::ServerUnaryReactor *SessionServiceImpl::GetStats(grpc::CallbackServerContext *ctx,
-                                                       const session::GetStatsRequest *,
-                                                       session::GetStatsResponse *resp)
+grpc::Status SessionServiceImpl::GetStats(grpc::ServerContext *, const session::GetStatsRequest *,
+                                          session::GetStatsResponse *resp)
 {
     static const char *const delete_reasons[AFSM_DELETE_REASON_COUNT] = {"requested", "user", "closed", "evicted",
                                                                          "expired"};
@@ -869,7 +909,7 @@ grpc::ServerUnaryReactor *SessionServiceImpl::GetStats(grpc::CallbackServerConte
         afsm_counts c;
         s = afsm_engine_counts(engine_, &c);
         if (s != AFSM_OK)
-            return finish(ctx, kStats, status_from_afsm(s, "stats"));
+            return finish(kStats, status_from_afsm(s, "stats"));
         resp->set_sessions(c.total);
         for (int st = 1; st < AFSM_STATE_COUNT; ++st)
             (*resp->mutable_sessions_by_state())[afsm_state_name(st)] = c.by_state[st];
@@ -877,7 +917,7 @@ grpc::ServerUnaryReactor *SessionServiceImpl::GetStats(grpc::CallbackServerConte
     resp->set_watchers(static_cast<uint32_t>(hub_->count()));
     resp->set_uptime_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
     resp->set_version(afsm_version());
-    return finish(ctx, kStats, grpc::Status::OK);
+    return finish(kStats, grpc::Status::OK);
 }
 
 // ---------------------------------------------------------------------------
@@ -888,7 +928,7 @@ namespace
 
 // A call whose deadline has passed before it starts is not worth the work:
 // its client has already given up.
-bool deadline_passed(grpc::CallbackServerContext *ctx)
+bool deadline_passed(grpc::ServerContext *ctx)
 {
     return ctx->deadline() < std::chrono::system_clock::now();
 }
@@ -985,28 +1025,26 @@ grpc::Status SessionServiceImpl::heartbeat_batch(const session::HeartbeatBatchRe
     return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::HeartbeatBatch(grpc::CallbackServerContext *ctx,
-                                                             const session::HeartbeatBatchRequest *req,
-                                                             session::HeartbeatBatchResponse *resp)
+grpc::Status SessionServiceImpl::HeartbeatBatch(grpc::ServerContext *ctx, const session::HeartbeatBatchRequest *req,
+                                                session::HeartbeatBatchResponse *resp)
 {
     if (deadline_passed(ctx))
-        return finish(ctx, kHeartbeatBatch,
+        return finish(kHeartbeatBatch,
                       grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed before the batch ran"));
-    return finish(ctx, kHeartbeatBatch, heartbeat_batch(*req, resp));
+    return finish(kHeartbeatBatch, heartbeat_batch(*req, resp));
 }
 
-grpc::ServerUnaryReactor *SessionServiceImpl::AddStatsBatch(grpc::CallbackServerContext *ctx,
-                                                            const session::AddStatsBatchRequest *req,
-                                                            session::AddStatsBatchResponse *resp)
+grpc::Status SessionServiceImpl::AddStatsBatch(grpc::ServerContext *ctx, const session::AddStatsBatchRequest *req,
+                                               session::AddStatsBatchResponse *resp)
 {
     if (deadline_passed(ctx))
-        return finish(ctx, kAddStatsBatch,
+        return finish(kAddStatsBatch,
                       grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline passed before the batch ran"));
     const size_t n = static_cast<size_t>(req->deltas_size());
     if (n > limits_.max_batch)
-        return finish(ctx, kAddStatsBatch, too_many("AddStatsBatch deltas", n, limits_.max_batch));
+        return finish(kAddStatsBatch, too_many("AddStatsBatch deltas", n, limits_.max_batch));
     if (n == 0)
-        return finish(ctx, kAddStatsBatch, grpc::Status::OK);
+        return finish(kAddStatsBatch, grpc::Status::OK);
     BatchScratch &b = scratch();
     b.ids.resize(n);
     b.statuses.resize(n);
@@ -1029,7 +1067,7 @@ grpc::ServerUnaryReactor *SessionServiceImpl::AddStatsBatch(grpc::CallbackServer
     }
     afsm_status s = afsm_session_add_stats_batch(engine_, b.ids.data(), b.deltas.data(), n, b.statuses.data());
     if (s != AFSM_OK)
-        return finish(ctx, kAddStatsBatch, status_from_afsm(s, "add-stats batch"));
+        return finish(kAddStatsBatch, status_from_afsm(s, "add-stats batch"));
     for (uint32_t i : b.bad)
         b.statuses[i] = AFSM_EUUID;
     auto *codes = resp->mutable_codes();
@@ -1045,67 +1083,102 @@ grpc::ServerUnaryReactor *SessionServiceImpl::AddStatsBatch(grpc::CallbackServer
         add_item_error(resp->mutable_errors(), i, st);
     }
     resp->set_failed(failed);
-    return finish(ctx, kAddStatsBatch, grpc::Status::OK);
+    return finish(kAddStatsBatch, grpc::Status::OK);
 }
+
+// ---------------------------------------------------------------------------
+// Wiring: one method descriptor per RPC, and the requests posted on a queue
+
+struct SessionServiceImpl::Methods {
+    using Svc = session::SessionService::AsyncService;
+    template <class Req, class Resp> using Unary = UnaryMethod<Svc, Req, Resp>;
+    Unary<session::CreateSessionRequest, session::CreateSessionResponse> create;
+    Unary<session::GetSessionRequest, session::GetSessionResponse> get;
+    Unary<session::UpdateSessionRequest, session::UpdateSessionResponse> update;
+    Unary<session::DeleteSessionRequest, session::DeleteSessionResponse> del;
+    Unary<session::ListSessionsRequest, session::ListSessionsResponse> list;
+    Unary<session::HeartbeatRequest, session::HeartbeatResponse> heartbeat;
+    Unary<session::GetSessionByConnectionRequest, session::GetSessionResponse> get_by_connection;
+    Unary<session::DeleteUserSessionsRequest, session::DeleteUserSessionsResponse> delete_user;
+    Unary<session::ValidateTokenRequest, session::ValidateTokenResponse> validate;
+    Unary<session::RotateTokenRequest, session::RotateTokenResponse> rotate;
+    Unary<session::GetStatsRequest, session::GetStatsResponse> stats;
+    Unary<session::HeartbeatBatchRequest, session::HeartbeatBatchResponse> heartbeat_batch;
+    Unary<session::AddStatsBatchRequest, session::AddStatsBatchResponse> add_stats_batch;
+    BidiMethod<Svc, session::HeartbeatBatchRequest, session::HeartbeatBatchResponse> heartbeat_stream;
+};
 
 namespace
 {
-
-// HeartbeatStream: one request read, answered, and only then the next read,
-// so responses keep the requests' order and the server holds one request
-// per stream (the client's further messages wait in HTTP/2 flow control).
-class HeartbeatStreamReactor final
-    : public grpc::ServerBidiReactor<session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>
+// The descriptor of a unary method whose handler is SessionServiceImpl::*fn.
+template <class Req, class Resp, class RequestFn>
+UnaryMethod<session::SessionService::AsyncService, Req, Resp>
+unary(SessionServiceImpl *impl, RequestFn request,
+      grpc::Status (SessionServiceImpl::*fn)(grpc::ServerContext *, const Req *, Resp *))
 {
-  public:
-    explicit HeartbeatStreamReactor(SessionServiceImpl *service) : service_(service)
-    {
-        StartRead(&req_);
-    }
-    void OnReadDone(bool ok) override
-    {
-        if (!ok) { // the client half-closed (or went away): done
-            end(grpc::Status::OK);
-            return;
-        }
-        resp_.Clear();
-        grpc::Status st = service_->heartbeat_batch(req_, &resp_);
-        if (!st.ok()) {
-            end(st);
-            return;
-        }
-        StartWrite(&resp_);
-    }
-    void OnWriteDone(bool ok) override
-    {
-        if (!ok) {
-            end(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
-            return;
-        }
-        StartRead(&req_);
-    }
-    void OnDone() override
-    {
-        delete this;
-    }
-
-  private:
-    void end(const grpc::Status &st)
-    {
-        service_->count(kHeartbeatStream, st.error_code());
-        Finish(st);
-    }
-    SessionServiceImpl *service_;
-    session::HeartbeatBatchRequest req_;
-    session::HeartbeatBatchResponse resp_;
-};
-
+    return {impl->async(), request,
+            [impl, fn](grpc::ServerContext &ctx, const Req &req, Resp *resp) { return (impl->*fn)(&ctx, &req, resp); }};
+}
 } // namespace
 
-grpc::ServerBidiReactor<session::HeartbeatBatchRequest, session::HeartbeatBatchResponse> *
-SessionServiceImpl::HeartbeatStream(grpc::CallbackServerContext *)
+void SessionServiceImpl::make_methods()
 {
-    return new HeartbeatStreamReactor(this);
+    using Svc = session::SessionService::AsyncService;
+    SessionServiceImpl *const s = this;
+    methods_.reset(new Methods{
+        unary(s, &Svc::RequestCreateSession, &SessionServiceImpl::CreateSession),
+        unary(s, &Svc::RequestGetSession, &SessionServiceImpl::GetSession),
+        unary(s, &Svc::RequestUpdateSession, &SessionServiceImpl::UpdateSession),
+        unary(s, &Svc::RequestDeleteSession, &SessionServiceImpl::DeleteSession),
+        unary(s, &Svc::RequestListSessions, &SessionServiceImpl::ListSessions),
+        unary(s, &Svc::RequestHeartbeat, &SessionServiceImpl::Heartbeat),
+        unary(s, &Svc::RequestGetSessionByConnection, &SessionServiceImpl::GetSessionByConnection),
+        unary(s, &Svc::RequestDeleteUserSessions, &SessionServiceImpl::DeleteUserSessions),
+        unary(s, &Svc::RequestValidateToken, &SessionServiceImpl::ValidateToken),
+        unary(s, &Svc::RequestRotateToken, &SessionServiceImpl::RotateToken),
+        unary(s, &Svc::RequestGetStats, &SessionServiceImpl::GetStats),
+        unary(s, &Svc::RequestHeartbeatBatch, &SessionServiceImpl::HeartbeatBatch),
+        unary(s, &Svc::RequestAddStatsBatch, &SessionServiceImpl::AddStatsBatch),
+        {&async_, &Svc::RequestHeartbeatStream,
+         [s](const session::HeartbeatBatchRequest &req, session::HeartbeatBatchResponse *resp) {
+             return s->heartbeat_batch(req, resp);
+         },
+         [s](const grpc::Status &st) { s->count(kHeartbeatStream, st.error_code()); }},
+    });
+}
+
+// gRPC hands an arriving call to the first queue, starting at the one its
+// connection was given, that has a request of its method posted; with one
+// request per method a burst of calls on one connection spills over to the
+// other queues, whose threads then take turns on the same connection. So
+// every method has kRequestsPerMethod requests posted on each queue (as
+// many as a client usually keeps in flight): a connection's calls stay on
+// one thread, and connections spread over the threads.
+void SessionServiceImpl::listen(grpc::ServerCompletionQueue *cq)
+{
+    const Methods &m = *methods_;
+    for (int i = 0; i < kRequestsPerMethod; ++i) {
+        UnaryCall<Methods::Svc, session::CreateSessionRequest, session::CreateSessionResponse>::listen(&m.create, cq);
+        UnaryCall<Methods::Svc, session::GetSessionRequest, session::GetSessionResponse>::listen(&m.get, cq);
+        UnaryCall<Methods::Svc, session::UpdateSessionRequest, session::UpdateSessionResponse>::listen(&m.update, cq);
+        UnaryCall<Methods::Svc, session::DeleteSessionRequest, session::DeleteSessionResponse>::listen(&m.del, cq);
+        UnaryCall<Methods::Svc, session::ListSessionsRequest, session::ListSessionsResponse>::listen(&m.list, cq);
+        UnaryCall<Methods::Svc, session::HeartbeatRequest, session::HeartbeatResponse>::listen(&m.heartbeat, cq);
+        UnaryCall<Methods::Svc, session::GetSessionByConnectionRequest, session::GetSessionResponse>::listen(
+            &m.get_by_connection, cq);
+        UnaryCall<Methods::Svc, session::DeleteUserSessionsRequest, session::DeleteUserSessionsResponse>::listen(
+            &m.delete_user, cq);
+        UnaryCall<Methods::Svc, session::ValidateTokenRequest, session::ValidateTokenResponse>::listen(&m.validate, cq);
+        UnaryCall<Methods::Svc, session::RotateTokenRequest, session::RotateTokenResponse>::listen(&m.rotate, cq);
+        UnaryCall<Methods::Svc, session::GetStatsRequest, session::GetStatsResponse>::listen(&m.stats, cq);
+        UnaryCall<Methods::Svc, session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>::listen(
+            &m.heartbeat_batch, cq);
+        UnaryCall<Methods::Svc, session::AddStatsBatchRequest, session::AddStatsBatchResponse>::listen(
+            &m.add_stats_batch, cq);
+        BidiCall<Methods::Svc, session::HeartbeatBatchRequest, session::HeartbeatBatchResponse>::listen(
+            &m.heartbeat_stream, cq);
+        Watcher::listen(this, cq);
+    }
 }
 
 } // namespace sessiond

@@ -120,44 +120,52 @@ struct ServiceLimits {
     size_t max_watchers = 1024;
 };
 
-class SessionServiceImpl final : public session::SessionService::CallbackService
+// The handlers of session.SessionService, served through gRPC's
+// completion-queue API: register async() with the server builder, then
+// listen() on each of the server's queues once it is started.
+class SessionServiceImpl final
 {
   public:
     SessionServiceImpl(afsm_engine *engine, WatchHub *hub, RpcCounters *counters, ServiceLimits limits);
+    ~SessionServiceImpl();
 
-    grpc::ServerUnaryReactor *CreateSession(grpc::CallbackServerContext *ctx, const session::CreateSessionRequest *req,
-                                            session::CreateSessionResponse *resp) override;
-    grpc::ServerUnaryReactor *GetSession(grpc::CallbackServerContext *ctx, const session::GetSessionRequest *req,
-                                         session::GetSessionResponse *resp) override;
-    grpc::ServerUnaryReactor *UpdateSession(grpc::CallbackServerContext *ctx, const session::UpdateSessionRequest *req,
-                                            session::UpdateSessionResponse *resp) override;
-    grpc::ServerUnaryReactor *DeleteSession(grpc::CallbackServerContext *ctx, const session::DeleteSessionRequest *req,
-                                            session::DeleteSessionResponse *resp) override;
-    grpc::ServerUnaryReactor *ListSessions(grpc::CallbackServerContext *ctx, const session::ListSessionsRequest *req,
-                                           session::ListSessionsResponse *resp) override;
-    grpc::ServerUnaryReactor *Heartbeat(grpc::CallbackServerContext *ctx, const session::HeartbeatRequest *req,
-                                        session::HeartbeatResponse *resp) override;
-    grpc::ServerUnaryReactor *GetSessionByConnection(grpc::CallbackServerContext *ctx,
-                                                     const session::GetSessionByConnectionRequest *req,
-                                                     session::GetSessionResponse *resp) override;
-    grpc::ServerUnaryReactor *DeleteUserSessions(grpc::CallbackServerContext *ctx,
-                                                 const session::DeleteUserSessionsRequest *req,
-                                                 session::DeleteUserSessionsResponse *resp) override;
-    grpc::ServerUnaryReactor *ValidateToken(grpc::CallbackServerContext *ctx, const session::ValidateTokenRequest *req,
-                                            session::ValidateTokenResponse *resp) override;
-    grpc::ServerUnaryReactor *RotateToken(grpc::CallbackServerContext *ctx, const session::RotateTokenRequest *req,
-                                          session::RotateTokenResponse *resp) override;
-    grpc::ServerWriteReactor<session::SessionEvent> *WatchSessions(grpc::CallbackServerContext *ctx,
-                                                                   const session::WatchSessionsRequest *req) override;
-    grpc::ServerUnaryReactor *GetStats(grpc::CallbackServerContext *ctx, const session::GetStatsRequest *req,
-                                       session::GetStatsResponse *resp) override;
-    grpc::ServerUnaryReactor *HeartbeatBatch(grpc::CallbackServerContext *ctx,
-                                             const session::HeartbeatBatchRequest *req,
-                                             session::HeartbeatBatchResponse *resp) override;
-    grpc::ServerUnaryReactor *AddStatsBatch(grpc::CallbackServerContext *ctx, const session::AddStatsBatchRequest *req,
-                                            session::AddStatsBatchResponse *resp) override;
-    grpc::ServerBidiReactor<session::HeartbeatBatchRequest, session::HeartbeatBatchResponse> *
-    HeartbeatStream(grpc::CallbackServerContext *ctx) override;
+    session::SessionService::AsyncService *async()
+    {
+        return &async_;
+    }
+    // Posts kRequestsPerMethod requests for every method on cq (each call
+    // state posts its successor when its call arrives).
+    static constexpr int kRequestsPerMethod = 16;
+    void listen(grpc::ServerCompletionQueue *cq);
+
+    // The unary handlers: the status is the call's answer, resp its message
+    // when OK. Each runs on the queue thread that took the call.
+    grpc::Status CreateSession(grpc::ServerContext *ctx, const session::CreateSessionRequest *req,
+                               session::CreateSessionResponse *resp);
+    grpc::Status GetSession(grpc::ServerContext *ctx, const session::GetSessionRequest *req,
+                            session::GetSessionResponse *resp);
+    grpc::Status UpdateSession(grpc::ServerContext *ctx, const session::UpdateSessionRequest *req,
+                               session::UpdateSessionResponse *resp);
+    grpc::Status DeleteSession(grpc::ServerContext *ctx, const session::DeleteSessionRequest *req,
+                               session::DeleteSessionResponse *resp);
+    grpc::Status ListSessions(grpc::ServerContext *ctx, const session::ListSessionsRequest *req,
+                              session::ListSessionsResponse *resp);
+    grpc::Status Heartbeat(grpc::ServerContext *ctx, const session::HeartbeatRequest *req,
+                           session::HeartbeatResponse *resp);
+    grpc::Status GetSessionByConnection(grpc::ServerContext *ctx, const session::GetSessionByConnectionRequest *req,
+                                        session::GetSessionResponse *resp);
+    grpc::Status DeleteUserSessions(grpc::ServerContext *ctx, const session::DeleteUserSessionsRequest *req,
+                                    session::DeleteUserSessionsResponse *resp);
+    grpc::Status ValidateToken(grpc::ServerContext *ctx, const session::ValidateTokenRequest *req,
+                               session::ValidateTokenResponse *resp);
+    grpc::Status RotateToken(grpc::ServerContext *ctx, const session::RotateTokenRequest *req,
+                             session::RotateTokenResponse *resp);
+    grpc::Status GetStats(grpc::ServerContext *ctx, const session::GetStatsRequest *req,
+                          session::GetStatsResponse *resp);
+    grpc::Status HeartbeatBatch(grpc::ServerContext *ctx, const session::HeartbeatBatchRequest *req,
+                                session::HeartbeatBatchResponse *resp);
+    grpc::Status AddStatsBatch(grpc::ServerContext *ctx, const session::AddStatsBatchRequest *req,
+                               session::AddStatsBatchResponse *resp);
 
     // One batch of heartbeats into resp (shared by the unary and the stream
     // form). Not OK only for a request that is bad as a whole.
@@ -167,8 +175,20 @@ class SessionServiceImpl final : public session::SessionService::CallbackService
         counters_->count(method, code);
     }
 
+    WatchHub *hub()
+    {
+        return hub_;
+    }
+    size_t max_watchers() const
+    {
+        return limits_.max_watchers;
+    }
+
   private:
-    grpc::ServerUnaryReactor *finish(grpc::CallbackServerContext *ctx, int method, const grpc::Status &status);
+    struct Methods;
+    void make_methods();
+    // Counts the call's outcome (and logs a failure at debug level).
+    grpc::Status finish(int method, const grpc::Status &status);
     // Copies a session (and its metadata) into the wire message.
     void fill_session(const afsm_session_info &info, session::Session *out);
 
@@ -177,6 +197,8 @@ class SessionServiceImpl final : public session::SessionService::CallbackService
     RpcCounters *counters_;
     const ServiceLimits limits_;
     std::chrono::steady_clock::time_point started_;
+    session::SessionService::AsyncService async_;
+    std::unique_ptr<Methods> methods_;
 };
 
 } // namespace sessiond

@@ -1,0 +1,325 @@
+// calls.h: the call states of sessiond's completion-queue (async) gRPC
+// server, one small class per RPC shape: UnaryCall (request, answer) and
+// BidiCall (read one, answer it, read the next). The server-streaming calls
+// (WatchSessions, health Watch) have their own classes next to their logic.
+//
+// Why async and not callback: with grpc++ 1.51's callback API every call
+// crosses between gRPC's own polling threads and its executor; with only
+// completion-queue methods registered (no callback, no sync method anywhere:
+// one of either brings those pollers back), the threads that poll the
+// network are ours and run the handler where the request was read
+// (tools/sessiond/README.md, "Threads").
+//
+// Tags: every tag put on a completion queue is a CallOp; the thread that
+// takes it from Next() calls run(ok) and nothing else.
+//
+// Lifetime: a call state is created by new, asks gRPC for one call of its
+// method, and deletes itself when its last operation comes back from the
+// queue: for a unary call the Finish; for a bidi stream the Finish, the only
+// operation then in flight (one operation at a time). A request that comes
+// back with ok == false means the server is shutting down and no call came:
+// the state deletes itself without asking for another. At shutdown the
+// server is shut down first (in-flight calls finish or are cancelled after
+// the grace period), then the queues, whose threads drain every remaining tag
+// (each with ok == false), so every call state is deleted before the threads
+// exit.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <pthread.h>
+
+#include <grpcpp/grpcpp.h>
+
+namespace sessiond
+{
+
+class CallOp
+{
+  public:
+    virtual void run(bool ok) = 0;
+
+  protected:
+    ~CallOp() = default;
+};
+
+// A tag for one kind of operation of a call state that has several in flight
+// at once (a write, the finish, the done notification).
+template <class Owner> class OpTag final : public CallOp
+{
+  public:
+    OpTag(Owner *owner, void (Owner::*fn)(bool)) : owner_(owner), fn_(fn)
+    {
+    }
+    void run(bool ok) override
+    {
+        (owner_->*fn_)(ok);
+    }
+
+  private:
+    Owner *owner_;
+    void (Owner::*fn_)(bool);
+};
+
+// A queue thread's turn: the tags it takes from its queue without waiting
+// (those of one network read, usually). Unary answers are held back until
+// the turn ends and then sent back to back, so the client finds several in
+// one read instead of waking for each (gRPC writes each answer at once).
+class Turn
+{
+  public:
+    class Answer
+    {
+      public:
+        virtual void send() = 0;
+
+      protected:
+        ~Answer() = default;
+    };
+    // The turn of the calling thread, or null outside one.
+    static Turn *&current()
+    {
+        static thread_local Turn *turn = nullptr;
+        return turn;
+    }
+    void hold(Answer *a)
+    {
+        held_.push_back(a);
+    }
+    void send_all()
+    {
+        for (Answer *a : held_)
+            a->send();
+        held_.clear();
+    }
+
+  private:
+    std::vector<Answer *> held_;
+};
+
+// A unary method: the generated RequestX of the async service and the handler.
+template <class Service, class Req, class Resp> struct UnaryMethod {
+    using RequestFn = void (Service::*)(grpc::ServerContext *, Req *, grpc::ServerAsyncResponseWriter<Resp> *,
+                                        grpc::CompletionQueue *, grpc::ServerCompletionQueue *, void *);
+    Service *service;
+    RequestFn request;
+    std::function<grpc::Status(grpc::ServerContext &, const Req &, Resp *)> handle;
+};
+
+template <class Service, class Req, class Resp> class UnaryCall final : public CallOp, public Turn::Answer
+{
+  public:
+    using Method = UnaryMethod<Service, Req, Resp>;
+    // Asks for one call of m on cq; the state lives until that call is answered.
+    static void listen(const Method *m, grpc::ServerCompletionQueue *cq)
+    {
+        new UnaryCall(m, cq);
+    }
+
+    void run(bool ok) override
+    {
+        if (answered_ || !ok) {
+            delete this; // the answer went out (or the client left), or no call will come
+            return;
+        }
+        listen(method_, cq_); // the next call of this method, before this one's work
+        status_ = method_->handle(ctx_, req_, &resp_);
+        answered_ = true;
+        if (Turn *turn = Turn::current())
+            turn->hold(this);
+        else
+            send();
+    }
+
+    void send() override
+    {
+        if (status_.ok())
+            writer_.Finish(resp_, status_, this);
+        else
+            writer_.FinishWithError(status_, this);
+    }
+
+  private:
+    UnaryCall(const Method *m, grpc::ServerCompletionQueue *cq) : method_(m), cq_(cq), writer_(&ctx_)
+    {
+        (m->service->*m->request)(&ctx_, &req_, &writer_, cq, cq, this);
+    }
+    ~UnaryCall() = default;
+
+    const Method *method_;
+    grpc::ServerCompletionQueue *cq_;
+    grpc::ServerContext ctx_;
+    Req req_;
+    Resp resp_;
+    grpc::ServerAsyncResponseWriter<Resp> writer_;
+    grpc::Status status_;
+    bool answered_ = false;
+};
+
+// A bidi method answered one message at a time: handle() fills the answer
+// to each request; a status that is not OK ends the stream with it. ended()
+// (optional) sees the stream's final status, once.
+template <class Service, class Req, class Resp> struct BidiMethod {
+    using RequestFn = void (Service::*)(grpc::ServerContext *, grpc::ServerAsyncReaderWriter<Resp, Req> *,
+                                        grpc::CompletionQueue *, grpc::ServerCompletionQueue *, void *);
+    Service *service;
+    RequestFn request;
+    std::function<grpc::Status(const Req &, Resp *)> handle;
+    std::function<void(const grpc::Status &)> ended;
+};
+
+// One request read, answered, and only then the next read: responses keep
+// the requests' order, the server holds one request per stream (the client's
+// further messages wait in HTTP/2 flow control), and exactly one operation is
+// in flight, so the state's single tag is itself.
+template <class Service, class Req, class Resp> class BidiCall final : public CallOp
+{
+  public:
+    using Method = BidiMethod<Service, Req, Resp>;
+    static void listen(const Method *m, grpc::ServerCompletionQueue *cq)
+    {
+        new BidiCall(m, cq);
+    }
+
+    void run(bool ok) override
+    {
+        switch (state_) {
+        case State::Waiting:
+            if (!ok) {
+                delete this;
+                return;
+            }
+            listen(method_, cq_);
+            read();
+            return;
+        case State::Reading:
+            if (!ok) { // the client half-closed (or went away): done
+                finish(grpc::Status::OK);
+                return;
+            }
+            resp_.Clear();
+            {
+                grpc::Status st = method_->handle(req_, &resp_);
+                if (!st.ok()) {
+                    finish(st);
+                    return;
+                }
+            }
+            state_ = State::Writing;
+            stream_.Write(resp_, this);
+            return;
+        case State::Writing:
+            if (!ok) {
+                finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+                return;
+            }
+            read();
+            return;
+        case State::Finishing:
+            delete this;
+            return;
+        }
+    }
+
+  private:
+    enum class State { Waiting, Reading, Writing, Finishing };
+    BidiCall(const Method *m, grpc::ServerCompletionQueue *cq) : method_(m), cq_(cq), stream_(&ctx_)
+    {
+        (m->service->*m->request)(&ctx_, &stream_, cq, cq, this);
+    }
+    ~BidiCall() = default;
+    void read()
+    {
+        state_ = State::Reading;
+        stream_.Read(&req_, this);
+    }
+    void finish(const grpc::Status &st)
+    {
+        if (method_->ended)
+            method_->ended(st);
+        state_ = State::Finishing;
+        stream_.Finish(st, this);
+    }
+
+    const Method *method_;
+    grpc::ServerCompletionQueue *cq_;
+    grpc::ServerContext ctx_;
+    grpc::ServerAsyncReaderWriter<Resp, Req> stream_;
+    Req req_;
+    Resp resp_;
+    State state_ = State::Waiting;
+};
+
+// The threads that serve the server's completion queues, one queue each.
+// Every thread runs whatever call its queue hands it, network reads
+// included: gRPC polls the sockets from inside Next().
+class QueueThreads
+{
+  public:
+    // Before the server is built.
+    void add_queues(grpc::ServerBuilder *builder, size_t n)
+    {
+        for (size_t i = 0; i < n; ++i)
+            queues_.push_back(builder->AddCompletionQueue());
+    }
+    // After it started: listen(cq) posts the first request of every method
+    // on cq; then one thread per queue.
+    void start(const std::function<void(grpc::ServerCompletionQueue *)> &listen)
+    {
+        for (auto &q : queues_)
+            listen(q.get());
+        for (size_t i = 0; i < queues_.size(); ++i) {
+            grpc::ServerCompletionQueue *q = queues_[i].get();
+            threads_.emplace_back([q] { drain(q); });
+            std::string name = "grpc-cq-" + std::to_string(i);
+            pthread_setname_np(threads_.back().native_handle(), name.c_str());
+        }
+    }
+    // After the server's Shutdown returned (no call is in flight any more):
+    // shuts the queues down; their threads run the tags still queued (each
+    // deletes its call state) and exit.
+    void stop()
+    {
+        for (auto &q : queues_)
+            q->Shutdown();
+        if (threads_.empty()) { // never started
+            for (auto &q : queues_)
+                drain(q.get());
+        }
+        for (auto &t : threads_)
+            t.join();
+        threads_.clear();
+    }
+
+  private:
+    // A turn: one tag waited for, then those already there (at most
+    // kTurnTags, to bound how long the first answer is held).
+    static constexpr int kTurnTags = 64;
+    static void drain(grpc::ServerCompletionQueue *q)
+    {
+        void *tag;
+        bool ok;
+        Turn turn;
+        while (q->Next(&tag, &ok)) {
+            Turn::current() = &turn;
+            static_cast<CallOp *>(tag)->run(ok);
+            bool more = true;
+            for (int n = 1; more && n < kTurnTags; ++n) {
+                more = q->AsyncNext(&tag, &ok, gpr_time_0(GPR_CLOCK_MONOTONIC)) == grpc::CompletionQueue::GOT_EVENT;
+                if (more)
+                    static_cast<CallOp *>(tag)->run(ok);
+            }
+            Turn::current() = nullptr;
+            turn.send_all();
+        }
+    }
+    std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
+    std::vector<std::thread> threads_;
+};
+
+} // namespace sessiond
