@@ -152,9 +152,8 @@ static inline __attribute__((always_inline)) void read_consistent(const session 
 
 /* Copies text of len bytes, then its NUL, in fixed 8-byte moves the
  * compiler inlines (no libc call, no per-byte work: issue 15, goal 1). Both
- * buffers must hold len rounded up to 8 bytes: a user entry is allocated to
- * a 16-byte granule past its id (its bytes start at offset 40, so that
- * covers them), the store's server address is a zeroed array. The bytes
+ * buffers must hold len rounded up to 8 bytes: a user entry's id is
+ * allocated so (index.c), the store's server address is a zeroed array. The bytes
  * past the NUL are zero in both, so the copy leaks nothing. */
 static inline void copy_text8(char *dst, const char *src, size_t len)
 {
@@ -163,9 +162,9 @@ static inline void copy_text8(char *dst, const char *src, size_t len)
     dst[len] = '\0';
 }
 
-_Static_assert(offsetof(user_entry, key.bytes) % 8 == 0 && AFSM_USER_ID_MAX % 8 == 0 &&
+_Static_assert(offsetof(user_entry, key.bytes) % 8 == 0 && sizeof(user_entry) % 8 == 0 && AFSM_USER_ID_MAX % 8 == 0 &&
                    AFSM_USER_ID_MAX + 1 <= sizeof(((afsm_session_info *)0)->user_id),
-               "copy_text8 of a user id must stay inside its entry's granule and afsm_session_info.user_id");
+               "copy_text8 of a user id must stay inside its entry and afsm_session_info.user_id");
 _Static_assert((AFSM_SERVER_ADDR_MAX + 7) / 8 * 8 <= sizeof(((afsm_session_info *)0)->server_addr) &&
                    (AFSM_SERVER_ADDR_MAX + 7) / 8 * 8 <= sizeof(((mem_store *)0)->server_addr),
                "copy_text8 of the server address must stay inside both buffers");
