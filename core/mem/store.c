@@ -85,7 +85,7 @@ void mem_session_destroy(ck_epoch_entry_t *entry)
     epoch_observe_quiescence();
     session *s = (session *)((char *)entry - offsetof(session, epoch_entry));
     metadata_free(atomic_load_explicit(&s->meta, memory_order_relaxed));
-    mem_free(s);
+    slab_free(s->free_to, s);
 }
 
 void mem_metadata_destroy(ck_epoch_entry_t *entry)
@@ -96,8 +96,13 @@ void mem_metadata_destroy(ck_epoch_entry_t *entry)
 
 void mem_unref_locked(mem_store *ms, session *s)
 {
-    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
-        epoch_defer(mem_home(ms, s)->defer, &s->epoch_entry, mem_session_destroy);
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        /* The timer is unlinked (removal did it, or it was never linked):
+         * its words are free for the deferral and the slot's way home. */
+        shard *home = mem_home(ms, s);
+        s->free_to = &home->records;
+        epoch_defer(home->defer, &s->epoch_entry, mem_session_destroy);
+    }
 }
 
 void mem_unref(mem_store *ms, session *s)
@@ -410,11 +415,11 @@ static size_t mem_pinned(store *st)
 
 /* ---- open and close ------------------------------------------------------ */
 
+/* The record's slot goes with its slab's chunks (shard_teardown). */
 static void free_session_at_close(const void *key)
 {
     session *s = (session *)key;
     metadata_free(atomic_load_explicit(&s->meta, memory_order_relaxed));
-    mem_free(s);
 }
 
 static void shard_teardown(shard *sh, int tables_ready)
@@ -435,6 +440,10 @@ partial:
         table_destroy(&sh->connections);
     if (tables_ready >= 3)
         table_destroy(&sh->users);
+    /* Last: the deferred frees above gave their slots back to it. A
+     * record's deferral and its slab are both its home shard's, so no
+     * other shard's teardown touches this slab. */
+    slab_destroy(&sh->records);
 }
 
 static void close_shards(mem_store *ms, unsigned ready_shards, int tables_in_last)
@@ -519,6 +528,7 @@ afsm_status mem_store_open(const store_config *config, store **out)
     for (unsigned i = 0; i < config->shard_count; i++) {
         shard *sh = &ms->shards[i];
         sync_lock_init(&sh->lock);
+        slab_init(&sh->records);
         sync_lock_init(&sh->handles_lock);
         wheel_init(&sh->timers, config->tick_ns, now);
         sh->defer = epoch_writer_record();
