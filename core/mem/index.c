@@ -29,12 +29,7 @@ user_entry *index_entry(shard *us, unsigned us_index, const char *user_id, uint1
     user_entry *entry = index_lookup(us, user_id, user_id_len);
     if (entry != NULL)
         return entry;
-    /* The id, its NUL and zeros up to a multiple of 8 bytes: copies read
-     * the id in 8-byte moves (store.c, copy_text8). Rounding to 8 (the
-     * key starts 8-aligned) keeps the chunk an unrounded request gets from
-     * either allocator; to 16 it made glibc's 64-byte chunk an 80-byte one
-     * (bench/: bytes per session, 256.5 -> 258.5 B). */
-    entry = mem_calloc(1, (sizeof(*entry) + user_id_len + 1u + 7u) & ~(size_t)7);
+    entry = mem_calloc(1, index_entry_bytes(user_id_len));
     if (entry == NULL)
         return NULL;
     entry->shard_index = us_index;
