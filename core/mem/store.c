@@ -174,10 +174,13 @@ _Static_assert((AFSM_SERVER_ADDR_MAX + 7) / 8 * 8 <= sizeof(((afsm_session_info 
                    (AFSM_SERVER_ADDR_MAX + 7) / 8 * 8 <= sizeof(((mem_store *)0)->server_addr),
                "copy_text8 of the server address must stay inside both buffers");
 
-/* Inlined into the single Get (its call and frame were ~15 of its
- * instructions); mem_fill_info is the same for the other copies. */
-static inline __attribute__((always_inline)) void fill_info(const mem_store *ms, const session *s,
-                                                            afsm_session_info *out)
+/* Fills out, and tells whether the session is expired at now_ns (decided,
+ * or due by its deadline; session_expired's test on the same load of
+ * last_active_ns the copy reports). Inlined into the single Get, which
+ * thus computes the deadline once and makes no calls for its copy (issue
+ * 15, goal 1); mem_fill_info is the same for the other copies. */
+static inline __attribute__((always_inline)) bool fill_info(const mem_store *ms, const session *s,
+                                                            afsm_session_info *out, uint64_t now_ns)
 {
     uint32_t state;
     metadata *meta;
@@ -193,20 +196,23 @@ static inline __attribute__((always_inline)) void fill_info(const mem_store *ms,
     out->server_addr_len = ms->server_addr_len;
     copy_text8(out->server_addr, ms->server_addr, ms->server_addr_len);
     int64_t offset = atomic_load_explicit((_Atomic int64_t *)&ms->wall_offset_ns, memory_order_relaxed);
-    uint64_t last = load(&s->last_active_ns) & ~SESSION_EXPIRED_BIT;
+    uint64_t seen = load(&s->last_active_ns);
+    uint64_t last = seen & ~SESSION_EXPIRED_BIT;
+    uint64_t deadline = mem_deadline(ms, s, last);
     out->created_at_ns = (int64_t)s->created_ns + offset;
     out->last_active_at_ns = (int64_t)last + offset;
-    out->expires_at_ns = (int64_t)mem_deadline(ms, s, last) + offset;
+    out->expires_at_ns = (int64_t)deadline + offset;
     out->timeout_ms = s->timeout_ms;
     out->metadata_count = meta != NULL ? meta->count : 0;
     out->metadata_bytes = meta != NULL ? meta->data_bytes : 0;
     out->token_generation = atomic_load_explicit((_Atomic uint32_t *)&s->token_generation, memory_order_relaxed);
     out->reserved = 0;
+    return (seen & SESSION_EXPIRED_BIT) != 0 || deadline <= now_ns;
 }
 
 void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out)
 {
-    fill_info(ms, s, out);
+    (void)fill_info(ms, s, out, 0);
 }
 
 void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const session *s, uint32_t old_state,
@@ -265,8 +271,9 @@ static inline __attribute__((always_inline)) afsm_status copy_out(mem_store *ms,
 {
     if (s == NULL)
         return AFSM_ENOTFOUND;
-    fill_info(ms, s, out);
-    return mem_expired(ms, s, mem_now(ms)) ? AFSM_EEXPIRED : AFSM_OK;
+    /* As mem_expired, with the deadline the copy computed anyway. */
+    bool expired = fill_info(ms, s, out, mem_now(ms));
+    return expired && !ms->config.external_expiry ? AFSM_EEXPIRED : AFSM_OK;
 }
 
 static afsm_status mem_get(store *st, const afsm_uuid *id, afsm_session_info *out)
