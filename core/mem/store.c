@@ -133,26 +133,48 @@ static uint64_t load_acquire(const _Atomic uint64_t *counter)
     return atomic_load_explicit((_Atomic uint64_t *)counter, memory_order_acquire);
 }
 
-/* State, metadata and stats in one seqlock read: an update that sets all
- * the stats (and a state) is seen whole or not at all. Additions from the
- * data plane do not take the seqlock; each counter is then simply as
- * fresh as its load. Acquire loads keep the re-check after them (sync.h). */
-static inline __attribute__((always_inline)) void read_consistent(const session *s, uint32_t *state, metadata **meta,
+/* The fields read_consistent protects, read once (acquire loads keep the
+ * re-check after them, sync.h). */
+static inline __attribute__((always_inline)) void read_fields(const session *s, uint32_t *state, metadata **meta,
+                                                              afsm_stats *stats)
+{
+    *state = atomic_load_explicit((_Atomic uint8_t *)&s->state, memory_order_acquire);
+    *meta = atomic_load_explicit((_Atomic(metadata *) *)&s->meta, memory_order_acquire);
+    stats->packets_sent = load_acquire(&s->packets_sent);
+    stats->packets_received = load_acquire(&s->packets_received);
+    stats->bytes_sent = load_acquire(&s->bytes_sent);
+    stats->bytes_received = load_acquire(&s->bytes_received);
+    stats->retransmissions = load_acquire(&s->retransmissions);
+    stats->current_rtt_ms = atomic_load_explicit((_Atomic uint32_t *)&s->rtt_ms, memory_order_acquire);
+    stats->reserved = 0;
+}
+
+static __attribute__((noinline, cold)) void read_consistent_retry(const session *s, uint32_t *state, metadata **meta,
                                                                   afsm_stats *stats)
 {
     uint32_t begin;
     do {
         begin = sync_seq_read_begin(&s->seq);
-        *state = atomic_load_explicit((_Atomic uint8_t *)&s->state, memory_order_acquire);
-        *meta = atomic_load_explicit((_Atomic(metadata *) *)&s->meta, memory_order_acquire);
-        stats->packets_sent = load_acquire(&s->packets_sent);
-        stats->packets_received = load_acquire(&s->packets_received);
-        stats->bytes_sent = load_acquire(&s->bytes_sent);
-        stats->bytes_received = load_acquire(&s->bytes_received);
-        stats->retransmissions = load_acquire(&s->retransmissions);
-        stats->current_rtt_ms = atomic_load_explicit((_Atomic uint32_t *)&s->rtt_ms, memory_order_acquire);
-        stats->reserved = 0;
+        read_fields(s, state, meta, stats);
     } while (sync_seq_read_retry(&s->seq, begin));
+}
+
+/* State, metadata and stats in one seqlock read: an update that sets all
+ * the stats (and a state) is seen whole or not at all. Additions from the
+ * data plane do not take the seqlock; each counter is then simply as
+ * fresh as its load. The first try is straight-line, the retries out of
+ * line: as a loop, the compiler kept every field's address in a register
+ * across it, ~10 instructions and spills on every Get (issue 15, goal 1). */
+static inline __attribute__((always_inline)) void read_consistent(const session *s, uint32_t *state, metadata **meta,
+                                                                  afsm_stats *stats)
+{
+    uint32_t begin = atomic_load_explicit((_Atomic uint32_t *)&s->seq.value, memory_order_acquire);
+    if (__builtin_expect((begin & 1) == 0, 1)) {
+        read_fields(s, state, meta, stats);
+        if (__builtin_expect(!sync_seq_read_retry(&s->seq, begin), 1))
+            return;
+    }
+    read_consistent_retry(s, state, meta, stats);
 }
 
 /* Copies text of len bytes, then its NUL, in fixed 8-byte moves the
