@@ -7,7 +7,8 @@
  *   valgrind --tool=callgrind --cache-sim=yes --instr-atstart=no \
  *       --collect-atstart=no build-bench/bench/missprobe MODE N OPS
  *
- * MODE: get-engine, get-floor, get-rwlock, delete-engine, delete-rwlock.
+ * MODE: get-engine, get-floor, get-rwlock, delete-engine, delete-rwlock,
+ * create-engine, create-rwlock, heartbeat-engine, heartbeat-rwlock.
  * The population is built uninstrumented, OPS operations warm the
  * simulated caches, then OPS more are collected (the callgrind totals, over
  * OPS, are the per-operation figures). Without valgrind it just runs.
@@ -37,6 +38,8 @@ int main(int argc, char **argv)
     size_t n = strtoull(argv[2], nullptr, 10), ops = strtoull(argv[3], nullptr, 10);
     bool floor = mode_name == "get-floor";
     bool del = mode_name.rfind("delete-", 0) == 0;
+    bool create = mode_name.rfind("create-", 0) == 0;
+    bool heartbeat = mode_name.rfind("heartbeat-", 0) == 0;
     bool rw = mode_name.find("rwlock") != std::string::npos;
     Rng rng(12345);
     std::vector<afsm_uuid> ids(n);
@@ -79,7 +82,26 @@ int main(int argc, char **argv)
     size_t failed = 0;
     CALLGRIND_START_INSTRUMENTATION;
     for (int round = 0; round < 2; round++) {
-        if (del) {
+        if (create) {
+            /* OPS creates on top of the population, ids as make_spec gives. */
+            Spec spec;
+            afsm_uuid id;
+            if (round == 1)
+                CALLGRIND_TOGGLE_COLLECT;
+            for (size_t i = 0; i < ops; i++) {
+                make_spec(seq++, rng, &spec);
+                failed += !store->create(spec, nullptr, 0, &id);
+            }
+            if (round == 1)
+                CALLGRIND_TOGGLE_COLLECT;
+        } else if (heartbeat) {
+            if (round == 1)
+                CALLGRIND_TOGGLE_COLLECT;
+            for (size_t i = 0; i < ops; i++)
+                failed += !store->heartbeat(ids[rng.below(n)]);
+            if (round == 1)
+                CALLGRIND_TOGGLE_COLLECT;
+        } else if (del) {
             /* As the benchmark: deletes timed, refills not. */
             for (size_t done = 0; done < ops;) {
                 refill();

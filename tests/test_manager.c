@@ -887,6 +887,61 @@ static void test_batches_mixed_items(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* A Get copies the user id and the server address in 8-byte moves that
+ * read past their text (issue 15, goal 1): every length must come out
+ * exact, with its NUL, and (under ASan) no move may leave its buffer. */
+static void test_get_copies_every_text_length(void **state)
+{
+    (void)state;
+    afsm_engine *engine = open_virtual_engine(&vclock, NULL);
+    char user[AFSM_USER_ID_MAX];
+    for (size_t i = 0; i < sizeof(user); i++)
+        user[i] = (char)('a' + i % 26);
+    for (size_t len = 1; len <= AFSM_USER_ID_MAX; len++) {
+        afsm_uuid conn;
+        afsm_create_options o = make_options("x", "2001:db8::1", &conn);
+        o.user_id = user;
+        o.user_id_len = len;
+        afsm_session_info created = AFSM_SESSION_INFO_INIT;
+        assert_int_equal(afsm_session_create(engine, &o, &created), AFSM_OK);
+        afsm_session_info got;
+        memset(&got, 0xa5, sizeof(got));
+        got.version = AFSM_SESSION_INFO_VERSION;
+        assert_int_equal(afsm_session_get(engine, &created.session_id, &got), AFSM_OK);
+        assert_int_equal(got.user_id_len, len);
+        assert_memory_equal(got.user_id, user, len);
+        assert_int_equal(got.user_id[len], '\0');
+        assert_string_equal(got.server_addr, "10.0.0.1:7000");
+        assert_int_equal(got.client_ip.family, 6);
+        assert_int_equal(got.client_port, 54321);
+    }
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+
+    char addr[AFSM_SERVER_ADDR_MAX];
+    for (size_t i = 0; i < sizeof(addr); i++)
+        addr[i] = (char)('0' + i % 10);
+    const size_t lengths[] = {0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 247, 248, 249, 254, AFSM_SERVER_ADDR_MAX};
+    for (size_t k = 0; k < sizeof(lengths) / sizeof(lengths[0]); k++) {
+        afsm_config cfg;
+        assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+        cfg.reaper = AFSM_REAPER_MANUAL;
+        cfg.server_addr = addr;
+        cfg.server_addr_len = lengths[k];
+        afsm_engine *e = NULL;
+        assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
+        afsm_session_info created = create_session(e, "u");
+        afsm_session_info got;
+        memset(&got, 0xa5, sizeof(got));
+        got.version = AFSM_SESSION_INFO_VERSION;
+        assert_int_equal(afsm_session_get(e, &created.session_id, &got), AFSM_OK);
+        assert_int_equal(got.server_addr_len, lengths[k]);
+        assert_memory_equal(got.server_addr, addr, lengths[k]);
+        assert_int_equal(got.server_addr[lengths[k]], '\0');
+        assert_string_equal(got.user_id, "u");
+        assert_int_equal(afsm_engine_close(e), AFSM_OK);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -909,6 +964,7 @@ int main(void)
         cmocka_unit_test(test_delete_reason_with_nul_refused),
         cmocka_unit_test(test_add_stats_saturates),
         cmocka_unit_test(test_batches_mixed_items),
+        cmocka_unit_test(test_get_copies_every_text_length),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,7 +29,7 @@ user_entry *index_entry(shard *us, unsigned us_index, const char *user_id, uint1
     user_entry *entry = index_lookup(us, user_id, user_id_len);
     if (entry != NULL)
         return entry;
-    entry = mem_calloc(1, sizeof(*entry) + user_id_len + 1u);
+    entry = mem_calloc(1, index_entry_bytes(user_id_len));
     if (entry == NULL)
         return NULL;
     entry->shard_index = us_index;

@@ -16,8 +16,8 @@
  * last pinned handle is released (refs reaches 0).
  *
  * Field order and the user id kept in the user's entry (not here) pack the
- * record into 192 bytes: jemalloc's 192-byte class (bench/: bytes per
- * session).
+ * record into 192 bytes: three cache lines of a 64-byte-aligned slab slot
+ * (mem/slab.h; bench/: bytes per session).
  */
 #ifndef AFSM_MEM_SESSION_H
 #define AFSM_MEM_SESSION_H
@@ -73,18 +73,22 @@ typedef struct session {
     _Atomic(metadata *) meta;
 
     /* A linked timer (home shard lock) until removal; after it, the entry
-     * that frees the record through the epoch. */
+     * that frees the record through the epoch, and the slab (its home
+     * shard's, mem/slab.h) the callback gives its slot back to. */
     union {
         wheel_link timer;
-        ck_epoch_entry_t epoch_entry;
+        struct {
+            ck_epoch_entry_t epoch_entry;
+            struct slab *free_to;
+        };
     };
     _Atomic(struct session *) user_next; /* the user's list, see mem/index.h */
     struct session *user_prev;
     uint64_t created_ns; /* engine clock; reported through the wall offset */
 } session;
 
-/* One jemalloc size class per session (bench/: bytes per session). */
-_Static_assert(sizeof(session) == 192, "session record outgrew its 192-byte size class");
+/* One slab slot per session (mem/slab.h; bench/: bytes per session). */
+_Static_assert(sizeof(session) == 192, "session record outgrew its 192-byte slot");
 
 /* The deadline implied by a last-active time: the rolling timeout, capped
  * by the engine's max_lifetime (0: none). */

@@ -19,6 +19,7 @@
 
 #include "afsm.h"
 #include "mem/session.h"
+#include "mem/slab.h"
 #include "mem/table.h"
 #include "mem/wheel.h"
 #include "util/sync.h"
@@ -30,6 +31,7 @@ typedef struct shard {
     table connections;        /* &session->connection_id */
     table users;              /* &user_entry->key (mem/index.h) */
     wheel timers;             /* deadlines of the sessions in `sessions` */
+    slab records;             /* the records of the sessions whose home this is; own leaf lock */
     /* The pinned handles of this shard's sessions whose counters are
      * deferred (claimed by afsm_handle_packet's owner), for the fold pass
      * of each advance (mem/dataplane.c): an array, so the pass prefetches

@@ -47,14 +47,6 @@ static uint64_t hash_bytes(const void *data, size_t len, uint64_t seed)
     return mix64(h);
 }
 
-unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id)
-{
-    /* A v7 id's last eight bytes are random: no need to hash them twice. */
-    uint64_t tail;
-    memcpy(&tail, id->bytes + 8, sizeof(tail));
-    return (unsigned)mix64(tail) & ms->shard_mask;
-}
-
 unsigned mem_shard_of_connection(const mem_store *ms, const afsm_uuid *id)
 {
     /* Caller-chosen, so seeded and over both halves; two word mixes, not a
@@ -93,7 +85,7 @@ void mem_session_destroy(ck_epoch_entry_t *entry)
     epoch_observe_quiescence();
     session *s = (session *)((char *)entry - offsetof(session, epoch_entry));
     metadata_free(atomic_load_explicit(&s->meta, memory_order_relaxed));
-    mem_free(s);
+    slab_free(s->free_to, s);
 }
 
 void mem_metadata_destroy(ck_epoch_entry_t *entry)
@@ -104,8 +96,13 @@ void mem_metadata_destroy(ck_epoch_entry_t *entry)
 
 void mem_unref_locked(mem_store *ms, session *s)
 {
-    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
-        epoch_defer(mem_home(ms, s)->defer, &s->epoch_entry, mem_session_destroy);
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        /* The timer is unlinked (removal did it, or it was never linked):
+         * its words are free for the deferral and the slot's way home. */
+        shard *home = mem_home(ms, s);
+        s->free_to = &home->records;
+        epoch_defer(home->defer, &s->epoch_entry, mem_session_destroy);
+    }
 }
 
 void mem_unref(mem_store *ms, session *s)
@@ -136,28 +133,76 @@ static uint64_t load_acquire(const _Atomic uint64_t *counter)
     return atomic_load_explicit((_Atomic uint64_t *)counter, memory_order_acquire);
 }
 
-/* State, metadata and stats in one seqlock read: an update that sets all
- * the stats (and a state) is seen whole or not at all. Additions from the
- * data plane do not take the seqlock; each counter is then simply as
- * fresh as its load. Acquire loads keep the re-check after them (sync.h). */
-static void read_consistent(const session *s, uint32_t *state, metadata **meta, afsm_stats *stats)
+/* The fields read_consistent protects, read once (acquire loads keep the
+ * re-check after them, sync.h). */
+static inline __attribute__((always_inline)) void read_fields(const session *s, uint32_t *state, metadata **meta,
+                                                              afsm_stats *stats)
+{
+    *state = atomic_load_explicit((_Atomic uint8_t *)&s->state, memory_order_acquire);
+    *meta = atomic_load_explicit((_Atomic(metadata *) *)&s->meta, memory_order_acquire);
+    stats->packets_sent = load_acquire(&s->packets_sent);
+    stats->packets_received = load_acquire(&s->packets_received);
+    stats->bytes_sent = load_acquire(&s->bytes_sent);
+    stats->bytes_received = load_acquire(&s->bytes_received);
+    stats->retransmissions = load_acquire(&s->retransmissions);
+    stats->current_rtt_ms = atomic_load_explicit((_Atomic uint32_t *)&s->rtt_ms, memory_order_acquire);
+    stats->reserved = 0;
+}
+
+static __attribute__((noinline, cold)) void read_consistent_retry(const session *s, uint32_t *state, metadata **meta,
+                                                                  afsm_stats *stats)
 {
     uint32_t begin;
     do {
         begin = sync_seq_read_begin(&s->seq);
-        *state = atomic_load_explicit((_Atomic uint8_t *)&s->state, memory_order_acquire);
-        *meta = atomic_load_explicit((_Atomic(metadata *) *)&s->meta, memory_order_acquire);
-        stats->packets_sent = load_acquire(&s->packets_sent);
-        stats->packets_received = load_acquire(&s->packets_received);
-        stats->bytes_sent = load_acquire(&s->bytes_sent);
-        stats->bytes_received = load_acquire(&s->bytes_received);
-        stats->retransmissions = load_acquire(&s->retransmissions);
-        stats->current_rtt_ms = atomic_load_explicit((_Atomic uint32_t *)&s->rtt_ms, memory_order_acquire);
-        stats->reserved = 0;
+        read_fields(s, state, meta, stats);
     } while (sync_seq_read_retry(&s->seq, begin));
 }
 
-void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out)
+/* State, metadata and stats in one seqlock read: an update that sets all
+ * the stats (and a state) is seen whole or not at all. Additions from the
+ * data plane do not take the seqlock; each counter is then simply as
+ * fresh as its load. The first try is straight-line, the retries out of
+ * line: as a loop, the compiler kept every field's address in a register
+ * across it, ~10 instructions and spills on every Get (issue 15, goal 1). */
+static inline __attribute__((always_inline)) void read_consistent(const session *s, uint32_t *state, metadata **meta,
+                                                                  afsm_stats *stats)
+{
+    uint32_t begin = atomic_load_explicit((_Atomic uint32_t *)&s->seq.value, memory_order_acquire);
+    if (__builtin_expect((begin & 1) == 0, 1)) {
+        read_fields(s, state, meta, stats);
+        if (__builtin_expect(!sync_seq_read_retry(&s->seq, begin), 1))
+            return;
+    }
+    read_consistent_retry(s, state, meta, stats);
+}
+
+/* Copies text of len bytes, then its NUL, in fixed 8-byte moves the
+ * compiler inlines (no libc call, no per-byte work: issue 15, goal 1). Both
+ * buffers must hold len rounded up to 8 bytes: a user entry's id is
+ * allocated so (index.c), the store's server address is a zeroed array. The bytes
+ * past the NUL are zero in both, so the copy leaks nothing. */
+static inline void copy_text8(char *dst, const char *src, size_t len)
+{
+    for (size_t i = 0; i < len; i += 8)
+        memcpy(dst + i, src + i, 8);
+    dst[len] = '\0';
+}
+
+_Static_assert(offsetof(user_entry, key.bytes) % 8 == 0 && sizeof(user_entry) % 8 == 0 && AFSM_USER_ID_MAX % 8 == 0 &&
+                   AFSM_USER_ID_MAX + 1 <= sizeof(((afsm_session_info *)0)->user_id),
+               "copy_text8 of a user id must stay inside its entry and afsm_session_info.user_id");
+_Static_assert((AFSM_SERVER_ADDR_MAX + 7) / 8 * 8 <= sizeof(((afsm_session_info *)0)->server_addr) &&
+                   (AFSM_SERVER_ADDR_MAX + 7) / 8 * 8 <= sizeof(((mem_store *)0)->server_addr),
+               "copy_text8 of the server address must stay inside both buffers");
+
+/* Fills out, and tells whether the session is expired at now_ns (decided,
+ * or due by its deadline; session_expired's test on the same load of
+ * last_active_ns the copy reports). Inlined into the single Get, which
+ * thus computes the deadline once and makes no calls for its copy (issue
+ * 15, goal 1); mem_fill_info is the same for the other copies. */
+static inline __attribute__((always_inline)) bool fill_info(const mem_store *ms, const session *s,
+                                                            afsm_session_info *out, uint64_t now_ns)
 {
     uint32_t state;
     metadata *meta;
@@ -167,20 +212,29 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
     out->connection_id = s->connection_id;
     session_ip(s, &out->client_ip);
     out->client_port = s->client_port;
-    out->user_id_len = index_user_id_len(s);
-    memcpy(out->user_id, index_user_id(s), out->user_id_len + 1u);
+    const user_entry *user = s->user;
+    out->user_id_len = user->key.len;
+    copy_text8(out->user_id, user->key.bytes, user->key.len);
     out->server_addr_len = ms->server_addr_len;
-    memcpy(out->server_addr, ms->server_addr, ms->server_addr_len + 1u);
+    copy_text8(out->server_addr, ms->server_addr, ms->server_addr_len);
     int64_t offset = atomic_load_explicit((_Atomic int64_t *)&ms->wall_offset_ns, memory_order_relaxed);
-    uint64_t last = load(&s->last_active_ns) & ~SESSION_EXPIRED_BIT;
+    uint64_t seen = load(&s->last_active_ns);
+    uint64_t last = seen & ~SESSION_EXPIRED_BIT;
+    uint64_t deadline = mem_deadline(ms, s, last);
     out->created_at_ns = (int64_t)s->created_ns + offset;
     out->last_active_at_ns = (int64_t)last + offset;
-    out->expires_at_ns = (int64_t)mem_deadline(ms, s, last) + offset;
+    out->expires_at_ns = (int64_t)deadline + offset;
     out->timeout_ms = s->timeout_ms;
     out->metadata_count = meta != NULL ? meta->count : 0;
     out->metadata_bytes = meta != NULL ? meta->data_bytes : 0;
     out->token_generation = atomic_load_explicit((_Atomic uint32_t *)&s->token_generation, memory_order_relaxed);
     out->reserved = 0;
+    return (seen & SESSION_EXPIRED_BIT) != 0 || deadline <= now_ns;
+}
+
+void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out)
+{
+    (void)fill_info(ms, s, out, 0);
 }
 
 void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const session *s, uint32_t old_state,
@@ -224,36 +278,31 @@ void mem_event_fire(const mem_store *ms, mem_event *event)
 
 /* ---- lookups ------------------------------------------------------------ */
 
-session *mem_lookup(mem_store *ms, const afsm_uuid *id)
-{
-    const void *key = table_get(&ms->shards[mem_shard_of_id(ms, id)].sessions, id);
-    session *s = (session *)key; /* the id is the record's first field */
-    return s != NULL && !session_removed(s) ? s : NULL;
-}
-
 session *mem_lookup_connection(mem_store *ms, const afsm_uuid *connection_id)
 {
-    const void *key = table_get(&ms->shards[mem_shard_of_connection(ms, connection_id)].connections, connection_id);
+    const void *key =
+        table_get_uuid(&ms->shards[mem_shard_of_connection(ms, connection_id)].connections, connection_id);
     if (key == NULL)
         return NULL;
     session *s = (session *)((const char *)key - offsetof(session, connection_id));
     return !session_removed(s) ? s : NULL;
 }
 
-static afsm_status copy_out(mem_store *ms, session *s, afsm_session_info *out)
+/* out is never NULL (the manager checks it). */
+static inline __attribute__((always_inline)) afsm_status copy_out(mem_store *ms, session *s, afsm_session_info *out)
 {
     if (s == NULL)
         return AFSM_ENOTFOUND;
-    if (out != NULL)
-        mem_fill_info(ms, s, out);
-    return mem_expired(ms, s, mem_now(ms)) ? AFSM_EEXPIRED : AFSM_OK;
+    /* As mem_expired, with the deadline the copy computed anyway. */
+    bool expired = fill_info(ms, s, out, mem_now(ms));
+    return expired && !ms->config.external_expiry ? AFSM_EEXPIRED : AFSM_OK;
 }
 
 static afsm_status mem_get(store *st, const afsm_uuid *id, afsm_session_info *out)
 {
     mem_store *ms = (mem_store *)st;
     ck_epoch_record_t *e = epoch_enter();
-    if (e == NULL)
+    if (__builtin_expect(e == NULL, 0))
         return AFSM_ENOMEM;
     afsm_status status = copy_out(ms, mem_lookup(ms, id), out);
     epoch_leave(e);
@@ -395,11 +444,11 @@ static size_t mem_pinned(store *st)
 
 /* ---- open and close ------------------------------------------------------ */
 
+/* The record's slot goes with its slab's chunks (shard_teardown). */
 static void free_session_at_close(const void *key)
 {
     session *s = (session *)key;
     metadata_free(atomic_load_explicit(&s->meta, memory_order_relaxed));
-    mem_free(s);
 }
 
 static void shard_teardown(shard *sh, int tables_ready)
@@ -420,6 +469,10 @@ partial:
         table_destroy(&sh->connections);
     if (tables_ready >= 3)
         table_destroy(&sh->users);
+    /* Last: the deferred frees above gave their slots back to it. A
+     * record's deferral and its slab are both its home shard's, so no
+     * other shard's teardown touches this slab. */
+    slab_destroy(&sh->records);
 }
 
 static void close_shards(mem_store *ms, unsigned ready_shards, int tables_in_last)
@@ -504,6 +557,7 @@ afsm_status mem_store_open(const store_config *config, store **out)
     for (unsigned i = 0; i < config->shard_count; i++) {
         shard *sh = &ms->shards[i];
         sync_lock_init(&sh->lock);
+        slab_init(&sh->records);
         sync_lock_init(&sh->handles_lock);
         wheel_init(&sh->timers, config->tick_ns, now);
         sh->defer = epoch_writer_record();

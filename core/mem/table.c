@@ -71,24 +71,9 @@ static struct ck_malloc map_allocator = {
     .free = map_free,
 };
 
-static unsigned long mix(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    x *= UINT64_C(0xc4ceb9fe1a85ec53);
-    x ^= x >> 33;
-    return (unsigned long)x;
-}
-
 static unsigned long hash_uuid(const void *key, unsigned long seed)
 {
-    if (table_hash_override != NULL)
-        return table_hash_override(key, 16, seed);
-    uint64_t lo, hi;
-    memcpy(&hi, key, 8);
-    memcpy(&lo, (const char *)key + 8, 8);
-    return mix(lo ^ mix(hi ^ seed));
+    return table_hash_uuid(key, seed);
 }
 
 static unsigned long hash_string(const void *key, unsigned long seed)
@@ -99,7 +84,7 @@ static unsigned long hash_string(const void *key, unsigned long seed)
     uint64_t h = UINT64_C(0xcbf29ce484222325) ^ seed;
     for (uint16_t i = 0; i < k->len; i++)
         h = (h ^ (unsigned char)k->bytes[i]) * UINT64_C(0x100000001b3);
-    return mix(h);
+    return table_mix(h);
 }
 
 /* ck_hs calls these with a stored key first: a reader comparing it sees

@@ -24,13 +24,20 @@
 /* Builds the record (not yet visible to anyone). */
 static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
 {
-    session *s = mem_calloc(1, sizeof(*s));
+    /* The id first: it chooses the home shard, whose slab holds the record. */
+    afsm_uuid id;
+    if (spec->restore != NULL)
+        id = spec->restore->session_id;
+    else
+        uuid_v7_at(&id, (uint64_t)clock_wall_ns() / 1000000u);
+    session *s = slab_alloc(&ms->shards[mem_shard_of_id(ms, &id)].records);
     if (s == NULL)
         return AFSM_ENOMEM;
+    s->id = id;
     metadata *meta = NULL;
     afsm_status status = metadata_merge(NULL, spec->metadata, spec->metadata_count, &meta);
     if (status != AFSM_OK) {
-        mem_free(s);
+        slab_free(&mem_home(ms, s)->records, s);
         return status;
     }
     const afsm_session_info *old = spec->restore;
@@ -50,10 +57,6 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
      * through one wall offset, so created <= last active <= expires always
      * hold and durations ignore wall-clock steps. */
     s->created_ns = created;
-    if (old != NULL)
-        s->id = old->session_id;
-    else
-        uuid_v7_at(&s->id, (uint64_t)clock_wall_ns() / 1000000u);
     s->connection_id = spec->connection_id;
     session_set_ip(s, &spec->client_ip);
     s->client_port = spec->client_port;
@@ -93,10 +96,11 @@ static int restored_expired(mem_store *ms, const session_spec *spec)
     return deadline <= now_wall;
 }
 
-static void free_unpublished(session *s)
+/* A record no reader ever saw (never in a table) goes straight back. */
+static void free_unpublished(mem_store *ms, session *s)
 {
     metadata_free(atomic_load_explicit(&s->meta, memory_order_relaxed));
-    mem_free(s);
+    slab_free(&mem_home(ms, s)->records, s);
 }
 
 /* The cap's victim as seen before locking, so its shards can join the lock
@@ -121,12 +125,12 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
         return status;
     if (spec->restore != NULL && !ms->config.external_expiry &&
         (restored_expired(ms, spec) || mem_expired(ms, s, mem_now(ms)))) {
-        free_unpublished(s);
+        free_unpublished(ms, s);
         return AFSM_EEXPIRED;
     }
     ck_epoch_record_t *e = epoch_enter();
     if (e == NULL) {
-        free_unpublished(s);
+        free_unpublished(ms, s);
         return AFSM_ENOMEM;
     }
     shard *sh = mem_home(ms, s);
@@ -231,7 +235,7 @@ unlock:
     }
     epoch_leave(e);
     if (status != AFSM_OK && !published)
-        free_unpublished(s);
+        free_unpublished(ms, s);
     /* The new session's CREATED first: a callback on the victim's DELETED
      * may create again for this user and evict the new session, whose own
      * DELETED must then follow its CREATED. */

@@ -59,6 +59,21 @@ void mem_free(void *ptr)
     free(ptr);
 }
 
+int mem_alloc_point_fails(void)
+{
+    return should_fail();
+}
+
+void *mem_alloc_unhooked(size_t size_bytes)
+{
+    return malloc(size_bytes);
+}
+
+void *mem_aligned_alloc_unhooked(size_t alignment, size_t size_bytes)
+{
+    return aligned_alloc(alignment, size_bytes);
+}
+
 void alloc_fail_after(long n)
 {
     atomic_store_explicit(&allocations_left, n, memory_order_relaxed);

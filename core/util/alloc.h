@@ -16,6 +16,14 @@ void *mem_calloc(size_t count, size_t size_bytes);
 void *mem_aligned_alloc(size_t alignment, size_t size_bytes);
 void mem_free(void *ptr);
 
+/* An allocation point that may not call malloc (a slab's slot, mem/slab.h):
+ * true when the test hook says this one fails. It counts as one
+ * allocation, so a record is one allocation point whether or not its slab
+ * had to grow; the growth itself then uses the unhooked calls below. */
+int mem_alloc_point_fails(void);
+void *mem_alloc_unhooked(size_t size_bytes);
+void *mem_aligned_alloc_unhooked(size_t alignment, size_t size_bytes);
+
 /* Test hook: the next n allocations succeed, then every one fails until
  * alloc_fail_reset(). n < 0 (the default) never fails. Process-wide. */
 void alloc_fail_after(long n);

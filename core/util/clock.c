@@ -6,9 +6,7 @@
 uint64_t clock_monotonic_coarse_ns(void *unused)
 {
     (void)unused;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return clock_coarse_now_ns();
 }
 
 int64_t clock_wall_ns(void)

@@ -10,9 +10,19 @@
 #define AFSM_UTIL_CLOCK_H
 
 #include <stdint.h>
+#include <time.h>
 
 /* afsm_clock_fn-compatible: CLOCK_MONOTONIC_COARSE in nanoseconds. */
 uint64_t clock_monotonic_coarse_ns(void *unused);
+
+/* The same, inline: for callers that know the engine runs on the default
+ * clock, without the indirect call and the wrapper's frame. */
+static inline uint64_t clock_coarse_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 /* CLOCK_REALTIME in nanoseconds since the Unix epoch. */
 int64_t clock_wall_ns(void);
 

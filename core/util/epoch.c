@@ -26,7 +26,7 @@ static pthread_key_t thread_key;
 _Thread_local ck_epoch_record_t *epoch_thread_record __attribute__((tls_model("initial-exec")));
 
 /* One object stands for "some reader section ended" in TSan's eyes. */
-static char quiescence_token;
+char epoch_quiescence_token;
 
 /* Deferred frees waiting. Writers already serialise per shard, and this
  * counts frees, not reads, so one process-wide counter costs little. */
@@ -65,19 +65,16 @@ static ck_epoch_record_t *record_acquire(void)
     return record;
 }
 
-ck_epoch_record_t *epoch_enter(void)
+ck_epoch_record_t *epoch_enter_first(void)
 {
-    ck_epoch_record_t *record = epoch_thread_record;
-    if (record == NULL) {
-        record = record_acquire();
-        if (record == NULL)
-            return NULL;
-        if (pthread_setspecific(thread_key, record) != 0) {
-            ck_epoch_unregister(record);
-            return NULL;
-        }
-        epoch_thread_record = record;
+    ck_epoch_record_t *record = record_acquire();
+    if (record == NULL)
+        return NULL;
+    if (pthread_setspecific(thread_key, record) != 0) {
+        ck_epoch_unregister(record);
+        return NULL;
     }
+    epoch_thread_record = record;
     ck_epoch_begin(record, NULL);
     return record;
 }
@@ -89,12 +86,6 @@ bool epoch_thread_prepare(void)
         return false;
     epoch_leave(record);
     return true;
-}
-
-void epoch_leave(ck_epoch_record_t *record)
-{
-    sync_publish(&quiescence_token);
-    ck_epoch_end(record, NULL);
 }
 
 ck_epoch_record_t *epoch_writer_record(void)
@@ -137,7 +128,7 @@ void epoch_drain(ck_epoch_record_t *record)
 
 void epoch_observe_quiescence(void)
 {
-    sync_observe(&quiescence_token);
+    sync_observe(&epoch_quiescence_token);
     atomic_fetch_sub_explicit(&pending_frees, 1, memory_order_relaxed);
 }
 
