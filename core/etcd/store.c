@@ -425,6 +425,18 @@ static afsm_status new_record(etcd_store *es, const session_spec *spec, owned_re
  * apply their own results (apply_own) each on its own thread, so CREATED
  * fires on the calling thread before create returns, as before.
  *
+ * Deadlines: a create's txn, alone or queued then grouped, ends within
+ * the request timeout from its submission, as a create alone did (on a
+ * hung etcd, a create queued behind the groups in flight used to wait for
+ * their timeout and then for its own: 2 s at a 1 s timeout, 5 s for 8
+ * creates racing one connection id; tests/etcd/
+ * test_etcd_create_group_faults.c). A group is sent with its members'
+ * earliest deadline; a leader takes no op whose deadline has passed, and
+ * an op still queued at its deadline leaves the queue, unsent, as
+ * AFSM_EUNAVAILABLE (its lease left to expire, as below: revoking it on a
+ * hung etcd would take another timeout). When etcd answers, a queue wait
+ * is about one group's round trip, which is all a member loses.
+ *
  * Outcomes for a whole group: no answer (etcd away, a connection lost
  * after sending) is AFSM_EUNAVAILABLE for every member: the outcome is
  * unknown, each one's lease is left to expire and a resend recognises its
@@ -440,7 +452,8 @@ typedef struct create_op {
     size_t slen, clen, nlen; /* nlen 0: no cap slot */
     struct create_op *next;  /* in the queue */
     int queued, done, lead;  /* lead: asked to lead a group (see lead_next) */
-    pthread_cond_t wake;     /* its owner waits here, under group_lock */
+    uint64_t deadline_ms;    /* CLOCK_MONOTONIC: its submission + the request timeout */
+    pthread_cond_t wake;     /* its owner waits here, under group_lock (CLOCK_MONOTONIC) */
     /* The result, written by the group's leader before done. */
     afsm_status status;
     int succeeded;
@@ -462,9 +475,17 @@ static int shares_key(const create_op *a, const create_op *b)
            same_key(a->nkey, a->nlen, b->nkey, b->nlen);
 }
 
+static uint64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 /* Takes self and the queued ops that share no key with a taken one out of
- * the queue, oldest first. group_lock held. */
-static size_t take_group(etcd_store *es, create_op *self, create_op **group)
+ * the queue, oldest first, leaving those past their deadline (their owners
+ * take them out). group_lock held. */
+static size_t take_group(etcd_store *es, create_op *self, create_op **group, uint64_t now_ms)
 {
     size_t n = 0;
     group[n++] = self;
@@ -472,7 +493,7 @@ static size_t take_group(etcd_store *es, create_op *self, create_op **group)
     while (*link != NULL) {
         create_op *op = *link;
         int take = op == self;
-        if (!take && n < GROUP_MAX) {
+        if (!take && n < GROUP_MAX && op->deadline_ms > now_ms) {
             take = 1;
             for (size_t i = 0; i < n && take; i++)
                 take = !shares_key(op, group[i]);
@@ -507,9 +528,14 @@ static void op_result(create_op *op, json_object *response, int64_t revision)
     op->c_exists = txn_range_kvs(response, 1) != NULL;
 }
 
-/* Sends a group (no lock held) and fills each op's result. */
+/* Sends a group (no lock held) by its members' earliest deadline and
+ * fills each op's result. */
 static void send_group(etcd_store *es, create_op **group, size_t n)
 {
+    uint64_t deadline_ms = group[0]->deadline_ms;
+    for (size_t i = 1; i < n; i++)
+        if (group[i]->deadline_ms < deadline_ms)
+            deadline_ms = group[i]->deadline_ms;
     json_object *body = NULL, *ops = NULL, *reply = NULL, *header;
     afsm_status st = AFSM_OK;
     if (n == 1) {
@@ -533,7 +559,7 @@ static void send_group(etcd_store *es, create_op **group, size_t n)
         }
     }
     if (st == AFSM_OK)
-        st = etcd_call(es->client, "/v3/kv/txn", body, 0, &reply, NULL);
+        st = etcd_call_until(es->client, "/v3/kv/txn", body, 0, &reply, NULL, deadline_ms);
     json_object_put(body); /* the owners' txns keep their own reference */
     if (st == AFSM_ENOTFOUND)
         st = AFSM_EINTERNAL;
@@ -572,11 +598,34 @@ static void lead_next(etcd_store *es)
     }
 }
 
+/* Takes op, past its deadline, out of the queue. group_lock held. */
+static void leave_queue(etcd_store *es, create_op *op)
+{
+    create_op **link = &es->group_queue, *prev = NULL;
+    while (*link != op) {
+        prev = *link;
+        link = &(*link)->next;
+    }
+    *link = op->next;
+    if (es->group_queue_tail == op)
+        es->group_queue_tail = prev;
+    op->queued = 0;
+}
+
 /* Sends op's txn, alone or in a group (see above); its result is in op. */
 static afsm_status create_submit(etcd_store *es, create_op *op)
 {
-    if (pthread_cond_init(&op->wake, NULL) != 0)
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
         return AFSM_ENOMEM; /* nothing sent */
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int failed = pthread_cond_init(&op->wake, &attr);
+    pthread_condattr_destroy(&attr);
+    if (failed)
+        return AFSM_ENOMEM; /* nothing sent */
+    op->deadline_ms = monotonic_ms() + es->request_timeout_ns / NS_PER_MS;
+    struct timespec until = {.tv_sec = (time_t)(op->deadline_ms / 1000u),
+                             .tv_nsec = (long)(op->deadline_ms % 1000u) * 1000000L};
     pthread_mutex_lock(&es->group_lock);
     op->next = NULL;
     op->queued = 1;
@@ -588,9 +637,17 @@ static afsm_status create_submit(etcd_store *es, create_op *op)
         es->group_queue = op;
     es->group_queue_tail = op;
     while (!op->done) {
+        uint64_t now_ms = monotonic_ms();
+        if (op->queued && now_ms >= op->deadline_ms) {
+            /* Never sent: etcd has kept the groups ahead busy (hung). */
+            leave_queue(es, op);
+            op->status = AFSM_EUNAVAILABLE;
+            lead_next(es); /* op may have been asked to lead */
+            break;
+        }
         if (op->queued && es->groups_sending < GROUP_INFLIGHT) {
             create_op *group[GROUP_MAX];
-            size_t n = take_group(es, op, group);
+            size_t n = take_group(es, op, group, now_ms);
             es->groups_sending++;
             /* Ops left behind (they share a key with this group) may lead
              * the next group now rather than wait for this one's answer. */
@@ -608,9 +665,13 @@ static afsm_status create_submit(etcd_store *es, create_op *op)
             break;
         }
         /* Asked to lead, but the op was taken into another group or no
-         * group can start: wait again (the next group's end asks anew). */
+         * group can start: wait again (the next group's end asks anew).
+         * Taken, it waits for its group, whose send ends by op's deadline. */
         op->lead = 0;
-        pthread_cond_wait(&op->wake, &es->group_lock);
+        if (op->queued)
+            pthread_cond_timedwait(&op->wake, &es->group_lock, &until);
+        else
+            pthread_cond_wait(&op->wake, &es->group_lock);
     }
     pthread_mutex_unlock(&es->group_lock);
     pthread_cond_destroy(&op->wake);
