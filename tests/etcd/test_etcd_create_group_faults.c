@@ -197,6 +197,92 @@ static void test_hung_etcd_bounds_every_concurrent_create(void **state)
     assert_true(slowest <= REQUEST_TIMEOUT_MS + 300);
 }
 
+/* ---- colliding creates on two engines -------------------------------------------- */
+
+#define COLLIDERS        16 /* half on each engine */
+#define COLLISION_ROUNDS 12
+#define CAP              3
+
+typedef struct collide_ctx {
+    afsm_engine *engines[2];
+    pthread_barrier_t round;
+    afsm_uuid shared[COLLISION_ROUNDS];
+    afsm_status racing[COLLIDERS][COLLISION_ROUNDS], capped[COLLIDERS][COLLISION_ROUNDS];
+} collide_ctx;
+
+typedef struct collider {
+    collide_ctx *c;
+    int index;
+} collider;
+
+static void *collide(void *arg)
+{
+    collider *me = arg;
+    collide_ctx *c = me->c;
+    afsm_engine *e = c->engines[me->index % 2];
+    for (int r = 0; r < COLLISION_ROUNDS; r++) {
+        char user[32];
+        afsm_session_info s;
+        pthread_barrier_wait(&c->round);
+        snprintf(user, sizeof(user), "racer-%d-%d", r, me->index);
+        c->racing[me->index][r] = create(e, user, &c->shared[r], &s);
+        afsm_uuid own;
+        afsm_uuid_v7(&own);
+        snprintf(user, sizeof(user), "capped-%d", r);
+        c->capped[me->index][r] = create(e, user, &own, &s);
+    }
+    return NULL;
+}
+
+/* 16 threads on two engines race, each round, one connection id (their
+ * creates go in groups one after another: each must be led, none left
+ * queued) and one user's 3 slots: exactly one create wins the id, exactly
+ * 3 the slots (never more), every other gets its own refusal, and etcd
+ * holds nothing from a refused create. */
+static void test_colliding_creates_on_two_engines(void **state)
+{
+    (void)state;
+    collide_ctx *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->engines[0] = open_engine("/cgf2/", CAP);
+    c->engines[1] = open_engine("/cgf2/", CAP);
+    for (int r = 0; r < COLLISION_ROUNDS; r++)
+        afsm_uuid_v7(&c->shared[r]);
+    pthread_barrier_init(&c->round, NULL, COLLIDERS);
+    collider colliders[COLLIDERS];
+    pthread_t threads[COLLIDERS];
+    for (int i = 0; i < COLLIDERS; i++) {
+        colliders[i] = (collider){c, i};
+        assert_int_equal(pthread_create(&threads[i], NULL, collide, &colliders[i]), 0);
+    }
+    for (int i = 0; i < COLLIDERS; i++)
+        pthread_join(threads[i], NULL);
+    pthread_barrier_destroy(&c->round);
+    long made = 0;
+    for (int r = 0; r < COLLISION_ROUNDS; r++) {
+        int winners = 0, slots = 0;
+        for (int i = 0; i < COLLIDERS; i++) {
+            afsm_status racing = c->racing[i][r], capped = c->capped[i][r];
+            if (racing != AFSM_OK && racing != AFSM_EEXISTS)
+                fail_msg("round %d, thread %d racing one connection id: %s", r, i, afsm_status_name(racing));
+            if (capped != AFSM_OK && capped != AFSM_ELIMIT)
+                fail_msg("round %d, thread %d racing a capped user: %s", r, i, afsm_status_name(capped));
+            winners += racing == AFSM_OK;
+            slots += capped == AFSM_OK;
+        }
+        assert_int_equal(winners, 1);
+        assert_int_equal(slots, CAP);
+        char prefix[48];
+        snprintf(prefix, sizeof(prefix), "/cgf2/n/capped-%d/", r);
+        assert_int_equal(keys_in_etcd(prefix), CAP);
+        made += winners + slots;
+    }
+    assert_int_equal(keys_in_etcd("/cgf2/s/"), made);
+    afsm_engine_close(c->engines[0]);
+    afsm_engine_close(c->engines[1]);
+    free(c);
+}
+
 /* ---- the cluster ----------------------------------------------------------------- */
 
 static int start_one(void **state)
@@ -216,6 +302,7 @@ int main(void)
 {
     const struct CMUnitTest one[] = {
         cmocka_unit_test(test_hung_etcd_bounds_every_concurrent_create),
+        cmocka_unit_test(test_colliding_creates_on_two_engines),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
