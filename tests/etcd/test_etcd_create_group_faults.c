@@ -197,6 +197,52 @@ static void test_hung_etcd_bounds_every_concurrent_create(void **state)
     assert_true(slowest <= REQUEST_TIMEOUT_MS + 300);
 }
 
+/* ---- closing on a hung etcd ------------------------------------------------------- */
+
+/* Closing an engine whose etcd hangs takes about one request timeout per
+ * thread that talks to etcd (the last stats flush, a grant in flight), not
+ * one per lease its pool holds: the pool's spares, gone stale while etcd
+ * hung (older than timeout / 6: 10 s at a 60 s timeout), are left to
+ * expire, as closing leaves the fresh ones (leases.c). */
+static void test_close_on_a_hung_etcd_with_stale_spares(void **state)
+{
+    (void)state;
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = "/cgf3/";
+    cfg.etcd_request_timeout_ms = REQUEST_TIMEOUT_MS;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.default_timeout_ms = 60000; /* pooled; spares stale after 10 s */
+    afsm_engine *e;
+    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
+    long leases_before = leases_in_etcd();
+    pthread_t warmers[HUNG_THREADS];
+    for (int i = 0; i < HUNG_THREADS; i++)
+        assert_int_equal(pthread_create(&warmers[i], NULL, create_some, e), 0);
+    for (int i = 0; i < HUNG_THREADS; i++)
+        pthread_join(warmers[i], NULL);
+    uint64_t last_create_ms = harness_now_ms();
+    long sessions = keys_in_etcd("/cgf3/s/");
+    uint64_t until = harness_now_ms() + 10000;
+    while (leases_in_etcd() - leases_before - sessions < 8 && harness_now_ms() < until)
+        harness_nap_ms(20);
+    long spares = leases_in_etcd() - leases_before - sessions;
+    assert_true(spares >= 8);
+    harness_kill_member(&cluster, 0, SIGSTOP);
+    /* The spares go stale 10 s after their grant; the granters look once
+     * a second. */
+    while (harness_now_ms() < last_create_ms + 12000)
+        harness_nap_ms(100);
+    uint64_t t0 = harness_now_ms();
+    afsm_engine_close(e);
+    uint64_t elapsed = harness_now_ms() - t0;
+    harness_kill_member(&cluster, 0, SIGCONT);
+    print_message("close on a hung etcd with %ld stale spares: %llu ms\n", spares, (unsigned long long)elapsed);
+    assert_true(elapsed <= 3 * REQUEST_TIMEOUT_MS);
+}
+
 /* ---- colliding creates on two engines -------------------------------------------- */
 
 #define COLLIDERS        16 /* half on each engine */
@@ -303,6 +349,7 @@ int main(void)
     const struct CMUnitTest one[] = {
         cmocka_unit_test(test_hung_etcd_bounds_every_concurrent_create),
         cmocka_unit_test(test_colliding_creates_on_two_engines),
+        cmocka_unit_test(test_close_on_a_hung_etcd_with_stale_spares),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
