@@ -56,55 +56,62 @@ int64_t etcd_lease_ttl_s(uint64_t timeout_ms)
 
 /* ---- txn building ---------------------------------------------------------------- */
 
+/* o with value added under name; NULL (both released) when o or value is
+ * NULL or the add fails: a txn piece without its value must not be sent
+ * (a put whose value is missing writes an empty one). */
+static json_object *with(json_object *o, const char *name, json_object *value)
+{
+    if (o == NULL || value == NULL || json_object_object_add(o, name, value) != 0) {
+        json_object_put(o);
+        json_object_put(value);
+        return NULL;
+    }
+    return o;
+}
+
 static json_object *op(const char *kind, json_object *request)
 {
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, kind, request);
-    return o;
+    return with(json_object_new_object(), kind, request);
 }
 
 static json_object *op_put(const char *key, size_t key_len, const char *value, size_t value_len, int64_t lease)
 {
-    json_object *r = json_object_new_object();
-    json_object_object_add(r, "key", etcd_json_bytes(key, key_len));
-    json_object_object_add(r, "value", etcd_json_bytes(value, value_len));
+    json_object *r = with(json_object_new_object(), "key", etcd_json_bytes(key, key_len));
+    r = with(r, "value", etcd_json_bytes(value, value_len));
     if (lease != 0)
-        json_object_object_add(r, "lease", etcd_json_int64(lease));
+        r = with(r, "lease", etcd_json_int64(lease));
     return op("request_put", r);
 }
 
 static json_object *op_delete(const char *key, size_t key_len)
 {
-    json_object *r = json_object_new_object();
-    json_object_object_add(r, "key", etcd_json_bytes(key, key_len));
-    return op("request_delete_range", r);
+    return op("request_delete_range", with(json_object_new_object(), "key", etcd_json_bytes(key, key_len)));
 }
 
 static json_object *op_range(const char *key, size_t key_len)
 {
-    json_object *r = json_object_new_object();
-    json_object_object_add(r, "key", etcd_json_bytes(key, key_len));
-    return op("request_range", r);
+    return op("request_range", with(json_object_new_object(), "key", etcd_json_bytes(key, key_len)));
 }
 
 /* target: "CREATE" or "MOD"; the field compared is target's revision. */
 static json_object *compare(const char *key, size_t key_len, const char *target, const char *result, int64_t revision)
 {
-    json_object *c = json_object_new_object();
-    json_object_object_add(c, "key", etcd_json_bytes(key, key_len));
-    json_object_object_add(c, "target", json_object_new_string(target));
-    json_object_object_add(c, "result", json_object_new_string(result));
-    json_object_object_add(c, strcmp(target, "CREATE") == 0 ? "create_revision" : "mod_revision",
-                           etcd_json_int64(revision));
-    return c;
+    json_object *c = with(json_object_new_object(), "key", etcd_json_bytes(key, key_len));
+    c = with(c, "target", json_object_new_string(target));
+    c = with(c, "result", json_object_new_string(result));
+    return with(c, strcmp(target, "CREATE") == 0 ? "create_revision" : "mod_revision", etcd_json_int64(revision));
 }
 
+/* broken: a piece could not be built (no memory); such a txn is never
+ * sent (txn_send, create_txn): AFSM_ENOMEM, nothing written. */
 typedef struct txn {
     json_object *body, *compare, *success, *failure;
+    int broken;
 } txn;
 
 static int txn_init(txn *t)
 {
+    t->broken = 0;
     t->body = json_object_new_object();
     t->compare = json_object_new_array();
     t->success = json_object_new_array();
@@ -122,12 +129,21 @@ static int txn_init(txn *t)
     return 1;
 }
 
+/* Appends item (NULL: it could not be built) to one of t's arrays. */
+static void txn_add(txn *t, json_object *array, json_object *item)
+{
+    if (item == NULL || json_object_array_add(array, item) != 0) {
+        json_object_put(item);
+        t->broken = 1;
+    }
+}
+
 /* Sends the txn (never retried once sent: it is a write). *succeeded and
  * *revision from the answer; *reply kept for the failure branch's ranges. */
 static afsm_status txn_send(etcd_store *es, txn *t, int *succeeded, int64_t *revision, json_object **reply)
 {
     *reply = NULL;
-    afsm_status st = etcd_call(es->client, "/v3/kv/txn", t->body, 0, reply, NULL);
+    afsm_status st = t->broken ? AFSM_ENOMEM : etcd_call(es->client, "/v3/kv/txn", t->body, 0, reply, NULL);
     json_object_put(t->body);
     if (st != AFSM_OK)
         return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
@@ -703,19 +719,19 @@ static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry
         json_object_put(record);
         return AFSM_ENOMEM;
     }
-    json_object_array_add(t->compare, compare(op.skey, op.slen, "CREATE", "EQUAL", 0));
-    json_object_array_add(t->compare, compare(op.ckey, op.clen, "CREATE", "EQUAL", 0));
+    txn_add(t, t->compare, compare(op.skey, op.slen, "CREATE", "EQUAL", 0));
+    txn_add(t, t->compare, compare(op.ckey, op.clen, "CREATE", "EQUAL", 0));
     if (op.nlen > 0)
-        json_object_array_add(t->compare, compare(op.nkey, op.nlen, "CREATE", "EQUAL", 0));
-    json_object_array_add(t->success, op_put(op.skey, op.slen, text, text_len, rec->lease));
-    json_object_array_add(t->success, op_put(op.ckey, op.clen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
-    json_object_array_add(t->success, op_put(ukey, ulen, "", 0, rec->lease));
+        txn_add(t, t->compare, compare(op.nkey, op.nlen, "CREATE", "EQUAL", 0));
+    txn_add(t, t->success, op_put(op.skey, op.slen, text, text_len, rec->lease));
+    txn_add(t, t->success, op_put(op.ckey, op.clen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
+    txn_add(t, t->success, op_put(ukey, ulen, "", 0, rec->lease));
     if (op.nlen > 0)
-        json_object_array_add(t->success, op_put(op.nkey, op.nlen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
-    json_object_array_add(t->failure, op_range(op.skey, op.slen));
-    json_object_array_add(t->failure, op_range(op.ckey, op.clen));
+        txn_add(t, t->success, op_put(op.nkey, op.nlen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
+    txn_add(t, t->failure, op_range(op.skey, op.slen));
+    txn_add(t, t->failure, op_range(op.ckey, op.clen));
     json_object_put(record);
-    st = create_submit(es, &op);
+    st = t->broken ? AFSM_ENOMEM : create_submit(es, &op); /* a group never carries a broken txn */
     json_object_put(t->body);
     *retry = 0;
     if (st == AFSM_OK && op.succeeded) {
@@ -875,9 +891,9 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
         json_object_put(record);
         return AFSM_ENOMEM;
     }
-    json_object_array_add(t.compare, compare(skey, slen, "MOD", "EQUAL", ti->mod_revision));
-    json_object_array_add(t.success, op_put(skey, slen, text, text_len, ti->lease));
-    json_object_array_add(t.failure, op_range(skey, slen));
+    txn_add(&t, t.compare, compare(skey, slen, "MOD", "EQUAL", ti->mod_revision));
+    txn_add(&t, t.success, op_put(skey, slen, text, text_len, ti->lease));
+    txn_add(&t, t.failure, op_range(skey, slen));
     json_object_put(record);
     int succeeded = 0;
     int64_t revision = 0;
@@ -1110,15 +1126,15 @@ static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delet
     json_object_object_add(gone, "reason", json_object_new_string_len(reason, (int)reason_len));
     json_object_object_add(gone, "why", json_object_new_int((int)why));
     const char *gone_text = json_object_to_json_string_ext(gone, JSON_C_TO_STRING_PLAIN);
-    json_object_array_add(t.compare, compare(skey, slen, "CREATE", "GREATER", 0));
+    txn_add(&t, t.compare, compare(skey, slen, "CREATE", "GREATER", 0));
     /* The reason first: a watcher learns it before the deletion it explains. */
-    json_object_array_add(t.success, op_put(gkey, glen, gone_text, strlen(gone_text), rec->lease));
-    json_object_array_add(t.success, op_delete(skey, slen));
-    json_object_array_add(t.success, op_delete(ckey, clen));
-    json_object_array_add(t.success, op_delete(ukey, ulen));
+    txn_add(&t, t.success, op_put(gkey, glen, gone_text, strlen(gone_text), rec->lease));
+    txn_add(&t, t.success, op_delete(skey, slen));
+    txn_add(&t, t.success, op_delete(ckey, clen));
+    txn_add(&t, t.success, op_delete(ukey, ulen));
     if (rec->slot >= 0) {
         size_t nlen = keys_slot(es->prefix, es->prefix_len, s->user_id, s->user_id_len, (uint32_t)rec->slot, nkey);
-        json_object_array_add(t.success, op_delete(nkey, nlen));
+        txn_add(&t, t.success, op_delete(nkey, nlen));
     }
     json_object_put(gone);
     int succeeded = 0;
