@@ -10,13 +10,17 @@
  * or more (the engine's heap buffers, such as a record's base64 text): the
  * one a countdown picks, the others succeed. util/alloc.h's hook does not
  * reach them: they are libc malloc, not mem_alloc. Thread-local: only the
- * test's thread fails.
+ * test's thread fails. json_object_new_array is wrapped the same way, to
+ * fail a group's body as its leader builds it.
  */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
 
 #include "afsm.h"
 #include "etcd/keys.h"
@@ -40,6 +44,24 @@ void *__wrap_malloc(size_t size)
         big_allocations_left--;
     }
     return __real_malloc(size);
+}
+
+/* json_object_new_array calls left before this thread's next one fails
+ * (that one only); negative: none. A create's thread makes 3 for its txn
+ * and, leading a group of two or more, 1 for the group's body. */
+static _Thread_local long arrays_left = -1;
+
+json_object *__real_json_object_new_array(void);
+json_object *__wrap_json_object_new_array(void);
+json_object *__wrap_json_object_new_array(void)
+{
+    if (arrays_left == 0) {
+        arrays_left = -1;
+        return NULL;
+    }
+    if (arrays_left > 0)
+        arrays_left--;
+    return __real_json_object_new_array();
 }
 
 /* The length of the value etcd holds at key, or -1 when it has no key. */
@@ -140,6 +162,82 @@ static void test_create_out_of_memory_writes_no_empty_record(void **state)
     afsm_engine_close(e);
 }
 
+typedef struct steady_ctx {
+    afsm_engine *engine;
+    _Atomic int stop;
+    _Atomic long ok, nomem, other;
+} steady_ctx;
+
+static afsm_status create_plain(afsm_engine *e, const char *user)
+{
+    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
+    o.user_id = user;
+    o.user_id_len = strlen(user);
+    o.client_ip = "10.9.8.7";
+    o.client_ip_len = strlen(o.client_ip);
+    afsm_uuid_v7(&o.connection_id);
+    afsm_session_info s;
+    afsm_session_info_init(&s, AFSM_SESSION_INFO_VERSION);
+    return afsm_session_create(e, &o, &s);
+}
+
+static void *steady(void *arg)
+{
+    steady_ctx *c = arg;
+    while (!atomic_load(&c->stop)) {
+        afsm_status st = create_plain(c->engine, "steady");
+        atomic_fetch_add(st == AFSM_OK ? &c->ok : st == AFSM_ENOMEM ? &c->nomem : &c->other, 1);
+    }
+    return NULL;
+}
+
+/* A leader that cannot allocate its group's body: every member of that
+ * group is AFSM_ENOMEM (README, "group commit of creates") and nothing of
+ * the group is written; the other groups go on. Repeated until this
+ * thread has led such a group (it leads only some), within a deadline. */
+static void test_group_body_out_of_memory(void **state)
+{
+    (void)state;
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = "/nm2/";
+    cfg.etcd_request_timeout_ms = 5000;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.default_timeout_ms = 120000; /* pooled leases: creates meet in groups */
+    afsm_engine *e;
+    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
+    steady_ctx c = {.engine = e};
+    pthread_t threads[8];
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(pthread_create(&threads[i], NULL, steady, &c), 0);
+    long made = 0, failed = 0;
+    uint64_t until = harness_now_ms() + 30000;
+    while (failed == 0 && harness_now_ms() < until) {
+        arrays_left = 3; /* the txn's 3 arrays succeed, a group body's fails */
+        afsm_status st = create_plain(e, "leader");
+        arrays_left = -1;
+        if (st == AFSM_OK)
+            made++;
+        else if (st == AFSM_ENOMEM)
+            failed++;
+        else
+            fail_msg("create: %s", afsm_status_name(st));
+    }
+    atomic_store(&c.stop, 1);
+    for (int i = 0; i < 8; i++)
+        pthread_join(threads[i], NULL);
+    long ok = atomic_load(&c.ok), nomem = atomic_load(&c.nomem), other = atomic_load(&c.other);
+    print_message("leader thread: %ld OK, %ld ENOMEM; others: %ld OK, %ld ENOMEM, %ld other\n", made, failed, ok, nomem,
+                  other);
+    assert_int_equal(failed, 1); /* it led a group whose body it could not build */
+    assert_true(nomem >= 1);     /* and that group's other members shared its status */
+    assert_int_equal(other, 0);
+    assert_int_equal(sessions_in_etcd("/nm2/"), made + ok); /* nothing of that group written */
+    afsm_engine_close(e);
+}
+
 static int start_one(void **state)
 {
     (void)state;
@@ -157,6 +255,7 @@ int main(void)
 {
     const struct CMUnitTest one[] = {
         cmocka_unit_test(test_create_out_of_memory_writes_no_empty_record),
+        cmocka_unit_test(test_group_body_out_of_memory),
     };
     return cmocka_run_group_tests_name("create out of memory", one, start_one, stop_cluster);
 }
