@@ -412,6 +412,17 @@ afsm_status etcd_call_each(etcd_client *c, const char *path, const char *body, j
     return call(c, path, body, 1, 1, replies, NULL, now_ms() + c->request_timeout_ms, 1);
 }
 
+afsm_status etcd_call_until(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
+                            int *code, uint64_t deadline_ms)
+{
+    const char *text = json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN);
+    if (text == NULL) {
+        *reply = NULL;
+        return AFSM_ENOMEM;
+    }
+    return call(c, path, text, idempotent, 0, reply, code, deadline_ms, 1);
+}
+
 /* ---- streams -------------------------------------------------------------------- */
 
 /* A stream's liveness: a hung member (stopped, or stalled) keeps its

@@ -58,6 +58,10 @@ void etcd_client_close(etcd_client *c);
  * may be NULL: the gRPC code, or 0). */
 afsm_status etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
                       int *code);
+/* The same with its own deadline (CLOCK_MONOTONIC, in ms) instead of now +
+ * the request timeout: AFSM_EUNAVAILABLE, nothing sent, once it passed. */
+afsm_status etcd_call_until(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
+                            int *code, uint64_t deadline_ms);
 
 /* An idempotent request to a streaming method (lease/keepalive) whose body
  * (text) holds several requests, one JSON object each: the method answers

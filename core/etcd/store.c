@@ -58,55 +58,62 @@ int64_t etcd_lease_ttl_s(uint64_t timeout_ms)
 
 /* ---- txn building ---------------------------------------------------------------- */
 
+/* o with value added under name; NULL (both released) when o or value is
+ * NULL or the add fails: a txn piece without its value must not be sent
+ * (a put whose value is missing writes an empty one). */
+static json_object *with(json_object *o, const char *name, json_object *value)
+{
+    if (o == NULL || value == NULL || json_object_object_add(o, name, value) != 0) {
+        json_object_put(o);
+        json_object_put(value);
+        return NULL;
+    }
+    return o;
+}
+
 static json_object *op(const char *kind, json_object *request)
 {
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, kind, request);
-    return o;
+    return with(json_object_new_object(), kind, request);
 }
 
 static json_object *op_put(const char *key, size_t key_len, const char *value, size_t value_len, int64_t lease)
 {
-    json_object *r = json_object_new_object();
-    json_object_object_add(r, "key", etcd_json_bytes(key, key_len));
-    json_object_object_add(r, "value", etcd_json_bytes(value, value_len));
+    json_object *r = with(json_object_new_object(), "key", etcd_json_bytes(key, key_len));
+    r = with(r, "value", etcd_json_bytes(value, value_len));
     if (lease != 0)
-        json_object_object_add(r, "lease", etcd_json_int64(lease));
+        r = with(r, "lease", etcd_json_int64(lease));
     return op("request_put", r);
 }
 
 static json_object *op_delete(const char *key, size_t key_len)
 {
-    json_object *r = json_object_new_object();
-    json_object_object_add(r, "key", etcd_json_bytes(key, key_len));
-    return op("request_delete_range", r);
+    return op("request_delete_range", with(json_object_new_object(), "key", etcd_json_bytes(key, key_len)));
 }
 
 static json_object *op_range(const char *key, size_t key_len)
 {
-    json_object *r = json_object_new_object();
-    json_object_object_add(r, "key", etcd_json_bytes(key, key_len));
-    return op("request_range", r);
+    return op("request_range", with(json_object_new_object(), "key", etcd_json_bytes(key, key_len)));
 }
 
 /* target: "CREATE" or "MOD"; the field compared is target's revision. */
 static json_object *compare(const char *key, size_t key_len, const char *target, const char *result, int64_t revision)
 {
-    json_object *c = json_object_new_object();
-    json_object_object_add(c, "key", etcd_json_bytes(key, key_len));
-    json_object_object_add(c, "target", json_object_new_string(target));
-    json_object_object_add(c, "result", json_object_new_string(result));
-    json_object_object_add(c, strcmp(target, "CREATE") == 0 ? "create_revision" : "mod_revision",
-                           etcd_json_int64(revision));
-    return c;
+    json_object *c = with(json_object_new_object(), "key", etcd_json_bytes(key, key_len));
+    c = with(c, "target", json_object_new_string(target));
+    c = with(c, "result", json_object_new_string(result));
+    return with(c, strcmp(target, "CREATE") == 0 ? "create_revision" : "mod_revision", etcd_json_int64(revision));
 }
 
+/* broken: a piece could not be built (no memory); such a txn is never
+ * sent (txn_send, create_txn): AFSM_ENOMEM, nothing written. */
 typedef struct txn {
     json_object *body, *compare, *success, *failure;
+    int broken;
 } txn;
 
 static int txn_init(txn *t)
 {
+    t->broken = 0;
     t->body = json_object_new_object();
     t->compare = json_object_new_array();
     t->success = json_object_new_array();
@@ -124,12 +131,21 @@ static int txn_init(txn *t)
     return 1;
 }
 
+/* Appends item (NULL: it could not be built) to one of t's arrays. */
+static void txn_add(txn *t, json_object *array, json_object *item)
+{
+    if (item == NULL || json_object_array_add(array, item) != 0) {
+        json_object_put(item);
+        t->broken = 1;
+    }
+}
+
 /* Sends the txn (never retried once sent: it is a write). *succeeded and
  * *revision from the answer; *reply kept for the failure branch's ranges. */
 static afsm_status txn_send(etcd_store *es, txn *t, int *succeeded, int64_t *revision, json_object **reply)
 {
     *reply = NULL;
-    afsm_status st = etcd_call(es->client, "/v3/kv/txn", t->body, 0, reply, NULL);
+    afsm_status st = t->broken ? AFSM_ENOMEM : etcd_call(es->client, "/v3/kv/txn", t->body, 0, reply, NULL);
     json_object_put(t->body);
     if (st != AFSM_OK)
         return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
@@ -396,6 +412,18 @@ static afsm_status new_record(etcd_store *es, const session_spec *spec, owned_re
  * apply their own results (apply_own) each on its own thread, so CREATED
  * fires on the calling thread before create returns, as before.
  *
+ * Deadlines: a create's txn, alone or queued then grouped, ends within
+ * the request timeout from its submission, as a create alone did (on a
+ * hung etcd, a create queued behind the groups in flight used to wait for
+ * their timeout and then for its own: 2 s at a 1 s timeout, 5 s for 8
+ * creates racing one connection id; tests/etcd/
+ * test_etcd_create_group_faults.c). A group is sent with its members'
+ * earliest deadline; a leader takes no op whose deadline has passed, and
+ * an op still queued at its deadline leaves the queue, unsent, as
+ * AFSM_EUNAVAILABLE (its lease left to expire, as below: revoking it on a
+ * hung etcd would take another timeout). When etcd answers, a queue wait
+ * is about one group's round trip, which is all a member loses.
+ *
  * Outcomes for a whole group: no answer (etcd away, a connection lost
  * after sending) is AFSM_EUNAVAILABLE for every member: the outcome is
  * unknown, each one's lease is left to expire and a resend recognises its
@@ -411,7 +439,8 @@ typedef struct create_op {
     size_t slen, clen, nlen; /* nlen 0: no cap slot */
     struct create_op *next;  /* in the queue */
     int queued, done, lead;  /* lead: asked to lead a group (see lead_next) */
-    pthread_cond_t wake;     /* its owner waits here, under group_lock */
+    uint64_t deadline_ms;    /* CLOCK_MONOTONIC: its submission + the request timeout */
+    pthread_cond_t wake;     /* its owner waits here, under group_lock (CLOCK_MONOTONIC) */
     /* The result, written by the group's leader before done. */
     afsm_status status;
     int succeeded;
@@ -433,9 +462,17 @@ static int shares_key(const create_op *a, const create_op *b)
            same_key(a->nkey, a->nlen, b->nkey, b->nlen);
 }
 
+static uint64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 /* Takes self and the queued ops that share no key with a taken one out of
- * the queue, oldest first. group_lock held. */
-static size_t take_group(etcd_store *es, create_op *self, create_op **group)
+ * the queue, oldest first, leaving those past their deadline (their owners
+ * take them out). group_lock held. */
+static size_t take_group(etcd_store *es, create_op *self, create_op **group, uint64_t now_ms)
 {
     size_t n = 0;
     group[n++] = self;
@@ -443,7 +480,7 @@ static size_t take_group(etcd_store *es, create_op *self, create_op **group)
     while (*link != NULL) {
         create_op *op = *link;
         int take = op == self;
-        if (!take && n < GROUP_MAX) {
+        if (!take && n < GROUP_MAX && op->deadline_ms > now_ms) {
             take = 1;
             for (size_t i = 0; i < n && take; i++)
                 take = !shares_key(op, group[i]);
@@ -478,9 +515,14 @@ static void op_result(create_op *op, json_object *response, int64_t revision)
     op->c_exists = txn_range_kvs(response, 1) != NULL;
 }
 
-/* Sends a group (no lock held) and fills each op's result. */
+/* Sends a group (no lock held) by its members' earliest deadline and
+ * fills each op's result. */
 static void send_group(etcd_store *es, create_op **group, size_t n)
 {
+    uint64_t deadline_ms = group[0]->deadline_ms;
+    for (size_t i = 1; i < n; i++)
+        if (group[i]->deadline_ms < deadline_ms)
+            deadline_ms = group[i]->deadline_ms;
     json_object *body = NULL, *ops = NULL, *reply = NULL, *header;
     afsm_status st = AFSM_OK;
     if (n == 1) {
@@ -504,7 +546,7 @@ static void send_group(etcd_store *es, create_op **group, size_t n)
         }
     }
     if (st == AFSM_OK)
-        st = etcd_call(es->client, "/v3/kv/txn", body, 0, &reply, NULL);
+        st = etcd_call_until(es->client, "/v3/kv/txn", body, 0, &reply, NULL, deadline_ms);
     json_object_put(body); /* the owners' txns keep their own reference */
     if (st == AFSM_ENOTFOUND)
         st = AFSM_EINTERNAL;
@@ -543,11 +585,34 @@ static void lead_next(etcd_store *es)
     }
 }
 
+/* Takes op, past its deadline, out of the queue. group_lock held. */
+static void leave_queue(etcd_store *es, create_op *op)
+{
+    create_op **link = &es->group_queue, *prev = NULL;
+    while (*link != op) {
+        prev = *link;
+        link = &(*link)->next;
+    }
+    *link = op->next;
+    if (es->group_queue_tail == op)
+        es->group_queue_tail = prev;
+    op->queued = 0;
+}
+
 /* Sends op's txn, alone or in a group (see above); its result is in op. */
 static afsm_status create_submit(etcd_store *es, create_op *op)
 {
-    if (pthread_cond_init(&op->wake, NULL) != 0)
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
         return AFSM_ENOMEM; /* nothing sent */
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int failed = pthread_cond_init(&op->wake, &attr);
+    pthread_condattr_destroy(&attr);
+    if (failed)
+        return AFSM_ENOMEM; /* nothing sent */
+    op->deadline_ms = monotonic_ms() + es->request_timeout_ns / NS_PER_MS;
+    struct timespec until = {.tv_sec = (time_t)(op->deadline_ms / 1000u),
+                             .tv_nsec = (long)(op->deadline_ms % 1000u) * 1000000L};
     pthread_mutex_lock(&es->group_lock);
     op->next = NULL;
     op->queued = 1;
@@ -559,9 +624,17 @@ static afsm_status create_submit(etcd_store *es, create_op *op)
         es->group_queue = op;
     es->group_queue_tail = op;
     while (!op->done) {
+        uint64_t now_ms = monotonic_ms();
+        if (op->queued && now_ms >= op->deadline_ms) {
+            /* Never sent: etcd has kept the groups ahead busy (hung). */
+            leave_queue(es, op);
+            op->status = AFSM_EUNAVAILABLE;
+            lead_next(es); /* op may have been asked to lead */
+            break;
+        }
         if (op->queued && es->groups_sending < GROUP_INFLIGHT) {
             create_op *group[GROUP_MAX];
-            size_t n = take_group(es, op, group);
+            size_t n = take_group(es, op, group, now_ms);
             es->groups_sending++;
             /* Ops left behind (they share a key with this group) may lead
              * the next group now rather than wait for this one's answer. */
@@ -579,9 +652,13 @@ static afsm_status create_submit(etcd_store *es, create_op *op)
             break;
         }
         /* Asked to lead, but the op was taken into another group or no
-         * group can start: wait again (the next group's end asks anew). */
+         * group can start: wait again (the next group's end asks anew).
+         * Taken, it waits for its group, whose send ends by op's deadline. */
         op->lead = 0;
-        pthread_cond_wait(&op->wake, &es->group_lock);
+        if (op->queued)
+            pthread_cond_timedwait(&op->wake, &es->group_lock, &until);
+        else
+            pthread_cond_wait(&op->wake, &es->group_lock);
     }
     pthread_mutex_unlock(&es->group_lock);
     pthread_cond_destroy(&op->wake);
@@ -613,19 +690,19 @@ static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry
         json_object_put(record);
         return AFSM_ENOMEM;
     }
-    json_object_array_add(t->compare, compare(op.skey, op.slen, "CREATE", "EQUAL", 0));
-    json_object_array_add(t->compare, compare(op.ckey, op.clen, "CREATE", "EQUAL", 0));
+    txn_add(t, t->compare, compare(op.skey, op.slen, "CREATE", "EQUAL", 0));
+    txn_add(t, t->compare, compare(op.ckey, op.clen, "CREATE", "EQUAL", 0));
     if (op.nlen > 0)
-        json_object_array_add(t->compare, compare(op.nkey, op.nlen, "CREATE", "EQUAL", 0));
-    json_object_array_add(t->success, op_put(op.skey, op.slen, text, text_len, rec->lease));
-    json_object_array_add(t->success, op_put(op.ckey, op.clen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
-    json_object_array_add(t->success, op_put(ukey, ulen, "", 0, rec->lease));
+        txn_add(t, t->compare, compare(op.nkey, op.nlen, "CREATE", "EQUAL", 0));
+    txn_add(t, t->success, op_put(op.skey, op.slen, text, text_len, rec->lease));
+    txn_add(t, t->success, op_put(op.ckey, op.clen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
+    txn_add(t, t->success, op_put(ukey, ulen, "", 0, rec->lease));
     if (op.nlen > 0)
-        json_object_array_add(t->success, op_put(op.nkey, op.nlen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
-    json_object_array_add(t->failure, op_range(op.skey, op.slen));
-    json_object_array_add(t->failure, op_range(op.ckey, op.clen));
+        txn_add(t, t->success, op_put(op.nkey, op.nlen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
+    txn_add(t, t->failure, op_range(op.skey, op.slen));
+    txn_add(t, t->failure, op_range(op.ckey, op.clen));
     json_object_put(record);
-    st = create_submit(es, &op);
+    st = t->broken ? AFSM_ENOMEM : create_submit(es, &op); /* a group never carries a broken txn */
     json_object_put(t->body);
     *retry = 0;
     if (st == AFSM_OK && op.succeeded) {
@@ -785,9 +862,9 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
         json_object_put(record);
         return AFSM_ENOMEM;
     }
-    json_object_array_add(t.compare, compare(skey, slen, "MOD", "EQUAL", ti->mod_revision));
-    json_object_array_add(t.success, op_put(skey, slen, text, text_len, ti->lease));
-    json_object_array_add(t.failure, op_range(skey, slen));
+    txn_add(&t, t.compare, compare(skey, slen, "MOD", "EQUAL", ti->mod_revision));
+    txn_add(&t, t.success, op_put(skey, slen, text, text_len, ti->lease));
+    txn_add(&t, t.failure, op_range(skey, slen));
     json_object_put(record);
     int succeeded = 0;
     int64_t revision = 0;
@@ -1047,15 +1124,15 @@ static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delet
     json_object_object_add(gone, "reason", json_object_new_string_len(reason, (int)reason_len));
     json_object_object_add(gone, "why", json_object_new_int((int)why));
     const char *gone_text = json_object_to_json_string_ext(gone, JSON_C_TO_STRING_PLAIN);
-    json_object_array_add(t.compare, compare(skey, slen, "CREATE", "GREATER", 0));
+    txn_add(&t, t.compare, compare(skey, slen, "CREATE", "GREATER", 0));
     /* The reason first: a watcher learns it before the deletion it explains. */
-    json_object_array_add(t.success, op_put(gkey, glen, gone_text, strlen(gone_text), rec->lease));
-    json_object_array_add(t.success, op_delete(skey, slen));
-    json_object_array_add(t.success, op_delete(ckey, clen));
-    json_object_array_add(t.success, op_delete(ukey, ulen));
+    txn_add(&t, t.success, op_put(gkey, glen, gone_text, strlen(gone_text), rec->lease));
+    txn_add(&t, t.success, op_delete(skey, slen));
+    txn_add(&t, t.success, op_delete(ckey, clen));
+    txn_add(&t, t.success, op_delete(ukey, ulen));
     if (rec->slot >= 0) {
         size_t nlen = keys_slot(es->prefix, es->prefix_len, s->user_id, s->user_id_len, (uint32_t)rec->slot, nkey);
-        json_object_array_add(t.success, op_delete(nkey, nlen));
+        txn_add(&t, t.success, op_delete(nkey, nlen));
     }
     json_object_put(gone);
     int succeeded = 0;
