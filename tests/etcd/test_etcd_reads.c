@@ -332,6 +332,32 @@ static void test_linearizable_count_waits_for_the_replica(void **state)
     lists_and_counts_wait(AFSM_READ_LINEARIZABLE, "/rd4/", 1);
 }
 
+/* The lag metric while the watch is connected: A's watch is held in the
+ * CREATED of B's session (the gate); A's own write then waits for its echo,
+ * and A's session_etcd_replica_lag_seconds must grow with the hold, not
+ * read 0 because the stream is up (what it did before). Once the watch
+ * goes on, the next write's echo brings the figure back down. */
+static void test_lag_metric_counts_a_held_watch(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    afsm_engine *a = open_engine(&(engine_options){.prefix = "/rd5/", .gate = &g});
+    afsm_engine *b = open_engine(&(engine_options){.prefix = "/rd5/"});
+    afsm_session_info held, mine;
+    assert_int_equal(create(b, "hold", &held), AFSM_OK);
+    WAIT_FOR(gate_held(&g), 10000); /* A's watch thread sits in held's CREATED */
+    assert_int_equal(create(a, "mine", &mine), AFSM_OK);
+    WAIT_FOR(metrics_of(a).etcd_replica_lag_seconds > 0.5, 5000);
+    gate_open(&g);
+    /* The held write's echo measured the hold; a write made with the watch
+     * running measures its own short delay. */
+    WAIT_FOR(create(a, "mine", &mine) == AFSM_OK && metrics_of(a).etcd_replica_lag_seconds < 0.5, 10000);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+    gate_destroy(&g);
+}
+
 /* ---- 2. a heartbeat never waits on etcd ---------------------------------------------- */
 
 /* A raw client on the cluster (what the test reads or changes behind the
@@ -604,6 +630,7 @@ int main(void)
         cmocka_unit_test(test_consistent_count_waits_for_the_replica),
         cmocka_unit_test(test_linearizable_list_waits_for_the_replica),
         cmocka_unit_test(test_linearizable_count_waits_for_the_replica),
+        cmocka_unit_test(test_lag_metric_counts_a_held_watch),
         cmocka_unit_test(test_lease_gone_makes_heartbeats_expired),
         cmocka_unit_test(test_renewals_due_together_all_reach_etcd),
         cmocka_unit_test(test_flush_losing_every_guard_reports_it_and_keeps_the_stats),
