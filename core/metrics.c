@@ -127,8 +127,9 @@ static void render_etcd(text *t, const afsm_metrics *m)
            "Lease renewals sent to etcd (at most one per session per timeout/3).", m->etcd_lease_keepalives_total);
     single(t, "session_etcd_stats_writes_total", "counter", "Sessions' stats written to etcd by the periodic flush.",
            m->etcd_stats_writes_total);
-    header(t, "session_etcd_replica_lag_seconds", "gauge",
-           "0 while the replica's watch is connected; else how long it has been down.");
+    header(
+        t, "session_etcd_replica_lag_seconds", "gauge",
+        "How stale replica reads may be: the watch's delay on this node's last write, or how long it has been down.");
     put(t, "session_etcd_replica_lag_seconds %.3f\n", m->etcd_replica_lag_seconds);
 }
 

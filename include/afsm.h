@@ -820,7 +820,10 @@ typedef struct afsm_metrics {
     uint64_t etcd_lease_grants_total;     /* session leases granted (one per create) */
     uint64_t etcd_lease_keepalives_total; /* lease renewals sent (at most one per session per timeout / 3) */
     uint64_t etcd_stats_writes_total;     /* sessions' stats written by the periodic flush */
-    double etcd_replica_lag_seconds;      /* 0 while the watch is connected; else how long it has been down */
+    /* Watch down: how long. Connected: the delay of this node's last write's
+     * echo (answer to applied by the watch), or the age of the one still
+     * awaited if longer; a node that writes nothing keeps its last figure. */
+    double etcd_replica_lag_seconds;
 } afsm_metrics;
 
 #define AFSM_METRICS_INIT                                                                                              \

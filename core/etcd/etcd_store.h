@@ -93,6 +93,17 @@ typedef struct etcd_store {
     _Atomic uint64_t created_total;
     _Atomic uint64_t lease_grants, lease_keepalives, stats_writes;
     _Atomic uint64_t watch_down_since_ns; /* engine clock; 0 while connected */
+    /* The connected watch's delivery delay, sampled on this node's own
+     * writes: the time from a write's answer to the watch applying its
+     * revision (its echo). One sample at a time: echo_revision and
+     * echo_written_ns under apply_lock (set by apply_own, taken by
+     * raise_revision); the two atomics mirror them for the metric, which
+     * reads without the lock. A node that writes nothing keeps its last
+     * figure (docs: README, "Metrics"). */
+    int64_t echo_revision; /* 0: no sample in flight */
+    uint64_t echo_written_ns;
+    _Atomic uint64_t echo_pending_since_ns; /* echo_written_ns while a sample is in flight, else 0 */
+    _Atomic uint64_t echo_delay_ns;         /* the last sample's delay */
     _Atomic uint64_t deleted_total[AFSM_DELETE_REASON_COUNT];
 } etcd_store;
 

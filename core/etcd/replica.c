@@ -353,6 +353,13 @@ static void raise_revision(etcd_store *es, int64_t revision)
 {
     if (revision > atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
         atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
+        if (es->echo_revision != 0 && revision >= es->echo_revision) { /* the sampled write's echo */
+            uint64_t now = es->config.clock(es->config.clock_ctx);
+            uint64_t delay = now > es->echo_written_ns ? now - es->echo_written_ns : 0;
+            atomic_store_explicit(&es->echo_delay_ns, delay, memory_order_relaxed);
+            atomic_store_explicit(&es->echo_pending_since_ns, 0, memory_order_relaxed);
+            es->echo_revision = 0;
+        }
         if (es->tombstone_count > 0)
             tombstones_prune(es, revision);
         pthread_cond_broadcast(&es->applied);

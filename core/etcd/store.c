@@ -255,6 +255,22 @@ static afsm_status encode(const keys_record *rec, json_object **json, const char
     return AFSM_OK;
 }
 
+/* Starts a sample of the watch's delay with this node's write at revision
+ * if none is in flight (apply_lock held; raise_revision ends it). A write
+ * the watch has already passed is an echo that came first: delay 0. */
+static void sample_echo(etcd_store *es, int64_t revision)
+{
+    if (es->echo_revision != 0 || revision <= 0)
+        return;
+    if (revision <= atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
+        atomic_store_explicit(&es->echo_delay_ns, 0, memory_order_relaxed);
+        return;
+    }
+    es->echo_revision = revision;
+    es->echo_written_ns = es->config.clock(es->config.clock_ctx);
+    atomic_store_explicit(&es->echo_pending_since_ns, es->echo_written_ns, memory_order_relaxed);
+}
+
 /* Applies this node's own write at revision and fills out (may be NULL)
  * from the replica as applied, under apply_lock: the caller's copy is the
  * write it made, whatever a callback or another thread changes next (the
@@ -269,6 +285,8 @@ static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t rev
     afsm_status st = etcd_apply_put(es, rec, revision, flags, ev);
     if (st == AFSM_OK && out != NULL)
         st = es->replica->ops->get(es->replica, &rec->info.session_id, out);
+    if (flags & ETCD_APPLY_OWN)
+        sample_echo(es, revision);
     pthread_mutex_unlock(&es->apply_lock);
     return st;
 }
@@ -1549,9 +1567,17 @@ static afsm_status etcd_metrics(store *st, afsm_metrics *out)
     out->etcd_lease_grants_total = atomic_load_explicit(&es->lease_grants, memory_order_relaxed);
     out->etcd_lease_keepalives_total = atomic_load_explicit(&es->lease_keepalives, memory_order_relaxed);
     out->etcd_stats_writes_total = atomic_load_explicit(&es->stats_writes, memory_order_relaxed);
+    /* Down: how long. Connected: the last own write's echo delay, or the
+     * age of the one still awaited if that is longer (a stalled watch). */
     uint64_t down = atomic_load_explicit(&es->watch_down_since_ns, memory_order_relaxed);
     uint64_t now = es->config.clock(es->config.clock_ctx);
-    out->etcd_replica_lag_seconds = down != 0 && now > down ? (double)(now - down) / 1e9 : 0.0;
+    uint64_t lag = atomic_load_explicit(&es->echo_delay_ns, memory_order_relaxed);
+    uint64_t pending = atomic_load_explicit(&es->echo_pending_since_ns, memory_order_relaxed);
+    if (pending != 0 && now > pending && now - pending > lag)
+        lag = now - pending;
+    if (down != 0)
+        lag = now > down ? now - down : 0;
+    out->etcd_replica_lag_seconds = (double)lag / 1e9;
     return AFSM_OK;
 }
 
