@@ -39,7 +39,7 @@ static size_t slab_in_use(slab *sl)
     for (void *p = sl->free; p != NULL; memcpy(&p, p, sizeof(p)))
         free_count++;
     size_t untouched = (size_t)(sl->end - sl->next) / SLAB_SLOT_BYTES;
-    return sl->chunk_count * SLAB_CHUNK_SLOTS - free_count - untouched;
+    return sl->chunk_count * SLAB_CHUNK_SLOTS - free_count - sl->held_count - untouched;
 }
 
 static size_t slots_in_use(afsm_engine *engine)
@@ -566,7 +566,8 @@ static void test_pinned_sessions_return_their_slots(void **state)
     for (unsigned s = 0; s <= ms->shard_mask; s++)
         chunks_after += ms->shards[s].records.chunk_count;
     assert_int_equal(slots_in_use(engine), before + 20);
-    assert_int_equal(chunks_after, chunks);
+    if (ms->shards[0].records.hold == 0) /* none held back (as under ASan) */
+        assert_int_equal(chunks_after, chunks);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
