@@ -930,7 +930,7 @@ static void test_pinned_slot_not_reused_under_its_handle(void **state)
 
 /* ---- 8: under ASan a freed record stays poisoned before reuse ------------ */
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(SLAB_ASAN)
 #include <sanitizer/asan_interface.h>
 #endif
 
@@ -949,7 +949,7 @@ static void test_pinned_slot_not_reused_under_its_handle(void **state)
 static void test_asan_freed_record_stays_poisoned(void **state)
 {
     (void)state;
-#if !defined(__SANITIZE_ADDRESS__)
+#if !defined(SLAB_ASAN)
     skip();
 #else
     virtual_clock clock;

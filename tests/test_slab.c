@@ -99,7 +99,7 @@ static void test_freed_slots_held_back(void **state)
     (void)state;
     slab sl;
     slab_init(&sl);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(SLAB_ASAN)
     assert_int_equal(sl.hold, SLAB_ASAN_HOLD);
 #else
     assert_int_equal(sl.hold, 0);

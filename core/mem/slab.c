@@ -7,7 +7,7 @@
 
 #include "util/alloc.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(SLAB_ASAN)
 #include <sanitizer/asan_interface.h>
 #define SLAB_POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
 #define SLAB_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
@@ -23,7 +23,7 @@ void slab_init(slab *sl)
 {
     memset(sl, 0, sizeof(*sl));
     sync_lock_init(&sl->lock);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(SLAB_ASAN)
     sl->hold = SLAB_ASAN_HOLD;
 #endif
 }

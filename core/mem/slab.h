@@ -36,6 +36,17 @@
 
 #include "util/sync.h"
 
+/* Whether AddressSanitizer instruments this build: gcc says so with
+ * __SANITIZE_ADDRESS__, clang-14 (the fuzz build's compiler) only through
+ * __has_feature. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SLAB_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLAB_ASAN 1
+#endif
+#endif
+
 #define SLAB_SLOT_BYTES  192
 #define SLAB_SLOT_ALIGN  64
 #define SLAB_CHUNK_SLOTS 64
