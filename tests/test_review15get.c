@@ -261,7 +261,8 @@ static void test_get_copy_never_torn_by_updates(void **state)
  * session's user id, port and metadata follow from its connection id, so a
  * copy mixing two sessions is seen; the id asked for must be the id
  * returned. Sessions leave by every way: delete, close (no linger),
- * delete by user, eviction of the oldest (a cap of 3 per user), expiry. */
+ * delete by user, eviction of the oldest (a cap of 3 per user), expiry;
+ * and heartbeats wake sessions gone idle, relinking their timers. */
 #define REUSE_RING    64
 #define REUSE_CREATES 6000
 #define REUSE_READERS 2
@@ -355,7 +356,15 @@ static void *reuse_remover(void *arg)
         i++;
         afsm_uuid id = ring_get(c, i * 7);
         afsm_status st;
-        switch (i % 4) {
+        switch (i % 5) {
+        case 4: {
+            /* Wakes an idle session: its timer is relinked (mem_activate). */
+            uint64_t remaining;
+            st = afsm_session_heartbeat(c->engine, &id, &remaining);
+            if (st == AFSM_ECLOSED)
+                st = AFSM_OK; /* closed (and being removed) meanwhile */
+            break;
+        }
         case 0:
             st = afsm_session_delete(c->engine, &id, NULL, 0);
             break;
@@ -368,9 +377,9 @@ static void *reuse_remover(void *arg)
         }
         case 2: {
             char user[32];
-            user_text(i / 4 % REUSE_USERS, user);
+            user_text(i / 5 % REUSE_USERS, user);
             size_t removed;
-            st = afsm_session_delete_by_user(c->engine, user, reuse_user_len[i / 4 % REUSE_USERS], NULL, 0, &removed);
+            st = afsm_session_delete_by_user(c->engine, user, reuse_user_len[i / 5 % REUSE_USERS], NULL, 0, &removed);
             break;
         }
         default: {
@@ -455,6 +464,7 @@ static void test_get_never_shows_a_reused_slot(void **state)
     cfg.default_timeout_ms = 1000;
     cfg.max_sessions_per_user = 3;
     cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    cfg.idle_timeout_ms = 200; /* advances idle sessions, heartbeats wake them */
     reuse_ctx *c = calloc(1, sizeof(*c));
     assert_non_null(c);
     pthread_mutex_init(&c->failure_lock, NULL);
