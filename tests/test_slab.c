@@ -28,6 +28,7 @@ static void test_slots_aligned_zeroed_disjoint(void **state)
     assert_int_equal(sizeof(session), SLAB_SLOT_BYTES);
     slab sl;
     slab_init(&sl);
+    sl.hold = 0; /* reuse at once, as outside AddressSanitizer */
     void *slots[SLOTS];
     for (size_t i = 0; i < SLOTS; i++) {
         slots[i] = slab_alloc(&sl);
@@ -90,11 +91,58 @@ static void test_one_allocation_point_per_slot(void **state)
     slab_destroy(&sl);
 }
 
+/* Freed slots held back (as under AddressSanitizer, SLAB_ASAN_HOLD): the
+ * last `hold` freed wait, oldest first out, and a held slot is never handed
+ * out; the slab grows rather than reuse one. */
+static void test_freed_slots_held_back(void **state)
+{
+    (void)state;
+    slab sl;
+    slab_init(&sl);
+#if defined(SLAB_ASAN)
+    assert_int_equal(sl.hold, SLAB_ASAN_HOLD);
+#else
+    assert_int_equal(sl.hold, 0);
+#endif
+    sl.hold = 3;
+    void *slots[8];
+    for (int i = 0; i < 8; i++)
+        slots[i] = slab_alloc(&sl);
+    for (int i = 0; i < 5; i++)
+        slab_free(&sl, slots[i]); /* 2, 3, 4 held; 1 then 0 reusable */
+    assert_int_equal(sl.held_count, 3);
+    assert_ptr_equal(slab_alloc(&sl), slots[1]);
+    assert_ptr_equal(slab_alloc(&sl), slots[0]);
+    void *fresh = slab_alloc(&sl);
+    for (int i = 0; i < 8; i++)
+        assert_ptr_not_equal(fresh, slots[i]);
+    /* The next free lets slot 2 out, oldest first. */
+    slab_free(&sl, fresh);
+    assert_int_equal(sl.held_count, 3);
+    assert_ptr_equal(slab_alloc(&sl), slots[2]);
+    /* A whole chunk's worth held: the slab grows instead of reusing. */
+    sl.hold = 2 * SLAB_CHUNK_SLOTS;
+    void *many[SLAB_CHUNK_SLOTS];
+    for (int i = 0; i < SLAB_CHUNK_SLOTS; i++)
+        many[i] = slab_alloc(&sl);
+    for (int i = 0; i < SLAB_CHUNK_SLOTS; i++)
+        slab_free(&sl, many[i]);
+    size_t chunks = sl.chunk_count;
+    for (int i = 0; i < SLAB_CHUNK_SLOTS; i++) {
+        void *p = slab_alloc(&sl);
+        for (int k = 0; k < SLAB_CHUNK_SLOTS; k++)
+            assert_ptr_not_equal(p, many[k]);
+    }
+    assert_true(sl.chunk_count > chunks);
+    slab_destroy(&sl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slots_aligned_zeroed_disjoint),
         cmocka_unit_test(test_one_allocation_point_per_slot),
+        cmocka_unit_test(test_freed_slots_held_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,7 +7,7 @@
 
 #include "util/alloc.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(SLAB_ASAN)
 #include <sanitizer/asan_interface.h>
 #define SLAB_POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
 #define SLAB_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
@@ -23,6 +23,9 @@ void slab_init(slab *sl)
 {
     memset(sl, 0, sizeof(*sl));
     sync_lock_init(&sl->lock);
+#if defined(SLAB_ASAN)
+    sl->hold = SLAB_ASAN_HOLD;
+#endif
 }
 
 /* Lock held. A new chunk becomes the bump region; false on ENOMEM (the slab
@@ -73,12 +76,35 @@ void *slab_alloc(slab *sl)
     return slot;
 }
 
+/* Lock held. Pushes a slot on the free list. */
+static void push_free(slab *sl, void *slot)
+{
+    memcpy(slot, &sl->free, sizeof(void *));
+    sl->free = slot;
+}
+
 void slab_free(slab *sl, void *slot)
 {
     sync_lock_acquire(&sl->lock);
-    memcpy(slot, &sl->free, sizeof(void *));
     SLAB_POISON((char *)slot + sizeof(void *), SLAB_SLOT_BYTES - sizeof(void *));
-    sl->free = slot;
+    if (sl->hold == 0) {
+        push_free(sl, slot);
+    } else {
+        /* Newest at the tail; past `hold`, the oldest becomes reusable. */
+        void *none = NULL;
+        memcpy(slot, &none, sizeof(void *));
+        if (sl->held_newest != NULL)
+            memcpy(sl->held_newest, &slot, sizeof(void *));
+        else
+            sl->held_oldest = slot;
+        sl->held_newest = slot;
+        if (++sl->held_count > sl->hold) {
+            void *oldest = sl->held_oldest;
+            memcpy(&sl->held_oldest, oldest, sizeof(void *));
+            sl->held_count--;
+            push_free(sl, oldest);
+        }
+    }
     sync_lock_release(&sl->lock);
 }
 

@@ -21,7 +21,13 @@
  * callback under its shard's lock).
  *
  * Under AddressSanitizer a free slot is poisoned (but its link word), so a
- * use after free is reported as it would be with malloc.
+ * use after free is reported as it would be with malloc. As with malloc's
+ * quarantine, a freed slot is then also held back from reuse: the last
+ * `hold` freed slots wait in a FIFO before they join the free list
+ * (SLAB_ASAN_HOLD under ASan, none otherwise). Without it the next create
+ * of the shard would take the slot at once and unpoison it, and a reader
+ * that kept a record past its epoch section would read a live stranger's
+ * record unreported.
  */
 #ifndef AFSM_MEM_SLAB_H
 #define AFSM_MEM_SLAB_H
@@ -30,9 +36,22 @@
 
 #include "util/sync.h"
 
+/* Whether AddressSanitizer instruments this build: gcc says so with
+ * __SANITIZE_ADDRESS__, clang-14 (the fuzz build's compiler) only through
+ * __has_feature. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SLAB_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLAB_ASAN 1
+#endif
+#endif
+
 #define SLAB_SLOT_BYTES  192
 #define SLAB_SLOT_ALIGN  64
 #define SLAB_CHUNK_SLOTS 64
+/* Slots held back from reuse under AddressSanitizer (192 KiB per shard). */
+#define SLAB_ASAN_HOLD 1024
 
 typedef struct slab {
     sync_lock lock;
@@ -42,6 +61,12 @@ typedef struct slab {
     void **chunks; /* every chunk, freed at close */
     size_t chunk_count;
     size_t chunk_capacity;
+    /* Freed slots not yet reusable, oldest first, linked as the free list
+     * is; at most `hold` of them (0: every freed slot is reusable at once). */
+    void *held_oldest;
+    void *held_newest;
+    size_t held_count;
+    size_t hold;
 } slab;
 
 void slab_init(slab *sl);
