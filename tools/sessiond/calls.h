@@ -20,11 +20,17 @@
 // back with ok == false means the server is shutting down and no call came:
 // the state deletes itself without asking for another. At shutdown the
 // server is shut down first (in-flight calls finish or are cancelled after
-// the grace period), then the queues, whose threads drain every remaining tag
-// (each with ok == false), so every call state is deleted before the threads
-// exit.
+// the grace period), then the queues. Server::Shutdown may return while the
+// tags of calls it cancelled are still queued, and a call state may answer
+// such a tag with one more operation (a stream's Finish after its failed
+// read); started on a queue already shut down, that operation aborts the
+// process. So every call state counts itself in LiveCalls, and the queues
+// are shut down only once none is left (QueueThreads::stop).
 #pragma once
 
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -36,6 +42,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "jsonlog.h"
+
 namespace sessiond
 {
 
@@ -46,6 +54,30 @@ class CallOp
 
   protected:
     ~CallOp() = default;
+};
+
+// The call states alive, on every queue: a member of each (its constructor
+// counts it, its destructor uncounts it). A state may be deleted on any
+// thread (a watch stream's last reference can be a publisher's), hence one
+// atomic; after the server's shutdown the count only goes down.
+class LiveCalls
+{
+  public:
+    LiveCalls()
+    {
+        count().fetch_add(1, std::memory_order_relaxed);
+    }
+    ~LiveCalls()
+    {
+        count().fetch_sub(1, std::memory_order_release);
+    }
+    LiveCalls(const LiveCalls &) = delete;
+    LiveCalls &operator=(const LiveCalls &) = delete;
+    static std::atomic<int64_t> &count()
+    {
+        static std::atomic<int64_t> n{0};
+        return n;
+    }
 };
 
 // A tag for one kind of operation of a call state that has several in flight
@@ -159,6 +191,7 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
     grpc::ServerAsyncResponseWriter<Resp> writer_;
     grpc::Status status_;
     bool answered_ = false;
+    LiveCalls live_;
 };
 
 // A bidi method answered one message at a time: handle() fills the answer
@@ -253,6 +286,7 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     Req req_;
     Resp resp_;
     State state_ = State::Waiting;
+    LiveCalls live_;
 };
 
 // The threads that serve the server's completion queues, one queue each.
@@ -280,11 +314,14 @@ class QueueThreads
             pthread_setname_np(threads_.back().native_handle(), name.c_str());
         }
     }
-    // After the server's Shutdown returned (no call is in flight any more):
-    // shuts the queues down; their threads run the tags still queued (each
-    // deletes its call state) and exit.
+    // After the server's Shutdown returned: waits, while the threads serve
+    // the tags still coming (cancelled calls, failed requests), until every
+    // call state has deleted itself; then shuts the queues down, and the
+    // threads exit. Without threads (never started) no call state exists.
     void stop()
     {
+        if (!threads_.empty())
+            wait_no_calls();
         for (auto &q : queues_)
             q->Shutdown();
         if (threads_.empty()) { // never started
@@ -297,6 +334,21 @@ class QueueThreads
     }
 
   private:
+    // Every state's last tag comes back once the server is shut down (its
+    // calls are finished or cancelled, its unmatched requests failed), so
+    // this ends; a poll, since it runs once, at exit.
+    static void wait_no_calls()
+    {
+        auto warn_at = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        while (LiveCalls::count().load(std::memory_order_acquire) != 0) {
+            if (std::chrono::steady_clock::now() > warn_at) {
+                log_line(AFSM_LOG_WARN, "gRPC call states still alive after the server's shutdown; waiting",
+                         {{"calls", std::to_string(LiveCalls::count().load())}});
+                warn_at += std::chrono::seconds(5);
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+    }
     // A turn: one tag waited for, then those already there (at most
     // kTurnTags, to bound how long the first answer is held).
     static constexpr int kTurnTags = 64;

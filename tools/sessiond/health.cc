@@ -176,6 +176,7 @@ class HealthService::WatchCall final
     bool finish_back_ = false;
     bool done_ = false;
     std::shared_ptr<WatchCall> self_;
+    LiveCalls live_;
 };
 
 struct HealthService::Methods {

@@ -450,6 +450,7 @@ class Watcher final
     bool done_ = false;        // the done notification came back
     grpc::Status final_;
     std::shared_ptr<Watcher> self_; // keeps this alive until retire()
+    LiveCalls live_;
 };
 
 void WatchHub::on_engine_event(void *ctx, const afsm_event *event)
