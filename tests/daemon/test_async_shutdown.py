@@ -112,3 +112,35 @@ def stop_with_open_streams(daemons, snap: str, threads: str) -> None:
 def test_stop_exits_zero_when_streams_outlive_the_grace(daemons, tmp_path):
     for n in range(ROUNDS):
         stop_with_open_streams(daemons, str(tmp_path / ("sessions-%d.snap" % n)), "1" if n % 2 == 0 else "2")
+
+
+def test_stop_exits_zero_with_watchers_that_read_nothing(daemons, tmp_path):
+    # A report_lag watcher stays however far behind it is; these read
+    # nothing, so each one's write in flight waits on HTTP/2 flow control,
+    # the flush at shutdown cannot finish, and the grace period ends them (a
+    # failed write, then the watcher's Finish).
+    from test_watch import wait_watchers
+    snap = str(tmp_path / "sessions.snap")
+    d = daemons.start("--snapshot", snap, "--shutdown-grace", GRACE, "--watch-buffer", "64", "--grpc-threads", "2",
+                      name="unread")
+    pb = d.stubs.pb
+    channels = [grpc.insecure_channel(d.addr, options=[("grpc.http2.bdp_probe", 0),
+                                                       ("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)]
+    try:
+        streams = [d.stubs.rpc.SessionServiceStub(ch).WatchSessions(pb.WatchSessionsRequest(report_lag=True),
+                                                                     timeout=60) for ch in channels]
+        wait_watchers(d, len(streams))
+        for _ in range(1500):  # ~200 bytes an event: far more than the 64 KiB window
+            create(d)
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            code = d.proc.wait(timeout=STOP_BOUND_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("sessiond did not stop within %ss:\n%s" % (STOP_BOUND_S, d.log_text()))
+        assert code == 0, "exit %d:\n%s" % (code, d.log_text()[-3000:])
+        assert os.path.exists(snap)
+        for s in streams:
+            s.cancel()
+    finally:
+        for ch in channels:
+            ch.close()
