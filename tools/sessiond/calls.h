@@ -15,8 +15,8 @@
 //
 // Lifetime: a call state is created by new, asks gRPC for one call of its
 // method, and deletes itself when its last operation comes back from the
-// queue: for a unary call the Finish; for a bidi stream the Finish, the only
-// operation then in flight (one operation at a time). A request that comes
+// queue: for a unary call the Finish; for a bidi stream the Finish (one
+// operation at a time) and gRPC's done notification. A request that comes
 // back with ok == false means the server is shutting down and no call came:
 // the state deletes itself without asking for another. At shutdown the
 // server is shut down first (in-flight calls finish or are cancelled after
@@ -196,7 +196,10 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
 
 // A bidi method answered one message at a time: handle() fills the answer
 // to each request; a status that is not OK ends the stream with it. ended()
-// (optional) sees the stream's final status, once.
+// (optional) sees the stream's outcome, once: the status it was finished
+// with, or CANCELLED when gRPC cancelled the call (the client cancelled, its
+// deadline passed, a message was too large; which one the server is not
+// told, and the client sees that status rather than the one finished with).
 template <class Service, class Req, class Resp> struct BidiMethod {
     using RequestFn = void (Service::*)(grpc::ServerContext *, grpc::ServerAsyncReaderWriter<Resp, Req> *,
                                         grpc::CompletionQueue *, grpc::ServerCompletionQueue *, void *);
@@ -209,7 +212,11 @@ template <class Service, class Req, class Resp> struct BidiMethod {
 // One request read, answered, and only then the next read: responses keep
 // the requests' order, the server holds one request per stream (the client's
 // further messages wait in HTTP/2 flow control), and exactly one operation is
-// in flight, so the state's single tag is itself.
+// in flight, whose tag is the state itself. gRPC's done notification
+// (done_tag_) comes besides, once a call came: a failed read is a half-close
+// or a cancellation, told apart only there. The state is deleted once both
+// its finish and that notification are back. Every tag of a call comes back
+// on the queue it was asked on, so one thread runs them all: no lock.
 template <class Service, class Req, class Resp> class BidiCall final : public CallOp
 {
   public:
@@ -224,7 +231,7 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
         switch (state_) {
         case State::Waiting:
             if (!ok) {
-                delete this;
+                delete this; // no call came, so no done notification will
                 return;
             }
             listen(method_, cq_);
@@ -254,7 +261,9 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
             read();
             return;
         case State::Finishing:
-            delete this;
+            finish_back_ = true;
+            if (done_)
+                over();
             return;
         }
     }
@@ -263,6 +272,7 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     enum class State { Waiting, Reading, Writing, Finishing };
     BidiCall(const Method *m, grpc::ServerCompletionQueue *cq) : method_(m), cq_(cq), stream_(&ctx_)
     {
+        ctx_.AsyncNotifyWhenDone(&done_tag_);
         (m->service->*m->request)(&ctx_, &stream_, cq, cq, this);
     }
     ~BidiCall() = default;
@@ -273,10 +283,24 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     }
     void finish(const grpc::Status &st)
     {
-        if (method_->ended)
-            method_->ended(st);
+        final_ = st;
         state_ = State::Finishing;
         stream_.Finish(st, this);
+    }
+    void on_done(bool)
+    {
+        done_ = true;
+        if (finish_back_)
+            over();
+    }
+    // The finish and the done notification are back: the outcome is known
+    // (IsCancelled is valid once the notification came) and nothing of
+    // gRPC's refers to this any more.
+    void over()
+    {
+        if (method_->ended)
+            method_->ended(ctx_.IsCancelled() ? grpc::Status(grpc::StatusCode::CANCELLED, "cancelled") : final_);
+        delete this;
     }
 
     const Method *method_;
@@ -286,6 +310,10 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     Req req_;
     Resp resp_;
     State state_ = State::Waiting;
+    grpc::Status final_;
+    bool finish_back_ = false;
+    bool done_ = false;
+    OpTag<BidiCall> done_tag_{this, &BidiCall::on_done};
     LiveCalls live_;
 };
 
