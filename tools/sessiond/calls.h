@@ -183,6 +183,7 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
     }
     ~UnaryCall() = default;
 
+    LiveCalls live_; // first: uncounted only once every other member (the context) is gone
     const Method *method_;
     grpc::ServerCompletionQueue *cq_;
     grpc::ServerContext ctx_;
@@ -191,7 +192,6 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
     grpc::ServerAsyncResponseWriter<Resp> writer_;
     grpc::Status status_;
     bool answered_ = false;
-    LiveCalls live_;
 };
 
 // A bidi method answered one message at a time: handle() fills the answer
@@ -303,6 +303,7 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
         delete this;
     }
 
+    LiveCalls live_; // first: uncounted only once every other member (the context) is gone
     const Method *method_;
     grpc::ServerCompletionQueue *cq_;
     grpc::ServerContext ctx_;
@@ -314,7 +315,6 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     bool finish_back_ = false;
     bool done_ = false;
     OpTag<BidiCall> done_tag_{this, &BidiCall::on_done};
-    LiveCalls live_;
 };
 
 // The threads that serve the server's completion queues, one queue each.

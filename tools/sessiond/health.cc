@@ -157,6 +157,7 @@ class HealthService::WatchCall final
             writer_.Finish(grpc::Status::OK, &finish_tag_);
     }
 
+    LiveCalls live_; // first: uncounted only once every other member (the context) is gone
     HealthService *const health_;
     grpc::ServerCompletionQueue *const cq_;
     grpc::ServerContext ctx_;
@@ -176,7 +177,6 @@ class HealthService::WatchCall final
     bool finish_back_ = false;
     bool done_ = false;
     std::shared_ptr<WatchCall> self_;
-    LiveCalls live_;
 };
 
 struct HealthService::Methods {

@@ -428,6 +428,7 @@ class Watcher final
             writer_.Finish(final_, &finish_tag_); // final_ no longer changes once finished_
     }
 
+    LiveCalls live_; // first: uncounted only once every other member (the context) is gone
     SessionServiceImpl *const service_;
     WatchHub *const hub_;
     grpc::ServerCompletionQueue *const cq_;
@@ -450,7 +451,6 @@ class Watcher final
     bool done_ = false;        // the done notification came back
     grpc::Status final_;
     std::shared_ptr<Watcher> self_; // keeps this alive until retire()
-    LiveCalls live_;
 };
 
 void WatchHub::on_engine_event(void *ctx, const afsm_event *event)
