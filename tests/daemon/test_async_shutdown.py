@@ -144,3 +144,17 @@ def test_stop_exits_zero_with_watchers_that_read_nothing(daemons, tmp_path):
     finally:
         for ch in channels:
             ch.close()
+
+
+def test_health_watch_of_an_unknown_service_sees_no_repeat_at_shutdown(daemons):
+    # Watch sends the status now, then a message only when it changes: an
+    # unknown service stays SERVICE_UNKNOWN when the server stops serving.
+    d = daemons.start(name="hunknown")
+    h = d.stubs.health_pb
+    stream = d.stubs.health_rpc.HealthStub(d.channel).Watch(h.HealthCheckRequest(service="no.such.Service"),
+                                                            timeout=30)
+    assert next(stream).status == h.HealthCheckResponse.SERVICE_UNKNOWN
+    d.proc.send_signal(signal.SIGTERM)
+    rest = [r.status for r in stream]  # ends with OK, or this raises
+    assert rest == [], rest
+    assert d.proc.wait(timeout=STOP_BOUND_S) == 0
