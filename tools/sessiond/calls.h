@@ -15,16 +15,22 @@
 //
 // Lifetime: a call state is created by new, asks gRPC for one call of its
 // method, and deletes itself when its last operation comes back from the
-// queue: for a unary call the Finish; for a bidi stream the Finish, the only
-// operation then in flight (one operation at a time). A request that comes
+// queue: for a unary call the Finish; for a bidi stream the Finish (one
+// operation at a time) and gRPC's done notification. A request that comes
 // back with ok == false means the server is shutting down and no call came:
 // the state deletes itself without asking for another. At shutdown the
 // server is shut down first (in-flight calls finish or are cancelled after
-// the grace period), then the queues, whose threads drain every remaining tag
-// (each with ok == false), so every call state is deleted before the threads
-// exit.
+// the grace period), then the queues. Server::Shutdown may return while the
+// tags of calls it cancelled are still queued, and a call state may answer
+// such a tag with one more operation (a stream's Finish after its failed
+// read); started on a queue already shut down, that operation aborts the
+// process. So every call state counts itself in LiveCalls, and the queues
+// are shut down only once none is left (QueueThreads::stop).
 #pragma once
 
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -36,6 +42,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "jsonlog.h"
+
 namespace sessiond
 {
 
@@ -46,6 +54,30 @@ class CallOp
 
   protected:
     ~CallOp() = default;
+};
+
+// The call states alive, on every queue: a member of each (its constructor
+// counts it, its destructor uncounts it). A state may be deleted on any
+// thread (a watch stream's last reference can be a publisher's), hence one
+// atomic; after the server's shutdown the count only goes down.
+class LiveCalls
+{
+  public:
+    LiveCalls()
+    {
+        count().fetch_add(1, std::memory_order_relaxed);
+    }
+    ~LiveCalls()
+    {
+        count().fetch_sub(1, std::memory_order_release);
+    }
+    LiveCalls(const LiveCalls &) = delete;
+    LiveCalls &operator=(const LiveCalls &) = delete;
+    static std::atomic<int64_t> &count()
+    {
+        static std::atomic<int64_t> n{0};
+        return n;
+    }
 };
 
 // A tag for one kind of operation of a call state that has several in flight
@@ -151,6 +183,7 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
     }
     ~UnaryCall() = default;
 
+    LiveCalls live_; // first: uncounted only once every other member (the context) is gone
     const Method *method_;
     grpc::ServerCompletionQueue *cq_;
     grpc::ServerContext ctx_;
@@ -163,7 +196,10 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
 
 // A bidi method answered one message at a time: handle() fills the answer
 // to each request; a status that is not OK ends the stream with it. ended()
-// (optional) sees the stream's final status, once.
+// (optional) sees the stream's outcome, once: the status it was finished
+// with, or CANCELLED when gRPC cancelled the call (the client cancelled, its
+// deadline passed, a message was too large; which one the server is not
+// told, and the client sees that status rather than the one finished with).
 template <class Service, class Req, class Resp> struct BidiMethod {
     using RequestFn = void (Service::*)(grpc::ServerContext *, grpc::ServerAsyncReaderWriter<Resp, Req> *,
                                         grpc::CompletionQueue *, grpc::ServerCompletionQueue *, void *);
@@ -176,7 +212,11 @@ template <class Service, class Req, class Resp> struct BidiMethod {
 // One request read, answered, and only then the next read: responses keep
 // the requests' order, the server holds one request per stream (the client's
 // further messages wait in HTTP/2 flow control), and exactly one operation is
-// in flight, so the state's single tag is itself.
+// in flight, whose tag is the state itself. gRPC's done notification
+// (done_tag_) comes besides, once a call came: a failed read is a half-close
+// or a cancellation, told apart only there. The state is deleted once both
+// its finish and that notification are back. Every tag of a call comes back
+// on the queue it was asked on, so one thread runs them all: no lock.
 template <class Service, class Req, class Resp> class BidiCall final : public CallOp
 {
   public:
@@ -191,7 +231,7 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
         switch (state_) {
         case State::Waiting:
             if (!ok) {
-                delete this;
+                delete this; // no call came, so no done notification will
                 return;
             }
             listen(method_, cq_);
@@ -221,7 +261,9 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
             read();
             return;
         case State::Finishing:
-            delete this;
+            finish_back_ = true;
+            if (done_)
+                over();
             return;
         }
     }
@@ -230,6 +272,7 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     enum class State { Waiting, Reading, Writing, Finishing };
     BidiCall(const Method *m, grpc::ServerCompletionQueue *cq) : method_(m), cq_(cq), stream_(&ctx_)
     {
+        ctx_.AsyncNotifyWhenDone(&done_tag_);
         (m->service->*m->request)(&ctx_, &stream_, cq, cq, this);
     }
     ~BidiCall() = default;
@@ -240,12 +283,27 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     }
     void finish(const grpc::Status &st)
     {
-        if (method_->ended)
-            method_->ended(st);
+        final_ = st;
         state_ = State::Finishing;
         stream_.Finish(st, this);
     }
+    void on_done(bool)
+    {
+        done_ = true;
+        if (finish_back_)
+            over();
+    }
+    // The finish and the done notification are back: the outcome is known
+    // (IsCancelled is valid once the notification came) and nothing of
+    // gRPC's refers to this any more.
+    void over()
+    {
+        if (method_->ended)
+            method_->ended(ctx_.IsCancelled() ? grpc::Status(grpc::StatusCode::CANCELLED, "cancelled") : final_);
+        delete this;
+    }
 
+    LiveCalls live_; // first: uncounted only once every other member (the context) is gone
     const Method *method_;
     grpc::ServerCompletionQueue *cq_;
     grpc::ServerContext ctx_;
@@ -253,6 +311,10 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     Req req_;
     Resp resp_;
     State state_ = State::Waiting;
+    grpc::Status final_;
+    bool finish_back_ = false;
+    bool done_ = false;
+    OpTag<BidiCall> done_tag_{this, &BidiCall::on_done};
 };
 
 // The threads that serve the server's completion queues, one queue each.
@@ -280,11 +342,14 @@ class QueueThreads
             pthread_setname_np(threads_.back().native_handle(), name.c_str());
         }
     }
-    // After the server's Shutdown returned (no call is in flight any more):
-    // shuts the queues down; their threads run the tags still queued (each
-    // deletes its call state) and exit.
+    // After the server's Shutdown returned: waits, while the threads serve
+    // the tags still coming (cancelled calls, failed requests), until every
+    // call state has deleted itself; then shuts the queues down, and the
+    // threads exit. Without threads (never started) no call state exists.
     void stop()
     {
+        if (!threads_.empty())
+            wait_no_calls();
         for (auto &q : queues_)
             q->Shutdown();
         if (threads_.empty()) { // never started
@@ -297,6 +362,21 @@ class QueueThreads
     }
 
   private:
+    // Every state's last tag comes back once the server is shut down (its
+    // calls are finished or cancelled, its unmatched requests failed), so
+    // this ends; a poll, since it runs once, at exit.
+    static void wait_no_calls()
+    {
+        auto warn_at = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        while (LiveCalls::count().load(std::memory_order_acquire) != 0) {
+            if (std::chrono::steady_clock::now() > warn_at) {
+                log_line(AFSM_LOG_WARN, "gRPC call states still alive after the server's shutdown; waiting",
+                         {{"calls", std::to_string(LiveCalls::count().load())}});
+                warn_at += std::chrono::seconds(5);
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+    }
     // A turn: one tag waited for, then those already there (at most
     // kTurnTags, to bound how long the first answer is held).
     static constexpr int kTurnTags = 64;

@@ -70,12 +70,22 @@ std::function<bool(Options &, const std::string &)> dur(uint64_t Options::*field
     return [field](Options &o, const std::string &v) { return parse_duration_ms(v, &(o.*field)); };
 }
 
+// What the value of the option being applied should have been, for its
+// error; set by a setter that fails, read and cleared by apply().
+std::string &expected()
+{
+    static std::string text;
+    return text;
+}
+
 std::function<bool(Options &, const std::string &)> u32(uint32_t Options::*field, uint64_t max)
 {
     return [field, max](Options &o, const std::string &v) {
         uint64_t n;
-        if (!parse_uint(v, max, &n))
+        if (!parse_uint(v, max, &n)) {
+            expected() = "an integer from 0 to " + std::to_string(max);
             return false;
+        }
         o.*field = static_cast<uint32_t>(n);
         return true;
     };
@@ -201,7 +211,10 @@ void print_help()
 bool apply(Options &o, const OptionSpec &s, const std::string &value, const std::string &origin)
 {
     if (!s.set(o, value)) {
-        std::fprintf(stderr, "sessiond: %s: invalid value \"%s\" for %s\n", origin.c_str(), value.c_str(), s.name);
+        std::string want = expected().empty() ? std::string() : " (expected " + expected() + ")";
+        expected().clear();
+        std::fprintf(stderr, "sessiond: %s: invalid value \"%s\" for %s%s\n", origin.c_str(), value.c_str(), s.name,
+                     want.c_str());
         return false;
     }
     return true;

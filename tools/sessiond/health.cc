@@ -34,7 +34,9 @@ class HealthService::WatchCall final
         return req_.service();
     }
 
-    // Called with the service's mu_ held: queues status for writing.
+    // Called with the service's mu_ held: queues status for writing. A
+    // message only when the status changes: a status the client already has
+    // (or is being sent) is not sent again, and drops one pending.
     void update(HealthCheckResponse::ServingStatus status)
     {
         bool write;
@@ -42,6 +44,10 @@ class HealthService::WatchCall final
             std::lock_guard<std::mutex> lock(mu_);
             if (closing_)
                 return;
+            if (sent_any_ && status == last_sent_) {
+                has_pending_ = false;
+                return;
+            }
             pending_ = status;
             has_pending_ = true;
             write = take_write_locked();
@@ -138,6 +144,8 @@ class HealthService::WatchCall final
         if (writing_ || finished_ || !has_pending_)
             return false;
         current_.set_status(pending_);
+        last_sent_ = pending_;
+        sent_any_ = true;
         has_pending_ = false;
         writing_ = true;
         return true;
@@ -157,6 +165,7 @@ class HealthService::WatchCall final
             writer_.Finish(grpc::Status::OK, &finish_tag_);
     }
 
+    LiveCalls live_; // first: uncounted only once every other member (the context) is gone
     HealthService *const health_;
     grpc::ServerCompletionQueue *const cq_;
     grpc::ServerContext ctx_;
@@ -169,6 +178,8 @@ class HealthService::WatchCall final
     std::mutex mu_;
     HealthCheckResponse current_; // the status being written
     HealthCheckResponse::ServingStatus pending_ = HealthCheckResponse::UNKNOWN;
+    HealthCheckResponse::ServingStatus last_sent_ = HealthCheckResponse::UNKNOWN; // written or being written
+    bool sent_any_ = false;
     bool has_pending_ = false;
     bool writing_ = false;
     bool closing_ = false;

@@ -496,7 +496,8 @@ int run(const Options &o)
     // streams (after what they have queued); 3. stop accepting and let
     // in-flight calls finish, up to the grace period (then they are
     // cancelled), the queue threads serving them meanwhile; 4. stop the
-    // queue threads once nothing is in flight (they delete what is left).
+    // queue threads once every call state is gone (Shutdown can return
+    // while cancelled calls' last tags are still to come: calls.h).
     serving.store(false);
     health.close();
     hub.close_all();

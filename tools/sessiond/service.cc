@@ -428,6 +428,7 @@ class Watcher final
             writer_.Finish(final_, &finish_tag_); // final_ no longer changes once finished_
     }
 
+    LiveCalls live_; // first: uncounted only once every other member (the context) is gone
     SessionServiceImpl *const service_;
     WatchHub *const hub_;
     grpc::ServerCompletionQueue *const cq_;
