@@ -690,16 +690,18 @@ afsm_status etcd_replica_sync(etcd_store *es)
      * itself: it sees the replica as of its event (afsm.h says so). */
     if (etcd_on_watch_thread(es))
         return AFSM_OK;
-    int64_t from = atomic_load_explicit(&es->applied_revision, memory_order_acquire);
-    int64_t revision = 0, count = 0, newest = 0;
-    afsm_status st = probe_sessions(es, from, &revision, &count, &newest);
-    if (st != AFSM_OK)
-        return st;
+    /* One request timeout for the whole call, probe included: a probe
+     * etcd answers late leaves the wait only what is left of it. */
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     uint64_t ns = (uint64_t)until.tv_nsec + es->request_timeout_ns;
     until.tv_sec += (time_t)(ns / 1000000000u);
     until.tv_nsec = (long)(ns % 1000000000u);
+    int64_t from = atomic_load_explicit(&es->applied_revision, memory_order_acquire);
+    int64_t revision = 0, count = 0, newest = 0;
+    afsm_status st = probe_sessions(es, from, &revision, &count, &newest);
+    if (st != AFSM_OK)
+        return st;
     pthread_mutex_lock(&es->apply_lock);
     int reached = replica_reached(es, revision, count, newest);
     pthread_mutex_unlock(&es->apply_lock);

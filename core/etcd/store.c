@@ -1239,22 +1239,29 @@ static afsm_status read_key(etcd_store *es, const char *key, size_t len, int key
     return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
 }
 
-/* Consistent mode: waits (within the request timeout) until the replica
- * has applied id's record at mod_revision or later. */
-static afsm_status wait_applied(etcd_store *es, const afsm_uuid *id, int64_t mod_revision)
+/* The monotonic time one request timeout from now. */
+static struct timespec request_deadline(const etcd_store *es)
 {
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     uint64_t ns = (uint64_t)until.tv_nsec + es->request_timeout_ns;
     until.tv_sec += (time_t)(ns / 1000000000u);
     until.tv_nsec = (long)(ns % 1000000000u);
+    return until;
+}
+
+/* Consistent mode: waits until the replica has applied id's record at
+ * mod_revision or later, at most until `until` (CLOCK_MONOTONIC): the
+ * caller's request timeout, counted from before its read of etcd. */
+static afsm_status wait_applied(etcd_store *es, const afsm_uuid *id, int64_t mod_revision, const struct timespec *until)
+{
     afsm_status st = AFSM_OK;
     pthread_mutex_lock(&es->apply_lock);
     for (;;) {
         track_info ti;
         if (track_get(&es->tracks, id, &ti) && ti.mod_revision >= mod_revision)
             break;
-        if (pthread_cond_timedwait(&es->applied, &es->apply_lock, &until) != 0) {
+        if (pthread_cond_timedwait(&es->applied, &es->apply_lock, until) != 0) {
             st = AFSM_EUNAVAILABLE; /* the watch did not deliver it in time */
             break;
         }
@@ -1325,11 +1332,13 @@ static afsm_status catch_up(etcd_store *es, const afsm_uuid *id)
     size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
     int found;
     int64_t mod_revision = 0;
+    /* One request timeout for the read and the wait together. */
+    struct timespec until = request_deadline(es);
     afsm_status st = read_key(es, skey, slen, 1, &found, &mod_revision, NULL, NULL);
     if (st != AFSM_OK)
         return st;
     /* Gone in etcd: gone, even if this replica has not heard yet. */
-    return found ? wait_applied(es, id, mod_revision) : AFSM_ENOTFOUND;
+    return found ? wait_applied(es, id, mod_revision, &until) : AFSM_ENOTFOUND;
 }
 
 /* The session id a connection id names, from etcd's c/ key. */
