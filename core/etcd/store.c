@@ -799,6 +799,12 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     *retry = 0;
     if (st == AFSM_OK && succeeded) {
         st = apply_own(es, &o->rec, revision, flags, out, &ev);
+        /* Written but not applied here (no memory): the watch applies it
+         * (its events wait until this write is no longer in flight). The
+         * stats it carries are this node's, flushed: the echo must not add
+         * them again as another node's. A stats set (RESET) has no base. */
+        if (st != AFSM_OK && !(flags & ETCD_APPLY_RESET))
+            track_set_flushed(&es->tracks, &o->rec.info.session_id, &o->rec.info.stats);
     } else if (st == AFSM_OK) {
         json_object *kvs = txn_range_kvs(reply, 0);
         if (kvs == NULL) {

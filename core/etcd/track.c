@@ -242,6 +242,17 @@ void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns)
     pthread_mutex_unlock(&s->lock);
 }
 
+void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL)
+        e->info.flushed = *stats;
+    pthread_mutex_unlock(&s->lock);
+}
+
 void track_inflight(track *t, const afsm_uuid *id, int delta)
 {
     uint64_t hash;

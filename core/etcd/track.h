@@ -83,6 +83,11 @@ void track_renew_done(track *t, const afsm_uuid *id, int64_t lease, int outcome)
 int track_activation_due(track *t, const afsm_uuid *id, uint64_t now_ns);
 /* After a failed activation: not tried again for a quarter period. */
 void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns);
+/* This node's write of id's record, with these stats, is in etcd but not
+ * applied here (no memory): the watch applies it later, and must not take
+ * the stats it carries for another node's additions. Sets `flushed`;
+ * allocates nothing. */
+void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
 /* Every id known (for a reload's differences): calls fn for each. */
