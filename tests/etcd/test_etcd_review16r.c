@@ -428,6 +428,58 @@ static void test_flush_applied_late_counts_stats_once(void **state)
     afsm_engine_close(a);
 }
 
+/* ---- 4. renewals follow etcd's time, not the engine clock --------------------------- */
+
+static uint64_t frozen_clock(void *ctx)
+{
+    return *(const uint64_t *)ctx;
+}
+
+/* etcd ends a lease on its own (real) time; the engine clock may be a
+ * virtual one (the behavioural suite runs the etcd store on one), here
+ * frozen. A session heartbeated every 100 ms, timeout 3 s (lease TTL 4 s),
+ * must stay: its renewals must be due by real time. On 7cbf62d the
+ * renewal period was counted on the engine clock: never due, and etcd
+ * expired the heartbeated session after 4 s. */
+static void test_renewals_follow_real_time_under_a_virtual_clock(void **state)
+{
+    (void)state;
+    const char *prefix = "/vc1/";
+    static uint64_t now = 1000ull * 1000000000ull;
+    counters ev;
+    memset(&ev, 0, sizeof(ev));
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = prefix;
+    cfg.etcd_request_timeout_ms = 3000;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.default_timeout_ms = 3000;
+    cfg.clock = frozen_clock;
+    cfg.clock_ctx = &now;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.on_event = count_event;
+    cfg.event_ctx = &ev;
+    cfg.log_level = AFSM_LOG_ERROR;
+    cfg.shard_count = 4;
+    afsm_engine *e = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
+    afsm_session_info s;
+    assert_int_equal(create(e, "virtual", &s), AFSM_OK);
+    uint64_t until = harness_now_ms() + 6000; /* 1.5 lease TTLs */
+    afsm_status st = AFSM_OK;
+    while (harness_now_ms() < until && st == AFSM_OK && atomic_load(&ev.expired) == 0) {
+        st = afsm_session_heartbeat(e, &s.session_id, NULL);
+        harness_nap_ms(100); /* pacing, not synchronisation */
+    }
+    print_message("frozen engine clock, heartbeats every 100 ms for 6 s: last heartbeat %s, %d expired\n",
+                  afsm_status_name(st), atomic_load(&ev.expired));
+    assert_int_equal(st, AFSM_OK);
+    assert_int_equal(atomic_load(&ev.expired), 0);
+    afsm_engine_close(e);
+}
+
 /* ---- setup ----------------------------------------------------------------------------- */
 
 static int start_one(void **state)
@@ -449,6 +501,7 @@ int main(void)
         cmocka_unit_test(test_heartbeating_sessions_keep_their_leases),
         cmocka_unit_test_teardown(test_consistent_reads_answer_within_the_request_timeout, resume_etcd),
         cmocka_unit_test(test_flush_applied_late_counts_stats_once),
+        cmocka_unit_test(test_renewals_follow_real_time_under_a_virtual_clock),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
