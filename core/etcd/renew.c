@@ -159,7 +159,7 @@ static void *renewer_main(void *arg)
 afsm_status etcd_renew_if_due(etcd_store *es, const afsm_uuid *id)
 {
     int64_t lease;
-    int due = track_renew_due(&es->tracks, id, es->config.clock(es->config.clock_ctx), &lease);
+    int due = track_renew_due(&es->tracks, id, etcd_lease_clock_ns(), &lease);
     if (due == TRACK_RENEW_GONE)
         return AFSM_EEXPIRED;
     if (due != TRACK_RENEW_DUE)

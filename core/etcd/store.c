@@ -990,14 +990,14 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
         return AFSM_OK; /* the common case: already active (or gone) */
     /* With etcd away, not every heartbeat may block for the request
      * timeout (as renewals: review finding 11). */
-    if (!track_activation_due(&es->tracks, id, es->config.clock(es->config.clock_ctx)))
+    if (!track_activation_due(&es->tracks, id, etcd_lease_clock_ns()))
         return AFSM_OK;
     afsm_status status = guarded_rmw(es, id, ETCD_APPLY_OWN, activate_edit, NULL, NULL, NULL, NULL);
     if (status == AFSM_EUNAVAILABLE) {
         /* The heartbeat itself was taken (the replica answers while etcd
          * is away); the session stays as it is, and a heartbeat a quarter
          * period later tries the activation again. */
-        track_activation_failed(&es->tracks, id, es->config.clock(es->config.clock_ctx));
+        track_activation_failed(&es->tracks, id, etcd_lease_clock_ns());
         etcd_log(es, AFSM_LOG_WARN, "etcd: activation by heartbeat not written; retried a quarter period later", NULL,
                  NULL);
         return AFSM_OK;

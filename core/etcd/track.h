@@ -24,10 +24,10 @@ typedef struct track_info {
     int64_t lease;
     int64_t mod_revision;
     int32_t slot;               /* -1: none */
-    uint64_t renewed_ns;        /* engine clock: this node's last renewal (or the write it applied) */
+    uint64_t renewed_ns;        /* lease clock (real time): this node's last renewal (or the write it applied) */
     uint64_t renew_period_ns;   /* the session's timeout / 3 */
     int64_t leased_ns;          /* the record's: when its lease's TTL started */
-    uint64_t activate_after_ns; /* engine clock: a failed activation by heartbeat is not retried before */
+    uint64_t activate_after_ns; /* lease clock: a failed activation by heartbeat is not retried before */
     afsm_stats flushed;
     int inflight;           /* this node's guarded writes of the record under way */
     int renew_queued;       /* its lease waits in (or is being sent by) the renewer (renew.c) */
