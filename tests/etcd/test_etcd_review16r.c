@@ -480,6 +480,166 @@ static void test_renewals_follow_real_time_under_a_virtual_clock(void **state)
     afsm_engine_close(e);
 }
 
+/* ---- 5. the renewer's queue: its bound, and how fast it drains ---------------------- */
+
+enum { QUEUE_PROBE = 17000 }; /* more than the renewer's queue (16,384) and one batch (128) */
+
+typedef struct queue_tally {
+    size_t queued, gone;
+} queue_tally;
+
+static void tally_entry(void *ctx, const afsm_uuid *id, const track_info *info)
+{
+    (void)id;
+    queue_tally *t = ctx;
+    t->queued += info->renew_queued != 0;
+    t->gone += info->lease_gone != 0;
+}
+
+static queue_tally tally(etcd_store *es)
+{
+    queue_tally t = {0, 0};
+    track_each(&es->tracks, tally_entry, &t);
+    return t;
+}
+
+static int none_queued(etcd_store *es)
+{
+    return tally(es).queued == 0;
+}
+
+/* White box: 17,000 tracked leases (ids etcd never granted: each keepalive
+ * is answered TTL 0) all come due while etcd is stalled. The queue takes
+ * at most its bound plus the batch being sent; the rest count as failed
+ * renewals (not queued, not marked). Once etcd answers, every queued lease
+ * gets its answer (marked gone), and the drain rate is the renewer's
+ * capacity: the number of sessions it can keep at a given timeout is
+ * rate x timeout / 3. */
+static void test_renewer_queue_is_bounded_and_drains(void **state)
+{
+    (void)state;
+    afsm_engine *e = open_engine(&(engine_options){.prefix = "/qf1/", .request_timeout_ms = 2000});
+    etcd_store *es = (etcd_store *)e->st;
+    static afsm_uuid ids[QUEUE_PROBE];
+    for (int i = 0; i < QUEUE_PROBE; i++) {
+        afsm_uuid_v7(&ids[i]);
+        track_info info = {.lease = 0x7000000000000000ll + i,
+                           .mod_revision = 1,
+                           .slot = -1,
+                           .renewed_ns = 0,
+                           .renew_period_ns = 1000000000ull};
+        assert_int_equal(track_put(&es->tracks, &ids[i], &info), AFSM_OK);
+    }
+    atomic_store(&etcd_stopped, 1);
+    harness_kill_member(&cluster, 0, SIGSTOP);
+    for (int i = 0; i < QUEUE_PROBE; i++)
+        assert_int_equal(etcd_renew_if_due(es, &ids[i]), AFSM_OK);
+    queue_tally stalled = tally(es);
+    harness_kill_member(&cluster, 0, SIGCONT);
+    atomic_store(&etcd_stopped, 0);
+    uint64_t t0 = harness_now_ms();
+    WAIT_FOR(none_queued(es), 60000);
+    uint64_t took = harness_now_ms() - t0;
+    queue_tally after = tally(es);
+    print_message("%d leases due with etcd stalled: %zu queued; drained in %llu ms after etcd resumed, %zu answered "
+                  "gone (%.0f keepalives/s)\n",
+                  QUEUE_PROBE, stalled.queued, (unsigned long long)took, after.gone,
+                  took > 0 ? (double)after.gone * 1000.0 / (double)took : 0.0);
+    assert_true(stalled.queued >= 16384 && stalled.queued <= 16384 + 128);
+    /* The first batch may have been sent into the stall and failed whole. */
+    assert_true(after.gone + 128 >= stalled.queued && after.gone <= stalled.queued);
+    afsm_engine_close(e);
+}
+
+/* ---- 6. close while the watch's callbacks queue renewals ---------------------------- */
+
+enum { CLOSE_SESSIONS = 200 };
+
+typedef struct pinger {
+    afsm_engine *_Atomic e; /* the engine whose callbacks heartbeat */
+    afsm_uuid ids[CLOSE_SESSIONS];
+    _Atomic int count;
+    _Atomic int beats;
+} pinger;
+
+/* On every event of b (its watch thread): heartbeat every session, which
+ * queues their renewals once due. */
+static void pinger_event(void *ctx, const afsm_event *ev)
+{
+    (void)ev;
+    pinger *p = ctx;
+    afsm_engine *e = atomic_load(&p->e);
+    if (e == NULL)
+        return;
+    int n = atomic_load(&p->count);
+    for (int i = 0; i < n; i++)
+        if (afsm_session_heartbeat(e, &p->ids[i], NULL) == AFSM_OK)
+            atomic_fetch_add(&p->beats, 1);
+}
+
+/* b's watch callbacks heartbeat 200 sessions (timeout 3 s: due every
+ * second) on each of a stream of updates made on a; b is closed while
+ * they run. Close must return within the request timeout or so (the
+ * renewer's request under way), with nothing used after it is freed (the
+ * sanitizer trees run this). */
+static void test_close_while_callbacks_queue_renewals(void **state)
+{
+    (void)state;
+    const char *prefix = "/cl1/";
+    static pinger p;
+    memset(&p, 0, sizeof(p));
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix, .default_timeout_ms = 3000});
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = prefix;
+    cfg.etcd_request_timeout_ms = 2000;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.default_timeout_ms = 3000;
+    cfg.on_event = pinger_event;
+    cfg.event_ctx = &p;
+    cfg.log_level = AFSM_LOG_ERROR;
+    cfg.shard_count = 4;
+    afsm_engine *b = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
+    atomic_store(&p.e, b);
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_ACTIVE;
+    for (int i = 0; i < CLOSE_SESSIONS; i++) {
+        afsm_session_info s;
+        assert_int_equal(create(a, "ping", &s), AFSM_OK);
+        assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_OK);
+        p.ids[i] = s.session_id;
+        atomic_store(&p.count, i + 1);
+    }
+    /* Renewals come due on b (a second after each create): keep the
+     * callbacks busy until b has sent some. */
+    uint64_t until = harness_now_ms() + 8000;
+    afsm_update idle = AFSM_UPDATE_INIT;
+    idle.fields = AFSM_UPDATE_STATE;
+    int k = 0;
+    while (metrics_of(b).etcd_lease_keepalives_total == 0 && harness_now_ms() < until) {
+        idle.state = (k++ % 2 == 0) ? AFSM_STATE_IDLE : AFSM_STATE_ACTIVE;
+        assert_int_equal(afsm_session_update(a, &p.ids[0], &idle, NULL), AFSM_OK);
+    }
+    assert_true(metrics_of(b).etcd_lease_keepalives_total > 0);
+    /* More events in b's watch, then close b while it fires them. */
+    for (int i = 0; i < 20; i++) {
+        idle.state = (k++ % 2 == 0) ? AFSM_STATE_IDLE : AFSM_STATE_ACTIVE;
+        assert_int_equal(afsm_session_update(a, &p.ids[0], &idle, NULL), AFSM_OK);
+    }
+    uint64_t t0 = harness_now_ms();
+    afsm_engine_close(b);
+    uint64_t took = harness_now_ms() - t0;
+    atomic_store(&p.e, NULL);
+    print_message("close with callbacks heartbeating: %llu ms, %d heartbeats taken\n", (unsigned long long)took,
+                  atomic_load(&p.beats));
+    assert_true(took < 2000 + 1500);
+    afsm_engine_close(a);
+}
+
 /* ---- setup ----------------------------------------------------------------------------- */
 
 static int start_one(void **state)
@@ -502,6 +662,8 @@ int main(void)
         cmocka_unit_test_teardown(test_consistent_reads_answer_within_the_request_timeout, resume_etcd),
         cmocka_unit_test(test_flush_applied_late_counts_stats_once),
         cmocka_unit_test(test_renewals_follow_real_time_under_a_virtual_clock),
+        cmocka_unit_test_teardown(test_renewer_queue_is_bounded_and_drains, resume_etcd),
+        cmocka_unit_test(test_close_while_callbacks_queue_renewals),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
