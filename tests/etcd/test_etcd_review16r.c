@@ -640,6 +640,58 @@ static void test_close_while_callbacks_queue_renewals(void **state)
     afsm_engine_close(a);
 }
 
+/* ---- 7. an edit that fails midway writes nothing ---------------------------------- */
+
+/* An update merging metadata runs out of memory in its edit (the merged
+ * copy, first allocation on the calling thread): AFSM_ENOMEM, and neither
+ * etcd's record (same mod revision) nor the replica (same metadata) moved. */
+static void test_update_edit_out_of_memory_writes_nothing(void **state)
+{
+    (void)state;
+    const char *prefix = "/um1/";
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix, .stats_flush_ms = 600000});
+    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
+    afsm_kv kv = {.key = "k", .key_len = 1, .value = "v", .value_len = 1};
+    o.user_id = "um";
+    o.user_id_len = 2;
+    o.client_ip = "10.1.2.3";
+    o.client_ip_len = strlen(o.client_ip);
+    o.client_port = 4433;
+    o.metadata = &kv;
+    o.metadata_count = 1;
+    afsm_uuid_v7(&o.connection_id);
+    afsm_session_info s;
+    afsm_session_info_init(&s, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_create(a, &o, &s), AFSM_OK);
+    int64_t before, after;
+    packets_in_etcd(prefix, &s.session_id, &before);
+
+    afsm_kv more = {.key = "k2", .key_len = 2, .value = "v2", .value_len = 2};
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_METADATA_MERGE | AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_ACTIVE;
+    u.metadata = &more;
+    u.metadata_count = 1;
+    alloc_fail_after_on_this_thread(0);
+    afsm_status st = afsm_session_update(a, &s.session_id, &u, NULL);
+    alloc_fail_after_on_this_thread(-1);
+    packets_in_etcd(prefix, &s.session_id, &after);
+    afsm_session_info here;
+    afsm_session_info_init(&here, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_get(a, &s.session_id, &here), AFSM_OK);
+    print_message("update whose edit runs out of memory: %s; etcd revision %lld -> %lld; here %u entries, state %u\n",
+                  afsm_status_name(st), (long long)before, (long long)after, here.metadata_count, here.state);
+    assert_int_equal(st, AFSM_ENOMEM);
+    assert_int_equal(after, before);
+    assert_int_equal(here.metadata_count, 1);
+    assert_int_equal(here.state, s.state);
+    /* And it goes through once memory is back. */
+    assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_OK);
+    assert_int_equal(afsm_session_get(a, &s.session_id, &here), AFSM_OK);
+    assert_int_equal(here.metadata_count, 2);
+    afsm_engine_close(a);
+}
+
 /* ---- setup ----------------------------------------------------------------------------- */
 
 static int start_one(void **state)
@@ -664,6 +716,7 @@ int main(void)
         cmocka_unit_test(test_renewals_follow_real_time_under_a_virtual_clock),
         cmocka_unit_test_teardown(test_renewer_queue_is_bounded_and_drains, resume_etcd),
         cmocka_unit_test(test_close_while_callbacks_queue_renewals),
+        cmocka_unit_test(test_update_edit_out_of_memory_writes_nothing),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
