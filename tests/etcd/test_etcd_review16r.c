@@ -263,12 +263,16 @@ static int gate_held(gate *g)
 }
 
 static _Atomic int etcd_stopped; /* the member is SIGSTOPped: the teardown resumes it */
+static _Atomic int hung_member;  /* 1 + the member SIGSTOPped in a three-member test; 0: none */
 
 static int resume_etcd(void **state)
 {
     (void)state;
     if (atomic_exchange(&etcd_stopped, 0))
         harness_kill_member(&cluster, 0, SIGCONT);
+    int hung = atomic_exchange(&hung_member, 0);
+    if (hung > 0)
+        harness_kill_member(&cluster, hung - 1, SIGCONT);
     return 0;
 }
 
@@ -732,12 +736,134 @@ static void test_update_edit_out_of_memory_writes_nothing(void **state)
     afsm_engine_close(a);
 }
 
+/* ---- 8. a hung member does not cost heartbeated sessions their leases (3 members) ---- */
+
+/* The index of the member that leads the cluster (-1: none answered). */
+static int leader_index(void)
+{
+    for (int i = 0; i < cluster.count; i++) {
+        char endpoint[64];
+        snprintf(endpoint, sizeof(endpoint), "http://127.0.0.1:%d", cluster.members[i].client_port);
+        etcd_client_config cc = {.endpoints = endpoint, .dial_timeout_ms = 300, .request_timeout_ms = 2000};
+        etcd_client *c;
+        if (etcd_client_open(&cc, &c) != AFSM_OK)
+            continue;
+        json_object *body = json_object_new_object(), *reply = NULL, *header;
+        int leads = etcd_call(c, "/v3/maintenance/status", body, 1, &reply, NULL) == AFSM_OK &&
+                    json_object_object_get_ex(reply, "header", &header) &&
+                    etcd_get_int64(reply, "leader") == etcd_get_int64(header, "member_id");
+        json_object_put(body);
+        json_object_put(reply);
+        etcd_client_close(c);
+        if (leads)
+            return i;
+    }
+    return -1;
+}
+
+typedef struct pacer {
+    afsm_engine *e;
+    afsm_uuid *ids;
+    int n;
+    uint64_t every_ms;
+    _Atomic int stop, failures;
+    _Atomic afsm_status first_failure;
+} pacer;
+
+static void *pacer_main(void *arg)
+{
+    pacer *p = arg;
+    while (!atomic_load(&p->stop)) {
+        for (int i = 0; i < p->n; i++) {
+            afsm_status st = afsm_session_heartbeat(p->e, &p->ids[i], NULL);
+            if (st != AFSM_OK && atomic_fetch_add(&p->failures, 1) == 0)
+                atomic_store(&p->first_failure, st);
+        }
+        harness_nap_ms((long)p->every_ms); /* pacing: the client's heartbeat interval */
+    }
+    return NULL;
+}
+
+/* Three members; the engine's first endpoint is a follower, which hangs
+ * (SIGSTOP: it accepts connections and answers nothing) while 200
+ * sessions with a 3 s timeout (lease TTL 4 s) are heartbeated every
+ * second, with the request timeout at its default (5 s). The renewer's
+ * request to the hung member waits half its budget before the next
+ * endpoint, and every lease queued meanwhile waits behind it. No session
+ * may expire. */
+static void test_hung_member_does_not_expire_heartbeated_sessions(void **state)
+{
+    (void)state;
+    enum { N = 200 };
+    int leader = leader_index();
+    assert_true(leader >= 0);
+    int hung = leader == 0 ? 1 : 0;
+    char endpoints[HARNESS_MEMBERS_MAX * 40];
+    int len = snprintf(endpoints, sizeof(endpoints), "http://127.0.0.1:%d", cluster.members[hung].client_port);
+    for (int i = 0; i < cluster.count; i++)
+        if (i != hung)
+            len += snprintf(endpoints + len, sizeof(endpoints) - (size_t)len, ",http://127.0.0.1:%d",
+                            cluster.members[i].client_port);
+    counters ev;
+    memset(&ev, 0, sizeof(ev));
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = endpoints;
+    cfg.etcd_prefix = "/hm1/";
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.default_timeout_ms = 3000;
+    cfg.on_event = count_event;
+    cfg.event_ctx = &ev;
+    cfg.log_level = AFSM_LOG_ERROR;
+    cfg.shard_count = 4;
+    afsm_engine *e = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
+    static afsm_uuid ids[N];
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_ACTIVE;
+    for (int i = 0; i < N; i++) {
+        afsm_session_info s;
+        assert_int_equal(create(e, "hung", &s), AFSM_OK);
+        assert_int_equal(afsm_session_update(e, &s.session_id, &u, NULL), AFSM_OK);
+        ids[i] = s.session_id;
+    }
+    pacer p = {.e = e, .ids = ids, .n = N, .every_ms = 1000};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, pacer_main, &p), 0);
+    /* Renewals in their steady rhythm first. */
+    WAIT_FOR(metrics_of(e).etcd_lease_keepalives_total >= N, 10000);
+    atomic_store(&hung_member, hung + 1);
+    harness_kill_member(&cluster, hung, SIGSTOP);
+    uint64_t until = harness_now_ms() + 8000; /* two lease TTLs */
+    while (harness_now_ms() < until && atomic_load(&ev.expired) == 0)
+        harness_nap_ms(50);
+    harness_kill_member(&cluster, hung, SIGCONT);
+    atomic_store(&hung_member, 0);
+    atomic_store(&p.stop, 1);
+    pthread_join(t, NULL);
+    print_message("member %d hung for 8 s (leader %d), %d sessions heartbeated every second: %d expired, %d failed "
+                  "heartbeats (first %s)\n",
+                  hung, leader, N, atomic_load(&ev.expired), atomic_load(&p.failures),
+                  afsm_status_name(atomic_load(&p.first_failure)));
+    assert_int_equal(atomic_load(&ev.expired), 0);
+    assert_int_equal(atomic_load(&p.failures), 0);
+    afsm_engine_close(e);
+}
+
 /* ---- setup ----------------------------------------------------------------------------- */
 
 static int start_one(void **state)
 {
     (void)state;
     return harness_start(&cluster, 1);
+}
+
+static int start_three(void **state)
+{
+    (void)state;
+    return harness_start(&cluster, 3);
 }
 
 static int stop_cluster(void **state)
@@ -759,7 +885,11 @@ int main(void)
         cmocka_unit_test(test_close_while_callbacks_queue_renewals),
         cmocka_unit_test(test_update_edit_out_of_memory_writes_nothing),
     };
+    const struct CMUnitTest three[] = {
+        cmocka_unit_test_teardown(test_hung_member_does_not_expire_heartbeated_sessions, resume_etcd),
+    };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
-    return cmocka_run_group_tests_name("etcd review 16r", one, start_one, stop_cluster);
+    int failed = cmocka_run_group_tests_name("etcd review 16r", one, start_one, stop_cluster);
+    return failed + cmocka_run_group_tests_name("etcd review 16r, three members", three, start_three, stop_cluster);
 }
