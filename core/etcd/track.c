@@ -178,7 +178,7 @@ void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, con
     pthread_mutex_unlock(&s->lock);
 }
 
-int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease)
+int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease, uint64_t *period_ns)
 {
     uint64_t hash;
     track_stripe *s = stripe_of(t, id, &hash);
@@ -194,6 +194,7 @@ int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lea
         e->info.renewed_ns = now_ns;
         e->info.renew_queued = 1;
         *lease = e->info.lease;
+        *period_ns = e->info.renew_period_ns;
         due = TRACK_RENEW_DUE;
     }
     pthread_mutex_unlock(&s->lock);

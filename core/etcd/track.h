@@ -64,13 +64,14 @@ int track_remove(track *t, const afsm_uuid *id, track_info *out);
 void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, const char *reason, size_t reason_len);
 /* A heartbeat's question about id's lease at now_ns. TRACK_RENEW_DUE: its
  * last renewal was at least its renew period ago and none is queued; it is
- * marked renewed now and queued (renew_queued), and *lease given: the
- * caller hands it to the renewer (one caller per period wins).
+ * marked renewed now and queued (renew_queued), and *lease (and its
+ * renew period, *period_ns) given: the caller hands it to the renewer
+ * (one caller per period wins).
  * TRACK_RENEW_GONE: a keepalive found the lease gone from etcd. */
 #define TRACK_RENEW_NOT_DUE 0
 #define TRACK_RENEW_DUE     1
 #define TRACK_RENEW_GONE    2
-int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease);
+int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease, uint64_t *period_ns);
 /* The renewer is done with id's lease: ok (renewed), failed (due again a
  * quarter period later), or gone (TTL <= 0: noted,
  * if id still has that lease). Clears renew_queued. */
