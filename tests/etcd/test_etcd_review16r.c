@@ -736,6 +736,61 @@ static void test_update_edit_out_of_memory_writes_nothing(void **state)
     afsm_engine_close(a);
 }
 
+/* A stale replica (white box: this node's view of the record's revision
+ * one behind etcd's) loses the guard and must apply etcd's record before
+ * editing again; that apply runs out of memory (the replica's metadata
+ * copy, first allocation on this thread). The update must say so
+ * (AFSM_ENOMEM), write nothing, and go through once memory is back. On
+ * 7cbf62d the failed apply was ignored: the loop re-read the same stale
+ * record, lost the guard 8 times (8 round trips) and reported
+ * AFSM_EUNAVAILABLE ("lost every guard"), a race that never was. */
+static void test_stale_apply_out_of_memory_is_reported(void **state)
+{
+    (void)state;
+    const char *prefix = "/um2/";
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix, .stats_flush_ms = 600000});
+    etcd_store *es = (etcd_store *)a->st;
+    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
+    afsm_kv kv = {.key = "k", .key_len = 1, .value = "v", .value_len = 1};
+    o.user_id = "um";
+    o.user_id_len = 2;
+    o.client_ip = "10.1.2.3";
+    o.client_ip_len = strlen(o.client_ip);
+    o.client_port = 4433;
+    o.metadata = &kv;
+    o.metadata_count = 1;
+    afsm_uuid_v7(&o.connection_id);
+    afsm_session_info s;
+    afsm_session_info_init(&s, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_create(a, &o, &s), AFSM_OK);
+    int64_t before, after;
+    packets_in_etcd(prefix, &s.session_id, &before);
+    pthread_mutex_lock(&es->apply_lock);
+    track_info ti;
+    assert_true(track_get(&es->tracks, &s.session_id, &ti));
+    ti.mod_revision -= 1;
+    assert_int_equal(track_put(&es->tracks, &s.session_id, &ti), AFSM_OK);
+    pthread_mutex_unlock(&es->apply_lock);
+
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_ACTIVE;
+    alloc_fail_after_on_this_thread(0);
+    afsm_status st = afsm_session_update(a, &s.session_id, &u, NULL);
+    alloc_fail_after_on_this_thread(-1);
+    packets_in_etcd(prefix, &s.session_id, &after);
+    print_message("update on a stale replica whose catch-up runs out of memory: %s (%s); etcd revision %lld -> %lld\n",
+                  afsm_status_name(st), afsm_error_detail(), (long long)before, (long long)after);
+    assert_int_equal(st, AFSM_ENOMEM);
+    assert_int_equal(after, before);
+    assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_OK);
+    afsm_session_info here;
+    afsm_session_info_init(&here, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_get(a, &s.session_id, &here), AFSM_OK);
+    assert_int_equal(here.state, AFSM_STATE_ACTIVE);
+    afsm_engine_close(a);
+}
+
 /* ---- 8. a hung member does not cost heartbeated sessions their leases (3 members) ---- */
 
 /* The index of the member that leads the cluster (-1: none answered). */
@@ -884,6 +939,7 @@ int main(void)
         cmocka_unit_test_teardown(test_renewer_queue_is_bounded_and_drains, resume_etcd),
         cmocka_unit_test(test_close_while_callbacks_queue_renewals),
         cmocka_unit_test(test_update_edit_out_of_memory_writes_nothing),
+        cmocka_unit_test(test_stale_apply_out_of_memory_is_reported),
     };
     const struct CMUnitTest three[] = {
         cmocka_unit_test_teardown(test_hung_member_does_not_expire_heartbeated_sessions, resume_etcd),
