@@ -816,8 +816,12 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
             keys_record fresh;
             json_object *holder = NULL;
             if (value != NULL && keys_record_decode(value, (size_t)len, &fresh, &holder) == AFSM_OK) {
-                apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0, NULL, &ev); /* etcd's, not ours */
-                *retry = 1;
+                /* etcd's, not ours. Not applied for want of memory: editing
+                 * again would start from the same stale record and lose again. */
+                if (apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0, NULL, &ev) == AFSM_ENOMEM)
+                    st = AFSM_ENOMEM;
+                else
+                    *retry = 1;
             } else {
                 st = AFSM_EINTERNAL;
             }
