@@ -382,6 +382,79 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
     pthread_mutex_destroy(&g.lock);
 }
 
+/* A consistent list and count called from an event callback on the watch
+ * thread (which cannot wait for itself) must answer at once, from the
+ * replica as of the event, and include the session the event is about. */
+typedef struct in_callback {
+    afsm_engine *_Atomic e;
+    _Atomic int calls;
+    _Atomic afsm_status list_status, count_status;
+    _Atomic uint64_t total, slowest_ms;
+} in_callback;
+
+static void list_in_callback(void *ctx, const afsm_event *ev)
+{
+    in_callback *c = ctx;
+    afsm_engine *e = atomic_load(&c->e);
+    if (e == NULL || ev->type != AFSM_EVENT_CREATED)
+        return;
+    uint64_t t0 = harness_now_ms();
+    afsm_list_filter f = AFSM_LIST_FILTER_INIT;
+    f.state = AFSM_STATE_ANY;
+    f.limit = 4;
+    afsm_session_info out[4];
+    for (int i = 0; i < 4; i++)
+        afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+    size_t listed = 0;
+    uint64_t total = 0;
+    atomic_store(&c->list_status, afsm_session_list(e, &f, out, 4, &listed, &total, NULL));
+    afsm_counts counts;
+    atomic_store(&c->count_status, afsm_engine_counts(e, &counts));
+    atomic_store(&c->total, total);
+    uint64_t took = harness_now_ms() - t0;
+    if (took > atomic_load(&c->slowest_ms))
+        atomic_store(&c->slowest_ms, took);
+    atomic_fetch_add(&c->calls, 1);
+}
+
+static void test_consistent_list_in_a_watch_callback_answers_at_once(void **state)
+{
+    (void)state;
+    const char *prefix = "/lc1/";
+    static in_callback c;
+    memset(&c, 0, sizeof(c));
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = prefix;
+    cfg.etcd_request_timeout_ms = 3000;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.etcd_read_mode = AFSM_READ_CONSISTENT;
+    cfg.on_event = list_in_callback;
+    cfg.event_ctx = &c;
+    cfg.log_level = AFSM_LOG_ERROR;
+    cfg.shard_count = 4;
+    afsm_engine *b = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
+    atomic_store(&c.e, b);
+    afsm_session_info s;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(create(a, "cb", &s), AFSM_OK);
+    WAIT_FOR(atomic_load(&c.calls) == 3, 10000);
+    atomic_store(&c.e, NULL);
+    print_message("consistent list in b's watch callback: %s / %s, total %llu, slowest %llu ms\n",
+                  afsm_status_name(atomic_load(&c.list_status)), afsm_status_name(atomic_load(&c.count_status)),
+                  (unsigned long long)atomic_load(&c.total), (unsigned long long)atomic_load(&c.slowest_ms));
+    assert_int_equal(atomic_load(&c.list_status), AFSM_OK);
+    assert_int_equal(atomic_load(&c.count_status), AFSM_OK);
+    assert_int_equal(atomic_load(&c.total), 3);
+    assert_true(atomic_load(&c.slowest_ms) < 1000);
+    afsm_engine_close(b);
+    afsm_engine_close(a);
+}
+
 /* ---- 3. a flush whose local apply fails counts nothing twice ------------------------ */
 
 /* etcd's record of id: its stats' packets_sent and its mod revision. */
@@ -934,6 +1007,7 @@ int main(void)
         cmocka_unit_test(test_heartbeating_sessions_keep_their_leases),
         cmocka_unit_test(test_heartbeating_sessions_keep_their_leases_on_two_nodes),
         cmocka_unit_test_teardown(test_consistent_reads_answer_within_the_request_timeout, resume_etcd),
+        cmocka_unit_test(test_consistent_list_in_a_watch_callback_answers_at_once),
         cmocka_unit_test(test_flush_applied_late_counts_stats_once),
         cmocka_unit_test(test_renewals_follow_real_time_under_a_virtual_clock),
         cmocka_unit_test_teardown(test_renewer_queue_is_bounded_and_drains, resume_etcd),
