@@ -455,6 +455,104 @@ static void test_consistent_list_in_a_watch_callback_answers_at_once(void **stat
     afsm_engine_close(a);
 }
 
+/* A put outside every engine's prefix: etcd's revision moves on, no
+ * replica's watch sees it. */
+static void put_elsewhere(etcd_client *c)
+{
+    json_object *body = json_object_new_object(), *reply = NULL;
+    json_object_object_add(body, "key", etcd_json_bytes("/elsewhere/k", 12));
+    json_object_object_add(body, "value", etcd_json_bytes("v", 1));
+    assert_int_equal(etcd_call(c, "/v3/kv/put", body, 0, &reply, NULL), AFSM_OK);
+    json_object_put(body);
+    json_object_put(reply);
+}
+
+/* b's event callback is slow (20 ms an event: a user's callback under
+ * load), so b's watch lags behind a. */
+static void slow_event(void *ctx, const afsm_event *ev)
+{
+    (void)ctx;
+    (void)ev;
+    harness_nap_ms(20); /* the slowness under test, not a synchronisation */
+}
+
+/* Node a deletes one session and creates another (the number of session
+ * keys stays what b's lagging replica counts, with the deleted session
+ * and without the new one), or makes one change, at random, with writes
+ * outside the prefix between them. After each step, a consistent count
+ * and list on b must show exactly a's sessions: the "same number of
+ * session keys" form must never pass a replica that misses one session
+ * and still has another. (Checked: without its `at >= newest` condition
+ * this test fails.) */
+static void test_consistent_counts_follow_creates_and_deletes(void **state)
+{
+    (void)state;
+    enum { OPS = 100, LIVE_MAX = 8 };
+    const char *prefix = "/cc1/";
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg.store = AFSM_STORE_ETCD;
+    cfg.etcd_endpoints = cluster.endpoints;
+    cfg.etcd_prefix = prefix;
+    cfg.etcd_request_timeout_ms = 3000;
+    cfg.etcd_dial_timeout_ms = 300;
+    cfg.etcd_read_mode = AFSM_READ_CONSISTENT;
+    cfg.on_event = slow_event;
+    cfg.log_level = AFSM_LOG_ERROR;
+    cfg.shard_count = 4;
+    afsm_engine *b = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
+    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
+    etcd_client *raw;
+    assert_int_equal(etcd_client_open(&cc, &raw), AFSM_OK);
+    afsm_uuid live[LIVE_MAX];
+    int n = 0, wrong = 0;
+    unsigned seed = 16;
+    for (int op = 0; op < OPS; op++) {
+        int r = rand_r(&seed);
+        int swap = n > 0 && r % 3 != 0; /* delete one, create another */
+        if (n > 0 && (swap || n == LIVE_MAX || r % 2 == 0)) {
+            int k = (r / 2) % n;
+            assert_int_equal(afsm_session_delete(a, &live[k], NULL, 0), AFSM_OK);
+            live[k] = live[--n];
+        }
+        if (swap || n == 0 || (n < LIVE_MAX && r % 2 != 0)) {
+            afsm_session_info s;
+            assert_int_equal(create(a, "cc", &s), AFSM_OK);
+            live[n++] = s.session_id;
+        }
+        if (r % 3 == 0)
+            put_elsewhere(raw);
+        afsm_counts counts;
+        assert_int_equal(afsm_engine_counts(b, &counts), AFSM_OK);
+        afsm_list_filter f = AFSM_LIST_FILTER_INIT;
+        f.state = AFSM_STATE_ANY;
+        f.limit = LIVE_MAX + 4;
+        afsm_session_info out[LIVE_MAX + 4];
+        for (int i = 0; i < LIVE_MAX + 4; i++)
+            afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+        size_t listed = 0;
+        uint64_t total = 0;
+        assert_int_equal(afsm_session_list(b, &f, out, LIVE_MAX + 4, &listed, &total, NULL), AFSM_OK);
+        int same = counts.total == (uint64_t)n && listed == (size_t)n;
+        for (size_t i = 0; same && i < listed; i++) {
+            int found = 0;
+            for (int k = 0; k < n; k++)
+                found |= memcmp(&out[i].session_id, &live[k], sizeof(afsm_uuid)) == 0;
+            same = found;
+        }
+        if (!same && wrong++ == 0)
+            print_message("op %d: a has %d sessions; b counts %llu, lists %zu\n", op, n,
+                          (unsigned long long)counts.total, listed);
+    }
+    print_message("%d steps on a, each followed by a consistent count and list on b: %d wrong\n", OPS, wrong);
+    assert_int_equal(wrong, 0);
+    etcd_client_close(raw);
+    afsm_engine_close(b);
+    afsm_engine_close(a);
+}
+
 /* ---- 3. a flush whose local apply fails counts nothing twice ------------------------ */
 
 /* etcd's record of id: its stats' packets_sent and its mod revision. */
@@ -1008,6 +1106,7 @@ int main(void)
         cmocka_unit_test(test_heartbeating_sessions_keep_their_leases_on_two_nodes),
         cmocka_unit_test_teardown(test_consistent_reads_answer_within_the_request_timeout, resume_etcd),
         cmocka_unit_test(test_consistent_list_in_a_watch_callback_answers_at_once),
+        cmocka_unit_test(test_consistent_counts_follow_creates_and_deletes),
         cmocka_unit_test(test_flush_applied_late_counts_stats_once),
         cmocka_unit_test(test_renewals_follow_real_time_under_a_virtual_clock),
         cmocka_unit_test_teardown(test_renewer_queue_is_bounded_and_drains, resume_etcd),
