@@ -298,7 +298,8 @@ static attempt attempt_once(etcd_client *c, unsigned endpoint, const char *path,
 static afsm_status authenticate(etcd_client *c, uint64_t deadline_ms);
 
 static afsm_status call(etcd_client *c, const char *path, const char *body, int idempotent, int multi,
-                        json_object **reply, int *code, uint64_t deadline_ms, int may_authenticate)
+                        uint64_t attempt_max_ms, json_object **reply, int *code, uint64_t deadline_ms,
+                        int may_authenticate)
 {
     *reply = NULL;
     if (code != NULL)
@@ -318,6 +319,8 @@ static afsm_status call(etcd_client *c, const char *path, const char *body, int 
         uint64_t budget = deadline_ms - now;
         if (idempotent && c->endpoint_count > 1 && budget > 1)
             budget /= 2;
+        if (attempt_max_ms != 0 && budget > attempt_max_ms)
+            budget = attempt_max_ms;
         attempt a = attempt_once(c, endpoint, path, body, budget, multi, &answer);
         if (a == ATTEMPT_OUT_OF_MEMORY)
             return AFSM_ENOMEM;
@@ -344,7 +347,7 @@ static afsm_status call(etcd_client *c, const char *path, const char *body, int 
                 afsm_status st = authenticate(c, deadline_ms);
                 if (st != AFSM_OK)
                     return st;
-                return call(c, path, body, idempotent, multi, reply, code, deadline_ms, 0);
+                return call(c, path, body, idempotent, multi, attempt_max_ms, reply, code, deadline_ms, 0);
             }
             if (grpc != ETCD_CODE_UNAVAILABLE) {
                 *reply = answer;
@@ -377,7 +380,7 @@ static afsm_status authenticate(etcd_client *c, uint64_t deadline_ms)
     /* The old token is not cleared first: concurrent requests keep sending
      * it (an expired one earns them their own re-authentication) instead
      * of going out with none. This request goes without (make_headers). */
-    afsm_status st = call(c, AUTHENTICATE_PATH, json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), 1, 0,
+    afsm_status st = call(c, AUTHENTICATE_PATH, json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), 1, 0, 0,
                           &reply, NULL, deadline_ms, 0);
     json_object_put(body);
     json_object *token;
@@ -404,12 +407,13 @@ afsm_status etcd_call(etcd_client *c, const char *path, json_object *body, int i
     const char *text = json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN);
     if (text == NULL)
         return AFSM_ENOMEM;
-    return call(c, path, text, idempotent, 0, reply, code, now_ms() + c->request_timeout_ms, 1);
+    return call(c, path, text, idempotent, 0, 0, reply, code, now_ms() + c->request_timeout_ms, 1);
 }
 
-afsm_status etcd_call_each(etcd_client *c, const char *path, const char *body, json_object **replies)
+afsm_status etcd_call_each(etcd_client *c, const char *path, const char *body, uint64_t attempt_max_ms,
+                           json_object **replies)
 {
-    return call(c, path, body, 1, 1, replies, NULL, now_ms() + c->request_timeout_ms, 1);
+    return call(c, path, body, 1, 1, attempt_max_ms, replies, NULL, now_ms() + c->request_timeout_ms, 1);
 }
 
 afsm_status etcd_call_until(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
@@ -420,7 +424,7 @@ afsm_status etcd_call_until(etcd_client *c, const char *path, json_object *body,
         *reply = NULL;
         return AFSM_ENOMEM;
     }
-    return call(c, path, text, idempotent, 0, reply, code, deadline_ms, 1);
+    return call(c, path, text, idempotent, 0, 0, reply, code, deadline_ms, 1);
 }
 
 /* ---- streams -------------------------------------------------------------------- */

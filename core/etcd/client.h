@@ -66,8 +66,12 @@ afsm_status etcd_call_until(etcd_client *c, const char *path, json_object *body,
 /* An idempotent request to a streaming method (lease/keepalive) whose body
  * (text) holds several requests, one JSON object each: the method answers
  * each in turn, and *replies receives every answer, in order, as a JSON
- * array (json_object_put it). Statuses as etcd_call. */
-afsm_status etcd_call_each(etcd_client *c, const char *path, const char *body, json_object **replies);
+ * array (json_object_put it). Statuses as etcd_call. attempt_max_ms (0:
+ * none) bounds each attempt on one endpoint, so that a hung member costs
+ * at most that before the next endpoint is tried (still within the
+ * request timeout overall). */
+afsm_status etcd_call_each(etcd_client *c, const char *path, const char *body, uint64_t attempt_max_ms,
+                           json_object **replies);
 
 /* Fetches a fresh auth token (no-op without a user): for a stream that
  * was refused, since a token expires (etcd's --auth-token-ttl). */

@@ -32,6 +32,7 @@
 #include "etcd/keys.h"
 #include "etcd/track.h"
 #include "store.h"
+#include "util/clock.h"
 
 typedef struct etcd_lease_pool etcd_lease_pool;
 typedef struct etcd_renewer etcd_renewer;
@@ -197,6 +198,15 @@ int64_t etcd_lease_ttl_s(uint64_t timeout_ms);
 static inline uint64_t etcd_renew_period_ns(uint64_t timeout_ms)
 {
     return timeout_ms * 1000000u / 3u;
+}
+
+/* The clock renewals are counted on (track's renewed_ns and
+ * activate_after_ns): etcd ends a lease on real time, whatever the engine
+ * clock (afsm_config.clock may be a virtual one, or run slow), so a
+ * period of it must be a real period. */
+static inline uint64_t etcd_lease_clock_ns(void)
+{
+    return clock_monotonic_coarse_ns(NULL);
 }
 
 /* The store (store.c). */

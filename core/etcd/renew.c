@@ -10,9 +10,13 @@
  * The promise kept: a heartbeat at t is followed by a lease that lives
  * until t + timeout at least. The period is counted from the heartbeat
  * that queued the renewal (not from the send, which is later), and the
- * TTL is the timeout plus one period, so a renewal sent within the
- * session's timeout of being queued keeps it; the queue is drained in
- * milliseconds unless etcd is away, when nothing could renew it anyway.
+ * TTL is the timeout plus one period; the renewal is queued at most a
+ * period plus the client's heartbeat interval after the last one, so it
+ * keeps the session if it reaches etcd within the timeout minus that
+ * interval of being queued (the previous lease still lives). The queue
+ * is drained in milliseconds unless etcd is away, when nothing could
+ * renew it anyway, and one attempt on a hung member is bounded
+ * (attempt_max_ms).
  *
  * Dedup: a lease is queued at most once (track's renew_queued, set by the
  * heartbeat that queues it and cleared by the renewer once its answer is
@@ -52,7 +56,30 @@
 typedef struct renewal {
     afsm_uuid id;
     int64_t lease;
+    uint64_t period_ns; /* the session's renew period (timeout / 3) */
 } renewal;
+
+/* The longest one attempt of a keepalive request may wait on one endpoint:
+ * half the shortest renew period in the batch. A renewal is queued up to
+ * a period plus the client's heartbeat interval after the last one, which
+ * leaves the lease (TTL: timeout + one period) the timeout minus that
+ * interval; a hung member (it accepts, never answers) given half the
+ * request timeout (2.5 s by default) took more than that from a 3 s
+ * session heartbeated every second, for every lease queued behind the
+ * request (test_hung_member_does_not_expire_heartbeated_sessions). A
+ * keepalive is no raft write: a healthy member answers in milliseconds.
+ * The request as a whole still has the request timeout. */
+#define RENEW_ATTEMPT_MIN_MS 200
+
+static uint64_t attempt_max_ms(const renewal *batch, size_t n)
+{
+    uint64_t shortest = UINT64_MAX;
+    for (size_t i = 0; i < n; i++)
+        if (batch[i].period_ns < shortest)
+            shortest = batch[i].period_ns;
+    uint64_t ms = shortest / 2 / 1000000u;
+    return ms < RENEW_ATTEMPT_MIN_MS ? RENEW_ATTEMPT_MIN_MS : ms;
+}
 
 struct etcd_renewer {
     pthread_mutex_t lock;
@@ -74,7 +101,7 @@ static size_t renew_request(etcd_store *es, const renewal *batch, size_t n, int 
     for (size_t i = 0; i < n; i++)
         len += (size_t)snprintf(body + len, sizeof(body) - len, "{\"ID\":\"%lld\"}\n", (long long)batch[i].lease);
     json_object *replies = NULL;
-    afsm_status st = etcd_call_each(es->client, "/v3/lease/keepalive", body, &replies);
+    afsm_status st = etcd_call_each(es->client, "/v3/lease/keepalive", body, attempt_max_ms(batch, n), &replies);
     size_t answered =
         st == AFSM_OK && json_object_is_type(replies, json_type_array) ? json_object_array_length(replies) : 0;
     if (answered > n)
@@ -159,7 +186,8 @@ static void *renewer_main(void *arg)
 afsm_status etcd_renew_if_due(etcd_store *es, const afsm_uuid *id)
 {
     int64_t lease;
-    int due = track_renew_due(&es->tracks, id, es->config.clock(es->config.clock_ctx), &lease);
+    uint64_t period_ns = 0;
+    int due = track_renew_due(&es->tracks, id, etcd_lease_clock_ns(), &lease, &period_ns);
     if (due == TRACK_RENEW_GONE)
         return AFSM_EEXPIRED;
     if (due != TRACK_RENEW_DUE)
@@ -168,7 +196,7 @@ afsm_status etcd_renew_if_due(etcd_store *es, const afsm_uuid *id)
     int queued = 0;
     pthread_mutex_lock(&r->lock);
     if (r->count < RENEW_QUEUE_MAX && !r->stop) {
-        r->ring[(r->head + r->count) % RENEW_QUEUE_MAX] = (renewal){*id, lease};
+        r->ring[(r->head + r->count) % RENEW_QUEUE_MAX] = (renewal){*id, lease, period_ns};
         r->count++;
         queued = 1;
         pthread_cond_signal(&r->wake);

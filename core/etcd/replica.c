@@ -206,12 +206,13 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
     return AFSM_OK;
 }
 
-/* When the lease was last renewed, on this node's engine clock: counted
- * from the grant (the record's leased_ns), so a pooled lease's age is not
- * forgotten; the apply time when the record does not say. */
-static uint64_t renewed_at(etcd_store *es, const keys_record *rec)
+/* When the lease was last renewed, on the lease clock (etcd_lease_clock_ns:
+ * real time, not the engine clock): counted from the grant (the record's
+ * leased_ns), so a pooled lease's age is not forgotten; the apply time
+ * when the record does not say. */
+static uint64_t renewed_at(const keys_record *rec)
 {
-    uint64_t now = es->config.clock(es->config.clock_ctx);
+    uint64_t now = etcd_lease_clock_ns();
     int64_t age = rec->leased_ns != 0 ? clock_wall_ns() - rec->leased_ns : 0;
     return age > 0 && (uint64_t)age < now ? now - (uint64_t)age : now;
 }
@@ -294,7 +295,7 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
         .lease = rec->lease,
         .mod_revision = mod_revision,
         .slot = rec->slot,
-        .renewed_ns = renewed_at(es, rec),
+        .renewed_ns = renewed_at(rec),
         .renew_period_ns = etcd_renew_period_ns(rec->info.timeout_ms),
         .flushed = rec->info.stats,
         .leased_ns = rec->leased_ns,
@@ -697,16 +698,18 @@ afsm_status etcd_replica_sync(etcd_store *es)
      * itself: it sees the replica as of its event (afsm.h says so). */
     if (etcd_on_watch_thread(es))
         return AFSM_OK;
-    int64_t from = atomic_load_explicit(&es->applied_revision, memory_order_acquire);
-    int64_t revision = 0, count = 0, newest = 0;
-    afsm_status st = probe_sessions(es, from, &revision, &count, &newest);
-    if (st != AFSM_OK)
-        return st;
+    /* One request timeout for the whole call, probe included: a probe
+     * etcd answers late leaves the wait only what is left of it. */
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     uint64_t ns = (uint64_t)until.tv_nsec + es->request_timeout_ns;
     until.tv_sec += (time_t)(ns / 1000000000u);
     until.tv_nsec = (long)(ns % 1000000000u);
+    int64_t from = atomic_load_explicit(&es->applied_revision, memory_order_acquire);
+    int64_t revision = 0, count = 0, newest = 0;
+    afsm_status st = probe_sessions(es, from, &revision, &count, &newest);
+    if (st != AFSM_OK)
+        return st;
     pthread_mutex_lock(&es->apply_lock);
     int reached = replica_reached(es, revision, count, newest);
     pthread_mutex_unlock(&es->apply_lock);

@@ -894,6 +894,12 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     *retry = 0;
     if (st == AFSM_OK && succeeded) {
         st = apply_own(es, &o->rec, revision, flags, out, &ev);
+        /* Written but not applied here (no memory): the watch applies it
+         * (its events wait until this write is no longer in flight). The
+         * stats it carries are this node's, flushed: the echo must not add
+         * them again as another node's. A stats set (RESET) has no base. */
+        if (st != AFSM_OK && !(flags & ETCD_APPLY_RESET))
+            track_set_flushed(&es->tracks, &o->rec.info.session_id, &o->rec.info.stats);
     } else if (st == AFSM_OK) {
         json_object *kvs = txn_range_kvs(reply, 0);
         if (kvs == NULL) {
@@ -905,8 +911,12 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
             keys_record fresh;
             json_object *holder = NULL;
             if (value != NULL && keys_record_decode(value, (size_t)len, &fresh, &holder) == AFSM_OK) {
-                apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0, NULL, &ev); /* etcd's, not ours */
-                *retry = 1;
+                /* etcd's, not ours. Not applied for want of memory: editing
+                 * again would start from the same stale record and lose again. */
+                if (apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0, NULL, &ev) == AFSM_ENOMEM)
+                    st = AFSM_ENOMEM;
+                else
+                    *retry = 1;
             } else {
                 st = AFSM_EINTERNAL;
             }
@@ -1079,14 +1089,14 @@ static afsm_status heartbeat_activate(etcd_store *es, const afsm_uuid *id)
         return AFSM_OK; /* the common case: already active (or gone) */
     /* With etcd away, not every heartbeat may block for the request
      * timeout (as renewals: review finding 11). */
-    if (!track_activation_due(&es->tracks, id, es->config.clock(es->config.clock_ctx)))
+    if (!track_activation_due(&es->tracks, id, etcd_lease_clock_ns()))
         return AFSM_OK;
     afsm_status status = guarded_rmw(es, id, ETCD_APPLY_OWN, activate_edit, NULL, NULL, NULL, NULL);
     if (status == AFSM_EUNAVAILABLE) {
         /* The heartbeat itself was taken (the replica answers while etcd
          * is away); the session stays as it is, and a heartbeat a quarter
          * period later tries the activation again. */
-        track_activation_failed(&es->tracks, id, es->config.clock(es->config.clock_ctx));
+        track_activation_failed(&es->tracks, id, etcd_lease_clock_ns());
         etcd_log(es, AFSM_LOG_WARN, "etcd: activation by heartbeat not written; retried a quarter period later", NULL,
                  NULL);
         return AFSM_OK;
@@ -1334,22 +1344,29 @@ static afsm_status read_key(etcd_store *es, const char *key, size_t len, int key
     return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st;
 }
 
-/* Consistent mode: waits (within the request timeout) until the replica
- * has applied id's record at mod_revision or later. */
-static afsm_status wait_applied(etcd_store *es, const afsm_uuid *id, int64_t mod_revision)
+/* The monotonic time one request timeout from now. */
+static struct timespec request_deadline(const etcd_store *es)
 {
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     uint64_t ns = (uint64_t)until.tv_nsec + es->request_timeout_ns;
     until.tv_sec += (time_t)(ns / 1000000000u);
     until.tv_nsec = (long)(ns % 1000000000u);
+    return until;
+}
+
+/* Consistent mode: waits until the replica has applied id's record at
+ * mod_revision or later, at most until `until` (CLOCK_MONOTONIC): the
+ * caller's request timeout, counted from before its read of etcd. */
+static afsm_status wait_applied(etcd_store *es, const afsm_uuid *id, int64_t mod_revision, const struct timespec *until)
+{
     afsm_status st = AFSM_OK;
     pthread_mutex_lock(&es->apply_lock);
     for (;;) {
         track_info ti;
         if (track_get(&es->tracks, id, &ti) && ti.mod_revision >= mod_revision)
             break;
-        if (pthread_cond_timedwait(&es->applied, &es->apply_lock, &until) != 0) {
+        if (pthread_cond_timedwait(&es->applied, &es->apply_lock, until) != 0) {
             st = AFSM_EUNAVAILABLE; /* the watch did not deliver it in time */
             break;
         }
@@ -1420,11 +1437,13 @@ static afsm_status catch_up(etcd_store *es, const afsm_uuid *id)
     size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
     int found;
     int64_t mod_revision = 0;
+    /* One request timeout for the read and the wait together. */
+    struct timespec until = request_deadline(es);
     afsm_status st = read_key(es, skey, slen, 1, &found, &mod_revision, NULL, NULL);
     if (st != AFSM_OK)
         return st;
     /* Gone in etcd: gone, even if this replica has not heard yet. */
-    return found ? wait_applied(es, id, mod_revision) : AFSM_ENOTFOUND;
+    return found ? wait_applied(es, id, mod_revision, &until) : AFSM_ENOTFOUND;
 }
 
 /* The session id a connection id names, from etcd's c/ key. */

@@ -178,7 +178,7 @@ void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, con
     pthread_mutex_unlock(&s->lock);
 }
 
-int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease)
+int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease, uint64_t *period_ns)
 {
     uint64_t hash;
     track_stripe *s = stripe_of(t, id, &hash);
@@ -194,6 +194,7 @@ int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lea
         e->info.renewed_ns = now_ns;
         e->info.renew_queued = 1;
         *lease = e->info.lease;
+        *period_ns = e->info.renew_period_ns;
         due = TRACK_RENEW_DUE;
     }
     pthread_mutex_unlock(&s->lock);
@@ -239,6 +240,17 @@ void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns)
     track_entry *e = *slot_of(s, hash, id);
     if (e != NULL)
         e->info.activate_after_ns = now_ns + e->info.renew_period_ns / 4;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL)
+        e->info.flushed = *stats;
     pthread_mutex_unlock(&s->lock);
 }
 

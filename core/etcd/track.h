@@ -24,10 +24,10 @@ typedef struct track_info {
     int64_t lease;
     int64_t mod_revision;
     int32_t slot;               /* -1: none */
-    uint64_t renewed_ns;        /* engine clock: this node's last renewal (or the write it applied) */
+    uint64_t renewed_ns;        /* lease clock (real time): this node's last renewal (or the write it applied) */
     uint64_t renew_period_ns;   /* the session's timeout / 3 */
     int64_t leased_ns;          /* the record's: when its lease's TTL started */
-    uint64_t activate_after_ns; /* engine clock: a failed activation by heartbeat is not retried before */
+    uint64_t activate_after_ns; /* lease clock: a failed activation by heartbeat is not retried before */
     afsm_stats flushed;
     int inflight;           /* this node's guarded writes of the record under way */
     int renew_queued;       /* its lease waits in (or is being sent by) the renewer (renew.c) */
@@ -64,13 +64,14 @@ int track_remove(track *t, const afsm_uuid *id, track_info *out);
 void track_set_reason(track *t, const afsm_uuid *id, afsm_delete_reason why, const char *reason, size_t reason_len);
 /* A heartbeat's question about id's lease at now_ns. TRACK_RENEW_DUE: its
  * last renewal was at least its renew period ago and none is queued; it is
- * marked renewed now and queued (renew_queued), and *lease given: the
- * caller hands it to the renewer (one caller per period wins).
+ * marked renewed now and queued (renew_queued), and *lease (and its
+ * renew period, *period_ns) given: the caller hands it to the renewer
+ * (one caller per period wins).
  * TRACK_RENEW_GONE: a keepalive found the lease gone from etcd. */
 #define TRACK_RENEW_NOT_DUE 0
 #define TRACK_RENEW_DUE     1
 #define TRACK_RENEW_GONE    2
-int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease);
+int track_renew_due(track *t, const afsm_uuid *id, uint64_t now_ns, int64_t *lease, uint64_t *period_ns);
 /* The renewer is done with id's lease: ok (renewed), failed (due again a
  * quarter period later), or gone (TTL <= 0: noted,
  * if id still has that lease). Clears renew_queued. */
@@ -83,6 +84,11 @@ void track_renew_done(track *t, const afsm_uuid *id, int64_t lease, int outcome)
 int track_activation_due(track *t, const afsm_uuid *id, uint64_t now_ns);
 /* After a failed activation: not tried again for a quarter period. */
 void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns);
+/* This node's write of id's record, with these stats, is in etcd but not
+ * applied here (no memory): the watch applies it later, and must not take
+ * the stats it carries for another node's additions. Sets `flushed`;
+ * allocates nothing. */
+void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
 /* Every id known (for a reload's differences): calls fn for each. */
