@@ -93,10 +93,11 @@ typedef struct etcd_store {
     /* What the replica cannot count (it only sees restores and removals). */
     _Atomic uint64_t created_total;
     _Atomic uint64_t lease_grants, lease_keepalives, stats_writes;
-    _Atomic uint64_t watch_down_since_ns; /* engine clock; 0 while connected */
+    _Atomic uint64_t watch_down_since_ns; /* etcd_lease_clock_ns; 0 while connected */
     /* The connected watch's delivery delay, sampled on this node's own
      * writes: the time from a write's answer to the watch applying its
-     * revision (its echo). One sample at a time: echo_revision and
+     * revision (its echo), in real time (etcd_lease_clock_ns: a virtual
+     * engine clock would not move). One sample at a time: echo_revision and
      * echo_written_ns under apply_lock (set by apply_own, taken by
      * raise_revision); the two atomics mirror them for the metric, which
      * reads without the lock. A node that writes nothing keeps its last

@@ -355,7 +355,7 @@ static void raise_revision(etcd_store *es, int64_t revision)
     if (revision > atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
         atomic_store_explicit(&es->applied_revision, revision, memory_order_release);
         if (es->echo_revision != 0 && revision >= es->echo_revision) { /* the sampled write's echo */
-            uint64_t now = es->config.clock(es->config.clock_ctx);
+            uint64_t now = etcd_lease_clock_ns();
             uint64_t delay = now > es->echo_written_ns ? now - es->echo_written_ns : 0;
             atomic_store_explicit(&es->echo_delay_ns, delay, memory_order_relaxed);
             atomic_store_explicit(&es->echo_pending_since_ns, 0, memory_order_relaxed);
@@ -887,7 +887,7 @@ static void *watch_main(void *arg)
         json_object_put(body);
         int was_connected = atomic_exchange_explicit(&es->watch_connected, 0, memory_order_relaxed);
         /* From now the replica may fall behind: the lag metric counts. */
-        uint64_t down = es->config.clock(es->config.clock_ctx);
+        uint64_t down = etcd_lease_clock_ns();
         uint64_t unset = 0;
         atomic_compare_exchange_strong_explicit(&es->watch_down_since_ns, &unset, down != 0 ? down : 1,
                                                 memory_order_relaxed, memory_order_relaxed);

@@ -267,7 +267,7 @@ static void sample_echo(etcd_store *es, int64_t revision)
         return;
     }
     es->echo_revision = revision;
-    es->echo_written_ns = es->config.clock(es->config.clock_ctx);
+    es->echo_written_ns = etcd_lease_clock_ns();
     atomic_store_explicit(&es->echo_pending_since_ns, es->echo_written_ns, memory_order_relaxed);
 }
 
@@ -1589,7 +1589,7 @@ static afsm_status etcd_metrics(store *st, afsm_metrics *out)
     /* Down: how long. Connected: the last own write's echo delay, or the
      * age of the one still awaited if that is longer (a stalled watch). */
     uint64_t down = atomic_load_explicit(&es->watch_down_since_ns, memory_order_relaxed);
-    uint64_t now = es->config.clock(es->config.clock_ctx);
+    uint64_t now = etcd_lease_clock_ns();
     uint64_t lag = atomic_load_explicit(&es->echo_delay_ns, memory_order_relaxed);
     uint64_t pending = atomic_load_explicit(&es->echo_pending_since_ns, memory_order_relaxed);
     if (pending != 0 && now > pending && now - pending > lag)
