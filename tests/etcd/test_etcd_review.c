@@ -906,6 +906,44 @@ static void test_hung_member_watch_moves_on(void **state)
     afsm_engine_close(b);
 }
 
+/* The lag metric after a reconnect. B's watch is on member 0, which hangs;
+ * B's own write (failed over to member 1) waits for its echo, the watch is
+ * found hung and moves on: the outage is what the metric reports while it
+ * lasts. Once B's watch runs on member 1 and B's replica has caught up (it
+ * holds A's session written after), B is current: its figure must describe
+ * the connected watch, not keep the outage for as long as B writes nothing
+ * (before the fix the sample that spanned the disconnect ended on the
+ * catch-up with the outage as its "echo delay"). */
+static void test_lag_metric_after_a_reconnect_is_not_the_outage(void **state)
+{
+    (void)state;
+    resume_member_0();
+    afsm_engine *a, *b;
+    char a_endpoints[100];
+    snprintf(a_endpoints, sizeof(a_endpoints), "http://127.0.0.1:%d,http://127.0.0.1:%d",
+             cluster.members[1].client_port, cluster.members[2].client_port);
+    engine_options o = {.prefix = "/h3/", .endpoints = a_endpoints, .request_timeout_ms = 1000};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    o.endpoints = NULL;
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+    afsm_session_info before, mine, later, copy;
+    assert_int_equal(create(a, "lag", &before), AFSM_OK);
+    WAIT_FOR(get(b, &before.session_id, &copy) == AFSM_OK, 5000);
+    hang_member_0();
+    WAIT_FOR(create(b, "lag", &mine) == AFSM_OK, 10000); /* through member 1; its echo waits */
+    WAIT_FOR(metrics_of(b).etcd_replica_lag_seconds > 1.0, 10000);
+    assert_true(metrics_of(b).etcd_replica_lag_seconds > 1.0); /* stale, and said so */
+    assert_int_equal(create(a, "lag", &later), AFSM_OK);
+    WAIT_FOR(get(b, &later.session_id, &copy) == AFSM_OK, 15000);
+    assert_int_equal(get(b, &later.session_id, &copy), AFSM_OK); /* B's watch moved on and caught up */
+    double lag = metrics_of(b).etcd_replica_lag_seconds;
+    print_message("B's lag once caught up: %.3f s\n", lag);
+    harness_kill_member(&cluster, 0, SIGCONT);
+    assert_true(lag < 0.5);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+}
+
 static int start_one(void **state)
 {
     (void)state;
@@ -943,6 +981,7 @@ int main(void)
     const struct CMUnitTest three[] = {
         cmocka_unit_test(test_hung_member_requests_fail_over),
         cmocka_unit_test(test_hung_member_watch_moves_on),
+        cmocka_unit_test(test_lag_metric_after_a_reconnect_is_not_the_outage),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
