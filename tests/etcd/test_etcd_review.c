@@ -944,6 +944,44 @@ static void test_lag_metric_after_a_reconnect_is_not_the_outage(void **state)
     afsm_engine_close(b);
 }
 
+/* The lag metric when a stalled watch is declared down. B's watch is on
+ * member 0, which hangs; B's own write (through member 1) waits for its
+ * echo, so B's figure grows with the write's age. Then every member stops:
+ * B's watch is found hung, and cannot come back. B's replica only grows
+ * staler, so the figure must not fall (before the fix the down figure
+ * started from the disconnect, dropping the time the write had already
+ * waited: the gauge fell to 0 just as the node gave up on its watch). */
+static void test_lag_metric_does_not_fall_when_the_watch_goes_down(void **state)
+{
+    (void)state;
+    resume_member_0();
+    afsm_engine *b;
+    engine_options o = {.prefix = "/h4/", .request_timeout_ms = 1000};
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+    afsm_session_info first, mine;
+    assert_int_equal(create(b, "fall", &first), AFSM_OK); /* the watch is connected (on member 0) */
+    WAIT_FOR(metrics_of(b).etcd_replica_lag_seconds == 0.0, 5000);
+    hang_member_0();
+    WAIT_FOR(create(b, "fall", &mine) == AFSM_OK, 10000); /* through member 1; its echo waits */
+    harness_kill_member(&cluster, 1, SIGSTOP);
+    harness_kill_member(&cluster, 2, SIGSTOP);
+    double last = metrics_of(b).etcd_replica_lag_seconds, worst_fall = 0.0;
+    uint64_t until = harness_now_ms() + 5000; /* the hung watch is given up within ~2 s */
+    while (harness_now_ms() < until) {
+        double now = metrics_of(b).etcd_replica_lag_seconds;
+        if (last - now > worst_fall)
+            worst_fall = last - now;
+        last = now;
+        harness_nap_ms(5);
+    }
+    print_message("B's figure after 5 s: %.3f s; its worst fall: %.3f s\n", last, worst_fall);
+    for (int i = 0; i < 3; i++)
+        harness_kill_member(&cluster, i, SIGCONT);
+    assert_true(worst_fall < 0.05);
+    assert_true(last > 5.0);
+    afsm_engine_close(b);
+}
+
 static int start_one(void **state)
 {
     (void)state;
@@ -982,6 +1020,7 @@ int main(void)
         cmocka_unit_test(test_hung_member_requests_fail_over),
         cmocka_unit_test(test_hung_member_watch_moves_on),
         cmocka_unit_test(test_lag_metric_after_a_reconnect_is_not_the_outage),
+        cmocka_unit_test(test_lag_metric_does_not_fall_when_the_watch_goes_down),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
