@@ -978,7 +978,7 @@ static void test_lag_metric_does_not_fall_when_the_watch_goes_down(void **state)
     for (int i = 0; i < 3; i++)
         harness_kill_member(&cluster, i, SIGCONT);
     assert_true(worst_fall < 0.05);
-    assert_true(last > 5.0);
+    assert_true(last > 4.5); /* watched for 5 s since the write (coarse clock) */
     afsm_engine_close(b);
 }
 
