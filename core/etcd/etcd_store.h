@@ -98,8 +98,9 @@ typedef struct etcd_store {
      * writes: the time from a write's answer to the watch applying its
      * revision (its echo), in real time (etcd_lease_clock_ns: a virtual
      * engine clock would not move). One sample at a time: echo_revision and
-     * echo_written_ns under apply_lock (set by apply_own, taken by
-     * raise_revision); the two atomics mirror them for the metric, which
+     * echo_written_ns under apply_lock (set by apply_own while the watch is
+     * connected, taken by raise_revision, dropped by a disconnect: the down
+     * figure covers an outage); the two atomics mirror them for the metric, which
      * reads without the lock. A node that writes nothing keeps its last
      * figure (docs: README, "Metrics"). */
     int64_t echo_revision; /* 0: no sample in flight */

@@ -886,11 +886,24 @@ static void *watch_main(void *arg)
         afsm_status st = etcd_stream(es->client, "/v3/watch", body, watch_message, watch_should_stop, &w);
         json_object_put(body);
         int was_connected = atomic_exchange_explicit(&es->watch_connected, 0, memory_order_relaxed);
-        /* From now the replica may fall behind: the lag metric counts. */
+        /* From now the replica may fall behind: the lag metric counts, from
+         * the own write still awaiting its echo if older (the replica has
+         * lacked it since: the figure must not fall as the watch is given up). */
         uint64_t down = etcd_lease_clock_ns();
+        uint64_t awaited = atomic_load_explicit(&es->echo_pending_since_ns, memory_order_relaxed);
+        if (awaited != 0 && awaited < down)
+            down = awaited;
         uint64_t unset = 0;
         atomic_compare_exchange_strong_explicit(&es->watch_down_since_ns, &unset, down != 0 ? down : 1,
                                                 memory_order_relaxed, memory_order_relaxed);
+        /* A sample in flight would end on the catch-up with the outage as
+         * its delay, and a node that writes nothing would keep that figure
+         * once current again: the down figure covers the outage, and
+         * samples measure a connected watch only (sample_echo). */
+        pthread_mutex_lock(&es->apply_lock);
+        es->echo_revision = 0;
+        atomic_store_explicit(&es->echo_pending_since_ns, 0, memory_order_relaxed);
+        pthread_mutex_unlock(&es->apply_lock);
         if (atomic_load_explicit(&es->stop, memory_order_acquire))
             break;
         if (w.compacted || w.apply_failed) {

@@ -256,11 +256,13 @@ static afsm_status encode(const keys_record *rec, json_object **json, const char
 }
 
 /* Starts a sample of the watch's delay with this node's write at revision
- * if none is in flight (apply_lock held; raise_revision ends it). A write
- * the watch has already passed is an echo that came first: delay 0. */
+ * if none is in flight (apply_lock held; raise_revision ends it, and a
+ * disconnect drops it: watch_main). A write the watch has already passed is
+ * an echo that came first: delay 0. None while the watch is down: the down
+ * figure covers that time, and the catch-up is no connected watch's delay. */
 static void sample_echo(etcd_store *es, int64_t revision)
 {
-    if (es->echo_revision != 0 || revision <= 0)
+    if (es->echo_revision != 0 || revision <= 0 || !atomic_load_explicit(&es->watch_connected, memory_order_relaxed))
         return;
     if (revision <= atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
         atomic_store_explicit(&es->echo_delay_ns, 0, memory_order_relaxed);

@@ -906,6 +906,82 @@ static void test_hung_member_watch_moves_on(void **state)
     afsm_engine_close(b);
 }
 
+/* The lag metric after a reconnect. B's watch is on member 0, which hangs;
+ * B's own write (failed over to member 1) waits for its echo, the watch is
+ * found hung and moves on: the outage is what the metric reports while it
+ * lasts. Once B's watch runs on member 1 and B's replica has caught up (it
+ * holds A's session written after), B is current: its figure must describe
+ * the connected watch, not keep the outage for as long as B writes nothing
+ * (before the fix the sample that spanned the disconnect ended on the
+ * catch-up with the outage as its "echo delay"). */
+static void test_lag_metric_after_a_reconnect_is_not_the_outage(void **state)
+{
+    (void)state;
+    resume_member_0();
+    afsm_engine *a, *b;
+    char a_endpoints[100];
+    snprintf(a_endpoints, sizeof(a_endpoints), "http://127.0.0.1:%d,http://127.0.0.1:%d",
+             cluster.members[1].client_port, cluster.members[2].client_port);
+    engine_options o = {.prefix = "/h3/", .endpoints = a_endpoints, .request_timeout_ms = 1000};
+    assert_int_equal(open_engine(&o, &a), AFSM_OK);
+    o.endpoints = NULL;
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+    afsm_session_info before, mine, later, copy;
+    assert_int_equal(create(a, "lag", &before), AFSM_OK);
+    WAIT_FOR(get(b, &before.session_id, &copy) == AFSM_OK, 5000);
+    hang_member_0();
+    WAIT_FOR(create(b, "lag", &mine) == AFSM_OK, 10000); /* through member 1; its echo waits */
+    WAIT_FOR(metrics_of(b).etcd_replica_lag_seconds > 1.0, 10000);
+    assert_true(metrics_of(b).etcd_replica_lag_seconds > 1.0); /* stale, and said so */
+    assert_int_equal(create(a, "lag", &later), AFSM_OK);
+    WAIT_FOR(get(b, &later.session_id, &copy) == AFSM_OK, 15000);
+    assert_int_equal(get(b, &later.session_id, &copy), AFSM_OK); /* B's watch moved on and caught up */
+    double lag = metrics_of(b).etcd_replica_lag_seconds;
+    print_message("B's lag once caught up: %.3f s\n", lag);
+    harness_kill_member(&cluster, 0, SIGCONT);
+    assert_true(lag < 0.5);
+    afsm_engine_close(a);
+    afsm_engine_close(b);
+}
+
+/* The lag metric when a stalled watch is declared down. B's watch is on
+ * member 0, which hangs; B's own write (through member 1) waits for its
+ * echo, so B's figure grows with the write's age. Then every member stops:
+ * B's watch is found hung, and cannot come back. B's replica only grows
+ * staler, so the figure must not fall (before the fix the down figure
+ * started from the disconnect, dropping the time the write had already
+ * waited: the gauge fell to 0 just as the node gave up on its watch). */
+static void test_lag_metric_does_not_fall_when_the_watch_goes_down(void **state)
+{
+    (void)state;
+    resume_member_0();
+    afsm_engine *b;
+    engine_options o = {.prefix = "/h4/", .request_timeout_ms = 1000};
+    assert_int_equal(open_engine(&o, &b), AFSM_OK);
+    afsm_session_info first, mine;
+    assert_int_equal(create(b, "fall", &first), AFSM_OK); /* the watch is connected (on member 0) */
+    WAIT_FOR(metrics_of(b).etcd_replica_lag_seconds == 0.0, 5000);
+    hang_member_0();
+    WAIT_FOR(create(b, "fall", &mine) == AFSM_OK, 10000); /* through member 1; its echo waits */
+    harness_kill_member(&cluster, 1, SIGSTOP);
+    harness_kill_member(&cluster, 2, SIGSTOP);
+    double last = metrics_of(b).etcd_replica_lag_seconds, worst_fall = 0.0;
+    uint64_t until = harness_now_ms() + 5000; /* the hung watch is given up within ~2 s */
+    while (harness_now_ms() < until) {
+        double now = metrics_of(b).etcd_replica_lag_seconds;
+        if (last - now > worst_fall)
+            worst_fall = last - now;
+        last = now;
+        harness_nap_ms(5);
+    }
+    print_message("B's figure after 5 s: %.3f s; its worst fall: %.3f s\n", last, worst_fall);
+    for (int i = 0; i < 3; i++)
+        harness_kill_member(&cluster, i, SIGCONT);
+    assert_true(worst_fall < 0.05);
+    assert_true(last > 4.5); /* watched for 5 s since the write (coarse clock) */
+    afsm_engine_close(b);
+}
+
 static int start_one(void **state)
 {
     (void)state;
@@ -943,6 +1019,8 @@ int main(void)
     const struct CMUnitTest three[] = {
         cmocka_unit_test(test_hung_member_requests_fail_over),
         cmocka_unit_test(test_hung_member_watch_moves_on),
+        cmocka_unit_test(test_lag_metric_after_a_reconnect_is_not_the_outage),
+        cmocka_unit_test(test_lag_metric_does_not_fall_when_the_watch_goes_down),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_ETCD_TEST_FILTER"));
