@@ -974,10 +974,16 @@ static int leader_index(void)
         etcd_client *c;
         if (etcd_client_open(&cc, &c) != AFSM_OK)
             continue;
-        json_object *body = json_object_new_object(), *reply = NULL, *header;
+        json_object *body = json_object_new_object(), *reply = NULL, *header, *lead, *self;
+        /* Member ids are uint64, compared as the gateway's decimal strings:
+         * etcd_get_int64 (strtoll) saturates above INT64_MAX, where half the
+         * ids are, and took member 0 for the leader whenever its id and the
+         * leader's both were; the test then stopped the real leader. */
         int leads = etcd_call(c, "/v3/maintenance/status", body, 1, &reply, NULL) == AFSM_OK &&
                     json_object_object_get_ex(reply, "header", &header) &&
-                    etcd_get_int64(reply, "leader") == etcd_get_int64(header, "member_id");
+                    json_object_object_get_ex(reply, "leader", &lead) &&
+                    json_object_object_get_ex(header, "member_id", &self) &&
+                    strcmp(json_object_get_string(lead), json_object_get_string(self)) == 0;
         json_object_put(body);
         json_object_put(reply);
         etcd_client_close(c);
@@ -990,7 +996,7 @@ static int leader_index(void)
 typedef struct pacer {
     afsm_engine *e;
     afsm_uuid *ids;
-    int n;
+    _Atomic int n; /* ids[0..n) are heartbeated: it grows while they are created */
     uint64_t every_ms;
     _Atomic int stop, failures;
     _Atomic afsm_status first_failure;
@@ -1000,7 +1006,7 @@ static void *pacer_main(void *arg)
 {
     pacer *p = arg;
     while (!atomic_load(&p->stop)) {
-        for (int i = 0; i < p->n; i++) {
+        for (int i = 0; i < atomic_load(&p->n); i++) {
             afsm_status st = afsm_session_heartbeat(p->e, &p->ids[i], NULL);
             if (st != AFSM_OK && atomic_fetch_add(&p->failures, 1) == 0)
                 atomic_store(&p->first_failure, st);
@@ -1049,30 +1055,42 @@ static void test_hung_member_does_not_expire_heartbeated_sessions(void **state)
     afsm_update u = AFSM_UPDATE_INIT;
     u.fields = AFSM_UPDATE_STATE;
     u.state = AFSM_STATE_ACTIVE;
+    /* Each session is heartbeated from its creation on: creating the 200
+     * (400 raft writes) took 6.8 s on the loaded machine, longer than the
+     * first sessions' leases (4 s) live without a heartbeat, and they
+     * expired before the member hung. */
+    pacer p = {.e = e, .ids = ids, .every_ms = 1000};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, pacer_main, &p), 0);
+    uint64_t creating = harness_now_ms();
     for (int i = 0; i < N; i++) {
         afsm_session_info s;
         assert_int_equal(create(e, "hung", &s), AFSM_OK);
         assert_int_equal(afsm_session_update(e, &s.session_id, &u, NULL), AFSM_OK);
         ids[i] = s.session_id;
+        atomic_store(&p.n, i + 1);
     }
-    pacer p = {.e = e, .ids = ids, .n = N, .every_ms = 1000};
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, pacer_main, &p), 0);
+    creating = harness_now_ms() - creating;
     /* Renewals in their steady rhythm first. */
     WAIT_FOR(metrics_of(e).etcd_lease_keepalives_total >= N, 10000);
+    int expired_before = atomic_load(&ev.expired), failed_before = atomic_load(&p.failures);
+    int leader_at_hang = leader_index(); /* elections under load may have moved it */
     atomic_store(&hung_member, hung + 1);
     harness_kill_member(&cluster, hung, SIGSTOP);
-    uint64_t until = harness_now_ms() + 8000; /* two lease TTLs */
+    uint64_t hung_at = harness_now_ms(), until = hung_at + 8000; /* two lease TTLs */
     while (harness_now_ms() < until && atomic_load(&ev.expired) == 0)
         harness_nap_ms(50);
+    uint64_t hung_for = harness_now_ms() - hung_at;
     harness_kill_member(&cluster, hung, SIGCONT);
     atomic_store(&hung_member, 0);
     atomic_store(&p.stop, 1);
     pthread_join(t, NULL);
-    print_message("member %d hung for 8 s (leader %d), %d sessions heartbeated every second: %d expired, %d failed "
-                  "heartbeats (first %s)\n",
-                  hung, leader, N, atomic_load(&ev.expired), atomic_load(&p.failures),
-                  afsm_status_name(atomic_load(&p.first_failure)));
+    print_message("%d sessions created in %llu ms; before the hang: %d expired, %d failed heartbeats\n", N,
+                  (unsigned long long)creating, expired_before, failed_before);
+    print_message("member %d hung for %llu ms (leader %d, %d at the hang), %d sessions heartbeated every second: %d "
+                  "expired, %d failed heartbeats (first %s)\n",
+                  hung, (unsigned long long)hung_for, leader, leader_at_hang, N, atomic_load(&ev.expired),
+                  atomic_load(&p.failures), afsm_status_name(atomic_load(&p.first_failure)));
     assert_int_equal(atomic_load(&ev.expired), 0);
     assert_int_equal(atomic_load(&p.failures), 0);
     afsm_engine_close(e);
