@@ -494,8 +494,8 @@ static void test_failed_eviction_never_hides_victim(void **state)
     afsm_engine *engine = open_review_engine(&clock, &o);
     afsm_session_info victim = create_session(engine, "evict-fail-user");
 
-    /* Add other users' sessions while the tables cannot grow (ck_hs keeps
-     * inserting past a failed growth until the map is full), until the
+    /* Add other users' sessions while the tables cannot grow (a table
+     * refuses an insert that needs a growth it cannot allocate), until the
      * user's next create fails for want of a slot. Two allocations succeed
      * for a filler: its record and its user's entry. Then find a connection
      * id whose own insert is refused: one that fails 20 creates in a row,

@@ -1,5 +1,5 @@
 /*
- * test_table.c: the table wrapper over ck_hs. Keys collide on purpose (a
+ * test_table.c: the engine's hash tables (mem/table.h). Keys collide on purpose (a
  * constant hash): full-key comparison must still keep them apart, through
  * growth, removal (tombstones), reinsertion and rebuilds; and a key can
  * never enter twice, whatever the library does with tombstones.

@@ -41,13 +41,23 @@ static inline void prefetch_write(const void *p)
     __builtin_prefetch(p, 1, 3);
 }
 
-/* Stage 1: probe every id of the group (each probe's own misses, slot and
- * the record's first line for the key compare, overlap with the next
- * probes'); stage 2: prefetch what stage 3 will touch. */
+/* Stage 1: hash every id of the group and start fetching the table slot
+ * its probe begins at; stage 2: probe (the slots are arriving together,
+ * and each probe's record line, for the key compare, overlaps the next
+ * probes'); the callers' stage 3 prefetches what they will touch. */
 static void lookup_group(mem_store *ms, const afsm_uuid *ids, size_t n, session **found)
 {
-    for (size_t i = 0; i < n; i++)
-        found[i] = mem_lookup(ms, &ids[i]);
+    const table *tables[BATCH_GROUP];
+    unsigned long hashes[BATCH_GROUP];
+    for (size_t i = 0; i < n; i++) {
+        tables[i] = &ms->shards[mem_shard_of_id(ms, &ids[i])].sessions;
+        hashes[i] = table_hash_uuid(&ids[i], tables[i]->seed);
+        table_prefetch_uuid(tables[i], hashes[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        session *s = (session *)table_get_uuid_hashed(tables[i], &ids[i], hashes[i]);
+        found[i] = s != NULL && !session_removed(s) ? s : NULL;
+    }
 }
 
 static void fail_rest(afsm_status *statuses, size_t from, size_t n, afsm_status status)

@@ -1,84 +1,26 @@
 /*
- * table.c: ck_hs behind table.h, with the allocator hooks that route maps
- * readers may still hold through the epoch.
+ * table.c: the open-addressing tables of table.h.
  *
- * ck_malloc's hooks carry no context pointer, so the record to defer on is
- * handed over in a thread-local set by each writer call for its duration.
- * Every map carries a header with its epoch entry, so a deferred free never
- * needs an allocation of its own (and so cannot fail).
+ * Writers (one at a time per table: the owning shard's lock) probe, store
+ * a key's pointer with release, write tombstones, and replace the map when
+ * it runs out of empty slots. Readers load the map and its slots with
+ * acquire and never write. A replaced map goes to the epoch (its header
+ * carries the entry, so a deferred free needs no allocation and cannot
+ * fail); nothing is freed while a reader may still hold it.
  */
 #include "mem/table.h"
 
-#include <assert.h>
-#include <string.h>
-
 #include "util/alloc.h"
 #include "util/epoch.h"
-#include "util/sync.h"
 
-typedef struct map_header {
-    ck_epoch_entry_t entry;
-    size_t size_bytes;
-} __attribute__((aligned(16))) map_header;
+#define MIN_SLOTS 16
 
 table_hash_fn *table_hash_override;
 
-/* The deferral record of the table whose writer call is running here. */
-static _Thread_local ck_epoch_record_t *writer_defer;
+_Static_assert(sizeof(table_map) <= 64, "the map header fits the line before its slots");
 
-static void *map_malloc(size_t size_bytes)
+static unsigned long hash_string(const table_string_key *k, unsigned long seed)
 {
-    map_header *h = mem_alloc(sizeof(*h) + size_bytes);
-    if (h == NULL)
-        return NULL;
-    h->size_bytes = size_bytes;
-    return h + 1;
-}
-
-static void map_destroy(ck_epoch_entry_t *entry)
-{
-    epoch_observe_quiescence();
-    mem_free(entry);
-}
-
-static void map_free(void *ptr, size_t size_bytes, bool defer)
-{
-    (void)size_bytes;
-    if (ptr == NULL)
-        return;
-    map_header *h = (map_header *)ptr - 1;
-    if (defer) {
-        assert(writer_defer != NULL);
-        epoch_defer(writer_defer, &h->entry, map_destroy);
-    } else {
-        mem_free(h);
-    }
-}
-
-static void *map_realloc(void *ptr, size_t old_size, size_t new_size, bool defer)
-{
-    void *fresh = map_malloc(new_size);
-    if (fresh == NULL)
-        return NULL;
-    memcpy(fresh, ptr, old_size < new_size ? old_size : new_size);
-    map_free(ptr, old_size, defer);
-    return fresh;
-}
-
-static struct ck_malloc map_allocator = {
-    .malloc = map_malloc,
-    .realloc = map_realloc,
-    .free = map_free,
-};
-
-static unsigned long hash_uuid(const void *key, unsigned long seed)
-{
-    return table_hash_uuid(key, seed);
-}
-
-static unsigned long hash_string(const void *key, unsigned long seed)
-{
-    const table_string_key *k = key;
     if (table_hash_override != NULL)
         return table_hash_override(k->bytes, k->len, seed);
     uint64_t h = UINT64_C(0xcbf29ce484222325) ^ seed;
@@ -87,111 +29,210 @@ static unsigned long hash_string(const void *key, unsigned long seed)
     return table_mix(h);
 }
 
-/* ck_hs calls these with a stored key first: a reader comparing it sees
- * what the writer published (the observe is for TSan, see sync.h). */
-static bool equal_uuid(const void *a, const void *b)
+unsigned long table_hash(const table *t, const void *key)
 {
-    sync_observe(a);
-    return memcmp(a, b, 16) == 0;
+    return t->kind == TABLE_KEY_UUID ? table_hash_uuid(key, t->seed) : hash_string(key, t->seed);
 }
 
-static bool equal_string(const void *a, const void *b)
+static bool equal(const table *t, const void *stored, const void *key)
 {
-    sync_observe(a);
-    const table_string_key *x = a, *y = b;
+    if (t->kind == TABLE_KEY_UUID)
+        return memcmp(stored, key, 16) == 0;
+    const table_string_key *x = stored, *y = key;
     return x->len == y->len && memcmp(x->bytes, y->bytes, x->len) == 0;
+}
+
+/* The slots start on the line after the header, so a probe's first slots
+ * share a cache line however the map was placed. */
+static table_map *map_new(uint64_t slots)
+{
+    if (slots > (SIZE_MAX - 64) / sizeof(void *))
+        return NULL;
+    size_t bytes = 64 + (size_t)slots * sizeof(void *);
+    char *block = mem_aligned_alloc(64, bytes);
+    if (block == NULL)
+        return NULL;
+    table_map *m = (table_map *)(block + 64 - sizeof(table_map));
+    m->mask = slots - 1;
+    m->used = 0;
+    for (uint64_t i = 0; i < slots; i++)
+        atomic_init(&m->slots[i], NULL);
+    return m;
+}
+
+static void *map_block(table_map *m)
+{
+    return (char *)m - (64 - sizeof(table_map));
+}
+
+static void map_destroy(ck_epoch_entry_t *entry)
+{
+    epoch_observe_quiescence();
+    mem_free(map_block((table_map *)((char *)entry - offsetof(table_map, entry))));
+}
+
+static table_map *current(const table *t)
+{
+    /* Only the writer calls this, and the writer published the map. */
+    return atomic_load_explicit(&((table *)t)->map, memory_order_relaxed);
+}
+
+/* The slot holding key, or (found false) the slot an insert of it should
+ * take: the first tombstone on its probe sequence, else the empty slot
+ * that ends it. Writer only. */
+static uint64_t probe(const table *t, const table_map *m, const void *key, unsigned long hash, bool *found)
+{
+    uint64_t reuse = UINT64_MAX;
+    for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
+        const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_relaxed);
+        if (k == NULL) {
+            *found = false;
+            return reuse != UINT64_MAX ? reuse : i;
+        }
+        if (k == TABLE_TOMBSTONE) {
+            if (reuse == UINT64_MAX)
+                reuse = i;
+        } else if (equal(t, k, key)) {
+            *found = true;
+            return i;
+        }
+    }
+}
+
+/* Replaces the map with one of `slots` slots holding the same keys and no
+ * tombstones. False (nothing changed) when it cannot allocate. */
+static bool rebuild(table *t, uint64_t slots)
+{
+    table_map *old = current(t), *fresh = map_new(slots);
+    if (fresh == NULL)
+        return false;
+    for (uint64_t i = 0; i <= old->mask; i++) {
+        const void *k = atomic_load_explicit(&old->slots[i], memory_order_relaxed);
+        if (k == NULL || k == TABLE_TOMBSTONE)
+            continue;
+        uint64_t j = table_hash(t, k) & fresh->mask;
+        while (atomic_load_explicit(&fresh->slots[j], memory_order_relaxed) != NULL)
+            j = (j + 1) & fresh->mask;
+        atomic_store_explicit(&fresh->slots[j], k, memory_order_relaxed);
+        fresh->used++;
+    }
+    /* The release orders the filled slots before the pointer to them. */
+    atomic_store_explicit(&t->map, fresh, memory_order_release);
+    epoch_defer(t->defer, &old->entry, map_destroy);
+    return true;
 }
 
 bool table_init(table *t, table_key_kind kind, uint64_t capacity, uint64_t seed, ck_epoch_record_t *defer)
 {
+    uint64_t slots = MIN_SLOTS;
+    while (slots < capacity && slots < (UINT64_C(1) << 62))
+        slots <<= 1;
+    table_map *m = map_new(slots);
+    if (m == NULL)
+        return false;
     t->defer = defer;
-    t->removed = 0;
-    if (capacity < 16)
-        capacity = 16;
-    int uuid = kind == TABLE_KEY_UUID;
-    return ck_hs_init(&t->hs, CK_HS_MODE_SPMC | CK_HS_MODE_OBJECT | CK_HS_MODE_DELETE, uuid ? hash_uuid : hash_string,
-                      uuid ? equal_uuid : equal_string, &map_allocator, (unsigned long)capacity, (unsigned long)seed);
+    t->seed = seed;
+    t->kind = kind;
+    atomic_init(&t->count, 0);
+    atomic_init(&t->map, m);
+    return true;
 }
 
 void table_destroy(table *t)
 {
-    writer_defer = NULL;
-    ck_hs_destroy(&t->hs);
+    mem_free(map_block(current(t)));
+    atomic_store_explicit(&t->map, NULL, memory_order_relaxed);
 }
 
 const void *table_get(table *t, const void *key)
 {
-    const void *found = ck_hs_get(&t->hs, CK_HS_HASH(&t->hs, t->hs.hf, key), key);
-    /* Pairs with the publish in table_insert: what the writer stored in the
-     * record before inserting is visible here. */
-    if (found != NULL)
-        sync_observe(found);
-    return found;
+    if (t->kind == TABLE_KEY_UUID)
+        return table_get_uuid(t, key);
+    unsigned long hash = hash_string(key, t->seed);
+    const table_map *m = atomic_load_explicit(&t->map, memory_order_acquire);
+    for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
+        const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_acquire);
+        if (k == NULL)
+            return NULL;
+        if (k != TABLE_TOMBSTONE && equal(t, k, key))
+            return k;
+    }
 }
 
 table_result table_insert(table *t, const void *key)
 {
-    unsigned long h = CK_HS_HASH(&t->hs, t->hs.hf, key);
-    /* The record's fields before the slot's pointer: CK 0.7.1's put has no
-     * store fence of its own, and a lock-free reader compares the key (the
-     * record's first field) as soon as it loads the pointer. Readers rely on
-     * the address dependency from that load, which every CPU but Alpha
-     * orders. */
-    sync_fence_release();
-    sync_publish(key);
-    writer_defer = t->defer;
-    /* ck_hs_put searches the key's whole probe sequence (its bound), past
-     * tombstones, before it takes the first free slot, so it can never add
-     * a key twice: the tombstone-reuse duplicate of ck_ht 0.7.1 does not
-     * apply (test_table replays it). One probe instead of a get and a put. */
-    bool ok = ck_hs_put(&t->hs, h, key);
-    writer_defer = NULL;
-    if (ok)
-        return TABLE_OK;
-    /* False is "present" or "could not grow": tell them apart, rarely. */
-    return ck_hs_get(&t->hs, h, key) != NULL ? TABLE_EXISTS : TABLE_NOMEM;
+    unsigned long hash = table_hash(t, key);
+    table_map *m = current(t);
+    bool found;
+    uint64_t at = probe(t, m, key, hash, &found);
+    if (found)
+        return TABLE_EXISTS;
+    bool fills_empty = atomic_load_explicit(&m->slots[at], memory_order_relaxed) == NULL;
+    /* Keep empty slots at half the map or more: every probe ends. */
+    if (fills_empty && (m->used + 1) * 2 > m->mask + 1) {
+        uint64_t keys = atomic_load_explicit(&t->count, memory_order_relaxed);
+        uint64_t slots = m->mask + 1;
+        /* Tombstones made it full: the same size, without them, will do. */
+        if ((keys + 1) * 4 > slots)
+            slots <<= 1;
+        if (!rebuild(t, slots))
+            return TABLE_NOMEM;
+        m = current(t);
+        at = probe(t, m, key, hash, &found);
+        fills_empty = true;
+    }
+    m->used += fills_empty;
+    atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) + 1, memory_order_relaxed);
+    atomic_store_explicit(&m->slots[at], key, memory_order_release);
+    return TABLE_OK;
 }
 
 bool table_remove(table *t, const void *key)
 {
-    /* No writer_defer: ck_hs_remove only writes a tombstone, it never
-     * resizes (so never frees a map), and the thread-local costs a
-     * __tls_get_addr call per access in a shared library. */
-    void *removed = ck_hs_remove(&t->hs, CK_HS_HASH(&t->hs, t->hs.hf, key), key);
-    t->removed += removed != NULL;
-    return removed != NULL;
+    table_map *m = current(t);
+    bool found;
+    uint64_t at = probe(t, m, key, table_hash(t, key), &found);
+    if (!found)
+        return false;
+    /* A reader that loads the tombstone goes on probing; one that loaded
+     * the key just before finds a record its owner marks removed. */
+    atomic_store_explicit(&m->slots[at], TABLE_TOMBSTONE, memory_order_relaxed);
+    atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) - 1, memory_order_relaxed);
+    return true;
 }
 
 bool table_maintain(table *t)
 {
-    if (t->removed < 64 || t->removed < ck_hs_count(&t->hs))
+    table_map *m = current(t);
+    uint64_t keys = atomic_load_explicit(&t->count, memory_order_relaxed);
+    uint64_t tombstones = m->used - keys;
+    if (tombstones < 64 || tombstones < keys)
         return true;
-    writer_defer = t->defer;
-    bool ok = ck_hs_rebuild(&t->hs);
-    writer_defer = NULL;
-    if (ok)
-        t->removed = 0;
-    return ok;
+    return rebuild(t, m->mask + 1);
 }
 
 size_t table_count(table *t)
 {
-    return (size_t)ck_hs_count(&t->hs);
+    return (size_t)atomic_load_explicit(&t->count, memory_order_relaxed);
 }
 
 const void *table_next(table *t, table_iterator *it)
 {
-    void *key;
-    if (!ck_hs_next_spmc(&t->hs, it, &key))
-        return NULL;
-    sync_observe(key); /* as in table_get */
-    return key;
+    if (it->map == NULL)
+        it->map = atomic_load_explicit(&t->map, memory_order_acquire);
+    const table_map *m = it->map;
+    while (it->next <= m->mask) {
+        const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[it->next++], memory_order_acquire);
+        if (k != NULL && k != TABLE_TOMBSTONE)
+            return k;
+    }
+    return NULL;
 }
 
 void table_each(table *t, void (*fn)(const void *key))
 {
-    ck_hs_iterator_t it = CK_HS_ITERATOR_INITIALIZER;
-    void *key;
-    while (ck_hs_next(&t->hs, &it, &key))
+    table_iterator it = TABLE_ITERATOR_INIT;
+    const void *key;
+    while ((key = table_next(t, &it)) != NULL)
         fn(key);
 }

@@ -1,35 +1,42 @@
 /*
- * table.h: the one interface the engine uses for hash tables, in front of
- * Concurrency Kit's ck_hs (SPMC: one writer at a time, lock-free readers).
+ * table.h: the engine's hash tables: one writer at a time (the owning
+ * shard's lock), lock-free readers inside an epoch section.
  *
  * A table stores pointers to keys that live inside engine records: a
  * session's id or connection id (afsm_uuid), a user entry's id
  * (table_string_key). Finding the key finds the record (container_of).
  * Keys are compared in full, so hash collisions are harmless.
  *
- * Why ck_hs: the benchmark (bench/, issue 9) measured ck_hs at ~2.3x the
- * lookup rate of ck_ht at 1M entries and a quarter of its memory (8-byte
- * slots against ck_ht's 32 when, as in Debian's build, pointer packing is
- * off). ck_ht 0.7.1 also has a duplicate-key bug on tombstone reuse.
+ * The map is open addressing with linear probing over one array of
+ * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. Empty and
+ * tombstone slots together never exceed half the map, so every probe
+ * sequence ends at an empty slot. A key never moves within a map; growth
+ * and tombstone clean-up build a new map, publish it (release) and free
+ * the old one through the epoch, never while a reader may hold it. A
+ * reader that loaded the old map sees it as it was when replaced.
  *
- * Readers (table_get) must be inside an epoch section; writers hold the
- * owning shard's lock. Insertion is ck_hs_put, which searches the key's
- * whole probe sequence before reusing a tombstone, so a duplicate cannot
- * enter (test_table replays the sequence that duplicates keys in ck_ht).
- * Maps replaced by growth or rebuild are freed through the epoch, never
- * while a reader may hold them.
+ * Why not ck_hs (which this replaced; issue 15): callgrind counted
+ * ck_hs_get at 179 of a Get's 446 instructions, through its generation
+ * and probe-bound reads, an out-of-line probe loop and a comparison
+ * through a function pointer; this probe is inlined at the call site and
+ * its slot can be prefetched before the probe (table_prefetch_uuid), so a
+ * batch's slot misses overlap. Its memory is the same 8-byte slot per
+ * entry at a load of 1/4 to 1/2, without ck_hs's probe-bound array.
+ *
+ * Ordering: a writer fills the record, then stores its key's pointer with
+ * release; a reader loads slots with acquire, so what the writer stored
+ * before inserting is visible once the key is found (C11 atomics, which
+ * ThreadSanitizer models).
  */
 #ifndef AFSM_MEM_TABLE_H
 #define AFSM_MEM_TABLE_H
 
 #include <ck_epoch.h>
-#include <ck_hs.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-
-#include "util/sync.h"
 
 typedef enum table_key_kind { TABLE_KEY_UUID, TABLE_KEY_STRING } table_key_kind;
 
@@ -39,10 +46,23 @@ typedef struct table_string_key {
     char bytes[];
 } table_string_key;
 
+/* A removed key's slot: probes go on past it; an insert may reuse it.
+ * Records are at least 2-byte aligned, so no key has this address. */
+#define TABLE_TOMBSTONE ((const void *)1)
+
+typedef struct table_map {
+    ck_epoch_entry_t entry; /* its deferred free once replaced */
+    uint64_t mask;          /* slots - 1, slots a power of two */
+    uint64_t used;          /* keys + tombstones; writer only */
+    _Atomic(const void *) slots[];
+} table_map;
+
 typedef struct table {
-    ck_hs_t hs;
+    _Atomic(table_map *) map;
     ck_epoch_record_t *defer; /* the owning shard's deferral record */
-    unsigned long removed;    /* removals since the last rebuild */
+    uint64_t seed;
+    table_key_kind kind;
+    _Atomic uint64_t count; /* keys; written by the writer, read by anyone */
 } table;
 
 typedef enum table_result { TABLE_OK = 0, TABLE_EXISTS = 1, TABLE_NOMEM = 2 } table_result;
@@ -51,6 +71,8 @@ typedef enum table_result { TABLE_OK = 0, TABLE_EXISTS = 1, TABLE_NOMEM = 2 } ta
 typedef unsigned long table_hash_fn(const void *bytes, size_t len, unsigned long seed);
 extern table_hash_fn *table_hash_override;
 
+/* capacity: keys expected; the map starts with at least twice as many
+ * slots. False when it cannot allocate. */
 bool table_init(table *t, table_key_kind kind, uint64_t capacity, uint64_t seed, ck_epoch_record_t *defer);
 /* Frees the map at once: no reader may remain. */
 void table_destroy(table *t);
@@ -80,35 +102,63 @@ static inline unsigned long table_hash_uuid(const void *key, unsigned long seed)
     return table_mix(lo ^ table_mix(hi ^ seed));
 }
 
-/* table_get for a uuid table, with the hash inlined instead of called
- * through ck_hs's callback pointer: the Get path's (issue 15, goal 1). */
-static inline const void *table_get_uuid(table *t, const void *key)
+/* table_get for a uuid table, inlined into the Get path with its hash
+ * (issue 15, goal 1). */
+static inline const void *table_get_uuid_hashed(const table *t, const void *key, unsigned long hash)
 {
-    const void *found = ck_hs_get(&t->hs, table_hash_uuid(key, t->hs.seed), key);
-    if (found != NULL)
-        sync_observe(found); /* as in table_get */
-    return found;
+    const table_map *m = atomic_load_explicit(&((table *)t)->map, memory_order_acquire);
+    for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
+        const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_acquire);
+        if (k == NULL)
+            return NULL;
+        if (k != TABLE_TOMBSTONE && memcmp(k, key, 16) == 0)
+            return k;
+    }
 }
 
-/* Writer lock held. key points into the record it stands for. */
+static inline const void *table_get_uuid(const table *t, const void *key)
+{
+    return table_get_uuid_hashed(t, key, table_hash_uuid(key, t->seed));
+}
+
+/* Starts fetching the slot a lookup of key begins at, so that a batch's
+ * slot misses overlap before its probes (mem/batch.c). Epoch section
+ * required (the map it touches). */
+static inline void table_prefetch_uuid(const table *t, unsigned long hash)
+{
+    const table_map *m = atomic_load_explicit(&((table *)t)->map, memory_order_acquire);
+    __builtin_prefetch((const void *)&m->slots[hash & m->mask], 0, 3);
+}
+
+/* Writer lock held. key points into the record it stands for, which is
+ * complete: inserting publishes it. */
 table_result table_insert(table *t, const void *key);
 /* Writer lock held. True if the key was present. */
 bool table_remove(table *t, const void *key);
 
-/* Writer lock held: when removals have left as many tombstones as live
- * entries, rebuilds the map without them (amortised O(1) per removal), so
- * probes stay short under churn. False only when the rebuild could not
- * allocate (the table stays as it was, still correct). */
+/* Writer lock held: when removals have left at least as many tombstones
+ * as keys (and 64 or more), rebuilds the map without them (amortised O(1)
+ * per removal), so probes stay short under churn. False only when the
+ * rebuild could not allocate (the table stays as it was, still correct). */
 bool table_maintain(table *t);
 
 size_t table_count(table *t);
 
+/* The hash a key of this table is placed by (tests check its spread). */
+unsigned long table_hash(const table *t, const void *key);
+
 /* Lock-free walk (epoch section required) over one version of the map:
  * the keys present for the whole walk are each returned once; others may
- * or may not be. The store never moves a key within a map (no ck_hs_set,
- * ck_hs_gc or ck_hs_apply), which is what makes that hold. */
-typedef ck_hs_iterator_t table_iterator;
-#define TABLE_ITERATOR_INIT CK_HS_ITERATOR_INITIALIZER
+ * or may not be. Keys never move within a map, which is what makes that
+ * hold. */
+typedef struct table_iterator {
+    const table_map *map;
+    uint64_t next;
+} table_iterator;
+#define TABLE_ITERATOR_INIT                                                                                            \
+    {                                                                                                                  \
+        NULL, 0                                                                                                        \
+    }
 const void *table_next(table *t, table_iterator *it);
 
 /* Calls fn on every stored key. No concurrent writer allowed (close). */
