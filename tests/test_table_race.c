@@ -18,7 +18,9 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "mem/table.h"
 #include "util/alloc.h"
+#include "util/epoch.h"
 
 #define STABLE        40  /* sessions present for the whole race */
 #define STABLE_USERS  8   /* their users */
@@ -325,12 +327,100 @@ static void test_delete_that_rebuilds_succeeds_without_memory(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ---- the cost of tombstone clean-up (table_maintain) ---------------------- */
+
+static uint64_t map_slots(table *t)
+{
+    return atomic_load(&t->map)->mask + 1;
+}
+
+/* Removes keys[from..to) as the engine's delete does: table_maintain after
+ * each removal. Returns how many maps were replaced (deferred frees). */
+static uint64_t remove_and_maintain(table *t, const afsm_uuid *keys, int from, int to)
+{
+    uint64_t before = epoch_pending();
+    for (int i = from; i < to; i++) {
+        assert_true(table_remove(t, &keys[i]));
+        assert_true(table_maintain(t));
+    }
+    return epoch_pending() - before;
+}
+
+/* A spike grows a table to 16384 slots; once it has drained to 8 keys the
+ * clean-up must size the map for those keys again. Otherwise every 64
+ * removals rebuild (allocate, zero and scan) the spike's whole map for a
+ * handful of keys, and its memory is never given back. */
+static void test_maintain_after_a_spike_sizes_the_map_for_its_keys(void **state)
+{
+    (void)state;
+    ck_epoch_record_t *record = epoch_writer_record();
+    assert_non_null(record);
+    enum { SPIKE = 4096, KEEP = 8 };
+    afsm_uuid *keys = calloc(SPIKE, sizeof(*keys));
+    assert_non_null(keys);
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_UUID, 16, 7, record));
+    for (int i = 0; i < SPIKE; i++) {
+        afsm_uuid_v7(&keys[i]);
+        assert_int_equal(table_insert(&t, &keys[i]), TABLE_OK);
+    }
+    assert_true(map_slots(&t) >= 2 * SPIKE);
+    remove_and_maintain(&t, keys, KEEP, SPIKE);
+    assert_int_equal(table_count(&t), KEEP);
+    if (map_slots(&t) > 64)
+        fail_msg("%d keys left in a map of %llu slots after the spike", KEEP, (unsigned long long)map_slots(&t));
+    for (int i = 0; i < KEEP; i++)
+        assert_ptr_equal(table_get(&t, &keys[i]), &keys[i]);
+    table_destroy(&t);
+    free(keys);
+    epoch_writer_retire(record);
+}
+
+/* A table presized for many keys (capacity_hint) holding few, under churn:
+ * its probes are short whatever the tombstones (the load stays low), so
+ * rebuilding its whole map every 64 removals buys nothing. Replacing a map
+ * of S slots must wait for at least S/8 removals (amortised O(1) each). */
+static void test_maintain_of_a_lightly_loaded_map_is_amortised(void **state)
+{
+    (void)state;
+    ck_epoch_record_t *record = epoch_writer_record();
+    assert_non_null(record);
+    enum { SLOTS = 65536, LIVE = 10, CYCLES = 8000 };
+    afsm_uuid *keys = calloc(LIVE + CYCLES, sizeof(*keys));
+    assert_non_null(keys);
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_UUID, SLOTS, 7, record));
+    assert_int_equal(map_slots(&t), SLOTS);
+    for (int i = 0; i < LIVE + CYCLES; i++)
+        afsm_uuid_v7(&keys[i]);
+    for (int i = 0; i < LIVE; i++)
+        assert_int_equal(table_insert(&t, &keys[i]), TABLE_OK);
+    /* Each cycle: one new key in, the oldest out. */
+    uint64_t replaced = 0;
+    for (int i = 0; i < CYCLES; i++) {
+        assert_int_equal(table_insert(&t, &keys[LIVE + i]), TABLE_OK);
+        replaced += remove_and_maintain(&t, keys, i, i + 1);
+    }
+    assert_int_equal(table_count(&t), LIVE);
+    uint64_t allowed = CYCLES / (SLOTS / 8) + 1;
+    if (replaced > allowed)
+        fail_msg("%llu maps of %d slots rebuilt for %d removals among %d keys (at most %llu expected)",
+                 (unsigned long long)replaced, SLOTS, CYCLES, LIVE, (unsigned long long)allowed);
+    for (int i = CYCLES; i < LIVE + CYCLES; i++)
+        assert_ptr_equal(table_get(&t, &keys[i]), &keys[i]);
+    table_destroy(&t);
+    free(keys);
+    epoch_writer_retire(record);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_readers_race_growth_and_rebuilds),
         cmocka_unit_test(test_create_that_grows_fails_cleanly_at_every_allocation),
         cmocka_unit_test(test_delete_that_rebuilds_succeeds_without_memory),
+        cmocka_unit_test(test_maintain_after_a_spike_sizes_the_map_for_its_keys),
+        cmocka_unit_test(test_maintain_of_a_lightly_loaded_map_is_amortised),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
