@@ -8,9 +8,9 @@
  * Keys are compared in full, so hash collisions are harmless.
  *
  * The map is open addressing with linear probing over one array of
- * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. Empty and
- * tombstone slots together never exceed half the map, so every probe
- * sequence ends at an empty slot. A key never moves within a map; growth
+ * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. Keys and
+ * tombstones together (`used`) never fill more than half the map, so every
+ * probe sequence ends at an empty slot. A key never moves within a map; growth
  * and tombstone clean-up build a new map, publish it (release) and free
  * the old one through the epoch, never while a reader may hold it. A
  * reader that loaded the old map sees it as it was when replaced.
@@ -21,7 +21,8 @@
  * through a function pointer; this probe is inlined at the call site and
  * its slot can be prefetched before the probe (table_prefetch_uuid), so a
  * batch's slot misses overlap. Its memory is the same 8-byte slot per
- * entry at a load of 1/4 to 1/2, without ck_hs's probe-bound array.
+ * entry at a load of 1/8 to 1/2 once grown (clean-up shrinks a drained
+ * map; a presized one may be lighter), without ck_hs's probe-bound array.
  *
  * Ordering: a writer fills the record, then stores its key's pointer with
  * release; a reader loads slots with acquire, so what the writer stored
