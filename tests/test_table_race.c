@@ -52,7 +52,7 @@ static void fail_once(race *r, const char *fmt, ...)
     pthread_mutex_unlock(&r->failure_lock);
 }
 
-static afsm_engine *open_small_engine(virtual_clock *clock)
+static afsm_engine *open_engine_of(virtual_clock *clock, unsigned shards)
 {
     afsm_config cfg;
     assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
@@ -62,11 +62,17 @@ static afsm_engine *open_small_engine(virtual_clock *clock)
     cfg.reaper = AFSM_REAPER_MANUAL;
     cfg.server_addr = "10.0.0.1:7000";
     cfg.server_addr_len = strlen(cfg.server_addr);
-    cfg.shard_count = 1;   /* every key in the same three tables */
+    cfg.shard_count = shards;
     cfg.capacity_hint = 1; /* the smallest maps: growth from the first keys */
     afsm_engine *engine = NULL;
     assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
     return engine;
+}
+
+/* One shard: every key in the same three tables. */
+static afsm_engine *open_small_engine(virtual_clock *clock)
+{
+    return open_engine_of(clock, 1);
 }
 
 static afsm_status create_for(afsm_engine *engine, const char *user, afsm_uuid *id, afsm_uuid *conn)
@@ -173,14 +179,13 @@ static void *list_reader(void *arg)
     return NULL;
 }
 
-static void test_readers_race_growth_and_rebuilds(void **state)
+static void readers_race_growth_and_rebuilds(unsigned shards)
 {
-    (void)state;
     virtual_clock clock;
     race *r = calloc(1, sizeof(*r));
     assert_non_null(r);
     pthread_mutex_init(&r->failure_lock, NULL);
-    r->engine = open_small_engine(&clock);
+    r->engine = open_engine_of(&clock, shards);
     for (int i = 0; i < STABLE; i++) {
         snprintf(r->stable_user[i], sizeof(r->stable_user[i]), "stable-%d", i % STABLE_USERS);
         assert_int_equal(create_for(r->engine, r->stable_user[i], &r->stable[i], &r->stable_conn[i]), AFSM_OK);
@@ -221,6 +226,16 @@ static void test_readers_race_growth_and_rebuilds(void **state)
     assert_int_equal(afsm_engine_close(r->engine), AFSM_OK);
     pthread_mutex_destroy(&r->failure_lock);
     free(r);
+}
+
+static void test_readers_race_growth_and_rebuilds(void **state)
+{
+    (void)state;
+    readers_race_growth_and_rebuilds(1);
+    /* Four shards: a session's connection key (and its user) mostly in
+     * another shard's tables, grown and cleaned under that shard's lock and
+     * deferral record. */
+    readers_race_growth_and_rebuilds(4);
 }
 
 /* Everything a reader can observe of the engine, for "unchanged" checks. */
