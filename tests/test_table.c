@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "mem/table.h"
+#include "util/alloc.h"
 #include "util/epoch.h"
 
 static unsigned long constant_hash(const void *bytes, size_t len, unsigned long seed)
@@ -141,6 +142,85 @@ static void test_engine_with_colliding_keys(void **state)
     afsm_engine_close(engine);
 }
 
+/* One shard, 16-slot maps, every key on one hash: 8 sessions, the first
+ * deleted (its tombstones) and replaced, so that both uuid tables hold 8
+ * keys and no tombstone. *x is the deleted one's copy. */
+static afsm_engine *open_full_colliding_engine(virtual_clock *clock, afsm_session_info *made, afsm_session_info *x)
+{
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 1;
+    cfg.capacity_hint = 1;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    for (int i = 0; i < 8; i++) {
+        char user[16];
+        snprintf(user, sizeof(user), "u%d", i);
+        made[i] = create_session(engine, user);
+    }
+    afsm_session_info_init(x, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_get(engine, &made[0].session_id, x), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &x->session_id, NULL, 0), AFSM_OK);
+    made[0] = create_session(engine, "u-new");
+    return engine;
+}
+
+/* Restoring the deleted session (its own id, user and connection again)
+ * must grow all three tables; it fails at each allocation in turn, on a
+ * fresh engine each time (so that what an earlier attempt grew does not
+ * shift the sequence), which reaches the session insert's rollback when
+ * the connection table cannot grow. Each failure leaves nothing behind;
+ * the success stores the id once (a second copy would survive its
+ * delete), and it can be removed and restored again, into its own
+ * tombstone. */
+static void test_restore_rollback_never_duplicates(void **state)
+{
+    (void)state;
+    enum { N = 8 };
+    afsm_status status = AFSM_ENOMEM;
+    long k;
+    for (k = 0; k < 64 && status == AFSM_ENOMEM; k++) {
+        virtual_clock clock;
+        afsm_session_info made[N], x, got = AFSM_SESSION_INFO_INIT;
+        afsm_engine *engine = open_full_colliding_engine(&clock, made, &x);
+        alloc_fail_after_on_this_thread(k);
+        status = afsm_session_restore(engine, &x, NULL, 0);
+        alloc_fail_after_on_this_thread(-1);
+        if (status == AFSM_ENOMEM) {
+            assert_int_equal(afsm_session_get(engine, &x.session_id, &got), AFSM_ENOTFOUND);
+            assert_int_equal(afsm_session_get_by_connection(engine, &x.connection_id, &got), AFSM_ENOTFOUND);
+            afsm_counts counts;
+            assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+            assert_int_equal(counts.total, N);
+            assert_int_equal(afsm_session_restore(engine, &x, NULL, 0), AFSM_OK);
+        } else {
+            assert_int_equal(status, AFSM_OK);
+        }
+        for (int again = 0; again < 2; again++) {
+            assert_int_equal(afsm_session_get_by_connection(engine, &x.connection_id, &got), AFSM_OK);
+            assert_memory_equal(&got.session_id, &x.session_id, 16);
+            assert_int_equal(afsm_session_restore(engine, &x, NULL, 0), AFSM_EEXISTS);
+            assert_int_equal(afsm_session_delete(engine, &x.session_id, NULL, 0), AFSM_OK);
+            assert_int_equal(afsm_session_get(engine, &x.session_id, &got), AFSM_ENOTFOUND);
+            assert_int_equal(afsm_session_get_by_connection(engine, &x.connection_id, &got), AFSM_ENOTFOUND);
+            assert_int_equal(afsm_session_delete(engine, &x.session_id, NULL, 0), AFSM_ENOTFOUND);
+            if (again == 0)
+                assert_int_equal(afsm_session_restore(engine, &x, NULL, 0), AFSM_OK);
+        }
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(afsm_session_get(engine, &made[i].session_id, &got), AFSM_OK);
+            assert_memory_equal(&got.session_id, &made[i].session_id, 16);
+        }
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    }
+    assert_int_equal(status, AFSM_OK);
+    assert_true(k - 1 >= 5); /* the record, the user entry and three maps at least */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -148,6 +228,7 @@ int main(void)
         cmocka_unit_test(test_colliding_keys_stay_apart_through_growth_and_rebuild),
         cmocka_unit_test(test_string_keys),
         cmocka_unit_test(test_engine_with_colliding_keys),
+        cmocka_unit_test(test_restore_rollback_never_duplicates),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

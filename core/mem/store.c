@@ -551,8 +551,9 @@ afsm_status mem_store_open(const store_config *config, store **out)
     uint64_t now = config->clock(config->clock_ctx);
     atomic_init(&ms->wall_offset_ns, clock_wall_ns() - (int64_t)now);
     atomic_init(&ms->wheels_reached_ns, now);
-    /* A table keeps its load factor at or below 1/2. Users are fewer than
-     * sessions; their table grows when it must. */
+    /* A map grows once keys and tombstones pass half its slots: twice the
+     * expected sessions. Users are fewer than sessions; their table grows
+     * when it must. */
     uint64_t per_shard = 2 * (config->capacity_hint / config->shard_count + 1);
     for (unsigned i = 0; i < config->shard_count; i++) {
         shard *sh = &ms->shards[i];

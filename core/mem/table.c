@@ -132,6 +132,7 @@ bool table_init(table *t, table_key_kind kind, uint64_t capacity, uint64_t seed,
         return false;
     t->defer = defer;
     t->seed = seed;
+    t->min_slots = slots;
     t->kind = kind;
     atomic_init(&t->count, 0);
     atomic_init(&t->map, m);
@@ -208,7 +209,17 @@ bool table_maintain(table *t)
     uint64_t tombstones = m->used - keys;
     if (tombstones < 64 || tombstones < keys)
         return true;
-    return rebuild(t, m->mask + 1);
+    uint64_t slots = m->mask + 1;
+    /* Room for the keys at a load of 1/4 or less, as growth leaves them. */
+    uint64_t fit = t->min_slots;
+    while (fit < 4 * keys)
+        fit <<= 1;
+    if (fit < slots)
+        return rebuild(t, fit);
+    /* Tombstones and keys fill more than 1/4: cleaning is worth it now. */
+    if (m->used * 4 <= slots)
+        return true;
+    return rebuild(t, slots);
 }
 
 size_t table_count(table *t)

@@ -8,9 +8,9 @@
  * Keys are compared in full, so hash collisions are harmless.
  *
  * The map is open addressing with linear probing over one array of
- * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. Empty and
- * tombstone slots together never exceed half the map, so every probe
- * sequence ends at an empty slot. A key never moves within a map; growth
+ * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. Keys and
+ * tombstones together (`used`) never fill more than half the map, so every
+ * probe sequence ends at an empty slot. A key never moves within a map; growth
  * and tombstone clean-up build a new map, publish it (release) and free
  * the old one through the epoch, never while a reader may hold it. A
  * reader that loaded the old map sees it as it was when replaced.
@@ -21,7 +21,8 @@
  * through a function pointer; this probe is inlined at the call site and
  * its slot can be prefetched before the probe (table_prefetch_uuid), so a
  * batch's slot misses overlap. Its memory is the same 8-byte slot per
- * entry at a load of 1/4 to 1/2, without ck_hs's probe-bound array.
+ * entry at a load of 1/8 to 1/2 once grown (clean-up shrinks a drained
+ * map; a presized one may be lighter), without ck_hs's probe-bound array.
  *
  * Ordering: a writer fills the record, then stores its key's pointer with
  * release; a reader loads slots with acquire, so what the writer stored
@@ -61,6 +62,7 @@ typedef struct table {
     _Atomic(table_map *) map;
     ck_epoch_record_t *defer; /* the owning shard's deferral record */
     uint64_t seed;
+    uint64_t min_slots; /* the presized map's: clean-up never shrinks below it */
     table_key_kind kind;
     _Atomic uint64_t count; /* keys; written by the writer, read by anyone */
 } table;
@@ -71,8 +73,9 @@ typedef enum table_result { TABLE_OK = 0, TABLE_EXISTS = 1, TABLE_NOMEM = 2 } ta
 typedef unsigned long table_hash_fn(const void *bytes, size_t len, unsigned long seed);
 extern table_hash_fn *table_hash_override;
 
-/* capacity: keys expected; the map starts with at least twice as many
- * slots. False when it cannot allocate. */
+/* capacity: the map starts with at least this many slots (a power of two,
+ * 16 or more), so it holds capacity / 2 keys before it grows. False when
+ * it cannot allocate. */
 bool table_init(table *t, table_key_kind kind, uint64_t capacity, uint64_t seed, ck_epoch_record_t *defer);
 /* Frees the map at once: no reader may remain. */
 void table_destroy(table *t);
@@ -137,9 +140,15 @@ table_result table_insert(table *t, const void *key);
 bool table_remove(table *t, const void *key);
 
 /* Writer lock held: when removals have left at least as many tombstones
- * as keys (and 64 or more), rebuilds the map without them (amortised O(1)
- * per removal), so probes stay short under churn. False only when the
- * rebuild could not allocate (the table stays as it was, still correct). */
+ * as keys (and 64 or more), rebuilds the map without them, so probes stay
+ * short under churn: at the size its keys need (never below the presized
+ * one) when it holds 1/8 of its slots or fewer, so a drained spike gives
+ * its memory back; else, at the same size, only once keys and tombstones
+ * fill more than 1/4 of it (a lighter map's probes are short anyway). Each
+ * rebuild of an S-slot map thus follows S/8 removals or more, or follows
+ * the inserts that grew it: amortised O(1) per removal. False only when
+ * the rebuild could not allocate (the table stays as it was, still
+ * correct). */
 bool table_maintain(table *t);
 
 size_t table_count(table *t);
