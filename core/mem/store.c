@@ -293,6 +293,15 @@ static inline __attribute__((always_inline)) afsm_status copy_out(mem_store *ms,
 {
     if (s == NULL)
         return AFSM_ENOTFOUND;
+    /* The user's entry (the user id) is a miss of its own, behind the
+     * record's first line: start it, and the record's other two lines (a
+     * slab slot is 3 whole lines), before the clock read and the copy's
+     * ~100 instructions. Measured: the engine's median CPU time at 1M
+     * sessions lower in 11 of 12 interleaved runs, by ~5-35 ns of ~500:
+     * small, but the only Get-path change that paid (issue 15, goal 1). */
+    __builtin_prefetch(s->user);
+    __builtin_prefetch((const char *)s + 64);
+    __builtin_prefetch((const char *)s + 128);
     /* As mem_expired, with the deadline the copy computed anyway. */
     bool expired = fill_info(ms, s, out, mem_now(ms));
     return expired && !ms->config.external_expiry ? AFSM_EEXPIRED : AFSM_OK;
