@@ -15,7 +15,11 @@
 #include "util/alloc.h"
 #include "util/sync.h"
 
-static ck_epoch_t global_epoch;
+/* Read by every epoch_enter (ck_epoch_begin loads its epoch), written only
+ * when the epoch advances or a record registers: on a line of its own, so
+ * the counters other code writes per operation cannot share it (issue 15,
+ * goal 5). */
+static ck_epoch_t global_epoch __attribute__((aligned(CK_MD_CACHELINE)));
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static pthread_key_t thread_key;
 
@@ -29,8 +33,14 @@ _Thread_local ck_epoch_record_t *epoch_thread_record __attribute__((tls_model("i
 char epoch_quiescence_token;
 
 /* Deferred frees waiting. Writers already serialise per shard, and this
- * counts frees, not reads, so one process-wide counter costs little. */
-static _Atomic uint64_t pending_frees;
+ * counts frees, not reads, so one process-wide counter costs little, as
+ * long as it has its cache line to itself: every removal increments it,
+ * and it used to sit beside global_epoch, which every reader loads. */
+static struct {
+    _Atomic uint64_t value;
+    char pad[CK_MD_CACHELINE - sizeof(uint64_t)];
+} __attribute__((aligned(CK_MD_CACHELINE))) pending_frees_line;
+#define pending_frees (pending_frees_line.value)
 
 /* The thread's TSD destructor. Other destructors may run after it on the
  * same thread and call the engine: forgetting the record here makes such a

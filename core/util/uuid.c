@@ -38,8 +38,17 @@
 #define UNIX_MS_MAX   ((UINT64_C(1) << 48) - 1)
 #define COUNTER_BITS  12
 
-/* (unix_ms << 12 | counter) of the last id handed out; 0 before the first. */
-static _Atomic uint64_t last_stamp = 0;
+/* (unix_ms << 12 | counter) of the last id handed out; 0 before the first.
+ * Alone on its cache line: every create CASes it, and the linker would
+ * otherwise pack read-hot neighbours beside it (issue 15, goal 5: it
+ * shared a line with table_hash_override, which every table probe reads,
+ * and with the global epoch, which every epoch_enter reads, so each
+ * create made the other threads miss on both). */
+static struct {
+    _Atomic uint64_t value;
+    char pad[64 - sizeof(uint64_t)];
+} __attribute__((aligned(64))) last_stamp_line;
+#define last_stamp (last_stamp_line.value)
 
 /* rand_b: from the process's buffered OS randomness (util/random.h). If
  * the OS has none to give (old kernel, seccomp), a splitmix64 stream keeps
