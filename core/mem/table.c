@@ -191,15 +191,20 @@ table_result table_insert(table *t, const void *key)
 bool table_remove(table *t, const void *key)
 {
     table_map *m = current(t);
-    bool found;
-    uint64_t at = probe(t, m, key, table_hash(t, key), &found);
-    if (!found)
-        return false;
-    /* A reader that loads the tombstone goes on probing; one that loaded
-     * the key just before finds a record its owner marks removed. */
-    atomic_store_explicit(&m->slots[at], TABLE_TOMBSTONE, memory_order_relaxed);
-    atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) - 1, memory_order_relaxed);
-    return true;
+    for (uint64_t i = table_hash(t, key) & m->mask;; i = (i + 1) & m->mask) {
+        const void *k = atomic_load_explicit(&m->slots[i], memory_order_relaxed);
+        if (k == NULL)
+            return false;
+        if (k != key)
+            continue;
+        /* A reader that loads the tombstone goes on probing; one that
+         * loaded the key just before finds a record its owner marks
+         * removed. */
+        atomic_store_explicit(&m->slots[i], TABLE_TOMBSTONE, memory_order_relaxed);
+        atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) - 1,
+                              memory_order_relaxed);
+        return true;
+    }
 }
 
 bool table_maintain(table *t)

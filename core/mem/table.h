@@ -136,7 +136,10 @@ static inline void table_prefetch_uuid(const table *t, unsigned long hash)
 /* Writer lock held. key points into the record it stands for, which is
  * complete: inserting publishes it. */
 table_result table_insert(table *t, const void *key);
-/* Writer lock held. True if the key was present. */
+/* Writer lock held. key is the stored key itself (the address inserted),
+ * not an equal copy: the probe compares addresses, so a removal reads no
+ * other record on its way (issue 15, goals 3 and 4). True if it was
+ * present. */
 bool table_remove(table *t, const void *key);
 
 /* Writer lock held: when removals have left at least as many tombstones
