@@ -8,7 +8,10 @@
  *       --collect-atstart=no build-bench/bench/missprobe MODE N OPS
  *
  * MODE: get-engine, get-floor, get-rwlock, delete-engine, delete-rwlock,
- * create-engine, create-rwlock, heartbeat-engine, heartbeat-rwlock.
+ * create-engine, create-rwlock, heartbeat-engine, heartbeat-rwlock,
+ * expire-engine (N long-lived sessions, then twice OPS doomed ones added
+ * and expired by one afsm_engine_advance on a virtual clock, as
+ * bench/expiry.cc; the second advance is collected).
  * The population is built uninstrumented, OPS operations warm the
  * simulated caches, then OPS more are collected (the callgrind totals, over
  * OPS, are the per-operation figures). Without valgrind it just runs.
@@ -28,6 +31,79 @@
 
 using namespace bench;
 
+namespace
+{
+
+struct VirtualClock {
+    uint64_t now_ns = 1000000000ull;
+    static uint64_t read(void *ctx)
+    {
+        return static_cast<VirtualClock *>(ctx)->now_ns;
+    }
+};
+
+bool engine_create(afsm_engine *e, const Spec &s, uint64_t timeout_ms)
+{
+    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
+    o.client_port = s.port;
+    o.user_id = s.user_id;
+    o.user_id_len = s.user_id_len;
+    o.client_ip = s.ip;
+    o.client_ip_len = s.ip_len;
+    o.connection_id = s.connection_id;
+    o.timeout_ms = timeout_ms;
+    return afsm_session_create(e, &o, nullptr) == AFSM_OK;
+}
+
+/* The expiry benchmark's engine side under the probe: OPS doomed sessions
+ * (1 s) among N lasting ones (30 min), expired by one advance 1.5 s on. */
+int expire_probe(size_t n, size_t ops)
+{
+    VirtualClock clock;
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.capacity_hint = n + ops;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.clock = VirtualClock::read;
+    cfg.clock_ctx = &clock;
+    afsm_engine *engine = nullptr;
+    if (afsm_engine_open(&cfg, &engine) != AFSM_OK)
+        return 1;
+    Rng rng(n + ops);
+    Spec spec;
+    uint64_t seq = 0;
+    size_t failed = 0;
+    uint64_t cpu_ns = 0;
+    for (size_t i = 0; i < n; i++) {
+        make_spec(seq++, rng, &spec);
+        failed += !engine_create(engine, spec, 30 * 60 * 1000);
+    }
+    CALLGRIND_START_INSTRUMENTATION;
+    for (int round = 0; round < 2; round++) {
+        for (size_t i = 0; i < ops; i++) {
+            make_spec(seq++, rng, &spec);
+            failed += !engine_create(engine, spec, 1000);
+        }
+        clock.now_ns += 1500000000ull;
+        size_t expired = 0;
+        if (round == 1)
+            CALLGRIND_TOGGLE_COLLECT;
+        uint64_t c0 = thread_cpu_ns();
+        afsm_engine_advance(engine, clock.now_ns, &expired);
+        cpu_ns = thread_cpu_ns() - c0;
+        if (round == 1)
+            CALLGRIND_TOGGLE_COLLECT;
+        failed += expired != ops;
+    }
+    afsm_engine_close(engine);
+    /* Thread CPU of the collected advance: meaningful without valgrind. */
+    printf("expire-engine n=%zu ops=%zu failed=%zu cpu_ns_per_expired=%.1f\n", n, ops, failed,
+           (double)cpu_ns / (double)(ops ? ops : 1));
+    return failed != 0;
+}
+
+} // namespace
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -36,6 +112,8 @@ int main(int argc, char **argv)
     }
     std::string mode_name = argv[1];
     size_t n = strtoull(argv[2], nullptr, 10), ops = strtoull(argv[3], nullptr, 10);
+    if (mode_name == "expire-engine")
+        return expire_probe(n, ops);
     bool floor = mode_name == "get-floor";
     bool del = mode_name.rfind("delete-", 0) == 0;
     bool create = mode_name.rfind("create-", 0) == 0;

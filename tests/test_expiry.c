@@ -393,6 +393,205 @@ static void test_delete_racing_expiry_one_event_each(void **state)
     afsm_engine_close(d.engine);
 }
 
+/* ---- batched settling ---------------------------------------------------- */
+
+/* One advance settles its victims in groups that lock the union of their
+ * lock sets once (mem/expiry.c): the edges of that. */
+
+#define GROUPED 20000 /* > the wheel's per-hold budget (4096) on each of 4 shards */
+
+typedef struct grouped {
+    afsm_engine *engine;
+    afsm_uuid ids[GROUPED]; /* creation order = sorted */
+    int expired[GROUPED];
+    int deleted[GROUPED];
+    int events_after_end[GROUPED];
+    size_t first_victim; /* deleted and heartbeated from the first EXPIRED event */
+    int acted;
+    afsm_status delete_status;
+    afsm_status heartbeat_status;
+} grouped;
+
+static void grouped_events(void *ctx, const afsm_event *ev)
+{
+    grouped *g = ctx;
+    if (ev->type != AFSM_EVENT_EXPIRED && ev->type != AFSM_EVENT_DELETED)
+        return;
+    afsm_uuid *hit = bsearch(&ev->session_id, g->ids, GROUPED, sizeof(afsm_uuid), compare_uuid);
+    assert_non_null(hit);
+    size_t i = (size_t)(hit - g->ids);
+    if (g->expired[i] + g->deleted[i] != 0)
+        g->events_after_end[i]++;
+    if (ev->type == AFSM_EVENT_EXPIRED) {
+        g->expired[i]++;
+        /* The user id comes from the entry the removal may have retired. */
+        char want[16];
+        snprintf(want, sizeof(want), "u%zu", i % 997);
+        assert_int_equal(ev->user_id_len, strlen(want));
+        assert_memory_equal(ev->user_id, want, ev->user_id_len);
+    } else {
+        g->deleted[i]++;
+    }
+    if (ev->type == AFSM_EVENT_EXPIRED && !g->acted) {
+        /* While the rest of the advance is still settling: a delete of a
+         * session decided (or about to be) expired gets one event, never
+         * two, and a heartbeat past the deadline revives nothing. */
+        g->acted = 1;
+        g->delete_status = afsm_session_delete(g->engine, &g->ids[g->first_victim], "cb", 2);
+        g->heartbeat_status = afsm_session_heartbeat(g->engine, &g->ids[g->first_victim - 1], NULL);
+    }
+}
+
+static void test_grouped_settling_edges(void **state)
+{
+    (void)state;
+    static grouped g;
+    memset(&g, 0, sizeof(g));
+    afsm_config cfg = {0};
+    cfg.on_event = grouped_events;
+    cfg.event_ctx = &g;
+    cfg.shard_count = 4;
+    cfg.default_timeout_ms = 1000;
+    g.engine = open_virtual_engine(&vclock, &cfg);
+    uint64_t t0 = virtual_clock_read(&vclock);
+    /* ~20 sessions per user, users on every shard: each group of victims
+     * spans several lock sets, and a user's last session goes in the same
+     * group as others of that user. */
+    for (size_t i = 0; i < GROUPED; i++) {
+        char user[16];
+        snprintf(user, sizeof(user), "u%zu", i % 997);
+        g.ids[i] = create_session(g.engine, user).session_id;
+    }
+    g.first_victim = GROUPED - 1;
+    /* Every 200th session heartbeated just before its deadline: its timer
+     * fires with the others' but it must not be expired. */
+    virtual_clock_set(&vclock, t0 + 999 * MS);
+    for (size_t i = 0; i < GROUPED; i += 200)
+        assert_int_equal(afsm_session_heartbeat(g.engine, &g.ids[i], NULL), AFSM_OK);
+    virtual_clock_set(&vclock, t0 + 1500 * MS);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(g.engine, t0 + 1500 * MS, &expired), AFSM_OK);
+    assert_true(g.acted);
+    assert_int_not_equal(g.heartbeat_status, AFSM_OK);
+    size_t kept = 0, expired_events = 0;
+    for (size_t i = 0; i < GROUPED; i++) {
+        assert_int_equal(g.events_after_end[i], 0);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        afsm_status st = afsm_session_get(g.engine, &g.ids[i], &info);
+        if (i % 200 == 0) {
+            assert_int_equal(st, AFSM_OK); /* heartbeated: alive */
+            assert_int_equal(g.expired[i] + g.deleted[i], 0);
+            kept++;
+            continue;
+        }
+        assert_int_equal(st, AFSM_ENOTFOUND);
+        if (i == g.first_victim) {
+            /* Removed by whichever got there first, with that one's event. */
+            assert_int_equal(g.deleted[i], g.delete_status == AFSM_OK);
+            assert_int_equal(g.expired[i], g.delete_status != AFSM_OK);
+        } else {
+            assert_int_equal(g.expired[i], 1);
+            assert_int_equal(g.deleted[i], 0);
+        }
+        expired_events += (size_t)g.expired[i];
+    }
+    assert_int_equal(expired, expired_events);
+    afsm_counts counts;
+    afsm_engine_counts(g.engine, &counts);
+    assert_int_equal(counts.total, kept);
+    /* The heartbeated ones expire a second later, and their users go with
+     * them: nothing of any user is left. */
+    virtual_clock_set(&vclock, t0 + 2500 * MS);
+    assert_int_equal(afsm_engine_advance(g.engine, t0 + 2500 * MS, &expired), AFSM_OK);
+    assert_int_equal(expired, kept);
+    afsm_engine_counts(g.engine, &counts);
+    assert_int_equal(counts.total, 0);
+    for (size_t u = 0; u < 997; u++) {
+        char user[16];
+        snprintf(user, sizeof(user), "u%zu", u);
+        size_t removed = 1;
+        assert_int_equal(afsm_session_delete_by_user(g.engine, user, strlen(user), NULL, 0, &removed), AFSM_OK);
+        assert_int_equal(removed, 0);
+    }
+    for (size_t i = 0; i < GROUPED; i++)
+        assert_int_equal(g.expired[i] + g.deleted[i], 1);
+    afsm_engine_close(g.engine);
+}
+
+/* Writers on every shard while groups hold several shard locks at once:
+ * the union is taken in ascending order like every lock set, so this ends
+ * (a deadlock would hang it), and every session ends exactly once. */
+
+#define CHURNED 4000
+
+typedef struct churn {
+    afsm_engine *engine;
+    _Atomic int stop;
+    _Atomic long created;
+    _Atomic long deleted;
+} churn;
+
+static void *churner(void *arg)
+{
+    churn *c = arg;
+    afsm_uuid mine[64];
+    size_t n = 0;
+    for (unsigned round = 0; !atomic_load(&c->stop); round++) {
+        char user[16];
+        snprintf(user, sizeof(user), "u%u", round % 61);
+        afsm_uuid conn;
+        afsm_create_options o = make_options(user, "10.1.2.3", &conn);
+        o.timeout_ms = 3600 * 1000;
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        if (afsm_session_create(c->engine, &o, &info) == AFSM_OK) {
+            atomic_fetch_add(&c->created, 1);
+            mine[n++] = info.session_id;
+        }
+        if (n == 64 || (round & 7) == 0) {
+            while (n > 0)
+                atomic_fetch_add(&c->deleted, afsm_session_delete(c->engine, &mine[--n], NULL, 0) == AFSM_OK);
+        }
+    }
+    while (n > 0)
+        atomic_fetch_add(&c->deleted, afsm_session_delete(c->engine, &mine[--n], NULL, 0) == AFSM_OK);
+    return NULL;
+}
+
+static void test_grouped_settling_with_writers(void **state)
+{
+    (void)state;
+    static churn c;
+    memset(&c, 0, sizeof(c));
+    afsm_config cfg = {0};
+    cfg.default_timeout_ms = 1000;
+    c.engine = open_virtual_engine(&vclock, &cfg);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, churner, &c), 0);
+    uint64_t now = virtual_clock_read(&vclock);
+    size_t total = 0;
+    for (int round = 0; round < 5; round++) {
+        for (size_t i = 0; i < CHURNED; i++) {
+            char user[16];
+            snprintf(user, sizeof(user), "u%zu", i % 61); /* the churner's users too */
+            create_session(c.engine, user);
+        }
+        now += 1500 * MS;
+        virtual_clock_set(&vclock, now);
+        size_t expired = 0;
+        assert_int_equal(afsm_engine_advance(c.engine, now, &expired), AFSM_OK);
+        assert_int_equal(expired, CHURNED);
+        total += expired;
+    }
+    atomic_store(&c.stop, 1);
+    pthread_join(t, NULL);
+    assert_int_equal(atomic_load(&c.created), atomic_load(&c.deleted));
+    afsm_counts counts;
+    afsm_engine_counts(c.engine, &counts);
+    assert_int_equal(counts.total, 0);
+    assert_int_equal(total, 5 * CHURNED);
+    afsm_engine_close(c.engine);
+}
+
 /* ---- the reaper thread -------------------------------------------------- */
 
 typedef struct reaper_watch {
@@ -458,6 +657,8 @@ int main(void)
         cmocka_unit_test(test_event_callback_may_call_engine),
         cmocka_unit_test(test_heartbeat_racing_expiry),
         cmocka_unit_test(test_delete_racing_expiry_one_event_each),
+        cmocka_unit_test(test_grouped_settling_edges),
+        cmocka_unit_test(test_grouped_settling_with_writers),
         cmocka_unit_test(test_reaper_thread_expires_and_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -16,6 +16,7 @@
 #include <assert.h>
 #include <string.h>
 
+#include "mem/index.h"
 #include "mem/mem_store.h"
 #include "util/alloc.h"
 #include "util/clock.h"
@@ -57,6 +58,9 @@ typedef struct timer_result {
     session *s;
     timer_outcome outcome;
     uint32_t idle_event; /* OUTCOME_IDLE: its event in idle_events, or NO_EVENT */
+    /* Set while settling: the state it was removed in, or NO_EVENT when
+     * this pass did not remove it (IDLE, or removed by someone else). */
+    uint32_t removed_state;
 } timer_result;
 
 typedef struct timer_batch {
@@ -70,6 +74,9 @@ typedef struct timer_batch {
     mem_event *idle_events;
     size_t idle_count;
     size_t idle_capacity;
+    /* One settling group's removal events (SETTLE_GROUP of them; only with
+     * a callback), captured in the group's section, delivered after it. */
+    mem_event *events;
     const mem_store *ms;
     size_t *budget; /* wheel_advance's: zeroed to stop the pass */
     bool failed;    /* the batch could not grow: report AFSM_ENOMEM */
@@ -117,7 +124,7 @@ static int batch_push(timer_batch *batch, session *s, timer_outcome outcome)
                           AFSM_STATE_IDLE, NULL, 0);
     }
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
-    batch->items[batch->count++] = (timer_result){s, outcome, event};
+    batch->items[batch->count++] = (timer_result){s, outcome, event, NO_EVENT};
     return 1;
 }
 
@@ -200,40 +207,164 @@ static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
     return batch_push(batch, s, OUTCOME_EXPIRED) ? 0 : fire_ns + 1;
 }
 
+/* on_timer's reads of a timer's record (state and timeout in the first
+ * line, last_active_ns and refs in the second), fetched a few timers
+ * ahead: a slot's timers are records scattered over the slab. */
+static void timer_ahead(const wheel_link *timer)
+{
+    const char *s = (const char *)timer - offsetof(session, timer);
+    __builtin_prefetch(s);
+    __builtin_prefetch(s + 64, 1);
+}
+
 /* Timer work per lock hold: bounds how long one advance blocks the shard's
  * writers, however many sessions share a slot. */
 #define ADVANCE_BUDGET 4096
 
-/* Carries out one fired timer's outcome, then delivers its event with no
- * epoch section held. Returns 1 when it expired the session. The batch's
- * reference keeps the record; the section keeps the user's entry, and only
- * once the record is seen not removed inside it. */
-static size_t settle_one(mem_store *ms, timer_batch *batch, const timer_result *item)
+/* Victims settled per lock hold and epoch section: each group takes the
+ * union of its sessions' lock sets once, in ascending shard order (the
+ * lockset rule, mem/shard.h), instead of three locks per session. Bounds
+ * how long the group blocks writers on the shards it locks (a few
+ * microseconds), and the events one group captures before delivering. */
+#define SETTLE_GROUP 32
+
+/* The shards a group locks, as a bitmap over shard indices. */
+#define SHARD_WORDS ((4096 + 63) / 64) /* engine.c's SHARDS_MAX */
+
+typedef struct shard_set {
+    uint64_t bits[SHARD_WORDS];
+    unsigned words; /* words in use: shard count / 64, rounded up */
+} shard_set;
+
+static void shard_set_add(shard_set *set, unsigned index)
 {
-    session *s = item->s;
-    if (item->outcome == OUTCOME_IDLE) {
-        mem_unref(ms, s);
-        /* Unless a callback's event for this session already sent it. */
-        if (item->idle_event != NO_EVENT)
-            mem_event_fire(ms, &batch->idle_events[item->idle_event]);
-        return 0;
+    set->bits[index / 64] |= UINT64_C(1) << (index % 64);
+}
+
+static void shard_set_acquire(shard *shards, const shard_set *set)
+{
+    for (unsigned w = 0; w < set->words; w++)
+        for (uint64_t b = set->bits[w]; b != 0; b &= b - 1)
+            sync_lock_acquire(&shards[w * 64 + (unsigned)__builtin_ctzll(b)].lock);
+}
+
+static void shard_set_release(shard *shards, const shard_set *set)
+{
+    for (unsigned w = set->words; w-- > 0;) {
+        for (uint64_t b = set->bits[w]; b != 0;) {
+            unsigned top = 63u - (unsigned)__builtin_clzll(b);
+            sync_lock_release(&shards[w * 64 + top].lock);
+            b &= ~(UINT64_C(1) << top);
+        }
     }
-    mem_event ev;
-    ev.pending = false; /* not the whole struct: its user id buffer is 257 bytes */
-    size_t expired = 0;
+}
+
+/* The lines mem_remove_locked writes besides the record: the user-list
+ * neighbours and the user's entry. Under the lock set (which guards the
+ * links), for a session not removed. */
+static void prefetch_unlink(const session *s)
+{
+    session *next = atomic_load_explicit((_Atomic(session *) *)&s->user_next, memory_order_relaxed);
+    if (next != NULL)
+        __builtin_prefetch(&next->user_prev, 1);
+    if (s->user_prev != NULL)
+        __builtin_prefetch(&s->user_prev->user_next, 1);
+    __builtin_prefetch(s->user, 1);
+}
+
+/* Carries out the outcomes of items[from, to) of the batch (all of one
+ * home shard), then delivers their events in item order with no epoch
+ * section held. Returns how many sessions it expired. The batch's
+ * references keep the records; the section keeps each user's entry, read
+ * only once its record is seen not removed inside it (a delete retires the
+ * entry through the epoch after marking the record). A session removed
+ * since the wheel's verdict (a delete, or a callback of an earlier event)
+ * is only let go: its remover fired its event. */
+static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_t to)
+{
+    timer_result *items = batch->items;
+    bool emit = ms->config.emit != NULL;
+    unsigned home = (unsigned)(batch->sh - ms->shards);
     ck_epoch_record_t *e = epoch_enter(); /* cannot fail: mem_advance entered once */
     assert(e != NULL);
-    if (session_removed(s)) {
-        mem_unref(ms, s); /* a delete got there first and fired its own event */
-    } else if (item->outcome == OUTCOME_CLOSED) {
-        mem_remove_session(ms, s, AFSM_EVENT_DELETED, AFSM_DELETE_CLOSED, MEM_REASON_CLOSED,
-                           sizeof(MEM_REASON_CLOSED) - 1, 1, &ev);
-    } else {
-        expired = mem_remove_session(ms, s, AFSM_EVENT_EXPIRED, AFSM_DELETE_EXPIRED, MEM_REASON_EXPIRED,
-                                     sizeof(MEM_REASON_EXPIRED) - 1, 1, &ev) == AFSM_OK;
+    /* The entries name the user shards: fetch them together. */
+    for (size_t j = from; j < to; j++)
+        if (items[j].outcome != OUTCOME_IDLE)
+            __builtin_prefetch(items[j].s->user);
+    shard_set set;
+    set.words = (ms->shard_mask + 64) / 64;
+    assert(set.words <= SHARD_WORDS); /* engine.c refuses more shards */
+    memset(set.bits, 0, set.words * sizeof(set.bits[0]));
+    shard_set_add(&set, home);
+    /* Then the two table slots each removal rewrites: at 1M sessions
+     * these are the misses that dominate, and fetched for the whole group
+     * before locking they overlap, where the removals would take them one
+     * after another. (A removal compares addresses only, so the probe reads
+     * no other record on its way: mem/table.h.) */
+    for (size_t j = from; j < to; j++) {
+        session *s = items[j].s;
+        if (items[j].outcome == OUTCOME_IDLE || session_removed(s))
+            continue;
+        unsigned conn = mem_shard_of_connection(ms, &s->connection_id);
+        shard_set_add(&set, conn);
+        shard_set_add(&set, s->user->shard_index);
+        const table *sessions = &batch->sh->sessions, *connections = &ms->shards[conn].connections;
+        table_prefetch_uuid(sessions, table_hash_uuid(&s->id, sessions->seed));
+        table_prefetch_uuid(connections, table_hash_uuid(&s->connection_id, connections->seed));
+    }
+    shard_set_acquire(ms->shards, &set);
+    size_t expired = 0;
+    for (size_t j = from; j < to; j++)
+        if (items[j].outcome != OUTCOME_IDLE && !atomic_load_explicit(&items[j].s->removed, memory_order_relaxed))
+            prefetch_unlink(items[j].s);
+    for (size_t j = from; j < to; j++) {
+        timer_result *item = &items[j];
+        session *s = item->s;
+        /* The lock set is held, so `removed` cannot change under us; it
+         * may have since the union was built, which only drops a shard. */
+        item->removed_state = NO_EVENT;
+        if (item->outcome != OUTCOME_IDLE && !atomic_load_explicit(&s->removed, memory_order_relaxed)) {
+            item->removed_state = atomic_load_explicit(&s->state, memory_order_relaxed);
+            if (item->outcome == OUTCOME_CLOSED) {
+                mem_remove_locked(ms, s, AFSM_DELETE_CLOSED, 0);
+            } else {
+                mem_remove_locked(ms, s, AFSM_DELETE_EXPIRED, 0);
+                expired++;
+            }
+        }
+        /* The batch's reference; the home shard's lock is in the set. While
+         * the section lasts, the record (freed through the epoch) stays. */
+        mem_unref_locked(ms, s);
+    }
+    shard_set_release(ms->shards, &set);
+    /* Events read the user's entry, which the removals may have retired:
+     * captured inside the section, delivered after it. */
+    if (emit) {
+        for (size_t j = from; j < to; j++) {
+            timer_result *item = &items[j];
+            if (item->removed_state == NO_EVENT)
+                continue;
+            bool closed = item->outcome == OUTCOME_CLOSED;
+            mem_event_capture(ms, &batch->events[j - from], closed ? AFSM_EVENT_DELETED : AFSM_EVENT_EXPIRED, item->s,
+                              item->removed_state, item->removed_state, closed ? MEM_REASON_CLOSED : MEM_REASON_EXPIRED,
+                              closed ? sizeof(MEM_REASON_CLOSED) - 1 : sizeof(MEM_REASON_EXPIRED) - 1);
+        }
     }
     epoch_leave(e);
-    mem_event_fire(ms, &ev);
+    if (emit) {
+        /* In item order: an IDLE before a later removal of the same
+         * session (its prelude fires it first anyway). */
+        for (size_t j = from; j < to; j++) {
+            timer_result *item = &items[j];
+            if (item->outcome == OUTCOME_IDLE) {
+                /* Unless a callback's event for this session already sent it. */
+                if (item->idle_event != NO_EVENT)
+                    mem_event_fire(ms, &batch->idle_events[item->idle_event]);
+            } else if (item->removed_state != NO_EVENT) {
+                mem_event_fire(ms, &batch->events[j - from]);
+            }
+        }
+    }
     return expired;
 }
 
@@ -284,6 +415,11 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
         return AFSM_ENOMEM;
     epoch_leave(first);
     timer_batch batch = {.ms = ms};
+    if (ms->config.emit != NULL) {
+        batch.events = mem_alloc(SETTLE_GROUP * sizeof(*batch.events));
+        if (batch.events == NULL)
+            return AFSM_ENOMEM; /* nothing has changed yet */
+    }
     for (unsigned i = 0; i <= ms->shard_mask && !batch.failed; i++) {
         shard *sh = &ms->shards[i];
         batch.sh = sh;
@@ -298,20 +434,22 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
             size_t budget = ADVANCE_BUDGET;
             batch.budget = &budget;
             sync_lock_acquire(&sh->lock);
-            done = wheel_advance(&sh->timers, now, on_timer, &batch, &budget);
+            done = wheel_advance_ahead(&sh->timers, now, on_timer, timer_ahead, &batch, &budget);
             sync_lock_release(&sh->lock);
             /* Removal takes each session's whole lock set, so it waits
              * until the shard lock is dropped. */
             timer_batch *outer = delivering; /* a callback may advance too */
             delivering = &batch;
-            for (size_t j = 0; j < batch.count; j++)
-                *expired += settle_one(ms, &batch, &batch.items[j]);
+            for (size_t j = 0; j < batch.count; j += SETTLE_GROUP)
+                *expired +=
+                    settle_group(ms, &batch, j, j + SETTLE_GROUP < batch.count ? j + SETTLE_GROUP : batch.count);
             delivering = outer;
         }
         reclaim(sh);
     }
     mem_free(batch.items);
     mem_free(batch.idle_events);
+    mem_free(batch.events);
     /* A pass cut short by ENOMEM left the rest due: the wheels are not
      * caught up (reaper lag keeps growing) and the next call resumes. */
     if (batch.failed)

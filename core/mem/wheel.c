@@ -172,7 +172,30 @@ static void next_stage(wheel *w)
     }
 }
 
+/* The timer WHEEL_AHEAD places after the head of pending (NULL when the
+ * list is shorter), its link line fetched for the next call's walk. The
+ * walk restarts at the head each time, so it follows the list as it is:
+ * the links it reads were fetched one timer earlier. */
+static const wheel_link *pending_ahead(const wheel *w)
+{
+    const wheel_link *a = w->pending.next;
+    for (int k = 0; k < WHEEL_AHEAD; k++) {
+        if (a == &w->pending)
+            return NULL;
+        a = a->next;
+    }
+    if (a == &w->pending)
+        return NULL;
+    __builtin_prefetch(a->next);
+    return a;
+}
+
 int wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx, size_t *budget)
+{
+    return wheel_advance_ahead(w, now_ns, due, NULL, ctx, budget);
+}
+
+int wheel_advance_ahead(wheel *w, uint64_t now_ns, wheel_due_fn *due, wheel_ahead_fn *ahead, void *ctx, size_t *budget)
 {
     uint64_t target = now_ns / w->tick_ns;
     for (;;) {
@@ -187,6 +210,11 @@ int wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx, size_
                 continue;
             }
             assert(timer->due_tick == w->now_tick);
+            if (ahead != NULL) {
+                const wheel_link *a = pending_ahead(w);
+                if (a != NULL)
+                    ahead(a);
+            }
             w->count--;
             uint64_t later = due(ctx, timer, w->now_tick * w->tick_ns);
             if (later != 0)

@@ -73,6 +73,18 @@ typedef uint64_t wheel_due_fn(void *ctx, wheel_link *timer, uint64_t now_tick_ns
  * the budget ran out first: call again (the lock may be dropped between). */
 int wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx, size_t *budget);
 
+/* Called while firing, for the timer a few places ahead of the one being
+ * fired: the owner prefetches what its due callback will read there, so a
+ * slot of many timers costs overlapping misses instead of one after the
+ * other. A hint only: it must not change the wheel. */
+typedef void wheel_ahead_fn(const wheel_link *timer);
+
+/* wheel_advance with a prefetch hook (NULL: none). The hook sees a timer
+ * of the pending list WHEEL_AHEAD places ahead (the list as it is at that
+ * moment, so a due callback may still unlink or relink anything). */
+#define WHEEL_AHEAD 4
+int wheel_advance_ahead(wheel *w, uint64_t now_ns, wheel_due_fn *due, wheel_ahead_fn *ahead, void *ctx, size_t *budget);
+
 /* The tick boundary (ns) a deadline fires at. */
 uint64_t wheel_fire_ns(const wheel *w, uint64_t deadline_ns);
 
