@@ -33,19 +33,6 @@ struct VirtualClock {
     }
 };
 
-bool engine_create(afsm_engine *e, const Spec &s, uint64_t timeout_ms)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.client_port = s.port;
-    o.user_id = s.user_id;
-    o.user_id_len = s.user_id_len;
-    o.client_ip = s.ip;
-    o.client_ip_len = s.ip_len;
-    o.connection_id = s.connection_id;
-    o.timeout_ms = timeout_ms;
-    return afsm_session_create(e, &o, nullptr) == AFSM_OK;
-}
-
 void expire_bench(benchmark::State &state, bool wheel, size_t total, double fraction)
 {
     world_drop();
@@ -75,7 +62,7 @@ void expire_bench(benchmark::State &state, bool wheel, size_t total, double frac
         for (size_t i = 0; i < n; i++) {
             make_spec(seq++, rng, &spec);
             afsm_uuid id;
-            bool ok = wheel ? engine_create(engine, spec, timeout_ms)
+            bool ok = wheel ? engine_create_with_timeout(engine, spec, timeout_ms)
                             : old->create_with_timeout(spec, nullptr, 0, timeout_ms, &id);
             if (!ok)
                 return false;

@@ -42,19 +42,6 @@ struct VirtualClock {
     }
 };
 
-bool engine_create(afsm_engine *e, const Spec &s, uint64_t timeout_ms)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.client_port = s.port;
-    o.user_id = s.user_id;
-    o.user_id_len = s.user_id_len;
-    o.client_ip = s.ip;
-    o.client_ip_len = s.ip_len;
-    o.connection_id = s.connection_id;
-    o.timeout_ms = timeout_ms;
-    return afsm_session_create(e, &o, nullptr) == AFSM_OK;
-}
-
 /* The expiry benchmark's engine side under the probe: OPS doomed sessions
  * (1 s) among N lasting ones (30 min), expired by one advance 1.5 s on. */
 int expire_probe(size_t n, size_t ops)
@@ -76,13 +63,13 @@ int expire_probe(size_t n, size_t ops)
     uint64_t cpu_ns = 0;
     for (size_t i = 0; i < n; i++) {
         make_spec(seq++, rng, &spec);
-        failed += !engine_create(engine, spec, 30 * 60 * 1000);
+        failed += !engine_create_with_timeout(engine, spec, 30 * 60 * 1000);
     }
     CALLGRIND_START_INSTRUMENTATION;
     for (int round = 0; round < 2; round++) {
         for (size_t i = 0; i < ops; i++) {
             make_spec(seq++, rng, &spec);
-            failed += !engine_create(engine, spec, 1000);
+            failed += !engine_create_with_timeout(engine, spec, 1000);
         }
         clock.now_ns += 1500000000ull;
         size_t expired = 0;

@@ -38,6 +38,19 @@ void make_spec(uint64_t seq, Rng &rng, Spec *out)
     out->port = (uint16_t)(1024 + seq % 60000);
 }
 
+bool engine_create_with_timeout(afsm_engine *e, const Spec &spec, uint64_t timeout_ms)
+{
+    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
+    o.client_port = spec.port;
+    o.user_id = spec.user_id;
+    o.user_id_len = spec.user_id_len;
+    o.client_ip = spec.ip;
+    o.client_ip_len = spec.ip_len;
+    o.connection_id = spec.connection_id;
+    o.timeout_ms = timeout_ms;
+    return afsm_session_create(e, &o, nullptr) == AFSM_OK;
+}
+
 size_t rss_bytes()
 {
     FILE *f = fopen("/proc/self/statm", "r");

@@ -64,6 +64,9 @@ struct Spec {
 };
 constexpr size_t SESSIONS_PER_USER = 8;
 void make_spec(uint64_t seq, Rng &rng, Spec *out);
+/* Creates spec's session in e with its own timeout (the expiry bench and
+ * missprobe's expire mode). */
+bool engine_create_with_timeout(afsm_engine *e, const Spec &spec, uint64_t timeout_ms);
 size_t user_name(uint64_t user_index, char *buf, size_t size);
 
 /* The 4-key metadata of the "with metadata" memory measurement. */

@@ -76,6 +76,8 @@ static inline afsm_engine *open_virtual_engine(virtual_clock *clock, afsm_config
             cfg.max_lifetime_ms = cfg_out->max_lifetime_ms;
         if (cfg_out->shard_count)
             cfg.shard_count = cfg_out->shard_count;
+        if (cfg_out->capacity_hint)
+            cfg.capacity_hint = cfg_out->capacity_hint;
     }
     afsm_engine *engine = NULL;
     assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);

@@ -52,24 +52,13 @@ static void fail_once(race *r, const char *fmt, ...)
     pthread_mutex_unlock(&r->failure_lock);
 }
 
+/* capacity_hint 1: the smallest maps, so growth starts from the first keys. */
 static afsm_engine *open_engine_of(virtual_clock *clock, unsigned shards)
 {
-    afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
-    cfg.server_addr = "10.0.0.1:7000";
-    cfg.server_addr_len = strlen(cfg.server_addr);
-    cfg.shard_count = shards;
-    cfg.capacity_hint = 1; /* the smallest maps: growth from the first keys */
-    afsm_engine *engine = NULL;
-    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
-    return engine;
+    afsm_config cfg = {.shard_count = shards, .capacity_hint = 1};
+    return open_virtual_engine(clock, &cfg);
 }
 
-/* One shard: every key in the same three tables. */
 static afsm_engine *open_small_engine(virtual_clock *clock)
 {
     return open_engine_of(clock, 1);
