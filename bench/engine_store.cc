@@ -36,13 +36,7 @@ public:
 
     bool create(const Spec &spec, const afsm_kv *meta, size_t meta_count, afsm_uuid *id) override
     {
-        afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-        o.client_port = spec.port;
-        o.user_id = spec.user_id;
-        o.user_id_len = spec.user_id_len;
-        o.client_ip = spec.ip;
-        o.client_ip_len = spec.ip_len;
-        o.connection_id = spec.connection_id;
+        afsm_create_options o = create_options_of(spec);
         o.metadata = meta;
         o.metadata_count = meta_count;
         afsm_session_info info = AFSM_SESSION_INFO_INIT;

@@ -38,7 +38,7 @@ void make_spec(uint64_t seq, Rng &rng, Spec *out)
     out->port = (uint16_t)(1024 + seq % 60000);
 }
 
-bool engine_create_with_timeout(afsm_engine *e, const Spec &spec, uint64_t timeout_ms)
+afsm_create_options create_options_of(const Spec &spec)
 {
     afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
     o.client_port = spec.port;
@@ -47,6 +47,12 @@ bool engine_create_with_timeout(afsm_engine *e, const Spec &spec, uint64_t timeo
     o.client_ip = spec.ip;
     o.client_ip_len = spec.ip_len;
     o.connection_id = spec.connection_id;
+    return o;
+}
+
+bool engine_create_with_timeout(afsm_engine *e, const Spec &spec, uint64_t timeout_ms)
+{
+    afsm_create_options o = create_options_of(spec);
     o.timeout_ms = timeout_ms;
     return afsm_session_create(e, &o, nullptr) == AFSM_OK;
 }

@@ -64,6 +64,8 @@ struct Spec {
 };
 constexpr size_t SESSIONS_PER_USER = 8;
 void make_spec(uint64_t seq, Rng &rng, Spec *out);
+/* The create options for spec (no metadata, the engine's timeout). */
+afsm_create_options create_options_of(const Spec &spec);
 /* Creates spec's session in e with its own timeout (the expiry bench and
  * missprobe's expire mode). */
 bool engine_create_with_timeout(afsm_engine *e, const Spec &spec, uint64_t timeout_ms);
