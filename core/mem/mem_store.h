@@ -135,6 +135,8 @@ static inline shard *mem_home(const mem_store *ms, const session *s)
 void mem_session_destroy(ck_epoch_entry_t *entry);
 void mem_metadata_destroy(ck_epoch_entry_t *entry);
 void mem_unref_locked(mem_store *ms, session *s);
+/* The same with s's home shard (mem_home) already found. */
+void mem_unref_home_locked(shard *home, session *s);
 /* The same, taking the home shard's lock (for a reference held outside any
  * lock: an expiry batch's, a delete_by_user snapshot's). */
 void mem_unref(mem_store *ms, session *s);

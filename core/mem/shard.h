@@ -7,7 +7,8 @@
  * locks together, always in ascending shard order, so it cannot deadlock
  * and every index changes at once as seen by writers. Readers take no lock.
  *
- * Everything a shard writes often sits on its own cache lines.
+ * Everything a shard writes often sits on its own cache lines, apart from
+ * the table headers every lookup reads.
  */
 #ifndef AFSM_MEM_SHARD_H
 #define AFSM_MEM_SHARD_H
@@ -25,13 +26,20 @@
 #include "util/sync.h"
 
 typedef struct shard {
+    /* Alone on its line: every write takes and drops it. */
     sync_lock lock;
-    ck_epoch_record_t *defer; /* frees deferred by this shard's writers */
-    table sessions;           /* &session->id */
-    table connections;        /* &session->connection_id */
-    table users;              /* &user_entry->key (mem/index.h) */
-    wheel timers;             /* deadlines of the sessions in `sessions` */
-    slab records;             /* the records of the sessions whose home this is; own leaf lock */
+    /* From here to the wheel: read by every lookup, written only when a
+     * table's map is replaced. A line shared with the lock (or with a
+     * counter every removal bumps) would be taken from every core looking
+     * a key up here each time a writer locks the shard (issue 15, goal 3:
+     * two threads deleting). */
+    ck_epoch_record_t *defer __attribute__((aligned(CK_MD_CACHELINE))); /* frees deferred by this shard's writers */
+    table sessions;                                                     /* &session->id */
+    table connections;                                                  /* &session->connection_id */
+    table users;                                                        /* &user_entry->key (mem/index.h) */
+    /* Written by every add and removal of a timer. */
+    wheel timers __attribute__((aligned(CK_MD_CACHELINE))); /* deadlines of the sessions in `sessions` */
+    slab records; /* the records of the sessions whose home this is; own leaf lock */
     /* The pinned handles of this shard's sessions whose counters are
      * deferred (claimed by afsm_handle_packet's owner), for the fold pass
      * of each advance (mem/dataplane.c): an array, so the pass prefetches

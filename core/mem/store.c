@@ -94,15 +94,19 @@ void mem_metadata_destroy(ck_epoch_entry_t *entry)
     metadata_free((metadata *)entry);
 }
 
-void mem_unref_locked(mem_store *ms, session *s)
+void mem_unref_home_locked(shard *home, session *s)
 {
     if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
         /* The timer is unlinked (removal did it, or it was never linked):
          * its words are free for the deferral and the slot's way home. */
-        shard *home = mem_home(ms, s);
         s->free_to = &home->records;
         epoch_defer(home->defer, &s->epoch_entry, mem_session_destroy);
     }
+}
+
+void mem_unref_locked(mem_store *ms, session *s)
+{
+    mem_unref_home_locked(mem_home(ms, s), s);
 }
 
 void mem_unref(mem_store *ms, session *s)

@@ -54,7 +54,6 @@ static table_map *map_new(uint64_t slots)
         return NULL;
     table_map *m = (table_map *)(block + 64 - sizeof(table_map));
     m->mask = slots - 1;
-    m->used = 0;
     for (uint64_t i = 0; i < slots; i++)
         atomic_init(&m->slots[i], NULL);
     return m;
@@ -106,6 +105,7 @@ static bool rebuild(table *t, uint64_t slots)
     table_map *old = current(t), *fresh = map_new(slots);
     if (fresh == NULL)
         return false;
+    uint64_t keys = 0;
     for (uint64_t i = 0; i <= old->mask; i++) {
         const void *k = atomic_load_explicit(&old->slots[i], memory_order_relaxed);
         if (k == NULL || k == TABLE_TOMBSTONE)
@@ -114,8 +114,9 @@ static bool rebuild(table *t, uint64_t slots)
         while (atomic_load_explicit(&fresh->slots[j], memory_order_relaxed) != NULL)
             j = (j + 1) & fresh->mask;
         atomic_store_explicit(&fresh->slots[j], k, memory_order_relaxed);
-        fresh->used++;
+        keys++;
     }
+    t->used = keys;
     /* The release orders the filled slots before the pointer to them. */
     atomic_store_explicit(&t->map, fresh, memory_order_release);
     epoch_defer(t->defer, &old->entry, map_destroy);
@@ -135,6 +136,7 @@ bool table_init(table *t, table_key_kind kind, uint64_t capacity, uint64_t seed,
     t->min_slots = slots;
     t->kind = kind;
     atomic_init(&t->count, 0);
+    t->used = 0;
     atomic_init(&t->map, m);
     return true;
 }
@@ -170,7 +172,7 @@ table_result table_insert(table *t, const void *key)
         return TABLE_EXISTS;
     bool fills_empty = atomic_load_explicit(&m->slots[at], memory_order_relaxed) == NULL;
     /* Keep empty slots at half the map or more: every probe ends. */
-    if (fills_empty && (m->used + 1) * 2 > m->mask + 1) {
+    if (fills_empty && (t->used + 1) * 2 > m->mask + 1) {
         uint64_t keys = atomic_load_explicit(&t->count, memory_order_relaxed);
         uint64_t slots = m->mask + 1;
         /* Tombstones made it full: the same size, without them, will do. */
@@ -182,7 +184,7 @@ table_result table_insert(table *t, const void *key)
         at = probe(t, m, key, hash, &found);
         fills_empty = true;
     }
-    m->used += fills_empty;
+    t->used += fills_empty;
     atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) + 1, memory_order_relaxed);
     atomic_store_explicit(&m->slots[at], key, memory_order_release);
     return TABLE_OK;
@@ -211,7 +213,7 @@ bool table_maintain(table *t)
 {
     table_map *m = current(t);
     uint64_t keys = atomic_load_explicit(&t->count, memory_order_relaxed);
-    uint64_t tombstones = m->used - keys;
+    uint64_t tombstones = t->used - keys;
     if (tombstones < 64 || tombstones < keys)
         return true;
     uint64_t slots = m->mask + 1;
@@ -222,7 +224,7 @@ bool table_maintain(table *t)
     if (fit < slots)
         return rebuild(t, fit);
     /* Tombstones and keys fill more than 1/4: cleaning is worth it now. */
-    if (m->used * 4 <= slots)
+    if (t->used * 4 <= slots)
         return true;
     return rebuild(t, slots);
 }

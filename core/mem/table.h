@@ -54,7 +54,6 @@ typedef struct table_string_key {
 typedef struct table_map {
     ck_epoch_entry_t entry; /* its deferred free once replaced */
     uint64_t mask;          /* slots - 1, slots a power of two */
-    uint64_t used;          /* keys + tombstones; writer only */
     _Atomic(const void *) slots[];
 } table_map;
 
@@ -64,7 +63,12 @@ typedef struct table {
     uint64_t seed;
     uint64_t min_slots; /* the presized map's: clean-up never shrinks below it */
     table_key_kind kind;
-    _Atomic uint64_t count; /* keys; written by the writer, read by anyone */
+    /* Written by every insert and removal: on a line of their own, apart
+     * from the fields every lookup reads (as the map's header is, where
+     * `used` once sat beside `mask`), so a writer on one core does not
+     * take that line from readers on the others. */
+    _Atomic uint64_t count __attribute__((aligned(64))); /* keys; read by anyone */
+    uint64_t used;                                       /* keys + tombstones in the current map; writer only */
 } table;
 
 typedef enum table_result { TABLE_OK = 0, TABLE_EXISTS = 1, TABLE_NOMEM = 2 } table_result;

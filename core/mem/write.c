@@ -246,7 +246,9 @@ unlock:
 
 /* ---- removal -------------------------------------------------------------- */
 
-void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry)
+/* mem_remove_locked with the home and connection shards already found (a
+ * delete computes them once, for its lock set and for this). */
+static void remove_locked(mem_store *ms, session *s, shard *sh, shard *ch, afsm_delete_reason why, int keep_user_entry)
 {
     /* The up to four neighbours the unlinks below write (user list, timer
      * list) are random records: start their lines together, so the misses
@@ -262,44 +264,58 @@ void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int ke
         __builtin_prefetch(s->timer.next, 1);
         __builtin_prefetch(s->timer.prev, 1);
     }
-    shard *sh = mem_home(ms, s);
-    shard *ch = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
     /* Marked removed before anything it reaches is retired: a reader that
      * finds the record and sees it present may follow it to the user's
      * entry, which index_unlink may hand to the epoch. The seq_cst fence in
      * epoch_defer orders this store before the deferral's epoch read. */
     atomic_store_explicit(&s->removed, 1, memory_order_release);
+    /* By address: the probes compare no other record's key (table.h). The
+     * connection table's first: its slot is the one line here no lookup
+     * has brought in yet, and the independent work below (the sessions
+     * table's slot came with the lookup, the neighbours are prefetched)
+     * proceeds while it arrives, rather than waiting behind it at the
+     * reference drop's locked instruction. */
+    table_remove(&ch->connections, &s->connection_id);
     index_unlink(&ms->shards[s->user->shard_index], s, keep_user_entry);
     table_remove(&sh->sessions, &s->id);
-    table_remove(&ch->connections, &s->connection_id);
     if (s->timer.next != NULL)
         wheel_remove(&sh->timers, &s->timer);
     mem_count_state(sh, atomic_load_explicit(&s->state, memory_order_relaxed), -1);
     mem_count_removal(ms, sh, s, why);
-    mem_unref_locked(ms, s);
+    mem_unref_home_locked(sh, s);
     /* Churn leaves tombstones; rebuilding when they match the live entries
      * costs O(1) per removal, amortised. */
     table_maintain(&sh->sessions);
     table_maintain(&ch->connections);
 }
 
+void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry)
+{
+    remove_locked(ms, s, mem_home(ms, s), &ms->shards[mem_shard_of_connection(ms, &s->connection_id)], why,
+                  keep_user_entry);
+}
+
 afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_delete_reason why, const char *reason,
                                size_t reason_len, int drop_ref, mem_event *ev)
 {
+    /* The lock set's shards, found once (mem_lockset_for_session's). */
+    unsigned home = mem_shard_of_id(ms, &s->id), conn = mem_shard_of_connection(ms, &s->connection_id);
     lockset set;
-    mem_lockset_for_session(ms, s, &set);
+    lockset_init3(&set, home, conn, s->user->shard_index);
     lockset_acquire(ms->shards, &set);
     afsm_status status = AFSM_ENOTFOUND;
     uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
     if (!atomic_load_explicit(&s->removed, memory_order_relaxed)) {
-        mem_remove_locked(ms, s, why, 0);
+        remove_locked(ms, s, &ms->shards[home], &ms->shards[conn], why, 0);
         status = AFSM_OK;
     }
     if (drop_ref)
-        mem_unref_locked(ms, s);
+        mem_unref_home_locked(&ms->shards[home], s);
     lockset_release(ms->shards, &set);
     ev->pending = false;
-    if (status == AFSM_OK)
+    /* Without a callback there is nothing to copy (mem_event_capture's own
+     * first test, without the call). */
+    if (status == AFSM_OK && ms->config.emit != NULL)
         mem_event_capture(ms, ev, event, s, state, state, reason, reason_len);
     return status;
 }
