@@ -1,0 +1,544 @@
+/*
+ * test_review15exp.c: a reviewer's attacks on issue 15's grouped expiry
+ * (f92aeff: an advance settles its due sessions in groups of up to 32 of
+ * one home shard, under the union of their lock sets, events captured in
+ * the group's epoch section and fired after it in item order).
+ *
+ * What a user relies on, checked here: every session ends with exactly one
+ * EXPIRED or DELETED event, and nothing after it; a session that went idle
+ * is reported IDLE before it is reported gone, also when a callback
+ * advances the engine again; a callback may delete, heartbeat, update and
+ * create sessions of its own group; counts and slab slots match the live
+ * sessions after a storm of every write racing the reaper.
+ *
+ * Threads wait on conditions with deadlines, never sleep. Internal headers
+ * are included only to count a slab's slots in use. Run one test with
+ * AFSM_TEST_FILTER=<test name>.
+ */
+#include "test_support.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "engine.h"
+#include "mem/mem_store.h"
+#include "mem/shard.h"
+#include "mem/slab.h"
+
+/* For threads other than cmocka's: a failed check there cannot longjmp. */
+#define THREAD_CHECK(cond)                                                                                             \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);                                                 \
+            abort();                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+/* ---- slab accounting (only with no other thread in the engine) ---------- */
+
+static size_t slab_in_use(slab *sl)
+{
+    size_t free_count = 0;
+    for (void *p = sl->free; p != NULL; memcpy(&p, p, sizeof(p)))
+        free_count++;
+    size_t untouched = (size_t)(sl->end - sl->next) / SLAB_SLOT_BYTES;
+    return sl->chunk_count * SLAB_CHUNK_SLOTS - free_count - sl->held_count - untouched;
+}
+
+static size_t slots_in_use(afsm_engine *engine)
+{
+    mem_store *ms = (mem_store *)engine->st;
+    size_t n = 0;
+    for (unsigned i = 0; i <= ms->shard_mask; i++)
+        n += slab_in_use(&ms->shards[i].records);
+    return n;
+}
+
+/* ---- the event ledger: one line per session id -------------------------- */
+
+#define LEDGER_SLOTS (1u << 17)
+
+typedef struct ledger_line {
+    afsm_uuid id;
+    int used;
+    int created;
+    int idle; /* reported IDLE and not woken since */
+    int idle_ever;
+    int ended_idle; /* its EXPIRED/DELETED says IDLE */
+    int terminal;   /* EXPIRED or DELETED events */
+    int late;       /* events after the terminal one, on its thread */
+    uint32_t terminal_type;
+    pthread_t terminal_thread;
+} ledger_line;
+
+typedef struct ledger {
+    pthread_mutex_t lock;
+    ledger_line *lines;
+    long violations;
+    char first[200];
+} ledger;
+
+static void ledger_init(ledger *l)
+{
+    pthread_mutex_init(&l->lock, NULL);
+    l->lines = calloc(LEDGER_SLOTS, sizeof(*l->lines));
+    assert_non_null(l->lines);
+    l->violations = 0;
+    l->first[0] = '\0';
+}
+
+static void ledger_free(ledger *l)
+{
+    free(l->lines);
+    pthread_mutex_destroy(&l->lock);
+}
+
+/* Lock held. */
+static ledger_line *ledger_line_of(ledger *l, const afsm_uuid *id)
+{
+    uint64_t h;
+    memcpy(&h, id->bytes + 8, sizeof(h));
+    for (uint32_t i = (uint32_t)(h * UINT64_C(0x9e3779b97f4a7c15) >> 40) & (LEDGER_SLOTS - 1);;
+         i = (i + 1) & (LEDGER_SLOTS - 1)) {
+        ledger_line *line = &l->lines[i];
+        if (!line->used) {
+            line->used = 1;
+            line->id = *id;
+            return line;
+        }
+        if (memcmp(&line->id, id, sizeof(*id)) == 0)
+            return line;
+    }
+}
+
+static void ledger_violation(ledger *l, const char *what, const afsm_event *ev)
+{
+    if (l->violations++ == 0)
+        snprintf(l->first, sizeof(l->first), "%s (event type %u, state %u -> %u)", what, ev->type, ev->old_state,
+                 ev->new_state);
+}
+
+static void ledger_record(ledger *l, const afsm_event *ev)
+{
+    pthread_mutex_lock(&l->lock);
+    ledger_line *line = ledger_line_of(l, &ev->session_id);
+    /* Only on one thread are events ordered: another thread's CREATED or
+     * update may be delivered after the reaper's EXPIRED (afsm.h). */
+    if (line->terminal && pthread_equal(line->terminal_thread, pthread_self())) {
+        line->late++;
+        ledger_violation(l, "an event after the session's EXPIRED/DELETED", ev);
+    }
+    switch (ev->type) {
+    case AFSM_EVENT_CREATED:
+        line->created++;
+        break;
+    case AFSM_EVENT_STATE_CHANGED:
+        if (ev->new_state == AFSM_STATE_IDLE)
+            line->idle = line->idle_ever = 1;
+        else if (ev->old_state == AFSM_STATE_IDLE)
+            line->idle = 0;
+        break;
+    case AFSM_EVENT_EXPIRED:
+    case AFSM_EVENT_DELETED:
+        line->terminal++;
+        line->terminal_type = ev->type;
+        line->terminal_thread = pthread_self();
+        /* Gone while IDLE: its IDLE event must come (before this one when
+         * on this thread: the late check above; another thread's may
+         * arrive after it). */
+        line->ended_idle = ev->new_state == AFSM_STATE_IDLE;
+        break;
+    default:
+        ledger_violation(l, "unknown event type", ev);
+    }
+    pthread_mutex_unlock(&l->lock);
+}
+
+/* Every session created ended exactly once. */
+static void ledger_check_all_ended(ledger *l)
+{
+    if (l->violations != 0)
+        fail_msg("%ld event violation(s); first: %s", l->violations, l->first);
+    size_t created = 0;
+    for (uint32_t i = 0; i < LEDGER_SLOTS; i++) {
+        ledger_line *line = &l->lines[i];
+        if (!line->used)
+            continue;
+        if (line->created != 1)
+            fail_msg("a session with %d CREATED events", line->created);
+        if (line->terminal != 1)
+            fail_msg("a session with %d EXPIRED/DELETED events (want exactly 1)", line->terminal);
+        if (line->ended_idle && !line->idle_ever)
+            fail_msg("a session gone while IDLE was never reported IDLE");
+        created++;
+    }
+    assert_true(created > 0);
+}
+
+static afsm_engine *open_engine(virtual_clock *clock, afsm_config *cfg)
+{
+    virtual_clock_set(clock, 1000 * SEC);
+    cfg->clock = virtual_clock_read;
+    cfg->clock_ctx = clock;
+    cfg->reaper = AFSM_REAPER_MANUAL;
+    cfg->server_addr = "10.0.0.1:7000";
+    cfg->server_addr_len = strlen(cfg->server_addr);
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(cfg, &engine), AFSM_OK);
+    return engine;
+}
+
+static afsm_status create_for(afsm_engine *engine, const char *user, uint64_t timeout_ms, afsm_uuid *id)
+{
+    afsm_uuid conn;
+    afsm_create_options o = make_options(user, "10.1.2.3", &conn);
+    o.timeout_ms = timeout_ms;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    afsm_status st = afsm_session_create(engine, &o, &info);
+    if (st == AFSM_OK && id != NULL)
+        *id = info.session_id;
+    return st;
+}
+
+/* ---- 1. a callback acting on the other members of its group ------------- */
+
+#define GROUP_SESSIONS 100 /* three full groups and a bit, one home shard */
+
+typedef struct group_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    virtual_clock *clock;
+    afsm_uuid ids[GROUP_SESSIONS];
+    int acted;
+    size_t deletes_ok, deletes_gone, heartbeats_ok, updates_ok, creates_ok;
+    int nested_advance; /* the callback advances the engine once, re-entrantly */
+    uint64_t nested_to;
+} group_ctx;
+
+static void group_event(void *arg, const afsm_event *ev)
+{
+    group_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (ev->type != AFSM_EVENT_EXPIRED || c->acted)
+        return;
+    c->acted = 1;
+    /* The first expiry of the advance: act on every other member of the
+     * batch, in this and later groups. */
+    for (size_t i = 0; i < GROUP_SESSIONS; i++) {
+        if (memcmp(&c->ids[i], &ev->session_id, sizeof(ev->session_id)) == 0)
+            continue;
+        afsm_status st;
+        uint64_t remaining;
+        switch (i % 4) {
+        case 0:
+            st = afsm_session_delete(c->engine, &c->ids[i], NULL, 0);
+            THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND);
+            if (st == AFSM_OK)
+                c->deletes_ok++;
+            else
+                c->deletes_gone++;
+            break;
+        case 1:
+            st = afsm_session_heartbeat(c->engine, &c->ids[i], &remaining);
+            THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED);
+            c->heartbeats_ok += st == AFSM_OK;
+            break;
+        case 2: {
+            afsm_update u;
+            afsm_update_init(&u, AFSM_UPDATE_VERSION);
+            u.fields = AFSM_UPDATE_STATE;
+            u.state = AFSM_STATE_CLOSED;
+            st = afsm_session_update(c->engine, &c->ids[i], &u, NULL);
+            THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ETRANSITION);
+            c->updates_ok += st == AFSM_OK;
+            break;
+        }
+        default:
+            st = create_for(c->engine, "created-in-callback", 60000, NULL);
+            THREAD_CHECK(st == AFSM_OK);
+            c->creates_ok++;
+        }
+    }
+    if (c->nested_advance) {
+        size_t n;
+        THREAD_CHECK(afsm_engine_advance(c->engine, c->nested_to, &n) == AFSM_OK);
+    }
+}
+
+static void test_callback_acts_on_its_own_group(void **state)
+{
+    (void)state;
+    static group_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1; /* every session of one home shard: one batch, four groups */
+    cfg.on_event = group_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    c.clock = &clock;
+    char user[32];
+    for (size_t i = 0; i < GROUP_SESSIONS; i++) {
+        snprintf(user, sizeof(user), "u%zu", i % 7);
+        assert_int_equal(create_for(engine, user, 1000, &c.ids[i]), AFSM_OK);
+    }
+    uint64_t now = virtual_clock_read(&clock) + 1500 * MS;
+    virtual_clock_set(&clock, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_true(c.acted);
+    /* The ones the callback deleted first are not expired too. */
+    assert_int_equal(expired + c.deletes_ok, GROUP_SESSIONS);
+    assert_int_equal(c.heartbeats_ok, 0);
+    assert_int_equal(c.updates_ok, 0);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, c.creates_ok);
+    /* The callback's own sessions end too, one event each. */
+    now += 120 * SEC;
+    virtual_clock_set(&clock, now);
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 0);
+    assert_int_equal(slots_in_use(engine), 0);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+/* ---- 3. a storm of every write racing the grouped reaper ---------------- */
+
+#define STORM_USERS   24
+#define STORM_RING    4096
+#define STORM_WORKERS 3
+
+typedef struct storm_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    virtual_clock *clock;
+    _Atomic uint64_t ring[STORM_RING][2]; /* recent session ids, racy on purpose */
+    _Atomic unsigned ring_next;
+    _Atomic int stop;
+    _Atomic long workers_done;
+    long ops;
+} storm_ctx;
+
+static _Thread_local unsigned callback_depth;
+
+static void ring_put(storm_ctx *c, const afsm_uuid *id)
+{
+    uint64_t w[2];
+    memcpy(w, id->bytes, 16);
+    unsigned at = atomic_fetch_add_explicit(&c->ring_next, 1, memory_order_relaxed) % STORM_RING;
+    atomic_store_explicit(&c->ring[at][0], w[0], memory_order_relaxed);
+    atomic_store_explicit(&c->ring[at][1], w[1], memory_order_relaxed);
+}
+
+static afsm_uuid ring_get(storm_ctx *c, unsigned i)
+{
+    uint64_t w[2];
+    w[0] = atomic_load_explicit(&c->ring[i % STORM_RING][0], memory_order_relaxed);
+    w[1] = atomic_load_explicit(&c->ring[i % STORM_RING][1], memory_order_relaxed);
+    afsm_uuid id;
+    memcpy(id.bytes, w, 16);
+    return id;
+}
+
+static unsigned next_rand(unsigned *seed)
+{
+    *seed = *seed * 1103515245u + 12345u;
+    return *seed >> 8;
+}
+
+/* One random operation; statuses other than these are failures. */
+static void storm_op(storm_ctx *c, unsigned *seed)
+{
+    afsm_engine *engine = c->engine;
+    unsigned r = next_rand(seed);
+    unsigned filled = atomic_load_explicit(&c->ring_next, memory_order_relaxed);
+    afsm_uuid id = ring_get(c, next_rand(seed) % (filled < STORM_RING ? filled : STORM_RING));
+    char user[16];
+    snprintf(user, sizeof(user), "user%u", next_rand(seed) % STORM_USERS);
+    afsm_status st;
+    uint64_t remaining;
+    switch (r % 10) {
+    case 0:
+    case 1:
+    case 2: {
+        afsm_uuid fresh;
+        st = create_for(engine, user, 200 + next_rand(seed) % 1500, &fresh);
+        THREAD_CHECK(st == AFSM_OK);
+        ring_put(c, &fresh);
+        break;
+    }
+    case 3:
+        st = afsm_session_delete(engine, &id, "storm", 5);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND);
+        break;
+    case 4:
+        if (next_rand(seed) % 8 == 0) {
+            size_t n;
+            st = afsm_session_delete_by_user(engine, user, strlen(user), NULL, 0, &n);
+            THREAD_CHECK(st == AFSM_OK);
+        }
+        break;
+    case 5:
+    case 6:
+        st = afsm_session_heartbeat(engine, &id, &remaining);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ECLOSED);
+        break;
+    case 7: {
+        afsm_update u;
+        afsm_update_init(&u, AFSM_UPDATE_VERSION);
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = next_rand(seed) % 2 ? AFSM_STATE_CLOSED : AFSM_STATE_ACTIVE;
+        st = afsm_session_update(engine, &id, &u, NULL);
+        if (!(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ETRANSITION))
+            fprintf(stderr, "update: %s\n", afsm_status_name(st));
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ETRANSITION);
+        break;
+    }
+    case 8: {
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        st = afsm_session_get(engine, &id, &info);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED);
+        break;
+    }
+    default: {
+        afsm_stats delta = {.packets_sent = 1, .bytes_sent = 100};
+        st = afsm_session_add_stats(engine, &id, &delta);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ECLOSED);
+    }
+    }
+}
+
+static void storm_event(void *arg, const afsm_event *ev)
+{
+    storm_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    /* Expiries and closes (the reaper's groups) act on other sessions
+     * while the group's other events wait: one level deep. */
+    if ((ev->type == AFSM_EVENT_EXPIRED || ev->type == AFSM_EVENT_DELETED) && callback_depth == 0 &&
+        !atomic_load_explicit(&c->stop, memory_order_relaxed)) {
+        callback_depth++;
+        unsigned seed;
+        memcpy(&seed, ev->session_id.bytes + 12, sizeof(seed));
+        storm_op(c, &seed);
+        callback_depth--;
+    }
+}
+
+static void *storm_worker(void *arg)
+{
+    storm_ctx *c = arg;
+    unsigned seed = (unsigned)(uintptr_t)pthread_self();
+    for (long i = 0; i < c->ops; i++)
+        storm_op(c, &seed);
+    atomic_fetch_add_explicit(&c->workers_done, 1, memory_order_release);
+    return NULL;
+}
+
+static void *storm_reaper(void *arg)
+{
+    storm_ctx *c = arg;
+    while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
+        uint64_t now = virtual_clock_read(c->clock) + 40 * MS;
+        virtual_clock_set(c->clock, now);
+        size_t n;
+        THREAD_CHECK(afsm_engine_advance(c->engine, now, &n) == AFSM_OK);
+    }
+    return NULL;
+}
+
+static void run_storm(unsigned shards, int evict)
+{
+    static storm_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    c.ops = 20000;
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = shards;
+    cfg.idle_timeout_ms = 150;
+    cfg.close_linger_ms = evict ? 0 : 100;
+    cfg.max_lifetime_ms = 900;
+    cfg.max_sessions_per_user = evict ? 6 : 0;
+    cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    cfg.on_event = storm_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    c.clock = &clock;
+    for (unsigned i = 0; i < 256; i++) {
+        afsm_uuid id;
+        assert_int_equal(create_for(engine, "seed", 300, &id), AFSM_OK);
+        ring_put(&c, &id);
+    }
+    pthread_t workers[STORM_WORKERS], reaper;
+    assert_int_equal(pthread_create(&reaper, NULL, storm_reaper, &c), 0);
+    for (int i = 0; i < STORM_WORKERS; i++)
+        assert_int_equal(pthread_create(&workers[i], NULL, storm_worker, &c), 0);
+    int finished = spin_until(&c.workers_done, STORM_WORKERS, 120);
+    atomic_store_explicit(&c.stop, 1, memory_order_release);
+    for (int i = 0; i < STORM_WORKERS; i++)
+        pthread_join(workers[i], NULL);
+    pthread_join(reaper, NULL);
+    assert_true(finished);
+    /* Past every lifetime: everything left ends now, each exactly once. */
+    uint64_t now = virtual_clock_read(&clock) + 60 * SEC;
+    virtual_clock_set(&clock, now);
+    size_t n;
+    for (int round = 0; round < 2; round++)
+        assert_int_equal(afsm_engine_advance(engine, now, &n), AFSM_OK);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 0);
+    for (int s = 0; s < AFSM_STATE_COUNT; s++)
+        assert_int_equal(counts.by_state[s], 0);
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    uint64_t deleted = 0;
+    for (int r = 0; r < AFSM_DELETE_REASON_COUNT; r++)
+        deleted += m.deleted_total[r];
+    assert_int_equal(m.created_total, deleted);
+    assert_int_equal(slots_in_use(engine), 0);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+static void test_storm_one_shard(void **state)
+{
+    (void)state;
+    run_storm(1, 1);
+}
+
+static void test_storm_many_shards_evicting(void **state)
+{
+    (void)state;
+    run_storm(128, 1);
+}
+
+static void test_storm_many_shards_lingering(void **state)
+{
+    (void)state;
+    run_storm(16, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_callback_acts_on_its_own_group),
+        cmocka_unit_test(test_storm_one_shard),
+        cmocka_unit_test(test_storm_many_shards_evicting),
+        cmocka_unit_test(test_storm_many_shards_lingering),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
