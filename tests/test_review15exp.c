@@ -310,6 +310,72 @@ static void test_callback_acts_on_its_own_group(void **state)
     ledger_free(&c.ledger);
 }
 
+/* ---- 2. IDLE before EXPIRED when a callback advances again -------------- */
+
+#define IDLE_SESSIONS 80
+
+typedef struct nested_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid trigger;
+    uint64_t nested_to;
+    int advanced;
+} nested_ctx;
+
+static void nested_event(void *arg, const afsm_event *ev)
+{
+    nested_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (ev->type == AFSM_EVENT_EXPIRED && !c->advanced &&
+        memcmp(&ev->session_id, &c->trigger, sizeof(c->trigger)) == 0) {
+        c->advanced = 1;
+        size_t n;
+        THREAD_CHECK(afsm_engine_advance(c->engine, c->nested_to, &n) == AFSM_OK);
+    }
+}
+
+/* The outer advance turns sessions IDLE and expires the trigger; the
+ * trigger's callback advances past the idle sessions' expiry. Whichever
+ * advance removes them, each must be reported IDLE first: a user counting
+ * idle sessions from the events would otherwise count one that is gone. */
+static void test_nested_advance_keeps_idle_before_expired(void **state)
+{
+    (void)state;
+    static nested_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1;
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = nested_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    afsm_uuid ids[IDLE_SESSIONS];
+    uint64_t remaining;
+    /* The trigger expires a tick before the others go idle: its event is
+     * delivered first, while theirs wait in the same pass. */
+    assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+    for (size_t i = 0; i < IDLE_SESSIONS; i++) {
+        assert_int_equal(create_for(engine, "idler", 2000, &ids[i]), AFSM_OK);
+        assert_int_equal(afsm_session_heartbeat(engine, &ids[i], &remaining), AFSM_OK); /* ACTIVE */
+    }
+    uint64_t now = virtual_clock_read(&clock) + 500 * MS;
+    c.nested_to = now + 5 * SEC;
+    virtual_clock_set(&clock, c.nested_to);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_true(c.advanced);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 0);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
 /* ---- 3. a storm of every write racing the grouped reaper ---------------- */
 
 #define STORM_USERS   24
@@ -536,6 +602,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_callback_acts_on_its_own_group),
+        cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
         cmocka_unit_test(test_storm_one_shard),
         cmocka_unit_test(test_storm_many_shards_evicting),
         cmocka_unit_test(test_storm_many_shards_lingering),
