@@ -24,6 +24,7 @@
 #include "mem/mem_store.h"
 #include "mem/shard.h"
 #include "mem/slab.h"
+#include "util/alloc.h"
 
 /* For threads other than cmocka's: a failed check there cannot longjmp. */
 #define THREAD_CHECK(cond)                                                                                             \
@@ -64,9 +65,10 @@ typedef struct ledger_line {
     int created;
     int idle; /* reported IDLE and not woken since */
     int idle_ever;
-    int ended_idle; /* its EXPIRED/DELETED says IDLE */
-    int terminal;   /* EXPIRED or DELETED events */
-    int late;       /* events after the terminal one, on its thread */
+    int idle_events; /* ACTIVE -> IDLE events */
+    int ended_idle;  /* its EXPIRED/DELETED says IDLE */
+    int terminal;    /* EXPIRED or DELETED events */
+    int late;        /* events after the terminal one, on its thread */
     uint32_t terminal_type;
     pthread_t terminal_thread;
 } ledger_line;
@@ -134,7 +136,7 @@ static void ledger_record(ledger *l, const afsm_event *ev)
         break;
     case AFSM_EVENT_STATE_CHANGED:
         if (ev->new_state == AFSM_STATE_IDLE)
-            line->idle = line->idle_ever = 1;
+            line->idle = line->idle_ever = 1, line->idle_events++;
         else if (ev->old_state == AFSM_STATE_IDLE)
             line->idle = 0;
         break;
@@ -376,7 +378,79 @@ static void test_nested_advance_keeps_idle_before_expired(void **state)
     ledger_free(&c.ledger);
 }
 
-/* ---- 3. a storm of every write racing the grouped reaper ---------------- */
+/* ---- 3. allocation failures in the pass ---------------------------------- */
+
+#define NOMEM_SESSIONS 600 /* past the work list's first 256 items */
+
+typedef struct nomem_ctx {
+    ledger ledger;
+} nomem_ctx;
+
+static void nomem_event(void *arg, const afsm_event *ev)
+{
+    ledger_record(&((nomem_ctx *)arg)->ledger, ev);
+}
+
+/* Whichever allocation of an advance fails, it reports AFSM_ENOMEM, what
+ * it settled stays settled and reported once, and the next advance does
+ * the rest: each session expires once, each idle one is reported IDLE
+ * once, the counts match. */
+static void test_advance_allocation_failures(void **state)
+{
+    (void)state;
+    int failed_some = 0;
+    for (long n = 0; n < 12; n++) {
+        static nomem_ctx c;
+        memset(&c, 0, sizeof(c));
+        ledger_init(&c.ledger);
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = 2;
+        cfg.idle_timeout_ms = 200;
+        cfg.on_event = nomem_event;
+        cfg.event_ctx = &c;
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        afsm_uuid ids[NOMEM_SESSIONS];
+        uint64_t remaining;
+        for (size_t i = 0; i < NOMEM_SESSIONS; i++) {
+            /* Odd ones live long and go idle; even ones expire. */
+            assert_int_equal(create_for(engine, i % 3 ? "a" : "b", i % 2 ? 60000 : 300, &ids[i]), AFSM_OK);
+            if (i % 2)
+                assert_int_equal(afsm_session_heartbeat(engine, &ids[i], &remaining), AFSM_OK);
+        }
+        uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
+        virtual_clock_set(&clock, now);
+        size_t expired = 0, more = 0;
+        alloc_fail_after(n);
+        afsm_status st = afsm_engine_advance(engine, now, &expired);
+        alloc_fail_reset();
+        if (st != AFSM_OK && st != AFSM_ENOMEM)
+            fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
+        failed_some |= st == AFSM_ENOMEM;
+        assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
+        assert_int_equal(expired + more, NOMEM_SESSIONS / 2);
+        afsm_counts counts;
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, NOMEM_SESSIONS / 2);
+        assert_int_equal(counts.by_state[AFSM_STATE_IDLE], NOMEM_SESSIONS / 2);
+        pthread_mutex_lock(&c.ledger.lock);
+        for (size_t i = 0; i < NOMEM_SESSIONS; i++) {
+            ledger_line *line = ledger_line_of(&c.ledger, &ids[i]);
+            if (line->terminal != (i % 2 ? 0 : 1) || line->idle_events != (i % 2 ? 1 : 0))
+                fail_msg("allocation %ld failing: session %zu has %d EXPIRED and %d IDLE events", n, i, line->terminal,
+                         line->idle_events);
+        }
+        pthread_mutex_unlock(&c.ledger.lock);
+        if (c.ledger.violations != 0)
+            fail_msg("allocation %ld failing: %s", n, c.ledger.first);
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+        ledger_free(&c.ledger);
+    }
+    assert_true(failed_some);
+}
+
+/* ---- 4. a storm of every write racing the grouped reaper ---------------- */
 
 #define STORM_USERS   24
 #define STORM_RING    4096
@@ -603,6 +677,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_callback_acts_on_its_own_group),
         cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
+        cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_storm_one_shard),
         cmocka_unit_test(test_storm_many_shards_evicting),
         cmocka_unit_test(test_storm_many_shards_lingering),
