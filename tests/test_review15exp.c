@@ -24,6 +24,7 @@
 #include "mem/mem_store.h"
 #include "mem/shard.h"
 #include "mem/slab.h"
+#include "mem/table.h"
 #include "util/alloc.h"
 
 /* For threads other than cmocka's: a failed check there cannot longjmp. */
@@ -52,6 +53,19 @@ static size_t slots_in_use(afsm_engine *engine)
     size_t n = 0;
     for (unsigned i = 0; i <= ms->shard_mask; i++)
         n += slab_in_use(&ms->shards[i].records);
+    return n;
+}
+
+/* Keys left in every shard's session, connection and user tables: a user's
+ * entry leaves with its last session, not at close. */
+static uint64_t table_keys(afsm_engine *engine)
+{
+    mem_store *ms = (mem_store *)engine->st;
+    uint64_t n = 0;
+    for (unsigned i = 0; i <= ms->shard_mask; i++) {
+        shard *sh = &ms->shards[i];
+        n += atomic_load(&sh->sessions.count) + atomic_load(&sh->connections.count) + atomic_load(&sh->users.count);
+    }
     return n;
 }
 
@@ -307,6 +321,7 @@ static void test_callback_acts_on_its_own_group(void **state)
     assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
     assert_int_equal(counts.total, 0);
     assert_int_equal(slots_in_use(engine), 0);
+    assert_int_equal(table_keys(engine), 0);
     ledger_check_all_ended(&c.ledger);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
     ledger_free(&c.ledger);
@@ -720,6 +735,7 @@ static void run_storm(unsigned shards, int evict)
         deleted += m.deleted_total[r];
     assert_int_equal(m.created_total, deleted);
     assert_int_equal(slots_in_use(engine), 0);
+    assert_int_equal(table_keys(engine), 0);
     ledger_check_all_ended(&c.ledger);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
     ledger_free(&c.ledger);
