@@ -591,7 +591,7 @@ static void storm_op(storm_ctx *c, unsigned *seed)
     snprintf(user, sizeof(user), "user%u", next_rand(seed) % STORM_USERS);
     afsm_status st;
     uint64_t remaining;
-    switch (r % 10) {
+    switch (r % 11) {
     case 0:
     case 1:
     case 2: {
@@ -632,6 +632,24 @@ static void storm_op(storm_ctx *c, unsigned *seed)
         afsm_session_info info = AFSM_SESSION_INFO_INIT;
         st = afsm_session_get(engine, &id, &info);
         THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED);
+        break;
+    }
+    case 10: {
+        /* A pinned session, its counts deferred in the handle, expiring
+         * in a group with the handle still held. */
+        afsm_handle *h = NULL;
+        st = afsm_handle_pin(engine, &id, &h);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED);
+        if (st != AFSM_OK)
+            break;
+        afsm_stats delta = {.packets_received = 1, .bytes_received = 64};
+        for (int k = 0; k < 4; k++) {
+            uint64_t now;
+            THREAD_CHECK(afsm_engine_now(engine, &now) == AFSM_OK);
+            st = afsm_handle_packet(h, now, &delta, &remaining);
+            THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ECLOSED);
+        }
+        THREAD_CHECK(afsm_handle_release(h) == AFSM_OK);
         break;
     }
     default: {
@@ -724,6 +742,9 @@ static void run_storm(unsigned shards, int evict)
     afsm_counts counts;
     assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
     assert_int_equal(counts.total, 0);
+    uint64_t pinned = 1;
+    assert_int_equal(afsm_engine_pinned(engine, &pinned), AFSM_OK);
+    assert_int_equal(pinned, 0);
     for (int s = 0; s < AFSM_STATE_COUNT; s++)
         assert_int_equal(counts.by_state[s], 0);
     afsm_metrics m;
