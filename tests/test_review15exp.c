@@ -536,7 +536,74 @@ static void test_close_during_grouped_pass(void **state)
     ledger_free(&c.ledger);
 }
 
-/* ---- 5. a storm of every write racing the grouped reaper ---------------- */
+/* ---- 5. removals find the stored key: failed creates and restores ------- */
+
+/* table_remove compares addresses (edb3f38): every rollback must pass the
+ * key it inserted. A create or restore failing at each allocation in turn
+ * (the connection table's growth among them, after the session table's
+ * insert) leaves every table with exactly the keys it had, and the user's
+ * entry gone when it was new. */
+static void test_failed_creates_leave_no_key(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 2;
+    cfg.capacity_hint = 16; /* small maps: inserts grow them often */
+    cfg.max_sessions_per_user = 3;
+    cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    afsm_session_info template = AFSM_SESSION_INFO_INIT;
+    afsm_uuid first;
+    assert_int_equal(create_for(engine, "owner", 60000, &first), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &first, &template), AFSM_OK);
+    int failures = 0;
+    for (int round = 0; round < 40; round++) {
+        int kind = round % 3; /* new user, evicting user, restore */
+        for (long n = 0; n < 64; n++) {
+            uint64_t keys = table_keys(engine);
+            afsm_counts before;
+            assert_int_equal(afsm_engine_counts(engine, &before), AFSM_OK);
+            char user[24];
+            snprintf(user, sizeof(user), kind == 0 ? "fresh%d" : "owner", round);
+            afsm_uuid conn;
+            afsm_create_options o = make_options(user, "192.0.2.9", &conn);
+            afsm_session_info copy = template;
+            afsm_uuid_v7(&copy.session_id);
+            afsm_uuid_v7(&copy.connection_id);
+            snprintf(copy.user_id, sizeof(copy.user_id), "restored%d", round);
+            copy.user_id_len = strlen(copy.user_id);
+            alloc_fail_after(n);
+            afsm_status st =
+                kind == 2 ? afsm_session_restore(engine, &copy, NULL, 0) : afsm_session_create(engine, &o, NULL);
+            alloc_fail_reset();
+            if (st == AFSM_OK)
+                break;
+            if (st != AFSM_ENOMEM)
+                fail_msg("round %d, allocation %ld failing: %s", round, n, afsm_status_name(st));
+            failures++;
+            afsm_counts after;
+            assert_int_equal(afsm_engine_counts(engine, &after), AFSM_OK);
+            assert_int_equal(after.total, before.total);
+            if (table_keys(engine) != keys)
+                fail_msg("round %d, allocation %ld failing: %llu table keys, were %llu", round, n,
+                         (unsigned long long)table_keys(engine), (unsigned long long)keys);
+        }
+    }
+    assert_true(failures > 0);
+    /* Every session ends; every key with it. */
+    uint64_t now = virtual_clock_read(&clock) + 3600 * SEC;
+    virtual_clock_set(&clock, now);
+    size_t n;
+    for (int round = 0; round < 2; round++)
+        assert_int_equal(afsm_engine_advance(engine, now, &n), AFSM_OK);
+    assert_int_equal(table_keys(engine), 0);
+    assert_int_equal(slots_in_use(engine), 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* ---- 6. a storm of every write racing the grouped reaper ---------------- */
 
 #define STORM_USERS   24
 #define STORM_RING    4096
@@ -787,6 +854,7 @@ int main(void)
         cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
+        cmocka_unit_test(test_failed_creates_leave_no_key),
         cmocka_unit_test(test_storm_one_shard),
         cmocka_unit_test(test_storm_many_shards_evicting),
         cmocka_unit_test(test_storm_many_shards_lingering),
