@@ -92,6 +92,8 @@ typedef struct ledger {
     ledger_line *lines;
     long violations;
     char first[200];
+    uint64_t by_type[5];  /* events of each afsm_event_type */
+    uint64_t idle_events; /* ACTIVE -> IDLE */
 } ledger;
 
 static void ledger_init(ledger *l)
@@ -101,6 +103,8 @@ static void ledger_init(ledger *l)
     assert_non_null(l->lines);
     l->violations = 0;
     l->first[0] = '\0';
+    memset(l->by_type, 0, sizeof(l->by_type));
+    l->idle_events = 0;
 }
 
 static void ledger_free(ledger *l)
@@ -138,6 +142,10 @@ static void ledger_record(ledger *l, const afsm_event *ev)
 {
     pthread_mutex_lock(&l->lock);
     ledger_line *line = ledger_line_of(l, &ev->session_id);
+    if (ev->type < 5)
+        l->by_type[ev->type]++;
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE)
+        l->idle_events++;
     /* Only on one thread are events ordered: another thread's CREATED or
      * update may be delivered after the reaper's EXPIRED (afsm.h). */
     if (line->terminal && pthread_equal(line->terminal_thread, pthread_self())) {
@@ -618,6 +626,7 @@ typedef struct storm_ctx {
     _Atomic int stop;
     _Atomic long workers_done;
     long ops;
+    _Atomic uint64_t expired; /* what the advances reported */
 } storm_ctx;
 
 static _Thread_local unsigned callback_depth;
@@ -760,6 +769,7 @@ static void *storm_reaper(void *arg)
         uint64_t now = atomic_fetch_add_explicit(&c->clock->now_ns, 20 * MS, memory_order_relaxed) + 20 * MS;
         size_t n;
         THREAD_CHECK(afsm_engine_advance(c->engine, now, &n) == AFSM_OK);
+        atomic_fetch_add_explicit(&c->expired, n, memory_order_relaxed);
     }
     return NULL;
 }
@@ -806,8 +816,10 @@ static void run_storm(unsigned shards, int evict)
     uint64_t now = virtual_clock_read(&clock) + 60 * SEC;
     virtual_clock_set(&clock, now);
     size_t n;
-    for (int round = 0; round < 2; round++)
+    for (int round = 0; round < 2; round++) {
         assert_int_equal(afsm_engine_advance(engine, now, &n), AFSM_OK);
+        c.expired += n;
+    }
     afsm_counts counts;
     assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
     assert_int_equal(counts.total, 0);
@@ -824,6 +836,15 @@ static void run_storm(unsigned shards, int evict)
     for (int r = 0; r < AFSM_DELETE_REASON_COUNT; r++)
         deleted += m.deleted_total[r];
     assert_int_equal(m.created_total, deleted);
+    /* Every counter agrees with the events, and with what advances said. */
+    assert_int_equal(m.created_total, c.ledger.by_type[AFSM_EVENT_CREATED]);
+    assert_int_equal(m.deleted_total[AFSM_DELETE_EXPIRED], c.ledger.by_type[AFSM_EVENT_EXPIRED]);
+    assert_int_equal(m.expired_total, c.ledger.by_type[AFSM_EVENT_EXPIRED]);
+    assert_int_equal(m.expired_total, atomic_load(&c.expired));
+    assert_int_equal(deleted - m.deleted_total[AFSM_DELETE_EXPIRED], c.ledger.by_type[AFSM_EVENT_DELETED]);
+    assert_int_equal(m.idle_transitions_total, c.ledger.idle_events);
+    assert_true(m.deleted_total[AFSM_DELETE_EXPIRED] > 0);
+    assert_true(m.idle_transitions_total > 0);
     assert_int_equal(slots_in_use(engine), 0);
     assert_int_equal(table_keys(engine), 0);
     ledger_check_all_ended(&c.ledger);
