@@ -401,6 +401,72 @@ static void test_nested_advance_keeps_idle_before_expired(void **state)
     ledger_free(&c.ledger);
 }
 
+/* ---- 2b. idle and expired in one advance --------------------------------- */
+
+#define JUMP_SESSIONS 70 /* the IDLE and EXPIRED items of one session fall in different groups */
+
+typedef struct jump_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid ids[JUMP_SESSIONS];
+    int acted;
+} jump_ctx;
+
+static void jump_event(void *arg, const afsm_event *ev)
+{
+    jump_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    /* The first IDLE heartbeats every third session (a wake between its
+     * IDLE and its EXPIRED items: the expiry was decided, so it fails). */
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE && !c->acted) {
+        c->acted = 1;
+        for (size_t i = 0; i < JUMP_SESSIONS; i += 3) {
+            uint64_t remaining;
+            afsm_status st = afsm_session_heartbeat(c->engine, &c->ids[i], &remaining);
+            THREAD_CHECK(st == AFSM_EEXPIRED || st == AFSM_ENOTFOUND);
+        }
+    }
+}
+
+/* One advance jumps past both the idle deadline and the expiry of every
+ * session: each is reported IDLE, then EXPIRED in state IDLE, once. */
+static void test_idle_and_expired_in_one_advance(void **state)
+{
+    (void)state;
+    static jump_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1;
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = jump_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    uint64_t remaining;
+    for (size_t i = 0; i < JUMP_SESSIONS; i++) {
+        assert_int_equal(create_for(engine, "jumper", 1000, &c.ids[i]), AFSM_OK);
+        assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK);
+    }
+    uint64_t now = virtual_clock_read(&clock) + 10 * SEC;
+    virtual_clock_set(&clock, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(expired, JUMP_SESSIONS);
+    assert_true(c.acted);
+    ledger_check_all_ended(&c.ledger);
+    for (size_t i = 0; i < JUMP_SESSIONS; i++) {
+        ledger_line *line = ledger_line_of(&c.ledger, &c.ids[i]);
+        assert_int_equal(line->idle_events, 1);
+        assert_int_equal(line->terminal_type, AFSM_EVENT_EXPIRED);
+        assert_true(line->ended_idle);
+    }
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
 /* ---- 3. allocation failures in the pass ---------------------------------- */
 
 #define NOMEM_SESSIONS 600 /* past the work list's first 256 items */
@@ -875,6 +941,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_callback_acts_on_its_own_group),
         cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
+        cmocka_unit_test(test_idle_and_expired_in_one_advance),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_failed_creates_leave_no_key),
