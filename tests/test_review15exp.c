@@ -403,12 +403,13 @@ static void test_nested_advance_keeps_idle_before_expired(void **state)
 
 /* ---- 2b. idle and expired in one advance --------------------------------- */
 
-#define JUMP_SESSIONS 70 /* the IDLE and EXPIRED items of one session fall in different groups */
+#define JUMP_SESSIONS 70
 
 typedef struct jump_ctx {
     ledger ledger;
     afsm_engine *engine;
     afsm_uuid ids[JUMP_SESSIONS];
+    size_t count;
     int acted;
 } jump_ctx;
 
@@ -420,7 +421,7 @@ static void jump_event(void *arg, const afsm_event *ev)
      * IDLE and its EXPIRED items: the expiry was decided, so it fails). */
     if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE && !c->acted) {
         c->acted = 1;
-        for (size_t i = 0; i < JUMP_SESSIONS; i += 3) {
+        for (size_t i = 0; i < c->count; i += 3) {
             uint64_t remaining;
             afsm_status st = afsm_session_heartbeat(c->engine, &c->ids[i], &remaining);
             THREAD_CHECK(st == AFSM_EEXPIRED || st == AFSM_ENOTFOUND);
@@ -430,9 +431,8 @@ static void jump_event(void *arg, const afsm_event *ev)
 
 /* One advance jumps past both the idle deadline and the expiry of every
  * session: each is reported IDLE, then EXPIRED in state IDLE, once. */
-static void test_idle_and_expired_in_one_advance(void **state)
+static void run_jump(size_t sessions)
 {
-    (void)state;
     static jump_ctx c;
     memset(&c, 0, sizeof(c));
     ledger_init(&c.ledger);
@@ -446,7 +446,8 @@ static void test_idle_and_expired_in_one_advance(void **state)
     afsm_engine *engine = open_engine(&clock, &cfg);
     c.engine = engine;
     uint64_t remaining;
-    for (size_t i = 0; i < JUMP_SESSIONS; i++) {
+    c.count = sessions;
+    for (size_t i = 0; i < sessions; i++) {
         assert_int_equal(create_for(engine, "jumper", 1000, &c.ids[i]), AFSM_OK);
         assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK);
     }
@@ -454,10 +455,10 @@ static void test_idle_and_expired_in_one_advance(void **state)
     virtual_clock_set(&clock, now);
     size_t expired = 0;
     assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
-    assert_int_equal(expired, JUMP_SESSIONS);
+    assert_int_equal(expired, sessions);
     assert_true(c.acted);
     ledger_check_all_ended(&c.ledger);
-    for (size_t i = 0; i < JUMP_SESSIONS; i++) {
+    for (size_t i = 0; i < sessions; i++) {
         ledger_line *line = ledger_line_of(&c.ledger, &c.ids[i]);
         assert_int_equal(line->idle_events, 1);
         assert_int_equal(line->terminal_type, AFSM_EVENT_EXPIRED);
@@ -465,6 +466,15 @@ static void test_idle_and_expired_in_one_advance(void **state)
     }
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
     ledger_free(&c.ledger);
+}
+
+/* Ten: each session's IDLE and EXPIRED items in one group. Seventy: in
+ * different groups. */
+static void test_idle_and_expired_in_one_advance(void **state)
+{
+    (void)state;
+    run_jump(10);
+    run_jump(JUMP_SESSIONS);
 }
 
 /* ---- 3. allocation failures in the pass ---------------------------------- */
@@ -930,6 +940,13 @@ static void test_storm_many_shards_evicting(void **state)
     run_storm(128, 1);
 }
 
+/* The most shards an engine has: a group's lock set spans the whole bitmap. */
+static void test_storm_most_shards(void **state)
+{
+    (void)state;
+    run_storm(4096, 1);
+}
+
 static void test_storm_many_shards_lingering(void **state)
 {
     (void)state;
@@ -948,6 +965,7 @@ int main(void)
         cmocka_unit_test(test_storm_one_shard),
         cmocka_unit_test(test_storm_many_shards_evicting),
         cmocka_unit_test(test_storm_many_shards_lingering),
+        cmocka_unit_test(test_storm_most_shards),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
