@@ -923,8 +923,6 @@ static void run_storm(unsigned shards, int evict)
     assert_int_equal(m.expired_total, atomic_load(&c.expired));
     assert_int_equal(deleted - m.deleted_total[AFSM_DELETE_EXPIRED], c.ledger.by_type[AFSM_EVENT_DELETED]);
     assert_int_equal(m.idle_transitions_total, c.ledger.idle_events);
-    assert_true(m.deleted_total[AFSM_DELETE_EXPIRED] > 0);
-    assert_true(m.idle_transitions_total > 0);
     assert_int_equal(slots_in_use(engine), 0);
     assert_int_equal(table_keys(engine), 0);
     ledger_check_all_ended(&c.ledger);
