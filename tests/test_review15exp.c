@@ -8,12 +8,15 @@
  * EXPIRED or DELETED event, and nothing after it; a session that went idle
  * is reported IDLE before it is reported gone, also when a callback
  * advances the engine again; a callback may delete, heartbeat, update and
- * create sessions of its own group; counts and slab slots match the live
- * sessions after a storm of every write racing the reaper.
+ * create sessions of its own group, and advance again; an advance whose
+ * allocations fail settles the rest next time, each event once; close
+ * waits for a pass in progress; counts, metrics, slab slots and table keys
+ * (a user's entry leaves with its last session; removals find the stored
+ * key, edb3f38) match the live sessions after a storm of every write
+ * racing two advancing threads, on 1 to 4096 shards.
  *
  * Threads wait on conditions with deadlines, never sleep. Internal headers
- * are included only to count a slab's slots in use. Run one test with
- * AFSM_TEST_FILTER=<test name>.
+ * are included only to count slab slots and table keys.
  */
 #include "test_support.h"
 
