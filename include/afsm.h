@@ -226,7 +226,9 @@ typedef struct afsm_event {
  * Changes of one session made on different threads (the reaper marking it
  * idle, a heartbeat waking it) may arrive in either order: read the state
  * from afsm_session_get when the order matters.
- * It may call any afsm_session_* function of the same engine, but not
+ * It may call any afsm_session_* function of the same engine, and
+ * afsm_engine_advance (a session the nested advance removes that the
+ * outer one had just marked idle is still reported IDLE first), but not
  * afsm_engine_close. It should not block for long: expiry on the thread
  * that runs it waits for it. */
 typedef void (*afsm_event_fn)(void *ctx, const afsm_event *event);

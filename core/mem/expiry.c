@@ -80,6 +80,9 @@ typedef struct timer_batch {
     const mem_store *ms;
     size_t *budget; /* wheel_advance's: zeroed to stop the pass */
     bool failed;    /* the batch could not grow: report AFSM_ENOMEM */
+    /* The batch this thread was delivering when a callback advanced the
+     * engine again (this batch's), or NULL. */
+    struct timer_batch *outer;
 } timer_batch;
 
 /* The batch whose events this thread is delivering, so that an event a
@@ -130,13 +133,18 @@ static int batch_push(timer_batch *batch, session *s, timer_outcome outcome)
 
 mem_event *mem_event_prelude(const mem_store *ms, const session *s)
 {
-    timer_batch *batch = delivering;
-    if (batch == NULL || batch->ms != ms)
-        return NULL;
-    for (size_t i = 0; i < batch->idle_count; i++) {
-        mem_event *ev = &batch->idle_events[i];
-        if (ev->pending && memcmp(&ev->ev.session_id, &s->id, sizeof(s->id)) == 0)
-            return ev;
+    /* Also the batches of the advances this one is nested in (a callback
+     * advanced again): an outer batch's IDLE still pending goes out before
+     * the inner advance's EXPIRED of the same session. Their arrays do not
+     * move while they deliver. */
+    for (timer_batch *batch = delivering; batch != NULL; batch = batch->outer) {
+        if (batch->ms != ms)
+            continue;
+        for (size_t i = 0; i < batch->idle_count; i++) {
+            mem_event *ev = &batch->idle_events[i];
+            if (ev->pending && memcmp(&ev->ev.session_id, &s->id, sizeof(s->id)) == 0)
+                return ev;
+        }
     }
     return NULL;
 }
@@ -439,6 +447,7 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
             /* Removal takes each session's whole lock set, so it waits
              * until the shard lock is dropped. */
             timer_batch *outer = delivering; /* a callback may advance too */
+            batch.outer = outer;
             delivering = &batch;
             for (size_t j = 0; j < batch.count; j += SETTLE_GROUP)
                 *expired +=

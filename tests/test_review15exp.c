@@ -1,0 +1,976 @@
+/*
+ * test_review15exp.c: a reviewer's attacks on issue 15's grouped expiry
+ * (f92aeff: an advance settles its due sessions in groups of up to 32 of
+ * one home shard, under the union of their lock sets, events captured in
+ * the group's epoch section and fired after it in item order).
+ *
+ * What a user relies on, checked here: every session ends with exactly one
+ * EXPIRED or DELETED event, and nothing after it; a session that went idle
+ * is reported IDLE before it is reported gone, also when a callback
+ * advances the engine again; a callback may delete, heartbeat, update and
+ * create sessions of its own group, and advance again; an advance whose
+ * allocations fail settles the rest next time, each event once; close
+ * waits for a pass in progress; counts, metrics, slab slots and table keys
+ * (a user's entry leaves with its last session; removals find the stored
+ * key, edb3f38) match the live sessions after a storm of every write
+ * racing two advancing threads, on 1 to 4096 shards.
+ *
+ * Threads wait on conditions with deadlines, never sleep. Internal headers
+ * are included only to count slab slots and table keys.
+ */
+#include "test_support.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "engine.h"
+#include "mem/mem_store.h"
+#include "mem/shard.h"
+#include "mem/slab.h"
+#include "mem/table.h"
+#include "util/alloc.h"
+
+/* For threads other than cmocka's: a failed check there cannot longjmp. */
+#define THREAD_CHECK(cond)                                                                                             \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);                                                 \
+            abort();                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+/* ---- slab accounting (only with no other thread in the engine) ---------- */
+
+static size_t slab_in_use(slab *sl)
+{
+    size_t free_count = 0;
+    for (void *p = sl->free; p != NULL; memcpy(&p, p, sizeof(p)))
+        free_count++;
+    size_t untouched = (size_t)(sl->end - sl->next) / SLAB_SLOT_BYTES;
+    return sl->chunk_count * SLAB_CHUNK_SLOTS - free_count - sl->held_count - untouched;
+}
+
+static size_t slots_in_use(afsm_engine *engine)
+{
+    mem_store *ms = (mem_store *)engine->st;
+    size_t n = 0;
+    for (unsigned i = 0; i <= ms->shard_mask; i++)
+        n += slab_in_use(&ms->shards[i].records);
+    return n;
+}
+
+/* Keys left in every shard's session, connection and user tables: a user's
+ * entry leaves with its last session, not at close. */
+static uint64_t table_keys(afsm_engine *engine)
+{
+    mem_store *ms = (mem_store *)engine->st;
+    uint64_t n = 0;
+    for (unsigned i = 0; i <= ms->shard_mask; i++) {
+        shard *sh = &ms->shards[i];
+        n += atomic_load(&sh->sessions.count) + atomic_load(&sh->connections.count) + atomic_load(&sh->users.count);
+    }
+    return n;
+}
+
+/* ---- the event ledger: one line per session id -------------------------- */
+
+#define LEDGER_SLOTS (1u << 17)
+
+typedef struct ledger_line {
+    afsm_uuid id;
+    int used;
+    int created;
+    int idle; /* reported IDLE and not woken since */
+    int idle_ever;
+    int idle_events; /* ACTIVE -> IDLE events */
+    int ended_idle;  /* its EXPIRED/DELETED says IDLE */
+    int terminal;    /* EXPIRED or DELETED events */
+    int late;        /* events after the terminal one, on its thread */
+    uint32_t terminal_type;
+    pthread_t terminal_thread;
+} ledger_line;
+
+typedef struct ledger {
+    pthread_mutex_t lock;
+    ledger_line *lines;
+    long violations;
+    char first[200];
+    uint64_t by_type[5];  /* events of each afsm_event_type */
+    uint64_t idle_events; /* ACTIVE -> IDLE */
+} ledger;
+
+static void ledger_init(ledger *l)
+{
+    pthread_mutex_init(&l->lock, NULL);
+    l->lines = calloc(LEDGER_SLOTS, sizeof(*l->lines));
+    assert_non_null(l->lines);
+    l->violations = 0;
+    l->first[0] = '\0';
+    memset(l->by_type, 0, sizeof(l->by_type));
+    l->idle_events = 0;
+}
+
+static void ledger_free(ledger *l)
+{
+    free(l->lines);
+    pthread_mutex_destroy(&l->lock);
+}
+
+/* Lock held. */
+static ledger_line *ledger_line_of(ledger *l, const afsm_uuid *id)
+{
+    uint64_t h;
+    memcpy(&h, id->bytes + 8, sizeof(h));
+    for (uint32_t i = (uint32_t)(h * UINT64_C(0x9e3779b97f4a7c15) >> 40) & (LEDGER_SLOTS - 1);;
+         i = (i + 1) & (LEDGER_SLOTS - 1)) {
+        ledger_line *line = &l->lines[i];
+        if (!line->used) {
+            line->used = 1;
+            line->id = *id;
+            return line;
+        }
+        if (memcmp(&line->id, id, sizeof(*id)) == 0)
+            return line;
+    }
+}
+
+static void ledger_violation(ledger *l, const char *what, const afsm_event *ev)
+{
+    if (l->violations++ == 0)
+        snprintf(l->first, sizeof(l->first), "%s (event type %u, state %u -> %u)", what, ev->type, ev->old_state,
+                 ev->new_state);
+}
+
+static void ledger_record(ledger *l, const afsm_event *ev)
+{
+    pthread_mutex_lock(&l->lock);
+    ledger_line *line = ledger_line_of(l, &ev->session_id);
+    if (ev->type < 5)
+        l->by_type[ev->type]++;
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE)
+        l->idle_events++;
+    /* Only on one thread are events ordered: another thread's CREATED or
+     * update may be delivered after the reaper's EXPIRED (afsm.h). */
+    if (line->terminal && pthread_equal(line->terminal_thread, pthread_self())) {
+        line->late++;
+        ledger_violation(l, "an event after the session's EXPIRED/DELETED", ev);
+    }
+    switch (ev->type) {
+    case AFSM_EVENT_CREATED:
+        line->created++;
+        break;
+    case AFSM_EVENT_STATE_CHANGED:
+        if (ev->new_state == AFSM_STATE_IDLE)
+            line->idle = line->idle_ever = 1, line->idle_events++;
+        else if (ev->old_state == AFSM_STATE_IDLE)
+            line->idle = 0;
+        break;
+    case AFSM_EVENT_EXPIRED:
+    case AFSM_EVENT_DELETED:
+        line->terminal++;
+        line->terminal_type = ev->type;
+        line->terminal_thread = pthread_self();
+        /* Gone while IDLE: its IDLE event must come (before this one when
+         * on this thread: the late check above; another thread's may
+         * arrive after it). */
+        line->ended_idle = ev->new_state == AFSM_STATE_IDLE;
+        break;
+    default:
+        ledger_violation(l, "unknown event type", ev);
+    }
+    pthread_mutex_unlock(&l->lock);
+}
+
+/* Every session created ended exactly once. */
+static void ledger_check_all_ended(ledger *l)
+{
+    if (l->violations != 0)
+        fail_msg("%ld event violation(s); first: %s", l->violations, l->first);
+    size_t created = 0;
+    for (uint32_t i = 0; i < LEDGER_SLOTS; i++) {
+        ledger_line *line = &l->lines[i];
+        if (!line->used)
+            continue;
+        if (line->created != 1)
+            fail_msg("a session with %d CREATED events", line->created);
+        if (line->terminal != 1)
+            fail_msg("a session with %d EXPIRED/DELETED events (want exactly 1)", line->terminal);
+        if (line->ended_idle && !line->idle_ever)
+            fail_msg("a session gone while IDLE was never reported IDLE");
+        created++;
+    }
+    assert_true(created > 0);
+}
+
+static afsm_engine *open_engine(virtual_clock *clock, afsm_config *cfg)
+{
+    virtual_clock_set(clock, 1000 * SEC);
+    cfg->clock = virtual_clock_read;
+    cfg->clock_ctx = clock;
+    cfg->reaper = AFSM_REAPER_MANUAL;
+    cfg->server_addr = "10.0.0.1:7000";
+    cfg->server_addr_len = strlen(cfg->server_addr);
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(cfg, &engine), AFSM_OK);
+    return engine;
+}
+
+static afsm_status create_for(afsm_engine *engine, const char *user, uint64_t timeout_ms, afsm_uuid *id)
+{
+    afsm_uuid conn;
+    afsm_create_options o = make_options(user, "10.1.2.3", &conn);
+    o.timeout_ms = timeout_ms;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    afsm_status st = afsm_session_create(engine, &o, &info);
+    if (st == AFSM_OK && id != NULL)
+        *id = info.session_id;
+    return st;
+}
+
+/* ---- 1. a callback acting on the other members of its group ------------- */
+
+#define GROUP_SESSIONS 100 /* three full groups and a bit, one home shard */
+
+typedef struct group_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    virtual_clock *clock;
+    afsm_uuid ids[GROUP_SESSIONS];
+    int acted;
+    size_t deletes_ok, deletes_gone, heartbeats_ok, updates_ok, creates_ok;
+    int nested_advance; /* the callback advances the engine once, re-entrantly */
+    uint64_t nested_to;
+} group_ctx;
+
+static void group_event(void *arg, const afsm_event *ev)
+{
+    group_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (ev->type != AFSM_EVENT_EXPIRED || c->acted)
+        return;
+    c->acted = 1;
+    /* The first expiry of the advance: act on every other member of the
+     * batch, in this and later groups. */
+    for (size_t i = 0; i < GROUP_SESSIONS; i++) {
+        if (memcmp(&c->ids[i], &ev->session_id, sizeof(ev->session_id)) == 0)
+            continue;
+        afsm_status st;
+        uint64_t remaining;
+        switch (i % 4) {
+        case 0:
+            st = afsm_session_delete(c->engine, &c->ids[i], NULL, 0);
+            THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND);
+            if (st == AFSM_OK)
+                c->deletes_ok++;
+            else
+                c->deletes_gone++;
+            break;
+        case 1:
+            st = afsm_session_heartbeat(c->engine, &c->ids[i], &remaining);
+            THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED);
+            c->heartbeats_ok += st == AFSM_OK;
+            break;
+        case 2: {
+            afsm_update u;
+            afsm_update_init(&u, AFSM_UPDATE_VERSION);
+            u.fields = AFSM_UPDATE_STATE;
+            u.state = AFSM_STATE_CLOSED;
+            st = afsm_session_update(c->engine, &c->ids[i], &u, NULL);
+            THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ETRANSITION);
+            c->updates_ok += st == AFSM_OK;
+            break;
+        }
+        default:
+            st = create_for(c->engine, "created-in-callback", 60000, NULL);
+            THREAD_CHECK(st == AFSM_OK);
+            c->creates_ok++;
+        }
+    }
+    if (c->nested_advance) {
+        size_t n;
+        THREAD_CHECK(afsm_engine_advance(c->engine, c->nested_to, &n) == AFSM_OK);
+    }
+}
+
+static void test_callback_acts_on_its_own_group(void **state)
+{
+    (void)state;
+    static group_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1; /* every session of one home shard: one batch, four groups */
+    cfg.on_event = group_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    c.clock = &clock;
+    char user[32];
+    for (size_t i = 0; i < GROUP_SESSIONS; i++) {
+        snprintf(user, sizeof(user), "u%zu", i % 7);
+        assert_int_equal(create_for(engine, user, 1000, &c.ids[i]), AFSM_OK);
+    }
+    uint64_t now = virtual_clock_read(&clock) + 1500 * MS;
+    virtual_clock_set(&clock, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_true(c.acted);
+    /* The ones the callback deleted first are not expired too. */
+    assert_int_equal(expired + c.deletes_ok, GROUP_SESSIONS);
+    assert_int_equal(c.heartbeats_ok, 0);
+    assert_int_equal(c.updates_ok, 0);
+    /* Both kinds were hit: members settled in the callback's own group
+     * (already gone) and members of later groups (deleted first). */
+    assert_true(c.deletes_gone > 0);
+    assert_true(c.deletes_ok > 0);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, c.creates_ok);
+    /* The callback's own sessions end too, one event each. */
+    now += 120 * SEC;
+    virtual_clock_set(&clock, now);
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 0);
+    assert_int_equal(slots_in_use(engine), 0);
+    assert_int_equal(table_keys(engine), 0);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+/* ---- 2. IDLE before EXPIRED when a callback advances again -------------- */
+
+#define IDLE_SESSIONS 80
+
+typedef struct nested_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid trigger;
+    uint64_t nested_to;
+    int advanced;
+} nested_ctx;
+
+static void nested_event(void *arg, const afsm_event *ev)
+{
+    nested_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (ev->type == AFSM_EVENT_EXPIRED && !c->advanced &&
+        memcmp(&ev->session_id, &c->trigger, sizeof(c->trigger)) == 0) {
+        c->advanced = 1;
+        size_t n;
+        THREAD_CHECK(afsm_engine_advance(c->engine, c->nested_to, &n) == AFSM_OK);
+    }
+}
+
+/* The outer advance turns sessions IDLE and expires the trigger; the
+ * trigger's callback advances past the idle sessions' expiry. Whichever
+ * advance removes them, each must be reported IDLE first: a user counting
+ * idle sessions from the events would otherwise count one that is gone. */
+static void test_nested_advance_keeps_idle_before_expired(void **state)
+{
+    (void)state;
+    static nested_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1;
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = nested_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    afsm_uuid ids[IDLE_SESSIONS];
+    uint64_t remaining;
+    /* The trigger expires a tick before the others go idle: its event is
+     * delivered first, while theirs wait in the same pass. */
+    assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+    for (size_t i = 0; i < IDLE_SESSIONS; i++) {
+        assert_int_equal(create_for(engine, "idler", 2000, &ids[i]), AFSM_OK);
+        assert_int_equal(afsm_session_heartbeat(engine, &ids[i], &remaining), AFSM_OK); /* ACTIVE */
+    }
+    uint64_t now = virtual_clock_read(&clock) + 500 * MS;
+    c.nested_to = now + 5 * SEC;
+    virtual_clock_set(&clock, c.nested_to);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_true(c.advanced);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 0);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+/* ---- 2b. idle and expired in one advance --------------------------------- */
+
+#define JUMP_SESSIONS 70
+
+typedef struct jump_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid ids[JUMP_SESSIONS];
+    size_t count;
+    int acted;
+} jump_ctx;
+
+static void jump_event(void *arg, const afsm_event *ev)
+{
+    jump_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    /* The first IDLE heartbeats every third session (a wake between its
+     * IDLE and its EXPIRED items: the expiry was decided, so it fails). */
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE && !c->acted) {
+        c->acted = 1;
+        for (size_t i = 0; i < c->count; i += 3) {
+            uint64_t remaining;
+            afsm_status st = afsm_session_heartbeat(c->engine, &c->ids[i], &remaining);
+            THREAD_CHECK(st == AFSM_EEXPIRED || st == AFSM_ENOTFOUND);
+        }
+    }
+}
+
+/* One advance jumps past both the idle deadline and the expiry of every
+ * session: each is reported IDLE, then EXPIRED in state IDLE, once. */
+static void run_jump(size_t sessions)
+{
+    static jump_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1;
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = jump_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    uint64_t remaining;
+    c.count = sessions;
+    for (size_t i = 0; i < sessions; i++) {
+        assert_int_equal(create_for(engine, "jumper", 1000, &c.ids[i]), AFSM_OK);
+        assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK);
+    }
+    uint64_t now = virtual_clock_read(&clock) + 10 * SEC;
+    virtual_clock_set(&clock, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(expired, sessions);
+    assert_true(c.acted);
+    ledger_check_all_ended(&c.ledger);
+    for (size_t i = 0; i < sessions; i++) {
+        ledger_line *line = ledger_line_of(&c.ledger, &c.ids[i]);
+        assert_int_equal(line->idle_events, 1);
+        assert_int_equal(line->terminal_type, AFSM_EVENT_EXPIRED);
+        assert_true(line->ended_idle);
+    }
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+/* Ten: each session's IDLE and EXPIRED items in one group. Seventy: in
+ * different groups. */
+static void test_idle_and_expired_in_one_advance(void **state)
+{
+    (void)state;
+    run_jump(10);
+    run_jump(JUMP_SESSIONS);
+}
+
+/* ---- 3. allocation failures in the pass ---------------------------------- */
+
+#define NOMEM_SESSIONS 600 /* past the work list's first 256 items */
+
+typedef struct nomem_ctx {
+    ledger ledger;
+} nomem_ctx;
+
+static void nomem_event(void *arg, const afsm_event *ev)
+{
+    ledger_record(&((nomem_ctx *)arg)->ledger, ev);
+}
+
+/* Whichever allocation of an advance fails, it reports AFSM_ENOMEM, what
+ * it settled stays settled and reported once, and the next advance does
+ * the rest: each session expires once, each idle one is reported IDLE
+ * once, the counts match. */
+static void test_advance_allocation_failures(void **state)
+{
+    (void)state;
+    int failed_some = 0;
+    for (long n = 0; n < 12; n++) {
+        static nomem_ctx c;
+        memset(&c, 0, sizeof(c));
+        ledger_init(&c.ledger);
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = 2;
+        cfg.idle_timeout_ms = 200;
+        cfg.on_event = nomem_event;
+        cfg.event_ctx = &c;
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        afsm_uuid ids[NOMEM_SESSIONS];
+        uint64_t remaining;
+        for (size_t i = 0; i < NOMEM_SESSIONS; i++) {
+            /* Odd ones live long and go idle; even ones expire. */
+            assert_int_equal(create_for(engine, i % 3 ? "a" : "b", i % 2 ? 60000 : 300, &ids[i]), AFSM_OK);
+            if (i % 2)
+                assert_int_equal(afsm_session_heartbeat(engine, &ids[i], &remaining), AFSM_OK);
+        }
+        uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
+        virtual_clock_set(&clock, now);
+        size_t expired = 0, more = 0;
+        alloc_fail_after(n);
+        afsm_status st = afsm_engine_advance(engine, now, &expired);
+        alloc_fail_reset();
+        if (st != AFSM_OK && st != AFSM_ENOMEM)
+            fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
+        failed_some |= st == AFSM_ENOMEM;
+        assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
+        assert_int_equal(expired + more, NOMEM_SESSIONS / 2);
+        afsm_counts counts;
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, NOMEM_SESSIONS / 2);
+        assert_int_equal(counts.by_state[AFSM_STATE_IDLE], NOMEM_SESSIONS / 2);
+        pthread_mutex_lock(&c.ledger.lock);
+        for (size_t i = 0; i < NOMEM_SESSIONS; i++) {
+            ledger_line *line = ledger_line_of(&c.ledger, &ids[i]);
+            if (line->terminal != (i % 2 ? 0 : 1) || line->idle_events != (i % 2 ? 1 : 0))
+                fail_msg("allocation %ld failing: session %zu has %d EXPIRED and %d IDLE events", n, i, line->terminal,
+                         line->idle_events);
+        }
+        pthread_mutex_unlock(&c.ledger.lock);
+        if (c.ledger.violations != 0)
+            fail_msg("allocation %ld failing: %s", n, c.ledger.first);
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+        ledger_free(&c.ledger);
+    }
+    assert_true(failed_some);
+}
+
+/* ---- 4. close while the reaper thread settles groups -------------------- */
+
+#define CLOSE_SESSIONS 3000
+
+typedef struct close_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid ids[CLOSE_SESSIONS];
+    _Atomic long events;
+    _Atomic int closed;
+    _Atomic long after_close;
+} close_ctx;
+
+static void close_event(void *arg, const afsm_event *ev)
+{
+    close_ctx *c = arg;
+    if (atomic_load_explicit(&c->closed, memory_order_acquire))
+        atomic_fetch_add_explicit(&c->after_close, 1, memory_order_relaxed);
+    ledger_record(&c->ledger, ev);
+    long k = atomic_fetch_add_explicit(&c->events, 1, memory_order_release);
+    /* Expiries delete sessions of later groups while close waits. */
+    if (ev->type == AFSM_EVENT_EXPIRED && k % 3 == 0) {
+        afsm_status st = afsm_session_delete(c->engine, &c->ids[(size_t)k * 7 % CLOSE_SESSIONS], NULL, 0);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND);
+    }
+}
+
+/* The reaper thread is in the middle of a pass of many groups, its
+ * callbacks deleting sessions, when the engine closes: close waits for it,
+ * no event comes after close returns, and every record is freed once
+ * (AddressSanitizer's tree). */
+static void test_close_during_grouped_pass(void **state)
+{
+    (void)state;
+    static close_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 4;
+    cfg.on_event = close_event;
+    cfg.event_ctx = &c;
+    cfg.cleanup_interval_ms = 1;
+    virtual_clock_set(&clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &clock;
+    cfg.reaper = AFSM_REAPER_THREAD;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    c.engine = engine;
+    char user[16];
+    for (size_t i = 0; i < CLOSE_SESSIONS; i++) {
+        snprintf(user, sizeof(user), "u%zu", i % 50);
+        assert_int_equal(create_for(engine, user, 500, &c.ids[i]), AFSM_OK);
+    }
+    long created = atomic_load(&c.events);
+    virtual_clock_set(&clock, 1000 * SEC + 2 * SEC);
+    assert_true(spin_until(&c.events, created + 10, 30));
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    atomic_store_explicit(&c.closed, 1, memory_order_release);
+    assert_int_equal(atomic_load(&c.after_close), 0);
+    if (c.ledger.violations != 0)
+        fail_msg("%s", c.ledger.first);
+    /* Nothing ended twice. */
+    for (uint32_t i = 0; i < LEDGER_SLOTS; i++)
+        if (c.ledger.lines[i].used && c.ledger.lines[i].terminal > 1)
+            fail_msg("a session with %d EXPIRED/DELETED events", c.ledger.lines[i].terminal);
+    ledger_free(&c.ledger);
+}
+
+/* ---- 5. removals find the stored key: failed creates and restores ------- */
+
+/* table_remove compares addresses (edb3f38): every rollback must pass the
+ * key it inserted. A create or restore failing at each allocation in turn
+ * (the connection table's growth among them, after the session table's
+ * insert) leaves every table with exactly the keys it had, and the user's
+ * entry gone when it was new. */
+static void test_failed_creates_leave_no_key(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 2;
+    cfg.capacity_hint = 16; /* small maps: inserts grow them often */
+    cfg.max_sessions_per_user = 3;
+    cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    afsm_session_info template = AFSM_SESSION_INFO_INIT;
+    afsm_uuid first;
+    assert_int_equal(create_for(engine, "owner", 60000, &first), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &first, &template), AFSM_OK);
+    int failures = 0;
+    for (int round = 0; round < 40; round++) {
+        int kind = round % 3; /* new user, evicting user, restore */
+        for (long n = 0; n < 64; n++) {
+            uint64_t keys = table_keys(engine);
+            afsm_counts before;
+            assert_int_equal(afsm_engine_counts(engine, &before), AFSM_OK);
+            char user[24];
+            snprintf(user, sizeof(user), kind == 0 ? "fresh%d" : "owner", round);
+            afsm_uuid conn;
+            afsm_create_options o = make_options(user, "192.0.2.9", &conn);
+            afsm_session_info copy = template;
+            afsm_uuid_v7(&copy.session_id);
+            afsm_uuid_v7(&copy.connection_id);
+            snprintf(copy.user_id, sizeof(copy.user_id), "restored%d", round);
+            copy.user_id_len = strlen(copy.user_id);
+            alloc_fail_after(n);
+            afsm_status st =
+                kind == 2 ? afsm_session_restore(engine, &copy, NULL, 0) : afsm_session_create(engine, &o, NULL);
+            alloc_fail_reset();
+            if (st == AFSM_OK)
+                break;
+            if (st != AFSM_ENOMEM)
+                fail_msg("round %d, allocation %ld failing: %s", round, n, afsm_status_name(st));
+            failures++;
+            afsm_counts after;
+            assert_int_equal(afsm_engine_counts(engine, &after), AFSM_OK);
+            assert_int_equal(after.total, before.total);
+            if (table_keys(engine) != keys)
+                fail_msg("round %d, allocation %ld failing: %llu table keys, were %llu", round, n,
+                         (unsigned long long)table_keys(engine), (unsigned long long)keys);
+        }
+    }
+    assert_true(failures > 0);
+    /* Every session ends; every key with it. */
+    uint64_t now = virtual_clock_read(&clock) + 3600 * SEC;
+    virtual_clock_set(&clock, now);
+    size_t n;
+    for (int round = 0; round < 2; round++)
+        assert_int_equal(afsm_engine_advance(engine, now, &n), AFSM_OK);
+    assert_int_equal(table_keys(engine), 0);
+    assert_int_equal(slots_in_use(engine), 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* ---- 6. a storm of every write racing the grouped reaper ---------------- */
+
+#define STORM_USERS   24
+#define STORM_RING    4096
+#define STORM_WORKERS 3
+
+typedef struct storm_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    virtual_clock *clock;
+    _Atomic uint64_t ring[STORM_RING][2]; /* recent session ids, racy on purpose */
+    _Atomic unsigned ring_next;
+    _Atomic int stop;
+    _Atomic long workers_done;
+    long ops;
+    _Atomic uint64_t expired; /* what the advances reported */
+} storm_ctx;
+
+static _Thread_local unsigned callback_depth;
+
+static void ring_put(storm_ctx *c, const afsm_uuid *id)
+{
+    uint64_t w[2];
+    memcpy(w, id->bytes, 16);
+    unsigned at = atomic_fetch_add_explicit(&c->ring_next, 1, memory_order_relaxed) % STORM_RING;
+    atomic_store_explicit(&c->ring[at][0], w[0], memory_order_relaxed);
+    atomic_store_explicit(&c->ring[at][1], w[1], memory_order_relaxed);
+}
+
+static afsm_uuid ring_get(storm_ctx *c, unsigned i)
+{
+    uint64_t w[2];
+    w[0] = atomic_load_explicit(&c->ring[i % STORM_RING][0], memory_order_relaxed);
+    w[1] = atomic_load_explicit(&c->ring[i % STORM_RING][1], memory_order_relaxed);
+    afsm_uuid id;
+    memcpy(id.bytes, w, 16);
+    return id;
+}
+
+static unsigned next_rand(unsigned *seed)
+{
+    *seed = *seed * 1103515245u + 12345u;
+    return *seed >> 8;
+}
+
+/* One random operation; statuses other than these are failures. */
+static void storm_op(storm_ctx *c, unsigned *seed)
+{
+    afsm_engine *engine = c->engine;
+    unsigned r = next_rand(seed);
+    unsigned filled = atomic_load_explicit(&c->ring_next, memory_order_relaxed);
+    afsm_uuid id = ring_get(c, next_rand(seed) % (filled < STORM_RING ? filled : STORM_RING));
+    char user[16];
+    snprintf(user, sizeof(user), "user%u", next_rand(seed) % STORM_USERS);
+    afsm_status st;
+    uint64_t remaining;
+    switch (r % 11) {
+    case 0:
+    case 1:
+    case 2: {
+        afsm_uuid fresh;
+        st = create_for(engine, user, 200 + next_rand(seed) % 1500, &fresh);
+        THREAD_CHECK(st == AFSM_OK);
+        ring_put(c, &fresh);
+        break;
+    }
+    case 3:
+        st = afsm_session_delete(engine, &id, "storm", 5);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND);
+        break;
+    case 4:
+        if (next_rand(seed) % 8 == 0) {
+            size_t n;
+            st = afsm_session_delete_by_user(engine, user, strlen(user), NULL, 0, &n);
+            THREAD_CHECK(st == AFSM_OK);
+        }
+        break;
+    case 5:
+    case 6:
+        st = afsm_session_heartbeat(engine, &id, &remaining);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ECLOSED);
+        break;
+    case 7: {
+        afsm_update u;
+        afsm_update_init(&u, AFSM_UPDATE_VERSION);
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = next_rand(seed) % 2 ? AFSM_STATE_CLOSED : AFSM_STATE_ACTIVE;
+        st = afsm_session_update(engine, &id, &u, NULL);
+        if (!(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ETRANSITION))
+            fprintf(stderr, "update: %s\n", afsm_status_name(st));
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ETRANSITION);
+        break;
+    }
+    case 8: {
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        st = afsm_session_get(engine, &id, &info);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED);
+        break;
+    }
+    case 10: {
+        /* A pinned session, its counts deferred in the handle, expiring
+         * in a group with the handle still held. */
+        afsm_handle *h = NULL;
+        st = afsm_handle_pin(engine, &id, &h);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED);
+        if (st != AFSM_OK)
+            break;
+        afsm_stats delta = {.packets_received = 1, .bytes_received = 64};
+        for (int k = 0; k < 4; k++) {
+            uint64_t now;
+            THREAD_CHECK(afsm_engine_now(engine, &now) == AFSM_OK);
+            st = afsm_handle_packet(h, now, &delta, &remaining);
+            THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ECLOSED);
+        }
+        THREAD_CHECK(afsm_handle_release(h) == AFSM_OK);
+        break;
+    }
+    default: {
+        afsm_stats delta = {.packets_sent = 1, .bytes_sent = 100};
+        st = afsm_session_add_stats(engine, &id, &delta);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ECLOSED);
+    }
+    }
+}
+
+static void storm_event(void *arg, const afsm_event *ev)
+{
+    storm_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    /* Expiries and closes (the reaper's groups) act on other sessions
+     * while the group's other events wait: one level deep. */
+    if ((ev->type == AFSM_EVENT_EXPIRED || ev->type == AFSM_EVENT_DELETED) && callback_depth == 0 &&
+        !atomic_load_explicit(&c->stop, memory_order_relaxed)) {
+        callback_depth++;
+        unsigned seed;
+        memcpy(&seed, ev->session_id.bytes + 12, sizeof(seed));
+        storm_op(c, &seed);
+        callback_depth--;
+    }
+}
+
+static void *storm_worker(void *arg)
+{
+    storm_ctx *c = arg;
+    unsigned seed = (unsigned)(uintptr_t)pthread_self();
+    for (long i = 0; i < c->ops; i++)
+        storm_op(c, &seed);
+    atomic_fetch_add_explicit(&c->workers_done, 1, memory_order_release);
+    return NULL;
+}
+
+static void *storm_reaper(void *arg)
+{
+    storm_ctx *c = arg;
+    while (!atomic_load_explicit(&c->stop, memory_order_acquire)) {
+        uint64_t now = atomic_fetch_add_explicit(&c->clock->now_ns, 20 * MS, memory_order_relaxed) + 20 * MS;
+        size_t n;
+        THREAD_CHECK(afsm_engine_advance(c->engine, now, &n) == AFSM_OK);
+        atomic_fetch_add_explicit(&c->expired, n, memory_order_relaxed);
+    }
+    return NULL;
+}
+
+static void run_storm(unsigned shards, int evict)
+{
+    static storm_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    c.ops = 20000;
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = shards;
+    cfg.idle_timeout_ms = 150;
+    cfg.close_linger_ms = evict ? 0 : 100;
+    cfg.max_lifetime_ms = 900;
+    cfg.max_sessions_per_user = evict ? 6 : 0;
+    cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    cfg.on_event = storm_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    c.clock = &clock;
+    for (unsigned i = 0; i < 256; i++) {
+        afsm_uuid id;
+        assert_int_equal(create_for(engine, "seed", 300, &id), AFSM_OK);
+        ring_put(&c, &id);
+    }
+    /* Two advancing threads: their passes and groups contend too. */
+    pthread_t workers[STORM_WORKERS], reapers[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&reapers[i], NULL, storm_reaper, &c), 0);
+    for (int i = 0; i < STORM_WORKERS; i++)
+        assert_int_equal(pthread_create(&workers[i], NULL, storm_worker, &c), 0);
+    int finished = spin_until(&c.workers_done, STORM_WORKERS, 120);
+    atomic_store_explicit(&c.stop, 1, memory_order_release);
+    for (int i = 0; i < STORM_WORKERS; i++)
+        pthread_join(workers[i], NULL);
+    for (int i = 0; i < 2; i++)
+        pthread_join(reapers[i], NULL);
+    assert_true(finished);
+    /* Past every lifetime: everything left ends now, each exactly once. */
+    uint64_t now = virtual_clock_read(&clock) + 60 * SEC;
+    virtual_clock_set(&clock, now);
+    size_t n;
+    for (int round = 0; round < 2; round++) {
+        assert_int_equal(afsm_engine_advance(engine, now, &n), AFSM_OK);
+        c.expired += n;
+    }
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 0);
+    uint64_t pinned = 1;
+    assert_int_equal(afsm_engine_pinned(engine, &pinned), AFSM_OK);
+    assert_int_equal(pinned, 0);
+    for (int s = 0; s < AFSM_STATE_COUNT; s++)
+        assert_int_equal(counts.by_state[s], 0);
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    uint64_t deleted = 0;
+    for (int r = 0; r < AFSM_DELETE_REASON_COUNT; r++)
+        deleted += m.deleted_total[r];
+    assert_int_equal(m.created_total, deleted);
+    /* Every counter agrees with the events, and with what advances said. */
+    assert_int_equal(m.created_total, c.ledger.by_type[AFSM_EVENT_CREATED]);
+    assert_int_equal(m.deleted_total[AFSM_DELETE_EXPIRED], c.ledger.by_type[AFSM_EVENT_EXPIRED]);
+    assert_int_equal(m.expired_total, c.ledger.by_type[AFSM_EVENT_EXPIRED]);
+    assert_int_equal(m.expired_total, atomic_load(&c.expired));
+    assert_int_equal(deleted - m.deleted_total[AFSM_DELETE_EXPIRED], c.ledger.by_type[AFSM_EVENT_DELETED]);
+    assert_int_equal(m.idle_transitions_total, c.ledger.idle_events);
+    assert_int_equal(slots_in_use(engine), 0);
+    assert_int_equal(table_keys(engine), 0);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+static void test_storm_one_shard(void **state)
+{
+    (void)state;
+    run_storm(1, 1);
+}
+
+static void test_storm_many_shards_evicting(void **state)
+{
+    (void)state;
+    run_storm(128, 1);
+}
+
+/* The most shards an engine has: a group's lock set spans the whole bitmap. */
+static void test_storm_most_shards(void **state)
+{
+    (void)state;
+    run_storm(4096, 1);
+}
+
+static void test_storm_many_shards_lingering(void **state)
+{
+    (void)state;
+    run_storm(16, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_callback_acts_on_its_own_group),
+        cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
+        cmocka_unit_test(test_idle_and_expired_in_one_advance),
+        cmocka_unit_test(test_advance_allocation_failures),
+        cmocka_unit_test(test_close_during_grouped_pass),
+        cmocka_unit_test(test_failed_creates_leave_no_key),
+        cmocka_unit_test(test_storm_one_shard),
+        cmocka_unit_test(test_storm_many_shards_evicting),
+        cmocka_unit_test(test_storm_many_shards_lingering),
+        cmocka_unit_test(test_storm_most_shards),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
