@@ -602,6 +602,173 @@ static void test_counts_exact_after_delete_storm_with_alloc_failures(void **stat
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ---- (2b, 3b) closes, deletes, deferring handles and advances at once ----- */
+
+#define CLOSE_SESSIONS 500
+
+typedef struct close_race {
+    afsm_engine *engine;
+    virtual_clock *clock;
+    afsm_session_info s[CLOSE_SESSIONS];
+    _Atomic long deleted_events[CLOSE_SESSIONS];
+    _Atomic long closed_reason, deleted_reason, bad;
+    _Atomic long start, stop, pinned;
+    long closes_ok, deletes_ok;
+} close_race;
+
+static void close_race_event(void *ctx, const afsm_event *e)
+{
+    close_race *c = ctx;
+    if (e->type != AFSM_EVENT_DELETED)
+        return;
+    for (int i = 0; i < CLOSE_SESSIONS; i++) {
+        if (!same_id(&c->s[i].session_id, &e->session_id))
+            continue;
+        atomic_fetch_add(&c->deleted_events[i], 1);
+        if (e->user_id_len != 2 || memcmp(e->user_id, "cu", 2) != 0)
+            atomic_fetch_add(&c->bad, 1);
+        else if (e->reason_len == 6 && memcmp(e->reason, "closed", 6) == 0)
+            atomic_fetch_add(&c->closed_reason, 1);
+        else if (e->reason_len == 3 && memcmp(e->reason, "del", 3) == 0)
+            atomic_fetch_add(&c->deleted_reason, 1);
+        else
+            atomic_fetch_add(&c->bad, 1);
+        return;
+    }
+    atomic_fetch_add(&c->bad, 1);
+}
+
+static void *close_race_closer(void *arg)
+{
+    close_race *c = arg;
+    spin_until(&c->start, 1, 10);
+    afsm_update u;
+    afsm_update_init(&u, AFSM_UPDATE_VERSION);
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = AFSM_STATE_CLOSED;
+    for (int i = 0; i < CLOSE_SESSIONS; i++) {
+        afsm_status st = afsm_session_update(c->engine, &c->s[i].session_id, &u, NULL);
+        if (st == AFSM_OK)
+            c->closes_ok++;
+        else if (st != AFSM_ENOTFOUND)
+            atomic_fetch_add(&c->bad, 1);
+    }
+    return NULL;
+}
+
+static void *close_race_deleter(void *arg)
+{
+    close_race *c = arg;
+    spin_until(&c->start, 1, 10);
+    for (int i = CLOSE_SESSIONS - 1; i >= 0; i--) {
+        afsm_status st = afsm_session_delete(c->engine, &c->s[i].session_id, "del", 3);
+        if (st == AFSM_OK)
+            c->deletes_ok++;
+        else if (st != AFSM_ENOTFOUND)
+            atomic_fetch_add(&c->bad, 1);
+    }
+    return NULL;
+}
+
+/* Owns a handle per session (its packets deferred in the handle), sends
+ * through them while the sessions are closed and deleted, then releases. */
+static void *close_race_packets(void *arg)
+{
+    close_race *c = arg;
+    afsm_handle **h = calloc(CLOSE_SESSIONS, sizeof(*h));
+    for (int i = 0; i < CLOSE_SESSIONS; i++)
+        if (afsm_handle_pin(c->engine, &c->s[i].session_id, &h[i]) != AFSM_OK)
+            atomic_fetch_add(&c->bad, 1);
+    atomic_store(&c->pinned, 1);
+    afsm_stats delta = {.packets_received = 1, .bytes_received = 60};
+    for (int round = 0; round < 6; round++) {
+        for (int i = 0; i < CLOSE_SESSIONS; i++) {
+            if (h[i] == NULL)
+                continue;
+            afsm_status st = afsm_handle_packet(h[i], virtual_clock_read(c->clock), &delta, NULL);
+            if (st != AFSM_OK && st != AFSM_ENOTFOUND && st != AFSM_ECLOSED)
+                atomic_fetch_add(&c->bad, 1);
+            if (round == 3 + i % 3) {
+                afsm_handle_release(h[i]);
+                h[i] = NULL;
+            }
+        }
+    }
+    for (int i = 0; i < CLOSE_SESSIONS; i++)
+        if (h[i] != NULL)
+            afsm_handle_release(h[i]);
+    free(h);
+    return NULL;
+}
+
+static void *close_race_advancer(void *arg)
+{
+    close_race *c = arg;
+    while (!atomic_load(&c->stop)) {
+        size_t expired;
+        if (afsm_engine_advance(c->engine, virtual_clock_read(c->clock), &expired) != AFSM_OK)
+            atomic_fetch_add(&c->bad, 1);
+    }
+    return NULL;
+}
+
+static void test_close_delete_handles_and_advance_race(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    close_race *c = calloc(1, sizeof(*c));
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(&clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 4;
+    cfg.close_linger_ms = 0;
+    cfg.on_event = close_race_event;
+    cfg.event_ctx = c;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    c->engine = engine;
+    c->clock = &clock;
+    for (int i = 0; i < CLOSE_SESSIONS; i++)
+        c->s[i] = create_session(engine, "cu");
+    pthread_t closer, deleter, packets, advancer;
+    assert_int_equal(pthread_create(&packets, NULL, close_race_packets, c), 0);
+    assert_true(spin_until(&c->pinned, 1, 10));
+    assert_int_equal(pthread_create(&advancer, NULL, close_race_advancer, c), 0);
+    assert_int_equal(pthread_create(&closer, NULL, close_race_closer, c), 0);
+    assert_int_equal(pthread_create(&deleter, NULL, close_race_deleter, c), 0);
+    atomic_store(&c->start, 1);
+    pthread_join(closer, NULL);
+    pthread_join(deleter, NULL);
+    pthread_join(packets, NULL);
+    atomic_store(&c->stop, 1);
+    pthread_join(advancer, NULL);
+    assert_int_equal(atomic_load(&c->bad), 0);
+    for (int i = 0; i < CLOSE_SESSIONS; i++)
+        if (atomic_load(&c->deleted_events[i]) != 1)
+            fail_msg("session %d: %ld DELETED events", i, (long)atomic_load(&c->deleted_events[i]));
+    /* A close that removes is a DELETED "closed"; the close itself may
+     * also have found the session gone. */
+    assert_true(atomic_load(&c->closed_reason) <= c->closes_ok);
+    assert_int_equal(atomic_load(&c->deleted_reason), c->deletes_ok);
+    assert_int_equal(atomic_load(&c->closed_reason) + c->deletes_ok, CLOSE_SESSIONS);
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    assert_int_equal(m.deleted_total[AFSM_DELETE_CLOSED], (uint64_t)atomic_load(&c->closed_reason));
+    assert_int_equal(m.deleted_total[AFSM_DELETE_REQUESTED], (uint64_t)c->deletes_ok);
+    assert_int_equal(m.sessions, 0);
+    for (int s = 0; s < AFSM_STATE_COUNT; s++)
+        assert_int_equal(m.sessions_by_state[s], 0);
+    uint64_t pinned;
+    assert_int_equal(afsm_engine_pinned(engine, &pinned), AFSM_OK);
+    assert_int_equal(pinned, 0);
+    assert_int_equal(slots_in_use(engine, &clock), 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -611,6 +778,7 @@ int main(void)
         cmocka_unit_test(test_handle_outliving_its_delete_and_a_refused_close),
         cmocka_unit_test(test_one_deleted_event_per_removal),
         cmocka_unit_test(test_counts_exact_after_delete_storm_with_alloc_failures),
+        cmocka_unit_test(test_close_delete_handles_and_advance_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
