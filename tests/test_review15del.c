@@ -67,7 +67,7 @@ static int same_id(const afsm_uuid *a, const afsm_uuid *b)
 
 /* ---- (1) readers racing deletes ---------------------------------------- */
 
-#define RACE_SESSIONS 1500
+#define RACE_SESSIONS 400
 #define RACE_USERS    4
 #define PAGE          500
 
@@ -92,85 +92,97 @@ static void race_fail(race *r, const char *what, int i)
         snprintf(r->failure, sizeof(r->failure), "session %d: %s", i, what);
 }
 
-/* Walks the sessions again and again: once any index reports one gone,
- * every later read by any index must too. */
+/* One user's list: fails on a session this reader saw gone before the
+ * listing started. */
+static void race_check_list(race *r, int u, const unsigned char *gone, afsm_session_info *page)
+{
+    afsm_list_filter f;
+    afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+    f.user_id = race_user(u);
+    f.user_id_len = strlen(f.user_id);
+    f.limit = PAGE;
+    for (;;) {
+        size_t count = 0;
+        uint64_t total = 0;
+        afsm_uuid next;
+        for (size_t k = 0; k < PAGE; k++)
+            page[k].version = AFSM_SESSION_INFO_VERSION;
+        if (afsm_session_list(r->engine, &f, page, PAGE, &count, &total, &next) != AFSM_OK) {
+            race_fail(r, "list failed", -1);
+            return;
+        }
+        for (size_t k = 0; k < count; k++)
+            for (int i = u; i < RACE_SESSIONS; i += RACE_USERS)
+                if (same_id(&page[k].session_id, &r->s[i].session_id)) {
+                    if (gone[i])
+                        race_fail(r, "listed for its user after a read saw it gone", i);
+                    break;
+                }
+        static const afsm_uuid nil;
+        if (same_id(&next, &nil))
+            return;
+        f.cursor = next;
+    }
+}
+
+/* Reads one session by both indexes, alternating which goes first, while
+ * the deleter removes it: once either reports it gone, every later read
+ * by either must too (the record is marked removed before any index loses
+ * it). Then the next session. */
 static void *race_reader(void *arg)
 {
     race *r = arg;
-    static _Thread_local unsigned char gone[RACE_SESSIONS];
-    memset(gone, 0, sizeof(gone));
+    unsigned char *gone = calloc(RACE_SESSIONS, 1);
     afsm_session_info *page = calloc(PAGE, sizeof(*page));
-    atomic_fetch_add(&r->ready, 1);
-    uint64_t deadline = real_ns() + 20 * SEC;
-    for (int pass = 0; real_ns() < deadline; pass++) {
-        int done = atomic_load(&r->deleted) == RACE_SESSIONS;
-        for (int i = 0; i < RACE_SESSIONS; i++) {
-            afsm_session_info got = AFSM_SESSION_INFO_INIT;
-            afsm_status by_conn = afsm_session_get_by_connection(r->engine, &r->s[i].connection_id, &got);
-            if (by_conn == AFSM_OK && !same_id(&got.session_id, &r->s[i].session_id))
-                race_fail(r, "get_by_connection returned another session", i);
-            if (by_conn == AFSM_OK && gone[i])
-                race_fail(r, "present by connection after a read saw it gone", i);
-            if (by_conn == AFSM_ENOTFOUND)
-                gone[i] = 1;
-            afsm_status by_id = afsm_session_get(r->engine, &r->s[i].session_id, &got);
-            if (by_id == AFSM_OK && !same_id(&got.connection_id, &r->s[i].connection_id))
-                race_fail(r, "get by id returned another connection id", i);
-            if (by_id == AFSM_OK && gone[i])
-                race_fail(r, "present by id after a read saw it gone", i);
-            if (by_id == AFSM_ENOTFOUND)
-                gone[i] = 1;
-            if (by_conn != AFSM_OK && by_conn != AFSM_ENOTFOUND)
-                race_fail(r, "get_by_connection: unexpected status", i);
-            if (by_id != AFSM_OK && by_id != AFSM_ENOTFOUND)
-                race_fail(r, "get: unexpected status", i);
-        }
-        /* The user lists: a session seen gone never listed again. */
-        for (int u = 0; u < RACE_USERS; u++) {
-            afsm_list_filter f;
-            afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
-            f.user_id = race_user(u);
-            f.user_id_len = strlen(f.user_id);
-            f.limit = PAGE;
-            unsigned char seen_gone[RACE_SESSIONS];
-            memcpy(seen_gone, gone, sizeof(seen_gone));
-            for (;;) {
-                size_t count = 0;
-                uint64_t total = 0;
-                afsm_uuid next;
-                for (size_t k = 0; k < PAGE; k++)
-                    page[k].version = AFSM_SESSION_INFO_VERSION;
-                if (afsm_session_list(r->engine, &f, page, PAGE, &count, &total, &next) != AFSM_OK) {
-                    race_fail(r, "list failed", -1);
-                    break;
-                }
-                for (size_t k = 0; k < count; k++) {
-                    for (int i = u; i < RACE_SESSIONS; i += RACE_USERS) {
-                        if (same_id(&page[k].session_id, &r->s[i].session_id)) {
-                            if (seen_gone[i])
-                                race_fail(r, "listed for its user after a read saw it gone", i);
-                            break;
-                        }
-                    }
-                }
-                static const afsm_uuid nil;
-                if (same_id(&next, &nil))
-                    break;
-                f.cursor = next;
+    uint64_t deadline = real_ns() + 30 * SEC;
+    for (int i = 0; i < RACE_SESSIONS && atomic_load(&r->failures) == 0; i++) {
+        atomic_fetch_add(&r->ready, 1);
+        int after = 0; /* reads since it was first seen gone */
+        for (unsigned n = 0; after < 64; n++) {
+            if (real_ns() > deadline) {
+                race_fail(r, "the delete never showed", i);
+                break;
             }
+            afsm_session_info got = AFSM_SESSION_INFO_INIT;
+            for (int half = 0; half < 2; half++) {
+                afsm_status st;
+                if ((n + (unsigned)half) % 2 == 0) {
+                    st = afsm_session_get_by_connection(r->engine, &r->s[i].connection_id, &got);
+                    if (st == AFSM_OK && !same_id(&got.session_id, &r->s[i].session_id))
+                        race_fail(r, "get_by_connection returned another session", i);
+                    if (st == AFSM_OK && gone[i])
+                        race_fail(r, "present by connection after a read saw it gone", i);
+                } else {
+                    st = afsm_session_get(r->engine, &r->s[i].session_id, &got);
+                    if (st == AFSM_OK && !same_id(&got.connection_id, &r->s[i].connection_id))
+                        race_fail(r, "get by id returned another connection id", i);
+                    if (st == AFSM_OK && gone[i])
+                        race_fail(r, "present by id after a read saw it gone", i);
+                }
+                if (st == AFSM_ENOTFOUND)
+                    gone[i] = 1;
+                else if (st != AFSM_OK)
+                    race_fail(r, "get: unexpected status", i);
+            }
+            after += gone[i];
         }
-        if (done && pass > 0)
-            break;
+        if (i % 50 == 49)
+            race_check_list(r, i % RACE_USERS, gone, page);
     }
     free(page);
+    free(gone);
     return NULL;
 }
 
 static void *race_deleter(void *arg)
 {
     race *r = arg;
-    spin_until(&r->ready, 2, 10);
     for (int i = 0; i < RACE_SESSIONS; i++) {
+        /* Both readers on session i before it goes. */
+        if (!spin_until(&r->ready, 2L * (i + 1), 10)) {
+            race_fail(r, "readers stopped", i);
+            break;
+        }
         if (afsm_session_delete(r->engine, &r->s[i].session_id, "gone", 4) != AFSM_OK)
             race_fail(r, "delete did not return AFSM_OK", i);
         atomic_fetch_add(&r->deleted, 1);
