@@ -164,6 +164,22 @@ static void *race_reader(void *arg)
                 else if (st != AFSM_OK)
                     race_fail(r, "get: unexpected status", i);
             }
+            /* A pin (by either index) takes a reference only from a
+             * session still present: never from one seen gone. */
+            if (n % 4 == 3) {
+                afsm_handle *h = NULL;
+                afsm_status st = n % 8 == 3 ? afsm_handle_pin_by_connection(r->engine, &r->s[i].connection_id, &h)
+                                            : afsm_handle_pin(r->engine, &r->s[i].session_id, &h);
+                if (st == AFSM_OK) {
+                    if (gone[i])
+                        race_fail(r, "pinned after a read saw it gone", i);
+                    afsm_handle_release(h);
+                } else if (st == AFSM_ENOTFOUND) {
+                    gone[i] = 1;
+                } else {
+                    race_fail(r, "pin: unexpected status", i);
+                }
+            }
             after += gone[i];
         }
         if (i % 50 == 49)
@@ -210,6 +226,9 @@ static void test_readers_racing_deletes_see_one_removal(void **state)
         pthread_join(readers[t], NULL);
     if (atomic_load(&r->failures) != 0)
         fail_msg("%ld failures, first: %s", (long)atomic_load(&r->failures), r->failure);
+    uint64_t pinned;
+    assert_int_equal(afsm_engine_pinned(engine, &pinned), AFSM_OK);
+    assert_int_equal(pinned, 0);
     assert_int_equal(live_sessions(engine), 0);
     assert_int_equal(slots_in_use(engine, &clock), 0);
     free(r);
