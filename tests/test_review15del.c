@@ -633,6 +633,99 @@ static void test_counts_exact_after_delete_storm_with_alloc_failures(void **stat
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* Expiry, deletes, deletes by user and creates interleaved, allocation
+ * failures injected into each (the reaper's batch included): whatever
+ * failed, every session that left is counted once, by one reason, and the
+ * gauges, the counts and the slabs agree. */
+static void test_counts_exact_after_expiry_and_delete_storm_with_alloc_failures(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_config cfg = {0};
+    cfg.shard_count = 4;
+    afsm_engine *engine = open_virtual_engine(&clock, &cfg);
+    enum { IDS_MAX = 4096 };
+    afsm_uuid *ids = calloc(IDS_MAX, sizeof(*ids));
+    size_t n = 0;
+    uint64_t created = 0, deleted = 0, advance_failures = 0;
+    srand(151);
+    for (int round = 0; round < 4000 && n < IDS_MAX; round++) {
+        int op = rand() % 10;
+        alloc_fail_after(rand() % 6);
+        if (op < 5) {
+            afsm_uuid conn;
+            afsm_create_options o = make_options(rand() % 3 ? "ea" : "eb", "10.0.0.7", &conn);
+            o.timeout_ms = 100 + (uint64_t)(rand() % 2000);
+            afsm_session_info info = AFSM_SESSION_INFO_INIT;
+            afsm_status st = afsm_session_create(engine, &o, &info);
+            alloc_fail_reset();
+            if (st == AFSM_OK) {
+                ids[n++] = info.session_id;
+                created++;
+            } else {
+                assert_int_equal(st, AFSM_ENOMEM);
+            }
+        } else if (op < 8 && n != 0) {
+            afsm_status st = afsm_session_delete(engine, &ids[(size_t)rand() % n], NULL, 0);
+            alloc_fail_reset();
+            if (st == AFSM_OK)
+                deleted++;
+            else if (st != AFSM_ENOTFOUND)
+                assert_int_equal(st, AFSM_ENOMEM);
+        } else if (op == 8) {
+            size_t removed = 0;
+            afsm_status st = afsm_session_delete_by_user(engine, "eb", 2, NULL, 0, &removed);
+            alloc_fail_reset();
+            if (st != AFSM_OK)
+                assert_int_equal(st, AFSM_ENOMEM);
+        } else {
+            virtual_clock_set(&clock, virtual_clock_read(&clock) + (uint64_t)(rand() % 400) * MS);
+            size_t expired;
+            afsm_status st = afsm_engine_advance(engine, virtual_clock_read(&clock), &expired);
+            alloc_fail_reset();
+            if (st != AFSM_OK) {
+                assert_int_equal(st, AFSM_ENOMEM);
+                advance_failures++;
+            }
+        }
+        if (round % 400 == 0 || round == 3999) {
+            afsm_metrics m = AFSM_METRICS_INIT;
+            assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+            uint64_t gone = 0;
+            for (int r = 0; r < AFSM_DELETE_REASON_COUNT; r++)
+                gone += m.deleted_total[r];
+            assert_int_equal(m.created_total, created);
+            assert_int_equal(m.deleted_total[AFSM_DELETE_REQUESTED], deleted);
+            assert_int_equal(m.expired_total, m.deleted_total[AFSM_DELETE_EXPIRED]);
+            assert_int_equal(m.duration_count, gone);
+            assert_int_equal(m.sessions, created - gone);
+            uint64_t by_state = 0;
+            for (int s = 0; s < AFSM_STATE_COUNT; s++)
+                by_state += m.sessions_by_state[s];
+            assert_int_equal(by_state, m.sessions);
+            assert_int_equal(live_sessions(engine), m.sessions);
+            /* Present: found by id, or found expired and not yet reaped. */
+            uint64_t present = 0;
+            for (size_t i = 0; i < n; i++) {
+                afsm_session_info got = AFSM_SESSION_INFO_INIT;
+                afsm_status st = afsm_session_get(engine, &ids[i], &got);
+                present += st == AFSM_OK || st == AFSM_EEXPIRED;
+            }
+            assert_int_equal(present, m.sessions);
+            assert_int_equal(slots_in_use(engine, &clock), m.sessions);
+        }
+    }
+    alloc_fail_reset();
+    /* The storm did reach the reaper's failures and its removals. */
+    assert_true(advance_failures > 0);
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    assert_true(m.expired_total > 0);
+    assert_true(m.deleted_total[AFSM_DELETE_USER] > 0);
+    free(ids);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* ---- (2b, 3b) closes, deletes, deferring handles and advances at once ----- */
 
 #define CLOSE_SESSIONS 500
@@ -809,6 +902,7 @@ int main(void)
         cmocka_unit_test(test_handle_outliving_its_delete_and_a_refused_close),
         cmocka_unit_test(test_one_deleted_event_per_removal),
         cmocka_unit_test(test_counts_exact_after_delete_storm_with_alloc_failures),
+        cmocka_unit_test(test_counts_exact_after_expiry_and_delete_storm_with_alloc_failures),
         cmocka_unit_test(test_close_delete_handles_and_advance_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
