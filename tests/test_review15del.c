@@ -893,6 +893,121 @@ static void test_close_delete_handles_and_advance_race(void **state)
     free(c);
 }
 
+/* ---- (3c) the grouped reaper racing deletes ------------------------------ */
+
+#define REAP_SESSIONS 1000
+
+typedef struct reap_race {
+    afsm_engine *engine;
+    virtual_clock *clock;
+    afsm_session_info s[REAP_SESSIONS];
+    _Atomic long ends[REAP_SESSIONS]; /* EXPIRED or DELETED events per session */
+    _Atomic long expired_events, deleted_events, bad, start, stop, tried;
+    long deletes_ok;
+} reap_race;
+
+static void reap_race_event(void *ctx, const afsm_event *e)
+{
+    reap_race *c = ctx;
+    if (e->type != AFSM_EVENT_DELETED && e->type != AFSM_EVENT_EXPIRED)
+        return;
+    for (int i = 0; i < REAP_SESSIONS; i++) {
+        if (!same_id(&c->s[i].session_id, &e->session_id))
+            continue;
+        atomic_fetch_add(&c->ends[i], 1);
+        if (e->user_id_len != 2 || memcmp(e->user_id, "ru", 2) != 0 ||
+            !same_id(&e->connection_id, &c->s[i].connection_id))
+            atomic_fetch_add(&c->bad, 1);
+        else if (e->type == AFSM_EVENT_EXPIRED)
+            atomic_fetch_add(&c->expired_events, 1);
+        else if (e->reason_len == 3 && memcmp(e->reason, "del", 3) == 0)
+            atomic_fetch_add(&c->deleted_events, 1);
+        else
+            atomic_fetch_add(&c->bad, 1);
+        return;
+    }
+    atomic_fetch_add(&c->bad, 1);
+}
+
+static void *reap_race_deleter(void *arg)
+{
+    reap_race *c = arg;
+    spin_until(&c->start, 1, 10);
+    for (int i = 0; i < REAP_SESSIONS; i++) {
+        afsm_status st = afsm_session_delete(c->engine, &c->s[i].session_id, "del", 3);
+        if (st == AFSM_OK)
+            c->deletes_ok++;
+        else if (st != AFSM_ENOTFOUND)
+            atomic_fetch_add(&c->bad, 1);
+        atomic_fetch_add(&c->tried, 1);
+    }
+    return NULL;
+}
+
+/* Moves time on in steps, so the wheels hand the reaper groups of due
+ * sessions while the deleter removes the same ones. */
+static void *reap_race_advancer(void *arg)
+{
+    reap_race *c = arg;
+    /* From the deleter's first delete on, so both have sessions to take. */
+    spin_until(&c->tried, 1, 10);
+    while (!atomic_load(&c->stop)) {
+        virtual_clock_set(c->clock, virtual_clock_read(c->clock) + 20 * MS);
+        size_t expired;
+        if (afsm_engine_advance(c->engine, virtual_clock_read(c->clock), &expired) != AFSM_OK)
+            atomic_fetch_add(&c->bad, 1);
+    }
+    return NULL;
+}
+
+static void test_reaper_racing_deletes_one_end_each(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    reap_race *c = calloc(1, sizeof(*c));
+    afsm_config cfg = {0};
+    cfg.shard_count = 4;
+    cfg.on_event = reap_race_event;
+    cfg.event_ctx = c;
+    afsm_engine *engine = open_virtual_engine(&clock, &cfg);
+    c->engine = engine;
+    c->clock = &clock;
+    for (int i = 0; i < REAP_SESSIONS; i++) {
+        afsm_uuid conn;
+        afsm_create_options o = make_options("ru", "10.0.0.5", &conn);
+        o.timeout_ms = 100 + (uint64_t)(i % 50) * 20;
+        c->s[i] = (afsm_session_info)AFSM_SESSION_INFO_INIT;
+        assert_int_equal(afsm_session_create(engine, &o, &c->s[i]), AFSM_OK);
+    }
+    pthread_t deleter, advancer;
+    assert_int_equal(pthread_create(&deleter, NULL, reap_race_deleter, c), 0);
+    assert_int_equal(pthread_create(&advancer, NULL, reap_race_advancer, c), 0);
+    atomic_store(&c->start, 1);
+    pthread_join(deleter, NULL);
+    /* The rest expire. */
+    uint64_t deadline = real_ns() + 20 * SEC;
+    while (live_sessions(engine) != 0 && real_ns() < deadline) {
+    }
+    atomic_store(&c->stop, 1);
+    pthread_join(advancer, NULL);
+    assert_int_equal(live_sessions(engine), 0);
+    assert_int_equal(atomic_load(&c->bad), 0);
+    for (int i = 0; i < REAP_SESSIONS; i++)
+        if (atomic_load(&c->ends[i]) != 1)
+            fail_msg("session %d: %ld EXPIRED/DELETED events", i, (long)atomic_load(&c->ends[i]));
+    assert_int_equal(atomic_load(&c->deleted_events), c->deletes_ok);
+    assert_int_equal(atomic_load(&c->expired_events) + c->deletes_ok, REAP_SESSIONS);
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    assert_int_equal(m.deleted_total[AFSM_DELETE_REQUESTED], (uint64_t)c->deletes_ok);
+    assert_int_equal(m.deleted_total[AFSM_DELETE_EXPIRED], (uint64_t)atomic_load(&c->expired_events));
+    assert_int_equal(m.expired_total, (uint64_t)atomic_load(&c->expired_events));
+    assert_int_equal(m.sessions, 0);
+    assert_int_equal(slots_in_use(engine, &clock), 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -904,6 +1019,7 @@ int main(void)
         cmocka_unit_test(test_counts_exact_after_delete_storm_with_alloc_failures),
         cmocka_unit_test(test_counts_exact_after_expiry_and_delete_storm_with_alloc_failures),
         cmocka_unit_test(test_close_delete_handles_and_advance_race),
+        cmocka_unit_test(test_reaper_racing_deletes_one_end_each),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
