@@ -770,7 +770,10 @@ static void *close_race_closer(void *arg)
     afsm_update_init(&u, AFSM_UPDATE_VERSION);
     u.fields = AFSM_UPDATE_STATE;
     u.state = AFSM_STATE_CLOSED;
-    for (int i = 0; i < CLOSE_SESSIONS; i++) {
+    /* The even sessions first (only this thread takes them), then all of
+     * them, racing the deleter. */
+    for (int k = 0; k < CLOSE_SESSIONS + CLOSE_SESSIONS / 2; k++) {
+        int i = k < CLOSE_SESSIONS / 2 ? 2 * k : k - CLOSE_SESSIONS / 2;
         afsm_status st = afsm_session_update(c->engine, &c->s[i].session_id, &u, NULL);
         if (st == AFSM_OK)
             c->closes_ok++;
@@ -784,7 +787,10 @@ static void *close_race_deleter(void *arg)
 {
     close_race *c = arg;
     spin_until(&c->start, 1, 10);
-    for (int i = CLOSE_SESSIONS - 1; i >= 0; i--) {
+    /* The odd sessions first (only this thread takes them), then all of
+     * them from the other end, racing the closer. */
+    for (int k = 0; k < CLOSE_SESSIONS + CLOSE_SESSIONS / 2; k++) {
+        int i = k < CLOSE_SESSIONS / 2 ? 2 * k + 1 : CLOSE_SESSIONS - 1 - (k - CLOSE_SESSIONS / 2);
         afsm_status st = afsm_session_delete(c->engine, &c->s[i].session_id, "del", 3);
         if (st == AFSM_OK)
             c->deletes_ok++;
