@@ -11,7 +11,7 @@
  * deleted succeeds only once that session is gone by its id too; pinned
  * handles released before, during or after a delete (on another thread)
  * and a handle that outlives the engine's close neither crash nor leak;
- * each removal (delete, delete by user, close, eviction-free expiry by the
+ * each removal (delete, delete by user, close, expiry by the
  * grouped reaper) delivers exactly one DELETED or EXPIRED event with its
  * reason and user id; counts and metrics stay exact through delete and
  * expiry storms with allocation failures injected.
