@@ -171,14 +171,16 @@ table_result table_insert(table *t, const void *key)
     if (found)
         return TABLE_EXISTS;
     bool fills_empty = atomic_load_explicit(&m->slots[at], memory_order_relaxed) == NULL;
-    /* Keep empty slots at half the map or more: every probe ends. */
-    if (fills_empty && (t->used + 1) * 2 > m->mask + 1) {
-        uint64_t keys = atomic_load_explicit(&t->count, memory_order_relaxed);
-        uint64_t slots = m->mask + 1;
-        /* Tombstones made it full: the same size, without them, will do. */
-        if ((keys + 1) * 4 > slots)
-            slots <<= 1;
-        if (!rebuild(t, slots))
+    uint64_t keys = atomic_load_explicit(&t->count, memory_order_relaxed);
+    uint64_t slots = m->mask + 1;
+    /* Keys past half the map: double it. Keys and tombstones past three
+     * quarters: clean up at the same size. The first keeps probes short;
+     * the second keeps a quarter of the slots empty, so every probe ends,
+     * and lets a table under churn (as many removals as inserts) clean up
+     * every quarter map of inserts instead of doubling once its tombstones
+     * reach half: its memory stays what its keys need. */
+    if ((keys + 1) * 2 > slots || (fills_empty && (t->used + 1) * 4 > slots * 3)) {
+        if (!rebuild(t, (keys + 1) * 2 > slots ? slots << 1 : slots))
             return TABLE_NOMEM;
         m = current(t);
         at = probe(t, m, key, hash, &found);

@@ -8,9 +8,10 @@
  * Keys are compared in full, so hash collisions are harmless.
  *
  * The map is open addressing with linear probing over one array of
- * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. Keys and
- * tombstones together (`used`) never fill more than half the map, so every
- * probe sequence ends at an empty slot. A key never moves within a map; growth
+ * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. Keys never
+ * fill more than half the map (it doubles), and keys and tombstones
+ * together (`used`) never more than three quarters (it is rebuilt without
+ * its tombstones), so every probe sequence ends at an empty slot. A key never moves within a map; growth
  * and tombstone clean-up build a new map, publish it (release) and free
  * the old one through the epoch, never while a reader may hold it. A
  * reader that loaded the old map sees it as it was when replaced.
