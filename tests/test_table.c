@@ -261,6 +261,241 @@ static void test_churn_near_half_load_keeps_the_map_size(void **state)
     table_hash_override = constant_hash;
 }
 
+/* The model test's deterministic generator (xorshift64*): a failure names
+ * its seed and step, and the same run replays it. */
+static uint64_t model_rng;
+
+static uint64_t model_next(void)
+{
+    model_rng ^= model_rng >> 12;
+    model_rng ^= model_rng << 25;
+    model_rng ^= model_rng >> 27;
+    return model_rng * UINT64_C(0x2545f4914f6cdd1d);
+}
+
+/* 64 distinct hashes, on the low slots: long clusters that merge, between
+ * the spread of the real hash and the single cluster of the constant one. */
+static unsigned long few_hashes(const void *bytes, size_t len, unsigned long seed)
+{
+    (void)len;
+    (void)seed;
+    return ((const unsigned char *)bytes)[15] & 63;
+}
+
+/* A reader's view of one map, as a reader that loaded it before a
+ * writer's operation keeps probing it. */
+static const void *get_in_map(const table *t, table_map *m, const void *key)
+{
+    table view = {.seed = t->seed, .kind = t->kind};
+    atomic_init(&view.map, m);
+    return table_get_uuid(&view, key);
+}
+
+enum { MODEL_KEYS = 256 };
+
+/* The table agrees with the model set, and its size policy holds: keys fill
+ * half the map at most, keys and tombstones three quarters at most (so a
+ * quarter of the slots stay empty and every probe ends), `used` and `count`
+ * are what the map holds, and the map is no bigger than growth on keys
+ * alone (from the presized map) can make it. */
+static void model_check(table *t, const afsm_uuid *keys, int pool, const bool *present, uint64_t peak, const char *what,
+                        int step)
+{
+    table_map *m = atomic_load(&t->map);
+    uint64_t slots = m->mask + 1, live = 0, tombstones = 0, in_model = 0;
+    for (int i = 0; i < pool; i++)
+        in_model += present[i];
+    for (uint64_t i = 0; i < slots; i++) {
+        const void *k = atomic_load(&m->slots[i]);
+        if (k == TABLE_TOMBSTONE) {
+            tombstones++;
+        } else if (k != NULL) {
+            live++;
+            ptrdiff_t at = (const afsm_uuid *)k - keys;
+            if (at < 0 || at >= pool || !present[at])
+                fail_msg("%s, step %d: slot %llu holds a key the model does not", what, step, (unsigned long long)i);
+        }
+    }
+    if (live != in_model || table_count(t) != in_model || t->used != live + tombstones)
+        fail_msg("%s, step %d: model %llu keys; map %llu keys, %llu tombstones; count %zu, used %llu", what, step,
+                 (unsigned long long)in_model, (unsigned long long)live, (unsigned long long)tombstones, table_count(t),
+                 (unsigned long long)t->used);
+    if (live * 2 > slots || (live + tombstones) * 4 > slots * 3)
+        fail_msg("%s, step %d: %llu keys and %llu tombstones in %llu slots", what, step, (unsigned long long)live,
+                 (unsigned long long)tombstones, (unsigned long long)slots);
+    if (slots > t->min_slots && slots > 4 * peak)
+        fail_msg("%s, step %d: %llu slots for at most %llu keys", what, step, (unsigned long long)slots,
+                 (unsigned long long)peak);
+    for (int i = 0; i < pool; i++) {
+        afsm_uuid copy = keys[i];
+        const void *got = table_get(t, &copy);
+        if (got != (present[i] ? (const void *)&keys[i] : NULL))
+            fail_msg("%s, step %d: key %d (%s) found at %p", what, step, i, present[i] ? "present" : "absent", got);
+    }
+    uint64_t walked = 0;
+    table_iterator it = TABLE_ITERATOR_INIT;
+    for (const void *k; (k = table_next(t, &it)) != NULL;)
+        walked++;
+    assert_int_equal(walked, in_model);
+}
+
+/* Thousands of random inserts (new slots and tombstone reuse, duplicates
+ * by equal copies), removals (by the stored address and by an equal copy),
+ * maintains (clean-ups and shrinks) and failed allocations, on a small
+ * table, checked after each against a reference set: what a user of the
+ * table relies on, whatever the growth and clean-up policy does. The
+ * number of keys wanders between empty and the whole pool, so the map
+ * grows, churns near half load and shrinks again. A reader holding the map
+ * from before each operation still finds every key present on both sides
+ * of it (a same-size rebuild must copy them all). A failed allocation must
+ * leave the table exactly as it was. */
+static void run_model(table_hash_fn *hash, uint64_t seed, int pool, int steps, bool spread, const char *what)
+{
+    table_hash_override = hash;
+    model_rng = seed;
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_UUID, 16, seed, record));
+    static afsm_uuid keys[MODEL_KEYS];
+    static const void *before[4096];
+    bool present[MODEL_KEYS + 1] = {false}; /* [pool]: never present */
+    assert_true(pool <= MODEL_KEYS);
+    for (int i = 0; i < pool; i++)
+        afsm_uuid_v7(&keys[i]);
+    uint64_t peak = 0, target = 0;
+    /* Shrinks, same-size rebuilds, doublings, failed allocations: each must
+     * happen for the run to have tried what it checks; but on colliding
+     * hashes inserts reuse the tombstones their probes all cross, so only
+     * spread keys fill three quarters of a map and rebuild it in place. */
+    int seen[4] = {0};
+    int failed = 0;
+    int full = 0; /* steps that left keys and tombstones at three quarters */
+    assert_true(epoch_thread_prepare());
+    for (int step = 0; step < steps; step++) {
+        if (step % 300 == 0) {
+            /* A third of the phases just under half of the map (churn
+             * there fills it with tombstones up to the same-size
+             * clean-up), a third at an eighth or less (removals then let
+             * maintain shrink it), a third anywhere in the pool. */
+            uint64_t slots = atomic_load(&t.map)->mask + 1;
+            switch (model_next() % 3) {
+            case 0:
+                if (slots / 2 - 1 <= (uint64_t)pool) {
+                    target = slots / 2 - 1 - model_next() % 3;
+                    break;
+                }
+                /* The pool cannot fill half of this map: an eighth, then. */
+                __attribute__((fallthrough));
+            case 1:
+                target = model_next() % (slots / 8 + 1);
+                break;
+            default:
+                target = model_next() % (uint64_t)(pool + 1);
+            }
+        }
+        uint64_t n = table_count(&t);
+        int i = (int)(model_next() % (uint64_t)pool);
+        uint64_t r = model_next() % 100;
+        bool fail = model_next() % 4 == 0, churned = false;
+        ck_epoch_record_t *reader = epoch_enter();
+        assert_non_null(reader);
+        table_map *old = atomic_load(&t.map);
+        uint64_t old_used = t.used;
+        assert_true(old->mask < sizeof(before) / sizeof(before[0]));
+        for (uint64_t s = 0; s <= old->mask; s++)
+            before[s] = atomic_load(&old->slots[s]);
+        bool was[MODEL_KEYS + 1];
+        memcpy(was, present, sizeof(was));
+        if (r < 60) {
+            /* Toward the target: insert below it, remove above it. */
+            if (n < target) {
+                afsm_uuid copy = keys[i];
+                if (fail)
+                    alloc_fail_after_on_this_thread(0);
+                table_result got = table_insert(&t, &keys[i]);
+                alloc_fail_after_on_this_thread(-1);
+                if (present[i]) {
+                    assert_int_equal(got, TABLE_EXISTS);
+                    assert_int_equal(table_insert(&t, &copy), TABLE_EXISTS);
+                } else if (got == TABLE_NOMEM) {
+                    assert_true(fail);
+                    failed++;
+                } else {
+                    assert_int_equal(got, TABLE_OK);
+                    present[i] = true;
+                }
+            } else {
+                afsm_uuid copy = keys[i];
+                assert_false(table_remove(&t, &copy)); /* an equal copy is not the stored key */
+                assert_int_equal(table_remove(&t, &keys[i]), present[i]);
+                present[i] = false;
+            }
+        } else if (r < 80) {
+            if (fail)
+                alloc_fail_after_on_this_thread(0);
+            bool ok = table_maintain(&t);
+            alloc_fail_after_on_this_thread(-1);
+            if (!ok) {
+                assert_true(fail);
+                failed++;
+            }
+        } else {
+            /* Churn at the current load: remove a key and insert another
+             * (or the same one again, into its own tombstone or one before
+             * it), as sessions come and go. */
+            int j = model_next() % 2 ? i : (int)(model_next() % (uint64_t)pool);
+            if (present[i] && !present[j == i ? pool : j]) {
+                churned = true;
+                assert_true(table_remove(&t, &keys[i]));
+                present[i] = false;
+                model_check(&t, keys, pool, present, peak, what, step);
+                if (fail)
+                    alloc_fail_after_on_this_thread(0);
+                table_result got = table_insert(&t, &keys[j]);
+                alloc_fail_after_on_this_thread(-1);
+                failed += got == TABLE_NOMEM;
+                if (got != TABLE_NOMEM) {
+                    assert_int_equal(got, TABLE_OK);
+                    present[j] = true;
+                }
+            }
+        }
+        if (memcmp(was, present, sizeof(was)) == 0 && atomic_load(&t.map) == old && !churned) {
+            /* Nothing changed for the model: a failed or refused operation
+             * (or a maintain that kept its map) changed no slot either. */
+            assert_int_equal(t.used, old_used);
+            for (uint64_t s = 0; s <= old->mask; s++)
+                if (atomic_load(&old->slots[s]) != before[s])
+                    fail_msg("%s, step %d: slot %llu changed by an operation that failed", what, step,
+                             (unsigned long long)s);
+        }
+        for (int k = 0; k < pool; k++)
+            if (was[k] && present[k] && get_in_map(&t, old, &keys[k]) != &keys[k])
+                fail_msg("%s, step %d: a reader of the map from before missed key %d", what, step, k);
+        table_map *now = atomic_load(&t.map);
+        if (now != old)
+            seen[now->mask < old->mask ? 0 : now->mask == old->mask ? 1 : 2]++;
+        full += t.used * 4 == (now->mask + 1) * 3;
+        epoch_leave(reader);
+        uint64_t count = table_count(&t);
+        if (count > peak)
+            peak = count;
+        model_check(&t, keys, pool, present, peak, what, step);
+    }
+    if (seen[0] == 0 || (spread && (seen[1] == 0 || full == 0)) || seen[2] == 0 || failed == 0)
+        fail_msg("%s: %d shrinks, %d same-size rebuilds, %d doublings, %d failed allocations, %d steps at 3/4", what,
+                 seen[0], seen[1], seen[2], failed, full);
+    table_destroy(&t);
+    table_hash_override = constant_hash;
+}
+
+static void test_random_operations_match_a_reference_set(void **state)
+{
+    (void)state;
+    run_model(NULL, 0x9e3779b97f4a7c15, 200, 10000, true, "real hash");
+    run_model(few_hashes, 0xd1b54a32d192ed03, 96, 3000, false, "64 hashes");
+    run_model(constant_hash, 0x8cb92ba72f3d8dd7, 100, 4000, false, "constant hash");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -270,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_engine_with_colliding_keys),
         cmocka_unit_test(test_restore_rollback_never_duplicates),
         cmocka_unit_test(test_churn_near_half_load_keeps_the_map_size),
+        cmocka_unit_test(test_random_operations_match_a_reference_set),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

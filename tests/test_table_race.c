@@ -8,7 +8,8 @@
  *
  * What the readers rely on: a session present for a whole call is found,
  * with its own id (never another key's record), and a listing visits each
- * such session exactly once. Run under ASan (a freed map touched) and TSan
+ * such session exactly once; a bare table churning just under half load
+ * is rebuilt at its size under its readers. Run under ASan (a freed map touched) and TSan
  * (the slots' release/acquire pairs); a reader that never ends is caught
  * by ctest's timeout and by the reader's own deadline.
  */
@@ -546,6 +547,98 @@ static void test_close_frees_maps_deferred_by_exited_threads(void **state)
     }
 }
 
+/* A table churning just under half load (each insert matched by a
+ * removal, as sessions come and go) cleans its tombstones by rebuilding at
+ * the same size when keys and tombstones pass three quarters (1538401).
+ * Lock-free readers racing those rebuilds must find every key present
+ * throughout, and their probes must end (a quarter of the slots stays
+ * empty); the map must keep its size. */
+enum { HALF_STABLE = 100, HALF_CHURN = 409, HALF_POOL = 2048, HALF_REBUILDS = 20 };
+
+typedef struct half_race {
+    table t;
+    afsm_uuid stable[HALF_STABLE];
+    afsm_uuid absent; /* never inserted */
+    _Atomic long writer_done;
+    _Atomic long passes;
+    _Atomic long misses;
+} half_race;
+
+static void *half_reader(void *arg)
+{
+    half_race *h = arg;
+    uint64_t deadline = real_ns() + (uint64_t)READ_DEADLINE * SEC;
+    while (!atomic_load(&h->writer_done) && !deadline_passed(deadline)) {
+        for (int i = 0; i < HALF_STABLE; i++) {
+            afsm_uuid copy = h->stable[i];
+            ck_epoch_record_t *record = epoch_enter();
+            if (record == NULL) {
+                atomic_fetch_add(&h->misses, 1);
+                return NULL;
+            }
+            if (table_get(&h->t, &copy) != &h->stable[i])
+                atomic_fetch_add(&h->misses, 1);
+            if (table_get(&h->t, &h->absent) != NULL)
+                atomic_fetch_add(&h->misses, 1);
+            epoch_leave(record);
+        }
+        atomic_fetch_add(&h->passes, 1);
+    }
+    return NULL;
+}
+
+static void test_readers_race_same_size_rebuilds_under_churn(void **state)
+{
+    (void)state;
+    static half_race h;
+    static afsm_uuid pool[HALF_POOL];
+    ck_epoch_record_t *defer = epoch_writer_record();
+    assert_non_null(defer);
+    assert_true(table_init(&h.t, TABLE_KEY_UUID, 1024, 5, defer));
+    atomic_store(&h.writer_done, 0);
+    atomic_store(&h.passes, 0);
+    atomic_store(&h.misses, 0);
+    afsm_uuid_v7(&h.absent);
+    for (int i = 0; i < HALF_STABLE; i++) {
+        afsm_uuid_v7(&h.stable[i]);
+        assert_int_equal(table_insert(&h.t, &h.stable[i]), TABLE_OK);
+    }
+    for (int i = 0; i < HALF_POOL; i++)
+        afsm_uuid_v7(&pool[i]);
+    /* 509 keys in 1024 slots: one insert short of half, where the churn
+     * below keeps it. */
+    for (int i = 0; i < HALF_CHURN; i++)
+        assert_int_equal(table_insert(&h.t, &pool[i]), TABLE_OK);
+    pthread_t reader;
+    assert_int_equal(pthread_create(&reader, NULL, half_reader, &h), 0);
+    assert_true(spin_until(&h.passes, 1, 30));
+    long passes_before = atomic_load(&h.passes);
+    int rebuilds = 0;
+    uint64_t deadline = real_ns() + READ_DEADLINE / 2 * SEC;
+    /* The oldest churn key out, the next one in (pool keys come back once
+     * the ring wraps, into whatever slot their probe finds). */
+    for (long n = 0;
+         (rebuilds < HALF_REBUILDS || atomic_load(&h.passes) < passes_before + 20) && !deadline_passed(deadline); n++) {
+        table_map *before = atomic_load(&h.t.map);
+        assert_true(table_remove(&h.t, &pool[n % HALF_POOL]));
+        assert_true(table_maintain(&h.t));
+        assert_int_equal(table_insert(&h.t, &pool[(n + HALF_CHURN) % HALF_POOL]), TABLE_OK);
+        table_map *after = atomic_load(&h.t.map);
+        assert_int_equal(after->mask, 1023);
+        rebuilds += after != before;
+    }
+    atomic_store(&h.writer_done, 1);
+    assert_int_equal(pthread_join(reader, NULL), 0);
+    print_message("%d same-size rebuilds, %ld reader passes during them\n", rebuilds,
+                  atomic_load(&h.passes) - passes_before);
+    assert_int_equal(atomic_load(&h.misses), 0);
+    assert_true(rebuilds >= HALF_REBUILDS);
+    assert_true(atomic_load(&h.passes) > passes_before);
+    assert_int_equal(table_count(&h.t), HALF_STABLE + HALF_CHURN);
+    table_destroy(&h.t);
+    epoch_writer_retire(defer);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -556,6 +649,7 @@ int main(void)
         cmocka_unit_test(test_maintain_of_a_lightly_loaded_map_is_amortised),
         cmocka_unit_test(test_batch_matches_single_gets),
         cmocka_unit_test(test_close_frees_maps_deferred_by_exited_threads),
+        cmocka_unit_test(test_readers_race_same_size_rebuilds_under_churn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
