@@ -88,7 +88,7 @@ void table_destroy(table *t);
 /* The stored key equal to key, or NULL. Lock-free; epoch section required. */
 const void *table_get(table *t, const void *key);
 
-/* The uuid tables' hash (their ck_hs hash callback calls it too): two
+/* The uuid tables' hash (table_hash and the inlined lookups use it): two
  * seeded 64-bit mixes over the key's halves. */
 static inline unsigned long table_mix(uint64_t x)
 {
