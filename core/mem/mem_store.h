@@ -95,8 +95,6 @@ static inline unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id)
 unsigned mem_shard_of_connection(const mem_store *ms, const afsm_uuid *id);
 unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len);
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set);
-/* The same before s->user is set (create): from the spec's user id. */
-void mem_lockset_for(const mem_store *ms, const session *s, const char *user_id, size_t user_id_len, lockset *set);
 
 static inline uint64_t mem_now(const mem_store *ms)
 {

@@ -66,12 +66,6 @@ unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len)
     return (unsigned)hash_bytes(user_id, len, ms->seed ^ UINT64_C(0x9e3779b97f4a7c15)) & ms->shard_mask;
 }
 
-void mem_lockset_for(const mem_store *ms, const session *s, const char *user_id, size_t user_id_len, lockset *set)
-{
-    lockset_init3(set, mem_shard_of_id(ms, &s->id), mem_shard_of_connection(ms, &s->connection_id),
-                  mem_shard_of_user(ms, user_id, user_id_len));
-}
-
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set)
 {
     lockset_init3(set, mem_shard_of_id(ms, &s->id), mem_shard_of_connection(ms, &s->connection_id),
