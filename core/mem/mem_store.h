@@ -42,6 +42,10 @@ typedef struct mem_store {
     _Atomic int64_t wall_offset_ns;     /* wall clock minus engine clock, refreshed per advance */
     _Atomic uint64_t wheels_reached_ns; /* the `now` of the last completed advance */
     _Atomic size_t pinned;
+    /* Hands each creating thread its next home shard (write.c). Written
+     * once per run of creates, so kept off the lines every call reads. */
+    char pad_before_next_home[64];
+    _Atomic unsigned next_home;
 } mem_store;
 
 /* A handle's deferred counters, in afsm_stats order: packets sent and
@@ -87,7 +91,9 @@ _Static_assert(offsetof(mem_handle, added) + 4 * sizeof(uint64_t) <= MEM_HANDLE_
 /* Placement (store.c). */
 static inline unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id)
 {
-    /* A v7 id's last eight bytes are random: no need to hash them twice. */
+    /* A v7 id's last eight bytes are random (a new session's placed so
+     * that this lands on its creator's home shard, write.c): no need to
+     * hash them twice. */
     uint64_t tail;
     memcpy(&tail, id->bytes + 8, sizeof(tail));
     return (unsigned)table_mix(tail) & ms->shard_mask;
