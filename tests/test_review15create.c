@@ -616,11 +616,87 @@ static void test_create_and_restore_fail_cleanly_at_every_allocation(void **stat
         }
 }
 
+/* ---- close while the reaper's callbacks create -------------------------- */
+
+typedef struct close_race {
+    afsm_engine *engine;
+    _Atomic long expired, created, refused, after_close;
+    _Atomic int closed;
+} close_race;
+
+/* Each expiry and eviction reconnects its user: a create from inside the
+ * reaper's callback, at the user's cap, which evicts in turn. */
+static void close_race_event(void *ctx, const afsm_event *ev)
+{
+    close_race *c = ctx;
+    if (atomic_load(&c->closed)) {
+        atomic_fetch_add(&c->after_close, 1);
+        return;
+    }
+    if (ev->type == AFSM_EVENT_EXPIRED)
+        atomic_fetch_add(&c->expired, 1);
+    else if (ev->type != AFSM_EVENT_DELETED)
+        return;
+    afsm_create_options o;
+    afsm_create_options_init(&o, AFSM_CREATE_OPTIONS_VERSION);
+    o.user_id = ev->user_id;
+    o.user_id_len = ev->user_id_len;
+    o.client_ip = "10.8.8.8";
+    o.client_ip_len = strlen(o.client_ip);
+    afsm_uuid_v7(&o.connection_id);
+    o.timeout_ms = 1;
+    afsm_status st = afsm_session_create(c->engine, &o, NULL);
+    atomic_fetch_add(st == AFSM_OK ? &c->created : &c->refused, 1);
+}
+
+/* afsm.h, afsm_engine_close: "No callback runs after it returns", while
+ * the reaper thread's callbacks create (and evict) from inside expiries:
+ * close stops them, frees every session (the sanitizer trees check leaks
+ * and uses after free), and no create fails meanwhile. */
+static void test_close_while_reaper_callbacks_create(void **state)
+{
+    (void)state;
+    static const uint32_t shard_counts[] = {1, 2, 64};
+    for (size_t i = 0; i < sizeof(shard_counts) / sizeof(shard_counts[0]); i++) {
+        close_race c = {0};
+        afsm_config cfg;
+        assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+        cfg.reaper = AFSM_REAPER_THREAD;
+        cfg.cleanup_interval_ms = 1;
+        cfg.tick_ms = 1;
+        cfg.shard_count = shard_counts[i];
+        cfg.capacity_hint = 1;
+        cfg.max_sessions_per_user = 2;
+        cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+        cfg.on_event = close_race_event;
+        cfg.event_ctx = &c;
+        assert_int_equal(afsm_engine_open(&cfg, &c.engine), AFSM_OK);
+        for (int u = 0; u < 4; u++) {
+            char user[16];
+            snprintf(user, sizeof(user), "reconnect-%d", u);
+            for (int k = 0; k < 2; k++) {
+                afsm_uuid conn;
+                afsm_create_options o = make_options(user, "10.8.8.9", &conn);
+                o.timeout_ms = 1;
+                assert_int_equal(afsm_session_create(c.engine, &o, NULL), AFSM_OK);
+            }
+        }
+        /* Until the chain has run a while: expiries, creates, evictions. */
+        assert_true(spin_until(&c.created, 200, 20));
+        assert_int_equal(afsm_engine_close(c.engine), AFSM_OK);
+        atomic_store(&c.closed, 1);
+        assert_int_equal(atomic_load(&c.refused), 0);
+        assert_int_equal(atomic_load(&c.after_close), 0);
+        assert_true(atomic_load(&c.expired) > 0);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cap_holds_for_one_user_under_racing_creates),
         cmocka_unit_test(test_create_and_restore_fail_cleanly_at_every_allocation),
+        cmocka_unit_test(test_close_while_reaper_callbacks_create),
     };
     if (getenv("AFSM_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("AFSM_TEST_FILTER"));
