@@ -38,6 +38,10 @@ typedef struct mem_store {
     uint32_t server_addr_len;
     unsigned shard_mask;
     uint64_t seed;
+    /* This engine among every engine the process opened (from 1, never
+     * reused): what a thread's home run is keyed by (write.c), since a
+     * new engine may be allocated where a closed one was. */
+    uint64_t serial;
     shard *shards;
     _Atomic int64_t wall_offset_ns;     /* wall clock minus engine clock, refreshed per advance */
     _Atomic uint64_t wheels_reached_ns; /* the `now` of the last completed advance */

@@ -531,6 +531,10 @@ int64_t mem_store_wall_now(const store *s)
     return mem_wall_now((const mem_store *)s);
 }
 
+/* How many memory stores the process has opened: each gets the next as
+ * its serial (mem_store.h). */
+static _Atomic uint64_t opened;
+
 afsm_status mem_store_open(const store_config *config, store **out)
 {
     mem_store *ms = mem_calloc(1, sizeof(*ms));
@@ -543,6 +547,7 @@ afsm_status mem_store_open(const store_config *config, store **out)
     ms->server_addr_len = (uint32_t)addr_len;
     ms->config.server_addr = ms->server_addr;
     ms->shard_mask = config->shard_count - 1;
+    ms->serial = atomic_fetch_add_explicit(&opened, 1, memory_order_relaxed) + 1;
     afsm_uuid seed_source;
     afsm_uuid_v7(&seed_source);
     memcpy(&ms->seed, seed_source.bytes + 8, sizeof(ms->seed));

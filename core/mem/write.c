@@ -33,7 +33,10 @@
 #define HOME_RUN 64
 
 static _Thread_local struct {
-    const mem_store *ms; /* the engine the run belongs to */
+    /* The engine the run belongs to, by serial: not its address, which a
+     * later engine may get once this one is closed (it would inherit the
+     * run, and not fill its shards in turn). 0: none yet. */
+    uint64_t serial;
     unsigned shard, left;
 } home_run;
 
@@ -46,8 +49,8 @@ static _Thread_local struct {
  * less log2(shards) of randomness. */
 static void place_in_home_run(mem_store *ms, afsm_uuid *id)
 {
-    if (home_run.ms != ms || home_run.left == 0) {
-        home_run.ms = ms;
+    if (home_run.serial != ms->serial || home_run.left == 0) {
+        home_run.serial = ms->serial;
         home_run.shard = atomic_fetch_add_explicit(&ms->next_home, 1, memory_order_relaxed);
         home_run.left = HOME_RUN;
     }
