@@ -8,7 +8,9 @@
  * Keys are compared in full, so hash collisions are harmless.
  *
  * The map is open addressing with linear probing over one array of
- * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. Keys never
+ * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key (one that
+ * ended its run of occupied slots leaves its slot, and the tombstones just
+ * before it, empty instead: no probe needs them). Keys never
  * fill more than half the map (it doubles), and keys and tombstones
  * together (`used`) never more than three quarters (it is rebuilt without
  * its tombstones), so every probe sequence ends at an empty slot. A key never moves within a map; growth
@@ -160,16 +162,16 @@ table_result table_insert(table *t, const void *key);
  * present. */
 bool table_remove(table *t, const void *key);
 
-/* Writer lock held: when removals have left at least as many tombstones
- * as keys (and 64 or more), rebuilds the map without them, so probes stay
- * short under churn: at the size its keys need (never below the presized
- * one) when it holds 1/8 of its slots or fewer, so a drained spike gives
- * its memory back; else, at the same size, only once keys and tombstones
- * fill more than 1/4 of it (a lighter map's probes are short anyway). Each
- * rebuild of an S-slot map thus follows S/8 removals or more, or follows
- * the inserts that grew it: amortised O(1) per removal. False only when
- * the rebuild could not allocate (the table stays as it was, still
- * correct). */
+/* Writer lock held. A grown map whose keys fill 1/8 of it or less is
+ * rebuilt at the size they need (load 1/4 or less, never below the
+ * presized size), so a drained spike gives its memory back. Otherwise,
+ * when removals have left at least as many tombstones as keys (and 64 or
+ * more), and keys and tombstones fill more than 1/4 of the map (a lighter
+ * map's probes are short anyway), it is rebuilt at its size without them,
+ * so probes stay short under churn. Each rebuild of an S-slot map follows
+ * S/16 removals or more (S/8 for the first shrink after growth), or the
+ * inserts that grew it: amortised O(1) per removal. False only when the
+ * rebuild could not allocate (the table stays as it was, still correct). */
 bool table_maintain(table *t);
 
 size_t table_count(table *t);
