@@ -15,7 +15,10 @@
  * - growth and shrinking cost O(1) slots per operation amortised, on any
  *   sequence (no oscillation between the two rules);
  * - a shrink without memory leaves the table as it was and usable, and no
- *   shrink goes below the presized size.
+ *   shrink goes below the presized size;
+ * - the engine on top: create, delete, delete-by-user and expiry storms
+ *   from two writers on 1, 2 and 8 shards, readers by every index, and
+ *   every table of every shard agreeing with the counts afterwards.
  * Threads: one writer (the test's thread, as a shard lock would make it)
  * and lock-free readers; run under TSan and ASan too. A reader that never
  * ends is caught by its deadline and by ctest's timeout.
@@ -26,6 +29,10 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "engine.h"
+#include "mem/index.h"
+#include "mem/mem_store.h"
+#include "mem/shard.h"
 #include "mem/table.h"
 #include "util/alloc.h"
 #include "util/epoch.h"
@@ -566,6 +573,239 @@ static void test_shrink_without_memory_and_presized_floor(void **state)
     epoch_writer_retire(defer);
 }
 
+/* ---- the engine's tables under storms ------------------------------------ */
+
+enum { STORM_STABLE = 24, STORM_STABLE_USERS = 6, STORM_CHURN = 90, STORM_WRITERS = 2 };
+
+typedef struct storm {
+    afsm_engine *engine;
+    virtual_clock clock;
+    afsm_uuid stable[STORM_STABLE];
+    afsm_uuid stable_conn[STORM_STABLE];
+    char stable_user[STORM_STABLE][16];
+    _Atomic long writers_done;
+    _Atomic long passes;
+    _Atomic long failures;
+    _Atomic long rounds;
+    char first_failure[200];
+    pthread_mutex_t lock;
+} storm;
+
+static void storm_fail(storm *st, const char *fmt, ...)
+{
+    pthread_mutex_lock(&st->lock);
+    if (atomic_fetch_add(&st->failures, 1) == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(st->first_failure, sizeof(st->first_failure), fmt, ap);
+        va_end(ap);
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
+/* Get, get by connection, GetBatch and each stable user's list. */
+static void *storm_reader(void *arg)
+{
+    storm *st = arg;
+    uint64_t deadline = real_ns() + (uint64_t)READ_DEADLINE * SEC;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    static _Thread_local afsm_session_info batch[STORM_STABLE], page[STORM_STABLE + 1];
+    afsm_status statuses[STORM_STABLE];
+    for (int i = 0; i < STORM_STABLE; i++)
+        afsm_session_info_init(&batch[i], AFSM_SESSION_INFO_VERSION);
+    for (int i = 0; i <= STORM_STABLE; i++)
+        afsm_session_info_init(&page[i], AFSM_SESSION_INFO_VERSION);
+    while (atomic_load(&st->writers_done) < STORM_WRITERS && !deadline_passed(deadline)) {
+        for (int i = 0; i < STORM_STABLE; i++) {
+            afsm_status s = afsm_session_get(st->engine, &st->stable[i], &info);
+            if (s != AFSM_OK || memcmp(&info.session_id, &st->stable[i], sizeof(afsm_uuid)) != 0)
+                storm_fail(st, "Get of stable session %d: %s", i, afsm_status_name(s));
+            s = afsm_session_get_by_connection(st->engine, &st->stable_conn[i], &info);
+            if (s != AFSM_OK || memcmp(&info.session_id, &st->stable[i], sizeof(afsm_uuid)) != 0)
+                storm_fail(st, "get by connection of stable session %d: %s", i, afsm_status_name(s));
+        }
+        if (afsm_session_get_batch(st->engine, st->stable, STORM_STABLE, batch, statuses) != AFSM_OK)
+            storm_fail(st, "GetBatch failed");
+        for (int i = 0; i < STORM_STABLE; i++)
+            if (statuses[i] != AFSM_OK || memcmp(&batch[i].session_id, &st->stable[i], sizeof(afsm_uuid)) != 0)
+                storm_fail(st, "GetBatch item %d: %s", i, afsm_status_name(statuses[i]));
+        for (int u = 0; u < STORM_STABLE_USERS; u++) {
+            afsm_list_filter f;
+            afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+            f.limit = STORM_STABLE + 1;
+            f.user_id = st->stable_user[u];
+            f.user_id_len = strlen(f.user_id);
+            size_t count = 0;
+            uint64_t total = 0;
+            afsm_status s = afsm_session_list(st->engine, &f, page, STORM_STABLE + 1, &count, &total, NULL);
+            if (s != AFSM_OK || count != STORM_STABLE / STORM_STABLE_USERS)
+                storm_fail(st, "list of user %s: %s, %zu sessions", f.user_id, afsm_status_name(s), count);
+        }
+        atomic_fetch_add(&st->passes, 1);
+    }
+    return NULL;
+}
+
+/* One writer's rounds: sessions of three kinds, each gone by the round's
+ * end or the next advance: deleted by id, deleted by user, expired (1 s
+ * timeout; writer 0 advances the clock 2 s a round). */
+typedef struct storm_writer {
+    storm *st;
+    int index;
+    int min_rounds;
+    long round_count;
+} storm_writer;
+
+static void *storm_write(void *arg)
+{
+    storm_writer *w = arg;
+    storm *st = w->st;
+    uint64_t deadline = real_ns() + (uint64_t)READ_DEADLINE / 2 * SEC;
+    long passes_before = atomic_load(&st->passes);
+    afsm_uuid ids[STORM_CHURN], conn;
+    int round;
+    for (round = 0; (round < w->min_rounds || atomic_load(&st->passes) < passes_before + 20) &&
+                    !deadline_passed(deadline) && atomic_load(&st->failures) == 0;
+         round++) {
+        for (int i = 0; i < STORM_CHURN; i++) {
+            char user[32];
+            int kind = i % 3;
+            if (kind == 0)
+                snprintf(user, sizeof(user), "w%d-r%d-a%d", w->index, round, i % 10);
+            else if (kind == 1)
+                snprintf(user, sizeof(user), "w%d-r%d-b%d", w->index, round, i % 5);
+            else
+                snprintf(user, sizeof(user), "w%d-c%d", w->index, i % 7);
+            afsm_create_options o = make_options(user, "192.168.1.7", &conn);
+            if (kind == 2)
+                o.timeout_ms = 1000;
+            afsm_session_info info = AFSM_SESSION_INFO_INIT;
+            afsm_status s = afsm_session_create(st->engine, &o, &info);
+            if (s != AFSM_OK) {
+                storm_fail(st, "writer %d create: %s", w->index, afsm_status_name(s));
+                return NULL;
+            }
+            ids[i] = info.session_id;
+        }
+        for (int i = 0; i < STORM_CHURN; i += 3) {
+            afsm_status s = afsm_session_delete(st->engine, &ids[(i * 7) % STORM_CHURN / 3 * 3], NULL, 0);
+            if (s != AFSM_OK)
+                storm_fail(st, "writer %d delete: %s", w->index, afsm_status_name(s));
+        }
+        for (int u = 0; u < 5; u++) {
+            char user[32];
+            snprintf(user, sizeof(user), "w%d-r%d-b%d", w->index, round, u);
+            size_t deleted = 0;
+            afsm_status s = afsm_session_delete_by_user(st->engine, user, strlen(user), NULL, 0, &deleted);
+            if (s != AFSM_OK || deleted != STORM_CHURN / 15)
+                storm_fail(st, "writer %d delete by user %s: %s, %zu", w->index, user, afsm_status_name(s), deleted);
+        }
+        if (w->index == 0) {
+            uint64_t now = virtual_clock_read(&st->clock) + 2 * SEC;
+            virtual_clock_set(&st->clock, now);
+            size_t expired = 0;
+            afsm_status s = afsm_engine_advance(st->engine, now, &expired);
+            if (s != AFSM_OK)
+                storm_fail(st, "advance: %s", afsm_status_name(s));
+        }
+    }
+    w->round_count = round;
+    atomic_fetch_add(&st->writers_done, 1);
+    return NULL;
+}
+
+/* A table's own bookkeeping, counted: used is keys plus tombstones. */
+static void expect_table_consistent(table *t, const char *what, unsigned shard)
+{
+    table_map *m = atomic_load(&t->map);
+    uint64_t live = 0, tombstones = 0;
+    for (uint64_t i = 0; i <= m->mask; i++) {
+        const void *k = atomic_load(&m->slots[i]);
+        tombstones += k == TABLE_TOMBSTONE;
+        live += k != NULL && k != TABLE_TOMBSTONE;
+    }
+    if (live != table_count(t) || t->used != live + tombstones)
+        fail_msg("shard %u %s: %llu keys, %llu tombstones in %llu slots; count %zu, used %llu", shard, what,
+                 (unsigned long long)live, (unsigned long long)tombstones, (unsigned long long)m->mask + 1,
+                 table_count(t), (unsigned long long)t->used);
+}
+
+/* Create, delete, delete by user and expiry storms from two writers on 1,
+ * 2 and 8 shards (tables from the smallest maps, so they grow, churn and
+ * shrink), with readers of the stable sessions by every index. Afterwards
+ * the indexes agree: only the stable sessions remain, in every table of
+ * every shard (sessions, connections, users) and in the counts, each
+ * table's `used` is its keys plus tombstones, and no churn user is left. */
+static void engine_storm(uint32_t shards)
+{
+    static storm st;
+    memset(&st, 0, sizeof(st));
+    pthread_mutex_init(&st.lock, NULL);
+    afsm_config cfg = {.shard_count = shards, .capacity_hint = 1};
+    st.engine = open_virtual_engine(&st.clock, &cfg);
+    for (int i = 0; i < STORM_STABLE; i++) {
+        snprintf(st.stable_user[i], sizeof(st.stable_user[i]), "stable-%d", i % STORM_STABLE_USERS);
+        afsm_create_options o = make_options(st.stable_user[i], "192.168.1.100", &st.stable_conn[i]);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        assert_int_equal(afsm_session_create(st.engine, &o, &info), AFSM_OK);
+        st.stable[i] = info.session_id;
+    }
+    pthread_t readers[2], writers[STORM_WRITERS];
+    storm_writer w[STORM_WRITERS];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&readers[i], NULL, storm_reader, &st), 0);
+    assert_true(spin_until(&st.passes, 2, READ_DEADLINE));
+    for (int i = 0; i < STORM_WRITERS; i++) {
+        w[i] = (storm_writer){.st = &st, .index = i, .min_rounds = 15};
+        assert_int_equal(pthread_create(&writers[i], NULL, storm_write, &w[i]), 0);
+    }
+    for (int i = 0; i < STORM_WRITERS; i++)
+        assert_int_equal(pthread_join(writers[i], NULL), 0);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_join(readers[i], NULL), 0);
+    print_message("%u shards: %ld + %ld writer rounds, %ld reader passes\n", shards, w[0].round_count, w[1].round_count,
+                  atomic_load(&st.passes));
+    if (atomic_load(&st.failures) != 0)
+        fail_msg("%u shards: %ld failures; first: %s", shards, atomic_load(&st.failures), st.first_failure);
+    /* The last writer's expiring sessions go at the next advance. */
+    uint64_t now = virtual_clock_read(&st.clock) + 2 * SEC;
+    virtual_clock_set(&st.clock, now);
+    assert_int_equal(afsm_engine_advance(st.engine, now, NULL), AFSM_OK);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(st.engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, STORM_STABLE);
+    mem_store *ms = (mem_store *)st.engine->st;
+    size_t sessions = 0, connections = 0, users = 0;
+    for (unsigned i = 0; i <= ms->shard_mask; i++) {
+        shard *sh = &ms->shards[i];
+        expect_table_consistent(&sh->sessions, "sessions", i);
+        expect_table_consistent(&sh->connections, "connections", i);
+        expect_table_consistent(&sh->users, "users", i);
+        sessions += table_count(&sh->sessions);
+        connections += table_count(&sh->connections);
+        users += table_count(&sh->users);
+    }
+    assert_int_equal(sessions, STORM_STABLE);
+    assert_int_equal(connections, STORM_STABLE);
+    assert_int_equal(users, STORM_STABLE_USERS);
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    for (int i = 0; i < STORM_STABLE; i++) {
+        assert_int_equal(afsm_session_get(st.engine, &st.stable[i], &info), AFSM_OK);
+        assert_int_equal(afsm_session_get_by_connection(st.engine, &st.stable_conn[i], &info), AFSM_OK);
+        assert_memory_equal(&info.session_id, &st.stable[i], sizeof(afsm_uuid));
+    }
+    assert_int_equal(afsm_engine_close(st.engine), AFSM_OK);
+    pthread_mutex_destroy(&st.lock);
+}
+
+static void test_engine_storms_keep_indexes_in_agreement(void **state)
+{
+    (void)state;
+    engine_storm(1);
+    engine_storm(2);
+    engine_storm(8);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -573,6 +813,7 @@ int main(void)
         cmocka_unit_test(test_readers_race_growth_and_shrinking_waves),
         cmocka_unit_test(test_resizing_is_amortised_on_worst_sequences),
         cmocka_unit_test(test_shrink_without_memory_and_presized_floor),
+        cmocka_unit_test(test_engine_storms_keep_indexes_in_agreement),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
