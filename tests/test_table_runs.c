@@ -7,7 +7,8 @@
  * grown map once its keys fill 1/8 of it. What users of a table rely on,
  * checked here:
  * - a lock-free reader finds every key present for its whole lookup and
- *   its probes end, while neighbours at run ends (across the end of the
+ *   its probes end (within a lap of the map, whatever the writer does: a
+ *   reader stepped slot by slot through protected pages), while neighbours at run ends (across the end of the
  *   map too, and on colliding and real hashes) are removed and reinserted
  *   and maps grow and shrink under it; a walk returns each such key once;
  * - the writer's bookkeeping: `used` is always keys plus tombstones of the
