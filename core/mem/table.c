@@ -153,12 +153,15 @@ const void *table_get(table *t, const void *key)
         return table_get_uuid(t, key);
     unsigned long hash = hash_string(key, t->seed);
     const table_map *m = atomic_load_explicit(&t->map, memory_order_acquire);
-    for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
+    /* One lap at most, as table_get_uuid_hashed (table.h). */
+    for (uint64_t i = hash & m->mask, left = m->mask;; i = (i + 1) & m->mask, left--) {
         const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_acquire);
         if (k == NULL)
             return NULL;
         if (k != TABLE_TOMBSTONE && equal(t, k, key))
             return k;
+        if (left == 0)
+            return NULL;
     }
 }
 

@@ -27,6 +27,17 @@
  * entry at a load of 1/8 to 1/2 once grown (clean-up shrinks a drained
  * map; a presized one may be lighter), without ck_hs's probe-bound array.
  *
+ * Readers' probes stop after one lap of the map, found or not. A key
+ * present for a whole lookup lies less than a lap from its hash slot, past
+ * no empty slot, so the bound never misses it; without it a lookup of an
+ * absent key could go round forever: a writer removing the one key of a
+ * run just as a reader reaches it (its slot empties, the next being empty)
+ * and inserting the next slot's key ahead of the reader keeps every slot
+ * the reader reaches occupied, with `used` at 1, so no rebuild freezes
+ * the reader's map (tests/test_table_runs.c). Before removals emptied
+ * slots, empty slots only filled up within a map, which is replaced before
+ * fewer than a quarter remain, so a probe met one within its first lap.
+ *
  * Ordering: a writer fills the record, then stores its key's pointer with
  * release; a reader loads slots with acquire, so what the writer stored
  * before inserting is visible once the key is found (C11 atomics, which
@@ -87,7 +98,8 @@ bool table_init(table *t, table_key_kind kind, uint64_t capacity, uint64_t seed,
 /* Frees the map at once: no reader may remain. */
 void table_destroy(table *t);
 
-/* The stored key equal to key, or NULL. Lock-free; epoch section required. */
+/* The stored key equal to key, or NULL. Lock-free (a lap of the map at
+ * most); epoch section required. */
 const void *table_get(table *t, const void *key);
 
 /* The uuid tables' hash (table_hash and the inlined lookups use it): two
@@ -130,12 +142,15 @@ static inline unsigned long table_hash_uuid(const void *key, unsigned long seed)
 static inline const void *table_get_uuid_hashed(const table *t, const void *key, unsigned long hash)
 {
     const table_map *m = atomic_load_explicit(&((table *)t)->map, memory_order_acquire);
-    for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
+    /* One lap at most: see "Readers' probes" above. */
+    for (uint64_t i = hash & m->mask, left = m->mask;; i = (i + 1) & m->mask, left--) {
         const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_acquire);
         if (k == NULL)
             return NULL;
         if (k != TABLE_TOMBSTONE && memcmp(k, key, 16) == 0)
             return k;
+        if (left == 0)
+            return NULL;
     }
 }
 
