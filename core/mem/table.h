@@ -183,10 +183,12 @@ bool table_remove(table *t, const void *key);
  * when removals have left at least as many tombstones as keys (and 64 or
  * more), and keys and tombstones fill more than 1/4 of the map (a lighter
  * map's probes are short anyway), it is rebuilt at its size without them,
- * so probes stay short under churn. Each rebuild of an S-slot map follows
- * S/16 removals or more (S/8 for the first shrink after growth), or the
- * inserts that grew it: amortised O(1) per removal. False only when the
- * rebuild could not allocate (the table stays as it was, still correct). */
+ * so probes stay short under churn. A shrink at least halves the map, and
+ * a map reaches 1/8 only after losing keys from the 1/2 that grew it or,
+ * in the main, from the 1/4 a shrink leaves (less when a maintain was
+ * refused for memory): amortised O(1) per removal (tests/test_table_runs.c
+ * measures the worst sequences). False only when the rebuild could not
+ * allocate (the table stays as it was, still correct). */
 bool table_maintain(table *t);
 
 size_t table_count(table *t);
