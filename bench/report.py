@@ -114,11 +114,14 @@ def main(argv: List[str]) -> int:
     elapsed = argv[argv.index("--elapsed") + 1] if "--elapsed" in argv else "?"
     want_reps = int(argv[argv.index("--goal-reps") + 1]) if "--goal-reps" in argv else None
     recs = resultlib.records(data)
+    goal_recs = resultlib.records(data, "goals")
     ctx = data["context"]
     sizes = sorted({r["n"] for r in recs if r["op"] in OPS and r["impl"] == "engine"} |
                    {r["n"] for r in recs if r["impl"] == "floor"})
     threads = sorted({r["threads"] for r in recs if r["op"] in OPS and r["impl"] == "engine"})
-    big = 1000000 if 1000000 in sizes else (sizes[-1] if sizes else 0)
+    # The goals' size; a results file with only a goals pass (a reduced run) has its own.
+    big = 1000000 if 1000000 in sizes else (sizes[-1] if sizes else
+                                            next((r["n"] for r in goal_recs if r["op"] != "Expire"), 0))
     nproc, model = machine()
     lines: List[str] = []
     w = lines.append
@@ -178,7 +181,6 @@ def main(argv: List[str]) -> int:
     # Every goal row but goal 6 (huge pages) and goal 8 (bytes per session)
     # reads the goals pass: the benchmarks of GOAL_BENCHES run `reps` times
     # each, randomly interleaved, in one process (bench/run).
-    goal_recs = resultlib.records(data, "goals")
     reps = max((int(r["raw"].get("repetitions", 1)) for r in goal_recs), default=0)
 
     def gs(op: str, impl: str = "engine", t: Optional[int] = 1, pct: Optional[str] = None,
