@@ -170,7 +170,7 @@ def main(argv: List[str]) -> int:
             r = next((x for x in recs if x["op"] == "Expire" and x["impl"] == impl and x.get("pct") == pct
                       and not x["error"]), None)
             exp[(impl, pct)] = resultlib.value(r, "cpu_ms_per_expiry")
-    exp_n = next((x["n"] for x in recs if x["op"] == "Expire"), 0)
+    exp_n = next((x["n"] for x in recs + goal_recs if x["op"] == "Expire"), 0)
 
     w("![ops/s against session count, one panel per operation](throughput.png)")
     w("")
