@@ -4,7 +4,8 @@ writes the ratio tables (engine / baseline), issue 15's goals and issue 9's
 targets, met or not, from the JSON alone. Every number in RESULTS.md comes
 from this script. Exits 1 (after writing RESULTS.md) when the goals pass is
 missing a benchmark or a run of one (R runs each, when --goal-reps is
-given), so a broken goals pass fails CI's smoke run.
+given) or one reported an error, so a broken goals pass fails CI's smoke
+run.
 
 bench/report.py --goal-filter N: prints the google-benchmark filter that
 selects GOAL_BENCHES at N sessions (bench/run's goals pass runs it), so the
@@ -63,9 +64,11 @@ def goal_problems(goal_recs: List[Dict[str, Any]], main_recs: List[Dict[str, Any
         runs = [r for r in goal_recs if r["op"] == op and r["impl"] == impl and
                 (r.get("pct") == pct if pct is not None else r["threads"] == t and r["n"] == n)]
         name = f"{op}/{impl}" + (f"/pct:{pct}" if pct is not None else f"/n:{n}/threads:{t}")
-        want = want_reps if want_reps is not None else int(runs[0]["raw"].get("repetitions", 1)) if runs else 1
         if not runs and impl.startswith("redis") and not redis:
             continue
+        want = want_reps
+        if want is None:
+            want = int(runs[0]["raw"].get("repetitions", 1)) if runs else 1
         if len(runs) != want:
             problems.append(f"{name}: {len(runs)} runs in the goals pass, expected {want}")
         elif any(r["error"] for r in runs):

@@ -61,7 +61,11 @@ def samples(recs: List[Dict[str, Any]], counter: str = "items_per_second", per_c
             **want: Any) -> List[float]:
     """The counter of every run (every repetition) whose fields equal the
     given values, errors left out. per_cpu: scaled from wall time to the
-    benchmark thread's CPU time (items_per_second * real_time / cpu_time)."""
+    benchmark thread's CPU time (items_per_second * real_time / cpu_time).
+    On a shared machine a descheduled thread inflates wall time but not CPU
+    time (a stall on memory still counts as CPU time), so for one thread
+    that is the steadier number; not for several threads (google-benchmark
+    reports one thread's CPU time there)."""
     out: List[float] = []
     for r in recs:
         if r["error"] or not all(str(r.get(k)) == str(v) for k, v in want.items()):
