@@ -153,15 +153,12 @@ const void *table_get(table *t, const void *key)
         return table_get_uuid(t, key);
     unsigned long hash = hash_string(key, t->seed);
     const table_map *m = atomic_load_explicit(&t->map, memory_order_acquire);
-    /* One lap at most, as table_get_uuid_hashed (table.h). */
-    for (uint64_t i = hash & m->mask, left = m->mask;; i = (i + 1) & m->mask, left--) {
+    for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
         const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_acquire);
         if (k == NULL)
             return NULL;
         if (k != TABLE_TOMBSTONE && equal(t, k, key))
             return k;
-        if (left == 0)
-            return NULL;
     }
 }
 
@@ -204,30 +201,12 @@ bool table_remove(table *t, const void *key)
             return false;
         if (k != key)
             continue;
-        atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) - 1,
-                              memory_order_relaxed);
         /* A reader that loads the tombstone goes on probing; one that
          * loaded the key just before finds a record its owner marks
          * removed. */
-        if (atomic_load_explicit(&m->slots[(i + 1) & m->mask], memory_order_relaxed) != NULL) {
-            atomic_store_explicit(&m->slots[i], TABLE_TOMBSTONE, memory_order_relaxed);
-            return true;
-        }
-        /* The key ends its run of occupied slots: no key lies past it on
-         * any probe through it (a key's probe never crosses an empty slot,
-         * and none is ever emptied inside one), so no probe needs this
-         * slot, nor the tombstones just before it, to go on. Emptying them
-         * keeps churn from filling the map with tombstones, which every
-         * probe passing them pays for until a rebuild (issue 15: a create
-         * under churn swung 30% with their number). A reader mid-probe
-         * stops here either way. */
-        atomic_store_explicit(&m->slots[i], NULL, memory_order_relaxed);
-        t->used--;
-        for (uint64_t j = (i - 1) & m->mask;
-             atomic_load_explicit(&m->slots[j], memory_order_relaxed) == TABLE_TOMBSTONE; j = (j - 1) & m->mask) {
-            atomic_store_explicit(&m->slots[j], NULL, memory_order_relaxed);
-            t->used--;
-        }
+        atomic_store_explicit(&m->slots[i], TABLE_TOMBSTONE, memory_order_relaxed);
+        atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) - 1,
+                              memory_order_relaxed);
         return true;
     }
 }
@@ -236,23 +215,18 @@ bool table_maintain(table *t)
 {
     table_map *m = current(t);
     uint64_t keys = atomic_load_explicit(&t->count, memory_order_relaxed);
-    uint64_t slots = m->mask + 1;
-    /* Keys down to 1/8 of a grown map: give memory back, at a size with
-     * room for them at a load of 1/4 or less, as growth leaves them (it
-     * doubles at 1/2: between the two, a shrunk map takes twice its keys
-     * before growing, or loses half before shrinking again). Tested on
-     * keys, not tombstones: a removal at a run's end leaves none, so a
-     * drained map may hold few. */
-    if (slots > t->min_slots && keys * 8 <= slots) {
-        uint64_t fit = t->min_slots;
-        while (fit < 4 * keys)
-            fit <<= 1;
-        return rebuild(t, fit);
-    }
-    /* Tombstones as many as keys, and with keys filling more than 1/4:
-     * cleaning is worth it now. */
     uint64_t tombstones = t->used - keys;
-    if (tombstones < 64 || tombstones < keys || t->used * 4 <= slots)
+    if (tombstones < 64 || tombstones < keys)
+        return true;
+    uint64_t slots = m->mask + 1;
+    /* Room for the keys at a load of 1/4 or less, as growth leaves them. */
+    uint64_t fit = t->min_slots;
+    while (fit < 4 * keys)
+        fit <<= 1;
+    if (fit < slots)
+        return rebuild(t, fit);
+    /* Tombstones and keys fill more than 1/4: cleaning is worth it now. */
+    if (t->used * 4 <= slots)
         return true;
     return rebuild(t, slots);
 }

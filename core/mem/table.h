@@ -8,9 +8,7 @@
  * Keys are compared in full, so hash collisions are harmless.
  *
  * The map is open addressing with linear probing over one array of
- * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key (one that
- * ended its run of occupied slots leaves its slot, and the tombstones just
- * before it, empty instead: no probe needs them). Keys never
+ * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. Keys never
  * fill more than half the map (it doubles), and keys and tombstones
  * together (`used`) never more than three quarters (it is rebuilt without
  * its tombstones), so every probe sequence ends at an empty slot. A key never moves within a map; growth
@@ -26,17 +24,6 @@
  * batch's slot misses overlap. Its memory is the same 8-byte slot per
  * entry at a load of 1/8 to 1/2 once grown (clean-up shrinks a drained
  * map; a presized one may be lighter), without ck_hs's probe-bound array.
- *
- * Readers' probes stop after one lap of the map, found or not. A key
- * present for a whole lookup lies less than a lap from its hash slot, past
- * no empty slot, so the bound never misses it; without it a lookup of an
- * absent key could go round forever: a writer removing the one key of a
- * run just as a reader reaches it (its slot empties, the next being empty)
- * and inserting the next slot's key ahead of the reader keeps every slot
- * the reader reaches occupied, with `used` at 1, so no rebuild freezes
- * the reader's map (tests/test_table_runs.c). Before removals emptied
- * slots, empty slots only filled up within a map, which is replaced before
- * fewer than a quarter remain, so a probe met one within its first lap.
  *
  * Ordering: a writer fills the record, then stores its key's pointer with
  * release; a reader loads slots with acquire, so what the writer stored
@@ -98,8 +85,7 @@ bool table_init(table *t, table_key_kind kind, uint64_t capacity, uint64_t seed,
 /* Frees the map at once: no reader may remain. */
 void table_destroy(table *t);
 
-/* The stored key equal to key, or NULL. Lock-free (a lap of the map at
- * most); epoch section required. */
+/* The stored key equal to key, or NULL. Lock-free; epoch section required. */
 const void *table_get(table *t, const void *key);
 
 /* The uuid tables' hash (table_hash and the inlined lookups use it): two
@@ -142,15 +128,12 @@ static inline unsigned long table_hash_uuid(const void *key, unsigned long seed)
 static inline const void *table_get_uuid_hashed(const table *t, const void *key, unsigned long hash)
 {
     const table_map *m = atomic_load_explicit(&((table *)t)->map, memory_order_acquire);
-    /* One lap at most: see "Readers' probes" above. */
-    for (uint64_t i = hash & m->mask, left = m->mask;; i = (i + 1) & m->mask, left--) {
+    for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
         const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_acquire);
         if (k == NULL)
             return NULL;
         if (k != TABLE_TOMBSTONE && memcmp(k, key, 16) == 0)
             return k;
-        if (left == 0)
-            return NULL;
     }
 }
 
@@ -177,18 +160,16 @@ table_result table_insert(table *t, const void *key);
  * present. */
 bool table_remove(table *t, const void *key);
 
-/* Writer lock held. A grown map whose keys fill 1/8 of it or less is
- * rebuilt at the size they need (load 1/4 or less, never below the
- * presized size), so a drained spike gives its memory back. Otherwise,
- * when removals have left at least as many tombstones as keys (and 64 or
- * more), and keys and tombstones fill more than 1/4 of the map (a lighter
- * map's probes are short anyway), it is rebuilt at its size without them,
- * so probes stay short under churn. A shrink at least halves the map, and
- * a map reaches 1/8 only after losing keys from the 1/2 that grew it or,
- * in the main, from the 1/4 a shrink leaves (less when a maintain was
- * refused for memory): amortised O(1) per removal (tests/test_table_runs.c
- * measures the worst sequences). False only when the rebuild could not
- * allocate (the table stays as it was, still correct). */
+/* Writer lock held: when removals have left at least as many tombstones
+ * as keys (and 64 or more), rebuilds the map without them, so probes stay
+ * short under churn: at the size its keys need (never below the presized
+ * one) when it holds 1/8 of its slots or fewer, so a drained spike gives
+ * its memory back; else, at the same size, only once keys and tombstones
+ * fill more than 1/4 of it (a lighter map's probes are short anyway). Each
+ * rebuild of an S-slot map thus follows S/8 removals or more, or follows
+ * the inserts that grew it: amortised O(1) per removal. False only when
+ * the rebuild could not allocate (the table stays as it was, still
+ * correct). */
 bool table_maintain(table *t);
 
 size_t table_count(table *t);
