@@ -7,13 +7,16 @@
  * long-lived ones (30 min) with the clock stopped, moves the virtual clock
  * 1.5 s on, and times only the expiry call: thread CPU time
  * (CLOCK_THREAD_CPUTIME_ID) is the cost, reported per call and per expired
- * session. Both sides remove the sessions from every index.
+ * session. Both sides remove the sessions from every index. The goals
+ * pass (mode().keep_worlds) keeps each population across repetitions.
  */
 #include <benchmark/benchmark.h>
 
 #include <atomic>
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "rwlock_store.h"
 #include "util.h"
@@ -33,32 +36,25 @@ struct VirtualClock {
     }
 };
 
-void expire_bench(benchmark::State &state, bool wheel, size_t total, double fraction)
-{
-    world_drop();
+/* The long-lived sessions of one expiry benchmark, on its own virtual
+ * clock. Heap-allocated: the engine keeps a pointer to clock. */
+struct Population {
+    bool wheel = false;
+    size_t total = 0;
+    double fraction = 0;
     VirtualClock clock;
-    size_t doomed = (size_t)((double)total * fraction);
-    size_t lasting = total - doomed;
-    Rng rng(total + (size_t)(fraction * 1000));
-    Spec spec;
-    uint64_t seq = 0;
     afsm_engine *engine = nullptr;
     std::unique_ptr<RwlockStore> old;
-    if (wheel) {
-        afsm_config cfg = AFSM_CONFIG_INIT;
-        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
-        cfg.capacity_hint = total;
-        cfg.reaper = AFSM_REAPER_MANUAL;
-        cfg.clock = VirtualClock::read;
-        cfg.clock_ctx = &clock;
-        if (afsm_engine_open(&cfg, &engine) != AFSM_OK) {
-            state.SkipWithError("engine open failed");
-            return;
-        }
-    } else {
-        old = std::make_unique<RwlockStore>(total, VirtualClock::read, &clock);
+    Rng rng{0};
+    uint64_t seq = 0;
+
+    ~Population()
+    {
+        afsm_engine_close(engine);
     }
-    auto add = [&](size_t n, uint64_t timeout_ms) {
+    bool add(size_t n, uint64_t timeout_ms)
+    {
+        Spec spec;
         for (size_t i = 0; i < n; i++) {
             make_spec(seq++, rng, &spec);
             afsm_uuid id;
@@ -68,31 +64,85 @@ void expire_bench(benchmark::State &state, bool wheel, size_t total, double frac
                 return false;
         }
         return true;
-    };
-    if (!add(lasting, 30 * 60 * 1000)) {
-        state.SkipWithError("populating failed");
-        afsm_engine_close(engine);
-        return;
     }
+};
+
+/* With mode().keep_worlds (the goals pass) each population is built once
+ * and kept: every iteration expires exactly the sessions it added, so the
+ * population is the same at the start of each repetition; the lasting
+ * sessions' 30 min outlive any number of repetitions bench/run allows
+ * (1.5 s of virtual time per iteration). */
+std::vector<std::unique_ptr<Population>> kept;
+
+std::unique_ptr<Population> populate(bool wheel, size_t total, double fraction, const char **error)
+{
+    auto p = std::make_unique<Population>();
+    p->wheel = wheel;
+    p->total = total;
+    p->fraction = fraction;
+    p->rng = Rng(total + (size_t)(fraction * 1000));
+    if (wheel) {
+        afsm_config cfg = AFSM_CONFIG_INIT;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.capacity_hint = total;
+        cfg.reaper = AFSM_REAPER_MANUAL;
+        cfg.clock = VirtualClock::read;
+        cfg.clock_ctx = &p->clock;
+        if (afsm_engine_open(&cfg, &p->engine) != AFSM_OK) {
+            *error = "engine open failed";
+            return nullptr;
+        }
+    } else {
+        p->old = std::make_unique<RwlockStore>(total, VirtualClock::read, &p->clock);
+    }
+    size_t doomed = (size_t)((double)total * fraction);
+    if (!p->add(total - doomed, 30 * 60 * 1000)) {
+        *error = "populating failed";
+        return nullptr;
+    }
+    return p;
+}
+
+void expire_bench(benchmark::State &state, bool wheel, size_t total, double fraction)
+{
+    world_drop();
+    Population *p = nullptr;
+    for (const auto &k : kept)
+        if (k->wheel == wheel && k->total == total && k->fraction == fraction)
+            p = k.get();
+    std::unique_ptr<Population> built;
+    if (p == nullptr) {
+        const char *error = nullptr;
+        built = populate(wheel, total, fraction, &error);
+        if (built == nullptr) {
+            state.SkipWithError(error);
+            return;
+        }
+        p = built.get();
+    }
+    size_t doomed = (size_t)((double)total * fraction);
     uint64_t cpu_total = 0, expired_total = 0;
-    bool wrong = false;
+    bool wrong = false, add_failed = false;
     for (auto _ : state) {
-        add(doomed, SHORT_TIMEOUT_MS);
-        uint64_t now = clock.now_ns.fetch_add(STEP_NS) + STEP_NS;
+        add_failed |= !p->add(doomed, SHORT_TIMEOUT_MS);
+        uint64_t now = p->clock.now_ns.fetch_add(STEP_NS) + STEP_NS;
         uint64_t w0 = mono_ns(), c0 = thread_cpu_ns();
         size_t expired = 0;
         if (wheel)
-            afsm_engine_advance(engine, now, &expired);
+            afsm_engine_advance(p->engine, now, &expired);
         else
-            expired = old->expire_scan(now);
+            expired = p->old->expire_scan(now);
         uint64_t c1 = thread_cpu_ns(), w1 = mono_ns();
         state.SetIterationTime((double)(w1 - w0) / 1e9);
         cpu_total += c1 - c0;
         expired_total += expired;
         wrong |= expired != doomed;
     }
-    afsm_engine_close(engine);
-    if (wrong)
+    if (mode().keep_worlds && built != nullptr)
+        kept.push_back(std::move(built));
+    if (add_failed)
+        state.SkipWithError("adding the sessions due to expire failed");
+    else if (wrong)
         state.SkipWithError("expired a different number of sessions than were due");
     double iters = (double)state.iterations();
     state.counters["cpu_ms_per_expiry"] = (double)cpu_total / 1e6 / iters;

@@ -10,6 +10,12 @@
  *   AFSM_BENCH_SUITE=hugepages   only the huge-pages comparison, labelled
  *                                with AFSM_BENCH_HUGEPAGES=on|off (the
  *                                allocator's switch is set by bench/run)
+ *   AFSM_BENCH_PASS=main|goals   goals: the same benchmarks, but every
+ *                                population is kept until exit (bench/run
+ *                                runs the goals' benchmarks repeated and
+ *                                randomly interleaved; a rebuild per switch
+ *                                between stores would cost seconds each);
+ *                                recorded as afsm_pass in the JSON context
  *   AFSM_BENCH_10M=1             add 10M sessions (full mode; minutes more)
  *   AFSM_BENCH_REDIS_PORT=N      Redis on 127.0.0.1:N; unset skips Redis
  */
@@ -58,6 +64,7 @@ void mode_init()
     Mode &m = the_mode;
     m.smoke = strcmp(env("AFSM_BENCH_MODE", "full"), "smoke") == 0;
     m.redis_port = atoi(env("AFSM_BENCH_REDIS_PORT", "0"));
+    m.keep_worlds = strcmp(env("AFSM_BENCH_PASS", "main"), "goals") == 0;
     if (m.smoke) {
         m.min_time = 0.01;
         m.sizes = {1000};
@@ -89,6 +96,11 @@ static std::string cpu_model()
 
 int main(int argc, char **argv)
 {
+    const char *pass = bench::env("AFSM_BENCH_PASS", "main");
+    if (strcmp(pass, "main") != 0 && strcmp(pass, "goals") != 0) {
+        fprintf(stderr, "AFSM_BENCH_PASS must be main or goals, not \"%s\"\n", pass);
+        return 2;
+    }
     bench::mode_init();
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv))
@@ -102,6 +114,7 @@ int main(int argc, char **argv)
     }
     benchmark::AddCustomContext("afsm_allocator", AFSM_BENCH_ALLOCATOR);
     benchmark::AddCustomContext("afsm_mode", bench::mode().smoke ? "smoke" : "full");
+    benchmark::AddCustomContext("afsm_pass", bench::mode().keep_worlds ? "goals" : "main");
     benchmark::AddCustomContext("afsm_version", afsm_version());
     benchmark::AddCustomContext("cpu_model", bench::cpu_model());
 

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""Merges google-benchmark JSON files into one: the first file's context
-(plus each part's allocator), every part's benchmarks in order."""
+"""Merges google-benchmark JSON files into one: the main part's context
+(plus each part's allocator and pass, copied into its benchmarks), every
+part's benchmarks in order."""
 import json
 import sys
 from typing import Any, Dict, List
@@ -16,6 +17,7 @@ def main(argv: List[str]) -> int:
             merged["context"] = data["context"]
         for b in data["benchmarks"]:
             b["afsm_allocator"] = data["context"].get("afsm_allocator", "")
+            b["afsm_pass"] = data["context"].get("afsm_pass", "main")
             merged["benchmarks"].append(b)
     with open(out_path, "w") as f:
         json.dump(merged, f, indent=1)

@@ -1,8 +1,15 @@
 #!/usr/bin/python3
-"""bench/report.py RESULTS.json RESULTS.md [--elapsed SECONDS]: writes the
-ratio tables (engine / baseline), issue 15's goals and issue 9's targets,
-met or not, from the JSON alone. Every number in RESULTS.md comes from
-this script."""
+"""bench/report.py RESULTS.json RESULTS.md [--elapsed SECONDS] [--goal-reps R]:
+writes the ratio tables (engine / baseline), issue 15's goals and issue 9's
+targets, met or not, from the JSON alone. Every number in RESULTS.md comes
+from this script. Exits 1 (after writing RESULTS.md) when the goals pass is
+missing a benchmark or a run of one (R runs each, when --goal-reps is
+given) or one reported an error, so a broken goals pass fails CI's smoke
+run.
+
+bench/report.py --goal-filter N: prints the google-benchmark filter that
+selects GOAL_BENCHES at N sessions (bench/run's goals pass runs it), so the
+benchmarks run and the goal rows that read them are listed in one place."""
 import os
 import subprocess
 import sys
@@ -23,6 +30,50 @@ REDIS_OP = {"Create": "Create", "Get": "Get", "GetByConnection": "Get", "Heartbe
 # round trip: a deeper pipeline than the engine's 16-id batch, so the ratio
 # errs in Redis's favour).
 REDIS_BATCH_OP = {"GetBatch": "Get", "HeartbeatBatch": "Heartbeat", "AddStatsBatch": "Heartbeat"}
+# Every benchmark an issue 15 goal row reads (but goals 6 and 8, which need
+# processes of their own), as (op, impl, threads, expiry pct): bench/run's
+# goals pass runs exactly these (goal_filter), and the goal rows may read
+# nothing else (main's gs() refuses).
+GOAL_BENCHES: List[Tuple[str, str, Optional[int], Optional[str]]] = (
+    [(op, "engine", 1, None) for op in ("Get", "GetBatch", "Heartbeat", "HeartbeatBatch", "AddStats", "AddStatsBatch")]
+    + [("Get", "floor", 1, None), ("GetBatch", "floor", 1, None)]
+    + [("Delete", impl, t, None) for impl in ("engine", "rwlock") for t in (1, 2)]
+    + [("Create", "engine", t, None) for t in (1, 2)]
+    + [("Expire", impl, None, pct) for impl in ("engine", "rwlock_scan") for pct in ("1", "10")]
+    + [(rop, "redis_pipelined", 1, None) for rop in sorted(set(REDIS_BATCH_OP.values()))])
+
+
+def goal_filter(n: int) -> str:
+    """A --benchmark_filter regex matching GOAL_BENCHES' names at n sessions
+    (the expiry benchmarks have one size per run, named without threads)."""
+    return "|".join(f"^{op}/{impl}/pct:{pct}/" if pct is not None else f"^{op}/{impl}/n:{n}/.*threads:{t}$"
+                    for op, impl, t, pct in GOAL_BENCHES)
+
+
+def goal_problems(goal_recs: List[Dict[str, Any]], main_recs: List[Dict[str, Any]],
+                  want_reps: Optional[int]) -> List[str]:
+    """What the goals pass lacks: a benchmark of GOAL_BENCHES with no runs
+    (Redis's only if the main pass ran Redis), or with fewer runs than
+    asked for (or than google-benchmark says it repeated)."""
+    if not goal_recs:
+        return ["no goals pass in the results (bench/run's AFSM_BENCH_PASS=goals run)"]
+    redis = any(r["impl"].startswith("redis") for r in main_recs)
+    n = next((r["n"] for r in goal_recs if r["op"] != "Expire"), 0)
+    problems = []
+    for op, impl, t, pct in GOAL_BENCHES:
+        runs = [r for r in goal_recs if r["op"] == op and r["impl"] == impl and
+                (r.get("pct") == pct if pct is not None else r["threads"] == t and r["n"] == n)]
+        name = f"{op}/{impl}" + (f"/pct:{pct}" if pct is not None else f"/n:{n}/threads:{t}")
+        if not runs and impl.startswith("redis") and not redis:
+            continue
+        want = want_reps
+        if want is None:
+            want = int(runs[0]["raw"].get("repetitions", 1)) if runs else 1
+        if len(runs) != want:
+            problems.append(f"{name}: {len(runs)} runs in the goals pass, expected {want}")
+        elif any(r["error"] for r in runs):
+            problems.append(f"{name}: " + next(r["raw"].get("error_message", "error") for r in runs if r["error"]))
+    return problems
 
 
 def fmt(x: Optional[float], digits: int = 2) -> str:
@@ -53,29 +104,27 @@ def ops_per_s(recs: List[Dict[str, Any]], op: str, impl: str, n: int, threads: i
     return resultlib.value(resultlib.find(recs, op=op, impl=impl, n=n, threads=threads))
 
 
-def ops_per_cpu_s(recs: List[Dict[str, Any]], op: str, impl: str, n: int, threads: int = 1) -> Optional[float]:
-    """Items per second of the benchmark thread's own CPU time. On a shared
-    machine a descheduled thread inflates wall time but not CPU time (a
-    stall on memory still counts as CPU time), so for one thread this is
-    the steadier number. Not for several threads (google-benchmark reports
-    one thread's CPU time there)."""
-    r = resultlib.find(recs, op=op, impl=impl, n=n, threads=threads)
-    ips, real, cpu = (resultlib.value(r), resultlib.value(r, "real_time"), resultlib.value(r, "cpu_time"))
-    if ips is None or not real or not cpu:
-        return None
-    return ips * real / cpu
-
-
 def main(argv: List[str]) -> int:
+    if len(argv) == 3 and argv[1] == "--goal-filter":
+        print(goal_filter(int(argv[2])))
+        return 0
+    if len(argv) < 3:
+        print("usage: report.py RESULTS.json RESULTS.md [--elapsed SECONDS] [--goal-reps R] | --goal-filter N",
+              file=sys.stderr)
+        return 2
     data = resultlib.load(argv[1])
     out_path = argv[2]
     elapsed = argv[argv.index("--elapsed") + 1] if "--elapsed" in argv else "?"
+    want_reps = int(argv[argv.index("--goal-reps") + 1]) if "--goal-reps" in argv else None
     recs = resultlib.records(data)
+    goal_recs = resultlib.records(data, "goals")
     ctx = data["context"]
     sizes = sorted({r["n"] for r in recs if r["op"] in OPS and r["impl"] == "engine"} |
                    {r["n"] for r in recs if r["impl"] == "floor"})
     threads = sorted({r["threads"] for r in recs if r["op"] in OPS and r["impl"] == "engine"})
-    big = 1000000 if 1000000 in sizes else (sizes[-1] if sizes else 0)
+    # The goals' size; a results file with only a goals pass (a reduced run) has its own.
+    big = 1000000 if 1000000 in sizes else (sizes[-1] if sizes else
+                                            next((r["n"] for r in goal_recs if r["op"] != "Expire"), 0))
     nproc, model = machine()
     lines: List[str] = []
     w = lines.append
@@ -100,6 +149,9 @@ def main(argv: List[str]) -> int:
       "so > 1 means the engine is faster (or, for expiry, cheaper)")
     w("- the machine is shared with other engineers' builds and tests: absolute numbers are noisy; compare ratios "
       "within this run")
+    w("- issue 15's goal rows are medians of repeated, interleaved runs (the goals pass; how: in that section); "
+      "every other table is the main pass, one run per benchmark, except the huge-pages table (medians of its "
+      "processes' runs)")
     if ctx.get("afsm_mode") == "smoke":
         w("- **smoke mode: tiny sizes and run times; these numbers say only that the harness works**")
     w("")
@@ -121,7 +173,7 @@ def main(argv: List[str]) -> int:
             r = next((x for x in recs if x["op"] == "Expire" and x["impl"] == impl and x.get("pct") == pct
                       and not x["error"]), None)
             exp[(impl, pct)] = resultlib.value(r, "cpu_ms_per_expiry")
-    exp_n = next((x["n"] for x in recs if x["op"] == "Expire"), 0)
+    exp_n = next((x["n"] for x in recs + goal_recs if x["op"] == "Expire"), 0)
 
     w("![ops/s against session count, one panel per operation](throughput.png)")
     w("")
@@ -129,73 +181,129 @@ def main(argv: List[str]) -> int:
     w("")
 
     # ---- issue 15 goals ----------------------------------------------------
-    w(f"## Issue 15 goals (n = {big}, ratios from this one run)")
+    # Every goal row but goal 6 (huge pages) and goal 8 (bytes per session)
+    # reads the goals pass: the benchmarks of GOAL_BENCHES run `reps` times
+    # each, randomly interleaved, in one process (bench/run).
+    reps = max((int(r["raw"].get("repetitions", 1)) for r in goal_recs), default=0)
+
+    def gs(op: str, impl: str = "engine", t: Optional[int] = 1, pct: Optional[str] = None,
+           counter: str = "items_per_second", per_cpu: bool = False) -> List[float]:
+        """The runs of one goal benchmark; it must be in GOAL_BENCHES, or
+        bench/run's filter would not have run it."""
+        if (op, impl, t if pct is None else None, pct) not in GOAL_BENCHES:
+            raise KeyError(f"{op}/{impl} threads={t} pct={pct} is not in GOAL_BENCHES")
+        if pct is not None:
+            return resultlib.samples(goal_recs, counter, per_cpu, op=op, impl=impl, pct=pct)
+        return resultlib.samples(goal_recs, counter, per_cpu, op=op, impl=impl, n=big, threads=t)
+
+    def spread(xs: List[float]) -> str:
+        m = resultlib.median(xs)
+        if not m:
+            return "n/a"
+        return f"{(min(xs) / m - 1) * 100:+.0f}..{(max(xs) / m - 1) * 100:+.0f}%"
+
+    def spreads(a: List[float], b: List[float]) -> str:
+        return f"A {spread(a)}, B {spread(b)} ({len(a)}, {len(b)} runs)"
+
+    def mratio(a: List[float], b: List[float]) -> Optional[float]:
+        return ratio(resultlib.median(a), resultlib.median(b))
+
+    w(f"## Issue 15 goals (n = {big}; medians of {reps} interleaved runs)")
     w("")
     w("The get + copy floor (`Get/floor`): a ck_hs probe of a 16-byte key to a 192-byte record malloc'd in "
       "creation order, copied into an `afsm_session_info`-sized output; the batched floor (`GetBatch/floor`): "
       "16 keys a call, probe all, prefetch the records, then copy (bench/ck_floor.c). Batches are 16 ids a call.")
     w("")
+    w(f"How the rows are measured: on this shared 2-core machine one run of a benchmark swings by up to +-30%, "
+      f"enough to flip a verdict, so after the main pass bench/run runs every benchmark a goal row needs again, in "
+      f"a pass of its own: one process (`AFSM_BENCH_PASS=goals`), {reps} runs of each "
+      f"(`AFSM_BENCH_GOAL_REPS`; 7 by default, 2 in smoke mode) in one random order across benchmarks and runs "
+      f"(google-benchmark's random interleaving), every population built once and kept. Both sides of a ratio are "
+      f"so sampled across the same minutes, and a burst of load from other work lands on both. A row's ratio is "
+      f"median(A) / median(B), A its numerator and B its denominator, and its verdict is decided on that ratio. "
+      f"The spread column gives each side's lowest and highest run against its own median: how far a single run "
+      f"could have been off. It is per side rather than a spread of A/B over runs paired in time because "
+      f"google-benchmark (1.7) reports a benchmark's runs together after its last one and does not say when each "
+      f"ran: pairing A's and B's runs by number would pair moments that are unrelated under random interleaving. "
+      f"Goal 6 compares two processes (the allocator reads its huge-pages switch at start-up), each running its "
+      f"benchmarks {reps} times interleaved; goal 8 is one fresh process per allocator, one run. The tables after "
+      f"this section come from the main pass, one run per benchmark, and may differ from the medians here.")
+    w("")
     w("One-thread goals show two ratios: over wall time (what google-benchmark reports) and over the thread's "
       "own CPU time, which a shared machine disturbs less; a goal is met when both meet it.")
     w("")
-    w("| goal | measured (wall) | measured (CPU time) | needed | status |")
-    w("| --- | --- | --- | --- | --- |")
+    w("| goal | measured (wall) | measured (CPU time) | needed | status | spread (wall, min..max around each median) |")
+    w("| --- | --- | --- | --- | --- | --- |")
 
-    def c(op: str, impl: str = "engine", n: int = big) -> Optional[float]:
-        return ops_per_cpu_s(recs, op, impl, n)
-
-    def goal2(name: str, wall: Optional[float], cpu: Optional[float], need: float) -> None:
+    def goal2(name: str, a: List[float], b: List[float], a_cpu: List[float], b_cpu: List[float],
+              need: float) -> None:
+        wall, cpu = mratio(a, b), mratio(a_cpu, b_cpu)
         if wall is None or cpu is None:
-            w(f"| {name} | {fmt(wall)}x | {fmt(cpu)}x | >= {fmt(need)}x | not measured |")
+            w(f"| {name} | {fmt(wall)}{'x' * (wall is not None)} | {fmt(cpu)}{'x' * (cpu is not None)} | "
+              f">= {fmt(need)}x | not measured | {spreads(a, b)} |")
             return
         status = ("met" if wall >= need and cpu >= need else
                   "**not met**" if wall < need and cpu < need else
                   "met on CPU time only" if cpu >= need else "met on wall time only")
-        w(f"| {name} | {fmt(wall)}x | {fmt(cpu)}x | >= {fmt(need)}x | {status} |")
+        w(f"| {name} | {fmt(wall)}x | {fmt(cpu)}x | >= {fmt(need)}x | {status} | {spreads(a, b)} |")
 
-    goal2("1. Get, 1 thread: engine / get + copy floor", ratio(e("Get"), e("Get", "floor")),
-          ratio(c("Get"), c("Get", "floor")), 0.8)
+    def g1(op: str, impl: str = "engine") -> Tuple[List[float], List[float]]:
+        """A one-thread goal benchmark's runs: over wall time, over CPU time."""
+        return gs(op, impl), gs(op, impl, per_cpu=True)
+
+    def goal2_of(name: str, a: Tuple[List[float], List[float]], b: Tuple[List[float], List[float]],
+                 need: float) -> None:
+        goal2(name, a[0], b[0], a[1], b[1], need)
+
+    goal2_of("1. Get, 1 thread: engine / get + copy floor", g1("Get"), g1("Get", "floor"), 0.8)
     for op, single, need in (("GetBatch", "Get", 2.0), ("HeartbeatBatch", "Heartbeat", 1.5),
                              ("AddStatsBatch", "AddStats", 1.5)):
-        goal2(f"2. {op} / single {single} (engine, 1 thread)", ratio(e(op), e(single)), ratio(c(op), c(single)),
-              need)
-    goal2("3. Delete, 1 thread: engine / rwlock design", ratio(e("Delete"), e("Delete", "rwlock")),
-          ratio(c("Delete"), c("Delete", "rwlock")), 1.0)
+        goal2_of(f"2. {op} / single {single} (engine, 1 thread)", g1(op), g1(single), need)
+    goal2_of("3. Delete, 1 thread: engine / rwlock design", g1("Delete"), g1("Delete", "rwlock"), 1.0)
 
-    def thp(op: str, alloc: str, on: str, counter: str = "items_per_second") -> Optional[float]:
-        r = resultlib.find(recs, op=op, impl=f"engine_thp_{on}", alloc=alloc)
-        v = resultlib.value(r)
-        if counter == "cpu" and v is not None:
-            real, cpu = resultlib.value(r, "real_time"), resultlib.value(r, "cpu_time")
-            return v * real / cpu if real and cpu else None
-        return v
+    def thp(op: str, alloc: str, on: str, per_cpu: bool = False) -> List[float]:
+        return resultlib.samples(recs, "items_per_second", per_cpu, op=op, impl=f"engine_thp_{on}", alloc=alloc)
 
     for alloc, how in (("jemalloc", "MALLOC_CONF=thp:always"), ("glibc", "glibc.malloc.hugetlb=1")):
         for op in ("Get", "Heartbeat"):
-            goal2(f"6. Huge pages ({alloc}, {how}): {op} on / off", ratio(thp(op, alloc, "on"), thp(op, alloc, "off")),
-                  ratio(thp(op, alloc, "on", "cpu"), thp(op, alloc, "off", "cpu")), 1.0)
+            goal2(f"6. Huge pages ({alloc}, {how}): {op} on / off", thp(op, alloc, "on"), thp(op, alloc, "off"),
+                  thp(op, alloc, "on", True), thp(op, alloc, "off", True), 1.0)
     w("")
-    w("| goal | measured | needed | status |")
-    w("| --- | --- | --- | --- |")
-    target("3. Delete, 2 threads: engine / rwlock design", ratio(e("Delete", t=2), e("Delete", "rwlock", t=2)), 1.5)
-    target(f"4. Expire 1% of {exp_n}: scan CPU / wheel CPU", ratio(exp[("rwlock_scan", "1")], exp[("engine", "1")]), 50)
-    target(f"4. Expire 10% of {exp_n}: scan CPU / wheel CPU", ratio(exp[("rwlock_scan", "10")], exp[("engine", "10")]),
-           5)
-    target("5. Create, engine: 2 threads / 1 thread", ratio(e("Create", t=2), e("Create")), 1.6)
+    w("| goal | measured | needed | status | spread (min..max around each median) |")
+    w("| --- | --- | --- | --- | --- |")
 
+    def goal(name: str, value: Optional[float], need: float, spread_text: str, higher_better: bool = True,
+             unit: str = "x") -> None:
+        cmp = ">=" if higher_better else "<="
+        if value is None:
+            w(f"| {name} | n/a | {cmp} {fmt(need)}{unit} | not measured | {spread_text} |")
+            return
+        ok = value >= need if higher_better else value <= need
+        w(f"| {name} | {fmt(value)}{unit} | {cmp} {fmt(need)}{unit} | {'met' if ok else '**not met**'} | "
+          f"{spread_text} |")
+
+    def goal_of(name: str, a: List[float], b: List[float], need: float) -> None:
+        goal(name, mratio(a, b), need, spreads(a, b))
+
+    goal_of("3. Delete, 2 threads: engine / rwlock design", gs("Delete", "engine", 2), gs("Delete", "rwlock", 2), 1.5)
+    for pct, need in (("1", 50), ("10", 5)):
+        goal_of(f"4. Expire {pct}% of {exp_n}: scan CPU / wheel CPU",
+                gs("Expire", "rwlock_scan", None, pct, "cpu_ms_per_expiry"),
+                gs("Expire", "engine", None, pct, "cpu_ms_per_expiry"), need)
+    goal_of("5. Create, engine: 2 threads / 1 thread", gs("Create", "engine", 2), gs("Create", "engine", 1), 1.6)
     for op, rop in REDIS_BATCH_OP.items():
-        target(f"7. {op}, 1 thread: engine / Redis pipelined {rop} (64 deep)",
-               ratio(e(op), e(rop, "redis_pipelined")), 20)
+        goal_of(f"7. {op}, 1 thread: engine / Redis pipelined {rop} (64 deep)", gs(op, "engine"),
+                gs(rop, "redis_pipelined"), 20)
     for alloc in ("jemalloc", "glibc"):
         r = resultlib.find(recs, op="Memory", impl="engine", meta="0", alloc=alloc)
-        target(f"8. Bytes per session, no metadata ({alloc})", resultlib.value(r, "bytes_per_session"), 256,
-               higher_better=False, unit=" B")
+        goal(f"8. Bytes per session, no metadata ({alloc})", resultlib.value(r, "bytes_per_session"), 256,
+             "one fresh process, one run", higher_better=False, unit=" B")
     w("")
-    w("Beside them (not goals): the batched floor / the single floor = "
-      f"{fmt(ratio(e('GetBatch', 'floor'), e('Get', 'floor')))}x; engine GetBatch / batched floor = "
-      f"{fmt(ratio(e('GetBatch'), e('GetBatch', 'floor')))}x; Mixed 2 threads engine / rwlock = "
-      f"{fmt(ratio(e('Mixed', t=2), e('Mixed', 'rwlock', t=2)))}x; StatsPinned 1 thread engine / rwlock = "
-      f"{fmt(ratio(e('StatsPinned'), e('StatsPinned', 'rwlock')))}x.")
+    w("Beside them (not goals; medians of the goals pass): the batched floor / the single floor = "
+      f"{fmt(mratio(gs('GetBatch', 'floor'), gs('Get', 'floor')))}x; engine GetBatch / batched floor = "
+      f"{fmt(mratio(gs('GetBatch'), gs('GetBatch', 'floor')))}x. From the main pass (one run each): Mixed "
+      f"2 threads engine / rwlock = {fmt(ratio(e('Mixed', t=2), e('Mixed', 'rwlock', t=2)))}x; StatsPinned "
+      f"1 thread engine / rwlock = {fmt(ratio(e('StatsPinned'), e('StatsPinned', 'rwlock')))}x.")
     w("")
 
     # ---- targets ---------------------------------------------------------
@@ -291,7 +399,8 @@ def main(argv: List[str]) -> int:
     # ---- huge pages --------------------------------------------------------
     thp_recs = [r for r in recs if r["impl"].startswith("engine_thp_") and not r["error"]]
     if thp_recs:
-        w(f"## Huge pages (n = {thp_recs[0]['n']}, 1 thread; off and on run back to back, one process each)")
+        w(f"## Huge pages (n = {thp_recs[0]['n']}, 1 thread; off and on run back to back, one process each; "
+          f"ops/s: the median of each process's {thp_recs[0]['raw'].get('repetitions', 1)} interleaved runs)")
         w("")
         w("| allocator | op | off ops/s | on ops/s | on / off | AnonHugePages off MB | on MB |")
         w("| --- | --- | --- | --- | --- | --- | --- |")
@@ -301,7 +410,7 @@ def main(argv: List[str]) -> int:
                 on_r = resultlib.find(recs, op=op, impl="engine_thp_on", alloc=alloc)
                 if off_r is None and on_r is None:
                     continue
-                a, b = resultlib.value(off_r), resultlib.value(on_r)
+                a, b = resultlib.median(thp(op, alloc, "off")), resultlib.median(thp(op, alloc, "on"))
                 w(f"| {alloc} | {op} | {fmt(a)} | {fmt(b)} | {fmt(ratio(b, a))} | "
                   f"{fmt(resultlib.value(off_r, 'anon_huge_mb'), 0)} | {fmt(resultlib.value(on_r, 'anon_huge_mb'), 0)} |")
         w("")
@@ -396,7 +505,8 @@ def main(argv: List[str]) -> int:
                 if all(c == "n/a" for c in cells):
                     continue
                 w(f"| {op} | {fmt(n, 0)} | {t} | " + " | ".join(cells) + " |")
-    errors = [r["raw"]["name"] + ": " + r["raw"].get("error_message", "") for r in recs if r["error"]]
+    errors = sorted({r["raw"]["name"] + (" (goals pass)" if r["pass"] == "goals" else "") + ": " +
+                     r["raw"].get("error_message", "") for r in recs + goal_recs if r["error"]})
     if errors:
         w("")
         w("## Benchmarks that reported an error")
@@ -405,7 +515,10 @@ def main(argv: List[str]) -> int:
             w(f"- {e}")
     with open(out_path, "w") as f:
         f.write("\n".join(lines) + "\n")
-    return 0
+    problems = goal_problems(goal_recs, recs, want_reps)
+    for p in problems:
+        print(f"report.py: goal rows incomplete: {p}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ struct Mode {
     size_t latency_sessions = 1000000;
     size_t latency_samples = 500000;
     int redis_port = 0; /* 0: Redis benchmarks skipped */
+    /* AFSM_BENCH_PASS=goals (bench/run's repeated, interleaved pass for
+     * issue 15's goals): every population built stays until exit, so
+     * interleaved repetitions reuse them instead of rebuilding one per
+     * switch between stores (world.cc, expiry.cc). */
+    bool keep_worlds = false;
 };
 const Mode &mode();
 void mode_init(); /* from the environment; see main.cc */

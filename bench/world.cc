@@ -10,20 +10,26 @@
 namespace bench {
 
 static std::mutex world_mutex;
-static std::unique_ptr<World> current;
+/* One world at a time, unless mode().keep_worlds: then every world built
+ * stays (the goals pass interleaves benchmarks of several stores at one
+ * size; a few of them fit in memory, a rebuild costs seconds). */
+static std::vector<std::unique_ptr<World>> worlds;
 
 void world_drop()
 {
     std::lock_guard<std::mutex> guard(world_mutex);
-    current.reset();
+    if (!mode().keep_worlds)
+        worlds.clear();
 }
 
 World *world_get(const std::string &impl, size_t size)
 {
     std::lock_guard<std::mutex> guard(world_mutex);
-    if (current && current->impl == impl && current->size == size)
-        return current.get();
-    current.reset(); /* free the old population before building the next */
+    for (const auto &w : worlds)
+        if (w->impl == impl && w->size == size)
+            return w.get();
+    if (!mode().keep_worlds)
+        worlds.clear(); /* free the old population before building the next */
     auto w = std::make_unique<World>();
     w->impl = impl;
     w->size = size;
@@ -51,8 +57,8 @@ World *world_get(const std::string &impl, size_t size)
     w->next_seq = size;
     fprintf(stderr, "[world] %s with %zu sessions built in %.2f s\n", impl.c_str(), size,
             (double)(mono_ns() - t0) / 1e9);
-    current = std::move(w);
-    return current.get();
+    worlds.push_back(std::move(w));
+    return worlds.back().get();
 }
 
 size_t user_name_fast(uint64_t user_index, char *buf)

@@ -22,6 +22,7 @@
 #define DEFAULT_TICK_MS    100u
 #define DEFAULT_CAPACITY   1024u
 #define SHARDS_MAX         4096u
+#define CAPACITY_HINT_MAX  (UINT64_C(1) << 30)
 
 /* ---- boundary checks ------------------------------------------------------ */
 
@@ -206,6 +207,12 @@ static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
     if (cfg->shard_count > SHARDS_MAX || (cfg->shard_count & (cfg->shard_count - 1)) != 0)
         return errdetail_set(AFSM_EINVAL, "config.shard_count: %u, must be a power of two up to %u (0: the default)",
                              cfg->shard_count, SHARDS_MAX);
+    /* Presizing is ~48 bytes of table slots per session hinted: past 2^30 no
+     * machine holds the sessions, and the per-shard sizes would overflow. */
+    if (cfg->capacity_hint > CAPACITY_HINT_MAX)
+        return errdetail_set(AFSM_EINVAL, "config.capacity_hint: %llu, must be at most %llu (0: %u)",
+                             (unsigned long long)cfg->capacity_hint, (unsigned long long)CAPACITY_HINT_MAX,
+                             DEFAULT_CAPACITY);
     if (cfg->reaper != AFSM_REAPER_THREAD && cfg->reaper != AFSM_REAPER_MANUAL)
         return errdetail_set(AFSM_EINVAL, "config.reaper: %u, must be AFSM_REAPER_THREAD (0) or AFSM_REAPER_MANUAL (1)",
                              cfg->reaper);

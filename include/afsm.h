@@ -304,7 +304,7 @@ typedef struct afsm_engine afsm_engine;
 typedef struct afsm_config {
     uint32_t version;             /* AFSM_CONFIG_VERSION (or 1) */
     uint32_t shard_count;         /* 0: next power of two >= 4 x CPUs; else a power of two <= 4096 */
-    uint64_t capacity_hint;       /* sessions expected; presizes the tables (0: 1024) */
+    uint64_t capacity_hint;       /* sessions expected; presizes the tables (0: 1024; at most 2^30) */
     uint64_t default_timeout_ms;  /* 0: 30 minutes; at most 2^32-1 (~49.7 days) */
     uint64_t cleanup_interval_ms; /* reaper period (0: 1000) */
     uint64_t tick_ms;             /* timing wheel resolution (0: 100) */

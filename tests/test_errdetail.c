@@ -129,6 +129,12 @@ static void test_config_details(void **state)
     assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_EINVAL);
     assert_string_equal(afsm_error_detail(),
                         "config.shard_count: 3, must be a power of two up to 4096 (0: the default)");
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.capacity_hint = UINT64_MAX; /* once wrapped the per-shard table sizes */
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_EINVAL);
+    assert_string_equal(afsm_error_detail(),
+                        "config.capacity_hint: 18446744073709551615, must be at most 1073741824 (0: 1024)");
+    assert_null(engine);
     static const uint8_t key[AFSM_KEY_BYTES];
     afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
     cfg.key = key;

@@ -29,6 +29,7 @@ type bindingCase struct {
 	Name   string `json:"name"`
 	Config struct {
 		ShardCount       int          `json:"shard_count"`
+		CapacityHint     int          `json:"capacity_hint"`
 		DefaultTimeoutMs int64        `json:"default_timeout_ms"`
 		KeyHex           *string      `json:"key_hex"`
 		KeyFile          *keyFileSpec `json:"key_file"`
@@ -127,7 +128,7 @@ func runCase(t *testing.T, c *bindingCase) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	path := ""
-	cfg := &ManagerConfig{ManualReaper: true, ShardCount: c.Config.ShardCount,
+	cfg := &ManagerConfig{ManualReaper: true, ShardCount: c.Config.ShardCount, CapacityHint: c.Config.CapacityHint,
 		DefaultTimeout: time.Duration(c.Config.DefaultTimeoutMs) * time.Millisecond}
 	if c.Config.KeyHex != nil {
 		cfg.Key = mustHex(t, *c.Config.KeyHex)

@@ -39,7 +39,7 @@ type ManagerConfig struct {
 	// ShardCount is the number of engine shards: 0 for the default (the
 	// next power of two >= 4 x CPUs), else a power of two <= 4096.
 	ShardCount int
-	// CapacityHint presizes the tables for this many sessions (0: 1024).
+	// CapacityHint presizes the tables for this many sessions (0: 1024; at most 1<<30).
 	CapacityHint int
 	// ServerAddr is reported in every session (at most 255 bytes).
 	ServerAddr string

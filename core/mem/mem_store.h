@@ -38,10 +38,18 @@ typedef struct mem_store {
     uint32_t server_addr_len;
     unsigned shard_mask;
     uint64_t seed;
+    /* This engine among every engine the process opened (from 1, never
+     * reused): what a thread's home run is keyed by (write.c), since a
+     * new engine may be allocated where a closed one was. */
+    uint64_t serial;
     shard *shards;
     _Atomic int64_t wall_offset_ns;     /* wall clock minus engine clock, refreshed per advance */
     _Atomic uint64_t wheels_reached_ns; /* the `now` of the last completed advance */
     _Atomic size_t pinned;
+    /* Hands each creating thread its next home shard (write.c). Written
+     * once per run of creates, so kept off the lines every call reads. */
+    char pad_before_next_home[64];
+    _Atomic unsigned next_home;
 } mem_store;
 
 /* A handle's deferred counters, in afsm_stats order: packets sent and
@@ -87,7 +95,9 @@ _Static_assert(offsetof(mem_handle, added) + 4 * sizeof(uint64_t) <= MEM_HANDLE_
 /* Placement (store.c). */
 static inline unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id)
 {
-    /* A v7 id's last eight bytes are random: no need to hash them twice. */
+    /* A v7 id's last eight bytes are random (a new session's placed so
+     * that this lands on its creator's home shard, write.c): no need to
+     * hash them twice. */
     uint64_t tail;
     memcpy(&tail, id->bytes + 8, sizeof(tail));
     return (unsigned)table_mix(tail) & ms->shard_mask;
@@ -95,8 +105,6 @@ static inline unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id)
 unsigned mem_shard_of_connection(const mem_store *ms, const afsm_uuid *id);
 unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len);
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set);
-/* The same before s->user is set (create): from the spec's user id. */
-void mem_lockset_for(const mem_store *ms, const session *s, const char *user_id, size_t user_id_len, lockset *set);
 
 static inline uint64_t mem_now(const mem_store *ms)
 {

@@ -66,12 +66,6 @@ unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len)
     return (unsigned)hash_bytes(user_id, len, ms->seed ^ UINT64_C(0x9e3779b97f4a7c15)) & ms->shard_mask;
 }
 
-void mem_lockset_for(const mem_store *ms, const session *s, const char *user_id, size_t user_id_len, lockset *set)
-{
-    lockset_init3(set, mem_shard_of_id(ms, &s->id), mem_shard_of_connection(ms, &s->connection_id),
-                  mem_shard_of_user(ms, user_id, user_id_len));
-}
-
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set)
 {
     lockset_init3(set, mem_shard_of_id(ms, &s->id), mem_shard_of_connection(ms, &s->connection_id),
@@ -537,6 +531,10 @@ int64_t mem_store_wall_now(const store *s)
     return mem_wall_now((const mem_store *)s);
 }
 
+/* How many memory stores the process has opened: each gets the next as
+ * its serial (mem_store.h). */
+static _Atomic uint64_t opened;
+
 afsm_status mem_store_open(const store_config *config, store **out)
 {
     mem_store *ms = mem_calloc(1, sizeof(*ms));
@@ -549,6 +547,7 @@ afsm_status mem_store_open(const store_config *config, store **out)
     ms->server_addr_len = (uint32_t)addr_len;
     ms->config.server_addr = ms->server_addr;
     ms->shard_mask = config->shard_count - 1;
+    ms->serial = atomic_fetch_add_explicit(&opened, 1, memory_order_relaxed) + 1;
     afsm_uuid seed_source;
     afsm_uuid_v7(&seed_source);
     memcpy(&ms->seed, seed_source.bytes + 8, sizeof(ms->seed));

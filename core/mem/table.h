@@ -100,6 +100,19 @@ static inline unsigned long table_mix(uint64_t x)
     return (unsigned long)x;
 }
 
+/* table_mix undone (a create picks an id by the mix it wants, mem/write.c):
+ * x ^= x >> 33 is its own inverse, and each odd multiplier has an inverse
+ * mod 2^64. */
+static inline uint64_t table_unmix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= UINT64_C(0x9cb4b2f8129337db); /* 0xc4ceb9fe1a85ec53^-1 */
+    x ^= x >> 33;
+    x *= UINT64_C(0x4f74430c22a54005); /* 0xff51afd7ed558ccd^-1 */
+    x ^= x >> 33;
+    return x;
+}
+
 static inline unsigned long table_hash_uuid(const void *key, unsigned long seed)
 {
     if (__builtin_expect(table_hash_override != NULL, 0))

@@ -960,7 +960,11 @@ static void test_lag_metric_does_not_fall_when_the_watch_goes_down(void **state)
     assert_int_equal(open_engine(&o, &b), AFSM_OK);
     afsm_session_info first, mine;
     assert_int_equal(create(b, "fall", &first), AFSM_OK); /* the watch is connected (on member 0) */
-    WAIT_FOR(metrics_of(b).etcd_replica_lag_seconds == 0.0, 5000);
+    /* A connected watch's small figure: that create's echo delay (or the
+     * age of the echo still awaited). It was waited for to be 0, which it
+     * is only when the echo lands within one tick of the lease clock: not
+     * under a loaded sanitizer run, where the wait failed. */
+    WAIT_FOR(metrics_of(b).etcd_replica_lag_seconds < 0.5, 5000);
     hang_member_0();
     WAIT_FOR(create(b, "fall", &mine) == AFSM_OK, 10000); /* through member 1; its echo waits */
     harness_kill_member(&cluster, 1, SIGSTOP);

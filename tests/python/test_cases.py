@@ -55,6 +55,8 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
     """Runs the case's op; returns (result, key file path or "")."""
     config = case.get("config", {})
     kw: dict[str, Any] = {"manual_reaper": True, "shard_count": config.get("shard_count", 0)}
+    if "capacity_hint" in config:
+        kw["capacity_hint"] = config["capacity_hint"]
     if "default_timeout_ms" in config:
         kw["default_timeout"] = datetime.timedelta(milliseconds=config["default_timeout_ms"])
     if "key_hex" in config:

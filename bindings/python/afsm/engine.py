@@ -261,7 +261,7 @@ class Engine:
 
     Args:
         shard_count: a power of two up to 4096 (default: from the CPU count).
-        capacity_hint: sessions expected, to presize the tables.
+        capacity_hint: sessions expected, to presize the tables (0: 1024; at most 2**30).
         default_timeout: rolling timeout of sessions created without one
             (default 30 minutes).
         cleanup_interval: period of the internal reaper thread (default 1 s).
