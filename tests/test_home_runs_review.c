@@ -28,15 +28,6 @@
 
 #define RUN 64 /* write.c's HOME_RUN */
 
-/* For threads other than cmocka's: a failed check there cannot longjmp. */
-#define THREAD_CHECK(cond)                                                                                             \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);                                                 \
-            abort();                                                                                                   \
-        }                                                                                                              \
-    } while (0)
-
 static unsigned home_of(afsm_engine *engine, const afsm_uuid *id)
 {
     return mem_shard_of_id((const mem_store *)engine->st, id);

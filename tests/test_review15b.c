@@ -230,18 +230,7 @@ typedef struct storm15_worker {
     uint64_t rng;
 } storm15_worker;
 
-static _Thread_local uint64_t storm_rng;
 static _Thread_local int storm_depth;
-
-static uint64_t storm_rnd(void)
-{
-    if (storm_rng == 0)
-        storm_rng = real_ns() | 1;
-    storm_rng ^= storm_rng << 13;
-    storm_rng ^= storm_rng >> 7;
-    storm_rng ^= storm_rng << 17;
-    return storm_rng;
-}
 
 static void storm_bad(storm15 *s, const char *what, afsm_status st)
 {
@@ -269,7 +258,7 @@ static int storm_pick(storm15 *s, afsm_uuid *id, afsm_uuid *conn)
     pthread_mutex_lock(&s->lock);
     long n = s->n < STORM_POOL ? s->n : STORM_POOL;
     if (n != 0) {
-        long k = (long)(storm_rnd() % (uint64_t)n);
+        long k = (long)(thread_rand() % (uint64_t)n);
         *id = s->ids[k];
         *conn = s->conns[k];
     }
@@ -283,14 +272,14 @@ static void storm_create(storm15 *s, const afsm_uuid *conn)
     afsm_create_options o;
     afsm_create_options_init(&o, AFSM_CREATE_OPTIONS_VERSION);
     o.user_id = user;
-    o.user_id_len = storm_user(user, (unsigned)(storm_rnd() % STORM_USERS));
+    o.user_id_len = storm_user(user, (unsigned)(thread_rand() % STORM_USERS));
     o.client_ip = "10.1.2.3";
     o.client_ip_len = strlen(o.client_ip);
     if (conn != NULL)
         o.connection_id = *conn;
     else
         afsm_uuid_v7(&o.connection_id);
-    o.timeout_ms = 1000 + storm_rnd() % 4000;
+    o.timeout_ms = 1000 + thread_rand() % 4000;
     afsm_session_info info = AFSM_SESSION_INFO_INIT;
     afsm_status st = afsm_session_create(s->engine, &o, &info);
     if (st == AFSM_OK)
@@ -305,7 +294,7 @@ static void storm_event(void *ctx, const afsm_event *ev)
     if (storm_depth > 2)
         return;
     storm_depth++;
-    uint64_t r = storm_rnd() % 16;
+    uint64_t r = thread_rand() % 16;
     if (ev->type == AFSM_EVENT_CREATED && r == 0) {
         afsm_status st = afsm_session_delete(s->engine, &ev->session_id, "cb", 2);
         if (st != AFSM_OK && st != AFSM_ENOTFOUND)
@@ -325,7 +314,7 @@ static void *storm_worker(void *arg)
     storm15_worker *w = arg;
     storm15 *s = w->s;
     for (long i = 0; i < STORM_OPS; i++) {
-        uint64_t r = storm_rnd() % 100;
+        uint64_t r = thread_rand() % 100;
         afsm_uuid id, conn;
         afsm_session_info info = AFSM_SESSION_INFO_INIT;
         afsm_status st;
@@ -337,7 +326,7 @@ static void *storm_worker(void *arg)
                 storm_bad(s, "delete", st);
         } else if (r < 50) {
             char user[64];
-            size_t len = storm_user(user, (unsigned)(storm_rnd() % STORM_USERS));
+            size_t len = storm_user(user, (unsigned)(thread_rand() % STORM_USERS));
             st = afsm_session_delete_by_user(s->engine, user, len, NULL, 0, NULL);
             if (st != AFSM_OK && st != AFSM_ENOMEM)
                 storm_bad(s, "delete_by_user", st);
@@ -345,7 +334,7 @@ static void *storm_worker(void *arg)
             st = afsm_session_get_by_connection(s->engine, &conn, &info);
             if ((st == AFSM_OK || st == AFSM_EEXPIRED) && memcmp(info.connection_id.bytes, conn.bytes, 16) != 0)
                 storm_bad(s, "get_by_connection: another connection's session", st);
-            if (st == AFSM_OK && storm_rnd() % 4 == 0)
+            if (st == AFSM_OK && thread_rand() % 4 == 0)
                 storm_create(s, &conn); /* taken: EEXISTS, unless deleted meanwhile */
         } else if (r < 78 && storm_pick(s, &id, &conn)) {
             afsm_update u = AFSM_UPDATE_INIT;
@@ -379,7 +368,7 @@ static void *storm_worker(void *arg)
             }
         }
         if (s->inject && w->index == 1 && i % 64 == 0)
-            alloc_fail_after((long)(storm_rnd() % 8));
+            alloc_fail_after((long)(thread_rand() % 8));
         else if (s->inject && w->index == 1 && i % 64 == 3)
             alloc_fail_reset();
     }

@@ -88,18 +88,7 @@ typedef struct cap_storm {
     int expire;           /* advance the clock (not on 4096 shards: each pass visits every one) */
 } cap_storm;
 
-static _Thread_local uint64_t cap_rng;
 static _Thread_local int cap_depth;
-
-static uint64_t cap_rnd(void)
-{
-    if (cap_rng == 0)
-        cap_rng = real_ns() | 1;
-    cap_rng ^= cap_rng << 13;
-    cap_rng ^= cap_rng >> 7;
-    cap_rng ^= cap_rng << 17;
-    return cap_rng;
-}
 
 static void cap_bad(cap_storm *c, const char *what, afsm_status st)
 {
@@ -136,7 +125,7 @@ static int pool_pick(cap_storm *c, afsm_uuid *id)
     pthread_mutex_lock(&c->lock);
     long n = c->pool_n < CAP_POOL ? c->pool_n : CAP_POOL;
     if (n != 0)
-        *id = c->pool_ids[cap_rnd() % (uint64_t)n];
+        *id = c->pool_ids[thread_rand() % (uint64_t)n];
     pthread_mutex_unlock(&c->lock);
     return n != 0;
 }
@@ -150,7 +139,7 @@ static void cap_create(cap_storm *c, const char *user)
     o.client_ip = "10.5.6.7";
     o.client_ip_len = strlen(o.client_ip);
     afsm_uuid_v7(&o.connection_id);
-    o.timeout_ms = 1000 + cap_rnd() % 3000;
+    o.timeout_ms = 1000 + thread_rand() % 3000;
     afsm_session_info info = AFSM_SESSION_INFO_INIT;
     afsm_status st = afsm_session_create(c->engine, &o, &info);
     if (st == AFSM_OK) {
@@ -182,7 +171,7 @@ static void cap_event(void *ctx, const afsm_event *ev)
         atomic_fetch_add(&c->ev_evicted, 1);
     /* An evicted user's client reconnects at once: a create from inside
      * the DELETED, which evicts in turn (one level deep). */
-    if (evicted && cap_depth == 0 && cap_rnd() % 4 == 0) {
+    if (evicted && cap_depth == 0 && thread_rand() % 4 == 0) {
         char user[AFSM_USER_ID_MAX + 1];
         memcpy(user, ev->user_id, ev->user_id_len);
         user[ev->user_id_len] = '\0';
@@ -220,12 +209,12 @@ static void *cap_worker_run(void *arg)
     if (!spin_until(&c->started, CAP_THREADS, 20))
         cap_bad(c, "workers not started within 20 s", AFSM_OK);
     for (long i = 0; i < CAP_OPS; i++) {
-        uint64_t r = cap_rnd() % 100;
+        uint64_t r = thread_rand() % 100;
         afsm_uuid id;
         afsm_session_info info = AFSM_SESSION_INFO_INIT;
         afsm_status st;
         if (r < 45) {
-            cap_create(c, cap_users[cap_rnd() % CAP_USERS]);
+            cap_create(c, cap_users[thread_rand() % CAP_USERS]);
         } else if (r < 55 && pool_pick(c, &id)) {
             st = afsm_session_delete(c->engine, &id, NULL, 0);
             if (st == AFSM_OK)
@@ -233,7 +222,7 @@ static void *cap_worker_run(void *arg)
             else if (st != AFSM_ENOTFOUND)
                 cap_bad(c, "delete", st);
         } else if (r < 58) {
-            const char *user = cap_users[cap_rnd() % CAP_USERS];
+            const char *user = cap_users[thread_rand() % CAP_USERS];
             size_t n = 0;
             st = afsm_session_delete_by_user(c->engine, user, strlen(user), NULL, 0, &n);
             if (st != AFSM_OK)
@@ -264,7 +253,7 @@ static void *cap_worker_run(void *arg)
                     cap_bad(c, "restore", st);
                 }
             }
-        } else if (r < 76 && w->index == 0 && c->expire && cap_rnd() % 4 == 0) {
+        } else if (r < 76 && w->index == 0 && c->expire && thread_rand() % 4 == 0) {
             /* rarely: an advance polls every shard's deferred frees */
             uint64_t now = atomic_fetch_add(&c->clock.now_ns, 150 * MS) + 150 * MS;
             size_t expired;
@@ -662,7 +651,7 @@ static void *spread_run(void *arg)
     if (!spin_until(&c->started, SPREAD_THREADS, 20))
         spread_bad(c, "workers not started within 20 s", AFSM_OK);
     for (long i = 0; i < CAP_OPS; i++) {
-        if (live == SPREAD_RING || (live > 0 && cap_rnd() % 10 < 3)) {
+        if (live == SPREAD_RING || (live > 0 && thread_rand() % 10 < 3)) {
             long k = (n - live) % SPREAD_RING; /* the oldest of this thread's */
             afsm_status st = afsm_session_delete(c->engine, &ids[k], NULL, 0);
             if (st != AFSM_OK)
@@ -672,7 +661,7 @@ static void *spread_run(void *arg)
             continue;
         }
         char user[32];
-        snprintf(user, sizeof(user), "spread-%d-%u", w->index, (unsigned)(cap_rnd() % 8));
+        snprintf(user, sizeof(user), "spread-%d-%u", w->index, (unsigned)(thread_rand() % 8));
         afsm_uuid conn;
         afsm_create_options o = make_options(user, "10.3.3.3", &conn);
         afsm_session_info info = AFSM_SESSION_INFO_INIT;

@@ -30,15 +30,6 @@
 #include "mem/table.h"
 #include "util/alloc.h"
 
-/* For threads other than cmocka's: a failed check there cannot longjmp. */
-#define THREAD_CHECK(cond)                                                                                             \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);                                                 \
-            abort();                                                                                                   \
-        }                                                                                                              \
-    } while (0)
-
 /* ---- slab accounting (only with no other thread in the engine) ---------- */
 
 static size_t slab_in_use(slab *sl)

@@ -85,15 +85,6 @@ static afsm_engine *open_engine(virtual_clock *clock, afsm_config *cfg)
     return engine;
 }
 
-/* For threads other than cmocka's: a failed check there cannot longjmp. */
-#define THREAD_CHECK(cond)                                                                                             \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);                                                 \
-            abort();                                                                                                   \
-        }                                                                                                              \
-    } while (0)
-
 static int uuid_equal(const afsm_uuid *a, const afsm_uuid *b)
 {
     return memcmp(a->bytes, b->bytes, sizeof(a->bytes)) == 0;

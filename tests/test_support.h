@@ -14,6 +14,7 @@
 
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -25,6 +26,28 @@ static inline uint64_t real_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* For threads other than cmocka's: a failed check there cannot longjmp. */
+#define THREAD_CHECK(cond)                                                                                             \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);                                                 \
+            abort();                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+/* A storm thread's own xorshift stream, seeded from the clock on first
+ * use: each thread draws its own interleavings. */
+static inline uint64_t thread_rand(void)
+{
+    static _Thread_local uint64_t state;
+    if (state == 0)
+        state = real_ns() | 1;
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
 }
 
 /* Spins until *flag >= want or the deadline (seconds) passes; true if reached. */
