@@ -56,8 +56,8 @@ static void place_in_home_run(mem_store *ms, afsm_uuid *id)
     }
     home_run.left--;
     uint64_t mask = ms->shard_mask, want = home_run.shard & mask, tail;
-    afsm_uuid drawn = *id;
     memcpy(&tail, id->bytes + 8, sizeof(tail));
+    const uint64_t drawn = tail;
     /* Four draws on average; the bound only keeps the loop finite (the
      * id as drawn is as valid, merely placed at random). */
     for (int draw = 0; draw < 64; draw++) {
@@ -67,7 +67,7 @@ static void place_in_home_run(mem_store *ms, afsm_uuid *id)
             return;
         tail = table_mix(tail + UINT64_C(0x9e3779b97f4a7c15));
     }
-    *id = drawn;
+    memcpy(id->bytes + 8, &drawn, sizeof(drawn));
 }
 
 /* Builds the record (not yet visible to anyone). */
