@@ -33,18 +33,10 @@
 #include "mem/mem_store.h"
 #include "mem/shard.h"
 #include "mem/slab.h"
+#include "mem_inspect.h"
 #include "util/alloc.h"
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static size_t slab_in_use(slab *sl)
-{
-    size_t free_count = 0;
-    for (void *p = sl->free; p != NULL; memcpy(&p, p, sizeof(p)))
-        free_count++;
-    size_t untouched = (size_t)(sl->end - sl->next) / SLAB_SLOT_BYTES;
-    return sl->chunk_count * SLAB_CHUNK_SLOTS - free_count - sl->held_count - untouched;
-}
 
 /* Slots in use once every deferred free has run (an advance reclaims). */
 static size_t slots_in_use(afsm_engine *engine, virtual_clock *clock)
@@ -52,18 +44,7 @@ static size_t slots_in_use(afsm_engine *engine, virtual_clock *clock)
     size_t expired;
     assert_int_equal(afsm_engine_advance(engine, virtual_clock_read(clock), &expired), AFSM_OK);
     assert_int_equal(afsm_engine_advance(engine, virtual_clock_read(clock), &expired), AFSM_OK);
-    mem_store *ms = (mem_store *)engine->st;
-    size_t n = 0;
-    for (unsigned i = 0; i <= ms->shard_mask; i++)
-        n += slab_in_use(&ms->shards[i].records);
-    return n;
-}
-
-static uint64_t live_sessions(afsm_engine *engine)
-{
-    afsm_counts counts;
-    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
-    return counts.total;
+    return engine_slots_in_use(engine);
 }
 
 static int same_id(const afsm_uuid *a, const afsm_uuid *b)

@@ -27,28 +27,11 @@
 #include "mem/mem_store.h"
 #include "mem/shard.h"
 #include "mem/slab.h"
+#include "mem_inspect.h"
 #include "mem/table.h"
 #include "util/alloc.h"
 
-/* ---- slab accounting (only with no other thread in the engine) ---------- */
-
-static size_t slab_in_use(slab *sl)
-{
-    size_t free_count = 0;
-    for (void *p = sl->free; p != NULL; memcpy(&p, p, sizeof(p)))
-        free_count++;
-    size_t untouched = (size_t)(sl->end - sl->next) / SLAB_SLOT_BYTES;
-    return sl->chunk_count * SLAB_CHUNK_SLOTS - free_count - sl->held_count - untouched;
-}
-
-static size_t slots_in_use(afsm_engine *engine)
-{
-    mem_store *ms = (mem_store *)engine->st;
-    size_t n = 0;
-    for (unsigned i = 0; i <= ms->shard_mask; i++)
-        n += slab_in_use(&ms->shards[i].records);
-    return n;
-}
+/* ---- table accounting (only with no other thread in the engine) --------- */
 
 /* Keys left in every shard's session, connection and user tables: a user's
  * entry leaves with its last session, not at close. */
@@ -326,7 +309,7 @@ static void test_callback_acts_on_its_own_group(void **state)
     assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
     assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
     assert_int_equal(counts.total, 0);
-    assert_int_equal(slots_in_use(engine), 0);
+    assert_int_equal(engine_slots_in_use(engine), 0);
     assert_int_equal(table_keys(engine), 0);
     ledger_check_all_ended(&c.ledger);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
@@ -681,7 +664,7 @@ static void test_failed_creates_leave_no_key(void **state)
     for (int round = 0; round < 2; round++)
         assert_int_equal(afsm_engine_advance(engine, now, &n), AFSM_OK);
     assert_int_equal(table_keys(engine), 0);
-    assert_int_equal(slots_in_use(engine), 0);
+    assert_int_equal(engine_slots_in_use(engine), 0);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
@@ -917,7 +900,7 @@ static void run_storm(unsigned shards, int evict)
     assert_int_equal(m.expired_total, atomic_load(&c.expired));
     assert_int_equal(deleted - m.deleted_total[AFSM_DELETE_EXPIRED], c.ledger.by_type[AFSM_EVENT_DELETED]);
     assert_int_equal(m.idle_transitions_total, c.ledger.idle_events);
-    assert_int_equal(slots_in_use(engine), 0);
+    assert_int_equal(engine_slots_in_use(engine), 0);
     assert_int_equal(table_keys(engine), 0);
     ledger_check_all_ended(&c.ledger);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);

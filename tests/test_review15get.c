@@ -25,38 +25,11 @@
 #include "mem/mem_store.h"
 #include "mem/shard.h"
 #include "mem/slab.h"
+#include "mem_inspect.h"
 #include "mem/table.h"
 #include "util/alloc.h"
 
 /* ---- helpers ------------------------------------------------------------ */
-
-/* Slots of one slab handed out and not given back: every chunk's slots,
- * minus the free list, minus the untouched rest of the newest chunk. Only
- * with no other thread in the engine. */
-static size_t slab_in_use(slab *sl)
-{
-    size_t free_count = 0;
-    for (void *p = sl->free; p != NULL; memcpy(&p, p, sizeof(p)))
-        free_count++;
-    size_t untouched = (size_t)(sl->end - sl->next) / SLAB_SLOT_BYTES;
-    return sl->chunk_count * SLAB_CHUNK_SLOTS - free_count - sl->held_count - untouched;
-}
-
-static size_t slots_in_use(afsm_engine *engine)
-{
-    mem_store *ms = (mem_store *)engine->st;
-    size_t n = 0;
-    for (unsigned i = 0; i <= ms->shard_mask; i++)
-        n += slab_in_use(&ms->shards[i].records);
-    return n;
-}
-
-static uint64_t live_sessions(afsm_engine *engine)
-{
-    afsm_counts counts;
-    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
-    return counts.total;
-}
 
 /* Runs the deferred frees (advance reclaims every shard's) with no reader
  * left, then checks that exactly the live sessions hold slots. */
@@ -66,7 +39,7 @@ static void assert_slots_match_sessions(afsm_engine *engine, virtual_clock *cloc
     for (int round = 0; round < 2; round++)
         assert_int_equal(afsm_engine_advance(engine, virtual_clock_read(clock), &expired), AFSM_OK);
     uint64_t live = live_sessions(engine);
-    size_t used = slots_in_use(engine);
+    size_t used = engine_slots_in_use(engine);
     if (used != live)
         fail_msg("%zu slab slots in use for %llu live sessions: %zu slot(s) never came back", used,
                  (unsigned long long)live, used - (size_t)live);
@@ -473,7 +446,7 @@ static void test_get_never_shows_a_reused_slot(void **state)
     assert_true(atomic_load(&c->reads_found) > 0);
     /* Few live sessions for thousands created: slots were reused. */
     assert_slots_match_sessions(c->engine, &clock);
-    assert_true(slots_in_use(c->engine) < REUSE_CREATES / 2);
+    assert_true(engine_slots_in_use(c->engine) < REUSE_CREATES / 2);
     assert_int_equal(afsm_engine_close(c->engine), AFSM_OK);
     pthread_mutex_destroy(&c->failure_lock);
     free(c);
@@ -550,13 +523,13 @@ static void test_pinned_sessions_return_their_slots(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_EBUSY);
     /* The pinned gone sessions still hold their slots. */
     assert_int_equal(afsm_engine_advance(engine, virtual_clock_read(&clock), &expired), AFSM_OK);
-    assert_true(slots_in_use(engine) > live_sessions(engine));
+    assert_true(engine_slots_in_use(engine) > live_sessions(engine));
     for (int i = 0; i < PIN_SESSIONS; i++)
         if (handles[i] != NULL)
             assert_int_equal(afsm_handle_release(handles[i]), AFSM_OK);
     assert_slots_match_sessions(engine, &clock);
     /* Creates reuse the slots. */
-    size_t before = slots_in_use(engine);
+    size_t before = engine_slots_in_use(engine);
     mem_store *ms = (mem_store *)engine->st;
     size_t chunks = 0;
     for (unsigned s = 0; s <= ms->shard_mask; s++)
@@ -566,7 +539,7 @@ static void test_pinned_sessions_return_their_slots(void **state)
     size_t chunks_after = 0;
     for (unsigned s = 0; s <= ms->shard_mask; s++)
         chunks_after += ms->shards[s].records.chunk_count;
-    assert_int_equal(slots_in_use(engine), before + 20);
+    assert_int_equal(engine_slots_in_use(engine), before + 20);
     if (ms->shards[0].records.hold == 0) /* none held back (as under ASan) */
         assert_int_equal(chunks_after, chunks);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
@@ -597,7 +570,7 @@ static void test_alloc_failure_leaves_slabs_unchanged(void **state)
         for (long n = 0; n < 64 && !succeeded; n++) {
             assert_slots_match_sessions(engine, &clock);
             uint64_t live = live_sessions(engine);
-            size_t used = slots_in_use(engine);
+            size_t used = engine_slots_in_use(engine);
             afsm_uuid conn;
             afsm_create_options o = make_options(kind == 2 ? "evictee" : "fresh", "192.0.2.3", &conn);
             o.metadata = kvs;
@@ -624,7 +597,7 @@ static void test_alloc_failure_leaves_slabs_unchanged(void **state)
             else
                 assert_int_equal(afsm_session_get_by_connection(engine, &conn, &got), AFSM_ENOTFOUND);
             assert_slots_match_sessions(engine, &clock);
-            assert_int_equal(slots_in_use(engine), used);
+            assert_int_equal(engine_slots_in_use(engine), used);
         }
         assert_true(succeeded);
     }

@@ -28,6 +28,14 @@ static inline uint64_t real_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Sessions the engine holds now. */
+static inline uint64_t live_sessions(afsm_engine *engine)
+{
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    return counts.total;
+}
+
 /* For threads other than cmocka's: a failed check there cannot longjmp. */
 #define THREAD_CHECK(cond)                                                                                             \
     do {                                                                                                               \
