@@ -35,6 +35,7 @@
  * AFSM_TEST_FILTER=<test name>.
  */
 #include "test_support.h"
+#include "mem_inspect.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -267,61 +268,6 @@ static void *cap_worker_run(void *arg)
     return NULL;
 }
 
-/* Quiescent: every session in every index where its placement says, each
- * user's list as long as its count and within the cap, no empty entry. */
-static long check_indexes(afsm_engine *engine, uint32_t cap)
-{
-    mem_store *ms = (mem_store *)engine->st;
-    long sessions = 0, conns = 0, listed = 0;
-    ck_epoch_record_t *e = epoch_enter();
-    assert_non_null(e);
-    for (unsigned i = 0; i <= ms->shard_mask; i++) {
-        shard *sh = &ms->shards[i];
-        conns += (long)table_count(&sh->connections);
-        table_iterator it = TABLE_ITERATOR_INIT;
-        const void *key;
-        while ((key = table_next(&sh->sessions, &it)) != NULL) {
-            session *x = (session *)((char *)key - offsetof(session, id));
-            sessions++;
-            assert_false(session_removed(x));
-            assert_int_equal(mem_shard_of_id(ms, &x->id), i);
-            unsigned cs = mem_shard_of_connection(ms, &x->connection_id);
-            assert_ptr_equal(table_get(&ms->shards[cs].connections, &x->connection_id), &x->connection_id);
-            unsigned us = mem_shard_of_user(ms, index_user_id(x), index_user_id_len(x));
-            assert_int_equal(x->user->shard_index, us);
-            assert_ptr_equal(index_lookup(&ms->shards[us], index_user_id(x), index_user_id_len(x)), x->user);
-        }
-        it = (table_iterator)TABLE_ITERATOR_INIT;
-        while ((key = table_next(&sh->users, &it)) != NULL) {
-            user_entry *ue = (user_entry *)((char *)key - offsetof(user_entry, key));
-            uint32_t walked = 0;
-            session *prev = NULL;
-            for (session *y = index_first(ue); y != NULL; prev = y, y = index_next(y)) {
-                if (++walked > index_count(ue))
-                    fail_msg("user \"%s\": its list is longer than its count %u", ue->key.bytes, index_count(ue));
-                assert_ptr_equal(y->user, ue);
-                assert_ptr_equal(y->user_prev, prev);
-                if (prev != NULL) /* newest id first */
-                    assert_true(memcmp(prev->id.bytes, y->id.bytes, 16) > 0);
-            }
-            assert_ptr_equal(atomic_load(&ue->oldest), prev);
-            assert_int_equal(ue->shard_index, i);
-            assert_true(index_count(ue) > 0);
-            if (cap != 0)
-                assert_true(index_count(ue) <= cap);
-            assert_int_equal(walked, index_count(ue));
-            listed += walked;
-        }
-    }
-    epoch_leave(e);
-    assert_int_equal(conns, sessions);
-    assert_int_equal(listed, sessions);
-    afsm_counts counts;
-    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
-    assert_int_equal(counts.total, (uint64_t)sessions);
-    return sessions;
-}
-
 /* The events against the engine: one CREATED per create, none per restore,
  * one removal per session gone, the live ones found by id and by
  * connection, the metrics equal to the events. */
@@ -405,7 +351,7 @@ static void run_cap_storm(uint32_t shards, uint32_t policy)
         pthread_join(threads[i], NULL);
     assert_int_equal(atomic_load(&c->violations), 0);
     assert_int_equal(atomic_load(&c->over_cap_seen), 0);
-    long sessions = check_indexes(c->engine, CAP_MAX);
+    long sessions = engine_check_indexes(c->engine, CAP_MAX);
     check_ledger(c, sessions);
     /* The storm reached what it attacks: the cap, both ways. */
     if (policy == AFSM_LIMIT_REJECT) {
@@ -594,7 +540,7 @@ static void sweep_one(uint32_t shards, uint32_t cap, uint32_t policy, int restor
         assert_int_equal(after.total, at_cap ? before.total : before.total + 1);
     }
     assert_true(failures > 0);
-    check_indexes(engine, cap);
+    engine_check_indexes(engine, cap);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
@@ -707,7 +653,7 @@ static void test_lock_set_covers_every_table_a_create_writes(void **state)
         for (int i = 0; i < SPREAD_THREADS; i++)
             pthread_join(threads[i], NULL);
         assert_int_equal(atomic_load(&c.violations), 0);
-        long sessions = check_indexes(c.engine, 0);
+        long sessions = engine_check_indexes(c.engine, 0);
         assert_int_equal(sessions, atomic_load(&c.created) - atomic_load(&c.deleted));
         assert_int_equal(afsm_engine_close(c.engine), AFSM_OK);
     }
