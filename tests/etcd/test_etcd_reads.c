@@ -32,17 +32,7 @@
 #include "engine.h"
 #include "etcd/etcd_store.h"
 #include "etcd/keys.h"
-#include "etcd_harness.h"
-
-static harness cluster;
-
-#define WAIT_FOR(cond, ms)                                                                                             \
-    do {                                                                                                               \
-        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
-        while (!(cond) && harness_now_ms() < until_)                                                                   \
-            harness_nap_ms(5);                                                                                         \
-        assert_true(cond);                                                                                             \
-    } while (0)
+#include "etcd_test_support.h"
 
 /* ---- a gate: an event callback that holds the watch thread ------------------------- */
 
@@ -159,12 +149,9 @@ typedef struct engine_options {
 static afsm_engine *open_engine(const engine_options *o)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = o->prefix;
-    cfg.etcd_request_timeout_ms = o->request_timeout_ms != 0 ? o->request_timeout_ms : 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, o->prefix);
+    if (o->request_timeout_ms != 0)
+        cfg.etcd_request_timeout_ms = o->request_timeout_ms;
     cfg.etcd_read_mode = o->read_mode;
     cfg.etcd_stats_flush_ms = o->stats_flush_ms;
     cfg.default_timeout_ms = o->default_timeout_ms != 0 ? o->default_timeout_ms : 60000;
@@ -182,35 +169,11 @@ static afsm_engine *open_engine(const engine_options *o)
     return e;
 }
 
-static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.1.2.3";
-    o.client_ip_len = strlen(o.client_ip);
-    o.client_port = 4433;
-    afsm_uuid_v7(&o.connection_id);
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
-static afsm_metrics metrics_of(afsm_engine *e)
-{
-    afsm_metrics m;
-    memset(&m, 0, sizeof(m));
-    m.version = AFSM_METRICS_VERSION;
-    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
-    return m;
-}
-
 /* A put outside every engine's prefix: etcd's revision moves on, no
  * replica's watch sees it. */
 static void put_elsewhere(int n)
 {
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    etcd_client *c = raw_client();
     for (int i = 0; i < n; i++) {
         json_object *body = json_object_new_object(), *reply = NULL;
         json_object_object_add(body, "key", etcd_json_bytes("/elsewhere/k", 12));
@@ -359,16 +322,6 @@ static void test_lag_metric_counts_a_held_watch(void **state)
 }
 
 /* ---- 2. a heartbeat never waits on etcd ---------------------------------------------- */
-
-/* A raw client on the cluster (what the test reads or changes behind the
- * engines' backs). */
-static etcd_client *raw_client(void)
-{
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    return c;
-}
 
 /* The session's record in etcd: whether it exists, and its lease. */
 static int record_in_etcd(const char *prefix, const afsm_uuid *id, int64_t *lease)
@@ -609,19 +562,6 @@ static void test_flush_losing_every_guard_reports_it_and_keeps_the_stats(void **
 }
 
 /* ---- setup ----------------------------------------------------------------------------- */
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
-}
 
 int main(void)
 {

@@ -22,9 +22,9 @@
 #include <stdatomic.h>
 
 #include "afsm.h"
-#include "etcd_harness.h"
 
-static harness cluster;
+#define WAIT_FOR_NAP_MS 10
+#include "etcd_test_support.h"
 
 /* ---- events ------------------------------------------------------------------ */
 
@@ -123,12 +123,11 @@ typedef struct engine_options {
 static afsm_status open_engine(const engine_options *o, afsm_engine **out)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = o->endpoints != NULL ? o->endpoints : cluster.endpoints;
-    cfg.etcd_prefix = o->prefix;
-    cfg.etcd_request_timeout_ms = o->request_timeout_ms != 0 ? o->request_timeout_ms : 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, o->prefix);
+    if (o->endpoints != NULL)
+        cfg.etcd_endpoints = o->endpoints;
+    if (o->request_timeout_ms != 0)
+        cfg.etcd_request_timeout_ms = o->request_timeout_ms;
     cfg.etcd_stats_flush_ms = o->stats_flush_ms;
     cfg.etcd_read_mode = o->read_mode;
     cfg.default_timeout_ms = 60000;
@@ -142,53 +141,6 @@ static afsm_status open_engine(const engine_options *o, afsm_engine **out)
     cfg.log_level = AFSM_LOG_ERROR;
     cfg.shard_count = 4;
     return afsm_engine_open(&cfg, out);
-}
-
-static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.1.2.3";
-    o.client_ip_len = strlen(o.client_ip);
-    o.client_port = 4433;
-    afsm_uuid_v7(&o.connection_id);
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
-static afsm_status get(afsm_engine *e, const afsm_uuid *id, afsm_session_info *out)
-{
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_get(e, id, out);
-}
-
-static afsm_metrics metrics_of(afsm_engine *e)
-{
-    afsm_metrics m = AFSM_METRICS_INIT;
-    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
-    return m;
-}
-
-#define WAIT_FOR(cond, ms)                                                                                             \
-    do {                                                                                                               \
-        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
-        while (!(cond) && harness_now_ms() < until_)                                                                   \
-            harness_nap_ms(10);                                                                                        \
-        assert_true(cond);                                                                                             \
-    } while (0)
-
-/* A raw etcd call through the cluster's endpoints (the test's own client). */
-static json_object *raw_call(const char *path, json_object *body, int idempotent)
-{
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    json_object *reply = NULL;
-    assert_int_equal(etcd_call(c, path, body, idempotent, &reply, NULL), AFSM_OK);
-    json_object_put(body);
-    etcd_client_close(c);
-    return reply;
 }
 
 /* ---- one member ----------------------------------------------------------------- */
@@ -596,12 +548,8 @@ static void test_heartbeats_with_etcd_down_renew_once_per_period(void **state)
 {
     (void)state;
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = "/r9/";
+    etcd_test_config(&cfg, "/r9/");
     cfg.etcd_request_timeout_ms = 500;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.default_timeout_ms = 6000;
     cfg.log_level = AFSM_LOG_ERROR;
     cfg.shard_count = 4;
@@ -989,25 +937,6 @@ static void test_lag_metric_does_not_fall_when_the_watch_goes_down(void **state)
     assert_true(worst_fall < 0.05);
     assert_true(last > 4.5); /* watched for 5 s since the write (coarse clock) */
     afsm_engine_close(b);
-}
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int start_three(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 3);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
 }
 
 int main(void)

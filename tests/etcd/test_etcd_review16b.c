@@ -24,10 +24,9 @@
 
 #include "afsm.h"
 #include "etcd/keys.h"
-#include "etcd_harness.h"
+#define WAIT_FOR_NAP_MS 10
+#include "etcd_test_support.h"
 #include "util/alloc.h"
-
-static harness cluster;
 
 /* ---- a gate: an event callback that holds its thread ----------------------------- */
 
@@ -123,12 +122,7 @@ typedef struct engine_options {
 static afsm_status open_engine(const engine_options *o, afsm_engine **out)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = o->prefix;
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, o->prefix);
     cfg.etcd_read_mode = o->read_mode;
     cfg.default_timeout_ms = o->default_timeout_ms != 0 ? o->default_timeout_ms : 60000;
     cfg.on_event = o->on_event;
@@ -137,39 +131,6 @@ static afsm_status open_engine(const engine_options *o, afsm_engine **out)
     cfg.shard_count = 4;
     return afsm_engine_open(&cfg, out);
 }
-
-static afsm_status create_timeout(afsm_engine *e, const char *user, uint64_t timeout_ms, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.1.2.3";
-    o.client_ip_len = strlen(o.client_ip);
-    o.client_port = 4433;
-    o.timeout_ms = timeout_ms;
-    afsm_uuid_v7(&o.connection_id);
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
-static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
-{
-    return create_timeout(e, user, 0, out);
-}
-
-static afsm_status get(afsm_engine *e, const afsm_uuid *id, afsm_session_info *out)
-{
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_get(e, id, out);
-}
-
-#define WAIT_FOR(cond, ms)                                                                                             \
-    do {                                                                                                               \
-        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
-        while (!(cond) && harness_now_ms() < until_)                                                                   \
-            harness_nap_ms(10);                                                                                        \
-        assert_true(cond);                                                                                             \
-    } while (0)
 
 /* ---- a callback on a writing thread must not stall the watch --------------------- */
 
@@ -265,13 +226,6 @@ static void test_state_changed_callback_does_not_stall_the_watch(void **state)
 }
 
 /* ---- the replica frees what it removed ------------------------------------------- */
-
-static afsm_metrics metrics_of(afsm_engine *e)
-{
-    afsm_metrics m = AFSM_METRICS_INIT;
-    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
-    return m;
-}
 
 /* The replica is a memory store whose advance never runs (etcd_advance
  * only re-anchors the wall offset). The memory store frees removed
@@ -527,28 +481,6 @@ static void test_update_whose_callback_deletes_reports_ok(void **state)
 
 /* ---- allocation failure after the txn -------------------------------------------- */
 
-/* Sessions under prefix in etcd (s/ keys), read with the test's own client. */
-static int64_t sessions_in_etcd(const char *prefix)
-{
-    char key[64], end[64];
-    size_t n = (size_t)snprintf(key, sizeof(key), "%ss/", prefix);
-    keys_range_end(key, n, end);
-    json_object *body = json_object_new_object();
-    json_object_object_add(body, "key", etcd_json_bytes(key, n));
-    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
-    json_object_object_add(body, "count_only", json_object_new_boolean(1));
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    json_object *reply = NULL;
-    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
-    json_object_put(body);
-    int64_t count = etcd_get_int64(reply, "count");
-    json_object_put(reply);
-    etcd_client_close(c);
-    return count;
-}
-
 /* alloc.h: a test makes the Nth allocation fail "and check[s] that the
  * engine is unchanged". etcd_create allocates from the engine's allocator
  * after its txn has committed (the replica's copy, in apply_own): that
@@ -656,19 +588,6 @@ static void test_watch_apply_failing_for_memory_is_not_lost(void **state)
 }
 
 /* ---- the cluster ----------------------------------------------------------------- */
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
-}
 
 int main(void)
 {

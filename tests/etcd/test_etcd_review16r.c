@@ -24,18 +24,8 @@
 #include "engine.h"
 #include "etcd/etcd_store.h"
 #include "etcd/keys.h"
-#include "etcd_harness.h"
+#include "etcd_test_support.h"
 #include "util/alloc.h"
-
-static harness cluster;
-
-#define WAIT_FOR(cond, ms)                                                                                             \
-    do {                                                                                                               \
-        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
-        while (!(cond) && harness_now_ms() < until_)                                                                   \
-            harness_nap_ms(5);                                                                                         \
-        assert_true(cond);                                                                                             \
-    } while (0)
 
 typedef struct counters {
     _Atomic int expired, deleted, created;
@@ -64,12 +54,9 @@ typedef struct engine_options {
 static afsm_engine *open_engine(const engine_options *o)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = o->prefix;
-    cfg.etcd_request_timeout_ms = o->request_timeout_ms != 0 ? o->request_timeout_ms : 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, o->prefix);
+    if (o->request_timeout_ms != 0)
+        cfg.etcd_request_timeout_ms = o->request_timeout_ms;
     cfg.etcd_read_mode = o->read_mode;
     cfg.etcd_stats_flush_ms = o->stats_flush_ms;
     cfg.default_timeout_ms = o->default_timeout_ms != 0 ? o->default_timeout_ms : 60000;
@@ -82,28 +69,6 @@ static afsm_engine *open_engine(const engine_options *o)
     afsm_engine *e = NULL;
     assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
     return e;
-}
-
-static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.1.2.3";
-    o.client_ip_len = strlen(o.client_ip);
-    o.client_port = 4433;
-    afsm_uuid_v7(&o.connection_id);
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
-static afsm_metrics metrics_of(afsm_engine *e)
-{
-    afsm_metrics m;
-    memset(&m, 0, sizeof(m));
-    m.version = AFSM_METRICS_VERSION;
-    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
-    return m;
 }
 
 /* ---- 1. heartbeating sessions keep their leases ------------------------------------ */
@@ -344,12 +309,8 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
     pthread_cond_init(&g.changed, NULL);
     afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_request_timeout_ms = timeout_ms;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.etcd_read_mode = AFSM_READ_CONSISTENT;
     cfg.log_level = AFSM_LOG_ERROR;
     cfg.on_event = gate_event;
@@ -425,12 +386,7 @@ static void test_consistent_list_in_a_watch_callback_answers_at_once(void **stat
     memset(&c, 0, sizeof(c));
     afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_read_mode = AFSM_READ_CONSISTENT;
     cfg.on_event = list_in_callback;
     cfg.event_ctx = &c;
@@ -491,21 +447,14 @@ static void test_consistent_counts_follow_creates_and_deletes(void **state)
     const char *prefix = "/cc1/";
     afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_read_mode = AFSM_READ_CONSISTENT;
     cfg.on_event = slow_event;
     cfg.log_level = AFSM_LOG_ERROR;
     cfg.shard_count = 4;
     afsm_engine *b = NULL;
     assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *raw;
-    assert_int_equal(etcd_client_open(&cc, &raw), AFSM_OK);
+    etcd_client *raw = raw_client();
     afsm_uuid live[LIVE_MAX];
     int n = 0, wrong = 0;
     unsigned seed = 16;
@@ -560,9 +509,7 @@ static int64_t packets_in_etcd(const char *prefix, const afsm_uuid *id, int64_t 
 {
     char key[KEYS_MAX];
     size_t len = keys_session(prefix, strlen(prefix), id, key);
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    etcd_client *c = raw_client();
     json_object *body = json_object_new_object(), *reply = NULL, *kvs;
     json_object_object_add(body, "key", etcd_json_bytes(key, len));
     assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
@@ -664,12 +611,7 @@ static void test_renewals_follow_real_time_under_a_virtual_clock(void **state)
     counters ev;
     memset(&ev, 0, sizeof(ev));
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, prefix);
     cfg.default_timeout_ms = 3000;
     cfg.clock = frozen_clock;
     cfg.clock_ctx = &now;
@@ -805,12 +747,8 @@ static void test_close_while_callbacks_queue_renewals(void **state)
     memset(&p, 0, sizeof(p));
     afsm_engine *a = open_engine(&(engine_options){.prefix = prefix, .default_timeout_ms = 3000});
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_request_timeout_ms = 2000;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.default_timeout_ms = 3000;
     cfg.on_event = pinger_event;
     cfg.event_ctx = &p;
@@ -1097,25 +1035,6 @@ static void test_hung_member_does_not_expire_heartbeated_sessions(void **state)
 }
 
 /* ---- setup ----------------------------------------------------------------------------- */
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int start_three(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 3);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
-}
 
 int main(void)
 {
