@@ -3,8 +3,9 @@
  * share beyond the cluster itself: the one cluster a test file runs against
  * and the cmocka setups that start and stop it, WAIT_FOR (a poll with a
  * deadline, never a sleep), the common part of an engine's configuration,
- * create/get wrappers, a metrics snapshot and the test's own raw etcd
- * client (what a test reads or writes behind the engines' backs).
+ * create/get wrappers, a metrics snapshot, the test's own raw etcd client
+ * (what a test reads or writes behind the engines' backs) and the hold
+ * gate (an event callback that holds its thread until the test opens it).
  *
  * Each test file includes it once; what is specific to one file (its event
  * recorders and gates, its engine options) stays in that file. Everything
@@ -17,7 +18,8 @@
  * - RAW_TIMEOUT_MS: the request timeout of the test's own etcd calls
  *   (default 3000).
  *
- * Shared state: `cluster`, set by the group setup before any test runs.
+ * Shared state: `cluster`, set by the group setup before any test runs; a
+ * hold gate's fields are guarded by its lock.
  */
 #ifndef AFSM_ETCD_TEST_SUPPORT_H
 #define AFSM_ETCD_TEST_SUPPORT_H
@@ -28,7 +30,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #include "afsm.h"
 #include "etcd_harness.h"
@@ -222,6 +226,62 @@ static inline long sessions_in_etcd(const char *prefix)
     char key[64];
     snprintf(key, sizeof(key), "%ss/", prefix);
     return keys_in_etcd(key);
+}
+
+/* ---- a hold gate: an event callback that holds its thread ------------------------ */
+
+/* The thread that fires an event (the watch thread, for another engine's
+ * changes) waits in the callback until the test opens the gate: the test
+ * widens a window through the public API (afsm.h lets a callback block),
+ * never with a sleep. A file's own gate or recorder embeds one and guards
+ * its own fields with the same lock. */
+typedef struct hold_gate {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    int held, open;
+} hold_gate;
+
+static inline void hold_gate_init(hold_gate *g)
+{
+    memset(g, 0, sizeof(*g));
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->changed, NULL);
+}
+
+static inline void hold_gate_destroy(hold_gate *g)
+{
+    pthread_cond_destroy(&g->changed);
+    pthread_mutex_destroy(&g->lock);
+}
+
+/* With g->lock held, on the thread to hold: marks it held and waits until
+ * the gate opens, at most 20 s (a bound, so a broken test cannot hang a
+ * watch thread forever). */
+static inline void hold_gate_wait_locked(hold_gate *g)
+{
+    g->held = 1;
+    pthread_cond_broadcast(&g->changed);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    while (!g->open && pthread_cond_timedwait(&g->changed, &g->lock, &until) == 0)
+        ;
+}
+
+static inline void hold_gate_open(hold_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->open = 1;
+    pthread_cond_broadcast(&g->changed);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static inline int hold_gate_held(hold_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    int held = g->held;
+    pthread_mutex_unlock(&g->lock);
+    return held;
 }
 
 #endif

@@ -41,9 +41,7 @@
  * it) until the gate opens (at most 20 s). The log callback opens it when
  * the store says a read waits for the replica. */
 typedef struct gate {
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
-    int held, open;
+    hold_gate hold;   /* its lock guards the counts below too */
     int waits_logged; /* "etcd: ... waits for the replica" messages */
     int expired;      /* EXPIRED events of "hold" sessions */
 } gate;
@@ -51,14 +49,7 @@ typedef struct gate {
 static void gate_init(gate *g)
 {
     memset(g, 0, sizeof(*g));
-    pthread_mutex_init(&g->lock, NULL);
-    pthread_cond_init(&g->changed, NULL);
-}
-
-static void gate_destroy(gate *g)
-{
-    pthread_cond_destroy(&g->changed);
-    pthread_mutex_destroy(&g->lock);
+    hold_gate_init(&g->hold);
 }
 
 static void gate_event(void *ctx, const afsm_event *ev)
@@ -67,57 +58,32 @@ static void gate_event(void *ctx, const afsm_event *ev)
     if (ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
         return;
     if (ev->type == AFSM_EVENT_EXPIRED) {
-        pthread_mutex_lock(&g->lock);
+        pthread_mutex_lock(&g->hold.lock);
         g->expired++;
-        pthread_mutex_unlock(&g->lock);
+        pthread_mutex_unlock(&g->hold.lock);
         return;
     }
     if (ev->type != AFSM_EVENT_CREATED)
         return;
-    pthread_mutex_lock(&g->lock);
-    if (g->held) { /* once */
-        pthread_mutex_unlock(&g->lock);
-        return;
-    }
-    g->held = 1;
-    pthread_cond_broadcast(&g->changed);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 20;
-    while (!g->open && pthread_cond_timedwait(&g->changed, &g->lock, &until) == 0)
-        ;
-    pthread_mutex_unlock(&g->lock);
-}
-
-static void gate_open(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    g->open = 1;
-    pthread_cond_broadcast(&g->changed);
-    pthread_mutex_unlock(&g->lock);
-}
-
-static int gate_held(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    int held = g->held;
-    pthread_mutex_unlock(&g->lock);
-    return held;
+    pthread_mutex_lock(&g->hold.lock);
+    if (!g->hold.held) /* once */
+        hold_gate_wait_locked(&g->hold);
+    pthread_mutex_unlock(&g->hold.lock);
 }
 
 static int gate_waits(gate *g)
 {
-    pthread_mutex_lock(&g->lock);
+    pthread_mutex_lock(&g->hold.lock);
     int n = g->waits_logged;
-    pthread_mutex_unlock(&g->lock);
+    pthread_mutex_unlock(&g->hold.lock);
     return n;
 }
 
 static int gate_expired(gate *g)
 {
-    pthread_mutex_lock(&g->lock);
+    pthread_mutex_lock(&g->hold.lock);
     int n = g->expired;
-    pthread_mutex_unlock(&g->lock);
+    pthread_mutex_unlock(&g->hold.lock);
     return n;
 }
 
@@ -129,10 +95,10 @@ static void gate_log(void *ctx, int level, const char *message, const afsm_log_f
     gate *g = ctx;
     if (strstr(message, "waits for the replica") == NULL)
         return;
-    pthread_mutex_lock(&g->lock);
+    pthread_mutex_lock(&g->hold.lock);
     g->waits_logged++;
-    pthread_mutex_unlock(&g->lock);
-    gate_open(g);
+    pthread_mutex_unlock(&g->hold.lock);
+    hold_gate_open(&g->hold);
 }
 
 /* ---- engines ----------------------------------------------------------------------- */
@@ -229,7 +195,7 @@ static void lists_and_counts_wait(uint32_t read_mode, const char *prefix, int co
     afsm_engine *b = open_engine(&(engine_options){.prefix = prefix, .read_mode = read_mode, .gate = &g});
     afsm_session_info s1, s2;
     assert_int_equal(create(a, "hold", &s1), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 10000); /* B's watch thread sits in s1's CREATED */
+    WAIT_FOR(hold_gate_held(&g.hold), 10000); /* B's watch thread sits in s1's CREATED */
     assert_int_equal(create(a, "other", &s2), AFSM_OK);
     /* From another thread: the call blocks until the gate opens (the log
      * callback opens it when the store starts waiting). */
@@ -237,7 +203,7 @@ static void lists_and_counts_wait(uint32_t read_mode, const char *prefix, int co
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, lister_main, &l), 0);
     pthread_join(t, NULL);
-    gate_open(&g); /* on the old code nothing waited: let the watch go for close */
+    hold_gate_open(&g.hold); /* on the old code nothing waited: let the watch go for close */
     print_message("mode %u %s: status %s, %zu listed, total %llu, %d waits\n", read_mode, count_only ? "count" : "list",
                   afsm_status_name(l.status), l.listed, (unsigned long long)l.total, gate_waits(&g));
     assert_int_equal(l.status, AFSM_OK);
@@ -268,7 +234,7 @@ static void lists_and_counts_wait(uint32_t read_mode, const char *prefix, int co
     /* Replica mode keeps answering locally (no etcd request). */
     afsm_engine_close(a);
     afsm_engine_close(b);
-    gate_destroy(&g);
+    hold_gate_destroy(&g.hold);
 }
 
 static void test_consistent_list_waits_for_the_replica(void **state)
@@ -309,16 +275,16 @@ static void test_lag_metric_counts_a_held_watch(void **state)
     afsm_engine *b = open_engine(&(engine_options){.prefix = "/rd5/"});
     afsm_session_info held, mine;
     assert_int_equal(create(b, "hold", &held), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 10000); /* A's watch thread sits in held's CREATED */
+    WAIT_FOR(hold_gate_held(&g.hold), 10000); /* A's watch thread sits in held's CREATED */
     assert_int_equal(create(a, "mine", &mine), AFSM_OK);
     WAIT_FOR(metrics_of(a).etcd_replica_lag_seconds > 0.5, 5000);
-    gate_open(&g);
+    hold_gate_open(&g.hold);
     /* The held write's echo measured the hold; a write made with the watch
      * running measures its own short delay. */
     WAIT_FOR(create(a, "mine", &mine) == AFSM_OK && metrics_of(a).etcd_replica_lag_seconds < 0.5, 10000);
     afsm_engine_close(a);
     afsm_engine_close(b);
-    gate_destroy(&g);
+    hold_gate_destroy(&g.hold);
 }
 
 /* ---- 2. a heartbeat never waits on etcd ---------------------------------------------- */
@@ -482,7 +448,7 @@ static void test_lease_gone_makes_heartbeats_expired(void **state)
     afsm_engine *b = open_engine(&(engine_options){.prefix = prefix, .default_timeout_ms = 3000, .gate = &g});
     afsm_session_info s;
     assert_int_equal(create(a, "hold", &s), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 10000);
+    WAIT_FOR(hold_gate_held(&g.hold), 10000);
     int64_t lease = 0;
     assert_true(record_in_etcd(prefix, &s.session_id, &lease));
     etcd_client *c = raw_client();
@@ -496,13 +462,13 @@ static void test_lease_gone_makes_heartbeats_expired(void **state)
     WAIT_FOR(afsm_session_heartbeat(b, &s.session_id, NULL) == AFSM_EEXPIRED, 6000);
     assert_int_equal(afsm_session_heartbeat(b, &s.session_id, NULL), AFSM_EEXPIRED);
     assert_int_equal(gate_expired(&g), 0);
-    gate_open(&g);
+    hold_gate_open(&g.hold);
     WAIT_FOR(gate_expired(&g) == 1, 5000);
     assert_int_equal(afsm_session_heartbeat(b, &s.session_id, NULL), AFSM_ENOTFOUND);
     afsm_engine_close(a);
     afsm_engine_close(b);
     assert_int_equal(gate_expired(&g), 1);
-    gate_destroy(&g);
+    hold_gate_destroy(&g.hold);
 }
 
 /* ---- 3. a flush that loses every guard says so and keeps the stats ------------------ */

@@ -39,72 +39,41 @@ typedef struct recorded {
  * on the watch thread: only another engine creates such sessions) holds
  * that thread until the test opens the gate. */
 typedef struct recorder {
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
+    hold_gate hold; /* its lock guards the events too */
     recorded events[EVENTS_MAX];
     size_t count;
-    int gated, held, open;
+    int gated;
 } recorder;
 
 static void recorder_init(recorder *r)
 {
     memset(r, 0, sizeof(*r));
-    pthread_mutex_init(&r->lock, NULL);
-    pthread_cond_init(&r->changed, NULL);
-}
-
-static void recorder_destroy(recorder *r)
-{
-    pthread_cond_destroy(&r->changed);
-    pthread_mutex_destroy(&r->lock);
+    hold_gate_init(&r->hold);
 }
 
 static void record_event(void *ctx, const afsm_event *ev)
 {
     recorder *r = ctx;
-    pthread_mutex_lock(&r->lock);
+    pthread_mutex_lock(&r->hold.lock);
     if (r->count < EVENTS_MAX) {
         r->events[r->count].type = ev->type;
         r->events[r->count].id = ev->session_id;
         r->count++;
     }
-    if (r->gated && ev->user_id_len == 4 && memcmp(ev->user_id, "gate", 4) == 0) {
-        r->held = 1;
-        pthread_cond_broadcast(&r->changed);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 20; /* a bound, so a broken test cannot hang the watch forever */
-        while (!r->open && pthread_cond_timedwait(&r->changed, &r->lock, &until) == 0)
-            ;
-    }
-    pthread_mutex_unlock(&r->lock);
+    if (r->gated && ev->user_id_len == 4 && memcmp(ev->user_id, "gate", 4) == 0)
+        hold_gate_wait_locked(&r->hold);
+    pthread_mutex_unlock(&r->hold.lock);
 }
 
 static size_t events_of(recorder *r, uint32_t type, const afsm_uuid *id)
 {
     size_t n = 0;
-    pthread_mutex_lock(&r->lock);
+    pthread_mutex_lock(&r->hold.lock);
     for (size_t i = 0; i < r->count; i++)
         if (r->events[i].type == type && memcmp(&r->events[i].id, id, sizeof(*id)) == 0)
             n++;
-    pthread_mutex_unlock(&r->lock);
+    pthread_mutex_unlock(&r->hold.lock);
     return n;
-}
-
-static int gate_held(recorder *r)
-{
-    pthread_mutex_lock(&r->lock);
-    int held = r->held;
-    pthread_mutex_unlock(&r->lock);
-    return held;
-}
-
-static void gate_open(recorder *r)
-{
-    pthread_mutex_lock(&r->lock);
-    r->open = 1;
-    pthread_cond_broadcast(&r->changed);
-    pthread_mutex_unlock(&r->lock);
 }
 
 /* ---- engines ------------------------------------------------------------------- */
@@ -196,11 +165,11 @@ static void test_own_create_then_delete_fires_once(void **state)
 
     afsm_session_info gate, s, marker, copy;
     assert_int_equal(create(b, "gate", &gate), AFSM_OK);
-    WAIT_FOR(gate_held(&ra), 5000); /* A's watch thread is in the callback */
+    WAIT_FOR(hold_gate_held(&ra.hold), 5000); /* A's watch thread is in the callback */
     assert_int_equal(create(a, "eve", &s), AFSM_OK);
     assert_int_equal(afsm_session_delete(a, &s.session_id, "bye", 3), AFSM_OK);
     assert_int_equal(get(a, &s.session_id, &copy), AFSM_ENOTFOUND);
-    gate_open(&ra);
+    hold_gate_open(&ra.hold);
 
     /* Once A has seen a later create, it has applied both echoes. */
     assert_int_equal(create(b, "marker", &marker), AFSM_OK);
@@ -210,7 +179,7 @@ static void test_own_create_then_delete_fires_once(void **state)
     assert_int_equal(get(a, &s.session_id, &copy), AFSM_ENOTFOUND);
     afsm_engine_close(a);
     afsm_engine_close(b);
-    recorder_destroy(&ra);
+    hold_gate_destroy(&ra.hold);
 }
 
 /* Consistent reads from an event callback on the watch thread (afsm.h: a

@@ -185,46 +185,18 @@ static void test_heartbeating_sessions_keep_their_leases_on_two_nodes(void **sta
 
 /* ---- 2. consistent reads answer within the request timeout --------------------------- */
 
-/* A gate: the first CREATED of a session of the user "hold" holds the
- * thread that fires it (the watch thread of an engine that did not create
- * it) until opened, at most 20 s. */
-typedef struct gate {
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
-    int held, open;
-} gate;
-
+/* The callback of a hold gate: the first CREATED of a session of the user
+ * "hold" holds the thread that fires it (the watch thread of an engine
+ * that did not create it) until opened, at most 20 s. */
 static void gate_event(void *ctx, const afsm_event *ev)
 {
-    gate *g = ctx;
+    hold_gate *g = ctx;
     if (ev->type != AFSM_EVENT_CREATED || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
         return;
     pthread_mutex_lock(&g->lock);
-    if (!g->held) {
-        g->held = 1;
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 20;
-        while (!g->open && pthread_cond_timedwait(&g->changed, &g->lock, &until) == 0)
-            ;
-    }
+    if (!g->held)
+        hold_gate_wait_locked(g);
     pthread_mutex_unlock(&g->lock);
-}
-
-static void gate_open(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    g->open = 1;
-    pthread_cond_broadcast(&g->changed);
-    pthread_mutex_unlock(&g->lock);
-}
-
-static int gate_held(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    int held = g->held;
-    pthread_mutex_unlock(&g->lock);
-    return held;
 }
 
 static _Atomic int etcd_stopped; /* the member is SIGSTOPped: the teardown resumes it */
@@ -304,9 +276,8 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
     (void)state;
     const char *prefix = "/ct1/";
     const uint64_t timeout_ms = 2000;
-    gate g = {.held = 0};
-    pthread_mutex_init(&g.lock, NULL);
-    pthread_cond_init(&g.changed, NULL);
+    hold_gate g;
+    hold_gate_init(&g);
     afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
     afsm_config cfg;
     etcd_test_config(&cfg, prefix);
@@ -321,7 +292,7 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
 
     afsm_session_info s1, s2;
     assert_int_equal(create(a, "hold", &s1), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 10000); /* b's watch sits in s1's CREATED */
+    WAIT_FOR(hold_gate_held(&g), 10000); /* b's watch sits in s1's CREATED */
     assert_int_equal(create(a, "other", &s2), AFSM_OK);
 
     const char *names[] = {"list", "count", "get"};
@@ -329,7 +300,7 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
     afsm_status st[3];
     for (int what = 0; what < 3; what++)
         took[what] = stalled_read(b, what, &s2.session_id, timeout_ms * 7 / 10, &st[what]);
-    gate_open(&g);
+    hold_gate_open(&g);
     for (int what = 0; what < 3; what++)
         print_message("consistent %s with etcd stalled 1.4 s of a 2 s timeout: %s after %llu ms\n", names[what],
                       afsm_status_name(st[what]), (unsigned long long)took[what]);
@@ -339,8 +310,7 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
     }
     afsm_engine_close(a);
     afsm_engine_close(b);
-    pthread_cond_destroy(&g.changed);
-    pthread_mutex_destroy(&g.lock);
+    hold_gate_destroy(&g);
 }
 
 /* A consistent list and count called from an event callback on the watch
