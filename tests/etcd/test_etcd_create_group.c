@@ -27,10 +27,9 @@
 #include <stdatomic.h>
 
 #include "afsm.h"
-#include "etcd_harness.h"
+#define RAW_TIMEOUT_MS 5000
+#include "etcd_test_support.h"
 #include "util/alloc.h"
-
-static harness cluster;
 
 /* The last CREATED this thread saw fired (the calling thread's own). */
 static _Thread_local afsm_uuid created_here;
@@ -48,12 +47,8 @@ static void on_event(void *ctx, const afsm_event *ev)
 static afsm_engine *open_engine(const char *prefix, uint32_t cap)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_request_timeout_ms = 5000;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.default_timeout_ms = 120000; /* pooled leases (a minute or more) */
     cfg.max_sessions_per_user = cap;
     cfg.on_event = on_event;
@@ -63,25 +58,11 @@ static afsm_engine *open_engine(const char *prefix, uint32_t cap)
     return e;
 }
 
-static afsm_status create(afsm_engine *e, const char *user, const afsm_uuid *connection, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.9.8.7";
-    o.client_ip_len = strlen(o.client_ip);
-    o.connection_id = *connection;
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
 /* The s/ keys under prefix: how many, and whether two share a mod
  * revision (one txn wrote both: a group). */
-static void sessions_in_etcd(const char *prefix, long *count, int *shared_revision)
+static void sessions_and_groups_in_etcd(const char *prefix, long *count, int *shared_revision)
 {
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 5000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    etcd_client *c = raw_client();
     char key[64], end[64];
     size_t n = (size_t)snprintf(key, sizeof(key), "%ss/", prefix);
     memcpy(end, key, n + 1);
@@ -99,20 +80,6 @@ static void sessions_in_etcd(const char *prefix, long *count, int *shared_revisi
         for (size_t j = i + 1; j < len && !*shared_revision; j++)
             *shared_revision = etcd_get_int64(json_object_array_get_idx(kvs, i), "mod_revision") ==
                                etcd_get_int64(json_object_array_get_idx(kvs, j), "mod_revision");
-    json_object_put(body);
-    json_object_put(reply);
-    etcd_client_close(c);
-}
-
-static void put_raw(const char *key, const char *value)
-{
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 5000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    json_object *body = json_object_new_object(), *reply = NULL;
-    json_object_object_add(body, "key", etcd_json_bytes(key, strlen(key)));
-    json_object_object_add(body, "value", etcd_json_bytes(value, strlen(value)));
-    assert_int_equal(etcd_call(c, "/v3/kv/put", body, 0, &reply, NULL), AFSM_OK);
     json_object_put(body);
     json_object_put(reply);
     etcd_client_close(c);
@@ -174,7 +141,7 @@ static void *race(void *arg)
         }
         int before = created_count_here;
         afsm_session_info s;
-        afsm_status st = create(r->engine, user, &connection, &s);
+        afsm_status st = create_on(r->engine, user, &connection, &s);
         r->status[me->index][i] = st;
         if (st == AFSM_OK &&
             (created_count_here != before + 1 || memcmp(&created_here, &s.session_id, sizeof(s.session_id)) != 0))
@@ -251,7 +218,7 @@ static int one_repetition(afsm_engine *e, const char *prefix, int repetition, lo
     assert_int_equal(capped_ok, CAP); /* the cap held, and was reached */
     long count;
     int shared;
-    sessions_in_etcd(prefix, &count, &shared);
+    sessions_and_groups_in_etcd(prefix, &count, &shared);
     assert_int_equal(count - *sessions_before, made); /* no failed create left anything */
     *sessions_before = count;
     free(r);
@@ -288,7 +255,7 @@ static void *steady(void *arg)
         afsm_uuid connection;
         afsm_uuid_v7(&connection);
         afsm_session_info s;
-        afsm_status st = create(f->engine, "steady", &connection, &s);
+        afsm_status st = create_on(f->engine, "steady", &connection, &s);
         atomic_fetch_add(st == AFSM_OK ? &f->ok : &f->other, 1);
     }
     return NULL;
@@ -312,7 +279,7 @@ static void test_allocation_failure_inside_a_group(void **state)
         afsm_uuid_v7(&connection);
         afsm_session_info s;
         alloc_fail_after_on_this_thread(n);
-        afsm_status st = create(e, "scarce", &connection, &s);
+        afsm_status st = create_on(e, "scarce", &connection, &s);
         alloc_fail_after_on_this_thread(-1);
         if (st == AFSM_OK)
             made++;
@@ -326,7 +293,7 @@ static void test_allocation_failure_inside_a_group(void **state)
         pthread_join(threads[i], NULL);
     long count;
     int shared;
-    sessions_in_etcd("/cg2/", &count, &shared);
+    sessions_and_groups_in_etcd("/cg2/", &count, &shared);
     print_message("this thread: %ld AFSM_OK, %ld AFSM_ENOMEM; others: %ld OK, %ld failed; in etcd: %ld\n", made, failed,
                   (long)atomic_load(&f.ok), (long)atomic_load(&f.other), count);
     afsm_engine_close(e);
@@ -337,19 +304,6 @@ static void test_allocation_failure_inside_a_group(void **state)
 }
 
 /* ---- the cluster ----------------------------------------------------------------- */
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
-}
 
 int main(void)
 {

@@ -21,21 +21,16 @@
 #include <stdatomic.h>
 
 #include "afsm.h"
-#include "etcd_harness.h"
-
-static harness cluster;
+#define RAW_TIMEOUT_MS 5000
+#include "etcd_test_support.h"
 
 #define REQUEST_TIMEOUT_MS 1000
 
 static afsm_engine *open_engine(const char *prefix, uint32_t cap)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_request_timeout_ms = REQUEST_TIMEOUT_MS;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.default_timeout_ms = 120000; /* pooled leases (a minute or more) */
     cfg.max_sessions_per_user = cap;
     cfg.shard_count = 4;
@@ -44,46 +39,10 @@ static afsm_engine *open_engine(const char *prefix, uint32_t cap)
     return e;
 }
 
-static afsm_status create(afsm_engine *e, const char *user, const afsm_uuid *connection, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.9.8.7";
-    o.client_ip_len = strlen(o.client_ip);
-    o.connection_id = *connection;
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
-/* How many keys etcd holds under prefix (keys_only range, count only). */
-static long keys_in_etcd(const char *prefix)
-{
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 5000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    size_t n = strlen(prefix);
-    char end[64];
-    memcpy(end, prefix, n + 1);
-    end[n - 1]++;
-    json_object *body = json_object_new_object(), *reply = NULL;
-    json_object_object_add(body, "key", etcd_json_bytes(prefix, n));
-    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
-    json_object_object_add(body, "count_only", json_object_new_boolean(1));
-    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
-    long count = (long)etcd_get_int64(reply, "count");
-    json_object_put(body);
-    json_object_put(reply);
-    etcd_client_close(c);
-    return count;
-}
-
 /* How many leases etcd holds. */
 static long leases_in_etcd(void)
 {
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 5000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    etcd_client *c = raw_client();
     json_object *body = json_object_new_object(), *reply = NULL, *list;
     assert_int_equal(etcd_call(c, "/v3/lease/leases", body, 1, &reply, NULL), AFSM_OK);
     long n = json_object_object_get_ex(reply, "leases", &list) && json_object_is_type(list, json_type_array)
@@ -126,7 +85,7 @@ static void *create_once_timed(void *arg)
     afsm_session_info s;
     pthread_barrier_wait(&me->h->start);
     uint64_t t0 = harness_now_ms();
-    me->h->status[me->index] = create(me->h->engine, user, &connection, &s);
+    me->h->status[me->index] = create_on(me->h->engine, user, &connection, &s);
     me->h->elapsed_ms[me->index] = harness_now_ms() - t0;
     return NULL;
 }
@@ -138,7 +97,7 @@ static void *create_some(void *arg)
         afsm_uuid connection;
         afsm_uuid_v7(&connection);
         afsm_session_info s;
-        assert_int_equal(create(e, "warm", &connection, &s), AFSM_OK);
+        assert_int_equal(create_on(e, "warm", &connection, &s), AFSM_OK);
     }
     return NULL;
 }
@@ -208,12 +167,8 @@ static void test_close_on_a_hung_etcd_with_stale_spares(void **state)
 {
     (void)state;
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = "/cgf3/";
+    etcd_test_config(&cfg, "/cgf3/");
     cfg.etcd_request_timeout_ms = REQUEST_TIMEOUT_MS;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.default_timeout_ms = 60000; /* pooled; spares stale after 10 s */
     afsm_engine *e;
     assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
@@ -271,11 +226,11 @@ static void *collide(void *arg)
         afsm_session_info s;
         pthread_barrier_wait(&c->round);
         snprintf(user, sizeof(user), "racer-%d-%d", r, me->index);
-        c->racing[me->index][r] = create(e, user, &c->shared[r], &s);
+        c->racing[me->index][r] = create_on(e, user, &c->shared[r], &s);
         afsm_uuid own;
         afsm_uuid_v7(&own);
         snprintf(user, sizeof(user), "capped-%d", r);
-        c->capped[me->index][r] = create(e, user, &own, &s);
+        c->capped[me->index][r] = create_on(e, user, &own, &s);
     }
     return NULL;
 }
@@ -330,19 +285,6 @@ static void test_colliding_creates_on_two_engines(void **state)
 }
 
 /* ---- the cluster ----------------------------------------------------------------- */
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
-}
 
 int main(void)
 {

@@ -24,9 +24,8 @@
 
 #include "afsm.h"
 #include "etcd/keys.h"
-#include "etcd_harness.h"
-
-static harness cluster;
+#define RAW_TIMEOUT_MS 5000
+#include "etcd_test_support.h"
 
 /* Big allocations left before this thread's next one fails (that one
  * only); negative: none. */
@@ -67,9 +66,7 @@ json_object *__wrap_json_object_new_array(void)
 /* The length of the value etcd holds at key, or -1 when it has no key. */
 static long value_len_in_etcd(const char *key, size_t key_len)
 {
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 5000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    etcd_client *c = raw_client();
     json_object *body = json_object_new_object(), *reply = NULL;
     json_object_object_add(body, "key", etcd_json_bytes(key, key_len));
     assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
@@ -87,27 +84,6 @@ static long value_len_in_etcd(const char *key, size_t key_len)
     return len;
 }
 
-static long sessions_in_etcd(const char *prefix)
-{
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 5000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    char key[64], end[64];
-    size_t n = (size_t)snprintf(key, sizeof(key), "%ss/", prefix);
-    memcpy(end, key, n + 1);
-    end[n - 1]++;
-    json_object *body = json_object_new_object(), *reply = NULL;
-    json_object_object_add(body, "key", etcd_json_bytes(key, n));
-    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
-    json_object_object_add(body, "count_only", json_object_new_boolean(1));
-    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
-    long count = (long)etcd_get_int64(reply, "count");
-    json_object_put(body);
-    json_object_put(reply);
-    etcd_client_close(c);
-    return count;
-}
-
 /* Each of this thread's big allocations in turn fails during a create
  * whose record is big enough (1 KiB of metadata) to need one: every create
  * is AFSM_OK with its record readable in etcd, or AFSM_ENOMEM with nothing
@@ -116,12 +92,8 @@ static void test_create_out_of_memory_writes_no_empty_record(void **state)
 {
     (void)state;
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = "/nm1/";
+    etcd_test_config(&cfg, "/nm1/");
     cfg.etcd_request_timeout_ms = 5000;
-    cfg.etcd_dial_timeout_ms = 300;
     afsm_engine *e;
     assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
     char big[1024];
@@ -199,12 +171,8 @@ static void test_group_body_out_of_memory(void **state)
 {
     (void)state;
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = "/nm2/";
+    etcd_test_config(&cfg, "/nm2/");
     cfg.etcd_request_timeout_ms = 5000;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.default_timeout_ms = 120000; /* pooled leases: creates meet in groups */
     afsm_engine *e;
     assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
@@ -236,19 +204,6 @@ static void test_group_body_out_of_memory(void **state)
     assert_int_equal(other, 0);
     assert_int_equal(sessions_in_etcd("/nm2/"), made + ok); /* nothing of that group written */
     afsm_engine_close(e);
-}
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
 }
 
 int main(void)

@@ -11,19 +11,12 @@
  */
 #include "test_support.h"
 
-#include "etcd_harness.h"
-
-static harness cluster;
+#include "etcd_test_support.h"
 
 static afsm_engine *open_etcd_events(const char *prefix, afsm_event_fn on_event, void *ctx)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, prefix);
     cfg.default_timeout_ms = 60000;
     cfg.on_event = on_event;
     cfg.event_ctx = ctx;
@@ -127,19 +120,6 @@ static void test_etcd_packet_event_releases_the_handle(void **state)
     assert_int_equal(afsm_engine_pinned(engine, &pinned), AFSM_OK);
     assert_int_equal(pinned, 0);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
-}
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
 }
 
 int main(void)

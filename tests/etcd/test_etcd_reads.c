@@ -32,17 +32,7 @@
 #include "engine.h"
 #include "etcd/etcd_store.h"
 #include "etcd/keys.h"
-#include "etcd_harness.h"
-
-static harness cluster;
-
-#define WAIT_FOR(cond, ms)                                                                                             \
-    do {                                                                                                               \
-        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
-        while (!(cond) && harness_now_ms() < until_)                                                                   \
-            harness_nap_ms(5);                                                                                         \
-        assert_true(cond);                                                                                             \
-    } while (0)
+#include "etcd_test_support.h"
 
 /* ---- a gate: an event callback that holds the watch thread ------------------------- */
 
@@ -51,9 +41,7 @@ static harness cluster;
  * it) until the gate opens (at most 20 s). The log callback opens it when
  * the store says a read waits for the replica. */
 typedef struct gate {
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
-    int held, open;
+    hold_gate hold;   /* its lock guards the counts below too */
     int waits_logged; /* "etcd: ... waits for the replica" messages */
     int expired;      /* EXPIRED events of "hold" sessions */
 } gate;
@@ -61,14 +49,7 @@ typedef struct gate {
 static void gate_init(gate *g)
 {
     memset(g, 0, sizeof(*g));
-    pthread_mutex_init(&g->lock, NULL);
-    pthread_cond_init(&g->changed, NULL);
-}
-
-static void gate_destroy(gate *g)
-{
-    pthread_cond_destroy(&g->changed);
-    pthread_mutex_destroy(&g->lock);
+    hold_gate_init(&g->hold);
 }
 
 static void gate_event(void *ctx, const afsm_event *ev)
@@ -77,57 +58,32 @@ static void gate_event(void *ctx, const afsm_event *ev)
     if (ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
         return;
     if (ev->type == AFSM_EVENT_EXPIRED) {
-        pthread_mutex_lock(&g->lock);
+        pthread_mutex_lock(&g->hold.lock);
         g->expired++;
-        pthread_mutex_unlock(&g->lock);
+        pthread_mutex_unlock(&g->hold.lock);
         return;
     }
     if (ev->type != AFSM_EVENT_CREATED)
         return;
-    pthread_mutex_lock(&g->lock);
-    if (g->held) { /* once */
-        pthread_mutex_unlock(&g->lock);
-        return;
-    }
-    g->held = 1;
-    pthread_cond_broadcast(&g->changed);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 20;
-    while (!g->open && pthread_cond_timedwait(&g->changed, &g->lock, &until) == 0)
-        ;
-    pthread_mutex_unlock(&g->lock);
-}
-
-static void gate_open(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    g->open = 1;
-    pthread_cond_broadcast(&g->changed);
-    pthread_mutex_unlock(&g->lock);
-}
-
-static int gate_held(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    int held = g->held;
-    pthread_mutex_unlock(&g->lock);
-    return held;
+    pthread_mutex_lock(&g->hold.lock);
+    if (!g->hold.held) /* once */
+        hold_gate_wait_locked(&g->hold);
+    pthread_mutex_unlock(&g->hold.lock);
 }
 
 static int gate_waits(gate *g)
 {
-    pthread_mutex_lock(&g->lock);
+    pthread_mutex_lock(&g->hold.lock);
     int n = g->waits_logged;
-    pthread_mutex_unlock(&g->lock);
+    pthread_mutex_unlock(&g->hold.lock);
     return n;
 }
 
 static int gate_expired(gate *g)
 {
-    pthread_mutex_lock(&g->lock);
+    pthread_mutex_lock(&g->hold.lock);
     int n = g->expired;
-    pthread_mutex_unlock(&g->lock);
+    pthread_mutex_unlock(&g->hold.lock);
     return n;
 }
 
@@ -139,10 +95,10 @@ static void gate_log(void *ctx, int level, const char *message, const afsm_log_f
     gate *g = ctx;
     if (strstr(message, "waits for the replica") == NULL)
         return;
-    pthread_mutex_lock(&g->lock);
+    pthread_mutex_lock(&g->hold.lock);
     g->waits_logged++;
-    pthread_mutex_unlock(&g->lock);
-    gate_open(g);
+    pthread_mutex_unlock(&g->hold.lock);
+    hold_gate_open(&g->hold);
 }
 
 /* ---- engines ----------------------------------------------------------------------- */
@@ -159,12 +115,9 @@ typedef struct engine_options {
 static afsm_engine *open_engine(const engine_options *o)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = o->prefix;
-    cfg.etcd_request_timeout_ms = o->request_timeout_ms != 0 ? o->request_timeout_ms : 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, o->prefix);
+    if (o->request_timeout_ms != 0)
+        cfg.etcd_request_timeout_ms = o->request_timeout_ms;
     cfg.etcd_read_mode = o->read_mode;
     cfg.etcd_stats_flush_ms = o->stats_flush_ms;
     cfg.default_timeout_ms = o->default_timeout_ms != 0 ? o->default_timeout_ms : 60000;
@@ -182,35 +135,11 @@ static afsm_engine *open_engine(const engine_options *o)
     return e;
 }
 
-static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.1.2.3";
-    o.client_ip_len = strlen(o.client_ip);
-    o.client_port = 4433;
-    afsm_uuid_v7(&o.connection_id);
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
-static afsm_metrics metrics_of(afsm_engine *e)
-{
-    afsm_metrics m;
-    memset(&m, 0, sizeof(m));
-    m.version = AFSM_METRICS_VERSION;
-    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
-    return m;
-}
-
 /* A put outside every engine's prefix: etcd's revision moves on, no
  * replica's watch sees it. */
 static void put_elsewhere(int n)
 {
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    etcd_client *c = raw_client();
     for (int i = 0; i < n; i++) {
         json_object *body = json_object_new_object(), *reply = NULL;
         json_object_object_add(body, "key", etcd_json_bytes("/elsewhere/k", 12));
@@ -266,7 +195,7 @@ static void lists_and_counts_wait(uint32_t read_mode, const char *prefix, int co
     afsm_engine *b = open_engine(&(engine_options){.prefix = prefix, .read_mode = read_mode, .gate = &g});
     afsm_session_info s1, s2;
     assert_int_equal(create(a, "hold", &s1), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 10000); /* B's watch thread sits in s1's CREATED */
+    WAIT_FOR(hold_gate_held(&g.hold), 10000); /* B's watch thread sits in s1's CREATED */
     assert_int_equal(create(a, "other", &s2), AFSM_OK);
     /* From another thread: the call blocks until the gate opens (the log
      * callback opens it when the store starts waiting). */
@@ -274,7 +203,7 @@ static void lists_and_counts_wait(uint32_t read_mode, const char *prefix, int co
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, lister_main, &l), 0);
     pthread_join(t, NULL);
-    gate_open(&g); /* on the old code nothing waited: let the watch go for close */
+    hold_gate_open(&g.hold); /* on the old code nothing waited: let the watch go for close */
     print_message("mode %u %s: status %s, %zu listed, total %llu, %d waits\n", read_mode, count_only ? "count" : "list",
                   afsm_status_name(l.status), l.listed, (unsigned long long)l.total, gate_waits(&g));
     assert_int_equal(l.status, AFSM_OK);
@@ -305,7 +234,7 @@ static void lists_and_counts_wait(uint32_t read_mode, const char *prefix, int co
     /* Replica mode keeps answering locally (no etcd request). */
     afsm_engine_close(a);
     afsm_engine_close(b);
-    gate_destroy(&g);
+    hold_gate_destroy(&g.hold);
 }
 
 static void test_consistent_list_waits_for_the_replica(void **state)
@@ -346,29 +275,19 @@ static void test_lag_metric_counts_a_held_watch(void **state)
     afsm_engine *b = open_engine(&(engine_options){.prefix = "/rd5/"});
     afsm_session_info held, mine;
     assert_int_equal(create(b, "hold", &held), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 10000); /* A's watch thread sits in held's CREATED */
+    WAIT_FOR(hold_gate_held(&g.hold), 10000); /* A's watch thread sits in held's CREATED */
     assert_int_equal(create(a, "mine", &mine), AFSM_OK);
     WAIT_FOR(metrics_of(a).etcd_replica_lag_seconds > 0.5, 5000);
-    gate_open(&g);
+    hold_gate_open(&g.hold);
     /* The held write's echo measured the hold; a write made with the watch
      * running measures its own short delay. */
     WAIT_FOR(create(a, "mine", &mine) == AFSM_OK && metrics_of(a).etcd_replica_lag_seconds < 0.5, 10000);
     afsm_engine_close(a);
     afsm_engine_close(b);
-    gate_destroy(&g);
+    hold_gate_destroy(&g.hold);
 }
 
 /* ---- 2. a heartbeat never waits on etcd ---------------------------------------------- */
-
-/* A raw client on the cluster (what the test reads or changes behind the
- * engines' backs). */
-static etcd_client *raw_client(void)
-{
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    return c;
-}
 
 /* The session's record in etcd: whether it exists, and its lease. */
 static int record_in_etcd(const char *prefix, const afsm_uuid *id, int64_t *lease)
@@ -529,7 +448,7 @@ static void test_lease_gone_makes_heartbeats_expired(void **state)
     afsm_engine *b = open_engine(&(engine_options){.prefix = prefix, .default_timeout_ms = 3000, .gate = &g});
     afsm_session_info s;
     assert_int_equal(create(a, "hold", &s), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 10000);
+    WAIT_FOR(hold_gate_held(&g.hold), 10000);
     int64_t lease = 0;
     assert_true(record_in_etcd(prefix, &s.session_id, &lease));
     etcd_client *c = raw_client();
@@ -543,13 +462,13 @@ static void test_lease_gone_makes_heartbeats_expired(void **state)
     WAIT_FOR(afsm_session_heartbeat(b, &s.session_id, NULL) == AFSM_EEXPIRED, 6000);
     assert_int_equal(afsm_session_heartbeat(b, &s.session_id, NULL), AFSM_EEXPIRED);
     assert_int_equal(gate_expired(&g), 0);
-    gate_open(&g);
+    hold_gate_open(&g.hold);
     WAIT_FOR(gate_expired(&g) == 1, 5000);
     assert_int_equal(afsm_session_heartbeat(b, &s.session_id, NULL), AFSM_ENOTFOUND);
     afsm_engine_close(a);
     afsm_engine_close(b);
     assert_int_equal(gate_expired(&g), 1);
-    gate_destroy(&g);
+    hold_gate_destroy(&g.hold);
 }
 
 /* ---- 3. a flush that loses every guard says so and keeps the stats ------------------ */
@@ -609,19 +528,6 @@ static void test_flush_losing_every_guard_reports_it_and_keeps_the_stats(void **
 }
 
 /* ---- setup ----------------------------------------------------------------------------- */
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
-}
 
 int main(void)
 {

@@ -22,9 +22,9 @@
 #include <stdatomic.h>
 
 #include "afsm.h"
-#include "etcd_harness.h"
 
-static harness cluster;
+#define WAIT_FOR_NAP_MS 10
+#include "etcd_test_support.h"
 
 /* ---- events ------------------------------------------------------------------ */
 
@@ -39,72 +39,41 @@ typedef struct recorded {
  * on the watch thread: only another engine creates such sessions) holds
  * that thread until the test opens the gate. */
 typedef struct recorder {
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
+    hold_gate hold; /* its lock guards the events too */
     recorded events[EVENTS_MAX];
     size_t count;
-    int gated, held, open;
+    int gated;
 } recorder;
 
 static void recorder_init(recorder *r)
 {
     memset(r, 0, sizeof(*r));
-    pthread_mutex_init(&r->lock, NULL);
-    pthread_cond_init(&r->changed, NULL);
-}
-
-static void recorder_destroy(recorder *r)
-{
-    pthread_cond_destroy(&r->changed);
-    pthread_mutex_destroy(&r->lock);
+    hold_gate_init(&r->hold);
 }
 
 static void record_event(void *ctx, const afsm_event *ev)
 {
     recorder *r = ctx;
-    pthread_mutex_lock(&r->lock);
+    pthread_mutex_lock(&r->hold.lock);
     if (r->count < EVENTS_MAX) {
         r->events[r->count].type = ev->type;
         r->events[r->count].id = ev->session_id;
         r->count++;
     }
-    if (r->gated && ev->user_id_len == 4 && memcmp(ev->user_id, "gate", 4) == 0) {
-        r->held = 1;
-        pthread_cond_broadcast(&r->changed);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 20; /* a bound, so a broken test cannot hang the watch forever */
-        while (!r->open && pthread_cond_timedwait(&r->changed, &r->lock, &until) == 0)
-            ;
-    }
-    pthread_mutex_unlock(&r->lock);
+    if (r->gated && ev->user_id_len == 4 && memcmp(ev->user_id, "gate", 4) == 0)
+        hold_gate_wait_locked(&r->hold);
+    pthread_mutex_unlock(&r->hold.lock);
 }
 
 static size_t events_of(recorder *r, uint32_t type, const afsm_uuid *id)
 {
     size_t n = 0;
-    pthread_mutex_lock(&r->lock);
+    pthread_mutex_lock(&r->hold.lock);
     for (size_t i = 0; i < r->count; i++)
         if (r->events[i].type == type && memcmp(&r->events[i].id, id, sizeof(*id)) == 0)
             n++;
-    pthread_mutex_unlock(&r->lock);
+    pthread_mutex_unlock(&r->hold.lock);
     return n;
-}
-
-static int gate_held(recorder *r)
-{
-    pthread_mutex_lock(&r->lock);
-    int held = r->held;
-    pthread_mutex_unlock(&r->lock);
-    return held;
-}
-
-static void gate_open(recorder *r)
-{
-    pthread_mutex_lock(&r->lock);
-    r->open = 1;
-    pthread_cond_broadcast(&r->changed);
-    pthread_mutex_unlock(&r->lock);
 }
 
 /* ---- engines ------------------------------------------------------------------- */
@@ -123,12 +92,11 @@ typedef struct engine_options {
 static afsm_status open_engine(const engine_options *o, afsm_engine **out)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = o->endpoints != NULL ? o->endpoints : cluster.endpoints;
-    cfg.etcd_prefix = o->prefix;
-    cfg.etcd_request_timeout_ms = o->request_timeout_ms != 0 ? o->request_timeout_ms : 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, o->prefix);
+    if (o->endpoints != NULL)
+        cfg.etcd_endpoints = o->endpoints;
+    if (o->request_timeout_ms != 0)
+        cfg.etcd_request_timeout_ms = o->request_timeout_ms;
     cfg.etcd_stats_flush_ms = o->stats_flush_ms;
     cfg.etcd_read_mode = o->read_mode;
     cfg.default_timeout_ms = 60000;
@@ -142,53 +110,6 @@ static afsm_status open_engine(const engine_options *o, afsm_engine **out)
     cfg.log_level = AFSM_LOG_ERROR;
     cfg.shard_count = 4;
     return afsm_engine_open(&cfg, out);
-}
-
-static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.1.2.3";
-    o.client_ip_len = strlen(o.client_ip);
-    o.client_port = 4433;
-    afsm_uuid_v7(&o.connection_id);
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
-static afsm_status get(afsm_engine *e, const afsm_uuid *id, afsm_session_info *out)
-{
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_get(e, id, out);
-}
-
-static afsm_metrics metrics_of(afsm_engine *e)
-{
-    afsm_metrics m = AFSM_METRICS_INIT;
-    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
-    return m;
-}
-
-#define WAIT_FOR(cond, ms)                                                                                             \
-    do {                                                                                                               \
-        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
-        while (!(cond) && harness_now_ms() < until_)                                                                   \
-            harness_nap_ms(10);                                                                                        \
-        assert_true(cond);                                                                                             \
-    } while (0)
-
-/* A raw etcd call through the cluster's endpoints (the test's own client). */
-static json_object *raw_call(const char *path, json_object *body, int idempotent)
-{
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    json_object *reply = NULL;
-    assert_int_equal(etcd_call(c, path, body, idempotent, &reply, NULL), AFSM_OK);
-    json_object_put(body);
-    etcd_client_close(c);
-    return reply;
 }
 
 /* ---- one member ----------------------------------------------------------------- */
@@ -244,11 +165,11 @@ static void test_own_create_then_delete_fires_once(void **state)
 
     afsm_session_info gate, s, marker, copy;
     assert_int_equal(create(b, "gate", &gate), AFSM_OK);
-    WAIT_FOR(gate_held(&ra), 5000); /* A's watch thread is in the callback */
+    WAIT_FOR(hold_gate_held(&ra.hold), 5000); /* A's watch thread is in the callback */
     assert_int_equal(create(a, "eve", &s), AFSM_OK);
     assert_int_equal(afsm_session_delete(a, &s.session_id, "bye", 3), AFSM_OK);
     assert_int_equal(get(a, &s.session_id, &copy), AFSM_ENOTFOUND);
-    gate_open(&ra);
+    hold_gate_open(&ra.hold);
 
     /* Once A has seen a later create, it has applied both echoes. */
     assert_int_equal(create(b, "marker", &marker), AFSM_OK);
@@ -258,7 +179,7 @@ static void test_own_create_then_delete_fires_once(void **state)
     assert_int_equal(get(a, &s.session_id, &copy), AFSM_ENOTFOUND);
     afsm_engine_close(a);
     afsm_engine_close(b);
-    recorder_destroy(&ra);
+    hold_gate_destroy(&ra.hold);
 }
 
 /* Consistent reads from an event callback on the watch thread (afsm.h: a
@@ -596,12 +517,8 @@ static void test_heartbeats_with_etcd_down_renew_once_per_period(void **state)
 {
     (void)state;
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = "/r9/";
+    etcd_test_config(&cfg, "/r9/");
     cfg.etcd_request_timeout_ms = 500;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.default_timeout_ms = 6000;
     cfg.log_level = AFSM_LOG_ERROR;
     cfg.shard_count = 4;
@@ -989,25 +906,6 @@ static void test_lag_metric_does_not_fall_when_the_watch_goes_down(void **state)
     assert_true(worst_fall < 0.05);
     assert_true(last > 4.5); /* watched for 5 s since the write (coarse clock) */
     afsm_engine_close(b);
-}
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int start_three(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 3);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
 }
 
 int main(void)

@@ -24,10 +24,9 @@
 
 #include "afsm.h"
 #include "etcd/keys.h"
-#include "etcd_harness.h"
+#define WAIT_FOR_NAP_MS 10
+#include "etcd_test_support.h"
 #include "util/alloc.h"
-
-static harness cluster;
 
 /* ---- a gate: an event callback that holds its thread ----------------------------- */
 
@@ -35,10 +34,8 @@ static harness cluster;
  * "hold" holds the thread that fires it until the test opens the gate (at
  * most 20 s). */
 typedef struct gate {
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
-    uint32_t type; /* the event type that holds */
-    int held, open;
+    hold_gate hold; /* its lock guards the log too */
+    uint32_t type;  /* the event type that holds */
     struct {
         uint32_t type;
         afsm_uuid id;
@@ -49,65 +46,33 @@ typedef struct gate {
 static void gate_init(gate *g, uint32_t type)
 {
     memset(g, 0, sizeof(*g));
-    pthread_mutex_init(&g->lock, NULL);
-    pthread_cond_init(&g->changed, NULL);
+    hold_gate_init(&g->hold);
     g->type = type;
-}
-
-static void gate_destroy(gate *g)
-{
-    pthread_cond_destroy(&g->changed);
-    pthread_mutex_destroy(&g->lock);
 }
 
 static void gate_event(void *ctx, const afsm_event *ev)
 {
     gate *g = ctx;
-    pthread_mutex_lock(&g->lock);
+    pthread_mutex_lock(&g->hold.lock);
     if (g->logged < sizeof(g->log) / sizeof(g->log[0])) {
         g->log[g->logged].type = ev->type;
         g->log[g->logged].id = ev->session_id;
         g->logged++;
     }
-    if (ev->type != g->type || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0) {
-        pthread_mutex_unlock(&g->lock);
-        return;
-    }
-    g->held = 1;
-    pthread_cond_broadcast(&g->changed);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 20;
-    while (!g->open && pthread_cond_timedwait(&g->changed, &g->lock, &until) == 0)
-        ;
-    pthread_mutex_unlock(&g->lock);
-}
-
-static int gate_held(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    int held = g->held;
-    pthread_mutex_unlock(&g->lock);
-    return held;
+    if (ev->type == g->type && ev->user_id_len == 4 && memcmp(ev->user_id, "hold", 4) == 0)
+        hold_gate_wait_locked(&g->hold);
+    pthread_mutex_unlock(&g->hold.lock);
 }
 
 static size_t gate_events(gate *g, uint32_t type, const afsm_uuid *id)
 {
     size_t n = 0;
-    pthread_mutex_lock(&g->lock);
+    pthread_mutex_lock(&g->hold.lock);
     for (size_t i = 0; i < g->logged; i++)
         if (g->log[i].type == type && memcmp(&g->log[i].id, id, sizeof(*id)) == 0)
             n++;
-    pthread_mutex_unlock(&g->lock);
+    pthread_mutex_unlock(&g->hold.lock);
     return n;
-}
-
-static void gate_open(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    g->open = 1;
-    pthread_cond_broadcast(&g->changed);
-    pthread_mutex_unlock(&g->lock);
 }
 
 /* ---- engines --------------------------------------------------------------------- */
@@ -123,12 +88,7 @@ typedef struct engine_options {
 static afsm_status open_engine(const engine_options *o, afsm_engine **out)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = o->prefix;
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, o->prefix);
     cfg.etcd_read_mode = o->read_mode;
     cfg.default_timeout_ms = o->default_timeout_ms != 0 ? o->default_timeout_ms : 60000;
     cfg.on_event = o->on_event;
@@ -137,39 +97,6 @@ static afsm_status open_engine(const engine_options *o, afsm_engine **out)
     cfg.shard_count = 4;
     return afsm_engine_open(&cfg, out);
 }
-
-static afsm_status create_timeout(afsm_engine *e, const char *user, uint64_t timeout_ms, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.1.2.3";
-    o.client_ip_len = strlen(o.client_ip);
-    o.client_port = 4433;
-    o.timeout_ms = timeout_ms;
-    afsm_uuid_v7(&o.connection_id);
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
-static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
-{
-    return create_timeout(e, user, 0, out);
-}
-
-static afsm_status get(afsm_engine *e, const afsm_uuid *id, afsm_session_info *out)
-{
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_get(e, id, out);
-}
-
-#define WAIT_FOR(cond, ms)                                                                                             \
-    do {                                                                                                               \
-        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
-        while (!(cond) && harness_now_ms() < until_)                                                                   \
-            harness_nap_ms(10);                                                                                        \
-        assert_true(cond);                                                                                             \
-    } while (0)
 
 /* ---- a callback on a writing thread must not stall the watch --------------------- */
 
@@ -228,7 +155,7 @@ static void stalls_watch(int update)
     }
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, writer_main, &w), 0);
-    WAIT_FOR(gate_held(g), 5000); /* the writer's callback is running */
+    WAIT_FOR(hold_gate_held(&g->hold), 5000); /* the writer's callback is running */
 
     /* Another node's session, created after the callback began. */
     afsm_session_info other, copy;
@@ -237,7 +164,7 @@ static void stalls_watch(int update)
     afsm_status seen;
     while ((seen = get(a, &other.session_id, &copy)) != AFSM_OK && harness_now_ms() < until)
         harness_nap_ms(10);
-    gate_open(g);
+    hold_gate_open(&g->hold);
     pthread_join(t, NULL);
     assert_int_equal(w.status, AFSM_OK);
     /* Once the callback returned, A catches up at once (shown for contrast). */
@@ -248,7 +175,7 @@ static void stalls_watch(int update)
                       update ? "STATE_CHANGED" : "CREATED");
     afsm_engine_close(a);
     afsm_engine_close(b);
-    gate_destroy(g);
+    hold_gate_destroy(&g->hold);
     assert_int_equal(seen, AFSM_OK);
 }
 
@@ -265,13 +192,6 @@ static void test_state_changed_callback_does_not_stall_the_watch(void **state)
 }
 
 /* ---- the replica frees what it removed ------------------------------------------- */
-
-static afsm_metrics metrics_of(afsm_engine *e)
-{
-    afsm_metrics m = AFSM_METRICS_INIT;
-    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
-    return m;
-}
 
 /* The replica is a memory store whose advance never runs (etcd_advance
  * only re-anchors the wall offset). The memory store frees removed
@@ -392,14 +312,14 @@ static void test_restore_on_a_lagging_node_takes_the_copys_connection(void **sta
     assert_int_equal(create(a, "mover", &x), AFSM_OK);
     WAIT_FOR(get(b, &x.session_id, &copy) == AFSM_OK, 5000);
     assert_int_equal(create(a, "hold", &hold), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 5000); /* B's watch thread is in the callback */
+    WAIT_FOR(hold_gate_held(&g.hold), 5000); /* B's watch thread is in the callback */
 
     assert_int_equal(afsm_session_delete(a, &x.session_id, "moved", 5), AFSM_OK);
     afsm_session_info moved = copy;
     afsm_uuid_v7(&moved.connection_id);
     moved.client_port = 5544;
     afsm_status restored = afsm_session_restore(b, &moved, NULL, 0);
-    gate_open(&g);
+    hold_gate_open(&g.hold);
     assert_int_equal(restored, AFSM_OK);
 
     /* Once B has seen a later create, its watch has passed both writes. */
@@ -415,7 +335,7 @@ static void test_restore_on_a_lagging_node_takes_the_copys_connection(void **sta
                   afsm_status_name(old_status), copy.client_port);
     afsm_engine_close(a);
     afsm_engine_close(b);
-    gate_destroy(&g);
+    hold_gate_destroy(&g.hold);
     assert_int_equal(new_status, AFSM_OK);
     assert_int_equal(old_status, AFSM_ENOTFOUND);
     assert_int_equal(copy.client_port, 5544);
@@ -441,12 +361,12 @@ static void test_delete_by_user_fires_deleted_for_each_removed(void **state)
 
     afsm_session_info x, hold, copy, marker;
     assert_int_equal(create(a, "hold", &hold), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 5000); /* B's watch thread is in the callback */
+    WAIT_FOR(hold_gate_held(&g.hold), 5000); /* B's watch thread is in the callback */
     assert_int_equal(create(a, "leaver", &x), AFSM_OK);
     size_t removed = 0;
     afsm_status st = afsm_session_delete_by_user(b, "leaver", 6, "bye", 3, &removed);
     size_t deleted_on_return = gate_events(&g, AFSM_EVENT_DELETED, &x.session_id);
-    gate_open(&g);
+    hold_gate_open(&g.hold);
     assert_int_equal(st, AFSM_OK);
     assert_int_equal(removed, 1);
     assert_int_equal(create(a, "marker", &marker), AFSM_OK);
@@ -456,7 +376,7 @@ static void test_delete_by_user_fires_deleted_for_each_removed(void **state)
                   deleted_on_return, deleted, gate_events(&g, AFSM_EVENT_CREATED, &x.session_id));
     afsm_engine_close(a);
     afsm_engine_close(b);
-    gate_destroy(&g);
+    hold_gate_destroy(&g.hold);
     assert_int_equal(deleted_on_return, 1);
     assert_int_equal(deleted, 1);
 }
@@ -526,28 +446,6 @@ static void test_update_whose_callback_deletes_reports_ok(void **state)
 }
 
 /* ---- allocation failure after the txn -------------------------------------------- */
-
-/* Sessions under prefix in etcd (s/ keys), read with the test's own client. */
-static int64_t sessions_in_etcd(const char *prefix)
-{
-    char key[64], end[64];
-    size_t n = (size_t)snprintf(key, sizeof(key), "%ss/", prefix);
-    keys_range_end(key, n, end);
-    json_object *body = json_object_new_object();
-    json_object_object_add(body, "key", etcd_json_bytes(key, n));
-    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
-    json_object_object_add(body, "count_only", json_object_new_boolean(1));
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    json_object *reply = NULL;
-    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
-    json_object_put(body);
-    int64_t count = etcd_get_int64(reply, "count");
-    json_object_put(reply);
-    etcd_client_close(c);
-    return count;
-}
 
 /* alloc.h: a test makes the Nth allocation fail "and check[s] that the
  * engine is unchanged". etcd_create allocates from the engine's allocator
@@ -632,10 +530,10 @@ static void test_watch_apply_failing_for_memory_is_not_lost(void **state)
 
     afsm_session_info hold, x, marker, copy;
     assert_int_equal(create(a, "hold", &hold), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 5000); /* B's watch thread is in the callback */
+    WAIT_FOR(hold_gate_held(&g.hold), 5000); /* B's watch thread is in the callback */
     assert_int_equal(create(a, "scarce", &x), AFSM_OK);
     alloc_fail_after(0);
-    gate_open(&g);
+    hold_gate_open(&g.hold);
     uint64_t until = harness_now_ms() + 5000;
     while (atomic_load(&not_applied) == 0 && harness_now_ms() < until)
         harness_nap_ms(5);
@@ -650,25 +548,12 @@ static void test_watch_apply_failing_for_memory_is_not_lost(void **state)
                   afsm_status_name(seen), afsm_status_name(get(a, &x.session_id, &copy)));
     afsm_engine_close(a);
     afsm_engine_close(b);
-    gate_destroy(&g);
+    hold_gate_destroy(&g.hold);
     assert_true(failed > 0); /* the failure did hit B's apply */
     assert_int_equal(seen, AFSM_OK);
 }
 
 /* ---- the cluster ----------------------------------------------------------------- */
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
-}
 
 int main(void)
 {

@@ -24,18 +24,8 @@
 #include "engine.h"
 #include "etcd/etcd_store.h"
 #include "etcd/keys.h"
-#include "etcd_harness.h"
+#include "etcd_test_support.h"
 #include "util/alloc.h"
-
-static harness cluster;
-
-#define WAIT_FOR(cond, ms)                                                                                             \
-    do {                                                                                                               \
-        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
-        while (!(cond) && harness_now_ms() < until_)                                                                   \
-            harness_nap_ms(5);                                                                                         \
-        assert_true(cond);                                                                                             \
-    } while (0)
 
 typedef struct counters {
     _Atomic int expired, deleted, created;
@@ -64,12 +54,9 @@ typedef struct engine_options {
 static afsm_engine *open_engine(const engine_options *o)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = o->prefix;
-    cfg.etcd_request_timeout_ms = o->request_timeout_ms != 0 ? o->request_timeout_ms : 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, o->prefix);
+    if (o->request_timeout_ms != 0)
+        cfg.etcd_request_timeout_ms = o->request_timeout_ms;
     cfg.etcd_read_mode = o->read_mode;
     cfg.etcd_stats_flush_ms = o->stats_flush_ms;
     cfg.default_timeout_ms = o->default_timeout_ms != 0 ? o->default_timeout_ms : 60000;
@@ -82,28 +69,6 @@ static afsm_engine *open_engine(const engine_options *o)
     afsm_engine *e = NULL;
     assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
     return e;
-}
-
-static afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
-{
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.1.2.3";
-    o.client_ip_len = strlen(o.client_ip);
-    o.client_port = 4433;
-    afsm_uuid_v7(&o.connection_id);
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_create(e, &o, out);
-}
-
-static afsm_metrics metrics_of(afsm_engine *e)
-{
-    afsm_metrics m;
-    memset(&m, 0, sizeof(m));
-    m.version = AFSM_METRICS_VERSION;
-    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
-    return m;
 }
 
 /* ---- 1. heartbeating sessions keep their leases ------------------------------------ */
@@ -220,46 +185,18 @@ static void test_heartbeating_sessions_keep_their_leases_on_two_nodes(void **sta
 
 /* ---- 2. consistent reads answer within the request timeout --------------------------- */
 
-/* A gate: the first CREATED of a session of the user "hold" holds the
- * thread that fires it (the watch thread of an engine that did not create
- * it) until opened, at most 20 s. */
-typedef struct gate {
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
-    int held, open;
-} gate;
-
+/* The callback of a hold gate: the first CREATED of a session of the user
+ * "hold" holds the thread that fires it (the watch thread of an engine
+ * that did not create it) until opened, at most 20 s. */
 static void gate_event(void *ctx, const afsm_event *ev)
 {
-    gate *g = ctx;
+    hold_gate *g = ctx;
     if (ev->type != AFSM_EVENT_CREATED || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
         return;
     pthread_mutex_lock(&g->lock);
-    if (!g->held) {
-        g->held = 1;
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 20;
-        while (!g->open && pthread_cond_timedwait(&g->changed, &g->lock, &until) == 0)
-            ;
-    }
+    if (!g->held)
+        hold_gate_wait_locked(g);
     pthread_mutex_unlock(&g->lock);
-}
-
-static void gate_open(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    g->open = 1;
-    pthread_cond_broadcast(&g->changed);
-    pthread_mutex_unlock(&g->lock);
-}
-
-static int gate_held(gate *g)
-{
-    pthread_mutex_lock(&g->lock);
-    int held = g->held;
-    pthread_mutex_unlock(&g->lock);
-    return held;
 }
 
 static _Atomic int etcd_stopped; /* the member is SIGSTOPped: the teardown resumes it */
@@ -339,17 +276,12 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
     (void)state;
     const char *prefix = "/ct1/";
     const uint64_t timeout_ms = 2000;
-    gate g = {.held = 0};
-    pthread_mutex_init(&g.lock, NULL);
-    pthread_cond_init(&g.changed, NULL);
+    hold_gate g;
+    hold_gate_init(&g);
     afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_request_timeout_ms = timeout_ms;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.etcd_read_mode = AFSM_READ_CONSISTENT;
     cfg.log_level = AFSM_LOG_ERROR;
     cfg.on_event = gate_event;
@@ -360,7 +292,7 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
 
     afsm_session_info s1, s2;
     assert_int_equal(create(a, "hold", &s1), AFSM_OK);
-    WAIT_FOR(gate_held(&g), 10000); /* b's watch sits in s1's CREATED */
+    WAIT_FOR(hold_gate_held(&g), 10000); /* b's watch sits in s1's CREATED */
     assert_int_equal(create(a, "other", &s2), AFSM_OK);
 
     const char *names[] = {"list", "count", "get"};
@@ -368,7 +300,7 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
     afsm_status st[3];
     for (int what = 0; what < 3; what++)
         took[what] = stalled_read(b, what, &s2.session_id, timeout_ms * 7 / 10, &st[what]);
-    gate_open(&g);
+    hold_gate_open(&g);
     for (int what = 0; what < 3; what++)
         print_message("consistent %s with etcd stalled 1.4 s of a 2 s timeout: %s after %llu ms\n", names[what],
                       afsm_status_name(st[what]), (unsigned long long)took[what]);
@@ -378,8 +310,7 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
     }
     afsm_engine_close(a);
     afsm_engine_close(b);
-    pthread_cond_destroy(&g.changed);
-    pthread_mutex_destroy(&g.lock);
+    hold_gate_destroy(&g);
 }
 
 /* A consistent list and count called from an event callback on the watch
@@ -425,12 +356,7 @@ static void test_consistent_list_in_a_watch_callback_answers_at_once(void **stat
     memset(&c, 0, sizeof(c));
     afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_read_mode = AFSM_READ_CONSISTENT;
     cfg.on_event = list_in_callback;
     cfg.event_ctx = &c;
@@ -491,21 +417,14 @@ static void test_consistent_counts_follow_creates_and_deletes(void **state)
     const char *prefix = "/cc1/";
     afsm_engine *a = open_engine(&(engine_options){.prefix = prefix});
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_read_mode = AFSM_READ_CONSISTENT;
     cfg.on_event = slow_event;
     cfg.log_level = AFSM_LOG_ERROR;
     cfg.shard_count = 4;
     afsm_engine *b = NULL;
     assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *raw;
-    assert_int_equal(etcd_client_open(&cc, &raw), AFSM_OK);
+    etcd_client *raw = raw_client();
     afsm_uuid live[LIVE_MAX];
     int n = 0, wrong = 0;
     unsigned seed = 16;
@@ -560,9 +479,7 @@ static int64_t packets_in_etcd(const char *prefix, const afsm_uuid *id, int64_t 
 {
     char key[KEYS_MAX];
     size_t len = keys_session(prefix, strlen(prefix), id, key);
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    etcd_client *c = raw_client();
     json_object *body = json_object_new_object(), *reply = NULL, *kvs;
     json_object_object_add(body, "key", etcd_json_bytes(key, len));
     assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
@@ -664,12 +581,7 @@ static void test_renewals_follow_real_time_under_a_virtual_clock(void **state)
     counters ev;
     memset(&ev, 0, sizeof(ev));
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, prefix);
     cfg.default_timeout_ms = 3000;
     cfg.clock = frozen_clock;
     cfg.clock_ctx = &now;
@@ -805,12 +717,8 @@ static void test_close_while_callbacks_queue_renewals(void **state)
     memset(&p, 0, sizeof(p));
     afsm_engine *a = open_engine(&(engine_options){.prefix = prefix, .default_timeout_ms = 3000});
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = prefix;
+    etcd_test_config(&cfg, prefix);
     cfg.etcd_request_timeout_ms = 2000;
-    cfg.etcd_dial_timeout_ms = 300;
     cfg.default_timeout_ms = 3000;
     cfg.on_event = pinger_event;
     cfg.event_ctx = &p;
@@ -1097,25 +1005,6 @@ static void test_hung_member_does_not_expire_heartbeated_sessions(void **state)
 }
 
 /* ---- setup ----------------------------------------------------------------------------- */
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int start_three(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 3);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
-}
 
 int main(void)
 {

@@ -17,12 +17,10 @@
 
 #include "engine.h"
 #include "etcd/etcd_store.h"
-#include "etcd_harness.h"
+#include "etcd_test_support.h"
 #include "mem/mem_store.h"
 #include "mem/shard.h"
 #include "mem/slab.h"
-
-static harness cluster;
 
 #define ETCD_SESSIONS 120
 #define ETCD_READERS  2
@@ -89,12 +87,7 @@ static void test_etcd_replica_returns_its_slots(void **state)
 {
     (void)state;
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = cluster.endpoints;
-    cfg.etcd_prefix = "/r15get/";
-    cfg.etcd_request_timeout_ms = 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, "/r15get/");
     cfg.default_timeout_ms = 60000;
     cfg.reaper = AFSM_REAPER_MANUAL;
     cfg.shard_count = 2;
@@ -140,19 +133,6 @@ static void test_etcd_replica_returns_its_slots(void **state)
         fail_msg("%zu replica slots still in use with no session left", used);
     assert_int_equal(afsm_engine_close(c->engine), AFSM_OK);
     free(c);
-}
-
-static int start_one(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
 }
 
 int main(void)

@@ -18,9 +18,10 @@
 #include <stdatomic.h>
 
 #include "afsm.h"
-#include "etcd_harness.h"
-
-static harness cluster;
+/* A failed wait shows the events recorded so far (dump_events, below). */
+#define WAIT_FOR_NAP_MS       10
+#define WAIT_FOR_ON_TIMEOUT() dump_events()
+#include "etcd_test_support.h"
 
 /* ---- events ------------------------------------------------------------------ */
 
@@ -160,12 +161,11 @@ typedef struct engine_options {
 static afsm_status open_engine(const engine_options *o, afsm_engine **out)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    cfg.store = AFSM_STORE_ETCD;
-    cfg.etcd_endpoints = o->endpoints != NULL ? o->endpoints : cluster.endpoints;
-    cfg.etcd_prefix = o->prefix;
-    cfg.etcd_request_timeout_ms = o->request_timeout_ms != 0 ? o->request_timeout_ms : 3000;
-    cfg.etcd_dial_timeout_ms = 300;
+    etcd_test_config(&cfg, o->prefix);
+    if (o->endpoints != NULL)
+        cfg.etcd_endpoints = o->endpoints;
+    if (o->request_timeout_ms != 0)
+        cfg.etcd_request_timeout_ms = o->request_timeout_ms;
     cfg.default_timeout_ms = o->timeout_ms != 0 ? o->timeout_ms : 60000;
     cfg.max_sessions_per_user = o->cap;
     cfg.on_event = o->events != NULL ? record_event : NULL;
@@ -176,14 +176,11 @@ static afsm_status open_engine(const engine_options *o, afsm_engine **out)
     return afsm_engine_open(&cfg, out);
 }
 
-static afsm_status create(afsm_engine *e, const char *user, afsm_uuid *connection, afsm_session_info *out)
+/* A session of user with the metadata device=phone (the tests check it
+ * travels through etcd), on connection (NULL: a fresh one). */
+static afsm_status create_phone(afsm_engine *e, const char *user, afsm_uuid *connection, afsm_session_info *out)
 {
-    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
-    o.user_id = user;
-    o.user_id_len = strlen(user);
-    o.client_ip = "10.1.2.3";
-    o.client_ip_len = strlen(o.client_ip);
-    o.client_port = 4433;
+    afsm_create_options o = client_options(user);
     afsm_uuid fresh;
     if (connection == NULL) {
         afsm_uuid_v7(&fresh);
@@ -195,65 +192,6 @@ static afsm_status create(afsm_engine *e, const char *user, afsm_uuid *connectio
     o.metadata_count = 1;
     afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
     return afsm_session_create(e, &o, out);
-}
-
-static afsm_status get(afsm_engine *e, const afsm_uuid *id, afsm_session_info *out)
-{
-    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
-    return afsm_session_get(e, id, out);
-}
-
-#define WAIT_FOR(cond, ms)                                                                                             \
-    do {                                                                                                               \
-        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
-        while (!(cond) && harness_now_ms() < until_)                                                                   \
-            harness_nap_ms(10);                                                                                        \
-        if (!(cond))                                                                                                   \
-            dump_events();                                                                                             \
-        assert_true(cond);                                                                                             \
-    } while (0)
-
-/* Keys under a prefix, straight from etcd. */
-static long keys_under(const char *prefix)
-{
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    char end[128];
-    size_t n = strlen(prefix);
-    memcpy(end, prefix, n + 1);
-    end[n - 1]++;
-    json_object *body = json_object_new_object(), *reply = NULL;
-    json_object_object_add(body, "key", etcd_json_bytes(prefix, n));
-    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
-    json_object_object_add(body, "count_only", json_object_new_boolean(1));
-    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
-    long count = (long)etcd_get_int64(reply, "count");
-    json_object_put(body);
-    json_object_put(reply);
-    etcd_client_close(c);
-    return count;
-}
-
-static void put_raw(const char *key, const char *value)
-{
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    json_object *body = json_object_new_object(), *reply = NULL;
-    json_object_object_add(body, "key", etcd_json_bytes(key, strlen(key)));
-    json_object_object_add(body, "value", etcd_json_bytes(value, strlen(value)));
-    assert_int_equal(etcd_call(c, "/v3/kv/put", body, 0, &reply, NULL), AFSM_OK);
-    json_object_put(body);
-    json_object_put(reply);
-    etcd_client_close(c);
-}
-
-static afsm_metrics metrics_of(afsm_engine *e)
-{
-    afsm_metrics m = AFSM_METRICS_INIT;
-    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
-    return m;
 }
 
 /* The engine's Prometheus text passes promtool and has the etcd series. */
@@ -291,7 +229,7 @@ static void test_two_engines_share_sessions(void **state)
     assert_int_equal(open_engine(&o, &b), AFSM_OK);
 
     afsm_session_info s, copy;
-    assert_int_equal(create(a, "alice", NULL, &s), AFSM_OK);
+    assert_int_equal(create_phone(a, "alice", NULL, &s), AFSM_OK);
     assert_int_equal(get(a, &s.session_id, &copy), AFSM_OK); /* A reads its own write at once */
     WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000);
     assert_string_equal(copy.user_id, "alice");
@@ -362,11 +300,11 @@ static void test_connection_ids_unique_across_nodes(void **state)
     afsm_uuid connection;
     afsm_uuid_v7(&connection);
     afsm_session_info s;
-    assert_int_equal(create(a, "bob", &connection, &s), AFSM_OK);
-    assert_int_equal(create(b, "bob", &connection, &s), AFSM_EEXISTS);
-    assert_int_equal(create(a, "bob", &connection, &s), AFSM_EEXISTS);
+    assert_int_equal(create_phone(a, "bob", &connection, &s), AFSM_OK);
+    assert_int_equal(create_phone(b, "bob", &connection, &s), AFSM_EEXISTS);
+    assert_int_equal(create_phone(a, "bob", &connection, &s), AFSM_EEXISTS);
     /* The refused create left nothing behind: s/, c/ and u/ of one session. */
-    assert_int_equal(keys_under("/t2/"), 3);
+    assert_int_equal(keys_in_etcd("/t2/"), 3);
     afsm_engine_close(a);
     afsm_engine_close(b);
 }
@@ -386,8 +324,8 @@ static void test_leases_expire_everywhere(void **state)
     assert_int_equal(open_engine(&o, &b), AFSM_OK);
 
     afsm_session_info idle, kept, copy;
-    assert_int_equal(create(a, "carol", NULL, &idle), AFSM_OK);
-    assert_int_equal(create(a, "carol", NULL, &kept), AFSM_OK);
+    assert_int_equal(create_phone(a, "carol", NULL, &idle), AFSM_OK);
+    assert_int_equal(create_phone(a, "carol", NULL, &kept), AFSM_OK);
     WAIT_FOR(get(b, &kept.session_id, &copy) == AFSM_OK, 5000);
     /* Heartbeat `kept` on B for longer than its lease's TTL (2 s): 35
      * heartbeats, but at most one renewal per timeout / 3 (0.5 s). */
@@ -416,7 +354,7 @@ static void test_leases_expire_everywhere(void **state)
     assert_int_equal(afsm_engine_close(a), AFSM_OK);
     assert_int_equal(get(b, &kept.session_id, &copy), AFSM_OK);
     WAIT_FOR(events_of(rb, AFSM_EVENT_EXPIRED, &kept.session_id, "expired") == 1, 10000);
-    WAIT_FOR(keys_under("/t3/") == 0, 5000);
+    WAIT_FOR(keys_in_etcd("/t3/") == 0, 5000);
     for (int i = 0; i < 2; i++) {
         recorder *r = i == 0 ? ra : rb;
         assert_int_equal(events_of(r, AFSM_EVENT_CREATED, &idle.session_id, NULL), 1);
@@ -441,7 +379,7 @@ static void *race_creates(void *arg)
     pthread_barrier_wait(r->start);
     for (int i = 0; i < 6; i++) {
         afsm_session_info s;
-        afsm_status st = create(r->engine, "dave", NULL, &s);
+        afsm_status st = create_phone(r->engine, "dave", NULL, &s);
         r->ok += st == AFSM_OK;
         r->limited += st == AFSM_ELIMIT;
         r->other += st != AFSM_OK && st != AFSM_ELIMIT;
@@ -473,7 +411,7 @@ static void test_cap_holds_across_racing_nodes(void **state)
     assert_int_equal(ok, 3);
     assert_int_equal(limited, 21);
     /* Three sessions, each with s/, c/, u/ and its slot. */
-    assert_int_equal(keys_under("/t4/"), 12);
+    assert_int_equal(keys_in_etcd("/t4/"), 12);
     afsm_list_filter f = AFSM_LIST_FILTER_INIT;
     f.user_id = "dave";
     f.user_id_len = 4;
@@ -490,7 +428,7 @@ static void test_cap_holds_across_racing_nodes(void **state)
     assert_int_equal(deleted, 3);
     WAIT_FOR(afsm_session_list(b, &f, page, 10, &count, &total, NULL) == AFSM_OK && total == 0, 5000);
     afsm_session_info s;
-    assert_int_equal(create(b, "dave", NULL, &s), AFSM_OK);
+    assert_int_equal(create_phone(b, "dave", NULL, &s), AFSM_OK);
     afsm_engine_close(a);
     afsm_engine_close(b);
 }
@@ -509,7 +447,7 @@ static void test_bad_data_is_skipped(void **state)
     put_raw("/t5/s/0190a8b0-0000-7000-8000-000000000002", "not json"); /* the watch skips it */
     WAIT_FOR(warnings() >= before + 3, 5000);
     afsm_session_info s, copy;
-    assert_int_equal(create(a, "erin", NULL, &s), AFSM_OK);
+    assert_int_equal(create_phone(a, "erin", NULL, &s), AFSM_OK);
     assert_int_equal(get(a, &s.session_id, &copy), AFSM_OK);
     afsm_engine_close(a);
 }
@@ -525,13 +463,13 @@ static void test_unavailable_then_recovery(void **state)
     assert_int_equal(open_engine(&o, &a), AFSM_OK);
     assert_int_equal(open_engine(&o, &b), AFSM_OK);
     afsm_session_info s, copy;
-    assert_int_equal(create(a, "frank", NULL, &s), AFSM_OK);
+    assert_int_equal(create_phone(a, "frank", NULL, &s), AFSM_OK);
     WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000);
 
     assert_true(metrics_of(b).etcd_replica_lag_seconds == 0.0);
     harness_kill_member(&cluster, 0, SIGKILL);
     uint64_t t0 = harness_now_ms();
-    assert_int_equal(create(a, "frank", NULL, &copy), AFSM_EUNAVAILABLE);
+    assert_int_equal(create_phone(a, "frank", NULL, &copy), AFSM_EUNAVAILABLE);
     uint64_t elapsed = harness_now_ms() - t0;
     assert_true(elapsed <= 1000 + 300);
     assert_int_equal(afsm_session_delete(b, &s.session_id, NULL, 0), AFSM_EUNAVAILABLE);
@@ -553,13 +491,13 @@ static void test_unavailable_then_recovery(void **state)
     assert_true(harness_wait_ready(&cluster, 0, harness_now_ms() + 20000));
     harness_kill_member(&cluster, 0, SIGSTOP);
     t0 = harness_now_ms();
-    assert_int_equal(create(a, "frank", NULL, &copy), AFSM_EUNAVAILABLE);
+    assert_int_equal(create_phone(a, "frank", NULL, &copy), AFSM_EUNAVAILABLE);
     elapsed = harness_now_ms() - t0;
     assert_true(elapsed >= 900 && elapsed <= 1000 + 300);
     harness_kill_member(&cluster, 0, SIGCONT);
 
     afsm_session_info later;
-    WAIT_FOR(create(a, "frank", NULL, &later) == AFSM_OK, 10000);
+    WAIT_FOR(create_phone(a, "frank", NULL, &later) == AFSM_OK, 10000);
     WAIT_FOR(get(b, &later.session_id, &copy) == AFSM_OK, 10000);
     assert_int_equal(afsm_session_delete(b, &s.session_id, NULL, 0), AFSM_OK);
     WAIT_FOR(get(a, &s.session_id, &copy) == AFSM_ENOTFOUND, 10000);
@@ -595,7 +533,7 @@ static void test_read_modes(void **state)
     assert_int_equal(open_mode("/t7/", AFSM_READ_REPLICA, &replica), AFSM_OK);
     for (int round = 0; round < 20; round++) {
         afsm_session_info s, copy;
-        assert_int_equal(create(writer, "kim", NULL, &s), AFSM_OK);
+        assert_int_equal(create_phone(writer, "kim", NULL, &s), AFSM_OK);
         assert_int_equal(get(consistent, &s.session_id, &copy), AFSM_OK);
         assert_int_equal(copy.state, AFSM_STATE_CONNECTING);
         assert_int_equal(get(linear, &s.session_id, &copy), AFSM_OK);
@@ -623,7 +561,7 @@ static void test_read_modes(void **state)
         assert_int_equal(get(linear, &s.session_id, &copy), AFSM_ENOTFOUND);
     }
     afsm_session_info kept, copy;
-    assert_int_equal(create(writer, "kim", NULL, &kept), AFSM_OK);
+    assert_int_equal(create_phone(writer, "kim", NULL, &kept), AFSM_OK);
     WAIT_FOR(get(replica, &kept.session_id, &copy) == AFSM_OK, 5000);
     harness_kill_member(&cluster, 0, SIGSTOP);
     assert_int_equal(get(consistent, &kept.session_id, &copy), AFSM_EUNAVAILABLE);
@@ -660,7 +598,7 @@ static void test_stats_flushed_and_merged(void **state)
     assert_int_equal(afsm_engine_open(&cfg, &a), AFSM_OK);
     assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
     afsm_session_info s;
-    assert_int_equal(create(a, "leo", NULL, &s), AFSM_OK);
+    assert_int_equal(create_phone(a, "leo", NULL, &s), AFSM_OK);
     WAIT_FOR(packets(b, &s.session_id) == 0, 5000);
     afsm_stats ten = {.packets_sent = 10, .bytes_sent = 1000}, five = {.packets_sent = 5, .bytes_sent = 500};
     assert_int_equal(afsm_session_add_stats(a, &s.session_id, &ten), AFSM_OK);
@@ -691,7 +629,7 @@ static void *fill(void *arg)
     filler *f = arg;
     for (int i = 0; i < f->count; i++) {
         afsm_session_info s;
-        f->ok += create(f->engine, "mia", NULL, &s) == AFSM_OK;
+        f->ok += create_phone(f->engine, "mia", NULL, &s) == AFSM_OK;
     }
     return NULL;
 }
@@ -716,7 +654,7 @@ static void test_load_reads_every_page(void **state)
         pthread_join(threads[i], NULL);
         assert_int_equal(fillers[i].ok, 150);
     }
-    assert_int_equal(keys_under("/t9/"), 1800);
+    assert_int_equal(keys_in_etcd("/t9/"), 1800);
     assert_int_equal(open_engine(&o, &b), AFSM_OK);
     afsm_counts counts;
     assert_int_equal(afsm_engine_counts(b, &counts), AFSM_OK);
@@ -729,9 +667,7 @@ static void test_load_reads_every_page(void **state)
 /* The ids of every lease etcd holds (malloc'd; *n gets the count). */
 static int64_t *leases_in_etcd(size_t *n)
 {
-    etcd_client_config cc = {.endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    etcd_client *c = raw_client();
     json_object *body = json_object_new_object(), *reply = NULL, *list;
     assert_int_equal(etcd_call(c, "/v3/lease/leases", body, 1, &reply, NULL), AFSM_OK);
     *n = 0;
@@ -777,7 +713,7 @@ static void test_idle_engine_makes_no_lease_writes(void **state)
     engine_options o = {.prefix = "/idle/", .timeout_ms = 60000};
     assert_int_equal(open_engine(&o, &e), AFSM_OK);
     afsm_session_info s;
-    assert_int_equal(create(e, "ivan", NULL, &s), AFSM_OK);
+    assert_int_equal(create_phone(e, "ivan", NULL, &s), AFSM_OK);
     uint64_t created_ms = harness_now_ms();
     /* The pool still grants spares on demand (a create took one)... */
     WAIT_FOR(new_leases(before, n_before) > 1, 5000);
@@ -878,7 +814,7 @@ static void *create_load(void *arg)
     load *l = arg;
     while (!atomic_load(&l->stop) && atomic_load(&l->acked) < LOAD_MAX) {
         afsm_session_info s;
-        afsm_status st = create(l->engine, "gina", NULL, &s);
+        afsm_status st = create_phone(l->engine, "gina", NULL, &s);
         if (st == AFSM_OK) {
             l->ids[atomic_load(&l->acked)] = s.session_id;
             atomic_fetch_add(&l->acked, 1);
@@ -926,7 +862,7 @@ static void test_member_killed_mid_load(void **state)
     snprintf(key, sizeof(key), "/c1/s/%s", id);
     WAIT_FOR(member_has_key(0, key), 10000);
     /* Nothing else: at most the creates whose outcome was unknown. */
-    long keys = keys_under("/c1/");
+    long keys = keys_in_etcd("/c1/");
     assert_true(keys >= 3L * acked && keys <= 3L * (acked + l->unavailable));
     free(l);
     afsm_engine_close(a);
@@ -948,14 +884,14 @@ static void test_compaction_reloads_the_replica(void **state)
     o.events = rb;
     assert_int_equal(open_engine(&o, &b), AFSM_OK);
     afsm_session_info old, fresh, copy;
-    assert_int_equal(create(a, "hank", NULL, &old), AFSM_OK);
+    assert_int_equal(create_phone(a, "hank", NULL, &old), AFSM_OK);
     WAIT_FOR(get(b, &old.session_id, &copy) == AFSM_OK, 5000);
     int before = reloads();
 
     harness_kill_member(&cluster, 2, SIGKILL);
     /* If member 2 led, writes fail (AFSM_EUNAVAILABLE) until a new leader. */
     assert_true(harness_wait_ready(&cluster, -1, harness_now_ms() + 10000));
-    assert_int_equal(create(a, "hank", NULL, &fresh), AFSM_OK);
+    assert_int_equal(create_phone(a, "hank", NULL, &fresh), AFSM_OK);
     assert_int_equal(afsm_session_delete(a, &old.session_id, "bye", 3), AFSM_OK);
     /* Compact everything so far (through A's members). */
     etcd_client_config cc = {.endpoints = a_endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
@@ -1009,7 +945,7 @@ static void test_tls_with_client_certificates(void **state)
     assert_int_equal(afsm_engine_open(&cfg, &a), AFSM_OK);
     assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
     afsm_session_info s, copy;
-    assert_int_equal(create(a, "ivan", NULL, &s), AFSM_OK);
+    assert_int_equal(create_phone(a, "ivan", NULL, &s), AFSM_OK);
     WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000);
     afsm_engine_close(a);
     afsm_engine_close(b);
@@ -1065,7 +1001,7 @@ static void test_etcd_auth(void **state)
     assert_int_equal(afsm_engine_open(&cfg, &a), AFSM_OK);
     assert_int_equal(afsm_engine_open(&cfg, &b), AFSM_OK);
     afsm_session_info s, copy;
-    assert_int_equal(create(a, "judy", NULL, &s), AFSM_OK);
+    assert_int_equal(create_phone(a, "judy", NULL, &s), AFSM_OK);
     WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000); /* the watch is authenticated too */
     assert_int_equal(afsm_session_delete(b, &s.session_id, NULL, 0), AFSM_OK);
     afsm_engine_close(a);
@@ -1077,25 +1013,6 @@ static int start_tls(void **state)
 {
     (void)state;
     return harness_start_tls(&cluster, 1, 1);
-}
-
-static int start_three(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 3);
-}
-
-static int start_cluster(void **state)
-{
-    (void)state;
-    return harness_start(&cluster, 1);
-}
-
-static int stop_cluster(void **state)
-{
-    (void)state;
-    harness_stop_all();
-    return 0;
 }
 
 int main(void)
@@ -1124,7 +1041,7 @@ int main(void)
     const struct CMUnitTest tls[] = {
         cmocka_unit_test(test_tls_with_client_certificates),
     };
-    int failed = cmocka_run_group_tests_name("one member", tests, start_cluster, stop_cluster);
+    int failed = cmocka_run_group_tests_name("one member", tests, start_one, stop_cluster);
     failed += cmocka_run_group_tests_name("TLS", tls, start_tls, stop_cluster);
     return failed + cmocka_run_group_tests_name("three members", three, start_three, stop_cluster);
 }

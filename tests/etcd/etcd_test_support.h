@@ -1,0 +1,287 @@
+/*
+ * etcd_test_support.h: what the etcd store's tests (tests/etcd/ only)
+ * share beyond the cluster itself: the one cluster a test file runs against
+ * and the cmocka setups that start and stop it, WAIT_FOR (a poll with a
+ * deadline, never a sleep), the common part of an engine's configuration,
+ * create/get wrappers, a metrics snapshot, the test's own raw etcd client
+ * (what a test reads or writes behind the engines' backs) and the hold
+ * gate (an event callback that holds its thread until the test opens it).
+ *
+ * Each test file includes it once; what is specific to one file (its event
+ * recorders and gates, its engine options) stays in that file. Everything
+ * here is static inline, so a file pays nothing for what it does not use.
+ *
+ * Knobs a file may define before including this header:
+ * - WAIT_FOR_NAP_MS: the pause between two looks of WAIT_FOR (default 5);
+ * - WAIT_FOR_ON_TIMEOUT(): run once when a WAIT_FOR is about to fail (a
+ *   diagnostic dump), after one more look at the condition;
+ * - RAW_TIMEOUT_MS: the request timeout of the test's own etcd calls
+ *   (default 3000).
+ *
+ * Shared state: `cluster`, set by the group setup before any test runs; a
+ * hold gate's fields are guarded by its lock.
+ */
+#ifndef AFSM_ETCD_TEST_SUPPORT_H
+#define AFSM_ETCD_TEST_SUPPORT_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#include "afsm.h"
+#include "etcd_harness.h"
+
+static harness cluster;
+
+#ifndef RAW_TIMEOUT_MS
+#define RAW_TIMEOUT_MS 3000
+#endif
+
+/* ---- the cluster's lifetime (cmocka group setups and teardown) ------------------- */
+
+static inline int start_one(void **state)
+{
+    (void)state;
+    return harness_start(&cluster, 1);
+}
+
+static inline int start_three(void **state)
+{
+    (void)state;
+    return harness_start(&cluster, 3);
+}
+
+static inline int stop_cluster(void **state)
+{
+    (void)state;
+    harness_stop_all();
+    return 0;
+}
+
+/* ---- waiting for a condition ------------------------------------------------------ */
+
+#ifndef WAIT_FOR_NAP_MS
+#define WAIT_FOR_NAP_MS 5
+#endif
+
+#ifdef WAIT_FOR_ON_TIMEOUT
+#define WAIT_FOR_REPORT_(cond)                                                                                         \
+    do {                                                                                                               \
+        if (!(cond))                                                                                                   \
+            WAIT_FOR_ON_TIMEOUT();                                                                                     \
+    } while (0)
+#else
+#define WAIT_FOR_REPORT_(cond) ((void)0)
+#endif
+
+/* Polls cond until it holds or ms have passed, then asserts it (cond is
+ * evaluated again by the assertion: it must be safe to repeat). */
+#define WAIT_FOR(cond, ms)                                                                                             \
+    do {                                                                                                               \
+        uint64_t until_ = harness_now_ms() + (ms);                                                                     \
+        while (!(cond) && harness_now_ms() < until_)                                                                   \
+            harness_nap_ms(WAIT_FOR_NAP_MS);                                                                           \
+        WAIT_FOR_REPORT_(cond);                                                                                        \
+        assert_true(cond);                                                                                             \
+    } while (0)
+
+/* ---- engines ---------------------------------------------------------------------- */
+
+/* The configuration every etcd test starts from: the etcd store on the
+ * cluster under prefix, a 3 s request timeout, a 300 ms dial timeout; the
+ * rest is afsm_config_init's. The caller sets what its test needs on top. */
+static inline void etcd_test_config(afsm_config *cfg, const char *prefix)
+{
+    assert_int_equal(afsm_config_init(cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    cfg->store = AFSM_STORE_ETCD;
+    cfg->etcd_endpoints = cluster.endpoints;
+    cfg->etcd_prefix = prefix;
+    cfg->etcd_request_timeout_ms = 3000;
+    cfg->etcd_dial_timeout_ms = 300;
+}
+
+/* Create options for a session of user from 10.1.2.3:4433; the caller
+ * sets the rest (the connection id at least). */
+static inline afsm_create_options client_options(const char *user)
+{
+    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
+    o.user_id = user;
+    o.user_id_len = strlen(user);
+    o.client_ip = "10.1.2.3";
+    o.client_ip_len = strlen(o.client_ip);
+    o.client_port = 4433;
+    return o;
+}
+
+/* A session of user from 10.1.2.3:4433 on a fresh connection id, lasting
+ * timeout_ms (0: the engine's default). */
+static inline afsm_status create_timeout(afsm_engine *e, const char *user, uint64_t timeout_ms, afsm_session_info *out)
+{
+    afsm_create_options o = client_options(user);
+    o.timeout_ms = timeout_ms;
+    afsm_uuid_v7(&o.connection_id);
+    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
+    return afsm_session_create(e, &o, out);
+}
+
+static inline afsm_status create(afsm_engine *e, const char *user, afsm_session_info *out)
+{
+    return create_timeout(e, user, 0, out);
+}
+
+/* A session of user from 10.9.8.7 (no port) on the given connection id:
+ * the create groups' tests, where racing creates share connection ids. */
+static inline afsm_status create_on(afsm_engine *e, const char *user, const afsm_uuid *connection,
+                                    afsm_session_info *out)
+{
+    afsm_create_options o = AFSM_CREATE_OPTIONS_INIT;
+    o.user_id = user;
+    o.user_id_len = strlen(user);
+    o.client_ip = "10.9.8.7";
+    o.client_ip_len = strlen(o.client_ip);
+    o.connection_id = *connection;
+    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
+    return afsm_session_create(e, &o, out);
+}
+
+static inline afsm_status get(afsm_engine *e, const afsm_uuid *id, afsm_session_info *out)
+{
+    afsm_session_info_init(out, AFSM_SESSION_INFO_VERSION);
+    return afsm_session_get(e, id, out);
+}
+
+static inline afsm_metrics metrics_of(afsm_engine *e)
+{
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(e, &m), AFSM_OK);
+    return m;
+}
+
+/* ---- the test's own etcd client --------------------------------------------------- */
+
+/* A client on the cluster, not an engine's: what a test reads or changes
+ * behind the engines' backs. request_timeout_ms bounds each of its calls. */
+static inline etcd_client *raw_client_timeout(uint64_t request_timeout_ms)
+{
+    etcd_client_config cc = {
+        .endpoints = cluster.endpoints, .dial_timeout_ms = 300, .request_timeout_ms = request_timeout_ms};
+    etcd_client *c;
+    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    return c;
+}
+
+static inline etcd_client *raw_client(void)
+{
+    return raw_client_timeout(RAW_TIMEOUT_MS);
+}
+
+/* One call on a raw client of its own; takes body, returns the reply (the
+ * caller puts it). The call must succeed. */
+static inline json_object *raw_call(const char *path, json_object *body, int idempotent)
+{
+    etcd_client *c = raw_client();
+    json_object *reply = NULL;
+    assert_int_equal(etcd_call(c, path, body, idempotent, &reply, NULL), AFSM_OK);
+    json_object_put(body);
+    etcd_client_close(c);
+    return reply;
+}
+
+/* Puts key = value in etcd, around every engine. */
+static inline void put_raw(const char *key, const char *value)
+{
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "key", etcd_json_bytes(key, strlen(key)));
+    json_object_object_add(body, "value", etcd_json_bytes(value, strlen(value)));
+    json_object_put(raw_call("/v3/kv/put", body, 0));
+}
+
+/* How many keys etcd holds under prefix (a count_only range). */
+static inline long keys_in_etcd(const char *prefix)
+{
+    size_t n = strlen(prefix);
+    char end[128];
+    assert_true(n > 0 && n < sizeof(end));
+    memcpy(end, prefix, n + 1);
+    end[n - 1]++;
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "key", etcd_json_bytes(prefix, n));
+    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
+    json_object_object_add(body, "count_only", json_object_new_boolean(1));
+    json_object *reply = raw_call("/v3/kv/range", body, 1);
+    long count = (long)etcd_get_int64(reply, "count");
+    json_object_put(reply);
+    return count;
+}
+
+/* How many sessions (s/ keys) etcd holds under an engine's prefix. */
+static inline long sessions_in_etcd(const char *prefix)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "%ss/", prefix);
+    return keys_in_etcd(key);
+}
+
+/* ---- a hold gate: an event callback that holds its thread ------------------------ */
+
+/* The thread that fires an event (the watch thread, for another engine's
+ * changes) waits in the callback until the test opens the gate: the test
+ * widens a window through the public API (afsm.h lets a callback block),
+ * never with a sleep. A file's own gate or recorder embeds one and guards
+ * its own fields with the same lock. */
+typedef struct hold_gate {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    int held, open;
+} hold_gate;
+
+static inline void hold_gate_init(hold_gate *g)
+{
+    memset(g, 0, sizeof(*g));
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->changed, NULL);
+}
+
+static inline void hold_gate_destroy(hold_gate *g)
+{
+    pthread_cond_destroy(&g->changed);
+    pthread_mutex_destroy(&g->lock);
+}
+
+/* With g->lock held, on the thread to hold: marks it held and waits until
+ * the gate opens, at most 20 s (a bound, so a broken test cannot hang a
+ * watch thread forever). */
+static inline void hold_gate_wait_locked(hold_gate *g)
+{
+    g->held = 1;
+    pthread_cond_broadcast(&g->changed);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    while (!g->open && pthread_cond_timedwait(&g->changed, &g->lock, &until) == 0)
+        ;
+}
+
+static inline void hold_gate_open(hold_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->open = 1;
+    pthread_cond_broadcast(&g->changed);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static inline int hold_gate_held(hold_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    int held = g->held;
+    pthread_mutex_unlock(&g->lock);
+    return held;
+}
+
+#endif
