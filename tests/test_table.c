@@ -362,8 +362,12 @@ static void run_model(table_hash_fn *hash, uint64_t seed, int pool, int steps, b
     /* Keys from the seed too, so a seed replays its run exactly (drawn
      * as the engine draws ids, they changed from run to run). */
     for (int i = 0; i < pool; i++) {
-        uint64_t halves[2] = {model_next(), model_next()};
-        memcpy(keys[i].bytes, halves, sizeof(halves));
+        /* Two statements: an initializer list's calls are unsequenced,
+         * and the replay must not depend on the compiler's order. */
+        uint64_t high = model_next();
+        uint64_t low = model_next();
+        memcpy(keys[i].bytes, &high, 8);
+        memcpy(keys[i].bytes + 8, &low, 8);
     }
     uint64_t peak = 0, target = 0;
     /* Shrinks, same-size rebuilds, doublings, failed allocations: each must
