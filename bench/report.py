@@ -156,13 +156,16 @@ def main(argv: List[str]) -> int:
         w("- **smoke mode: tiny sizes and run times; these numbers say only that the harness works**")
     w("")
 
-    def target(name: str, value: Optional[float], need: float, higher_better: bool = True, unit: str = "x") -> None:
+    def target(name: str, value: Optional[float], need: float, higher_better: bool = True, unit: str = "x",
+               extra: Optional[str] = None) -> None:
+        """One row: name, measured, needed, status, then `extra` as a last cell when given."""
+        cmp = ">=" if higher_better else "<="
+        tail = f" {extra} |" if extra is not None else ""
         if value is None:
-            w(f"| {name} | n/a | {'>=' if higher_better else '<='} {fmt(need)}{unit} | not measured |")
+            w(f"| {name} | n/a | {cmp} {fmt(need)}{unit} | not measured |{tail}")
             return
         ok = value >= need if higher_better else value <= need
-        w(f"| {name} | {fmt(value)}{unit} | {'>=' if higher_better else '<='} {fmt(need)}{unit} | "
-          f"{'met' if ok else '**not met**'} |")
+        w(f"| {name} | {fmt(value)}{unit} | {cmp} {fmt(need)}{unit} | {'met' if ok else '**not met**'} |{tail}")
 
     def e(op: str, impl: str = "engine", n: int = big, t: int = 1) -> Optional[float]:
         return ops_per_s(recs, op, impl, n, t)
@@ -274,13 +277,7 @@ def main(argv: List[str]) -> int:
 
     def goal(name: str, value: Optional[float], need: float, spread_text: str, higher_better: bool = True,
              unit: str = "x") -> None:
-        cmp = ">=" if higher_better else "<="
-        if value is None:
-            w(f"| {name} | n/a | {cmp} {fmt(need)}{unit} | not measured | {spread_text} |")
-            return
-        ok = value >= need if higher_better else value <= need
-        w(f"| {name} | {fmt(value)}{unit} | {cmp} {fmt(need)}{unit} | {'met' if ok else '**not met**'} | "
-          f"{spread_text} |")
+        target(name, value, need, higher_better, unit, extra=spread_text)
 
     def goal_of(name: str, a: List[float], b: List[float], need: float) -> None:
         goal(name, mratio(a, b), need, spreads(a, b))
