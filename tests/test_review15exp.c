@@ -458,6 +458,157 @@ static void test_idle_and_expired_in_one_advance(void **state)
     run_jump(JUMP_SESSIONS);
 }
 
+/* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
+
+/* a34563d finds a session's pending IDLE through an index by session id,
+ * grown (and re-filled) past 256 IDLEs and reused from shard to shard.
+ * Here each shard's batch holds ~300 IDLEs; the first IDLE delivered of a
+ * shard deletes, closes or wakes most of the other sessions of its shard,
+ * whose IDLEs wait later in the same batch; the last shard's then advances
+ * again (nested) past everyone's expiry. Each of those changes must be reported after the
+ * session's IDLE, on this thread: an IDLE the index lost (not re-inserted
+ * on growth, a probe that stops at the end of the index) comes after the
+ * DELETED, or a wake's IDLE -> ACTIVE comes before any IDLE. Also with
+ * every hash colliding at the index's last slot: one probe sequence for
+ * all, wrapping at once. */
+
+#define WIDE_SESSIONS 600 /* two shards of ~300: the index grows 512 -> 1024 */
+
+typedef struct wide_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid ids[WIDE_SESSIONS];
+    int acted[2];
+    uint64_t nested_to;
+    size_t deletes, closes, wakes;
+    long before_idle; /* a change reported in IDLE before the session's IDLE */
+} wide_ctx;
+
+static _Thread_local int wide_depth; /* advances nested in wide_event */
+
+static void wide_event(void *arg, const afsm_event *ev)
+{
+    wide_ctx *c = arg;
+    pthread_mutex_lock(&c->ledger.lock);
+    ledger_line *line = ledger_line_of(&c->ledger, &ev->session_id);
+    bool from_idle = ev->type == AFSM_EVENT_STATE_CHANGED
+                         ? ev->old_state == AFSM_STATE_IDLE
+                         : ev->type != AFSM_EVENT_CREATED && ev->new_state == AFSM_STATE_IDLE;
+    if (from_idle && line->idle_events == 0)
+        c->before_idle++;
+    pthread_mutex_unlock(&c->ledger.lock);
+    ledger_record(&c->ledger, ev);
+    if (ev->type != AFSM_EVENT_STATE_CHANGED || ev->new_state != AFSM_STATE_IDLE)
+        return;
+    mem_store *ms = (mem_store *)c->engine->st;
+    unsigned home = mem_shard_of_id(ms, &ev->session_id);
+    if (wide_depth > 0 || c->acted[home])
+        return;
+    c->acted[home] = 1;
+    for (size_t i = 0; i < WIDE_SESSIONS; i++) {
+        if (mem_shard_of_id(ms, &c->ids[i]) != home || memcmp(&c->ids[i], &ev->session_id, 16) == 0)
+            continue;
+        uint64_t remaining;
+        afsm_status st;
+        switch (i % 4) {
+        case 0:
+            st = afsm_session_delete(c->engine, &c->ids[i], NULL, 0);
+            THREAD_CHECK(st == AFSM_OK);
+            c->deletes++;
+            break;
+        case 1: {
+            afsm_update u;
+            afsm_update_init(&u, AFSM_UPDATE_VERSION);
+            u.fields = AFSM_UPDATE_STATE;
+            u.state = AFSM_STATE_CLOSED;
+            st = afsm_session_update(c->engine, &c->ids[i], &u, NULL);
+            THREAD_CHECK(st == AFSM_OK);
+            c->closes++;
+            break;
+        }
+        case 2:
+            st = afsm_session_heartbeat(c->engine, &c->ids[i], &remaining);
+            THREAD_CHECK(st == AFSM_OK);
+            c->wakes++;
+            break;
+        default:
+            break; /* left to the nested advance */
+        }
+    }
+    /* From the pass's last shard: the first shard's woken sessions go
+     * IDLE again in the nested batch, the last shard's untouched ones
+     * expire there with their IDLE still pending in the outer one. */
+    if (home == ms->shard_mask) {
+        size_t n;
+        wide_depth++;
+        THREAD_CHECK(afsm_engine_advance(c->engine, c->nested_to, &n) == AFSM_OK);
+        wide_depth--;
+    }
+}
+
+static void run_wide(table_hash_fn *hash)
+{
+    static wide_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 2;
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = wide_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    table_hash_override = hash;
+    uint64_t remaining;
+    for (size_t i = 0; i < WIDE_SESSIONS; i++) {
+        assert_int_equal(create_for(engine, i % 2 ? "wide-a" : "wide-b", 60000, &c.ids[i]), AFSM_OK);
+        assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK); /* ACTIVE */
+    }
+    /* The clock stays at the outer advance's time: a wake's new idle
+     * deadline is before the nested advance's, which turns it IDLE again
+     * and then expires it. */
+    uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
+    virtual_clock_set(&clock, now);
+    c.nested_to = now + 120 * SEC;
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_true(c.acted[0] && c.acted[1]);
+    assert_true(c.deletes > 100 && c.closes > 100 && c.wakes > 100);
+    /* Whatever is left (closed ones lingering) ends too. */
+    virtual_clock_set(&clock, now + 3600 * SEC);
+    assert_int_equal(afsm_engine_advance(engine, now + 3600 * SEC, &expired), AFSM_OK);
+    table_hash_override = NULL;
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 0);
+    if (c.before_idle != 0)
+        fail_msg("%ld change(s) of an IDLE session reported before its IDLE event", c.before_idle);
+    for (size_t i = 0; i < WIDE_SESSIONS; i++) {
+        ledger_line *line = ledger_line_of(&c.ledger, &c.ids[i]);
+        if (line->idle_events < 1 || line->idle_events > 2)
+            fail_msg("session %zu: %d IDLE events", i, line->idle_events);
+    }
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(engine_slots_in_use(engine), 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+static unsigned long last_slot_hash(const void *key, size_t len, unsigned long seed)
+{
+    (void)key, (void)len, (void)seed;
+    return ~0UL;
+}
+
+static void test_wide_batch_changed_from_callback(void **state)
+{
+    (void)state;
+    run_wide(NULL);
+    run_wide(last_slot_hash);
+}
+
 /* ---- 3. allocation failures in the pass ---------------------------------- */
 
 #define NOMEM_SESSIONS 600 /* past the work list's first 256 items */
@@ -938,6 +1089,7 @@ int main(void)
         cmocka_unit_test(test_callback_acts_on_its_own_group),
         cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
         cmocka_unit_test(test_idle_and_expired_in_one_advance),
+        cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_failed_creates_leave_no_key),
