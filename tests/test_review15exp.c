@@ -625,19 +625,24 @@ static void nomem_event(void *arg, const afsm_event *ev)
 /* Whichever allocation of an advance fails, it reports AFSM_ENOMEM, what
  * it settled stays settled and reported once, and the next advance does
  * the rest: each session expires once, each idle one is reported IDLE
- * once, the counts match. */
-static void test_advance_allocation_failures(void **state)
+ * once, the counts match. On two shards (~150 IDLEs each: the IDLE index's
+ * first allocation failing) and on one (300 IDLEs: the index failing
+ * after the IDLE events grew past 256, and its growth re-inserting). */
+static void run_advance_allocation_failures(unsigned shards)
 {
-    (void)state;
-    int failed_some = 0;
-    for (long n = 0; n < 12; n++) {
+    int failed_some = 0, succeeded = 0;
+    for (long n = 0; !succeeded; n++) {
+        /* Up to the first n at which nothing fails: every allocation of
+         * the pass (the IDLE index's among them) has failed once. */
+        if (n > 64)
+            fail_msg("an advance still fails with %ld allocations allowed", n);
         static nomem_ctx c;
         memset(&c, 0, sizeof(c));
         ledger_init(&c.ledger);
         virtual_clock clock;
         afsm_config cfg;
         afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
-        cfg.shard_count = 2;
+        cfg.shard_count = shards;
         cfg.idle_timeout_ms = 200;
         cfg.on_event = nomem_event;
         cfg.event_ctx = &c;
@@ -659,6 +664,7 @@ static void test_advance_allocation_failures(void **state)
         if (st != AFSM_OK && st != AFSM_ENOMEM)
             fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
         failed_some |= st == AFSM_ENOMEM;
+        succeeded = st == AFSM_OK;
         assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
         assert_int_equal(expired + more, NOMEM_SESSIONS / 2);
         afsm_counts counts;
@@ -679,6 +685,13 @@ static void test_advance_allocation_failures(void **state)
         ledger_free(&c.ledger);
     }
     assert_true(failed_some);
+}
+
+static void test_advance_allocation_failures(void **state)
+{
+    (void)state;
+    run_advance_allocation_failures(2);
+    run_advance_allocation_failures(1);
 }
 
 /* ---- 4. close while the reaper thread settles groups -------------------- */
