@@ -15,8 +15,17 @@
  * key, edb3f38) match the live sessions after a storm of every write
  * racing two advancing threads, on 1 to 4096 shards.
  *
+ * Also the attacks on a34563d (a removal's event finds its session's
+ * pending IDLE through an index in the batch; white-box ones in
+ * test_review15idx.c): batches of hundreds of IDLEs whose sessions a
+ * callback changes, with every hash colliding; every allocation of a pass
+ * failing in turn; the reaper thread's IDLE batches against racing writers
+ * and close.
+ *
  * Threads wait on conditions with deadlines, never sleep. Internal headers
- * are included only to count slab slots and table keys.
+ * are included only to count slab slots and table keys, to find a
+ * session's home shard, to collide hashes and to see the reaper's progress
+ * (wheels_reached_ns).
  */
 #include "test_support.h"
 
