@@ -15,8 +15,17 @@
  * key, edb3f38) match the live sessions after a storm of every write
  * racing two advancing threads, on 1 to 4096 shards.
  *
+ * Also the attacks on a34563d (a removal's event finds its session's
+ * pending IDLE through an index in the batch; white-box ones in
+ * test_review15idx.c): batches of hundreds of IDLEs whose sessions a
+ * callback changes, with every hash colliding; every allocation of a pass
+ * failing in turn; the reaper thread's IDLE batches against racing writers
+ * and close.
+ *
  * Threads wait on conditions with deadlines, never sleep. Internal headers
- * are included only to count slab slots and table keys.
+ * are included only to count slab slots and table keys, to find a
+ * session's home shard, to collide hashes and to see the reaper's progress
+ * (wheels_reached_ns).
  */
 #include "test_support.h"
 
@@ -458,6 +467,157 @@ static void test_idle_and_expired_in_one_advance(void **state)
     run_jump(JUMP_SESSIONS);
 }
 
+/* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
+
+/* a34563d finds a session's pending IDLE through an index by session id,
+ * grown (and re-filled) past 256 IDLEs and reused from shard to shard.
+ * Here each shard's batch holds ~300 IDLEs; the first IDLE delivered of a
+ * shard deletes, closes or wakes most of the other sessions of its shard,
+ * whose IDLEs wait later in the same batch; the last shard's then advances
+ * again (nested) past everyone's expiry. Each of those changes must be reported after the
+ * session's IDLE, on this thread: an IDLE the index lost (not re-inserted
+ * on growth, a probe that stops at the end of the index) comes after the
+ * DELETED, or a wake's IDLE -> ACTIVE comes before any IDLE. Also with
+ * every hash colliding at the index's last slot: one probe sequence for
+ * all, wrapping at once. */
+
+#define WIDE_SESSIONS 600 /* two shards of ~300: the index grows 512 -> 1024 */
+
+typedef struct wide_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid ids[WIDE_SESSIONS];
+    int acted[2];
+    uint64_t nested_to;
+    size_t deletes, closes, wakes;
+    long before_idle; /* a change reported in IDLE before the session's IDLE */
+} wide_ctx;
+
+static _Thread_local int wide_depth; /* advances nested in wide_event */
+
+static void wide_event(void *arg, const afsm_event *ev)
+{
+    wide_ctx *c = arg;
+    pthread_mutex_lock(&c->ledger.lock);
+    ledger_line *line = ledger_line_of(&c->ledger, &ev->session_id);
+    bool from_idle = ev->type == AFSM_EVENT_STATE_CHANGED
+                         ? ev->old_state == AFSM_STATE_IDLE
+                         : ev->type != AFSM_EVENT_CREATED && ev->new_state == AFSM_STATE_IDLE;
+    if (from_idle && line->idle_events == 0)
+        c->before_idle++;
+    pthread_mutex_unlock(&c->ledger.lock);
+    ledger_record(&c->ledger, ev);
+    if (ev->type != AFSM_EVENT_STATE_CHANGED || ev->new_state != AFSM_STATE_IDLE)
+        return;
+    mem_store *ms = (mem_store *)c->engine->st;
+    unsigned home = mem_shard_of_id(ms, &ev->session_id);
+    if (wide_depth > 0 || c->acted[home])
+        return;
+    c->acted[home] = 1;
+    for (size_t i = 0; i < WIDE_SESSIONS; i++) {
+        if (mem_shard_of_id(ms, &c->ids[i]) != home || memcmp(&c->ids[i], &ev->session_id, 16) == 0)
+            continue;
+        uint64_t remaining;
+        afsm_status st;
+        switch (i % 4) {
+        case 0:
+            st = afsm_session_delete(c->engine, &c->ids[i], NULL, 0);
+            THREAD_CHECK(st == AFSM_OK);
+            c->deletes++;
+            break;
+        case 1: {
+            afsm_update u;
+            afsm_update_init(&u, AFSM_UPDATE_VERSION);
+            u.fields = AFSM_UPDATE_STATE;
+            u.state = AFSM_STATE_CLOSED;
+            st = afsm_session_update(c->engine, &c->ids[i], &u, NULL);
+            THREAD_CHECK(st == AFSM_OK);
+            c->closes++;
+            break;
+        }
+        case 2:
+            st = afsm_session_heartbeat(c->engine, &c->ids[i], &remaining);
+            THREAD_CHECK(st == AFSM_OK);
+            c->wakes++;
+            break;
+        default:
+            break; /* left to the nested advance */
+        }
+    }
+    /* From the pass's last shard: the first shard's woken sessions go
+     * IDLE again in the nested batch, the last shard's untouched ones
+     * expire there with their IDLE still pending in the outer one. */
+    if (home == ms->shard_mask) {
+        size_t n;
+        wide_depth++;
+        THREAD_CHECK(afsm_engine_advance(c->engine, c->nested_to, &n) == AFSM_OK);
+        wide_depth--;
+    }
+}
+
+static void run_wide(table_hash_fn *hash)
+{
+    static wide_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 2;
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = wide_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    table_hash_override = hash;
+    uint64_t remaining;
+    for (size_t i = 0; i < WIDE_SESSIONS; i++) {
+        assert_int_equal(create_for(engine, i % 2 ? "wide-a" : "wide-b", 60000, &c.ids[i]), AFSM_OK);
+        assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK); /* ACTIVE */
+    }
+    /* The clock stays at the outer advance's time: a wake's new idle
+     * deadline is before the nested advance's, which turns it IDLE again
+     * and then expires it. */
+    uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
+    virtual_clock_set(&clock, now);
+    c.nested_to = now + 120 * SEC;
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_true(c.acted[0] && c.acted[1]);
+    assert_true(c.deletes > 100 && c.closes > 100 && c.wakes > 100);
+    /* Whatever is left (closed ones lingering) ends too. */
+    virtual_clock_set(&clock, now + 3600 * SEC);
+    assert_int_equal(afsm_engine_advance(engine, now + 3600 * SEC, &expired), AFSM_OK);
+    table_hash_override = NULL;
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 0);
+    if (c.before_idle != 0)
+        fail_msg("%ld change(s) of an IDLE session reported before its IDLE event", c.before_idle);
+    for (size_t i = 0; i < WIDE_SESSIONS; i++) {
+        ledger_line *line = ledger_line_of(&c.ledger, &c.ids[i]);
+        if (line->idle_events < 1 || line->idle_events > 2)
+            fail_msg("session %zu: %d IDLE events", i, line->idle_events);
+    }
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(engine_slots_in_use(engine), 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+static unsigned long last_slot_hash(const void *key, size_t len, unsigned long seed)
+{
+    (void)key, (void)len, (void)seed;
+    return ~0UL;
+}
+
+static void test_wide_batch_changed_from_callback(void **state)
+{
+    (void)state;
+    run_wide(NULL);
+    run_wide(last_slot_hash);
+}
+
 /* ---- 3. allocation failures in the pass ---------------------------------- */
 
 #define NOMEM_SESSIONS 600 /* past the work list's first 256 items */
@@ -474,19 +634,24 @@ static void nomem_event(void *arg, const afsm_event *ev)
 /* Whichever allocation of an advance fails, it reports AFSM_ENOMEM, what
  * it settled stays settled and reported once, and the next advance does
  * the rest: each session expires once, each idle one is reported IDLE
- * once, the counts match. */
-static void test_advance_allocation_failures(void **state)
+ * once, the counts match. On two shards (~150 IDLEs each: the IDLE index's
+ * first allocation failing) and on one (300 IDLEs: the index failing
+ * after the IDLE events grew past 256, and its growth re-inserting). */
+static void run_advance_allocation_failures(unsigned shards)
 {
-    (void)state;
-    int failed_some = 0;
-    for (long n = 0; n < 12; n++) {
+    int failed_some = 0, succeeded = 0;
+    for (long n = 0; !succeeded; n++) {
+        /* Up to the first n at which nothing fails: every allocation of
+         * the pass (the IDLE index's among them) has failed once. */
+        if (n > 64)
+            fail_msg("an advance still fails with %ld allocations allowed", n);
         static nomem_ctx c;
         memset(&c, 0, sizeof(c));
         ledger_init(&c.ledger);
         virtual_clock clock;
         afsm_config cfg;
         afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
-        cfg.shard_count = 2;
+        cfg.shard_count = shards;
         cfg.idle_timeout_ms = 200;
         cfg.on_event = nomem_event;
         cfg.event_ctx = &c;
@@ -508,6 +673,7 @@ static void test_advance_allocation_failures(void **state)
         if (st != AFSM_OK && st != AFSM_ENOMEM)
             fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
         failed_some |= st == AFSM_ENOMEM;
+        succeeded = st == AFSM_OK;
         assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
         assert_int_equal(expired + more, NOMEM_SESSIONS / 2);
         afsm_counts counts;
@@ -528,6 +694,13 @@ static void test_advance_allocation_failures(void **state)
         ledger_free(&c.ledger);
     }
     assert_true(failed_some);
+}
+
+static void test_advance_allocation_failures(void **state)
+{
+    (void)state;
+    run_advance_allocation_failures(2);
+    run_advance_allocation_failures(1);
 }
 
 /* ---- 4. close while the reaper thread settles groups -------------------- */
@@ -595,6 +768,214 @@ static void test_close_during_grouped_pass(void **state)
     if (c.ledger.violations != 0)
         fail_msg("%s", c.ledger.first);
     /* Nothing ended twice. */
+    for (uint32_t i = 0; i < LEDGER_SLOTS; i++)
+        if (c.ledger.lines[i].used && c.ledger.lines[i].terminal > 1)
+            fail_msg("a session with %d EXPIRED/DELETED events", c.ledger.lines[i].terminal);
+    ledger_free(&c.ledger);
+}
+
+/* ---- 4b. the reaper thread's IDLE batches, callbacks and racing writers -- */
+
+/* The reaper thread turns sessions IDLE in batches while two writers
+ * heartbeat (wake) and delete them, and its own callback, on each IDLE,
+ * deletes, closes or wakes another session (whose IDLE may wait in the
+ * same batch: the index's lookups under contention); then the engine
+ * closes with a pass under way. On the reaper's thread a session never
+ * leaves IDLE (woken, closed, deleted, expired) in more events than it was
+ * reported entering it (every IDLE event is the reaper's); nothing ends
+ * twice or is reported after close; ThreadSanitizer's tree watches the
+ * rest. */
+
+#define RACE_SESSIONS 2000
+#define RACE_WRITERS  2
+
+typedef struct race_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid ids[RACE_SESSIONS];
+    int idle_in[RACE_SESSIONS];    /* IDLE events (all on the reaper's thread) */
+    int reaper_out[RACE_SESSIONS]; /* leaving IDLE, reported on the reaper's thread */
+    long order_violations;
+    _Atomic int stop;
+    _Atomic long step; /* the clock steps done: writers pace themselves by it */
+    _Atomic int closed;
+    _Atomic long after_close;
+    _Atomic long idle_events;
+    _Atomic long reaper_acts;
+} race_ctx;
+
+static _Thread_local int race_not_reaper; /* set by the test's own threads */
+
+/* ids are created in order and v7 ids sort by time: a binary search. */
+static long race_index(race_ctx *c, const afsm_uuid *id)
+{
+    long lo = 0, hi = RACE_SESSIONS - 1;
+    while (lo <= hi) {
+        long mid = (lo + hi) / 2;
+        int cmp = memcmp(&c->ids[mid], id, sizeof(*id));
+        if (cmp == 0)
+            return mid;
+        if (cmp < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return -1;
+}
+
+static void race_event(void *arg, const afsm_event *ev)
+{
+    race_ctx *c = arg;
+    if (atomic_load_explicit(&c->closed, memory_order_acquire))
+        atomic_fetch_add_explicit(&c->after_close, 1, memory_order_relaxed);
+    ledger_record(&c->ledger, ev);
+    long i = race_index(c, &ev->session_id);
+    if (i < 0)
+        return;
+    bool into_idle = ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE;
+    bool out_of_idle = ev->type == AFSM_EVENT_STATE_CHANGED
+                           ? ev->old_state == AFSM_STATE_IDLE
+                           : ev->type != AFSM_EVENT_CREATED && ev->new_state == AFSM_STATE_IDLE;
+    if (race_not_reaper)
+        return;
+    pthread_mutex_lock(&c->ledger.lock);
+    c->idle_in[i] += into_idle;
+    c->reaper_out[i] += out_of_idle;
+    if (c->reaper_out[i] > c->idle_in[i])
+        c->order_violations++;
+    pthread_mutex_unlock(&c->ledger.lock);
+    if (!into_idle || atomic_load_explicit(&c->stop, memory_order_relaxed))
+        return;
+    atomic_fetch_add_explicit(&c->idle_events, 1, memory_order_relaxed);
+    /* Another session, likely in this batch: a neighbour in creation
+     * order shares the home run, so the home shard. */
+    long k = atomic_fetch_add_explicit(&c->reaper_acts, 1, memory_order_relaxed);
+    const afsm_uuid *other = &c->ids[(i + 1 + k % 7) % RACE_SESSIONS];
+    uint64_t remaining;
+    afsm_status st;
+    switch (k % 3) {
+    case 0:
+        st = afsm_session_delete(c->engine, other, NULL, 0);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND);
+        break;
+    case 1: {
+        afsm_update u;
+        afsm_update_init(&u, AFSM_UPDATE_VERSION);
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_CLOSED;
+        st = afsm_session_update(c->engine, other, &u, NULL);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED || st == AFSM_ETRANSITION);
+        break;
+    }
+    default:
+        st = afsm_session_heartbeat(c->engine, other, &remaining);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED);
+    }
+}
+
+/* One writer's op: mostly a heartbeat (a wake when the session is IDLE),
+ * sometimes a delete. */
+static void race_write(race_ctx *c)
+{
+    uint64_t seed = thread_rand();
+    const afsm_uuid *id = &c->ids[seed % RACE_SESSIONS];
+    uint64_t remaining;
+    afsm_status st;
+    if (seed % 97 == 0) {
+        st = afsm_session_delete(c->engine, id, NULL, 0);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND);
+    } else {
+        st = afsm_session_heartbeat(c->engine, id, &remaining);
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND || st == AFSM_EEXPIRED);
+    }
+}
+
+static void *race_writer(void *arg)
+{
+    race_ctx *c = arg;
+    race_not_reaper = 1;
+    /* 50 writes per step of the clock, racing the reaper's pass of it:
+     * at full speed every session would be heartbeaten every step, and
+     * none would ever go idle. */
+    for (long step = 0; !atomic_load_explicit(&c->stop, memory_order_acquire); step++) {
+        while (atomic_load_explicit(&c->step, memory_order_acquire) < step)
+            if (atomic_load_explicit(&c->stop, memory_order_acquire))
+                return NULL;
+        for (int op = 0; op < 50; op++)
+            race_write(c);
+    }
+    return NULL;
+}
+
+/* Waits (with a deadline) for the reaper to finish a pass at `now` or later. */
+static bool reaper_reached(afsm_engine *engine, uint64_t now)
+{
+    mem_store *ms = (mem_store *)engine->st;
+    uint64_t deadline = real_ns() + 20 * SEC;
+    while (atomic_load_explicit(&ms->wheels_reached_ns, memory_order_acquire) < now)
+        if (real_ns() > deadline)
+            return false;
+    return true;
+}
+
+static void test_reaper_idle_batches_race_writers(void **state)
+{
+    (void)state;
+    static race_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    race_not_reaper = 1;
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 4;
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = race_event;
+    cfg.event_ctx = &c;
+    cfg.cleanup_interval_ms = 1;
+    virtual_clock_set(&clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &clock;
+    cfg.reaper = AFSM_REAPER_THREAD;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    c.engine = engine;
+    uint64_t remaining;
+    char user[16];
+    for (size_t i = 0; i < RACE_SESSIONS; i++) {
+        snprintf(user, sizeof(user), "r%zu", i % 40);
+        assert_int_equal(create_for(engine, user, 3000, &c.ids[i]), AFSM_OK);
+        assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK);
+    }
+    for (size_t i = 1; i < RACE_SESSIONS; i++)
+        assert_true(memcmp(&c.ids[i - 1], &c.ids[i], sizeof(c.ids[i])) < 0);
+    pthread_t writers[RACE_WRITERS];
+    for (int w = 0; w < RACE_WRITERS; w++)
+        assert_int_equal(pthread_create(&writers[w], NULL, race_writer, &c), 0);
+    /* Steps of half an idle timeout: sessions go idle, are woken, go idle
+     * again, and (3 s without a heartbeat) expire. */
+    uint64_t now = 1000 * SEC;
+    for (int step = 0; step < 40; step++) {
+        now += 100 * MS;
+        virtual_clock_set(&clock, now);
+        atomic_fetch_add_explicit(&c.step, 1, memory_order_release);
+        if (!reaper_reached(engine, now))
+            fail_msg("the reaper did not reach step %d within 20 s", step);
+    }
+    atomic_store(&c.stop, 1);
+    for (int w = 0; w < RACE_WRITERS; w++)
+        assert_int_equal(pthread_join(writers[w], NULL), 0);
+    assert_true(atomic_load(&c.idle_events) > 100);
+    /* Everything due at once, and close while that pass runs. */
+    virtual_clock_set(&clock, now + 3600 * SEC);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    atomic_store_explicit(&c.closed, 1, memory_order_release);
+    assert_int_equal(atomic_load(&c.after_close), 0);
+    if (c.ledger.violations != 0)
+        fail_msg("%s", c.ledger.first);
+    if (c.order_violations != 0)
+        fail_msg("%ld time(s) the reaper's thread reported a session leaving IDLE before entering it",
+                 c.order_violations);
     for (uint32_t i = 0; i < LEDGER_SLOTS; i++)
         if (c.ledger.lines[i].used && c.ledger.lines[i].terminal > 1)
             fail_msg("a session with %d EXPIRED/DELETED events", c.ledger.lines[i].terminal);
@@ -938,8 +1319,10 @@ int main(void)
         cmocka_unit_test(test_callback_acts_on_its_own_group),
         cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
         cmocka_unit_test(test_idle_and_expired_in_one_advance),
+        cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
+        cmocka_unit_test(test_reaper_idle_batches_race_writers),
         cmocka_unit_test(test_failed_creates_leave_no_key),
         cmocka_unit_test(test_storm_one_shard),
         cmocka_unit_test(test_storm_many_shards_evicting),

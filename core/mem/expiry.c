@@ -117,9 +117,13 @@ static bool grow(void **array, size_t *capacity, size_t count, size_t item_size)
     return true;
 }
 
+/* Seeded by the store, as every table is: restored ids are caller-chosen,
+ * and with a fixed seed ids crafted to one hash would put a batch's IDLEs
+ * on one probe sequence (each push under the shard lock probing past all
+ * the others). The constant keeps it off the tables' seeds (store.c). */
 static size_t idle_slot_of(const timer_batch *batch, const afsm_uuid *id)
 {
-    return table_hash_uuid(id, 0) & (batch->idle_slot_count - 1);
+    return table_hash_uuid(id, batch->ms->seed ^ UINT64_C(0xa0761d6478bd642f)) & (batch->idle_slot_count - 1);
 }
 
 static void idle_index_insert(timer_batch *batch, uint32_t event)
