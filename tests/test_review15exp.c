@@ -17,7 +17,7 @@
  *
  * Also the attacks on a34563d (a removal's event finds its session's
  * pending IDLE through an index in the batch; white-box ones in
- * test_review15idx.c): batches of hundreds of IDLEs whose sessions a
+ * test_idle_set.c): batches of hundreds of IDLEs whose sessions a
  * callback changes, with every hash colliding; every allocation of a pass
  * failing in turn; the reaper thread's IDLE batches against racing writers
  * and close.
@@ -465,6 +465,77 @@ static void test_idle_and_expired_in_one_advance(void **state)
     (void)state;
     run_jump(10);
     run_jump(JUMP_SESSIONS);
+}
+
+/* ---- 2b'. a pending IDLE belongs to its engine ------------------------- */
+
+/* Two engines hold a session with the same id (B restored it from A's
+ * copy, as a second node or a reloaded snapshot would). A's advance
+ * expires its trigger and turns the shared-id session IDLE, in that order,
+ * in one batch; the trigger's EXPIRED callback deletes the session in B.
+ * B's DELETED must not take A's still pending IDLE as its prelude: that
+ * would deliver A's IDLE through B's callback and never through A's. */
+typedef struct two_engines {
+    afsm_engine *b;
+    afsm_uuid trigger, shared;
+    int a_idle, b_idle, b_deleted;
+} two_engines;
+
+static void two_a_event(void *arg, const afsm_event *ev)
+{
+    two_engines *t = arg;
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE &&
+        memcmp(&ev->session_id, &t->shared, 16) == 0)
+        t->a_idle++;
+    if (ev->type == AFSM_EVENT_EXPIRED && memcmp(&ev->session_id, &t->trigger, 16) == 0)
+        assert_int_equal(afsm_session_delete(t->b, &t->shared, NULL, 0), AFSM_OK);
+}
+
+static void two_b_event(void *arg, const afsm_event *ev)
+{
+    two_engines *t = arg;
+    if (memcmp(&ev->session_id, &t->shared, 16) != 0)
+        return;
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE)
+        t->b_idle++;
+    if (ev->type == AFSM_EVENT_DELETED)
+        t->b_deleted++;
+}
+
+static void test_pending_idle_belongs_to_its_engine(void **state)
+{
+    (void)state;
+    static two_engines t;
+    memset(&t, 0, sizeof(t));
+    virtual_clock clock_a, clock_b;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1; /* trigger and shared session in one batch */
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = two_a_event;
+    cfg.event_ctx = &t;
+    afsm_engine *a = open_engine(&clock_a, &cfg);
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.on_event = two_b_event;
+    cfg.event_ctx = &t;
+    t.b = open_engine(&clock_b, &cfg);
+    assert_int_equal(create_for(a, "trigger", 100, &t.trigger), AFSM_OK);
+    assert_int_equal(create_for(a, "shared", 60000, &t.shared), AFSM_OK);
+    uint64_t remaining;
+    assert_int_equal(afsm_session_heartbeat(a, &t.shared, &remaining), AFSM_OK); /* ACTIVE */
+    afsm_session_info copy = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(a, &t.shared, &copy), AFSM_OK);
+    assert_int_equal(afsm_session_restore(t.b, &copy, NULL, 0), AFSM_OK);
+    uint64_t now = virtual_clock_read(&clock_a) + 1 * SEC;
+    virtual_clock_set(&clock_a, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(a, now, &expired), AFSM_OK);
+    assert_int_equal(expired, 1);
+    assert_int_equal(t.b_deleted, 1);
+    assert_int_equal(t.b_idle, 0); /* B never saw an IDLE of its own copy */
+    assert_int_equal(t.a_idle, 1); /* and A's went to A */
+    assert_int_equal(afsm_engine_close(t.b), AFSM_OK);
+    assert_int_equal(afsm_engine_close(a), AFSM_OK);
 }
 
 /* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
@@ -1319,6 +1390,7 @@ int main(void)
         cmocka_unit_test(test_callback_acts_on_its_own_group),
         cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
         cmocka_unit_test(test_idle_and_expired_in_one_advance),
+        cmocka_unit_test(test_pending_idle_belongs_to_its_engine),
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),

@@ -16,6 +16,7 @@
 #include <assert.h>
 #include <string.h>
 
+#include "mem/idle_set.h"
 #include "mem/index.h"
 #include "mem/mem_store.h"
 #include "util/alloc.h"
@@ -57,7 +58,7 @@ typedef enum timer_outcome { OUTCOME_EXPIRED, OUTCOME_CLOSED, OUTCOME_IDLE } tim
 typedef struct timer_result {
     session *s;
     timer_outcome outcome;
-    uint32_t idle_event; /* OUTCOME_IDLE: its event in idle_events, or NO_EVENT */
+    uint32_t idle_event; /* OUTCOME_IDLE: its event's number in idles, or NO_EVENT */
     /* Set while settling: the state it was removed in, or NO_EVENT when
      * this pass did not remove it (IDLE, or removed by someone else). */
     uint32_t removed_state;
@@ -70,21 +71,9 @@ typedef struct timer_batch {
     size_t capacity;
     /* The IDLE events, captured under the shard lock where the session (and
      * so its user's entry) is still present: the change has happened, and
-     * its event goes out even if the session is deleted before settling. */
-    mem_event *idle_events;
-    size_t idle_count;
-    size_t idle_capacity;
-    /* The same events by session id, so that mem_event_prelude finds a
-     * session's IDLE in O(1): it runs for every event captured while the
-     * batch delivers (each removal's among them), and a scan of every IDLE
-     * made a batch of n IDLEs and n removals cost n^2 id comparisons
-     * (4M for a batch of 4,096). Open addressing with linear probing, at
-     * most half full: each slot holds an index into idle_events plus one,
-     * 0 when empty. Nothing is ever taken out before the batch is reset,
-     * so one session's events lie along its probe sequence in the order
-     * they were captured. */
-    uint32_t *idle_slots;
-    size_t idle_slot_count; /* a power of two, 2 x idle_capacity; 0 before the first IDLE */
+     * its event goes out even if the session is deleted before settling.
+     * By session id too, for mem_event_prelude (mem/idle_set.h). */
+    idle_set idles;
     /* One settling group's removal events (SETTLE_GROUP of them; only with
      * a callback), captured in the group's section, delivered after it. */
     mem_event *events;
@@ -117,50 +106,11 @@ static bool grow(void **array, size_t *capacity, size_t count, size_t item_size)
     return true;
 }
 
-/* Seeded by the store, as every table is: restored ids are caller-chosen,
- * and with a fixed seed ids crafted to one hash would put a batch's IDLEs
- * on one probe sequence (each push under the shard lock probing past all
- * the others). The constant keeps it off the tables' seeds (store.c). */
-static size_t idle_slot_of(const timer_batch *batch, const afsm_uuid *id)
-{
-    return table_hash_uuid(id, batch->ms->seed ^ UINT64_C(0xa0761d6478bd642f)) & (batch->idle_slot_count - 1);
-}
-
-static void idle_index_insert(timer_batch *batch, uint32_t event)
-{
-    size_t mask = batch->idle_slot_count - 1;
-    size_t at = idle_slot_of(batch, &batch->idle_events[event].ev.session_id);
-    while (batch->idle_slots[at] != 0)
-        at = (at + 1) & mask;
-    batch->idle_slots[at] = event + 1;
-}
-
-/* Keeps the index at twice the events' capacity, re-indexing the events
- * captured so far (in capture order) when it grows. False when it cannot
- * allocate; the index is then as it was. */
-static bool idle_index_reserve(timer_batch *batch)
-{
-    size_t wanted = 2 * batch->idle_capacity;
-    if (batch->idle_slot_count >= wanted)
-        return true;
-    uint32_t *slots = mem_calloc(wanted, sizeof(*slots));
-    if (slots == NULL)
-        return false;
-    mem_free(batch->idle_slots);
-    batch->idle_slots = slots;
-    batch->idle_slot_count = wanted;
-    for (uint32_t i = 0; i < batch->idle_count; i++)
-        idle_index_insert(batch, i);
-    return true;
-}
-
 /* Empties the batch for the next turn of the pass. */
 static void batch_reset(timer_batch *batch)
 {
-    if (batch->idle_count != 0)
-        memset(batch->idle_slots, 0, batch->idle_slot_count * sizeof(*batch->idle_slots));
     batch->count = 0;
-    batch->idle_count = 0;
+    idle_set_clear(&batch->idles);
 }
 
 /* Adds s to the batch with a reference of its own (home shard lock held,
@@ -171,19 +121,16 @@ static int batch_push(timer_batch *batch, session *s, timer_outcome outcome)
 {
     bool wants_event = outcome == OUTCOME_IDLE && batch->ms->config.emit != NULL;
     if (!grow((void **)&batch->items, &batch->capacity, batch->count, sizeof(*batch->items)) ||
-        (wants_event &&
-         (!grow((void **)&batch->idle_events, &batch->idle_capacity, batch->idle_count, sizeof(*batch->idle_events)) ||
-          !idle_index_reserve(batch)))) {
+        (wants_event && !idle_set_reserve(&batch->idles))) {
         batch->failed = true;
         *batch->budget = 0;
         return 0;
     }
     uint32_t event = NO_EVENT;
     if (wants_event) {
-        event = (uint32_t)batch->idle_count++;
-        mem_event_capture(batch->ms, &batch->idle_events[event], AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_ACTIVE,
-                          AFSM_STATE_IDLE, NULL, 0);
-        idle_index_insert(batch, event);
+        mem_event_capture(batch->ms, &batch->idles.events[batch->idles.count], AFSM_EVENT_STATE_CHANGED, s,
+                          AFSM_STATE_ACTIVE, AFSM_STATE_IDLE, NULL, 0);
+        event = idle_set_add(&batch->idles);
     }
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
     batch->items[batch->count++] = (timer_result){s, outcome, event, NO_EVENT};
@@ -197,16 +144,11 @@ mem_event *mem_event_prelude(const mem_store *ms, const session *s)
      * the inner advance's EXPIRED of the same session. Their arrays do not
      * move while they deliver. */
     for (timer_batch *batch = delivering; batch != NULL; batch = batch->outer) {
-        if (batch->ms != ms || batch->idle_count == 0)
+        if (batch->ms != ms)
             continue;
-        /* The first still pending, as they were captured. */
-        size_t mask = batch->idle_slot_count - 1;
-        uint32_t slot;
-        for (size_t at = idle_slot_of(batch, &s->id); (slot = batch->idle_slots[at]) != 0; at = (at + 1) & mask) {
-            mem_event *ev = &batch->idle_events[slot - 1];
-            if (ev->pending && memcmp(&ev->ev.session_id, &s->id, sizeof(s->id)) == 0)
-                return ev;
-        }
+        mem_event *idle = idle_set_first_pending(&batch->idles, &s->id);
+        if (idle != NULL)
+            return idle;
     }
     return NULL;
 }
@@ -429,7 +371,7 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
             if (item->outcome == OUTCOME_IDLE) {
                 /* Unless a callback's event for this session already sent it. */
                 if (item->idle_event != NO_EVENT)
-                    mem_event_fire(ms, &batch->idle_events[item->idle_event]);
+                    mem_event_fire(ms, &batch->idles.events[item->idle_event]);
             } else if (item->removed_state != NO_EVENT) {
                 mem_event_fire(ms, &batch->events[j - from]);
             }
@@ -485,6 +427,8 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
         return AFSM_ENOMEM;
     epoch_leave(first);
     timer_batch batch = {.ms = ms};
+    /* Seeded as the tables are, off their seeds (mem/idle_set.h). */
+    idle_set_init(&batch.idles, ms->seed ^ UINT64_C(0xa0761d6478bd642f));
     if (ms->config.emit != NULL) {
         batch.events = mem_alloc(SETTLE_GROUP * sizeof(*batch.events));
         if (batch.events == NULL)
@@ -518,8 +462,7 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
         reclaim(sh);
     }
     mem_free(batch.items);
-    mem_free(batch.idle_events);
-    mem_free(batch.idle_slots);
+    idle_set_free(&batch.idles);
     mem_free(batch.events);
     /* A pass cut short by ENOMEM left the rest due: the wheels are not
      * caught up (reaper lag keeps growing) and the next call resumes. */
