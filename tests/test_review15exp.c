@@ -538,6 +538,70 @@ static void test_pending_idle_belongs_to_its_engine(void **state)
     assert_int_equal(afsm_engine_close(a), AFSM_OK);
 }
 
+/* ---- 2b''. a prelude's callback ends the session ------------------------ */
+
+/* A callback of the batch's first event (the trigger's EXPIRED) heartbeats
+ * a session whose IDLE waits later in the batch: the heartbeat's
+ * IDLE -> ACTIVE goes out after that IDLE, as its prelude. The IDLE's own
+ * callback deletes the session. Then the ACTIVE, captured before the
+ * delete, must not be delivered after the DELETED: nothing comes after a
+ * session's DELETED on its thread. */
+typedef struct prelude_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid trigger, sleeper;
+    afsm_status heartbeat, deleted;
+    int woke, acted;
+} prelude_ctx;
+
+static void prelude_event(void *arg, const afsm_event *ev)
+{
+    prelude_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    uint64_t remaining;
+    if (ev->type == AFSM_EVENT_EXPIRED && memcmp(&ev->session_id, &c->trigger, 16) == 0 && !c->woke) {
+        c->woke = 1;
+        c->heartbeat = afsm_session_heartbeat(c->engine, &c->sleeper, &remaining);
+    }
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE && !c->acted &&
+        memcmp(&ev->session_id, &c->sleeper, 16) == 0) {
+        c->acted = 1;
+        c->deleted = afsm_session_delete(c->engine, &c->sleeper, NULL, 0);
+    }
+}
+
+static void test_prelude_callback_ends_the_session(void **state)
+{
+    (void)state;
+    static prelude_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1; /* trigger and sleeper in one batch, trigger first */
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = prelude_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+    assert_int_equal(create_for(engine, "sleeper", 60000, &c.sleeper), AFSM_OK);
+    uint64_t remaining;
+    assert_int_equal(afsm_session_heartbeat(engine, &c.sleeper, &remaining), AFSM_OK); /* ACTIVE */
+    uint64_t now = virtual_clock_read(&clock) + 500 * MS;
+    virtual_clock_set(&clock, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(expired, 1);
+    assert_true(c.woke && c.acted);
+    assert_int_equal(c.heartbeat, AFSM_OK);
+    assert_int_equal(c.deleted, AFSM_OK);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
 /* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
 
 /* a34563d finds a session's pending IDLE through an index by session id,
@@ -1391,6 +1455,7 @@ int main(void)
         cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
         cmocka_unit_test(test_idle_and_expired_in_one_advance),
         cmocka_unit_test(test_pending_idle_belongs_to_its_engine),
+        cmocka_unit_test(test_prelude_callback_ends_the_session),
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
