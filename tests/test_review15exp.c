@@ -838,6 +838,104 @@ static void test_advance_allocation_failures(void **state)
     run_advance_allocation_failures(1);
 }
 
+/* ---- 3b. allocation failures in an advance nested in a callback ---------- */
+
+/* The outer advance turns ~300 sessions IDLE (one shard: past the IDLE
+ * set's first 256) and expires a trigger first; the trigger's callback
+ * advances again past their expiry with the nested advance's n-th
+ * allocation failing. The nested batch's EXPIREDs take the outer batch's
+ * pending IDLEs as preludes; whatever it could not settle, a later advance
+ * does. Each session: one IDLE, then one EXPIRED in IDLE, nothing after. */
+#define NESTED_NOMEM_SESSIONS 300
+
+typedef struct nested_nomem_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid trigger;
+    uint64_t nested_to;
+    long fail_at;
+    afsm_status nested;
+    int advanced;
+} nested_nomem_ctx;
+
+static void nested_nomem_event(void *arg, const afsm_event *ev)
+{
+    nested_nomem_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (ev->type == AFSM_EVENT_EXPIRED && !c->advanced && memcmp(&ev->session_id, &c->trigger, 16) == 0) {
+        c->advanced = 1;
+        size_t n;
+        alloc_fail_after(c->fail_at);
+        c->nested = afsm_engine_advance(c->engine, c->nested_to, &n);
+        alloc_fail_reset();
+    }
+}
+
+static void run_nested_allocation_failures(unsigned shards)
+{
+    int failed_some = 0, succeeded = 0;
+    for (long n = 0; !succeeded; n++) {
+        if (n > 64)
+            fail_msg("a nested advance still fails with %ld allocations allowed", n);
+        static nested_nomem_ctx c;
+        memset(&c, 0, sizeof(c));
+        ledger_init(&c.ledger);
+        c.fail_at = n;
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = shards;
+        cfg.idle_timeout_ms = 200;
+        cfg.on_event = nested_nomem_event;
+        cfg.event_ctx = &c;
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        c.engine = engine;
+        afsm_uuid ids[NESTED_NOMEM_SESSIONS];
+        uint64_t remaining;
+        assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+        for (size_t i = 0; i < NESTED_NOMEM_SESSIONS; i++) {
+            assert_int_equal(create_for(engine, i % 2 ? "a" : "b", 2000, &ids[i]), AFSM_OK);
+            assert_int_equal(afsm_session_heartbeat(engine, &ids[i], &remaining), AFSM_OK); /* ACTIVE */
+        }
+        uint64_t now = virtual_clock_read(&clock) + 500 * MS;
+        c.nested_to = now + 5 * SEC;
+        virtual_clock_set(&clock, c.nested_to);
+        size_t expired = 0, more = 0;
+        assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+        assert_true(c.advanced);
+        if (c.nested != AFSM_OK && c.nested != AFSM_ENOMEM)
+            fail_msg("nested allocation %ld failing: %s", n, afsm_status_name(c.nested));
+        failed_some |= c.nested == AFSM_ENOMEM;
+        succeeded = c.nested == AFSM_OK;
+        assert_int_equal(afsm_engine_advance(engine, c.nested_to, &more), AFSM_OK);
+        afsm_counts counts;
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, 0);
+        if (c.ledger.violations != 0)
+            fail_msg("nested allocation %ld failing: %s", n, c.ledger.first);
+        for (size_t i = 0; i < NESTED_NOMEM_SESSIONS; i++) {
+            ledger_line *line = ledger_line_of(&c.ledger, &ids[i]);
+            if (line->idle_events != 1 || line->terminal != 1 || line->terminal_type != AFSM_EVENT_EXPIRED ||
+                !line->ended_idle)
+                fail_msg("nested allocation %ld failing: session %zu: %d IDLE, %d EXPIRED/DELETED (type %u)", n, i,
+                         line->idle_events, line->terminal, line->terminal_type);
+        }
+        ledger_check_all_ended(&c.ledger);
+        assert_int_equal(engine_slots_in_use(engine), 0);
+        assert_int_equal(table_keys(engine), 0);
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+        ledger_free(&c.ledger);
+    }
+    assert_true(failed_some);
+}
+
+static void test_nested_advance_allocation_failures(void **state)
+{
+    (void)state;
+    run_nested_allocation_failures(1);
+    run_nested_allocation_failures(4);
+}
+
 /* ---- 4. close while the reaper thread settles groups -------------------- */
 
 #define CLOSE_SESSIONS 3000
@@ -1458,6 +1556,7 @@ int main(void)
         cmocka_unit_test(test_prelude_callback_ends_the_session),
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
+        cmocka_unit_test(test_nested_advance_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_reaper_idle_batches_race_writers),
         cmocka_unit_test(test_failed_creates_leave_no_key),
