@@ -538,6 +538,89 @@ static void test_pending_idle_belongs_to_its_engine(void **state)
     assert_int_equal(afsm_engine_close(a), AFSM_OK);
 }
 
+/* ---- 2b''. a prelude's callback ends the session ------------------------ */
+
+/* A callback of the batch's first event (the trigger's EXPIRED) heartbeats
+ * a session whose IDLE waits later in the batch: the heartbeat's
+ * IDLE -> ACTIVE goes out after that IDLE, as its prelude. The IDLE's own
+ * callback deletes the session. Then the ACTIVE, captured before the
+ * delete, must not be delivered after the DELETED: nothing comes after a
+ * session's DELETED on its thread. */
+typedef struct prelude_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid trigger, sleeper;
+    afsm_status heartbeat, deleted;
+    int woke, acted;
+    uint64_t advance_to; /* 0: the IDLE's callback deletes; else it advances to this */
+} prelude_ctx;
+
+static void prelude_event(void *arg, const afsm_event *ev)
+{
+    prelude_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    uint64_t remaining;
+    if (ev->type == AFSM_EVENT_EXPIRED && memcmp(&ev->session_id, &c->trigger, 16) == 0 && !c->woke) {
+        c->woke = 1;
+        c->heartbeat = afsm_session_heartbeat(c->engine, &c->sleeper, &remaining);
+    }
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE && !c->acted &&
+        memcmp(&ev->session_id, &c->sleeper, 16) == 0) {
+        c->acted = 1;
+        if (c->advance_to == 0) {
+            c->deleted = afsm_session_delete(c->engine, &c->sleeper, NULL, 0);
+        } else {
+            size_t n;
+            c->deleted = afsm_engine_advance(c->engine, c->advance_to, &n);
+        }
+    }
+}
+
+static void run_prelude_callback(int advance)
+{
+    static prelude_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1; /* trigger and sleeper in one batch, trigger first */
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = prelude_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+    assert_int_equal(create_for(engine, "sleeper", 60000, &c.sleeper), AFSM_OK);
+    uint64_t remaining;
+    assert_int_equal(afsm_session_heartbeat(engine, &c.sleeper, &remaining), AFSM_OK); /* ACTIVE */
+    uint64_t now = virtual_clock_read(&clock) + 500 * MS;
+    virtual_clock_set(&clock, now);
+    if (advance)
+        c.advance_to = now + 120 * SEC; /* past the woken sleeper's idle deadline and expiry */
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(expired, 1);
+    assert_true(c.woke && c.acted);
+    assert_int_equal(c.heartbeat, AFSM_OK);
+    assert_int_equal(c.deleted, AFSM_OK);
+    ledger_line *line = ledger_line_of(&c.ledger, &c.sleeper);
+    assert_int_equal(line->idle_events, advance ? 2 : 1); /* IDLE, ACTIVE, (IDLE again,) gone */
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+/* The IDLE's callback deletes the sleeper; or it advances again, past the
+ * woken sleeper's next idle deadline and its expiry: the nested batch's
+ * IDLE and EXPIRED of it must come after the ACTIVE too. */
+static void test_prelude_callback_ends_the_session(void **state)
+{
+    (void)state;
+    run_prelude_callback(0);
+    run_prelude_callback(1);
+}
+
 /* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
 
 /* a34563d finds a session's pending IDLE through an index by session id,
@@ -772,6 +855,104 @@ static void test_advance_allocation_failures(void **state)
     (void)state;
     run_advance_allocation_failures(2);
     run_advance_allocation_failures(1);
+}
+
+/* ---- 3b. allocation failures in an advance nested in a callback ---------- */
+
+/* The outer advance turns ~300 sessions IDLE (one shard: past the IDLE
+ * set's first 256) and expires a trigger first; the trigger's callback
+ * advances again past their expiry with the nested advance's n-th
+ * allocation failing. The nested batch's EXPIREDs take the outer batch's
+ * pending IDLEs as preludes; whatever it could not settle, a later advance
+ * does. Each session: one IDLE, then one EXPIRED in IDLE, nothing after. */
+#define NESTED_NOMEM_SESSIONS 300
+
+typedef struct nested_nomem_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid trigger;
+    uint64_t nested_to;
+    long fail_at;
+    afsm_status nested;
+    int advanced;
+} nested_nomem_ctx;
+
+static void nested_nomem_event(void *arg, const afsm_event *ev)
+{
+    nested_nomem_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (ev->type == AFSM_EVENT_EXPIRED && !c->advanced && memcmp(&ev->session_id, &c->trigger, 16) == 0) {
+        c->advanced = 1;
+        size_t n;
+        alloc_fail_after(c->fail_at);
+        c->nested = afsm_engine_advance(c->engine, c->nested_to, &n);
+        alloc_fail_reset();
+    }
+}
+
+static void run_nested_allocation_failures(unsigned shards)
+{
+    int failed_some = 0, succeeded = 0;
+    for (long n = 0; !succeeded; n++) {
+        if (n > 64)
+            fail_msg("a nested advance still fails with %ld allocations allowed", n);
+        static nested_nomem_ctx c;
+        memset(&c, 0, sizeof(c));
+        ledger_init(&c.ledger);
+        c.fail_at = n;
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = shards;
+        cfg.idle_timeout_ms = 200;
+        cfg.on_event = nested_nomem_event;
+        cfg.event_ctx = &c;
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        c.engine = engine;
+        afsm_uuid ids[NESTED_NOMEM_SESSIONS];
+        uint64_t remaining;
+        assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+        for (size_t i = 0; i < NESTED_NOMEM_SESSIONS; i++) {
+            assert_int_equal(create_for(engine, i % 2 ? "a" : "b", 2000, &ids[i]), AFSM_OK);
+            assert_int_equal(afsm_session_heartbeat(engine, &ids[i], &remaining), AFSM_OK); /* ACTIVE */
+        }
+        uint64_t now = virtual_clock_read(&clock) + 500 * MS;
+        c.nested_to = now + 5 * SEC;
+        virtual_clock_set(&clock, c.nested_to);
+        size_t expired = 0, more = 0;
+        assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+        assert_true(c.advanced);
+        if (c.nested != AFSM_OK && c.nested != AFSM_ENOMEM)
+            fail_msg("nested allocation %ld failing: %s", n, afsm_status_name(c.nested));
+        failed_some |= c.nested == AFSM_ENOMEM;
+        succeeded = c.nested == AFSM_OK;
+        assert_int_equal(afsm_engine_advance(engine, c.nested_to, &more), AFSM_OK);
+        afsm_counts counts;
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, 0);
+        if (c.ledger.violations != 0)
+            fail_msg("nested allocation %ld failing: %s", n, c.ledger.first);
+        for (size_t i = 0; i < NESTED_NOMEM_SESSIONS; i++) {
+            ledger_line *line = ledger_line_of(&c.ledger, &ids[i]);
+            if (line->idle_events != 1 || line->terminal != 1 || line->terminal_type != AFSM_EVENT_EXPIRED ||
+                !line->ended_idle)
+                fail_msg("nested allocation %ld failing: session %zu: %d IDLE, %d EXPIRED/DELETED (type %u)", n, i,
+                         line->idle_events, line->terminal, line->terminal_type);
+        }
+        ledger_check_all_ended(&c.ledger);
+        assert_int_equal(engine_slots_in_use(engine), 0);
+        assert_int_equal(table_keys(engine), 0);
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+        ledger_free(&c.ledger);
+    }
+    assert_true(failed_some);
+}
+
+static void test_nested_advance_allocation_failures(void **state)
+{
+    (void)state;
+    run_nested_allocation_failures(1);
+    run_nested_allocation_failures(4);
 }
 
 /* ---- 4. close while the reaper thread settles groups -------------------- */
@@ -1391,8 +1572,10 @@ int main(void)
         cmocka_unit_test(test_nested_advance_keeps_idle_before_expired),
         cmocka_unit_test(test_idle_and_expired_in_one_advance),
         cmocka_unit_test(test_pending_idle_belongs_to_its_engine),
+        cmocka_unit_test(test_prelude_callback_ends_the_session),
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
+        cmocka_unit_test(test_nested_advance_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_reaper_idle_batches_race_writers),
         cmocka_unit_test(test_failed_creates_leave_no_key),

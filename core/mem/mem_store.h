@@ -158,7 +158,8 @@ typedef struct mem_event {
     afsm_event ev;
     bool pending; /* false: nothing to deliver (no callback, or no event) */
     /* An earlier change of the same session whose event this thread has
-     * not delivered yet (an expiry pass's IDLE): delivered first. */
+     * not delivered yet (an expiry pass's IDLE, or an event waiting for
+     * such an IDLE to go out: store.c's in_flight): delivered first. */
     struct mem_event *prelude;
     char user_id[AFSM_USER_ID_MAX + 1];
 } mem_event;
@@ -168,7 +169,8 @@ void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const
 void mem_event_fire(const mem_store *ms, mem_event *event);
 /* The undelivered IDLE event of s in the expiry batch this thread is
  * delivering, if any (expiry.c): a callback's change to s must not be
- * reported before it. */
+ * reported before it. mem_event_capture asks this after the events of s
+ * in flight on this thread (store.c). */
 mem_event *mem_event_prelude(const mem_store *ms, const session *s);
 /* Inside an epoch section; NULL when absent or already removed. Inline:
  * every Get, heartbeat and stats addition starts here. */

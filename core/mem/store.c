@@ -235,6 +235,29 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
     (void)fill_info(ms, s, out, 0);
 }
 
+/* The events this thread is delivering whose preludes are going out first
+ * (mem_event_fire), innermost first. Each lives in its firer's frame (or
+ * an expiry batch, which does not grow while it delivers) until its
+ * mem_event_fire returns, and an event captured meanwhile is fired before
+ * that: the callback that causes it returns first. */
+typedef struct in_flight {
+    const mem_store *ms;
+    mem_event *event;
+    struct in_flight *next;
+} in_flight;
+
+static _Thread_local in_flight *in_flight_top __attribute__((tls_model("initial-exec")));
+
+/* The event of this session being delivered on this thread behind its
+ * prelude, if any: a later change of the session goes out after it. */
+static mem_event *in_flight_of(const mem_store *ms, const afsm_uuid *id)
+{
+    for (in_flight *f = in_flight_top; f != NULL; f = f->next)
+        if (f->ms == ms && f->event->pending && memcmp(&f->event->ev.session_id, id, sizeof(*id)) == 0)
+            return f->event;
+    return NULL;
+}
+
 void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const session *s, uint32_t old_state,
                        uint32_t new_state, const char *reason, size_t reason_len)
 {
@@ -257,7 +280,8 @@ void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const
         .created_at_ns = (int64_t)s->created_ns + mem_wall_now(ms) - (int64_t)mem_now(ms),
         .event_at_ns = mem_wall_now(ms),
     };
-    out->prelude = mem_event_prelude(ms, s);
+    mem_event *waiting = in_flight_of(ms, &s->id);
+    out->prelude = waiting != NULL ? waiting : mem_event_prelude(ms, s);
     out->pending = true;
 }
 
@@ -265,9 +289,20 @@ void mem_event_fire(const mem_store *ms, mem_event *event)
 {
     if (!event->pending)
         return;
+    if (event->prelude != NULL) {
+        /* Still pending while its prelude goes out: an event of the same
+         * session that the prelude's callback causes (a delete) takes it
+         * as its own prelude and so comes after it. */
+        mem_event *prelude = event->prelude;
+        event->prelude = NULL;
+        in_flight me = {ms, event, in_flight_top};
+        in_flight_top = &me;
+        mem_event_fire(ms, prelude);
+        in_flight_top = me.next;
+        if (!event->pending)
+            return; /* that event sent it first */
+    }
     event->pending = false;
-    if (event->prelude != NULL)
-        mem_event_fire(ms, event->prelude);
     /* Set here, not at capture: a captured event may have moved since (an
      * expiry batch's array grows by copying). */
     event->ev.user_id = event->user_id;
