@@ -185,17 +185,24 @@ static void ledger_check_all_ended(ledger *l)
     assert_true(created > 0);
 }
 
-static afsm_engine *open_engine(virtual_clock *clock, afsm_config *cfg)
+/* An engine on clock (set to 1000 s), advanced by the test
+ * (AFSM_REAPER_MANUAL) or by its reaper thread (AFSM_REAPER_THREAD). */
+static afsm_engine *open_engine_reaped(virtual_clock *clock, afsm_config *cfg, uint32_t reaper)
 {
     virtual_clock_set(clock, 1000 * SEC);
     cfg->clock = virtual_clock_read;
     cfg->clock_ctx = clock;
-    cfg->reaper = AFSM_REAPER_MANUAL;
+    cfg->reaper = reaper;
     cfg->server_addr = "10.0.0.1:7000";
     cfg->server_addr_len = strlen(cfg->server_addr);
     afsm_engine *engine = NULL;
     assert_int_equal(afsm_engine_open(cfg, &engine), AFSM_OK);
     return engine;
+}
+
+static afsm_engine *open_engine(virtual_clock *clock, afsm_config *cfg)
+{
+    return open_engine_reaped(clock, cfg, AFSM_REAPER_MANUAL);
 }
 
 static afsm_status create_for(afsm_engine *engine, const char *user, uint64_t timeout_ms, afsm_uuid *id)
@@ -999,12 +1006,7 @@ static void test_close_during_grouped_pass(void **state)
     cfg.on_event = close_event;
     cfg.event_ctx = &c;
     cfg.cleanup_interval_ms = 1;
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_THREAD;
-    afsm_engine *engine = NULL;
-    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    afsm_engine *engine = open_engine_reaped(&clock, &cfg, AFSM_REAPER_THREAD);
     c.engine = engine;
     char user[16];
     for (size_t i = 0; i < CLOSE_SESSIONS; i++) {
@@ -1185,12 +1187,7 @@ static void test_reaper_idle_batches_race_writers(void **state)
     cfg.on_event = race_event;
     cfg.event_ctx = &c;
     cfg.cleanup_interval_ms = 1;
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_THREAD;
-    afsm_engine *engine = NULL;
-    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    afsm_engine *engine = open_engine_reaped(&clock, &cfg, AFSM_REAPER_THREAD);
     c.engine = engine;
     uint64_t remaining;
     char user[16];
