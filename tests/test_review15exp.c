@@ -962,6 +962,78 @@ static void test_nested_advance_allocation_failures(void **state)
     run_nested_allocation_failures(4);
 }
 
+/* ---- 3c. no IDLE shown while the batch that would report it cannot grow -- */
+
+/* on_timer stored IDLE (go_idle, under the shard lock) before the batch
+ * took the session; when the batch could not grow, it took the transition
+ * back. In between, a lock-free Get could copy an IDLE that no event,
+ * counter or later state reports. Every allocation of the advance fails in
+ * turn, and at each failure a Get of the session, made from inside the
+ * failing allocation, must read ACTIVE. */
+typedef struct idle_peek {
+    afsm_engine *engine;
+    afsm_uuid id;
+    int failures, saw_idle;
+} idle_peek;
+
+static void peek_at_failure(void *arg)
+{
+    idle_peek *p = arg;
+    p->failures++;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    if (afsm_session_get(p->engine, &p->id, &info) == AFSM_OK && info.state == AFSM_STATE_IDLE)
+        p->saw_idle++;
+}
+
+static void count_event(void *arg, const afsm_event *ev)
+{
+    (void)ev;
+    (*(int *)arg)++;
+}
+
+static void test_no_idle_shown_when_the_batch_cannot_grow(void **state)
+{
+    (void)state;
+    int failed_some = 0;
+    for (long n = 0; n < 6; n++) {
+        static idle_peek p;
+        memset(&p, 0, sizeof(p));
+        int events = 0;
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = 1;
+        cfg.idle_timeout_ms = 200;
+        cfg.on_event = count_event; /* IDLE events need room in the batch too */
+        cfg.event_ctx = &events;
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        p.engine = engine;
+        assert_int_equal(create_for(engine, "sleeper", 60000, &p.id), AFSM_OK);
+        uint64_t remaining;
+        assert_int_equal(afsm_session_heartbeat(engine, &p.id, &remaining), AFSM_OK); /* ACTIVE */
+        uint64_t now = virtual_clock_read(&clock) + 500 * MS;
+        virtual_clock_set(&clock, now);
+        size_t expired = 0;
+        alloc_fail_observe(peek_at_failure, &p);
+        alloc_fail_after(n);
+        afsm_status st = afsm_engine_advance(engine, now, &expired);
+        alloc_fail_reset();
+        alloc_fail_observe(NULL, NULL);
+        assert_true(st == AFSM_OK || st == AFSM_ENOMEM);
+        failed_some |= st == AFSM_ENOMEM;
+        if (p.saw_idle != 0)
+            fail_msg("allocation %ld failing: a Get read IDLE while the advance was failing", n);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        assert_int_equal(afsm_session_get(engine, &p.id, &info), AFSM_OK);
+        assert_int_equal(info.state, st == AFSM_OK ? AFSM_STATE_IDLE : AFSM_STATE_ACTIVE);
+        assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+        assert_int_equal(afsm_session_get(engine, &p.id, &info), AFSM_OK);
+        assert_int_equal(info.state, AFSM_STATE_IDLE);
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    }
+    assert_true(failed_some);
+}
+
 /* ---- 4. close while the reaper thread settles groups -------------------- */
 
 #define CLOSE_SESSIONS 3000
@@ -1573,6 +1645,7 @@ int main(void)
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_nested_advance_allocation_failures),
+        cmocka_unit_test(test_no_idle_shown_when_the_batch_cannot_grow),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_reaper_idle_batches_race_writers),
         cmocka_unit_test(test_failed_creates_leave_no_key),
