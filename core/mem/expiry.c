@@ -113,28 +113,43 @@ static void batch_reset(timer_batch *batch)
     idle_set_clear(&batch->idles);
 }
 
-/* Adds s to the batch with a reference of its own (home shard lock held,
- * s still linked, so refs >= 1): the batch is settled outside every lock
- * and epoch section, one session at a time, and the reference keeps the
- * record until then. On failure nothing is added and the pass stops. */
-static int batch_push(timer_batch *batch, session *s, timer_outcome outcome)
+/* Makes room in the batch for one session of this outcome (and its IDLE
+ * event, with a callback). On failure the pass stops (the session's
+ * decision waits for the next tick) and nothing has changed. */
+static bool batch_reserve(timer_batch *batch, timer_outcome outcome)
 {
     bool wants_event = outcome == OUTCOME_IDLE && batch->ms->config.emit != NULL;
     if (!grow((void **)&batch->items, &batch->capacity, batch->count, sizeof(*batch->items)) ||
         (wants_event && !idle_set_reserve(&batch->idles))) {
         batch->failed = true;
         *batch->budget = 0;
-        return 0;
+        return false;
     }
+    return true;
+}
+
+/* Adds s to the reserved room with a reference of its own (home shard
+ * lock held, s still linked, so refs >= 1): the batch is settled outside
+ * every lock and epoch section, one session at a time, and the reference
+ * keeps the record until then. */
+static void batch_add(timer_batch *batch, session *s, timer_outcome outcome)
+{
     uint32_t event = NO_EVENT;
-    if (wants_event) {
+    if (outcome == OUTCOME_IDLE && batch->ms->config.emit != NULL) {
         mem_event_capture(batch->ms, &batch->idles.events[batch->idles.count], AFSM_EVENT_STATE_CHANGED, s,
                           AFSM_STATE_ACTIVE, AFSM_STATE_IDLE, NULL, 0);
         event = idle_set_add(&batch->idles);
     }
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
     batch->items[batch->count++] = (timer_result){s, outcome, event, NO_EVENT};
-    return 1;
+}
+
+static bool batch_push(timer_batch *batch, session *s, timer_outcome outcome)
+{
+    if (!batch_reserve(batch, outcome))
+        return false;
+    batch_add(batch, s, outcome);
+    return true;
 }
 
 mem_event *mem_event_prelude(const mem_store *ms, const session *s)
@@ -199,13 +214,16 @@ static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
         if (deadline > fire_ns) {
             /* Alive: maybe idle, then look again at the next deadline. */
             if (state == AFSM_STATE_ACTIVE && ms->config.idle_timeout_ns != 0 &&
-                mem_timer_deadline(ms, s, state, seen) <= fire_ns && go_idle(batch, s, fire_ns)) {
-                if (!batch_push(batch, s, OUTCOME_IDLE)) {
-                    mem_set_state_locked(batch->sh, s, AFSM_STATE_IDLE, AFSM_STATE_ACTIVE);
+                mem_timer_deadline(ms, s, state, seen) <= fire_ns) {
+                /* Room first: once IDLE is stored, a Get may copy it, so
+                 * the batch must take the session (and report it). */
+                if (!batch_reserve(batch, OUTCOME_IDLE))
                     return fire_ns + 1; /* decide again next time */
+                if (go_idle(batch, s, fire_ns)) {
+                    batch_add(batch, s, OUTCOME_IDLE);
+                    mem_count(ms, &batch->sh->idle_transitions);
+                    state = AFSM_STATE_IDLE;
                 }
-                mem_count(ms, &batch->sh->idle_transitions);
-                state = AFSM_STATE_IDLE;
             }
             seen = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed) & ~SESSION_EXPIRED_BIT;
             return mem_timer_deadline(ms, s, state, seen);
