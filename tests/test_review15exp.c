@@ -1034,6 +1034,199 @@ static void test_no_idle_shown_when_the_batch_cannot_grow(void **state)
     assert_true(failed_some);
 }
 
+/* ---- 3d. every allocation of a mixed pass failing: counts match states --- */
+
+/* One pass with every outcome of on_timer: sessions that expire
+ * (CONNECTING, short timeout), go idle (ACTIVE, idle deadline passed), end
+ * their close linger (CLOSED), and stay (CONNECTING, long timeout). The
+ * n-th allocation of the pass fails. After it, and after the advances that
+ * finish the work, afsm_engine_counts must equal the states a Get reads,
+ * idle_transitions_total the sessions that read IDLE, and (with a
+ * callback) the IDLE events; and every session must live one valid life.
+ * At each failure, from inside the failing allocation, the sessions a Get
+ * reads IDLE must each be counted (by_state) and, with a callback, be
+ * in the batch already (on_timer reserves before go_idle). */
+#define MIXED_SESSIONS 400
+
+typedef struct mixed_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid ids[MIXED_SESSIONS];
+    int failures;
+    int bad_observations;
+    char first[160];
+} mixed_ctx;
+
+static void mixed_event(void *arg, const afsm_event *ev)
+{
+    ledger_record(&((mixed_ctx *)arg)->ledger, ev);
+}
+
+/* Reads every session: by_state[] of what Get returns; the total found,
+ * with the expired ones not yet reaped (AFSM_EEXPIRED; only the CONNECTING
+ * kind expires here, and it is counted CONNECTING until reaped) in
+ * by_state[CONNECTING]. */
+static uint64_t mixed_walk(mixed_ctx *c, uint64_t by_state[AFSM_STATE_COUNT])
+{
+    uint64_t total = 0;
+    memset(by_state, 0, AFSM_STATE_COUNT * sizeof(by_state[0]));
+    for (size_t i = 0; i < MIXED_SESSIONS; i++) {
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        afsm_status st = afsm_session_get(c->engine, &c->ids[i], &info);
+        if (st == AFSM_OK)
+            by_state[info.state]++;
+        else if (st == AFSM_EEXPIRED && i % 4 == 0)
+            by_state[AFSM_STATE_CONNECTING]++;
+        else if (st == AFSM_ENOTFOUND)
+            continue;
+        else
+            fail_msg("session %zu (kind %zu): %s", i, i % 4, afsm_status_name(st));
+        total++;
+    }
+    return total;
+}
+
+static void mixed_at_failure(void *arg)
+{
+    mixed_ctx *c = arg;
+    c->failures++;
+    uint64_t by_state[AFSM_STATE_COUNT];
+    mixed_walk(c, by_state);
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    afsm_counts counts;
+    if (afsm_engine_counts(c->engine, &counts) != AFSM_OK || afsm_metrics_snapshot(c->engine, &m) != AFSM_OK)
+        return; /* a failing allocation of their own: nothing to compare */
+    /* Under the shard lock of the pass (or between its steps): no other
+     * thread, so the counts are exact. */
+    if ((by_state[AFSM_STATE_IDLE] != counts.by_state[AFSM_STATE_IDLE] ||
+         by_state[AFSM_STATE_IDLE] != m.idle_transitions_total) &&
+        c->bad_observations++ == 0)
+        snprintf(c->first, sizeof(c->first), "at failure %d: %llu read IDLE, %llu counted, %llu transitions",
+                 c->failures, (unsigned long long)by_state[AFSM_STATE_IDLE],
+                 (unsigned long long)counts.by_state[AFSM_STATE_IDLE], (unsigned long long)m.idle_transitions_total);
+}
+
+/* Counts, metrics and (with a callback) IDLE events against a walk. */
+static void mixed_check(mixed_ctx *c, bool emit, long n, const char *when)
+{
+    uint64_t by_state[AFSM_STATE_COUNT];
+    uint64_t total = mixed_walk(c, by_state);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(c->engine, &counts), AFSM_OK);
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    assert_int_equal(afsm_metrics_snapshot(c->engine, &m), AFSM_OK);
+    if (counts.total != total)
+        fail_msg("allocation %ld failing, %s: %llu counted, %llu found", n, when, (unsigned long long)counts.total,
+                 (unsigned long long)total);
+    for (int s = 1; s < AFSM_STATE_COUNT; s++)
+        if (counts.by_state[s] != by_state[s])
+            fail_msg("allocation %ld failing, %s: %llu counted %s, %llu read", n, when,
+                     (unsigned long long)counts.by_state[s], afsm_state_name(s), (unsigned long long)by_state[s]);
+    /* Nothing wakes here: every transition left a session IDLE. */
+    if (m.idle_transitions_total != by_state[AFSM_STATE_IDLE])
+        fail_msg("allocation %ld failing, %s: %llu idle transitions, %llu read IDLE", n, when,
+                 (unsigned long long)m.idle_transitions_total, (unsigned long long)by_state[AFSM_STATE_IDLE]);
+    if (emit && c->ledger.idle_events != m.idle_transitions_total)
+        fail_msg("allocation %ld failing, %s: %llu IDLE events, %llu idle transitions", n, when,
+                 (unsigned long long)c->ledger.idle_events, (unsigned long long)m.idle_transitions_total);
+}
+
+static void run_mixed_allocation_failures(unsigned shards, bool emit)
+{
+    int failed_some = 0, succeeded = 0;
+    for (long n = 0; !succeeded; n++) {
+        if (n > 64)
+            fail_msg("an advance still fails with %ld allocations allowed", n);
+        static mixed_ctx c;
+        memset(&c, 0, sizeof(c));
+        ledger_init(&c.ledger);
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = shards;
+        cfg.idle_timeout_ms = 200;
+        cfg.close_linger_ms = 100;
+        if (emit) {
+            cfg.on_event = mixed_event;
+            cfg.event_ctx = &c;
+        }
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        c.engine = engine;
+        uint64_t remaining;
+        for (size_t i = 0; i < MIXED_SESSIONS; i++) {
+            const char *users[] = {"a", "b", "c"};
+            /* 0: expires; 1: goes idle; 2: closed, lingers out; 3: stays. */
+            assert_int_equal(create_for(engine, users[i % 3], i % 4 == 0 ? 300 : 60000, &c.ids[i]), AFSM_OK);
+            if (i % 4 == 1 || i % 4 == 2)
+                assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK);
+            if (i % 4 == 2) {
+                afsm_update u;
+                afsm_update_init(&u, AFSM_UPDATE_VERSION);
+                u.fields = AFSM_UPDATE_STATE;
+                u.state = AFSM_STATE_CLOSED;
+                assert_int_equal(afsm_session_update(engine, &c.ids[i], &u, NULL), AFSM_OK);
+            }
+        }
+        uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
+        virtual_clock_set(&clock, now);
+        size_t expired = 0, more = 0;
+        alloc_fail_observe(mixed_at_failure, &c);
+        alloc_fail_after(n);
+        afsm_status st = afsm_engine_advance(engine, now, &expired);
+        alloc_fail_reset();
+        alloc_fail_observe(NULL, NULL);
+        if (st != AFSM_OK && st != AFSM_ENOMEM)
+            fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
+        if (c.bad_observations != 0)
+            fail_msg("allocation %ld failing: %s", n, c.first);
+        failed_some |= st == AFSM_ENOMEM;
+        succeeded = st == AFSM_OK;
+        mixed_check(&c, emit, n, "after the failing advance");
+        assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
+        mixed_check(&c, emit, n, "after the next advance");
+        assert_int_equal(expired + more, MIXED_SESSIONS / 4);
+        afsm_counts counts;
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, MIXED_SESSIONS / 2);
+        assert_int_equal(counts.by_state[AFSM_STATE_IDLE], MIXED_SESSIONS / 4);
+        assert_int_equal(counts.by_state[AFSM_STATE_CONNECTING], MIXED_SESSIONS / 4);
+        /* Past every expiry: each session ends once, the idle ones IDLE. */
+        now += 120 * SEC;
+        virtual_clock_set(&clock, now);
+        assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, 0);
+        if (emit) {
+            ledger_check_all_ended(&c.ledger);
+            for (size_t i = 0; i < MIXED_SESSIONS; i++) {
+                ledger_line *line = ledger_line_of(&c.ledger, &c.ids[i]);
+                uint32_t want = i % 4 == 2 ? AFSM_EVENT_DELETED : AFSM_EVENT_EXPIRED;
+                if (line->idle_events != (i % 4 == 1) || line->terminal_type != want)
+                    fail_msg("allocation %ld failing: session %zu (kind %zu): %d IDLE events, ended by type %u", n, i,
+                             i % 4, line->idle_events, line->terminal_type);
+            }
+        }
+        assert_int_equal(engine_slots_in_use(engine), 0);
+        assert_int_equal(table_keys(engine), 0);
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+        ledger_free(&c.ledger);
+    }
+    assert_true(failed_some);
+}
+
+static void test_mixed_pass_allocation_failures(void **state)
+{
+    (void)state;
+    run_mixed_allocation_failures(1, true);
+    run_mixed_allocation_failures(4, true);
+    run_mixed_allocation_failures(1, false);
+    run_mixed_allocation_failures(4, false);
+}
+
 /* ---- 4. close while the reaper thread settles groups -------------------- */
 
 #define CLOSE_SESSIONS 3000
@@ -1646,6 +1839,7 @@ int main(void)
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_nested_advance_allocation_failures),
         cmocka_unit_test(test_no_idle_shown_when_the_batch_cannot_grow),
+        cmocka_unit_test(test_mixed_pass_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_reaper_idle_batches_race_writers),
         cmocka_unit_test(test_failed_creates_leave_no_key),
