@@ -1496,6 +1496,208 @@ static void test_reaper_idle_batches_race_writers(void **state)
     ledger_free(&c.ledger);
 }
 
+/* ---- 4c. the reaper's allocations failing while writers wake sessions --- */
+
+/* The reaper thread turns sessions IDLE while writers heartbeat (wake) and
+ * add stats, and the reaper's own allocations fail, on its thread only
+ * (the countdown re-armed from the failure hook, so that passes fail at
+ * every point and some get through). Each clock step makes every session
+ * due; the reaper's first event of the step starts a sweeper heartbeating
+ * every session while the reaper's pass goes on, so heartbeats land
+ * before and after each session's turn to IDLE and wake sessions while
+ * the reaper holds their shard's lock. (Inside it, between the room
+ * reserved and go_idle's re-read, no run of this test was seen to land:
+ * that window is a few instructions.) Afterwards, quiet: the counts
+ * equal the states Get reads, and every transition is reported once:
+ * IDLE events = idle_transitions_total, wake events =
+ * wake_transitions_total, sessions IDLE = their difference.
+ * ThreadSanitizer's tree watches the races. */
+#define NOMEM_RACE_SESSIONS 1000
+
+typedef struct nomem_race_ctx {
+    afsm_engine *engine;
+    afsm_uuid ids[NOMEM_RACE_SESSIONS];
+    _Atomic long step;
+    _Atomic long sweep; /* the step whose sweep may start */
+    _Atomic int stop;
+    _Atomic int disarm;    /* the reaper's next failure or event turns the countdown off */
+    _Atomic int disarmed;  /* and it has */
+    _Atomic long failures; /* injected on the reaper's thread */
+    _Atomic long idle_events, wake_events, bad_events;
+} nomem_race_ctx;
+
+static _Thread_local int nomem_race_writer; /* the test's own threads */
+
+/* On the reaper's thread: the next failure after a few allocations (0 to
+ * 7, in turn), or none once the test disarms. */
+static void nomem_race_arm(nomem_race_ctx *c)
+{
+    if (atomic_load_explicit(&c->disarm, memory_order_acquire)) {
+        alloc_fail_after_on_this_thread(-1);
+        atomic_store_explicit(&c->disarmed, 1, memory_order_release);
+        return;
+    }
+    alloc_fail_after_on_this_thread(atomic_load_explicit(&c->failures, memory_order_relaxed) % 8);
+}
+
+static void nomem_race_at_failure(void *arg)
+{
+    nomem_race_ctx *c = arg;
+    if (nomem_race_writer)
+        return; /* not armed there: the process-wide countdown is off */
+    atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
+    nomem_race_arm(c);
+}
+
+static void nomem_race_event(void *arg, const afsm_event *ev)
+{
+    nomem_race_ctx *c = arg;
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE) {
+        atomic_fetch_add_explicit(&c->idle_events, 1, memory_order_relaxed);
+        if (nomem_race_writer || ev->old_state != AFSM_STATE_ACTIVE)
+            atomic_fetch_add_explicit(&c->bad_events, 1, memory_order_relaxed);
+    } else if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state == AFSM_STATE_IDLE) {
+        atomic_fetch_add_explicit(&c->wake_events, 1, memory_order_relaxed);
+    } else if (ev->type != AFSM_EVENT_CREATED && ev->type != AFSM_EVENT_STATE_CHANGED) {
+        atomic_fetch_add_explicit(&c->bad_events, 1, memory_order_relaxed); /* nothing ends here */
+    }
+    if (nomem_race_writer)
+        return;
+    /* The pass of this step is under way: let the sweeper race it. */
+    atomic_store_explicit(&c->sweep, atomic_load_explicit(&c->step, memory_order_acquire), memory_order_release);
+    if (atomic_load_explicit(&c->failures, memory_order_relaxed) == 0 ||
+        atomic_load_explicit(&c->disarm, memory_order_acquire))
+        nomem_race_arm(c); /* the first arming, and the last */
+}
+
+/* Heartbeats (and stats) for every session, once per step, from the
+ * moment the reaper's pass of the step has delivered its first event. */
+static void *nomem_race_sweeper(void *arg)
+{
+    nomem_race_ctx *c = arg;
+    nomem_race_writer = 1;
+    afsm_stats delta;
+    memset(&delta, 0, sizeof(delta));
+    delta.bytes_sent = 10;
+    for (long step = 1; !atomic_load_explicit(&c->stop, memory_order_acquire); step++) {
+        while (atomic_load_explicit(&c->sweep, memory_order_acquire) < step)
+            if (atomic_load_explicit(&c->stop, memory_order_acquire))
+                return NULL;
+        for (size_t i = 0; i < NOMEM_RACE_SESSIONS; i++) {
+            uint64_t remaining;
+            afsm_status st = i % 4 == 0 ? afsm_session_add_stats(c->engine, &c->ids[i], &delta)
+                                        : afsm_session_heartbeat(c->engine, &c->ids[i], &remaining);
+            THREAD_CHECK(st == AFSM_OK);
+        }
+    }
+    return NULL;
+}
+
+/* A few random heartbeats and stats per step, at any time. */
+static void *nomem_race_writer_main(void *arg)
+{
+    nomem_race_ctx *c = arg;
+    nomem_race_writer = 1;
+    afsm_stats delta;
+    memset(&delta, 0, sizeof(delta));
+    delta.bytes_sent = 10;
+    for (long step = 0; !atomic_load_explicit(&c->stop, memory_order_acquire); step++) {
+        while (atomic_load_explicit(&c->step, memory_order_acquire) < step)
+            if (atomic_load_explicit(&c->stop, memory_order_acquire))
+                return NULL;
+        for (int op = 0; op < 40; op++) {
+            uint64_t r = thread_rand();
+            const afsm_uuid *id = &c->ids[r % NOMEM_RACE_SESSIONS];
+            uint64_t remaining;
+            afsm_status st = r % 4 == 0 ? afsm_session_add_stats(c->engine, id, &delta)
+                                        : afsm_session_heartbeat(c->engine, id, &remaining);
+            THREAD_CHECK(st == AFSM_OK);
+        }
+    }
+    return NULL;
+}
+
+static void test_reaper_allocation_failures_race_writers(void **state)
+{
+    (void)state;
+    static nomem_race_ctx c;
+    memset(&c, 0, sizeof(c));
+    nomem_race_writer = 1;
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 4;
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = nomem_race_event;
+    cfg.event_ctx = &c;
+    cfg.cleanup_interval_ms = 1;
+    afsm_engine *engine = open_engine_reaped(&clock, &cfg, AFSM_REAPER_THREAD);
+    c.engine = engine;
+    uint64_t remaining;
+    for (size_t i = 0; i < NOMEM_RACE_SESSIONS; i++) {
+        assert_int_equal(create_for(engine, i % 2 ? "x" : "y", 600000, &c.ids[i]), AFSM_OK);
+        assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK);
+    }
+    alloc_fail_observe(nomem_race_at_failure, &c);
+    pthread_t writers[2];
+    assert_int_equal(pthread_create(&writers[0], NULL, nomem_race_writer_main, &c), 0);
+    assert_int_equal(pthread_create(&writers[1], NULL, nomem_race_sweeper, &c), 0);
+    /* Steps past the idle timeout: every session is due at each. */
+    uint64_t now = 1000 * SEC;
+    for (int step = 0; step < 40; step++) {
+        now += 300 * MS;
+        virtual_clock_set(&clock, now);
+        atomic_fetch_add_explicit(&c.step, 1, memory_order_release);
+        if (!reaper_reached(engine, now))
+            fail_msg("the reaper did not reach step %d within 20 s", step);
+    }
+    atomic_store(&c.stop, 1);
+    for (int w = 0; w < 2; w++)
+        assert_int_equal(pthread_join(writers[w], NULL), 0);
+    /* Turn the reaper's failures off (from its own thread), then one
+     * quiet pass past every idle deadline. */
+    atomic_store_explicit(&c.disarm, 1, memory_order_release);
+    uint64_t deadline = real_ns() + 20 * SEC;
+    while (!atomic_load_explicit(&c.disarmed, memory_order_acquire)) {
+        if (real_ns() > deadline)
+            fail_msg("the reaper did not disarm within 20 s");
+        now += 100 * MS;
+        virtual_clock_set(&clock, now);
+        if (!reaper_reached(engine, now))
+            fail_msg("the reaper did not reach %llu within 20 s", (unsigned long long)now);
+    }
+    now += 1 * SEC;
+    virtual_clock_set(&clock, now);
+    assert_true(reaper_reached(engine, now));
+    alloc_fail_observe(NULL, NULL);
+    assert_true(atomic_load(&c.failures) > 20);
+    assert_true(atomic_load(&c.idle_events) > 100);
+    assert_int_equal(atomic_load(&c.bad_events), 0);
+    uint64_t by_state[AFSM_STATE_COUNT] = {0};
+    for (size_t i = 0; i < NOMEM_RACE_SESSIONS; i++) {
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        assert_int_equal(afsm_session_get(engine, &c.ids[i], &info), AFSM_OK);
+        by_state[info.state]++;
+    }
+    /* Nothing was heartbeaten for a second: every session is IDLE. */
+    assert_int_equal(by_state[AFSM_STATE_IDLE], NOMEM_RACE_SESSIONS);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, NOMEM_RACE_SESSIONS);
+    for (int s = 1; s < AFSM_STATE_COUNT; s++)
+        if (counts.by_state[s] != by_state[s])
+            fail_msg("%llu counted %s, %llu read", (unsigned long long)counts.by_state[s], afsm_state_name(s),
+                     (unsigned long long)by_state[s]);
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    assert_int_equal(m.idle_transitions_total, atomic_load(&c.idle_events));
+    assert_int_equal(m.wake_transitions_total, atomic_load(&c.wake_events));
+    assert_int_equal(m.idle_transitions_total - m.wake_transitions_total, NOMEM_RACE_SESSIONS);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* ---- 5. removals find the stored key: failed creates and restores ------- */
 
 /* table_remove compares addresses (edb3f38): every rollback must pass the
@@ -1842,6 +2044,7 @@ int main(void)
         cmocka_unit_test(test_mixed_pass_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_reaper_idle_batches_race_writers),
+        cmocka_unit_test(test_reaper_allocation_failures_race_writers),
         cmocka_unit_test(test_failed_creates_leave_no_key),
         cmocka_unit_test(test_storm_one_shard),
         cmocka_unit_test(test_storm_many_shards_evicting),
