@@ -1227,6 +1227,57 @@ static void test_mixed_pass_allocation_failures(void **state)
     run_mixed_allocation_failures(4, false);
 }
 
+/* ---- 3e. the failure hook's observer may allocate ----------------------- */
+
+/* An observer that looks at the engine may allocate (a list, a metrics
+ * text, a create on another engine): that allocation fails too, the
+ * countdown being at 0, and must not run the observer again from inside
+ * itself, or an observer that allocates on every call recurses until the
+ * stack runs out. */
+typedef struct observer_depth {
+    int depth, max_depth, calls;
+    int inner_failed;
+} observer_depth;
+
+static void allocating_observer(void *arg)
+{
+    observer_depth *d = arg;
+    d->calls++;
+    if (++d->depth > d->max_depth)
+        d->max_depth = d->depth;
+    if (d->depth < 4) { /* bounded here, so that the test fails, not crashes */
+        void *p = mem_alloc(64);
+        d->inner_failed += p == NULL;
+        mem_free(p);
+    }
+    d->depth--;
+}
+
+static void test_failure_observer_may_allocate(void **state)
+{
+    (void)state;
+    static observer_depth d;
+    memset(&d, 0, sizeof(d));
+    alloc_fail_observe(allocating_observer, &d);
+    alloc_fail_after(0);
+    void *p = mem_alloc(32);
+    alloc_fail_reset();
+    alloc_fail_observe(NULL, NULL);
+    assert_null(p);
+    if (d.max_depth != 1)
+        fail_msg("the observer ran %d deep (%d calls) for one failing allocation", d.max_depth, d.calls);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.inner_failed, 1); /* the observer's own allocation fails as well */
+    /* The guard is per call: the next failure is observed again. */
+    alloc_fail_observe(allocating_observer, &d);
+    alloc_fail_after_on_this_thread(0);
+    p = mem_alloc(32);
+    alloc_fail_after_on_this_thread(-1);
+    alloc_fail_observe(NULL, NULL);
+    assert_null(p);
+    assert_int_equal(d.calls, 2);
+}
+
 /* ---- 4. close while the reaper thread settles groups -------------------- */
 
 #define CLOSE_SESSIONS 3000
@@ -2042,6 +2093,7 @@ int main(void)
         cmocka_unit_test(test_nested_advance_allocation_failures),
         cmocka_unit_test(test_no_idle_shown_when_the_batch_cannot_grow),
         cmocka_unit_test(test_mixed_pass_allocation_failures),
+        cmocka_unit_test(test_failure_observer_may_allocate),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_reaper_idle_batches_race_writers),
         cmocka_unit_test(test_reaper_allocation_failures_race_writers),
