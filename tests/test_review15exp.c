@@ -1278,6 +1278,152 @@ static void test_failure_observer_may_allocate(void **state)
     assert_int_equal(d.calls, 2);
 }
 
+/* ---- 3f. sessions turned IDLE by an advance nested in a callback, failing */
+
+/* The outer advance expires only a trigger; the trigger's callback
+ * advances past the others' idle deadline with the n-th allocation of
+ * that nested pass failing (its IDLE room among them, while the outer
+ * batch delivers). From inside each failure, and after, the sessions read
+ * IDLE are the ones counted and reported; the advances after it turn the
+ * rest IDLE once; each session then expires once, in IDLE. */
+#define NESTED_IDLE_SESSIONS 300
+
+typedef struct nested_idle_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid trigger;
+    afsm_uuid ids[NESTED_IDLE_SESSIONS];
+    uint64_t nested_to;
+    long fail_at;
+    afsm_status nested;
+    int advanced, failures, bad_observations;
+    char first[160];
+} nested_idle_ctx;
+
+/* Sessions Get reads IDLE; -1 if one could not be read. */
+static long nested_idle_read(nested_idle_ctx *c)
+{
+    long idle = 0;
+    for (size_t i = 0; i < NESTED_IDLE_SESSIONS; i++) {
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        if (afsm_session_get(c->engine, &c->ids[i], &info) != AFSM_OK)
+            return -1;
+        idle += info.state == AFSM_STATE_IDLE;
+    }
+    return idle;
+}
+
+static void nested_idle_compare(nested_idle_ctx *c, const char *where)
+{
+    long idle = nested_idle_read(c);
+    afsm_counts counts;
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    if (afsm_engine_counts(c->engine, &counts) != AFSM_OK || afsm_metrics_snapshot(c->engine, &m) != AFSM_OK)
+        return;
+    if ((idle < 0 || (uint64_t)idle != counts.by_state[AFSM_STATE_IDLE] ||
+         (uint64_t)idle != m.idle_transitions_total) &&
+        c->bad_observations++ == 0)
+        snprintf(c->first, sizeof(c->first), "%s: %ld read IDLE, %llu counted, %llu transitions", where, idle,
+                 (unsigned long long)counts.by_state[AFSM_STATE_IDLE], (unsigned long long)m.idle_transitions_total);
+}
+
+static void nested_idle_at_failure(void *arg)
+{
+    nested_idle_ctx *c = arg;
+    c->failures++;
+    nested_idle_compare(c, "inside a failing allocation");
+}
+
+static void nested_idle_event(void *arg, const afsm_event *ev)
+{
+    nested_idle_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (ev->type == AFSM_EVENT_EXPIRED && !c->advanced && memcmp(&ev->session_id, &c->trigger, 16) == 0) {
+        c->advanced = 1;
+        size_t n;
+        alloc_fail_observe(nested_idle_at_failure, c);
+        alloc_fail_after(c->fail_at);
+        c->nested = afsm_engine_advance(c->engine, c->nested_to, &n);
+        alloc_fail_reset();
+        alloc_fail_observe(NULL, NULL);
+        nested_idle_compare(c, "after the nested advance");
+    }
+}
+
+static void run_nested_idle_failures(unsigned shards)
+{
+    int failed_some = 0, succeeded = 0;
+    for (long n = 0; !succeeded; n++) {
+        if (n > 64)
+            fail_msg("a nested advance still fails with %ld allocations allowed", n);
+        static nested_idle_ctx c;
+        memset(&c, 0, sizeof(c));
+        ledger_init(&c.ledger);
+        c.fail_at = n;
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = shards;
+        cfg.idle_timeout_ms = 200;
+        cfg.on_event = nested_idle_event;
+        cfg.event_ctx = &c;
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        c.engine = engine;
+        uint64_t remaining;
+        assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+        for (size_t i = 0; i < NESTED_IDLE_SESSIONS; i++) {
+            assert_int_equal(create_for(engine, i % 2 ? "a" : "b", 60000, &c.ids[i]), AFSM_OK);
+            assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK); /* ACTIVE */
+        }
+        uint64_t now = virtual_clock_read(&clock) + 150 * MS; /* the trigger only */
+        c.nested_to = now + 350 * MS;                         /* past every idle deadline */
+        virtual_clock_set(&clock, c.nested_to);
+        size_t expired = 0, more = 0;
+        assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+        assert_true(c.advanced);
+        if (c.nested != AFSM_OK && c.nested != AFSM_ENOMEM)
+            fail_msg("nested allocation %ld failing: %s", n, afsm_status_name(c.nested));
+        if (c.bad_observations != 0)
+            fail_msg("nested allocation %ld failing: %s", n, c.first);
+        failed_some |= c.nested == AFSM_ENOMEM;
+        succeeded = c.nested == AFSM_OK;
+        pthread_mutex_lock(&c.ledger.lock);
+        uint64_t idle_events = c.ledger.idle_events;
+        pthread_mutex_unlock(&c.ledger.lock);
+        long idle = nested_idle_read(&c);
+        if (idle < 0 || (uint64_t)idle != idle_events)
+            fail_msg("nested allocation %ld failing: %ld read IDLE, %llu IDLE events", n, idle,
+                     (unsigned long long)idle_events);
+        assert_int_equal(afsm_engine_advance(engine, c.nested_to, &more), AFSM_OK);
+        assert_int_equal(nested_idle_read(&c), NESTED_IDLE_SESSIONS);
+        c.nested_to += 120 * SEC;
+        virtual_clock_set(&clock, c.nested_to);
+        assert_int_equal(afsm_engine_advance(engine, c.nested_to, &more), AFSM_OK);
+        afsm_counts counts;
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, 0);
+        ledger_check_all_ended(&c.ledger);
+        for (size_t i = 0; i < NESTED_IDLE_SESSIONS; i++) {
+            ledger_line *line = ledger_line_of(&c.ledger, &c.ids[i]);
+            if (line->idle_events != 1 || line->terminal_type != AFSM_EVENT_EXPIRED || !line->ended_idle)
+                fail_msg("nested allocation %ld failing: session %zu: %d IDLE events, ended by type %u in IDLE %d", n,
+                         i, line->idle_events, line->terminal_type, line->ended_idle);
+        }
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+        ledger_free(&c.ledger);
+    }
+    assert_true(failed_some);
+}
+
+static void test_nested_idle_allocation_failures(void **state)
+{
+    (void)state;
+    run_nested_idle_failures(1);
+    run_nested_idle_failures(4);
+}
+
 /* ---- 4. close while the reaper thread settles groups -------------------- */
 
 #define CLOSE_SESSIONS 3000
@@ -2094,6 +2240,7 @@ int main(void)
         cmocka_unit_test(test_no_idle_shown_when_the_batch_cannot_grow),
         cmocka_unit_test(test_mixed_pass_allocation_failures),
         cmocka_unit_test(test_failure_observer_may_allocate),
+        cmocka_unit_test(test_nested_idle_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_reaper_idle_batches_race_writers),
         cmocka_unit_test(test_reaper_allocation_failures_race_writers),
