@@ -1034,6 +1034,396 @@ static void test_no_idle_shown_when_the_batch_cannot_grow(void **state)
     assert_true(failed_some);
 }
 
+/* ---- 3d. every allocation of a mixed pass failing: counts match states --- */
+
+/* One pass with every outcome of on_timer: sessions that expire
+ * (CONNECTING, short timeout), go idle (ACTIVE, idle deadline passed), end
+ * their close linger (CLOSED), and stay (CONNECTING, long timeout). The
+ * n-th allocation of the pass fails. After it, and after the advances that
+ * finish the work, afsm_engine_counts must equal the states a Get reads,
+ * idle_transitions_total the sessions that read IDLE, and (with a
+ * callback) the IDLE events; and every session must live one valid life.
+ * At each failure, from inside the failing allocation, the sessions a Get
+ * reads IDLE must each be counted (by_state) and, with a callback, be
+ * in the batch already (on_timer reserves before go_idle). */
+#define MIXED_SESSIONS 400
+
+typedef struct mixed_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid ids[MIXED_SESSIONS];
+    int failures;
+    int bad_observations;
+    char first[160];
+} mixed_ctx;
+
+static void mixed_event(void *arg, const afsm_event *ev)
+{
+    ledger_record(&((mixed_ctx *)arg)->ledger, ev);
+}
+
+/* Reads every session: by_state[] of what Get returns; the total found,
+ * with the expired ones not yet reaped (AFSM_EEXPIRED; only the CONNECTING
+ * kind expires here, and it is counted CONNECTING until reaped) in
+ * by_state[CONNECTING]. */
+static uint64_t mixed_walk(mixed_ctx *c, uint64_t by_state[AFSM_STATE_COUNT])
+{
+    uint64_t total = 0;
+    memset(by_state, 0, AFSM_STATE_COUNT * sizeof(by_state[0]));
+    for (size_t i = 0; i < MIXED_SESSIONS; i++) {
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        afsm_status st = afsm_session_get(c->engine, &c->ids[i], &info);
+        if (st == AFSM_OK)
+            by_state[info.state]++;
+        else if (st == AFSM_EEXPIRED && i % 4 == 0)
+            by_state[AFSM_STATE_CONNECTING]++;
+        else if (st == AFSM_ENOTFOUND)
+            continue;
+        else
+            fail_msg("session %zu (kind %zu): %s", i, i % 4, afsm_status_name(st));
+        total++;
+    }
+    return total;
+}
+
+static void mixed_at_failure(void *arg)
+{
+    mixed_ctx *c = arg;
+    c->failures++;
+    uint64_t by_state[AFSM_STATE_COUNT];
+    mixed_walk(c, by_state);
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    afsm_counts counts;
+    if (afsm_engine_counts(c->engine, &counts) != AFSM_OK || afsm_metrics_snapshot(c->engine, &m) != AFSM_OK)
+        return; /* a failing allocation of their own: nothing to compare */
+    /* Under the shard lock of the pass (or between its steps): no other
+     * thread, so the counts are exact. */
+    if ((by_state[AFSM_STATE_IDLE] != counts.by_state[AFSM_STATE_IDLE] ||
+         by_state[AFSM_STATE_IDLE] != m.idle_transitions_total) &&
+        c->bad_observations++ == 0)
+        snprintf(c->first, sizeof(c->first), "at failure %d: %llu read IDLE, %llu counted, %llu transitions",
+                 c->failures, (unsigned long long)by_state[AFSM_STATE_IDLE],
+                 (unsigned long long)counts.by_state[AFSM_STATE_IDLE], (unsigned long long)m.idle_transitions_total);
+}
+
+/* Counts, metrics and (with a callback) IDLE events against a walk. */
+static void mixed_check(mixed_ctx *c, bool emit, long n, const char *when)
+{
+    uint64_t by_state[AFSM_STATE_COUNT];
+    uint64_t total = mixed_walk(c, by_state);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(c->engine, &counts), AFSM_OK);
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    assert_int_equal(afsm_metrics_snapshot(c->engine, &m), AFSM_OK);
+    if (counts.total != total)
+        fail_msg("allocation %ld failing, %s: %llu counted, %llu found", n, when, (unsigned long long)counts.total,
+                 (unsigned long long)total);
+    for (int s = 1; s < AFSM_STATE_COUNT; s++)
+        if (counts.by_state[s] != by_state[s])
+            fail_msg("allocation %ld failing, %s: %llu counted %s, %llu read", n, when,
+                     (unsigned long long)counts.by_state[s], afsm_state_name(s), (unsigned long long)by_state[s]);
+    /* Nothing wakes here: every transition left a session IDLE. */
+    if (m.idle_transitions_total != by_state[AFSM_STATE_IDLE])
+        fail_msg("allocation %ld failing, %s: %llu idle transitions, %llu read IDLE", n, when,
+                 (unsigned long long)m.idle_transitions_total, (unsigned long long)by_state[AFSM_STATE_IDLE]);
+    if (emit && c->ledger.idle_events != m.idle_transitions_total)
+        fail_msg("allocation %ld failing, %s: %llu IDLE events, %llu idle transitions", n, when,
+                 (unsigned long long)c->ledger.idle_events, (unsigned long long)m.idle_transitions_total);
+}
+
+static void run_mixed_allocation_failures(unsigned shards, bool emit)
+{
+    int failed_some = 0, succeeded = 0;
+    for (long n = 0; !succeeded; n++) {
+        if (n > 64)
+            fail_msg("an advance still fails with %ld allocations allowed", n);
+        static mixed_ctx c;
+        memset(&c, 0, sizeof(c));
+        ledger_init(&c.ledger);
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = shards;
+        cfg.idle_timeout_ms = 200;
+        cfg.close_linger_ms = 100;
+        if (emit) {
+            cfg.on_event = mixed_event;
+            cfg.event_ctx = &c;
+        }
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        c.engine = engine;
+        uint64_t remaining;
+        for (size_t i = 0; i < MIXED_SESSIONS; i++) {
+            const char *users[] = {"a", "b", "c"};
+            /* 0: expires; 1: goes idle; 2: closed, lingers out; 3: stays. */
+            assert_int_equal(create_for(engine, users[i % 3], i % 4 == 0 ? 300 : 60000, &c.ids[i]), AFSM_OK);
+            if (i % 4 == 1 || i % 4 == 2)
+                assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK);
+            if (i % 4 == 2) {
+                afsm_update u;
+                afsm_update_init(&u, AFSM_UPDATE_VERSION);
+                u.fields = AFSM_UPDATE_STATE;
+                u.state = AFSM_STATE_CLOSED;
+                assert_int_equal(afsm_session_update(engine, &c.ids[i], &u, NULL), AFSM_OK);
+            }
+        }
+        uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
+        virtual_clock_set(&clock, now);
+        size_t expired = 0, more = 0;
+        alloc_fail_observe(mixed_at_failure, &c);
+        alloc_fail_after(n);
+        afsm_status st = afsm_engine_advance(engine, now, &expired);
+        alloc_fail_reset();
+        alloc_fail_observe(NULL, NULL);
+        if (st != AFSM_OK && st != AFSM_ENOMEM)
+            fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
+        if (c.bad_observations != 0)
+            fail_msg("allocation %ld failing: %s", n, c.first);
+        failed_some |= st == AFSM_ENOMEM;
+        succeeded = st == AFSM_OK;
+        mixed_check(&c, emit, n, "after the failing advance");
+        assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
+        mixed_check(&c, emit, n, "after the next advance");
+        assert_int_equal(expired + more, MIXED_SESSIONS / 4);
+        afsm_counts counts;
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, MIXED_SESSIONS / 2);
+        assert_int_equal(counts.by_state[AFSM_STATE_IDLE], MIXED_SESSIONS / 4);
+        assert_int_equal(counts.by_state[AFSM_STATE_CONNECTING], MIXED_SESSIONS / 4);
+        /* Past every expiry: each session ends once, the idle ones IDLE. */
+        now += 120 * SEC;
+        virtual_clock_set(&clock, now);
+        assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, 0);
+        if (emit) {
+            ledger_check_all_ended(&c.ledger);
+            for (size_t i = 0; i < MIXED_SESSIONS; i++) {
+                ledger_line *line = ledger_line_of(&c.ledger, &c.ids[i]);
+                uint32_t want = i % 4 == 2 ? AFSM_EVENT_DELETED : AFSM_EVENT_EXPIRED;
+                if (line->idle_events != (i % 4 == 1) || line->terminal_type != want)
+                    fail_msg("allocation %ld failing: session %zu (kind %zu): %d IDLE events, ended by type %u", n, i,
+                             i % 4, line->idle_events, line->terminal_type);
+            }
+        }
+        assert_int_equal(engine_slots_in_use(engine), 0);
+        assert_int_equal(table_keys(engine), 0);
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+        ledger_free(&c.ledger);
+    }
+    assert_true(failed_some);
+}
+
+static void test_mixed_pass_allocation_failures(void **state)
+{
+    (void)state;
+    run_mixed_allocation_failures(1, true);
+    run_mixed_allocation_failures(4, true);
+    run_mixed_allocation_failures(1, false);
+    run_mixed_allocation_failures(4, false);
+}
+
+/* ---- 3e. the failure hook's observer may allocate ----------------------- */
+
+/* An observer that looks at the engine may allocate (a list, a metrics
+ * text, a create on another engine): that allocation fails too, the
+ * countdown being at 0, and must not run the observer again from inside
+ * itself, or an observer that allocates on every call recurses until the
+ * stack runs out. */
+typedef struct observer_depth {
+    int depth, max_depth, calls;
+    int inner_failed;
+} observer_depth;
+
+static void allocating_observer(void *arg)
+{
+    observer_depth *d = arg;
+    d->calls++;
+    if (++d->depth > d->max_depth)
+        d->max_depth = d->depth;
+    if (d->depth < 4) { /* bounded here, so that the test fails, not crashes */
+        void *p = mem_alloc(64);
+        d->inner_failed += p == NULL;
+        mem_free(p);
+    }
+    d->depth--;
+}
+
+static void test_failure_observer_may_allocate(void **state)
+{
+    (void)state;
+    static observer_depth d;
+    memset(&d, 0, sizeof(d));
+    alloc_fail_observe(allocating_observer, &d);
+    alloc_fail_after(0);
+    void *p = mem_alloc(32);
+    alloc_fail_reset();
+    alloc_fail_observe(NULL, NULL);
+    assert_null(p);
+    if (d.max_depth != 1)
+        fail_msg("the observer ran %d deep (%d calls) for one failing allocation", d.max_depth, d.calls);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.inner_failed, 1); /* the observer's own allocation fails as well */
+    /* The guard is per call: the next failure is observed again. */
+    alloc_fail_observe(allocating_observer, &d);
+    alloc_fail_after_on_this_thread(0);
+    p = mem_alloc(32);
+    alloc_fail_after_on_this_thread(-1);
+    alloc_fail_observe(NULL, NULL);
+    assert_null(p);
+    assert_int_equal(d.calls, 2);
+}
+
+/* ---- 3f. sessions turned IDLE by an advance nested in a callback, failing */
+
+/* The outer advance expires only a trigger; the trigger's callback
+ * advances past the others' idle deadline with the n-th allocation of
+ * that nested pass failing (its IDLE room among them, while the outer
+ * batch delivers). From inside each failure, and after, the sessions read
+ * IDLE are the ones counted and reported; the advances after it turn the
+ * rest IDLE once; each session then expires once, in IDLE. */
+#define NESTED_IDLE_SESSIONS 300
+
+typedef struct nested_idle_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid trigger;
+    afsm_uuid ids[NESTED_IDLE_SESSIONS];
+    uint64_t nested_to;
+    long fail_at;
+    afsm_status nested;
+    int advanced, failures, bad_observations;
+    char first[160];
+} nested_idle_ctx;
+
+/* Sessions Get reads IDLE; -1 if one could not be read. */
+static long nested_idle_read(nested_idle_ctx *c)
+{
+    long idle = 0;
+    for (size_t i = 0; i < NESTED_IDLE_SESSIONS; i++) {
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        if (afsm_session_get(c->engine, &c->ids[i], &info) != AFSM_OK)
+            return -1;
+        idle += info.state == AFSM_STATE_IDLE;
+    }
+    return idle;
+}
+
+static void nested_idle_compare(nested_idle_ctx *c, const char *where)
+{
+    long idle = nested_idle_read(c);
+    afsm_counts counts;
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    if (afsm_engine_counts(c->engine, &counts) != AFSM_OK || afsm_metrics_snapshot(c->engine, &m) != AFSM_OK)
+        return;
+    if ((idle < 0 || (uint64_t)idle != counts.by_state[AFSM_STATE_IDLE] ||
+         (uint64_t)idle != m.idle_transitions_total) &&
+        c->bad_observations++ == 0)
+        snprintf(c->first, sizeof(c->first), "%s: %ld read IDLE, %llu counted, %llu transitions", where, idle,
+                 (unsigned long long)counts.by_state[AFSM_STATE_IDLE], (unsigned long long)m.idle_transitions_total);
+}
+
+static void nested_idle_at_failure(void *arg)
+{
+    nested_idle_ctx *c = arg;
+    c->failures++;
+    nested_idle_compare(c, "inside a failing allocation");
+}
+
+static void nested_idle_event(void *arg, const afsm_event *ev)
+{
+    nested_idle_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (ev->type == AFSM_EVENT_EXPIRED && !c->advanced && memcmp(&ev->session_id, &c->trigger, 16) == 0) {
+        c->advanced = 1;
+        size_t n;
+        alloc_fail_observe(nested_idle_at_failure, c);
+        alloc_fail_after(c->fail_at);
+        c->nested = afsm_engine_advance(c->engine, c->nested_to, &n);
+        alloc_fail_reset();
+        alloc_fail_observe(NULL, NULL);
+        nested_idle_compare(c, "after the nested advance");
+    }
+}
+
+static void run_nested_idle_failures(unsigned shards)
+{
+    int failed_some = 0, succeeded = 0;
+    for (long n = 0; !succeeded; n++) {
+        if (n > 64)
+            fail_msg("a nested advance still fails with %ld allocations allowed", n);
+        static nested_idle_ctx c;
+        memset(&c, 0, sizeof(c));
+        ledger_init(&c.ledger);
+        c.fail_at = n;
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = shards;
+        cfg.idle_timeout_ms = 200;
+        cfg.on_event = nested_idle_event;
+        cfg.event_ctx = &c;
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        c.engine = engine;
+        uint64_t remaining;
+        assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+        for (size_t i = 0; i < NESTED_IDLE_SESSIONS; i++) {
+            assert_int_equal(create_for(engine, i % 2 ? "a" : "b", 60000, &c.ids[i]), AFSM_OK);
+            assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK); /* ACTIVE */
+        }
+        uint64_t now = virtual_clock_read(&clock) + 150 * MS; /* the trigger only */
+        c.nested_to = now + 350 * MS;                         /* past every idle deadline */
+        virtual_clock_set(&clock, c.nested_to);
+        size_t expired = 0, more = 0;
+        assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+        assert_true(c.advanced);
+        if (c.nested != AFSM_OK && c.nested != AFSM_ENOMEM)
+            fail_msg("nested allocation %ld failing: %s", n, afsm_status_name(c.nested));
+        if (c.bad_observations != 0)
+            fail_msg("nested allocation %ld failing: %s", n, c.first);
+        failed_some |= c.nested == AFSM_ENOMEM;
+        succeeded = c.nested == AFSM_OK;
+        pthread_mutex_lock(&c.ledger.lock);
+        uint64_t idle_events = c.ledger.idle_events;
+        pthread_mutex_unlock(&c.ledger.lock);
+        long idle = nested_idle_read(&c);
+        if (idle < 0 || (uint64_t)idle != idle_events)
+            fail_msg("nested allocation %ld failing: %ld read IDLE, %llu IDLE events", n, idle,
+                     (unsigned long long)idle_events);
+        assert_int_equal(afsm_engine_advance(engine, c.nested_to, &more), AFSM_OK);
+        assert_int_equal(nested_idle_read(&c), NESTED_IDLE_SESSIONS);
+        c.nested_to += 120 * SEC;
+        virtual_clock_set(&clock, c.nested_to);
+        assert_int_equal(afsm_engine_advance(engine, c.nested_to, &more), AFSM_OK);
+        afsm_counts counts;
+        assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+        assert_int_equal(counts.total, 0);
+        ledger_check_all_ended(&c.ledger);
+        for (size_t i = 0; i < NESTED_IDLE_SESSIONS; i++) {
+            ledger_line *line = ledger_line_of(&c.ledger, &c.ids[i]);
+            if (line->idle_events != 1 || line->terminal_type != AFSM_EVENT_EXPIRED || !line->ended_idle)
+                fail_msg("nested allocation %ld failing: session %zu: %d IDLE events, ended by type %u in IDLE %d", n,
+                         i, line->idle_events, line->terminal_type, line->ended_idle);
+        }
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+        ledger_free(&c.ledger);
+    }
+    assert_true(failed_some);
+}
+
+static void test_nested_idle_allocation_failures(void **state)
+{
+    (void)state;
+    run_nested_idle_failures(1);
+    run_nested_idle_failures(4);
+}
+
 /* ---- 4. close while the reaper thread settles groups -------------------- */
 
 #define CLOSE_SESSIONS 3000
@@ -1301,6 +1691,208 @@ static void test_reaper_idle_batches_race_writers(void **state)
         if (c.ledger.lines[i].used && c.ledger.lines[i].terminal > 1)
             fail_msg("a session with %d EXPIRED/DELETED events", c.ledger.lines[i].terminal);
     ledger_free(&c.ledger);
+}
+
+/* ---- 4c. the reaper's allocations failing while writers wake sessions --- */
+
+/* The reaper thread turns sessions IDLE while writers heartbeat (wake) and
+ * add stats, and the reaper's own allocations fail, on its thread only
+ * (the countdown re-armed from the failure hook, so that passes fail at
+ * every point and some get through). Each clock step makes every session
+ * due; the reaper's first event of the step starts a sweeper heartbeating
+ * every session while the reaper's pass goes on, so heartbeats land
+ * before and after each session's turn to IDLE and wake sessions while
+ * the reaper holds their shard's lock. (Inside it, between the room
+ * reserved and go_idle's re-read, no run of this test was seen to land:
+ * that window is a few instructions.) Afterwards, quiet: the counts
+ * equal the states Get reads, and every transition is reported once:
+ * IDLE events = idle_transitions_total, wake events =
+ * wake_transitions_total, sessions IDLE = their difference.
+ * ThreadSanitizer's tree watches the races. */
+#define NOMEM_RACE_SESSIONS 1000
+
+typedef struct nomem_race_ctx {
+    afsm_engine *engine;
+    afsm_uuid ids[NOMEM_RACE_SESSIONS];
+    _Atomic long step;
+    _Atomic long sweep; /* the step whose sweep may start */
+    _Atomic int stop;
+    _Atomic int disarm;    /* the reaper's next failure or event turns the countdown off */
+    _Atomic int disarmed;  /* and it has */
+    _Atomic long failures; /* injected on the reaper's thread */
+    _Atomic long idle_events, wake_events, bad_events;
+} nomem_race_ctx;
+
+static _Thread_local int nomem_race_writer; /* the test's own threads */
+
+/* On the reaper's thread: the next failure after a few allocations (0 to
+ * 7, in turn), or none once the test disarms. */
+static void nomem_race_arm(nomem_race_ctx *c)
+{
+    if (atomic_load_explicit(&c->disarm, memory_order_acquire)) {
+        alloc_fail_after_on_this_thread(-1);
+        atomic_store_explicit(&c->disarmed, 1, memory_order_release);
+        return;
+    }
+    alloc_fail_after_on_this_thread(atomic_load_explicit(&c->failures, memory_order_relaxed) % 8);
+}
+
+static void nomem_race_at_failure(void *arg)
+{
+    nomem_race_ctx *c = arg;
+    if (nomem_race_writer)
+        return; /* not armed there: the process-wide countdown is off */
+    atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
+    nomem_race_arm(c);
+}
+
+static void nomem_race_event(void *arg, const afsm_event *ev)
+{
+    nomem_race_ctx *c = arg;
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE) {
+        atomic_fetch_add_explicit(&c->idle_events, 1, memory_order_relaxed);
+        if (nomem_race_writer || ev->old_state != AFSM_STATE_ACTIVE)
+            atomic_fetch_add_explicit(&c->bad_events, 1, memory_order_relaxed);
+    } else if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state == AFSM_STATE_IDLE) {
+        atomic_fetch_add_explicit(&c->wake_events, 1, memory_order_relaxed);
+    } else if (ev->type != AFSM_EVENT_CREATED && ev->type != AFSM_EVENT_STATE_CHANGED) {
+        atomic_fetch_add_explicit(&c->bad_events, 1, memory_order_relaxed); /* nothing ends here */
+    }
+    if (nomem_race_writer)
+        return;
+    /* The pass of this step is under way: let the sweeper race it. */
+    atomic_store_explicit(&c->sweep, atomic_load_explicit(&c->step, memory_order_acquire), memory_order_release);
+    if (atomic_load_explicit(&c->failures, memory_order_relaxed) == 0 ||
+        atomic_load_explicit(&c->disarm, memory_order_acquire))
+        nomem_race_arm(c); /* the first arming, and the last */
+}
+
+/* Heartbeats (and stats) for every session, once per step, from the
+ * moment the reaper's pass of the step has delivered its first event. */
+static void *nomem_race_sweeper(void *arg)
+{
+    nomem_race_ctx *c = arg;
+    nomem_race_writer = 1;
+    afsm_stats delta;
+    memset(&delta, 0, sizeof(delta));
+    delta.bytes_sent = 10;
+    for (long step = 1; !atomic_load_explicit(&c->stop, memory_order_acquire); step++) {
+        while (atomic_load_explicit(&c->sweep, memory_order_acquire) < step)
+            if (atomic_load_explicit(&c->stop, memory_order_acquire))
+                return NULL;
+        for (size_t i = 0; i < NOMEM_RACE_SESSIONS; i++) {
+            uint64_t remaining;
+            afsm_status st = i % 4 == 0 ? afsm_session_add_stats(c->engine, &c->ids[i], &delta)
+                                        : afsm_session_heartbeat(c->engine, &c->ids[i], &remaining);
+            THREAD_CHECK(st == AFSM_OK);
+        }
+    }
+    return NULL;
+}
+
+/* A few random heartbeats and stats per step, at any time. */
+static void *nomem_race_writer_main(void *arg)
+{
+    nomem_race_ctx *c = arg;
+    nomem_race_writer = 1;
+    afsm_stats delta;
+    memset(&delta, 0, sizeof(delta));
+    delta.bytes_sent = 10;
+    for (long step = 0; !atomic_load_explicit(&c->stop, memory_order_acquire); step++) {
+        while (atomic_load_explicit(&c->step, memory_order_acquire) < step)
+            if (atomic_load_explicit(&c->stop, memory_order_acquire))
+                return NULL;
+        for (int op = 0; op < 40; op++) {
+            uint64_t r = thread_rand();
+            const afsm_uuid *id = &c->ids[r % NOMEM_RACE_SESSIONS];
+            uint64_t remaining;
+            afsm_status st = r % 4 == 0 ? afsm_session_add_stats(c->engine, id, &delta)
+                                        : afsm_session_heartbeat(c->engine, id, &remaining);
+            THREAD_CHECK(st == AFSM_OK);
+        }
+    }
+    return NULL;
+}
+
+static void test_reaper_allocation_failures_race_writers(void **state)
+{
+    (void)state;
+    static nomem_race_ctx c;
+    memset(&c, 0, sizeof(c));
+    nomem_race_writer = 1;
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 4;
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = nomem_race_event;
+    cfg.event_ctx = &c;
+    cfg.cleanup_interval_ms = 1;
+    afsm_engine *engine = open_engine_reaped(&clock, &cfg, AFSM_REAPER_THREAD);
+    c.engine = engine;
+    uint64_t remaining;
+    for (size_t i = 0; i < NOMEM_RACE_SESSIONS; i++) {
+        assert_int_equal(create_for(engine, i % 2 ? "x" : "y", 600000, &c.ids[i]), AFSM_OK);
+        assert_int_equal(afsm_session_heartbeat(engine, &c.ids[i], &remaining), AFSM_OK);
+    }
+    alloc_fail_observe(nomem_race_at_failure, &c);
+    pthread_t writers[2];
+    assert_int_equal(pthread_create(&writers[0], NULL, nomem_race_writer_main, &c), 0);
+    assert_int_equal(pthread_create(&writers[1], NULL, nomem_race_sweeper, &c), 0);
+    /* Steps past the idle timeout: every session is due at each. */
+    uint64_t now = 1000 * SEC;
+    for (int step = 0; step < 40; step++) {
+        now += 300 * MS;
+        virtual_clock_set(&clock, now);
+        atomic_fetch_add_explicit(&c.step, 1, memory_order_release);
+        if (!reaper_reached(engine, now))
+            fail_msg("the reaper did not reach step %d within 20 s", step);
+    }
+    atomic_store(&c.stop, 1);
+    for (int w = 0; w < 2; w++)
+        assert_int_equal(pthread_join(writers[w], NULL), 0);
+    /* Turn the reaper's failures off (from its own thread), then one
+     * quiet pass past every idle deadline. */
+    atomic_store_explicit(&c.disarm, 1, memory_order_release);
+    uint64_t deadline = real_ns() + 20 * SEC;
+    while (!atomic_load_explicit(&c.disarmed, memory_order_acquire)) {
+        if (real_ns() > deadline)
+            fail_msg("the reaper did not disarm within 20 s");
+        now += 100 * MS;
+        virtual_clock_set(&clock, now);
+        if (!reaper_reached(engine, now))
+            fail_msg("the reaper did not reach %llu within 20 s", (unsigned long long)now);
+    }
+    now += 1 * SEC;
+    virtual_clock_set(&clock, now);
+    assert_true(reaper_reached(engine, now));
+    alloc_fail_observe(NULL, NULL);
+    assert_true(atomic_load(&c.failures) > 20);
+    assert_true(atomic_load(&c.idle_events) > 100);
+    assert_int_equal(atomic_load(&c.bad_events), 0);
+    uint64_t by_state[AFSM_STATE_COUNT] = {0};
+    for (size_t i = 0; i < NOMEM_RACE_SESSIONS; i++) {
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        assert_int_equal(afsm_session_get(engine, &c.ids[i], &info), AFSM_OK);
+        by_state[info.state]++;
+    }
+    /* Nothing was heartbeaten for a second: every session is IDLE. */
+    assert_int_equal(by_state[AFSM_STATE_IDLE], NOMEM_RACE_SESSIONS);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, NOMEM_RACE_SESSIONS);
+    for (int s = 1; s < AFSM_STATE_COUNT; s++)
+        if (counts.by_state[s] != by_state[s])
+            fail_msg("%llu counted %s, %llu read", (unsigned long long)counts.by_state[s], afsm_state_name(s),
+                     (unsigned long long)by_state[s]);
+    afsm_metrics m;
+    memset(&m, 0, sizeof(m));
+    m.version = AFSM_METRICS_VERSION;
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    assert_int_equal(m.idle_transitions_total, atomic_load(&c.idle_events));
+    assert_int_equal(m.wake_transitions_total, atomic_load(&c.wake_events));
+    assert_int_equal(m.idle_transitions_total - m.wake_transitions_total, NOMEM_RACE_SESSIONS);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
 /* ---- 5. removals find the stored key: failed creates and restores ------- */
@@ -1646,8 +2238,12 @@ int main(void)
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_nested_advance_allocation_failures),
         cmocka_unit_test(test_no_idle_shown_when_the_batch_cannot_grow),
+        cmocka_unit_test(test_mixed_pass_allocation_failures),
+        cmocka_unit_test(test_failure_observer_may_allocate),
+        cmocka_unit_test(test_nested_idle_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_reaper_idle_batches_race_writers),
+        cmocka_unit_test(test_reaper_allocation_failures_race_writers),
         cmocka_unit_test(test_failed_creates_leave_no_key),
         cmocka_unit_test(test_storm_one_shard),
         cmocka_unit_test(test_storm_many_shards_evicting),

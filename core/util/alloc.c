@@ -36,14 +36,21 @@ static int countdown_says_fail(void)
 /* alloc_fail_observe's observer, and its argument. */
 static void (*_Atomic fail_observer)(void *ctx);
 static void *_Atomic fail_observer_ctx;
+/* Set while this thread runs the observer: the observer's own allocations
+ * fail too (the countdown is at 0), and would otherwise run it again from
+ * inside itself, without bound. */
+static _Thread_local int observing;
 
 static int should_fail(void)
 {
     if (!countdown_says_fail())
         return 0;
     void (*observer)(void *) = atomic_load_explicit(&fail_observer, memory_order_acquire);
-    if (observer != NULL)
+    if (observer != NULL && !observing) {
+        observing = 1;
         observer(atomic_load_explicit(&fail_observer_ctx, memory_order_relaxed));
+        observing = 0;
+    }
     return 1;
 }
 
