@@ -628,6 +628,132 @@ static void test_prelude_callback_ends_the_session(void **state)
     run_prelude_callback(1);
 }
 
+/* ---- 2b'''. a chain: the nested batch's IDLE behind the waiting event ---- */
+
+/* As 2b'': the trigger's EXPIRED wakes the sleeper (its ACTIVE waits on the
+ * batch's IDLE), and that IDLE's callback advances again, just past the
+ * woken sleeper's next idle deadline. In that nested batch another
+ * session's IDLE comes first, and its callback wakes the sleeper again,
+ * whose second IDLE waits in the same nested batch (itself behind the
+ * first ACTIVE). The second ACTIVE is then later than that IDLE and must
+ * come after it: IDLE, ACTIVE, IDLE, ACTIVE. With `closes`, the first
+ * ACTIVE's own callback (delivered while both wait) then takes the sleeper
+ * to DISCONNECTING, which came after the second ACTIVE and must come after
+ * it too. Each STATE_CHANGED's old state must be the one reported last. */
+typedef struct chain_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    virtual_clock *clock;
+    afsm_uuid trigger, sleeper, other;
+    uint64_t nested_to;
+    int closes;
+    int woke, advanced, rewoke, closed;
+    afsm_status first_heartbeat, nested, second_heartbeat, update;
+    uint32_t sleeper_state; /* as the sleeper's events report it */
+    int sleeper_breaks;     /* a STATE_CHANGED whose old state is not that */
+    int other_idle_first;   /* the other's IDLE came before the sleeper's second */
+    int sleeper_idles;
+    char first_break[120];
+} chain_ctx;
+
+static void chain_event(void *arg, const afsm_event *ev)
+{
+    chain_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    uint64_t remaining;
+    if (memcmp(&ev->session_id, &c->sleeper, 16) == 0) {
+        if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state != c->sleeper_state && c->sleeper_breaks++ == 0)
+            snprintf(c->first_break, sizeof(c->first_break), "sleeper %u -> %u after it was reported in %u",
+                     ev->old_state, ev->new_state, c->sleeper_state);
+        c->sleeper_state = ev->new_state;
+        if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE)
+            c->sleeper_idles++;
+    }
+    if (ev->type == AFSM_EVENT_EXPIRED && memcmp(&ev->session_id, &c->trigger, 16) == 0 && !c->woke) {
+        c->woke = 1;
+        c->first_heartbeat = afsm_session_heartbeat(c->engine, &c->sleeper, &remaining);
+    }
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE &&
+        memcmp(&ev->session_id, &c->sleeper, 16) == 0 && !c->advanced) {
+        c->advanced = 1;
+        virtual_clock_set(c->clock, c->nested_to);
+        size_t n;
+        c->nested = afsm_engine_advance(c->engine, c->nested_to, &n);
+    }
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE &&
+        memcmp(&ev->session_id, &c->other, 16) == 0 && !c->rewoke) {
+        c->rewoke = 1;
+        c->other_idle_first = c->sleeper_idles == 1;
+        c->second_heartbeat = afsm_session_heartbeat(c->engine, &c->sleeper, &remaining);
+    }
+    if (c->closes && ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state == AFSM_STATE_IDLE &&
+        ev->new_state == AFSM_STATE_ACTIVE && memcmp(&ev->session_id, &c->sleeper, 16) == 0 && !c->closed) {
+        c->closed = 1;
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_DISCONNECTING;
+        c->update = afsm_session_update(c->engine, &c->sleeper, &u, NULL);
+    }
+}
+
+static void run_chain(int closes)
+{
+    static chain_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1; /* one batch each pass, in deadline order */
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = chain_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    c.clock = &clock;
+    c.closes = closes;
+    uint64_t t0 = virtual_clock_read(&clock), remaining;
+    assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+    assert_int_equal(create_for(engine, "sleeper", 60000, &c.sleeper), AFSM_OK);
+    assert_int_equal(create_for(engine, "other", 60000, &c.other), AFSM_OK);
+    c.sleeper_state = AFSM_STATE_CONNECTING;
+    assert_int_equal(afsm_session_heartbeat(engine, &c.sleeper, &remaining), AFSM_OK); /* idle at t0 + 200 ms */
+    virtual_clock_set(&clock, t0 + 400 * MS);
+    assert_int_equal(afsm_session_heartbeat(engine, &c.other, &remaining), AFSM_OK); /* idle at t0 + 600 ms */
+    /* The woken sleeper goes idle at t0 + 700 ms, after the other. */
+    uint64_t now = t0 + 500 * MS;
+    virtual_clock_set(&clock, now);
+    c.nested_to = t0 + 800 * MS;
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(expired, 1);
+    assert_true(c.woke && c.advanced && c.rewoke);
+    assert_int_equal(c.first_heartbeat, AFSM_OK);
+    assert_int_equal(c.nested, AFSM_OK);
+    assert_int_equal(c.second_heartbeat, AFSM_OK);
+    assert_true(c.other_idle_first); /* the setup: the other's IDLE went out between the sleeper's */
+    assert_int_equal(c.sleeper_idles, 2);
+    if (closes) {
+        assert_true(c.closed);
+        assert_int_equal(c.update, AFSM_OK);
+    }
+    if (c.sleeper_breaks != 0)
+        fail_msg("%d out-of-order sleeper event(s); first: %s", c.sleeper_breaks, c.first_break);
+    assert_int_equal(c.sleeper_state, closes ? AFSM_STATE_DISCONNECTING : AFSM_STATE_ACTIVE);
+    assert_int_equal(afsm_session_delete(engine, &c.sleeper, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &c.other, NULL, 0), AFSM_OK);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+static void test_prelude_chain_keeps_capture_order(void **state)
+{
+    (void)state;
+    run_chain(0);
+    run_chain(1);
+}
+
 /* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
 
 /* a34563d finds a session's pending IDLE through an index by session id,
@@ -1570,6 +1696,7 @@ int main(void)
         cmocka_unit_test(test_idle_and_expired_in_one_advance),
         cmocka_unit_test(test_pending_idle_belongs_to_its_engine),
         cmocka_unit_test(test_prelude_callback_ends_the_session),
+        cmocka_unit_test(test_prelude_chain_keeps_capture_order),
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_nested_advance_allocation_failures),
