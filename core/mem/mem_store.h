@@ -161,6 +161,7 @@ typedef struct mem_event {
      * not delivered yet (an expiry pass's IDLE, or an event waiting for
      * such an IDLE to go out: store.c's in_flight): delivered first. */
     struct mem_event *prelude;
+    uint64_t seq; /* this thread's capture order: the prelude is the latest earlier */
     char user_id[AFSM_USER_ID_MAX + 1];
 } mem_event;
 void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const session *s, uint32_t old_state,
