@@ -754,6 +754,95 @@ static void test_prelude_chain_keeps_capture_order(void **state)
     run_chain(1);
 }
 
+/* ---- 2b''''. a batch heartbeat's callback changes a later item ---------- */
+
+/* A heartbeat batch wakes two idle sessions: both IDLE -> ACTIVE are
+ * captured in the group's section, then delivered in item order. The
+ * first one's callback takes the second session to DISCONNECTING: that
+ * change is later than the second's wake, whose event is still waiting
+ * in the batch, and must come after it. */
+typedef struct woken_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid first, second;
+    uint32_t second_state; /* as the second's events report it */
+    int acted, breaks;
+    afsm_status update;
+    char first_break[120];
+} woken_ctx;
+
+static void woken_event(void *arg, const afsm_event *ev)
+{
+    woken_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (memcmp(&ev->session_id, &c->second, 16) == 0) {
+        if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state != c->second_state && c->breaks++ == 0)
+            snprintf(c->first_break, sizeof(c->first_break), "second %u -> %u after it was reported in %u",
+                     ev->old_state, ev->new_state, c->second_state);
+        c->second_state = ev->new_state;
+    }
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state == AFSM_STATE_IDLE &&
+        memcmp(&ev->session_id, &c->first, 16) == 0 && !c->acted) {
+        c->acted = 1;
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_DISCONNECTING;
+        c->update = afsm_session_update(c->engine, &c->second, &u, NULL);
+    }
+}
+
+static void run_woken_batch(int add_stats)
+{
+    static woken_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = woken_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    assert_int_equal(create_for(engine, "first", 60000, &c.first), AFSM_OK);
+    assert_int_equal(create_for(engine, "second", 60000, &c.second), AFSM_OK);
+    c.second_state = AFSM_STATE_CONNECTING;
+    afsm_uuid ids[2] = {c.first, c.second};
+    afsm_status statuses[2];
+    assert_int_equal(afsm_session_heartbeat_batch(engine, ids, 2, NULL, statuses), AFSM_OK); /* ACTIVE */
+    uint64_t now = virtual_clock_read(&clock) + 500 * MS;
+    virtual_clock_set(&clock, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK); /* both IDLE */
+    assert_int_equal(c.second_state, AFSM_STATE_IDLE);
+    virtual_clock_set(&clock, now + 10 * MS);
+    if (add_stats) {
+        afsm_stats deltas[2] = {{.packets_received = 1}, {.packets_received = 1}};
+        assert_int_equal(afsm_session_add_stats_batch(engine, ids, deltas, 2, statuses), AFSM_OK);
+    } else {
+        assert_int_equal(afsm_session_heartbeat_batch(engine, ids, 2, NULL, statuses), AFSM_OK);
+    }
+    assert_int_equal(statuses[0], AFSM_OK);
+    assert_int_equal(statuses[1], AFSM_OK);
+    assert_true(c.acted);
+    assert_int_equal(c.update, AFSM_OK);
+    if (c.breaks != 0)
+        fail_msg("%d out-of-order event(s) of the second session; first: %s", c.breaks, c.first_break);
+    assert_int_equal(c.second_state, AFSM_STATE_DISCONNECTING);
+    assert_int_equal(afsm_session_delete(engine, &c.first, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &c.second, NULL, 0), AFSM_OK);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+static void test_batch_wake_callback_changes_later_item(void **state)
+{
+    (void)state;
+    run_woken_batch(0);
+    run_woken_batch(1);
+}
+
 /* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
 
 /* a34563d finds a session's pending IDLE through an index by session id,
@@ -1697,6 +1786,7 @@ int main(void)
         cmocka_unit_test(test_pending_idle_belongs_to_its_engine),
         cmocka_unit_test(test_prelude_callback_ends_the_session),
         cmocka_unit_test(test_prelude_chain_keeps_capture_order),
+        cmocka_unit_test(test_batch_wake_callback_changes_later_item),
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_nested_advance_allocation_failures),
