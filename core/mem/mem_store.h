@@ -168,6 +168,10 @@ void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const
                        uint32_t new_state, const char *reason, size_t reason_len);
 /* Delivers a captured event (if any). Outside every epoch section. */
 void mem_event_fire(const mem_store *ms, mem_event *event);
+/* Delivers events[0..n) in order, captured together (one section) and
+ * still waiting while the earlier ones' callbacks run: a change one of
+ * those makes to a later one's session goes out after that one. */
+void mem_event_fire_group(const mem_store *ms, mem_event *events, size_t n);
 /* The undelivered IDLE event of s in the expiry batch this thread is
  * delivering, if any (expiry.c): a callback's change to s must not be
  * reported before it. mem_event_capture asks this after the events of s

@@ -236,13 +236,15 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
 }
 
 /* The events this thread is delivering whose preludes are going out first
- * (mem_event_fire), innermost first. Each lives in its firer's frame (or
- * an expiry batch, which does not grow while it delivers) until its
- * mem_event_fire returns, and an event captured meanwhile is fired before
- * that: the callback that causes it returns first. */
+ * (mem_event_fire), and the groups whose earlier events go out first
+ * (mem_event_fire_group), innermost first. Each lives in its firer's frame
+ * (or an expiry batch, which does not grow while it delivers) until that
+ * call returns, and an event captured meanwhile is fired before that: the
+ * callback that causes it returns first. */
 typedef struct in_flight {
     const mem_store *ms;
-    mem_event *event;
+    mem_event *events; /* count of them: one, or a group (mem_event_fire_group) */
+    size_t count;
     struct in_flight *next;
 } in_flight;
 
@@ -261,10 +263,16 @@ static _Thread_local uint64_t capture_seq __attribute__((tls_model("initial-exec
 static mem_event *in_flight_of(const mem_store *ms, const afsm_uuid *id)
 {
     mem_event *latest = NULL;
-    for (in_flight *f = in_flight_top; f != NULL; f = f->next)
-        if (f->ms == ms && f->event->pending && memcmp(&f->event->ev.session_id, id, sizeof(*id)) == 0 &&
-            (latest == NULL || f->event->seq > latest->seq))
-            latest = f->event;
+    for (in_flight *f = in_flight_top; f != NULL; f = f->next) {
+        if (f->ms != ms)
+            continue;
+        for (size_t i = 0; i < f->count; i++) {
+            mem_event *ev = &f->events[i];
+            if (ev->pending && memcmp(&ev->ev.session_id, id, sizeof(*id)) == 0 &&
+                (latest == NULL || ev->seq > latest->seq))
+                latest = ev;
+        }
+    }
     return latest;
 }
 
@@ -314,7 +322,7 @@ void mem_event_fire(const mem_store *ms, mem_event *event)
          * earlier event of its chain may still be waiting (in flight). The
          * walk ends at an event already sent (the one whose callback runs),
          * and each prelude is an earlier capture, so there is no cycle. */
-        in_flight me = {ms, event, in_flight_top};
+        in_flight me = {ms, event, 1, in_flight_top};
         in_flight_top = &me;
         mem_event_fire(ms, event->prelude);
         in_flight_top = me.next;
@@ -326,6 +334,18 @@ void mem_event_fire(const mem_store *ms, mem_event *event)
      * expiry batch's array grows by copying). */
     event->ev.user_id = event->user_id;
     ms->config.emit(ms->config.emit_ctx, &event->ev);
+}
+
+void mem_event_fire_group(const mem_store *ms, mem_event *events, size_t n)
+{
+    /* Listed while they go out, as an event behind its prelude is: a
+     * change that an earlier one's callback makes to a later one's session
+     * takes that later event as its prelude. */
+    in_flight group = {ms, events, n, in_flight_top};
+    in_flight_top = &group;
+    for (size_t i = 0; i < n; i++)
+        mem_event_fire(ms, &events[i]);
+    in_flight_top = group.next;
 }
 
 /* ---- lookups ------------------------------------------------------------ */
