@@ -843,6 +843,79 @@ static void test_batch_wake_callback_changes_later_item(void **state)
     run_woken_batch(1);
 }
 
+/* ---- 2b'''''. a callback restores a session whose end still waits -------- */
+
+/* A create over the user's cap evicts the user's older session: the new
+ * session's CREATED goes out first, then the victim's DELETED. The
+ * CREATED's callback restores the victim's id (a copy taken before,
+ * another user) and updates it: that life began after the eviction, so
+ * its events must come after the eviction's DELETED, not between the two
+ * halves of the create. */
+typedef struct revive_ctx {
+    afsm_engine *engine;
+    afsm_uuid victim, newcomer;
+    afsm_session_info copy;
+    int revived, evicted, updated, update_before_eviction;
+    afsm_status restore, update;
+} revive_ctx;
+
+static void revive_event(void *arg, const afsm_event *ev)
+{
+    revive_ctx *c = arg;
+    if (memcmp(&ev->session_id, &c->victim, 16) == 0) {
+        if (ev->type == AFSM_EVENT_DELETED && !c->evicted)
+            c->evicted = 1;
+        if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_DISCONNECTING) {
+            c->updated = 1;
+            c->update_before_eviction = !c->evicted;
+        }
+    }
+    if (ev->type == AFSM_EVENT_CREATED && memcmp(&ev->session_id, &c->newcomer, 16) != 0 &&
+        memcmp(&ev->session_id, &c->victim, 16) != 0 && !c->revived) {
+        c->revived = 1;
+        c->newcomer = ev->session_id;
+        c->restore = afsm_session_restore(c->engine, &c->copy, NULL, 0);
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_DISCONNECTING;
+        c->update = afsm_session_update(c->engine, &c->victim, &u, NULL);
+    }
+}
+
+static void test_restore_in_callback_after_eviction(void **state)
+{
+    (void)state;
+    static revive_ctx c;
+    memset(&c, 0, sizeof(c));
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.max_sessions_per_user = 1;
+    cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    cfg.on_event = revive_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    c.revived = 1; /* not for the victim's own CREATED */
+    assert_int_equal(create_for(engine, "owner", 60000, &c.victim), AFSM_OK);
+    uint64_t remaining;
+    assert_int_equal(afsm_session_heartbeat(engine, &c.victim, &remaining), AFSM_OK); /* ACTIVE */
+    afsm_session_info copy = AFSM_SESSION_INFO_INIT;
+    c.copy = copy;
+    assert_int_equal(afsm_session_get(engine, &c.victim, &c.copy), AFSM_OK);
+    snprintf(c.copy.user_id, sizeof(c.copy.user_id), "elsewhere");
+    c.copy.user_id_len = strlen(c.copy.user_id);
+    afsm_uuid_v7(&c.copy.connection_id);
+    c.revived = 0;
+    assert_int_equal(create_for(engine, "owner", 60000, NULL), AFSM_OK); /* evicts the victim */
+    assert_true(c.revived && c.evicted && c.updated);
+    assert_int_equal(c.restore, AFSM_OK);
+    assert_int_equal(c.update, AFSM_OK);
+    if (c.update_before_eviction)
+        fail_msg("the restored session's update came before the evicted session's DELETED");
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
 
 /* a34563d finds a session's pending IDLE through an index by session id,
@@ -1787,6 +1860,7 @@ int main(void)
         cmocka_unit_test(test_prelude_callback_ends_the_session),
         cmocka_unit_test(test_prelude_chain_keeps_capture_order),
         cmocka_unit_test(test_batch_wake_callback_changes_later_item),
+        cmocka_unit_test(test_restore_in_callback_after_eviction),
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_nested_advance_allocation_failures),
