@@ -843,37 +843,37 @@ static void test_batch_wake_callback_changes_later_item(void **state)
     run_woken_batch(1);
 }
 
-/* ---- 2b'''''. a callback restores a session whose end still waits -------- */
+/* ---- 2b5. a callback restores a session whose end still waits ---------- */
 
-/* A create over the user's cap evicts the user's older session: the new
- * session's CREATED goes out first, then the victim's DELETED. The
- * CREATED's callback restores the victim's id (a copy taken before,
- * another user) and updates it: that life began after the eviction, so
- * its events must come after the eviction's DELETED, not between the two
- * halves of the create. */
+/* Two calls report a session's end after another event of their own: a
+ * create over the user's cap (the newcomer's CREATED, then the victim's
+ * DELETED) and an update to CLOSED without linger (the STATE_CHANGED, then
+ * the DELETED). The first event's callback restores the ended session's id
+ * (a copy taken before, another user) and updates it: that life began
+ * after the end, so its events must come after the DELETED, not between
+ * the call's two events. */
 typedef struct revive_ctx {
     afsm_engine *engine;
-    afsm_uuid victim, newcomer;
+    afsm_uuid victim;
     afsm_session_info copy;
-    int revived, evicted, updated, update_before_eviction;
+    int by_close, armed, revived, ended, updated, update_before_end;
     afsm_status restore, update;
 } revive_ctx;
 
 static void revive_event(void *arg, const afsm_event *ev)
 {
     revive_ctx *c = arg;
-    if (memcmp(&ev->session_id, &c->victim, 16) == 0) {
-        if (ev->type == AFSM_EVENT_DELETED && !c->evicted)
-            c->evicted = 1;
-        if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_DISCONNECTING) {
-            c->updated = 1;
-            c->update_before_eviction = !c->evicted;
-        }
+    int victim = memcmp(&ev->session_id, &c->victim, 16) == 0;
+    if (victim && ev->type == AFSM_EVENT_DELETED && !c->ended)
+        c->ended = 1;
+    if (victim && ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_DISCONNECTING) {
+        c->updated = 1;
+        c->update_before_end = !c->ended;
     }
-    if (ev->type == AFSM_EVENT_CREATED && memcmp(&ev->session_id, &c->newcomer, 16) != 0 &&
-        memcmp(&ev->session_id, &c->victim, 16) != 0 && !c->revived) {
+    int first = c->by_close ? victim && ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_CLOSED
+                            : !victim && ev->type == AFSM_EVENT_CREATED;
+    if (first && c->armed && !c->revived) {
         c->revived = 1;
-        c->newcomer = ev->session_id;
         c->restore = afsm_session_restore(c->engine, &c->copy, NULL, 0);
         afsm_update u = AFSM_UPDATE_INIT;
         u.fields = AFSM_UPDATE_STATE;
@@ -882,21 +882,21 @@ static void revive_event(void *arg, const afsm_event *ev)
     }
 }
 
-static void test_restore_in_callback_after_eviction(void **state)
+static void run_revive(int by_close)
 {
-    (void)state;
     static revive_ctx c;
     memset(&c, 0, sizeof(c));
+    c.by_close = by_close;
     virtual_clock clock;
     afsm_config cfg;
     afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
     cfg.max_sessions_per_user = 1;
     cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    cfg.close_linger_ms = 0;
     cfg.on_event = revive_event;
     cfg.event_ctx = &c;
     afsm_engine *engine = open_engine(&clock, &cfg);
     c.engine = engine;
-    c.revived = 1; /* not for the victim's own CREATED */
     assert_int_equal(create_for(engine, "owner", 60000, &c.victim), AFSM_OK);
     uint64_t remaining;
     assert_int_equal(afsm_session_heartbeat(engine, &c.victim, &remaining), AFSM_OK); /* ACTIVE */
@@ -906,14 +906,29 @@ static void test_restore_in_callback_after_eviction(void **state)
     snprintf(c.copy.user_id, sizeof(c.copy.user_id), "elsewhere");
     c.copy.user_id_len = strlen(c.copy.user_id);
     afsm_uuid_v7(&c.copy.connection_id);
-    c.revived = 0;
-    assert_int_equal(create_for(engine, "owner", 60000, NULL), AFSM_OK); /* evicts the victim */
-    assert_true(c.revived && c.evicted && c.updated);
+    c.armed = 1;
+    if (by_close) {
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_CLOSED;
+        assert_int_equal(afsm_session_update(engine, &c.victim, &u, NULL), AFSM_OK);
+    } else {
+        assert_int_equal(create_for(engine, "owner", 60000, NULL), AFSM_OK); /* evicts the victim */
+    }
+    assert_true(c.revived && c.ended && c.updated);
     assert_int_equal(c.restore, AFSM_OK);
     assert_int_equal(c.update, AFSM_OK);
-    if (c.update_before_eviction)
-        fail_msg("the restored session's update came before the evicted session's DELETED");
+    if (c.update_before_end)
+        fail_msg("%s: the restored session's update came before the ended session's DELETED",
+                 by_close ? "closed" : "evicted");
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+static void test_restore_in_callback_after_eviction(void **state)
+{
+    (void)state;
+    run_revive(0);
+    run_revive(1);
 }
 
 /* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
