@@ -931,6 +931,77 @@ static void test_restore_in_callback_after_eviction(void **state)
     run_revive(1);
 }
 
+/* The same through one expiry group: two sessions expire in one group, the
+ * removals captured together and delivered in item order. The first
+ * EXPIRED's callback restores the second's id (its copy made fresh) and
+ * updates it: the second's EXPIRED is the old life's end and must come
+ * before that update. */
+typedef struct regroup_ctx {
+    afsm_engine *engine;
+    afsm_uuid first, second;
+    afsm_session_info copy;
+    int revived, ended, updated, update_before_end;
+    afsm_status restore, update;
+} regroup_ctx;
+
+static void regroup_event(void *arg, const afsm_event *ev)
+{
+    regroup_ctx *c = arg;
+    int second = memcmp(&ev->session_id, &c->second, 16) == 0;
+    if (second && ev->type == AFSM_EVENT_EXPIRED && !c->ended)
+        c->ended = 1;
+    if (second && ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_DISCONNECTING) {
+        c->updated = 1;
+        c->update_before_end = !c->ended;
+    }
+    if (ev->type == AFSM_EVENT_EXPIRED && memcmp(&ev->session_id, &c->first, 16) == 0 && !c->revived) {
+        c->revived = 1;
+        c->copy.last_active_at_ns = ev->event_at_ns; /* alive again from now */
+        c->restore = afsm_session_restore(c->engine, &c->copy, NULL, 0);
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_DISCONNECTING;
+        c->update = afsm_session_update(c->engine, &c->second, &u, NULL);
+    }
+}
+
+static void test_restore_in_expiry_group_callback(void **state)
+{
+    (void)state;
+    static regroup_ctx c;
+    memset(&c, 0, sizeof(c));
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1; /* both in one group, the first first */
+    cfg.on_event = regroup_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    assert_int_equal(create_for(engine, "first", 100, &c.first), AFSM_OK);
+    assert_int_equal(create_for(engine, "second", 300, &c.second), AFSM_OK);
+    uint64_t remaining;
+    assert_int_equal(afsm_session_heartbeat(engine, &c.second, &remaining), AFSM_OK); /* ACTIVE */
+    afsm_session_info copy = AFSM_SESSION_INFO_INIT;
+    c.copy = copy;
+    assert_int_equal(afsm_session_get(engine, &c.second, &c.copy), AFSM_OK);
+    snprintf(c.copy.user_id, sizeof(c.copy.user_id), "elsewhere");
+    c.copy.user_id_len = strlen(c.copy.user_id);
+    afsm_uuid_v7(&c.copy.connection_id);
+    c.copy.timeout_ms = 60000;
+    uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
+    virtual_clock_set(&clock, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(expired, 2);
+    assert_true(c.revived && c.ended && c.updated);
+    assert_int_equal(c.restore, AFSM_OK);
+    assert_int_equal(c.update, AFSM_OK);
+    if (c.update_before_end)
+        fail_msg("the restored session's update came before the expired session's EXPIRED");
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
 
 /* a34563d finds a session's pending IDLE through an index by session id,
@@ -1876,6 +1947,7 @@ int main(void)
         cmocka_unit_test(test_prelude_chain_keeps_capture_order),
         cmocka_unit_test(test_batch_wake_callback_changes_later_item),
         cmocka_unit_test(test_restore_in_callback_after_eviction),
+        cmocka_unit_test(test_restore_in_expiry_group_callback),
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_nested_advance_allocation_failures),
