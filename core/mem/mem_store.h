@@ -172,6 +172,19 @@ void mem_event_fire(const mem_store *ms, mem_event *event);
  * still waiting while the earlier ones' callbacks run: a change one of
  * those makes to a later one's session goes out after that one. */
 void mem_event_fire_group(const mem_store *ms, mem_event *events, size_t n);
+/* The same listing around a caller's own delivery loop (an expiry group's
+ * removals, delivered between its IDLEs): events[0..n) stay findable as
+ * preludes until the release. Each has pending set (false: nothing). The
+ * hold lives in the caller's frame; holds nest and are released in
+ * reverse, on the thread that took them. */
+typedef struct mem_event_hold {
+    const mem_store *ms;
+    mem_event *events; /* count of them: one (mem_event_fire), or a group */
+    size_t count;
+    struct mem_event_hold *next;
+} mem_event_hold;
+void mem_events_hold(const mem_store *ms, mem_event *events, size_t n, mem_event_hold *hold);
+void mem_events_release(mem_event_hold *hold);
 /* The undelivered IDLE event of s in the expiry batch this thread is
  * delivering, if any (expiry.c): a callback's change to s must not be
  * reported before it. mem_event_capture asks this after the events of s

@@ -236,17 +236,12 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
 }
 
 /* The events this thread is delivering whose preludes are going out first
- * (mem_event_fire), and the groups whose earlier events go out first
- * (mem_event_fire_group), innermost first. Each lives in its firer's frame
+ * (mem_event_fire), and the groups held while their earlier events go
+ * out first (mem_events_hold), innermost first. Each lives in its firer's frame
  * (or an expiry batch, which does not grow while it delivers) until that
  * call returns, and an event captured meanwhile is fired before that: the
  * callback that causes it returns first. */
-typedef struct in_flight {
-    const mem_store *ms;
-    mem_event *events; /* count of them: one, or a group (mem_event_fire_group) */
-    size_t count;
-    struct in_flight *next;
-} in_flight;
+typedef mem_event_hold in_flight;
 
 static _Thread_local in_flight *in_flight_top __attribute__((tls_model("initial-exec")));
 
@@ -336,16 +331,27 @@ void mem_event_fire(const mem_store *ms, mem_event *event)
     ms->config.emit(ms->config.emit_ctx, &event->ev);
 }
 
+void mem_events_hold(const mem_store *ms, mem_event *events, size_t n, mem_event_hold *hold)
+{
+    *hold = (mem_event_hold){ms, events, n, in_flight_top};
+    in_flight_top = hold;
+}
+
+void mem_events_release(mem_event_hold *hold)
+{
+    in_flight_top = hold->next;
+}
+
 void mem_event_fire_group(const mem_store *ms, mem_event *events, size_t n)
 {
     /* Listed while they go out, as an event behind its prelude is: a
      * change that an earlier one's callback makes to a later one's session
      * takes that later event as its prelude. */
-    in_flight group = {ms, events, n, in_flight_top};
-    in_flight_top = &group;
+    mem_event_hold group;
+    mem_events_hold(ms, events, n, &group);
     for (size_t i = 0; i < n; i++)
         mem_event_fire(ms, &events[i]);
-    in_flight_top = group.next;
+    mem_events_release(&group);
 }
 
 /* ---- lookups ------------------------------------------------------------ */
