@@ -22,6 +22,12 @@
  * failing in turn; the reaper thread's IDLE batches against racing writers
  * and close.
  *
+ * And on 43dfd60 (an event stays pending while its prelude goes out):
+ * chains of events waiting on each other across a nested advance, a
+ * batch heartbeat's callback changing a later item, and a callback that
+ * restores an id whose old life's end still waits (eviction, close,
+ * expiry group): each session id's events in the order of its changes.
+ *
  * Threads wait on conditions with deadlines, never sleep. Internal headers
  * are included only to count slab slots and table keys, to find a
  * session's home shard, to collide hashes and to see the reaper's progress

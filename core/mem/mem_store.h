@@ -157,9 +157,10 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
 typedef struct mem_event {
     afsm_event ev;
     bool pending; /* false: nothing to deliver (no callback, or no event) */
-    /* An earlier change of the same session whose event this thread has
-     * not delivered yet (an expiry pass's IDLE, or an event waiting for
-     * such an IDLE to go out: store.c's in_flight): delivered first. */
+    /* The latest earlier change of the same session (by id) whose event
+     * this thread has not delivered yet (an expiry pass's IDLE, an event
+     * waiting for its own prelude, or one of a held group waiting for the
+     * group's earlier events: store.c's in_flight): delivered first. */
     struct mem_event *prelude;
     uint64_t seq; /* this thread's capture order: the prelude is the latest earlier */
     char user_id[AFSM_USER_ID_MAX + 1];
