@@ -22,6 +22,12 @@
  * failing in turn; the reaper thread's IDLE batches against racing writers
  * and close.
  *
+ * And on 43dfd60 (an event stays pending while its prelude goes out):
+ * chains of events waiting on each other across a nested advance, a
+ * batch heartbeat's callback changing a later item, and a callback that
+ * restores an id whose old life's end still waits (eviction, close,
+ * expiry group): each session id's events in the order of its changes.
+ *
  * Threads wait on conditions with deadlines, never sleep. Internal headers
  * are included only to count slab slots and table keys, to find a
  * session's home shard, to collide hashes and to see the reaper's progress
@@ -626,6 +632,380 @@ static void test_prelude_callback_ends_the_session(void **state)
     (void)state;
     run_prelude_callback(0);
     run_prelude_callback(1);
+}
+
+/* ---- 2b'''. a chain: the nested batch's IDLE behind the waiting event ---- */
+
+/* As 2b'': the trigger's EXPIRED wakes the sleeper (its ACTIVE waits on the
+ * batch's IDLE), and that IDLE's callback advances again, just past the
+ * woken sleeper's next idle deadline. In that nested batch another
+ * session's IDLE comes first, and its callback wakes the sleeper again,
+ * whose second IDLE waits in the same nested batch (itself behind the
+ * first ACTIVE). The second ACTIVE is then later than that IDLE and must
+ * come after it: IDLE, ACTIVE, IDLE, ACTIVE. With `closes`, the first
+ * ACTIVE's own callback (delivered while both wait) then takes the sleeper
+ * to DISCONNECTING, which came after the second ACTIVE and must come after
+ * it too. Each STATE_CHANGED's old state must be the one reported last. */
+typedef struct chain_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    virtual_clock *clock;
+    afsm_uuid trigger, sleeper, other;
+    uint64_t nested_to;
+    int closes;
+    int woke, advanced, rewoke, closed;
+    afsm_status first_heartbeat, nested, second_heartbeat, update;
+    uint32_t sleeper_state; /* as the sleeper's events report it */
+    int sleeper_breaks;     /* a STATE_CHANGED whose old state is not that */
+    int other_idle_first;   /* the other's IDLE came before the sleeper's second */
+    int sleeper_idles;
+    char first_break[120];
+} chain_ctx;
+
+static void chain_event(void *arg, const afsm_event *ev)
+{
+    chain_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    uint64_t remaining;
+    if (memcmp(&ev->session_id, &c->sleeper, 16) == 0) {
+        if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state != c->sleeper_state && c->sleeper_breaks++ == 0)
+            snprintf(c->first_break, sizeof(c->first_break), "sleeper %u -> %u after it was reported in %u",
+                     ev->old_state, ev->new_state, c->sleeper_state);
+        c->sleeper_state = ev->new_state;
+        if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE)
+            c->sleeper_idles++;
+    }
+    if (ev->type == AFSM_EVENT_EXPIRED && memcmp(&ev->session_id, &c->trigger, 16) == 0 && !c->woke) {
+        c->woke = 1;
+        c->first_heartbeat = afsm_session_heartbeat(c->engine, &c->sleeper, &remaining);
+    }
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE &&
+        memcmp(&ev->session_id, &c->sleeper, 16) == 0 && !c->advanced) {
+        c->advanced = 1;
+        virtual_clock_set(c->clock, c->nested_to);
+        size_t n;
+        c->nested = afsm_engine_advance(c->engine, c->nested_to, &n);
+    }
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE &&
+        memcmp(&ev->session_id, &c->other, 16) == 0 && !c->rewoke) {
+        c->rewoke = 1;
+        c->other_idle_first = c->sleeper_idles == 1;
+        c->second_heartbeat = afsm_session_heartbeat(c->engine, &c->sleeper, &remaining);
+    }
+    if (c->closes && ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state == AFSM_STATE_IDLE &&
+        ev->new_state == AFSM_STATE_ACTIVE && memcmp(&ev->session_id, &c->sleeper, 16) == 0 && !c->closed) {
+        c->closed = 1;
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_DISCONNECTING;
+        c->update = afsm_session_update(c->engine, &c->sleeper, &u, NULL);
+    }
+}
+
+static void run_chain(int closes)
+{
+    static chain_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1; /* one batch each pass, in deadline order */
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = chain_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    c.clock = &clock;
+    c.closes = closes;
+    uint64_t t0 = virtual_clock_read(&clock), remaining;
+    assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
+    assert_int_equal(create_for(engine, "sleeper", 60000, &c.sleeper), AFSM_OK);
+    assert_int_equal(create_for(engine, "other", 60000, &c.other), AFSM_OK);
+    c.sleeper_state = AFSM_STATE_CONNECTING;
+    assert_int_equal(afsm_session_heartbeat(engine, &c.sleeper, &remaining), AFSM_OK); /* idle at t0 + 200 ms */
+    virtual_clock_set(&clock, t0 + 400 * MS);
+    assert_int_equal(afsm_session_heartbeat(engine, &c.other, &remaining), AFSM_OK); /* idle at t0 + 600 ms */
+    /* The woken sleeper goes idle at t0 + 700 ms, after the other. */
+    uint64_t now = t0 + 500 * MS;
+    virtual_clock_set(&clock, now);
+    c.nested_to = t0 + 800 * MS;
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(expired, 1);
+    assert_true(c.woke && c.advanced && c.rewoke);
+    assert_int_equal(c.first_heartbeat, AFSM_OK);
+    assert_int_equal(c.nested, AFSM_OK);
+    assert_int_equal(c.second_heartbeat, AFSM_OK);
+    assert_true(c.other_idle_first); /* the setup: the other's IDLE went out between the sleeper's */
+    assert_int_equal(c.sleeper_idles, 2);
+    if (closes) {
+        assert_true(c.closed);
+        assert_int_equal(c.update, AFSM_OK);
+    }
+    if (c.sleeper_breaks != 0)
+        fail_msg("%d out-of-order sleeper event(s); first: %s", c.sleeper_breaks, c.first_break);
+    assert_int_equal(c.sleeper_state, closes ? AFSM_STATE_DISCONNECTING : AFSM_STATE_ACTIVE);
+    assert_int_equal(afsm_session_delete(engine, &c.sleeper, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &c.other, NULL, 0), AFSM_OK);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+static void test_prelude_chain_keeps_capture_order(void **state)
+{
+    (void)state;
+    run_chain(0);
+    run_chain(1);
+}
+
+/* ---- 2b''''. a batch heartbeat's callback changes a later item ---------- */
+
+/* A heartbeat batch wakes two idle sessions: both IDLE -> ACTIVE are
+ * captured in the group's section, then delivered in item order. The
+ * first one's callback takes the second session to DISCONNECTING: that
+ * change is later than the second's wake, whose event is still waiting
+ * in the batch, and must come after it. */
+typedef struct woken_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid first, second;
+    uint32_t second_state; /* as the second's events report it */
+    int acted, breaks;
+    afsm_status update;
+    char first_break[120];
+} woken_ctx;
+
+static void woken_event(void *arg, const afsm_event *ev)
+{
+    woken_ctx *c = arg;
+    ledger_record(&c->ledger, ev);
+    if (memcmp(&ev->session_id, &c->second, 16) == 0) {
+        if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state != c->second_state && c->breaks++ == 0)
+            snprintf(c->first_break, sizeof(c->first_break), "second %u -> %u after it was reported in %u",
+                     ev->old_state, ev->new_state, c->second_state);
+        c->second_state = ev->new_state;
+    }
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->old_state == AFSM_STATE_IDLE &&
+        memcmp(&ev->session_id, &c->first, 16) == 0 && !c->acted) {
+        c->acted = 1;
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_DISCONNECTING;
+        c->update = afsm_session_update(c->engine, &c->second, &u, NULL);
+    }
+}
+
+static void run_woken_batch(int add_stats)
+{
+    static woken_ctx c;
+    memset(&c, 0, sizeof(c));
+    ledger_init(&c.ledger);
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.idle_timeout_ms = 200;
+    cfg.on_event = woken_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    assert_int_equal(create_for(engine, "first", 60000, &c.first), AFSM_OK);
+    assert_int_equal(create_for(engine, "second", 60000, &c.second), AFSM_OK);
+    c.second_state = AFSM_STATE_CONNECTING;
+    afsm_uuid ids[2] = {c.first, c.second};
+    afsm_status statuses[2];
+    assert_int_equal(afsm_session_heartbeat_batch(engine, ids, 2, NULL, statuses), AFSM_OK); /* ACTIVE */
+    uint64_t now = virtual_clock_read(&clock) + 500 * MS;
+    virtual_clock_set(&clock, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK); /* both IDLE */
+    assert_int_equal(c.second_state, AFSM_STATE_IDLE);
+    virtual_clock_set(&clock, now + 10 * MS);
+    if (add_stats) {
+        afsm_stats deltas[2] = {{.packets_received = 1}, {.packets_received = 1}};
+        assert_int_equal(afsm_session_add_stats_batch(engine, ids, deltas, 2, statuses), AFSM_OK);
+    } else {
+        assert_int_equal(afsm_session_heartbeat_batch(engine, ids, 2, NULL, statuses), AFSM_OK);
+    }
+    assert_int_equal(statuses[0], AFSM_OK);
+    assert_int_equal(statuses[1], AFSM_OK);
+    assert_true(c.acted);
+    assert_int_equal(c.update, AFSM_OK);
+    if (c.breaks != 0)
+        fail_msg("%d out-of-order event(s) of the second session; first: %s", c.breaks, c.first_break);
+    assert_int_equal(c.second_state, AFSM_STATE_DISCONNECTING);
+    assert_int_equal(afsm_session_delete(engine, &c.first, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &c.second, NULL, 0), AFSM_OK);
+    ledger_check_all_ended(&c.ledger);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    ledger_free(&c.ledger);
+}
+
+static void test_batch_wake_callback_changes_later_item(void **state)
+{
+    (void)state;
+    run_woken_batch(0);
+    run_woken_batch(1);
+}
+
+/* ---- 2b5. a callback restores a session whose end still waits ---------- */
+
+/* Two calls report a session's end after another event of their own: a
+ * create over the user's cap (the newcomer's CREATED, then the victim's
+ * DELETED) and an update to CLOSED without linger (the STATE_CHANGED, then
+ * the DELETED). The first event's callback restores the ended session's id
+ * (a copy taken before, another user) and updates it: that life began
+ * after the end, so its events must come after the DELETED, not between
+ * the call's two events. */
+typedef struct revive_ctx {
+    afsm_engine *engine;
+    afsm_uuid victim;
+    afsm_session_info copy;
+    int by_close, armed, revived, ended, updated, update_before_end;
+    afsm_status restore, update;
+} revive_ctx;
+
+static void revive_event(void *arg, const afsm_event *ev)
+{
+    revive_ctx *c = arg;
+    int victim = memcmp(&ev->session_id, &c->victim, 16) == 0;
+    if (victim && ev->type == AFSM_EVENT_DELETED && !c->ended)
+        c->ended = 1;
+    if (victim && ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_DISCONNECTING) {
+        c->updated = 1;
+        c->update_before_end = !c->ended;
+    }
+    int first = c->by_close ? victim && ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_CLOSED
+                            : !victim && ev->type == AFSM_EVENT_CREATED;
+    if (first && c->armed && !c->revived) {
+        c->revived = 1;
+        c->restore = afsm_session_restore(c->engine, &c->copy, NULL, 0);
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_DISCONNECTING;
+        c->update = afsm_session_update(c->engine, &c->victim, &u, NULL);
+    }
+}
+
+static void run_revive(int by_close)
+{
+    static revive_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.by_close = by_close;
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.max_sessions_per_user = 1;
+    cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    cfg.close_linger_ms = 0;
+    cfg.on_event = revive_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    assert_int_equal(create_for(engine, "owner", 60000, &c.victim), AFSM_OK);
+    uint64_t remaining;
+    assert_int_equal(afsm_session_heartbeat(engine, &c.victim, &remaining), AFSM_OK); /* ACTIVE */
+    afsm_session_info copy = AFSM_SESSION_INFO_INIT;
+    c.copy = copy;
+    assert_int_equal(afsm_session_get(engine, &c.victim, &c.copy), AFSM_OK);
+    snprintf(c.copy.user_id, sizeof(c.copy.user_id), "elsewhere");
+    c.copy.user_id_len = strlen(c.copy.user_id);
+    afsm_uuid_v7(&c.copy.connection_id);
+    c.armed = 1;
+    if (by_close) {
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_CLOSED;
+        assert_int_equal(afsm_session_update(engine, &c.victim, &u, NULL), AFSM_OK);
+    } else {
+        assert_int_equal(create_for(engine, "owner", 60000, NULL), AFSM_OK); /* evicts the victim */
+    }
+    assert_true(c.revived && c.ended && c.updated);
+    assert_int_equal(c.restore, AFSM_OK);
+    assert_int_equal(c.update, AFSM_OK);
+    if (c.update_before_end)
+        fail_msg("%s: the restored session's update came before the ended session's DELETED",
+                 by_close ? "closed" : "evicted");
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+static void test_restore_in_callback_after_eviction(void **state)
+{
+    (void)state;
+    run_revive(0);
+    run_revive(1);
+}
+
+/* The same through one expiry group: two sessions expire in one group, the
+ * removals captured together and delivered in item order. The first
+ * EXPIRED's callback restores the second's id (its copy made fresh) and
+ * updates it: the second's EXPIRED is the old life's end and must come
+ * before that update. */
+typedef struct regroup_ctx {
+    afsm_engine *engine;
+    afsm_uuid first, second;
+    afsm_session_info copy;
+    int revived, ended, updated, update_before_end;
+    afsm_status restore, update;
+} regroup_ctx;
+
+static void regroup_event(void *arg, const afsm_event *ev)
+{
+    regroup_ctx *c = arg;
+    int second = memcmp(&ev->session_id, &c->second, 16) == 0;
+    if (second && ev->type == AFSM_EVENT_EXPIRED && !c->ended)
+        c->ended = 1;
+    if (second && ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_DISCONNECTING) {
+        c->updated = 1;
+        c->update_before_end = !c->ended;
+    }
+    if (ev->type == AFSM_EVENT_EXPIRED && memcmp(&ev->session_id, &c->first, 16) == 0 && !c->revived) {
+        c->revived = 1;
+        c->copy.last_active_at_ns = ev->event_at_ns; /* alive again from now */
+        c->restore = afsm_session_restore(c->engine, &c->copy, NULL, 0);
+        afsm_update u = AFSM_UPDATE_INIT;
+        u.fields = AFSM_UPDATE_STATE;
+        u.state = AFSM_STATE_DISCONNECTING;
+        c->update = afsm_session_update(c->engine, &c->second, &u, NULL);
+    }
+}
+
+static void test_restore_in_expiry_group_callback(void **state)
+{
+    (void)state;
+    static regroup_ctx c;
+    memset(&c, 0, sizeof(c));
+    virtual_clock clock;
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1; /* both in one group, the first first */
+    cfg.on_event = regroup_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_engine(&clock, &cfg);
+    c.engine = engine;
+    assert_int_equal(create_for(engine, "first", 100, &c.first), AFSM_OK);
+    assert_int_equal(create_for(engine, "second", 300, &c.second), AFSM_OK);
+    uint64_t remaining;
+    assert_int_equal(afsm_session_heartbeat(engine, &c.second, &remaining), AFSM_OK); /* ACTIVE */
+    afsm_session_info copy = AFSM_SESSION_INFO_INIT;
+    c.copy = copy;
+    assert_int_equal(afsm_session_get(engine, &c.second, &c.copy), AFSM_OK);
+    snprintf(c.copy.user_id, sizeof(c.copy.user_id), "elsewhere");
+    c.copy.user_id_len = strlen(c.copy.user_id);
+    afsm_uuid_v7(&c.copy.connection_id);
+    c.copy.timeout_ms = 60000;
+    uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
+    virtual_clock_set(&clock, now);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
+    assert_int_equal(expired, 2);
+    assert_true(c.revived && c.ended && c.updated);
+    assert_int_equal(c.restore, AFSM_OK);
+    assert_int_equal(c.update, AFSM_OK);
+    if (c.update_before_end)
+        fail_msg("the restored session's update came before the expired session's EXPIRED");
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
 /* ---- 2c. a batch of hundreds of IDLEs, its sessions changed from a callback */
@@ -2234,6 +2614,10 @@ int main(void)
         cmocka_unit_test(test_idle_and_expired_in_one_advance),
         cmocka_unit_test(test_pending_idle_belongs_to_its_engine),
         cmocka_unit_test(test_prelude_callback_ends_the_session),
+        cmocka_unit_test(test_prelude_chain_keeps_capture_order),
+        cmocka_unit_test(test_batch_wake_callback_changes_later_item),
+        cmocka_unit_test(test_restore_in_callback_after_eviction),
+        cmocka_unit_test(test_restore_in_expiry_group_callback),
         cmocka_unit_test(test_wide_batch_changed_from_callback),
         cmocka_unit_test(test_advance_allocation_failures),
         cmocka_unit_test(test_nested_advance_allocation_failures),

@@ -372,8 +372,10 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     if (emit) {
         for (size_t j = from; j < to; j++) {
             timer_result *item = &items[j];
-            if (item->removed_state == NO_EVENT)
+            if (item->removed_state == NO_EVENT) {
+                batch->events[j - from].pending = false; /* for the hold below */
                 continue;
+            }
             bool closed = item->outcome == OUTCOME_CLOSED;
             mem_event_capture(ms, &batch->events[j - from], closed ? AFSM_EVENT_DELETED : AFSM_EVENT_EXPIRED, item->s,
                               item->removed_state, item->removed_state, closed ? MEM_REASON_CLOSED : MEM_REASON_EXPIRED,
@@ -383,7 +385,11 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     epoch_leave(e);
     if (emit) {
         /* In item order: an IDLE before a later removal of the same
-         * session (its prelude fires it first anyway). */
+         * session (its prelude fires it first anyway). The removals are
+         * held meanwhile: a callback that restores a later one's id has
+         * that new life's events go out after its end. */
+        mem_event_hold hold;
+        mem_events_hold(ms, batch->events, to - from, &hold);
         for (size_t j = from; j < to; j++) {
             timer_result *item = &items[j];
             if (item->outcome == OUTCOME_IDLE) {
@@ -394,6 +400,7 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
                 mem_event_fire(ms, &batch->events[j - from]);
             }
         }
+        mem_events_release(&hold);
     }
     return expired;
 }
