@@ -347,6 +347,8 @@ void mem_event_fire_group(const mem_store *ms, mem_event *events, size_t n)
     /* Listed while they go out, as an event behind its prelude is: a
      * change that an earlier one's callback makes to a later one's session
      * takes that later event as its prelude. */
+    if (ms->config.emit == NULL)
+        return; /* nothing was captured: the creates and batches of an engine without a callback pay nothing */
     mem_event_hold group;
     mem_events_hold(ms, events, n, &group);
     for (size_t i = 0; i < n; i++)
