@@ -2621,13 +2621,16 @@ static void test_storm_many_shards_lingering(void **state)
  * strict ledger follows each id's lives: a life starts with its CREATED,
  * or, after a restore of its id, with the next event once the previous
  * life ended; each STATE_CHANGED and the end start from the state last
- * reported; nothing arrives for an id with no life. At the end the lives
- * the ledger holds open are the sessions the engine has. */
+ * reported; nothing arrives for an id with no life. With two engines,
+ * an id restored on both has a life on each, ledgered apart (the engine
+ * identity in the preludes). At the end the lives the ledger holds open
+ * are the sessions each engine has. */
 #define FUZZ_LINES    4096
 #define FUZZ_RESTORES 4
 
 typedef struct fuzz_line {
     afsm_uuid id;
+    int side; /* its engine */
     int alive;
     uint32_t state;
     uint32_t restored[FUZZ_RESTORES]; /* states of restores not yet begun */
@@ -2636,8 +2639,17 @@ typedef struct fuzz_line {
     afsm_session_info copy;
 } fuzz_line;
 
-typedef struct fuzz_ctx {
-    afsm_engine *engine;
+typedef struct fuzz_ctx fuzz_ctx;
+
+typedef struct fuzz_side {
+    fuzz_ctx *c;
+    int side;
+} fuzz_side;
+
+struct fuzz_ctx {
+    afsm_engine *engines[2];
+    fuzz_side sides[2];
+    int engine_count;
     virtual_clock *clock;
     int64_t wall_offset; /* wall minus engine clock, from a create's copy */
     uint64_t rng;
@@ -2646,7 +2658,7 @@ typedef struct fuzz_ctx {
     int count;
     long events, violations;
     char first[200];
-} fuzz_ctx;
+};
 
 static uint64_t fuzz_next(fuzz_ctx *c)
 {
@@ -2656,16 +2668,17 @@ static uint64_t fuzz_next(fuzz_ctx *c)
     return c->rng;
 }
 
-static fuzz_line *fuzz_line_of(fuzz_ctx *c, const afsm_uuid *id)
+static fuzz_line *fuzz_line_of(fuzz_ctx *c, int side, const afsm_uuid *id)
 {
     for (int i = 0; i < c->count; i++)
-        if (memcmp(&c->lines[i].id, id, sizeof(*id)) == 0)
+        if (c->lines[i].side == side && memcmp(&c->lines[i].id, id, sizeof(*id)) == 0)
             return &c->lines[i];
     if (c->count == FUZZ_LINES)
         return NULL;
     fuzz_line *line = &c->lines[c->count++];
     memset(line, 0, sizeof(*line));
     line->id = *id;
+    line->side = side;
     return line;
 }
 
@@ -2680,9 +2693,10 @@ static void fuzz_act(fuzz_ctx *c);
 
 static void fuzz_event(void *arg, const afsm_event *ev)
 {
-    fuzz_ctx *c = arg;
+    fuzz_side *side = arg;
+    fuzz_ctx *c = side->c;
     c->events++;
-    fuzz_line *line = fuzz_line_of(c, &ev->session_id);
+    fuzz_line *line = fuzz_line_of(c, side->side, &ev->session_id);
     THREAD_CHECK(line != NULL);
     if (!line->alive && ev->type == AFSM_EVENT_CREATED) {
         if (line->restores != 0)
@@ -2729,6 +2743,8 @@ static void fuzz_act(fuzz_ctx *c)
 {
     static const char *users[] = {"fuzz-a", "fuzz-b", "fuzz-c"};
     const char *user = users[fuzz_next(c) % 3];
+    int side = c->engine_count > 1 ? (int)(fuzz_next(c) % 2) : 0; /* one: seed 206's draws */
+    afsm_engine *engine = c->engines[side];
     const afsm_uuid *id = fuzz_pick(c);
     uint64_t remaining;
     afsm_status st;
@@ -2739,10 +2755,10 @@ static void fuzz_act(fuzz_ctx *c)
         afsm_create_options o = make_options(user, "10.1.2.3", &conn);
         o.timeout_ms = 300 + fuzz_next(c) % 1000;
         afsm_session_info info = AFSM_SESSION_INFO_INIT;
-        st = afsm_session_create(c->engine, &o, &info);
+        st = afsm_session_create(engine, &o, &info);
         THREAD_CHECK(st == AFSM_OK);
         made = info.session_id;
-        fuzz_line *line = fuzz_line_of(c, &made);
+        fuzz_line *line = fuzz_line_of(c, side, &made);
         if (line != NULL) {
             line->copy = info;
             line->has_copy = 1;
@@ -2755,26 +2771,31 @@ static void fuzz_act(fuzz_ctx *c)
             afsm_update u = AFSM_UPDATE_INIT;
             u.fields = AFSM_UPDATE_STATE;
             u.state = 1 + (uint32_t)(fuzz_next(c) % 5);
-            (void)afsm_session_update(c->engine, id, &u, NULL);
+            (void)afsm_session_update(engine, id, &u, NULL);
         }
         break;
     case 3:
         if (id != NULL)
-            (void)afsm_session_delete(c->engine, id, NULL, 0);
+            (void)afsm_session_delete(engine, id, NULL, 0);
         break;
     case 4: {
         if (id == NULL)
             break;
-        fuzz_line *line = fuzz_line_of(c, id);
-        if (!line->has_copy || line->restores == FUZZ_RESTORES)
+        /* The copy from any engine, restored on this one. */
+        fuzz_line *from = NULL;
+        for (int i = c->count - 1; i >= 0 && from == NULL; i--)
+            if (c->lines[i].has_copy && memcmp(&c->lines[i].id, id, sizeof(*id)) == 0)
+                from = &c->lines[i];
+        fuzz_line *line = fuzz_line_of(c, side, id);
+        if (from == NULL || line == NULL || line->restores == FUZZ_RESTORES)
             break;
-        afsm_session_info copy = line->copy;
+        afsm_session_info copy = from->copy;
         copy.state = 1 + (uint32_t)(fuzz_next(c) % 4);
         copy.last_active_at_ns = (int64_t)virtual_clock_read(c->clock) + c->wall_offset;
         /* Listed first: an eviction's callback may act on it before the
          * call returns. */
         line->restored[line->restores++] = copy.state;
-        st = afsm_session_restore(c->engine, &copy, NULL, 0);
+        st = afsm_session_restore(engine, &copy, NULL, 0);
         if (st != AFSM_OK) {
             THREAD_CHECK(line->restores > 0);
             line->restores--;
@@ -2783,7 +2804,7 @@ static void fuzz_act(fuzz_ctx *c)
     }
     case 5:
         if (id != NULL)
-            (void)afsm_session_heartbeat(c->engine, id, &remaining);
+            (void)afsm_session_heartbeat(engine, id, &remaining);
         break;
     case 6: {
         afsm_uuid ids[6];
@@ -2791,12 +2812,12 @@ static void fuzz_act(fuzz_ctx *c)
         size_t n = 0;
         for (; n < 6 && c->count != 0; n++)
             ids[n] = *fuzz_pick(c);
-        (void)afsm_session_heartbeat_batch(c->engine, ids, n, NULL, statuses);
+        (void)afsm_session_heartbeat_batch(engine, ids, n, NULL, statuses);
         break;
     }
     case 7: {
         afsm_handle *h = NULL;
-        if (id != NULL && afsm_handle_pin(c->engine, id, &h) == AFSM_OK) {
+        if (id != NULL && afsm_handle_pin(engine, id, &h) == AFSM_OK) {
             (void)afsm_handle_heartbeat(h, &remaining);
             (void)afsm_handle_packet(h, virtual_clock_read(c->clock), NULL, &remaining);
             THREAD_CHECK(afsm_handle_release(h) == AFSM_OK);
@@ -2806,19 +2827,19 @@ static void fuzz_act(fuzz_ctx *c)
     case 8: {
         size_t deleted;
         if (fuzz_next(c) % 4 == 0)
-            (void)afsm_session_delete_by_user(c->engine, user, strlen(user), NULL, 0, &deleted);
+            (void)afsm_session_delete_by_user(engine, user, strlen(user), NULL, 0, &deleted);
         break;
     }
     default: {
         uint64_t now = virtual_clock_read(c->clock) + (fuzz_next(c) % 300) * MS;
         virtual_clock_set(c->clock, now);
         size_t n;
-        THREAD_CHECK(afsm_engine_advance(c->engine, now, &n) == AFSM_OK);
+        THREAD_CHECK(afsm_engine_advance(engine, now, &n) == AFSM_OK);
     }
     }
 }
 
-static void run_fuzz(uint64_t seed, uint32_t shards, uint64_t linger_ms)
+static void run_fuzz(uint64_t seed, uint32_t shards, uint64_t linger_ms, int engines)
 {
     static fuzz_ctx c;
     memset(&c, 0, sizeof(c));
@@ -2833,9 +2854,12 @@ static void run_fuzz(uint64_t seed, uint32_t shards, uint64_t linger_ms)
     cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
     cfg.close_linger_ms = linger_ms;
     cfg.on_event = fuzz_event;
-    cfg.event_ctx = &c;
-    afsm_engine *engine = open_engine(&clock, &cfg);
-    c.engine = engine;
+    c.engine_count = engines;
+    for (int i = 0; i < engines; i++) {
+        c.sides[i] = (fuzz_side){&c, i};
+        cfg.event_ctx = &c.sides[i];
+        c.engines[i] = open_engine(&clock, &cfg); /* both at 1000 s */
+    }
     c.clock = &clock;
     for (int step = 0; step < 3000 && c.count < FUZZ_LINES - 64; step++)
         fuzz_act(&c);
@@ -2847,13 +2871,14 @@ static void run_fuzz(uint64_t seed, uint32_t shards, uint64_t linger_ms)
     for (int i = 0; i < c.count; i++) {
         fuzz_line *line = &c.lines[i];
         afsm_session_info info = AFSM_SESSION_INFO_INIT;
-        afsm_status st = afsm_session_get(engine, &line->id, &info);
+        afsm_status st = afsm_session_get(c.engines[line->side], &line->id, &info);
         int open = line->alive || line->restores != 0;
         if (open != (st == AFSM_OK || st == AFSM_EEXPIRED))
             fail_msg("seed %llu: id %d: ledger open %d (%d restores waiting), engine says %s", (unsigned long long)seed,
                      i, line->alive, line->restores, afsm_status_name(st));
     }
-    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    for (int i = 0; i < engines; i++)
+        assert_int_equal(afsm_engine_close(c.engines[i]), AFSM_OK);
 }
 
 static void test_random_nested_callbacks_keep_lives(void **state)
@@ -2864,9 +2889,9 @@ static void test_random_nested_callbacks_keep_lives(void **state)
     const char *more = getenv("FUZZ_SEEDS");
     uint64_t last = more != NULL ? strtoull(more, NULL, 10) : 24;
     for (uint64_t seed = 1; seed <= last; seed++)
-        run_fuzz(seed, seed % 2 ? 1 : 8, seed % 3 == 0 ? 100 : 0);
+        run_fuzz(seed, seed % 2 ? 1 : 8, seed % 3 == 0 ? 100 : 0, seed % 4 < 2 ? 1 : 2);
     if (more == NULL)
-        run_fuzz(206, 8, 0);
+        run_fuzz(206, 8, 0, 1);
 }
 
 /* ---- 10. an update to CLOSED behind a pending IDLE, its id restored ----- */
