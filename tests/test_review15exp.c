@@ -2826,8 +2826,35 @@ static void fuzz_act(fuzz_ctx *c)
     }
     case 8: {
         size_t deleted;
-        if (fuzz_next(c) % 4 == 0)
+        if (fuzz_next(c) % 4 == 0) {
             (void)afsm_session_delete_by_user(engine, user, strlen(user), NULL, 0, &deleted);
+        } else if (c->engine_count > 1) {
+            /* List and act: each listed session closed, or its stats added
+             * (a wake), from copies that callbacks make stale meanwhile. */
+            afsm_list_filter f = AFSM_LIST_FILTER_INIT;
+            f.state = AFSM_STATE_ANY;
+            f.user_id = user;
+            f.user_id_len = strlen(user);
+            f.limit = 8;
+            afsm_session_info listed[8];
+            for (int k = 0; k < 8; k++)
+                listed[k] = (afsm_session_info)AFSM_SESSION_INFO_INIT;
+            size_t n = 0;
+            uint64_t total;
+            THREAD_CHECK(afsm_session_list(engine, &f, listed, 8, &n, &total, NULL) == AFSM_OK);
+            for (size_t k = 0; k < n; k++) {
+                if (k % 2 == 0) {
+                    afsm_update u = AFSM_UPDATE_INIT;
+                    u.fields = AFSM_UPDATE_STATE;
+                    u.state = AFSM_STATE_CLOSED;
+                    (void)afsm_session_update(engine, &listed[k].session_id, &u, NULL);
+                } else {
+                    afsm_stats delta = {0};
+                    delta.packets_received = 1;
+                    (void)afsm_session_add_stats(engine, &listed[k].session_id, &delta);
+                }
+            }
+        }
         break;
     }
     default: {
