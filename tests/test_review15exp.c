@@ -2617,7 +2617,8 @@ static void test_storm_many_shards_lingering(void **state)
 /* One thread, a manual clock: every callback may call the engine again (a
  * create that evicts, an update, a delete, a restore of an id whose old
  * life may still be ending, heartbeats single, batched and through a
- * pinned handle, a delete by user, a nested advance), up to a depth. The
+ * pinned handle, a delete by user, a nested advance; with two engines
+ * also closing or waking what a list returned), up to a depth. The
  * strict ledger follows each id's lives: a life starts with its CREATED,
  * or, after a restore of its id, with the next event once the previous
  * life ended; each STATE_CHANGED and the end start from the state last
