@@ -613,9 +613,17 @@ unlock:
             mem_fill_info(ms, s, out);
         if (new_state != old_state)
             mem_event_capture(ms, &events[0], AFSM_EVENT_STATE_CHANGED, s, old_state, new_state, NULL, 0);
-        if (remove_now)
+        if (remove_now) {
             mem_event_capture(ms, &events[1], AFSM_EVENT_DELETED, s, new_state, new_state, MEM_REASON_CLOSED,
                               sizeof(MEM_REASON_CLOSED) - 1);
+            /* Its latest earlier undelivered event is the state change,
+             * which capture cannot see (not held yet). Both may wait on an
+             * IDLE of a batch this thread delivers; that IDLE's callback
+             * may restore the id, whose new life's event then waits on
+             * this DELETED, which must wait on the state change. */
+            if (events[0].pending && events[1].pending)
+                events[1].prelude = &events[0];
+        }
     }
     epoch_leave(e);
     /* As a group: the state change's callback may restore the id, whose
