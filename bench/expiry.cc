@@ -9,6 +9,7 @@
  * (CLOCK_THREAD_CPUTIME_ID) is the cost, reported per call and per expired
  * session. Both sides remove the sessions from every index. The goals
  * pass (mode().keep_worlds) keeps each population across repetitions.
+ * ExpireEvents: the engine's expiry with an event callback (below).
  */
 #include <benchmark/benchmark.h>
 
@@ -151,6 +152,76 @@ void expire_bench(benchmark::State &state, bool wheel, size_t total, double frac
     state.counters["sessions"] = (double)total;
 }
 
+/* Expiry with an event callback, where each advance turns half of the
+ * sessions it handles IDLE and expires the other half at the same tick, so
+ * every batch of the pass holds both: each removal's event first looks up
+ * its session's pending IDLE event (mem_event_prelude). One shard, so the
+ * batches are full (4,096 timers). Each iteration adds the sessions with the
+ * clock stopped, times the advance, then deletes the idle ones untimed; the
+ * cost is the advance's thread CPU per session it changed. */
+void expire_events_bench(benchmark::State &state, size_t per_call)
+{
+    world_drop();
+    VirtualClock clock;
+    std::atomic<uint64_t> events{0};
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.shard_count = 1;
+    cfg.capacity_hint = per_call;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.idle_timeout_ms = SHORT_TIMEOUT_MS;
+    cfg.clock = VirtualClock::read;
+    cfg.clock_ctx = &clock;
+    cfg.on_event = [](void *ctx, const afsm_event *) {
+        static_cast<std::atomic<uint64_t> *>(ctx)->fetch_add(1, std::memory_order_relaxed);
+    };
+    cfg.event_ctx = &events;
+    afsm_engine *engine = nullptr;
+    if (afsm_engine_open(&cfg, &engine) != AFSM_OK) {
+        state.SkipWithError("engine open failed");
+        return;
+    }
+    Rng rng(per_call);
+    Spec spec;
+    uint64_t seq = 0, cpu_total = 0;
+    std::vector<afsm_uuid> idle;
+    bool wrong = false;
+    for (auto _ : state) {
+        idle.clear();
+        for (size_t i = 0; i < per_call; i++) {
+            /* Even: CONNECTING, expires in 1 s. Odd: lives 30 min, made
+             * ACTIVE by a heartbeat, IDLE after 1 s without one. */
+            make_spec(seq++, rng, &spec);
+            afsm_create_options o = create_options_of(spec);
+            o.timeout_ms = i % 2 ? 30 * 60 * 1000 : SHORT_TIMEOUT_MS;
+            afsm_session_info info = AFSM_SESSION_INFO_INIT;
+            wrong |= afsm_session_create(engine, &o, &info) != AFSM_OK;
+            if (i % 2) {
+                wrong |= afsm_session_heartbeat(engine, &info.session_id, nullptr) != AFSM_OK;
+                idle.push_back(info.session_id);
+            }
+        }
+        uint64_t events_before = events.load(std::memory_order_relaxed);
+        uint64_t now = clock.now_ns.fetch_add(STEP_NS) + STEP_NS;
+        uint64_t w0 = mono_ns(), c0 = thread_cpu_ns();
+        size_t expired = 0;
+        afsm_engine_advance(engine, now, &expired);
+        uint64_t c1 = thread_cpu_ns(), w1 = mono_ns();
+        state.SetIterationTime((double)(w1 - w0) / 1e9);
+        cpu_total += c1 - c0;
+        /* One EXPIRED or one IDLE event per session. */
+        wrong |= expired != per_call / 2 || events.load(std::memory_order_relaxed) - events_before != per_call;
+        for (const afsm_uuid &id : idle)
+            wrong |= afsm_session_delete(engine, &id, nullptr, 0) != AFSM_OK;
+    }
+    afsm_engine_close(engine);
+    if (wrong)
+        state.SkipWithError("a session was not created, expired or reported as expected");
+    double sessions = (double)state.iterations() * (double)per_call;
+    state.counters["cpu_ns_per_session"] = sessions ? (double)cpu_total / sessions : 0;
+    state.counters["sessions_per_call"] = (double)per_call;
+}
+
 } // namespace
 
 void register_expiry()
@@ -168,6 +239,12 @@ void register_expiry()
                 ->Unit(benchmark::kMillisecond);
         }
     }
+    size_t per_call = mode().smoke ? 1024 : 8192;
+    std::string name = "ExpireEvents/idle_and_expired/n:" + std::to_string(per_call);
+    benchmark::RegisterBenchmark(name.c_str(), [per_call](benchmark::State &st) { expire_events_bench(st, per_call); })
+        ->UseManualTime()
+        ->Iterations(mode().smoke ? 2 : 20)
+        ->Unit(benchmark::kMillisecond);
 }
 
 } // namespace bench

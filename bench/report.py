@@ -421,6 +421,12 @@ def main(argv: List[str]) -> int:
         w(f"| {pct}% | {fmt(exp[('engine', pct)], 3)} | {fmt(exp[('rwlock_scan', pct)], 3)} | "
           f"{fmt(ratio(exp[('rwlock_scan', pct)], exp[('engine', pct)]))} |")
     w("")
+    events = next((x for x in recs if x["op"] == "ExpireEvents" and not x["error"]), None)
+    if events is not None:
+        w(f"With an event callback, each advance turning half of {events['n']} sessions IDLE and expiring the "
+          f"other half at one tick (one shard, so every batch holds both): "
+          f"{fmt(resultlib.value(events, 'cpu_ns_per_session'), 0)} ns of CPU per session.")
+        w("")
 
     # ---- memory ----------------------------------------------------------
     mem = [r for r in recs if r["op"] == "Memory" and not r["error"]]

@@ -227,10 +227,16 @@ typedef struct afsm_event {
  * idle, a heartbeat waking it) may arrive in either order: read the state
  * from afsm_session_get when the order matters.
  * It may call any afsm_session_* function of the same engine, and
- * afsm_engine_advance (a session the nested advance removes that the
- * outer one had just marked idle is still reported IDLE first), but not
- * afsm_engine_close. It should not block for long: expiry on the thread
- * that runs it waits for it. */
+ * afsm_engine_advance, but not afsm_engine_close. Changes of one session
+ * made on one thread are reported in the order they were made, also when
+ * a callback makes them while earlier events of that session still wait
+ * to be delivered (a session a nested advance removes that the outer one
+ * had just marked idle is still reported IDLE first; a session woken from
+ * inside a callback is reported IDLE, then ACTIVE, before a change a later
+ * callback makes); each event arrives once, nothing follows a session's
+ * EXPIRED or DELETED, and a session restored with the id of one that ended
+ * is reported after that end. It should not block for long: expiry on the
+ * thread that runs it waits for it. */
 typedef void (*afsm_event_fn)(void *ctx, const afsm_event *event);
 
 #define AFSM_LOG_DEBUG 10

@@ -132,8 +132,7 @@ static void act_batch(mem_store *ms, const afsm_uuid *ids, size_t n, afsm_status
             }
         }
         epoch_leave(e);
-        for (size_t i = 0; i < fired; i++)
-            mem_event_fire(ms, &events[i]);
+        mem_event_fire_group(ms, events, fired);
     }
 }
 

@@ -16,6 +16,7 @@
 #include <assert.h>
 #include <string.h>
 
+#include "mem/idle_set.h"
 #include "mem/index.h"
 #include "mem/mem_store.h"
 #include "util/alloc.h"
@@ -57,7 +58,7 @@ typedef enum timer_outcome { OUTCOME_EXPIRED, OUTCOME_CLOSED, OUTCOME_IDLE } tim
 typedef struct timer_result {
     session *s;
     timer_outcome outcome;
-    uint32_t idle_event; /* OUTCOME_IDLE: its event in idle_events, or NO_EVENT */
+    uint32_t idle_event; /* OUTCOME_IDLE: its event's number in idles, or NO_EVENT */
     /* Set while settling: the state it was removed in, or NO_EVENT when
      * this pass did not remove it (IDLE, or removed by someone else). */
     uint32_t removed_state;
@@ -70,10 +71,9 @@ typedef struct timer_batch {
     size_t capacity;
     /* The IDLE events, captured under the shard lock where the session (and
      * so its user's entry) is still present: the change has happened, and
-     * its event goes out even if the session is deleted before settling. */
-    mem_event *idle_events;
-    size_t idle_count;
-    size_t idle_capacity;
+     * its event goes out even if the session is deleted before settling.
+     * By session id too, for mem_event_prelude (mem/idle_set.h). */
+    idle_set idles;
     /* One settling group's removal events (SETTLE_GROUP of them; only with
      * a callback), captured in the group's section, delivered after it. */
     mem_event *events;
@@ -106,29 +106,50 @@ static bool grow(void **array, size_t *capacity, size_t count, size_t item_size)
     return true;
 }
 
-/* Adds s to the batch with a reference of its own (home shard lock held,
- * s still linked, so refs >= 1): the batch is settled outside every lock
- * and epoch section, one session at a time, and the reference keeps the
- * record until then. On failure nothing is added and the pass stops. */
-static int batch_push(timer_batch *batch, session *s, timer_outcome outcome)
+/* Empties the batch for the next turn of the pass. */
+static void batch_reset(timer_batch *batch)
+{
+    batch->count = 0;
+    idle_set_clear(&batch->idles);
+}
+
+/* Makes room in the batch for one session of this outcome (and its IDLE
+ * event, with a callback). On failure the pass stops (the session's
+ * decision waits for the next tick) and nothing has changed. */
+static bool batch_reserve(timer_batch *batch, timer_outcome outcome)
 {
     bool wants_event = outcome == OUTCOME_IDLE && batch->ms->config.emit != NULL;
     if (!grow((void **)&batch->items, &batch->capacity, batch->count, sizeof(*batch->items)) ||
-        (wants_event &&
-         !grow((void **)&batch->idle_events, &batch->idle_capacity, batch->idle_count, sizeof(*batch->idle_events)))) {
+        (wants_event && !idle_set_reserve(&batch->idles))) {
         batch->failed = true;
         *batch->budget = 0;
-        return 0;
+        return false;
     }
+    return true;
+}
+
+/* Adds s to the reserved room with a reference of its own (home shard
+ * lock held, s still linked, so refs >= 1): the batch is settled outside
+ * every lock and epoch section, one session at a time, and the reference
+ * keeps the record until then. */
+static void batch_add(timer_batch *batch, session *s, timer_outcome outcome)
+{
     uint32_t event = NO_EVENT;
-    if (wants_event) {
-        event = (uint32_t)batch->idle_count++;
-        mem_event_capture(batch->ms, &batch->idle_events[event], AFSM_EVENT_STATE_CHANGED, s, AFSM_STATE_ACTIVE,
-                          AFSM_STATE_IDLE, NULL, 0);
+    if (outcome == OUTCOME_IDLE && batch->ms->config.emit != NULL) {
+        mem_event_capture(batch->ms, &batch->idles.events[batch->idles.count], AFSM_EVENT_STATE_CHANGED, s,
+                          AFSM_STATE_ACTIVE, AFSM_STATE_IDLE, NULL, 0);
+        event = idle_set_add(&batch->idles);
     }
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
     batch->items[batch->count++] = (timer_result){s, outcome, event, NO_EVENT};
-    return 1;
+}
+
+static bool batch_push(timer_batch *batch, session *s, timer_outcome outcome)
+{
+    if (!batch_reserve(batch, outcome))
+        return false;
+    batch_add(batch, s, outcome);
+    return true;
 }
 
 mem_event *mem_event_prelude(const mem_store *ms, const session *s)
@@ -140,11 +161,9 @@ mem_event *mem_event_prelude(const mem_store *ms, const session *s)
     for (timer_batch *batch = delivering; batch != NULL; batch = batch->outer) {
         if (batch->ms != ms)
             continue;
-        for (size_t i = 0; i < batch->idle_count; i++) {
-            mem_event *ev = &batch->idle_events[i];
-            if (ev->pending && memcmp(&ev->ev.session_id, &s->id, sizeof(s->id)) == 0)
-                return ev;
-        }
+        mem_event *idle = idle_set_first_pending(&batch->idles, &s->id);
+        if (idle != NULL)
+            return idle;
     }
     return NULL;
 }
@@ -195,13 +214,16 @@ static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
         if (deadline > fire_ns) {
             /* Alive: maybe idle, then look again at the next deadline. */
             if (state == AFSM_STATE_ACTIVE && ms->config.idle_timeout_ns != 0 &&
-                mem_timer_deadline(ms, s, state, seen) <= fire_ns && go_idle(batch, s, fire_ns)) {
-                if (!batch_push(batch, s, OUTCOME_IDLE)) {
-                    mem_set_state_locked(batch->sh, s, AFSM_STATE_IDLE, AFSM_STATE_ACTIVE);
+                mem_timer_deadline(ms, s, state, seen) <= fire_ns) {
+                /* Room first: once IDLE is stored, a Get may copy it, so
+                 * the batch must take the session (and report it). */
+                if (!batch_reserve(batch, OUTCOME_IDLE))
                     return fire_ns + 1; /* decide again next time */
+                if (go_idle(batch, s, fire_ns)) {
+                    batch_add(batch, s, OUTCOME_IDLE);
+                    mem_count(ms, &batch->sh->idle_transitions);
+                    state = AFSM_STATE_IDLE;
                 }
-                mem_count(ms, &batch->sh->idle_transitions);
-                state = AFSM_STATE_IDLE;
             }
             seen = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed) & ~SESSION_EXPIRED_BIT;
             return mem_timer_deadline(ms, s, state, seen);
@@ -350,8 +372,10 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     if (emit) {
         for (size_t j = from; j < to; j++) {
             timer_result *item = &items[j];
-            if (item->removed_state == NO_EVENT)
+            if (item->removed_state == NO_EVENT) {
+                batch->events[j - from].pending = false; /* for the hold below */
                 continue;
+            }
             bool closed = item->outcome == OUTCOME_CLOSED;
             mem_event_capture(ms, &batch->events[j - from], closed ? AFSM_EVENT_DELETED : AFSM_EVENT_EXPIRED, item->s,
                               item->removed_state, item->removed_state, closed ? MEM_REASON_CLOSED : MEM_REASON_EXPIRED,
@@ -361,17 +385,22 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     epoch_leave(e);
     if (emit) {
         /* In item order: an IDLE before a later removal of the same
-         * session (its prelude fires it first anyway). */
+         * session (its prelude fires it first anyway). The removals are
+         * held meanwhile: a callback that restores a later one's id has
+         * that new life's events go out after its end. */
+        mem_event_hold hold;
+        mem_events_hold(ms, batch->events, to - from, &hold);
         for (size_t j = from; j < to; j++) {
             timer_result *item = &items[j];
             if (item->outcome == OUTCOME_IDLE) {
                 /* Unless a callback's event for this session already sent it. */
                 if (item->idle_event != NO_EVENT)
-                    mem_event_fire(ms, &batch->idle_events[item->idle_event]);
+                    mem_event_fire(ms, &batch->idles.events[item->idle_event]);
             } else if (item->removed_state != NO_EVENT) {
                 mem_event_fire(ms, &batch->events[j - from]);
             }
         }
+        mem_events_release(&hold);
     }
     return expired;
 }
@@ -423,6 +452,8 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
         return AFSM_ENOMEM;
     epoch_leave(first);
     timer_batch batch = {.ms = ms};
+    /* Seeded as the tables are, off their seeds (mem/idle_set.h). */
+    idle_set_init(&batch.idles, ms->seed ^ UINT64_C(0xa0761d6478bd642f));
     if (ms->config.emit != NULL) {
         batch.events = mem_alloc(SETTLE_GROUP * sizeof(*batch.events));
         if (batch.events == NULL)
@@ -437,8 +468,7 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
         mem_fold_handles(sh);
         int done = 0;
         while (!done && !batch.failed) {
-            batch.count = 0;
-            batch.idle_count = 0;
+            batch_reset(&batch);
             size_t budget = ADVANCE_BUDGET;
             batch.budget = &budget;
             sync_lock_acquire(&sh->lock);
@@ -457,7 +487,7 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
         reclaim(sh);
     }
     mem_free(batch.items);
-    mem_free(batch.idle_events);
+    idle_set_free(&batch.idles);
     mem_free(batch.events);
     /* A pass cut short by ENOMEM left the rest due: the wheels are not
      * caught up (reaper lag keeps growing) and the next call resumes. */

@@ -157,18 +157,39 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
 typedef struct mem_event {
     afsm_event ev;
     bool pending; /* false: nothing to deliver (no callback, or no event) */
-    /* An earlier change of the same session whose event this thread has
-     * not delivered yet (an expiry pass's IDLE): delivered first. */
+    /* The latest earlier change of the same session (by id) whose event
+     * this thread has not delivered yet (an expiry pass's IDLE, an event
+     * waiting for its own prelude, or one of a held group waiting for the
+     * group's earlier events: store.c's in_flight): delivered first. */
     struct mem_event *prelude;
+    uint64_t seq; /* this thread's capture order: the prelude is the latest earlier */
     char user_id[AFSM_USER_ID_MAX + 1];
 } mem_event;
 void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const session *s, uint32_t old_state,
                        uint32_t new_state, const char *reason, size_t reason_len);
 /* Delivers a captured event (if any). Outside every epoch section. */
 void mem_event_fire(const mem_store *ms, mem_event *event);
+/* Delivers events[0..n) in order, captured together (one section) and
+ * still waiting while the earlier ones' callbacks run: a change one of
+ * those makes to a later one's session goes out after that one. */
+void mem_event_fire_group(const mem_store *ms, mem_event *events, size_t n);
+/* The same listing around a caller's own delivery loop (an expiry group's
+ * removals, delivered between its IDLEs): events[0..n) stay findable as
+ * preludes until the release. Each has pending set (false: nothing). The
+ * hold lives in the caller's frame; holds nest and are released in
+ * reverse, on the thread that took them. */
+typedef struct mem_event_hold {
+    const mem_store *ms;
+    mem_event *events; /* count of them: one (mem_event_fire), or a group */
+    size_t count;
+    struct mem_event_hold *next;
+} mem_event_hold;
+void mem_events_hold(const mem_store *ms, mem_event *events, size_t n, mem_event_hold *hold);
+void mem_events_release(mem_event_hold *hold);
 /* The undelivered IDLE event of s in the expiry batch this thread is
  * delivering, if any (expiry.c): a callback's change to s must not be
- * reported before it. */
+ * reported before it. mem_event_capture asks this after the events of s
+ * in flight on this thread (store.c). */
 mem_event *mem_event_prelude(const mem_store *ms, const session *s);
 /* Inside an epoch section; NULL when absent or already removed. Inline:
  * every Get, heartbeat and stats addition starts here. */

@@ -235,6 +235,42 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
     (void)fill_info(ms, s, out, 0);
 }
 
+/* The events this thread is delivering whose preludes are going out first
+ * (mem_event_fire), and the groups held while their earlier events go
+ * out first (mem_events_hold), innermost first. Each lives in its firer's frame
+ * (or an expiry batch, which does not grow while it delivers) until that
+ * call returns, and an event captured meanwhile is fired before that: the
+ * callback that causes it returns first. */
+typedef mem_event_hold in_flight;
+
+static _Thread_local in_flight *in_flight_top __attribute__((tls_model("initial-exec")));
+
+/* Numbers this thread's captures in order: every event a capture may
+ * take as its prelude (in flight here, or an IDLE of a batch this thread
+ * delivers) was captured on this thread. */
+static _Thread_local uint64_t capture_seq __attribute__((tls_model("initial-exec")));
+
+/* The latest event of this session being delivered on this thread behind
+ * its prelude, if any: a later change of the session goes out after it.
+ * Not the innermost: an event's prelude, fired inside its delivery, is
+ * earlier than the event, and may be in flight itself (an IDLE waiting on
+ * an earlier event). */
+static mem_event *in_flight_of(const mem_store *ms, const afsm_uuid *id)
+{
+    mem_event *latest = NULL;
+    for (in_flight *f = in_flight_top; f != NULL; f = f->next) {
+        if (f->ms != ms)
+            continue;
+        for (size_t i = 0; i < f->count; i++) {
+            mem_event *ev = &f->events[i];
+            if (ev->pending && memcmp(&ev->ev.session_id, id, sizeof(*id)) == 0 &&
+                (latest == NULL || ev->seq > latest->seq))
+                latest = ev;
+        }
+    }
+    return latest;
+}
+
 void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const session *s, uint32_t old_state,
                        uint32_t new_state, const char *reason, size_t reason_len)
 {
@@ -257,7 +293,15 @@ void mem_event_capture(const mem_store *ms, mem_event *out, uint32_t type, const
         .created_at_ns = (int64_t)s->created_ns + mem_wall_now(ms) - (int64_t)mem_now(ms),
         .event_at_ns = mem_wall_now(ms),
     };
-    out->prelude = mem_event_prelude(ms, s);
+    /* The later of the two: a nested batch's IDLE captured while an event
+     * was in flight (its prelude that event) is later than it, and an event
+     * in flight may be later than a batch's IDLE it waits on. Each event
+     * waits on the latest earlier one, so its chain holds every earlier
+     * undelivered event of the session, in capture order. */
+    mem_event *waiting = in_flight_of(ms, &s->id);
+    mem_event *idle = mem_event_prelude(ms, s);
+    out->prelude = waiting == NULL || (idle != NULL && idle->seq > waiting->seq) ? idle : waiting;
+    out->seq = ++capture_seq;
     out->pending = true;
 }
 
@@ -265,13 +309,51 @@ void mem_event_fire(const mem_store *ms, mem_event *event)
 {
     if (!event->pending)
         return;
-    event->pending = false;
-    if (event->prelude != NULL)
+    if (event->prelude != NULL) {
+        /* Still pending while its prelude goes out: an event of the same
+         * session that the prelude's callback causes (a delete) takes it
+         * as its own prelude and so comes after it. The prelude stays set:
+         * such an event fires this one from inside that callback, and an
+         * earlier event of its chain may still be waiting (in flight). The
+         * walk ends at an event already sent (the one whose callback runs),
+         * and each prelude is an earlier capture, so there is no cycle. */
+        in_flight me = {ms, event, 1, in_flight_top};
+        in_flight_top = &me;
         mem_event_fire(ms, event->prelude);
+        in_flight_top = me.next;
+        if (!event->pending)
+            return; /* that event sent it first */
+    }
+    event->pending = false;
     /* Set here, not at capture: a captured event may have moved since (an
      * expiry batch's array grows by copying). */
     event->ev.user_id = event->user_id;
     ms->config.emit(ms->config.emit_ctx, &event->ev);
+}
+
+void mem_events_hold(const mem_store *ms, mem_event *events, size_t n, mem_event_hold *hold)
+{
+    *hold = (mem_event_hold){ms, events, n, in_flight_top};
+    in_flight_top = hold;
+}
+
+void mem_events_release(mem_event_hold *hold)
+{
+    in_flight_top = hold->next;
+}
+
+void mem_event_fire_group(const mem_store *ms, mem_event *events, size_t n)
+{
+    /* Listed while they go out, as an event behind its prelude is: a
+     * change that an earlier one's callback makes to a later one's session
+     * takes that later event as its prelude. */
+    if (ms->config.emit == NULL)
+        return; /* nothing was captured: the creates and batches of an engine without a callback pay nothing */
+    mem_event_hold group;
+    mem_events_hold(ms, events, n, &group);
+    for (size_t i = 0; i < n; i++)
+        mem_event_fire(ms, &events[i]);
+    mem_events_release(&group);
 }
 
 /* ---- lookups ------------------------------------------------------------ */

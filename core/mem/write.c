@@ -297,25 +297,26 @@ unlock:
     if (status != AFSM_OK && published)
         mem_unref_locked(ms, s);
     lockset_release(ms->shards, &set);
+    /* The new session's CREATED first: a callback on the victim's DELETED
+     * may create again for this user and evict the new session, whose own
+     * DELETED must then follow its CREATED. Delivered as a group: the
+     * CREATED's callback may restore the victim's id, and that new life's
+     * events must follow the old one's DELETED. */
     mem_event events[2];
     events[0].pending = events[1].pending = false;
     if (status == AFSM_OK) {
         if (out != NULL)
             mem_fill_info(ms, s, out);
         if (over_cap)
-            mem_event_capture(ms, &events[0], AFSM_EVENT_DELETED, victim, victim_state, victim_state,
+            mem_event_capture(ms, &events[1], AFSM_EVENT_DELETED, victim, victim_state, victim_state,
                               MEM_REASON_EVICTED, sizeof(MEM_REASON_EVICTED) - 1);
         if (spec->restore == NULL)
-            mem_event_capture(ms, &events[1], AFSM_EVENT_CREATED, s, 0, AFSM_STATE_CONNECTING, NULL, 0);
+            mem_event_capture(ms, &events[0], AFSM_EVENT_CREATED, s, 0, AFSM_STATE_CONNECTING, NULL, 0);
     }
     epoch_leave(e);
     if (status != AFSM_OK && !published)
         free_unpublished(ms, s);
-    /* The new session's CREATED first: a callback on the victim's DELETED
-     * may create again for this user and evict the new session, whose own
-     * DELETED must then follow its CREATED. */
-    mem_event_fire(ms, &events[1]);
-    mem_event_fire(ms, &events[0]);
+    mem_event_fire_group(ms, events, 2);
     return status;
 }
 
@@ -612,13 +613,22 @@ unlock:
             mem_fill_info(ms, s, out);
         if (new_state != old_state)
             mem_event_capture(ms, &events[0], AFSM_EVENT_STATE_CHANGED, s, old_state, new_state, NULL, 0);
-        if (remove_now)
+        if (remove_now) {
             mem_event_capture(ms, &events[1], AFSM_EVENT_DELETED, s, new_state, new_state, MEM_REASON_CLOSED,
                               sizeof(MEM_REASON_CLOSED) - 1);
+            /* Its latest earlier undelivered event is the state change,
+             * which capture cannot see (not held yet). Both may wait on an
+             * IDLE of a batch this thread delivers; that IDLE's callback
+             * may restore the id, whose new life's event then waits on
+             * this DELETED, which must wait on the state change. */
+            if (events[0].pending && events[1].pending)
+                events[1].prelude = &events[0];
+        }
     }
     epoch_leave(e);
-    mem_event_fire(ms, &events[0]);
-    mem_event_fire(ms, &events[1]);
+    /* As a group: the state change's callback may restore the id, whose
+     * new life's events must follow this DELETED. */
+    mem_event_fire_group(ms, events, 2);
     return status;
 }
 

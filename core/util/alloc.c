@@ -14,7 +14,7 @@ static _Atomic long allocations_left = -1;
 /* The same, for this thread only (alloc_fail_after_on_this_thread). */
 static _Thread_local long thread_allocations_left = -1;
 
-static int should_fail(void)
+static int countdown_says_fail(void)
 {
     if (thread_allocations_left == 0)
         return 1;
@@ -29,6 +29,27 @@ static int should_fail(void)
             return 0;
         if (left < 0)
             return 0;
+    }
+    return 1;
+}
+
+/* alloc_fail_observe's observer, and its argument. */
+static void (*_Atomic fail_observer)(void *ctx);
+static void *_Atomic fail_observer_ctx;
+/* Set while this thread runs the observer: the observer's own allocations
+ * fail too (the countdown is at 0), and would otherwise run it again from
+ * inside itself, without bound. */
+static _Thread_local int observing;
+
+static int should_fail(void)
+{
+    if (!countdown_says_fail())
+        return 0;
+    void (*observer)(void *) = atomic_load_explicit(&fail_observer, memory_order_acquire);
+    if (observer != NULL && !observing) {
+        observing = 1;
+        observer(atomic_load_explicit(&fail_observer_ctx, memory_order_relaxed));
+        observing = 0;
     }
     return 1;
 }
@@ -87,4 +108,10 @@ void alloc_fail_reset(void)
 void alloc_fail_after_on_this_thread(long n)
 {
     thread_allocations_left = n;
+}
+
+void alloc_fail_observe(void (*observer)(void *ctx), void *ctx)
+{
+    atomic_store_explicit(&fail_observer_ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&fail_observer, observer, memory_order_release);
 }

@@ -31,5 +31,10 @@ void alloc_fail_reset(void);
 /* The same for the calling thread's allocations only (n < 0: off), so
  * that a test can fail one thread's allocation while others run. */
 void alloc_fail_after_on_this_thread(long n);
+/* Test hook: observer(ctx) runs on the failing thread each time an
+ * allocation is made to fail, so a test can look at the engine from
+ * inside the operation that allocates. Allocations the observer makes
+ * fail as the countdown says, without running it again. NULL: none. */
+void alloc_fail_observe(void (*observer)(void *ctx), void *ctx);
 
 #endif
