@@ -160,7 +160,7 @@ typedef struct mem_event {
     /* The latest earlier change of the same session (by id) whose event
      * this thread has not delivered yet (an expiry pass's IDLE, an event
      * waiting for its own prelude, or one of a held group waiting for the
-     * group's earlier events: store.c's in_flight): delivered first. */
+     * group's earlier events: store.c's in_flight_top): delivered first. */
     struct mem_event *prelude;
     uint64_t seq; /* this thread's capture order: the prelude is the latest earlier */
     char user_id[AFSM_USER_ID_MAX + 1];

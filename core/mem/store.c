@@ -241,9 +241,7 @@ void mem_fill_info(const mem_store *ms, const session *s, afsm_session_info *out
  * (or an expiry batch, which does not grow while it delivers) until that
  * call returns, and an event captured meanwhile is fired before that: the
  * callback that causes it returns first. */
-typedef mem_event_hold in_flight;
-
-static _Thread_local in_flight *in_flight_top __attribute__((tls_model("initial-exec")));
+static _Thread_local mem_event_hold *in_flight_top __attribute__((tls_model("initial-exec")));
 
 /* Numbers this thread's captures in order: every event a capture may
  * take as its prelude (in flight here, or an IDLE of a batch this thread
@@ -258,7 +256,7 @@ static _Thread_local uint64_t capture_seq __attribute__((tls_model("initial-exec
 static mem_event *in_flight_of(const mem_store *ms, const afsm_uuid *id)
 {
     mem_event *latest = NULL;
-    for (in_flight *f = in_flight_top; f != NULL; f = f->next) {
+    for (mem_event_hold *f = in_flight_top; f != NULL; f = f->next) {
         if (f->ms != ms)
             continue;
         for (size_t i = 0; i < f->count; i++) {
@@ -317,10 +315,10 @@ void mem_event_fire(const mem_store *ms, mem_event *event)
          * earlier event of its chain may still be waiting (in flight). The
          * walk ends at an event already sent (the one whose callback runs),
          * and each prelude is an earlier capture, so there is no cycle. */
-        in_flight me = {ms, event, 1, in_flight_top};
-        in_flight_top = &me;
+        mem_event_hold me;
+        mem_events_hold(ms, event, 1, &me);
         mem_event_fire(ms, event->prelude);
-        in_flight_top = me.next;
+        mem_events_release(&me);
         if (!event->pending)
             return; /* that event sent it first */
     }
