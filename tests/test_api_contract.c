@@ -1,0 +1,681 @@
+/*
+ * test_api_contract.c: include/afsm.h's promises about bad input, checked
+ * one by one against the memory store.
+ *
+ * The header promises (afsm.h, afsm_error_detail): a bad argument gets its
+ * own status, leaves the engine unchanged, and sets a per-thread detail
+ * that names the argument and its limit, for every AFSM_ENULL,
+ * AFSM_EVERSION, AFSM_EINVAL, AFSM_ETOOLONG, AFSM_EUUID, AFSM_EIP and
+ * AFSM_EBUFFER of argument checks. Each case here makes one bad call and
+ * checks the status, that the detail names the argument (and the limit
+ * where there is one), and, where the call reaches an engine, that its
+ * counts, metrics and indexes are what they were (mem_inspect.h).
+ *
+ * The less-travelled calls get their edges walked: metadata buffers of
+ * every size around the needed one, merges that overflow the key or byte
+ * bound, restore with fields at their limits, tokens of other engines and
+ * key rings, truncated and extended, list cursors and offsets at their
+ * bounds, batches of zero and NULL, config fields at and past their
+ * limits, versions 0, old and future.
+ *
+ * Single-threaded except test_concurrent_* (key ring writers against
+ * lock-free validation; per-thread details under many failing threads),
+ * which are meant for the ThreadSanitizer tree as well.
+ */
+#include <pthread.h>
+
+#include "mem_inspect.h"
+#include "util/uuid.h"
+
+/* The status is want, and the detail contains every given fragment. */
+#define expect_detail(got, want, ...)                                                                                  \
+    do {                                                                                                               \
+        afsm_status got_ = (got);                                                                                      \
+        assert_int_equal(got_, (want));                                                                                \
+        const char *fragments_[] = {__VA_ARGS__};                                                                      \
+        for (size_t i_ = 0; i_ < sizeof(fragments_) / sizeof(fragments_[0]); i_++)                                     \
+            if (strstr(afsm_error_detail(), fragments_[i_]) == NULL)                                                   \
+                fail_msg("%s: detail \"%s\" lacks \"%s\"", #got, afsm_error_detail(), fragments_[i_]);                 \
+    } while (0)
+
+/* What a failed call must leave as it was. */
+typedef struct engine_picture {
+    afsm_counts counts;
+    afsm_metrics metrics;
+    size_t slots;
+} engine_picture;
+
+static engine_picture picture(afsm_engine *engine)
+{
+    engine_picture p;
+    memset(&p, 0, sizeof(p));
+    assert_int_equal(afsm_engine_counts(engine, &p.counts), AFSM_OK);
+    p.metrics.version = AFSM_METRICS_VERSION;
+    assert_int_equal(afsm_metrics_snapshot(engine, &p.metrics), AFSM_OK);
+    p.slots = engine_slots_in_use(engine);
+    return p;
+}
+
+static void assert_unchanged(afsm_engine *engine, const engine_picture *before)
+{
+    engine_picture now = picture(engine);
+    assert_memory_equal(&now.counts, &before->counts, sizeof(now.counts));
+    /* Everything but the lag, which the clock moves on its own. */
+    now.metrics.reaper_lag_ns = before->metrics.reaper_lag_ns;
+    assert_memory_equal(&now.metrics, &before->metrics, sizeof(now.metrics));
+    assert_int_equal(now.slots, before->slots);
+    engine_check_indexes(engine, 0);
+}
+
+static afsm_session_info create_with_metadata(afsm_engine *engine, const char *user, const afsm_kv *kv, size_t n)
+{
+    afsm_uuid conn;
+    afsm_create_options o = make_options(user, "192.168.1.100", &conn);
+    o.metadata = kv;
+    o.metadata_count = n;
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_create(engine, &o, &info), AFSM_OK);
+    return info;
+}
+
+/* ---- every rejection says which argument -------------------------------- */
+
+/* The calls whose AFSM_ENULL / AFSM_EVERSION / AFSM_EINVAL / AFSM_EUUID /
+ * AFSM_EIP came back with an empty detail. */
+static void test_detail_names_the_argument(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    afsm_session_info s = create_session(engine, "alice");
+    engine_picture before = picture(engine);
+
+    uint64_t n = 0;
+    afsm_counts counts;
+    expect_detail(afsm_engine_advance(NULL, 0, NULL), AFSM_ENULL, "engine");
+    expect_detail(afsm_engine_now(NULL, &n), AFSM_ENULL, "engine");
+    expect_detail(afsm_engine_now(engine, NULL), AFSM_ENULL, "now_ns");
+    expect_detail(afsm_engine_counts(NULL, &counts), AFSM_ENULL, "engine");
+    expect_detail(afsm_engine_counts(engine, NULL), AFSM_ENULL, "out");
+    expect_detail(afsm_engine_set_default_timeout(NULL, 5), AFSM_ENULL, "engine");
+
+    afsm_handle *h = NULL;
+    assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_OK);
+    afsm_uuid id;
+    expect_detail(afsm_handle_heartbeat(NULL, NULL), AFSM_ENULL, "handle");
+    expect_detail(afsm_handle_add_stats(NULL, &(afsm_stats){0}), AFSM_ENULL, "handle");
+    expect_detail(afsm_handle_add_stats(h, NULL), AFSM_ENULL, "delta");
+    expect_detail(afsm_handle_session_id(NULL, &id), AFSM_ENULL, "handle");
+    expect_detail(afsm_handle_session_id(h, NULL), AFSM_ENULL, "out");
+    assert_int_equal(afsm_handle_release(h), AFSM_OK);
+
+    afsm_metrics m = AFSM_METRICS_INIT;
+    expect_detail(afsm_metrics_snapshot(NULL, &m), AFSM_ENULL, "engine");
+    expect_detail(afsm_metrics_snapshot(engine, NULL), AFSM_ENULL, "out");
+    m.version = 0;
+    expect_detail(afsm_metrics_snapshot(engine, &m), AFSM_EVERSION, "version", "0");
+    m.version = AFSM_METRICS_VERSION + 1;
+    expect_detail(afsm_metrics_snapshot(engine, &m), AFSM_EVERSION, "version", "3");
+    size_t needed = 0;
+    expect_detail(afsm_metrics_write_prometheus(NULL, NULL, 0, &needed), AFSM_ENULL, "engine");
+    expect_detail(afsm_metrics_write_prometheus(engine, NULL, 16, &needed), AFSM_ENULL, "buf");
+
+    afsm_uuid u;
+    char text[AFSM_UUID_STRING_SIZE];
+    expect_detail(afsm_uuid_parse(NULL, 36, &u), AFSM_ENULL, "text");
+    expect_detail(afsm_uuid_parse("0190", 4, NULL), AFSM_ENULL, "out");
+    expect_detail(afsm_uuid_parse("0190", 4, &u), AFSM_EUUID, "text", "36");
+    expect_detail(afsm_uuid_parse("0190a5c0-0000-7000-8000-00000000000g", 36, &u), AFSM_EUUID, "text");
+    expect_detail(afsm_uuid_format(NULL, text), AFSM_ENULL, "uuid");
+    expect_detail(afsm_uuid_v7(NULL), AFSM_ENULL, "out");
+    afsm_ip ip;
+    char ip_text[AFSM_IP_STRING_SIZE];
+    expect_detail(afsm_ip_parse(NULL, 3, &ip), AFSM_ENULL, "text");
+    expect_detail(afsm_ip_parse("1.2.3", 5, &ip), AFSM_EIP, "text");
+    ip.family = 5;
+    expect_detail(afsm_ip_format(&ip, ip_text), AFSM_EINVAL, "family", "5");
+    expect_detail(afsm_ip_format(NULL, ip_text), AFSM_ENULL, "ip");
+
+    /* A success after each clears it again. */
+    assert_int_equal(afsm_engine_now(engine, &n), AFSM_OK);
+    assert_string_equal(afsm_error_detail(), "");
+    assert_unchanged(engine, &before);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* get_batch names the element whose version is wrong, as list does. */
+static void test_batch_detail_names_the_element(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    afsm_uuid ids[4];
+    afsm_session_info out[4];
+    afsm_status statuses[4];
+    for (int i = 0; i < 4; i++) {
+        ids[i] = create_session(engine, "bob").session_id;
+        afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+    }
+    engine_picture before = picture(engine);
+    out[2].version = 0;
+    expect_detail(afsm_session_get_batch(engine, ids, 4, out, statuses), AFSM_EVERSION, "out[2]");
+
+    /* Zero items need no arrays; NULL arrays with items are named. */
+    assert_int_equal(afsm_session_get_batch(engine, NULL, 0, NULL, NULL), AFSM_OK);
+    assert_int_equal(afsm_session_heartbeat_batch(engine, NULL, 0, NULL, NULL), AFSM_OK);
+    assert_int_equal(afsm_session_add_stats_batch(engine, NULL, NULL, 0, NULL), AFSM_OK);
+    out[2].version = AFSM_SESSION_INFO_VERSION;
+    expect_detail(afsm_session_get_batch(engine, NULL, 4, out, statuses), AFSM_ENULL, "ids");
+    expect_detail(afsm_session_get_batch(engine, ids, 4, NULL, statuses), AFSM_ENULL, "out");
+    expect_detail(afsm_session_get_batch(engine, ids, 4, out, NULL), AFSM_ENULL, "statuses");
+    expect_detail(afsm_session_add_stats_batch(engine, ids, NULL, 4, statuses), AFSM_ENULL, "deltas");
+    expect_detail(afsm_session_heartbeat_batch(engine, ids, AFSM_BATCH_MAX + 1, NULL, statuses), AFSM_EINVAL, "n",
+                  "65536");
+    assert_unchanged(engine, &before);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* ---- metadata ------------------------------------------------------------ */
+
+/* Buffers of every size around the needed one: short is AFSM_EBUFFER with
+ * needed and count reported, the buffer untouched and the detail naming
+ * buf_size and the size needed; enough is the pairs in key order. */
+static void test_get_metadata_buffer_sizes(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    afsm_kv kv[] = {{"bb", 2, "22", 2}, {"a", 1, "1", 1}};
+    afsm_session_info s = create_with_metadata(engine, "carol", kv, 2);
+    const char expected[] = "a\0001\0bb\00022"; /* and its NUL: 10 bytes */
+    assert_int_equal(s.metadata_bytes, 10);
+
+    for (size_t size = 0; size <= 12; size++) {
+        char buf[16];
+        memset(buf, 0x5a, sizeof(buf));
+        size_t needed = 0, count = 0;
+        afsm_status status = afsm_session_get_metadata(engine, &s.session_id, size ? buf : NULL, size, &needed, &count);
+        assert_int_equal(needed, 10);
+        assert_int_equal(count, 2);
+        if (size < 10) {
+            char want[32];
+            snprintf(want, sizeof(want), "buf_size: %zu", size);
+            expect_detail(status, AFSM_EBUFFER, want, "10");
+            for (size_t i = 0; i < sizeof(buf); i++)
+                assert_int_equal((unsigned char)buf[i], 0x5a);
+        } else {
+            assert_int_equal(status, AFSM_OK);
+            assert_string_equal(afsm_error_detail(), "");
+            assert_memory_equal(buf, expected, 10);
+            assert_int_equal((unsigned char)buf[10], 0x5a);
+        }
+    }
+    expect_detail(afsm_session_get_metadata(engine, &s.session_id, NULL, 4, NULL, NULL), AFSM_ENULL, "buf");
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* A merge whose result passes a bound is AFSM_ETOOLONG like a create past
+ * it: the detail says which bound, the session keeps its metadata. */
+static void test_merge_past_the_bounds(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    char keys[AFSM_METADATA_KEYS_MAX + 10][8];
+    afsm_kv kv[AFSM_METADATA_KEYS_MAX + 10];
+    for (size_t i = 0; i < AFSM_METADATA_KEYS_MAX + 10; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "k%03zu", i);
+        kv[i] = (afsm_kv){keys[i], strlen(keys[i]), "v", 1};
+    }
+    afsm_session_info s = create_with_metadata(engine, "dave", kv, 60);
+    engine_picture before = picture(engine);
+
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_METADATA_MERGE;
+    up.metadata = kv + 60;
+    up.metadata_count = 10; /* 70 keys after the merge */
+    expect_detail(afsm_session_update(engine, &s.session_id, &up, NULL), AFSM_ETOOLONG, "metadata", "64");
+    afsm_session_info now = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &s.session_id, &now), AFSM_OK);
+    assert_int_equal(now.metadata_count, 60);
+    assert_int_equal(now.metadata_bytes, s.metadata_bytes);
+    assert_unchanged(engine, &before);
+
+    /* Bytes: 3000 kept plus 2000 merged is past 4096. */
+    static char big[3000];
+    memset(big, 'x', sizeof(big));
+    afsm_kv one = {"a", 1, big, 3000};
+    afsm_session_info t = create_with_metadata(engine, "erin", &one, 1);
+    before = picture(engine);
+    afsm_kv more = {"b", 1, big, 2000};
+    up.metadata = &more;
+    up.metadata_count = 1;
+    expect_detail(afsm_session_update(engine, &t.session_id, &up, NULL), AFSM_ETOOLONG, "metadata", "4096");
+    assert_int_equal(afsm_session_get(engine, &t.session_id, &now), AFSM_OK);
+    assert_int_equal(now.metadata_count, 1);
+    assert_unchanged(engine, &before);
+    /* Replacing the kept key's value within the bound is fine. */
+    more.key = "a";
+    assert_int_equal(afsm_session_update(engine, &t.session_id, &up, &now), AFSM_OK);
+    assert_int_equal(now.metadata_count, 1);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* ---- restore ---------------------------------------------------------------- */
+
+/* A restored client IP obeys afsm_ip's rule (a v4-mapped v6 address is
+ * the v4 address), so a token bound to it validates from that address. */
+static void test_restore_normalises_a_mapped_ip(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    afsm_uuid conn;
+    afsm_create_options o = make_options("frank", "1.2.3.4", &conn);
+    afsm_session_info s = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_create(engine, &o, &s), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+
+    afsm_session_info copy = s;
+    memset(copy.client_ip.bytes, 0, sizeof(copy.client_ip.bytes));
+    copy.client_ip.family = 6;
+    copy.client_ip.bytes[10] = copy.client_ip.bytes[11] = 0xff;
+    memcpy(copy.client_ip.bytes + 12, s.client_ip.bytes, 4);
+    assert_int_equal(afsm_session_restore(engine, &copy, NULL, 0), AFSM_OK);
+    afsm_session_info now = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &s.session_id, &now), AFSM_OK);
+    assert_memory_equal(&now.client_ip, &s.client_ip, sizeof(afsm_ip));
+
+    char token[AFSM_TOKEN_SIZE];
+    size_t len = 0;
+    assert_int_equal(afsm_token_issue(engine, &s.session_id, AFSM_TOKEN_BIND_IP, token, sizeof(token), &len), AFSM_OK);
+    assert_int_equal(afsm_token_validate(engine, token, len, "1.2.3.4", 7, NULL), AFSM_OK);
+    assert_int_equal(afsm_token_validate(engine, token, len, "::ffff:1.2.3.4", 14, NULL), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* Restore's fields at and past their limits: specific statuses, the
+ * argument named, nothing restored. */
+static void test_restore_limits(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    afsm_session_info s = create_session(engine, "gina");
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    engine_picture before = picture(engine);
+
+    afsm_session_info c = s;
+    c.user_id_len = AFSM_USER_ID_MAX + 1; /* as create: too long, not invalid */
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_ETOOLONG, "user_id", "256");
+    c = s;
+    c.user_id_len = 0;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "user_id", "1..256");
+    c = s;
+    c.state = AFSM_STATE_ANY;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "state");
+    c.state = AFSM_STATE_CLOSED + 1;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "state");
+    c = s;
+    c.timeout_ms = 0;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "timeout_ms");
+    c.timeout_ms = UINT64_C(4294967296);
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "timeout_ms", "4294967295");
+    c = s;
+    c.created_at_ns = -1;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "created_at_ns");
+    c = s;
+    c.last_active_at_ns = INT64_MAX / 2 + 1;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "last_active_at_ns");
+    c = s;
+    c.token_generation = 0;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "token_generation");
+    c = s;
+    c.client_ip.family = 0;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "client_ip.family");
+    c = s;
+    memset(&c.session_id, 0, sizeof(c.session_id));
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EUUID, "session_id");
+    c = s;
+    memset(&c.connection_id, 0, sizeof(c.connection_id));
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EUUID, "connection_id");
+    c = s;
+    c.version = 2;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EVERSION, "version", "2");
+    c = s;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 3), AFSM_ENULL, "metadata");
+    /* Long expired (a 1 ms timeout a day ago): nothing done. */
+    c.timeout_ms = 1;
+    c.last_active_at_ns -= 86400 * (int64_t)SEC;
+    c.created_at_ns = c.last_active_at_ns;
+    assert_int_equal(afsm_session_restore(engine, &c, NULL, 0), AFSM_EEXPIRED);
+    assert_unchanged(engine, &before);
+
+    /* At the limits it restores: the longest user id, the top port, the
+     * longest timeout, generation 2^32-1. */
+    c = s;
+    memset(c.user_id, 'u', AFSM_USER_ID_MAX);
+    c.user_id[AFSM_USER_ID_MAX] = '\0';
+    c.user_id_len = AFSM_USER_ID_MAX;
+    c.client_port = 65535;
+    c.timeout_ms = UINT64_C(4294967295);
+    c.token_generation = UINT32_MAX;
+    assert_int_equal(afsm_session_restore(engine, &c, NULL, 0), AFSM_OK);
+    afsm_session_info now = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &s.session_id, &now), AFSM_OK);
+    assert_int_equal(now.user_id_len, AFSM_USER_ID_MAX);
+    assert_int_equal(now.client_port, 65535);
+    assert_int_equal(now.timeout_ms, UINT64_C(4294967295));
+    assert_int_equal(now.token_generation, UINT32_MAX);
+    engine_check_indexes(engine, 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* ---- tokens ------------------------------------------------------------------ */
+
+static afsm_engine *open_with_key(uint32_t key_id, uint8_t fill)
+{
+    uint8_t key[AFSM_KEY_BYTES];
+    memset(key, fill, sizeof(key));
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.key = key;
+    cfg.key_len = sizeof(key);
+    cfg.key_id = key_id;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    return engine;
+}
+
+static uint64_t validations(afsm_engine *engine, afsm_token_result result)
+{
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(engine, &m), AFSM_OK);
+    return m.token_validations[result];
+}
+
+/* Tokens of other engines and key rings, truncated, extended, altered:
+ * each its own status and counter, no detail (not an argument check). */
+static void test_foreign_and_damaged_tokens(void **state)
+{
+    (void)state;
+    afsm_engine *a = open_with_key(7, 0x11);
+    afsm_engine *same_key = open_with_key(7, 0x11);
+    afsm_engine *other_key = open_with_key(7, 0x22);
+    afsm_engine *other_id = open_with_key(8, 0x11);
+    afsm_session_info s = create_session(a, "hana");
+    char token[AFSM_TOKEN_SIZE];
+    size_t len = 0;
+    assert_int_equal(afsm_token_issue(a, &s.session_id, 0, token, sizeof(token), &len), AFSM_OK);
+    assert_true(len < AFSM_TOKEN_SIZE);
+
+    assert_int_equal(afsm_token_validate(same_key, token, len, NULL, 0, NULL), AFSM_ENOTFOUND);
+    assert_int_equal(afsm_token_validate(other_key, token, len, NULL, 0, NULL), AFSM_ETOKEN);
+    assert_int_equal(validations(other_key, AFSM_TOKEN_FORGED), 1);
+    assert_int_equal(afsm_token_validate(other_id, token, len, NULL, 0, NULL), AFSM_ETOKENKEY);
+    assert_int_equal(validations(other_id, AFSM_TOKEN_UNKNOWN_KEY), 1);
+    assert_string_equal(afsm_error_detail(), "");
+
+    /* An unbound token is the shortest form: every cut is malformed. */
+    uint64_t malformed = 0, forged = 0;
+    for (size_t cut = 0; cut < len; cut++, malformed++)
+        assert_int_equal(afsm_token_validate(a, token, cut, NULL, 0, NULL), AFSM_ETOKENFORMAT);
+    char longer[AFSM_TOKEN_SIZE + 8];
+    memcpy(longer, token, len);
+    for (size_t extra = 1; extra <= 6; extra++) {
+        memset(longer + len, 'A', extra);
+        afsm_status st = afsm_token_validate(a, longer, len + extra, NULL, 0, NULL);
+        assert_true(st == AFSM_ETOKENFORMAT || st == AFSM_ETOKEN);
+        if (st == AFSM_ETOKENFORMAT)
+            malformed++;
+        else
+            forged++;
+    }
+    char altered[AFSM_TOKEN_SIZE];
+    memcpy(altered, token, len);
+    altered[len - 5] = altered[len - 5] == 'A' ? 'B' : 'A';
+    assert_int_equal(afsm_token_validate(a, altered, len, NULL, 0, NULL), AFSM_ETOKEN);
+    forged++;
+    assert_int_equal(validations(a, AFSM_TOKEN_MALFORMED), malformed);
+    assert_int_equal(validations(a, AFSM_TOKEN_FORGED), forged);
+    assert_string_equal(afsm_error_detail(), "");
+    assert_int_equal(afsm_token_validate(a, token, len, NULL, 0, NULL), AFSM_OK);
+
+    /* Rotation: the old token is revoked, the new one good; bad arguments
+     * leave the generation alone. */
+    char rotated[AFSM_TOKEN_SIZE];
+    expect_detail(afsm_token_rotate(a, &s.session_id, 0x2, rotated, sizeof(rotated), NULL), AFSM_EINVAL, "flags");
+    expect_detail(afsm_token_rotate(a, &s.session_id, 0, rotated, AFSM_TOKEN_SIZE - 1, NULL), AFSM_EBUFFER,
+                  "token_size", "121");
+    afsm_session_info now = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(a, &s.session_id, &now), AFSM_OK);
+    assert_int_equal(now.token_generation, 1);
+    size_t rlen = 0;
+    assert_int_equal(afsm_token_rotate(a, &s.session_id, 0, rotated, sizeof(rotated), &rlen), AFSM_OK);
+    assert_int_equal(afsm_token_validate(a, token, len, NULL, 0, NULL), AFSM_EREVOKED);
+    assert_int_equal(afsm_token_validate(a, rotated, rlen, NULL, 0, &now), AFSM_OK);
+    assert_int_equal(now.token_generation, 2);
+    expect_detail(afsm_token_validate(a, rotated, rlen, "1.2.3", 5, NULL), AFSM_EIP, "client_ip");
+
+    afsm_engine_close(a);
+    afsm_engine_close(same_key);
+    afsm_engine_close(other_key);
+    afsm_engine_close(other_id);
+}
+
+/* ---- listing ------------------------------------------------------------------- */
+
+static void test_list_edges(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    afsm_uuid ids[10];
+    for (int i = 0; i < 10; i++)
+        ids[i] = create_session(engine, i % 2 ? "odd" : "even").session_id;
+    engine_picture before = picture(engine);
+    afsm_session_info out[10];
+    for (int i = 0; i < 10; i++)
+        afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+    afsm_list_filter f = AFSM_LIST_FILTER_INIT;
+    size_t count = 99;
+    uint64_t total = 99;
+    afsm_uuid next;
+
+    f.limit = 3;
+    expect_detail(afsm_session_list(engine, &f, out, 2, &count, &total, &next), AFSM_EINVAL, "out_capacity", "3");
+    f.state = AFSM_STATE_CLOSED + 1;
+    expect_detail(afsm_session_list(engine, &f, out, 3, &count, &total, &next), AFSM_EINVAL, "filter.state");
+    f.state = AFSM_STATE_ANY;
+    f.version = 0;
+    expect_detail(afsm_session_list(engine, &f, out, 3, &count, &total, &next), AFSM_EVERSION, "filter.version");
+    f.version = AFSM_LIST_FILTER_VERSION;
+    f.user_id = "";
+    expect_detail(afsm_session_list(engine, &f, out, 3, &count, &total, &next), AFSM_EINVAL, "user_id");
+    f.user_id = NULL;
+    out[1].version = 7;
+    expect_detail(afsm_session_list(engine, &f, out, 3, &count, &total, &next), AFSM_EVERSION, "out[1]");
+    out[1].version = AFSM_SESSION_INFO_VERSION;
+    assert_int_equal(count, 99); /* untouched by a rejected call */
+    assert_int_equal(total, 99);
+
+    /* offset + limit past 2^64: nothing, total still counted. */
+    f.offset = UINT64_MAX - 1;
+    assert_int_equal(afsm_session_list(engine, &f, out, 3, &count, &total, &next), AFSM_OK);
+    assert_int_equal(count, 0);
+    assert_int_equal(total, 10);
+    assert_true(uuid_is_nil(&next));
+
+    /* The cursor of a deleted session still places the page. */
+    f.offset = 0;
+    f.cursor = ids[4];
+    assert_int_equal(afsm_session_delete(engine, &ids[4], NULL, 0), AFSM_OK);
+    before = picture(engine);
+    assert_int_equal(afsm_session_list(engine, &f, out, 3, &count, &total, &next), AFSM_OK);
+    assert_int_equal(count, 3);
+    assert_int_equal(total, 9);
+    assert_memory_equal(&out[0].session_id, &ids[5], 16);
+    assert_memory_equal(&next, &ids[7], 16);
+    /* The last page: next is nil. */
+    f.cursor = next;
+    assert_int_equal(afsm_session_list(engine, &f, out, 3, &count, &total, &next), AFSM_OK);
+    assert_int_equal(count, 2);
+    assert_true(uuid_is_nil(&next));
+    /* Every filter at once: user, state, created bounds, cursor, offset. */
+    f.user_id = "odd";
+    f.user_id_len = 3;
+    f.state = AFSM_STATE_CONNECTING;
+    f.created_after_ns = 1;
+    f.created_before_ns = INT64_MAX;
+    f.cursor = ids[1];
+    f.offset = 1;
+    f.limit = AFSM_LIST_LIMIT_MAX;
+    afsm_session_info *page = calloc(AFSM_LIST_LIMIT_MAX, sizeof(*page));
+    assert_non_null(page);
+    for (size_t i = 0; i < AFSM_LIST_LIMIT_MAX; i++)
+        page[i].version = AFSM_SESSION_INFO_VERSION;
+    assert_int_equal(afsm_session_list(engine, &f, page, AFSM_LIST_LIMIT_MAX, &count, &total, &next), AFSM_OK);
+    assert_int_equal(total, 5);
+    assert_int_equal(count, 3); /* 3, 5, 7, 9 after the cursor, minus the offset */
+    assert_memory_equal(&page[0].session_id, &ids[5], 16);
+    assert_memory_equal(&page[2].session_id, &ids[9], 16);
+    assert_true(uuid_is_nil(&next));
+    free(page);
+    /* created_before <= created_after: an empty page, no error. */
+    f.created_after_ns = INT64_MAX - 1;
+    f.created_before_ns = 1;
+    f.limit = 10;
+    assert_int_equal(afsm_session_list(engine, &f, out, 10, &count, &total, &next), AFSM_OK);
+    assert_int_equal(count, 0);
+    assert_int_equal(total, 0);
+    assert_unchanged(engine, &before);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* ---- config --------------------------------------------------------------------- */
+
+static afsm_status open_with(const afsm_config *cfg)
+{
+    static char sentinel;
+    afsm_engine *engine = (afsm_engine *)&sentinel; /* must become NULL on failure */
+    afsm_status status = afsm_engine_open(cfg, &engine);
+    if (status != AFSM_OK)
+        assert_null(engine);
+    else
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    return status;
+}
+
+static void test_config_limits(void **state)
+{
+    (void)state;
+    afsm_config cfg;
+    expect_detail(afsm_config_init(&cfg, 0), AFSM_EVERSION, "version: 0");
+    expect_detail(afsm_config_init(&cfg, AFSM_CONFIG_VERSION + 1), AFSM_EVERSION, "version: 3");
+    expect_detail(afsm_config_init(NULL, AFSM_CONFIG_VERSION), AFSM_ENULL, "NULL");
+    expect_detail(afsm_engine_open(NULL, NULL), AFSM_ENULL, "out");
+
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.version = 0;
+    expect_detail(open_with(&cfg), AFSM_EVERSION, "config.version: 0");
+    cfg.version = 3;
+    expect_detail(open_with(&cfg), AFSM_EVERSION, "config.version: 3");
+    cfg.version = AFSM_CONFIG_VERSION;
+
+    /* Each field at its limit opens; one past is EINVAL / ETOOLONG naming it. */
+    struct {
+        const char *name;
+        uint64_t *field;
+        uint64_t limit;
+    } spans[] = {
+        {"default_timeout_ms", &cfg.default_timeout_ms, UINT64_C(4294967295)},
+        {"max_lifetime_ms", &cfg.max_lifetime_ms, UINT64_C(10) * 366 * 86400 * 1000},
+        {"idle_timeout_ms", &cfg.idle_timeout_ms, UINT64_C(10) * 366 * 86400 * 1000},
+        {"close_linger_ms", &cfg.close_linger_ms, UINT64_C(10) * 366 * 86400 * 1000},
+        {"cleanup_interval_ms", &cfg.cleanup_interval_ms, UINT64_C(10) * 366 * 86400 * 1000},
+        {"tick_ms", &cfg.tick_ms, UINT64_C(10) * 366 * 86400 * 1000},
+    };
+    for (size_t i = 0; i < sizeof(spans) / sizeof(spans[0]); i++) {
+        uint64_t limit = spans[i].limit;
+        /* Find the real limit from the detail of a huge value. */
+        *spans[i].field = UINT64_MAX;
+        expect_detail(open_with(&cfg), AFSM_EINVAL, spans[i].name);
+        const char *at = strstr(afsm_error_detail(), "at most ");
+        assert_non_null(at);
+        limit = strtoull(at + 8, NULL, 10);
+        assert_true(limit > 0);
+        *spans[i].field = limit;
+        assert_int_equal(open_with(&cfg), AFSM_OK);
+        *spans[i].field = limit + 1;
+        expect_detail(open_with(&cfg), AFSM_EINVAL, spans[i].name);
+        *spans[i].field = 0;
+    }
+    cfg.shard_count = 4096;
+    assert_int_equal(open_with(&cfg), AFSM_OK);
+    cfg.shard_count = 8192;
+    expect_detail(open_with(&cfg), AFSM_EINVAL, "shard_count", "4096");
+    cfg.shard_count = 3;
+    expect_detail(open_with(&cfg), AFSM_EINVAL, "shard_count");
+    cfg.shard_count = 0;
+    cfg.capacity_hint = (UINT64_C(1) << 30) + 1;
+    expect_detail(open_with(&cfg), AFSM_EINVAL, "capacity_hint");
+    cfg.capacity_hint = 0;
+    cfg.reaper = 2;
+    expect_detail(open_with(&cfg), AFSM_EINVAL, "reaper");
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.limit_policy = 2;
+    expect_detail(open_with(&cfg), AFSM_EINVAL, "limit_policy");
+    cfg.limit_policy = 0;
+    cfg.log_level = 15;
+    expect_detail(open_with(&cfg), AFSM_EINVAL, "log_level");
+    cfg.log_level = 0;
+    cfg.store = 2;
+    expect_detail(open_with(&cfg), AFSM_EINVAL, "store");
+    cfg.store = 0;
+    cfg.etcd_read_mode = 3;
+    expect_detail(open_with(&cfg), AFSM_EINVAL, "etcd_read_mode");
+    cfg.etcd_read_mode = 0;
+    char addr[AFSM_SERVER_ADDR_MAX + 1];
+    memset(addr, 'a', sizeof(addr));
+    cfg.server_addr = addr;
+    cfg.server_addr_len = AFSM_SERVER_ADDR_MAX;
+    assert_int_equal(open_with(&cfg), AFSM_OK);
+    cfg.server_addr_len = AFSM_SERVER_ADDR_MAX + 1;
+    expect_detail(open_with(&cfg), AFSM_ETOOLONG, "server_addr", "255");
+    cfg.server_addr = NULL;
+    expect_detail(open_with(&cfg), AFSM_ENULL, "server_addr");
+    cfg.server_addr_len = 0;
+    uint8_t key[AFSM_KEY_BYTES] = {1};
+    cfg.key = key;
+    cfg.key_len = AFSM_KEY_BYTES;
+    cfg.key_id = AFSM_KEY_ID_MAX;
+    assert_int_equal(open_with(&cfg), AFSM_OK);
+    cfg.key_id = AFSM_KEY_ID_MAX + 1;
+    expect_detail(open_with(&cfg), AFSM_EINVAL, "key_id", "65535");
+
+    /* A version 1 config: what lies past its end is never read. */
+    void *mem = malloc(offsetof(afsm_config, store));
+    assert_non_null(mem);
+    assert_int_equal(afsm_config_init(mem, 1), AFSM_OK);
+    uint32_t manual = AFSM_REAPER_MANUAL;
+    memcpy((char *)mem + offsetof(afsm_config, reaper), &manual, sizeof(manual));
+    assert_int_equal(open_with(mem), AFSM_OK);
+    free(mem);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_detail_names_the_argument),
+        cmocka_unit_test(test_batch_detail_names_the_element),
+        cmocka_unit_test(test_get_metadata_buffer_sizes),
+        cmocka_unit_test(test_merge_past_the_bounds),
+        cmocka_unit_test(test_restore_normalises_a_mapped_ip),
+        cmocka_unit_test(test_restore_limits),
+        cmocka_unit_test(test_foreign_and_damaged_tokens),
+        cmocka_unit_test(test_list_edges),
+        cmocka_unit_test(test_config_limits),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
