@@ -441,7 +441,7 @@ AFSM_API afsm_status afsm_handle_heartbeat(afsm_handle *handle, uint64_t *remain
 {
     errdetail_clear();
     if (handle == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "handle: NULL");
     store_handle *h = handle_of(handle);
     uint64_t remaining_ns = 0;
     afsm_status status = h->ops->handle_heartbeat(h, &remaining_ns);
@@ -454,7 +454,7 @@ AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats
 {
     errdetail_clear();
     if (handle == NULL || delta == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", handle == NULL ? "handle" : "delta");
     store_handle *h = handle_of(handle);
     return h->ops->handle_add_stats(h, delta);
 }
@@ -481,7 +481,7 @@ AFSM_API afsm_status afsm_handle_session_id(const afsm_handle *handle, afsm_uuid
 {
     errdetail_clear();
     if (handle == NULL || out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", handle == NULL ? "handle" : "out");
     const store_handle *h = (const store_handle *)handle;
     h->ops->handle_session_id(h, out);
     return AFSM_OK;
