@@ -346,8 +346,9 @@ AFSM_API afsm_status afsm_session_get_batch(afsm_engine *engine, const afsm_uuid
     if (n != 0 && out == NULL)
         return errdetail_set(AFSM_ENULL, "out: NULL");
     for (size_t i = 0; i < n; i++)
-        if (check_info(&out[i]) != AFSM_OK)
-            return AFSM_EVERSION;
+        if (out[i].version != AFSM_SESSION_INFO_VERSION)
+            return errdetail_set(AFSM_EVERSION, "out[%zu].version: %u, this library knows %d (AFSM_SESSION_INFO_INIT)",
+                                 i, out[i].version, AFSM_SESSION_INFO_VERSION);
     const store_ops *ops = engine->st->ops;
     if (ops->get_batch != NULL) {
         ops->get_batch(engine->st, ids, n, out, statuses);
