@@ -197,7 +197,13 @@ AFSM_API afsm_status afsm_session_get_metadata(afsm_engine *engine, const afsm_u
                              engine == NULL       ? "engine"
                              : session_id == NULL ? "session_id"
                                                   : "buf (buf_size > 0)");
-    return engine->st->ops->get_metadata(engine->st, session_id, buf, buf_size, needed, count);
+    /* The detail of a short buffer says the size, wanted or not. */
+    size_t size = 0;
+    size_t *size_out = needed != NULL ? needed : &size;
+    afsm_status status = engine->st->ops->get_metadata(engine->st, session_id, buf, buf_size, size_out, count);
+    if (status == AFSM_EBUFFER)
+        return errdetail_set(status, "buf_size: %zu, the metadata needs %zu (needed)", buf_size, *size_out);
+    return status;
 }
 
 AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *session_id, const afsm_update *update,
