@@ -133,8 +133,10 @@ AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_sessio
     if (info->timeout_ms == 0)
         return errdetail_set(AFSM_EINVAL, "info.timeout_ms: 0, must be 1..%llu",
                              (unsigned long long)SESSION_TIMEOUT_MS_MAX);
+    /* Checked before make_spec, which would read past info->user_id; too
+     * long, as create says of a user id past its bound. */
     if (info->user_id_len > AFSM_USER_ID_MAX)
-        return errdetail_set(AFSM_EINVAL, "info.user_id_len: %u, must be 1..%d", info->user_id_len, AFSM_USER_ID_MAX);
+        return errdetail_set(AFSM_ETOOLONG, "info.user_id_len: %u, must be 1..%d", info->user_id_len, AFSM_USER_ID_MAX);
     if (info->client_ip.family != 4 && info->client_ip.family != 6)
         return errdetail_set(AFSM_EINVAL, "info.client_ip.family: %u, must be 4 or 6", info->client_ip.family);
     if (info->token_generation == 0)
