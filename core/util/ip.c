@@ -152,7 +152,7 @@ static bool is_v4_mapped(const uint8_t bytes[16])
     return memcmp(bytes, prefix, sizeof prefix) == 0;
 }
 
-static afsm_status parse_ip(const char *text, size_t text_len, afsm_ip *out)
+afsm_status ip_parse_text(const char *text, size_t text_len, afsm_ip *out)
 {
     if (text_len == 0 || text_len > IP_TEXT_MAX)
         return AFSM_EIP;
@@ -193,7 +193,7 @@ AFSM_API afsm_status afsm_ip_parse(const char *text, size_t text_len, afsm_ip *o
     errdetail_clear();
     if (text == NULL || out == NULL)
         return errdetail_set(AFSM_ENULL, "%s: NULL", text == NULL ? "text" : "out");
-    afsm_status status = parse_ip(text, text_len, out);
+    afsm_status status = ip_parse_text(text, text_len, out);
     if (status != AFSM_OK) {
         char quoted[ERRDETAIL_QUOTE_SIZE];
         return errdetail_set(status, "text: \"%s\" (%zu bytes), must be a dotted-quad IPv4 or RFC 4291 IPv6 address",

@@ -139,7 +139,7 @@ static bool is_dash_position(size_t i)
     return i == 8 || i == 13 || i == 18 || i == 23;
 }
 
-static afsm_status parse_uuid(const char *text, size_t text_len, afsm_uuid *out)
+afsm_status uuid_parse_text(const char *text, size_t text_len, afsm_uuid *out)
 {
     /* Only the canonical form: accepting braces, urn: or 32 digits would give
      * one id several spellings, and ids are compared as text by callers. */
@@ -171,7 +171,7 @@ AFSM_API afsm_status afsm_uuid_parse(const char *text, size_t text_len, afsm_uui
     errdetail_clear();
     if (text == NULL || out == NULL)
         return errdetail_set(AFSM_ENULL, "%s: NULL", text == NULL ? "text" : "out");
-    afsm_status status = parse_uuid(text, text_len, out);
+    afsm_status status = uuid_parse_text(text, text_len, out);
     if (status != AFSM_OK) {
         char quoted[ERRDETAIL_QUOTE_SIZE];
         return errdetail_set(status, "text: \"%s\" (%zu bytes), must be the 36-character form (8-4-4-4-12 hex digits)",
