@@ -664,6 +664,41 @@ static void test_config_limits(void **state)
     free(mem);
 }
 
+/* ---- time ---------------------------------------------------------------------- */
+
+/* afsm_engine_advance takes a reading of the engine clock. A later one
+ * (a wall clock, UINT64_MAX) is refused like afsm_handle_packet's: taken,
+ * it moved the wheels past every deadline set afterwards, and those
+ * sessions were never reaped until the clock got there. */
+static void test_advance_refuses_a_future_reading(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    create_session(engine, "ivan");
+    engine_picture before = picture(engine);
+    size_t n = 99;
+    uint64_t now = 0;
+    assert_int_equal(afsm_engine_now(engine, &now), AFSM_OK);
+    expect_detail(afsm_engine_advance(engine, UINT64_MAX, &n), AFSM_EINVAL, "now_ns", "ahead of the engine clock");
+    expect_detail(afsm_engine_advance(engine, now + 1, &n), AFSM_EINVAL, "now_ns");
+    assert_int_equal(n, 99);
+    assert_unchanged(engine, &before);
+    assert_int_equal(afsm_engine_advance(engine, now, &n), AFSM_OK);
+    assert_int_equal(n, 0);
+
+    /* A session created now still expires on time. */
+    afsm_uuid conn;
+    afsm_create_options o = make_options("ivan", "10.0.0.7", &conn);
+    o.timeout_ms = 1000;
+    assert_int_equal(afsm_session_create(engine, &o, NULL), AFSM_OK);
+    virtual_clock_set(&clock, now + 2 * SEC);
+    assert_int_equal(afsm_engine_advance(engine, now + 2 * SEC, &n), AFSM_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(live_sessions(engine), 1);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -676,6 +711,7 @@ int main(void)
         cmocka_unit_test(test_foreign_and_damaged_tokens),
         cmocka_unit_test(test_list_edges),
         cmocka_unit_test(test_config_limits),
+        cmocka_unit_test(test_advance_refuses_a_future_reading),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
