@@ -505,6 +505,15 @@ AFSM_API afsm_status afsm_engine_advance(afsm_engine *engine, uint64_t now_ns, s
     errdetail_clear();
     if (engine == NULL)
         return errdetail_set(AFSM_ENULL, "engine: NULL");
+    /* The wheels never go back: a reading from the future would settle
+     * sessions before their deadline, and leave every deadline before it,
+     * set afterwards, unexpired until the clock got there. */
+    uint64_t clock_ns = engine->config.clock(engine->config.clock_ctx);
+    if (now_ns > clock_ns)
+        return errdetail_set(AFSM_EINVAL,
+                             "now_ns: %llu is ahead of the engine clock (%llu; pass a reading of "
+                             "afsm_engine_now)",
+                             (unsigned long long)now_ns, (unsigned long long)clock_ns);
     size_t expired = 0;
     afsm_status status = engine_advance(engine, now_ns, &expired);
     if (expired_count != NULL)

@@ -402,6 +402,10 @@ AFSM_API afsm_status afsm_engine_close(afsm_engine *engine);
 /* Advances the engine's timing wheels to now_ns (engine clock; see
  * afsm_engine_now), expiring every session whose deadline has passed and
  * firing their events. Used with AFSM_REAPER_MANUAL; harmless otherwise.
+ * now_ns is a reading of afsm_engine_now (a stale one is allowed); one
+ * ahead of the engine clock is AFSM_EINVAL, nothing done, as the wheels
+ * cannot go back: taken, it would settle sessions before their deadlines
+ * and leave later deadlines unreaped until the clock caught up.
  * expired_count (may be NULL) receives how many sessions expired.
  * AFSM_ENOMEM when the pass could not allocate its work list: what it had
  * settled stays settled (and counted), the rest stays due (reads report it
