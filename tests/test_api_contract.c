@@ -22,7 +22,11 @@
  * lock-free validation; per-thread details under many failing threads),
  * which are meant for the ThreadSanitizer tree as well.
  */
+#define _DEFAULT_SOURCE /* mkdtemp */
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "mem_inspect.h"
 #include "util/uuid.h"
@@ -699,6 +703,58 @@ static void test_advance_refuses_a_future_reading(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ---- key files ------------------------------------------------------------------ */
+
+typedef struct key_file_call {
+    afsm_engine *engine;
+    const char *path;
+    afsm_status status;
+    char detail[AFSM_ERROR_DETAIL_MAX];
+    _Atomic long done;
+} key_file_call;
+
+static void *add_key_file(void *arg)
+{
+    key_file_call *c = arg;
+    c->status = afsm_key_add_file(c->engine, 3, c->path, strlen(c->path));
+    snprintf(c->detail, sizeof(c->detail), "%s", afsm_error_detail());
+    atomic_store_explicit(&c->done, 1, memory_order_release);
+    return NULL;
+}
+
+/* A key file that is a FIFO is AFSM_EKEYFILE "not a regular file" at once;
+ * the open used to wait for a writer, for ever. */
+static void test_key_file_fifo_does_not_block(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/afsm-contract-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof(path), "%s/key", dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    key_file_call c = {.engine = engine, .path = path};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, add_key_file, &c), 0);
+    int finished = spin_until(&c.done, 1, 2);
+    if (!finished) { /* unblock it with a writer, then fail */
+        int fd = open(path, O_WRONLY | O_NONBLOCK);
+        if (fd >= 0)
+            close(fd);
+    }
+    pthread_join(t, NULL);
+    unlink(path);
+    rmdir(dir);
+    assert_true(finished);
+    assert_int_equal(c.status, AFSM_EKEYFILE);
+    assert_non_null(strstr(c.detail, "not a regular file"));
+    assert_int_equal(afsm_key_use(engine, 3), AFSM_EKEYNOTFOUND);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -712,6 +768,7 @@ int main(void)
         cmocka_unit_test(test_list_edges),
         cmocka_unit_test(test_config_limits),
         cmocka_unit_test(test_advance_refuses_a_future_reading),
+        cmocka_unit_test(test_key_file_fifo_does_not_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
