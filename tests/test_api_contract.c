@@ -755,6 +755,209 @@ static void test_key_file_fifo_does_not_block(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ---- thread-safety promises ------------------------------------------------------ */
+
+#define RING_ROUNDS 300
+
+typedef struct ring_race {
+    afsm_engine *engine;
+    afsm_uuid session;
+    _Atomic long writer_done;
+    _Atomic long ok, removed;
+} ring_race;
+
+/* "Writers serialise on a mutex; validation reads the ring lock-free":
+ * one thread rotates keys the documented way (add, make current, remove
+ * the old one) while others issue and validate. */
+static void *ring_writer(void *arg)
+{
+    ring_race *r = arg;
+    uint32_t current = 0; /* the engine's random first key */
+    for (uint32_t id = 1; id <= RING_ROUNDS; id++) {
+        uint8_t key[AFSM_KEY_BYTES];
+        memset(key, (int)id, sizeof(key));
+        THREAD_CHECK(afsm_key_add(r->engine, id, key, sizeof(key)) == AFSM_OK);
+        THREAD_CHECK(afsm_key_remove(r->engine, current) == AFSM_EKEYINUSE);
+        THREAD_CHECK(afsm_key_use(r->engine, id) == AFSM_OK);
+        THREAD_CHECK(afsm_key_remove(r->engine, current) == AFSM_OK);
+        current = id;
+    }
+    atomic_store_explicit(&r->writer_done, 1, memory_order_release);
+    return NULL;
+}
+
+static void *ring_user(void *arg)
+{
+    ring_race *r = arg;
+    uint64_t deadline = real_ns() + 5 * SEC;
+    while (!atomic_load_explicit(&r->writer_done, memory_order_acquire) && real_ns() < deadline) {
+        char token[AFSM_TOKEN_SIZE];
+        size_t len = 0;
+        THREAD_CHECK(afsm_token_issue(r->engine, &r->session, 0, token, sizeof(token), &len) == AFSM_OK);
+        afsm_status st = afsm_token_validate(r->engine, token, len, NULL, 0, NULL);
+        /* Its key may have been removed in between; nothing else. */
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_EKEYREMOVED);
+        atomic_fetch_add_explicit(st == AFSM_OK ? &r->ok : &r->removed, 1, memory_order_relaxed);
+    }
+    return NULL;
+}
+
+static void test_concurrent_key_rotation_and_validation(void **state)
+{
+    (void)state;
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    static ring_race r;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(afsm_engine_open(&cfg, &r.engine), AFSM_OK);
+    r.session = create_session(r.engine, "ring").session_id;
+    pthread_t writer, users[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&users[i], NULL, ring_user, &r), 0);
+    assert_int_equal(pthread_create(&writer, NULL, ring_writer, &r), 0);
+    pthread_join(writer, NULL);
+    for (int i = 0; i < 2; i++)
+        pthread_join(users[i], NULL);
+    assert_true(atomic_load(&r.ok) > 0);
+    print_message("key ring race: %ld validated, %ld with a key removed meanwhile\n", (long)atomic_load(&r.ok),
+                  (long)atomic_load(&r.removed));
+    afsm_metrics m = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(r.engine, &m), AFSM_OK);
+    assert_int_equal(m.token_validations[AFSM_TOKEN_OK], (uint64_t)atomic_load(&r.ok));
+    assert_int_equal(m.token_validations[AFSM_TOKEN_REMOVED_KEY], (uint64_t)atomic_load(&r.removed));
+    /* Only the last key is left, and it seals. */
+    assert_int_equal(afsm_key_remove(r.engine, RING_ROUNDS), AFSM_EKEYINUSE);
+    assert_int_equal(afsm_key_use(r.engine, RING_ROUNDS - 1), AFSM_EKEYNOTFOUND);
+    assert_int_equal(afsm_engine_close(r.engine), AFSM_OK);
+}
+
+#define MERGERS    2
+#define MERGE_KEYS 24
+#define ROTATIONS  200
+
+typedef struct merge_race {
+    afsm_engine *engine;
+    afsm_uuid session;
+    _Atomic long started, done;
+    uint32_t best_generation;
+    char best_token[AFSM_TOKEN_SIZE];
+    size_t best_len;
+    pthread_mutex_t best_lock;
+} merge_race;
+
+typedef struct merger {
+    merge_race *r;
+    int index;
+} merger;
+
+/* "Two threads merging different keys at once both land", while a third
+ * rotates the token generation and a fourth reads lock-free. */
+static void *merge_thread(void *arg)
+{
+    merger *m = arg;
+    atomic_fetch_add(&m->r->started, 1);
+    spin_until(&m->r->started, MERGERS + 2, 5);
+    for (int k = 0; k < MERGE_KEYS; k++) {
+        char key[16], value[16];
+        snprintf(key, sizeof(key), "t%d-k%02d", m->index, k);
+        snprintf(value, sizeof(value), "v%d", k);
+        afsm_kv kv = {key, strlen(key), value, strlen(value)};
+        afsm_update up = AFSM_UPDATE_INIT;
+        up.fields = AFSM_UPDATE_METADATA_MERGE;
+        up.metadata = &kv;
+        up.metadata_count = 1;
+        THREAD_CHECK(afsm_session_update(m->r->engine, &m->r->session, &up, NULL) == AFSM_OK);
+    }
+    atomic_fetch_add(&m->r->done, 1);
+    return NULL;
+}
+
+static void *rotate_thread(void *arg)
+{
+    merge_race *r = arg;
+    atomic_fetch_add(&r->started, 1);
+    spin_until(&r->started, MERGERS + 2, 5);
+    for (int i = 0; i < ROTATIONS; i++) {
+        char token[AFSM_TOKEN_SIZE];
+        size_t len = 0;
+        THREAD_CHECK(afsm_token_rotate(r->engine, &r->session, 0, token, sizeof(token), &len) == AFSM_OK);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        afsm_status st = afsm_token_validate(r->engine, token, len, NULL, 0, &info);
+        /* Revoked only by a later rotation, which another thread made. */
+        THREAD_CHECK(st == AFSM_OK || st == AFSM_EREVOKED);
+        pthread_mutex_lock(&r->best_lock);
+        if (st == AFSM_OK && info.token_generation > r->best_generation) {
+            r->best_generation = info.token_generation;
+            memcpy(r->best_token, token, len);
+            r->best_len = len;
+        }
+        pthread_mutex_unlock(&r->best_lock);
+    }
+    atomic_fetch_add(&r->done, 1);
+    return NULL;
+}
+
+static void *read_thread(void *arg)
+{
+    merge_race *r = arg;
+    atomic_fetch_add(&r->started, 1);
+    spin_until(&r->started, MERGERS + 2, 5);
+    uint64_t deadline = real_ns() + 5 * SEC;
+    size_t last_count = 0;
+    while (atomic_load(&r->done) < MERGERS + 1 && real_ns() < deadline) {
+        char buf[AFSM_METADATA_BYTES_MAX + 2 * AFSM_METADATA_KEYS_MAX];
+        size_t needed = 0, count = 0;
+        THREAD_CHECK(afsm_session_get_metadata(r->engine, &r->session, buf, sizeof(buf), &needed, &count) == AFSM_OK);
+        THREAD_CHECK(count >= last_count); /* keys are only added */
+        /* Pairs in key order, each NUL-terminated, filling needed exactly. */
+        size_t at = 0, pairs = 0;
+        const char *previous = NULL;
+        while (at < needed) {
+            const char *key = buf + at;
+            at += strlen(key) + 1;
+            at += strlen(buf + at) + 1;
+            THREAD_CHECK(previous == NULL || strcmp(previous, key) < 0);
+            previous = key;
+            pairs++;
+        }
+        THREAD_CHECK(at == needed && pairs == count);
+        last_count = count;
+    }
+    return NULL;
+}
+
+static void test_concurrent_merges_rotations_and_reads(void **state)
+{
+    (void)state;
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    static merge_race r;
+    memset(&r, 0, sizeof(r));
+    pthread_mutex_init(&r.best_lock, NULL);
+    assert_int_equal(afsm_engine_open(&cfg, &r.engine), AFSM_OK);
+    r.session = create_session(r.engine, "merge").session_id;
+    pthread_t threads[MERGERS + 2];
+    merger m[MERGERS];
+    for (int i = 0; i < MERGERS; i++) {
+        m[i] = (merger){&r, i};
+        assert_int_equal(pthread_create(&threads[i], NULL, merge_thread, &m[i]), 0);
+    }
+    assert_int_equal(pthread_create(&threads[MERGERS], NULL, rotate_thread, &r), 0);
+    assert_int_equal(pthread_create(&threads[MERGERS + 1], NULL, read_thread, &r), 0);
+    for (int i = 0; i < MERGERS + 2; i++)
+        pthread_join(threads[i], NULL);
+    afsm_session_info info = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(r.engine, &r.session, &info), AFSM_OK);
+    assert_int_equal(info.metadata_count, MERGERS * MERGE_KEYS);
+    assert_int_equal(info.token_generation, 1 + ROTATIONS);
+    /* The last rotation's token is the one that validates. */
+    assert_int_equal(r.best_generation, 1 + ROTATIONS);
+    assert_int_equal(afsm_token_validate(r.engine, r.best_token, r.best_len, NULL, 0, NULL), AFSM_OK);
+    engine_check_indexes(r.engine, 0);
+    assert_int_equal(afsm_engine_close(r.engine), AFSM_OK);
+    pthread_mutex_destroy(&r.best_lock);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -769,6 +972,8 @@ int main(void)
         cmocka_unit_test(test_config_limits),
         cmocka_unit_test(test_advance_refuses_a_future_reading),
         cmocka_unit_test(test_key_file_fifo_does_not_block),
+        cmocka_unit_test(test_concurrent_key_rotation_and_validation),
+        cmocka_unit_test(test_concurrent_merges_rotations_and_reads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
