@@ -958,6 +958,90 @@ static void test_concurrent_merges_rotations_and_reads(void **state)
     pthread_mutex_destroy(&r.best_lock);
 }
 
+/* ---- event callbacks ------------------------------------------------------------- */
+
+typedef struct callback_ctx {
+    afsm_engine *engine;
+    int depth;
+    size_t events, calls;
+    afsm_status worst;
+} callback_ctx;
+
+static void note(callback_ctx *c, afsm_status st)
+{
+    c->calls++;
+    if (st != AFSM_OK && st != AFSM_ENOTFOUND && st != AFSM_EEXPIRED && st != AFSM_EEXISTS && st != AFSM_ECLOSED)
+        c->worst = st;
+}
+
+/* "It may call any afsm_session_* function of the same engine, and
+ * afsm_engine_advance": the less common ones, from every kind of event. */
+static void every_call_event(void *arg, const afsm_event *ev)
+{
+    callback_ctx *c = arg;
+    c->events++;
+    if (c->depth > 0)
+        return;
+    c->depth++;
+    afsm_engine *e = c->engine;
+    afsm_list_filter f = AFSM_LIST_FILTER_INIT;
+    f.limit = 4;
+    afsm_session_info out[4];
+    for (int i = 0; i < 4; i++)
+        afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+    size_t count = 0;
+    uint64_t total = 0, now = 0, remaining[1];
+    note(c, afsm_session_list(e, &f, out, 4, &count, &total, NULL));
+    afsm_status statuses[1];
+    note(c, afsm_session_get_batch(e, &ev->session_id, 1, out, statuses));
+    note(c, afsm_session_heartbeat_batch(e, &ev->session_id, 1, remaining, statuses));
+    afsm_stats d = {.packets_received = 1};
+    note(c, afsm_session_add_stats_batch(e, &ev->session_id, &d, 1, statuses));
+    char buf[64];
+    size_t needed;
+    note(c, afsm_session_get_metadata(e, &ev->session_id, buf, sizeof(buf), &needed, NULL));
+    char token[AFSM_TOKEN_SIZE];
+    note(c, afsm_token_issue(e, &ev->session_id, 0, token, sizeof(token), NULL));
+    if (ev->type == AFSM_EVENT_DELETED || ev->type == AFSM_EVENT_EXPIRED) {
+        char user[AFSM_USER_ID_MAX + 1];
+        memcpy(user, ev->user_id, ev->user_id_len);
+        size_t deleted = 0;
+        note(c, afsm_session_delete_by_user(e, user, ev->user_id_len, "from a callback", 15, &deleted));
+    }
+    afsm_engine_now(e, &now);
+    size_t n;
+    note(c, afsm_engine_advance(e, now, &n));
+    c->depth--;
+}
+
+static void test_callbacks_may_call_session_functions(void **state)
+{
+    (void)state;
+    static callback_ctx c;
+    memset(&c, 0, sizeof(c));
+    virtual_clock clock;
+    afsm_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.on_event = every_call_event;
+    cfg.event_ctx = &c;
+    afsm_engine *engine = open_virtual_engine(&clock, &cfg);
+    c.engine = engine;
+    afsm_session_info a = create_session(engine, "cb");
+    create_session(engine, "cb");
+    afsm_session_info b = create_session(engine, "cb2");
+    uint64_t remaining;
+    assert_int_equal(afsm_session_heartbeat(engine, &b.session_id, &remaining), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &a.session_id, NULL, 0), AFSM_OK);
+    virtual_clock_set(&clock, virtual_clock_read(&clock) + 3600 * SEC);
+    size_t n;
+    assert_int_equal(afsm_engine_advance(engine, virtual_clock_read(&clock), &n), AFSM_OK);
+    assert_int_equal(c.worst, AFSM_OK);
+    assert_true(c.events >= 5 && c.calls > 0);
+    assert_int_equal(live_sessions(engine), 0);
+    engine_check_indexes(engine, 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -974,6 +1058,7 @@ int main(void)
         cmocka_unit_test(test_key_file_fifo_does_not_block),
         cmocka_unit_test(test_concurrent_key_rotation_and_validation),
         cmocka_unit_test(test_concurrent_merges_rotations_and_reads),
+        cmocka_unit_test(test_callbacks_may_call_session_functions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
