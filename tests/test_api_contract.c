@@ -668,6 +668,97 @@ static void test_config_limits(void **state)
     free(mem);
 }
 
+/* ---- failed writes ------------------------------------------------------------- */
+
+/* Every write refused after the arguments passed (the id or connection
+ * taken, the user at the cap, the session gone or expired) leaves counts,
+ * metrics, slab slots and indexes as they were. */
+static void test_refused_writes_leave_the_engine_unchanged(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    virtual_clock_set(&clock, 1000 * SEC);
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 4;
+    cfg.max_sessions_per_user = 2;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    afsm_kv kv[] = {{"device", 6, "phone", 5}, {"region", 6, "eu", 2}};
+    afsm_session_info a = create_with_metadata(engine, "kim", kv, 2);
+    afsm_session_info b = create_with_metadata(engine, "kim", kv, 2);
+    afsm_session_info other = create_with_metadata(engine, "lee", kv, 2);
+    afsm_uuid conn;
+    afsm_create_options o = make_options("kim", "10.1.1.1", &conn);
+    o.metadata = kv;
+    o.metadata_count = 2;
+    engine_picture before = picture(engine);
+
+    assert_int_equal(afsm_session_create(engine, &o, NULL), AFSM_ELIMIT);
+    assert_unchanged(engine, &before);
+    o = make_options("mia", "10.1.1.1", &conn);
+    o.connection_id = a.connection_id;
+    o.metadata = kv;
+    o.metadata_count = 2;
+    assert_int_equal(afsm_session_create(engine, &o, NULL), AFSM_EEXISTS);
+    assert_unchanged(engine, &before);
+    /* Restore: the id taken; the connection taken; the user at the cap. */
+    afsm_session_info copy = other;
+    assert_int_equal(afsm_session_restore(engine, &copy, kv, 2), AFSM_EEXISTS);
+    assert_unchanged(engine, &before);
+    afsm_uuid_v7(&copy.session_id);
+    assert_int_equal(afsm_session_restore(engine, &copy, kv, 2), AFSM_EEXISTS);
+    assert_unchanged(engine, &before);
+    copy = a;
+    afsm_uuid_v7(&copy.session_id);
+    afsm_uuid_v7(&copy.connection_id);
+    assert_int_equal(afsm_session_restore(engine, &copy, kv, 2), AFSM_ELIMIT);
+    assert_unchanged(engine, &before);
+    /* Update: a transition not allowed, with metadata that would fit. */
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_MERGE | AFSM_UPDATE_STATS;
+    up.state = AFSM_STATE_IDLE; /* from CONNECTING */
+    up.metadata = kv;
+    up.metadata_count = 1;
+    up.stats.packets_sent = 9;
+    afsm_session_info out = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_update(engine, &b.session_id, &up, &out), AFSM_ETRANSITION);
+    assert_unchanged(engine, &before);
+    afsm_session_info now = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &b.session_id, &now), AFSM_OK);
+    assert_int_equal(now.state, AFSM_STATE_CONNECTING);
+    assert_int_equal(now.stats.packets_sent, 0);
+    /* Gone: delete, update, rotate, heartbeat of an unknown id. */
+    afsm_uuid nobody;
+    afsm_uuid_v7(&nobody);
+    uint64_t remaining = 77;
+    char token[AFSM_TOKEN_SIZE];
+    assert_int_equal(afsm_session_delete(engine, &nobody, "x", 1), AFSM_ENOTFOUND);
+    assert_int_equal(afsm_session_update(engine, &nobody, &up, NULL), AFSM_ENOTFOUND);
+    assert_int_equal(afsm_token_rotate(engine, &nobody, 0, token, sizeof(token), NULL), AFSM_ENOTFOUND);
+    assert_int_equal(afsm_session_heartbeat(engine, &nobody, &remaining), AFSM_ENOTFOUND);
+    assert_int_equal(remaining, 77);
+    size_t deleted = 5;
+    assert_int_equal(afsm_session_delete_by_user(engine, "nobody", 6, NULL, 0, &deleted), AFSM_OK);
+    assert_int_equal(deleted, 0);
+    assert_unchanged(engine, &before);
+    /* Expired, not yet reaped: rotate and update refuse, the generation stays. */
+    virtual_clock_set(&clock, 1000 * SEC + 31 * 60 * SEC);
+    before = picture(engine);
+    assert_int_equal(afsm_token_rotate(engine, &b.session_id, 0, token, sizeof(token), NULL), AFSM_EEXPIRED);
+    up.fields = AFSM_UPDATE_STATS;
+    assert_int_equal(afsm_session_update(engine, &b.session_id, &up, NULL), AFSM_EEXPIRED);
+    assert_int_equal(afsm_session_heartbeat(engine, &b.session_id, &remaining), AFSM_EEXPIRED);
+    assert_int_equal(afsm_session_get(engine, &b.session_id, &now), AFSM_EEXPIRED);
+    assert_int_equal(now.token_generation, 1);
+    assert_int_equal(now.stats.packets_sent, 0);
+    assert_unchanged(engine, &before);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* ---- time ---------------------------------------------------------------------- */
 
 /* afsm_engine_advance takes a reading of the engine clock. A later one
@@ -1054,6 +1145,7 @@ int main(void)
         cmocka_unit_test(test_foreign_and_damaged_tokens),
         cmocka_unit_test(test_list_edges),
         cmocka_unit_test(test_config_limits),
+        cmocka_unit_test(test_refused_writes_leave_the_engine_unchanged),
         cmocka_unit_test(test_advance_refuses_a_future_reading),
         cmocka_unit_test(test_key_file_fifo_does_not_block),
         cmocka_unit_test(test_concurrent_key_rotation_and_validation),
