@@ -179,6 +179,46 @@ static void test_batch_detail_names_the_element(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* Version fields of 0 and of the next version, struct by struct: AFSM_EVERSION
+ * naming the struct, nothing done. */
+static void test_versions_zero_and_future(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    afsm_session_info s = create_session(engine, "nora");
+    engine_picture before = picture(engine);
+    const uint32_t bad[] = {0, 2, UINT32_MAX};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        afsm_session_info out = AFSM_SESSION_INFO_INIT;
+        out.version = bad[i];
+        expect_detail(afsm_session_get(engine, &s.session_id, &out), AFSM_EVERSION, "version");
+        expect_detail(afsm_session_get_by_connection(engine, &s.connection_id, &out), AFSM_EVERSION, "version");
+        expect_detail(afsm_token_validate(engine, "v1.x", 4, NULL, 0, &out), AFSM_EVERSION, "version");
+        afsm_uuid conn;
+        afsm_create_options o = make_options("nora", "10.0.0.1", &conn);
+        expect_detail(afsm_session_create(engine, &o, &out), AFSM_EVERSION, "version");
+        o.version = bad[i];
+        expect_detail(afsm_session_create(engine, &o, NULL), AFSM_EVERSION, "options.version");
+        afsm_update up = AFSM_UPDATE_INIT;
+        up.version = bad[i];
+        expect_detail(afsm_session_update(engine, &s.session_id, &up, NULL), AFSM_EVERSION, "update.version");
+        afsm_list_filter f = AFSM_LIST_FILTER_INIT;
+        f.limit = 1;
+        f.version = bad[i];
+        size_t count;
+        uint64_t total;
+        afsm_session_info page = AFSM_SESSION_INFO_INIT;
+        expect_detail(afsm_session_list(engine, &f, &page, 1, &count, &total, NULL), AFSM_EVERSION, "filter.version");
+        expect_detail(afsm_session_info_init(&out, bad[i]), AFSM_EVERSION, "version");
+        expect_detail(afsm_create_options_init(&o, bad[i]), AFSM_EVERSION, "version");
+        expect_detail(afsm_update_init(&up, bad[i]), AFSM_EVERSION, "version");
+        expect_detail(afsm_list_filter_init(&f, bad[i]), AFSM_EVERSION, "version");
+    }
+    assert_unchanged(engine, &before);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* ---- metadata ------------------------------------------------------------ */
 
 /* Buffers of every size around the needed one: short is AFSM_EBUFFER with
@@ -1138,6 +1178,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_detail_names_the_argument),
         cmocka_unit_test(test_batch_detail_names_the_element),
+        cmocka_unit_test(test_versions_zero_and_future),
         cmocka_unit_test(test_get_metadata_buffer_sizes),
         cmocka_unit_test(test_merge_past_the_bounds),
         cmocka_unit_test(test_restore_normalises_a_mapped_ip),
