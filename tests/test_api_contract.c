@@ -258,6 +258,32 @@ static void test_get_metadata_buffer_sizes(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* The Prometheus text the same way: short is AFSM_EBUFFER with the size
+ * needed (NUL included) in needed and the detail; that size is enough. */
+static void test_prometheus_buffer_sizes(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    create_session(engine, "olga");
+    size_t needed = 0;
+    expect_detail(afsm_metrics_write_prometheus(engine, NULL, 0, &needed), AFSM_EBUFFER, "buf_size: 0");
+    assert_true(needed > 100);
+    char *buf = malloc(needed + 1);
+    assert_non_null(buf);
+    size_t again = 0;
+    char want[48];
+    snprintf(want, sizeof(want), "need %zu", needed);
+    expect_detail(afsm_metrics_write_prometheus(engine, buf, needed - 1, &again), AFSM_EBUFFER, want);
+    assert_int_equal(again, needed);
+    assert_int_equal(afsm_metrics_write_prometheus(engine, buf, needed, &again), AFSM_OK);
+    assert_int_equal(again, needed);
+    assert_int_equal(strlen(buf) + 1, needed);
+    assert_non_null(strstr(buf, "session_total 1\n"));
+    free(buf);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* A merge whose result passes a bound is AFSM_ETOOLONG like a create past
  * it: the detail says which bound, the session keeps its metadata. */
 static void test_merge_past_the_bounds(void **state)
@@ -1180,6 +1206,7 @@ int main(void)
         cmocka_unit_test(test_batch_detail_names_the_element),
         cmocka_unit_test(test_versions_zero_and_future),
         cmocka_unit_test(test_get_metadata_buffer_sizes),
+        cmocka_unit_test(test_prometheus_buffer_sizes),
         cmocka_unit_test(test_merge_past_the_bounds),
         cmocka_unit_test(test_restore_normalises_a_mapped_ip),
         cmocka_unit_test(test_restore_limits),
