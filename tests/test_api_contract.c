@@ -397,6 +397,11 @@ static void test_restore_limits(void **state)
     c = s;
     c.last_active_at_ns = INT64_MAX / 2 + 1;
     expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "last_active_at_ns");
+    /* Created after its last activity: no copy looks like that (the
+     * session would be created after its own deadline). */
+    c = s;
+    c.created_at_ns = c.last_active_at_ns + 600 * (int64_t)SEC;
+    expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "created_at_ns", "last_active_at_ns");
     c = s;
     c.token_generation = 0;
     expect_detail(afsm_session_restore(engine, &c, NULL, 0), AFSM_EINVAL, "token_generation");
