@@ -127,6 +127,10 @@ AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_sessio
         info->last_active_at_ns > time_max)
         return errdetail_set(AFSM_EINVAL, "info.created_at_ns / last_active_at_ns: must be 0..%lld",
                              (long long)time_max);
+    /* The store keeps created <= last active <= expires; a copy always has it. */
+    if (info->created_at_ns > info->last_active_at_ns)
+        return errdetail_set(AFSM_EINVAL, "info.created_at_ns: %lld, after info.last_active_at_ns %lld, must not be",
+                             (long long)info->created_at_ns, (long long)info->last_active_at_ns);
     if (info->state < AFSM_STATE_CONNECTING || info->state > AFSM_STATE_CLOSED)
         return errdetail_set(AFSM_EINVAL, "info.state: %u, must be %d..%d (connecting..closed)", info->state,
                              AFSM_STATE_CONNECTING, AFSM_STATE_CLOSED);

@@ -513,7 +513,8 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
  * engine clock's zero (a clock younger than the session) are clamped to
  * it. No CREATED event fires: the session is not new. AFSM_EEXPIRED (it
  * expired meanwhile: nothing done), AFSM_EINVAL also for times before the
- * Unix epoch or past the year 2116, AFSM_EEXISTS (its id or connection id
+ * Unix epoch or past the year 2116 and for a creation after the last
+ * activity, AFSM_EEXISTS (its id or connection id
  * is taken), AFSM_EVERSION, AFSM_EINVAL (state, port, zero timeout),
  * AFSM_EUUID, AFSM_ETOOLONG, AFSM_ELIMIT, AFSM_ENOMEM; checks as create. */
 AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_session_info *info, const afsm_kv *metadata,
