@@ -219,6 +219,87 @@ static void test_versions_zero_and_future(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* Create's and delete's bounds, at and one past each: the user id, the
+ * metadata's keys, key length and bytes, the reason, a batch of
+ * AFSM_BATCH_MAX. */
+static void test_bounds_at_and_past(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    static char text[AFSM_METADATA_BYTES_MAX + 2];
+    memset(text, 'x', sizeof(text));
+    afsm_uuid conn;
+    afsm_create_options o = make_options("x", "10.0.0.1", &conn);
+    o.user_id = text;
+    o.user_id_len = AFSM_USER_ID_MAX;
+    afsm_session_info s = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_create(engine, &o, &s), AFSM_OK);
+    engine_picture before = picture(engine);
+    afsm_uuid_v7(&o.connection_id);
+    o.user_id_len = AFSM_USER_ID_MAX + 1;
+    expect_detail(afsm_session_create(engine, &o, NULL), AFSM_ETOOLONG, "user_id", "256");
+    assert_unchanged(engine, &before);
+    o.user_id_len = 1;
+
+    char keys[AFSM_METADATA_KEYS_MAX + 1][8];
+    afsm_kv kv[AFSM_METADATA_KEYS_MAX + 1];
+    for (size_t i = 0; i <= AFSM_METADATA_KEYS_MAX; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "k%02zu", i);
+        kv[i] = (afsm_kv){keys[i], 3, "v", 1};
+    }
+    o.metadata = kv;
+    o.metadata_count = AFSM_METADATA_KEYS_MAX + 1;
+    expect_detail(afsm_session_create(engine, &o, NULL), AFSM_ETOOLONG, "metadata", "65 keys", "64");
+    afsm_kv key = {text, 256, "v", 1};
+    o.metadata = &key;
+    o.metadata_count = 1;
+    expect_detail(afsm_session_create(engine, &o, NULL), AFSM_ETOOLONG, "metadata[0].key", "256 bytes", "255");
+    afsm_kv bytes = {"k", 1, text, AFSM_METADATA_BYTES_MAX}; /* 4097 with its key */
+    o.metadata = &bytes;
+    expect_detail(afsm_session_create(engine, &o, NULL), AFSM_ETOOLONG, "metadata", "4097", "4096");
+    assert_unchanged(engine, &before);
+    o.metadata = kv;
+    o.metadata_count = AFSM_METADATA_KEYS_MAX;
+    assert_int_equal(afsm_session_create(engine, &o, NULL), AFSM_OK);
+    afsm_uuid_v7(&o.connection_id);
+    key.key_len = 255;
+    o.metadata = &key;
+    o.metadata_count = 1;
+    assert_int_equal(afsm_session_create(engine, &o, NULL), AFSM_OK);
+    afsm_uuid_v7(&o.connection_id);
+    bytes.value_len = AFSM_METADATA_BYTES_MAX - 1;
+    o.metadata = &bytes;
+    afsm_session_info full = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_create(engine, &o, &full), AFSM_OK);
+    assert_int_equal(full.metadata_bytes, AFSM_METADATA_BYTES_MAX + 2);
+
+    before = picture(engine);
+    expect_detail(afsm_session_delete(engine, &s.session_id, text, AFSM_REASON_MAX + 1), AFSM_ETOOLONG, "reason",
+                  "256");
+    expect_detail(afsm_session_delete(engine, &s.session_id, "a\0b", 3), AFSM_EINVAL, "reason", "offset 1");
+    expect_detail(afsm_session_delete(engine, &s.session_id, NULL, 3), AFSM_ENULL, "reason");
+    expect_detail(afsm_session_delete_by_user(engine, text, AFSM_USER_ID_MAX + 1, NULL, 0, NULL), AFSM_ETOOLONG,
+                  "user_id");
+    expect_detail(afsm_session_delete_by_user(engine, NULL, 1, NULL, 0, NULL), AFSM_ENULL, "user_id");
+    assert_unchanged(engine, &before);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, text, AFSM_REASON_MAX), AFSM_OK);
+
+    /* A batch of AFSM_BATCH_MAX unknown ids: every item its own status. */
+    afsm_uuid *ids = calloc(AFSM_BATCH_MAX, sizeof(*ids));
+    afsm_status *statuses = calloc(AFSM_BATCH_MAX, sizeof(*statuses));
+    assert_non_null(ids);
+    assert_non_null(statuses);
+    for (size_t i = 0; i < AFSM_BATCH_MAX; i++)
+        afsm_uuid_v7(&ids[i]);
+    assert_int_equal(afsm_session_heartbeat_batch(engine, ids, AFSM_BATCH_MAX, NULL, statuses), AFSM_OK);
+    for (size_t i = 0; i < AFSM_BATCH_MAX; i++)
+        assert_int_equal(statuses[i], AFSM_ENOTFOUND);
+    free(ids);
+    free(statuses);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* ---- metadata ------------------------------------------------------------ */
 
 /* Buffers of every size around the needed one: short is AFSM_EBUFFER with
@@ -1210,6 +1291,7 @@ int main(void)
         cmocka_unit_test(test_detail_names_the_argument),
         cmocka_unit_test(test_batch_detail_names_the_element),
         cmocka_unit_test(test_versions_zero_and_future),
+        cmocka_unit_test(test_bounds_at_and_past),
         cmocka_unit_test(test_get_metadata_buffer_sizes),
         cmocka_unit_test(test_prometheus_buffer_sizes),
         cmocka_unit_test(test_merge_past_the_bounds),
