@@ -1201,6 +1201,58 @@ static void test_concurrent_merges_rotations_and_reads(void **state)
     pthread_mutex_destroy(&r.best_lock);
 }
 
+typedef struct timeout_race {
+    afsm_engine *engine;
+    _Atomic long creators_done;
+} timeout_race;
+
+static void *flip_default_timeout(void *arg)
+{
+    timeout_race *r = arg;
+    uint64_t deadline = real_ns() + 5 * SEC;
+    for (unsigned i = 0; atomic_load(&r->creators_done) < 2 && real_ns() < deadline; i++)
+        THREAD_CHECK(afsm_engine_set_default_timeout(r->engine, i % 2 ? 10000 : 20000) == AFSM_OK);
+    return NULL;
+}
+
+static void *create_with_default(void *arg)
+{
+    timeout_race *r = arg;
+    for (int i = 0; i < 2000; i++) {
+        afsm_uuid conn;
+        afsm_create_options o = make_options(i % 2 ? "t1" : "t2", "10.0.0.9", &conn);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        THREAD_CHECK(afsm_session_create(r->engine, &o, &info) == AFSM_OK);
+        /* One of the two defaults, whole: never a torn or stale-beyond-both value. */
+        THREAD_CHECK(info.timeout_ms == 10000 || info.timeout_ms == 20000);
+        THREAD_CHECK(info.expires_at_ns - info.last_active_at_ns == (int64_t)info.timeout_ms * 1000000);
+    }
+    atomic_fetch_add(&r->creators_done, 1);
+    return NULL;
+}
+
+/* afsm_engine_set_default_timeout while other threads create with the
+ * default: each session gets one of the values set. */
+static void test_concurrent_default_timeout_changes(void **state)
+{
+    (void)state;
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.default_timeout_ms = 20000;
+    static timeout_race r;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(afsm_engine_open(&cfg, &r.engine), AFSM_OK);
+    pthread_t t[3];
+    assert_int_equal(pthread_create(&t[0], NULL, flip_default_timeout, &r), 0);
+    assert_int_equal(pthread_create(&t[1], NULL, create_with_default, &r), 0);
+    assert_int_equal(pthread_create(&t[2], NULL, create_with_default, &r), 0);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(live_sessions(r.engine), 4000);
+    engine_check_indexes(r.engine, 0);
+    assert_int_equal(afsm_engine_close(r.engine), AFSM_OK);
+}
+
 /* ---- event callbacks ------------------------------------------------------------- */
 
 typedef struct callback_ctx {
@@ -1305,6 +1357,7 @@ int main(void)
         cmocka_unit_test(test_key_file_fifo_does_not_block),
         cmocka_unit_test(test_concurrent_key_rotation_and_validation),
         cmocka_unit_test(test_concurrent_merges_rotations_and_reads),
+        cmocka_unit_test(test_concurrent_default_timeout_changes),
         cmocka_unit_test(test_callbacks_may_call_session_functions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
