@@ -104,6 +104,9 @@ static void test_detail_names_the_argument(void **state)
     expect_detail(afsm_engine_set_default_timeout(NULL, 5), AFSM_ENULL, "engine");
 
     afsm_handle *h = NULL;
+    expect_detail(afsm_handle_pin(engine, NULL, &h), AFSM_ENULL, "session_id");
+    expect_detail(afsm_handle_pin_by_connection(engine, NULL, &h), AFSM_ENULL, "connection_id");
+    expect_detail(afsm_handle_pin(engine, &s.session_id, NULL), AFSM_ENULL, "out");
     assert_int_equal(afsm_handle_pin(engine, &s.session_id, &h), AFSM_OK);
     afsm_uuid id;
     expect_detail(afsm_handle_heartbeat(NULL, NULL), AFSM_ENULL, "handle");
