@@ -428,7 +428,10 @@ static store_handle *handle_of(afsm_handle *handle)
 static afsm_status pin(afsm_engine *engine, const afsm_uuid *id, int by_connection, afsm_handle **out)
 {
     if (engine == NULL || id == NULL || out == NULL)
-        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : id == NULL ? "id" : "out");
+        return errdetail_set(AFSM_ENULL, "%s: NULL",
+                             engine == NULL ? "engine"
+                             : id == NULL   ? (by_connection ? "connection_id" : "session_id")
+                                            : "out");
     *out = NULL;
     store_handle *h = NULL;
     afsm_status status = engine->st->ops->pin(engine->st, id, by_connection, &h);
