@@ -1020,7 +1020,7 @@ static void test_key_file_fifo_does_not_block(void **state)
 typedef struct ring_race {
     afsm_engine *engine;
     afsm_uuid session;
-    _Atomic long writer_done;
+    _Atomic long users_started, writer_done;
     _Atomic long ok, removed;
 } ring_race;
 
@@ -1030,7 +1030,8 @@ typedef struct ring_race {
 static void *ring_writer(void *arg)
 {
     ring_race *r = arg;
-    uint32_t current = 0; /* the engine's random first key */
+    uint32_t current = 0;                /* the engine's random first key */
+    spin_until(&r->users_started, 2, 5); /* rotate while they work */
     for (uint32_t id = 1; id <= RING_ROUNDS; id++) {
         uint8_t key[AFSM_KEY_BYTES];
         memset(key, (int)id, sizeof(key));
@@ -1048,7 +1049,8 @@ static void *ring_user(void *arg)
 {
     ring_race *r = arg;
     uint64_t deadline = real_ns() + 5 * SEC;
-    while (!atomic_load_explicit(&r->writer_done, memory_order_acquire) && real_ns() < deadline) {
+    atomic_fetch_add(&r->users_started, 1);
+    do {
         char token[AFSM_TOKEN_SIZE];
         size_t len = 0;
         THREAD_CHECK(afsm_token_issue(r->engine, &r->session, 0, token, sizeof(token), &len) == AFSM_OK);
@@ -1056,7 +1058,7 @@ static void *ring_user(void *arg)
         /* Its key may have been removed in between; nothing else. */
         THREAD_CHECK(st == AFSM_OK || st == AFSM_EKEYREMOVED);
         atomic_fetch_add_explicit(st == AFSM_OK ? &r->ok : &r->removed, 1, memory_order_relaxed);
-    }
+    } while (!atomic_load_explicit(&r->writer_done, memory_order_acquire) && real_ns() < deadline);
     return NULL;
 }
 
