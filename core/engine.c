@@ -504,7 +504,16 @@ AFSM_API afsm_status afsm_engine_advance(afsm_engine *engine, uint64_t now_ns, s
 {
     errdetail_clear();
     if (engine == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "engine: NULL");
+    /* The wheels never go back: a reading from the future would settle
+     * sessions before their deadline, and leave every deadline before it,
+     * set afterwards, unexpired until the clock got there. */
+    uint64_t clock_ns = engine->config.clock(engine->config.clock_ctx);
+    if (now_ns > clock_ns)
+        return errdetail_set(AFSM_EINVAL,
+                             "now_ns: %llu is ahead of the engine clock (%llu; pass a reading of "
+                             "afsm_engine_now)",
+                             (unsigned long long)now_ns, (unsigned long long)clock_ns);
     size_t expired = 0;
     afsm_status status = engine_advance(engine, now_ns, &expired);
     if (expired_count != NULL)
@@ -516,7 +525,7 @@ AFSM_API afsm_status afsm_engine_now(afsm_engine *engine, uint64_t *now_ns)
 {
     errdetail_clear();
     if (engine == NULL || now_ns == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "now_ns");
     *now_ns = engine->config.clock(engine->config.clock_ctx);
     return AFSM_OK;
 }
@@ -525,7 +534,7 @@ AFSM_API afsm_status afsm_engine_set_default_timeout(afsm_engine *engine, uint64
 {
     errdetail_clear();
     if (engine == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "engine: NULL");
     if (timeout_ms == 0 || timeout_ms > SESSION_TIMEOUT_MS_MAX)
         return errdetail_set(AFSM_EINVAL, "timeout_ms: %llu, must be 1..%llu (~49.7 days)",
                              (unsigned long long)timeout_ms, (unsigned long long)SESSION_TIMEOUT_MS_MAX);
@@ -537,7 +546,7 @@ AFSM_API afsm_status afsm_engine_counts(afsm_engine *engine, afsm_counts *out)
 {
     errdetail_clear();
     if (engine == NULL || out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "out");
     return engine->st->ops->counts(engine->st, out);
 }
 

@@ -216,7 +216,9 @@ afsm_status keyring_read_file(const char *path, size_t path_len, uint8_t key[AFS
         return errdetail_set(AFSM_EKEYFILE, "key file: path contains a NUL byte");
     memcpy(name, path, path_len);
     name[path_len] = '\0';
-    int fd = open(name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    /* O_NONBLOCK: a FIFO would otherwise wait in open() for a writer before
+     * fstat could refuse it; reads of a regular file ignore the flag. */
+    int fd = open(name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         int err = errno;
         return errdetail_set(AFSM_EKEYFILE, "key file %.160s: %s", name,

@@ -127,14 +127,20 @@ AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_sessio
         info->last_active_at_ns > time_max)
         return errdetail_set(AFSM_EINVAL, "info.created_at_ns / last_active_at_ns: must be 0..%lld",
                              (long long)time_max);
+    /* The store keeps created <= last active <= expires; a copy always has it. */
+    if (info->created_at_ns > info->last_active_at_ns)
+        return errdetail_set(AFSM_EINVAL, "info.created_at_ns: %lld, after info.last_active_at_ns %lld, must not be",
+                             (long long)info->created_at_ns, (long long)info->last_active_at_ns);
     if (info->state < AFSM_STATE_CONNECTING || info->state > AFSM_STATE_CLOSED)
         return errdetail_set(AFSM_EINVAL, "info.state: %u, must be %d..%d (connecting..closed)", info->state,
                              AFSM_STATE_CONNECTING, AFSM_STATE_CLOSED);
     if (info->timeout_ms == 0)
         return errdetail_set(AFSM_EINVAL, "info.timeout_ms: 0, must be 1..%llu",
                              (unsigned long long)SESSION_TIMEOUT_MS_MAX);
+    /* Checked before make_spec, which would read past info->user_id; too
+     * long, as create says of a user id past its bound. */
     if (info->user_id_len > AFSM_USER_ID_MAX)
-        return errdetail_set(AFSM_EINVAL, "info.user_id_len: %u, must be 1..%d", info->user_id_len, AFSM_USER_ID_MAX);
+        return errdetail_set(AFSM_ETOOLONG, "info.user_id_len: %u, must be 1..%d", info->user_id_len, AFSM_USER_ID_MAX);
     if (info->client_ip.family != 4 && info->client_ip.family != 6)
         return errdetail_set(AFSM_EINVAL, "info.client_ip.family: %u, must be 4 or 6", info->client_ip.family);
     if (info->token_generation == 0)
@@ -197,7 +203,13 @@ AFSM_API afsm_status afsm_session_get_metadata(afsm_engine *engine, const afsm_u
                              engine == NULL       ? "engine"
                              : session_id == NULL ? "session_id"
                                                   : "buf (buf_size > 0)");
-    return engine->st->ops->get_metadata(engine->st, session_id, buf, buf_size, needed, count);
+    /* The detail of a short buffer says the size, wanted or not. */
+    size_t size = 0;
+    size_t *size_out = needed != NULL ? needed : &size;
+    afsm_status status = engine->st->ops->get_metadata(engine->st, session_id, buf, buf_size, size_out, count);
+    if (status == AFSM_EBUFFER)
+        return errdetail_set(status, "buf_size: %zu, the metadata needs %zu (needed)", buf_size, *size_out);
+    return status;
 }
 
 AFSM_API afsm_status afsm_session_update(afsm_engine *engine, const afsm_uuid *session_id, const afsm_update *update,
@@ -346,8 +358,9 @@ AFSM_API afsm_status afsm_session_get_batch(afsm_engine *engine, const afsm_uuid
     if (n != 0 && out == NULL)
         return errdetail_set(AFSM_ENULL, "out: NULL");
     for (size_t i = 0; i < n; i++)
-        if (check_info(&out[i]) != AFSM_OK)
-            return AFSM_EVERSION;
+        if (out[i].version != AFSM_SESSION_INFO_VERSION)
+            return errdetail_set(AFSM_EVERSION, "out[%zu].version: %u, this library knows %d (AFSM_SESSION_INFO_INIT)",
+                                 i, out[i].version, AFSM_SESSION_INFO_VERSION);
     const store_ops *ops = engine->st->ops;
     if (ops->get_batch != NULL) {
         ops->get_batch(engine->st, ids, n, out, statuses);
@@ -415,7 +428,10 @@ static store_handle *handle_of(afsm_handle *handle)
 static afsm_status pin(afsm_engine *engine, const afsm_uuid *id, int by_connection, afsm_handle **out)
 {
     if (engine == NULL || id == NULL || out == NULL)
-        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : id == NULL ? "id" : "out");
+        return errdetail_set(AFSM_ENULL, "%s: NULL",
+                             engine == NULL ? "engine"
+                             : id == NULL   ? (by_connection ? "connection_id" : "session_id")
+                                            : "out");
     *out = NULL;
     store_handle *h = NULL;
     afsm_status status = engine->st->ops->pin(engine->st, id, by_connection, &h);
@@ -441,7 +457,7 @@ AFSM_API afsm_status afsm_handle_heartbeat(afsm_handle *handle, uint64_t *remain
 {
     errdetail_clear();
     if (handle == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "handle: NULL");
     store_handle *h = handle_of(handle);
     uint64_t remaining_ns = 0;
     afsm_status status = h->ops->handle_heartbeat(h, &remaining_ns);
@@ -454,7 +470,7 @@ AFSM_API afsm_status afsm_handle_add_stats(afsm_handle *handle, const afsm_stats
 {
     errdetail_clear();
     if (handle == NULL || delta == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", handle == NULL ? "handle" : "delta");
     store_handle *h = handle_of(handle);
     return h->ops->handle_add_stats(h, delta);
 }
@@ -481,7 +497,7 @@ AFSM_API afsm_status afsm_handle_session_id(const afsm_handle *handle, afsm_uuid
 {
     errdetail_clear();
     if (handle == NULL || out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", handle == NULL ? "handle" : "out");
     const store_handle *h = (const store_handle *)handle;
     h->ops->handle_session_id(h, out);
     return AFSM_OK;

@@ -115,13 +115,17 @@ afsm_status metadata_merge(const metadata *base, const afsm_kv *kvs, size_t coun
         if (c >= 0)
             j++;
         if (n == AFSM_METADATA_KEYS_MAX)
-            return AFSM_ETOOLONG;
+            return errdetail_set(AFSM_ETOOLONG,
+                                 "metadata: more than %d keys with the session's own, must be at most %d",
+                                 AFSM_METADATA_KEYS_MAX, AFSM_METADATA_KEYS_MAX);
         merged[n++] = chosen;
         payload += chosen.key_len + chosen.value_len;
         data_bytes += chosen.key_len + chosen.value_len + 2;
     }
     if (payload > AFSM_METADATA_BYTES_MAX)
-        return AFSM_ETOOLONG;
+        return errdetail_set(AFSM_ETOOLONG,
+                             "metadata: %zu bytes of keys and values with the session's own, must be at most %d",
+                             payload, AFSM_METADATA_BYTES_MAX);
     if (n == 0)
         return AFSM_OK;
 

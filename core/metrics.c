@@ -20,9 +20,10 @@ AFSM_API afsm_status afsm_metrics_snapshot(afsm_engine *engine, afsm_metrics *ou
 {
     errdetail_clear();
     if (engine == NULL || out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "out");
     if (out->version != AFSM_METRICS_VERSION && out->version != 1)
-        return AFSM_EVERSION;
+        return errdetail_set(AFSM_EVERSION, "out.version: %u, this library knows 1..%d (AFSM_METRICS_INIT)",
+                             out->version, AFSM_METRICS_VERSION);
     /* A version 1 struct ends where version 2's fields begin. */
     size_t size = out->version == 1 ? offsetof(afsm_metrics, etcd_lease_grants_total) : sizeof(*out);
     afsm_metrics all;
@@ -137,7 +138,7 @@ AFSM_API afsm_status afsm_metrics_write_prometheus(afsm_engine *engine, char *bu
 {
     errdetail_clear();
     if (engine == NULL || (buf == NULL && buf_size != 0))
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", engine == NULL ? "engine" : "buf (buf_size > 0)");
     afsm_metrics m = AFSM_METRICS_INIT;
     afsm_status status = afsm_metrics_snapshot(engine, &m);
     if (status != AFSM_OK)
@@ -149,7 +150,7 @@ AFSM_API afsm_status afsm_metrics_write_prometheus(afsm_engine *engine, char *bu
     if (needed != NULL)
         *needed = t.used + 1;
     if (t.used + 1 > buf_size)
-        return AFSM_EBUFFER;
+        return errdetail_set(AFSM_EBUFFER, "buf_size: %zu, the metrics need %zu", buf_size, t.used + 1);
     buf[t.used] = '\0';
     return AFSM_OK;
 }

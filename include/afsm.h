@@ -402,6 +402,10 @@ AFSM_API afsm_status afsm_engine_close(afsm_engine *engine);
 /* Advances the engine's timing wheels to now_ns (engine clock; see
  * afsm_engine_now), expiring every session whose deadline has passed and
  * firing their events. Used with AFSM_REAPER_MANUAL; harmless otherwise.
+ * now_ns is a reading of afsm_engine_now (a stale one is allowed); one
+ * ahead of the engine clock is AFSM_EINVAL, nothing done, as the wheels
+ * cannot go back: taken, it would settle sessions before their deadlines
+ * and leave later deadlines unreaped until the clock caught up.
  * expired_count (may be NULL) receives how many sessions expired.
  * AFSM_ENOMEM when the pass could not allocate its work list: what it had
  * settled stays settled (and counted), the rest stays due (reads report it
@@ -509,7 +513,8 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
  * engine clock's zero (a clock younger than the session) are clamped to
  * it. No CREATED event fires: the session is not new. AFSM_EEXPIRED (it
  * expired meanwhile: nothing done), AFSM_EINVAL also for times before the
- * Unix epoch or past the year 2116, AFSM_EEXISTS (its id or connection id
+ * Unix epoch or past the year 2116 and for a creation after the last
+ * activity, AFSM_EEXISTS (its id or connection id
  * is taken), AFSM_EVERSION, AFSM_EINVAL (state, port, zero timeout),
  * AFSM_EUUID, AFSM_ETOOLONG, AFSM_ELIMIT, AFSM_ENOMEM; checks as create. */
 AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_session_info *info, const afsm_kv *metadata,

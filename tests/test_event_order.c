@@ -109,6 +109,7 @@ typedef struct prelude_ctx {
     afsm_status heartbeat, deleted;
     int woke, acted;
     uint64_t advance_to; /* 0: the IDLE's callback deletes; else it advances to this */
+    virtual_clock *clock;
 } prelude_ctx;
 
 static void prelude_event(void *arg, const afsm_event *ev)
@@ -127,6 +128,8 @@ static void prelude_event(void *arg, const afsm_event *ev)
             c->deleted = afsm_session_delete(c->engine, &c->sleeper, NULL, 0);
         } else {
             size_t n;
+            /* An advance takes a reading of the engine clock, never a later time. */
+            virtual_clock_set(c->clock, c->advance_to);
             c->deleted = afsm_engine_advance(c->engine, c->advance_to, &n);
         }
     }
@@ -146,6 +149,7 @@ static void run_prelude_callback(int advance)
     cfg.event_ctx = &c;
     afsm_engine *engine = open_engine(&clock, &cfg);
     c.engine = engine;
+    c.clock = &clock;
     assert_int_equal(create_for(engine, "trigger", 100, &c.trigger), AFSM_OK);
     assert_int_equal(create_for(engine, "sleeper", 60000, &c.sleeper), AFSM_OK);
     uint64_t remaining;

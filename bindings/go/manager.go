@@ -432,7 +432,8 @@ func (m *Manager) Close() error {
 // Advance moves the engine's timing wheels to now (engine clock
 // nanoseconds, see Now), expiring every session whose deadline has passed
 // and firing their events on this goroutine. It returns how many expired.
-// Meant for ManualReaper; harmless otherwise.
+// Meant for ManualReaper; harmless otherwise. A now ahead of the engine
+// clock is ErrInvalidArgument, nothing done.
 func (m *Manager) Advance(now int64) (int, error) {
 	s, err := m.enter(nil, 0)
 	if err != nil {

@@ -623,6 +623,7 @@ func TestRestoreRoundTrip(t *testing.T) {
 	stale.SessionID, stale.ConnectionID = mustV7(t), mustV7(t)
 	stale.Timeout = time.Minute
 	stale.LastActiveAt = time.Now().Add(-2 * time.Minute) // within the host's uptime: see below
+	stale.CreatedAt = stale.LastActiveAt                  // a copy is never created after its last activity
 	wantErr(t, m2.Restore(ctx, &stale), ErrSessionExpired)
 	bad := *snapshot[1]
 	bad.SessionID, bad.ConnectionID = mustV7(t), mustV7(t)

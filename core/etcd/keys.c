@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "etcd/keys.h"
+#include "util/ip.h"
 #include "util/uuid.h"
 
 /* ---- keys ---------------------------------------------------------------- */
@@ -89,16 +90,16 @@ keys_kind keys_parse(const char *prefix, size_t prefix_len, const char *key, siz
     size_t rest_len = key_len - prefix_len - 2;
     switch (key[prefix_len]) {
     case 's':
-        return rest_len == id_len && afsm_uuid_parse(rest, rest_len, id) == AFSM_OK ? KEYS_SESSION : KEYS_FOREIGN;
+        return rest_len == id_len && uuid_parse_text(rest, rest_len, id) == AFSM_OK ? KEYS_SESSION : KEYS_FOREIGN;
     case 'g':
-        return rest_len == id_len && afsm_uuid_parse(rest, rest_len, id) == AFSM_OK ? KEYS_GONE : KEYS_FOREIGN;
+        return rest_len == id_len && uuid_parse_text(rest, rest_len, id) == AFSM_OK ? KEYS_GONE : KEYS_FOREIGN;
     case 'c':
-        return rest_len == id_len && afsm_uuid_parse(rest, rest_len, id) == AFSM_OK ? KEYS_CONNECTION : KEYS_FOREIGN;
+        return rest_len == id_len && uuid_parse_text(rest, rest_len, id) == AFSM_OK ? KEYS_CONNECTION : KEYS_FOREIGN;
     case 'u':
         /* "<user>/<id>": the id is the fixed-length tail. */
         if (rest_len < id_len + 2 || rest[rest_len - id_len - 1] != '/')
             return KEYS_FOREIGN;
-        return afsm_uuid_parse(rest + rest_len - id_len, id_len, id) == AFSM_OK ? KEYS_USER : KEYS_FOREIGN;
+        return uuid_parse_text(rest + rest_len - id_len, id_len, id) == AFSM_OK ? KEYS_USER : KEYS_FOREIGN;
     case 'n':
         return rest_len >= 3 ? KEYS_SLOT : KEYS_FOREIGN;
     default:
@@ -201,7 +202,7 @@ static int get_uuid(json_object *o, const char *name, afsm_uuid *out)
 {
     json_object *v;
     return json_object_object_get_ex(o, name, &v) && json_object_is_type(v, json_type_string) &&
-           afsm_uuid_parse(json_object_get_string(v), (size_t)json_object_get_string_len(v), out) == AFSM_OK &&
+           uuid_parse_text(json_object_get_string(v), (size_t)json_object_get_string_len(v), out) == AFSM_OK &&
            !uuid_is_nil(out);
 }
 
@@ -233,7 +234,7 @@ afsm_status keys_record_decode(const char *text, size_t len, keys_record *rec, j
     s->user_id[user_len] = '\0';
     s->user_id_len = (uint32_t)user_len;
     if (!json_object_object_get_ex(o, "ip", &ip) || !json_object_is_type(ip, json_type_string) ||
-        afsm_ip_parse(json_object_get_string(ip), (size_t)json_object_get_string_len(ip), &s->client_ip) != AFSM_OK)
+        ip_parse_text(json_object_get_string(ip), (size_t)json_object_get_string_len(ip), &s->client_ip) != AFSM_OK)
         goto bad;
     if (!get_int64(o, "port", 0, 65535, &n))
         goto bad;

@@ -1460,7 +1460,7 @@ static afsm_status connection_owner(etcd_store *es, const afsm_uuid *connection_
     afsm_status st = read_key(es, ckey, clen, 0, &found, &mod_revision, &value, &len);
     if (st == AFSM_OK && !found)
         st = AFSM_ENOTFOUND;
-    if (st == AFSM_OK && (value == NULL || afsm_uuid_parse(value, (size_t)len, id) != AFSM_OK))
+    if (st == AFSM_OK && (value == NULL || uuid_parse_text(value, (size_t)len, id) != AFSM_OK))
         st = AFSM_EINTERNAL;
     free(value);
     return st;

@@ -152,11 +152,8 @@ static bool is_v4_mapped(const uint8_t bytes[16])
     return memcmp(bytes, prefix, sizeof prefix) == 0;
 }
 
-AFSM_API afsm_status afsm_ip_parse(const char *text, size_t text_len, afsm_ip *out)
+afsm_status ip_parse_text(const char *text, size_t text_len, afsm_ip *out)
 {
-    errdetail_clear();
-    if (text == NULL || out == NULL)
-        return AFSM_ENULL;
     if (text_len == 0 || text_len > IP_TEXT_MAX)
         return AFSM_EIP;
 
@@ -188,6 +185,20 @@ AFSM_API afsm_status afsm_ip_parse(const char *text, size_t text_len, afsm_ip *o
         }
     }
     *out = parsed; /* untouched on failure */
+    return AFSM_OK;
+}
+
+AFSM_API afsm_status afsm_ip_parse(const char *text, size_t text_len, afsm_ip *out)
+{
+    errdetail_clear();
+    if (text == NULL || out == NULL)
+        return errdetail_set(AFSM_ENULL, "%s: NULL", text == NULL ? "text" : "out");
+    afsm_status status = ip_parse_text(text, text_len, out);
+    if (status != AFSM_OK) {
+        char quoted[ERRDETAIL_QUOTE_SIZE];
+        return errdetail_set(status, "text: \"%s\" (%zu bytes), must be a dotted-quad IPv4 or RFC 4291 IPv6 address",
+                             errdetail_quote(text, text_len, quoted), text_len);
+    }
     return AFSM_OK;
 }
 
@@ -248,7 +259,7 @@ AFSM_API afsm_status afsm_ip_format(const afsm_ip *ip, char out[AFSM_IP_STRING_S
 {
     errdetail_clear();
     if (ip == NULL || out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", ip == NULL ? "ip" : "out");
     if (ip->family == 4) {
         format_v4(ip->bytes, out);
         return AFSM_OK;
@@ -257,5 +268,5 @@ AFSM_API afsm_status afsm_ip_format(const afsm_ip *ip, char out[AFSM_IP_STRING_S
         format_v6(ip->bytes, out);
         return AFSM_OK;
     }
-    return AFSM_EINVAL;
+    return errdetail_set(AFSM_EINVAL, "ip.family: %u, must be 4 or 6", ip->family);
 }

@@ -139,11 +139,8 @@ static bool is_dash_position(size_t i)
     return i == 8 || i == 13 || i == 18 || i == 23;
 }
 
-AFSM_API afsm_status afsm_uuid_parse(const char *text, size_t text_len, afsm_uuid *out)
+afsm_status uuid_parse_text(const char *text, size_t text_len, afsm_uuid *out)
 {
-    errdetail_clear();
-    if (text == NULL || out == NULL)
-        return AFSM_ENULL;
     /* Only the canonical form: accepting braces, urn: or 32 digits would give
      * one id several spellings, and ids are compared as text by callers. */
     if (text_len != UUID_TEXT_LEN)
@@ -169,12 +166,26 @@ AFSM_API afsm_status afsm_uuid_parse(const char *text, size_t text_len, afsm_uui
     return AFSM_OK;
 }
 
+AFSM_API afsm_status afsm_uuid_parse(const char *text, size_t text_len, afsm_uuid *out)
+{
+    errdetail_clear();
+    if (text == NULL || out == NULL)
+        return errdetail_set(AFSM_ENULL, "%s: NULL", text == NULL ? "text" : "out");
+    afsm_status status = uuid_parse_text(text, text_len, out);
+    if (status != AFSM_OK) {
+        char quoted[ERRDETAIL_QUOTE_SIZE];
+        return errdetail_set(status, "text: \"%s\" (%zu bytes), must be the 36-character form (8-4-4-4-12 hex digits)",
+                             errdetail_quote(text, text_len, quoted), text_len);
+    }
+    return AFSM_OK;
+}
+
 AFSM_API afsm_status afsm_uuid_format(const afsm_uuid *uuid, char out[AFSM_UUID_STRING_SIZE])
 {
     errdetail_clear();
     static const char digits[] = "0123456789abcdef";
     if (uuid == NULL || out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "%s: NULL", uuid == NULL ? "uuid" : "out");
     size_t pos = 0;
     for (size_t byte = 0; byte < sizeof uuid->bytes; byte++) {
         if (byte == 4 || byte == 6 || byte == 8 || byte == 10)
@@ -190,7 +201,7 @@ AFSM_API afsm_status afsm_uuid_v7(afsm_uuid *out)
 {
     errdetail_clear();
     if (out == NULL)
-        return AFSM_ENULL;
+        return errdetail_set(AFSM_ENULL, "out: NULL");
     struct timespec now;
     uint64_t unix_ms = 0;
     /* A clock before 1970 (or a failing clock) reads as 0: the stamp's

@@ -22,6 +22,10 @@ void uuid_v7_at(afsm_uuid *out, uint64_t unix_ms);
 /* True for the all-zero UUID. */
 bool uuid_is_nil(const afsm_uuid *uuid);
 
+/* afsm_uuid_parse without touching the caller's error detail: for the
+ * engine's own parsing (etcd keys), where a failure is not the caller's. */
+afsm_status uuid_parse_text(const char *text, size_t text_len, afsm_uuid *out);
+
 /* memcmp order: negative, zero or positive. For v7 ids, creation order. */
 int uuid_compare(const afsm_uuid *a, const afsm_uuid *b);
 

@@ -439,6 +439,7 @@ def test_restore_round_trip(clock: VirtualClock, events: EventLog) -> None:
         wall = datetime.datetime.now(datetime.timezone.utc)
         stale_snapshot = dataclasses.replace(
             snapshot_other, id=afsm.uuid7(), connection_id=afsm.uuid7(),
+            created_at=wall - snapshot_other.timeout - S,
             last_active_at=wall - snapshot_other.timeout - S)
         with pytest.raises(afsm.Expired):  # expired meanwhile: nothing done
             new_engine.restore(stale_snapshot)
@@ -491,7 +492,8 @@ def test_restore_refuses_expired_snapshot_on_a_young_clock() -> None:
         snapshot = e.get(session.id)
         e.delete(session.id)
         wall = datetime.datetime.now(datetime.timezone.utc)
-        expired = dataclasses.replace(snapshot, last_active_at=wall - snapshot.timeout - S)
+        expired = dataclasses.replace(snapshot, created_at=wall - snapshot.timeout - S,
+                                      last_active_at=wall - snapshot.timeout - S)
         with pytest.raises(afsm.Expired):
             e.restore(expired)
 

@@ -500,7 +500,8 @@ class Engine:
         """Advances time to ``now_ns`` (engine clock), expiring due sessions.
 
         For ``manual_reaper=True`` engines. Returns how many expired; their
-        EXPIRED events run on this thread before it returns.
+        EXPIRED events run on this thread before it returns. A ``now_ns``
+        ahead of the engine clock raises InvalidArgument, nothing done.
         """
         expired = c_size_t()
         check(_lib.lib.afsm_engine_advance(self._engine, uint(now_ns, 64, "now_ns"), byref(expired)))
