@@ -1,0 +1,75 @@
+"""A hostile user of the Python binding: fork, misuse of lifetimes, argument
+errors whose detail must name the argument and its real limit.
+
+Each test here failed before its fix (see the commit that added it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import afsm
+from conftest import BINDING
+
+# A child left over by a broken binding must not outlive its test.
+CHILD_DEADLINE_S = 5.0
+
+
+def _run_script(script: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(BINDING), PYTHONFAULTHANDLER="1")
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3 * CHILD_DEADLINE_S,
+    )
+
+
+def test_forked_child_neither_uses_nor_closes_the_parents_engine() -> None:
+    # afsm.h: a child must not use, close or open over an engine its parent
+    # opened (the reaper thread and any lock it held do not exist there).
+    # Before the fix, the child used the engine as if nothing happened and
+    # then hung at exit: the atexit hook closed the engine, joining a reaper
+    # thread that does not exist in the child.
+    proc = _run_script(
+        f"""
+        import datetime, os, sys, time
+        import afsm
+        engine = afsm.Engine(default_timeout=datetime.timedelta(minutes=1))
+        session, _ = engine.create_session("u", "10.0.0.1", 1)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                engine.get(session.id)
+                print("child: get worked", flush=True)
+                os._exit(3)
+            except afsm.EngineClosed as exc:
+                print("child:", exc.detail, flush=True)
+            assert engine.closed
+            engine.close()          # a no-op, not a join of a missing thread
+            sys.exit(0)             # atexit runs: it must not touch the engine
+        deadline = time.monotonic() + {CHILD_DEADLINE_S}
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                print("parent: child hung at exit", flush=True)
+                sys.exit(2)
+            time.sleep(0.01)
+        assert os.WIFEXITED(status), status
+        print("parent: child exit", os.WEXITSTATUS(status), flush=True)
+        assert engine.get(session.id).id == session.id  # the parent is unaffected
+        engine.close()
+        """
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "parent: child exit 0" in out, out
+    assert "child: get: the Engine was opened by process" in out, out
+    assert "open engines after fork()" in out, out
