@@ -40,6 +40,7 @@ def test_forked_child_neither_uses_nor_closes_the_parents_engine() -> None:
         import afsm
         engine = afsm.Engine(default_timeout=datetime.timedelta(minutes=1))
         session, _ = engine.create_session("u", "10.0.0.1", 1)
+        handle = engine.pin(session.id)
         pid = os.fork()
         if pid == 0:
             try:
@@ -49,6 +50,12 @@ def test_forked_child_neither_uses_nor_closes_the_parents_engine() -> None:
             except afsm.EngineClosed as exc:
                 print("child:", exc.detail, flush=True)
             assert engine.closed
+            try:
+                handle.heartbeat()
+                os._exit(4)
+            except afsm.EngineClosed:
+                pass
+            handle.release()        # drops the parent's pin without touching it
             engine.close()          # a no-op, not a join of a missing thread
             sys.exit(0)             # atexit runs: it must not touch the engine
         deadline = time.monotonic() + {CHILD_DEADLINE_S}
@@ -65,6 +72,8 @@ def test_forked_child_neither_uses_nor_closes_the_parents_engine() -> None:
         assert os.WIFEXITED(status), status
         print("parent: child exit", os.WEXITSTATUS(status), flush=True)
         assert engine.get(session.id).id == session.id  # the parent is unaffected
+        assert engine.pinned() == 1
+        handle.release()
         engine.close()
         """
     )

@@ -88,6 +88,34 @@ def _close_open_engines() -> None:
             _leaked_hooks.extend(engine._hooks)
 
 
+def _disown_engines_in_child() -> None:
+    """After fork(), in the child: every engine opened before is the parent's.
+
+    afsm.h forbids a child to use or close such an engine (its reaper thread,
+    and any thread inside a call holding a lock, do not exist there), so
+    closing it would wait forever for a thread to stop. Each one becomes
+    closed without a C call: calls raise EngineClosed saying why, and
+    close(), __del__ and the atexit hook leave the C engine alone. Fresh
+    locks: a parent thread may have held the old ones at the fork.
+    """
+    parent = os.getppid()
+    for engine in list(_open_engines):
+        gate = _Gate()
+        gate.closed = True
+        gate.why = (
+            f"the Engine was opened by process {parent}; "
+            "open engines after fork(), in the process that uses them"
+        )
+        engine._gate = gate
+        engine._close_lock = threading.Lock()
+        engine._ptr = None
+        engine._forked = True
+    _open_engines.clear()
+
+
+os.register_at_fork(after_in_child=_disown_engines_in_child)
+
+
 class _Gate:
     """Counts the calls in flight on one engine, so close can wait for them.
 
@@ -98,18 +126,20 @@ class _Gate:
     ``_gated`` inlines enter and leave (it wraps every call).
     """
 
-    __slots__ = ("lock", "inflight", "closed", "drained")
+    __slots__ = ("lock", "inflight", "closed", "drained", "why")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.inflight = 0
         self.closed = False
         self.drained = threading.Event()
+        # Completes EngineClosed's detail: "<method>: <why>".
+        self.why = "the Engine is closed"
 
     def enter(self, what: str) -> None:
         with self.lock:
             if self.closed:
-                raise EngineClosed(detail=f"{what}: the Engine is closed")
+                raise EngineClosed(detail=f"{what}: {self.why}")
             self.inflight += 1
 
     def leave(self) -> None:
@@ -146,7 +176,7 @@ def _gated(fn: _F) -> _F:
         gate = self._gate
         with gate.lock:
             if gate.closed:
-                raise EngineClosed(detail=f"{what}: the Engine is closed")
+                raise EngineClosed(detail=f"{what}: {gate.why}")
             gate.inflight += 1
         try:
             return fn(self, *args, **kwargs)
@@ -354,6 +384,7 @@ class Engine:
         etcd_stats_flush: datetime.timedelta | None = None,
     ) -> None:
         self._ptr: Any = None
+        self._forked = False  # set in a fork()ed child (_disown_engines_in_child)
         self._gate = _Gate()
         self._close_lock = threading.Lock()
         self._hooks: list[Any] = []
@@ -1112,6 +1143,9 @@ class Handle:
 
     def _unpin(self) -> None:
         ptr, self._ptr = self._ptr, None
+        if self._engine._forked:  # the parent's handle: never touch it here
+            self._unpinned.set()
+            return
         try:
             check(_lib.lib.afsm_handle_release(ptr))
         finally:
