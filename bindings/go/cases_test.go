@@ -32,6 +32,7 @@ type bindingCase struct {
 		CapacityHint     int          `json:"capacity_hint"`
 		DefaultTimeoutMs int64        `json:"default_timeout_ms"`
 		KeyHex           *string      `json:"key_hex"`
+		ServerAddrHex    string       `json:"server_addr_hex"`
 		KeyFile          *keyFileSpec `json:"key_file"`
 	} `json:"config"`
 	Setup []struct {
@@ -56,6 +57,7 @@ type bindingCase struct {
 		KeyHex       string            `json:"key_hex"`
 		Twice        bool              `json:"twice"`
 		File         *keyFileSpec      `json:"file"`
+		Deltas       int               `json:"deltas"`
 	} `json:"args"`
 	Expect struct {
 		OK        bool    `json:"ok"`
@@ -132,6 +134,9 @@ func runCase(t *testing.T, c *bindingCase) {
 		DefaultTimeout: time.Duration(c.Config.DefaultTimeoutMs) * time.Millisecond}
 	if c.Config.KeyHex != nil {
 		cfg.Key = mustHex(t, *c.Config.KeyHex)
+	}
+	if c.Config.ServerAddrHex != "" {
+		cfg.ServerAddr = string(mustHex(t, c.Config.ServerAddrHex))
 	}
 	if c.Config.KeyFile != nil {
 		path = makeKeyFile(t, dir, c.Config.KeyFile)
@@ -219,6 +224,20 @@ func runCase(t *testing.T, c *bindingCase) {
 		err = m.AddKeyFile(a.KeyID, path)
 	case "remove_key":
 		err = m.RemoveKey(a.KeyID)
+	case "set_default_timeout":
+		err = m.SetDefaultTimeout(time.Duration(a.TimeoutMs) * time.Millisecond)
+	case "add_stats_many":
+		// Every session of the setup, and fewer (or more) deltas.
+		var all []*Session
+		all, _, err = m.ListSessions(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := make([]UUID, len(all))
+		for i, s := range all {
+			ids[i] = s.SessionID
+		}
+		_, err = m.AddStatsMany(ctx, ids, make([]Stats, a.Deltas))
 	default:
 		t.Fatalf("unknown op %q", c.Op)
 	}

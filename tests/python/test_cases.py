@@ -61,6 +61,8 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
         kw["default_timeout"] = datetime.timedelta(milliseconds=config["default_timeout_ms"])
     if "key_hex" in config:
         kw["key"] = bytes.fromhex(config["key_hex"])
+    if "server_addr_hex" in config:
+        kw["server_addr"] = _text(config["server_addr_hex"])
     path = ""
     if "key_file" in config:
         path = kw["key_file"] = _key_file(tmp, config["key_file"])
@@ -100,6 +102,14 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
         if op == "add_key_file":
             path = _key_file(tmp, args["file"])
             engine.add_key_file(args["key_id"], path)
+            return None, path
+        if op == "set_default_timeout":
+            engine.set_default_timeout(datetime.timedelta(milliseconds=args["timeout_ms"]))
+            return None, path
+        if op == "add_stats_many":
+            # Every session of the setup, and fewer (or more) deltas.
+            ids = [s.id for s in engine.iter_sessions()]
+            engine.add_stats_many(ids, [afsm.Stats(packets_sent=1)] * args["deltas"])
             return None, path
         if op == "remove_key":
             engine.remove_key(args["key_id"])
