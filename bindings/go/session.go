@@ -247,7 +247,8 @@ func (m *Manager) CreateSessionWithOptions(ctx context.Context, o *CreateOptions
 	}
 	timeoutMs, ok := durationMs(o.Timeout)
 	if !ok {
-		return nil, "", argError(op, C.AFSM_EINVAL, "Timeout: %v, must not be negative (0: the default)", o.Timeout)
+		return nil, "", argError(op, C.AFSM_EINVAL, "timeout_ms: %s, must not be negative (0: the default)",
+			msText(o.Timeout))
 	}
 	if err := textError(op, "user_id", o.UserID); err != nil {
 		return nil, "", err
