@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import datetime
+import decimal
 import functools
 import ipaddress
 import struct
@@ -179,6 +180,12 @@ def timedelta_to_ms(value: datetime.timedelta, what: str) -> int:
     if us <= 0:
         raise InvalidArgument(_lib.AFSM_EINVAL, f"{what}: {value}, must be positive")
     return uint(-(-us // 1000), 64, what)
+
+
+def ms_text(value: datetime.timedelta) -> str:
+    """``value`` in milliseconds, exactly and without an exponent ("-1.5"),
+    for details in the engine's unit, worded as the Go binding words them."""
+    return str(decimal.Decimal(value // _US) / 1000)
 
 
 def ms_to_timedelta(ms: int) -> datetime.timedelta:

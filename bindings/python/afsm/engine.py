@@ -37,6 +37,7 @@ from ._convert import (
     ip_text,
     metadata_from_buffer,
     metrics_from_c,
+    ms_text,
     ms_to_timedelta,
     new_info,
     new_info_array,
@@ -189,11 +190,16 @@ def _gated(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def _optional_ms(value: datetime.timedelta | None, what: str) -> int:
+def _optional_ms(value: datetime.timedelta | None, what: str, c_name: str | None = None) -> int:
     """Milliseconds for C, where 0 means the default: None and a zero
-    timedelta both give it (as a zero time.Duration does in Go)."""
+    timedelta both give it (as a zero time.Duration does in Go). A negative
+    value is named ``c_name`` (the C field) in the detail, as in Go."""
     if value is None or (isinstance(value, datetime.timedelta) and not value):
         return 0
+    if c_name is not None and isinstance(value, datetime.timedelta) and value < datetime.timedelta(0):
+        raise InvalidArgument(
+            _lib.AFSM_EINVAL, f"{c_name}: {ms_text(value)}, must not be negative (0: the default)"
+        )
     return timedelta_to_ms(value, what)
 
 
@@ -394,12 +400,12 @@ class Engine:
         check(_lib.lib.afsm_config_init(byref(cfg), _lib.AFSM_CONFIG_VERSION))
         cfg.shard_count = uint(shard_count, 32, "shard_count")
         cfg.capacity_hint = uint(capacity_hint, 64, "capacity_hint")
-        cfg.default_timeout_ms = _optional_ms(default_timeout, "default_timeout")
-        cfg.cleanup_interval_ms = _optional_ms(cleanup_interval, "cleanup_interval")
-        cfg.tick_ms = _optional_ms(tick, "tick")
-        cfg.idle_timeout_ms = _optional_ms(idle_timeout, "idle_timeout")
-        cfg.max_lifetime_ms = _optional_ms(max_lifetime, "max_lifetime")
-        cfg.close_linger_ms = _optional_ms(close_linger, "close_linger")
+        cfg.default_timeout_ms = _optional_ms(default_timeout, "default_timeout", "config.default_timeout_ms")
+        cfg.cleanup_interval_ms = _optional_ms(cleanup_interval, "cleanup_interval", "config.cleanup_interval_ms")
+        cfg.tick_ms = _optional_ms(tick, "tick", "config.tick_ms")
+        cfg.idle_timeout_ms = _optional_ms(idle_timeout, "idle_timeout", "config.idle_timeout_ms")
+        cfg.max_lifetime_ms = _optional_ms(max_lifetime, "max_lifetime", "config.max_lifetime_ms")
+        cfg.close_linger_ms = _optional_ms(close_linger, "close_linger", "config.close_linger_ms")
         cfg.max_sessions_per_user = uint(max_sessions_per_user, 32, "max_sessions_per_user")
         cfg.limit_policy = _limit_policy(limit_policy)
         # The config is copied by afsm_engine_open: these need only outlive it.
@@ -540,7 +546,14 @@ class Engine:
     @_gated
     def set_default_timeout(self, timeout: datetime.timedelta) -> None:
         """Timeout of sessions created from now on without their own."""
-        ms = timedelta_to_ms(timeout, "timeout")
+        if isinstance(timeout, datetime.timedelta) and timeout <= datetime.timedelta(0):
+            if timeout:  # 0 reaches the library, which words the limit alike
+                raise InvalidArgument(
+                    _lib.AFSM_EINVAL, f"timeout_ms: {ms_text(timeout)}, must be 1..4294967295 (~49.7 days)"
+                )
+            ms = 0
+        else:
+            ms = timedelta_to_ms(timeout, "timeout")
         check(_lib.lib.afsm_engine_set_default_timeout(self._engine, ms))
 
     @_gated
@@ -655,7 +668,7 @@ class Engine:
         kvs = KVArray(metadata)
         opts.metadata = kvs.array
         opts.metadata_count = kvs.count
-        opts.timeout_ms = _optional_ms(timeout, "timeout")
+        opts.timeout_ms = _optional_ms(timeout, "timeout", "timeout_ms")
         info = new_info()
         check(_lib.lib.afsm_session_create(self._engine, byref(opts), byref(info)))
         # The stored map is exactly the (duplicate-free) input, in key order.
@@ -1075,7 +1088,9 @@ class Engine:
         else:
             packed = [stats_to_bytes(d) for d in deltas]
             if len(packed) != len(ids):
-                raise ValueError(f"{len(ids)} ids but {len(packed)} deltas")
+                raise InvalidArgument(  # a ValueError too
+                    _lib.AFSM_EINVAL, f"deltas: {len(packed)} items, must be as many as ids ({len(ids)})"
+                )
         results: list[AfsmError | None] = []
         for start, chunk in self._chunks(ids):
             n = len(chunk)
