@@ -24,6 +24,7 @@ ERRORS: dict[str, type[afsm.AfsmError]] = {
     "key_exists": afsm.KeyExists,
     "key_in_use": afsm.KeyInUse,
     "key_file": afsm.KeyFileError,
+    "closed": afsm.EngineClosed,
 }
 
 
@@ -103,12 +104,18 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
             path = _key_file(tmp, args["file"])
             engine.add_key_file(args["key_id"], path)
             return None, path
+        if args.get("close_first"):
+            engine.close()
+        if op in ("get_many", "heartbeat_many"):
+            ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
+            getattr(engine, op)(ids[: args["ids"]])
+            return None, path
         if op == "set_default_timeout":
             engine.set_default_timeout(datetime.timedelta(milliseconds=args["timeout_ms"]))
             return None, path
         if op == "add_stats_many":
             # Every session of the setup, and fewer (or more) deltas.
-            ids = [s.id for s in engine.iter_sessions()]
+            ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
             engine.add_stats_many(ids, [afsm.Stats(packets_sent=1)] * args["deltas"])
             return None, path
         if op == "remove_key":
