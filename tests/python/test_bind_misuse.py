@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import afsm
 from conftest import BINDING
 
@@ -82,3 +84,38 @@ def test_forked_child_neither_uses_nor_closes_the_parents_engine() -> None:
     assert "parent: child exit 0" in out, out
     assert "child: get: the Engine was opened by process" in out, out
     assert "open engines after fork()" in out, out
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 1 << 32])
+def test_client_port_detail_names_the_real_limit(engine: afsm.Engine, port: int) -> None:
+    # Before: -1 and 2**32 said "must be 0..4294967295" (the C field's
+    # width), 65536 "must be 0..65535" (the library's limit).
+    with pytest.raises(afsm.InvalidArgument) as info:
+        engine.create_session("u", "10.0.0.1", port)
+    assert info.value.detail == f"client_port: {port}, must be 0..65535"
+    assert engine.counts().total == 0
+
+
+@pytest.mark.parametrize("key_id", [-1, 65536, 1 << 32])
+def test_key_id_detail_names_the_real_limit(engine: afsm.Engine, key_id: int) -> None:
+    # Before: -1 and 2**32 said "must be 0..4294967295". The library's words:
+    # a new key needs an id of 1..65535; 0 names the random first key.
+    for call, low in (
+        (lambda: engine.add_key(key_id, bytes(32)), 1),
+        (lambda: engine.use_key(key_id), 0),
+        (lambda: engine.remove_key(key_id), 0),
+    ):
+        with pytest.raises(afsm.InvalidArgument) as info:
+            call()
+        assert info.value.detail == f"key_id: {key_id}, must be {low}..65535"
+
+
+@pytest.mark.parametrize("method", ["get_many", "heartbeat_many"])
+def test_a_str_is_not_a_batch_of_ids(engine: afsm.Engine, method: str) -> None:
+    # A str is iterable: get_many(str(id)) used to look up each character
+    # and fail with "session_id: '0', must be a uuid.UUID...".
+    s, _ = engine.create_session("u", "10.0.0.1", 1)
+    with pytest.raises(TypeError, match=r"session_ids must be an iterable of ids, not str"):
+        getattr(engine, method)(str(s.id))
+    with pytest.raises(TypeError, match=r"session_ids must be an iterable of ids, not str"):
+        engine.add_stats_many(str(s.id), afsm.Stats(packets_sent=1))
