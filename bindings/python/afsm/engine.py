@@ -223,8 +223,20 @@ def _key_array(key: bytes | bytearray | memoryview, what: str) -> Any:
     return (ctypes.c_uint8 * max(len(raw), 1)).from_buffer_copy(raw or b"\0"), len(raw)
 
 
-def _key_id(value: int) -> int:
+def _key_id(value: int, low: int = 0) -> int:
+    """A key id for C; what does not fit its uint32 gets the library's
+    words for an id out of range (``low``: 1 for a new key, 0 to name the
+    random first key)."""
+    if isinstance(value, int) and not isinstance(value, bool) and (value < 0 or value >> 32):
+        raise InvalidArgument(_lib.AFSM_EINVAL, f"key_id: {value}, must be {low}..65535")
     return uint(value, 32, "key_id")
+
+
+def _id_batch(values: Iterable[UUIDLike]) -> list[UUIDLike]:
+    """The ids of a batch call as a list; a str is one id, not a batch."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"session_ids must be an iterable of ids, not {type(values).__name__}")
+    return list(values)
 
 
 def _path(value: str | os.PathLike[str] | bytes) -> bytes:
@@ -661,6 +673,9 @@ class Engine:
         opts.user_id_len = len(user)
         opts.client_ip = ip
         opts.client_ip_len = len(ip)
+        if isinstance(client_port, int) and not isinstance(client_port, bool) and not 0 <= client_port < 1 << 32:
+            # Past the C field's width: the library's words for its limit.
+            raise InvalidArgument(_lib.AFSM_EINVAL, f"client_port: {client_port}, must be 0..65535")
         opts.client_port = uint(client_port, 32, "client_port")
         opts.connection_id = uuid_to_c(
             uuid7() if connection_id is None else connection_id, "connection_id"
@@ -768,14 +783,14 @@ class Engine:
         :meth:`use_key` makes it seal). Raises InvalidArgument (id 0 or over
         65535, length), KeyExists (an AlreadyExists)."""
         arr, n = _key_array(key, "key")
-        check(_lib.lib.afsm_key_add(self._engine, _key_id(key_id), arr, n))
+        check(_lib.lib.afsm_key_add(self._engine, _key_id(key_id, 1), arr, n))
 
     @_gated
     def add_key_file(self, key_id: int, path: str | os.PathLike[str] | bytes) -> None:
         """As :meth:`add_key`, reading the key from a file of exactly 32
         bytes that only its owner may read or write (else KeyFileError)."""
         raw = _path(path)
-        check(_lib.lib.afsm_key_add_file(self._engine, _key_id(key_id), raw, len(raw)))
+        check(_lib.lib.afsm_key_add_file(self._engine, _key_id(key_id, 1), raw, len(raw)))
 
     @_gated
     def use_key(self, key_id: int) -> None:
@@ -1039,7 +1054,7 @@ class Engine:
         Returns, per id in order, the Session or the exception that
         :meth:`get` would have raised (not raised).
         """
-        ids = list(session_ids)
+        ids = _id_batch(session_ids)
         results: list[Session | AfsmError] = []
         for _, chunk in self._chunks(ids):
             n = len(chunk)
@@ -1060,7 +1075,7 @@ class Engine:
     @_gated
     def heartbeat_many(self, session_ids: Iterable[UUIDLike]) -> list[datetime.timedelta | AfsmError]:
         """Heartbeats many sessions; per id, the time left or the exception."""
-        ids = list(session_ids)
+        ids = _id_batch(session_ids)
         results: list[datetime.timedelta | AfsmError] = []
         for _, chunk in self._chunks(ids):
             n = len(chunk)
@@ -1082,7 +1097,7 @@ class Engine:
 
         Returns, per id, ``None`` or the exception.
         """
-        ids = list(session_ids)
+        ids = _id_batch(session_ids)
         if isinstance(deltas, Stats):
             packed = [stats_to_bytes(deltas)] * len(ids)
         else:
