@@ -240,6 +240,17 @@ func runCase(t *testing.T, c *bindingCase) {
 		err = m.AddKeyFile(a.KeyID, path)
 	case "remove_key":
 		err = m.RemoveKey(a.KeyID)
+	case "handle_after_release":
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h *Handle
+		if h, err = m.Pin(ctx, sess.SessionID); err != nil {
+			t.Fatal(err)
+		}
+		h.Release()
+		_, err = h.Touch()
 	case "set_default_timeout":
 		err = m.SetDefaultTimeout(time.Duration(a.TimeoutMs) * time.Millisecond)
 	case "add_stats_many": // with fewer (or more) deltas than ids

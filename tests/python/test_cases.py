@@ -110,6 +110,11 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
             ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
             getattr(engine, op)(ids[: args["ids"]])
             return None, path
+        if op == "handle_after_release":
+            handle = engine.pin(make(engine, "u").id)
+            handle.release()
+            handle.heartbeat()
+            return None, path
         if op == "set_default_timeout":
             engine.set_default_timeout(datetime.timedelta(milliseconds=args["timeout_ms"]))
             return None, path
