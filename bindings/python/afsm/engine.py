@@ -58,7 +58,7 @@ from ._convert import (
     uuids_to_array,
 )
 from ._hooks import inside_callback, make_clock, make_event_hook, make_log_hook
-from .errors import AfsmError, EngineClosed, InvalidArgument, check, error_for
+from .errors import AfsmError, EngineClosed, HandleReleased, InvalidArgument, check, error_for
 from .types import Counts, Event, LimitPolicy, LogRecord, Metadata, Metrics, Page, Session, State, Stats
 
 __all__ = ["Engine", "Handle"]
@@ -1160,7 +1160,7 @@ class Handle:
     def _enter(self) -> Any:
         with self._lock:
             if self._releasing:
-                raise ValueError("operation on a released afsm Handle")
+                raise HandleReleased(detail="the afsm Handle is released")
             self._inflight += 1
             return self._ptr
 
@@ -1216,7 +1216,8 @@ class Handle:
             gate.leave()
 
     def release(self) -> None:
-        """Unpins. Idempotent. Calls on the handle afterwards raise ValueError.
+        """Unpins. Idempotent. Calls on the handle afterwards raise
+        HandleReleased (an EngineClosed and a ValueError).
 
         Waits for the handle's calls in progress on other threads, so that
         none runs on the freed handle. From an engine hook (``on_event``
