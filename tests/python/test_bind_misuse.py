@@ -5,6 +5,7 @@ Each test here failed before its fix (see the commit that added it)."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -119,3 +120,19 @@ def test_a_str_is_not_a_batch_of_ids(engine: afsm.Engine, method: str) -> None:
         getattr(engine, method)(str(s.id))
     with pytest.raises(TypeError, match=r"session_ids must be an iterable of ids, not str"):
         engine.add_stats_many(str(s.id), afsm.Stats(packets_sent=1))
+
+
+def test_a_bad_id_past_the_first_chunk_leaves_the_engine_unchanged(engine: afsm.Engine, clock: object) -> None:
+    # Batches cross into C once per BATCH_MAX ids. The ids were converted
+    # chunk by chunk, so a malformed id in the second chunk raised only after
+    # the first chunk's heartbeats and stats had been applied.
+    s, _ = engine.create_session("u", "10.0.0.1", 1)
+    ids: list[object] = [s.id] * afsm.BATCH_MAX + ["not-a-uuid"]
+    clock.advance(datetime.timedelta(seconds=10))  # type: ignore[attr-defined]
+    with pytest.raises(afsm.InvalidUUID, match="not-a-uuid"):
+        engine.heartbeat_many(ids)  # type: ignore[arg-type]
+    with pytest.raises(afsm.InvalidUUID, match="not-a-uuid"):
+        engine.add_stats_many(ids, afsm.Stats(packets_sent=1))  # type: ignore[arg-type]
+    after = engine.get(s.id)
+    assert after.stats.packets_sent == 0
+    assert after.last_active_at == s.last_active_at
