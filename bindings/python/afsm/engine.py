@@ -1047,6 +1047,12 @@ class Engine:
         for start in range(0, len(items), step):
             yield start, items[start : start + step]
 
+    @classmethod
+    def _id_chunks(cls, ids: Sequence[UUIDLike]) -> list[tuple[int, int, Any]]:
+        """(start, count, afsm_uuid array) per C call, all converted before
+        the first call: a malformed id raises with the engine unchanged."""
+        return [(start, len(chunk), uuids_to_array(chunk, "session_id")) for start, chunk in cls._chunks(ids)]
+
     @_gated
     def get_many(self, session_ids: Iterable[UUIDLike]) -> list[Session | AfsmError]:
         """Gets many sessions with one C call per 65536.
@@ -1056,9 +1062,7 @@ class Engine:
         """
         ids = _id_batch(session_ids)
         results: list[Session | AfsmError] = []
-        for _, chunk in self._chunks(ids):
-            n = len(chunk)
-            arr = uuids_to_array(chunk, "session_id")
+        for _, n, arr in self._id_chunks(ids):
             out = new_info_array(n)
             statuses = (ctypes.c_int * n)()
             check(_lib.lib.afsm_session_get_batch(self._engine, arr, n, out, statuses))
@@ -1077,9 +1081,7 @@ class Engine:
         """Heartbeats many sessions; per id, the time left or the exception."""
         ids = _id_batch(session_ids)
         results: list[datetime.timedelta | AfsmError] = []
-        for _, chunk in self._chunks(ids):
-            n = len(chunk)
-            arr = uuids_to_array(chunk, "session_id")
+        for _, n, arr in self._id_chunks(ids):
             remaining = (c_uint64 * n)()
             statuses = (ctypes.c_int * n)()
             check(_lib.lib.afsm_session_heartbeat_batch(self._engine, arr, n, remaining, statuses))
@@ -1107,9 +1109,7 @@ class Engine:
                     _lib.AFSM_EINVAL, f"deltas: {len(packed)} items, must be as many as ids ({len(ids)})"
                 )
         results: list[AfsmError | None] = []
-        for start, chunk in self._chunks(ids):
-            n = len(chunk)
-            arr = uuids_to_array(chunk, "session_id")
+        for start, n, arr in self._id_chunks(ids):
             d = (_lib.afsm_stats * n).from_buffer_copy(b"".join(packed[start : start + n]))
             statuses = (ctypes.c_int * n)()
             check(_lib.lib.afsm_session_add_stats_batch(self._engine, arr, d, n, statuses))
