@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,17 +50,22 @@ type bindingCase struct {
 		TimeoutUs    int64             `json:"timeout_us"`
 		Metadata     map[string]string `json:"metadata"`
 		MetadataHex  [][2]string       `json:"metadata_hex"`
-		BindIP       bool              `json:"bind_ip"`
-		ClientIP     string            `json:"client_ip"`
-		Limit        int               `json:"limit"`
-		State        int               `json:"state"`
-		KeyID        uint32            `json:"key_id"`
-		KeyHex       string            `json:"key_hex"`
-		Twice        bool              `json:"twice"`
-		File         *keyFileSpec      `json:"file"`
-		Deltas       int               `json:"deltas"`
-		IDs          int               `json:"ids"`
-		CloseFirst   bool              `json:"close_first"`
+		MetadataKeys int               `json:"metadata_keys"`
+		// MetadataRepeat is one entry: [[key text, times], [value text, times]].
+		MetadataRepeat [][2]interface{} `json:"metadata_repeat"`
+		IP             *string          `json:"ip"`
+		IPHex          string           `json:"ip_hex"`
+		BindIP         bool             `json:"bind_ip"`
+		ClientIP       string           `json:"client_ip"`
+		Limit          int              `json:"limit"`
+		State          int              `json:"state"`
+		KeyID          uint32           `json:"key_id"`
+		KeyHex         string           `json:"key_hex"`
+		Twice          bool             `json:"twice"`
+		File           *keyFileSpec     `json:"file"`
+		Deltas         int              `json:"deltas"`
+		IDs            int              `json:"ids"`
+		CloseFirst     bool             `json:"close_first"`
 	} `json:"args"`
 	Expect struct {
 		OK        bool    `json:"ok"`
@@ -197,8 +203,25 @@ func runCase(t *testing.T, c *bindingCase) {
 			}
 			md[string(mustHex(t, kv[0]))] = string(mustHex(t, kv[1]))
 		}
+		if md == nil && (a.MetadataKeys > 0 || a.MetadataRepeat != nil) {
+			md = map[string]string{}
+		}
+		for i := 0; i < a.MetadataKeys; i++ {
+			md[fmt.Sprintf("k%d", i)] = "v"
+		}
+		if r := a.MetadataRepeat; r != nil {
+			md[strings.Repeat(r[0][0].(string), int(r[0][1].(float64)))] =
+				strings.Repeat(r[1][0].(string), int(r[1][1].(float64)))
+		}
+		ip := "10.0.0.1"
+		if a.IP != nil {
+			ip = *a.IP
+		}
+		if a.IPHex != "" {
+			ip = string(mustHex(t, a.IPHex))
+		}
 		timeout := time.Duration(a.TimeoutMs)*time.Millisecond + time.Duration(a.TimeoutUs)*time.Microsecond
-		sess, _, err = m.CreateSessionWithOptions(ctx, &CreateOptions{UserID: userID, ClientIP: "10.0.0.1",
+		sess, _, err = m.CreateSessionWithOptions(ctx, &CreateOptions{UserID: userID, ClientIP: ip,
 			ClientPort: a.Port, ConnectionID: mustV7(t), Metadata: md, Timeout: timeout})
 		if err == nil && c.Expect.TimeoutMs != 0 && sess.Timeout != time.Duration(c.Expect.TimeoutMs)*time.Millisecond {
 			t.Fatalf("timeout %v, want %d ms", sess.Timeout, c.Expect.TimeoutMs)

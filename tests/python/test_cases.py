@@ -79,11 +79,19 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
             metadata = dict(args.get("metadata", {}))
             for k, v in args.get("metadata_hex", []):
                 metadata[_text(k)] = _text(v)
+            for i in range(args.get("metadata_keys", 0)):
+                metadata[f"k{i}"] = "v"
+            if "metadata_repeat" in args:
+                (k, kn), (v, vn) = args["metadata_repeat"]
+                metadata[k * kn] = v * vn
+            ip = args.get("ip", "10.0.0.1")
+            if "ip_hex" in args:
+                ip = _text(args["ip_hex"])
             timeout = datetime.timedelta(
                 milliseconds=args.get("timeout_ms", 0), microseconds=args.get("timeout_us", 0)
             )
             session, _ = engine.create_session(
-                _user_id(args), "10.0.0.1", args.get("port", 0), metadata=metadata or None, timeout=timeout
+                _user_id(args), ip, args.get("port", 0), metadata=metadata or None, timeout=timeout
             )
             return session, path
         if op == "validate_token":
