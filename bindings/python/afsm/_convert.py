@@ -139,6 +139,13 @@ def uuid7() -> uuid.UUID:
 def ip_text(value: str | IPAddress) -> bytes:
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return str(value).encode()
+    if isinstance(value, str):
+        try:
+            # Bytes that are not UTF-8 (surrogate-escaped) make no address:
+            # the library says so (InvalidIP, its detail), as for Go's bytes.
+            return value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate that escapes no byte: encode() says so
     return encode(value, "client_ip")
 
 
