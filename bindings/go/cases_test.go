@@ -263,6 +263,21 @@ func runCase(t *testing.T, c *bindingCase) {
 		err = m.AddKeyFile(a.KeyID, path)
 	case "remove_key":
 		err = m.RemoveKey(a.KeyID)
+	case "close_pinned":
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h *Handle
+		if h, err = m.Pin(ctx, sess.SessionID); err != nil {
+			t.Fatal(err)
+		}
+		if err = m.Close(); err == nil {
+			if _, terr := h.Touch(); !errors.Is(terr, ErrClosed) {
+				t.Fatalf("Touch after Close: %v, want ErrClosed", terr)
+			}
+			h.Release() // a no-op now
+		}
 	case "handle_after_release":
 		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
 		if err != nil {

@@ -118,6 +118,14 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
             ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
             getattr(engine, op)(ids[: args["ids"]])
             return None, path
+        if op == "close_pinned":
+            handle = engine.pin(make(engine, "u").id)
+            engine.close()
+            assert engine.closed
+            with pytest.raises(afsm.EngineClosed):
+                handle.heartbeat()
+            handle.release()  # a no-op now
+            return None, path
         if op == "handle_after_release":
             handle = engine.pin(make(engine, "u").id)
             handle.release()
