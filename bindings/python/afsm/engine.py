@@ -405,6 +405,9 @@ class Engine:
         self._forked = False  # set in a fork()ed child (_disown_engines_in_child)
         self._gate = _Gate()
         self._close_lock = threading.Lock()
+        # Handles not yet garbage: close() releases those still pinned.
+        self._handles: weakref.WeakSet[Handle] = weakref.WeakSet()
+        self._handles_lock = threading.Lock()
         self._hooks: list[Any] = []
         self.callback_errors: collections.deque[BaseException] = collections.deque(maxlen=100)
 
@@ -499,11 +502,11 @@ class Engine:
         calls in progress to return, then frees the engine. Every call made
         afterwards raises EngineClosed.
 
-        Raises :class:`~afsm.errors.Busy` (and leaves the engine open) while
-        handles are pinned; calls racing such a failed close may raise
-        EngineClosed. Raises RuntimeError when called from a hook (on_event,
-        on_log, clock): the call that fired the hook is still in flight, so
-        waiting for it would never end.
+        Handles still pinned are released first (as Go's Close does): their
+        calls then raise EngineClosed, their ``release()`` does nothing.
+        Raises RuntimeError when called from a hook (on_event, on_log,
+        clock): the call that fired the hook is still in flight, so waiting
+        for it would never end.
         """
         if inside_callback():
             raise RuntimeError("Engine.close() cannot be called from an engine callback")
@@ -511,6 +514,11 @@ class Engine:
             if self._ptr is None:
                 return
             self._gate.shut()
+            # Every handle call runs inside the gate, so none is in flight.
+            with self._handles_lock:
+                pinned = list(self._handles)
+            for handle in pinned:
+                handle._release_for_close()
             status = _lib.lib.afsm_engine_close(self._ptr)
             if status != _OK:
                 self._gate.reopen()
@@ -1139,8 +1147,8 @@ class Handle:
     """A pinned session: heartbeats and stats without a lookup.
 
     Stays safe after the session is deleted or expires (its calls then raise
-    NotFound or Expired). Release it (or use ``with``) before closing the
-    engine: :meth:`Engine.close` raises Busy while handles are pinned.
+    NotFound or Expired). Release it (or use ``with``) when done;
+    :meth:`Engine.close` releases the handles still pinned.
     """
 
     def __init__(self, engine: Engine, ptr: Any) -> None:
@@ -1156,6 +1164,8 @@ class Handle:
         out = _lib.afsm_uuid()
         check(_lib.lib.afsm_handle_session_id(ptr, byref(out)))
         self.session_id: uuid.UUID = uuid_from_c(out)
+        with engine._handles_lock:
+            engine._handles.add(self)
 
     def _enter(self) -> Any:
         with self._lock:
@@ -1180,6 +1190,18 @@ class Handle:
             check(_lib.lib.afsm_handle_release(ptr))
         finally:
             self._unpinned.set()
+
+    def _release_for_close(self) -> None:
+        """Engine.close's release: the engine's gate is drained, so no call
+        on this handle is in progress; a release() racing on another thread
+        is waited for."""
+        with self._lock:
+            first = not self._releasing
+            self._releasing = True
+        if first:
+            self._unpin()
+        else:
+            self._unpinned.wait()
 
     @property
     def released(self) -> bool:
