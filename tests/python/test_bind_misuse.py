@@ -136,3 +136,45 @@ def test_a_bad_id_past_the_first_chunk_leaves_the_engine_unchanged(engine: afsm.
     after = engine.get(s.id)
     assert after.stats.packets_sent == 0
     assert after.last_active_at == s.last_active_at
+
+
+def test_close_racing_handle_calls_and_releases() -> None:
+    # close() releases the handles still pinned while other threads pin,
+    # heartbeat and release: every call finishes or raises EngineClosed
+    # (HandleReleased is one), nothing else, and nothing stays pinned.
+    import threading
+    import time
+
+    engine = afsm.Engine()
+    ids = [engine.create_session("u", "10.0.0.1", 1)[0].id for _ in range(64)]
+    kept = [engine.pin(i) for i in ids[:8]]  # never released by their owner
+    unexpected: list[BaseException] = []
+    rounds = [0] * 4
+
+    def worker(k: int) -> None:
+        n = 0
+        while True:
+            rounds[k] = n
+            try:
+                with engine.pin(ids[(k * 7 + n) % len(ids)]) as h:
+                    h.heartbeat()
+                    kept[n % len(kept)].heartbeat()
+            except afsm.EngineClosed:
+                return
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                unexpected.append(exc)
+                return
+            n += 1
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while min(rounds) < 50 and time.monotonic() < deadline:  # all of them busy
+        time.sleep(0.001)
+    engine.close()
+    for t in threads:
+        t.join(timeout=10)
+        assert not t.is_alive()
+    assert not unexpected, unexpected
+    assert engine.closed and all(h.released for h in kept)
