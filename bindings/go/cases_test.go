@@ -55,17 +55,19 @@ type bindingCase struct {
 		MetadataRepeat [][2]interface{} `json:"metadata_repeat"`
 		IP             *string          `json:"ip"`
 		IPHex          string           `json:"ip_hex"`
-		BindIP         bool             `json:"bind_ip"`
-		ClientIP       string           `json:"client_ip"`
-		Limit          int              `json:"limit"`
-		State          int              `json:"state"`
-		KeyID          uint32           `json:"key_id"`
-		KeyHex         string           `json:"key_hex"`
-		Twice          bool             `json:"twice"`
-		File           *keyFileSpec     `json:"file"`
-		Deltas         int              `json:"deltas"`
-		IDs            int              `json:"ids"`
-		CloseFirst     bool             `json:"close_first"`
+		// SessionTimeoutMs is the restored copy's timeout (restore).
+		SessionTimeoutMs *int64       `json:"session_timeout_ms"`
+		BindIP           bool         `json:"bind_ip"`
+		ClientIP         string       `json:"client_ip"`
+		Limit            int          `json:"limit"`
+		State            int          `json:"state"`
+		KeyID            uint32       `json:"key_id"`
+		KeyHex           string       `json:"key_hex"`
+		Twice            bool         `json:"twice"`
+		File             *keyFileSpec `json:"file"`
+		Deltas           int          `json:"deltas"`
+		IDs              int          `json:"ids"`
+		CloseFirst       bool         `json:"close_first"`
 	} `json:"args"`
 	Expect struct {
 		OK        bool    `json:"ok"`
@@ -263,6 +265,28 @@ func runCase(t *testing.T, c *bindingCase) {
 		err = m.AddKeyFile(a.KeyID, path)
 	case "remove_key":
 		err = m.RemoveKey(a.KeyID)
+	case "restore": // a copy of a live session, changed as args say, restored in its place
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err = m.DeleteSession(ctx, sess.SessionID, ""); err != nil {
+			t.Fatal(err)
+		}
+		cp := *sess
+		if a.UserIDRepeat != nil {
+			cp.UserID = userID
+		}
+		if a.SessionTimeoutMs != nil {
+			cp.Timeout = time.Duration(*a.SessionTimeoutMs) * time.Millisecond
+		}
+		if a.Port != 0 {
+			cp.ClientPort = a.Port
+		}
+		if a.IP != nil {
+			cp.ClientIP = *a.IP
+		}
+		err = m.Restore(ctx, &cp)
 	case "close_pinned":
 		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
 		if err != nil {

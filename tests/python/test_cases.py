@@ -3,6 +3,7 @@ bindings/go/cases_test.go too). See its "about"."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -117,6 +118,21 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
         if op in ("get_many", "heartbeat_many"):
             ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
             getattr(engine, op)(ids[: args["ids"]])
+            return None, path
+        if op == "restore":
+            # A copy of a live session, changed as args say, restored in its place.
+            s = make(engine, "u")
+            engine.delete(s.id)
+            changes: dict[str, Any] = {}
+            if "user_id_repeat" in args:
+                changes["user_id"] = _user_id(args)
+            if "session_timeout_ms" in args:
+                changes["timeout"] = datetime.timedelta(milliseconds=args["session_timeout_ms"])
+            if "port" in args:
+                changes["client_port"] = args["port"]
+            if "ip" in args:
+                changes["client_ip"] = args["ip"]
+            engine.restore(dataclasses.replace(s, **changes))
             return None, path
         if op == "close_pinned":
             handle = engine.pin(make(engine, "u").id)
