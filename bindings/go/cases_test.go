@@ -55,6 +55,8 @@ type bindingCase struct {
 		MetadataRepeat [][2]interface{} `json:"metadata_repeat"`
 		IP             *string          `json:"ip"`
 		IPHex          string           `json:"ip_hex"`
+		ReasonHex      string           `json:"reason_hex"`
+		ReasonRepeat   []interface{}    `json:"reason_repeat"`
 		// SessionTimeoutMs is the restored copy's timeout (restore).
 		SessionTimeoutMs *int64       `json:"session_timeout_ms"`
 		BindIP           bool         `json:"bind_ip"`
@@ -265,6 +267,16 @@ func runCase(t *testing.T, c *bindingCase) {
 		err = m.AddKeyFile(a.KeyID, path)
 	case "remove_key":
 		err = m.RemoveKey(a.KeyID)
+	case "delete":
+		reason := string(mustHex(t, a.ReasonHex))
+		if r := a.ReasonRepeat; r != nil {
+			reason = strings.Repeat(r[0].(string), int(r[1].(float64)))
+		}
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = m.DeleteSession(ctx, sess.SessionID, reason)
 	case "restore": // a copy of a live session, changed as args say, restored in its place
 		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
 		if err != nil {

@@ -119,6 +119,13 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
             ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
             getattr(engine, op)(ids[: args["ids"]])
             return None, path
+        if op == "delete":
+            reason = _text(args["reason_hex"]) if "reason_hex" in args else ""
+            if "reason_repeat" in args:
+                text, n = args["reason_repeat"]
+                reason = text * n
+            engine.delete(make(engine, "u").id, reason)
+            return None, path
         if op == "restore":
             # A copy of a live session, changed as args say, restored in its place.
             s = make(engine, "u")
