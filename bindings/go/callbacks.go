@@ -34,9 +34,9 @@ type hooks struct {
 // in afsmgo_create, or the thread left marked as inside a hook). On its own
 // goroutine it ends that goroutine only. The goroutine is locked to a thread
 // marked as inside a hook, so that Close and Handle.Release called from f
-// know they are. The cost, a goroutine per hook call (~1 µs), is paid per
-// session event or log line, and per engine operation only with Clock
-// (which is for tests).
+// know they are. The cost, a goroutine start and a channel handoff per hook
+// call, is paid per session event or log line, and per engine operation
+// only with Clock (which is for tests).
 func (h *hooks) run(where string, f func()) {
 	done := make(chan struct{})
 	go func() {
