@@ -178,3 +178,11 @@ def test_close_racing_handle_calls_and_releases() -> None:
         assert not t.is_alive()
     assert not unexpected, unexpected
     assert engine.closed and all(h.released for h in kept)
+
+
+@pytest.mark.parametrize("hook", ["on_event", "on_log", "clock"])
+def test_a_hook_that_is_not_callable_is_refused_at_open(hook: str) -> None:
+    # Engine(on_event=5) opened, then every event failed inside the hook
+    # ("'int' object is not callable", logged and kept in callback_errors).
+    with pytest.raises(TypeError, match=f"{hook} must be callable, not int"):
+        afsm.Engine(manual_reaper=True, **{hook: 5})
