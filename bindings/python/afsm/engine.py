@@ -443,6 +443,9 @@ class Engine:
         if server is not None:
             cfg.server_addr = server
             cfg.server_addr_len = len(server)
+        for name, hook in (("clock", clock), ("on_event", on_event), ("on_log", on_log)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
         if clock is not None:
             cfg.clock = make_clock(clock, self._callback_failed)
             self._hooks.append(cfg.clock)
