@@ -186,3 +186,37 @@ def test_a_hook_that_is_not_callable_is_refused_at_open(hook: str) -> None:
     # ("'int' object is not callable", logged and kept in callback_errors).
     with pytest.raises(TypeError, match=f"{hook} must be callable, not int"):
         afsm.Engine(manual_reaper=True, **{hook: 5})
+
+
+def test_engines_and_handles_cannot_be_copied() -> None:
+    # copy.copy(engine) shared the C pointer: closing the copy and then the
+    # original freed the engine twice (Fatal Python error: Segmentation
+    # fault); a copied Handle would unpin twice. Run in a child: the old
+    # behaviour crashes the interpreter.
+    proc = _run_script(
+        """
+        import copy, pickle
+        import afsm
+        engine = afsm.Engine(manual_reaper=True)
+        session, _ = engine.create_session("u", "10.0.0.1", 1)
+        handle = engine.pin(session.id)
+        for obj in (engine, handle):
+            for how in (copy.copy, copy.deepcopy, pickle.dumps):
+                try:
+                    clone = how(obj)
+                except TypeError as exc:
+                    print("refused:", type(obj).__name__, how.__name__, exc, flush=True)
+                    continue
+                if how is pickle.dumps:
+                    continue
+                clone.close() if obj is engine else clone.release()
+        handle.release()
+        engine.close()
+        print("closed", engine.closed, flush=True)
+        """
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert out.count("refused:") == 6, out
+    assert "refused: Engine copy cannot copy an afsm Engine" in out, out
+    assert "closed True" in out, out
