@@ -532,6 +532,16 @@ class Engine:
     def __enter__(self) -> Engine:
         return self
 
+    # A copy would share the C engine and free it a second time on close.
+    def __copy__(self) -> Engine:
+        raise TypeError("cannot copy an afsm Engine: it owns the C engine; share the object")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Engine:
+        return self.__copy__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("cannot pickle an afsm Engine: it owns the C engine of this process")
+
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
@@ -1264,6 +1274,16 @@ class Handle:
 
     def __enter__(self) -> Handle:
         return self
+
+    # A copy would share the C handle and unpin the session a second time.
+    def __copy__(self) -> Handle:
+        raise TypeError("cannot copy an afsm Handle: it owns its pin; share the object")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Handle:
+        return self.__copy__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("cannot pickle an afsm Handle: it owns a pin in this process")
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
