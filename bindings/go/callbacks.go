@@ -2,10 +2,8 @@ package afsm
 
 // The Go ends of the engine's hooks. shim.c's trampolines call these with
 // the runtime/cgo.Handle the Manager registered as the hooks' ctx, so C
-// never holds a Go pointer. Nothing may unwind through C frames: the user's
-// hook runs on a goroutine of its own (see hooks.run), where a panic is
-// recovered and runtime.Goexit ends only that goroutine; both are reported
-// to the Logger (if any).
+// never holds a Go pointer. A panic must not unwind through C frames, so
+// each one is recovered here and reported to the Logger (if any).
 
 /*
 #include "shim.h"
@@ -14,7 +12,6 @@ import "C"
 
 import (
 	"fmt"
-	"runtime"
 	"runtime/cgo"
 	"time"
 	"unsafe"
@@ -25,40 +22,6 @@ type hooks struct {
 	onEvent func(Event)
 	logger  Logger
 	clock   func() int64
-}
-
-// run calls f, a user's hook, on a goroutine of its own and waits for it.
-// runtime.Goexit (t.FailNow, t.Fatal, t.SkipNow) is no panic: no recover
-// stops it, and on the callback's goroutine it unwound the engine's C frames
-// under the callback, so the engine call never finished (measured: SIGSEGV
-// in afsmgo_create, or the thread left marked as inside a hook). On its own
-// goroutine it ends that goroutine only. The goroutine is locked to a thread
-// marked as inside a hook, so that Close and Handle.Release called from f
-// know they are. The cost, a goroutine start and a channel handoff per hook
-// call, is paid per session event or log line, and per engine operation
-// only with Clock (which is for tests).
-func (h *hooks) run(where string, f func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done) // deferred calls run on Goexit too, this one last
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		C.afsmgo_hook_enter()
-		defer C.afsmgo_hook_leave()
-		returned := false
-		defer func() {
-			r := recover()
-			if r == nil && !returned {
-				r = "runtime.Goexit (t.FailNow, t.Fatal, t.SkipNow?): it ended the hook only"
-			}
-			if r != nil {
-				h.recovered(where, r)
-			}
-		}()
-		f()
-		returned = true
-	}()
-	<-done
 }
 
 func (h *hooks) recovered(where string, r interface{}) {
@@ -83,7 +46,12 @@ func afsmgoEvent(ctx C.uintptr_t, ev *C.afsm_event) {
 		CreatedAt:    time.Unix(0, int64(ev.created_at_ns)),
 		At:           time.Unix(0, int64(ev.event_at_ns)),
 	}
-	h.run("OnEvent", func() { h.onEvent(e) })
+	defer func() {
+		if r := recover(); r != nil {
+			h.recovered("OnEvent", r)
+		}
+	}()
+	h.onEvent(e)
 }
 
 //export afsmgoLog
@@ -97,14 +65,21 @@ func afsmgoLog(ctx C.uintptr_t, level C.int, msg *C.char, fields *C.afsm_log_fie
 			fs[i] = LogField{Key: C.GoString(cf[i].key), Value: C.GoString(cf[i].value)}
 		}
 	}
-	m := C.GoString(msg)
-	h.run("Logger", func() { h.logger.Log(LogLevel(level), m, fs) })
+	defer func() {
+		if r := recover(); r != nil {
+			h.recovered("Logger", r)
+		}
+	}()
+	h.logger.Log(LogLevel(level), C.GoString(msg), fs)
 }
 
 //export afsmgoClock
 func afsmgoClock(ctx C.uintptr_t) C.uint64_t {
 	h := cgo.Handle(ctx).Value().(*hooks)
-	var now int64 // 0 if the clock panics or calls runtime.Goexit, as before
-	h.run("Clock", func() { now = h.clock() })
-	return C.uint64_t(now)
+	defer func() {
+		if r := recover(); r != nil {
+			h.recovered("Clock", r)
+		}
+	}()
+	return C.uint64_t(h.clock())
 }

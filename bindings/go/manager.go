@@ -79,11 +79,9 @@ type ManagerConfig struct {
 	// remain.
 	DisableMetrics bool
 	// OnEvent, if set, is called once per session change (created, state
-	// changed, expired, deleted), synchronously: the goroutine that made the
-	// change (for expiry: the reaper thread or Advance's caller) waits while
-	// it runs on a goroutine of its own, outside every engine lock, where a
-	// panic or runtime.Goexit (t.FailNow) ends only the hook and is reported
-	// to the Logger. It may call the Manager's methods, except
+	// changed, expired, deleted), synchronously, on the goroutine that made
+	// the change (for expiry: the reaper thread or Advance's caller),
+	// outside every engine lock. It may call the Manager's methods, except
 	// Close, and must not block for long. Events of one session arrive in
 	// order; events of different sessions may arrive concurrently.
 	OnEvent func(Event)

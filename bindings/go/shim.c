@@ -10,25 +10,13 @@
 
 /* How many hook calls are running on this thread. A C-to-Go callback runs
  * on the thread of the C call that fired it, and the goroutine stays locked
- * to that thread until the callback returns; the user's hook itself runs on
- * another goroutine, locked to a thread marked by afsmgo_hook_enter (see
- * callbacks.go). So a Close made from inside a hook sees its own thread's
- * count. */
+ * to that thread until the callback returns, so a Close made from inside a
+ * hook sees its own thread's count. */
 static _Thread_local int callback_depth;
 
 int afsmgo_in_callback(void)
 {
     return callback_depth;
-}
-
-void afsmgo_hook_enter(void)
-{
-    callback_depth++;
-}
-
-void afsmgo_hook_leave(void)
-{
-    callback_depth--;
 }
 
 static void tramp_event(void *ctx, const afsm_event *event)

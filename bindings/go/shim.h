@@ -24,10 +24,6 @@
  * Clock): Close refuses to run there, since the call that fired the hook
  * holds the gate Close would wait for. */
 int afsmgo_in_callback(void);
-/* Mark the calling thread as running a hook (the goroutine callbacks.go
- * runs each hook on, locked to its thread), and unmark it. */
-void afsmgo_hook_enter(void);
-void afsmgo_hook_leave(void);
 
 /* Opens an engine; cb (a runtime/cgo.Handle) becomes the hooks' ctx.
  * key (key_len bytes) and key_file (key_file_len bytes) may be NULL. */

@@ -302,9 +302,8 @@ type LogField struct {
 }
 
 // Logger receives the engine's log lines (at or above
-// ManagerConfig.LogLevel). Log is called synchronously for the goroutine or
-// thread that logged (on a goroutine of its own, as OnEvent), possibly
-// concurrently; it must not block for long and must not
+// ManagerConfig.LogLevel). Log is called on the goroutine or thread that
+// logged, possibly concurrently; it must not block for long and must not
 // call Manager.Close. Adapting a *zap.Logger or *slog.Logger takes a few
 // lines.
 type Logger interface {
