@@ -16,10 +16,27 @@ import (
 // (nil on success); the final error is for the call as a whole (closed
 // manager, cancelled context, mismatched lengths).
 
+// checkEmpty gives an empty batch, which crosses into C zero times, the
+// errors of every other call: a closed Manager, a cancelled ctx.
+func (m *Manager) checkEmpty(ctx context.Context, ids []UUID) error {
+	if len(ids) > 0 {
+		return nil // each chunk enters the gate itself
+	}
+	s, err := m.enterHot(ctx, 0)
+	if err != nil {
+		return err
+	}
+	s.leaveHot()
+	return nil
+}
+
 // GetMany is GetSession for many ids: sessions[i] is nil where errs[i] is
 // not.
 func (m *Manager) GetMany(ctx context.Context, ids []UUID) ([]*Session, []error, error) {
 	const op = "GetMany"
+	if err := m.checkEmpty(ctx, ids); err != nil {
+		return nil, nil, err
+	}
 	out := make([]*Session, len(ids))
 	errs := make([]error, len(ids))
 	for start := 0; start < len(ids); start += C.AFSM_BATCH_MAX {
@@ -112,6 +129,9 @@ func (m *Manager) metadataMany(op string, infos []C.afsm_session_info, sizeHint 
 // is not nil.
 func (m *Manager) HeartbeatMany(ctx context.Context, ids []UUID) ([]time.Duration, []error, error) {
 	const op = "HeartbeatMany"
+	if err := m.checkEmpty(ctx, ids); err != nil {
+		return nil, nil, err
+	}
 	remaining := make([]time.Duration, len(ids))
 	errs := make([]error, len(ids))
 	ms := make([]C.uint64_t, len(ids))
@@ -149,6 +169,9 @@ func (m *Manager) AddStatsMany(ctx context.Context, ids []UUID, deltas []Stats) 
 	const op = "AddStatsMany"
 	if len(deltas) != len(ids) {
 		return nil, argError(op, C.AFSM_EINVAL, "deltas: %d items, must be as many as ids (%d)", len(deltas), len(ids))
+	}
+	if err := m.checkEmpty(ctx, ids); err != nil {
+		return nil, err
 	}
 	errs := make([]error, len(ids))
 	cd := make([]C.afsm_stats, len(ids))

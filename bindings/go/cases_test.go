@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,6 +33,7 @@ type bindingCase struct {
 		CapacityHint     int          `json:"capacity_hint"`
 		DefaultTimeoutMs int64        `json:"default_timeout_ms"`
 		KeyHex           *string      `json:"key_hex"`
+		ServerAddrHex    string       `json:"server_addr_hex"`
 		KeyFile          *keyFileSpec `json:"key_file"`
 	} `json:"config"`
 	Setup []struct {
@@ -48,14 +50,26 @@ type bindingCase struct {
 		TimeoutUs    int64             `json:"timeout_us"`
 		Metadata     map[string]string `json:"metadata"`
 		MetadataHex  [][2]string       `json:"metadata_hex"`
-		BindIP       bool              `json:"bind_ip"`
-		ClientIP     string            `json:"client_ip"`
-		Limit        int               `json:"limit"`
-		State        int               `json:"state"`
-		KeyID        uint32            `json:"key_id"`
-		KeyHex       string            `json:"key_hex"`
-		Twice        bool              `json:"twice"`
-		File         *keyFileSpec      `json:"file"`
+		MetadataKeys int               `json:"metadata_keys"`
+		// MetadataRepeat is one entry: [[key text, times], [value text, times]].
+		MetadataRepeat [][2]interface{} `json:"metadata_repeat"`
+		IP             *string          `json:"ip"`
+		IPHex          string           `json:"ip_hex"`
+		ReasonHex      string           `json:"reason_hex"`
+		ReasonRepeat   []interface{}    `json:"reason_repeat"`
+		// SessionTimeoutMs is the restored copy's timeout (restore).
+		SessionTimeoutMs *int64       `json:"session_timeout_ms"`
+		BindIP           bool         `json:"bind_ip"`
+		ClientIP         string       `json:"client_ip"`
+		Limit            int          `json:"limit"`
+		State            int          `json:"state"`
+		KeyID            uint32       `json:"key_id"`
+		KeyHex           string       `json:"key_hex"`
+		Twice            bool         `json:"twice"`
+		File             *keyFileSpec `json:"file"`
+		Deltas           int          `json:"deltas"`
+		IDs              int          `json:"ids"`
+		CloseFirst       bool         `json:"close_first"`
 	} `json:"args"`
 	Expect struct {
 		OK        bool    `json:"ok"`
@@ -75,6 +89,7 @@ var caseErrors = map[string]error{
 	"key_exists":       ErrKeyExists,
 	"key_in_use":       ErrKeyInUse,
 	"key_file":         ErrKeyFile,
+	"closed":           ErrClosed,
 }
 
 func mustHex(t *testing.T, s string) []byte {
@@ -133,6 +148,9 @@ func runCase(t *testing.T, c *bindingCase) {
 	if c.Config.KeyHex != nil {
 		cfg.Key = mustHex(t, *c.Config.KeyHex)
 	}
+	if c.Config.ServerAddrHex != "" {
+		cfg.ServerAddr = string(mustHex(t, c.Config.ServerAddrHex))
+	}
 	if c.Config.KeyFile != nil {
 		path = makeKeyFile(t, dir, c.Config.KeyFile)
 		cfg.KeyFile = path
@@ -166,6 +184,19 @@ func runCase(t *testing.T, c *bindingCase) {
 	case a.UserIDRepeat != nil:
 		userID = strings.Repeat(a.UserIDRepeat[0].(string), int(a.UserIDRepeat[1].(float64)))
 	}
+	// Every session of the setup (none once closed).
+	var ids []UUID
+	if all, _, err := m.ListSessions(ctx, nil); err == nil {
+		for _, s := range all {
+			ids = append(ids, s.SessionID)
+		}
+	}
+	if a.CloseFirst {
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+		ids = nil
+	}
 	var sess *Session
 	switch c.Op {
 	case "create":
@@ -176,8 +207,25 @@ func runCase(t *testing.T, c *bindingCase) {
 			}
 			md[string(mustHex(t, kv[0]))] = string(mustHex(t, kv[1]))
 		}
+		if md == nil && (a.MetadataKeys > 0 || a.MetadataRepeat != nil) {
+			md = map[string]string{}
+		}
+		for i := 0; i < a.MetadataKeys; i++ {
+			md[fmt.Sprintf("k%d", i)] = "v"
+		}
+		if r := a.MetadataRepeat; r != nil {
+			md[strings.Repeat(r[0][0].(string), int(r[0][1].(float64)))] =
+				strings.Repeat(r[1][0].(string), int(r[1][1].(float64)))
+		}
+		ip := "10.0.0.1"
+		if a.IP != nil {
+			ip = *a.IP
+		}
+		if a.IPHex != "" {
+			ip = string(mustHex(t, a.IPHex))
+		}
 		timeout := time.Duration(a.TimeoutMs)*time.Millisecond + time.Duration(a.TimeoutUs)*time.Microsecond
-		sess, _, err = m.CreateSessionWithOptions(ctx, &CreateOptions{UserID: userID, ClientIP: "10.0.0.1",
+		sess, _, err = m.CreateSessionWithOptions(ctx, &CreateOptions{UserID: userID, ClientIP: ip,
 			ClientPort: a.Port, ConnectionID: mustV7(t), Metadata: md, Timeout: timeout})
 		if err == nil && c.Expect.TimeoutMs != 0 && sess.Timeout != time.Duration(c.Expect.TimeoutMs)*time.Millisecond {
 			t.Fatalf("timeout %v, want %d ms", sess.Timeout, c.Expect.TimeoutMs)
@@ -219,6 +267,72 @@ func runCase(t *testing.T, c *bindingCase) {
 		err = m.AddKeyFile(a.KeyID, path)
 	case "remove_key":
 		err = m.RemoveKey(a.KeyID)
+	case "delete":
+		reason := string(mustHex(t, a.ReasonHex))
+		if r := a.ReasonRepeat; r != nil {
+			reason = strings.Repeat(r[0].(string), int(r[1].(float64)))
+		}
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = m.DeleteSession(ctx, sess.SessionID, reason)
+	case "restore": // a copy of a live session, changed as args say, restored in its place
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err = m.DeleteSession(ctx, sess.SessionID, ""); err != nil {
+			t.Fatal(err)
+		}
+		cp := *sess
+		if a.UserIDRepeat != nil {
+			cp.UserID = userID
+		}
+		if a.SessionTimeoutMs != nil {
+			cp.Timeout = time.Duration(*a.SessionTimeoutMs) * time.Millisecond
+		}
+		if a.Port != 0 {
+			cp.ClientPort = a.Port
+		}
+		if a.IP != nil {
+			cp.ClientIP = *a.IP
+		}
+		err = m.Restore(ctx, &cp)
+	case "close_pinned":
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h *Handle
+		if h, err = m.Pin(ctx, sess.SessionID); err != nil {
+			t.Fatal(err)
+		}
+		if err = m.Close(); err == nil {
+			if _, terr := h.Touch(); !errors.Is(terr, ErrClosed) {
+				t.Fatalf("Touch after Close: %v, want ErrClosed", terr)
+			}
+			h.Release() // a no-op now
+		}
+	case "handle_after_release":
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h *Handle
+		if h, err = m.Pin(ctx, sess.SessionID); err != nil {
+			t.Fatal(err)
+		}
+		h.Release()
+		_, err = h.Touch()
+	case "set_default_timeout":
+		err = m.SetDefaultTimeout(time.Duration(a.TimeoutMs) * time.Millisecond)
+	case "add_stats_many": // with fewer (or more) deltas than ids
+		_, err = m.AddStatsMany(ctx, ids, make([]Stats, a.Deltas))
+	case "get_many":
+		_, _, err = m.GetMany(ctx, ids[:a.IDs])
+	case "heartbeat_many":
+		_, _, err = m.HeartbeatMany(ctx, ids[:a.IDs])
 	default:
 		t.Fatalf("unknown op %q", c.Op)
 	}
@@ -240,11 +354,11 @@ func checkOutcome(t *testing.T, c *bindingCase, err error, path string) {
 	if !errors.Is(err, want) {
 		t.Fatalf("got %v, want %v", err, want)
 	}
-	var e *Error
-	if !errors.As(err, &e) {
-		t.Fatalf("%v is not an *Error", err)
-	}
 	if c.Expect.Detail != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			t.Fatalf("%v is not an *Error", err)
+		}
 		detail := strings.ReplaceAll(*c.Expect.Detail, "{path}", path)
 		if e.Detail != detail {
 			t.Fatalf("detail %q, want %q", e.Detail, detail)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"runtime"
 	"runtime/cgo"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -41,7 +42,7 @@ type ManagerConfig struct {
 	ShardCount int
 	// CapacityHint presizes the tables for this many sessions (0: 1024; at most 1<<30).
 	CapacityHint int
-	// ServerAddr is reported in every session (at most 255 bytes).
+	// ServerAddr is reported in every session (at most 255 bytes of UTF-8).
 	ServerAddr string
 	// ManualReaper: no engine thread; the caller expires sessions by
 	// calling Advance from its own loop.
@@ -231,22 +232,25 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 	if st := C.afsm_config_init(&c, C.AFSM_CONFIG_VERSION); st != C.AFSM_OK {
 		return nil, statusError(op, st)
 	}
+	// Named as the C fields, as the engine's own details and the Python
+	// binding name them (tests/bindings_cases.json).
 	durs := []struct {
 		name string
 		d    time.Duration
 		dst  *C.uint64_t
 	}{
-		{"DefaultTimeout", cfg.DefaultTimeout, &c.default_timeout_ms},
-		{"CleanupInterval", cfg.CleanupInterval, &c.cleanup_interval_ms},
-		{"TickInterval", cfg.TickInterval, &c.tick_ms},
-		{"IdleTimeout", cfg.IdleTimeout, &c.idle_timeout_ms},
-		{"MaxLifetime", cfg.MaxLifetime, &c.max_lifetime_ms},
-		{"CloseLinger", cfg.CloseLinger, &c.close_linger_ms},
+		{"config.default_timeout_ms", cfg.DefaultTimeout, &c.default_timeout_ms},
+		{"config.cleanup_interval_ms", cfg.CleanupInterval, &c.cleanup_interval_ms},
+		{"config.tick_ms", cfg.TickInterval, &c.tick_ms},
+		{"config.idle_timeout_ms", cfg.IdleTimeout, &c.idle_timeout_ms},
+		{"config.max_lifetime_ms", cfg.MaxLifetime, &c.max_lifetime_ms},
+		{"config.close_linger_ms", cfg.CloseLinger, &c.close_linger_ms},
 	}
 	for _, d := range durs {
 		ms, ok := durationMs(d.d)
 		if !ok {
-			return nil, argError(op, C.AFSM_EINVAL, "%s: %v, must not be negative (0: the default)", d.name, d.d)
+			return nil, argError(op, C.AFSM_EINVAL, "%s: %s, must not be negative (0: the default)", d.name,
+				msText(d.d))
 		}
 		*d.dst = C.uint64_t(ms)
 	}
@@ -280,6 +284,9 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 		c.reaper = C.AFSM_REAPER_MANUAL
 	} else {
 		c.reaper = C.AFSM_REAPER_THREAD
+	}
+	if err := textError(op, "server_addr", cfg.ServerAddr); err != nil {
+		return nil, err // every Session carries it back as a string: UTF-8, as in Python
 	}
 	if len(cfg.ServerAddr) > C.AFSM_SERVER_ADDR_MAX {
 		return nil, argError(op, C.AFSM_ETOOLONG, "ServerAddr: %d bytes, must be at most %d", len(cfg.ServerAddr),
@@ -346,6 +353,12 @@ func NewManager(cfg *ManagerConfig) (*Manager, error) {
 		return nil, statusError(op, st)
 	}
 	return m, nil
+}
+
+// msText is d in milliseconds, exactly and without an exponent ("-1.5"),
+// for details in the engine's unit that the Python binding words alike.
+func msText(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', -1, 64)
 }
 
 // durationMs converts to whole milliseconds, rounding up; false if negative.
@@ -478,8 +491,9 @@ func (m *Manager) SetDefaultTimeout(d time.Duration) error {
 	}
 	defer s.leave()
 	ms, ok := durationMs(d)
-	if !ok {
-		return argError("SetDefaultTimeout", C.AFSM_EINVAL, "d: %v, must be positive", d)
+	if !ok { // 0 reaches the engine, which words the limit the same way
+		return argError("SetDefaultTimeout", C.AFSM_EINVAL, "timeout_ms: %s, must be 1..%d (~49.7 days)", msText(d),
+			uint32(1<<32-1))
 	}
 	return statusError("SetDefaultTimeout", C.afsm_engine_set_default_timeout(m.eng, C.uint64_t(ms)))
 }

@@ -247,7 +247,8 @@ func (m *Manager) CreateSessionWithOptions(ctx context.Context, o *CreateOptions
 	}
 	timeoutMs, ok := durationMs(o.Timeout)
 	if !ok {
-		return nil, "", argError(op, C.AFSM_EINVAL, "Timeout: %v, must not be negative (0: the default)", o.Timeout)
+		return nil, "", argError(op, C.AFSM_EINVAL, "timeout_ms: %s, must not be negative (0: the default)",
+			msText(o.Timeout))
 	}
 	if err := textError(op, "user_id", o.UserID); err != nil {
 		return nil, "", err
@@ -399,18 +400,19 @@ func (m *Manager) Restore(ctx context.Context, sess *Session) error {
 		return err
 	}
 	if len(sess.UserID) > C.AFSM_USER_ID_MAX {
-		return argError(op, C.AFSM_ETOOLONG, "UserID: %d bytes, must be 1..%d", len(sess.UserID), C.AFSM_USER_ID_MAX)
+		return argError(op, C.AFSM_ETOOLONG, "session.user_id: %d bytes, must be 1..%d", len(sess.UserID),
+			C.AFSM_USER_ID_MAX)
 	}
 	ip, err := netip.ParseAddr(sess.ClientIP)
 	if err != nil || ip.Zone() != "" {
-		return argError(op, C.AFSM_EIP, "ClientIP: %q, must be an IPv4 or IPv6 address", sess.ClientIP)
+		return argError(op, C.AFSM_EIP, "session.client_ip: %q, must be an IPv4 or IPv6 address", sess.ClientIP)
 	}
 	ip = ip.Unmap()
 	if sess.Timeout <= 0 {
-		return argError(op, C.AFSM_EINVAL, "Timeout: %v, must be positive", sess.Timeout)
+		return argError(op, C.AFSM_EINVAL, "session.timeout_ms: %s, must be positive", msText(sess.Timeout))
 	}
 	if sess.ClientPort > 65535 {
-		return argError(op, C.AFSM_EINVAL, "ClientPort: %d, must be 0..65535", sess.ClientPort)
+		return argError(op, C.AFSM_EINVAL, "session.client_port: %d, must be 0..65535", sess.ClientPort)
 	}
 	timeoutMs, _ := durationMs(sess.Timeout)
 	s, err := m.enter(ctx, sess.SessionID[15])

@@ -3,6 +3,7 @@ bindings/go/cases_test.go too). See its "about"."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -24,6 +25,7 @@ ERRORS: dict[str, type[afsm.AfsmError]] = {
     "key_exists": afsm.KeyExists,
     "key_in_use": afsm.KeyInUse,
     "key_file": afsm.KeyFileError,
+    "closed": afsm.EngineClosed,
 }
 
 
@@ -61,6 +63,8 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
         kw["default_timeout"] = datetime.timedelta(milliseconds=config["default_timeout_ms"])
     if "key_hex" in config:
         kw["key"] = bytes.fromhex(config["key_hex"])
+    if "server_addr_hex" in config:
+        kw["server_addr"] = _text(config["server_addr_hex"])
     path = ""
     if "key_file" in config:
         path = kw["key_file"] = _key_file(tmp, config["key_file"])
@@ -76,11 +80,19 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
             metadata = dict(args.get("metadata", {}))
             for k, v in args.get("metadata_hex", []):
                 metadata[_text(k)] = _text(v)
+            for i in range(args.get("metadata_keys", 0)):
+                metadata[f"k{i}"] = "v"
+            if "metadata_repeat" in args:
+                (k, kn), (v, vn) = args["metadata_repeat"]
+                metadata[k * kn] = v * vn
+            ip = args.get("ip", "10.0.0.1")
+            if "ip_hex" in args:
+                ip = _text(args["ip_hex"])
             timeout = datetime.timedelta(
                 milliseconds=args.get("timeout_ms", 0), microseconds=args.get("timeout_us", 0)
             )
             session, _ = engine.create_session(
-                _user_id(args), "10.0.0.1", args.get("port", 0), metadata=metadata or None, timeout=timeout
+                _user_id(args), ip, args.get("port", 0), metadata=metadata or None, timeout=timeout
             )
             return session, path
         if op == "validate_token":
@@ -100,6 +112,55 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
         if op == "add_key_file":
             path = _key_file(tmp, args["file"])
             engine.add_key_file(args["key_id"], path)
+            return None, path
+        if args.get("close_first"):
+            engine.close()
+        if op in ("get_many", "heartbeat_many"):
+            ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
+            getattr(engine, op)(ids[: args["ids"]])
+            return None, path
+        if op == "delete":
+            reason = _text(args["reason_hex"]) if "reason_hex" in args else ""
+            if "reason_repeat" in args:
+                text, n = args["reason_repeat"]
+                reason = text * n
+            engine.delete(make(engine, "u").id, reason)
+            return None, path
+        if op == "restore":
+            # A copy of a live session, changed as args say, restored in its place.
+            s = make(engine, "u")
+            engine.delete(s.id)
+            changes: dict[str, Any] = {}
+            if "user_id_repeat" in args:
+                changes["user_id"] = _user_id(args)
+            if "session_timeout_ms" in args:
+                changes["timeout"] = datetime.timedelta(milliseconds=args["session_timeout_ms"])
+            if "port" in args:
+                changes["client_port"] = args["port"]
+            if "ip" in args:
+                changes["client_ip"] = args["ip"]
+            engine.restore(dataclasses.replace(s, **changes))
+            return None, path
+        if op == "close_pinned":
+            handle = engine.pin(make(engine, "u").id)
+            engine.close()
+            assert engine.closed
+            with pytest.raises(afsm.EngineClosed):
+                handle.heartbeat()
+            handle.release()  # a no-op now
+            return None, path
+        if op == "handle_after_release":
+            handle = engine.pin(make(engine, "u").id)
+            handle.release()
+            handle.heartbeat()
+            return None, path
+        if op == "set_default_timeout":
+            engine.set_default_timeout(datetime.timedelta(milliseconds=args["timeout_ms"]))
+            return None, path
+        if op == "add_stats_many":
+            # Every session of the setup, and fewer (or more) deltas.
+            ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
+            engine.add_stats_many(ids, [afsm.Stats(packets_sent=1)] * args["deltas"])
             return None, path
         if op == "remove_key":
             engine.remove_key(args["key_id"])

@@ -226,5 +226,5 @@ def test_release_own_handle_from_the_event_its_heartbeat_fired() -> None:
     done = run_child(RELEASE_OWN_HANDLE_FROM_ITS_EVENT)
     assert done.returncode == 0, done.stderr
     assert "STATE True 0" in done.stdout, done.stdout
-    assert "AFTER ValueError" in done.stdout, done.stdout
+    assert "AFTER HandleReleased" in done.stdout, done.stdout  # a ValueError (caught as one)
     assert "CLOSED True" in done.stdout, done.stdout

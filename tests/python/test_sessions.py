@@ -345,9 +345,6 @@ def test_handles(engine: afsm.Engine, clock: VirtualClock) -> None:
         h.add_stats(Stats(packets_sent=3, current_rtt_ms=9))
         assert engine.get(s.id).stats == Stats(packets_sent=3, current_rtt_ms=9)
         assert engine.get(s.id).last_active_at - s.last_active_at == 5 * S
-        with pytest.raises(afsm.Busy):
-            engine.close()
-        assert not engine.closed
         engine.delete(s.id)
         with pytest.raises(afsm.NotFound):
             h.heartbeat()
@@ -386,7 +383,7 @@ def test_unreleased_handle_is_released_by_gc(engine: afsm.Engine) -> None:
     import gc
 
     gc.collect()
-    # close() in the fixture would raise Busy if the handle were still pinned
+    assert engine.pinned() == 0  # (close() would release it too now)
 
 
 def test_engine_lifecycle() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import uuid
 
+import pytest
+
 import afsm
 from afsm import State, Stats
 
@@ -255,17 +257,15 @@ def test_close_from_a_callback_raises_and_close_from_outside_still_works() -> No
     assert engine.closed
 
 
-def test_pinned_handle_keeps_engine_open_then_close_succeeds() -> None:
+def test_close_releases_a_pinned_handle() -> None:
+    # As Go's Close: the handle is released, then the engine closed (it
+    # used to raise Busy and stay open).
     engine = afsm.Engine()
     s = make(engine, "u")
     h = engine.pin(s.id)
-    try:
-        engine.close()
-    except afsm.Busy:
-        pass
-    else:
-        raise AssertionError("close with a pinned handle must raise Busy")
-    h.heartbeat()  # the failed close reopened the gate
-    h.release()
     engine.close()
-    assert engine.closed
+    assert engine.closed and h.released
+    with pytest.raises(afsm.EngineClosed):
+        h.heartbeat()
+    h.release()  # a no-op
+    engine.close()

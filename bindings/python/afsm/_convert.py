@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import datetime
+import decimal
 import functools
 import ipaddress
 import struct
@@ -138,6 +139,13 @@ def uuid7() -> uuid.UUID:
 def ip_text(value: str | IPAddress) -> bytes:
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return str(value).encode()
+    if isinstance(value, str):
+        try:
+            # Bytes that are not UTF-8 (surrogate-escaped) make no address:
+            # the library says so (InvalidIP, its detail), as for Go's bytes.
+            return value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate that escapes no byte: encode() says so
     return encode(value, "client_ip")
 
 
@@ -179,6 +187,21 @@ def timedelta_to_ms(value: datetime.timedelta, what: str) -> int:
     if us <= 0:
         raise InvalidArgument(_lib.AFSM_EINVAL, f"{what}: {value}, must be positive")
     return uint(-(-us // 1000), 64, what)
+
+
+def _quoted(text: str) -> str:
+    """Text in double quotes, escaped about as the library and Go's %q do
+    (\\xNN for control characters)."""
+    body = "".join(
+        "\\" + c if c in '"\\' else c if c.isprintable() else f"\\x{ord(c):02x}" for c in text
+    )
+    return f'"{body}"'
+
+
+def ms_text(value: datetime.timedelta) -> str:
+    """``value`` in milliseconds, exactly and without an exponent ("-1.5"),
+    for details in the engine's unit, worded as the Go binding words them."""
+    return str(decimal.Decimal(value // _US) / 1000)
 
 
 def ms_to_timedelta(ms: int) -> datetime.timedelta:
@@ -376,7 +399,12 @@ def session_to_info(session: Session) -> _lib.afsm_session_info:
     info.connection_id = uuid_to_c(session.connection_id, "session.connection_id")
     ip = session.client_ip
     if isinstance(ip, str):
-        ip = parse_ip(ip)
+        try:
+            ip = parse_ip(ip)
+        except InvalidArgument as exc:
+            raise type(exc)(
+                exc.status, f"session.client_ip: {_quoted(ip)}, must be an IPv4 or IPv6 address"
+            ) from None
     if isinstance(ip, ipaddress.IPv4Address):
         info.client_ip.family = 4
         info.client_ip.bytes[:4] = list(ip.packed)
@@ -388,7 +416,8 @@ def session_to_info(session: Session) -> _lib.afsm_session_info:
     info.client_port = uint(session.client_port, 16, "session.client_port")
     user = encode(session.user_id, "session.user_id")
     if len(user) > _lib.AFSM_USER_ID_MAX:
-        raise error_for(_lib.AFSM_ETOOLONG, "session.user_id")
+        detail = f"session.user_id: {len(user)} bytes, must be 1..{_lib.AFSM_USER_ID_MAX}"
+        raise error_for(_lib.AFSM_ETOOLONG, detail)
     info.user_id_len = len(user)
     info.user_id = user
     server = encode(session.server_addr, "session.server_addr")[: _lib.AFSM_SERVER_ADDR_MAX]
@@ -397,6 +426,8 @@ def session_to_info(session: Session) -> _lib.afsm_session_info:
     info.created_at_ns = datetime_to_ns(session.created_at, "session.created_at")
     info.last_active_at_ns = datetime_to_ns(session.last_active_at, "session.last_active_at")
     info.expires_at_ns = datetime_to_ns(session.expires_at, "session.expires_at")
+    if isinstance(session.timeout, datetime.timedelta) and session.timeout <= datetime.timedelta(0):
+        raise InvalidArgument(_lib.AFSM_EINVAL, f"session.timeout_ms: {ms_text(session.timeout)}, must be positive")
     info.timeout_ms = timedelta_to_ms(session.timeout, "session.timeout")
     info.stats = stats_to_c(session.stats)
     info.token_generation = uint(session.token_generation, 32, "session.token_generation")

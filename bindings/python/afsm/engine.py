@@ -37,6 +37,7 @@ from ._convert import (
     ip_text,
     metadata_from_buffer,
     metrics_from_c,
+    ms_text,
     ms_to_timedelta,
     new_info,
     new_info_array,
@@ -57,7 +58,7 @@ from ._convert import (
     uuids_to_array,
 )
 from ._hooks import inside_callback, make_clock, make_event_hook, make_log_hook
-from .errors import AfsmError, EngineClosed, InvalidArgument, check, error_for
+from .errors import AfsmError, EngineClosed, HandleReleased, InvalidArgument, check, error_for
 from .types import Counts, Event, LimitPolicy, LogRecord, Metadata, Metrics, Page, Session, State, Stats
 
 __all__ = ["Engine", "Handle"]
@@ -88,6 +89,34 @@ def _close_open_engines() -> None:
             _leaked_hooks.extend(engine._hooks)
 
 
+def _disown_engines_in_child() -> None:
+    """After fork(), in the child: every engine opened before is the parent's.
+
+    afsm.h forbids a child to use or close such an engine (its reaper thread,
+    and any thread inside a call holding a lock, do not exist there), so
+    closing it would wait forever for a thread to stop. Each one becomes
+    closed without a C call: calls raise EngineClosed saying why, and
+    close(), __del__ and the atexit hook leave the C engine alone. Fresh
+    locks: a parent thread may have held the old ones at the fork.
+    """
+    parent = os.getppid()
+    for engine in list(_open_engines):
+        gate = _Gate()
+        gate.closed = True
+        gate.why = (
+            f"the Engine was opened by process {parent}; "
+            "open engines after fork(), in the process that uses them"
+        )
+        engine._gate = gate
+        engine._close_lock = threading.Lock()
+        engine._ptr = None
+        engine._forked = True
+    _open_engines.clear()
+
+
+os.register_at_fork(after_in_child=_disown_engines_in_child)
+
+
 class _Gate:
     """Counts the calls in flight on one engine, so close can wait for them.
 
@@ -98,18 +127,20 @@ class _Gate:
     ``_gated`` inlines enter and leave (it wraps every call).
     """
 
-    __slots__ = ("lock", "inflight", "closed", "drained")
+    __slots__ = ("lock", "inflight", "closed", "drained", "why")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.inflight = 0
         self.closed = False
         self.drained = threading.Event()
+        # Completes EngineClosed's detail: "<method>: <why>".
+        self.why = "the Engine is closed"
 
     def enter(self, what: str) -> None:
         with self.lock:
             if self.closed:
-                raise EngineClosed(detail=f"{what}: the Engine is closed")
+                raise EngineClosed(detail=f"{what}: {self.why}")
             self.inflight += 1
 
     def leave(self) -> None:
@@ -146,7 +177,7 @@ def _gated(fn: _F) -> _F:
         gate = self._gate
         with gate.lock:
             if gate.closed:
-                raise EngineClosed(detail=f"{what}: the Engine is closed")
+                raise EngineClosed(detail=f"{what}: {gate.why}")
             gate.inflight += 1
         try:
             return fn(self, *args, **kwargs)
@@ -159,11 +190,16 @@ def _gated(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def _optional_ms(value: datetime.timedelta | None, what: str) -> int:
+def _optional_ms(value: datetime.timedelta | None, what: str, c_name: str | None = None) -> int:
     """Milliseconds for C, where 0 means the default: None and a zero
-    timedelta both give it (as a zero time.Duration does in Go)."""
+    timedelta both give it (as a zero time.Duration does in Go). A negative
+    value is named ``c_name`` (the C field) in the detail, as in Go."""
     if value is None or (isinstance(value, datetime.timedelta) and not value):
         return 0
+    if c_name is not None and isinstance(value, datetime.timedelta) and value < datetime.timedelta(0):
+        raise InvalidArgument(
+            _lib.AFSM_EINVAL, f"{c_name}: {ms_text(value)}, must not be negative (0: the default)"
+        )
     return timedelta_to_ms(value, what)
 
 
@@ -187,8 +223,20 @@ def _key_array(key: bytes | bytearray | memoryview, what: str) -> Any:
     return (ctypes.c_uint8 * max(len(raw), 1)).from_buffer_copy(raw or b"\0"), len(raw)
 
 
-def _key_id(value: int) -> int:
+def _key_id(value: int, low: int = 0) -> int:
+    """A key id for C; what does not fit its uint32 gets the library's
+    words for an id out of range (``low``: 1 for a new key, 0 to name the
+    random first key)."""
+    if isinstance(value, int) and not isinstance(value, bool) and (value < 0 or value >> 32):
+        raise InvalidArgument(_lib.AFSM_EINVAL, f"key_id: {value}, must be {low}..65535")
     return uint(value, 32, "key_id")
+
+
+def _id_batch(values: Iterable[UUIDLike]) -> list[UUIDLike]:
+    """The ids of a batch call as a list; a str is one id, not a batch."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"session_ids must be an iterable of ids, not {type(values).__name__}")
+    return list(values)
 
 
 def _path(value: str | os.PathLike[str] | bytes) -> bytes:
@@ -354,8 +402,12 @@ class Engine:
         etcd_stats_flush: datetime.timedelta | None = None,
     ) -> None:
         self._ptr: Any = None
+        self._forked = False  # set in a fork()ed child (_disown_engines_in_child)
         self._gate = _Gate()
         self._close_lock = threading.Lock()
+        # Handles not yet garbage: close() releases those still pinned.
+        self._handles: weakref.WeakSet[Handle] = weakref.WeakSet()
+        self._handles_lock = threading.Lock()
         self._hooks: list[Any] = []
         self.callback_errors: collections.deque[BaseException] = collections.deque(maxlen=100)
 
@@ -363,12 +415,12 @@ class Engine:
         check(_lib.lib.afsm_config_init(byref(cfg), _lib.AFSM_CONFIG_VERSION))
         cfg.shard_count = uint(shard_count, 32, "shard_count")
         cfg.capacity_hint = uint(capacity_hint, 64, "capacity_hint")
-        cfg.default_timeout_ms = _optional_ms(default_timeout, "default_timeout")
-        cfg.cleanup_interval_ms = _optional_ms(cleanup_interval, "cleanup_interval")
-        cfg.tick_ms = _optional_ms(tick, "tick")
-        cfg.idle_timeout_ms = _optional_ms(idle_timeout, "idle_timeout")
-        cfg.max_lifetime_ms = _optional_ms(max_lifetime, "max_lifetime")
-        cfg.close_linger_ms = _optional_ms(close_linger, "close_linger")
+        cfg.default_timeout_ms = _optional_ms(default_timeout, "default_timeout", "config.default_timeout_ms")
+        cfg.cleanup_interval_ms = _optional_ms(cleanup_interval, "cleanup_interval", "config.cleanup_interval_ms")
+        cfg.tick_ms = _optional_ms(tick, "tick", "config.tick_ms")
+        cfg.idle_timeout_ms = _optional_ms(idle_timeout, "idle_timeout", "config.idle_timeout_ms")
+        cfg.max_lifetime_ms = _optional_ms(max_lifetime, "max_lifetime", "config.max_lifetime_ms")
+        cfg.close_linger_ms = _optional_ms(close_linger, "close_linger", "config.close_linger_ms")
         cfg.max_sessions_per_user = uint(max_sessions_per_user, 32, "max_sessions_per_user")
         cfg.limit_policy = _limit_policy(limit_policy)
         # The config is copied by afsm_engine_open: these need only outlive it.
@@ -391,6 +443,9 @@ class Engine:
         if server is not None:
             cfg.server_addr = server
             cfg.server_addr_len = len(server)
+        for name, hook in (("clock", clock), ("on_event", on_event), ("on_log", on_log)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
         if clock is not None:
             cfg.clock = make_clock(clock, self._callback_failed)
             self._hooks.append(cfg.clock)
@@ -450,11 +505,11 @@ class Engine:
         calls in progress to return, then frees the engine. Every call made
         afterwards raises EngineClosed.
 
-        Raises :class:`~afsm.errors.Busy` (and leaves the engine open) while
-        handles are pinned; calls racing such a failed close may raise
-        EngineClosed. Raises RuntimeError when called from a hook (on_event,
-        on_log, clock): the call that fired the hook is still in flight, so
-        waiting for it would never end.
+        Handles still pinned are released first (as Go's Close does): their
+        calls then raise EngineClosed, their ``release()`` does nothing.
+        Raises RuntimeError when called from a hook (on_event, on_log,
+        clock): the call that fired the hook is still in flight, so waiting
+        for it would never end.
         """
         if inside_callback():
             raise RuntimeError("Engine.close() cannot be called from an engine callback")
@@ -462,6 +517,11 @@ class Engine:
             if self._ptr is None:
                 return
             self._gate.shut()
+            # Every handle call runs inside the gate, so none is in flight.
+            with self._handles_lock:
+                pinned = list(self._handles)
+            for handle in pinned:
+                handle._release_for_close()
             status = _lib.lib.afsm_engine_close(self._ptr)
             if status != _OK:
                 self._gate.reopen()
@@ -471,6 +531,16 @@ class Engine:
 
     def __enter__(self) -> Engine:
         return self
+
+    # A copy would share the C engine and free it a second time on close.
+    def __copy__(self) -> Engine:
+        raise TypeError("cannot copy an afsm Engine: it owns the C engine; share the object")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Engine:
+        return self.__copy__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("cannot pickle an afsm Engine: it owns the C engine of this process")
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -510,7 +580,14 @@ class Engine:
     @_gated
     def set_default_timeout(self, timeout: datetime.timedelta) -> None:
         """Timeout of sessions created from now on without their own."""
-        ms = timedelta_to_ms(timeout, "timeout")
+        if isinstance(timeout, datetime.timedelta) and timeout <= datetime.timedelta(0):
+            if timeout:  # 0 reaches the library, which words the limit alike
+                raise InvalidArgument(
+                    _lib.AFSM_EINVAL, f"timeout_ms: {ms_text(timeout)}, must be 1..4294967295 (~49.7 days)"
+                )
+            ms = 0
+        else:
+            ms = timedelta_to_ms(timeout, "timeout")
         check(_lib.lib.afsm_engine_set_default_timeout(self._engine, ms))
 
     @_gated
@@ -618,6 +695,9 @@ class Engine:
         opts.user_id_len = len(user)
         opts.client_ip = ip
         opts.client_ip_len = len(ip)
+        if isinstance(client_port, int) and not isinstance(client_port, bool) and not 0 <= client_port < 1 << 32:
+            # Past the C field's width: the library's words for its limit.
+            raise InvalidArgument(_lib.AFSM_EINVAL, f"client_port: {client_port}, must be 0..65535")
         opts.client_port = uint(client_port, 32, "client_port")
         opts.connection_id = uuid_to_c(
             uuid7() if connection_id is None else connection_id, "connection_id"
@@ -625,7 +705,7 @@ class Engine:
         kvs = KVArray(metadata)
         opts.metadata = kvs.array
         opts.metadata_count = kvs.count
-        opts.timeout_ms = _optional_ms(timeout, "timeout")
+        opts.timeout_ms = _optional_ms(timeout, "timeout", "timeout_ms")
         info = new_info()
         check(_lib.lib.afsm_session_create(self._engine, byref(opts), byref(info)))
         # The stored map is exactly the (duplicate-free) input, in key order.
@@ -725,14 +805,14 @@ class Engine:
         :meth:`use_key` makes it seal). Raises InvalidArgument (id 0 or over
         65535, length), KeyExists (an AlreadyExists)."""
         arr, n = _key_array(key, "key")
-        check(_lib.lib.afsm_key_add(self._engine, _key_id(key_id), arr, n))
+        check(_lib.lib.afsm_key_add(self._engine, _key_id(key_id, 1), arr, n))
 
     @_gated
     def add_key_file(self, key_id: int, path: str | os.PathLike[str] | bytes) -> None:
         """As :meth:`add_key`, reading the key from a file of exactly 32
         bytes that only its owner may read or write (else KeyFileError)."""
         raw = _path(path)
-        check(_lib.lib.afsm_key_add_file(self._engine, _key_id(key_id), raw, len(raw)))
+        check(_lib.lib.afsm_key_add_file(self._engine, _key_id(key_id, 1), raw, len(raw)))
 
     @_gated
     def use_key(self, key_id: int) -> None:
@@ -989,6 +1069,12 @@ class Engine:
         for start in range(0, len(items), step):
             yield start, items[start : start + step]
 
+    @classmethod
+    def _id_chunks(cls, ids: Sequence[UUIDLike]) -> list[tuple[int, int, Any]]:
+        """(start, count, afsm_uuid array) per C call, all converted before
+        the first call: a malformed id raises with the engine unchanged."""
+        return [(start, len(chunk), uuids_to_array(chunk, "session_id")) for start, chunk in cls._chunks(ids)]
+
     @_gated
     def get_many(self, session_ids: Iterable[UUIDLike]) -> list[Session | AfsmError]:
         """Gets many sessions with one C call per 65536.
@@ -996,11 +1082,9 @@ class Engine:
         Returns, per id in order, the Session or the exception that
         :meth:`get` would have raised (not raised).
         """
-        ids = list(session_ids)
+        ids = _id_batch(session_ids)
         results: list[Session | AfsmError] = []
-        for _, chunk in self._chunks(ids):
-            n = len(chunk)
-            arr = uuids_to_array(chunk, "session_id")
+        for _, n, arr in self._id_chunks(ids):
             out = new_info_array(n)
             statuses = (ctypes.c_int * n)()
             check(_lib.lib.afsm_session_get_batch(self._engine, arr, n, out, statuses))
@@ -1017,11 +1101,9 @@ class Engine:
     @_gated
     def heartbeat_many(self, session_ids: Iterable[UUIDLike]) -> list[datetime.timedelta | AfsmError]:
         """Heartbeats many sessions; per id, the time left or the exception."""
-        ids = list(session_ids)
+        ids = _id_batch(session_ids)
         results: list[datetime.timedelta | AfsmError] = []
-        for _, chunk in self._chunks(ids):
-            n = len(chunk)
-            arr = uuids_to_array(chunk, "session_id")
+        for _, n, arr in self._id_chunks(ids):
             remaining = (c_uint64 * n)()
             statuses = (ctypes.c_int * n)()
             check(_lib.lib.afsm_session_heartbeat_batch(self._engine, arr, n, remaining, statuses))
@@ -1039,17 +1121,17 @@ class Engine:
 
         Returns, per id, ``None`` or the exception.
         """
-        ids = list(session_ids)
+        ids = _id_batch(session_ids)
         if isinstance(deltas, Stats):
             packed = [stats_to_bytes(deltas)] * len(ids)
         else:
             packed = [stats_to_bytes(d) for d in deltas]
             if len(packed) != len(ids):
-                raise ValueError(f"{len(ids)} ids but {len(packed)} deltas")
+                raise InvalidArgument(  # a ValueError too
+                    _lib.AFSM_EINVAL, f"deltas: {len(packed)} items, must be as many as ids ({len(ids)})"
+                )
         results: list[AfsmError | None] = []
-        for start, chunk in self._chunks(ids):
-            n = len(chunk)
-            arr = uuids_to_array(chunk, "session_id")
+        for start, n, arr in self._id_chunks(ids):
             d = (_lib.afsm_stats * n).from_buffer_copy(b"".join(packed[start : start + n]))
             statuses = (ctypes.c_int * n)()
             check(_lib.lib.afsm_session_add_stats_batch(self._engine, arr, d, n, statuses))
@@ -1079,8 +1161,8 @@ class Handle:
     """A pinned session: heartbeats and stats without a lookup.
 
     Stays safe after the session is deleted or expires (its calls then raise
-    NotFound or Expired). Release it (or use ``with``) before closing the
-    engine: :meth:`Engine.close` raises Busy while handles are pinned.
+    NotFound or Expired). Release it (or use ``with``) when done;
+    :meth:`Engine.close` releases the handles still pinned.
     """
 
     def __init__(self, engine: Engine, ptr: Any) -> None:
@@ -1096,11 +1178,13 @@ class Handle:
         out = _lib.afsm_uuid()
         check(_lib.lib.afsm_handle_session_id(ptr, byref(out)))
         self.session_id: uuid.UUID = uuid_from_c(out)
+        with engine._handles_lock:
+            engine._handles.add(self)
 
     def _enter(self) -> Any:
         with self._lock:
             if self._releasing:
-                raise ValueError("operation on a released afsm Handle")
+                raise HandleReleased(detail="the afsm Handle is released")
             self._inflight += 1
             return self._ptr
 
@@ -1113,10 +1197,25 @@ class Handle:
 
     def _unpin(self) -> None:
         ptr, self._ptr = self._ptr, None
+        if self._engine._forked:  # the parent's handle: never touch it here
+            self._unpinned.set()
+            return
         try:
             check(_lib.lib.afsm_handle_release(ptr))
         finally:
             self._unpinned.set()
+
+    def _release_for_close(self) -> None:
+        """Engine.close's release: the engine's gate is drained, so no call
+        on this handle is in progress; a release() racing on another thread
+        is waited for."""
+        with self._lock:
+            first = not self._releasing
+            self._releasing = True
+        if first:
+            self._unpin()
+        else:
+            self._unpinned.wait()
 
     @property
     def released(self) -> bool:
@@ -1153,7 +1252,8 @@ class Handle:
             gate.leave()
 
     def release(self) -> None:
-        """Unpins. Idempotent. Calls on the handle afterwards raise ValueError.
+        """Unpins. Idempotent. Calls on the handle afterwards raise
+        HandleReleased (an EngineClosed and a ValueError).
 
         Waits for the handle's calls in progress on other threads, so that
         none runs on the freed handle. From an engine hook (``on_event``
@@ -1175,6 +1275,16 @@ class Handle:
 
     def __enter__(self) -> Handle:
         return self
+
+    # A copy would share the C handle and unpin the session a second time.
+    def __copy__(self) -> Handle:
+        raise TypeError("cannot copy an afsm Handle: it owns its pin; share the object")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Handle:
+        return self.__copy__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("cannot pickle an afsm Handle: it owns a pin in this process")
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()

@@ -107,6 +107,12 @@ class EngineClosed(AfsmError):
         Exception.__init__(self, f"EngineClosed: {detail or 'the Engine is closed'}")
 
 
+class HandleReleased(EngineClosed, ValueError):
+    """A call on a :class:`~afsm.Handle` after its ``release()`` (Go:
+    ``ErrClosed``, as for a closed engine). Also a ValueError, which it was
+    before it was an EngineClosed."""
+
+
 class InvalidArgument(AfsmError, ValueError):
     """A value is out of range or malformed (``AFSM_EINVAL`` and the subclasses)."""
 
