@@ -1,0 +1,37 @@
+"""Operator mistakes at start and crashes around snapshots: every one is a clear
+error and exit code at start (README, "Options": 1 when it cannot start, 2 for bad
+flags), never a daemon that starts and misbehaves or loses sessions later.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import time
+
+import pytest
+
+from conftest import SESSIOND
+from helpers import create
+from test_cli import LOADGEN
+
+# Every case here exits by itself within a second when the daemon is right; a
+# daemon that starts instead is the bug, and the timeout turns it into a failure.
+EXIT_TIMEOUT_S = 8.0
+
+
+def exits(daemons, *args):
+    try:
+        return daemons.run_to_exit(*args, timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail("sessiond %s started and served instead of refusing to start" % " ".join(args))
+
+
+def test_a_port_held_by_another_sessiond_is_refused(daemons):
+    """gRPC sets SO_REUSEPORT by default: a second daemon on the same port would share
+    it with the first, the kernel splitting connections (and sessions) between them."""
+    first = daemons.start(name="first")
+    code, out = exits(daemons, "--listen", first.addr)
+    assert code == 1 and "cannot listen" in out and first.addr in out, out
+    assert first.stop() == 0
