@@ -391,6 +391,10 @@ int run(const Options &o)
     grpc::ServerBuilder builder;
     int grpc_port = 0;
     builder.AddListeningPort(o.listen, creds, &grpc_port);
+    // gRPC sets SO_REUSEPORT on its listeners by default: a second sessiond
+    // on the same port would then bind too, and the kernel would split new
+    // connections (and so the memory store's sessions) between the two.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, static_cast<int>(o.max_concurrent_streams));
     builder.RegisterService(service.async());
