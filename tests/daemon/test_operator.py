@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from conftest import SESSIOND
 from helpers import create
 from test_cli import LOADGEN
 
@@ -35,3 +34,11 @@ def test_a_port_held_by_another_sessiond_is_refused(daemons):
     code, out = exits(daemons, "--listen", first.addr)
     assert code == 1 and "cannot listen" in out and first.addr in out, out
     assert first.stop() == 0
+
+
+@pytest.mark.parametrize("flag,value", [("--listen", "127.0.0.1:99999"), ("--listen", "127.0.0.1"),
+                                        ("--metrics-listen", "127.0.0.1:70000"), ("--metrics-listen", "nonsense")])
+def test_an_address_that_is_not_host_port_is_a_bad_flag(daemons, flag, value):
+    """Port 99999 used to be taken modulo 65536 by gRPC (the daemon listened on 34463)."""
+    code, out = exits(daemons, flag, value)
+    assert code == 2 and flag in out and value in out and "65535" in out, out
