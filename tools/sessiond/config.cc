@@ -14,6 +14,8 @@
 
 #include <afsm.h>
 
+#include "metrics_http.h"
+
 namespace sessiond
 {
 namespace
@@ -349,6 +351,20 @@ int parse_options(int argc, char **argv, Options *out)
         if (!apply(o, *g.first, g.second, std::string("--") + g.first->name))
             return -1;
 
+    // gRPC takes a port past 65535 modulo 65536 and listens there; refuse it
+    // here, with the flag named (unix: sockets are gRPC's to check).
+    for (const auto &addr : {std::make_pair("listen", &o.listen), std::make_pair("metrics-listen", &o.metrics_listen)}) {
+        std::string host;
+        uint16_t port;
+        const std::string &v = *addr.second;
+        if (v.compare(0, 5, "unix:") == 0 || v.compare(0, 14, "unix-abstract:") == 0 ||
+            (std::string(addr.first) == "metrics-listen" && (v == "off" || v.empty())))
+            continue;
+        if (!split_host_port(v, &host, &port)) {
+            std::fprintf(stderr, "sessiond: --%s \"%s\" is not HOST:PORT (port 0..65535)\n", addr.first, v.c_str());
+            return -1;
+        }
+    }
     if (o.limit_policy != "reject" && o.limit_policy != "evict-oldest") {
         std::fprintf(stderr, "sessiond: --limit-policy must be reject or evict-oldest, not \"%s\"\n",
                      o.limit_policy.c_str());
