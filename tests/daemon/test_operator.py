@@ -42,3 +42,17 @@ def test_an_address_that_is_not_host_port_is_a_bad_flag(daemons, flag, value):
     """Port 99999 used to be taken modulo 65536 by gRPC (the daemon listened on 34463)."""
     code, out = exits(daemons, flag, value)
     assert code == 2 and flag in out and value in out and "65535" in out, out
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--shards", "3"], ["--shards", "power of two", "4096"]),
+    (["--default-timeout", "100000d"], ["--default-timeout", "49.7 days"]),
+    (["--close-linger", "5000d"], ["--close-linger", "10 years"]),
+])
+def test_values_the_engine_refuses_are_bad_flags(daemons, args, words):
+    """Exit 2 (systemd does not restart it) with the flag and its limit named, not
+    exit 1 with "cannot open the engine: invalid argument"."""
+    code, out = exits(daemons, *args)
+    assert code == 2, out
+    for w in words:
+        assert w in out, (w, out)
