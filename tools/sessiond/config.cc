@@ -353,7 +353,8 @@ int parse_options(int argc, char **argv, Options *out)
 
     // gRPC takes a port past 65535 modulo 65536 and listens there; refuse it
     // here, with the flag named (unix: sockets are gRPC's to check).
-    for (const auto &addr : {std::make_pair("listen", &o.listen), std::make_pair("metrics-listen", &o.metrics_listen)}) {
+    for (const auto &addr :
+         {std::make_pair("listen", &o.listen), std::make_pair("metrics-listen", &o.metrics_listen)}) {
         std::string host;
         uint16_t port;
         const std::string &v = *addr.second;

@@ -190,6 +190,32 @@ bool write_snapshot(afsm_engine *engine, const std::string &path, DaemonStats *d
     return true;
 }
 
+// The engine's error detail ("config.shard_count: 3, must be ...") with the
+// config field replaced by the flag that set it.
+std::string engine_detail_as_flags(std::string detail)
+{
+    static const std::pair<const char *, const char *> fields[] = {
+        {"config.shard_count", "--shards"},
+        {"config.default_timeout_ms", "--default-timeout (ms)"},
+        {"config.max_lifetime_ms", "--max-lifetime (ms)"},
+        {"config.idle_timeout_ms", "--idle-timeout (ms)"},
+        {"config.cleanup_interval_ms", "--cleanup-interval (ms)"},
+        {"config.tick_ms", "--cleanup-interval (ms)"},
+        {"config.close_linger_ms", "--close-linger (ms)"},
+        {"config.server_addr", "--server-addr"},
+        {"config.etcd_request_timeout_ms", "--etcd-request-timeout (ms)"},
+        {"config.etcd_dial_timeout_ms", "--etcd-dial-timeout (ms)"},
+        {"config.etcd_stats_flush_ms", "--etcd-stats-flush (ms)"},
+    };
+    for (const auto &f : fields) {
+        size_t at = detail.find(f.first);
+        if (at != std::string::npos &&
+            (at + std::strlen(f.first) == detail.size() || detail[at + std::strlen(f.first)] == ':'))
+            return detail.replace(at, std::strlen(f.first), f.second);
+    }
+    return detail;
+}
+
 // Loads the snapshot at start. False: refuse to start (the error is logged).
 bool load_snapshot(afsm_engine *engine, const Options &o)
 {
@@ -340,6 +366,12 @@ int run(const Options &o)
     }
     afsm_engine *engine = nullptr;
     afsm_status s = afsm_engine_open(&cfg, &engine);
+    if (s == AFSM_EINVAL || s == AFSM_ETOOLONG) {
+        // A value the engine refuses is a bad flag (exit 2: restarting will
+        // not fix it); its detail names the config field and the limit.
+        log_line(AFSM_LOG_ERROR, "invalid option", {{"error", engine_detail_as_flags(afsm_error_detail())}});
+        return 2;
+    }
     if (s != AFSM_OK) {
         std::string hint = s == AFSM_EKEYFILE ? " (the key file must hold exactly 32 bytes and be mode 0600, e.g. "
                                                 "head -c 32 /dev/urandom > key && chmod 600 key)"
