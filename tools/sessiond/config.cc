@@ -67,17 +67,29 @@ template <typename T> std::function<bool(Options &, const std::string &)> str(T 
     };
 }
 
-std::function<bool(Options &, const std::string &)> dur(uint64_t Options::*field)
-{
-    return [field](Options &o, const std::string &v) { return parse_duration_ms(v, &(o.*field)); };
-}
-
 // What the value of the option being applied should have been, for its
 // error; set by a setter that fails, read and cleared by apply().
 std::string &expected()
 {
     static std::string text;
     return text;
+}
+
+// The engine's bound on its spans; also keeps deadlines computed from a
+// duration (now + --shutdown-grace) far from overflowing.
+constexpr uint64_t kDurationMaxMs = 3650ull * 86400 * 1000;
+
+std::function<bool(Options &, const std::string &)> dur(uint64_t Options::*field)
+{
+    return [field](Options &o, const std::string &v) {
+        uint64_t ms;
+        if (!parse_duration_ms(v, &ms) || ms > kDurationMaxMs) {
+            expected() = "a number with ms, s, m, h or d (bare: seconds), at most 3650d";
+            return false;
+        }
+        o.*field = ms;
+        return true;
+    };
 }
 
 std::function<bool(Options &, const std::string &)> u32(uint32_t Options::*field, uint64_t max)
@@ -292,6 +304,8 @@ bool parse_duration_ms(const std::string &text, uint64_t *out_ms)
         mult = 86400ull * 1000;
     else
         return false;
+    if (n > UINT64_MAX / mult)
+        return false; // 15 digits of days would wrap around 2^64 ms
     *out_ms = n * mult;
     return true;
 }
