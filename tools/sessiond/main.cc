@@ -383,6 +383,13 @@ int run(const Options &o)
     if (o.key_file.empty())
         log_line(AFSM_LOG_WARN, "no --key-file: tokens use a random key and will not survive a restart");
 
+    std::string snapshot_error;
+    if (!o.snapshot.empty() && !snapshot_prepare(o.snapshot, &snapshot_error)) {
+        log_line(AFSM_LOG_ERROR, "cannot write the snapshot; refusing to start",
+                 {{"path", o.snapshot}, {"error", snapshot_error}});
+        afsm_engine_close(engine);
+        return 1;
+    }
     if (!o.snapshot.empty() && !load_snapshot(engine, o)) {
         afsm_engine_close(engine);
         return 1;
