@@ -150,3 +150,55 @@ def test_future_snapshot_version_is_refused_with_both_versions(daemons, tmp_path
         f.write(header)
     code, out = exits(daemons, "--snapshot", snap)
     assert code == 1 and "format version 2 is not supported (this is 1)" in out, out
+
+
+def test_idle_connections_do_not_hold_up_a_stop(daemons):
+    """README, "Stopping": in-flight calls get up to --shutdown-grace. With none in
+    flight, an idle client channel (a gateway between calls) or a bare TCP
+    connection (a load balancer's check) used to hold the stop for the whole grace:
+    gRPC waits for every connection to close after its GOAWAY."""
+    import socket
+    d = daemons.start("--shutdown-grace", "15s", name="idle")
+    create(d)  # the daemon's channel is now connected and idle
+    host, port = d.addr.rsplit(":", 1)
+    bare = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        code = d.proc.wait(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        bare.close()
+    assert code == 0
+    assert took < 5, "stop took %.1fs with no call in flight (grace 15s)" % took
+
+
+def test_an_in_flight_stream_still_gets_the_grace(daemons):
+    """The other side of the above: a call in flight keeps the stop waiting (up to the
+    grace) and completes normally if it ends within it."""
+    import threading
+    d = daemons.start("--shutdown-grace", "15s", name="busy")
+    pb = d.stubs.pb
+    sid = create(d).session.session_id
+    release = threading.Event()
+    answers = []
+
+    def requests():
+        yield pb.HeartbeatBatchRequest(session_ids=[sid], sequence=1)
+        release.wait(20)
+        yield pb.HeartbeatBatchRequest(session_ids=[sid], sequence=2)
+
+    call = d.stub.HeartbeatStream(requests(), timeout=30)
+    reader = threading.Thread(target=lambda: answers.extend(r.sequence for r in call), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while not answers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert answers == [1]
+    d.proc.send_signal(signal.SIGTERM)
+    with pytest.raises(subprocess.TimeoutExpired):
+        d.proc.wait(timeout=1.5)  # the open stream holds the stop
+    release.set()
+    reader.join(10)
+    assert answers == [1, 2]  # answered after SIGTERM, within the grace
+    assert d.proc.wait(timeout=10) == 0
