@@ -23,6 +23,7 @@
 #include <thread>
 
 #include <absl/synchronization/mutex.h>
+#include <grpc/grpc.h>
 #include <grpcpp/grpcpp.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -544,7 +545,27 @@ int run(const Options &o)
     serving.store(false);
     health.close();
     hub.close_all();
+    //
+    // gRPC's shutdown also waits, up to the deadline, for every connection
+    // to close after its GOAWAY, and an idle client or a bare TCP connection
+    // (a load balancer's check) may never close: the stop took the whole
+    // grace with no call in flight. Once no call state is left (the
+    // shutdown has failed the posted requests, the calls in flight are
+    // done; before the shutdown the posted requests keep the count above 0)
+    // there is nothing to cancel, so the connections are dropped at once.
+    std::atomic<bool> shutdown_returned{false};
+    std::thread idle_closer([&] {
+        while (!shutdown_returned.load()) {
+            if (LiveCalls::count().load(std::memory_order_acquire) == 0) {
+                grpc_server_cancel_all_calls(server->c_server());
+                return;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+    });
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(o.shutdown_grace_ms));
+    shutdown_returned.store(true);
+    idle_closer.join();
     queues.stop();
     server->Wait();
     if (snapshotter.joinable()) {
