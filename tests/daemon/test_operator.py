@@ -202,3 +202,49 @@ def test_an_in_flight_stream_still_gets_the_grace(daemons):
     reader.join(10)
     assert answers == [1, 2]  # answered after SIGTERM, within the grace
     assert d.proc.wait(timeout=10) == 0
+
+
+def metric(d, name: str) -> float:
+    import re
+    import urllib.request
+    with urllib.request.urlopen("http://%s/metrics" % d.metrics_addr, timeout=5) as resp:
+        body = resp.read().decode()
+    m = re.search(r"^%s (\S+)$" % re.escape(name), body, re.M)
+    assert m, "%s not in /metrics" % name
+    return float(m.group(1))
+
+
+def test_snapshot_metrics_move_and_a_lost_directory_counts_failures(daemons, tmp_path):
+    """README, "Metrics": sessiond_snapshot_* tell an operator the last snapshot's
+    time, size and duration, and count failures. A state directory removed under a
+    running daemon: failures count up, the last success stays, the stop exits 1."""
+    import shutil
+    state = tmp_path / "state"
+    state.mkdir()
+    snap = str(state / "s.snap")
+    d = daemons.start("--snapshot", snap, "--snapshot-interval", "50ms", name="snapm")
+    for _ in range(3):
+        create(d)
+    deadline = time.monotonic() + 10
+    while metric(d, "sessiond_snapshot_sessions") != 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert metric(d, "sessiond_snapshot_sessions") == 3
+    assert metric(d, "sessiond_snapshot_failures_total") == 0
+    assert abs(metric(d, "sessiond_snapshot_last_success_timestamp_seconds") - time.time()) < 10
+    assert metric(d, "sessiond_snapshot_duration_seconds") > 0
+    assert metric(d, "process_start_time_seconds") <= time.time()
+    shutil.rmtree(str(state))
+    deadline = time.monotonic() + 10
+    while metric(d, "sessiond_snapshot_failures_total") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    last = metric(d, "sessiond_snapshot_last_success_timestamp_seconds")
+    assert metric(d, "sessiond_snapshot_failures_total") >= 2
+    # Two more failed periods later, the last success has not moved.
+    failed = metric(d, "sessiond_snapshot_failures_total")
+    deadline = time.monotonic() + 10
+    while metric(d, "sessiond_snapshot_failures_total") < failed + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert metric(d, "sessiond_snapshot_failures_total") >= failed + 2
+    assert metric(d, "sessiond_snapshot_last_success_timestamp_seconds") == last
+    assert d.stop() == 1
+    assert any(r.get("msg") == "snapshot failed" and r.get("why") == "shutdown" for r in d.log_records())
