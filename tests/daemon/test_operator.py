@@ -248,3 +248,13 @@ def test_snapshot_metrics_move_and_a_lost_directory_counts_failures(daemons, tmp
     assert metric(d, "sessiond_snapshot_last_success_timestamp_seconds") == last
     assert d.stop() == 1
     assert any(r.get("msg") == "snapshot failed" and r.get("why") == "shutdown" for r in d.log_records())
+
+
+def test_a_config_path_that_is_a_directory_is_refused(daemons, tmp_path):
+    """--config /etc/sessiond (the directory, not the file) used to read as an empty
+    file: the daemon started on defaults, ignoring every option the operator set."""
+    conf_dir = tmp_path / "sessiond"
+    conf_dir.mkdir()
+    (conf_dir / "sessiond.conf").write_text("default-timeout = 42s\n")
+    code, out = exits(daemons, "--config", str(conf_dir))
+    assert code == 2 and str(conf_dir) in out and "directory" in out, out
