@@ -12,6 +12,8 @@
 #include <set>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include <afsm.h>
 
 #include "metrics_http.h"
@@ -245,6 +247,13 @@ std::string trim(const std::string &s)
 
 bool load_config_file(const std::string &path, Options &o, const std::set<std::string> &from_flags)
 {
+    // A directory opens and reads as an empty file: the daemon would start
+    // on defaults, every option of the real file ignored.
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        std::fprintf(stderr, "sessiond: config file %s is a directory (give the file in it)\n", path.c_str());
+        return false;
+    }
     std::ifstream in(path);
     if (!in) {
         std::fprintf(stderr, "sessiond: cannot read config file %s\n", path.c_str());
