@@ -258,3 +258,17 @@ def test_a_config_path_that_is_a_directory_is_refused(daemons, tmp_path):
     (conf_dir / "sessiond.conf").write_text("default-timeout = 42s\n")
     code, out = exits(daemons, "--config", str(conf_dir))
     assert code == 2 and str(conf_dir) in out and "directory" in out, out
+
+
+def test_two_daemons_on_one_snapshot_file_are_refused(daemons, tmp_path):
+    """Two daemons (different ports) given the same --snapshot used to both start and
+    overwrite each other's snapshots: a restart then brought back one daemon's sessions
+    and silently lost the other's. The second is refused; once the first stops, the
+    file is free again."""
+    snap = str(tmp_path / "shared.snap")
+    first = daemons.start("--snapshot", snap, name="owner")
+    code, out = exits(daemons, "--snapshot", snap)
+    assert code == 1 and snap in out and "another sessiond" in out, out
+    assert first.stop() == 0
+    again = daemons.start("--snapshot", snap, name="next")
+    assert again.stop() == 0
