@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -343,6 +344,22 @@ bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats 
 
 bool snapshot_prepare(const std::string &path, std::string *error)
 {
+    // One daemon per snapshot file, held by a lock on PATH.lock for the life
+    // of the process (the descriptor is never closed; the kernel releases the
+    // lock when the process ends, however it ends).
+    std::string lock = path + ".lock";
+    int lfd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lfd < 0) {
+        *error = errno_text("cannot create " + lock + " next to the snapshot " + path);
+        return false;
+    }
+    if (::flock(lfd, LOCK_EX | LOCK_NB) != 0) {
+        *error = errno == EWOULDBLOCK ? "another sessiond is using the snapshot " + path + " (" + lock + " is locked)"
+                                      : errno_text("locking " + lock);
+        ::close(lfd);
+        return false;
+    }
+
     std::string probe = path + ".tmp." + std::to_string(getpid());
     int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
