@@ -272,3 +272,38 @@ def test_two_daemons_on_one_snapshot_file_are_refused(daemons, tmp_path):
     assert first.stop() == 0
     again = daemons.start("--snapshot", snap, name="next")
     assert again.stop() == 0
+
+
+def requests_total(d, method: str, code: str) -> float:
+    import re
+    import urllib.request
+    with urllib.request.urlopen("http://%s/metrics" % d.metrics_addr, timeout=5) as resp:
+        body = resp.read().decode()
+    m = re.search(r'^sessiond_grpc_requests_total\{method="%s",code="%s"\} (\S+)$' % (method, code), body, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_watch_streams_are_counted_by_the_status_they_end_with(daemons):
+    """README, "Metrics": sessiond_grpc_requests_total{method,code}. A WatchSessions
+    refused by --max-watchers (RESOURCE_EXHAUSTED) used to be counted as OK, since the
+    count was taken when the call arrived."""
+    import grpc
+    d = daemons.start("--max-watchers", "1", name="watchcount")
+    pb = d.stubs.pb
+    first = d.stub.WatchSessions(pb.WatchSessionsRequest(), timeout=30)
+    deadline = time.monotonic() + 10
+    while d.stub.GetStats(pb.GetStatsRequest(), timeout=5).watchers != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = d.stub.WatchSessions(pb.WatchSessionsRequest(), timeout=30)
+    with pytest.raises(grpc.RpcError) as info:
+        next(second)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert requests_total(d, "WatchSessions", "RESOURCE_EXHAUSTED") == 1
+    assert requests_total(d, "WatchSessions", "OK") == 0  # the open stream has not ended
+    first.cancel()
+    deadline = time.monotonic() + 10
+    while requests_total(d, "WatchSessions", "CANCELLED") != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert requests_total(d, "WatchSessions", "CANCELLED") == 1
+    assert requests_total(d, "WatchSessions", "OK") == 0
+    assert d.stop() == 0
