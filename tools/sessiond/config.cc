@@ -218,7 +218,7 @@ void print_help()
             left += std::string(" ") + s.value_name;
         std::printf("  %-40s %s\n", left.c_str(), s.help);
     }
-    std::printf("\nDurations: 500ms, 30s, 5m, 2h, 1d; a bare number is seconds.\n"
+    std::printf("\nDurations: 500ms, 30s, 5m, 2h, 1d (at most 3650d); a bare number is seconds.\n"
                 "Signals: SIGTERM or SIGINT stop accepting, finish in-flight calls, end watch streams,\n"
                 "write the snapshot and exit 0. SIGHUP re-reads --tls-cert, --tls-key and --client-ca\n"
                 "(new handshakes use them within a second; established connections stay).\n");
