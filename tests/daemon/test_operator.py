@@ -100,6 +100,11 @@ def test_sigkill_during_a_snapshot_write_loses_nothing_snapshotted_and_leaves_no
             p = subprocess.run([LOADGEN, "--addr", d.addr, "--sessions", "40000", "--mix", "get=1", "--duration", "0.1",
                                 "--warmup", "0"], capture_output=True, text=True, timeout=60)
             assert p.returncode == 0, p.stdout + p.stderr
+            # A complete snapshot with every session, before the kills start.
+            deadline = time.monotonic() + 20
+            while not (os.path.exists(snap) and snapshot_count(snap) == 40000) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert snapshot_count(snap) == 40000
         tmp = "%s.tmp.%d" % (snap, d.proc.pid)
         deadline = time.monotonic() + 10
         while not os.path.exists(tmp) and time.monotonic() < deadline:
@@ -111,7 +116,7 @@ def test_sigkill_during_a_snapshot_write_loses_nothing_snapshotted_and_leaves_no
             break
     assert torn, "no kill landed during a snapshot write in 5 tries"
     complete = snapshot_count(snap)
-    assert complete >= 40000
+    assert complete == 40000
     d = daemons.start("--snapshot", snap, name="after")
     listed = d.stub.ListSessions(d.stubs.pb.ListSessionsRequest(page_size=1), timeout=10).total
     assert listed == complete
