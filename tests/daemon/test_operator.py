@@ -312,3 +312,32 @@ def test_watch_streams_are_counted_by_the_status_they_end_with(daemons):
     assert requests_total(d, "WatchSessions", "CANCELLED") == 1
     assert requests_total(d, "WatchSessions", "OK") == 0
     assert d.stop() == 0
+
+
+def test_every_metric_the_readme_names_is_served(daemons, tmp_path):
+    """README, "Running it", **Metrics.**: each series named there (a trailing * is a
+    prefix) is in /metrics, so the docs and the exporter cannot drift apart."""
+    import re
+    import shutil
+    import urllib.request
+    from conftest import ROOT
+    with open(os.path.join(ROOT, "tools", "sessiond", "README.md")) as f:
+        readme = f.read()
+    para = readme[readme.index("- **Metrics.**"):]
+    para = para[:para.index("\n- **", 1)]
+    names = re.findall(r"`([a-z_]+\*?)(?:\{[^`]*\})?`", para)
+    assert len(names) >= 14, names  # the list itself, not a lucky match
+    d = daemons.start("--snapshot", str(tmp_path / "m.snap"), name="names")
+    create(d)
+    with urllib.request.urlopen("http://%s/metrics" % d.metrics_addr, timeout=5) as resp:
+        body = resp.read().decode()
+    served = set(re.findall(r"^# TYPE (\S+) ", body, re.M))
+    for name in names:
+        if name.endswith("*"):
+            assert any(s.startswith(name[:-1]) for s in served), name
+        else:
+            assert name in served, name
+    p = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=body.encode(),
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, (p.stdout + p.stderr).decode()
+    assert d.stop() == 0
