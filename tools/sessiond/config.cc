@@ -12,7 +12,11 @@
 #include <set>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include <afsm.h>
+
+#include "metrics_http.h"
 
 namespace sessiond
 {
@@ -65,17 +69,29 @@ template <typename T> std::function<bool(Options &, const std::string &)> str(T 
     };
 }
 
-std::function<bool(Options &, const std::string &)> dur(uint64_t Options::*field)
-{
-    return [field](Options &o, const std::string &v) { return parse_duration_ms(v, &(o.*field)); };
-}
-
 // What the value of the option being applied should have been, for its
 // error; set by a setter that fails, read and cleared by apply().
 std::string &expected()
 {
     static std::string text;
     return text;
+}
+
+// The engine's bound on its spans; also keeps deadlines computed from a
+// duration (now + --shutdown-grace) far from overflowing.
+constexpr uint64_t kDurationMaxMs = 3650ull * 86400 * 1000;
+
+std::function<bool(Options &, const std::string &)> dur(uint64_t Options::*field)
+{
+    return [field](Options &o, const std::string &v) {
+        uint64_t ms;
+        if (!parse_duration_ms(v, &ms) || ms > kDurationMaxMs) {
+            expected() = "a number with ms, s, m, h or d (bare: seconds), at most 3650d";
+            return false;
+        }
+        o.*field = ms;
+        return true;
+    };
 }
 
 std::function<bool(Options &, const std::string &)> u32(uint32_t Options::*field, uint64_t max)
@@ -202,7 +218,7 @@ void print_help()
             left += std::string(" ") + s.value_name;
         std::printf("  %-40s %s\n", left.c_str(), s.help);
     }
-    std::printf("\nDurations: 500ms, 30s, 5m, 2h, 1d; a bare number is seconds.\n"
+    std::printf("\nDurations: 500ms, 30s, 5m, 2h, 1d (at most 3650d); a bare number is seconds.\n"
                 "Signals: SIGTERM or SIGINT stop accepting, finish in-flight calls, end watch streams,\n"
                 "write the snapshot and exit 0. SIGHUP re-reads --tls-cert, --tls-key and --client-ca\n"
                 "(new handshakes use them within a second; established connections stay).\n");
@@ -231,6 +247,13 @@ std::string trim(const std::string &s)
 
 bool load_config_file(const std::string &path, Options &o, const std::set<std::string> &from_flags)
 {
+    // A directory opens and reads as an empty file: the daemon would start
+    // on defaults, every option of the real file ignored.
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        std::fprintf(stderr, "sessiond: config file %s is a directory (give the file in it)\n", path.c_str());
+        return false;
+    }
     std::ifstream in(path);
     if (!in) {
         std::fprintf(stderr, "sessiond: cannot read config file %s\n", path.c_str());
@@ -290,6 +313,8 @@ bool parse_duration_ms(const std::string &text, uint64_t *out_ms)
         mult = 86400ull * 1000;
     else
         return false;
+    if (n > UINT64_MAX / mult)
+        return false; // 15 digits of days would wrap around 2^64 ms
     *out_ms = n * mult;
     return true;
 }
@@ -349,6 +374,21 @@ int parse_options(int argc, char **argv, Options *out)
         if (!apply(o, *g.first, g.second, std::string("--") + g.first->name))
             return -1;
 
+    // gRPC takes a port past 65535 modulo 65536 and listens there; refuse it
+    // here, with the flag named (unix: sockets are gRPC's to check).
+    for (const auto &addr :
+         {std::make_pair("listen", &o.listen), std::make_pair("metrics-listen", &o.metrics_listen)}) {
+        std::string host;
+        uint16_t port;
+        const std::string &v = *addr.second;
+        if (v.compare(0, 5, "unix:") == 0 || v.compare(0, 14, "unix-abstract:") == 0 ||
+            (std::string(addr.first) == "metrics-listen" && (v == "off" || v.empty())))
+            continue;
+        if (!split_host_port(v, &host, &port)) {
+            std::fprintf(stderr, "sessiond: --%s \"%s\" is not HOST:PORT (port 0..65535)\n", addr.first, v.c_str());
+            return -1;
+        }
+    }
     if (o.limit_policy != "reject" && o.limit_policy != "evict-oldest") {
         std::fprintf(stderr, "sessiond: --limit-policy must be reject or evict-oldest, not \"%s\"\n",
                      o.limit_policy.c_str());

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include <absl/synchronization/mutex.h>
+#include <grpc/grpc.h>
 #include <grpcpp/grpcpp.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -190,6 +191,32 @@ bool write_snapshot(afsm_engine *engine, const std::string &path, DaemonStats *d
     return true;
 }
 
+// The engine's error detail ("config.shard_count: 3, must be ...") with the
+// config field replaced by the flag that set it.
+std::string engine_detail_as_flags(std::string detail)
+{
+    static const std::pair<const char *, const char *> fields[] = {
+        {"config.shard_count", "--shards"},
+        {"config.default_timeout_ms", "--default-timeout (ms)"},
+        {"config.max_lifetime_ms", "--max-lifetime (ms)"},
+        {"config.idle_timeout_ms", "--idle-timeout (ms)"},
+        {"config.cleanup_interval_ms", "--cleanup-interval (ms)"},
+        {"config.tick_ms", "--cleanup-interval (ms)"},
+        {"config.close_linger_ms", "--close-linger (ms)"},
+        {"config.server_addr", "--server-addr"},
+        {"config.etcd_request_timeout_ms", "--etcd-request-timeout (ms)"},
+        {"config.etcd_dial_timeout_ms", "--etcd-dial-timeout (ms)"},
+        {"config.etcd_stats_flush_ms", "--etcd-stats-flush (ms)"},
+    };
+    for (const auto &f : fields) {
+        size_t at = detail.find(f.first);
+        if (at != std::string::npos &&
+            (at + std::strlen(f.first) == detail.size() || detail[at + std::strlen(f.first)] == ':'))
+            return detail.replace(at, std::strlen(f.first), f.second);
+    }
+    return detail;
+}
+
 // Loads the snapshot at start. False: refuse to start (the error is logged).
 bool load_snapshot(afsm_engine *engine, const Options &o)
 {
@@ -340,6 +367,12 @@ int run(const Options &o)
     }
     afsm_engine *engine = nullptr;
     afsm_status s = afsm_engine_open(&cfg, &engine);
+    if (s == AFSM_EINVAL || s == AFSM_ETOOLONG) {
+        // A value the engine refuses is a bad flag (exit 2: restarting will
+        // not fix it); its detail names the config field and the limit.
+        log_line(AFSM_LOG_ERROR, "invalid option", {{"error", engine_detail_as_flags(afsm_error_detail())}});
+        return 2;
+    }
     if (s != AFSM_OK) {
         std::string hint = s == AFSM_EKEYFILE ? " (the key file must hold exactly 32 bytes and be mode 0600, e.g. "
                                                 "head -c 32 /dev/urandom > key && chmod 600 key)"
@@ -351,6 +384,13 @@ int run(const Options &o)
     if (o.key_file.empty())
         log_line(AFSM_LOG_WARN, "no --key-file: tokens use a random key and will not survive a restart");
 
+    std::string snapshot_error;
+    if (!o.snapshot.empty() && !snapshot_prepare(o.snapshot, &snapshot_error)) {
+        log_line(AFSM_LOG_ERROR, "cannot write the snapshot; refusing to start",
+                 {{"path", o.snapshot}, {"error", snapshot_error}});
+        afsm_engine_close(engine);
+        return 1;
+    }
     if (!o.snapshot.empty() && !load_snapshot(engine, o)) {
         afsm_engine_close(engine);
         return 1;
@@ -391,6 +431,10 @@ int run(const Options &o)
     grpc::ServerBuilder builder;
     int grpc_port = 0;
     builder.AddListeningPort(o.listen, creds, &grpc_port);
+    // gRPC sets SO_REUSEPORT on its listeners by default: a second sessiond
+    // on the same port would then bind too, and the kernel would split new
+    // connections (and so the memory store's sessions) between the two.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, static_cast<int>(o.max_concurrent_streams));
     builder.RegisterService(service.async());
@@ -501,7 +545,27 @@ int run(const Options &o)
     serving.store(false);
     health.close();
     hub.close_all();
+    //
+    // gRPC's shutdown also waits, up to the deadline, for every connection
+    // to close after its GOAWAY, and an idle client or a bare TCP connection
+    // (a load balancer's check) may never close: the stop took the whole
+    // grace with no call in flight. Once no call state is left (the
+    // shutdown has failed the posted requests, the calls in flight are
+    // done; before the shutdown the posted requests keep the count above 0)
+    // there is nothing to cancel, so the connections are dropped at once.
+    std::atomic<bool> shutdown_returned{false};
+    std::thread idle_closer([&] {
+        while (!shutdown_returned.load()) {
+            if (LiveCalls::count().load(std::memory_order_acquire) == 0) {
+                grpc_server_cancel_all_calls(server->c_server());
+                return;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+    });
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(o.shutdown_grace_ms));
+    shutdown_returned.store(true);
+    idle_closer.join();
     queues.stop();
     server->Wait();
     if (snapshotter.joinable()) {

@@ -315,7 +315,6 @@ class Watcher final
             return;
         }
         listen(service_, cq_);
-        service_->count(kWatch, grpc::StatusCode::OK);
         log_line(AFSM_LOG_DEBUG, "watch stream started", {{"user_filter", user_filter()}});
         const size_t max_watchers = service_->max_watchers();
         switch (hub_->add(self_, max_watchers)) {
@@ -424,8 +423,12 @@ class Watcher final
     {
         if (write)
             writer_.Write(current_, &write_tag_);
-        if (fin)
+        if (fin) {
+            // Counted by how it ends (RESOURCE_EXHAUSTED when refused or
+            // dropped, CANCELLED by the client, OK at shutdown), once.
+            service_->count(kWatch, final_.error_code());
             writer_.Finish(final_, &finish_tag_); // final_ no longer changes once finished_
+        }
     }
 
     LiveCalls live_; // first: uncounted only once every other member (the context) is gone

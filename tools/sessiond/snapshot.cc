@@ -18,7 +18,10 @@
 #include <cstring>
 #include <vector>
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -336,6 +339,57 @@ bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats 
     stats->sessions = sessions;
     stats->bytes = h.buf.size() + w.buf.size();
     stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return true;
+}
+
+bool snapshot_prepare(const std::string &path, std::string *error)
+{
+    // One daemon per snapshot file, held by a lock on PATH.lock for the life
+    // of the process (the descriptor is never closed; the kernel releases the
+    // lock when the process ends, however it ends).
+    std::string lock = path + ".lock";
+    int lfd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lfd < 0) {
+        *error = errno_text("cannot create " + lock + " next to the snapshot " + path);
+        return false;
+    }
+    if (::flock(lfd, LOCK_EX | LOCK_NB) != 0) {
+        *error = errno == EWOULDBLOCK ? "another sessiond is using the snapshot " + path + " (" + lock + " is locked)"
+                                      : errno_text("locking " + lock);
+        ::close(lfd);
+        return false;
+    }
+
+    std::string probe = path + ".tmp." + std::to_string(getpid());
+    int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        *error = errno_text("cannot create a file next to the snapshot " + path + " (" + probe + ")");
+        return false;
+    }
+    ::close(fd);
+    ::unlink(probe.c_str());
+
+    std::string dir = dir_of(path);
+    size_t slash = path.rfind('/');
+    std::string prefix = (slash == std::string::npos ? path : path.substr(slash + 1)) + ".tmp.";
+    DIR *d = ::opendir(dir.c_str());
+    if (d == nullptr)
+        return true; // created a file there but cannot list it: nothing to clean up
+    while (struct dirent *e = ::readdir(d)) {
+        std::string name = e->d_name;
+        if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0)
+            continue;
+        std::string digits = name.substr(prefix.size());
+        if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos)
+            continue;
+        pid_t pid = static_cast<pid_t>(std::stol(digits));
+        if (pid <= 0 || pid == getpid() || ::kill(pid, 0) == 0 || errno != ESRCH)
+            continue; // a live process's write in progress (EPERM: alive, another user)
+        std::string stale = dir + "/" + name;
+        if (::unlink(stale.c_str()) == 0)
+            log_line(AFSM_LOG_WARN, "removed a snapshot file left by a crash mid-write", {{"path", stale}});
+    }
+    ::closedir(d);
     return true;
 }
 

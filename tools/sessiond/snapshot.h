@@ -32,6 +32,16 @@ struct SnapshotStats {
 // Returns false with *error set; the old snapshot then stays in place.
 bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats *stats, std::string *error);
 
+// At start, before anything is served: false with *error when another
+// process holds PATH.lock (two daemons would overwrite each other's
+// snapshots; the lock is held until this process ends), or when a file cannot
+// be created next to path (a missing or read-only directory), which would
+// otherwise surface only at the first snapshot, possibly the shutdown one,
+// losing every session. Also removes path's temporary files left by a
+// process that died writing one (PATH.tmp.<pid> of a pid no longer running);
+// each is as large as a snapshot, and a crash loop would pile them up.
+bool snapshot_prepare(const std::string &path, std::string *error);
+
 enum class LoadResult { Loaded, Missing, Corrupt, Failed };
 
 // Reads path and restores each session with afsm_session_restore. Missing:

@@ -170,6 +170,16 @@ bool TlsFiles::publish(std::string *error)
         *error = "--tls-key " + key_path_ + " does not match the certificate in --tls-cert " + cert_path_;
         return false;
     }
+    // Published, an expired (or not yet valid) certificate would fail every
+    // new handshake until the next good reload: keep the one in use.
+    if (X509_cmp_current_time(X509_get0_notAfter(x.get())) <= 0) {
+        *error = "--tls-cert " + cert_path_ + ": expired " + asn1_time_text(X509_get0_notAfter(x.get()));
+        return false;
+    }
+    if (X509_cmp_current_time(X509_get0_notBefore(x.get())) > 0) {
+        *error = "--tls-cert " + cert_path_ + ": not valid before " + asn1_time_text(X509_get0_notBefore(x.get()));
+        return false;
+    }
     if (!ca_path_.empty() && !first_cert(ca)) {
         *error = "--client-ca " + ca_path_ + ": no PEM certificate in it (" + openssl_error() + ")";
         return false;
