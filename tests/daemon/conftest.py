@@ -67,6 +67,7 @@ class Daemon:
         self.stubs = stubs
         self.args = args
         self.credentials = credentials
+        self.workdir = workdir
         self.log_path = os.path.join(workdir, "sessiond-%s.log" % name)
         self.proc: Optional[subprocess.Popen] = None
         self.channel: Optional[grpc.Channel] = None
@@ -76,7 +77,10 @@ class Daemon:
     # -- life ---------------------------------------------------------------
     def spawn(self) -> None:
         self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([SESSIOND] + self.args, stdout=subprocess.DEVNULL, stderr=self.log_file)
+        # TMPDIR: sessiond's TLS copies (mkdtemp under TMPDIR) of a daemon the
+        # teardown kills stay in the test's own directory, not in /tmp.
+        self.proc = subprocess.Popen([SESSIOND] + self.args, stdout=subprocess.DEVNULL, stderr=self.log_file,
+                                     env=dict(os.environ, TMPDIR=self.workdir))
 
     def wait_ready(self) -> None:
         """Waits for the 'listening' line, then for health SERVING; raises if the process exits."""
