@@ -2,8 +2,11 @@
  * test_expiry.c: expiry on the timing wheels, idle detection, closed
  * linger and events, in virtual time; and the races that matter
  * (heartbeat vs expiry, delete vs expiry), which CI also runs under TSan.
+ * mem_inspect.h is included only to check the indexes after a pass.
  */
 #include "test_support.h"
+
+#include "mem_inspect.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -648,6 +651,100 @@ static void test_reaper_thread_expires_and_stops(void **state)
     assert_int_equal(atomic_load(&w.after_close), 0);
 }
 
+/* A user's entry leaves with its last session. The settle groups drop the
+ * entries they empty together, after their removals (mem/expiry.c): users
+ * with one session, users keeping a session, and users whose sessions
+ * span groups, on two shards so each group spans lock sets. */
+
+#define SOLO_USERS 300
+#define PAIR_USERS 50
+
+typedef struct emptied_users {
+    size_t expired;
+    size_t wrong_user; /* an EXPIRED whose user id is not its session's */
+    afsm_uuid solo[SOLO_USERS];
+} emptied_users;
+
+static void check_expired_user(void *ctx, const afsm_event *ev)
+{
+    emptied_users *u = ctx;
+    if (ev->type != AFSM_EVENT_EXPIRED)
+        return;
+    u->expired++;
+    /* Read from the entry its removal emptied: still there at capture. */
+    char want[32];
+    for (size_t i = 0; i < SOLO_USERS; i++) {
+        if (memcmp(&u->solo[i], &ev->session_id, sizeof(afsm_uuid)) == 0) {
+            snprintf(want, sizeof(want), "solo%zu", i);
+            u->wrong_user += ev->user_id_len != strlen(want) || memcmp(ev->user_id, want, ev->user_id_len) != 0;
+            return;
+        }
+    }
+    u->wrong_user += ev->user_id_len < 4 || memcmp(ev->user_id, "pair", 4) != 0;
+}
+
+static void test_emptied_users_leave_in_groups(void **state)
+{
+    (void)state;
+    static emptied_users u;
+    memset(&u, 0, sizeof(u));
+    afsm_config cfg = {0};
+    cfg.on_event = check_expired_user;
+    cfg.event_ctx = &u;
+    cfg.shard_count = 2;
+    cfg.default_timeout_ms = 1000;
+    afsm_engine *engine = open_virtual_engine(&vclock, &cfg);
+    uint64_t t0 = virtual_clock_read(&vclock);
+    afsm_uuid kept[PAIR_USERS];
+    char user[32];
+    for (size_t i = 0; i < SOLO_USERS; i++) {
+        snprintf(user, sizeof(user), "solo%zu", i);
+        u.solo[i] = create_session(engine, user).session_id;
+        if (i % 6 == 0 && i / 6 < PAIR_USERS) {
+            snprintf(user, sizeof(user), "pair%zu", i / 6);
+            create_session(engine, user);
+            kept[i / 6] = create_session(engine, user).session_id;
+        }
+    }
+    /* One session of each pair user lives on. */
+    virtual_clock_set(&vclock, t0 + 999 * MS);
+    for (size_t i = 0; i < PAIR_USERS; i++)
+        assert_int_equal(afsm_session_heartbeat(engine, &kept[i], NULL), AFSM_OK);
+    virtual_clock_set(&vclock, t0 + 1500 * MS);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, t0 + 1500 * MS, &expired), AFSM_OK);
+    assert_int_equal(expired, SOLO_USERS + PAIR_USERS);
+    assert_int_equal(u.expired, expired);
+    assert_int_equal(u.wrong_user, 0);
+    /* No entry without sessions is left, and the pair users' stay. */
+    assert_int_equal(engine_check_indexes(engine, 0), PAIR_USERS);
+    afsm_session_info page[4];
+    for (size_t i = 0; i < 4; i++)
+        afsm_session_info_init(&page[i], AFSM_SESSION_INFO_VERSION);
+    for (size_t i = 0; i < PAIR_USERS; i++) {
+        snprintf(user, sizeof(user), "pair%zu", i);
+        afsm_list_filter f;
+        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+        f.user_id = user;
+        f.user_id_len = strlen(user);
+        f.state = AFSM_STATE_ANY;
+        f.limit = 4;
+        size_t count = 0;
+        uint64_t total = 0;
+        assert_int_equal(afsm_session_list(engine, &f, page, 4, &count, &total, NULL), AFSM_OK);
+        assert_int_equal(count, 1);
+        assert_memory_equal(&page[0].session_id, &kept[i], sizeof(afsm_uuid));
+    }
+    /* A user whose entry went starts again with a fresh one. */
+    afsm_session_info again = create_session(engine, "solo7");
+    size_t removed = 0;
+    assert_int_equal(afsm_session_delete_by_user(engine, "solo7", 5, NULL, 0, &removed), AFSM_OK);
+    assert_int_equal(removed, 1);
+    assert_int_equal(afsm_session_get(engine, &again.session_id, &page[0]), AFSM_ENOTFOUND);
+    assert_int_equal(engine_check_indexes(engine, 0), PAIR_USERS);
+    afsm_engine_close(engine);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -659,6 +756,7 @@ int main(void)
         cmocka_unit_test(test_delete_racing_expiry_one_event_each),
         cmocka_unit_test(test_grouped_settling_edges),
         cmocka_unit_test(test_grouped_settling_with_writers),
+        cmocka_unit_test(test_emptied_users_leave_in_groups),
         cmocka_unit_test(test_reaper_thread_expires_and_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
