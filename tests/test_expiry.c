@@ -9,6 +9,7 @@
 #include "mem_inspect.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 
 static virtual_clock vclock;
@@ -961,6 +962,130 @@ static void test_callbacks_refill_emptied_users(void **state)
     afsm_engine_close(r.engine);
 }
 
+/* Lock-free readers and evicting creates racing the settle groups that
+ * empty users: a reader lists users whose entries groups are emptying and
+ * dropping (never an error, never above the cap of 2, never another user's
+ * session), a writer creates for them under evict-oldest (its lock-free
+ * peek of the oldest may meet an entry its group has emptied and not yet
+ * dropped), and the main thread advances in steps that end a third of the
+ * users each time. CI also runs it under TSan. */
+
+#define RACE_USERS  192
+#define RACE_ROUNDS 120
+
+typedef struct emptying_race {
+    afsm_engine *engine;
+    _Atomic int stop;
+    _Atomic long creates;
+    _Atomic long allowed; /* creates the main thread lets happen so far */
+    _Atomic long lists;
+    _Atomic long bad;
+} emptying_race;
+
+static void race_user(char *user, size_t size, unsigned k)
+{
+    snprintf(user, size, "race%u", k % RACE_USERS);
+}
+
+static void *emptying_reader(void *arg)
+{
+    emptying_race *r = arg;
+    afsm_session_info page[4];
+    for (size_t i = 0; i < 4; i++)
+        afsm_session_info_init(&page[i], AFSM_SESSION_INFO_VERSION);
+    for (unsigned k = 0; !atomic_load(&r->stop); k += 7) {
+        char user[16];
+        race_user(user, sizeof(user), k);
+        afsm_list_filter f;
+        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+        f.user_id = user;
+        f.user_id_len = strlen(user);
+        f.state = AFSM_STATE_ANY;
+        f.limit = 4;
+        size_t count = 0;
+        uint64_t total = 0;
+        afsm_status st = afsm_session_list(r->engine, &f, page, 4, &count, &total, NULL);
+        long bad = st != AFSM_OK || count > 2 || total > 2;
+        for (size_t i = 0; i < count && i < 4; i++)
+            bad += page[i].user_id_len != f.user_id_len || memcmp(page[i].user_id, user, f.user_id_len) != 0;
+        atomic_fetch_add(&r->bad, bad);
+        atomic_fetch_add(&r->lists, 1);
+    }
+    return NULL;
+}
+
+static void *emptying_creator(void *arg)
+{
+    emptying_race *r = arg;
+    unsigned seed = 12345;
+    while (!atomic_load(&r->stop)) {
+        if (atomic_load(&r->creates) >= atomic_load(&r->allowed)) {
+            sched_yield();
+            continue;
+        }
+        seed = seed * 1103515245u + 12345u;
+        char user[16];
+        race_user(user, sizeof(user), seed >> 8);
+        afsm_uuid conn;
+        afsm_create_options o = make_options(user, "10.1.2.3", &conn);
+        atomic_fetch_add(&r->bad, afsm_session_create(r->engine, &o, NULL) != AFSM_OK);
+        atomic_fetch_add(&r->creates, 1);
+    }
+    return NULL;
+}
+
+static void test_readers_and_evictions_racing_emptied_users(void **state)
+{
+    (void)state;
+    static emptying_race r;
+    memset(&r, 0, sizeof(r));
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    virtual_clock_set(&vclock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &vclock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 4;
+    cfg.default_timeout_ms = 1000;
+    cfg.max_sessions_per_user = 2;
+    cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    assert_int_equal(afsm_engine_open(&cfg, &r.engine), AFSM_OK);
+    pthread_t reader, creator;
+    assert_int_equal(pthread_create(&reader, NULL, emptying_reader, &r), 0);
+    assert_int_equal(pthread_create(&creator, NULL, emptying_creator, &r), 0);
+    uint64_t now = virtual_clock_read(&vclock);
+    uint64_t deadline = real_ns() + 20 * SEC;
+    size_t expired = 0;
+    for (int round = 0; round < RACE_ROUNDS; round++) {
+        now += 400 * MS;
+        virtual_clock_set(&vclock, now);
+        /* A third of the users get a session per step, created while the
+         * step's advance runs: most sessions end by expiry, some by
+         * eviction. */
+        long want = atomic_fetch_add(&r.allowed, RACE_USERS / 3) + RACE_USERS / 3;
+        size_t n = 0;
+        assert_int_equal(afsm_engine_advance(r.engine, now, &n), AFSM_OK);
+        expired += n;
+        while (atomic_load(&r.creates) < want && real_ns() < deadline)
+            sched_yield();
+        if (real_ns() >= deadline)
+            break; /* a slow (sanitized) build: fewer rounds, same checks */
+    }
+    atomic_store(&r.stop, 1);
+    pthread_join(reader, NULL);
+    pthread_join(creator, NULL);
+    assert_true(atomic_load(&r.lists) > 0);
+    /* Most sessions ended by expiry, their users emptied. */
+    assert_true(expired > (size_t)atomic_load(&r.creates) / 2);
+    assert_int_equal(atomic_load(&r.bad), 0);
+    assert_true(engine_check_indexes(r.engine, 2) <= 2 * RACE_USERS);
+    now += 3600 * SEC;
+    virtual_clock_set(&vclock, now);
+    assert_int_equal(afsm_engine_advance(r.engine, now, NULL), AFSM_OK);
+    assert_int_equal(engine_check_indexes(r.engine, 2), 0);
+    afsm_engine_close(r.engine);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -975,6 +1100,7 @@ int main(void)
         cmocka_unit_test(test_emptied_users_leave_in_groups),
         cmocka_unit_test(test_closed_and_idle_outcomes_empty_users),
         cmocka_unit_test(test_callbacks_refill_emptied_users),
+        cmocka_unit_test(test_readers_and_evictions_racing_emptied_users),
         cmocka_unit_test(test_reaper_thread_expires_and_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
