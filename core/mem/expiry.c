@@ -382,7 +382,7 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     for (size_t k = 0; k < emptied_count; k++)
         index_drop_prepared(&ms->shards[emptied[k]->shard_index], emptied[k], emptied_hash[k]);
     shard_set_release(ms->shards, &set);
-    /* Events read the user's entry, which the removals may have retired:
+    /* Events read the user's entry, which the drops above may have retired:
      * captured inside the section, delivered after it. */
     if (emit) {
         for (size_t j = from; j < to; j++) {

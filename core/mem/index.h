@@ -57,8 +57,9 @@ user_entry *index_entry(shard *user_shard, unsigned user_shard_index, const char
  * Never fails. */
 void index_link(session *s);
 /* User shard lock held: takes s off its user's list. The entry goes when
- * its last session does, unless keep_entry (an eviction adds right after,
- * and must not find the entry gone). */
+ * its last session does, unless keep_entry: an eviction adds right after,
+ * and must not find the entry gone; an expiry group drops the entries it
+ * emptied itself, together (index_prepare_drop). */
 void index_unlink(shard *user_shard, session *s, bool keep_entry);
 /* User shard lock held: drops an entry index_entry made for a create that
  * then failed. */
