@@ -9,6 +9,8 @@
  * (CLOCK_THREAD_CPUTIME_ID) is the cost, reported per call and per expired
  * session. Both sides remove the sessions from every index. The goals
  * pass (mode().keep_worlds) keeps each population across repetitions.
+ * ExpireOnePerUser: the same at 1% with every session its user's only one
+ * (8 per user above), so each expiry also drops its user's entry.
  * ExpireEvents: the engine's expiry with an event callback (below).
  */
 #include <benchmark/benchmark.h>
@@ -41,6 +43,7 @@ struct VirtualClock {
  * clock. Heap-allocated: the engine keeps a pointer to clock. */
 struct Population {
     bool wheel = false;
+    bool one_per_user = false;
     size_t total = 0;
     double fraction = 0;
     VirtualClock clock;
@@ -57,7 +60,10 @@ struct Population {
     {
         Spec spec;
         for (size_t i = 0; i < n; i++) {
-            make_spec(seq++, rng, &spec);
+            make_spec(seq, rng, &spec);
+            if (one_per_user)
+                spec.user_id_len = user_name(seq, spec.user_id, sizeof(spec.user_id));
+            seq++;
             afsm_uuid id;
             bool ok = wheel ? engine_create_with_timeout(engine, spec, timeout_ms)
                             : old->create_with_timeout(spec, nullptr, 0, timeout_ms, &id);
@@ -75,10 +81,12 @@ struct Population {
  * (1.5 s of virtual time per iteration). */
 std::vector<std::unique_ptr<Population>> kept;
 
-std::unique_ptr<Population> populate(bool wheel, size_t total, double fraction, const char **error)
+std::unique_ptr<Population> populate(bool wheel, bool one_per_user, size_t total, double fraction,
+                                     const char **error)
 {
     auto p = std::make_unique<Population>();
     p->wheel = wheel;
+    p->one_per_user = one_per_user;
     p->total = total;
     p->fraction = fraction;
     p->rng = Rng(total + (size_t)(fraction * 1000));
@@ -104,17 +112,17 @@ std::unique_ptr<Population> populate(bool wheel, size_t total, double fraction, 
     return p;
 }
 
-void expire_bench(benchmark::State &state, bool wheel, size_t total, double fraction)
+void expire_bench(benchmark::State &state, bool wheel, bool one_per_user, size_t total, double fraction)
 {
     world_drop();
     Population *p = nullptr;
     for (const auto &k : kept)
-        if (k->wheel == wheel && k->total == total && k->fraction == fraction)
+        if (k->wheel == wheel && k->one_per_user == one_per_user && k->total == total && k->fraction == fraction)
             p = k.get();
     std::unique_ptr<Population> built;
     if (p == nullptr) {
         const char *error = nullptr;
-        built = populate(wheel, total, fraction, &error);
+        built = populate(wheel, one_per_user, total, fraction, &error);
         if (built == nullptr) {
             state.SkipWithError(error);
             return;
@@ -227,12 +235,18 @@ void expire_events_bench(benchmark::State &state, size_t per_call)
 void register_expiry()
 {
     size_t n = mode().expiry_sessions;
-    for (double fraction : {0.01, 0.10}) {
+    struct Variant {
+        const char *op;
+        bool one_per_user;
+        double fraction;
+    };
+    for (Variant v : {Variant{"Expire", false, 0.01}, Variant{"Expire", false, 0.10},
+                      Variant{"ExpireOnePerUser", true, 0.01}}) {
         for (bool wheel : {true, false}) {
-            std::string name = std::string("Expire/") + (wheel ? "engine" : "rwlock_scan") +
-                               "/pct:" + std::to_string((int)(fraction * 100)) + "/n:" + std::to_string(n);
-            benchmark::RegisterBenchmark(name.c_str(), [wheel, n, fraction](benchmark::State &st) {
-                expire_bench(st, wheel, n, fraction);
+            std::string name = std::string(v.op) + "/" + (wheel ? "engine" : "rwlock_scan") +
+                               "/pct:" + std::to_string((int)(v.fraction * 100)) + "/n:" + std::to_string(n);
+            benchmark::RegisterBenchmark(name.c_str(), [wheel, v, n](benchmark::State &st) {
+                expire_bench(st, wheel, v.one_per_user, n, v.fraction);
             })
                 ->UseManualTime()
                 ->Iterations(mode().smoke ? 2 : 4)

@@ -421,6 +421,14 @@ def main(argv: List[str]) -> int:
         w(f"| {pct}% | {fmt(exp[('engine', pct)], 3)} | {fmt(exp[('rwlock_scan', pct)], 3)} | "
           f"{fmt(ratio(exp[('rwlock_scan', pct)], exp[('engine', pct)]))} |")
     w("")
+    solo = {impl: resultlib.value(next((x for x in recs if x["op"] == "ExpireOnePerUser" and x["impl"] == impl
+                                        and not x["error"]), None), "cpu_ms_per_expiry")
+            for impl in ("engine", "rwlock_scan")}
+    if solo["engine"] is not None:
+        w(f"With every session its user's only one (8 per user above), so that each expiry also drops its "
+          f"user's entry, 1%: wheel {fmt(solo['engine'], 3)} ms, scan {fmt(solo['rwlock_scan'], 3)} ms, "
+          f"scan / wheel {fmt(ratio(solo['rwlock_scan'], solo['engine']))}x.")
+        w("")
     events = next((x for x in recs if x["op"] == "ExpireEvents" and not x["error"]), None)
     if events is not None:
         w(f"With an event callback, each advance turning half of {events['n']} sessions IDLE and expiring the "

@@ -120,6 +120,17 @@ class GoalRows(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("| 50.00x | >= 50.00x | met |", self.row(text, "4. Expire 1%"))
 
+    def test_one_session_per_user_expiry_is_its_own_line_not_goal_4(self) -> None:
+        for impl, ms in (("engine", 4.0), ("rwlock_scan", 120.0)):
+            self.main.append(run(f"ExpireOnePerUser/{impl}/pct:1/n:{N}/iterations:2/manual_time", 0, 0,
+                                 pass_="main", cpu_ms_per_expiry=ms))
+        self.values[("Expire", "rwlock_scan", None, "1")] = [100.0] * REPS
+        self.values[("Expire", "engine", None, "1")] = [2.0] * REPS
+        rc, text, err = self.report()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("1%: wheel 4.000 ms, scan 120.000 ms, scan / wheel 30.00x.", text)
+        self.assertIn("| 50.00x | >= 50.00x | met |", self.row(text, "4. Expire 1%"))
+
     def test_missing_benchmark_fails(self) -> None:
         self.drop.append(("Delete", "rwlock", 2, None))
         rc, text, err = self.report()
@@ -148,7 +159,8 @@ class GoalRows(unittest.TestCase):
         for other in ("Get/engine/n:1000/min_time:0.010/real_time/threads:2",
                       f"Get/engine/n:{N}0/min_time:0.010/real_time/threads:1", "Get/rwlock/n:1000/min_time:0.010/"
                       "real_time/threads:1", "Create/rwlock/n:1000/min_time:0.010/real_time/threads:1",
-                      "Get/redis_sync/n:1000/min_time:0.010/real_time/threads:1"):
+                      "Get/redis_sync/n:1000/min_time:0.010/real_time/threads:1",
+                      f"ExpireOnePerUser/engine/pct:1/n:{N}/iterations:2/manual_time"):
             self.assertIsNone(pattern.search(other), other)
 
 

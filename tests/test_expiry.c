@@ -2,10 +2,14 @@
  * test_expiry.c: expiry on the timing wheels, idle detection, closed
  * linger and events, in virtual time; and the races that matter
  * (heartbeat vs expiry, delete vs expiry), which CI also runs under TSan.
+ * mem_inspect.h is included only to check the indexes after a pass.
  */
 #include "test_support.h"
 
+#include "mem_inspect.h"
+
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 
 static virtual_clock vclock;
@@ -648,6 +652,440 @@ static void test_reaper_thread_expires_and_stops(void **state)
     assert_int_equal(atomic_load(&w.after_close), 0);
 }
 
+/* A user's entry leaves with its last session. The settle groups drop the
+ * entries they empty together, after their removals (mem/expiry.c): users
+ * with one session, users keeping a session, and users whose sessions
+ * span groups, on two shards so each group spans lock sets. */
+
+#define SOLO_USERS 300
+#define PAIR_USERS 50
+
+typedef struct emptied_users {
+    size_t expired;
+    size_t wrong_user; /* an EXPIRED whose user id is not its session's */
+    afsm_uuid solo[SOLO_USERS];
+} emptied_users;
+
+static void check_expired_user(void *ctx, const afsm_event *ev)
+{
+    emptied_users *u = ctx;
+    if (ev->type != AFSM_EVENT_EXPIRED)
+        return;
+    u->expired++;
+    /* Read from the entry its removal emptied: still there at capture. */
+    char want[32];
+    for (size_t i = 0; i < SOLO_USERS; i++) {
+        if (memcmp(&u->solo[i], &ev->session_id, sizeof(afsm_uuid)) == 0) {
+            snprintf(want, sizeof(want), "solo%zu", i);
+            u->wrong_user += ev->user_id_len != strlen(want) || memcmp(ev->user_id, want, ev->user_id_len) != 0;
+            return;
+        }
+    }
+    u->wrong_user += ev->user_id_len < 4 || memcmp(ev->user_id, "pair", 4) != 0;
+}
+
+static void test_emptied_users_leave_in_groups(void **state)
+{
+    (void)state;
+    static emptied_users u;
+    memset(&u, 0, sizeof(u));
+    afsm_config cfg = {0};
+    cfg.on_event = check_expired_user;
+    cfg.event_ctx = &u;
+    cfg.shard_count = 2;
+    cfg.default_timeout_ms = 1000;
+    afsm_engine *engine = open_virtual_engine(&vclock, &cfg);
+    uint64_t t0 = virtual_clock_read(&vclock);
+    afsm_uuid kept[PAIR_USERS];
+    char user[32];
+    for (size_t i = 0; i < SOLO_USERS; i++) {
+        snprintf(user, sizeof(user), "solo%zu", i);
+        u.solo[i] = create_session(engine, user).session_id;
+        if (i % 6 == 0 && i / 6 < PAIR_USERS) {
+            snprintf(user, sizeof(user), "pair%zu", i / 6);
+            create_session(engine, user);
+            kept[i / 6] = create_session(engine, user).session_id;
+        }
+    }
+    /* One session of each pair user lives on. */
+    virtual_clock_set(&vclock, t0 + 999 * MS);
+    for (size_t i = 0; i < PAIR_USERS; i++)
+        assert_int_equal(afsm_session_heartbeat(engine, &kept[i], NULL), AFSM_OK);
+    virtual_clock_set(&vclock, t0 + 1500 * MS);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, t0 + 1500 * MS, &expired), AFSM_OK);
+    assert_int_equal(expired, SOLO_USERS + PAIR_USERS);
+    assert_int_equal(u.expired, expired);
+    assert_int_equal(u.wrong_user, 0);
+    /* No entry without sessions is left, and the pair users' stay. */
+    assert_int_equal(engine_check_indexes(engine, 0), PAIR_USERS);
+    afsm_session_info page[4];
+    for (size_t i = 0; i < 4; i++)
+        afsm_session_info_init(&page[i], AFSM_SESSION_INFO_VERSION);
+    for (size_t i = 0; i < PAIR_USERS; i++) {
+        snprintf(user, sizeof(user), "pair%zu", i);
+        afsm_list_filter f;
+        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+        f.user_id = user;
+        f.user_id_len = strlen(user);
+        f.state = AFSM_STATE_ANY;
+        f.limit = 4;
+        size_t count = 0;
+        uint64_t total = 0;
+        assert_int_equal(afsm_session_list(engine, &f, page, 4, &count, &total, NULL), AFSM_OK);
+        assert_int_equal(count, 1);
+        assert_memory_equal(&page[0].session_id, &kept[i], sizeof(afsm_uuid));
+    }
+    /* A user whose entry went starts again with a fresh one. */
+    afsm_session_info again = create_session(engine, "solo7");
+    size_t removed = 0;
+    assert_int_equal(afsm_session_delete_by_user(engine, "solo7", 5, NULL, 0, &removed), AFSM_OK);
+    assert_int_equal(removed, 1);
+    assert_int_equal(afsm_session_get(engine, &again.session_id, &page[0]), AFSM_ENOTFOUND);
+    assert_int_equal(engine_check_indexes(engine, 0), PAIR_USERS);
+    afsm_engine_close(engine);
+}
+
+/* Users emptied by CLOSED outcomes (a linger ending) as well as EXPIRED
+ * ones, in the same group: "closed" users' only session lingers out,
+ * "mixed" users lose one session to its linger and the other to expiry
+ * in the same wheel slot, "twin" users lose two sessions to expiry in the
+ * same slot, and "idle" users lose one to expiry while the other turns
+ * IDLE in the same pass (IDLE outcomes remove nothing: the entry stays).
+ * One shard, so each group holds several of a user's sessions at once;
+ * four, so groups span lock sets. */
+
+#define OUTCOME_USERS    48 /* of each kind */
+#define OUTCOME_SESSIONS (OUTCOME_USERS * 7)
+
+typedef struct outcome_log {
+    afsm_uuid ids[OUTCOME_SESSIONS];
+    char users[OUTCOME_SESSIONS][16];
+    size_t count;
+    size_t closed, expired, idle;
+    size_t wrong_user; /* a removal whose user id is not its session's */
+} outcome_log;
+
+static void log_outcome(void *ctx, const afsm_event *ev)
+{
+    outcome_log *log = ctx;
+    if (ev->type == AFSM_EVENT_STATE_CHANGED && ev->new_state == AFSM_STATE_IDLE)
+        log->idle++;
+    if (ev->type != AFSM_EVENT_EXPIRED && ev->type != AFSM_EVENT_DELETED)
+        return;
+    if (ev->type == AFSM_EVENT_EXPIRED)
+        log->expired++;
+    else if (ev->reason_len == 6 && memcmp(ev->reason, "closed", 6) == 0)
+        log->closed++;
+    for (size_t i = 0; i < log->count; i++) {
+        if (memcmp(&log->ids[i], &ev->session_id, sizeof(afsm_uuid)) == 0) {
+            const char *want = log->users[i];
+            log->wrong_user += ev->user_id_len != strlen(want) || memcmp(ev->user_id, want, ev->user_id_len) != 0;
+            return;
+        }
+    }
+    log->wrong_user++;
+}
+
+static afsm_uuid outcome_session(afsm_engine *engine, outcome_log *log, const char *kind, size_t i)
+{
+    char *user = log->users[log->count];
+    snprintf(user, sizeof(log->users[0]), "%s%zu", kind, i);
+    afsm_uuid id = create_session(engine, user).session_id;
+    log->ids[log->count++] = id;
+    return id;
+}
+
+static void set_state(afsm_engine *engine, const afsm_uuid *id, uint32_t to)
+{
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_STATE;
+    u.state = to;
+    assert_int_equal(afsm_session_update(engine, id, &u, NULL), AFSM_OK);
+}
+
+static void outcomes_empty_users(uint32_t shards)
+{
+    static outcome_log log;
+    memset(&log, 0, sizeof(log));
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    virtual_clock_set(&vclock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &vclock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = shards;
+    cfg.default_timeout_ms = 1000;
+    cfg.idle_timeout_ms = 500;
+    cfg.close_linger_ms = 200;
+    cfg.on_event = log_outcome;
+    cfg.event_ctx = &log;
+    afsm_engine *engine;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    uint64_t t0 = virtual_clock_read(&vclock);
+    afsm_uuid closed[OUTCOME_USERS], lingering[OUTCOME_USERS], waking[OUTCOME_USERS];
+    /* Interleaved, so the sessions of one slot come in mixed kinds. */
+    for (size_t i = 0; i < OUTCOME_USERS; i++) {
+        closed[i] = outcome_session(engine, &log, "closed", i);
+        lingering[i] = outcome_session(engine, &log, "mixed", i);
+        outcome_session(engine, &log, "mixed", i);
+        outcome_session(engine, &log, "twin", i);
+        outcome_session(engine, &log, "twin", i);
+        waking[i] = outcome_session(engine, &log, "idle", i);
+        outcome_session(engine, &log, "idle", i);
+    }
+    virtual_clock_set(&vclock, t0 + 100 * MS);
+    for (size_t i = 0; i < OUTCOME_USERS; i++)
+        set_state(engine, &closed[i], AFSM_STATE_CLOSED);
+    /* Their linger ends in the slot their siblings expire in. */
+    virtual_clock_set(&vclock, t0 + 800 * MS);
+    for (size_t i = 0; i < OUTCOME_USERS; i++)
+        set_state(engine, &lingering[i], AFSM_STATE_CLOSED);
+    /* Idle at t0 + 1400 ms, expiring at t0 + 1900 ms. */
+    virtual_clock_set(&vclock, t0 + 900 * MS);
+    for (size_t i = 0; i < OUTCOME_USERS; i++)
+        set_state(engine, &waking[i], AFSM_STATE_ACTIVE);
+    virtual_clock_set(&vclock, t0 + 1500 * MS);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(engine, t0 + 1500 * MS, &expired), AFSM_OK);
+    assert_int_equal(expired, 4 * OUTCOME_USERS); /* mixed's second, both twins, idle's second */
+    assert_int_equal(log.expired, expired);
+    assert_int_equal(log.closed, 2 * OUTCOME_USERS);
+    assert_int_equal(log.idle, OUTCOME_USERS);
+    assert_int_equal(log.wrong_user, 0);
+    /* Only the idle users' entries stay, one session each. */
+    assert_int_equal(engine_check_indexes(engine, 0), OUTCOME_USERS);
+    for (size_t i = 0; i < OUTCOME_USERS; i++)
+        assert_int_equal(state_of(engine, &waking[i]), AFSM_STATE_IDLE);
+    virtual_clock_set(&vclock, t0 + 2500 * MS);
+    assert_int_equal(afsm_engine_advance(engine, t0 + 2500 * MS, &expired), AFSM_OK);
+    assert_int_equal(expired, OUTCOME_USERS);
+    assert_int_equal(log.wrong_user, 0);
+    assert_int_equal(engine_check_indexes(engine, 0), 0);
+    /* Every user may start again. */
+    for (size_t i = 0; i < log.count; i += 7)
+        create_session(engine, log.users[i]);
+    assert_int_equal(engine_check_indexes(engine, 0), OUTCOME_USERS);
+    afsm_engine_close(engine);
+}
+
+static void test_closed_and_idle_outcomes_empty_users(void **state)
+{
+    (void)state;
+    outcomes_empty_users(1);
+    outcomes_empty_users(4);
+}
+
+/* Callbacks of a group's events run after its drops, between groups: one
+ * gives a user whose entry its group dropped a session again, and another
+ * user one before or after that user's own session goes (its group then
+ * empties nothing, or drops an entry a callback made); some advance again
+ * from inside. Each user ends with exactly the session its callback made. */
+
+#define REFILLED 256
+
+typedef struct refill {
+    afsm_engine *engine;
+    uint64_t now;
+    afsm_uuid made[REFILLED];
+    size_t made_count;
+    int failures;
+} refill;
+
+static void refill_user(void *ctx, const afsm_event *ev)
+{
+    refill *r = ctx;
+    if (ev->type != AFSM_EVENT_EXPIRED)
+        return;
+    unsigned i;
+    char user[16];
+    memcpy(user, ev->user_id, ev->user_id_len < 15 ? ev->user_id_len : 15);
+    user[ev->user_id_len < 15 ? ev->user_id_len : 15] = '\0';
+    if (sscanf(user, "refill%u", &i) != 1 || i % 2 != 0 || i + 1 >= REFILLED) {
+        return;
+    }
+    for (unsigned k = i; k <= i + 1; k++) {
+        snprintf(user, sizeof(user), "refill%u", k);
+        afsm_uuid conn;
+        afsm_create_options o = make_options(user, "192.168.1.100", &conn);
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        r->failures += afsm_session_create(r->engine, &o, &info) != AFSM_OK;
+        r->made[k] = info.session_id;
+        r->made_count++;
+    }
+    if (i % 16 == 0) {
+        size_t nested = 0;
+        r->failures += afsm_engine_advance(r->engine, r->now, &nested) != AFSM_OK;
+    }
+}
+
+static void test_callbacks_refill_emptied_users(void **state)
+{
+    (void)state;
+    static refill r;
+    memset(&r, 0, sizeof(r));
+    afsm_config cfg = {0};
+    cfg.on_event = refill_user;
+    cfg.event_ctx = &r;
+    cfg.shard_count = 2;
+    cfg.default_timeout_ms = 1000;
+    r.engine = open_virtual_engine(&vclock, &cfg);
+    uint64_t t0 = virtual_clock_read(&vclock);
+    char user[16];
+    for (unsigned i = 0; i < REFILLED; i++) {
+        snprintf(user, sizeof(user), "refill%u", i);
+        create_session(r.engine, user);
+    }
+    r.now = t0 + 1500 * MS;
+    virtual_clock_set(&vclock, r.now);
+    assert_int_equal(afsm_engine_advance(r.engine, r.now, NULL), AFSM_OK);
+    assert_int_equal(r.failures, 0);
+    assert_int_equal(r.made_count, REFILLED);
+    assert_int_equal(engine_check_indexes(r.engine, 0), REFILLED);
+    afsm_session_info page[2];
+    for (size_t i = 0; i < 2; i++)
+        afsm_session_info_init(&page[i], AFSM_SESSION_INFO_VERSION);
+    for (unsigned i = 0; i < REFILLED; i++) {
+        snprintf(user, sizeof(user), "refill%u", i);
+        afsm_list_filter f;
+        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+        f.user_id = user;
+        f.user_id_len = strlen(user);
+        f.state = AFSM_STATE_ANY;
+        f.limit = 2;
+        size_t count = 0;
+        uint64_t total = 0;
+        assert_int_equal(afsm_session_list(r.engine, &f, page, 2, &count, &total, NULL), AFSM_OK);
+        assert_int_equal(count, 1);
+        assert_memory_equal(&page[0].session_id, &r.made[i], sizeof(afsm_uuid));
+    }
+    afsm_engine_close(r.engine);
+}
+
+/* Lock-free readers and evicting creates racing the settle groups that
+ * empty users: a reader lists users whose entries groups are emptying and
+ * dropping (never an error, never above the cap of 2, never another user's
+ * session), a writer creates for them under evict-oldest (its lock-free
+ * peek of the oldest may meet an entry its group has emptied and not yet
+ * dropped), and the main thread advances in steps that end a third of the
+ * users each time. CI also runs it under TSan. */
+
+#define RACE_USERS  192
+#define RACE_ROUNDS 120
+
+typedef struct emptying_race {
+    afsm_engine *engine;
+    _Atomic int stop;
+    _Atomic long creates;
+    _Atomic long allowed; /* creates the main thread lets happen so far */
+    _Atomic long lists;
+    _Atomic long bad;
+} emptying_race;
+
+static void race_user(char *user, size_t size, unsigned k)
+{
+    snprintf(user, size, "race%u", k % RACE_USERS);
+}
+
+static void *emptying_reader(void *arg)
+{
+    emptying_race *r = arg;
+    afsm_session_info page[4];
+    for (size_t i = 0; i < 4; i++)
+        afsm_session_info_init(&page[i], AFSM_SESSION_INFO_VERSION);
+    for (unsigned k = 0; !atomic_load(&r->stop); k += 7) {
+        char user[16];
+        race_user(user, sizeof(user), k);
+        afsm_list_filter f;
+        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+        f.user_id = user;
+        f.user_id_len = strlen(user);
+        f.state = AFSM_STATE_ANY;
+        f.limit = 4;
+        size_t count = 0;
+        uint64_t total = 0;
+        afsm_status st = afsm_session_list(r->engine, &f, page, 4, &count, &total, NULL);
+        long bad = st != AFSM_OK || count > 2 || total > 2;
+        for (size_t i = 0; i < count && i < 4; i++)
+            bad += page[i].user_id_len != f.user_id_len || memcmp(page[i].user_id, user, f.user_id_len) != 0;
+        atomic_fetch_add(&r->bad, bad);
+        atomic_fetch_add(&r->lists, 1);
+    }
+    return NULL;
+}
+
+static void *emptying_creator(void *arg)
+{
+    emptying_race *r = arg;
+    unsigned seed = 12345;
+    while (!atomic_load(&r->stop)) {
+        if (atomic_load(&r->creates) >= atomic_load(&r->allowed)) {
+            sched_yield();
+            continue;
+        }
+        seed = seed * 1103515245u + 12345u;
+        char user[16];
+        race_user(user, sizeof(user), seed >> 8);
+        afsm_uuid conn;
+        afsm_create_options o = make_options(user, "10.1.2.3", &conn);
+        atomic_fetch_add(&r->bad, afsm_session_create(r->engine, &o, NULL) != AFSM_OK);
+        atomic_fetch_add(&r->creates, 1);
+    }
+    return NULL;
+}
+
+static void test_readers_and_evictions_racing_emptied_users(void **state)
+{
+    (void)state;
+    static emptying_race r;
+    memset(&r, 0, sizeof(r));
+    afsm_config cfg;
+    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+    virtual_clock_set(&vclock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = &vclock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 4;
+    cfg.default_timeout_ms = 1000;
+    cfg.max_sessions_per_user = 2;
+    cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
+    assert_int_equal(afsm_engine_open(&cfg, &r.engine), AFSM_OK);
+    pthread_t reader, creator;
+    assert_int_equal(pthread_create(&reader, NULL, emptying_reader, &r), 0);
+    assert_int_equal(pthread_create(&creator, NULL, emptying_creator, &r), 0);
+    uint64_t now = virtual_clock_read(&vclock);
+    uint64_t deadline = real_ns() + 20 * SEC;
+    size_t expired = 0;
+    for (int round = 0; round < RACE_ROUNDS; round++) {
+        now += 400 * MS;
+        virtual_clock_set(&vclock, now);
+        /* A third of the users get a session per step, created while the
+         * step's advance runs: most sessions end by expiry, some by
+         * eviction. */
+        long want = atomic_fetch_add(&r.allowed, RACE_USERS / 3) + RACE_USERS / 3;
+        size_t n = 0;
+        assert_int_equal(afsm_engine_advance(r.engine, now, &n), AFSM_OK);
+        expired += n;
+        while (atomic_load(&r.creates) < want && real_ns() < deadline)
+            sched_yield();
+        if (real_ns() >= deadline)
+            break; /* a slow (sanitized) build: fewer rounds, same checks */
+    }
+    atomic_store(&r.stop, 1);
+    pthread_join(reader, NULL);
+    pthread_join(creator, NULL);
+    assert_true(atomic_load(&r.lists) > 0);
+    /* Most sessions ended by expiry, their users emptied. */
+    assert_true(expired > (size_t)atomic_load(&r.creates) / 2);
+    assert_int_equal(atomic_load(&r.bad), 0);
+    assert_true(engine_check_indexes(r.engine, 2) <= 2 * RACE_USERS);
+    now += 3600 * SEC;
+    virtual_clock_set(&vclock, now);
+    assert_int_equal(afsm_engine_advance(r.engine, now, NULL), AFSM_OK);
+    assert_int_equal(engine_check_indexes(r.engine, 2), 0);
+    afsm_engine_close(r.engine);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -659,6 +1097,10 @@ int main(void)
         cmocka_unit_test(test_delete_racing_expiry_one_event_each),
         cmocka_unit_test(test_grouped_settling_edges),
         cmocka_unit_test(test_grouped_settling_with_writers),
+        cmocka_unit_test(test_emptied_users_leave_in_groups),
+        cmocka_unit_test(test_closed_and_idle_outcomes_empty_users),
+        cmocka_unit_test(test_callbacks_refill_emptied_users),
+        cmocka_unit_test(test_readers_and_evictions_racing_emptied_users),
         cmocka_unit_test(test_reaper_thread_expires_and_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1092,6 +1092,131 @@ static void test_nested_idle_allocation_failures(void **state)
     run_nested_idle_failures(4);
 }
 
+/* ---- 3g. allocation failures while a group's emptied users wait for their drop */
+
+/* A pass that empties users: 200 single-session users expire on one shard
+ * while 40 others keep a session, so the users table is cleaned up
+ * (rebuilt without its tombstones, an allocation) in the middle of the
+ * pass, and so are the sessions and connections tables. The n-th
+ * allocation fails from there on, for every n up to the pass's last:
+ * emptied entries wait for the group's drop (3c32d34) while the tables'
+ * rebuilds fail. From inside each failing allocation a user's list reads
+ * no session that is gone and never errs; after the pass (and the one
+ * finishing it) each session expired once, no entry without sessions is
+ * left, and every emptied user can start again. */
+#define DROP_GONE 200
+#define DROP_KEPT 40
+
+typedef struct drop_ctx {
+    ledger ledger;
+    afsm_engine *engine;
+    afsm_uuid gone[DROP_GONE];
+    long failures;   /* in this pass */
+    long mid_settle; /* failures with some gone sessions removed and some not */
+    long bad_lists;  /* a list read that erred or showed more than one session */
+} drop_ctx;
+
+static void drop_event(void *arg, const afsm_event *ev)
+{
+    ledger_record(&((drop_ctx *)arg)->ledger, ev);
+}
+
+static void drop_at_failure(void *arg)
+{
+    drop_ctx *c = arg;
+    c->failures++;
+    size_t found = 0;
+    afsm_session_info page[2];
+    for (size_t i = 0; i < 2; i++)
+        afsm_session_info_init(&page[i], AFSM_SESSION_INFO_VERSION);
+    for (size_t i = 0; i < DROP_GONE; i++) {
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        afsm_status st = afsm_session_get(c->engine, &c->gone[i], &info);
+        found += st != AFSM_ENOTFOUND;
+        char user[16];
+        snprintf(user, sizeof(user), "gone%zu", i);
+        afsm_list_filter f;
+        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+        f.user_id = user;
+        f.user_id_len = strlen(user);
+        f.state = AFSM_STATE_ANY;
+        f.limit = 2;
+        size_t count = 0;
+        uint64_t total = 0;
+        st = afsm_session_list(c->engine, &f, page, 2, &count, &total, NULL);
+        /* The list's own allocations (if any) fail too: ENOMEM is fair. */
+        if (st == AFSM_ENOMEM)
+            continue;
+        c->bad_lists += st != AFSM_OK || count > 1 || total > 1;
+    }
+    c->mid_settle += found > 0 && found < DROP_GONE;
+}
+
+static void test_emptied_users_allocation_failures(void **state)
+{
+    (void)state;
+    long mid_settle = 0;
+    long n = 0;
+    for (;; n++) {
+        if (n > 256)
+            fail_msg("a pass still fails with %ld allocations allowed", n);
+        static drop_ctx c;
+        memset(&c, 0, sizeof(c));
+        ledger_init(&c.ledger);
+        virtual_clock clock;
+        afsm_config cfg;
+        afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
+        cfg.shard_count = 1;
+        cfg.on_event = drop_event;
+        cfg.event_ctx = &c;
+        afsm_engine *engine = open_engine(&clock, &cfg);
+        c.engine = engine;
+        char user[16];
+        for (size_t i = 0; i < DROP_GONE + DROP_KEPT; i++) {
+            snprintf(user, sizeof(user), i < DROP_GONE ? "gone%zu" : "kept%zu", i);
+            assert_int_equal(create_for(engine, user, i < DROP_GONE ? 300 : 60000, i < DROP_GONE ? &c.gone[i] : NULL),
+                             AFSM_OK);
+        }
+        uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
+        virtual_clock_set(&clock, now);
+        size_t expired = 0, more = 0;
+        alloc_fail_observe(drop_at_failure, &c);
+        alloc_fail_after(n);
+        afsm_status st = afsm_engine_advance(engine, now, &expired);
+        alloc_fail_reset();
+        alloc_fail_observe(NULL, NULL);
+        if (st != AFSM_OK && st != AFSM_ENOMEM)
+            fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
+        if (c.bad_lists != 0)
+            fail_msg("allocation %ld failing: %ld list reads erred or showed a gone session", n, c.bad_lists);
+        mid_settle += c.mid_settle;
+        assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
+        if (expired + more != DROP_GONE)
+            fail_msg("allocation %ld failing: %zu + %zu expired", n, expired, more);
+        pthread_mutex_lock(&c.ledger.lock);
+        for (size_t i = 0; i < DROP_GONE; i++)
+            if (ledger_line_of(&c.ledger, &c.gone[i])->terminal != 1)
+                fail_msg("allocation %ld failing: session %zu ended %d times", n, i,
+                         ledger_line_of(&c.ledger, &c.gone[i])->terminal);
+        pthread_mutex_unlock(&c.ledger.lock);
+        if (c.ledger.violations != 0)
+            fail_msg("allocation %ld failing: %s", n, c.ledger.first);
+        /* No entry without sessions left, none missing. */
+        assert_int_equal(engine_check_indexes(engine, 0), DROP_KEPT);
+        for (size_t i = 0; i < DROP_GONE; i++) {
+            snprintf(user, sizeof(user), "gone%zu", i);
+            assert_int_equal(create_for(engine, user, 60000, NULL), AFSM_OK);
+        }
+        assert_int_equal(engine_check_indexes(engine, 0), DROP_GONE + DROP_KEPT);
+        assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+        ledger_free(&c.ledger);
+        if (c.failures == 0)
+            break; /* every allocation of the pass has failed once */
+    }
+    /* The sweep reached the settling itself, not only the batch's growth. */
+    assert_true(mid_settle > 0);
+}
+
 /* ---- 4. close while the reaper thread settles groups -------------------- */
 
 #define CLOSE_SESSIONS 3000
@@ -1907,6 +2032,7 @@ int main(void)
         cmocka_unit_test(test_mixed_pass_allocation_failures),
         cmocka_unit_test(test_failure_observer_may_allocate),
         cmocka_unit_test(test_nested_idle_allocation_failures),
+        cmocka_unit_test(test_emptied_users_allocation_failures),
         cmocka_unit_test(test_close_during_grouped_pass),
         cmocka_unit_test(test_reaper_idle_batches_race_writers),
         cmocka_unit_test(test_reaper_allocation_failures_race_writers),

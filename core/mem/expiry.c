@@ -347,6 +347,13 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     for (size_t j = from; j < to; j++)
         if (items[j].outcome != OUTCOME_IDLE && !atomic_load_explicit(&items[j].s->removed, memory_order_relaxed))
             prefetch_unlink(items[j].s);
+    /* The user entries this group empties: each one's removal from its
+     * users table is a miss no probe has brought in (a user's last session
+     * going, every expiry for users with one session), so they are dropped
+     * together after the removals, their slots fetched first. */
+    user_entry *emptied[SETTLE_GROUP];
+    unsigned long emptied_hash[SETTLE_GROUP];
+    size_t emptied_count = 0;
     for (size_t j = from; j < to; j++) {
         timer_result *item = &items[j];
         session *s = item->s;
@@ -356,18 +363,26 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
         if (item->outcome != OUTCOME_IDLE && !atomic_load_explicit(&s->removed, memory_order_relaxed)) {
             item->removed_state = atomic_load_explicit(&s->state, memory_order_relaxed);
             if (item->outcome == OUTCOME_CLOSED) {
-                mem_remove_locked(ms, s, AFSM_DELETE_CLOSED, 0);
+                mem_remove_locked(ms, s, AFSM_DELETE_CLOSED, 1);
             } else {
-                mem_remove_locked(ms, s, AFSM_DELETE_EXPIRED, 0);
+                mem_remove_locked(ms, s, AFSM_DELETE_EXPIRED, 1);
                 expired++;
             }
+            /* Once per entry: a count of 0 leaves no session of its user
+             * for a later item of the group. */
+            if (atomic_load_explicit(&s->user->count, memory_order_relaxed) == 0)
+                emptied[emptied_count++] = s->user;
         }
         /* The batch's reference; the home shard's lock is in the set. While
          * the section lasts, the record (freed through the epoch) stays. */
         mem_unref_locked(ms, s);
     }
+    for (size_t k = 0; k < emptied_count; k++)
+        emptied_hash[k] = index_prepare_drop(&ms->shards[emptied[k]->shard_index], emptied[k]);
+    for (size_t k = 0; k < emptied_count; k++)
+        index_drop_prepared(&ms->shards[emptied[k]->shard_index], emptied[k], emptied_hash[k]);
     shard_set_release(ms->shards, &set);
-    /* Events read the user's entry, which the removals may have retired:
+    /* Events read the user's entry, which the drops above may have retired:
      * captured inside the section, delivered after it. */
     if (emit) {
         for (size_t j = from; j < to; j++) {

@@ -16,12 +16,17 @@ static void entry_destroy(ck_epoch_entry_t *e)
     mem_free(e); /* epoch_entry is the first member */
 }
 
-static void retire_entry(shard *us, user_entry *entry)
+static void retire_entry_hashed(shard *us, user_entry *entry, unsigned long hash)
 {
-    table_remove(&us->users, &entry->key);
+    table_remove_hashed(&us->users, &entry->key, hash);
     epoch_defer(us->defer, &entry->epoch_entry, entry_destroy);
     /* Users come and go like sessions: clear their tombstones the same way. */
     table_maintain(&us->users);
+}
+
+static void retire_entry(shard *us, user_entry *entry)
+{
+    retire_entry_hashed(us, entry, table_hash(&us->users, &entry->key));
 }
 
 user_entry *index_entry(shard *us, unsigned us_index, const char *user_id, uint16_t user_id_len)
@@ -91,6 +96,19 @@ void index_drop_if_empty(shard *us, user_entry *entry)
 {
     if (atomic_load_explicit(&entry->count, memory_order_relaxed) == 0)
         retire_entry(us, entry);
+}
+
+unsigned long index_prepare_drop(shard *us, const user_entry *entry)
+{
+    unsigned long hash = table_hash(&us->users, &entry->key);
+    table_prefetch(&us->users, hash);
+    return hash;
+}
+
+void index_drop_prepared(shard *us, user_entry *entry, unsigned long hash)
+{
+    if (atomic_load_explicit(&entry->count, memory_order_relaxed) == 0)
+        retire_entry_hashed(us, entry, hash);
 }
 
 user_entry *index_lookup(shard *us, const char *user_id, uint16_t user_id_len)

@@ -57,12 +57,20 @@ user_entry *index_entry(shard *user_shard, unsigned user_shard_index, const char
  * Never fails. */
 void index_link(session *s);
 /* User shard lock held: takes s off its user's list. The entry goes when
- * its last session does, unless keep_entry (an eviction adds right after,
- * and must not find the entry gone). */
+ * its last session does, unless keep_entry: an eviction adds right after,
+ * and must not find the entry gone; an expiry group drops the entries it
+ * emptied itself, together (index_prepare_drop). */
 void index_unlink(shard *user_shard, session *s, bool keep_entry);
 /* User shard lock held: drops an entry index_entry made for a create that
  * then failed. */
 void index_drop_if_empty(shard *user_shard, user_entry *entry);
+/* index_drop_if_empty in two steps, for a caller that empties several
+ * entries (the expiry's settle groups, mem/expiry.c): first start
+ * fetching the users-table slot its removal rewrites, for each entry, so
+ * those misses overlap; then drop each with the hash the first returned.
+ * User shard lock held across both. */
+unsigned long index_prepare_drop(shard *user_shard, const user_entry *entry);
+void index_drop_prepared(shard *user_shard, user_entry *entry, unsigned long hash);
 
 /* The user's entry, or NULL. Lock-free; inside an epoch section. */
 user_entry *index_lookup(shard *user_shard, const char *user_id, uint16_t user_id_len);

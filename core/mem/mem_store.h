@@ -214,7 +214,8 @@ afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_le
                                size_t reason_len, size_t *removed);
 afsm_status mem_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out);
 /* Removes s whole; caller holds its lock set and checked it is not removed.
- * keep_user_entry: see index_remove (an eviction adds right after). */
+ * keep_user_entry: see index_unlink (an eviction adds right after; an
+ * expiry group drops the entries it empties together, mem/expiry.c). */
 void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry);
 /* Takes s's lock set, removes it unless already removed (AFSM_ENOTFOUND),
  * captures its event into *ev for the caller to fire after its section.

@@ -194,8 +194,13 @@ table_result table_insert(table *t, const void *key)
 
 bool table_remove(table *t, const void *key)
 {
+    return table_remove_hashed(t, key, table_hash(t, key));
+}
+
+bool table_remove_hashed(table *t, const void *key, unsigned long hash)
+{
     table_map *m = current(t);
-    for (uint64_t i = table_hash(t, key) & m->mask;; i = (i + 1) & m->mask) {
+    for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
         const void *k = atomic_load_explicit(&m->slots[i], memory_order_relaxed);
         if (k == NULL)
             return false;

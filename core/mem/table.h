@@ -151,6 +151,13 @@ static inline void table_prefetch_uuid(const table *t, unsigned long hash)
     __builtin_prefetch((const void *)&m->slots[hash & m->mask], 0, 3);
 }
 
+/* table_prefetch_uuid for any table: the slot a probe for this hash
+ * (table_hash) starts at. Epoch section or writer lock required. */
+static inline void table_prefetch(const table *t, unsigned long hash)
+{
+    table_prefetch_uuid(t, hash);
+}
+
 /* Writer lock held. key points into the record it stands for, which is
  * complete: inserting publishes it. */
 table_result table_insert(table *t, const void *key);
@@ -159,6 +166,9 @@ table_result table_insert(table *t, const void *key);
  * other record on its way (issue 15, goals 3 and 4). True if it was
  * present. */
 bool table_remove(table *t, const void *key);
+/* table_remove with the key's hash (table_hash) already computed: a caller
+ * that prefetched the slot (table_prefetch) does not hash twice. */
+bool table_remove_hashed(table *t, const void *key, unsigned long hash);
 
 /* Writer lock held: when removals have left at least as many tombstones
  * as keys (and 64 or more), rebuilds the map without them, so probes stay
