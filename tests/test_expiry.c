@@ -47,6 +47,19 @@ static uint64_t fire_time(uint64_t deadline_ns)
     return (deadline_ns + tick - 1) / tick * tick;
 }
 
+/* An engine in virtual time (open_virtual_engine) whose sessions live 1 s
+ * unless told otherwise, with on_event(ctx) (may be NULL) and `shards`
+ * shards (0: open_virtual_engine's). */
+static afsm_engine *open_one_second_engine(afsm_event_fn on_event, void *ctx, uint32_t shards)
+{
+    afsm_config cfg = {0};
+    cfg.on_event = on_event;
+    cfg.event_ctx = ctx;
+    cfg.shard_count = shards;
+    cfg.default_timeout_ms = 1000;
+    return open_virtual_engine(&vclock, &cfg);
+}
+
 static void test_exactly_the_due_sessions_expire(void **state)
 {
     (void)state;
@@ -314,11 +327,7 @@ static void test_heartbeat_racing_expiry(void **state)
     (void)state;
     static race r;
     memset(&r, 0, sizeof(r));
-    afsm_config cfg = {0};
-    cfg.on_event = race_events;
-    cfg.event_ctx = &r;
-    cfg.default_timeout_ms = 1000;
-    r.engine = open_virtual_engine(&vclock, &cfg);
+    r.engine = open_one_second_engine(race_events, &r, 0);
     r.kept = create_session(r.engine, "kept").session_id;
     r.abandoned = create_session(r.engine, "gone").session_id;
     uint64_t start = virtual_clock_read(&vclock);
@@ -377,11 +386,7 @@ static void test_delete_racing_expiry_one_event_each(void **state)
     (void)state;
     static delete_race d;
     memset(&d, 0, sizeof(d));
-    afsm_config cfg = {0};
-    cfg.on_event = count_removals;
-    cfg.event_ctx = &d;
-    cfg.default_timeout_ms = 1000;
-    d.engine = open_virtual_engine(&vclock, &cfg);
+    d.engine = open_one_second_engine(count_removals, &d, 0);
     for (int i = 0; i < RACED; i++)
         d.ids[i] = create_session(d.engine, i % 2 ? "a" : "b").session_id;
     virtual_clock_set(&vclock, virtual_clock_read(&vclock) + 2 * SEC);
@@ -451,12 +456,7 @@ static void test_grouped_settling_edges(void **state)
     (void)state;
     static grouped g;
     memset(&g, 0, sizeof(g));
-    afsm_config cfg = {0};
-    cfg.on_event = grouped_events;
-    cfg.event_ctx = &g;
-    cfg.shard_count = 4;
-    cfg.default_timeout_ms = 1000;
-    g.engine = open_virtual_engine(&vclock, &cfg);
+    g.engine = open_one_second_engine(grouped_events, &g, 4);
     uint64_t t0 = virtual_clock_read(&vclock);
     /* ~20 sessions per user, users on every shard: each group of victims
      * spans several lock sets, and a user's last session goes in the same
@@ -566,9 +566,7 @@ static void test_grouped_settling_with_writers(void **state)
     (void)state;
     static churn c;
     memset(&c, 0, sizeof(c));
-    afsm_config cfg = {0};
-    cfg.default_timeout_ms = 1000;
-    c.engine = open_virtual_engine(&vclock, &cfg);
+    c.engine = open_one_second_engine(NULL, NULL, 0);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, churner, &c), 0);
     uint64_t now = virtual_clock_read(&vclock);
@@ -689,12 +687,7 @@ static void test_emptied_users_leave_in_groups(void **state)
     (void)state;
     static emptied_users u;
     memset(&u, 0, sizeof(u));
-    afsm_config cfg = {0};
-    cfg.on_event = check_expired_user;
-    cfg.event_ctx = &u;
-    cfg.shard_count = 2;
-    cfg.default_timeout_ms = 1000;
-    afsm_engine *engine = open_virtual_engine(&vclock, &cfg);
+    afsm_engine *engine = open_one_second_engine(check_expired_user, &u, 2);
     uint64_t t0 = virtual_clock_read(&vclock);
     afsm_uuid kept[PAIR_USERS];
     char user[32];
@@ -724,15 +717,9 @@ static void test_emptied_users_leave_in_groups(void **state)
         afsm_session_info_init(&page[i], AFSM_SESSION_INFO_VERSION);
     for (size_t i = 0; i < PAIR_USERS; i++) {
         snprintf(user, sizeof(user), "pair%zu", i);
-        afsm_list_filter f;
-        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
-        f.user_id = user;
-        f.user_id_len = strlen(user);
-        f.state = AFSM_STATE_ANY;
-        f.limit = 4;
-        size_t count = 0;
-        uint64_t total = 0;
-        assert_int_equal(afsm_session_list(engine, &f, page, 4, &count, &total, NULL), AFSM_OK);
+        size_t count;
+        uint64_t total;
+        assert_int_equal(list_user_page(engine, user, page, 4, &count, &total), AFSM_OK);
         assert_int_equal(count, 1);
         assert_memory_equal(&page[0].session_id, &kept[i], sizeof(afsm_uuid));
     }
@@ -924,12 +911,7 @@ static void test_callbacks_refill_emptied_users(void **state)
     (void)state;
     static refill r;
     memset(&r, 0, sizeof(r));
-    afsm_config cfg = {0};
-    cfg.on_event = refill_user;
-    cfg.event_ctx = &r;
-    cfg.shard_count = 2;
-    cfg.default_timeout_ms = 1000;
-    r.engine = open_virtual_engine(&vclock, &cfg);
+    r.engine = open_one_second_engine(refill_user, &r, 2);
     uint64_t t0 = virtual_clock_read(&vclock);
     char user[16];
     for (unsigned i = 0; i < REFILLED; i++) {
@@ -947,15 +929,9 @@ static void test_callbacks_refill_emptied_users(void **state)
         afsm_session_info_init(&page[i], AFSM_SESSION_INFO_VERSION);
     for (unsigned i = 0; i < REFILLED; i++) {
         snprintf(user, sizeof(user), "refill%u", i);
-        afsm_list_filter f;
-        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
-        f.user_id = user;
-        f.user_id_len = strlen(user);
-        f.state = AFSM_STATE_ANY;
-        f.limit = 2;
-        size_t count = 0;
-        uint64_t total = 0;
-        assert_int_equal(afsm_session_list(r.engine, &f, page, 2, &count, &total, NULL), AFSM_OK);
+        size_t count;
+        uint64_t total;
+        assert_int_equal(list_user_page(r.engine, user, page, 2, &count, &total), AFSM_OK);
         assert_int_equal(count, 1);
         assert_memory_equal(&page[0].session_id, &r.made[i], sizeof(afsm_uuid));
     }
@@ -996,18 +972,13 @@ static void *emptying_reader(void *arg)
     for (unsigned k = 0; !atomic_load(&r->stop); k += 7) {
         char user[16];
         race_user(user, sizeof(user), k);
-        afsm_list_filter f;
-        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
-        f.user_id = user;
-        f.user_id_len = strlen(user);
-        f.state = AFSM_STATE_ANY;
-        f.limit = 4;
-        size_t count = 0;
-        uint64_t total = 0;
-        afsm_status st = afsm_session_list(r->engine, &f, page, 4, &count, &total, NULL);
+        size_t count;
+        uint64_t total;
+        afsm_status st = list_user_page(r->engine, user, page, 4, &count, &total);
         long bad = st != AFSM_OK || count > 2 || total > 2;
+        size_t len = strlen(user);
         for (size_t i = 0; i < count && i < 4; i++)
-            bad += page[i].user_id_len != f.user_id_len || memcmp(page[i].user_id, user, f.user_id_len) != 0;
+            bad += page[i].user_id_len != len || memcmp(page[i].user_id, user, len) != 0;
         atomic_fetch_add(&r->bad, bad);
         atomic_fetch_add(&r->lists, 1);
     }

@@ -1135,15 +1135,9 @@ static void drop_at_failure(void *arg)
         found += st != AFSM_ENOTFOUND;
         char user[16];
         snprintf(user, sizeof(user), "gone%zu", i);
-        afsm_list_filter f;
-        afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
-        f.user_id = user;
-        f.user_id_len = strlen(user);
-        f.state = AFSM_STATE_ANY;
-        f.limit = 2;
-        size_t count = 0;
-        uint64_t total = 0;
-        st = afsm_session_list(c->engine, &f, page, 2, &count, &total, NULL);
+        size_t count;
+        uint64_t total;
+        st = list_user_page(c->engine, user, page, 2, &count, &total);
         /* The list's own allocations (if any) fail too: ENOMEM is fair. */
         if (st == AFSM_ENOMEM)
             continue;

@@ -1,7 +1,8 @@
 /*
  * test_support.h: what the cmocka tests share: a virtual clock, an engine
- * opened on it with no reaper thread, a create helper, and the real clock
- * that bounds the threaded tests' waits (deadlines, never sleeps).
+ * opened on it with no reaper thread, create and list-by-user helpers, and
+ * the real clock that bounds the threaded tests' waits (deadlines, never
+ * sleeps).
  */
 #ifndef AFSM_TEST_SUPPORT_H
 #define AFSM_TEST_SUPPORT_H
@@ -136,6 +137,23 @@ static inline afsm_session_info create_session(afsm_engine *engine, const char *
     afsm_session_info info = AFSM_SESSION_INFO_INIT;
     assert_int_equal(afsm_session_create(engine, &o, &info), AFSM_OK);
     return info;
+}
+
+/* The first page (up to cap, every state) of user's sessions, as
+ * afsm_session_list gives it: its status, *count and *total. page[0..cap)
+ * must be initialised (afsm_session_info_init). */
+static inline afsm_status list_user_page(afsm_engine *engine, const char *user, afsm_session_info *page, size_t cap,
+                                         size_t *count, uint64_t *total)
+{
+    afsm_list_filter f;
+    afsm_list_filter_init(&f, AFSM_LIST_FILTER_VERSION);
+    f.user_id = user;
+    f.user_id_len = strlen(user);
+    f.state = AFSM_STATE_ANY;
+    f.limit = (uint32_t)cap;
+    *count = 0;
+    *total = 0;
+    return afsm_session_list(engine, &f, page, cap, count, total, NULL);
 }
 
 #endif
