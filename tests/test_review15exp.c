@@ -449,6 +449,23 @@ static void test_wide_batch_changed_from_callback(void **state)
 
 /* ---- 3. allocation failures in the pass ---------------------------------- */
 
+/* afsm_engine_advance to now with every allocation from the n-th on
+ * failing, observer(ctx) (may be NULL) told of each failure: AFSM_OK or
+ * AFSM_ENOMEM, any other status fails the test. The sweeps below call it
+ * for n = 0, 1, ... until an advance succeeds. */
+static afsm_status advance_failing_from(afsm_engine *engine, uint64_t now, long n, void (*observer)(void *ctx),
+                                        void *ctx, size_t *expired)
+{
+    alloc_fail_observe(observer, ctx);
+    alloc_fail_after(n);
+    afsm_status st = afsm_engine_advance(engine, now, expired);
+    alloc_fail_reset();
+    alloc_fail_observe(NULL, NULL);
+    if (st != AFSM_OK && st != AFSM_ENOMEM)
+        fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
+    return st;
+}
+
 #define NOMEM_SESSIONS 600 /* past the work list's first 256 items */
 
 typedef struct nomem_ctx {
@@ -496,11 +513,7 @@ static void run_advance_allocation_failures(unsigned shards)
         uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
         virtual_clock_set(&clock, now);
         size_t expired = 0, more = 0;
-        alloc_fail_after(n);
-        afsm_status st = afsm_engine_advance(engine, now, &expired);
-        alloc_fail_reset();
-        if (st != AFSM_OK && st != AFSM_ENOMEM)
-            fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
+        afsm_status st = advance_failing_from(engine, now, n, NULL, NULL, &expired);
         failed_some |= st == AFSM_ENOMEM;
         succeeded = st == AFSM_OK;
         assert_int_equal(afsm_engine_advance(engine, now, &more), AFSM_OK);
@@ -682,12 +695,7 @@ static void test_no_idle_shown_when_the_batch_cannot_grow(void **state)
         uint64_t now = virtual_clock_read(&clock) + 500 * MS;
         virtual_clock_set(&clock, now);
         size_t expired = 0;
-        alloc_fail_observe(peek_at_failure, &p);
-        alloc_fail_after(n);
-        afsm_status st = afsm_engine_advance(engine, now, &expired);
-        alloc_fail_reset();
-        alloc_fail_observe(NULL, NULL);
-        assert_true(st == AFSM_OK || st == AFSM_ENOMEM);
+        afsm_status st = advance_failing_from(engine, now, n, peek_at_failure, &p, &expired);
         failed_some |= st == AFSM_ENOMEM;
         if (p.saw_idle != 0)
             fail_msg("allocation %ld failing: a Get read IDLE while the advance was failing", n);
@@ -842,13 +850,7 @@ static void run_mixed_allocation_failures(unsigned shards, bool emit)
         uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
         virtual_clock_set(&clock, now);
         size_t expired = 0, more = 0;
-        alloc_fail_observe(mixed_at_failure, &c);
-        alloc_fail_after(n);
-        afsm_status st = afsm_engine_advance(engine, now, &expired);
-        alloc_fail_reset();
-        alloc_fail_observe(NULL, NULL);
-        if (st != AFSM_OK && st != AFSM_ENOMEM)
-            fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
+        afsm_status st = advance_failing_from(engine, now, n, mixed_at_failure, &c, &expired);
         if (c.bad_observations != 0)
             fail_msg("allocation %ld failing: %s", n, c.first);
         failed_some |= st == AFSM_ENOMEM;
@@ -1174,13 +1176,7 @@ static void test_emptied_users_allocation_failures(void **state)
         uint64_t now = virtual_clock_read(&clock) + 1 * SEC;
         virtual_clock_set(&clock, now);
         size_t expired = 0, more = 0;
-        alloc_fail_observe(drop_at_failure, &c);
-        alloc_fail_after(n);
-        afsm_status st = afsm_engine_advance(engine, now, &expired);
-        alloc_fail_reset();
-        alloc_fail_observe(NULL, NULL);
-        if (st != AFSM_OK && st != AFSM_ENOMEM)
-            fail_msg("allocation %ld failing: %s", n, afsm_status_name(st));
+        advance_failing_from(engine, now, n, drop_at_failure, &c, &expired);
         if (c.bad_lists != 0)
             fail_msg("allocation %ld failing: %ld list reads erred or showed a gone session", n, c.bad_lists);
         mid_settle += c.mid_settle;
