@@ -52,7 +52,7 @@ static void lookup_group(mem_store *ms, const afsm_uuid *ids, size_t n, session 
     for (size_t i = 0; i < n; i++) {
         tables[i] = &ms->shards[mem_shard_of_id(ms, &ids[i])].sessions;
         hashes[i] = table_hash_uuid(&ids[i], tables[i]->seed);
-        table_prefetch_uuid(tables[i], hashes[i]);
+        table_prefetch(tables[i], hashes[i]);
     }
     for (size_t i = 0; i < n; i++) {
         session *s = (session *)table_get_uuid_hashed(tables[i], &ids[i], hashes[i]);

@@ -20,7 +20,7 @@
  * ck_hs_get at 179 of a Get's 446 instructions, through its generation
  * and probe-bound reads, an out-of-line probe loop and a comparison
  * through a function pointer; this probe is inlined at the call site and
- * its slot can be prefetched before the probe (table_prefetch_uuid), so a
+ * its slot can be prefetched before the probe (table_prefetch), so a
  * batch's slot misses overlap. Its memory is the same 8-byte slot per
  * entry at a load of 1/8 to 1/2 once grown (clean-up shrinks a drained
  * map; a presized one may be lighter), without ck_hs's probe-bound array.
@@ -142,20 +142,14 @@ static inline const void *table_get_uuid(const table *t, const void *key)
     return table_get_uuid_hashed(t, key, table_hash_uuid(key, t->seed));
 }
 
-/* Starts fetching the slot a lookup of key begins at, so that a batch's
- * slot misses overlap before its probes (mem/batch.c). Epoch section
- * required (the map it touches). */
-static inline void table_prefetch_uuid(const table *t, unsigned long hash)
+/* Starts fetching the slot a probe for this hash (table_hash, any key
+ * kind) begins at, so that several slot misses overlap before their probes
+ * (mem/batch.c, mem/expiry.c). Epoch section or writer lock required (the
+ * map it touches). */
+static inline void table_prefetch(const table *t, unsigned long hash)
 {
     const table_map *m = atomic_load_explicit(&((table *)t)->map, memory_order_acquire);
     __builtin_prefetch((const void *)&m->slots[hash & m->mask], 0, 3);
-}
-
-/* table_prefetch_uuid for any table: the slot a probe for this hash
- * (table_hash) starts at. Epoch section or writer lock required. */
-static inline void table_prefetch(const table *t, unsigned long hash)
-{
-    table_prefetch_uuid(t, hash);
 }
 
 /* Writer lock held. key points into the record it stands for, which is

@@ -177,8 +177,8 @@ static session *peek_victim(mem_store *ms, const session_spec *spec)
  * everything up again under the locks. Inside an epoch section. */
 static void prefetch_for_create(const session *s, shard *sh, shard *ch, shard *uh, const session_spec *spec)
 {
-    table_prefetch_uuid(&sh->sessions, table_hash_uuid(&s->id, sh->sessions.seed));
-    table_prefetch_uuid(&ch->connections, table_hash_uuid(&s->connection_id, ch->connections.seed));
+    table_prefetch(&sh->sessions, table_hash_uuid(&s->id, sh->sessions.seed));
+    table_prefetch(&ch->connections, table_hash_uuid(&s->connection_id, ch->connections.seed));
     user_entry *entry = index_lookup(uh, spec->user_id, spec->user_id_len);
     if (entry == NULL)
         return;

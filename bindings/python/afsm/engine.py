@@ -85,7 +85,7 @@ def _close_open_engines() -> None:
     for engine in list(_open_engines):
         try:
             engine.close()
-        except Exception:  # noqa: BLE001 - Busy: pinned handles; keep its hooks
+        except Exception:  # noqa: BLE001 - the C close refused: keep its hooks alive
             _leaked_hooks.extend(engine._hooks)
 
 
@@ -1260,8 +1260,9 @@ class Handle:
         fired by this handle's own heartbeat, say) it does not wait: the
         session is unpinned as the last call in progress returns.
         """
-        # A pinned handle keeps the engine open (close raises Busy), so the
-        # engine outlives this call without the engine's gate.
+        # Engine.close waits for a release in progress (_release_for_close)
+        # before it frees the engine, so the engine outlives this call
+        # without the engine's gate.
         with self._lock:
             if self._releasing:
                 first = False
