@@ -220,3 +220,63 @@ def test_engines_and_handles_cannot_be_copied() -> None:
     assert out.count("refused:") == 6, out
     assert "refused: Engine copy cannot copy an afsm Engine" in out, out
     assert "closed True" in out, out
+
+
+def test_forked_child_releases_a_handle_whose_call_was_in_flight_at_the_fork() -> None:
+    # A thread of the parent is inside handle.heartbeat() (held in the clock
+    # hook) when another thread forks. That thread does not exist in the
+    # child, so the handle's count of calls in progress never drops there.
+    # Before the fix, the child's release() waited for that call forever
+    # (and so did its __del__ at exit).
+    proc = _run_script(
+        f"""
+        import datetime, os, sys, threading, time
+        import afsm
+        hold = threading.Event()
+        inside = threading.Event()
+        go = threading.Event()
+        def clock():
+            if hold.is_set() and threading.current_thread() is not threading.main_thread():
+                inside.set()
+                go.wait({CHILD_DEADLINE_S})
+            return time.monotonic_ns()
+        engine = afsm.Engine(default_timeout=datetime.timedelta(minutes=1), clock=clock)
+        session, _ = engine.create_session("u", "10.0.0.1", 1)
+        handle = engine.pin(session.id)
+        hold.set()
+        worker = threading.Thread(target=handle.heartbeat)
+        worker.start()
+        assert inside.wait({CHILD_DEADLINE_S}), "heartbeat never reached the clock"
+        pid = os.fork()
+        if pid == 0:
+            handle.release()
+            assert handle.released
+            print("child: released", flush=True)
+            os._exit(0)
+        deadline = time.monotonic() + {CHILD_DEADLINE_S}
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                print("parent: child hung in release", flush=True)
+                status = None
+                break
+            time.sleep(0.01)
+        hold.clear()
+        go.set()
+        worker.join({CHILD_DEADLINE_S})
+        assert not worker.is_alive()
+        assert engine.pinned() == 1  # the child left the parent's pin alone
+        handle.release()
+        engine.close()
+        assert status is not None and os.WIFEXITED(status), status
+        print("parent: child exit", os.WEXITSTATUS(status), flush=True)
+        """
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "child: released" in out, out
+    assert "parent: child exit 0" in out, out
