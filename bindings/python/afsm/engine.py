@@ -109,8 +109,13 @@ def _disown_engines_in_child() -> None:
         )
         engine._gate = gate
         engine._close_lock = threading.Lock()
+        engine._handles_lock = threading.Lock()
         engine._ptr = None
         engine._forked = True
+        # The parent threads inside a handle call do not exist here: their
+        # count would keep release() waiting forever for them to leave.
+        for handle in list(engine._handles):
+            handle._forget_parent_calls()
     _open_engines.clear()
 
 
@@ -1203,6 +1208,16 @@ class Handle:
         try:
             check(_lib.lib.afsm_handle_release(ptr))
         finally:
+            self._unpinned.set()
+
+    def _forget_parent_calls(self) -> None:
+        """In a fork()ed child: drops the calls in progress in the parent's
+        other threads (and any lock they held), so release() returns."""
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._unpinned = threading.Event()
+        if self._releasing:  # its unpin was left to a call that is not here
+            self._ptr = None
             self._unpinned.set()
 
     def _release_for_close(self) -> None:
