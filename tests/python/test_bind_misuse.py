@@ -6,6 +6,7 @@ Each test here failed before its fix (see the commit that added it)."""
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import subprocess
 import sys
@@ -280,3 +281,37 @@ def test_forked_child_releases_a_handle_whose_call_was_in_flight_at_the_fork() -
     assert proc.returncode == 0, out
     assert "child: released" in out, out
     assert "parent: child exit 0" in out, out
+
+
+@pytest.mark.parametrize("closer_first", [True, False])
+def test_close_from_a_finalizer_releases_a_handle_being_collected(closer_first: bool) -> None:
+    # The garbage collector clears a cycle's weak references before it runs
+    # the finalizers, so a handle about to be collected has left the
+    # engine's WeakSet while it is still pinned in C. Before the fix, a
+    # close() in that window (a finalizer in the same cycle here; another
+    # thread in general) missed it and raised Busy.
+    engine = afsm.Engine(default_timeout=datetime.timedelta(minutes=1))
+    session, _ = engine.create_session("u", "10.0.0.1", 1)
+    errors: list[BaseException] = []
+
+    class Closer:
+        handle: afsm.Handle
+
+        def __del__(self) -> None:
+            try:
+                engine.close()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    if closer_first:
+        closer = Closer()
+        handle = engine.pin(session.id)
+    else:
+        handle = engine.pin(session.id)
+        closer = Closer()
+    closer.handle = handle
+    handle.cycle = closer  # type: ignore[attr-defined]
+    del closer, handle
+    gc.collect()
+    assert errors == []
+    assert engine.closed
