@@ -315,3 +315,22 @@ def test_close_from_a_finalizer_releases_a_handle_being_collected(closer_first: 
     gc.collect()
     assert errors == []
     assert engine.closed
+
+
+def test_engine_collected_with_its_pinned_handle_is_closed() -> None:
+    # An engine and a handle in one garbage cycle: the collector may run
+    # the engine's finalizer first. Before the fix it called the C close
+    # with the handle still pinned, got Busy and leaked the engine, its
+    # reaper thread still running.
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    gc.collect()
+    before = threads()
+    engine = afsm.Engine(default_timeout=datetime.timedelta(minutes=1))
+    assert threads() == before + 1  # the reaper
+    session, _ = engine.create_session("u", "10.0.0.1", 1)
+    engine.handle = engine.pin(session.id)  # type: ignore[attr-defined]
+    del engine
+    gc.collect()
+    assert threads() == before
