@@ -554,6 +554,9 @@ class Engine:
         if getattr(self, "_ptr", None) is None:
             return
         try:
+            # Collected with its handles (a cycle): no call can be in flight.
+            for pin in list(self._handles):
+                pin.release_for_close()
             if _lib.lib.afsm_engine_close(self._ptr) == _OK:
                 self._ptr = None
                 return
