@@ -109,7 +109,7 @@ def _disown_engines_in_child() -> None:
         )
         engine._gate = gate
         engine._close_lock = threading.Lock()
-        engine._handles_lock = threading.Lock()
+        engine._handles_lock = threading.RLock()
         engine._ptr = None
         engine._forked = True
         # The parent threads inside a handle call do not exist here: their
@@ -412,7 +412,9 @@ class Engine:
         self._close_lock = threading.Lock()
         # The pins of handles not yet released: close() releases them.
         self._handles: set[_Pin] = set()
-        self._handles_lock = threading.Lock()
+        # Reentrant: a Handle's finalizer unpins (and takes it) whenever the
+        # collector runs, also on a thread holding it for close() or pin().
+        self._handles_lock = threading.RLock()
         self._hooks: list[Any] = []
         self.callback_errors: collections.deque[BaseException] = collections.deque(maxlen=100)
 
@@ -1207,7 +1209,8 @@ class _Pin:
         ptr, self.ptr = self.ptr, None
         engine = self.engine
         try:
-            if not engine._forked:  # the parent's handle: never touch it here
+            # ptr is None when a finalizer already unpinned it in between.
+            if ptr is not None and not engine._forked:  # never the parent's
                 check(_lib.lib.afsm_handle_release(ptr))
         finally:
             with engine._handles_lock:
