@@ -6,6 +6,7 @@ Each test here failed before its fix (see the commit that added it)."""
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import subprocess
 import sys
@@ -220,3 +221,116 @@ def test_engines_and_handles_cannot_be_copied() -> None:
     assert out.count("refused:") == 6, out
     assert "refused: Engine copy cannot copy an afsm Engine" in out, out
     assert "closed True" in out, out
+
+
+def test_forked_child_releases_a_handle_whose_call_was_in_flight_at_the_fork() -> None:
+    # A thread of the parent is inside handle.heartbeat() (held in the clock
+    # hook) when another thread forks. That thread does not exist in the
+    # child, so the handle's count of calls in progress never drops there.
+    # Before the fix, the child's release() waited for that call forever
+    # (and so did its __del__ at exit).
+    proc = _run_script(
+        f"""
+        import datetime, os, sys, threading, time
+        import afsm
+        hold = threading.Event()
+        inside = threading.Event()
+        go = threading.Event()
+        def clock():
+            if hold.is_set() and threading.current_thread() is not threading.main_thread():
+                inside.set()
+                go.wait({CHILD_DEADLINE_S})
+            return time.monotonic_ns()
+        engine = afsm.Engine(default_timeout=datetime.timedelta(minutes=1), clock=clock)
+        session, _ = engine.create_session("u", "10.0.0.1", 1)
+        handle = engine.pin(session.id)
+        hold.set()
+        worker = threading.Thread(target=handle.heartbeat)
+        worker.start()
+        assert inside.wait({CHILD_DEADLINE_S}), "heartbeat never reached the clock"
+        pid = os.fork()
+        if pid == 0:
+            handle.release()
+            assert handle.released
+            print("child: released", flush=True)
+            os._exit(0)
+        deadline = time.monotonic() + {CHILD_DEADLINE_S}
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                print("parent: child hung in release", flush=True)
+                status = None
+                break
+            time.sleep(0.01)
+        hold.clear()
+        go.set()
+        worker.join({CHILD_DEADLINE_S})
+        assert not worker.is_alive()
+        assert engine.pinned() == 1  # the child left the parent's pin alone
+        handle.release()
+        engine.close()
+        assert status is not None and os.WIFEXITED(status), status
+        print("parent: child exit", os.WEXITSTATUS(status), flush=True)
+        """
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "child: released" in out, out
+    assert "parent: child exit 0" in out, out
+
+
+@pytest.mark.parametrize("closer_first", [True, False])
+def test_close_from_a_finalizer_releases_a_handle_being_collected(closer_first: bool) -> None:
+    # The garbage collector clears a cycle's weak references before it runs
+    # the finalizers, so a handle about to be collected has left the
+    # engine's WeakSet while it is still pinned in C. Before the fix, a
+    # close() in that window (a finalizer in the same cycle here; another
+    # thread in general) missed it and raised Busy.
+    engine = afsm.Engine(default_timeout=datetime.timedelta(minutes=1))
+    session, _ = engine.create_session("u", "10.0.0.1", 1)
+    errors: list[BaseException] = []
+
+    class Closer:
+        handle: afsm.Handle
+
+        def __del__(self) -> None:
+            try:
+                engine.close()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    if closer_first:
+        closer = Closer()
+        handle = engine.pin(session.id)
+    else:
+        handle = engine.pin(session.id)
+        closer = Closer()
+    closer.handle = handle
+    handle.cycle = closer  # type: ignore[attr-defined]
+    del closer, handle
+    gc.collect()
+    assert errors == []
+    assert engine.closed
+
+
+def test_engine_collected_with_its_pinned_handle_is_closed() -> None:
+    # An engine and a handle in one garbage cycle: the collector may run
+    # the engine's finalizer first. Before the fix it called the C close
+    # with the handle still pinned, got Busy and leaked the engine, its
+    # reaper thread still running.
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    gc.collect()
+    before = threads()
+    engine = afsm.Engine(default_timeout=datetime.timedelta(minutes=1))
+    assert threads() == before + 1  # the reaper
+    session, _ = engine.create_session("u", "10.0.0.1", 1)
+    engine.handle = engine.pin(session.id)  # type: ignore[attr-defined]
+    del engine
+    gc.collect()
+    assert threads() == before

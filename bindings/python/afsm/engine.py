@@ -109,8 +109,13 @@ def _disown_engines_in_child() -> None:
         )
         engine._gate = gate
         engine._close_lock = threading.Lock()
+        engine._handles_lock = threading.RLock()
         engine._ptr = None
         engine._forked = True
+        # The parent threads inside a handle call do not exist here: their
+        # count would keep release() waiting forever for them to leave.
+        for pin in list(engine._handles):
+            pin.forget_parent_calls()
     _open_engines.clear()
 
 
@@ -405,9 +410,11 @@ class Engine:
         self._forked = False  # set in a fork()ed child (_disown_engines_in_child)
         self._gate = _Gate()
         self._close_lock = threading.Lock()
-        # Handles not yet garbage: close() releases those still pinned.
-        self._handles: weakref.WeakSet[Handle] = weakref.WeakSet()
-        self._handles_lock = threading.Lock()
+        # The pins of handles not yet released: close() releases them.
+        self._handles: set[_Pin] = set()
+        # Reentrant: a Handle's finalizer unpins (and takes it) whenever the
+        # collector runs, also on a thread holding it for close() or pin().
+        self._handles_lock = threading.RLock()
         self._hooks: list[Any] = []
         self.callback_errors: collections.deque[BaseException] = collections.deque(maxlen=100)
 
@@ -520,8 +527,8 @@ class Engine:
             # Every handle call runs inside the gate, so none is in flight.
             with self._handles_lock:
                 pinned = list(self._handles)
-            for handle in pinned:
-                handle._release_for_close()
+            for pin in pinned:
+                pin.release_for_close()
             status = _lib.lib.afsm_engine_close(self._ptr)
             if status != _OK:
                 self._gate.reopen()
@@ -549,6 +556,9 @@ class Engine:
         if getattr(self, "_ptr", None) is None:
             return
         try:
+            # Collected with its handles (a cycle): no call can be in flight.
+            for pin in list(self._handles):
+                pin.release_for_close()
             if _lib.lib.afsm_engine_close(self._ptr) == _OK:
                 self._ptr = None
                 return
@@ -1157,6 +1167,94 @@ class Engine:
         return Handle(self, ptr)
 
 
+class _Pin:
+    """The C pin behind one :class:`Handle`, held strongly by its engine.
+
+    Kept apart from the Handle so that Engine.close always finds it: the
+    garbage collector clears a Handle's weak references before it runs the
+    Handle's finalizer, so a WeakSet of Handles would miss one that is
+    being collected while it is still pinned in C. Removed from the
+    engine's set once unpinned, so a dropped Handle is not kept.
+
+    release frees the C handle, so it must not run while a call on the
+    handle is inside C: calls count themselves under ``lock``, and the last
+    one out does a release that was asked for meanwhile.
+    """
+
+    __slots__ = ("engine", "ptr", "lock", "inflight", "releasing", "unpinned")
+
+    def __init__(self, engine: Engine, ptr: Any) -> None:
+        self.engine = engine
+        self.ptr = ptr
+        self.lock = threading.Lock()
+        self.inflight = 0
+        self.releasing = False
+        self.unpinned = threading.Event()
+
+    def enter(self) -> Any:
+        with self.lock:
+            if self.releasing:
+                raise HandleReleased(detail="the afsm Handle is released")
+            self.inflight += 1
+            return self.ptr
+
+    def leave(self) -> None:
+        with self.lock:
+            self.inflight -= 1
+            last = self.inflight == 0 and self.releasing
+        if last:
+            self.unpin()
+
+    def unpin(self) -> None:
+        ptr, self.ptr = self.ptr, None
+        engine = self.engine
+        try:
+            # ptr is None when a finalizer already unpinned it in between.
+            if ptr is not None and not engine._forked:  # never the parent's
+                check(_lib.lib.afsm_handle_release(ptr))
+        finally:
+            with engine._handles_lock:
+                engine._handles.discard(self)
+            self.unpinned.set()
+
+    def forget_parent_calls(self) -> None:
+        """In a fork()ed child: drops the calls in progress in the parent's
+        other threads (and any lock they held), so release() returns."""
+        self.lock = threading.Lock()
+        self.inflight = 0
+        self.unpinned = threading.Event()
+        if self.releasing:  # its unpin was left to a call that is not here
+            self.ptr = None
+            self.unpinned.set()
+
+    def release_for_close(self) -> None:
+        """Engine.close's release: the engine's gate is drained, so no call
+        on this handle is in progress; a release() racing on another thread
+        is waited for."""
+        with self.lock:
+            first = not self.releasing
+            self.releasing = True
+        if first:
+            self.unpin()
+        else:
+            self.unpinned.wait()
+
+    def release(self) -> None:
+        # Engine.close waits for a release in progress (release_for_close)
+        # before it frees the engine, so the engine outlives this call
+        # without the engine's gate.
+        with self.lock:
+            if self.releasing:
+                first = False
+            else:
+                first = self.releasing = True
+            now = first and self.inflight == 0
+        if now:
+            self.unpin()
+        elif not inside_callback():
+            self.unpinned.wait()
+
+
 class Handle:
     """A pinned session: heartbeats and stats without a lookup.
 
@@ -1167,60 +1265,17 @@ class Handle:
 
     def __init__(self, engine: Engine, ptr: Any) -> None:
         self._engine = engine  # keeps the engine (and its hooks) alive
-        self._ptr = ptr
-        # release() frees the C handle, so it must not run while a call on
-        # the handle is inside C: calls count themselves under _lock, and
-        # the last one out does a release that was asked for meanwhile.
-        self._lock = threading.Lock()
-        self._inflight = 0
-        self._releasing = False
-        self._unpinned = threading.Event()
+        self._pin = pin = _Pin(engine, ptr)
+        with engine._handles_lock:
+            engine._handles.add(pin)
         out = _lib.afsm_uuid()
         check(_lib.lib.afsm_handle_session_id(ptr, byref(out)))
         self.session_id: uuid.UUID = uuid_from_c(out)
-        with engine._handles_lock:
-            engine._handles.add(self)
-
-    def _enter(self) -> Any:
-        with self._lock:
-            if self._releasing:
-                raise HandleReleased(detail="the afsm Handle is released")
-            self._inflight += 1
-            return self._ptr
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-            last = self._inflight == 0 and self._releasing
-        if last:
-            self._unpin()
-
-    def _unpin(self) -> None:
-        ptr, self._ptr = self._ptr, None
-        if self._engine._forked:  # the parent's handle: never touch it here
-            self._unpinned.set()
-            return
-        try:
-            check(_lib.lib.afsm_handle_release(ptr))
-        finally:
-            self._unpinned.set()
-
-    def _release_for_close(self) -> None:
-        """Engine.close's release: the engine's gate is drained, so no call
-        on this handle is in progress; a release() racing on another thread
-        is waited for."""
-        with self._lock:
-            first = not self._releasing
-            self._releasing = True
-        if first:
-            self._unpin()
-        else:
-            self._unpinned.wait()
 
     @property
     def released(self) -> bool:
         """True once :meth:`release` was called."""
-        return self._releasing
+        return self._pin.releasing
 
     def heartbeat(self) -> datetime.timedelta:
         """As :meth:`Engine.heartbeat`, returning the time left."""
@@ -1228,11 +1283,12 @@ class Handle:
         gate = self._engine._gate
         gate.enter("Handle.heartbeat")
         try:
-            ptr = self._enter()
+            pin = self._pin
+            ptr = pin.enter()
             try:
                 check(_lib.lib.afsm_handle_heartbeat(ptr, byref(remaining)))
             finally:
-                self._leave()
+                pin.leave()
         finally:
             gate.leave()
         return ms_to_timedelta(remaining.value)
@@ -1243,11 +1299,12 @@ class Handle:
         gate = self._engine._gate
         gate.enter("Handle.add_stats")
         try:
-            ptr = self._enter()
+            pin = self._pin
+            ptr = pin.enter()
             try:
                 check(_lib.lib.afsm_handle_add_stats(ptr, byref(d)))
             finally:
-                self._leave()
+                pin.leave()
         finally:
             gate.leave()
 
@@ -1260,19 +1317,7 @@ class Handle:
         fired by this handle's own heartbeat, say) it does not wait: the
         session is unpinned as the last call in progress returns.
         """
-        # Engine.close waits for a release in progress (_release_for_close)
-        # before it frees the engine, so the engine outlives this call
-        # without the engine's gate.
-        with self._lock:
-            if self._releasing:
-                first = False
-            else:
-                first = self._releasing = True
-            now = first and self._inflight == 0
-        if now:
-            self._unpin()
-        elif not inside_callback():
-            self._unpinned.wait()
+        self._pin.release()
 
     def __enter__(self) -> Handle:
         return self
@@ -1291,11 +1336,12 @@ class Handle:
         self.release()
 
     def __del__(self) -> None:
-        if getattr(self, "_ptr", None) is not None:
+        pin = getattr(self, "_pin", None)
+        if pin is not None and pin.ptr is not None:
             try:
                 self.release()
             except Exception:  # noqa: BLE001 - interpreter shutdown
                 pass
 
     def __repr__(self) -> str:
-        return f"<afsm.Handle {self.session_id}{' released' if self._releasing else ''}>"
+        return f"<afsm.Handle {self.session_id}{' released' if self._pin.releasing else ''}>"
