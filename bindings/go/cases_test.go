@@ -70,6 +70,7 @@ type bindingCase struct {
 		Deltas           int          `json:"deltas"`
 		IDs              int          `json:"ids"`
 		CloseFirst       bool         `json:"close_first"`
+		NowNs            int64        `json:"now_ns"`
 	} `json:"args"`
 	Expect struct {
 		OK        bool    `json:"ok"`
@@ -325,6 +326,8 @@ func runCase(t *testing.T, c *bindingCase) {
 		}
 		h.Release()
 		_, err = h.Touch()
+	case "advance":
+		_, err = m.Advance(a.NowNs)
 	case "set_default_timeout":
 		err = m.SetDefaultTimeout(time.Duration(a.TimeoutMs) * time.Millisecond)
 	case "add_stats_many": // with fewer (or more) deltas than ids

@@ -154,6 +154,9 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
             handle.release()
             handle.heartbeat()
             return None, path
+        if op == "advance":
+            engine.advance(args["now_ns"])
+            return None, path
         if op == "set_default_timeout":
             engine.set_default_timeout(datetime.timedelta(milliseconds=args["timeout_ms"]))
             return None, path
