@@ -445,8 +445,9 @@ func (m *Manager) Close() error {
 // Advance moves the engine's timing wheels to now (engine clock
 // nanoseconds, see Now), expiring every session whose deadline has passed
 // and firing their events on this goroutine. It returns how many expired.
-// Meant for ManualReaper; harmless otherwise. A now ahead of the engine
-// clock is ErrInvalidArgument, nothing done.
+// Meant for ManualReaper; harmless otherwise. A now that is negative or
+// ahead of the engine clock is ErrInvalidArgument, nothing done (the
+// detail names now_ns, as the C API and the Python binding do).
 func (m *Manager) Advance(now int64) (int, error) {
 	s, err := m.enter(nil, 0)
 	if err != nil {
@@ -454,7 +455,7 @@ func (m *Manager) Advance(now int64) (int, error) {
 	}
 	defer s.leave()
 	if now < 0 {
-		return 0, argError("Advance", C.AFSM_EINVAL, "now: %d, must not be negative", now)
+		return 0, argError("Advance", C.AFSM_EINVAL, "now_ns: %d, must be 0..the engine clock's current reading", now)
 	}
 	var n C.size_t
 	st := C.afsm_engine_advance(m.eng, C.uint64_t(now), &n)

@@ -581,8 +581,12 @@ class Engine:
 
         For ``manual_reaper=True`` engines. Returns how many expired; their
         EXPIRED events run on this thread before it returns. A ``now_ns``
-        ahead of the engine clock raises InvalidArgument, nothing done.
+        negative or ahead of the engine clock raises InvalidArgument,
+        nothing done (the same words as Go's ``Advance``).
         """
+        if isinstance(now_ns, int) and not isinstance(now_ns, bool) and not 0 <= now_ns < 1 << 64:
+            # Past the C argument's width: worded as the library's limit is.
+            raise InvalidArgument(_lib.AFSM_EINVAL, f"now_ns: {now_ns}, must be 0..the engine clock's current reading")
         expired = c_size_t()
         check(_lib.lib.afsm_engine_advance(self._engine, uint(now_ns, 64, "now_ns"), byref(expired)))
         return expired.value
