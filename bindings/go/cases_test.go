@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -35,6 +37,7 @@ type bindingCase struct {
 		KeyHex           *string      `json:"key_hex"`
 		ServerAddrHex    string       `json:"server_addr_hex"`
 		KeyFile          *keyFileSpec `json:"key_file"`
+		ExpireOnCreated  bool         `json:"expire_on_created"`
 	} `json:"config"`
 	Setup []struct {
 		UserID string `json:"user_id"`
@@ -79,6 +82,10 @@ type bindingCase struct {
 		TimeoutMs int64   `json:"timeout_ms"`
 		Count     *int    `json:"count"`
 		Total     *int    `json:"total"`
+		// CreatedLeft: sessions a CREATED event named that GetSession still
+		// finds (ok or expired) after the op.
+		CreatedLeft   *int    `json:"created_left"`
+		DeletedReason *string `json:"deleted_reason"`
 	} `json:"expect"`
 }
 
@@ -91,6 +98,7 @@ var caseErrors = map[string]error{
 	"key_in_use":       ErrKeyInUse,
 	"key_file":         ErrKeyFile,
 	"closed":           ErrClosed,
+	"expired":          ErrSessionExpired,
 }
 
 func mustHex(t *testing.T, s string) []byte {
@@ -155,6 +163,22 @@ func runCase(t *testing.T, c *bindingCase) {
 	if c.Config.KeyFile != nil {
 		path = makeKeyFile(t, dir, c.Config.KeyFile)
 		cfg.KeyFile = path
+	}
+	// Every event, for the expect fields that look at them.
+	var evMu sync.Mutex
+	var events []Event
+	if c.Config.ExpireOnCreated {
+		var now atomic.Int64
+		now.Store(1e12)
+		cfg.Clock = now.Load
+		cfg.OnEvent = func(e Event) {
+			evMu.Lock()
+			events = append(events, e)
+			evMu.Unlock()
+			if e.Type == EventCreated {
+				now.Add(int64(time.Hour))
+			}
+		}
 	}
 	m, err := NewManager(cfg)
 	if c.Op == "open" {
@@ -340,6 +364,35 @@ func runCase(t *testing.T, c *bindingCase) {
 		t.Fatalf("unknown op %q", c.Op)
 	}
 	checkOutcome(t, c, err, path)
+	evMu.Lock()
+	defer evMu.Unlock()
+	if want := c.Expect.CreatedLeft; want != nil {
+		left := 0
+		for _, e := range events {
+			if e.Type != EventCreated {
+				continue
+			}
+			if _, gerr := m.GetSession(ctx, e.SessionID); !errors.Is(gerr, ErrSessionNotFound) {
+				left++
+			}
+		}
+		if left != *want {
+			t.Fatalf("%d created sessions left, want %d (events %+v)", left, *want, events)
+		}
+	}
+	if want := c.Expect.DeletedReason; want != nil {
+		deleted := map[UUID]string{}
+		for _, e := range events {
+			if e.Type == EventDeleted {
+				deleted[e.SessionID] = e.Reason
+			}
+		}
+		for _, e := range events {
+			if r, ok := deleted[e.SessionID]; e.Type == EventCreated && (!ok || r != *want) {
+				t.Fatalf("session %v: deleted %v with reason %q, want %q", e.SessionID, ok, r, *want)
+			}
+		}
+	}
 }
 
 func checkOutcome(t *testing.T, c *bindingCase, err error, path string) {
