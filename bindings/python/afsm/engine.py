@@ -66,6 +66,8 @@ __all__ = ["Engine", "Handle"]
 log = logging.getLogger("afsm")
 
 _EMPTY: Mapping[str, str] = Metadata()
+# The reason of the delete that undoes a create whose token step failed (Go: shim.c).
+_TOKEN_FAILED = b"token issue failed"
 _OK = _lib.AFSM_OK
 _EXPIRED = _lib.AFSM_EEXPIRED
 _BUFFER = _lib.AFSM_EBUFFER
@@ -697,9 +699,12 @@ class Engine:
         Raises:
             TooLong, InvalidArgument, InvalidIP, InvalidUUID, AlreadyExists,
             LimitExceeded, OutOfMemory. The token is sealed by a second C
-            call: should the session expire or be deleted in between,
-            Expired / NotFound / Closed is raised with the created session
-            in ``.session``.
+            call: should that fail (the session expired, was deleted or
+            closed in between), the session is deleted again (DELETED,
+            reason "token issue failed"), as in Go, so that a create that
+            raises leaves nothing behind, and Expired / NotFound / Closed
+            is raised with a copy of the session as created in
+            ``.session``.
         """
         opts = _lib.afsm_create_options()
         opts.version = _lib.AFSM_CREATE_OPTIONS_VERSION
@@ -730,8 +735,13 @@ class Engine:
         try:
             token = self._seal(_lib.lib.afsm_token_issue, info.session_id, bind_ip)
         except AfsmError as exc:
-            # Created, then gone before the second call (a tiny timeout, an
-            # eviction or delete by another thread): say which session.
+            # Created, then expired, closed or deleted before the second
+            # call (a tiny timeout, another thread): the caller gets no
+            # token, so nothing must remain. NotFound from this delete only
+            # means someone else removed it first.
+            _lib.lib.afsm_session_delete(
+                self._engine, byref(info.session_id), _TOKEN_FAILED, len(_TOKEN_FAILED)
+            )
             exc.session = session  # type: ignore[attr-defined]
             raise
         return session, token
