@@ -40,8 +40,9 @@ type bindingCase struct {
 		ExpireOnCreated  bool         `json:"expire_on_created"`
 	} `json:"config"`
 	Setup []struct {
-		UserID string `json:"user_id"`
-		Count  int    `json:"count"`
+		UserID   string            `json:"user_id"`
+		Count    int               `json:"count"`
+		Metadata map[string]string `json:"metadata"`
 	} `json:"setup"`
 	Op   string `json:"op"`
 	Args struct {
@@ -73,7 +74,10 @@ type bindingCase struct {
 		Deltas           int          `json:"deltas"`
 		IDs              int          `json:"ids"`
 		CloseFirst       bool         `json:"close_first"`
-		NowNs            int64        `json:"now_ns"`
+		// DeleteBeforeMetadata: list deletes this many of the sessions it
+		// listed before it reads their metadata.
+		DeleteBeforeMetadata int   `json:"delete_before_metadata"`
+		NowNs                int64 `json:"now_ns"`
 	} `json:"args"`
 	Expect struct {
 		OK        bool    `json:"ok"`
@@ -194,7 +198,7 @@ func runCase(t *testing.T, c *bindingCase) {
 	defer m.Close()
 	for _, s := range c.Setup {
 		for i := 0; i < s.Count; i++ {
-			if _, _, err := m.CreateSession(ctx, s.UserID, "10.0.0.1", 1, mustV7(t), nil); err != nil {
+			if _, _, err := m.CreateSession(ctx, s.UserID, "10.0.0.1", 1, mustV7(t), s.Metadata); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -264,6 +268,16 @@ func runCase(t *testing.T, c *bindingCase) {
 		}
 		_, err = m.ValidateToken(ctx, token, a.ClientIP)
 	case "list":
+		if n := a.DeleteBeforeMetadata; n > 0 {
+			m.listedHook = func(listed []UUID) {
+				for _, id := range listed[:n] {
+					if err := m.DeleteSession(ctx, id, ""); err != nil {
+						t.Errorf("delete %v: %v", id, err)
+					}
+				}
+				n = 0 // the first page only
+			}
+		}
 		var p *Page
 		p, err = m.ListSessionsPage(ctx, &SessionFilter{UserID: userID, Limit: a.Limit})
 		if err == nil {

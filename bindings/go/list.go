@@ -121,6 +121,13 @@ func (m *Manager) ListSessionsPage(ctx context.Context, filter *SessionFilter) (
 			return nil, err
 		}
 		got := infos[:count]
+		if m.listedHook != nil {
+			ids := make([]UUID, len(got))
+			for i := range got {
+				ids[i] = *(*UUID)(unsafe.Pointer(&got[i].session_id))
+			}
+			m.listedHook(ids)
+		}
 		mdBytes := 0
 		for i := range got {
 			mdBytes += int(got[i].metadata_bytes)

@@ -213,6 +213,11 @@ type Manager struct {
 
 	handlesMu sync.Mutex
 	handles   map[*handleCore]struct{} // pinned, unreleased
+
+	// listedHook, set only by tests before the Manager is shared, runs
+	// between a listing and its metadata read (with the ids listed), to
+	// change the engine in that window deterministically.
+	listedHook func(ids []UUID)
 }
 
 const gateStripes = 64

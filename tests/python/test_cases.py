@@ -3,16 +3,18 @@ bindings/go/cases_test.go too). See its "about"."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 import afsm
+import afsm._lib as afsm_lib
 from conftest import make
 
 CASES = json.loads((Path(__file__).resolve().parents[1] / "bindings_cases.json").read_text())["cases"]
@@ -91,6 +93,30 @@ def _check_events(case: dict[str, Any], engine: afsm.Engine, hooks: _ExpireOnCre
             assert deleted.get(sid) == expect["deleted_reason"], hooks.events
 
 
+@contextlib.contextmanager
+def _deleted_before_metadata(n: int) -> Iterator[None]:
+    """Deletes each of the first n sessions whose metadata the binding reads
+    just before the read: for a listing, the first n it listed, deleted
+    after the listing (as Go's hook does), since the binding reads them in
+    order."""
+    real = afsm_lib.lib.afsm_session_get_metadata
+
+    def get_metadata(engine: Any, sid: Any, *rest: Any) -> int:
+        nonlocal n
+        if n > 0:
+            n -= 1
+            assert afsm_lib.lib.afsm_session_delete(engine, sid, None, 0) == afsm_lib.AFSM_OK
+        return int(real(engine, sid, *rest))
+
+    if n:
+        afsm_lib.lib.afsm_session_get_metadata = get_metadata
+    try:
+        yield
+    finally:
+        afsm_lib.lib.afsm_session_get_metadata = real
+    assert n == 0, "fewer metadata reads than sessions to delete"
+
+
 def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
     """Runs the case's op; returns (result, key file path or "")."""
     config = case.get("config", {})
@@ -126,7 +152,7 @@ def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> 
     op, args = case["op"], case.get("args", {})
     for group in case.get("setup", []):
         for _ in range(group["count"]):
-            make(engine, group["user_id"])
+            make(engine, group["user_id"], metadata=group.get("metadata"))
     if op == "create":
         metadata = dict(args.get("metadata", {}))
         for k, v in args.get("metadata_hex", []):
@@ -150,7 +176,8 @@ def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> 
         _, token = engine.create_session("u", "10.0.0.1", 1, bind_ip=args["bind_ip"])
         return engine.validate_token(token, args["client_ip"]), path
     if op == "list":
-        return engine.list_sessions(user_id=_user_id(args), limit=args.get("limit", 0)), path
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
+            return engine.list_sessions(user_id=_user_id(args), limit=args.get("limit", 0)), path
     if op == "update_state":
         s = make(engine, "u")
         return engine.update(s.id, state=args["state"]), path
