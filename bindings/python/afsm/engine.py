@@ -625,12 +625,13 @@ class Engine:
 
     # ---- single sessions ---------------------------------------------------------
 
-    def _metadata(self, sid: Any, count: int, size: int) -> Mapping[str, str]:
+    def _metadata(self, sid: Any, count: int, size: int) -> Mapping[str, str] | None:
         """The session's metadata, fetched after its info was taken.
 
         ``sid`` is an afsm_uuid or its 16 bytes; ``count`` and ``size`` come
-        from the info. Empty when the session has no metadata, or is gone by
-        now (the ABI has no call returning both at once).
+        from the info. Empty when the session has no metadata; None when it
+        has some but is gone by now (the ABI has no call returning both at
+        once).
         """
         if count == 0:
             return _EMPTY
@@ -649,14 +650,23 @@ class Engine:
             if status in (_OK, _EXPIRED):
                 return metadata_from_buffer(buf.raw[: needed.value])
             if status == _NOTFOUND:
-                return _EMPTY
+                return None
             check(status)
 
     def _session(self, fields: tuple[Any, ...]) -> Session:
         meta = self._metadata(
             fields[F_SESSION_ID], fields[F_METADATA_COUNT], fields[F_METADATA_BYTES]
         )
-        return session_from_fields(fields, meta)
+        return session_from_fields(fields, _EMPTY if meta is None else meta)
+
+    def _listed(self, fields: Iterable[tuple[Any, ...]]) -> Iterator[Session]:
+        """The listed sessions, skipping those deleted between the listing
+        and their metadata read: a listing lists sessions that exist (as in
+        Go)."""
+        for f in fields:
+            meta = self._metadata(f[F_SESSION_ID], f[F_METADATA_COUNT], f[F_METADATA_BYTES])
+            if meta is not None:
+                yield session_from_fields(f, meta)
 
     def _result(self, status: int, fields: tuple[Any, ...]) -> Session:
         """The Session for a filled info, or raises for status."""
@@ -998,7 +1008,11 @@ class Engine:
     ) -> Page:
         """One page of matching sessions, in creation order, with the total.
 
-        Expired sessions are skipped. Pass ``page.next_cursor`` as ``cursor``
+        Expired sessions are skipped, and so are sessions deleted between
+        the listing and the read of their metadata (``total`` still counts
+        them; the page is filled up from the sessions after them, as in
+        Go). Pass
+        ``page.next_cursor`` as ``cursor``
         to get the next page: following cursors visits every session that
         exists for the whole listing exactly once, even while other threads
         create and delete. ``offset`` skips matches after the cursor.
@@ -1048,7 +1062,7 @@ class Engine:
             )
             if total is None:
                 total = total_c.value
-            sessions.extend(self._session(f) for f in info_array_fields(out, count.value))
+            sessions.extend(self._listed(info_array_fields(out, count.value)))
             nxt = uuid_from_c(next_cursor)
             if nxt.int == 0 or (limit and len(sessions) >= limit):
                 break
