@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -35,10 +37,12 @@ type bindingCase struct {
 		KeyHex           *string      `json:"key_hex"`
 		ServerAddrHex    string       `json:"server_addr_hex"`
 		KeyFile          *keyFileSpec `json:"key_file"`
+		ExpireOnCreated  bool         `json:"expire_on_created"`
 	} `json:"config"`
 	Setup []struct {
-		UserID string `json:"user_id"`
-		Count  int    `json:"count"`
+		UserID   string            `json:"user_id"`
+		Count    int               `json:"count"`
+		Metadata map[string]string `json:"metadata"`
 	} `json:"setup"`
 	Op   string `json:"op"`
 	Args struct {
@@ -70,6 +74,10 @@ type bindingCase struct {
 		Deltas           int          `json:"deltas"`
 		IDs              int          `json:"ids"`
 		CloseFirst       bool         `json:"close_first"`
+		// DeleteBeforeMetadata: list deletes this many of the sessions it
+		// listed before it reads their metadata.
+		DeleteBeforeMetadata int   `json:"delete_before_metadata"`
+		NowNs                int64 `json:"now_ns"`
 	} `json:"args"`
 	Expect struct {
 		OK        bool    `json:"ok"`
@@ -78,6 +86,10 @@ type bindingCase struct {
 		TimeoutMs int64   `json:"timeout_ms"`
 		Count     *int    `json:"count"`
 		Total     *int    `json:"total"`
+		// CreatedLeft: sessions a CREATED event named that GetSession still
+		// finds (ok or expired) after the op.
+		CreatedLeft   *int    `json:"created_left"`
+		DeletedReason *string `json:"deleted_reason"`
 	} `json:"expect"`
 }
 
@@ -90,6 +102,7 @@ var caseErrors = map[string]error{
 	"key_in_use":       ErrKeyInUse,
 	"key_file":         ErrKeyFile,
 	"closed":           ErrClosed,
+	"expired":          ErrSessionExpired,
 }
 
 func mustHex(t *testing.T, s string) []byte {
@@ -155,6 +168,22 @@ func runCase(t *testing.T, c *bindingCase) {
 		path = makeKeyFile(t, dir, c.Config.KeyFile)
 		cfg.KeyFile = path
 	}
+	// Every event, for the expect fields that look at them.
+	var evMu sync.Mutex
+	var events []Event
+	if c.Config.ExpireOnCreated {
+		var now atomic.Int64
+		now.Store(1e12)
+		cfg.Clock = now.Load
+		cfg.OnEvent = func(e Event) {
+			evMu.Lock()
+			events = append(events, e)
+			evMu.Unlock()
+			if e.Type == EventCreated {
+				now.Add(int64(time.Hour))
+			}
+		}
+	}
 	m, err := NewManager(cfg)
 	if c.Op == "open" {
 		checkOutcome(t, c, err, path)
@@ -169,7 +198,7 @@ func runCase(t *testing.T, c *bindingCase) {
 	defer m.Close()
 	for _, s := range c.Setup {
 		for i := 0; i < s.Count; i++ {
-			if _, _, err := m.CreateSession(ctx, s.UserID, "10.0.0.1", 1, mustV7(t), nil); err != nil {
+			if _, _, err := m.CreateSession(ctx, s.UserID, "10.0.0.1", 1, mustV7(t), s.Metadata); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -239,6 +268,16 @@ func runCase(t *testing.T, c *bindingCase) {
 		}
 		_, err = m.ValidateToken(ctx, token, a.ClientIP)
 	case "list":
+		if n := a.DeleteBeforeMetadata; n > 0 {
+			m.listedHook = func(listed []UUID) {
+				for _, id := range listed[:n] {
+					if err := m.DeleteSession(ctx, id, ""); err != nil {
+						t.Errorf("delete %v: %v", id, err)
+					}
+				}
+				n = 0 // the first page only
+			}
+		}
 		var p *Page
 		p, err = m.ListSessionsPage(ctx, &SessionFilter{UserID: userID, Limit: a.Limit})
 		if err == nil {
@@ -325,6 +364,8 @@ func runCase(t *testing.T, c *bindingCase) {
 		}
 		h.Release()
 		_, err = h.Touch()
+	case "advance":
+		_, err = m.Advance(a.NowNs)
 	case "set_default_timeout":
 		err = m.SetDefaultTimeout(time.Duration(a.TimeoutMs) * time.Millisecond)
 	case "add_stats_many": // with fewer (or more) deltas than ids
@@ -337,6 +378,35 @@ func runCase(t *testing.T, c *bindingCase) {
 		t.Fatalf("unknown op %q", c.Op)
 	}
 	checkOutcome(t, c, err, path)
+	evMu.Lock()
+	defer evMu.Unlock()
+	if want := c.Expect.CreatedLeft; want != nil {
+		left := 0
+		for _, e := range events {
+			if e.Type != EventCreated {
+				continue
+			}
+			if _, gerr := m.GetSession(ctx, e.SessionID); !errors.Is(gerr, ErrSessionNotFound) {
+				left++
+			}
+		}
+		if left != *want {
+			t.Fatalf("%d created sessions left, want %d (events %+v)", left, *want, events)
+		}
+	}
+	if want := c.Expect.DeletedReason; want != nil {
+		deleted := map[UUID]string{}
+		for _, e := range events {
+			if e.Type == EventDeleted {
+				deleted[e.SessionID] = e.Reason
+			}
+		}
+		for _, e := range events {
+			if r, ok := deleted[e.SessionID]; e.Type == EventCreated && (!ok || r != *want) {
+				t.Fatalf("session %v: deleted %v with reason %q, want %q", e.SessionID, ok, r, *want)
+			}
+		}
+	}
 }
 
 func checkOutcome(t *testing.T, c *bindingCase, err error, path string) {

@@ -43,7 +43,10 @@ type Page struct {
 const listPageMax = 4096
 
 // ListSessions lists matching sessions in id (= creation) order, skipping
-// expired ones, and returns them with the total number of matches. A nil
+// expired ones and ones deleted between the listing and the read of their
+// metadata (Total still counts those; the page is filled up from the
+// sessions after them), as the Python binding does, and returns them with
+// the total number of matches. A nil
 // filter lists everything. Sessions created or deleted during the listing
 // may or may not appear; every session that exists throughout appears
 // exactly once. Errors match ErrInvalidArgument (negative Limit or Offset,
@@ -121,6 +124,13 @@ func (m *Manager) ListSessionsPage(ctx context.Context, filter *SessionFilter) (
 			return nil, err
 		}
 		got := infos[:count]
+		if m.listedHook != nil {
+			ids := make([]UUID, len(got))
+			for i := range got {
+				ids[i] = *(*UUID)(unsafe.Pointer(&got[i].session_id))
+			}
+			m.listedHook(ids)
+		}
 		mdBytes := 0
 		for i := range got {
 			mdBytes += int(got[i].metadata_bytes)

@@ -213,6 +213,11 @@ type Manager struct {
 
 	handlesMu sync.Mutex
 	handles   map[*handleCore]struct{} // pinned, unreleased
+
+	// listedHook, set only by tests before the Manager is shared, runs
+	// between a listing and its metadata read (with the ids listed), to
+	// change the engine in that window deterministically.
+	listedHook func(ids []UUID)
 }
 
 const gateStripes = 64
@@ -445,8 +450,9 @@ func (m *Manager) Close() error {
 // Advance moves the engine's timing wheels to now (engine clock
 // nanoseconds, see Now), expiring every session whose deadline has passed
 // and firing their events on this goroutine. It returns how many expired.
-// Meant for ManualReaper; harmless otherwise. A now ahead of the engine
-// clock is ErrInvalidArgument, nothing done.
+// Meant for ManualReaper; harmless otherwise. A now that is negative or
+// ahead of the engine clock is ErrInvalidArgument, nothing done (the
+// detail names now_ns, as the C API and the Python binding do).
 func (m *Manager) Advance(now int64) (int, error) {
 	s, err := m.enter(nil, 0)
 	if err != nil {
@@ -454,7 +460,7 @@ func (m *Manager) Advance(now int64) (int, error) {
 	}
 	defer s.leave()
 	if now < 0 {
-		return 0, argError("Advance", C.AFSM_EINVAL, "now: %d, must not be negative", now)
+		return 0, argError("Advance", C.AFSM_EINVAL, "now_ns: %d, must be 0..the engine clock's current reading", now)
 	}
 	var n C.size_t
 	st := C.afsm_engine_advance(m.eng, C.uint64_t(now), &n)

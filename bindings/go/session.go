@@ -229,8 +229,10 @@ type CreateOptions struct {
 // (nil connection id), ErrAlreadyExists (connection id taken),
 // ErrLimitExceeded (the user is at MaxSessionsPerUser under LimitReject),
 // ErrOutOfMemory, ErrClosed or ctx.Err(). Should the token not be issued
-// (the session was deleted meanwhile), the session is deleted again
-// (reason "token issue failed") and the error returned.
+// (the session expired, was closed or deleted between the two C calls),
+// the session is deleted again (reason "token issue failed") and the
+// token's error returned, with no Session: a failed create leaves nothing
+// behind (as in Python).
 func (m *Manager) CreateSession(ctx context.Context, userID, clientIP string, clientPort uint32, connID UUID,
 	metadata map[string]string) (*Session, string, error) {
 	return m.CreateSessionWithOptions(ctx, &CreateOptions{

@@ -3,16 +3,18 @@ bindings/go/cases_test.go too). See its "about"."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 import afsm
+import afsm._lib as afsm_lib
 from conftest import make
 
 CASES = json.loads((Path(__file__).resolve().parents[1] / "bindings_cases.json").read_text())["cases"]
@@ -26,6 +28,7 @@ ERRORS: dict[str, type[afsm.AfsmError]] = {
     "key_in_use": afsm.KeyInUse,
     "key_file": afsm.KeyFileError,
     "closed": afsm.EngineClosed,
+    "expired": afsm.Expired,
 }
 
 
@@ -53,6 +56,67 @@ def _user_id(args: dict[str, Any]) -> str:
     return ""
 
 
+class _ExpireOnCreated:
+    """A virtual clock that jumps an hour ahead at each CREATED event (fired
+    on the creating thread before the create returns), and every event."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000_000_000
+        self.events: list[afsm.Event] = []
+
+    def clock(self) -> int:
+        return self.now
+
+    def on_event(self, event: afsm.Event) -> None:
+        self.events.append(event)
+        if event.type is afsm.EventType.CREATED:
+            self.now += 3600 * 10**9
+
+
+def _check_events(case: dict[str, Any], engine: afsm.Engine, hooks: _ExpireOnCreated) -> None:
+    expect = case["expect"]
+    created = [e.session_id for e in hooks.events if e.type is afsm.EventType.CREATED]
+    if "created_left" in expect:
+        left = 0
+        for sid in created:
+            try:
+                engine.get(sid)
+                left += 1
+            except afsm.Expired:
+                left += 1
+            except afsm.NotFound:
+                pass
+        assert left == expect["created_left"], hooks.events
+    if "deleted_reason" in expect:
+        deleted = {e.session_id: e.reason for e in hooks.events if e.type is afsm.EventType.DELETED}
+        for sid in created:
+            assert deleted.get(sid) == expect["deleted_reason"], hooks.events
+
+
+@contextlib.contextmanager
+def _deleted_before_metadata(n: int) -> Iterator[None]:
+    """Deletes each of the first n sessions whose metadata the binding reads
+    just before the read: for a listing, the first n it listed, deleted
+    after the listing (as Go's hook does), since the binding reads them in
+    order."""
+    real = afsm_lib.lib.afsm_session_get_metadata
+
+    def get_metadata(engine: Any, sid: Any, *rest: Any) -> int:
+        nonlocal n
+        if n > 0:
+            n -= 1
+            assert afsm_lib.lib.afsm_session_delete(engine, sid, None, 0) == afsm_lib.AFSM_OK
+        return int(real(engine, sid, *rest))
+
+    if n:
+        afsm_lib.lib.afsm_session_get_metadata = get_metadata
+    try:
+        yield
+    finally:
+        afsm_lib.lib.afsm_session_get_metadata = real
+    assert n == 0, "fewer metadata reads than sessions to delete"
+
+
 def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
     """Runs the case's op; returns (result, key file path or "")."""
     config = case.get("config", {})
@@ -68,103 +132,120 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
     path = ""
     if "key_file" in config:
         path = kw["key_file"] = _key_file(tmp, config["key_file"])
-    op, args = case["op"], case.get("args", {})
-    if op == "open":
+    hooks = None
+    if config.get("expire_on_created"):
+        hooks = _ExpireOnCreated()
+        kw["clock"], kw["on_event"] = hooks.clock, hooks.on_event
+    if case["op"] == "open":
         afsm.Engine(**kw).close()
         return None, path
     with afsm.Engine(**kw) as engine:
-        for group in case.get("setup", []):
-            for _ in range(group["count"]):
-                make(engine, group["user_id"])
-        if op == "create":
-            metadata = dict(args.get("metadata", {}))
-            for k, v in args.get("metadata_hex", []):
-                metadata[_text(k)] = _text(v)
-            for i in range(args.get("metadata_keys", 0)):
-                metadata[f"k{i}"] = "v"
-            if "metadata_repeat" in args:
-                (k, kn), (v, vn) = args["metadata_repeat"]
-                metadata[k * kn] = v * vn
-            ip = args.get("ip", "10.0.0.1")
-            if "ip_hex" in args:
-                ip = _text(args["ip_hex"])
-            timeout = datetime.timedelta(
-                milliseconds=args.get("timeout_ms", 0), microseconds=args.get("timeout_us", 0)
-            )
-            session, _ = engine.create_session(
-                _user_id(args), ip, args.get("port", 0), metadata=metadata or None, timeout=timeout
-            )
-            return session, path
-        if op == "validate_token":
-            _, token = engine.create_session("u", "10.0.0.1", 1, bind_ip=args["bind_ip"])
-            return engine.validate_token(token, args["client_ip"]), path
-        if op == "list":
+        try:
+            return _run_op(case, tmp, engine, path)
+        finally:
+            if hooks is not None:
+                _check_events(case, engine, hooks)
+                assert not engine.callback_errors, list(engine.callback_errors)
+
+
+def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> tuple[Any, str]:
+    op, args = case["op"], case.get("args", {})
+    for group in case.get("setup", []):
+        for _ in range(group["count"]):
+            make(engine, group["user_id"], metadata=group.get("metadata"))
+    if op == "create":
+        metadata = dict(args.get("metadata", {}))
+        for k, v in args.get("metadata_hex", []):
+            metadata[_text(k)] = _text(v)
+        for i in range(args.get("metadata_keys", 0)):
+            metadata[f"k{i}"] = "v"
+        if "metadata_repeat" in args:
+            (k, kn), (v, vn) = args["metadata_repeat"]
+            metadata[k * kn] = v * vn
+        ip = args.get("ip", "10.0.0.1")
+        if "ip_hex" in args:
+            ip = _text(args["ip_hex"])
+        timeout = datetime.timedelta(
+            milliseconds=args.get("timeout_ms", 0), microseconds=args.get("timeout_us", 0)
+        )
+        session, _ = engine.create_session(
+            _user_id(args), ip, args.get("port", 0), metadata=metadata or None, timeout=timeout
+        )
+        return session, path
+    if op == "validate_token":
+        _, token = engine.create_session("u", "10.0.0.1", 1, bind_ip=args["bind_ip"])
+        return engine.validate_token(token, args["client_ip"]), path
+    if op == "list":
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
             return engine.list_sessions(user_id=_user_id(args), limit=args.get("limit", 0)), path
-        if op == "update_state":
-            s = make(engine, "u")
-            return engine.update(s.id, state=args["state"]), path
-        if op == "add_key":
-            key = bytes.fromhex(args["key_hex"])
+    if op == "update_state":
+        s = make(engine, "u")
+        return engine.update(s.id, state=args["state"]), path
+    if op == "add_key":
+        key = bytes.fromhex(args["key_hex"])
+        engine.add_key(args["key_id"], key)
+        if args.get("twice"):
             engine.add_key(args["key_id"], key)
-            if args.get("twice"):
-                engine.add_key(args["key_id"], key)
-            return None, path
-        if op == "add_key_file":
-            path = _key_file(tmp, args["file"])
-            engine.add_key_file(args["key_id"], path)
-            return None, path
-        if args.get("close_first"):
-            engine.close()
-        if op in ("get_many", "heartbeat_many"):
-            ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
-            getattr(engine, op)(ids[: args["ids"]])
-            return None, path
-        if op == "delete":
-            reason = _text(args["reason_hex"]) if "reason_hex" in args else ""
-            if "reason_repeat" in args:
-                text, n = args["reason_repeat"]
-                reason = text * n
-            engine.delete(make(engine, "u").id, reason)
-            return None, path
-        if op == "restore":
-            # A copy of a live session, changed as args say, restored in its place.
-            s = make(engine, "u")
-            engine.delete(s.id)
-            changes: dict[str, Any] = {}
-            if "user_id_repeat" in args:
-                changes["user_id"] = _user_id(args)
-            if "session_timeout_ms" in args:
-                changes["timeout"] = datetime.timedelta(milliseconds=args["session_timeout_ms"])
-            if "port" in args:
-                changes["client_port"] = args["port"]
-            if "ip" in args:
-                changes["client_ip"] = args["ip"]
-            engine.restore(dataclasses.replace(s, **changes))
-            return None, path
-        if op == "close_pinned":
-            handle = engine.pin(make(engine, "u").id)
-            engine.close()
-            assert engine.closed
-            with pytest.raises(afsm.EngineClosed):
-                handle.heartbeat()
-            handle.release()  # a no-op now
-            return None, path
-        if op == "handle_after_release":
-            handle = engine.pin(make(engine, "u").id)
-            handle.release()
+        return None, path
+    if op == "add_key_file":
+        path = _key_file(tmp, args["file"])
+        engine.add_key_file(args["key_id"], path)
+        return None, path
+    if args.get("close_first"):
+        engine.close()
+    if op in ("get_many", "heartbeat_many"):
+        ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
+        getattr(engine, op)(ids[: args["ids"]])
+        return None, path
+    if op == "delete":
+        reason = _text(args["reason_hex"]) if "reason_hex" in args else ""
+        if "reason_repeat" in args:
+            text, n = args["reason_repeat"]
+            reason = text * n
+        engine.delete(make(engine, "u").id, reason)
+        return None, path
+    if op == "restore":
+        # A copy of a live session, changed as args say, restored in its place.
+        s = make(engine, "u")
+        engine.delete(s.id)
+        changes: dict[str, Any] = {}
+        if "user_id_repeat" in args:
+            changes["user_id"] = _user_id(args)
+        if "session_timeout_ms" in args:
+            changes["timeout"] = datetime.timedelta(milliseconds=args["session_timeout_ms"])
+        if "port" in args:
+            changes["client_port"] = args["port"]
+        if "ip" in args:
+            changes["client_ip"] = args["ip"]
+        engine.restore(dataclasses.replace(s, **changes))
+        return None, path
+    if op == "close_pinned":
+        handle = engine.pin(make(engine, "u").id)
+        engine.close()
+        assert engine.closed
+        with pytest.raises(afsm.EngineClosed):
             handle.heartbeat()
-            return None, path
-        if op == "set_default_timeout":
-            engine.set_default_timeout(datetime.timedelta(milliseconds=args["timeout_ms"]))
-            return None, path
-        if op == "add_stats_many":
-            # Every session of the setup, and fewer (or more) deltas.
-            ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
-            engine.add_stats_many(ids, [afsm.Stats(packets_sent=1)] * args["deltas"])
-            return None, path
-        if op == "remove_key":
-            engine.remove_key(args["key_id"])
-            return None, path
+        handle.release()  # a no-op now
+        return None, path
+    if op == "handle_after_release":
+        handle = engine.pin(make(engine, "u").id)
+        handle.release()
+        handle.heartbeat()
+        return None, path
+    if op == "advance":
+        engine.advance(args["now_ns"])
+        return None, path
+    if op == "set_default_timeout":
+        engine.set_default_timeout(datetime.timedelta(milliseconds=args["timeout_ms"]))
+        return None, path
+    if op == "add_stats_many":
+        # Every session of the setup, and fewer (or more) deltas.
+        ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
+        engine.add_stats_many(ids, [afsm.Stats(packets_sent=1)] * args["deltas"])
+        return None, path
+    if op == "remove_key":
+        engine.remove_key(args["key_id"])
+        return None, path
     raise AssertionError(f"unknown op {op!r}")
 
 

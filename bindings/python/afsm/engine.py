@@ -66,6 +66,8 @@ __all__ = ["Engine", "Handle"]
 log = logging.getLogger("afsm")
 
 _EMPTY: Mapping[str, str] = Metadata()
+# The reason of the delete that undoes a create whose token step failed (Go: shim.c).
+_TOKEN_FAILED = b"token issue failed"
 _OK = _lib.AFSM_OK
 _EXPIRED = _lib.AFSM_EEXPIRED
 _BUFFER = _lib.AFSM_EBUFFER
@@ -581,8 +583,12 @@ class Engine:
 
         For ``manual_reaper=True`` engines. Returns how many expired; their
         EXPIRED events run on this thread before it returns. A ``now_ns``
-        ahead of the engine clock raises InvalidArgument, nothing done.
+        negative or ahead of the engine clock raises InvalidArgument,
+        nothing done (the same words as Go's ``Advance``).
         """
+        if isinstance(now_ns, int) and not isinstance(now_ns, bool) and not 0 <= now_ns < 1 << 64:
+            # Past the C argument's width: worded as the library's limit is.
+            raise InvalidArgument(_lib.AFSM_EINVAL, f"now_ns: {now_ns}, must be 0..the engine clock's current reading")
         expired = c_size_t()
         check(_lib.lib.afsm_engine_advance(self._engine, uint(now_ns, 64, "now_ns"), byref(expired)))
         return expired.value
@@ -619,12 +625,13 @@ class Engine:
 
     # ---- single sessions ---------------------------------------------------------
 
-    def _metadata(self, sid: Any, count: int, size: int) -> Mapping[str, str]:
+    def _metadata(self, sid: Any, count: int, size: int) -> Mapping[str, str] | None:
         """The session's metadata, fetched after its info was taken.
 
         ``sid`` is an afsm_uuid or its 16 bytes; ``count`` and ``size`` come
-        from the info. Empty when the session has no metadata, or is gone by
-        now (the ABI has no call returning both at once).
+        from the info. Empty when the session has no metadata; None when it
+        has some but is gone by now (the ABI has no call returning both at
+        once).
         """
         if count == 0:
             return _EMPTY
@@ -643,14 +650,23 @@ class Engine:
             if status in (_OK, _EXPIRED):
                 return metadata_from_buffer(buf.raw[: needed.value])
             if status == _NOTFOUND:
-                return _EMPTY
+                return None
             check(status)
 
     def _session(self, fields: tuple[Any, ...]) -> Session:
         meta = self._metadata(
             fields[F_SESSION_ID], fields[F_METADATA_COUNT], fields[F_METADATA_BYTES]
         )
-        return session_from_fields(fields, meta)
+        return session_from_fields(fields, _EMPTY if meta is None else meta)
+
+    def _listed(self, fields: Iterable[tuple[Any, ...]]) -> Iterator[Session]:
+        """The listed sessions, skipping those deleted between the listing
+        and their metadata read: a listing lists sessions that exist (as in
+        Go)."""
+        for f in fields:
+            meta = self._metadata(f[F_SESSION_ID], f[F_METADATA_COUNT], f[F_METADATA_BYTES])
+            if meta is not None:
+                yield session_from_fields(f, meta)
 
     def _result(self, status: int, fields: tuple[Any, ...]) -> Session:
         """The Session for a filled info, or raises for status."""
@@ -693,9 +709,12 @@ class Engine:
         Raises:
             TooLong, InvalidArgument, InvalidIP, InvalidUUID, AlreadyExists,
             LimitExceeded, OutOfMemory. The token is sealed by a second C
-            call: should the session expire or be deleted in between,
-            Expired / NotFound / Closed is raised with the created session
-            in ``.session``.
+            call: should that fail (the session expired, was deleted or
+            closed in between), the session is deleted again (DELETED,
+            reason "token issue failed"), as in Go, so that a create that
+            raises leaves nothing behind, and Expired / NotFound / Closed
+            is raised with a copy of the session as created in
+            ``.session``.
         """
         opts = _lib.afsm_create_options()
         opts.version = _lib.AFSM_CREATE_OPTIONS_VERSION
@@ -726,8 +745,13 @@ class Engine:
         try:
             token = self._seal(_lib.lib.afsm_token_issue, info.session_id, bind_ip)
         except AfsmError as exc:
-            # Created, then gone before the second call (a tiny timeout, an
-            # eviction or delete by another thread): say which session.
+            # Created, then expired, closed or deleted before the second
+            # call (a tiny timeout, another thread): the caller gets no
+            # token, so nothing must remain. NotFound from this delete only
+            # means someone else removed it first.
+            _lib.lib.afsm_session_delete(
+                self._engine, byref(info.session_id), _TOKEN_FAILED, len(_TOKEN_FAILED)
+            )
             exc.session = session  # type: ignore[attr-defined]
             raise
         return session, token
@@ -984,7 +1008,11 @@ class Engine:
     ) -> Page:
         """One page of matching sessions, in creation order, with the total.
 
-        Expired sessions are skipped. Pass ``page.next_cursor`` as ``cursor``
+        Expired sessions are skipped, and so are sessions deleted between
+        the listing and the read of their metadata (``total`` still counts
+        them; the page is filled up from the sessions after them, as in
+        Go). Pass
+        ``page.next_cursor`` as ``cursor``
         to get the next page: following cursors visits every session that
         exists for the whole listing exactly once, even while other threads
         create and delete. ``offset`` skips matches after the cursor.
@@ -1034,7 +1062,7 @@ class Engine:
             )
             if total is None:
                 total = total_c.value
-            sessions.extend(self._session(f) for f in info_array_fields(out, count.value))
+            sessions.extend(self._listed(info_array_fields(out, count.value)))
             nxt = uuid_from_c(next_cursor)
             if nxt.int == 0 or (limit and len(sessions) >= limit):
                 break
