@@ -1,0 +1,83 @@
+"""Five faults an operator review found in sessiond, each pinned by a test:
+a snapshot header's session count trusted for memory, the whole snapshot built
+in memory before it is written, a malformed request answered by gRPC's own
+status, control bytes of a bad id echoed into the error message, and gRPC's own
+log lines breaking the one-JSON-object-per-line log (tools/sessiond/README.md).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import zlib
+from concurrent import futures
+
+import grpc
+import pytest
+
+from helpers import create, expect_code, unique_user
+
+C = grpc.StatusCode
+HEADER = 48
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "snapshot-v1.snap")
+EXIT_TIMEOUT_S = 8.0
+
+
+def exits(daemons, *args):
+    try:
+        return daemons.run_to_exit(*args, timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail("sessiond %s started and served instead of refusing to start" % " ".join(args))
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A /proc/PID/status field in kB (VmPeak, VmHWM, ...)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
+
+
+def parse_snapshot(data: bytes):
+    """The documented header (README, "Restarts keep sessions"), checked; returns (count, payload)."""
+    assert data[:8] == b"AFSMSNAP"
+    version, _, _, count, plen, pcrc, hcrc = struct.unpack_from("<IIqQQII", data, 8)
+    assert version == 1
+    assert hcrc == zlib.crc32(data[:HEADER - 4])
+    payload = data[HEADER:]
+    assert plen == len(payload) and pcrc == zlib.crc32(payload)
+    return count, payload
+
+
+def with_count(data: bytes, count: int) -> bytes:
+    """The same snapshot with its header's session count replaced and the header CRC redone:
+    what a crafted (or buggy) writer could produce; the payload CRC still checks out."""
+    h = bytearray(data[:HEADER])
+    struct.pack_into("<Q", h, 24, count)
+    struct.pack_into("<I", h, HEADER - 4, zlib.crc32(bytes(h[:HEADER - 4])))
+    return bytes(h) + data[HEADER:]
+
+
+def one_session_snapshot(daemons, path: str) -> bytes:
+    d = daemons.start("--snapshot", path, "--snapshot-interval", "0", name="one")
+    create(d, metadata={"k": "v"})
+    assert d.stop() == 0
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# -- 4. a bad id in a message -----------------------------------------------------------
+
+def test_a_bad_id_is_echoed_escaped_and_bounded(shared):
+    """NUL and other control bytes of a bad id used to reach the message raw."""
+    pb = shared.stubs.pb
+    bad = "ab\x00cd\x01\x1b[31m\x7f" + "x" * 5000
+    err = expect_code(C.INVALID_ARGUMENT, shared.stub.GetSession, pb.GetSessionRequest(session_id=bad), timeout=5)
+    msg = err.details()
+    assert "session_id" in msg, msg
+    assert "ab\\x00cd\\x01\\x1b[31m\\x7f" in msg, msg
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7f for c in msg), repr(msg)
+    assert len(msg) < 400 and "%d bytes" % len(bad.encode()) in msg, (len(msg), msg)
