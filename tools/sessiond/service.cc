@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <limits>
@@ -122,13 +123,38 @@ bool uuid_is_nil(const afsm_uuid &u)
     return true;
 }
 
+// A client's bad input as it goes into an error message: at most 64 bytes of
+// it, printable ASCII as is, every other byte (NUL, escapes, UTF-8 cut in the
+// middle) as \xNN, so the message is plain text whatever was sent; a longer
+// input says how long it was.
+std::string quote_input(const std::string &text)
+{
+    constexpr size_t kShown = 64;
+    std::string out = "\"";
+    size_t n = std::min(text.size(), kShown);
+    for (size_t i = 0; i < n; ++i) {
+        unsigned char c = static_cast<unsigned char>(text[i]);
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\x%02x", c);
+            out += buf;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    out += '"';
+    if (text.size() > kShown)
+        out += "... (" + std::to_string(text.size()) + " bytes)";
+    return out;
+}
+
 // Parses a UUID argument; on failure fills *status with INVALID_ARGUMENT.
 bool parse_uuid_arg(const std::string &text, const char *field, afsm_uuid *out, grpc::Status *status)
 {
     afsm_status s = afsm_uuid_parse(text.data(), text.size(), out);
     if (s != AFSM_OK) {
-        *status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                               afsm_message(s, std::string(field) + " \"" + text.substr(0, 64) + "\""));
+        *status =
+            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, afsm_message(s, std::string(field) + " " + quote_input(text)));
         return false;
     }
     return true;
