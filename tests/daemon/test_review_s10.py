@@ -81,3 +81,23 @@ def test_a_bad_id_is_echoed_escaped_and_bounded(shared):
     assert "ab\\x00cd\\x01\\x1b[31m\\x7f" in msg, msg
     assert not any(ord(c) < 0x20 or ord(c) == 0x7f for c in msg), repr(msg)
     assert len(msg) < 400 and "%d bytes" % len(bad.encode()) in msg, (len(msg), msg)
+
+
+# -- 5. gRPC's own log lines ---------------------------------------------------------------
+
+def test_every_line_of_a_refused_port_is_json(daemons):
+    """A port another sessiond holds: gRPC used to print its own plain-text error line
+    before sessiond's JSON one."""
+    first = daemons.start(name="first")
+    code, out = exits(daemons, "--listen", first.addr)
+    assert code == 1, out
+    records = []
+    for line in out.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pytest.fail("a log line is not JSON: %r\n%s" % (line, out))
+    grpc_lines = [r for r in records if r.get("source") == "grpc"]
+    assert grpc_lines and all(r["level"] == "error" and r.get("file") for r in grpc_lines), out
+    assert any("cannot listen" in r["msg"] for r in records), out
+    assert first.stop() == 0
