@@ -8,6 +8,7 @@
 #include <ctime>
 #include <mutex>
 
+#include <grpc/support/log.h>
 #include <unistd.h>
 
 namespace sessiond
@@ -79,7 +80,28 @@ void add_field(std::string &line, const std::string &key, const std::string &val
     line += '"';
 }
 
+// gpr_log has already applied GRPC_VERBOSITY (default: errors only) when it
+// calls this; --log-level filters on top, as for every other line.
+void log_grpc(gpr_log_func_args *args)
+{
+    int level = args->severity == GPR_LOG_SEVERITY_ERROR  ? AFSM_LOG_ERROR
+                : args->severity == GPR_LOG_SEVERITY_INFO ? AFSM_LOG_INFO
+                                                          : AFSM_LOG_DEBUG;
+    if (!log_enabled(level))
+        return;
+    std::string line = head(level, args->message != nullptr ? args->message : "");
+    add_field(line, "source", "grpc");
+    add_field(line, "file", args->file != nullptr ? args->file : "");
+    add_field(line, "line", std::to_string(args->line));
+    emit(line);
+}
+
 } // namespace
+
+void log_route_grpc()
+{
+    gpr_set_log_function(&log_grpc);
+}
 
 std::string json_escape(const std::string &s)
 {
