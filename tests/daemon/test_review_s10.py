@@ -69,6 +69,52 @@ def one_session_snapshot(daemons, path: str) -> bytes:
         return f.read()
 
 
+# -- 1. the header's count ----------------------------------------------------
+
+def test_a_header_count_the_payload_cannot_hold_is_refused_before_any_memory_is_taken(daemons, tmp_path):
+    """A header claiming 2^40 sessions over a one-record payload used to make the loader
+    reserve room for a million records (~0.7 GB of address space) before finding the
+    payload short. Now it is refused at once, naming both counts, with exit 1 like any
+    corrupt snapshot; with --start-empty-on-corrupt-snapshot the daemon's peak address
+    space is that of a daemon that loaded the good one-record file."""
+    good = str(tmp_path / "good.snap")
+    data = one_session_snapshot(daemons, good)
+    assert parse_snapshot(data)[0] == 1
+
+    bad = str(tmp_path / "bad.snap")
+    with open(bad, "wb") as f:
+        f.write(with_count(data, 1 << 40))
+
+    base = daemons.start("--snapshot", good, "--snapshot-interval", "0", name="base")
+    base_peak = proc_status(base.proc.pid, "VmPeak")
+    crafted = daemons.start("--snapshot", bad, "--snapshot-interval", "0", "--start-empty-on-corrupt-snapshot",
+                            name="crafted")
+    crafted_peak = proc_status(crafted.proc.pid, "VmPeak")
+    assert crafted.stop() == 0 and base.stop() == 0
+    assert crafted_peak - base_peak < 64 * 1024, "VmPeak %d kB against %d kB" % (crafted_peak, base_peak)
+
+    with open(bad, "wb") as f:  # the crafted daemon moved it aside
+        f.write(with_count(data, 1 << 40))
+    code, out = exits(daemons, "--snapshot", bad)
+    assert code == 1, out
+    assert "header says 1099511627776 sessions" in out and "refusing to start" in out, out
+
+
+@pytest.mark.parametrize("count,words", [(2, ["header says 2 sessions", "hold at most 1"]),
+                                         (0, ["header says 0 sessions", "bytes remain"])])
+def test_a_header_count_that_disagrees_with_the_records_is_refused(daemons, tmp_path, count, words):
+    """Fewer or more records than the header says: exit 1, the path, both counts."""
+    good = str(tmp_path / "good.snap")
+    data = one_session_snapshot(daemons, good)
+    bad = str(tmp_path / "bad.snap")
+    with open(bad, "wb") as f:
+        f.write(with_count(data, count))
+    code, out = exits(daemons, "--snapshot", bad)
+    assert code == 1 and bad in out, out
+    for w in words:
+        assert w in out, (w, out)
+
+
 # -- 4. a bad id in a message -----------------------------------------------------------
 
 def test_a_bad_id_is_echoed_escaped_and_bounded(shared):
