@@ -38,6 +38,9 @@ constexpr uint32_t kFormatVersion = 1;
 constexpr size_t kHeaderBytes = 48;
 // A sanity bound on one string or map in a record, far above the engine's.
 constexpr uint32_t kFieldMax = 1u << 16;
+// The smallest record (empty strings, no metadata): a header's session count
+// above payload bytes / this cannot be true, whatever its checksums say.
+constexpr uint64_t kMinRecordBytes = 16 + 16 + 4 + 1 + 16 + 2 + 4 + 4 + 4 * 8 + 5 * 8 + 4 + 4 + 4;
 
 class Writer
 {
@@ -95,6 +98,10 @@ class Reader
     bool done() const
     {
         return p_ == end_;
+    }
+    size_t left() const
+    {
+        return static_cast<size_t>(end_ - p_);
     }
     uint8_t u8()
     {
@@ -464,8 +471,16 @@ LoadResult snapshot_load(afsm_engine *engine, const std::string &path, SnapshotS
         afsm_session_info info;
         std::vector<std::pair<std::string, std::string>> md;
     };
+    // The count is the file's claim, not a size to allocate: records are
+    // kept as they are read, and a count the payload cannot hold is refused
+    // before anything is.
+    const std::string says = path + ": header says " + std::to_string(count) + " sessions, but ";
+    if (count > payload_len / kMinRecordBytes) {
+        *error = says + "its " + std::to_string(payload_len) + " payload bytes hold at most " +
+                 std::to_string(payload_len / kMinRecordBytes);
+        return LoadResult::Corrupt;
+    }
     std::vector<Record> records;
-    records.reserve(count < 1000000 ? count : 1000000);
     Reader r(payload, payload_len);
     for (uint64_t i = 0; i < count && r.ok(); ++i) {
         Record rec;
@@ -512,8 +527,12 @@ LoadResult snapshot_load(afsm_engine *engine, const std::string &path, SnapshotS
         s.metadata_count = n;
         records.push_back(std::move(rec));
     }
-    if (!r.ok() || !r.done()) {
-        *error = path + ": records do not match the header (" + std::to_string(count) + " sessions)";
+    if (!r.ok()) {
+        *error = says + "the payload ends in record " + std::to_string(records.size()) + " of them";
+        return LoadResult::Corrupt;
+    }
+    if (!r.done()) {
+        *error = says + std::to_string(r.left()) + " payload bytes remain after them";
         return LoadResult::Corrupt;
     }
     stats->sessions = count;
