@@ -115,6 +115,80 @@ def test_a_header_count_that_disagrees_with_the_records_is_refused(daemons, tmp_
         assert w in out, (w, out)
 
 
+# -- 2. the snapshot is streamed ------------------------------------------------
+
+SESSIONS = 6000
+VALUE = "v" * 4000  # near AFSM_METADATA_BYTES_MAX: ~4.2 KB a record, ~25 MB a snapshot
+
+
+def test_a_snapshot_is_written_without_holding_it_in_memory(daemons, tmp_path):
+    """The shutdown snapshot of ~25 MB used to be built whole in a vector (peak RSS up by
+    the snapshot's size, more while the vector grew) before one write. Streamed, the
+    daemon's peak RSS across the stop grows by the fixed list page (~7 MB), not by the
+    file; the file is the documented format with every session."""
+    snap = str(tmp_path / "big.snap")
+    d = daemons.start("--snapshot", snap, "--snapshot-interval", "0", "--default-timeout", "1h", name="big")
+    pb = d.stubs.pb
+    user = unique_user()
+    calls = []
+    for i in range(SESSIONS):
+        calls.append(d.stub.CreateSession.future(
+            pb.CreateSessionRequest(user_id=user, client_ip="10.0.0.1", client_port=1 + i, metadata={"k": VALUE}),
+            timeout=30))
+        if len(calls) >= 256:
+            for c in calls:
+                c.result()
+            calls = []
+    for c in calls:
+        c.result()
+    d.channel.close()
+    d.channel = None
+    before = proc_status(d.proc.pid, "VmHWM")
+    d.proc.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(d.proc.pid, 0)
+    d.proc.returncode = os.waitstatus_to_exitcode(status)
+    d.log_file.close()
+    assert d.proc.returncode == 0, d.log_text()
+    size = os.path.getsize(snap)
+    assert size > SESSIONS * 4000
+    with open(snap, "rb") as f:
+        count, _ = parse_snapshot(f.read())
+    assert count == SESSIONS
+    grew_kb = usage.ru_maxrss - before
+    assert grew_kb < 12 * 1024, "peak RSS grew %d kB over a %d kB snapshot" % (grew_kb, size // 1024)
+
+
+def test_a_snapshot_written_by_the_previous_code_still_loads(daemons, tmp_path):
+    """fixtures/snapshot-v1.snap was written by sessiond before the writer streamed (3
+    sessions, 49.7-day timeouts, metadata). It loads whole; while its sessions are alive
+    (until 2027-01-19) they come back with their fields, and the streaming writer
+    writes their records byte for byte as the old one did."""
+    with open(FIXTURE, "rb") as f:
+        old = f.read()
+    count, old_payload = parse_snapshot(old)
+    assert count == 3
+    snap = str(tmp_path / "old.snap")
+    with open(snap, "wb") as f:
+        f.write(old)
+    d = daemons.start("--snapshot", snap, "--snapshot-interval", "0", name="old")
+    loaded = [r for r in d.log_records() if r.get("msg") == "snapshot loaded"]
+    assert len(loaded) == 1, d.log_text()
+    rec = loaded[0]
+    assert rec["sessions"] == "3" and rec["skipped"] == "0", rec
+    assert int(rec["restored"]) + int(rec["expired"]) == 3, rec
+    restored = int(rec["restored"])
+    if restored == 3:
+        listed = d.stub.ListSessions(d.stubs.pb.ListSessionsRequest(page_size=10), timeout=5).sessions
+        assert sorted(s.user_id for s in listed) == ["fixture-a", "fixture-b", "fixture-c"]
+        assert all(dict(s.metadata) == {"device": "phone", "n": s.user_id[-1]} for s in listed), listed
+    assert d.stop() == 0
+    with open(snap, "rb") as f:
+        count, payload = parse_snapshot(f.read())
+    assert count == restored
+    if restored == 3:
+        assert payload == old_payload
+
+
 # -- 4. a bad id in a message -----------------------------------------------------------
 
 def test_a_bad_id_is_echoed_escaped_and_bounded(shared):
