@@ -189,6 +189,38 @@ def test_a_snapshot_written_by_the_previous_code_still_loads(daemons, tmp_path):
         assert payload == old_payload
 
 
+# -- 3. a malformed request -------------------------------------------------------
+
+def test_a_malformed_request_is_invalid_argument_and_the_daemon_keeps_serving(shared):
+    """Bytes that are not a GetSessionRequest (a field with wire type 7, which does not
+    exist) used to get gRPC's own INTERNAL "Unable to parse request"."""
+    raw = shared.channel.unary_unary("/session.SessionService/GetSession",
+                                     request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    err = expect_code(C.INVALID_ARGUMENT, raw, b"\x0f\xff\xff", timeout=5)
+    assert "GetSessionRequest" in err.details() and "parse" in err.details(), err.details()
+    # The same method still serves a well-formed request on the same connection.
+    sid = create(shared).session.session_id
+    got = shared.stub.GetSession(shared.stubs.pb.GetSessionRequest(session_id=sid), timeout=5)
+    assert got.session.session_id == sid
+
+
+def test_a_malformed_stream_message_ends_the_stream_with_invalid_argument(shared):
+    """A HeartbeatStream message that does not parse used to fail the server's read as a
+    half-close does: the stream ended OK, as if the client had finished."""
+    pb = shared.stubs.pb
+    raw = shared.channel.stream_stream("/session.SessionService/HeartbeatStream",
+                                       request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    good = pb.HeartbeatBatchRequest(sequence=7).SerializeToString()
+    call = raw(iter([good, b"\x0f\xff\xff", good]), timeout=5)
+    answers = []
+    with pytest.raises(grpc.RpcError) as info:
+        for a in call:
+            answers.append(pb.HeartbeatBatchResponse.FromString(a))
+    assert [a.sequence for a in answers] == [7]
+    assert info.value.code() == C.INVALID_ARGUMENT, (info.value.code(), info.value.details())
+    assert "HeartbeatBatchRequest" in info.value.details(), info.value.details()
+
+
 # -- 4. a bad id in a message -----------------------------------------------------------
 
 def test_a_bad_id_is_echoed_escaped_and_bounded(shared):
