@@ -253,3 +253,20 @@ def test_every_line_of_a_refused_port_is_json(daemons):
     assert grpc_lines and all(r["level"] == "error" and r.get("file") for r in grpc_lines), out
     assert any("cannot listen" in r["msg"] for r in records), out
     assert first.stop() == 0
+
+
+def test_a_string_field_that_is_not_utf8_logs_json(daemons):
+    """A request whose string field is not UTF-8 is refused, and protobuf logs why on
+    the server ("String field ... contains invalid UTF-8 data"): that line used to be
+    libprotobuf's own plain text, and any client could put it in the log."""
+    d = daemons.start(name="utf8")
+    raw = d.channel.unary_unary("/session.SessionService/GetSession",
+                                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    expect_code(C.INVALID_ARGUMENT, raw, b"\x0a\x02\xff\xfe", timeout=5)
+    assert d.stop() == 0
+    for line in d.log_text().splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            pytest.fail("a log line is not JSON: %r" % line)
+    assert any(r.get("source") == "protobuf" and "UTF-8" in r["msg"] for r in d.log_records()), d.log_text()
