@@ -164,8 +164,9 @@ template <class Base> class RawRequests final : public Base
         this->RequestAsyncUnary(index, ctx, req, writer, cq, cq, tag);
     }
     template <class Resp>
-    void request_bidi(int index, grpc::ServerContext *ctx, grpc::ServerAsyncReaderWriter<Resp, grpc::ByteBuffer> *stream,
-                      grpc::ServerCompletionQueue *cq, void *tag)
+    void request_bidi(int index, grpc::ServerContext *ctx,
+                      grpc::ServerAsyncReaderWriter<Resp, grpc::ByteBuffer> *stream, grpc::ServerCompletionQueue *cq,
+                      void *tag)
     {
         this->RequestAsyncBidiStreaming(index, ctx, stream, cq, cq, tag);
     }

@@ -204,8 +204,8 @@ HealthService::~HealthService() = default;
 
 void HealthService::listen(grpc::ServerCompletionQueue *cq)
 {
-    UnaryCall<RawRequests<grpc::health::v1::Health::AsyncService>, HealthCheckRequest, HealthCheckResponse>::listen(&methods_->check,
-                                                                                                       cq);
+    UnaryCall<RawRequests<grpc::health::v1::Health::AsyncService>, HealthCheckRequest, HealthCheckResponse>::listen(
+        &methods_->check, cq);
     WatchCall::listen(this, cq);
 }
 

@@ -153,8 +153,8 @@ bool parse_uuid_arg(const std::string &text, const char *field, afsm_uuid *out, 
 {
     afsm_status s = afsm_uuid_parse(text.data(), text.size(), out);
     if (s != AFSM_OK) {
-        *status =
-            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, afsm_message(s, std::string(field) + " " + quote_input(text)));
+        *status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               afsm_message(s, std::string(field) + " " + quote_input(text)));
         return false;
     }
     return true;

@@ -297,8 +297,8 @@ bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats 
     uint64_t payload_bytes = 0;
     uLong payload_crc = crc32(0L, Z_NULL, 0);
     auto flush = [&]() {
-        payload_crc = crc32_combine(payload_crc, crc32_of(w.buf.data(), w.buf.size()),
-                                    static_cast<z_off_t>(w.buf.size()));
+        payload_crc =
+            crc32_combine(payload_crc, crc32_of(w.buf.data(), w.buf.size()), static_cast<z_off_t>(w.buf.size()));
         if (!write_all(fd, w.buf.data(), w.buf.size()))
             return false;
         payload_bytes += w.buf.size();
