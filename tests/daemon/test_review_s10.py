@@ -124,7 +124,7 @@ VALUE = "v" * 4000  # near AFSM_METADATA_BYTES_MAX: ~4.2 KB a record, ~25 MB a s
 def test_a_snapshot_is_written_without_holding_it_in_memory(daemons, tmp_path):
     """The shutdown snapshot of ~25 MB used to be built whole in a vector (peak RSS up by
     the snapshot's size, more while the vector grew) before one write. Streamed, the
-    daemon's peak RSS across the stop grows by the fixed list page (~7 MB), not by the
+    daemon's peak RSS across the stop grows by about the fixed list page (5-8 MB), not by the
     file; the file is the documented format with every session."""
     snap = str(tmp_path / "big.snap")
     d = daemons.start("--snapshot", snap, "--snapshot-interval", "0", "--default-timeout", "1h", name="big")
@@ -155,7 +155,7 @@ def test_a_snapshot_is_written_without_holding_it_in_memory(daemons, tmp_path):
         count, _ = parse_snapshot(f.read())
     assert count == SESSIONS
     grew_kb = usage.ru_maxrss - before
-    assert grew_kb < 12 * 1024, "peak RSS grew %d kB over a %d kB snapshot" % (grew_kb, size // 1024)
+    assert grew_kb < 16 * 1024, "peak RSS grew %d kB over a %d kB snapshot" % (grew_kb, size // 1024)
 
 
 def test_a_snapshot_written_by_the_previous_code_still_loads(daemons, tmp_path):
