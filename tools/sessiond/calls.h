@@ -40,6 +40,7 @@
 
 #include <pthread.h>
 
+#include <google/protobuf/descriptor.h>
 #include <grpcpp/grpcpp.h>
 
 #include "jsonlog.h"
@@ -134,12 +135,58 @@ class Turn
     std::vector<Answer *> held_;
 };
 
-// A unary method: the generated RequestX of the async service and the handler.
+// A generated AsyncService whose methods served by UnaryCall and BidiCall
+// are marked raw: gRPC hands their requests over as bytes and the call
+// states parse them. With typed requests grpc++ 1.51 parses a unary request
+// before the call reaches the application and answers one that does not
+// parse itself, with INTERNAL "Unable to parse request"
+// (PayloadAsyncRequest::FinalizeResult), and a stream message that does not
+// parse fails the read as a half-close does; raw, both are answered
+// INVALID_ARGUMENT here. Answers are still typed (serialized by gRPC).
+template <class Base> class RawRequests final : public Base
+{
+  public:
+    // Marks the method full_name ("package.Service.Method") raw and returns
+    // its index in the service (the generated code's numbering: the order of
+    // the proto). Before the service is registered with the server.
+    int raw_method(const char *full_name)
+    {
+        const google::protobuf::MethodDescriptor *m =
+            google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(full_name);
+        GPR_ASSERT(m != nullptr);
+        this->MarkMethodRaw(m->index());
+        return m->index();
+    }
+    template <class Resp>
+    void request_unary(int index, grpc::ServerContext *ctx, grpc::ByteBuffer *req,
+                       grpc::ServerAsyncResponseWriter<Resp> *writer, grpc::ServerCompletionQueue *cq, void *tag)
+    {
+        this->RequestAsyncUnary(index, ctx, req, writer, cq, cq, tag);
+    }
+    template <class Resp>
+    void request_bidi(int index, grpc::ServerContext *ctx,
+                      grpc::ServerAsyncReaderWriter<Resp, grpc::ByteBuffer> *stream, grpc::ServerCompletionQueue *cq,
+                      void *tag)
+    {
+        this->RequestAsyncBidiStreaming(index, ctx, stream, cq, cq, tag);
+    }
+};
+
+// A request's bytes parsed into req; false with *status INVALID_ARGUMENT
+// (naming the message type) when they are not one.
+template <class Req> bool parse_request(grpc::ByteBuffer *bytes, Req *req, grpc::Status *status)
+{
+    if (grpc::SerializationTraits<Req>::Deserialize(bytes, req).ok())
+        return true;
+    *status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                           "malformed request: the message does not parse as " + req->GetTypeName());
+    return false;
+}
+
+// A unary method: its index in the (raw) service and the handler.
 template <class Service, class Req, class Resp> struct UnaryMethod {
-    using RequestFn = void (Service::*)(grpc::ServerContext *, Req *, grpc::ServerAsyncResponseWriter<Resp> *,
-                                        grpc::CompletionQueue *, grpc::ServerCompletionQueue *, void *);
     Service *service;
-    RequestFn request;
+    int index;
     std::function<grpc::Status(grpc::ServerContext &, const Req &, Resp *)> handle;
 };
 
@@ -160,7 +207,8 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
             return;
         }
         listen(method_, cq_); // the next call of this method, before this one's work
-        status_ = method_->handle(ctx_, req_, &resp_);
+        if (parse_request(&bytes_, &req_, &status_))
+            status_ = method_->handle(ctx_, req_, &resp_);
         answered_ = true;
         if (Turn *turn = Turn::current())
             turn->hold(this);
@@ -179,7 +227,7 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
   private:
     UnaryCall(const Method *m, grpc::ServerCompletionQueue *cq) : method_(m), cq_(cq), writer_(&ctx_)
     {
-        (m->service->*m->request)(&ctx_, &req_, &writer_, cq, cq, this);
+        m->service->request_unary(m->index, &ctx_, &bytes_, &writer_, cq, this);
     }
     ~UnaryCall() = default;
 
@@ -187,6 +235,7 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
     const Method *method_;
     grpc::ServerCompletionQueue *cq_;
     grpc::ServerContext ctx_;
+    grpc::ByteBuffer bytes_;
     Req req_;
     Resp resp_;
     grpc::ServerAsyncResponseWriter<Resp> writer_;
@@ -201,10 +250,8 @@ template <class Service, class Req, class Resp> class UnaryCall final : public C
 // deadline passed, a message was too large; which one the server is not
 // told, and the client sees that status rather than the one finished with).
 template <class Service, class Req, class Resp> struct BidiMethod {
-    using RequestFn = void (Service::*)(grpc::ServerContext *, grpc::ServerAsyncReaderWriter<Resp, Req> *,
-                                        grpc::CompletionQueue *, grpc::ServerCompletionQueue *, void *);
     Service *service;
-    RequestFn request;
+    int index; // in the (raw) service
     std::function<grpc::Status(const Req &, Resp *)> handle;
     std::function<void(const grpc::Status &)> ended;
 };
@@ -244,7 +291,9 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
             }
             resp_.Clear();
             {
-                grpc::Status st = method_->handle(req_, &resp_);
+                grpc::Status st;
+                if (parse_request(&bytes_, &req_, &st))
+                    st = method_->handle(req_, &resp_);
                 if (!st.ok()) {
                     finish(st);
                     return;
@@ -273,13 +322,13 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     BidiCall(const Method *m, grpc::ServerCompletionQueue *cq) : method_(m), cq_(cq), stream_(&ctx_)
     {
         ctx_.AsyncNotifyWhenDone(&done_tag_);
-        (m->service->*m->request)(&ctx_, &stream_, cq, cq, this);
+        m->service->request_bidi(m->index, &ctx_, &stream_, cq, this);
     }
     ~BidiCall() = default;
     void read()
     {
         state_ = State::Reading;
-        stream_.Read(&req_, this);
+        stream_.Read(&bytes_, this);
     }
     void finish(const grpc::Status &st)
     {
@@ -307,7 +356,8 @@ template <class Service, class Req, class Resp> class BidiCall final : public Ca
     const Method *method_;
     grpc::ServerCompletionQueue *cq_;
     grpc::ServerContext ctx_;
-    grpc::ServerAsyncReaderWriter<Resp, Req> stream_;
+    grpc::ServerAsyncReaderWriter<Resp, grpc::ByteBuffer> stream_;
+    grpc::ByteBuffer bytes_;
     Req req_;
     Resp resp_;
     State state_ = State::Waiting;

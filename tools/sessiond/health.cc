@@ -190,12 +190,12 @@ class HealthService::WatchCall final
 };
 
 struct HealthService::Methods {
-    UnaryMethod<grpc::health::v1::Health::AsyncService, HealthCheckRequest, HealthCheckResponse> check;
+    UnaryMethod<RawRequests<grpc::health::v1::Health::AsyncService>, HealthCheckRequest, HealthCheckResponse> check;
 };
 
 HealthService::HealthService(std::vector<std::string> services) : services_(std::move(services))
 {
-    methods_.reset(new Methods{{&async_, &grpc::health::v1::Health::AsyncService::RequestCheck,
+    methods_.reset(new Methods{{&async_, async_.raw_method("grpc.health.v1.Health.Check"),
                                 [this](grpc::ServerContext &, const HealthCheckRequest &req,
                                        HealthCheckResponse *resp) { return check(req, resp); }}});
 }
@@ -204,8 +204,8 @@ HealthService::~HealthService() = default;
 
 void HealthService::listen(grpc::ServerCompletionQueue *cq)
 {
-    UnaryCall<grpc::health::v1::Health::AsyncService, HealthCheckRequest, HealthCheckResponse>::listen(&methods_->check,
-                                                                                                       cq);
+    UnaryCall<RawRequests<grpc::health::v1::Health::AsyncService>, HealthCheckRequest, HealthCheckResponse>::listen(
+        &methods_->check, cq);
     WatchCall::listen(this, cq);
 }
 

@@ -20,6 +20,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "calls.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace sessiond
@@ -31,7 +32,7 @@ class HealthService
     explicit HealthService(std::vector<std::string> services);
     ~HealthService();
 
-    grpc::health::v1::Health::AsyncService *async()
+    RawRequests<grpc::health::v1::Health::AsyncService> *async()
     {
         return &async_;
     }
@@ -54,7 +55,7 @@ class HealthService
     void remove(const WatchCall *w);
 
     const std::vector<std::string> services_;
-    grpc::health::v1::Health::AsyncService async_;
+    RawRequests<grpc::health::v1::Health::AsyncService> async_;
     std::unique_ptr<Methods> methods_;
     mutable std::mutex mu_;
     bool serving_ = true;

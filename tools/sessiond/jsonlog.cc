@@ -8,6 +8,8 @@
 #include <ctime>
 #include <mutex>
 
+#include <google/protobuf/stubs/logging.h>
+#include <grpc/support/log.h>
 #include <unistd.h>
 
 namespace sessiond
@@ -79,7 +81,42 @@ void add_field(std::string &line, const std::string &key, const std::string &val
     line += '"';
 }
 
+void log_library(int level, const char *source, const char *file, int line_no, const std::string &msg)
+{
+    if (!log_enabled(level))
+        return;
+    std::string line = head(level, msg);
+    add_field(line, "source", source);
+    add_field(line, "file", file != nullptr ? file : "");
+    add_field(line, "line", std::to_string(line_no));
+    emit(line);
+}
+
+// gpr_log has already applied GRPC_VERBOSITY (default: errors only) when it
+// calls this; --log-level filters on top, as for every other line.
+void log_grpc(gpr_log_func_args *args)
+{
+    int level = args->severity == GPR_LOG_SEVERITY_ERROR  ? AFSM_LOG_ERROR
+                : args->severity == GPR_LOG_SEVERITY_INFO ? AFSM_LOG_INFO
+                                                          : AFSM_LOG_DEBUG;
+    log_library(level, "grpc", args->file, args->line, args->message != nullptr ? args->message : "");
+}
+
+void log_protobuf(google::protobuf::LogLevel level, const char *file, int line, const std::string &msg)
+{
+    log_library(level >= google::protobuf::LOGLEVEL_ERROR     ? AFSM_LOG_ERROR
+                : level == google::protobuf::LOGLEVEL_WARNING ? AFSM_LOG_WARN
+                                                              : AFSM_LOG_INFO,
+                "protobuf", file, line, msg);
+}
+
 } // namespace
+
+void log_route_libraries()
+{
+    gpr_set_log_function(&log_grpc);
+    google::protobuf::SetLogHandler(&log_protobuf);
+}
 
 std::string json_escape(const std::string &s)
 {

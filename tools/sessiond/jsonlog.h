@@ -23,6 +23,13 @@ void log_line(int level, const std::string &msg, LogFields fields = {});
 // The engine's afsm_log_fn: same format, "source":"engine".
 void log_engine(void *ctx, int level, const char *message, const afsm_log_field *fields, size_t field_count);
 
+// Routes gRPC's own log lines (gpr_log: its errors, and more with
+// GRPC_VERBOSITY / GRPC_TRACE) and protobuf's (a request with a string that
+// is not UTF-8, say) through the JSON logger, "source":"grpc" or
+// "protobuf" with file and line; both libraries otherwise print plain text
+// on stderr. Call before anything of gRPC runs.
+void log_route_libraries();
+
 std::string json_escape(const std::string &s);
 
 } // namespace sessiond

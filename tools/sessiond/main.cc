@@ -600,6 +600,7 @@ int main(int argc, char **argv)
     // sessiond's CPU under load (perf, GetSession at 16 in flight). That is a
     // debugging aid for gRPC's own locking, tested upstream; not ours to pay.
     absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+    sessiond::log_route_libraries();
     sessiond::Options options;
     int r = sessiond::parse_options(argc, argv, &options);
     if (r > 0)

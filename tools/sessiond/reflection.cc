@@ -42,25 +42,26 @@ void not_found(const std::string &what, ServerReflectionResponse *resp)
 } // namespace
 
 struct ReflectionService::Methods {
-    BidiMethod<ServerReflection::AsyncService, ServerReflectionRequest, ServerReflectionResponse> info;
+    BidiMethod<RawRequests<ServerReflection::AsyncService>, ServerReflectionRequest, ServerReflectionResponse> info;
 };
 
 ReflectionService::ReflectionService(std::vector<std::string> services) : services_(std::move(services))
 {
-    methods_.reset(new Methods{{&async_, &ServerReflection::AsyncService::RequestServerReflectionInfo,
-                                [this](const ServerReflectionRequest &req, ServerReflectionResponse *resp) {
-                                    answer(req, resp);
-                                    return grpc::Status::OK;
-                                },
-                                nullptr}});
+    methods_.reset(
+        new Methods{{&async_, async_.raw_method("grpc.reflection.v1alpha.ServerReflection.ServerReflectionInfo"),
+                     [this](const ServerReflectionRequest &req, ServerReflectionResponse *resp) {
+                         answer(req, resp);
+                         return grpc::Status::OK;
+                     },
+                     nullptr}});
 }
 
 ReflectionService::~ReflectionService() = default;
 
 void ReflectionService::listen(grpc::ServerCompletionQueue *cq)
 {
-    BidiCall<ServerReflection::AsyncService, ServerReflectionRequest, ServerReflectionResponse>::listen(&methods_->info,
-                                                                                                        cq);
+    BidiCall<RawRequests<ServerReflection::AsyncService>, ServerReflectionRequest, ServerReflectionResponse>::listen(
+        &methods_->info, cq);
 }
 
 void ReflectionService::answer(const ServerReflectionRequest &req, ServerReflectionResponse *resp) const

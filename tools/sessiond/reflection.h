@@ -11,6 +11,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "calls.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 
 namespace sessiond
@@ -23,7 +24,7 @@ class ReflectionService
     explicit ReflectionService(std::vector<std::string> services);
     ~ReflectionService();
 
-    grpc::reflection::v1alpha::ServerReflection::AsyncService *async()
+    RawRequests<grpc::reflection::v1alpha::ServerReflection::AsyncService> *async()
     {
         return &async_;
     }
@@ -38,7 +39,7 @@ class ReflectionService
   private:
     struct Methods;
     const std::vector<std::string> services_;
-    grpc::reflection::v1alpha::ServerReflection::AsyncService async_;
+    RawRequests<grpc::reflection::v1alpha::ServerReflection::AsyncService> async_;
     std::unique_ptr<Methods> methods_;
 };
 

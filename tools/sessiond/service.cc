@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <limits>
@@ -122,13 +123,38 @@ bool uuid_is_nil(const afsm_uuid &u)
     return true;
 }
 
+// A client's bad input as it goes into an error message: at most 64 bytes of
+// it, printable ASCII as is, every other byte (NUL, escapes, UTF-8 cut in the
+// middle) as \xNN, so the message is plain text whatever was sent; a longer
+// input says how long it was.
+std::string quote_input(const std::string &text)
+{
+    constexpr size_t kShown = 64;
+    std::string out = "\"";
+    size_t n = std::min(text.size(), kShown);
+    for (size_t i = 0; i < n; ++i) {
+        unsigned char c = static_cast<unsigned char>(text[i]);
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\x%02x", c);
+            out += buf;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    out += '"';
+    if (text.size() > kShown)
+        out += "... (" + std::to_string(text.size()) + " bytes)";
+    return out;
+}
+
 // Parses a UUID argument; on failure fills *status with INVALID_ARGUMENT.
 bool parse_uuid_arg(const std::string &text, const char *field, afsm_uuid *out, grpc::Status *status)
 {
     afsm_status s = afsm_uuid_parse(text.data(), text.size(), out);
     if (s != AFSM_OK) {
         *status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                               afsm_message(s, std::string(field) + " \"" + text.substr(0, 64) + "\""));
+                               afsm_message(s, std::string(field) + " " + quote_input(text)));
         return false;
     }
     return true;
@@ -1094,7 +1120,7 @@ grpc::Status SessionServiceImpl::AddStatsBatch(grpc::ServerContext *ctx, const s
 // Wiring: one method descriptor per RPC, and the requests posted on a queue
 
 struct SessionServiceImpl::Methods {
-    using Svc = session::SessionService::AsyncService;
+    using Svc = RawRequests<session::SessionService::AsyncService>;
     template <class Req, class Resp> using Unary = UnaryMethod<Svc, Req, Resp>;
     Unary<session::CreateSessionRequest, session::CreateSessionResponse> create;
     Unary<session::GetSessionRequest, session::GetSessionResponse> get;
@@ -1115,35 +1141,34 @@ struct SessionServiceImpl::Methods {
 namespace
 {
 // The descriptor of a unary method whose handler is SessionServiceImpl::*fn.
-template <class Req, class Resp, class RequestFn>
-UnaryMethod<session::SessionService::AsyncService, Req, Resp>
-unary(SessionServiceImpl *impl, RequestFn request,
+template <class Req, class Resp>
+UnaryMethod<RawRequests<session::SessionService::AsyncService>, Req, Resp>
+unary(SessionServiceImpl *impl, const char *name,
       grpc::Status (SessionServiceImpl::*fn)(grpc::ServerContext *, const Req *, Resp *))
 {
-    return {impl->async(), request,
+    return {impl->async(), impl->async()->raw_method((std::string("session.SessionService.") + name).c_str()),
             [impl, fn](grpc::ServerContext &ctx, const Req &req, Resp *resp) { return (impl->*fn)(&ctx, &req, resp); }};
 }
 } // namespace
 
 void SessionServiceImpl::make_methods()
 {
-    using Svc = session::SessionService::AsyncService;
     SessionServiceImpl *const s = this;
     methods_.reset(new Methods{
-        unary(s, &Svc::RequestCreateSession, &SessionServiceImpl::CreateSession),
-        unary(s, &Svc::RequestGetSession, &SessionServiceImpl::GetSession),
-        unary(s, &Svc::RequestUpdateSession, &SessionServiceImpl::UpdateSession),
-        unary(s, &Svc::RequestDeleteSession, &SessionServiceImpl::DeleteSession),
-        unary(s, &Svc::RequestListSessions, &SessionServiceImpl::ListSessions),
-        unary(s, &Svc::RequestHeartbeat, &SessionServiceImpl::Heartbeat),
-        unary(s, &Svc::RequestGetSessionByConnection, &SessionServiceImpl::GetSessionByConnection),
-        unary(s, &Svc::RequestDeleteUserSessions, &SessionServiceImpl::DeleteUserSessions),
-        unary(s, &Svc::RequestValidateToken, &SessionServiceImpl::ValidateToken),
-        unary(s, &Svc::RequestRotateToken, &SessionServiceImpl::RotateToken),
-        unary(s, &Svc::RequestGetStats, &SessionServiceImpl::GetStats),
-        unary(s, &Svc::RequestHeartbeatBatch, &SessionServiceImpl::HeartbeatBatch),
-        unary(s, &Svc::RequestAddStatsBatch, &SessionServiceImpl::AddStatsBatch),
-        {&async_, &Svc::RequestHeartbeatStream,
+        unary(s, "CreateSession", &SessionServiceImpl::CreateSession),
+        unary(s, "GetSession", &SessionServiceImpl::GetSession),
+        unary(s, "UpdateSession", &SessionServiceImpl::UpdateSession),
+        unary(s, "DeleteSession", &SessionServiceImpl::DeleteSession),
+        unary(s, "ListSessions", &SessionServiceImpl::ListSessions),
+        unary(s, "Heartbeat", &SessionServiceImpl::Heartbeat),
+        unary(s, "GetSessionByConnection", &SessionServiceImpl::GetSessionByConnection),
+        unary(s, "DeleteUserSessions", &SessionServiceImpl::DeleteUserSessions),
+        unary(s, "ValidateToken", &SessionServiceImpl::ValidateToken),
+        unary(s, "RotateToken", &SessionServiceImpl::RotateToken),
+        unary(s, "GetStats", &SessionServiceImpl::GetStats),
+        unary(s, "HeartbeatBatch", &SessionServiceImpl::HeartbeatBatch),
+        unary(s, "AddStatsBatch", &SessionServiceImpl::AddStatsBatch),
+        {&async_, async_.raw_method("session.SessionService.HeartbeatStream"),
          [s](const session::HeartbeatBatchRequest &req, session::HeartbeatBatchResponse *resp) {
              return s->heartbeat_batch(req, resp);
          },

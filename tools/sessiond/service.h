@@ -14,6 +14,7 @@
 
 #include <afsm.h>
 
+#include "calls.h"
 #include "session.grpc.pb.h"
 
 namespace sessiond
@@ -129,7 +130,7 @@ class SessionServiceImpl final
     SessionServiceImpl(afsm_engine *engine, WatchHub *hub, RpcCounters *counters, ServiceLimits limits);
     ~SessionServiceImpl();
 
-    session::SessionService::AsyncService *async()
+    RawRequests<session::SessionService::AsyncService> *async()
     {
         return &async_;
     }
@@ -197,7 +198,7 @@ class SessionServiceImpl final
     RpcCounters *counters_;
     const ServiceLimits limits_;
     std::chrono::steady_clock::time_point started_;
-    session::SessionService::AsyncService async_;
+    RawRequests<session::SessionService::AsyncService> async_;
     std::unique_ptr<Methods> methods_;
 };
 

@@ -38,6 +38,9 @@ constexpr uint32_t kFormatVersion = 1;
 constexpr size_t kHeaderBytes = 48;
 // A sanity bound on one string or map in a record, far above the engine's.
 constexpr uint32_t kFieldMax = 1u << 16;
+// The smallest record (empty strings, no metadata): a header's session count
+// above payload bytes / this cannot be true, whatever its checksums say.
+constexpr uint64_t kMinRecordBytes = 16 + 16 + 4 + 1 + 16 + 2 + 4 + 4 + 4 * 8 + 5 * 8 + 4 + 4 + 4;
 
 class Writer
 {
@@ -95,6 +98,10 @@ class Reader
     bool done() const
     {
         return p_ == end_;
+    }
+    size_t left() const
+    {
+        return static_cast<size_t>(end_ - p_);
     }
     uint8_t u8()
     {
@@ -263,7 +270,42 @@ bool append_record(afsm_engine *engine, const afsm_session_info &s, Writer &w, s
 bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats *stats, std::string *error)
 {
     auto t0 = std::chrono::steady_clock::now();
+    std::string tmp = path + ".tmp." + std::to_string(getpid());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        *error = errno_text("creating " + tmp);
+        return false;
+    }
+    auto fail = [&](const std::string &why) {
+        *error = why;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        return false;
+    };
+
+    // Records go to the file as they are produced, in chunks of about
+    // kChunkBytes, behind room left for the header; the header (count,
+    // length, CRC of what was written) goes in last. Memory stays one chunk
+    // plus one list page, whatever the session count. Until the rename the
+    // file is PATH.tmp.<pid>: a crash leaves PATH as it was.
+    constexpr size_t kChunkBytes = 1 << 16;
+    const uint8_t zero_header[kHeaderBytes] = {};
+    if (!write_all(fd, zero_header, sizeof zero_header))
+        return fail(errno_text("writing " + tmp));
     Writer w;
+    w.buf.reserve(kChunkBytes + 8192);
+    uint64_t payload_bytes = 0;
+    uLong payload_crc = crc32(0L, Z_NULL, 0);
+    auto flush = [&]() {
+        payload_crc =
+            crc32_combine(payload_crc, crc32_of(w.buf.data(), w.buf.size()), static_cast<z_off_t>(w.buf.size()));
+        if (!write_all(fd, w.buf.data(), w.buf.size()))
+            return false;
+        payload_bytes += w.buf.size();
+        w.buf.clear();
+        return true;
+    };
+
     uint64_t sessions = 0;
     std::vector<afsm_session_info> page(AFSM_LIST_LIMIT_MAX);
     std::vector<char> md;
@@ -277,15 +319,15 @@ bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats 
         uint64_t total = 0;
         afsm_uuid next;
         afsm_status s = afsm_session_list(engine, &f, page.data(), page.size(), &count, &total, &next);
-        if (s != AFSM_OK) {
-            *error = std::string("listing sessions: ") + afsm_strerror(s);
-            return false;
-        }
+        if (s != AFSM_OK)
+            return fail(std::string("listing sessions: ") + afsm_strerror(s));
         for (size_t i = 0; i < count; ++i) {
             if (page[i].state == AFSM_STATE_CLOSED)
                 continue; // closed sessions are on their way out
             if (append_record(engine, page[i], w, md))
                 ++sessions;
+            if (w.buf.size() >= kChunkBytes && !flush())
+                return fail(errno_text("writing " + tmp));
         }
         bool more = false;
         for (uint8_t b : next.bytes)
@@ -294,6 +336,8 @@ bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats 
             break;
         f.cursor = next;
     }
+    if (!flush())
+        return fail(errno_text("writing " + tmp));
 
     Writer h;
     h.bytes(kMagic, sizeof kMagic);
@@ -301,28 +345,13 @@ bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats 
     h.u32(0);
     h.i64(wall_now_ns());
     h.u64(sessions);
-    h.u64(w.buf.size());
-    h.u32(crc32_of(w.buf.data(), w.buf.size()));
+    h.u64(payload_bytes);
+    h.u32(static_cast<uint32_t>(payload_crc));
     h.u32(crc32_of(h.buf.data(), h.buf.size()));
-
-    std::string tmp = path + ".tmp." + std::to_string(getpid());
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        *error = errno_text("creating " + tmp);
-        return false;
-    }
-    if (!write_all(fd, h.buf.data(), h.buf.size()) || !write_all(fd, w.buf.data(), w.buf.size())) {
-        *error = errno_text("writing " + tmp);
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        return false;
-    }
-    if (::fsync(fd) != 0) {
-        *error = errno_text("fsync " + tmp);
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        return false;
-    }
+    if (::pwrite(fd, h.buf.data(), h.buf.size(), 0) != static_cast<ssize_t>(h.buf.size()))
+        return fail(errno_text("writing the header of " + tmp));
+    if (::fsync(fd) != 0)
+        return fail(errno_text("fsync " + tmp));
     ::close(fd);
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
         *error = errno_text("renaming " + tmp + " to " + path);
@@ -337,7 +366,7 @@ bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats 
         ::close(dfd);
     }
     stats->sessions = sessions;
-    stats->bytes = h.buf.size() + w.buf.size();
+    stats->bytes = kHeaderBytes + payload_bytes;
     stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return true;
 }
@@ -464,8 +493,16 @@ LoadResult snapshot_load(afsm_engine *engine, const std::string &path, SnapshotS
         afsm_session_info info;
         std::vector<std::pair<std::string, std::string>> md;
     };
+    // The count is the file's claim, not a size to allocate: records are
+    // kept as they are read, and a count the payload cannot hold is refused
+    // before anything is.
+    const std::string says = path + ": header says " + std::to_string(count) + " sessions, but ";
+    if (count > payload_len / kMinRecordBytes) {
+        *error = says + "its " + std::to_string(payload_len) + " payload bytes hold at most " +
+                 std::to_string(payload_len / kMinRecordBytes);
+        return LoadResult::Corrupt;
+    }
     std::vector<Record> records;
-    records.reserve(count < 1000000 ? count : 1000000);
     Reader r(payload, payload_len);
     for (uint64_t i = 0; i < count && r.ok(); ++i) {
         Record rec;
@@ -512,8 +549,12 @@ LoadResult snapshot_load(afsm_engine *engine, const std::string &path, SnapshotS
         s.metadata_count = n;
         records.push_back(std::move(rec));
     }
-    if (!r.ok() || !r.done()) {
-        *error = path + ": records do not match the header (" + std::to_string(count) + " sessions)";
+    if (!r.ok()) {
+        *error = says + "the payload ends in record " + std::to_string(records.size()) + " of them";
+        return LoadResult::Corrupt;
+    }
+    if (!r.done()) {
+        *error = says + std::to_string(r.left()) + " payload bytes remain after them";
         return LoadResult::Corrupt;
     }
     stats->sessions = count;

@@ -28,7 +28,9 @@ struct SnapshotStats {
 };
 
 // Writes every session (closed ones excepted) to path: a temporary file in
-// the same directory, fsync, rename over path, fsync of the directory.
+// the same directory, fsync, rename over path, fsync of the directory. The
+// records are streamed to the file in chunks as the engine is listed and the
+// header is written last, so memory does not grow with the session count.
 // Returns false with *error set; the old snapshot then stays in place.
 bool snapshot_write(afsm_engine *engine, const std::string &path, SnapshotStats *stats, std::string *error);
 
