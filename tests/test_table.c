@@ -7,6 +7,8 @@
 #include "test_support.h"
 
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "mem/table.h"
 #include "util/alloc.h"
@@ -311,9 +313,13 @@ static void model_check(table *t, const afsm_uuid *keys, int pool, const bool *p
             tombstones++;
         } else if (k != NULL) {
             live++;
-            ptrdiff_t at = (const afsm_uuid *)k - keys;
+            const void *key = table_slot_key(k);
+            ptrdiff_t at = (const afsm_uuid *)key - keys;
             if (at < 0 || at >= pool || !present[at])
                 fail_msg("%s, step %d: slot %llu holds a key the model does not", what, step, (unsigned long long)i);
+            if (k != table_slot_of(key, table_hash(t, key)))
+                fail_msg("%s, step %d: slot %llu carries a tag its key's hash does not have", what, step,
+                         (unsigned long long)i);
         }
     }
     if (live != in_model || table_count(t) != in_model || t->used != live + tombstones)
@@ -496,6 +502,70 @@ static void run_model(table_hash_fn *hash, uint64_t seed, int pool, int steps, b
     table_hash_override = constant_hash;
 }
 
+/* Keys on one home slot whose hashes differ only in the top 8 bits (the
+ * slot's tag): byte 15 picks the tag, byte 14 the probe start. */
+static unsigned long tag_from_byte15(const void *bytes, size_t len, unsigned long seed)
+{
+    (void)len;
+    (void)seed;
+    const unsigned char *b = bytes;
+    return (unsigned long)b[15] << 56 | b[14];
+}
+
+/* A probe that passes another key's slot must not read that key (a miss on
+ * a random record in the engine) unless their tags match. The first key
+ * lives on a page that is then made unreadable: a lookup of the second,
+ * which probes past it, must not fault. */
+static void test_probe_skips_keys_of_other_tags_without_reading_them(void **state)
+{
+    (void)state;
+    table_hash_override = tag_from_byte15;
+    long page = sysconf(_SC_PAGESIZE);
+    afsm_uuid *guarded = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(guarded != MAP_FAILED);
+    memset(guarded, 'A', 16);
+    guarded->bytes[14] = 3;
+    guarded->bytes[15] = 1;
+    static afsm_uuid other = {"BBBBBBBBBBBBBBB"}, same_tag = {"CCCCCCCCCCCCCCC"};
+    other.bytes[14] = 3;
+    other.bytes[15] = 2;
+    same_tag.bytes[14] = 3;
+    same_tag.bytes[15] = 2;
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_UUID, 16, 1, record));
+    assert_int_equal(table_insert(&t, guarded), TABLE_OK);
+    assert_int_equal(table_insert(&t, &other), TABLE_OK);
+    assert_int_equal(mprotect(guarded, (size_t)page, PROT_NONE), 0);
+    assert_ptr_equal(table_get(&t, &other), &other);
+    assert_ptr_equal(table_get_uuid(&t, &other), &other);
+    /* A key of the other key's tag that is not there: the probe reads
+     * `other` (same tag), skips `guarded`, ends at the empty slot. */
+    assert_null(table_get(&t, &same_tag));
+    assert_int_equal(table_insert(&t, &same_tag), TABLE_OK);
+    assert_true(table_remove(&t, &other));
+    assert_ptr_equal(table_get(&t, &same_tag), &same_tag);
+    assert_int_equal(mprotect(guarded, (size_t)page, PROT_READ | PROT_WRITE), 0);
+    assert_ptr_equal(table_get(&t, guarded), guarded);
+    table_destroy(&t);
+    munmap(guarded, (size_t)page);
+    table_hash_override = constant_hash;
+}
+
+/* The tag needs pointer bits 48-55: a key at an address using them is
+ * refused (the engine reports no memory) and the table is unchanged,
+ * without a read of the key. */
+static void test_insert_refuses_an_address_the_tag_would_overwrite(void **state)
+{
+    (void)state;
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_UUID, 16, 1, record));
+    const void *high = (const void *)((uintptr_t)1 << 50);
+    assert_int_equal(table_insert(&t, high), TABLE_NOMEM);
+    assert_int_equal(table_count(&t), 0);
+    assert_int_equal(t.used, 0);
+    table_destroy(&t);
+}
+
 static void test_random_operations_match_a_reference_set(void **state)
 {
     (void)state;
@@ -513,6 +583,8 @@ int main(void)
         cmocka_unit_test(test_engine_with_colliding_keys),
         cmocka_unit_test(test_restore_rollback_never_duplicates),
         cmocka_unit_test(test_churn_near_half_load_keeps_the_map_size),
+        cmocka_unit_test(test_probe_skips_keys_of_other_tags_without_reading_them),
+        cmocka_unit_test(test_insert_refuses_an_address_the_tag_would_overwrite),
         cmocka_unit_test(test_random_operations_match_a_reference_set),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -91,7 +91,7 @@ static uint64_t probe(const table *t, const table_map *m, const void *key, unsig
         if (k == TABLE_TOMBSTONE) {
             if (reuse == UINT64_MAX)
                 reuse = i;
-        } else if (equal(t, k, key)) {
+        } else if (table_slot_tag_matches(k, hash) && equal(t, table_slot_key(k), key)) {
             *found = true;
             return i;
         }
@@ -110,7 +110,7 @@ static bool rebuild(table *t, uint64_t slots)
         const void *k = atomic_load_explicit(&old->slots[i], memory_order_relaxed);
         if (k == NULL || k == TABLE_TOMBSTONE)
             continue;
-        uint64_t j = table_hash(t, k) & fresh->mask;
+        uint64_t j = table_hash(t, table_slot_key(k)) & fresh->mask;
         while (atomic_load_explicit(&fresh->slots[j], memory_order_relaxed) != NULL)
             j = (j + 1) & fresh->mask;
         atomic_store_explicit(&fresh->slots[j], k, memory_order_relaxed);
@@ -157,13 +157,15 @@ const void *table_get(table *t, const void *key)
         const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_acquire);
         if (k == NULL)
             return NULL;
-        if (k != TABLE_TOMBSTONE && equal(t, k, key))
-            return k;
+        if (table_slot_tag_matches(k, hash) && k != TABLE_TOMBSTONE && equal(t, table_slot_key(k), key))
+            return table_slot_key(k);
     }
 }
 
 table_result table_insert(table *t, const void *key)
 {
+    if (((uintptr_t)key & TABLE_TAG_MASK) != 0)
+        return TABLE_NOMEM;
     unsigned long hash = table_hash(t, key);
     table_map *m = current(t);
     bool found;
@@ -188,7 +190,7 @@ table_result table_insert(table *t, const void *key)
     }
     t->used += fills_empty;
     atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) + 1, memory_order_relaxed);
-    atomic_store_explicit(&m->slots[at], key, memory_order_release);
+    atomic_store_explicit(&m->slots[at], table_slot_of(key, hash), memory_order_release);
     return TABLE_OK;
 }
 
@@ -200,6 +202,7 @@ bool table_remove(table *t, const void *key)
 bool table_remove_hashed(table *t, const void *key, unsigned long hash)
 {
     table_map *m = current(t);
+    key = table_slot_of(key, hash);
     for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
         const void *k = atomic_load_explicit(&m->slots[i], memory_order_relaxed);
         if (k == NULL)
@@ -249,7 +252,7 @@ const void *table_next(table *t, table_iterator *it)
     while (it->next <= m->mask) {
         const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[it->next++], memory_order_acquire);
         if (k != NULL && k != TABLE_TOMBSTONE)
-            return k;
+            return table_slot_key(k);
     }
     return NULL;
 }
