@@ -340,8 +340,13 @@ static void model_check(table *t, const afsm_uuid *keys, int pool, const bool *p
     }
     uint64_t walked = 0;
     table_iterator it = TABLE_ITERATOR_INIT;
-    for (const void *k; (k = table_next(t, &it)) != NULL;)
+    for (const void *k; (k = table_next(t, &it)) != NULL;) {
+        /* The walk hands out the stored keys themselves (no tag bits). */
+        ptrdiff_t at = (const afsm_uuid *)k - keys;
+        if (at < 0 || at >= pool || !present[at])
+            fail_msg("%s, step %d: the walk returned %p, not a key the model holds", what, step, k);
         walked++;
+    }
     assert_int_equal(walked, in_model);
 }
 
@@ -551,6 +556,42 @@ static void test_probe_skips_keys_of_other_tags_without_reading_them(void **stat
     table_hash_override = constant_hash;
 }
 
+/* The same for a string table (the users index, whose lookup is not the
+ * uuid one): a lookup, an insert and a removal that pass a user entry of
+ * another tag must not read it. Keys of 16 bytes, so tag_from_byte15
+ * places them as it does uuids. */
+static void test_string_probe_skips_keys_of_other_tags_without_reading_them(void **state)
+{
+    (void)state;
+    table_hash_override = tag_from_byte15;
+    long page = sysconf(_SC_PAGESIZE);
+    table_string_key *guarded = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(guarded != MAP_FAILED);
+    guarded->len = 16;
+    memcpy(guarded->bytes, "AAAAAAAAAAAAAA\x03\x01", 16);
+    table_string_key *other = make_key("BBBBBBBBBBBBBB\x03\x02"), *same_tag = make_key("CCCCCCCCCCCCCC\x03\x02"),
+                     *copy = make_key("BBBBBBBBBBBBBB\x03\x02");
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_STRING, 16, 1, record));
+    assert_int_equal(table_insert(&t, guarded), TABLE_OK);
+    assert_int_equal(table_insert(&t, other), TABLE_OK);
+    assert_int_equal(mprotect(guarded, (size_t)page, PROT_NONE), 0);
+    assert_ptr_equal(table_get(&t, copy), other);
+    assert_null(table_get(&t, same_tag));
+    assert_int_equal(table_insert(&t, copy), TABLE_EXISTS);
+    assert_int_equal(table_insert(&t, same_tag), TABLE_OK);
+    assert_true(table_remove(&t, other));
+    assert_ptr_equal(table_get(&t, same_tag), same_tag);
+    assert_int_equal(mprotect(guarded, (size_t)page, PROT_READ | PROT_WRITE), 0);
+    assert_ptr_equal(table_get(&t, guarded), guarded);
+    table_destroy(&t);
+    munmap(guarded, (size_t)page);
+    free(other);
+    free(same_tag);
+    free(copy);
+    table_hash_override = constant_hash;
+}
+
 /* The tag needs pointer bits 48-55: a key at an address using them is
  * refused (the engine reports no memory) and the table is unchanged,
  * without a read of the key. */
@@ -584,6 +625,7 @@ int main(void)
         cmocka_unit_test(test_restore_rollback_never_duplicates),
         cmocka_unit_test(test_churn_near_half_load_keeps_the_map_size),
         cmocka_unit_test(test_probe_skips_keys_of_other_tags_without_reading_them),
+        cmocka_unit_test(test_string_probe_skips_keys_of_other_tags_without_reading_them),
         cmocka_unit_test(test_insert_refuses_an_address_the_tag_would_overwrite),
         cmocka_unit_test(test_random_operations_match_a_reference_set),
     };
