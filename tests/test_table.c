@@ -592,6 +592,41 @@ static void test_string_probe_skips_keys_of_other_tags_without_reading_them(void
     table_hash_override = constant_hash;
 }
 
+/* A rebuild places each key by its hash as the table computes it now, and
+ * tags its slot by the same hash: a slot whose tag and place came from two
+ * hashes would be found by no lookup and removed by no removal (index.c
+ * frees a user entry whatever its removal returned). The hash changes only
+ * through table_hash_override, as tests switch it: keys inserted under one
+ * hash are all found under another once a growth has rebuilt the map, as
+ * they were before slots carried tags. */
+static void test_rebuild_places_and_tags_keys_by_one_hash(void **state)
+{
+    (void)state;
+    enum { N = 9 }; /* 8 fill a 16-slot map to half: the 9th doubles it */
+    afsm_uuid keys[N];
+    for (int i = 0; i < N; i++)
+        afsm_uuid_v7(&keys[i]);
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_UUID, 16, 1, record));
+    table_hash_override = constant_hash;
+    for (int i = 0; i < N - 1; i++)
+        assert_int_equal(table_insert(&t, &keys[i]), TABLE_OK);
+    table_hash_override = NULL;
+    table_map *before = atomic_load(&t.map);
+    assert_int_equal(table_insert(&t, &keys[N - 1]), TABLE_OK);
+    assert_true(atomic_load(&t.map) != before);
+    int lost = 0;
+    for (int i = 0; i < N; i++)
+        lost += table_get(&t, &keys[i]) != &keys[i];
+    if (lost != 0)
+        fail_msg("%d of %d keys not found after the rebuild", lost, N);
+    for (int i = 0; i < N; i++)
+        assert_true(table_remove(&t, &keys[i]));
+    assert_int_equal(table_count(&t), 0);
+    table_destroy(&t);
+    table_hash_override = constant_hash;
+}
+
 /* The tag needs pointer bits 48-55: a key at an address using them is
  * refused (the engine reports no memory) and the table is unchanged,
  * without a read of the key. */
@@ -626,6 +661,7 @@ int main(void)
         cmocka_unit_test(test_churn_near_half_load_keeps_the_map_size),
         cmocka_unit_test(test_probe_skips_keys_of_other_tags_without_reading_them),
         cmocka_unit_test(test_string_probe_skips_keys_of_other_tags_without_reading_them),
+        cmocka_unit_test(test_rebuild_places_and_tags_keys_by_one_hash),
         cmocka_unit_test(test_insert_refuses_an_address_the_tag_would_overwrite),
         cmocka_unit_test(test_random_operations_match_a_reference_set),
     };
