@@ -340,8 +340,13 @@ static void model_check(table *t, const afsm_uuid *keys, int pool, const bool *p
     }
     uint64_t walked = 0;
     table_iterator it = TABLE_ITERATOR_INIT;
-    for (const void *k; (k = table_next(t, &it)) != NULL;)
+    for (const void *k; (k = table_next(t, &it)) != NULL;) {
+        /* The walk hands out the stored keys themselves (no tag bits). */
+        ptrdiff_t at = (const afsm_uuid *)k - keys;
+        if (at < 0 || at >= pool || !present[at])
+            fail_msg("%s, step %d: the walk returned %p, not a key the model holds", what, step, k);
         walked++;
+    }
     assert_int_equal(walked, in_model);
 }
 
@@ -551,6 +556,77 @@ static void test_probe_skips_keys_of_other_tags_without_reading_them(void **stat
     table_hash_override = constant_hash;
 }
 
+/* The same for a string table (the users index, whose lookup is not the
+ * uuid one): a lookup, an insert and a removal that pass a user entry of
+ * another tag must not read it. Keys of 16 bytes, so tag_from_byte15
+ * places them as it does uuids. */
+static void test_string_probe_skips_keys_of_other_tags_without_reading_them(void **state)
+{
+    (void)state;
+    table_hash_override = tag_from_byte15;
+    long page = sysconf(_SC_PAGESIZE);
+    table_string_key *guarded = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(guarded != MAP_FAILED);
+    guarded->len = 16;
+    memcpy(guarded->bytes, "AAAAAAAAAAAAAA\x03\x01", 16);
+    table_string_key *other = make_key("BBBBBBBBBBBBBB\x03\x02"), *same_tag = make_key("CCCCCCCCCCCCCC\x03\x02"),
+                     *copy = make_key("BBBBBBBBBBBBBB\x03\x02");
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_STRING, 16, 1, record));
+    assert_int_equal(table_insert(&t, guarded), TABLE_OK);
+    assert_int_equal(table_insert(&t, other), TABLE_OK);
+    assert_int_equal(mprotect(guarded, (size_t)page, PROT_NONE), 0);
+    assert_ptr_equal(table_get(&t, copy), other);
+    assert_null(table_get(&t, same_tag));
+    assert_int_equal(table_insert(&t, copy), TABLE_EXISTS);
+    assert_int_equal(table_insert(&t, same_tag), TABLE_OK);
+    assert_true(table_remove(&t, other));
+    assert_ptr_equal(table_get(&t, same_tag), same_tag);
+    assert_int_equal(mprotect(guarded, (size_t)page, PROT_READ | PROT_WRITE), 0);
+    assert_ptr_equal(table_get(&t, guarded), guarded);
+    table_destroy(&t);
+    munmap(guarded, (size_t)page);
+    free(other);
+    free(same_tag);
+    free(copy);
+    table_hash_override = constant_hash;
+}
+
+/* A rebuild places each key by its hash as the table computes it now, and
+ * tags its slot by the same hash: a slot whose tag and place came from two
+ * hashes would be found by no lookup and removed by no removal (index.c
+ * frees a user entry whatever its removal returned). The hash changes only
+ * through table_hash_override, as tests switch it: keys inserted under one
+ * hash are all found under another once a growth has rebuilt the map, as
+ * they were before slots carried tags. */
+static void test_rebuild_places_and_tags_keys_by_one_hash(void **state)
+{
+    (void)state;
+    enum { N = 9 }; /* 8 fill a 16-slot map to half: the 9th doubles it */
+    afsm_uuid keys[N];
+    for (int i = 0; i < N; i++)
+        afsm_uuid_v7(&keys[i]);
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_UUID, 16, 1, record));
+    table_hash_override = constant_hash;
+    for (int i = 0; i < N - 1; i++)
+        assert_int_equal(table_insert(&t, &keys[i]), TABLE_OK);
+    table_hash_override = NULL;
+    table_map *before = atomic_load(&t.map);
+    assert_int_equal(table_insert(&t, &keys[N - 1]), TABLE_OK);
+    assert_true(atomic_load(&t.map) != before);
+    int lost = 0;
+    for (int i = 0; i < N; i++)
+        lost += table_get(&t, &keys[i]) != &keys[i];
+    if (lost != 0)
+        fail_msg("%d of %d keys not found after the rebuild", lost, N);
+    for (int i = 0; i < N; i++)
+        assert_true(table_remove(&t, &keys[i]));
+    assert_int_equal(table_count(&t), 0);
+    table_destroy(&t);
+    table_hash_override = constant_hash;
+}
+
 /* The tag needs pointer bits 48-55: a key at an address using them is
  * refused (the engine reports no memory) and the table is unchanged,
  * without a read of the key. */
@@ -584,6 +660,8 @@ int main(void)
         cmocka_unit_test(test_restore_rollback_never_duplicates),
         cmocka_unit_test(test_churn_near_half_load_keeps_the_map_size),
         cmocka_unit_test(test_probe_skips_keys_of_other_tags_without_reading_them),
+        cmocka_unit_test(test_string_probe_skips_keys_of_other_tags_without_reading_them),
+        cmocka_unit_test(test_rebuild_places_and_tags_keys_by_one_hash),
         cmocka_unit_test(test_insert_refuses_an_address_the_tag_would_overwrite),
         cmocka_unit_test(test_random_operations_match_a_reference_set),
     };

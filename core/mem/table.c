@@ -110,10 +110,14 @@ static bool rebuild(table *t, uint64_t slots)
         const void *k = atomic_load_explicit(&old->slots[i], memory_order_relaxed);
         if (k == NULL || k == TABLE_TOMBSTONE)
             continue;
-        uint64_t j = table_hash(t, table_slot_key(k)) & fresh->mask;
+        /* Placed and tagged by one hash (the tag is not copied): they agree
+         * even if the hash changed since the insert (tests switch it). */
+        const void *key = table_slot_key(k);
+        unsigned long hash = table_hash(t, key);
+        uint64_t j = hash & fresh->mask;
         while (atomic_load_explicit(&fresh->slots[j], memory_order_relaxed) != NULL)
             j = (j + 1) & fresh->mask;
-        atomic_store_explicit(&fresh->slots[j], k, memory_order_relaxed);
+        atomic_store_explicit(&fresh->slots[j], table_slot_of(key, hash), memory_order_relaxed);
         keys++;
     }
     t->used = keys;
