@@ -10,7 +10,8 @@
  * The map is open addressing with linear probing over one array of
  * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. A slot also
  * carries 8 bits of its key's hash (its tag) in pointer bits 48-55, which
- * user-space addresses on 64-bit Linux leave zero, so a probe passing
+ * user-space addresses on 64-bit Linux leave zero (unless a mapping asks
+ * for an address above 2^47; table_insert refuses one), so a probe passing
  * another key's slot skips it without reading that key's record: at the
  * load the maps keep (up to 1/2) a hit passes ~0.5 other keys on average,
  * and each read was a cache miss on a random record (issue 15, goal 1).
