@@ -29,6 +29,7 @@ ERRORS: dict[str, type[afsm.AfsmError]] = {
     "key_file": afsm.KeyFileError,
     "closed": afsm.EngineClosed,
     "expired": afsm.Expired,
+    "not_found": afsm.NotFound,
 }
 
 
@@ -173,14 +174,24 @@ def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> 
         )
         return session, path
     if op == "validate_token":
-        _, token = engine.create_session("u", "10.0.0.1", 1, bind_ip=args["bind_ip"])
-        return engine.validate_token(token, args["client_ip"]), path
+        _, token = engine.create_session(
+            "u", "10.0.0.1", 1, bind_ip=args["bind_ip"], metadata=args.get("metadata")
+        )
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
+            return engine.validate_token(token, args["client_ip"]), path
     if op == "list":
         with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
             return engine.list_sessions(user_id=_user_id(args), limit=args.get("limit", 0)), path
     if op == "update_state":
-        s = make(engine, "u")
-        return engine.update(s.id, state=args["state"]), path
+        s = make(engine, "u", metadata=args.get("metadata"))
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
+            return engine.update(s.id, state=args["state"]), path
+    if op == "get":
+        first = next(engine.iter_sessions())
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
+            if args.get("by_connection"):
+                return engine.get_by_connection(first.connection_id), path
+            return engine.get(first.id), path
     if op == "add_key":
         key = bytes.fromhex(args["key_hex"])
         engine.add_key(args["key_id"], key)
@@ -195,8 +206,9 @@ def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> 
         engine.close()
     if op in ("get_many", "heartbeat_many"):
         ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
-        getattr(engine, op)(ids[: args["ids"]])
-        return None, path
+        ids = ids[: args["ids"]] + [afsm.uuid7() for _ in range(args.get("missing", 0))]
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
+            return getattr(engine, op)(ids), path
     if op == "delete":
         reason = _text(args["reason_hex"]) if "reason_hex" in args else ""
         if "reason_repeat" in args:
@@ -249,6 +261,20 @@ def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> 
     raise AssertionError(f"unknown op {op!r}")
 
 
+def _check_items(want: list[str], got: list[Any]) -> None:
+    """A batch's per-id outcomes against want ("ok" or an error name); the
+    items failing with the same name must carry the same message, whatever
+    made them fail."""
+    assert len(got) == len(want)
+    messages: dict[str, str] = {}
+    for i, (w, item) in enumerate(zip(want, got)):
+        if w == "ok":
+            assert isinstance(item, afsm.Session), (i, item)
+            continue
+        assert isinstance(item, ERRORS[w]), (i, item)
+        assert messages.setdefault(w, str(item)) == str(item), (i, item, messages)
+
+
 def _key_file_path(case: dict[str, Any], tmp: Path) -> str:
     spec = case.get("config", {}).get("key_file") or case.get("args", {}).get("file")
     return str(tmp / "k") if spec else ""
@@ -265,6 +291,10 @@ def test_shared_binding_case(case: dict[str, Any], tmp_path: Path) -> None:
             assert len(result.sessions) == expect["count"]
         if "total" in expect:
             assert result.total == expect["total"]
+        if "metadata" in expect:
+            assert dict(result.metadata) == expect["metadata"]
+        if "items" in expect:
+            _check_items(expect["items"], result)
         return
     with pytest.raises(ERRORS[expect["error"]]) as info:
         _run(case, tmp_path)
