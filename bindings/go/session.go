@@ -334,7 +334,9 @@ func (m *Manager) token(ctx context.Context, op string, id UUID, rotate C.int, o
 // ErrTokenMalformed (truncated, garbled), ErrTokenForged (altered, or
 // sealed by another key under a known id), ErrUnknownKey, ErrKeyRemoved,
 // ErrTokenRevoked (rotated), ErrIPMismatch, ErrSessionNotFound,
-// ErrSessionExpired, ErrSessionClosed. Other errors: ErrInvalidIP
+// ErrSessionExpired, ErrSessionClosed (ErrSessionNotFound also when the
+// session is deleted between the token check and the read of its
+// metadata, as in Python). Other errors: ErrInvalidIP
 // (clientIP malformed), ErrOutOfMemory, ErrClosed, ctx.Err().
 func (m *Manager) ValidateToken(ctx context.Context, token, clientIP string) (*Session, error) {
 	const op = "ValidateToken"
@@ -455,9 +457,11 @@ func (m *Manager) Restore(ctx context.Context, sess *Session) error {
 	return statusError(op, C.afsmgo_restore(m.eng, info, a.ptr(), &sc.lens[0], C.size_t(len(sess.Metadata))))
 }
 
-// GetSession returns a copy of a session. Errors match ErrSessionNotFound,
-// ErrSessionExpired (its deadline passed, even before the reaper removed
-// it), ErrClosed or ctx.Err().
+// GetSession returns a copy of a session. Errors match ErrSessionNotFound
+// (also when the session is deleted between the read of its fields and
+// the read of its metadata, two C calls: it no longer exists when the call
+// returns, as in Python), ErrSessionExpired (its deadline passed, even
+// before the reaper removed it), ErrClosed or ctx.Err().
 func (m *Manager) GetSession(ctx context.Context, sessionID UUID) (*Session, error) {
 	return m.get(ctx, "GetSession", sessionID, false)
 }

@@ -654,10 +654,18 @@ class Engine:
             check(status)
 
     def _session(self, fields: tuple[Any, ...]) -> Session:
+        """The Session for a filled info, with its metadata read after it.
+
+        Raises NotFound (as for an id that never existed) when the session
+        was deleted between the two reads: it no longer exists when the
+        call returns, and its metadata is unknown (as in Go).
+        """
         meta = self._metadata(
             fields[F_SESSION_ID], fields[F_METADATA_COUNT], fields[F_METADATA_BYTES]
         )
-        return session_from_fields(fields, _EMPTY if meta is None else meta)
+        if meta is None:
+            raise error_for(_NOTFOUND)
+        return session_from_fields(fields, meta)
 
     def _listed(self, fields: Iterable[tuple[Any, ...]]) -> Iterator[Session]:
         """The listed sessions, skipping those deleted between the listing
@@ -816,8 +824,10 @@ class Engine:
         garbled), ForgedToken (forged, altered, or another key with the
         same id), UnknownTokenKey, TokenKeyRemoved, TokenRevoked (rotated),
         IPMismatch (all InvalidToken); NotFound, Expired, Closed for a
-        genuine token whose session is gone, past its deadline or closed;
-        InvalidIP for a malformed ``client_ip``.
+        genuine token whose session is gone, past its deadline or closed
+        (NotFound also when it is deleted between the token check and the
+        read of its metadata, a second C call, as in Go); InvalidIP for a
+        malformed ``client_ip``.
         """
         raw = token_bytes(token)
         # "" is no address, as None (and as in Go): a bound token then fails
@@ -892,7 +902,9 @@ class Engine:
         """The session with this id.
 
         Raises NotFound; Expired (with ``.session`` set) when its deadline has
-        passed; InvalidUUID for malformed id text.
+        passed; InvalidUUID for malformed id text. Its metadata is read by a
+        second C call: a session deleted in between raises NotFound (it no
+        longer exists when the call returns), as in Go.
         """
         sid = uuid_to_c(session_id, "session_id")
         info = new_info()
@@ -961,7 +973,10 @@ class Engine:
         sid = uuid_to_c(session_id, "session_id")
         info = new_info()
         check(_lib.lib.afsm_session_update(self._engine, byref(sid), byref(upd), byref(info)))
-        return self._session(info_fields(info))
+        out = info_fields(info)
+        # Deleted between the update and the metadata read: empty metadata, as in Go.
+        meta = self._metadata(out[F_SESSION_ID], out[F_METADATA_COUNT], out[F_METADATA_BYTES])
+        return session_from_fields(out, _EMPTY if meta is None else meta)
 
     @_gated
     def add_stats(self, session_id: UUIDLike, delta: Stats) -> None:
@@ -1118,7 +1133,9 @@ class Engine:
         """Gets many sessions with one C call per 65536.
 
         Returns, per id in order, the Session or the exception that
-        :meth:`get` would have raised (not raised).
+        :meth:`get` would have raised (not raised): NotFound also for a
+        session deleted between the batch read and its metadata read, the
+        same result as an id that never existed (as in Go).
         """
         ids = _id_batch(session_ids)
         results: list[Session | AfsmError] = []
