@@ -504,7 +504,9 @@ func (m *Manager) get(ctx context.Context, op string, id UUID, byConn bool) (*Se
 // or nothing, and returns the result. Allowed state changes:
 // connecting->active, active<->idle, active/idle->disconnecting,
 // any->closed; setting StateClosed removes the session (the result is its
-// last copy).
+// last copy, metadata included: read just before the close, in the same
+// crossing, since a removed session's metadata cannot be read; as in
+// Python).
 //
 // Errors match ErrSessionNotFound, ErrSessionExpired,
 // ErrInvalidTransition, ErrInvalidArgument (state), ErrTooLong (metadata),

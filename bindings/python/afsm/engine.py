@@ -66,6 +66,8 @@ __all__ = ["Engine", "Handle"]
 log = logging.getLogger("afsm")
 
 _EMPTY: Mapping[str, str] = Metadata()
+# Holds any metadata the engine accepts (key NUL value NUL per pair), as Go's mdBufSize.
+_METADATA_BUF = _lib.AFSM_METADATA_BYTES_MAX + 2 * _lib.AFSM_METADATA_KEYS_MAX
 # The reason of the delete that undoes a create whose token step failed (Go: shim.c).
 _TOKEN_FAILED = b"token issue failed"
 _OK = _lib.AFSM_OK
@@ -948,7 +950,9 @@ class Engine:
         ``metadata`` is merged into the session's map, or becomes the whole
         map with ``replace_metadata=True`` (then ``None`` clears it).
         ``stats`` sets absolute values. Setting ``State.CLOSED`` removes the
-        session (the returned copy has empty metadata).
+        session; the returned copy is its last, metadata included (read
+        just before the close, since a removed session's metadata cannot be
+        read after it), as in Go.
 
         Raises InvalidTransition, InvalidArgument (unknown state), TooLong,
         NotFound, Expired.
@@ -971,9 +975,14 @@ class Engine:
             upd.stats = stats_to_c(stats)
         upd.fields = fields
         sid = uuid_to_c(session_id, "session_id")
+        closing = state is not None and upd.state == State.CLOSED.value
+        # Gone before the close: the close itself then raises NotFound.
+        last = self._metadata(sid, 1, _METADATA_BUF) if closing else None
         info = new_info()
         check(_lib.lib.afsm_session_update(self._engine, byref(sid), byref(upd), byref(info)))
         out = info_fields(info)
+        if closing:
+            return session_from_fields(out, _EMPTY if last is None else last)
         # Deleted between the update and the metadata read: empty metadata, as in Go.
         meta = self._metadata(out[F_SESSION_ID], out[F_METADATA_COUNT], out[F_METADATA_BYTES])
         return session_from_fields(out, _EMPTY if meta is None else meta)
