@@ -682,12 +682,17 @@ class Engine:
         """The Session for a filled info, or raises for status."""
         if status != _OK and status != _EXPIRED:
             check(status)
-        session = self._session(fields)
-        if status == _EXPIRED:
-            exc = error_for(status)
-            exc.session = session  # type: ignore[attr-defined]
-            raise exc
-        return session
+        if status == _OK:
+            return self._session(fields)
+        exc = error_for(status)
+        # Expired, as in Go, even when removed (the reaper's business) before
+        # its metadata could be read; then with no copy, its metadata unknown.
+        meta = self._metadata(
+            fields[F_SESSION_ID], fields[F_METADATA_COUNT], fields[F_METADATA_BYTES]
+        )
+        if meta is not None:
+            exc.session = session_from_fields(fields, meta)  # type: ignore[attr-defined]
+        raise exc
 
     @_gated
     def create_session(
@@ -906,7 +911,9 @@ class Engine:
         Raises NotFound; Expired (with ``.session`` set) when its deadline has
         passed; InvalidUUID for malformed id text. Its metadata is read by a
         second C call: a session deleted in between raises NotFound (it no
-        longer exists when the call returns), as in Go.
+        longer exists when the call returns), as in Go; an expired one
+        still raises Expired, then with ``.session`` None (its metadata is
+        unknown).
         """
         sid = uuid_to_c(session_id, "session_id")
         info = new_info()
