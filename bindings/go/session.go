@@ -508,9 +508,11 @@ func (m *Manager) get(ctx context.Context, op string, id UUID, byConn bool) (*Se
 // crossing, since a removed session's metadata cannot be read; as in
 // Python).
 //
-// Errors match ErrSessionNotFound, ErrSessionExpired,
-// ErrInvalidTransition, ErrInvalidArgument (state), ErrTooLong (metadata),
-// ErrOutOfMemory, ErrClosed or ctx.Err().
+// Errors match ErrSessionNotFound (also when the session is deleted
+// between the update and the read of the result's metadata, two C calls:
+// it no longer exists when the call returns, as in Python),
+// ErrSessionExpired, ErrInvalidTransition, ErrInvalidArgument (state),
+// ErrTooLong (metadata), ErrOutOfMemory, ErrClosed or ctx.Err().
 func (m *Manager) UpdateSession(ctx context.Context, sessionID UUID, state *State, metadata map[string]string,
 	stats *Stats) (*Session, error) {
 	var fields C.uint32_t
@@ -561,12 +563,19 @@ func (m *Manager) update(ctx context.Context, op string, id UUID, fields C.uint3
 		return nil, statusError(op, st)
 	}
 	var md []byte
-	if sc.mdStatus == C.AFSM_OK || sc.mdStatus == C.AFSM_EEXPIRED {
+	switch {
+	case sc.mdStatus == C.AFSM_OK || sc.mdStatus == C.AFSM_EEXPIRED:
 		md = sc.md[:sc.mdLen]
-	} else if sc.mdStatus == C.AFSM_EBUFFER && State(sc.info.state) != StateClosed {
-		if md, err = m.metadataOf(op, sc); err != nil {
-			return nil, err
+	case sc.mdStatus == C.AFSM_EBUFFER:
+		if State(sc.info.state) != StateClosed {
+			if md, err = m.metadataOf(op, sc); err != nil {
+				return nil, err
+			}
 		}
+	default:
+		// Deleted between the update and the metadata read: it no longer
+		// exists, and a copy would show it without its metadata.
+		return nil, statusError(op, sc.mdStatus)
 	}
 	return m.sessionFromC(&sc.info, md), nil
 }

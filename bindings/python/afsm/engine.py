@@ -962,7 +962,9 @@ class Engine:
         read after it), as in Go.
 
         Raises InvalidTransition, InvalidArgument (unknown state), TooLong,
-        NotFound, Expired.
+        NotFound (also when the session is deleted between the update and
+        the read of the result's metadata, a second C call: it no longer
+        exists when the call returns, as in Go), Expired.
         """
         upd = _lib.afsm_update()
         upd.version = _lib.AFSM_UPDATE_VERSION
@@ -990,9 +992,7 @@ class Engine:
         out = info_fields(info)
         if closing:
             return session_from_fields(out, _EMPTY if last is None else last)
-        # Deleted between the update and the metadata read: empty metadata, as in Go.
-        meta = self._metadata(out[F_SESSION_ID], out[F_METADATA_COUNT], out[F_METADATA_BYTES])
-        return session_from_fields(out, _EMPTY if meta is None else meta)
+        return self._session(out)
 
     @_gated
     def add_stats(self, session_id: UUIDLike, delta: Stats) -> None:
