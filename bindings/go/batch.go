@@ -31,7 +31,9 @@ func (m *Manager) checkEmpty(ctx context.Context, ids []UUID) error {
 }
 
 // GetMany is GetSession for many ids: sessions[i] is nil where errs[i] is
-// not.
+// not. A session deleted between the batch read and the read of its
+// metadata gets ErrSessionNotFound, as an id that never existed (as in
+// Python).
 func (m *Manager) GetMany(ctx context.Context, ids []UUID) ([]*Session, []error, error) {
 	const op = "GetMany"
 	if err := m.checkEmpty(ctx, ids); err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,9 @@ type bindingCase struct {
 		ServerAddrHex    string       `json:"server_addr_hex"`
 		KeyFile          *keyFileSpec `json:"key_file"`
 		ExpireOnCreated  bool         `json:"expire_on_created"`
+		// ExpireAfterSetup: a virtual clock jumps an hour ahead after the
+		// setup, past every setup session's deadline.
+		ExpireAfterSetup bool `json:"expire_after_setup"`
 	} `json:"config"`
 	Setup []struct {
 		UserID   string            `json:"user_id"`
@@ -75,9 +79,14 @@ type bindingCase struct {
 		IDs              int          `json:"ids"`
 		CloseFirst       bool         `json:"close_first"`
 		// DeleteBeforeMetadata: list deletes this many of the sessions it
-		// listed before it reads their metadata.
+		// listed before it reads their metadata; get, get_many,
+		// validate_token and update_state delete the session of each of
+		// their first n metadata reads just before it.
 		DeleteBeforeMetadata int   `json:"delete_before_metadata"`
 		NowNs                int64 `json:"now_ns"`
+		ByConnection         bool  `json:"by_connection"`
+		// Missing: get_many asks for this many ids that never existed too.
+		Missing int `json:"missing"`
 	} `json:"args"`
 	Expect struct {
 		OK        bool    `json:"ok"`
@@ -90,6 +99,10 @@ type bindingCase struct {
 		// finds (ok or expired) after the op.
 		CreatedLeft   *int    `json:"created_left"`
 		DeletedReason *string `json:"deleted_reason"`
+		// Items: get_many's per-id outcome, "ok" or an error name.
+		Items []string `json:"items"`
+		// Metadata: the metadata of the session the op returned.
+		Metadata map[string]string `json:"metadata"`
 	} `json:"expect"`
 }
 
@@ -103,6 +116,7 @@ var caseErrors = map[string]error{
 	"key_file":         ErrKeyFile,
 	"closed":           ErrClosed,
 	"expired":          ErrSessionExpired,
+	"not_found":        ErrSessionNotFound,
 }
 
 func mustHex(t *testing.T, s string) []byte {
@@ -171,9 +185,12 @@ func runCase(t *testing.T, c *bindingCase) {
 	// Every event, for the expect fields that look at them.
 	var evMu sync.Mutex
 	var events []Event
+	var now atomic.Int64
+	now.Store(1e12)
+	if c.Config.ExpireAfterSetup {
+		cfg.Clock = now.Load
+	}
 	if c.Config.ExpireOnCreated {
-		var now atomic.Int64
-		now.Store(1e12)
 		cfg.Clock = now.Load
 		cfg.OnEvent = func(e Event) {
 			evMu.Lock()
@@ -214,17 +231,31 @@ func runCase(t *testing.T, c *bindingCase) {
 		userID = strings.Repeat(a.UserIDRepeat[0].(string), int(a.UserIDRepeat[1].(float64)))
 	}
 	// Every session of the setup (none once closed).
-	var ids []UUID
+	var ids, conns []UUID
 	if all, _, err := m.ListSessions(ctx, nil); err == nil {
 		for _, s := range all {
 			ids = append(ids, s.SessionID)
+			conns = append(conns, s.ConnectionID)
 		}
+	}
+	if c.Config.ExpireAfterSetup {
+		now.Add(int64(time.Hour))
 	}
 	if a.CloseFirst {
 		if err := m.Close(); err != nil {
 			t.Fatal(err)
 		}
 		ids = nil
+	}
+	if n := a.DeleteBeforeMetadata; n > 0 && c.Op != "list" {
+		m.deleteBeforeMetadata(n)
+		defer func() {
+			// An expired get returns no copy, so Go reads no metadata
+			// there: no window, nothing deleted.
+			if left := m.deleteBeforeMetadata(0); left > 0 && c.Expect.Error != "expired" {
+				t.Errorf("%d fewer metadata reads than sessions to delete", left)
+			}
+		}()
 	}
 	var sess *Session
 	switch c.Op {
@@ -262,11 +293,11 @@ func runCase(t *testing.T, c *bindingCase) {
 	case "validate_token":
 		var token string
 		sess, token, err = m.CreateSessionWithOptions(ctx, &CreateOptions{UserID: "u", ClientIP: "10.0.0.1",
-			ClientPort: 1, ConnectionID: mustV7(t), BindToken: a.BindIP})
+			ClientPort: 1, ConnectionID: mustV7(t), BindToken: a.BindIP, Metadata: a.Metadata})
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = m.ValidateToken(ctx, token, a.ClientIP)
+		sess, err = m.ValidateToken(ctx, token, a.ClientIP)
 	case "list":
 		if n := a.DeleteBeforeMetadata; n > 0 {
 			m.listedHook = func(listed []UUID) {
@@ -289,12 +320,12 @@ func runCase(t *testing.T, c *bindingCase) {
 			}
 		}
 	case "update_state":
-		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), nil)
+		sess, _, err = m.CreateSession(ctx, "u", "10.0.0.1", 1, mustV7(t), a.Metadata)
 		if err != nil {
 			t.Fatal(err)
 		}
 		st := State(a.State)
-		_, err = m.UpdateSession(ctx, sess.SessionID, &st, nil, nil)
+		sess, err = m.UpdateSession(ctx, sess.SessionID, &st, nil, nil)
 	case "add_key":
 		key := mustHex(t, a.KeyHex)
 		err = m.AddKey(a.KeyID, key)
@@ -370,14 +401,32 @@ func runCase(t *testing.T, c *bindingCase) {
 		err = m.SetDefaultTimeout(time.Duration(a.TimeoutMs) * time.Millisecond)
 	case "add_stats_many": // with fewer (or more) deltas than ids
 		_, err = m.AddStatsMany(ctx, ids, make([]Stats, a.Deltas))
+	case "get":
+		if a.ByConnection {
+			sess, err = m.GetSessionByConnection(ctx, conns[0])
+		} else {
+			sess, err = m.GetSession(ctx, ids[0])
+		}
 	case "get_many":
-		_, _, err = m.GetMany(ctx, ids[:a.IDs])
+		asked := ids[:a.IDs]
+		for i := 0; i < a.Missing; i++ {
+			asked = append(asked, mustV7(t))
+		}
+		var got []*Session
+		var errs []error
+		got, errs, err = m.GetMany(ctx, asked)
+		if err == nil && c.Expect.Items != nil {
+			checkItems(t, c.Expect.Items, got, errs)
+		}
 	case "heartbeat_many":
 		_, _, err = m.HeartbeatMany(ctx, ids[:a.IDs])
 	default:
 		t.Fatalf("unknown op %q", c.Op)
 	}
 	checkOutcome(t, c, err, path)
+	if c.Expect.Metadata != nil && (sess == nil || !reflect.DeepEqual(sess.Metadata, c.Expect.Metadata)) {
+		t.Fatalf("session %+v, want metadata %v", sess, c.Expect.Metadata)
+	}
 	evMu.Lock()
 	defer evMu.Unlock()
 	if want := c.Expect.CreatedLeft; want != nil {
@@ -406,6 +455,32 @@ func runCase(t *testing.T, c *bindingCase) {
 				t.Fatalf("session %v: deleted %v with reason %q, want %q", e.SessionID, ok, r, *want)
 			}
 		}
+	}
+}
+
+// checkItems checks a batch's per-id outcomes against want ("ok" or an
+// error name); the items that fail with the same error name must carry the
+// same message, whatever made them fail.
+func checkItems(t *testing.T, want []string, got []*Session, errs []error) {
+	t.Helper()
+	if len(errs) != len(want) {
+		t.Fatalf("%d items, want %d", len(errs), len(want))
+	}
+	msgs := map[string]string{}
+	for i, w := range want {
+		if w == "ok" {
+			if errs[i] != nil || got[i] == nil {
+				t.Fatalf("item %d: %v, want a session", i, errs[i])
+			}
+			continue
+		}
+		if got[i] != nil || !errors.Is(errs[i], caseErrors[w]) {
+			t.Fatalf("item %d: session %v, error %v, want %s", i, got[i], errs[i], w)
+		}
+		if m, seen := msgs[w]; seen && m != errs[i].Error() {
+			t.Fatalf("item %d: %q, but an earlier %s item said %q", i, errs[i].Error(), w, m)
+		}
+		msgs[w] = errs[i].Error()
 	}
 }
 

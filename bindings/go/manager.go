@@ -220,6 +220,15 @@ type Manager struct {
 	listedHook func(ids []UUID)
 }
 
+// deleteBeforeMetadata, for tests only, makes the next n metadata reads on
+// this Manager's engine delete their session first (the shim reads a
+// session's info and then its metadata in one crossing, where no Go code
+// can run in between); 0 turns it off. It returns how many deletes of the
+// previous setting were left.
+func (m *Manager) deleteBeforeMetadata(n int) int {
+	return int(C.afsmgo_test_delete_before_metadata(m.eng, C.int(n)))
+}
+
 const gateStripes = 64
 
 // NewManager opens an engine. cfg may be nil for all defaults. Errors match

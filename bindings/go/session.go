@@ -334,7 +334,9 @@ func (m *Manager) token(ctx context.Context, op string, id UUID, rotate C.int, o
 // ErrTokenMalformed (truncated, garbled), ErrTokenForged (altered, or
 // sealed by another key under a known id), ErrUnknownKey, ErrKeyRemoved,
 // ErrTokenRevoked (rotated), ErrIPMismatch, ErrSessionNotFound,
-// ErrSessionExpired, ErrSessionClosed. Other errors: ErrInvalidIP
+// ErrSessionExpired, ErrSessionClosed (ErrSessionNotFound also when the
+// session is deleted between the token check and the read of its
+// metadata, as in Python). Other errors: ErrInvalidIP
 // (clientIP malformed), ErrOutOfMemory, ErrClosed, ctx.Err().
 func (m *Manager) ValidateToken(ctx context.Context, token, clientIP string) (*Session, error) {
 	const op = "ValidateToken"
@@ -455,9 +457,11 @@ func (m *Manager) Restore(ctx context.Context, sess *Session) error {
 	return statusError(op, C.afsmgo_restore(m.eng, info, a.ptr(), &sc.lens[0], C.size_t(len(sess.Metadata))))
 }
 
-// GetSession returns a copy of a session. Errors match ErrSessionNotFound,
-// ErrSessionExpired (its deadline passed, even before the reaper removed
-// it), ErrClosed or ctx.Err().
+// GetSession returns a copy of a session. Errors match ErrSessionNotFound
+// (also when the session is deleted between the read of its fields and
+// the read of its metadata, two C calls: it no longer exists when the call
+// returns, as in Python), ErrSessionExpired (its deadline passed, even
+// before the reaper removed it), ErrClosed or ctx.Err().
 func (m *Manager) GetSession(ctx context.Context, sessionID UUID) (*Session, error) {
 	return m.get(ctx, "GetSession", sessionID, false)
 }
@@ -500,11 +504,15 @@ func (m *Manager) get(ctx context.Context, op string, id UUID, byConn bool) (*Se
 // or nothing, and returns the result. Allowed state changes:
 // connecting->active, active<->idle, active/idle->disconnecting,
 // any->closed; setting StateClosed removes the session (the result is its
-// last copy).
+// last copy, metadata included: read just before the close, in the same
+// crossing, since a removed session's metadata cannot be read; as in
+// Python).
 //
-// Errors match ErrSessionNotFound, ErrSessionExpired,
-// ErrInvalidTransition, ErrInvalidArgument (state), ErrTooLong (metadata),
-// ErrOutOfMemory, ErrClosed or ctx.Err().
+// Errors match ErrSessionNotFound (also when the session is deleted
+// between the update and the read of the result's metadata, two C calls:
+// it no longer exists when the call returns, as in Python),
+// ErrSessionExpired, ErrInvalidTransition, ErrInvalidArgument (state),
+// ErrTooLong (metadata), ErrOutOfMemory, ErrClosed or ctx.Err().
 func (m *Manager) UpdateSession(ctx context.Context, sessionID UUID, state *State, metadata map[string]string,
 	stats *Stats) (*Session, error) {
 	var fields C.uint32_t
@@ -555,12 +563,19 @@ func (m *Manager) update(ctx context.Context, op string, id UUID, fields C.uint3
 		return nil, statusError(op, st)
 	}
 	var md []byte
-	if sc.mdStatus == C.AFSM_OK || sc.mdStatus == C.AFSM_EEXPIRED {
+	switch {
+	case sc.mdStatus == C.AFSM_OK || sc.mdStatus == C.AFSM_EEXPIRED:
 		md = sc.md[:sc.mdLen]
-	} else if sc.mdStatus == C.AFSM_EBUFFER && State(sc.info.state) != StateClosed {
-		if md, err = m.metadataOf(op, sc); err != nil {
-			return nil, err
+	case sc.mdStatus == C.AFSM_EBUFFER:
+		if State(sc.info.state) != StateClosed {
+			if md, err = m.metadataOf(op, sc); err != nil {
+				return nil, err
+			}
 		}
+	default:
+		// Deleted between the update and the metadata read: it no longer
+		// exists, and a copy would show it without its metadata.
+		return nil, statusError(op, sc.mdStatus)
 	}
 	return m.sessionFromC(&sc.info, md), nil
 }

@@ -3,6 +3,7 @@
  * exported in callbacks.go; the ctx they receive is a runtime/cgo.Handle
  * (an integer), never a Go pointer.
  */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "shim.h"
@@ -137,10 +138,36 @@ afsm_status afsmgo_restore(afsm_engine *e, const afsm_session_info *info, const 
     return afsm_session_restore(e, info, nkv != 0 ? kv : NULL, nkv);
 }
 
+/* Test-only (Manager.deleteBeforeMetadata, for the shared case table): the
+ * next test_delete_left metadata reads on test_delete_engine delete their
+ * session first, which puts a delete deterministically between a call's
+ * info read and its metadata read (two C calls in one crossing, which no Go
+ * code can reach in between). NULL outside that test: one relaxed load per
+ * metadata read. */
+static _Atomic(afsm_engine *) test_delete_engine;
+static _Atomic int test_delete_left;
+
+int afsmgo_test_delete_before_metadata(afsm_engine *e, int n)
+{
+    int left = atomic_exchange(&test_delete_left, n);
+    atomic_store(&test_delete_engine, n > 0 ? e : NULL);
+    return left;
+}
+
+static afsm_status read_metadata(afsm_engine *e, const afsm_uuid *id, char *md, size_t md_cap, size_t *needed)
+{
+    if (atomic_load_explicit(&test_delete_engine, memory_order_relaxed) == e) {
+        if (atomic_fetch_sub(&test_delete_left, 1) == 1)
+            atomic_store(&test_delete_engine, NULL);
+        afsm_session_delete(e, id, NULL, 0);
+    }
+    return afsm_session_get_metadata(e, id, md, md_cap, needed, NULL);
+}
+
 static afsm_status fetch_metadata(afsm_engine *e, const afsm_uuid *id, char *md, size_t md_cap, size_t *md_len)
 {
     size_t needed = 0;
-    afsm_status s = afsm_session_get_metadata(e, id, md_cap != 0 ? md : NULL, md_cap, &needed, NULL);
+    afsm_status s = read_metadata(e, id, md_cap != 0 ? md : NULL, md_cap, &needed);
     *md_len = needed;
     return s;
 }
@@ -184,8 +211,7 @@ void afsmgo_metadata_many(afsm_engine *e, const afsm_session_info *infos, size_t
             continue;
         size_t needed = 0;
         size_t room = md_cap - used;
-        afsm_status s =
-            afsm_session_get_metadata(e, &infos[i].session_id, room != 0 ? md + used : NULL, room, &needed, NULL);
+        afsm_status s = read_metadata(e, &infos[i].session_id, room != 0 ? md + used : NULL, room, &needed);
         statuses[i] = s;
         lens[i] = needed;
         if (s == AFSM_OK || s == AFSM_EEXPIRED)

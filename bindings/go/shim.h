@@ -66,6 +66,12 @@ afsm_status afsmgo_get(uintptr_t e, uint64_t id_hi, uint64_t id_lo, int by_conne
 void afsmgo_metadata_many(afsm_engine *e, const afsm_session_info *infos, size_t n, char *md, size_t md_cap,
                           size_t *offs, size_t *lens, afsm_status *statuses);
 
+/* Test-only: the next n metadata reads on e (afsmgo_get, afsmgo_validate,
+ * afsmgo_update, afsmgo_metadata_many) first delete their session; n = 0
+ * turns that off. Returns how many of the previous setting's deletes were
+ * left (0: all happened). */
+int afsmgo_test_delete_before_metadata(afsm_engine *e, int n);
+
 /* buf holds the metadata as for afsmgo_create (no user id or ip). The
  * result's metadata is fetched as for afsmgo_get: after the update, or
  * before it when the update closes (and so removes) the session. */

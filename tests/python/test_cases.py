@@ -29,6 +29,7 @@ ERRORS: dict[str, type[afsm.AfsmError]] = {
     "key_file": afsm.KeyFileError,
     "closed": afsm.EngineClosed,
     "expired": afsm.Expired,
+    "not_found": afsm.NotFound,
 }
 
 
@@ -56,24 +57,29 @@ def _user_id(args: dict[str, Any]) -> str:
     return ""
 
 
-class _ExpireOnCreated:
+class _VirtualClock:
     """A virtual clock that jumps an hour ahead at each CREATED event (fired
-    on the creating thread before the create returns), and every event."""
+    on the creating thread before the create returns) when on_created, or
+    when told (jump); and every event."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_created: bool) -> None:
         self.now = 1_000_000_000_000
+        self.on_created = on_created
         self.events: list[afsm.Event] = []
+
+    def jump(self) -> None:
+        self.now += 3600 * 10**9
 
     def clock(self) -> int:
         return self.now
 
     def on_event(self, event: afsm.Event) -> None:
         self.events.append(event)
-        if event.type is afsm.EventType.CREATED:
-            self.now += 3600 * 10**9
+        if self.on_created and event.type is afsm.EventType.CREATED:
+            self.jump()
 
 
-def _check_events(case: dict[str, Any], engine: afsm.Engine, hooks: _ExpireOnCreated) -> None:
+def _check_events(case: dict[str, Any], engine: afsm.Engine, hooks: _VirtualClock) -> None:
     expect = case["expect"]
     created = [e.session_id for e in hooks.events if e.type is afsm.EventType.CREATED]
     if "created_left" in expect:
@@ -133,26 +139,32 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
     if "key_file" in config:
         path = kw["key_file"] = _key_file(tmp, config["key_file"])
     hooks = None
-    if config.get("expire_on_created"):
-        hooks = _ExpireOnCreated()
+    if config.get("expire_on_created") or config.get("expire_after_setup"):
+        hooks = _VirtualClock(bool(config.get("expire_on_created")))
         kw["clock"], kw["on_event"] = hooks.clock, hooks.on_event
     if case["op"] == "open":
         afsm.Engine(**kw).close()
         return None, path
     with afsm.Engine(**kw) as engine:
         try:
-            return _run_op(case, tmp, engine, path)
+            return _run_op(case, tmp, engine, path, hooks)
         finally:
             if hooks is not None:
                 _check_events(case, engine, hooks)
                 assert not engine.callback_errors, list(engine.callback_errors)
 
 
-def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> tuple[Any, str]:
+def _run_op(
+    case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str, clock: _VirtualClock | None
+) -> tuple[Any, str]:
     op, args = case["op"], case.get("args", {})
-    for group in case.get("setup", []):
-        for _ in range(group["count"]):
-            make(engine, group["user_id"], metadata=group.get("metadata"))
+    setup = [
+        make(engine, group["user_id"], metadata=group.get("metadata"))
+        for group in case.get("setup", [])
+        for _ in range(group["count"])
+    ]
+    if clock is not None and case.get("config", {}).get("expire_after_setup"):
+        clock.jump()
     if op == "create":
         metadata = dict(args.get("metadata", {}))
         for k, v in args.get("metadata_hex", []):
@@ -173,14 +185,23 @@ def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> 
         )
         return session, path
     if op == "validate_token":
-        _, token = engine.create_session("u", "10.0.0.1", 1, bind_ip=args["bind_ip"])
-        return engine.validate_token(token, args["client_ip"]), path
+        _, token = engine.create_session(
+            "u", "10.0.0.1", 1, bind_ip=args["bind_ip"], metadata=args.get("metadata")
+        )
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
+            return engine.validate_token(token, args["client_ip"]), path
     if op == "list":
         with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
             return engine.list_sessions(user_id=_user_id(args), limit=args.get("limit", 0)), path
     if op == "update_state":
-        s = make(engine, "u")
-        return engine.update(s.id, state=args["state"]), path
+        s = make(engine, "u", metadata=args.get("metadata"))
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
+            return engine.update(s.id, state=args["state"]), path
+    if op == "get":
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
+            if args.get("by_connection"):
+                return engine.get_by_connection(setup[0].connection_id), path
+            return engine.get(setup[0].id), path
     if op == "add_key":
         key = bytes.fromhex(args["key_hex"])
         engine.add_key(args["key_id"], key)
@@ -195,8 +216,9 @@ def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> 
         engine.close()
     if op in ("get_many", "heartbeat_many"):
         ids = [s.id for s in engine.iter_sessions()] if not engine.closed else []
-        getattr(engine, op)(ids[: args["ids"]])
-        return None, path
+        ids = ids[: args["ids"]] + [afsm.uuid7() for _ in range(args.get("missing", 0))]
+        with _deleted_before_metadata(args.get("delete_before_metadata", 0)):
+            return getattr(engine, op)(ids), path
     if op == "delete":
         reason = _text(args["reason_hex"]) if "reason_hex" in args else ""
         if "reason_repeat" in args:
@@ -249,6 +271,20 @@ def _run_op(case: dict[str, Any], tmp: Path, engine: afsm.Engine, path: str) -> 
     raise AssertionError(f"unknown op {op!r}")
 
 
+def _check_items(want: list[str], got: list[Any]) -> None:
+    """A batch's per-id outcomes against want ("ok" or an error name); the
+    items failing with the same name must carry the same message, whatever
+    made them fail."""
+    assert len(got) == len(want)
+    messages: dict[str, str] = {}
+    for i, (w, item) in enumerate(zip(want, got)):
+        if w == "ok":
+            assert isinstance(item, afsm.Session), (i, item)
+            continue
+        assert isinstance(item, ERRORS[w]), (i, item)
+        assert messages.setdefault(w, str(item)) == str(item), (i, item, messages)
+
+
 def _key_file_path(case: dict[str, Any], tmp: Path) -> str:
     spec = case.get("config", {}).get("key_file") or case.get("args", {}).get("file")
     return str(tmp / "k") if spec else ""
@@ -265,9 +301,17 @@ def test_shared_binding_case(case: dict[str, Any], tmp_path: Path) -> None:
             assert len(result.sessions) == expect["count"]
         if "total" in expect:
             assert result.total == expect["total"]
+        if "metadata" in expect:
+            assert dict(result.metadata) == expect["metadata"]
+        if "items" in expect:
+            _check_items(expect["items"], result)
         return
     with pytest.raises(ERRORS[expect["error"]]) as info:
         _run(case, tmp_path)
+    copy = getattr(info.value, "session", None)
+    if copy is not None and case.get("setup"):
+        # A copy carried by an error is the session's, metadata included.
+        assert dict(copy.metadata) == case["setup"][0].get("metadata", {})
     if "detail" in expect:
         detail = expect["detail"].replace("{path}", _key_file_path(case, tmp_path))
         assert (info.value.detail or "") == detail

@@ -66,6 +66,8 @@ __all__ = ["Engine", "Handle"]
 log = logging.getLogger("afsm")
 
 _EMPTY: Mapping[str, str] = Metadata()
+# Holds any metadata the engine accepts (key NUL value NUL per pair), as Go's mdBufSize.
+_METADATA_BUF = _lib.AFSM_METADATA_BYTES_MAX + 2 * _lib.AFSM_METADATA_KEYS_MAX
 # The reason of the delete that undoes a create whose token step failed (Go: shim.c).
 _TOKEN_FAILED = b"token issue failed"
 _OK = _lib.AFSM_OK
@@ -654,10 +656,18 @@ class Engine:
             check(status)
 
     def _session(self, fields: tuple[Any, ...]) -> Session:
+        """The Session for a filled info, with its metadata read after it.
+
+        Raises NotFound (as for an id that never existed) when the session
+        was deleted between the two reads: it no longer exists when the
+        call returns, and its metadata is unknown (as in Go).
+        """
         meta = self._metadata(
             fields[F_SESSION_ID], fields[F_METADATA_COUNT], fields[F_METADATA_BYTES]
         )
-        return session_from_fields(fields, _EMPTY if meta is None else meta)
+        if meta is None:
+            raise error_for(_NOTFOUND)
+        return session_from_fields(fields, meta)
 
     def _listed(self, fields: Iterable[tuple[Any, ...]]) -> Iterator[Session]:
         """The listed sessions, skipping those deleted between the listing
@@ -672,12 +682,17 @@ class Engine:
         """The Session for a filled info, or raises for status."""
         if status != _OK and status != _EXPIRED:
             check(status)
-        session = self._session(fields)
-        if status == _EXPIRED:
-            exc = error_for(status)
-            exc.session = session  # type: ignore[attr-defined]
-            raise exc
-        return session
+        if status == _OK:
+            return self._session(fields)
+        exc = error_for(status)
+        # Expired, as in Go, even when removed (the reaper's business) before
+        # its metadata could be read; then with no copy, its metadata unknown.
+        meta = self._metadata(
+            fields[F_SESSION_ID], fields[F_METADATA_COUNT], fields[F_METADATA_BYTES]
+        )
+        if meta is not None:
+            exc.session = session_from_fields(fields, meta)  # type: ignore[attr-defined]
+        raise exc
 
     @_gated
     def create_session(
@@ -816,8 +831,10 @@ class Engine:
         garbled), ForgedToken (forged, altered, or another key with the
         same id), UnknownTokenKey, TokenKeyRemoved, TokenRevoked (rotated),
         IPMismatch (all InvalidToken); NotFound, Expired, Closed for a
-        genuine token whose session is gone, past its deadline or closed;
-        InvalidIP for a malformed ``client_ip``.
+        genuine token whose session is gone, past its deadline or closed
+        (NotFound also when it is deleted between the token check and the
+        read of its metadata, a second C call, as in Go); InvalidIP for a
+        malformed ``client_ip``.
         """
         raw = token_bytes(token)
         # "" is no address, as None (and as in Go): a bound token then fails
@@ -892,7 +909,11 @@ class Engine:
         """The session with this id.
 
         Raises NotFound; Expired (with ``.session`` set) when its deadline has
-        passed; InvalidUUID for malformed id text.
+        passed; InvalidUUID for malformed id text. Its metadata is read by a
+        second C call: a session deleted in between raises NotFound (it no
+        longer exists when the call returns), as in Go; an expired one
+        still raises Expired, then with ``.session`` None (its metadata is
+        unknown).
         """
         sid = uuid_to_c(session_id, "session_id")
         info = new_info()
@@ -936,10 +957,14 @@ class Engine:
         ``metadata`` is merged into the session's map, or becomes the whole
         map with ``replace_metadata=True`` (then ``None`` clears it).
         ``stats`` sets absolute values. Setting ``State.CLOSED`` removes the
-        session (the returned copy has empty metadata).
+        session; the returned copy is its last, metadata included (read
+        just before the close, since a removed session's metadata cannot be
+        read after it), as in Go.
 
         Raises InvalidTransition, InvalidArgument (unknown state), TooLong,
-        NotFound, Expired.
+        NotFound (also when the session is deleted between the update and
+        the read of the result's metadata, a second C call: it no longer
+        exists when the call returns, as in Go), Expired.
         """
         upd = _lib.afsm_update()
         upd.version = _lib.AFSM_UPDATE_VERSION
@@ -959,9 +984,15 @@ class Engine:
             upd.stats = stats_to_c(stats)
         upd.fields = fields
         sid = uuid_to_c(session_id, "session_id")
+        closing = state is not None and upd.state == State.CLOSED.value
+        # Gone before the close: the close itself then raises NotFound.
+        last = self._metadata(sid, 1, _METADATA_BUF) if closing else None
         info = new_info()
         check(_lib.lib.afsm_session_update(self._engine, byref(sid), byref(upd), byref(info)))
-        return self._session(info_fields(info))
+        out = info_fields(info)
+        if closing:
+            return session_from_fields(out, _EMPTY if last is None else last)
+        return self._session(out)
 
     @_gated
     def add_stats(self, session_id: UUIDLike, delta: Stats) -> None:
@@ -1118,7 +1149,9 @@ class Engine:
         """Gets many sessions with one C call per 65536.
 
         Returns, per id in order, the Session or the exception that
-        :meth:`get` would have raised (not raised).
+        :meth:`get` would have raised (not raised): NotFound also for a
+        session deleted between the batch read and its metadata read, the
+        same result as an id that never existed (as in Go).
         """
         ids = _id_batch(session_ids)
         results: list[Session | AfsmError] = []

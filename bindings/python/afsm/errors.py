@@ -149,7 +149,8 @@ class Expired(AfsmError):
     """The session's deadline has passed (``AFSM_EEXPIRED``).
 
     ``session`` holds the session's last copy when the library returned one
-    (``get`` does), else ``None``.
+    (``get`` does), else ``None`` (also when the session was removed before
+    ``get`` could read its metadata).
     """
 
     session: Any = None
