@@ -1,6 +1,7 @@
 """Small helpers shared by the daemon tests."""
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 
@@ -36,3 +37,16 @@ def wait_until(pred, timeout: float, interval: float = 0.02, what: str = "condit
         if time.monotonic() > deadline:
             raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
         time.sleep(interval)
+
+
+# A daemon that must refuse to start exits by itself within a second; one that starts and
+# serves instead is the bug, and this timeout turns it into a failure.
+EXIT_TIMEOUT_S = 8.0
+
+
+def exits(daemons, *args):
+    """Runs sessiond with args to its exit (the daemons fixture's run_to_exit)."""
+    try:
+        return daemons.run_to_exit(*args, timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail("sessiond %s started and served instead of refusing to start" % " ".join(args))

@@ -12,19 +12,9 @@ import time
 
 import pytest
 
-from helpers import create
+from helpers import create, exits
 from test_cli import LOADGEN
 
-# Every case here exits by itself within a second when the daemon is right; a
-# daemon that starts instead is the bug, and the timeout turns it into a failure.
-EXIT_TIMEOUT_S = 8.0
-
-
-def exits(daemons, *args):
-    try:
-        return daemons.run_to_exit(*args, timeout=EXIT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail("sessiond %s started and served instead of refusing to start" % " ".join(args))
 
 
 def test_a_port_held_by_another_sessiond_is_refused(daemons):

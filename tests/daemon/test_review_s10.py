@@ -10,27 +10,17 @@ import json
 import os
 import signal
 import struct
-import subprocess
 import time
 import zlib
-from concurrent import futures
 
 import grpc
 import pytest
 
-from helpers import create, expect_code, unique_user
+from helpers import create, exits, expect_code, unique_user
 
 C = grpc.StatusCode
 HEADER = 48
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "snapshot-v1.snap")
-EXIT_TIMEOUT_S = 8.0
-
-
-def exits(daemons, *args):
-    try:
-        return daemons.run_to_exit(*args, timeout=EXIT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail("sessiond %s started and served instead of refusing to start" % " ".join(args))
 
 
 def proc_status(pid: int, field: str) -> int:
