@@ -617,7 +617,7 @@ AFSM_API afsm_status afsm_session_delete_by_user(afsm_engine *engine, const char
 typedef struct afsm_list_filter {
     uint32_t version;    /* AFSM_LIST_FILTER_VERSION */
     uint32_t state;      /* AFSM_STATE_ANY or one state */
-    const char *user_id; /* NULL: every user */
+    const char *user_id; /* NULL (with user_id_len 0): every user */
     size_t user_id_len;
     int64_t created_after_ns;  /* wall clock, exclusive; 0: no bound */
     int64_t created_before_ns; /* wall clock, exclusive; 0: no bound */
@@ -640,7 +640,8 @@ AFSM_API afsm_status afsm_list_filter_init(afsm_list_filter *filter, unsigned in
  * visits every session that exists for the whole listing exactly once,
  * while other threads create and delete. Lock-free; costs a scan of the
  * engine (or of the user's sessions when user_id is set).
- * AFSM_ENULL, AFSM_EVERSION, AFSM_EINVAL (limit 0 or over the max, state,
+ * AFSM_ENULL (also filter.user_id NULL with a non-zero user_id_len),
+ * AFSM_EVERSION, AFSM_EINVAL (limit 0 or over the max, state,
  * out_capacity < limit), AFSM_ETOOLONG, AFSM_ENOMEM. */
 AFSM_API afsm_status afsm_session_list(afsm_engine *engine, const afsm_list_filter *filter, afsm_session_info *out,
                                        size_t out_capacity, size_t *count, uint64_t *total, afsm_uuid *next_cursor);

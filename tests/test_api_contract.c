@@ -1354,6 +1354,31 @@ static void test_callbacks_may_call_session_functions(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ---- the audit's leftovers (session 10) ------------------------------------------ */
+
+/* A NULL user_id with a length is a NULL pointer, not "every user". */
+static void test_list_null_user_id_with_a_length(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    create_session(engine, "one");
+    afsm_session_info out[4];
+    for (int i = 0; i < 4; i++)
+        afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+    afsm_list_filter f = AFSM_LIST_FILTER_INIT;
+    f.limit = 4;
+    f.user_id = NULL;
+    f.user_id_len = 5;
+    size_t count = 99;
+    uint64_t total = 99;
+    expect_detail(afsm_session_list(engine, &f, out, 4, &count, &total, NULL), AFSM_ENULL, "filter.user_id", "5");
+    f.user_id_len = 0; /* NULL and 0: every user */
+    assert_int_equal(afsm_session_list(engine, &f, out, 4, &count, &total, NULL), AFSM_OK);
+    assert_int_equal(count, 1);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1376,6 +1401,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_merges_rotations_and_reads),
         cmocka_unit_test(test_concurrent_default_timeout_changes),
         cmocka_unit_test(test_callbacks_may_call_session_functions),
+        cmocka_unit_test(test_list_null_user_id_with_a_length),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
