@@ -749,8 +749,12 @@ AFSM_API afsm_status afsm_token_rotate(afsm_engine *engine, const afsm_uuid *ses
  * (truncated, garbled), AFSM_ETOKEN (forged or altered), AFSM_ETOKENKEY
  * (unknown key), AFSM_EKEYREMOVED, AFSM_ENOTFOUND, AFSM_EEXPIRED,
  * AFSM_ECLOSED, AFSM_EREVOKED (rotated), AFSM_EIPMISMATCH; and AFSM_ENULL,
- * AFSM_EIP (client_ip malformed), AFSM_EVERSION. The cryptographic check is
- * constant-time: timing does not reveal which byte was wrong. Lock-free. */
+ * AFSM_EIP (client_ip malformed), AFSM_EVERSION. Each of those outcomes
+ * from AFSM_ETOKENFORMAT on is counted in session_token_validations_total;
+ * AFSM_ENOMEM (a thread's first call, when its per-thread record cannot be
+ * allocated) and AFSM_EUNAVAILABLE (etcd) are not: the token was never
+ * judged. The cryptographic check is constant-time: timing does not reveal
+ * which byte was wrong. Lock-free. */
 AFSM_API afsm_status afsm_token_validate(afsm_engine *engine, const char *token, size_t token_len,
                                          const char *client_ip, size_t client_ip_len, afsm_session_info *out);
 

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "mem_inspect.h"
+#include "util/alloc.h"
 #include "util/uuid.h"
 
 /* The status is want, and the detail contains every given fragment. */
@@ -1379,9 +1380,106 @@ static void test_list_null_user_id_with_a_length(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+#define OOM_THREADS_MAX 4096
+
+typedef struct validate_call {
+    afsm_engine *engine;
+    const char *token;
+    size_t len;
+    afsm_status status;
+    pthread_mutex_t *lock;
+    pthread_cond_t *release;
+    int *released;
+} validate_call;
+
+/* A thread's first call into the engine takes an epoch record: one a
+ * finished thread left behind, or a new allocation, which this makes fail.
+ * A thread that got a left-over record keeps it until it is released, so
+ * the next thread's call finds one fewer. */
+static void *validate_out_of_memory(void *arg)
+{
+    validate_call *c = arg;
+    alloc_fail_after_on_this_thread(0);
+    c->status = afsm_token_validate(c->engine, c->token, c->len, NULL, 0, NULL);
+    alloc_fail_after_on_this_thread(-1);
+    pthread_mutex_lock(c->lock);
+    while (!*c->released)
+        pthread_cond_wait(c->release, c->lock);
+    pthread_mutex_unlock(c->lock);
+    return NULL;
+}
+
+static uint64_t validations_total(const afsm_metrics *m)
+{
+    uint64_t sum = 0;
+    for (int i = 0; i < AFSM_TOKEN_RESULT_COUNT; i++)
+        sum += m->token_validations[i];
+    return sum;
+}
+
+/* Out of memory is not a malformed token: AFSM_ENOMEM, and no outcome
+ * counted (the token was never judged). */
+static void test_token_validation_out_of_memory(void **state)
+{
+    (void)state;
+    afsm_engine *engine = open_with_key(1, 0x42);
+    afsm_session_info s = create_session(engine, "oom");
+    char token[AFSM_TOKEN_SIZE];
+    size_t len = 0;
+    assert_int_equal(afsm_token_issue(engine, &s.session_id, 0, token, sizeof(token), &len), AFSM_OK);
+    afsm_metrics before = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(engine, &before), AFSM_OK);
+
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t release = PTHREAD_COND_INITIALIZER;
+    int released = 0;
+    static validate_call calls[OOM_THREADS_MAX];
+    static pthread_t threads[OOM_THREADS_MAX];
+    size_t started = 0, ok = 0;
+    afsm_status last = AFSM_OK;
+    pthread_attr_t small; /* many threads may wait at once */
+    assert_int_equal(pthread_attr_init(&small), 0);
+    assert_int_equal(pthread_attr_setstacksize(&small, 256 * 1024), 0);
+    /* Until a thread finds no left-over record (each validates once). */
+    while (started < OOM_THREADS_MAX && last == AFSM_OK) {
+        validate_call *c = &calls[started];
+        *c = (validate_call){.engine = engine,
+                             .token = token,
+                             .len = len,
+                             .status = 1,
+                             .lock = &lock,
+                             .release = &release,
+                             .released = &released};
+        assert_int_equal(pthread_create(&threads[started], &small, validate_out_of_memory, c), 0);
+        started++;
+        while (atomic_load_explicit((_Atomic afsm_status *)&c->status, memory_order_acquire) == 1) {
+        }
+        last = c->status;
+        ok += last == AFSM_OK;
+    }
+    pthread_mutex_lock(&lock);
+    released = 1;
+    pthread_cond_broadcast(&release);
+    pthread_mutex_unlock(&lock);
+    for (size_t i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    pthread_attr_destroy(&small);
+    assert_int_equal(last, AFSM_ENOMEM);
+    afsm_metrics after = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(engine, &after), AFSM_OK);
+    assert_int_equal(after.token_validations[AFSM_TOKEN_MALFORMED], before.token_validations[AFSM_TOKEN_MALFORMED]);
+    assert_int_equal(after.token_validations[AFSM_TOKEN_OK], before.token_validations[AFSM_TOKEN_OK] + ok);
+    assert_int_equal(validations_total(&after), validations_total(&before) + ok);
+    assert_int_equal(afsm_token_validate(engine, token, len, NULL, 0, NULL), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        /* First: it needs as many threads as earlier tests' threads left
+         * epoch records behind (thousands by the end of this program). */
+        cmocka_unit_test(test_token_validation_out_of_memory),
         cmocka_unit_test(test_detail_names_the_argument),
         cmocka_unit_test(test_batch_detail_names_the_element),
         cmocka_unit_test(test_versions_zero_and_future),
