@@ -116,7 +116,7 @@ AFSM_API const char *afsm_error_detail(void);
 #define AFSM_SERVER_ADDR_MAX    255   /* bytes */
 #define AFSM_REASON_MAX         256   /* bytes of a delete reason */
 #define AFSM_METADATA_KEYS_MAX  64    /* keys per session */
-#define AFSM_METADATA_BYTES_MAX 4096  /* sum of key and value lengths per session */
+#define AFSM_METADATA_BYTES_MAX 4096  /* sum of key and value lengths per session, as stored */
 #define AFSM_LIST_LIMIT_MAX     10000 /* sessions per list page */
 #define AFSM_BATCH_MAX          65536 /* items per batch call */
 #define AFSM_UUID_STRING_SIZE   37    /* 36 characters and a NUL */
@@ -181,7 +181,12 @@ typedef struct afsm_stats {
 } afsm_stats;
 
 /* One metadata entry. Keys are 1..255 bytes, values 0..4095; neither may
- * contain a NUL byte (AFSM_EINVAL). */
+ * contain a NUL byte (AFSM_EINVAL). Every call that takes metadata (create,
+ * restore, update) stores a key given twice once, with its last value, and
+ * applies AFSM_METADATA_BYTES_MAX to what it stores (for a merge, with the
+ * session's own keys): AFSM_ETOOLONG, the detail giving the stored total
+ * and the limit. A call gives at most AFSM_METADATA_KEYS_MAX entries,
+ * duplicates included. */
 typedef struct afsm_kv {
     const char *key;
     size_t key_len;

@@ -1474,6 +1474,48 @@ static void test_token_validation_out_of_memory(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* The 4096-byte bound is on what is stored: duplicate keys merged (the
+ * last wins) before it is counted, for every call that takes metadata. */
+static void test_metadata_bound_after_duplicates_merge(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    static char x[3000], y[3096];
+    memset(x, 'x', sizeof(x));
+    memset(y, 'y', sizeof(y));
+    /* 5002 bytes given, 2001 stored. */
+    afsm_kv fits[] = {{"k", 1, x, 3000}, {"k", 1, y, 2000}};
+    afsm_session_info s = create_with_metadata(engine, "dup", fits, 2);
+    assert_int_equal(s.metadata_count, 1);
+    afsm_session_info r = AFSM_SESSION_INFO_INIT;
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_METADATA_REPLACE;
+    up.metadata = fits;
+    up.metadata_count = 2;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &r), AFSM_OK);
+    up.fields = AFSM_UPDATE_METADATA_MERGE;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &r), AFSM_OK);
+    assert_int_equal(r.metadata_count, 1);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_restore(engine, &s, fits, 2), AFSM_OK);
+
+    /* Stored 3097 + 1001 = 4098: refused, the detail says both numbers. */
+    afsm_kv over[] = {{"a", 1, x, 3000}, {"b", 1, x, 1000}, {"a", 1, y, 3096}};
+    engine_picture before = picture(engine);
+    afsm_uuid conn;
+    afsm_create_options o = make_options("dup", "192.168.1.100", &conn);
+    o.metadata = over;
+    o.metadata_count = 3;
+    expect_detail(afsm_session_create(engine, &o, NULL), AFSM_ETOOLONG, "metadata", "4098", "4096");
+    up.fields = AFSM_UPDATE_METADATA_REPLACE;
+    up.metadata = over;
+    up.metadata_count = 3;
+    expect_detail(afsm_session_update(engine, &s.session_id, &up, NULL), AFSM_ETOOLONG, "4098", "4096");
+    assert_unchanged(engine, &before);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1500,6 +1542,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_default_timeout_changes),
         cmocka_unit_test(test_callbacks_may_call_session_functions),
         cmocka_unit_test(test_list_null_user_id_with_a_length),
+        cmocka_unit_test(test_metadata_bound_after_duplicates_merge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
