@@ -74,7 +74,7 @@ typedef int afsm_status;
 #define AFSM_ETOKENKEY    (-17) /* a token's key id was never in the key ring */
 #define AFSM_EREVOKED     (-18) /* a token was superseded by afsm_token_rotate */
 #define AFSM_EIPMISMATCH  (-19) /* a token bound to one IP was presented from another */
-#define AFSM_EKEYFILE     (-20) /* a key file is unreadable, has the wrong size, or is readable by others */
+#define AFSM_EKEYFILE     (-20) /* a key file is unreadable, the wrong size, another user's, or open to others */
 #define AFSM_EUNAVAILABLE (-21) /* the store cannot be reached */
 #define AFSM_EINTERNAL    (-22) /* a bug: please report it */
 #define AFSM_ETOKENFORMAT (-23) /* a token is truncated or not a token at all (bad prefix, length, encoding) */
@@ -335,7 +335,8 @@ typedef struct afsm_config {
     uint32_t max_sessions_per_user; /* 0: no cap */
     uint32_t limit_policy;          /* AFSM_LIMIT_REJECT or AFSM_LIMIT_EVICT_OLDEST */
     /* The first token key (afsm_key_add): key_len AFSM_KEY_BYTES bytes, or
-     * a key file of exactly that size, private to its owner. Neither: a
+     * a key file of exactly that size, private to its owner, who is root or
+     * this process's user (afsm_key_add_file). Neither: a
      * random key for this engine's life (tokens die with the process). */
     const uint8_t *key;
     size_t key_len;
@@ -776,8 +777,10 @@ AFSM_API afsm_status afsm_token_validate(afsm_engine *engine, const char *token,
  * AFSM_KEY_BYTES), AFSM_EKEYEXISTS (id in the ring), AFSM_ENOMEM. */
 AFSM_API afsm_status afsm_key_add(afsm_engine *engine, uint32_t key_id, const uint8_t *key, size_t key_len);
 /* As afsm_key_add, reading the key from a file of exactly AFSM_KEY_BYTES
- * bytes that no one but its owner may read or write (AFSM_EKEYFILE; the
- * detail says which: missing, unreadable, mode, size). */
+ * bytes, owned by root or by the process's effective user, that no one but
+ * its owner may read or write (ssh's rule for private keys). AFSM_EKEYFILE
+ * otherwise; the detail names the file and says which: missing,
+ * unreadable, not a regular file, owner, mode, size. */
 AFSM_API afsm_status afsm_key_add_file(afsm_engine *engine, uint32_t key_id, const char *path, size_t path_len);
 /* Makes a key in the ring the one that seals. AFSM_EKEYNOTFOUND. */
 AFSM_API afsm_status afsm_key_use(afsm_engine *engine, uint32_t key_id);

@@ -1516,6 +1516,64 @@ static void test_metadata_bound_after_duplicates_merge(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* A key file must be its owner's: ssh's rule for private keys. Owned by
+ * root or by this process's effective user, no group or other bits. */
+static void test_key_file_owner(void **state)
+{
+    (void)state;
+    if (geteuid() != 0)
+        skip(); /* chown to another uid needs root (CI runs as root) */
+    char dir[] = "/tmp/afsm-contract-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof(path), "%s/key", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    uint8_t key[AFSM_KEY_BYTES];
+    memset(key, 7, sizeof(key));
+    assert_int_equal(write(fd, key, sizeof(key)), (ssize_t)sizeof(key));
+    close(fd);
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+
+    int chowned = chown(path, 4242, 4242);
+    afsm_status other = afsm_key_add_file(engine, 3, path, strlen(path));
+    char detail[AFSM_ERROR_DETAIL_MAX];
+    snprintf(detail, sizeof(detail), "%s", afsm_error_detail());
+    afsm_status opened = AFSM_OK;
+    afsm_engine *refused = NULL;
+    if (chowned == 0) {
+        afsm_config kc = cfg;
+        kc.key_file = path;
+        kc.key_file_len = strlen(path);
+        kc.key_id = 4;
+        opened = afsm_engine_open(&kc, &refused);
+    }
+    int back = chown(path, 0, 0);
+    afsm_status group_writable = AFSM_OK, own = AFSM_OK;
+    if (back == 0 && chmod(path, 0620) == 0) {
+        group_writable = afsm_key_add_file(engine, 5, path, strlen(path));
+        assert_int_equal(chmod(path, 0600), 0);
+        own = afsm_key_add_file(engine, 6, path, strlen(path));
+    }
+    unlink(path);
+    rmdir(dir);
+    assert_int_equal(chowned, 0);
+    assert_int_equal(back, 0);
+    assert_int_equal(other, AFSM_EKEYFILE);
+    if (strstr(detail, path) == NULL || strstr(detail, "owned by uid 4242") == NULL)
+        fail_msg("detail \"%s\" lacks the path or the owner", detail);
+    assert_int_equal(opened, AFSM_EKEYFILE);
+    assert_null(refused);
+    assert_int_equal(afsm_key_use(engine, 3), AFSM_EKEYNOTFOUND);
+    assert_int_equal(group_writable, AFSM_EKEYFILE);
+    assert_int_equal(own, AFSM_OK);
+    assert_int_equal(afsm_key_use(engine, 6), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1543,6 +1601,7 @@ int main(void)
         cmocka_unit_test(test_callbacks_may_call_session_functions),
         cmocka_unit_test(test_list_null_user_id_with_a_length),
         cmocka_unit_test(test_metadata_bound_after_duplicates_merge),
+        cmocka_unit_test(test_key_file_owner),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
