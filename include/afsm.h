@@ -271,7 +271,7 @@ typedef void (*afsm_log_fn)(void *ctx, int level, const char *message, const afs
 typedef struct afsm_engine afsm_engine;
 
 #define AFSM_LIMIT_REJECT       0 /* a create over the cap fails with AFSM_ELIMIT */
-#define AFSM_LIMIT_EVICT_OLDEST 1 /* the user's oldest session is deleted ("evicted") */
+#define AFSM_LIMIT_EVICT_OLDEST 1 /* the user's oldest session is deleted ("evicted"): the newest stay */
 
 #define AFSM_REAPER_THREAD 0 /* an internal thread advances time every cleanup_interval */
 #define AFSM_REAPER_MANUAL 1 /* no thread: the caller calls afsm_engine_advance */
@@ -522,7 +522,13 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
  * Unix epoch or past the year 2116 and for a creation after the last
  * activity, AFSM_EEXISTS (its id or connection id
  * is taken), AFSM_EVERSION, AFSM_EINVAL (state, port, zero timeout),
- * AFSM_EUUID, AFSM_ETOOLONG, AFSM_ELIMIT, AFSM_ENOMEM; checks as create. */
+ * AFSM_EUUID, AFSM_ETOOLONG, AFSM_ELIMIT, AFSM_ENOMEM; checks as create.
+ * The per-user cap as for create (sessions are ordered by id, which is
+ * creation order), with one more rule under evict-oldest, which keeps a
+ * user's newest sessions: a copy older than every session of a user at
+ * the cap is refused with AFSM_ELIMIT (the detail says so) and nothing
+ * changes, rather than evicting a newer session for an older one. A copy
+ * newer than the user's oldest session evicts that one, as a create does. */
 AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_session_info *info, const afsm_kv *metadata,
                                           size_t metadata_count);
 

@@ -1357,6 +1357,55 @@ static void test_callbacks_may_call_session_functions(void **state)
 
 /* ---- the audit's leftovers (session 10) ------------------------------------------ */
 
+static afsm_engine *open_capped(virtual_clock *clock, uint32_t cap, uint32_t policy, uint64_t linger_ms)
+{
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 8;
+    cfg.max_sessions_per_user = cap;
+    cfg.limit_policy = policy;
+    cfg.close_linger_ms = linger_ms;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    return engine;
+}
+
+/* Evict-oldest keeps a user's newest sessions: restoring a copy older than
+ * every session of a full user would evict a newer, live one for an older
+ * one, so it is refused (AFSM_ELIMIT, a detail, nothing changed). A copy
+ * newer than the oldest still evicts the oldest, as a create does. */
+static void test_restore_older_than_a_full_user_is_refused(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_capped(&clock, 2, AFSM_LIMIT_EVICT_OLDEST, 0);
+    afsm_session_info a = create_session(engine, "cap");
+    afsm_session_info b = create_session(engine, "cap");
+    afsm_session_info c = create_session(engine, "cap"); /* evicts a */
+    afsm_session_info now = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &a.session_id, &now), AFSM_ENOTFOUND);
+    engine_picture before = picture(engine);
+    expect_detail(afsm_session_restore(engine, &a, NULL, 0), AFSM_ELIMIT, "older than", "2");
+    assert_int_equal(afsm_session_get(engine, &b.session_id, &now), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &c.session_id, &now), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &a.session_id, &now), AFSM_ENOTFOUND);
+    assert_unchanged(engine, &before);
+
+    /* A copy newer than the oldest (b) evicts b. */
+    assert_int_equal(afsm_session_delete(engine, &c.session_id, NULL, 0), AFSM_OK);
+    afsm_session_info d = create_session(engine, "cap");
+    assert_int_equal(afsm_session_restore(engine, &c, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &b.session_id, &now), AFSM_ENOTFOUND);
+    assert_int_equal(afsm_session_get(engine, &c.session_id, &now), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &d.session_id, &now), AFSM_OK);
+    engine_check_indexes(engine, 2);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* A NULL user_id with a length is a NULL pointer, not "every user". */
 static void test_list_null_user_id_with_a_length(void **state)
 {
@@ -1599,6 +1648,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_merges_rotations_and_reads),
         cmocka_unit_test(test_concurrent_default_timeout_changes),
         cmocka_unit_test(test_callbacks_may_call_session_functions),
+        cmocka_unit_test(test_restore_older_than_a_full_user_is_refused),
         cmocka_unit_test(test_list_null_user_id_with_a_length),
         cmocka_unit_test(test_metadata_bound_after_duplicates_merge),
         cmocka_unit_test(test_key_file_owner),

@@ -17,6 +17,7 @@
 #include "util/alloc.h"
 #include "util/clock.h"
 #include "util/epoch.h"
+#include "util/errdetail.h"
 #include "util/uuid.h"
 
 /* ---- create and restore -------------------------------------------------- */
@@ -215,7 +216,7 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     session *victim;
     user_entry *entry;
     uint32_t victim_state = 0;
-    int published = 0;
+    int published = 0, older_than_kept = 0;
     prefetch_for_create(s, sh, ch, uh, spec);
     for (;;) {
         victim = peek_victim(ms, spec);
@@ -247,6 +248,14 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     }
     if (over_cap && ms->config.limit_policy == AFSM_LIMIT_REJECT) {
         status = AFSM_ELIMIT;
+        goto unlock;
+    }
+    /* Evict-oldest keeps a user's newest sessions: a restored copy older
+     * than all of them would be the one to go, so it does not come in at
+     * the cost of a newer, live one. */
+    if (over_cap && spec->restore != NULL && uuid_compare(&s->id, &victim->id) < 0) {
+        status = AFSM_ELIMIT;
+        older_than_kept = 1;
         goto unlock;
     }
     /* The user's entry (holding the user id) before anything is visible:
@@ -297,6 +306,12 @@ unlock:
     if (status != AFSM_OK && published)
         mem_unref_locked(ms, s);
     lockset_release(ms->shards, &set);
+    /* After the locks: a thread's first detail allocates its buffer. */
+    if (older_than_kept)
+        errdetail_set(status,
+                      "info.session_id: older than every session of its user, who is at max_sessions_per_user (%u) "
+                      "under evict-oldest, which keeps the newest",
+                      ms->config.max_sessions_per_user);
     /* The new session's CREATED first: a callback on the victim's DELETED
      * may create again for this user and evict the new session, whose own
      * DELETED must then follow its CREATED. Delivered as a group: the
