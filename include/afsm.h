@@ -331,7 +331,8 @@ typedef struct afsm_config {
     void *event_ctx;
     afsm_log_fn on_log; /* may be NULL */
     void *log_ctx;
-    uint64_t close_linger_ms;       /* how long a closed session stays readable (0: removed at once) */
+    uint64_t close_linger_ms;       /* how long a closed session stays readable (0: removed at once),
+                                       counted from when it closed, also after a restore */
     uint32_t max_sessions_per_user; /* 0: no cap */
     uint32_t limit_policy;          /* AFSM_LIMIT_REJECT or AFSM_LIMIT_EVICT_OLDEST */
     /* The first token key (afsm_key_add): key_len AFSM_KEY_BYTES bytes, or
@@ -517,8 +518,11 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
  * their tokens survive a restart. The deadline is taken from
  * info->last_active_at_ns (wall clock) and the timeout; times before the
  * engine clock's zero (a clock younger than the session) are clamped to
- * it. No CREATED event fires: the session is not new. AFSM_EEXPIRED (it
- * expired meanwhile: nothing done), AFSM_EINVAL also for times before the
+ * it. No CREATED event fires: the session is not new. A CLOSED copy's
+ * last_active_at_ns is when it closed (closing stamps it); it lingers what
+ * is left of close_linger_ms from then, not a whole linger from the
+ * restore. AFSM_EEXPIRED (it expired meanwhile, or a CLOSED copy's linger
+ * is over: nothing done), AFSM_EINVAL also for times before the
  * Unix epoch or past the year 2116 and for a creation after the last
  * activity, AFSM_EEXISTS (its id or connection id
  * is taken), AFSM_EVERSION, AFSM_EINVAL (state, port, zero timeout),
@@ -578,7 +582,8 @@ AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version)
  * Allowed state changes:
  * connecting->active, active<->idle, active/idle->disconnecting, any->closed
  * (a change to the current state is a no-op). Setting closed fires the
- * event and removes the session. Two threads merging different keys at
+ * event, sets last-active to the time it closed, and removes the session
+ * (at once, or after close_linger_ms). Two threads merging different keys at
  * once both land. out (may be NULL) receives the result.
  * AFSM_ENULL, AFSM_EVERSION, AFSM_EINVAL (fields, state), AFSM_ETOOLONG,
  * AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ETRANSITION, AFSM_ENOMEM. */

@@ -1406,6 +1406,52 @@ static void test_restore_older_than_a_full_user_is_refused(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* What a get of id answers once the engine has advanced to at_ns. */
+static afsm_status get_after_advance(afsm_engine *engine, virtual_clock *clock, const afsm_uuid *id, uint64_t at_ns)
+{
+    virtual_clock_set(clock, at_ns);
+    assert_int_equal(afsm_engine_advance(engine, at_ns, NULL), AFSM_OK);
+    afsm_session_info now = AFSM_SESSION_INFO_INIT;
+    return afsm_session_get(engine, id, &now);
+}
+
+/* A restored CLOSED copy lingers what was left of its linger, counted from
+ * when it closed (its last_active_at_ns), not from the restore. */
+static void test_restored_closed_copy_lingers_only_what_was_left(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_capped(&clock, 0, AFSM_LIMIT_REJECT, 5000);
+    afsm_session_info s = create_session(engine, "linger"); /* at 1000 s */
+    virtual_clock_set(&clock, 1001 * SEC);
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_STATE;
+    up.state = AFSM_STATE_CLOSED;
+    afsm_session_info closed = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &closed), AFSM_OK); /* lingers to 1006 s */
+    assert_int_equal(closed.state, AFSM_STATE_CLOSED);
+    assert_int_equal(closed.last_active_at_ns - s.created_at_ns, 1 * (int64_t)SEC); /* when it closed */
+
+    virtual_clock_set(&clock, 1003 * SEC);
+    afsm_session_info copy = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &s.session_id, &copy), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_restore(engine, &copy, NULL, 0), AFSM_OK);
+    assert_int_equal(get_after_advance(engine, &clock, &s.session_id, 1005 * SEC + 500 * MS), AFSM_OK);
+    /* 5 s after it closed (and a tick): gone, not 5 s after the restore. */
+    assert_int_equal(get_after_advance(engine, &clock, &s.session_id, 1006 * SEC + 300 * MS), AFSM_ENOTFOUND);
+    /* A copy that closed longer ago than the linger (in wall time, as
+     * copies state it: 6 s before this one) is of a session already gone. */
+    afsm_session_info gone = copy;
+    gone.created_at_ns -= 6 * (int64_t)SEC;
+    gone.last_active_at_ns -= 6 * (int64_t)SEC;
+    engine_picture before = picture(engine);
+    assert_int_equal(afsm_session_restore(engine, &gone, NULL, 0), AFSM_EEXPIRED);
+    assert_unchanged(engine, &before);
+    engine_check_indexes(engine, 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* A NULL user_id with a length is a NULL pointer, not "every user". */
 static void test_list_null_user_id_with_a_length(void **state)
 {
@@ -1649,6 +1695,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_default_timeout_changes),
         cmocka_unit_test(test_callbacks_may_call_session_functions),
         cmocka_unit_test(test_restore_older_than_a_full_user_is_refused),
+        cmocka_unit_test(test_restored_closed_copy_lingers_only_what_was_left),
         cmocka_unit_test(test_list_null_user_id_with_a_length),
         cmocka_unit_test(test_metadata_bound_after_duplicates_merge),
         cmocka_unit_test(test_key_file_owner),

@@ -128,8 +128,11 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
         atomic_init(&s->bytes_received, old->stats.bytes_received);
         atomic_init(&s->retransmissions, old->stats.retransmissions);
         atomic_init(&s->rtt_ms, old->stats.current_rtt_ms);
+        /* A closed copy's last activity is when it closed (mem_update
+         * stamps it): what is left of its linger runs from there, not from
+         * the restore. */
         if (old->state == AFSM_STATE_CLOSED)
-            atomic_init(&s->last_traffic_ns, now); /* the linger starts again */
+            atomic_init(&s->last_traffic_ns, last_active);
     }
     *out = s;
     return AFSM_OK;
@@ -145,6 +148,9 @@ static int restored_expired(mem_store *ms, const session_spec *spec)
     int64_t deadline = old->last_active_at_ns + (int64_t)(old->timeout_ms * 1000000u);
     if (ms->config.max_lifetime_ns != 0 && old->created_at_ns + (int64_t)ms->config.max_lifetime_ns < deadline)
         deadline = old->created_at_ns + (int64_t)ms->config.max_lifetime_ns;
+    /* A closed copy whose linger is over is gone too. */
+    if (old->state == AFSM_STATE_CLOSED && old->last_active_at_ns + (int64_t)ms->config.close_linger_ns <= now_wall)
+        return 1;
     return deadline <= now_wall;
 }
 
@@ -587,6 +593,10 @@ afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afs
         status = metadata_merge(NULL, u->metadata, u->metadata_count, &new_meta);
     if (status != AFSM_OK)
         goto unlock;
+    /* Closing is the session's last activity: a copy then says when it
+     * closed, and a restore of it lingers only what was left (build). */
+    if (closing && old_state != AFSM_STATE_CLOSED)
+        sync_store_max_u64(&s->last_active_ns, now);
     /* The copy a close returns is the session's last word: counts still
      * deferred in a pinned handle (afsm_handle_packet) go in first. */
     if (closing && atomic_load_explicit(&s->refs, memory_order_relaxed) > 1)
