@@ -229,9 +229,15 @@ afsm_status keyring_read_file(const char *path, size_t path_len, uint8_t key[AFS
     }
     struct stat st;
     afsm_status status = AFSM_OK;
-    /* A key others can read is a key others have: refuse it outright. */
+    /* A key others can read is a key others have: refuse it outright. So
+     * is one another user owns (ssh's rule for private keys): they may
+     * read it, or chmod it open, whenever they like. */
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
         status = errdetail_set(AFSM_EKEYFILE, "key file %.160s: not a regular file", name);
+    else if (st.st_uid != 0 && st.st_uid != geteuid())
+        status = errdetail_set(AFSM_EKEYFILE,
+                               "key file %.160s: owned by uid %u, must be owned by root or uid %u (this process)", name,
+                               (unsigned)st.st_uid, (unsigned)geteuid());
     else if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
         status = errdetail_set(AFSM_EKEYFILE,
                                "key file %.160s: mode %04o, must not be readable or writable by group or others "

@@ -329,6 +329,11 @@ AFSM_API afsm_status afsm_session_list(afsm_engine *engine, const afsm_list_filt
                              filter->limit);
     if (filter->state > AFSM_STATE_CLOSED)
         return errdetail_set(AFSM_EINVAL, "filter.state: %u, must be 0..%d (0: any)", filter->state, AFSM_STATE_CLOSED);
+    /* NULL means every user only with length 0: a length says the caller
+     * meant a user, and lost the pointer. */
+    if (filter->user_id == NULL && filter->user_id_len != 0)
+        return errdetail_set(AFSM_ENULL, "filter.user_id: NULL with filter.user_id_len %zu (NULL and 0: every user)",
+                             filter->user_id_len);
     if (filter->user_id != NULL) {
         afsm_status status = check_user_id(filter->user_id, filter->user_id_len);
         if (status != AFSM_OK)

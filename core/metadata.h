@@ -27,7 +27,8 @@ typedef struct metadata {
 /* Checks caller input against the bounds: AFSM_ENULL (kvs NULL with a
  * count, or a NULL key / non-empty NULL value), AFSM_EINVAL (empty key, NUL
  * inside), AFSM_ETOOLONG (over 64 keys, a key over 255 bytes, or over 4 KiB
- * in all). Duplicate keys are allowed: the last one wins. */
+ * in all as stored). Duplicate keys are allowed: the last one wins, and
+ * only it counts toward the 4 KiB. */
 afsm_status metadata_validate(const afsm_kv *kvs, size_t count);
 
 /* A blob of base's entries overlaid with kvs (base may be NULL: kvs alone).

@@ -20,7 +20,10 @@
 
 /* ---- counting ------------------------------------------------------------ */
 
-static afsm_token_result result_of(afsm_status status)
+/* Not an outcome: the token was never judged (AFSM_ENOMEM, AFSM_EUNAVAILABLE, ...). */
+#define NOT_JUDGED AFSM_TOKEN_RESULT_COUNT
+
+static unsigned result_of(afsm_status status)
 {
     switch (status) {
     case AFSM_OK:
@@ -41,8 +44,10 @@ static afsm_token_result result_of(afsm_status status)
         return AFSM_TOKEN_REVOKED;
     case AFSM_EIPMISMATCH:
         return AFSM_TOKEN_IP_MISMATCH;
-    default:
+    case AFSM_ETOKENFORMAT:
         return AFSM_TOKEN_MALFORMED;
+    default:
+        return NOT_JUDGED;
     }
 }
 
@@ -56,11 +61,14 @@ static unsigned thread_stripe(void)
     return stripe_plus_one - 1;
 }
 
+/* A failure of the engine (out of memory, etcd unreachable) says nothing
+ * of the token: counted as an outcome it would raise an alarm on forged or
+ * malformed tokens that no client sent. */
 static afsm_status counted(afsm_engine *engine, afsm_status status)
 {
-    if (!engine->config.disable_metrics)
-        atomic_fetch_add_explicit(&engine->token_counts[thread_stripe()].results[result_of(status)], 1,
-                                  memory_order_relaxed);
+    unsigned result = result_of(status);
+    if (!engine->config.disable_metrics && result != NOT_JUDGED)
+        atomic_fetch_add_explicit(&engine->token_counts[thread_stripe()].results[result], 1, memory_order_relaxed);
     return status;
 }
 

@@ -74,7 +74,7 @@ typedef int afsm_status;
 #define AFSM_ETOKENKEY    (-17) /* a token's key id was never in the key ring */
 #define AFSM_EREVOKED     (-18) /* a token was superseded by afsm_token_rotate */
 #define AFSM_EIPMISMATCH  (-19) /* a token bound to one IP was presented from another */
-#define AFSM_EKEYFILE     (-20) /* a key file is unreadable, has the wrong size, or is readable by others */
+#define AFSM_EKEYFILE     (-20) /* a key file is unreadable, the wrong size, another user's, or open to others */
 #define AFSM_EUNAVAILABLE (-21) /* the store cannot be reached */
 #define AFSM_EINTERNAL    (-22) /* a bug: please report it */
 #define AFSM_ETOKENFORMAT (-23) /* a token is truncated or not a token at all (bad prefix, length, encoding) */
@@ -116,7 +116,7 @@ AFSM_API const char *afsm_error_detail(void);
 #define AFSM_SERVER_ADDR_MAX    255   /* bytes */
 #define AFSM_REASON_MAX         256   /* bytes of a delete reason */
 #define AFSM_METADATA_KEYS_MAX  64    /* keys per session */
-#define AFSM_METADATA_BYTES_MAX 4096  /* sum of key and value lengths per session */
+#define AFSM_METADATA_BYTES_MAX 4096  /* sum of key and value lengths per session, as stored */
 #define AFSM_LIST_LIMIT_MAX     10000 /* sessions per list page */
 #define AFSM_BATCH_MAX          65536 /* items per batch call */
 #define AFSM_UUID_STRING_SIZE   37    /* 36 characters and a NUL */
@@ -181,7 +181,12 @@ typedef struct afsm_stats {
 } afsm_stats;
 
 /* One metadata entry. Keys are 1..255 bytes, values 0..4095; neither may
- * contain a NUL byte (AFSM_EINVAL). */
+ * contain a NUL byte (AFSM_EINVAL). Every call that takes metadata (create,
+ * restore, update) stores a key given twice once, with its last value, and
+ * applies AFSM_METADATA_BYTES_MAX to what it stores (for a merge, with the
+ * session's own keys): AFSM_ETOOLONG, the detail giving the stored total
+ * and the limit. A call gives at most AFSM_METADATA_KEYS_MAX entries,
+ * duplicates included. */
 typedef struct afsm_kv {
     const char *key;
     size_t key_len;
@@ -266,7 +271,7 @@ typedef void (*afsm_log_fn)(void *ctx, int level, const char *message, const afs
 typedef struct afsm_engine afsm_engine;
 
 #define AFSM_LIMIT_REJECT       0 /* a create over the cap fails with AFSM_ELIMIT */
-#define AFSM_LIMIT_EVICT_OLDEST 1 /* the user's oldest session is deleted ("evicted") */
+#define AFSM_LIMIT_EVICT_OLDEST 1 /* the user's oldest session is deleted ("evicted"): the newest stay */
 
 #define AFSM_REAPER_THREAD 0 /* an internal thread advances time every cleanup_interval */
 #define AFSM_REAPER_MANUAL 1 /* no thread: the caller calls afsm_engine_advance */
@@ -326,11 +331,13 @@ typedef struct afsm_config {
     void *event_ctx;
     afsm_log_fn on_log; /* may be NULL */
     void *log_ctx;
-    uint64_t close_linger_ms;       /* how long a closed session stays readable (0: removed at once) */
+    uint64_t close_linger_ms;       /* how long a closed session stays readable (0: removed at once),
+                                       counted from when it closed, also after a restore */
     uint32_t max_sessions_per_user; /* 0: no cap */
     uint32_t limit_policy;          /* AFSM_LIMIT_REJECT or AFSM_LIMIT_EVICT_OLDEST */
     /* The first token key (afsm_key_add): key_len AFSM_KEY_BYTES bytes, or
-     * a key file of exactly that size, private to its owner. Neither: a
+     * a key file of exactly that size, private to its owner, who is root or
+     * this process's user (afsm_key_add_file). Neither: a
      * random key for this engine's life (tokens die with the process). */
     const uint8_t *key;
     size_t key_len;
@@ -511,12 +518,21 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
  * their tokens survive a restart. The deadline is taken from
  * info->last_active_at_ns (wall clock) and the timeout; times before the
  * engine clock's zero (a clock younger than the session) are clamped to
- * it. No CREATED event fires: the session is not new. AFSM_EEXPIRED (it
- * expired meanwhile: nothing done), AFSM_EINVAL also for times before the
+ * it. No CREATED event fires: the session is not new. A CLOSED copy's
+ * last_active_at_ns is when it closed (closing stamps it); it lingers what
+ * is left of close_linger_ms from then, not a whole linger from the
+ * restore. AFSM_EEXPIRED (it expired meanwhile, or a CLOSED copy's linger
+ * is over: nothing done), AFSM_EINVAL also for times before the
  * Unix epoch or past the year 2116 and for a creation after the last
  * activity, AFSM_EEXISTS (its id or connection id
  * is taken), AFSM_EVERSION, AFSM_EINVAL (state, port, zero timeout),
- * AFSM_EUUID, AFSM_ETOOLONG, AFSM_ELIMIT, AFSM_ENOMEM; checks as create. */
+ * AFSM_EUUID, AFSM_ETOOLONG, AFSM_ELIMIT, AFSM_ENOMEM; checks as create.
+ * The per-user cap as for create (sessions are ordered by id, which is
+ * creation order), with one more rule under evict-oldest, which keeps a
+ * user's newest sessions: a copy older than every session of a user at
+ * the cap is refused with AFSM_ELIMIT (the detail says so) and nothing
+ * changes, rather than evicting a newer session for an older one. A copy
+ * newer than the user's oldest session evicts that one, as a create does. */
 AFSM_API afsm_status afsm_session_restore(afsm_engine *engine, const afsm_session_info *info, const afsm_kv *metadata,
                                           size_t metadata_count);
 
@@ -566,7 +582,8 @@ AFSM_API afsm_status afsm_update_init(afsm_update *update, unsigned int version)
  * Allowed state changes:
  * connecting->active, active<->idle, active/idle->disconnecting, any->closed
  * (a change to the current state is a no-op). Setting closed fires the
- * event and removes the session. Two threads merging different keys at
+ * event, sets last-active to the time it closed, and removes the session
+ * (at once, or after close_linger_ms). Two threads merging different keys at
  * once both land. out (may be NULL) receives the result.
  * AFSM_ENULL, AFSM_EVERSION, AFSM_EINVAL (fields, state), AFSM_ETOOLONG,
  * AFSM_ENOTFOUND, AFSM_EEXPIRED, AFSM_ETRANSITION, AFSM_ENOMEM. */
@@ -617,7 +634,7 @@ AFSM_API afsm_status afsm_session_delete_by_user(afsm_engine *engine, const char
 typedef struct afsm_list_filter {
     uint32_t version;    /* AFSM_LIST_FILTER_VERSION */
     uint32_t state;      /* AFSM_STATE_ANY or one state */
-    const char *user_id; /* NULL: every user */
+    const char *user_id; /* NULL (with user_id_len 0): every user */
     size_t user_id_len;
     int64_t created_after_ns;  /* wall clock, exclusive; 0: no bound */
     int64_t created_before_ns; /* wall clock, exclusive; 0: no bound */
@@ -640,7 +657,8 @@ AFSM_API afsm_status afsm_list_filter_init(afsm_list_filter *filter, unsigned in
  * visits every session that exists for the whole listing exactly once,
  * while other threads create and delete. Lock-free; costs a scan of the
  * engine (or of the user's sessions when user_id is set).
- * AFSM_ENULL, AFSM_EVERSION, AFSM_EINVAL (limit 0 or over the max, state,
+ * AFSM_ENULL (also filter.user_id NULL with a non-zero user_id_len),
+ * AFSM_EVERSION, AFSM_EINVAL (limit 0 or over the max, state,
  * out_capacity < limit), AFSM_ETOOLONG, AFSM_ENOMEM. */
 AFSM_API afsm_status afsm_session_list(afsm_engine *engine, const afsm_list_filter *filter, afsm_session_info *out,
                                        size_t out_capacity, size_t *count, uint64_t *total, afsm_uuid *next_cursor);
@@ -748,8 +766,12 @@ AFSM_API afsm_status afsm_token_rotate(afsm_engine *engine, const afsm_uuid *ses
  * (truncated, garbled), AFSM_ETOKEN (forged or altered), AFSM_ETOKENKEY
  * (unknown key), AFSM_EKEYREMOVED, AFSM_ENOTFOUND, AFSM_EEXPIRED,
  * AFSM_ECLOSED, AFSM_EREVOKED (rotated), AFSM_EIPMISMATCH; and AFSM_ENULL,
- * AFSM_EIP (client_ip malformed), AFSM_EVERSION. The cryptographic check is
- * constant-time: timing does not reveal which byte was wrong. Lock-free. */
+ * AFSM_EIP (client_ip malformed), AFSM_EVERSION. Each of those outcomes
+ * from AFSM_ETOKENFORMAT on is counted in session_token_validations_total;
+ * AFSM_ENOMEM (a thread's first call, when its per-thread record cannot be
+ * allocated) and AFSM_EUNAVAILABLE (etcd) are not: the token was never
+ * judged. The cryptographic check is constant-time: timing does not reveal
+ * which byte was wrong. Lock-free. */
 AFSM_API afsm_status afsm_token_validate(afsm_engine *engine, const char *token, size_t token_len,
                                          const char *client_ip, size_t client_ip_len, afsm_session_info *out);
 
@@ -766,8 +788,10 @@ AFSM_API afsm_status afsm_token_validate(afsm_engine *engine, const char *token,
  * AFSM_KEY_BYTES), AFSM_EKEYEXISTS (id in the ring), AFSM_ENOMEM. */
 AFSM_API afsm_status afsm_key_add(afsm_engine *engine, uint32_t key_id, const uint8_t *key, size_t key_len);
 /* As afsm_key_add, reading the key from a file of exactly AFSM_KEY_BYTES
- * bytes that no one but its owner may read or write (AFSM_EKEYFILE; the
- * detail says which: missing, unreadable, mode, size). */
+ * bytes, owned by root or by the process's effective user, that no one but
+ * its owner may read or write (ssh's rule for private keys). AFSM_EKEYFILE
+ * otherwise; the detail names the file and says which: missing,
+ * unreadable, not a regular file, owner, mode, size. */
 AFSM_API afsm_status afsm_key_add_file(afsm_engine *engine, uint32_t key_id, const char *path, size_t path_len);
 /* Makes a key in the ring the one that seals. AFSM_EKEYNOTFOUND. */
 AFSM_API afsm_status afsm_key_use(afsm_engine *engine, uint32_t key_id);

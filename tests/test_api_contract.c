@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "mem_inspect.h"
+#include "util/alloc.h"
 #include "util/uuid.h"
 
 /* The status is want, and the detail contains every given fragment. */
@@ -1354,9 +1355,326 @@ static void test_callbacks_may_call_session_functions(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* ---- the audit's leftovers (session 10) ------------------------------------------ */
+
+static afsm_engine *open_capped(virtual_clock *clock, uint32_t cap, uint32_t policy, uint64_t linger_ms)
+{
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(clock, 1000 * SEC);
+    cfg.clock = virtual_clock_read;
+    cfg.clock_ctx = clock;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    cfg.shard_count = 8;
+    cfg.max_sessions_per_user = cap;
+    cfg.limit_policy = policy;
+    cfg.close_linger_ms = linger_ms;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+    return engine;
+}
+
+/* Evict-oldest keeps a user's newest sessions: restoring a copy older than
+ * every session of a full user would evict a newer, live one for an older
+ * one, so it is refused (AFSM_ELIMIT, a detail, nothing changed). A copy
+ * newer than the oldest still evicts the oldest, as a create does. */
+static void test_restore_older_than_a_full_user_is_refused(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_capped(&clock, 2, AFSM_LIMIT_EVICT_OLDEST, 0);
+    afsm_session_info a = create_session(engine, "cap");
+    afsm_session_info b = create_session(engine, "cap");
+    afsm_session_info c = create_session(engine, "cap"); /* evicts a */
+    afsm_session_info now = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &a.session_id, &now), AFSM_ENOTFOUND);
+    engine_picture before = picture(engine);
+    expect_detail(afsm_session_restore(engine, &a, NULL, 0), AFSM_ELIMIT, "older than", "2");
+    assert_int_equal(afsm_session_get(engine, &b.session_id, &now), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &c.session_id, &now), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &a.session_id, &now), AFSM_ENOTFOUND);
+    assert_unchanged(engine, &before);
+
+    /* A copy newer than the oldest (b) evicts b. */
+    assert_int_equal(afsm_session_delete(engine, &c.session_id, NULL, 0), AFSM_OK);
+    afsm_session_info d = create_session(engine, "cap");
+    assert_int_equal(afsm_session_restore(engine, &c, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &b.session_id, &now), AFSM_ENOTFOUND);
+    assert_int_equal(afsm_session_get(engine, &c.session_id, &now), AFSM_OK);
+    assert_int_equal(afsm_session_get(engine, &d.session_id, &now), AFSM_OK);
+    engine_check_indexes(engine, 2);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* What a get of id answers once the engine has advanced to at_ns. */
+static afsm_status get_after_advance(afsm_engine *engine, virtual_clock *clock, const afsm_uuid *id, uint64_t at_ns)
+{
+    virtual_clock_set(clock, at_ns);
+    assert_int_equal(afsm_engine_advance(engine, at_ns, NULL), AFSM_OK);
+    afsm_session_info now = AFSM_SESSION_INFO_INIT;
+    return afsm_session_get(engine, id, &now);
+}
+
+/* A restored CLOSED copy lingers what was left of its linger, counted from
+ * when it closed (its last_active_at_ns), not from the restore. */
+static void test_restored_closed_copy_lingers_only_what_was_left(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_capped(&clock, 0, AFSM_LIMIT_REJECT, 5000);
+    afsm_session_info s = create_session(engine, "linger"); /* at 1000 s */
+    virtual_clock_set(&clock, 1001 * SEC);
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_STATE;
+    up.state = AFSM_STATE_CLOSED;
+    afsm_session_info closed = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &closed), AFSM_OK); /* lingers to 1006 s */
+    assert_int_equal(closed.state, AFSM_STATE_CLOSED);
+    assert_int_equal(closed.last_active_at_ns - s.created_at_ns, 1 * (int64_t)SEC); /* when it closed */
+
+    virtual_clock_set(&clock, 1003 * SEC);
+    afsm_session_info copy = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_get(engine, &s.session_id, &copy), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_restore(engine, &copy, NULL, 0), AFSM_OK);
+    assert_int_equal(get_after_advance(engine, &clock, &s.session_id, 1005 * SEC + 500 * MS), AFSM_OK);
+    /* 5 s after it closed (and a tick): gone, not 5 s after the restore. */
+    assert_int_equal(get_after_advance(engine, &clock, &s.session_id, 1006 * SEC + 300 * MS), AFSM_ENOTFOUND);
+    /* A copy that closed longer ago than the linger (in wall time, as
+     * copies state it: 6 s before this one) is of a session already gone. */
+    afsm_session_info gone = copy;
+    gone.created_at_ns -= 6 * (int64_t)SEC;
+    gone.last_active_at_ns -= 6 * (int64_t)SEC;
+    engine_picture before = picture(engine);
+    assert_int_equal(afsm_session_restore(engine, &gone, NULL, 0), AFSM_EEXPIRED);
+    assert_unchanged(engine, &before);
+    engine_check_indexes(engine, 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* A NULL user_id with a length is a NULL pointer, not "every user". */
+static void test_list_null_user_id_with_a_length(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    create_session(engine, "one");
+    afsm_session_info out[4];
+    for (int i = 0; i < 4; i++)
+        afsm_session_info_init(&out[i], AFSM_SESSION_INFO_VERSION);
+    afsm_list_filter f = AFSM_LIST_FILTER_INIT;
+    f.limit = 4;
+    f.user_id = NULL;
+    f.user_id_len = 5;
+    size_t count = 99;
+    uint64_t total = 99;
+    expect_detail(afsm_session_list(engine, &f, out, 4, &count, &total, NULL), AFSM_ENULL, "filter.user_id", "5");
+    f.user_id_len = 0; /* NULL and 0: every user */
+    assert_int_equal(afsm_session_list(engine, &f, out, 4, &count, &total, NULL), AFSM_OK);
+    assert_int_equal(count, 1);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+#define OOM_THREADS_MAX 4096
+
+typedef struct validate_call {
+    afsm_engine *engine;
+    const char *token;
+    size_t len;
+    afsm_status status;
+    pthread_mutex_t *lock;
+    pthread_cond_t *release;
+    int *released;
+} validate_call;
+
+/* A thread's first call into the engine takes an epoch record: one a
+ * finished thread left behind, or a new allocation, which this makes fail.
+ * A thread that got a left-over record keeps it until it is released, so
+ * the next thread's call finds one fewer. */
+static void *validate_out_of_memory(void *arg)
+{
+    validate_call *c = arg;
+    alloc_fail_after_on_this_thread(0);
+    c->status = afsm_token_validate(c->engine, c->token, c->len, NULL, 0, NULL);
+    alloc_fail_after_on_this_thread(-1);
+    pthread_mutex_lock(c->lock);
+    while (!*c->released)
+        pthread_cond_wait(c->release, c->lock);
+    pthread_mutex_unlock(c->lock);
+    return NULL;
+}
+
+static uint64_t validations_total(const afsm_metrics *m)
+{
+    uint64_t sum = 0;
+    for (int i = 0; i < AFSM_TOKEN_RESULT_COUNT; i++)
+        sum += m->token_validations[i];
+    return sum;
+}
+
+/* Out of memory is not a malformed token: AFSM_ENOMEM, and no outcome
+ * counted (the token was never judged). */
+static void test_token_validation_out_of_memory(void **state)
+{
+    (void)state;
+    afsm_engine *engine = open_with_key(1, 0x42);
+    afsm_session_info s = create_session(engine, "oom");
+    char token[AFSM_TOKEN_SIZE];
+    size_t len = 0;
+    assert_int_equal(afsm_token_issue(engine, &s.session_id, 0, token, sizeof(token), &len), AFSM_OK);
+    afsm_metrics before = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(engine, &before), AFSM_OK);
+
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t release = PTHREAD_COND_INITIALIZER;
+    int released = 0;
+    static validate_call calls[OOM_THREADS_MAX];
+    static pthread_t threads[OOM_THREADS_MAX];
+    size_t started = 0, ok = 0;
+    afsm_status last = AFSM_OK;
+    pthread_attr_t small; /* many threads may wait at once */
+    assert_int_equal(pthread_attr_init(&small), 0);
+    assert_int_equal(pthread_attr_setstacksize(&small, 256 * 1024), 0);
+    /* Until a thread finds no left-over record (each validates once). */
+    while (started < OOM_THREADS_MAX && last == AFSM_OK) {
+        validate_call *c = &calls[started];
+        *c = (validate_call){.engine = engine,
+                             .token = token,
+                             .len = len,
+                             .status = 1,
+                             .lock = &lock,
+                             .release = &release,
+                             .released = &released};
+        assert_int_equal(pthread_create(&threads[started], &small, validate_out_of_memory, c), 0);
+        started++;
+        while (atomic_load_explicit((_Atomic afsm_status *)&c->status, memory_order_acquire) == 1) {
+        }
+        last = c->status;
+        ok += last == AFSM_OK;
+    }
+    pthread_mutex_lock(&lock);
+    released = 1;
+    pthread_cond_broadcast(&release);
+    pthread_mutex_unlock(&lock);
+    for (size_t i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    pthread_attr_destroy(&small);
+    assert_int_equal(last, AFSM_ENOMEM);
+    afsm_metrics after = AFSM_METRICS_INIT;
+    assert_int_equal(afsm_metrics_snapshot(engine, &after), AFSM_OK);
+    assert_int_equal(after.token_validations[AFSM_TOKEN_MALFORMED], before.token_validations[AFSM_TOKEN_MALFORMED]);
+    assert_int_equal(after.token_validations[AFSM_TOKEN_OK], before.token_validations[AFSM_TOKEN_OK] + ok);
+    assert_int_equal(validations_total(&after), validations_total(&before) + ok);
+    assert_int_equal(afsm_token_validate(engine, token, len, NULL, 0, NULL), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* The 4096-byte bound is on what is stored: duplicate keys merged (the
+ * last wins) before it is counted, for every call that takes metadata. */
+static void test_metadata_bound_after_duplicates_merge(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_virtual_engine(&clock, NULL);
+    static char x[3000], y[3096];
+    memset(x, 'x', sizeof(x));
+    memset(y, 'y', sizeof(y));
+    /* 5002 bytes given, 2001 stored. */
+    afsm_kv fits[] = {{"k", 1, x, 3000}, {"k", 1, y, 2000}};
+    afsm_session_info s = create_with_metadata(engine, "dup", fits, 2);
+    assert_int_equal(s.metadata_count, 1);
+    afsm_session_info r = AFSM_SESSION_INFO_INIT;
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_METADATA_REPLACE;
+    up.metadata = fits;
+    up.metadata_count = 2;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &r), AFSM_OK);
+    up.fields = AFSM_UPDATE_METADATA_MERGE;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &r), AFSM_OK);
+    assert_int_equal(r.metadata_count, 1);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    assert_int_equal(afsm_session_restore(engine, &s, fits, 2), AFSM_OK);
+
+    /* Stored 3097 + 1001 = 4098: refused, the detail says both numbers. */
+    afsm_kv over[] = {{"a", 1, x, 3000}, {"b", 1, x, 1000}, {"a", 1, y, 3096}};
+    engine_picture before = picture(engine);
+    afsm_uuid conn;
+    afsm_create_options o = make_options("dup", "192.168.1.100", &conn);
+    o.metadata = over;
+    o.metadata_count = 3;
+    expect_detail(afsm_session_create(engine, &o, NULL), AFSM_ETOOLONG, "metadata", "4098", "4096");
+    up.fields = AFSM_UPDATE_METADATA_REPLACE;
+    up.metadata = over;
+    up.metadata_count = 3;
+    expect_detail(afsm_session_update(engine, &s.session_id, &up, NULL), AFSM_ETOOLONG, "4098", "4096");
+    assert_unchanged(engine, &before);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* A key file must be its owner's: ssh's rule for private keys. Owned by
+ * root or by this process's effective user, no group or other bits. */
+static void test_key_file_owner(void **state)
+{
+    (void)state;
+    if (geteuid() != 0)
+        skip(); /* chown to another uid needs root (CI runs as root) */
+    char dir[] = "/tmp/afsm-contract-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof(path), "%s/key", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    uint8_t key[AFSM_KEY_BYTES];
+    memset(key, 7, sizeof(key));
+    assert_int_equal(write(fd, key, sizeof(key)), (ssize_t)sizeof(key));
+    close(fd);
+    afsm_config cfg = AFSM_CONFIG_INIT;
+    cfg.reaper = AFSM_REAPER_MANUAL;
+    afsm_engine *engine = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
+
+    int chowned = chown(path, 4242, 4242);
+    afsm_status other = afsm_key_add_file(engine, 3, path, strlen(path));
+    char detail[AFSM_ERROR_DETAIL_MAX];
+    snprintf(detail, sizeof(detail), "%s", afsm_error_detail());
+    afsm_status opened = AFSM_OK;
+    afsm_engine *refused = NULL;
+    if (chowned == 0) {
+        afsm_config kc = cfg;
+        kc.key_file = path;
+        kc.key_file_len = strlen(path);
+        kc.key_id = 4;
+        opened = afsm_engine_open(&kc, &refused);
+    }
+    int back = chown(path, 0, 0);
+    afsm_status group_writable = AFSM_OK, own = AFSM_OK;
+    if (back == 0 && chmod(path, 0620) == 0) {
+        group_writable = afsm_key_add_file(engine, 5, path, strlen(path));
+        assert_int_equal(chmod(path, 0600), 0);
+        own = afsm_key_add_file(engine, 6, path, strlen(path));
+    }
+    unlink(path);
+    rmdir(dir);
+    assert_int_equal(chowned, 0);
+    assert_int_equal(back, 0);
+    assert_int_equal(other, AFSM_EKEYFILE);
+    if (strstr(detail, path) == NULL || strstr(detail, "owned by uid 4242") == NULL)
+        fail_msg("detail \"%s\" lacks the path or the owner", detail);
+    assert_int_equal(opened, AFSM_EKEYFILE);
+    assert_null(refused);
+    assert_int_equal(afsm_key_use(engine, 3), AFSM_EKEYNOTFOUND);
+    assert_int_equal(group_writable, AFSM_EKEYFILE);
+    assert_int_equal(own, AFSM_OK);
+    assert_int_equal(afsm_key_use(engine, 6), AFSM_OK);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        /* First: it needs as many threads as earlier tests' threads left
+         * epoch records behind (thousands by the end of this program). */
+        cmocka_unit_test(test_token_validation_out_of_memory),
         cmocka_unit_test(test_detail_names_the_argument),
         cmocka_unit_test(test_batch_detail_names_the_element),
         cmocka_unit_test(test_versions_zero_and_future),
@@ -1376,6 +1694,11 @@ int main(void)
         cmocka_unit_test(test_concurrent_merges_rotations_and_reads),
         cmocka_unit_test(test_concurrent_default_timeout_changes),
         cmocka_unit_test(test_callbacks_may_call_session_functions),
+        cmocka_unit_test(test_restore_older_than_a_full_user_is_refused),
+        cmocka_unit_test(test_restored_closed_copy_lingers_only_what_was_left),
+        cmocka_unit_test(test_list_null_user_id_with_a_length),
+        cmocka_unit_test(test_metadata_bound_after_duplicates_merge),
+        cmocka_unit_test(test_key_file_owner),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

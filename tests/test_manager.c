@@ -434,7 +434,8 @@ static void test_list_filters_order_and_pages(void **state)
     assert_memory_equal(&page[0].session_id, &made[41].session_id, 16);
 
     /* By state. */
-    f.user_id = NULL;
+    f.user_id = NULL; /* and its length 0: every user */
+    f.user_id_len = 0;
     f.offset = 0;
     f.limit = N;
     f.state = AFSM_STATE_ACTIVE;

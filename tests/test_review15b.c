@@ -351,7 +351,9 @@ static void *storm_worker(void *arg)
                 st = afsm_session_restore(s->engine, &info, NULL, 0);
                 if (st == AFSM_OK)
                     storm_remember(s, &info.session_id, &info.connection_id);
-                else if (st != AFSM_EEXISTS && st != AFSM_EEXPIRED && st != AFSM_ENOMEM)
+                /* ELIMIT: others of its full user were created meanwhile,
+                 * all newer than this copy (evict-oldest keeps the newest). */
+                else if (st != AFSM_EEXISTS && st != AFSM_EEXPIRED && st != AFSM_ENOMEM && st != AFSM_ELIMIT)
                     storm_bad(s, "restore", st);
             }
         } else if (r < 94 && w->index == 0) {

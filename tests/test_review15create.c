@@ -82,6 +82,7 @@ typedef struct cap_storm {
     afsm_uuid pool_ids[CAP_POOL];
     long pool_n;
     _Atomic long created_ok, restored_ok, limited, deleted_ok, by_user_deleted;
+    _Atomic long older_kept_out; /* evict-oldest: restores older than a full user's every session */
     _Atomic long ev_created, ev_removed, ev_evicted;
     _Atomic long over_cap_seen, cap_checks;
     _Atomic long violations;
@@ -250,6 +251,10 @@ static void *cap_worker_run(void *arg)
                     atomic_fetch_add(&c->restored_ok, 1);
                 } else if (st == AFSM_ELIMIT && c->policy == AFSM_LIMIT_REJECT) {
                     atomic_fetch_add(&c->limited, 1);
+                } else if (st == AFSM_ELIMIT) {
+                    /* The user filled up with newer sessions meanwhile:
+                     * evict-oldest keeps those (afsm_session_restore). */
+                    atomic_fetch_add(&c->older_kept_out, 1);
                 } else if (st != AFSM_EEXPIRED) {
                     cap_bad(c, "restore", st);
                 }

@@ -17,6 +17,7 @@
 #include "util/alloc.h"
 #include "util/clock.h"
 #include "util/epoch.h"
+#include "util/errdetail.h"
 #include "util/uuid.h"
 
 /* ---- create and restore -------------------------------------------------- */
@@ -127,8 +128,11 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
         atomic_init(&s->bytes_received, old->stats.bytes_received);
         atomic_init(&s->retransmissions, old->stats.retransmissions);
         atomic_init(&s->rtt_ms, old->stats.current_rtt_ms);
+        /* A closed copy's last activity is when it closed (mem_update
+         * stamps it): what is left of its linger runs from there, not from
+         * the restore. */
         if (old->state == AFSM_STATE_CLOSED)
-            atomic_init(&s->last_traffic_ns, now); /* the linger starts again */
+            atomic_init(&s->last_traffic_ns, last_active);
     }
     *out = s;
     return AFSM_OK;
@@ -144,6 +148,9 @@ static int restored_expired(mem_store *ms, const session_spec *spec)
     int64_t deadline = old->last_active_at_ns + (int64_t)(old->timeout_ms * 1000000u);
     if (ms->config.max_lifetime_ns != 0 && old->created_at_ns + (int64_t)ms->config.max_lifetime_ns < deadline)
         deadline = old->created_at_ns + (int64_t)ms->config.max_lifetime_ns;
+    /* A closed copy whose linger is over is gone too. */
+    if (old->state == AFSM_STATE_CLOSED && old->last_active_at_ns + (int64_t)ms->config.close_linger_ns <= now_wall)
+        return 1;
     return deadline <= now_wall;
 }
 
@@ -215,7 +222,7 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     session *victim;
     user_entry *entry;
     uint32_t victim_state = 0;
-    int published = 0;
+    int published = 0, older_than_kept = 0;
     prefetch_for_create(s, sh, ch, uh, spec);
     for (;;) {
         victim = peek_victim(ms, spec);
@@ -247,6 +254,14 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
     }
     if (over_cap && ms->config.limit_policy == AFSM_LIMIT_REJECT) {
         status = AFSM_ELIMIT;
+        goto unlock;
+    }
+    /* Evict-oldest keeps a user's newest sessions: a restored copy older
+     * than all of them would be the one to go, so it does not come in at
+     * the cost of a newer, live one. */
+    if (over_cap && spec->restore != NULL && uuid_compare(&s->id, &victim->id) < 0) {
+        status = AFSM_ELIMIT;
+        older_than_kept = 1;
         goto unlock;
     }
     /* The user's entry (holding the user id) before anything is visible:
@@ -297,6 +312,12 @@ unlock:
     if (status != AFSM_OK && published)
         mem_unref_locked(ms, s);
     lockset_release(ms->shards, &set);
+    /* After the locks: a thread's first detail allocates its buffer. */
+    if (older_than_kept)
+        errdetail_set(status,
+                      "info.session_id: older than every session of its user, who is at max_sessions_per_user (%u) "
+                      "under evict-oldest, which keeps the newest",
+                      ms->config.max_sessions_per_user);
     /* The new session's CREATED first: a callback on the victim's DELETED
      * may create again for this user and evict the new session, whose own
      * DELETED must then follow its CREATED. Delivered as a group: the
@@ -572,6 +593,10 @@ afsm_status mem_update(store *st, const afsm_uuid *id, const afsm_update *u, afs
         status = metadata_merge(NULL, u->metadata, u->metadata_count, &new_meta);
     if (status != AFSM_OK)
         goto unlock;
+    /* Closing is the session's last activity: a copy then says when it
+     * closed, and a restore of it lingers only what was left (build). */
+    if (closing && old_state != AFSM_STATE_CLOSED)
+        sync_store_max_u64(&s->last_active_ns, now);
     /* The copy a close returns is the session's last word: counts still
      * deferred in a pinned handle (afsm_handle_packet) go in first. */
     if (closing && atomic_load_explicit(&s->refs, memory_order_relaxed) > 1)
