@@ -478,6 +478,24 @@ static void test_update(void **state)
     assert_int_equal(update_state(&s.session_id, AFSM_STATE_ACTIVE, &out), AFSM_ENOTFOUND);
 }
 
+/* Closing is the session's last activity (afsm.h, afsm_session_update):
+ * the copy it returns says when it closed, on either store, whether the
+ * session lingers (memory store) or goes at once. */
+static void test_close_stamps_last_active(void **state)
+{
+    (void)state;
+    open_engine(NULL);
+    afsm_session_info s = created("alice"), out;
+    clock_forward(3 * SEC);
+    assert_int_equal(update_state(&s.session_id, AFSM_STATE_ACTIVE, &out), AFSM_OK);
+    clock_forward(2 * SEC);
+    assert_int_equal(update_state(&s.session_id, AFSM_STATE_CLOSED, &out), AFSM_OK);
+    assert_int_equal(out.state, AFSM_STATE_CLOSED);
+    assert_int_equal(out.last_active_at_ns - s.created_at_ns, 5 * SEC);
+    assert_int_equal(out.expires_at_ns - out.last_active_at_ns, 60000 * MS);
+    assert_int_equal(events_of(AFSM_EVENT_DELETED, &s.session_id, 0, "closed"), 1);
+}
+
 /* ---- delete ---------------------------------------------------------------------- */
 
 static void test_delete_with_reason(void **state)
@@ -1140,6 +1158,7 @@ int main(void)
         CASE(test_create_get_list_count),
         CASE(test_heartbeat),
         CASE(test_update),
+        CASE(test_close_stamps_last_active),
         CASE(test_delete_with_reason),
         CASE(test_delete_by_user),
         CASE(test_tokens),
