@@ -1048,6 +1048,12 @@ static int update_edit(etcd_store *es, owned_record *o, const track_info *ti, vo
         if (*status == AFSM_OK && out != NULL) {
             *out = last;
             out->state = AFSM_STATE_CLOSED;
+            /* Closing is the last activity: the copy says when it closed,
+             * as the memory store's does (afsm_session_update). */
+            int64_t closed_at = mem_store_wall_now(es->replica);
+            if (closed_at > out->last_active_at_ns)
+                out->last_active_at_ns = closed_at;
+            out->expires_at_ns = out->last_active_at_ns + (int64_t)out->timeout_ms * 1000000;
         }
         return GUARD_STOP;
     }
