@@ -1452,6 +1452,39 @@ static void test_restored_closed_copy_lingers_only_what_was_left(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* A closed copy whose close lies ahead of this engine's clock (a node
+ * whose clock runs ahead, a copy edited by hand) lingers at most a whole
+ * close_linger_ms from the restore, as before c829502: a closed session
+ * stays readable close_linger_ms (afsm.h), never longer. With no linger,
+ * it is gone already (AFSM_EEXPIRED, nothing done). */
+static void test_restored_closed_copy_from_the_future_lingers_no_longer(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_capped(&clock, 0, AFSM_LIMIT_REJECT, 5000);
+    afsm_session_info s = create_session(engine, "ahead");
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_STATE;
+    up.state = AFSM_STATE_CLOSED;
+    afsm_session_info closed = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &closed), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    afsm_session_info ahead = closed;
+    ahead.last_active_at_ns += 3600 * (int64_t)SEC; /* closes an hour from now */
+    assert_int_equal(afsm_session_restore(engine, &ahead, NULL, 0), AFSM_OK);
+    assert_int_equal(get_after_advance(engine, &clock, &s.session_id, 1004 * SEC), AFSM_OK);
+    assert_int_equal(get_after_advance(engine, &clock, &s.session_id, 1005 * SEC + 300 * MS), AFSM_ENOTFOUND);
+    engine_check_indexes(engine, 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+
+    engine = open_capped(&clock, 0, AFSM_LIMIT_REJECT, 0);
+    engine_picture before = picture(engine);
+    assert_int_equal(afsm_session_restore(engine, &ahead, NULL, 0), AFSM_EEXPIRED);
+    assert_unchanged(engine, &before);
+    engine_check_indexes(engine, 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* A NULL user_id with a length is a NULL pointer, not "every user". */
 static void test_list_null_user_id_with_a_length(void **state)
 {
@@ -1696,6 +1729,7 @@ int main(void)
         cmocka_unit_test(test_callbacks_may_call_session_functions),
         cmocka_unit_test(test_restore_older_than_a_full_user_is_refused),
         cmocka_unit_test(test_restored_closed_copy_lingers_only_what_was_left),
+        cmocka_unit_test(test_restored_closed_copy_from_the_future_lingers_no_longer),
         cmocka_unit_test(test_list_null_user_id_with_a_length),
         cmocka_unit_test(test_metadata_bound_after_duplicates_merge),
         cmocka_unit_test(test_key_file_owner),
