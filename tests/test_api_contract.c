@@ -1514,7 +1514,7 @@ typedef struct validate_call {
     afsm_engine *engine;
     const char *token;
     size_t len;
-    afsm_status status;
+    _Atomic afsm_status status; /* 1 until the call returned: the main thread waits on it */
     pthread_mutex_t *lock;
     pthread_cond_t *release;
     int *released;
@@ -1528,7 +1528,8 @@ static void *validate_out_of_memory(void *arg)
 {
     validate_call *c = arg;
     alloc_fail_after_on_this_thread(0);
-    c->status = afsm_token_validate(c->engine, c->token, c->len, NULL, 0, NULL);
+    atomic_store_explicit(&c->status, afsm_token_validate(c->engine, c->token, c->len, NULL, 0, NULL),
+                          memory_order_release);
     alloc_fail_after_on_this_thread(-1);
     pthread_mutex_lock(c->lock);
     while (!*c->released)
@@ -1580,9 +1581,8 @@ static void test_token_validation_out_of_memory(void **state)
                              .released = &released};
         assert_int_equal(pthread_create(&threads[started], &small, validate_out_of_memory, c), 0);
         started++;
-        while (atomic_load_explicit((_Atomic afsm_status *)&c->status, memory_order_acquire) == 1) {
+        while ((last = atomic_load_explicit(&c->status, memory_order_acquire)) == 1) {
         }
-        last = c->status;
         ok += last == AFSM_OK;
     }
     pthread_mutex_lock(&lock);
