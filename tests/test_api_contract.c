@@ -1485,6 +1485,33 @@ static void test_restored_closed_copy_from_the_future_lingers_no_longer(void **s
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* Closing stamps last-active only forward (as activation does): a
+ * session whose last activity is ahead of the clock (a copy from a node
+ * whose clock runs ahead) keeps it, so created <= last active still holds
+ * in the copy the close returns. */
+static void test_close_never_moves_last_active_back(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_capped(&clock, 0, AFSM_LIMIT_REJECT, 5000);
+    afsm_session_info s = create_session(engine, "ahead");
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    afsm_session_info ahead = s;
+    ahead.state = AFSM_STATE_ACTIVE;
+    ahead.created_at_ns += 5 * (int64_t)SEC;
+    ahead.last_active_at_ns += 10 * (int64_t)SEC;
+    assert_int_equal(afsm_session_restore(engine, &ahead, NULL, 0), AFSM_OK);
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_STATE;
+    up.state = AFSM_STATE_CLOSED;
+    afsm_session_info closed = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &closed), AFSM_OK);
+    assert_int_equal(closed.state, AFSM_STATE_CLOSED);
+    assert_int_equal(closed.last_active_at_ns, ahead.last_active_at_ns);
+    assert_true(closed.created_at_ns <= closed.last_active_at_ns);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* A NULL user_id with a length is a NULL pointer, not "every user". */
 static void test_list_null_user_id_with_a_length(void **state)
 {
@@ -1730,6 +1757,7 @@ int main(void)
         cmocka_unit_test(test_restore_older_than_a_full_user_is_refused),
         cmocka_unit_test(test_restored_closed_copy_lingers_only_what_was_left),
         cmocka_unit_test(test_restored_closed_copy_from_the_future_lingers_no_longer),
+        cmocka_unit_test(test_close_never_moves_last_active_back),
         cmocka_unit_test(test_list_null_user_id_with_a_length),
         cmocka_unit_test(test_metadata_bound_after_duplicates_merge),
         cmocka_unit_test(test_key_file_owner),
