@@ -707,6 +707,26 @@ static void test_restore(void **state)
     assert_int_equal(events_total(), events);
 }
 
+/* The copy a close returns is of a session whose linger (none: 0 by
+ * default, and the only value the etcd store takes) is over: a restore of
+ * it brings nothing back (AFSM_EEXPIRED, afsm_session_restore), on either
+ * store. */
+static void test_restore_of_a_closed_copy_without_linger(void **state)
+{
+    (void)state;
+    open_engine(NULL);
+    afsm_session_info s = created("alice"), closed, back;
+    clock_forward(2 * SEC);
+    assert_int_equal(update_state(&s.session_id, AFSM_STATE_CLOSED, &closed), AFSM_OK);
+    assert_int_equal(closed.state, AFSM_STATE_CLOSED);
+    assert_int_equal(get(&s.session_id, &back), AFSM_ENOTFOUND);
+    size_t events = events_total();
+    assert_int_equal(afsm_session_restore(engine, &closed, device_meta, 1), AFSM_EEXPIRED);
+    assert_int_equal(get(&s.session_id, &back), AFSM_ENOTFOUND);
+    assert_int_equal(counts().total, 0);
+    assert_int_equal(events_total(), events);
+}
+
 /* A session deleted and restored under its id, then left alone, ends as an
  * expiry (not with the old delete's reason), once. */
 static void test_restored_session_expires(void **state)
@@ -1164,6 +1184,7 @@ int main(void)
         CASE(test_tokens),
         CASE(test_batches),
         CASE(test_restore),
+        CASE(test_restore_of_a_closed_copy_without_linger),
         CASE(test_restored_session_expires),
         CASE(test_per_user_cap),
         CASE(test_connection_id_unique),
