@@ -786,6 +786,10 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     if (spec->restore != NULL && spec->restore->last_active_at_ns + (int64_t)(spec->restore->timeout_ms * NS_PER_MS) <=
                                      mem_store_wall_now(es->replica))
         return AFSM_EEXPIRED;
+    /* Nor a closed copy: with no linger on this store (checked at open),
+     * its linger is over, as the memory store judges one with none. */
+    if (spec->restore != NULL && spec->restore->state == AFSM_STATE_CLOSED)
+        return AFSM_EEXPIRED;
     afsm_session_info probe = {.version = AFSM_SESSION_INFO_VERSION};
     /* The replica answers the common refusal without a round trip; the txn
      * is what guarantees it. */
