@@ -478,6 +478,39 @@ static void test_update(void **state)
     assert_int_equal(update_state(&s.session_id, AFSM_STATE_ACTIVE, &out), AFSM_ENOTFOUND);
 }
 
+/* The metadata bound is on what is stored (afsm_kv): a key given twice
+ * counts once, with its last value, on either store; past the bound as
+ * stored, AFSM_ETOOLONG and nothing changes. */
+static void test_metadata_bound_as_stored(void **state)
+{
+    (void)state;
+    open_engine(NULL);
+    static char x[3000], y[3096];
+    memset(x, 'x', sizeof(x));
+    memset(y, 'y', sizeof(y));
+    afsm_kv fits[] = {{"k", 1, x, 3000}, {"k", 1, y, 2000}}; /* 5002 given, 2001 stored */
+    afsm_create_options o = options_for("alice", NULL);
+    o.metadata = fits;
+    o.metadata_count = 2;
+    afsm_session_info s, copy;
+    afsm_session_info_init(&s, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_create(engine, &o, &s), AFSM_OK);
+    assert_int_equal(s.metadata_count, 1);
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_METADATA_MERGE;
+    u.metadata = fits;
+    u.metadata_count = 2;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &u, NULL), AFSM_OK);
+    afsm_kv over[] = {{"a", 1, x, 3000}, {"b", 1, x, 1000}, {"a", 1, y, 3096}}; /* 4098 stored */
+    u.fields = AFSM_UPDATE_METADATA_REPLACE;
+    u.metadata = over;
+    u.metadata_count = 3;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &u, NULL), AFSM_ETOOLONG);
+    assert_int_equal(get(&s.session_id, &copy), AFSM_OK);
+    assert_int_equal(copy.metadata_count, 1);
+    assert_int_equal(copy.metadata_bytes, 2001 + 2);
+}
+
 /* Closing is the session's last activity (afsm.h, afsm_session_update):
  * the copy it returns says when it closed, on either store, whether the
  * session lingers (memory store) or goes at once. */
@@ -1179,6 +1212,7 @@ int main(void)
         CASE(test_heartbeat),
         CASE(test_update),
         CASE(test_close_stamps_last_active),
+        CASE(test_metadata_bound_as_stored),
         CASE(test_delete_with_reason),
         CASE(test_delete_by_user),
         CASE(test_tokens),
