@@ -521,7 +521,9 @@ AFSM_API afsm_status afsm_session_create(afsm_engine *engine, const afsm_create_
  * it. No CREATED event fires: the session is not new. A CLOSED copy's
  * last_active_at_ns is when it closed (closing stamps it); it lingers what
  * is left of close_linger_ms from then, not a whole linger from the
- * restore. AFSM_EEXPIRED (it expired meanwhile, or a CLOSED copy's linger
+ * restore (a close ahead of the engine's clock counts from now: never more
+ * than a whole linger). The etcd store, which has no linger, refuses every
+ * CLOSED copy with AFSM_EEXPIRED. AFSM_EEXPIRED (it expired meanwhile, or a CLOSED copy's linger
  * is over: nothing done), AFSM_EINVAL also for times before the
  * Unix epoch or past the year 2116 and for a creation after the last
  * activity, AFSM_EEXISTS (its id or connection id

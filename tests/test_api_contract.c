@@ -1452,6 +1452,66 @@ static void test_restored_closed_copy_lingers_only_what_was_left(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* A closed copy whose close lies ahead of this engine's clock (a node
+ * whose clock runs ahead, a copy edited by hand) lingers at most a whole
+ * close_linger_ms from the restore, as before c829502: a closed session
+ * stays readable close_linger_ms (afsm.h), never longer. With no linger,
+ * it is gone already (AFSM_EEXPIRED, nothing done). */
+static void test_restored_closed_copy_from_the_future_lingers_no_longer(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_capped(&clock, 0, AFSM_LIMIT_REJECT, 5000);
+    afsm_session_info s = create_session(engine, "ahead");
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_STATE;
+    up.state = AFSM_STATE_CLOSED;
+    afsm_session_info closed = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &closed), AFSM_OK);
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    afsm_session_info ahead = closed;
+    ahead.last_active_at_ns += 3600 * (int64_t)SEC; /* closes an hour from now */
+    assert_int_equal(afsm_session_restore(engine, &ahead, NULL, 0), AFSM_OK);
+    assert_int_equal(get_after_advance(engine, &clock, &s.session_id, 1004 * SEC), AFSM_OK);
+    assert_int_equal(get_after_advance(engine, &clock, &s.session_id, 1005 * SEC + 300 * MS), AFSM_ENOTFOUND);
+    engine_check_indexes(engine, 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+
+    engine = open_capped(&clock, 0, AFSM_LIMIT_REJECT, 0);
+    engine_picture before = picture(engine);
+    assert_int_equal(afsm_session_restore(engine, &ahead, NULL, 0), AFSM_EEXPIRED);
+    assert_unchanged(engine, &before);
+    engine_check_indexes(engine, 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
+/* Closing stamps last-active only forward (as activation does): a
+ * session whose last activity is ahead of the clock (a copy from a node
+ * whose clock runs ahead) keeps it, so created <= last active still holds
+ * in the copy the close returns. */
+static void test_close_never_moves_last_active_back(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_engine *engine = open_capped(&clock, 0, AFSM_LIMIT_REJECT, 5000);
+    afsm_session_info s = create_session(engine, "ahead");
+    assert_int_equal(afsm_session_delete(engine, &s.session_id, NULL, 0), AFSM_OK);
+    afsm_session_info ahead = s;
+    ahead.state = AFSM_STATE_ACTIVE;
+    ahead.created_at_ns += 5 * (int64_t)SEC;
+    ahead.last_active_at_ns += 10 * (int64_t)SEC;
+    assert_int_equal(afsm_session_restore(engine, &ahead, NULL, 0), AFSM_OK);
+    afsm_update up = AFSM_UPDATE_INIT;
+    up.fields = AFSM_UPDATE_STATE;
+    up.state = AFSM_STATE_CLOSED;
+    afsm_session_info closed = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &up, &closed), AFSM_OK);
+    assert_int_equal(closed.state, AFSM_STATE_CLOSED);
+    assert_int_equal(closed.last_active_at_ns, ahead.last_active_at_ns);
+    assert_true(closed.created_at_ns <= closed.last_active_at_ns);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+}
+
 /* A NULL user_id with a length is a NULL pointer, not "every user". */
 static void test_list_null_user_id_with_a_length(void **state)
 {
@@ -1481,7 +1541,7 @@ typedef struct validate_call {
     afsm_engine *engine;
     const char *token;
     size_t len;
-    afsm_status status;
+    _Atomic afsm_status status; /* 1 until the call returned: the main thread waits on it */
     pthread_mutex_t *lock;
     pthread_cond_t *release;
     int *released;
@@ -1495,7 +1555,8 @@ static void *validate_out_of_memory(void *arg)
 {
     validate_call *c = arg;
     alloc_fail_after_on_this_thread(0);
-    c->status = afsm_token_validate(c->engine, c->token, c->len, NULL, 0, NULL);
+    atomic_store_explicit(&c->status, afsm_token_validate(c->engine, c->token, c->len, NULL, 0, NULL),
+                          memory_order_release);
     alloc_fail_after_on_this_thread(-1);
     pthread_mutex_lock(c->lock);
     while (!*c->released)
@@ -1547,9 +1608,8 @@ static void test_token_validation_out_of_memory(void **state)
                              .released = &released};
         assert_int_equal(pthread_create(&threads[started], &small, validate_out_of_memory, c), 0);
         started++;
-        while (atomic_load_explicit((_Atomic afsm_status *)&c->status, memory_order_acquire) == 1) {
+        while ((last = atomic_load_explicit(&c->status, memory_order_acquire)) == 1) {
         }
-        last = c->status;
         ok += last == AFSM_OK;
     }
     pthread_mutex_lock(&lock);
@@ -1696,6 +1756,8 @@ int main(void)
         cmocka_unit_test(test_callbacks_may_call_session_functions),
         cmocka_unit_test(test_restore_older_than_a_full_user_is_refused),
         cmocka_unit_test(test_restored_closed_copy_lingers_only_what_was_left),
+        cmocka_unit_test(test_restored_closed_copy_from_the_future_lingers_no_longer),
+        cmocka_unit_test(test_close_never_moves_last_active_back),
         cmocka_unit_test(test_list_null_user_id_with_a_length),
         cmocka_unit_test(test_metadata_bound_after_duplicates_merge),
         cmocka_unit_test(test_key_file_owner),

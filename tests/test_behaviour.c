@@ -478,6 +478,57 @@ static void test_update(void **state)
     assert_int_equal(update_state(&s.session_id, AFSM_STATE_ACTIVE, &out), AFSM_ENOTFOUND);
 }
 
+/* The metadata bound is on what is stored (afsm_kv): a key given twice
+ * counts once, with its last value, on either store; past the bound as
+ * stored, AFSM_ETOOLONG and nothing changes. */
+static void test_metadata_bound_as_stored(void **state)
+{
+    (void)state;
+    open_engine(NULL);
+    static char x[3000], y[3096];
+    memset(x, 'x', sizeof(x));
+    memset(y, 'y', sizeof(y));
+    afsm_kv fits[] = {{"k", 1, x, 3000}, {"k", 1, y, 2000}}; /* 5002 given, 2001 stored */
+    afsm_create_options o = options_for("alice", NULL);
+    o.metadata = fits;
+    o.metadata_count = 2;
+    afsm_session_info s, copy;
+    afsm_session_info_init(&s, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_create(engine, &o, &s), AFSM_OK);
+    assert_int_equal(s.metadata_count, 1);
+    afsm_update u = AFSM_UPDATE_INIT;
+    u.fields = AFSM_UPDATE_METADATA_MERGE;
+    u.metadata = fits;
+    u.metadata_count = 2;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &u, NULL), AFSM_OK);
+    afsm_kv over[] = {{"a", 1, x, 3000}, {"b", 1, x, 1000}, {"a", 1, y, 3096}}; /* 4098 stored */
+    u.fields = AFSM_UPDATE_METADATA_REPLACE;
+    u.metadata = over;
+    u.metadata_count = 3;
+    assert_int_equal(afsm_session_update(engine, &s.session_id, &u, NULL), AFSM_ETOOLONG);
+    assert_int_equal(get(&s.session_id, &copy), AFSM_OK);
+    assert_int_equal(copy.metadata_count, 1);
+    assert_int_equal(copy.metadata_bytes, 2001 + 2);
+}
+
+/* Closing is the session's last activity (afsm.h, afsm_session_update):
+ * the copy it returns says when it closed, on either store, whether the
+ * session lingers (memory store) or goes at once. */
+static void test_close_stamps_last_active(void **state)
+{
+    (void)state;
+    open_engine(NULL);
+    afsm_session_info s = created("alice"), out;
+    clock_forward(3 * SEC);
+    assert_int_equal(update_state(&s.session_id, AFSM_STATE_ACTIVE, &out), AFSM_OK);
+    clock_forward(2 * SEC);
+    assert_int_equal(update_state(&s.session_id, AFSM_STATE_CLOSED, &out), AFSM_OK);
+    assert_int_equal(out.state, AFSM_STATE_CLOSED);
+    assert_int_equal(out.last_active_at_ns - s.created_at_ns, 5 * SEC);
+    assert_int_equal(out.expires_at_ns - out.last_active_at_ns, 60000 * MS);
+    assert_int_equal(events_of(AFSM_EVENT_DELETED, &s.session_id, 0, "closed"), 1);
+}
+
 /* ---- delete ---------------------------------------------------------------------- */
 
 static void test_delete_with_reason(void **state)
@@ -686,6 +737,26 @@ static void test_restore(void **state)
     assert_int_equal(afsm_session_restore(engine, &stale, NULL, 0), AFSM_EEXPIRED);
     assert_int_equal(get(&stale.session_id, &back), AFSM_ENOTFOUND);
     assert_int_equal(counts().total, 1);
+    assert_int_equal(events_total(), events);
+}
+
+/* The copy a close returns is of a session whose linger (none: 0 by
+ * default, and the only value the etcd store takes) is over: a restore of
+ * it brings nothing back (AFSM_EEXPIRED, afsm_session_restore), on either
+ * store. */
+static void test_restore_of_a_closed_copy_without_linger(void **state)
+{
+    (void)state;
+    open_engine(NULL);
+    afsm_session_info s = created("alice"), closed, back;
+    clock_forward(2 * SEC);
+    assert_int_equal(update_state(&s.session_id, AFSM_STATE_CLOSED, &closed), AFSM_OK);
+    assert_int_equal(closed.state, AFSM_STATE_CLOSED);
+    assert_int_equal(get(&s.session_id, &back), AFSM_ENOTFOUND);
+    size_t events = events_total();
+    assert_int_equal(afsm_session_restore(engine, &closed, device_meta, 1), AFSM_EEXPIRED);
+    assert_int_equal(get(&s.session_id, &back), AFSM_ENOTFOUND);
+    assert_int_equal(counts().total, 0);
     assert_int_equal(events_total(), events);
 }
 
@@ -1140,11 +1211,14 @@ int main(void)
         CASE(test_create_get_list_count),
         CASE(test_heartbeat),
         CASE(test_update),
+        CASE(test_close_stamps_last_active),
+        CASE(test_metadata_bound_as_stored),
         CASE(test_delete_with_reason),
         CASE(test_delete_by_user),
         CASE(test_tokens),
         CASE(test_batches),
         CASE(test_restore),
+        CASE(test_restore_of_a_closed_copy_without_linger),
         CASE(test_restored_session_expires),
         CASE(test_per_user_cap),
         CASE(test_connection_id_unique),

@@ -73,7 +73,8 @@ var (
 	// ErrKeyInUse: RemoveKey named the current key; UseKey another first
 	// (AFSM_EKEYINUSE; also ErrBusy).
 	ErrKeyInUse = errors.New("afsm: key is the current key")
-	// ErrKeyFile: a key file is unreadable, has the wrong size or loose permissions.
+	// ErrKeyFile: a key file is unreadable, has the wrong size, is another
+	// user's (not root's or this process's) or has loose permissions.
 	ErrKeyFile = errors.New("afsm: bad key file")
 	// ErrUnavailable: the store cannot be reached.
 	ErrUnavailable = errors.New("afsm: store unavailable")

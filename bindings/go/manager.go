@@ -64,8 +64,9 @@ type ManagerConfig struct {
 	// "evicted").
 	LimitPolicy LimitPolicy
 	// Key is the first token key (KeySize bytes), with id KeyID. KeyFile
-	// instead names a file holding it (exactly KeySize bytes, readable and
-	// writable by its owner only: mode 0600 or 0400, else ErrKeyFile).
+	// instead names a file holding it (exactly KeySize bytes, owned by root
+	// or this process's effective user, readable and writable by its owner
+	// only: mode 0600 or 0400, else ErrKeyFile).
 	// Neither: a random key for this Manager's life, so tokens die with the
 	// process. Give the same key to every process that must accept the
 	// same tokens, and more keys with AddKey / AddKeyFile.
@@ -630,8 +631,9 @@ func (m *Manager) AddKey(id uint32, key []byte) error {
 }
 
 // AddKeyFile is AddKey with the key read from a file of exactly KeySize
-// bytes that only its owner may read or write (ErrKeyFile otherwise, or
-// when it cannot be read).
+// bytes, owned by root or this process's effective user, that only its
+// owner may read or write (ErrKeyFile otherwise, or when it cannot be
+// read).
 func (m *Manager) AddKeyFile(id uint32, path string) error {
 	s, err := m.enter(nil, 0)
 	if err != nil {

@@ -786,6 +786,10 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     if (spec->restore != NULL && spec->restore->last_active_at_ns + (int64_t)(spec->restore->timeout_ms * NS_PER_MS) <=
                                      mem_store_wall_now(es->replica))
         return AFSM_EEXPIRED;
+    /* Nor a closed copy: with no linger on this store (checked at open),
+     * its linger is over, as the memory store judges one with none. */
+    if (spec->restore != NULL && spec->restore->state == AFSM_STATE_CLOSED)
+        return AFSM_EEXPIRED;
     afsm_session_info probe = {.version = AFSM_SESSION_INFO_VERSION};
     /* The replica answers the common refusal without a round trip; the txn
      * is what guarantees it. */
@@ -1048,6 +1052,12 @@ static int update_edit(etcd_store *es, owned_record *o, const track_info *ti, vo
         if (*status == AFSM_OK && out != NULL) {
             *out = last;
             out->state = AFSM_STATE_CLOSED;
+            /* Closing is the last activity: the copy says when it closed,
+             * as the memory store's does (afsm_session_update). */
+            int64_t closed_at = mem_store_wall_now(es->replica);
+            if (closed_at > out->last_active_at_ns)
+                out->last_active_at_ns = closed_at;
+            out->expires_at_ns = out->last_active_at_ns + (int64_t)out->timeout_ms * 1000000;
         }
         return GUARD_STOP;
     }

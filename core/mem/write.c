@@ -130,9 +130,10 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
         atomic_init(&s->rtt_ms, old->stats.current_rtt_ms);
         /* A closed copy's last activity is when it closed (mem_update
          * stamps it): what is left of its linger runs from there, not from
-         * the restore. */
+         * the restore; never from later than now, so no copy lingers past
+         * a whole linger from the restore. */
         if (old->state == AFSM_STATE_CLOSED)
-            atomic_init(&s->last_traffic_ns, last_active);
+            atomic_init(&s->last_traffic_ns, last_active < now ? last_active : now);
     }
     *out = s;
     return AFSM_OK;
@@ -148,8 +149,10 @@ static int restored_expired(mem_store *ms, const session_spec *spec)
     int64_t deadline = old->last_active_at_ns + (int64_t)(old->timeout_ms * 1000000u);
     if (ms->config.max_lifetime_ns != 0 && old->created_at_ns + (int64_t)ms->config.max_lifetime_ns < deadline)
         deadline = old->created_at_ns + (int64_t)ms->config.max_lifetime_ns;
-    /* A closed copy whose linger is over is gone too. */
-    if (old->state == AFSM_STATE_CLOSED && old->last_active_at_ns + (int64_t)ms->config.close_linger_ns <= now_wall)
+    /* A closed copy whose linger is over is gone too (a close ahead of
+     * now counts from now, as build has it). */
+    int64_t closed_at = old->last_active_at_ns < now_wall ? old->last_active_at_ns : now_wall;
+    if (old->state == AFSM_STATE_CLOSED && closed_at + (int64_t)ms->config.close_linger_ns <= now_wall)
         return 1;
     return deadline <= now_wall;
 }

@@ -333,8 +333,9 @@ class Engine:
             session is deleted with reason "evicted"), or a
             :class:`LimitPolicy`.
         key: the first token key, 32 bytes (``key_id`` names it).
-        key_file: or a file holding exactly those 32 bytes, readable by its
-            owner only (else KeyFileError).
+        key_file: or a file holding exactly those 32 bytes, owned by root
+            or this process's effective user, readable by its owner only
+            (else KeyFileError).
         key_id: the first key's id, 1..65535 (default 1 when ``key`` or
             ``key_file`` is given). With neither, the engine seals tokens
             with a random key (id 0) that dies with it.
@@ -861,7 +862,8 @@ class Engine:
     @_gated
     def add_key_file(self, key_id: int, path: str | os.PathLike[str] | bytes) -> None:
         """As :meth:`add_key`, reading the key from a file of exactly 32
-        bytes that only its owner may read or write (else KeyFileError)."""
+        bytes, owned by root or this process's effective user, that only
+        its owner may read or write (else KeyFileError)."""
         raw = _path(path)
         check(_lib.lib.afsm_key_add_file(self._engine, _key_id(key_id, 1), raw, len(raw)))
 

@@ -222,7 +222,8 @@ class IPMismatch(InvalidToken):
 
 
 class KeyFileError(AfsmError):
-    """A key file is unreadable, the wrong size or too open (``AFSM_EKEYFILE``)."""
+    """A key file is unreadable, the wrong size, another user's (not root's
+    or this process's) or too open (``AFSM_EKEYFILE``)."""
 
 
 class KeyExists(AlreadyExists):
