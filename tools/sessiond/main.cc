@@ -374,8 +374,9 @@ int run(const Options &o)
         return 2;
     }
     if (s != AFSM_OK) {
-        std::string hint = s == AFSM_EKEYFILE ? " (the key file must hold exactly 32 bytes and be mode 0600, e.g. "
-                                                "head -c 32 /dev/urandom > key && chmod 600 key)"
+        std::string hint = s == AFSM_EKEYFILE ? " (the key file must hold exactly 32 bytes, be mode 0600 and be owned "
+                                                "by root or this user, e.g. head -c 32 /dev/urandom > key && "
+                                                "chmod 600 key)"
                                               : "";
         log_line(AFSM_LOG_ERROR, "cannot open the engine" + hint,
                  {{"error", afsm_strerror(s)}, {"status", afsm_status_name(s)}});
