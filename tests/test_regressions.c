@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "store.h"
 #include "util/alloc.h"
 #include "util/epoch.h"
 
@@ -886,6 +887,61 @@ static void test_update_stats_never_torn(void **state)
 /* delete_by_user snapshots the user's sessions into an array first: when
  * that cannot be allocated it must say so and delete nothing (the caller
  * may retry), not delete part of them. */
+/* The etcd store's replica applies records written by nodes whose wall
+ * clocks disagree: an activation stamped by a node running behind the
+ * creator's reads as earlier than the creation. The store keeps created <=
+ * last active (README, "Timestamps"), so such a record reads as active at
+ * its creation, and a copy of it can be restored into another engine, which
+ * refuses a copy active before it was created. */
+static void test_replica_record_active_before_creation_reads_active_at_creation(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    virtual_clock_set(&clock, 1000 * SEC);
+    store_config cfg = {.shard_count = 1,
+                        .capacity_hint = 16,
+                        .tick_ns = SEC,
+                        .external_expiry = 1,
+                        .external_activation = 1,
+                        .server_addr = "",
+                        .clock = virtual_clock_read,
+                        .clock_ctx = &clock};
+    store *replica;
+    assert_int_equal(mem_store_open(&cfg, &replica), AFSM_OK);
+    afsm_session_info record = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(afsm_uuid_v7(&record.session_id), AFSM_OK);
+    assert_int_equal(afsm_uuid_v7(&record.connection_id), AFSM_OK);
+    memcpy(record.user_id, "skewed", 7);
+    record.user_id_len = 6;
+    record.client_ip.family = 4;
+    record.client_port = 4000;
+    record.state = AFSM_STATE_ACTIVE;
+    record.timeout_ms = 60000;
+    record.token_generation = 1;
+    int64_t now = mem_store_wall_now(replica);
+    record.created_at_ns = now - 1 * (int64_t)SEC;
+    record.last_active_at_ns = now - 2 * (int64_t)SEC; /* stamped by a node 1 s behind */
+    session_spec spec = {.user_id = record.user_id,
+                         .user_id_len = (uint16_t)record.user_id_len,
+                         .client_port = record.client_port,
+                         .client_ip = record.client_ip,
+                         .connection_id = record.connection_id,
+                         .timeout_ns = record.timeout_ms * 1000000u,
+                         .restore = &record};
+    afsm_session_info copy = AFSM_SESSION_INFO_INIT;
+    assert_int_equal(replica->ops->create(replica, &spec, &copy), AFSM_OK);
+    assert_int_equal(copy.created_at_ns, record.created_at_ns);
+    assert_int_equal(copy.last_active_at_ns, record.created_at_ns);
+    assert_true(copy.expires_at_ns == copy.last_active_at_ns + 60 * (int64_t)SEC);
+
+    afsm_engine *other = open_review_engine(&clock, &(review_opts){0});
+    afsm_status restored = afsm_session_restore(other, &copy, NULL, 0);
+    if (restored != AFSM_OK)
+        fail_msg("restore of the replica's copy: %s (%s)", afsm_status_name(restored), afsm_error_detail());
+    afsm_engine_close(other);
+    replica->ops->close(replica);
+}
+
 static void test_delete_by_user_enomem_deletes_nothing(void **state)
 {
     (void)state;
@@ -922,6 +978,7 @@ int main(void)
         cmocka_unit_test(test_update_stats_never_torn),
         cmocka_unit_test(test_rolled_back_create_never_pinned),
         cmocka_unit_test(test_delete_by_user_enomem_deletes_nothing),
+        cmocka_unit_test(test_replica_record_active_before_creation_reads_active_at_creation),
         /* Last: on the reviewed code it crashes the process (SIGSEGV). */
         cmocka_unit_test(test_create_rollback_invisible_to_delete),
     };
