@@ -104,6 +104,13 @@ static afsm_status build(mem_store *ms, const session_spec *spec, session **out)
         int64_t c = old->created_at_ns - offset, l = old->last_active_at_ns - offset;
         created = c > 0 ? (uint64_t)c : 0;
         last_active = l > 0 ? (uint64_t)l : 0;
+        /* The etcd replica's records are stamped by several nodes: an
+         * activation by a node whose wall clock runs behind the creator's
+         * reads as earlier than the creation. Read it as active at its
+         * creation: created <= last active holds for every copy (and
+         * afsm_session_restore refuses a copy without it). */
+        if (last_active < created)
+            last_active = created;
     }
     /* Every time in the record is on the engine clock; copies report them
      * through one wall offset, so created <= last active <= expires always
