@@ -1360,11 +1360,7 @@ static void test_callbacks_may_call_session_functions(void **state)
 static afsm_engine *open_capped(virtual_clock *clock, uint32_t cap, uint32_t policy, uint64_t linger_ms)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(clock, &cfg);
     cfg.shard_count = 8;
     cfg.max_sessions_per_user = cap;
     cfg.limit_policy = policy;

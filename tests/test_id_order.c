@@ -31,11 +31,7 @@
 static afsm_engine *open_capped_engine(virtual_clock *clock, uint32_t cap)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(clock, &cfg);
     cfg.shard_count = 8;
     cfg.default_timeout_ms = 3600 * 1000;
     cfg.max_sessions_per_user = cap;

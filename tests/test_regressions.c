@@ -35,11 +35,7 @@ typedef struct review_opts {
 static afsm_engine *open_review_engine(virtual_clock *clock, const review_opts *o)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(clock, &cfg);
     cfg.shard_count = o->shard_count ? o->shard_count : 8;
     cfg.capacity_hint = o->capacity_hint;
     cfg.default_timeout_ms = 60000;

@@ -680,11 +680,7 @@ static afsm_engine *open_idle_engine(virtual_clock *clock, afsm_event_fn on_even
                                      afsm_uuid *ids, int n)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(clock, &cfg);
     cfg.shard_count = 1;
     cfg.default_timeout_ms = 60000;
     cfg.idle_timeout_ms = 1000;

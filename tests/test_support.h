@@ -87,15 +87,23 @@ static inline void virtual_clock_set(virtual_clock *clock, uint64_t now_ns)
     atomic_store_explicit(&clock->now_ns, now_ns, memory_order_relaxed);
 }
 
+/* The config every virtual-time test engine starts from: defaults, the
+ * virtual clock set to 1000 s, a manual reaper. Tests set their own fields
+ * on it before opening. */
+static inline void virtual_config(virtual_clock *clock, afsm_config *cfg)
+{
+    assert_int_equal(afsm_config_init(cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    virtual_clock_set(clock, 1000 * SEC);
+    cfg->clock = virtual_clock_read;
+    cfg->clock_ctx = clock;
+    cfg->reaper = AFSM_REAPER_MANUAL;
+}
+
 /* An engine in virtual time starting at 1000 s, manual reaper, 100 ms tick. */
 static inline afsm_engine *open_virtual_engine(virtual_clock *clock, afsm_config *cfg_out)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(clock, &cfg);
     cfg.server_addr = "10.0.0.1:7000";
     cfg.server_addr_len = strlen(cfg.server_addr);
     cfg.shard_count = 8;

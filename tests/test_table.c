@@ -155,11 +155,7 @@ static void test_engine_with_colliding_keys(void **state)
 static afsm_engine *open_full_colliding_engine(virtual_clock *clock, afsm_session_info *made, afsm_session_info *x)
 {
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(clock, &cfg);
     cfg.shard_count = 1;
     cfg.capacity_hint = 1;
     afsm_engine *engine = NULL;
