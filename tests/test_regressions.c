@@ -883,6 +883,30 @@ static void test_update_stats_never_torn(void **state)
 /* delete_by_user snapshots the user's sessions into an array first: when
  * that cannot be allocated it must say so and delete nothing (the caller
  * may retry), not delete part of them. */
+static void test_delete_by_user_enomem_deletes_nothing(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    review_opts o = {0};
+    afsm_engine *engine = open_review_engine(&clock, &o);
+    for (int i = 0; i < 40; i++)
+        (void)create_session(engine, "enomem-user");
+    size_t deleted = 99;
+    alloc_fail_after(0);
+    afsm_status st = afsm_session_delete_by_user(engine, "enomem-user", 11, NULL, 0, &deleted);
+    alloc_fail_reset();
+    assert_int_equal(st, AFSM_ENOMEM);
+    assert_int_equal(deleted, 0);
+    afsm_counts counts;
+    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
+    assert_int_equal(counts.total, 40);
+    assert_int_equal(afsm_session_delete_by_user(engine, "enomem-user", 11, NULL, 0, &deleted), AFSM_OK);
+    assert_int_equal(deleted, 40);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK); /* no reference left behind */
+}
+
+/* ---- 13: a replica record active before its creation ------------------------ */
+
 /* The etcd store's replica applies records written by nodes whose wall
  * clocks disagree: an activation stamped by a node running behind the
  * creator's reads as earlier than the creation. The store keeps created <=
@@ -936,28 +960,6 @@ static void test_replica_record_active_before_creation_reads_active_at_creation(
         fail_msg("restore of the replica's copy: %s (%s)", afsm_status_name(restored), afsm_error_detail());
     afsm_engine_close(other);
     replica->ops->close(replica);
-}
-
-static void test_delete_by_user_enomem_deletes_nothing(void **state)
-{
-    (void)state;
-    virtual_clock clock;
-    review_opts o = {0};
-    afsm_engine *engine = open_review_engine(&clock, &o);
-    for (int i = 0; i < 40; i++)
-        (void)create_session(engine, "enomem-user");
-    size_t deleted = 99;
-    alloc_fail_after(0);
-    afsm_status st = afsm_session_delete_by_user(engine, "enomem-user", 11, NULL, 0, &deleted);
-    alloc_fail_reset();
-    assert_int_equal(st, AFSM_ENOMEM);
-    assert_int_equal(deleted, 0);
-    afsm_counts counts;
-    assert_int_equal(afsm_engine_counts(engine, &counts), AFSM_OK);
-    assert_int_equal(counts.total, 40);
-    assert_int_equal(afsm_session_delete_by_user(engine, "enomem-user", 11, NULL, 0, &deleted), AFSM_OK);
-    assert_int_equal(deleted, 40);
-    assert_int_equal(afsm_engine_close(engine), AFSM_OK); /* no reference left behind */
 }
 
 int main(void)

@@ -9,7 +9,10 @@
  * - a heartbeat never waits on etcd: lease renewals go to the store's
  *   renewer, and a heartbeat while etcd is stalled (SIGSTOP) returns at
  *   once; the lease is renewed once etcd answers again;
- * - a stats flush that loses every guard reports it and keeps the stats.
+ * - a stats flush that loses every guard reports it and keeps the stats;
+ * - a linearizable read of a record whose activation a node with a clock
+ *   behind the creator's stamped before the creation reads as active at
+ *   its creation (created <= last active), and restores elsewhere.
  *
  * Every wait is a poll with a deadline. A replica is held behind with an
  * event callback that blocks its watch thread (a gate, bounded at 20 s);
@@ -527,6 +530,76 @@ static void test_flush_losing_every_guard_reports_it_and_keeps_the_stats(void **
     afsm_engine_close(a);
 }
 
+/* ---- 4. a record stamped by nodes whose clocks disagree ------------------------------ */
+
+/* Re-stamps the session's record in etcd, as a node whose wall clock runs
+ * `behind_ns` behind the creator's would have stamped an activation: last
+ * active that long before the creation. The record keeps its lease. */
+static void stamp_active_before_creation(const char *prefix, const afsm_uuid *id, int64_t behind_ns)
+{
+    char key[KEYS_MAX];
+    size_t klen = keys_session(prefix, strlen(prefix), id, key);
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "key", etcd_json_bytes(key, klen));
+    json_object *reply = raw_call("/v3/kv/range", body, 1), *kvs = etcd_get_array(reply, "kvs");
+    assert_true(kvs != NULL && json_object_array_length(kvs) == 1);
+    json_object *kv = json_object_array_get_idx(kvs, 0);
+    long len = 0;
+    char *value = etcd_get_bytes(kv, "value", &len);
+    assert_non_null(value);
+    keys_record rec;
+    json_object *holder = NULL;
+    assert_int_equal(keys_record_decode(value, (size_t)len, &rec, &holder), AFSM_OK);
+    free(value);
+    rec.info.last_active_at_ns = rec.info.created_at_ns - behind_ns;
+    json_object *encoded = keys_record_encode(&rec);
+    assert_non_null(encoded);
+    const char *text = json_object_to_json_string_ext(encoded, JSON_C_TO_STRING_PLAIN);
+    body = json_object_new_object();
+    json_object_object_add(body, "key", etcd_json_bytes(key, klen));
+    json_object_object_add(body, "value", etcd_json_bytes(text, strlen(text)));
+    json_object_object_add(body, "lease", json_object_new_int64(etcd_get_int64(kv, "lease")));
+    json_object_put(raw_call("/v3/kv/put", body, 0));
+    json_object_put(encoded);
+    json_object_put(holder);
+    json_object_put(reply);
+}
+
+/* The README's created <= last active <= expires holds for every copy, a
+ * linearizable read's (the record as etcd holds it) too: a record whose
+ * activation was stamped by a node 1 s behind the creator reads as active
+ * at its creation, as the replica's copy does, and the copy can be
+ * restored into another engine (afsm_session_restore refuses a copy active
+ * before it was created). */
+static void test_linearizable_copy_of_a_skewed_record_keeps_created_before_last_active(void **state)
+{
+    (void)state;
+    const char *prefix = "/sk1/";
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix, .read_mode = AFSM_READ_LINEARIZABLE});
+    afsm_session_info s, copy;
+    assert_int_equal(create(a, "skewed", &s), AFSM_OK);
+    stamp_active_before_creation(prefix, &s.session_id, 1000000000);
+
+    afsm_session_info_init(&copy, AFSM_SESSION_INFO_VERSION);
+    assert_int_equal(afsm_session_get(a, &s.session_id, &copy), AFSM_OK);
+    assert_int_equal(copy.created_at_ns, s.created_at_ns);
+    if (copy.last_active_at_ns < copy.created_at_ns)
+        fail_msg("linearizable copy: last active %lld ns before created",
+                 (long long)(copy.created_at_ns - copy.last_active_at_ns));
+    assert_int_equal(copy.last_active_at_ns, copy.created_at_ns);
+    assert_true(copy.expires_at_ns == copy.last_active_at_ns + (int64_t)copy.timeout_ms * 1000000);
+
+    afsm_config cfg;
+    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
+    afsm_engine *other = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &other), AFSM_OK);
+    afsm_status restored = afsm_session_restore(other, &copy, NULL, 0);
+    if (restored != AFSM_OK)
+        fail_msg("restore of the linearizable copy: %s (%s)", afsm_status_name(restored), afsm_error_detail());
+    afsm_engine_close(other);
+    afsm_engine_close(a);
+}
+
 /* ---- setup ----------------------------------------------------------------------------- */
 
 int main(void)
@@ -540,6 +613,7 @@ int main(void)
         cmocka_unit_test(test_lease_gone_makes_heartbeats_expired),
         cmocka_unit_test(test_renewals_due_together_all_reach_etcd),
         cmocka_unit_test(test_flush_losing_every_guard_reports_it_and_keeps_the_stats),
+        cmocka_unit_test(test_linearizable_copy_of_a_skewed_record_keeps_created_before_last_active),
         cmocka_unit_test_teardown(test_heartbeat_does_not_wait_for_a_stalled_etcd, resume_etcd),
     };
     if (getenv("AFSM_ETCD_TEST_FILTER") != NULL)
