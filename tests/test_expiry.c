@@ -148,11 +148,7 @@ static void record_states(void *ctx, const afsm_event *ev)
 static afsm_engine *open_with(state_log *log, uint64_t idle_ms, uint64_t linger_ms)
 {
     afsm_config cfg;
-    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
-    virtual_clock_set(&vclock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &vclock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&vclock, &cfg);
     cfg.idle_timeout_ms = idle_ms;
     cfg.close_linger_ms = linger_ms;
     cfg.on_event = record_states;
@@ -796,11 +792,7 @@ static void outcomes_empty_users(uint32_t shards)
     static outcome_log log;
     memset(&log, 0, sizeof(log));
     afsm_config cfg;
-    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
-    virtual_clock_set(&vclock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &vclock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&vclock, &cfg);
     cfg.shard_count = shards;
     cfg.default_timeout_ms = 1000;
     cfg.idle_timeout_ms = 500;
@@ -1011,11 +1003,7 @@ static void test_readers_and_evictions_racing_emptied_users(void **state)
     static emptying_race r;
     memset(&r, 0, sizeof(r));
     afsm_config cfg;
-    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
-    virtual_clock_set(&vclock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &vclock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&vclock, &cfg);
     cfg.shard_count = 4;
     cfg.default_timeout_ms = 1000;
     cfg.max_sessions_per_user = 2;

@@ -51,11 +51,7 @@ static void capture_log(void *ctx, int level, const char *message, const afsm_lo
 static afsm_engine *open_engine(log_capture *log, int log_level, int metrics_off)
 {
     afsm_config cfg;
-    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
-    virtual_clock_set(&vclock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &vclock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&vclock, &cfg);
     cfg.default_timeout_ms = 60000;
     cfg.idle_timeout_ms = 20000;
     cfg.on_log = capture_log;

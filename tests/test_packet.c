@@ -446,11 +446,7 @@ static void test_packet_never_loses_wakeup(void **state)
 {
     (void)state;
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(&vclock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &vclock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&vclock, &cfg);
     cfg.default_timeout_ms = 3600 * 1000;
     cfg.idle_timeout_ms = 1000;
     cfg.shard_count = 4;

@@ -849,11 +849,7 @@ static void test_exiting_threads_with_handles_and_destructors(void **state)
     (void)state;
     virtual_clock clock;
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&clock, &cfg);
     cfg.shard_count = 2;
     afsm_engine *engine = NULL;
     assert_int_equal(afsm_engine_open(&cfg, &engine), AFSM_OK);
@@ -987,11 +983,7 @@ static void test_no_event_after_terminal_on_one_thread(void **state)
     assert_non_null(c.log);
     pthread_mutex_init(&c.log->mutex, NULL);
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&clock, &cfg);
     cfg.shard_count = 2;
     cfg.max_sessions_per_user = 1;
     cfg.limit_policy = AFSM_LIMIT_EVICT_OLDEST;
@@ -1097,11 +1089,7 @@ static void test_handle_add_stats_enomem_adds_nothing(void **state)
     (void)state;
     virtual_clock clock;
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&clock, &cfg);
     cfg.shard_count = 1;
     cfg.default_timeout_ms = 60000;
     cfg.idle_timeout_ms = 1000;

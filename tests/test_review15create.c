@@ -467,11 +467,7 @@ static void sweep_one(uint32_t shards, uint32_t cap, uint32_t policy, int restor
     virtual_clock clock;
     sweep_ctx ctx = {0};
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&clock, &cfg);
     cfg.shard_count = shards;
     cfg.capacity_hint = 1;
     cfg.on_event = sweep_event;

@@ -835,11 +835,7 @@ static void test_close_delete_handles_and_advance_race(void **state)
     virtual_clock clock;
     close_race *c = calloc(1, sizeof(*c));
     afsm_config cfg;
-    assert_int_equal(afsm_config_init(&cfg, AFSM_CONFIG_VERSION), AFSM_OK);
-    virtual_clock_set(&clock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &clock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&clock, &cfg);
     cfg.shard_count = 4;
     cfg.close_linger_ms = 0;
     cfg.on_event = close_race_event;

@@ -18,11 +18,7 @@ static const uint8_t key_two[AFSM_KEY_BYTES] = "fedcba9876543210fedcba987654321"
 static afsm_engine *open_with_key(const uint8_t *key, uint32_t key_id)
 {
     afsm_config cfg;
-    afsm_config_init(&cfg, AFSM_CONFIG_VERSION);
-    virtual_clock_set(&vclock, 1000 * SEC);
-    cfg.clock = virtual_clock_read;
-    cfg.clock_ctx = &vclock;
-    cfg.reaper = AFSM_REAPER_MANUAL;
+    virtual_config(&vclock, &cfg);
     cfg.default_timeout_ms = 60000;
     cfg.key = key;
     cfg.key_len = key != NULL ? AFSM_KEY_BYTES : 0;

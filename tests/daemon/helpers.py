@@ -1,8 +1,10 @@
 """Small helpers shared by the daemon tests."""
 from __future__ import annotations
 
+import re
 import subprocess
 import time
+import urllib.request
 import uuid
 
 import grpc
@@ -50,3 +52,12 @@ def exits(daemons, *args):
         return daemons.run_to_exit(*args, timeout=EXIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         pytest.fail("sessiond %s started and served instead of refusing to start" % " ".join(args))
+
+
+def metric(d, name: str) -> float:
+    """The value of one unlabelled sample on d's /metrics."""
+    with urllib.request.urlopen("http://%s/metrics" % d.metrics_addr, timeout=5) as resp:
+        body = resp.read().decode()
+    m = re.search(r"^%s (\S+)$" % re.escape(name), body, re.M)
+    assert m, "%s not in /metrics" % name
+    return float(m.group(1))

@@ -3,30 +3,20 @@ protect the server: --max-batch, --max-message-bytes, --max-concurrent-streams,
 --max-watchers, deadlines, and a watcher that lags (report_lag)."""
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
-from helpers import create, expect_code, unique_user, wait_until
+from helpers import create, expect_code, metric, unique_user, wait_until
 from test_watch import Collector, wait_watchers
 
 OK = grpc.StatusCode.OK.value[0]
 NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
-
-
-def metric(d, name: str) -> float:
-    with urllib.request.urlopen("http://%s/metrics" % d.metrics_addr, timeout=5) as resp:
-        body = resp.read().decode()
-    m = re.search(r"^%s (\S+)$" % re.escape(name), body, re.M)
-    assert m, "%s not in /metrics" % name
-    return float(m.group(1))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import create, exits
+from helpers import create, exits, metric
 from test_cli import LOADGEN
 
 
@@ -197,16 +197,6 @@ def test_an_in_flight_stream_still_gets_the_grace(daemons):
     reader.join(10)
     assert answers == [1, 2]  # answered after SIGTERM, within the grace
     assert d.proc.wait(timeout=10) == 0
-
-
-def metric(d, name: str) -> float:
-    import re
-    import urllib.request
-    with urllib.request.urlopen("http://%s/metrics" % d.metrics_addr, timeout=5) as resp:
-        body = resp.read().decode()
-    m = re.search(r"^%s (\S+)$" % re.escape(name), body, re.M)
-    assert m, "%s not in /metrics" % name
-    return float(m.group(1))
 
 
 def test_snapshot_metrics_move_and_a_lost_directory_counts_failures(daemons, tmp_path):
