@@ -248,6 +248,13 @@ afsm_status keys_record_decode(const char *text, size_t len, keys_record *rec, j
     if (!get_int64(o, "created_ns", 0, INT64_MAX / 2, &s->created_at_ns) ||
         !get_int64(o, "active_ns", 0, INT64_MAX / 2, &s->last_active_at_ns))
         goto bad;
+    /* Records are stamped by several nodes: an activation by a node whose
+     * wall clock runs behind the creator's reads as earlier than the
+     * creation. Read as active at its creation, so that every copy made
+     * from a record (the replica's, a linearizable read's) keeps created <=
+     * last active, and restores elsewhere. */
+    if (s->last_active_at_ns < s->created_at_ns)
+        s->last_active_at_ns = s->created_at_ns;
     if (!get_int64(o, "gen", 1, UINT32_MAX, &n))
         goto bad;
     s->token_generation = (uint32_t)n;

@@ -1413,12 +1413,6 @@ static afsm_status read_from_etcd(etcd_store *es, const afsm_uuid *id, afsm_sess
         const char *addr = es->config.server_addr != NULL ? es->config.server_addr : "";
         out->server_addr_len = (uint32_t)strlen(addr);
         memcpy(out->server_addr, addr, out->server_addr_len + 1u);
-        /* An activation stamped by a node whose wall clock runs behind the
-         * creator's reads as earlier than the creation: active at its
-         * creation, as the replica's copy reads (core/mem/write.c, build),
-         * so created <= last active holds here too and the copy restores. */
-        if (out->last_active_at_ns < out->created_at_ns)
-            out->last_active_at_ns = out->created_at_ns;
         out->expires_at_ns = out->last_active_at_ns + (int64_t)out->timeout_ms * 1000000;
         out->metadata_count = (uint32_t)rec.meta_count;
         size_t bytes = 0;
