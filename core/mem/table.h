@@ -31,8 +31,10 @@
  * through a function pointer; this probe is inlined at the call site and
  * its slot can be prefetched before the probe (table_prefetch), so a
  * batch's slot misses overlap. Its memory is the same 8-byte slot per
- * entry at a load of 1/8 to 1/2 once grown (clean-up shrinks a drained
- * map; a presized one may be lighter), without ck_hs's probe-bound array.
+ * entry at a load of 1/16 to 1/2 once grown (clean-up shrinks a map
+ * drained to a sixteenth, or to an eighth once removals have left as many
+ * tombstones as keys; a presized one may be lighter), without ck_hs's
+ * probe-bound array.
  *
  * Ordering: a writer fills the record, then stores its key's pointer with
  * release; a reader loads slots with acquire, so what the writer stored
