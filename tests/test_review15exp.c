@@ -1096,18 +1096,18 @@ static void test_nested_idle_allocation_failures(void **state)
 
 /* ---- 3g. allocation failures while a group's emptied users wait for their drop */
 
-/* A pass that empties users: 200 single-session users expire on one shard
- * while 40 others keep a session, so the users table is cleaned up
- * (rebuilt without its tombstones, an allocation) in the middle of the
- * pass, and so are the sessions and connections tables. The n-th
+/* A pass that empties users: 400 single-session users expire on one shard
+ * while 20 others keep a session, so the users table shrinks (a rebuild,
+ * an allocation) in the middle of the pass, once its keys fill a
+ * sixteenth of it. The n-th
  * allocation fails from there on, for every n up to the pass's last:
  * emptied entries wait for the group's drop (3c32d34) while the tables'
  * rebuilds fail. From inside each failing allocation a user's list reads
  * no session that is gone and never errs; after the pass (and the one
  * finishing it) each session expired once, no entry without sessions is
  * left, and every emptied user can start again. */
-#define DROP_GONE 200
-#define DROP_KEPT 40
+#define DROP_GONE 400
+#define DROP_KEPT 20
 
 typedef struct drop_ctx {
     ledger ledger;

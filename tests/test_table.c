@@ -6,6 +6,7 @@
  */
 #include "test_support.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -259,6 +260,106 @@ static void test_churn_near_half_load_keeps_the_map_size(void **state)
     table_hash_override = constant_hash;
 }
 
+/* Keys removed in any order leave the map as empty as they found it: no
+ * tombstone stays behind for a clean-up to sweep (issue 15, goal 5). Keys
+ * in one cluster on the constant hash, removed from the middle, the front,
+ * then the back. */
+static void test_removing_every_key_leaves_no_tombstone(void **state)
+{
+    (void)state;
+    table t;
+    assert_true(table_init(&t, TABLE_KEY_UUID, 64, 5, record));
+    enum { KEYS = 20 };
+    static afsm_uuid keys[KEYS];
+    for (int i = 0; i < KEYS; i++) {
+        afsm_uuid_v7(&keys[i]);
+        assert_int_equal(table_insert(&t, &keys[i]), TABLE_OK);
+    }
+    const int order[KEYS] = {10, 11, 9, 0, 1, 2, 12, 19, 18, 3, 17, 4, 16, 5, 15, 6, 14, 7, 13, 8};
+    table_map *m = atomic_load(&t.map);
+    for (int n = 0; n < KEYS; n++) {
+        assert_true(table_remove(&t, &keys[order[n]]));
+        for (int k = n + 1; k < KEYS; k++)
+            assert_ptr_equal(table_get(&t, &keys[order[k]]), &keys[order[k]]);
+    }
+    assert_ptr_equal(atomic_load(&t.map), m);
+    assert_int_equal(table_count(&t), 0);
+    assert_int_equal(t.used, 0);
+    for (uint64_t i = 0; i <= m->mask; i++)
+        assert_null(atomic_load(&m->slots[i]));
+    table_destroy(&t);
+}
+
+/* Readers looking up keys that stay while one writer inserts and removes
+ * others around them on the same slots (the constant hash: one cluster)
+ * never miss one: emptying slots on removal must leave every present key's
+ * probe sequence whole at each store, not only after the removal. Run
+ * under ThreadSanitizer in CI. */
+enum { STAYING = 24, COMING = 48, READERS = 2 };
+static afsm_uuid staying[STAYING], coming[COMING];
+static table shared_table;
+static _Atomic int writer_done;
+
+static void *reader_main(void *arg)
+{
+    long *missed = arg;
+    if (!epoch_thread_prepare())
+        return NULL;
+    while (!atomic_load(&writer_done)) {
+        ck_epoch_record_t *e = epoch_enter();
+        for (int i = 0; i < STAYING; i++) {
+            afsm_uuid copy = staying[i];
+            *missed += table_get(&shared_table, &copy) != &staying[i];
+        }
+        epoch_leave(e);
+    }
+    return NULL;
+}
+
+static void test_readers_never_miss_a_key_while_others_come_and_go(void **state)
+{
+    (void)state;
+    /* Large enough that the writer's churn never fills it to a rebuild:
+     * what is under test is removals in place. */
+    assert_true(table_init(&shared_table, TABLE_KEY_UUID, 512, 7, record));
+    for (int i = 0; i < COMING; i++)
+        afsm_uuid_v7(&coming[i]);
+    /* Interleaved with the staying keys, so removals empty slots between
+     * and after them. */
+    for (int i = 0; i < STAYING; i++) {
+        afsm_uuid_v7(&staying[i]);
+        assert_int_equal(table_insert(&shared_table, &coming[2 * i]), TABLE_OK);
+        assert_int_equal(table_insert(&shared_table, &staying[i]), TABLE_OK);
+    }
+    table_map *m = atomic_load(&shared_table.map);
+    atomic_store(&writer_done, 0);
+    pthread_t readers[READERS];
+    long missed[READERS] = {0};
+    for (int r = 0; r < READERS; r++)
+        assert_int_equal(pthread_create(&readers[r], NULL, reader_main, &missed[r]), 0);
+    uint64_t rng = 99;
+    bool in[COMING] = {false};
+    for (int i = 0; i < STAYING; i++)
+        in[2 * i] = true;
+    for (int step = 0; step < 200000; step++) {
+        rng = rng * UINT64_C(6364136223846793005) + 1442695040888963407u;
+        int k = (int)((rng >> 33) % COMING);
+        if (in[k])
+            assert_true(table_remove(&shared_table, &coming[k]));
+        else
+            assert_int_equal(table_insert(&shared_table, &coming[k]), TABLE_OK);
+        in[k] = !in[k];
+    }
+    atomic_store(&writer_done, 1);
+    for (int r = 0; r < READERS; r++) {
+        assert_int_equal(pthread_join(readers[r], NULL), 0);
+        if (missed[r] != 0)
+            fail_msg("reader %d missed a staying key %ld times", r, missed[r]);
+    }
+    assert_ptr_equal(atomic_load(&shared_table.map), m);
+    table_destroy(&shared_table);
+}
+
 /* The model test's deterministic generator (xorshift64*): a failure names
  * its seed and step, and the same run replays it. */
 static uint64_t model_rng;
@@ -318,6 +419,11 @@ static void model_check(table *t, const afsm_uuid *keys, int pool, const bool *p
                          (unsigned long long)i);
         }
     }
+    /* A removal empties a slot whose next is empty, and the tombstones
+     * before it: no tombstone is ever left directly before an empty slot. */
+    for (uint64_t i = 0; i < slots; i++)
+        if (atomic_load(&m->slots[i]) == TABLE_TOMBSTONE && atomic_load(&m->slots[(i + 1) & m->mask]) == NULL)
+            fail_msg("%s, step %d: a tombstone at slot %llu before an empty slot", what, step, (unsigned long long)i);
     if (live != in_model || table_count(t) != in_model || t->used != live + tombstones)
         fail_msg("%s, step %d: model %llu keys; map %llu keys, %llu tombstones; count %zu, used %llu", what, step,
                  (unsigned long long)in_model, (unsigned long long)live, (unsigned long long)tombstones, table_count(t),
@@ -655,6 +761,8 @@ int main(void)
         cmocka_unit_test(test_engine_with_colliding_keys),
         cmocka_unit_test(test_restore_rollback_never_duplicates),
         cmocka_unit_test(test_churn_near_half_load_keeps_the_map_size),
+        cmocka_unit_test(test_removing_every_key_leaves_no_tombstone),
+        cmocka_unit_test(test_readers_never_miss_a_key_while_others_come_and_go),
         cmocka_unit_test(test_probe_skips_keys_of_other_tags_without_reading_them),
         cmocka_unit_test(test_string_probe_skips_keys_of_other_tags_without_reading_them),
         cmocka_unit_test(test_rebuild_places_and_tags_keys_by_one_hash),

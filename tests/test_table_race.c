@@ -20,6 +20,7 @@
 #include <stdlib.h>
 
 #include "mem/table.h"
+#include "mem_inspect.h"
 #include "util/alloc.h"
 #include "util/epoch.h"
 
@@ -301,9 +302,24 @@ static void test_create_that_grows_fails_cleanly_at_every_allocation(void **stat
     assert_true(k - 1 >= 5); /* the record, the user entry and three maps at least */
 }
 
-/* Deletes past 64 tombstones rebuild the tables; with every allocation
- * failing the rebuild cannot happen, and the delete must still succeed and
- * leave correct tables, and the next delete (allocation back) rebuild. */
+static void count_failed_allocation(void *ctx)
+{
+    ++*(long *)ctx;
+}
+
+/* The slots of the one shard's sessions map (no other thread runs). */
+static uint64_t session_map_slots(afsm_engine *engine)
+{
+    return atomic_load(&((mem_store *)engine->st)->shards[0].sessions.map)->mask + 1;
+}
+
+/* Deletes that drain a map to a sixteenth of its slots (or leave 64
+ * tombstones) rebuild the tables; with every allocation failing the
+ * rebuild cannot happen, and the delete must still succeed and leave
+ * correct tables, and the next delete (allocation back) rebuild.
+ * Only allocations fail here that a delete makes, so the deletes without
+ * memory must have seen some fail (a rebuild tried), and the map must be
+ * replaced only once memory is back: else this tests nothing of it. */
 static void test_delete_that_rebuilds_succeeds_without_memory(void **state)
 {
     (void)state;
@@ -317,10 +333,15 @@ static void test_delete_that_rebuilds_succeeds_without_memory(void **state)
         assert_int_equal(create_for(engine, user, &ids[i], &conns[i]), AFSM_OK);
     }
     int left = N;
-    /* 100 deletes without memory (tombstones pass 64 and the keys left),
-     * then 40 with it back. */
-    const int stop_at[2] = {60, 20};
+    uint64_t grown = session_map_slots(engine);
+    long failed = 0;
+    /* 140 deletes without memory (the 160 keys grew the map to 512 slots:
+     * from 32 keys left each delete tries to shrink it; removals leave
+     * empty slots more often than tombstones, so these alone may never
+     * reach 64), then 10 with it back. */
+    const int stop_at[2] = {20, 10};
     for (int round = 0; round < 2; round++) {
+        alloc_fail_observe(count_failed_allocation, &failed);
         alloc_fail_after_on_this_thread(round == 0 ? 0 : -1);
         while (left > stop_at[round]) {
             left--;
@@ -329,8 +350,17 @@ static void test_delete_that_rebuilds_succeeds_without_memory(void **state)
             assert_int_equal(afsm_session_get(engine, &ids[left], &info), AFSM_ENOTFOUND);
         }
         alloc_fail_after_on_this_thread(-1);
+        alloc_fail_observe(NULL, NULL);
         expect_sessions(engine, ids, conns, left);
+        if (round == 0) {
+            if (failed == 0)
+                fail_msg("%d deletes without memory tried no rebuild (no allocation failed)", N - left);
+            assert_int_equal(session_map_slots(engine), grown);
+        }
     }
+    if (session_map_slots(engine) >= grown)
+        fail_msg("the deletes with memory back left the map at %llu slots (grown to %llu for %d keys, %d left)",
+                 (unsigned long long)session_map_slots(engine), (unsigned long long)grown, N, left);
     /* Usable afterwards: the removed ones come back (new sessions). */
     for (int i = left; i < N; i++) {
         snprintf(user, sizeof(user), "del-%d", i);

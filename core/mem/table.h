@@ -8,7 +8,9 @@
  * Keys are compared in full, so hash collisions are harmless.
  *
  * The map is open addressing with linear probing over one array of
- * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key. A slot also
+ * pointer slots: NULL is empty, TABLE_TOMBSTONE a removed key (a removed
+ * key whose next slot is empty leaves an empty slot instead, as do the
+ * tombstones just before it: no probe sequence runs through them). A slot also
  * carries 8 bits of its key's hash (its tag) in pointer bits 48-55, which
  * user-space addresses on 64-bit Linux leave zero (unless a mapping asks
  * for an address above 2^47; table_insert refuses one), so a probe passing
@@ -29,8 +31,10 @@
  * through a function pointer; this probe is inlined at the call site and
  * its slot can be prefetched before the probe (table_prefetch), so a
  * batch's slot misses overlap. Its memory is the same 8-byte slot per
- * entry at a load of 1/8 to 1/2 once grown (clean-up shrinks a drained
- * map; a presized one may be lighter), without ck_hs's probe-bound array.
+ * entry at a load of 1/16 to 1/2 once grown (clean-up shrinks a map
+ * drained to a sixteenth, or to an eighth once removals have left as many
+ * tombstones as keys; a presized one may be lighter), without ck_hs's
+ * probe-bound array.
  *
  * Ordering: a writer fills the record, then stores its key's pointer with
  * release; a reader loads slots with acquire, so what the writer stored
@@ -198,16 +202,17 @@ bool table_remove(table *t, const void *key);
  * that prefetched the slot (table_prefetch) does not hash twice. */
 bool table_remove_hashed(table *t, const void *key, unsigned long hash);
 
-/* Writer lock held: when removals have left at least as many tombstones
- * as keys (and 64 or more), rebuilds the map without them, so probes stay
- * short under churn: at the size its keys need (never below the presized
- * one) when it holds 1/8 of its slots or fewer, so a drained spike gives
- * its memory back; else, at the same size, only once keys and tombstones
- * fill more than 1/4 of it (a lighter map's probes are short anyway). Each
- * rebuild of an S-slot map thus follows S/8 removals or more, or follows
- * the inserts that grew it: amortised O(1) per removal. False only when
- * the rebuild could not allocate (the table stays as it was, still
- * correct). */
+/* Writer lock held: shrinks a map its keys fill 1/16 of or less to the
+ * size they need (never below the presized one), so a drained spike gives
+ * its memory back; and when removals have left at least as many
+ * tombstones as keys (and 64 or more), rebuilds the map without them, so
+ * probes stay short under churn: at the size its keys need when they hold
+ * 1/8 of its slots or fewer, else at the same size, only once keys and
+ * tombstones fill more than 1/4 of it (a lighter map's probes are short
+ * anyway). Each rebuild of an S-slot map thus follows S/16 removals or
+ * more, or follows the inserts that grew it: amortised O(1) per removal.
+ * False only when the rebuild could not allocate (the table stays as it
+ * was, still correct). */
 bool table_maintain(table *t);
 
 size_t table_count(table *t);
