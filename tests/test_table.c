@@ -33,9 +33,18 @@ static int setup(void **state)
     return record == NULL;
 }
 
+/* The model run's open reader section, if a failed check left it open
+ * (cmocka's failure jumps out of the test): teardown closes it, or its
+ * writer record's retire would wait for it for ever. */
+static ck_epoch_record_t *model_reader;
+
 static int teardown(void **state)
 {
     (void)state;
+    if (model_reader != NULL) {
+        epoch_leave(model_reader);
+        model_reader = NULL;
+    }
     table_hash_override = NULL;
     epoch_writer_retire(record);
     return 0;
@@ -517,7 +526,7 @@ static void run_model(table_hash_fn *hash, uint64_t seed, int pool, int steps, b
         int i = (int)(model_next() % (uint64_t)pool);
         uint64_t r = model_next() % 100;
         bool fail = model_next() % 4 == 0, churned = false;
-        ck_epoch_record_t *reader = epoch_enter();
+        ck_epoch_record_t *reader = model_reader = epoch_enter();
         assert_non_null(reader);
         table_map *old = atomic_load(&t.map);
         uint64_t old_used = t.used;
@@ -597,6 +606,7 @@ static void run_model(table_hash_fn *hash, uint64_t seed, int pool, int steps, b
             seen[now->mask < old->mask ? 0 : now->mask == old->mask ? 1 : 2]++;
         full += t.used * 4 == (now->mask + 1) * 3;
         epoch_leave(reader);
+        model_reader = NULL;
         uint64_t count = table_count(&t);
         if (count > peak)
             peak = count;
