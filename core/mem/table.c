@@ -252,21 +252,21 @@ bool table_maintain(table *t)
     table_map *m = current(t);
     uint64_t keys = atomic_load_explicit(&t->count, memory_order_relaxed);
     uint64_t tombstones = t->used - keys, slots = m->mask + 1;
+    bool few_tombstones = tombstones < 64 || tombstones < keys;
+    /* Drained to a sixteenth: removals often leave empty slots rather
+     * than tombstones (table_remove), so tombstones alone no longer tell a
+     * drained map. Neither, the case of nearly every removal: nothing to
+     * do, decided before the size loop below. */
+    if (few_tombstones && keys * 16 > slots)
+        return true;
     /* Room for the keys at a load of 1/4 or less, as growth leaves them. */
     uint64_t fit = t->min_slots;
     while (fit < 4 * keys)
         fit <<= 1;
-    /* Drained to a sixteenth: removals often leave empty slots rather
-     * than tombstones (table_remove), so tombstones alone no longer tell a
-     * drained map. */
-    if (fit < slots && keys * 16 <= slots)
-        return rebuild(t, fit);
-    if (tombstones < 64 || tombstones < keys)
-        return true;
     if (fit < slots)
         return rebuild(t, fit);
     /* Tombstones and keys fill more than 1/4: cleaning is worth it now. */
-    if (t->used * 4 <= slots)
+    if (few_tombstones || t->used * 4 <= slots)
         return true;
     return rebuild(t, slots);
 }
