@@ -339,8 +339,8 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
         shard_set_add(&set, conn);
         shard_set_add(&set, s->user->shard_index);
         const table *sessions = &batch->sh->sessions, *connections = &ms->shards[conn].connections;
-        table_prefetch(sessions, table_hash_uuid(&s->id, sessions->seed));
-        table_prefetch(connections, table_hash_uuid(&s->connection_id, connections->seed));
+        table_prefetch_removal(sessions, table_hash_uuid(&s->id, sessions->seed));
+        table_prefetch_removal(connections, table_hash_uuid(&s->connection_id, connections->seed));
     }
     shard_set_acquire(ms->shards, &set);
     size_t expired = 0;

@@ -101,7 +101,7 @@ void index_drop_if_empty(shard *us, user_entry *entry)
 unsigned long index_prepare_drop(shard *us, const user_entry *entry)
 {
     unsigned long hash = table_hash(&us->users, &entry->key);
-    table_prefetch(&us->users, hash);
+    table_prefetch_removal(&us->users, hash);
     return hash;
 }
 
