@@ -179,7 +179,8 @@ static inline const void *table_get_uuid(const table *t, const void *key)
 }
 
 /* Fetches the cache lines holding slots [first, last] of a probe that
- * starts at hash's slot (offsets from it, wrapping at the map's end). */
+ * starts at hash's slot (offsets from it, wrapping at the map's end).
+ * Epoch section or writer lock required (the map it touches). */
 static inline void table_prefetch_span(const table *t, unsigned long hash, int first, int last)
 {
     const table_map *m = atomic_load_explicit(&((table *)t)->map, memory_order_acquire);
@@ -193,11 +194,11 @@ static inline void table_prefetch_span(const table *t, unsigned long hash, int f
 
 /* Starts fetching what a probe for this hash (table_hash, any key kind)
  * reads, so that several slot misses overlap before their probes
- * (mem/batch.c, mem/index.c): its first slot and the next two, since at a
+ * (mem/batch.c, mem/write.c): its first slot and the next two, since at a
  * load of 1/2 or less a probe seldom goes further; the one line, or the
  * two when the three slots straddle a line boundary (one probe in four:
- * slots are 8 bytes). Epoch section or writer lock required (the map it
- * touches). */
+ * slots are 8 bytes and a map's slots start on a line). Same
+ * requirement as table_prefetch_span. */
 static inline void table_prefetch(const table *t, unsigned long hash)
 {
     table_prefetch_span(t, hash, 0, 2);
@@ -206,8 +207,8 @@ static inline void table_prefetch(const table *t, unsigned long hash)
 /* table_prefetch for a coming table_remove_hashed, which also reads the
  * slot before its key's when it leaves an empty slot (the tombstones just
  * before it go too): measured at 1M sessions, fetching only the first
- * slot's line left a third of expiry's time in these removals' probes
- * (mem/expiry.c). */
+ * slot's line left 41% of an expiry pass in these removals' probes
+ * (mem/expiry.c, mem/index.c). */
 static inline void table_prefetch_removal(const table *t, unsigned long hash)
 {
     table_prefetch_span(t, hash, -1, 2);
