@@ -331,16 +331,17 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
      * before locking they overlap, where the removals would take them one
      * after another. (A removal compares addresses only, so the probe reads
      * no other record on its way: mem/table.h.) */
+    mem_place places[SETTLE_GROUP]; /* each found once: for the set, the prefetch and the removal */
     for (size_t j = from; j < to; j++) {
         session *s = items[j].s;
         if (items[j].outcome == OUTCOME_IDLE || session_removed(s))
             continue;
-        unsigned conn = mem_shard_of_connection(ms, &s->connection_id);
-        shard_set_add(&set, conn);
+        mem_place *place = &places[j - from];
+        mem_place_of(ms, s, place);
+        shard_set_add(&set, (unsigned)(place->conn - ms->shards));
         shard_set_add(&set, s->user->shard_index);
-        const table *sessions = &batch->sh->sessions, *connections = &ms->shards[conn].connections;
-        table_prefetch_removal(sessions, table_hash_uuid(&s->id, sessions->seed));
-        table_prefetch_removal(connections, table_hash_uuid(&s->connection_id, connections->seed));
+        table_prefetch_removal(&place->home->sessions, place->id_hash);
+        table_prefetch_removal(&place->conn->connections, place->connection_hash);
     }
     shard_set_acquire(ms->shards, &set);
     size_t expired = 0;
@@ -363,9 +364,9 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
         if (item->outcome != OUTCOME_IDLE && !atomic_load_explicit(&s->removed, memory_order_relaxed)) {
             item->removed_state = atomic_load_explicit(&s->state, memory_order_relaxed);
             if (item->outcome == OUTCOME_CLOSED) {
-                mem_remove_locked(ms, s, AFSM_DELETE_CLOSED, 1);
+                mem_remove_placed_locked(ms, s, &places[j - from], AFSM_DELETE_CLOSED, 1);
             } else {
-                mem_remove_locked(ms, s, AFSM_DELETE_EXPIRED, 1);
+                mem_remove_placed_locked(ms, s, &places[j - from], AFSM_DELETE_EXPIRED, 1);
                 expired++;
             }
             /* Once per entry: a count of 0 leaves no session of its user
@@ -375,7 +376,7 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
         }
         /* The batch's reference; the home shard's lock is in the set. While
          * the section lasts, the record (freed through the epoch) stays. */
-        mem_unref_locked(ms, s);
+        mem_unref_home_locked(batch->sh, s);
     }
     for (size_t k = 0; k < emptied_count; k++)
         emptied_hash[k] = index_prepare_drop(&ms->shards[emptied[k]->shard_index], emptied[k]);

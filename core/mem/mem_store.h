@@ -213,10 +213,24 @@ afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason, size_
 afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_len, const char *reason,
                                size_t reason_len, size_t *removed);
 afsm_status mem_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out);
+/* Where a removal of s writes: its home and connection shards and its
+ * keys' hashes in their tables, found once (mem_place_of) by a caller that
+ * also needs them before removing: for its lock set, or to prefetch the
+ * slots (an expiry group, mem/expiry.c). */
+typedef struct mem_place {
+    shard *home;
+    shard *conn;
+    unsigned long id_hash;         /* of s->id in home->sessions */
+    unsigned long connection_hash; /* of s->connection_id in conn->connections */
+} mem_place;
+void mem_place_of(const mem_store *ms, const session *s, mem_place *place);
 /* Removes s whole; caller holds its lock set and checked it is not removed.
  * keep_user_entry: see index_unlink (an eviction adds right after; an
  * expiry group drops the entries it empties together, mem/expiry.c). */
 void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry);
+/* The same at a place mem_place_of found for s. */
+void mem_remove_placed_locked(mem_store *ms, session *s, const mem_place *place, afsm_delete_reason why,
+                              int keep_user_entry);
 /* Takes s's lock set, removes it unless already removed (AFSM_ENOTFOUND),
  * captures its event into *ev for the caller to fire after its section.
  * drop_ref: also release one reference the caller holds (in the same lock

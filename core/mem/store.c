@@ -467,9 +467,8 @@ void mem_count_removal(const mem_store *ms, shard *sh, const session *s, afsm_de
         return;
     bump(&sh->deleted[why], 1);
     /* An expired session ended at its deadline, not when the reaper saw it. */
-    uint64_t end = mem_now(ms);
-    if (why == AFSM_DELETE_EXPIRED)
-        end = mem_deadline(ms, s, load(&s->last_active_ns) & ~SESSION_EXPIRED_BIT);
+    uint64_t end =
+        why == AFSM_DELETE_EXPIRED ? mem_deadline(ms, s, load(&s->last_active_ns) & ~SESSION_EXPIRED_BIT) : mem_now(ms);
     uint64_t lived_ms = end > s->created_ns ? (end - s->created_ns) / 1000000u : 0;
     unsigned bucket = 0;
     while (bucket < AFSM_DURATION_BUCKETS - 1 && lived_ms > (uint64_t)duration_bounds_s[bucket] * 1000u)

@@ -353,10 +353,18 @@ unlock:
 
 /* ---- removal -------------------------------------------------------------- */
 
-/* mem_remove_locked with the home and connection shards already found (a
- * delete computes them once, for its lock set and for this). */
-static void remove_locked(mem_store *ms, session *s, shard *sh, shard *ch, afsm_delete_reason why, int keep_user_entry)
+void mem_place_of(const mem_store *ms, const session *s, mem_place *place)
 {
+    place->home = mem_home(ms, s);
+    place->conn = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
+    place->id_hash = table_hash_uuid(&s->id, place->home->sessions.seed);
+    place->connection_hash = table_hash_uuid(&s->connection_id, place->conn->connections.seed);
+}
+
+void mem_remove_placed_locked(mem_store *ms, session *s, const mem_place *place, afsm_delete_reason why,
+                              int keep_user_entry)
+{
+    shard *sh = place->home, *ch = place->conn;
     /* The up to four neighbours the unlinks below write (user list, timer
      * list) are random records: start their lines together, so the misses
      * overlap with each other and with the connection table's probe instead
@@ -382,9 +390,9 @@ static void remove_locked(mem_store *ms, session *s, shard *sh, shard *ch, afsm_
      * table's slot came with the lookup, the neighbours are prefetched)
      * proceeds while it arrives, rather than waiting behind it at the
      * reference drop's locked instruction. */
-    table_remove(&ch->connections, &s->connection_id);
+    table_remove_hashed(&ch->connections, &s->connection_id, place->connection_hash);
     index_unlink(&ms->shards[s->user->shard_index], s, keep_user_entry);
-    table_remove(&sh->sessions, &s->id);
+    table_remove_hashed(&sh->sessions, &s->id, place->id_hash);
     if (s->timer.next != NULL)
         wheel_remove(&sh->timers, &s->timer);
     mem_count_state(sh, atomic_load_explicit(&s->state, memory_order_relaxed), -1);
@@ -398,22 +406,25 @@ static void remove_locked(mem_store *ms, session *s, shard *sh, shard *ch, afsm_
 
 void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry)
 {
-    remove_locked(ms, s, mem_home(ms, s), &ms->shards[mem_shard_of_connection(ms, &s->connection_id)], why,
-                  keep_user_entry);
+    mem_place place;
+    mem_place_of(ms, s, &place);
+    mem_remove_placed_locked(ms, s, &place, why, keep_user_entry);
 }
 
 afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_delete_reason why, const char *reason,
                                size_t reason_len, int drop_ref, mem_event *ev)
 {
     /* The lock set's shards, found once (mem_lockset_for_session's). */
-    unsigned home = mem_shard_of_id(ms, &s->id), conn = mem_shard_of_connection(ms, &s->connection_id);
+    mem_place place;
+    mem_place_of(ms, s, &place);
+    unsigned home = (unsigned)(place.home - ms->shards);
     lockset set;
-    lockset_init3(&set, home, conn, s->user->shard_index);
+    lockset_init3(&set, home, (unsigned)(place.conn - ms->shards), s->user->shard_index);
     lockset_acquire(ms->shards, &set);
     afsm_status status = AFSM_ENOTFOUND;
     uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
     if (!atomic_load_explicit(&s->removed, memory_order_relaxed)) {
-        remove_locked(ms, s, &ms->shards[home], &ms->shards[conn], why, 0);
+        mem_remove_placed_locked(ms, s, &place, why, 0);
         status = AFSM_OK;
     }
     if (drop_ref)
