@@ -65,16 +65,6 @@ typedef struct place_ctx {
 static place_ctx *current;
 static _Thread_local int on_advancer;
 
-static unsigned long mix(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    x *= UINT64_C(0xc4ceb9fe1a85ec53);
-    x ^= x >> 33;
-    return (unsigned long)x;
-}
-
 /* A good hash for any key (the engine's own uuid formula for 16 bytes),
  * set before the engine opens and kept until it closes, so every table
  * agrees with itself. On the advancing thread, while armed, the K-th hash
@@ -88,12 +78,12 @@ static unsigned long hook_hash(const void *key, size_t len, unsigned long seed)
         uint64_t lo, hi;
         memcpy(&hi, key, 8);
         memcpy(&lo, (const char *)key + 8, 8);
-        h = mix(lo ^ mix(hi ^ seed));
+        h = table_mix(lo ^ table_mix(hi ^ seed));
     } else {
         uint64_t x = UINT64_C(0xcbf29ce484222325) ^ seed;
         for (size_t i = 0; i < len; i++)
             x = (x ^ ((const unsigned char *)key)[i]) * UINT64_C(0x100000001b3);
-        h = mix(x);
+        h = table_mix(x);
     }
     place_ctx *c = current;
     if (c == NULL || !on_advancer || len != 16 || !atomic_load(&c->armed))
