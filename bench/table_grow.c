@@ -6,6 +6,7 @@
  */
 #include "table_grow.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +26,8 @@ struct table_grow {
 
 table_grow *table_grow_new(size_t keys)
 {
+    if (keys == 0 || keys > SIZE_MAX / RECORD_BYTES)
+        return NULL;
     table_grow *g = calloc(1, sizeof(*g));
     if (g == NULL)
         return NULL;
@@ -76,6 +79,8 @@ bool table_grow_fill(table_grow *g, size_t count)
 
 bool table_grow_insert(table_grow *g, size_t index)
 {
+    if (!g->live || index >= g->keys)
+        return false;
     return table_insert(&g->table, g->records + g->order[index] * RECORD_BYTES) == TABLE_OK;
 }
 
