@@ -13,7 +13,7 @@
 #include "mem/table.h"
 #include "util/epoch.h"
 
-#define RECORD_BYTES 256 /* a session record's slab slot, about */
+#define RECORD_BYTES 256 /* about what a session takes (192-byte record, tables, user entry) */
 
 struct table_grow {
     char *records;

@@ -417,9 +417,8 @@ afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_d
     /* The lock set's shards, found once (mem_lockset_for_session's). */
     mem_place place;
     mem_place_of(ms, s, &place);
-    unsigned home = (unsigned)(place.home - ms->shards);
     lockset set;
-    lockset_init3(&set, home, (unsigned)(place.conn - ms->shards), s->user->shard_index);
+    lockset_init3(&set, (unsigned)(place.home - ms->shards), (unsigned)(place.conn - ms->shards), s->user->shard_index);
     lockset_acquire(ms->shards, &set);
     afsm_status status = AFSM_ENOTFOUND;
     uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
@@ -428,7 +427,7 @@ afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_d
         status = AFSM_OK;
     }
     if (drop_ref)
-        mem_unref_home_locked(&ms->shards[home], s);
+        mem_unref_home_locked(place.home, s);
     lockset_release(ms->shards, &set);
     ev->pending = false;
     /* Without a callback there is nothing to copy (mem_event_capture's own
