@@ -42,11 +42,26 @@ void floor_destroy(floor_table *t);
 #define FLOOR_RECORD_BYTES 192
 #define FLOOR_BATCH        16
 typedef struct floor_records floor_records;
-floor_records *floor_records_build(const uint8_t (*keys)[16], size_t n);
-/* 1 when found (out holds the record's bytes), 0 when not. */
+/* records_per_user 0: records alone (the get + copy floor). Otherwise the
+ * floor with the user hop (bench: Get/floor_user), what a Get costs once
+ * the user id lives outside the record, as the engine keeps it: one user
+ * entry per records_per_user records (record i belongs to user
+ * i / records_per_user, as the bench's sessions do), FLOOR_USER_BYTES
+ * each, packed in one cache-line-aligned array (denser than the engine's
+ * allocator-placed entries: a floor takes the best layout), and each
+ * record holds its entry's pointer in its first line, where the engine's
+ * record holds its. */
+#define FLOOR_USER_BYTES   64
+#define FLOOR_USER_ID_AT   40 /* the id's offset in the entry, as in the engine's user entry */
+#define FLOOR_USER_ID_COPY 16 /* the bench's 13-byte ids and their NUL, in 8-byte moves */
+floor_records *floor_records_build(const uint8_t (*keys)[16], size_t n, size_t records_per_user);
+/* 1 when found, 0 when not. out holds the record's bytes and, with users,
+ * the user id's FLOOR_USER_ID_COPY bytes after them: out must hold
+ * FLOOR_RECORD_BYTES + FLOOR_USER_ID_COPY (an afsm_session_info does). */
 int floor_get_copy(floor_records *f, const uint8_t *key, void *out);
 /* The batched floor: up to FLOOR_BATCH keys; hashes all, probes all,
- * prefetches every found record's lines, then copies each into outs[i].
+ * prefetches every found record's lines, then copies each into outs[i]
+ * (the records alone, without their users).
  * Returns how many were found. */
 size_t floor_get_copy_batch(floor_records *f, const uint8_t *const *keys, size_t n, void *const *outs);
 void floor_records_destroy(floor_records *f);

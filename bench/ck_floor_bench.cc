@@ -8,6 +8,11 @@
  *                             (issue 15's get + copy floor)
  *   GetBatch/floor            16 keys a call: probe all, prefetch, copy
  *                             (the batched floor); items are keys
+ *   Get/floor_user            Get/floor, plus the hop from the record to
+ *                             its user's entry and the copy of the user id:
+ *                             the floor of the engine's layout, which keeps
+ *                             the id in the user's entry (not a goal's
+ *                             denominator: it says what bounds goal 1)
  */
 #include <benchmark/benchmark.h>
 
@@ -20,15 +25,17 @@
 #include "util.h"
 #include "world.h"
 
-namespace bench {
-namespace {
+namespace bench
+{
+namespace
+{
 
 struct Floor {
     std::string kind;
     size_t size = 0;
     std::vector<uint8_t> keys; /* size x 16 bytes */
     floor_table *table = nullptr;
-    floor_records *records = nullptr; /* kind "floor" */
+    floor_records *records = nullptr; /* kinds "floor" and "floor_user" */
     ~Floor()
     {
         floor_destroy(table);
@@ -56,8 +63,8 @@ Floor *floor_for(const std::string &kind, size_t size)
         memcpy(&f->keys[i * 8], &v, 8);
     }
     auto *keys = reinterpret_cast<const uint8_t(*)[16]>(f->keys.data());
-    if (kind == "floor")
-        f->records = floor_records_build(keys, size);
+    if (kind == "floor" || kind == "floor_user")
+        f->records = floor_records_build(keys, size, kind == "floor_user" ? SESSIONS_PER_USER : 0);
     else
         f->table = floor_build(kind.c_str(), keys, size);
     if (f->table == nullptr && f->records == nullptr)
@@ -84,19 +91,21 @@ void floor_get_bench(benchmark::State &state, const std::string &kind, size_t si
         state.SkipWithError("a floor lookup missed");
     state.SetItemsProcessed(state.iterations());
     /* kAvgThreads: every thread reports the same table; do not sum them. */
-    state.counters["table_bytes_per_entry"] = benchmark::Counter(
-        (double)floor_table_bytes(f->table) / (double)size, benchmark::Counter::kAvgThreads);
+    state.counters["table_bytes_per_entry"] =
+        benchmark::Counter((double)floor_table_bytes(f->table) / (double)size, benchmark::Counter::kAvgThreads);
 }
 
-void floor_copy_bench(benchmark::State &state, size_t size, bool batched)
+void floor_copy_bench(benchmark::State &state, const std::string &kind, size_t size, bool batched)
 {
-    Floor *f = floor_for("floor", size);
+    Floor *f = floor_for(kind, size);
     if (f == nullptr) {
         state.SkipWithError("floor records build failed");
         return;
     }
     Rng rng((uint64_t)state.thread_index() * 7919 + size);
     /* Outputs of the engine's afsm_session_info size, as its Get fills. */
+    static_assert(sizeof(afsm_session_info) >= FLOOR_RECORD_BYTES + FLOOR_USER_ID_COPY,
+                  "floor_get_copy's output must fit an afsm_session_info");
     std::vector<afsm_session_info> out(FLOOR_BATCH);
     void *outs[FLOOR_BATCH];
     for (size_t i = 0; i < FLOOR_BATCH; i++)
@@ -116,6 +125,10 @@ void floor_copy_bench(benchmark::State &state, size_t size, bool batched)
     }
     if (misses)
         state.SkipWithError("a floor lookup missed");
+    /* The user hop copied a user's id (floor_user), not the record's filler. */
+    if (kind == "floor_user" && state.iterations() > 0 &&
+        memcmp(reinterpret_cast<const char *>(&out[0]) + FLOOR_RECORD_BYTES, "user-", 5) != 0)
+        state.SkipWithError("the floor's user hop copied no user id");
     state.SetItemsProcessed(state.iterations() * (batched ? FLOOR_BATCH : 1));
 }
 
@@ -130,17 +143,23 @@ void register_ck_floor(size_t size)
         for (int t : mode().threads) {
             std::string k = kind;
             std::string name = std::string("Get/") + kind + "/n:" + std::to_string(size);
-            benchmark::RegisterBenchmark(name.c_str(), [k, size](benchmark::State &st) { floor_get_bench(st, k, size); })
+            benchmark::RegisterBenchmark(name.c_str(),
+                                         [k, size](benchmark::State &st) { floor_get_bench(st, k, size); })
                 ->Threads(t)
                 ->UseRealTime()
                 ->MinTime(mode().min_time);
         }
     }
-    for (bool batched : {false, true}) {
+    struct Copy {
+        const char *kind;
+        bool batched;
+    };
+    for (Copy c : {Copy{"floor", false}, Copy{"floor", true}, Copy{"floor_user", false}}) {
         for (int t : mode().threads) {
-            std::string name = std::string(batched ? "GetBatch" : "Get") + "/floor/n:" + std::to_string(size);
-            benchmark::RegisterBenchmark(name.c_str(),
-                                         [size, batched](benchmark::State &st) { floor_copy_bench(st, size, batched); })
+            std::string k = c.kind;
+            std::string name = std::string(c.batched ? "GetBatch/" : "Get/") + k + "/n:" + std::to_string(size);
+            benchmark::RegisterBenchmark(
+                name.c_str(), [k, size, c](benchmark::State &st) { floor_copy_bench(st, k, size, c.batched); })
                 ->Threads(t)
                 ->UseRealTime()
                 ->MinTime(mode().min_time);

@@ -117,7 +117,7 @@ int main(int argc, char **argv)
             uint64_t v = rng.next();
             memcpy(&keys[i], &v, 8);
         }
-        fr = floor_records_build((const uint8_t(*)[16])keys.data(), n);
+        fr = floor_records_build((const uint8_t(*)[16])keys.data(), n, 0);
     } else {
         store = rw ? make_rwlock_store(n) : make_engine_store(n);
         Spec spec;

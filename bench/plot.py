@@ -54,6 +54,7 @@ def floor(recs: List[Dict[str, Any]], out: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 6))
     lines = [("Get", "engine", "C0", "-", "engine Get"), ("GetBatch", "engine", "C0", ":", "engine GetBatch (16)"),
              ("Get", "floor", "k", "-", "get + copy floor"), ("GetBatch", "floor", "k", ":", "batched floor (16)"),
+             ("Get", "floor_user", "k", "--", "floor + the user hop (the engine's layout)"),
              ("Get", "rwlock", "C1", "-", "rwlock Get"), ("Get", "ck_hs", "C5", "--", "bare ck_hs probe")]
     for op, impl, color, style, label in lines:
         pts = points(recs, op, impl, 1)

@@ -36,7 +36,7 @@ REDIS_BATCH_OP = {"GetBatch": "Get", "HeartbeatBatch": "Heartbeat", "AddStatsBat
 # nothing else (main's gs() refuses).
 GOAL_BENCHES: List[Tuple[str, str, Optional[int], Optional[str]]] = (
     [(op, "engine", 1, None) for op in ("Get", "GetBatch", "Heartbeat", "HeartbeatBatch", "AddStats", "AddStatsBatch")]
-    + [("Get", "floor", 1, None), ("GetBatch", "floor", 1, None)]
+    + [("Get", "floor", 1, None), ("GetBatch", "floor", 1, None), ("Get", "floor_user", 1, None)]
     + [("Delete", impl, t, None) for impl in ("engine", "rwlock") for t in (1, 2)]
     + [("Create", "engine", t, None) for t in (1, 2)]
     + [("Expire", impl, None, pct) for impl in ("engine", "rwlock_scan") for pct in ("1", "10")]
@@ -296,7 +296,12 @@ def main(argv: List[str]) -> int:
         goal(f"8. Bytes per session, no metadata ({alloc})", resultlib.value(r, "bytes_per_session"), 256,
              "one fresh process, one run", higher_better=False, unit=" B")
     w("")
-    w("Beside them (not goals; medians of the goals pass): the batched floor / the single floor = "
+    w("Beside them (not goals; medians of the goals pass): what bounds goal 1, the floor with the user hop "
+      "(`Get/floor_user`: the floor, plus the record's pointer to a user entry and the copy of the user id, "
+      "which the engine keeps in the user's entry) / the floor = "
+      f"{fmt(mratio(gs('Get', 'floor_user'), gs('Get', 'floor')))}x, and engine Get / the floor with the user hop = "
+      f"{fmt(mratio(gs('Get'), gs('Get', 'floor_user')))}x; "
+      "the batched floor / the single floor = "
       f"{fmt(mratio(gs('GetBatch', 'floor'), gs('Get', 'floor')))}x; engine GetBatch / batched floor = "
       f"{fmt(mratio(gs('GetBatch'), gs('GetBatch', 'floor')))}x. From the main pass (one run each): Mixed "
       f"2 threads engine / rwlock = {fmt(ratio(e('Mixed', t=2), e('Mixed', 'rwlock', t=2)))}x; StatsPinned "
@@ -358,19 +363,22 @@ def main(argv: List[str]) -> int:
     fsizes = sorted({r["n"] for r in recs if r["impl"] == "floor"})
     w("## Get against the floor")
     w("")
-    w("floor: get + copy (probe, follow to the 192-byte record, copy it); batched floor: 16 a call, probe all, "
-      "prefetch, copy; ck_hs: the bare probe, nothing copied. Engine columns are afsm_session_get and "
-      "afsm_session_get_batch (16 ids a call).")
+    w("floor: get + copy (probe, follow to the 192-byte record, copy it); floor + user: the same, plus the hop "
+      "from the record to its user's entry (one per 8 records, packed in one array) and the copy of the user id, "
+      "the engine's layout; batched floor: 16 a call, probe all, prefetch, copy; ck_hs: the bare probe, nothing "
+      "copied. Engine columns are afsm_session_get and afsm_session_get_batch (16 ids a call).")
     w("")
-    w("| n | threads | engine Get | floor | engine / floor | engine GetBatch | batched floor | "
-      "GetBatch / batched floor | GetBatch / Get | batched / single floor | bare ck_hs probe |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    w("| n | threads | engine Get | floor | engine / floor | floor + user | engine / floor + user | engine GetBatch | "
+      "batched floor | GetBatch / batched floor | GetBatch / Get | batched / single floor | bare ck_hs probe |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in fsizes:
         for t in threads:
             g, f = ops_per_s(recs, "Get", "engine", n, t), ops_per_s(recs, "Get", "floor", n, t)
             gb, fb = ops_per_s(recs, "GetBatch", "engine", n, t), ops_per_s(recs, "GetBatch", "floor", n, t)
+            fu = ops_per_s(recs, "Get", "floor_user", n, t)
             hs = ops_per_s(recs, "Get", "ck_hs", n, t)
-            w(f"| {fmt(n, 0)} | {t} | {fmt(g)} | {fmt(f)} | {fmt(ratio(g, f))} | {fmt(gb)} | {fmt(fb)} | "
+            w(f"| {fmt(n, 0)} | {t} | {fmt(g)} | {fmt(f)} | {fmt(ratio(g, f))} | {fmt(fu)} | {fmt(ratio(g, fu))} | "
+              f"{fmt(gb)} | {fmt(fb)} | "
               f"{fmt(ratio(gb, fb))} | {fmt(ratio(gb, g))} | {fmt(ratio(fb, f))} | {fmt(hs)} |")
     w("")
     w("### Batch calls against their single calls (engine; the rwlock baseline's batch is the caller's loop)")
@@ -506,7 +514,7 @@ def main(argv: List[str]) -> int:
     # ---- absolute --------------------------------------------------------
     w("## Absolute throughput (ops/s)")
     w("")
-    impls = ["engine", "rwlock", "redis_pipelined", "redis_sync", "floor", "ck_ht", "ck_hs"]
+    impls = ["engine", "rwlock", "redis_pipelined", "redis_sync", "floor", "floor_user", "ck_ht", "ck_hs"]
     w("| op | n | threads | " + " | ".join(impls) + " |")
     w("| --- | --- | --- |" + " --- |" * len(impls))
     for op in OPS:
