@@ -228,8 +228,10 @@ def main(argv: List[str]) -> int:
       f"could have been off. It is per side rather than a spread of A/B over runs paired in time because "
       f"google-benchmark (1.7) reports a benchmark's runs together after its last one and does not say when each "
       f"ran: pairing A's and B's runs by number would pair moments that are unrelated under random interleaving. "
-      f"Goal 6 compares two processes (the allocator reads its huge-pages switch at start-up), each running its "
-      f"benchmarks {reps} times interleaved; goal 8 is one fresh process per allocator, one run. The tables after "
+      f"Goal 6 compares processes (the allocator reads its huge-pages switch at start-up): off and on alternate "
+      f"in rounds, each process running its benchmarks several times interleaved, and each side's median is over "
+      f"all its runs (the huge-pages table says how many); goal 8 is one fresh process per allocator, one run. "
+      f"The tables after "
       f"this section come from the main pass, one run per benchmark, and may differ from the medians here.")
     w("")
     w("One-thread goals show two ratios: over wall time (what google-benchmark reports) and over the thread's "
@@ -404,8 +406,10 @@ def main(argv: List[str]) -> int:
     # ---- huge pages --------------------------------------------------------
     thp_recs = [r for r in recs if r["impl"].startswith("engine_thp_") and not r["error"]]
     if thp_recs:
-        w(f"## Huge pages (n = {thp_recs[0]['n']}, 1 thread; off and on run back to back, one process each; "
-          f"ops/s: the median of each process's {thp_recs[0]['raw'].get('repetitions', 1)} interleaved runs)")
+        per_process = thp_recs[0]["raw"].get("repetitions", 1)
+        rounds = len(thp("Get", thp_recs[0]["alloc"], "off")) // per_process
+        w(f"## Huge pages (n = {thp_recs[0]['n']}, 1 thread; off and on alternate, one process each, in {rounds} "
+          f"round{'s' if rounds != 1 else ''} of {per_process} interleaved runs a process; ops/s: the median of each side's runs)")
         w("")
         w("| allocator | op | off ops/s | on ops/s | on / off | AnonHugePages off MB | on MB |")
         w("| --- | --- | --- | --- | --- | --- | --- |")

@@ -131,6 +131,25 @@ class GoalRows(unittest.TestCase):
         self.assertIn("1%: wheel 4.000 ms, scan 120.000 ms, scan / wheel 30.00x.", text)
         self.assertIn("| 50.00x | >= 50.00x | met |", self.row(text, "4. Expire 1%"))
 
+    def test_huge_pages_rows_take_every_run_of_every_round(self) -> None:
+        # Two rounds of one off and one on process, 2 runs each: the on side
+        # reads 3M in round 1 and 0.5M in round 2 (a burst of other load),
+        # so its median is over all four runs (1.75M), not one process's.
+        for rnd, on in ((0, 3e6), (1, 0.5e6)):
+            for rep in range(2):
+                for op in ("Get", "Heartbeat"):
+                    for side, ips in (("off", 1e6), ("on", on)):
+                        r = run(f"{op}/engine_thp_{side}/alloc:jemalloc/n:{N}/min_time:0.010/real_time/threads:1",
+                                rnd * 2 + rep, ips, pass_="main", anon_huge_mb=0 if side == "off" else 10)
+                        r["repetitions"] = 2
+                        self.main.append(r)
+        rc, text, err = self.report()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("| 1.75x | 1.75x | >= 1.00x | met |", self.row(text, "6. Huge pages (jemalloc, MALLOC_CONF=thp:always): Get"))
+        self.assertIn("(4, 4 runs)", self.row(text, "6. Huge pages (jemalloc, MALLOC_CONF=thp:always): Get"))
+        self.assertIn("in 2 rounds of 2 interleaved runs a process", text)
+        self.assertIn("| jemalloc | Get | 1.00M | 1.75M | 1.75 | 0 | 10 |", text)
+
     def test_missing_benchmark_fails(self) -> None:
         self.drop.append(("Delete", "rwlock", 2, None))
         rc, text, err = self.report()
