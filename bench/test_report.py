@@ -150,6 +150,14 @@ class GoalRows(unittest.TestCase):
         self.assertIn("in 2 rounds of 2 interleaved runs a process", text)
         self.assertIn("| jemalloc | Get | 1.00M | 1.75M | 1.75 | 0 | 10 |", text)
 
+    def test_a_ratio_just_below_its_need_is_not_shown_as_the_need(self) -> None:
+        # 0.996x of the rwlock design: two digits would print "1.00x" beside
+        # "not met"; the row shows enough digits to say why.
+        self.values[("Delete", "engine", 1, None)] = [0.996e6] * REPS
+        rc, text, err = self.report()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("| 0.9960x | 0.9960x | >= 1.00x | **not met** |", self.row(text, "3. Delete, 1 thread"))
+
     def test_missing_benchmark_fails(self) -> None:
         self.drop.append(("Delete", "rwlock", 2, None))
         rc, text, err = self.report()
