@@ -237,9 +237,25 @@ static uint64_t on_timer(void *ctx, wheel_link *timer, uint64_t fire_ns)
     return batch_push(batch, s, OUTCOME_EXPIRED) ? 0 : fire_ns + 1;
 }
 
-/* on_timer's reads of a timer's record (state and timeout in the first
- * line, last_active_ns and refs in the second), fetched a few timers
- * ahead: a slot's timers are records scattered over the slab. */
+/* The wheel's question when a cascade moves a timer (shard lock held):
+ * when is s due now. A heartbeat since the timer was linked moves it on
+ * (lazy rescheduling); a decided expiry waiting for room in a batch is
+ * due at once. */
+static uint64_t timer_deadline(void *ctx, const wheel_link *timer)
+{
+    const timer_batch *batch = ctx;
+    const session *s = (const session *)((const char *)timer - offsetof(session, timer));
+    uint64_t seen = atomic_load_explicit((_Atomic uint64_t *)&s->last_active_ns, memory_order_relaxed);
+    if (seen & SESSION_EXPIRED_BIT)
+        return 0;
+    uint32_t state = atomic_load_explicit((_Atomic uint8_t *)&s->state, memory_order_relaxed);
+    return mem_timer_deadline(batch->ms, s, state, seen);
+}
+
+/* on_timer's and timer_deadline's reads of a timer's record (state,
+ * timeout and creation time in the first line, last_active_ns,
+ * last_traffic_ns and refs in the second), fetched a few timers ahead: a
+ * slot's timers are records scattered over the slab. */
 static void timer_ahead(const wheel_link *timer)
 {
     const char *s = (const char *)timer - offsetof(session, timer);
@@ -475,6 +491,7 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
         if (batch.events == NULL)
             return AFSM_ENOMEM; /* nothing has changed yet */
     }
+    const wheel_owner owner = {.due = on_timer, .deadline = timer_deadline, .ahead = timer_ahead, .ctx = &batch};
     for (unsigned i = 0; i <= ms->shard_mask && !batch.failed; i++) {
         shard *sh = &ms->shards[i];
         batch.sh = sh;
@@ -488,7 +505,7 @@ afsm_status mem_advance(store *st, uint64_t now, size_t *expired)
             size_t budget = ADVANCE_BUDGET;
             batch.budget = &budget;
             sync_lock_acquire(&sh->lock);
-            done = wheel_advance_ahead(&sh->timers, now, on_timer, timer_ahead, &batch, &budget);
+            done = wheel_advance(&sh->timers, now, &owner, &budget);
             sync_lock_release(&sh->lock);
             /* Removal takes each session's whole lock set, so it waits
              * until the shard lock is dropped. */

@@ -1,8 +1,9 @@
 /*
  * wheel.c: see wheel.h. Invariants, all under the shard lock:
- * - a linked timer with due_tick d sits at level l = the smallest l with
- *   d - now_tick < 64^(l+1), slot (d >> 6l) & 63, as of when it was linked
- *   or last cascaded; cascading at the 64^l boundaries keeps it there.
+ * - a linked timer placed for due tick d sits at level l = the smallest l
+ *   with d - now_tick < 64^(l+1), slot (d >> 6l) & 63, as of when it was
+ *   linked or last cascaded; cascading at the 64^l boundaries keeps it
+ *   there. d is not kept: a cascade asks the owner again.
  * - occupied[l] bit s is set exactly when slot s of level l is non-empty.
  */
 #include "mem/wheel.h"
@@ -68,10 +69,15 @@ void wheel_init(wheel *w, uint64_t tick_ns, uint64_t now_ns)
     w->pending_fire = 0;
 }
 
+/* The tick a deadline fires at: the first boundary at or after it. */
+static uint64_t due_tick_of(const wheel *w, uint64_t deadline_ns)
+{
+    return deadline_ns / w->tick_ns + (deadline_ns % w->tick_ns != 0);
+}
+
 uint64_t wheel_fire_ns(const wheel *w, uint64_t deadline_ns)
 {
-    uint64_t tick = deadline_ns / w->tick_ns + (deadline_ns % w->tick_ns != 0);
-    return tick * w->tick_ns;
+    return due_tick_of(w, deadline_ns) * w->tick_ns;
 }
 
 static uint64_t span(int level)
@@ -79,17 +85,19 @@ static uint64_t span(int level)
     return UINT64_C(1) << (6 * level);
 }
 
-/* Places a timer whose due_tick is set. The next tick to process is
- * now_tick + 1; a timer due before it fires then. */
-static void place(wheel *w, wheel_link *timer)
+/* Places a timer to fire at the tick boundary at or after deadline_ns.
+ * The next tick to process is now_tick + 1; a timer due before it fires
+ * then. */
+static void place(wheel *w, wheel_link *timer, uint64_t deadline_ns)
 {
     uint64_t base = w->now_tick + 1;
-    if (timer->due_tick < base)
-        timer->due_tick = base;
-    uint64_t delta = timer->due_tick - base;
+    uint64_t due_tick = due_tick_of(w, deadline_ns);
+    if (due_tick < base)
+        due_tick = base;
+    uint64_t delta = due_tick - base;
     for (int l = 0; l < WHEEL_LEVELS; l++) {
         if (delta < span(l + 1)) {
-            unsigned slot = (unsigned)(timer->due_tick >> (6 * l)) & (WHEEL_SLOTS - 1);
+            unsigned slot = (unsigned)(due_tick >> (6 * l)) & (WHEEL_SLOTS - 1);
             list_push(&w->slots[l][slot], timer);
             w->occupied[l] |= UINT64_C(1) << slot;
             return;
@@ -100,8 +108,7 @@ static void place(wheel *w, wheel_link *timer)
 
 void wheel_add(wheel *w, wheel_link *timer, uint64_t deadline_ns)
 {
-    timer->due_tick = wheel_fire_ns(w, deadline_ns) / w->tick_ns;
-    place(w, timer);
+    place(w, timer, deadline_ns);
     w->count++;
 }
 
@@ -190,12 +197,7 @@ static const wheel_link *pending_ahead(const wheel *w)
     return a;
 }
 
-int wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx, size_t *budget)
-{
-    return wheel_advance_ahead(w, now_ns, due, NULL, ctx, budget);
-}
-
-int wheel_advance_ahead(wheel *w, uint64_t now_ns, wheel_due_fn *due, wheel_ahead_fn *ahead, void *ctx, size_t *budget)
+int wheel_advance(wheel *w, uint64_t now_ns, const wheel_owner *owner, size_t *budget)
 {
     uint64_t target = now_ns / w->tick_ns;
     for (;;) {
@@ -205,18 +207,17 @@ int wheel_advance_ahead(wheel *w, uint64_t now_ns, wheel_due_fn *due, wheel_ahea
             (*budget)--;
             wheel_link *timer = w->pending.next;
             list_unlink(timer);
-            if (!w->pending_fire) {
-                place(w, timer);
-                continue;
-            }
-            assert(timer->due_tick == w->now_tick);
-            if (ahead != NULL) {
+            if (owner->ahead != NULL) {
                 const wheel_link *a = pending_ahead(w);
                 if (a != NULL)
-                    ahead(a);
+                    owner->ahead(a);
+            }
+            if (!w->pending_fire) {
+                place(w, timer, owner->deadline(owner->ctx, timer));
+                continue;
             }
             w->count--;
-            uint64_t later = due(ctx, timer, w->now_tick * w->tick_ns);
+            uint64_t later = owner->due(owner->ctx, timer, w->now_tick * w->tick_ns);
             if (later != 0)
                 wheel_add(w, timer, later);
         }

@@ -19,6 +19,16 @@
  * where this one stopped. Timers added or removed in between are fine: a
  * tick fires only once every cascade before it has completed.
  *
+ * A link holds no deadline, only its place in a list: the owner already
+ * keeps what a timer's deadline derives from (a session's last activity
+ * and timeout), and the eight bytes a stored due tick took are what let
+ * a session record keep a short user id in its 192 bytes (mem/session.h).
+ * So the wheel asks the owner for a timer's deadline when a cascade moves
+ * it (wheel_owner.deadline). A deadline that has moved later since the
+ * timer was added (a heartbeat) places it later; one that has moved
+ * earlier without a relink makes it fire at the next tick, where the
+ * owner's due callback decides.
+ *
  * Not thread-safe: the owning shard's lock protects the wheel and every
  * link in it.
  */
@@ -34,7 +44,6 @@
 typedef struct wheel_link {
     struct wheel_link *next;
     struct wheel_link *prev;
-    uint64_t due_tick;
 } wheel_link;
 
 typedef struct wheel {
@@ -68,22 +77,32 @@ void wheel_remove(wheel *w, wheel_link *timer);
  * up here). */
 typedef uint64_t wheel_due_fn(void *ctx, wheel_link *timer, uint64_t now_tick_ns);
 
-/* Processes ticks up to now_ns, spending at most *budget timer moves and
- * fires (decremented as spent). True when it reached now_ns; false when
- * the budget ran out first: call again (the lock may be dropped between). */
-int wheel_advance(wheel *w, uint64_t now_ns, wheel_due_fn *due, void *ctx, size_t *budget);
+/* A linked timer's deadline as of now, asked when a cascade moves it to a
+ * lower level. */
+typedef uint64_t wheel_deadline_fn(void *ctx, const wheel_link *timer);
 
-/* Called while firing, for the timer a few places ahead of the one being
- * fired: the owner prefetches what its due callback will read there, so a
- * slot of many timers costs overlapping misses instead of one after the
- * other. A hint only: it must not change the wheel. */
+/* Called while cascading or firing, for the timer a few places ahead of
+ * the one being handled: the owner prefetches what its deadline or due
+ * callback will read there, so a slot of many timers costs overlapping
+ * misses instead of one after the other. A hint only: it must not change
+ * the wheel. */
 typedef void wheel_ahead_fn(const wheel_link *timer);
 
-/* wheel_advance with a prefetch hook (NULL: none). The hook sees a timer
- * of the pending list WHEEL_AHEAD places ahead (the list as it is at that
- * moment, so a due callback may still unlink or relink anything). */
+typedef struct wheel_owner {
+    wheel_due_fn *due;
+    wheel_deadline_fn *deadline;
+    wheel_ahead_fn *ahead; /* NULL: no prefetching */
+    void *ctx;             /* passed to due and deadline */
+} wheel_owner;
+
+/* Processes ticks up to now_ns, spending at most *budget timer moves and
+ * fires (decremented as spent). True when it reached now_ns; false when
+ * the budget ran out first: call again (the lock may be dropped between).
+ * The ahead hook sees a timer of the pending list WHEEL_AHEAD places ahead
+ * (the list as it is at that moment, so a due callback may still unlink
+ * or relink anything). */
 #define WHEEL_AHEAD 4
-int wheel_advance_ahead(wheel *w, uint64_t now_ns, wheel_due_fn *due, wheel_ahead_fn *ahead, void *ctx, size_t *budget);
+int wheel_advance(wheel *w, uint64_t now_ns, const wheel_owner *owner, size_t *budget);
 
 /* The tick boundary (ns) a deadline fires at. */
 uint64_t wheel_fire_ns(const wheel *w, uint64_t deadline_ns);
