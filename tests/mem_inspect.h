@@ -65,8 +65,14 @@ static inline long engine_check_indexes(afsm_engine *engine, uint32_t cap)
             unsigned cs = mem_shard_of_connection(ms, &x->connection_id);
             assert_ptr_equal(table_get(&ms->shards[cs].connections, &x->connection_id), &x->connection_id);
             unsigned us = mem_shard_of_user(ms, index_user_id(x), index_user_id_len(x));
-            assert_int_equal(x->user->shard_index, us);
-            assert_ptr_equal(index_lookup(&ms->shards[us], index_user_id(x), index_user_id_len(x)), x->user);
+            assert_int_equal(mem_user_shard_index(ms, x), us);
+            user_entry *entry = index_lookup(&ms->shards[us], index_user_id(x), index_user_id_len(x));
+            assert_non_null(entry);
+            assert_ptr_equal(index_entry_of(&ms->shards[us], x), entry);
+            /* Inline exactly when short enough; a long id points to its entry. */
+            assert_int_equal(index_user_inline(x), entry->key.len <= SESSION_USER_ID_INLINE);
+            if (!index_user_inline(x))
+                assert_ptr_equal(x->user_long, entry);
         }
         it = (table_iterator)TABLE_ITERATOR_INIT;
         while ((key = table_next(&sh->users, &it)) != NULL) {
@@ -76,7 +82,7 @@ static inline long engine_check_indexes(afsm_engine *engine, uint32_t cap)
             for (session *y = index_first(ue); y != NULL; prev = y, y = index_next(y)) {
                 if (++walked > index_count(ue))
                     fail_msg("user \"%s\": its list is longer than its count %u", ue->key.bytes, index_count(ue));
-                assert_ptr_equal(y->user, ue);
+                assert_ptr_equal(index_entry_of(&ms->shards[i], y), ue);
                 assert_ptr_equal(y->user_prev, prev);
                 if (prev != NULL) /* newest id first */
                     assert_true(memcmp(prev->id.bytes, y->id.bytes, 16) > 0);

@@ -81,12 +81,14 @@ void mem_get_batch(store *st, const afsm_uuid *ids, size_t n, afsm_session_info 
         for (size_t i = 0; i < k; i++) {
             if (s[i] == NULL)
                 continue;
-            /* The user pointer sits in the line the probe just compared,
-             * so the entry's fetch starts now, beside the record's other
-             * two lines, instead of after the copy reaches it. */
+            /* A long user id's entry pointer sits in the line the probe
+             * just compared, so the entry's fetch starts now, beside the
+             * record's other two lines, instead of after the copy reaches
+             * it (an inline id needs no other line). */
             prefetch_read((const char *)s[i] + 64);
             prefetch_read((const char *)s[i] + 128);
-            prefetch_read(&s[i]->user->key);
+            if (!index_user_inline(s[i]))
+                prefetch_read(&s[i]->user_long->key);
         }
         for (size_t i = 0; i < k; i++) {
             if (s[i] != NULL)

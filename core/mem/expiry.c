@@ -306,16 +306,16 @@ static void shard_set_release(shard *shards, const shard_set *set)
 }
 
 /* The lines mem_remove_locked writes besides the record: the user-list
- * neighbours and the user's entry. Under the lock set (which guards the
- * links), for a session not removed. */
-static void prefetch_unlink(const session *s)
+ * neighbours and the user's entry (or the users-table slot that finds it).
+ * Under the lock set (which guards the links), for a session not removed. */
+static void prefetch_unlink(const session *s, const mem_place *place)
 {
     session *next = atomic_load_explicit((_Atomic(session *) *)&s->user_next, memory_order_relaxed);
     if (next != NULL)
         __builtin_prefetch(&next->user_prev, 1);
     if (s->user_prev != NULL)
         __builtin_prefetch(&s->user_prev->user_next, 1);
-    __builtin_prefetch(s->user, 1);
+    index_prefetch_entry(place->user, s);
 }
 
 /* Carries out the outcomes of items[from, to) of the batch (all of one
@@ -333,10 +333,10 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     unsigned home = (unsigned)(batch->sh - ms->shards);
     ck_epoch_record_t *e = epoch_enter(); /* cannot fail: mem_advance entered once */
     assert(e != NULL);
-    /* The entries name the user shards: fetch them together. */
+    /* A long user id's entry names its user shard: fetch them together. */
     for (size_t j = from; j < to; j++)
-        if (items[j].outcome != OUTCOME_IDLE)
-            __builtin_prefetch(items[j].s->user);
+        if (items[j].outcome != OUTCOME_IDLE && !index_user_inline(items[j].s))
+            __builtin_prefetch(items[j].s->user_long);
     shard_set set;
     set.words = (ms->shard_mask + 64) / 64;
     assert(set.words <= SHARD_WORDS); /* engine.c refuses more shards */
@@ -355,7 +355,7 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
         mem_place *place = &places[j - from];
         mem_place_of(ms, s, place);
         shard_set_add(&set, (unsigned)(place->conn - ms->shards));
-        shard_set_add(&set, s->user->shard_index);
+        shard_set_add(&set, (unsigned)(place->user - ms->shards));
         table_prefetch_removal(&place->home->sessions, place->id_hash);
         table_prefetch_removal(&place->conn->connections, place->connection_hash);
     }
@@ -363,7 +363,7 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     size_t expired = 0;
     for (size_t j = from; j < to; j++)
         if (items[j].outcome != OUTCOME_IDLE && !atomic_load_explicit(&items[j].s->removed, memory_order_relaxed))
-            prefetch_unlink(items[j].s);
+            prefetch_unlink(items[j].s, &places[j - from]);
     /* The user entries this group empties: each one's removal from its
      * users table is a miss no probe has brought in (a user's last session
      * going, every expiry for users with one session), so they are dropped
@@ -379,16 +379,14 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
         item->removed_state = NO_EVENT;
         if (item->outcome != OUTCOME_IDLE && !atomic_load_explicit(&s->removed, memory_order_relaxed)) {
             item->removed_state = atomic_load_explicit(&s->state, memory_order_relaxed);
-            if (item->outcome == OUTCOME_CLOSED) {
-                mem_remove_placed_locked(ms, s, &places[j - from], AFSM_DELETE_CLOSED, 1);
-            } else {
-                mem_remove_placed_locked(ms, s, &places[j - from], AFSM_DELETE_EXPIRED, 1);
-                expired++;
-            }
+            bool closed = item->outcome == OUTCOME_CLOSED;
+            user_entry *entry = mem_remove_placed_locked(ms, s, &places[j - from],
+                                                         closed ? AFSM_DELETE_CLOSED : AFSM_DELETE_EXPIRED, 1);
+            expired += !closed;
             /* Once per entry: a count of 0 leaves no session of its user
              * for a later item of the group. */
-            if (atomic_load_explicit(&s->user->count, memory_order_relaxed) == 0)
-                emptied[emptied_count++] = s->user;
+            if (atomic_load_explicit(&entry->count, memory_order_relaxed) == 0)
+                emptied[emptied_count++] = entry;
         }
         /* The batch's reference; the home shard's lock is in the set. While
          * the section lasts, the record (freed through the epoch) stays. */

@@ -48,9 +48,38 @@ user_entry *index_entry(shard *us, unsigned us_index, const char *user_id, uint1
     return entry;
 }
 
-void index_link(session *s)
+void index_set_user(session *s, user_entry *entry)
 {
-    user_entry *entry = s->user;
+    memset(s->user_id_inline, 0, sizeof(s->user_id_inline));
+    if (entry->key.len <= SESSION_USER_ID_INLINE)
+        memcpy(s->user_id_inline, entry->key.bytes, entry->key.len);
+    else
+        s->user_long = entry;
+}
+
+user_entry *index_entry_of(shard *us, const session *s)
+{
+    if (!index_user_inline(s))
+        return s->user_long;
+    return index_lookup(us, s->user_id_inline, index_user_id_len(s));
+}
+
+void index_prefetch_entry(shard *us, const session *s)
+{
+    if (!index_user_inline(s)) {
+        __builtin_prefetch(s->user_long, 1);
+        return;
+    }
+    /* A probe key, as index_lookup builds one. */
+    _Alignas(table_string_key) char probe_bytes[sizeof(table_string_key) + SESSION_USER_ID_INLINE];
+    table_string_key *probe = (table_string_key *)probe_bytes;
+    probe->len = index_user_id_len(s);
+    memcpy(probe->bytes, s->user_id_inline, probe->len);
+    table_prefetch(&us->users, table_hash(&us->users, probe));
+}
+
+void index_link(user_entry *entry, session *s)
+{
     /* Find the first older session: new ids are nearly always the newest,
      * so this stops at once. */
     session *prev = NULL;
@@ -74,9 +103,8 @@ void index_link(session *s)
                           memory_order_relaxed);
 }
 
-void index_unlink(shard *us, session *s, bool keep_entry)
+void index_unlink(shard *us, user_entry *entry, session *s, bool keep_entry)
 {
-    user_entry *entry = s->user;
     session *next = atomic_load_explicit(&s->user_next, memory_order_relaxed);
     if (s->user_prev != NULL)
         atomic_store_explicit(&s->user_prev->user_next, next, memory_order_release);

@@ -10,6 +10,13 @@
  * argument: every session present for the whole walk is visited once).
  * Adding and removing cost O(1) whatever the user's session count, and
  * removing never allocates.
+ *
+ * A session names its user by the id itself when it is at most
+ * SESSION_USER_ID_INLINE bytes (a Get then copies it from the record, with
+ * no miss to the entry: issue 15, goal 1), else by a pointer to the entry.
+ * A write finds an inline-id session's entry by a lookup under the user
+ * shard's lock (index_entry_of); while the session is on the list, its
+ * entry is the one the table holds.
  */
 #ifndef AFSM_MEM_INDEX_H
 #define AFSM_MEM_INDEX_H
@@ -19,6 +26,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "afsm.h"
 #include "mem/session.h"
@@ -53,14 +61,24 @@ static inline size_t index_entry_bytes(size_t user_id_len)
  * then); NULL only when it could not be allocated. user_shard_index:
  * user_shard's index, kept in the entry. */
 user_entry *index_entry(shard *user_shard, unsigned user_shard_index, const char *user_id, uint16_t user_id_len);
-/* User shard lock held: adds s (s->user already set) to its user's list.
+/* Before s is published: records entry's user id in s (index.h's head). */
+void index_set_user(session *s, user_entry *entry);
+/* User shard lock held: adds s (index_set_user done) to entry's list.
  * Never fails. */
-void index_link(session *s);
-/* User shard lock held: takes s off its user's list. The entry goes when
- * its last session does, unless keep_entry: an eviction adds right after,
- * and must not find the entry gone; an expiry group drops the entries it
- * emptied itself, together (index_prepare_drop). */
-void index_unlink(shard *user_shard, session *s, bool keep_entry);
+void index_link(user_entry *entry, session *s);
+/* User shard lock held: takes s off its user's list (entry:
+ * index_entry_of). The entry goes when its last session does, unless
+ * keep_entry: an eviction adds right after, and must not find the entry
+ * gone; an expiry group drops the entries it emptied itself, together
+ * (index_prepare_drop). */
+void index_unlink(shard *user_shard, user_entry *entry, session *s, bool keep_entry);
+/* s's entry. User shard lock held and s on its user's list; or, as a
+ * hint only (NULL, or an entry since retired, is possible), inside an
+ * epoch section. */
+user_entry *index_entry_of(shard *user_shard, const session *s);
+/* Starts fetching the lines index_entry_of reads (the entry, or for an
+ * inline id the users-table slot): a hint, any time. */
+void index_prefetch_entry(shard *user_shard, const session *s);
 /* User shard lock held: drops an entry index_entry made for a create that
  * then failed. */
 void index_drop_if_empty(shard *user_shard, user_entry *entry);
@@ -75,14 +93,33 @@ void index_drop_prepared(shard *user_shard, user_entry *entry, unsigned long has
 /* The user's entry, or NULL. Lock-free; inside an epoch section. */
 user_entry *index_lookup(shard *user_shard, const char *user_id, uint16_t user_id_len);
 
-static inline const char *index_user_id(const session *s)
+static inline bool index_user_inline(const session *s)
 {
-    return s->user->key.bytes;
+    return s->user_id_inline[0] != '\0';
 }
 
+_Static_assert(SESSION_USER_ID_INLINE == 16 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "index_user_id_len counts an inline id's bytes as two little-endian words");
+
+/* The user id's length. An inline id's bytes are non-zero and its padding
+ * zero, so the highest non-zero byte of the two words ends it: no loop. */
 static inline uint16_t index_user_id_len(const session *s)
 {
-    return s->user->key.len;
+    if (!index_user_inline(s))
+        return s->user_long->key.len;
+    uint64_t lo, hi;
+    memcpy(&lo, s->user_id_inline, 8);
+    memcpy(&hi, s->user_id_inline + 8, 8);
+    if (hi != 0)
+        return (uint16_t)(8 + (63 - __builtin_clzll(hi)) / 8 + 1);
+    return (uint16_t)((63 - __builtin_clzll(lo)) / 8 + 1);
+}
+
+/* The user id's bytes: the record's (zero padded to 16), or the entry's
+ * (NUL-terminated, zero padded to a multiple of 8: index_entry_bytes). */
+static inline const char *index_user_id(const session *s)
+{
+    return index_user_inline(s) ? s->user_id_inline : s->user_long->key.bytes;
 }
 
 static inline uint32_t index_count(const user_entry *entry)

@@ -104,6 +104,9 @@ static inline unsigned mem_shard_of_id(const mem_store *ms, const afsm_uuid *id)
 }
 unsigned mem_shard_of_connection(const mem_store *ms, const afsm_uuid *id);
 unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len);
+/* The shard of s's user: its entry's, or for an inline id (mem/index.h)
+ * the id's hash. Lock-free. */
+unsigned mem_user_shard_index(const mem_store *ms, const session *s);
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set);
 
 static inline uint64_t mem_now(const mem_store *ms)
@@ -220,6 +223,7 @@ afsm_status mem_rotate_generation(store *st, const afsm_uuid *id, afsm_session_i
 typedef struct mem_place {
     shard *home;
     shard *conn;
+    shard *user;                   /* mem_user_shard_index's */
     unsigned long id_hash;         /* of s->id in home->sessions */
     unsigned long connection_hash; /* of s->connection_id in conn->connections */
 } mem_place;
@@ -228,9 +232,10 @@ void mem_place_of(const mem_store *ms, const session *s, mem_place *place);
  * keep_user_entry: see index_unlink (an eviction adds right after; an
  * expiry group drops the entries it empties together, mem/expiry.c). */
 void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry);
-/* The same at a place mem_place_of found for s. */
-void mem_remove_placed_locked(mem_store *ms, session *s, const mem_place *place, afsm_delete_reason why,
-                              int keep_user_entry);
+/* The same at a place mem_place_of found for s. Returns the user's entry
+ * it took s off (retired unless keep_user_entry, when its count may be 0). */
+struct user_entry *mem_remove_placed_locked(mem_store *ms, session *s, const mem_place *place, afsm_delete_reason why,
+                                            int keep_user_entry);
 /* Takes s's lock set, removes it unless already removed (AFSM_ENOTFOUND),
  * captures its event into *ev for the caller to fire after its section.
  * drop_ref: also release one reference the caller holds (in the same lock

@@ -15,9 +15,13 @@
  * The record is freed through the epoch once it has left the tables and the
  * last pinned handle is released (refs reaches 0).
  *
- * Field order and the user id kept in the user's entry (not here) pack the
- * record into 192 bytes: three cache lines of a 64-byte-aligned slab slot
- * (mem/slab.h; bench/: bytes per session).
+ * Field order packs the record into 192 bytes: three cache lines of a
+ * 64-byte-aligned slab slot (mem/slab.h; bench/: bytes per session). A
+ * user id of up to 16 bytes lives in the record, so a copy reads no other
+ * line (issue 15, goal 1); a longer one lives in the user's entry. The
+ * sixteen bytes come from the timer, which keeps no deadline (mem/wheel.h),
+ * and from the slab pointer of the epoch deferral, which takes user_prev's
+ * place once the record has left the user's list.
  */
 #ifndef AFSM_MEM_SESSION_H
 #define AFSM_MEM_SESSION_H
@@ -25,6 +29,7 @@
 #include <ck_epoch.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -40,20 +45,31 @@
 
 struct user_entry;
 
+/* The longest user id a record holds itself (mem/index.h). */
+#define SESSION_USER_ID_INLINE 16
+
 typedef struct session {
     /* Immutable after publication. id and connection_id are table keys. */
     afsm_uuid id;
     afsm_uuid connection_id;
-    uint8_t client_ip[16];   /* v6, or v4 as ::ffff:a.b.c.d (session_ip) */
+    /* Who the session belongs to (mem/index.h reads it): an id of 1..SESSION_USER_ID_INLINE bytes itself, zero
+     * padded (ids hold no NUL, so its first byte is not 0); a longer one
+     * as eight zero bytes, then the user's index entry, which holds it and
+     * outlives every session that points to it (freed through the epoch
+     * after the last). In the first line, with the key a lookup compares,
+     * so a copy of a long id starts fetching the entry at once. */
+    union {
+        char user_id_inline[SESSION_USER_ID_INLINE];
+        struct {
+            uint64_t user_id_not_inline; /* 0 */
+            struct user_entry *user_long;
+        };
+    };
     _Atomic uint8_t removed; /* set under the lock set when unlinked */
     _Atomic uint8_t state;   /* seqlock-protected, with meta */
     uint16_t client_port;
     uint32_t timeout_ms; /* rolling timeout */
-    /* The user's index entry, which holds the user id: it outlives every
-     * session that points to it (freed through the epoch after the last).
-     * In the first cache line, with the key a lookup compares, so a copy
-     * starts fetching the entry without waiting for the record's last line. */
-    struct user_entry *user;
+    uint64_t created_ns; /* engine clock; reported through the wall offset */
 
     /* Lock-free. */
     _Atomic uint64_t last_active_ns; /* engine clock; SESSION_EXPIRED_BIT once expired */
@@ -73,22 +89,26 @@ typedef struct session {
     _Atomic(metadata *) meta;
 
     /* A linked timer (home shard lock) until removal; after it, the entry
-     * that frees the record through the epoch, and the slab (its home
-     * shard's, mem/slab.h) the callback gives its slot back to. */
+     * that frees the record through the epoch. */
     union {
         wheel_link timer;
-        struct {
-            ck_epoch_entry_t epoch_entry;
-            struct slab *free_to;
-        };
+        ck_epoch_entry_t epoch_entry;
     };
     _Atomic(struct session *) user_next; /* the user's list, see mem/index.h */
-    struct session *user_prev;
-    uint64_t created_ns; /* engine clock; reported through the wall offset */
+    /* user_prev while on the user's list (user shard lock); once off it and
+     * handed to the epoch, the slab (its home shard's, mem/slab.h) the
+     * callback gives the slot back to. Nothing reads user_prev lock-free. */
+    union {
+        struct session *user_prev;
+        struct slab *free_to;
+    };
+    uint8_t client_ip[16]; /* immutable; v6, or v4 as ::ffff:a.b.c.d (session_ip) */
 } session;
 
 /* One slab slot per session (mem/slab.h; bench/: bytes per session). */
 _Static_assert(sizeof(session) == 192, "session record outgrew its 192-byte slot");
+_Static_assert(offsetof(session, user_long) + sizeof(void *) <= 64 && offsetof(session, created_ns) + 8 <= 64,
+               "a long user id's entry pointer and the creation time belong in the first line");
 
 /* The deadline implied by a last-active time: the rolling timeout, capped
  * by the engine's max_lifetime (0: none). */

@@ -66,10 +66,17 @@ unsigned mem_shard_of_user(const mem_store *ms, const char *user_id, size_t len)
     return (unsigned)hash_bytes(user_id, len, ms->seed ^ UINT64_C(0x9e3779b97f4a7c15)) & ms->shard_mask;
 }
 
+unsigned mem_user_shard_index(const mem_store *ms, const session *s)
+{
+    if (!index_user_inline(s))
+        return s->user_long->shard_index;
+    return mem_shard_of_user(ms, s->user_id_inline, index_user_id_len(s));
+}
+
 void mem_lockset_for_session(const mem_store *ms, const session *s, lockset *set)
 {
     lockset_init3(set, mem_shard_of_id(ms, &s->id), mem_shard_of_connection(ms, &s->connection_id),
-                  s->user->shard_index);
+                  mem_user_shard_index(ms, s));
 }
 
 /* ---- records and copies ------------------------------------------------- */
@@ -210,9 +217,16 @@ static inline __attribute__((always_inline)) bool fill_info(const mem_store *ms,
     out->connection_id = s->connection_id;
     session_ip(s, &out->client_ip);
     out->client_port = s->client_port;
-    const user_entry *user = s->user;
-    out->user_id_len = user->key.len;
-    copy_text8(out->user_id, user->key.bytes, user->key.len);
+    if (index_user_inline(s)) {
+        uint16_t len = index_user_id_len(s);
+        out->user_id_len = len;
+        memcpy(out->user_id, s->user_id_inline, SESSION_USER_ID_INLINE); /* zeros after the id */
+        out->user_id[len] = '\0';
+    } else {
+        const user_entry *user = s->user_long;
+        out->user_id_len = user->key.len;
+        copy_text8(out->user_id, user->key.bytes, user->key.len);
+    }
     out->server_addr_len = ms->server_addr_len;
     copy_text8(out->server_addr, ms->server_addr, ms->server_addr_len);
     int64_t offset = atomic_load_explicit((_Atomic int64_t *)&ms->wall_offset_ns, memory_order_relaxed);
@@ -371,15 +385,14 @@ static inline __attribute__((always_inline)) afsm_status copy_out(mem_store *ms,
 {
     if (s == NULL)
         return AFSM_ENOTFOUND;
-    /* The user's entry (the user id) is a miss of its own, behind the
-     * record's first line: start it, and the record's other two lines (a
-     * slab slot is 3 whole lines), before the clock read and the copy's
-     * ~100 instructions. Measured: the engine's median CPU time at 1M
-     * sessions lower in 11 of 12 interleaved runs, by ~5-35 ns of ~500:
-     * small, but the only Get-path change that paid (issue 15, goal 1). */
-    __builtin_prefetch(s->user);
+    /* The record's other two lines (a slab slot is 3 whole lines), and a
+     * long user id's entry (a miss of its own, behind the record's last
+     * line), before the clock read and the copy's ~100 instructions
+     * (issue 15, goal 1). */
     __builtin_prefetch((const char *)s + 64);
     __builtin_prefetch((const char *)s + 128);
+    if (!index_user_inline(s))
+        __builtin_prefetch(s->user_long);
     /* As mem_expired, with the deadline the copy computed anyway. */
     bool expired = fill_info(ms, s, out, mem_now(ms));
     return expired && !ms->config.external_expiry ? AFSM_EEXPIRED : AFSM_OK;

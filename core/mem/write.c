@@ -274,26 +274,28 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
         older_than_kept = 1;
         goto unlock;
     }
-    /* The user's entry (holding the user id) before anything is visible:
-     * a reader that finds the record finds its user too. */
-    s->user = entry != NULL ? entry : index_entry(uh, uh_index, spec->user_id, spec->user_id_len);
-    if (s->user == NULL) {
+    /* The user's entry before anything is visible: a reader that finds
+     * the record finds its user too (in it, or through it). */
+    if (entry == NULL)
+        entry = index_entry(uh, uh_index, spec->user_id, spec->user_id_len);
+    if (entry == NULL) {
         status = AFSM_ENOMEM;
         goto unlock;
     }
+    index_set_user(s, entry);
     /* Table inserts, the only steps that can fail, while the record is
      * still hidden (`removed`): a reader that finds it skips it, a pin
      * cannot take it, and the victim of an eviction stays visible. */
     table_result r = table_insert(&sh->sessions, &s->id);
     if (r != TABLE_OK) {
         status = r == TABLE_NOMEM ? AFSM_ENOMEM : AFSM_EEXISTS;
-        index_drop_if_empty(uh, s->user);
+        index_drop_if_empty(uh, entry);
         goto unlock;
     }
     published = 1;
     if (table_insert(&ch->connections, &s->connection_id) != TABLE_OK) {
         table_remove(&sh->sessions, &s->id);
-        index_drop_if_empty(uh, s->user);
+        index_drop_if_empty(uh, entry);
         status = AFSM_ENOMEM;
         goto unlock;
     }
@@ -305,7 +307,7 @@ afsm_status mem_create(store *st, const session_spec *spec, afsm_session_info *o
         victim_state = atomic_load_explicit(&victim->state, memory_order_relaxed);
         mem_remove_locked(ms, victim, AFSM_DELETE_EVICTED, 1);
     }
-    index_link(s);
+    index_link(entry, s);
     uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
     uint64_t last = atomic_load_explicit(&s->last_active_ns, memory_order_relaxed);
     wheel_add(&sh->timers, &s->timer, mem_timer_deadline(ms, s, state, last));
@@ -357,12 +359,13 @@ void mem_place_of(const mem_store *ms, const session *s, mem_place *place)
 {
     place->home = mem_home(ms, s);
     place->conn = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
+    place->user = &ms->shards[mem_user_shard_index(ms, s)];
     place->id_hash = table_hash_uuid(&s->id, place->home->sessions.seed);
     place->connection_hash = table_hash_uuid(&s->connection_id, place->conn->connections.seed);
 }
 
-void mem_remove_placed_locked(mem_store *ms, session *s, const mem_place *place, afsm_delete_reason why,
-                              int keep_user_entry)
+user_entry *mem_remove_placed_locked(mem_store *ms, session *s, const mem_place *place, afsm_delete_reason why,
+                                     int keep_user_entry)
 {
     shard *sh = place->home, *ch = place->conn;
     /* The up to four neighbours the unlinks below write (user list, timer
@@ -391,7 +394,8 @@ void mem_remove_placed_locked(mem_store *ms, session *s, const mem_place *place,
      * proceeds while it arrives, rather than waiting behind it at the
      * reference drop's locked instruction. */
     table_remove_hashed(&ch->connections, &s->connection_id, place->connection_hash);
-    index_unlink(&ms->shards[s->user->shard_index], s, keep_user_entry);
+    user_entry *entry = index_entry_of(place->user, s);
+    index_unlink(place->user, entry, s, keep_user_entry);
     table_remove_hashed(&sh->sessions, &s->id, place->id_hash);
     if (s->timer.next != NULL)
         wheel_remove(&sh->timers, &s->timer);
@@ -402,6 +406,7 @@ void mem_remove_placed_locked(mem_store *ms, session *s, const mem_place *place,
      * costs O(1) per removal, amortised. */
     table_maintain(&sh->sessions);
     table_maintain(&ch->connections);
+    return entry;
 }
 
 void mem_remove_locked(mem_store *ms, session *s, afsm_delete_reason why, int keep_user_entry)
@@ -418,7 +423,8 @@ afsm_status mem_remove_session(mem_store *ms, session *s, uint32_t event, afsm_d
     mem_place place;
     mem_place_of(ms, s, &place);
     lockset set;
-    lockset_init3(&set, (unsigned)(place.home - ms->shards), (unsigned)(place.conn - ms->shards), s->user->shard_index);
+    lockset_init3(&set, (unsigned)(place.home - ms->shards), (unsigned)(place.conn - ms->shards),
+                  (unsigned)(place.user - ms->shards));
     lockset_acquire(ms->shards, &set);
     afsm_status status = AFSM_ENOTFOUND;
     uint32_t state = atomic_load_explicit(&s->state, memory_order_relaxed);
@@ -445,10 +451,11 @@ afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason, size_
         return AFSM_ENOMEM;
     session *s = mem_lookup(ms, id);
     if (s != NULL) {
-        /* The lock set needs the user's entry, the unlinks the record's last
-         * line (timer and user-list links): two more misses, fetched
-         * together rather than one after the other. */
-        __builtin_prefetch(s->user, 1);
+        /* The unlinks need the user's entry (or, for an inline id, the
+         * users-table slot that finds it) and the record's last line
+         * (timer and user-list links): two more misses, fetched together
+         * rather than one after the other. */
+        index_prefetch_entry(&ms->shards[mem_user_shard_index(ms, s)], s);
         __builtin_prefetch((const char *)s + 128, 1);
     }
     if (reason == NULL || reason_len == 0) {
