@@ -182,7 +182,8 @@ static void test_handle_wake_event_user_id_valid(void **state)
      * free of the user entry runs within a few advances. */
     review_opts o = {.idle_timeout_ms = 1000, .shard_count = 1, .on_event = wake_event, .event_ctx = &w};
     afsm_engine *engine = open_review_engine(&clock, &o);
-    afsm_session_info s = create_session(engine, "wake-user-A");
+    /* Longer than a record holds (mem/index.h): the id is in the entry. */
+    afsm_session_info s = create_session(engine, "wake-user-A-whose-id-the-record-cannot-hold");
     set_state(engine, &s.session_id, AFSM_STATE_ACTIVE);
     advance_to(engine, &clock, 1002 * SEC); /* idle detection: ACTIVE -> IDLE */
     afsm_session_info got = AFSM_SESSION_INFO_INIT;
@@ -205,12 +206,12 @@ static void test_handle_wake_event_user_id_valid(void **state)
             break;
     }
     /* Reuse the freed block, as any later allocation may. */
-    (void)create_session(engine, "wake-user-B");
+    (void)create_session(engine, "wake-user-B-whose-id-the-record-cannot-hold");
 
     atomic_store_explicit(&w.go, 1, memory_order_release);
     pthread_join(t, NULL);
     assert_int_equal(w.heartbeat_status, AFSM_OK);
-    assert_string_equal(w.seen_user, "wake-user-A");
+    assert_string_equal(w.seen_user, "wake-user-A-whose-id-the-record-cannot-hold");
     afsm_handle_release(w.handle);
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
