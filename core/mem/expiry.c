@@ -306,7 +306,7 @@ static void shard_set_release(shard *shards, const shard_set *set)
 }
 
 /* The lines mem_remove_locked writes besides the record: the user-list
- * neighbours and the user's entry (or the users-table slot that finds it).
+ * neighbours and the user's entry.
  * Under the lock set (which guards the links), for a session not removed. */
 static void prefetch_unlink(const session *s, const mem_place *place)
 {
@@ -315,7 +315,8 @@ static void prefetch_unlink(const session *s, const mem_place *place)
         __builtin_prefetch(&next->user_prev, 1);
     if (s->user_prev != NULL)
         __builtin_prefetch(&s->user_prev->user_next, 1);
-    index_prefetch_entry(place->user, s);
+    if (place->entry != NULL)
+        __builtin_prefetch(place->entry, 1);
 }
 
 /* Carries out the outcomes of items[from, to) of the batch (all of one
@@ -333,10 +334,16 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     unsigned home = (unsigned)(batch->sh - ms->shards);
     ck_epoch_record_t *e = epoch_enter(); /* cannot fail: mem_advance entered once */
     assert(e != NULL);
-    /* A long user id's entry names its user shard: fetch them together. */
+    /* Each removal needs its user's entry (mem_place_of finds it, below):
+     * the entries of long ids, and the users-table slots of inline ones,
+     * then the entries those lead to, fetched for the whole group so the
+     * misses overlap. */
     for (size_t j = from; j < to; j++)
-        if (items[j].outcome != OUTCOME_IDLE && !index_user_inline(items[j].s))
-            __builtin_prefetch(items[j].s->user_long);
+        if (items[j].outcome != OUTCOME_IDLE)
+            index_prefetch_entry(&ms->shards[mem_user_shard_index(ms, items[j].s)], items[j].s);
+    for (size_t j = from; j < to; j++)
+        if (items[j].outcome != OUTCOME_IDLE)
+            index_prefetch_found_entry(&ms->shards[mem_user_shard_index(ms, items[j].s)], items[j].s);
     shard_set set;
     set.words = (ms->shard_mask + 64) / 64;
     assert(set.words <= SHARD_WORDS); /* engine.c refuses more shards */

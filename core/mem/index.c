@@ -64,18 +64,30 @@ user_entry *index_entry_of(shard *us, const session *s)
     return index_lookup(us, s->user_id_inline, index_user_id_len(s));
 }
 
+/* The users-table hash of an inline id. */
+static unsigned long inline_id_hash(shard *us, const session *s)
+{
+    /* A probe key, as index_lookup builds one. */
+    _Alignas(table_string_key) char probe_bytes[sizeof(table_string_key) + SESSION_USER_ID_INLINE];
+    table_string_key *probe = (table_string_key *)probe_bytes;
+    probe->len = index_user_id_len(s);
+    memcpy(probe->bytes, s->user_id_inline, probe->len);
+    return table_hash(&us->users, probe);
+}
+
 void index_prefetch_entry(shard *us, const session *s)
 {
     if (!index_user_inline(s)) {
         __builtin_prefetch(s->user_long, 1);
         return;
     }
-    /* A probe key, as index_lookup builds one. */
-    _Alignas(table_string_key) char probe_bytes[sizeof(table_string_key) + SESSION_USER_ID_INLINE];
-    table_string_key *probe = (table_string_key *)probe_bytes;
-    probe->len = index_user_id_len(s);
-    memcpy(probe->bytes, s->user_id_inline, probe->len);
-    table_prefetch(&us->users, table_hash(&us->users, probe));
+    table_prefetch(&us->users, inline_id_hash(us, s));
+}
+
+void index_prefetch_found_entry(shard *us, const session *s)
+{
+    if (index_user_inline(s))
+        table_prefetch_candidate(&us->users, inline_id_hash(us, s));
 }
 
 void index_link(user_entry *entry, session *s)

@@ -72,13 +72,21 @@ void index_link(user_entry *entry, session *s);
  * gone; an expiry group drops the entries it emptied itself, together
  * (index_prepare_drop). */
 void index_unlink(shard *user_shard, user_entry *entry, session *s, bool keep_entry);
-/* s's entry. User shard lock held and s on its user's list; or, as a
- * hint only (NULL, or an entry since retired, is possible), inside an
- * epoch section. */
+/* s's entry. User shard lock held and s on its user's list; or
+ * lock-free inside an epoch section, when the answer is s's entry if s is
+ * afterwards found on its list under that lock (else it may be NULL or
+ * another entry). Why: an entry stays in its users table while any of its
+ * sessions is listed, and s is listed from before it can be found (create
+ * links it before publishing it) until its removal; so s still listed
+ * under the lock was listed at the lookup, and its one entry was the
+ * table's throughout. */
 user_entry *index_entry_of(shard *user_shard, const session *s);
 /* Starts fetching the lines index_entry_of reads (the entry, or for an
  * inline id the users-table slot): a hint, any time. */
 void index_prefetch_entry(shard *user_shard, const session *s);
+/* For an inline id, once index_prefetch_entry's slot is in: starts
+ * fetching the entry it leads to (a lookup's second miss). A hint. */
+void index_prefetch_found_entry(shard *user_shard, const session *s);
 /* User shard lock held: drops an entry index_entry made for a create that
  * then failed. */
 void index_drop_if_empty(shard *user_shard, user_entry *entry);

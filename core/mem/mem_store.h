@@ -216,17 +216,23 @@ afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason, size_
 afsm_status mem_remove_by_user(store *st, const char *user_id, size_t user_id_len, const char *reason,
                                size_t reason_len, size_t *removed);
 afsm_status mem_rotate_generation(store *st, const afsm_uuid *id, afsm_session_info *out);
-/* Where a removal of s writes: its home and connection shards and its
- * keys' hashes in their tables, found once (mem_place_of) by a caller that
- * also needs them before removing: for its lock set, or to prefetch the
- * slots (an expiry group, mem/expiry.c). */
+/* Where a removal of s writes: its home, connection and user shards, its
+ * keys' hashes in their tables and its user's entry, found once
+ * (mem_place_of) by a caller that also needs them before removing: for
+ * its lock set, or to prefetch (an expiry group, mem/expiry.c). Found
+ * before the lock set is taken, so that an inline user id's lookup
+ * (mem/index.h) is not made while holding it. */
 typedef struct mem_place {
     shard *home;
     shard *conn;
     shard *user;                   /* mem_user_shard_index's */
     unsigned long id_hash;         /* of s->id in home->sessions */
     unsigned long connection_hash; /* of s->connection_id in conn->connections */
+    /* index_entry_of's answer: s's entry whenever s is found not removed
+     * under its lock set (index_entry_of says why). */
+    struct user_entry *entry;
 } mem_place;
+/* Inside an epoch section, or with s's lock set held. */
 void mem_place_of(const mem_store *ms, const session *s, mem_place *place);
 /* Removes s whole; caller holds its lock set and checked it is not removed.
  * keep_user_entry: see index_unlink (an eviction adds right after; an

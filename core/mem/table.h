@@ -204,6 +204,24 @@ static inline void table_prefetch(const table *t, unsigned long hash)
     table_prefetch_span(t, hash, 0, 2);
 }
 
+/* Once table_prefetch's lines are in: starts fetching the key a probe for
+ * this hash compares first (the first slot whose tag matches), so a
+ * group of lookups takes their key misses together too (mem/expiry.c).
+ * Same requirement as table_prefetch_span. */
+static inline void table_prefetch_candidate(const table *t, unsigned long hash)
+{
+    const table_map *m = atomic_load_explicit(&((table *)t)->map, memory_order_acquire);
+    for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
+        const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_acquire);
+        if (k == NULL)
+            return;
+        if (table_slot_tag_matches(k, hash) && k != TABLE_TOMBSTONE) {
+            __builtin_prefetch(table_slot_key(k));
+            return;
+        }
+    }
+}
+
 /* table_prefetch for a coming table_remove_hashed, which also reads the
  * slot before its key's when it leaves an empty slot (the tombstones just
  * before it go too): measured at 1M sessions, fetching only the first

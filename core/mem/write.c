@@ -10,6 +10,7 @@
  * the store as it was; a new record stays hidden (`removed`) until nothing
  * can fail.
  */
+#include <assert.h>
 #include <string.h>
 
 #include "mem/index.h"
@@ -360,6 +361,7 @@ void mem_place_of(const mem_store *ms, const session *s, mem_place *place)
     place->home = mem_home(ms, s);
     place->conn = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
     place->user = &ms->shards[mem_user_shard_index(ms, s)];
+    place->entry = index_entry_of(place->user, s);
     place->id_hash = table_hash_uuid(&s->id, place->home->sessions.seed);
     place->connection_hash = table_hash_uuid(&s->connection_id, place->conn->connections.seed);
 }
@@ -394,7 +396,8 @@ user_entry *mem_remove_placed_locked(mem_store *ms, session *s, const mem_place 
      * proceeds while it arrives, rather than waiting behind it at the
      * reference drop's locked instruction. */
     table_remove_hashed(&ch->connections, &s->connection_id, place->connection_hash);
-    user_entry *entry = index_entry_of(place->user, s);
+    user_entry *entry = place->entry;
+    assert(entry == index_entry_of(place->user, s));
     index_unlink(place->user, entry, s, keep_user_entry);
     table_remove_hashed(&sh->sessions, &s->id, place->id_hash);
     if (s->timer.next != NULL)
