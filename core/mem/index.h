@@ -14,9 +14,9 @@
  * A session names its user by the id itself when it is at most
  * SESSION_USER_ID_INLINE bytes (a Get then copies it from the record, with
  * no miss to the entry: issue 15, goal 1), else by a pointer to the entry.
- * A write finds an inline-id session's entry by a lookup under the user
- * shard's lock (index_entry_of); while the session is on the list, its
- * entry is the one the table holds.
+ * A write finds an inline-id session's entry by a lookup in the user
+ * shard's table (index_entry_of), made before it takes its locks and
+ * right once the session is found still listed under them.
  */
 #ifndef AFSM_MEM_INDEX_H
 #define AFSM_MEM_INDEX_H

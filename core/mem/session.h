@@ -52,12 +52,12 @@ typedef struct session {
     /* Immutable after publication. id and connection_id are table keys. */
     afsm_uuid id;
     afsm_uuid connection_id;
-    /* Who the session belongs to (mem/index.h reads it): an id of 1..SESSION_USER_ID_INLINE bytes itself, zero
-     * padded (ids hold no NUL, so its first byte is not 0); a longer one
-     * as eight zero bytes, then the user's index entry, which holds it and
-     * outlives every session that points to it (freed through the epoch
-     * after the last). In the first line, with the key a lookup compares,
-     * so a copy of a long id starts fetching the entry at once. */
+    /* Who the session belongs to (mem/index.h reads it): an id of
+     * 1..SESSION_USER_ID_INLINE bytes itself, zero padded (ids hold no
+     * NUL, so its first byte is not 0); a longer one as eight zero bytes,
+     * then the user's index entry, which holds it and outlives every
+     * session that points to it (freed through the epoch after the last). In the first line, with the key a lookup
+     * compares, so a copy of a long id starts fetching the entry at once. */
     union {
         char user_id_inline[SESSION_USER_ID_INLINE];
         struct {

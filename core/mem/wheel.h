@@ -26,8 +26,9 @@
  * So the wheel asks the owner for a timer's deadline when a cascade moves
  * it (wheel_owner.deadline). A deadline that has moved later since the
  * timer was added (a heartbeat) places it later; one that has moved
- * earlier without a relink makes it fire at the next tick, where the
- * owner's due callback decides.
+ * earlier without a relink is seen at the timer's next cascade (or its old
+ * tick), which places it for the next tick, where the owner's due
+ * callback decides. An owner that moves a deadline earlier relinks.
  *
  * Not thread-safe: the owning shard's lock protects the wheel and every
  * link in it.
