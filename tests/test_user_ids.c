@@ -210,6 +210,77 @@ static void test_evict_oldest_for_short_and_long_ids(void **state)
     assert_int_equal(afsm_engine_close(engine), AFSM_OK);
 }
 
+/* A callback of one expiry group's events deletes the sessions the wheel
+ * already handed to the next group, each its long-id user's only one, and
+ * advances the engine (which frees their entries through the epoch: no
+ * thread is in a section while callbacks run). The next group must not
+ * read those entries: a removed session's entry is read only after its
+ * record is seen not removed (under ASan a read of a freed entry fails). */
+#define GROUPED 40 /* more than one settle group (32, mem/expiry.c) */
+static struct {
+    afsm_engine *engine;
+    afsm_uuid ids[GROUPED];
+    int deleted;
+} cut;
+
+static void delete_the_rest(void *ctx, const afsm_event *ev)
+{
+    (void)ctx;
+    record_event(NULL, ev);
+    if (ev->type != AFSM_EVENT_EXPIRED || cut.deleted >= 0)
+        return;
+    cut.deleted = 0;
+    for (int i = 0; i < GROUPED; i++)
+        cut.deleted += afsm_session_delete(cut.engine, &cut.ids[i], "cut", 3) == AFSM_OK;
+    uint64_t now = 0;
+    assert_int_equal(afsm_engine_now(cut.engine, &now), AFSM_OK);
+    assert_int_equal(afsm_engine_advance(cut.engine, now, NULL), AFSM_OK);
+}
+
+static void test_expiry_group_skips_entries_a_callback_freed(void **state)
+{
+    (void)state;
+    virtual_clock clock;
+    afsm_config cfg;
+    virtual_config(&clock, &cfg);
+    cfg.shard_count = 1; /* one home shard: the sessions form one batch */
+    cfg.on_event = delete_the_rest;
+    assert_int_equal(afsm_engine_open(&cfg, &cut.engine), AFSM_OK);
+    seen.count = 0;
+    cut.deleted = -1;
+    for (int i = 0; i < GROUPED; i++) {
+        char user[41];
+        snprintf(user, sizeof(user), "user-%02d-of-a-long-id-longer-than-16", i);
+        afsm_uuid conn;
+        afsm_create_options o = make_options(user, "10.1.2.3", &conn);
+        o.timeout_ms = 1000;
+        afsm_session_info info = AFSM_SESSION_INFO_INIT;
+        assert_int_equal(afsm_session_create(cut.engine, &o, &info), AFSM_OK);
+        cut.ids[i] = info.session_id;
+    }
+    seen.count = 0;
+    virtual_clock_set(&clock, 1002 * SEC);
+    uint64_t now = 0;
+    assert_int_equal(afsm_engine_now(cut.engine, &now), AFSM_OK);
+    size_t expired = 0;
+    assert_int_equal(afsm_engine_advance(cut.engine, now, &expired), AFSM_OK);
+    /* The first group expired its sessions; the callback deleted the rest. */
+    assert_int_equal(expired + (size_t)cut.deleted, GROUPED);
+    assert_true(cut.deleted > 0);
+    for (int i = 0; i < GROUPED; i++) {
+        const seen_event *ended = NULL;
+        for (size_t k = 0; k < seen.count; k++)
+            if (memcmp(&seen.events[k].id, &cut.ids[i], sizeof(cut.ids[i])) == 0 &&
+                seen.events[k].type != AFSM_EVENT_CREATED) {
+                assert_null(ended); /* one end per session */
+                ended = &seen.events[k];
+            }
+        assert_non_null(ended);
+    }
+    assert_int_equal(engine_check_indexes(cut.engine, 0), 0);
+    assert_int_equal(afsm_engine_close(cut.engine), AFSM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -217,6 +288,7 @@ int main(void)
         cmocka_unit_test(test_high_bytes),
         cmocka_unit_test(test_low_bytes),
         cmocka_unit_test(test_evict_oldest_for_short_and_long_ids),
+        cmocka_unit_test(test_expiry_group_skips_entries_a_callback_freed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -334,42 +334,49 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     unsigned home = (unsigned)(batch->sh - ms->shards);
     ck_epoch_record_t *e = epoch_enter(); /* cannot fail: mem_advance entered once */
     assert(e != NULL);
-    /* Each removal needs its user's entry (mem_place_of finds it, below):
-     * the entries of long ids, and the users-table slots of inline ones,
-     * then the entries those lead to, fetched for the whole group so the
-     * misses overlap. */
-    for (size_t j = from; j < to; j++)
-        if (items[j].outcome != OUTCOME_IDLE)
-            index_prefetch_entry(&ms->shards[mem_user_shard_index(ms, items[j].s)], items[j].s);
-    for (size_t j = from; j < to; j++)
-        if (items[j].outcome != OUTCOME_IDLE)
-            index_prefetch_found_entry(&ms->shards[mem_user_shard_index(ms, items[j].s)], items[j].s);
     shard_set set;
     set.words = (ms->shard_mask + 64) / 64;
     assert(set.words <= SHARD_WORDS); /* engine.c refuses more shards */
     memset(set.bits, 0, set.words * sizeof(set.bits[0]));
     shard_set_add(&set, home);
-    /* Then the two table slots each removal rewrites: at 1M sessions
-     * these are the misses that dominate, and fetched for the whole group
-     * before locking they overlap, where the removals would take them one
-     * after another. (A removal compares addresses only, so the probe reads
-     * no other record on its way: mem/table.h.) */
-    mem_place places[SETTLE_GROUP]; /* each found once: for the set, the prefetch and the removal */
+    /* Each removal's place, found once (for the set, the prefetches and
+     * the removal) and in stages, so that a group's misses overlap where
+     * the removals would take them one after another. Only for the items
+     * seen not removed inside this section: a removed session's long-id
+     * entry may be freed already (a callback of an earlier group may have
+     * deleted it and advanced), and its place is never used. */
+    mem_place places[SETTLE_GROUP];
+    bool placed[SETTLE_GROUP];
     for (size_t j = from; j < to; j++) {
         session *s = items[j].s;
-        if (items[j].outcome == OUTCOME_IDLE || session_removed(s))
-            continue;
         mem_place *place = &places[j - from];
-        mem_place_of(ms, s, place);
+        placed[j - from] = items[j].outcome != OUTCOME_IDLE && !session_removed(s);
+        if (!placed[j - from])
+            continue;
+        mem_place_locate(ms, s, place);
         shard_set_add(&set, (unsigned)(place->conn - ms->shards));
         shard_set_add(&set, (unsigned)(place->user - ms->shards));
+        /* The two table slots each removal rewrites: at 1M sessions the
+         * misses that dominate. (A removal compares addresses only, so its
+         * probe reads no other record on its way: mem/table.h.) And the
+         * user's entry, or for an inline id the users-table slot that
+         * leads to it. */
         table_prefetch_removal(&place->home->sessions, place->id_hash);
         table_prefetch_removal(&place->conn->connections, place->connection_hash);
+        index_prefetch_entry(place->user, s, place->user_hash);
     }
+    /* The slots are in by now: the entries they lead to, then the
+     * lookups, which find them arriving. */
+    for (size_t j = from; j < to; j++)
+        if (placed[j - from])
+            index_prefetch_found_entry(places[j - from].user, items[j].s, places[j - from].user_hash);
+    for (size_t j = from; j < to; j++)
+        if (placed[j - from])
+            mem_place_find_entry(items[j].s, &places[j - from]);
     shard_set_acquire(ms->shards, &set);
     size_t expired = 0;
     for (size_t j = from; j < to; j++)
-        if (items[j].outcome != OUTCOME_IDLE && !atomic_load_explicit(&items[j].s->removed, memory_order_relaxed))
+        if (placed[j - from] && !atomic_load_explicit(&items[j].s->removed, memory_order_relaxed))
             prefetch_unlink(items[j].s, &places[j - from]);
     /* The user entries this group empties: each one's removal from its
      * users table is a miss no probe has brought in (a user's last session
@@ -382,9 +389,9 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
         timer_result *item = &items[j];
         session *s = item->s;
         /* The lock set is held, so `removed` cannot change under us; it
-         * may have since the union was built, which only drops a shard. */
+         * may have since the places were found, which only drops a shard. */
         item->removed_state = NO_EVENT;
-        if (item->outcome != OUTCOME_IDLE && !atomic_load_explicit(&s->removed, memory_order_relaxed)) {
+        if (placed[j - from] && !atomic_load_explicit(&s->removed, memory_order_relaxed)) {
             item->removed_state = atomic_load_explicit(&s->state, memory_order_relaxed);
             bool closed = item->outcome == OUTCOME_CLOSED;
             user_entry *entry = mem_remove_placed_locked(ms, s, &places[j - from],

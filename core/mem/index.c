@@ -68,37 +68,44 @@ void index_set_user(session *s, user_entry *entry)
         s->user_long = entry;
 }
 
-user_entry *index_entry_of(shard *us, const session *s)
+unsigned long index_entry_hash(shard *us, const session *s)
+{
+    if (!index_user_inline(s))
+        return 0;
+    return table_hash_padded16(&us->users, s->user_id_inline, index_user_id_len(s));
+}
+
+user_entry *index_entry_of_hashed(shard *us, const session *s, unsigned long hash)
 {
     if (!index_user_inline(s))
         return s->user_long;
-    return index_lookup(us, s->user_id_inline, index_user_id_len(s));
-}
-
-/* The users-table hash of an inline id. */
-static unsigned long inline_id_hash(shard *us, const session *s)
-{
     /* A probe key, as index_lookup builds one. */
     _Alignas(table_string_key) char probe_bytes[sizeof(table_string_key) + SESSION_USER_ID_INLINE];
     table_string_key *probe = (table_string_key *)probe_bytes;
     probe->len = index_user_id_len(s);
-    memcpy(probe->bytes, s->user_id_inline, probe->len);
-    return table_hash(&us->users, probe);
+    memcpy(probe->bytes, s->user_id_inline, SESSION_USER_ID_INLINE);
+    const void *found = table_get_hashed(&us->users, probe, hash);
+    return found != NULL ? (user_entry *)((const char *)found - offsetof(user_entry, key)) : NULL;
 }
 
-void index_prefetch_entry(shard *us, const session *s)
+user_entry *index_entry_of(shard *us, const session *s)
+{
+    return index_entry_of_hashed(us, s, index_entry_hash(us, s));
+}
+
+void index_prefetch_entry(shard *us, const session *s, unsigned long hash)
 {
     if (!index_user_inline(s)) {
         __builtin_prefetch(s->user_long, 1);
         return;
     }
-    table_prefetch(&us->users, inline_id_hash(us, s));
+    table_prefetch(&us->users, hash);
 }
 
-void index_prefetch_found_entry(shard *us, const session *s)
+void index_prefetch_found_entry(shard *us, const session *s, unsigned long hash)
 {
     if (index_user_inline(s))
-        table_prefetch_candidate(&us->users, inline_id_hash(us, s));
+        table_prefetch_candidate(&us->users, hash);
 }
 
 void index_link(user_entry *entry, session *s)

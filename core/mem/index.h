@@ -79,14 +79,21 @@ void index_unlink(shard *user_shard, user_entry *entry, session *s, bool keep_en
  * sessions is listed, and s is listed from before it can be found (create
  * links it before publishing it) until its removal; so s still listed
  * under the lock was listed at the lookup, and its one entry was the
- * table's throughout. */
+ * table's throughout. For a long id, only once s is seen not removed
+ * inside the section (the entry may be freed otherwise). */
 user_entry *index_entry_of(shard *user_shard, const session *s);
+/* The users-table hash index_entry_of looks an inline id up by (0 for a
+ * long id, whose record points to its entry), so a caller that prefetches
+ * first (an expiry group, mem/expiry.c) hashes each id once. */
+unsigned long index_entry_hash(shard *user_shard, const session *s);
+/* index_entry_of with index_entry_hash's answer. */
+user_entry *index_entry_of_hashed(shard *user_shard, const session *s, unsigned long hash);
 /* Starts fetching the lines index_entry_of reads (the entry, or for an
  * inline id the users-table slot): a hint, any time. */
-void index_prefetch_entry(shard *user_shard, const session *s);
+void index_prefetch_entry(shard *user_shard, const session *s, unsigned long hash);
 /* For an inline id, once index_prefetch_entry's slot is in: starts
  * fetching the entry it leads to (a lookup's second miss). A hint. */
-void index_prefetch_found_entry(shard *user_shard, const session *s);
+void index_prefetch_found_entry(shard *user_shard, const session *s, unsigned long hash);
 /* User shard lock held: drops an entry index_entry made for a create that
  * then failed. */
 void index_drop_if_empty(shard *user_shard, user_entry *entry);

@@ -226,14 +226,22 @@ typedef struct mem_place {
     shard *home;
     shard *conn;
     shard *user;                   /* mem_user_shard_index's */
+    unsigned long user_hash;       /* index_entry_hash's, in user->users */
     unsigned long id_hash;         /* of s->id in home->sessions */
     unsigned long connection_hash; /* of s->connection_id in conn->connections */
     /* index_entry_of's answer: s's entry whenever s is found not removed
      * under its lock set (index_entry_of says why). */
     struct user_entry *entry;
 } mem_place;
-/* Inside an epoch section, or with s's lock set held. */
+/* Inside an epoch section with s seen not removed in it (a long id's
+ * entry, which it reads, may be freed otherwise), or with s's lock set
+ * held. */
 void mem_place_of(const mem_store *ms, const session *s, mem_place *place);
+/* mem_place_of in two steps, for a caller that prefetches the user's
+ * entry between them (an expiry group, mem/expiry.c): all but the entry,
+ * then the entry. */
+void mem_place_locate(const mem_store *ms, const session *s, mem_place *place);
+void mem_place_find_entry(const session *s, mem_place *place);
 /* Removes s whole; caller holds its lock set and checked it is not removed.
  * keep_user_entry: see index_unlink (an eviction adds right after; an
  * expiry group drops the entries it empties together, mem/expiry.c). */

@@ -20,23 +20,37 @@ table_hash_fn *table_hash_override;
 
 _Static_assert(sizeof(table_map) <= 64, "the map header fits the line before its slots");
 
-static unsigned long hash_string(const table_string_key *k, unsigned long seed)
+/* A string key of up to 16 bytes as two zero-padded words, the uuid keys'
+ * mixes rather than a byte loop: a write to a session whose record holds
+ * its user id (mem/index.h) looks the id up here. Keys hold no NUL, so the
+ * padding cannot make two ids equal. */
+static unsigned long hash_padded16(const char padded[16], size_t len, unsigned long seed)
 {
     if (table_hash_override != NULL)
-        return table_hash_override(k->bytes, k->len, seed);
+        return table_hash_override(padded, len, seed);
+    uint64_t w[2];
+    memcpy(w, padded, 16);
+    return table_mix(w[1] ^ table_mix(w[0] ^ seed));
+}
+
+static unsigned long hash_string(const table_string_key *k, unsigned long seed)
+{
     if (k->len <= 16) {
-        /* As two zero-padded words, the uuid keys' mixes rather than a byte
-         * loop: a write to a session whose record holds its user id
-         * (mem/index.h) looks the id up here. Keys hold no NUL, so the
-         * padding cannot make two ids equal. */
-        uint64_t w[2] = {0, 0};
-        memcpy(w, k->bytes, k->len);
-        return table_mix(w[1] ^ table_mix(w[0] ^ seed));
+        char padded[16] = {0};
+        memcpy(padded, k->bytes, k->len);
+        return hash_padded16(padded, k->len, seed);
     }
+    if (table_hash_override != NULL)
+        return table_hash_override(k->bytes, k->len, seed);
     uint64_t h = UINT64_C(0xcbf29ce484222325) ^ seed;
     for (uint16_t i = 0; i < k->len; i++)
         h = (h ^ (unsigned char)k->bytes[i]) * UINT64_C(0x100000001b3);
     return table_mix(h);
+}
+
+unsigned long table_hash_padded16(const table *t, const char padded[16], size_t len)
+{
+    return hash_padded16(padded, len, t->seed);
 }
 
 unsigned long table_hash(const table *t, const void *key)
@@ -181,7 +195,11 @@ const void *table_get(table *t, const void *key)
 {
     if (t->kind == TABLE_KEY_UUID)
         return table_get_uuid(t, key);
-    unsigned long hash = hash_string(key, t->seed);
+    return table_get_hashed(t, key, hash_string(key, t->seed));
+}
+
+const void *table_get_hashed(table *t, const void *key, unsigned long hash)
+{
     const table_map *m = atomic_load_explicit(&t->map, memory_order_acquire);
     for (uint64_t i = hash & m->mask;; i = (i + 1) & m->mask) {
         const void *k = atomic_load_explicit((_Atomic(const void *) *)&m->slots[i], memory_order_acquire);

@@ -121,6 +121,9 @@ void table_destroy(table *t);
 
 /* The stored key equal to key, or NULL. Lock-free; epoch section required. */
 const void *table_get(table *t, const void *key);
+/* The same with key's table_hash given (a caller that hashed it already,
+ * to prefetch: mem/expiry.c). */
+const void *table_get_hashed(table *t, const void *key, unsigned long hash);
 
 /* The uuid tables' hash (table_hash and the inlined lookups use it): two
  * seeded 64-bit mixes over the key's halves. */
@@ -263,6 +266,10 @@ size_t table_count(table *t);
 
 /* The hash a key of this table is placed by (tests check its spread). */
 unsigned long table_hash(const table *t, const void *key);
+/* table_hash of a string key of len <= 16 bytes held zero padded to 16
+ * (as a session record holds a short user id, mem/index.h), without
+ * building the key. */
+unsigned long table_hash_padded16(const table *t, const char padded[16], size_t len);
 
 /* Lock-free walk (epoch section required) over one version of the map:
  * the keys present for the whole walk are each returned once; others may

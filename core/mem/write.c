@@ -356,14 +356,26 @@ unlock:
 
 /* ---- removal -------------------------------------------------------------- */
 
-void mem_place_of(const mem_store *ms, const session *s, mem_place *place)
+void mem_place_locate(const mem_store *ms, const session *s, mem_place *place)
 {
     place->home = mem_home(ms, s);
     place->conn = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
     place->user = &ms->shards[mem_user_shard_index(ms, s)];
-    place->entry = index_entry_of(place->user, s);
+    place->user_hash = index_entry_hash(place->user, s);
+    place->entry = NULL;
     place->id_hash = table_hash_uuid(&s->id, place->home->sessions.seed);
     place->connection_hash = table_hash_uuid(&s->connection_id, place->conn->connections.seed);
+}
+
+void mem_place_find_entry(const session *s, mem_place *place)
+{
+    place->entry = index_entry_of_hashed(place->user, s, place->user_hash);
+}
+
+void mem_place_of(const mem_store *ms, const session *s, mem_place *place)
+{
+    mem_place_locate(ms, s, place);
+    mem_place_find_entry(s, place);
 }
 
 user_entry *mem_remove_placed_locked(mem_store *ms, session *s, const mem_place *place, afsm_delete_reason why,
@@ -458,7 +470,8 @@ afsm_status mem_remove(store *st, const afsm_uuid *id, const char *reason, size_
          * users-table slot that finds it) and the record's last line
          * (timer and user-list links): two more misses, fetched together
          * rather than one after the other. */
-        index_prefetch_entry(&ms->shards[mem_user_shard_index(ms, s)], s);
+        shard *us = &ms->shards[mem_user_shard_index(ms, s)];
+        index_prefetch_entry(us, s, index_entry_hash(us, s));
         __builtin_prefetch((const char *)s + 128, 1);
     }
     if (reason == NULL || reason_len == 0) {
