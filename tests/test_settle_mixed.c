@@ -507,7 +507,10 @@ static void test_mixed_group_changed_by_a_callback(void **state)
  * for the deleted users (new entries, an inline one under the same key)
  * and advances the engine itself, whose reclaim frees whatever retired
  * entry no epoch section protects. K = 32 is after every place of the
- * first group was located and before any entry is looked up. */
+ * first group was located and before any entry is looked up; K = 33..40
+ * are the first group's look-ahead at the second group's slots
+ * (prefetch_removal_slots, in the first group's section); K = 41..48 the
+ * second group's places. */
 
 #define WINDOW 40 /* one home run: groups of 32 and 8 */
 
@@ -661,7 +664,7 @@ static void run_window(long trigger_at, uint32_t shard_count)
 static void test_window_with_long_ids_and_a_reclaiming_helper(void **state)
 {
     (void)state;
-    static const long triggers[] = {1, 16, 32, 33, 40};
+    static const long triggers[] = {1, 16, 32, 33, 40, 41, 48};
     static const uint32_t shard_counts[] = {1, 4, 64};
     for (size_t s = 0; s < sizeof(shard_counts) / sizeof(*shard_counts); s++)
         for (size_t t = 0; t < sizeof(triggers) / sizeof(*triggers); t++)
