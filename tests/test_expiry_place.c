@@ -1,14 +1,14 @@
 /*
  * test_expiry_place.c: an expiry group's removal places (home and
- * connection shards, both keys' hashes; mem_place_of) are found once,
+ * connection shards, both keys' hashes; mem_place_locate) are found once,
  * before the group's lock set is taken, and used under it for the items
  * still not removed (mem/expiry.c settle_group). Written by a reviewer
  * trying to break that change; it passed before and after it, and stays
  * to hold the window shut.
  *
- * The window attacked: between settle_group's first loop (mem_place_of,
+ * The window attacked: between settle_group's first loop (mem_place_locate,
  * no lock held) and the removals under the lock set. A table hash hook
- * (table_hash_override, which mem_place_of reaches through
+ * (table_hash_override, which mem_place_locate reaches through
  * table_hash_uuid) stops the advancing thread right after it has found
  * the place of the K-th item of its first group, and a helper thread then
  * changes the store while the advance waits:
@@ -33,6 +33,7 @@
  *
  * Threads wait on conditions with deadlines (spin_until), never sleep.
  */
+#include "advance_window.h"
 #include "event_ledger.h"
 
 #include <pthread.h>
@@ -51,13 +52,7 @@ typedef struct place_ctx {
     afsm_session_info infos[N_SESSIONS];
     char users[N_SESSIONS][16];
     enum action action;
-    long trigger_at; /* the K-th connection hash of the armed advance */
-    _Atomic long conn_hashes;
-    _Atomic int armed;
-    _Atomic long request; /* advancer -> helper */
-    _Atomic long done;    /* helper -> advancer */
-    _Atomic int stop;
-    int triggered_index; /* the session whose place was just found */
+    advance_window window; /* over conns; triggered: the session whose place was just found */
     long deleted_ok, restored_ok, created_ok;
     size_t by_user_deleted;
 } place_ctx;
@@ -68,9 +63,10 @@ static _Thread_local int on_advancer;
 /* A good hash for any key (the engine's own uuid formula for 16 bytes),
  * set before the engine opens and kept until it closes, so every table
  * agrees with itself. On the advancing thread, while armed, the K-th hash
- * of a tracked connection id (mem_place_of's last step for that item, in
- * settle_group's first loop: nothing else on that thread hashes before
- * the group locks) hands over to the helper and waits for it. */
+ * of a tracked connection id (mem_place_locate's last step for that item,
+ * in settle_group's first loop; hashes 33..40 are the first group's
+ * look-ahead at the second's slots) hands over to the helper and waits
+ * for it (advance_window.h). */
 static unsigned long hook_hash(const void *key, size_t len, unsigned long seed)
 {
     unsigned long h;
@@ -85,20 +81,8 @@ static unsigned long hook_hash(const void *key, size_t len, unsigned long seed)
             x = (x ^ ((const unsigned char *)key)[i]) * UINT64_C(0x100000001b3);
         h = table_mix(x);
     }
-    place_ctx *c = current;
-    if (c == NULL || !on_advancer || len != 16 || !atomic_load(&c->armed))
-        return h;
-    for (int i = 0; i < N_SESSIONS; i++) {
-        if (memcmp(key, &c->conns[i], 16) != 0)
-            continue;
-        if (atomic_fetch_add(&c->conn_hashes, 1) + 1 != c->trigger_at)
-            return h;
-        atomic_store(&c->armed, 0);
-        c->triggered_index = i;
-        atomic_store_explicit(&c->request, 1, memory_order_release);
-        THREAD_CHECK(spin_until(&c->done, 1, 60));
-        return h;
-    }
+    if (current != NULL && on_advancer && len == 16)
+        advance_window_observe(&current->window, key);
     return h;
 }
 
@@ -111,13 +95,9 @@ static void record_event(void *arg, const afsm_event *ev)
 static void *helper_main(void *arg)
 {
     place_ctx *c = arg;
-    uint64_t deadline = real_ns() + 60 * SEC;
-    while (atomic_load_explicit(&c->request, memory_order_acquire) == 0) {
-        if (atomic_load(&c->stop))
-            return NULL;
-        THREAD_CHECK(real_ns() < deadline);
-    }
-    int x = c->triggered_index;
+    if (!advance_window_wait(&c->window))
+        return NULL;
+    int x = c->window.triggered;
     afsm_status st;
     switch (c->action) {
     case ACT_DELETE_ALL:
@@ -158,7 +138,7 @@ static void *helper_main(void *arg)
         THREAD_CHECK(st == AFSM_OK);
         break;
     }
-    atomic_store_explicit(&c->done, 1, memory_order_release);
+    advance_window_release(&c->window);
     return NULL;
 }
 
@@ -174,7 +154,9 @@ static void run(place_ctx *c, enum action action, long trigger_at, uint32_t shar
     memset(c, 0, sizeof(*c));
     ledger_init(&c->ledger);
     c->action = action;
-    c->trigger_at = trigger_at;
+    c->window.conns = c->conns;
+    c->window.conn_count = N_SESSIONS;
+    c->window.trigger_at = trigger_at;
     static virtual_clock clock;
     c->clock = &clock;
     afsm_config cfg;
@@ -214,14 +196,14 @@ static void run(place_ctx *c, enum action action, long trigger_at, uint32_t shar
     assert_int_equal(pthread_create(&helper, NULL, helper_main, c), 0);
     uint64_t now = virtual_clock_read(&clock) + 5 * SEC;
     virtual_clock_set(&clock, now);
-    atomic_store(&c->armed, 1);
+    atomic_store(&c->window.armed, 1);
     on_advancer = 1;
     assert_int_equal(afsm_engine_advance(engine, now, &out->expired_first), AFSM_OK);
     on_advancer = 0;
-    atomic_store(&c->stop, 1);
+    bool reached = advance_window_close(&c->window);
     pthread_join(helper, NULL);
-    if (atomic_load(&c->done) != 1)
-        fail_msg("the hook never fired (conn hashes seen: %ld)", atomic_load(&c->conn_hashes));
+    if (!reached)
+        fail_msg("the hook never fired (conn hashes seen: %ld)", atomic_load(&c->window.conn_hashes));
     assert_int_equal(engine_check_indexes(engine, 0), (long)live_sessions(engine));
     out->metrics = (afsm_metrics)AFSM_METRICS_INIT;
     assert_int_equal(afsm_metrics_snapshot(engine, &out->metrics), AFSM_OK);
@@ -232,7 +214,7 @@ static void finish(place_ctx *c)
     afsm_engine *engine = c->engine;
     /* Every connection id of the original sessions not restored is free. */
     for (int i = 0; i < N_SESSIONS; i++) {
-        if (c->action == ACT_RESTORE_SAME_KEYS && i == c->triggered_index)
+        if (c->action == ACT_RESTORE_SAME_KEYS && i == c->window.triggered)
             continue;
         afsm_create_options o = make_options("reuse", "10.1.2.3", &(afsm_uuid){{0}});
         o.connection_id = c->conns[i];
@@ -304,7 +286,7 @@ static void test_delete_half_in_window(void **state)
             for (int i = 0; i < N_SESSIONS; i++) {
                 uint32_t type;
                 assert_int_equal(event_of(&c, i, &type), 1);
-                int deleted = i == c.triggered_index || i % 2 == 1;
+                int deleted = i == c.window.triggered || i % 2 == 1;
                 assert_int_equal(type, deleted ? AFSM_EVENT_DELETED : AFSM_EVENT_EXPIRED);
                 want_expired += !deleted;
             }
@@ -350,7 +332,7 @@ static void test_restore_same_keys_in_window(void **state)
         for (size_t t = 0; t < sizeof(triggers) / sizeof(*triggers); t++) {
             outcome o;
             run(&c, ACT_RESTORE_SAME_KEYS, triggers[t], shard_counts[s], &o);
-            int x = c.triggered_index;
+            int x = c.window.triggered;
             assert_int_equal(o.expired_first, N_SESSIONS - 1);
             assert_int_equal(live_sessions(c.engine), 1);
             afsm_session_info info = AFSM_SESSION_INFO_INIT;
@@ -377,7 +359,7 @@ static void test_delete_user_in_window(void **state)
         for (size_t t = 0; t < sizeof(triggers) / sizeof(*triggers); t++) {
             outcome o;
             run(&c, ACT_DELETE_USER, triggers[t], shard_counts[s], &o);
-            int x = c.triggered_index;
+            int x = c.window.triggered;
             assert_int_equal(c.by_user_deleted, N_SESSIONS / 10);
             assert_int_equal(o.expired_first, N_SESSIONS - N_SESSIONS / 10);
             assert_int_equal(o.metrics.deleted_total[AFSM_DELETE_USER], N_SESSIONS / 10);

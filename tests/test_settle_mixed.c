@@ -40,6 +40,7 @@
  * Build with -DCMAKE_BUILD_TYPE=Debug to also run mem_remove_placed_locked's
  * assert that the place's entry is the session's.
  */
+#include "advance_window.h"
 #include "event_ledger.h"
 
 #include "mem/index.h"
@@ -499,10 +500,10 @@ static void test_mixed_group_changed_by_a_callback(void **state)
 
 /* ---- 4. another thread in the window between the places and the locks ---- */
 
-/* The hook of test_expiry_place.c: on the advancing thread, while armed,
- * the K-th hash of a tracked connection id (mem_place_locate's last hash
- * of an item, in settle_group's first loop) hands over to a helper thread
- * and waits for it. Here the ids are long and inline, each its user's
+/* test_expiry_place.c's window (advance_window.h): on the advancing
+ * thread, while armed, the K-th hash of a tracked connection id
+ * (mem_place_locate's last hash of an item, in settle_group's first loop)
+ * hands over to a helper thread and waits for it. Here the ids are long and inline, each its user's
  * only session, and the helper, besides deleting, creates new sessions
  * for the deleted users (new entries, an inline one under the same key)
  * and advances the engine itself, whose reclaim frees whatever retired
@@ -521,10 +522,7 @@ typedef struct window_ctx {
     uint64_t now;
     afsm_uuid ids[WINDOW], conns[WINDOW];
     char users[WINDOW][40];
-    long trigger_at;
-    _Atomic long conn_hashes, request, done;
-    _Atomic int armed, stop;
-    int triggered;
+    advance_window window; /* over conns */
     long deleted, created;
 } window_ctx;
 
@@ -534,20 +532,8 @@ static _Thread_local int window_advancer;
 static unsigned long window_hook(const void *key, size_t len, unsigned long seed)
 {
     unsigned long h = fnv_hook(key, len, seed);
-    window_ctx *c = window_current;
-    if (c == NULL || !window_advancer || len != 16 || !atomic_load(&c->armed))
-        return h;
-    for (int i = 0; i < WINDOW; i++) {
-        if (memcmp(key, &c->conns[i], 16) != 0)
-            continue;
-        if (atomic_fetch_add(&c->conn_hashes, 1) + 1 != c->trigger_at)
-            return h;
-        atomic_store(&c->armed, 0);
-        c->triggered = i;
-        atomic_store_explicit(&c->request, 1, memory_order_release);
-        THREAD_CHECK(spin_until(&c->done, 1, 60));
-        return h;
-    }
+    if (window_current != NULL && window_advancer && len == 16)
+        advance_window_observe(&window_current->window, key);
     return h;
 }
 
@@ -560,16 +546,12 @@ static void window_event(void *arg, const afsm_event *ev)
 static void *window_helper(void *arg)
 {
     window_ctx *c = arg;
-    uint64_t deadline = real_ns() + 60 * SEC;
-    while (atomic_load_explicit(&c->request, memory_order_acquire) == 0) {
-        if (atomic_load(&c->stop))
-            return NULL;
-        THREAD_CHECK(real_ns() < deadline);
-    }
+    if (!advance_window_wait(&c->window))
+        return NULL;
     /* Every session but each third (the triggered one too), a long-id
      * user coming back with a new session. */
     for (int i = 0; i < WINDOW; i++) {
-        if (i % 3 == 0 && i != c->triggered)
+        if (i % 3 == 0 && i != c->window.triggered)
             continue;
         afsm_status st = afsm_session_delete(c->engine, &c->ids[i], NULL, 0);
         THREAD_CHECK(st == AFSM_OK || st == AFSM_ENOTFOUND); /* expired by an earlier group */
@@ -584,7 +566,7 @@ static void *window_helper(void *arg)
     size_t n;
     THREAD_CHECK(afsm_engine_advance(c->engine, c->now, &n) == AFSM_OK);
     THREAD_CHECK(afsm_engine_advance(c->engine, c->now, &n) == AFSM_OK);
-    atomic_store_explicit(&c->done, 1, memory_order_release);
+    advance_window_release(&c->window);
     return NULL;
 }
 
@@ -594,7 +576,9 @@ static void run_window(long trigger_at, uint32_t shard_count)
     window_ctx *c = &ctx;
     memset(c, 0, sizeof(*c));
     ledger_init(&c->ledger);
-    c->trigger_at = trigger_at;
+    c->window.conns = c->conns;
+    c->window.conn_count = WINDOW;
+    c->window.trigger_at = trigger_at;
     static virtual_clock clock;
     c->clock = &clock;
     afsm_config cfg;
@@ -628,16 +612,17 @@ static void run_window(long trigger_at, uint32_t shard_count)
     assert_int_equal(pthread_create(&helper, NULL, window_helper, c), 0);
     c->now = virtual_clock_read(&clock) + 5 * SEC;
     virtual_clock_set(&clock, c->now);
-    atomic_store(&c->armed, 1);
+    atomic_store(&c->window.armed, 1);
     window_advancer = 1;
     size_t expired = 0;
     assert_int_equal(afsm_engine_advance(engine, c->now, &expired), AFSM_OK);
     window_advancer = 0;
-    atomic_store(&c->stop, 1);
+    bool reached = advance_window_close(&c->window);
     pthread_join(helper, NULL);
     window_current = NULL;
-    if (atomic_load(&c->done) != 1)
-        fail_msg("the hook never fired (trigger %ld, conn hashes seen: %ld)", trigger_at, atomic_load(&c->conn_hashes));
+    if (!reached)
+        fail_msg("the hook never fired (trigger %ld, conn hashes seen: %ld)", trigger_at,
+                 atomic_load(&c->window.conn_hashes));
     /* Each session ended once: by the helper's delete or by expiry. */
     assert_int_equal(expired + (size_t)c->deleted, WINDOW);
     for (int i = 0; i < WINDOW; i++) {
