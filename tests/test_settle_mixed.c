@@ -35,7 +35,8 @@
  *     deleted users and advancing the engine itself (its reclaim frees
  *     every retired entry no section protects), stopped in the first
  *     group, between locating the places and finding the entries (K = 32),
- *     and in the second group.
+ *     in its look-ahead at the second group's slots (after its entries
+ *     were found, before its locks), and in the second group.
  *
  * Build with -DCMAKE_BUILD_TYPE=Debug to also run mem_remove_placed_locked's
  * assert that the place's entry is the session's.
@@ -501,10 +502,11 @@ static void test_mixed_group_changed_by_a_callback(void **state)
 /* ---- 4. another thread in the window between the places and the locks ---- */
 
 /* test_expiry_place.c's window (advance_window.h): on the advancing
- * thread, while armed, the K-th hash of a tracked connection id
- * (mem_place_locate's last hash of an item, in settle_group's first loop)
- * hands over to a helper thread and waits for it. Here the ids are long and inline, each its user's
- * only session, and the helper, besides deleting, creates new sessions
+ * thread, while armed, the K-th hash of a tracked connection id (the last
+ * hash of an item's place in settle_group's first loop, or of its slots
+ * in the previous group's look-ahead) hands over to a helper thread and
+ * waits for it. Here the ids are long and inline, each its user's only
+ * session, and the helper, besides deleting, creates new sessions
  * for the deleted users (new entries, an inline one under the same key)
  * and advances the engine itself, whose reclaim frees whatever retired
  * entry no epoch section protects. K = 32 is after every place of the

@@ -325,13 +325,13 @@ static void prefetch_unlink(const session *s, const mem_place *place)
  * own at the next group's start (a software pipeline). Hints only: the
  * ids are immutable and the batch's references keep the records; the
  * maps need the caller's epoch section. */
-static void prefetch_removal_slots(const mem_store *ms, const timer_result *items, size_t from, size_t to)
+static void prefetch_removal_slots(const mem_store *ms, const timer_batch *batch, size_t from, size_t to)
 {
+    const shard *home = batch->sh; /* every item's */
     for (size_t j = from; j < to; j++) {
-        const session *s = items[j].s;
-        if (items[j].outcome == OUTCOME_IDLE)
+        const session *s = batch->items[j].s;
+        if (batch->items[j].outcome == OUTCOME_IDLE)
             continue;
-        const shard *home = mem_home(ms, s);
         const shard *conn = &ms->shards[mem_shard_of_connection(ms, &s->connection_id)];
         table_prefetch_removal(&home->sessions, table_hash_uuid(&s->id, home->sessions.seed));
         table_prefetch_removal(&conn->connections, table_hash_uuid(&s->connection_id, conn->connections.seed));
@@ -392,7 +392,7 @@ static size_t settle_group(mem_store *ms, timer_batch *batch, size_t from, size_
     for (size_t j = from; j < to; j++)
         if (placed[j - from])
             mem_place_find_entry(items[j].s, &places[j - from]);
-    prefetch_removal_slots(ms, items, to, to + SETTLE_GROUP < batch->count ? to + SETTLE_GROUP : batch->count);
+    prefetch_removal_slots(ms, batch, to, to + SETTLE_GROUP < batch->count ? to + SETTLE_GROUP : batch->count);
     shard_set_acquire(ms->shards, &set);
     size_t expired = 0;
     for (size_t j = from; j < to; j++)
