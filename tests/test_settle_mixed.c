@@ -77,6 +77,17 @@ static unsigned long clustered_hook(const void *key, size_t len, unsigned long s
 static table_hash_fn *const hooks[] = {NULL, fnv_hook, one_slot_hook, clustered_hook};
 #define HOOKS (sizeof(hooks) / sizeof(hooks[0]))
 
+/* The end of every case: no session listed, no table key, no slab slot
+ * left; then the engine closes and the hook goes. */
+static void close_emptied(afsm_engine *engine)
+{
+    assert_int_equal(engine_check_indexes(engine, 0), 0);
+    assert_int_equal(table_keys(engine), 0);
+    assert_int_equal(engine_slots_in_use(engine), 0);
+    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
+    table_hash_override = NULL;
+}
+
 /* An id of len bytes (no NUL) of one kind. */
 static void make_id(char *id, size_t len, int kind, unsigned salt)
 {
@@ -255,11 +266,7 @@ static void run_every_length(table_hash_fn *hook)
     virtual_clock_set(&clock, now);
     assert_int_equal(afsm_engine_advance(engine, now, &expired), AFSM_OK);
     assert_int_equal(expired, n - 1);
-    assert_int_equal(engine_check_indexes(engine, 0), 0);
-    assert_int_equal(table_keys(engine), 0);
-    assert_int_equal(engine_slots_in_use(engine), 0);
-    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
-    table_hash_override = NULL;
+    close_emptied(engine);
 }
 
 static void test_every_inline_length_under_every_hook(void **state)
@@ -484,11 +491,7 @@ static void run_mixed(table_hash_fn *hook)
         if (c->ended[i] != c->lives[i])
             fail_msg("session %d: %d lives, %d ends", i, c->lives[i], c->ended[i]);
     assert_int_equal(live_sessions(engine), 0);
-    assert_int_equal(engine_check_indexes(engine, 0), 0);
-    assert_int_equal(table_keys(engine), 0);
-    assert_int_equal(engine_slots_in_use(engine), 0);
-    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
-    table_hash_override = NULL;
+    close_emptied(engine);
     ledger_free(&c->ledger);
 }
 
@@ -640,11 +643,7 @@ static void run_window(long trigger_at, uint32_t shard_count)
     virtual_clock_set(&clock, later);
     assert_int_equal(afsm_engine_advance(engine, later, &expired), AFSM_OK);
     ledger_check_all_ended(&c->ledger);
-    assert_int_equal(engine_check_indexes(engine, 0), 0);
-    assert_int_equal(table_keys(engine), 0);
-    assert_int_equal(engine_slots_in_use(engine), 0);
-    assert_int_equal(afsm_engine_close(engine), AFSM_OK);
-    table_hash_override = NULL;
+    close_emptied(engine);
     ledger_free(&c->ledger);
 }
 
