@@ -97,6 +97,19 @@ class GoalRows(unittest.TestCase):
                          "A -71..+429%, B -90..+0% (3, 3 runs) |")
         self.assertIn("medians of 3 interleaved runs", text)
 
+    def test_goal_5_is_set_against_the_line_transfer_floor(self) -> None:
+        # 200 ns a transfer; a create 500 ns on 1 thread, 800 ns of each
+        # thread's time on 2 (2.5M/s together): 300 ns more, 1.5 transfers;
+        # 1.6x would allow 2 * 500 / 1.6 - 500 = 125 ns (0.6 transfers).
+        self.values[("LineTransfer", "floor", 2, None)] = [5e6] * REPS
+        self.values[("Create", "engine", 1, None)] = [2e6] * REPS
+        self.values[("Create", "engine", 2, None)] = [2.5e6] * REPS
+        rc, text, err = self.report()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("takes 200 ns one way (`LineTransfer/floor`). A create takes 500 ns on 1 thread and 800 ns "
+                      "of each thread's time on 2 threads, 300 ns more: 1.5 line transfers' worth. 1.6x allows "
+                      "125 ns more (0.6 transfers).", text)
+
     def test_not_met_on_the_median_even_if_one_run_meets_it(self) -> None:
         self.values[("Delete", "engine", 2, None)] = [3e6, 1e6, 1e6]
         rc, text, err = self.report()
