@@ -32,15 +32,31 @@ _Thread_local ck_epoch_record_t *epoch_thread_record __attribute__((tls_model("i
 /* One object stands for "some reader section ended" in TSan's eyes. */
 char epoch_quiescence_token;
 
-/* Deferred frees waiting. Writers already serialise per shard, and this
- * counts frees, not reads, so one process-wide counter costs little, as
- * long as it has its cache line to itself: every removal increments it,
- * and it used to sit beside global_epoch, which every reader loads. */
+/* Deferred frees waiting, counted in stripes, each on a line of its own
+ * (none beside global_epoch, which every reader loads): a thread counts
+ * its deferrals (+1) and the frees it runs (-1) on its own stripe, and the
+ * metric sums them. One process-wide counter was a line every removal
+ * wrote twice, which two threads deleting passed between their cores on
+ * nearly every removal (~220 ns a pass here; issue 15: 2-thread deletes
+ * ran 15-20% faster without it). A free often runs on another thread than
+ * its deferral, so a stripe alone means nothing; the sum, kept in wrapping
+ * arithmetic, is the count. */
+#define PENDING_STRIPES 16
 static struct {
     _Atomic uint64_t value;
     char pad[CK_MD_CACHELINE - sizeof(uint64_t)];
-} __attribute__((aligned(CK_MD_CACHELINE))) pending_frees_line;
-#define pending_frees (pending_frees_line.value)
+} __attribute__((aligned(CK_MD_CACHELINE))) pending_frees[PENDING_STRIPES];
+static _Atomic unsigned next_stripe;
+/* The calling thread's stripe + 1; 0 until its first count. Stripes are
+ * handed out round robin, so up to PENDING_STRIPES threads share none. */
+static _Thread_local unsigned thread_stripe;
+
+static _Atomic uint64_t *pending_stripe(void)
+{
+    if (thread_stripe == 0)
+        thread_stripe = atomic_fetch_add_explicit(&next_stripe, 1, memory_order_relaxed) % PENDING_STRIPES + 1;
+    return &pending_frees[thread_stripe - 1].value;
+}
 
 /* The thread's TSD destructor. Other destructors may run after it on the
  * same thread and call the engine: forgetting the record here makes such a
@@ -112,7 +128,7 @@ void epoch_writer_retire(ck_epoch_record_t *record)
 
 void epoch_defer(ck_epoch_record_t *record, ck_epoch_entry_t *entry, ck_epoch_cb_t *destroy)
 {
-    atomic_fetch_add_explicit(&pending_frees, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(pending_stripe(), 1, memory_order_relaxed);
     /* ck_epoch_call tags the entry with the global epoch it loads. The
      * unlink that made the object unreachable is a store; without a full
      * fence that load may be satisfied before the store is visible (x86's
@@ -139,10 +155,15 @@ void epoch_drain(ck_epoch_record_t *record)
 void epoch_observe_quiescence(void)
 {
     sync_observe(&epoch_quiescence_token);
-    atomic_fetch_sub_explicit(&pending_frees, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(pending_stripe(), 1, memory_order_relaxed);
 }
 
 uint64_t epoch_pending(void)
 {
-    return atomic_load_explicit(&pending_frees, memory_order_relaxed);
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < PENDING_STRIPES; i++)
+        sum += atomic_load_explicit(&pending_frees[i].value, memory_order_relaxed);
+    /* Stripes are read one after another: a free counted on a stripe read
+     * after its deferral's was can make the sum dip below zero (wrapped). */
+    return (int64_t)sum < 0 ? 0 : sum;
 }
