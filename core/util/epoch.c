@@ -32,30 +32,45 @@ _Thread_local ck_epoch_record_t *epoch_thread_record __attribute__((tls_model("i
 /* One object stands for "some reader section ended" in TSan's eyes. */
 char epoch_quiescence_token;
 
-/* Deferred frees waiting, counted in stripes, each on a line of its own
- * (none beside global_epoch, which every reader loads): a thread counts
- * its deferrals (+1) and the frees it runs (-1) on its own stripe, and the
- * metric sums them. One process-wide counter was a line every removal
- * wrote twice, which two threads deleting passed between their cores on
- * nearly every removal (~220 ns a pass here; issue 15: 2-thread deletes
- * ran 15-20% faster without it). A free often runs on another thread than
- * its deferral, so a stripe alone means nothing; the sum, kept in wrapping
- * arithmetic, is the count. */
-#define PENDING_STRIPES 16
-static struct {
-    _Atomic uint64_t value;
-    char pad[CK_MD_CACHELINE - sizeof(uint64_t)];
-} __attribute__((aligned(CK_MD_CACHELINE))) pending_frees[PENDING_STRIPES];
-static _Atomic unsigned next_stripe;
-/* The calling thread's stripe + 1; 0 until its first count. Stripes are
- * handed out round robin, so up to PENDING_STRIPES threads share none. */
-static _Thread_local unsigned thread_stripe;
+/* A record and its deferred frees not yet run. A deferral adds 1 to the
+ * count of the record it is deferred on and its free, which runs in a
+ * dispatch of that same record (ck_epoch_poll, ck_epoch_barrier), takes
+ * 1 off it: each count is exact at every instant, and only the record's
+ * owner (who holds its shard's lock) writes it, on a line it writes for
+ * the deferral anyway. The metric sums the counts. One process-wide
+ * counter was a line every removal and every free wrote, which two
+ * threads deleting passed between their cores on nearly every removal
+ * (~220 ns a pass here; issue 15). Every record, reader or writer, is one
+ * of these, allocated once and never freed (ck_epoch recycles them). */
+typedef struct counted_record {
+    ck_epoch_record_t record; /* first: a ck_epoch_record_t * is one of these */
+    _Atomic uint64_t pending;
+    struct counted_record *_Atomic next_counted; /* every record, newest first */
+} counted_record;
 
-static _Atomic uint64_t *pending_stripe(void)
+static counted_record *_Atomic all_counted;
+
+/* The record whose dispatch runs on this thread (NULL outside one): whose
+ * count a free takes 1 off. Initial-exec for the same reason as
+ * epoch_thread_record. */
+static _Thread_local counted_record *dispatching __attribute__((tls_model("initial-exec")));
+
+static counted_record *counted(ck_epoch_record_t *record)
 {
-    if (thread_stripe == 0)
-        thread_stripe = atomic_fetch_add_explicit(&next_stripe, 1, memory_order_relaxed) % PENDING_STRIPES + 1;
-    return &pending_frees[thread_stripe - 1].value;
+    return (counted_record *)record;
+}
+
+/* ck_epoch_poll or ck_epoch_barrier of record, with `dispatching` set to it
+ * (and restored after: a destroy callback may defer, and poll, another). */
+static void dispatch(ck_epoch_record_t *record, bool wait)
+{
+    counted_record *outer = dispatching;
+    dispatching = counted(record);
+    if (wait)
+        ck_epoch_barrier(record);
+    else
+        ck_epoch_poll(record);
+    dispatching = outer;
 }
 
 /* The thread's TSD destructor. Other destructors may run after it on the
@@ -84,11 +99,16 @@ static ck_epoch_record_t *record_acquire(void)
         sync_observe(record); /* pairs with thread_exit's publish (CK's CAS is invisible to TSan) */
         return record;
     }
-    record = mem_alloc(sizeof(*record));
-    if (record == NULL)
+    counted_record *c = mem_alloc(sizeof(*c));
+    if (c == NULL)
         return NULL;
-    ck_epoch_register(&global_epoch, record, NULL);
-    return record;
+    atomic_store_explicit(&c->pending, 0, memory_order_relaxed);
+    counted_record *head = atomic_load_explicit(&all_counted, memory_order_relaxed);
+    do
+        atomic_store_explicit(&c->next_counted, head, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&all_counted, &head, c, memory_order_release, memory_order_relaxed));
+    ck_epoch_register(&global_epoch, &c->record, NULL);
+    return &c->record;
 }
 
 ck_epoch_record_t *epoch_enter_first(void)
@@ -128,7 +148,7 @@ void epoch_writer_retire(ck_epoch_record_t *record)
 
 void epoch_defer(ck_epoch_record_t *record, ck_epoch_entry_t *entry, ck_epoch_cb_t *destroy)
 {
-    atomic_fetch_add_explicit(pending_stripe(), 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&counted(record)->pending, 1, memory_order_relaxed);
     /* ck_epoch_call tags the entry with the global epoch it loads. The
      * unlink that made the object unreachable is a store; without a full
      * fence that load may be satisfied before the store is visible (x86's
@@ -139,31 +159,31 @@ void epoch_defer(ck_epoch_record_t *record, ck_epoch_entry_t *entry, ck_epoch_cb
     ck_epoch_call(record, entry, destroy);
     /* Bound the backlog: poll never blocks, it only frees what is safe. */
     if (record->n_pending >= 1024 && record->n_pending % 256 == 0)
-        ck_epoch_poll(record);
+        dispatch(record, false);
 }
 
 void epoch_poll(ck_epoch_record_t *record)
 {
-    ck_epoch_poll(record);
+    dispatch(record, false);
 }
 
 void epoch_drain(ck_epoch_record_t *record)
 {
-    ck_epoch_barrier(record);
+    dispatch(record, true);
 }
 
 void epoch_observe_quiescence(void)
 {
     sync_observe(&epoch_quiescence_token);
-    atomic_fetch_sub_explicit(pending_stripe(), 1, memory_order_relaxed);
+    /* Every deferred free runs inside a dispatch of its record (above). */
+    atomic_fetch_sub_explicit(&dispatching->pending, 1, memory_order_relaxed);
 }
 
 uint64_t epoch_pending(void)
 {
     uint64_t sum = 0;
-    for (unsigned i = 0; i < PENDING_STRIPES; i++)
-        sum += atomic_load_explicit(&pending_frees[i].value, memory_order_relaxed);
-    /* Stripes are read one after another: a free counted on a stripe read
-     * after its deferral's was can make the sum dip below zero (wrapped). */
-    return (int64_t)sum < 0 ? 0 : sum;
+    for (counted_record *c = atomic_load_explicit(&all_counted, memory_order_acquire); c != NULL;
+         c = atomic_load_explicit(&c->next_counted, memory_order_relaxed))
+        sum += atomic_load_explicit(&c->pending, memory_order_relaxed);
+    return sum;
 }

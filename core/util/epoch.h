@@ -79,8 +79,8 @@ void epoch_drain(ck_epoch_record_t *record);
  * that the free happens after the readers' sections, and counts it done. */
 void epoch_observe_quiescence(void);
 
-/* Deferred frees not yet run, process-wide (a health metric). Exact when
- * no thread is deferring or freeing; meanwhile off by those in flight. */
+/* Deferred frees not yet run, process-wide (a health metric): the sum of
+ * every record's count, each exact when read. */
 uint64_t epoch_pending(void);
 
 #endif
