@@ -36,8 +36,8 @@ char epoch_quiescence_token;
  * count of the record it is deferred on and its free, which runs in a
  * dispatch of that same record (ck_epoch_poll, ck_epoch_barrier), takes
  * 1 off it: each count is exact at every instant, and only the record's
- * owner (who holds its shard's lock) writes it, on a line it writes for
- * the deferral anyway. The metric sums the counts. One process-wide
+ * owner (who holds its shard's lock) writes it, on a line no other
+ * record's owner writes. The metric sums the counts. One process-wide
  * counter was a line every removal and every free wrote, which two
  * threads deleting passed between their cores on nearly every removal
  * (~220 ns a pass here; issue 15). Every record, reader or writer, is one

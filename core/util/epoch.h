@@ -80,7 +80,12 @@ void epoch_drain(ck_epoch_record_t *record);
 void epoch_observe_quiescence(void);
 
 /* Deferred frees not yet run, process-wide (a health metric): the sum of
- * every record's count, each exact when read. */
+ * every record's count, each exact when read. The counts are read one
+ * after another, not at one instant: while frees run, a record whose free
+ * has run may be counted beside a deferral made after it on another
+ * record, so the sum can exceed what was pending at any one instant by
+ * what changed during the read, at most each record's own count. Exact
+ * when no thread is deferring or freeing. */
 uint64_t epoch_pending(void);
 
 #endif
