@@ -164,10 +164,13 @@ void op_delete(benchmark::State &state, const std::string &impl, size_t size)
             since_refill = 0;
         }
         since_refill++;
-        if (pool.empty() || !w->store->remove(pool.back()))
+        if (pool.empty()) {
+            missing++; /* its create failed */
+            continue;
+        }
+        if (!w->store->remove(pool.back()))
             missing++;
-        if (!pool.empty())
-            pool.pop_back();
+        pool.pop_back();
     }
     for (const afsm_uuid &id : pool)
         w->store->remove(id);
