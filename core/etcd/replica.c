@@ -480,6 +480,7 @@ static int uuid_order(const void *a, const void *b)
 typedef struct id_list {
     afsm_uuid *ids;
     size_t count, cap;
+    int failed; /* an id was not kept for want of memory */
 } id_list;
 
 static int id_list_add(id_list *l, const afsm_uuid *id)
@@ -487,8 +488,10 @@ static int id_list_add(id_list *l, const afsm_uuid *id)
     if (l->count == l->cap) {
         size_t cap = l->cap != 0 ? l->cap * 2 : 64;
         afsm_uuid *grown = realloc(l->ids, cap * sizeof(*grown));
-        if (grown == NULL)
+        if (grown == NULL) {
+            l->failed = 1;
             return 0;
+        }
         l->ids = grown;
         l->cap = cap;
     }
@@ -505,18 +508,58 @@ static void collect_known(void *ctx, const afsm_uuid *id, const track_info *info
 /* Keys per range page: bounded answers however many sessions there are. */
 #define LOAD_PAGE 1000
 
-/* The whole prefix at one revision, page by page: *kvs (an array the
- * caller puts) and the revision it was read at. */
-static afsm_status range_prefix(etcd_store *es, json_object **kvs, int64_t *revision)
+/* What the load carries from one page to the next. Only the ids are kept
+ * (16 bytes a session): each page is applied and let go before the next is
+ * read, so the load's transient memory is one page's, not the prefix's
+ * (holding every page first cost ~7.6 KB a session at its peak). */
+typedef struct load_state {
+    etcd_store *es;
+    int emit;
+    id_list present;    /* session ids etcd holds at the load's revision */
+    int64_t sessions;   /* its session keys (etcd_replica_sync compares counts) */
+    etcd_event *events; /* one page's, LOAD_PAGE of them */
+    afsm_status status; /* AFSM_ENOMEM: a record or an id not kept */
+} load_state;
+
+/* One page, in etcd's key order: every g/ key (a deletion's reason) comes
+ * before every s/ key, so a reason is known before this load could find
+ * its session gone. Its events fire once the page is applied, outside
+ * apply_lock. */
+static void load_page(load_state *ls, json_object *page, size_t n)
 {
+    etcd_store *es = ls->es;
+    pthread_mutex_lock(&es->apply_lock);
+    for (size_t i = 0; i < n; i++) {
+        json_object *kv = json_object_array_get_idx(page, i);
+        long key_len;
+        char *key = etcd_get_bytes(kv, "key", &key_len);
+        afsm_uuid id;
+        keys_kind kind = key != NULL ? keys_parse(es->prefix, es->prefix_len, key, (size_t)key_len, &id) : KEYS_FOREIGN;
+        ls->sessions += session_key(es, key, key != NULL ? (size_t)key_len : 0);
+        free(key);
+        ls->events[i].pending = 0;
+        if (kind == KEYS_CONNECTION || kind == KEYS_USER || kind == KEYS_SLOT)
+            continue;
+        if (kind == KEYS_SESSION && !id_list_add(&ls->present, &id))
+            ls->status = AFSM_ENOMEM; /* the vanished check below cannot run */
+        if (apply_kv(es, kv, 0, ls->emit, &ls->events[i]) != AFSM_OK)
+            ls->status = AFSM_ENOMEM; /* the caller loads again */
+    }
+    pthread_mutex_unlock(&es->apply_lock);
+    for (size_t i = 0; i < n; i++)
+        etcd_fire(es, &ls->events[i]);
+}
+
+/* The whole prefix at one revision, page by page into load_page; *revision
+ * gets the revision it was read at. */
+static afsm_status range_prefix(load_state *ls, int64_t *revision)
+{
+    etcd_store *es = ls->es;
     char cursor[KEYS_MAX + 2], end[KEYS_PREFIX_MAX + 1];
     size_t cursor_len = es->prefix_len;
     memcpy(cursor, es->prefix, es->prefix_len);
     keys_range_end(es->prefix, es->prefix_len, end);
     *revision = 0;
-    *kvs = json_object_new_array();
-    if (*kvs == NULL)
-        return AFSM_ENOMEM;
     for (;;) {
         json_object *body = json_object_new_object(), *reply = NULL, *page, *more;
         if (body == NULL)
@@ -538,8 +581,11 @@ static afsm_status range_prefix(etcd_store *es, json_object **kvs, int64_t *revi
         size_t n = 0;
         if ((page = etcd_get_array(reply, "kvs")) != NULL) {
             n = json_object_array_length(page);
-            for (size_t i = 0; i < n; i++)
-                json_object_array_add(*kvs, json_object_get(json_object_array_get_idx(page, i)));
+            if (n > LOAD_PAGE) { /* more than asked for: not an answer to this request */
+                json_object_put(reply);
+                return AFSM_EINTERNAL;
+            }
+            load_page(ls, page, n);
         }
         int has_more = json_object_object_get_ex(reply, "more", &more) && json_object_get_boolean(more);
         long last_len = 0;
@@ -557,52 +603,42 @@ static afsm_status range_prefix(etcd_store *es, json_object **kvs, int64_t *revi
     }
 }
 
+/* Pages are applied as they arrive, apply_lock taken for each: a write of
+ * this node between two pages is newer than the load's revision, so the
+ * page's older copy is dropped (tracks' mod revision; a deletion's
+ * tombstone), as the watch's would be. */
 afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
 {
-    json_object *reply = NULL;
+    load_state ls = {.es = es, .emit = emit_differences, .status = AFSM_OK};
+    ls.events = calloc(LOAD_PAGE, sizeof(*ls.events));
+    if (ls.events == NULL)
+        return AFSM_ENOMEM;
     int64_t revision;
-    afsm_status st = range_prefix(es, &reply, &revision);
-    if (st != AFSM_OK) {
-        json_object_put(reply);
+    afsm_status st = range_prefix(&ls, &revision);
+    free(ls.events);
+    if (st == AFSM_OK)
+        st = ls.status;
+    if (st != AFSM_OK) { /* nothing counts as loaded: the caller loads again */
+        free(ls.present.ids);
         return st;
     }
-    json_object *kvs = reply;
-    size_t n = kvs != NULL && json_object_is_type(kvs, json_type_array) ? json_object_array_length(kvs) : 0;
-    id_list present = {0}, known = {0};
-    etcd_event *events = calloc(n + 1, sizeof(*events));
-    if (events == NULL) {
-        json_object_put(reply);
-        return AFSM_ENOMEM;
-    }
+    id_list known = {0};
     pthread_mutex_lock(&es->apply_lock);
-    /* Reasons first: a g/ key explains a deletion this reload finds. */
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < n; i++) {
-            json_object *kv = json_object_array_get_idx(kvs, i);
-            long key_len;
-            char *key = etcd_get_bytes(kv, "key", &key_len);
-            afsm_uuid id;
-            keys_kind kind =
-                key != NULL ? keys_parse(es->prefix, es->prefix_len, key, (size_t)key_len, &id) : KEYS_FOREIGN;
-            free(key);
-            if ((pass == 0) != (kind == KEYS_GONE) || kind == KEYS_CONNECTION || kind == KEYS_USER || kind == KEYS_SLOT)
-                continue;
-            if (kind == KEYS_SESSION && !id_list_add(&present, &id)) {
-                st = AFSM_ENOMEM;
-                break;
-            }
-            if (apply_kv(es, kv, 0, emit_differences, &events[i]) != AFSM_OK)
-                st = AFSM_ENOMEM; /* the caller loads again */
-        }
-    }
     /* What the replica has and etcd no longer does went while nobody
      * watched: deleted (with its g/ key's reason) or expired. */
     track_each(&es->tracks, collect_known, &known);
-    if (present.count > 0)
-        qsort(present.ids, present.count, sizeof(afsm_uuid), uuid_order);
+    if (known.failed) {
+        pthread_mutex_unlock(&es->apply_lock);
+        free(ls.present.ids);
+        free(known.ids);
+        return AFSM_ENOMEM;
+    }
+    if (ls.present.count > 0)
+        qsort(ls.present.ids, ls.present.count, sizeof(afsm_uuid), uuid_order);
     etcd_event gone = {0};
     for (size_t i = 0; i < known.count; i++) {
-        if (present.count > 0 && bsearch(&known.ids[i], present.ids, present.count, sizeof(afsm_uuid), uuid_order))
+        if (ls.present.count > 0 &&
+            bsearch(&known.ids[i], ls.present.ids, ls.present.count, sizeof(afsm_uuid), uuid_order))
             continue;
         /* The range was read before apply_lock was taken: a session this
          * node wrote after the range's revision is new, not vanished. */
@@ -617,24 +653,13 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
         }
     }
     if (revision >= atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
-        int64_t sessions = 0;
-        for (size_t i = 0; i < n; i++) {
-            long len;
-            char *key = etcd_get_bytes(json_object_array_get_idx(kvs, i), "key", &len);
-            sessions += session_key(es, key, key != NULL ? (size_t)len : 0);
-            free(key);
-        }
-        es->session_keys = sessions;  /* etcd's count at `revision`, set with it */
-        raise_revision(es, revision); /* only ever raised (etcd_store.h) */
+        es->session_keys = ls.sessions; /* etcd's count at `revision`, set with it */
+        raise_revision(es, revision);   /* only ever raised (etcd_store.h) */
     }
     pthread_mutex_unlock(&es->apply_lock);
-    for (size_t i = 0; i < n; i++)
-        etcd_fire(es, &events[i]);
-    free(events);
-    free(present.ids);
+    free(ls.present.ids);
     free(known.ids);
-    json_object_put(reply);
-    return st;
+    return AFSM_OK;
 }
 
 /* ---- consistent lists and counts ------------------------------------------------- */
