@@ -19,6 +19,10 @@
  *                    lease keepalive at most once per timeout / 3), once
  *                    every session has had its first heartbeat (the one
  *                    that activates it, a write) untimed
+ *   load             opening a node on the prefix the create phases filled:
+ *                    seconds, and how far the process's peak RSS rose
+ *                    (VmHWM, reset first) per session loaded: the replica
+ *                    it builds plus the load's transient memory
  *   lease traffic    keepalives the engine sent (and etcd's own count,
  *                    etcd_debugging_lease_renewed_total, as a cross-check)
  *                    while every session heartbeats once a second, against
@@ -59,6 +63,31 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A field of /proc/self/status in kB (VmRSS, VmHWM); -1 if missing. */
+static long status_kb(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    size_t len = strlen(field);
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, field, len) == 0 && line[len] == ':')
+            kb = atol(line + len + 1);
+    if (f != NULL)
+        fclose(f);
+    return kb;
+}
+
+/* Makes VmHWM start again from VmRSS; 0 if the kernel refused. */
+static int reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (f == NULL)
+        return 0;
+    int ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok;
 }
 
 static void die(const char *what, afsm_status st)
@@ -626,7 +655,16 @@ int main(int argc, char **argv)
         get_memory = m > get_memory ? m : get_memory;
         get_replica = r > get_replica ? r : get_replica;
     }
+    /* The load: this engine's open reads every session both create
+     * phases wrote under the prefix. */
+    int peak_known = reset_peak_rss();
+    long rss_before_kb = status_kb("VmRSS");
+    double load_start = now_s();
     afsm_engine *consistent = open_engine(&o, AFSM_STORE_ETCD, AFSM_READ_CONSISTENT, "/bench/", 30 * 60 * 1000);
+    double load_s = now_s() - load_start;
+    long peak_rise_kb = peak_known ? status_kb("VmHWM") - rss_before_kb : -1;
+    afsm_counts loaded = {0};
+    afsm_engine_counts(consistent, &loaded);
     afsm_engine *linear = open_engine(&o, AFSM_STORE_ETCD, AFSM_READ_LINEARIZABLE, "/bench/", 30 * 60 * 1000);
     double get_consistent = run(&o, W_GET, consistent, ids, n, o.seconds, NULL, NULL, NULL);
     double get_linear = run(&o, W_GET, linear, ids, n, o.seconds, NULL, NULL, NULL);
@@ -654,10 +692,12 @@ int main(int argc, char **argv)
            "  \"get_replica_per_s\": %.0f,\n  \"get_replica_vs_memory\": %.3f,\n  \"get_consistent_per_s\": %.0f,\n"
            "  \"get_linearizable_per_s\": %.0f,\n  \"heartbeat_per_s\": %.0f,\n  \"lease_sessions\": %d,\n"
            "  \"lease_timeout_s\": %.1f,\n  \"keepalives_per_s\": %.1f,\n  \"keepalives_etcd_counted_per_s\": %.1f,\n"
-           "  \"keepalive_bound_per_s\": %.1f\n}\n",
+           "  \"keepalive_bound_per_s\": %.1f,\n  \"load_sessions\": %llu,\n  \"load_seconds\": %.3f,\n"
+           "  \"load_peak_rss_bytes_per_session\": %.0f\n}\n",
            o.threads, n, floor, create, (unsigned long long)create_failures, create / floor, get_memory, get_replica,
            get_replica / get_memory, get_consistent, get_linear, heartbeat, lease_sessions, o.lease_timeout_ms / 1000.0,
-           keepalives, etcd_counted, bound);
+           keepalives, etcd_counted, bound, (unsigned long long)loaded.total, load_s,
+           peak_rise_kb < 0 || loaded.total == 0 ? -1.0 : peak_rise_kb * 1024.0 / (double)loaded.total);
     free(ids);
     free(mem_ids);
     return 0;
