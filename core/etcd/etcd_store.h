@@ -170,6 +170,16 @@ void etcd_stats_flush(etcd_store *es);
  * record changed under every attempt (other writers), nothing written,
  * the stats kept for the next flush; without *raced: etcd unreachable. */
 afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced);
+/* Sessions a grouped flush writes in one txn, each its own guarded put
+ * nested in it (3 ops each: etcd's --max-txn-ops is 128 by default, and a
+ * nested txn's ops count against what the outer leaves). */
+#define ETCD_FLUSH_GROUP 64
+/* The flush of up to ETCD_FLUSH_GROUP sessions in one txn: one raft write
+ * for all, where etcd_flush_one makes one each. A session whose record
+ * changed in etcd since this node applied it gets lost[i] = 1 (etcd's
+ * record applied here; flush it again, alone). AFSM_EUNAVAILABLE: etcd
+ * unreachable, nothing known written; AFSM_ENOMEM: nothing sent. */
+afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int *lost);
 
 /* ---- leases.c ---- */
 

@@ -6,7 +6,8 @@
  * session, the stats etcd's record holds (`flushed`); the difference is
  * this node's own unflushed additions. Every stats_flush_ns the flusher
  * thread writes each session whose stats differ: the record rebuilt from
- * the replica, guarded by its mod revision (etcd_flush_one). When another
+ * the replica, guarded by its mod revision, many sessions to a txn
+ * (etcd_flush_group). When another
  * node's record arrives first, applying it keeps this node's difference on
  * top (replica.c, merged_stats), so no node's additions overwrite
  * another's. A crash loses at most one period of the crashed node's
@@ -43,24 +44,53 @@ static void collect(void *ctx, const afsm_uuid *id, const track_info *info)
     l->items[l->count++] = *id;
 }
 
+/* Whether this node has stats additions for id that etcd's record lacks. */
+static int unflushed(etcd_store *es, const afsm_uuid *id)
+{
+    afsm_session_info now = {.version = AFSM_SESSION_INFO_VERSION};
+    track_info ti;
+    return es->replica->ops->get(es->replica, id, &now) == AFSM_OK && track_get(&es->tracks, id, &ti) &&
+           memcmp(&now.stats, &ti.flushed, sizeof(afsm_stats)) != 0;
+}
+
+/* The sessions with stats to write go to etcd ETCD_FLUSH_GROUP to a txn
+ * (one raft write each group: a pass of one txn per session flushed ~1K
+ * sessions a second on this machine's etcd, so a node with more sessions
+ * than that in traffic could not finish a pass within its period). A
+ * session whose record another writer changed is flushed again alone
+ * (etcd_flush_one, which retries its guard). */
 void etcd_stats_flush(etcd_store *es)
 {
     ids all = {0};
     track_each(&es->tracks, collect, &all);
     size_t raced_total = 0;
-    for (size_t i = 0; i < all.count; i++) {
-        afsm_session_info now = {.version = AFSM_SESSION_INFO_VERSION};
-        track_info ti;
-        if (es->replica->ops->get(es->replica, &all.items[i], &now) != AFSM_OK ||
-            !track_get(&es->tracks, &all.items[i], &ti) || memcmp(&now.stats, &ti.flushed, sizeof(afsm_stats)) == 0)
-            continue;
-        int raced = 0;
-        afsm_status st = etcd_flush_one(es, &all.items[i], &raced);
-        raced_total += (size_t)raced;
-        if (st == AFSM_EUNAVAILABLE && !raced)
+    afsm_uuid batch[ETCD_FLUSH_GROUP];
+    int lost[ETCD_FLUSH_GROUP];
+    size_t i = 0;
+    while (i < all.count) {
+        size_t n = 0;
+        for (; i < all.count && n < ETCD_FLUSH_GROUP; i++)
+            if (unflushed(es, &all.items[i]))
+                batch[n++] = all.items[i];
+        if (n == 0)
+            break;
+        afsm_status st = etcd_flush_group(es, batch, n, lost);
+        if (st == AFSM_EUNAVAILABLE)
             break; /* etcd is away: the whole pass waits for the next period */
-        /* A session other writers kept changing: its stats wait for the
-         * next pass; the others are still written now. */
+        int away = 0;
+        for (size_t k = 0; k < n && !away; k++) {
+            if (st == AFSM_OK && !lost[k])
+                continue;
+            /* Lost its guard, or the group could not be built: alone. */
+            int raced = 0;
+            afsm_status one = etcd_flush_one(es, &batch[k], &raced);
+            raced_total += (size_t)raced;
+            away = one == AFSM_EUNAVAILABLE && !raced;
+            /* A session other writers kept changing: its stats wait for
+             * the next pass; the others are still written now. */
+        }
+        if (away)
+            break;
     }
     if (raced_total > 0) {
         char text[24];

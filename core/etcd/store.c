@@ -26,6 +26,7 @@
  * keepalives per second per active session, and no keepalive is a raft
  * write.
  */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -867,11 +868,10 @@ out:
 
 /* ---- update and rotation --------------------------------------------------------- */
 
-/* Writes o's record if etcd still has it at ti's revision, and fills out
- * (may be NULL) as written. On a stale replica, applies what etcd has and
- * sets *retry. */
-static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info *ti, int flags, afsm_session_info *out,
-                               int *retry)
+/* The txn of a guarded put: o's record if etcd still has it at ti's
+ * revision, else the record etcd has. *t is sent (txn_send) or nested in a
+ * group's txn. */
+static afsm_status guarded_txn(etcd_store *es, const owned_record *o, const track_info *ti, txn *t)
 {
     char skey[KEYS_MAX];
     size_t slen = keys_session(es->prefix, es->prefix_len, &o->rec.info.session_id, skey);
@@ -881,15 +881,81 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     afsm_status st = encode(&o->rec, &record, &text, &text_len);
     if (st != AFSM_OK)
         return st;
-    txn t;
-    if (!txn_init(&t)) {
+    if (!txn_init(t)) {
         json_object_put(record);
         return AFSM_ENOMEM;
     }
-    txn_add(&t, t.compare, compare(skey, slen, "MOD", "EQUAL", ti->mod_revision));
-    txn_add(&t, t.success, op_put(skey, slen, text, text_len, ti->lease));
-    txn_add(&t, t.failure, op_range(skey, slen));
+    txn_add(t, t->compare, compare(skey, slen, "MOD", "EQUAL", ti->mod_revision));
+    txn_add(t, t->success, op_put(skey, slen, text, text_len, ti->lease));
+    txn_add(t, t->failure, op_range(skey, slen));
     json_object_put(record);
+    return AFSM_OK;
+}
+
+/* Applies a guarded put's answer (answer: the txn's reply, or its nested
+ * response_txn in a group; revision: the reply's header revision): the
+ * record as written, or on a lost guard the record etcd has, with *retry
+ * set. The caller marked the record in flight and fires *ev once it no
+ * longer is (see apply_own). */
+static afsm_status guarded_result(etcd_store *es, owned_record *o, int flags, afsm_session_info *out,
+                                  json_object *answer, int succeeded, int64_t revision, int *retry, etcd_event *ev)
+{
+    *retry = 0;
+    if (succeeded) {
+        afsm_status st = apply_own(es, &o->rec, revision, flags, out, ev);
+        /* Written but not applied here (no memory): the watch applies it
+         * (its events wait until this write is no longer in flight). The
+         * stats it carries are this node's, flushed: the echo must not add
+         * them again as another node's. A stats set (RESET) has no base. */
+        if (st != AFSM_OK && !(flags & ETCD_APPLY_RESET))
+            track_set_flushed(&es->tracks, &o->rec.info.session_id, &o->rec.info.stats);
+        return st;
+    }
+    json_object *kvs = txn_range_kvs(answer, 0);
+    if (kvs == NULL)
+        return AFSM_ENOTFOUND; /* gone in etcd; the watch removes it here */
+    json_object *kv = json_object_array_get_idx(kvs, 0);
+    long len;
+    char *value = etcd_get_bytes(kv, "value", &len);
+    keys_record fresh;
+    json_object *holder = NULL;
+    afsm_status st = AFSM_OK;
+    if (value != NULL && keys_record_decode(value, (size_t)len, &fresh, &holder) == AFSM_OK) {
+        /* etcd's, not ours. Not applied for want of memory: editing
+         * again would start from the same stale record and lose again. */
+        if (apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0, NULL, ev) == AFSM_ENOMEM)
+            st = AFSM_ENOMEM;
+        else
+            *retry = 1;
+    } else {
+        st = AFSM_EINTERNAL;
+    }
+    json_object_put(holder);
+    free(value);
+    return st;
+}
+
+/* Marks the end of a guarded write: the watch may apply the record's
+ * events again. */
+static void guarded_done(etcd_store *es, const afsm_uuid *id)
+{
+    pthread_mutex_lock(&es->apply_lock);
+    track_inflight(&es->tracks, id, -1);
+    pthread_cond_broadcast(&es->applied);
+    pthread_mutex_unlock(&es->apply_lock);
+}
+
+/* Writes o's record if etcd still has it at ti's revision, and fills out
+ * (may be NULL) as written. On a stale replica, applies what etcd has and
+ * sets *retry. */
+static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info *ti, int flags, afsm_session_info *out,
+                               int *retry)
+{
+    *retry = 0;
+    txn t;
+    afsm_status st = guarded_txn(es, o, ti, &t);
+    if (st != AFSM_OK)
+        return st;
     int succeeded = 0;
     int64_t revision = 0;
     json_object *reply;
@@ -897,43 +963,9 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     /* The watch holds this record's events until the result is applied. */
     track_inflight(&es->tracks, &o->rec.info.session_id, +1);
     st = txn_send(es, &t, &succeeded, &revision, &reply);
-    *retry = 0;
-    if (st == AFSM_OK && succeeded) {
-        st = apply_own(es, &o->rec, revision, flags, out, &ev);
-        /* Written but not applied here (no memory): the watch applies it
-         * (its events wait until this write is no longer in flight). The
-         * stats it carries are this node's, flushed: the echo must not add
-         * them again as another node's. A stats set (RESET) has no base. */
-        if (st != AFSM_OK && !(flags & ETCD_APPLY_RESET))
-            track_set_flushed(&es->tracks, &o->rec.info.session_id, &o->rec.info.stats);
-    } else if (st == AFSM_OK) {
-        json_object *kvs = txn_range_kvs(reply, 0);
-        if (kvs == NULL) {
-            st = AFSM_ENOTFOUND; /* gone in etcd; the watch removes it here */
-        } else {
-            json_object *kv = json_object_array_get_idx(kvs, 0);
-            long len;
-            char *value = etcd_get_bytes(kv, "value", &len);
-            keys_record fresh;
-            json_object *holder = NULL;
-            if (value != NULL && keys_record_decode(value, (size_t)len, &fresh, &holder) == AFSM_OK) {
-                /* etcd's, not ours. Not applied for want of memory: editing
-                 * again would start from the same stale record and lose again. */
-                if (apply_own(es, &fresh, etcd_get_int64(kv, "mod_revision"), 0, NULL, &ev) == AFSM_ENOMEM)
-                    st = AFSM_ENOMEM;
-                else
-                    *retry = 1;
-            } else {
-                st = AFSM_EINTERNAL;
-            }
-            json_object_put(holder);
-            free(value);
-        }
-    }
-    pthread_mutex_lock(&es->apply_lock);
-    track_inflight(&es->tracks, &o->rec.info.session_id, -1);
-    pthread_cond_broadcast(&es->applied);
-    pthread_mutex_unlock(&es->apply_lock);
+    if (st == AFSM_OK)
+        st = guarded_result(es, o, flags, out, reply, succeeded, revision, retry, &ev);
+    guarded_done(es, &o->rec.info.session_id);
     etcd_fire(es, &ev); /* applied and no longer in flight: see apply_own */
     json_object_put(reply);
     return st;
@@ -1018,6 +1050,116 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced)
     afsm_status st = guarded_rmw(es, id, ETCD_APPLY_OWN, flush_edit, NULL, NULL, &wrote, raced);
     if (wrote)
         atomic_fetch_add_explicit(&es->stats_writes, 1, memory_order_relaxed);
+    return st;
+}
+
+/* One txn of a grouped flush: its sessions' records as edited, and their
+ * guarded puts' txns. */
+typedef struct flush_group {
+    owned_record records[ETCD_FLUSH_GROUP];
+    track_info known[ETCD_FLUSH_GROUP];
+    txn txns[ETCD_FLUSH_GROUP];
+    size_t from[ETCD_FLUSH_GROUP]; /* each member's index in the caller's ids */
+    etcd_event events[ETCD_FLUSH_GROUP];
+    size_t count;
+} flush_group;
+
+/* Sends the members' txns nested in one (etcd >= 3.3, as create groups
+ * are; every member writes its own session's key, so no key is written
+ * twice) and applies each member's answer. A member whose guard lost is
+ * marked in lost[] and its record left applied from etcd's answer. */
+static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *lost, size_t *wrote)
+{
+    json_object *body = json_object_new_object(), *ops = json_object_new_array(), *reply = NULL, *header;
+    afsm_status st = AFSM_OK;
+    if (body == NULL || ops == NULL || json_object_object_add(body, "success", ops) != 0) {
+        json_object_put(ops); /* not taken by body */
+        st = AFSM_ENOMEM;
+    }
+    for (size_t k = 0; k < g->count && st == AFSM_OK; k++) {
+        json_object *nested = json_object_new_object();
+        if (g->txns[k].broken || nested == NULL || json_object_array_add(ops, nested) != 0) {
+            json_object_put(nested);
+            st = AFSM_ENOMEM;
+        } else if (json_object_object_add(nested, "request_txn", json_object_get(g->txns[k].body)) != 0) {
+            json_object_put(g->txns[k].body);
+            st = AFSM_ENOMEM;
+        }
+    }
+    /* The watch holds these records' events until the results are applied. */
+    for (size_t k = 0; k < g->count; k++)
+        track_inflight(&es->tracks, &g->records[k].rec.info.session_id, +1);
+    if (st == AFSM_OK)
+        st = etcd_call(es->client, "/v3/kv/txn", body, 0, &reply, NULL);
+    json_object_put(body);
+    if (st == AFSM_ENOTFOUND)
+        st = AFSM_EINTERNAL;
+    int64_t revision =
+        st == AFSM_OK && json_object_object_get_ex(reply, "header", &header) ? etcd_get_int64(header, "revision") : 0;
+    json_object *responses = st == AFSM_OK ? etcd_get_array(reply, "responses") : NULL;
+    for (size_t k = 0; k < g->count; k++) {
+        g->events[k].pending = 0;
+        json_object *answer = NULL, *ok;
+        /* Every level type-checked: a crafted reply is a member not
+         * written (flushed alone after), not an abort. */
+        if (responses == NULL || k >= json_object_array_length(responses) ||
+            !json_object_object_get_ex(json_object_array_get_idx(responses, k), "response_txn", &answer) ||
+            !json_object_is_type(answer, json_type_object))
+            continue;
+        int succeeded = json_object_object_get_ex(answer, "succeeded", &ok) && json_object_get_boolean(ok);
+        int retry = 0;
+        afsm_status member = guarded_result(es, &g->records[k], ETCD_APPLY_OWN, NULL, answer, succeeded, revision,
+                                            &retry, &g->events[k]);
+        if (member == AFSM_OK && !retry)
+            (*wrote)++;
+        lost[g->from[k]] = retry;
+    }
+    for (size_t k = 0; k < g->count; k++)
+        guarded_done(es, &g->records[k].rec.info.session_id);
+    for (size_t k = 0; k < g->count; k++)
+        etcd_fire(es, &g->events[k]);
+    for (size_t k = 0; k < g->count; k++)
+        json_object_put(g->txns[k].body); /* the group's reference; the nesting took its own */
+    json_object_put(reply);
+    return st;
+}
+
+afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int *lost)
+{
+    assert(n <= ETCD_FLUSH_GROUP);
+    flush_group *g = malloc(sizeof(*g));
+    if (g == NULL)
+        return AFSM_ENOMEM;
+    g->count = 0;
+    memset(lost, 0, n * sizeof(*lost));
+    afsm_status st = AFSM_OK;
+    for (size_t i = 0; i < n && st == AFSM_OK; i++) {
+        owned_record *o = &g->records[g->count];
+        track_info *ti = &g->known[g->count];
+        afsm_status edit_st = AFSM_OK;
+        if (current_record(es, &ids[i], o, ti) != AFSM_OK)
+            continue; /* gone here: nothing to flush */
+        if (flush_edit(es, o, ti, NULL, &edit_st) == GUARD_STOP) {
+            owned_release(o);
+            continue;
+        }
+        st = guarded_txn(es, o, ti, &g->txns[g->count]);
+        if (st != AFSM_OK) {
+            owned_release(o);
+            break;
+        }
+        g->from[g->count++] = i;
+    }
+    size_t wrote = 0;
+    if (st == AFSM_OK && g->count > 0)
+        st = flush_group_send(es, g, lost, &wrote);
+    else
+        for (size_t k = 0; k < g->count; k++)
+            json_object_put(g->txns[k].body); /* built, never sent */
+    for (size_t k = 0; k < g->count; k++)
+        owned_release(&g->records[k]);
+    atomic_fetch_add_explicit(&es->stats_writes, wrote, memory_order_relaxed);
+    free(g);
     return st;
 }
 

@@ -10,6 +10,7 @@
  *   renewer, and a heartbeat while etcd is stalled (SIGSTOP) returns at
  *   once; the lease is renewed once etcd answers again;
  * - a stats flush that loses every guard reports it and keeps the stats;
+ *   a pass writes many sessions to a txn;
  * - a linearizable read of a record whose activation a node with a clock
  *   behind the creator's stamped before the creation reads as active at
  *   its creation (created <= last active), and restores elsewhere.
@@ -530,6 +531,66 @@ static void test_flush_losing_every_guard_reports_it_and_keeps_the_stats(void **
     afsm_engine_close(a);
 }
 
+/* etcd's current revision: every txn that writes raises it by one. */
+static int64_t etcd_revision(void)
+{
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "key", etcd_json_bytes("/", 1));
+    json_object_object_add(body, "count_only", json_object_new_boolean(1));
+    json_object *reply = raw_call("/v3/kv/range", body, 1), *header;
+    assert_true(json_object_object_get_ex(reply, "header", &header));
+    int64_t revision = etcd_get_int64(header, "revision");
+    json_object_put(reply);
+    return revision;
+}
+
+#define FLUSHED_SESSIONS 100 /* two groups: ETCD_FLUSH_GROUP, then the rest */
+#define STALE_SESSION    7   /* its guard lost in the group: flushed alone after */
+
+/* A pass writes its sessions ETCD_FLUSH_GROUP to a txn (one raft write
+ * each group, where it made one per session), every session's stats
+ * arrive, and a session whose record this node holds stale (another
+ * writer's, white box: tracks) loses its guard in the group, takes etcd's
+ * record, and is flushed alone with its stats kept. */
+static void test_flush_writes_sessions_in_groups(void **state)
+{
+    (void)state;
+    const char *prefix = "/fl2/";
+    afsm_engine *a = open_engine(&(engine_options){.prefix = prefix, .stats_flush_ms = 600000});
+    afsm_engine *b = open_engine(&(engine_options){.prefix = prefix, .read_mode = AFSM_READ_LINEARIZABLE});
+    etcd_store *es = (etcd_store *)a->st;
+    static afsm_session_info s[FLUSHED_SESSIONS];
+    for (int i = 0; i < FLUSHED_SESSIONS; i++) {
+        char user[16];
+        snprintf(user, sizeof(user), "fl-%d", i);
+        assert_int_equal(create(a, user, &s[i]), AFSM_OK);
+        afsm_stats delta = {.packets_sent = (uint64_t)i + 1, .bytes_sent = 100 * ((uint64_t)i + 1)};
+        assert_int_equal(afsm_session_add_stats(a, &s[i].session_id, &delta), AFSM_OK);
+    }
+    set_mod_revision(es, &s[STALE_SESSION].session_id, -1); /* etcd's record is newer than this node's */
+    uint64_t writes = metrics_of(a).etcd_stats_writes_total;
+    int64_t before = etcd_revision();
+    etcd_stats_flush(es);
+    int64_t txns = etcd_revision() - before;
+    print_message("%d sessions flushed in %lld txns\n", FLUSHED_SESSIONS, (long long)txns);
+    int groups = (FLUSHED_SESSIONS + ETCD_FLUSH_GROUP - 1) / ETCD_FLUSH_GROUP;
+    assert_int_equal(txns, groups + 1); /* + the stale session's own */
+    assert_int_equal(metrics_of(a).etcd_stats_writes_total, writes + FLUSHED_SESSIONS);
+    for (int i = 0; i < FLUSHED_SESSIONS; i++) {
+        afsm_session_info in_etcd;
+        afsm_session_info_init(&in_etcd, AFSM_SESSION_INFO_VERSION);
+        assert_int_equal(afsm_session_get(b, &s[i].session_id, &in_etcd), AFSM_OK);
+        assert_int_equal(in_etcd.stats.packets_sent, i + 1);
+        assert_int_equal(in_etcd.stats.bytes_sent, 100 * (i + 1));
+    }
+    /* Nothing left to write: a second pass writes nothing. */
+    before = etcd_revision();
+    etcd_stats_flush(es);
+    assert_int_equal(etcd_revision(), before);
+    afsm_engine_close(b);
+    afsm_engine_close(a);
+}
+
 /* ---- 4. a record stamped by nodes whose clocks disagree ------------------------------ */
 
 /* Re-stamps the session's record in etcd, as a node whose wall clock runs
@@ -613,6 +674,7 @@ int main(void)
         cmocka_unit_test(test_lease_gone_makes_heartbeats_expired),
         cmocka_unit_test(test_renewals_due_together_all_reach_etcd),
         cmocka_unit_test(test_flush_losing_every_guard_reports_it_and_keeps_the_stats),
+        cmocka_unit_test(test_flush_writes_sessions_in_groups),
         cmocka_unit_test(test_linearizable_copy_of_a_skewed_record_keeps_created_before_last_active),
         cmocka_unit_test_teardown(test_heartbeat_does_not_wait_for_a_stalled_etcd, resume_etcd),
     };
