@@ -404,10 +404,34 @@ static int wait_own_writes(etcd_store *es, const afsm_uuid *id)
  * AFSM_ENOMEM when a session record could not be applied for memory: the
  * caller must not count its revision as applied (the replica reloads);
  * anything else (bad data included, logged and skipped) is AFSM_OK. */
-static afsm_status apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etcd_event *ev)
+/* A g/ key's value, {"reason": text, "why": n}: 1 with *why, *text and
+ * *len set (the text lives in *holder, which the caller puts, malformed or
+ * not), 0 if malformed. */
+static int decode_reason(const char *value, afsm_delete_reason *why, const char **text, size_t *len,
+                         json_object **holder)
+{
+    json_object *gone = value != NULL ? json_tokener_parse(value) : NULL, *reason;
+    *holder = gone;
+    int64_t n = etcd_get_int64(gone, "why");
+    if (gone == NULL || !json_object_object_get_ex(gone, "reason", &reason) ||
+        !json_object_is_type(reason, json_type_string) || n < 0 || n >= AFSM_DELETE_REASON_COUNT)
+        return 0;
+    *why = (afsm_delete_reason)n;
+    *text = json_object_get_string(reason);
+    *len = (size_t)json_object_get_string_len(reason);
+    return 1;
+}
+
+/* put_status (may be NULL): a session record's etcd_apply_put status, so
+ * that the load can apply again what a stale copy blocked (AFSM_EEXISTS:
+ * its connection id still held here); AFSM_OK for anything else. */
+static afsm_status apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etcd_event *ev,
+                            afsm_status *put_status)
 {
     afsm_status status = AFSM_OK;
     ev->pending = 0;
+    if (put_status != NULL)
+        *put_status = AFSM_OK;
     long key_len, value_len = 0;
     char *key = etcd_get_bytes(kv, "key", &key_len);
     int64_t mod_revision = etcd_get_int64(kv, "mod_revision");
@@ -441,7 +465,10 @@ static afsm_status apply_kv(etcd_store *es, json_object *kv, int deleted, int em
             memcmp(&rec.info.session_id, &id, sizeof(id)) != 0) {
             etcd_log(es, AFSM_LOG_WARN, "etcd: bad session record skipped", "key", key);
         } else if ((status = etcd_apply_put(es, &rec, mod_revision, emit ? 0 : ETCD_APPLY_QUIET, ev)) != AFSM_OK) {
-            etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
+            if (put_status != NULL)
+                *put_status = status;
+            else
+                etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
             if (status != AFSM_ENOMEM)
                 status = AFSM_OK;
         }
@@ -452,16 +479,15 @@ static afsm_status apply_kv(etcd_store *es, json_object *kv, int deleted, int em
         /* (A reason older than the record held, or seen while the id is
          * being restored here, belongs to a deletion already applied, not
          * to this incarnation of the id.) */
-        json_object *gone = json_tokener_parse(value);
-        json_object *reason;
-        int64_t why = etcd_get_int64(gone, "why");
-        if (gone != NULL && json_object_object_get_ex(gone, "reason", &reason) &&
-            json_object_is_type(reason, json_type_string) && why >= 0 && why < AFSM_DELETE_REASON_COUNT)
-            track_set_reason(&es->tracks, &id, (afsm_delete_reason)why, json_object_get_string(reason),
-                             (size_t)json_object_get_string_len(reason));
+        json_object *holder;
+        afsm_delete_reason why;
+        const char *text;
+        size_t text_len;
+        if (decode_reason(value, &why, &text, &text_len, &holder))
+            track_set_reason(&es->tracks, &id, why, text, text_len);
         else
             etcd_log(es, AFSM_LOG_WARN, "etcd: bad delete reason skipped", "key", key);
-        json_object_put(gone);
+        json_object_put(holder);
     }
     if (!emit)
         ev->pending = 0;
@@ -508,23 +534,87 @@ static void collect_known(void *ctx, const afsm_uuid *id, const track_info *info
 /* Keys per range page: bounded answers however many sessions there are. */
 #define LOAD_PAGE 1000
 
-/* What the load carries from one page to the next. Only the ids are kept
- * (16 bytes a session): each page is applied and let go before the next is
- * read, so the load's transient memory is one page's, not the prefix's
- * (holding every page first cost ~7.6 KB a session at its peak). */
+/* A deletion's reason the load read (a g/ key): used only if the load
+ * finds that session gone. */
+typedef struct load_reason {
+    afsm_uuid id;
+    int64_t mod_revision;
+    afsm_delete_reason why;
+    char *text;
+    size_t len;
+} load_reason;
+
+/* What the load carries from one page to the next. Only ids and reasons
+ * are kept: each page is applied and let go before the next is read, so
+ * the load's transient memory is one page's, not the prefix's (holding
+ * every page first cost ~7 KB a session at its peak). */
 typedef struct load_state {
     etcd_store *es;
     int emit;
-    id_list present;    /* session ids etcd holds at the load's revision */
-    int64_t sessions;   /* its session keys (etcd_replica_sync compares counts) */
+    id_list present;      /* session ids etcd holds at the load's revision */
+    id_list blocked;      /* their records a stale copy's connection id kept out */
+    load_reason *reasons; /* the g/ keys read, by id once sorted */
+    size_t reason_count, reason_cap;
+    int64_t sessions;   /* session keys seen (etcd_replica_sync compares counts) */
     etcd_event *events; /* one page's, LOAD_PAGE of them */
-    afsm_status status; /* AFSM_ENOMEM: a record or an id not kept */
+    afsm_status status; /* AFSM_ENOMEM: a record, an id or a reason not kept */
 } load_state;
 
-/* One page, in etcd's key order: every g/ key (a deletion's reason) comes
- * before every s/ key, so a reason is known before this load could find
- * its session gone. Its events fire once the page is applied, outside
- * apply_lock. */
+static void load_state_free(load_state *ls)
+{
+    for (size_t i = 0; i < ls->reason_count; i++)
+        free(ls->reasons[i].text);
+    free(ls->reasons);
+    free(ls->present.ids);
+    free(ls->blocked.ids);
+    free(ls->events);
+}
+
+/* Keeps a g/ key's reason for the end of the load. The reason is not set
+ * on the session's track now: a write of this node between two pages (a
+ * restore of the id) would keep it there for a later, unrelated end. */
+static void load_reason_add(load_state *ls, json_object *kv, const afsm_uuid *id)
+{
+    long len;
+    char *value = etcd_get_bytes(kv, "value", &len);
+    json_object *holder;
+    afsm_delete_reason why;
+    const char *text;
+    size_t text_len;
+    if (!decode_reason(value, &why, &text, &text_len, &holder)) {
+        char *key = etcd_get_bytes(kv, "key", &len);
+        etcd_log(ls->es, AFSM_LOG_WARN, "etcd: bad delete reason skipped", "key", key != NULL ? key : "?");
+        free(key);
+    } else {
+        if (ls->reason_count == ls->reason_cap) {
+            size_t cap = ls->reason_cap != 0 ? 2 * ls->reason_cap : 64;
+            load_reason *grown = realloc(ls->reasons, cap * sizeof(*grown));
+            if (grown == NULL) {
+                ls->status = AFSM_ENOMEM;
+                goto out;
+            }
+            ls->reasons = grown;
+            ls->reason_cap = cap;
+        }
+        char *copy = malloc(text_len + 1);
+        if (copy == NULL) {
+            ls->status = AFSM_ENOMEM;
+            goto out;
+        }
+        memcpy(copy, text, text_len + 1);
+        ls->reasons[ls->reason_count++] = (load_reason){*id, etcd_get_int64(kv, "mod_revision"), why, copy, text_len};
+    }
+out:
+    json_object_put(holder);
+    free(value);
+}
+
+static int reason_order(const void *a, const void *b)
+{
+    return memcmp(&((const load_reason *)a)->id, &((const load_reason *)b)->id, sizeof(afsm_uuid));
+}
+
+/* One page, applied under apply_lock; its events fire after. */
 static void load_page(load_state *ls, json_object *page, size_t n)
 {
     etcd_store *es = ls->es;
@@ -540,10 +630,17 @@ static void load_page(load_state *ls, json_object *page, size_t n)
         ls->events[i].pending = 0;
         if (kind == KEYS_CONNECTION || kind == KEYS_USER || kind == KEYS_SLOT)
             continue;
+        if (kind == KEYS_GONE) {
+            load_reason_add(ls, kv, &id);
+            continue;
+        }
         if (kind == KEYS_SESSION && !id_list_add(&ls->present, &id))
             ls->status = AFSM_ENOMEM; /* the vanished check below cannot run */
-        if (apply_kv(es, kv, 0, ls->emit, &ls->events[i]) != AFSM_OK)
+        afsm_status put;
+        if (apply_kv(es, kv, 0, ls->emit, &ls->events[i], &put) != AFSM_OK)
             ls->status = AFSM_ENOMEM; /* the caller loads again */
+        else if (put == AFSM_EEXISTS && !id_list_add(&ls->blocked, &id))
+            ls->status = AFSM_ENOMEM;
     }
     pthread_mutex_unlock(&es->apply_lock);
     for (size_t i = 0; i < n; i++)
@@ -555,25 +652,33 @@ static void load_page(load_state *ls, json_object *page, size_t n)
 static afsm_status range_prefix(load_state *ls, int64_t *revision)
 {
     etcd_store *es = ls->es;
-    char cursor[KEYS_MAX + 2], end[KEYS_PREFIX_MAX + 1];
-    size_t cursor_len = es->prefix_len;
-    memcpy(cursor, es->prefix, es->prefix_len);
+    char end[KEYS_PREFIX_MAX + 1];
     keys_range_end(es->prefix, es->prefix_len, end);
+    /* The next page starts just after the last key read: that key and a
+     * NUL, whatever its length (a foreign key may be longer than ours). */
+    char *after = NULL;
+    const char *cursor = es->prefix;
+    size_t cursor_len = es->prefix_len;
+    afsm_status st = AFSM_OK;
     *revision = 0;
     for (;;) {
         json_object *body = json_object_new_object(), *reply = NULL, *page, *more;
-        if (body == NULL)
-            return AFSM_ENOMEM;
+        if (body == NULL) {
+            st = AFSM_ENOMEM;
+            break;
+        }
         json_object_object_add(body, "key", etcd_json_bytes(cursor, cursor_len));
         json_object_object_add(body, "range_end", etcd_json_bytes(end, es->prefix_len));
         json_object_object_add(body, "limit", etcd_json_int64(LOAD_PAGE));
         if (*revision != 0) /* every page from the first page's revision */
             json_object_object_add(body, "revision", etcd_json_int64(*revision));
-        afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+        st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
         json_object_put(body);
         if (st != AFSM_OK) {
             json_object_put(reply);
-            return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st; /* compacted meanwhile: the caller retries */
+            if (st == AFSM_ENOTFOUND)
+                st = AFSM_EINTERNAL; /* compacted meanwhile: the caller retries */
+            break;
         }
         json_object *header;
         if (*revision == 0 && json_object_object_get_ex(reply, "header", &header))
@@ -583,7 +688,8 @@ static afsm_status range_prefix(load_state *ls, int64_t *revision)
             n = json_object_array_length(page);
             if (n > LOAD_PAGE) { /* more than asked for: not an answer to this request */
                 json_object_put(reply);
-                return AFSM_EINTERNAL;
+                st = AFSM_EINTERNAL;
+                break;
             }
             load_page(ls, page, n);
         }
@@ -591,16 +697,63 @@ static afsm_status range_prefix(load_state *ls, int64_t *revision)
         long last_len = 0;
         char *last = n > 0 ? etcd_get_bytes(json_object_array_get_idx(page, n - 1), "key", &last_len) : NULL;
         json_object_put(reply);
-        if (!has_more || last == NULL || (size_t)last_len > KEYS_MAX) {
+        if (!has_more) {
             free(last);
-            return AFSM_OK;
+            break;
         }
-        /* The next page starts just after the last key. */
-        memcpy(cursor, last, (size_t)last_len);
-        cursor[last_len] = '\0';
+        char *next = last != NULL ? realloc(last, (size_t)last_len + 1) : NULL;
+        if (next == NULL) { /* more to read, and no place to go on from: not loaded */
+            free(last);
+            st = last != NULL ? AFSM_ENOMEM : AFSM_EINTERNAL;
+            break;
+        }
+        next[last_len] = '\0';
+        free(after);
+        after = next;
+        cursor = after;
         cursor_len = (size_t)last_len + 1;
-        free(last);
     }
+    free(after);
+    return st;
+}
+
+/* Applies again, at the load's revision, the records a stale copy kept
+ * out: a session on a connection id that a copy of a session since
+ * deleted still held here (etcd freed it while nobody watched). Called
+ * once the vanished check removed those copies; apply_lock not held (a
+ * range per record). */
+static afsm_status load_blocked(load_state *ls, int64_t revision)
+{
+    etcd_store *es = ls->es;
+    for (size_t i = 0; i < ls->blocked.count; i++) {
+        char key[KEYS_MAX];
+        size_t len = keys_session(es->prefix, es->prefix_len, &ls->blocked.ids[i], key);
+        json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+        if (body == NULL)
+            return AFSM_ENOMEM;
+        json_object_object_add(body, "key", etcd_json_bytes(key, len));
+        json_object_object_add(body, "revision", etcd_json_int64(revision));
+        afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
+        json_object_put(body);
+        if (st != AFSM_OK) {
+            json_object_put(reply);
+            return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st; /* compacted: the caller loads again */
+        }
+        etcd_event ev = {.pending = 0};
+        afsm_status put = AFSM_OK;
+        if ((kvs = etcd_get_array(reply, "kvs")) != NULL && json_object_array_length(kvs) > 0) {
+            pthread_mutex_lock(&es->apply_lock);
+            st = apply_kv(es, json_object_array_get_idx(kvs, 0), 0, ls->emit, &ev, &put);
+            pthread_mutex_unlock(&es->apply_lock);
+        }
+        if (put != AFSM_OK) /* still refused: a live session here holds that connection */
+            etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
+        json_object_put(reply);
+        etcd_fire(es, &ev);
+        if (st != AFSM_OK)
+            return st;
+    }
+    return AFSM_OK;
 }
 
 /* Pages are applied as they arrive, apply_lock taken for each: a write of
@@ -615,26 +768,24 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
         return AFSM_ENOMEM;
     int64_t revision;
     afsm_status st = range_prefix(&ls, &revision);
-    free(ls.events);
     if (st == AFSM_OK)
         st = ls.status;
-    if (st != AFSM_OK) { /* nothing counts as loaded: the caller loads again */
-        free(ls.present.ids);
-        return st;
-    }
     id_list known = {0};
+    if (st != AFSM_OK) /* nothing counts as loaded: the caller loads again */
+        goto out;
     pthread_mutex_lock(&es->apply_lock);
     /* What the replica has and etcd no longer does went while nobody
      * watched: deleted (with its g/ key's reason) or expired. */
     track_each(&es->tracks, collect_known, &known);
     if (known.failed) {
         pthread_mutex_unlock(&es->apply_lock);
-        free(ls.present.ids);
-        free(known.ids);
-        return AFSM_ENOMEM;
+        st = AFSM_ENOMEM;
+        goto out;
     }
     if (ls.present.count > 0)
         qsort(ls.present.ids, ls.present.count, sizeof(afsm_uuid), uuid_order);
+    if (ls.reason_count > 0)
+        qsort(ls.reasons, ls.reason_count, sizeof(load_reason), reason_order);
     etcd_event gone = {0};
     for (size_t i = 0; i < known.count; i++) {
         if (ls.present.count > 0 &&
@@ -642,9 +793,17 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
             continue;
         /* The range was read before apply_lock was taken: a session this
          * node wrote after the range's revision is new, not vanished. */
-        track_info ti;
+        track_info ti = {0};
         if (track_get(&es->tracks, &known.ids[i], &ti) && (ti.mod_revision > revision || ti.mod_revision == 0))
             continue; /* (0: a create under way here, not applied yet) */
+        /* A reason newer than the record held is this session's deletion;
+         * an older one, an earlier life's of the same id. */
+        load_reason probe = {.id = known.ids[i]};
+        const load_reason *r = ls.reason_count > 0
+                                   ? bsearch(&probe, ls.reasons, ls.reason_count, sizeof(load_reason), reason_order)
+                                   : NULL;
+        if (r != NULL && r->mod_revision > ti.mod_revision)
+            track_set_reason(&es->tracks, &known.ids[i], r->why, r->text, r->len);
         etcd_apply_delete(es, &known.ids[i], &gone);
         if (emit_differences) {
             pthread_mutex_unlock(&es->apply_lock);
@@ -652,14 +811,20 @@ afsm_status etcd_replica_load(etcd_store *es, int emit_differences)
             pthread_mutex_lock(&es->apply_lock);
         }
     }
+    pthread_mutex_unlock(&es->apply_lock);
+    st = load_blocked(&ls, revision);
+    if (st != AFSM_OK)
+        goto out;
+    pthread_mutex_lock(&es->apply_lock);
     if (revision >= atomic_load_explicit(&es->applied_revision, memory_order_relaxed)) {
         es->session_keys = ls.sessions; /* etcd's count at `revision`, set with it */
         raise_revision(es, revision);   /* only ever raised (etcd_store.h) */
     }
     pthread_mutex_unlock(&es->apply_lock);
-    free(ls.present.ids);
+out:
     free(known.ids);
-    return AFSM_OK;
+    load_state_free(&ls);
+    return st;
 }
 
 /* ---- consistent lists and counts ------------------------------------------------- */
@@ -828,7 +993,7 @@ static int watch_message(void *ctx, json_object *message)
                       strcmp(json_object_get_string(type), "DELETE") == 0;
         etcd_event ev;
         pthread_mutex_lock(&es->apply_lock);
-        afsm_status applied = apply_kv(es, kv, deleted, 1, &ev);
+        afsm_status applied = apply_kv(es, kv, deleted, 1, &ev, NULL);
         if (applied == AFSM_OK) {
             sessions_delta += session_keys_delta(es, kv, deleted);
             if (last_of_revision) {
