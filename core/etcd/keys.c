@@ -118,16 +118,27 @@ size_t keys_range_end(const char *key, size_t key_len, char *out)
 
 /* ---- the record ------------------------------------------------------------ */
 
-static void add_string(json_object *o, const char *name, const char *text, size_t len)
+/* Adds name = value to o; on failure (value NULL: not built; or not added)
+ * puts value and clears *ok, so a record missing a field is never sent
+ * (it would be one no node can decode). */
+static void add(json_object *o, const char *name, json_object *value, int *ok)
 {
-    json_object_object_add(o, name, json_object_new_string_len(text, (int)len));
+    if (value == NULL || json_object_object_add(o, name, value) != 0) {
+        json_object_put(value);
+        *ok = 0;
+    }
 }
 
-static void add_uuid(json_object *o, const char *name, const afsm_uuid *id)
+static void add_string(json_object *o, const char *name, const char *text, size_t len, int *ok)
+{
+    add(o, name, json_object_new_string_len(text, (int)len), ok);
+}
+
+static void add_uuid(json_object *o, const char *name, const afsm_uuid *id, int *ok)
 {
     char text[AFSM_UUID_STRING_SIZE];
     afsm_uuid_format(id, text);
-    add_string(o, name, text, AFSM_UUID_STRING_SIZE - 1);
+    add_string(o, name, text, AFSM_UUID_STRING_SIZE - 1, ok);
 }
 
 json_object *keys_record_encode(const keys_record *rec)
@@ -142,38 +153,43 @@ json_object *keys_record_encode(const keys_record *rec)
         json_object_put(meta);
         return NULL;
     }
+    int ok = 1;
     char ip[AFSM_IP_STRING_SIZE];
     afsm_ip_format(&s->client_ip, ip);
-    json_object_object_add(o, "v", json_object_new_int(KEYS_RECORD_VERSION));
-    add_uuid(o, "id", &s->session_id);
-    add_uuid(o, "conn", &s->connection_id);
-    add_string(o, "user", s->user_id, s->user_id_len);
-    add_string(o, "ip", ip, strlen(ip));
-    json_object_object_add(o, "port", json_object_new_int(s->client_port));
-    json_object_object_add(o, "state", json_object_new_int((int)s->state));
-    json_object_object_add(o, "timeout_ms", json_object_new_int64((int64_t)s->timeout_ms));
-    json_object_object_add(o, "created_ns", json_object_new_int64(s->created_at_ns));
-    json_object_object_add(o, "active_ns", json_object_new_int64(s->last_active_at_ns));
-    json_object_object_add(o, "gen", json_object_new_int64(s->token_generation));
-    json_object_object_add(o, "lease", json_object_new_int64(rec->lease));
+    add(o, "v", json_object_new_int(KEYS_RECORD_VERSION), &ok);
+    add_uuid(o, "id", &s->session_id, &ok);
+    add_uuid(o, "conn", &s->connection_id, &ok);
+    add_string(o, "user", s->user_id, s->user_id_len, &ok);
+    add_string(o, "ip", ip, strlen(ip), &ok);
+    add(o, "port", json_object_new_int(s->client_port), &ok);
+    add(o, "state", json_object_new_int((int)s->state), &ok);
+    add(o, "timeout_ms", json_object_new_int64((int64_t)s->timeout_ms), &ok);
+    add(o, "created_ns", json_object_new_int64(s->created_at_ns), &ok);
+    add(o, "active_ns", json_object_new_int64(s->last_active_at_ns), &ok);
+    add(o, "gen", json_object_new_int64(s->token_generation), &ok);
+    add(o, "lease", json_object_new_int64(rec->lease), &ok);
     if (rec->leased_ns != 0)
-        json_object_object_add(o, "leased_ns", json_object_new_int64(rec->leased_ns));
-    json_object_object_add(o, "slot", json_object_new_int(rec->slot));
-    json_object_object_add(stats, "packets_sent", json_object_new_uint64(s->stats.packets_sent));
-    json_object_object_add(stats, "packets_received", json_object_new_uint64(s->stats.packets_received));
-    json_object_object_add(stats, "bytes_sent", json_object_new_uint64(s->stats.bytes_sent));
-    json_object_object_add(stats, "bytes_received", json_object_new_uint64(s->stats.bytes_received));
-    json_object_object_add(stats, "retransmissions", json_object_new_uint64(s->stats.retransmissions));
-    json_object_object_add(stats, "rtt_ms", json_object_new_int64(s->stats.current_rtt_ms));
-    json_object_object_add(o, "stats", stats);
+        add(o, "leased_ns", json_object_new_int64(rec->leased_ns), &ok);
+    add(o, "slot", json_object_new_int(rec->slot), &ok);
+    add(stats, "packets_sent", json_object_new_uint64(s->stats.packets_sent), &ok);
+    add(stats, "packets_received", json_object_new_uint64(s->stats.packets_received), &ok);
+    add(stats, "bytes_sent", json_object_new_uint64(s->stats.bytes_sent), &ok);
+    add(stats, "bytes_received", json_object_new_uint64(s->stats.bytes_received), &ok);
+    add(stats, "retransmissions", json_object_new_uint64(s->stats.retransmissions), &ok);
+    add(stats, "rtt_ms", json_object_new_int64(s->stats.current_rtt_ms), &ok);
+    add(o, "stats", stats, &ok);
     for (size_t i = 0; i < rec->meta_count; i++) {
         /* Object keys are NUL-terminated in json-c; metadata keys have no NUL. */
         char key[256];
         memcpy(key, rec->meta[i].key, rec->meta[i].key_len);
         key[rec->meta[i].key_len] = '\0';
-        json_object_object_add(meta, key, json_object_new_string_len(rec->meta[i].value, (int)rec->meta[i].value_len));
+        add(meta, key, json_object_new_string_len(rec->meta[i].value, (int)rec->meta[i].value_len), &ok);
     }
-    json_object_object_add(o, "meta", meta);
+    add(o, "meta", meta, &ok);
+    if (!ok) {
+        json_object_put(o);
+        return NULL;
+    }
     return o;
 }
 

@@ -126,9 +126,22 @@ static int txn_init(txn *t)
         json_object_put(t->failure);
         return 0;
     }
-    json_object_object_add(t->body, "compare", t->compare);
-    json_object_object_add(t->body, "success", t->success);
-    json_object_object_add(t->body, "failure", t->failure);
+    /* Each array is body's once added. One not added would make a txn
+     * without that branch: without "success", etcd writes nothing and
+     * answers succeeded. */
+    int added = 0;
+    json_object *arrays[] = {t->compare, t->success, t->failure};
+    const char *names[] = {"compare", "success", "failure"};
+    for (int i = 0; i < 3; i++) {
+        if (added == i && json_object_object_add(t->body, names[i], arrays[i]) == 0)
+            added++;
+        else
+            json_object_put(arrays[i]);
+    }
+    if (added < 3) {
+        json_object_put(t->body);
+        return 0;
+    }
     return 1;
 }
 
@@ -871,7 +884,7 @@ out:
 /* The txn of a guarded put: o's record if etcd still has it at ti's
  * revision, else the record etcd has. *t is sent (txn_send) or nested in a
  * group's txn. */
-static afsm_status guarded_txn(etcd_store *es, const owned_record *o, const track_info *ti, txn *t)
+static afsm_status guarded_txn(etcd_store *es, const owned_record *o, const track_info *ti, txn *t, size_t *bytes)
 {
     char skey[KEYS_MAX];
     size_t slen = keys_session(es->prefix, es->prefix_len, &o->rec.info.session_id, skey);
@@ -889,6 +902,8 @@ static afsm_status guarded_txn(etcd_store *es, const owned_record *o, const trac
     txn_add(t, t->success, op_put(skey, slen, text, text_len, ti->lease));
     txn_add(t, t->failure, op_range(skey, slen));
     json_object_put(record);
+    if (bytes != NULL)
+        *bytes = text_len + slen;
     return AFSM_OK;
 }
 
@@ -953,7 +968,7 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
 {
     *retry = 0;
     txn t;
-    afsm_status st = guarded_txn(es, o, ti, &t);
+    afsm_status st = guarded_txn(es, o, ti, &t, NULL);
     if (st != AFSM_OK)
         return st;
     int succeeded = 0;
@@ -1053,6 +1068,11 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced)
     return st;
 }
 
+/* Record bytes one grouped flush sends at most: etcd refuses a request
+ * over --max-request-bytes (1.5 MiB by default), and a group of 64 records
+ * with the most metadata (4 KB of it, escaped) would be larger. */
+#define FLUSH_GROUP_BYTES (1024 * 1024)
+
 /* One txn of a grouped flush: its sessions' records as edited, and their
  * guarded puts' txns. */
 typedef struct flush_group {
@@ -1101,7 +1121,8 @@ static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *lost, s
         g->events[k].pending = 0;
         json_object *answer = NULL, *ok;
         /* Every level type-checked: a crafted reply is a member not
-         * written (flushed alone after), not an abort. */
+         * known written (its stats stay unflushed for the next pass), not
+         * an abort. */
         if (responses == NULL || k >= json_object_array_length(responses) ||
             !json_object_object_get_ex(json_object_array_get_idx(responses, k), "response_txn", &answer) ||
             !json_object_is_type(answer, json_type_object))
@@ -1131,6 +1152,7 @@ afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int
     if (g == NULL)
         return AFSM_ENOMEM;
     g->count = 0;
+    size_t bytes = 0;
     memset(lost, 0, n * sizeof(*lost));
     afsm_status st = AFSM_OK;
     for (size_t i = 0; i < n && st == AFSM_OK; i++) {
@@ -1143,11 +1165,20 @@ afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int
             owned_release(o);
             continue;
         }
-        st = guarded_txn(es, o, ti, &g->txns[g->count]);
+        size_t record_bytes = 0;
+        st = guarded_txn(es, o, ti, &g->txns[g->count], &record_bytes);
         if (st != AFSM_OK) {
             owned_release(o);
             break;
         }
+        if (g->count > 0 && bytes + record_bytes > FLUSH_GROUP_BYTES) {
+            /* Past etcd's request size: this one is flushed alone. */
+            json_object_put(g->txns[g->count].body);
+            owned_release(o);
+            lost[i] = 1;
+            continue;
+        }
+        bytes += record_bytes;
         g->from[g->count++] = i;
     }
     size_t wrote = 0;
