@@ -23,6 +23,10 @@
  *                    seconds, and how far the process's peak RSS rose
  *                    (VmHWM, reset first) per session loaded: the replica
  *                    it builds plus the load's transient memory
+ *   stats flush      one flush pass (etcd_stats_flush, as the store's
+ *                    flusher runs it every period) with stats added to
+ *                    each session the reads used: sessions written per
+ *                    second, and txns (etcd revisions) used
  *   lease traffic    keepalives the engine sent (and etcd's own count,
  *                    etcd_debugging_lease_renewed_total, as a cross-check)
  *                    while every session heartbeats once a second, against
@@ -46,7 +50,9 @@
 #include <time.h>
 
 #include "afsm.h"
+#include "engine.h"
 #include "etcd/client.h"
+#include "etcd/etcd_store.h"
 
 typedef struct options {
     const char *endpoints;
@@ -78,6 +84,27 @@ static long status_kb(const char *field)
     if (f != NULL)
         fclose(f);
     return kb;
+}
+
+/* etcd's current revision (every txn that writes raises it by one); -1
+ * if etcd did not answer. */
+static int64_t etcd_revision(const options *o)
+{
+    etcd_client_config cc = {.endpoints = o->endpoints, .dial_timeout_ms = 2000, .request_timeout_ms = 5000};
+    etcd_client *c;
+    if (etcd_client_open(&cc, &c) != AFSM_OK)
+        return -1;
+    json_object *body = json_object_new_object(), *reply = NULL, *header;
+    json_object_object_add(body, "key", etcd_json_bytes("/", 1));
+    json_object_object_add(body, "count_only", json_object_new_boolean(1));
+    int64_t revision = -1;
+    if (etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL) == AFSM_OK &&
+        json_object_object_get_ex(reply, "header", &header))
+        revision = etcd_get_int64(header, "revision");
+    json_object_put(body);
+    json_object_put(reply);
+    etcd_client_close(c);
+    return revision;
 }
 
 /* Makes VmHWM start again from VmRSS; 0 if the kernel refused. */
@@ -677,6 +704,21 @@ int main(int argc, char **argv)
     afsm_engine_close(consistent);
     afsm_engine_close(linear);
     afsm_engine_close(memory);
+    /* A flush pass, with the other engines closed: the n sessions the reads
+     * used have stats. */
+    for (int i = 0; i < n; i++) {
+        afsm_stats d = {.packets_sent = 1, .bytes_sent = 100};
+        afsm_session_add_stats(etcd, &ids[i], &d);
+    }
+    afsm_metrics before_flush = AFSM_METRICS_INIT, after_flush = AFSM_METRICS_INIT;
+    afsm_metrics_snapshot(etcd, &before_flush);
+    int64_t revision_before = etcd_revision(&o);
+    double flush_start = now_s();
+    etcd_stats_flush((etcd_store *)etcd->st);
+    double flush_s = now_s() - flush_start;
+    int64_t flush_txns = etcd_revision(&o) - revision_before;
+    afsm_metrics_snapshot(etcd, &after_flush);
+    uint64_t flushed = after_flush.etcd_stats_writes_total - before_flush.etcd_stats_writes_total;
     afsm_engine_close(etcd);
 
     int lease_sessions = o.sessions < 500 ? o.sessions : 500;
@@ -693,11 +735,13 @@ int main(int argc, char **argv)
            "  \"get_linearizable_per_s\": %.0f,\n  \"heartbeat_per_s\": %.0f,\n  \"lease_sessions\": %d,\n"
            "  \"lease_timeout_s\": %.1f,\n  \"keepalives_per_s\": %.1f,\n  \"keepalives_etcd_counted_per_s\": %.1f,\n"
            "  \"keepalive_bound_per_s\": %.1f,\n  \"load_sessions\": %llu,\n  \"load_seconds\": %.3f,\n"
-           "  \"load_peak_rss_bytes_per_session\": %.0f\n}\n",
+           "  \"load_peak_rss_bytes_per_session\": %.0f,\n  \"flush_sessions\": %llu,\n"
+           "  \"flush_txns\": %lld,\n  \"flush_sessions_per_s\": %.0f\n}\n",
            o.threads, n, floor, create, (unsigned long long)create_failures, create / floor, get_memory, get_replica,
            get_replica / get_memory, get_consistent, get_linear, heartbeat, lease_sessions, o.lease_timeout_ms / 1000.0,
            keepalives, etcd_counted, bound, (unsigned long long)loaded.total, load_s,
-           peak_rise_kb < 0 || loaded.total == 0 ? -1.0 : peak_rise_kb * 1024.0 / (double)loaded.total);
+           peak_rise_kb < 0 || loaded.total == 0 ? -1.0 : peak_rise_kb * 1024.0 / (double)loaded.total,
+           (unsigned long long)flushed, (long long)flush_txns, flush_s > 0 ? (double)flushed / flush_s : 0.0);
     free(ids);
     free(mem_ids);
     return 0;
