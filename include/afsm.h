@@ -372,9 +372,12 @@ typedef struct afsm_config {
     const char *etcd_password;
     /* Stats additions (afsm_session_add_stats, handles) stay on the engine
      * that made them and are written to etcd every etcd_stats_flush_ms (0:
-     * 10 s), one txn per session whose stats changed, and once more at
-     * afsm_engine_close: a crash loses at most one period of stats, never
-     * a session. Other engines see them after the flush. */
+     * 10 s), every session whose stats changed (up to 64 to a txn), and
+     * once more at afsm_engine_close. A crash loses what was added since
+     * the last pass: at most a period, plus the pass itself if passes
+     * take longer than the period (etcd writes a few thousand records a
+     * second; the engine logs a warning then: raise the period). Never a
+     * session. Other engines see them after the flush. */
     uint64_t etcd_stats_flush_ms;
 } afsm_config;
 

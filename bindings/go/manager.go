@@ -127,7 +127,8 @@ type EtcdConfig struct {
 	// the default).
 	ReadMode ReadMode
 	// StatsFlush is how often stats additions are written to etcd (0:
-	// 10 s); a crash loses at most one period of stats, never a session.
+	// 10 s); a crash loses the stats added since the last pass (a period, or
+	// more when passes outlast it, which the engine logs), never a session.
 	StatsFlush time.Duration
 }
 

@@ -10,8 +10,9 @@
  * (etcd_flush_group). When another
  * node's record arrives first, applying it keeps this node's difference on
  * top (replica.c, merged_stats), so no node's additions overwrite
- * another's. A crash loses at most one period of the crashed node's
- * stats, never a session; close flushes once more.
+ * another's. A crash loses what the crashed node added since its last
+ * pass (a period, plus the pass itself when passes outlast the period,
+ * which is logged), never a session; close flushes once more.
  *
  * Locking: the thread's pauses use the store's flush_lock / flush_wake;
  * the writes take the store's apply_lock through apply_own.
@@ -107,9 +108,39 @@ static int stopping(etcd_store *es)
     return atomic_load_explicit(&es->stop, memory_order_acquire);
 }
 
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* At most one warning a minute that passes outlast the period. */
+#define SLOW_PASS_WARN_NS (60ull * 1000000000u)
+
+/* A pass longer than the period: the next starts late, and a crash loses
+ * up to a period plus a pass of this node's stats. etcd sets the pace (it
+ * writes a few thousand records a second: core/etcd/README.md, "Stats");
+ * the operator's remedy is a longer period, so the log says both. */
+static void warn_slow_pass(etcd_store *es, uint64_t took_ns, uint64_t *warned_ns)
+{
+    uint64_t now = monotonic_ns();
+    if (took_ns <= es->stats_flush_ns || (*warned_ns != 0 && now - *warned_ns < SLOW_PASS_WARN_NS))
+        return;
+    *warned_ns = now;
+    char text[64];
+    snprintf(text, sizeof(text), "%llu ms (period %llu ms)", (unsigned long long)(took_ns / 1000000u),
+             (unsigned long long)(es->stats_flush_ns / 1000000u));
+    etcd_log(es, AFSM_LOG_WARN,
+             "etcd: a stats flush pass took longer than etcd_stats_flush_ms; a crash may lose more than a period "
+             "of stats: raise the period",
+             "took", text);
+}
+
 static void *flusher_main(void *arg)
 {
     etcd_store *es = arg;
+    uint64_t warned_ns = 0;
     for (;;) {
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
@@ -120,9 +151,11 @@ static void *flusher_main(void *arg)
         while (!stopping(es) && pthread_cond_timedwait(&es->flush_wake, &es->flush_lock, &until) == 0)
             ; /* woken spuriously: wait out the period */
         pthread_mutex_unlock(&es->flush_lock);
+        uint64_t start = monotonic_ns();
         etcd_stats_flush(es); /* at stop too: the last one */
         if (stopping(es))
             return NULL;
+        warn_slow_pass(es, monotonic_ns() - start, &warned_ns);
     }
 }
 

@@ -591,6 +591,57 @@ static void test_flush_writes_sessions_in_groups(void **state)
     afsm_engine_close(a);
 }
 
+static atomic_int slow_pass_warnings;
+
+static void count_slow_passes(void *ctx, int level, const char *message, const afsm_log_field *fields, size_t count)
+{
+    (void)ctx;
+    (void)fields;
+    (void)count;
+    if (level == AFSM_LOG_WARN && strstr(message, "stats flush pass took longer") != NULL)
+        atomic_fetch_add(&slow_pass_warnings, 1);
+}
+
+#define SLOW_PASS_SESSIONS 200 /* a pass writing them all takes well over 1 ms */
+
+/* Adds a packet to every session and waits until a pass wrote them all. */
+static void add_and_flush(afsm_engine *a, const afsm_session_info *s)
+{
+    uint64_t writes = metrics_of(a).etcd_stats_writes_total;
+    afsm_stats delta = {.packets_sent = 1};
+    for (int i = 0; i < SLOW_PASS_SESSIONS; i++)
+        assert_int_equal(afsm_session_add_stats(a, &s[i].session_id, &delta), AFSM_OK);
+    WAIT_FOR(metrics_of(a).etcd_stats_writes_total >= writes + SLOW_PASS_SESSIONS, 10000);
+}
+
+/* Passes that take longer than the period (here 1 ms; a pass writing 200
+ * sessions, four txns and 200 records to encode, takes longer) are
+ * logged, so the operator can raise it: a crash would lose more than a
+ * period of stats. Once a minute at most: with passes back to back, one
+ * warning stands for them. */
+static void test_flush_passes_longer_than_the_period_are_logged(void **state)
+{
+    (void)state;
+    afsm_config cfg;
+    etcd_test_config(&cfg, "/fl3/");
+    cfg.etcd_stats_flush_ms = 1;
+    cfg.default_timeout_ms = 60000;
+    cfg.on_log = count_slow_passes;
+    cfg.log_level = AFSM_LOG_WARN;
+    cfg.shard_count = 4;
+    afsm_engine *a = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &a), AFSM_OK);
+    static afsm_session_info s[SLOW_PASS_SESSIONS];
+    for (int i = 0; i < SLOW_PASS_SESSIONS; i++)
+        assert_int_equal(create(a, "slow", &s[i]), AFSM_OK);
+    add_and_flush(a, s);
+    WAIT_FOR(atomic_load(&slow_pass_warnings) >= 1, 5000);
+    for (int round = 0; round < 3; round++)
+        add_and_flush(a, s);
+    assert_int_equal(atomic_load(&slow_pass_warnings), 1);
+    afsm_engine_close(a);
+}
+
 /* ---- 4. a record stamped by nodes whose clocks disagree ------------------------------ */
 
 /* Re-stamps the session's record in etcd, as a node whose wall clock runs
@@ -675,6 +726,7 @@ int main(void)
         cmocka_unit_test(test_renewals_due_together_all_reach_etcd),
         cmocka_unit_test(test_flush_losing_every_guard_reports_it_and_keeps_the_stats),
         cmocka_unit_test(test_flush_writes_sessions_in_groups),
+        cmocka_unit_test(test_flush_passes_longer_than_the_period_are_logged),
         cmocka_unit_test(test_linearizable_copy_of_a_skewed_record_keeps_created_before_last_active),
         cmocka_unit_test_teardown(test_heartbeat_does_not_wait_for_a_stalled_etcd, resume_etcd),
     };

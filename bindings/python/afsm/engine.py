@@ -362,7 +362,7 @@ class Engine:
         etcd_ca_file, etcd_cert_file, etcd_key_file: TLS files (PEM).
         etcd_user, etcd_password: etcd authentication.
         etcd_stats_flush: how often stats additions are written to etcd
-            (default 10 s; a crash loses at most one period of stats).
+            (default 10 s; a crash loses the stats added since the last pass).
         etcd_read_mode: how gets are answered: ``"replica"`` (the default:
             the local replica), ``"linearizable"`` (the record is read from
             etcd) or ``"consistent"`` (etcd gives the record's revision, the
