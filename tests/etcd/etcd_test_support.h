@@ -284,4 +284,69 @@ static inline int hold_gate_held(hold_gate *g)
     return held;
 }
 
+/* The callback of a hold gate (ctx): the first CREATED of a session of the
+ * user "hold" holds the thread that fires it (the watch thread of an
+ * engine that did not create it) until opened, at most 20 s. */
+static inline void hold_on_user_hold(void *ctx, const afsm_event *ev)
+{
+    hold_gate *g = ctx;
+    if (ev->type != AFSM_EVENT_CREATED || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
+        return;
+    pthread_mutex_lock(&g->lock);
+    if (!g->held)
+        hold_gate_wait_locked(g);
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* ---- etcd's own state ----------------------------------------------------------- */
+
+/* etcd's current revision: every txn that writes raises it by one. */
+static inline int64_t etcd_revision(void)
+{
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "key", etcd_json_bytes("/", 1));
+    json_object_object_add(body, "count_only", json_object_new_boolean(1));
+    json_object *reply = raw_call("/v3/kv/range", body, 1), *header;
+    assert_true(json_object_object_get_ex(reply, "header", &header));
+    int64_t revision = etcd_get_int64(header, "revision");
+    json_object_put(reply);
+    return revision;
+}
+
+/* Compacts etcd at its current revision, through endpoints (a watch that
+ * has not passed it must reload). */
+static inline void compact_now(const char *endpoints)
+{
+    etcd_client_config cc = {.endpoints = endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
+    etcd_client *c;
+    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
+    json_object *body = json_tokener_parse("{\"key\":\"AA==\"}"), *reply = NULL, *header;
+    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
+    assert_true(json_object_object_get_ex(reply, "header", &header));
+    int64_t revision = etcd_get_int64(header, "revision");
+    json_object_put(body);
+    json_object_put(reply);
+    body = json_object_new_object();
+    json_object_object_add(body, "revision", etcd_json_int64(revision));
+    json_object_object_add(body, "physical", json_object_new_boolean(1));
+    assert_int_equal(etcd_call(c, "/v3/kv/compaction", body, 0, &reply, NULL), AFSM_OK);
+    json_object_put(body);
+    json_object_put(reply);
+    etcd_client_close(c);
+}
+
+#ifdef AFSM_ETCD_STORE_H
+/* White box: moves the mod revision this engine holds for id by delta, as
+ * if another writer's record (or none) were newer or older than etcd's. */
+static inline void set_mod_revision(etcd_store *es, const afsm_uuid *id, int64_t delta)
+{
+    pthread_mutex_lock(&es->apply_lock);
+    track_info ti;
+    assert_true(track_get(&es->tracks, id, &ti));
+    ti.mod_revision += delta;
+    assert_int_equal(track_put(&es->tracks, id, &ti), AFSM_OK);
+    pthread_mutex_unlock(&es->apply_lock);
+}
+#endif
+
 #endif

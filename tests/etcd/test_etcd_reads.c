@@ -478,21 +478,12 @@ static void test_lease_gone_makes_heartbeats_expired(void **state)
 /* ---- 3. a flush that loses every guard says so and keeps the stats ------------------ */
 
 /* This engine's view of the record's revision is made newer than etcd's
- * (white box: tracks), so every guarded write of the flush fails and
- * applying etcd's record (older than the one held) changes nothing: the
- * flush loses all its attempts. Before the fix etcd_flush_one returned
- * AFSM_OK with nothing written. The stats must stay buffered: once the
- * revision is right again, the next flush pass writes them. */
-static void set_mod_revision(etcd_store *es, const afsm_uuid *id, int64_t delta)
-{
-    pthread_mutex_lock(&es->apply_lock);
-    track_info ti;
-    assert_true(track_get(&es->tracks, id, &ti));
-    ti.mod_revision += delta;
-    assert_int_equal(track_put(&es->tracks, id, &ti), AFSM_OK);
-    pthread_mutex_unlock(&es->apply_lock);
-}
-
+ * (white box: set_mod_revision), so every guarded write of the flush
+ * fails and applying etcd's record (older than the one held) changes
+ * nothing: the flush loses all its attempts. Before the fix
+ * etcd_flush_one returned AFSM_OK with nothing written. The stats must
+ * stay buffered: once the revision is right again, the next flush pass
+ * writes them. */
 static void test_flush_losing_every_guard_reports_it_and_keeps_the_stats(void **state)
 {
     (void)state;
@@ -529,19 +520,6 @@ static void test_flush_losing_every_guard_reports_it_and_keeps_the_stats(void **
     assert_int_equal(in_etcd.stats.bytes_sent, 500);
     afsm_engine_close(b);
     afsm_engine_close(a);
-}
-
-/* etcd's current revision: every txn that writes raises it by one. */
-static int64_t etcd_revision(void)
-{
-    json_object *body = json_object_new_object();
-    json_object_object_add(body, "key", etcd_json_bytes("/", 1));
-    json_object_object_add(body, "count_only", json_object_new_boolean(1));
-    json_object *reply = raw_call("/v3/kv/range", body, 1), *header;
-    assert_true(json_object_object_get_ex(reply, "header", &header));
-    int64_t revision = etcd_get_int64(header, "revision");
-    json_object_put(reply);
-    return revision;
 }
 
 #define FLUSHED_SESSIONS 100 /* two groups: ETCD_FLUSH_GROUP, then the rest */

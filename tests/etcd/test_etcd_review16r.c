@@ -185,20 +185,6 @@ static void test_heartbeating_sessions_keep_their_leases_on_two_nodes(void **sta
 
 /* ---- 2. consistent reads answer within the request timeout --------------------------- */
 
-/* The callback of a hold gate: the first CREATED of a session of the user
- * "hold" holds the thread that fires it (the watch thread of an engine
- * that did not create it) until opened, at most 20 s. */
-static void gate_event(void *ctx, const afsm_event *ev)
-{
-    hold_gate *g = ctx;
-    if (ev->type != AFSM_EVENT_CREATED || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
-        return;
-    pthread_mutex_lock(&g->lock);
-    if (!g->held)
-        hold_gate_wait_locked(g);
-    pthread_mutex_unlock(&g->lock);
-}
-
 static _Atomic int etcd_stopped; /* the member is SIGSTOPped: the teardown resumes it */
 static _Atomic int hung_member;  /* 1 + the member SIGSTOPped in a three-member test; 0: none */
 
@@ -284,7 +270,7 @@ static void test_consistent_reads_answer_within_the_request_timeout(void **state
     cfg.etcd_request_timeout_ms = timeout_ms;
     cfg.etcd_read_mode = AFSM_READ_CONSISTENT;
     cfg.log_level = AFSM_LOG_ERROR;
-    cfg.on_event = gate_event;
+    cfg.on_event = hold_on_user_hold;
     cfg.event_ctx = &g;
     cfg.shard_count = 4;
     afsm_engine *b = NULL;

@@ -164,18 +164,6 @@ static int64_t packets_in_etcd(const char *prefix, const afsm_uuid *id)
     return packets;
 }
 
-static int64_t etcd_revision(void)
-{
-    json_object *body = json_object_new_object();
-    json_object_object_add(body, "key", etcd_json_bytes("/", 1));
-    json_object_object_add(body, "count_only", json_object_new_boolean(1));
-    json_object *reply = raw_call("/v3/kv/range", body, 1), *header;
-    assert_true(json_object_object_get_ex(reply, "header", &header));
-    int64_t revision = etcd_get_int64(header, "revision");
-    json_object_put(reply);
-    return revision;
-}
-
 static void delete_raw(const char *prefix, const afsm_uuid *id)
 {
     char key[KEYS_MAX];
@@ -200,18 +188,6 @@ static int inflight_of(etcd_store *es, const afsm_uuid *id)
 
 /* ---- engines ------------------------------------------------------------------------- */
 
-/* Holds the watch thread on the first CREATED of a "hold" session. */
-static void hold_event(void *ctx, const afsm_event *ev)
-{
-    hold_gate *g = ctx;
-    if (ev->type != AFSM_EVENT_CREATED || ev->user_id_len != 4 || memcmp(ev->user_id, "hold", 4) != 0)
-        return;
-    pthread_mutex_lock(&g->lock);
-    if (!g->held)
-        hold_gate_wait_locked(g);
-    pthread_mutex_unlock(&g->lock);
-}
-
 static afsm_engine *open_engine(const char *prefix, hold_gate *g)
 {
     afsm_config cfg;
@@ -221,7 +197,7 @@ static afsm_engine *open_engine(const char *prefix, hold_gate *g)
     cfg.log_level = AFSM_LOG_ERROR;
     cfg.shard_count = 4;
     if (g != NULL) {
-        cfg.on_event = hold_event;
+        cfg.on_event = hold_on_user_hold;
         cfg.event_ctx = g;
     }
     afsm_engine *e = NULL;
@@ -248,16 +224,6 @@ static void add_packets(afsm_engine *e, const afsm_uuid *id, uint64_t n)
 /* ---- 1. every allocation of a grouped flush failing in turn ------------------------ */
 
 #define NOMEM_SESSIONS 3
-
-static void set_mod_revision(etcd_store *es, const afsm_uuid *id, int64_t delta)
-{
-    pthread_mutex_lock(&es->apply_lock);
-    track_info ti;
-    assert_true(track_get(&es->tracks, id, &ti));
-    ti.mod_revision += delta;
-    assert_int_equal(track_put(&es->tracks, id, &ti), AFSM_OK);
-    pthread_mutex_unlock(&es->apply_lock);
-}
 
 static void test_flush_group_every_allocation_failure(void **state)
 {

@@ -169,27 +169,6 @@ static uint64_t total_of(afsm_engine *e)
     return counts.total;
 }
 
-/* Compacts etcd at its current revision, through endpoints. */
-static void compact_now(const char *endpoints)
-{
-    etcd_client_config cc = {.endpoints = endpoints, .dial_timeout_ms = 300, .request_timeout_ms = 3000};
-    etcd_client *c;
-    assert_int_equal(etcd_client_open(&cc, &c), AFSM_OK);
-    json_object *body = json_tokener_parse("{\"key\":\"AA==\"}"), *reply = NULL, *header;
-    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
-    assert_true(json_object_object_get_ex(reply, "header", &header));
-    int64_t revision = etcd_get_int64(header, "revision");
-    json_object_put(body);
-    json_object_put(reply);
-    body = json_object_new_object();
-    json_object_object_add(body, "revision", etcd_json_int64(revision));
-    json_object_object_add(body, "physical", json_object_new_boolean(1));
-    assert_int_equal(etcd_call(c, "/v3/kv/compaction", body, 0, &reply, NULL), AFSM_OK);
-    json_object_put(body);
-    json_object_put(reply);
-    etcd_client_close(c);
-}
-
 static int64_t wall_ns(void)
 {
     struct timespec ts;
