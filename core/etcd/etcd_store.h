@@ -176,11 +176,11 @@ afsm_status etcd_flush_one(etcd_store *es, const afsm_uuid *id, int *raced);
 #define ETCD_FLUSH_GROUP 64
 /* The flush of up to ETCD_FLUSH_GROUP sessions in one txn: one raft write
  * for all, where etcd_flush_one makes one each. A session whose record
- * changed in etcd since this node applied it gets lost[i] = 1 (etcd's
+ * changed in etcd since this node applied it gets alone[i] = 1 (etcd's
  * record applied here; flush it again, alone), as does one that would
- * have made the request too large. AFSM_EUNAVAILABLE: etcd
- * unreachable, nothing known written; AFSM_ENOMEM: nothing sent. */
-afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int *lost);
+ * have made the request too large. AFSM_EUNAVAILABLE: etcd unreachable,
+ * nothing known written; AFSM_ENOMEM: nothing sent. */
+afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int *alone);
 
 /* ---- leases.c ---- */
 

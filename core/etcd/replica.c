@@ -400,10 +400,6 @@ static int wait_own_writes(etcd_store *es, const afsm_uuid *id)
     return 1;
 }
 
-/* One key-value from etcd (a range or a watch event). apply_lock held.
- * AFSM_ENOMEM when a session record could not be applied for memory: the
- * caller must not count its revision as applied (the replica reloads);
- * anything else (bad data included, logged and skipped) is AFSM_OK. */
 /* A g/ key's value, {"reason": text, "why": n}: 1 with *why, *text and
  * *len set (the text lives in *holder, which the caller puts, malformed or
  * not), 0 if malformed. */
@@ -422,9 +418,14 @@ static int decode_reason(const char *value, afsm_delete_reason *why, const char 
     return 1;
 }
 
-/* put_status (may be NULL): a session record's etcd_apply_put status, so
+/* One key-value from etcd (a range or a watch event). apply_lock held.
+ * AFSM_ENOMEM when a session record could not be applied for memory: the
+ * caller must not count its revision as applied (the replica reloads);
+ * anything else (bad data included, logged and skipped) is AFSM_OK.
+ * put_status (may be NULL): a session record's etcd_apply_put status, so
  * that the load can apply again what a stale copy blocked (AFSM_EEXISTS:
- * its connection id still held here); AFSM_OK for anything else. */
+ * its connection id still held here), which is then not logged; AFSM_OK
+ * for anything else. */
 static afsm_status apply_kv(etcd_store *es, json_object *kv, int deleted, int emit, etcd_event *ev,
                             afsm_status *put_status)
 {
@@ -467,7 +468,7 @@ static afsm_status apply_kv(etcd_store *es, json_object *kv, int deleted, int em
         } else if ((status = etcd_apply_put(es, &rec, mod_revision, emit ? 0 : ETCD_APPLY_QUIET, ev)) != AFSM_OK) {
             if (put_status != NULL)
                 *put_status = status;
-            else
+            if (put_status == NULL || status != AFSM_EEXISTS)
                 etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
             if (status != AFSM_ENOMEM)
                 status = AFSM_OK;

@@ -7,10 +7,9 @@
  * this node's own unflushed additions. Every stats_flush_ns the flusher
  * thread writes each session whose stats differ: the record rebuilt from
  * the replica, guarded by its mod revision, many sessions to a txn
- * (etcd_flush_group). When another
- * node's record arrives first, applying it keeps this node's difference on
- * top (replica.c, merged_stats), so no node's additions overwrite
- * another's. A crash loses what the crashed node added since its last
+ * (etcd_flush_group). When another node's record arrives first, applying
+ * it keeps this node's difference on top (replica.c, merged_stats), so no
+ * node's additions overwrite another's. A crash loses what the crashed node added since its last
  * pass (a period, plus the pass itself when passes outlast the period,
  * which is logged), never a session; close flushes once more.
  *
@@ -66,7 +65,7 @@ void etcd_stats_flush(etcd_store *es)
     track_each(&es->tracks, collect, &all);
     size_t raced_total = 0;
     afsm_uuid batch[ETCD_FLUSH_GROUP];
-    int lost[ETCD_FLUSH_GROUP];
+    int alone[ETCD_FLUSH_GROUP];
     size_t i = 0;
     while (i < all.count) {
         size_t n = 0;
@@ -75,12 +74,12 @@ void etcd_stats_flush(etcd_store *es)
                 batch[n++] = all.items[i];
         if (n == 0)
             break;
-        afsm_status st = etcd_flush_group(es, batch, n, lost);
+        afsm_status st = etcd_flush_group(es, batch, n, alone);
         if (st == AFSM_EUNAVAILABLE)
             break; /* etcd is away: the whole pass waits for the next period */
         int away = 0;
         for (size_t k = 0; k < n && !away; k++) {
-            if (st == AFSM_OK && !lost[k])
+            if (st == AFSM_OK && !alone[k])
                 continue;
             /* Lost its guard, or the group could not be built: alone. */
             int raced = 0;

@@ -1087,8 +1087,8 @@ typedef struct flush_group {
 /* Sends the members' txns nested in one (etcd >= 3.3, as create groups
  * are; every member writes its own session's key, so no key is written
  * twice) and applies each member's answer. A member whose guard lost is
- * marked in lost[] and its record left applied from etcd's answer. */
-static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *lost, size_t *wrote)
+ * marked in alone[] and its record left applied from etcd's answer. */
+static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *alone, size_t *wrote)
 {
     json_object *body = json_object_new_object(), *ops = json_object_new_array(), *reply = NULL, *header;
     afsm_status st = AFSM_OK;
@@ -1133,7 +1133,7 @@ static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *lost, s
                                             &retry, &g->events[k]);
         if (member == AFSM_OK && !retry)
             (*wrote)++;
-        lost[g->from[k]] = retry;
+        alone[g->from[k]] = retry;
     }
     for (size_t k = 0; k < g->count; k++)
         guarded_done(es, &g->records[k].rec.info.session_id);
@@ -1145,7 +1145,7 @@ static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *lost, s
     return st;
 }
 
-afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int *lost)
+afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int *alone)
 {
     assert(n <= ETCD_FLUSH_GROUP);
     flush_group *g = malloc(sizeof(*g));
@@ -1153,7 +1153,7 @@ afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int
         return AFSM_ENOMEM;
     g->count = 0;
     size_t bytes = 0;
-    memset(lost, 0, n * sizeof(*lost));
+    memset(alone, 0, n * sizeof(*alone));
     afsm_status st = AFSM_OK;
     for (size_t i = 0; i < n && st == AFSM_OK; i++) {
         owned_record *o = &g->records[g->count];
@@ -1175,7 +1175,7 @@ afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int
             /* Past etcd's request size: this one is flushed alone. */
             json_object_put(g->txns[g->count].body);
             owned_release(o);
-            lost[i] = 1;
+            alone[i] = 1;
             continue;
         }
         bytes += record_bytes;
@@ -1183,7 +1183,7 @@ afsm_status etcd_flush_group(etcd_store *es, const afsm_uuid *ids, size_t n, int
     }
     size_t wrote = 0;
     if (st == AFSM_OK && g->count > 0)
-        st = flush_group_send(es, g, lost, &wrote);
+        st = flush_group_send(es, g, alone, &wrote);
     else
         for (size_t k = 0; k < g->count; k++)
             json_object_put(g->txns[k].body); /* built, never sent */
