@@ -78,6 +78,16 @@ json_object *etcd_json_int64(int64_t n)
     return json_object_new_string(text);
 }
 
+json_object *etcd_with(json_object *o, const char *name, json_object *value)
+{
+    if (o == NULL || value == NULL || json_object_object_add(o, name, value) != 0) {
+        json_object_put(o);
+        json_object_put(value);
+        return NULL;
+    }
+    return o;
+}
+
 int64_t etcd_get_int64(json_object *o, const char *name)
 {
     json_object *v;
@@ -242,7 +252,10 @@ static json_object *parse_each(const char *text, size_t len)
         }
         at += json_tokener_get_parse_end(tok);
         json_tokener_reset(tok);
-        json_object_array_add(all, one);
+        if (json_object_array_add(all, one) != 0) {
+            json_object_put(one);
+            break; /* not kept (no memory): what came before stands */
+        }
     }
     json_tokener_free(tok);
     if (json_object_array_length(all) == 0) {
@@ -371,11 +384,10 @@ static afsm_status call(etcd_client *c, const char *path, const char *body, int 
 
 static afsm_status authenticate(etcd_client *c, uint64_t deadline_ms)
 {
-    json_object *body = json_object_new_object();
+    json_object *body = etcd_with(json_object_new_object(), "name", json_object_new_string(c->user));
+    body = etcd_with(body, "password", json_object_new_string(c->password != NULL ? c->password : ""));
     if (body == NULL)
         return AFSM_ENOMEM;
-    json_object_object_add(body, "name", json_object_new_string(c->user));
-    json_object_object_add(body, "password", json_object_new_string(c->password != NULL ? c->password : ""));
     json_object *reply = NULL;
     /* The old token is not cleared first: concurrent requests keep sending
      * it (an expired one earns them their own re-authentication) instead

@@ -89,6 +89,12 @@ afsm_status etcd_stream(etcd_client *c, const char *path, json_object *body,
                         int (*on_message)(void *ctx, json_object *message), int (*should_stop)(void *ctx), void *ctx);
 
 /* JSON helpers for the gateway's conventions. */
+/* o with name = value added, for building request bodies by chaining
+ * (etcd_with(etcd_with(json_object_new_object(), ...), ...)): NULL if o or
+ * value is NULL or the add fails, both put then. A body missing a field
+ * asks etcd something else (a range without range_end reads one key), so
+ * a NULL body is AFSM_ENOMEM, never sent. */
+json_object *etcd_with(json_object *o, const char *name, json_object *value);
 json_object *etcd_json_bytes(const void *data, size_t len); /* base64 string */
 json_object *etcd_json_int64(int64_t n);                    /* decimal string */
 /* An int64 field (a string, or a number); 0 when omitted (the default). */

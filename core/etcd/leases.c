@@ -90,10 +90,10 @@ struct etcd_lease_pool {
 
 afsm_status etcd_lease_grant(etcd_store *es, uint64_t timeout_ms, int64_t *lease, int64_t *granted_wall_ns)
 {
-    json_object *body = json_object_new_object(), *reply = NULL;
+    json_object *body = etcd_with(json_object_new_object(), "TTL", etcd_json_int64(etcd_lease_ttl_s(timeout_ms))),
+                *reply = NULL;
     if (body == NULL)
         return AFSM_ENOMEM;
-    json_object_object_add(body, "TTL", etcd_json_int64(etcd_lease_ttl_s(timeout_ms)));
     /* Taken before the request: the lease's clock starts no earlier. */
     *granted_wall_ns = clock_wall_ns();
     /* A grant sent twice leaves an unused lease, which etcd expires. */
@@ -110,10 +110,9 @@ afsm_status etcd_lease_grant(etcd_store *es, uint64_t timeout_ms, int64_t *lease
 
 void etcd_lease_revoke(etcd_store *es, int64_t lease)
 {
-    json_object *body = json_object_new_object(), *reply = NULL;
+    json_object *body = etcd_with(json_object_new_object(), "ID", etcd_json_int64(lease)), *reply = NULL;
     if (body == NULL)
         return;
-    json_object_object_add(body, "ID", etcd_json_int64(lease));
     etcd_call(es->client, "/v3/lease/revoke", body, 1, &reply, NULL);
     json_object_put(body);
     json_object_put(reply);

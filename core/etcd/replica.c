@@ -663,16 +663,16 @@ static afsm_status range_prefix(load_state *ls, int64_t *revision)
     afsm_status st = AFSM_OK;
     *revision = 0;
     for (;;) {
-        json_object *body = json_object_new_object(), *reply = NULL, *page, *more;
+        json_object *body = etcd_with(json_object_new_object(), "key", etcd_json_bytes(cursor, cursor_len)),
+                    *reply = NULL, *page, *more;
+        body = etcd_with(body, "range_end", etcd_json_bytes(end, es->prefix_len));
+        body = etcd_with(body, "limit", etcd_json_int64(LOAD_PAGE));
+        if (*revision != 0) /* every page from the first page's revision */
+            body = etcd_with(body, "revision", etcd_json_int64(*revision));
         if (body == NULL) {
             st = AFSM_ENOMEM;
             break;
         }
-        json_object_object_add(body, "key", etcd_json_bytes(cursor, cursor_len));
-        json_object_object_add(body, "range_end", etcd_json_bytes(end, es->prefix_len));
-        json_object_object_add(body, "limit", etcd_json_int64(LOAD_PAGE));
-        if (*revision != 0) /* every page from the first page's revision */
-            json_object_object_add(body, "revision", etcd_json_int64(*revision));
         st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
         json_object_put(body);
         if (st != AFSM_OK) {
@@ -729,16 +729,15 @@ static afsm_status load_blocked(load_state *ls, int64_t revision)
     for (size_t i = 0; i < ls->blocked.count; i++) {
         char key[KEYS_MAX];
         size_t len = keys_session(es->prefix, es->prefix_len, &ls->blocked.ids[i], key);
-        json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+        json_object *body = etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, len)), *reply = NULL, *kvs;
+        body = etcd_with(body, "revision", etcd_json_int64(revision));
         if (body == NULL)
             return AFSM_ENOMEM;
-        json_object_object_add(body, "key", etcd_json_bytes(key, len));
-        json_object_object_add(body, "revision", etcd_json_int64(revision));
         afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
         json_object_put(body);
         if (st != AFSM_OK) {
             json_object_put(reply);
-            return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st; /* compacted: the caller loads again */
+            return st == AFSM_ENOTFOUND ? AFSM_EINTERNAL : st; /* (compacted too): the caller loads again */
         }
         etcd_event ev = {.pending = 0};
         afsm_status put = AFSM_OK;
@@ -841,16 +840,16 @@ static afsm_status probe_sessions(etcd_store *es, int64_t after, int64_t *revisi
     memcpy(key + es->prefix_len, "s/", 2);
     size_t n = es->prefix_len + 2;
     keys_range_end(key, n, end);
-    json_object *body = json_object_new_object(), *reply = NULL, *header, *kvs;
+    json_object *body = etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, n)), *reply = NULL, *header,
+                *kvs;
+    body = etcd_with(body, "range_end", etcd_json_bytes(end, n));
+    body = etcd_with(body, "keys_only", json_object_new_boolean(1));
+    body = etcd_with(body, "limit", etcd_json_int64(1));
+    body = etcd_with(body, "min_mod_revision", etcd_json_int64(after + 1));
+    body = etcd_with(body, "sort_order", json_object_new_string("DESCEND"));
+    body = etcd_with(body, "sort_target", json_object_new_string("MOD"));
     if (body == NULL)
         return AFSM_ENOMEM;
-    json_object_object_add(body, "key", etcd_json_bytes(key, n));
-    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
-    json_object_object_add(body, "keys_only", json_object_new_boolean(1));
-    json_object_object_add(body, "limit", etcd_json_int64(1));
-    json_object_object_add(body, "min_mod_revision", etcd_json_int64(after + 1));
-    json_object_object_add(body, "sort_order", json_object_new_string("DESCEND"));
-    json_object_object_add(body, "sort_target", json_object_new_string("MOD"));
     afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
     json_object_put(body);
     if (st == AFSM_OK) {
@@ -1059,20 +1058,16 @@ static void *watch_main(void *arg)
         }
         char end[KEYS_PREFIX_MAX + 1];
         keys_range_end(es->prefix, es->prefix_len, end);
-        json_object *body = json_object_new_object();
-        json_object *create = json_object_new_object();
-        if (body == NULL || create == NULL) {
-            json_object_put(body);
-            json_object_put(create);
+        int64_t from = atomic_load_explicit(&es->applied_revision, memory_order_acquire) + 1;
+        json_object *create = etcd_with(json_object_new_object(), "key", etcd_json_bytes(es->prefix, es->prefix_len));
+        create = etcd_with(create, "range_end", etcd_json_bytes(end, es->prefix_len));
+        create = etcd_with(create, "start_revision", etcd_json_int64(from));
+        create = etcd_with(create, "progress_notify", json_object_new_boolean(1));
+        json_object *body = etcd_with(json_object_new_object(), "create_request", create);
+        if (body == NULL) {
             pause_ms(es, backoff_ms);
             continue;
         }
-        int64_t from = atomic_load_explicit(&es->applied_revision, memory_order_acquire) + 1;
-        json_object_object_add(create, "key", etcd_json_bytes(es->prefix, es->prefix_len));
-        json_object_object_add(create, "range_end", etcd_json_bytes(end, es->prefix_len));
-        json_object_object_add(create, "start_revision", etcd_json_int64(from));
-        json_object_object_add(create, "progress_notify", json_object_new_boolean(1));
-        json_object_object_add(body, "create_request", create);
         watch_state w = {.es = es};
         afsm_status st = etcd_stream(es->client, "/v3/watch", body, watch_message, watch_should_stop, &w);
         json_object_put(body);

@@ -59,50 +59,37 @@ int64_t etcd_lease_ttl_s(uint64_t timeout_ms)
 
 /* ---- txn building ---------------------------------------------------------------- */
 
-/* o with value added under name; NULL (both released) when o or value is
- * NULL or the add fails: a txn piece without its value must not be sent
- * (a put whose value is missing writes an empty one). */
-static json_object *with(json_object *o, const char *name, json_object *value)
-{
-    if (o == NULL || value == NULL || json_object_object_add(o, name, value) != 0) {
-        json_object_put(o);
-        json_object_put(value);
-        return NULL;
-    }
-    return o;
-}
-
 static json_object *op(const char *kind, json_object *request)
 {
-    return with(json_object_new_object(), kind, request);
+    return etcd_with(json_object_new_object(), kind, request);
 }
 
 static json_object *op_put(const char *key, size_t key_len, const char *value, size_t value_len, int64_t lease)
 {
-    json_object *r = with(json_object_new_object(), "key", etcd_json_bytes(key, key_len));
-    r = with(r, "value", etcd_json_bytes(value, value_len));
+    json_object *r = etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, key_len));
+    r = etcd_with(r, "value", etcd_json_bytes(value, value_len));
     if (lease != 0)
-        r = with(r, "lease", etcd_json_int64(lease));
+        r = etcd_with(r, "lease", etcd_json_int64(lease));
     return op("request_put", r);
 }
 
 static json_object *op_delete(const char *key, size_t key_len)
 {
-    return op("request_delete_range", with(json_object_new_object(), "key", etcd_json_bytes(key, key_len)));
+    return op("request_delete_range", etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, key_len)));
 }
 
 static json_object *op_range(const char *key, size_t key_len)
 {
-    return op("request_range", with(json_object_new_object(), "key", etcd_json_bytes(key, key_len)));
+    return op("request_range", etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, key_len)));
 }
 
 /* target: "CREATE" or "MOD"; the field compared is target's revision. */
 static json_object *compare(const char *key, size_t key_len, const char *target, const char *result, int64_t revision)
 {
-    json_object *c = with(json_object_new_object(), "key", etcd_json_bytes(key, key_len));
-    c = with(c, "target", json_object_new_string(target));
-    c = with(c, "result", json_object_new_string(result));
-    return with(c, strcmp(target, "CREATE") == 0 ? "create_revision" : "mod_revision", etcd_json_int64(revision));
+    json_object *c = etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, key_len));
+    c = etcd_with(c, "target", json_object_new_string(target));
+    c = etcd_with(c, "result", json_object_new_string(result));
+    return etcd_with(c, strcmp(target, "CREATE") == 0 ? "create_revision" : "mod_revision", etcd_json_int64(revision));
 }
 
 /* broken: a piece could not be built (no memory); such a txn is never
@@ -316,12 +303,11 @@ static afsm_status taken_slots(etcd_store *es, const char *user, size_t user_len
     size_t n = keys_slot(es->prefix, es->prefix_len, user, user_len, 0, key) - 1; /* "n/<user>/" */
     key[n] = '\0';
     keys_range_end(key, n, end);
-    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    json_object *body = etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, n)), *reply = NULL, *kvs;
+    body = etcd_with(body, "range_end", etcd_json_bytes(end, n));
+    body = etcd_with(body, "keys_only", json_object_new_boolean(1));
     if (body == NULL)
         return AFSM_ENOMEM;
-    json_object_object_add(body, "key", etcd_json_bytes(key, n));
-    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
-    json_object_object_add(body, "keys_only", json_object_new_boolean(1));
     afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
     json_object_put(body);
     memset(taken, 0, (cap + 7) / 8);
@@ -1328,15 +1314,17 @@ static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delet
     size_t clen = keys_connection(es->prefix, es->prefix_len, &s->connection_id, ckey);
     size_t ulen = keys_user(es->prefix, es->prefix_len, s->user_id, s->user_id_len, &s->session_id, ukey);
     size_t glen = keys_gone(es->prefix, es->prefix_len, &s->session_id, gkey);
-    json_object *gone = json_object_new_object();
+    /* A reason missing a field is one no node can read: they would report
+     * an expiry where this one reports the delete. */
+    json_object *gone =
+        etcd_with(json_object_new_object(), "reason", json_object_new_string_len(reason, (int)reason_len));
+    gone = etcd_with(gone, "why", json_object_new_int((int)why));
+    const char *gone_text = gone != NULL ? json_object_to_json_string_ext(gone, JSON_C_TO_STRING_PLAIN) : NULL;
     txn t;
-    if (gone == NULL || !txn_init(&t)) {
+    if (gone_text == NULL || !txn_init(&t)) {
         json_object_put(gone);
         return AFSM_ENOMEM;
     }
-    json_object_object_add(gone, "reason", json_object_new_string_len(reason, (int)reason_len));
-    json_object_object_add(gone, "why", json_object_new_int((int)why));
-    const char *gone_text = json_object_to_json_string_ext(gone, JSON_C_TO_STRING_PLAIN);
     txn_add(&t, t.compare, compare(skey, slen, "CREATE", "GREATER", 0));
     /* The reason first: a watcher learns it before the deletion it explains. */
     txn_add(&t, t.success, op_put(gkey, glen, gone_text, strlen(gone_text), rec->lease));
@@ -1431,10 +1419,9 @@ static afsm_status read_record(etcd_store *es, const afsm_uuid *id, keys_record 
 {
     char skey[KEYS_MAX];
     size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
-    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    json_object *body = etcd_with(json_object_new_object(), "key", etcd_json_bytes(skey, slen)), *reply = NULL, *kvs;
     if (body == NULL)
         return AFSM_ENOMEM;
-    json_object_object_add(body, "key", etcd_json_bytes(skey, slen));
     afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
     json_object_put(body);
     if (st == AFSM_OK && ((kvs = etcd_get_array(reply, "kvs")) == NULL || json_object_array_length(kvs) == 0))
@@ -1462,12 +1449,11 @@ static afsm_status etcd_remove_by_user(store *st, const char *user_id, size_t us
     char key[KEYS_MAX], end[KEYS_MAX];
     size_t n = keys_user_prefix(es->prefix, es->prefix_len, user_id, user_id_len, key);
     keys_range_end(key, n, end);
-    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    json_object *body = etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, n)), *reply = NULL, *kvs;
+    body = etcd_with(body, "range_end", etcd_json_bytes(end, n));
+    body = etcd_with(body, "keys_only", json_object_new_boolean(1));
     if (body == NULL)
         return AFSM_ENOMEM;
-    json_object_object_add(body, "key", etcd_json_bytes(key, n));
-    json_object_object_add(body, "range_end", etcd_json_bytes(end, n));
-    json_object_object_add(body, "keys_only", json_object_new_boolean(1));
     afsm_status status = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
     json_object_put(body);
     if (status == AFSM_OK && (kvs = etcd_get_array(reply, "kvs")) != NULL) {
@@ -1504,12 +1490,11 @@ static afsm_status etcd_remove_by_user(store *st, const char *user_id, size_t us
 static afsm_status read_key(etcd_store *es, const char *key, size_t len, int keys_only, int *found,
                             int64_t *mod_revision, char **value, long *value_len)
 {
-    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
+    json_object *body = etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, len)), *reply = NULL, *kvs;
+    if (keys_only)
+        body = etcd_with(body, "keys_only", json_object_new_boolean(1));
     if (body == NULL)
         return AFSM_ENOMEM;
-    json_object_object_add(body, "key", etcd_json_bytes(key, len));
-    if (keys_only)
-        json_object_object_add(body, "keys_only", json_object_new_boolean(1));
     afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
     json_object_put(body);
     *found = 0;
