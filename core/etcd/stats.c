@@ -9,9 +9,10 @@
  * the replica, guarded by its mod revision, many sessions to a txn
  * (etcd_flush_group). When another node's record arrives first, applying
  * it keeps this node's difference on top (replica.c, merged_stats), so no
- * node's additions overwrite another's. A crash loses what the crashed node added since its last
- * pass (a period, plus the pass itself when passes outlast the period,
- * which is logged), never a session; close flushes once more.
+ * node's additions overwrite another's. A crash loses what the crashed
+ * node added since its last pass (a period, plus the pass itself when
+ * passes outlast the period, which is logged), never a session; close
+ * flushes once more, in a pass that begins after close did.
  *
  * Locking: the thread's pauses use the store's flush_lock / flush_wake;
  * the writes take the store's apply_lock through apply_own.
