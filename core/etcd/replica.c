@@ -746,7 +746,9 @@ static afsm_status load_blocked(load_state *ls, int64_t revision)
             st = apply_kv(es, json_object_array_get_idx(kvs, 0), 0, ls->emit, &ev, &put);
             pthread_mutex_unlock(&es->apply_lock);
         }
-        if (put != AFSM_OK) /* still refused: a live session here holds that connection */
+        /* Still refused: a live session here holds that connection. (apply_kv
+         * logs every other failure itself.) */
+        if (put == AFSM_EEXISTS)
             etcd_log(es, AFSM_LOG_WARN, "etcd: session record not applied", "key", key);
         json_object_put(reply);
         etcd_fire(es, &ev);
