@@ -65,6 +65,9 @@ typedef struct etcd_store {
     size_t tombstone_count, tombstone_cap;
     uint32_t read_mode; /* AFSM_READ_* */
     uint64_t request_timeout_ns;
+    /* This open's id on the records it writes (keys_record.writer): random,
+     * so no other node's, nor this node's before a restart, equals it. */
+    int64_t writer_id;
 
     /* The watch thread. */
     pthread_t watcher;

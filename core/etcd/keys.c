@@ -171,6 +171,10 @@ json_object *keys_record_encode(const keys_record *rec)
     if (rec->leased_ns != 0)
         add(o, "leased_ns", json_object_new_int64(rec->leased_ns), &ok);
     add(o, "slot", json_object_new_int(rec->slot), &ok);
+    if (rec->writer != 0)
+        add(o, "writer", json_object_new_int64(rec->writer), &ok);
+    if (rec->stats_set)
+        add(o, "stats_set", json_object_new_boolean(1), &ok);
     add(stats, "packets_sent", json_object_new_uint64(s->stats.packets_sent), &ok);
     add(stats, "packets_received", json_object_new_uint64(s->stats.packets_received), &ok);
     add(stats, "bytes_sent", json_object_new_uint64(s->stats.bytes_sent), &ok);
@@ -281,6 +285,15 @@ afsm_status keys_record_decode(const char *text, size_t len, keys_record *rec, j
     if (json_object_object_get_ex(o, "leased_ns", &leased) &&
         !get_int64(o, "leased_ns", 0, INT64_MAX / 2, &rec->leased_ns))
         goto bad; /* optional (older writers), but a number when present */
+    json_object *writer;
+    if (json_object_object_get_ex(o, "writer", &writer) && !get_int64(o, "writer", 1, INT64_MAX, &rec->writer))
+        goto bad; /* optional, as leased_ns */
+    json_object *set;
+    if (json_object_object_get_ex(o, "stats_set", &set)) {
+        if (!json_object_is_type(set, json_type_boolean))
+            goto bad;
+        rec->stats_set = json_object_get_boolean(set);
+    }
     if (!json_object_object_get_ex(o, "stats", &stats) || !json_object_is_type(stats, json_type_object))
         goto bad;
     afsm_stats *st = &s->stats;

@@ -4,7 +4,8 @@
  * Under the prefix P (default "/afsm/"), readable with
  * `etcdctl get --prefix /afsm/`:
  *
- *   P s/<session id>          the record: JSON, {"v":1, ...} (keys_record_*)
+ *   P s/<session id>          the record: JSON, {"v":1, ...} (keys_record_*),
+ *                             with the id of the engine open that wrote it
  *   P c/<connection id>       the session id: makes connection ids unique
  *   P u/<user id>/<session id>  "" : the user's sessions (log out everywhere)
  *   P n/<user id>/<slot>      the session id: one of the user's
@@ -75,6 +76,12 @@ typedef struct keys_record {
     int64_t lease;
     int64_t leased_ns; /* wall clock: when the lease's TTL started (0: unknown) */
     int32_t slot;      /* -1: none */
+    /* The node that wrote it (etcd_store's writer id, random per open); 0:
+     * not said (an older writer). A node that finds its own id on a record
+     * it never heard back about knows the stats in it are its own, not
+     * another node's additions (core/etcd/README.md, "Stats"). */
+    int64_t writer;
+    int stats_set; /* the write set the stats (AFSM_UPDATE_STATS) rather than carry additions */
 } keys_record;
 
 /* The record's JSON text (caller frees with json_object_put on the object

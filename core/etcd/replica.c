@@ -278,6 +278,12 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
         return AFSM_OK; /* the echo of a write already applied */
     if (!tracked && es->tombstone_count > 0 && tombstoned(es, &rec->info.session_id, mod_revision))
         return AFSM_OK; /* deleted here since: an echo must not resurrect it */
+    /* This node's write, not applied here yet: its answer was lost after
+     * etcd committed it (a connection dropped). It was built from this
+     * replica, so the stats in it are this node's, which taken for another
+     * writer's growth would be counted a second time; or it set them. */
+    if (tracked && rec->writer != 0 && rec->writer == es->writer_id)
+        flags |= ETCD_APPLY_OWN | (rec->stats_set ? ETCD_APPLY_RESET : 0);
     afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
     afsm_status st;
     int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;

@@ -36,6 +36,7 @@
 #include "metadata.h"
 #include "util/clock.h"
 #include "util/errdetail.h"
+#include "util/random.h"
 #include "util/uuid.h"
 
 #define DIAL_TIMEOUT_MS_DEFAULT    2000u
@@ -214,6 +215,7 @@ static afsm_status current_record(etcd_store *es, const afsm_uuid *id, owned_rec
     o->rec.lease = ti->lease;
     o->rec.leased_ns = ti->leased_ns;
     o->rec.slot = ti->slot;
+    o->rec.writer = es->writer_id;
     return AFSM_OK;
 }
 
@@ -374,6 +376,7 @@ static afsm_status new_record(etcd_store *es, const session_spec *spec, owned_re
     s->user_id_len = spec->user_id_len;
     s->timeout_ms = spec->timeout_ns / NS_PER_MS;
     o->rec.slot = -1;
+    o->rec.writer = es->writer_id;
     return set_metadata(o, NULL, 0, spec->metadata, spec->metadata_count);
 }
 
@@ -1223,8 +1226,11 @@ static int update_edit(etcd_store *es, owned_record *o, const track_info *ti, vo
     if (new_state == AFSM_STATE_ACTIVE && s->state != AFSM_STATE_ACTIVE)
         s->last_active_at_ns = mem_store_wall_now(es->replica);
     s->state = new_state;
-    if (u->fields & AFSM_UPDATE_STATS)
+    if (u->fields & AFSM_UPDATE_STATS) {
         s->stats = u->stats;
+        /* If its answer is lost, the echo sets the stats here too. */
+        o->rec.stats_set = 1;
+    }
     return GUARD_WRITE;
 }
 
@@ -1900,6 +1906,17 @@ static const store_ops etcd_ops = {
     .pinned = etcd_pinned,
 };
 
+/* A positive id no other open is likely to draw (64 random bits; the clock
+ * and an address if the system's random source fails). */
+static int64_t new_writer_id(const void *salt)
+{
+    uint64_t id;
+    if (!random_fill(&id, sizeof(id)))
+        id = (uint64_t)clock_wall_ns() ^ (uint64_t)(uintptr_t)salt;
+    id &= (uint64_t)INT64_MAX;
+    return id != 0 ? (int64_t)id : 1;
+}
+
 afsm_status etcd_store_open(const store_config *config, const etcd_store_config *etcd, store **out)
 {
     const char *prefix = etcd->prefix != NULL ? etcd->prefix : KEYS_PREFIX_DEFAULT;
@@ -1914,6 +1931,7 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     memcpy(es->prefix, prefix, prefix_len + 1);
     es->prefix_len = prefix_len;
     es->read_mode = etcd->read_mode;
+    es->writer_id = new_writer_id(es);
     es->stats_flush_ns = (etcd->stats_flush_ms != 0 ? etcd->stats_flush_ms : STATS_FLUSH_MS_DEFAULT) * NS_PER_MS;
     pthread_mutex_init(&es->apply_lock, NULL);
     pthread_mutex_init(&es->group_lock, NULL);

@@ -4,8 +4,10 @@
  * and the cmocka setups that start and stop it, WAIT_FOR (a poll with a
  * deadline, never a sleep), the common part of an engine's configuration,
  * create/get wrappers, a metrics snapshot, the test's own raw etcd client
- * (what a test reads or writes behind the engines' backs) and the hold
- * gate (an event callback that holds its thread until the test opens it).
+ * (what a test reads or writes behind the engines' backs), the hold gate
+ * (an event callback that holds its thread until the test opens it) and
+ * stats as a replica and etcd hold them (with etcd/keys.h and
+ * etcd/etcd_store.h included first, for the white-box ones).
  *
  * Each test file includes it once; what is specific to one file (its event
  * recorders and gates, its engine options) stays in that file. Everything
@@ -335,7 +337,55 @@ static inline void compact_now(const char *endpoints)
     etcd_client_close(c);
 }
 
+/* id's packets_sent on e's replica, or -1 without the session there. */
+static inline int64_t packets_here(afsm_engine *e, const afsm_uuid *id)
+{
+    afsm_session_info s;
+    afsm_session_info_init(&s, AFSM_SESSION_INFO_VERSION);
+    return afsm_session_get(e, id, &s) == AFSM_OK ? (int64_t)s.stats.packets_sent : -1;
+}
+
+#ifdef AFSM_ETCD_KEYS_H
+/* etcd's record of id under prefix: its stats' packets_sent, or -1 without
+ * a record (a record that does not decode fails the test); *mod_revision
+ * (may be NULL): the record's, 0 without one. */
+static inline int64_t packets_in_etcd(const char *prefix, const afsm_uuid *id, int64_t *mod_revision)
+{
+    char key[KEYS_MAX];
+    size_t len = keys_session(prefix, strlen(prefix), id, key);
+    json_object *body = json_object_new_object(), *kvs;
+    json_object_object_add(body, "key", etcd_json_bytes(key, len));
+    json_object *reply = raw_call("/v3/kv/range", body, 1);
+    int64_t packets = -1;
+    if (mod_revision != NULL)
+        *mod_revision = 0;
+    if ((kvs = etcd_get_array(reply, "kvs")) != NULL && json_object_array_length(kvs) == 1) {
+        json_object *kv = json_object_array_get_idx(kvs, 0);
+        if (mod_revision != NULL)
+            *mod_revision = etcd_get_int64(kv, "mod_revision");
+        long vlen;
+        char *value = etcd_get_bytes(kv, "value", &vlen);
+        keys_record rec;
+        json_object *holder = NULL;
+        if (keys_record_decode(value, (size_t)vlen, &rec, &holder) != AFSM_OK)
+            fail_msg("etcd holds a record that does not decode: %.*s", (int)vlen, value);
+        packets = (int64_t)rec.info.stats.packets_sent;
+        json_object_put(holder);
+        free(value);
+    }
+    json_object_put(reply);
+    return packets;
+}
+#endif
+
 #ifdef AFSM_ETCD_STORE_H
+/* Whether es has applied id's record at mod_revision or a later one. */
+static inline int applied_at_least(etcd_store *es, const afsm_uuid *id, int64_t mod_revision)
+{
+    track_info ti;
+    return track_get(&es->tracks, id, &ti) && ti.mod_revision >= mod_revision;
+}
+
 /* White box: moves the mod revision this engine holds for id by delta, as
  * if another writer's record (or none) were newer or older than etcd's. */
 static inline void set_mod_revision(etcd_store *es, const afsm_uuid *id, int64_t delta)

@@ -460,38 +460,6 @@ static void test_consistent_counts_follow_creates_and_deletes(void **state)
 
 /* ---- 3. a flush whose local apply fails counts nothing twice ------------------------ */
 
-/* etcd's record of id: its stats' packets_sent and its mod revision. */
-static int64_t packets_in_etcd(const char *prefix, const afsm_uuid *id, int64_t *mod_revision)
-{
-    char key[KEYS_MAX];
-    size_t len = keys_session(prefix, strlen(prefix), id, key);
-    etcd_client *c = raw_client();
-    json_object *body = json_object_new_object(), *reply = NULL, *kvs;
-    json_object_object_add(body, "key", etcd_json_bytes(key, len));
-    assert_int_equal(etcd_call(c, "/v3/kv/range", body, 1, &reply, NULL), AFSM_OK);
-    json_object_put(body);
-    assert_non_null(kvs = etcd_get_array(reply, "kvs"));
-    json_object *kv = json_object_array_get_idx(kvs, 0);
-    *mod_revision = etcd_get_int64(kv, "mod_revision");
-    long vlen;
-    char *value = etcd_get_bytes(kv, "value", &vlen);
-    keys_record rec;
-    json_object *holder = NULL;
-    assert_int_equal(keys_record_decode(value, (size_t)vlen, &rec, &holder), AFSM_OK);
-    int64_t packets = (int64_t)rec.info.stats.packets_sent;
-    json_object_put(holder);
-    free(value);
-    json_object_put(reply);
-    etcd_client_close(c);
-    return packets;
-}
-
-static int applied_at_least(etcd_store *es, const afsm_uuid *id, int64_t mod_revision)
-{
-    track_info ti;
-    return track_get(&es->tracks, id, &ti) && ti.mod_revision >= mod_revision;
-}
-
 /* A stats flush is written to etcd, then this node cannot apply its own
  * write to the replica (no memory on the flushing thread: the replica's
  * metadata copy). Whatever the flush reports, the 5 packets this node
