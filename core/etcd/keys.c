@@ -203,6 +203,8 @@ static int get_int64(json_object *o, const char *name, int64_t min, int64_t max,
     if (!json_object_object_get_ex(o, name, &v) || !json_object_is_type(v, json_type_int))
         return 0;
     int64_t n = json_object_get_int64(v);
+    if (n == INT64_MAX && json_object_get_uint64(v) != (uint64_t)INT64_MAX)
+        return 0; /* past INT64_MAX: json-c clamps it there */
     if (n < min || n > max)
         return 0;
     *out = n;

@@ -278,16 +278,23 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
         return AFSM_OK; /* the echo of a write already applied */
     if (!tracked && es->tombstone_count > 0 && tombstoned(es, &rec->info.session_id, mod_revision))
         return AFSM_OK; /* deleted here since: an echo must not resurrect it */
-    /* This node's write, not applied here yet: its answer was lost after
-     * etcd committed it (a connection dropped). It was built from this
-     * replica, so the stats in it are this node's, which taken for another
-     * writer's growth would be counted a second time; or it set them. */
-    if (tracked && rec->writer != 0 && rec->writer == es->writer_id)
-        flags |= ETCD_APPLY_OWN | (rec->stats_set ? ETCD_APPLY_RESET : 0);
+    /* This node's write whose answer never came, committed by etcd after
+     * all (track.h, unanswered): the stats in it are this node's, which
+     * taken for another writer's growth would be counted twice. What it
+     * carried is this node's flushed; what this node added since it was
+     * edited (for a set: since the edit began) stays on top. Matched by
+     * what it carried as well as the writer id, so that a hand edit that
+     * keeps the id is another writer's. */
+    const afsm_stats *own_base = NULL;
+    if (tracked && known.unanswered && rec->writer != 0 && rec->writer == es->writer_id &&
+        known.unanswered_set == rec->stats_set &&
+        memcmp(&known.unanswered_sent, &rec->info.stats, sizeof(afsm_stats)) == 0)
+        own_base = rec->stats_set ? &known.unanswered_pre : &rec->info.stats;
     afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
     afsm_status st;
     int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;
     const afsm_stats *base = !tracked                     ? NULL
+                             : own_base != NULL           ? own_base
                              : (flags & ETCD_APPLY_RESET) ? NULL
                              : (flags & ETCD_APPLY_OWN)   ? &rec->info.stats
                                                           : &known.flushed;

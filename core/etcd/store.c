@@ -175,7 +175,8 @@ static json_object *txn_range_kvs(json_object *reply, size_t index)
  * merged one): meta[] points into it. */
 typedef struct owned_record {
     keys_record rec;
-    metadata *meta_blob; /* may be NULL */
+    afsm_stats edited_from; /* the replica's stats current_record read, before any edit */
+    metadata *meta_blob;    /* may be NULL */
     char buf[AFSM_METADATA_BYTES_MAX + 2 * AFSM_METADATA_KEYS_MAX];
 } owned_record;
 
@@ -216,6 +217,7 @@ static afsm_status current_record(etcd_store *es, const afsm_uuid *id, owned_rec
     o->rec.leased_ns = ti->leased_ns;
     o->rec.slot = ti->slot;
     o->rec.writer = es->writer_id;
+    o->edited_from = o->rec.info.stats;
     return AFSM_OK;
 }
 
@@ -939,6 +941,14 @@ static afsm_status guarded_result(etcd_store *es, owned_record *o, int flags, af
     return st;
 }
 
+/* A guarded write of o was sent and not answered: etcd may have committed
+ * it. Noted while the record is still in flight, so the watch cannot apply
+ * an echo before (track.h, unanswered). */
+static void note_unanswered(etcd_store *es, const owned_record *o)
+{
+    track_set_unanswered(&es->tracks, &o->rec.info.session_id, o->rec.stats_set, &o->rec.info.stats, &o->edited_from);
+}
+
 /* Marks the end of a guarded write: the watch may apply the record's
  * events again. */
 static void guarded_done(etcd_store *es, const afsm_uuid *id)
@@ -969,6 +979,8 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     st = txn_send(es, &t, &succeeded, &revision, &reply);
     if (st == AFSM_OK)
         st = guarded_result(es, o, flags, out, reply, succeeded, revision, retry, &ev);
+    else
+        note_unanswered(es, o);
     guarded_done(es, &o->rec.info.session_id);
     etcd_fire(es, &ev); /* applied and no longer in flight: see apply_own */
     json_object_put(reply);
@@ -1098,8 +1110,12 @@ static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *alone, 
     /* The watch holds these records' events until the results are applied. */
     for (size_t k = 0; k < g->count; k++)
         track_inflight(&es->tracks, &g->records[k].rec.info.session_id, +1);
-    if (st == AFSM_OK)
+    if (st == AFSM_OK) {
         st = etcd_call(es->client, "/v3/kv/txn", body, 0, &reply, NULL);
+        if (st != AFSM_OK)
+            for (size_t k = 0; k < g->count; k++)
+                note_unanswered(es, &g->records[k]);
+    }
     json_object_put(body);
     if (st == AFSM_ENOTFOUND)
         st = AFSM_EINTERNAL;

@@ -95,11 +95,22 @@ afsm_status track_put(track *t, const afsm_uuid *id, const track_info *info)
 {
     uint64_t hash;
     track_stripe *s = stripe_of(t, id, &hash);
-    track_entry *fresh = malloc(sizeof(*fresh));
-    if (fresh == NULL)
-        return AFSM_ENOMEM;
+    track_entry *fresh = NULL;
     pthread_mutex_lock(&s->lock);
     track_entry **p = slot_of(s, hash, id);
+    while (*p == NULL && fresh == NULL) {
+        /* Only a new entry takes memory, allocated outside the lock:
+         * replacing one cannot fail, so applying a record to a session
+         * already here never drops it from the replica for want of memory
+         * (replica.c, etcd_apply_put; test_etcd_review_flush.c fails every
+         * allocation of a pass in turn). */
+        pthread_mutex_unlock(&s->lock);
+        fresh = malloc(sizeof(*fresh));
+        if (fresh == NULL)
+            return AFSM_ENOMEM;
+        pthread_mutex_lock(&s->lock);
+        p = slot_of(s, hash, id);
+    }
     if (*p != NULL) {
         track_info *old = &(*p)->info;
         int has_reason = old->has_reason;
@@ -251,6 +262,21 @@ void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats)
     track_entry *e = *slot_of(s, hash, id);
     if (e != NULL)
         e->info.flushed = *stats;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void track_set_unanswered(track *t, const afsm_uuid *id, int set, const afsm_stats *sent, const afsm_stats *pre)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL) {
+        e->info.unanswered = 1;
+        e->info.unanswered_set = set;
+        e->info.unanswered_sent = *sent;
+        e->info.unanswered_pre = *pre;
+    }
     pthread_mutex_unlock(&s->lock);
 }
 

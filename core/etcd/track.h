@@ -29,6 +29,15 @@ typedef struct track_info {
     int64_t leased_ns;          /* the record's: when its lease's TTL started */
     uint64_t activate_after_ns; /* lease clock: a failed activation by heartbeat is not retried before */
     afsm_stats flushed;
+    /* This node's last guarded write of the record whose answer never came
+     * (sent, then the connection dropped or the request timed out): the
+     * stats it carried, whether it set them, and the replica's stats it was
+     * edited from. If etcd committed it, its echo is this node's own write,
+     * matched by writer id, stats and stats_set (replica.c, etcd_apply_put).
+     * The next record applied replaces the entry, and with it this. */
+    int unanswered;
+    int unanswered_set;
+    afsm_stats unanswered_sent, unanswered_pre;
     int inflight;           /* this node's guarded writes of the record under way */
     int renew_queued;       /* its lease waits in (or is being sent by) the renewer (renew.c) */
     int lease_gone;         /* a keepalive found its lease gone from etcd (TTL <= 0) */
@@ -54,7 +63,8 @@ typedef struct track {
 afsm_status track_init(track *t);
 void track_destroy(track *t);
 
-/* Inserts or replaces the entry for id (keeping a pending reason). AFSM_ENOMEM. */
+/* Inserts or replaces the entry for id (keeping a pending reason).
+ * AFSM_ENOMEM only for a new entry: a replacement allocates nothing. */
 afsm_status track_put(track *t, const afsm_uuid *id, const track_info *info);
 /* Copies id's entry out: 1 if present. */
 int track_get(track *t, const afsm_uuid *id, track_info *out);
@@ -89,6 +99,10 @@ void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns);
  * the stats it carries for another node's additions. Sets `flushed`;
  * allocates nothing. */
 void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats);
+/* This node's guarded write of id, carrying these stats (a set: set), was
+ * sent and never answered; it was edited from the replica's stats pre
+ * (track_info.unanswered). Allocates nothing. */
+void track_set_unanswered(track *t, const afsm_uuid *id, int set, const afsm_stats *sent, const afsm_stats *pre);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
 /* Every id known (for a reload's differences): calls fn for each. */
