@@ -152,9 +152,11 @@ static int same_incarnation(const afsm_session_info *a, const afsm_session_info 
 /* base: what of the replica's stats the record already holds (the stats
  * etcd had when this node last applied it; for this node's own write, the
  * stats it wrote); the rest was added here since and is kept on top. NULL:
- * the record's stats replace the replica's (a set). */
+ * the record's stats replace the replica's (a set). set: the record set the
+ * stats from base (this node's own set, applied late): merged and set even
+ * when they grew, since an addition cannot bring the rtt gauge to 0. */
 static afsm_status update_replica(etcd_store *es, const keys_record *rec, const afsm_session_info *old,
-                                  const afsm_stats *base)
+                                  const afsm_stats *base, int set)
 {
     store *r = es->replica;
     /* Generations grow one step per rotation, and the replica follows one
@@ -180,7 +182,7 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
      * merged stats would drop one made after `old` was read. Other nodes'
      * additions (the record's growth past base) are added instead; a set
      * only when there is no base, or the record went below it (a reset). */
-    int add = base != NULL && stats_grew(&rec->info.stats, base);
+    int add = !set && base != NULL && stats_grew(&rec->info.stats, base);
     afsm_update u = {.version = AFSM_UPDATE_VERSION,
                      .fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_REPLACE | (add ? 0 : AFSM_UPDATE_STATS),
                      .state = rec->info.state,
@@ -278,18 +280,26 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
         return AFSM_OK; /* the echo of a write already applied */
     if (!tracked && es->tombstone_count > 0 && tombstoned(es, &rec->info.session_id, mod_revision))
         return AFSM_OK; /* deleted here since: an echo must not resurrect it */
-    /* This node's write whose answer never came, committed by etcd after
-     * all (track.h, unanswered): the stats in it are this node's, which
-     * taken for another writer's growth would be counted twice. What it
-     * carried is this node's flushed; what this node added since it was
-     * edited (for a set: since the edit began) stays on top. Matched by
-     * what it carried as well as the writer id, so that a hand edit that
-     * keeps the id is another writer's. */
+    /* A write of this node whose answer never came, committed by etcd after
+     * all (track.h, own_write_unknown; a write whose answer came is applied
+     * with ETCD_APPLY_OWN): the stats in it are this node's, which taken for
+     * another writer's growth would be counted twice. What it carried is
+     * this node's flushed, what was added here since stays on top. A set's
+     * additions from before its edit are gone; if a later set replaced its
+     * note, it sets the stats exactly. Only while a write may be pending, so
+     * that a hand edit that keeps the id, or an unchanged rewrite, is
+     * another writer's. */
     const afsm_stats *own_base = NULL;
-    if (tracked && known.unanswered && rec->writer != 0 && rec->writer == es->writer_id &&
-        known.unanswered_set == rec->stats_set &&
-        memcmp(&known.unanswered_sent, &rec->info.stats, sizeof(afsm_stats)) == 0)
-        own_base = rec->stats_set ? &known.unanswered_pre : &rec->info.stats;
+    int own_set = 0;
+    if (tracked && known.own_write_unknown && !(flags & ETCD_APPLY_OWN) && rec->writer != 0 &&
+        rec->writer == es->writer_id) {
+        if (!rec->stats_set)
+            own_base = &rec->info.stats;
+        else if (known.unknown_set && memcmp(&known.unknown_set_to, &rec->info.stats, sizeof(afsm_stats)) == 0)
+            own_base = &known.unknown_set_from, own_set = 1;
+        else
+            flags |= ETCD_APPLY_RESET;
+    }
     afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
     afsm_status st;
     int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;
@@ -299,7 +309,7 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
                              : (flags & ETCD_APPLY_OWN)   ? &rec->info.stats
                                                           : &known.flushed;
     if (present)
-        st = update_replica(es, rec, &old, base);
+        st = update_replica(es, rec, &old, base, own_set);
     else
         st = restore_into_replica(es, rec);
     if (st != AFSM_OK)

@@ -941,12 +941,15 @@ static afsm_status guarded_result(etcd_store *es, owned_record *o, int flags, af
     return st;
 }
 
-/* A guarded write of o was sent and not answered: etcd may have committed
- * it. Noted while the record is still in flight, so the watch cannot apply
- * an echo before (track.h, unanswered). */
-static void note_unanswered(etcd_store *es, const owned_record *o)
+/* o's guarded write is about to be sent: until a record is applied here,
+ * one of this node's writer id may be it (track.h, own_write_unknown).
+ * Noted before the send, so that nothing can apply the record first: not
+ * the watch (it holds the record's events while the write is in flight),
+ * nor another thread's write of the session losing its guard to this one. */
+static void note_own_write(etcd_store *es, const owned_record *o)
 {
-    track_set_unanswered(&es->tracks, &o->rec.info.session_id, o->rec.stats_set, &o->rec.info.stats, &o->edited_from);
+    track_note_own_write(&es->tracks, &o->rec.info.session_id, o->rec.stats_set ? &o->rec.info.stats : NULL,
+                         &o->edited_from);
 }
 
 /* Marks the end of a guarded write: the watch may apply the record's
@@ -976,11 +979,10 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     etcd_event ev = {.pending = 0};
     /* The watch holds this record's events until the result is applied. */
     track_inflight(&es->tracks, &o->rec.info.session_id, +1);
+    note_own_write(es, o);
     st = txn_send(es, &t, &succeeded, &revision, &reply);
     if (st == AFSM_OK)
         st = guarded_result(es, o, flags, out, reply, succeeded, revision, retry, &ev);
-    else
-        note_unanswered(es, o);
     guarded_done(es, &o->rec.info.session_id);
     etcd_fire(es, &ev); /* applied and no longer in flight: see apply_own */
     json_object_put(reply);
@@ -1111,10 +1113,9 @@ static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *alone, 
     for (size_t k = 0; k < g->count; k++)
         track_inflight(&es->tracks, &g->records[k].rec.info.session_id, +1);
     if (st == AFSM_OK) {
+        for (size_t k = 0; k < g->count; k++)
+            note_own_write(es, &g->records[k]);
         st = etcd_call(es->client, "/v3/kv/txn", body, 0, &reply, NULL);
-        if (st != AFSM_OK)
-            for (size_t k = 0; k < g->count; k++)
-                note_unanswered(es, &g->records[k]);
     }
     json_object_put(body);
     if (st == AFSM_ENOTFOUND)

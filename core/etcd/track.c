@@ -265,17 +265,19 @@ void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats)
     pthread_mutex_unlock(&s->lock);
 }
 
-void track_set_unanswered(track *t, const afsm_uuid *id, int set, const afsm_stats *sent, const afsm_stats *pre)
+void track_note_own_write(track *t, const afsm_uuid *id, const afsm_stats *set_to, const afsm_stats *set_from)
 {
     uint64_t hash;
     track_stripe *s = stripe_of(t, id, &hash);
     pthread_mutex_lock(&s->lock);
     track_entry *e = *slot_of(s, hash, id);
     if (e != NULL) {
-        e->info.unanswered = 1;
-        e->info.unanswered_set = set;
-        e->info.unanswered_sent = *sent;
-        e->info.unanswered_pre = *pre;
+        e->info.own_write_unknown = 1;
+        if (set_to != NULL) {
+            e->info.unknown_set = 1;
+            e->info.unknown_set_to = *set_to;
+            e->info.unknown_set_from = *set_from;
+        }
     }
     pthread_mutex_unlock(&s->lock);
 }

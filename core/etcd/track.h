@@ -29,15 +29,17 @@ typedef struct track_info {
     int64_t leased_ns;          /* the record's: when its lease's TTL started */
     uint64_t activate_after_ns; /* lease clock: a failed activation by heartbeat is not retried before */
     afsm_stats flushed;
-    /* This node's last guarded write of the record whose answer never came
-     * (sent, then the connection dropped or the request timed out): the
-     * stats it carried, whether it set them, and the replica's stats it was
-     * edited from. If etcd committed it, its echo is this node's own write,
-     * matched by writer id, stats and stats_set (replica.c, etcd_apply_put).
-     * The next record applied replaces the entry, and with it this. */
-    int unanswered;
-    int unanswered_set;
-    afsm_stats unanswered_sent, unanswered_pre;
+    /* A guarded write of this node may be in etcd without having been
+     * applied here: set before each one is sent, cleared by the next record
+     * applied (track_put replaces the entry), so it outlives only writes
+     * whose answer never came (the connection dropped, the request timed
+     * out). A record of this node's writer id applied meanwhile is one of
+     * them (replica.c, etcd_apply_put). For the last of them that set the
+     * stats (unknown_set): what it set them to, and the replica's stats it
+     * was edited from. */
+    int own_write_unknown;
+    int unknown_set;
+    afsm_stats unknown_set_to, unknown_set_from;
     int inflight;           /* this node's guarded writes of the record under way */
     int renew_queued;       /* its lease waits in (or is being sent by) the renewer (renew.c) */
     int lease_gone;         /* a keepalive found its lease gone from etcd (TTL <= 0) */
@@ -99,10 +101,10 @@ void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns);
  * the stats it carries for another node's additions. Sets `flushed`;
  * allocates nothing. */
 void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats);
-/* This node's guarded write of id, carrying these stats (a set: set), was
- * sent and never answered; it was edited from the replica's stats pre
- * (track_info.unanswered). Allocates nothing. */
-void track_set_unanswered(track *t, const afsm_uuid *id, int set, const afsm_stats *sent, const afsm_stats *pre);
+/* A guarded write of id is about to be sent (track_info.own_write_unknown);
+ * set_to (NULL: not a set): the stats it sets, edited from set_from.
+ * Allocates nothing. */
+void track_note_own_write(track *t, const afsm_uuid *id, const afsm_stats *set_to, const afsm_stats *set_from);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
 /* Every id known (for a reload's differences): calls fn for each. */
