@@ -346,17 +346,18 @@ static inline int64_t packets_here(afsm_engine *e, const afsm_uuid *id)
 }
 
 #ifdef AFSM_ETCD_KEYS_H
-/* etcd's record of id under prefix: its stats' packets_sent, or -1 without
- * a record (a record that does not decode fails the test); *mod_revision
- * (may be NULL): the record's, 0 without one. */
-static inline int64_t packets_in_etcd(const char *prefix, const afsm_uuid *id, int64_t *mod_revision)
+/* etcd's record of id under prefix: 1 with its stats in *stats (and its mod
+ * revision in *mod_revision, may be NULL), 0 without a record (*stats
+ * zeroed, *mod_revision 0). A record that does not decode fails the test. */
+static inline int stats_in_etcd(const char *prefix, const afsm_uuid *id, afsm_stats *stats, int64_t *mod_revision)
 {
     char key[KEYS_MAX];
     size_t len = keys_session(prefix, strlen(prefix), id, key);
     json_object *body = json_object_new_object(), *kvs;
     json_object_object_add(body, "key", etcd_json_bytes(key, len));
     json_object *reply = raw_call("/v3/kv/range", body, 1);
-    int64_t packets = -1;
+    int found = 0;
+    memset(stats, 0, sizeof(*stats));
     if (mod_revision != NULL)
         *mod_revision = 0;
     if ((kvs = etcd_get_array(reply, "kvs")) != NULL && json_object_array_length(kvs) == 1) {
@@ -369,16 +370,57 @@ static inline int64_t packets_in_etcd(const char *prefix, const afsm_uuid *id, i
         json_object *holder = NULL;
         if (keys_record_decode(value, (size_t)vlen, &rec, &holder) != AFSM_OK)
             fail_msg("etcd holds a record that does not decode: %.*s", (int)vlen, value);
-        packets = (int64_t)rec.info.stats.packets_sent;
+        *stats = rec.info.stats;
+        found = 1;
         json_object_put(holder);
         free(value);
     }
     json_object_put(reply);
-    return packets;
+    return found;
+}
+
+/* The same, its packets_sent: -1 without a record. */
+static inline int64_t packets_in_etcd(const char *prefix, const afsm_uuid *id, int64_t *mod_revision)
+{
+    afsm_stats stats;
+    return stats_in_etcd(prefix, id, &stats, mod_revision) ? (int64_t)stats.packets_sent : -1;
 }
 #endif
 
+/* An engine for the stats tests: its flusher idle (a 10-minute period: the
+ * test runs every pass), 60 s sessions, errors only in the log, 4 shards,
+ * events to g's hold (g may be NULL: none). */
+static inline afsm_engine *open_stats_engine(const char *prefix, hold_gate *g)
+{
+    afsm_config cfg;
+    etcd_test_config(&cfg, prefix);
+    cfg.etcd_stats_flush_ms = 600000;
+    cfg.default_timeout_ms = 60000;
+    cfg.log_level = AFSM_LOG_ERROR;
+    cfg.shard_count = 4;
+    if (g != NULL) {
+        cfg.on_event = hold_on_user_hold;
+        cfg.event_ctx = g;
+    }
+    afsm_engine *e = NULL;
+    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
+    return e;
+}
+
+static inline void add_packets(afsm_engine *e, const afsm_uuid *id, uint64_t n)
+{
+    afsm_stats d = {.packets_sent = n};
+    assert_int_equal(afsm_session_add_stats(e, id, &d), AFSM_OK);
+}
+
 #ifdef AFSM_ETCD_STORE_H
+#ifdef AFSM_ENGINE_H
+static inline etcd_store *store_of(afsm_engine *e)
+{
+    return (etcd_store *)e->st;
+}
+#endif
+
 /* Whether es has applied id's record at mod_revision or a later one. */
 static inline int applied_at_least(etcd_store *es, const afsm_uuid *id, int64_t mod_revision)
 {
@@ -397,6 +439,16 @@ static inline void set_mod_revision(etcd_store *es, const afsm_uuid *id, int64_t
     assert_int_equal(track_put(&es->tracks, id, &ti), AFSM_OK);
     pthread_mutex_unlock(&es->apply_lock);
 }
+
+#if defined(AFSM_ETCD_KEYS_H) && defined(AFSM_ENGINE_H)
+/* Waits until e has applied etcd's record of id, whatever wrote it. */
+static inline void wait_applied(afsm_engine *e, const char *prefix, const afsm_uuid *id)
+{
+    int64_t revision = 0;
+    assert_true(packets_in_etcd(prefix, id, &revision) >= 0);
+    WAIT_FOR(applied_at_least(store_of(e), id, revision), 10000);
+}
+#endif
 #endif
 
 #endif

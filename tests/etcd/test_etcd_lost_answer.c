@@ -30,62 +30,7 @@
 #include "etcd/etcd_store.h"
 #include "etcd/keys.h"
 #include "etcd_test_support.h"
-
-/* ---- losing answers ------------------------------------------------------------------ */
-
-/* Txn answers of this thread still to throw away. */
-static _Thread_local int lose_txn_answers;
-
-afsm_status __real_etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
-                             int *code);
-afsm_status __wrap_etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
-                             int *code);
-afsm_status __wrap_etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
-                             int *code)
-{
-    afsm_status st = __real_etcd_call(c, path, body, idempotent, reply, code);
-    if (lose_txn_answers > 0 && strcmp(path, "/v3/kv/txn") == 0 && st == AFSM_OK) {
-        lose_txn_answers--;
-        json_object_put(*reply);
-        *reply = NULL;
-        return AFSM_EUNAVAILABLE;
-    }
-    return st;
-}
-
-/* ---- engines ------------------------------------------------------------------------- */
-
-static afsm_engine *open_engine(const char *prefix)
-{
-    afsm_config cfg;
-    etcd_test_config(&cfg, prefix);
-    cfg.etcd_stats_flush_ms = 600000; /* only the test's own passes */
-    cfg.default_timeout_ms = 60000;
-    cfg.log_level = AFSM_LOG_ERROR;
-    cfg.shard_count = 4;
-    afsm_engine *e = NULL;
-    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
-    return e;
-}
-
-static etcd_store *store_of(afsm_engine *e)
-{
-    return (etcd_store *)e->st;
-}
-
-static void add_packets(afsm_engine *e, const afsm_uuid *id, uint64_t n)
-{
-    afsm_stats d = {.packets_sent = n};
-    assert_int_equal(afsm_session_add_stats(e, id, &d), AFSM_OK);
-}
-
-/* Waits until e has applied etcd's record of id, whatever wrote it. */
-static void wait_applied(afsm_engine *e, const char *prefix, const afsm_uuid *id)
-{
-    int64_t revision = 0;
-    assert_true(packets_in_etcd(prefix, id, &revision) >= 0);
-    WAIT_FOR(applied_at_least(store_of(e), id, revision), 5000);
-}
+#include "etcd_fault_support.h"
 
 /* ---- 1. a grouped flush ----------------------------------------------------------- */
 
@@ -99,7 +44,7 @@ static void test_flush_group_answer_lost_counts_once(void **state)
 {
     (void)state;
     const char *prefix = "/la1/";
-    afsm_engine *a = open_engine(prefix), *b = open_engine(prefix);
+    afsm_engine *a = open_stats_engine(prefix, NULL), *b = open_stats_engine(prefix, NULL);
     afsm_session_info s[GROUP_SESSIONS];
     for (int i = 0; i < GROUP_SESSIONS; i++) {
         assert_int_equal(create(a, "lost", &s[i]), AFSM_OK);
@@ -132,7 +77,7 @@ static void test_flush_one_answer_lost_counts_once(void **state)
 {
     (void)state;
     const char *prefix = "/la2/";
-    afsm_engine *a = open_engine(prefix);
+    afsm_engine *a = open_stats_engine(prefix, NULL);
     afsm_session_info s;
     assert_int_equal(create(a, "lost", &s), AFSM_OK);
     add_packets(a, &s.session_id, 7);
@@ -153,7 +98,7 @@ static void test_update_answer_lost_counts_stats_once(void **state)
 {
     (void)state;
     const char *prefix = "/la3/";
-    afsm_engine *a = open_engine(prefix), *b = open_engine(prefix);
+    afsm_engine *a = open_stats_engine(prefix, NULL), *b = open_stats_engine(prefix, NULL);
     afsm_session_info s;
     assert_int_equal(create(a, "lost", &s), AFSM_OK);
     add_packets(a, &s.session_id, 7);
@@ -182,7 +127,7 @@ static void test_stats_set_answer_lost_sets_here(void **state)
 {
     (void)state;
     const char *prefix = "/la4/";
-    afsm_engine *a = open_engine(prefix);
+    afsm_engine *a = open_stats_engine(prefix, NULL);
     afsm_session_info s;
     assert_int_equal(create(a, "lost", &s), AFSM_OK);
     add_packets(a, &s.session_id, 7);
@@ -207,7 +152,7 @@ static void test_other_writers_and_restarts_are_not_own(void **state)
 {
     (void)state;
     const char *prefix = "/la5/";
-    afsm_engine *a = open_engine(prefix), *b = open_engine(prefix);
+    afsm_engine *a = open_stats_engine(prefix, NULL), *b = open_stats_engine(prefix, NULL);
     afsm_session_info s;
     assert_int_equal(create(a, "other", &s), AFSM_OK);
     add_packets(a, &s.session_id, 5);
@@ -221,7 +166,7 @@ static void test_other_writers_and_restarts_are_not_own(void **state)
     /* a again, as a new open on the same prefix: it loads 8 (the record
      * a's old open wrote holds b's 3 and a's 5), then b adds 2. */
     afsm_engine_close(a);
-    a = open_engine(prefix);
+    a = open_stats_engine(prefix, NULL);
     assert_int_equal(packets_here(a, &s.session_id), 8);
     add_packets(b, &s.session_id, 2);
     etcd_stats_flush(store_of(b));

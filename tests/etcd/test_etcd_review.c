@@ -328,7 +328,7 @@ typedef struct adder {
     uint64_t added;
 } adder;
 
-static void *add_packets(void *arg)
+static void *add_packets_main(void *arg)
 {
     adder *d = arg;
     afsm_stats one = {.packets_sent = 1};
@@ -357,7 +357,7 @@ static void test_stats_additions_survive_concurrent_applies(void **state)
     adder d[2] = {{.engine = b, .id = s.session_id}, {.engine = b, .id = s.session_id}};
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
-        assert_int_equal(pthread_create(&t[i], NULL, add_packets, &d[i]), 0);
+        assert_int_equal(pthread_create(&t[i], NULL, add_packets_main, &d[i]), 0);
     for (int i = 0; i < 150; i++) {
         char value[16];
         int n = snprintf(value, sizeof(value), "v%d", i);
@@ -399,7 +399,7 @@ static void test_write_reported_ok_was_written(void **state)
     WAIT_FOR(get(b, &s.session_id, &copy) == AFSM_OK, 5000);
     adder d = {.engine = b, .id = s.session_id};
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, add_packets, &d), 0);
+    assert_int_equal(pthread_create(&t, NULL, add_packets_main, &d), 0);
     int updates_lost = 0, rotations_lost = 0, rounds = 0;
     uint64_t until = harness_now_ms() + 20000;
     for (; rounds < 300 && harness_now_ms() < until; rounds++) {

@@ -152,23 +152,6 @@ static int inflight_of(etcd_store *es, const afsm_uuid *id)
 
 /* ---- engines ------------------------------------------------------------------------- */
 
-static afsm_engine *open_engine(const char *prefix, hold_gate *g)
-{
-    afsm_config cfg;
-    etcd_test_config(&cfg, prefix);
-    cfg.etcd_stats_flush_ms = 600000; /* only the test's own passes */
-    cfg.default_timeout_ms = 60000;
-    cfg.log_level = AFSM_LOG_ERROR;
-    cfg.shard_count = 4;
-    if (g != NULL) {
-        cfg.on_event = hold_on_user_hold;
-        cfg.event_ctx = g;
-    }
-    afsm_engine *e = NULL;
-    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
-    return e;
-}
-
 static void create_with(afsm_engine *e, const char *user, const afsm_kv *meta, size_t meta_count, afsm_session_info *s)
 {
     afsm_create_options o = client_options(user);
@@ -179,12 +162,6 @@ static void create_with(afsm_engine *e, const char *user, const afsm_kv *meta, s
     assert_int_equal(afsm_session_create(e, &o, s), AFSM_OK);
 }
 
-static void add_packets(afsm_engine *e, const afsm_uuid *id, uint64_t n)
-{
-    afsm_stats d = {.packets_sent = n};
-    assert_int_equal(afsm_session_add_stats(e, id, &d), AFSM_OK);
-}
-
 /* ---- 1. every allocation of a grouped flush failing in turn ------------------------ */
 
 #define NOMEM_SESSIONS 3
@@ -193,7 +170,7 @@ static void test_flush_group_every_allocation_failure(void **state)
 {
     (void)state;
     const char *prefix = "/rf1/";
-    afsm_engine *a = open_engine(prefix, NULL);
+    afsm_engine *a = open_stats_engine(prefix, NULL);
     etcd_store *es = (etcd_store *)a->st;
     afsm_kv kv = {.key = "k", .key_len = 1, .value = "v", .value_len = 1};
     afsm_session_info s[NOMEM_SESSIONS];
@@ -248,7 +225,7 @@ static void test_member_txn_without_success_keeps_the_stats(void **state)
 {
     (void)state;
     const char *prefix = "/rf5/";
-    afsm_engine *a = open_engine(prefix, NULL);
+    afsm_engine *a = open_stats_engine(prefix, NULL);
     etcd_store *es = (etcd_store *)a->st;
     afsm_session_info s[NOMEM_SESSIONS];
     for (int i = 0; i < NOMEM_SESSIONS; i++) {
@@ -290,7 +267,7 @@ static void test_flush_group_of_the_largest_records(void **state)
 {
     (void)state;
     const char *prefix = "/rf2/";
-    afsm_engine *a = open_engine(prefix, NULL);
+    afsm_engine *a = open_stats_engine(prefix, NULL);
     etcd_store *es = (etcd_store *)a->st;
     /* 4096 bytes of metadata, each byte one json writes as \u00XX. */
     static char value[AFSM_METADATA_BYTES_MAX - 1];
@@ -354,7 +331,7 @@ static void test_two_nodes_flush_the_same_sessions(void **state)
 {
     (void)state;
     const char *prefix = "/rf3/";
-    afsm_engine *a = open_engine(prefix, NULL), *b = open_engine(prefix, NULL);
+    afsm_engine *a = open_stats_engine(prefix, NULL), *b = open_stats_engine(prefix, NULL);
     static afsm_session_info s[SHARED_SESSIONS];
     for (int i = 0; i < SHARED_SESSIONS; i++)
         create_with(a, "shared", NULL, 0, &s[i]);
@@ -397,7 +374,7 @@ static void test_group_member_gone_in_etcd(void **state)
     const char *prefix = "/rf4/";
     hold_gate g;
     hold_gate_init(&g);
-    afsm_engine *a = open_engine(prefix, &g), *b = open_engine(prefix, NULL);
+    afsm_engine *a = open_stats_engine(prefix, &g), *b = open_stats_engine(prefix, NULL);
     afsm_session_info s[GONE_SESSIONS], held;
     for (int i = 0; i < GONE_SESSIONS; i++) {
         create_with(a, "gone", NULL, 0, &s[i]);

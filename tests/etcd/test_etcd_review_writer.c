@@ -59,130 +59,7 @@
 #include "etcd/etcd_store.h"
 #include "etcd/keys.h"
 #include "etcd_test_support.h"
-
-/* ---- losing answers ------------------------------------------------------------------ */
-
-/* Txn answers of this thread still to throw away. */
-static _Thread_local int lose_txn_answers;
-
-afsm_status __real_etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
-                             int *code);
-afsm_status __wrap_etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
-                             int *code);
-afsm_status __wrap_etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
-                             int *code)
-{
-    afsm_status st = __real_etcd_call(c, path, body, idempotent, reply, code);
-    if (lose_txn_answers > 0 && strcmp(path, "/v3/kv/txn") == 0 && st == AFSM_OK) {
-        lose_txn_answers--;
-        json_object_put(*reply);
-        *reply = NULL;
-        return AFSM_EUNAVAILABLE;
-    }
-    return st;
-}
-
-/* ---- pausing a watch ----------------------------------------------------------------- */
-
-/* The client whose watch is paused (NULL: none), and where its next
- * stream waits. */
-static _Atomic(etcd_client *) paused_client;
-static hold_gate watch_gate;
-
-/* The stream's context as the wrapper passes it on: the watch's own
- * callbacks share one ctx, so both are shimmed. */
-typedef struct stream_shim {
-    int (*on_message)(void *ctx, json_object *message);
-    int (*should_stop)(void *ctx);
-    void *ctx;
-    etcd_client *client;
-} stream_shim;
-
-static int shim_should_stop(void *ctx)
-{
-    stream_shim *s = ctx;
-    return s->should_stop(s->ctx);
-}
-
-static int shim_message(void *ctx, json_object *message)
-{
-    stream_shim *s = ctx;
-    if (atomic_load(&paused_client) == s->client)
-        return 1; /* end the stream, this message not applied */
-    return s->on_message(s->ctx, message);
-}
-
-afsm_status __real_etcd_stream(etcd_client *c, const char *path, json_object *body,
-                               int (*on_message)(void *ctx, json_object *message), int (*should_stop)(void *ctx),
-                               void *ctx);
-afsm_status __wrap_etcd_stream(etcd_client *c, const char *path, json_object *body,
-                               int (*on_message)(void *ctx, json_object *message), int (*should_stop)(void *ctx),
-                               void *ctx);
-afsm_status __wrap_etcd_stream(etcd_client *c, const char *path, json_object *body,
-                               int (*on_message)(void *ctx, json_object *message), int (*should_stop)(void *ctx),
-                               void *ctx)
-{
-    if (atomic_load(&paused_client) == c) {
-        pthread_mutex_lock(&watch_gate.lock);
-        if (!watch_gate.open)
-            hold_gate_wait_locked(&watch_gate);
-        pthread_mutex_unlock(&watch_gate.lock);
-    }
-    stream_shim s = {on_message, should_stop, ctx, c};
-    return __real_etcd_stream(c, path, body, shim_message, shim_should_stop, &s);
-}
-
-/* ---- engines ------------------------------------------------------------------------- */
-
-static afsm_engine *open_engine(const char *prefix)
-{
-    afsm_config cfg;
-    etcd_test_config(&cfg, prefix);
-    cfg.etcd_stats_flush_ms = 600000; /* only the test's own passes */
-    cfg.default_timeout_ms = 60000;
-    cfg.log_level = AFSM_LOG_ERROR;
-    cfg.shard_count = 4;
-    afsm_engine *e = NULL;
-    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
-    return e;
-}
-
-static etcd_store *store_of(afsm_engine *e)
-{
-    return (etcd_store *)e->st;
-}
-
-static void add_packets(afsm_engine *e, const afsm_uuid *id, uint64_t n)
-{
-    afsm_stats d = {.packets_sent = n};
-    assert_int_equal(afsm_session_add_stats(e, id, &d), AFSM_OK);
-}
-
-/* Waits until e has applied etcd's record of id, whatever wrote it. */
-static void wait_applied(afsm_engine *e, const char *prefix, const afsm_uuid *id)
-{
-    int64_t revision = 0;
-    assert_true(packets_in_etcd(prefix, id, &revision) >= 0);
-    WAIT_FOR(applied_at_least(store_of(e), id, revision), 10000);
-}
-
-/* Pauses e's watch: its stream ends at the next message under prefix (a
- * foreign key the test writes), and the next one waits for resume_watch. */
-static void pause_watch(afsm_engine *e, const char *prefix)
-{
-    hold_gate_init(&watch_gate);
-    atomic_store(&paused_client, store_of(e)->client);
-    char key[64];
-    snprintf(key, sizeof(key), "%spoke", prefix);
-    put_raw(key, "x");
-    WAIT_FOR(hold_gate_held(&watch_gate), 10000);
-}
-
-static void resume_watch(void)
-{
-    atomic_store(&paused_client, NULL);
-    hold_gate_open(&watch_gate);
-}
+#include "etcd_fault_support.h"
 
 /* ---- 1. an own stats set, its answer lost: additions after the call --------------- */
 
@@ -196,7 +73,7 @@ static void test_own_set_echo_keeps_additions_made_after_the_call(void **state)
 {
     (void)state;
     const char *prefix = "/rw1/";
-    afsm_engine *a = open_engine(prefix);
+    afsm_engine *a = open_stats_engine(prefix, NULL);
     afsm_session_info s;
     assert_int_equal(create(a, "setter", &s), AFSM_OK);
     add_packets(a, &s.session_id, 7);
@@ -227,7 +104,7 @@ static void test_own_set_from_failed_guard_keeps_additions(void **state)
 {
     (void)state;
     const char *prefix = "/rw2/";
-    afsm_engine *a = open_engine(prefix);
+    afsm_engine *a = open_stats_engine(prefix, NULL);
     afsm_session_info s;
     assert_int_equal(create(a, "setter", &s), AFSM_OK);
     add_packets(a, &s.session_id, 7);
@@ -298,7 +175,7 @@ static void test_raw_edit_keeping_writer_reaches_the_writer_too(void **state)
 {
     (void)state;
     const char *prefix = "/rw4/";
-    afsm_engine *a = open_engine(prefix), *b = open_engine(prefix);
+    afsm_engine *a = open_stats_engine(prefix, NULL), *b = open_stats_engine(prefix, NULL);
     afsm_session_info s;
     assert_int_equal(create(a, "edited", &s), AFSM_OK);
     add_packets(a, &s.session_id, 10);
@@ -329,7 +206,7 @@ static void test_unchanged_rewrite_of_own_set_keeps_unflushed_additions(void **s
 {
     (void)state;
     const char *prefix = "/rw5/";
-    afsm_engine *a = open_engine(prefix), *b = open_engine(prefix);
+    afsm_engine *a = open_stats_engine(prefix, NULL), *b = open_stats_engine(prefix, NULL);
     afsm_session_info s;
     assert_int_equal(create(a, "rewritten", &s), AFSM_OK);
     afsm_update u = {.version = AFSM_UPDATE_VERSION, .fields = AFSM_UPDATE_STATS, .stats = {.packets_sent = 100}};
