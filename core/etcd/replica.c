@@ -109,6 +109,14 @@ static afsm_stats merged_stats(const afsm_stats *record, const afsm_stats *local
     return s;
 }
 
+/* Whether the record brought the rtt gauge to 0 from base's, and this node
+ * has no newer one of its own: a set did (an addition of 0 is no sample),
+ * and only a set of the stats can carry it here. */
+static int gauge_zeroed(const afsm_stats *record, const afsm_stats *base, const afsm_stats *local)
+{
+    return record->current_rtt_ms == 0 && base->current_rtt_ms != 0 && local->current_rtt_ms == base->current_rtt_ms;
+}
+
 /* Whether every counter of `to` is at least `from`'s. */
 static int stats_grew(const afsm_stats *to, const afsm_stats *from)
 {
@@ -152,11 +160,9 @@ static int same_incarnation(const afsm_session_info *a, const afsm_session_info 
 /* base: what of the replica's stats the record already holds (the stats
  * etcd had when this node last applied it; for this node's own write, the
  * stats it wrote); the rest was added here since and is kept on top. NULL:
- * the record's stats replace the replica's (a set). set: the record set the
- * stats from base (this node's own set, applied late): merged and set even
- * when they grew, since an addition cannot bring the rtt gauge to 0. */
+ * the record's stats replace the replica's (a set). */
 static afsm_status update_replica(etcd_store *es, const keys_record *rec, const afsm_session_info *old,
-                                  const afsm_stats *base, int set)
+                                  const afsm_stats *base)
 {
     store *r = es->replica;
     /* Generations grow one step per rotation, and the replica follows one
@@ -182,7 +188,7 @@ static afsm_status update_replica(etcd_store *es, const keys_record *rec, const 
      * merged stats would drop one made after `old` was read. Other nodes'
      * additions (the record's growth past base) are added instead; a set
      * only when there is no base, or the record went below it (a reset). */
-    int add = !set && base != NULL && stats_grew(&rec->info.stats, base);
+    int add = base != NULL && stats_grew(&rec->info.stats, base) && !gauge_zeroed(&rec->info.stats, base, &old->stats);
     afsm_update u = {.version = AFSM_UPDATE_VERSION,
                      .fields = AFSM_UPDATE_STATE | AFSM_UPDATE_METADATA_REPLACE | (add ? 0 : AFSM_UPDATE_STATS),
                      .state = rec->info.state,
@@ -280,36 +286,34 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
         return AFSM_OK; /* the echo of a write already applied */
     if (!tracked && es->tombstone_count > 0 && tombstoned(es, &rec->info.session_id, mod_revision))
         return AFSM_OK; /* deleted here since: an echo must not resurrect it */
+    afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
+    afsm_status st;
+    int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;
     /* A write of this node whose answer never came, committed by etcd after
      * all (track.h, own_write_unknown; a write whose answer came is applied
      * with ETCD_APPLY_OWN): the stats in it are this node's, which taken for
      * another writer's growth would be counted twice. What it carried is
-     * this node's flushed, what was added here since stays on top. A set's
-     * additions from before its edit are gone; if a later set replaced its
-     * note, it sets the stats exactly. Only while a write may be pending, so
-     * that a hand edit that keeps the id, or an unchanged rewrite, is
-     * another writer's. */
+     * this node's flushed, what was added here since stays on top; a set's
+     * additions from before its edit are gone. Only while a write may be
+     * pending, and only a record this node could have built then (stats
+     * between flushed and the copy's; a set: the last set noted), so that a
+     * hand edit that keeps the id, or a rewrite, is another writer's. */
     const afsm_stats *own_base = NULL;
-    int own_set = 0;
-    if (tracked && known.own_write_unknown && !(flags & ETCD_APPLY_OWN) && rec->writer != 0 &&
+    if (tracked && present && known.own_write_unknown && !(flags & ETCD_APPLY_OWN) && rec->writer != 0 &&
         rec->writer == es->writer_id) {
-        if (!rec->stats_set)
+        if (!rec->stats_set && stats_grew(&rec->info.stats, &known.flushed) && stats_grew(&old.stats, &rec->info.stats))
             own_base = &rec->info.stats;
-        else if (known.unknown_set && memcmp(&known.unknown_set_to, &rec->info.stats, sizeof(afsm_stats)) == 0)
-            own_base = &known.unknown_set_from, own_set = 1;
-        else
-            flags |= ETCD_APPLY_RESET;
+        else if (rec->stats_set && known.unknown_set &&
+                 memcmp(&known.unknown_set_to, &rec->info.stats, sizeof(afsm_stats)) == 0)
+            own_base = &known.unknown_set_from;
     }
-    afsm_session_info old = {.version = AFSM_SESSION_INFO_VERSION};
-    afsm_status st;
-    int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;
     const afsm_stats *base = !tracked                     ? NULL
                              : own_base != NULL           ? own_base
                              : (flags & ETCD_APPLY_RESET) ? NULL
                              : (flags & ETCD_APPLY_OWN)   ? &rec->info.stats
                                                           : &known.flushed;
     if (present)
-        st = update_replica(es, rec, &old, base, own_set);
+        st = update_replica(es, rec, &old, base);
     else
         st = restore_into_replica(es, rec);
     if (st != AFSM_OK)
