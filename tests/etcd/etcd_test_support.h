@@ -379,6 +379,14 @@ static inline int stats_in_etcd(const char *prefix, const afsm_uuid *id, afsm_st
     return found;
 }
 
+/* etcd's record of id: its rtt gauge (the record must exist). */
+static inline uint32_t rtt_in_etcd(const char *prefix, const afsm_uuid *id)
+{
+    afsm_stats stats;
+    assert_true(stats_in_etcd(prefix, id, &stats, NULL));
+    return stats.current_rtt_ms;
+}
+
 /* The same, its packets_sent: -1 without a record. */
 static inline int64_t packets_in_etcd(const char *prefix, const afsm_uuid *id, int64_t *mod_revision)
 {
@@ -407,10 +415,24 @@ static inline afsm_engine *open_stats_engine(const char *prefix, hold_gate *g)
     return e;
 }
 
+/* Adds packets (and an rtt sample, 0: none) to id on e. */
+static inline void add_stats(afsm_engine *e, const afsm_uuid *id, uint64_t packets, uint32_t rtt_ms)
+{
+    afsm_stats d = {.packets_sent = packets, .current_rtt_ms = rtt_ms};
+    assert_int_equal(afsm_session_add_stats(e, id, &d), AFSM_OK);
+}
+
 static inline void add_packets(afsm_engine *e, const afsm_uuid *id, uint64_t n)
 {
-    afsm_stats d = {.packets_sent = n};
-    assert_int_equal(afsm_session_add_stats(e, id, &d), AFSM_OK);
+    add_stats(e, id, n, 0);
+}
+
+/* id's rtt gauge on e (the session must be there). */
+static inline uint32_t rtt_here(afsm_engine *e, const afsm_uuid *id)
+{
+    afsm_session_info s;
+    assert_int_equal(get(e, id, &s), AFSM_OK);
+    return s.stats.current_rtt_ms;
 }
 
 #ifdef AFSM_ETCD_STORE_H

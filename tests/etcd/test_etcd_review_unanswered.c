@@ -59,29 +59,6 @@
 #include "etcd_test_support.h"
 #include "etcd_fault_support.h"
 
-/* ---- stats and rtt ------------------------------------------------------------------ */
-
-static void add_stats(afsm_engine *e, const afsm_uuid *id, uint64_t packets, uint32_t rtt_ms)
-{
-    afsm_stats d = {.packets_sent = packets, .current_rtt_ms = rtt_ms};
-    assert_int_equal(afsm_session_add_stats(e, id, &d), AFSM_OK);
-}
-
-/* etcd's record of id: its stats' current_rtt_ms (the record must exist). */
-static uint32_t rtt_in_etcd(const char *prefix, const afsm_uuid *id)
-{
-    afsm_stats stats;
-    assert_true(stats_in_etcd(prefix, id, &stats, NULL));
-    return stats.current_rtt_ms;
-}
-
-static uint32_t rtt_here(afsm_engine *e, const afsm_uuid *id)
-{
-    afsm_session_info s;
-    assert_int_equal(get(e, id, &s), AFSM_OK);
-    return s.stats.current_rtt_ms;
-}
-
 /* ---- 1. a set that never left, retried: the stale note ---------------------------- */
 
 /* A has 7 packets (flushed). A stats set to 100 is refused before it is
