@@ -95,15 +95,21 @@ static uint64_t minus(uint64_t a, uint64_t b)
     return a > b ? a - b : 0;
 }
 
+/* a + b, held at UINT64_MAX as every counter addition is (mem/dataplane.c). */
+static uint64_t plus(uint64_t a, uint64_t b)
+{
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
 /* The record's stats plus what this node added and has not flushed. */
 static afsm_stats merged_stats(const afsm_stats *record, const afsm_stats *local, const afsm_stats *flushed)
 {
     afsm_stats s = *record;
-    s.packets_sent += minus(local->packets_sent, flushed->packets_sent);
-    s.packets_received += minus(local->packets_received, flushed->packets_received);
-    s.bytes_sent += minus(local->bytes_sent, flushed->bytes_sent);
-    s.bytes_received += minus(local->bytes_received, flushed->bytes_received);
-    s.retransmissions += minus(local->retransmissions, flushed->retransmissions);
+    s.packets_sent = plus(s.packets_sent, minus(local->packets_sent, flushed->packets_sent));
+    s.packets_received = plus(s.packets_received, minus(local->packets_received, flushed->packets_received));
+    s.bytes_sent = plus(s.bytes_sent, minus(local->bytes_sent, flushed->bytes_sent));
+    s.bytes_received = plus(s.bytes_received, minus(local->bytes_received, flushed->bytes_received));
+    s.retransmissions = plus(s.retransmissions, minus(local->retransmissions, flushed->retransmissions));
     if (local->current_rtt_ms != flushed->current_rtt_ms)
         s.current_rtt_ms = local->current_rtt_ms; /* a gauge: the newest here wins */
     return s;
@@ -290,23 +296,18 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
     afsm_status st;
     int present = es->replica->ops->get(es->replica, &rec->info.session_id, &old) == AFSM_OK;
     /* A write of this node whose answer never came, committed by etcd after
-     * all (track.h, own_write_unknown; a write whose answer came is applied
+     * all (track.h, track_own_write; a write whose answer came is applied
      * with ETCD_APPLY_OWN): the stats in it are this node's, which taken for
      * another writer's growth would be counted twice. What it carried is
      * this node's flushed, what was added here since stays on top; a set's
-     * additions from before its edit are gone. Only while a write may be
-     * pending, and only a record this node could have built then (stats
-     * between flushed and the copy's; a set: the last set noted), so that a
-     * hand edit that keeps the id, or a rewrite, is another writer's. */
+     * additions from before its edit are gone. Only a record carrying
+     * exactly what a noted write carried, so that a hand edit that keeps
+     * the id, or a rewrite, is another writer's. */
+    afsm_stats own;
     const afsm_stats *own_base = NULL;
-    if (tracked && present && known.own_write_unknown && !(flags & ETCD_APPLY_OWN) && rec->writer != 0 &&
-        rec->writer == es->writer_id) {
-        if (!rec->stats_set && stats_grew(&rec->info.stats, &known.flushed) && stats_grew(&old.stats, &rec->info.stats))
-            own_base = &rec->info.stats;
-        else if (rec->stats_set && known.unknown_set &&
-                 memcmp(&known.unknown_set_to, &rec->info.stats, sizeof(afsm_stats)) == 0)
-            own_base = &known.unknown_set_from;
-    }
+    if (tracked && present && !(flags & ETCD_APPLY_OWN) && rec->writer != 0 && rec->writer == es->writer_id &&
+        track_own_write(&es->tracks, &rec->info.session_id, &rec->info.stats, rec->stats_set, &own))
+        own_base = &own;
     const afsm_stats *base = !tracked                     ? NULL
                              : own_base != NULL           ? own_base
                              : (flags & ETCD_APPLY_RESET) ? NULL

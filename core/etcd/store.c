@@ -941,15 +941,16 @@ static afsm_status guarded_result(etcd_store *es, owned_record *o, int flags, af
     return st;
 }
 
-/* o's guarded write is about to be sent: until a record is applied here,
- * one of this node's writer id may be it (track.h, own_write_unknown).
- * Noted before the send, so that nothing can apply the record first: not
- * the watch (it holds the record's events while the write is in flight),
- * nor another thread's write of the session losing its guard to this one. */
-static void note_own_write(etcd_store *es, const owned_record *o)
+/* o's guarded write is about to be sent: noted (track.h,
+ * track_note_own_write) so that if its answer never comes, its record is
+ * known for this node's own. Before the send, so that nothing can apply
+ * the record first: not the watch (it holds the record's events while the
+ * write is in flight), nor another thread's write of the session losing
+ * its guard to this one. AFSM_ENOMEM: not to be sent. */
+static afsm_status note_own_write(etcd_store *es, const owned_record *o)
 {
-    track_note_own_write(&es->tracks, &o->rec.info.session_id, o->rec.stats_set ? &o->rec.info.stats : NULL,
-                         &o->edited_from);
+    return track_note_own_write(&es->tracks, &o->rec.info.session_id, &o->rec.info.stats, o->rec.stats_set,
+                                &o->edited_from);
 }
 
 /* Marks the end of a guarded write: the watch may apply the record's
@@ -975,12 +976,15 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
         return st;
     int succeeded = 0;
     int64_t revision = 0;
-    json_object *reply;
+    json_object *reply = NULL;
     etcd_event ev = {.pending = 0};
     /* The watch holds this record's events until the result is applied. */
     track_inflight(&es->tracks, &o->rec.info.session_id, +1);
-    note_own_write(es, o);
-    st = txn_send(es, &t, &succeeded, &revision, &reply);
+    st = note_own_write(es, o);
+    if (st != AFSM_OK)
+        json_object_put(t.body); /* not sent */
+    else
+        st = txn_send(es, &t, &succeeded, &revision, &reply);
     if (st == AFSM_OK)
         st = guarded_result(es, o, flags, out, reply, succeeded, revision, retry, &ev);
     guarded_done(es, &o->rec.info.session_id);
@@ -1112,11 +1116,10 @@ static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *alone, 
     /* The watch holds these records' events until the results are applied. */
     for (size_t k = 0; k < g->count; k++)
         track_inflight(&es->tracks, &g->records[k].rec.info.session_id, +1);
-    if (st == AFSM_OK) {
-        for (size_t k = 0; k < g->count; k++)
-            note_own_write(es, &g->records[k]);
+    for (size_t k = 0; k < g->count && st == AFSM_OK; k++)
+        st = note_own_write(es, &g->records[k]);
+    if (st == AFSM_OK)
         st = etcd_call(es->client, "/v3/kv/txn", body, 0, &reply, NULL);
-    }
     json_object_put(body);
     if (st == AFSM_ENOTFOUND)
         st = AFSM_EINTERNAL;

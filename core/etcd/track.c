@@ -8,10 +8,21 @@
 
 #include "etcd/track.h"
 
+typedef struct own_note {
+    afsm_stats sent, from;
+    int set;
+} own_note;
+
+typedef struct own_notes {
+    size_t count; /* oldest first */
+    own_note note[TRACK_NOTES_MAX];
+} own_notes;
+
 struct track_entry {
     track_entry *next;
     afsm_uuid id;
     track_info info;
+    own_notes *notes; /* NULL: no write of this node under way or unanswered */
 };
 
 static uint64_t id_hash(const afsm_uuid *id)
@@ -62,6 +73,7 @@ void track_destroy(track *t)
         for (size_t b = 0; s->buckets != NULL && b < s->bucket_count; b++) {
             for (track_entry *e = s->buckets[b], *next; e != NULL; e = next) {
                 next = e->next;
+                free(e->notes);
                 free(e);
             }
         }
@@ -121,6 +133,8 @@ afsm_status track_put(track *t, const afsm_uuid *id, const track_info *info)
          * found gone stays gone while the record keeps that lease. */
         old->renew_queued = keep.renew_queued;
         old->lease_gone = keep.lease_gone && keep.lease == info->lease;
+        own_notes *dropped = (*p)->notes; /* a record applied: see track.h */
+        (*p)->notes = NULL;
         if (has_reason && !info->has_reason) {
             old->has_reason = 1;
             old->why = keep.why;
@@ -128,11 +142,13 @@ afsm_status track_put(track *t, const afsm_uuid *id, const track_info *info)
             old->reason_len = keep.reason_len;
         }
         pthread_mutex_unlock(&s->lock);
+        free(dropped);
         free(fresh);
         return AFSM_OK;
     }
     fresh->id = *id;
     fresh->info = *info;
+    fresh->notes = NULL;
     fresh->next = NULL;
     *p = fresh;
     if (++s->count > s->bucket_count)
@@ -167,6 +183,8 @@ int track_remove(track *t, const afsm_uuid *id, track_info *out)
             *out = e->info;
     }
     pthread_mutex_unlock(&s->lock);
+    if (e != NULL)
+        free(e->notes);
     free(e);
     return e != NULL;
 }
@@ -265,21 +283,59 @@ void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats)
     pthread_mutex_unlock(&s->lock);
 }
 
-void track_note_own_write(track *t, const afsm_uuid *id, const afsm_stats *set_to, const afsm_stats *set_from)
+afsm_status track_note_own_write(track *t, const afsm_uuid *id, const afsm_stats *sent, int set, const afsm_stats *from)
 {
     uint64_t hash;
     track_stripe *s = stripe_of(t, id, &hash);
+    own_notes *fresh = malloc(sizeof(*fresh)); /* outside the lock; freed if unused */
     pthread_mutex_lock(&s->lock);
     track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL && e->notes == NULL) {
+        if (fresh == NULL) {
+            pthread_mutex_unlock(&s->lock);
+            return AFSM_ENOMEM;
+        }
+        fresh->count = 0;
+        e->notes = fresh;
+        fresh = NULL;
+    }
     if (e != NULL) {
-        e->info.own_write_unknown = 1;
-        if (set_to != NULL) {
-            e->info.unknown_set = 1;
-            e->info.unknown_set_to = *set_to;
-            e->info.unknown_set_from = *set_from;
+        own_notes *n = e->notes;
+        if (n->count == TRACK_NOTES_MAX) {
+            memmove(&n->note[0], &n->note[1], (TRACK_NOTES_MAX - 1) * sizeof(n->note[0]));
+            n->count--;
+        }
+        n->note[n->count++] = (own_note){.sent = *sent, .from = *from, .set = set};
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(fresh);
+    return AFSM_OK;
+}
+
+/* Field by field: the struct has padding. */
+static int same_stats(const afsm_stats *a, const afsm_stats *b)
+{
+    return a->packets_sent == b->packets_sent && a->packets_received == b->packets_received &&
+           a->bytes_sent == b->bytes_sent && a->bytes_received == b->bytes_received &&
+           a->retransmissions == b->retransmissions && a->current_rtt_ms == b->current_rtt_ms;
+}
+
+int track_own_write(track *t, const afsm_uuid *id, const afsm_stats *stats, int set, afsm_stats *base)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    int found = 0;
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    for (size_t i = 0; e != NULL && e->notes != NULL && i < e->notes->count && !found; i++) {
+        const own_note *n = &e->notes->note[i];
+        if (n->set == set && same_stats(&n->sent, stats)) {
+            *base = set ? n->from : n->sent;
+            found = 1;
         }
     }
     pthread_mutex_unlock(&s->lock);
+    return found;
 }
 
 void track_inflight(track *t, const afsm_uuid *id, int delta)

@@ -29,17 +29,6 @@ typedef struct track_info {
     int64_t leased_ns;          /* the record's: when its lease's TTL started */
     uint64_t activate_after_ns; /* lease clock: a failed activation by heartbeat is not retried before */
     afsm_stats flushed;
-    /* A guarded write of this node may be in etcd without having been
-     * applied here: set before each one is sent, cleared by the next record
-     * applied (track_put replaces the entry), so it outlives only writes
-     * whose answer never came (the connection dropped, the request timed
-     * out). A record of this node's writer id applied meanwhile is one of
-     * them (replica.c, etcd_apply_put). For the last of them that set the
-     * stats (unknown_set): what it set them to, and the replica's stats it
-     * was edited from. */
-    int own_write_unknown;
-    int unknown_set;
-    afsm_stats unknown_set_to, unknown_set_from;
     int inflight;           /* this node's guarded writes of the record under way */
     int renew_queued;       /* its lease waits in (or is being sent by) the renewer (renew.c) */
     int lease_gone;         /* a keepalive found its lease gone from etcd (TTL <= 0) */
@@ -101,10 +90,27 @@ void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns);
  * the stats it carries for another node's additions. Sets `flushed`;
  * allocates nothing. */
 void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats);
-/* A guarded write of id is about to be sent (track_info.own_write_unknown);
- * set_to (NULL: not a set): the stats it sets, edited from set_from.
- * Allocates nothing. */
-void track_note_own_write(track *t, const afsm_uuid *id, const afsm_stats *set_to, const afsm_stats *set_from);
+/* Notes of this node's guarded writes of a record that may be in etcd
+ * without having been applied here. One is added before each write is sent
+ * (track_note_own_write); the next record applied drops them all
+ * (track_put replaces the entry), so they outlive only writes whose answer
+ * never came (the connection dropped, the request timed out). A record of
+ * this node's writer id applied meanwhile, carrying exactly the stats one
+ * of them carried, is that write (replica.c, etcd_apply_put). The writes
+ * noted share one guard revision, so at most one of them is in etcd; past
+ * TRACK_NOTES_MAX the oldest is dropped. Kept beside the entry, not in
+ * track_info: only while writes are under way. */
+#define TRACK_NOTES_MAX 8
+/* A guarded write of id carrying these stats (a set: set, edited from the
+ * replica's stats from) is about to be sent. AFSM_ENOMEM: not noted, and
+ * the write must not be sent (an answer lost then could not be told from
+ * another node's write). A no-op for an unknown id. */
+afsm_status track_note_own_write(track *t, const afsm_uuid *id, const afsm_stats *sent, int set,
+                                 const afsm_stats *from);
+/* Whether a noted write of id carried exactly stats (and set): 1 with
+ * *base the stats the record holds of this node's (what it carried, or for
+ * a set what it was edited from). */
+int track_own_write(track *t, const afsm_uuid *id, const afsm_stats *stats, int set, afsm_stats *base);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
 /* Every id known (for a reload's differences): calls fn for each. */
