@@ -16,6 +16,8 @@
  *   the next message, before applying it, and the next stream waits until
  *   resumed; it then resumes after its applied revision, as after any
  *   disconnect (or reloads, if etcd was compacted past it meanwhile).
+ * - Writes that are not the engine's: a record rewritten by hand
+ *   (rewrite_record_raw), an update refused before it leaves.
  *
  * Shared state: the arming counters are per thread; the paused client is an
  * atomic pointer; each hold gate guards its own fields.
@@ -132,6 +134,59 @@ static inline void resume_watch(void)
 {
     atomic_store(&paused_client, NULL);
     hold_gate_open(&watch_gate);
+}
+
+/* ---- writes that are not the engine's ----------------------------------------------- */
+
+/* Puts id's record back as etcd holds it (writer and stats_set included),
+ * on its lease, with packets_sent and the rtt gauge replaced where given
+ * (negative: kept): an operator's etcdctl put of an edited copy, or a tool
+ * rewriting the key unchanged. */
+static inline void rewrite_record_raw(const char *prefix, const afsm_uuid *id, int64_t packets, int64_t rtt_ms)
+{
+    char key[KEYS_MAX];
+    size_t len = keys_session(prefix, strlen(prefix), id, key);
+    json_object *body = json_object_new_object(), *kvs;
+    json_object_object_add(body, "key", etcd_json_bytes(key, len));
+    json_object *reply = raw_call("/v3/kv/range", body, 1);
+    assert_non_null(kvs = etcd_get_array(reply, "kvs"));
+    assert_int_equal(json_object_array_length(kvs), 1);
+    json_object *kv = json_object_array_get_idx(kvs, 0);
+    long vlen;
+    char *value = etcd_get_bytes(kv, "value", &vlen);
+    keys_record rec;
+    json_object *holder = NULL;
+    assert_int_equal(keys_record_decode(value, (size_t)vlen, &rec, &holder), AFSM_OK);
+    assert_true(rec.writer != 0);
+    if (packets >= 0)
+        rec.info.stats.packets_sent = (uint64_t)packets;
+    if (rtt_ms >= 0)
+        rec.info.stats.current_rtt_ms = (uint32_t)rtt_ms;
+    json_object *edited = keys_record_encode(&rec);
+    assert_non_null(edited);
+    const char *text = json_object_to_json_string_ext(edited, JSON_C_TO_STRING_PLAIN);
+    json_object *put = json_object_new_object();
+    json_object_object_add(put, "key", etcd_json_bytes(key, len));
+    json_object_object_add(put, "value", etcd_json_bytes(text, strlen(text)));
+    json_object_object_add(put, "lease", etcd_json_int64(rec.lease));
+    json_object_put(raw_call("/v3/kv/put", put, 0));
+    json_object_put(edited);
+    json_object_put(holder);
+    free(value);
+    json_object_put(reply);
+}
+
+/* An update of id's metadata alone, refused before it leaves (etcd
+ * unreachable: AFSM_EUNAVAILABLE at once, nothing written). */
+static inline void refused_update(afsm_engine *e, const afsm_uuid *id)
+{
+    afsm_kv kv = {.key = "k", .key_len = 1, .value = "v", .value_len = 1};
+    afsm_update u = {
+        .version = AFSM_UPDATE_VERSION, .fields = AFSM_UPDATE_METADATA_MERGE, .metadata = &kv, .metadata_count = 1};
+    refuse_txn_sends = 1;
+    afsm_status st = afsm_session_update(e, id, &u, NULL);
+    assert_int_equal(refuse_txn_sends, 0);
+    assert_int_equal(st, AFSM_EUNAVAILABLE);
 }
 
 #endif

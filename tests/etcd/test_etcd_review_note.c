@@ -61,57 +61,6 @@
 #include "etcd_test_support.h"
 #include "etcd_fault_support.h"
 
-/* ---- raw rewrite of a record, keeping every field it does not edit ----------------- */
-
-/* Puts id's record back as etcd has it (writer and stats_set included), on
- * the same lease, with its packets_sent set to packets (negative: as it
- * was): an operator's etcdctl put of an edited copy, or a tool rewriting
- * the key unchanged (as test_etcd_review_writer.c does). */
-static void rewrite_raw(const char *prefix, const afsm_uuid *id, int64_t packets)
-{
-    char key[KEYS_MAX];
-    size_t len = keys_session(prefix, strlen(prefix), id, key);
-    json_object *body = json_object_new_object(), *kvs;
-    json_object_object_add(body, "key", etcd_json_bytes(key, len));
-    json_object *reply = raw_call("/v3/kv/range", body, 1);
-    assert_non_null(kvs = etcd_get_array(reply, "kvs"));
-    assert_int_equal(json_object_array_length(kvs), 1);
-    json_object *kv = json_object_array_get_idx(kvs, 0);
-    long vlen;
-    char *value = etcd_get_bytes(kv, "value", &vlen);
-    keys_record rec;
-    json_object *holder = NULL;
-    assert_int_equal(keys_record_decode(value, (size_t)vlen, &rec, &holder), AFSM_OK);
-    assert_true(rec.writer != 0);
-    if (packets >= 0)
-        rec.info.stats.packets_sent = (uint64_t)packets;
-    json_object *edited = keys_record_encode(&rec);
-    assert_non_null(edited);
-    const char *text = json_object_to_json_string_ext(edited, JSON_C_TO_STRING_PLAIN);
-    json_object *put = json_object_new_object();
-    json_object_object_add(put, "key", etcd_json_bytes(key, len));
-    json_object_object_add(put, "value", etcd_json_bytes(text, strlen(text)));
-    json_object_object_add(put, "lease", etcd_json_int64(rec.lease));
-    json_object_put(raw_call("/v3/kv/put", put, 0));
-    json_object_put(edited);
-    json_object_put(holder);
-    free(value);
-    json_object_put(reply);
-}
-
-/* An update that changes only metadata, refused before it leaves (etcd
- * unreachable: AFSM_EUNAVAILABLE at once, nothing written). */
-static void refused_update(afsm_engine *e, const afsm_uuid *id)
-{
-    afsm_kv kv = {.key = "k", .key_len = 1, .value = "v", .value_len = 1};
-    afsm_update u = {
-        .version = AFSM_UPDATE_VERSION, .fields = AFSM_UPDATE_METADATA_MERGE, .metadata = &kv, .metadata_count = 1};
-    refuse_txn_sends = 1;
-    afsm_status st = afsm_session_update(e, id, &u, NULL);
-    assert_int_equal(refuse_txn_sends, 0);
-    assert_int_equal(st, AFSM_EUNAVAILABLE);
-}
-
 /* ---- 1. a stale note from a refused write, then a raw edit ------------------------- */
 
 /* A has 10 packets, all flushed. An update of A's metadata is refused
@@ -134,7 +83,7 @@ static void test_raw_edit_after_a_refused_write_reaches_the_writer(void **state)
     assert_int_equal(packets_in_etcd(prefix, &s.session_id, NULL), 10);
     refused_update(a, &s.session_id);
     etcd_stats_flush(store_of(a)); /* nothing unflushed: no write, the note stays */
-    rewrite_raw(prefix, &s.session_id, 0);
+    rewrite_record_raw(prefix, &s.session_id, 0, -1);
     wait_applied(a, prefix, &s.session_id);
     int64_t here = packets_here(a, &s.session_id);
     etcd_stats_flush(store_of(a));
@@ -166,7 +115,7 @@ static void test_unchanged_rewrite_after_a_refused_write_keeps_additions(void **
     assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_OK);
     add_packets(a, &s.session_id, 5);
     refused_update(a, &s.session_id);
-    rewrite_raw(prefix, &s.session_id, -1);
+    rewrite_record_raw(prefix, &s.session_id, -1, -1);
     wait_applied(a, prefix, &s.session_id);
     int64_t here = packets_here(a, &s.session_id);
     etcd_stats_flush(store_of(a));

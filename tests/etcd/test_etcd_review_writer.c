@@ -130,42 +130,6 @@ static void test_own_set_from_failed_guard_keeps_additions(void **state)
 
 /* ---- 4. a raw write that keeps the writer field ------------------------------------ */
 
-/* Puts id's record back as etcd has it (writer and stats_set included), on
- * the same lease, with its stats' packets_sent set to packets (negative:
- * as it was): what an operator's etcdctl put of an edited copy does, or a
- * tool that rewrites the key unchanged. */
-static void rewrite_raw(const char *prefix, const afsm_uuid *id, int64_t packets)
-{
-    char key[KEYS_MAX];
-    size_t len = keys_session(prefix, strlen(prefix), id, key);
-    json_object *body = json_object_new_object(), *kvs;
-    json_object_object_add(body, "key", etcd_json_bytes(key, len));
-    json_object *reply = raw_call("/v3/kv/range", body, 1);
-    assert_non_null(kvs = etcd_get_array(reply, "kvs"));
-    assert_int_equal(json_object_array_length(kvs), 1);
-    json_object *kv = json_object_array_get_idx(kvs, 0);
-    long vlen;
-    char *value = etcd_get_bytes(kv, "value", &vlen);
-    keys_record rec;
-    json_object *holder = NULL;
-    assert_int_equal(keys_record_decode(value, (size_t)vlen, &rec, &holder), AFSM_OK);
-    assert_true(rec.writer != 0);
-    if (packets >= 0)
-        rec.info.stats.packets_sent = (uint64_t)packets;
-    json_object *edited = keys_record_encode(&rec);
-    assert_non_null(edited);
-    const char *text = json_object_to_json_string_ext(edited, JSON_C_TO_STRING_PLAIN);
-    json_object *put = json_object_new_object();
-    json_object_object_add(put, "key", etcd_json_bytes(key, len));
-    json_object_object_add(put, "value", etcd_json_bytes(text, strlen(text)));
-    json_object_object_add(put, "lease", etcd_json_int64(rec.lease));
-    json_object_put(raw_call("/v3/kv/put", put, 0));
-    json_object_put(edited);
-    json_object_put(holder);
-    free(value);
-    json_object_put(reply);
-}
-
 /* A's record (10 packets, all flushed, writer A) is zeroed by a raw put
  * that keeps the fields it does not edit. Neither node has unflushed
  * additions: both must show 0, and A's next pass must leave etcd at 0.
@@ -182,7 +146,7 @@ static void test_raw_edit_keeping_writer_reaches_the_writer_too(void **state)
     etcd_stats_flush(store_of(a));
     assert_int_equal(packets_in_etcd(prefix, &s.session_id, NULL), 10);
     WAIT_FOR(packets_here(b, &s.session_id) == 10, 5000);
-    rewrite_raw(prefix, &s.session_id, 0);
+    rewrite_record_raw(prefix, &s.session_id, 0, -1);
     wait_applied(a, prefix, &s.session_id);
     wait_applied(b, prefix, &s.session_id);
     int64_t on_a = packets_here(a, &s.session_id), on_b = packets_here(b, &s.session_id);
@@ -213,7 +177,7 @@ static void test_unchanged_rewrite_of_own_set_keeps_unflushed_additions(void **s
     assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_OK);
     WAIT_FOR(packets_here(b, &s.session_id) == 100, 5000);
     add_packets(a, &s.session_id, 5);
-    rewrite_raw(prefix, &s.session_id, -1);
+    rewrite_record_raw(prefix, &s.session_id, -1, -1);
     wait_applied(a, prefix, &s.session_id);
     wait_applied(b, prefix, &s.session_id);
     int64_t on_a = packets_here(a, &s.session_id), on_b = packets_here(b, &s.session_id);
