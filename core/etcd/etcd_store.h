@@ -68,6 +68,7 @@ typedef struct etcd_store {
     /* This open's id on the records it writes (keys_record.writer): random,
      * so no other node's, nor this node's before a restart, equals it. */
     int64_t writer_id;
+    _Atomic int64_t write_seq; /* the last number given to a write sent (keys_record.seq) */
 
     /* The watch thread. */
     pthread_t watcher;

@@ -173,6 +173,8 @@ json_object *keys_record_encode(const keys_record *rec)
     add(o, "slot", json_object_new_int(rec->slot), &ok);
     if (rec->writer != 0)
         add(o, "writer", json_object_new_int64(rec->writer), &ok);
+    if (rec->seq != 0)
+        add(o, "seq", json_object_new_int64(rec->seq), &ok);
     if (rec->stats_set)
         add(o, "stats_set", json_object_new_boolean(1), &ok);
     add(stats, "packets_sent", json_object_new_uint64(s->stats.packets_sent), &ok);
@@ -290,6 +292,9 @@ afsm_status keys_record_decode(const char *text, size_t len, keys_record *rec, j
     json_object *writer;
     if (json_object_object_get_ex(o, "writer", &writer) && !get_int64(o, "writer", 1, INT64_MAX, &rec->writer))
         goto bad; /* optional, as leased_ns */
+    json_object *seq;
+    if (json_object_object_get_ex(o, "seq", &seq) && !get_int64(o, "seq", 1, INT64_MAX, &rec->seq))
+        goto bad;
     json_object *set;
     if (json_object_object_get_ex(o, "stats_set", &set)) {
         if (!json_object_is_type(set, json_type_boolean))

@@ -81,6 +81,7 @@ typedef struct keys_record {
      * it never heard back about knows the stats in it are its own, not
      * another node's additions (core/etcd/README.md, "Stats"). */
     int64_t writer;
+    int64_t seq;   /* the writer's number for this write (0: not said): one per write sent */
     int stats_set; /* the write set the stats (AFSM_UPDATE_STATS) rather than carry additions */
 } keys_record;
 

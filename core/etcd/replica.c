@@ -300,14 +300,14 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
      * with ETCD_APPLY_OWN): the stats in it are this node's, which taken for
      * another writer's growth would be counted twice. What it carried is
      * this node's flushed, what was added here since stays on top; a set's
-     * additions from before its edit are gone. Only a record carrying
-     * exactly what a noted write carried, so that a hand edit that keeps
-     * the id, or a rewrite, is another writer's. */
-    afsm_stats own;
+     * additions from before its edit are gone. Only a record with the
+     * number of a write noted since the last record applied, so that a hand
+     * edit that keeps the id, or a rewrite, is another writer's. */
+    afsm_stats set_from;
     const afsm_stats *own_base = NULL;
     if (tracked && present && !(flags & ETCD_APPLY_OWN) && rec->writer != 0 && rec->writer == es->writer_id &&
-        track_own_write(&es->tracks, &rec->info.session_id, &rec->info.stats, rec->stats_set, &own))
-        own_base = &own;
+        rec->seq != 0 && track_own_write(&es->tracks, &rec->info.session_id, rec->seq, rec->stats_set, &set_from))
+        own_base = rec->stats_set ? &set_from : &rec->info.stats;
     const afsm_stats *base = !tracked                     ? NULL
                              : own_base != NULL           ? own_base
                              : (flags & ETCD_APPLY_RESET) ? NULL

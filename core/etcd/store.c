@@ -875,8 +875,11 @@ out:
 /* The txn of a guarded put: o's record if etcd still has it at ti's
  * revision, else the record etcd has. *t is sent (txn_send) or nested in a
  * group's txn. */
-static afsm_status guarded_txn(etcd_store *es, const owned_record *o, const track_info *ti, txn *t, size_t *bytes)
+static afsm_status guarded_txn(etcd_store *es, owned_record *o, const track_info *ti, txn *t, size_t *bytes)
 {
+    /* Each write its own number, so that its record, if its answer is
+     * lost, is known for this one (note_own_write). */
+    o->rec.seq = atomic_fetch_add_explicit(&es->write_seq, 1, memory_order_relaxed) + 1;
     char skey[KEYS_MAX];
     size_t slen = keys_session(es->prefix, es->prefix_len, &o->rec.info.session_id, skey);
     json_object *record;
@@ -949,8 +952,13 @@ static afsm_status guarded_result(etcd_store *es, owned_record *o, int flags, af
  * its guard to this one. AFSM_ENOMEM: not to be sent. */
 static afsm_status note_own_write(etcd_store *es, const owned_record *o)
 {
-    return track_note_own_write(&es->tracks, &o->rec.info.session_id, &o->rec.info.stats, o->rec.stats_set,
-                                &o->edited_from);
+    afsm_status st =
+        track_note_own_write(&es->tracks, &o->rec.info.session_id, o->rec.seq, o->rec.stats_set, &o->edited_from);
+    if (st == AFSM_EUNAVAILABLE)
+        return errdetail_set(st,
+                             "etcd: %d stats sets of this session are unanswered; no more is sent until etcd answers",
+                             TRACK_SET_NOTES_MAX);
+    return st;
 }
 
 /* Marks the end of a guarded write: the watch may apply the record's

@@ -8,14 +8,13 @@
 
 #include "etcd/track.h"
 
-typedef struct own_note {
-    afsm_stats sent, from;
-    int set;
-} own_note;
-
 typedef struct own_notes {
-    size_t count; /* oldest first */
-    own_note note[TRACK_NOTES_MAX];
+    int64_t first_seq, last_seq; /* the lowest and highest numbers noted (others between: other sessions') */
+    size_t sets;
+    struct {
+        int64_t seq;
+        afsm_stats from;
+    } set[TRACK_SET_NOTES_MAX];
 } own_notes;
 
 struct track_entry {
@@ -283,11 +282,12 @@ void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats)
     pthread_mutex_unlock(&s->lock);
 }
 
-afsm_status track_note_own_write(track *t, const afsm_uuid *id, const afsm_stats *sent, int set, const afsm_stats *from)
+afsm_status track_note_own_write(track *t, const afsm_uuid *id, int64_t seq, int set, const afsm_stats *from)
 {
     uint64_t hash;
     track_stripe *s = stripe_of(t, id, &hash);
     own_notes *fresh = malloc(sizeof(*fresh)); /* outside the lock; freed if unused */
+    afsm_status st = AFSM_OK;
     pthread_mutex_lock(&s->lock);
     track_entry *e = *slot_of(s, hash, id);
     if (e != NULL && e->notes == NULL) {
@@ -295,44 +295,48 @@ afsm_status track_note_own_write(track *t, const afsm_uuid *id, const afsm_stats
             pthread_mutex_unlock(&s->lock);
             return AFSM_ENOMEM;
         }
-        fresh->count = 0;
+        fresh->first_seq = fresh->last_seq = seq;
+        fresh->sets = 0;
         e->notes = fresh;
         fresh = NULL;
     }
     if (e != NULL) {
         own_notes *n = e->notes;
-        if (n->count == TRACK_NOTES_MAX) {
-            memmove(&n->note[0], &n->note[1], (TRACK_NOTES_MAX - 1) * sizeof(n->note[0]));
-            n->count--;
+        if (set && n->sets == TRACK_SET_NOTES_MAX) {
+            st = AFSM_EUNAVAILABLE;
+        } else {
+            /* Threads number their writes, then note them: out of order. */
+            if (seq < n->first_seq)
+                n->first_seq = seq;
+            if (seq > n->last_seq)
+                n->last_seq = seq;
+            if (set) {
+                n->set[n->sets].seq = seq;
+                n->set[n->sets].from = *from;
+                n->sets++;
+            }
         }
-        n->note[n->count++] = (own_note){.sent = *sent, .from = *from, .set = set};
     }
     pthread_mutex_unlock(&s->lock);
     free(fresh);
-    return AFSM_OK;
+    return st;
 }
 
-/* Field by field: the struct has padding. */
-static int same_stats(const afsm_stats *a, const afsm_stats *b)
-{
-    return a->packets_sent == b->packets_sent && a->packets_received == b->packets_received &&
-           a->bytes_sent == b->bytes_sent && a->bytes_received == b->bytes_received &&
-           a->retransmissions == b->retransmissions && a->current_rtt_ms == b->current_rtt_ms;
-}
-
-int track_own_write(track *t, const afsm_uuid *id, const afsm_stats *stats, int set, afsm_stats *base)
+int track_own_write(track *t, const afsm_uuid *id, int64_t seq, int set, afsm_stats *from)
 {
     uint64_t hash;
     track_stripe *s = stripe_of(t, id, &hash);
     int found = 0;
     pthread_mutex_lock(&s->lock);
     track_entry *e = *slot_of(s, hash, id);
-    for (size_t i = 0; e != NULL && e->notes != NULL && i < e->notes->count && !found; i++) {
-        const own_note *n = &e->notes->note[i];
-        if (n->set == set && same_stats(&n->sent, stats)) {
-            *base = set ? n->from : n->sent;
-            found = 1;
-        }
+    own_notes *n = e != NULL ? e->notes : NULL;
+    if (n != NULL && seq >= n->first_seq && seq <= n->last_seq) {
+        found = !set;
+        for (size_t i = 0; i < n->sets && !found; i++)
+            if (n->set[i].seq == seq) {
+                *from = n->set[i].from;
+                found = 1;
+            }
     }
     pthread_mutex_unlock(&s->lock);
     return found;

@@ -91,26 +91,27 @@ void track_activation_failed(track *t, const afsm_uuid *id, uint64_t now_ns);
  * allocates nothing. */
 void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats);
 /* Notes of this node's guarded writes of a record that may be in etcd
- * without having been applied here. One is added before each write is sent
- * (track_note_own_write); the next record applied drops them all
+ * without having been applied here: the numbers (keys_record.seq) of the
+ * writes sent since the last record applied, and for each set among them
+ * the replica's stats it was edited from. One is added before each write
+ * is sent (track_note_own_write); the next record applied drops them all
  * (track_put replaces the entry), so they outlive only writes whose answer
- * never came (the connection dropped, the request timed out). A record of
- * this node's writer id applied meanwhile, carrying exactly the stats one
- * of them carried, is that write (replica.c, etcd_apply_put). The writes
- * noted share one guard revision, so at most one of them is in etcd; past
- * TRACK_NOTES_MAX the oldest is dropped. Kept beside the entry, not in
- * track_info: only while writes are under way. */
-#define TRACK_NOTES_MAX 8
-/* A guarded write of id carrying these stats (a set: set, edited from the
- * replica's stats from) is about to be sent. AFSM_ENOMEM: not noted, and
- * the write must not be sent (an answer lost then could not be told from
- * another node's write). A no-op for an unknown id. */
-afsm_status track_note_own_write(track *t, const afsm_uuid *id, const afsm_stats *sent, int set,
-                                 const afsm_stats *from);
-/* Whether a noted write of id carried exactly stats (and set): 1 with
- * *base the stats the record holds of this node's (what it carried, or for
- * a set what it was edited from). */
-int track_own_write(track *t, const afsm_uuid *id, const afsm_stats *stats, int set, afsm_stats *base);
+ * never came (the connection dropped, the request timed out) or that never
+ * left. A record of this node's writer id with one of those numbers is
+ * that write (replica.c, etcd_apply_put). Numbers grow per store, so the
+ * noted ones are a range; sets are rare and kept up to TRACK_SET_NOTES_MAX.
+ * Kept beside the entry, not in track_info: only while writes are under
+ * way. */
+#define TRACK_SET_NOTES_MAX 8
+/* A guarded write of id numbered seq (a set: set, edited from the
+ * replica's stats from) is about to be sent. AFSM_ENOMEM, or
+ * AFSM_EUNAVAILABLE for a set past TRACK_SET_NOTES_MAX unanswered ones:
+ * not noted, and the write must not be sent (its answer lost, its record
+ * could not be told from another node's). A no-op for an unknown id. */
+afsm_status track_note_own_write(track *t, const afsm_uuid *id, int64_t seq, int set, const afsm_stats *from);
+/* Whether id's write numbered seq was noted: 1, with *from (for a set)
+ * the stats it was edited from. */
+int track_own_write(track *t, const afsm_uuid *id, int64_t seq, int set, afsm_stats *from);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
 /* Every id known (for a reload's differences): calls fn for each. */

@@ -177,14 +177,11 @@ static void test_other_writers_and_restarts_are_not_own(void **state)
 
 /* ---- 4. the record's fields ---------------------------------------------------------- */
 
-/* Decodes text; returns its status, and the writer and stats_set read. */
-static afsm_status decode(const char *text, int64_t *writer, int *stats_set)
+/* Decodes text into *rec; returns its status. */
+static afsm_status decode(const char *text, keys_record *rec)
 {
-    keys_record rec;
     json_object *holder = NULL;
-    afsm_status st = keys_record_decode(text, strlen(text), &rec, &holder);
-    *writer = rec.writer;
-    *stats_set = rec.stats_set;
+    afsm_status st = keys_record_decode(text, strlen(text), rec, &holder);
     json_object_put(holder);
     return st;
 }
@@ -195,39 +192,81 @@ static afsm_status decode(const char *text, int64_t *writer, int *stats_set)
     "\"gen\":1,\"lease\":1,\"slot\":-1,\"stats\":{\"packets_sent\":0,\"packets_received\":0,\"bytes_sent\":0,"         \
     "\"bytes_received\":0,\"retransmissions\":0,\"rtt_ms\":0},\"meta\":{}"
 
-/* Both fields are optional (records of older writers have neither) but of
- * their type when present: anything else is bad data, skipped. Written
- * back, they read the same. */
-static void test_writer_and_stats_set_fields(void **state)
+/* writer, seq and stats_set are optional (records of older writers have
+ * none) but of their type when present: anything else is bad data,
+ * skipped. Written back, they read the same. */
+static void test_writer_seq_and_stats_set_fields(void **state)
 {
     (void)state;
-    int64_t writer;
-    int set;
-    assert_int_equal(decode(RECORD_HEAD "}", &writer, &set), AFSM_OK);
-    assert_int_equal(writer, 0);
-    assert_int_equal(set, 0);
-    assert_int_equal(decode(RECORD_HEAD ",\"writer\":9223372036854775807,\"stats_set\":true}", &writer, &set), AFSM_OK);
-    assert_true(writer == INT64_MAX);
-    assert_int_equal(set, 1);
+    keys_record rec;
+    assert_int_equal(decode(RECORD_HEAD "}", &rec), AFSM_OK);
+    assert_true(rec.writer == 0 && rec.seq == 0 && rec.stats_set == 0);
+    assert_int_equal(
+        decode(RECORD_HEAD ",\"writer\":9223372036854775807,\"seq\":9223372036854775807,\"stats_set\":true}", &rec),
+        AFSM_OK);
+    assert_true(rec.writer == INT64_MAX && rec.seq == INT64_MAX && rec.stats_set == 1);
     static const char *const bad[] = {
-        RECORD_HEAD ",\"writer\":0}",       RECORD_HEAD ",\"writer\":-5}",   RECORD_HEAD ",\"writer\":\"7\"}",
-        RECORD_HEAD ",\"writer\":1.5}",     RECORD_HEAD ",\"stats_set\":1}", RECORD_HEAD ",\"stats_set\":\"true\"}",
+        RECORD_HEAD ",\"writer\":0}",       RECORD_HEAD ",\"writer\":-5}",
+        RECORD_HEAD ",\"writer\":\"7\"}",   RECORD_HEAD ",\"writer\":1.5}",
+        RECORD_HEAD ",\"seq\":0}",          RECORD_HEAD ",\"seq\":-1}",
+        RECORD_HEAD ",\"seq\":\"3\"}",      RECORD_HEAD ",\"seq\":9223372036854775808}",
+        RECORD_HEAD ",\"stats_set\":1}",    RECORD_HEAD ",\"stats_set\":\"true\"}",
         RECORD_HEAD ",\"stats_set\":null}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        if (decode(bad[i], &writer, &set) != AFSM_EINVAL)
+        if (decode(bad[i], &rec) != AFSM_EINVAL)
             fail_msg("decoded: %s", bad[i]);
-    keys_record rec;
     json_object *holder = NULL;
-    const char *good = RECORD_HEAD ",\"writer\":42,\"stats_set\":true}";
+    const char *good = RECORD_HEAD ",\"writer\":42,\"seq\":7,\"stats_set\":true}";
     assert_int_equal(keys_record_decode(good, strlen(good), &rec, &holder), AFSM_OK);
     json_object *again = keys_record_encode(&rec);
     assert_non_null(again);
-    assert_int_equal(decode(json_object_to_json_string_ext(again, JSON_C_TO_STRING_PLAIN), &writer, &set), AFSM_OK);
-    assert_true(writer == 42);
-    assert_int_equal(set, 1);
+    keys_record back;
+    assert_int_equal(decode(json_object_to_json_string_ext(again, JSON_C_TO_STRING_PLAIN), &back), AFSM_OK);
+    assert_true(back.writer == 42 && back.seq == 7 && back.stats_set == 1);
     json_object_put(again);
     json_object_put(holder);
+}
+
+/* ---- 5. unanswered sets are bounded --------------------------------------------------- */
+
+/* A stats set's note keeps what it was edited from; TRACK_SET_NOTES_MAX of
+ * them may wait for an answer. One more set is not sent (its answer lost
+ * too, its record could not be told from another writer's): it fails with
+ * AFSM_EUNAVAILABLE and a detail saying why, and etcd keeps what it had.
+ * Once a record is applied (the watch is back with the first set's echo),
+ * sets are sent again. */
+static void test_sets_past_the_noted_are_not_sent(void **state)
+{
+    (void)state;
+    const char *prefix = "/la6/";
+    afsm_engine *a = open_stats_engine(prefix, NULL);
+    afsm_session_info s;
+    assert_int_equal(create(a, "sets", &s), AFSM_OK);
+    pause_watch(a, prefix);
+    afsm_update u = {.version = AFSM_UPDATE_VERSION, .fields = AFSM_UPDATE_STATS};
+    for (int i = 0; i < TRACK_SET_NOTES_MAX; i++) {
+        u.stats.packets_sent = 100 + (uint64_t)i;
+        lose_txn_answers = 1;
+        assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_EUNAVAILABLE);
+        assert_int_equal(lose_txn_answers, 0); /* sent */
+    }
+    int64_t revision = etcd_revision();
+    u.stats.packets_sent = 500;
+    lose_txn_answers = 1;
+    assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_EUNAVAILABLE);
+    assert_int_equal(lose_txn_answers, 1); /* never sent */
+    lose_txn_answers = 0;
+    assert_non_null(strstr(afsm_error_detail(), "unanswered"));
+    assert_true(etcd_revision() == revision);
+    assert_int_equal(packets_in_etcd(prefix, &s.session_id, NULL), 100); /* the first set; the rest lost its guard */
+    resume_watch();
+    wait_applied(a, prefix, &s.session_id);
+    assert_int_equal(packets_here(a, &s.session_id), 100);
+    assert_int_equal(afsm_session_update(a, &s.session_id, &u, NULL), AFSM_OK);
+    assert_int_equal(packets_in_etcd(prefix, &s.session_id, NULL), 500);
+    afsm_engine_close(a);
+    hold_gate_destroy(&watch_gate);
 }
 
 /* ---- setup ------------------------------------------------------------------------------- */
@@ -240,7 +279,8 @@ int main(void)
         cmocka_unit_test(test_update_answer_lost_counts_stats_once),
         cmocka_unit_test(test_stats_set_answer_lost_sets_here),
         cmocka_unit_test(test_other_writers_and_restarts_are_not_own),
-        cmocka_unit_test(test_writer_and_stats_set_fields),
+        cmocka_unit_test(test_writer_seq_and_stats_set_fields),
+        cmocka_unit_test(test_sets_past_the_noted_are_not_sent),
     };
     return cmocka_run_group_tests_name("etcd store: answers lost after a commit", one, start_one, stop_cluster);
 }

@@ -11,7 +11,7 @@
  * - a record is AFSM_OK or AFSM_EINVAL; an accepted one has its fields in
  *   the engine's bounds (user id 1..AFSM_USER_ID_MAX bytes without NUL and
  *   NUL-terminated, a known state, a timeout, at most
- *   AFSM_METADATA_KEYS_MAX metadata entries, writer >= 0, slot >= -1);
+ *   AFSM_METADATA_KEYS_MAX metadata entries, writer and seq >= 0, slot >= -1);
  * - an accepted record whose metadata the engine would take
  *   (metadata_validate) encodes (keys_record_encode) to a record that
  *   decodes to the same fields;
@@ -46,7 +46,7 @@ static void check_bounds(const keys_record *rec)
     CHECK(s->timeout_ms >= 1 && s->token_generation >= 1);
     CHECK(s->client_ip.family == 4 || s->client_ip.family == 6);
     CHECK(rec->meta_count <= AFSM_METADATA_KEYS_MAX);
-    CHECK(rec->writer >= 0 && rec->slot >= -1 && rec->lease >= 0);
+    CHECK(rec->writer >= 0 && rec->seq >= 0 && rec->slot >= -1 && rec->lease >= 0);
 }
 
 static int same_record(const keys_record *a, const keys_record *b)
@@ -61,7 +61,7 @@ static int same_record(const keys_record *a, const keys_record *b)
         x->created_at_ns != y->created_at_ns || x->last_active_at_ns != y->last_active_at_ns ||
         x->token_generation != y->token_generation || memcmp(&x->stats, &y->stats, sizeof(x->stats)) != 0 ||
         a->lease != b->lease || a->leased_ns != b->leased_ns || a->slot != b->slot || a->writer != b->writer ||
-        a->stats_set != b->stats_set || a->meta_count != b->meta_count)
+        a->seq != b->seq || a->stats_set != b->stats_set || a->meta_count != b->meta_count)
         return 0;
     for (size_t i = 0; i < a->meta_count; i++)
         if (a->meta[i].key_len != b->meta[i].key_len || a->meta[i].value_len != b->meta[i].value_len ||
