@@ -944,19 +944,39 @@ static afsm_status guarded_result(etcd_store *es, owned_record *o, int flags, af
     return st;
 }
 
+static afsm_status read_key(etcd_store *es, const char *key, size_t len, int keys_only, int *found,
+                            int64_t *mod_revision, char **value, long *value_len);
+
 /* o's guarded write is about to be sent: noted (track.h,
  * track_note_own_write) so that if its answer never comes, its record is
  * known for this node's own. Before the send, so that nothing can apply
  * the record first: not the watch (it holds the record's events while the
  * write is in flight), nor another thread's write of the session losing
- * its guard to this one. AFSM_ENOMEM: not to be sent. */
-static afsm_status note_own_write(etcd_store *es, const owned_record *o)
+ * its guard to this one. AFSM_ENOMEM: not to be sent. guard: the record's
+ * mod revision the write is guarded on. Past TRACK_SET_NOTES_MAX noted
+ * sets, etcd is asked for the record's revision: if it is still the guard,
+ * none of the noted writes is in etcd (each was guarded on it, or on an
+ * older one: refused before they left, or lost their guards), so their
+ * notes are dropped; otherwise the set is not sent (AFSM_EUNAVAILABLE)
+ * until the record etcd has is applied here. */
+static afsm_status note_own_write(etcd_store *es, const owned_record *o, int64_t guard)
 {
-    afsm_status st =
-        track_note_own_write(&es->tracks, &o->rec.info.session_id, o->rec.seq, o->rec.stats_set, &o->edited_from);
+    const afsm_uuid *id = &o->rec.info.session_id;
+    afsm_status st = track_note_own_write(&es->tracks, id, o->rec.seq, o->rec.stats_set, &o->edited_from);
+    if (st != AFSM_EUNAVAILABLE)
+        return st;
+    char skey[KEYS_MAX];
+    size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
+    int found = 0;
+    int64_t revision = 0;
+    if (read_key(es, skey, slen, 1, &found, &revision, NULL, NULL) == AFSM_OK && found && revision == guard) {
+        track_drop_notes(&es->tracks, id);
+        st = track_note_own_write(&es->tracks, id, o->rec.seq, o->rec.stats_set, &o->edited_from);
+    }
     if (st == AFSM_EUNAVAILABLE)
         return errdetail_set(st,
-                             "etcd: %d stats sets of this session are unanswered; no more is sent until etcd answers",
+                             "etcd: %d stats sets of this session are unanswered and etcd holds a record not yet "
+                             "applied here; no more is sent until it is",
                              TRACK_SET_NOTES_MAX);
     return st;
 }
@@ -988,7 +1008,7 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     etcd_event ev = {.pending = 0};
     /* The watch holds this record's events until the result is applied. */
     track_inflight(&es->tracks, &o->rec.info.session_id, +1);
-    st = note_own_write(es, o);
+    st = note_own_write(es, o, ti->mod_revision);
     if (st != AFSM_OK)
         json_object_put(t.body); /* not sent */
     else
@@ -1125,7 +1145,7 @@ static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *alone, 
     for (size_t k = 0; k < g->count; k++)
         track_inflight(&es->tracks, &g->records[k].rec.info.session_id, +1);
     for (size_t k = 0; k < g->count && st == AFSM_OK; k++)
-        st = note_own_write(es, &g->records[k]);
+        st = note_own_write(es, &g->records[k], g->known[k].mod_revision);
     if (st == AFSM_OK)
         st = etcd_call(es->client, "/v3/kv/txn", body, 0, &reply, NULL);
     json_object_put(body);
