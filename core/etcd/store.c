@@ -944,39 +944,23 @@ static afsm_status guarded_result(etcd_store *es, owned_record *o, int flags, af
     return st;
 }
 
-static afsm_status read_key(etcd_store *es, const char *key, size_t len, int keys_only, int *found,
-                            int64_t *mod_revision, char **value, long *value_len);
-
 /* o's guarded write is about to be sent: noted (track.h,
  * track_note_own_write) so that if its answer never comes, its record is
  * known for this node's own. Before the send, so that nothing can apply
  * the record first: not the watch (it holds the record's events while the
  * write is in flight), nor another thread's write of the session losing
- * its guard to this one. AFSM_ENOMEM: not to be sent. guard: the record's
- * mod revision the write is guarded on. Past TRACK_SET_NOTES_MAX noted
- * sets, etcd is asked for the record's revision: if it is still the guard,
- * none of the noted writes is in etcd (each was guarded on it, or on an
- * older one: refused before they left, or lost their guards), so their
- * notes are dropped; otherwise the set is not sent (AFSM_EUNAVAILABLE)
- * until the record etcd has is applied here. */
-static afsm_status note_own_write(etcd_store *es, const owned_record *o, int64_t guard)
+ * its guard to this one. AFSM_ENOMEM, or AFSM_EUNAVAILABLE past
+ * TRACK_SET_NOTES_MAX unanswered sets: not to be sent. (Dropping the notes
+ * when etcd's record has not moved was tried and reverted: a write guarded
+ * on that revision may still be on its way, core/etcd/README.md "Stats".) */
+static afsm_status note_own_write(etcd_store *es, const owned_record *o)
 {
-    const afsm_uuid *id = &o->rec.info.session_id;
-    afsm_status st = track_note_own_write(&es->tracks, id, o->rec.seq, o->rec.stats_set, &o->edited_from);
-    if (st != AFSM_EUNAVAILABLE)
-        return st;
-    char skey[KEYS_MAX];
-    size_t slen = keys_session(es->prefix, es->prefix_len, id, skey);
-    int found = 0;
-    int64_t revision = 0;
-    if (read_key(es, skey, slen, 1, &found, &revision, NULL, NULL) == AFSM_OK && found && revision == guard) {
-        track_drop_notes(&es->tracks, id);
-        st = track_note_own_write(&es->tracks, id, o->rec.seq, o->rec.stats_set, &o->edited_from);
-    }
+    afsm_status st =
+        track_note_own_write(&es->tracks, &o->rec.info.session_id, o->rec.seq, o->rec.stats_set, &o->edited_from);
     if (st == AFSM_EUNAVAILABLE)
         return errdetail_set(st,
-                             "etcd: %d stats sets of this session are unanswered and etcd holds a record not yet "
-                             "applied here; no more is sent until it is",
+                             "etcd: %d stats sets of this session are unanswered (sent or refused); no more is sent "
+                             "until another write of the session is applied here",
                              TRACK_SET_NOTES_MAX);
     return st;
 }
@@ -1008,7 +992,7 @@ static afsm_status guarded_put(etcd_store *es, owned_record *o, const track_info
     etcd_event ev = {.pending = 0};
     /* The watch holds this record's events until the result is applied. */
     track_inflight(&es->tracks, &o->rec.info.session_id, +1);
-    st = note_own_write(es, o, ti->mod_revision);
+    st = note_own_write(es, o);
     if (st != AFSM_OK)
         json_object_put(t.body); /* not sent */
     else
@@ -1145,7 +1129,7 @@ static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *alone, 
     for (size_t k = 0; k < g->count; k++)
         track_inflight(&es->tracks, &g->records[k].rec.info.session_id, +1);
     for (size_t k = 0; k < g->count && st == AFSM_OK; k++)
-        st = note_own_write(es, &g->records[k], g->known[k].mod_revision);
+        st = note_own_write(es, &g->records[k]);
     if (st == AFSM_OK)
         st = etcd_call(es->client, "/v3/kv/txn", body, 0, &reply, NULL);
     json_object_put(body);

@@ -322,19 +322,6 @@ afsm_status track_note_own_write(track *t, const afsm_uuid *id, int64_t seq, int
     return st;
 }
 
-void track_drop_notes(track *t, const afsm_uuid *id)
-{
-    uint64_t hash;
-    track_stripe *s = stripe_of(t, id, &hash);
-    pthread_mutex_lock(&s->lock);
-    track_entry *e = *slot_of(s, hash, id);
-    own_notes *dropped = e != NULL ? e->notes : NULL;
-    if (e != NULL)
-        e->notes = NULL;
-    pthread_mutex_unlock(&s->lock);
-    free(dropped);
-}
-
 int track_own_write(track *t, const afsm_uuid *id, int64_t seq, int set, afsm_stats *from)
 {
     uint64_t hash;

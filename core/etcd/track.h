@@ -109,8 +109,6 @@ void track_set_flushed(track *t, const afsm_uuid *id, const afsm_stats *stats);
  * not noted, and the write must not be sent (its answer lost, its record
  * could not be told from another node's). A no-op for an unknown id. */
 afsm_status track_note_own_write(track *t, const afsm_uuid *id, int64_t seq, int set, const afsm_stats *from);
-/* Drops id's notes: none of the writes noted is in etcd, nor can be. */
-void track_drop_notes(track *t, const afsm_uuid *id);
 /* Whether id's write numbered seq was noted: 1, with *from (for a set)
  * the stats it was edited from. */
 int track_own_write(track *t, const afsm_uuid *id, int64_t seq, int set, afsm_stats *from);
