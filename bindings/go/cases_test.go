@@ -42,6 +42,9 @@ type bindingCase struct {
 		// ExpireAfterSetup: a virtual clock jumps an hour ahead after the
 		// setup, past every setup session's deadline.
 		ExpireAfterSetup bool `json:"expire_after_setup"`
+		// StoppedClock: a virtual clock that never moves, so a session
+		// with a 1 ms timeout cannot expire between the binding's calls.
+		StoppedClock bool `json:"stopped_clock"`
 	} `json:"config"`
 	Setup []struct {
 		UserID   string            `json:"user_id"`
@@ -187,7 +190,7 @@ func runCase(t *testing.T, c *bindingCase) {
 	var events []Event
 	var now atomic.Int64
 	now.Store(1e12)
-	if c.Config.ExpireAfterSetup {
+	if c.Config.ExpireAfterSetup || c.Config.StoppedClock {
 		cfg.Clock = now.Load
 	}
 	if c.Config.ExpireOnCreated {

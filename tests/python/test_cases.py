@@ -139,7 +139,7 @@ def _run(case: dict[str, Any], tmp: Path) -> tuple[Any, str]:
     if "key_file" in config:
         path = kw["key_file"] = _key_file(tmp, config["key_file"])
     hooks = None
-    if config.get("expire_on_created") or config.get("expire_after_setup"):
+    if any(config.get(k) for k in ("expire_on_created", "expire_after_setup", "stopped_clock")):
         hooks = _VirtualClock(bool(config.get("expire_on_created")))
         kw["clock"], kw["on_event"] = hooks.clock, hooks.on_event
     if case["op"] == "open":
