@@ -272,9 +272,6 @@ static afsm_status resolve_config(const afsm_config *in, afsm_config *cfg)
         if (cfg->idle_timeout_ms != 0 || cfg->max_lifetime_ms != 0 || cfg->close_linger_ms != 0)
             return errdetail_set(AFSM_EINVAL, "config.idle_timeout_ms, max_lifetime_ms, close_linger_ms: must be 0 "
                                               "with the etcd store (not supported there yet)");
-        if (cfg->max_sessions_per_user != 0 && cfg->limit_policy == AFSM_LIMIT_EVICT_OLDEST)
-            return errdetail_set(AFSM_EINVAL, "config.limit_policy: AFSM_LIMIT_EVICT_OLDEST is not supported by the "
-                                              "etcd store yet, use AFSM_LIMIT_REJECT");
         if ((cfg->etcd_cert_file == NULL) != (cfg->etcd_key_file == NULL))
             return errdetail_set(AFSM_EINVAL, "config.etcd_cert_file and etcd_key_file: give both or neither");
         if (cfg->etcd_user == NULL && cfg->etcd_password != NULL)

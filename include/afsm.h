@@ -356,9 +356,14 @@ typedef struct afsm_config {
      * etcd's: a session ends between its timeout and 4/3 of it after its
      * last heartbeat (leases are renewed at most once per timeout / 3, by a
      * thread of the engine, never on the heartbeat's thread), and
-     * arrives on every engine as an EXPIRED event. Not supported with etcd
-     * (AFSM_EINVAL): idle_timeout_ms, max_lifetime_ms, close_linger_ms and
-     * AFSM_LIMIT_EVICT_OLDEST. Strings are NUL-terminated and copied. */
+     * arrives on every engine as an EXPIRED event. AFSM_LIMIT_EVICT_OLDEST
+     * holds across engines: a create at the cap removes the user's oldest
+     * session in its own transaction (the creating engine fires the CREATED
+     * before the DELETED, "evicted"; other engines, which apply etcd's keys
+     * in order and never hold the user above the cap, the DELETED first).
+     * Not supported with etcd (AFSM_EINVAL): idle_timeout_ms,
+     * max_lifetime_ms and close_linger_ms. Strings are NUL-terminated and
+     * copied. */
     uint32_t store;                   /* AFSM_STORE_MEMORY or AFSM_STORE_ETCD */
     uint32_t etcd_read_mode;          /* AFSM_READ_* (0: replica) */
     const char *etcd_endpoints;       /* "http://127.0.0.1:2379,http://..."; https:// for TLS */

@@ -1169,10 +1169,6 @@ static void test_evict_oldest(void **state)
 {
     (void)state;
     suite_options o = {.cap = 1, .limit_policy = AFSM_LIMIT_EVICT_OLDEST};
-    if (backend == BACKEND_ETCD) {
-        assert_refused_on_etcd(&o, "EVICT_OLDEST");
-        return;
-    }
     open_engine(&o);
     afsm_session_info old = created("alice"), young = created("alice"), copy;
     assert_int_equal(events_of(AFSM_EVENT_DELETED, &old.session_id, 0, "evicted"), 1);

@@ -83,6 +83,11 @@ typedef struct etcd_store {
     pthread_mutex_t group_lock;
     struct create_op *group_queue, *group_queue_tail;
     unsigned groups_sending;
+    /* Held by a create evicting a session (store.c, pick_slot) from its
+     * last look at the user's slots until its txn is answered: this node's
+     * creates at a full cap then evict one after another, each the oldest
+     * left, instead of all racing for the same victim and losing rounds. */
+    pthread_mutex_t evict_lock;
 
     etcd_lease_pool *leases; /* leases.c; NULL until started */
     etcd_renewer *renewer;   /* renew.c; from before the watch starts until after it stops */

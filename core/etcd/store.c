@@ -44,6 +44,8 @@
 #define STATS_FLUSH_MS_DEFAULT     10000u
 /* Attempts of a guarded write against a stale replica or a racing node. */
 #define WRITE_ATTEMPTS 8
+/* The DELETED reason of a session evicted by a create, as on the memory store. */
+#define REASON_EVICTED "evicted"
 
 typedef struct etcd_handle {
     store_handle base;
@@ -300,8 +302,29 @@ static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t rev
 
 /* ---- create ---------------------------------------------------------------------- */
 
-/* The user's taken cap slots, read from etcd (bit i: slot i). */
-static afsm_status taken_slots(etcd_store *es, const char *user, size_t user_len, uint8_t *taken, uint32_t cap)
+/* Under AFSM_LIMIT_EVICT_OLDEST, a create at a full cap takes the slot of
+ * the user's oldest session (the smallest id: v7 ids are creation order,
+ * as on the memory store) in the same txn that removes it. */
+typedef struct eviction {
+    afsm_uuid victim;
+    uint32_t slot;
+    int64_t slot_revision; /* the n/ key's: the create's txn guards it */
+    keys_record rec;       /* the victim's record, read from etcd */
+    json_object *holder;   /* rec's strings */
+} eviction;
+
+/* (Defined with delete, below.) */
+static afsm_status read_record(etcd_store *es, const afsm_uuid *id, keys_record *rec, json_object **holder);
+static int add_removal(etcd_store *es, txn *t, const keys_record *rec, int with_slot, afsm_delete_reason why,
+                       const char *reason, size_t reason_len);
+static void apply_own_delete(etcd_store *es, const keys_record *rec, int64_t revision, afsm_delete_reason why,
+                             const char *reason, size_t reason_len, etcd_event *created, etcd_event *ev);
+
+/* The user's taken cap slots, read from etcd (bit i: slot i); with oldest
+ * (may be NULL), also which session holds the oldest of them (slot_revision
+ * 0: none could be read). */
+static afsm_status taken_slots(etcd_store *es, const char *user, size_t user_len, uint8_t *taken, uint32_t cap,
+                               eviction *oldest)
 {
     char key[KEYS_MAX], end[KEYS_MAX];
     size_t n = keys_slot(es->prefix, es->prefix_len, user, user_len, 0, key) - 1; /* "n/<user>/" */
@@ -309,21 +332,33 @@ static afsm_status taken_slots(etcd_store *es, const char *user, size_t user_len
     keys_range_end(key, n, end);
     json_object *body = etcd_with(json_object_new_object(), "key", etcd_json_bytes(key, n)), *reply = NULL, *kvs;
     body = etcd_with(body, "range_end", etcd_json_bytes(end, n));
-    body = etcd_with(body, "keys_only", json_object_new_boolean(1));
+    body = etcd_with(body, "keys_only", json_object_new_boolean(oldest == NULL));
     if (body == NULL)
         return AFSM_ENOMEM;
     afsm_status st = etcd_call(es->client, "/v3/kv/range", body, 1, &reply, NULL);
     json_object_put(body);
     memset(taken, 0, (cap + 7) / 8);
+    if (oldest != NULL)
+        oldest->slot_revision = 0;
     if (st == AFSM_OK && (kvs = etcd_get_array(reply, "kvs")) != NULL) {
         for (size_t i = 0; i < json_object_array_length(kvs); i++) {
-            long len;
-            char *k = etcd_get_bytes(json_object_array_get_idx(kvs, i), "key", &len);
+            json_object *kv = json_object_array_get_idx(kvs, i);
+            long len, value_len;
+            char *k = etcd_get_bytes(kv, "key", &len);
             /* Only "<prefix>n/<user>/<digits>": a longer user id shares the prefix. */
             if (k != NULL && (size_t)len > n && strspn(k + n, "0123456789") == (size_t)len - n) {
                 unsigned long slot = strtoul(k + n, NULL, 10);
                 if (slot < cap)
                     taken[slot / 8] |= (uint8_t)(1u << (slot % 8));
+                char *value = oldest != NULL && slot < cap ? etcd_get_bytes(kv, "value", &value_len) : NULL;
+                afsm_uuid holder;
+                if (value != NULL && uuid_parse_text(value, (size_t)value_len, &holder) == AFSM_OK &&
+                    (oldest->slot_revision == 0 || uuid_compare(&holder, &oldest->victim) < 0)) {
+                    oldest->victim = holder;
+                    oldest->slot = (uint32_t)slot;
+                    oldest->slot_revision = etcd_get_int64(kv, "mod_revision");
+                }
+                free(value);
             }
             free(k);
         }
@@ -462,6 +497,7 @@ typedef struct create_op {
     txn t; /* the create's own txn, built (and freed) by its owner */
     char skey[KEYS_MAX], ckey[KEYS_MAX], nkey[KEYS_MAX];
     size_t slen, clen, nlen; /* nlen 0: no cap slot */
+    int alone;               /* an eviction: its txn writes the victim's keys too, so it goes in no group */
     struct create_op *next;  /* in the queue */
     int queued, done, lead;  /* lead: asked to lead a group (see lead_next) */
     uint64_t deadline_ms;    /* CLOCK_MONOTONIC: its submission + the request timeout */
@@ -483,8 +519,8 @@ static int same_key(const char *a, size_t alen, const char *b, size_t blen)
  * equal u/ keys mean equal s/ keys). */
 static int shares_key(const create_op *a, const create_op *b)
 {
-    return same_key(a->skey, a->slen, b->skey, b->slen) || same_key(a->ckey, a->clen, b->ckey, b->clen) ||
-           same_key(a->nkey, a->nlen, b->nkey, b->nlen);
+    return a->alone || b->alone || same_key(a->skey, a->slen, b->skey, b->slen) ||
+           same_key(a->ckey, a->clen, b->ckey, b->clen) || same_key(a->nkey, a->nlen, b->nkey, b->nlen);
 }
 
 static uint64_t monotonic_ms(void)
@@ -691,8 +727,10 @@ static afsm_status create_submit(etcd_store *es, create_op *op)
 }
 
 /* One attempt at the create txn (sent alone or in a group: create_submit).
- * *retry: a slot was lost to a race. */
-static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry, int64_t *revision)
+ * With ev (may be NULL), the same txn takes the victim's slot and removes
+ * the victim, if the slot still holds it. *retry: a slot was lost to a race
+ * (or the victim was gone). */
+static afsm_status create_txn(etcd_store *es, const keys_record *rec, const eviction *ev, int *retry, int64_t *revision)
 {
     const afsm_session_info *s = &rec->info;
     create_op op;
@@ -715,10 +753,20 @@ static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry
         json_object_put(record);
         return AFSM_ENOMEM;
     }
+    op.alone = ev != NULL;
     txn_add(t, t->compare, compare(op.skey, op.slen, "CREATE", "EQUAL", 0));
     txn_add(t, t->compare, compare(op.ckey, op.clen, "CREATE", "EQUAL", 0));
-    if (op.nlen > 0)
+    /* An eviction's slot must still be the victim's: its n/ key unchanged
+     * since it was read (it goes with its session, by delete or lease). */
+    if (ev != NULL)
+        txn_add(t, t->compare, compare(op.nkey, op.nlen, "MOD", "EQUAL", ev->slot_revision));
+    else if (op.nlen > 0)
         txn_add(t, t->compare, compare(op.nkey, op.nlen, "CREATE", "EQUAL", 0));
+    /* The victim's removal before the new session's puts: a watcher applies
+     * a txn's keys one by one, so its replica never holds the user above
+     * the cap, not even between two keys. */
+    if (ev != NULL)
+        add_removal(es, t, &ev->rec, 0, AFSM_DELETE_EVICTED, REASON_EVICTED, sizeof(REASON_EVICTED) - 1);
     txn_add(t, t->success, op_put(op.skey, op.slen, text, text_len, rec->lease));
     txn_add(t, t->success, op_put(op.ckey, op.clen, id_text, AFSM_UUID_STRING_SIZE - 1, rec->lease));
     txn_add(t, t->success, op_put(ukey, ulen, "", 0, rec->lease));
@@ -749,12 +797,15 @@ static afsm_status create_txn(etcd_store *es, const keys_record *rec, int *retry
     return st;
 }
 
-/* A create's txn is under way for id. Its echo may reach the watch before
- * the creator applies the txn's result: the watch holds it until then
- * (wait_own_writes), so the CREATED fires once, on the creating thread, and
- * a restore stays quiet. A new id gets a placeholder entry (mod_revision
- * 0: nothing applied yet) that carries the count. */
-static afsm_status create_begin(etcd_store *es, const afsm_uuid *id)
+/* A txn that creates or removes id is under way. Its echo may reach the
+ * watch before the writer applies the txn's result: the watch holds id's
+ * events until then (wait_own_writes), so the CREATED or DELETED fires
+ * once, on the writing thread, and a restore stays quiet. An id without an
+ * entry here (a new one; or one being removed that this replica has not
+ * applied yet, whose creation and removal the watch could otherwise both
+ * apply meanwhile, firing a second DELETED) gets a placeholder entry
+ * (mod_revision 0: nothing applied yet) that carries the count. */
+static afsm_status hold_events(etcd_store *es, const afsm_uuid *id)
 {
     afsm_status st = AFSM_OK;
     track_info ti;
@@ -769,18 +820,73 @@ static afsm_status create_begin(etcd_store *es, const afsm_uuid *id)
     return st;
 }
 
-static void create_end(etcd_store *es, const afsm_uuid *id)
+static void release_events(etcd_store *es, const afsm_uuid *id)
 {
     track_info ti;
     pthread_mutex_lock(&es->apply_lock);
     if (track_get(&es->tracks, id, &ti)) {
         if (ti.mod_revision == 0)
-            track_remove(&es->tracks, id, &ti); /* the create failed: no such session */
+            track_remove(&es->tracks, id, &ti); /* nothing applied: no such session here */
         else if (ti.inflight > 0)
             track_inflight(&es->tracks, id, -1);
     }
     pthread_cond_broadcast(&es->applied);
     pthread_mutex_unlock(&es->apply_lock);
+}
+
+/* pick_slot's eviction: the victim's record, unless the restore rule
+ * refuses it. */
+static afsm_status read_victim(etcd_store *es, const session_spec *spec, keys_record *rec, eviction *ev,
+                               eviction **victim, int *retry)
+{
+    /* A restore keeps the user's newest sessions, as on the memory store. */
+    if (spec->restore != NULL && uuid_compare(&spec->restore->session_id, &ev->victim) < 0)
+        return errdetail_set(AFSM_ELIMIT,
+                             "info.session_id: older than every session of its user, who is at "
+                             "max_sessions_per_user (%u) under evict-oldest, which keeps the newest",
+                             es->config.max_sessions_per_user);
+    json_object_put(ev->holder);
+    ev->holder = NULL;
+    afsm_status st = read_record(es, &ev->victim, &ev->rec, &ev->holder);
+    if (st == AFSM_ENOTFOUND) {
+        *retry = 1; /* gone since the slots were read */
+        return AFSM_OK;
+    }
+    if (st == AFSM_OK) {
+        rec->slot = (int32_t)ev->slot;
+        *victim = ev;
+    }
+    return st;
+}
+
+/* One attempt's cap slot for rec: a free one, or at a full cap under
+ * evict-oldest the slot of the user's oldest session (*victim = ev, with
+ * the victim's record read from etcd, and es->evict_lock held: the caller
+ * unlocks it once the txn is answered). AFSM_ELIMIT when none may be
+ * taken; *retry when the victim went before its record could be read. */
+static afsm_status pick_slot(etcd_store *es, const session_spec *spec, keys_record *rec, uint8_t *taken, uint32_t from,
+                             eviction *ev, eviction **victim, int *retry)
+{
+    uint32_t cap = es->config.max_sessions_per_user;
+    int evicting = es->config.limit_policy == AFSM_LIMIT_EVICT_OLDEST;
+    afsm_status st = taken_slots(es, rec->info.user_id, rec->info.user_id_len, taken, cap, evicting ? ev : NULL);
+    if (st != AFSM_OK)
+        return st;
+    rec->slot = free_slot(taken, cap, from);
+    if (rec->slot >= 0)
+        return AFSM_OK;
+    if (!evicting || ev->slot_revision == 0)
+        return AFSM_ELIMIT; /* only a full cap is a limit */
+    /* Look again under the lock: another create of this node may have
+     * evicted the same victim meanwhile, or a slot came free. */
+    pthread_mutex_lock(&es->evict_lock);
+    st = taken_slots(es, rec->info.user_id, rec->info.user_id_len, taken, cap, ev);
+    rec->slot = st == AFSM_OK ? free_slot(taken, cap, from) : -1;
+    if (st == AFSM_OK && rec->slot < 0)
+        st = ev->slot_revision != 0 ? read_victim(es, spec, rec, ev, victim, retry) : AFSM_ELIMIT;
+    if (*victim == NULL)
+        pthread_mutex_unlock(&es->evict_lock);
+    return st;
 }
 
 static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session_info *out)
@@ -803,13 +909,14 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     owned_record *o = malloc(sizeof(*o));
     if (o == NULL)
         return AFSM_ENOMEM;
+    eviction ev = {.holder = NULL}; /* evict-oldest at a full cap */
     afsm_status status = new_record(es, spec, o);
     if (status != AFSM_OK)
         goto out;
     status = etcd_lease_take(es, o->rec.info.timeout_ms, &o->rec.lease, &o->rec.leased_ns);
     if (status != AFSM_OK)
         goto out;
-    status = create_begin(es, &o->rec.info.session_id);
+    status = hold_events(es, &o->rec.info.session_id);
     if (status != AFSM_OK) {
         etcd_lease_revoke(es, o->rec.lease);
         goto out;
@@ -819,20 +926,27 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     int64_t revision = 0;
     uint32_t from;
     memcpy(&from, &o->rec.info.session_id.bytes[12], sizeof(from)); /* random bits of the v7 id */
+    /* evicted: the committed txn removed ev.victim; held: hold_events holds its events */
+    int evicted = 0, held = 0;
     for (int attempt = 0;; attempt++) {
-        if (cap != 0) {
-            status =
-                taken != NULL ? taken_slots(es, o->rec.info.user_id, o->rec.info.user_id_len, taken, cap) : AFSM_ENOMEM;
-            if (status != AFSM_OK)
-                break;
-            o->rec.slot = free_slot(taken, cap, from);
-            if (o->rec.slot < 0) {
-                status = AFSM_ELIMIT; /* only a full cap is a limit */
-                break;
+        int retry = 0;
+        eviction *victim = NULL;
+        if (cap != 0)
+            status = taken != NULL ? pick_slot(es, spec, &o->rec, taken, from, &ev, &victim, &retry) : AFSM_ENOMEM;
+        if (status == AFSM_OK && !retry) {
+            if (victim != NULL)
+                status = hold_events(es, &victim->victim);
+            held = victim != NULL && status == AFSM_OK;
+            if (status == AFSM_OK)
+                status = create_txn(es, &o->rec, victim, &retry, &revision);
+            evicted = victim != NULL && status == AFSM_OK && !retry;
+            if (victim != NULL)
+                pthread_mutex_unlock(&es->evict_lock); /* taken by pick_slot */
+            if (held && !evicted) {
+                release_events(es, &ev.victim);
+                held = 0;
             }
         }
-        int retry = 0;
-        status = create_txn(es, &o->rec, &retry, &revision);
         if (status != AFSM_OK || !retry)
             break;
         /* Each lost slot was taken by another create, so the cap fills in
@@ -845,26 +959,39 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
     }
     free(taken);
     if (status != AFSM_OK) {
-        create_end(es, &o->rec.info.session_id);
+        release_events(es, &o->rec.info.session_id);
         if (status != AFSM_EUNAVAILABLE) /* else the outcome is unknown: let the lease expire */
             etcd_lease_revoke(es, o->rec.lease);
         goto out;
     }
-    etcd_event ev;
-    status =
-        apply_own(es, &o->rec, revision, ETCD_APPLY_OWN | (spec->restore != NULL ? ETCD_APPLY_QUIET : 0), out, &ev);
+    /* The victim's removal applied first, so that this replica never holds
+     * the user above the cap; its DELETED fires after the CREATED, as on the
+     * memory store (a callback on the DELETED may create and evict the new
+     * session, whose DELETED must follow its CREATED). */
+    etcd_event victim_created = {0}, created, gone = {0};
+    if (evicted)
+        apply_own_delete(es, &ev.rec, revision, AFSM_DELETE_EVICTED, REASON_EVICTED, sizeof(REASON_EVICTED) - 1,
+                         &victim_created, &gone);
+    if (held)
+        release_events(es, &ev.victim);
+    status = apply_own(es, &o->rec, revision, ETCD_APPLY_OWN | (spec->restore != NULL ? ETCD_APPLY_QUIET : 0), out,
+                       &created);
     /* Committed, but this replica could not take its copy (no memory):
      * the caller hears AFSM_ENOMEM, so the session must not stay. Its
      * lease carries every key the txn wrote, and revoking it removes them
-     * all at once; nodes whose watch saw the create see it expire. */
+     * all at once; nodes whose watch saw the create see it expire. (A
+     * victim the txn removed stays removed: etcd has no undo.) */
     if (status != AFSM_OK)
         etcd_lease_revoke(es, o->rec.lease);
     /* Applied: the watch, which drops the echo by revision, need not wait
      * any longer, and the CREATED (still on this thread, before the call
      * returns) holds nothing but this caller. */
-    create_end(es, &o->rec.info.session_id);
-    etcd_fire(es, &ev);
+    release_events(es, &o->rec.info.session_id);
+    etcd_fire(es, &victim_created);
+    etcd_fire(es, &created);
+    etcd_fire(es, &gone);
 out:
+    json_object_put(ev.holder);
     owned_release(o);
     free(o);
     return status;
@@ -1341,10 +1468,12 @@ static afsm_status etcd_rotate_generation(store *st, const afsm_uuid *id, afsm_s
 
 /* ---- delete ---------------------------------------------------------------------- */
 
-/* Deletes every key of the session rec describes, with the reason beside
- * it, if its record still exists. */
-static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delete_reason why, const char *reason,
-                              size_t reason_len, int64_t *revision)
+/* Adds to t the removal of the session rec describes: the g/ key with the
+ * reason (on the session's lease), then the deletion of s/, c/, u/ and, if
+ * with_slot, its n/ key (an eviction writes the slot for its new session
+ * instead). Returns 0 for want of memory (t is then broken). */
+static int add_removal(etcd_store *es, txn *t, const keys_record *rec, int with_slot, afsm_delete_reason why,
+                       const char *reason, size_t reason_len)
 {
     const afsm_session_info *s = &rec->info;
     char skey[KEYS_MAX], ckey[KEYS_MAX], ukey[KEYS_MAX], nkey[KEYS_MAX], gkey[KEYS_MAX];
@@ -1358,22 +1487,36 @@ static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delet
         etcd_with(json_object_new_object(), "reason", json_object_new_string_len(reason, (int)reason_len));
     gone = etcd_with(gone, "why", json_object_new_int((int)why));
     const char *gone_text = gone != NULL ? json_object_to_json_string_ext(gone, JSON_C_TO_STRING_PLAIN) : NULL;
-    txn t;
-    if (gone_text == NULL || !txn_init(&t)) {
+    if (gone_text == NULL) {
         json_object_put(gone);
-        return AFSM_ENOMEM;
+        t->broken = 1;
+        return 0;
     }
-    txn_add(&t, t.compare, compare(skey, slen, "CREATE", "GREATER", 0));
     /* The reason first: a watcher learns it before the deletion it explains. */
-    txn_add(&t, t.success, op_put(gkey, glen, gone_text, strlen(gone_text), rec->lease));
-    txn_add(&t, t.success, op_delete(skey, slen));
-    txn_add(&t, t.success, op_delete(ckey, clen));
-    txn_add(&t, t.success, op_delete(ukey, ulen));
-    if (rec->slot >= 0) {
+    txn_add(t, t->success, op_put(gkey, glen, gone_text, strlen(gone_text), rec->lease));
+    txn_add(t, t->success, op_delete(skey, slen));
+    txn_add(t, t->success, op_delete(ckey, clen));
+    txn_add(t, t->success, op_delete(ukey, ulen));
+    if (with_slot && rec->slot >= 0) {
         size_t nlen = keys_slot(es->prefix, es->prefix_len, s->user_id, s->user_id_len, (uint32_t)rec->slot, nkey);
-        txn_add(&t, t.success, op_delete(nkey, nlen));
+        txn_add(t, t->success, op_delete(nkey, nlen));
     }
     json_object_put(gone);
+    return !t->broken;
+}
+
+/* Deletes every key of the session rec describes, with the reason beside
+ * it, if its record still exists. */
+static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delete_reason why, const char *reason,
+                              size_t reason_len, int64_t *revision)
+{
+    char skey[KEYS_MAX];
+    size_t slen = keys_session(es->prefix, es->prefix_len, &rec->info.session_id, skey);
+    txn t;
+    if (!txn_init(&t))
+        return AFSM_ENOMEM;
+    txn_add(&t, t.compare, compare(skey, slen, "CREATE", "GREATER", 0));
+    add_removal(es, &t, rec, 1, why, reason, reason_len);
     int succeeded = 0;
     json_object *reply;
     afsm_status st = txn_send(es, &t, &succeeded, revision, &reply);
@@ -1383,21 +1526,28 @@ static afsm_status delete_txn(etcd_store *es, const keys_record *rec, afsm_delet
 
 /* Applies this node's delete of rec (made at revision) and captures its
  * DELETED in *ev, for the caller to fire in place (an event points into
- * its etcd_event). A session the replica does not hold yet (delete by user reads
- * etcd, not the replica) still gets its DELETED here, as every session the
- * call reports removed does on the memory store, unless the watch is
- * already past the delete: it then applied the session and fired its
- * DELETED itself. Otherwise the tombstone makes the watch skip the
- * session's older puts, so nothing else would ever tell of it. */
+ * its etcd_event), after *created. A session the replica does not hold yet
+ * (delete by user and evictions read etcd, not the replica) is applied
+ * first from rec, with its CREATED in *created, so that this node tells of
+ * it as of every other session, and as the memory store reports every
+ * session the call removed. The watch holds the session's events
+ * meanwhile (hold_events), and the tombstone makes it skip the session's
+ * older puts afterwards. (Should the replica take no copy, for want of
+ * memory, the DELETED still fires.) */
 static void apply_own_delete(etcd_store *es, const keys_record *rec, int64_t revision, afsm_delete_reason why,
-                             const char *reason, size_t reason_len, etcd_event *ev)
+                             const char *reason, size_t reason_len, etcd_event *created, etcd_event *ev)
 {
     const afsm_uuid *id = &rec->info.session_id;
+    afsm_session_info probe = {.version = AFSM_SESSION_INFO_VERSION};
+    created->pending = 0;
     pthread_mutex_lock(&es->apply_lock);
     int watch_past = atomic_load_explicit(&es->applied_revision, memory_order_relaxed) >= revision;
+    int unseen = !watch_past && es->replica->ops->get(es->replica, id, &probe) != AFSM_OK;
+    if (unseen && etcd_apply_put(es, rec, revision - 1, 0, created) == AFSM_OK)
+        unseen = 0;
     track_set_reason(&es->tracks, id, why, reason, reason_len);
     etcd_apply_delete(es, id, ev);
-    if (!ev->pending && !watch_past)
+    if (!ev->pending && unseen)
         etcd_deleted_unseen(es, &rec->info, why, reason, reason_len, ev);
     etcd_tombstone_add(es, id, revision);
     pthread_mutex_unlock(&es->apply_lock);
@@ -1411,17 +1561,17 @@ static afsm_status delete_and_apply(etcd_store *es, const afsm_uuid *id, const k
                                     const char *reason, size_t reason_len)
 {
     int64_t revision;
-    etcd_event ev = {0};
-    track_inflight(&es->tracks, id, +1);
-    afsm_status st = delete_txn(es, rec, why, reason, reason_len, &revision);
+    etcd_event created = {0}, ev = {0};
+    afsm_status st = hold_events(es, id);
+    if (st != AFSM_OK)
+        return st; /* nothing sent */
+    st = delete_txn(es, rec, why, reason, reason_len, &revision);
     if (st == AFSM_OK)
-        apply_own_delete(es, rec, revision, why, reason, reason_len, &ev);
-    pthread_mutex_lock(&es->apply_lock);
-    track_inflight(&es->tracks, id, -1); /* a no-op once the delete removed the entry */
-    pthread_cond_broadcast(&es->applied);
-    pthread_mutex_unlock(&es->apply_lock);
+        apply_own_delete(es, rec, revision, why, reason, reason_len, &created, &ev);
+    release_events(es, id); /* a no-op once the delete removed the entry */
     /* Fired once the count is down: a DELETED callback that restores the
      * same id makes a new placeholder, whose count must stay its own. */
+    etcd_fire(es, &created);
     etcd_fire(es, &ev);
     return st;
 }
@@ -1910,6 +2060,7 @@ static void etcd_close(store *st)
     pthread_cond_destroy(&es->applied);
     pthread_mutex_destroy(&es->apply_lock);
     pthread_mutex_destroy(&es->group_lock);
+    pthread_mutex_destroy(&es->evict_lock);
     free(es);
 }
 
@@ -1967,6 +2118,7 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
     es->stats_flush_ns = (etcd->stats_flush_ms != 0 ? etcd->stats_flush_ms : STATS_FLUSH_MS_DEFAULT) * NS_PER_MS;
     pthread_mutex_init(&es->apply_lock, NULL);
     pthread_mutex_init(&es->group_lock, NULL);
+    pthread_mutex_init(&es->evict_lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -1977,6 +2129,7 @@ afsm_status etcd_store_open(const store_config *config, const etcd_store_config 
         pthread_cond_destroy(&es->applied);
         pthread_mutex_destroy(&es->apply_lock);
         pthread_mutex_destroy(&es->group_lock);
+        pthread_mutex_destroy(&es->evict_lock);
         free(es);
         return status;
     }
@@ -2039,6 +2192,7 @@ fail_tracks:
     pthread_cond_destroy(&es->applied);
     pthread_mutex_destroy(&es->apply_lock);
     pthread_mutex_destroy(&es->group_lock);
+    pthread_mutex_destroy(&es->evict_lock);
     free(es);
     return status;
 }

@@ -283,15 +283,14 @@ int run(const Options &o)
     }
     std::string etcd_password;
     if (o.store == "etcd") {
-        const char *refused = o.etcd_endpoints.empty()    ? "--store etcd needs --etcd-endpoints"
-                              : !o.snapshot.empty()       ? "--snapshot is for the memory store (etcd keeps the sessions)"
-                              : o.idle_timeout_ms != 0    ? "--idle-timeout is not supported with --store etcd"
-                              : o.max_lifetime_ms != 0    ? "--max-lifetime is not supported with --store etcd"
-                              : o.limit_policy != "reject" ? "--limit-policy evict-oldest is not supported with --store etcd"
-                              : o.etcd_read_mode != "replica" && o.etcd_read_mode != "linearizable" &&
-                                      o.etcd_read_mode != "consistent"
-                                  ? "--etcd-read-mode must be replica, linearizable or consistent"
-                                                          : nullptr;
+        const char *refused =
+            o.etcd_endpoints.empty() ? "--store etcd needs --etcd-endpoints"
+            : !o.snapshot.empty()    ? "--snapshot is for the memory store (etcd keeps the sessions)"
+            : o.idle_timeout_ms != 0 ? "--idle-timeout is not supported with --store etcd"
+            : o.max_lifetime_ms != 0 ? "--max-lifetime is not supported with --store etcd"
+            : o.etcd_read_mode != "replica" && o.etcd_read_mode != "linearizable" && o.etcd_read_mode != "consistent"
+                ? "--etcd-read-mode must be replica, linearizable or consistent"
+                : nullptr;
         if (refused != nullptr) {
             log_line(AFSM_LOG_ERROR, refused);
             return 2;
