@@ -108,8 +108,10 @@ const (
 
 // EtcdConfig says how to reach etcd (etcd >= 3.4, through its v3 JSON
 // gateway). Expiry is etcd's: a session ends between its timeout and 4/3
-// of it after its last heartbeat. IdleTimeout, MaxLifetime, CloseLinger
-// and LimitEvictOldest are not supported with StoreEtcd.
+// of it after its last heartbeat. LimitEvictOldest holds across
+// managers (the create and the eviction are one etcd transaction).
+// IdleTimeout, MaxLifetime and CloseLinger are not supported with
+// StoreEtcd.
 type EtcdConfig struct {
 	// Endpoints are URLs, "http://127.0.0.1:2379" (https for TLS).
 	Endpoints []string
