@@ -81,6 +81,35 @@ def test_two_daemons_share_sessions(daemons, etcd):
     assert one.stop() == 0 and two.stop() == 0
 
 
+def test_evict_oldest_across_daemons(daemons, etcd):
+    """--limit-policy evict-oldest holds across two daemons on one etcd: a
+    create on the second evicts the oldest session, made on the first, and
+    the first's watchers see it go as evicted."""
+    flags = ["--store", "etcd", "--etcd-endpoints", etcd, "--etcd-prefix", "/daemon2/",
+             "--max-sessions-per-user", "2", "--limit-policy", "evict-oldest"]
+    one = daemons.start(*flags, name="evict-one")
+    two = daemons.start(*flags, name="evict-two")
+    pb = one.stubs.pb
+    user = unique_user("v")
+    watch = Collector(one.stub.WatchSessions(pb.WatchSessionsRequest(user_id=user), timeout=60))
+    wait_watchers(one, 1)
+    first = create(one, user=user, timeout_seconds=60).session.session_id
+    create(one, user=user, timeout_seconds=60)
+    third = create(two, user=user, timeout_seconds=60).session.session_id
+
+    ev = watch.wait_for(lambda e: e.type == pb.SESSION_EVENT_TYPE_DELETED, timeout=10)
+    assert ev.session_id == first and ev.reason == "evicted"
+    for d in (one, two):
+        expect_code(grpc.StatusCode.NOT_FOUND, d.stub.GetSession, pb.GetSessionRequest(session_id=first), timeout=5)
+    wait_until(lambda: one.stub.ListSessions(pb.ListSessionsRequest(user_id=user), timeout=5).total == 2, 10,
+               what="the first daemon to hold the user's two newest")
+    assert third in {s.session_id for s in one.stub.ListSessions(pb.ListSessionsRequest(user_id=user),
+                                                                   timeout=5).sessions}
+    watch.stream.cancel()
+    assert watch.ended.wait(10)
+    assert one.stop() == 0 and two.stop() == 0
+
+
 def test_etcd_down_at_start_is_refused(daemons):
     dead = "http://127.0.0.1:%d" % _free_port()
     code, out = daemons.run_to_exit("--store", "etcd", "--etcd-endpoints", dead, "--etcd-request-timeout", "300ms")
