@@ -122,12 +122,16 @@ typedef struct etcd_store {
 /* An event to fire once apply_lock is released: afsm_event points into it. */
 typedef struct etcd_event {
     int pending;
+    int counted; /* a writer's: its session's unfired count was raised (store.c, apply_own) */
     afsm_event ev;
     char user[AFSM_USER_ID_MAX + 1];
     char reason[AFSM_REASON_MAX + 1];
 } etcd_event;
 
 /* ---- replica.c ---- */
+
+/* Whether this thread is delivering a counted event of id (etcd_fire). */
+int etcd_firing_here(const afsm_uuid *id);
 
 /* Loads the whole prefix into the replica (open: no events; a reload after
  * compaction: the differences as events) and sets applied_revision. */

@@ -63,11 +63,39 @@ static void event_from(etcd_store *es, etcd_event *ev, uint32_t type, const afsm
     ev->ev.event_at_ns = mem_store_wall_now(es->replica);
 }
 
+/* The sessions whose counted events this thread is delivering, innermost
+ * last (a callback may write and fire again): a delete from inside such a
+ * callback must not wait for the event it is called from (store.c,
+ * apply_own_delete). Deeper nesting is not recorded: such a delete waits
+ * its request timeout, then goes on. */
+#define FIRING_DEPTH 8
+static _Thread_local const afsm_uuid *firing[FIRING_DEPTH];
+static _Thread_local unsigned firing_depth;
+
+int etcd_firing_here(const afsm_uuid *id)
+{
+    for (unsigned i = 0; i < firing_depth && i < FIRING_DEPTH; i++)
+        if (memcmp(firing[i], id, sizeof(*id)) == 0)
+            return 1;
+    return 0;
+}
+
 void etcd_fire(etcd_store *es, etcd_event *ev)
 {
+    if (ev->counted && firing_depth < FIRING_DEPTH)
+        firing[firing_depth] = &ev->ev.session_id;
+    firing_depth += ev->counted;
     if (ev->pending && es->config.emit != NULL)
         es->config.emit(es->config.emit_ctx, &ev->ev);
     ev->pending = 0;
+    firing_depth -= ev->counted;
+    if (ev->counted) {
+        ev->counted = 0;
+        pthread_mutex_lock(&es->apply_lock);
+        track_unfired(&es->tracks, &ev->ev.session_id, -1);
+        pthread_cond_broadcast(&es->applied);
+        pthread_mutex_unlock(&es->apply_lock);
+    }
 }
 
 /* ---- applying changes ------------------------------------------------------------ */
@@ -283,7 +311,7 @@ void etcd_tombstones_free(etcd_store *es)
 
 afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_revision, int flags, etcd_event *ev)
 {
-    ev->pending = 0;
+    ev->pending = ev->counted = 0;
     track_info known;
     int tracked = track_get(&es->tracks, &rec->info.session_id, &known);
     if (tracked && known.mod_revision == 0)
@@ -349,7 +377,7 @@ afsm_status etcd_apply_put(etcd_store *es, const keys_record *rec, int64_t mod_r
 
 void etcd_apply_delete(etcd_store *es, const afsm_uuid *id, etcd_event *ev)
 {
-    ev->pending = 0;
+    ev->pending = ev->counted = 0;
     track_info info;
     if (!track_remove(&es->tracks, id, &info))
         return; /* unknown here, or this node's own delete already applied */
@@ -458,7 +486,7 @@ static afsm_status apply_kv(etcd_store *es, json_object *kv, int deleted, int em
                             afsm_status *put_status)
 {
     afsm_status status = AFSM_OK;
-    ev->pending = 0;
+    ev->pending = ev->counted = 0;
     if (put_status != NULL)
         *put_status = AFSM_OK;
     long key_len, value_len = 0;
@@ -656,7 +684,7 @@ static void load_page(load_state *ls, json_object *page, size_t n)
         keys_kind kind = key != NULL ? keys_parse(es->prefix, es->prefix_len, key, (size_t)key_len, &id) : KEYS_FOREIGN;
         ls->sessions += session_key(es, key, key != NULL ? (size_t)key_len : 0);
         free(key);
-        ls->events[i].pending = 0;
+        ls->events[i].pending = ls->events[i].counted = 0;
         if (kind == KEYS_CONNECTION || kind == KEYS_USER || kind == KEYS_SLOT)
             continue;
         if (kind == KEYS_GONE) {

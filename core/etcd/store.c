@@ -292,6 +292,12 @@ static afsm_status apply_own(etcd_store *es, const keys_record *rec, int64_t rev
 {
     pthread_mutex_lock(&es->apply_lock);
     afsm_status st = etcd_apply_put(es, rec, revision, flags, ev);
+    /* Counted until fired (etcd_fire): a delete of this node waits for it
+     * (apply_own_delete), so that nothing follows the session's DELETED. */
+    if (st == AFSM_OK && ev->pending) {
+        track_unfired(&es->tracks, &rec->info.session_id, +1);
+        ev->counted = 1;
+    }
     if (st == AFSM_OK && out != NULL)
         st = es->replica->ops->get(es->replica, &rec->info.session_id, out);
     if (flags & ETCD_APPLY_OWN)
@@ -319,6 +325,7 @@ static int add_removal(etcd_store *es, txn *t, const keys_record *rec, int with_
                        const char *reason, size_t reason_len);
 static void apply_own_delete(etcd_store *es, const keys_record *rec, int64_t revision, afsm_delete_reason why,
                              const char *reason, size_t reason_len, etcd_event *created, etcd_event *ev);
+static struct timespec request_deadline(const etcd_store *es);
 
 /* The user's taken cap slots, read from etcd (bit i: slot i); with oldest
  * (may be NULL), also which session holds the oldest of them (slot_revision
@@ -825,7 +832,11 @@ static void release_events(etcd_store *es, const afsm_uuid *id)
     track_info ti;
     pthread_mutex_lock(&es->apply_lock);
     if (track_get(&es->tracks, id, &ti)) {
-        if (ti.mod_revision == 0)
+        /* A placeholder goes with its last hold: another thread's (a create
+         * of the id, an eviction or a delete of it) still keeps the watch
+         * off the id's keys, else the watch could apply the session and
+         * its removal before that thread does, and both would fire. */
+        if (ti.mod_revision == 0 && ti.inflight <= 1)
             track_remove(&es->tracks, id, &ti); /* nothing applied: no such session here */
         else if (ti.inflight > 0)
             track_inflight(&es->tracks, id, -1);
@@ -968,7 +979,7 @@ static afsm_status etcd_create(store *st, const session_spec *spec, afsm_session
      * the user above the cap; its DELETED fires after the CREATED, as on the
      * memory store (a callback on the DELETED may create and evict the new
      * session, whose DELETED must follow its CREATED). */
-    etcd_event victim_created = {0}, created, gone = {0};
+    etcd_event victim_created = {0}, created = {0}, gone = {0};
     if (evicted)
         apply_own_delete(es, &ev.rec, revision, AFSM_DELETE_EVICTED, REASON_EVICTED, sizeof(REASON_EVICTED) - 1,
                          &victim_created, &gone);
@@ -1266,7 +1277,7 @@ static afsm_status flush_group_send(etcd_store *es, flush_group *g, int *alone, 
         st == AFSM_OK && json_object_object_get_ex(reply, "header", &header) ? etcd_get_int64(header, "revision") : 0;
     json_object *responses = st == AFSM_OK ? etcd_get_array(reply, "responses") : NULL;
     for (size_t k = 0; k < g->count; k++) {
-        g->events[k].pending = 0;
+        g->events[k].pending = g->events[k].counted = 0;
         json_object *answer = NULL, *ok;
         /* Every level type-checked: a crafted reply is a member not
          * known written (its stats stay unflushed for the next pass), not
@@ -1539,8 +1550,30 @@ static void apply_own_delete(etcd_store *es, const keys_record *rec, int64_t rev
 {
     const afsm_uuid *id = &rec->info.session_id;
     afsm_session_info probe = {.version = AFSM_SESSION_INFO_VERSION};
-    created->pending = 0;
+    created->pending = created->counted = 0;
+    struct timespec until = request_deadline(es);
     pthread_mutex_lock(&es->apply_lock);
+    /* Wait (bounded by the request timeout) while another thread of this
+     * node holds the id's placeholder too, or has applied an event of the
+     * session it has not fired yet:
+     * - a create whose txn etcd committed (this removal found its session
+     *   there) but that has not applied its answer: it then fires its
+     *   CREATED on its own thread and returns its session, which this
+     *   removal removes, as on the memory store; without the wait, the
+     *   session would be applied here as unseen and its creator's answer
+     *   dropped under the tombstone (AFSM_ENOTFOUND for a committed
+     *   create);
+     * - a writer about to fire the session's CREATED or STATE_CHANGED: the
+     *   DELETED must come after it (afsm.h: nothing follows a DELETED);
+     *   unless this thread is delivering one of them, from whose callback
+     *   this removal comes: that one is delivered already.
+     * (Another removal of the id holding it too ends with AFSM_ENOTFOUND.) */
+    track_info ti;
+    int own_callback = etcd_firing_here(id);
+    while (track_get(&es->tracks, id, &ti) &&
+           ((ti.mod_revision == 0 && ti.inflight > 1) || (ti.unfired > 0 && !own_callback)) &&
+           pthread_cond_timedwait(&es->applied, &es->apply_lock, &until) == 0)
+        ;
     int watch_past = atomic_load_explicit(&es->applied_revision, memory_order_relaxed) >= revision;
     int unseen = !watch_past && es->replica->ops->get(es->replica, id, &probe) != AFSM_OK;
     if (unseen && etcd_apply_put(es, rec, revision - 1, 0, created) == AFSM_OK)

@@ -127,7 +127,8 @@ afsm_status track_put(track *t, const afsm_uuid *id, const track_info *info)
         int has_reason = old->has_reason;
         track_info keep = *old;
         *old = *info;
-        old->inflight = keep.inflight; /* the writers' own count, not the record's */
+        old->inflight = keep.inflight; /* the writers' own counts, not the record's */
+        old->unfired = keep.unfired;
         /* The renewer's mark stays until it is done (renew.c); a lease
          * found gone stays gone while the record keeps that lease. */
         old->renew_queued = keep.renew_queued;
@@ -350,6 +351,17 @@ void track_inflight(track *t, const afsm_uuid *id, int delta)
     track_entry *e = *slot_of(s, hash, id);
     if (e != NULL)
         e->info.inflight += delta;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void track_unfired(track *t, const afsm_uuid *id, int delta)
+{
+    uint64_t hash;
+    track_stripe *s = stripe_of(t, id, &hash);
+    pthread_mutex_lock(&s->lock);
+    track_entry *e = *slot_of(s, hash, id);
+    if (e != NULL)
+        e->info.unfired += delta;
     pthread_mutex_unlock(&s->lock);
 }
 

@@ -30,6 +30,7 @@ typedef struct track_info {
     uint64_t activate_after_ns; /* lease clock: a failed activation by heartbeat is not retried before */
     afsm_stats flushed;
     int inflight;           /* this node's guarded writes of the record under way */
+    int unfired;            /* events a writer of this node applied and has not fired yet (store.c, apply_own) */
     int renew_queued;       /* its lease waits in (or is being sent by) the renewer (renew.c) */
     int lease_gone;         /* a keepalive found its lease gone from etcd (TTL <= 0) */
     afsm_delete_reason why; /* of a pending delete */
@@ -114,6 +115,8 @@ afsm_status track_note_own_write(track *t, const afsm_uuid *id, int64_t seq, int
 int track_own_write(track *t, const afsm_uuid *id, int64_t seq, int set, afsm_stats *from);
 /* Counts a guarded write of id starting (+1) or done (-1). */
 void track_inflight(track *t, const afsm_uuid *id, int delta);
+/* Counts an event of id a writer captured (+1) or fired (-1). */
+void track_unfired(track *t, const afsm_uuid *id, int delta);
 /* Every id known (for a reload's differences): calls fn for each. */
 void track_each(track *t, void (*fn)(void *ctx, const afsm_uuid *id, const track_info *info), void *ctx);
 

@@ -12,6 +12,13 @@
  *   once, as with etcd unreachable); hold_txn_answers: the txn reaches
  *   etcd, then the call waits at answer_gate until the test opens it, and
  *   its answer is thrown away (an answer slow to come back, then lost).
+ * - A txn of the arming thread held at a gate of the test's, and then
+ *   going on as it would (its _Thread_local gate_before_txn, the next txn
+ *   waits before it is sent; gate_after_txn, its answer waits, then is
+ *   returned): a thread slow to send, or slow to apply what etcd answered.
+ *   Creates send through etcd_call_until: a file that defines
+ *   WRAP_ETCD_CALL_UNTIL before including this header (and links with
+ *   -Wl,--wrap=etcd_call_until) holds those too.
  * - A node's watch paused (pause_watch / resume_watch): its stream ends at
  *   the next message, before applying it, and the next stream waits until
  *   resumed; it then resumes after its applied revision, as after any
@@ -35,6 +42,27 @@ static _Thread_local int lose_txn_answers; /* sent, answer thrown away */
 static _Thread_local int refuse_txn_sends; /* never sent */
 static _Thread_local int hold_txn_answers; /* sent, held at answer_gate, then thrown away */
 static hold_gate answer_gate;
+static _Thread_local hold_gate *gate_before_txn; /* the next txn waits here before it is sent */
+static _Thread_local hold_gate *gate_after_txn;  /* the next txn's answer waits here, then is returned */
+
+static inline void gate_wait(hold_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    if (!g->open)
+        hold_gate_wait_locked(g);
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* The gates of a txn about to be sent (before: 1) or answered (before: 0). */
+static inline void txn_gate(const char *path, int before)
+{
+    hold_gate **armed = before ? &gate_before_txn : &gate_after_txn;
+    if (*armed != NULL && strcmp(path, "/v3/kv/txn") == 0) {
+        hold_gate *g = *armed;
+        *armed = NULL;
+        gate_wait(g);
+    }
+}
 
 afsm_status __real_etcd_call(etcd_client *c, const char *path, json_object *body, int idempotent, json_object **reply,
                              int *code);
@@ -44,6 +72,7 @@ afsm_status __wrap_etcd_call(etcd_client *c, const char *path, json_object *body
                              int *code)
 {
     int txn = strcmp(path, "/v3/kv/txn") == 0;
+    txn_gate(path, 1);
     if (txn && refuse_txn_sends > 0) {
         refuse_txn_sends--;
         *reply = NULL;
@@ -52,6 +81,7 @@ afsm_status __wrap_etcd_call(etcd_client *c, const char *path, json_object *body
         return AFSM_EUNAVAILABLE;
     }
     afsm_status st = __real_etcd_call(c, path, body, idempotent, reply, code);
+    txn_gate(path, 0);
     if (txn && st == AFSM_OK && hold_txn_answers > 0) {
         hold_txn_answers--;
         pthread_mutex_lock(&answer_gate.lock);
@@ -70,6 +100,21 @@ afsm_status __wrap_etcd_call(etcd_client *c, const char *path, json_object *body
     }
     return st;
 }
+
+#ifdef WRAP_ETCD_CALL_UNTIL
+afsm_status __real_etcd_call_until(etcd_client *c, const char *path, json_object *body, int idempotent,
+                                   json_object **reply, int *code, uint64_t deadline_ms);
+afsm_status __wrap_etcd_call_until(etcd_client *c, const char *path, json_object *body, int idempotent,
+                                   json_object **reply, int *code, uint64_t deadline_ms);
+afsm_status __wrap_etcd_call_until(etcd_client *c, const char *path, json_object *body, int idempotent,
+                                   json_object **reply, int *code, uint64_t deadline_ms)
+{
+    txn_gate(path, 1);
+    afsm_status st = __real_etcd_call_until(c, path, body, idempotent, reply, code, deadline_ms);
+    txn_gate(path, 0);
+    return st;
+}
+#endif
 
 /* ---- a paused watch ------------------------------------------------------------------ */
 

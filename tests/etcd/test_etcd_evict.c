@@ -53,16 +53,31 @@ typedef struct logged {
     pthread_t thread;
 } logged;
 
-/* One engine's events, in the order its callbacks saw them. */
+/* One engine's events, in the order its callbacks saw them. With
+ * delete_in_callback set, a CREATED of delete_user's session is deleted
+ * from inside its callback (after it is logged). */
 typedef struct event_log {
     pthread_mutex_t lock;
     logged entries[LOG_MAX];
     size_t count;
+    afsm_engine *delete_in_callback;
+    const char *delete_user;
+    afsm_status callback_delete;
 } event_log;
+
+static void log_event(event_log *log, const afsm_event *ev);
 
 static void on_event(void *ctx, const afsm_event *ev)
 {
     event_log *log = ctx;
+    log_event(log, ev);
+    if (ev->type == AFSM_EVENT_CREATED && log->delete_in_callback != NULL && log->delete_user != NULL &&
+        ev->user_id_len == strlen(log->delete_user) && memcmp(ev->user_id, log->delete_user, ev->user_id_len) == 0)
+        log->callback_delete = afsm_session_delete(log->delete_in_callback, &ev->session_id, "from-callback", 13);
+}
+
+static void log_event(event_log *log, const afsm_event *ev)
+{
     pthread_mutex_lock(&log->lock);
     if (log->count < LOG_MAX) {
         logged *l = &log->entries[log->count++];
@@ -128,10 +143,17 @@ static void events_text(event_log *log, const afsm_uuid *id, char *out, size_t s
     pthread_mutex_unlock(&log->lock);
 }
 
-static afsm_engine *open_evicting(const char *prefix, uint32_t cap, event_log *log)
+static void log_init(event_log *log)
 {
     pthread_mutex_init(&log->lock, NULL);
     log->count = 0;
+    log->delete_in_callback = NULL;
+    log->delete_user = NULL;
+}
+
+static afsm_engine *open_evicting(const char *prefix, uint32_t cap, event_log *log)
+{
+    log_init(log);
     afsm_config cfg;
     etcd_test_config(&cfg, prefix);
     cfg.default_timeout_ms = 120000;
@@ -426,6 +448,58 @@ static void test_eviction_of_a_session_not_seen_yet(void **state)
     afsm_engine_close(b);
 }
 
+/* ---- a delete from inside the session's own CREATED callback ------------------- */
+
+typedef struct create_call {
+    afsm_engine *e;
+    afsm_session_info out;
+    afsm_status status;
+    atomic_int done;
+} create_call;
+
+static void *create_in_thread(void *arg)
+{
+    create_call *c = arg;
+    c->status = create(c->e, "selfdel", &c->out);
+    atomic_store(&c->done, 1);
+    return NULL;
+}
+
+/* afsm.h: a callback may call any afsm_session_* function. A delete of a
+ * session from its own CREATED callback is that session's next change on
+ * the same thread: it must not wait for the CREATED it is called from to
+ * be delivered (a delete waits for another thread's undelivered events of
+ * the session, so that nothing follows its DELETED), which would hold the
+ * create for the whole request timeout (here 20 s). */
+static void test_delete_from_its_created_callback_does_not_wait_for_itself(void **state)
+{
+    (void)state;
+    static event_log log;
+    log_init(&log);
+    afsm_engine *e;
+    afsm_config cfg;
+    etcd_test_config(&cfg, "/ev5/");
+    cfg.etcd_request_timeout_ms = 20000;
+    cfg.on_event = on_event;
+    cfg.event_ctx = &log;
+    assert_int_equal(afsm_engine_open(&cfg, &e), AFSM_OK);
+    log.delete_user = "selfdel";
+    log.delete_in_callback = e;
+    static create_call c;
+    c.e = e;
+    atomic_store(&c.done, 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, create_in_thread, &c), 0);
+    WAIT_FOR(atomic_load(&c.done), 5000);
+    pthread_join(t, NULL);
+    assert_int_equal(c.status, AFSM_OK);
+    assert_int_equal(log.callback_delete, AFSM_OK);
+    char seen[128];
+    events_text(&log, &c.out.session_id, seen, sizeof(seen));
+    assert_string_equal(seen, "C D:from-callback");
+    afsm_engine_close(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -435,6 +509,7 @@ int main(void)
         cmocka_unit_test(test_restore_keeps_the_newest),
         cmocka_unit_test(test_delete_by_user_of_a_session_not_seen_yet),
         cmocka_unit_test(test_eviction_of_a_session_not_seen_yet),
+        cmocka_unit_test(test_delete_from_its_created_callback_does_not_wait_for_itself),
     };
     return cmocka_run_group_tests(tests, start_one, stop_cluster);
 }
